@@ -1,0 +1,182 @@
+"""The `nonstop` command. Thin: parse arguments, call the library.
+
+Only the standard library is imported at the top, so that quick commands such as
+`nonstop statusline` start fast; each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+
+def _load(args: argparse.Namespace):
+    from nonstop.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(getattr(args, "config", None))
+        if getattr(args, "host", None) or getattr(args, "port", None) is not None:
+            cfg = cfg.with_listen(getattr(args, "host", None), getattr(args, "port", None))
+    except ConfigError as exc:
+        print("nonstop: configuration problem:", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  - {p}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return cfg
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nonstop.server.run import serve
+
+    return serve(_load(args))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nonstop import status
+
+    return status.cmd_status(_load(args), as_json=args.json)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from nonstop import status
+
+    return status.cmd_logs(
+        _load(args), as_json=args.json, follow=args.follow, limit=args.limit,
+        backend=args.backend or "", outcome=args.outcome or "", model=args.model or "",
+    )
+
+
+def cmd_statusline(args: argparse.Namespace) -> int:
+    from nonstop import statusline
+
+    return statusline.main(args)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from nonstop.config import ConfigError, load_config
+
+    path = args.file or args.config
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print("problems found:")
+        for p in exc.problems:
+            print(f"  - {p}")
+        return 1
+    print(f"{cfg.source or 'defaults (no config file)'}: OK — listen {cfg.listen}, "
+          f"cloud {cfg.cloud.url}, {len(cfg.local)} local backend(s)")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from nonstop import setup
+
+    return setup.cmd_init(args)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from nonstop import doctor
+
+    return doctor.main(_load(args), as_json=args.json)
+
+
+def cmd_claude(args: argparse.Namespace, rest: list[str]) -> int:
+    from nonstop import launcher
+
+    return launcher.run_claude(_load(args), rest, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nonstop", description="Keeps AI coding sessions running when the cloud quota runs out.")
+    p.add_argument("--version", action="store_true", help="print the version")
+    sub = p.add_subparsers(dest="command")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="config file (default: $XDG_CONFIG_HOME/nonstop/config.toml)")
+
+    s = sub.add_parser("serve", help="run the gateway")
+    common(s)
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("status", help="cloud state, quota, local backends, today's totals")
+    common(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("logs", help="recent requests from the request log")
+    common(s)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-f", "--follow", action="store_true")
+    s.add_argument("-n", "--limit", type=int, default=20)
+    s.add_argument("--backend", help="cloud, local, or a backend name")
+    s.add_argument("--outcome", help="ok, error, incomplete, client_gone")
+    s.add_argument("--model", help="model name or glob")
+    s.set_defaults(func=cmd_logs)
+
+    s = sub.add_parser("statusline", help="one line for Claude Code's statusLine setting")
+    common(s)
+    s.add_argument("--url", help="nonstop's address (default: from the config)")
+    s.set_defaults(func=cmd_statusline)
+
+    s = sub.add_parser("config", help="configuration tools")
+    csub = s.add_subparsers(dest="config_command")
+    c = csub.add_parser("check", help="validate a config file")
+    c.add_argument("file", nargs="?")
+    common(c)
+    c.set_defaults(func=cmd_config_check)
+
+    s = sub.add_parser("init", help="write a commented config, prefilled with what is found")
+    common(s)
+    s.add_argument("--force", action="store_true", help="overwrite an existing file")
+    s.add_argument("--no-discover", action="store_true", help="do not probe for local servers")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("doctor", help="check the set-up and say what to fix")
+    common(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("claude", help="run Claude Code through nonstop (starts nonstop if needed)")
+    common(s)
+    s.add_argument("--install-statusline", action="store_true", help="add nonstop's status line to Claude Code's settings")
+    s.set_defaults(func=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `nonstop claude ...` passes everything after "claude" to Claude Code untouched,
+    # except nonstop's own options given before it.
+    if "claude" in argv:
+        i = argv.index("claude")
+        head, rest = argv[: i + 1], argv[i + 1 :]
+        own = []
+        while rest and rest[0] in ("--config", "--install-statusline"):
+            own.append(rest.pop(0))
+            if own[-1] == "--config" and rest:
+                own.append(rest.pop(0))
+        if rest[:1] == ["--"]:
+            rest = rest[1:]
+        args = build_parser().parse_args(head + own)
+        if args.command == "claude":
+            return cmd_claude(args, rest)
+    args = build_parser().parse_args(argv)
+    if args.version:
+        from nonstop import __version__
+
+        print(__version__)
+        return 0
+    if not args.command or getattr(args, "func", None) is None:
+        build_parser().print_help()
+        return 0 if not args.command else 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

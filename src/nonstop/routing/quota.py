@@ -1,0 +1,202 @@
+"""The cloud's state: serving, out until a deadline, or being probed.
+
+A pure state machine with an injected clock. It never does I/O: the owner persists
+`snapshot()` when `on_change` fires and restores it at start-up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from nonstop.config import CloudConfig
+from nonstop.routing.classify import FailureKind, Verdict, parse_epoch
+
+
+class CloudState(StrEnum):
+    SERVING = "serving"
+    OUT = "out"
+    PROBING = "probing"
+
+
+class Route(StrEnum):
+    CLOUD = "cloud"  # the cloud is serving: try it first
+    PROBE = "probe"  # this request checks whether the cloud is back
+    LOCAL = "local"  # skip the cloud
+
+
+_H = "anthropic-ratelimit-unified-"
+
+# Consecutive blips (overloaded, 5xx) before the cloud is skipped for error_cooldown.
+BREAKER_THRESHOLD = 3
+# A probe that has not reported back after this long no longer blocks the next one.
+PROBE_TIMEOUT = 120.0
+
+
+@dataclass
+class Utilization:
+    status: str = ""
+    five_hour: float | None = None
+    seven_day: float | None = None
+    five_hour_reset: float | None = None
+    seven_day_reset: float | None = None
+    fallback_percentage: float | None = None
+    overage_status: str = ""
+    updated: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "5h": self.five_hour,
+            "7d": self.seven_day,
+            "5h_reset": self.five_hour_reset,
+            "7d_reset": self.seven_day_reset,
+            "fallback_percentage": self.fallback_percentage,
+            "overage_status": self.overage_status,
+            "updated": self.updated,
+        }
+
+
+def _f(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except ValueError:
+        return None
+    return v if v == v else None
+
+
+@dataclass
+class QuotaState:
+    cfg: CloudConfig
+    clock: Callable[[], float] = time.time
+    on_change: Callable[[QuotaState, str], None] | None = None
+    state: CloudState = CloudState.SERVING
+    until: float = 0.0
+    reason: str = ""
+    detail: str = ""
+    since: float = 0.0
+    probe_started: float = 0.0
+    blips: int = 0
+    utilization: Utilization = field(default_factory=Utilization)
+
+    # --- decisions -----------------------------------------------------------------
+
+    def route(self) -> Route:
+        now = self.clock()
+        if self.state is CloudState.SERVING:
+            return Route.CLOUD
+        if self.state is CloudState.PROBING and now - self.probe_started < PROBE_TIMEOUT:
+            return Route.LOCAL
+        if now >= self.until:
+            self.probe_started = now
+            self._set(CloudState.PROBING, self.until, self.reason, self.detail, "deadline passed; probing the cloud")
+            return Route.PROBE
+        return Route.LOCAL
+
+    # --- what happened ---------------------------------------------------------------
+
+    def record_success(self) -> None:
+        self.blips = 0
+        if self.state is not CloudState.SERVING:
+            self._set(CloudState.SERVING, 0.0, "", "", "the cloud answered; back on the cloud")
+
+    def record_failure(self, verdict: Verdict) -> None:
+        now = self.clock()
+        kind = verdict.kind
+        if kind in (FailureKind.AUTH, FailureKind.CLIENT_ERROR):
+            # Not the cloud's capacity: a probe that met one ends without a verdict.
+            if self.state is CloudState.PROBING:
+                self._set(CloudState.OUT, now + self.cfg.error_cooldown, self.reason, self.detail, "probe inconclusive")
+            return
+        if kind in (FailureKind.OVERLOADED, FailureKind.SERVER_ERROR, FailureKind.BAD_RESPONSE):
+            self.blips += 1
+            if self.blips < BREAKER_THRESHOLD and self.state is CloudState.SERVING:
+                return
+            until = now + self.cfg.error_cooldown
+        elif kind in (FailureKind.NETWORK, FailureKind.TIMEOUT):
+            until = now + self.cfg.error_cooldown
+        elif verdict.until is not None:
+            until = verdict.until
+        elif kind is FailureKind.CREDIT_EXHAUSTED:
+            until = now + self.cfg.credit_recheck
+        else:
+            until = now + self.cfg.default_cooldown
+        # The later deadline wins: a short throttle never shortens a usage-limit wait.
+        if self.state is CloudState.OUT and self.until > until:
+            until = self.until
+        self._set(CloudState.OUT, until, kind.value, verdict.detail, "cloud out")
+
+    def record_headers(self, headers: Mapping[str, str]) -> None:
+        """Quota headers on any cloud response (success or not)."""
+        status = headers.get(_H + "status")
+        five = headers.get(_H + "5h-utilization")
+        seven = headers.get(_H + "7d-utilization")
+        if status is None and five is None and seven is None:
+            return
+        u = self.utilization
+        u.status = status or u.status
+        u.five_hour = _f(five) if five is not None else u.five_hour
+        u.seven_day = _f(seven) if seven is not None else u.seven_day
+        u.five_hour_reset = parse_epoch(headers.get(_H + "5h-reset")) or u.five_hour_reset
+        u.seven_day_reset = parse_epoch(headers.get(_H + "7d-reset")) or u.seven_day_reset
+        fb = headers.get(_H + "fallback-percentage")
+        u.fallback_percentage = _f(fb) if fb is not None else u.fallback_percentage
+        u.overage_status = headers.get(_H + "overage-status", u.overage_status)
+        u.updated = self.clock()
+
+    # --- persistence -----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "until": self.until,
+            "reason": self.reason,
+            "detail": self.detail,
+            "since": self.since,
+            "utilization": self.utilization.as_dict(),
+        }
+
+    def restore(self, snap: Mapping[str, Any]) -> None:
+        try:
+            state = CloudState(snap.get("state", "serving"))
+            until = float(snap.get("until") or 0.0)
+        except (ValueError, TypeError):
+            return
+        # A probe in flight when the process died is over: treat it as out-until-now,
+        # so exactly one new request probes.
+        if state is CloudState.PROBING:
+            state = CloudState.OUT
+        self.state, self.until = state, until
+        self.reason = str(snap.get("reason") or "")
+        self.detail = str(snap.get("detail") or "")
+        self.since = float(snap.get("since") or 0.0)
+        u = snap.get("utilization") or {}
+        if isinstance(u, Mapping):
+            self.utilization = Utilization(
+                status=str(u.get("status") or ""),
+                five_hour=u.get("5h"),
+                seven_day=u.get("7d"),
+                five_hour_reset=u.get("5h_reset"),
+                seven_day_reset=u.get("7d_reset"),
+                fallback_percentage=u.get("fallback_percentage"),
+                overage_status=str(u.get("overage_status") or ""),
+                updated=float(u.get("updated") or 0.0),
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.snapshot()
+        d["now"] = self.clock()
+        return d
+
+    def _set(self, state: CloudState, until: float, reason: str, detail: str, why: str) -> None:
+        changed = state is not self.state
+        self.state, self.until, self.reason, self.detail = state, until, reason, detail
+        if changed:
+            self.since = self.clock()
+        if self.on_change is not None:
+            self.on_change(self, why if changed else "")

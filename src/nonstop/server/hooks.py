@@ -1,0 +1,39 @@
+"""Switch notices to the outside: a command and/or a webhook, both optional."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import aiohttp
+import orjson
+
+from nonstop.config import HooksConfig
+
+log = logging.getLogger("nonstop")
+
+
+async def notify(cfg: HooksConfig, event: dict[str, Any]) -> None:
+    payload = orjson.dumps(event)
+    if cfg.command:
+        try:
+            env = dict(os.environ, NONSTOP_EVENT=payload.decode(), NONSTOP_MESSAGE=str(event.get("message", "")))
+            proc = await asyncio.create_subprocess_shell(
+                cfg.command, env=env, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            )
+            await asyncio.wait_for(proc.communicate(payload), timeout=10)
+        except (OSError, TimeoutError) as exc:
+            log.warning("hook command failed: %s", type(exc).__name__)
+    if cfg.webhook:
+        try:
+            async with aiohttp.ClientSession() as s, s.post(
+                cfg.webhook, data=payload, headers={"content-type": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as r:
+                if r.status >= 400:
+                    log.warning("hook webhook answered HTTP %d", r.status)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("hook webhook failed: %s", type(exc).__name__)

@@ -1,0 +1,54 @@
+"""Prometheus metrics, one registry per gateway (so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from nonstop.store.db import RequestRow
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+STATE_VALUES = {"serving": 0, "out": 1, "probing": 2}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("nonstop_requests", "Requests by backend and outcome", ["backend", "outcome"], registry=r)
+        self.failovers = Counter("nonstop_failovers", "Requests that left the cloud, by reason", ["reason"], registry=r)
+        self.ttfb = Histogram("nonstop_time_to_first_byte_seconds", "Time to first byte sent to the client", ["backend"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.latency = Histogram("nonstop_request_duration_seconds", "Total request time", ["backend"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram("nonstop_added_latency_seconds", "Time nonstop itself adds (parsing, routing, relaying the head)", buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.tokens = Counter("nonstop_tokens", "Tokens served", ["backend", "direction"], registry=r)
+        self.cloud_state = Gauge("nonstop_cloud_state", "Cloud state: 0 serving, 1 out, 2 probing", registry=r)
+        self.cloud_out_until = Gauge("nonstop_cloud_out_until_seconds", "Epoch seconds the cloud stays out (0 when serving)", registry=r)
+        self.utilization = Gauge("nonstop_quota_utilization", "Quota utilization from the cloud's headers (0..1+)", ["window"], registry=r)
+        self.local_up = Gauge("nonstop_local_backend_up", "Local backend health: 1 up, 0 down", ["backend"], registry=r)
+        self.switches = Counter("nonstop_switches", "Switches between cloud and local", ["to"], registry=r)
+
+    def observe(self, row: RequestRow) -> None:
+        backend = row.backend or "none"
+        self.requests.labels(backend, row.outcome).inc()
+        if row.reason:
+            self.failovers.labels(row.reason.split(":", 1)[0]).inc()
+        if row.ttfb_ms is not None:
+            self.ttfb.labels(backend).observe(row.ttfb_ms / 1000)
+        if row.total_ms is not None:
+            self.latency.labels(backend).observe(row.total_ms / 1000)
+        if row.overhead_ms is not None:
+            self.overhead.observe(row.overhead_ms / 1000)
+        if row.input_tokens:
+            self.tokens.labels(backend, "input").inc(row.input_tokens)
+        if row.output_tokens:
+            self.tokens.labels(backend, "output").inc(row.output_tokens)
+
+    def set_cloud(self, state: str, until: float, five: float | None, seven: float | None) -> None:
+        self.cloud_state.set(STATE_VALUES.get(state, 0))
+        self.cloud_out_until.set(until if state != "serving" else 0)
+        if five is not None:
+            self.utilization.labels("5h").set(five)
+        if seven is not None:
+            self.utilization.labels("7d").set(seven)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

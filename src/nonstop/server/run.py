@@ -1,0 +1,57 @@
+"""Run the gateway under uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from nonstop.config import Config
+
+
+class _Redact(logging.Filter):
+    """Belt and braces: no log line may carry something that looks like a key."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from nonstop.redact import redact
+
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s nonstop %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_Redact())
+    root = logging.getLogger("nonstop")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def serve(cfg: Config) -> int:
+    import uvicorn
+
+    from nonstop.server.app import create_app
+
+    setup_logging()
+    log = logging.getLogger("nonstop")
+    log.warning("nonstop listening on http://%s — cloud %s; config: %s", cfg.listen, cfg.cloud.url, cfg.source or "defaults")
+    log.warning("use it: ANTHROPIC_BASE_URL=http://%s claude   (or: nonstop claude)", cfg.listen)
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    config = uvicorn.Config(
+        create_app(cfg), host=cfg.host, port=cfg.port, loop=loop, http="httptools",
+        lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False,
+        timeout_graceful_shutdown=int(cfg.drain_timeout) or None, timeout_keep_alive=75,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1

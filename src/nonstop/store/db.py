@@ -1,0 +1,300 @@
+"""SQLite request log and persisted state, written off the event loop.
+
+WAL mode, append-only named migrations. All writes go through one writer thread fed by a
+queue, so the request path never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_requests",
+        """
+        CREATE TABLE requests (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            request_id TEXT NOT NULL DEFAULT '',
+            path TEXT NOT NULL DEFAULT '',
+            client TEXT NOT NULL DEFAULT '',
+            session_id TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '',
+            stream INTEGER NOT NULL DEFAULT 0,
+            backend TEXT NOT NULL DEFAULT '',
+            reason TEXT NOT NULL DEFAULT '',
+            outcome TEXT NOT NULL DEFAULT '',
+            status INTEGER NOT NULL DEFAULT 0,
+            stop_reason TEXT NOT NULL DEFAULT '',
+            ttfb_ms REAL,
+            total_ms REAL,
+            overhead_ms REAL,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            error TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX requests_ts ON requests (ts);
+        """,
+    ),
+    (
+        "0002_state",
+        "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated REAL NOT NULL);",
+    ),
+    (
+        "0003_bodies",
+        "CREATE TABLE bodies (request_id INTEGER PRIMARY KEY, request TEXT, response TEXT);",
+    ),
+]
+
+
+@dataclass
+class RequestRow:
+    ts: float
+    request_id: str = ""
+    path: str = ""
+    client: str = ""
+    session_id: str = ""
+    model: str = ""
+    stream: bool = False
+    backend: str = ""
+    reason: str = ""
+    outcome: str = ""
+    status: int = 0
+    stop_reason: str = ""
+    ttfb_ms: float | None = None
+    total_ms: float | None = None
+    overhead_ms: float | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error: str = ""
+    request_body: str | None = field(default=None, repr=False)
+    response_body: str | None = field(default=None, repr=False)
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("request_body")
+        d.pop("response_body")
+        return d
+
+
+_COLUMNS = [
+    "ts", "request_id", "path", "client", "session_id", "model", "stream", "backend", "reason",
+    "outcome", "status", "stop_reason", "ttfb_ms", "total_ms", "overhead_ms", "input_tokens",
+    "output_tokens", "error",
+]
+_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, timeout=10, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL NOT NULL)")
+    done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
+    applied = []
+    for name, sql in MIGRATIONS:
+        if name in done:
+            continue
+        with conn:
+            conn.executescript("BEGIN;" + sql + f"INSERT INTO migrations VALUES ('{name}', {time.time()});COMMIT;")
+        applied.append(name)
+    return applied
+
+
+def ensure_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+
+
+class Store:
+    """The request log and key/value state. Reads are synchronous (call them off the
+    loop with asyncio.to_thread); writes are queued to the writer thread."""
+
+    def __init__(self, state_dir: Path, *, retention_days: float = 30.0):
+        self.state_dir = state_dir
+        self.path = state_dir / "nonstop.db"
+        self.retention_days = retention_days
+        self._q: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._read: sqlite3.Connection | None = None
+        self._listeners: list[Any] = []
+        self.written = 0
+
+    def open(self) -> None:
+        ensure_private_dir(self.state_dir)
+        old = os.umask(0o077)
+        try:
+            conn = connect(self.path)
+            migrate(conn)
+        finally:
+            os.umask(old)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                os.chmod(str(self.path) + suffix, 0o600)
+        self._prune(conn)
+        self._thread = threading.Thread(target=self._writer, args=(conn,), name="nonstop-store", daemon=True)
+        self._thread.start()
+        self._read = connect(self.path)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._read is not None:
+            self._read.close()
+            self._read = None
+
+    # --- writes (queued) ---------------------------------------------------------------
+
+    def log_request(self, row: RequestRow) -> None:
+        self._q.put(("request", row))
+
+    def save_state(self, key: str, value: Any) -> None:
+        self._q.put(("state", (key, orjson.dumps(value).decode(), time.time())))
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued so far is on disk."""
+        done = threading.Event()
+        self._q.put(("flush", done))
+        done.wait(timeout)
+
+    def _writer(self, conn: sqlite3.Connection) -> None:
+        last_prune = time.time()
+        while True:
+            item = self._q.get()
+            batch = [item]
+            # Group what is already waiting into one transaction.
+            while len(batch) < 512:
+                try:
+                    batch.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            stop = False
+            events = []
+            try:
+                with conn:
+                    for it in batch:
+                        if it is None:
+                            stop = True
+                            continue
+                        kind, payload = it
+                        if kind == "request":
+                            cur = conn.execute(_INSERT, _values(payload))
+                            if payload.request_body is not None or payload.response_body is not None:
+                                conn.execute(
+                                    "INSERT INTO bodies VALUES (?, ?, ?)",
+                                    (cur.lastrowid, payload.request_body, payload.response_body),
+                                )
+                            self.written += 1
+                        elif kind == "state":
+                            conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", payload)
+                        elif kind == "flush":
+                            events.append(payload)
+            except sqlite3.Error as exc:  # the log must never take the gateway down
+                print(f"nonstop: request log write failed: {exc}", flush=True)
+            for ev in events:
+                ev.set()
+            if time.time() - last_prune > 3600:
+                self._prune(conn)
+                last_prune = time.time()
+            if stop:
+                conn.close()
+                return
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        if self.retention_days <= 0:
+            return
+        cutoff = time.time() - self.retention_days * 86400
+        with contextlib.suppress(sqlite3.Error), conn:
+            conn.execute("DELETE FROM bodies WHERE request_id IN (SELECT id FROM requests WHERE ts < ?)", (cutoff,))
+            conn.execute("DELETE FROM requests WHERE ts < ?", (cutoff,))
+
+    # --- reads -------------------------------------------------------------------------
+
+    def load_state(self, key: str) -> Any:
+        assert self._read is not None
+        row = self._read.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def recent(self, **filters: Any) -> list[dict[str, Any]]:
+        assert self._read is not None
+        return recent(self._read, **filters)
+
+    def totals_since(self, since: float) -> dict[str, dict[str, int]]:
+        assert self._read is not None
+        return totals_since(self._read, since)
+
+
+def _values(row: RequestRow) -> Iterable[Any]:
+    return (
+        row.ts, row.request_id, row.path, row.client, row.session_id, row.model, int(row.stream),
+        row.backend, row.reason, row.outcome, row.status, row.stop_reason, row.ttfb_ms, row.total_ms,
+        row.overhead_ms, row.input_tokens, row.output_tokens, row.error,
+    )
+
+
+def recent(
+    conn: sqlite3.Connection,
+    *,
+    limit: int = 50,
+    after_id: int = 0,
+    backend: str = "",
+    outcome: str = "",
+    model: str = "",
+    since: float = 0.0,
+) -> list[dict[str, Any]]:
+    sql = "SELECT * FROM requests WHERE id > ?"
+    args: list[Any] = [after_id]
+    if backend:
+        if backend == "local":
+            sql += " AND backend != 'cloud' AND backend != ''"
+        else:
+            sql += " AND backend = ?"
+            args.append(backend)
+    if outcome:
+        sql += " AND outcome = ?"
+        args.append(outcome)
+    if model:
+        sql += " AND model LIKE ?"
+        args.append(model.replace("*", "%"))
+    if since:
+        sql += " AND ts >= ?"
+        args.append(since)
+    sql += " ORDER BY id DESC LIMIT ?"
+    args.append(max(1, min(int(limit), 10000)))
+    rows = [dict(r) for r in conn.execute(sql, args)]
+    rows.reverse()
+    return rows
+
+
+def totals_since(conn: sqlite3.Connection, since: float) -> dict[str, dict[str, int]]:
+    out = {k: {"requests": 0, "input_tokens": 0, "output_tokens": 0} for k in ("cloud", "local")}
+    q = (
+        "SELECT CASE WHEN backend = 'cloud' THEN 'cloud' ELSE 'local' END AS side, COUNT(*), "
+        "COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) FROM requests "
+        "WHERE ts >= ? AND backend != '' GROUP BY side"
+    )
+    for side, n, i, o in conn.execute(q, (since,)):
+        out[side] = {"requests": n, "input_tokens": i, "output_tokens": o}
+    return out

@@ -1,0 +1,157 @@
+"""Anthropic Messages helpers: the request a local Anthropic-compatible server can take,
+token estimates, and the fixes local streams need before a client sees them.
+
+Pure functions of dicts.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+
+# Top-level request keys a local server understands. Everything else is dropped on the
+# way to a local model (and documented in docs/compatibility.md): metadata,
+# context_management, output_config, thinking, service_tier, container, mcp_servers ...
+LOCAL_REQUEST_KEYS = frozenset({
+    "model", "messages", "system", "max_tokens", "stop_sequences", "stream",
+    "temperature", "top_p", "top_k", "tools", "tool_choice",
+})
+_BLOCK_KEYS = {
+    "text": ("type", "text"),
+    "image": ("type", "source"),
+    "tool_use": ("type", "id", "name", "input"),
+    "tool_result": ("type", "tool_use_id", "content", "is_error"),
+}
+_TOOL_KEYS = ("name", "description", "input_schema")
+
+
+def new_message_id() -> str:
+    return "msg_nonstop_" + secrets.token_hex(12)
+
+
+def _clean_block(block: Any) -> dict | None:
+    if isinstance(block, str):
+        return {"type": "text", "text": block}
+    if not isinstance(block, dict):
+        return None
+    btype = block.get("type")
+    if btype in ("thinking", "redacted_thinking"):
+        return None  # a local model cannot verify or use another model's reasoning
+    keys = _BLOCK_KEYS.get(btype) if isinstance(btype, str) else None
+    if keys is None:
+        if btype == "document":
+            src = block.get("source") or {}
+            if isinstance(src, dict) and src.get("type") == "text":
+                return {"type": "text", "text": str(src.get("data", ""))}
+        return {"type": "text", "text": f"[{btype or 'unknown'} block omitted]"}
+    out = {k: block[k] for k in keys if k in block}
+    if btype == "tool_result" and isinstance(out.get("content"), list):
+        inner = [c for c in (_clean_block(b) for b in out["content"]) if c is not None]
+        out["content"] = inner
+    return out
+
+
+def _system_text(system: Any) -> list[dict]:
+    if isinstance(system, str):
+        return [{"type": "text", "text": system}] if system else []
+    if isinstance(system, list):
+        out = []
+        for b in system:
+            if isinstance(b, dict) and b.get("type") == "text":
+                out.append({"type": "text", "text": str(b.get("text", ""))})
+            elif isinstance(b, str):
+                out.append({"type": "text", "text": b})
+        return out
+    return []
+
+
+def to_local_request(req: dict, *, model: str, max_tokens: int) -> dict:
+    """The request for a local server that speaks Anthropic Messages natively."""
+    out: dict[str, Any] = {k: req[k] for k in LOCAL_REQUEST_KEYS if k in req}
+    out["model"] = model
+    asked = req.get("max_tokens")
+    out["max_tokens"] = min(asked, max_tokens) if isinstance(asked, int) and asked > 0 else max_tokens
+    system = _system_text(req.get("system"))
+    messages: list[dict] = []
+    for msg in req.get("messages") or []:
+        if not isinstance(msg, dict):
+            continue
+        role = msg.get("role")
+        content = msg.get("content")
+        if role == "system":
+            # Newer clients put system turns inside messages; local servers reject them.
+            system.extend(_system_text(content))
+            continue
+        if role not in ("user", "assistant"):
+            continue
+        if isinstance(content, list):
+            blocks = [c for c in (_clean_block(b) for b in content) if c is not None]
+            if not blocks:
+                blocks = [{"type": "text", "text": "(no content)"}]
+            content = blocks
+        elif not isinstance(content, str):
+            content = str(content)
+        if messages and messages[-1]["role"] == role:
+            prev = messages[-1]["content"]
+            prev_list = [{"type": "text", "text": prev}] if isinstance(prev, str) else prev
+            cur = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            messages[-1] = {"role": role, "content": prev_list + cur}
+        else:
+            messages.append({"role": role, "content": content})
+    out["messages"] = messages
+    if system:
+        out["system"] = system
+    else:
+        out.pop("system", None)
+    tools = req.get("tools")
+    if isinstance(tools, list):
+        kept = [
+            {k: t[k] for k in _TOOL_KEYS if k in t}
+            for t in tools
+            if isinstance(t, dict) and t.get("type") in (None, "custom") and "name" in t
+        ]
+        if kept:
+            out["tools"] = kept
+        else:
+            out.pop("tools", None)
+            out.pop("tool_choice", None)
+    tc = out.get("tool_choice")
+    if isinstance(tc, dict):
+        out["tool_choice"] = {k: tc[k] for k in ("type", "name") if k in tc}
+    return out
+
+
+def estimate_tokens(req: dict) -> int:
+    """A conservative token estimate from the request's text: about 3.5 characters per
+    token for English and code, plus a little per message and per image."""
+    chars = 0
+    images = 0
+
+    def walk(node: Any) -> None:
+        nonlocal chars, images
+        if isinstance(node, str):
+            chars += len(node)
+        elif isinstance(node, dict):
+            if node.get("type") == "image":
+                images += 1
+                return
+            for k, v in node.items():
+                if k in ("cache_control", "signature", "type"):
+                    continue
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(req.get("system"))
+    walk(req.get("messages"))
+    if req.get("tools"):
+        chars += len(orjson.dumps(req["tools"]))
+    n_messages = len(req.get("messages") or [])
+    return max(1, int(chars / 3.5) + 4 * n_messages + 1000 * images)
+
+
+def estimate_text_tokens(text: str) -> int:
+    return max(1, (len(text) + 3) // 4)

@@ -1,0 +1,78 @@
+"""Error bodies in each client protocol."""
+
+from __future__ import annotations
+
+import secrets
+
+import orjson
+
+from nonstop.wire.sse import encode_event
+
+# Anthropic error.type for an HTTP status we originate.
+_TYPE_FOR_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def request_id() -> str:
+    return "req_nonstop_" + secrets.token_hex(12)
+
+
+def anthropic_error_dict(status: int, message: str, etype: str | None = None) -> dict:
+    return {
+        "type": "error",
+        "error": {"type": etype or _TYPE_FOR_STATUS.get(status, "api_error"), "message": message},
+        "request_id": request_id(),
+    }
+
+
+def anthropic_error(status: int, message: str, etype: str | None = None) -> bytes:
+    return orjson.dumps(anthropic_error_dict(status, message, etype))
+
+
+def anthropic_error_event(message: str, etype: str = "api_error") -> bytes:
+    body = {"type": "error", "error": {"type": etype, "message": message}}
+    return encode_event("error", orjson.dumps(body))
+
+
+_OPENAI_TYPE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error_dict(status: int, message: str, code: str | None = None) -> dict:
+    return {
+        "error": {
+            "message": message,
+            "type": _OPENAI_TYPE.get(status, "server_error"),
+            "param": None,
+            "code": code,
+        }
+    }
+
+
+def openai_error(status: int, message: str, code: str | None = None) -> bytes:
+    return orjson.dumps(openai_error_dict(status, message, code))
+
+
+def prompt_too_long_message(tokens: int, maximum: int) -> str:
+    # Claude Code recognises exactly this wording and compacts the conversation.
+    return f"prompt is too long: {tokens} tokens > {maximum} maximum"

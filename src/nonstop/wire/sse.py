@@ -1,0 +1,83 @@
+"""Sans-IO server-sent events: an incremental decoder and an encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    event: str
+    data: str
+
+    def encode(self) -> bytes:
+        return encode_event(self.event, self.data)
+
+
+def encode_event(event: str, data: str | bytes) -> bytes:
+    if isinstance(data, bytes):
+        data = data.decode()
+    lines = data.split("\n")
+    body = "".join(f"data: {line}\n" for line in lines)
+    if event:
+        return f"event: {event}\n{body}\n".encode()
+    return f"{body}\n".encode()
+
+
+class SSEDecoder:
+    """Feed bytes, get complete events. Handles LF, CRLF and CR line endings and
+    events split anywhere across chunks."""
+
+    __slots__ = ("_buf", "_event", "_data", "_max")
+
+    def __init__(self, max_buffer: int = 16 * 1024 * 1024):
+        self._buf = b""
+        self._event = ""
+        self._data: list[str] = []
+        self._max = max_buffer
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            # A lone trailing CR may be the first half of CRLF: keep it for the next chunk.
+            keep_cr = buf.endswith(b"\r")
+            if keep_cr:
+                buf = buf[:-1]
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if keep_cr:
+                buf += b"\r"
+        out: list[SSEEvent] = []
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            line = buf[start:nl]
+            start = nl + 1
+            if not line:
+                if self._data or self._event:
+                    out.append(SSEEvent(self._event or "message", "\n".join(self._data)))
+                self._event = ""
+                self._data = []
+                continue
+            if line[:1] == b":":
+                continue
+            name, _, value = line.partition(b":")
+            if value[:1] == b" ":
+                value = value[1:]
+            if name == b"data":
+                self._data.append(value.decode("utf-8", "replace"))
+            elif name == b"event":
+                self._event = value.decode("utf-8", "replace")
+        self._buf = buf[start:]
+        if len(self._buf) > self._max:
+            raise ValueError("SSE line longer than the buffer limit")
+        return out
+
+    def flush(self) -> list[SSEEvent]:
+        """Events left when the stream ends (a final event without its blank line)."""
+        out = self.feed(b"\n\n") if self._buf else []
+        if self._data:
+            out.append(SSEEvent(self._event or "message", "\n".join(self._data)))
+            self._data, self._event = [], ""
+        return out

@@ -1,0 +1,259 @@
+"""A stand-in for the Anthropic cloud: a real HTTP server that reproduces the documented
+status codes, headers, error bodies and stream events of every way the cloud says "no".
+
+Run: python tests/support/fake_cloud.py --port 9100
+Control: POST /_fake/mode {"mode": "subscription_limit", ...params}
+         a request header `x-fake-mode: <mode>` overrides the mode for one request
+         GET /_fake/requests  -> what the cloud received (method, path, query, headers, body)
+         POST /_fake/reset    -> mode ok, log cleared
+Modes: see MODES below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+
+MODES = [
+    "ok", "subscription_limit", "weekly_limit", "throttle", "api_key_limit", "overloaded",
+    "server_error", "bad_gateway", "unavailable", "gateway_timeout", "credit", "spend_limit",
+    "auth", "forbidden", "invalid_request", "midstream_overloaded", "error_after_content",
+    "reset_after_content", "truncate", "hang", "hang_after_head", "slow", "malformed_chunk",
+    "non_json_error", "reset", "rejected_on_success", "warning", "random",
+]
+# Modes "random" draws from (everything a soak test should survive).
+RANDOM_POOL = [m for m in MODES if m not in ("random", "hang")] + ["ok"] * 12
+
+
+def _rid() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def error_body(etype: str, message: str) -> bytes:
+    return json.dumps({"type": "error", "error": {"type": etype, "message": message}, "request_id": _rid()}).encode()
+
+
+def quota_headers(status: str = "allowed", five: float = 0.42, seven: float = 0.17) -> dict[str, str]:
+    now = int(time.time())
+    return {
+        "anthropic-ratelimit-unified-status": status,
+        "anthropic-ratelimit-unified-5h-utilization": str(five),
+        "anthropic-ratelimit-unified-7d-utilization": str(seven),
+        "anthropic-ratelimit-unified-5h-reset": str(now + 3 * 3600),
+        "anthropic-ratelimit-unified-7d-reset": str(now + 4 * 86400),
+        "anthropic-ratelimit-unified-fallback-percentage": "0.5",
+        "anthropic-ratelimit-unified-overage-status": "rejected",
+        "request-id": _rid(),
+    }
+
+
+def sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+class FakeCloud:
+    def __init__(self, text: str = "Hello from the cloud.", reset_in: float = 3600.0):
+        self.mode = "ok"
+        self.params: dict = {}
+        self.text = text
+        self.reset_in = reset_in
+        self.log: list[dict] = []
+        self.rng = random.Random(1234)
+        self.counts: dict[str, int] = {}
+
+    # --- control ---------------------------------------------------------------------------
+
+    async def set_mode(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        self.mode = data.pop("mode", "ok")
+        self.params = data
+        if "seed" in data:
+            self.rng = random.Random(data["seed"])
+        return web.json_response({"mode": self.mode})
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.log)
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.mode, self.params, self.log, self.counts = "ok", {}, [], {}
+        return web.json_response({"mode": "ok"})
+
+    async def get_counts(self, request: web.Request) -> web.Response:
+        return web.json_response(self.counts)
+
+    # --- the API ---------------------------------------------------------------------------
+
+    def _record(self, request: web.Request, body: bytes) -> None:
+        if self.params.get("no_log"):
+            return
+        self.log.append({
+            "method": request.method, "path": request.path, "query": request.query_string,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body": body.decode("utf-8", "replace"),
+        })
+        if len(self.log) > 2000:
+            del self.log[:1000]
+
+    async def hello(self, request: web.Request) -> web.Response:
+        return web.Response(status=200, text="{}", content_type="application/json")
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"}], "has_more": False, "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"})
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self._record(request, body)
+        mode = request.headers.get("x-fake-mode") or self.mode
+        if mode != "ok":
+            return web.Response(status=529, body=error_body("overloaded_error", "Overloaded"), content_type="application/json")
+        return web.json_response({"input_tokens": max(1, len(body) // 4)})
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self._record(request, body)
+        mode = request.headers.get("x-fake-mode") or self.mode
+        if mode == "random":
+            mode = self.rng.choice(RANDOM_POOL)
+        self.counts[mode] = self.counts.get(mode, 0) + 1
+        try:
+            req = json.loads(body)
+        except ValueError:
+            return web.Response(status=400, body=error_body("invalid_request_error", "invalid JSON"), content_type="application/json")
+        stream = req.get("stream") is True
+        model = req.get("model", "claude")
+        in_tokens = max(1, len(body) // 4)
+        now = time.time()
+        H = "anthropic-ratelimit-"
+        if mode in ("subscription_limit", "weekly_limit"):
+            reset = int(now + float(self.params.get("reset_in", self.reset_in)))
+            claim = "five_hour" if mode == "subscription_limit" else "seven_day"
+            headers = {
+                H + "unified-status": "rejected",
+                H + "unified-representative-claim": claim,
+                H + "unified-reset": str(reset),
+                H + "unified-5h-utilization": "1.02" if claim == "five_hour" else "0.5",
+                H + "unified-7d-utilization": "0.64" if claim == "five_hour" else "1.0",
+                "retry-after": str(int(reset - now)),
+                "request-id": _rid(),
+            }
+            return web.Response(status=429, body=error_body("rate_limit_error", "This request would exceed your account's rate limit. Please try again later."), content_type="application/json", headers=headers)
+        if mode == "throttle":
+            return web.Response(status=429, body=error_body("rate_limit_error", "Rate limited"), content_type="application/json", headers={"retry-after": str(self.params.get("retry_after", 5))})
+        if mode == "api_key_limit":
+            reset = (datetime.now(UTC) + timedelta(seconds=float(self.params.get("reset_in", 60)))).isoformat().replace("+00:00", "Z")
+            headers = {
+                H + "tokens-limit": "80000", H + "tokens-remaining": "0", H + "tokens-reset": reset,
+                H + "requests-limit": "50", H + "requests-remaining": "12", H + "requests-reset": reset,
+                "retry-after": "30",
+            }
+            return web.Response(status=429, body=error_body("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"), content_type="application/json", headers=headers)
+        if mode == "overloaded":
+            return web.Response(status=529, body=error_body("overloaded_error", "Overloaded"), content_type="application/json")
+        if mode in ("server_error", "bad_gateway", "unavailable", "gateway_timeout"):
+            status = {"server_error": 500, "bad_gateway": 502, "unavailable": 503, "gateway_timeout": 504}[mode]
+            etype = "timeout_error" if status == 504 else "api_error"
+            return web.Response(status=status, body=error_body(etype, "Internal server error"), content_type="application/json")
+        if mode == "credit":
+            return web.Response(status=400, body=error_body("invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."), content_type="application/json")
+        if mode == "spend_limit":
+            day = (datetime.now(UTC) + timedelta(days=6)).strftime("%Y-%m-%d")
+            return web.Response(status=400, body=error_body("invalid_request_error", f"You have reached your specified API usage limits. You will regain access on {day} at 00:00 UTC."), content_type="application/json")
+        if mode == "auth":
+            return web.Response(status=401, body=error_body("authentication_error", "invalid x-api-key"), content_type="application/json")
+        if mode == "forbidden":
+            return web.Response(status=403, body=error_body("permission_error", "OAuth token has been revoked."), content_type="application/json")
+        if mode == "invalid_request":
+            return web.Response(status=400, body=error_body("invalid_request_error", "messages: field required"), content_type="application/json")
+        if mode == "non_json_error":
+            return web.Response(status=502, text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
+        if mode == "reset":
+            assert request.transport is not None
+            request.transport.abort()
+            await asyncio.sleep(0.01)
+            return web.Response(status=500)
+        if mode == "hang":
+            await asyncio.sleep(float(self.params.get("hang_for", 3600)))
+            return web.Response(status=500)
+        status_h = "allowed"
+        if mode == "rejected_on_success":
+            status_h = "rejected"
+        elif mode == "warning":
+            status_h = "allowed_warning"
+        headers = quota_headers(status_h, five=float(self.params.get("five", 0.42)), seven=float(self.params.get("seven", 0.17)))
+        msg_id = "msg_" + secrets.token_hex(12)
+        text = self.params.get("text", self.text)
+        if not stream:
+            return web.json_response({
+                "id": msg_id, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": in_tokens, "output_tokens": 7, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+            }, headers=headers)
+        resp = web.StreamResponse(status=200, headers={**headers, "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"})
+        await resp.prepare(request)
+        if mode == "hang_after_head":
+            await asyncio.sleep(float(self.params.get("hang_for", 3600)))
+            return resp
+        start = {"type": "message_start", "message": {"id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": in_tokens, "output_tokens": 1}}}
+        await resp.write(sse("message_start", start))
+        if mode == "midstream_overloaded":
+            await resp.write(sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+            return resp
+        await resp.write(sse("ping", {"type": "ping"}))
+        await resp.write(sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
+        words = text.split(" ")
+        delay = float(self.params.get("delay", 0.05 if mode == "slow" else 0))
+        for i, w in enumerate(words):
+            piece = w if i == 0 else " " + w
+            if mode == "malformed_chunk" and i == 1:
+                await resp.write(b"event: content_block_delta\ndata: {\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"text_del\n\n")
+            await resp.write(sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}))
+            if delay:
+                await asyncio.sleep(delay)
+            if i == 1 and mode == "error_after_content":
+                await resp.write(sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+                return resp
+            if i == 1 and mode == "reset_after_content":
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            if i == 1 and mode == "truncate":
+                await resp.write(b"event: content_block_delta\ndata: {\"type\": \"content_blo")
+                return resp
+        await resp.write(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        await resp.write(sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": len(words)}}))
+        await resp.write(sse("message_stop", {"type": "message_stop"}))
+        return resp
+
+
+def make_app(fake: FakeCloud | None = None) -> web.Application:
+    fake = fake or FakeCloud()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app["fake"] = fake
+    app.router.add_post("/_fake/mode", fake.set_mode)
+    app.router.add_get("/_fake/requests", fake.get_requests)
+    app.router.add_get("/_fake/counts", fake.get_counts)
+    app.router.add_post("/_fake/reset", fake.reset)
+    app.router.add_route("*", "/api/hello", fake.hello)
+    app.router.add_get("/v1/models", fake.models)
+    app.router.add_post("/v1/messages/count_tokens", fake.count_tokens)
+    app.router.add_post("/v1/messages", fake.messages)
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9100)
+    args = p.parse_args()
+    web.run_app(make_app(), host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

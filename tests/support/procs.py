@@ -1,0 +1,135 @@
+"""Real processes for integration tests: the fake cloud, nonstop itself, a recording
+local stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SUPPORT = Path(__file__).resolve().parent
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# A planted test key: every output is grepped for it to prove it never leaks.
+PLANTED_KEY = "sk-ant-api03-PLANTEDTESTKEY0123456789abcdefABCDEF-nonstop"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+    data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})})
+    try:
+        with _OPENER.open(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def wait_http(url: str, timeout: float = 30, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered:\n{tail}")
+        try:
+            with _OPENER.open(url, timeout=2) as r:
+                if r.status < 500:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise RuntimeError(f"{url} did not answer within {timeout}s\n{tail}")
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+    port: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_python(args: list[str], port: int, health: str, name: str, env: dict[str, str] | None = None,
+                 timeout: float = 30, cwd: Path | None = None) -> Proc:
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    log = folder / f"{name}.log"
+    fh = open(log, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})}, cwd=str(cwd or ROOT),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + health, timeout=timeout, proc=proc, log=log)
+    except Exception:
+        proc.kill()
+        raise
+    return Proc(proc, url, log, port)
+
+
+def start_fake_cloud(port: int | None = None) -> Proc:
+    port = port or free_port()
+    return start_python([str(SUPPORT / "fake_cloud.py"), "--port", str(port)], port, "/_fake/requests", "fake-cloud")
+
+
+def start_recorder(port: int | None = None) -> Proc:
+    port = port or free_port()
+    return start_python([str(SUPPORT / "recorder.py"), "--port", str(port)], port, "/_recorded", "recorder")
+
+
+def write_config(folder: Path, text: str) -> Path:
+    path = folder / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def start_nonstop(config_text: str, *, port: int | None = None, env: dict[str, str] | None = None,
+                  timeout: float = 60, state_dir: Path | None = None) -> Proc:
+    port = port or free_port()
+    folder = Path(tempfile.mkdtemp(prefix="nonstop-test-"))
+    state = state_dir or folder / "state"
+    cfg = write_config(folder, f'listen = "127.0.0.1:{port}"\nstate_dir = "{state}"\n' + config_text)
+    p = start_python(["-m", "nonstop", "serve", "--config", str(cfg)], port, "/health", "nonstop",
+                     env={"NONSTOP_STATE_DIR": str(state), **(env or {})}, timeout=timeout)
+    p.extra["config"] = cfg
+    p.extra["state_dir"] = state
+    return p
+
+
+def set_mode(cloud: Proc, mode: str, **params: Any) -> None:
+    status, _, body = http("POST", cloud.url + "/_fake/mode", {"mode": mode, **params})
+    assert status == 200, body
+
+
+def cloud_requests(cloud: Proc) -> list[dict]:
+    return json.loads(http("GET", cloud.url + "/_fake/requests")[2])

@@ -1,0 +1,100 @@
+"""A recording local stand-in: answers /v1/messages and /v1/chat/completions with valid
+replies and remembers every request it received (to prove no cloud credential reaches a
+local server)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from aiohttp import web
+
+LOG: list[dict] = []
+
+
+def _record(request: web.Request, body: bytes) -> None:
+    LOG.append({
+        "method": request.method, "path": request.path,
+        "headers": [[k, v] for k, v in request.headers.items()],
+        "body": body.decode("utf-8", "replace"),
+    })
+
+
+async def recorded(request: web.Request) -> web.Response:
+    return web.json_response(LOG)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    body = await request.read()
+    _record(request, body)
+    req = json.loads(body)
+    text = "recorded reply"
+    if not req.get("stream"):
+        return web.json_response({
+            "id": "msg_rec", "type": "message", "role": "assistant", "model": req.get("model"),
+            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 2},
+        })
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+
+    async def ev(name: str, data: dict) -> None:
+        await resp.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+
+    # Deliberately sloppy like some local servers: zero input tokens, text inside the start.
+    await ev("message_start", {"type": "message_start", "message": {"id": "msg_rec", "type": "message", "role": "assistant", "model": req.get("model"), "content": [], "usage": {"input_tokens": 0, "output_tokens": 0}}})
+    await ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "recorded "}})
+    await ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "reply"}})
+    await ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+    await ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}})
+    await ev("message_stop", {"type": "message_stop"})
+    return resp
+
+
+async def count_tokens(request: web.Request) -> web.Response:
+    body = await request.read()
+    _record(request, body)
+    return web.json_response({"input_tokens": max(1, len(body) // 4)})
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await request.read()
+    _record(request, body)
+    req = json.loads(body)
+    if not req.get("stream"):
+        return web.json_response({
+            "id": "chatcmpl-rec", "object": "chat.completion", "model": req.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "recorded reply"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        })
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+    for chunk in (
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "recorded"}}]},
+        {"choices": [{"index": 0, "delta": {"content": " reply"}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 2}},
+    ):
+        await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [{"id": "recorder-model", "object": "model"}]})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    args = p.parse_args()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_get("/_recorded", recorded)
+    app.router.add_post("/v1/messages", messages)
+    app.router.add_post("/v1/messages/count_tokens", count_tokens)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()
