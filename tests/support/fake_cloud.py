@@ -101,6 +101,10 @@ class FakeCloud:
         if len(self.log) > 2000:
             del self.log[:1000]
 
+    async def unknown(self, request: web.Request) -> web.Response:
+        self._record(request, await request.read())
+        return web.Response(status=404, body=error_body("not_found_error", f"Not found: {request.path}"), content_type="application/json")
+
     async def hello(self, request: web.Request) -> web.Response:
         return web.Response(status=200, text="{}", content_type="application/json")
 
@@ -244,6 +248,7 @@ def make_app(fake: FakeCloud | None = None) -> web.Application:
     app.router.add_get("/v1/models", fake.models)
     app.router.add_post("/v1/messages/count_tokens", fake.count_tokens)
     app.router.add_post("/v1/messages", fake.messages)
+    app.router.add_route("*", "/{tail:.*}", fake.unknown)
     return app
 
 

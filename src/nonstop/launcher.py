@@ -1,0 +1,143 @@
+"""`nonstop claude`: make sure a gateway is running, then run Claude Code through it.
+
+The user's credentials are never read or changed: Claude Code keeps using its own login
+(API key or subscription); only ANTHROPIC_BASE_URL points at nonstop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from nonstop.config import Config, is_loopback
+
+CLAUDE_INSTALL = "npm install -g @anthropic-ai/claude-code"
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def client_url(cfg: Config) -> str:
+    host = cfg.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.port}"
+
+
+def health(cfg: Config, timeout: float = 1.0) -> dict | None:
+    req = urllib.request.Request(client_url(cfg) + "/health")
+    if cfg.token:
+        req.add_header("x-nonstop-token", cfg.token)
+    try:
+        with _OPENER.open(req, timeout=timeout) as r:
+            data = json.loads(r.read())
+            return data if isinstance(data, dict) and data.get("status") else None
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def start_background(cfg: Config, wait: float = 600.0, echo=print) -> dict:
+    """Start `nonstop serve` detached, logging to the state directory; wait for /health."""
+    from nonstop.store.db import ensure_private_dir
+
+    ensure_private_dir(cfg.state_dir)
+    log_path = cfg.state_dir / "nonstop.log"
+    argv = [sys.executable, "-m", "nonstop", "serve"]
+    if cfg.source:
+        argv += ["--config", cfg.source]
+    argv += ["--host", cfg.host, "--port", str(cfg.port)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    echo(f"nonstop: starting the gateway in the background (pid {proc.pid}, log {log_path})")
+    deadline = time.monotonic() + wait
+    last_note = time.monotonic()
+    while time.monotonic() < deadline:
+        h = health(cfg)
+        if h is not None:
+            echo(f"nonstop: ready at {client_url(cfg)}")
+            return h
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"nonstop exited with code {proc.returncode} while starting:\n{tail}")
+        if time.monotonic() - last_note > 5:
+            last_note = time.monotonic()
+            lines = log_path.read_text(errors="replace").strip().splitlines()
+            echo(f"nonstop: still starting… {lines[-1] if lines else ''}")
+        time.sleep(0.2)
+    raise RuntimeError(f"nonstop did not become ready within {wait:.0f}s; see {log_path}")
+
+
+def ensure_running(cfg: Config, echo=print) -> dict:
+    h = health(cfg)
+    if h is not None:
+        return h
+    return start_background(cfg, echo=echo)
+
+
+def claude_env(cfg: Config, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    env["ANTHROPIC_BASE_URL"] = client_url(cfg)
+    if cfg.token:
+        line = f"x-nonstop-token: {cfg.token}"
+        prior = env.get("ANTHROPIC_CUSTOM_HEADERS", "")
+        env["ANTHROPIC_CUSTOM_HEADERS"] = f"{prior}\n{line}" if prior else line
+    return env
+
+
+def _offer_statusline(cfg: Config, force: bool) -> None:
+    from nonstop import statusline
+
+    marker = cfg.state_dir / "statusline-offered"
+    if force:
+        path = statusline.install()
+        print(f"nonstop: status line added to {path} (backup kept next to it)", file=sys.stderr)
+        return
+    if marker.exists() or not sys.stdin.isatty() or statusline.is_installed():
+        return
+    try:
+        answer = input("nonstop: show nonstop's status line in Claude Code? It edits only the statusLine key of your settings and keeps a backup. [y/N] ")
+    except EOFError:
+        answer = ""
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(answer.strip() or "n")
+    if answer.strip().lower() in ("y", "yes"):
+        path = statusline.install()
+        print(f"nonstop: status line added to {path}", file=sys.stderr)
+
+
+def run_claude(cfg: Config, rest: list[str], args) -> int:
+    claude = shutil.which("claude")
+    if claude is None:
+        print(f"nonstop: the Claude Code CLI (`claude`) is not on PATH. Install it with:\n  {CLAUDE_INSTALL}", file=sys.stderr)
+        return 127
+    if not is_loopback(cfg.host) and not cfg.token:
+        print("nonstop: refusing to expose the gateway without a token", file=sys.stderr)
+        return 2
+    try:
+        ensure_running(cfg, echo=lambda m: print(m, file=sys.stderr))
+    except RuntimeError as exc:
+        print(f"nonstop: {exc}", file=sys.stderr)
+        return 1
+    _offer_statusline(cfg, bool(getattr(args, "install_statusline", False)))
+    env = claude_env(cfg)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        return subprocess.call([claude, *rest], env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def claude_settings_path() -> Path:
+    base = os.environ.get("CLAUDE_CONFIG_DIR")
+    return Path(base) / "settings.json" if base else Path.home() / ".claude" / "settings.json"

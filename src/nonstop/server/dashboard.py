@@ -1,0 +1,139 @@
+"""nonstop's own pages under /_nonstop/: the dashboard and its JSON/SSE API.
+
+Read-only unless an access token is configured (then the one write action, "probe the
+cloud now", is allowed for requests that carry the token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from importlib import resources
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+import orjson
+
+from nonstop.server.asgi import Receive, Scope, Send, send_bytes, send_json
+
+if TYPE_CHECKING:
+    from nonstop.server.app import App
+
+# No external assets, no inline event handlers from data: a strict policy is possible.
+_SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+_STATIC_TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8"}
+
+
+def _static(name: str) -> bytes | None:
+    try:
+        return resources.files("nonstop.server").joinpath("static", name).read_bytes()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+async def handle(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+    path = scope["path"]
+    method = scope["method"]
+    gw = app.gw
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    if path in ("/_nonstop", "/_nonstop/"):
+        path = "/_nonstop/index.html"
+        extra = list(_SECURITY_HEADERS)
+        token = (query.get("token") or [""])[0]
+        if token and app.cfg.token:
+            extra.append((b"set-cookie", f"nonstop_token={token}; HttpOnly; SameSite=Strict; Path=/".encode()))
+    else:
+        extra = list(_SECURITY_HEADERS)
+    if method == "GET" and path == "/_nonstop/api/status":
+        await send_json(send, 200, await gw.status(), extra=[(b"cache-control", b"no-store")])
+        return
+    if method == "GET" and path == "/_nonstop/api/requests":
+        limit = _int(query.get("limit"), 50)
+        after = _int(query.get("after_id"), 0)
+        rows: list = []
+        if gw.store is not None:
+            with contextlib.suppress(Exception):
+                rows = await asyncio.to_thread(
+                    gw.store.recent, limit=limit, after_id=after,
+                    backend=(query.get("backend") or [""])[0], outcome=(query.get("outcome") or [""])[0],
+                )
+        else:
+            rows = list(gw.recent_rows)[-limit:]
+        await send_json(send, 200, {"requests": rows}, extra=[(b"cache-control", b"no-store")])
+        return
+    if method == "GET" and path == "/_nonstop/api/events":
+        await _events(app, receive, send)
+        return
+    if method == "POST" and path == "/_nonstop/api/probe":
+        if not app.cfg.token:
+            await send_json(send, 403, {"error": "write actions need an access token: set token in the config"})
+            return
+        gw.quota.until = 0.0
+        await send_json(send, 200, {"ok": True, "cloud": gw.quota.state.value})
+        return
+    if method in ("GET", "HEAD") and path.startswith("/_nonstop/") and "/api/" not in path:
+        name = path.removeprefix("/_nonstop/")
+        suffix = name[name.rfind("."):] if "." in name else ""
+        if "/" not in name and suffix in _STATIC_TYPES:
+            data = _static(name)
+            if data is not None:
+                await send_bytes(send, 200, data if method == "GET" else b"", _STATIC_TYPES[suffix], extra=extra)
+                return
+    await send_json(send, 404, {"error": f"no such page: {path[:100]}"})
+
+
+def _int(values: list[str] | None, default: int) -> int:
+    try:
+        return int(values[0]) if values else default
+    except ValueError:
+        return default
+
+
+async def _events(app: App, receive: Receive, send: Send) -> None:
+    """Server-sent events: a status snapshot now and on every change, each request row
+    as it is logged, and a keep-alive comment every 15 s."""
+    gw = app.gw
+    q: asyncio.Queue = asyncio.Queue(maxsize=1000)
+    gw.subscribers.add(q)
+    await send({
+        "type": "http.response.start", "status": 200,
+        "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store")],
+    })
+
+    async def wait_gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    gone = asyncio.ensure_future(wait_gone())
+    try:
+        await send({"type": "http.response.body", "body": _sse("status", await gw.status()), "more_body": True})
+        while not gone.done():
+            getter = asyncio.ensure_future(q.get())
+            done, _ = await asyncio.wait({getter, gone}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                if not gone.done():
+                    await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+                continue
+            event = getter.result()
+            if event.get("type") == "status":
+                payload = _sse("status", await gw.status())
+            else:
+                payload = _sse(event.get("type", "message"), event)
+            await send({"type": "http.response.body", "body": payload, "more_body": True})
+    except OSError:
+        pass
+    finally:
+        gw.subscribers.discard(q)
+        gone.cancel()
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _sse(event: str, data: object) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

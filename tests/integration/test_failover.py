@@ -1,0 +1,281 @@
+"""The core promise, with real processes: the fake cloud, nonstop, a real llama-server
+with a real small model, and the official anthropic SDK as the client."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anthropic
+import httpx
+import pytest
+
+from tests.support import procs
+
+pytestmark = pytest.mark.integration
+
+FAILOVER_MODES = [
+    "subscription_limit", "weekly_limit", "throttle", "api_key_limit", "overloaded",
+    "server_error", "bad_gateway", "unavailable", "gateway_timeout", "credit", "spend_limit",
+    "midstream_overloaded", "non_json_error", "reset",
+]
+PASSTHROUGH_ERRORS = {
+    "auth": anthropic.AuthenticationError,
+    "forbidden": anthropic.PermissionDeniedError,
+    "invalid_request": anthropic.BadRequestError,
+}
+
+
+def config(cloud_url: str, local_url: str, *, api: str = "anthropic", window: int = 8192, extra: str = "", cloud_extra: str = "") -> str:
+    return f"""
+[cloud]
+url = "{cloud_url}"
+first_byte_timeout = 3.0
+{cloud_extra}
+
+[[local]]
+name = "llama"
+url = "{local_url}"
+api = "{api}"
+model = "smollm2"
+context_window = {window}
+max_output_tokens = 48
+
+[embedded]
+mode = "never"
+
+[discovery]
+enabled = false
+{extra}
+"""
+
+
+def client(ns: procs.Proc, **kw) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=ns.url, api_key=procs.PLANTED_KEY, max_retries=0, timeout=120, **kw)
+
+
+def ask(c: anthropic.Anthropic, stream: bool, **kw):
+    """One request; returns (message, headers)."""
+    params = dict(model="claude-sonnet-4-5", max_tokens=400, messages=[{"role": "user", "content": "Say hello."}])
+    params.update(kw)
+    if stream:
+        with c.messages.stream(**params) as s:
+            msg = s.get_final_message()
+            return msg, s.response.headers
+    raw = c.messages.with_raw_response.create(**params)
+    return raw.parse(), raw.headers
+
+
+def assert_complete(msg) -> None:
+    assert msg.type == "message" and msg.role == "assistant"
+    assert msg.stop_reason in ("end_turn", "max_tokens", "tool_use", "stop_sequence")
+    assert msg.usage.input_tokens > 0
+    assert msg.content, "empty content"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_healthy_cloud_serves(cloud, llama, nonstop_factory, stream):
+    ns = nonstop_factory(config(cloud.url, llama.url))
+    msg, headers = ask(client(ns), stream)
+    assert_complete(msg)
+    assert headers["x-nonstop-backend"] == "cloud"
+    assert msg.content[0].text == "Hello from the cloud."
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("mode", FAILOVER_MODES)
+def test_failure_served_locally(cloud, llama, nonstop_factory, mode, stream):
+    procs.set_mode(cloud, mode)
+    ns = nonstop_factory(config(cloud.url, llama.url))
+    msg, headers = ask(client(ns), stream)
+    assert_complete(msg)
+    assert headers["x-nonstop-backend"] == "llama"
+    assert headers.get("x-nonstop-failover")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_refused_connection_served_locally(llama, nonstop_factory, stream):
+    ns = nonstop_factory(config(f"http://127.0.0.1:{procs.free_port()}", llama.url))
+    msg, headers = ask(client(ns), stream)
+    assert_complete(msg)
+    assert headers["x-nonstop-backend"] == "llama"
+    assert "network" in headers["x-nonstop-failover"]
+
+
+@pytest.mark.parametrize("mode", ["hang", "hang_after_head"])
+def test_hung_cloud_goes_local_within_deadline(cloud, llama, nonstop_factory, mode):
+    procs.set_mode(cloud, mode, hang_for=60)
+    ns = nonstop_factory(config(cloud.url, llama.url))
+    t0 = time.monotonic()
+    msg, headers = ask(client(ns), True)
+    assert_complete(msg)
+    assert headers["x-nonstop-backend"] == "llama"
+    assert time.monotonic() - t0 < 3.0 + 10 + 30  # deadline + local generation
+
+
+@pytest.mark.parametrize("mode,exc", list(PASSTHROUGH_ERRORS.items()))
+def test_client_and_auth_errors_are_shown(cloud, llama, nonstop_factory, mode, exc):
+    procs.set_mode(cloud, mode)
+    ns = nonstop_factory(config(cloud.url, llama.url))
+    with pytest.raises(exc):
+        ask(client(ns), False)
+
+
+@pytest.mark.parametrize("mode", ["error_after_content", "reset_after_content", "truncate"])
+def test_failure_after_content_ends_with_error_event(cloud, llama, nonstop_factory, mode):
+    procs.set_mode(cloud, mode)
+    ns = nonstop_factory(config(cloud.url, llama.url))
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=30) as h:
+        r = h.post(ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
+    assert r.status_code == 200
+    events = parse_sse(r.text)
+    assert events[0][0] == "message_start"
+    assert any(e == "content_block_delta" for e, _ in events)
+    assert events[-1][0] == "error", events[-3:]
+    assert events[-1][1]["type"] == "error" and events[-1][1]["error"]["message"]
+    # Every event before the error is complete JSON: nothing was cut mid-event.
+    for _, data in events:
+        assert isinstance(data, dict)
+
+
+def parse_sse(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        ev, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                ev = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        out.append((ev, json.loads("\n".join(data))))
+    return out
+
+
+def test_cloud_path_is_transparent(cloud, llama, nonstop_factory):
+    ns = nonstop_factory(config(cloud.url, llama.url))
+    body = (
+        b'{"model":"claude-opus-5-5","max_tokens":128000,"stream":true,"thinking":{"type":"adaptive"},'
+        b'"context_management":{"edits":[]},"output_config":{"effort":"high"},"metadata":{"user_id":"u"},'
+        b'"system":[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}],'
+        b'"tools":[{"name":"Read","description":"d","input_schema":{"type":"object"},"defer_loading":true}],'
+        b'"messages":[{"role":"system","content":"inner system"},{"role":"user","content":"hi"}],  "unknown_field": 1}'
+    )
+    headers = {
+        "authorization": "Bearer sk-ant-oat01-" + "x" * 20,
+        "anthropic-beta": "oauth-2025-04-20,interleaved-thinking-2025-05-14",
+        "anthropic-version": "2023-06-01",
+        "x-app": "cli",
+        "user-agent": "claude-cli/2.1.332 (external, cli)",
+        "x-claude-code-session-id": "sess-1",
+        "x-stainless-lang": "js",
+        "content-type": "application/json",
+    }
+    with httpx.Client(timeout=30) as h:
+        r = h.post(ns.url + "/v1/messages?beta=true", content=body, headers=headers)
+    assert r.status_code == 200
+    assert r.headers["x-nonstop-backend"] == "cloud"
+    assert "anthropic-ratelimit-unified-5h-utilization" in r.headers
+    got = procs.cloud_requests(cloud)[-1]
+    assert got["path"] == "/v1/messages" and got["query"] == "beta=true"
+    assert got["body"].encode() == body
+    received = {k.lower(): v for k, v in got["headers"]}
+    for k, v in headers.items():
+        assert received[k] == v, k
+
+
+def test_no_cloud_credential_reaches_local(cloud, recorder_proc, nonstop_factory):
+    procs.set_mode(cloud, "subscription_limit")
+    ns = nonstop_factory(config(cloud.url, recorder_proc.url))
+    c = client(ns, default_headers={"anthropic-beta": "oauth-2025-04-20", "authorization": "Bearer " + procs.PLANTED_KEY})
+    for stream in (False, True):
+        msg, headers = ask(c, stream, system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}])
+        assert headers["x-nonstop-backend"] == "llama"
+        assert_complete(msg)
+        assert msg.usage.input_tokens > 0  # the recorder says 0: nonstop fixes it
+    seen = json.loads(procs.http("GET", recorder_proc.url + "/_recorded")[2])
+    assert seen
+    for req in seen:
+        dump = json.dumps(req)
+        assert procs.PLANTED_KEY not in dump
+        names = {k.lower() for k, _ in req["headers"]}
+        assert not names & {"x-api-key", "authorization", "anthropic-beta", "cookie"}
+        body = json.loads(req["body"])
+        assert "cache_control" not in req["body"]
+        assert body["model"] == "smollm2"
+
+
+def test_back_on_cloud_after_reset(cloud, llama, nonstop_factory):
+    procs.set_mode(cloud, "subscription_limit", reset_in=2)
+    ns = nonstop_factory(config(cloud.url, llama.url))
+    c = client(ns)
+    _, h1 = ask(c, True)
+    assert h1["x-nonstop-backend"] == "llama"
+    procs.set_mode(cloud, "ok")
+    before = len(procs.cloud_requests(cloud))
+    _, h2 = ask(c, False)  # still out: the cloud is not touched
+    assert h2["x-nonstop-backend"] == "llama"
+    assert len(procs.cloud_requests(cloud)) == before
+    time.sleep(2.5)
+    _, h3 = ask(c, True)
+    assert h3["x-nonstop-backend"] == "cloud"
+    status = json.loads(procs.http("GET", ns.url + "/_nonstop/api/status")[2])
+    assert status["cloud"]["state"] == "serving"
+
+
+def test_state_survives_restart(cloud, llama, nonstop_factory, tmp_path):
+    state = tmp_path / "state"
+    procs.set_mode(cloud, "subscription_limit", reset_in=3600)
+    cfg = config(cloud.url, llama.url)
+    ns = nonstop_factory(cfg, state_dir=state)
+    assert ask(client(ns), False)[1]["x-nonstop-backend"] == "llama"
+    ns.stop()
+    procs.set_mode(cloud, "ok")
+    before = len(procs.cloud_requests(cloud))
+    ns2 = nonstop_factory(cfg, state_dir=state)
+    assert ask(client(ns2), True)[1]["x-nonstop-backend"] == "llama"
+    assert len(procs.cloud_requests(cloud)) == before
+
+
+def test_prompt_too_long_for_local_window(cloud, llama, nonstop_factory):
+    procs.set_mode(cloud, "subscription_limit")
+    ns = nonstop_factory(config(cloud.url, llama.url, window=600))
+    with pytest.raises(anthropic.BadRequestError) as info:
+        ask(client(ns), True, messages=[{"role": "user", "content": "word " * 3000}])
+    assert "prompt is too long:" in str(info.value)
+    assert "> 600 maximum" in str(info.value)
+
+
+def test_everything_failing_names_each_backend(cloud, nonstop_factory):
+    procs.set_mode(cloud, "subscription_limit")
+    ns = nonstop_factory(config(cloud.url, f"http://127.0.0.1:{procs.free_port()}"))
+    with pytest.raises(anthropic.APIStatusError) as info:
+        ask(client(ns), False)
+    text = str(info.value)
+    assert "cloud:" in text and "usage limit" in text
+    assert "llama:" in text and "connection refused" in text
+
+
+def test_count_tokens_and_models_and_hello(cloud, llama, nonstop_factory):
+    ns = nonstop_factory(config(cloud.url, llama.url))
+    c = client(ns)
+    n = c.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hello there"}])
+    assert n.input_tokens > 0
+    assert procs.http("HEAD", ns.url + "/api/hello")[0] == 200
+    assert procs.http("GET", ns.url + "/v1/models")[0] == 200
+    procs.set_mode(cloud, "subscription_limit")
+    ask(c, False)  # marks the cloud out
+    n2 = c.messages.count_tokens(model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hello there"}])
+    assert n2.input_tokens > 0
+    models = json.loads(procs.http("GET", ns.url + "/v1/models")[2])
+    assert models["data"] and models["data"][0]["id"] == "smollm2"
+
+
+def test_unknown_paths_are_proxied(cloud, llama, nonstop_factory):
+    ns = nonstop_factory(config(cloud.url, llama.url))
+    status, _, _ = procs.http("GET", ns.url + "/v1/some/new/endpoint?x=1")
+    assert status == 404  # the fake cloud's answer, passed through
+    got = procs.cloud_requests(cloud)
+    assert any(r["path"] == "/v1/some/new/endpoint" and r["query"] == "x=1" for r in got)
