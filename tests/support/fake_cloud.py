@@ -27,9 +27,15 @@ MODES = [
     "auth", "forbidden", "invalid_request", "midstream_overloaded", "error_after_content",
     "reset_after_content", "truncate", "hang", "hang_after_head", "slow", "malformed_chunk",
     "non_json_error", "reset", "rejected_on_success", "warning", "random",
+    # Hostile or broken upstreams (not in the random pool unless noted).
+    "tool_then_reset", "tool_then_error", "endless_headers", "endless_stream",
+    "stall_after_content", "wrong_content_type", "echo_key",
 ]
 # Modes "random" draws from (everything a soak test should survive).
-RANDOM_POOL = [m for m in MODES if m not in ("random", "hang")] + ["ok"] * 12
+RANDOM_POOL = [m for m in MODES[: MODES.index("random")] if m != "hang"] + ["ok"] * 12
+# Extra faults the soak harness can add to the pool with {"mode": "random", "extra": [...]}:
+# each one ends on its own within `hang_for` seconds.
+RANDOM_EXTRA = ("tool_then_reset", "tool_then_error", "wrong_content_type", "stall_after_content")
 
 
 def _rid() -> str:
@@ -67,6 +73,9 @@ class FakeCloud:
         self.log: list[dict] = []
         self.rng = random.Random(1234)
         self.counts: dict[str, int] = {}
+        # Streams currently being written, by mode (to prove a disconnect reached us).
+        self.active: dict[str, int] = {}
+        self.finished: dict[str, int] = {}
 
     # --- control ---------------------------------------------------------------------------
 
@@ -87,6 +96,9 @@ class FakeCloud:
 
     async def get_counts(self, request: web.Request) -> web.Response:
         return web.json_response(self.counts)
+
+    async def get_active(self, request: web.Request) -> web.Response:
+        return web.json_response({"active": self.active, "finished": self.finished})
 
     # --- the API ---------------------------------------------------------------------------
 
@@ -124,7 +136,8 @@ class FakeCloud:
         self._record(request, body)
         mode = request.headers.get("x-fake-mode") or self.mode
         if mode == "random":
-            mode = self.rng.choice(RANDOM_POOL)
+            extra = [m for m in self.params.get("extra", ()) if m in RANDOM_EXTRA]
+            mode = self.rng.choice(RANDOM_POOL + extra)
         self.counts[mode] = self.counts.get(mode, 0) + 1
         try:
             req = json.loads(body)
@@ -167,8 +180,23 @@ class FakeCloud:
         if mode == "credit":
             return web.Response(status=400, body=error_body("invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."), content_type="application/json")
         if mode == "spend_limit":
-            day = (datetime.now(UTC) + timedelta(days=6)).strftime("%Y-%m-%d")
-            return web.Response(status=400, body=error_body("invalid_request_error", f"You have reached your specified API usage limits. You will regain access on {day} at 00:00 UTC."), content_type="application/json")
+            if "regain_in" in self.params:
+                # The message has minute precision: round down so the deadline never lies
+                # further out than asked (a soak must not lose the cloud for a minute).
+                at = datetime.now(UTC) + timedelta(seconds=float(self.params["regain_in"]))
+                when = at.strftime("%Y-%m-%d at %H:%M")
+            else:
+                when = (datetime.now(UTC) + timedelta(days=6)).strftime("%Y-%m-%d") + " at 00:00"
+            return web.Response(status=400, body=error_body("invalid_request_error", f"You have reached your specified API usage limits. You will regain access on {when} UTC."), content_type="application/json")
+        if mode == "echo_key":
+            # A broken upstream (or a proxy in front of it) that quotes the credentials
+            # back in its error message.
+            seen = request.headers.get("x-api-key", "") + " " + request.headers.get("authorization", "")
+            status = int(self.params.get("status", 400))
+            etype = {429: "rate_limit_error", 529: "overloaded_error"}.get(status, "invalid_request_error" if status < 500 else "api_error")
+            return web.Response(status=status, body=error_body(etype, f"bad credentials: {seen.strip()}"), content_type="application/json")
+        if mode == "endless_headers":
+            return await self._endless_headers(request)
         if mode == "auth":
             return web.Response(status=401, body=error_body("authentication_error", "invalid x-api-key"), content_type="application/json")
         if mode == "forbidden":
@@ -199,6 +227,10 @@ class FakeCloud:
                 "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
                 "usage": {"input_tokens": in_tokens, "output_tokens": 7, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
             }, headers=headers)
+        if mode == "wrong_content_type":
+            return await self._wrong_content_type(request, stream, model, msg_id, in_tokens, text)
+        if mode in ("tool_then_reset", "tool_then_error", "endless_stream", "stall_after_content"):
+            return await self._long_stream(request, mode, model, msg_id, in_tokens, headers)
         resp = web.StreamResponse(status=200, headers={**headers, "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"})
         await resp.prepare(request)
         if mode == "hang_after_head":
@@ -236,6 +268,92 @@ class FakeCloud:
         return resp
 
 
+    # --- hostile upstreams ------------------------------------------------------------------
+
+    async def _endless_headers(self, request: web.Request) -> web.Response:
+        """A status line, then one header after another, never the blank line."""
+        transport = request.transport
+        assert transport is not None
+        limit = time.monotonic() + float(self.params.get("hang_for", 60))
+        self.active["endless_headers"] = self.active.get("endless_headers", 0) + 1
+        try:
+            transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+            i = 0
+            while time.monotonic() < limit and not transport.is_closing():
+                transport.write(f"x-endless-{i}: {'v' * 64}\r\n".encode())
+                i += 1
+                await asyncio.sleep(float(self.params.get("interval", 0.05)))
+        finally:
+            self.active["endless_headers"] -= 1
+            self.finished["endless_headers"] = self.finished.get("endless_headers", 0) + 1
+            transport.abort()
+        return web.Response(status=500)
+
+    async def _wrong_content_type(self, request: web.Request, stream: bool, model: str, msg_id: str,
+                                  in_tokens: int, text: str) -> web.Response:
+        """A 200 whose body is right but whose content type says HTML."""
+        ctype = str(self.params.get("ctype", "text/html"))
+        if not stream:
+            body = json.dumps({
+                "id": msg_id, "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": in_tokens, "output_tokens": 7},
+            }).encode()
+        else:
+            body = b"".join([
+                sse("message_start", {"type": "message_start", "message": {"id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": in_tokens, "output_tokens": 1}}}),
+                sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+                sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": 5}}),
+                sse("message_stop", {"type": "message_stop"}),
+            ])
+        return web.Response(status=200, body=body, headers={"content-type": ctype})
+
+    async def _long_stream(self, request: web.Request, mode: str, model: str, msg_id: str, in_tokens: int,
+                           headers: dict[str, str]) -> web.StreamResponse:
+        """tool_then_reset / tool_then_error: text, then a tool_use block cut off half-way.
+        endless_stream: text deltas every `delay` s until the reader goes away (or hang_for).
+        stall_after_content: some text, then silence for hang_for seconds."""
+        resp = web.StreamResponse(status=200, headers={**headers, "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"})
+        await resp.prepare(request)
+        self.active[mode] = self.active.get(mode, 0) + 1
+        limit = time.monotonic() + float(self.params.get("hang_for", 60))
+        try:
+            await resp.write(sse("message_start", {"type": "message_start", "message": {"id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": in_tokens, "output_tokens": 1}}}))
+            await resp.write(sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
+            await resp.write(sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Let me look."}}))
+            if mode in ("tool_then_reset", "tool_then_error"):
+                await resp.write(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+                await resp.write(sse("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_" + secrets.token_hex(12), "name": "Read", "input": {}}}))
+                await resp.write(sse("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"file_path": "/tmp/'}}))
+                if mode == "tool_then_error":
+                    await resp.write(sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
+                    return resp
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            if mode == "stall_after_content":
+                while time.monotonic() < limit and request.transport is not None and not request.transport.is_closing():
+                    await asyncio.sleep(0.1)
+                return resp
+            delay = float(self.params.get("delay", 0.05))
+            i = 0
+            while time.monotonic() < limit:
+                await resp.write(sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f" word{i}"}}))
+                i += 1
+                await asyncio.sleep(delay)
+            await resp.write(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            await resp.write(sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": {"output_tokens": i + 1}}))
+            await resp.write(sse("message_stop", {"type": "message_stop"}))
+            return resp
+        except (ConnectionError, OSError):
+            return resp
+        finally:
+            self.active[mode] -= 1
+            self.finished[mode] = self.finished.get(mode, 0) + 1
+
+
 def make_app(fake: FakeCloud | None = None) -> web.Application:
     fake = fake or FakeCloud()
     app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -243,6 +361,7 @@ def make_app(fake: FakeCloud | None = None) -> web.Application:
     app.router.add_post("/_fake/mode", fake.set_mode)
     app.router.add_get("/_fake/requests", fake.get_requests)
     app.router.add_get("/_fake/counts", fake.get_counts)
+    app.router.add_get("/_fake/active", fake.get_active)
     app.router.add_post("/_fake/reset", fake.reset)
     app.router.add_route("*", "/api/hello", fake.hello)
     app.router.add_get("/v1/models", fake.models)

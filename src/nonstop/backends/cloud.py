@@ -231,11 +231,11 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                 pending = await it.__anext__()
             except StopAsyncIteration:
                 break
-        if held.strip():
-            # A final event without its blank line: complete it.
-            if b"event: message_stop" in held or b"event: error" in held:
-                seen_stop = True
-            yield held + b"\n\n"
+        # What is left at the end is an incomplete event: forward it only when it is a
+        # whole final event missing its blank line, never a cut-off one.
+        if held.strip() and held.endswith(b"\n") and (b"event: message_stop" in held or b"event: error" in held):
+            seen_stop = True
+            yield held + b"\n"
         if seen_stop:
             usage.complete = True
         else:

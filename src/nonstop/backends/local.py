@@ -19,7 +19,7 @@ import orjson
 
 from nonstop.backends.base import Attempt, Reply, TooLong, Usage
 from nonstop.config import LocalBackendConfig
-from nonstop.routing.classify import FailureKind, Verdict, network_failure
+from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.wire.anthropic import estimate_tokens, new_message_id, to_local_request
 from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
 from nonstop.wire.sse import SSEDecoder, encode_event
@@ -65,7 +65,7 @@ class LocalBackend:
     async def count_tokens(self, local_req: dict) -> int:
         return estimate_tokens(local_req)
 
-    async def _post(self, local_req: dict, stream: bool, tokens: int) -> Attempt:
+    async def _post(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Attempt:
         raise NotImplementedError
 
     # --- the common path ------------------------------------------------------------------
@@ -88,14 +88,15 @@ class LocalBackend:
         try:
             tokens = await self.count_tokens(local_req)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self._mark(False, str(exc) or type(exc).__name__)
-            return network_failure(exc)
+            detail = _describe_exc(exc, self.base)
+            self._mark(False, detail)
+            return Verdict(FailureKind.NETWORK, True, None, detail)
         room = self.cfg.context_window - tokens
         if room < min(MIN_OUTPUT_ROOM, local_req["max_tokens"]):
             return TooLong(self.name, tokens, self.cfg.context_window)
         local_req["max_tokens"] = min(local_req["max_tokens"], room)
         local_req["stream"] = stream
-        return await self._post(local_req, stream, tokens)
+        return await self._post(local_req, stream, tokens, req)
 
     def _mark(self, ok: bool, error: str = "") -> None:
         self.health.ok = ok
@@ -140,8 +141,10 @@ class LocalBackend:
 
 
 def _describe_exc(exc: BaseException, base: str) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
         return f"connection refused at {base} — is the server running?"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {base} in time"
     return f"{type(exc).__name__} at {base}: {exc}"[:300]
 
 
@@ -212,7 +215,7 @@ class AnthropicLocalBackend(LocalBackend):
             raise
         return estimate_tokens(local_req)
 
-    async def _post(self, local_req: dict, stream: bool, tokens: int) -> Attempt:
+    async def _post(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Attempt:
         model = local_req["model"]
         if not stream:
             opened = await self._open("/v1/messages", local_req, False)
@@ -292,15 +295,18 @@ class AnthropicLocalBackend(LocalBackend):
 class OpenAILocalBackend(LocalBackend):
     """A server that speaks OpenAI Chat Completions (vLLM, LM Studio, llama.cpp, Ollama /v1)."""
 
-    async def _post(self, local_req: dict, stream: bool, tokens: int) -> Attempt:
+    async def _post(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Attempt:
         from nonstop.wire import openai as oa
 
         model = local_req["model"]
+        # The reasoning switch reads the client's thinking settings, which the generic
+        # local sanitiser drops.
+        source = {**local_req, "thinking": original.get("thinking"), "output_config": original.get("output_config")}
         body = oa.anthropic_to_openai_request(
-            local_req, model=model, max_tokens=local_req["max_tokens"], stream=stream,
+            source, model=model, max_tokens=local_req["max_tokens"], stream=stream,
             reasoning_param=self.cfg.reasoning_param,
         )
-        name_map = body.pop("_tool_name_map", None) if isinstance(body, dict) else None
+        name_map = body.pop(oa.TOOL_NAME_MAP_KEY, None)
         task = asyncio.ensure_future(self._open("/v1/chat/completions", body, stream))
         if not stream:
             opened = await task

@@ -86,6 +86,11 @@ class QuotaState:
 
     # --- decisions -----------------------------------------------------------------
 
+    @property
+    def serving(self) -> bool:
+        """For side requests (models, count_tokens, hello): never starts a probe."""
+        return self.state is CloudState.SERVING
+
     def route(self) -> Route:
         now = self.clock()
         if self.state is CloudState.SERVING:

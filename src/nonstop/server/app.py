@@ -206,6 +206,11 @@ class App:
         self.gw.inflight += 1
         try:
             outcome = await self.gw.run(ctx, cloud_body=cloud_body)
+            reply = outcome.reply
+            if self.cfg.recovery.continue_locally and reply is not None and reply.backend == "cloud" and reply.stream and reply.status == 200:
+                from nonstop.server.recovery import recovering
+
+                reply.body = recovering(reply, req, lambda r: self.gw.continue_locally(ctx, r))
             await self._commit(ctx, outcome, receive, send, AnthropicWriter())
         finally:
             self.gw.inflight -= 1
@@ -310,9 +315,7 @@ class App:
             return
         ctx = self._context(scope, body, {**req, "stream": False}, "/v1/messages/count_tokens")
         ctx.stream = False
-        from nonstop.routing.quota import Route
-
-        if self.gw.quota.route() is not Route.LOCAL:
+        if self.gw.quota.serving:
             res = await self.gw._try_cloud(ctx, None, None, None)
             if isinstance(res, Reply):
                 await self._commit(ctx, Outcome(reply=res), receive, send, AnthropicWriter())
@@ -328,9 +331,7 @@ class App:
         await send_json(send, 200, {"input_tokens": tokens}, extra=[(b"x-nonstop-backend", b"local")])
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from nonstop.routing.quota import Route
-
-        if self.gw.quota.route() is not Route.LOCAL:
+        if self.gw.quota.serving:
             ctx = self._context(scope, b"", {}, "/v1/models")
             res = await self.gw._try_cloud(ctx, None, None, None)
             if isinstance(res, Reply) and res.status < 500:
@@ -346,9 +347,7 @@ class App:
         }, extra=[(b"x-nonstop-backend", b"local")])
 
     async def hello(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from nonstop.routing.quota import Route
-
-        if self.gw.quota.route() is not Route.LOCAL:
+        if self.gw.quota.serving:
             ctx = self._context(scope, b"", {}, "/api/hello")
             assert self.gw.cloud is not None
             from nonstop.backends.cloud import forward_headers

@@ -274,6 +274,14 @@ class Gateway:
         )
         return out
 
+    async def continue_locally(self, ctx: RequestContext, req: dict[str, Any]) -> Reply | None:
+        """A streaming local reply for a prefilled request, or None if no backend can."""
+        for backend in self.local_order(ctx.model):
+            res = await backend.send(req, stream=True)
+            if isinstance(res, Reply):
+                return res
+        return None
+
     def _may_trim(self, ctx: RequestContext) -> bool:
         sid = ctx.row.session_id
         if not sid:

@@ -1,0 +1,182 @@
+"""Mid-stream recovery (opt-in: `[recovery] continue_locally = true`).
+
+When a cloud stream dies after text has reached the client, the partial assistant text
+becomes a prefill for a local model, and the local continuation is spliced into the same
+message: the client receives one unbroken message instead of an error.
+
+It applies only when every block the cloud started is a text block and the stream had
+not yet sent message_delta. It never applies once a tool_use (or thinking) block has
+started: half a tool call cannot be continued by another model, and thinking blocks carry
+signatures no local model can produce. Then the stream ends with the usual error event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from nonstop.backends.base import Reply
+from nonstop.wire.sse import SSEDecoder, encode_event
+
+log = logging.getLogger("nonstop")
+
+ContinueFn = Callable[[dict[str, Any]], Awaitable[Reply | None]]
+
+
+class StreamTracker:
+    """Follows an Anthropic event stream: which blocks exist, the text so far."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, str] = {}
+        self.open: set[int] = set()
+        self.text: list[str] = []
+        self.saw_delta = False
+        self.saw_stop = False
+        self.output_tokens = 0
+        self.decoder = SSEDecoder()
+
+    def feed(self, chunk: bytes) -> list[tuple[str, dict[str, Any], bytes]]:
+        """Events in this chunk, each with its own bytes (so one can be held back)."""
+        out = []
+        for ev in self.decoder.feed(chunk):
+            try:
+                data = orjson.loads(ev.data)
+            except orjson.JSONDecodeError:
+                data = {}
+            if not isinstance(data, dict):
+                data = {}
+            self._observe(ev.event, data)
+            out.append((ev.event, data, encode_event(ev.event, ev.data)))
+        return out
+
+    def _observe(self, event: str, data: dict[str, Any]) -> None:
+        t = data.get("type", event)
+        idx = data.get("index")
+        if t == "content_block_start" and isinstance(idx, int):
+            self.blocks[idx] = (data.get("content_block") or {}).get("type", "")
+            self.open.add(idx)
+        elif t == "content_block_delta" and isinstance(idx, int):
+            delta = data.get("delta") or {}
+            if delta.get("type") == "text_delta":
+                self.text.append(str(delta.get("text", "")))
+        elif t == "content_block_stop" and isinstance(idx, int):
+            self.open.discard(idx)
+        elif t == "message_delta":
+            self.saw_delta = True
+            usage = data.get("usage") or {}
+            if isinstance(usage.get("output_tokens"), int):
+                self.output_tokens = usage["output_tokens"]
+        elif t == "message_stop":
+            self.saw_stop = True
+
+    @property
+    def recoverable(self) -> bool:
+        return (
+            not self.saw_delta
+            and bool(self.text)
+            and all(kind == "text" for kind in self.blocks.values())
+        )
+
+    @property
+    def next_index(self) -> int:
+        return max(self.blocks) + 1 if self.blocks else 0
+
+
+def prefill_request(req: dict[str, Any], partial: str) -> dict[str, Any]:
+    """The original request plus the partial answer as an assistant prefill."""
+    messages = list(req.get("messages") or [])
+    # Trailing whitespace in a prefill is rejected by some servers; keep it out of the
+    # prefill and let the continuation supply its own spacing.
+    messages.append({"role": "assistant", "content": [{"type": "text", "text": partial.rstrip()}]})
+    return {**req, "messages": messages}
+
+
+def _ev(name: str, data: dict[str, Any]) -> bytes:
+    return encode_event(name, orjson.dumps(data))
+
+
+async def recovering(reply: Reply, req: dict[str, Any], continue_locally: ContinueFn) -> AsyncIterator[bytes]:
+    tracker = StreamTracker()
+    async for chunk in reply.body:
+        events = tracker.feed(chunk)
+        failed_at = next((i for i, (name, _, _) in enumerate(events) if name == "error"), None)
+        if failed_at is None:
+            yield chunk
+            continue
+        # Forward what came before the error; hold the error back while we try.
+        before = b"".join(raw for _, _, raw in events[:failed_at])
+        if before:
+            yield before
+        error_raw = events[failed_at][2]
+        if not tracker.recoverable:
+            yield error_raw
+            return
+        partial = "".join(tracker.text)
+        local = await continue_locally(prefill_request(req, partial))
+        if local is None:
+            yield error_raw
+            return
+        log.warning("cloud stream failed mid-response; continuing on %s", local.backend)
+        reply.usage.error = ""
+        reply.note = f"continued on {local.backend} after a mid-stream cloud failure"
+        async for piece in splice(tracker, local):
+            yield piece
+        reply.usage.output_tokens = local.usage.output_tokens + tracker.output_tokens
+        reply.usage.stop_reason = local.usage.stop_reason
+        reply.usage.complete = local.usage.complete
+        if local.usage.error:
+            reply.usage.error = local.usage.error
+        return
+
+
+async def splice(tracker: StreamTracker, local: Reply) -> AsyncIterator[bytes]:
+    """Re-number the local stream's blocks to follow the cloud's, merging its first text
+    block into the cloud's open text block."""
+    open_text = next((i for i in sorted(tracker.open) if tracker.blocks.get(i) == "text"), None)
+    next_index = tracker.next_index
+    mapping: dict[int, int] = {}
+    merged: int | None = None
+    decoder = SSEDecoder()
+    try:
+        async for chunk in local.body:
+            out: list[bytes] = []
+            for ev in decoder.feed(chunk):
+                try:
+                    data = orjson.loads(ev.data)
+                except orjson.JSONDecodeError:
+                    continue
+                if not isinstance(data, dict):
+                    continue
+                t = data.get("type", ev.event)
+                if t in ("message_start", "ping"):
+                    continue
+                if t == "content_block_start":
+                    idx = data.get("index", 0)
+                    block = data.get("content_block") or {}
+                    if merged is None and open_text is not None and block.get("type") == "text":
+                        mapping[idx] = merged = open_text
+                        continue
+                    mapping[idx] = next_index
+                    next_index += 1
+                    out.append(_ev("content_block_start", {**data, "index": mapping[idx]}))
+                elif t in ("content_block_delta", "content_block_stop"):
+                    idx = data.get("index", 0)
+                    if idx not in mapping:
+                        continue
+                    out.append(_ev(t, {**data, "index": mapping[idx]}))
+                elif t == "message_delta":
+                    # Close a cloud text block the local model never continued.
+                    if open_text is not None and merged is None:
+                        out.append(_ev("content_block_stop", {"type": "content_block_stop", "index": open_text}))
+                        merged = open_text
+                    out.append(_ev("message_delta", data))
+                else:
+                    out.append(encode_event(ev.event, ev.data))
+            if out:
+                yield b"".join(out)
+    finally:
+        if local.close is not None:
+            local.close()
