@@ -133,3 +133,8 @@ def set_mode(cloud: Proc, mode: str, **params: Any) -> None:
 
 def cloud_requests(cloud: Proc) -> list[dict]:
     return json.loads(http("GET", cloud.url + "/_fake/requests")[2])
+
+
+def start_fake_openai(port: int | None = None) -> Proc:
+    port = port or free_port()
+    return start_python([str(SUPPORT / "fake_openai.py"), "--port", str(port)], port, "/_recorded", "fake-openai")
