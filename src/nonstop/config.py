@@ -247,7 +247,17 @@ def _check_type(key: str, value: Any, default: Any, problems: list[str]) -> Any:
         if not isinstance(value, list):
             problems.append(f"{key}: expected a list, got {value!r}")
             return default
+        item_type = type(default[0]) if default else str
+        bad = [v for v in value if not isinstance(v, item_type) or isinstance(v, bool)]
+        if bad:
+            what = "whole numbers" if item_type is int else "strings"
+            problems.append(f"{key}: expected a list of {what}, got {bad[0]!r}")
+            return default
         return tuple(value)
+    if default is MISSING:  # required keys are all strings
+        if not isinstance(value, str):
+            problems.append(f"{key}: expected a string, got {value!r}")
+        return value
     return value
 
 
@@ -298,6 +308,8 @@ def _parse_local(items: Any, problems: list[str]) -> tuple[LocalBackendConfig, .
             continue
         b = _build(LocalBackendConfig, item, prefix, problems)
         if b is None:
+            continue
+        if not isinstance(b.url, str) or not isinstance(b.name, str):
             continue
         if name in seen:
             problems.append(f"{prefix}name: {name!r} is used twice; give each backend its own name")
@@ -375,9 +387,12 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
             problems.append(f"{key}: unknown key; the top-level keys are: {', '.join(known)}")
     if raw_routes is not None:
         kwargs["routes"] = _parse_routes(raw_routes, kwargs.get("local", ()), problems)
-    if "cloud" in kwargs and kwargs["cloud"] is not None:
+    if kwargs.get("cloud") is not None and isinstance(kwargs["cloud"].url, str):
         _check_url("cloud.url", kwargs["cloud"].url, problems)
-    if "listen" in kwargs:
+    emb = kwargs.get("embedded")
+    if emb is not None and emb.mode not in ("auto", "always", "never"):
+        problems.append(f"embedded.mode: {emb.mode!r} is not known; use \"auto\", \"always\" or \"never\"")
+    if isinstance(kwargs.get("listen"), str):
         try:
             split_listen(kwargs["listen"])
         except ConfigError as exc:

@@ -8,10 +8,10 @@ import re
 # Anthropic API keys and OAuth tokens, OpenAI-style keys, bearer tokens, and key-ish
 # header or JSON fields.
 _PATTERNS = [
-    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"sk-[A-Za-z0-9_\-]{16,}"),
+    re.compile(r"(?<![A-Za-z0-9])sk-ant-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=:+/]{8,}"),
-    re.compile(r"(?i)((?:x-api-key|api[_-]?key|authorization|x-nonstop-token|token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;}]{6,}"),
+    re.compile(r"(?i)((?:x-api-key|api[_-]?key|authorization|x-nonstop-token|token)[\"']?\s*[:=]\s*[\"']?)(?!\[redacted\])[^\s\"',;})\]]{6,}"),
 ]
 
 

@@ -212,7 +212,8 @@ def classify_response(
         if "reached your specified api usage limits" in low:
             return Verdict(FailureKind.SPEND_LIMIT, True, _spend_limit_until(message), "API usage limit reached", status)
     if status == 408 or status == 504 or etype == "timeout_error":
-        return Verdict(FailureKind.TIMEOUT, True, None, f"{status} timeout", status)
+        # The cloud answered, slowly: a blip like other 5xx, not a network timeout.
+        return Verdict(FailureKind.SERVER_ERROR, True, None, f"{status} timeout", status)
     if status >= 500:
         return Verdict(FailureKind.SERVER_ERROR, True, None, f"{status} {etype or 'server error'}".strip(), status)
     return Verdict(FailureKind.CLIENT_ERROR, False, None, f"{status} {etype}: {message}".strip(), status)

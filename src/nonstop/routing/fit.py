@@ -67,6 +67,25 @@ def trim_to_fit(req: dict[str, Any], counted_tokens: int, budget: int) -> dict[s
     latest turn alone cannot fit."""
     est = estimate_tokens(req)
     scale = max(1.0, counted_tokens / est) if est else 1.0
+    target = budget
+    # The note and the rewritten orphan results are added after trimming: if they push
+    # the result over, trim again for a smaller target.
+    for _ in range(8):
+        out = _trim(req, counted_tokens, target)
+        if out is None:
+            return None
+        size = estimate_tokens(out) * scale
+        if size <= budget:
+            return out
+        target -= int(size - budget) + 1
+        if target <= 0:
+            return None
+    return None
+
+
+def _trim(req: dict[str, Any], counted_tokens: int, budget: int) -> dict[str, Any] | None:
+    est = estimate_tokens(req)
+    scale = max(1.0, counted_tokens / est) if est else 1.0
 
     def size(r: dict[str, Any]) -> float:
         return estimate_tokens(r) * scale

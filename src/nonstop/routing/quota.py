@@ -133,7 +133,8 @@ class QuotaState:
             until = now + self.cfg.default_cooldown
         # The later deadline wins: a short throttle never shortens a usage-limit wait.
         if self.state is CloudState.OUT and self.until > until:
-            until = self.until
+            self._set(CloudState.OUT, self.until, self.reason, self.detail, "")
+            return
         self._set(CloudState.OUT, until, kind.value, verdict.detail, "cloud out")
 
     def record_headers(self, headers: Mapping[str, str]) -> None:

@@ -119,7 +119,11 @@ def to_local_request(req: dict, *, model: str, max_tokens: int) -> dict:
             out.pop("tool_choice", None)
     tc = out.get("tool_choice")
     if isinstance(tc, dict):
-        out["tool_choice"] = {k: tc[k] for k in ("type", "name") if k in tc}
+        tc = {k: tc[k] for k in ("type", "name") if k in tc}
+        kept_names = {t["name"] for t in out.get("tools") or []}
+        if tc.get("type") == "tool" and tc.get("name") not in kept_names:
+            tc = {"type": "auto"}  # the named tool was a server tool a local model cannot run
+        out["tool_choice"] = tc
     return out
 
 

@@ -1,0 +1,421 @@
+"""parse_config / load_config: defaults, a full example, and every error naming its key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nonstop.config import (
+    DEFAULT_CLOUD_URL,
+    DEFAULT_LISTEN,
+    CloudConfig,
+    Config,
+    ConfigError,
+    LocalBackendConfig,
+    load_config,
+    parse_config,
+)
+
+EXAMPLE = """\
+listen = "127.0.0.1:8787"
+
+[cloud]
+url = "https://api.anthropic.com"
+
+[[local]]
+name = "llama"
+url = "http://127.0.0.1:8080"
+api = "anthropic"
+model = "qwen3-coder"
+context_window = 32768
+max_output_tokens = 4096
+
+[routes]
+"claude-*haiku*" = "llama"
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("NONSTOP_TOKEN", "NONSTOP_CONFIG", "NONSTOP_STATE_DIR", "XDG_STATE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+
+
+def problems_of(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert str(info.value) == "\n".join(info.value.problems)
+    return info.value.problems
+
+
+def one_problem_about(data: dict[str, Any], key: str) -> str:
+    problems = problems_of(data)
+    hits = [p for p in problems if p.startswith(key + ":")]
+    assert hits, f"no problem names {key!r}: {problems}"
+    return hits[0]
+
+
+def local(**kw: Any) -> dict[str, Any]:
+    return {"name": "llama", "url": "http://127.0.0.1:8080", **kw}
+
+
+# --- defaults ---------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    cfg = parse_config({})
+    assert cfg.listen == DEFAULT_LISTEN
+    assert cfg.host == "127.0.0.1"
+    assert cfg.port == 8787
+    assert cfg.token == ""
+    assert cfg.cloud == CloudConfig()
+    assert cfg.cloud.url == DEFAULT_CLOUD_URL
+    assert cfg.cloud.failover_on_auth is False
+    assert cfg.local == ()
+    assert cfg.routes == ()
+    assert cfg.embedded.mode == "auto"
+    assert cfg.log.enabled is True
+    assert cfg.backends_for("claude-sonnet-4-5") == []
+
+
+def test_default_state_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NONSTOP_STATE_DIR", str(tmp_path / "s"))
+    assert parse_config({}).state_dir == tmp_path / "s"
+    monkeypatch.delenv("NONSTOP_STATE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "x"))
+    assert parse_config({}).state_dir == tmp_path / "x" / "nonstop"
+
+
+def test_state_dir_expands_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_config({"state_dir": "~/ns"}).state_dir == tmp_path / "ns"
+
+
+# --- the full example -------------------------------------------------------------------
+
+
+def test_full_example() -> None:
+    cfg = parse_config(tomllib.loads(EXAMPLE), source="example.toml")
+    assert cfg.source == "example.toml"
+    assert cfg.listen == "127.0.0.1:8787"
+    assert cfg.cloud.url == "https://api.anthropic.com"
+    assert cfg.local == (
+        LocalBackendConfig(
+            name="llama",
+            url="http://127.0.0.1:8080",
+            api="anthropic",
+            model="qwen3-coder",
+            context_window=32768,
+            max_output_tokens=4096,
+        ),
+    )
+    assert len(cfg.routes) == 1
+    assert cfg.routes[0].match == "claude-*haiku*"
+    assert cfg.routes[0].backends == ("llama",)
+
+
+def test_load_full_example_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(EXAMPLE)
+    cfg = load_config(path)
+    assert cfg.source == str(path)
+    assert [b.name for b in cfg.local] == ["llama"]
+
+
+def test_types_are_coerced() -> None:
+    cfg = parse_config({"cloud": {"error_cooldown": 3, "failover_on_auth": True}, "discovery": {"ports": [1, 2]}})
+    assert cfg.cloud.error_cooldown == 3.0
+    assert isinstance(cfg.cloud.error_cooldown, float)
+    assert cfg.cloud.failover_on_auth is True
+    assert cfg.discovery.ports == (1, 2)
+
+
+def test_unnamed_backends_get_names() -> None:
+    cfg = parse_config({"local": [{"url": "http://127.0.0.1:1"}, {"url": "http://127.0.0.1:2"}]})
+    assert [b.name for b in cfg.local] == ["local1", "local2"]
+
+
+# --- unknown keys -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"lisen": "127.0.0.1:1"}, "lisen"),
+        ({"source": "x"}, "source"),
+        ({"cloud": {"uri": "https://x"}}, "cloud.uri"),
+        ({"cloud": {"failover_on_auht": True}}, "cloud.failover_on_auht"),
+        ({"log": {"retention": 3}}, "log.retention"),
+        ({"embedded": {"model": "x"}}, "embedded.model"),
+        ({"local": [local(modle="x")]}, "local[0].modle"),
+        ({"local": [local(), local(name="b", ctx=5)]}, "local[1].ctx"),
+    ],
+)
+def test_unknown_key_is_named(data: dict[str, Any], key: str) -> None:
+    msg = one_problem_about(data, key)
+    assert "unknown key" in msg
+
+
+def test_unknown_top_level_key_lists_the_known_ones() -> None:
+    msg = one_problem_about({"lisen": "x"}, "lisen")
+    assert "listen" in msg
+    assert "source" not in msg.split("are:")[1]
+
+
+def test_unknown_section_key_lists_the_section_keys() -> None:
+    msg = one_problem_about({"cloud": {"uri": "x"}}, "cloud.uri")
+    assert "url" in msg and "error_cooldown" in msg
+
+
+def test_all_problems_reported_together() -> None:
+    problems = problems_of({"lisen": 1, "cloud": {"uri": 1}, "local": [local(modle=1)]})
+    assert len(problems) == 3
+
+
+# --- wrong types ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "words"),
+    [
+        ({"token": 5}, "token", "string"),
+        ({"max_body_bytes": "big"}, "max_body_bytes", "whole number"),
+        ({"max_body_bytes": 1.5}, "max_body_bytes", "whole number"),
+        ({"max_body_bytes": True}, "max_body_bytes", "whole number"),
+        ({"ping_interval": "10s"}, "ping_interval", "number"),
+        ({"ping_interval": -1}, "ping_interval", "negative"),
+        ({"cloud": {"error_cooldown": "15"}}, "cloud.error_cooldown", "number"),
+        ({"cloud": {"error_cooldown": True}}, "cloud.error_cooldown", "number"),
+        ({"cloud": {"failover_on_auth": "yes"}}, "cloud.failover_on_auth", "true or false"),
+        ({"cloud": {"failover_on_auth": 1}}, "cloud.failover_on_auth", "true or false"),
+        ({"discovery": {"ports": 8080}}, "discovery.ports", "list"),
+        ({"local": [local(context_window="32k")]}, "local[0].context_window", "whole number"),
+        ({"local": [local(model=3)]}, "local[0].model", "string"),
+        ({"local": [local(api="grpc")]}, "local[0].api", "anthropic"),
+        ({"local": [local(count_tokens="maybe")]}, "local[0].count_tokens", "estimate"),
+        ({"state_dir": 5}, "state_dir", "path"),
+        ({"cloud": "https://x"}, "cloud", "table"),
+        ({"local": {"url": "http://x"}}, "local", "array"),
+        ({"local": ["x"]}, "local[0]", "table"),
+        ({"routes": ["a"]}, "routes", "table"),
+        ({"local": [local()], "routes": {"a*": 5}}, "routes.'a*'", "backend name"),
+        ({"local": [local()], "routes": {"a*": []}}, "routes.'a*'", "backend name"),
+    ],
+)
+def test_wrong_type_names_the_key(data: dict[str, Any], key: str, words: str) -> None:
+    msg = one_problem_about(data, key)
+    assert words in msg
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"listen": 8787},
+        {"cloud": {"url": 5}},
+        {"local": [{"name": "llama", "url": 8080}]},
+    ],
+    ids=["listen-int", "cloud-url-int", "local-url-int"],
+)
+def test_non_string_listen_or_url_is_a_config_error(data: dict[str, Any]) -> None:
+    problems_of(data)
+
+
+def test_non_string_backend_name_is_a_config_error() -> None:
+    one_problem_about({"local": [{"name": 5, "url": "http://127.0.0.1:8080"}]}, "local[0].name")
+
+
+def test_unknown_embedded_mode_is_a_config_error() -> None:
+    one_problem_about({"embedded": {"mode": "sometimes"}}, "embedded.mode")
+
+
+def test_non_integer_discovery_port_is_a_config_error() -> None:
+    one_problem_about({"discovery": {"ports": ["8080"]}}, "discovery.ports")
+
+
+# --- local backend checks ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1/", "https://h/x/v1"])
+def test_url_ending_in_v1_rejected(url: str) -> None:
+    msg = one_problem_about({"local": [local(url=url)]}, "local[0].url")
+    assert "/v1" in msg
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://host", "http://", "localhost"])
+def test_url_must_be_http(url: str) -> None:
+    msg = one_problem_about({"local": [local(url=url)]}, "local[0].url")
+    assert "http" in msg
+
+
+def test_cloud_url_must_be_http() -> None:
+    one_problem_about({"cloud": {"url": "api.anthropic.com"}}, "cloud.url")
+
+
+def test_missing_url() -> None:
+    msg = one_problem_about({"local": [{"name": "x"}]}, "local[0].url")
+    assert "missing" in msg
+
+
+def test_duplicate_backend_names() -> None:
+    msg = one_problem_about({"local": [local(), local(url="http://127.0.0.1:9090")]}, "local[1].name")
+    assert "'llama'" in msg and "twice" in msg
+
+
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"context_window": 100}, "local[0].context_window"),
+        ({"max_output_tokens": 0}, "local[0].max_output_tokens"),
+        ({"context_window": 4096, "max_output_tokens": 4096}, "local[0].max_output_tokens"),
+    ],
+)
+def test_window_limits(kw: dict[str, Any], key: str) -> None:
+    one_problem_about({"local": [local(**kw)]}, key)
+
+
+# --- routes -----------------------------------------------------------------------------
+
+
+def test_route_to_unknown_backend() -> None:
+    msg = one_problem_about({"local": [local()], "routes": {"claude-*": "lama"}}, "routes.'claude-*'")
+    assert "'lama'" in msg and "llama" in msg
+
+
+def test_route_with_no_backends_at_all() -> None:
+    msg = one_problem_about({"routes": {"claude-*": "llama"}}, "routes.'claude-*'")
+    assert "none" in msg
+
+
+def test_route_list_with_one_unknown() -> None:
+    one_problem_about({"local": [local()], "routes": {"*": ["llama", "ghost"]}}, "routes.'*'")
+
+
+def test_backends_for_glob_routing() -> None:
+    cfg = parse_config({
+        "local": [
+            local(name="big", url="http://127.0.0.1:8080"),
+            local(name="small", url="http://127.0.0.1:8081"),
+            local(name="spare", url="http://127.0.0.1:8082"),
+        ],
+        "routes": {
+            "claude-*haiku*": "small",
+            "claude-opus-*": ["big", "spare"],
+        },
+    })
+
+    def names(model: str) -> list[str]:
+        return [b.name for b in cfg.backends_for(model)]
+
+    assert names("claude-3-5-haiku-20241022") == ["small"]
+    assert names("claude-haiku-4-5") == ["small"]
+    assert names("claude-opus-5-5") == ["big", "spare"]
+    assert names("claude-sonnet-4-5") == ["big", "small", "spare"]  # no route: all, in order
+    assert names("CLAUDE-HAIKU") == ["big", "small", "spare"]  # globs are case-sensitive
+
+
+def test_first_matching_route_wins() -> None:
+    cfg = parse_config({
+        "local": [local(name="a", url="http://127.0.0.1:1"), local(name="b", url="http://127.0.0.1:2")],
+        "routes": {"claude-*": "a", "claude-*haiku*": "b"},
+    })
+    assert [b.name for b in cfg.backends_for("claude-haiku-4-5")] == ["a"]
+
+
+# --- listen and exposure ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8787", "[::]:8787", "192.168.1.5:8787"])
+def test_exposed_listen_without_token_raises(listen: str) -> None:
+    msg = one_problem_about({"listen": listen}, "listen")
+    assert "token" in msg
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8787", "[::]:8787"])
+def test_exposed_listen_with_token(listen: str) -> None:
+    cfg = parse_config({"listen": listen, "token": "s3cret-token"})
+    assert cfg.token == "s3cret-token"
+    assert cfg.port == 8787
+
+
+def test_exposed_listen_with_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NONSTOP_TOKEN", "from-env")
+    cfg = parse_config({"listen": "0.0.0.0:8787"})
+    assert cfg.token == "from-env"
+    assert cfg.host == "0.0.0.0"
+
+
+def test_file_token_beats_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NONSTOP_TOKEN", "from-env")
+    assert parse_config({"token": "from-file"}).token == "from-file"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9000", "localhost:9000", "[::1]:9000", "127.0.0.2:9000"])
+def test_loopback_needs_no_token(listen: str) -> None:
+    assert parse_config({"listen": listen}).port == 9000
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:http", "127.0.0.1:70000"])
+def test_bad_listen(listen: str) -> None:
+    one_problem_about({"listen": listen}, "listen")
+
+
+def test_with_listen_checks_exposure() -> None:
+    cfg = parse_config({})
+    assert cfg.with_listen(port=9999).listen == "127.0.0.1:9999"
+    assert cfg.with_listen(host="::1").listen == "[::1]:8787"
+    with pytest.raises(ConfigError, match="token"):
+        cfg.with_listen(host="0.0.0.0")
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def test_bad_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("listen = \n[cloud\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert "TOML" in str(info.value)
+
+
+def test_missing_explicit_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert "nonstop init" in str(info.value)
+
+
+def test_missing_default_file_gives_defaults() -> None:
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.source == ""
+    assert cfg.listen == DEFAULT_LISTEN
+
+
+def test_default_file_from_xdg(tmp_path: Path) -> None:
+    path = tmp_path / "xdg-config" / "nonstop" / "config.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(EXAMPLE)
+    assert load_config().source == str(path)
+
+
+def test_nonstop_config_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere.toml"
+    path.write_text('listen = "127.0.0.1:1234"\n')
+    monkeypatch.setenv("NONSTOP_CONFIG", str(path))
+    assert load_config().port == 1234
+
+
+def test_problems_from_a_file_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[cloud]\nuri = "x"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(f"{path}: cloud.uri:")

@@ -1,0 +1,463 @@
+"""QuotaState driven by a fake clock: serving -> out -> probe -> serving."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from nonstop.config import CloudConfig
+from nonstop.routing.classify import FailureKind, Verdict, classify_response
+from nonstop.routing.quota import (
+    BREAKER_THRESHOLD,
+    PROBE_TIMEOUT,
+    CloudState,
+    QuotaState,
+    Route,
+)
+
+T0 = 1_750_000_000.0
+CFG = CloudConfig(default_cooldown=300.0, error_cooldown=15.0, credit_recheck=1800.0)
+U = "anthropic-ratelimit-unified-"
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, secs: float) -> None:
+        self.now += secs
+
+
+class Changes:
+    def __init__(self) -> None:
+        self.calls: list[tuple[CloudState, CloudState, str]] = []
+        self._last = CloudState.SERVING
+
+    def __call__(self, q: QuotaState, why: str) -> None:
+        self.calls.append((self._last, q.state, why))
+        self._last = q.state
+
+    @property
+    def whys(self) -> list[str]:
+        return [w for _, _, w in self.calls if w]
+
+
+def make(clock: Clock | None = None, cfg: CloudConfig = CFG) -> tuple[QuotaState, Clock, Changes]:
+    clock = clock or Clock()
+    changes = Changes()
+    return QuotaState(cfg, clock=clock, on_change=changes), clock, changes
+
+
+def v(kind: FailureKind, until: float | None = None, detail: str = "") -> Verdict:
+    return Verdict(kind, True, until, detail or kind.value)
+
+
+# --- the main cycle ---------------------------------------------------------------------
+
+
+def test_starts_serving() -> None:
+    q, _, changes = make()
+    assert q.state is CloudState.SERVING
+    assert q.route() is Route.CLOUD
+    assert q.route() is Route.CLOUD
+    assert changes.calls == []
+
+
+def test_out_until_deadline_then_one_probe_then_serving() -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 3600, "usage limit (five_hour)"))
+    assert q.state is CloudState.OUT
+    assert q.until == T0 + 3600
+    assert q.reason == "subscription_limit"
+    assert q.detail == "usage limit (five_hour)"
+
+    for step in (0, 1, 1800, 1798):
+        clock.advance(step)
+        assert q.route() is Route.LOCAL
+    clock.advance(1)  # exactly the deadline
+    assert clock.now == T0 + 3600
+    assert q.route() is Route.PROBE
+    assert q.state is CloudState.PROBING
+    # concurrent callers while the probe is out
+    assert [q.route() for _ in range(5)] == [Route.LOCAL] * 5
+    clock.advance(10)
+    assert q.route() is Route.LOCAL
+
+    q.record_success()
+    assert q.state is CloudState.SERVING
+    assert q.until == 0.0
+    assert q.reason == ""
+    assert q.route() is Route.CLOUD
+
+
+def test_probe_failure_goes_out_again() -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60))
+    clock.advance(60)
+    assert q.route() is Route.PROBE
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, clock.now + 600))
+    assert q.state is CloudState.OUT
+    assert q.until == clock.now + 600
+    assert q.route() is Route.LOCAL
+    clock.advance(600)
+    assert q.route() is Route.PROBE
+
+
+@pytest.mark.parametrize("kind", [FailureKind.OVERLOADED, FailureKind.SERVER_ERROR, FailureKind.BAD_RESPONSE])
+def test_a_single_blip_during_a_probe_goes_out(kind: FailureKind) -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60))
+    clock.advance(60)
+    assert q.route() is Route.PROBE
+    q.record_failure(v(kind))
+    assert q.state is CloudState.OUT
+    assert q.until == clock.now + CFG.error_cooldown
+
+
+@pytest.mark.parametrize("kind", [FailureKind.AUTH, FailureKind.CLIENT_ERROR])
+def test_inconclusive_probe_goes_out_for_error_cooldown(kind: FailureKind) -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60, "usage limit"))
+    clock.advance(60)
+    assert q.route() is Route.PROBE
+    q.record_failure(v(kind))
+    assert q.state is CloudState.OUT
+    assert q.until == clock.now + CFG.error_cooldown
+    assert q.reason == "subscription_limit"  # the reason the cloud went out stays
+
+
+@pytest.mark.parametrize("kind", [FailureKind.AUTH, FailureKind.CLIENT_ERROR])
+def test_auth_and_client_errors_never_take_a_serving_cloud_out(kind: FailureKind) -> None:
+    q, _, changes = make()
+    for _ in range(BREAKER_THRESHOLD + 2):
+        q.record_failure(v(kind))
+    assert q.state is CloudState.SERVING
+    assert q.route() is Route.CLOUD
+    assert changes.calls == []
+
+
+def test_stale_probe_lets_the_next_request_probe() -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.THROTTLE, T0 + 10))
+    clock.advance(10)
+    assert q.route() is Route.PROBE
+    clock.advance(PROBE_TIMEOUT - 1)
+    assert q.route() is Route.LOCAL
+    clock.advance(1)
+    assert q.route() is Route.PROBE
+    assert q.route() is Route.LOCAL
+
+
+# --- deadlines ------------------------------------------------------------------------------
+
+
+def test_later_deadline_wins() -> None:
+    q, _, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 3600))
+    q.record_failure(v(FailureKind.THROTTLE, T0 + 5))
+    assert q.until == T0 + 3600
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 7200))
+    assert q.until == T0 + 7200
+
+
+def test_short_throttle_never_shortens_usage_limit_even_without_deadline() -> None:
+    q, _, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 3600))
+    q.record_failure(v(FailureKind.THROTTLE))  # default_cooldown, still shorter
+    assert q.until == T0 + 3600
+    q.record_failure(v(FailureKind.NETWORK))
+    assert q.until == T0 + 3600
+
+
+def test_kept_deadline_keeps_its_reason() -> None:
+    q, _, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 3600, "usage limit (five_hour)"))
+    q.record_failure(v(FailureKind.THROTTLE, T0 + 5, "rate limited"))
+    assert q.until == T0 + 3600
+    assert q.reason == "subscription_limit"
+    assert q.detail == "usage limit (five_hour)"
+
+
+@pytest.mark.parametrize(
+    ("verdict", "expected_until"),
+    [
+        (v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 999), T0 + 999),
+        (v(FailureKind.API_KEY_LIMIT, T0 + 42), T0 + 42),
+        (v(FailureKind.SPEND_LIMIT, T0 + 86400), T0 + 86400),
+        (v(FailureKind.THROTTLE, T0 + 7), T0 + 7),
+        (v(FailureKind.SUBSCRIPTION_LIMIT), T0 + CFG.default_cooldown),
+        (v(FailureKind.THROTTLE), T0 + CFG.default_cooldown),
+        (v(FailureKind.API_KEY_LIMIT), T0 + CFG.default_cooldown),
+        (v(FailureKind.SPEND_LIMIT), T0 + CFG.default_cooldown),
+        (v(FailureKind.CREDIT_EXHAUSTED), T0 + CFG.credit_recheck),
+        (v(FailureKind.NETWORK), T0 + CFG.error_cooldown),
+        (v(FailureKind.TIMEOUT), T0 + CFG.error_cooldown),
+        # a deadline on a network verdict is ignored: network blips use error_cooldown
+        (v(FailureKind.NETWORK, T0 + 9999), T0 + CFG.error_cooldown),
+    ],
+    ids=[
+        "subscription", "api-key", "spend", "throttle", "subscription-no-deadline",
+        "throttle-no-deadline", "api-key-no-deadline", "spend-no-deadline", "credit",
+        "network", "timeout", "network-ignores-deadline",
+    ],
+)
+def test_first_failure_deadline(verdict: Verdict, expected_until: float) -> None:
+    q, _, _ = make()
+    q.record_failure(verdict)
+    assert q.state is CloudState.OUT
+    assert q.until == expected_until
+    assert q.reason == verdict.kind.value
+    assert q.route() is Route.LOCAL
+
+
+def test_cooldowns_come_from_config() -> None:
+    cfg = CloudConfig(default_cooldown=11.0, error_cooldown=2.0, credit_recheck=77.0)
+    for kind, until in [
+        (FailureKind.THROTTLE, T0 + 11.0),
+        (FailureKind.NETWORK, T0 + 2.0),
+        (FailureKind.CREDIT_EXHAUSTED, T0 + 77.0),
+    ]:
+        q, _, _ = make(cfg=cfg)
+        q.record_failure(v(kind))
+        assert q.until == until
+
+
+def test_network_skip_ends_after_error_cooldown() -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.NETWORK))
+    assert q.route() is Route.LOCAL
+    clock.advance(CFG.error_cooldown - 0.001)
+    assert q.route() is Route.LOCAL
+    clock.advance(0.001)
+    assert q.route() is Route.PROBE
+
+
+def test_credit_exhausted_rechecks_after_credit_recheck() -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.CREDIT_EXHAUSTED))
+    clock.advance(CFG.credit_recheck - 1)
+    assert q.route() is Route.LOCAL
+    clock.advance(1)
+    assert q.route() is Route.PROBE
+
+
+# --- the breaker ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [FailureKind.OVERLOADED, FailureKind.SERVER_ERROR, FailureKind.BAD_RESPONSE])
+def test_blips_need_threshold_consecutive_failures(kind: FailureKind) -> None:
+    q, clock, _ = make()
+    for _ in range(BREAKER_THRESHOLD - 1):
+        q.record_failure(v(kind))
+        assert q.state is CloudState.SERVING
+        assert q.route() is Route.CLOUD
+    q.record_failure(v(kind))
+    assert q.state is CloudState.OUT
+    assert q.until == clock.now + CFG.error_cooldown
+    assert q.route() is Route.LOCAL
+
+
+def test_success_resets_the_blip_count() -> None:
+    q, _, _ = make()
+    for _ in range(BREAKER_THRESHOLD - 1):
+        q.record_failure(v(FailureKind.OVERLOADED))
+    q.record_success()
+    for _ in range(BREAKER_THRESHOLD - 1):
+        q.record_failure(v(FailureKind.SERVER_ERROR))
+    assert q.state is CloudState.SERVING
+    q.record_failure(v(FailureKind.SERVER_ERROR))
+    assert q.state is CloudState.OUT
+
+
+def test_breaker_recovers_through_a_probe() -> None:
+    q, clock, _ = make()
+    for _ in range(BREAKER_THRESHOLD):
+        q.record_failure(v(FailureKind.OVERLOADED))
+    clock.advance(CFG.error_cooldown)
+    assert q.route() is Route.PROBE
+    q.record_success()
+    assert q.state is CloudState.SERVING
+    # the count starts over after recovery
+    q.record_failure(v(FailureKind.OVERLOADED))
+    assert q.state is CloudState.SERVING
+
+
+def test_classified_529s_trip_the_breaker() -> None:
+    q, _, _ = make()
+    body = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    for i in range(BREAKER_THRESHOLD):
+        verdict = classify_response(529, {}, body, T0)
+        assert verdict is not None
+        q.record_failure(verdict)
+        assert (q.state is CloudState.OUT) == (i == BREAKER_THRESHOLD - 1)
+
+
+# --- record_headers -------------------------------------------------------------------------
+
+
+def test_record_headers_parses_utilization() -> None:
+    q, clock, _ = make()
+    q.record_headers({
+        U + "status": "allowed_warning",
+        U + "5h-utilization": "0.91",
+        U + "7d-utilization": "1.2",
+        U + "5h-reset": str(int(T0 + 1000)),
+        U + "7d-reset": str(int((T0 + 90000) * 1000)),  # ms epoch
+        U + "fallback-percentage": "0.5",
+        U + "overage-status": "rejected",
+    })
+    u = q.utilization
+    assert u.status == "allowed_warning"
+    assert u.five_hour == pytest.approx(0.91)
+    assert u.seven_day == pytest.approx(1.2)  # can exceed 1
+    assert u.five_hour_reset == T0 + 1000
+    assert u.seven_day_reset == T0 + 90000
+    assert u.fallback_percentage == pytest.approx(0.5)
+    assert u.overage_status == "rejected"
+    assert u.updated == clock.now
+    d = u.as_dict()
+    assert d["5h"] == pytest.approx(0.91)
+    assert d["7d_reset"] == T0 + 90000
+
+
+def test_record_headers_ignores_unrelated_headers() -> None:
+    q, _, _ = make()
+    q.record_headers({"content-type": "application/json", U + "fallback-percentage": "0.5"})
+    assert q.utilization.updated == 0.0
+    assert q.utilization.fallback_percentage is None
+
+
+def test_record_headers_keeps_previous_values_for_missing_and_garbled() -> None:
+    q, clock, _ = make()
+    q.record_headers({U + "status": "allowed", U + "5h-utilization": "0.3", U + "7d-utilization": "0.2"})
+    clock.advance(5)
+    q.record_headers({U + "5h-utilization": "0.4"})
+    assert q.utilization.status == "allowed"
+    assert q.utilization.five_hour == pytest.approx(0.4)
+    assert q.utilization.seven_day == pytest.approx(0.2)
+    assert q.utilization.updated == clock.now
+    q.record_headers({U + "5h-utilization": "lots"})
+    assert q.utilization.five_hour is None
+    q.record_headers({U + "7d-utilization": "nan"})
+    assert q.utilization.seven_day is None
+
+
+def test_record_headers_does_not_change_state() -> None:
+    q, _, changes = make()
+    q.record_headers({U + "status": "rejected", U + "5h-utilization": "1.0"})
+    assert q.state is CloudState.SERVING
+    assert changes.calls == []
+
+
+# --- persistence ----------------------------------------------------------------------------
+
+
+def test_snapshot_restore_round_trip() -> None:
+    q, clock, _ = make()
+    q.record_headers({U + "status": "rejected", U + "5h-utilization": "1.01", U + "5h-reset": str(int(T0 + 50))})
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 3600, "usage limit (five_hour)"))
+    snap = q.snapshot()
+
+    r, _, _ = make(Clock(T0 + 10))
+    r.restore(snap)
+    assert r.state is CloudState.OUT
+    assert r.until == T0 + 3600
+    assert r.reason == "subscription_limit"
+    assert r.detail == "usage limit (five_hour)"
+    assert r.since == q.since
+    assert r.utilization == q.utilization
+    assert r.snapshot() == snap
+    assert r.route() is Route.LOCAL
+
+
+def test_snapshot_is_plain_data() -> None:
+    q, _, _ = make()
+    q.record_failure(v(FailureKind.CREDIT_EXHAUSTED))
+    assert orjson.loads(orjson.dumps(q.snapshot())) == q.snapshot()
+
+
+def test_restore_of_probing_snapshot_allows_exactly_one_probe() -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60))
+    clock.advance(60)
+    assert q.route() is Route.PROBE
+    snap = q.snapshot()
+    assert snap["state"] == "probing"
+
+    r, _, _ = make(Clock(clock.now + 1))
+    r.restore(snap)
+    assert r.state is CloudState.OUT
+    assert r.route() is Route.PROBE
+    assert r.route() is Route.LOCAL
+    assert r.route() is Route.LOCAL
+
+
+@pytest.mark.parametrize(
+    "snap",
+    [
+        {},
+        {"state": "bogus", "until": 5},
+        {"state": "out", "until": "tomorrow"},
+    ],
+    ids=["empty", "bad-state", "bad-until"],
+)
+def test_restore_of_garbage_leaves_a_usable_state(snap: dict) -> None:
+    q, _, _ = make()
+    q.restore(snap)
+    assert q.state in (CloudState.SERVING, CloudState.OUT)
+    assert q.route() in (Route.CLOUD, Route.PROBE)
+
+
+def test_as_dict_includes_now() -> None:
+    q, clock, _ = make()
+    assert q.as_dict()["now"] == clock.now
+    assert q.as_dict()["state"] == "serving"
+
+
+# --- on_change ------------------------------------------------------------------------------
+
+
+def test_on_change_why_only_on_state_changes() -> None:
+    q, clock, changes = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60))  # serving -> out
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 120))  # out -> out (later deadline)
+    q.record_failure(v(FailureKind.THROTTLE, T0 + 5))  # out -> out
+    clock.advance(120)
+    assert q.route() is Route.PROBE  # out -> probing
+    assert q.route() is Route.LOCAL  # no call
+    q.record_success()  # probing -> serving
+    q.record_success()  # serving -> serving: no call
+
+    for before, after, why in changes.calls:
+        assert bool(why) == (before is not after), (before, after, why)
+    transitions = [(b, a) for b, a, w in changes.calls if w]
+    assert transitions == [
+        (CloudState.SERVING, CloudState.OUT),
+        (CloudState.OUT, CloudState.PROBING),
+        (CloudState.PROBING, CloudState.SERVING),
+    ]
+    assert all(isinstance(w, str) and w.strip() for w in changes.whys)
+
+
+def test_on_change_not_called_for_blips_below_threshold() -> None:
+    q, _, changes = make()
+    for _ in range(BREAKER_THRESHOLD - 1):
+        q.record_failure(v(FailureKind.OVERLOADED))
+    assert changes.calls == []
+    q.record_failure(v(FailureKind.OVERLOADED))
+    assert len(changes.whys) == 1
+
+
+def test_since_marks_the_last_state_change() -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 600))
+    assert q.since == T0
+    clock.advance(5)
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 900))
+    assert q.since == T0  # same state: unchanged
+    clock.advance(900)
+    q.route()
+    assert q.since == clock.now

@@ -1,0 +1,222 @@
+"""The sans-IO SSE decoder and encoder, tested with plain bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from nonstop.wire.sse import SSEDecoder, SSEEvent, encode_event
+
+STREAM = (
+    b"event: message_start\n"
+    b'data: {"type":"message_start","message":{"id":"msg_1"}}\n'
+    b"\n"
+    b": keep-alive comment\n"
+    b"event: ping\n"
+    b'data: {"type":"ping"}\n'
+    b"\n"
+    b"event: content_block_delta\n"
+    b'data: {"type":"content_block_delta","delta":{"text":"h\xc3\xa9llo \xe2\x9c\x93"}}\n'
+    b"\n"
+    b"data: first\n"
+    b"data: second\n"
+    b"\n"
+)
+EXPECTED = [
+    SSEEvent("message_start", '{"type":"message_start","message":{"id":"msg_1"}}'),
+    SSEEvent("ping", '{"type":"ping"}'),
+    SSEEvent("content_block_delta", '{"type":"content_block_delta","delta":{"text":"héllo ✓"}}'),
+    SSEEvent("message", "first\nsecond"),
+]
+
+
+def decode_all(chunks: list[bytes]) -> list[SSEEvent]:
+    dec = SSEDecoder()
+    out: list[SSEEvent] = []
+    for c in chunks:
+        out.extend(dec.feed(c))
+    out.extend(dec.flush())
+    return out
+
+
+def with_endings(raw: bytes, ending: bytes) -> bytes:
+    return raw.replace(b"\n", ending)
+
+
+ENDINGS = [b"\n", b"\r\n", b"\r"]
+ENDING_IDS = ["lf", "crlf", "cr"]
+
+
+@pytest.mark.parametrize("ending", ENDINGS, ids=ENDING_IDS)
+def test_whole_stream(ending: bytes) -> None:
+    assert decode_all([with_endings(STREAM, ending)]) == EXPECTED
+
+
+@pytest.mark.parametrize("ending", ENDINGS, ids=ENDING_IDS)
+def test_split_at_every_position(ending: bytes) -> None:
+    raw = with_endings(STREAM, ending)
+    for i in range(len(raw) + 1):
+        assert decode_all([raw[:i], raw[i:]]) == EXPECTED, f"split at {i}"
+
+
+@pytest.mark.parametrize("ending", ENDINGS, ids=ENDING_IDS)
+def test_split_at_every_pair_of_positions(ending: bytes) -> None:
+    raw = with_endings(STREAM[:120], ending) + with_endings(b"\n\n", ending)
+    want = decode_all([raw])
+    for i in range(len(raw) + 1):
+        for j in range(i, len(raw) + 1):
+            assert decode_all([raw[:i], raw[i:j], raw[j:]]) == want, (i, j)
+
+
+@pytest.mark.parametrize("ending", ENDINGS, ids=ENDING_IDS)
+def test_byte_at_a_time(ending: bytes) -> None:
+    raw = with_endings(STREAM, ending)
+    assert decode_all([raw[i : i + 1] for i in range(len(raw))]) == EXPECTED
+
+
+def test_events_come_out_as_soon_as_complete() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b"event: a\ndata: 1\n") == []
+    assert dec.feed(b"\n") == [SSEEvent("a", "1")]
+    assert dec.feed(b"data: 2\n\nda") == [SSEEvent("message", "2")]
+    assert dec.feed(b"ta: 3\n\n") == [SSEEvent("message", "3")]
+
+
+def test_cr_at_chunk_end_then_lf() -> None:
+    """CRLF split across chunks is one line ending, not a line plus a blank line."""
+    dec = SSEDecoder()
+    assert dec.feed(b"data: a\r") == []
+    assert dec.feed(b"\ndata: b\r") == []
+    assert dec.feed(b"\n\r") == []
+    assert dec.feed(b"\n") == [SSEEvent("message", "a\nb")]
+
+
+def test_cr_at_chunk_end_then_other_byte() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b"data: a\r") == []
+    assert dec.feed(b"\r") == []  # a lone CR could still be half of CRLF
+    assert dec.feed(b"data: b\r\r") == [SSEEvent("message", "a")]
+    assert dec.flush() == [SSEEvent("message", "b")]
+
+
+def test_cr_only_event_end_at_stream_end() -> None:
+    """An event ended by CR CR as the last bytes of a stream: one event, not lost, not doubled."""
+    dec = SSEDecoder()
+    early = dec.feed(b"data: x\r\r")
+    assert early + dec.flush() == [SSEEvent("message", "x")]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b": just a comment\n\n", []),
+        (b":\n\n", []),
+        (b": c1\ndata: a\n: c2\ndata: b\n\n", [SSEEvent("message", "a\nb")]),
+        (b"data:no-space\n\n", [SSEEvent("message", "no-space")]),
+        (b"data:  two spaces\n\n", [SSEEvent("message", " two spaces")]),
+        (b"data\n\n", [SSEEvent("message", "")]),
+        (b"data:\ndata:\n\n", [SSEEvent("message", "\n")]),
+        (b"data: a: b: c\n\n", [SSEEvent("message", "a: b: c")]),
+        (b"id: 7\nretry: 100\ndata: x\n\n", [SSEEvent("message", "x")]),
+        (b"unknown: field\ndata: x\n\n", [SSEEvent("message", "x")]),
+        (b"\n\n\n", []),
+        (b"event: e1\ndata: 1\n\ndata: 2\n\n", [SSEEvent("e1", "1"), SSEEvent("message", "2")]),
+    ],
+    ids=[
+        "comment-only", "empty-comment", "comments-between-data", "no-space", "two-spaces",
+        "bare-data", "empty-data-lines", "colons-in-value", "id-retry-ignored", "unknown-field",
+        "blank-lines", "event-name-resets",
+    ],
+)
+def test_field_parsing(raw: bytes, expected: list[SSEEvent]) -> None:
+    assert decode_all([raw]) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"event: message_stop\ndata: {}", [SSEEvent("message_stop", "{}")]),
+        (b"event: message_stop\ndata: {}\n", [SSEEvent("message_stop", "{}")]),
+        (b"data: a\ndata: b", [SSEEvent("message", "a\nb")]),
+        (b"data: x\r\n", [SSEEvent("message", "x")]),
+        (b"data: x\r", [SSEEvent("message", "x")]),
+        (b"", []),
+        (b": only a comment", []),
+    ],
+    ids=["no-newline", "one-newline", "multi-line", "crlf", "cr", "nothing", "comment"],
+)
+def test_flush_final_event_without_blank_line(raw: bytes, expected: list[SSEEvent]) -> None:
+    dec = SSEDecoder()
+    early = dec.feed(raw)
+    assert early == []
+    assert dec.flush() == expected
+    assert dec.flush() == []
+
+
+def test_flush_after_complete_stream_is_empty() -> None:
+    dec = SSEDecoder()
+    dec.feed(STREAM)
+    assert dec.flush() == []
+
+
+def test_utf8_split_inside_a_character() -> None:
+    raw = "data: ✓é\n\n".encode()
+    for i in range(len(raw) + 1):
+        assert decode_all([raw[:i], raw[i:]]) == [SSEEvent("message", "✓é")]
+
+
+def test_buffer_limit() -> None:
+    dec = SSEDecoder(max_buffer=64)
+    dec.feed(b"data: " + b"x" * 50)
+    with pytest.raises(ValueError):
+        dec.feed(b"x" * 50)
+
+
+def test_buffer_limit_counts_only_an_unfinished_line() -> None:
+    dec = SSEDecoder(max_buffer=64)
+    for _ in range(100):
+        assert dec.feed(b"data: " + b"x" * 40 + b"\n\n") == [SSEEvent("message", "x" * 40)]
+
+
+# --- encode_event ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "data", "wire"),
+    [
+        ("ping", '{"type":"ping"}', b'event: ping\ndata: {"type":"ping"}\n\n'),
+        ("", "hi", b"data: hi\n\n"),
+        ("e", "a\nb", b"event: e\ndata: a\ndata: b\n\n"),
+        ("e", b"bytes", b"event: e\ndata: bytes\n\n"),
+        ("e", "", b"event: e\ndata: \n\n"),
+    ],
+)
+def test_encode_event(event: str, data: str | bytes, wire: bytes) -> None:
+    assert encode_event(event, data) == wire
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        SSEEvent("message_start", '{"type":"message_start"}'),
+        SSEEvent("content_block_delta", '{"delta":{"text":"é ✓ \\n"}}'),
+        SSEEvent("message", "line one\nline two\n\nafter blank"),
+        SSEEvent("message", ""),
+        SSEEvent("e", " leading space"),
+        SSEEvent("e", ": looks like a comment"),
+        SSEEvent("error", "trailing newline\n"),
+    ],
+    ids=["json", "unicode", "multi-line", "empty", "leading-space", "colon", "trailing-newline"],
+)
+def test_encode_decode_round_trip(event: SSEEvent) -> None:
+    wire = event.encode()
+    assert wire == encode_event(event.event, event.data)
+    assert decode_all([wire]) == [event]
+    for i in range(len(wire) + 1):
+        assert decode_all([wire[:i], wire[i:]]) == [event]
+
+
+def test_round_trip_of_many_events() -> None:
+    events = [SSEEvent(f"e{i}", f"payload {i}\nmore {i}") for i in range(20)]
+    wire = b"".join(e.encode() for e in events)
+    assert decode_all([wire]) == events
+    assert decode_all([wire[i : i + 7] for i in range(0, len(wire), 7)]) == events

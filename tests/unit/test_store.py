@@ -1,0 +1,304 @@
+"""The SQLite store in a temporary directory."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nonstop.store.db import MIGRATIONS, RequestRow, Store, connect, migrate
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "nonstop"
+
+
+@pytest.fixture
+def store(state_dir: Path) -> Iterator[Store]:
+    s = Store(state_dir)
+    s.open()
+    yield s
+    s.close()
+
+
+def row(ts: float, **kw: object) -> RequestRow:
+    return RequestRow(ts=ts, **kw)  # type: ignore[arg-type]
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+def test_migrations_applied_once(state_dir: Path) -> None:
+    s = Store(state_dir)
+    s.open()
+    s.close()
+    with raw(state_dir / "nonstop.db") as conn:
+        first = [tuple(r) for r in conn.execute("SELECT name, applied FROM migrations ORDER BY name")]
+    assert [name for name, _ in first] == [name for name, _ in MIGRATIONS]
+
+    s = Store(state_dir)
+    s.open()
+    s.close()
+    with raw(state_dir / "nonstop.db") as conn:
+        again = [tuple(r) for r in conn.execute("SELECT name, applied FROM migrations ORDER BY name")]
+    assert again == first
+
+
+def test_migrate_returns_only_new_migrations(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "x.db")
+    try:
+        assert migrate(conn) == [name for name, _ in MIGRATIONS]
+        assert migrate(conn) == []
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"requests", "state", "bodies", "migrations"} <= tables
+    finally:
+        conn.close()
+
+
+def test_reopen_keeps_data(state_dir: Path) -> None:
+    s = Store(state_dir)
+    s.open()
+    s.log_request(row(time.time(), request_id="r1"))
+    s.save_state("k", {"v": 1})
+    s.flush()
+    s.close()
+    s = Store(state_dir)
+    s.open()
+    try:
+        assert [r["request_id"] for r in s.recent()] == ["r1"]
+        assert s.load_state("k") == {"v": 1}
+    finally:
+        s.close()
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def test_wal_mode(store: Store) -> None:
+    assert store._read is not None
+    assert store._read.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with raw(store.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_private_files_and_dir(store: Store, state_dir: Path) -> None:
+    store.log_request(row(time.time()))
+    store.flush()
+    assert mode(state_dir) == 0o700
+    assert mode(store.path) == 0o600
+    for suffix in ("-wal", "-shm"):
+        p = Path(str(store.path) + suffix)
+        assert p.exists(), suffix  # WAL files live while the store is open
+        assert mode(p) == 0o600, suffix
+
+
+def test_existing_open_dir_is_made_private(state_dir: Path) -> None:
+    state_dir.mkdir(parents=True)
+    state_dir.chmod(0o755)
+    s = Store(state_dir)
+    s.open()
+    s.close()
+    assert mode(state_dir) == 0o700
+
+
+# --- the request log ------------------------------------------------------------------------
+
+
+NOW = time.time()
+
+ROWS = [
+    row(NOW - 50, request_id="a", model="claude-sonnet-4-5", backend="cloud", outcome="ok", input_tokens=100, output_tokens=10),
+    row(NOW - 40, request_id="b", model="claude-3-5-haiku-20241022", backend="llama", outcome="ok", input_tokens=20, output_tokens=2),
+    row(NOW - 30, request_id="c", model="claude-opus-5-5", backend="cloud", outcome="failover", status=429),
+    row(NOW - 20, request_id="d", model="claude-haiku-4-5", backend="embedded", outcome="ok", input_tokens=30, output_tokens=3),
+    row(NOW - 10, request_id="e", model="claude-sonnet-4-5", backend="", outcome="error", status=503, error="no backend"),
+    row(NOW - 5, request_id="f", model="claude-sonnet-4-5", backend="cloud", outcome="ok", stream=True, input_tokens=7, output_tokens=1),
+]
+
+
+@pytest.fixture
+def filled(store: Store) -> Store:
+    for r in ROWS:
+        store.log_request(r)
+    store.flush()
+    return store
+
+
+def ids(rows: list[dict]) -> list[str]:
+    return [r["request_id"] for r in rows]
+
+
+def test_log_request_and_recent(filled: Store) -> None:
+    rows = filled.recent()
+    assert ids(rows) == ["a", "b", "c", "d", "e", "f"]
+    f = rows[-1]
+    assert f["model"] == "claude-sonnet-4-5"
+    assert f["backend"] == "cloud"
+    assert f["stream"] == 1
+    assert f["input_tokens"] == 7
+    assert f["ts"] == pytest.approx(NOW - 5)
+    assert rows[2]["status"] == 429
+    assert rows[4]["error"] == "no backend"
+    assert filled.written == len(ROWS)
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({"backend": "cloud"}, ["a", "c", "f"]),
+        ({"backend": "local"}, ["b", "d"]),
+        ({"backend": "llama"}, ["b"]),
+        ({"outcome": "ok"}, ["a", "b", "d", "f"]),
+        ({"outcome": "failover"}, ["c"]),
+        ({"model": "claude-*haiku*"}, ["b", "d"]),
+        ({"model": "claude-sonnet-4-5"}, ["a", "e", "f"]),
+        ({"model": "*opus*"}, ["c"]),
+        ({"backend": "cloud", "outcome": "ok"}, ["a", "f"]),
+        ({"backend": "local", "model": "*haiku-4*"}, ["d"]),
+        ({"limit": 2}, ["e", "f"]),
+        ({"since": NOW - 25}, ["d", "e", "f"]),
+    ],
+    ids=[
+        "cloud", "local", "one-backend", "ok", "failover", "model-glob", "model-exact", "opus",
+        "cloud-ok", "local-haiku", "limit", "since",
+    ],
+)
+def test_recent_filters(filled: Store, filters: dict, expected: list[str]) -> None:
+    assert ids(filled.recent(**filters)) == expected
+
+
+def test_recent_after_id(filled: Store) -> None:
+    rows = filled.recent()
+    third = rows[2]["id"]
+    assert ids(filled.recent(after_id=third)) == ["d", "e", "f"]
+
+
+def test_totals_since(filled: Store) -> None:
+    assert filled.totals_since(NOW - 100) == {
+        "cloud": {"requests": 3, "input_tokens": 107, "output_tokens": 11},
+        "local": {"requests": 2, "input_tokens": 50, "output_tokens": 5},
+    }
+    assert filled.totals_since(NOW - 25) == {
+        "cloud": {"requests": 1, "input_tokens": 7, "output_tokens": 1},
+        "local": {"requests": 1, "input_tokens": 30, "output_tokens": 3},
+    }
+
+
+def test_totals_when_empty(store: Store) -> None:
+    assert store.totals_since(0) == {
+        "cloud": {"requests": 0, "input_tokens": 0, "output_tokens": 0},
+        "local": {"requests": 0, "input_tokens": 0, "output_tokens": 0},
+    }
+
+
+def test_bodies_stored_separately(store: Store) -> None:
+    store.log_request(RequestRow(ts=time.time(), request_id="x", request_body='{"a":1}', response_body="ok"))
+    store.log_request(RequestRow(ts=time.time(), request_id="y"))
+    store.flush()
+    rows = store.recent()
+    assert "request_body" not in rows[0]
+    with raw(store.path) as conn:
+        bodies = [tuple(r) for r in conn.execute("SELECT request_id, request, response FROM bodies")]
+    assert bodies == [(rows[0]["id"], '{"a":1}', "ok")]
+
+
+def test_public_row_hides_bodies() -> None:
+    d = RequestRow(ts=1.0, request_body="secret", response_body="secret").public()
+    assert "request_body" not in d and "response_body" not in d
+    assert d["ts"] == 1.0
+
+
+def test_many_writes_are_batched_and_all_land(store: Store) -> None:
+    for i in range(2000):
+        store.log_request(row(NOW, request_id=str(i)))
+    store.flush()
+    assert store.written == 2000
+    assert len(store.recent(limit=10000)) == 2000
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"state": "out", "until": 1750000000.5, "reason": "subscription_limit", "utilization": {"5h": 1.02, "7d": None}},
+        [1, "two", 3.0, None, True],
+        "text",
+        42,
+        None,
+    ],
+    ids=["quota-snapshot", "list", "string", "int", "null"],
+)
+def test_save_load_state_round_trip(store: Store, value: object) -> None:
+    store.save_state("quota", value)
+    store.flush()
+    assert store.load_state("quota") == value
+
+
+def test_state_overwrites_and_missing_key(store: Store) -> None:
+    assert store.load_state("nope") is None
+    store.save_state("k", {"n": 1})
+    store.save_state("k", {"n": 2})
+    store.flush()
+    assert store.load_state("k") == {"n": 2}
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+def test_retention_prunes_old_rows_on_open(state_dir: Path) -> None:
+    s = Store(state_dir, retention_days=1)
+    s.open()
+    now = time.time()
+    s.log_request(RequestRow(ts=now - 3 * 86400, request_id="old", request_body="old body"))
+    s.log_request(RequestRow(ts=now - 2 * 86400, request_id="older-than-a-day"))
+    s.log_request(RequestRow(ts=now - 3600, request_id="new", request_body="new body"))
+    s.flush()
+    assert ids(s.recent()) == ["old", "older-than-a-day", "new"]
+    s.close()
+
+    s = Store(state_dir, retention_days=1)
+    s.open()
+    try:
+        assert ids(s.recent()) == ["new"]
+        with raw(s.path) as conn:
+            assert [r[0] for r in conn.execute("SELECT request FROM bodies")] == ["new body"]
+    finally:
+        s.close()
+
+
+def test_retention_zero_keeps_everything(state_dir: Path) -> None:
+    s = Store(state_dir, retention_days=0)
+    s.open()
+    s.log_request(row(1.0, request_id="ancient"))
+    s.flush()
+    s.close()
+    s = Store(state_dir, retention_days=0)
+    s.open()
+    try:
+        assert ids(s.recent()) == ["ancient"]
+    finally:
+        s.close()
+
+
+def test_close_is_idempotent(state_dir: Path) -> None:
+    s = Store(state_dir)
+    s.open()
+    s.close()
+    s.close()
