@@ -9,12 +9,16 @@ if ! "$CACHE/claude/node_modules/.bin/claude" --version 2>/dev/null | grep -q "$
     echo "installing the Claude Code CLI $CLAUDE_CODE_VERSION into $CACHE/claude"
     npm install --silent --no-audit --no-fund --prefix "$CACHE/claude" "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
 fi
-if ! command -v chromium >/dev/null 2>&1; then
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing Debian's chromium for the dashboard test"
+        echo "installing Debian packages for the browser and shared-state tests:$missing"
         apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     else
-        echo "chromium is not installed: the browser test will be skipped" >&2
+        echo "missing Debian packages:$missing (the tests that need them fail in CI)" >&2
     fi
 fi

@@ -83,6 +83,7 @@ class Gateway:
         self.draining = False
         self.started = clock()
         self.embedded: Any = None
+        self.shared: Any = None
         self.discovered: list[Any] = []
         self._tasks: set[asyncio.Task] = set()
         self._next_id = 0
@@ -97,6 +98,23 @@ class Gateway:
                 self.quota.restore(snap)
                 if self.quota.state is not CloudState.SERVING:
                     log.info("cloud state restored: %s until %s (%s)", self.quota.state.value, hhmm(self.quota.until), self.quota.reason)
+        if self.cfg.shared.redis_url:
+            from nonstop.store.shared import SharedState
+
+            try:
+                import redis  # noqa: F401
+            except ImportError:
+                raise RuntimeError("shared.redis_url is set but the Redis client is missing: pip install 'nonstop[redis]'") from None
+            self.shared = SharedState(self.cfg.shared.redis_url, self.cfg.shared.key_prefix, self._apply_shared)
+            try:
+                snap = await self.shared.start()
+            except Exception as exc:
+                raise RuntimeError(
+                    f"shared.redis_url: cannot reach Redis at {self.cfg.shared.redis_url} ({type(exc).__name__}); "
+                    "start Redis or remove [shared] redis_url"
+                ) from None
+            if snap:
+                self._apply_shared(snap)
         self._publish_quota()
         self.cloud = CloudBackend(self.cfg.cloud, CloudBackend.make_session(self.cfg.cloud))
         self.local_session = aiohttp.ClientSession(
@@ -125,6 +143,8 @@ class Gateway:
         if self.embedded is not None:
             with contextlib.suppress(Exception):
                 await self.embedded.stop()
+        if self.shared is not None:
+            await self.shared.close()
         if self.cloud is not None:
             await self.cloud.session.close()
         if self.local_session is not None:
@@ -148,7 +168,21 @@ class Gateway:
 
     # --- quota state --------------------------------------------------------------------
 
+    def _apply_shared(self, snap: dict[str, Any]) -> None:
+        """Another instance changed the cloud state."""
+        before = self.quota.state
+        self.quota.restore(snap)
+        if self.store is not None:
+            self.store.save_state("quota", self.quota.snapshot())
+        self._publish_quota()
+        if self.quota.state is not before:
+            log.warning("cloud state from another instance: %s%s", self.quota.state.value,
+                        f" until {hhmm(self.quota.until)} ({self.quota.reason})" if self.quota.state is CloudState.OUT else "")
+            self.broadcast({"type": "status"})
+
     def _on_quota_change(self, quota: QuotaState, why: str) -> None:
+        if self.shared is not None:
+            self.shared.publish(quota.snapshot())
         if self.store is not None:
             self.store.save_state("quota", quota.snapshot())
         self._publish_quota()
