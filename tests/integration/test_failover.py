@@ -281,3 +281,18 @@ def test_unknown_paths_are_proxied(cloud, llama, nonstop_factory):
     assert status == 404  # the fake cloud's answer, passed through
     got = procs.cloud_requests(cloud)
     assert any(r["path"] == "/v1/some/new/endpoint" and r["query"] == "x=1" for r in got)
+
+
+def test_pings_while_local_processes_a_long_prompt(cloud, recorder_proc, nonstop_factory):
+    procs.set_mode(cloud, "subscription_limit")
+    ns = nonstop_factory("ping_interval = 1.0\n" + config(cloud.url, recorder_proc.url))
+    body = {"model": "claude-sonnet-5", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "[slow] hi"}]}
+    with httpx.Client(timeout=30) as h:
+        r = h.post(ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
+    events = parse_sse(r.text)
+    names = [e for e, _ in events]
+    assert names[0] == "message_start" and events[0][1]["message"]["usage"]["input_tokens"] > 0
+    first_content = names.index("content_block_start")
+    assert "ping" in names[1:first_content], names
+    assert names[-1] == "message_stop"
+    assert names.count("message_start") == 1

@@ -5,6 +5,7 @@ local server)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 
 from aiohttp import web
@@ -29,6 +30,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     _record(request, body)
     req = json.loads(body)
     text = "recorded reply"
+    if "[slow]" in body.decode("utf-8", "replace"):
+        await asyncio.sleep(4)  # like a long prompt being processed on a CPU
     if not req.get("stream"):
         return web.json_response({
             "id": "msg_rec", "type": "message", "role": "assistant", "model": req.get("model"),
