@@ -302,6 +302,9 @@ class OpenAILocalBackend(LocalBackend):
         # The reasoning switch reads the client's thinking settings, which the generic
         # local sanitiser drops.
         source = {**local_req, "thinking": original.get("thinking"), "output_config": original.get("output_config")}
+        tc = original.get("tool_choice")
+        if isinstance(source.get("tool_choice"), dict) and isinstance(tc, dict) and "disable_parallel_tool_use" in tc:
+            source["tool_choice"] = {**source["tool_choice"], "disable_parallel_tool_use": tc["disable_parallel_tool_use"]}
         body = oa.anthropic_to_openai_request(
             source, model=model, max_tokens=local_req["max_tokens"], stream=stream,
             reasoning_param=self.cfg.reasoning_param,

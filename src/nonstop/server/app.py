@@ -495,10 +495,6 @@ class OpenAIWriter(Writer):
                     continue
                 if not isinstance(data, dict):
                     continue
-                if ev.event == "error" or data.get("type") == "error":
-                    err = data.get("error") or {}
-                    out.append(b"data: " + orjson.dumps({"error": {"message": err.get("message", "stream error"), "type": err.get("type", "api_error"), "param": None, "code": None}}) + b"\n\n")
-                    continue
                 for c in tr.feed(ev.event, data):
                     out.append(b"data: " + orjson.dumps(c) + b"\n\n")
             if out:

@@ -1,0 +1,260 @@
+"""The OpenAI front door, requests: a Chat Completions request from a client -> the
+internal Anthropic request. Replies go back through openai_frontdoor_reply.
+
+Pure: a dict in, a dict out. Invalid input raises TranslationError with a message that
+names the field, for a 400 in the client's own error format.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from nonstop.wire.hygiene import cloud_tool_id
+from nonstop.wire.openai_args import parse_arguments
+from nonstop.wire.openai_request import TOOL_ERROR_PREFIX
+
+DEFAULT_MAX_TOKENS = 4096
+_DATA_URL = re.compile(r"data:([^;,]+)?(?:;[^,]*)?;base64,(.*)", re.S)
+_ID_OK = re.compile(r"[a-zA-Z0-9_-]+").fullmatch
+
+
+class TranslationError(ValueError):
+    """The client's request cannot be expressed as an Anthropic request."""
+
+
+def openai_request_to_anthropic(req: dict) -> dict:
+    if not isinstance(req, dict):
+        raise TranslationError("the request body must be a JSON object")
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise TranslationError("model: required, a non-empty string")
+    raw_messages = req.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise TranslationError("messages: required, a non-empty list")
+    n = req.get("n")
+    if n is not None and n != 1:
+        raise TranslationError("n: only 1 completion per request is supported")
+
+    system: list[str] = []
+    messages: list[dict] = []
+    for i, msg in enumerate(raw_messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise TranslationError(f"{where}: must be an object")
+        role = msg.get("role")
+        if role in ("system", "developer"):
+            system.extend(t for t in _text_parts(msg.get("content"), where) if t)
+        elif role == "user":
+            _append(messages, "user", _user_blocks(msg.get("content"), where), merge=_ends_with_tool_results(messages))
+        elif role == "tool":
+            _append(messages, "user", [_tool_result(msg, where)], merge=_ends_with_tool_results(messages))
+        elif role == "assistant":
+            blocks = _assistant_blocks(msg, where)
+            if blocks:
+                messages.append({"role": "assistant", "content": blocks})
+        else:
+            raise TranslationError(f"{where}.role: {role!r} is not supported; use system, developer, user, assistant or tool")
+    if not messages:
+        raise TranslationError("messages: need at least one user or assistant message")
+
+    out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": _max_tokens(req)}
+    if system:
+        out["system"] = system[0] if len(system) == 1 else [{"type": "text", "text": t} for t in system]
+    stop = req.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if isinstance(stop, list) and (stops := [s for s in stop if isinstance(s, str) and s]):
+        out["stop_sequences"] = stops
+    temperature = req.get("temperature")
+    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+        out["temperature"] = min(max(float(temperature), 0.0), 1.0)  # OpenAI allows up to 2
+    for key in ("top_p", "top_k"):
+        if _is_number(req.get(key)):
+            out[key] = req[key]
+    if req.get("stream") is True:
+        out["stream"] = True
+    if isinstance(req.get("user"), str) and req["user"]:
+        out["metadata"] = {"user_id": req["user"]}
+    tools = _tools(req.get("tools"))
+    if tools:
+        out["tools"] = tools
+        choice = _tool_choice(req.get("tool_choice"))
+        if req.get("parallel_tool_calls") is False and (choice is None or choice["type"] != "none"):
+            choice = choice or {"type": "auto"}
+            choice["disable_parallel_tool_use"] = True
+        if choice is not None:
+            out["tool_choice"] = choice
+    return out
+
+
+# --- request pieces --------------------------------------------------------------------
+
+
+def _append(messages: list[dict], role: str, blocks: list[dict], *, merge: bool) -> None:
+    # Tool results and the user text after them form one user turn: tool_result blocks
+    # must open the user message that follows the assistant's tool calls.
+    if merge:
+        messages[-1]["content"].extend(blocks)
+    elif blocks:
+        messages.append({"role": role, "content": blocks})
+
+
+def _ends_with_tool_results(messages: list[dict]) -> bool:
+    if not messages or messages[-1]["role"] != "user":
+        return False
+    content = messages[-1]["content"]
+    return bool(content) and content[-1].get("type") == "tool_result"
+
+
+def _text_parts(content: Any, where: str) -> list[str]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        raise TranslationError(f"{where}.content: must be a string or a list of parts")
+    out = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
+            raise TranslationError(f"{where}.content[{j}]: only text parts are allowed here")
+        text = part.get("text") if part["type"] == "text" else part.get("refusal")
+        if not isinstance(text, str):
+            raise TranslationError(f"{where}.content[{j}]: text must be a string")
+        out.append(text)
+    return out
+
+
+def _user_blocks(content: Any, where: str) -> list[dict]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise TranslationError(f"{where}.content: must be a string or a list of parts")
+    blocks = []
+    for j, part in enumerate(content):
+        here = f"{where}.content[{j}]"
+        ptype = part.get("type") if isinstance(part, dict) else None
+        if ptype == "text":
+            if not isinstance(part.get("text"), str):
+                raise TranslationError(f"{here}.text: must be a string")
+            if part["text"]:
+                blocks.append({"type": "text", "text": part["text"]})
+        elif ptype == "image_url":
+            blocks.append(_image_block(part.get("image_url"), here))
+        elif ptype == "file":
+            blocks.append(_file_block(part.get("file"), here))
+        else:
+            raise TranslationError(f"{here}: part type {ptype!r} is not supported; use text, image_url or file")
+    return blocks
+
+
+def _image_block(image: Any, where: str) -> dict:
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url:
+        raise TranslationError(f"{where}.image_url.url: required, a string")
+    if url.startswith("data:"):
+        m = _DATA_URL.fullmatch(url)
+        if not m:
+            raise TranslationError(f"{where}.image_url.url: a data: URL must be base64-encoded")
+        return {"type": "image", "source": {"type": "base64", "media_type": m.group(1) or "image/png", "data": m.group(2)}}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise TranslationError(f"{where}.image_url.url: use an http(s) URL or a base64 data: URL")
+
+
+def _file_block(file: Any, where: str) -> dict:
+    data = file.get("file_data") if isinstance(file, dict) else None
+    m = _DATA_URL.fullmatch(data) if isinstance(data, str) else None
+    if not m or m.group(1) != "application/pdf":
+        raise TranslationError(f"{where}.file: only inline PDF files (file_data as a base64 data: URL) are supported")
+    return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": m.group(2)}}
+
+
+def _tool_result(msg: dict, where: str) -> dict:
+    call_id = msg.get("tool_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise TranslationError(f"{where}.tool_call_id: required, a string")
+    text = "".join(_text_parts(msg.get("content"), where))
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _tool_id(call_id), "content": text}
+    if text.startswith(TOOL_ERROR_PREFIX):
+        block["content"] = text[len(TOOL_ERROR_PREFIX):]
+        block["is_error"] = True
+    return block
+
+
+def _assistant_blocks(msg: dict, where: str) -> list[dict]:
+    blocks: list[dict] = [{"type": "text", "text": t} for t in _text_parts(msg.get("content"), where) if t]
+    calls = msg.get("tool_calls")
+    if calls is None:
+        return blocks
+    if not isinstance(calls, list):
+        raise TranslationError(f"{where}.tool_calls: must be a list")
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise TranslationError(f"{where}.tool_calls[{j}].function.name: required, a string")
+        call_id = call.get("id")
+        if not isinstance(call_id, str) or not call_id:
+            raise TranslationError(f"{where}.tool_calls[{j}].id: required, a string")
+        blocks.append({
+            "type": "tool_use",
+            "id": _tool_id(call_id),
+            "name": fn["name"],
+            "input": parse_arguments(fn.get("arguments"), repair=False),
+        })
+    return blocks
+
+
+def _tool_id(call_id: str) -> str:
+    """Anthropic tool ids must match ^[a-zA-Z0-9_-]+$; others are rewritten the same way
+    every time, so a call and its result still pair up."""
+    return call_id if _ID_OK(call_id) else cloud_tool_id(call_id)
+
+
+def _max_tokens(req: dict) -> int:
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = req.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TranslationError(f"{key}: must be a positive integer")
+        return value
+    return DEFAULT_MAX_TOKENS
+
+
+def _tools(tools: Any) -> list[dict]:
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise TranslationError("tools: must be a list")
+    out = []
+    for j, tool in enumerate(tools):
+        fn = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise TranslationError(f"tools[{j}]: must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}")
+        params = fn.get("parameters")
+        converted: dict[str, Any] = {"name": fn["name"]}
+        if isinstance(fn.get("description"), str):
+            converted["description"] = fn["description"]
+        converted["input_schema"] = params if isinstance(params, dict) else {"type": "object", "properties": {}}
+        out.append(converted)
+    return out
+
+
+def _tool_choice(choice: Any) -> dict | None:
+    if choice is None:
+        return None
+    if choice == "auto":
+        return {"type": "auto"}
+    if choice == "required":
+        return {"type": "any"}
+    if choice == "none":
+        return {"type": "none"}
+    fn = choice.get("function") if isinstance(choice, dict) else None
+    if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+        return {"type": "tool", "name": fn["name"]}
+    raise TranslationError("tool_choice: use \"auto\", \"required\", \"none\" or {\"type\": \"function\", \"function\": {\"name\": ...}}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)

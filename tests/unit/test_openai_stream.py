@@ -1,0 +1,394 @@
+"""OpenAI Chat Completions chunks -> Anthropic events (OpenAIStreamTranslator).
+
+Golden tests: tests/fixtures/openai_streams/<name>.jsonl (one chunk per line) must give
+exactly <name>.expected.json. To re-record after a deliberate change, run with
+NONSTOP_UPDATE_GOLDEN=1 and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from nonstop.wire.openai import LOCAL_THINKING_SIGNATURE, OpenAIStreamTranslator
+from nonstop.wire.openai_args import ArgumentsStream
+from tests.unit.anthropic_stream_validator import StreamError, validate_anthropic_stream
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai_streams"
+GOLDEN = sorted(p.stem for p in FIXTURES.glob("*.jsonl"))
+EXPECTED_GOLDEN = {
+    "plain_text", "single_tool_call", "parallel_tool_calls", "interleaved_tool_args",
+    "all_at_once_args", "reasoning_then_text", "usage_less", "usage_final_chunk",
+}
+
+
+def translate(chunks: list, *, estimate: int = 100, names: dict | None = None) -> list[tuple[str, dict]]:
+    t = OpenAIStreamTranslator(model="local-model", message_id="msg_test", input_tokens_estimate=estimate, tool_name_map=names)
+    events: list[tuple[str, dict]] = []
+    for chunk in chunks:
+        events.extend(t.feed(chunk))
+    events.extend(t.finish())
+    return events
+
+
+def chunk(delta: dict | None = None, finish: str | None = None, usage: dict | None = None) -> dict:
+    c: dict = {"choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}]}
+    if usage is not None:
+        c["usage"] = usage
+    return c
+
+
+def call(index, id=None, name=None, args=None) -> dict:
+    fn = {k: v for k, v in (("name", name), ("arguments", args)) if v is not None}
+    tc: dict = {"index": index, "function": fn}
+    if id is not None:
+        tc["id"] = id
+    return {"tool_calls": [tc]}
+
+
+def of_type(events, etype):
+    return [d for t, d in events if t == etype]
+
+
+def tool_inputs(events) -> list[dict]:
+    blocks: dict[int, list[str]] = {}
+    for t, d in events:
+        if t == "content_block_start" and d["content_block"]["type"] == "tool_use":
+            blocks[d["index"]] = []
+        elif t == "content_block_delta" and d["delta"]["type"] == "input_json_delta":
+            blocks[d["index"]].append(d["delta"]["partial_json"])
+    return [json.loads("".join(v)) for _, v in sorted(blocks.items())]
+
+
+def text_of(events, dtype="text_delta", field="text") -> str:
+    return "".join(d["delta"][field] for t, d in events if t == "content_block_delta" and d["delta"]["type"] == dtype)
+
+
+# --- golden streams ----------------------------------------------------------------------
+
+
+def test_every_golden_stream_is_present():
+    assert set(GOLDEN) >= EXPECTED_GOLDEN
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_golden_stream(name):
+    chunks = [json.loads(line) for line in (FIXTURES / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+    events = [[t, d] for t, d in translate(chunks)]
+    expected_file = FIXTURES / f"{name}.expected.json"
+    if os.environ.get("NONSTOP_UPDATE_GOLDEN"):
+        expected_file.write_text(json.dumps(events, indent=1, ensure_ascii=False) + "\n")
+    assert events == json.loads(expected_file.read_text())
+    validate_anthropic_stream([(t, d) for t, d in events])
+
+
+# --- message_start and usage -------------------------------------------------------------
+
+
+def test_message_start_uses_prompt_tokens_when_the_first_chunk_has_them():
+    events = translate([chunk({"content": "x"}, usage={"prompt_tokens": 77, "completion_tokens": 1})])
+    assert events[0][1]["message"]["usage"]["input_tokens"] == 77
+
+
+def test_message_start_uses_the_estimate_otherwise_and_never_zero():
+    assert translate([chunk({"content": "x"})])[0][1]["message"]["usage"]["input_tokens"] == 100
+    assert translate([chunk({"content": "x"})], estimate=0)[0][1]["message"]["usage"]["input_tokens"] == 1
+
+
+def test_message_start_is_first_even_for_a_junk_first_chunk():
+    events = translate([{"object": "chat.completion.chunk"}, chunk({"content": "hi"})])
+    assert events[0][0] == "message_start"
+    validate_anthropic_stream(events)
+
+
+def test_late_usage_is_in_message_delta_minus_cached_tokens():
+    events = translate([
+        chunk({"content": "hi"}), chunk(finish="stop"),
+        {"choices": [], "usage": {"prompt_tokens": 1000, "completion_tokens": 9, "prompt_tokens_details": {"cached_tokens": 600}}},
+    ])
+    usage = of_type(events, "message_delta")[0]["usage"]
+    assert usage == {"input_tokens": 400, "output_tokens": 9, "cache_read_input_tokens": 600}
+
+
+def test_fully_cached_prompt_still_reports_one_input_token():
+    events = translate([chunk({"content": "hi"}, "stop", usage={"prompt_tokens": 50, "completion_tokens": 1,
+                                                                 "prompt_tokens_details": {"cached_tokens": 50}})])
+    assert of_type(events, "message_delta")[0]["usage"]["input_tokens"] == 1
+
+
+def test_output_tokens_are_estimated_at_four_chars_each_when_no_usage_arrives():
+    events = translate([chunk({"content": "a" * 40}), chunk(finish="stop")])
+    assert of_type(events, "message_delta")[0]["usage"] == {"input_tokens": 100, "output_tokens": 10}
+    assert of_type(translate([]), "message_delta")[0]["usage"]["output_tokens"] == 1
+
+
+def test_usage_and_stop_reason_properties():
+    t = OpenAIStreamTranslator(model="m", message_id="msg_1", input_tokens_estimate=5)
+    t.feed(chunk({"content": "abcd"}, "length"))
+    assert t.stop_reason == "max_tokens"
+    assert t.usage == {"input_tokens": 5, "output_tokens": 1}
+    t.feed({"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 3}})
+    assert t.usage == {"input_tokens": 8, "output_tokens": 3}
+
+
+# --- stop reasons ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("finish", "stop"), [
+    ("stop", "end_turn"), ("length", "max_tokens"), ("tool_calls", "tool_use"),
+    ("function_call", "tool_use"), ("content_filter", "refusal"), ("eos", "end_turn"), (None, "end_turn"),
+])
+def test_finish_reason_maps_to_stop_reason(finish, stop):
+    events = translate([chunk({"content": "x"}, finish)])
+    assert of_type(events, "message_delta")[0]["delta"]["stop_reason"] == stop
+
+
+@pytest.mark.parametrize("finish", ["stop", "length", None])
+def test_any_tool_block_means_tool_use(finish):
+    events = translate([chunk(call(0, "call_1", "f", "{}")), chunk(finish=finish)])
+    assert of_type(events, "message_delta")[0]["delta"]["stop_reason"] == "tool_use"
+    validate_anthropic_stream(events)
+
+
+def test_finish_without_any_chunk_is_a_valid_empty_message():
+    events = translate([])
+    assert [t for t, _ in events] == ["message_start", "message_delta", "message_stop"]
+    validate_anthropic_stream(events)
+
+
+def test_finish_and_feed_after_finish_are_no_ops():
+    t = OpenAIStreamTranslator(model="m", message_id="msg_1", input_tokens_estimate=5)
+    t.feed(chunk({"content": "x"}))
+    assert t.finish()
+    assert t.finish() == []
+    assert t.feed(chunk({"content": "late"})) == []
+
+
+# --- tool calls --------------------------------------------------------------------------
+
+
+def test_tool_start_carries_empty_input_and_arguments_come_as_deltas():
+    events = translate([chunk(call(0, "call_1", "f", '{"a": 1}')), chunk(finish="tool_calls")])
+    start = of_type(events, "content_block_start")[0]["content_block"]
+    assert start == {"type": "tool_use", "id": "call_1", "name": "f", "input": {}}
+    assert tool_inputs(events) == [{"a": 1}]
+
+
+def test_tool_call_without_id_gets_a_generated_toolu_id():
+    events = translate([chunk(call(0, None, "f", "{}"))])
+    assert re.fullmatch(r"toolu_[0-9a-f]+", of_type(events, "content_block_start")[0]["content_block"]["id"])
+
+
+def test_tool_ids_are_sanitized_and_unique_within_a_message():
+    events = translate([chunk(call(0, "call:1/x", "f", "{}")), chunk(call(1, "call:1/x", "g", "{}"))])
+    ids = [d["content_block"]["id"] for d in of_type(events, "content_block_start")]
+    assert ids[0] == "call_1_x"
+    assert len(set(ids)) == 2
+    validate_anthropic_stream(events)
+
+
+def test_tool_names_are_restored_through_the_map():
+    events = translate([chunk(call(0, "c1", "mcp__x__do_it_1a2b3c4d", "{}"))], names={"mcp__x__do_it_1a2b3c4d": "mcp__x__do.it"})
+    assert of_type(events, "content_block_start")[0]["content_block"]["name"] == "mcp__x__do.it"
+
+
+def test_empty_arguments_become_an_empty_object():
+    events = translate([chunk(call(0, "c1", "f")), chunk(finish="tool_calls")])
+    assert tool_inputs(events) == [{}]
+
+
+def test_truncated_arguments_are_closed_as_valid_json():
+    events = translate([chunk(call(0, "c1", "Write", '{"path": "a.txt", "content": "line one\\nline tw')), chunk(finish="length")])
+    assert tool_inputs(events) == [{"path": "a.txt", "content": "line one\nline tw"}]
+    validate_anthropic_stream(events)
+
+
+def test_a_dangling_key_is_never_sent():
+    events = translate([chunk(call(0, "c1", "f", '{"a": 1, "b')), chunk(finish="length")])
+    assert tool_inputs(events) == [{"a": 1}]
+
+
+def test_non_json_arguments_are_kept_under_raw():
+    events = translate([chunk(call(0, "c1", "f", "not json")), chunk(finish="tool_calls")])
+    assert tool_inputs(events) == [{"_raw": "not json"}]
+
+
+def test_double_encoded_arguments_are_decoded():
+    events = translate([chunk(call(0, "c1", "f", json.dumps(json.dumps({"a": 1}))))])
+    assert tool_inputs(events) == [{"a": 1}]
+
+
+def test_arguments_sent_as_an_object_are_accepted():
+    events = translate([chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": {"a": [1]}}}]})])
+    assert tool_inputs(events) == [{"a": [1]}]
+
+
+def test_junk_after_a_complete_object_is_dropped():
+    events = translate([chunk(call(0, "c1", "f", '{"a": 1}')), chunk(call(0, args='{"a": 1}'))])
+    assert tool_inputs(events) == [{"a": 1}]
+
+
+def test_a_stopped_block_gets_no_more_deltas():
+    events = translate([chunk(call(0, "c1", "f", '{"a": 1')), chunk(finish="tool_calls"), chunk(call(0, args="}"))])
+    assert tool_inputs(events) == [{"a": 1}]
+    validate_anthropic_stream(events)
+
+
+def test_a_call_without_a_name_is_dropped():
+    events = translate([chunk(call(0, "c1", None, '{"a": 1}')), chunk({"content": "ok"}), chunk(finish="stop")])
+    assert [d["content_block"]["type"] for d in of_type(events, "content_block_start")] == ["text"]
+    validate_anthropic_stream(events)
+
+
+def test_name_arriving_after_the_id_starts_the_block_with_buffered_arguments():
+    events = translate([chunk(call(0, "c1", None, '{"a"')), chunk(call(0, None, "f", ": 2}"))])
+    assert of_type(events, "content_block_start")[0]["content_block"]["name"] == "f"
+    assert tool_inputs(events) == [{"a": 2}]
+
+
+def test_reused_index_with_a_new_id_is_a_new_call():
+    events = translate([chunk(call(0, "c1", "f", '{"n": 1}')), chunk(call(0, "c2", "g", '{"n": 2}'))])
+    assert [d["content_block"]["id"] for d in of_type(events, "content_block_start")] == ["c1", "c2"]
+    assert tool_inputs(events) == [{"n": 1}, {"n": 2}]
+
+
+def test_calls_without_index_use_their_position():
+    events = translate([chunk({"tool_calls": [
+        {"id": "a", "function": {"name": "f", "arguments": "{}"}},
+        {"id": "b", "function": {"name": "g", "arguments": '{"x": 1}'}},
+    ]})])
+    assert tool_inputs(events) == [{}, {"x": 1}]
+    validate_anthropic_stream(events)
+
+
+def test_legacy_function_call_delta():
+    events = translate([chunk({"function_call": {"name": "f", "arguments": '{"q"'}}),
+                        chunk({"function_call": {"arguments": ': "x"}'}}), chunk(finish="function_call")])
+    assert of_type(events, "content_block_start")[0]["content_block"]["name"] == "f"
+    assert tool_inputs(events) == [{"q": "x"}]
+
+
+def test_text_after_an_unfinished_tool_call_waits_for_it():
+    events = translate([
+        chunk(call(0, "c1", "f", '{"a": ')), chunk({"content": "note"}), chunk(call(0, args="1}")), chunk(finish="tool_calls"),
+    ])
+    validate_anthropic_stream(events)
+    types = [d["content_block"]["type"] for d in of_type(events, "content_block_start")]
+    assert types == ["tool_use", "text"]
+    assert tool_inputs(events) == [{"a": 1}]
+    assert text_of(events) == "note"
+
+
+def test_tool_arguments_stream_while_the_call_is_live():
+    t = OpenAIStreamTranslator(model="m", message_id="msg_1", input_tokens_estimate=5)
+    t.feed(chunk(call(0, "c1", "Write", "")))
+    out = t.feed(chunk(call(0, args='{"content": "hello')))
+    assert [d["delta"] for _, d in out] == [{"type": "input_json_delta", "partial_json": '{"content": "hello'}]
+
+
+# --- reasoning ---------------------------------------------------------------------------
+
+
+def test_reasoning_field_is_thinking_with_the_local_signature():
+    events = translate([chunk({"reasoning": "hmm"}), chunk({"content": "ok"})])
+    assert of_type(events, "content_block_start")[0]["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
+    assert text_of(events, "thinking_delta", "thinking") == "hmm"
+    sigs = [d["delta"]["signature"] for t, d in events if t == "content_block_delta" and d["delta"]["type"] == "signature_delta"]
+    assert sigs == [LOCAL_THINKING_SIGNATURE]
+    validate_anthropic_stream(events)
+
+
+def test_reasoning_sent_under_both_names_is_taken_once():
+    events = translate([chunk({"reasoning_content": "abc", "reasoning": "abc"})])
+    assert text_of(events, "thinking_delta", "thinking") == "abc"
+
+
+def test_thinking_between_texts_makes_three_blocks():
+    events = translate([chunk({"content": "a"}), chunk({"reasoning_content": "r"}), chunk({"content": "b"})])
+    assert [d["content_block"]["type"] for d in of_type(events, "content_block_start")] == ["text", "thinking", "text"]
+    validate_anthropic_stream(events)
+
+
+# --- robustness --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("junk", [
+    {}, {"choices": None}, {"choices": [None]}, {"choices": [{"delta": None}]}, {"choices": [{}]},
+    {"choices": "x"}, {"choices": [{"delta": {"content": None, "tool_calls": None}}]},
+    {"choices": [{"delta": {"tool_calls": [None, 3, {"index": 0}]}}]}, {"usage": None}, {"usage": {"prompt_tokens": "9"}},
+    {"choices": [{"index": 1, "delta": {"content": "second choice"}}]}, {"choices": [{"delta": {"content": 5}}]},
+    {"choices": [{"delta": {"tool_calls": [{"index": True, "function": None}]}}]},
+])
+def test_junk_chunks_do_not_crash_or_emit_blocks(junk):
+    events = translate([junk])
+    assert of_type(events, "content_block_start") == []
+    validate_anthropic_stream(events)
+
+
+def test_content_as_a_list_of_parts():
+    events = translate([chunk({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]})])
+    assert text_of(events) == "ab"
+
+
+def test_validator_catches_broken_streams():
+    good = translate([chunk({"content": "x"}, "stop")])
+    validate_anthropic_stream(good)
+    broken = [
+        good[1:],  # no message_start
+        [good[0], ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x"}})] + good[-2:],
+        [(t, d) for t, d in good if t != "content_block_stop"],
+        good[:-1],
+        [(t, d) if t != "content_block_start" else (t, {**d, "index": 1}) for t, d in good],
+        [(t, d) if t != "content_block_start" else (t, {**d, "content_block": {"type": "text", "text": "x"}}) for t, d in good],
+        [(t, d) if t != "message_delta" else (t, {**d, "delta": {"stop_reason": "done"}}) for t, d in good],
+    ]
+    for events in broken:
+        with pytest.raises(StreamError):
+            validate_anthropic_stream(events)
+    zero = [("message_start", {**good[0][1], "message": {**good[0][1]["message"], "usage": {"input_tokens": 0}}})] + good[1:]
+    with pytest.raises(StreamError):
+        validate_anthropic_stream(zero)
+
+
+# --- the arguments scanner ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sent", "expected"), [
+    ('{"a": "x', {"a": "x"}),
+    ('{"a": 1.', {"a": 1.0}),
+    ('{"a": -', {"a": 0}),
+    ('{"a": 1e', {"a": 1.0}),
+    ('{"a": tr', {"a": True}),
+    ('{"a": [1, ', {"a": [1]}),
+    ('{"a": [', {"a": []}),
+    ('{"a": {"b": nu', {"a": {"b": None}}),
+    ('{"a": "\\u00', {"a": ""}),
+    ('{"a": "x\\', {"a": "x"}),
+    ('{"a"', {}),
+    ('{"a": 1, ', {"a": 1}),
+    ("{", {}),
+])
+def test_arguments_stream_closes_any_prefix(sent, expected):
+    scan = ArgumentsStream()
+    out = scan.feed(sent)
+    assert json.loads(out + scan.closing()) == expected
+
+
+def test_arguments_stream_repairs_strings():
+    scan = ArgumentsStream()
+    out = scan.feed('{"a": "tab\there\\q\\u12x"}')
+    assert json.loads(out) == {"a": "tab\there\\q\\u12x"}
+    assert scan.complete
+
+
+@pytest.mark.parametrize("bad", ["[1]", '"x"', "x", '{"a" 1}', '{"a": 01}', '{,}', '{"a": 1,}', '{"a": [1,]}', '{"a": tx}'])
+def test_arguments_stream_refuses_what_cannot_become_an_object(bad):
+    scan = ArgumentsStream()
+    out = scan.feed(bad)
+    assert scan.dead
+    if scan.started:
+        json.loads(out + scan.closing())
