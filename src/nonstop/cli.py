@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("statusline", help="one line for Claude Code's statusLine setting")
     common(s)
     s.add_argument("--url", help="nonstop's address (default: from the config)")
+    s.add_argument("--install", action="store_true", help="add it to Claude Code's settings (keeps a backup)")
+    s.add_argument("--uninstall", action="store_true", help="remove it, restoring the previous status line")
     s.set_defaults(func=cmd_statusline)
 
     s = sub.add_parser("config", help="configuration tools")
@@ -149,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["statusline"] and not ({"-h", "--help", "--install", "--uninstall"} & set(argv)):
+        # Claude Code runs this on every refresh: skip argparse and everything else.
+        from nonstop import statusline
+
+        return statusline.main(statusline.quick_args(argv[1:]))
     # `nonstop claude ...` passes everything after "claude" to Claude Code untouched,
     # except nonstop's own options given before it.
     if "claude" in argv:

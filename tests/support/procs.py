@@ -50,6 +50,9 @@ def wait_http(url: str, timeout: float = 30, proc: subprocess.Popen | None = Non
             with _OPENER.open(url, timeout=2) as r:
                 if r.status < 500:
                     return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:  # e.g. 401 from a gateway that requires a token: it is up
+                return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)

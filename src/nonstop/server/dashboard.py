@@ -61,6 +61,7 @@ async def handle(app: App, scope: Scope, receive: Receive, send: Send) -> None:
                 rows = await asyncio.to_thread(
                     gw.store.recent, limit=limit, after_id=after,
                     backend=(query.get("backend") or [""])[0], outcome=(query.get("outcome") or [""])[0],
+                    model=(query.get("model") or [""])[0],
                 )
         else:
             rows = list(gw.recent_rows)[-limit:]

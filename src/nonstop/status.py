@@ -1,0 +1,449 @@
+"""`nonstop status` and `nonstop logs`: what the gateway is doing, from its API, or from
+the request log on disk when it is not running.
+
+Exit codes: 0 when nonstop answered (logs: when rows could be read), 1 when it is not
+running (status still prints what the log on disk knows), 2 when it refused the request
+(a missing or wrong access token) or nothing could be read.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import sqlite3
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from nonstop.config import Config
+
+API_TIMEOUT = 2.0
+FOLLOW_INTERVAL = 1.0
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class NotRunning(Exception):
+    """Nothing answers at the configured address."""
+
+
+class Refused(Exception):
+    """nonstop answered but would not serve the request; the message says how to fix it."""
+
+
+# --- talking to the running gateway -----------------------------------------------------------
+
+
+def base_url(cfg: Config) -> str:
+    host = cfg.host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{cfg.port}"
+
+
+def api_get(cfg: Config, path: str, params: dict[str, Any] | None = None, timeout: float = API_TIMEOUT) -> Any:
+    url = base_url(cfg) + path
+    if params:
+        url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v not in ("", None)})
+    req = urllib.request.Request(url, headers={"accept": "application/json"})
+    if cfg.token:
+        req.add_header("x-nonstop-token", cfg.token)
+    try:
+        with _OPENER.open(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise Refused(
+                f"nonstop at {cfg.listen} needs its access token: set token in the config or NONSTOP_TOKEN"
+            ) from None
+        raise Refused(f"nonstop at {cfg.listen} answered {exc.code} for {path}") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+        raise NotRunning(cfg.listen) from None
+
+
+# --- the log on disk ------------------------------------------------------------------------------
+
+
+def db_path(cfg: Config) -> Path:
+    return cfg.state_dir / "nonstop.db"
+
+
+def _open_db(cfg: Config) -> sqlite3.Connection | None:
+    from nonstop.store.db import connect
+
+    path = db_path(cfg)
+    if not path.exists():
+        return None
+    try:
+        return connect(path, readonly=True)
+    except sqlite3.Error:
+        return None
+
+
+def _midnight(now: float) -> float:
+    return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def offline_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
+    """The status JSON's shape, filled from the persisted state and the request log."""
+    from nonstop import __version__
+    from nonstop.store.db import totals_since
+
+    now = time.time() if now is None else now
+    snap: dict[str, Any] = {}
+    today: dict[str, Any] = {}
+    conn = _open_db(cfg)
+    if conn is not None:
+        with closing(conn):
+            try:
+                row = conn.execute("SELECT value FROM state WHERE key = 'quota'").fetchone()
+                if row is not None:
+                    loaded = json.loads(row[0])
+                    snap = loaded if isinstance(loaded, dict) else {}
+                today = totals_since(conn, _midnight(now))
+            except (sqlite3.Error, ValueError):
+                pass
+    state = str(snap.get("state") or ("serving" if snap else "unknown"))
+    return {
+        "running": False,
+        "version": __version__,
+        "now": now,
+        "listen": cfg.listen,
+        "cloud": {
+            "url": cfg.cloud.url,
+            "state": state,
+            "until": snap.get("until") if state not in ("serving", "unknown") else None,
+            "reason": snap.get("reason", ""),
+            "detail": snap.get("detail", ""),
+            "since": snap.get("since", 0.0),
+        },
+        "utilization": snap.get("utilization") or {},
+        "local": [
+            {
+                "name": b.name, "url": b.url, "api": b.api, "model": b.model,
+                "context_window": b.context_window, "max_output_tokens": b.max_output_tokens,
+                "healthy": None, "checked": 0.0, "error": "", "embedded": False,
+            }
+            for b in cfg.local
+        ],
+        "today": today,
+        "log": str(db_path(cfg)) if conn is not None else "",
+    }
+
+
+def get_status(cfg: Config) -> dict[str, Any]:
+    """The live status (running: true) or the one on disk (running: false)."""
+    try:
+        st = api_get(cfg, "/_nonstop/api/status")
+    except NotRunning:
+        return offline_status(cfg)
+    if not isinstance(st, dict):
+        raise Refused(f"nonstop at {cfg.listen} sent a status that is not a JSON object")
+    return {**st, "running": True}
+
+
+# --- rendering (pure) ------------------------------------------------------------------------------
+
+
+def utc_hhmm(epoch: float, now: float) -> str:
+    d = datetime.fromtimestamp(epoch, UTC)
+    if abs(epoch - now) >= 20 * 3600:
+        return d.strftime("%Y-%m-%d %H:%M UTC")
+    return d.strftime("%H:%M UTC")
+
+
+def span(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def count(n: Any) -> str:
+    n = int(n or 0)
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.1f}M"
+    if n >= 10_000:
+        return f"{n / 1000:.0f}k"
+    if n >= 1000:
+        return f"{n / 1000:.1f}k"
+    return str(n)
+
+
+def _n(n: Any, noun: str) -> str:
+    return f"{count(n)} {noun}{'' if int(n or 0) == 1 else 's'}"
+
+
+def pct(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "—"
+    return f"{value * 100:.0f}%"
+
+
+def cloud_line(cloud: dict[str, Any], now: float) -> str:
+    state = cloud.get("state")
+    reason = cloud.get("reason") or ""
+    detail = cloud.get("detail") or ""
+    why = f"{reason}: {detail}" if reason and detail else reason or detail
+    until = cloud.get("until")
+    if state == "serving":
+        return "serving"
+    if state == "out":
+        if isinstance(until, int | float):
+            when = utc_hhmm(until, now)
+            if until > now:
+                text = f"out until {when} (in {span(until - now)})"
+            else:
+                text = f"out until {when} (passed: the next request checks the cloud)"
+        else:
+            text = "out"
+        return f"{text} — {why}" if why else text
+    if state == "probing":
+        return "probing: one request is checking whether the cloud is back" + (f" (was: {why})" if why else "")
+    return "unknown: no state recorded yet"
+
+
+def render_status(st: dict[str, Any], now: float | None = None) -> str:
+    now = (st.get("now") or time.time()) if now is None else now
+    out: list[str] = []
+    if st.get("running", True):
+        pid = f"pid {st['pid']}, " if st.get("pid") else ""
+        out.append(f"nonstop {st.get('version', '')} running on {st.get('listen', '')} ({pid}up {span(st.get('uptime') or 0)})")
+    else:
+        out.append(f"nonstop is not running on {st.get('listen', '')}: start it with `nonstop serve`")
+        out.append(f"  (last known state, from {st['log']})" if st.get("log") else "  (no request log found yet)")
+    out.append(f"cloud    {cloud_line(st.get('cloud') or {}, now)}")
+    u = st.get("utilization") or {}
+    quota = f"5h {pct(u.get('5h'))}"
+    if isinstance(u.get("5h_reset"), int | float):
+        quota += f" (resets {utc_hhmm(u['5h_reset'], now)})"
+    quota += f" · 7d {pct(u.get('7d'))}"
+    if isinstance(u.get("7d_reset"), int | float):
+        quota += f" (resets {utc_hhmm(u['7d_reset'], now)})"
+    if isinstance(u.get("updated"), int | float) and u["updated"]:
+        quota += f" · seen {span(now - u['updated'])} ago"
+    elif u.get("5h") is None and u.get("7d") is None:
+        quota = "not seen yet (the cloud reports it on each reply)"
+    out.append(f"quota    {quota}")
+    backends = st.get("local") or []
+    if not backends:
+        out.append("local    none configured — run `nonstop doctor`")
+    width = max([len(str(b.get("name", ""))) for b in backends] or [0])
+    for i, b in enumerate(backends):
+        label = "local    " if i == 0 else "         "
+        healthy = b.get("healthy")
+        if healthy is True:
+            health = "up"
+        elif healthy is False:
+            health = "down" + (f": {b['error']}" if b.get("error") else "")
+        else:
+            health = "not checked yet" if st.get("running", True) else "unknown"
+        model = f" · {b['model']}" if b.get("model") else ""
+        out.append(f"{label}{str(b.get('name', '')):<{width}}  {health} · {b.get('url', '')}{model}")
+    today = st.get("today") or {}
+    if today:
+        for i, side in enumerate(("cloud", "local")):
+            t = today.get(side) or {}
+            label = "today    " if i == 0 else "         "
+            out.append(
+                f"{label}{side:<5}  {_n(t.get('requests'), 'request')} · "
+                f"{count(t.get('input_tokens'))} in / {count(t.get('output_tokens'))} out tokens"
+            )
+    else:
+        out.append("today    no request log (log.enabled = false or nothing logged yet)")
+    return "\n".join(out)
+
+
+def _ms(v: Any) -> str:
+    if not isinstance(v, int | float):
+        return "-"
+    return f"{v / 1000:.1f}s" if v >= 10_000 else f"{v:.0f}ms"
+
+
+def _cut(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+LOG_HEADER = f"{'time':<8}  {'model':<26} {'backend':<10} {'result':<12} {'ttfb':>7} {'total':>7} {'tokens in/out':>13}  why"
+
+
+def render_row(row: dict[str, Any]) -> str:
+    t = time.strftime("%H:%M:%S", time.localtime(float(row.get("ts") or 0)))
+    result = f"{row.get('outcome') or '?'} {row.get('status') or ''}".strip()
+    tokens = f"{count(row.get('input_tokens'))}/{count(row.get('output_tokens'))}"
+    why = row.get("reason") or ""
+    if row.get("error"):
+        why = f"{why}; {row['error']}" if why else row["error"]
+    return (
+        f"{t:<8}  {_cut(row.get('model') or '-', 26):<26} {_cut(row.get('backend') or '-', 10):<10} "
+        f"{_cut(result, 12):<12} {_ms(row.get('ttfb_ms')):>7} {_ms(row.get('total_ms')):>7} {tokens:>13}  {_cut(why, 80)}"
+    ).rstrip()
+
+
+def row_key(row: dict[str, Any]) -> int:
+    """Rows from the log have an id; rows kept in memory (log disabled) a sequence number."""
+    return int(row.get("id") or row.get("seq") or 0)
+
+
+@dataclass(frozen=True)
+class Filters:
+    backend: str = ""  # "cloud", "local", or a backend's name
+    outcome: str = ""
+    model: str = ""  # a name or a glob
+
+    def matches(self, row: dict[str, Any]) -> bool:
+        b = row.get("backend") or ""
+        if self.backend == "local":
+            if b in ("cloud", ""):
+                return False
+        elif self.backend and b != self.backend:
+            return False
+        if self.outcome and row.get("outcome") != self.outcome:
+            return False
+        model = (row.get("model") or "").lower()
+        return not self.model or fnmatch.fnmatchcase(model, self.model.lower().replace("%", "*"))
+
+
+# --- where rows come from ------------------------------------------------------------------------
+
+
+class RowSource(Protocol):
+    def rows(self, after_id: int, limit: int, f: Filters) -> list[dict[str, Any]]: ...
+
+
+class ApiRows:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def rows(self, after_id: int, limit: int, f: Filters) -> list[dict[str, Any]]:
+        doc = api_get(self.cfg, "/_nonstop/api/requests", {
+            "limit": limit, "after_id": after_id or "", "backend": f.backend, "outcome": f.outcome, "model": f.model,
+        })
+        rows = doc.get("requests", []) if isinstance(doc, dict) else []
+        # The in-memory list (log disabled) ignores the filters; applying them again is harmless.
+        picked = [r for r in rows if isinstance(r, dict) and row_key(r) > after_id and f.matches(r)]
+        return picked[-limit:]
+
+
+class DbRows:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def rows(self, after_id: int, limit: int, f: Filters) -> list[dict[str, Any]]:
+        from nonstop.store.db import recent
+
+        conn = _open_db(self.cfg)
+        if conn is None:
+            raise FileNotFoundError(db_path(self.cfg))
+        with closing(conn):
+            return recent(conn, limit=limit, after_id=after_id, backend=f.backend, outcome=f.outcome, model=f.model)
+
+
+class TolerantDbRows(DbRows):
+    """While following: a log that is not there yet, or busy, reads as no new rows."""
+
+    def rows(self, after_id: int, limit: int, f: Filters) -> list[dict[str, Any]]:
+        try:
+            return super().rows(after_id, limit, f)
+        except (FileNotFoundError, sqlite3.Error):
+            return []
+
+
+def follow_rows(source: RowSource, first: list[dict[str, Any]], f: Filters, *,
+                sleep: Callable[[float], None] = time.sleep, interval: float = FOLLOW_INTERVAL) -> Iterator[dict[str, Any]]:
+    """The rows already read, then new ones as they are logged, forever."""
+    last = 0
+    for r in first:
+        last = max(last, row_key(r))
+        yield r
+    while True:
+        sleep(interval)
+        for r in source.rows(last, 1000, f):
+            last = max(last, row_key(r))
+            yield r
+
+
+# --- the commands ------------------------------------------------------------------------------------
+
+
+def cmd_status(cfg: Config, as_json: bool = False) -> int:
+    try:
+        st = get_status(cfg)
+    except Refused as exc:
+        print(f"nonstop: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(st, indent=2, ensure_ascii=False))
+    else:
+        print(render_status(st))
+    return 0 if st.get("running") else 1
+
+
+def _first_rows(cfg: Config, limit: int, f: Filters) -> tuple[RowSource, bool, list[dict[str, Any]]]:
+    """(source, running, rows): the API while nonstop runs, else the log on disk."""
+    api = ApiRows(cfg)
+    try:
+        return api, True, api.rows(0, limit, f)
+    except NotRunning:
+        db = DbRows(cfg)
+        return db, False, db.rows(0, limit, f)
+
+
+def cmd_logs(cfg: Config, as_json: bool = False, follow: bool = False, limit: int = 20,
+             backend: str = "", outcome: str = "", model: str = "") -> int:
+    f = Filters(backend, outcome, model)
+    try:
+        source, running, rows = _first_rows(cfg, max(1, limit), f)
+    except Refused as exc:
+        print(f"nonstop: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, sqlite3.Error):
+        print(f"nonstop: not running on {cfg.listen} and no readable request log at {db_path(cfg)}; "
+              "start it with `nonstop serve`", file=sys.stderr)
+        return 2
+    if not running and not as_json:
+        print(f"(nonstop is not running; reading {db_path(cfg)})", file=sys.stderr)
+    if not as_json:
+        print(LOG_HEADER)
+    try:
+        stream = _follow(cfg, source, running, rows, f) if follow else iter(rows)
+        for r in stream:
+            print(json.dumps(r, ensure_ascii=False) if as_json else render_row(r), flush=follow)
+    except KeyboardInterrupt:
+        return 0
+    except Refused as exc:
+        print(f"nonstop: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _follow(cfg: Config, source: RowSource, running: bool, rows: list[dict[str, Any]], f: Filters) -> Iterator[dict[str, Any]]:
+    """Follow the API; when the gateway stops, keep following the log on disk."""
+    if not running:
+        yield from follow_rows(TolerantDbRows(cfg), rows, f)
+        return
+    seen = 0
+    try:
+        for r in follow_rows(source, rows, f):
+            seen = max(seen, row_key(r))
+            yield r
+    except NotRunning:
+        print(f"(nonstop stopped; following {db_path(cfg)})", file=sys.stderr)
+        db = TolerantDbRows(cfg)
+        yield from follow_rows(db, db.rows(seen, 1000, f), f)

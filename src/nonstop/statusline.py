@@ -1,0 +1,427 @@
+"""`nonstop statusline`: one compact line for Claude Code's `statusLine` setting.
+
+Claude Code runs this command after every turn and waits for it, so it must answer in
+well under 100 ms even when nonstop is down. Only cheap standard-library modules are
+imported (no nonstop.config, urllib or http.client), the status API is asked over a raw
+socket with a ~50 ms connect timeout, and stdin is drained without ever blocking.
+
+Where nonstop is, in order: `--url`; `--config`; ANTHROPIC_BASE_URL when it is a plain
+http address (what `nonstop claude` gives Claude Code, whose environment this command
+inherits); the default config file; 127.0.0.1:8787.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+CONNECT_TIMEOUT = 0.05
+# Once connected, nonstop answers from memory plus one indexed query; a gateway that
+# cannot answer this fast is better reported as busy than waited for.
+READ_TIMEOUT = 0.3
+STATUS_PATH = "/_nonstop/api/status"
+DEFAULT_LISTEN = "127.0.0.1:8787"
+COMMAND = "nonstop statusline"
+BACKUP_SUFFIX = ".bak-nonstop"
+
+CLOUD_ICON = "☁"
+LOCAL_ICON = "⌂"
+
+
+# --- rendering (pure) ------------------------------------------------------------------------
+
+
+def _pct(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return f"{round(value * 100)}%"
+
+
+def _clock(epoch: float, now: float) -> str:
+    """Local wall-clock time, with the weekday when it is not within the next day."""
+    t = time.localtime(epoch)
+    if epoch - now >= 20 * 3600:
+        return time.strftime("%a %H:%M", t)
+    return time.strftime("%H:%M", t)
+
+
+def _local_name(status: dict[str, Any]) -> str:
+    backends = [b for b in status.get("local") or [] if isinstance(b, dict)]
+    for b in backends:
+        if b.get("healthy") is True:
+            return str(b.get("name") or "")
+    for b in backends:  # not checked yet: nonstop still tries it
+        if b.get("healthy") is None:
+            return str(b.get("name") or "")
+    return ""
+
+
+def render(status: dict[str, Any] | None, now: float | None = None, problem: str = "") -> str:
+    """The line for a status JSON (None: nonstop is not answering, `problem` says why)."""
+    if status is None:
+        return f"{LOCAL_ICON} nonstop {problem or 'not running'}"
+    now = time.time() if now is None else now
+    cloud = status.get("cloud") or {}
+    state = cloud.get("state")
+    util = status.get("utilization") or {}
+    if state == "serving":
+        parts = [f"{CLOUD_ICON} cloud"]
+        five, seven = _pct(util.get("5h")), _pct(util.get("7d"))
+        if five:
+            parts.append(f"5h {five}")
+        # The weekly window only matters once it is the one about to bind.
+        s7 = util.get("7d")
+        if seven and isinstance(s7, int | float) and s7 >= 0.8:
+            parts.append(f"7d {seven}")
+        return " · ".join(parts)
+    name = _local_name(status)
+    head = f"{LOCAL_ICON} local {name}" if name else f"{LOCAL_ICON} local (no backend up)"
+    if state == "probing":
+        return f"{head} · checking cloud"
+    until = cloud.get("until")
+    if state == "out" and isinstance(until, int | float) and until > now:
+        if cloud.get("reason") in ("credit_exhausted", "spend_limit"):
+            return f"{head} · cloud {str(cloud['reason']).replace('_', ' ')}"
+        return f"{head} · cloud back {_clock(until, now)}"
+    if state == "out":
+        return f"{head} · cloud retry due"
+    return f"{head} · cloud {state or 'unknown'}"
+
+
+# --- where nonstop is --------------------------------------------------------------------------
+
+
+# `key = "value"` or `key = 'value'`, optionally followed by a comment.
+_SIMPLE_KEY = re.compile(r"""\s*(listen|token)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\s*(?:#.*)?""")
+_ANY_KEY = re.compile(r"""\s*["']?(listen|token)["']?\s*=""")
+
+
+def _top_level_keys(path: str) -> dict[str, str]:
+    """`listen` and `token` from the config's top level. A line scan is enough for the
+    forms `nonstop init` writes and costs nothing to import; anything fancier (escapes,
+    multi-line strings, quoted keys) is handed to tomllib."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    found: dict[str, str] = {}
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if stripped.startswith("["):
+            break  # the first table ends the top level
+        if not _ANY_KEY.match(raw):
+            continue
+        m = _SIMPLE_KEY.fullmatch(raw)
+        if m is None or (m.group(2) is not None and "\\" in m.group(2)):
+            return _toml_top_level(path)
+        found[m.group(1)] = m.group(2) if m.group(2) is not None else m.group(3)
+    return found
+
+
+def _toml_top_level(path: str) -> dict[str, str]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return {k: data[k] for k in ("listen", "token") if isinstance(data.get(k), str)}
+
+
+def _default_config_path() -> str:
+    env = os.environ.get("NONSTOP_CONFIG")
+    if env:
+        return env
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "nonstop", "config.toml")
+
+
+def _split_hostport(hostport: str, default_port: int) -> tuple[str, int]:
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        port = rest.lstrip(":")
+    else:
+        host, sep, port = hostport.rpartition(":")
+        if not sep:
+            host, port = hostport, ""
+    host = host or "127.0.0.1"
+    if host in ("0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return host, int(port) if port.isdigit() else default_port
+
+
+def _from_url(url: str) -> tuple[str, int, str] | None:
+    """(host, port, path prefix) of a plain-http URL; None for anything else."""
+    if not url.startswith("http://"):
+        return None
+    rest = url[len("http://"):]
+    hostport, _, path = rest.partition("/")
+    host, port = _split_hostport(hostport, 80)
+    return host, port, ("/" + path).rstrip("/")
+
+
+def _headers_token(custom: str) -> str:
+    for line in custom.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "x-nonstop-token":
+            return value.strip()
+    return ""
+
+
+def locate(config: str | None, url: str | None) -> tuple[str, int, str, str]:
+    """(host, port, path prefix, token) of the nonstop to ask."""
+    env = os.environ
+    token = env.get("NONSTOP_TOKEN", "") or _headers_token(env.get("ANTHROPIC_CUSTOM_HEADERS", ""))
+    if url:
+        target = _from_url(url.rstrip("/")) or ("127.0.0.1", 8787, "")
+        return (*target, token)
+    if not config:
+        base = _from_url(env.get("ANTHROPIC_BASE_URL", "").rstrip("/"))
+        if base is not None:
+            return (*base, token)
+    data = _top_level_keys(config or _default_config_path())
+    listen = data.get("listen")
+    if data.get("token"):
+        token = data["token"]
+    host, port = _split_hostport(listen or env.get("NONSTOP_LISTEN") or DEFAULT_LISTEN, 8787)
+    return host, port, "", token
+
+
+# --- asking nonstop ------------------------------------------------------------------------------
+
+
+class Unavailable(Exception):
+    """nonstop did not give a status; the message is what the line shows."""
+
+
+def _decode_chunked(body: bytes) -> bytes:
+    out = bytearray()
+    while body:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += body[:size]
+        body = body[size + 2:]
+    return bytes(out)
+
+
+def fetch_status(host: str, port: int, prefix: str = "", token: str = "",
+                 connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+    try:
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+    except OSError:
+        raise Unavailable("not running") from None
+    deadline = time.monotonic() + read_timeout
+    try:
+        head = f"GET {prefix}{STATUS_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nAccept: application/json\r\n"
+        if token:
+            head += f"x-nonstop-token: {token}\r\n"
+        sock.sendall((head + "\r\n").encode("latin-1", "replace"))
+        chunks = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable("busy (no answer)")
+            sock.settimeout(left)
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    except TimeoutError:
+        raise Unavailable("busy (no answer)") from None
+    except OSError:
+        raise Unavailable("not answering") from None
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    header, _, body = raw.partition(b"\r\n\r\n")
+    lines = header.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise Unavailable("gave no valid answer")
+    code = int(parts[1])
+    if code == 401:
+        raise Unavailable("needs its token (NONSTOP_TOKEN)")
+    if code != 200:
+        raise Unavailable(f"answered {code}")
+    import json  # only once there is an answer: the "not running" path stays lean
+
+    if any(line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower() for line in lines[1:]):
+        body = _decode_chunked(body)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise Unavailable("gave no valid answer") from None
+    if not isinstance(doc, dict):
+        raise Unavailable("gave no valid answer")
+    return doc
+
+
+def drain_stdin() -> None:
+    """Read whatever Claude Code piped in, without waiting: a terminal gives nothing."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return
+    try:
+        for _ in range(64):
+            ready, _, _ = select.select([fd], [], [], 0)
+            if not ready or not os.read(fd, 65536):
+                return
+    except (OSError, ValueError):  # e.g. Windows pipes, which select cannot watch
+        return
+
+
+def line(config: str | None = None, url: str | None = None) -> str:
+    host, port, prefix, token = locate(config, url)
+    try:
+        return render(fetch_status(host, port, prefix, token))
+    except Unavailable as exc:
+        return render(None, problem=str(exc))
+
+
+def main(args: Any) -> int:
+    if getattr(args, "install", False):
+        print(f"nonstop: status line added to {install()}")
+        return 0
+    if getattr(args, "uninstall", False):
+        path = uninstall()
+        print(f"nonstop: status line removed from {path}" if path else "nonstop: the status line was not installed")
+        return 0
+    drain_stdin()
+    text = line(getattr(args, "config", None), getattr(args, "url", None)) + "\n"
+    # Claude Code reads UTF-8 whatever the locale says; the icons must not fail to encode.
+    out = getattr(sys.stdout, "buffer", None)
+    if out is not None:
+        sys.stdout.flush()
+        out.write(text.encode("utf-8"))
+        out.flush()
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0
+
+
+# --- Claude Code's settings -----------------------------------------------------------------------
+
+
+def settings_file() -> Path:
+    from pathlib import Path
+
+    base = os.environ.get("CLAUDE_CONFIG_DIR")
+    return (Path(base).expanduser() if base else Path.home() / ".claude") / "settings.json"
+
+
+def _read_settings(path: Path) -> tuple[dict[str, Any], bytes | None]:
+    import json
+
+    if not path.exists():
+        return {}, None
+    raw = path.read_bytes()
+    if not raw.strip():
+        return {}, raw
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); fix it, then run this again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object; fix it, then run this again")
+    return data, raw
+
+
+def _write_settings(path: Path, data: dict[str, Any], old: bytes | None) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if old is not None:
+        backup = path.with_name(path.name + BACKUP_SUFFIX)
+        backup.write_bytes(old)
+    tmp = path.with_name(f".{path.name}.nonstop-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if path.exists():
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+    os.replace(tmp, path)
+
+
+def _ours(value: Any) -> bool:
+    return isinstance(value, dict) and str(value.get("command", "")).strip().startswith(COMMAND)
+
+
+def is_installed(settings_path: Path | None = None) -> bool:
+    try:
+        data, _ = _read_settings(settings_path or settings_file())
+    except (ValueError, OSError):
+        return False
+    return _ours(data.get("statusLine"))
+
+
+def install(settings_path: Path | None = None, command: str | None = None) -> Path:
+    """Point Claude Code's statusLine at nonstop. Only that key changes; an existing file
+    is first copied to settings.json.bak-nonstop."""
+    path = settings_path or settings_file()
+    data, old = _read_settings(path)
+    wanted = {"type": "command", "command": command or COMMAND}
+    if data.get("statusLine") == wanted and old is not None:
+        return path
+    data["statusLine"] = wanted
+    _write_settings(path, data, old)
+    return path
+
+
+def uninstall(settings_path: Path | None = None) -> Path | None:
+    """Remove nonstop's statusLine, restoring the one the backup had, if any. Returns the
+    settings path, or None when nonstop's status line was not installed."""
+    path = settings_path or settings_file()
+    data, old = _read_settings(path)
+    if not _ours(data.get("statusLine")):
+        return None
+    import json
+
+    previous = None
+    backup = path.with_name(path.name + BACKUP_SUFFIX)
+    if backup.exists():
+        try:
+            previous = json.loads(backup.read_bytes()).get("statusLine")
+        except (ValueError, AttributeError, OSError):
+            previous = None
+    if previous is not None and not _ours(previous):
+        data["statusLine"] = previous
+    else:
+        data.pop("statusLine", None)
+    _write_settings(path, data, old)
+    return path
+
+
+class _QuickArgs:
+    def __init__(self, config: str | None, url: str | None):
+        self.config, self.url = config, url
+
+
+def quick_args(argv: list[str]) -> _QuickArgs:
+    """`--config X` / `--url X` (or `--opt=X`) without loading argparse."""
+    found: dict[str, str | None] = {"--config": None, "--url": None}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in found:
+            if eq:
+                found[name] = value
+            elif i + 1 < len(argv):
+                found[name] = argv[i + 1]
+                i += 1
+        i += 1
+    return _QuickArgs(found["--config"], found["--url"])

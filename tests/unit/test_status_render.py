@@ -1,0 +1,232 @@
+"""`nonstop status` and `nonstop logs`: rendering, filters, and reading the log on disk
+when the gateway is not running."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from nonstop import status as st
+from nonstop.config import parse_config
+from nonstop.store.db import RequestRow, Store
+
+NOW = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
+
+
+def live(state: str = "serving", **cloud) -> dict:
+    return {
+        "running": True, "version": "0.1.0", "now": NOW, "pid": 42, "listen": "127.0.0.1:8787", "uptime": 3725,
+        "cloud": {"state": state, "until": None, "reason": "", "detail": "", **cloud},
+        "utilization": {"5h": 0.62, "7d": 0.17, "5h_reset": NOW + 3600, "7d_reset": NOW + 4 * 86400, "updated": NOW - 30},
+        "local": [
+            {"name": "llama", "url": "http://127.0.0.1:8080", "model": "qwen", "healthy": True},
+            {"name": "spare", "url": "http://127.0.0.1:11434", "model": "", "healthy": False, "error": "connection refused"},
+        ],
+        "today": {"cloud": {"requests": 12, "input_tokens": 34_567, "output_tokens": 1_234},
+                  "local": {"requests": 1, "input_tokens": 900, "output_tokens": 80}},
+    }
+
+
+# --- the status screen -----------------------------------------------------------------------------
+
+
+def test_serving():
+    out = st.render_status(live())
+    lines = out.splitlines()
+    assert lines[0] == "nonstop 0.1.0 running on 127.0.0.1:8787 (pid 42, up 1h 02m)"
+    assert "cloud    serving" in out
+    assert "5h 62% (resets 16:06 UTC) · 7d 17% (resets 2025-06-19 15:06 UTC) · seen 30s ago" in out
+    assert "llama  up · http://127.0.0.1:8080 · qwen" in out
+    assert "spare  down: connection refused · http://127.0.0.1:11434" in out
+    assert "cloud  12 requests · 35k in / 1.2k out tokens" in out
+    assert "local  1 request · 900 in / 80 out tokens" in out
+
+
+def test_out_until_a_time_with_the_reason():
+    out = st.render_status(live("out", until=NOW + 42 * 60, reason="subscription_limit", detail="usage limit (five_hour)"))
+    assert "cloud    out until 15:48 UTC (in 42m) — subscription_limit: usage limit (five_hour)" in out
+
+
+def test_out_with_the_deadline_passed():
+    line = st.cloud_line({"state": "out", "until": NOW - 10, "reason": "overloaded"}, NOW)
+    assert line == "out until 15:06 UTC (passed: the next request checks the cloud) — overloaded"
+
+
+def test_probing():
+    line = st.cloud_line({"state": "probing", "until": NOW, "reason": "subscription_limit"}, NOW)
+    assert line.startswith("probing") and "subscription_limit" in line
+
+
+def test_not_running_says_so_and_how_to_start():
+    s = live("out", until=NOW + 60, reason="throttle")
+    s.update(running=False, log="/tmp/x/nonstop.db")
+    for b in s["local"]:
+        b["healthy"] = None
+    out = st.render_status(s)
+    assert out.splitlines()[0] == "nonstop is not running on 127.0.0.1:8787: start it with `nonstop serve`"
+    assert "last known state, from /tmp/x/nonstop.db" in out
+    assert "llama  unknown" in out
+
+
+def test_no_utilization_yet():
+    s = live()
+    s["utilization"] = {"5h": None, "7d": None}
+    assert "quota    not seen yet" in st.render_status(s)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(5, "5s"), (125, "2m"), (3725, "1h 02m"), (90000, "1d 1h")])
+def test_span(seconds, text):
+    assert st.span(seconds) == text
+
+
+# --- the log table --------------------------------------------------------------------------------
+
+
+ROW = {
+    "id": 7, "ts": NOW, "model": "claude-sonnet-4-5-20250929", "backend": "llama", "outcome": "ok", "status": 200,
+    "reason": "subscription_limit: usage limit (five_hour)", "ttfb_ms": 812.4, "total_ms": 15_300.0,
+    "input_tokens": 12_345, "output_tokens": 321, "error": "",
+}
+
+
+def test_render_row():
+    line = st.render_row(ROW)
+    assert line.startswith(time.strftime("%H:%M:%S", time.localtime(NOW)))
+    assert "claude-sonnet-4-5-20250929 llama" in line
+    for part in ("llama", "ok 200", "812ms", "15.3s", "12k/321", "subscription_limit: usage limit (five_hour)"):
+        assert part in line
+    assert len(st.LOG_HEADER.split()) >= 8
+
+
+def test_render_row_error():
+    line = st.render_row({**ROW, "backend": "", "outcome": "error", "status": 503, "reason": "overloaded",
+                          "error": "nonstop could not get\nan answer", "ttfb_ms": None})
+    assert " - " in line and "error 503" in line
+    assert "overloaded; nonstop could not get an answer" in line
+
+
+@pytest.mark.parametrize(
+    ("filters", "keep"),
+    [
+        ({"backend": "local"}, True), ({"backend": "cloud"}, False), ({"backend": "llama"}, True),
+        ({"outcome": "ok"}, True), ({"outcome": "error"}, False),
+        ({"model": "claude-*"}, True), ({"model": "CLAUDE-SONNET*"}, True), ({"model": "gpt*"}, False),
+    ],
+)
+def test_filters(filters, keep):
+    assert st.Filters(**filters).matches(ROW) is keep
+
+
+def test_follow_yields_new_rows_until_interrupted():
+    class Source:
+        def __init__(self):
+            self.calls = []
+            self.batches = [[{"id": 3}], [], [{"id": 4}, {"id": 5}]]
+
+        def rows(self, after_id, limit, f):
+            self.calls.append(after_id)
+            if not self.batches:
+                raise KeyboardInterrupt
+            return self.batches.pop(0)
+
+    src = Source()
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for r in st.follow_rows(src, [{"id": 1}, {"id": 2}], st.Filters(), sleep=lambda _: None):
+            got.append(r["id"])
+    assert got == [1, 2, 3, 4, 5]
+    assert src.calls == [2, 3, 3, 5]
+
+
+# --- with nonstop not running: the log on disk -------------------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def offline(tmp_path: Path):
+    """A config whose gateway is not running, and a log it left behind."""
+    cfg = parse_config({
+        "listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "state"),
+        "local": [{"name": "llama", "url": "http://127.0.0.1:8080"}],
+    })
+    store = Store(cfg.state_dir)
+    store.open()
+    now = time.time()
+    store.log_request(RequestRow(ts=now - 5, model="claude-sonnet-4-5", backend="cloud", outcome="ok", status=200,
+                                 ttfb_ms=300.0, total_ms=900.0, input_tokens=100, output_tokens=10))
+    store.log_request(RequestRow(ts=now - 2, model="claude-sonnet-4-5", backend="llama", outcome="ok", status=200,
+                                 reason="subscription_limit: usage limit (five_hour)", ttfb_ms=50.0, total_ms=400.0,
+                                 input_tokens=90, output_tokens=20))
+    store.log_request(RequestRow(ts=now - 1, model="claude-haiku-4-5", backend="", outcome="error", status=503,
+                                 error="no backend"))
+    store.save_state("quota", {"state": "out", "until": now + 600, "reason": "subscription_limit",
+                               "detail": "usage limit (five_hour)", "since": now - 2,
+                               "utilization": {"5h": 1.02, "7d": 0.64}})
+    store.flush()
+    store.close()
+    return cfg
+
+
+def test_status_falls_back_to_the_log(offline, capsys):
+    assert st.cmd_status(offline, as_json=False) == 1
+    out = capsys.readouterr().out
+    assert "is not running" in out
+    assert "cloud    out until" in out and "subscription_limit" in out
+    assert "5h 102%" in out and "7d 64%" in out
+    assert "llama  unknown" in out
+    assert "cloud  1 request · 100 in / 10 out tokens" in out
+    assert "local  1 request · 90 in / 20 out tokens" in out
+
+
+def test_status_json_when_not_running(offline, capsys):
+    assert st.cmd_status(offline, as_json=True) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["running"] is False
+    assert doc["cloud"]["state"] == "out" and doc["cloud"]["until"] > time.time()
+    assert doc["utilization"]["5h"] == 1.02
+    assert [b["name"] for b in doc["local"]] == ["llama"]
+
+
+def test_status_without_any_log(tmp_path, capsys):
+    cfg = parse_config({"listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "none")})
+    assert st.cmd_status(cfg) == 1
+    out = capsys.readouterr().out
+    assert "no request log found yet" in out and "unknown" in out
+    assert not (tmp_path / "none").exists(), "reading the status must not create the state directory"
+
+
+def test_logs_from_the_log_file(offline, capsys):
+    assert st.cmd_logs(offline, as_json=False, follow=False, limit=20) == 0
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert lines[0] == st.LOG_HEADER
+    assert len(lines) == 4
+    assert "llama" in lines[2] and "subscription_limit" in lines[2]
+    assert "reading" in cap.err
+
+
+def test_logs_json_with_filters(offline, capsys):
+    assert st.cmd_logs(offline, as_json=True, follow=False, limit=20, backend="local") == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["backend"] for r in rows] == ["llama"]
+    assert st.cmd_logs(offline, as_json=True, limit=20, outcome="error", model="claude-haiku*") == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["model"], r["status"]) for r in rows] == [("claude-haiku-4-5", 503)]
+    assert st.cmd_logs(offline, as_json=True, limit=1) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["outcome"] for r in rows] == ["error"], "the newest rows, oldest first"
+
+
+def test_logs_without_gateway_or_log(tmp_path, capsys):
+    cfg = parse_config({"listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "none")})
+    assert st.cmd_logs(cfg) == 2
+    assert "nonstop serve" in capsys.readouterr().err
