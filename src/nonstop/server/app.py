@@ -72,6 +72,13 @@ def validate_messages_request(req: Any) -> str:
     return ""
 
 
+def _stored_body(data: bytes) -> str:
+    """A body for the opt-in request log: capped by the caller, secrets redacted."""
+    from nonstop.redact import redact
+
+    return redact(data.decode("utf-8", "replace"))
+
+
 def _safe_header(value: str) -> bytes:
     return value.encode("ascii", "replace")[:300].replace(b"\r", b" ").replace(b"\n", b" ")
 
@@ -267,9 +274,14 @@ class App:
                         return
 
             watcher = asyncio.ensure_future(watch())
+        capture: list[bytes] | None = [] if self.cfg.log.store_bodies else None
+        captured = 0
         try:
             first = True
             async for chunk in writer.body(reply):
+                if capture is not None and captured < self.cfg.log.body_cap_bytes:
+                    capture.append(chunk[: self.cfg.log.body_cap_bytes - captured])
+                    captured += len(capture[-1])
                 if first:
                     first = False
                     await send({"type": "http.response.start", "status": reply.status, "headers": writer.headers(reply) + extra})
@@ -292,6 +304,9 @@ class App:
         except OSError:
             gone.set()
         finally:
+            if capture is not None:
+                ctx.row.response_body = _stored_body(b"".join(capture))
+                ctx.row.request_body = _stored_body(ctx.body[: self.cfg.log.body_cap_bytes])
             if watcher is not None:
                 watcher.cancel()
             if reply.close is not None:
