@@ -86,11 +86,11 @@ def start_python(args: list[str], port: int, health: str, name: str, env: dict[s
                  timeout: float = 30, cwd: Path | None = None) -> Proc:
     folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     log = folder / f"{name}.log"
-    fh = open(log, "ab")
-    proc = subprocess.Popen(
-        [sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})}, cwd=str(cwd or ROOT),
-    )
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, *args], stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, cwd=str(cwd or ROOT),
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + health, timeout=timeout, proc=proc, log=log)

@@ -17,7 +17,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from nonstop.backends.base import HOP_BY_HOP, OWN_REQUEST_HEADERS, Attempt, Reply, Usage
+from nonstop.backends.base import HOP_BY_HOP, OWN_REQUEST_HEADERS, Reply, Usage
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import (
     FailureKind,
@@ -94,7 +94,7 @@ class CloudBackend:
         peek_stream: bool,
         failover_on_auth: bool,
         observe_headers=None,
-    ) -> Attempt:
+    ) -> Reply | Verdict:
         """One try at the cloud. Returns a Reply to commit, or the Verdict to fail over on."""
         url = self.url_for(raw_path, query)
         resp: aiohttp.ClientResponse | None = None
@@ -241,7 +241,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
         else:
             usage.error = "cloud stream ended without message_stop"
             yield anthropic_error_event("The cloud stream ended early; the response is incomplete.", "api_error")
-    except (aiohttp.ClientError, OSError, TimeoutError, asyncio.TimeoutError) as exc:
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         usage.error = f"cloud stream failed: {type(exc).__name__}"
         yield anthropic_error_event(f"The cloud stream failed mid-response ({type(exc).__name__}); the response is incomplete.", "api_error")
     finally:

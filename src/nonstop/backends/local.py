@@ -111,7 +111,7 @@ class LocalBackend:
                     if r.status == 200:
                         try:
                             data = await r.json(loads=orjson.loads, content_type=None)
-                            models = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
+                            models = [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
                             self.health.model = self.cfg.model or (models[0] if models else "")
                         except (ValueError, AttributeError, aiohttp.ClientError):
                             pass

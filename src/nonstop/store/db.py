@@ -12,7 +12,6 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,7 +245,7 @@ class Store:
         return totals_since(self._read, since)
 
 
-def _values(row: RequestRow) -> Iterable[Any]:
+def _values(row: RequestRow) -> tuple[Any, ...]:
     return (
         row.ts, row.request_id, row.path, row.client, row.session_id, row.model, int(row.stream),
         row.backend, row.reason, row.outcome, row.status, row.stop_reason, row.ttfb_ms, row.total_ms,
