@@ -78,8 +78,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from nonstop import doctor
+    from nonstop.config import ConfigError, load_config
 
-    return doctor.main(_load(args), as_json=args.json)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        # A broken config is the first thing doctor should report, not a reason to stop.
+        for p in exc.problems:
+            print(f"problem  config: {p} — fix: edit the file, then run `nonstop config check`")
+        return 1
+    return doctor.main(cfg, as_json=args.json)
 
 
 def cmd_claude(args: argparse.Namespace, rest: list[str]) -> int:

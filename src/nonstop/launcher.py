@@ -130,10 +130,13 @@ def run_claude(cfg: Config, rest: list[str], args) -> int:
         return 1
     _offer_statusline(cfg, bool(getattr(args, "install_statusline", False)))
     env = claude_env(cfg)
+    # Claude Code lets `env` in its settings files override the process environment; a
+    # --settings argument wins over those, so nonstop cannot be silently bypassed.
+    settings = json.dumps({"env": {"ANTHROPIC_BASE_URL": env["ANTHROPIC_BASE_URL"]}})
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        return subprocess.call([claude, *rest], env=env)
+        return subprocess.call([claude, "--settings", settings, *rest], env=env)
     except KeyboardInterrupt:
         return 130
 

@@ -459,3 +459,22 @@ def test_normalize_message_fills_gaps(msg: dict[str, Any], stop_reason: str, usa
     assert out["stop_reason"] == stop_reason
     assert out["usage"] == usage
     assert out["id"].startswith("msg_")
+
+
+def test_nonstops_own_output_cap_is_reported_as_end_of_turn():
+    from nonstop.wire.local_stream import LocalStreamNormalizer, normalize_message
+
+    def run(capped: bool, tool: bool) -> str:
+        n = LocalStreamNormalizer(model="m", input_tokens_estimate=5, capped=capped)
+        n.feed("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 5}}})
+        block = {"type": "tool_use", "id": "t1", "name": "x", "input": {}} if tool else {"type": "text", "text": ""}
+        n.feed("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+        n.feed("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 9}})
+        return n.stop_reason
+
+    assert run(capped=False, tool=False) == "max_tokens"
+    assert run(capped=True, tool=False) == "end_turn"
+    assert run(capped=True, tool=True) == "tool_use"
+    msg = {"content": [{"type": "text", "text": "hi"}], "stop_reason": "max_tokens", "usage": {"input_tokens": 3, "output_tokens": 2}}
+    assert normalize_message(msg, model="m", input_tokens_estimate=3, capped=True)["stop_reason"] == "end_turn"
+    assert normalize_message(msg, model="m", input_tokens_estimate=3, capped=False)["stop_reason"] == "max_tokens"

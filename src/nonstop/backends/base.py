@@ -26,6 +26,7 @@ class Usage:
     stop_reason: str = ""
     error: str = ""
     complete: bool = False
+    note: str = ""
 
 
 @dataclass

@@ -229,7 +229,7 @@ class AnthropicLocalBackend(LocalBackend):
                 return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply ({type(exc).__name__})")
             if not isinstance(msg, dict) or msg.get("type") == "error":
                 return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: error reply {raw[:200]!r}")
-            msg = normalize_message(msg, model=model, input_tokens_estimate=tokens)
+            msg = normalize_message(msg, model=model, input_tokens_estimate=tokens, capped=_capped(local_req, original))
             u = msg["usage"]
             usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True)
             return Reply(200, list(JSON_HEADERS), _one(orjson.dumps(msg)), self.name, False, usage)
@@ -240,14 +240,14 @@ class AnthropicLocalBackend(LocalBackend):
             if isinstance(opened, Verdict):
                 return opened
             usage = Usage(input_tokens=tokens)
-            body = self._relay(opened, model, tokens, usage, started=False)
+            body = self._relay(opened, model, tokens, usage, started=False, capped=_capped(local_req, original))
             return Reply(200, list(SSE_HEADERS), _with_pings(body, self.ping_interval), self.name, True, usage, close=opened.close)
         # Still processing the prompt: commit now, keep the client alive with pings.
         usage = Usage(input_tokens=tokens)
-        return Reply(200, list(SSE_HEADERS), _with_pings(self._late(task, model, tokens, usage), self.ping_interval),
+        return Reply(200, list(SSE_HEADERS), _with_pings(self._late(task, model, tokens, usage, _capped(local_req, original)), self.ping_interval),
                      self.name, True, usage, close=task.cancel)
 
-    async def _late(self, task: asyncio.Future, model: str, tokens: int, usage: Usage) -> AsyncIterator[bytes]:
+    async def _late(self, task: asyncio.Future, model: str, tokens: int, usage: Usage, capped: bool) -> AsyncIterator[bytes]:
         yield _encode([message_start(model, tokens)])
         try:
             opened = await task
@@ -257,11 +257,11 @@ class AnthropicLocalBackend(LocalBackend):
             usage.error = opened.detail
             yield _encode([("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {opened.detail}"}})])
             return
-        async for chunk in self._relay(opened, model, tokens, usage, started=True):
+        async for chunk in self._relay(opened, model, tokens, usage, started=True, capped=capped):
             yield chunk
 
-    async def _relay(self, resp: aiohttp.ClientResponse, model: str, tokens: int, usage: Usage, *, started: bool) -> AsyncIterator[bytes]:
-        norm = LocalStreamNormalizer(model=model, input_tokens_estimate=tokens, started=started)
+    async def _relay(self, resp: aiohttp.ClientResponse, model: str, tokens: int, usage: Usage, *, started: bool, capped: bool = False) -> AsyncIterator[bytes]:
+        norm = LocalStreamNormalizer(model=model, input_tokens_estimate=tokens, started=started, capped=capped)
         if started:
             norm.started = True
         decoder = SSEDecoder()
@@ -289,6 +289,8 @@ class AnthropicLocalBackend(LocalBackend):
             usage.output_tokens = norm.output_tokens
             usage.stop_reason = norm.stop_reason
             usage.error = norm.error
+            if norm.cut:
+                usage.note = "the local output cap ended the answer; reported as end of turn"
             usage.complete = not norm.error
 
 
@@ -323,7 +325,7 @@ class OpenAILocalBackend(LocalBackend):
             if not isinstance(resp, dict) or "choices" not in resp:
                 return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: reply has no choices")
             msg = oa.openai_to_anthropic_response(resp, model=model, input_tokens_estimate=tokens, tool_name_map=name_map)
-            msg = normalize_message(msg, model=model, input_tokens_estimate=tokens)
+            msg = normalize_message(msg, model=model, input_tokens_estimate=tokens, capped=_capped(local_req, original))
             u = msg["usage"]
             usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True)
             return Reply(200, list(JSON_HEADERS), _one(orjson.dumps(msg)), self.name, False, usage)
@@ -333,26 +335,26 @@ class OpenAILocalBackend(LocalBackend):
             opened = task.result()
             if isinstance(opened, Verdict):
                 return opened
-            body_iter = self._relay(opened, model, tokens, usage, name_map, started=False)
+            body_iter = self._relay(opened, model, tokens, usage, name_map, started=False, capped=_capped(local_req, original))
             return Reply(200, list(SSE_HEADERS), _with_pings(body_iter, self.ping_interval), self.name, True, usage, close=opened.close)
-        return Reply(200, list(SSE_HEADERS), _with_pings(self._late(task, model, tokens, usage, name_map), self.ping_interval),
+        return Reply(200, list(SSE_HEADERS), _with_pings(self._late(task, model, tokens, usage, name_map, _capped(local_req, original)), self.ping_interval),
                      self.name, True, usage, close=task.cancel)
 
-    async def _late(self, task, model, tokens, usage, name_map) -> AsyncIterator[bytes]:
+    async def _late(self, task, model, tokens, usage, name_map, capped: bool) -> AsyncIterator[bytes]:
         yield _encode([message_start(model, tokens)])
         opened = await task
         if isinstance(opened, Verdict):
             usage.error = opened.detail
             yield _encode([("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {opened.detail}"}})])
             return
-        async for chunk in self._relay(opened, model, tokens, usage, name_map, started=True):
+        async for chunk in self._relay(opened, model, tokens, usage, name_map, started=True, capped=capped):
             yield chunk
 
-    async def _relay(self, resp, model, tokens, usage: Usage, name_map, *, started: bool) -> AsyncIterator[bytes]:
+    async def _relay(self, resp, model, tokens, usage: Usage, name_map, *, started: bool, capped: bool = False) -> AsyncIterator[bytes]:
         from nonstop.wire import openai as oa
 
         translator = oa.OpenAIStreamTranslator(model=model, message_id=new_message_id(), input_tokens_estimate=tokens, tool_name_map=name_map)
-        norm = LocalStreamNormalizer(model=model, input_tokens_estimate=tokens, started=started)
+        norm = LocalStreamNormalizer(model=model, input_tokens_estimate=tokens, started=started, capped=capped)
         decoder = SSEDecoder()
         try:
             try:
@@ -393,7 +395,14 @@ class OpenAILocalBackend(LocalBackend):
             usage.output_tokens = norm.output_tokens
             usage.stop_reason = norm.stop_reason
             usage.error = norm.error
+            if norm.cut:
+                usage.note = "the local output cap ended the answer; reported as end of turn"
             usage.complete = not norm.error
+
+
+def _capped(local_req: dict, original: dict) -> bool:
+    asked = original.get("max_tokens")
+    return not isinstance(asked, int) or local_req["max_tokens"] < asked
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:

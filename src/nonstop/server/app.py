@@ -248,8 +248,9 @@ class App:
                 row.outcome, row.error = "incomplete", u.error[:500]
             else:
                 row.outcome = "ok"
-            if reply.note:
-                row.error = (row.error + "; " if row.error else "") + reply.note
+            for note in (reply.note, u.note):
+                if note:
+                    row.error = (row.error + "; " if row.error else "") + note
         finally:
             row.total_ms = (time.perf_counter() - ctx.t0) * 1000
             self.gw.record(row)

@@ -46,7 +46,13 @@ def message_start(model: str, input_tokens: int, message_id: str | None = None) 
 
 
 class LocalStreamNormalizer:
-    def __init__(self, *, model: str, input_tokens_estimate: int, started: bool = False):
+    def __init__(self, *, model: str, input_tokens_estimate: int, started: bool = False, capped: bool = False):
+        # capped: nonstop lowered the client's max_tokens for this backend. Hitting that
+        # cap is then nonstop's limit, not the client's: reporting "max_tokens" would make
+        # Claude Code believe its own (much larger) limit was hit and fail the turn.
+        self.capped = capped
+        self.cut = False
+        self._tools = False
         self.model = model
         self.input_tokens = max(1, input_tokens_estimate)
         self.output_tokens = 0
@@ -90,7 +96,8 @@ class LocalStreamNormalizer:
             delta = data.get("delta") or {}
             usage = data.get("usage") or {}
             if isinstance(delta.get("stop_reason"), str):
-                self.stop_reason = delta["stop_reason"]
+                self.stop_reason = _uncap(delta["stop_reason"], self.capped, self._tools)
+                self.cut = self.cut or self.stop_reason != delta["stop_reason"]
             if isinstance(usage.get("output_tokens"), int):
                 self.output_tokens = usage["output_tokens"]
             if isinstance(usage.get("input_tokens"), int) and usage["input_tokens"] > 0:
@@ -123,6 +130,7 @@ class LocalStreamNormalizer:
                 self._chars += len(text)
                 out.append(_delta_event(idx, {"type": "text_delta", "text": text}))
         elif btype == "tool_use":
+            self._tools = True
             inp = block.get("input") or {}
             start = {"type": "tool_use", "id": safe_tool_id(block.get("id")), "name": block.get("name", ""), "input": {}}
             out.append(("content_block_start", {"type": "content_block_start", "index": idx, "content_block": start}))
@@ -192,7 +200,13 @@ def _delta_event(idx: int, delta: dict[str, Any]) -> Event:
     return ("content_block_delta", {"type": "content_block_delta", "index": idx, "delta": delta})
 
 
-def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate: int) -> dict[str, Any]:
+def _uncap(stop_reason: str, capped: bool, has_tools: bool) -> str:
+    if stop_reason == "max_tokens" and capped:
+        return "tool_use" if has_tools else "end_turn"
+    return stop_reason
+
+
+def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate: int, capped: bool = False) -> dict[str, Any]:
     """The same fixes for a non-streaming local reply."""
     out = dict(msg)
     out.setdefault("id", new_message_id())
@@ -220,7 +234,9 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     if not isinstance(usage.get("output_tokens"), int) or usage["output_tokens"] <= 0:
         usage["output_tokens"] = max(1, chars // 4)
     out["usage"] = usage
+    has_tools = any(b.get("type") == "tool_use" for b in content)
     if not out.get("stop_reason"):
-        out["stop_reason"] = "tool_use" if any(b.get("type") == "tool_use" for b in content) else "end_turn"
+        out["stop_reason"] = "tool_use" if has_tools else "end_turn"
+    out["stop_reason"] = _uncap(str(out["stop_reason"]), capped, has_tools)
     out.setdefault("stop_sequence", None)
     return out
