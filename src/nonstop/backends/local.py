@@ -189,7 +189,145 @@ async def _with_pings(source: AsyncIterator[bytes], interval: float) -> AsyncIte
             await aclose()
 
 
-class AnthropicLocalBackend(LocalBackend):
+class _EventSource:
+    """Turns one local server's stream events into Anthropic events (sans-IO)."""
+
+    def feed(self, event: str, data: str) -> list[Event]:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return []
+        return [(event, doc)] if isinstance(doc, dict) else []
+
+    def finish(self) -> list[Event]:
+        return []
+
+
+class _OpenAIEventSource(_EventSource):
+    def __init__(self, name: str, translator: Any):
+        self.name = name
+        self.translator = translator
+
+    def feed(self, event: str, data: str) -> list[Event]:
+        if data.strip() == "[DONE]":
+            return []
+        out: list[Event] = []
+        for _, doc in super().feed(event, data):
+            if "error" in doc and "choices" not in doc:
+                err = doc["error"]
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+                return [("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {msg}"}})]
+            out.extend(self.translator.feed(doc))
+        return out
+
+    def finish(self) -> list[Event]:
+        return list(self.translator.finish())
+
+
+@dataclass
+class _Call:
+    """One request to a local server, and what its reply needs to be read back."""
+
+    path: str
+    body: dict
+    model: str
+    tokens: int
+    capped: bool
+    name_map: dict | None = None
+
+
+class _StreamingBackend(LocalBackend):
+    """The request flow both protocols share: decide before committing, ping while a
+    slow prompt is processed, normalise every event for strict clients."""
+
+    def prepare(self, local_req: dict, stream: bool, tokens: int, original: dict) -> _Call:
+        raise NotImplementedError
+
+    def message_from(self, doc: Any, call: _Call) -> dict | None:
+        raise NotImplementedError
+
+    def events(self, call: _Call) -> _EventSource:
+        return _EventSource()
+
+    async def _post(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Attempt:
+        call = self.prepare(local_req, stream, tokens, original)
+        if not stream:
+            return await self._whole(call)
+        task = asyncio.ensure_future(self._open(call.path, call.body, True))
+        done, _ = await asyncio.wait({task}, timeout=COMMIT_AFTER)
+        usage = Usage(input_tokens=tokens)
+        if done:
+            opened = task.result()
+            if isinstance(opened, Verdict):
+                return opened
+            body = self._relay(opened, call, usage, started=False)
+            return Reply(200, list(SSE_HEADERS), _with_pings(body, self.ping_interval), self.name, True, usage, close=opened.close)
+        # Still processing the prompt: commit now, keep the client alive with pings.
+        return Reply(200, list(SSE_HEADERS), _with_pings(self._late(task, call, usage), self.ping_interval),
+                     self.name, True, usage, close=task.cancel)
+
+    async def _whole(self, call: _Call) -> Attempt:
+        opened = await self._open(call.path, call.body, False)
+        if isinstance(opened, Verdict):
+            return opened
+        try:
+            raw = await opened.read()
+            doc = orjson.loads(raw)
+        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+            opened.close()
+            return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply ({type(exc).__name__})")
+        msg = self.message_from(doc, call)
+        if msg is None:
+            return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unexpected reply {raw[:200]!r}")
+        msg = normalize_message(msg, model=call.model, input_tokens_estimate=call.tokens, capped=call.capped)
+        u = msg["usage"]
+        usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True)
+        return Reply(200, list(JSON_HEADERS), _one(orjson.dumps(msg)), self.name, False, usage)
+
+    async def _late(self, task: asyncio.Future, call: _Call, usage: Usage) -> AsyncIterator[bytes]:
+        yield _encode([message_start(call.model, call.tokens)])
+        opened = await task
+        if isinstance(opened, Verdict):
+            usage.error = opened.detail
+            yield _encode([("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {opened.detail}"}})])
+            return
+        async for chunk in self._relay(opened, call, usage, started=True):
+            yield chunk
+
+    async def _relay(self, resp: aiohttp.ClientResponse, call: _Call, usage: Usage, *, started: bool) -> AsyncIterator[bytes]:
+        norm = LocalStreamNormalizer(model=call.model, input_tokens_estimate=call.tokens, started=started, capped=call.capped)
+        source = self.events(call)
+        decoder = SSEDecoder()
+        try:
+            try:
+                async for chunk in resp.content.iter_any():
+                    out: list[Event] = []
+                    for ev in decoder.feed(chunk):
+                        for t, d in source.feed(ev.event, ev.data):
+                            out.extend(norm.feed(t, d))
+                    if out:
+                        yield _encode(out)
+                    if norm.finished:
+                        break
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                norm.error = f"{self.name} stream failed: {type(exc).__name__}"
+            if not norm.finished and not norm.error:
+                tail = [e for t, d in source.finish() for e in norm.feed(t, d)]
+                if tail:
+                    yield _encode(tail)
+            yield _encode(norm.finish())
+        finally:
+            resp.close()
+            usage.input_tokens = norm.input_tokens
+            usage.output_tokens = norm.output_tokens
+            usage.stop_reason = norm.stop_reason
+            usage.error = norm.error
+            if norm.cut:
+                usage.note = "the local output cap ended the answer; reported as end of turn"
+            usage.complete = not norm.error
+
+
+class AnthropicLocalBackend(_StreamingBackend):
     """A server with a native /v1/messages (llama.cpp, Ollama >= 0.14, LM Studio >= 0.4.1)."""
 
     async def count_tokens(self, local_req: dict) -> int:
@@ -211,193 +349,48 @@ class AnthropicLocalBackend(LocalBackend):
                     self._server_counts = False
         except (ValueError, aiohttp.ContentTypeError):
             pass
-        except (aiohttp.ClientConnectorError, TimeoutError):
-            raise
         return estimate_tokens(local_req)
 
-    async def _post(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Attempt:
-        model = local_req["model"]
-        if not stream:
-            opened = await self._open("/v1/messages", local_req, False)
-            if isinstance(opened, Verdict):
-                return opened
-            try:
-                raw = await opened.read()
-                msg = orjson.loads(raw)
-            except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
-                opened.close()
-                return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply ({type(exc).__name__})")
-            if not isinstance(msg, dict) or msg.get("type") == "error":
-                return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: error reply {raw[:200]!r}")
-            msg = normalize_message(msg, model=model, input_tokens_estimate=tokens, capped=_capped(local_req, original))
-            u = msg["usage"]
-            usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True)
-            return Reply(200, list(JSON_HEADERS), _one(orjson.dumps(msg)), self.name, False, usage)
-        task = asyncio.ensure_future(self._open("/v1/messages", local_req, True))
-        done, _ = await asyncio.wait({task}, timeout=COMMIT_AFTER)
-        if done:
-            opened = task.result()
-            if isinstance(opened, Verdict):
-                return opened
-            usage = Usage(input_tokens=tokens)
-            body = self._relay(opened, model, tokens, usage, started=False, capped=_capped(local_req, original))
-            return Reply(200, list(SSE_HEADERS), _with_pings(body, self.ping_interval), self.name, True, usage, close=opened.close)
-        # Still processing the prompt: commit now, keep the client alive with pings.
-        usage = Usage(input_tokens=tokens)
-        return Reply(200, list(SSE_HEADERS), _with_pings(self._late(task, model, tokens, usage, _capped(local_req, original)), self.ping_interval),
-                     self.name, True, usage, close=task.cancel)
+    def prepare(self, local_req: dict, stream: bool, tokens: int, original: dict) -> _Call:
+        return _Call("/v1/messages", local_req, local_req["model"], tokens, _capped(local_req, original))
 
-    async def _late(self, task: asyncio.Future, model: str, tokens: int, usage: Usage, capped: bool) -> AsyncIterator[bytes]:
-        yield _encode([message_start(model, tokens)])
-        try:
-            opened = await task
-        except asyncio.CancelledError:
-            raise
-        if isinstance(opened, Verdict):
-            usage.error = opened.detail
-            yield _encode([("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {opened.detail}"}})])
-            return
-        async for chunk in self._relay(opened, model, tokens, usage, started=True, capped=capped):
-            yield chunk
-
-    async def _relay(self, resp: aiohttp.ClientResponse, model: str, tokens: int, usage: Usage, *, started: bool, capped: bool = False) -> AsyncIterator[bytes]:
-        norm = LocalStreamNormalizer(model=model, input_tokens_estimate=tokens, started=started, capped=capped)
-        if started:
-            norm.started = True
-        decoder = SSEDecoder()
-        try:
-            try:
-                async for chunk in resp.content.iter_any():
-                    out: list[Event] = []
-                    for ev in decoder.feed(chunk):
-                        try:
-                            data = orjson.loads(ev.data)
-                        except orjson.JSONDecodeError:
-                            continue
-                        if isinstance(data, dict):
-                            out.extend(norm.feed(ev.event, data))
-                    if out:
-                        yield _encode(out)
-                    if norm.finished:
-                        break
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                norm.error = f"{self.name} stream failed: {type(exc).__name__}"
-            yield _encode(norm.finish())
-        finally:
-            resp.close()
-            usage.input_tokens = norm.input_tokens
-            usage.output_tokens = norm.output_tokens
-            usage.stop_reason = norm.stop_reason
-            usage.error = norm.error
-            if norm.cut:
-                usage.note = "the local output cap ended the answer; reported as end of turn"
-            usage.complete = not norm.error
+    def message_from(self, doc: Any, call: _Call) -> dict | None:
+        return doc if isinstance(doc, dict) and doc.get("type") != "error" else None
 
 
-class OpenAILocalBackend(LocalBackend):
+class OpenAILocalBackend(_StreamingBackend):
     """A server that speaks OpenAI Chat Completions (vLLM, LM Studio, llama.cpp, Ollama /v1)."""
 
-    async def _post(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Attempt:
+    def prepare(self, local_req: dict, stream: bool, tokens: int, original: dict) -> _Call:
         from nonstop.wire import openai as oa
 
-        model = local_req["model"]
-        # The reasoning switch reads the client's thinking settings, which the generic
-        # local sanitiser drops.
+        # The reasoning switch and parallel-call setting read the client's own fields,
+        # which the generic local sanitiser drops.
         source = {**local_req, "thinking": original.get("thinking"), "output_config": original.get("output_config")}
         tc = original.get("tool_choice")
         if isinstance(source.get("tool_choice"), dict) and isinstance(tc, dict) and "disable_parallel_tool_use" in tc:
             source["tool_choice"] = {**source["tool_choice"], "disable_parallel_tool_use": tc["disable_parallel_tool_use"]}
         body = oa.anthropic_to_openai_request(
-            source, model=model, max_tokens=local_req["max_tokens"], stream=stream,
+            source, model=local_req["model"], max_tokens=local_req["max_tokens"], stream=stream,
             reasoning_param=self.cfg.reasoning_param,
         )
         name_map = body.pop(oa.TOOL_NAME_MAP_KEY, None)
-        task = asyncio.ensure_future(self._open("/v1/chat/completions", body, stream))
-        if not stream:
-            opened = await task
-            if isinstance(opened, Verdict):
-                return opened
-            try:
-                resp = orjson.loads(await opened.read())
-            except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
-                opened.close()
-                return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply ({type(exc).__name__})")
-            if not isinstance(resp, dict) or "choices" not in resp:
-                return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: reply has no choices")
-            msg = oa.openai_to_anthropic_response(resp, model=model, input_tokens_estimate=tokens, tool_name_map=name_map)
-            msg = normalize_message(msg, model=model, input_tokens_estimate=tokens, capped=_capped(local_req, original))
-            u = msg["usage"]
-            usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True)
-            return Reply(200, list(JSON_HEADERS), _one(orjson.dumps(msg)), self.name, False, usage)
-        done, _ = await asyncio.wait({task}, timeout=COMMIT_AFTER)
-        usage = Usage(input_tokens=tokens)
-        if done:
-            opened = task.result()
-            if isinstance(opened, Verdict):
-                return opened
-            body_iter = self._relay(opened, model, tokens, usage, name_map, started=False, capped=_capped(local_req, original))
-            return Reply(200, list(SSE_HEADERS), _with_pings(body_iter, self.ping_interval), self.name, True, usage, close=opened.close)
-        return Reply(200, list(SSE_HEADERS), _with_pings(self._late(task, model, tokens, usage, name_map, _capped(local_req, original)), self.ping_interval),
-                     self.name, True, usage, close=task.cancel)
+        return _Call("/v1/chat/completions", body, local_req["model"], tokens, _capped(local_req, original), name_map)
 
-    async def _late(self, task, model, tokens, usage, name_map, capped: bool) -> AsyncIterator[bytes]:
-        yield _encode([message_start(model, tokens)])
-        opened = await task
-        if isinstance(opened, Verdict):
-            usage.error = opened.detail
-            yield _encode([("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {opened.detail}"}})])
-            return
-        async for chunk in self._relay(opened, model, tokens, usage, name_map, started=True, capped=capped):
-            yield chunk
-
-    async def _relay(self, resp, model, tokens, usage: Usage, name_map, *, started: bool, capped: bool = False) -> AsyncIterator[bytes]:
+    def message_from(self, doc: Any, call: _Call) -> dict | None:
         from nonstop.wire import openai as oa
 
-        translator = oa.OpenAIStreamTranslator(model=model, message_id=new_message_id(), input_tokens_estimate=tokens, tool_name_map=name_map)
-        norm = LocalStreamNormalizer(model=model, input_tokens_estimate=tokens, started=started, capped=capped)
-        decoder = SSEDecoder()
-        try:
-            try:
-                async for chunk in resp.content.iter_any():
-                    out: list[Event] = []
-                    for ev in decoder.feed(chunk):
-                        if ev.data.strip() == "[DONE]":
-                            continue
-                        try:
-                            data = orjson.loads(ev.data)
-                        except orjson.JSONDecodeError:
-                            continue
-                        if not isinstance(data, dict):
-                            continue
-                        if "error" in data and "choices" not in data:
-                            err = data["error"]
-                            msg = err.get("message") if isinstance(err, dict) else str(err)
-                            out.extend(norm.feed("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {msg}"}}))
-                            break
-                        for t, d in translator.feed(data):
-                            out.extend(norm.feed(t, d))
-                    if out:
-                        yield _encode(out)
-                    if norm.finished:
-                        break
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                norm.error = f"{self.name} stream failed: {type(exc).__name__}"
-            if not norm.finished and not norm.error:
-                tail: list[Event] = []
-                for t, d in translator.finish():
-                    tail.extend(norm.feed(t, d))
-                if tail:
-                    yield _encode(tail)
-            yield _encode(norm.finish())
-        finally:
-            resp.close()
-            usage.input_tokens = norm.input_tokens
-            usage.output_tokens = norm.output_tokens
-            usage.stop_reason = norm.stop_reason
-            usage.error = norm.error
-            if norm.cut:
-                usage.note = "the local output cap ended the answer; reported as end of turn"
-            usage.complete = not norm.error
+        if not isinstance(doc, dict) or "choices" not in doc:
+            return None
+        return oa.openai_to_anthropic_response(doc, model=call.model, input_tokens_estimate=call.tokens, tool_name_map=call.name_map)
+
+    def events(self, call: _Call) -> _EventSource:
+        from nonstop.wire import openai as oa
+
+        translator = oa.OpenAIStreamTranslator(
+            model=call.model, message_id=new_message_id(), input_tokens_estimate=call.tokens, tool_name_map=call.name_map
+        )
+        return _OpenAIEventSource(self.name, translator)
 
 
 def _capped(local_req: dict, original: dict) -> bool:
