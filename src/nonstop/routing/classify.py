@@ -108,7 +108,7 @@ def parse_rfc3339(value: str | None) -> float | None:
         return None
 
 
-def _float(value: str | None) -> float | None:
+def parse_float(value: str | None) -> float | None:
     if value is None:
         return None
     try:
@@ -138,7 +138,7 @@ def quota_deadline(headers: Mapping[str, str], now: float) -> float | None:
         reset = parse_rfc3339(headers.get(f"{_H}{limit}-reset"))
         if reset is None:
             continue
-        remaining = _float(headers.get(f"{_H}{limit}-remaining"))
+        remaining = parse_float(headers.get(f"{_H}{limit}-remaining"))
         (exhausted if remaining is not None and remaining <= 0 else others).append(reset)
     # A limit with quota left does not keep the cloud out; if none says which one ran
     # out, every named reset counts.

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from nonstop.config import CloudConfig
-from nonstop.routing.classify import FailureKind, Verdict, parse_epoch
+from nonstop.routing.classify import FailureKind, Verdict, parse_epoch, parse_float
 
 
 class CloudState(StrEnum):
@@ -58,16 +58,6 @@ class Utilization:
             "overage_status": self.overage_status,
             "updated": self.updated,
         }
-
-
-def _f(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        v = float(value)
-    except ValueError:
-        return None
-    return v if v == v else None
 
 
 @dataclass
@@ -146,12 +136,12 @@ class QuotaState:
             return
         u = self.utilization
         u.status = status or u.status
-        u.five_hour = _f(five) if five is not None else u.five_hour
-        u.seven_day = _f(seven) if seven is not None else u.seven_day
+        u.five_hour = parse_float(five) if five is not None else u.five_hour
+        u.seven_day = parse_float(seven) if seven is not None else u.seven_day
         u.five_hour_reset = parse_epoch(headers.get(_H + "5h-reset")) or u.five_hour_reset
         u.seven_day_reset = parse_epoch(headers.get(_H + "7d-reset")) or u.seven_day_reset
         fb = headers.get(_H + "fallback-percentage")
-        u.fallback_percentage = _f(fb) if fb is not None else u.fallback_percentage
+        u.fallback_percentage = parse_float(fb) if fb is not None else u.fallback_percentage
         u.overage_status = headers.get(_H + "overage-status", u.overage_status)
         u.updated = self.clock()
 
