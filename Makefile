@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/nonstop-dev
 CLAUDE_CODE_VERSION ?= 2.1.332
 PYTEST_ARGS ?=
+NONSTOP_ARGS ?=
 
 .PHONY: run test install test-deps unit lint bench bench-smoke soak clean
 
@@ -22,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/nonstop serve
+	$(VENV)/bin/nonstop serve $(NONSTOP_ARGS)
 
 $(VENV)/.test-installed: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[embedded,dev]'

@@ -242,3 +242,24 @@ def child_pids(parent: int) -> list[int]:
             if int(stat.rpartition(")")[2].split()[1]) == parent:
                 out.append(int(entry.name))
     return out
+
+
+# --- (e) the cloud out, a local server that speaks only OpenAI Chat Completions ------------------
+
+
+def test_claude_through_an_openai_backend_with_the_cloud_out(cloud, llama, nonstop_factory, tmp_path: Path) -> None:
+    claude = claude_path()
+    procs.set_mode(cloud, "subscription_limit")
+    ns = nonstop_factory(
+        f'[cloud]\nurl = "{cloud.url}"\n\n'
+        f'[[local]]\nname = "oai"\nurl = "{llama.url}"\napi = "openai"\nmodel = "smollm2"\n'
+        'context_window = 8192\nmax_output_tokens = 64\n\n[embedded]\nmode = "never"\n'
+    )
+    proc = run([claude, *PROMPT], client_env(tmp_path / "home", ns.url), tmp_path)
+    data = result_of(proc)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert data["is_error"] is False, data
+    assert data["result"] != CLOUD_TEXT
+    rows = [r for r in logged_messages(ns.url) if r["model"] == "claude-sonnet-4-5"]
+    assert rows and all(r["backend"] == "oai" and r["outcome"] == "ok" for r in rows), rows
+    no_leak(proc.stdout, proc.stderr)

@@ -241,7 +241,8 @@ class Gateway:
                 out.reply = res
                 return out
             out.reason = res.describe()
-            out.tried.append(("cloud", res.describe()))
+            until = f" until {hhmm(self.quota.until)}" if self.quota.state is CloudState.OUT else ""
+            out.tried.append(("cloud", res.describe() + until))
         return await self._try_locals(ctx, out)
 
     async def _try_cloud(self, ctx: RequestContext, cloud_path: bytes | None, cloud_body: bytes | None,
