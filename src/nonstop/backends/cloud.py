@@ -94,6 +94,7 @@ class CloudBackend:
         peek_stream: bool,
         failover_on_auth: bool,
         observe_headers=None,
+        expect: str = "",
     ) -> Reply | Verdict:
         """One try at the cloud. Returns a Reply to commit, or the Verdict to fail over on."""
         url = self.url_for(raw_path, query)
@@ -118,6 +119,10 @@ class CloudBackend:
                 note_verdict = classify_response(resp.status, _lower(resp.headers), b"", time.time())
                 note = note_verdict.describe() if note_verdict else ""
                 ctype = resp.headers.get("content-type", "")
+                wrong = _wrong_type(expect, ctype)
+                if wrong:
+                    resp.close()
+                    return Verdict(FailureKind.BAD_RESPONSE, True, None, wrong, resp.status)
                 if peek_stream and ctype.startswith("text/event-stream"):
                     peeked = await _peek_stream(resp)
                     if isinstance(peeked, Verdict):
@@ -138,6 +143,30 @@ class CloudBackend:
         is_stream = ctype.startswith("text/event-stream")
         body_iter = _relay_stream(resp, first, usage) if is_stream else _relay_plain(resp, usage)
         return Reply(resp.status, response_headers(resp.raw_headers), body_iter, self.name, is_stream, usage, close=resp.close, note=note)
+
+
+def _wrong_type(expect: str, ctype: str) -> str:
+    """A success whose content type is not what the request asked for is a broken
+    upstream: failing over beats relaying it to a client that cannot read it."""
+    if expect == "stream" and not ctype.startswith("text/event-stream"):
+        return f"the cloud answered a stream request with {ctype[:60] or 'no content type'}"
+    if expect == "json" and not ctype.startswith("application/json"):
+        return f"the cloud answered with {ctype[:60] or 'no content type'} instead of JSON"
+    return ""
+
+
+def _first_malformed(events: bytes) -> int:
+    """Offset of the first event whose data is not a JSON object (-1 if none). A cheap
+    shape check, not a parse: every Anthropic event's data line is one JSON object."""
+    pos = 0
+    for event in events.split(b"\n\n"):
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                data = line[5:].strip()
+                if not (data.startswith(b"{") and data.endswith(b"}")):
+                    return pos
+        pos += len(event) + 2
+    return -1
 
 
 def _lower(headers) -> dict[str, str]:
@@ -170,6 +199,8 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> bytes | Verdict:
         for ev in decoder.feed(chunk):
             if ev.event == "error":
                 return classify_stream_error(ev.data)
+            if _first_malformed(b"data: " + ev.data.encode()) >= 0:
+                return Verdict(FailureKind.BAD_RESPONSE, True, None, f"malformed {ev.event} event before any content")
             if ev.event in _CONTENT_EVENTS:
                 return bytes(buf)
 
@@ -216,6 +247,13 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
             cut = _cut(data)
             if cut:
                 out = data[:cut]
+                bad = _first_malformed(out)
+                if bad >= 0:
+                    if bad:
+                        yield out[:bad]
+                    usage.error = "the cloud sent a malformed event mid-stream"
+                    yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
+                    return
                 for marker in (b"event: message_start", b"event: message_delta"):
                     i = out.find(marker)
                     if i >= 0:

@@ -256,6 +256,7 @@ class Gateway:
         res = await self.cloud.send(
             ctx.method, cloud_path or ctx.raw_path, ctx.query, headers, body,
             peek_stream=ctx.stream, failover_on_auth=self.cfg.cloud.failover_on_auth,
+            expect=("stream" if ctx.stream else "json") if ctx.path in ("/v1/messages", "/v1/chat/completions") else "",
             observe_headers=self.observe_headers,
         )
         if isinstance(res, Reply):
