@@ -33,7 +33,8 @@ MODES = [
 ]
 # Modes "random" draws from (everything a soak test should survive).
 RANDOM_POOL = [m for m in MODES[: MODES.index("random")] if m != "hang"] + ["ok"] * 12
-# Extra faults the soak harness can add to the pool with {"mode": "random", "extra": [...]}:
+# Extra faults the soak harness can add to the pool with {"mode": "random", "extra": [...]}
+# (and {"exclude": [...]} takes modes out):
 # each one ends on its own within `hang_for` seconds.
 RANDOM_EXTRA = ("tool_then_reset", "tool_then_error", "wrong_content_type", "stall_after_content")
 
@@ -137,7 +138,8 @@ class FakeCloud:
         mode = request.headers.get("x-fake-mode") or self.mode
         if mode == "random":
             extra = [m for m in self.params.get("extra", ()) if m in RANDOM_EXTRA]
-            mode = self.rng.choice(RANDOM_POOL + extra)
+            exclude = set(self.params.get("exclude", ()))
+            mode = self.rng.choice([m for m in RANDOM_POOL + extra if m not in exclude] or ["ok"])
         self.counts[mode] = self.counts.get(mode, 0) + 1
         try:
             req = json.loads(body)
@@ -168,7 +170,7 @@ class FakeCloud:
             headers = {
                 H + "tokens-limit": "80000", H + "tokens-remaining": "0", H + "tokens-reset": reset,
                 H + "requests-limit": "50", H + "requests-remaining": "12", H + "requests-reset": reset,
-                "retry-after": "30",
+                "retry-after": str(self.params.get("api_key_retry_after", 30)),
             }
             return web.Response(status=429, body=error_body("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"), content_type="application/json", headers=headers)
         if mode == "overloaded":

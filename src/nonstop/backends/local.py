@@ -9,6 +9,7 @@ back as Anthropic-format bytes, normalised for strict clients.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -125,7 +126,8 @@ class LocalBackend:
         """POST and wait for the head. For streams, give up waiting after COMMIT_AFTER
         and let the caller commit with pings (prompt processing on CPU is slow)."""
         try:
-            resp = await self.session.post(self.base + path, data=orjson.dumps(body), headers=self.headers(), timeout=self.timeout())
+            async with asyncio.timeout(self.cfg.connect_timeout + self.cfg.first_byte_timeout):
+                resp = await self.session.post(self.base + path, data=orjson.dumps(body), headers=self.headers(), timeout=self.timeout())
         except (aiohttp.ClientError, OSError) as exc:
             self._mark(False, _describe_exc(exc, self.base))
             return Verdict(FailureKind.NETWORK, True, None, _describe_exc(exc, self.base))
@@ -184,6 +186,8 @@ async def _with_pings(source: AsyncIterator[bytes], interval: float) -> AsyncIte
     finally:
         if nxt is not None:
             nxt.cancel()
+            with contextlib.suppress(BaseException):
+                await nxt
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -38,6 +38,7 @@ from nonstop.wire.sse import SSEDecoder
 log = logging.getLogger("nonstop")
 
 MAX_MODEL_NAME = 256
+MAX_HEADER_BYTES = 64 * 1024
 
 
 def _bad_model(model: Any) -> str:
@@ -64,6 +65,13 @@ def validate_messages_request(req: Any) -> str:
     mt = req.get("max_tokens")
     if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
         return "max_tokens: must be a positive whole number"
+    tools = req.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            return "tools: must be a list of tool definitions"
+        for i, t in enumerate(tools):
+            if not isinstance(t, dict) or not isinstance(t.get("name", ""), str):
+                return f"tools.{i}: each tool must be an object with a string name"
     for i, m in enumerate(req["messages"]):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             return f"messages.{i}: each message must be an object with a role"
@@ -80,7 +88,9 @@ def _stored_body(data: bytes) -> str:
 
 
 def _safe_header(value: str) -> bytes:
-    return value.encode("ascii", "replace")[:300].replace(b"\r", b" ").replace(b"\n", b" ")
+    from nonstop.redact import redact
+
+    return redact(value).encode("ascii", "replace")[:300].replace(b"\r", b" ").replace(b"\n", b" ")
 
 
 class App:
@@ -90,6 +100,7 @@ class App:
         self.cfg = cfg
         self.gw = gateway or Gateway(cfg)
         self._token = cfg.token.encode() if cfg.token else b""
+        self._hosts = {"localhost", "127.0.0.1", "::1", cfg.host.lower()}
         self.routes = {
             ("POST", "/v1/messages"): self.messages,
             ("POST", "/v1/messages/count_tokens"): self.count_tokens,
@@ -108,6 +119,10 @@ class App:
             await self.lifespan(receive, send)
             return
         if kind != "http":
+            return
+        problem = self._check_head(scope)
+        if problem:
+            await send_bytes(send, problem[0], anthropic_error(problem[0], problem[1]))
             return
         if self._token and not self._authorized(scope):
             await self._unauthorized(scope, send)
@@ -142,6 +157,21 @@ class App:
                 await self.gw.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _check_head(self, scope: Scope) -> tuple[int, str] | None:
+        headers = scope["headers"]
+        if sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+            return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
+        if not self._token:
+            # Without a token only loopback is served; a foreign Host is a web page
+            # trying DNS rebinding against this port.
+            host = header(scope, b"host").lower()
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name.startswith("[") and "]" in name:
+                name = name[1 : name.index("]")]
+            if host and name not in self._hosts:
+                return 403, f"nonstop does not serve the host name {host[:100]!r}; use http://127.0.0.1:{self.cfg.port}"
+        return None
 
     def _authorized(self, scope: Scope) -> bool:
         given = header(scope, b"x-nonstop-token")
@@ -213,11 +243,19 @@ class App:
         self.gw.inflight += 1
         try:
             outcome = await self.gw.run(ctx, cloud_body=cloud_body)
+            # The request is no longer needed once a reply is chosen: do not hold ~50 KB
+            # per open stream for its whole life (unless recovery or body logging needs it).
+            del got, body, cloud_body, cleaned
+            if not self.cfg.log.store_bodies:
+                ctx.body = b""
             reply = outcome.reply
             if self.cfg.recovery.continue_locally and reply is not None and reply.backend == "cloud" and reply.stream and reply.status == 200:
                 from nonstop.server.recovery import recovering
 
-                reply.body = recovering(reply, req, lambda r: self.gw.continue_locally(ctx, r))
+                reply.body = recovering(reply, reply.body, req, lambda r: self.gw.continue_locally(ctx, r))
+            else:
+                ctx.req = {}
+                del req
             await self._commit(ctx, outcome, receive, send, AnthropicWriter())
         finally:
             self.gw.inflight -= 1
@@ -298,10 +336,17 @@ class App:
             finished = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not gone.is_set():
-                raise
             if task is not None:
                 task.uncancel()
+            if not gone.is_set():
+                # Shutdown ran past drain_timeout: close the stream with a well-formed
+                # error instead of cutting it silently.
+                ctx.row.error = "nonstop shut down before the answer was complete"
+                if not first and reply.stream and not finished:
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(1):
+                            await send({"type": "http.response.body", "body": writer.shutdown_event(), "more_body": False})
+                reply.usage.error = reply.usage.error or "shut down mid-stream"
         except OSError:
             gone.set()
         finally:
@@ -447,6 +492,9 @@ class App:
 
 
 class Writer:
+    def shutdown_event(self) -> bytes:
+        return b"data: " + orjson.dumps({"error": {"message": "nonstop is shutting down; the response is incomplete.", "type": "server_error", "param": None, "code": None}}) + b"\n\n"
+
     def headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
         raise NotImplementedError
 
@@ -458,6 +506,11 @@ class Writer:
 
 
 class AnthropicWriter(Writer):
+    def shutdown_event(self) -> bytes:
+        from nonstop.wire.errors import anthropic_error_event
+
+        return anthropic_error_event("nonstop is shutting down; the response is incomplete.", "overloaded_error")
+
     def headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
         return reply.headers
 

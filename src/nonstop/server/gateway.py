@@ -22,6 +22,7 @@ from nonstop.backends.base import Reply, TooLong
 from nonstop.backends.cloud import CloudBackend, forward_headers
 from nonstop.backends.local import LocalBackend, make_local_backend
 from nonstop.config import Config, LocalBackendConfig
+from nonstop.redact import redact
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.quota import CloudState, QuotaState, Route
 from nonstop.server.metrics import Metrics
@@ -267,6 +268,10 @@ class Gateway:
                     self.quota.record_success()
             elif res.status in (401, 403):
                 self.quota.record_failure(Verdict(FailureKind.AUTH, False, None, res.usage.error))
+            else:
+                # The request itself was refused: nothing learned about capacity, but a
+                # probe must not stay open waiting for an answer it already got.
+                self.quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, res.usage.error))
             return res
         self.quota.record_failure(res)
         return res
@@ -305,9 +310,9 @@ class Gateway:
             out.message = prompt_too_long_message(worst.tokens, worst.window)
             return out
         out.status, out.etype = 503, "api_error"
-        out.message = "nonstop could not get an answer from any backend. " + "; ".join(
+        out.message = redact("nonstop could not get an answer from any backend. " + "; ".join(
             f"{name}: {why}" for name, why in out.tried
-        )
+        ))
         return out
 
     async def continue_locally(self, ctx: RequestContext, req: dict[str, Any]) -> Reply | None:
@@ -328,6 +333,8 @@ class Gateway:
     # --- the request log ---------------------------------------------------------------------
 
     def record(self, row: RequestRow) -> None:
+        # Upstream error messages can quote what the client sent, keys included.
+        row.error, row.reason = redact(row.error), redact(row.reason)
         self._next_id += 1
         self.metrics.observe(row)
         if self.store is not None:
@@ -343,6 +350,7 @@ class Gateway:
             row.status, f" reason={row.reason!r}" if row.reason else "",
             _ms(row.ttfb_ms), _ms(row.total_ms), row.input_tokens, row.output_tokens,
             f" error={row.error!r}" if row.error else "",
+            extra={"redacted": True},  # its free-text fields were redacted above
         )
 
     def broadcast(self, event: dict[str, Any]) -> None:

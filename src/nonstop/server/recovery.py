@@ -98,9 +98,11 @@ def _ev(name: str, data: dict[str, Any]) -> bytes:
     return encode_event(name, orjson.dumps(data))
 
 
-async def recovering(reply: Reply, req: dict[str, Any], continue_locally: ContinueFn) -> AsyncIterator[bytes]:
+async def recovering(reply: Reply, source: AsyncIterator[bytes], req: dict[str, Any],
+                     continue_locally: ContinueFn) -> AsyncIterator[bytes]:
+    """`source` is the cloud body; the caller then makes this generator reply.body."""
     tracker = StreamTracker()
-    async for chunk in reply.body:
+    async for chunk in source:
         events = tracker.feed(chunk)
         failed_at = next((i for i, (name, _, _) in enumerate(events) if name == "error"), None)
         if failed_at is None:

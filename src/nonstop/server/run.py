@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
+
+import uvicorn
 
 from nonstop.config import Config
 
@@ -12,6 +16,8 @@ class _Redact(logging.Filter):
     """Belt and braces: no log line may carry something that looks like a key."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "redacted", False):
+            return True
         from nonstop.redact import redact
 
         msg = record.getMessage()
@@ -32,8 +38,6 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def serve(cfg: Config) -> int:
-    import uvicorn
-
     from nonstop.server.app import create_app
 
     setup_logging()
@@ -52,6 +56,17 @@ def serve(cfg: Config) -> int:
         timeout_graceful_shutdown=int(cfg.drain_timeout) or None, timeout_keep_alive=75,
         h11_max_incomplete_event_size=64 * 1024,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run()
     return 0 if server.started else 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process would
+    exit with -15 after draining cleanly; a clean drain exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()

@@ -12,7 +12,7 @@ import queue
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +81,11 @@ class RequestRow:
     response_body: str | None = field(default=None, repr=False)
 
     def public(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("request_body")
-        d.pop("response_body")
-        return d
+        # asdict() deep-copies and is ~20x slower; this runs for every request.
+        return {name: getattr(self, name) for name in _PUBLIC_FIELDS}
 
 
+_PUBLIC_FIELDS = [f.name for f in fields(RequestRow) if f.name not in ("request_body", "response_body")]
 _COLUMNS = [
     "ts", "request_id", "path", "client", "session_id", "model", "stream", "backend", "reason",
     "outcome", "status", "stop_reason", "ttfb_ms", "total_ms", "overhead_ms", "input_tokens",

@@ -110,7 +110,7 @@ def to_local_request(req: dict, *, model: str, max_tokens: int) -> dict:
         kept = [
             {k: t[k] for k in _TOOL_KEYS if k in t}
             for t in tools
-            if isinstance(t, dict) and t.get("type") in (None, "custom") and "name" in t
+            if isinstance(t, dict) and t.get("type") in (None, "custom") and isinstance(t.get("name"), str)
         ]
         if kept:
             out["tools"] = kept

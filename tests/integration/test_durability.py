@@ -1,0 +1,199 @@
+"""What survives a crash and what a clean stop promises: kill -9 in the middle of load
+leaves the quota state and the request log intact; SIGTERM lets the streams in flight
+finish (up to drain_timeout) and exits with status 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_deadlines import post
+from tests.support import procs, wirecheck
+
+pytestmark = pytest.mark.integration
+
+MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+HEADERS = {"x-api-key": procs.PLANTED_KEY, "anthropic-version": "2023-06-01"}
+
+
+def config(cloud_url: str, local_url: str, extra: str = "") -> str:
+    return f"""
+{extra}
+[cloud]
+url = "{cloud_url}"
+first_byte_timeout = 3.0
+error_cooldown = 0.5
+
+[[local]]
+name = "local"
+url = "{local_url}"
+model = "local-model"
+connect_timeout = 1.0
+
+[embedded]
+mode = "never"
+
+[discovery]
+enabled = false
+"""
+
+
+def db_facts(state: Path) -> tuple[int, str, dict | None]:
+    """(request rows, integrity_check, the saved quota state)."""
+    conn = sqlite3.connect(f"file:{state / 'nonstop.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        saved = conn.execute("SELECT value FROM state WHERE key = 'quota'").fetchone()
+    finally:
+        conn.close()
+    return rows, integrity, json.loads(saved[0]) if saved else None
+
+
+class Load:
+    """Background clients sending requests until stopped; counts completed ones."""
+
+    def __init__(self, url: str, threads: int = 8):
+        self.url = url
+        self.stop = threading.Event()
+        self.done: list[float] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            try:
+                procs.http("POST", self.url + "/v1/messages", {**MESSAGE, "stream": (i + n) % 2 == 0}, HEADERS, timeout=10)
+                self.done.append(time.monotonic())
+            except OSError:
+                time.sleep(0.05)
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+
+def test_kill_9_mid_load_keeps_quota_state_and_request_log(cloud, recorder_proc, nonstop_factory, tmp_path):
+    state = tmp_path / "state"
+    cfg = config(cloud.url, recorder_proc.url)
+    ns = nonstop_factory(cfg, state_dir=state)
+    for _ in range(5):
+        assert procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)[1]["x-nonstop-backend"] == "cloud"
+    procs.set_mode(cloud, "subscription_limit", reset_in=3600)
+    assert procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)[1]["x-nonstop-backend"] == "local"
+    until = json.loads(procs.http("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]["until"]
+    assert until and until > time.time() + 3000
+    procs.set_mode(cloud, "ok")
+    confirmed = 6
+    for cycle in range(3):
+        with Load(ns.url) as load:
+            time.sleep(1.5 + 0.4 * cycle)
+            settled = [t for t in load.done if t < time.monotonic() - 1.0]
+            ns.stop(signal.SIGKILL)
+            assert ns.proc.returncode == -signal.SIGKILL
+        assert load.done, "no request completed under load"
+        confirmed += len(settled)
+        rows, integrity, saved = db_facts(state)
+        assert integrity == "ok"
+        assert rows >= confirmed, f"cycle {cycle}: {rows} rows, but {confirmed} requests had finished a second before the kill"
+        assert saved is not None and saved["state"] == "out" and abs(saved["until"] - until) < 1
+        before = len(procs.cloud_requests(cloud))
+        ns = nonstop_factory(cfg, state_dir=state)
+        status = json.loads(procs.http("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]
+        assert status["state"] == "out" and abs(status["until"] - until) < 1, status
+        _, h, _ = procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
+        assert h["x-nonstop-backend"] == "local", "after a restart the cloud was used before its reset time"
+        assert len(procs.cloud_requests(cloud)) == before
+        confirmed = max(confirmed, rows) + 1
+    ns.stop()
+    rows, integrity, _ = db_facts(state)
+    assert integrity == "ok" and rows >= confirmed
+
+
+def _stream_in_thread(url: str, results: list, path: str = "/v1/messages", timeout: float = 60) -> threading.Thread:
+    def run() -> None:
+        try:
+            results.append(post(url, path, {**MESSAGE, "stream": True}, timeout=timeout))
+        except OSError as exc:
+            results.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _wait_inflight(ns: procs.Proc, n: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if json.loads(procs.http("GET", ns.url + "/_nonstop/api/status")[2])["inflight"] >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{n} streams did not start")
+
+
+def test_sigterm_lets_streams_in_flight_finish_then_exits_0(cloud, recorder_proc, nonstop_factory):
+    words = " ".join(f"w{i}" for i in range(12))
+    procs.set_mode(cloud, "slow", delay=0.25, text=words)  # each stream takes ~3 s
+    ns = nonstop_factory(config(cloud.url, recorder_proc.url, extra="drain_timeout = 10.0"))
+    results: list = []
+    threads = [_stream_in_thread(ns.url, results) for _ in range(4)]
+    _wait_inflight(ns, 4)
+    t0 = time.monotonic()
+    ns.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(OSError):  # no new work is accepted while draining
+        procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS, timeout=3)
+    code = ns.proc.wait(20)
+    took = time.monotonic() - t0
+    for t in threads:
+        t.join(10)
+    assert len(results) == 4
+    for r in results:
+        assert not isinstance(r, Exception), r
+        status, h, body, _, _ = r
+        v = wirecheck.check_anthropic(status, h["content-type"], body, stream=True)
+        assert v.outcome == "ok" and v.text == words, (v, body[-300:])
+    assert took < 10.0, f"exit took {took:.1f}s"
+    rows, integrity, _ = db_facts(ns.extra["state_dir"])
+    assert rows == 4 and integrity == "ok"
+    assert code == 0, f"exit status after SIGTERM was {code}"
+
+
+def test_sigterm_ends_streams_still_running_at_drain_timeout(cloud, recorder_proc, nonstop_factory):
+    procs.set_mode(cloud, "endless_stream", hang_for=60, delay=0.1)
+    ns = nonstop_factory(config(cloud.url, recorder_proc.url, extra="drain_timeout = 2.0"))
+    results: list = []
+    threads = [_stream_in_thread(ns.url, results) for _ in range(2)]
+    _wait_inflight(ns, 2)
+    t0 = time.monotonic()
+    ns.proc.send_signal(signal.SIGTERM)
+    code = ns.proc.wait(20)
+    took = time.monotonic() - t0
+    for t in threads:
+        t.join(10)
+    assert 2.0 - 0.5 < took < 2.0 + 3.0, f"exit took {took:.1f}s with drain_timeout 2"
+    # The streams cut at the drain deadline end with a well-formed error, not a silent stop.
+    assert len(results) == 2
+    for r in results:
+        assert not isinstance(r, Exception), r
+        status, h, body, _, _ = r
+        v = wirecheck.check_anthropic(status, h["content-type"], body, stream=True)
+        assert v.outcome == "error", (v.problem, body[-300:])
+    active = json.loads(procs.http("GET", cloud.url + "/_fake/active")[2])["active"]
+    assert active.get("endless_stream", 0) == 0, "the upstream streams outlived nonstop"
+    rows, integrity, _ = db_facts(ns.extra["state_dir"])
+    assert rows == 2 and integrity == "ok"
+    assert code == 0, f"exit status after SIGTERM was {code}"
