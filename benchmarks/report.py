@@ -1,0 +1,491 @@
+"""Turning a run's measurements into the results file: targets, tables, profile summaries."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Any
+
+# (name, limit, unit, lower_is_better)
+TARGETS = [
+    ("added p50 to first byte, c=1, JSON, 50 KB request", 0.5, "ms", True),
+    ("added p99 to first byte, c=1, JSON, 50 KB request", 1.5, "ms", True),
+    ("added p99 to first byte, 64 concurrent streams at a model's pace", 10.0, "ms", True),
+    ("throughput through nonstop, JSON, small request and response", 1500.0, "req/s", False),
+    ("idle RSS after start", 80.0, "MB", True),
+    ("memory per open stream", 64.0, "KB", True),
+    ("memory growth after warm-up", 2.0, "MB", True),
+    ("failover: added beyond the 429's round trip (p50, stream)", 2.0, "ms", True),
+    ("OpenAI -> Anthropic translation, one core", 50_000.0, "events/s", False),
+]
+
+
+PEERS = frozenset({"litellm", "litellm-passthrough", "spillway"})
+
+
+def _lat(results: dict[str, Any], stream: bool, c: int) -> dict[str, Any] | None:
+    for row in results.get("latency", []):
+        if row["stream"] is stream and row["concurrency"] == c:  # the saturating sweep
+            return row["targets"]
+    return None
+
+
+def _added(t: dict[str, Any] | None, key: str, target: str = "nonstop") -> float | None:
+    if not t or target not in t or "direct" not in t:
+        return None
+    return t[target][key] - t["direct"][key]
+
+
+def measured_values(results: dict[str, Any]) -> list[float | None]:
+    json1 = _lat(results, False, 1)
+    s64 = (results.get("paced") or {}).get("targets")
+    small = (results.get("throughput_small") or {}).get("targets", {}).get("nonstop")
+    mem = results.get("memory", {})
+    fo = (results.get("failover") or {}).get("stream", {}).get("targets")
+    failover = None
+    if fo:
+        failover = fo["nonstop-failover"]["ttfb_p50"] - fo["cloud-429"]["total_p50"] - fo["local-direct"]["ttfb_p50"]
+    tr = (results.get("translation") or {}).get("translator", {})
+    return [
+        _added(json1, "ttfb_p50"),
+        _added(json1, "ttfb_p99"),
+        _added(s64, "ttfb_p99"),
+        small["rps"] if small else None,
+        mem.get("idle_rss_start_mb"),
+        (mem.get("streams") or {}).get("per_stream_kb"),
+        (mem.get("growth") or {}).get("growth_mb"),
+        failover,
+        tr.get("chunks_per_s"),
+    ]
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for (name, limit, unit, lower), value in zip(TARGETS, measured_values(results), strict=True):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            out.append({"name": name, "limit": limit, "unit": unit, "value": None, "met": False,
+                        "verdict": "not measured"})
+            continue
+        met = value <= limit if lower else value >= limit
+        if met:
+            verdict = "met"
+        elif lower:
+            verdict = f"missed by {_fmt(value - limit, 4)} {unit} ({value / limit:.2f}x the limit)" if limit else "missed"
+        else:
+            verdict = f"missed by {_fmt(limit - value)} {unit} ({value / limit:.0%} of the target)"
+        out.append({"name": name, "limit": limit, "unit": unit, "value": value, "met": met, "verdict": verdict})
+    return out
+
+
+def harness_errors(results: dict[str, Any]) -> list[str]:
+    """Problems that make the numbers untrustworthy (as opposed to missed targets)."""
+    errs = []
+    paced = results.get("paced")
+    rows = results.get("latency", []) + ([{**paced, "concurrency": "64 paced"}] if paced else [])
+    for row in rows:
+        for name, t in row["targets"].items():
+            # A peer's failed requests are a finding about the peer (shown in its rows).
+            if t["errors"] and name not in PEERS:
+                errs.append(f"latency {'stream' if row['stream'] else 'json'} c={row['concurrency']} {name}: "
+                            f"{t['errors']} failed requests, e.g. {t['error_sample']}")
+    for section in ("failover", "local_path"):
+        for kind, block in (results.get(section) or {}).items():
+            if isinstance(block, dict) and "targets" in block:
+                for name, t in block["targets"].items():
+                    if t["errors"]:
+                        errs.append(f"{section} {kind} {name}: {t['errors']} failed, e.g. {t['error_sample']}")
+    g = (results.get("memory") or {}).get("growth") or {}
+    if g.get("errors"):
+        errs.append(f"memory growth run: {g['errors']} failed requests")
+    s = (results.get("memory") or {}).get("streams") or {}
+    if s and s.get("failed"):
+        errs.append(f"held streams: {s['failed']} failed: {s.get('error_sample')}")
+    if "error" in (results.get("translation") or {}):
+        errs.append("translation: " + results["translation"]["error"][:300])
+    return errs
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.{digits}f}"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "—"
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    labels = results.get("labels", {})
+    L: list[str] = []
+    L.append(f"# nonstop benchmarks, {results['date']} ({results['mode']})")
+    L.append("")
+    mhz = f" at {float(m['cpu_mhz']):,.0f} MHz" if m.get("cpu_mhz") else ""
+    L.append(f"Machine: {m['cpu']}{mhz}, {m['cores']} cores, {m['memory_mb']:,} MB RAM, Linux {m['kernel']}, "
+             f"Python {m['python']}; load average at start {m['load_at_start']}. "
+             f"Packages: {', '.join(f'{k} {v}' for k, v in m['packages'].items())}.")
+    src = results.get("source")
+    if src:
+        L.append(f"Code: src/nonstop, {src['files']} files, sha256 {src['sha256']}…, newest change "
+                 f"{src['newest_change']}.")
+    L.append(f"Run: {results['started']} to {results.get('finished', '?')}. "
+             "Everything on 127.0.0.1; the load generator, the fake upstream and the gateways are separate "
+             "processes sharing the same cores, so absolute numbers include that contention; "
+             "A/B rounds are interleaved and compared inside this run.")
+    L.append("")
+    L.append("## Targets")
+    L.append("")
+    L.append("| target | limit | measured | result |")
+    L.append("|---|---|---|---|")
+    for t in results.get("targets_met", []):
+        op = "≤" if t["name"] not in (TARGETS[3][0], TARGETS[8][0]) else "≥"
+        L.append(f"| {t['name']} | {op} {_fmt(t['limit'])} {t['unit']} | {_fmt(t['value'])} {t['unit']} | "
+                 f"{'**met**' if t['met'] else '**' + t['verdict'] + '**'} |")
+    L.append("")
+
+    lat = results.get("latency", [])
+    if lat:
+        L.append("## Latency and throughput: 50 KB Claude Code-shaped requests")
+        L.append("")
+        L.append("Times in ms. *added* = this target minus direct at the same percentile; *ratio* = this target / "
+                 "direct. TTFB = time to the first body bytes; total = time to the end of the body. "
+                 "req/s is the median over rounds (closed loop, so it reflects latency at that concurrency). "
+                 "CPU µs/req is the gateway process's utime+stime per request (all threads and child processes); "
+                 "upstream µs/req shows the fake upstream's own cost in the same rounds.")
+        L.append("")
+        L.append("| mode | conc. | target | TTFB p50 | TTFB p99 | added TTFB p50 / p99 | ratio p50 / p99 | total p50 | total p99 "
+                 "| added total p50 / p99 | req/s | CPU µs/req | CPU (cores) | upstream µs/req | other load (cores) | errors |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for row in lat:
+            d = row["targets"]["direct"]
+            for name, t in row["targets"].items():
+                mode = "stream" if row["stream"] else "json"
+                if name == "direct":
+                    added = ratio = added_t = "—"
+                else:
+                    added = f"{_fmt(t['ttfb_p50'] - d['ttfb_p50'])} / {_fmt(t['ttfb_p99'] - d['ttfb_p99'])}"
+                    ratio = f"{_ratio(t['ttfb_p50'], d['ttfb_p50'])} / {_ratio(t['ttfb_p99'], d['ttfb_p99'])}"
+                    added_t = f"{_fmt(t['total_p50'] - d['total_p50'])} / {_fmt(t['total_p99'] - d['total_p99'])}"
+                cpu = t["cpu_us_per_request"].get("target")
+                share = t["cpu_share"].get("target")
+                L.append(f"| {mode} | {row['concurrency']} | {name} | {_fmt(t['ttfb_p50'])} | {_fmt(t['ttfb_p99'])} | "
+                         f"{added} | {ratio} | {_fmt(t['total_p50'])} | {_fmt(t['total_p99'])} | {added_t} | "
+                         f"{t['rps']:,.0f} | {_fmt(cpu) if cpu is not None else '—'} | "
+                         f"{_fmt(share, 2) if share is not None else '—'} | "
+                         f"{_fmt(t['cpu_us_per_request'].get('upstream'))} | {_fmt(t.get('others_cores'), 2)} | "
+                         f"{t['errors']} |")
+        L.append("")
+        L.append("*other load*: cores kept busy by processes outside the benchmark during the round "
+                 "(from /proc/stat), i.e. the noise the round ran in.")
+        L.append("")
+    paced = results.get("paced")
+    if paced:
+        L.append("## 64 concurrent streams at a model's pace")
+        L.append("")
+        L.append(f"Each stream sends its head, then a text delta every {paced['interval_s'] * 1000:.0f} ms for "
+                 f"{paced['duration_s']:.0f} s; 64 clients, started 1/64 s apart, keep one stream each open back to back. Unlike the "
+                 "saturating rounds above (an upstream that answers instantly, so 64 clients measure queueing in "
+                 "whichever process is slowest), this measures what nonstop adds while it holds 64 live streams.")
+        L.append("")
+        L.append("| target | TTFB p50 | TTFB p99 | added TTFB p50 / p99 | total p50 | total p99 | added total p50 / p99 | "
+                 "streams/s | CPU µs/stream | CPU (cores) | other load (cores) | errors |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        d = paced["targets"]["direct"]
+        for name, t in paced["targets"].items():
+            added = "—" if name == "direct" else f"{_fmt(t['ttfb_p50'] - d['ttfb_p50'])} / {_fmt(t['ttfb_p99'] - d['ttfb_p99'])}"
+            added_t = "—" if name == "direct" else f"{_fmt(t['total_p50'] - d['total_p50'])} / {_fmt(t['total_p99'] - d['total_p99'])}"
+            cpu = t["cpu_us_per_request"].get("target")
+            share = t["cpu_share"].get("target")
+            L.append(f"| {name} | {_fmt(t['ttfb_p50'])} | {_fmt(t['ttfb_p99'])} | {added} | {_fmt(t['total_p50'])} | "
+                     f"{_fmt(t['total_p99'])} | {added_t} | {t['rps']:,.1f} | {_fmt(cpu) if cpu is not None else '—'} | "
+                     f"{_fmt(share, 2) if share is not None else '—'} | {_fmt(t.get('others_cores'), 2)} | {t['errors']} |")
+        L.append("")
+    small = results.get("throughput_small")
+    if small:
+        L.append("## Throughput: small requests and responses (JSON, concurrency 64)")
+        L.append("")
+        L.append("| target | req/s (median) | req/s per round | TTFB p50 | TTFB p99 | CPU µs/req | CPU (cores) | "
+                 "upstream µs/req | load generator µs/req | other load (cores) | errors |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, t in small["targets"].items():
+            cpu = t["cpu_us_per_request"]
+            L.append(f"| {name} | {t['rps']:,.0f} | {', '.join(f'{x:,.0f}' for x in t['rps_rounds'])} | "
+                     f"{_fmt(t['ttfb_p50'])} | {_fmt(t['ttfb_p99'])} | {_fmt(cpu.get('target'))} | "
+                     f"{_fmt(t['cpu_share'].get('target'), 2)} | {_fmt(cpu.get('upstream'))} | "
+                     f"{_fmt(cpu.get('loadgen'))} | {_fmt(t.get('others_cores'), 2)} | {t['errors']} |")
+        L.append("")
+        d = small["targets"].get("direct")
+        if d:
+            up_share = d["cpu_share"].get("upstream", 0)
+            L.append(f"The fake upstream is not the bottleneck: directly it served {d['rps']:,.0f} req/s using "
+                     f"{up_share:.2f} of a core ({_fmt(d['cpu_us_per_request'].get('upstream'))} µs per request).")
+            L.append("")
+
+    mem = results.get("memory", {})
+    if mem:
+        L.append("## Memory (nonstop process, RSS from /proc)")
+        L.append("")
+        L.append(f"- idle after start: {_fmt(mem.get('idle_rss_start_mb'))} MB; idle at the end of the run: "
+                 f"{_fmt(mem.get('idle_rss_end_mb'))} MB; peak (VmHWM) over the whole run: {_fmt(mem.get('peak_rss_mb'))} MB")
+        s = mem.get("streams")
+        if s:
+            L.append(f"- open streams: {s['opened']} of {s['streams']} slow streams held open (one delta a second): "
+                     f"RSS {_fmt(s['rss_before_mb'])} → {_fmt(s['rss_open_mb'])} MB, "
+                     f"**{_fmt(s['per_stream_kb'])} KB per open stream**; {_fmt(s['rss_after_release_mb'])} MB after "
+                     f"they closed; CPU while they trickled: {s['cpu_share_while_held']:.2f} of a core")
+        g = mem.get("growth")
+        if g:
+            pts = ", ".join(f"{x['requests']:,}: {x['rss_mb']:.1f}" for x in g["samples"][:: max(1, len(g['samples']) // 10)])
+            L.append(f"- growth: {g['requests']:,} requests (JSON and stream alternating, concurrency 32) in "
+                     f"{g['seconds']:.0f} s; RSS after the first 10% {_fmt(g['rss_after_warmup_mb'])} MB, at the end "
+                     f"{_fmt(g['rss_end_mb'])} MB (**{_fmt(g['growth_mb'])} MB**, "
+                     f"{_fmt(g['bytes_per_request'])} bytes/request); samples (requests: MB): {pts}")
+        L.append("")
+
+    fo = results.get("failover")
+    if fo:
+        L.append("## Failover cost: a subscription-limit 429, then the local answer (concurrency 1)")
+        L.append("")
+        L.append("The fake cloud answers every request with a subscription-limit 429 (`unified-status: rejected`, "
+                 "`representative-claim: five_hour`) whose `unified-reset` is one second in the past, and nonstop runs "
+                 "with `[cloud] default_cooldown = 0`, so every request probes the cloud, meets the 429 and fails over "
+                 "(see docs/performance.md for why both are needed). *failover added* = through-nonstop TTFB − the "
+                 "429's own round trip (direct) − the local server's own TTFB (direct), at p50 (and at p99, which "
+                 "overstates it: tails do not subtract).")
+        L.append("")
+        L.append("| mode | 429 round trip p50 / p99 | local direct TTFB p50 / p99 | through nonstop TTFB p50 / p99 | "
+                 "failover added p50 / p99 | nonstop CPU µs/req | 429s nonstop met / requests it served |")
+        L.append("|---|---|---|---|---|---|---|")
+        for kind in ("stream", "json"):
+            b = fo.get(kind)
+            if not b:
+                continue
+            t = b["targets"]
+            c4, ld, via = t["cloud-429"], t["local-direct"], t["nonstop-failover"]
+            add50 = via["ttfb_p50"] - c4["total_p50"] - ld["ttfb_p50"]
+            add99 = via["ttfb_p99"] - c4["total_p99"] - ld["ttfb_p99"]
+            L.append(f"| {kind} | {_fmt(c4['total_p50'])} / {_fmt(c4['total_p99'])} | {_fmt(ld['ttfb_p50'])} / "
+                     f"{_fmt(ld['ttfb_p99'])} | {_fmt(via['ttfb_p50'])} / {_fmt(via['ttfb_p99'])} | "
+                     f"**{_fmt(add50)}** / {_fmt(add99)} | {_fmt(via['cpu_us_per_request'].get('target'))} | "
+                     f"{b['cloud_429s_seen_by_nonstop']:,} / {b['requests_through_nonstop']:,} |")
+        L.append("")
+
+    lp = results.get("local_path")
+    if lp:
+        L.append("## The local path with the cloud already out (concurrency 1)")
+        L.append("")
+        L.append(f"nonstop's cloud state during these rounds: `{lp.get('cloud_state')}`. The Anthropic-format local "
+                 "backend uses `count_tokens = \"auto\"`, so nonstop asks the server's count_tokens endpoint first "
+                 "(one extra local round trip per request, as with llama-server); the OpenAI-format backend estimates. "
+                 "Added = through nonstop minus the same local server called directly.")
+        L.append("")
+        L.append("| mode | target | TTFB p50 | TTFB p99 | total p50 | total p99 | added TTFB p50 / p99 | nonstop CPU µs/req |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for kind in ("stream", "json"):
+            b = lp.get(kind)
+            if not b:
+                continue
+            t = b["targets"]
+            for name, base in (("local-direct", None), ("nonstop-local", "local-direct"),
+                               ("openai-direct", None), ("nonstop-openai", "openai-direct")):
+                x = t[name]
+                added = "—" if base is None else (f"{_fmt(x['ttfb_p50'] - t[base]['ttfb_p50'])} / "
+                                                  f"{_fmt(x['ttfb_p99'] - t[base]['ttfb_p99'])}")
+                cpu = x["cpu_us_per_request"].get("target")
+                L.append(f"| {kind} | {labels.get(name, name)} | {_fmt(x['ttfb_p50'])} | {_fmt(x['ttfb_p99'])} | "
+                         f"{_fmt(x['total_p50'])} | {_fmt(x['total_p99'])} | {added} | {_fmt(cpu) if cpu else '—'} |")
+            L.append(f"| {kind} | (cloud requests during these rounds: {b.get('cloud_requests_meanwhile')}) | | | | | | |")
+        L.append("")
+
+    tr = results.get("translation")
+    if tr:
+        L.append("## OpenAI → Anthropic stream translation (one core)")
+        L.append("")
+        if "error" in tr:
+            L.append(f"Not measured: {tr['error']}")
+        else:
+            a, p = tr["translator"], tr["pipeline"]
+            L.append(f"A {tr['chunks_per_stream']}-chunk stream (reasoning, text, a tool call in fragments, usage) → "
+                     f"{tr['anthropic_events_per_stream']} Anthropic events, process pinned to one core.")
+            L.append("")
+            L.append("| what | OpenAI chunks/s | Anthropic events/s | µs per chunk |")
+            L.append("|---|---|---|---|")
+            L.append(f"| `OpenAIStreamTranslator.feed` alone | {a['chunks_per_s']:,.0f} | {a['events_out_per_s']:,.0f} | "
+                     f"{_fmt(a['us_per_chunk'])} |")
+            L.append(f"| the backend's whole relay: SSE decode, JSON parse, translate, normalise, encode | "
+                     f"{p['chunks_per_s']:,.0f} | {p['events_out_per_s']:,.0f} | {_fmt(p['us_per_chunk'])} |")
+            L.append("")
+            L.append("The time to first byte translation adds is in the local-path table above "
+                     "(OpenAI-format local through nonstop vs direct).")
+        L.append("")
+
+    va = results.get("variants")
+    if va:
+        L.append("## Candidate fixes, measured (`--variants`)")
+        L.append("")
+        L.append("The same interleaved rounds against extra nonstop processes with the candidate changes of "
+                 "docs/performance.md applied by `benchmarks/candidates/sitecustomize.py` (nonstop itself unchanged).")
+        L.append("")
+        L.append("| mode | conc. | request | target | TTFB p50 | TTFB p99 | added TTFB p50 / p99 | req/s | CPU µs/req | "
+                 "CPU vs nonstop | errors |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for sc in va["scenarios"]:
+            t = sc["targets"]
+            d, base = t["direct"], t["nonstop"]
+            for name, x in t.items():
+                cpu = x["cpu_us_per_request"].get("target")
+                bcpu = base["cpu_us_per_request"].get("target")
+                vs = f"{(cpu - bcpu) / bcpu:+.0%}" if cpu and bcpu and name != "nonstop" else "—"
+                added = "—" if name == "direct" else (f"{_fmt(x['ttfb_p50'] - d['ttfb_p50'])} / "
+                                                      f"{_fmt(x['ttfb_p99'] - d['ttfb_p99'])}")
+                L.append(f"| {'stream' if sc['stream'] else 'json'} | {sc['concurrency']} | {sc['payload']} | "
+                         f"{va['labels'].get(name, name)} | {_fmt(x['ttfb_p50'])} | {_fmt(x['ttfb_p99'])} | {added} | "
+                         f"{x['rps']:,.0f} | {_fmt(cpu) if cpu else '—'} | {vs} | {x['errors']} |")
+        L.append("")
+        hs = va.get("held_streams") or {}
+        if hs:
+            L.append("Memory per open stream, two fresh processes with the same warm-up: " + "; ".join(
+                f"{name}: **{_fmt(h['per_stream_kb'])} KB** ({h['opened']} streams, RSS {_fmt(h['rss_before_mb'])} → "
+                f"{_fmt(h['rss_open_mb'])} MB)" for name, h in hs.items()) + ".")
+            L.append("")
+
+    pe = results.get("peers")
+    if pe:
+        L.append("## Peers")
+        L.append("")
+        for name, info in pe.items():
+            if "error" in info:
+                L.append(f"- **{name}** ({info.get('spec', '')}): not measured. {info['error']}")
+            else:
+                extra = ""
+                if "idle_rss_mb" in info:
+                    extra = (f"; idle RSS {_fmt(info['idle_rss_mb'])} MB, peak {_fmt(info.get('peak_rss_mb'))} MB "
+                             "(process tree)")
+                L.append(f"- **{name}** {info.get('version', '')}: {info.get('label', '')}{extra}. Its rows are in "
+                         "the latency tables above.")
+        L.append("")
+
+    prof = results.get("profile")
+    if prof:
+        L.append("## Profile of nonstop (py-spy, 250 Hz, non-blocking, only samples holding the GIL)")
+        L.append("")
+        L.append("Own time: where the interpreter was when sampled; inclusive: share of samples with the function "
+                 "anywhere on the stack (the start-up chain left out). Samples are of threads holding the GIL, so "
+                 "the shares are of nonstop's CPU time, not of wall time.")
+        L.append("")
+        for name, p in prof.items():
+            L.append(f"### {name} ({p['samples']} samples; raw stacks in `{p['file']}`, not kept in git)")
+            L.append("")
+            L.append("By area (own time): " + ", ".join(f"{k} {v:.0%}" for k, v in p["areas"]))
+            L.append("")
+            L.append("| own time | function | | inclusive | function |")
+            L.append("|---|---|---|---|---|")
+            for i in range(max(len(p["self"]), len(p["inclusive"]))):
+                s = p["self"][i] if i < len(p["self"]) else ("", 0.0)
+                c = p["inclusive"][i] if i < len(p["inclusive"]) else ("", 0.0)
+                L.append(f"| {s[1]:.1%} | `{s[0]}` | | {c[1]:.1%} | `{c[0]}` |")
+            L.append("")
+
+    if results.get("notes"):
+        L.append("## Notes")
+        L.append("")
+        for n in results["notes"]:
+            L.append(f"- {n}")
+        L.append("")
+    L.append("## How this was run")
+    L.append("")
+    flags = results["mode"].replace("full", "").replace("smoke", "--smoke").strip()
+    L.append(f"`python benchmarks/run.py {flags}`".replace(" `", "`") + "; plan: " + ", ".join(
+        f"{k}={v}" for k, v in results["plan"].items()) + ".")
+    L.append("")
+    L.append("nonstop's config for the main rounds (ports vary per run):")
+    L.append("")
+    L.append("```toml")
+    L.append(results.get("nonstop_config", "").strip())
+    L.append("```")
+    L.append("")
+    if results.get("failover_config"):
+        L.append("The failover rounds' nonstop:")
+        L.append("")
+        L.append("```toml")
+        L.append(results["failover_config"].strip())
+        L.append("```")
+        L.append("")
+    return "\n".join(L)
+
+
+# --- py-spy raw output ---------------------------------------------------------------------
+
+_FRAME = re.compile(r"^(?P<fn>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+
+
+def _split(frame: str) -> tuple[str, str]:
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip(), ""
+    return m.group("fn"), m.group("file")
+
+
+def _short(path: str) -> str:
+    """py-spy already shortens to the package part (nonstop/store/db.py, asyncio/tasks.py)."""
+    for marker in ("site-packages/", "lib/python3.11/", "src/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+# The entry chain every sample of the main thread passes through: not informative.
+_ENTRY = ("<frozen runpy>", "nonstop/__main__.py", "nonstop/cli.py", "nonstop/server/run.py", "uvicorn/server.py",
+          "uvicorn/_compat.py", "asyncio/runners.py", "threading.py")
+
+
+def _area(path: str) -> str:
+    p = _short(path)
+    if "/" not in p:
+        return p.rsplit(".", 1)[0] or "other"  # a standard-library module such as dataclasses.py
+    top, rest = p.split("/", 1)
+    if top == "nonstop":
+        return "nonstop/" + rest.rsplit(".", 1)[0]
+    return top
+
+
+def summarize_profile(text: str, top: int = 25) -> dict[str, Any]:
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f for f in stack.split(";") if f]
+        names = []
+        for f in frames:
+            fn, path = _split(f)
+            names.append((f"{fn} ({_short(path)})", path))
+        if not names:
+            continue
+        own[names[-1][0]] += n
+        areas[_area(names[-1][1])] += n
+        for nm in {x[0] for x in names if not x[1].startswith(_ENTRY)}:
+            incl[nm] += n
+    t = max(total, 1)
+    return {
+        "samples": total,
+        "self": [(k, v / t) for k, v in own.most_common(top)],
+        "inclusive": [(k, v / t) for k, v in incl.most_common(top)],
+        "areas": [(k, v / t) for k, v in areas.most_common(16)],
+    }

@@ -1,0 +1,662 @@
+"""nonstop's benchmark suite: one command, results written to benchmarks/results/.
+
+    python benchmarks/run.py            the full run (make bench), ~10 minutes on 2 cores
+    python benchmarks/run.py --smoke    about a minute (make bench-smoke; CI)
+    python benchmarks/run.py --long     the full run with a 100,000-request memory run
+    python benchmarks/run.py --peers    also LiteLLM's proxy and claude-spillway
+    python benchmarks/run.py --profile  also py-spy profiles of nonstop under load
+
+Everything runs on this machine, on 127.0.0.1: a fast fake upstream (upstream.py), nonstop
+started as a real process (`python -m nonstop serve --config ...`), and the load
+generator in its own process (loadgen.py). Direct-to-upstream and through-nonstop rounds
+are interleaved in one run, so the comparison is made under the same noise; added
+latency is "through" minus "direct" at the same percentile. docs/performance.md explains
+the method and what the numbers mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+from harness import (  # noqa: E402
+    HERE,
+    ROOT,
+    LoadGen,
+    Proc,
+    cpu_seconds,
+    free_port,
+    http_get,
+    machine,
+    machine_busy_seconds,
+    median,
+    peak_rss_mb,
+    percentile,
+    rss_mb,
+    source_fingerprint,
+    start,
+    wait_http,
+)
+
+
+@dataclass
+class Plan:
+    rounds: int
+    requests: dict[int, int]  # per concurrency, per target, per round
+    streams_held: int
+    throughput_requests: int
+    growth_requests: int
+    failover_rounds: int
+    failover_requests: int
+    translate_seconds: float
+    max_round_seconds: float
+    peer_round_seconds: float
+    paced_requests: int
+
+
+PLANS = {
+    "smoke": Plan(rounds=2, requests={1: 150, 16: 300, 64: 500, 256: 768}, streams_held=64,
+                  throughput_requests=1500, growth_requests=4000, failover_rounds=2, failover_requests=100,
+                  translate_seconds=1.0, max_round_seconds=20, peer_round_seconds=4,
+                  paced_requests=256),
+    "full": Plan(rounds=3, requests={1: 1500, 16: 3000, 64: 4000, 256: 5120}, streams_held=256,
+                 throughput_requests=6000, growth_requests=20000, failover_rounds=4, failover_requests=500,
+                 translate_seconds=3.0, max_round_seconds=60, peer_round_seconds=10,
+                 paced_requests=768),
+}
+CONCURRENCY = (1, 16, 64, 256)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.mode = "smoke" if args.smoke else "full"
+        self.plan = PLANS[self.mode]
+        if args.long:
+            self.plan.growth_requests = 100_000
+        if args.growth_requests:
+            self.plan.growth_requests = args.growth_requests
+        self.work = Path(tempfile.mkdtemp(prefix="nonstop-bench-"))
+        self.procs: list[Proc] = []
+        self.results: dict[str, Any] = {
+            "date": dt.date.today().isoformat(),
+            "started": dt.datetime.now().isoformat(timespec="seconds"),
+            "mode": self.mode + "".join(f" --{f}" for f in ("long", "peers", "profile", "variants") if getattr(args, f)),
+            "machine": machine(),
+            "source": source_fingerprint(),
+            "plan": self.plan.__dict__,
+            "notes": [],
+        }
+        self.lg: LoadGen | None = None
+        self.targets: dict[str, dict[str, Any]] = {}  # name -> {url, path, pid, label}
+
+    # --- processes --------------------------------------------------------------------------
+
+    def note(self, text: str) -> None:
+        print("  note:", text, flush=True)
+        self.results["notes"].append(text)
+
+    def start_upstream(self) -> None:
+        self.ports = {m: free_port() for m in ("ok", "limit", "limit-past", "local")}
+        argv = [sys.executable, str(HERE / "upstream.py")]
+        for mode, port in self.ports.items():
+            argv += ["--listen", f"127.0.0.1:{port}={'ok' if mode == 'local' else mode}"]
+        self.upstream = start("upstream", argv, workdir=self.work)
+        self.procs.append(self.upstream)
+        for port in self.ports.values():
+            wait_http(self.upstream, f"http://127.0.0.1:{port}/_stats", timeout=30)
+        self.up = {m: f"http://127.0.0.1:{p}" for m, p in self.ports.items()}
+
+    def start_nonstop(self, name: str, cloud: str, cloud_extra: str = "", local: str = "", log: bool = True,
+                      candidates: str = "") -> Proc:
+        port = free_port()
+        folder = self.work / name
+        folder.mkdir()
+        cfg = folder / "config.toml"
+        cfg.write_text(
+            f'listen = "127.0.0.1:{port}"\nstate_dir = "{folder / "state"}"\n'
+            f'[cloud]\nurl = "{cloud}"\n{cloud_extra}'
+            '[embedded]\nmode = "never"\n[discovery]\nenabled = false\n'
+            f'[log]\nenabled = {"true" if log else "false"}\n' + local
+        )
+        env = {"NONSTOP_STATE_DIR": str(folder / "state")}
+        if candidates:
+            env |= {"PYTHONPATH": str(HERE / "candidates"), "NONSTOP_CANDIDATES": candidates}
+        p = start(name, [sys.executable, "-m", "nonstop", "serve", "--config", str(cfg)], env=env, workdir=folder)
+        self.procs.append(p)
+        p.url = f"http://127.0.0.1:{port}"
+        wait_http(p, p.url + "/health", timeout=60)
+        p.extra["config"] = cfg.read_text()
+        time.sleep(0.3)
+        p.extra["idle_rss_mb"] = rss_mb(p.pid)
+        return p
+
+    def stop_all(self) -> None:
+        if self.lg is not None:
+            self.lg.close()
+        for p in reversed(self.procs):
+            p.stop()
+
+    def stats(self) -> dict[str, int]:
+        return orjson.loads(http_get(self.up["ok"] + "/_stats")[1])["counts"]
+
+    # --- one round --------------------------------------------------------------------------
+
+    def measure(self, target: str, *, stream: bool, concurrency: int, requests: int, payload: str = "large",
+                headers: dict[str, str] | None = None, expect: int = 200, path: str | None = None,
+                warmup: int | None = None, stagger: float = 0.0) -> dict[str, Any]:
+        assert self.lg is not None
+        t = self.targets[target]
+        pids = {"target": t.get("pid"), "upstream": self.upstream.pid, "loadgen": self.lg.pid}
+        cpu0 = {k: cpu_seconds(v, with_children=True) for k, v in pids.items() if v}
+        busy0 = machine_busy_seconds()
+        warm = warmup if warmup is not None else min(max(concurrency * 2, 20), requests)
+        res = self.lg.call({
+            "op": "run", "url": t["url"], "path": path or t["path"], "payload": payload, "stream": stream,
+            "concurrency": concurrency, "requests": requests, "warmup": warm,
+            "max_seconds": t.get("max_seconds", self.plan.max_round_seconds), "headers": headers or {}, "expect_status": expect, "stagger": stagger,
+        })
+        cpu1 = {k: cpu_seconds(v, with_children=True) for k, v in pids.items() if v}
+        busy = machine_busy_seconds() - busy0
+        done = res["issued"] + warm
+        res["warmup"] = warm
+        res["cpu_us_per_request"] = {k: (cpu1[k] - cpu0[k]) / done * 1e6 for k in cpu0}
+        # Shares of a core over the whole command (warm-up included, as in the CPU deltas).
+        res["cpu_share"] = {k: (cpu1[k] - cpu0[k]) / max(res["elapsed"], 1e-9) for k in cpu0}
+        res["rps"] = len(res["ttfb"]) / res["wall"] if res["wall"] else 0.0
+        # Cores busy with other work on the machine meanwhile (the noise this round ran in).
+        ours = sum(cpu1[k] - cpu0[k] for k in cpu0)
+        res["others_cores"] = max(0.0, busy - ours) / max(res["elapsed"], 1e-9)
+        if t.get("pid"):
+            res["rss_mb"] = rss_mb(t["pid"], with_children=True)
+        if res["errors"]:
+            print(f"    {target}: {res['errors']} errors, e.g. {res['error_sample']}", flush=True)
+        return res
+
+    def rounds(self, names: list[str], rounds: int, **kw: Any) -> dict[str, dict[str, Any]]:
+        """Interleaved A/B(/C...) rounds; the order flips every round."""
+        per: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        for r in range(rounds):
+            order = names if r % 2 == 0 else list(reversed(names))
+            for n in order:
+                per[n].append(self.measure(n, **(kw | self.targets[n].get("kw", {}))))
+        return {n: summarize(rs) for n, rs in per.items()}
+
+    # --- the parts --------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        print(f"nonstop benchmarks ({self.results['mode']}) in {self.work}", flush=True)
+        self.start_upstream()
+        self.lg = LoadGen()
+        self.main = self.start_nonstop("nonstop", self.up["ok"])
+        time.sleep(1.0)
+        self.results["memory"] = {"idle_rss_start_mb": rss_mb(self.main.pid)}
+        self.targets["direct"] = {"url": self.up["ok"], "path": "/v1/messages?beta=true", "pid": None,
+                                  "label": "direct to the fake upstream"}
+        self.targets["nonstop"] = {"url": self.main.url, "path": "/v1/messages?beta=true", "pid": self.main.pid,
+                                   "label": "through nonstop"}
+        self.results["nonstop_config"] = self.main.extra["config"]
+
+    def start_peers(self) -> list[str]:
+        import peers
+
+        names = []
+        self.results["peers"] = {}
+        for name in ("litellm", "spillway"):
+            info: dict[str, Any] = {"spec": peers.SPECS[name]}
+            self.results["peers"][name] = info
+            why = peers.install(name)
+            if why:
+                info["error"] = why
+                self.note(f"{name}: not measured: {why}")
+                continue
+            folder = self.work / name
+            folder.mkdir(exist_ok=True)
+            try:
+                peer = peers.STARTERS[name](self.up["ok"], free_port(), folder)
+            except Exception as exc:  # any failure is reported, not hidden
+                info["error"] = f"could not start: {exc}"[:1500]
+                self.note(f"{name}: not measured: could not start ({str(exc)[:300]})")
+                continue
+            self.procs.append(peer.proc)
+            from harness import http_post
+
+            problem = peers.check(peer, http_post)
+            info.update({"version": peer.version, "label": peer.label, "url": peer.url, "path": peer.path})
+            if problem:
+                info["error"] = f"started, but its answers were wrong: {problem}"
+                self.note(f"{name}: not measured: {problem[:300]}")
+                continue
+            # Peers are much slower: their rounds are bounded in time rather than count.
+            self.targets[name] = {"url": peer.url, "path": peer.path, "pid": peer.proc.pid, "label": peer.label,
+                                  "max_seconds": self.plan.peer_round_seconds}
+            names.append(name)
+            if name == "litellm":
+                # The same process, its plain Anthropic pass-through route.
+                pt = {"url": peer.url, "path": "/anthropic/v1/messages?beta=true", "pid": peer.proc.pid,
+                      "label": "LiteLLM proxy /anthropic pass-through", "max_seconds": self.plan.peer_round_seconds}
+                self.targets["litellm-passthrough"] = pt
+                probe = peers.Peer("litellm-passthrough", pt["label"], pt["url"], pt["path"], peer.proc)
+                problem = peers.check(probe, http_post)
+                if problem:
+                    self.results["peers"]["litellm-passthrough"] = {"error": problem}
+                    self.note(f"litellm pass-through route: not measured: {problem[:300]}")
+                    del self.targets["litellm-passthrough"]
+                else:
+                    self.results["peers"]["litellm-passthrough"] = {"version": peer.version, "label": pt["label"]}
+                    names.append("litellm-passthrough")
+            info["idle_rss_mb"] = rss_mb(peer.proc.pid, with_children=True)
+        return names
+
+    def held_streams(self, target: str, pid: int, url: str) -> dict[str, Any]:
+        """RSS growth while N slow streams are held open, after the same warm-up each time."""
+        assert self.lg is not None
+        n = self.plan.streams_held
+        # Exercise the ordinary paths first so that the baseline includes their one-off costs.
+        self.measure(target, stream=True, concurrency=16, requests=300)
+        self.measure(target, stream=False, concurrency=16, requests=300)
+        time.sleep(0.5)
+        before = rss_mb(pid)
+        got = self.lg.call({"op": "hold", "url": url, "streams": n, "hold": 120})
+        time.sleep(2.0)
+        during = rss_mb(pid)
+        cpu0 = cpu_seconds(pid)
+        time.sleep(3.0)
+        trickle_cpu = (cpu_seconds(pid) - cpu0) / 3.0
+        self.lg.call({"op": "release"})
+        time.sleep(1.0)
+        after = rss_mb(pid)
+        opened = got.get("opened", 0)
+        return {
+            "streams": n, "opened": opened, "failed": got.get("failed", 0), "error_sample": got.get("error_sample", ""),
+            "rss_before_mb": before, "rss_open_mb": during, "rss_after_release_mb": after,
+            "per_stream_kb": (during - before) * 1024 / opened if opened else None,
+            "cpu_share_while_held": trickle_cpu,
+        }
+
+    def memory_per_stream(self) -> None:
+        print(f"memory per open stream ({self.plan.streams_held} slow streams)", flush=True)
+        self.results["memory"]["streams"] = self.held_streams("nonstop", self.main.pid, self.main.url)
+
+    def latency_sweep(self, names: list[str]) -> None:
+        out = []
+        for stream in (False, True):
+            for c in CONCURRENCY:
+                n = self.plan.requests[c]
+                print(f"latency: {'stream' if stream else 'json'} c={c} x{n} x{self.plan.rounds} rounds: "
+                      + ", ".join(names), flush=True)
+                res = self.rounds(names, self.plan.rounds, stream=stream, concurrency=c, requests=n)
+                out.append({"stream": stream, "concurrency": c, "payload": "large", "requests_per_round": n,
+                            "targets": res})
+                self.results["latency"] = out
+
+    def paced_streams(self, names: list[str]) -> None:
+        """64 concurrent streams at a model's pace: each sends its head, then a delta every
+        25 ms for one second (40 deltas). The saturating rounds above measure queueing;
+        this one measures what nonstop adds while it holds 64 live streams. The clients start
+        1/64 s apart, so that requests arrive spread out as independent sessions' would."""
+        n = self.plan.paced_requests
+        headers = {"x-fake-mode": "slow", "x-fake-interval": "0.025", "x-fake-hold": "1.0"}
+        print(f"paced streams: c=64, 40 deltas over 1 s each, x{n} x{self.plan.rounds} rounds", flush=True)
+        res = self.rounds(names, self.plan.rounds, stream=True, concurrency=64, requests=n, headers=headers,
+                          stagger=1.0)
+        self.results["paced"] = {"stream": True, "concurrency": 64, "payload": "large", "requests_per_round": n,
+                                 "interval_s": 0.025, "duration_s": 1.0, "targets": res}
+
+    def throughput_small(self, names: list[str]) -> None:
+        n = self.plan.throughput_requests
+        print(f"throughput: small requests, json, c=64 x{n} x{self.plan.rounds} rounds", flush=True)
+        res = self.rounds(names, self.plan.rounds, stream=False, concurrency=64, requests=n, payload="small")
+        self.results["throughput_small"] = {"stream": False, "concurrency": 64, "payload": "small",
+                                            "requests_per_round": n, "targets": res}
+
+    def variants(self) -> None:
+        """The same rounds against nonstop with candidate fixes applied (benchmarks/candidates/),
+        so that each proposed change comes with a measured gain."""
+        specs = [
+            ("nonstop+log-off", "nonstop with [log] enabled = false", {"log": False}),
+            ("nonstop+batch_log", "nonstop + batched request-log writes", {"candidates": "batch_log"}),
+            ("nonstop+all", "nonstop + batch_log, quiet_log, fast_public, release_request",
+             {"candidates": "batch_log,quiet_log,fast_public,release_request"}),
+        ]
+        names = ["direct", "nonstop"]
+        procs = {}
+        for name, label, kw in specs:
+            p = self.start_nonstop(name, self.up["ok"], **kw)
+            procs[name] = p
+            self.targets[name] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": p.pid, "label": label}
+            names.append(name)
+        out: dict[str, Any] = {"labels": {n: self.targets[n]["label"] for n in names}, "scenarios": []}
+        for stream, c, payload in ((False, 1, "large"), (False, 64, "small"), (False, 64, "large"), (True, 64, "large")):
+            n = self.plan.requests[c] if payload == "large" else self.plan.throughput_requests
+            print(f"variants: {'stream' if stream else 'json'} c={c} {payload} x{n}: " + ", ".join(names), flush=True)
+            out["scenarios"].append({"stream": stream, "concurrency": c, "payload": payload, "targets": self.rounds(
+                names, self.plan.rounds, stream=stream, concurrency=c, requests=n, payload=payload)})
+        for p in procs.values():
+            self.stop(p)
+        # Memory per open stream: two fresh processes, one with the request released during
+        # the relay, the same warm-up, measured one after the other.
+        mem = {}
+        for name, kw in (("nonstop-fresh", {}), ("nonstop+release_request", {"candidates": "release_request"})):
+            print(f"variants: memory per open stream, {name}", flush=True)
+            p = self.start_nonstop(name, self.up["ok"], **kw)
+            self.targets[name] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": p.pid, "label": name}
+            mem[name] = self.held_streams(name, p.pid, p.url)
+            self.stop(p)
+        out["held_streams"] = mem
+        self.results["variants"] = out
+
+    def stop(self, p: Proc) -> None:
+        p.stop()
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def failover(self) -> None:
+        """(a) a subscription-limit 429 each time, then the local answer."""
+        local = f'[[local]]\nname = "fake-local"\nurl = "{self.up["local"]}"\napi = "anthropic"\n'
+        # default_cooldown = 0: a 429 whose unified reset has already passed names no future
+        # deadline, so QuotaState would otherwise keep the cloud out for default_cooldown
+        # (300 s). With 0 the deadline is "now": the next request probes the cloud again
+        # and meets the next 429. Every measured request therefore takes the full path:
+        # cloud -> 429 -> classify -> state change -> local backend -> answer.
+        fo = self.start_nonstop("nonstop-failover", self.up["limit-past"],
+                                cloud_extra="default_cooldown = 0\n", local=local)
+        self.targets["cloud-429"] = {"url": self.up["limit-past"], "path": "/v1/messages?beta=true", "pid": None,
+                                     "label": "the 429, direct", "kw": {"expect": 429}}
+        self.targets["local-direct"] = {"url": self.up["local"], "path": "/v1/messages?beta=true", "pid": None,
+                                        "label": "the local server, direct"}
+        self.targets["nonstop-failover"] = {"url": fo.url, "path": "/v1/messages?beta=true", "pid": fo.pid,
+                                            "label": "through nonstop: 429, then local"}
+        names = ["cloud-429", "local-direct", "nonstop-failover"]
+        out = {}
+        for stream in (True, False):
+            print(f"failover: {'stream' if stream else 'json'} c=1", flush=True)
+            before = self.stats()
+            res = self.rounds(names, self.plan.failover_rounds, stream=stream, concurrency=1,
+                              requests=self.plan.failover_requests)
+            after = self.stats()
+            key = "POST /v1/messages limit-past"
+            via_requests = res["nonstop-failover"]["requests_with_warmup"]
+            direct_429 = res["cloud-429"]["requests_with_warmup"]
+            cloud_429s = after.get(key, 0) - before.get(key, 0) - direct_429
+            out["stream" if stream else "json"] = {"targets": res, "cloud_429s_seen_by_nonstop": cloud_429s,
+                                                   "requests_through_nonstop": via_requests}
+        self.results["failover"] = out
+        self.results["failover_config"] = fo.extra["config"]
+
+    def local_path(self) -> None:
+        """(b) the cloud already out: local answers through nonstop vs direct, for an
+        Anthropic-format and an OpenAI-format local server (the latter is translated)."""
+        la = f'[[local]]\nname = "fake-local"\nurl = "{self.up["local"]}"\napi = "anthropic"\n'
+        lo = f'[[local]]\nname = "fake-openai"\nurl = "{self.up["local"]}"\napi = "openai"\nmodel = "local-model"\n'
+        a = self.start_nonstop("nonstop-local", self.up["limit"], local=la)
+        o = self.start_nonstop("nonstop-openai", self.up["limit"], local=lo)
+        # One request marks the cloud out (its 429 names a reset an hour away).
+        for p in (a, o):
+            self.targets["_mark"] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": None}
+            self.measure("_mark", stream=False, concurrency=1, requests=3, warmup=0)
+        status_a = orjson.loads(http_get(a.url + "/health")[1])
+        self.targets["local-direct"] = {"url": self.up["local"], "path": "/v1/messages?beta=true", "pid": None,
+                                        "label": "Anthropic-format local server, direct"}
+        self.targets["nonstop-local"] = {"url": a.url, "path": "/v1/messages?beta=true", "pid": a.pid,
+                                         "label": "through nonstop, cloud out (Anthropic-format local)"}
+        self.targets["openai-direct"] = {"url": self.up["local"], "path": "/v1/chat/completions", "pid": None,
+                                         "label": "OpenAI-format local server, direct",
+                                         "kw": {"payload": "openai"}}
+        self.targets["nonstop-openai"] = {"url": o.url, "path": "/v1/messages?beta=true", "pid": o.pid,
+                                          "label": "through nonstop, cloud out (OpenAI-format local, translated)"}
+        names = ["local-direct", "nonstop-local", "openai-direct", "nonstop-openai"]
+        out: dict[str, Any] = {"cloud_state": status_a.get("cloud")}
+        for stream in (True, False):
+            print(f"local path: {'stream' if stream else 'json'} c=1", flush=True)
+            before = self.stats()
+            out["stream" if stream else "json"] = {"targets": self.rounds(
+                names, self.plan.failover_rounds, stream=stream, concurrency=1, requests=self.plan.failover_requests)}
+            after = self.stats()
+            out["stream" if stream else "json"]["cloud_requests_meanwhile"] = (
+                after.get("POST /v1/messages limit", 0) - before.get("POST /v1/messages limit", 0))
+        self.results["local_path"] = out
+
+    def growth(self) -> None:
+        total = self.plan.growth_requests
+        steps = 20
+        each = max(1, total // steps)
+        print(f"memory growth: {total} requests through nonstop (c=32, json and stream alternating)", flush=True)
+        samples = [{"requests": 0, "rss_mb": rss_mb(self.main.pid)}]
+        done = 0
+        errors = 0
+        t0 = time.monotonic()
+        for i in range(steps):
+            res = self.measure("nonstop", stream=bool(i % 2), concurrency=32, requests=each, warmup=0)
+            done += res["issued"]
+            errors += res["errors"]
+            samples.append({"requests": done, "rss_mb": rss_mb(self.main.pid)})
+        base = samples[max(1, steps // 10)]["rss_mb"]  # after the first 10%: warmed up
+        end = samples[-1]["rss_mb"]
+        span = samples[-1]["requests"] - samples[max(1, steps // 10)]["requests"]
+        self.results["memory"]["growth"] = {
+            "requests": done, "errors": errors, "seconds": time.monotonic() - t0, "samples": samples,
+            "rss_after_warmup_mb": base, "rss_end_mb": end, "growth_mb": end - base,
+            "bytes_per_request": (end - base) * 1024 * 1024 / span if span else None,
+        }
+
+    def translation(self) -> None:
+        print("translation: OpenAI -> Anthropic stream, one core", flush=True)
+        r = subprocess.run([sys.executable, str(HERE / "translate.py"), "--seconds", str(self.plan.translate_seconds)],
+                           capture_output=True, text=True, cwd=str(ROOT), timeout=300)
+        try:
+            self.results["translation"] = orjson.loads(r.stdout.strip().splitlines()[-1])
+        except (IndexError, orjson.JSONDecodeError):
+            self.results["translation"] = {"error": (r.stderr or r.stdout)[-1000:]}
+
+    def profile(self) -> None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(spy).exists():
+            self.note("profile: py-spy is not installed (pip install py-spy); skipped")
+            return
+        out_dir = Path(self.args.out_dir) if self.args.out_dir else HERE / "results"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        profiles = {}
+        seconds = 10 if self.mode == "full" else 4
+        cases = [("json-c64", "nonstop", False, 64), ("stream-c64", "nonstop", True, 64),
+                 ("json-c1", "nonstop", False, 1), ("failover-stream-c1", "nonstop-failover", True, 1)]
+        for name, target, stream, c in cases:
+            pid = self.targets[target]["pid"]
+            raw = self.work / f"profile-{name}.txt"
+            print(f"profile: py-spy on {target}, {name}, {seconds}s", flush=True)
+            spy_proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(seconds),
+                                         "--rate", "250", "--nonblocking", "--gil", "--format", "raw", "-o", str(raw)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(0.5)
+            plan_max = self.plan.max_round_seconds
+            self.plan.max_round_seconds = seconds - 1.0
+            try:
+                self.measure(target, stream=stream, concurrency=c, requests=1_000_000, warmup=0)
+            finally:
+                self.plan.max_round_seconds = plan_max
+            try:
+                _, err = spy_proc.communicate(timeout=seconds + 30)
+            except subprocess.TimeoutExpired:
+                spy_proc.kill()
+                err = b""
+            if not raw.exists():
+                self.note(f"profile {name}: py-spy wrote nothing: {err.decode(errors='replace')[-300:]}")
+                continue
+            kept = out_dir / f"profile-{self.results['date']}-{self.mode}-{name}.txt"
+            shutil.copy(raw, kept)
+            profiles[name] = report.summarize_profile(raw.read_text(errors="replace"))
+            profiles[name]["file"] = str(kept.relative_to(ROOT)) if kept.is_relative_to(ROOT) else str(kept)
+        self.results["profile"] = profiles
+
+    def finish_memory(self) -> None:
+        time.sleep(1.0)
+        m = self.results["memory"]
+        m["idle_rss_end_mb"] = rss_mb(self.main.pid)
+        m["peak_rss_mb"] = peak_rss_mb(self.main.pid)
+
+    def run(self) -> int:
+        try:
+            self.setup()
+            names = ["direct", "nonstop"]
+            if self.args.peers:
+                names += self.start_peers()
+            self.memory_per_stream()
+            self.latency_sweep(names)
+            self.paced_streams(names)
+            self.throughput_small(names)
+            if self.args.variants:
+                self.variants()
+            self.failover()
+            self.local_path()
+            self.growth()
+            if self.args.profile:
+                self.profile()
+            self.finish_memory()
+            self.translation()
+            if self.args.peers:
+                for name in ("litellm", "spillway"):
+                    t = self.targets.get(name)
+                    if t and t.get("pid"):
+                        self.results["peers"][name]["peak_rss_mb"] = peak_rss_mb(t["pid"], with_children=True)
+                        self.results["peers"][name]["rss_end_mb"] = rss_mb(t["pid"], with_children=True)
+        finally:
+            self.results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+            for p in self.procs:
+                if not p.alive():
+                    self.note(f"{p.name} exited early with {p.proc.returncode}: {p.tail(500)}")
+            self.stop_all()
+        self.results["targets_met"] = report.targets(self.results)
+        self.results["labels"] = {k: v.get("label", k) for k, v in self.targets.items() if not k.startswith("_")}
+        return self.write()
+
+    def write(self) -> int:
+        out_dir = Path(self.args.out_dir) if self.args.out_dir else HERE / "results"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.results["date"] + ("-smoke" if self.mode == "smoke" else "")
+        if self.args.long:
+            stem += "-long"
+        if self.args.peers:
+            stem += "-peers"
+        (out_dir / f"{stem}.json").write_bytes(
+            orjson.dumps(self.results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        md = report.render(self.results)
+        (out_dir / f"{stem}.md").write_text(md)
+        print()
+        print(md)
+        print(f"written: {out_dir / (stem + '.md')} and .json")
+        errors = report.harness_errors(self.results)
+        if errors:
+            print("benchmark problems:\n  - " + "\n  - ".join(errors), file=sys.stderr)
+            return 1
+        if self.args.strict and any(not t["met"] for t in self.results["targets_met"]):
+            return 3
+        return 0
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    ttfb = [x for r in rounds for x in r["ttfb"]]
+    total = [x for r in rounds for x in r["total"]]
+    out: dict[str, Any] = {
+        "n": len(ttfb),
+        "requests_total": sum(r["issued"] for r in rounds),
+        "requests_with_warmup": sum(r["issued"] + r["warmup"] for r in rounds),
+        "errors": sum(r["errors"] for r in rounds),
+        "error_sample": next((r["error_sample"] for r in rounds if r["error_sample"]), ""),
+        "ttfb_p50": percentile(ttfb, 50), "ttfb_p99": percentile(ttfb, 99),
+        "total_p50": percentile(total, 50), "total_p99": percentile(total, 99),
+        "rps": median([r["rps"] for r in rounds]),
+        "rps_rounds": [round(r["rps"], 1) for r in rounds],
+        "round_ttfb_p50": [round(percentile(r["ttfb"], 50), 4) for r in rounds],
+        "backends": {},
+    }
+    for r in rounds:
+        for b, k in r.get("backends", {}).items():
+            out["backends"][b] = out["backends"].get(b, 0) + k
+    for key in ("cpu_us_per_request", "cpu_share"):
+        procs = rounds[0].get(key, {}).keys()
+        out[key] = {p: median([r[key][p] for r in rounds]) for p in procs}
+    out["others_cores"] = median([r["others_cores"] for r in rounds])
+    rss = [r["rss_mb"] for r in rounds if "rss_mb" in r]
+    if rss:
+        out["rss_mb"] = max(rss)
+    return out
+
+
+def _in_fresh_netns(argv: list[str]) -> None:
+    """Re-run inside a new network namespace with only loopback: the peers (and
+    everything else) then cannot reach anything but 127.0.0.1, whatever they try."""
+    inner = " ".join(_quote(a) for a in [sys.executable, *argv, "--in-netns"])
+    os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c", f"ip link set lo up && exec {inner}"])
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="nonstop's benchmark suite")
+    p.add_argument("--smoke", action="store_true", help="the short version (about a minute)")
+    p.add_argument("--long", action="store_true", help="memory growth over 100,000 requests")
+    p.add_argument("--peers", action="store_true", help="also measure LiteLLM's proxy and claude-spillway")
+    p.add_argument("--profile", action="store_true", help="py-spy profiles of nonstop under load")
+    p.add_argument("--variants", action="store_true",
+                   help="also measure nonstop with candidate fixes applied (benchmarks/candidates/)")
+    p.add_argument("--growth-requests", type=int, default=0, help="requests in the memory growth run")
+    p.add_argument("--out-dir", help="where to write the results (default benchmarks/results)")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
+    p.add_argument("--no-netns", action="store_true", help="with --peers: do not isolate the network")
+    p.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--render", metavar="JSON", help="only rewrite the .md beside a results .json (after report changes)")
+    args = p.parse_args()
+    if args.render:
+        src = Path(args.render)
+        results = orjson.loads(src.read_bytes())
+        results["targets_met"] = report.targets(results)
+        src.with_suffix(".md").write_text(report.render(results))
+        print(f"written: {src.with_suffix('.md')}")
+        return 0
+    try:
+        import nonstop  # noqa: F401
+    except ImportError:
+        print("nonstop is not importable from this Python; run `make bench` or .venv/bin/python benchmarks/run.py",
+              file=sys.stderr)
+        return 2
+    if args.peers and not args.in_netns and not args.no_netns:
+        import peers
+
+        for name in peers.SPECS:  # installing needs the network: before isolating
+            why = peers.install(name)
+            if why:
+                print(f"{name}: {why}", file=sys.stderr)
+        if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip") and subprocess.run(
+                ["unshare", "--net", "--", "ip", "link", "set", "lo", "up"], capture_output=True).returncode == 0:
+            _in_fresh_netns(sys.argv)
+        else:
+            print("note: not root or no unshare/ip: peers run without network isolation", file=sys.stderr)
+    bench = Bench(args)
+    if args.in_netns:
+        bench.results["notes"].append("ran in a fresh network namespace (loopback only)")
+    with contextlib.suppress(KeyboardInterrupt):
+        return bench.run()
+    bench.stop_all()
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
