@@ -34,6 +34,8 @@ test-deps: $(VENV)/.test-installed
 
 test: test-deps
 	PATH=$(CACHE)/claude/node_modules/.bin:$$PATH $(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	# The benchmark's short version, so it keeps working (numbers are reported, not asserted).
+	$(PY) benchmarks/run.py --smoke --out-dir test-artifacts/bench
 
 unit: $(VENV)/.test-installed
 	$(VENV)/bin/pytest -q tests/unit
