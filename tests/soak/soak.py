@@ -370,7 +370,7 @@ class LocalChaos:
         self.proc = procs.start_recorder(self.port)
 
     async def run(self) -> None:
-        wait = min(self.every, 0.5)  # the first kill comes early, so even a short run has one
+        wait = min(self.every, 0.05)  # the first kill comes at once, so even a short run has one
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), wait)
