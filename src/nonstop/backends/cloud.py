@@ -17,7 +17,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from nonstop.backends.base import HOP_BY_HOP, OWN_REQUEST_HEADERS, Reply, Usage
+from nonstop.backends.base import HOP_BY_HOP, OWN_REQUEST_HEADERS, Reply, Usage, single
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import (
     FailureKind,
@@ -115,7 +115,7 @@ class CloudBackend:
                     headers_out = response_headers(resp.raw_headers)
                     status = resp.status
                     resp.release()
-                    return Reply(status, headers_out, _once(err), self.name, False, Usage(error=verdict.describe() if verdict else ""))
+                    return Reply(status, headers_out, single(err), self.name, False, Usage(error=verdict.describe() if verdict else ""))
                 note_verdict = classify_response(resp.status, _lower(resp.headers), b"", time.time())
                 note = note_verdict.describe() if note_verdict else ""
                 ctype = resp.headers.get("content-type", "")
@@ -171,10 +171,6 @@ def _first_malformed(events: bytes) -> int:
 
 def _lower(headers) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:

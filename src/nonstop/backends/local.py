@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from nonstop.backends.base import Attempt, Reply, TooLong, Usage
+from nonstop.backends.base import Attempt, Reply, TooLong, Usage, single
 from nonstop.config import LocalBackendConfig
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.wire.anthropic import estimate_tokens, new_message_id, to_local_request
@@ -286,7 +286,7 @@ class _StreamingBackend(LocalBackend):
         msg = normalize_message(msg, model=call.model, input_tokens_estimate=call.tokens, capped=call.capped)
         u = msg["usage"]
         usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True)
-        return Reply(200, list(JSON_HEADERS), _one(orjson.dumps(msg)), self.name, False, usage)
+        return Reply(200, list(JSON_HEADERS), single(orjson.dumps(msg)), self.name, False, usage)
 
     async def _late(self, task: asyncio.Future, call: _Call, usage: Usage) -> AsyncIterator[bytes]:
         yield _encode([message_start(call.model, call.tokens)])
@@ -400,10 +400,6 @@ class OpenAILocalBackend(_StreamingBackend):
 def _capped(local_req: dict, original: dict) -> bool:
     asked = original.get("max_tokens")
     return not isinstance(asked, int) or local_req["max_tokens"] < asked
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 def make_local_backend(cfg: LocalBackendConfig, session: aiohttp.ClientSession, *, ping_interval: float = 10.0) -> LocalBackend:

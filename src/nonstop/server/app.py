@@ -15,7 +15,6 @@ from urllib.parse import parse_qs
 import orjson
 
 from nonstop.backends.base import Reply
-from nonstop.backends.cloud import response_headers
 from nonstop.config import Config
 from nonstop.server.asgi import (
     BodyTooLarge,
@@ -483,6 +482,11 @@ class App:
                 ctx, cloud_path=b"/v1/messages", cloud_body=body,
                 extra_headers={"anthropic-version": "2023-06-01", "content-type": "application/json"},
             )
+            # As on /v1/messages: do not hold the request for the life of the stream.
+            del got, oreq, areq, body
+            ctx.req = {}
+            if not self.cfg.log.store_bodies:
+                ctx.body = b""
             await self._commit(ctx, outcome, receive, send, OpenAIWriter(ctx.model, include_usage))
         finally:
             self.gw.inflight -= 1
@@ -580,4 +584,4 @@ def create_app(cfg: Config) -> App:
     return App(cfg)
 
 
-__all__ = ["App", "create_app", "response_headers"]
+__all__ = ["App", "create_app"]

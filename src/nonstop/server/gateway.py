@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import orjson
 
 from nonstop.backends.base import Reply, TooLong
 from nonstop.backends.cloud import CloudBackend, forward_headers
@@ -407,6 +406,3 @@ def _version() -> str:
 
     return __version__
 
-
-def json_event(event: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(event) + b"\n\n"
