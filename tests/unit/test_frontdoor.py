@@ -12,7 +12,7 @@ from nonstop.wire.openai import (
     anthropic_response_to_openai,
     openai_request_to_anthropic,
 )
-from nonstop.wire.openai_frontdoor import DEFAULT_MAX_TOKENS
+from nonstop.wire.openai.client_request import DEFAULT_MAX_TOKENS
 
 
 def req(*messages: dict, **extra) -> dict:

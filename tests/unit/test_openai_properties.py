@@ -26,7 +26,7 @@ from nonstop.wire.openai import (
     anthropic_to_openai_request,
     openai_request_to_anthropic,
 )
-from nonstop.wire.openai_args import ArgumentsStream
+from nonstop.wire.openai.arguments import ArgumentsStream
 from tests.unit.anthropic_stream_validator import validate_anthropic_stream
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

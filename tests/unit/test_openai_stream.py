@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nonstop.wire.openai import LOCAL_THINKING_SIGNATURE, OpenAIStreamTranslator
-from nonstop.wire.openai_args import ArgumentsStream
+from nonstop.wire.openai.arguments import ArgumentsStream
 from tests.unit.anthropic_stream_validator import StreamError, validate_anthropic_stream
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai_streams"

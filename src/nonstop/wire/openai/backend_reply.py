@@ -23,7 +23,7 @@ import orjson
 
 from nonstop.wire.anthropic import new_message_id
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE, message_start, safe_tool_id
-from nonstop.wire.openai_args import ArgumentsStream, parse_arguments
+from nonstop.wire.openai.arguments import ArgumentsStream, parse_arguments
 
 Event = tuple[str, dict[str, Any]]
 

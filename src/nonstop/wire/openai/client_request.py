@@ -1,5 +1,5 @@
 """The OpenAI front door, requests: a Chat Completions request from a client -> the
-internal Anthropic request. Replies go back through openai_frontdoor_reply.
+internal Anthropic request. Replies go back through client_reply.
 
 Pure: a dict in, a dict out. Invalid input raises TranslationError with a message that
 names the field, for a 400 in the client's own error format.
@@ -11,8 +11,8 @@ import re
 from typing import Any
 
 from nonstop.wire.hygiene import cloud_tool_id
-from nonstop.wire.openai_args import parse_arguments
-from nonstop.wire.openai_request import TOOL_ERROR_PREFIX
+from nonstop.wire.openai.arguments import parse_arguments
+from nonstop.wire.openai.backend_request import TOOL_ERROR_PREFIX
 
 DEFAULT_MAX_TOKENS = 4096
 _DATA_URL = re.compile(r"data:([^;,]+)?(?:;[^,]*)?;base64,(.*)", re.S)
