@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from nonstop import launcher
+from nonstop.cli import claude as launcher
 from nonstop.config import load_config
 from tests.integration.llama import pid_alive, require_llama
 from tests.support import procs

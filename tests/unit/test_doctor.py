@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from nonstop import cli, doctor
+from nonstop import cli
+from nonstop.cli import doctor
 from nonstop.backends.llama_stack import INSTALL_HINT
 from nonstop.config import (
     CloudConfig,
@@ -24,7 +25,7 @@ from nonstop.config import (
     EmbeddedConfig,
     LocalBackendConfig,
 )
-from nonstop.doctor import Check, Probes
+from nonstop.cli.doctor import Check, Probes
 from tests.support.procs import PLANTED_KEY
 
 STACK = (Path("/opt/llama/bin/llama-server"), Path("/opt/models/SmolLM2-135M-Instruct.Q4_1.gguf"))

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from nonstop import cli, launcher
+from nonstop import cli
+from nonstop.cli import claude
 from nonstop.config import Config
 from tests.support.procs import PLANTED_KEY
 
@@ -38,7 +39,7 @@ def cfg_at(port: int = 8787, host: str = "127.0.0.1", token: str = "", tmp: Path
 def test_claude_env_points_at_nonstop_and_leaves_credentials_alone() -> None:
     base = {"ANTHROPIC_API_KEY": PLANTED_KEY, "ANTHROPIC_AUTH_TOKEN": "tok-123", "PATH": "/bin",
             "ANTHROPIC_BASE_URL": "https://api.anthropic.com"}
-    env = launcher.claude_env(cfg_at(9911), base)
+    env = claude.claude_env(cfg_at(9911), base)
     assert env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9911"
     assert env["ANTHROPIC_API_KEY"] == PLANTED_KEY and env["ANTHROPIC_AUTH_TOKEN"] == "tok-123"
     assert env["PATH"] == "/bin"
@@ -48,14 +49,14 @@ def test_claude_env_points_at_nonstop_and_leaves_credentials_alone() -> None:
 
 
 def test_claude_env_adds_no_credentials_of_its_own() -> None:
-    env = launcher.claude_env(cfg_at(), {})
+    env = claude.claude_env(cfg_at(), {})
     assert set(env) == {"ANTHROPIC_BASE_URL"}
 
 
 def test_claude_env_sends_the_nonstop_token_as_a_custom_header() -> None:
-    env = launcher.claude_env(cfg_at(token="s3cret-token"), {})
+    env = claude.claude_env(cfg_at(token="s3cret-token"), {})
     assert env["ANTHROPIC_CUSTOM_HEADERS"] == "x-nonstop-token: s3cret-token"
-    env = launcher.claude_env(cfg_at(token="s3cret-token"), {"ANTHROPIC_CUSTOM_HEADERS": "x-team: blue"})
+    env = claude.claude_env(cfg_at(token="s3cret-token"), {"ANTHROPIC_CUSTOM_HEADERS": "x-team: blue"})
     assert env["ANTHROPIC_CUSTOM_HEADERS"].splitlines() == ["x-team: blue", "x-nonstop-token: s3cret-token"]
 
 
@@ -65,13 +66,13 @@ def test_claude_env_sends_the_nonstop_token_as_a_custom_header() -> None:
     ("localhost", "http://localhost:8787"),
 ])
 def test_claude_env_url_for_each_kind_of_listen_address(host: str, expected: str) -> None:
-    env = launcher.claude_env(cfg_at(host=host, token="t" if host == "0.0.0.0" else ""), {})
+    env = claude.claude_env(cfg_at(host=host, token="t" if host == "0.0.0.0" else ""), {})
     assert env["ANTHROPIC_BASE_URL"] == expected
 
 
 def test_claude_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", PLANTED_KEY)
-    env = launcher.claude_env(cfg_at(9912))
+    env = claude.claude_env(cfg_at(9912))
     assert env["ANTHROPIC_API_KEY"] == PLANTED_KEY and env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9912"
 
 
@@ -106,10 +107,10 @@ def fake_nonstop() -> Iterator[int]:
 
 
 def test_health_answers_only_for_nonstop(fake_nonstop: int) -> None:
-    h = launcher.health(cfg_at(fake_nonstop, token="tok"))
+    h = claude.health(cfg_at(fake_nonstop, token="tok"))
     assert h is not None and h["pid"] == 4242
     assert _Health.seen_tokens == ["tok"]
-    assert launcher.health(cfg_at(closed_port())) is None
+    assert claude.health(cfg_at(closed_port())) is None
 
 
 # --- run_claude ----------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def test_run_claude_without_claude_on_path(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setattr(launcher, "ensure_running", no_start)
-    code = launcher.run_claude(cfg_at(tmp=tmp_path), ["-p", "hi"], argparse.Namespace())
+    code = claude.run_claude(cfg_at(tmp=tmp_path), ["-p", "hi"], argparse.Namespace())
     assert code == 127
     err = capsys.readouterr().err
     assert "npm install -g @anthropic-ai/claude-code" in err and "not on PATH" in err
@@ -161,12 +162,12 @@ def test_run_claude_passes_arguments_environment_and_exit_code(
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://elsewhere.example")
     cfg = cfg_at(fake_nonstop, tmp=tmp_path)
     args = ["-p", "Say hi", "--output-format", "json", "--tools", "", "--exit", "3"]
-    code = launcher.run_claude(cfg, args, argparse.Namespace(install_statusline=False))
+    code = claude.run_claude(cfg, args, argparse.Namespace(install_statusline=False))
     assert code == 3
     seen = json.loads(fake_claude.read_text())
     # nonstop's own --settings comes first (it beats settings-file env), then the user's args.
     assert seen["argv"][0] == "--settings"
-    assert json.loads(seen["argv"][1]) == {"env": {"ANTHROPIC_BASE_URL": launcher.client_url(cfg)}}
+    assert json.loads(seen["argv"][1]) == {"env": {"ANTHROPIC_BASE_URL": claude.client_url(cfg)}}
     assert seen["argv"][2:] == args
     assert seen["env"]["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{fake_nonstop}"
     assert seen["env"]["ANTHROPIC_API_KEY"] == PLANTED_KEY
@@ -180,7 +181,7 @@ def test_run_claude_reports_a_gateway_that_cannot_start(
         raise RuntimeError("nonstop exited with code 2 while starting")
 
     monkeypatch.setattr(launcher, "ensure_running", fail)
-    assert launcher.run_claude(cfg_at(tmp=tmp_path), ["-p", "x"], argparse.Namespace()) == 1
+    assert claude.run_claude(cfg_at(tmp=tmp_path), ["-p", "x"], argparse.Namespace()) == 1
     assert "exited with code 2" in capsys.readouterr().err
     assert not fake_claude.exists()
 

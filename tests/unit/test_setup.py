@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from nonstop import cli, setup
+from nonstop import cli
+from nonstop.cli import init
 from nonstop.backends.discovery import DiscoveredServer
 from nonstop.backends.llama_stack import INSTALL_HINT
 from nonstop.config import Config, DiscoveryConfig, LocalBackendConfig, load_config
@@ -91,7 +92,7 @@ def init_args(path: Path | None, *, force: bool = False, no_discover: bool = Fal
 
 def run_init(path: Path | None, ports: tuple[int, ...], **kw) -> tuple[int, str]:
     lines: list[str] = []
-    code = setup.cmd_init(
+    code = init.cmd_init(
         init_args(path, **kw), discovery_cfg=DiscoveryConfig(ports=ports, timeout=3.0),
         embedded_stack=lambda: NO_STACK, out=lines.append,
     )
@@ -155,7 +156,7 @@ def test_init_with_nothing_found_explains_the_embedded_default(tmp_path: Path) -
 def test_init_names_the_installed_embedded_stack(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     stack = (Path("/opt/llama/bin/llama-server"), Path("/opt/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    code = setup.cmd_init(init_args(path, no_discover=True), embedded_stack=lambda: stack, out=lambda _: None)
+    code = init.cmd_init(init_args(path, no_discover=True), embedded_stack=lambda: stack, out=lambda _: None)
     assert code == 0
     text = path.read_text()
     assert "# Installed: /opt/llama/bin/llama-server with SmolLM2-135M-Instruct.Q4_1.gguf." in text
@@ -231,11 +232,11 @@ SERVERS = [
 
 @pytest.mark.parametrize("servers", [[], SERVERS], ids=["nothing-found", "two-found"])
 def test_every_key_is_documented_and_every_commented_default_is_valid(servers: list[DiscoveredServer]) -> None:
-    text = setup.render_config(servers, stack=NO_STACK)
+    text = init.render_config(servers, stack=NO_STACK)
     lines = text.splitlines()
     keys = {f.name for f in fields(Config) if f.name not in ("source", "cloud", "local", "routes", "log", "hooks",
                                                               "discovery", "embedded", "recovery", "shared")}
-    for section in setup.SECTION_TYPES.values():
+    for section in init.SECTION_TYPES.values():
         keys |= {f.name for f in fields(section)}
     keys |= {f.name for f in fields(LocalBackendConfig)}
     for key in keys:
@@ -258,7 +259,7 @@ def load_config_text(text: str) -> Config:
 
 
 def test_discovered_servers_become_local_blocks_in_order_with_notes() -> None:
-    text = setup.render_config(SERVERS, stack=NO_STACK)
+    text = init.render_config(SERVERS, stack=NO_STACK)
     cfg = load_config_text(text)
     assert [b.name for b in cfg.local] == ["ollama", "llamacpp"]
     assert cfg.local[0].context_window == 4096 and cfg.local[0].model == "qwen3:8b"
@@ -271,7 +272,7 @@ def test_discovered_servers_become_local_blocks_in_order_with_notes() -> None:
 @pytest.mark.parametrize("name", ['a"b', "back\\slash", "new\nline", "tab\there", "del\x7f", "é ☃ 🦙", "[[local]]"])
 def test_strange_model_names_survive_the_round_trip(name: str) -> None:
     server = DiscoveredServer("openai", "http://127.0.0.1:8000", "openai", [name], name, 32768, None)
-    text = setup.render_config([server], stack=NO_STACK)
+    text = init.render_config([server], stack=NO_STACK)
     (b,) = load_config_text(text).local
     assert b.model == name
-    assert setup.toml_string(name) in text
+    assert init.toml_string(name) in text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nonstop import status as st
+from nonstop.cli import status as st
 from nonstop.config import parse_config
 from nonstop.store.db import RequestRow, Store
 

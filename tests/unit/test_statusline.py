@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nonstop import statusline as sl
+from nonstop.cli import statusline as sl
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_750_000_000.0
@@ -239,7 +239,7 @@ def test_answers_fast_when_nonstop_is_down(tmp_path):
 def test_imports_only_the_standard_library(tmp_path):
     cfg = _down_config(tmp_path)
     code = (
-        "import sys, types; from nonstop import statusline; "
+        "import sys, types; from nonstop.cli import statusline; "
         f"statusline.main(types.SimpleNamespace(config={str(cfg)!r}, url=None)); "
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('aiohttp','starlette','orjson','uvicorn','prometheus_client','sqlite3','ssl') "

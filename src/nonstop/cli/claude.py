@@ -95,7 +95,7 @@ def claude_env(cfg: Config, base: dict[str, str] | None = None) -> dict[str, str
 
 
 def _offer_statusline(cfg: Config, force: bool) -> None:
-    from nonstop import statusline
+    from nonstop.cli import statusline
 
     marker = cfg.state_dir / "statusline-offered"
     if force:

@@ -1,15 +1,18 @@
 """The `nonstop` command. Thin: parse arguments, call the library.
 
-Only the standard library is imported at the top, so that quick commands such as
-`nonstop statusline` start fast; each command imports what it needs.
+Only the standard library is imported at the top, and argparse only once a command
+needs it, so that `nonstop statusline` starts fast; each command imports what it needs.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 
 def _load(args: argparse.Namespace):
@@ -34,13 +37,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from nonstop import status
+    from nonstop.cli import status
 
     return status.cmd_status(_load(args), as_json=args.json)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from nonstop import status
+    from nonstop.cli import status
 
     return status.cmd_logs(
         _load(args), as_json=args.json, follow=args.follow, limit=args.limit,
@@ -49,7 +52,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_statusline(args: argparse.Namespace) -> int:
-    from nonstop import statusline
+    from nonstop.cli import statusline
 
     return statusline.main(args)
 
@@ -71,13 +74,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from nonstop import setup
+    from nonstop.cli import init
 
-    return setup.cmd_init(args)
+    return init.cmd_init(args)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from nonstop import doctor
+    from nonstop.cli import doctor
     from nonstop.config import ConfigError, load_config
 
     try:
@@ -91,12 +94,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_claude(args: argparse.Namespace, rest: list[str]) -> int:
-    from nonstop import launcher
+    from nonstop.cli import claude
 
-    return launcher.run_claude(_load(args), rest, args)
+    return claude.run_claude(_load(args), rest, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     p = argparse.ArgumentParser(prog="nonstop", description="Keeps AI coding sessions running when the cloud quota runs out.")
     p.add_argument("--version", action="store_true", help="print the version")
     sub = p.add_subparsers(dest="command")
@@ -161,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["statusline"] and not ({"-h", "--help", "--install", "--uninstall"} & set(argv)):
         # Claude Code runs this on every refresh: skip argparse and everything else.
-        from nonstop import statusline
+        from nonstop.cli import statusline
 
         return statusline.main(statusline.quick_args(argv[1:]))
     # `nonstop claude ...` passes everything after "claude" to Claude Code untouched,

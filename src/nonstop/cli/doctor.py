@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from nonstop import launcher
+from nonstop.cli import claude
 from nonstop.backends import discovery
 from nonstop.backends.discovery import CLAUDE_CODE_MIN_CONTEXT, DiscoveredServer
 from nonstop.backends.llama_stack import (
@@ -83,7 +83,7 @@ def _embedded_stack(e: EmbeddedConfig) -> tuple[Path | None, Path | None]:
 class Probes:
     """Everything that reaches outside the process; tests swap single fields."""
 
-    health: Callable[[Config], dict | None] = launcher.health
+    health: Callable[[Config], dict | None] = claude.health
     probe_server: Callable[[aiohttp.ClientSession, str, float], Awaitable[DiscoveredServer | None]] = discovery.probe_server
     discover: Callable[..., Awaitable[list[DiscoveredServer]]] = discovery.discover
     embedded_stack: Callable[[EmbeddedConfig], tuple[Path | None, Path | None]] = _embedded_stack
@@ -124,7 +124,7 @@ def render_text(cfg: Config, checks: list[Check]) -> str:
 async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes) -> list[Check]:
     """All checks, in reading order; the slow ones run at the same time."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        cloud, running, local, claude = await asyncio.gather(
+        cloud, running, local, claude_cli = await asyncio.gather(
             check_cloud(session, cfg.cloud.url),
             check_running(cfg, probes),
             check_locals(session, cfg, probes),
@@ -134,7 +134,7 @@ async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes) -> lis
         _ok("config", f"{cfg.source} loads" if cfg.source else "no config file: using defaults (`nonstop init` writes a commented one)"),
         cloud,
         *check_credentials(env),
-        claude,
+        claude_cli,
         *check_base_url(cfg, env),
         running,
         *local,
@@ -213,7 +213,7 @@ def check_claude_cli(probes: Probes) -> Check:
     path = probes.which("claude")
     if path is None:
         return _warn("claude", "the Claude Code CLI (`claude`) is not on PATH, so `nonstop claude` cannot run it",
-                     launcher.CLAUDE_INSTALL)
+                     claude.CLAUDE_INSTALL)
     code, text = probes.run_version([path, "--version"], dict(os.environ))
     version = text.splitlines()[0] if code == 0 and text.strip() else "version unknown"
     return _ok("claude", f"{path} ({version})")
@@ -222,7 +222,7 @@ def check_claude_cli(probes: Probes) -> Check:
 def check_base_url(cfg: Config, env: Mapping[str, str]) -> list[Check]:
     """ANTHROPIC_BASE_URL, from the environment and from Claude Code's settings files
     (whose `env` wins over the environment, so it also overrides `nonstop claude`)."""
-    mine = launcher.client_url(cfg)
+    mine = claude.client_url(cfg)
     out: list[Check] = []
     given = env.get("ANTHROPIC_BASE_URL", "")
     if given:
@@ -310,7 +310,7 @@ def _settings_env(path: Path) -> dict[str, Any]:
 
 
 async def check_running(cfg: Config, probes: Probes) -> Check:
-    url = launcher.client_url(cfg)
+    url = claude.client_url(cfg)
     h = await asyncio.to_thread(probes.health, cfg)
     if h is not None:
         listed = h.get("local")
