@@ -22,11 +22,7 @@ from __future__ import annotations
 
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE
 from nonstop.wire.openai.arguments import parse_arguments
-from nonstop.wire.openai.client_request import TranslationError, openai_request_to_anthropic
-from nonstop.wire.openai.client_reply import (
-    AnthropicToOpenAIStream,
-    anthropic_response_to_openai,
-)
+from nonstop.wire.openai.backend_reply import OpenAIStreamTranslator, openai_to_anthropic_response
 from nonstop.wire.openai.backend_request import (
     TOOL_ERROR_PREFIX,
     TOOL_NAME_MAP_KEY,
@@ -34,7 +30,11 @@ from nonstop.wire.openai.backend_request import (
     openai_tool_name,
     tool_name_map_for,
 )
-from nonstop.wire.openai.backend_reply import OpenAIStreamTranslator, openai_to_anthropic_response
+from nonstop.wire.openai.client_reply import (
+    AnthropicToOpenAIStream,
+    anthropic_response_to_openai,
+)
+from nonstop.wire.openai.client_request import TranslationError, openai_request_to_anthropic
 
 __all__ = [
     "LOCAL_THINKING_SIGNATURE",
