@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nonstop.wire.sse import SSEDecoder, SSEEvent, encode_event
+from nonstop.wire.sse import JSONEventDecoder, SSEDecoder, SSEEvent, encode_event
 
 STREAM = (
     b"event: message_start\n"
@@ -220,3 +220,59 @@ def test_round_trip_of_many_events() -> None:
     wire = b"".join(e.encode() for e in events)
     assert decode_all([wire]) == events
     assert decode_all([wire[i : i + 7] for i in range(0, len(wire), 7)]) == events
+
+
+# --- JSONEventDecoder -------------------------------------------------------------------
+
+JSON_STREAM = (
+    "event: message_start\n"
+    'data: {"type":"message_start","message":{"id":"msg_1"}}\n'
+    "\n"
+    ": keep-alive comment\n"
+    "data: [DONE]\n"
+    "\n"
+    "event: ping\n"
+    "data: 42\n"
+    "\n"
+    "event: content_block_delta\n"
+    'data: {"type":"content_block_delta","delta":{"text":"h\u00e9"}}\n'
+    "\n"
+    "event: error\n"
+    'data: {"type":"error","error":{"type":"overloaded_error"\n'
+    "\n"
+    'data: {"choices":[]}\n'
+    "\n"
+)
+JSON_EXPECTED = [
+    ("message_start", {"type": "message_start", "message": {"id": "msg_1"}}),
+    ("content_block_delta", {"type": "content_block_delta", "delta": {"text": "hé"}}),
+    ("message", {"choices": []}),
+]
+
+
+def json_events(chunks: list[str]) -> list[tuple[str, dict]]:
+    dec = JSONEventDecoder()
+    return [(ev.event, data) for c in chunks for ev, data in dec.feed(c.encode())]
+
+
+def test_json_events_keep_only_objects() -> None:
+    assert json_events([JSON_STREAM]) == JSON_EXPECTED
+
+
+def test_json_events_split_at_every_position() -> None:
+    for i in range(len(JSON_STREAM) + 1):
+        assert json_events([JSON_STREAM[:i], JSON_STREAM[i:]]) == JSON_EXPECTED, i
+
+
+def test_json_event_bytes_decode_to_the_same_event() -> None:
+    dec = JSONEventDecoder()
+    got = dec.feed(JSON_STREAM.encode())
+    raw = b"".join(ev.encode() for ev, _ in got)
+    assert json_events([raw.decode()]) == JSON_EXPECTED
+    assert got[0][0].encode() == b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1"}}\n\n'
+
+
+def test_json_events_wait_for_the_blank_line() -> None:
+    dec = JSONEventDecoder()
+    assert dec.feed(b'event: ping\ndata: {"type":"ping"}\n') == []
+    assert [(ev.event, data) for ev, data in dec.feed(b"\n")] == [("ping", {"type": "ping"})]

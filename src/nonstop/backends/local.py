@@ -23,7 +23,7 @@ from nonstop.config import LocalBackendConfig
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.wire.anthropic import estimate_tokens, new_message_id, to_local_request
 from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
-from nonstop.wire.sse import SSEDecoder, encode_event
+from nonstop.wire.sse import JSONEventDecoder, encode_event
 
 Event = tuple[str, dict[str, Any]]
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -196,12 +196,8 @@ async def _with_pings(source: AsyncIterator[bytes], interval: float) -> AsyncIte
 class _EventSource:
     """Turns one local server's stream events into Anthropic events (sans-IO)."""
 
-    def feed(self, event: str, data: str) -> list[Event]:
-        try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return []
-        return [(event, doc)] if isinstance(doc, dict) else []
+    def feed(self, event: str, doc: dict[str, Any]) -> list[Event]:
+        return [(event, doc)]
 
     def finish(self) -> list[Event]:
         return []
@@ -212,17 +208,12 @@ class _OpenAIEventSource(_EventSource):
         self.name = name
         self.translator = translator
 
-    def feed(self, event: str, data: str) -> list[Event]:
-        if data.strip() == "[DONE]":
-            return []
-        out: list[Event] = []
-        for _, doc in super().feed(event, data):
-            if "error" in doc and "choices" not in doc:
-                err = doc["error"]
-                msg = err.get("message") if isinstance(err, dict) else str(err)
-                return [("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {msg}"}})]
-            out.extend(self.translator.feed(doc))
-        return out
+    def feed(self, event: str, doc: dict[str, Any]) -> list[Event]:
+        if "error" in doc and "choices" not in doc:
+            err = doc["error"]
+            msg = err.get("message") if isinstance(err, dict) else str(err)
+            return [("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {msg}"}})]
+        return self.translator.feed(doc)
 
     def finish(self) -> list[Event]:
         return list(self.translator.finish())
@@ -301,13 +292,13 @@ class _StreamingBackend(LocalBackend):
     async def _relay(self, resp: aiohttp.ClientResponse, call: _Call, usage: Usage, *, started: bool) -> AsyncIterator[bytes]:
         norm = LocalStreamNormalizer(model=call.model, input_tokens_estimate=call.tokens, started=started, capped=call.capped)
         source = self.events(call)
-        decoder = SSEDecoder()
+        decoder = JSONEventDecoder()
         try:
             try:
                 async for chunk in resp.content.iter_any():
                     out: list[Event] = []
-                    for ev in decoder.feed(chunk):
-                        for t, d in source.feed(ev.event, ev.data):
+                    for ev, doc in decoder.feed(chunk):
+                        for t, d in source.feed(ev.event, doc):
                             out.extend(norm.feed(t, d))
                     if out:
                         yield _encode(out)

@@ -32,7 +32,7 @@ from nonstop.store.db import RequestRow
 from nonstop.wire.anthropic import estimate_tokens
 from nonstop.wire.errors import anthropic_error, openai_error
 from nonstop.wire.hygiene import clean_history_for_cloud
-from nonstop.wire.sse import SSEDecoder
+from nonstop.wire.sse import JSONEventDecoder
 
 log = logging.getLogger("nonstop")
 
@@ -558,18 +558,9 @@ class OpenAIWriter(Writer):
         import secrets
 
         tr = oa.AnthropicToOpenAIStream(model=self.model, completion_id="chatcmpl-" + secrets.token_hex(12), include_usage=self.include_usage)
-        decoder = SSEDecoder()
+        decoder = JSONEventDecoder()
         async for chunk in reply.body:
-            out = []
-            for ev in decoder.feed(chunk):
-                try:
-                    data = orjson.loads(ev.data)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(data, dict):
-                    continue
-                for c in tr.feed(ev.event, data):
-                    out.append(b"data: " + orjson.dumps(c) + b"\n\n")
+            out = [b"data: " + orjson.dumps(c) + b"\n\n" for ev, data in decoder.feed(chunk) for c in tr.feed(ev.event, data)]
             if out:
                 yield b"".join(out)
         tail = [b"data: " + orjson.dumps(c) + b"\n\n" for c in tr.finish()]

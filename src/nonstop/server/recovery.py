@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from nonstop.backends.base import Reply
-from nonstop.wire.sse import SSEDecoder, encode_event
+from nonstop.wire.sse import JSONEventDecoder, encode_event
 
 log = logging.getLogger("nonstop")
 
@@ -36,20 +36,14 @@ class StreamTracker:
         self.saw_delta = False
         self.saw_stop = False
         self.output_tokens = 0
-        self.decoder = SSEDecoder()
+        self.decoder = JSONEventDecoder()
 
     def feed(self, chunk: bytes) -> list[tuple[str, dict[str, Any], bytes]]:
         """Events in this chunk, each with its own bytes (so one can be held back)."""
         out = []
-        for ev in self.decoder.feed(chunk):
-            try:
-                data = orjson.loads(ev.data)
-            except orjson.JSONDecodeError:
-                data = {}
-            if not isinstance(data, dict):
-                data = {}
+        for ev, data in self.decoder.feed(chunk):
             self._observe(ev.event, data)
-            out.append((ev.event, data, encode_event(ev.event, ev.data)))
+            out.append((ev.event, data, ev.encode()))
         return out
 
     def _observe(self, event: str, data: dict[str, Any]) -> None:
@@ -141,17 +135,11 @@ async def splice(tracker: StreamTracker, local: Reply) -> AsyncIterator[bytes]:
     next_index = tracker.next_index
     mapping: dict[int, int] = {}
     merged: int | None = None
-    decoder = SSEDecoder()
+    decoder = JSONEventDecoder()
     try:
         async for chunk in local.body:
             out: list[bytes] = []
-            for ev in decoder.feed(chunk):
-                try:
-                    data = orjson.loads(ev.data)
-                except orjson.JSONDecodeError:
-                    continue
-                if not isinstance(data, dict):
-                    continue
+            for ev, data in decoder.feed(chunk):
                 t = data.get("type", ev.event)
                 if t in ("message_start", "ping"):
                     continue
@@ -176,7 +164,7 @@ async def splice(tracker: StreamTracker, local: Reply) -> AsyncIterator[bytes]:
                         merged = open_text
                     out.append(_ev("message_delta", data))
                 else:
-                    out.append(encode_event(ev.event, ev.data))
+                    out.append(ev.encode())
             if out:
                 yield b"".join(out)
     finally:

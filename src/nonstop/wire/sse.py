@@ -1,8 +1,12 @@
-"""Sans-IO server-sent events: an incremental decoder and an encoder."""
+"""Sans-IO server-sent events: an incremental decoder, one that also parses each event's
+data as a JSON object, and an encoder."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,4 +84,27 @@ class SSEDecoder:
         if self._data:
             out.append(SSEEvent(self._event or "message", "\n".join(self._data)))
             self._data, self._event = [], ""
+        return out
+
+
+class JSONEventDecoder:
+    """Feed bytes, get each complete event whose data is a JSON object, parsed: a list of
+    (event, data) pairs. Events whose data is anything else (`[DONE]`, a bare value,
+    junk) are skipped. `event.encode()` gives an event's bytes again, for a caller that
+    holds one back or forwards it untouched."""
+
+    __slots__ = ("_sse",)
+
+    def __init__(self, max_buffer: int = 16 * 1024 * 1024):
+        self._sse = SSEDecoder(max_buffer)
+
+    def feed(self, chunk: bytes) -> list[tuple[SSEEvent, dict[str, Any]]]:
+        out = []
+        for ev in self._sse.feed(chunk):
+            try:
+                data = orjson.loads(ev.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(data, dict):
+                out.append((ev, data))
         return out
