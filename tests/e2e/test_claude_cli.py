@@ -22,6 +22,7 @@ from nonstop.cli import claude as launcher
 from nonstop.config import load_config
 from tests.integration.llama import pid_alive, require_llama
 from tests.support import procs
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.e2e
 
@@ -89,16 +90,12 @@ def no_leak(*texts: str) -> None:
         assert procs.PLANTED_KEY not in text
 
 
-def cloud_only_config(cloud_url: str) -> str:
-    return f'[cloud]\nurl = "{cloud_url}"\n\n[embedded]\nmode = "never"\n\n[discovery]\nenabled = false\n'
-
-
 # --- (a) a healthy cloud --------------------------------------------------------------------------
 
 
 def test_claude_through_nonstop_with_a_healthy_cloud(cloud, nonstop_factory, tmp_path: Path) -> None:
     claude = claude_path()
-    ns = nonstop_factory(cloud_only_config(cloud.url))
+    ns = nonstop_factory(nonstop_config(cloud.url))
     proc = run([claude, *PROMPT], client_env(tmp_path / "home", ns.url), tmp_path)
     data = result_of(proc)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -128,11 +125,8 @@ def test_claude_through_nonstop_with_a_healthy_cloud(cloud, nonstop_factory, tmp
 def test_claude_is_served_locally_when_the_subscription_limit_hits(cloud, llama, nonstop_factory, tmp_path: Path) -> None:
     claude = claude_path()
     procs.set_mode(cloud, "subscription_limit")
-    ns = nonstop_factory(
-        f'[cloud]\nurl = "{cloud.url}"\n\n'
-        f'[[local]]\nname = "llama"\nurl = "{llama.url}"\ncontext_window = 8192\nmax_output_tokens = 64\n\n'
-        '[embedded]\nmode = "never"\n'
-    )
+    llama_backend = {"name": "llama", "url": llama.url, "context_window": 8192, "max_output_tokens": 64}
+    ns = nonstop_factory(nonstop_config(cloud.url, local=[llama_backend], discovery=None))
     proc = run([claude, *PROMPT], client_env(tmp_path / "home", ns.url), tmp_path)
     data = result_of(proc)
     # A small model often runs into the 64-token cap. nonstop set that cap, not Claude
@@ -163,7 +157,7 @@ def nonstop_claude(config: Path, args: list[str], env: dict[str, str], cwd: Path
 
 def test_nonstop_claude_passes_the_exit_code_through(cloud, nonstop_factory, tmp_path: Path) -> None:
     claude = claude_path()
-    ns = nonstop_factory(cloud_only_config(cloud.url))
+    ns = nonstop_factory(nonstop_config(cloud.url))
     env = client_env(tmp_path / "home", None)
 
     proc = nonstop_claude(ns.extra["config"], PROMPT, env, tmp_path)
@@ -188,9 +182,8 @@ def test_nonstop_claude_starts_nonstop_in_the_background(cloud, tmp_path: Path) 
     require_llama()  # no local server is configured or found: the background nonstop runs its own
     port = procs.free_port()
     state = tmp_path / "state"
-    config = procs.write_config(tmp_path, (
-        f'listen = "127.0.0.1:{port}"\nstate_dir = "{state}"\n\n'
-        f'[cloud]\nurl = "{cloud.url}"\n\n[discovery]\nports = [{procs.free_port()}]\n'
+    config = procs.write_config(tmp_path, nonstop_config(
+        cloud.url, listen=f"127.0.0.1:{port}", state_dir=state, discovery={"ports": [procs.free_port()]}, embedded=None,
     ))
     cfg = load_config(config)
     assert launcher.health(cfg) is None
@@ -250,11 +243,9 @@ def child_pids(parent: int) -> list[int]:
 def test_claude_through_an_openai_backend_with_the_cloud_out(cloud, llama, nonstop_factory, tmp_path: Path) -> None:
     claude = claude_path()
     procs.set_mode(cloud, "subscription_limit")
-    ns = nonstop_factory(
-        f'[cloud]\nurl = "{cloud.url}"\n\n'
-        f'[[local]]\nname = "oai"\nurl = "{llama.url}"\napi = "openai"\nmodel = "smollm2"\n'
-        'context_window = 8192\nmax_output_tokens = 64\n\n[embedded]\nmode = "never"\n'
-    )
+    oai = {"name": "oai", "url": llama.url, "api": "openai", "model": "smollm2", "context_window": 8192,
+           "max_output_tokens": 64}
+    ns = nonstop_factory(nonstop_config(cloud.url, local=[oai], discovery=None))
     proc = run([claude, *PROMPT], client_env(tmp_path / "home", ns.url), tmp_path)
     data = result_of(proc)
     assert proc.returncode == 0, proc.stderr[-2000:]

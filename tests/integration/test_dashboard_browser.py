@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import procs
+from tests.support.config import nonstop_config
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -71,21 +72,8 @@ def start_with_token(config_text: str, token: str) -> procs.Proc:
     raise RuntimeError(f"nonstop did not answer within 60s:\n{p.output()[-3000:]}")
 
 
-def config(cloud: procs.Proc, local: procs.Proc, top: str = "") -> str:
-    return f"""{top}
-[cloud]
-url = "{cloud.url}"
-
-[[local]]
-name = "rec"
-url = "{local.url}"
-
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-"""
+def config(cloud: procs.Proc, local: procs.Proc, **settings) -> str:
+    return nonstop_config(cloud.url, local=[{"name": "rec", "url": local.url}], **settings)
 
 
 def ask(ns: procs.Proc, token: str = "") -> dict[str, str]:
@@ -191,7 +179,7 @@ def test_dashboard_with_an_access_token(cloud, recorder_proc, request):
     """The token given once in the address becomes a cookie and leaves the address bar."""
     _need_browser()
     token = "dash-token-123"
-    ns = start_with_token(config(cloud, recorder_proc, top=f'token = "{token}"'), token)
+    ns = start_with_token(config(cloud, recorder_proc, token=token), token)
     request.addfinalizer(ns.stop)
     ask(ns, token)
     with sync_playwright() as pw:

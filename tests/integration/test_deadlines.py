@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from tests.support import procs, wirecheck
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
@@ -22,32 +23,14 @@ CHAT = {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "u
 HEADERS = {"x-api-key": procs.PLANTED_KEY, "anthropic-version": "2023-06-01"}
 
 
-def config(cloud_url: str, local_url: str, *, cloud: str = "", local: str = "", extra: str = "") -> str:
-    return f"""
-{extra}
-[cloud]
-url = "{cloud_url}"
-connect_timeout = 1.0
-first_byte_timeout = 1.5
-idle_timeout = 2.0
-error_cooldown = 0.5
-default_cooldown = 1.0
-{cloud}
+CLOUD = {"connect_timeout": 1.0, "first_byte_timeout": 1.5, "idle_timeout": 2.0, "error_cooldown": 0.5,
+         "default_cooldown": 1.0}
 
-[[local]]
-name = "local"
-url = "{local_url}"
-model = "local-model"
-connect_timeout = 1.0
-count_tokens = "estimate"
-{local}
 
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-"""
+def config(cloud_url: str, local_url: str, *, local: dict | None = None, **settings) -> str:
+    backend = {"name": "local", "url": local_url, "model": "local-model", "connect_timeout": 1.0,
+               "count_tokens": "estimate", **(local or {})}
+    return nonstop_config(cloud_url, cloud=CLOUD, local=[backend], **settings)
 
 
 def post(url: str, path: str, body: dict, *, timeout: float = 30, headers: dict | None = None) -> tuple[int, dict, bytes, float, float]:
@@ -139,7 +122,7 @@ def test_unanswered_connect_goes_local_within_the_connect_deadline(recorder_proc
     server, fillers = _unaccepting_listener()
     try:
         url = f"http://127.0.0.1:{server.getsockname()[1]}"
-        ns = nonstop_factory(config(url, recorder_proc.url, cloud="", extra=""))
+        ns = nonstop_factory(config(url, recorder_proc.url))
         status, h, _, t_head, _ = post(ns.url, "/v1/messages", {**MESSAGE, "stream": stream})
         assert status == 200 and h["x-nonstop-backend"] == "local"
         assert t_head < 1.0 + 1.5 + 1.0, f"{t_head:.1f}s to the response head"
@@ -170,7 +153,7 @@ def test_idle_local_stream_is_cut_with_a_well_formed_error(cloud, nonstop_factor
     try:
         procs.set_mode(local, "stall_after_content", hang_for=30)
         procs.set_mode(cloud, "subscription_limit", reset_in=600)
-        ns = nonstop_factory(config(cloud.url, local.url, local="idle_timeout = 2.0"))
+        ns = nonstop_factory(config(cloud.url, local.url, local={"idle_timeout": 2.0}))
         status, h, body, _, total = post(ns.url, "/v1/messages", {**MESSAGE, "stream": True})
         assert status == 200 and h["x-nonstop-backend"] == "local"
         v = wirecheck.check_anthropic_stream(body)
@@ -188,8 +171,8 @@ def test_local_first_byte_deadline_is_honoured(cloud, nonstop_factory, stream):
     try:
         procs.set_mode(local, "hang", hang_for=60)
         procs.set_mode(cloud, "subscription_limit", reset_in=600)
-        ns = nonstop_factory(config(cloud.url, local.url, local="first_byte_timeout = 1.5\nidle_timeout = 10.0",
-                                    extra="ping_interval = 0.5"))
+        ns = nonstop_factory(config(cloud.url, local.url, local={"first_byte_timeout": 1.5, "idle_timeout": 10.0},
+                                    ping_interval=0.5))
         try:
             status, h, body, _, total = post(ns.url, "/v1/messages", {**MESSAGE, "stream": stream}, timeout=9)
         except TimeoutError:
@@ -266,7 +249,7 @@ LONG_STORY = "Write a very long story about a dragon. Make it at least 3000 word
 def test_client_disconnect_stops_local_generation(cloud, llama, nonstop_factory, door, api):
     assert _wait_idle(llama.url, 120) is not None, "llama-server is busy before the test"
     procs.set_mode(cloud, "subscription_limit", reset_in=600)
-    ns = nonstop_factory(config(cloud.url, llama.url, local=f'api = "{api}"\ncontext_window = 8192\nmax_output_tokens = 4000'))
+    ns = nonstop_factory(config(cloud.url, llama.url, local={"api": api, "context_window": 8192, "max_output_tokens": 4000}))
     path = "/v1/messages" if door == "anthropic" else "/v1/chat/completions"
     body = {"model": "claude-sonnet-4-5", "max_tokens": 4000, "stream": True, "temperature": 0.0,
             "messages": [{"role": "user", "content": LONG_STORY}]}

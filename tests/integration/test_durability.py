@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.test_deadlines import post
 from tests.support import procs, wirecheck
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
@@ -22,26 +23,11 @@ MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role":
 HEADERS = {"x-api-key": procs.PLANTED_KEY, "anthropic-version": "2023-06-01"}
 
 
-def config(cloud_url: str, local_url: str, extra: str = "") -> str:
-    return f"""
-{extra}
-[cloud]
-url = "{cloud_url}"
-first_byte_timeout = 3.0
-error_cooldown = 0.5
-
-[[local]]
-name = "local"
-url = "{local_url}"
-model = "local-model"
-connect_timeout = 1.0
-
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-"""
+def config(cloud_url: str, local_url: str, **settings) -> str:
+    return nonstop_config(
+        cloud_url, cloud={"first_byte_timeout": 3.0, "error_cooldown": 0.5},
+        local=[{"name": "local", "url": local_url, "model": "local-model", "connect_timeout": 1.0}], **settings,
+    )
 
 
 def db_facts(state: Path) -> tuple[int, str, dict | None]:
@@ -147,7 +133,7 @@ def _wait_inflight(ns: procs.Proc, n: int, timeout: float = 10) -> None:
 def test_sigterm_lets_streams_in_flight_finish_then_exits_0(cloud, recorder_proc, nonstop_factory):
     words = " ".join(f"w{i}" for i in range(12))
     procs.set_mode(cloud, "slow", delay=0.25, text=words)  # each stream takes ~3 s
-    ns = nonstop_factory(config(cloud.url, recorder_proc.url, extra="drain_timeout = 10.0"))
+    ns = nonstop_factory(config(cloud.url, recorder_proc.url, drain_timeout=10.0))
     results: list = []
     threads = [_stream_in_thread(ns.url, results) for _ in range(4)]
     _wait_inflight(ns, 4)
@@ -174,7 +160,7 @@ def test_sigterm_lets_streams_in_flight_finish_then_exits_0(cloud, recorder_proc
 
 def test_sigterm_ends_streams_still_running_at_drain_timeout(cloud, recorder_proc, nonstop_factory):
     procs.set_mode(cloud, "endless_stream", hang_for=60, delay=0.1)
-    ns = nonstop_factory(config(cloud.url, recorder_proc.url, extra="drain_timeout = 2.0"))
+    ns = nonstop_factory(config(cloud.url, recorder_proc.url, drain_timeout=2.0))
     results: list = []
     threads = [_stream_in_thread(ns.url, results) for _ in range(2)]
     _wait_inflight(ns, 2)

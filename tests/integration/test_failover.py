@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.support import procs
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
@@ -26,28 +27,10 @@ PASSTHROUGH_ERRORS = {
 }
 
 
-def config(cloud_url: str, local_url: str, *, api: str = "anthropic", window: int = 8192, extra: str = "", cloud_extra: str = "") -> str:
-    return f"""
-[cloud]
-url = "{cloud_url}"
-first_byte_timeout = 3.0
-{cloud_extra}
-
-[[local]]
-name = "llama"
-url = "{local_url}"
-api = "{api}"
-model = "smollm2"
-context_window = {window}
-max_output_tokens = 48
-
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-{extra}
-"""
+def config(cloud_url: str, local_url: str, *, window: int = 8192, **settings) -> str:
+    llama = {"name": "llama", "url": local_url, "api": "anthropic", "model": "smollm2",
+             "context_window": window, "max_output_tokens": 48}
+    return nonstop_config(cloud_url, cloud={"first_byte_timeout": 3.0}, local=[llama], **settings)
 
 
 def client(ns: procs.Proc, **kw) -> anthropic.Anthropic:
@@ -287,7 +270,7 @@ def test_unknown_paths_are_proxied(cloud, llama, nonstop_factory):
 
 def test_pings_while_local_processes_a_long_prompt(cloud, recorder_proc, nonstop_factory):
     procs.set_mode(cloud, "subscription_limit")
-    ns = nonstop_factory("ping_interval = 1.0\n" + config(cloud.url, recorder_proc.url))
+    ns = nonstop_factory(config(cloud.url, recorder_proc.url, ping_interval=1.0))
     body = {"model": "claude-sonnet-5", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "[slow] hi"}]}
     with httpx.Client(timeout=30) as h:
         r = h.post(ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from tests.integration.test_deadlines import post
 from tests.support import procs, wirecheck
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
@@ -34,29 +35,12 @@ FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None
 
 
 def _config(cloud_url: str, local_url: str) -> str:
-    return f"""
-max_body_bytes = {MAX_BODY}
-
-[cloud]
-url = "{cloud_url}"
-connect_timeout = 1.0
-first_byte_timeout = 1.5
-idle_timeout = 2.0
-error_cooldown = 0.1
-default_cooldown = 0.1
-
-[[local]]
-name = "local"
-url = "{local_url}"
-model = "local-model"
-connect_timeout = 1.0
-
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-"""
+    return nonstop_config(
+        cloud_url, max_body_bytes=MAX_BODY,
+        cloud={"connect_timeout": 1.0, "first_byte_timeout": 1.5, "idle_timeout": 2.0, "error_cooldown": 0.1,
+               "default_cooldown": 0.1},
+        local=[{"name": "local", "url": local_url, "model": "local-model", "connect_timeout": 1.0}],
+    )
 
 
 class Stack:

@@ -16,25 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import procs
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
 
 def config(cloud: procs.Proc, local: procs.Proc) -> str:
-    return f"""
-[cloud]
-url = "{cloud.url}"
-
-[[local]]
-name = "rec"
-url = "{local.url}"
-
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-"""
+    return nonstop_config(cloud.url, local=[{"name": "rec", "url": local.url}])
 
 
 def cli(ns: procs.Proc, *args: str) -> subprocess.CompletedProcess[str]:

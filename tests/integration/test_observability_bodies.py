@@ -8,27 +8,17 @@ import time
 import pytest
 
 from tests.support import procs
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
 
 def test_bodies_are_opt_in_capped_and_redacted(cloud, recorder_proc, nonstop_factory):
-    base = f"""
-[cloud]
-url = "{cloud.url}"
-[[local]]
-name = "rec"
-url = "{recorder_proc.url}"
-[embedded]
-mode = "never"
-[discovery]
-enabled = false
-"""
     secret_text = "my key is " + procs.PLANTED_KEY + " " + "x" * 5000
     body = {"model": "claude-sonnet-5", "max_tokens": 20, "messages": [{"role": "user", "content": secret_text}]}
     for store, cap in ((False, 0), (True, 1024)):
-        extra = f"\n[log]\nstore_bodies = {'true' if store else 'false'}\nbody_cap_bytes = {cap or 65536}\n"
-        ns = nonstop_factory(base + extra)
+        ns = nonstop_factory(nonstop_config(cloud.url, local=[{"name": "rec", "url": recorder_proc.url}],
+                                            log={"store_bodies": store, "body_cap_bytes": cap or 65536}))
         status, _, _ = procs.http("POST", ns.url + "/v1/messages", body, {"x-api-key": procs.PLANTED_KEY})
         assert status == 200
         ns.stop()

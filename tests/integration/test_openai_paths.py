@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.support import procs
+from tests.support.config import nonstop_config
 from tests.unit.anthropic_stream_validator import validate_anthropic_stream as validate_events
 
 pytestmark = pytest.mark.integration
@@ -30,26 +31,9 @@ def fake_openai():
 
 
 def cfg(cloud_url: str, local_url: str, *, api: str, model: str = "", window: int = 8192) -> str:
-    model_line = f'model = "{model}"' if model else ""
-    return f"""
-[cloud]
-url = "{cloud_url}"
-first_byte_timeout = 5.0
-
-[[local]]
-name = "oai"
-url = "{local_url}"
-api = "{api}"
-{model_line}
-context_window = {window}
-max_output_tokens = 64
-
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-"""
+    oai = {"name": "oai", "url": local_url, "api": api, **({"model": model} if model else {}),
+           "context_window": window, "max_output_tokens": 64}
+    return nonstop_config(cloud_url, cloud={"first_byte_timeout": 5.0}, local=[oai])
 
 
 def expected_content(events: list) -> list[dict]:

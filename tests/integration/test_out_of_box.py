@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.llama import pid_alive, require_llama
 from tests.support import procs
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
@@ -164,7 +165,7 @@ def served_locally(ns: procs.Proc, backend: str, stream: bool = False) -> None:
 def test_no_config_but_discovery_ports_serves_from_embedded(cloud, serve) -> None:
     require_llama()
     procs.set_mode(cloud, "subscription_limit")
-    ns = serve(f'[discovery]\nports = [{closed_port()}]\n\n[cloud]\nurl = "{cloud.url}"\n')
+    ns = serve(nonstop_config(cloud.url, discovery={"ports": [closed_port()]}, embedded=None))
     code, _, body = procs.http("GET", ns.url + "/health")
     health = json.loads(body)
     assert code == 200 and health["status"] == "ok"
@@ -203,7 +204,7 @@ def test_truly_no_config_file_serves_from_embedded(serve) -> None:
 def test_embedded_child_is_restarted_and_reaped(cloud, serve) -> None:
     require_llama()
     procs.set_mode(cloud, "subscription_limit")
-    ns = serve(f'[discovery]\nports = [{closed_port()}]\n\n[cloud]\nurl = "{cloud.url}"\n')
+    ns = serve(nonstop_config(cloud.url, discovery={"ports": [closed_port()]}, embedded=None))
     nonstop_pid = ns.proc.pid
     (local,) = status(ns)["local"]
     embedded_port = urlsplit(local["url"]).port
@@ -256,7 +257,7 @@ def garbage_port() -> Iterator[int]:
 def test_discovery_uses_the_real_llama_server_among_closed_and_garbage_ports(cloud, llama, garbage_port, serve) -> None:
     procs.set_mode(cloud, "subscription_limit")
     ports = [closed_port(), garbage_port, llama.port]
-    ns = serve(f'[discovery]\nports = {ports}\ntimeout = 3.0\n\n[cloud]\nurl = "{cloud.url}"\n')
+    ns = serve(nonstop_config(cloud.url, discovery={"ports": ports, "timeout": 3.0}, embedded=None))
     (local,) = status(ns)["local"]
     assert local["url"] == llama.url and local["name"] == "llamacpp" and local["embedded"] is False
     assert local["api"] == "anthropic" and local["context_window"] == 8192

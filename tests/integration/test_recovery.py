@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.test_deadlines import post
 from tests.support import procs, wirecheck
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
@@ -21,27 +22,11 @@ MESSAGE = {"model": "claude-opus-5-5", "max_tokens": 50, "messages": [{"role": "
 
 
 def config(cloud_url: str, local_url: str, *, recovery: bool) -> str:
-    return f"""
-[recovery]
-continue_locally = {"true" if recovery else "false"}
-
-[cloud]
-url = "{cloud_url}"
-first_byte_timeout = 3.0
-idle_timeout = 3.0
-
-[[local]]
-name = "local"
-url = "{local_url}"
-model = "local-model"
-connect_timeout = 1.0
-
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-"""
+    return nonstop_config(
+        cloud_url, cloud={"first_byte_timeout": 3.0, "idle_timeout": 3.0},
+        local=[{"name": "local", "url": local_url, "model": "local-model", "connect_timeout": 1.0}],
+        recovery={"continue_locally": recovery},
+    )
 
 
 def sdk(ns: procs.Proc) -> anthropic.Anthropic:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import procs
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
@@ -25,27 +26,11 @@ MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role":
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def config(cloud_url: str, local_url: str, extra: str = "") -> str:
-    return f"""
-{extra}
-[cloud]
-url = "{cloud_url}"
-first_byte_timeout = 3.0
-error_cooldown = 0.2
-default_cooldown = 0.5
-
-[[local]]
-name = "local"
-url = "{local_url}"
-model = "local-model"
-connect_timeout = 1.0
-
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-"""
+def config(cloud_url: str, local_url: str, **settings) -> str:
+    return nonstop_config(
+        cloud_url, cloud={"first_byte_timeout": 3.0, "error_cooldown": 0.2, "default_cooldown": 0.5},
+        local=[{"name": "local", "url": local_url, "model": "local-model", "connect_timeout": 1.0}], **settings,
+    )
 
 
 def request(url: str, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes | None = None,
@@ -92,7 +77,7 @@ def test_listens_on_loopback_by_default(tmp_path):
 
     assert parse_config({}).host == "127.0.0.1" == DEFAULT_LISTEN.split(":")[0]
     port = procs.free_port()
-    cfg = procs.write_config(tmp_path, f'state_dir = "{tmp_path / "state"}"\n[embedded]\nmode = "never"\n[discovery]\nenabled = false\n')
+    cfg = procs.write_config(tmp_path, nonstop_config(state_dir=tmp_path / "state"))
     env = {k: v for k, v in os.environ.items() if k != "NONSTOP_TOKEN"}
     with open(tmp_path / "out.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "nonstop", "serve", "--config", str(cfg), "--port", str(port)],
@@ -107,7 +92,7 @@ def test_listens_on_loopback_by_default(tmp_path):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
 def test_exposed_address_without_token_refuses_to_start(tmp_path, host):
-    cfg = procs.write_config(tmp_path, f'state_dir = "{tmp_path / "state"}"\n[embedded]\nmode = "never"\n[discovery]\nenabled = false\n')
+    cfg = procs.write_config(tmp_path, nonstop_config(state_dir=tmp_path / "state"))
     env = {k: v for k, v in os.environ.items() if k != "NONSTOP_TOKEN"}
     proc = subprocess.run([sys.executable, "-m", "nonstop", "serve", "--config", str(cfg), "--host", host, "--port", str(procs.free_port())],
                           capture_output=True, text=True, env=env, cwd=procs.ROOT, timeout=30)
@@ -117,7 +102,8 @@ def test_exposed_address_without_token_refuses_to_start(tmp_path, host):
 
 
 def test_exposed_listen_in_config_without_token_refuses_to_start(tmp_path):
-    cfg = procs.write_config(tmp_path, f'listen = "0.0.0.0:{procs.free_port()}"\nstate_dir = "{tmp_path / "state"}"\n')
+    cfg = procs.write_config(tmp_path, nonstop_config(listen=f"0.0.0.0:{procs.free_port()}", state_dir=tmp_path / "state",
+                                                        embedded=None, discovery=None))
     env = {k: v for k, v in os.environ.items() if k != "NONSTOP_TOKEN"}
     proc = subprocess.run([sys.executable, "-m", "nonstop", "serve", "--config", str(cfg)],
                           capture_output=True, text=True, env=env, cwd=procs.ROOT, timeout=30)
@@ -151,7 +137,7 @@ ROUTES = [
 
 @pytest.fixture
 def guarded(cloud, recorder_proc, nonstop_factory):
-    return nonstop_factory(config(cloud.url, recorder_proc.url, extra=f'token = "{TOKEN}"'))
+    return nonstop_factory(config(cloud.url, recorder_proc.url, token=TOKEN))
 
 
 @pytest.mark.parametrize("method,path,body,protocol", ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ROUTES])

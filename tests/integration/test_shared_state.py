@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import _need
 from tests.support import procs
+from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
 
@@ -39,19 +40,7 @@ def redis_url():
 
 
 def cfg(cloud_url: str, local_url: str, redis_url: str) -> str:
-    return f"""
-[cloud]
-url = "{cloud_url}"
-[[local]]
-name = "rec"
-url = "{local_url}"
-[embedded]
-mode = "never"
-[discovery]
-enabled = false
-[shared]
-redis_url = "{redis_url}"
-"""
+    return nonstop_config(cloud_url, local=[{"name": "rec", "url": local_url}], shared={"redis_url": redis_url})
 
 
 def post(ns: procs.Proc) -> dict[str, str]:

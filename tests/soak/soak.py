@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 
 from tests.support import procs, wirecheck  # noqa: E402
+from tests.support.config import nonstop_config  # noqa: E402
 from tests.support.fake_cloud import RANDOM_EXTRA  # noqa: E402
 
 CLOUD_SETTINGS = {
@@ -147,57 +148,19 @@ def machine() -> dict[str, Any]:
     }
 
 
-def nonstop_config(cloud_url: str, local_url: str, llama_url: str = "") -> str:
+def soak_config(cloud_url: str, local_url: str, llama_url: str = "") -> str:
     """Two views of the recording stand-in (its Anthropic and its OpenAI endpoints, so both
     local code paths run), and optionally a real llama-server for a sliver of the traffic."""
-    cloud = "\n".join(f"{k} = {v}" for k, v in CLOUD_SETTINGS.items())
-    llama = f"""
-[[local]]
-name = "llama"
-url = "{llama_url}"
-model = "smollm2"
-context_window = 2048
-max_output_tokens = 16
-connect_timeout = 1.0
-""" if llama_url else ""
-    routes = '"*-via-llama" = "llama"\n' if llama_url else ""
-    return f"""
-drain_timeout = 10.0
-ping_interval = 2.0
-
-[cloud]
-url = "{cloud_url}"
-{cloud}
-
-[[local]]
-name = "recorder"
-url = "{local_url}"
-model = "soak-local"
-context_window = 32768
-max_output_tokens = 256
-connect_timeout = 1.0
-idle_timeout = 5.0
-
-[[local]]
-name = "recorder-openai"
-url = "{local_url}"
-api = "openai"
-model = "soak-local"
-context_window = 32768
-max_output_tokens = 256
-connect_timeout = 1.0
-idle_timeout = 5.0
-{llama}
-[routes]
-{routes}"claude-opus-*" = "recorder-openai"
-"*" = "recorder"
-
-[embedded]
-mode = "never"
-
-[discovery]
-enabled = false
-"""
+    recorder = {"url": local_url, "model": "soak-local", "context_window": 32768, "max_output_tokens": 256,
+                "connect_timeout": 1.0, "idle_timeout": 5.0}
+    local = [{"name": "recorder", **recorder}, {"name": "recorder-openai", **recorder, "api": "openai"}]
+    routes = {"claude-opus-*": "recorder-openai", "*": "recorder"}
+    if llama_url:
+        local.append({"name": "llama", "url": llama_url, "model": "smollm2", "context_window": 2048,
+                      "max_output_tokens": 16, "connect_timeout": 1.0})
+        routes = {"*-via-llama": "llama", **routes}
+    return nonstop_config(cloud_url, cloud=CLOUD_SETTINGS, local=local, routes=routes, drain_timeout=10.0,
+                          ping_interval=2.0)
 
 
 def fd_count(pid: int) -> int:
@@ -454,7 +417,7 @@ async def soak(opts: Options) -> Report:
             global LLAMA_SHARE
             llama = await asyncio.to_thread(start_llama_server, None, 2048, 2)
             llama_url, LLAMA_SHARE = llama.url, 0.005
-        ns = await asyncio.to_thread(procs.start_nonstop, nonstop_config(cloud.url, chaos.proc.url, llama_url))
+        ns = await asyncio.to_thread(procs.start_nonstop, soak_config(cloud.url, chaos.proc.url, llama_url))
         procs.set_mode(cloud, "random", seed=opts.seed, extra=list(opts.extra_faults),
                        exclude=list(opts.exclude_faults), **FAULT_PARAMS)
         pid = ns.proc.pid
