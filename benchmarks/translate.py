@@ -16,7 +16,6 @@ import contextlib
 import os
 import sys
 import time
-from typing import Any
 
 import orjson
 
@@ -49,6 +48,7 @@ def main() -> None:
     except (ImportError, AttributeError) as exc:
         print(orjson.dumps({"error": f"nonstop.wire.openai.OpenAIStreamTranslator is not available: {exc}"}).decode())
         return
+    from nonstop.wire.anthropic import Event
     from nonstop.wire.local_stream import LocalStreamNormalizer
     from nonstop.wire.sse import SSEDecoder, encode_event
 
@@ -78,7 +78,7 @@ def main() -> None:
         n = 0
         size = 0
         for piece in pieces:
-            out: list[tuple[str, dict[str, Any]]] = []
+            out: list[Event] = []
             for ev in dec.feed(piece):
                 if ev.data.strip() == "[DONE]":
                     continue
@@ -88,7 +88,7 @@ def main() -> None:
             if out:
                 size += len(b"".join(encode_event(t, orjson.dumps(d)) for t, d in out))
                 n += len(out)
-        tail: list[tuple[str, dict[str, Any]]] = []
+        tail: list[Event] = []
         for t, d in tr.finish():
             tail.extend(norm.feed(t, d))
         tail.extend(norm.finish())

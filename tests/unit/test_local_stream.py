@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from nonstop.wire.anthropic import Event
 from nonstop.wire.local_stream import (
     LOCAL_THINKING_SIGNATURE,
     LocalStreamNormalizer,
@@ -16,7 +17,6 @@ from nonstop.wire.local_stream import (
     safe_tool_id,
 )
 
-Event = tuple[str, dict[str, Any]]
 TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 
 

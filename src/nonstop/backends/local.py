@@ -21,11 +21,10 @@ import orjson
 from nonstop.backends.base import Attempt, Reply, TooLong, Usage, single
 from nonstop.config import LocalBackendConfig
 from nonstop.routing.classify import FailureKind, Verdict
-from nonstop.wire.anthropic import estimate_tokens, new_message_id, to_local_request
+from nonstop.wire.anthropic import Event, estimate_tokens, new_message_id, to_local_request
 from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
 from nonstop.wire.sse import JSONEventDecoder, encode_event
 
-Event = tuple[str, dict[str, Any]]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 # Smallest room left for output before a request counts as too long for a window.

@@ -26,6 +26,9 @@ _BLOCK_KEYS = {
 }
 _TOOL_KEYS = ("name", "description", "input_schema")
 
+# One Anthropic stream event in parsed form: (event name, data object).
+Event = tuple[str, dict[str, Any]]
+
 
 def new_message_id() -> str:
     return "msg_nonstop_" + secrets.token_hex(12)

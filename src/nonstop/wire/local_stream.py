@@ -12,12 +12,10 @@ from typing import Any
 
 import orjson
 
-from nonstop.wire.anthropic import estimate_text_tokens, new_message_id
+from nonstop.wire.anthropic import Event, estimate_text_tokens, new_message_id
 
 LOCAL_THINKING_SIGNATURE = "nonstop-local"
 _BAD_ID = re.compile(r"[^a-zA-Z0-9_-]")
-
-Event = tuple[str, dict[str, Any]]
 
 
 def safe_tool_id(tool_id: Any) -> str:

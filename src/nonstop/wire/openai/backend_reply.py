@@ -21,11 +21,9 @@ from typing import Any
 
 import orjson
 
-from nonstop.wire.anthropic import new_message_id
+from nonstop.wire.anthropic import Event, new_message_id
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE, message_start, safe_tool_id
 from nonstop.wire.openai.arguments import ArgumentsStream, parse_arguments
-
-Event = tuple[str, dict[str, Any]]
 
 STOP_REASONS = {
     "stop": "end_turn",
