@@ -50,7 +50,7 @@ def main() -> None:
         return
     from nonstop.wire.anthropic import Event
     from nonstop.wire.local_stream import LocalStreamNormalizer
-    from nonstop.wire.sse import SSEDecoder, encode_event
+    from nonstop.wire.sse import JSONEventDecoder, encode_event
 
     chunks = openai_stream_chunks()
     raw = sse_bytes(chunks)
@@ -74,15 +74,12 @@ def main() -> None:
         nonlocal pipe_events, pipe_bytes
         tr = translator_cls(model="local-model", message_id="msg_bench", input_tokens_estimate=12000)
         norm = LocalStreamNormalizer(model="local-model", input_tokens_estimate=12000, started=False)
-        dec = SSEDecoder()
+        dec = JSONEventDecoder()
         n = 0
         size = 0
         for piece in pieces:
             out: list[Event] = []
-            for ev in dec.feed(piece):
-                if ev.data.strip() == "[DONE]":
-                    continue
-                data = orjson.loads(ev.data)
+            for _, data in dec.feed(piece):
                 for t, d in tr.feed(data):
                     out.extend(norm.feed(t, d))
             if out:
