@@ -14,7 +14,6 @@ from nonstop.wire.local_stream import (
     LocalStreamNormalizer,
     message_start,
     normalize_message,
-    safe_tool_id,
 )
 
 TOOL_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -210,28 +209,6 @@ def test_tool_with_empty_input_in_start_streams_deltas_as_sent() -> None:
 
 
 # --- tool ids --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("toolu_01ABC", "toolu_01ABC"),
-        ("call-1", "call-1"),
-        ("call:1.2/3", "call_1_2_3"),
-        ("fc 42", "fc_42"),
-        ("ツール", "___"),
-    ],
-)
-def test_safe_tool_id(raw: str, expected: str) -> None:
-    assert safe_tool_id(raw) == expected
-
-
-@pytest.mark.parametrize("raw", [None, "", 42])
-def test_safe_tool_id_generates_one_when_missing(raw: Any) -> None:
-    got = safe_tool_id(raw)
-    assert TOOL_ID.match(got)
-    assert got.startswith("toolu_")
-    assert safe_tool_id(raw) != got
 
 
 @pytest.mark.parametrize("raw", ["call:0", "chatcmpl-tool.9f", None, "a b c"])
@@ -433,7 +410,7 @@ def test_normalize_message() -> None:
     assert out["model"] == "claude-sonnet-4-5"
     assert [b["type"] for b in out["content"]] == ["thinking", "text", "tool_use"]
     assert out["content"][0]["signature"] == LOCAL_THINKING_SIGNATURE
-    assert out["content"][2]["id"] == "call_1"
+    assert out["content"][2]["id"].startswith("call_1_")
     assert out["usage"]["input_tokens"] == 321
     assert out["usage"]["output_tokens"] > 0
     assert out["stop_reason"] == "tool_use"

@@ -47,7 +47,7 @@ def test_reasoning_text_and_tool_calls_in_order():
         {"type": "thinking", "thinking": "think", "signature": LOCAL_THINKING_SIGNATURE},
         {"type": "text", "text": "Calling."},
         {"type": "tool_use", "id": "call_1", "name": "read", "input": {"path": "a"}},
-        {"type": "tool_use", "id": "call_2", "name": "mcp__x.y", "input": {}},
+        {"type": "tool_use", "id": "call_2_54ec595470dd", "name": "mcp__x.y", "input": {}},
     ]
     assert msg["stop_reason"] == "tool_use"
 

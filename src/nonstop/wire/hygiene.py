@@ -10,26 +10,12 @@ so the caller can forward the client's original bytes.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import Any
 
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE
+from nonstop.wire.tool_ids import valid_tool_id
 
-_ID_OK = re.compile(r"[a-zA-Z0-9_-]+").fullmatch
-_BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 EMPTY_TURN_TEXT = "(no content)"
-
-
-def cloud_tool_id(tool_id: str) -> str:
-    """A valid tool id for `tool_id`. Deterministic (the history is sent again on every
-    turn, so a tool_use and its tool_result always map the same way) and collision-safe
-    (ids differing only in invalid characters stay different)."""
-    if _ID_OK(tool_id):
-        return tool_id
-    digest = hashlib.sha256(tool_id.encode()).hexdigest()[:12]
-    base = _BAD_ID_CHARS.sub("_", tool_id)[:48]
-    return f"{base}_{digest}" if base else f"toolu_{digest}"
 
 
 def clean_history_for_cloud(req: dict) -> dict | None:
@@ -82,11 +68,15 @@ def _clean_block(block: Any, assistant: bool) -> Any:
         if assistant and not block.get("data"):
             return None
     elif btype == "tool_use":
-        tool_id = block.get("id")
-        if isinstance(tool_id, str) and not _ID_OK(tool_id):
-            return {**block, "id": cloud_tool_id(tool_id)}
+        return _with_valid_id(block, "id")
     elif btype == "tool_result":
-        tool_id = block.get("tool_use_id")
-        if isinstance(tool_id, str) and not _ID_OK(tool_id):
-            return {**block, "tool_use_id": cloud_tool_id(tool_id)}
+        return _with_valid_id(block, "tool_use_id")
     return block
+
+
+def _with_valid_id(block: dict, key: str) -> dict:
+    tool_id = block.get(key)
+    if not isinstance(tool_id, str):
+        return block
+    valid = valid_tool_id(tool_id)
+    return block if valid == tool_id else {**block, key: valid}

@@ -7,21 +7,14 @@ thinking without a signature, and a stream that stops without message_stop.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
 from nonstop.wire.anthropic import Event, estimate_text_tokens, new_message_id
+from nonstop.wire.tool_ids import reply_tool_id
 
 LOCAL_THINKING_SIGNATURE = "nonstop-local"
-_BAD_ID = re.compile(r"[^a-zA-Z0-9_-]")
-
-
-def safe_tool_id(tool_id: Any) -> str:
-    if not isinstance(tool_id, str) or not tool_id:
-        return "toolu_" + new_message_id()[-24:]
-    return _BAD_ID.sub("_", tool_id)
 
 
 def message_start(model: str, input_tokens: int, message_id: str | None = None) -> Event:
@@ -130,7 +123,7 @@ class LocalStreamNormalizer:
         elif btype == "tool_use":
             self._tools = True
             inp = block.get("input") or {}
-            start = {"type": "tool_use", "id": safe_tool_id(block.get("id")), "name": block.get("name", ""), "input": {}}
+            start = {"type": "tool_use", "id": reply_tool_id(block.get("id")), "name": block.get("name", ""), "input": {}}
             out.append(("content_block_start", {"type": "content_block_start", "index": idx, "content_block": start}))
             if inp:
                 js = orjson.dumps(inp).decode()
@@ -218,7 +211,7 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
             continue
         b = dict(block)
         if b.get("type") == "tool_use":
-            b["id"] = safe_tool_id(b.get("id"))
+            b["id"] = reply_tool_id(b.get("id"))
             chars += len(orjson.dumps(b.get("input") or {}))
         elif b.get("type") == "thinking":
             b["signature"] = LOCAL_THINKING_SIGNATURE

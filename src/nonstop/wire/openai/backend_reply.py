@@ -22,8 +22,9 @@ from typing import Any
 import orjson
 
 from nonstop.wire.anthropic import Event, new_message_id
-from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE, message_start, safe_tool_id
+from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE, message_start
 from nonstop.wire.openai.arguments import ArgumentsStream, parse_arguments
+from nonstop.wire.tool_ids import reply_tool_id
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -311,7 +312,7 @@ class OpenAIStreamTranslator:
         out.append(("content_block_delta", {"type": "content_block_delta", "index": seg.index, "delta": delta}))
 
     def _tool_id(self, raw: str | None) -> str:
-        tool_id = safe_tool_id(raw)
+        tool_id = reply_tool_id(raw)
         while tool_id in self._ids:  # ids must be unique within the message
             tool_id = f"{tool_id}_{len(self._ids)}"
         self._ids.add(tool_id)
@@ -350,7 +351,7 @@ def openai_to_anthropic_response(
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
             continue
-        tool_id = safe_tool_id(call.get("id"))
+        tool_id = reply_tool_id(call.get("id"))
         while tool_id in ids:
             tool_id = f"{tool_id}_{len(ids)}"
         ids.add(tool_id)

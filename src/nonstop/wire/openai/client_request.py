@@ -10,13 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from nonstop.wire.hygiene import cloud_tool_id
 from nonstop.wire.openai.arguments import parse_arguments
 from nonstop.wire.openai.backend_request import TOOL_ERROR_PREFIX
+from nonstop.wire.tool_ids import valid_tool_id
 
 DEFAULT_MAX_TOKENS = 4096
 _DATA_URL = re.compile(r"data:([^;,]+)?(?:;[^,]*)?;base64,(.*)", re.S)
-_ID_OK = re.compile(r"[a-zA-Z0-9_-]+").fullmatch
 
 
 class TranslationError(ValueError):
@@ -175,7 +174,7 @@ def _tool_result(msg: dict, where: str) -> dict:
     if not isinstance(call_id, str) or not call_id:
         raise TranslationError(f"{where}.tool_call_id: required, a string")
     text = "".join(_text_parts(msg.get("content"), where))
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _tool_id(call_id), "content": text}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": valid_tool_id(call_id), "content": text}
     if text.startswith(TOOL_ERROR_PREFIX):
         block["content"] = text[len(TOOL_ERROR_PREFIX):]
         block["is_error"] = True
@@ -198,17 +197,11 @@ def _assistant_blocks(msg: dict, where: str) -> list[dict]:
             raise TranslationError(f"{where}.tool_calls[{j}].id: required, a string")
         blocks.append({
             "type": "tool_use",
-            "id": _tool_id(call_id),
+            "id": valid_tool_id(call_id),
             "name": fn["name"],
             "input": parse_arguments(fn.get("arguments"), repair=False),
         })
     return blocks
-
-
-def _tool_id(call_id: str) -> str:
-    """Anthropic tool ids must match ^[a-zA-Z0-9_-]+$; others are rewritten the same way
-    every time, so a call and its result still pair up."""
-    return call_id if _ID_OK(call_id) else cloud_tool_id(call_id)
 
 
 def _max_tokens(req: dict) -> int:
