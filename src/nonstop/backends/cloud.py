@@ -27,6 +27,7 @@ from nonstop.routing.classify import (
     network_failure,
 )
 from nonstop.wire.errors import anthropic_error_event
+from nonstop.wire.framing import complete_events_end, first_malformed_event, wrong_content_type
 from nonstop.wire.sse import SSEDecoder
 
 MAX_ERROR_BODY = 1024 * 1024
@@ -119,7 +120,7 @@ class CloudBackend:
                 note_verdict = classify_response(resp.status, _lower(resp.headers), b"", time.time())
                 note = note_verdict.describe() if note_verdict else ""
                 ctype = resp.headers.get("content-type", "")
-                wrong = _wrong_type(expect, ctype)
+                wrong = wrong_content_type(expect, ctype)
                 if wrong:
                     resp.close()
                     return Verdict(FailureKind.BAD_RESPONSE, True, None, wrong, resp.status)
@@ -143,30 +144,6 @@ class CloudBackend:
         is_stream = ctype.startswith("text/event-stream")
         body_iter = _relay_stream(resp, first, usage) if is_stream else _relay_plain(resp, usage)
         return Reply(resp.status, response_headers(resp.raw_headers), body_iter, self.name, is_stream, usage, close=resp.close, note=note)
-
-
-def _wrong_type(expect: str, ctype: str) -> str:
-    """A success whose content type is not what the request asked for is a broken
-    upstream: failing over beats relaying it to a client that cannot read it."""
-    if expect == "stream" and not ctype.startswith("text/event-stream"):
-        return f"the cloud answered a stream request with {ctype[:60] or 'no content type'}"
-    if expect == "json" and not ctype.startswith("application/json"):
-        return f"the cloud answered with {ctype[:60] or 'no content type'} instead of JSON"
-    return ""
-
-
-def _first_malformed(events: bytes) -> int:
-    """Offset of the first event whose data is not a JSON object (-1 if none). A cheap
-    shape check, not a parse: every Anthropic event's data line is one JSON object."""
-    pos = 0
-    for event in events.split(b"\n\n"):
-        for line in event.split(b"\n"):
-            if line.startswith(b"data:"):
-                data = line[5:].strip()
-                if not (data.startswith(b"{") and data.endswith(b"}")):
-                    return pos
-        pos += len(event) + 2
-    return -1
 
 
 def _lower(headers) -> dict[str, str]:
@@ -195,7 +172,7 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> bytes | Verdict:
         for ev in decoder.feed(chunk):
             if ev.event == "error":
                 return classify_stream_error(ev.data)
-            if _first_malformed(b"data: " + ev.data.encode()) >= 0:
+            if first_malformed_event(b"data: " + ev.data.encode()) >= 0:
                 return Verdict(FailureKind.BAD_RESPONSE, True, None, f"malformed {ev.event} event before any content")
             if ev.event in _CONTENT_EVENTS:
                 return bytes(buf)
@@ -225,13 +202,6 @@ async def _relay_plain(resp: aiohttp.ClientResponse, usage: Usage) -> AsyncItera
         resp.release()
 
 
-def _cut(buf: bytes) -> int:
-    """End of the last complete SSE event in buf (0 if none)."""
-    lf = buf.rfind(b"\n\n")
-    crlf = buf.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-
-
 async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage) -> AsyncIterator[bytes]:
     held = b""
     seen_stop = False
@@ -240,10 +210,10 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
         it = resp.content.iter_any().__aiter__()
         while True:
             data = held + pending if held else pending
-            cut = _cut(data)
+            cut = complete_events_end(data)
             if cut:
                 out = data[:cut]
-                bad = _first_malformed(out)
+                bad = first_malformed_event(out)
                 if bad >= 0:
                     if bad:
                         yield out[:bad]
