@@ -79,7 +79,7 @@ def test_defaults() -> None:
     assert cfg.routes == ()
     assert cfg.embedded.mode == "auto"
     assert cfg.log.enabled is True
-    assert cfg.backends_for("claude-sonnet-4-5") == []
+    assert cfg.routing.classes == ()
 
 
 def test_default_state_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -294,7 +294,7 @@ def test_route_list_with_one_unknown() -> None:
     one_problem_about({"local": [local()], "routes": {"*": ["llama", "ghost"]}}, "routes.'*'")
 
 
-def test_backends_for_glob_routing() -> None:
+def test_routes_keep_their_order_and_targets() -> None:
     cfg = parse_config({
         "local": [
             local(name="big", url="http://127.0.0.1:8080"),
@@ -306,23 +306,50 @@ def test_backends_for_glob_routing() -> None:
             "claude-opus-*": ["big", "spare"],
         },
     })
-
-    def names(model: str) -> list[str]:
-        return [b.name for b in cfg.backends_for(model)]
-
-    assert names("claude-3-5-haiku-20241022") == ["small"]
-    assert names("claude-haiku-4-5") == ["small"]
-    assert names("claude-opus-5-5") == ["big", "spare"]
-    assert names("claude-sonnet-4-5") == ["big", "small", "spare"]  # no route: all, in order
-    assert names("CLAUDE-HAIKU") == ["big", "small", "spare"]  # globs are case-sensitive
+    assert [(r.match, r.backends) for r in cfg.routes] == [
+        ("claude-*haiku*", ("small",)),
+        ("claude-opus-*", ("big", "spare")),
+    ]
 
 
-def test_first_matching_route_wins() -> None:
+# --- [routing] ---------------------------------------------------------------------------
+
+
+def test_routing_defaults() -> None:
+    r = parse_config({}).routing
+    assert (r.high_water, r.conserve, r.finish_local_tool_loops, r.classes) == (0.9, ("background", "subagent"), True, ())
+
+
+def test_routing_classes() -> None:
     cfg = parse_config({
-        "local": [local(name="a", url="http://127.0.0.1:1"), local(name="b", url="http://127.0.0.1:2")],
-        "routes": {"claude-*": "a", "claude-*haiku*": "b"},
+        "local": [local(name="big", url="http://127.0.0.1:8080"), local(name="small", url="http://127.0.0.1:8081")],
+        "routing": {"conserve": ["background"], "background": {"cloud": "fallback", "backends": ["small"], "prefer": "fastest"},
+                    "main": {"backends": ["big", "small"]}},
     })
-    assert [b.name for b in cfg.backends_for("claude-haiku-4-5")] == ["a"]
+    rules = dict(cfg.routing.classes)
+    assert rules["background"].cloud == "fallback" and rules["background"].backends == ("small",)
+    assert rules["main"].cloud == "first" and rules["main"].prefer == ""
+    assert cfg.routing.conserve == ("background",)
+
+
+@pytest.mark.parametrize(("routing", "key"), [
+    ({"nope": 1}, "routing.nope"),
+    ({"high_water": 9}, "routing.high_water"),
+    ({"conserve": ["bg"]}, "routing.conserve"),
+    ({"main": 3}, "routing.main"),
+    ({"main": {"cloud": "sometimes"}}, "routing.main.cloud"),
+    ({"main": {"prefer": "cheapest"}}, "routing.main.prefer"),
+    ({"main": {"backends": ["ghost"]}}, "routing.main.backends"),
+    ({"main": {"colour": "red"}}, "routing.main.colour"),
+])
+def test_routing_problems_name_the_key(routing: dict, key: str) -> None:
+    one_problem_about({"local": [local()], "routing": routing}, key)
+
+
+def test_unknown_routing_key_lists_the_class_tables() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"routing": {"backgrund": {}}})
+    assert "[routing.background]" in exc.value.problems[0]
 
 
 # --- listen and exposure ----------------------------------------------------------------

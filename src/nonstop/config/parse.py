@@ -1,211 +1,36 @@
-"""One validated configuration object, read from TOML.
+"""Reading the configuration from TOML, with every problem named by its key and fix.
 
-Every problem names the key and the fix. Unknown keys are errors, so a typo never
-silently falls back to a default.
+Unknown keys are errors, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import ipaddress
 import os
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
-DEFAULT_CLOUD_URL = "https://api.anthropic.com"
-DEFAULT_LISTEN = "127.0.0.1:8787"
-DEFAULT_DISCOVERY_PORTS = (11434, 1234, 8080, 8000)
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and the fix."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-@dataclass(frozen=True)
-class CloudConfig:
-    url: str = DEFAULT_CLOUD_URL
-    connect_timeout: float = 10.0
-    # Deadline for the response head (and, for streams, the first event). A hung cloud
-    # sends the request to a local backend within this bound.
-    first_byte_timeout: float = 60.0
-    # Longest silence allowed inside a stream once it has started.
-    idle_timeout: float = 120.0
-    # 401/403 are configuration problems: shown to the client unless this is on.
-    failover_on_auth: bool = False
-    # How long the cloud stays "out" when a quota error names no reset time.
-    default_cooldown: float = 300.0
-    # Overloaded / 5xx / network: how long to skip the cloud after a failure.
-    error_cooldown: float = 15.0
-    # Credit exhausted: "until the user acts"; re-check this often.
-    credit_recheck: float = 1800.0
-
-
-@dataclass(frozen=True)
-class LocalBackendConfig:
-    name: str
-    url: str
-    api: Literal["anthropic", "openai"] = "anthropic"
-    model: str = ""
-    context_window: int = 32768
-    max_output_tokens: int = 4096
-    api_key: str = ""
-    connect_timeout: float = 5.0
-    # Local prompt processing is slow on CPU; while waiting, streams get pings.
-    first_byte_timeout: float = 600.0
-    idle_timeout: float = 300.0
-    # "auto": the server's own count endpoint where it has one, else an estimate.
-    count_tokens: Literal["auto", "server", "estimate"] = "auto"
-    # Reasoning switch for OpenAI-compatible servers; "" leaves it off.
-    reasoning_param: str = ""
-
-
-@dataclass(frozen=True)
-class RouteConfig:
-    match: str
-    backends: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    enabled: bool = True
-    store_bodies: bool = False
-    body_cap_bytes: int = 65536
-    retention_days: float = 30.0
-
-
-@dataclass(frozen=True)
-class HooksConfig:
-    command: str = ""
-    webhook: str = ""
-
-
-@dataclass(frozen=True)
-class DiscoveryConfig:
-    enabled: bool = True
-    ports: tuple[int, ...] = DEFAULT_DISCOVERY_PORTS
-    host: str = "127.0.0.1"
-    timeout: float = 1.0
-
-
-@dataclass(frozen=True)
-class EmbeddedConfig:
-    # "auto": start only when no local backend is configured or discovered.
-    mode: Literal["auto", "always", "never"] = "auto"
-    server_path: str = ""
-    model_path: str = ""
-    context_window: int = 8192
-    max_output_tokens: int = 1024
-    threads: int = 1
-    parallel: int = 2
-    extra_args: tuple[str, ...] = ()
-    ready_timeout: float = 300.0
-
-
-@dataclass(frozen=True)
-class RecoveryConfig:
-    # Continue a text-only cloud stream that died mid-way on a local model.
-    continue_locally: bool = False
-
-
-@dataclass(frozen=True)
-class SharedConfig:
-    redis_url: str = ""
-    key_prefix: str = "nonstop:"
-
-
-@dataclass(frozen=True)
-class Config:
-    listen: str = DEFAULT_LISTEN
-    token: str = ""
-    state_dir: Path = field(default_factory=lambda: default_state_dir())
-    max_body_bytes: int = 32 * 1024 * 1024
-    drain_timeout: float = 30.0
-    ping_interval: float = 10.0
-    cloud: CloudConfig = field(default_factory=CloudConfig)
-    local: tuple[LocalBackendConfig, ...] = ()
-    routes: tuple[RouteConfig, ...] = ()
-    log: LogConfig = field(default_factory=LogConfig)
-    hooks: HooksConfig = field(default_factory=HooksConfig)
-    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
-    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
-    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
-    shared: SharedConfig = field(default_factory=SharedConfig)
-    source: str = ""
-
-    @property
-    def host(self) -> str:
-        return split_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return split_listen(self.listen)[1]
-
-    def with_listen(self, host: str | None = None, port: int | None = None) -> Config:
-        h, p = split_listen(self.listen)
-        cfg = replace(self, listen=join_listen(host or h, port if port is not None else p))
-        check_exposure(cfg)
-        return cfg
-
-    def backends_for(self, model: str) -> list[LocalBackendConfig]:
-        """Local backends for a client model name, in the order to try them."""
-        by_name = {b.name: b for b in self.local}
-        for route in self.routes:
-            if fnmatch.fnmatchcase(model, route.match):
-                return [by_name[n] for n in route.backends]
-        return list(self.local)
-
-
-def default_config_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "nonstop" / "config.toml"
-
-
-def default_state_dir() -> Path:
-    env = os.environ.get("NONSTOP_STATE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "nonstop"
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError([f"listen: {listen!r} is not HOST:PORT; write e.g. \"127.0.0.1:8787\""])
-    host = host.strip("[]")
-    p = int(port)
-    if not 0 <= p <= 65535:
-        raise ConfigError([f"listen: port {p} is out of range; use 1-65535"])
-    return host, p
-
-
-def join_listen(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(cfg: Config) -> None:
-    if not is_loopback(cfg.host) and not cfg.token:
-        raise ConfigError([
-            f"listen: {cfg.host} is reachable from other machines, so an access token is "
-            "required; set token = \"...\" in the config or NONSTOP_TOKEN in the environment"
-        ])
-
+from nonstop.config.model import (
+    CloudConfig,
+    Config,
+    ConfigError,
+    DiscoveryConfig,
+    EmbeddedConfig,
+    HooksConfig,
+    LocalBackendConfig,
+    LogConfig,
+    RecoveryConfig,
+    ClassRoutingConfig,
+    RouteConfig,
+    RoutingConfig,
+    SharedConfig,
+    WORKLOAD_CLASSES,
+    check_exposure,
+    default_config_path,
+    split_listen,
+)
 
 # --- parsing -----------------------------------------------------------------------------
 
@@ -354,6 +179,48 @@ def _parse_routes(data: Any, local: tuple[LocalBackendConfig, ...], problems: li
     return tuple(out)
 
 
+_CLOUD_USE = ("first", "fallback", "never")
+_PREFER = ("", "order", "fastest", "best")
+
+
+def _parse_routing(data: Any, local: tuple[LocalBackendConfig, ...], problems: list[str]) -> RoutingConfig | None:
+    if not isinstance(data, dict):
+        problems.append("routing: expected a [routing] table")
+        return None
+    flat = {k: v for k, v in data.items() if k not in WORKLOAD_CLASSES}
+    mark = len(problems)
+    cfg = _build(RoutingConfig, flat, "routing.", problems, classes=())
+    tables = ", ".join(f"[routing.{c}]" for c in WORKLOAD_CLASSES)
+    problems[mark:] = [p + f"; or a class table: {tables}" if "unknown key" in p else p for p in problems[mark:]]
+    if cfg is None:
+        return None
+    if not 0 < cfg.high_water <= 1.5:
+        problems.append(f"routing.high_water: {cfg.high_water} is not a utilization; use a fraction such as 0.9")
+    for name in cfg.conserve:
+        if name not in WORKLOAD_CLASSES:
+            problems.append(f"routing.conserve: {name!r} is not a workload class; use {', '.join(WORKLOAD_CLASSES)}")
+    known = {b.name for b in local} | {"embedded"}
+    classes = []
+    for name in WORKLOAD_CLASSES:
+        if name not in data:
+            continue
+        if not isinstance(data[name], dict):
+            problems.append(f"routing.{name}: expected a [routing.{name}] table")
+            continue
+        rule = _build(ClassRoutingConfig, data[name], f"routing.{name}.", problems)
+        if rule is None:
+            continue
+        if rule.cloud not in _CLOUD_USE:
+            problems.append(f"routing.{name}.cloud: {rule.cloud!r} is not known; use \"first\", \"fallback\" or \"never\"")
+        if rule.prefer not in _PREFER:
+            problems.append(f"routing.{name}.prefer: {rule.prefer!r} is not known; use \"order\", \"fastest\" or \"best\"")
+        for b in rule.backends:
+            if b not in known:
+                problems.append(f"routing.{name}.backends: no [[local]] backend is named {b!r}; known: {', '.join(sorted(known))}")
+        classes.append((name, rule))
+    return RoutingConfig(cfg.high_water, cfg.conserve, cfg.finish_local_tool_loops, tuple(classes))
+
+
 def _check_url(key: str, url: str, problems: list[str]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -365,6 +232,7 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     top = {f.name: f for f in fields(Config)}
     kwargs: dict[str, Any] = {"source": source}
     raw_routes: Any = None
+    raw_routing: Any = None
     for key, value in data.items():
         if key in _SECTION_TYPES:
             if not isinstance(value, dict):
@@ -375,6 +243,8 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
             kwargs["local"] = _parse_local(value, problems)
         elif key == "routes":
             raw_routes = value
+        elif key == "routing":
+            raw_routing = value
         elif key == "state_dir":
             if not isinstance(value, str):
                 problems.append("state_dir: expected a path string")
@@ -387,6 +257,8 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
             problems.append(f"{key}: unknown key; the top-level keys are: {', '.join(known)}")
     if raw_routes is not None:
         kwargs["routes"] = _parse_routes(raw_routes, kwargs.get("local", ()), problems)
+    if raw_routing is not None:
+        kwargs["routing"] = _parse_routing(raw_routing, kwargs.get("local", ()), problems)
     if kwargs.get("cloud") is not None and isinstance(kwargs["cloud"].url, str):
         _check_url("cloud.url", kwargs["cloud"].url, problems)
     emb = kwargs.get("embedded")

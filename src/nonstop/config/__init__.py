@@ -1,0 +1,61 @@
+"""One validated configuration object, read from TOML (`load_config`).
+
+`model` holds what the configuration is (frozen dataclasses with their defaults);
+`parse` reads and validates a TOML file into it, naming the key and the fix for every
+problem.
+"""
+
+from nonstop.config.model import (
+    DEFAULT_CLOUD_URL,
+    DEFAULT_DISCOVERY_PORTS,
+    DEFAULT_LISTEN,
+    WORKLOAD_CLASSES,
+    ClassRoutingConfig,
+    CloudConfig,
+    Config,
+    ConfigError,
+    DiscoveryConfig,
+    EmbeddedConfig,
+    HooksConfig,
+    LocalBackendConfig,
+    LogConfig,
+    RecoveryConfig,
+    RouteConfig,
+    RoutingConfig,
+    SharedConfig,
+    check_exposure,
+    default_config_path,
+    default_state_dir,
+    is_loopback,
+    join_listen,
+    split_listen,
+)
+from nonstop.config.parse import load_config, parse_config
+
+__all__ = [
+    "DEFAULT_CLOUD_URL",
+    "DEFAULT_DISCOVERY_PORTS",
+    "DEFAULT_LISTEN",
+    "WORKLOAD_CLASSES",
+    "ClassRoutingConfig",
+    "CloudConfig",
+    "Config",
+    "ConfigError",
+    "DiscoveryConfig",
+    "EmbeddedConfig",
+    "HooksConfig",
+    "LocalBackendConfig",
+    "LogConfig",
+    "RecoveryConfig",
+    "RouteConfig",
+    "RoutingConfig",
+    "SharedConfig",
+    "check_exposure",
+    "default_config_path",
+    "default_state_dir",
+    "is_loopback",
+    "join_listen",
+    "load_config",
+    "parse_config",
+    "split_listen",
+]

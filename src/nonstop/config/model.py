@@ -1,0 +1,226 @@
+"""The configuration as nonstop uses it: one frozen object per section, with the
+defaults a user gets without a config file. `nonstop.config.parse` builds it from TOML.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+DEFAULT_CLOUD_URL = "https://api.anthropic.com"
+DEFAULT_LISTEN = "127.0.0.1:8787"
+DEFAULT_DISCOVERY_PORTS = (11434, 1234, 8080, 8000)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the fix."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    url: str = DEFAULT_CLOUD_URL
+    connect_timeout: float = 10.0
+    # Deadline for the response head (and, for streams, the first event). A hung cloud
+    # sends the request to a local backend within this bound.
+    first_byte_timeout: float = 60.0
+    # Longest silence allowed inside a stream once it has started.
+    idle_timeout: float = 120.0
+    # 401/403 are configuration problems: shown to the client unless this is on.
+    failover_on_auth: bool = False
+    # How long the cloud stays "out" when a quota error names no reset time.
+    default_cooldown: float = 300.0
+    # Overloaded / 5xx / network: how long to skip the cloud after a failure.
+    error_cooldown: float = 15.0
+    # Credit exhausted: "until the user acts"; re-check this often.
+    credit_recheck: float = 1800.0
+
+
+@dataclass(frozen=True)
+class LocalBackendConfig:
+    name: str
+    url: str
+    api: Literal["anthropic", "openai"] = "anthropic"
+    model: str = ""
+    context_window: int = 32768
+    max_output_tokens: int = 4096
+    api_key: str = ""
+    connect_timeout: float = 5.0
+    # Local prompt processing is slow on CPU; while waiting, streams get pings.
+    first_byte_timeout: float = 600.0
+    idle_timeout: float = 300.0
+    # "auto": the server's own count endpoint where it has one, else an estimate.
+    count_tokens: Literal["auto", "server", "estimate"] = "auto"
+    # Reasoning switch for OpenAI-compatible servers; "" leaves it off.
+    reasoning_param: str = ""
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    match: str
+    backends: tuple[str, ...]
+
+
+# The workload classes a routing rule can name (nonstop.routing.facts.Workload).
+WORKLOAD_CLASSES = ("main", "subagent", "compaction", "background", "count_tokens")
+
+
+@dataclass(frozen=True)
+class ClassRoutingConfig:
+    """`[routing.<class>]`: how one kind of work is routed."""
+
+    # "first": the cloud, then local backends; "fallback": local backends first, the
+    # cloud only when none can serve; "never": local backends only.
+    cloud: Literal["first", "fallback", "never"] = "first"
+    # Local backends for this class, in order; empty: all, in config order.
+    backends: tuple[str, ...] = ()
+    # Among local backends: "order" (as listed), "fastest" (first answer), "best"
+    # (highest eval score); "" keeps the class's default.
+    prefer: str = ""
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    # A quota window at or above this utilization, with too little history for a
+    # forecast, counts as "will run out".
+    high_water: float = 0.9
+    # Classes sent to local backends first while a quota window is forecast to run out.
+    conserve: tuple[str, ...] = ("background", "subagent")
+    # Finish a tool loop a local model started on local models (the next user turn
+    # goes back to the cloud).
+    finish_local_tool_loops: bool = True
+    classes: tuple[tuple[str, ClassRoutingConfig], ...] = ()
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    enabled: bool = True
+    store_bodies: bool = False
+    body_cap_bytes: int = 65536
+    retention_days: float = 30.0
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    command: str = ""
+    webhook: str = ""
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    enabled: bool = True
+    ports: tuple[int, ...] = DEFAULT_DISCOVERY_PORTS
+    host: str = "127.0.0.1"
+    timeout: float = 1.0
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    # "auto": start only when no local backend is configured or discovered.
+    mode: Literal["auto", "always", "never"] = "auto"
+    server_path: str = ""
+    model_path: str = ""
+    context_window: int = 8192
+    max_output_tokens: int = 1024
+    threads: int = 1
+    parallel: int = 2
+    extra_args: tuple[str, ...] = ()
+    ready_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    # Continue a text-only cloud stream that died mid-way on a local model.
+    continue_locally: bool = False
+
+
+@dataclass(frozen=True)
+class SharedConfig:
+    redis_url: str = ""
+    key_prefix: str = "nonstop:"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    token: str = ""
+    state_dir: Path = field(default_factory=lambda: default_state_dir())
+    max_body_bytes: int = 32 * 1024 * 1024
+    drain_timeout: float = 30.0
+    ping_interval: float = 10.0
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    local: tuple[LocalBackendConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    hooks: HooksConfig = field(default_factory=HooksConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    shared: SharedConfig = field(default_factory=SharedConfig)
+    source: str = ""
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    def with_listen(self, host: str | None = None, port: int | None = None) -> Config:
+        h, p = split_listen(self.listen)
+        cfg = replace(self, listen=join_listen(host or h, port if port is not None else p))
+        check_exposure(cfg)
+        return cfg
+
+
+def default_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "nonstop" / "config.toml"
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("NONSTOP_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "nonstop"
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError([f"listen: {listen!r} is not HOST:PORT; write e.g. \"127.0.0.1:8787\""])
+    host = host.strip("[]")
+    p = int(port)
+    if not 0 <= p <= 65535:
+        raise ConfigError([f"listen: port {p} is out of range; use 1-65535"])
+    return host, p
+
+
+def join_listen(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(cfg: Config) -> None:
+    if not is_loopback(cfg.host) and not cfg.token:
+        raise ConfigError([
+            f"listen: {cfg.host} is reachable from other machines, so an access token is "
+            "required; set token = \"...\" in the config or NONSTOP_TOKEN in the environment"
+        ])
