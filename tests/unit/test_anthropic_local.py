@@ -211,13 +211,17 @@ def test_sampling_keys_kept(key: str) -> None:
             {"type": "text", "text": "doc body"},
         ),
         (
+            {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "p1"}, {"type": "text", "text": "p2"}]}},
+            {"type": "text", "text": "p1\np2"},
+        ),
+        (
             {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"}},
             {"type": "text", "text": "[document block omitted]"},
         ),
         ({"type": "server_tool_use", "id": "srv_1", "name": "web_search"}, {"type": "text", "text": "[server_tool_use block omitted]"}),
         ("bare string", {"type": "text", "text": "bare string"}),
     ],
-    ids=["text", "image", "tool-result-string", "tool-result-blocks", "document-text", "document-pdf", "server-tool", "string"],
+    ids=["text", "image", "tool-result-string", "tool-result-blocks", "document-text", "document-content", "document-pdf", "server-tool", "string"],
 )
 def test_user_block_cleaning(block: Any, cleaned: dict) -> None:
     out = local({"messages": [{"role": "user", "content": [block]}]})

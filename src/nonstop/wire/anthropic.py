@@ -7,6 +7,7 @@ Pure functions of dicts.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Container
 from typing import Any
 
 import orjson
@@ -34,23 +35,45 @@ def new_message_id() -> str:
     return "msg_nonstop_" + secrets.token_hex(12)
 
 
-def _clean_block(block: Any) -> dict | None:
+def local_block(block: Any, native: Container[str]) -> dict | None:
+    """`block` in a form a local model can take, or None to drop it. A bare string is a
+    text block. Thinking goes (a local model cannot verify or use another model's
+    reasoning), and so does anything that is not a block. A block whose type is not in
+    `native` becomes a text block: a document's own text where it has one, else a note
+    of what was left out. A native block comes back as it is, for the caller to map."""
     if isinstance(block, str):
         return {"type": "text", "text": block}
     if not isinstance(block, dict):
         return None
     btype = block.get("type")
     if btype in ("thinking", "redacted_thinking"):
-        return None  # a local model cannot verify or use another model's reasoning
-    keys = _BLOCK_KEYS.get(btype) if isinstance(btype, str) else None
-    if keys is None:
-        if btype == "document":
-            src = block.get("source") or {}
-            if isinstance(src, dict) and src.get("type") == "text":
-                return {"type": "text", "text": str(src.get("data", ""))}
-        return {"type": "text", "text": f"[{btype or 'unknown'} block omitted]"}
-    out = {k: block[k] for k in keys if k in block}
-    if btype == "tool_result" and isinstance(out.get("content"), list):
+        return None
+    if isinstance(btype, str) and btype in native:
+        return block
+    text = _document_text(block.get("source")) if btype == "document" else None
+    return {"type": "text", "text": f"[{btype or 'unknown'} block omitted]" if text is None else text}
+
+
+def _document_text(source: Any) -> str | None:
+    if not isinstance(source, dict):
+        return None
+    if source.get("type") == "text":
+        return str(source.get("data") or "")
+    if source.get("type") == "content":
+        inner = source.get("content")
+        if isinstance(inner, str):
+            return inner
+        if isinstance(inner, list):
+            return "\n".join(str(b.get("text") or "") for b in inner if isinstance(b, dict) and b.get("type") == "text")
+    return None
+
+
+def _clean_block(block: Any) -> dict | None:
+    block = local_block(block, _BLOCK_KEYS)
+    if block is None:
+        return None
+    out = {k: block[k] for k in _BLOCK_KEYS[block["type"]] if k in block}
+    if out["type"] == "tool_result" and isinstance(out.get("content"), list):
         inner = [c for c in (_clean_block(b) for b in out["content"]) if c is not None]
         out["content"] = inner
     return out

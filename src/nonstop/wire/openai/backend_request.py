@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from nonstop.wire.anthropic import local_block
+
 # A tool_result with is_error: true becomes a tool message whose text starts with this.
 # The front door reads the same prefix back as is_error, so the pair round-trips.
 TOOL_ERROR_PREFIX = "Error: "
@@ -23,6 +25,7 @@ TOOL_NAME_MAP_KEY = "_tool_name_map"
 
 _NAME_OK = re.compile(r"[a-zA-Z0-9_-]{1,64}").fullmatch
 _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+_PART_TYPES = frozenset({"text", "image"})
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high", "xhigh": "high"}
 
 NameFn = Callable[[str], str]
@@ -193,22 +196,10 @@ def _assistant_message(content: Any, wire_name: NameFn) -> dict:
 
 def _part(block: Any) -> dict | None:
     """A content block as an OpenAI content part (text or image_url); None to drop it."""
-    if isinstance(block, str):
-        return {"type": "text", "text": block}
-    if not isinstance(block, dict):
-        return None
-    btype = block.get("type")
-    if btype == "text":
-        return {"type": "text", "text": str(block.get("text") or "")}
-    if btype == "image":
+    block = local_block(block, _PART_TYPES)
+    if block is not None and block["type"] == "image":
         return _image_part(block.get("source"))
-    if btype in ("thinking", "redacted_thinking"):
-        return None  # unsigned for the local model and useless to it
-    if btype == "document":
-        text = _document_text(block.get("source"))
-        if text is not None:
-            return {"type": "text", "text": text}
-    return {"type": "text", "text": f"[{btype or 'unknown'} block omitted]"}
+    return None if block is None else {"type": "text", "text": str(block.get("text") or "")}
 
 
 def _image_part(source: Any) -> dict:
@@ -219,20 +210,6 @@ def _image_part(source: Any) -> dict:
         if source.get("type") == "url" and isinstance(source.get("url"), str):
             return {"type": "image_url", "image_url": {"url": source["url"]}}
     return {"type": "text", "text": "[image block omitted]"}
-
-
-def _document_text(source: Any) -> str | None:
-    if not isinstance(source, dict):
-        return None
-    if source.get("type") == "text":
-        return str(source.get("data") or "")
-    if source.get("type") == "content":
-        inner = source.get("content")
-        if isinstance(inner, str):
-            return inner
-        if isinstance(inner, list):
-            return "\n".join(str(b.get("text") or "") for b in inner if isinstance(b, dict) and b.get("type") == "text")
-    return None
 
 
 def _texts(system: Any) -> list[str]:
