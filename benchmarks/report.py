@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 # (name, limit, unit, lower_is_better)
@@ -125,12 +126,39 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "—"
 
 
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    """A Markdown table: the header, its rule, a line per row, and a blank line."""
+    return [_row(header), "|" + "---|" * len(header), *(_row(r) for r in rows), ""]
+
+
+def _row(cells: list[str]) -> str:
+    return "|" + "".join(f" {c} |" if c else " |" for c in cells)
+
+
+def _pair(p50: float | None, p99: float | None) -> str:
+    return f"{_fmt(p50)} / {_fmt(p99)}"
+
+
+def _over(t: dict[str, Any], base: dict[str, Any] | None, what: str = "ttfb") -> str:
+    """This target minus the base at p50 / p99 ("—" for the base itself)."""
+    if base is None:
+        return "—"
+    return _pair(t[f"{what}_p50"] - base[f"{what}_p50"], t[f"{what}_p99"] - base[f"{what}_p99"])
+
+
+def _cpu(t: dict[str, Any], key: str = "target") -> float | None:
+    return t["cpu_us_per_request"].get(key)
+
+
 def render(results: dict[str, Any]) -> str:
+    sections = (_header, _targets_table, _latency, _paced, _throughput_small, _memory, _failover, _local_path,
+                _translation, _variants, _peers, _profile, _notes, _how_run)
+    return "\n".join(line for section in sections for line in section(results))
+
+
+def _header(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
-    labels = results.get("labels", {})
-    L: list[str] = []
-    L.append(f"# nonstop benchmarks, {results['date']} ({results['mode']})")
-    L.append("")
+    L = [f"# nonstop benchmarks, {results['date']} ({results['mode']})", ""]
     mhz = f" at {float(m['cpu_mhz']):,.0f} MHz" if m.get("cpu_mhz") else ""
     L.append(f"Machine: {m['cpu']}{mhz}, {m['cores']} cores, {m['memory_mb']:,} MB RAM, Linux {m['kernel']}, "
              f"Python {m['python']}; load average at start {m['load_at_start']}. "
@@ -143,286 +171,275 @@ def render(results: dict[str, Any]) -> str:
              "Everything on 127.0.0.1; the load generator, the fake upstream and the gateways are separate "
              "processes sharing the same cores, so absolute numbers include that contention; "
              "A/B rounds are interleaved and compared inside this run.")
-    L.append("")
-    L.append("## Targets")
-    L.append("")
-    L.append("| target | limit | measured | result |")
-    L.append("|---|---|---|---|")
+    return [*L, ""]
+
+
+def _targets_table(results: dict[str, Any]) -> list[str]:
+    rows = []
     for t in results.get("targets_met", []):
         op = "≤" if t["name"] not in (TARGETS[3][0], TARGETS[8][0]) else "≥"
-        L.append(f"| {t['name']} | {op} {_fmt(t['limit'])} {t['unit']} | {_fmt(t['value'])} {t['unit']} | "
-                 f"{'**met**' if t['met'] else '**' + t['verdict'] + '**'} |")
-    L.append("")
+        rows.append([t["name"], f"{op} {_fmt(t['limit'])} {t['unit']}", f"{_fmt(t['value'])} {t['unit']}",
+                     "**met**" if t["met"] else "**" + t["verdict"] + "**"])
+    return ["## Targets", "", *_table(["target", "limit", "measured", "result"], rows)]
 
+
+def _latency(results: dict[str, Any]) -> list[str]:
     lat = results.get("latency", [])
-    if lat:
-        L.append("## Latency and throughput: 50 KB Claude Code-shaped requests")
-        L.append("")
-        L.append("Times in ms. *added* = this target minus direct at the same percentile; *ratio* = this target / "
-                 "direct. TTFB = time to the first body bytes; total = time to the end of the body. "
-                 "req/s is the median over rounds (closed loop, so it reflects latency at that concurrency). "
-                 "CPU µs/req is the gateway process's utime+stime per request (all threads and child processes); "
-                 "upstream µs/req shows the fake upstream's own cost in the same rounds.")
-        L.append("")
-        L.append("| mode | conc. | target | TTFB p50 | TTFB p99 | added TTFB p50 / p99 | ratio p50 / p99 | total p50 | total p99 "
-                 "| added total p50 / p99 | req/s | CPU µs/req | CPU (cores) | upstream µs/req | other load (cores) | errors |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for row in lat:
-            d = row["targets"]["direct"]
-            for name, t in row["targets"].items():
-                mode = "stream" if row["stream"] else "json"
-                if name == "direct":
-                    added = ratio = added_t = "—"
-                else:
-                    added = f"{_fmt(t['ttfb_p50'] - d['ttfb_p50'])} / {_fmt(t['ttfb_p99'] - d['ttfb_p99'])}"
-                    ratio = f"{_ratio(t['ttfb_p50'], d['ttfb_p50'])} / {_ratio(t['ttfb_p99'], d['ttfb_p99'])}"
-                    added_t = f"{_fmt(t['total_p50'] - d['total_p50'])} / {_fmt(t['total_p99'] - d['total_p99'])}"
-                cpu = t["cpu_us_per_request"].get("target")
-                share = t["cpu_share"].get("target")
-                L.append(f"| {mode} | {row['concurrency']} | {name} | {_fmt(t['ttfb_p50'])} | {_fmt(t['ttfb_p99'])} | "
-                         f"{added} | {ratio} | {_fmt(t['total_p50'])} | {_fmt(t['total_p99'])} | {added_t} | "
-                         f"{t['rps']:,.0f} | {_fmt(cpu) if cpu is not None else '—'} | "
-                         f"{_fmt(share, 2) if share is not None else '—'} | "
-                         f"{_fmt(t['cpu_us_per_request'].get('upstream'))} | {_fmt(t.get('others_cores'), 2)} | "
-                         f"{t['errors']} |")
-        L.append("")
-        L.append("*other load*: cores kept busy by processes outside the benchmark during the round "
-                 "(from /proc/stat), i.e. the noise the round ran in.")
-        L.append("")
+    if not lat:
+        return []
+    rows = []
+    for row in lat:
+        d = row["targets"]["direct"]
+        for name, t in row["targets"].items():
+            base = None if name == "direct" else d
+            ratio = "—" if base is None else f"{_ratio(t['ttfb_p50'], d['ttfb_p50'])} / {_ratio(t['ttfb_p99'], d['ttfb_p99'])}"
+            rows.append(["stream" if row["stream"] else "json", str(row["concurrency"]), name, _fmt(t["ttfb_p50"]),
+                         _fmt(t["ttfb_p99"]), _over(t, base), ratio, _fmt(t["total_p50"]), _fmt(t["total_p99"]),
+                         _over(t, base, "total"), f"{t['rps']:,.0f}", _fmt(_cpu(t)), _fmt(t["cpu_share"].get("target"), 2),
+                         _fmt(_cpu(t, "upstream")), _fmt(t.get("others_cores"), 2), str(t["errors"])])
+    return [
+        "## Latency and throughput: 50 KB Claude Code-shaped requests", "",
+        "Times in ms. *added* = this target minus direct at the same percentile; *ratio* = this target / "
+        "direct. TTFB = time to the first body bytes; total = time to the end of the body. "
+        "req/s is the median over rounds (closed loop, so it reflects latency at that concurrency). "
+        "CPU µs/req is the gateway process's utime+stime per request (all threads and child processes); "
+        "upstream µs/req shows the fake upstream's own cost in the same rounds.", "",
+        *_table(["mode", "conc.", "target", "TTFB p50", "TTFB p99", "added TTFB p50 / p99", "ratio p50 / p99", "total p50",
+                 "total p99", "added total p50 / p99", "req/s", "CPU µs/req", "CPU (cores)", "upstream µs/req",
+                 "other load (cores)", "errors"], rows),
+        "*other load*: cores kept busy by processes outside the benchmark during the round "
+        "(from /proc/stat), i.e. the noise the round ran in.", "",
+    ]
+
+
+def _paced(results: dict[str, Any]) -> list[str]:
     paced = results.get("paced")
-    if paced:
-        L.append("## 64 concurrent streams at a model's pace")
-        L.append("")
-        L.append(f"Each stream sends its head, then a text delta every {paced['interval_s'] * 1000:.0f} ms for "
-                 f"{paced['duration_s']:.0f} s; 64 clients, started 1/64 s apart, keep one stream each open back to back. Unlike the "
-                 "saturating rounds above (an upstream that answers instantly, so 64 clients measure queueing in "
-                 "whichever process is slowest), this measures what nonstop adds while it holds 64 live streams.")
-        L.append("")
-        L.append("| target | TTFB p50 | TTFB p99 | added TTFB p50 / p99 | total p50 | total p99 | added total p50 / p99 | "
-                 "streams/s | CPU µs/stream | CPU (cores) | other load (cores) | errors |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        d = paced["targets"]["direct"]
-        for name, t in paced["targets"].items():
-            added = "—" if name == "direct" else f"{_fmt(t['ttfb_p50'] - d['ttfb_p50'])} / {_fmt(t['ttfb_p99'] - d['ttfb_p99'])}"
-            added_t = "—" if name == "direct" else f"{_fmt(t['total_p50'] - d['total_p50'])} / {_fmt(t['total_p99'] - d['total_p99'])}"
-            cpu = t["cpu_us_per_request"].get("target")
-            share = t["cpu_share"].get("target")
-            L.append(f"| {name} | {_fmt(t['ttfb_p50'])} | {_fmt(t['ttfb_p99'])} | {added} | {_fmt(t['total_p50'])} | "
-                     f"{_fmt(t['total_p99'])} | {added_t} | {t['rps']:,.1f} | {_fmt(cpu) if cpu is not None else '—'} | "
-                     f"{_fmt(share, 2) if share is not None else '—'} | {_fmt(t.get('others_cores'), 2)} | {t['errors']} |")
-        L.append("")
+    if not paced:
+        return []
+    d = paced["targets"]["direct"]
+    rows = []
+    for name, t in paced["targets"].items():
+        base = None if name == "direct" else d
+        rows.append([name, _fmt(t["ttfb_p50"]), _fmt(t["ttfb_p99"]), _over(t, base), _fmt(t["total_p50"]),
+                     _fmt(t["total_p99"]), _over(t, base, "total"), f"{t['rps']:,.1f}", _fmt(_cpu(t)),
+                     _fmt(t["cpu_share"].get("target"), 2), _fmt(t.get("others_cores"), 2), str(t["errors"])])
+    return [
+        "## 64 concurrent streams at a model's pace", "",
+        f"Each stream sends its head, then a text delta every {paced['interval_s'] * 1000:.0f} ms for "
+        f"{paced['duration_s']:.0f} s; 64 clients, started 1/64 s apart, keep one stream each open back to back. Unlike the "
+        "saturating rounds above (an upstream that answers instantly, so 64 clients measure queueing in "
+        "whichever process is slowest), this measures what nonstop adds while it holds 64 live streams.", "",
+        *_table(["target", "TTFB p50", "TTFB p99", "added TTFB p50 / p99", "total p50", "total p99",
+                 "added total p50 / p99", "streams/s", "CPU µs/stream", "CPU (cores)", "other load (cores)", "errors"], rows),
+    ]
+
+
+def _throughput_small(results: dict[str, Any]) -> list[str]:
     small = results.get("throughput_small")
-    if small:
-        L.append("## Throughput: small requests and responses (JSON, concurrency 64)")
-        L.append("")
-        L.append("| target | req/s (median) | req/s per round | TTFB p50 | TTFB p99 | CPU µs/req | CPU (cores) | "
-                 "upstream µs/req | load generator µs/req | other load (cores) | errors |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        for name, t in small["targets"].items():
-            cpu = t["cpu_us_per_request"]
-            L.append(f"| {name} | {t['rps']:,.0f} | {', '.join(f'{x:,.0f}' for x in t['rps_rounds'])} | "
-                     f"{_fmt(t['ttfb_p50'])} | {_fmt(t['ttfb_p99'])} | {_fmt(cpu.get('target'))} | "
-                     f"{_fmt(t['cpu_share'].get('target'), 2)} | {_fmt(cpu.get('upstream'))} | "
-                     f"{_fmt(cpu.get('loadgen'))} | {_fmt(t.get('others_cores'), 2)} | {t['errors']} |")
-        L.append("")
-        d = small["targets"].get("direct")
-        if d:
-            up_share = d["cpu_share"].get("upstream", 0)
-            L.append(f"The fake upstream is not the bottleneck: directly it served {d['rps']:,.0f} req/s using "
-                     f"{up_share:.2f} of a core ({_fmt(d['cpu_us_per_request'].get('upstream'))} µs per request).")
-            L.append("")
+    if not small:
+        return []
+    rows = [[name, f"{t['rps']:,.0f}", ", ".join(f"{x:,.0f}" for x in t["rps_rounds"]), _fmt(t["ttfb_p50"]),
+             _fmt(t["ttfb_p99"]), _fmt(_cpu(t)), _fmt(t["cpu_share"].get("target"), 2), _fmt(_cpu(t, "upstream")),
+             _fmt(_cpu(t, "loadgen")), _fmt(t.get("others_cores"), 2), str(t["errors"])]
+            for name, t in small["targets"].items()]
+    L = ["## Throughput: small requests and responses (JSON, concurrency 64)", "",
+         *_table(["target", "req/s (median)", "req/s per round", "TTFB p50", "TTFB p99", "CPU µs/req", "CPU (cores)",
+                  "upstream µs/req", "load generator µs/req", "other load (cores)", "errors"], rows)]
+    d = small["targets"].get("direct")
+    if d:
+        up_share = d["cpu_share"].get("upstream", 0)
+        L += [f"The fake upstream is not the bottleneck: directly it served {d['rps']:,.0f} req/s using "
+              f"{up_share:.2f} of a core ({_fmt(_cpu(d, 'upstream'))} µs per request).", ""]
+    return L
 
+
+def _memory(results: dict[str, Any]) -> list[str]:
     mem = results.get("memory", {})
-    if mem:
-        L.append("## Memory (nonstop process, RSS from /proc)")
-        L.append("")
-        L.append(f"- idle after start: {_fmt(mem.get('idle_rss_start_mb'))} MB; idle at the end of the run: "
-                 f"{_fmt(mem.get('idle_rss_end_mb'))} MB; peak (VmHWM) over the whole run: {_fmt(mem.get('peak_rss_mb'))} MB")
-        s = mem.get("streams")
-        if s:
-            L.append(f"- open streams: {s['opened']} of {s['streams']} slow streams held open (one delta a second): "
-                     f"RSS {_fmt(s['rss_before_mb'])} → {_fmt(s['rss_open_mb'])} MB, "
-                     f"**{_fmt(s['per_stream_kb'])} KB per open stream**; {_fmt(s['rss_after_release_mb'])} MB after "
-                     f"they closed; CPU while they trickled: {s['cpu_share_while_held']:.2f} of a core")
-        g = mem.get("growth")
-        if g:
-            pts = ", ".join(f"{x['requests']:,}: {x['rss_mb']:.1f}" for x in g["samples"][:: max(1, len(g['samples']) // 10)])
-            L.append(f"- growth: {g['requests']:,} requests (JSON and stream alternating, concurrency 32) in "
-                     f"{g['seconds']:.0f} s; RSS after the first 10% {_fmt(g['rss_after_warmup_mb'])} MB, at the end "
-                     f"{_fmt(g['rss_end_mb'])} MB (**{_fmt(g['growth_mb'])} MB**, "
-                     f"{_fmt(g['bytes_per_request'])} bytes/request); samples (requests: MB): {pts}")
-        L.append("")
+    if not mem:
+        return []
+    L = ["## Memory (nonstop process, RSS from /proc)", ""]
+    L.append(f"- idle after start: {_fmt(mem.get('idle_rss_start_mb'))} MB; idle at the end of the run: "
+             f"{_fmt(mem.get('idle_rss_end_mb'))} MB; peak (VmHWM) over the whole run: {_fmt(mem.get('peak_rss_mb'))} MB")
+    s = mem.get("streams")
+    if s:
+        L.append(f"- open streams: {s['opened']} of {s['streams']} slow streams held open (one delta a second): "
+                 f"RSS {_fmt(s['rss_before_mb'])} → {_fmt(s['rss_open_mb'])} MB, "
+                 f"**{_fmt(s['per_stream_kb'])} KB per open stream**; {_fmt(s['rss_after_release_mb'])} MB after "
+                 f"they closed; CPU while they trickled: {s['cpu_share_while_held']:.2f} of a core")
+    g = mem.get("growth")
+    if g:
+        pts = ", ".join(f"{x['requests']:,}: {x['rss_mb']:.1f}" for x in g["samples"][:: max(1, len(g['samples']) // 10)])
+        L.append(f"- growth: {g['requests']:,} requests (JSON and stream alternating, concurrency 32) in "
+                 f"{g['seconds']:.0f} s; RSS after the first 10% {_fmt(g['rss_after_warmup_mb'])} MB, at the end "
+                 f"{_fmt(g['rss_end_mb'])} MB (**{_fmt(g['growth_mb'])} MB**, "
+                 f"{_fmt(g['bytes_per_request'])} bytes/request); samples (requests: MB): {pts}")
+    return [*L, ""]
 
+
+def _failover(results: dict[str, Any]) -> list[str]:
     fo = results.get("failover")
-    if fo:
-        L.append("## Failover cost: a subscription-limit 429, then the local answer (concurrency 1)")
-        L.append("")
-        L.append("The fake cloud answers every request with a subscription-limit 429 (`unified-status: rejected`, "
-                 "`representative-claim: five_hour`) whose `unified-reset` is one second in the past, and nonstop runs "
-                 "with `[cloud] default_cooldown = 0`, so every request probes the cloud, meets the 429 and fails over "
-                 "(see docs/performance.md for why both are needed). *failover added* = through-nonstop TTFB − the "
-                 "429's own round trip (direct) − the local server's own TTFB (direct), at p50 (and at p99, which "
-                 "overstates it: tails do not subtract).")
-        L.append("")
-        L.append("| mode | 429 round trip p50 / p99 | local direct TTFB p50 / p99 | through nonstop TTFB p50 / p99 | "
-                 "failover added p50 / p99 | nonstop CPU µs/req | 429s nonstop met / requests it served |")
-        L.append("|---|---|---|---|---|---|---|")
-        for kind in ("stream", "json"):
-            b = fo.get(kind)
-            if not b:
-                continue
-            t = b["targets"]
-            c4, ld, via = t["cloud-429"], t["local-direct"], t["nonstop-failover"]
-            add50 = via["ttfb_p50"] - c4["total_p50"] - ld["ttfb_p50"]
-            add99 = via["ttfb_p99"] - c4["total_p99"] - ld["ttfb_p99"]
-            L.append(f"| {kind} | {_fmt(c4['total_p50'])} / {_fmt(c4['total_p99'])} | {_fmt(ld['ttfb_p50'])} / "
-                     f"{_fmt(ld['ttfb_p99'])} | {_fmt(via['ttfb_p50'])} / {_fmt(via['ttfb_p99'])} | "
-                     f"**{_fmt(add50)}** / {_fmt(add99)} | {_fmt(via['cpu_us_per_request'].get('target'))} | "
-                     f"{b['cloud_429s_seen_by_nonstop']:,} / {b['requests_through_nonstop']:,} |")
-        L.append("")
+    if not fo:
+        return []
+    rows = []
+    for kind in ("stream", "json"):
+        b = fo.get(kind)
+        if not b:
+            continue
+        t = b["targets"]
+        c4, ld, via = t["cloud-429"], t["local-direct"], t["nonstop-failover"]
+        add50 = via["ttfb_p50"] - c4["total_p50"] - ld["ttfb_p50"]
+        add99 = via["ttfb_p99"] - c4["total_p99"] - ld["ttfb_p99"]
+        rows.append([kind, _pair(c4["total_p50"], c4["total_p99"]), _pair(ld["ttfb_p50"], ld["ttfb_p99"]),
+                     _pair(via["ttfb_p50"], via["ttfb_p99"]), f"**{_fmt(add50)}** / {_fmt(add99)}", _fmt(_cpu(via)),
+                     f"{b['cloud_429s_seen_by_nonstop']:,} / {b['requests_through_nonstop']:,}"])
+    return [
+        "## Failover cost: a subscription-limit 429, then the local answer (concurrency 1)", "",
+        "The fake cloud answers every request with a subscription-limit 429 (`unified-status: rejected`, "
+        "`representative-claim: five_hour`) whose `unified-reset` is one second in the past, and nonstop runs "
+        "with `[cloud] default_cooldown = 0`, so every request probes the cloud, meets the 429 and fails over "
+        "(see docs/performance.md for why both are needed). *failover added* = through-nonstop TTFB − the "
+        "429's own round trip (direct) − the local server's own TTFB (direct), at p50 (and at p99, which "
+        "overstates it: tails do not subtract).", "",
+        *_table(["mode", "429 round trip p50 / p99", "local direct TTFB p50 / p99", "through nonstop TTFB p50 / p99",
+                 "failover added p50 / p99", "nonstop CPU µs/req", "429s nonstop met / requests it served"], rows),
+    ]
 
+
+def _local_path(results: dict[str, Any]) -> list[str]:
     lp = results.get("local_path")
-    if lp:
-        L.append("## The local path with the cloud already out (concurrency 1)")
-        L.append("")
-        L.append(f"nonstop's cloud state during these rounds: `{lp.get('cloud_state')}`. The Anthropic-format local "
-                 "backend uses `count_tokens = \"auto\"`, so nonstop asks the server's count_tokens endpoint first "
-                 "(one extra local round trip per request, as with llama-server); the OpenAI-format backend estimates. "
-                 "Added = through nonstop minus the same local server called directly.")
-        L.append("")
-        L.append("| mode | target | TTFB p50 | TTFB p99 | total p50 | total p99 | added TTFB p50 / p99 | nonstop CPU µs/req |")
-        L.append("|---|---|---|---|---|---|---|---|")
-        for kind in ("stream", "json"):
-            b = lp.get(kind)
-            if not b:
-                continue
-            t = b["targets"]
-            for name, base in (("local-direct", None), ("nonstop-local", "local-direct"),
-                               ("openai-direct", None), ("nonstop-openai", "openai-direct")):
-                x = t[name]
-                added = "—" if base is None else (f"{_fmt(x['ttfb_p50'] - t[base]['ttfb_p50'])} / "
-                                                  f"{_fmt(x['ttfb_p99'] - t[base]['ttfb_p99'])}")
-                cpu = x["cpu_us_per_request"].get("target")
-                L.append(f"| {kind} | {labels.get(name, name)} | {_fmt(x['ttfb_p50'])} | {_fmt(x['ttfb_p99'])} | "
-                         f"{_fmt(x['total_p50'])} | {_fmt(x['total_p99'])} | {added} | {_fmt(cpu) if cpu else '—'} |")
-            L.append(f"| {kind} | (cloud requests during these rounds: {b.get('cloud_requests_meanwhile')}) | | | | | | |")
-        L.append("")
+    if not lp:
+        return []
+    labels = results.get("labels", {})
+    rows = []
+    for kind in ("stream", "json"):
+        b = lp.get(kind)
+        if not b:
+            continue
+        t = b["targets"]
+        for name, base in (("local-direct", None), ("nonstop-local", "local-direct"),
+                           ("openai-direct", None), ("nonstop-openai", "openai-direct")):
+            x = t[name]
+            cpu = _cpu(x)
+            rows.append([kind, labels.get(name, name), _fmt(x["ttfb_p50"]), _fmt(x["ttfb_p99"]), _fmt(x["total_p50"]),
+                         _fmt(x["total_p99"]), _over(x, t[base] if base else None), _fmt(cpu) if cpu else "—"])
+        rows.append([kind, f"(cloud requests during these rounds: {b.get('cloud_requests_meanwhile')})", "", "", "", "", "", ""])
+    return [
+        "## The local path with the cloud already out (concurrency 1)", "",
+        f"nonstop's cloud state during these rounds: `{lp.get('cloud_state')}`. The Anthropic-format local "
+        "backend uses `count_tokens = \"auto\"`, so nonstop asks the server's count_tokens endpoint first "
+        "(one extra local round trip per request, as with llama-server); the OpenAI-format backend estimates. "
+        "Added = through nonstop minus the same local server called directly.", "",
+        *_table(["mode", "target", "TTFB p50", "TTFB p99", "total p50", "total p99", "added TTFB p50 / p99",
+                 "nonstop CPU µs/req"], rows),
+    ]
 
+
+def _translation(results: dict[str, Any]) -> list[str]:
     tr = results.get("translation")
-    if tr:
-        L.append("## OpenAI → Anthropic stream translation (one core)")
-        L.append("")
-        if "error" in tr:
-            L.append(f"Not measured: {tr['error']}")
-        else:
-            a, p = tr["translator"], tr["pipeline"]
-            L.append(f"A {tr['chunks_per_stream']}-chunk stream (reasoning, text, a tool call in fragments, usage) → "
-                     f"{tr['anthropic_events_per_stream']} Anthropic events, process pinned to one core.")
-            L.append("")
-            L.append("| what | OpenAI chunks/s | Anthropic events/s | µs per chunk |")
-            L.append("|---|---|---|---|")
-            L.append(f"| `OpenAIStreamTranslator.feed` alone | {a['chunks_per_s']:,.0f} | {a['events_out_per_s']:,.0f} | "
-                     f"{_fmt(a['us_per_chunk'])} |")
-            L.append(f"| the backend's whole relay: SSE decode, JSON parse, translate, normalise, encode | "
-                     f"{p['chunks_per_s']:,.0f} | {p['events_out_per_s']:,.0f} | {_fmt(p['us_per_chunk'])} |")
-            L.append("")
-            L.append("The time to first byte translation adds is in the local-path table above "
-                     "(OpenAI-format local through nonstop vs direct).")
-        L.append("")
+    if not tr:
+        return []
+    L = ["## OpenAI → Anthropic stream translation (one core)", ""]
+    if "error" in tr:
+        L.append(f"Not measured: {tr['error']}")
+    else:
+        a, p = tr["translator"], tr["pipeline"]
+        L += [f"A {tr['chunks_per_stream']}-chunk stream (reasoning, text, a tool call in fragments, usage) → "
+              f"{tr['anthropic_events_per_stream']} Anthropic events, process pinned to one core.", ""]
+        L += _table(["what", "OpenAI chunks/s", "Anthropic events/s", "µs per chunk"], [
+            ["`OpenAIStreamTranslator.feed` alone", f"{a['chunks_per_s']:,.0f}", f"{a['events_out_per_s']:,.0f}",
+             _fmt(a["us_per_chunk"])],
+            ["the backend's whole relay: SSE decode, JSON parse, translate, normalise, encode",
+             f"{p['chunks_per_s']:,.0f}", f"{p['events_out_per_s']:,.0f}", _fmt(p["us_per_chunk"])],
+        ])
+        L.append("The time to first byte translation adds is in the local-path table above "
+                 "(OpenAI-format local through nonstop vs direct).")
+    return [*L, ""]
 
+
+def _variants(results: dict[str, Any]) -> list[str]:
     va = results.get("variants")
-    if va:
-        L.append("## Candidate fixes, measured (`--variants`)")
-        L.append("")
-        L.append("The same interleaved rounds against extra nonstop processes with the candidate changes of "
-                 "docs/performance.md applied by `benchmarks/candidates/sitecustomize.py` (nonstop itself unchanged).")
-        L.append("")
-        L.append("| mode | conc. | request | target | TTFB p50 | TTFB p99 | added TTFB p50 / p99 | req/s | CPU µs/req | "
-                 "CPU vs nonstop | errors |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        for sc in va["scenarios"]:
-            t = sc["targets"]
-            d, base = t["direct"], t["nonstop"]
-            for name, x in t.items():
-                cpu = x["cpu_us_per_request"].get("target")
-                bcpu = base["cpu_us_per_request"].get("target")
-                vs = f"{(cpu - bcpu) / bcpu:+.0%}" if cpu and bcpu and name != "nonstop" else "—"
-                added = "—" if name == "direct" else (f"{_fmt(x['ttfb_p50'] - d['ttfb_p50'])} / "
-                                                      f"{_fmt(x['ttfb_p99'] - d['ttfb_p99'])}")
-                L.append(f"| {'stream' if sc['stream'] else 'json'} | {sc['concurrency']} | {sc['payload']} | "
-                         f"{va['labels'].get(name, name)} | {_fmt(x['ttfb_p50'])} | {_fmt(x['ttfb_p99'])} | {added} | "
-                         f"{x['rps']:,.0f} | {_fmt(cpu) if cpu else '—'} | {vs} | {x['errors']} |")
-        L.append("")
-        hs = va.get("held_streams") or {}
-        if hs:
-            L.append("Memory per open stream, two fresh processes with the same warm-up: " + "; ".join(
-                f"{name}: **{_fmt(h['per_stream_kb'])} KB** ({h['opened']} streams, RSS {_fmt(h['rss_before_mb'])} → "
-                f"{_fmt(h['rss_open_mb'])} MB)" for name, h in hs.items()) + ".")
-            L.append("")
+    if not va:
+        return []
+    rows = []
+    for sc in va["scenarios"]:
+        t = sc["targets"]
+        d, base = t["direct"], t["nonstop"]
+        for name, x in t.items():
+            cpu, bcpu = _cpu(x), _cpu(base)
+            vs = f"{(cpu - bcpu) / bcpu:+.0%}" if cpu and bcpu and name != "nonstop" else "—"
+            rows.append(["stream" if sc["stream"] else "json", str(sc["concurrency"]), sc["payload"],
+                         va["labels"].get(name, name), _fmt(x["ttfb_p50"]), _fmt(x["ttfb_p99"]),
+                         _over(x, None if name == "direct" else d), f"{x['rps']:,.0f}", _fmt(cpu) if cpu else "—", vs,
+                         str(x["errors"])])
+    L = [
+        "## Candidate fixes, measured (`--variants`)", "",
+        "The same interleaved rounds against extra nonstop processes with the candidate changes of "
+        "docs/performance.md applied by `benchmarks/candidates/sitecustomize.py` (nonstop itself unchanged).", "",
+        *_table(["mode", "conc.", "request", "target", "TTFB p50", "TTFB p99", "added TTFB p50 / p99", "req/s",
+                 "CPU µs/req", "CPU vs nonstop", "errors"], rows),
+    ]
+    hs = va.get("held_streams") or {}
+    if hs:
+        L += ["Memory per open stream, two fresh processes with the same warm-up: " + "; ".join(
+            f"{name}: **{_fmt(h['per_stream_kb'])} KB** ({h['opened']} streams, RSS {_fmt(h['rss_before_mb'])} → "
+            f"{_fmt(h['rss_open_mb'])} MB)" for name, h in hs.items()) + ".", ""]
+    return L
 
+
+def _peers(results: dict[str, Any]) -> list[str]:
     pe = results.get("peers")
-    if pe:
-        L.append("## Peers")
-        L.append("")
-        for name, info in pe.items():
-            if "error" in info:
-                L.append(f"- **{name}** ({info.get('spec', '')}): not measured. {info['error']}")
-            else:
-                extra = ""
-                if "idle_rss_mb" in info:
-                    extra = (f"; idle RSS {_fmt(info['idle_rss_mb'])} MB, peak {_fmt(info.get('peak_rss_mb'))} MB "
-                             "(process tree)")
-                L.append(f"- **{name}** {info.get('version', '')}: {info.get('label', '')}{extra}. Its rows are in "
-                         "the latency tables above.")
-        L.append("")
+    if not pe:
+        return []
+    L = ["## Peers", ""]
+    for name, info in pe.items():
+        if "error" in info:
+            L.append(f"- **{name}** ({info.get('spec', '')}): not measured. {info['error']}")
+        else:
+            extra = ""
+            if "idle_rss_mb" in info:
+                extra = (f"; idle RSS {_fmt(info['idle_rss_mb'])} MB, peak {_fmt(info.get('peak_rss_mb'))} MB "
+                         "(process tree)")
+            L.append(f"- **{name}** {info.get('version', '')}: {info.get('label', '')}{extra}. Its rows are in "
+                     "the latency tables above.")
+    return [*L, ""]
 
+
+def _profile(results: dict[str, Any]) -> list[str]:
     prof = results.get("profile")
-    if prof:
-        L.append("## Profile of nonstop (py-spy, 250 Hz, non-blocking, only samples holding the GIL)")
-        L.append("")
-        L.append("Own time: where the interpreter was when sampled; inclusive: share of samples with the function "
-                 "anywhere on the stack (the start-up chain left out). Samples are of threads holding the GIL, so "
-                 "the shares are of nonstop's CPU time, not of wall time.")
-        L.append("")
-        for name, p in prof.items():
-            L.append(f"### {name} ({p['samples']} samples; raw stacks in `{p['file']}`, not kept in git)")
-            L.append("")
-            L.append("By area (own time): " + ", ".join(f"{k} {v:.0%}" for k, v in p["areas"]))
-            L.append("")
-            L.append("| own time | function | | inclusive | function |")
-            L.append("|---|---|---|---|---|")
-            for i in range(max(len(p["self"]), len(p["inclusive"]))):
-                s = p["self"][i] if i < len(p["self"]) else ("", 0.0)
-                c = p["inclusive"][i] if i < len(p["inclusive"]) else ("", 0.0)
-                L.append(f"| {s[1]:.1%} | `{s[0]}` | | {c[1]:.1%} | `{c[0]}` |")
-            L.append("")
+    if not prof:
+        return []
+    L = ["## Profile of nonstop (py-spy, 250 Hz, non-blocking, only samples holding the GIL)", "",
+         "Own time: where the interpreter was when sampled; inclusive: share of samples with the function "
+         "anywhere on the stack (the start-up chain left out). Samples are of threads holding the GIL, so "
+         "the shares are of nonstop's CPU time, not of wall time.", ""]
+    for name, p in prof.items():
+        L += [f"### {name} ({p['samples']} samples; raw stacks in `{p['file']}`, not kept in git)", "",
+              "By area (own time): " + ", ".join(f"{k} {v:.0%}" for k, v in p["areas"]), ""]
+        rows = []
+        for i in range(max(len(p["self"]), len(p["inclusive"]))):
+            s = p["self"][i] if i < len(p["self"]) else ("", 0.0)
+            c = p["inclusive"][i] if i < len(p["inclusive"]) else ("", 0.0)
+            rows.append([f"{s[1]:.1%}", f"`{s[0]}`", "", f"{c[1]:.1%}", f"`{c[0]}`"])
+        L += _table(["own time", "function", "", "inclusive", "function"], rows)
+    return L
 
-    if results.get("notes"):
-        L.append("## Notes")
-        L.append("")
-        for n in results["notes"]:
-            L.append(f"- {n}")
-        L.append("")
-    L.append("## How this was run")
-    L.append("")
+
+def _notes(results: dict[str, Any]) -> list[str]:
+    if not results.get("notes"):
+        return []
+    return ["## Notes", "", *(f"- {n}" for n in results["notes"]), ""]
+
+
+def _how_run(results: dict[str, Any]) -> list[str]:
     flags = results["mode"].replace("full", "").replace("smoke", "--smoke").strip()
-    L.append(f"`python benchmarks/run.py {flags}`".replace(" `", "`") + "; plan: " + ", ".join(
-        f"{k}={v}" for k, v in results["plan"].items()) + ".")
-    L.append("")
-    L.append("nonstop's config for the main rounds (ports vary per run):")
-    L.append("")
-    L.append("```toml")
-    L.append(results.get("nonstop_config", "").strip())
-    L.append("```")
-    L.append("")
+    L = ["## How this was run", "",
+         f"`python benchmarks/run.py {flags}`".replace(" `", "`") + "; plan: " + ", ".join(
+             f"{k}={v}" for k, v in results["plan"].items()) + ".", "",
+         "nonstop's config for the main rounds (ports vary per run):", "",
+         "```toml", results.get("nonstop_config", "").strip(), "```", ""]
     if results.get("failover_config"):
-        L.append("The failover rounds' nonstop:")
-        L.append("")
-        L.append("```toml")
-        L.append(results["failover_config"].strip())
-        L.append("```")
-        L.append("")
-    return "\n".join(L)
+        L += ["The failover rounds' nonstop:", "", "```toml", results["failover_config"].strip(), "```", ""]
+    return L
 
 
 # --- py-spy raw output ---------------------------------------------------------------------
