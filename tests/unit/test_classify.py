@@ -1,4 +1,4 @@
-"""How the cloud says "no" (wire-facts §2), one table row per case."""
+"""How the cloud says "no" (docs/wire.md §2), one table row per case."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ CREDIT_MSG = (
 )
 
 
-# --- classify_response: every row of wire-facts §2 ---------------------------------------
+# --- classify_response: every row of docs/wire.md §2 -------------------------------------
 
 # (id, status, headers, body, failover_on_auth, kind, failover, until)
 ROWS = [

@@ -66,7 +66,7 @@ def run(events: list[Event], *, estimate: int = 1234, end: bool = True) -> tuple
 
 
 def check_well_formed(out: list[Event]) -> None:
-    """The grammar of wire-facts §3, as Claude Code enforces it."""
+    """The grammar of docs/wire.md §3, as Claude Code enforces it."""
     names = [e for e, _ in out if e != "ping"]
     assert names[0] == "message_start"
     assert names[-1] in ("message_stop", "error")

@@ -1,4 +1,4 @@
-"""Make a local server's Anthropic event stream safe for strict clients (wire-facts §3).
+"""Make a local server's Anthropic event stream safe for strict clients (docs/wire.md §3).
 
 Sans-IO: events in, events out. Fixes what local servers get wrong: zero input_tokens,
 text or tool input placed inside content_block_start, tool ids with odd characters,

@@ -2,7 +2,7 @@
 only OpenAI (`api = "openai"`).
 
 `OpenAIStreamTranslator` is sans-IO: parsed chunks in, Anthropic (event, data) pairs out.
-It keeps the rules strict clients depend on (wire-facts §3): message_start first with
+It keeps the rules strict clients depend on (docs/wire.md §3): message_start first with
 non-zero input_tokens; a block is started before its deltas and gets none after its
 stop; one block open at a time, indexes consecutive from 0; nothing inside
 content_block_start; message_delta held until the end so late usage is counted.
