@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from nonstop.cli import claude as launcher
+from nonstop.cli.common import gateway_url
 from nonstop.config import load_config
 from tests.integration.llama import pid_alive, require_llama
 from tests.support import procs
@@ -200,9 +201,9 @@ def test_nonstop_claude_starts_nonstop_in_the_background(cloud, tmp_path: Path) 
         assert "starting the gateway in the background" in proc.stderr
         data = result_of(proc)
         assert data["is_error"] is False and data["result"] == CLOUD_TEXT, data
-        rows = logged_messages(launcher.client_url(cfg))
+        rows = logged_messages(gateway_url(cfg.host, cfg.port))
         assert rows and all(r["backend"] == "cloud" and r["outcome"] == "ok" for r in rows), rows
-        status = json.loads(procs.http("GET", launcher.client_url(cfg) + "/_nonstop/api/status")[2])
+        status = json.loads(procs.http("GET", gateway_url(cfg.host, cfg.port) + "/_nonstop/api/status")[2])
         assert [b["name"] for b in status["local"]] == ["embedded"], status["local"]
         assert children, "the background nonstop runs no embedded llama-server"
         no_leak(proc.stdout, proc.stderr, (state / "nonstop.log").read_text(errors="replace"))

@@ -16,8 +16,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from nonstop import cli
-from nonstop.cli import doctor
 from nonstop.backends.llama_stack import INSTALL_HINT
+from nonstop.cli import doctor
+from nonstop.cli.doctor import Check, Probes
 from nonstop.config import (
     CloudConfig,
     Config,
@@ -25,7 +26,6 @@ from nonstop.config import (
     EmbeddedConfig,
     LocalBackendConfig,
 )
-from nonstop.cli.doctor import Check, Probes
 from tests.support.procs import PLANTED_KEY
 
 STACK = (Path("/opt/llama/bin/llama-server"), Path("/opt/models/SmolLM2-135M-Instruct.Q4_1.gguf"))

@@ -16,6 +16,7 @@ import pytest
 
 from nonstop import cli
 from nonstop.cli import claude
+from nonstop.cli.common import gateway_url
 from nonstop.config import Config
 from tests.support.procs import PLANTED_KEY
 
@@ -62,6 +63,7 @@ def test_claude_env_sends_the_nonstop_token_as_a_custom_header() -> None:
 
 @pytest.mark.parametrize(("host", "expected"), [
     ("0.0.0.0", "http://127.0.0.1:8787"),
+    ("::", "http://[::1]:8787"),
     ("::1", "http://[::1]:8787"),
     ("localhost", "http://localhost:8787"),
 ])
@@ -147,7 +149,7 @@ def test_run_claude_without_claude_on_path(tmp_path: Path, monkeypatch: pytest.M
                                            capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(launcher, "ensure_running", no_start)
+    monkeypatch.setattr(claude, "ensure_running", no_start)
     code = claude.run_claude(cfg_at(tmp=tmp_path), ["-p", "hi"], argparse.Namespace())
     assert code == 127
     err = capsys.readouterr().err
@@ -167,7 +169,7 @@ def test_run_claude_passes_arguments_environment_and_exit_code(
     seen = json.loads(fake_claude.read_text())
     # nonstop's own --settings comes first (it beats settings-file env), then the user's args.
     assert seen["argv"][0] == "--settings"
-    assert json.loads(seen["argv"][1]) == {"env": {"ANTHROPIC_BASE_URL": claude.client_url(cfg)}}
+    assert json.loads(seen["argv"][1]) == {"env": {"ANTHROPIC_BASE_URL": gateway_url(cfg.host, cfg.port)}}
     assert seen["argv"][2:] == args
     assert seen["env"]["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{fake_nonstop}"
     assert seen["env"]["ANTHROPIC_API_KEY"] == PLANTED_KEY
@@ -180,7 +182,7 @@ def test_run_claude_reports_a_gateway_that_cannot_start(
     def fail(cfg: Config, echo: Any = print) -> dict:
         raise RuntimeError("nonstop exited with code 2 while starting")
 
-    monkeypatch.setattr(launcher, "ensure_running", fail)
+    monkeypatch.setattr(claude, "ensure_running", fail)
     assert claude.run_claude(cfg_at(tmp=tmp_path), ["-p", "x"], argparse.Namespace()) == 1
     assert "exited with code 2" in capsys.readouterr().err
     assert not fake_claude.exists()
@@ -208,7 +210,7 @@ def test_cli_hands_everything_after_claude_to_claude(
         seen.update(cfg=cfg, rest=got, args=args)
         return 42
 
-    monkeypatch.setattr(launcher, "run_claude", fake_run)
+    monkeypatch.setattr(claude, "run_claude", fake_run)
     code = cli.main([a.format(cfg=path) for a in argv])
     assert code == 42
     assert seen["rest"] == rest

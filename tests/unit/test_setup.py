@@ -18,9 +18,9 @@ import pytest
 from aiohttp import web
 
 from nonstop import cli
-from nonstop.cli import init
 from nonstop.backends.discovery import DiscoveredServer
 from nonstop.backends.llama_stack import INSTALL_HINT
+from nonstop.cli import init
 from nonstop.config import Config, DiscoveryConfig, LocalBackendConfig, load_config
 
 SMOL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf"

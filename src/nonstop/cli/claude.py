@@ -14,25 +14,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
+from nonstop.cli.common import gateway_url
 from nonstop.config import Config, is_loopback
 
 CLAUDE_INSTALL = "npm install -g @anthropic-ai/claude-code"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def client_url(cfg: Config) -> str:
-    host = cfg.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{cfg.port}"
-
-
 def health(cfg: Config, timeout: float = 1.0) -> dict | None:
-    req = urllib.request.Request(client_url(cfg) + "/health")
+    req = urllib.request.Request(gateway_url(cfg.host, cfg.port) + "/health")
     if cfg.token:
         req.add_header("x-nonstop-token", cfg.token)
     try:
@@ -64,7 +55,7 @@ def start_background(cfg: Config, wait: float = 600.0, echo=print) -> dict:
     while time.monotonic() < deadline:
         h = health(cfg)
         if h is not None:
-            echo(f"nonstop: ready at {client_url(cfg)}")
+            echo(f"nonstop: ready at {gateway_url(cfg.host, cfg.port)}")
             return h
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:]
@@ -86,7 +77,7 @@ def ensure_running(cfg: Config, echo=print) -> dict:
 
 def claude_env(cfg: Config, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
-    env["ANTHROPIC_BASE_URL"] = client_url(cfg)
+    env["ANTHROPIC_BASE_URL"] = gateway_url(cfg.host, cfg.port)
     if cfg.token:
         line = f"x-nonstop-token: {cfg.token}"
         prior = env.get("ANTHROPIC_CUSTOM_HEADERS", "")
@@ -139,8 +130,3 @@ def run_claude(cfg: Config, rest: list[str], args) -> int:
         return subprocess.call([claude, "--settings", settings, *rest], env=env)
     except KeyboardInterrupt:
         return 130
-
-
-def claude_settings_path() -> Path:
-    base = os.environ.get("CLAUDE_CONFIG_DIR")
-    return Path(base) / "settings.json" if base else Path.home() / ".claude" / "settings.json"

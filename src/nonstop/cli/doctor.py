@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from nonstop.cli import claude
 from nonstop.backends import discovery
 from nonstop.backends.discovery import CLAUDE_CODE_MIN_CONTEXT, DiscoveredServer
 from nonstop.backends.llama_stack import (
@@ -32,6 +31,8 @@ from nonstop.backends.llama_stack import (
     find_llama_server,
     llama_env,
 )
+from nonstop.cli import claude
+from nonstop.cli.common import claude_settings_files, client_host, gateway_url
 from nonstop.config import Config, EmbeddedConfig, LocalBackendConfig, is_loopback
 from nonstop.redact import redact
 
@@ -222,7 +223,7 @@ def check_claude_cli(probes: Probes) -> Check:
 def check_base_url(cfg: Config, env: Mapping[str, str]) -> list[Check]:
     """ANTHROPIC_BASE_URL, from the environment and from Claude Code's settings files
     (whose `env` wins over the environment, so it also overrides `nonstop claude`)."""
-    mine = claude.client_url(cfg)
+    mine = gateway_url(cfg.host, cfg.port)
     out: list[Check] = []
     given = env.get("ANTHROPIC_BASE_URL", "")
     if given:
@@ -281,20 +282,7 @@ def _same_server(a: str, b: str) -> bool:
 
 
 def _local(host: str) -> bool:
-    return host in ("0.0.0.0", "::") or is_loopback(host)
-
-
-def claude_settings_files(env: Mapping[str, str]) -> list[Path]:
-    base = env.get("CLAUDE_CONFIG_DIR")
-    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
-    user = Path(base) / "settings.json" if base else home / ".claude" / "settings.json"
-    project = Path.cwd() / ".claude"
-    files = [user, project / "settings.json", project / "settings.local.json"]
-    seen: list[Path] = []
-    for f in files:
-        if f.is_file() and f not in seen:
-            seen.append(f)
-    return seen
+    return is_loopback(client_host(host))
 
 
 def _settings_env(path: Path) -> dict[str, Any]:
@@ -310,7 +298,7 @@ def _settings_env(path: Path) -> dict[str, Any]:
 
 
 async def check_running(cfg: Config, probes: Probes) -> Check:
-    url = claude.client_url(cfg)
+    url = gateway_url(cfg.host, cfg.port)
     h = await asyncio.to_thread(probes.health, cfg)
     if h is not None:
         listed = h.get("local")

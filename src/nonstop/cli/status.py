@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
+from nonstop.cli.common import db_path, gateway_url
 from nonstop.config import Config
 
 API_TIMEOUT = 2.0
@@ -41,19 +41,8 @@ class Refused(Exception):
 # --- talking to the running gateway -----------------------------------------------------------
 
 
-def base_url(cfg: Config) -> str:
-    host = cfg.host
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{cfg.port}"
-
-
 def api_get(cfg: Config, path: str, params: dict[str, Any] | None = None, timeout: float = API_TIMEOUT) -> Any:
-    url = base_url(cfg) + path
+    url = gateway_url(cfg.host, cfg.port) + path
     if params:
         url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v not in ("", None)})
     req = urllib.request.Request(url, headers={"accept": "application/json"})
@@ -75,14 +64,10 @@ def api_get(cfg: Config, path: str, params: dict[str, Any] | None = None, timeou
 # --- the log on disk ------------------------------------------------------------------------------
 
 
-def db_path(cfg: Config) -> Path:
-    return cfg.state_dir / "nonstop.db"
-
-
 def _open_db(cfg: Config) -> sqlite3.Connection | None:
     from nonstop.store.db import connect
 
-    path = db_path(cfg)
+    path = db_path(cfg.state_dir)
     if not path.exists():
         return None
     try:
@@ -138,7 +123,7 @@ def offline_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
             for b in cfg.local
         ],
         "today": today,
-        "log": str(db_path(cfg)) if conn is not None else "",
+        "log": str(db_path(cfg.state_dir)) if conn is not None else "",
     }
 
 
@@ -350,7 +335,7 @@ class DbRows:
 
         conn = _open_db(self.cfg)
         if conn is None:
-            raise FileNotFoundError(db_path(self.cfg))
+            raise FileNotFoundError(db_path(self.cfg.state_dir))
         with closing(conn):
             return recent(conn, limit=limit, after_id=after_id, backend=f.backend, outcome=f.outcome, model=f.model)
 
@@ -414,11 +399,11 @@ def cmd_logs(cfg: Config, as_json: bool = False, follow: bool = False, limit: in
         print(f"nonstop: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, sqlite3.Error):
-        print(f"nonstop: not running on {cfg.listen} and no readable request log at {db_path(cfg)}; "
+        print(f"nonstop: not running on {cfg.listen} and no readable request log at {db_path(cfg.state_dir)}; "
               "start it with `nonstop serve`", file=sys.stderr)
         return 2
     if not running and not as_json:
-        print(f"(nonstop is not running; reading {db_path(cfg)})", file=sys.stderr)
+        print(f"(nonstop is not running; reading {db_path(cfg.state_dir)})", file=sys.stderr)
     if not as_json:
         print(LOG_HEADER)
     try:
@@ -444,6 +429,6 @@ def _follow(cfg: Config, source: RowSource, running: bool, rows: list[dict[str, 
             seen = max(seen, row_key(r))
             yield r
     except NotRunning:
-        print(f"(nonstop stopped; following {db_path(cfg)})", file=sys.stderr)
+        print(f"(nonstop stopped; following {db_path(cfg.state_dir)})", file=sys.stderr)
         db = TolerantDbRows(cfg)
         yield from follow_rows(db, db.rows(seen, 1000, f), f)

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from nonstop.cli.common import claude_user_settings, client_host
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -154,12 +156,7 @@ def _split_hostport(hostport: str, default_port: int) -> tuple[str, int]:
         host, sep, port = hostport.rpartition(":")
         if not sep:
             host, port = hostport, ""
-    host = host or "127.0.0.1"
-    if host in ("0.0.0.0", "*"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return host, int(port) if port.isdigit() else default_port
+    return client_host(host), int(port) if port.isdigit() else default_port
 
 
 def _from_url(url: str) -> tuple[str, int, str] | None:
@@ -318,13 +315,6 @@ def main(args: Any) -> int:
 # --- Claude Code's settings -----------------------------------------------------------------------
 
 
-def settings_file() -> Path:
-    from pathlib import Path
-
-    base = os.environ.get("CLAUDE_CONFIG_DIR")
-    return (Path(base).expanduser() if base else Path.home() / ".claude") / "settings.json"
-
-
 def _read_settings(path: Path) -> tuple[dict[str, Any], bytes | None]:
     import json
 
@@ -362,7 +352,7 @@ def _ours(value: Any) -> bool:
 
 def is_installed(settings_path: Path | None = None) -> bool:
     try:
-        data, _ = _read_settings(settings_path or settings_file())
+        data, _ = _read_settings(settings_path or claude_user_settings())
     except (ValueError, OSError):
         return False
     return _ours(data.get("statusLine"))
@@ -371,7 +361,7 @@ def is_installed(settings_path: Path | None = None) -> bool:
 def install(settings_path: Path | None = None, command: str | None = None) -> Path:
     """Point Claude Code's statusLine at nonstop. Only that key changes; an existing file
     is first copied to settings.json.bak-nonstop."""
-    path = settings_path or settings_file()
+    path = settings_path or claude_user_settings()
     data, old = _read_settings(path)
     wanted = {"type": "command", "command": command or COMMAND}
     if data.get("statusLine") == wanted and old is not None:
@@ -384,7 +374,7 @@ def install(settings_path: Path | None = None, command: str | None = None) -> Pa
 def uninstall(settings_path: Path | None = None) -> Path | None:
     """Remove nonstop's statusLine, restoring the one the backup had, if any. Returns the
     settings path, or None when nonstop's status line was not installed."""
-    path = settings_path or settings_file()
+    path = settings_path or claude_user_settings()
     data, old = _read_settings(path)
     if not _ours(data.get("statusLine")):
         return None

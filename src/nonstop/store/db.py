@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from nonstop.store import db_path
+
 MIGRATIONS: list[tuple[str, str]] = [
     (
         "0001_requests",
@@ -130,7 +132,7 @@ class Store:
 
     def __init__(self, state_dir: Path, *, retention_days: float = 30.0):
         self.state_dir = state_dir
-        self.path = state_dir / "nonstop.db"
+        self.path = db_path(state_dir)
         self.retention_days = retention_days
         self._q: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None

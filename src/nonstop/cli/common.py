@@ -1,0 +1,66 @@
+"""What the commands share: the address a client dials, Claude Code's settings files, the
+request log's file.
+
+Standard library only, and pathlib only when a path is asked for: `nonstop statusline`
+imports this module on every refresh of Claude Code's status bar.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from nonstop.store import db_path
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+__all__ = ["claude_settings_files", "claude_user_settings", "client_host", "db_path", "gateway_url"]
+
+# A gateway listening on every address is reached through the loopback of the same family.
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "::1"}
+
+
+def client_host(host: str) -> str:
+    """The host a client on this machine dials for a gateway listening on `host`."""
+    return _WILDCARDS.get(host, host)
+
+
+def gateway_url(host: str, port: int) -> str:
+    """http://HOST:PORT of a gateway listening on `host`, IPv6 literals in brackets."""
+    host = client_host(host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+# --- Claude Code's settings ------------------------------------------------------------------
+
+
+def claude_user_settings(env: Mapping[str, str] | None = None) -> Path:
+    """The user's settings.json: in CLAUDE_CONFIG_DIR when set, else in ~/.claude."""
+    from pathlib import Path
+
+    env = os.environ if env is None else env
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    base = env.get("CLAUDE_CONFIG_DIR")
+    if not base:
+        return home / ".claude" / "settings.json"
+    if base == "~" or base.startswith("~/"):
+        return home / base[2:] / "settings.json"
+    return Path(base).expanduser() / "settings.json"
+
+
+def claude_settings_files(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Those of Claude Code's settings files that exist: the user's, then the project's
+    .claude/settings.json and .claude/settings.local.json."""
+    from pathlib import Path
+
+    project = Path.cwd() / ".claude"
+    files = [claude_user_settings(env), project / "settings.json", project / "settings.local.json"]
+    seen: list[Path] = []
+    for f in files:
+        if f.is_file() and f not in seen:
+            seen.append(f)
+    return seen
