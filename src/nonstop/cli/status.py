@@ -76,13 +76,10 @@ def _open_db(cfg: Config) -> sqlite3.Connection | None:
         return None
 
 
-def _midnight(now: float) -> float:
-    return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
 def offline_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
-    """The status JSON's shape, filled from the persisted state and the request log."""
+    """The status document filled from the persisted state and the request log."""
     from nonstop import __version__
+    from nonstop.server.status import backend_entry, start_of_day, status_document
     from nonstop.store.db import totals_since
 
     now = time.time() if now is None else now
@@ -96,35 +93,13 @@ def offline_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
                 if row is not None:
                     loaded = json.loads(row[0])
                     snap = loaded if isinstance(loaded, dict) else {}
-                today = totals_since(conn, _midnight(now))
+                today = totals_since(conn, start_of_day(now))
             except (sqlite3.Error, ValueError):
                 pass
-    state = str(snap.get("state") or ("serving" if snap else "unknown"))
-    return {
-        "running": False,
-        "version": __version__,
-        "now": now,
-        "listen": cfg.listen,
-        "cloud": {
-            "url": cfg.cloud.url,
-            "state": state,
-            "until": snap.get("until") if state not in ("serving", "unknown") else None,
-            "reason": snap.get("reason", ""),
-            "detail": snap.get("detail", ""),
-            "since": snap.get("since", 0.0),
-        },
-        "utilization": snap.get("utilization") or {},
-        "local": [
-            {
-                "name": b.name, "url": b.url, "api": b.api, "model": b.model,
-                "context_window": b.context_window, "max_output_tokens": b.max_output_tokens,
-                "healthy": None, "checked": 0.0, "error": "", "embedded": False,
-            }
-            for b in cfg.local
-        ],
-        "today": today,
-        "log": str(db_path(cfg.state_dir)) if conn is not None else "",
-    }
+    return status_document(
+        cfg, snap, [backend_entry(b) for b in cfg.local], today, running=False, version=__version__, now=now,
+        log=str(db_path(cfg.state_dir)) if conn is not None else "",
+    )
 
 
 def get_status(cfg: Config) -> dict[str, Any]:

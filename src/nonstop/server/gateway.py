@@ -360,41 +360,23 @@ class Gateway:
     # --- status ---------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
+        from nonstop.server.status import backend_entry, start_of_day, status_document
+
         now = self.clock()
-        midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
         today: dict[str, Any] = {}
         if self.store is not None:
             with contextlib.suppress(Exception):
-                today = await asyncio.to_thread(self.store.totals_since, midnight)
-        q = self.quota
-        return {
-            "version": _version(),
-            "now": now,
-            "pid": os.getpid(),
-            "listen": self.cfg.listen,
-            "uptime": now - self.started,
-            "inflight": self.inflight,
-            "cloud": {
-                "url": self.cfg.cloud.url,
-                "state": q.state.value,
-                "until": q.until if q.state is not CloudState.SERVING else None,
-                "reason": q.reason,
-                "detail": q.detail,
-                "since": q.since,
-            },
-            "utilization": q.utilization.as_dict(),
-            "local": [
-                {
-                    "name": b.name, "url": b.cfg.url, "api": b.cfg.api,
-                    "model": b.cfg.model or b.health.model, "context_window": b.cfg.context_window,
-                    "max_output_tokens": b.cfg.max_output_tokens,
-                    "healthy": b.health.ok, "checked": b.health.checked, "error": b.health.error,
-                    "embedded": bool(self.embedded is not None and b.name == "embedded"),
-                }
-                for b in self.locals
-            ],
-            "today": today,
-        }
+                today = await asyncio.to_thread(self.store.totals_since, start_of_day(now))
+        local = [
+            backend_entry(b.cfg, model=b.health.model, healthy=b.health.ok, checked=b.health.checked,
+                          error=b.health.error, embedded=bool(self.embedded is not None and b.name == "embedded"))
+            for b in self.locals
+        ]
+        return status_document(
+            self.cfg, self.quota.snapshot(), local, today, running=True, version=_version(), now=now,
+            pid=os.getpid(), uptime=now - self.started, inflight=self.inflight,
+            log=str(self.store.path) if self.store is not None else "",
+        )
 
 
 def _ms(v: float | None) -> str:
