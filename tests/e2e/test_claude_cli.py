@@ -21,8 +21,8 @@ import pytest
 from nonstop.cli import claude as launcher
 from nonstop.cli.common import gateway_url
 from nonstop.config import load_config
-from tests.integration.llama import pid_alive, require_llama
-from tests.support import procs
+from tests.integration.llama import require_llama
+from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +78,7 @@ def logged_messages(ns_url: str) -> list[dict[str, Any]]:
     the answer, so wait (briefly) for the first one."""
     deadline = time.monotonic() + 10
     while True:
-        code, _, body = procs.http("GET", ns_url + "/_nonstop/api/requests?limit=100")
+        code, _, body = rawhttp.request("GET", ns_url + "/_nonstop/api/requests?limit=100")
         assert code == 200, body
         rows = [r for r in json.loads(body)["requests"] if r["path"] == "/v1/messages"]
         if rows or time.monotonic() > deadline:
@@ -196,14 +196,14 @@ def test_nonstop_claude_starts_nonstop_in_the_background(cloud, tmp_path: Path) 
         health = launcher.health(cfg)
         assert health is not None, f"no nonstop on {cfg.listen} after the run:\n{proc.stderr[-2000:]}"
         started_pid = int(health["pid"])
-        children = child_pids(started_pid)
+        children = procs.child_pids(started_pid)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "starting the gateway in the background" in proc.stderr
         data = result_of(proc)
         assert data["is_error"] is False and data["result"] == CLOUD_TEXT, data
         rows = logged_messages(gateway_url(cfg.host, cfg.port))
         assert rows and all(r["backend"] == "cloud" and r["outcome"] == "ok" for r in rows), rows
-        status = json.loads(procs.http("GET", gateway_url(cfg.host, cfg.port) + "/_nonstop/api/status")[2])
+        status = json.loads(rawhttp.request("GET", gateway_url(cfg.host, cfg.port) + "/_nonstop/api/status")[2])
         assert [b["name"] for b in status["local"]] == ["embedded"], status["local"]
         assert children, "the background nonstop runs no embedded llama-server"
         no_leak(proc.stdout, proc.stderr, (state / "nonstop.log").read_text(errors="replace"))
@@ -211,31 +211,18 @@ def test_nonstop_claude_starts_nonstop_in_the_background(cloud, tmp_path: Path) 
         if started_pid is not None:
             os.kill(started_pid, signal.SIGTERM)
             deadline = time.monotonic() + 30
-            while pid_alive(started_pid) and time.monotonic() < deadline:
+            while procs.pid_alive(started_pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if pid_alive(started_pid):
+            if procs.pid_alive(started_pid):
                 os.kill(started_pid, signal.SIGKILL)
-    assert not pid_alive(started_pid), "the background nonstop did not stop on SIGTERM"
+    assert not procs.pid_alive(started_pid), "the background nonstop did not stop on SIGTERM"
     deadline = time.monotonic() + 10
-    while any(pid_alive(c) for c in children) and time.monotonic() < deadline:
+    while any(procs.pid_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not [c for c in children if pid_alive(c)], "a child of nonstop outlived it"
+    assert not [c for c in children if procs.pid_alive(c)], "a child of nonstop outlived it"
     assert launcher.health(cfg) is None
     log = (state / "nonstop.log").read_text(errors="replace")
     assert "Traceback" not in log, log[-3000:]
-
-
-def child_pids(parent: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == parent:
-                out.append(int(entry.name))
-    return out
 
 
 # --- (e) the cloud out, a local server that speaks only OpenAI Chat Completions ------------------

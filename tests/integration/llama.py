@@ -16,8 +16,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from nonstop.backends.llama_stack import (
     free_loopback_port,
     llama_env,
 )
+from tests.support import rawhttp
 
 READY_TIMEOUT = 120.0
 
@@ -142,28 +141,8 @@ def start_llama_server(
         time.sleep(0.1)
 
 
-# Loopback only: never through a proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def _health_ok(url: str) -> bool:
     try:
-        with _OPENER.open(url + "/health", timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
+        return rawhttp.request("GET", url + "/health", timeout=2)[0] == 200
+    except (OSError, ValueError):
         return False
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` is a live process (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import procs
+from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
 
 try:
@@ -44,41 +41,13 @@ def _need_browser() -> None:
         pytest.skip(f"{what} is missing")
 
 
-def start_with_token(config_text: str, token: str) -> procs.Proc:
-    """procs.start_nonstop waits on /health without a token, which a token-protected
-    gateway refuses; this waits with it."""
-    port = procs.free_port()
-    folder = Path(tempfile.mkdtemp(prefix="nonstop-test-"))
-    state = folder / "state"
-    cfg = procs.write_config(folder, f'listen = "127.0.0.1:{port}"\nstate_dir = "{state}"\n' + config_text)
-    log = folder / "nonstop.log"
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "nonstop", "serve", "--config", str(cfg)], stdout=fh, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, cwd=procs.ROOT, env={**os.environ, "NONSTOP_STATE_DIR": str(state)},
-        )
-    p = procs.Proc(proc, f"http://127.0.0.1:{port}", log, port, {"config": cfg, "state_dir": state})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nonstop exited with {proc.returncode}:\n{p.output()[-3000:]}")
-        try:
-            if procs.http("GET", p.url + "/health", headers={"x-nonstop-token": token}, timeout=2)[0] == 200:
-                return p
-        except OSError:
-            pass
-        time.sleep(0.1)
-    p.stop()
-    raise RuntimeError(f"nonstop did not answer within 60s:\n{p.output()[-3000:]}")
-
-
 def config(cloud: procs.Proc, local: procs.Proc, **settings) -> str:
     return nonstop_config(cloud.url, local=[{"name": "rec", "url": local.url}], **settings)
 
 
 def ask(ns: procs.Proc, token: str = "") -> dict[str, str]:
     extra = {"x-nonstop-token": token} if token else {}
-    status, headers, body = procs.http(
+    status, headers, body = rawhttp.request(
         "POST", ns.url + "/v1/messages",
         {"model": "claude-sonnet-4-6", "max_tokens": 50, "messages": [{"role": "user", "content": "Say hello."}]},
         headers={"x-api-key": procs.PLANTED_KEY, "anthropic-version": "2023-06-01", **extra},
@@ -175,12 +144,11 @@ def test_dashboard_polls_when_the_event_stream_is_blocked(cloud, recorder_proc, 
             browser.close()
 
 
-def test_dashboard_with_an_access_token(cloud, recorder_proc, request):
+def test_dashboard_with_an_access_token(cloud, recorder_proc, nonstop_factory):
     """The token given once in the address becomes a cookie and leaves the address bar."""
     _need_browser()
     token = "dash-token-123"
-    ns = start_with_token(config(cloud, recorder_proc, token=token), token)
-    request.addfinalizer(ns.stop)
+    ns = nonstop_factory(config(cloud, recorder_proc, token=token))
     ask(ns, token)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -9,11 +9,10 @@ import contextlib
 import json
 import socket
 import time
-import urllib.request
 
 import pytest
 
-from tests.support import procs, wirecheck
+from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -33,47 +32,6 @@ def config(cloud_url: str, local_url: str, *, local: dict | None = None, **setti
     return nonstop_config(cloud_url, cloud=CLOUD, local=[backend], **settings)
 
 
-def post(url: str, path: str, body: dict, *, timeout: float = 30, headers: dict | None = None) -> tuple[int, dict, bytes, float, float]:
-    """status, headers, body, seconds to the response head, seconds to the end."""
-    host, port = url.removeprefix("http://").split(":")
-    t0 = time.monotonic()
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
-        data = json.dumps(body).encode()
-        head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json",
-                f"Content-Length: {len(data)}", "Connection: close"]
-        head += [f"{k}: {v}" for k, v in {**HEADERS, **(headers or {})}.items()]
-        s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
-        buf = b""
-        t_head = None
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-            if t_head is None and b"\r\n\r\n" in buf:
-                t_head = time.monotonic() - t0
-    total = time.monotonic() - t0
-    raw_head, _, body_bytes = buf.partition(b"\r\n\r\n")
-    lines = raw_head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    if hdrs.get("transfer-encoding") == "chunked":
-        body_bytes = _dechunk(body_bytes)
-    return status, hdrs, body_bytes, t_head or total, total
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        data = rest[size + 2 :]
-    return out
-
-
 # --- a hung cloud -----------------------------------------------------------------------------
 
 
@@ -84,12 +42,12 @@ HUNG = [("hang", False), ("hang", True), ("hang_after_head", True), ("endless_he
 def test_hung_cloud_goes_local_within_the_first_byte_deadline(cloud, recorder_proc, nonstop_factory, mode, stream):
     procs.set_mode(cloud, mode, hang_for=30)
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
-    status, h, body, t_head, _ = post(ns.url, "/v1/messages", {**MESSAGE, "stream": stream})
-    assert status == 200
-    assert h["x-nonstop-backend"] == "local"
-    assert "timeout" in h.get("x-nonstop-failover", ""), h
-    assert t_head < 1.0 + 1.5 + 1.5, f"{t_head:.1f}s to the response head"
-    assert wirecheck.check_anthropic(status, h["content-type"], body, stream=stream).outcome == "ok"
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": stream}, headers=HEADERS)
+    assert r.status == 200
+    assert r.headers["x-nonstop-backend"] == "local"
+    assert "timeout" in r.headers.get("x-nonstop-failover", ""), r.headers
+    assert r.head_s < 1.0 + 1.5 + 1.5, f"{r.head_s:.1f}s to the response head"
+    assert wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=stream).outcome == "ok"
 
 
 def _unaccepting_listener() -> tuple[socket.socket, list[socket.socket]]:
@@ -123,9 +81,9 @@ def test_unanswered_connect_goes_local_within_the_connect_deadline(recorder_proc
     try:
         url = f"http://127.0.0.1:{server.getsockname()[1]}"
         ns = nonstop_factory(config(url, recorder_proc.url))
-        status, h, _, t_head, _ = post(ns.url, "/v1/messages", {**MESSAGE, "stream": stream})
-        assert status == 200 and h["x-nonstop-backend"] == "local"
-        assert t_head < 1.0 + 1.5 + 1.0, f"{t_head:.1f}s to the response head"
+        r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": stream}, headers=HEADERS)
+        assert r.status == 200 and r.headers["x-nonstop-backend"] == "local"
+        assert r.head_s < 1.0 + 1.5 + 1.0, f"{r.head_s:.1f}s to the response head"
     finally:
         for c in fillers:
             c.close()
@@ -140,68 +98,46 @@ def test_idle_cloud_stream_is_cut_with_a_well_formed_error(cloud, recorder_proc,
     procs.set_mode(cloud, "stall_after_content", hang_for=30)
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
     path = "/v1/messages" if door == "anthropic" else "/v1/chat/completions"
-    status, h, body, t_head, total = post(ns.url, path, {**MESSAGE, "stream": True})
-    assert status == 200 and h["x-nonstop-backend"] == "cloud"
-    v = wirecheck.check(door, status, h["content-type"], body, stream=True)
-    assert v.outcome == "error", (v, body[-500:])
-    assert 2.0 - 0.2 <= total < 2.0 + 2.0, f"the stream was cut after {total:.1f}s, idle_timeout is 2s"
+    r = rawhttp.exchange("POST", ns.url + path, json={**MESSAGE, "stream": True}, headers=HEADERS)
+    assert r.status == 200 and r.headers["x-nonstop-backend"] == "cloud"
+    v = wirecheck.check(door, r.status, r.headers["content-type"], r.body, stream=True)
+    assert v.outcome == "error", (v, r.body[-500:])
+    assert 2.0 - 0.2 <= r.total_s < 2.0 + 2.0, f"the stream was cut after {r.total_s:.1f}s, idle_timeout is 2s"
 
 
 def test_idle_local_stream_is_cut_with_a_well_formed_error(cloud, nonstop_factory):
     """The local side has its own idle deadline ([[local]] idle_timeout)."""
-    local = procs.start_fake_cloud()
-    try:
+    with procs.start_fake_cloud() as local:
         procs.set_mode(local, "stall_after_content", hang_for=30)
         procs.set_mode(cloud, "subscription_limit", reset_in=600)
         ns = nonstop_factory(config(cloud.url, local.url, local={"idle_timeout": 2.0}))
-        status, h, body, _, total = post(ns.url, "/v1/messages", {**MESSAGE, "stream": True})
-        assert status == 200 and h["x-nonstop-backend"] == "local"
-        v = wirecheck.check_anthropic_stream(body)
-        assert v.outcome == "error", (v, body[-500:])
-        assert total < 2.0 + 3.0
-    finally:
-        local.stop()
+        r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": True}, headers=HEADERS)
+        assert r.status == 200 and r.headers["x-nonstop-backend"] == "local"
+        v = wirecheck.check_anthropic_stream(r.body)
+        assert v.outcome == "error", (v, r.body[-500:])
+        assert r.total_s < 2.0 + 3.0
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_local_first_byte_deadline_is_honoured(cloud, nonstop_factory, stream):
     """[[local]] first_byte_timeout is documented as the wait for the first token; a local
     server that never answers must be given up on within it (not at idle_timeout)."""
-    local = procs.start_fake_cloud()
-    try:
+    with procs.start_fake_cloud() as local:
         procs.set_mode(local, "hang", hang_for=60)
         procs.set_mode(cloud, "subscription_limit", reset_in=600)
         ns = nonstop_factory(config(cloud.url, local.url, local={"first_byte_timeout": 1.5, "idle_timeout": 10.0},
                                     ping_interval=0.5))
         try:
-            status, h, body, _, total = post(ns.url, "/v1/messages", {**MESSAGE, "stream": stream}, timeout=9)
+            r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": stream}, headers=HEADERS,
+                                 timeout=9)
         except TimeoutError:
             pytest.fail("no complete answer 9 s after the local server stopped answering; first_byte_timeout is 1.5 s")
-        assert total < 1.5 + 3.0 + 2.0, f"{total:.1f}s"
-        v = wirecheck.check_anthropic(status, h["content-type"], body, stream=stream)
+        assert r.total_s < 1.5 + 3.0 + 2.0, f"{r.total_s:.1f}s"
+        v = wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=stream)
         assert v.outcome == "error", v
-    finally:
-        local.stop()
 
 
 # --- a client that goes away ---------------------------------------------------------------------
-
-
-def _open_stream(url: str, path: str, body: dict, until: bytes, timeout: float = 60) -> tuple[socket.socket, bytes]:
-    host, port = url.removeprefix("http://").split(":")
-    s = socket.create_connection((host, int(port)), timeout=timeout)
-    data = json.dumps(body).encode()
-    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json", f"Content-Length: {len(data)}"]
-    head += [f"{k}: {v}" for k, v in HEADERS.items()]
-    s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while until not in buf and time.monotonic() < deadline:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    return s, buf
 
 
 @pytest.mark.parametrize("door", ["anthropic", "openai"])
@@ -210,25 +146,23 @@ def test_client_disconnect_closes_the_cloud_stream(cloud, recorder_proc, nonstop
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
     path = "/v1/messages" if door == "anthropic" else "/v1/chat/completions"
     marker = b"word3" if door == "anthropic" else b"word3"
-    s, buf = _open_stream(ns.url, path, {**MESSAGE, "stream": True}, marker)
-    assert marker in buf
-    active = json.loads(procs.http("GET", cloud.url + "/_fake/active")[2])["active"]
-    assert active.get("endless_stream") == 1
-    s.close()
+    with rawhttp.open_stream("POST", ns.url + path, json={**MESSAGE, "stream": True}, headers=HEADERS, until=marker) as seen:
+        assert marker in seen
+        active = json.loads(rawhttp.request("GET", cloud.url + "/_fake/active")[2])["active"]
+        assert active.get("endless_stream") == 1
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
-        active = json.loads(procs.http("GET", cloud.url + "/_fake/active")[2])["active"]
+        active = json.loads(rawhttp.request("GET", cloud.url + "/_fake/active")[2])["active"]
         if active.get("endless_stream") == 0:
             break
         time.sleep(0.05)
     assert active.get("endless_stream") == 0, "the cloud stream went on after the client left"
-    rows = json.loads(procs.http("GET", ns.url + "/_nonstop/api/requests")[2])["requests"]
+    rows = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/requests")[2])["requests"]
     assert rows and rows[-1]["outcome"] == "client_gone"
 
 
 def _slots(llama_url: str) -> list[dict]:
-    with urllib.request.urlopen(llama_url + "/slots", timeout=5) as r:
-        return json.loads(r.read())
+    return json.loads(rawhttp.request("GET", llama_url + "/slots", timeout=5)[2])
 
 
 def _wait_idle(llama_url: str, timeout: float) -> float | None:
@@ -254,17 +188,14 @@ def test_client_disconnect_stops_local_generation(cloud, llama, nonstop_factory,
     body = {"model": "claude-sonnet-4-5", "max_tokens": 4000, "stream": True, "temperature": 0.0,
             "messages": [{"role": "user", "content": LONG_STORY}]}
     marker = b"content_block_delta" if door == "anthropic" else b'"content":"'
-    s, buf = _open_stream(ns.url, path, body, marker)
-    try:
-        assert marker in buf, buf[-500:]
+    with rawhttp.open_stream("POST", ns.url + path, json=body, headers=HEADERS, until=marker) as seen:
+        assert marker in seen, seen[-500:]
         time.sleep(0.3)
         assert any(sl.get("is_processing") for sl in _slots(llama.url)), "generation ended on its own too early to tell"
-    finally:
-        s.close()
     took = _wait_idle(llama.url, 10)
     assert took is not None and took < 3.0, f"llama-server was still generating {took or 10:.1f}s after the client left"
     time.sleep(0.3)
-    rows = json.loads(procs.http("GET", ns.url + "/_nonstop/api/requests")[2])["requests"]
+    rows = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/requests")[2])["requests"]
     assert rows and rows[-1]["outcome"] == "client_gone", rows[-1:]
 
 
@@ -274,23 +205,29 @@ def test_client_disconnect_stops_local_generation(cloud, llama, nonstop_factory,
 def _served_by_cloud_within(ns: procs.Proc, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        _, h, _ = procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
+        _, h, _ = rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
         if h.get("x-nonstop-backend") == "cloud":
             return True
         time.sleep(0.2)
     return False
 
 
-def test_probe_answered_with_a_client_error_does_not_block_the_cloud(cloud, recorder_proc, nonstop_factory):
-    """The request that probes the cloud after a quota deadline may itself be invalid (the
-    cloud answers 400 and the client sees it). That must not leave the cloud un-probed."""
+def _past_a_one_second_quota_deadline(cloud: procs.Proc, ns: procs.Proc) -> None:
+    """The cloud meets its limit with a reset 1 s away (nonstop goes local), then that
+    second passes and the cloud answers again: the next request is nonstop's probe."""
     procs.set_mode(cloud, "subscription_limit", reset_in=1)
-    ns = nonstop_factory(config(cloud.url, recorder_proc.url))
-    _, h, _ = procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
+    _, h, _ = rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
     assert h["x-nonstop-backend"] == "local"
     time.sleep(1.5)
     procs.set_mode(cloud, "ok")
-    status, h, _ = procs.http("POST", ns.url + "/v1/messages", MESSAGE, {**HEADERS, "x-fake-mode": "invalid_request"})
+
+
+def test_probe_answered_with_a_client_error_does_not_block_the_cloud(cloud, recorder_proc, nonstop_factory):
+    """The request that probes the cloud after a quota deadline may itself be invalid (the
+    cloud answers 400 and the client sees it). That must not leave the cloud un-probed."""
+    ns = nonstop_factory(config(cloud.url, recorder_proc.url))
+    _past_a_one_second_quota_deadline(cloud, ns)
+    status, h, _ = rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, {**HEADERS, "x-fake-mode": "invalid_request"})
     assert status == 400 and h["x-nonstop-backend"] == "cloud"
     assert _served_by_cloud_within(ns, 5), "the cloud answers again, but nonstop kept serving locally"
 
@@ -298,13 +235,9 @@ def test_probe_answered_with_a_client_error_does_not_block_the_cloud(cloud, reco
 def test_warm_up_request_does_not_swallow_the_probe(cloud, recorder_proc, nonstop_factory):
     """Claude Code sends HEAD /api/hello at start-up. If that is the first request after
     the quota deadline, its answer must count (or it must not take the probe)."""
-    procs.set_mode(cloud, "subscription_limit", reset_in=1)
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
-    _, h, _ = procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
-    assert h["x-nonstop-backend"] == "local"
-    time.sleep(1.5)
-    procs.set_mode(cloud, "ok")
-    assert procs.http("HEAD", ns.url + "/api/hello", None, HEADERS)[0] == 200
+    _past_a_one_second_quota_deadline(cloud, ns)
+    assert rawhttp.request("HEAD", ns.url + "/api/hello", None, HEADERS)[0] == 200
     assert _served_by_cloud_within(ns, 5), "the cloud answers again, but nonstop kept serving locally"
 
 
@@ -313,7 +246,7 @@ def test_short_outage_returns_to_the_cloud(cloud, recorder_proc, nonstop_factory
     procs.set_mode(cloud, mode, retry_after=1, api_key_retry_after=1, reset_in=1)
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
     for _ in range(3):  # three blips open the breaker for transient kinds
-        _, h, _ = procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
+        _, h, _ = rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
         assert h["x-nonstop-backend"] == "local"
     procs.set_mode(cloud, "ok")
     assert _served_by_cloud_within(ns, 4), "nonstop did not go back to the cloud after a 1 s outage"

@@ -30,9 +30,8 @@ You can call these tools: {{ tools | tojson }}<|im_end|>
 @pytest.fixture(scope="module")
 def smol() -> Iterator[LlamaServer]:
     require_llama()
-    server = start_llama_server(ctx=8192, parallel=2)
-    yield server
-    server.stop()
+    with start_llama_server(ctx=8192, parallel=2) as server:
+        yield server
 
 
 async def test_probe_identifies_llama_server(smol: LlamaServer) -> None:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_deadlines import post
-from tests.support import procs, wirecheck
+from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -56,7 +55,7 @@ class Load:
         while not self.stop.is_set():
             n += 1
             try:
-                procs.http("POST", self.url + "/v1/messages", {**MESSAGE, "stream": (i + n) % 2 == 0}, HEADERS, timeout=10)
+                rawhttp.request("POST", self.url + "/v1/messages", {**MESSAGE, "stream": (i + n) % 2 == 0}, HEADERS, timeout=10)
                 self.done.append(time.monotonic())
             except OSError:
                 time.sleep(0.05)
@@ -77,10 +76,10 @@ def test_kill_9_mid_load_keeps_quota_state_and_request_log(cloud, recorder_proc,
     cfg = config(cloud.url, recorder_proc.url)
     ns = nonstop_factory(cfg, state_dir=state)
     for _ in range(5):
-        assert procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)[1]["x-nonstop-backend"] == "cloud"
+        assert rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)[1]["x-nonstop-backend"] == "cloud"
     procs.set_mode(cloud, "subscription_limit", reset_in=3600)
-    assert procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)[1]["x-nonstop-backend"] == "local"
-    until = json.loads(procs.http("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]["until"]
+    assert rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)[1]["x-nonstop-backend"] == "local"
+    until = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]["until"]
     assert until and until > time.time() + 3000
     procs.set_mode(cloud, "ok")
     confirmed = 6
@@ -98,9 +97,9 @@ def test_kill_9_mid_load_keeps_quota_state_and_request_log(cloud, recorder_proc,
         assert saved is not None and saved["state"] == "out" and abs(saved["until"] - until) < 1
         before = len(procs.cloud_requests(cloud))
         ns = nonstop_factory(cfg, state_dir=state)
-        status = json.loads(procs.http("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]
+        status = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]
         assert status["state"] == "out" and abs(status["until"] - until) < 1, status
-        _, h, _ = procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
+        _, h, _ = rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
         assert h["x-nonstop-backend"] == "local", "after a restart the cloud was used before its reset time"
         assert len(procs.cloud_requests(cloud)) == before
         confirmed = max(confirmed, rows) + 1
@@ -109,22 +108,39 @@ def test_kill_9_mid_load_keeps_quota_state_and_request_log(cloud, recorder_proc,
     assert integrity == "ok" and rows >= confirmed
 
 
-def _stream_in_thread(url: str, results: list, path: str = "/v1/messages", timeout: float = 60) -> threading.Thread:
+def _streams_in_flight(ns: procs.Proc, n: int) -> tuple[list, list[threading.Thread]]:
+    """n streams opened in threads, once nonstop counts them all in flight; each thread
+    appends its rawhttp.Reply (or the OSError it met) to the list."""
+    results: list = []
+
     def run() -> None:
         try:
-            results.append(post(url, path, {**MESSAGE, "stream": True}, timeout=timeout))
+            results.append(rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": True},
+                                            headers=HEADERS, timeout=60))
         except OSError as exc:
             results.append(exc)
 
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    _wait_inflight(ns, n)
+    return results, threads
+
+
+def _verdicts(results: list, threads: list[threading.Thread]) -> list[tuple[rawhttp.Reply, wirecheck.Verdict]]:
+    """Each stream's reply and what the checker makes of it, once all have ended."""
+    for t in threads:
+        t.join(10)
+    assert len(results) == len(threads)
+    for r in results:
+        assert not isinstance(r, Exception), r
+    return [(r, wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=True)) for r in results]
 
 
 def _wait_inflight(ns: procs.Proc, n: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if json.loads(procs.http("GET", ns.url + "/_nonstop/api/status")[2])["inflight"] >= n:
+        if json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])["inflight"] >= n:
             return
         time.sleep(0.05)
     raise AssertionError(f"{n} streams did not start")
@@ -134,24 +150,16 @@ def test_sigterm_lets_streams_in_flight_finish_then_exits_0(cloud, recorder_proc
     words = " ".join(f"w{i}" for i in range(12))
     procs.set_mode(cloud, "slow", delay=0.25, text=words)  # each stream takes ~3 s
     ns = nonstop_factory(config(cloud.url, recorder_proc.url, drain_timeout=10.0))
-    results: list = []
-    threads = [_stream_in_thread(ns.url, results) for _ in range(4)]
-    _wait_inflight(ns, 4)
+    results, threads = _streams_in_flight(ns, 4)
     t0 = time.monotonic()
     ns.proc.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with pytest.raises(OSError):  # no new work is accepted while draining
-        procs.http("POST", ns.url + "/v1/messages", MESSAGE, HEADERS, timeout=3)
+        rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS, timeout=3)
     code = ns.proc.wait(20)
     took = time.monotonic() - t0
-    for t in threads:
-        t.join(10)
-    assert len(results) == 4
-    for r in results:
-        assert not isinstance(r, Exception), r
-        status, h, body, _, _ = r
-        v = wirecheck.check_anthropic(status, h["content-type"], body, stream=True)
-        assert v.outcome == "ok" and v.text == words, (v, body[-300:])
+    for r, v in _verdicts(results, threads):
+        assert v.outcome == "ok" and v.text == words, (v, r.body[-300:])
     assert took < 10.0, f"exit took {took:.1f}s"
     rows, integrity, _ = db_facts(ns.extra["state_dir"])
     assert rows == 4 and integrity == "ok"
@@ -161,24 +169,16 @@ def test_sigterm_lets_streams_in_flight_finish_then_exits_0(cloud, recorder_proc
 def test_sigterm_ends_streams_still_running_at_drain_timeout(cloud, recorder_proc, nonstop_factory):
     procs.set_mode(cloud, "endless_stream", hang_for=60, delay=0.1)
     ns = nonstop_factory(config(cloud.url, recorder_proc.url, drain_timeout=2.0))
-    results: list = []
-    threads = [_stream_in_thread(ns.url, results) for _ in range(2)]
-    _wait_inflight(ns, 2)
+    results, threads = _streams_in_flight(ns, 2)
     t0 = time.monotonic()
     ns.proc.send_signal(signal.SIGTERM)
     code = ns.proc.wait(20)
     took = time.monotonic() - t0
-    for t in threads:
-        t.join(10)
     assert 2.0 - 0.5 < took < 2.0 + 3.0, f"exit took {took:.1f}s with drain_timeout 2"
     # The streams cut at the drain deadline end with a well-formed error, not a silent stop.
-    assert len(results) == 2
-    for r in results:
-        assert not isinstance(r, Exception), r
-        status, h, body, _, _ = r
-        v = wirecheck.check_anthropic(status, h["content-type"], body, stream=True)
-        assert v.outcome == "error", (v.problem, body[-300:])
-    active = json.loads(procs.http("GET", cloud.url + "/_fake/active")[2])["active"]
+    for r, v in _verdicts(results, threads):
+        assert v.outcome == "error", (v.problem, r.body[-300:])
+    active = json.loads(rawhttp.request("GET", cloud.url + "/_fake/active")[2])["active"]
     assert active.get("endless_stream", 0) == 0, "the upstream streams outlived nonstop"
     rows, integrity, _ = db_facts(ns.extra["state_dir"])
     assert rows == 2 and integrity == "ok"

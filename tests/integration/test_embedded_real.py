@@ -14,7 +14,8 @@ import pytest
 
 from nonstop.backends.embedded import EmbeddedServer
 from nonstop.config import EmbeddedConfig
-from tests.integration.llama import pid_alive, require_llama
+from tests.integration.llama import require_llama
+from tests.support.procs import pid_alive
 
 pytestmark = pytest.mark.integration
 

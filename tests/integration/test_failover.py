@@ -7,10 +7,9 @@ import json
 import time
 
 import anthropic
-import httpx
 import pytest
 
-from tests.support import procs
+from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -112,10 +111,9 @@ def test_failure_after_content_ends_with_error_event(cloud, llama, nonstop_facto
     procs.set_mode(cloud, mode)
     ns = nonstop_factory(config(cloud.url, llama.url))
     body = {"model": "claude-sonnet-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-    with httpx.Client(timeout=30) as h:
-        r = h.post(ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
-    assert r.status_code == 200
-    events = parse_sse(r.text)
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
+    assert r.status == 200
+    events = parse_sse(r.body.decode())
     assert events[0][0] == "message_start"
     assert any(e == "content_block_delta" for e, _ in events)
     assert events[-1][0] == "error", events[-3:]
@@ -159,9 +157,8 @@ def test_cloud_path_is_transparent(cloud, llama, nonstop_factory):
         "x-stainless-lang": "js",
         "content-type": "application/json",
     }
-    with httpx.Client(timeout=30) as h:
-        r = h.post(ns.url + "/v1/messages?beta=true", content=body, headers=headers)
-    assert r.status_code == 200
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages?beta=true", body=body, headers=headers)
+    assert r.status == 200
     assert r.headers["x-nonstop-backend"] == "cloud"
     assert "anthropic-ratelimit-unified-5h-utilization" in r.headers
     got = procs.cloud_requests(cloud)[-1]
@@ -175,14 +172,14 @@ def test_cloud_path_is_transparent(cloud, llama, nonstop_factory):
 def test_no_cloud_credential_reaches_local(cloud, recorder_proc, nonstop_factory):
     procs.set_mode(cloud, "subscription_limit")
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
-    already = len(json.loads(procs.http("GET", recorder_proc.url + "/_recorded")[2]))
+    already = len(json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2]))
     c = client(ns, default_headers={"anthropic-beta": "oauth-2025-04-20", "authorization": "Bearer " + procs.PLANTED_KEY})
     for stream in (False, True):
         msg, headers = ask(c, stream, system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}])
         assert headers["x-nonstop-backend"] == "llama"
         assert_complete(msg)
         assert msg.usage.input_tokens > 0  # the recorder says 0: nonstop fixes it
-    seen = json.loads(procs.http("GET", recorder_proc.url + "/_recorded")[2])[already:]
+    seen = json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2])[already:]
     assert seen
     for req in seen:
         dump = json.dumps(req)
@@ -208,7 +205,7 @@ def test_back_on_cloud_after_reset(cloud, llama, nonstop_factory):
     time.sleep(2.5)
     _, h3 = ask(c, True)
     assert h3["x-nonstop-backend"] == "cloud"
-    status = json.loads(procs.http("GET", ns.url + "/_nonstop/api/status")[2])
+    status = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])
     assert status["cloud"]["state"] == "serving"
 
 
@@ -250,19 +247,19 @@ def test_count_tokens_and_models_and_hello(cloud, llama, nonstop_factory):
     c = client(ns)
     n = c.messages.count_tokens(model="claude-sonnet-5", messages=[{"role": "user", "content": "hello there"}])
     assert n.input_tokens > 0
-    assert procs.http("HEAD", ns.url + "/api/hello")[0] == 200
-    assert procs.http("GET", ns.url + "/v1/models")[0] == 200
+    assert rawhttp.request("HEAD", ns.url + "/api/hello")[0] == 200
+    assert rawhttp.request("GET", ns.url + "/v1/models")[0] == 200
     procs.set_mode(cloud, "subscription_limit")
     ask(c, False)  # marks the cloud out
     n2 = c.messages.count_tokens(model="claude-sonnet-5", messages=[{"role": "user", "content": "hello there"}])
     assert n2.input_tokens > 0
-    models = json.loads(procs.http("GET", ns.url + "/v1/models")[2])
+    models = json.loads(rawhttp.request("GET", ns.url + "/v1/models")[2])
     assert models["data"] and models["data"][0]["id"] == "smollm2"
 
 
 def test_unknown_paths_are_proxied(cloud, llama, nonstop_factory):
     ns = nonstop_factory(config(cloud.url, llama.url))
-    status, _, _ = procs.http("GET", ns.url + "/v1/some/new/endpoint?x=1")
+    status, _, _ = rawhttp.request("GET", ns.url + "/v1/some/new/endpoint?x=1")
     assert status == 404  # the fake cloud's answer, passed through
     got = procs.cloud_requests(cloud)
     assert any(r["path"] == "/v1/some/new/endpoint" and r["query"] == "x=1" for r in got)
@@ -272,9 +269,8 @@ def test_pings_while_local_processes_a_long_prompt(cloud, recorder_proc, nonstop
     procs.set_mode(cloud, "subscription_limit")
     ns = nonstop_factory(config(cloud.url, recorder_proc.url, ping_interval=1.0))
     body = {"model": "claude-sonnet-5", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "[slow] hi"}]}
-    with httpx.Client(timeout=30) as h:
-        r = h.post(ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
-    events = parse_sse(r.text)
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
+    events = parse_sse(r.body.decode())
     names = [e for e, _ in events]
     assert names[0] == "message_start" and events[0][1]["message"]["usage"]["input_tokens"] > 0
     first_content = names.index("content_block_start")

@@ -12,9 +12,7 @@ stream that goes silent. Each is classified sanely and nonstop never crashes.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import time
 from collections.abc import Iterator
 
@@ -22,8 +20,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.test_deadlines import post
-from tests.support import procs, wirecheck
+from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -58,7 +55,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(fake_cloud: procs.Proc, recorder_proc: procs.Proc) -> Iterator[Stack]:
-    procs.http("POST", fake_cloud.url + "/_fake/reset")
+    rawhttp.request("POST", fake_cloud.url + "/_fake/reset")
     procs.set_mode(fake_cloud, "ok", no_log=True)
     s = Stack(fake_cloud, recorder_proc)
     yield s
@@ -71,51 +68,19 @@ def stack(fake_cloud: procs.Proc, recorder_proc: procs.Proc) -> Iterator[Stack]:
             problems.append(f"nonstop logged a traceback:\n{out[max(0, i - 300):][:4000]}")
         if KEY in out:
             problems.append("the key is in nonstop's output")
-    procs.http("POST", fake_cloud.url + "/_fake/reset")
+    rawhttp.request("POST", fake_cloud.url + "/_fake/reset")
     assert not problems, "\n".join(problems)
 
 
-def raw(ns: procs.Proc, method: str, path: str, body: bytes | None, headers: dict[str, str] | None = None,
-        timeout: float = 20) -> tuple[int, dict[str, str], bytes]:
-    """One request over a fresh socket, so no client library tidies the input."""
-    host, port = "127.0.0.1", ns.port
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
-    if body is not None:
-        lines.append(f"Content-Length: {len(body)}")
-    for k, v in (headers or {}).items():
-        lines.append(f"{k}: {v}")
-    data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(data)
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        else:
-            raise AssertionError(f"no complete answer within {timeout}s")
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    first, *hl = head.decode("latin-1").split("\r\n")
-    status = int(first.split()[1])
-    hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in hl)}
-    if hdrs.get("transfer-encoding") == "chunked":
-        from tests.integration.test_deadlines import _dechunk
-
-        rest = _dechunk(rest)
-    return status, hdrs, rest
-
-
-def assert_answer(door: str, status: int, hdrs: dict[str, str], body: bytes, *, stream: bool) -> wirecheck.Verdict:
-    v = wirecheck.check(door, status, hdrs.get("content-type", ""), body, stream=stream)
-    assert v.valid, f"HTTP {status}: {v.problem}"
-    assert status < 500, f"HTTP {status} for a client-side problem: {body[:300]!r}"
+def assert_answer(door: str, r: rawhttp.Reply, *, stream: bool) -> wirecheck.Verdict:
+    v = wirecheck.check(door, r.status, r.headers.get("content-type", ""), r.body, stream=stream)
+    assert v.valid, f"HTTP {r.status}: {v.problem}"
+    assert r.status < 500, f"HTTP {r.status} for a client-side problem: {r.body[:300]!r}"
     return v
 
 
 def alive(ns: procs.Proc) -> None:
-    status, _, body = procs.http("GET", ns.url + "/health", timeout=5)
+    status, _, body = rawhttp.request("GET", ns.url + "/health", timeout=5)
     assert status == 200 and json.loads(body)["status"] == "ok"
 
 
@@ -148,57 +113,54 @@ OPENAI_FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "st
                  "logprobs", "top_logprobs", "user", "seed", "reasoning_effort", "parallel_tool_calls", "presence_penalty"]
 
 
-@st.composite
-def anthropic_request(draw) -> dict:
-    req: dict = {"model": "claude-sonnet-4-5", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}
+# Fields that, half the time, get a value of about the right shape instead of any JSON.
+ANTHROPIC_SHAPED = {
+    "messages": st.lists(message, max_size=4),
+    "system": st.lists(block, max_size=3),
+    "tools": st.lists(st.fixed_dictionaries({"name": json_value}, optional={
+        "input_schema": json_value, "description": json_value, "type": json_value, "defer_loading": json_value}), max_size=3),
+}
+openai_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", "function", ""]) | json_value},
+    optional={"content": st.text(max_size=30) | st.lists(st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "image_url", "input_audio", "file", "x"])},
+        optional={"text": json_value, "image_url": json_value}), max_size=3) | json_value,
+              "tool_calls": json_value, "tool_call_id": json_value, "name": json_value,
+              "reasoning_content": json_value})
+OPENAI_SHAPED = {"messages": st.lists(openai_message, max_size=4)}
+
+
+def _mutate(draw, req: dict, fields: list[str], shaped: dict) -> dict:
+    """req, maybe streamed, with up to three of `fields` given a wrong value, deleted or
+    (the model) an odd name, and maybe unknown fields added."""
     if draw(st.booleans()):
         req["stream"] = True
     for _ in range(draw(st.integers(0, 3))):
-        name = draw(st.sampled_from(ANTHROPIC_FIELDS))
+        name = draw(st.sampled_from(fields))
         action = draw(st.sampled_from(["wrong", "delete", "odd"]))
         if action == "delete":
             req.pop(name, None)
         elif action == "odd" and name == "model":
             req[name] = draw(odd_text)
-        elif name == "messages" and draw(st.booleans()):
-            req[name] = draw(st.lists(message, max_size=4))
-        elif name == "system" and draw(st.booleans()):
-            req[name] = draw(st.lists(block, max_size=3))
-        elif name == "tools" and draw(st.booleans()):
-            req[name] = draw(st.lists(st.fixed_dictionaries({"name": json_value}, optional={
-                "input_schema": json_value, "description": json_value, "type": json_value, "defer_loading": json_value}), max_size=3))
+        elif name in shaped and draw(st.booleans()):
+            req[name] = draw(shaped[name])
         else:
             req[name] = draw(json_value)
     if draw(st.booleans()):
         req.update(draw(st.dictionaries(st.text(min_size=1, max_size=12), json_value, max_size=2)))
     return req
+
+
+@st.composite
+def anthropic_request(draw) -> dict:
+    req = {"model": "claude-sonnet-4-5", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}
+    return _mutate(draw, req, ANTHROPIC_FIELDS, ANTHROPIC_SHAPED)
 
 
 @st.composite
 def openai_request(draw) -> dict:
-    req: dict = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-    if draw(st.booleans()):
-        req["stream"] = True
-    omsg = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", "function", ""]) | json_value},
-                                 optional={"content": st.text(max_size=30) | st.lists(st.fixed_dictionaries(
-                                     {"type": st.sampled_from(["text", "image_url", "input_audio", "file", "x"])},
-                                     optional={"text": json_value, "image_url": json_value}), max_size=3) | json_value,
-                                           "tool_calls": json_value, "tool_call_id": json_value, "name": json_value,
-                                           "reasoning_content": json_value})
-    for _ in range(draw(st.integers(0, 3))):
-        name = draw(st.sampled_from(OPENAI_FIELDS))
-        action = draw(st.sampled_from(["wrong", "delete", "odd"]))
-        if action == "delete":
-            req.pop(name, None)
-        elif action == "odd" and name == "model":
-            req[name] = draw(odd_text)
-        elif name == "messages" and draw(st.booleans()):
-            req[name] = draw(st.lists(omsg, max_size=4))
-        else:
-            req[name] = draw(json_value)
-    if draw(st.booleans()):
-        req.update(draw(st.dictionaries(st.text(min_size=1, max_size=12), json_value, max_size=2)))
-    return req
+    req = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    return _mutate(draw, req, OPENAI_FIELDS, OPENAI_SHAPED)
 
 
 ROUTE_TO = st.sampled_from(["cloud", "local"])
@@ -219,19 +181,18 @@ def _headers(extra: dict[str, str] | None = None) -> dict[str, str]:
 @example(req={**BASE, "system": [{"type": "text", "text": {"nested": True}}], "stream": True}, route="local")
 @example(req={**BASE, "messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": None, "name": 5, "input": "x"}]}]}, route="local")
 def test_messages_fuzz(stack, req, route):
-    body = json.dumps(req).encode()
-    status, hdrs, data = raw(stack.route(route), "POST", "/v1/messages", body, _headers())
-    assert_answer("anthropic", status, hdrs, data, stream=req.get("stream") is True and status == 200)
+    r = rawhttp.exchange("POST", stack.route(route).url + "/v1/messages", json=req, headers=_headers())
+    assert_answer("anthropic", r, stream=req.get("stream") is True and r.status == 200)
 
 
 @FUZZ
 @given(req=anthropic_request(), route=ROUTE_TO)
 def test_count_tokens_fuzz(stack, req, route):
     req.pop("stream", None)
-    status, hdrs, data = raw(stack.route(route), "POST", "/v1/messages/count_tokens", json.dumps(req).encode(), _headers())
-    assert status < 500, f"HTTP {status}: {data[:300]!r}"
-    doc = json.loads(data)
-    if status == 200:
+    r = rawhttp.exchange("POST", stack.route(route).url + "/v1/messages/count_tokens", json=req, headers=_headers())
+    assert r.status < 500, f"HTTP {r.status}: {r.body[:300]!r}"
+    doc = json.loads(r.body)
+    if r.status == 200:
         assert isinstance(doc.get("input_tokens"), int) and doc["input_tokens"] > 0, doc
     else:
         assert wirecheck.is_anthropic_error(doc), doc
@@ -244,8 +205,8 @@ def test_count_tokens_fuzz(stack, req, route):
 @example(req={"model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": {"x": 1}}}], "tool_choice": {"type": "function", "function": {"name": []}}}, route="local")
 @example(req={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "stream_options": {"include_usage": "yes"}, "n": 3}, route="local")
 def test_chat_completions_fuzz(stack, req, route):
-    status, hdrs, data = raw(stack.route(route), "POST", "/v1/chat/completions", json.dumps(req).encode(), _headers())
-    assert_answer("openai", status, hdrs, data, stream=req.get("stream") is True and status == 200)
+    r = rawhttp.exchange("POST", stack.route(route).url + "/v1/chat/completions", json=req, headers=_headers())
+    assert_answer("openai", r, stream=req.get("stream") is True and r.status == 200)
 
 
 MALFORMED = [
@@ -262,9 +223,9 @@ MALFORMED = [
 def test_malformed_bodies(stack, path, door):
     ns = stack.cloud
     for body in MALFORMED:
-        status, hdrs, data = raw(ns, "POST", path, body, {"content-type": "application/json", "x-api-key": KEY})
-        assert 400 <= status < 500, (body[:60], status, data[:200])
-        doc = json.loads(data)
+        r = rawhttp.exchange("POST", ns.url + path, body=body, headers={"content-type": "application/json", "x-api-key": KEY})
+        assert 400 <= r.status < 500, (body[:60], r.status, r.body[:200])
+        doc = json.loads(r.body)
         assert (wirecheck.is_openai_error(doc) if door == "openai" else wirecheck.is_anthropic_error(doc)), (body[:60], doc)
     alive(ns)
 
@@ -275,37 +236,15 @@ def test_malformed_bodies(stack, path, door):
 def test_oversized_body_is_413_in_the_clients_format(stack, path, door, how):
     ns = stack.cloud
     big = json.dumps({"model": "x", "messages": [{"role": "user", "content": "x" * (MAX_BODY + 10)}]}).encode()
-    if how == "declared":
-        status, hdrs, data = raw(ns, "POST", path, big, {"content-type": "application/json"})
-    else:
-        chunks = b"".join(b"%x\r\n%s\r\n" % (len(big[i:i + 8192]), big[i:i + 8192]) for i in range(0, len(big), 8192)) + b"0\r\n\r\n"
-        status, hdrs, data = _send_chunked(ns, path, chunks)
-    assert status == 413, (status, data[:200])
-    doc = json.loads(data)
+    r = rawhttp.exchange("POST", ns.url + path, body=big, headers={"content-type": "application/json"},
+                         chunked=how == "chunked")
+    assert r.status == 413, (r.status, r.body[:200])
+    doc = json.loads(r.body)
     if door == "openai":
         assert wirecheck.is_openai_error(doc) and "max_body_bytes" in doc["error"]["message"], doc
     else:
         assert wirecheck.is_anthropic_error(doc) and doc["error"]["type"] == "request_too_large", doc
     alive(ns)
-
-
-def _send_chunked(ns: procs.Proc, path: str, chunks: bytes) -> tuple[int, dict[str, str], bytes]:
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{ns.port}\r\nConnection: close\r\n"
-            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
-    with socket.create_connection(("127.0.0.1", ns.port), timeout=20) as s:
-        s.sendall(head)
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            s.sendall(chunks)  # the server may answer and close before reading it all
-        buf = b""
-        try:
-            while chunk := s.recv(65536):
-                buf += chunk
-        except ConnectionResetError:
-            pass
-    head_b, _, rest = buf.partition(b"\r\n\r\n")
-    first, *hl = head_b.decode("latin-1").split("\r\n")
-    hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in hl)}
-    return int(first.split()[1]), hdrs, rest
 
 
 @pytest.mark.parametrize("size", [8 * 1024, 100 * 1024, 1024 * 1024])
@@ -316,11 +255,10 @@ def test_huge_headers_are_refused_not_fatal(stack, size, shape):
         headers = {"x-big": "a" * size}
     else:
         headers = {f"x-h{i}": "v" * 60 for i in range(size // 64)}
-    body = json.dumps({"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()
     t0 = time.monotonic()
     try:
-        status, _, data = raw(ns, "POST", "/v1/messages", body, {"content-type": "application/json", **headers}, timeout=20)
-        assert status < 500, (status, data[:200])
+        r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}, headers=headers, timeout=20)
+        assert r.status < 500, (r.status, r.body[:200])
     except (ConnectionResetError, BrokenPipeError):
         pass  # refusing the connection outright is fine
     assert time.monotonic() - t0 < 20
@@ -331,10 +269,10 @@ def test_huge_headers_are_refused_not_fatal(stack, size, shape):
 @pytest.mark.parametrize("path,door", [("/v1/messages", "anthropic"), ("/v1/chat/completions", "openai")])
 def test_model_names_with_control_characters_are_400(stack, model, path, door):
     ns = stack.cloud
-    status, hdrs, data = raw(ns, "POST", path, json.dumps({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode(),
-                             {"content-type": "application/json", "x-api-key": KEY})
-    assert status == 400
-    v = wirecheck.check(door, status, hdrs["content-type"], data, stream=False)
+    r = rawhttp.exchange("POST", ns.url + path, json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+                         headers={"x-api-key": KEY})
+    assert r.status == 400
+    v = wirecheck.check(door, r.status, r.headers["content-type"], r.body, stream=False)
     assert v.outcome == "error" and "model" in v.problem
 
 
@@ -343,12 +281,12 @@ def test_path_like_model_names_stay_inside_the_body(stack, model, recorder_proc)
     cloud = stack.fake
     procs.set_mode(cloud, "ok")  # logging on
     for route in ("cloud", "local"):
-        status, hdrs, data = raw(stack.route(route), "POST", "/v1/messages", json.dumps({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode(),
-                                 _headers())
-        assert status == 200 and wirecheck.check_anthropic(status, hdrs["content-type"], data, stream=False).outcome == "ok"
+        r = rawhttp.exchange("POST", stack.route(route).url + "/v1/messages", headers=_headers(),
+                             json={"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status == 200 and wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=False).outcome == "ok"
     last = procs.cloud_requests(cloud)[-1]
     assert last["path"] == "/v1/messages"
-    seen = json.loads(procs.http("GET", recorder_proc.url + "/_recorded")[2])[-1]
+    seen = json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2])[-1]
     assert seen["path"] == "/v1/messages" and json.loads(seen["body"])["model"] == "local-model"
     procs.set_mode(cloud, "ok", no_log=True)
 
@@ -363,9 +301,9 @@ def test_odd_request_targets(stack, target):
     ns, cloud = stack.cloud, stack.fake
     procs.set_mode(cloud, "ok")
     before = len(procs.cloud_requests(cloud))
-    body = json.dumps({"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()
     try:
-        status, hdrs, data = raw(ns, "POST", target, body, {"content-type": "application/json", "x-api-key": KEY})
+        r = rawhttp.exchange("POST", ns.url, target=target, json={"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}, headers={"x-api-key": KEY})
+        status, data = r.status, r.body
     except ConnectionResetError:
         status, data = 400, b""
     assert status < 500 or status == 502, (target, status, data[:300])
@@ -378,18 +316,10 @@ def test_odd_request_targets(stack, target):
 
 def test_invalid_utf8_in_headers_and_query(stack):
     ns = stack.cloud
-    body = json.dumps({"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()
-    host, port = "127.0.0.1", ns.port
-    req = (f"POST /v1/messages?q=\xff\xfe HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
-           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n").encode("latin-1")
-    req += b"User-Agent: \xff\xfe\xfd\r\nX-Claude-Code-Session-Id: \xc3\x28\r\nx-api-key: " + KEY.encode() + b"\r\n\r\n" + body
-    with socket.create_connection((host, port), timeout=20) as s:
-        s.sendall(req)
-        buf = b""
-        while chunk := s.recv(65536):
-            buf += chunk
-    status = int(buf.split(b" ", 2)[1])
-    assert status < 500, buf[:300]
+    # Header values and the target are sent as latin-1: "\xff" is the byte 0xff.
+    r = rawhttp.exchange("POST", ns.url, target="/v1/messages?q=\xff\xfe", json={"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+                         headers={"User-Agent": "\xff\xfe\xfd", "X-Claude-Code-Session-Id": "\xc3\x28", "x-api-key": KEY})
+    assert r.status < 500, r.body[:300]
     alive(ns)
 
 
@@ -407,11 +337,11 @@ def test_hostile_upstream(stack, mode, stream, door):
     time.sleep(0.15)  # any cooldown from the previous case has passed: this one probes
     path = "/v1/messages" if door == "anthropic" else "/v1/chat/completions"
     body = {"model": "claude-sonnet-4-5", "max_tokens": 20, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
-    status, hdrs, data, _, total = post(ns.url, path, body, headers={"x-fake-mode": mode}, timeout=15)
-    assert total < 1.0 + 1.5 + 2.0 + 2.0, f"{total:.1f}s"
-    v = wirecheck.check(door, status, hdrs.get("content-type", ""), data, stream=stream and status == 200)
-    assert v.valid, f"{mode}: HTTP {status} from {hdrs.get('x-nonstop-backend')}: {v.problem}"
-    assert status < 500, f"{mode}: HTTP {status}: {data[:300]!r}"
+    r = rawhttp.exchange("POST", ns.url + path, json=body, headers={**_headers(), "x-fake-mode": mode}, timeout=15)
+    assert r.total_s < 1.0 + 1.5 + 2.0 + 2.0, f"{r.total_s:.1f}s"
+    v = wirecheck.check(door, r.status, r.headers.get("content-type", ""), r.body, stream=stream and r.status == 200)
+    assert v.valid, f"{mode}: HTTP {r.status} from {r.headers.get('x-nonstop-backend')}: {v.problem}"
+    assert r.status < 500, f"{mode}: HTTP {r.status}: {r.body[:300]!r}"
     alive(ns)
 
 
@@ -419,7 +349,7 @@ def test_upstream_error_body_is_classified_not_echoed_into_routing(stack):
     """A non-JSON 502 from the cloud counts as a server error (failover), not as a client error."""
     ns = stack.cloud
     time.sleep(0.15)
-    _, hdrs, _, _, _ = post(ns.url, "/v1/messages", {"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
-                            headers={"x-fake-mode": "non_json_error"})
+    hdrs = rawhttp.exchange("POST", ns.url + "/v1/messages", json={"model": "x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+                            headers={**_headers(), "x-fake-mode": "non_json_error"}).headers
     assert hdrs["x-nonstop-backend"] == "local"
     assert hdrs["x-nonstop-failover"].startswith("server_error"), hdrs

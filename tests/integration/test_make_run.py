@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.integration.llama import require_llama
-from tests.support import procs
+from tests.support import procs, rawhttp
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +32,12 @@ def test_make_run_serves_from_the_embedded_model(tmp_path):
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         procs.wait_http(f"http://127.0.0.1:{port}/health", timeout=180, proc=proc, log=tmp_path / "make-run.log")
-        status = json.loads(procs.http("GET", f"http://127.0.0.1:{port}/_nonstop/api/status")[2])
+        status = json.loads(rawhttp.request("GET", f"http://127.0.0.1:{port}/_nonstop/api/status")[2])
         assert [b["name"] for b in status["local"]] == ["embedded"], status["local"]
         body = {"model": "claude-sonnet-5", "max_tokens": 30, "messages": [{"role": "user", "content": "Say hello."}]}
         # There is no network here: the default cloud cannot be reached, so the embedded
         # model answers.
-        code, headers, raw = procs.http("POST", f"http://127.0.0.1:{port}/v1/messages", body,
+        code, headers, raw = rawhttp.request("POST", f"http://127.0.0.1:{port}/v1/messages", body,
                                         {"x-api-key": procs.PLANTED_KEY}, timeout=120)
         assert code == 200, raw
         assert headers["x-nonstop-backend"] == "embedded"

@@ -15,7 +15,7 @@ import anthropic
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import procs
+from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ def status_json(ns: procs.Proc) -> tuple[int, dict[str, Any]]:
 
 
 def metrics(ns: procs.Proc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    code, _, body = procs.http("GET", ns.url + "/metrics")
+    code, _, body = rawhttp.request("GET", ns.url + "/metrics")
     assert code == 200
     out = {}
     for family in text_string_to_metric_families(body.decode()):
@@ -54,7 +54,7 @@ def sample(m: dict, name: str, **labels: str) -> float | None:
 
 
 def api_rows(ns: procs.Proc, query: str = "") -> list[dict[str, Any]]:
-    code, _, body = procs.http("GET", ns.url + "/_nonstop/api/requests" + query)
+    code, _, body = rawhttp.request("GET", ns.url + "/_nonstop/api/requests" + query)
     assert code == 200, body
     return json.loads(body)["requests"]
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.support import procs
+from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -19,7 +19,7 @@ def test_bodies_are_opt_in_capped_and_redacted(cloud, recorder_proc, nonstop_fac
     for store, cap in ((False, 0), (True, 1024)):
         ns = nonstop_factory(nonstop_config(cloud.url, local=[{"name": "rec", "url": recorder_proc.url}],
                                             log={"store_bodies": store, "body_cap_bytes": cap or 65536}))
-        status, _, _ = procs.http("POST", ns.url + "/v1/messages", body, {"x-api-key": procs.PLANTED_KEY})
+        status, _, _ = rawhttp.request("POST", ns.url + "/v1/messages", body, {"x-api-key": procs.PLANTED_KEY})
         assert status == 200
         ns.stop()
         db = ns.extra["state_dir"] / "nonstop.db"

@@ -11,7 +11,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.support import procs
+from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
 from tests.unit.anthropic_stream_validator import validate_anthropic_stream as validate_events
 
@@ -25,9 +25,8 @@ TOOLS = [
 
 @pytest.fixture(scope="module")
 def fake_openai():
-    p = procs.start_fake_openai()
-    yield p
-    p.stop()
+    with procs.start_fake_openai() as p:
+        yield p
 
 
 def cfg(cloud_url: str, local_url: str, *, api: str, model: str = "", window: int = 8192) -> str:
@@ -76,16 +75,13 @@ def test_recorded_edge_case_streams_through_nonstop(cloud, fake_openai, nonstop_
     procs.set_mode(cloud, "subscription_limit")
     ns = nonstop_factory(cfg(cloud.url, fake_openai.url, api="openai"))
     expected = json.loads((FIXTURES / f"{name}.expected.json").read_text())
-    import httpx
-
     body = {"model": f"fixture:{name}", "max_tokens": 200, "stream": True, "tools": TOOLS,
             "messages": [{"role": "user", "content": "go"}]}
-    with httpx.Client(timeout=30) as h:
-        r = h.post(ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
-    assert r.status_code == 200 and r.headers["x-nonstop-backend"] == "oai"
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
+    assert r.status == 200 and r.headers["x-nonstop-backend"] == "oai"
     from tests.integration.test_failover import parse_sse
 
-    events = parse_sse(r.text)
+    events = parse_sse(r.body.decode())
     validate_events(events)
     assert summary(expected_content(events)) == summary(expected_content(expected))
     # The official SDK assembles the same message.
@@ -163,5 +159,5 @@ def test_openai_front_door_errors_are_openai_shaped(cloud, recorder_proc, nonsto
     procs.set_mode(cloud, "auth")
     with pytest.raises(openai.AuthenticationError):
         c.chat.completions.create(model="claude-sonnet-5", messages=[{"role": "user", "content": "hi"}])
-    status, _, body = procs.http("POST", ns.url + "/v1/chat/completions", b"{not json")
+    status, _, body = rawhttp.request("POST", ns.url + "/v1/chat/completions", b"{not json")
     assert status == 400 and "error" in json.loads(body)

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.llama import pid_alive, require_llama
-from tests.support import procs
+from tests.integration.llama import require_llama
+from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -43,27 +43,16 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[1])
-
-
 def llama_children(parent: int) -> list[int]:
     """PIDs of llama-server processes whose parent is `parent`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"llama-server") and parent_of(int(entry.name)) == parent:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid in procs.child_pids(parent) if _program(pid).endswith(b"llama-server")]
+
+
+def _program(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except OSError:
+        return b""
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -97,21 +86,17 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., procs.Proc]]:
         return p
 
     yield start
-    for p in started:
-        p.stop()
-        out = p.output()
-        assert procs.PLANTED_KEY not in out, "a credential appeared in nonstop's output"
-        assert "Traceback" not in out, f"nonstop logged a traceback:\n{out[-3000:]}"
+    procs.stop_all_and_check(started)
 
 
 def status(ns: procs.Proc) -> dict:
-    code, _, body = procs.http("GET", ns.url + "/_nonstop/api/status")
+    code, _, body = rawhttp.request("GET", ns.url + "/_nonstop/api/status")
     assert code == 200, body
     return json.loads(body)
 
 
 def request_log(ns: procs.Proc) -> list[dict]:
-    code, _, body = procs.http("GET", ns.url + "/_nonstop/api/requests?limit=50")
+    code, _, body = rawhttp.request("GET", ns.url + "/_nonstop/api/requests?limit=50")
     assert code == 200, body
     return json.loads(body)["requests"]
 
@@ -128,7 +113,7 @@ def logged_messages(ns: procs.Proc, at_least: int) -> list[dict]:
 
 
 def ask(ns: procs.Proc, stream: bool = False) -> tuple[int, dict[str, str], bytes]:
-    return procs.http("POST", ns.url + "/v1/messages", {**REQUEST, "stream": stream}, HEADERS, timeout=180)
+    return rawhttp.request("POST", ns.url + "/v1/messages", {**REQUEST, "stream": stream}, HEADERS, timeout=180)
 
 
 def assert_message(body: bytes) -> dict:
@@ -166,7 +151,7 @@ def test_no_config_but_discovery_ports_serves_from_embedded(cloud, serve) -> Non
     require_llama()
     procs.set_mode(cloud, "subscription_limit")
     ns = serve(nonstop_config(cloud.url, discovery={"ports": [closed_port()]}, embedded=None))
-    code, _, body = procs.http("GET", ns.url + "/health")
+    code, _, body = rawhttp.request("GET", ns.url + "/health")
     health = json.loads(body)
     assert code == 200 and health["status"] == "ok"
     assert [b["name"] for b in health["local"]] == ["embedded"]
@@ -213,12 +198,12 @@ def test_embedded_child_is_restarted_and_reaped(cloud, serve) -> None:
     assert b"--port" in argv and argv[argv.index(b"--port") + 1] == str(embedded_port).encode()
 
     os.kill(child, signal.SIGKILL)
-    wait_for(lambda: not pid_alive(child), 10, "the killed child to be reaped")
+    wait_for(lambda: not procs.pid_alive(child), 10, "the killed child to be reaped")
     (new_child,) = wait_for(lambda: llama_children(nonstop_pid), 60, "a restarted llama-server")
     assert new_child != child
 
     def embedded_ready() -> bool:
-        code, _, _ = procs.http("GET", f"http://127.0.0.1:{embedded_port}/health", timeout=2) if listening(embedded_port) else (0, {}, b"")
+        code, _, _ = rawhttp.request("GET", f"http://127.0.0.1:{embedded_port}/health", timeout=2) if listening(embedded_port) else (0, {}, b"")
         return code == 200
 
     wait_for(embedded_ready, 120, "the restarted llama-server to load its model")
@@ -228,7 +213,7 @@ def test_embedded_child_is_restarted_and_reaped(cloud, serve) -> None:
     # SIGTERM: nonstop shuts down (uvicorn re-raises the signal once it has, hence
     # -SIGTERM is a clean exit too) and nothing is left behind.
     assert ns.stop(signal.SIGTERM, timeout=30) in (0, -signal.SIGTERM)
-    wait_for(lambda: not pid_alive(new_child), 10, "the embedded child to end with nonstop")
+    wait_for(lambda: not procs.pid_alive(new_child), 10, "the embedded child to end with nonstop")
     assert not llama_children(nonstop_pid)
     assert not listening(embedded_port)
 

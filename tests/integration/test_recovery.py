@@ -10,8 +10,7 @@ import json
 import anthropic
 import pytest
 
-from tests.integration.test_deadlines import post
-from tests.support import procs, wirecheck
+from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -19,6 +18,7 @@ pytestmark = pytest.mark.integration
 CLOUD_PARTIAL = "Hello from"  # what the fake cloud sends before it fails (two words)
 LOCAL_TEXT = "recorded reply"  # what the recording local stand-in answers
 MESSAGE = {"model": "claude-opus-5-5", "max_tokens": 50, "messages": [{"role": "user", "content": "Say hello."}]}
+HEADERS = {"x-api-key": procs.PLANTED_KEY, "anthropic-version": "2023-06-01"}
 
 
 def config(cloud_url: str, local_url: str, *, recovery: bool) -> str:
@@ -31,6 +31,12 @@ def config(cloud_url: str, local_url: str, *, recovery: bool) -> str:
 
 def sdk(ns: procs.Proc) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=ns.url, api_key=procs.PLANTED_KEY, max_retries=0, timeout=30)
+
+
+def raw_stream(ns: procs.Proc) -> tuple[rawhttp.Reply, wirecheck.Verdict]:
+    """The same request, streamed, as raw bytes, and what the checker makes of them."""
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": True}, headers=HEADERS)
+    return r, wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=True)
 
 
 MID_STREAM = ["reset_after_content", "error_after_content", "truncate"]
@@ -51,11 +57,10 @@ def test_recovery_continues_the_message_locally(cloud, recorder_proc, nonstop_fa
     assert msg.usage.input_tokens > 0
     # The raw bytes too: one well-formed message, nothing broken spliced in.
     procs.set_mode(cloud, mode)
-    status, h, body, _, _ = post(ns.url, "/v1/messages", {**MESSAGE, "stream": True})
-    v = wirecheck.check_anthropic(status, h["content-type"], body, stream=True)
-    assert v.outcome == "ok", (v.problem, body[-600:])
+    r, v = raw_stream(ns)
+    assert v.outcome == "ok", (v.problem, r.body[-600:])
     assert v.text.startswith(CLOUD_PARTIAL) and v.text.endswith(LOCAL_TEXT)
-    rows = procs.http("GET", ns.url + "/_nonstop/api/requests")[2]
+    rows = rawhttp.request("GET", ns.url + "/_nonstop/api/requests")[2]
     assert b"continued on local" in rows
 
 
@@ -67,15 +72,14 @@ def test_without_recovery_the_stream_ends_with_an_error_event(cloud, recorder_pr
     with pytest.raises(anthropic.APIError), sdk(ns).messages.stream(**MESSAGE) as s:
         for _ in s:
             pass
-    status, h, body, _, _ = post(ns.url, "/v1/messages", {**MESSAGE, "stream": True})
-    v = wirecheck.check_anthropic(status, h["content-type"], body, stream=True)
-    assert v.outcome == "error", (v.problem, body[-600:])
+    r, v = raw_stream(ns)
+    assert v.outcome == "error", (v.problem, r.body[-600:])
     assert v.text == CLOUD_PARTIAL
     assert len(recorder_log(recorder_proc)) == before, "the local backend was asked although recovery is off"
 
 
 def recorder_log(recorder_proc: procs.Proc) -> list:
-    return json.loads(procs.http("GET", recorder_proc.url + "/_recorded")[2])
+    return json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2])
 
 
 @pytest.mark.parametrize("mode", ["tool_then_reset", "tool_then_error"])
@@ -83,14 +87,13 @@ def test_no_recovery_inside_a_tool_call(cloud, recorder_proc, nonstop_factory, m
     procs.set_mode(cloud, mode)
     ns = nonstop_factory(config(cloud.url, recorder_proc.url, recovery=True))
     before = len(recorder_log(recorder_proc))
-    status, h, body, _, total = post(ns.url, "/v1/messages", {**MESSAGE, "stream": True})
-    assert h["x-nonstop-backend"] == "cloud"
-    v = wirecheck.check_anthropic(status, h["content-type"], body, stream=True)
-    assert v.outcome == "error", (v.problem, body[-600:])
+    r, v = raw_stream(ns)
+    assert r.headers["x-nonstop-backend"] == "cloud"
+    assert v.outcome == "error", (v.problem, r.body[-600:])
     assert "content_block_start" in v.events and v.events[-1] == "error"
-    assert b'"tool_use"' in body and b"input_json_delta" in body
+    assert b'"tool_use"' in r.body and b"input_json_delta" in r.body
     assert len(recorder_log(recorder_proc)) == before, "the local backend was asked to continue a tool call"
-    assert total < 5
+    assert r.total_s < 5
     procs.set_mode(cloud, mode)
     with pytest.raises(anthropic.APIError), sdk(ns).messages.stream(**MESSAGE) as s:
         for _ in s:
@@ -100,11 +103,10 @@ def test_no_recovery_inside_a_tool_call(cloud, recorder_proc, nonstop_factory, m
 def test_recovery_with_no_local_backend_ends_with_an_error_event(cloud, nonstop_factory):
     procs.set_mode(cloud, "reset_after_content")
     ns = nonstop_factory(config(cloud.url, f"http://127.0.0.1:{procs.free_port()}", recovery=True))
-    status, h, body, _, total = post(ns.url, "/v1/messages", {**MESSAGE, "stream": True})
-    v = wirecheck.check_anthropic(status, h["content-type"], body, stream=True)
-    assert v.outcome == "error", (v.problem, body[-600:])
+    r, v = raw_stream(ns)
+    assert v.outcome == "error", (v.problem, r.body[-600:])
     assert v.text == CLOUD_PARTIAL
-    assert total < 5
+    assert r.total_s < 5
 
 
 def test_recovery_leaves_a_complete_stream_alone(cloud, recorder_proc, nonstop_factory):

@@ -3,7 +3,6 @@ may never appear."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import procs
+from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -24,6 +23,7 @@ TOKEN = "nonstop-test-token-5f1c2a9e"
 KEY = procs.PLANTED_KEY
 MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+EVENT_END = b"\n\n"  # the end of the first server-sent event: the dashboard's stream never ends on its own
 
 
 def config(cloud_url: str, local_url: str, **settings) -> str:
@@ -31,21 +31,6 @@ def config(cloud_url: str, local_url: str, **settings) -> str:
         cloud_url, cloud={"first_byte_timeout": 3.0, "error_cooldown": 0.2, "default_cooldown": 0.5},
         local=[{"name": "local", "url": local_url, "model": "local-model", "connect_timeout": 1.0}], **settings,
     )
-
-
-def request(url: str, method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes | None = None,
-            read_limit: int | None = None, timeout: float = 15) -> tuple[int, dict[str, str], list[tuple[str, str]], bytes]:
-    """One raw request; returns status, headers (lower-case), all header pairs, body."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        data = r.read1(read_limit) if read_limit else r.read()
-        pairs = [(k.lower(), v) for k, v in r.getheaders()]
-        return r.status, dict(pairs), pairs, data
-    finally:
-        conn.close()
 
 
 def dumps(doc: object) -> bytes:
@@ -145,12 +130,12 @@ def test_every_route_requires_the_token(guarded, cloud, method, path, body, prot
     before = len(procs.cloud_requests(cloud))
     for headers in ({}, {"x-nonstop-token": "wrong"}, {"x-nonstop-token": TOKEN[:-1]},
                     {"authorization": f"Bearer {TOKEN}"}, {"cookie": "nonstop_token=wrong"}):
-        status, h, _, data = request(guarded.url, method, path, headers={"content-type": "application/json", "x-api-key": KEY, **headers}, body=body)
-        assert status == 401, (headers, status, data[:200])
-        assert h.get("access-control-allow-origin") != "*"
+        r = rawhttp.exchange(method, guarded.url + path, headers={"content-type": "application/json", "x-api-key": KEY, **headers}, body=body)
+        assert r.status == 401, (headers, r.status, r.body[:200])
+        assert r.headers.get("access-control-allow-origin") != "*"
         if method == "HEAD":
             continue
-        doc = json.loads(data)
+        doc = json.loads(r.body)
         if protocol == "openai":
             assert doc["error"]["code"] == "invalid_api_key" and "x-nonstop-token" in doc["error"]["message"]
         else:
@@ -162,28 +147,27 @@ def test_every_route_requires_the_token(guarded, cloud, method, path, body, prot
 @pytest.mark.parametrize("method,path,body,protocol", ROUTES, ids=[f"{m} {p}" for m, p, _, _ in ROUTES])
 def test_every_route_works_with_the_token(guarded, cloud, method, path, body, protocol):
     headers = {"content-type": "application/json", "x-api-key": KEY, "x-nonstop-token": TOKEN, "anthropic-version": "2023-06-01"}
-    status, h, _, _ = request(guarded.url, method, path, headers=headers, body=body, read_limit=512 if path.endswith("/events") else None)
-    assert status != 401
-    assert status < 500
-    assert h.get("access-control-allow-origin") != "*"
-    for r in procs.cloud_requests(cloud):
-        names = {k.lower() for k, _ in r["headers"]}
+    r = rawhttp.exchange(method, guarded.url + path, headers=headers, body=body, until=EVENT_END if path.endswith("/events") else None)
+    assert r.status != 401
+    assert r.status < 500
+    assert r.headers.get("access-control-allow-origin") != "*"
+    for sent in procs.cloud_requests(cloud):
+        names = {k.lower() for k, _ in sent["headers"]}
         assert "x-nonstop-token" not in names, "nonstop's own token was forwarded to the cloud"
-        assert TOKEN not in json.dumps(r)
+        assert TOKEN not in json.dumps(sent)
 
 
 def test_dashboard_token_in_query_sets_a_strict_cookie(guarded):
-    status, h, _, _ = request(guarded.url, "GET", f"/_nonstop/?token={TOKEN}")
-    assert status == 200
-    cookie = h.get("set-cookie", "")
+    r = rawhttp.exchange("GET", guarded.url + f"/_nonstop/?token={TOKEN}")
+    assert r.status == 200
+    cookie = r.headers.get("set-cookie", "")
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
-    status, _, _, _ = request(guarded.url, "GET", "/_nonstop/api/status", headers={"cookie": f"nonstop_token={TOKEN}"})
-    assert status == 200
+    r = rawhttp.exchange("GET", guarded.url + "/_nonstop/api/status", headers={"cookie": f"nonstop_token={TOKEN}"})
+    assert r.status == 200
     # The query form is for opening the dashboard in a browser; the API paths of the
     # model front doors do not take it.
-    status, _, _, _ = request(guarded.url, "POST", f"/v1/messages?token={TOKEN}", body=dumps(MESSAGE),
-                              headers={"content-type": "application/json"})
-    assert status == 401
+    r = rawhttp.exchange("POST", guarded.url + f"/v1/messages?token={TOKEN}", json=MESSAGE)
+    assert r.status == 401
 
 
 # --- browsers and other origins -----------------------------------------------------------------
@@ -194,14 +178,14 @@ def test_no_wildcard_cors_anywhere(cloud, recorder_proc, nonstop_factory):
     paths = [(m, p, b) for m, p, b, _ in ROUTES if not p.endswith("/events")]
     for origin in ("https://evil.example", "null"):
         for method, path, body in paths:
-            _, h, pairs, _ = request(ns.url, method, path, body=body,
-                                     headers={"origin": origin, "content-type": "application/json", "x-api-key": KEY})
-            assert h.get("access-control-allow-origin") not in ("*", origin), (path, pairs)
-            assert "access-control-allow-credentials" not in h
+            r = rawhttp.exchange(method, ns.url + path, body=body,
+                                 headers={"origin": origin, "content-type": "application/json", "x-api-key": KEY})
+            assert r.headers.get("access-control-allow-origin") not in ("*", origin), (path, r.pairs)
+            assert "access-control-allow-credentials" not in r.headers
         # A CORS preflight is not granted either.
-        _, h, _, _ = request(ns.url, "OPTIONS", "/v1/messages", headers={
+        r = rawhttp.exchange("OPTIONS", ns.url + "/v1/messages", headers={
             "origin": origin, "access-control-request-method": "POST", "access-control-request-headers": "x-api-key,content-type"})
-        assert h.get("access-control-allow-origin") not in ("*", origin)
+        assert r.headers.get("access-control-allow-origin") not in ("*", origin)
 
 
 @pytest.mark.parametrize("path", ["/_nonstop/api/status", "/_nonstop/api/requests", "/v1/messages"])
@@ -210,15 +194,15 @@ def test_foreign_host_header_is_refused(cloud, recorder_proc, nonstop_factory, p
     same-origin site, so CORS does not protect the request log or the local model. A
     loopback-only gateway without a token must answer only to loopback Host names."""
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
-    procs.http("POST", ns.url + "/v1/messages", MESSAGE, {"x-api-key": KEY})
+    rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, {"x-api-key": KEY})
     body = dumps(MESSAGE) if path == "/v1/messages" else None
     method = "POST" if body else "GET"
-    status, _, _, data = request(ns.url, method, path, body=body,
-                                 headers={"host": f"rebind.evil.example:{ns.port}", "content-type": "application/json"})
-    assert status in (400, 403, 421), (status, data[:300])
+    r = rawhttp.exchange(method, ns.url + path, body=body,
+                         headers={"host": f"rebind.evil.example:{ns.port}", "content-type": "application/json"})
+    assert r.status in (400, 403, 421), (r.status, r.body[:300])
     for host in (f"127.0.0.1:{ns.port}", f"localhost:{ns.port}", f"[::1]:{ns.port}"):
-        status, _, _, _ = request(ns.url, method, path, body=body, headers={"host": host, "content-type": "application/json", "x-api-key": KEY})
-        assert status == 200, host
+        r = rawhttp.exchange(method, ns.url + path, body=body, headers={"host": host, "content-type": "application/json", "x-api-key": KEY})
+        assert r.status == 200, host
 
 
 # --- the state directory ------------------------------------------------------------------------
@@ -246,13 +230,13 @@ def test_state_dir_is_private(cloud, recorder_proc, nonstop_factory, tmp_path):
         ns = nonstop_factory(cfg, state_dir=state)
         procs.set_mode(cloud, "subscription_limit", reset_in=600)
         for stream in (False, True):
-            procs.http("POST", ns.url + "/v1/messages", {**MESSAGE, "stream": stream}, {"x-api-key": KEY})
+            rawhttp.request("POST", ns.url + "/v1/messages", {**MESSAGE, "stream": stream}, {"x-api-key": KEY})
         time.sleep(0.5)
         _assert_private(state)
         ns.stop()
         _assert_private(state)
         ns2 = nonstop_factory(cfg, state_dir=state)
-        procs.http("POST", ns2.url + "/v1/messages", MESSAGE, {"x-api-key": KEY})
+        rawhttp.request("POST", ns2.url + "/v1/messages", MESSAGE, {"x-api-key": KEY})
         time.sleep(0.5)
         _assert_private(state)
     finally:
@@ -276,15 +260,15 @@ def _send_everywhere(ns: procs.Proc, cloud: procs.Proc) -> list[bytes]:
         for auth in auths:
             for path, body in (("/v1/messages", MESSAGE), ("/v1/chat/completions", CHAT)):
                 for stream in (False, True):
-                    status, h, data = procs.http("POST", ns.url + path, {**body, "stream": stream},
+                    status, h, data = rawhttp.request("POST", ns.url + path, {**body, "stream": stream},
                                                  {"anthropic-version": "2023-06-01", **auth})
                     failover = h.get("x-nonstop-failover", "")
                     assert KEY not in failover, f"{mode}: the key is in the x-nonstop-failover header"
                     if h.get("x-nonstop-backend") != "cloud":
                         own.append(data)
-            procs.http("POST", ns.url + "/v1/messages/count_tokens", MESSAGE, auth)
-            procs.http("GET", ns.url + "/v1/models", None, auth)
-            procs.http("GET", ns.url + "/v1/unknown/thing", None, auth)
+            rawhttp.request("POST", ns.url + "/v1/messages/count_tokens", MESSAGE, auth)
+            rawhttp.request("GET", ns.url + "/v1/models", None, auth)
+            rawhttp.request("GET", ns.url + "/v1/unknown/thing", None, auth)
         time.sleep(0.6)  # let any cooldown pass so the next mode reaches the cloud
     return own
 
@@ -292,16 +276,16 @@ def _send_everywhere(ns: procs.Proc, cloud: procs.Proc) -> list[bytes]:
 @pytest.mark.parametrize("local_up", [True, False], ids=["local-up", "local-down"])
 def test_planted_key_never_leaks(cloud, recorder_proc, nonstop_factory, local_up):
     local_url = recorder_proc.url if local_up else f"http://127.0.0.1:{procs.free_port()}"
-    before_local = len(json.loads(procs.http("GET", recorder_proc.url + "/_recorded")[2]))
+    before_local = len(json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2]))
     ns = nonstop_factory(config(cloud.url, local_url))
     own = _send_everywhere(ns, cloud)
     for data in own:
         assert KEY.encode() not in data, f"the key is in an error message nonstop wrote: {data[:300]!r}"
     for path in ("/_nonstop/api/status", "/_nonstop/api/requests?limit=1000", "/metrics", "/health"):
-        status, _, data = procs.http("GET", ns.url + path)
+        status, _, data = rawhttp.request("GET", ns.url + path)
         assert status == 200
         assert KEY.encode() not in data, f"the key is in {path}"
-    _, _, _, events = request(ns.url, "GET", "/_nonstop/api/events", read_limit=4096)
+    events = rawhttp.exchange("GET", ns.url + "/_nonstop/api/events", until=EVENT_END).body
     assert KEY.encode() not in events
     state = Path(ns.extra["state_dir"])
     ns.stop()
@@ -311,7 +295,7 @@ def test_planted_key_never_leaks(cloud, recorder_proc, nonstop_factory, local_up
     for f in state.rglob("*"):
         if f.is_file():
             assert KEY.encode() not in f.read_bytes(), f"the key is in {f.name}"
-    seen = json.loads(procs.http("GET", recorder_proc.url + "/_recorded")[2])[before_local:]
+    seen = json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2])[before_local:]
     if local_up:
         assert seen, "nothing reached the local backend"
     for req in seen:
@@ -325,8 +309,8 @@ def test_key_in_a_request_body_is_not_logged(cloud, recorder_proc, nonstop_facto
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
     for body in (b'{"model": "' + KEY.encode() + b'\x01", "messages": []}', b"{" + KEY.encode(), KEY.encode()):
         for path in ("/v1/messages", "/v1/chat/completions", "/v1/messages/count_tokens"):
-            status, _, _, data = request(ns.url, "POST", path, body=body, headers={"content-type": "application/json"})
-            assert 400 <= status < 500
-            assert KEY.encode() not in data, (path, data[:300])
+            r = rawhttp.exchange("POST", ns.url + path, body=body, headers={"content-type": "application/json"})
+            assert 400 <= r.status < 500
+            assert KEY.encode() not in r.body, (path, r.body[:300])
     ns.stop()
     assert KEY not in ns.output()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.conftest import _need
-from tests.support import procs
+from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -45,13 +45,13 @@ def cfg(cloud_url: str, local_url: str, redis_url: str) -> str:
 
 def post(ns: procs.Proc) -> dict[str, str]:
     body = {"model": "claude-sonnet-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
-    status, headers, _ = procs.http("POST", ns.url + "/v1/messages", body, {"x-api-key": procs.PLANTED_KEY})
+    status, headers, _ = rawhttp.request("POST", ns.url + "/v1/messages", body, {"x-api-key": procs.PLANTED_KEY})
     assert status == 200
     return headers
 
 
 def state(ns: procs.Proc) -> str:
-    return json.loads(procs.http("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]["state"]
+    return json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]["state"]
 
 
 def wait_for(pred, timeout=5.0):

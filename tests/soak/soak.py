@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
-from tests.support import procs, wirecheck  # noqa: E402
+from tests.support import procs, rawhttp, wirecheck  # noqa: E402
 from tests.support.config import nonstop_config  # noqa: E402
 from tests.support.fake_cloud import RANDOM_EXTRA  # noqa: E402
 
@@ -441,9 +441,9 @@ async def soak(opts: Options) -> Report:
         report.duration_s = round(time.monotonic() - t_start, 1)
         report.fd["after"], report.fd_detail["after"] = await settled_fds(pid, roles, opts.settle, opts.max_settle)
         report.rss_mb["after"] = round(rss_mb(pid), 1)
-        report.faults = json.loads(procs.http("GET", cloud.url + "/_fake/counts")[2])
+        report.faults = json.loads(rawhttp.request("GET", cloud.url + "/_fake/counts")[2])
         report.cloud_requests = sum(report.faults.values())
-        recorded = procs.http("GET", chaos.proc.url + "/_recorded", timeout=30)[2]
+        recorded = rawhttp.request("GET", chaos.proc.url + "/_recorded", timeout=30)[2]
         if procs.PLANTED_KEY.encode() in recorded:
             secrets_seen.append("the local backend received the client's key")
 

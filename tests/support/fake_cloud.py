@@ -1,7 +1,7 @@
 """A stand-in for the Anthropic cloud: a real HTTP server that reproduces the documented
 status codes, headers, error bodies and stream events of every way the cloud says "no".
 
-Run: python tests/support/fake_cloud.py --port 9100
+Run: python -m tests.support.fake_cloud --port 9100
 Control: POST /_fake/mode {"mode": "subscription_limit", ...params}
          a request header `x-fake-mode: <mode>` overrides the mode for one request
          GET /_fake/requests  -> what the cloud received (method, path, query, headers, body)
@@ -11,7 +11,6 @@ Modes: see MODES below.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
@@ -20,6 +19,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
+
+from tests.support.standin import serve
 
 MODES = [
     "ok", "subscription_limit", "weekly_limit", "throttle", "api_key_limit", "overloaded",
@@ -374,11 +375,7 @@ def make_app(fake: FakeCloud | None = None) -> web.Application:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9100)
-    args = p.parse_args()
-    web.run_app(make_app(), host=args.host, port=args.port, print=None, access_log=None)
+    serve(make_app(), default_port=9100)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ tests/fixtures/openai_streams/parallel_tool_calls.jsonl. Other models get plain_
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from aiohttp import web
+
+from tests.support.standin import serve
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "openai_streams"
 LOG: list[dict] = []
@@ -54,14 +55,11 @@ async def models(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    args = p.parse_args()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/_recorded", recorded)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+    serve(app)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support import rawhttp
+
 ROOT = Path(__file__).resolve().parents[2]
-SUPPORT = Path(__file__).resolve().parent
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # A planted test key: every output is grepped for it to prove it never leaks.
 PLANTED_KEY = "sk-ant-api03-PLANTEDTESTKEY0123456789abcdefABCDEF-nonstop"
 
@@ -30,16 +28,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
-    data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})})
-    try:
-        with _OPENER.open(req, timeout=timeout) as r:
-            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
-
-
 def wait_http(url: str, timeout: float = 30, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -47,13 +35,9 @@ def wait_http(url: str, timeout: float = 30, proc: subprocess.Popen | None = Non
             tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered:\n{tail}")
         try:
-            with _OPENER.open(url, timeout=2) as r:
-                if r.status < 500:
-                    return
-        except urllib.error.HTTPError as e:
-            if e.code < 500:  # e.g. 401 from a gateway that requires a token: it is up
+            if rawhttp.request("GET", url, timeout=2)[0] < 500:  # e.g. 401 from a gateway that requires a token: it is up
                 return
-        except (urllib.error.URLError, OSError):
+        except (OSError, ValueError):
             pass
         time.sleep(0.1)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
@@ -81,6 +65,48 @@ class Proc:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def __enter__(self) -> Proc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def stop_all_and_check(started: list[Proc]) -> None:
+    """Stop each nonstop a test started and check what it wrote: no traceback, and never
+    the planted credential."""
+    for p in started:
+        p.stop()
+        out = p.output()
+        assert PLANTED_KEY not in out, "a credential appeared in nonstop's output"
+        assert "Traceback" not in out, f"nonstop logged a traceback:\n{out[-3000:]}"
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` is a live process (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = _stat(pid)
+    return stat is None or stat[0] != "Z"
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes whose parent is `parent`."""
+    return [int(e.name) for e in Path("/proc").iterdir()
+            if e.name.isdigit() and (stat := _stat(int(e.name))) is not None and int(stat[1]) == parent]
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name: state, parent, ..."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
 
 def start_python(args: list[str], port: int, health: str, name: str, env: dict[str, str] | None = None,
                  timeout: float = 30, cwd: Path | None = None) -> Proc:
@@ -102,12 +128,12 @@ def start_python(args: list[str], port: int, health: str, name: str, env: dict[s
 
 def start_fake_cloud(port: int | None = None) -> Proc:
     port = port or free_port()
-    return start_python([str(SUPPORT / "fake_cloud.py"), "--port", str(port)], port, "/_fake/requests", "fake-cloud")
+    return start_python(["-m", "tests.support.fake_cloud", "--port", str(port)], port, "/_fake/requests", "fake-cloud")
 
 
 def start_recorder(port: int | None = None) -> Proc:
     port = port or free_port()
-    return start_python([str(SUPPORT / "recorder.py"), "--port", str(port)], port, "/_recorded", "recorder")
+    return start_python(["-m", "tests.support.recorder", "--port", str(port)], port, "/_recorded", "recorder")
 
 
 def write_config(folder: Path, text: str) -> Path:
@@ -130,14 +156,14 @@ def start_nonstop(config_text: str, *, port: int | None = None, env: dict[str, s
 
 
 def set_mode(cloud: Proc, mode: str, **params: Any) -> None:
-    status, _, body = http("POST", cloud.url + "/_fake/mode", {"mode": mode, **params})
+    status, _, body = rawhttp.request("POST", cloud.url + "/_fake/mode", {"mode": mode, **params})
     assert status == 200, body
 
 
 def cloud_requests(cloud: Proc) -> list[dict]:
-    return json.loads(http("GET", cloud.url + "/_fake/requests")[2])
+    return json.loads(rawhttp.request("GET", cloud.url + "/_fake/requests")[2])
 
 
 def start_fake_openai(port: int | None = None) -> Proc:
     port = port or free_port()
-    return start_python([str(SUPPORT / "fake_openai.py"), "--port", str(port)], port, "/_recorded", "fake-openai")
+    return start_python(["-m", "tests.support.fake_openai", "--port", str(port)], port, "/_recorded", "fake-openai")

@@ -4,11 +4,12 @@ local server)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 
 from aiohttp import web
+
+from tests.support.standin import serve
 
 LOG: list[dict] = []
 
@@ -87,16 +88,13 @@ async def models(request: web.Request) -> web.Response:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    args = p.parse_args()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_get("/_recorded", recorded)
     app.router.add_post("/v1/messages", messages)
     app.router.add_post("/v1/messages/count_tokens", count_tokens)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+    serve(app)
 
 
 if __name__ == "__main__":

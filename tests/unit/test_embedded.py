@@ -24,6 +24,7 @@ from nonstop.backends import embedded as embedded_module
 from nonstop.backends.embedded import EmbeddedServer, EmbeddedUnavailable, backoff_delay
 from nonstop.backends.llama_stack import INSTALL_HINT
 from nonstop.config import EmbeddedConfig
+from tests.support.procs import pid_alive
 
 FAKE_SERVER = """\
 #!{python}
@@ -60,19 +61,6 @@ class Health(BaseHTTPRequestHandler):
 
 HTTPServer(("127.0.0.1", port), Health).serve_forever()
 """
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie (exited, not yet reaped) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 async def until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
