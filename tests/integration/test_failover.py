@@ -9,7 +9,7 @@ import time
 import anthropic
 import pytest
 
-from tests.support import procs, rawhttp
+from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -113,29 +113,12 @@ def test_failure_after_content_ends_with_error_event(cloud, llama, nonstop_facto
     body = {"model": "claude-sonnet-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
     assert r.status == 200
-    events = parse_sse(r.body.decode())
-    assert events[0][0] == "message_start"
-    assert any(e == "content_block_delta" for e, _ in events)
-    assert events[-1][0] == "error", events[-3:]
-    assert events[-1][1]["type"] == "error" and events[-1][1]["error"]["message"]
-    # Every event before the error is complete JSON: nothing was cut mid-event.
-    for _, data in events:
-        assert isinstance(data, dict)
-
-
-def parse_sse(text: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in text.split("\n\n"):
-        if not block.strip():
-            continue
-        ev, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                ev = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        out.append((ev, json.loads("\n".join(data))))
-    return out
+    # A well-formed stream that ends with a well-formed error event: every event before
+    # it is complete JSON, nothing was cut mid-event.
+    v = wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=True)
+    assert v.outcome == "error", (v.problem, r.body[-600:])
+    assert v.events[0] == "message_start"
+    assert "content_block_delta" in v.events
 
 
 def test_cloud_path_is_transparent(cloud, llama, nonstop_factory):
@@ -270,10 +253,9 @@ def test_pings_while_local_processes_a_long_prompt(cloud, recorder_proc, nonstop
     ns = nonstop_factory(config(cloud.url, recorder_proc.url, ping_interval=1.0))
     body = {"model": "claude-sonnet-5", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "[slow] hi"}]}
     r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
-    events = parse_sse(r.body.decode())
-    names = [e for e, _ in events]
-    assert names[0] == "message_start" and events[0][1]["message"]["usage"]["input_tokens"] > 0
+    v = wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=True)
+    assert v.outcome == "ok", (v.problem, r.body[-600:])  # one message_start with input_tokens, ..., message_stop
+    names = v.events
+    assert names[0] == "message_start"
     first_content = names.index("content_block_start")
     assert "ping" in names[1:first_content], names
-    assert names[-1] == "message_stop"
-    assert names.count("message_start") == 1

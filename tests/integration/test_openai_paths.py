@@ -11,9 +11,9 @@ import anthropic
 import openai
 import pytest
 
-from tests.support import procs, rawhttp
+from tests.support import procs, rawhttp, wirecheck
+from tests.support.anthropic_stream import validate_anthropic_stream
 from tests.support.config import nonstop_config
-from tests.unit.anthropic_stream_validator import validate_anthropic_stream as validate_events
 
 pytestmark = pytest.mark.integration
 
@@ -79,10 +79,8 @@ def test_recorded_edge_case_streams_through_nonstop(cloud, fake_openai, nonstop_
             "messages": [{"role": "user", "content": "go"}]}
     r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
     assert r.status == 200 and r.headers["x-nonstop-backend"] == "oai"
-    from tests.integration.test_failover import parse_sse
-
-    events = parse_sse(r.body.decode())
-    validate_events(events)
+    events = wirecheck.anthropic_events(r.body)
+    validate_anthropic_stream(events)
     assert summary(expected_content(events)) == summary(expected_content(expected))
     # The official SDK assembles the same message.
     c = anthropic.Anthropic(base_url=ns.url, api_key=procs.PLANTED_KEY, max_retries=0)

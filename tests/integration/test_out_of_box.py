@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.integration.llama import require_llama
-from tests.support import procs, rawhttp
+from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
 
 pytestmark = pytest.mark.integration
@@ -125,21 +125,13 @@ def assert_message(body: bytes) -> dict:
     return msg
 
 
-def assert_stream(body: bytes) -> list[str]:
-    events = [line.split(b":", 1)[1].strip().decode() for line in body.splitlines() if line.startswith(b"event:")]
-    names = [e for e in events if e != "ping"]
-    assert names[0] == "message_start" and names[-1] == "message_stop", events
-    assert "content_block_delta" in names and "message_delta" in names, events
-    assert "error" not in names, body[-500:]
-    return names
-
-
 def served_locally(ns: procs.Proc, backend: str, stream: bool = False) -> None:
     code, headers, body = ask(ns, stream)
     assert code == 200, body[:500]
     assert headers.get("x-nonstop-backend") == backend, headers
     if stream:
-        assert_stream(body)
+        v = wirecheck.check_anthropic(code, headers["content-type"], body, stream=True)
+        assert v.outcome == "ok" and "content_block_delta" in v.events, (v.problem, body[-500:])
     else:
         assert_message(body)
 

@@ -86,7 +86,7 @@ def _ev(name: str, data: dict) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-START = _ev("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 5, "output_tokens": 1}}})
+START = _ev("message_start", {"type": "message_start", "message": {"content": [], "usage": {"input_tokens": 5, "output_tokens": 1}}})
 BLOCK = _ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
 DELTA = _ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}})
 STOP = _ev("content_block_stop", {"type": "content_block_stop", "index": 0})

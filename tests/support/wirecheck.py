@@ -5,6 +5,8 @@ Each check takes the status, content type and raw body of one response and retur
 protocol) or a violation (`problem` says what is wrong). A stream that just stops, a
 delta for a block that is not open, an event after message_stop, a 200 carrying an error
 body: each is a violation, because a strict client (Claude Code, the SDKs) breaks on it.
+
+The Anthropic stream grammar itself is tests/support/anthropic_stream.py.
 """
 
 from __future__ import annotations
@@ -13,17 +15,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-STOP_REASONS = {
-    "end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",
-    "model_context_window_exceeded",
-}
-_DELTA_FOR_BLOCK = {
-    "text": {"text_delta", "citations_delta"},
-    "tool_use": {"input_json_delta"},
-    "server_tool_use": {"input_json_delta"},
-    "thinking": {"thinking_delta", "signature_delta"},
-    "redacted_thinking": set(),
-}
+from tests.support.anthropic_stream import (
+    STOP_REASONS,
+    StreamError,
+    is_anthropic_error,
+    validate_anthropic_stream,
+)
+
 OPENAI_FINISH = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 
 
@@ -75,16 +73,6 @@ def _json(data: str) -> Any:
         return None
 
 
-def is_anthropic_error(doc: Any) -> bool:
-    if not isinstance(doc, dict) or doc.get("type") != "error":
-        return False
-    err = doc.get("error")
-    return (
-        isinstance(err, dict) and isinstance(err.get("type"), str) and bool(err.get("type"))
-        and isinstance(err.get("message"), str) and bool(err.get("message"))
-    )
-
-
 def is_openai_error(doc: Any) -> bool:
     if not isinstance(doc, dict) or set(doc) - {"error"}:
         return False
@@ -98,86 +86,28 @@ def _traceback(body: bytes) -> bool:
 
 # --- Anthropic ------------------------------------------------------------------------------
 
+def anthropic_events(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """The (event name, data) pairs of an SSE body; raises StreamError when an event's
+    data is not a JSON object."""
+    out = []
+    for i, (name, data) in enumerate(parse_sse(body)[0]):
+        doc = _json(data)
+        if not isinstance(doc, dict):
+            raise StreamError(f"event {i} ({name}) data is not a JSON object: {data[:80]!r}")
+        out.append((name, doc))
+    return out
+
 
 def check_anthropic_stream(body: bytes) -> Verdict:
     events, rest = parse_sse(body)
     names = [n for n, _ in events]
     if rest.strip():
         return _bad(f"bytes after the last complete event: {rest[:80]!r}", names)
-    if not events:
-        return _bad("empty stream", names)
-    blocks: dict[int, str] = {}
-    open_: set[int] = set()
-    started = delta_seen = False
-    text: list[str] = []
-    for i, (name, data) in enumerate(events):
-        doc = _json(data)
-        if not isinstance(doc, dict):
-            return _bad(f"event {i} ({name}) data is not a JSON object: {data[:80]!r}", names)
-        if doc.get("type") != name:
-            return _bad(f"event {i}: event name {name!r} but data type {doc.get('type')!r}", names)
-        last = i == len(events) - 1
-        if name == "error":
-            if not is_anthropic_error(doc):
-                return _bad(f"malformed error event: {data[:200]}", names)
-            if not last:
-                return _bad("events after an error event", names)
-            return Verdict("error", doc["error"]["message"], "".join(text), names)
-        if name == "ping":
-            continue
-        if not started:
-            if name != "message_start":
-                return _bad(f"first event is {name}, not message_start", names)
-            started = True
-            usage = (doc.get("message") or {}).get("usage") or {}
-            if not isinstance(usage.get("input_tokens"), int) or usage["input_tokens"] <= 0:
-                return _bad(f"message_start input_tokens is {usage.get('input_tokens')!r}", names)
-            continue
-        if name == "message_start":
-            return _bad("a second message_start", names)
-        if delta_seen and name not in ("message_stop",):
-            return _bad(f"{name} after message_delta", names)
-        idx = doc.get("index")
-        if name == "content_block_start":
-            block = doc.get("content_block") or {}
-            btype = block.get("type")
-            if idx != len(blocks):
-                return _bad(f"content_block_start index {idx!r}, expected {len(blocks)}", names)
-            if btype == "text" and block.get("text"):
-                return _bad("text inside content_block_start", names)
-            if btype == "tool_use" and block.get("input") not in ({}, None):
-                return _bad("tool input inside content_block_start", names)
-            blocks[idx] = str(btype)
-            open_.add(idx)
-        elif name == "content_block_delta":
-            if idx not in open_:
-                return _bad(f"delta for block {idx!r} that is not open", names)
-            dtype = (doc.get("delta") or {}).get("type")
-            allowed = _DELTA_FOR_BLOCK.get(blocks[idx])
-            if allowed is not None and dtype not in allowed:
-                return _bad(f"{dtype} in a {blocks[idx]} block", names)
-            if dtype == "text_delta":
-                text.append(str(doc["delta"].get("text", "")))
-        elif name == "content_block_stop":
-            if idx not in open_:
-                return _bad(f"stop for block {idx!r} that is not open", names)
-            open_.discard(idx)
-        elif name == "message_delta":
-            if open_:
-                return _bad(f"message_delta with blocks still open: {sorted(open_)}", names)
-            reason = (doc.get("delta") or {}).get("stop_reason")
-            if reason not in STOP_REASONS:
-                return _bad(f"stop_reason {reason!r}", names)
-            delta_seen = True
-        elif name == "message_stop":
-            if not delta_seen:
-                return _bad("message_stop without message_delta", names)
-            if not last:
-                return _bad("events after message_stop", names)
-            return Verdict("ok", "", "".join(text), names)
-        else:
-            return _bad(f"unknown event {name!r}", names)
-    return _bad("stream ended without message_stop or an error event (silent truncation)", names)
+    try:
+        read = validate_anthropic_stream(anthropic_events(body), allow_error=True)
+    except StreamError as exc:
+        return _bad(str(exc), names)
+    return Verdict("error" if read.error else "ok", read.error, read.text, names)
 
 
 def check_anthropic_message(doc: Any) -> Verdict:

@@ -27,7 +27,7 @@ from nonstop.wire.openai import (
     openai_request_to_anthropic,
 )
 from nonstop.wire.openai.arguments import ArgumentsStream
-from tests.unit.anthropic_stream_validator import validate_anthropic_stream
+from tests.support.anthropic_stream import validate_anthropic_stream
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

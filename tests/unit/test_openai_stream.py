@@ -16,7 +16,7 @@ import pytest
 
 from nonstop.wire.openai import LOCAL_THINKING_SIGNATURE, OpenAIStreamTranslator
 from nonstop.wire.openai.arguments import ArgumentsStream
-from tests.unit.anthropic_stream_validator import StreamError, validate_anthropic_stream
+from tests.support.anthropic_stream import StreamError, validate_anthropic_stream
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai_streams"
 GOLDEN = sorted(p.stem for p in FIXTURES.glob("*.jsonl"))
