@@ -12,7 +12,6 @@ from nonstop.routing.quota import (
     PROBE_TIMEOUT,
     CloudState,
     QuotaState,
-    Route,
 )
 
 T0 = 1_750_000_000.0
@@ -55,14 +54,48 @@ def v(kind: FailureKind, until: float | None = None, detail: str = "") -> Verdic
     return Verdict(kind, True, until, detail or kind.value)
 
 
+def route(q: QuotaState) -> str:
+    """What the planner and the executor do with the cloud's view: use the cloud, probe
+    it (an explicit step), or stay local."""
+    view = q.view()
+    if view.state is CloudState.SERVING:
+        return "cloud"
+    if view.probe_due:
+        q.begin_probe()
+        return "probe"
+    return "local"
+
+
+def test_asking_never_changes_the_state() -> None:
+    q, clock, changes = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60))
+    clock.advance(61)
+    before = (q.state, q.until, len(changes.calls))
+    for _ in range(5):
+        assert q.view().probe_due
+    assert (q.state, q.until, len(changes.calls)) == before
+
+
+def test_probe_now_lets_the_next_request_probe() -> None:
+    q, _, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 7200))
+    assert route(q) == "local"
+    q.probe_now()
+    assert route(q) == "probe"
+    assert route(q) == "local"
+    q2, _, changes = make()
+    q2.probe_now()  # serving: nothing to do
+    assert q2.state is CloudState.SERVING and changes.calls == []
+
+
 # --- the main cycle ---------------------------------------------------------------------
 
 
 def test_starts_serving() -> None:
     q, _, changes = make()
     assert q.state is CloudState.SERVING
-    assert q.route() is Route.CLOUD
-    assert q.route() is Route.CLOUD
+    assert route(q) == "cloud"
+    assert route(q) == "cloud"
     assert changes.calls == []
 
 
@@ -76,34 +109,34 @@ def test_out_until_deadline_then_one_probe_then_serving() -> None:
 
     for step in (0, 1, 1800, 1798):
         clock.advance(step)
-        assert q.route() is Route.LOCAL
+        assert route(q) == "local"
     clock.advance(1)  # exactly the deadline
     assert clock.now == T0 + 3600
-    assert q.route() is Route.PROBE
+    assert route(q) == "probe"
     assert q.state is CloudState.PROBING
     # concurrent callers while the probe is out
-    assert [q.route() for _ in range(5)] == [Route.LOCAL] * 5
+    assert [route(q) for _ in range(5)] == ["local"] * 5
     clock.advance(10)
-    assert q.route() is Route.LOCAL
+    assert route(q) == "local"
 
     q.record_success()
     assert q.state is CloudState.SERVING
     assert q.until == 0.0
     assert q.reason == ""
-    assert q.route() is Route.CLOUD
+    assert route(q) == "cloud"
 
 
 def test_probe_failure_goes_out_again() -> None:
     q, clock, _ = make()
     q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60))
     clock.advance(60)
-    assert q.route() is Route.PROBE
+    assert route(q) == "probe"
     q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, clock.now + 600))
     assert q.state is CloudState.OUT
     assert q.until == clock.now + 600
-    assert q.route() is Route.LOCAL
+    assert route(q) == "local"
     clock.advance(600)
-    assert q.route() is Route.PROBE
+    assert route(q) == "probe"
 
 
 @pytest.mark.parametrize("kind", [FailureKind.OVERLOADED, FailureKind.SERVER_ERROR, FailureKind.BAD_RESPONSE])
@@ -111,22 +144,33 @@ def test_a_single_blip_during_a_probe_goes_out(kind: FailureKind) -> None:
     q, clock, _ = make()
     q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60))
     clock.advance(60)
-    assert q.route() is Route.PROBE
+    assert route(q) == "probe"
     q.record_failure(v(kind))
     assert q.state is CloudState.OUT
     assert q.until == clock.now + CFG.error_cooldown
 
 
-@pytest.mark.parametrize("kind", [FailureKind.AUTH, FailureKind.CLIENT_ERROR])
-def test_inconclusive_probe_goes_out_for_error_cooldown(kind: FailureKind) -> None:
+def test_auth_error_during_a_probe_goes_out_for_error_cooldown() -> None:
     q, clock, _ = make()
     q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60, "usage limit"))
     clock.advance(60)
-    assert q.route() is Route.PROBE
-    q.record_failure(v(kind))
+    assert route(q) == "probe"
+    q.record_failure(v(FailureKind.AUTH))
     assert q.state is CloudState.OUT
     assert q.until == clock.now + CFG.error_cooldown
     assert q.reason == "subscription_limit"  # the reason the cloud went out stays
+
+
+def test_request_shaped_400_during_a_probe_lets_the_next_request_probe() -> None:
+    """A 400 about the request says nothing about the cloud's capacity: no cooldown."""
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60, "usage limit"))
+    clock.advance(60)
+    assert route(q) == "probe"
+    q.record_failure(v(FailureKind.CLIENT_ERROR))
+    assert q.state is CloudState.OUT
+    assert q.reason == "subscription_limit"
+    assert route(q) == "probe"
 
 
 @pytest.mark.parametrize("kind", [FailureKind.AUTH, FailureKind.CLIENT_ERROR])
@@ -135,7 +179,7 @@ def test_auth_and_client_errors_never_take_a_serving_cloud_out(kind: FailureKind
     for _ in range(BREAKER_THRESHOLD + 2):
         q.record_failure(v(kind))
     assert q.state is CloudState.SERVING
-    assert q.route() is Route.CLOUD
+    assert route(q) == "cloud"
     assert changes.calls == []
 
 
@@ -143,12 +187,12 @@ def test_stale_probe_lets_the_next_request_probe() -> None:
     q, clock, _ = make()
     q.record_failure(v(FailureKind.THROTTLE, T0 + 10))
     clock.advance(10)
-    assert q.route() is Route.PROBE
+    assert route(q) == "probe"
     clock.advance(PROBE_TIMEOUT - 1)
-    assert q.route() is Route.LOCAL
+    assert route(q) == "local"
     clock.advance(1)
-    assert q.route() is Route.PROBE
-    assert q.route() is Route.LOCAL
+    assert route(q) == "probe"
+    assert route(q) == "local"
 
 
 # --- deadlines ------------------------------------------------------------------------------
@@ -210,7 +254,7 @@ def test_first_failure_deadline(verdict: Verdict, expected_until: float) -> None
     assert q.state is CloudState.OUT
     assert q.until == expected_until
     assert q.reason == verdict.kind.value
-    assert q.route() is Route.LOCAL
+    assert route(q) == "local"
 
 
 def test_cooldowns_come_from_config() -> None:
@@ -228,20 +272,20 @@ def test_cooldowns_come_from_config() -> None:
 def test_network_skip_ends_after_error_cooldown() -> None:
     q, clock, _ = make()
     q.record_failure(v(FailureKind.NETWORK))
-    assert q.route() is Route.LOCAL
+    assert route(q) == "local"
     clock.advance(CFG.error_cooldown - 0.001)
-    assert q.route() is Route.LOCAL
+    assert route(q) == "local"
     clock.advance(0.001)
-    assert q.route() is Route.PROBE
+    assert route(q) == "probe"
 
 
 def test_credit_exhausted_rechecks_after_credit_recheck() -> None:
     q, clock, _ = make()
     q.record_failure(v(FailureKind.CREDIT_EXHAUSTED))
     clock.advance(CFG.credit_recheck - 1)
-    assert q.route() is Route.LOCAL
+    assert route(q) == "local"
     clock.advance(1)
-    assert q.route() is Route.PROBE
+    assert route(q) == "probe"
 
 
 # --- the breaker ----------------------------------------------------------------------------
@@ -253,11 +297,11 @@ def test_blips_need_threshold_consecutive_failures(kind: FailureKind) -> None:
     for _ in range(BREAKER_THRESHOLD - 1):
         q.record_failure(v(kind))
         assert q.state is CloudState.SERVING
-        assert q.route() is Route.CLOUD
+        assert route(q) == "cloud"
     q.record_failure(v(kind))
     assert q.state is CloudState.OUT
     assert q.until == clock.now + CFG.error_cooldown
-    assert q.route() is Route.LOCAL
+    assert route(q) == "local"
 
 
 def test_success_resets_the_blip_count() -> None:
@@ -277,7 +321,7 @@ def test_breaker_recovers_through_a_probe() -> None:
     for _ in range(BREAKER_THRESHOLD):
         q.record_failure(v(FailureKind.OVERLOADED))
     clock.advance(CFG.error_cooldown)
-    assert q.route() is Route.PROBE
+    assert route(q) == "probe"
     q.record_success()
     assert q.state is CloudState.SERVING
     # the count starts over after recovery
@@ -349,7 +393,8 @@ def test_record_headers_does_not_change_state() -> None:
     q, _, changes = make()
     q.record_headers({U + "status": "rejected", U + "5h-utilization": "1.0"})
     assert q.state is CloudState.SERVING
-    assert changes.calls == []
+    assert changes.whys == []  # no switch; only the forecast changed (and is persisted)
+    assert q.forecast.conserving and q.view().conserving
 
 
 # --- persistence ----------------------------------------------------------------------------
@@ -370,7 +415,7 @@ def test_snapshot_restore_round_trip() -> None:
     assert r.since == q.since
     assert r.utilization == q.utilization
     assert r.snapshot() == snap
-    assert r.route() is Route.LOCAL
+    assert route(r) == "local"
 
 
 def test_snapshot_is_plain_data() -> None:
@@ -383,16 +428,16 @@ def test_restore_of_probing_snapshot_allows_exactly_one_probe() -> None:
     q, clock, _ = make()
     q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 60))
     clock.advance(60)
-    assert q.route() is Route.PROBE
+    assert route(q) == "probe"
     snap = q.snapshot()
     assert snap["state"] == "probing"
 
     r, _, _ = make(Clock(clock.now + 1))
     r.restore(snap)
     assert r.state is CloudState.OUT
-    assert r.route() is Route.PROBE
-    assert r.route() is Route.LOCAL
-    assert r.route() is Route.LOCAL
+    assert route(r) == "probe"
+    assert route(r) == "local"
+    assert route(r) == "local"
 
 
 @pytest.mark.parametrize(
@@ -408,7 +453,7 @@ def test_restore_of_garbage_leaves_a_usable_state(snap: dict) -> None:
     q, _, _ = make()
     q.restore(snap)
     assert q.state in (CloudState.SERVING, CloudState.OUT)
-    assert q.route() in (Route.CLOUD, Route.PROBE)
+    assert route(q) in ("cloud", "probe")
 
 
 def test_as_dict_includes_now() -> None:
@@ -426,8 +471,8 @@ def test_on_change_why_only_on_state_changes() -> None:
     q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 120))  # out -> out (later deadline)
     q.record_failure(v(FailureKind.THROTTLE, T0 + 5))  # out -> out
     clock.advance(120)
-    assert q.route() is Route.PROBE  # out -> probing
-    assert q.route() is Route.LOCAL  # no call
+    assert route(q) == "probe"  # out -> probing
+    assert route(q) == "local"  # no call
     q.record_success()  # probing -> serving
     q.record_success()  # serving -> serving: no call
 
@@ -459,5 +504,5 @@ def test_since_marks_the_last_state_change() -> None:
     q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 900))
     assert q.since == T0  # same state: unchanged
     clock.advance(900)
-    q.route()
+    route(q)
     assert q.since == clock.now

@@ -207,7 +207,7 @@ def uncomment_settings(text: str) -> str:
     out = []
     for line in text.splitlines():
         candidate = line[2:] if line.startswith("# ") else None
-        if candidate is not None and re.fullmatch(r"\[\[?[a-z]+\]\]?", candidate):
+        if candidate is not None and re.fullmatch(r"\[\[?[a-z_.]+\]\]?", candidate):
             out.append(candidate)
             continue
         if candidate is not None and " = " in candidate:
@@ -235,9 +235,9 @@ def test_every_key_is_documented_and_every_commented_default_is_valid(servers: l
     text = init.render_config(servers, stack=NO_STACK)
     lines = text.splitlines()
     keys = {f.name for f in fields(Config) if f.name not in ("source", "cloud", "local", "routes", "log", "hooks",
-                                                              "discovery", "embedded", "recovery", "shared")}
+                                                              "discovery", "embedded", "recovery", "shared", "routing")}
     for section in init.SECTION_TYPES.values():
-        keys |= {f.name for f in fields(section)}
+        keys |= {f.name for f in fields(section) if f.name != "classes"}
     keys |= {f.name for f in fields(LocalBackendConfig)}
     for key in keys:
         at = [i for i, line in enumerate(lines) if re.match(rf"^(# )?{key} = ", line)]
@@ -250,6 +250,7 @@ def test_every_key_is_documented_and_every_commented_default_is_valid(servers: l
     cfg = load_config_text(uncomment_settings(text))
     assert cfg.embedded.mode == "auto"
     assert cfg.routes and cfg.routes[0].match == "claude-haiku-*"
+    assert dict(cfg.routing.classes)["background"].cloud == "fallback"
 
 
 def load_config_text(text: str) -> Config:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from nonstop.backends.local import make_local_backend
+from nonstop.backends.registry import make_local_backend
 from nonstop.cli.status import offline_status
 from nonstop.config import parse_config
-from nonstop.server.gateway import Gateway
+from nonstop.server.runtime import Runtime
 from nonstop.server.status import cloud_entry, start_of_day
 from nonstop.store.db import RequestRow
 
@@ -38,7 +38,7 @@ async def test_live_and_offline_documents_have_the_same_keys(tmp_path: Path) -> 
         "listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "state"),
         "local": [{"name": "llama", "url": "http://127.0.0.1:8080"}],
     })
-    gw = Gateway(cfg)
+    gw = Runtime(cfg)
     gw.locals = [make_local_backend(b, None) for b in cfg.local]  # type: ignore[arg-type]
     assert gw.store is not None
     gw.store.open()

@@ -1,12 +1,27 @@
-"""What every backend attempt gives back: a reply to commit, or a reason to move on."""
+"""The one protocol every backend speaks, the cloud and each local kind alike, and what
+an attempt gives back: a reply to commit, or a structured reason to move on.
+
+    class Backend(Protocol):
+        name: str
+        def capabilities(self) -> Capabilities      # what it can take
+        async def send(self, ex, step) -> Attempt   # one try; nothing reaches the client
+
+The planner asks every backend the same questions (`capabilities()`, and the live
+state in `state`); the pipeline calls `send()` with the request (`Exchange`) and the
+plan's step, which says how to send it (a probe, fitted to a window, without thinking).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nonstop.routing.classify import Verdict
+from nonstop.routing.view import Capabilities
+
+if TYPE_CHECKING:
+    from nonstop.routing.plan import Step
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -15,6 +30,27 @@ HOP_BY_HOP = frozenset({
 
 # nonstop's own headers never leave it.
 OWN_REQUEST_HEADERS = frozenset({"x-nonstop-token"})
+
+
+@dataclass
+class Exchange:
+    """One client request on its way to a backend. The cloud takes the client's bytes
+    and headers (`cloud_body` when nonstop had to change them); a local backend reads
+    only `req` and `stream`, never the headers, so cloud credentials cannot reach it."""
+
+    method: str
+    path: str
+    raw_path: bytes
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    req: dict[str, Any]
+    stream: bool
+    # What the cloud gets instead of path/body/extra headers (the OpenAI front door
+    # translates; history hygiene rewrites local turns).
+    cloud_path: bytes | None = None
+    cloud_body: bytes | None = None
+    cloud_headers: dict[str, str] | None = None
 
 
 @dataclass
@@ -27,6 +63,10 @@ class Usage:
     error: str = ""
     complete: bool = False
     note: str = ""
+    # perf_counter() times: the first content the backend produced, and the end.
+    first_content: float | None = None
+    ended: float | None = None
+    cache_read_tokens: int | None = None
 
 
 @dataclass
@@ -41,7 +81,10 @@ class Reply:
     stream: bool
     usage: Usage = field(default_factory=Usage)
     close: Callable[[], Any] | None = None
-    # For the request log: a failure observed on the way (e.g. a rejected unified status).
+    # A "no" that came with an answer (a 200 whose headers say the quota is now
+    # rejected): the answer is served, and the state learns the deadline.
+    verdict: Verdict | None = None
+    # For the request log: what nonstop changed on the way (fitted, trimmed, repaired).
     note: str = ""
 
 
@@ -55,6 +98,14 @@ class TooLong:
 
 
 Attempt = Reply | Verdict | TooLong
+
+
+class Backend(Protocol):
+    name: str
+
+    def capabilities(self) -> Capabilities: ...
+
+    async def send(self, ex: Exchange, step: Step) -> Attempt: ...
 
 
 async def single(data: bytes) -> AsyncIterator[bytes]:

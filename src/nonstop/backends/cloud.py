@@ -1,9 +1,9 @@
 """The cloud passthrough: bytes in, bytes out, with the client's own credentials.
 
-Only the response head and, for streams, the events before the first content are
-examined (to fail over before committing). After that, chunks are relayed as they come,
-cut only at event boundaries so that a stream that dies can still be closed with a
-well-formed `event: error`.
+Everything is decided before the first byte reaches the client: the response head;
+for streams, the events before the first content; any other reply, whole. After that,
+stream chunks are relayed as they come, cut only at event boundaries so that a stream
+that dies can still be closed with a well-formed `event: error`.
 """
 
 from __future__ import annotations
@@ -11,13 +11,23 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import aiohttp
+import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
-from nonstop.backends.base import HOP_BY_HOP, OWN_REQUEST_HEADERS, Reply, Usage, single
+from nonstop.backends.base import (
+    HOP_BY_HOP,
+    OWN_REQUEST_HEADERS,
+    Attempt,
+    Exchange,
+    Reply,
+    Usage,
+    single,
+)
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import (
     FailureKind,
@@ -26,11 +36,20 @@ from nonstop.routing.classify import (
     classify_stream_error,
     network_failure,
 )
+from nonstop.routing.view import Capabilities
 from nonstop.wire.errors import anthropic_error_event
 from nonstop.wire.framing import complete_events_end, first_malformed_event, wrong_content_type
+from nonstop.wire.hygiene import for_cloud, without_thinking
 from nonstop.wire.sse import SSEDecoder
 
+if TYPE_CHECKING:
+    from nonstop.routing.plan import Step
+
 MAX_ERROR_BODY = 1024 * 1024
+# A reply that is not a stream is read whole before its head goes to the client.
+MAX_WHOLE_BODY = 64 * 1024 * 1024
+CLOUD_CAPABILITIES = Capabilities(api="cloud", tools=True, thinking=True, images=True)
+_INFERENCE_PATHS = ("/v1/messages", "/v1/chat/completions")
 # Usage for the request log, read with regexes from the few places it appears, so the
 # stream itself is never parsed.
 _IN = re.compile(rb'"input_tokens"\s*:\s*(\d+)')
@@ -56,12 +75,22 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
 
 
 class CloudBackend:
+    """The cloud as a backend: the client's request, forwarded with its own credentials."""
+
     name = "cloud"
 
-    def __init__(self, cfg: CloudConfig, session: aiohttp.ClientSession):
+    def __init__(self, cfg: CloudConfig, session: aiohttp.ClientSession, *,
+                 observe_headers: Callable[[Mapping[str, str]], None] | None = None,
+                 first_byte_deadline: Callable[[int], float] | None = None):
         self.cfg = cfg
         self.session = session
         self.base = cfg.url.rstrip("/")
+        self.observe_headers = observe_headers
+        # Seconds to wait for the first byte of a request of this many bytes.
+        self.first_byte_deadline = first_byte_deadline or (lambda size: cfg.first_byte_timeout)
+
+    def capabilities(self) -> Capabilities:
+        return CLOUD_CAPABILITIES
 
     @staticmethod
     def make_session(cfg: CloudConfig) -> aiohttp.ClientSession:
@@ -84,54 +113,52 @@ class CloudBackend:
             target += "?" + query.decode("latin-1")
         return URL(self.base + target, encoded=True)
 
-    async def send(
-        self,
-        method: str,
-        raw_path: bytes,
-        query: bytes,
-        headers: CIMultiDict[str],
-        body: bytes,
-        *,
-        peek_stream: bool,
-        failover_on_auth: bool,
-        observe_headers=None,
-        expect: str = "",
-    ) -> Reply | Verdict:
-        """One try at the cloud. Returns a Reply to commit, or the Verdict to fail over on."""
+    async def send(self, ex: Exchange, step: Step) -> Attempt:
+        headers = forward_headers(ex.headers)
+        for k, v in (ex.cloud_headers or {}).items():
+            headers.setdefault(k, v)
+        body = ex.cloud_body if ex.cloud_body is not None else ex.body
+        if step.strip_thinking and ex.req:
+            body = orjson.dumps(for_cloud(without_thinking(ex.req)))
+        path = ex.cloud_path or ex.raw_path
+        expect = ("stream" if ex.stream else "json") if ex.path in _INFERENCE_PATHS else ""
+        return await self.request(ex.method, path, ex.query, headers, body, stream=ex.stream, expect=expect)
+
+    async def request(self, method: str, raw_path: bytes, query: bytes, headers: CIMultiDict[str], body: bytes,
+                      *, stream: bool = False, expect: str = "") -> Reply | Verdict:
+        """One try at the cloud. A Reply to commit, or the Verdict to fail over on.
+
+        Before anything reaches the client: the head, for streams the events up to the
+        first content, and every other reply whole (a body that is cut, short or not
+        what was asked for is a broken upstream, not an answer)."""
         url = self.url_for(raw_path, query)
         resp: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout(self.cfg.connect_timeout + self.cfg.first_byte_timeout):
+            async with asyncio.timeout(self.cfg.connect_timeout + self.first_byte_deadline(len(body))):
                 resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False)
-                if observe_headers is not None:
-                    observe_headers(resp.headers)
+                if self.observe_headers is not None:
+                    self.observe_headers(resp.headers)
                 if resp.status >= 400:
-                    err = await _read_limited(resp, MAX_ERROR_BODY)
-                    verdict = classify_response(
-                        resp.status, _lower(resp.headers), err, time.time(), failover_on_auth=failover_on_auth
-                    )
-                    if verdict is not None and verdict.failover:
-                        resp.release()
-                        return verdict
-                    headers_out = response_headers(resp.raw_headers)
-                    status = resp.status
-                    resp.release()
-                    return Reply(status, headers_out, single(err), self.name, False, Usage(error=verdict.describe() if verdict else ""))
-                note_verdict = classify_response(resp.status, _lower(resp.headers), b"", time.time())
-                note = note_verdict.describe() if note_verdict else ""
+                    return await self._refusal(resp)
                 ctype = resp.headers.get("content-type", "")
                 wrong = wrong_content_type(expect, ctype)
                 if wrong:
                     resp.close()
                     return Verdict(FailureKind.BAD_RESPONSE, True, None, wrong, resp.status)
-                if peek_stream and ctype.startswith("text/event-stream"):
+                verdict = classify_response(resp.status, _lower(resp.headers), b"", time.time())
+                if stream and ctype.startswith("text/event-stream"):
                     peeked = await _peek_stream(resp)
                     if isinstance(peeked, Verdict):
                         resp.close()
                         return peeked
-                    first = peeked
-                else:
-                    first = b""
+                    usage = Usage()
+                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, peeked, usage),
+                                 self.name, True, usage, close=resp.close, verdict=verdict)
+                if ctype.startswith("text/event-stream"):
+                    usage = Usage()
+                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, b"", usage),
+                                 self.name, True, usage, close=resp.close, verdict=verdict)
+            return await self._whole(resp, expect, verdict)
         except TimeoutError:
             if resp is not None:
                 resp.close()
@@ -140,10 +167,59 @@ class CloudBackend:
             if resp is not None:
                 resp.close()
             return network_failure(exc)
-        usage = Usage()
-        is_stream = ctype.startswith("text/event-stream")
-        body_iter = _relay_stream(resp, first, usage) if is_stream else _relay_plain(resp, usage)
-        return Reply(resp.status, response_headers(resp.raw_headers), body_iter, self.name, is_stream, usage, close=resp.close, note=note)
+
+    async def _refusal(self, resp: aiohttp.ClientResponse) -> Reply | Verdict:
+        err = await _read_limited(resp, MAX_ERROR_BODY)
+        verdict = classify_response(resp.status, _lower(resp.headers), err, time.time(),
+                                    failover_on_auth=self.cfg.failover_on_auth)
+        headers_out = response_headers(resp.raw_headers)
+        resp.release()
+        if verdict is not None and verdict.failover:
+            return verdict
+        return Reply(resp.status, headers_out, single(err), self.name, False,
+                     Usage(error=verdict.describe() if verdict else ""), verdict=verdict)
+
+    async def _whole(self, resp: aiohttp.ClientResponse, expect: str, verdict: Verdict | None) -> Reply | Verdict:
+        """A reply read whole (bounded by MAX_WHOLE_BODY and the idle timeout) before its
+        head goes to the client."""
+        try:
+            data = await _read_limited(resp, MAX_WHOLE_BODY + 1)
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            return Verdict(FailureKind.BAD_RESPONSE, True, None, f"the cloud's reply was cut ({type(exc).__name__})", resp.status)
+        finally:
+            resp.release()
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) != len(data):
+            return Verdict(FailureKind.BAD_RESPONSE, True, None,
+                           f"the cloud's reply was cut: {len(data)} of {declared} bytes", resp.status)
+        if len(data) > MAX_WHOLE_BODY:
+            return Verdict(FailureKind.BAD_RESPONSE, True, None, "the cloud's reply is larger than nonstop relays whole", resp.status)
+        usage = Usage(complete=True)
+        if expect == "json":
+            problem = _not_a_message(data, usage)
+            if problem:
+                return Verdict(FailureKind.BAD_RESPONSE, True, None, problem, resp.status)
+        return Reply(resp.status, response_headers(resp.raw_headers), single(data), self.name, False, usage, verdict=verdict)
+
+
+def _not_a_message(data: bytes, usage: Usage) -> str:
+    """Why a 200 to an inference request is not an answer ("" when it is one)."""
+    if not data:
+        return "the cloud's reply had an empty body"
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return "the cloud's reply was not valid JSON (cut or garbled)"
+    if not isinstance(doc, dict) or doc.get("type") != "message" or not isinstance(doc.get("content"), list):
+        return "the cloud's reply was JSON but not a message"
+    u = doc.get("usage")
+    if isinstance(u, dict):
+        i, o = u.get("input_tokens"), u.get("output_tokens")
+        usage.input_tokens = i if isinstance(i, int) else 0
+        usage.output_tokens = o if isinstance(o, int) else 0
+    stop = doc.get("stop_reason")
+    usage.stop_reason = stop if isinstance(stop, str) else ""
+    return ""
 
 
 def _lower(headers) -> dict[str, str]:
@@ -188,18 +264,6 @@ def _read_usage(data: bytes, usage: Usage) -> None:
     m = _STOP.search(data)
     if m:
         usage.stop_reason = m.group(1).decode()
-
-
-async def _relay_plain(resp: aiohttp.ClientResponse, usage: Usage) -> AsyncIterator[bytes]:
-    tail = b""
-    try:
-        async for chunk in resp.content.iter_any():
-            tail = (tail + chunk)[-2048:]
-            yield chunk
-        usage.complete = True
-        _read_usage(tail, usage)
-    finally:
-        resp.release()
 
 
 async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage) -> AsyncIterator[bytes]:

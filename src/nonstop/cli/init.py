@@ -30,6 +30,7 @@ from nonstop.config import (
     LocalBackendConfig,
     LogConfig,
     RecoveryConfig,
+    RoutingConfig,
     SharedConfig,
     default_config_path,
     default_state_dir,
@@ -136,7 +137,20 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
                      "instances; empty: not shared.",
         "key_prefix": "Prefix for nonstop's Redis keys.",
     },
+    "routing": {
+        "high_water": "A quota window at or above this utilization (0..1), with too little "
+                      "history to forecast, counts as about to run out.",
+        "conserve": "Kinds of work sent to local models first while a quota window is "
+                    "forecast to run out before it resets, so the main conversation keeps the "
+                    "cloud longer: main, subagent, compaction, background, count_tokens.",
+        "finish_local_tool_loops": "A tool call a local model made gets its result answered "
+                                   "by a local model too; the next message you type goes back "
+                                   "to the cloud.",
+    },
 }
+
+# Per-class tables under [routing]: not keys of RoutingConfig itself.
+_NOT_KEYS = {"routing": {"classes"}}
 
 SECTION_TYPES: dict[str, type] = {
     "cloud": CloudConfig,
@@ -146,6 +160,7 @@ SECTION_TYPES: dict[str, type] = {
     "hooks": HooksConfig,
     "recovery": RecoveryConfig,
     "shared": SharedConfig,
+    "routing": RoutingConfig,
 }
 
 
@@ -276,6 +291,7 @@ def render_config(
     lines += _section("cloud", {"url": defaults.cloud.url})
     lines += _local_blocks(servers, dcfg, probed)
     lines += _routes_example(servers)
+    lines += _routing_section()
     lines += _discovery_section(dcfg, servers)
     lines += _embedded_section(servers, stack)
     for name in ("log", "hooks", "recovery", "shared"):
@@ -349,6 +365,17 @@ def _routes_example(servers: Sequence[DiscoveredServer]) -> list[str]:
     ]
 
 
+def _routing_section() -> list[str]:
+    lines = _section("routing", {}, commented=True)
+    lines += ["", *_comment(
+        "A table per kind of work (main, subagent, compaction, background, count_tokens) "
+        "says whether the cloud is used first, as a fallback or never, which local backends "
+        "in what order, and what to prefer among them (order, fastest, best). For example, "
+        "background work (titles, summaries) on local models while one is up:"
+    ), "# [routing.background]", '# cloud = "fallback"', '# prefer = "fastest"']
+    return lines
+
+
 def _discovery_section(dcfg: DiscoveryConfig, servers: Sequence[DiscoveredServer]) -> list[str]:
     active: dict[str, Any] = {}
     if dcfg.ports != DiscoveryConfig().ports:
@@ -396,6 +423,8 @@ def _section(name: str, active: Mapping[str, Any], *, commented: bool = False, s
     header = f"[{name}]"
     lines = ["", "# " + header if commented else header]
     for f in fields(cls):
+        if f.name in _NOT_KEYS.get(name, ()):
+            continue
         value = active.get(f.name, getattr(obj, f.name))
         lines += _key(f.name, value, SECTION_DOCS[name][f.name], active=f.name in active and not commented)
     return lines

@@ -13,6 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nonstop.config.model import (
+    WORKLOAD_CLASSES,
+    ClassRoutingConfig,
     CloudConfig,
     Config,
     ConfigError,
@@ -22,11 +24,9 @@ from nonstop.config.model import (
     LocalBackendConfig,
     LogConfig,
     RecoveryConfig,
-    ClassRoutingConfig,
     RouteConfig,
     RoutingConfig,
     SharedConfig,
-    WORKLOAD_CLASSES,
     check_exposure,
     default_config_path,
     split_listen,

@@ -1,7 +1,8 @@
 """The cloud's state: serving, out until a deadline, or being probed.
 
 A pure state machine with an injected clock. It never does I/O: the owner persists
-`snapshot()` when `on_change` fires and restores it at start-up.
+`snapshot()` when `on_change` fires and restores it at start-up. Asking never changes
+it: `view()` reports whether a probe is due, and `begin_probe()` starts one.
 """
 
 from __future__ import annotations
@@ -9,24 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import FailureKind, Verdict, parse_epoch, parse_float
-
-
-class CloudState(StrEnum):
-    SERVING = "serving"
-    OUT = "out"
-    PROBING = "probing"
-
-
-class Route(StrEnum):
-    CLOUD = "cloud"  # the cloud is serving: try it first
-    PROBE = "probe"  # this request checks whether the cloud is back
-    LOCAL = "local"  # skip the cloud
-
+from nonstop.routing.forecast import QuotaForecast
+from nonstop.routing.view import CloudState, CloudView
 
 _H = "anthropic-ratelimit-unified-"
 
@@ -73,25 +62,36 @@ class QuotaState:
     probe_started: float = 0.0
     blips: int = 0
     utilization: Utilization = field(default_factory=Utilization)
+    forecast: QuotaForecast = field(default_factory=QuotaForecast)
 
-    # --- decisions -----------------------------------------------------------------
+    # --- what the planner sees ---------------------------------------------------------
 
-    @property
-    def serving(self) -> bool:
-        """For side requests (models, count_tokens, hello): never starts a probe."""
-        return self.state is CloudState.SERVING
-
-    def route(self) -> Route:
+    def view(self) -> CloudView:
         now = self.clock()
+        in_flight = self.state is CloudState.PROBING and now - self.probe_started < PROBE_TIMEOUT
+        return CloudView(
+            state=CloudState.OUT if self.state is CloudState.PROBING and not in_flight else self.state,
+            until=self.until,
+            reason=self.reason,
+            probe_due=self.state is not CloudState.SERVING and not in_flight and now >= self.until,
+            probe_in_flight=in_flight,
+            conserving=self.forecast.conserving,
+            windows=self.forecast.current,
+        )
+
+    # --- explicit steps ----------------------------------------------------------------
+
+    def begin_probe(self) -> None:
+        """This request checks whether the cloud is back; others stay local meanwhile."""
+        self.probe_started = self.clock()
+        self._set(CloudState.PROBING, self.until, self.reason, self.detail, "deadline passed; probing the cloud")
+
+    def probe_now(self) -> None:
+        """Let the next request check the cloud now instead of at the deadline."""
         if self.state is CloudState.SERVING:
-            return Route.CLOUD
-        if self.state is CloudState.PROBING and now - self.probe_started < PROBE_TIMEOUT:
-            return Route.LOCAL
-        if now >= self.until:
-            self.probe_started = now
-            self._set(CloudState.PROBING, self.until, self.reason, self.detail, "deadline passed; probing the cloud")
-            return Route.PROBE
-        return Route.LOCAL
+            return
+        self.probe_started = 0.0
+        self._set(CloudState.OUT, min(self.until, self.clock()), self.reason, self.detail, "")
 
     # --- what happened ---------------------------------------------------------------
 
@@ -103,8 +103,13 @@ class QuotaState:
     def record_failure(self, verdict: Verdict) -> None:
         now = self.clock()
         kind = verdict.kind
-        if kind in (FailureKind.AUTH, FailureKind.CLIENT_ERROR):
-            # Not the cloud's capacity: a probe that met one ends without a verdict.
+        if kind is FailureKind.CLIENT_ERROR:
+            # The request was refused for its shape: nothing learned about capacity, so
+            # the next request checks again (no cooldown).
+            if self.state is CloudState.PROBING:
+                self._set(CloudState.OUT, now, self.reason, self.detail, "probe inconclusive")
+            return
+        if kind is FailureKind.AUTH:
             if self.state is CloudState.PROBING:
                 self._set(CloudState.OUT, now + self.cfg.error_cooldown, self.reason, self.detail, "probe inconclusive")
             return
@@ -143,7 +148,11 @@ class QuotaState:
         fb = headers.get(_H + "fallback-percentage")
         u.fallback_percentage = parse_float(fb) if fb is not None else u.fallback_percentage
         u.overage_status = headers.get(_H + "overage-status", u.overage_status)
-        u.updated = self.clock()
+        u.updated = now = self.clock()
+        added = self.forecast.record(now, "5h", u.five_hour, u.five_hour_reset)
+        added = self.forecast.record(now, "7d", u.seven_day, u.seven_day_reset) or added
+        if added and self.forecast.update(now) and self.on_change is not None:
+            self.on_change(self, "")
 
     # --- persistence -----------------------------------------------------------------
 
@@ -155,6 +164,7 @@ class QuotaState:
             "detail": self.detail,
             "since": self.since,
             "utilization": self.utilization.as_dict(),
+            "forecast": self.forecast.snapshot(),
         }
 
     def restore(self, snap: Mapping[str, Any]) -> None:
@@ -183,6 +193,7 @@ class QuotaState:
                 overage_status=str(u.get("overage_status") or ""),
                 updated=float(u.get("updated") or 0.0),
             )
+        self.forecast.restore(snap.get("forecast"))
 
     def as_dict(self) -> dict[str, Any]:
         d = self.snapshot()

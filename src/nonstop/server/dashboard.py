@@ -17,7 +17,7 @@ import orjson
 from nonstop.server.asgi import Receive, Scope, Send, send_bytes, send_json
 
 if TYPE_CHECKING:
-    from nonstop.server.app import App
+    from nonstop.server.runtime import Runtime
 
 # No external assets, no inline event handlers from data: a strict policy is possible.
 _SECURITY_HEADERS = [
@@ -36,46 +36,45 @@ def _static(name: str) -> bytes | None:
         return None
 
 
-async def handle(app: App, scope: Scope, receive: Receive, send: Send) -> None:
+async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     path = scope["path"]
     method = scope["method"]
-    gw = app.gw
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     if path in ("/_nonstop", "/_nonstop/"):
         path = "/_nonstop/index.html"
         extra = list(_SECURITY_HEADERS)
         token = (query.get("token") or [""])[0]
-        if token and app.cfg.token:
+        if token and rt.cfg.token:
             extra.append((b"set-cookie", f"nonstop_token={token}; HttpOnly; SameSite=Strict; Path=/".encode()))
     else:
         extra = list(_SECURITY_HEADERS)
     if method == "GET" and path == "/_nonstop/api/status":
-        await send_json(send, 200, await gw.status(), extra=[(b"cache-control", b"no-store")])
+        await send_json(send, 200, await rt.status(), extra=[(b"cache-control", b"no-store")])
         return
     if method == "GET" and path == "/_nonstop/api/requests":
         limit = _int(query.get("limit"), 50)
         after = _int(query.get("after_id"), 0)
         rows: list = []
-        if gw.store is not None:
+        if rt.store is not None:
             with contextlib.suppress(Exception):
                 rows = await asyncio.to_thread(
-                    gw.store.recent, limit=limit, after_id=after,
+                    rt.store.recent, limit=limit, after_id=after,
                     backend=(query.get("backend") or [""])[0], outcome=(query.get("outcome") or [""])[0],
                     model=(query.get("model") or [""])[0],
                 )
         else:
-            rows = list(gw.recent_rows)[-limit:]
+            rows = list(rt.request_log.recent)[-limit:]
         await send_json(send, 200, {"requests": rows}, extra=[(b"cache-control", b"no-store")])
         return
     if method == "GET" and path == "/_nonstop/api/events":
-        await _events(app, receive, send)
+        await _events(rt, receive, send)
         return
     if method == "POST" and path == "/_nonstop/api/probe":
-        if not app.cfg.token:
+        if not rt.cfg.token:
             await send_json(send, 403, {"error": "write actions need an access token: set token in the config"})
             return
-        gw.quota.until = 0.0
-        await send_json(send, 200, {"ok": True, "cloud": gw.quota.state.value})
+        rt.quota.probe_now()
+        await send_json(send, 200, {"ok": True, "cloud": rt.quota.state.value})
         return
     if method in ("GET", "HEAD") and path.startswith("/_nonstop/") and "/api/" not in path:
         name = path.removeprefix("/_nonstop/")
@@ -95,12 +94,10 @@ def _int(values: list[str] | None, default: int) -> int:
         return default
 
 
-async def _events(app: App, receive: Receive, send: Send) -> None:
+async def _events(rt: Runtime, receive: Receive, send: Send) -> None:
     """Server-sent events: a status snapshot now and on every change, each request row
     as it is logged, and a keep-alive comment every 15 s."""
-    gw = app.gw
-    q: asyncio.Queue = asyncio.Queue(maxsize=1000)
-    gw.subscribers.add(q)
+    q = rt.bus.subscribe()
     await send({
         "type": "http.response.start", "status": 200,
         "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store")],
@@ -112,7 +109,7 @@ async def _events(app: App, receive: Receive, send: Send) -> None:
 
     gone = asyncio.ensure_future(wait_gone())
     try:
-        await send({"type": "http.response.body", "body": _sse("status", await gw.status()), "more_body": True})
+        await send({"type": "http.response.body", "body": _sse("status", await rt.status()), "more_body": True})
         while not gone.done():
             getter = asyncio.ensure_future(q.get())
             done, _ = await asyncio.wait({getter, gone}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
@@ -123,14 +120,14 @@ async def _events(app: App, receive: Receive, send: Send) -> None:
                 continue
             event = getter.result()
             if event.get("type") == "status":
-                payload = _sse("status", await gw.status())
+                payload = _sse("status", await rt.status())
             else:
                 payload = _sse(event.get("type", "message"), event)
             await send({"type": "http.response.body", "body": payload, "more_body": True})
     except OSError:
         pass
     finally:
-        gw.subscribers.discard(q)
+        rt.bus.unsubscribe(q)
         gone.cancel()
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from nonstop.routing.view import WindowForecast
 from nonstop.store.db import RequestRow
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -25,12 +28,19 @@ class Metrics:
         self.utilization = Gauge("nonstop_quota_utilization", "Quota utilization from the cloud's headers (0..1+)", ["window"], registry=r)
         self.local_up = Gauge("nonstop_local_backend_up", "Local backend health: 1 up, 0 down", ["backend"], registry=r)
         self.switches = Counter("nonstop_switches", "Switches between cloud and local", ["to"], registry=r)
+        self.conserving = Gauge("nonstop_quota_conserving", "1 while a quota window is forecast to run out before it resets", registry=r)
+        self.runs_out = Gauge("nonstop_quota_runs_out_seconds", "Epoch seconds a quota window is forecast to run out (0: not before its reset)", ["window"], registry=r)
+        self.routes = Counter("nonstop_route_decisions", "Requests by workload class, chosen backend and the rule that chose it", ["workload", "backend", "rule"], registry=r)
 
     def observe(self, row: RequestRow) -> None:
         backend = row.backend or "none"
         self.requests.labels(backend, row.outcome).inc()
         if row.reason:
             self.failovers.labels(row.reason.split(":", 1)[0]).inc()
+        steps = row.route.get("steps") if row.route else None
+        if steps and row.backend:
+            rule = next((s["rule"] for s in steps if s["target"] == row.backend), "")
+            self.routes.labels(row.workload or "-", backend, rule or "-").inc()
         if row.ttfb_ms is not None:
             self.ttfb.labels(backend).observe(row.ttfb_ms / 1000)
         if row.total_ms is not None:
@@ -49,6 +59,11 @@ class Metrics:
             self.utilization.labels("5h").set(five)
         if seven is not None:
             self.utilization.labels("7d").set(seven)
+
+    def set_forecast(self, conserving: bool, windows: Sequence[WindowForecast]) -> None:
+        self.conserving.set(1 if conserving else 0)
+        for w in windows:
+            self.runs_out.labels(w.window).set(w.runs_out or 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

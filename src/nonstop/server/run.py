@@ -42,8 +42,8 @@ def serve(cfg: Config) -> int:
 
     setup_logging()
     log = logging.getLogger("nonstop")
-    log.warning("nonstop listening on http://%s — cloud %s; config: %s", cfg.listen, cfg.cloud.url, cfg.source or "defaults")
-    log.warning("use it: ANTHROPIC_BASE_URL=http://%s claude   (or: nonstop claude)", cfg.listen)
+    log.info("nonstop listening on http://%s — cloud %s; config: %s", cfg.listen, cfg.cloud.url, cfg.source or "defaults")
+    log.info("use it: ANTHROPIC_BASE_URL=http://%s claude   (or: nonstop claude)", cfg.listen)
     try:
         import uvloop  # noqa: F401
 

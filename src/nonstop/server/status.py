@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from nonstop.config import Config, LocalBackendConfig
+    from nonstop.routing.view import BackendView, WindowForecast
 
 
 def start_of_day(now: float) -> float:
@@ -23,13 +24,27 @@ def start_of_day(now: float) -> float:
 
 
 def backend_entry(b: LocalBackendConfig, *, model: str = "", healthy: bool | None = None, checked: float = 0.0,
-                  error: str = "", embedded: bool = False) -> dict[str, Any]:
-    """One local backend. `healthy` is None until a health check has run."""
-    return {
+                  error: str = "", embedded: bool = False, live: BackendView | None = None) -> dict[str, Any]:
+    """One local backend. `healthy` is None until a health check has run; `live` is
+    the planner's view of it (load, speed, the window it really has) while running."""
+    entry: dict[str, Any] = {
         "name": b.name, "url": b.url, "api": b.api, "model": b.model or model,
         "context_window": b.context_window, "max_output_tokens": b.max_output_tokens,
         "healthy": healthy, "checked": checked, "error": error, "embedded": embedded,
+        "window": b.context_window, "inflight": 0, "free_slots": None, "demoted": False, "demoted_why": "",
+        "prompt_tps": None, "gen_tps": None, "warmth": "", "score": None,
     }
+    if live is not None:
+        entry.update(
+            window=live.caps.context_window, inflight=live.inflight, free_slots=live.free_slots,
+            demoted=live.demoted, demoted_why=live.demoted_why, prompt_tps=live.prompt_tps,
+            gen_tps=live.gen_tps, warmth=live.warmth, score=live.score,
+        )
+    return entry
+
+
+def forecast_entry(w: WindowForecast) -> dict[str, Any]:
+    return {"window": w.window, "utilization": w.utilization, "resets": w.resets, "runs_out": w.runs_out, "method": w.method}
 
 
 def cloud_entry(url: str, quota: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,6 +74,9 @@ def status_document(
     uptime: float | None = None,
     inflight: int = 0,
     log: str = "",
+    forecast: Sequence[WindowForecast] = (),
+    conserving: bool | None = None,
+    decisions: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The whole document. `quota` is a quota snapshot, `local` the backend_entry() of
     each backend, `today` the request log's totals since start_of_day(now) ({} without a
@@ -77,4 +95,9 @@ def status_document(
         "local": list(local),
         "today": today,
         "log": log,
+        "forecast": {
+            "conserving": bool(conserving if conserving is not None else (quota.get("forecast") or {}).get("conserving")),
+            "windows": [forecast_entry(w) for w in forecast],
+        },
+        "decisions": list(decisions),
     }

@@ -56,6 +56,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         "0003_bodies",
         "CREATE TABLE bodies (request_id INTEGER PRIMARY KEY, request TEXT, response TEXT);",
     ),
+    (
+        "0004_route",
+        """
+        ALTER TABLE requests ADD COLUMN workload TEXT NOT NULL DEFAULT '';
+        ALTER TABLE requests ADD COLUMN route TEXT NOT NULL DEFAULT '';
+        """,
+    ),
 ]
 
 
@@ -79,6 +86,9 @@ class RequestRow:
     input_tokens: int = 0
     output_tokens: int = 0
     error: str = ""
+    # The workload class and the plan that routed it (steps and skipped, each with its rule).
+    workload: str = ""
+    route: dict[str, Any] | None = None
     request_body: str | None = field(default=None, repr=False)
     response_body: str | None = field(default=None, repr=False)
 
@@ -91,7 +101,7 @@ _PUBLIC_FIELDS = [f.name for f in fields(RequestRow) if f.name not in ("request_
 _COLUMNS = [
     "ts", "request_id", "path", "client", "session_id", "model", "stream", "backend", "reason",
     "outcome", "status", "stop_reason", "ttfb_ms", "total_ms", "overhead_ms", "input_tokens",
-    "output_tokens", "error",
+    "output_tokens", "error", "workload", "route",
 ]
 _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
@@ -250,7 +260,8 @@ def _values(row: RequestRow) -> tuple[Any, ...]:
     return (
         row.ts, row.request_id, row.path, row.client, row.session_id, row.model, int(row.stream),
         row.backend, row.reason, row.outcome, row.status, row.stop_reason, row.ttfb_ms, row.total_ms,
-        row.overhead_ms, row.input_tokens, row.output_tokens, row.error,
+        row.overhead_ms, row.input_tokens, row.output_tokens, row.error, row.workload,
+        orjson.dumps(row.route).decode() if row.route else "",
     )
 
 
@@ -283,9 +294,20 @@ def recent(
         args.append(since)
     sql += " ORDER BY id DESC LIMIT ?"
     args.append(max(1, min(int(limit), 10000)))
-    rows = [dict(r) for r in conn.execute(sql, args)]
+    rows = [_row(r) for r in conn.execute(sql, args)]
     rows.reverse()
     return rows
+
+
+def _row(r: sqlite3.Row) -> dict[str, Any]:
+    d = dict(r)
+    route = d.get("route")
+    if isinstance(route, str):
+        try:
+            d["route"] = orjson.loads(route) if route else None
+        except orjson.JSONDecodeError:
+            d["route"] = None
+    return d
 
 
 def totals_since(conn: sqlite3.Connection, since: float) -> dict[str, dict[str, int]]:

@@ -31,6 +31,7 @@ class SharedState:
         self.apply = apply
         self._task: asyncio.Task | None = None
         self._pending: set[asyncio.Task] = set()
+        self._last: asyncio.Task | None = None
 
     async def start(self) -> dict[str, Any] | None:
         """Subscribe, and return the fleet's current snapshot (if any)."""
@@ -64,9 +65,19 @@ class SharedState:
 
     def publish(self, snapshot: dict[str, Any]) -> None:
         payload = orjson.dumps({"origin": self.origin, "snapshot": snapshot})
-        task = asyncio.ensure_future(self._publish(payload))
+        # In order: a "probing" published after the "serving" that followed it would
+        # take the other instances out again.
+        prev = self._last
+        task = asyncio.ensure_future(self._after(prev, payload))
+        self._last = task
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _after(self, prev: asyncio.Task | None, payload: bytes) -> None:
+        if prev is not None:
+            with contextlib.suppress(Exception):
+                await prev
+        await self._publish(payload)
 
     async def _publish(self, payload: bytes) -> None:
         try:

@@ -27,20 +27,20 @@ _TYPE_FOR_STATUS = {
 }
 
 
-def request_id() -> str:
+def new_request_id() -> str:
     return "req_nonstop_" + secrets.token_hex(12)
 
 
-def anthropic_error_dict(status: int, message: str, etype: str | None = None) -> dict:
+def anthropic_error_dict(status: int, message: str, etype: str | None = None, request_id: str = "") -> dict:
     return {
         "type": "error",
         "error": {"type": etype or _TYPE_FOR_STATUS.get(status, "api_error"), "message": message},
-        "request_id": request_id(),
+        "request_id": request_id or new_request_id(),
     }
 
 
-def anthropic_error(status: int, message: str, etype: str | None = None) -> bytes:
-    return orjson.dumps(anthropic_error_dict(status, message, etype))
+def anthropic_error(status: int, message: str, etype: str | None = None, request_id: str = "") -> bytes:
+    return orjson.dumps(anthropic_error_dict(status, message, etype, request_id))
 
 
 def anthropic_error_event(message: str, etype: str = "api_error") -> bytes:

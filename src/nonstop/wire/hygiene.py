@@ -80,3 +80,25 @@ def _with_valid_id(block: dict, key: str) -> dict:
         return block
     valid = valid_tool_id(tool_id)
     return block if valid == tool_id else {**block, key: valid}
+
+
+def for_cloud(req: dict) -> dict:
+    """`req` with its history cleaned for the cloud (the same object when clean)."""
+    cleaned = clean_history_for_cloud(req)
+    return req if cleaned is None else cleaned
+
+
+def without_thinking(req: dict) -> dict:
+    """`req` without extended thinking, for a cloud request whose last assistant turn a
+    local model wrote: with `thinking` on, the cloud requires that turn to start with a
+    signed thinking block, which no local model can produce. Context-management edits
+    that clear thinking need thinking on, so they go too."""
+    out = {k: v for k, v in req.items() if k != "thinking"}
+    cm = out.get("context_management")
+    if isinstance(cm, dict) and isinstance(cm.get("edits"), list):
+        edits = [e for e in cm["edits"] if not (isinstance(e, dict) and str(e.get("type", "")).startswith("clear_thinking"))]
+        if edits:
+            out["context_management"] = {**cm, "edits": edits}
+        else:
+            out.pop("context_management")
+    return out

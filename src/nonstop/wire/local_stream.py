@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from nonstop.wire.anthropic import Event, estimate_text_tokens, new_message_id
-from nonstop.wire.tool_ids import reply_tool_id
+from nonstop.wire.tool_ids import local_tool_id, reply_tool_id
 
 LOCAL_THINKING_SIGNATURE = "nonstop-local"
 
@@ -37,11 +37,14 @@ def message_start(model: str, input_tokens: int, message_id: str | None = None) 
 
 
 class LocalStreamNormalizer:
-    def __init__(self, *, model: str, input_tokens_estimate: int, started: bool = False, capped: bool = False):
+    def __init__(self, *, model: str, input_tokens_estimate: int, started: bool = False, capped: bool = False,
+                 tag: str = ""):
         # capped: nonstop lowered the client's max_tokens for this backend. Hitting that
         # cap is then nonstop's limit, not the client's: reporting "max_tokens" would make
         # Claude Code believe its own (much larger) limit was hit and fail the turn.
         self.capped = capped
+        # tag: the backend's tag; its tool calls get ids that carry it (wire/tool_ids.py).
+        self.tag = tag
         self.cut = False
         self._tools = False
         self.model = model
@@ -123,7 +126,7 @@ class LocalStreamNormalizer:
         elif btype == "tool_use":
             self._tools = True
             inp = block.get("input") or {}
-            start = {"type": "tool_use", "id": reply_tool_id(block.get("id")), "name": block.get("name", ""), "input": {}}
+            start = {"type": "tool_use", "id": _tool_id(block.get("id"), self.tag), "name": block.get("name", ""), "input": {}}
             out.append(("content_block_start", {"type": "content_block_start", "index": idx, "content_block": start}))
             if inp:
                 js = orjson.dumps(inp).decode()
@@ -137,6 +140,11 @@ class LocalStreamNormalizer:
         else:
             out.append(("content_block_start", {"type": "content_block_start", "index": idx, "content_block": block}))
         return out
+
+    @property
+    def content_started(self) -> bool:
+        """A content block has started: the model is answering, not reading the prompt."""
+        return bool(self._open) or self._chars > 0 or bool(self.stop_reason)
 
     def _delta(self, data: dict[str, Any]) -> list[Event]:
         idx = data.get("index", 0)
@@ -197,7 +205,12 @@ def _uncap(stop_reason: str, capped: bool, has_tools: bool) -> str:
     return stop_reason
 
 
-def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate: int, capped: bool = False) -> dict[str, Any]:
+def _tool_id(raw: Any, tag: str) -> str:
+    return local_tool_id(tag) if tag else reply_tool_id(raw)
+
+
+def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate: int, capped: bool = False,
+                      tag: str = "") -> dict[str, Any]:
     """The same fixes for a non-streaming local reply."""
     out = dict(msg)
     out.setdefault("id", new_message_id())
@@ -211,7 +224,7 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
             continue
         b = dict(block)
         if b.get("type") == "tool_use":
-            b["id"] = reply_tool_id(b.get("id"))
+            b["id"] = _tool_id(b.get("id"), tag)
             chars += len(orjson.dumps(b.get("input") or {}))
         elif b.get("type") == "thinking":
             b["signature"] = LOCAL_THINKING_SIGNATURE

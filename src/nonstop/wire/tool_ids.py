@@ -45,3 +45,30 @@ def reply_tool_id(tool_id: Any) -> str:
     if not isinstance(tool_id, str) or not tool_id:
         return new_tool_id()
     return valid_tool_id(tool_id)
+
+
+# --- ids that mark a local model's tool calls ----------------------------------------------------
+#
+# A tool call a local model made gets an id that says so: `toolu_nsl<tag>_<random>`, where
+# <tag> is a short hash of the backend's name. The client sends it back with the result,
+# so nonstop recognises a tool loop a local model started from the history alone, across
+# restarts and instances (the tag depends only on the backend's configured name).
+
+LOCAL_PREFIX = "toolu_nsl"
+TAG_LENGTH = 6
+
+
+def backend_tag(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:TAG_LENGTH]
+
+
+def local_tool_id(tag: str) -> str:
+    return f"{LOCAL_PREFIX}{tag}_{secrets.token_hex(10)}"
+
+
+def local_tag_of(tool_id: Any) -> str:
+    """The backend tag of a locally made tool id; "" for any other id."""
+    if not isinstance(tool_id, str) or not tool_id.startswith(LOCAL_PREFIX):
+        return ""
+    tag = tool_id[len(LOCAL_PREFIX) : len(LOCAL_PREFIX) + TAG_LENGTH]
+    return tag if len(tag) == TAG_LENGTH and tool_id[len(LOCAL_PREFIX) + TAG_LENGTH : len(LOCAL_PREFIX) + TAG_LENGTH + 1] == "_" else ""

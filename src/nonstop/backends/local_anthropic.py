@@ -1,0 +1,45 @@
+"""A local server with a native Anthropic /v1/messages (llama.cpp's llama-server, Ollama
+>= 0.14, LM Studio >= 0.4.1): the request goes as it is, after sanitising."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from nonstop.backends.local import Call, LocalBackend, capped
+from nonstop.wire.anthropic import estimate_tokens
+
+# Keys a count_tokens endpoint does not take.
+_NOT_COUNTED = ("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k")
+
+
+class AnthropicLocalBackend(LocalBackend):
+    async def count_tokens(self, local_req: dict) -> int:
+        """The server's own count where it has one (llama-server does), else an estimate."""
+        if self._server_counts is False:
+            return estimate_tokens(local_req)
+        body = {k: v for k, v in local_req.items() if k not in _NOT_COUNTED}
+        try:
+            async with self.session.post(
+                self.base + "/v1/messages/count_tokens", data=orjson.dumps(body), headers=self.headers(),
+                timeout=aiohttp.ClientTimeout(total=30, connect=self.cfg.connect_timeout),
+            ) as r:
+                if r.status == 200:
+                    data = await r.json(loads=orjson.loads, content_type=None)
+                    n = data.get("input_tokens") if isinstance(data, dict) else None
+                    if isinstance(n, int) and n > 0:
+                        self._server_counts = True
+                        return n
+                if r.status in (404, 405, 501) and self._server_counts is None:
+                    self._server_counts = False
+        except (ValueError, aiohttp.ContentTypeError):
+            pass
+        return estimate_tokens(local_req)
+
+    def prepare(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Call:
+        return Call("/v1/messages", local_req, local_req["model"], tokens, capped(local_req, original))
+
+    def message_from(self, doc: Any, call: Call) -> dict | None:
+        return doc if isinstance(doc, dict) and doc.get("type") != "error" else None

@@ -1,0 +1,53 @@
+"""A local server that speaks OpenAI Chat Completions (vLLM, LM Studio, llama.cpp,
+Ollama's /v1): the request is translated there, and the reply back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nonstop.backends.local import Call, EventSource, LocalBackend, capped
+from nonstop.wire import openai as oa
+from nonstop.wire.anthropic import Event, new_message_id
+
+
+class OpenAIEventSource(EventSource):
+    def __init__(self, name: str, translator: oa.OpenAIStreamTranslator):
+        self.name = name
+        self.translator = translator
+
+    def feed(self, event: str, doc: dict[str, Any]) -> list[Event]:
+        if "error" in doc and "choices" not in doc:
+            err = doc["error"]
+            msg = err.get("message") if isinstance(err, dict) else str(err)
+            return [("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {msg}"}})]
+        return self.translator.feed(doc)
+
+    def finish(self) -> list[Event]:
+        return list(self.translator.finish())
+
+
+class OpenAILocalBackend(LocalBackend):
+    def prepare(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Call:
+        # The reasoning switch and parallel-call setting read the client's own fields,
+        # which the generic local sanitiser drops.
+        source = {**local_req, "thinking": original.get("thinking"), "output_config": original.get("output_config")}
+        tc = original.get("tool_choice")
+        if isinstance(source.get("tool_choice"), dict) and isinstance(tc, dict) and "disable_parallel_tool_use" in tc:
+            source["tool_choice"] = {**source["tool_choice"], "disable_parallel_tool_use": tc["disable_parallel_tool_use"]}
+        body = oa.anthropic_to_openai_request(
+            source, model=local_req["model"], max_tokens=local_req["max_tokens"], stream=stream,
+            reasoning_param=self.cfg.reasoning_param,
+        )
+        name_map = body.pop(oa.TOOL_NAME_MAP_KEY, None)
+        return Call("/v1/chat/completions", body, local_req["model"], tokens, capped(local_req, original), name_map)
+
+    def message_from(self, doc: Any, call: Call) -> dict | None:
+        if not isinstance(doc, dict) or "choices" not in doc:
+            return None
+        return oa.openai_to_anthropic_response(doc, model=call.model, input_tokens_estimate=call.tokens, tool_name_map=call.name_map)
+
+    def events(self, call: Call) -> EventSource:
+        translator = oa.OpenAIStreamTranslator(
+            model=call.model, message_id=new_message_id(), input_tokens_estimate=call.tokens, tool_name_map=call.name_map
+        )
+        return OpenAIEventSource(self.name, translator)

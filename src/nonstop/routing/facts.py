@@ -1,0 +1,231 @@
+"""What the planner knows about one request: its size, what it needs, what kind of work
+it is, and whether it continues a tool loop a local model started.
+
+Pure functions of the parsed request and its headers. Everything here is cheap enough to
+run on every request: the size comes from the body's length, the needs from top-level
+keys, and the loop marker from the last two messages. The expensive numbers (the size as
+a local model would see it, and the smallest size fitting can reach) are computed only
+when a plan needs them (`Size`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from nonstop.wire.tool_ids import local_tag_of
+
+# Bytes of request JSON per token: the same 3.5 characters a token that the local
+# estimate uses (JSON punctuation and keys make it an overestimate, which is the safe side).
+BYTES_PER_TOKEN = 3.5
+
+HINT_HEADER = "x-claude-code-request-class"
+AGENT_HEADER = "x-claude-code-agent-id"
+SESSION_HEADER = "x-claude-code-session-id"
+
+# Claude Code's compaction request asks for this (docs/wire.md §6).
+_COMPACTION_MARKERS = ("create a detailed summary of the conversation",)
+_BACKGROUND_MODELS = ("*haiku*",)
+
+
+class Workload(StrEnum):
+    MAIN = "main"
+    SUBAGENT = "subagent"
+    COMPACTION = "compaction"
+    BACKGROUND = "background"
+    COUNT_TOKENS = "count_tokens"
+
+
+WORKLOADS = tuple(Workload)
+_HINTS = {
+    "main": Workload.MAIN,
+    "subagent": Workload.SUBAGENT,
+    "compaction": Workload.COMPACTION,
+    "auxiliary": Workload.BACKGROUND,
+    "background": Workload.BACKGROUND,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    tools: bool = False
+    thinking: bool = False
+    images: bool = False
+
+    def describe(self) -> str:
+        names = [n for n in ("tools", "thinking", "images") if getattr(self, n)]
+        return "+".join(names) or "text"
+
+
+class Size:
+    """The request's size in tokens. `sent` is known at once (from the body's length);
+    `local` (as a local model sees it) and `floor` (the smallest the fitting tiers can
+    reach) are computed on first use, by the functions given, and remembered."""
+
+    __slots__ = ("sent", "_local", "_floor", "_measure")
+
+    def __init__(self, sent: int, *, local: int | None = None, floor: int | None = None,
+                 measure: Callable[[], tuple[int, int]] | None = None):
+        self.sent = sent
+        self._local = local
+        self._floor = floor
+        self._measure = measure
+
+    @property
+    def known(self) -> bool:
+        return self._local is not None or self._measure is None
+
+    def _fill(self) -> None:
+        if self._measure is not None and (self._local is None or self._floor is None):
+            local, floor = self._measure()
+            self._local = local if self._local is None else self._local
+            self._floor = floor if self._floor is None else self._floor
+            self._measure = None
+
+    @property
+    def local(self) -> int:
+        self._fill()
+        return self._local if self._local is not None else self.sent
+
+    @property
+    def floor(self) -> int:
+        self._fill()
+        return self._floor if self._floor is not None else self.local
+
+    def __repr__(self) -> str:
+        return f"Size(sent={self.sent}, local={self._local}, floor={self._floor})"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    model: str
+    stream: bool = False
+    size: Size = field(default_factory=lambda: Size(0))
+    max_tokens: int | None = None
+    needs: Needs = Needs()
+    workload: Workload = Workload.MAIN
+    # How the class was told: "header", "agent-id", "model", "shape" or "default".
+    workload_source: str = "default"
+    session: str = ""
+    # The local backend (its tool-id tag) whose tool loop this request continues.
+    local_loop: str = ""
+    # `thinking` is on in the request (the cloud then checks the final assistant turn).
+    thinking: bool = False
+    # Side requests (count_tokens, models, hello) never start a probe of the cloud.
+    side: bool = False
+    account: str = ""
+
+    @property
+    def tokens(self) -> int:
+        return self.size.sent
+
+
+def facts_from_request(req: Mapping[str, Any], headers: Mapping[str, str], *, body_len: int = 0,
+                       measure: Callable[[], tuple[int, int]] | None = None,
+                       side: bool = False, count_tokens: bool = False, account: str = "") -> RequestFacts:
+    """`headers` must have lower-case names. `measure` computes (local size, floor) on
+    demand; without it the body's length stands for both."""
+    model = req.get("model")
+    model = model if isinstance(model, str) else ""
+    messages = req.get("messages")
+    messages = messages if isinstance(messages, list) else []
+    mt = req.get("max_tokens")
+    thinking = _thinking_on(req.get("thinking"))
+    workload, source = classify_workload(model, messages, headers, mt, count_tokens=count_tokens)
+    return RequestFacts(
+        model=model,
+        stream=req.get("stream") is True,
+        size=Size(max(1, int(body_len / BYTES_PER_TOKEN)), measure=measure),
+        max_tokens=mt if isinstance(mt, int) and not isinstance(mt, bool) else None,
+        needs=Needs(tools=bool(req.get("tools")), thinking=thinking, images=_has_images(messages)),
+        workload=workload,
+        workload_source=source,
+        session=headers.get(SESSION_HEADER, "")[:100],
+        local_loop=local_loop_tag(messages),
+        thinking=thinking,
+        side=side,
+        account=account,
+    )
+
+
+def classify_workload(model: str, messages: list[Any], headers: Mapping[str, str], max_tokens: Any,
+                      *, count_tokens: bool = False) -> tuple[Workload, str]:
+    """The kind of work, and what told it: the client's own hint header first, then the
+    subagent header, the model family and the body's shape."""
+    if count_tokens:
+        return Workload.COUNT_TOKENS, "path"
+    hint = _HINTS.get(headers.get(HINT_HEADER, "").strip().lower())
+    if hint is not None:
+        return hint, "header"
+    if headers.get(AGENT_HEADER):
+        return Workload.SUBAGENT, "agent-id"
+    if _is_compaction(messages):
+        return Workload.COMPACTION, "shape"
+    low = model.lower()
+    if any(fnmatch.fnmatchcase(low, p) for p in _BACKGROUND_MODELS):
+        return Workload.BACKGROUND, "model"
+    if max_tokens == 1:  # Claude Code's start-up quota check
+        return Workload.BACKGROUND, "shape"
+    return Workload.MAIN, "default"
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for msg in reversed(messages):
+        if not isinstance(msg, dict) or msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return " ".join(b.get("text", "") for b in content if isinstance(b, dict) and isinstance(b.get("text"), str))
+        return ""
+    return ""
+
+
+def _is_compaction(messages: list[Any]) -> bool:
+    if not messages:
+        return False
+    text = _last_user_text(messages[-1:])[:2000].lower()
+    return any(m in text for m in _COMPACTION_MARKERS)
+
+
+def _thinking_on(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("type") in ("enabled", "adaptive")
+
+
+def _has_images(messages: list[Any]) -> bool:
+    # Only the last user turn: an image further back is history, not a need.
+    for msg in reversed(messages):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            content = msg.get("content")
+            return isinstance(content, list) and any(
+                isinstance(b, dict) and b.get("type") == "image" for b in content
+            )
+    return False
+
+
+def local_loop_tag(messages: list[Any]) -> str:
+    """The tag of the local backend whose tool call this request answers: the last
+    assistant turn called a tool with a local id, and the last turn carries its result."""
+    if len(messages) < 2:
+        return ""
+    last, prev = messages[-1], messages[-2]
+    if not (isinstance(last, dict) and isinstance(prev, dict)):
+        return ""
+    if last.get("role") != "user" or prev.get("role") != "assistant":
+        return ""
+    content = last.get("content")
+    if not isinstance(content, list) or not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+        return ""
+    calls = prev.get("content")
+    if not isinstance(calls, list):
+        return ""
+    for block in calls:
+        if isinstance(block, dict) and block.get("type") == "tool_use":
+            tag = local_tag_of(block.get("id"))
+            if tag:
+                return tag
+    return ""

@@ -1,0 +1,288 @@
+"""The planner: which backends to try for one request, in what order, and why.
+
+`plan(facts, view, policy)` is a pure function: no I/O, no clock reads, no state
+changes. Each rule is a small function; every step and every skipped backend carries the
+rule that placed it and a reason in words, so a decision can be shown as it was made
+(`x-nonstop-route`, the request log, the dashboard, `nonstop explain`).
+
+The rules, in the order they apply:
+  class      the workload class's policy: cloud first, local first, or local only
+  cloud      the cloud's state: serving, out until a deadline, due for a probe
+  conserve   quota forecast to run out: deferrable classes go local first
+  loop       a tool loop a local model started is finished there
+  pool       which local backends this request may use (class, then model routes)
+  capability a backend that cannot do what the request needs is skipped
+  context    a backend whose window cannot hold the request, even fitted, is skipped
+  health     a backend that failed recently is tried last
+  load       among the rest: the user's order, the first answer, or the best score
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from typing import Any
+
+from nonstop.routing.facts import RequestFacts, Workload
+from nonstop.routing.policy import ClassPolicy, Policy
+from nonstop.routing.view import BackendView, CloudState, CloudView, RoutingView
+
+CLOUD = "cloud"
+# Room a window must leave for the answer before a request counts as fitting.
+MIN_OUTPUT_ROOM = 256
+# Assumed speeds before a backend has been measured (tokens per second, CPU-class).
+DEFAULT_PROMPT_TPS = 200.0
+DEFAULT_GEN_TPS = 20.0
+# Output assumed for a request ahead in a busy backend's queue.
+QUEUED_OUTPUT_TOKENS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    target: str
+    rule: str
+    reason: str
+    probe: bool = False  # this request checks whether the cloud is back
+    fit: bool = False  # the request may have to be fitted to this backend's window
+    strip_thinking: bool = False  # send to the cloud without `thinking` (see rule "loop")
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"target": self.target, "rule": self.rule, "reason": self.reason}
+        for flag in ("probe", "fit", "strip_thinking"):
+            if getattr(self, flag):
+                d[flag] = True
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    target: str
+    rule: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "rule": self.rule, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    steps: tuple[Step, ...]
+    skipped: tuple[Skip, ...]
+    workload: Workload
+    workload_source: str = ""
+
+    @property
+    def first(self) -> Step | None:
+        return self.steps[0] if self.steps else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.workload.value,
+            "class_from": self.workload_source,
+            "steps": [s.as_dict() for s in self.steps],
+            "skipped": [s.as_dict() for s in self.skipped],
+        }
+
+    def lines(self) -> list[str]:
+        """The plan for people: one line per decision."""
+        out = [f"class: {self.workload.value} (from {self.workload_source or 'default'})"]
+        for i, s in enumerate(self.steps, 1):
+            flags = "".join(f" [{f}]" for f in ("probe", "fit", "strip_thinking") if getattr(s, f))
+            out.append(f"{i}. {s.target}{flags} — {s.rule}: {s.reason}")
+        if not self.steps:
+            out.append("no backend can serve this request")
+        out.extend(f"skip {s.target} — {s.rule}: {s.reason}" for s in self.skipped)
+        return out
+
+
+def hhmm(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
+
+
+# --- the rules ----------------------------------------------------------------------------------
+
+
+def cloud_rule(facts: RequestFacts, cloud: CloudView, cp: ClassPolicy) -> Step | Skip:
+    """Whether the cloud is a candidate at all, and as what."""
+    if cp.cloud == "never":
+        return Skip(CLOUD, "class", f"{facts.workload.value} work is set to never use the cloud")
+    if cloud.state is CloudState.SERVING:
+        return Step(CLOUD, "cloud", "the cloud is serving", strip_thinking=_strip(facts))
+    if cloud.state is CloudState.PROBING or cloud.probe_in_flight:
+        return Skip(CLOUD, "cloud", "another request is checking whether the cloud is back")
+    if cloud.probe_due and not facts.side:
+        return Step(CLOUD, "cloud", f"out until {hhmm(cloud.until)} ({cloud.reason}); the deadline has passed, "
+                    "so this request checks whether it is back", probe=True, strip_thinking=_strip(facts))
+    return Skip(CLOUD, "cloud", f"out until {hhmm(cloud.until)} ({cloud.reason or 'out'})")
+
+
+def _strip(facts: RequestFacts) -> bool:
+    # The cloud rejects a thinking request whose last assistant turn (a local one) does
+    # not start with a thinking block; without `thinking` it accepts the same history.
+    return bool(facts.local_loop) and facts.thinking
+
+
+def pool_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: Policy) -> tuple[list[BackendView], list[Skip]]:
+    """The local backends this request may use, in the configured order."""
+    by_name = {b.name: b for b in view.backends}
+    if cp.backends:
+        names, why = cp.backends, f"{facts.workload.value} work"
+    else:
+        route = next((r for r in policy.routes if fnmatchcase(facts.model, r.match)), None)
+        names, why = (route.backends, f"model route {route.match!r}") if route else (policy.order or tuple(by_name), "")
+    pool = [by_name[n] for n in names if n in by_name]
+    skips = []
+    if why:
+        skips = [Skip(b.name, "pool", f"not among the backends for {why}") for b in view.backends if b.name not in names]
+    return pool, skips
+
+
+def capability_rule(facts: RequestFacts, b: BackendView) -> Skip | None:
+    needs, caps = facts.needs, b.caps
+    if needs.tools and caps.tools is False:
+        return Skip(b.name, "capability", "the request offers tools and this model cannot call them")
+    if needs.images and caps.images is False:
+        return Skip(b.name, "capability", "the request carries an image and this model cannot read images")
+    return None
+
+
+def context_rule(facts: RequestFacts, b: BackendView) -> tuple[bool, str] | Skip:
+    """(needs fitting, reason), or a Skip when the request cannot fit even fitted."""
+    window = b.caps.context_window
+    if not window or facts.side:
+        return False, "window unknown" if not window else ""
+    usable = window - MIN_OUTPUT_ROOM
+    size = facts.size
+    if size.sent <= usable:
+        return False, f"fits its {window}-token window"
+    if not size.known:
+        return True, f"~{size.sent} tokens as sent; fitted to its {window}-token window if needed"
+    if size.local <= usable:
+        return False, f"fits its {window}-token window ({size.local} tokens)"
+    if size.floor <= usable:
+        return True, f"{size.local} tokens; fits its {window}-token window once fitted (~{size.floor})"
+    return Skip(b.name, "context", f"needs ~{size.floor} tokens even fitted; its window is {window}")
+
+
+def first_token_estimate(b: BackendView, tokens: int) -> float:
+    """Seconds until this backend would start answering a prompt of `tokens`."""
+    prompt = b.prompt_tps or DEFAULT_PROMPT_TPS
+    gen = b.gen_tps or DEFAULT_GEN_TPS
+    ahead = 0
+    if b.busy:
+        slots = b.caps.slots or 1
+        ahead = max(1, b.inflight - slots + 1)
+    return ahead * (tokens / prompt + QUEUED_OUTPUT_TOKENS / gen) + tokens / prompt
+
+
+@dataclass(slots=True)
+class _Candidate:
+    b: BackendView
+    index: int
+    fit: bool
+    fit_reason: str
+    ttft: float
+
+    def key(self, prefer: str) -> tuple[Any, ...]:
+        down = self.b.demoted or self.b.healthy is False
+        if prefer == "fastest":
+            return (down, self.fit, round(self.ttft, 1), self.index)
+        if prefer == "best":
+            score = self.b.score if self.b.score is not None else -1.0
+            return (down, self.fit, -score, self.b.busy, self.index)
+        return (down, self.fit, self.b.busy, self.index)
+
+    def reason(self, prefer: str) -> str:
+        parts = [self.fit_reason] if self.fit_reason else []
+        if self.b.demoted:
+            parts.append(f"demoted ({self.b.demoted_why or 'failed recently'}): tried last")
+        elif self.b.healthy is False:
+            parts.append("its health check failed: tried last")
+        elif self.b.busy:
+            parts.append(f"busy ({self.b.inflight} in flight)")
+        elif prefer == "fastest":
+            parts.append(f"~{self.ttft:.1f} s to first token")
+        elif prefer == "best" and self.b.score is not None:
+            parts.append(f"score {self.b.score:.0%}")
+        return "; ".join(parts)
+
+
+def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: Policy) -> tuple[list[Step], list[Skip]]:
+    pool, skips = pool_rule(facts, view, cp, policy)
+    candidates: list[_Candidate] = []
+    for i, b in enumerate(pool):
+        cannot = capability_rule(facts, b)
+        if cannot is not None:
+            skips.append(cannot)
+            continue
+        ctx = context_rule(facts, b)
+        if isinstance(ctx, Skip):
+            skips.append(ctx)
+            continue
+        fit, why = ctx
+        tokens = facts.size.local if facts.size.known else facts.size.sent
+        candidates.append(_Candidate(b, i, fit, why, first_token_estimate(b, tokens)))
+    candidates.sort(key=lambda c: c.key(cp.prefer))
+    rule = {"order": "order", "fastest": "load", "best": "score"}[cp.prefer]
+    steps = [Step(c.b.name, rule, c.reason(cp.prefer), fit=c.fit) for c in candidates]
+    return steps, skips
+
+
+def loop_rule(facts: RequestFacts, steps: list[Step], view: RoutingView) -> list[Step] | None:
+    """A tool result for a call a local model made goes back to that model first."""
+    if not facts.local_loop:
+        return None
+    tags = {b.name: b.tag for b in view.backends}
+    origin = [s for s in steps if tags.get(s.target) == facts.local_loop]
+    rest = [s for s in steps if s not in origin]
+    why = "this request answers a tool call that {} made: the loop finishes where it started"
+    if origin:
+        s = origin[0]
+        return [Step(s.target, "loop", why.format(s.target), fit=s.fit)] + rest
+    if steps:  # the backend that started it is gone: another local model carries on
+        s = steps[0]
+        return [Step(s.target, "loop", why.format("a local model") + " (on another local backend)", fit=s.fit)] + steps[1:]
+    return None
+
+
+# --- the planner ---------------------------------------------------------------------------------
+
+
+def plan(facts: RequestFacts, view: RoutingView, policy: Policy, tried: Mapping[str, str] | None = None) -> Plan:
+    """The ordered attempts for this request. `tried` maps the targets already tried for
+    it to what happened; they are listed as skipped."""
+    cp = policy.for_class(facts.workload)
+    cloud = cloud_rule(facts, view.cloud, cp)
+    local, skipped = local_rule(facts, view, cp, policy)
+    steps: list[Step] = []
+    if isinstance(cloud, Skip):
+        skipped.insert(0, cloud)
+        steps = local
+    elif cp.cloud == "fallback" and local:
+        steps = local + [_why(cloud, "class", f"{facts.workload.value} work uses local models first")]
+    elif view.cloud.conserving and facts.workload in policy.conserve and local:
+        steps = local + [_why(cloud, "conserve", _conserve_reason(view.cloud))]
+    elif policy.finish_local_loops and (looped := loop_rule(facts, local, view)) is not None:
+        steps = looped + [cloud]
+    else:
+        steps = [cloud] + local
+    if tried:
+        skipped.extend(Skip(s.target, "tried", tried[s.target]) for s in steps if s.target in tried)
+        steps = [s for s in steps if s.target not in tried]
+    return Plan(tuple(steps), tuple(skipped), facts.workload, facts.workload_source)
+
+
+def _why(step: Step, rule: str, reason: str) -> Step:
+    return Step(step.target, rule, f"{reason}; then {step.reason}", probe=step.probe, strip_thinking=step.strip_thinking)
+
+
+def _conserve_reason(cloud: CloudView) -> str:
+    for w in cloud.windows:
+        if w.runs_out is not None:
+            pct = f"{w.utilization:.0%}" if w.utilization is not None else "?"
+            resets = f", resets {hhmm(w.resets)}" if w.resets else ""
+            return f"conserving quota: {w.window} at {pct}, out ~{hhmm(w.runs_out)}{resets}"
+    return "conserving quota: a window is forecast to run out before it resets"
+

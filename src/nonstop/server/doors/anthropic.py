@@ -1,0 +1,154 @@
+"""The Anthropic front door: /v1/messages, count_tokens, models, the connection warm-up,
+and every other path, passed to the cloud unchanged."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from nonstop.backends.base import Reply
+from nonstop.backends.cloud import forward_headers
+from nonstop.routing.plan import CLOUD
+from nonstop.server.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+    send_json,
+)
+from nonstop.server.doors.base import Door
+from nonstop.server.pipeline import Outcome, RequestContext
+from nonstop.server.recovery import recovering
+from nonstop.server.relay import safe_header
+from nonstop.server.writers import AnthropicWriter
+from nonstop.wire.anthropic import estimate_tokens, to_local_request
+from nonstop.wire.errors import anthropic_error
+from nonstop.wire.hygiene import clean_history_for_cloud
+from nonstop.wire.validate import validate_messages_request
+
+WRITER = AnthropicWriter()
+
+
+class AnthropicDoor(Door):
+    async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        got = await self.read_json(scope, receive, send, WRITER)
+        if got is None:
+            return
+        body, req = got
+        problem = validate_messages_request(req)
+        if problem:
+            await WRITER.error(send, 400, problem, "invalid_request_error")
+            return
+        cleaned = clean_history_for_cloud(req)
+        ctx = self.context(scope, body, req, "/v1/messages",
+                           cloud_body=orjson.dumps(cleaned) if cleaned is not None else None)
+        ctx.row.overhead_ms = (time.perf_counter() - ctx.t0) * 1000
+        self.rt.inflight += 1
+        try:
+            outcome = await self.pipeline.run(ctx)
+            # The request is no longer needed once a reply is chosen: do not hold ~50 KB
+            # per open stream for its whole life (unless recovery or body logging needs it).
+            del got, body, cleaned
+            ctx.ex.cloud_body = None
+            if not self.cfg.log.store_bodies:
+                ctx.ex.body = b""
+            reply = outcome.reply
+            if (self.cfg.recovery.continue_locally and reply is not None and reply.backend == CLOUD
+                    and reply.stream and reply.status == 200):
+                reply.body = recovering(reply, reply.body, req, lambda r: self.pipeline.continue_locally(ctx, r))
+            else:
+                ctx.ex.req = {}
+                del req
+            await self.relay.commit(ctx, outcome, receive, send, WRITER)
+        finally:
+            self.rt.inflight -= 1
+
+    async def count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        got = await self.read_json(scope, receive, send, WRITER)
+        if got is None:
+            return
+        body, req = got
+        if not isinstance(req, dict) or not isinstance(req.get("messages"), list):
+            await WRITER.error(send, 400, "messages: a list of messages is required", "invalid_request_error")
+            return
+        ctx = self.context(scope, body, {**req, "stream": False}, "/v1/messages/count_tokens")
+        ctx.ex.stream = False
+        ctx.facts = self.pipeline.facts(ctx.ex, side=True, count_tokens=True)
+        p = self.pipeline.plan(ctx.facts)
+        if p.first is not None and p.first.target == CLOUD:
+            res = await self.pipeline.attempt(ctx, p.first)
+            if isinstance(res, Reply):
+                await self.relay.commit(ctx, Outcome(reply=res, plan=p, step=p.first), receive, send, WRITER)
+                return
+        tokens = 0
+        for step in p.steps:
+            b = self.rt.backend(step.target)
+            if b is None:
+                continue
+            try:
+                tokens = await b.count_tokens(to_local_request(req, model=b.model_for(ctx.row.model), max_tokens=1))
+                break
+            except Exception:  # a count is a courtesy: an estimate will do
+                continue
+        tokens = tokens or estimate_tokens(req)
+        await send_json(send, 200, {"input_tokens": tokens},
+                        extra=[(b"x-nonstop-backend", b"local"), (b"x-nonstop-route", safe_header(_local_route(p)))])
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = self.context(scope, b"", {}, "/v1/models")
+        ctx.facts = self.pipeline.facts(ctx.ex, side=True)
+        p = self.pipeline.plan(ctx.facts)
+        if p.first is not None and p.first.target == CLOUD:
+            res = await self.pipeline.attempt(ctx, p.first)
+            if isinstance(res, Reply) and res.status < 500:
+                await self.relay.commit(ctx, Outcome(reply=res, plan=p, step=p.first), receive, send, WRITER)
+                return
+        data = []
+        for b in self.rt.locals:
+            name = b.cfg.model or b.state.model or b.name
+            data.append({"type": "model", "id": name, "display_name": f"{name} (local: {b.name})", "created_at": "1970-01-01T00:00:00Z"})
+        await send_json(send, 200, {
+            "data": data, "has_more": False,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None,
+        }, extra=[(b"x-nonstop-backend", b"local"), (b"x-nonstop-route", safe_header(_local_route(p)))])
+
+    async def hello(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Claude Code's connection warm-up: the cloud's answer while it serves."""
+        ctx = self.context(scope, b"", {}, "/api/hello")
+        p = self.pipeline.plan(self.pipeline.facts(ctx.ex, side=True))
+        if p.first is not None and p.first.target == CLOUD:
+            res = await self.rt.cloud.request(scope["method"], ctx.ex.raw_path, ctx.ex.query, forward_headers(ctx.ex.headers), b"")
+            if isinstance(res, Reply):
+                await self.relay.pump(ctx, res, WRITER, [(b"x-nonstop-backend", b"cloud")], receive, send, time.perf_counter())
+                return
+        await send_bytes(send, 200, b"{}", extra=[(b"x-nonstop-backend", b"nonstop")])
+
+    async def passthrough(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Anything nonstop does not know goes to the cloud unchanged."""
+        try:
+            body = await read_body(scope, receive, self.cfg.max_body_bytes)
+        except BodyTooLarge as exc:
+            await send_bytes(send, 413, anthropic_error(413, f"request body is larger than the {exc.limit} byte limit", "request_too_large"))
+            return
+        except ClientGone:
+            return
+        ctx = self.context(scope, body, {}, scope["path"][:200])
+        res = await self.rt.cloud.request(scope["method"], ctx.ex.raw_path, ctx.ex.query, forward_headers(ctx.ex.headers), body)
+        if isinstance(res, Reply):
+            extra = [(b"x-nonstop-backend", b"cloud"), (b"x-nonstop-route", b"cloud; rule=passthrough; a path nonstop passes through")]
+            await self.relay.pump(ctx, res, WRITER, extra, receive, send, time.perf_counter())
+            return
+        await send_bytes(send, 502, anthropic_error(502, f"nonstop could not reach the cloud for {scope['path'][:100]}: {res.describe()}"))
+
+
+def _local_route(p: object) -> str:
+    skipped = getattr(p, "skipped", ())
+    cloud = next((s for s in skipped if s.target == CLOUD), None)
+    return f"nonstop; rule={cloud.rule}; {cloud.reason}" if cloud else "nonstop; rule=local; answered by nonstop"
+
+
+__all__ = ["AnthropicDoor", "RequestContext"]

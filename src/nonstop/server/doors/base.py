@@ -1,0 +1,55 @@
+"""What every front door shares: reading a bounded JSON body, and turning a request
+into the context the pipeline and the relay work on."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from nonstop.backends.base import Exchange
+from nonstop.server.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header, read_body
+from nonstop.server.pipeline import Pipeline, RequestContext
+from nonstop.server.relay import Relay
+from nonstop.server.runtime import Runtime
+from nonstop.server.writers import Writer
+from nonstop.store.db import RequestRow
+from nonstop.wire.validate import MAX_MODEL_NAME
+
+
+class Door:
+    def __init__(self, rt: Runtime, pipeline: Pipeline, relay: Relay):
+        self.rt = rt
+        self.cfg = rt.cfg
+        self.pipeline = pipeline
+        self.relay = relay
+
+    def context(self, scope: Scope, body: bytes, req: dict[str, Any], path: str, **cloud: Any) -> RequestContext:
+        row = RequestRow(
+            ts=time.time(), request_id=scope.get("nonstop.request_id", ""), path=path,
+            client=header(scope, b"user-agent")[:200], session_id=header(scope, b"x-claude-code-session-id")[:100],
+            model=str(req.get("model", ""))[:MAX_MODEL_NAME], stream=req.get("stream") is True,
+        )
+        ex = Exchange(
+            method=scope["method"], path=path, raw_path=scope.get("raw_path") or scope["path"].encode(),
+            query=scope.get("query_string", b""), headers=scope["headers"], body=body, req=req,
+            stream=req.get("stream") is True, **cloud,
+        )
+        return RequestContext(ex, row, time.perf_counter())
+
+    async def read_json(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> tuple[bytes, Any] | None:
+        """The body and its JSON, or None after answering the problem in the client's protocol."""
+        try:
+            body = await read_body(scope, receive, self.cfg.max_body_bytes)
+        except BodyTooLarge as exc:
+            await writer.error(send, 413, f"request body is larger than the {exc.limit} byte limit (max_body_bytes)",
+                               "request_too_large")
+            return None
+        except ClientGone:
+            return None
+        try:
+            return body, orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            await writer.error(send, 400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
+            return None

@@ -1,0 +1,225 @@
+"""The plan executor: learn the request's facts, ask the planner, run its steps in order
+until one gives a reply, and feed every outcome back into the state it changes.
+
+    facts = facts_from_request(...)             # cheap; sizes measured only if needed
+    plan  = plan(facts, runtime.view(), policy) # pure
+    for each step: attempt -> Reply (commit) | Verdict | TooLong (next step)
+
+After a failed step the world has changed (the cloud is out, a backend is demoted), so
+the executor plans again with what it has tried; the planner lists those as skipped.
+Nothing here writes to the client: the relay commits the reply it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nonstop.backends.base import Attempt, Exchange, Reply, TooLong
+from nonstop.redact import redact
+from nonstop.routing.classify import FailureKind, Verdict
+from nonstop.routing.facts import RequestFacts, facts_from_request
+from nonstop.routing.fit import trim_to_fit
+from nonstop.routing.plan import CLOUD, Plan, Step, plan
+from nonstop.store.db import RequestRow
+from nonstop.wire.anthropic import estimate_tokens, to_local_request
+from nonstop.wire.errors import prompt_too_long_message
+
+if TYPE_CHECKING:
+    from nonstop.server.runtime import Runtime
+
+log = logging.getLogger("nonstop")
+
+# A session told "prompt is too long" that comes back still too long within this window
+# (Claude Code's compaction request) gets its history trimmed to fit instead.
+TRIM_AFTER_REJECT = 300.0
+_FACT_HEADERS = (b"x-claude-code-request-class", b"x-claude-code-agent-id", b"x-claude-code-session-id")
+
+
+@dataclass
+class RequestContext:
+    ex: Exchange
+    row: RequestRow
+    t0: float
+    facts: RequestFacts | None = None
+
+
+@dataclass
+class Outcome:
+    """What the pipeline decided: a reply to commit, or an error to send."""
+
+    reply: Reply | None = None
+    status: int = 0
+    etype: str = ""
+    message: str = ""
+    reason: str = ""  # why the cloud did not serve (the failover reason)
+    tried: list[tuple[str, str]] = field(default_factory=list)
+    plan: Plan | None = None
+    step: Step | None = None  # the step whose attempt gave the reply
+
+    def route(self) -> str:
+        """`x-nonstop-route`: the backend that answered and the rule that chose it."""
+        if self.step is not None:
+            return f"{self.step.target}; rule={self.step.rule}; {self.step.reason}"
+        last = self.plan.skipped[-1] if self.plan is not None and self.plan.skipped else None
+        return f"none; rule={last.rule}; {last.reason}" if last else "none"
+
+
+def fact_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The few request headers the planner reads, by lower-case name."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers if k in _FACT_HEADERS}
+
+
+class Pipeline:
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.too_long_sessions: dict[str, float] = {}
+
+    # --- facts ------------------------------------------------------------------------------
+
+    def facts(self, ex: Exchange, *, side: bool = False, count_tokens: bool = False) -> RequestFacts:
+        req = ex.req
+        session = ""
+        for k, v in ex.headers:
+            if k == b"x-claude-code-session-id":
+                session = v.decode("latin-1")[:100]
+        trim = self._may_trim(session)
+
+        def measure() -> tuple[int, int]:
+            tokens = estimate_tokens(to_local_request(req, model="", max_tokens=1))
+            # A session that was told "too long" may be trimmed down to its last turn.
+            return tokens, (1 if trim else tokens)
+
+        return facts_from_request(req, fact_headers(ex.headers), body_len=len(ex.cloud_body or ex.body),
+                                  measure=measure, side=side, count_tokens=count_tokens)
+
+    def plan(self, facts: RequestFacts, tried: dict[str, str] | None = None) -> Plan:
+        return plan(facts, self.rt.view(), self.rt.policy, tried)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self, ctx: RequestContext) -> Outcome:
+        facts = ctx.facts or self.facts(ctx.ex)
+        ctx.facts = facts
+        out = Outcome()
+        tried: dict[str, str] = {}
+        too_long: list[TooLong] = []
+        while True:
+            p = self.plan(facts, tried)
+            out.plan = p
+            step = p.first
+            if step is None:
+                break
+            if step.target != CLOUD and not facts.size.known:
+                _ = facts.size.local  # measure now: local steps need the real size
+                continue
+            res = await self.attempt(ctx, step)
+            if isinstance(res, Reply):
+                out.reply, out.step = res, step
+                break
+            why = _describe(res)
+            tried[step.target] = why
+            out.tried.append((step.target, why))
+            if isinstance(res, TooLong):
+                too_long.append(res)
+            if step.target == CLOUD and not out.reason:
+                out.reason = why
+        if out.reply is None:
+            self._no_reply(ctx, out, too_long)
+        elif out.reply.backend != CLOUD and not out.reason:
+            cloud_skip = next((s for s in out.plan.skipped if s.target == CLOUD), None) if out.plan else None
+            out.reason = cloud_skip.reason if cloud_skip else (out.step.reason if out.step else "")
+        return out
+
+    async def attempt(self, ctx: RequestContext, step: Step) -> Attempt:
+        rt = self.rt
+        if step.target == CLOUD:
+            if step.probe:
+                rt.quota.begin_probe()
+            res = await rt.cloud.send(ctx.ex, step)
+            self.cloud_outcome(res)
+            return res
+        backend = rt.backend(step.target)
+        if backend is None:
+            return Verdict(FailureKind.NETWORK, True, None, "the backend is gone")
+        res = await backend.send(ctx.ex, step)
+        if isinstance(res, TooLong) and self._may_trim(ctx.facts.session if ctx.facts else ""):
+            budget = res.window - min(1024, backend.cfg.max_output_tokens)
+            fitted = trim_to_fit(ctx.ex.req, res.tokens, budget)
+            if fitted is not None:
+                res = await backend.send_request(fitted, stream=ctx.ex.stream)
+                if isinstance(res, Reply):
+                    res.note = "history trimmed to fit the local window"
+        return res
+
+    def cloud_outcome(self, res: Attempt) -> None:
+        """What a cloud attempt teaches the cloud's state."""
+        quota = self.rt.quota
+        if isinstance(res, Reply):
+            if res.status < 400:
+                if res.verdict is not None:  # served, but the quota is now rejected
+                    quota.record_failure(res.verdict)
+                else:
+                    quota.record_success()
+            elif res.verdict is not None:
+                quota.record_failure(res.verdict)
+            else:
+                quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, res.usage.error))
+        elif isinstance(res, Verdict):
+            quota.record_failure(res)
+
+    def _no_reply(self, ctx: RequestContext, out: Outcome, too_long: list[TooLong]) -> None:
+        facts = ctx.facts
+        skipped = out.plan.skipped if out.plan is not None else ()
+        windows = [(s.target, s.reason) for s in skipped if s.rule == "context"]
+        if too_long or windows:
+            if too_long:
+                worst = max(too_long, key=lambda t: t.window)
+                tokens, window = worst.tokens, worst.window
+            else:
+                found = [b for b in (self.rt.backend(n) for n, _ in windows) if b is not None]
+                window = max((b.window() for b in found), default=0)
+                tokens = facts.size.floor if facts is not None else 0
+            if facts is not None and facts.session:
+                self.too_long_sessions[facts.session] = self.rt.clock()
+            out.status, out.etype = 400, "invalid_request_error"
+            out.message = prompt_too_long_message(tokens, window)
+            return
+        reasons = out.tried + [(s.target, s.reason) for s in skipped if s.rule != "tried"]
+        if not self.rt.locals:
+            reasons.append(("local", "no local backend is configured or running — run `nonstop doctor`"))
+        out.status, out.etype = 503, "api_error"
+        out.message = redact("nonstop could not get an answer from any backend. " + "; ".join(
+            f"{name}: {why}" for name, why in reasons))
+        if not out.reason:
+            cloud = next((why for name, why in reasons if name == CLOUD), "")
+            out.reason = cloud
+
+    def _may_trim(self, session: str) -> bool:
+        if not session:
+            return False
+        told = self.too_long_sessions.get(session)
+        return told is not None and self.rt.clock() - told < TRIM_AFTER_REJECT
+
+    # --- mid-stream recovery -------------------------------------------------------------------
+
+    async def continue_locally(self, ctx: RequestContext, req: dict[str, Any]) -> Reply | None:
+        """A streaming local reply for a prefilled request, or None if no backend can."""
+        facts = ctx.facts or self.facts(ctx.ex)
+        p = self.plan(facts, {CLOUD: "the cloud stream failed"})
+        for step in p.steps:
+            backend = self.rt.backend(step.target)
+            if backend is None:
+                continue
+            res = await backend.send_request(req, stream=True)
+            if isinstance(res, Reply):
+                return res
+        return None
+
+
+def _describe(res: Verdict | TooLong) -> str:
+    if isinstance(res, TooLong):
+        return f"prompt is {res.tokens} tokens, window {res.window}"
+    return res.describe()
+

@@ -1,0 +1,163 @@
+"""Committing a reply to the client: the head with nonstop's own headers, the body as it
+comes, the client going away mid-stream, shutdown, and one request-log row at the end.
+
+The pipeline has decided everything before this runs. From the first byte on, an error
+can no longer become a different response: a stream that cannot finish ends with a
+well-formed error event in the client's protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from nonstop.backends.base import Reply
+from nonstop.config import Config
+from nonstop.redact import redact
+from nonstop.server.asgi import Receive, Send
+from nonstop.server.pipeline import Outcome, RequestContext
+from nonstop.server.request_log import RequestLog
+from nonstop.server.writers import Writer
+
+log = logging.getLogger("nonstop")
+
+
+def safe_header(value: str) -> bytes:
+    return redact(value).encode("ascii", "replace")[:300].replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+def stored_body(data: bytes) -> str:
+    """A body for the opt-in request log: capped by the caller, secrets redacted."""
+    return redact(data.decode("utf-8", "replace"))
+
+
+class Relay:
+    def __init__(self, cfg: Config, request_log: RequestLog):
+        self.cfg = cfg
+        self.request_log = request_log
+
+    async def commit(self, ctx: RequestContext, outcome: Outcome, receive: Receive, send: Send, writer: Writer) -> None:
+        row = ctx.row
+        reply = outcome.reply
+        row.reason = outcome.reason if (reply is None or reply.backend != "cloud") else ""
+        if outcome.plan is not None:
+            row.workload = outcome.plan.workload.value
+            row.route = outcome.plan.as_dict()
+        t_head = time.perf_counter()
+        route = safe_header(outcome.route())
+        try:
+            if reply is None:
+                row.backend, row.status, row.outcome, row.error = "", outcome.status, "error", outcome.message[:500]
+                await writer.error(send, outcome.status, outcome.message, outcome.etype, request_id=row.request_id,
+                                   extra=[(b"x-nonstop-route", route)])
+                row.ttfb_ms = (time.perf_counter() - ctx.t0) * 1000
+                return
+            row.backend, row.status = reply.backend, reply.status
+            extra = [(b"x-nonstop-backend", reply.backend.encode()), (b"x-nonstop-route", route)]
+            if row.reason:
+                extra.append((b"x-nonstop-failover", safe_header(row.reason)))
+            gone = await self.pump(ctx, reply, writer, extra, receive, send, t_head)
+            u = reply.usage
+            row.input_tokens, row.output_tokens, row.stop_reason = u.input_tokens, u.output_tokens, u.stop_reason
+            if gone:
+                row.outcome, row.error = "client_gone", "the client disconnected"
+            elif reply.status >= 400:
+                row.outcome, row.error = "error", u.error[:500]
+            elif u.error:
+                row.outcome, row.error = "incomplete", u.error[:500]
+            else:
+                row.outcome = "ok"
+            for note in (reply.note, u.note):
+                if note:
+                    row.error = (row.error + "; " if row.error else "") + note
+        finally:
+            row.total_ms = (time.perf_counter() - ctx.t0) * 1000
+            self.request_log.record(row)
+
+    async def pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],
+                   receive: Receive, send: Send, t_head: float) -> bool:
+        """Send the reply; True if the client went away first (upstream work is then
+        cancelled by closing the upstream response)."""
+        task = asyncio.current_task()
+        gone = asyncio.Event()
+        finished = False
+        watcher = None
+        if reply.stream:
+            async def watch() -> None:
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        if not finished:
+                            gone.set()
+                            if task is not None:
+                                task.cancel()
+                        return
+
+            watcher = asyncio.ensure_future(watch())
+        cap = self.cfg.log.body_cap_bytes
+        capture: list[bytes] | None = [] if self.cfg.log.store_bodies else None
+        captured = 0
+        started = False
+        try:
+            async for chunk in writer.body(reply):
+                if capture is not None and captured < cap:
+                    capture.append(chunk[: cap - captured])
+                    captured += len(capture[-1])
+                if not started:
+                    started = True
+                    await send({"type": "http.response.start", "status": reply.status, "headers": writer.headers(reply) + extra})
+                    now = time.perf_counter()
+                    ctx.row.ttfb_ms = (now - ctx.t0) * 1000
+                    if ctx.row.overhead_ms is not None:
+                        ctx.row.overhead_ms += (now - t_head) * 1000
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not started:
+                started = True
+                await send({"type": "http.response.start", "status": reply.status, "headers": writer.headers(reply) + extra})
+                ctx.row.ttfb_ms = (time.perf_counter() - ctx.t0) * 1000
+            finished = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if task is not None:
+                task.uncancel()
+            if not gone.is_set():
+                # Shutdown ran past drain_timeout: close the stream with a well-formed
+                # error instead of cutting it silently.
+                ctx.row.error = "nonstop shut down before the answer was complete"
+                reply.usage.error = reply.usage.error or "shut down mid-stream"
+                if started and reply.stream and not finished:
+                    with contextlib.suppress(Exception):
+                        async with asyncio.timeout(1):
+                            await send({"type": "http.response.body", "more_body": False,
+                                        "body": writer.stream_error("nonstop is shutting down; the response is incomplete.", "overloaded_error")})
+        except OSError:
+            gone.set()
+        except Exception as exc:  # a fault of nonstop's own, mid-reply: end it well-formed
+            log.exception("%s: relaying the reply failed", ctx.row.request_id)
+            reply.usage.error = f"nonstop failed while relaying the reply ({type(exc).__name__})"
+            message = f"nonstop failed while relaying the reply ({type(exc).__name__}); request {ctx.row.request_id}"
+            with contextlib.suppress(Exception):
+                if not started:
+                    started = True
+                    await writer.error(send, 500, message, "api_error", request_id=ctx.row.request_id)
+                elif reply.stream:
+                    await send({"type": "http.response.body", "body": writer.stream_error(message), "more_body": False})
+                else:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if capture is not None:
+                ctx.row.response_body = stored_body(b"".join(capture))
+                ctx.row.request_body = stored_body(ctx.ex.body[:cap])
+            if watcher is not None:
+                watcher.cancel()
+            if reply.close is not None:
+                with contextlib.suppress(Exception):
+                    reply.close()
+            aclose = getattr(reply.body, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+        return gone.is_set()

@@ -1,0 +1,51 @@
+"""One record per request: the SQLite log, the metrics, the dashboard's live feed and a
+console line, all fed from the same row, with secrets redacted first."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+from nonstop.redact import redact
+from nonstop.server.events import EventBus
+from nonstop.server.metrics import Metrics
+from nonstop.store.db import RequestRow, Store
+
+log = logging.getLogger("nonstop")
+RECENT = 200
+
+
+class RequestLog:
+    def __init__(self, store: Store | None, metrics: Metrics, bus: EventBus):
+        self.store = store
+        self.metrics = metrics
+        self.bus = bus
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._seq = 0
+
+    def record(self, row: RequestRow) -> None:
+        # Upstream error messages can quote what the client sent, keys included.
+        row.error, row.reason = redact(row.error), redact(row.reason)
+        self._seq += 1
+        self.metrics.observe(row)
+        if self.store is not None:
+            self.store.log_request(row)
+        pub = row.public()
+        pub["seq"] = self._seq
+        self.recent.append(pub)
+        if self.bus:
+            self.bus.publish({"type": "request", "row": pub})
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s %s model=%s class=%s backend=%s outcome=%s status=%d%s ttfb=%s total=%s in=%d out=%d%s",
+                row.request_id, row.path, "stream" if row.stream else "json", row.model or "-", row.workload or "-",
+                row.backend or "-", row.outcome, row.status, f" reason={row.reason!r}" if row.reason else "",
+                _ms(row.ttfb_ms), _ms(row.total_ms), row.input_tokens, row.output_tokens,
+                f" error={row.error!r}" if row.error else "",
+                extra={"redacted": True},  # its free-text fields were redacted above
+            )
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}ms"

@@ -1,0 +1,235 @@
+"""Everything that lives as long as the process: the configuration, the cloud's state,
+the backends and their live state, the request log, metrics and the event bus; start-up
+and shutdown; the background loops (health checks, probes of demoted backends).
+
+`view()` is the world as the planner sees it at this instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import aiohttp
+
+from nonstop import __version__
+from nonstop.backends.cloud import CloudBackend
+from nonstop.backends.local import LocalBackend
+from nonstop.backends.registry import make_local_backend
+from nonstop.config import Config, LocalBackendConfig
+from nonstop.routing.plan import hhmm
+from nonstop.routing.policy import Policy, policy_from_config
+from nonstop.routing.quota import QuotaState
+from nonstop.routing.view import CloudState, RoutingView
+from nonstop.server import hooks
+from nonstop.server.autoconfig import auto_backends
+from nonstop.server.events import EventBus
+from nonstop.server.metrics import Metrics
+from nonstop.server.request_log import RequestLog
+from nonstop.server.status import backend_entry, start_of_day, status_document
+from nonstop.store.db import Store
+
+log = logging.getLogger("nonstop")
+HEALTH_EVERY = 15.0
+TICK = 1.0
+
+
+class Runtime:
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.clock = clock
+        self.metrics = Metrics()
+        self.bus = EventBus()
+        self.store = Store(cfg.state_dir, retention_days=cfg.log.retention_days) if cfg.log.enabled else None
+        self.request_log = RequestLog(self.store, self.metrics, self.bus)
+        self.quota = QuotaState(cfg.cloud, clock=clock, on_change=self._on_quota_change)
+        self.quota.forecast.high_water = cfg.routing.high_water
+        self.cloud: CloudBackend = None  # type: ignore[assignment]  # set in start()
+        self.locals: list[LocalBackend] = []
+        self._by_name: dict[str, LocalBackend] = {}
+        self.policy: Policy = policy_from_config(cfg)
+        self.local_session: aiohttp.ClientSession | None = None
+        self.embedded: Any = None
+        self.shared: Any = None
+        self.discovered: list[Any] = []
+        self.inflight = 0
+        self.draining = False
+        self.started = clock()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.store is not None:
+            await asyncio.to_thread(self.store.open)
+            snap = await asyncio.to_thread(self.store.load_state, "quota")
+            if isinstance(snap, dict):
+                self.quota.restore(snap)
+                if self.quota.state is not CloudState.SERVING:
+                    log.info("cloud state restored: %s until %s (%s)", self.quota.state.value, hhmm(self.quota.until), self.quota.reason)
+        if self.cfg.shared.redis_url:
+            await self._start_shared()
+        self._publish_quota()
+        self.cloud = CloudBackend(self.cfg.cloud, CloudBackend.make_session(self.cfg.cloud), observe_headers=self.observe_headers)
+        self.local_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        backends = list(self.cfg.local)
+        if not backends or self.cfg.embedded.mode == "always":
+            auto = await auto_backends(self.cfg, self.local_session, have_configured=bool(backends))
+            self.discovered, self.embedded = auto.discovered, auto.embedded
+            backends.extend(auto.backends)
+        self.set_local_backends(backends)
+        self.spawn(self._health_loop())
+
+    async def _start_shared(self) -> None:
+        from nonstop.store.shared import SharedState
+
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise RuntimeError("shared.redis_url is set but the Redis client is missing: pip install 'nonstop[redis]'") from None
+        self.shared = SharedState(self.cfg.shared.redis_url, self.cfg.shared.key_prefix, self._apply_shared)
+        try:
+            snap = await self.shared.start()
+        except Exception as exc:
+            raise RuntimeError(
+                f"shared.redis_url: cannot reach Redis at {self.cfg.shared.redis_url} ({type(exc).__name__}); "
+                "start Redis or remove [shared] redis_url"
+            ) from None
+        if snap:
+            self._apply_shared(snap)
+
+    def set_local_backends(self, cfgs: list[LocalBackendConfig]) -> None:
+        assert self.local_session is not None
+        self.use_backends([make_local_backend(c, self.local_session, ping_interval=self.cfg.ping_interval) for c in cfgs])
+
+    def use_backends(self, locals_: list[LocalBackend], cloud: CloudBackend | None = None) -> None:
+        """The backends to serve with: the one seam for I/O (tests pass fakes here)."""
+        if cloud is not None:
+            self.cloud = cloud
+        self.locals = list(locals_)
+        self._by_name = {b.name: b for b in self.locals}
+        self.policy = policy_from_config(self.cfg, order=tuple(self._by_name))
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self.embedded is not None:
+            with contextlib.suppress(Exception):
+                await self.embedded.stop()
+        if self.shared is not None:
+            await self.shared.close()
+        if self.cloud is not None:
+            await self.cloud.session.close()
+        if self.local_session is not None:
+            await self.local_session.close()
+        if self.store is not None:
+            self.store.save_state("quota", self.quota.snapshot())
+            await asyncio.to_thread(self.store.close)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _health_loop(self) -> None:
+        """Health checks every HEALTH_EVERY seconds; a demoted backend is probed as soon
+        as its backoff allows, and restored when it answers."""
+        last: dict[str, float] = {}
+        while True:
+            now = self.clock()
+            for b in self.locals:
+                if b.state.probe_due() or now - last.get(b.name, 0.0) >= HEALTH_EVERY:
+                    last[b.name] = now
+                    ok = await b.check_health()
+                    self.metrics.local_up.labels(b.name).set(1 if ok else 0)
+            await asyncio.sleep(TICK)
+
+    # --- what the planner sees -------------------------------------------------------------------
+
+    def view(self) -> RoutingView:
+        return RoutingView(self.clock(), self.quota.view(), tuple(b.state.view() for b in self.locals))
+
+    def backend(self, name: str) -> LocalBackend | None:
+        return self._by_name.get(name)
+
+    # --- the cloud's state ---------------------------------------------------------------------
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        u = self.quota.utilization
+        before = (u.five_hour, u.seven_day)
+        self.quota.record_headers(headers)
+        if (u.five_hour, u.seven_day) != before:
+            self._publish_quota()
+
+    def _apply_shared(self, snap: dict[str, Any]) -> None:
+        """Another instance changed the cloud state."""
+        before = self.quota.state
+        self.quota.restore(snap)
+        if self.store is not None:
+            self.store.save_state("quota", self.quota.snapshot())
+        self._publish_quota()
+        if self.quota.state is not before:
+            log.warning("cloud state from another instance: %s%s", self.quota.state.value,
+                        f" until {hhmm(self.quota.until)} ({self.quota.reason})" if self.quota.state is CloudState.OUT else "")
+            self.bus.publish({"type": "status"})
+
+    def _on_quota_change(self, quota: QuotaState, why: str) -> None:
+        if self.shared is not None:
+            self.shared.publish(quota.snapshot())
+        if self.store is not None:
+            self.store.save_state("quota", quota.snapshot())
+        self._publish_quota()
+        if not why:
+            self.bus.publish({"type": "status"})
+            return
+        if quota.state is CloudState.OUT:
+            line = f"switched to local: cloud out until {hhmm(quota.until)} ({quota.reason}: {quota.detail})"
+            to = "local"
+        elif quota.state is CloudState.SERVING:
+            line = "switched to cloud: the cloud answered again"
+            to = "cloud"
+        else:
+            line = f"probing the cloud ({why})"
+            to = ""
+        log.warning(line)
+        if to:
+            self.metrics.switches.labels(to).inc()
+            self.bus.publish({"type": "switch", "to": to, "line": line, "ts": self.clock()})
+            self.spawn(hooks.notify(self.cfg.hooks, {"event": "switch", "to": to, "message": line, "cloud": quota.snapshot()}))
+        self.bus.publish({"type": "status"})
+
+    def _publish_quota(self) -> None:
+        q = self.quota
+        self.metrics.set_cloud(q.state.value, q.until, q.utilization.five_hour, q.utilization.seven_day)
+        self.metrics.set_forecast(q.forecast.conserving, q.forecast.current)
+
+    # --- status ------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        now = self.clock()
+        today: dict[str, Any] = {}
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                today = await asyncio.to_thread(self.store.totals_since, start_of_day(now))
+        local = [
+            backend_entry(b.cfg, model=b.state.model, healthy=b.state.healthy, checked=b.state.checked,
+                          error=b.state.health_error, embedded=bool(self.embedded is not None and b.name == "embedded"),
+                          live=b.state.view())
+            for b in self.locals
+        ]
+        return status_document(
+            self.cfg, self.quota.snapshot(), local, today, running=True, version=__version__, now=now,
+            pid=os.getpid(), uptime=now - self.started, inflight=self.inflight,
+            log=str(self.store.path) if self.store is not None else "",
+            forecast=self.quota.view().windows, conserving=self.quota.forecast.conserving,
+            decisions=[r for r in self.request_log.recent if r.get("route")][-20:],
+        )

@@ -1,0 +1,103 @@
+"""How a reply reaches each kind of client: Anthropic bytes as they are, or translated
+to OpenAI Chat Completions for the OpenAI front door; and errors in each protocol, as a
+whole response or, once a stream has started, as its last event."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import orjson
+
+from nonstop.backends.base import Reply
+from nonstop.server.asgi import Send, send_bytes
+from nonstop.wire import openai as oa
+from nonstop.wire.errors import (
+    anthropic_error,
+    anthropic_error_event,
+    openai_error,
+    openai_error_dict,
+)
+from nonstop.wire.sse import JSONEventDecoder
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+_OPENAI_CODES = {401: "invalid_api_key", 413: "request_too_large"}
+
+
+class Writer:
+    """The client's protocol. Subclasses say how replies and errors look in it."""
+
+    def headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
+        raise NotImplementedError
+
+    def body(self, reply: Reply) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def error(self, send: Send, status: int, message: str, etype: str = "", request_id: str = "",
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        """A whole error response (nothing has been sent yet)."""
+        raise NotImplementedError
+
+    def stream_error(self, message: str, etype: str = "api_error") -> bytes:
+        """The last event of a stream that cannot finish."""
+        raise NotImplementedError
+
+
+class AnthropicWriter(Writer):
+    def headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
+        return reply.headers
+
+    def body(self, reply: Reply) -> AsyncIterator[bytes]:
+        return reply.body
+
+    async def error(self, send: Send, status: int, message: str, etype: str = "", request_id: str = "",
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send_bytes(send, status, anthropic_error(status, message, etype or None, request_id=request_id), extra=extra)
+
+    def stream_error(self, message: str, etype: str = "api_error") -> bytes:
+        return anthropic_error_event(message, etype)
+
+
+class OpenAIWriter(Writer):
+    def __init__(self, model: str, include_usage: bool):
+        self.model = model
+        self.include_usage = include_usage
+
+    def headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
+        return list(SSE_HEADERS) if reply.stream and reply.status < 400 else list(JSON_HEADERS)
+
+    async def body(self, reply: Reply) -> AsyncIterator[bytes]:
+        if reply.status >= 400 or not reply.stream:
+            yield await self._whole(reply)
+            return
+        tr = oa.AnthropicToOpenAIStream(model=self.model, completion_id="chatcmpl-" + secrets.token_hex(12),
+                                        include_usage=self.include_usage)
+        decoder = JSONEventDecoder()
+        async for chunk in reply.body:
+            out = [b"data: " + orjson.dumps(c) + b"\n\n" for ev, data in decoder.feed(chunk) for c in tr.feed(ev.event, data)]
+            if out:
+                yield b"".join(out)
+        tail = [b"data: " + orjson.dumps(c) + b"\n\n" for c in tr.finish()]
+        yield b"".join(tail) + b"data: [DONE]\n\n"
+
+    async def _whole(self, reply: Reply) -> bytes:
+        raw = b"".join([c async for c in reply.body])
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            doc = None
+        if reply.status >= 400:
+            msg = ((doc or {}).get("error") or {}).get("message") if isinstance(doc, dict) else None
+            return openai_error(reply.status, str(msg or raw[:300].decode("utf-8", "replace")))
+        if not isinstance(doc, dict):
+            return openai_error(502, "the upstream reply was not valid JSON")
+        return orjson.dumps(oa.anthropic_response_to_openai(doc, model=self.model))
+
+    async def error(self, send: Send, status: int, message: str, etype: str = "", request_id: str = "",
+                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        code = "context_length_exceeded" if message.startswith("prompt is too long") else _OPENAI_CODES.get(status)
+        await send_bytes(send, status, openai_error(status, message, code), extra=extra)
+
+    def stream_error(self, message: str, etype: str = "api_error") -> bytes:
+        return b"data: " + orjson.dumps(openai_error_dict(500, message)) + b"\n\ndata: [DONE]\n\n"

@@ -1,0 +1,90 @@
+"""What the planner learns from a request: class, needs, size, the local-loop marker."""
+
+from __future__ import annotations
+
+import pytest
+
+from nonstop.routing.facts import (
+    BYTES_PER_TOKEN,
+    Size,
+    Workload,
+    classify_workload,
+    facts_from_request,
+    local_loop_tag,
+)
+from nonstop.wire.tool_ids import backend_tag, local_tool_id
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(("model", "messages", "headers", "max_tokens", "expected", "source"), [
+    ("claude-sonnet-4-5", MSG, {}, 1024, Workload.MAIN, "default"),
+    ("claude-sonnet-4-5", MSG, {"x-claude-code-request-class": "subagent"}, 1024, Workload.SUBAGENT, "header"),
+    ("claude-sonnet-4-5", MSG, {"x-claude-code-request-class": "auxiliary"}, 1024, Workload.BACKGROUND, "header"),
+    ("claude-sonnet-4-5", MSG, {"x-claude-code-request-class": "compaction"}, 1024, Workload.COMPACTION, "header"),
+    ("claude-3-5-haiku", MSG, {"x-claude-code-request-class": "main"}, 1024, Workload.MAIN, "header"),
+    ("claude-sonnet-4-5", MSG, {"x-claude-code-agent-id": "a1"}, 1024, Workload.SUBAGENT, "agent-id"),
+    ("claude-haiku-4-5", MSG, {}, 512, Workload.BACKGROUND, "model"),
+    ("claude-sonnet-4-5", [{"role": "user", "content": "quota"}], {}, 1, Workload.BACKGROUND, "shape"),
+    ("claude-sonnet-4-5", [{"role": "user", "content": [{"type": "text", "text":
+        "Your task is to create a detailed summary of the conversation so far, paying close attention"}]}],
+     {}, 20000, Workload.COMPACTION, "shape"),
+    ("claude-sonnet-4-5", MSG, {"x-claude-code-request-class": "bogus"}, 1024, Workload.MAIN, "default"),
+])
+def test_workload_classes(model, messages, headers, max_tokens, expected, source) -> None:
+    assert classify_workload(model, messages, headers, max_tokens) == (expected, source)
+
+
+def test_count_tokens_is_its_own_class() -> None:
+    assert classify_workload("claude-haiku", MSG, {}, None, count_tokens=True) == (Workload.COUNT_TOKENS, "path")
+
+
+def test_facts_from_a_claude_code_request() -> None:
+    req = {
+        "model": "claude-opus-5", "stream": True, "max_tokens": 32000,
+        "thinking": {"type": "adaptive"},
+        "tools": [{"name": "Read", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": [{"type": "image", "source": {}}, {"type": "text", "text": "what is this"}]}],
+    }
+    f = facts_from_request(req, {"x-claude-code-session-id": "s1"}, body_len=35000)
+    assert f.stream and f.max_tokens == 32000 and f.session == "s1"
+    assert f.needs.tools and f.needs.thinking and f.needs.images and f.thinking
+    assert f.needs.describe() == "tools+thinking+images"
+    assert f.size.sent == int(35000 / BYTES_PER_TOKEN)
+    assert f.workload is Workload.MAIN and not f.local_loop
+
+
+def test_garbage_fields_do_not_raise() -> None:
+    f = facts_from_request({"model": 3, "messages": "x", "max_tokens": True, "thinking": "on"}, {})
+    assert f.model == "" and f.max_tokens is None and not f.thinking
+
+
+def test_size_measures_once_and_only_when_asked() -> None:
+    calls: list[int] = []
+
+    def measure() -> tuple[int, int]:
+        calls.append(1)
+        return 900, 400
+
+    s = Size(1500, measure=measure)
+    assert not s.known and calls == []
+    assert (s.local, s.floor, s.local) == (900, 400, 900)
+    assert calls == [1] and s.known
+    assert Size(10).local == 10 and Size(10).floor == 10
+
+
+def test_local_loop_is_recognised_from_the_history_alone() -> None:
+    tag = backend_tag("llama")
+    tool_id = local_tool_id(tag)
+    history = [
+        {"role": "user", "content": "list files"},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}, {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": "a b c"}]},
+    ]
+    assert local_loop_tag(history) == tag
+    # A cloud tool id, a genuine user turn, or a too-short history: no loop.
+    cloud = [dict(m) for m in history]
+    cloud[1] = {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01ABC", "name": "Bash", "input": {}}]}
+    assert local_loop_tag(cloud) == ""
+    assert local_loop_tag(history + [{"role": "assistant", "content": "done"}, {"role": "user", "content": "next"}]) == ""
+    assert local_loop_tag(history[:1]) == ""

@@ -1,0 +1,204 @@
+"""The pipeline in process: fake backends through the same seam production uses
+(Runtime.use_backends), so a case is "these attempts happen, this outcome comes out"."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, single
+from nonstop.config import LocalBackendConfig, parse_config
+from nonstop.routing.backend_state import BackendState
+from nonstop.routing.classify import FailureKind, Verdict, classify_response
+from nonstop.routing.plan import Step
+from nonstop.routing.view import Capabilities, CloudState
+from nonstop.server.pipeline import Pipeline, RequestContext
+from nonstop.server.runtime import Runtime
+from nonstop.store.db import RequestRow
+from nonstop.wire.tool_ids import backend_tag, local_tool_id
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reply(backend: str, status: int = 200, verdict: Verdict | None = None) -> Reply:
+    return Reply(status, [(b"content-type", b"application/json")], single(b"{}"), backend, False, verdict=verdict)
+
+
+class FakeBackend:
+    """A backend that answers from a script: one Attempt (or a function of the step) per send."""
+
+    def __init__(self, name: str, script: list[Any], window: int = 32768, clock: Clock | None = None):
+        self.name = name
+        self.script = list(script)
+        self.sent: list[Step] = []
+        self.cfg = LocalBackendConfig(name=name, url="http://127.0.0.1:1", context_window=window)
+        self.state = BackendState(name, Capabilities(context_window=window), tag=backend_tag(name), clock=clock or Clock())
+
+    def capabilities(self) -> Capabilities:
+        return self.state.capabilities()
+
+    def window(self) -> int:
+        return self.cfg.context_window
+
+    async def send(self, ex: Exchange, step: Step) -> Attempt:
+        self.sent.append(step)
+        item = self.script.pop(0) if self.script else reply(self.name)
+        return item(step) if callable(item) else item
+
+    async def send_request(self, req: dict, *, stream: bool) -> Attempt:
+        return await self.send(Exchange("POST", "/v1/messages", b"", b"", [], b"", req, stream), Step(self.name, "trim", ""))
+
+
+def make(tmp_path: Path, cloud: list[Any], locals_: dict[str, list[Any]], **cfg: Any) -> tuple[Runtime, Pipeline, FakeBackend, dict[str, FakeBackend]]:
+    clock = Clock()
+    config = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}, **cfg})
+    rt = Runtime(config, clock=clock)
+    fake_cloud = FakeBackend("cloud", cloud, clock=clock)
+    fakes = {n: FakeBackend(n, s, clock=clock) for n, s in locals_.items()}
+    rt.use_backends(list(fakes.values()), cloud=fake_cloud)  # type: ignore[arg-type]
+    return rt, Pipeline(rt), fake_cloud, fakes
+
+
+def ctx(req: dict[str, Any] | None = None, headers: list[tuple[bytes, bytes]] | None = None) -> RequestContext:
+    req = req or {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    body = orjson.dumps(req)
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", headers or [], body, req, bool(req.get("stream")))
+    return RequestContext(ex, RequestRow(ts=T0), time.perf_counter())
+
+
+async def test_cloud_serving_answers(tmp_path: Path) -> None:
+    rt, p, cloud, fakes = make(tmp_path, [reply("cloud")], {"llama": []})
+    out = await p.run(ctx())
+    assert out.reply is not None and out.reply.backend == "cloud"
+    assert out.route().startswith("cloud; rule=cloud; the cloud is serving")
+    assert fakes["llama"].sent == []
+
+
+async def test_usage_limit_goes_local_and_keeps_the_deadline(tmp_path: Path) -> None:
+    limit = Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 7200, "usage limit (five_hour)", 429)
+    rt, p, cloud, fakes = make(tmp_path, [limit], {"llama": []})
+    out = await p.run(ctx())
+    assert out.reply is not None and out.reply.backend == "llama"
+    assert rt.quota.state is CloudState.OUT and rt.quota.until == T0 + 7200
+    assert out.tried == [("cloud", "subscription_limit: usage limit (five_hour)")]
+    assert "subscription_limit" in out.reason
+    # The next request does not ask the cloud.
+    out2 = await p.run(ctx())
+    assert out2.reply is not None and out2.reply.backend == "llama" and len(cloud.sent) == 1
+    assert "out until" in out2.reason
+
+
+async def test_a_200_whose_headers_say_rejected_keeps_its_reset_time(tmp_path: Path) -> None:
+    """The structured outcome reaches the state: a 7,200 s reset is not the 300 s default."""
+    headers = {"anthropic-ratelimit-unified-status": "rejected",
+               "anthropic-ratelimit-unified-representative-claim": "five_hour",
+               "anthropic-ratelimit-unified-5h-reset": str(int(T0 + 7200))}
+    verdict = classify_response(200, headers, b"", T0)
+    assert verdict is not None and verdict.until == T0 + 7200
+    rt, p, cloud, _ = make(tmp_path, [reply("cloud", verdict=verdict)], {"llama": []})
+    out = await p.run(ctx())
+    assert out.reply is not None and out.reply.backend == "cloud"  # this answer is served
+    assert rt.quota.state is CloudState.OUT
+    assert rt.quota.until == T0 + 7200
+
+
+async def test_every_backend_failing_names_each(tmp_path: Path) -> None:
+    down = Verdict(FailureKind.NETWORK, True, None, "connection refused")
+    rt, p, _, fakes = make(tmp_path, [Verdict(FailureKind.OVERLOADED, True, None, "overloaded", 529)],
+                           {"a": [down], "b": [Verdict(FailureKind.SERVER_ERROR, True, None, "HTTP 500", 500)]})
+    out = await p.run(ctx())
+    assert out.reply is None and out.status == 503
+    for part in ("cloud: overloaded", "a: network: connection refused", "b: server_error: HTTP 500"):
+        assert part in out.message
+    assert [s.target for s in fakes["a"].sent] == ["a"] and [s.target for s in fakes["b"].sent] == ["b"]
+
+
+async def test_too_long_everywhere_says_prompt_is_too_long(tmp_path: Path) -> None:
+    rt, p, _, _ = make(tmp_path, [Verdict(FailureKind.NETWORK, True, None, "down")],
+                       {"small": [TooLong("small", 5000, 4096)], "big": [TooLong("big", 5000, 4608)]})
+    out = await p.run(ctx())
+    assert (out.status, out.etype) == (400, "invalid_request_error")
+    assert out.message == "prompt is too long: 5000 tokens > 4608 maximum"
+
+
+async def test_a_due_probe_is_started_explicitly_and_only_once(tmp_path: Path) -> None:
+    rt, p, cloud, fakes = make(tmp_path, [reply("cloud")], {"llama": []})
+    rt.quota.record_failure(Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 - 1, "usage limit"))
+    assert rt.quota.view().probe_due
+    out = await p.run(ctx())
+    assert cloud.sent[0].probe and out.reply is not None and out.reply.backend == "cloud"
+    assert rt.quota.state is CloudState.SERVING
+
+
+async def test_while_a_probe_is_in_flight_others_stay_local(tmp_path: Path) -> None:
+    rt, p, cloud, _ = make(tmp_path, [], {"llama": []})
+    rt.quota.record_failure(Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 - 1, "usage limit"))
+    rt.quota.begin_probe()
+    out = await p.run(ctx())
+    assert cloud.sent == [] and out.reply is not None and out.reply.backend == "llama"
+    assert "checking whether the cloud is back" in out.reason
+
+
+async def test_tool_result_for_a_local_call_goes_back_to_that_backend(tmp_path: Path) -> None:
+    tool_id = local_tool_id(backend_tag("b"))
+    req = {"model": "claude-opus-5", "max_tokens": 100, "thinking": {"type": "adaptive"}, "messages": [
+        {"role": "user", "content": "list files"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": tool_id, "name": "Bash", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": "a b"}]},
+    ]}
+    rt, p, cloud, fakes = make(tmp_path, [], {"a": [], "b": []})
+    out = await p.run(ctx(req))
+    assert out.reply is not None and out.reply.backend == "b"
+    assert out.step is not None and out.step.rule == "loop"
+    assert cloud.sent == [] and fakes["a"].sent == []
+
+
+async def test_local_loop_with_local_backends_down_goes_to_the_cloud_without_thinking(tmp_path: Path) -> None:
+    tool_id = local_tool_id(backend_tag("b"))
+    req = {"model": "claude-opus-5", "max_tokens": 100, "thinking": {"type": "adaptive"}, "messages": [
+        {"role": "user", "content": "list files"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": tool_id, "name": "Bash", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_id, "content": "a b"}]},
+    ]}
+    down = Verdict(FailureKind.NETWORK, True, None, "connection refused")
+    rt, p, cloud, fakes = make(tmp_path, [reply("cloud")], {"b": [down]})
+    out = await p.run(ctx(req))
+    assert out.reply is not None and out.reply.backend == "cloud"
+    assert cloud.sent[0].strip_thinking
+
+
+async def test_background_class_can_stay_local(tmp_path: Path) -> None:
+    rt, p, cloud, fakes = make(tmp_path, [], {"llama": []}, routing={"background": {"cloud": "never"}})
+    req = {"model": "claude-haiku-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "title?"}]}
+    out = await p.run(ctx(req))
+    assert out.reply is not None and out.reply.backend == "llama" and cloud.sent == []
+    assert out.plan is not None and out.plan.workload.value == "background"
+
+
+async def test_failed_backend_is_demoted_and_its_requests_move_on(tmp_path: Path) -> None:
+    rt, p, _, fakes = make(tmp_path, [Verdict(FailureKind.NETWORK, True, None, "down")] * 3, {"a": [], "b": []})
+    fakes["a"].state.failed("connection refused")
+    out = await p.run(ctx())
+    assert out.reply is not None and out.reply.backend == "b"
+    assert fakes["a"].sent == []
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+async def test_client_errors_from_the_cloud_are_relayed_not_failed_over(tmp_path: Path, status: int) -> None:
+    err = reply("cloud", status=status, verdict=Verdict(FailureKind.CLIENT_ERROR, False, None, "bad", status))
+    rt, p, _, fakes = make(tmp_path, [err], {"llama": []})
+    out = await p.run(ctx())
+    assert out.reply is not None and out.reply.status == status and fakes["llama"].sent == []
+
