@@ -17,7 +17,7 @@ import pytest
 
 from nonstop.cli import statusline as sl
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NOW = 1_750_000_000.0
 
 
