@@ -38,13 +38,6 @@ max_output_tokens = 4096
 """
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("NONSTOP_TOKEN", "NONSTOP_CONFIG", "NONSTOP_STATE_DIR", "XDG_STATE_HOME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
-
-
 def problems_of(data: dict[str, Any]) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(data)
@@ -80,14 +73,6 @@ def test_defaults() -> None:
     assert cfg.embedded.mode == "auto"
     assert cfg.log.enabled is True
     assert cfg.routing.classes == ()
-
-
-def test_default_state_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("NONSTOP_STATE_DIR", str(tmp_path / "s"))
-    assert parse_config({}).state_dir == tmp_path / "s"
-    monkeypatch.delenv("NONSTOP_STATE_DIR")
-    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "x"))
-    assert parse_config({}).state_dir == tmp_path / "x" / "nonstop"
 
 
 def test_state_dir_expands_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -388,14 +373,6 @@ def test_loopback_needs_no_token(listen: str) -> None:
 @pytest.mark.parametrize("listen", ["127.0.0.1", "127.0.0.1:http", "127.0.0.1:70000"])
 def test_bad_listen(listen: str) -> None:
     one_problem_about({"listen": listen}, "listen")
-
-
-def test_with_listen_checks_exposure() -> None:
-    cfg = parse_config({})
-    assert cfg.with_listen(port=9999).listen == "127.0.0.1:9999"
-    assert cfg.with_listen(host="::1").listen == "[::1]:8787"
-    with pytest.raises(ConfigError, match="token"):
-        cfg.with_listen(host="0.0.0.0")
 
 
 # --- files ------------------------------------------------------------------------------
