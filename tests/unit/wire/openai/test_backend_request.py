@@ -1,19 +1,31 @@
-"""Anthropic Messages request -> OpenAI Chat Completions request."""
+"""Anthropic Messages request -> OpenAI Chat Completions request, for local servers that
+speak only OpenAI (anthropic_to_openai_request).
+
+The property test at the end sends random Anthropic conversations through this
+translation and back through the front door (client_request), and checks that no content
+or order is lost, compared in a normalised form that spells out each documented convention.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+import string
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nonstop.wire.openai import (
     TOOL_ERROR_PREFIX,
     TOOL_NAME_MAP_KEY,
     anthropic_to_openai_request,
+    openai_request_to_anthropic,
     openai_tool_name,
     tool_name_map_for,
 )
+from tests.unit.wire.openai.strategies import SETTINGS, json_objects, tool_names
 
 PNG = "iVBORw0KGgo="
 
@@ -295,3 +307,140 @@ def test_the_input_is_not_modified():
     before = json.dumps(req, sort_keys=True)
     convert(req)
     assert json.dumps(req, sort_keys=True) == before
+
+
+# --- property: conversations survive the round trip through the front door ------------------
+
+texts = st.text(min_size=1, max_size=30)
+tool_ids = st.text(string.ascii_letters + string.digits, min_size=4, max_size=12).map(lambda s: "toolu_" + s)
+base64_data = st.text(string.ascii_letters + string.digits + "+/", min_size=4, max_size=16)
+images = st.one_of(
+    st.builds(lambda m, d: {"type": "image", "source": {"type": "base64", "media_type": m, "data": d}},
+              st.sampled_from(["image/png", "image/jpeg", "image/gif", "image/webp"]), base64_data),
+    st.builds(lambda p: {"type": "image", "source": {"type": "url", "url": "https://example.com/" + p}},
+              st.text(string.ascii_lowercase, min_size=1, max_size=8)),
+)
+text_blocks = texts.map(lambda t: {"type": "text", "text": t})
+user_blocks = st.lists(st.one_of(text_blocks, images), min_size=1, max_size=4)
+
+
+@st.composite
+def tool_results(draw, tool_id: str) -> dict:
+    content = draw(st.one_of(
+        st.text(max_size=30),
+        st.lists(st.one_of(text_blocks, images), max_size=3),
+    ))
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": tool_id, "content": content}
+    if draw(st.booleans()):
+        block["is_error"] = draw(st.booleans())
+    return block
+
+
+@st.composite
+def conversations(draw) -> dict:
+    req: dict[str, Any] = {"model": "claude-x", "max_tokens": draw(st.integers(1, 8000))}
+    names = draw(st.lists(tool_names, min_size=1, max_size=4, unique=True))
+    req["tools"] = [
+        {"name": n, "input_schema": {"type": "object", "properties": {}}, **({"description": d} if (d := draw(st.none() | texts)) else {})}
+        for n in names
+    ]
+    system = draw(st.none() | texts | st.lists(text_blocks, min_size=1, max_size=3))
+    if system is not None:
+        req["system"] = system
+    messages: list[dict] = [{"role": "user", "content": draw(texts | user_blocks)}]
+    for _ in range(draw(st.integers(0, 4))):
+        blocks = draw(st.lists(text_blocks, max_size=2))
+        calls = [{"type": "tool_use", "id": draw(tool_ids), "name": draw(st.sampled_from(names)), "input": draw(json_objects)}
+                 for _ in range(draw(st.integers(0 if blocks else 1, 3)))]
+        ids = [c["id"] for c in calls]
+        if len(set(ids)) != len(ids):
+            continue
+        messages.append({"role": "assistant", "content": blocks + calls})
+        if calls:
+            results = [draw(tool_results(i)) for i in ids]
+            side = draw(st.lists(st.one_of(text_blocks, images), max_size=2))
+            messages.append({"role": "user", "content": results + side})
+        else:
+            messages.append({"role": "user", "content": draw(texts | user_blocks)})
+        if draw(st.integers(0, 5)) == 0:
+            messages.append({"role": "system", "content": draw(texts)})
+    req["messages"] = messages
+    if draw(st.booleans()):
+        choice = draw(st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "none"}, {"type": "tool", "name": names[0]}]))
+        if draw(st.booleans()):
+            choice["disable_parallel_tool_use"] = draw(st.booleans())
+        req["tool_choice"] = choice
+    for key, strategy in (("temperature", st.floats(0, 1)), ("top_p", st.floats(0, 1)), ("top_k", st.integers(1, 100)),
+                          ("stop_sequences", st.lists(texts, min_size=1, max_size=3))):
+        if draw(st.booleans()):
+            req[key] = draw(strategy)
+    return req
+
+
+def _image_key(block: dict) -> tuple:
+    src = block["source"]
+    return ("image", src["type"], src.get("media_type"), src.get("data") or src.get("url"))
+
+
+def normalise(req: dict, names: dict[str, str] | None = None) -> dict:
+    """The content of a request, with each documented convention spelled out:
+    system texts joined by blank lines; consecutive same-role turns merged; an assistant
+    turn's texts joined by blank lines, its tool calls in order; a user turn's tool
+    results (text joined by newlines, is_error also expressed by the "Error: " prefix)
+    first, then its other text and images, including images returned by tools."""
+    names = names or {}
+    system = req.get("system")
+    system_texts = [system] if isinstance(system, str) else [b["text"] for b in system or []]
+    turns: list[dict] = []
+    for msg in req["messages"]:
+        if msg["role"] == "system":
+            system_texts.append(msg["content"])
+            continue
+        content = msg["content"]
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if not turns or turns[-1]["role"] != msg["role"]:
+            turns.append({"role": msg["role"], "texts": [], "calls": [], "results": [], "side": []})
+        turn = turns[-1]
+        for b in blocks:
+            if b["type"] == "text":
+                (turn["texts"] if msg["role"] == "assistant" else turn["side"]).append(("text", b["text"]))
+            elif b["type"] == "image":
+                turn["side"].append(_image_key(b))
+            elif b["type"] == "tool_use":
+                turn["calls"].append((b["id"], names.get(b["name"], b["name"]), b["input"]))
+            elif b["type"] == "tool_result":
+                content = b.get("content")
+                parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+                text = "\n".join(p["text"] for p in parts if p["type"] == "text")
+                turn["side"].extend(_image_key(p) for p in parts if p["type"] == "image")
+                is_error = bool(b.get("is_error"))
+                if not is_error and text.startswith(TOOL_ERROR_PREFIX):
+                    is_error, text = True, text[len(TOOL_ERROR_PREFIX):]
+                turn["results"].append((b["tool_use_id"], text, is_error))
+    for turn in turns:
+        turn["texts"] = "\n\n".join(t for _, t in turn["texts"] if t)
+    tools = [(names.get(t["name"], t["name"]), t.get("description"), t["input_schema"]) for t in req.get("tools") or []]
+    choice = dict(req.get("tool_choice") or {}) or None
+    if choice:
+        if "name" in choice:
+            choice["name"] = names.get(choice["name"], choice["name"])
+        if not choice.get("disable_parallel_tool_use") or choice["type"] == "none":
+            choice.pop("disable_parallel_tool_use", None)
+    return {
+        "system": "\n\n".join(system_texts),
+        "turns": turns,
+        "tools": tools,
+        "tool_choice": choice,
+        **{k: req.get(k) for k in ("temperature", "top_p", "top_k", "stop_sequences")},
+    }
+
+
+@SETTINGS
+@given(conversations())
+def test_conversations_survive_the_round_trip(req):
+    wire = anthropic_to_openai_request(req, model="local", max_tokens=100_000, stream=False)
+    names = wire.pop(TOOL_NAME_MAP_KEY, {})
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", t["function"]["name"]) for t in wire["tools"])
+    back = openai_request_to_anthropic(json.loads(json.dumps(wire)))
+    assert back["max_tokens"] == req["max_tokens"]
+    assert normalise(back, names) == normalise(req)

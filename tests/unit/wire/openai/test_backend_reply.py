@@ -1,8 +1,14 @@
-"""OpenAI Chat Completions chunks -> Anthropic events (OpenAIStreamTranslator).
+"""OpenAI Chat Completions replies -> Anthropic, for local servers that speak only OpenAI:
+a whole reply (openai_to_anthropic_response) and a stream of chunks (OpenAIStreamTranslator).
 
 Golden tests: tests/fixtures/openai_streams/<name>.jsonl (one chunk per line) must give
 exactly <name>.expected.json. To re-record after a deliberate change, run with
 NONSTOP_UPDATE_GOLDEN=1 and review the diff.
+
+Property tests at the end: random chunk sequences (text, reasoning, interleaved tool-call
+fragments, usage, finish reasons, junk) never produce an event sequence the stream checker
+rejects, and well-behaved ones keep every text and tool input, also back out through the
+front door's stream (client_reply).
 """
 
 from __future__ import annotations
@@ -11,19 +17,153 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from nonstop.wire.openai import LOCAL_THINKING_SIGNATURE, OpenAIStreamTranslator
-from nonstop.wire.openai.arguments import ArgumentsStream
+from nonstop.wire.openai import (
+    LOCAL_THINKING_SIGNATURE,
+    AnthropicToOpenAIStream,
+    OpenAIStreamTranslator,
+    openai_to_anthropic_response,
+)
 from tests.support.anthropic_stream import StreamError, validate_anthropic_stream
+from tests.unit.wire.openai.strategies import SETTINGS, json_objects, split, tool_names
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai_streams"
+FIXTURES = Path(__file__).parents[3] / "fixtures" / "openai_streams"
 GOLDEN = sorted(p.stem for p in FIXTURES.glob("*.jsonl"))
 EXPECTED_GOLDEN = {
     "plain_text", "single_tool_call", "parallel_tool_calls", "interleaved_tool_args",
     "all_at_once_args", "reasoning_then_text", "usage_less", "usage_final_chunk",
 }
+
+
+# --- a whole reply ---------------------------------------------------------------------------
+
+
+def reply(message: dict, finish: str | None = "stop", usage: dict | None = None) -> dict:
+    resp: dict = {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "qwen",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}],
+    }
+    if usage is not None:
+        resp["usage"] = usage
+    return resp
+
+
+def convert(resp: dict, **kw) -> dict:
+    return openai_to_anthropic_response(resp, model="local-model", input_tokens_estimate=kw.pop("estimate", 50), **kw)
+
+
+def test_text_reply():
+    msg = convert(reply({"content": "Hello"}, usage={"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}))
+    assert re.fullmatch(r"msg_\w+", msg.pop("id"))
+    assert msg == {
+        "type": "message", "role": "assistant", "model": "local-model",
+        "content": [{"type": "text", "text": "Hello"}],
+        "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 12, "output_tokens": 2},
+    }
+
+
+def test_reasoning_text_and_tool_calls_in_order():
+    msg = convert(reply({
+        "reasoning_content": "think",
+        "content": "Calling.",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "read", "arguments": '{"path": "a"}'}},
+            {"id": "call 2", "type": "function", "function": {"name": "mcp__x_1234abcd", "arguments": ""}},
+        ],
+    }, "tool_calls"), tool_name_map={"mcp__x_1234abcd": "mcp__x.y"})
+    assert msg["content"] == [
+        {"type": "thinking", "thinking": "think", "signature": LOCAL_THINKING_SIGNATURE},
+        {"type": "text", "text": "Calling."},
+        {"type": "tool_use", "id": "call_1", "name": "read", "input": {"path": "a"}},
+        {"type": "tool_use", "id": "call_2_54ec595470dd", "name": "mcp__x.y", "input": {}},
+    ]
+    assert msg["stop_reason"] == "tool_use"
+
+
+def test_reasoning_under_the_short_name():
+    msg = convert(reply({"reasoning": "r", "content": None}))
+    assert msg["content"] == [{"type": "thinking", "thinking": "r", "signature": LOCAL_THINKING_SIGNATURE}]
+
+
+@pytest.mark.parametrize(("finish", "stop"), [
+    ("stop", "end_turn"), ("length", "max_tokens"), ("content_filter", "refusal"), (None, "end_turn"), ("weird", "end_turn"),
+])
+def test_stop_reasons(finish, stop):
+    assert convert(reply({"content": "x"}, finish))["stop_reason"] == stop
+
+
+def test_tool_use_wins_over_a_wrong_finish_reason():
+    msg = convert(reply({"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}]}, "stop"))
+    assert msg["stop_reason"] == "tool_use"
+
+
+@pytest.mark.parametrize(("arguments", "expected"), [
+    ('{"a": 1}', {"a": 1}),
+    ("", {}),
+    (None, {}),
+    ({"already": "parsed"}, {"already": "parsed"}),
+    ('"{\\"a\\": 1}"', {"a": 1}),
+    ('{"a": "trunc', {"a": "trunc"}),
+    ("oops", {"_raw": "oops"}),
+    ("[1, 2]", {"_raw": "[1, 2]"}),
+])
+def test_arguments_parsing(arguments, expected):
+    msg = convert(reply({"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": arguments}}]}))
+    assert msg["content"][0]["input"] == expected
+
+
+def test_missing_ids_are_generated_and_duplicates_made_unique():
+    msg = convert(reply({"tool_calls": [
+        {"function": {"name": "f", "arguments": "{}"}},
+        {"id": "same", "function": {"name": "f", "arguments": "{}"}},
+        {"id": "same", "function": {"name": "f", "arguments": "{}"}},
+    ]}))
+    ids = [b["id"] for b in msg["content"]]
+    assert ids[0].startswith("toolu_")
+    assert ids[1] == "same" and ids[2] != "same"
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]+", i) for i in ids)
+
+
+def test_legacy_function_call():
+    msg = convert(reply({"function_call": {"name": "f", "arguments": '{"q": 1}'}}, "function_call"))
+    assert msg["content"][0]["name"] == "f" and msg["content"][0]["input"] == {"q": 1}
+    assert msg["stop_reason"] == "tool_use"
+
+
+def test_cached_tokens_are_not_input_tokens():
+    msg = convert(reply({"content": "x"}, usage={"prompt_tokens": 100, "completion_tokens": 3,
+                                                 "prompt_tokens_details": {"cached_tokens": 80}}))
+    assert msg["usage"] == {"input_tokens": 20, "output_tokens": 3, "cache_read_input_tokens": 80}
+
+
+def test_usage_is_estimated_when_missing():
+    msg = convert(reply({"content": "a" * 21}), estimate=0)
+    assert msg["usage"] == {"input_tokens": 1, "output_tokens": 6}
+
+
+def test_content_parts_list():
+    msg = convert(reply({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}))
+    assert msg["content"] == [{"type": "text", "text": "ab"}]
+
+
+@pytest.mark.parametrize("resp", [
+    {}, {"choices": []}, {"choices": [None]}, {"choices": [{"message": None}]},
+    {"choices": [{"message": {"tool_calls": [None, {"function": None}, {"function": {"name": ""}}]}}]},
+])
+def test_empty_or_odd_replies_give_a_valid_empty_message(resp):
+    msg = convert(resp)
+    assert msg["content"] == []
+    assert msg["stop_reason"] == "end_turn"
+    assert msg["usage"]["input_tokens"] >= 1
+
+
+# --- a stream of chunks ----------------------------------------------------------------------
 
 
 def translate(chunks: list, *, estimate: int = 100, names: dict | None = None) -> list[tuple[str, dict]]:
@@ -354,41 +494,102 @@ def test_validator_catches_broken_streams():
         validate_anthropic_stream(zero)
 
 
-# --- the arguments scanner ----------------------------------------------------------------
+# --- property: random chunk streams ----------------------------------------------------------
+
+JUNK = [
+    {}, {"choices": None}, {"choices": [None]}, {"choices": [{"delta": None}]}, {"choices": "x"},
+    {"choices": [{"index": 2, "delta": {"content": "other choice"}}]}, {"usage": "x"},
+    {"choices": [{"delta": {"tool_calls": [None, {"index": "z"}, {"function": 1}]}}]},
+    {"choices": [{"delta": {"content": 7, "reasoning_content": 8}}]}, {"error": None}, 42,
+]
+FINISH = ["stop", "length", "tool_calls", "content_filter", "function_call", "weird", ""]
 
 
-@pytest.mark.parametrize(("sent", "expected"), [
-    ('{"a": "x', {"a": "x"}),
-    ('{"a": 1.', {"a": 1.0}),
-    ('{"a": -', {"a": 0}),
-    ('{"a": 1e', {"a": 1.0}),
-    ('{"a": tr', {"a": True}),
-    ('{"a": [1, ', {"a": [1]}),
-    ('{"a": [', {"a": []}),
-    ('{"a": {"b": nu', {"a": {"b": None}}),
-    ('{"a": "\\u00', {"a": ""}),
-    ('{"a": "x\\', {"a": "x"}),
-    ('{"a"', {}),
-    ('{"a": 1, ', {"a": 1}),
-    ("{", {}),
-])
-def test_arguments_stream_closes_any_prefix(sent, expected):
-    scan = ArgumentsStream()
-    out = scan.feed(sent)
-    assert json.loads(out + scan.closing()) == expected
+@st.composite
+def chaotic_streams(draw) -> list:
+    """Chunks from a misbehaving server: everything in any order."""
+    calls = {}
+    for idx in range(draw(st.integers(0, 3))):
+        args = json.dumps(draw(json_objects)) if draw(st.integers(0, 4)) else draw(st.text(max_size=20))
+        calls[idx] = split(args, draw(st.lists(st.integers(0, 200), max_size=6)))
+    ops = []
+    for idx, frags in calls.items():
+        ops.append(("start", idx))
+        ops.extend(("args", idx, f) for f in frags)
+    ops.extend(("text", t) for t in draw(st.lists(st.text(max_size=8), max_size=5)))
+    ops.extend(("reasoning", t) for t in draw(st.lists(st.text(max_size=8), max_size=3)))
+    ops.extend(("finish", draw(st.sampled_from(FINISH))) for _ in range(draw(st.integers(0, 2))))
+    ops.extend(("usage",) for _ in range(draw(st.integers(0, 2))))
+    ops.extend(("junk", j) for j in draw(st.lists(st.sampled_from(JUNK), max_size=3)))
+    ops = draw(st.permutations(ops))
+    chunks = []
+    for op in ops:
+        if op[0] == "start":
+            call: dict[str, Any] = {"index": op[1], "function": {}}
+            if draw(st.integers(0, 5)):
+                call["id"] = draw(st.sampled_from(["call_1", "call 2", "c.3", "x"])) + str(op[1])
+            if draw(st.integers(0, 5)):
+                call["function"]["name"] = draw(tool_names)
+            chunks.append({"choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
+        elif op[0] == "args":
+            chunks.append({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": op[1], "function": {"arguments": op[2]}}]}}]})
+        elif op[0] == "text":
+            chunks.append({"choices": [{"index": 0, "delta": {"content": op[1]}}]})
+        elif op[0] == "reasoning":
+            key = draw(st.sampled_from(["reasoning_content", "reasoning"]))
+            chunks.append({"choices": [{"index": 0, "delta": {key: op[1]}}]})
+        elif op[0] == "finish":
+            chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": op[1]}]})
+        elif op[0] == "usage":
+            chunks.append({"choices": [], "usage": {"prompt_tokens": draw(st.integers(0, 5000)), "completion_tokens": draw(st.integers(0, 500)),
+                                                     "prompt_tokens_details": {"cached_tokens": draw(st.integers(0, 6000))}}})
+        else:
+            chunks.append(op[1])
+    return chunks
 
 
-def test_arguments_stream_repairs_strings():
-    scan = ArgumentsStream()
-    out = scan.feed('{"a": "tab\there\\q\\u12x"}')
-    assert json.loads(out) == {"a": "tab\there\\q\\u12x"}
-    assert scan.complete
+@SETTINGS
+@given(chaotic_streams(), st.integers(-5, 10**6))
+def test_any_chunk_sequence_gives_a_valid_anthropic_stream(chunks, estimate):
+    validate_anthropic_stream(translate(chunks, estimate=estimate))
 
 
-@pytest.mark.parametrize("bad", ["[1]", '"x"', "x", '{"a" 1}', '{"a": 01}', '{,}', '{"a": 1,}', '{"a": [1,]}', '{"a": tx}'])
-def test_arguments_stream_refuses_what_cannot_become_an_object(bad):
-    scan = ArgumentsStream()
-    out = scan.feed(bad)
-    assert scan.dead
-    if scan.started:
-        json.loads(out + scan.closing())
+@st.composite
+def well_behaved_streams(draw) -> tuple[list, str, list[dict]]:
+    """Text, then tool calls with id+name first and arguments split anywhere and
+    interleaved across calls, then finish and usage."""
+    chunks: list = []
+    text = draw(st.text(max_size=40))
+    chunks.extend({"choices": [{"index": 0, "delta": {"content": piece}}]} for piece in split(text, draw(st.lists(st.integers(0, 50), max_size=4))))
+    docs = draw(st.lists(json_objects, max_size=4))
+    queues = {i: split(json.dumps(d, ensure_ascii=draw(st.booleans())), draw(st.lists(st.integers(0, 300), max_size=8))) for i, d in enumerate(docs)}
+    for i in queues:  # every call is announced before any arguments arrive
+        chunks.append({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]})
+    while any(queues.values()):
+        i = draw(st.sampled_from([k for k, q in queues.items() if q]))
+        chunks.append({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": i, "function": {"arguments": queues[i].pop(0)}}]}}]})
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if docs else "stop"}]})
+    chunks.append({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+    return chunks, text, docs
+
+
+@SETTINGS
+@given(well_behaved_streams())
+def test_interleaved_streams_keep_text_and_every_tool_input(case):
+    chunks, text, docs = case
+    events = translate(chunks, estimate=10)
+    validate_anthropic_stream(events)
+    assert text_of(events) == text
+    assert tool_inputs(events) == docs
+
+    # ... and back out through the front door's stream: the same text and arguments.
+    out = AnthropicToOpenAIStream(model="m", completion_id="c", include_usage=True, created=1)
+    chunks_back = [c for t, d in events for c in out.feed(t, d)] + out.finish()
+    deltas = [c["choices"][0]["delta"] for c in chunks_back if c["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == text
+    args: dict[int, str] = {}
+    for d in deltas:
+        for call in d.get("tool_calls") or []:
+            args[call["index"]] = args.get(call["index"], "") + call["function"]["arguments"]
+    assert [json.loads(a) for _, a in sorted(args.items())] == docs
+    assert chunks_back[-1]["usage"]["completion_tokens"] == 5
