@@ -35,7 +35,7 @@ def new_message_id() -> str:
     return "msg_nonstop_" + secrets.token_hex(12)
 
 
-def local_block(block: Any, native: Container[str]) -> dict | None:
+def local_block(block: Any, native: Container[str]) -> dict[str, Any] | None:
     """`block` in a form a local model can take, or None to drop it. A bare string is a
     text block. Thinking goes (a local model cannot verify or use another model's
     reasoning), and so does anything that is not a block. A block whose type is not in
@@ -68,7 +68,7 @@ def _document_text(source: Any) -> str | None:
     return None
 
 
-def _clean_block(block: Any) -> dict | None:
+def _clean_block(block: Any) -> dict[str, Any] | None:
     block = local_block(block, _BLOCK_KEYS)
     if block is None:
         return None
@@ -79,7 +79,7 @@ def _clean_block(block: Any) -> dict | None:
     return out
 
 
-def _system_text(system: Any) -> list[dict]:
+def _system_text(system: Any) -> list[dict[str, Any]]:
     if isinstance(system, str):
         return [{"type": "text", "text": system}] if system else []
     if isinstance(system, list):
@@ -93,14 +93,14 @@ def _system_text(system: Any) -> list[dict]:
     return []
 
 
-def to_local_request(req: dict, *, model: str, max_tokens: int) -> dict:
+def to_local_request(req: dict[str, Any], *, model: str, max_tokens: int) -> dict[str, Any]:
     """The request for a local server that speaks Anthropic Messages natively."""
     out: dict[str, Any] = {k: req[k] for k in LOCAL_REQUEST_KEYS if k in req}
     out["model"] = model
     asked = req.get("max_tokens")
     out["max_tokens"] = min(asked, max_tokens) if isinstance(asked, int) and asked > 0 else max_tokens
     system = _system_text(req.get("system"))
-    messages: list[dict] = []
+    messages: list[dict[str, Any]] = []
     for msg in req.get("messages") or []:
         if not isinstance(msg, dict):
             continue
@@ -153,7 +153,7 @@ def to_local_request(req: dict, *, model: str, max_tokens: int) -> dict:
     return out
 
 
-def estimate_tokens(req: dict) -> int:
+def estimate_tokens(req: dict[str, Any]) -> int:
     """A conservative token estimate from the request's text: about 3.5 characters per
     token for English and code, plus a little per message and per image."""
     chars = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import orjson
 
@@ -31,7 +32,7 @@ def new_request_id() -> str:
     return "req_nonstop_" + secrets.token_hex(12)
 
 
-def anthropic_error_dict(status: int, message: str, etype: str | None = None, request_id: str = "") -> dict:
+def anthropic_error_dict(status: int, message: str, etype: str | None = None, request_id: str = "") -> dict[str, Any]:
     return {
         "type": "error",
         "error": {"type": etype or _TYPE_FOR_STATUS.get(status, "api_error"), "message": message},
@@ -58,7 +59,7 @@ _OPENAI_TYPE = {
 }
 
 
-def openai_error_dict(status: int, message: str, code: str | None = None) -> dict:
+def openai_error_dict(status: int, message: str, code: str | None = None) -> dict[str, Any]:
     return {
         "error": {
             "message": message,

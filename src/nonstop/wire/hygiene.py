@@ -18,7 +18,7 @@ from nonstop.wire.tool_ids import valid_tool_id
 EMPTY_TURN_TEXT = "(no content)"
 
 
-def clean_history_for_cloud(req: dict) -> dict | None:
+def clean_history_for_cloud(req: dict[str, Any]) -> dict[str, Any] | None:
     """None when `req` can go to the cloud as it is; otherwise a cleaned shallow copy
     (unchanged messages and blocks are shared, not copied)."""
     messages = req.get("messages")
@@ -74,7 +74,7 @@ def _clean_block(block: Any, assistant: bool) -> Any:
     return block
 
 
-def _with_valid_id(block: dict, key: str) -> dict:
+def _with_valid_id(block: dict[str, Any], key: str) -> dict[str, Any]:
     tool_id = block.get(key)
     if not isinstance(tool_id, str):
         return block
@@ -82,13 +82,13 @@ def _with_valid_id(block: dict, key: str) -> dict:
     return block if valid == tool_id else {**block, key: valid}
 
 
-def for_cloud(req: dict) -> dict:
+def for_cloud(req: dict[str, Any]) -> dict[str, Any]:
     """`req` with its history cleaned for the cloud (the same object when clean)."""
     cleaned = clean_history_for_cloud(req)
     return req if cleaned is None else cleaned
 
 
-def without_thinking(req: dict) -> dict:
+def without_thinking(req: dict[str, Any]) -> dict[str, Any]:
     """`req` without extended thinking, for a cloud request whose last assistant turn a
     local model wrote: with `thinking` on, the cloud requires that turn to start with a
     signed thinking block, which no local model can produce. Context-management edits

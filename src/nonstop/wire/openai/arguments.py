@@ -253,7 +253,7 @@ class ArgumentsStream:
         return True
 
 
-def parse_arguments(raw: Any, *, repair: bool = True) -> dict:
+def parse_arguments(raw: Any, *, repair: bool = True) -> dict[str, Any]:
     """Tool-call `arguments` (a JSON string) as a tool input object.
 
     Empty -> {}. A double-encoded string is decoded twice. With `repair`, a truncated

@@ -100,7 +100,7 @@ class _Segment:
 
 
 class OpenAIStreamTranslator:
-    def __init__(self, *, model: str, message_id: str, input_tokens_estimate: int, tool_name_map: dict | None = None):
+    def __init__(self, *, model: str, message_id: str, input_tokens_estimate: int, tool_name_map: dict[str, str] | None = None):
         self.model = model
         self.message_id = message_id
         self._estimate = max(1, input_tokens_estimate if isinstance(input_tokens_estimate, int) else 1)
@@ -125,7 +125,7 @@ class OpenAIStreamTranslator:
     def stop_reason(self) -> str:
         return stop_reason_for(self._finish_reason, self._tool_blocks > 0)
 
-    def feed(self, chunk: dict) -> list[Event]:
+    def feed(self, chunk: dict[str, Any]) -> list[Event]:
         if self._finished:
             return []
         out: list[Event] = []
@@ -176,7 +176,7 @@ class OpenAIStreamTranslator:
         self._started = True
         out.append(message_start(self.model, self.usage["input_tokens"], self.message_id))
 
-    def _delta(self, delta: dict, out: list[Event]) -> None:
+    def _delta(self, delta: dict[str, Any], out: list[Event]) -> None:
         # Some servers send the same reasoning under both names: take the first.
         for key in ("reasoning_content", "reasoning"):
             reasoning = delta.get(key)
@@ -205,7 +205,7 @@ class OpenAIStreamTranslator:
         self._chars += len(text)
         self._pump(out)
 
-    def _tool_fragment(self, call: dict, pos: int, out: list[Event]) -> None:
+    def _tool_fragment(self, call: dict[str, Any], pos: int, out: list[Event]) -> None:
         slot = call.get("index")
         if not isinstance(slot, int | str) or isinstance(slot, bool):
             slot = pos
@@ -308,7 +308,7 @@ class OpenAIStreamTranslator:
         out.append(("content_block_stop", {"type": "content_block_stop", "index": seg.index}))
 
     @staticmethod
-    def _emit(seg: _Segment, delta: dict, out: list[Event]) -> None:
+    def _emit(seg: _Segment, delta: dict[str, Any], out: list[Event]) -> None:
         out.append(("content_block_delta", {"type": "content_block_delta", "index": seg.index, "delta": delta}))
 
     def _tool_id(self, raw: str | None) -> str:
@@ -320,15 +320,15 @@ class OpenAIStreamTranslator:
 
 
 def openai_to_anthropic_response(
-    resp: dict, *, model: str, input_tokens_estimate: int, tool_name_map: dict | None = None
-) -> dict:
+    resp: dict[str, Any], *, model: str, input_tokens_estimate: int, tool_name_map: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A non-streaming Chat Completions reply as an Anthropic message."""
     names = tool_name_map or {}
     choices = resp.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message")
     message = message if isinstance(message, dict) else {}
-    content: list[dict] = []
+    content: list[dict[str, Any]] = []
     chars = 0
     for key in ("reasoning_content", "reasoning"):
         reasoning = message.get(key)

@@ -41,7 +41,7 @@ def openai_tool_name(name: str) -> str:
     return f"{base}_{digest}" if base else f"tool_{digest}"
 
 
-def tool_name_map_for(req: dict) -> dict[str, str]:
+def tool_name_map_for(req: dict[str, Any]) -> dict[str, str]:
     """wire name -> original name for every tool name in `req` that has to change."""
     names: dict[str, str] = {}
     for tool in req.get("tools") or []:
@@ -63,8 +63,8 @@ def _remember(name: str, names: dict[str, str]) -> str:
 
 
 def anthropic_to_openai_request(
-    req: dict, *, model: str, max_tokens: int, stream: bool, reasoning_param: str = ""
-) -> dict:
+    req: dict[str, Any], *, model: str, max_tokens: int, stream: bool, reasoning_param: str = ""
+) -> dict[str, Any]:
     """The Chat Completions body for `req`. When a tool name had to be changed, the
     result carries `_tool_name_map` (wire name -> original): pop it before sending and
     hand it to the response translators, which restore the original names."""
@@ -74,7 +74,7 @@ def anthropic_to_openai_request(
         return _remember(name, names)
 
     system = _texts(req.get("system"))
-    messages: list[dict] = []
+    messages: list[dict[str, Any]] = []
     for msg in req.get("messages") or []:
         if not isinstance(msg, dict):
             continue
@@ -122,15 +122,15 @@ def anthropic_to_openai_request(
 # --- messages -------------------------------------------------------------------------
 
 
-def _user_messages(content: Any) -> list[dict]:
+def _user_messages(content: Any) -> list[dict[str, Any]]:
     """One Anthropic user turn -> tool messages (one per tool_result, in order), then one
     user message with everything else, including images returned by tools."""
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     if not isinstance(content, list):
         return [{"role": "user", "content": "" if content is None else str(content)}]
-    out: list[dict] = []
-    parts: list[dict] = []
+    out: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
     for block in content:
         if isinstance(block, dict) and block.get("type") == "tool_result":
             text, images = _tool_result_content(block.get("content"))
@@ -150,13 +150,13 @@ def _user_messages(content: Any) -> list[dict]:
     return out
 
 
-def _tool_result_content(content: Any) -> tuple[str, list[dict]]:
+def _tool_result_content(content: Any) -> tuple[str, list[dict[str, Any]]]:
     if isinstance(content, str):
         return content, []
     if not isinstance(content, list):
         return ("" if content is None else str(content)), []
     texts: list[str] = []
-    images: list[dict] = []
+    images: list[dict[str, Any]] = []
     for block in content:
         part = _part(block)
         if part is None:
@@ -168,11 +168,11 @@ def _tool_result_content(content: Any) -> tuple[str, list[dict]]:
     return "\n".join(texts), images
 
 
-def _assistant_message(content: Any, wire_name: NameFn) -> dict:
+def _assistant_message(content: Any, wire_name: NameFn) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
     texts: list[str] = []
-    calls: list[dict] = []
+    calls: list[dict[str, Any]] = []
     for block in content if isinstance(content, list) else []:
         if isinstance(block, dict) and block.get("type") == "tool_use":
             calls.append({
@@ -194,7 +194,7 @@ def _assistant_message(content: Any, wire_name: NameFn) -> dict:
     return msg
 
 
-def _part(block: Any) -> dict | None:
+def _part(block: Any) -> dict[str, Any] | None:
     """A content block as an OpenAI content part (text or image_url); None to drop it."""
     block = local_block(block, _PART_TYPES)
     if block is not None and block["type"] == "image":
@@ -202,7 +202,7 @@ def _part(block: Any) -> dict | None:
     return None if block is None else {"type": "text", "text": str(block.get("text") or "")}
 
 
-def _image_part(source: Any) -> dict:
+def _image_part(source: Any) -> dict[str, Any]:
     if isinstance(source, dict):
         if source.get("type") == "base64" and isinstance(source.get("data"), str):
             media = source.get("media_type") or "image/png"
@@ -227,8 +227,8 @@ def _texts(system: Any) -> list[str]:
 # --- tools ----------------------------------------------------------------------------
 
 
-def _tools(tools: Any, wire_name: NameFn) -> list[dict]:
-    out: list[dict] = []
+def _tools(tools: Any, wire_name: NameFn) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
     for tool in tools if isinstance(tools, list) else []:
         # Server tools (web_search, code_execution, ...) run in the cloud only.
         if not isinstance(tool, dict) or tool.get("type") not in (None, "custom"):
@@ -244,7 +244,7 @@ def _tools(tools: Any, wire_name: NameFn) -> list[dict]:
     return out
 
 
-def _tool_choice(choice: Any, out: dict, wire_name: NameFn) -> None:
+def _tool_choice(choice: Any, out: dict[str, Any], wire_name: NameFn) -> None:
     if not isinstance(choice, dict):
         return
     ctype = choice.get("type")

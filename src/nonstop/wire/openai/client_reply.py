@@ -47,10 +47,10 @@ def openai_usage(usage: Any) -> dict[str, Any]:
     }
 
 
-def anthropic_response_to_openai(msg: dict, *, model: str, created: int | None = None) -> dict:
+def anthropic_response_to_openai(msg: dict[str, Any], *, model: str, created: int | None = None) -> dict[str, Any]:
     texts: list[str] = []
     reasoning: list[str] = []
-    calls: list[dict] = []
+    calls: list[dict[str, Any]] = []
     for block in msg.get("content") or []:
         if not isinstance(block, dict):
             continue
@@ -101,7 +101,7 @@ class AnthropicToOpenAIStream:
         self._tools = 0
         self._done = False
 
-    def feed(self, event_type: str, data: dict) -> list[dict]:
+    def feed(self, event_type: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         if self._done or not isinstance(data, dict):
             return []
         etype = data.get("type", event_type)
@@ -130,7 +130,7 @@ class AnthropicToOpenAIStream:
             return [{"error": {"message": str(err.get("message") or "upstream error"), "type": str(err.get("type") or "api_error"), "param": None, "code": None}}]
         return []  # ping, content_block_stop and unknown events carry nothing for OpenAI
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[dict[str, Any]]:
         if self._done:
             return []
         self._done = True
@@ -139,7 +139,7 @@ class AnthropicToOpenAIStream:
             out.append(self._chunk(None, usage=openai_usage(self.usage)))
         return out
 
-    def _block_start(self, data: dict) -> list[dict]:
+    def _block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         block = data.get("content_block")
         index = data.get("index")
         if not isinstance(block, dict) or not isinstance(index, int):
@@ -161,7 +161,7 @@ class AnthropicToOpenAIStream:
             out.append(self._args(slot, orjson.dumps(block["input"]).decode()))
         return out
 
-    def _block_delta(self, data: dict) -> list[dict]:
+    def _block_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         delta = data.get("delta")
         known = self._blocks.get(data.get("index"))  # type: ignore[arg-type]
         if not isinstance(delta, dict) or known is None:
@@ -175,10 +175,10 @@ class AnthropicToOpenAIStream:
             return [self._args(known[1], delta["partial_json"])]
         return []
 
-    def _args(self, slot: int, text: str) -> dict:
+    def _args(self, slot: int, text: str) -> dict[str, Any]:
         return self._chunk({"tool_calls": [{"index": slot, "function": {"arguments": text}}]})
 
-    def _chunk(self, delta: dict | None, finish_reason: str | None = None, usage: dict | None = None) -> dict:
+    def _chunk(self, delta: dict[str, Any] | None, finish_reason: str | None = None, usage: dict[str, Any] | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
             "id": self.completion_id,
             "object": "chat.completion.chunk",

@@ -22,7 +22,7 @@ class TranslationError(ValueError):
     """The client's request cannot be expressed as an Anthropic request."""
 
 
-def openai_request_to_anthropic(req: dict) -> dict:
+def openai_request_to_anthropic(req: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(req, dict):
         raise TranslationError("the request body must be a JSON object")
     model = req.get("model")
@@ -36,7 +36,7 @@ def openai_request_to_anthropic(req: dict) -> dict:
         raise TranslationError("n: only 1 completion per request is supported")
 
     system: list[str] = []
-    messages: list[dict] = []
+    messages: list[dict[str, Any]] = []
     for i, msg in enumerate(raw_messages):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -90,7 +90,7 @@ def openai_request_to_anthropic(req: dict) -> dict:
 # --- request pieces --------------------------------------------------------------------
 
 
-def _append(messages: list[dict], role: str, blocks: list[dict], *, merge: bool) -> None:
+def _append(messages: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]], *, merge: bool) -> None:
     # Tool results and the user text after them form one user turn: tool_result blocks
     # must open the user message that follows the assistant's tool calls.
     if merge:
@@ -99,7 +99,7 @@ def _append(messages: list[dict], role: str, blocks: list[dict], *, merge: bool)
         messages.append({"role": role, "content": blocks})
 
 
-def _ends_with_tool_results(messages: list[dict]) -> bool:
+def _ends_with_tool_results(messages: list[dict[str, Any]]) -> bool:
     if not messages or messages[-1]["role"] != "user":
         return False
     content = messages[-1]["content"]
@@ -124,7 +124,7 @@ def _text_parts(content: Any, where: str) -> list[str]:
     return out
 
 
-def _user_blocks(content: Any, where: str) -> list[dict]:
+def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     if not isinstance(content, list):
@@ -147,7 +147,7 @@ def _user_blocks(content: Any, where: str) -> list[dict]:
     return blocks
 
 
-def _image_block(image: Any, where: str) -> dict:
+def _image_block(image: Any, where: str) -> dict[str, Any]:
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str) or not url:
         raise TranslationError(f"{where}.image_url.url: required, a string")
@@ -161,7 +161,7 @@ def _image_block(image: Any, where: str) -> dict:
     raise TranslationError(f"{where}.image_url.url: use an http(s) URL or a base64 data: URL")
 
 
-def _file_block(file: Any, where: str) -> dict:
+def _file_block(file: Any, where: str) -> dict[str, Any]:
     data = file.get("file_data") if isinstance(file, dict) else None
     m = _DATA_URL.fullmatch(data) if isinstance(data, str) else None
     if not m or m.group(1) != "application/pdf":
@@ -169,7 +169,7 @@ def _file_block(file: Any, where: str) -> dict:
     return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": m.group(2)}}
 
 
-def _tool_result(msg: dict, where: str) -> dict:
+def _tool_result(msg: dict[str, Any], where: str) -> dict[str, Any]:
     call_id = msg.get("tool_call_id")
     if not isinstance(call_id, str) or not call_id:
         raise TranslationError(f"{where}.tool_call_id: required, a string")
@@ -181,8 +181,8 @@ def _tool_result(msg: dict, where: str) -> dict:
     return block
 
 
-def _assistant_blocks(msg: dict, where: str) -> list[dict]:
-    blocks: list[dict] = [{"type": "text", "text": t} for t in _text_parts(msg.get("content"), where) if t]
+def _assistant_blocks(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": t} for t in _text_parts(msg.get("content"), where) if t]
     calls = msg.get("tool_calls")
     if calls is None:
         return blocks
@@ -204,7 +204,7 @@ def _assistant_blocks(msg: dict, where: str) -> list[dict]:
     return blocks
 
 
-def _max_tokens(req: dict) -> int:
+def _max_tokens(req: dict[str, Any]) -> int:
     for key in ("max_completion_tokens", "max_tokens"):
         value = req.get(key)
         if value is None:
@@ -215,7 +215,7 @@ def _max_tokens(req: dict) -> int:
     return DEFAULT_MAX_TOKENS
 
 
-def _tools(tools: Any) -> list[dict]:
+def _tools(tools: Any) -> list[dict[str, Any]]:
     if tools is None:
         return []
     if not isinstance(tools, list):
@@ -234,7 +234,7 @@ def _tools(tools: Any) -> list[dict]:
     return out
 
 
-def _tool_choice(choice: Any) -> dict | None:
+def _tool_choice(choice: Any) -> dict[str, Any] | None:
     if choice is None:
         return None
     if choice == "auto":
