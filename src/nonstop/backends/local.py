@@ -43,6 +43,28 @@ MIN_OUTPUT_ROOM = 256
 COMMIT_AFTER = 3.0
 
 
+# A small request shaped like a coding agent's (prose, code, a tool schema), counted by a
+# server at start-up to calibrate nonstop's token estimate against its tokenizer.
+CALIBRATION_REQUEST: dict[str, Any] = {
+    "model": "",
+    "system": [{"type": "text", "text": (
+        "You are an interactive coding assistant. Use the tools available to read files, "
+        "search the code and run commands; keep answers short and precise. "
+        "When you change code, follow the style of the surrounding file. ") * 6}],
+    "tools": [{"name": "Read", "description": "Read a file from the local filesystem by absolute path.",
+               "input_schema": {"type": "object", "properties": {
+                   "file_path": {"type": "string", "description": "The absolute path to the file to read"},
+                   "offset": {"type": "number", "description": "The line number to start reading from"},
+                   "limit": {"type": "number", "description": "The number of lines to read"}},
+                   "required": ["file_path"]}}],
+    "messages": [{"role": "user", "content": (
+        "def handle(request: dict[str, Any]) -> Response:\n    body = json.loads(request['body'])\n"
+        "    return Response(status=200, headers={'content-type': 'application/json'}, body=body)\n"
+        "Why does this fail for an empty body? Look at src/app/server.py and run the tests. ") * 4}],
+    "max_tokens": 1,
+}
+
+
 def _encode(events: list[Event]) -> bytes:
     return b"".join(encode_event(t, orjson.dumps(d)) for t, d in events)
 
@@ -98,6 +120,9 @@ class LocalBackend:
 
     async def count_tokens(self, local_req: dict) -> int:
         return estimate_tokens(local_req)
+
+    async def calibrate(self) -> None:
+        """Measure the server's tokens against nonstop's estimate (where it can count)."""
 
     # --- the protocol ---------------------------------------------------------------------
 

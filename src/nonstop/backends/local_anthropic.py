@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from nonstop.backends.local import Call, LocalBackend, capped
+from nonstop.backends.local import CALIBRATION_REQUEST, Call, LocalBackend, capped
 from nonstop.wire.anthropic import estimate_tokens
 
 # Keys a count_tokens endpoint does not take.
@@ -16,6 +16,12 @@ _NOT_COUNTED = ("max_tokens", "stream", "stop_sequences", "temperature", "top_p"
 
 
 class AnthropicLocalBackend(LocalBackend):
+    async def calibrate(self) -> None:
+        """Measure how this server's tokens compare with nonstop's estimate, so the
+        planner can trust sizes before the first real request."""
+        if self._server_counts is not False:
+            await self.count_tokens(CALIBRATION_REQUEST)
+
     async def count_tokens(self, local_req: dict) -> int:
         """The server's own count where it has one (llama-server does), else an estimate."""
         if self._server_counts is False:
@@ -31,6 +37,7 @@ class AnthropicLocalBackend(LocalBackend):
                     n = data.get("input_tokens") if isinstance(data, dict) else None
                     if isinstance(n, int) and n > 0:
                         self._server_counts = True
+                        self.state.counted(estimate_tokens(local_req), n)
                         return n
                 if r.status in (404, 405, 501) and self._server_counts is None:
                     self._server_counts = False

@@ -28,11 +28,13 @@ class ServerReport:
     """What the server says about itself (llama-server /props and /slots, Ollama
     /api/ps, vLLM /v1/models and /metrics). None: it does not say."""
 
+    kind: str = ""  # "llamacpp", "ollama", "lmstudio", "vllm", "openai" or "" (unknown)
     context_window: int | None = None
     slots: int | None = None
     busy_slots: int | None = None
     waiting: int | None = None
     tools: bool | None = None
+    images: bool | None = None
     model: str = ""
     sleeping: bool | None = None
     loaded: bool | None = None
@@ -56,6 +58,7 @@ class BackendState:
     next_probe: float = 0.0
     prompt_tps: float | None = None
     gen_tps: float | None = None
+    token_ratio: float | None = None
     score: float | None = None
     warmth: str = ""
     report: ServerReport = field(default_factory=ServerReport)
@@ -71,9 +74,10 @@ class BackendState:
             window = r.context_window
         slots = r.slots or caps.slots
         tools = caps.tools if r.tools is None else r.tools
-        if (window, slots, tools) == (caps.context_window, caps.slots, caps.tools):
+        images = caps.images if r.images is None else r.images
+        if (window, slots, tools, images) == (caps.context_window, caps.slots, caps.tools, caps.images):
             return caps
-        return replace(caps, context_window=window, slots=slots, tools=tools)
+        return replace(caps, context_window=window, slots=slots, tools=tools, images=images)
 
     def free_slots(self) -> int | None:
         r = self.report
@@ -87,7 +91,7 @@ class BackendState:
             name=self.name, caps=self.capabilities(), tag=self.tag, healthy=self.healthy,
             demoted=self.demoted, demoted_why=self.demoted_why, inflight=self.inflight,
             free_slots=self.free_slots(), prompt_tps=self.prompt_tps, gen_tps=self.gen_tps,
-            score=self.score, warmth=self.warmth,
+            token_ratio=self.token_ratio, score=self.score, warmth=self.warmth,
         )
 
     # --- what happened -------------------------------------------------------------------
@@ -114,6 +118,11 @@ class BackendState:
             self.prompt_tps = _ewma(self.prompt_tps, prompt_tokens / first_token_s)
         if generate_s and generate_s > 0 and output_tokens >= 8:
             self.gen_tps = _ewma(self.gen_tps, output_tokens / generate_s)
+
+    def counted(self, estimate: int, server: int) -> None:
+        """The server counted `server` tokens where nonstop estimated `estimate`."""
+        if estimate >= 64 and server > 0:
+            self.token_ratio = _ewma(self.token_ratio, server / estimate)
 
     def failed(self, why: str) -> None:
         """The backend could not serve (refused, timed out, 5xx, a broken reply): try it

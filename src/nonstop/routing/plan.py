@@ -149,21 +149,28 @@ def capability_rule(facts: RequestFacts, b: BackendView) -> Skip | None:
 
 
 def context_rule(facts: RequestFacts, b: BackendView) -> tuple[bool, str] | Skip:
-    """(needs fitting, reason), or a Skip when the request cannot fit even fitted."""
+    """(needs fitting, reason), or a Skip when the request cannot fit even fitted.
+
+    Sizes are in units of nonstop's estimate; a backend's token_ratio (measured against
+    its own counter) turns them into its tokens. Until it is measured, a request that
+    looks too big is not skipped: the server's own count decides when it is tried."""
     window = b.caps.context_window
     if not window or facts.side:
         return False, "window unknown" if not window else ""
     usable = window - MIN_OUTPUT_ROOM
-    size = facts.size
-    if size.sent <= usable:
+    size, ratio = facts.size, b.token_ratio or 1.0
+    if size.sent * ratio <= usable:
         return False, f"fits its {window}-token window"
     if not size.known:
-        return True, f"~{size.sent} tokens as sent; fitted to its {window}-token window if needed"
-    if size.local <= usable:
-        return False, f"fits its {window}-token window ({size.local} tokens)"
-    if size.floor <= usable:
-        return True, f"{size.local} tokens; fits its {window}-token window once fitted (~{size.floor})"
-    return Skip(b.name, "context", f"needs ~{size.floor} tokens even fitted; its window is {window}")
+        return True, f"~{int(size.sent * ratio)} tokens as sent; fitted to its {window}-token window if needed"
+    local, floor = int(size.local * ratio), int(size.floor * ratio)
+    if local <= usable:
+        return False, f"fits its {window}-token window ({local} tokens)"
+    if floor <= usable:
+        return True, f"{local} tokens; fits its {window}-token window once fitted (~{floor})"
+    if b.token_ratio is None:
+        return True, f"~{local} tokens by estimate, over its {window}-token window; its own count decides"
+    return Skip(b.name, "context", f"needs ~{floor} tokens even fitted; its window is {window}")
 
 
 def first_token_estimate(b: BackendView, tokens: int) -> float:

@@ -73,6 +73,9 @@ class BackendView:
     # Measured speeds, tokens per second (None until measured).
     prompt_tps: float | None = None
     gen_tps: float | None = None
+    # Tokens this server counts per token of nonstop's estimate (None: not measured yet,
+    # so a size over the window is not trusted enough to skip the backend).
+    token_ratio: float | None = None
     # A measured answer quality score, 0..1 (None: never evaluated).
     score: float | None = None
     # "cold", "warming", "warm" or "" (unknown).

@@ -18,10 +18,12 @@ from typing import Any
 import aiohttp
 
 from nonstop import __version__
+from nonstop.backends import server_report
 from nonstop.backends.cloud import CloudBackend
 from nonstop.backends.local import LocalBackend
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import Config, LocalBackendConfig
+from nonstop.routing.backend_state import ServerReport
 from nonstop.routing.plan import hhmm
 from nonstop.routing.policy import Policy, policy_from_config
 from nonstop.routing.quota import QuotaState
@@ -36,7 +38,9 @@ from nonstop.store.db import Store
 
 log = logging.getLogger("nonstop")
 HEALTH_EVERY = 15.0
-TICK = 1.0
+IDENTIFY_EVERY = 60.0
+LOAD_EVERY = 2.0
+TICK = 0.5
 
 
 class Runtime:
@@ -61,6 +65,7 @@ class Runtime:
         self.draining = False
         self.started = clock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._noted: dict[str, int] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -86,7 +91,8 @@ class Runtime:
             self.discovered, self.embedded = auto.discovered, auto.embedded
             backends.extend(auto.backends)
         self.set_local_backends(backends)
-        self.spawn(self._health_loop())
+        for b in self.locals:
+            self.spawn(self._watch(b))
 
     async def _start_shared(self) -> None:
         from nonstop.store.shared import SharedState
@@ -140,18 +146,43 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _health_loop(self) -> None:
-        """Health checks every HEALTH_EVERY seconds; a demoted backend is probed as soon
-        as its backoff allows, and restored when it answers."""
-        last: dict[str, float] = {}
+    async def _watch(self, b: LocalBackend) -> None:
+        """One backend's background readings: what the server is (its kind, real window,
+        tools) every IDENTIFY_EVERY seconds, its health every HEALTH_EVERY (a demoted
+        backend as soon as its backoff allows, restored when it answers), and its load
+        every LOAD_EVERY where the server reports it."""
+        assert self.local_session is not None
+        session = self.local_session
+        known: ServerReport | None = None
+        due = {"identify": 0.0, "health": 0.0, "load": 0.0}
         while True:
             now = self.clock()
-            for b in self.locals:
-                if b.state.probe_due() or now - last.get(b.name, 0.0) >= HEALTH_EVERY:
-                    last[b.name] = now
-                    ok = await b.check_health()
-                    self.metrics.local_up.labels(b.name).set(1 if ok else 0)
+            if now >= due["identify"]:
+                due["identify"] = now + IDENTIFY_EVERY
+                found = await server_report.identify(session, b.base)
+                if found is not None:
+                    known = found
+                    b.state.reported(found)
+                    self._note_window(b, found)
+                    if b.state.token_ratio is None:
+                        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                            await b.calibrate()
+            if b.state.probe_due() or now >= due["health"]:
+                due["health"] = now + HEALTH_EVERY
+                ok = await b.check_health()
+                self.metrics.local_up.labels(b.name).set(1 if ok else 0)
+            if known is not None and known.kind in server_report.LOAD_KINDS and now >= due["load"]:
+                due["load"] = now + LOAD_EVERY
+                b.state.reported(await server_report.read_load(session, b.base, known.kind, b.headers(), known))
             await asyncio.sleep(TICK)
+
+    def _note_window(self, b: LocalBackend, r: ServerReport) -> None:
+        if r.context_window == self._noted.get(b.name):
+            return
+        self._noted[b.name] = r.context_window or 0
+        if r.context_window and r.context_window < b.cfg.context_window:
+            log.warning("%s: configured with a %d-token window, but the server runs %d: planning with %d",
+                        b.name, b.cfg.context_window, r.context_window, r.context_window)
 
     # --- what the planner sees -------------------------------------------------------------------
 

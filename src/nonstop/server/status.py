@@ -32,13 +32,13 @@ def backend_entry(b: LocalBackendConfig, *, model: str = "", healthy: bool | Non
         "context_window": b.context_window, "max_output_tokens": b.max_output_tokens,
         "healthy": healthy, "checked": checked, "error": error, "embedded": embedded,
         "window": b.context_window, "inflight": 0, "free_slots": None, "demoted": False, "demoted_why": "",
-        "prompt_tps": None, "gen_tps": None, "warmth": "", "score": None,
+        "prompt_tps": None, "gen_tps": None, "token_ratio": None, "warmth": "", "score": None,
     }
     if live is not None:
         entry.update(
             window=live.caps.context_window, inflight=live.inflight, free_slots=live.free_slots,
             demoted=live.demoted, demoted_why=live.demoted_why, prompt_tps=live.prompt_tps,
-            gen_tps=live.gen_tps, warmth=live.warmth, score=live.score,
+            gen_tps=live.gen_tps, token_ratio=live.token_ratio, warmth=live.warmth, score=live.score,
         )
     return entry
 

@@ -30,6 +30,7 @@ CONSERVING = CloudView(conserving=True, windows=(WindowForecast("5h", 0.71, NOW 
 def backend(name: str, window: int = 32768, **kw) -> BackendView:
     caps = kw.pop("caps", None) or Capabilities(context_window=window, slots=kw.pop("slots", 1),
                                                 tools=kw.pop("tools", None), images=kw.pop("images", None))
+    kw.setdefault("token_ratio", 1.0)  # measured: sizes are decisive
     return BackendView(name, caps, tag=kw.pop("tag", name[:6]), **kw)
 
 
@@ -232,6 +233,20 @@ def test_window_edge_leaves_room_for_output() -> None:
     assert p.steps[0].fit is False
     p = plan(facts(size=Size(edge + 1, local=edge + 1, floor=edge + 1)), RoutingView(NOW, OUT, (SMALL,)), Policy(order=("small",)))
     assert targets(p) == []
+
+
+def test_token_ratio_turns_estimates_into_the_servers_tokens() -> None:
+    # nonstop's estimate says 10000; this server counts 0.4 of that: 4000 fits 8k.
+    b = backend("b", 8192, token_ratio=0.4)
+    p = plan(facts(size=Size(10000, local=10000, floor=9000)), RoutingView(NOW, OUT, (b,)), Policy(order=("b",)))
+    assert targets(p) == ["b"] and not p.steps[0].fit
+
+
+def test_an_unmeasured_server_is_not_skipped_on_an_estimate() -> None:
+    b = backend("b", 4096, token_ratio=None)
+    p = plan(facts(size=Size(10000, local=10000, floor=9000)), RoutingView(NOW, OUT, (b,)), Policy(order=("b",)))
+    assert targets(p) == ["b"] and p.steps[0].fit
+    assert "its own count decides" in p.steps[0].reason
 
 
 def test_size_is_measured_only_when_a_window_needs_it() -> None:

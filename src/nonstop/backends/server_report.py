@@ -1,0 +1,124 @@
+"""What a local server says about itself: which kind it is, the window it really has,
+whether it can call tools or read images, and how busy it is right now.
+
+    llama-server  /props (per-slot n_ctx, total_slots, is_sleeping, modalities,
+                  chat_template_caps) and /slots (is_processing per slot)
+    Ollama        /api/ps (loaded models and the context length allocated) and /api/show
+    vLLM          /v1/models (max_model_len) and /metrics (requests running and waiting)
+    LM Studio     /api/v0/models (loaded context length, state)
+
+`identify()` runs the discovery probe against a configured backend's URL (at start-up and
+now and then, so a swapped model is noticed); `read_load()` is the cheap, frequent
+reading. Neither raises: a server that does not answer yields an empty report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import aiohttp
+import orjson
+
+from nonstop.backends.discovery import DiscoveredServer, probe_server
+from nonstop.routing.backend_state import ServerReport
+
+LOAD_TIMEOUT = 2.0
+# The kinds whose load (or loaded state) can be read cheaply and often.
+LOAD_KINDS = frozenset({"llamacpp", "vllm", "ollama"})
+_METRIC = re.compile(rb"^(vllm:num_requests_(?:running|waiting))(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
+
+
+def report_from(d: DiscoveredServer) -> ServerReport:
+    return ServerReport(kind=d.kind, context_window=d.context_window, tools=d.tools, model=d.model)
+
+
+async def identify(session: aiohttp.ClientSession, url: str, timeout: float = 3.0) -> ServerReport | None:
+    found = await probe_server(session, url, timeout)
+    return report_from(found) if found is not None else None
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
+    try:
+        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=LOAD_TIMEOUT)) as r:
+            if r.status != 200:
+                return None
+            return orjson.loads(await r.read())
+    except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError, asyncio.CancelledError):
+        return None
+
+
+async def _get_text(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> bytes | None:
+    try:
+        async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=LOAD_TIMEOUT)) as r:
+            return await r.read() if r.status == 200 else None
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        return None
+
+
+async def read_load(session: aiohttp.ClientSession, base: str, kind: str, headers: dict[str, str],
+                    known: ServerReport) -> ServerReport:
+    """A fresh reading for a server of `kind`, starting from what identify() learned."""
+    r = ServerReport(kind=kind, context_window=known.context_window, tools=known.tools, model=known.model,
+                     images=known.images, slots=known.slots)
+    if kind == "llamacpp":
+        await _llamacpp(session, base, headers, r)
+    elif kind == "vllm":
+        await _vllm(session, base, headers, r)
+    elif kind == "ollama":
+        await _ollama(session, base, headers, r)
+    return r
+
+
+async def _llamacpp(session: aiohttp.ClientSession, base: str, headers: dict[str, str], r: ServerReport) -> None:
+    props = await _get_json(session, base + "/props", headers)
+    if not isinstance(props, dict):
+        return
+    settings = props.get("default_generation_settings")
+    n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+    if isinstance(n_ctx, int) and n_ctx > 0:
+        r.context_window = n_ctx
+    slots = props.get("total_slots")
+    if isinstance(slots, int) and slots > 0:
+        r.slots = slots
+    if isinstance(props.get("is_sleeping"), bool):
+        r.sleeping = props["is_sleeping"]
+    modalities = props.get("modalities")
+    if isinstance(modalities, dict) and isinstance(modalities.get("vision"), bool):
+        r.images = modalities["vision"]
+    if props.get("endpoint_slots") is False:
+        return
+    listed = await _get_json(session, base + "/slots", headers)
+    if isinstance(listed, list):
+        r.slots = len(listed) or r.slots
+        r.busy_slots = sum(1 for s in listed if isinstance(s, dict) and s.get("is_processing"))
+
+
+async def _vllm(session: aiohttp.ClientSession, base: str, headers: dict[str, str], r: ServerReport) -> None:
+    text = await _get_text(session, base + "/metrics", headers)
+    if not text:
+        return
+    totals: dict[bytes, float] = {}
+    for name, value in _METRIC.findall(text):
+        try:
+            totals[name] = totals.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    if b"vllm:num_requests_running" in totals:
+        r.busy_slots = int(totals[b"vllm:num_requests_running"])
+        r.waiting = int(totals.get(b"vllm:num_requests_waiting", 0))
+        # vLLM batches many requests; what matters is whether requests queue.
+        r.slots = max(r.busy_slots + 1, r.slots or 0) if not r.waiting else r.busy_slots
+
+
+async def _ollama(session: aiohttp.ClientSession, base: str, headers: dict[str, str], r: ServerReport) -> None:
+    ps = await _get_json(session, base + "/api/ps", headers)
+    if not isinstance(ps, dict):
+        return
+    loaded = [m for m in ps.get("models") or [] if isinstance(m, dict)]
+    mine = [m for m in loaded if not r.model or r.model in (m.get("name"), m.get("model"))]
+    r.loaded = bool(mine)
+    ctx = mine[0].get("context_length") if mine else None
+    if isinstance(ctx, int) and ctx > 0:
+        r.context_window = ctx
