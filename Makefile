@@ -32,7 +32,8 @@ $(VENV)/.test-installed: $(VENV)/.installed
 test-deps: $(VENV)/.test-installed
 	CACHE=$(CACHE) CLAUDE_CODE_VERSION=$(CLAUDE_CODE_VERSION) sh scripts/install-test-deps.sh
 
-test: test-deps
+# Lint first: it takes seconds, and a lint error fails the run before the slow tiers start.
+test: lint test-deps
 	PATH=$(CACHE)/claude/node_modules/.bin:$$PATH $(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 	# The benchmark's short version, so it keeps working (numbers are reported, not asserted).
 	$(PY) benchmarks/run.py --smoke --out-dir test-artifacts/bench
