@@ -463,7 +463,7 @@ def _short(path: str) -> str:
 
 
 # The entry chain every sample of the main thread passes through: not informative.
-_ENTRY = ("<frozen runpy>", "nonstop/__main__.py", "nonstop/cli/main.py", "nonstop/server/run.py", "uvicorn/server.py",
+_ENTRY = ("<frozen runpy>", "nonstop/__main__.py", "nonstop/cli/commands.py", "nonstop/server/run.py", "uvicorn/server.py",
           "uvicorn/_compat.py", "asyncio/runners.py", "threading.py")
 
 

@@ -1,4 +1,5 @@
-"""The `nonstop` command. Thin: parse arguments, call the library.
+"""The `nonstop` command's argument parser and dispatch. Thin: parse arguments, call the
+library; `main` is the entry point (`nonstop.cli:main`).
 
 Only the standard library is imported at the top, and argparse only once a command
 needs it, so that `nonstop statusline` starts fast; each command imports what it needs.
