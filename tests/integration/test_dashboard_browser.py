@@ -110,6 +110,18 @@ def test_dashboard_follows_a_failover_live(cloud, recorder_proc, nonstop_factory
             assert float(page.locator("#util-5h").get_attribute("data-value")) == pytest.approx(1.02)
             assert page.locator("#util-5h").get_attribute("data-level") == "full"
 
+            # Every decision is explained: the local answer names the rule that chose it and
+            # why the cloud was skipped.
+            decision = page.locator("#decisions li[data-backend='rec']").first
+            expect(decision).to_be_visible(timeout=10_000)
+            text = decision.text_content() or ""
+            assert "main" in text and "rec" in text
+            assert re.search(r"skipped cloud|subscription", text), text
+            # The quota forecast: 5h past 100 %, so deferrable work is being conserved.
+            expect(page.locator("#forecast")).to_have_attribute("data-conserving", "yes", timeout=10_000)
+            assert "5h 102%" in page.locator("#forecast .fc-line[data-window='5h']").text_content()
+            expect(page.locator("#backends li[data-backend='rec'] .load")).to_contain_text("0 in flight", timeout=10_000)
+
             # Charts are drawn from the rows.
             assert page.locator("#chart-latency svg rect").count() >= 2
             assert page.locator("#chart-tokens svg rect").count() >= 2

@@ -110,6 +110,8 @@ def test_busy_backend_sends_new_requests_to_the_idle_one(gateway, servers):
     assert headers["x-nonstop-backend"] == "large", headers.get("x-nonstop-route")
     assert "busy" in headers["x-nonstop-route"] or "large;" in headers["x-nonstop-route"]
     long_answer.join(120)
+    wait_until(lambda: all(b["inflight"] == 0 and b["free_slots"] != 0 for b in status(gateway)["local"]), 15,
+               "every backend to be idle again, by nonstop's count and the server's own")
     # Idle again: the user's order wins.
     status_code, headers, _ = ask(gateway, "hi")
     assert headers["x-nonstop-backend"] == "small"

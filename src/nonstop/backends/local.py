@@ -163,8 +163,8 @@ class LocalBackend:
         except BaseException:
             release()
             raise
-        if not isinstance(res, Reply):
-            release()
+        if not isinstance(res, Reply) or not res.stream:
+            release()  # a whole reply is already read; a stream releases when it ends
         return res
 
     # --- health -----------------------------------------------------------------------------

@@ -14,7 +14,18 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from nonstop.server.asgi import Receive, Scope, Send, send_bytes, send_json
+from nonstop.server.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+    send_json,
+)
+from nonstop.server.explain import explain, request_facts
+from nonstop.wire.validate import validate_messages_request
 
 if TYPE_CHECKING:
     from nonstop.server.runtime import Runtime
@@ -76,6 +87,9 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
         rt.quota.probe_now()
         await send_json(send, 200, {"ok": True, "cloud": rt.quota.state.value})
         return
+    if method == "POST" and path == "/_nonstop/api/explain":
+        await _explain(rt, scope, receive, send)
+        return
     if method in ("GET", "HEAD") and path.startswith("/_nonstop/") and "/api/" not in path:
         name = path.removeprefix("/_nonstop/")
         suffix = name[name.rfind("."):] if "." in name else ""
@@ -85,6 +99,24 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
                 await send_bytes(send, 200, data if method == "GET" else b"", _STATIC_TYPES[suffix], extra=extra)
                 return
     await send_json(send, 404, {"error": f"no such page: {path[:100]}"})
+
+
+async def _explain(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
+    """The plan for a request body, against the live state; nothing is sent anywhere."""
+    try:
+        doc = orjson.loads(await read_body(scope, receive, rt.cfg.max_body_bytes))
+    except (BodyTooLarge, ClientGone, orjson.JSONDecodeError) as exc:
+        await send_json(send, 400, {"error": f"send {{\"request\": {{...}}, \"headers\": {{...}}}} as JSON ({type(exc).__name__})"})
+        return
+    req = doc.get("request") if isinstance(doc, dict) else None
+    headers = doc.get("headers") if isinstance(doc, dict) else None
+    problem = validate_messages_request(req)
+    if problem:
+        await send_json(send, 400, {"error": problem})
+        return
+    headers = {str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else {}
+    assert isinstance(req, dict)
+    await send_json(send, 200, explain(request_facts(req, headers), rt.view(), rt.policy))
 
 
 def _int(values: list[str] | None, default: int) -> int:

@@ -182,6 +182,29 @@
     $("util-updated").textContent = updated
       ? "as reported by the cloud at " + clock(updated)
       : "not reported yet: the cloud sends it with each reply";
+    renderForecast(st.forecast || {});
+  }
+
+  function renderForecast(f) {
+    const box = $("forecast");
+    clear(box);
+    box.dataset.conserving = f.conserving ? "yes" : "no";
+    const windows = Array.isArray(f.windows) ? f.windows : [];
+    for (const w of windows) {
+      const line = el("div", "fc-line");
+      line.dataset.window = String(w.window || "");
+      const pct = num(w.utilization);
+      let text = String(w.window || "?") + " " + (pct !== null ? Math.round(pct * 100) + "%" : "—");
+      if (num(w.runs_out)) text += " · out ~" + whenLabel(w.runs_out);
+      else text += " · not forecast to run out";
+      if (num(w.resets)) text += ", resets " + whenLabel(w.resets);
+      if (w.method) text += " (" + w.method + ")";
+      line.textContent = text;
+      box.appendChild(line);
+    }
+    if (f.conserving) {
+      box.appendChild(el("div", "fc-conserve", "Conserving: background work and subagents go to local models first, so the main conversation keeps the cloud until the reset."));
+    }
   }
 
   // --- today and backends ---------------------------------------------------------------
@@ -214,12 +237,25 @@
       name.appendChild(el("span", "tag", b.healthy === true ? "up" : b.healthy === false ? "down" : "not checked yet"));
       if (b.embedded) name.appendChild(el("span", "tag", "embedded"));
       li.appendChild(name);
+      if (b.demoted) name.appendChild(el("span", "tag warn", "demoted"));
+      if (b.warmth) name.appendChild(el("span", "tag", b.warmth));
       const meta = [];
       if (b.model) meta.push(b.model);
       if (b.api) meta.push(b.api + " API");
-      if (num(b.context_window)) meta.push(Math.round(b.context_window / 1024) + "k context");
+      const window = num(b.window) || num(b.context_window);
+      if (window) {
+        let w = Math.round(window / 1024) + "k context";
+        if (num(b.context_window) && num(b.window) && b.window < b.context_window) w += " (configured " + Math.round(b.context_window / 1024) + "k)";
+        meta.push(w);
+      }
       if (b.url) meta.push(b.url);
       li.appendChild(el("div", "meta", meta.join(" · ")));
+      const load = [];
+      load.push((num(b.inflight) || 0) + " in flight" + (num(b.free_slots) !== null ? ", " + b.free_slots + " slot" + (b.free_slots === 1 ? "" : "s") + " free" : ""));
+      if (num(b.prompt_tps)) load.push(Math.round(b.prompt_tps) + " prompt tok/s");
+      if (num(b.gen_tps)) load.push(Math.round(b.gen_tps) + " output tok/s");
+      li.appendChild(el("div", "meta load", load.join(" · ")));
+      if (b.demoted && b.demoted_why) li.appendChild(el("div", "err", b.demoted_why));
       if (b.healthy === false && b.error) li.appendChild(el("div", "err", b.error));
       list.appendChild(li);
     }
@@ -234,6 +270,30 @@
     renderQuota(st);
     renderToday(st);
     renderBackends(st);
+  }
+
+  function renderDecisions() {
+    const list = $("decisions");
+    clear(list);
+    const rows = view.rows.filter((r) => r.route && typeof r.route === "object").slice(0, 12);
+    $("decisions-empty").hidden = rows.length > 0;
+    for (const r of rows) {
+      const li = el("li");
+      li.dataset.backend = String(r.backend || "");
+      const head = el("div", "d-head");
+      head.appendChild(el("time", "", num(r.ts) ? clock(r.ts, true) : "—"));
+      head.appendChild(el("span", "tag", String(r.route.class || r.workload || "?")));
+      head.appendChild(el("span", "pill " + side(r), r.backend || "none"));
+      li.appendChild(head);
+      const steps = Array.isArray(r.route.steps) ? r.route.steps : [];
+      const chosen = steps.find((s) => s.target === r.backend) || steps[0];
+      if (chosen) li.appendChild(el("div", "d-why", String(chosen.rule) + ": " + String(chosen.reason)));
+      const skipped = Array.isArray(r.route.skipped) ? r.route.skipped : [];
+      for (const s of skipped) {
+        li.appendChild(el("div", "d-skip muted", "skipped " + String(s.target) + " — " + String(s.rule) + ": " + String(s.reason)));
+      }
+      list.appendChild(li);
+    }
   }
 
   function addSwitch(ev) {
@@ -300,6 +360,7 @@
     $("requests-empty").hidden = view.rows.length > 0;
     $("requests-count").textContent = "latest " + view.rows.length;
     drawCharts();
+    renderDecisions();
   }
 
   // --- charts -------------------------------------------------------------------------------
