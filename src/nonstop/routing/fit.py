@@ -1,19 +1,375 @@
 """Fit a request into a small local context window.
 
-Used only after the client was already told "prompt is too long" and came back still too
-long (a compaction request): then trimming beats failing. Large old tool results are cut
-in the middle first, then the oldest turns go, always keeping the latest user turn and
-keeping tool_use / tool_result pairs consistent.
+`fit_request(req, budget, count)` takes the request as a local model gets it (the output
+of `wire.anthropic.to_local_request`) and applies four tiers, cheapest loss first,
+stopping at the first after which the request fits `budget` tokens as `count` measures:
+
+  descriptions  Tool descriptions lose their `<example>`s and are cut at a sentence so
+                that together they take at most 1/DESCRIPTION_SHARE of the budget (short
+                ones stay whole, long ones share what is left). Every tool's name and
+                input_schema stay as they are.
+  tools         Only the tools the conversation needs stay (`needed_tools`).
+  system        The system prompt keeps its identity line, the environment (`<env>`, or
+                Claude Code's environment reminder) and the user's own instructions
+                (CLAUDE.md and the other instruction files Claude Code quotes); short
+                sections stay, long policy sections and `<example>`s go. In the turns,
+                `<system-reminder>`s go unless they are short or pinned (environment,
+                instructions, date); `<total_tokens>` goes everywhere.
+  history       Old tool results and long old texts are cut in the middle, with a marker
+                saying how much was cut. Then, only when `drop_turns` is set, the oldest
+                turns go (the environment and instructions they carried move to the
+                first kept turn, after which NOTE says that turns were omitted), and as
+                a last resort the latest turn is cut too.
+
+If a request still does not fit, the tiers run once more at their strongest ("minimum":
+the shortest descriptions and tool results any budget would get), which is the size
+`fit_floor` reports. So `fit_floor(req) <= budget` means `fit_request` fits it.
+
+Every tier is a function of the request and the budget alone: the same input gives the
+same bytes, and a turn added at the end changes nothing before it. Descriptions, tools
+and system prompt are therefore identical from turn to turn (as long as the same tiers
+apply), and turns are dropped at cut points that stay put while the conversation grows
+(each a user turn where the history before it first passes another half of the room
+left for history), so a local server's prompt cache keeps hitting between cuts.
+
+`trim_to_fit` is the older, history-only fitting for a request already known to be too
+long.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from nonstop.wire.anthropic import estimate_tokens
+from nonstop.wire.claude_prompt import (
+    drop_examples,
+    drop_reminders,
+    env_elements,
+    first_paragraph,
+    is_pinned,
+    sections,
+    shorten,
+)
+from nonstop.wire.hygiene import EMPTY_TURN_TEXT
 
 NOTE = "[Earlier conversation omitted by nonstop to fit the local model's context window.]"
+
+Count = Callable[[dict[str, Any]], int]
+
+# What Claude Code needs for most coding turns; a caller may pass its own set.
+CLAUDE_CODE_CORE_TOOLS = frozenset({"Read", "Edit", "Write", "Bash", "Grep", "Glob"})
+# The tiers in order, and "minimum": all of them again at their strongest.
+TIERS = ("descriptions", "tools", "system", "history", "minimum")
+
+CHARS_PER_TOKEN = 3.5  # as estimate_tokens counts
+DESCRIPTION_SHARE = 8  # all descriptions together: at most 1/8 of the budget
+MIN_DESCRIPTION = 120  # characters: about the first sentence
+RESULT_SHARE = 8  # one old tool result or text: at most 1/8 of the budget
+MIN_RESULT = 400  # characters
+SHORT_SECTION = 600  # characters: a system prompt section this short stays
+SHORT_REMINDER = 300  # characters: a reminder this short stays
+CUT_STEPS = 2  # turns are dropped half the room for history at a time
+
+
+@dataclass(frozen=True, slots=True)
+class TierReport:
+    tier: str
+    before: int
+    after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """The fitted request (the input itself when it fit as it was), its size, whether it
+    fits the budget, and what each tier that ran did. The request shares unchanged parts
+    with the input: treat both as read-only."""
+
+    request: dict[str, Any]
+    tokens: int
+    fits: bool
+    tiers: tuple[TierReport, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    drop_turns: bool
+    core_tools: Collection[str]
+    deferred: Collection[str]
+
+
+def fit_request(req: dict[str, Any], budget: int, count: Count, *, drop_turns: bool = False,
+                core_tools: Collection[str] = CLAUDE_CODE_CORE_TOOLS,
+                deferred: Collection[str] = ()) -> Fitted:
+    """`req` fitted into `budget` tokens, tier by tier (see the module's docstring).
+    `drop_turns` allows dropping old turns and cutting the latest one; `core_tools` and
+    `deferred` are what `needed_tools` keeps and leaves out."""
+    rules = _Rules(drop_turns, core_tools, deferred)
+    size = count(req)
+    if size <= budget:
+        return Fitted(req, size, True)
+    reports: list[TierReport] = []
+    out = req
+    for level, tier in enumerate(TIERS[:3], start=1):
+        out = _tiers(req, level, budget, rules)
+        after = count(out)
+        reports.append(TierReport(tier, size, after))
+        size = after
+        if size <= budget:
+            return Fitted(out, size, True, tuple(reports))
+    out, after = _history(out, budget, budget, count, rules.drop_turns)
+    reports.append(TierReport("history", size, after))
+    size = after
+    if size > budget:
+        out, after = _history(_tiers(req, 3, None, rules), None, budget, count, rules.drop_turns)
+        reports.append(TierReport("minimum", size, after))
+        size = after
+    return Fitted(out, size, size <= budget, tuple(reports))
+
+
+def fit_floor(req: dict[str, Any], count: Count, *, drop_turns: bool = False,
+              core_tools: Collection[str] = CLAUDE_CODE_CORE_TOOLS, deferred: Collection[str] = ()) -> int:
+    """The smallest size the tiers reach for `req` (the latest turn uncut), for the
+    planner: a budget at least this large is one `fit_request` fits. Two or three counts."""
+    rules = _Rules(drop_turns, core_tools, deferred)
+    strongest = _tiers(req, 3, None, rules)
+    messages = _messages(strongest)
+    cut = _cut_old(messages, MIN_RESULT)
+    sizes = [count(req), count({**strongest, "messages": cut})]
+    if drop_turns and len(cut) > 1 and cut[-1].get("role") == "user":
+        sizes.append(count({**strongest, "messages": _drop_before(cut, len(cut) - 1)}))
+    return min(sizes)
+
+
+def needed_tools(req: dict[str, Any], core_tools: Collection[str] = CLAUDE_CODE_CORE_TOOLS,
+                 deferred: Collection[str] = ()) -> list[dict[str, Any]]:
+    """The tools the conversation needs. A tool is needed when a tool_use in the history
+    names it, when `tool_choice` names it, or when it is in `core_tools` (what most
+    coding turns use) and not `deferred` (Claude Code loads those on demand: they stay
+    out of small windows unless used). When `tool_choice` asks for some tool and none
+    would be left, every tool stays."""
+    tools = [t for t in req.get("tools") or [] if isinstance(t, dict)]
+    used = _used_tool_names(_messages(req))
+    choice = req.get("tool_choice")
+    target = choice.get("name") if isinstance(choice, dict) and choice.get("type") == "tool" else None
+    kept = [
+        t for t in tools
+        if t.get("name") in used or t.get("name") == target or (t.get("name") in core_tools and t.get("name") not in deferred)
+    ]
+    if not kept and isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
+        return tools
+    return kept
+
+
+def deferred_tool_names(req: dict[str, Any]) -> frozenset[str]:
+    """The tools the client's own request marks `defer_loading` (to_local_request drops
+    the flag, so read it from the request as the client sent it)."""
+    return frozenset(
+        t["name"] for t in req.get("tools") or []
+        if isinstance(t, dict) and t.get("defer_loading") is True and isinstance(t.get("name"), str)
+    )
+
+
+# --- tiers 1-3 ----------------------------------------------------------------------------------
+
+
+def _tiers(req: dict[str, Any], level: int, budget: int | None, rules: _Rules) -> dict[str, Any]:
+    """`req` after tiers 1..level, for `budget` (None: the strongest any budget gets)."""
+    out = dict(req)
+    tools = req.get("tools")
+    if isinstance(tools, list):
+        if level >= 2:
+            tools = needed_tools(req, rules.core_tools, rules.deferred)
+        room = MIN_DESCRIPTION * len(tools) if budget is None else int(budget / DESCRIPTION_SHARE * CHARS_PER_TOKEN)
+        tools = _short_descriptions(tools, room)
+        if tools:
+            out["tools"] = tools
+        else:
+            out.pop("tools", None)
+            out.pop("tool_choice", None)
+    if level >= 3:
+        system = _slim_system(req.get("system"))
+        if system:
+            out["system"] = system
+        else:
+            out.pop("system", None)
+        if isinstance(req.get("messages"), list):
+            out["messages"] = [_slim_turn(m) for m in req["messages"]]
+    return out
+
+
+def _short_descriptions(tools: list[Any], room: int) -> list[Any]:
+    texts = [drop_examples(t["description"]) if isinstance(t, dict) and isinstance(t.get("description"), str) else None for t in tools]
+    cap = max(MIN_DESCRIPTION, _water_level([len(t) for t in texts if t is not None], room))
+    out = []
+    for tool, text in zip(tools, texts, strict=True):
+        if text is not None and (text := shorten(text, cap)) != tool["description"]:
+            tool = {**tool, "description": text}
+        out.append(tool)
+    return out
+
+
+def _water_level(lengths: list[int], room: int) -> int:
+    """The largest cap such that sum(min(length, cap)) <= room (any cap when all fit)."""
+    left = room
+    ordered = sorted(lengths)
+    for i, length in enumerate(ordered):
+        if length * (len(ordered) - i) > left:
+            return left // (len(ordered) - i)
+        left -= length
+    return max(ordered, default=0)
+
+
+def _keep_reminder(element: str) -> bool:
+    return len(element) <= SHORT_REMINDER or is_pinned(element)
+
+
+def _slim_text(text: str) -> str:
+    """A system prompt text with its identity line, pinned and short sections."""
+    text = drop_reminders(drop_examples(text), _keep_reminder)
+    preamble, *rest = sections(text)
+    kept = [preamble if len(preamble) <= SHORT_SECTION or is_pinned(preamble) else first_paragraph(preamble)]
+    for section in rest:
+        if len(section) <= SHORT_SECTION or is_pinned(section, env_element=False):
+            kept.append(section)
+        else:
+            kept.extend(env + "\n" for env in env_elements(section))
+    return "".join(kept)
+
+
+def _slim_reminders(text: str) -> str:
+    return drop_reminders(text, _keep_reminder)
+
+
+def _slim_system(system: Any) -> Any:
+    slim = _map_content(system, _slim_text)
+    return _without_empty_texts(slim) if isinstance(slim, list) else slim
+
+
+def _slim_turn(msg: Any) -> Any:
+    """A user turn without its long, unpinned reminders."""
+    if not isinstance(msg, dict) or msg.get("role") != "user":
+        return msg
+    content = msg.get("content")
+    slim = _map_content(content, _slim_reminders, _in_results(_slim_reminders))
+    if isinstance(slim, list):
+        slim = _without_empty_texts(slim) or [{"type": "text", "text": EMPTY_TURN_TEXT}]
+    elif isinstance(slim, str) and not slim.strip():
+        slim = EMPTY_TURN_TEXT
+    return msg if slim == content else {**msg, "content": slim}
+
+
+def _without_empty_texts(blocks: list[Any]) -> list[Any]:
+    return [b for b in blocks if not (isinstance(b, dict) and b.get("type") == "text" and not str(b.get("text", "")).strip())]
+
+
+# --- tier 4: history ----------------------------------------------------------------------------
+
+
+def _history(req: dict[str, Any], caps_for: int | None, budget: int, count: Count,
+             drop_turns: bool) -> tuple[dict[str, Any], int]:
+    """Old results cut to the cap for `caps_for` (None: the smallest), then, if allowed,
+    the oldest turns dropped at stable cut points, then the latest turn cut."""
+    result_cap = MIN_RESULT if caps_for is None else max(MIN_RESULT, int(caps_for / RESULT_SHARE * CHARS_PER_TOKEN))
+    messages = _cut_old(_messages(req), result_cap)
+    out = {**req, "messages": messages}
+    size = count(out)
+    if size <= budget or not drop_turns or not messages:
+        return out, size
+    fixed = count({**req, "messages": [{"role": "user", "content": "."}]})
+    points = _cut_points(messages, max(1, (budget - fixed) // CUT_STEPS))
+    best: tuple[dict[str, Any], int] | None = None
+    lo, hi = 0, len(points) - 1
+    while lo <= hi:  # the first point that fits: sizes shrink as the cut moves on
+        mid = (lo + hi) // 2
+        trial = {**req, "messages": _drop_before(messages, points[mid])}
+        trial_size = count(trial)
+        if trial_size <= budget:
+            best, hi = (trial, trial_size), mid - 1
+        else:
+            lo = mid + 1
+    if best is not None:
+        return best
+    last = _drop_before(messages, points[-1]) if points else list(messages)
+    last[-1] = _map_texts(last[-1], lambda t: _cut_middle(t, result_cap // 2), skip_pinned=True)
+    out = {**req, "messages": last}
+    return out, count(out)
+
+
+def _messages(req: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in req.get("messages") or [] if isinstance(m, dict)]
+
+
+def _cut_old(messages: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
+    """Every message but the latest with long texts and tool results cut to `cap`
+    characters (the environment and instructions stay whole)."""
+    return [_map_texts(m, lambda t: _cut_middle(t, cap), skip_pinned=True) for m in messages[:-1]] + messages[-1:]
+
+
+def _cut_points(messages: list[dict[str, Any]], quantum: int) -> list[int]:
+    """Where the history may be cut: user turns where the history before them first
+    passes another multiple of `quantum` tokens (as estimated), and the latest turn.
+    Adding turns at the end moves none of them."""
+    points = []
+    total = 0
+    mark = quantum
+    for i, msg in enumerate(messages):
+        if i and msg.get("role") == "user" and total >= mark:
+            points.append(i)
+            mark = (total // quantum + 1) * quantum
+        total += estimate_tokens({"messages": [msg]})
+    last = len(messages) - 1
+    if last > 0 and messages[last].get("role") == "user" and last not in points:
+        points.append(last)
+    return points
+
+
+def _drop_before(messages: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
+    """messages[start:], with the pinned reminders of the dropped turns and NOTE at the
+    front, and tool results whose call was dropped turned into text."""
+    kept = messages[start:]
+    ids = {
+        b.get("id") for m in kept if m.get("role") == "assistant" and isinstance(m.get("content"), list)
+        for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use"
+    }
+    first = _orphan_results_to_text(kept[0], ids)
+    content = first.get("content")
+    blocks = content if isinstance(content, list) else [{"type": "text", "text": str(content)}]
+    pins = [{"type": "text", "text": text} for text in _unique(_pinned_texts(messages[:start]))]
+    return [{**first, "content": [*pins, {"type": "text", "text": NOTE}, *blocks]}, *kept[1:]]
+
+
+def _pinned_texts(messages: list[dict[str, Any]]) -> Iterable[str]:
+    for msg in messages:
+        if msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        texts = [content] if isinstance(content, str) else [
+            b["text"] for b in content or [] if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        ]
+        for text in texts:
+            yield from _pinned_reminders(text)
+
+
+def _pinned_reminders(text: str) -> list[str]:
+    pinned: list[str] = []
+
+    def keep(element: str) -> bool:
+        if is_pinned(element):
+            pinned.append(element.rstrip("\n"))
+        return False
+
+    drop_reminders(text, keep)
+    return pinned
+
+
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+# --- text surgery shared by both fitting paths ----------------------------------------------------
 
 
 def _cut_middle(text: str, keep_chars: int) -> str:
@@ -23,32 +379,53 @@ def _cut_middle(text: str, keep_chars: int) -> str:
     return f"{text[:half]}\n[... {len(text) - 2 * half} characters trimmed by nonstop ...]\n{text[-half:]}"
 
 
-def _shrink_blocks(msg: dict[str, Any], keep_chars: int) -> None:
-    content = msg.get("content")
+def _map_content(content: Any, fn: Callable[[str], str], other: Callable[[Any], Any] | None = None) -> Any:
+    """`content` (a string or a list of blocks) with `fn` applied to its texts and `other`
+    to its other blocks; equal to `content` when nothing changes."""
     if isinstance(content, str):
-        msg["content"] = _cut_middle(content, keep_chars)
-        return
+        return fn(content)
     if not isinstance(content, list):
-        return
+        return content
+    out = []
     for block in content:
-        if not isinstance(block, dict):
-            continue
-        if block.get("type") == "text" and isinstance(block.get("text"), str):
-            block["text"] = _cut_middle(block["text"], keep_chars)
-        elif block.get("type") == "tool_result":
-            inner = block.get("content")
-            if isinstance(inner, str):
-                block["content"] = _cut_middle(inner, keep_chars)
-            elif isinstance(inner, list):
-                for b in inner:
-                    if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str):
-                        b["text"] = _cut_middle(b["text"], keep_chars)
+        if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            text = fn(block["text"])
+            block = block if text == block["text"] else {**block, "text": text}
+        elif other is not None:
+            block = other(block)
+        out.append(block)
+    return out
 
 
-def _orphan_results_to_text(msg: dict[str, Any], known_ids: set[str]) -> None:
+def _map_result_text(block: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    content = _map_content(block.get("content"), fn)
+    return block if content == block.get("content") else {**block, "content": content}
+
+
+def _in_results(fn: Callable[[str], str]) -> Callable[[Any], Any]:
+    """A block mapper applying `fn` to the texts of tool results."""
+
+    def one(block: Any) -> Any:
+        return _map_result_text(block, fn) if isinstance(block, dict) and block.get("type") == "tool_result" else block
+
+    return one
+
+
+def _map_texts(msg: dict[str, Any], fn: Callable[[str], str], *, skip_pinned: bool = False) -> dict[str, Any]:
+    """`msg` with `fn` applied to its texts and tool results' texts (a copy if any change).
+    `skip_pinned` spares texts (not tool results) holding the environment or instructions."""
+
+    def apply(text: str) -> str:
+        return text if skip_pinned and is_pinned(text) else fn(text)
+
+    content = _map_content(msg.get("content"), apply, _in_results(fn))
+    return msg if content == msg.get("content") else {**msg, "content": content}
+
+
+def _orphan_results_to_text(msg: dict[str, Any], known_ids: set[Any]) -> dict[str, Any]:
     content = msg.get("content")
     if not isinstance(content, list):
-        return
+        return msg
     out = []
     for block in content:
         if isinstance(block, dict) and block.get("type") == "tool_result" and block.get("tool_use_id") not in known_ids:
@@ -59,12 +436,25 @@ def _orphan_results_to_text(msg: dict[str, Any], known_ids: set[str]) -> None:
             out.append({"type": "text", "text": f"(earlier tool result) {text}"})
         else:
             out.append(block)
-    msg["content"] = out
+    return {**msg, "content": out}
+
+
+def _used_tool_names(messages: list[dict[str, Any]]) -> set[str]:
+    return {
+        b["name"] for m in messages if m.get("role") == "assistant" and isinstance(m.get("content"), list)
+        for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(b.get("name"), str)
+    }
+
+
+# --- the older, history-only fitting --------------------------------------------------------------
 
 
 def trim_to_fit(req: dict[str, Any], counted_tokens: int, budget: int) -> dict[str, Any] | None:
     """A copy of req whose estimated size is within budget tokens, or None if even the
-    latest turn alone cannot fit."""
+    latest turn alone cannot fit. Used only after the client was already told "prompt is
+    too long" and came back still too long: large old tool results are cut in the
+    middle first, then the oldest turns go, always keeping the latest user turn and
+    keeping tool_use / tool_result pairs consistent."""
     est = estimate_tokens(req)
     scale = max(1.0, counted_tokens / est) if est else 1.0
     target = budget
@@ -96,8 +486,7 @@ def _trim(req: dict[str, Any], counted_tokens: int, budget: int) -> dict[str, An
         return None
     # 1. Cut huge blocks in all but the latest message.
     keep_chars = int(budget * 3.5 / 4)
-    for m in messages[:-1]:
-        _shrink_blocks(m, keep_chars)
+    messages = [_map_texts(m, lambda t: _cut_middle(t, keep_chars)) for m in messages[:-1]] + messages[-1:]
     out["messages"] = messages
     # 2. Drop the oldest turns until it fits.
     dropped = 0
@@ -110,7 +499,7 @@ def _trim(req: dict[str, Any], counted_tokens: int, budget: int) -> dict[str, An
         if not messages:
             return None
     if size(out) > budget:
-        _shrink_blocks(messages[-1], keep_chars // 2)
+        messages[-1] = _map_texts(messages[-1], lambda t: _cut_middle(t, keep_chars // 2))
         if size(out) > budget:
             return None
     if dropped:
@@ -121,7 +510,7 @@ def _trim(req: dict[str, Any], counted_tokens: int, budget: int) -> dict[str, An
             for b in m["content"]
             if isinstance(b, dict) and b.get("type") == "tool_use"
         }
-        _orphan_results_to_text(messages[0], {i for i in ids if isinstance(i, str)})
+        messages[0] = _orphan_results_to_text(messages[0], {i for i in ids if isinstance(i, str)})
         first = messages[0]
         content = first.get("content")
         note = {"type": "text", "text": NOTE}
