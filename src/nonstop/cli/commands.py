@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 
 def _load(args: argparse.Namespace):
@@ -170,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from nonstop.cli import statusline
 
         return statusline.main(statusline.quick_args(argv[1:]))
+    _take_ctrl_c()
     # `nonstop claude ...` passes everything after "claude" to Claude Code untouched,
     # except nonstop's own options given before it.
     if "claude" in argv:
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rest = rest[1:]
         args = build_parser().parse_args(head + own)
         if args.command == "claude":
-            return cmd_claude(args, rest)
+            return _run(lambda: cmd_claude(args, rest))
     args = build_parser().parse_args(argv)
     if args.version:
         from nonstop import __version__
@@ -194,8 +195,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command or getattr(args, "func", None) is None:
         build_parser().print_help()
         return 0 if not args.command else 2
+    return _run(lambda: args.func(args))
+
+
+def _take_ctrl_c() -> None:
+    """Make Ctrl-C (SIGINT) raise KeyboardInterrupt, even where it arrives ignored.
+
+    Python leaves SIGINT alone when the parent ignored it, and a shell that runs a job in
+    the background without job control (a script, a CI runner) does exactly that: then
+    neither Ctrl-C nor `kill -INT` would end `nonstop logs --follow`. `serve` already
+    takes SIGINT through uvicorn; every command ends on it the same way.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run(command: Callable[[], int | None]) -> int:
+    """Run a command; Ctrl-C ends it with 130, a closed stdout (`| head`) quietly."""
     try:
-        return int(args.func(args) or 0)
+        return int(command() or 0)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
