@@ -14,11 +14,13 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -38,6 +40,9 @@ from nonstop.redact import redact
 
 CLOUD_TIMEOUT = 5.0
 LOCAL_PROBE_TIMEOUT = 3.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
 OLLAMA_FIX = "set OLLAMA_CONTEXT_LENGTH=32768 in Ollama's environment and restart it (or raise num_ctx for the model)"
 _BYPASS_SWITCHES = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY")
 
@@ -97,9 +102,39 @@ class Probes:
 
 def main(cfg: Config, as_json: bool = False, *, env: Mapping[str, str] | None = None,
          probes: Probes | None = None, out: Callable[[str], None] = print) -> int:
-    checks = asyncio.run(run_checks(cfg, os.environ if env is None else env, probes or Probes()))
+    checks = _run(run_checks(cfg, os.environ if env is None else env, probes or Probes()))
     out(render_json(checks) if as_json else render_text(cfg, checks))
     return 0 if all(c.ok for c in checks) else 1
+
+
+class _ProbeThreads(ThreadPoolExecutor):
+    """Each blocking probe (a `--version` run, a DNS lookup) in a daemon thread of its own,
+    never waited for. asyncio.run waits for the threads of its default executor, so Ctrl-C
+    would otherwise wait for a hanging probe: up to the 20 s `claude --version` may take."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+
+        def work() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to the waiting coroutine, as the pool does
+                future.set_exception(exc)
+
+        threading.Thread(target=work, name="nonstop-doctor-probe", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Nothing to wait for: a probe still running ends with the process."""
+
+
+def _run(checks: Coroutine[Any, Any, list[Check]]) -> list[Check]:
+    """asyncio.run, with the probes' threads from _ProbeThreads, so Ctrl-C ends at once."""
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_default_executor(_ProbeThreads())
+        return runner.run(checks)
 
 
 def render_json(checks: list[Check]) -> str:

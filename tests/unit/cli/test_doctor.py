@@ -3,9 +3,14 @@ and no credential ever appears in what it prints."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +32,7 @@ from nonstop.config import (
     LocalBackendConfig,
 )
 from tests.support.procs import PLANTED_KEY
+from tests.unit.cli.ctrl_c import interrupt
 
 STACK = (Path("/opt/llama/bin/llama-server"), Path("/opt/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 
@@ -416,3 +422,51 @@ def test_doctor_through_the_command_line(tmp_path: Path, monkeypatch: pytest.Mon
     assert find([Check(**d) for d in data], "credentials", "API key").ok
     assert PLANTED_KEY not in out and "PLANTEDTESTKEY" not in out
     assert os.environ["ANTHROPIC_API_KEY"] == PLANTED_KEY
+
+
+# --- Ctrl-C ------------------------------------------------------------------------------------------
+
+
+def test_a_probe_still_running_does_not_hold_up_the_end() -> None:
+    release = threading.Event()
+    threading.Timer(15, release.set).start()  # frees the probe if the end waits for it
+
+    async def checks() -> list[Check]:
+        await asyncio.wait_for(asyncio.to_thread(release.wait), 0.1)  # ended while a probe hangs
+        return []
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        doctor._run(checks())
+    took = time.monotonic() - started
+    release.set()
+    assert took < 5, f"doctor waited {took:.1f}s for a probe it no longer needs"
+
+
+def test_ctrl_c_ends_doctor_while_claude_version_hangs(tmp_path: Path) -> None:
+    started = tmp_path / "claude-started"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "claude"
+    # Hangs for as long as doctor runs, deaf to Ctrl-C, and says when it has started.
+    fake.write_text(f"#!/bin/sh\ntrap '' INT\n: > '{started}'\nwhile kill -0 $PPID 2>/dev/null; do sleep 0.1; done\n")
+    fake.chmod(0o755)
+    path = tmp_path / "config.toml"
+    path.write_text(f'listen = "127.0.0.1:{closed_port()}"\n[cloud]\nurl = "http://127.0.0.1:{closed_port()}"\n'
+                    "[discovery]\nenabled = false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "NONSTOP_"))}
+    env.update(HOME=str(tmp_path), PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")
+    p = subprocess.Popen([sys.executable, "-m", "nonstop", "doctor", "--config", str(path)], env=env, cwd=tmp_path,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60  # generous: start-up on a loaded machine
+        while not started.exists():
+            assert p.poll() is None and time.monotonic() < deadline, "doctor never ran `claude --version`"
+            time.sleep(0.05)
+        code, took = interrupt(p, "`nonstop doctor`")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert code == 130
+    assert took < 2.0, f"it took {took:.1f}s to end after Ctrl-C"
