@@ -40,11 +40,11 @@ from nonstop.redact import redact
 
 CLOUD_TIMEOUT = 5.0
 LOCAL_PROBE_TIMEOUT = 3.0
+OLLAMA_FIX = "set OLLAMA_CONTEXT_LENGTH=32768 in Ollama's environment and restart it (or raise num_ctx for the model)"
+_BYPASS_SWITCHES = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-OLLAMA_FIX = "set OLLAMA_CONTEXT_LENGTH=32768 in Ollama's environment and restart it (or raise num_ctx for the model)"
-_BYPASS_SWITCHES = ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY")
 
 
 @dataclass
