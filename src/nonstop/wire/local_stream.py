@@ -3,15 +3,23 @@
 Sans-IO: events in, events out. Fixes what local servers get wrong: zero input_tokens,
 text or tool input placed inside content_block_start, tool ids with odd characters,
 thinking without a signature, and a stream that stops without message_stop.
+
+Given the request's offered tools, it also turns a tool call the model wrote as text into
+the tool_use block it meant (wire/repair.py). A text block is then held back from a line
+where a call may begin until that is decided, so it may split into a text block and tool
+blocks; later blocks are renumbered to stay consecutive. Each repair, and each attempt
+left as text, is recorded in `repairs`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from nonstop.wire.anthropic import Event, estimate_text_tokens, new_message_id
+from nonstop.wire.repair import CallWatch, Repair, Split, Toolbox, split_text
 from nonstop.wire.tool_ids import local_tool_id, reply_tool_id
 
 LOCAL_THINKING_SIGNATURE = "nonstop-local"
@@ -38,7 +46,7 @@ def message_start(model: str, input_tokens: int, message_id: str | None = None) 
 
 class LocalStreamNormalizer:
     def __init__(self, *, model: str, input_tokens_estimate: int, started: bool = False, capped: bool = False,
-                 tag: str = ""):
+                 tag: str = "", tools: list[dict[str, Any]] | None = None):
         # capped: nonstop lowered the client's max_tokens for this backend. Hitting that
         # cap is then nonstop's limit, not the client's: reporting "max_tokens" would make
         # Claude Code believe its own (much larger) limit was hit and fail the turn.
@@ -57,6 +65,14 @@ class LocalStreamNormalizer:
         self._open: dict[int, str] = {}  # index -> block type
         self._signed: set[int] = set()
         self._chars = 0
+        # tools: the request's offered tools ({name, input_schema} each). Without them no
+        # text is held back or repaired.
+        self._toolbox = Toolbox.of(tools)
+        self.repairs: list[Repair] = []
+        self._watch: dict[int, CallWatch] = {}  # text blocks that may still become calls
+        self._shown: set[int] = set()  # held text blocks whose start went out
+        self._at: dict[int, int] = {}  # the server's block index -> the client's
+        self._shift = 0  # blocks added by splitting text blocks into calls
 
     def feed(self, etype: str, data: dict[str, Any]) -> list[Event]:
         if self.finished:
@@ -82,21 +98,20 @@ class LocalStreamNormalizer:
         elif t == "content_block_stop":
             idx = data.get("index", 0)
             if idx in self._open:
-                if self._open[idx] == "thinking" and idx not in self._signed:
-                    out.append(_delta_event(idx, {"type": "signature_delta", "signature": LOCAL_THINKING_SIGNATURE}))
-                del self._open[idx]
-                out.append(("content_block_stop", {"type": "content_block_stop", "index": idx}))
+                out.extend(self._stop(idx))
         elif t == "message_delta":
             delta = data.get("delta") or {}
             usage = data.get("usage") or {}
+            out.extend(self._close_all())  # first: a held text block may become a tool call
             if isinstance(delta.get("stop_reason"), str):
                 self.stop_reason = _uncap(delta["stop_reason"], self.capped, self._tools)
                 self.cut = self.cut or self.stop_reason != delta["stop_reason"]
+            if any(r.repaired for r in self.repairs):
+                self.stop_reason = "tool_use"
             if isinstance(usage.get("output_tokens"), int):
                 self.output_tokens = usage["output_tokens"]
             if isinstance(usage.get("input_tokens"), int) and usage["input_tokens"] > 0:
                 self.input_tokens = usage["input_tokens"]
-            out.extend(self._close_all())
             out.append(self._message_delta(delta.get("stop_sequence")))
         elif t == "message_stop":
             out.extend(self.finish())
@@ -116,29 +131,86 @@ class LocalStreamNormalizer:
         out: list[Event] = []
         if idx in self._open:  # a server that never closed the previous block
             return out
+        for held in list(self._watch):  # nor a text block still held back
+            out.extend(self._stop(held))
         self._open[idx] = btype
-        if btype == "text":
+        at = self._at[idx] = idx + self._shift
+        if btype == "text" and self._toolbox is not None:
+            self._watch[idx] = CallWatch(self._toolbox)
+            out.extend(self._text(idx, block.get("text") or ""))
+        elif btype == "text":
             text = block.get("text") or ""
-            out.append(("content_block_start", {"type": "content_block_start", "index": idx, "content_block": {"type": "text", "text": ""}}))
-            if text:
-                self._chars += len(text)
-                out.append(_delta_event(idx, {"type": "text_delta", "text": text}))
+            out.append(_start_event(at, {"type": "text", "text": ""}))
+            out.extend(self._text(idx, text))
         elif btype == "tool_use":
             self._tools = True
-            inp = block.get("input") or {}
-            start = {"type": "tool_use", "id": _tool_id(block.get("id"), self.tag), "name": block.get("name", ""), "input": {}}
-            out.append(("content_block_start", {"type": "content_block_start", "index": idx, "content_block": start}))
-            if inp:
-                js = orjson.dumps(inp).decode()
-                self._chars += len(js)
-                out.append(_delta_event(idx, {"type": "input_json_delta", "partial_json": js}))
+            out.extend(self._tool_use(at, _tool_id(block.get("id"), self.tag), block.get("name", ""), block.get("input") or {}))
         elif btype == "thinking":
             text = block.get("thinking") or ""
-            out.append(("content_block_start", {"type": "content_block_start", "index": idx, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
+            out.append(_start_event(at, {"type": "thinking", "thinking": "", "signature": ""}))
             if text:
-                out.append(_delta_event(idx, {"type": "thinking_delta", "thinking": text}))
+                out.append(_delta_event(at, {"type": "thinking_delta", "thinking": text}))
         else:
-            out.append(("content_block_start", {"type": "content_block_start", "index": idx, "content_block": block}))
+            out.append(_start_event(at, block))
+        return out
+
+    def _tool_use(self, at: int, tool_id: str, name: Any, tool_input: dict[str, Any], *, counted: bool = False) -> list[Event]:
+        """A tool block's start, and its input as one delta (`counted`: its characters
+        were counted already, as text)."""
+        out = [_start_event(at, {"type": "tool_use", "id": tool_id, "name": name, "input": {}})]
+        if tool_input:
+            js = orjson.dumps(tool_input).decode()
+            self._chars += 0 if counted else len(js)
+            out.append(_delta_event(at, {"type": "input_json_delta", "partial_json": js}))
+        return out
+
+    def _text(self, idx: int, text: str) -> list[Event]:
+        """Text for block `idx`: sent on, or held while it may become a tool call."""
+        self._chars += len(text)
+        watch = self._watch.get(idx)
+        if watch is not None:
+            return self._show(idx, watch.feed(text))
+        return [_delta_event(self._at[idx], {"type": "text_delta", "text": text})] if text else []
+
+    def _show(self, idx: int, text: str) -> list[Event]:
+        """Text of a held block that is prose for good; the block starts with its first."""
+        if not text:
+            return []
+        out: list[Event] = []
+        if idx not in self._shown:
+            self._shown.add(idx)
+            out.append(_start_event(self._at[idx], {"type": "text", "text": ""}))
+        out.append(_delta_event(self._at[idx], {"type": "text_delta", "text": text}))
+        return out
+
+    def _stop(self, idx: int) -> list[Event]:
+        if idx in self._watch:
+            return self._settle(idx)
+        at = self._at[idx]
+        out: list[Event] = []
+        if self._open.pop(idx) == "thinking" and idx not in self._signed:
+            out.append(_delta_event(at, {"type": "signature_delta", "signature": LOCAL_THINKING_SIGNATURE}))
+        out.append(("content_block_stop", {"type": "content_block_stop", "index": at}))
+        return out
+
+    def _settle(self, idx: int) -> list[Event]:
+        """A held text block ended: send the rest as text, or as the calls it holds."""
+        split = self._watch.pop(idx).end()
+        del self._open[idx]
+        self.repairs.extend(split.repairs)
+        out = self._show(idx, split.prose)
+        at = self._at[idx]
+        if idx in self._shown or not split.calls:
+            if idx not in self._shown:  # an empty text block stays one
+                out.append(_start_event(at, {"type": "text", "text": ""}))
+            out.append(("content_block_stop", {"type": "content_block_stop", "index": at}))
+            at += 1
+        for call in split.calls:
+            self._tools = True
+            out.extend(self._tool_use(at, _tool_id(None, self.tag), call.name, call.input, counted=True))
+            out.append(("content_block_stop", {"type": "content_block_stop", "index": at}))
+            at += 1
+        self._shift += at - self._at[idx] - 1
         return out
 
     @property
@@ -152,6 +224,8 @@ class LocalStreamNormalizer:
             return []  # a delta for a block never started would abort the client
         delta = dict(data.get("delta") or {})
         dtype = delta.get("type")
+        if idx in self._watch:  # a held text block takes its text; nothing else goes with it
+            return self._text(idx, delta.get("text") or "") if dtype == "text_delta" else []
         if dtype == "text_delta":
             self._chars += len(delta.get("text") or "")
         elif dtype == "input_json_delta":
@@ -159,16 +233,10 @@ class LocalStreamNormalizer:
         elif dtype == "signature_delta":
             delta["signature"] = LOCAL_THINKING_SIGNATURE
             self._signed.add(idx)
-        return [_delta_event(idx, delta)]
+        return [_delta_event(self._at[idx], delta)]
 
     def _close_all(self) -> list[Event]:
-        out: list[Event] = []
-        for idx in sorted(self._open):
-            if self._open[idx] == "thinking" and idx not in self._signed:
-                out.append(_delta_event(idx, {"type": "signature_delta", "signature": LOCAL_THINKING_SIGNATURE}))
-            out.append(("content_block_stop", {"type": "content_block_stop", "index": idx}))
-        self._open.clear()
-        return out
+        return [e for idx in sorted(self._open) for e in self._stop(idx)]
 
     def _message_delta(self, stop_sequence: Any = None) -> Event:
         if not self.output_tokens:
@@ -195,6 +263,10 @@ class LocalStreamNormalizer:
         return out + [("message_stop", {"type": "message_stop"})]
 
 
+def _start_event(idx: int, block: dict[str, Any]) -> Event:
+    return ("content_block_start", {"type": "content_block_start", "index": idx, "content_block": block})
+
+
 def _delta_event(idx: int, delta: dict[str, Any]) -> Event:
     return ("content_block_delta", {"type": "content_block_delta", "index": idx, "delta": delta})
 
@@ -210,13 +282,18 @@ def _tool_id(raw: Any, tag: str) -> str:
 
 
 def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate: int, capped: bool = False,
-                      tag: str = "") -> dict[str, Any]:
-    """The same fixes for a non-streaming local reply."""
+                      tag: str = "", tools: list[dict[str, Any]] | None = None,
+                      on_repair: Callable[[Repair], None] | None = None) -> dict[str, Any]:
+    """The same fixes for a non-streaming local reply. With the request's offered `tools`,
+    a tool call written as text becomes a tool_use block; `on_repair` hears of each
+    repair and of each attempt left as text."""
     out = dict(msg)
     out.setdefault("id", new_message_id())
     out["type"] = "message"
     out["role"] = "assistant"
     out["model"] = model
+    toolbox = Toolbox.of(tools)
+    repairs: list[Repair] = []
     content = []
     chars = 0
     for block in out.get("content") or []:
@@ -230,6 +307,11 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
             b["signature"] = LOCAL_THINKING_SIGNATURE
         elif b.get("type") == "text":
             chars += len(b.get("text") or "")
+            if toolbox is not None and isinstance(b.get("text"), str):
+                split = split_text(b["text"], toolbox)
+                repairs.extend(split.repairs)
+                content.extend(_split_blocks(b, split, tag))
+                continue
         content.append(b)
     out["content"] = content
     usage = dict(out.get("usage") or {})
@@ -242,5 +324,20 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     if not out.get("stop_reason"):
         out["stop_reason"] = "tool_use" if has_tools else "end_turn"
     out["stop_reason"] = _uncap(str(out["stop_reason"]), capped, has_tools)
+    if any(r.repaired for r in repairs):
+        out["stop_reason"] = "tool_use"
     out.setdefault("stop_sequence", None)
+    for r in repairs:
+        if on_repair is not None:
+            on_repair(r)
     return out
+
+
+def _split_blocks(block: dict[str, Any], split: Split, tag: str) -> list[dict[str, Any]]:
+    """A text block as its prose and the calls it ends with."""
+    if not split.calls:
+        return [block]
+    prose = [{**block, "text": split.prose}] if split.prose else []
+    return prose + [
+        {"type": "tool_use", "id": _tool_id(None, tag), "name": call.name, "input": call.input} for call in split.calls
+    ]
