@@ -31,6 +31,9 @@ MODES = [
     # Hostile or broken upstreams (not in the random pool unless noted).
     "tool_then_reset", "tool_then_error", "endless_headers", "endless_stream",
     "stall_after_content", "wrong_content_type", "echo_key",
+    # Non-streaming replies that are not whole: a 200 whose body is cut, empty, garbled or
+    # not a message (a streamed request in these modes gets the plain stream).
+    "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
 ]
 # Modes "random" draws from (everything a soak test should survive).
 RANDOM_POOL = [m for m in MODES[: MODES.index("random")] if m != "hang"] + ["ok"] * 12
@@ -60,6 +63,32 @@ def quota_headers(status: str = "allowed", five: float = 0.42, seven: float = 0.
         "anthropic-ratelimit-unified-overage-status": "rejected",
         "request-id": _rid(),
     }
+
+
+def thinking_rule_violation(req: dict) -> str:
+    """The real API's rule: with thinking on, a request that continues a tool loop (its
+    last turn carries tool results) needs the assistant turn before it to start with a
+    thinking block. The message is the one the API sends."""
+    thinking = req.get("thinking")
+    if not (isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")):
+        return ""
+    messages = req.get("messages") or []
+    if len(messages) < 2 or not isinstance(messages[-1], dict) or not isinstance(messages[-2], dict):
+        return ""
+    last, prev = messages[-1], messages[-2]
+    results = isinstance(last.get("content"), list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"])
+    content = prev.get("content")
+    if not results or prev.get("role") != "assistant" or not isinstance(content, list) or not content:
+        return ""
+    first = content[0] if isinstance(content[0], dict) else {}
+    if first.get("type") in ("thinking", "redacted_thinking"):
+        return ""
+    return (f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+            f"`{first.get('type', 'text')}`. When `thinking` is enabled, a final `assistant` message must start "
+            "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We "
+            "recommend you include thinking blocks from previous turns. To avoid this requirement, disable "
+            "`thinking`. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking")
 
 
 def sse(event: str, data: dict) -> bytes:
@@ -148,6 +177,12 @@ class FakeCloud:
             return web.Response(status=400, body=error_body("invalid_request_error", "invalid JSON"), content_type="application/json")
         stream = req.get("stream") is True
         model = req.get("model", "claude")
+        problem = thinking_rule_violation(req)
+        if problem:  # checked before anything else, as the real API validates first
+            return web.Response(status=400, body=error_body("invalid_request_error", problem), content_type="application/json")
+        wait = float(self.params.get("first_byte", 0)) + float(self.params.get("first_byte_per_kb", 0)) * len(body) / 1024
+        if wait and mode in ("ok", "slow"):
+            await asyncio.sleep(wait)
         in_tokens = max(1, len(body) // 4)
         now = time.time()
         H = "anthropic-ratelimit-"
@@ -225,11 +260,14 @@ class FakeCloud:
         msg_id = "msg_" + secrets.token_hex(12)
         text = self.params.get("text", self.text)
         if not stream:
-            return web.json_response({
+            message = {
                 "id": msg_id, "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
                 "usage": {"input_tokens": in_tokens, "output_tokens": 7, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
-            }, headers=headers)
+            }
+            if mode.startswith("json_"):
+                return await self._broken_json(request, mode, message, headers)
+            return web.json_response(message, headers=headers)
         if mode == "wrong_content_type":
             return await self._wrong_content_type(request, stream, model, msg_id, in_tokens, text)
         if mode in ("tool_then_reset", "tool_then_error", "endless_stream", "stall_after_content"):
@@ -272,6 +310,24 @@ class FakeCloud:
 
 
     # --- hostile upstreams ------------------------------------------------------------------
+
+    async def _broken_json(self, request: web.Request, mode: str, message: dict, headers: dict[str, str]) -> web.Response:
+        """A 200 that is not a whole message: the head promises a body that is cut before
+        its first byte or half-way, or the body is empty, garbled or another document."""
+        body = json.dumps(message).encode()
+        if mode in ("json_cut_empty", "json_cut_half"):
+            transport = request.transport
+            assert transport is not None
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            transport.write(f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n{head}\r\n".encode())
+            if mode == "json_cut_half":
+                transport.write(body[: len(body) // 2])
+            await asyncio.sleep(0.05)
+            transport.abort()
+            return web.Response(status=500)
+        data = {"json_empty": b"", "json_garbled": b'{"id": "msg_1", "type": "message", "content": [{"ty',
+                "json_not_message": b'{"ok": true}'}[mode]
+        return web.Response(status=200, body=data, headers={**headers, "content-type": "application/json"})
 
     async def _endless_headers(self, request: web.Request) -> web.Response:
         """A status line, then one header after another, never the blank line."""

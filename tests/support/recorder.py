@@ -33,6 +33,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     text = "recorded reply"
     if "[slow]" in body.decode("utf-8", "replace"):
         await asyncio.sleep(4)  # like a long prompt being processed on a CPU
+    if req.get("tools") and "[tool]" in json.dumps((req.get("messages") or [{}])[-1]):
+        return await _tool_call(request, req)
     if not req.get("stream"):
         return web.json_response({
             "id": "msg_rec", "type": "message", "role": "assistant", "model": req.get("model"),
@@ -52,6 +54,29 @@ async def messages(request: web.Request) -> web.StreamResponse:
     await ev("content_block_stop", {"type": "content_block_stop", "index": 0})
     await ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}})
     await ev("message_stop", {"type": "message_stop"})
+    return resp
+
+
+async def _tool_call(request: web.Request, req: dict) -> web.StreamResponse:
+    """A call of the first offered tool, with the server's own kind of id."""
+    name = req["tools"][0]["name"]
+    if not req.get("stream"):
+        return web.json_response({
+            "id": "msg_rec", "type": "message", "role": "assistant", "model": req.get("model"),
+            "content": [{"type": "tool_use", "id": "call_0", "name": name, "input": {"command": "ls"}}],
+            "stop_reason": "tool_use", "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 5},
+        })
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+    for name_, data in (
+        ("message_start", {"type": "message_start", "message": {"id": "msg_rec", "type": "message", "role": "assistant", "model": req.get("model"), "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "call_0", "name": name, "input": {}}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": '{"command": "ls"}'}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 5}}),
+        ("message_stop", {"type": "message_stop"}),
+    ):
+        await resp.write(f"event: {name_}\ndata: {json.dumps(data)}\n\n".encode())
     return resp
 
 

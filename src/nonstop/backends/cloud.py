@@ -36,6 +36,7 @@ from nonstop.routing.classify import (
     classify_stream_error,
     network_failure,
 )
+from nonstop.routing.deadline import FirstByteDeadlines
 from nonstop.routing.view import Capabilities
 from nonstop.wire.errors import anthropic_error_event
 from nonstop.wire.framing import complete_events_end, first_malformed_event, wrong_content_type
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from nonstop.routing.plan import Step
 
 MAX_ERROR_BODY = 1024 * 1024
+# Seconds a cold connection may add to the first-byte deadline.
+CONNECT_SLACK = 1.0
 # A reply that is not a stream is read whole before its head goes to the client.
 MAX_WHOLE_BODY = 64 * 1024 * 1024
 CLOUD_CAPABILITIES = Capabilities(api="cloud", tools=True, thinking=True, images=True)
@@ -81,13 +84,14 @@ class CloudBackend:
 
     def __init__(self, cfg: CloudConfig, session: aiohttp.ClientSession, *,
                  observe_headers: Callable[[Mapping[str, str]], None] | None = None,
-                 first_byte_deadline: Callable[[int], float] | None = None):
+                 deadlines: FirstByteDeadlines | None = None):
         self.cfg = cfg
         self.session = session
         self.base = cfg.url.rstrip("/")
         self.observe_headers = observe_headers
-        # Seconds to wait for the first byte of a request of this many bytes.
-        self.first_byte_deadline = first_byte_deadline or (lambda size: cfg.first_byte_timeout)
+        # How long to wait for the first byte, learned from answers by request size.
+        self.deadlines = deadlines or FirstByteDeadlines(cfg.first_byte_floor, cfg.first_byte_timeout,
+                                                         cfg.first_byte_multiplier)
 
     def capabilities(self) -> Capabilities:
         return CLOUD_CAPABILITIES
@@ -133,8 +137,11 @@ class CloudBackend:
         what was asked for is a broken upstream, not an answer)."""
         url = self.url_for(raw_path, query)
         resp: aiohttp.ClientResponse | None = None
+        sent = time.perf_counter()
         try:
-            async with asyncio.timeout(self.cfg.connect_timeout + self.first_byte_deadline(len(body))):
+            # The first-byte deadline includes connecting: a slow connect is trouble too.
+            # aiohttp's own connect timeout still ends a connect that never completes.
+            async with asyncio.timeout(self.deadlines.deadline(len(body)) + min(CONNECT_SLACK, self.cfg.connect_timeout)):
                 resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False)
                 if self.observe_headers is not None:
                     self.observe_headers(resp.headers)
@@ -151,6 +158,8 @@ class CloudBackend:
                     if isinstance(peeked, Verdict):
                         resp.close()
                         return peeked
+                    if expect:
+                        self.deadlines.record(len(body), time.perf_counter() - sent)
                     usage = Usage()
                     return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, peeked, usage),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
@@ -158,6 +167,8 @@ class CloudBackend:
                     usage = Usage()
                     return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, b"", usage),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
+            if expect and resp.status == 200:
+                self.deadlines.record(len(body), time.perf_counter() - sent)
             return await self._whole(resp, expect, verdict)
         except TimeoutError:
             if resp is not None:

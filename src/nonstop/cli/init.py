@@ -58,8 +58,13 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "url": "The Anthropic API. Claude Code's own login (API key or subscription) passes "
                "through to it unchanged; nonstop stores no credentials.",
         "connect_timeout": "Seconds to open a connection to the cloud.",
-        "first_byte_timeout": "Seconds to wait for the cloud's answer to start; a cloud that "
-                              "hangs longer is treated as down and the request goes local.",
+        "first_byte_timeout": "The longest wait, in seconds, for the cloud's answer to start; "
+                              "a cloud that hangs longer is treated as down and the request goes "
+                              "local. The wait actually used is learned (below).",
+        "first_byte_floor": "The shortest wait, in seconds, for the cloud's answer to start.",
+        "first_byte_multiplier": "nonstop waits this many times the cloud's usual time to first "
+                                 "byte for a request of that size (learned from recent answers), "
+                                 "between first_byte_floor and first_byte_timeout.",
         "idle_timeout": "Longest silence, in seconds, allowed inside a cloud stream once it "
                         "has started.",
         "failover_on_auth": "true: a rejected login (401/403) also goes local. Off by "

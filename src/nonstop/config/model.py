@@ -27,9 +27,12 @@ class ConfigError(ValueError):
 class CloudConfig:
     url: str = DEFAULT_CLOUD_URL
     connect_timeout: float = 10.0
-    # Deadline for the response head (and, for streams, the first event). A hung cloud
-    # sends the request to a local backend within this bound.
+    # The longest wait for the response head (and, for streams, the first content). The
+    # deadline actually used is learned: first_byte_multiplier times the usual time to
+    # first byte for a request of that size, never under first_byte_floor nor over this.
     first_byte_timeout: float = 60.0
+    first_byte_floor: float = 10.0
+    first_byte_multiplier: float = 4.0
     # Longest silence allowed inside a stream once it has started.
     idle_timeout: float = 120.0
     # 401/403 are configuration problems: shown to the client unless this is on.

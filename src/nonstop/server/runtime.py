@@ -81,6 +81,8 @@ class Runtime:
             await self._start_shared()
         self._publish_quota()
         self.cloud = CloudBackend(self.cfg.cloud, CloudBackend.make_session(self.cfg.cloud), observe_headers=self.observe_headers)
+        if self.store is not None:
+            self.cloud.deadlines.restore(await asyncio.to_thread(self.store.load_state, "first_byte"))
         self.local_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -138,6 +140,8 @@ class Runtime:
             await self.local_session.close()
         if self.store is not None:
             self.store.save_state("quota", self.quota.snapshot())
+            if self.cloud is not None:
+                self.store.save_state("first_byte", self.cloud.deadlines.snapshot())
             await asyncio.to_thread(self.store.close)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -263,4 +267,5 @@ class Runtime:
             log=str(self.store.path) if self.store is not None else "",
             forecast=self.quota.view().windows, conserving=self.quota.forecast.conserving,
             decisions=[r for r in self.request_log.recent if r.get("route")][-20:],
+            first_byte=self.cloud.deadlines.describe() if self.cloud is not None else {},
         )

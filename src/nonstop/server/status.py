@@ -77,6 +77,7 @@ def status_document(
     forecast: Sequence[WindowForecast] = (),
     conserving: bool | None = None,
     decisions: Sequence[dict[str, Any]] = (),
+    first_byte: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The whole document. `quota` is a quota snapshot, `local` the backend_entry() of
     each backend, `today` the request log's totals since start_of_day(now) ({} without a
@@ -90,7 +91,7 @@ def status_document(
         "listen": cfg.listen,
         "uptime": uptime,
         "inflight": inflight,
-        "cloud": cloud_entry(cfg.cloud.url, quota),
+        "cloud": {**cloud_entry(cfg.cloud.url, quota), "first_byte_deadlines": dict(first_byte or {})},
         "utilization": quota.get("utilization") or {},
         "local": list(local),
         "today": today,

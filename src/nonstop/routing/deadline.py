@@ -1,0 +1,90 @@
+"""How long to wait for the cloud's first byte, learned from the cloud in use.
+
+A fixed deadline is wrong both ways: 60 s leaves a user watching a spinner for a minute
+when the cloud hangs, although it usually answers in a fraction of a second; a short one
+abandons a long-context request that legitimately takes 20 s to start. So nonstop keeps the
+recent times to first byte of successful answers, by request size (buckets of powers of
+four), and waits `multiplier` times the usual (the 90th percentile) for a request of that
+size, within the configured floor and ceiling. A size with no history of its own borrows
+the nearest one, scaled by size (reading the prompt takes time in proportion to it).
+
+Pure: the caller passes measurements in; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+SAMPLES = 64
+MIN_SAMPLES = 5
+SMALLEST = 4096  # bytes: the first bucket holds everything up to this size
+
+
+def bucket_of(size: int) -> int:
+    """0 for up to 4 KB, then one bucket per factor of four."""
+    bucket, upper = 0, SMALLEST
+    while size > upper:
+        bucket, upper = bucket + 1, upper * 4
+    return bucket
+
+
+def bucket_size(bucket: int) -> int:
+    """A representative size for a bucket (its upper bound)."""
+    return int(SMALLEST * 4**bucket)
+
+
+@dataclass
+class FirstByteDeadlines:
+    floor: float = 10.0
+    ceiling: float = 60.0
+    multiplier: float = 4.0
+    samples: dict[int, deque[float]] = field(default_factory=dict)
+
+    def record(self, size: int, seconds: float) -> None:
+        if seconds < 0 or not math.isfinite(seconds):
+            return
+        self.samples.setdefault(bucket_of(size), deque(maxlen=SAMPLES)).append(seconds)
+
+    def usual(self, size: int) -> float | None:
+        """The 90th percentile time to first byte for a request of this size, or None."""
+        b = bucket_of(size)
+        own = self.samples.get(b)
+        if own is not None and len(own) >= MIN_SAMPLES:
+            return _p90(own)
+        known = [k for k, v in self.samples.items() if len(v) >= MIN_SAMPLES]
+        if not known:
+            return None
+        nearest = min(known, key=lambda k: abs(k - b))
+        scale = max(1.0, bucket_size(b) / bucket_size(nearest)) if b > nearest else 1.0
+        return _p90(self.samples[nearest]) * scale
+
+    def deadline(self, size: int) -> float:
+        usual = self.usual(size)
+        if usual is None:
+            return self.ceiling
+        return min(self.ceiling, max(self.floor, self.multiplier * usual))
+
+    def describe(self) -> dict[str, float]:
+        """The deadline now for each size that has history, by bucket's upper size."""
+        return {_label(bucket_size(b)): round(self.deadline(bucket_size(b)), 2) for b in sorted(self.samples)}
+
+    def snapshot(self) -> dict[str, list[float]]:
+        return {str(b): list(v) for b, v in self.samples.items()}
+
+    def restore(self, snap: object) -> None:
+        if not isinstance(snap, dict):
+            return
+        for k, values in snap.items():
+            if str(k).isdigit() and isinstance(values, list):
+                self.samples[int(k)] = deque((float(v) for v in values if isinstance(v, int | float)), maxlen=SAMPLES)
+
+
+def _p90(values: deque[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def _label(size: int) -> str:
+    return f"<={size // 1024} KB" if size < 1024 * 1024 else f"<={size // (1024 * 1024)} MB"

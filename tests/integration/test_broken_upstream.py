@@ -1,0 +1,95 @@
+"""A cloud that breaks in ways a client cannot read: non-streaming replies cut before or
+during their body, empty, garbled or not a message; a cloud that accepts the request and
+never answers. Every one is answered locally, as a failure before the first byte."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.support import procs, rawhttp, wirecheck
+from tests.support.config import nonstop_config
+
+pytestmark = pytest.mark.integration
+
+MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+HEADERS = {"x-api-key": procs.PLANTED_KEY, "anthropic-version": "2023-06-01"}
+
+
+def gateway(nonstop_factory, cloud, recorder_proc, **cloud_settings):
+    return nonstop_factory(nonstop_config(cloud.url, cloud=cloud_settings or None,
+                                          local=[{"name": "rec", "url": recorder_proc.url}]))
+
+
+@pytest.mark.parametrize("mode", ["json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message"])
+def test_a_broken_json_reply_fails_over(cloud, recorder_proc, nonstop_factory, mode):
+    ns = gateway(nonstop_factory, cloud, recorder_proc)
+    procs.set_mode(cloud, mode)
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=MESSAGE, headers=HEADERS, timeout=30)
+    assert r.status == 200, r.body[:300]
+    assert r.headers["x-nonstop-backend"] == "rec"
+    assert "bad_response" in r.headers["x-nonstop-failover"], r.headers
+    doc = json.loads(r.body)
+    assert doc["type"] == "message" and doc["content"]
+    # A broken reply is a blip, not a reason to leave the cloud: the next one goes there.
+    procs.set_mode(cloud, "ok")
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=MESSAGE, headers=HEADERS, timeout=30)
+    assert r.headers["x-nonstop-backend"] == "cloud"
+
+
+@pytest.mark.parametrize("mode", ["json_cut_half", "json_garbled"])
+def test_a_broken_json_reply_through_the_openai_door(cloud, recorder_proc, nonstop_factory, mode):
+    ns = gateway(nonstop_factory, cloud, recorder_proc)
+    procs.set_mode(cloud, mode)
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    r = rawhttp.exchange("POST", ns.url + "/v1/chat/completions", json=body, headers=HEADERS, timeout=30)
+    assert r.status == 200 and r.headers["x-nonstop-backend"] == "rec"
+    assert json.loads(r.body)["choices"][0]["message"]["content"]
+
+
+def warm(ns, n: int = 6, stream: bool = True) -> None:
+    for _ in range(n):
+        r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": stream}, headers=HEADERS, timeout=30)
+        assert r.headers["x-nonstop-backend"] == "cloud"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_hung_cloud_is_answered_locally_within_15_s_with_the_defaults(cloud, recorder_proc, nonstop_factory, stream):
+    ns = gateway(nonstop_factory, cloud, recorder_proc)
+    warm(ns, stream=stream)  # the cloud answers in milliseconds here
+    procs.set_mode(cloud, "hang", hang_for=120)
+    started = time.monotonic()
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": stream}, headers=HEADERS, timeout=60)
+    took = time.monotonic() - started
+    assert r.status == 200 and r.headers["x-nonstop-backend"] == "rec"
+    assert "timeout" in r.headers["x-nonstop-failover"]
+    assert took < 15, f"the hung cloud held the request for {took:.1f} s"
+    if stream:
+        assert wirecheck.check_anthropic_stream(r.body).outcome == "ok"
+    learned = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]["first_byte_deadlines"]
+    assert learned and min(learned.values()) == pytest.approx(10.0), learned  # the default floor
+
+
+def test_a_slow_but_working_cloud_is_not_abandoned(cloud, recorder_proc, nonstop_factory):
+    """Large requests take ~1.5 s to their first byte on this cloud; small ones are fast.
+    Scaled down from the real case (a long context taking 20 s): the learned deadline
+    for large requests is 4 x 1.5 s, so they wait; a small one on a hung cloud still
+    fails over at the floor."""
+    ns = gateway(nonstop_factory, cloud, recorder_proc, first_byte_floor=0.5, first_byte_multiplier=4.0,
+                 first_byte_timeout=30.0)
+    big = {**MESSAGE, "messages": [{"role": "user", "content": "x" * 200_000}], "stream": True}
+    procs.set_mode(cloud, "ok", first_byte_per_kb=0.0075)  # ~1.5 s for 200 KB, ~0 for 1 KB
+    warm(ns)
+    for _ in range(5):
+        r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=big, headers=HEADERS, timeout=60)
+        assert r.headers["x-nonstop-backend"] == "cloud"
+    # Slower than usual today (2.4 s, above the 0.5 s floor): still the cloud's answer.
+    procs.set_mode(cloud, "ok", first_byte_per_kb=0.012)
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=big, headers=HEADERS, timeout=60)
+    assert r.headers["x-nonstop-backend"] == "cloud", r.headers.get("x-nonstop-failover")
+    procs.set_mode(cloud, "hang", hang_for=60)
+    started = time.monotonic()
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": True}, headers=HEADERS, timeout=60)
+    assert r.headers["x-nonstop-backend"] == "rec" and time.monotonic() - started < 5
