@@ -21,7 +21,9 @@ from nonstop.routing.classify import Verdict
 from nonstop.routing.view import Capabilities
 
 if TYPE_CHECKING:
+    from nonstop.routing.fit import Fitted
     from nonstop.routing.plan import Step
+    from nonstop.wire.repair import Repair
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -67,6 +69,10 @@ class Usage:
     first_content: float | None = None
     ended: float | None = None
     cache_read_tokens: int | None = None
+    # What nonstop changed for a local model: how the request was fitted to its window,
+    # and the tool calls repaired from its text (or left as text).
+    fitted: Fitted | None = None
+    repairs: list[Repair] = field(default_factory=list)
 
 
 @dataclass

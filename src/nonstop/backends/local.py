@@ -26,9 +26,12 @@ from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, Usage, sing
 from nonstop.config import LocalBackendConfig
 from nonstop.routing.backend_state import BackendState
 from nonstop.routing.classify import FailureKind, Verdict
+from nonstop.routing.fit import Fitted, deferred_tool_names, fit_request
 from nonstop.routing.view import Capabilities
 from nonstop.wire.anthropic import Event, estimate_tokens, to_local_request
 from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
+from nonstop.wire.prompt_cache import normalize_for_prompt_cache
+from nonstop.wire.repair import Repair
 from nonstop.wire.sse import JSONEventDecoder, encode_event
 from nonstop.wire.tool_ids import backend_tag
 
@@ -90,6 +93,8 @@ class Call:
     capped: bool
     name_map: dict | None = None
     sent: float = 0.0  # perf_counter() when it was sent
+    fitted: Fitted | None = None  # how the request was fitted to the window, if it was
+    tools: list[dict[str, Any]] | None = None  # the offered tools, for repairing calls
 
 
 class LocalBackend:
@@ -136,7 +141,14 @@ class LocalBackend:
         return self.cfg.model or client_model
 
     def local_request(self, req: dict) -> dict:
-        return to_local_request(req, model=self.model_for(str(req.get("model", ""))), max_tokens=self.cfg.max_output_tokens)
+        """The request as this server gets it: sanitised, its per-request noise removed
+        so the server's prompt cache keeps hitting from turn to turn."""
+        local = to_local_request(req, model=self.model_for(str(req.get("model", ""))), max_tokens=self.cfg.max_output_tokens)
+        return normalize_for_prompt_cache(local)
+
+    def output_room(self, window: int) -> int:
+        """Tokens kept free for the answer when a request is fitted to the window."""
+        return min(self.cfg.max_output_tokens, max(MIN_OUTPUT_ROOM, window // 4))
 
     async def send(self, ex: Exchange, step: Step) -> Attempt:
         return await self.send_request(ex.req, stream=ex.stream)
@@ -150,12 +162,19 @@ class LocalBackend:
             self.state.failed(detail)
             return Verdict(FailureKind.NETWORK, True, None, detail)
         window = self.window()
+        fitted = None
+        if window - tokens < min(MIN_OUTPUT_ROOM, local_req["max_tokens"]):
+            fitted = await self._fit(local_req, tokens, window, req)
+            if fitted is None:
+                return TooLong(self.name, tokens, window)
+            local_req, tokens = fitted.request, fitted.tokens
         room = window - tokens
-        if room < min(MIN_OUTPUT_ROOM, local_req["max_tokens"]):
-            return TooLong(self.name, tokens, window)
         local_req["max_tokens"] = min(local_req["max_tokens"], room)
         local_req["stream"] = stream
         call = self.prepare(local_req, stream, tokens, req)
+        call.fitted = fitted
+        tools = local_req.get("tools")
+        call.tools = tools if isinstance(tools, list) else None
         was_idle = self.state.inflight == 0
         release = self.state.lease()
         try:
@@ -166,6 +185,28 @@ class LocalBackend:
         if not isinstance(res, Reply) or not res.stream:
             release()  # a whole reply is already read; a stream releases when it ends
         return res
+
+    async def _fit(self, local_req: dict, tokens: int, window: int, original: dict) -> Fitted | None:
+        """The request fitted to the window, tier by tier, or None when even the
+        strongest fitting leaves it too long (the client is then told, and compacts)."""
+        estimate = estimate_tokens(local_req)
+        ratio = tokens / estimate if estimate else 1.0
+
+        def count(r: dict) -> int:
+            return int(estimate_tokens(r) * ratio)
+
+        budget = window - self.output_room(window)
+        fitted = fit_request(dict(local_req), budget, count, drop_turns=True, deferred=deferred_tool_names(original))
+        if not fitted.fits:
+            return None
+        request = dict(fitted.request)
+        if self._server_counts:  # the server's own count of what it will get
+            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                counted = await self.count_tokens(request)
+                if counted > window - MIN_OUTPUT_ROOM:
+                    return None
+                return Fitted(request, counted, True, fitted.tiers)
+        return Fitted(request, fitted.tokens, True, fitted.tiers)
 
     # --- health -----------------------------------------------------------------------------
 
@@ -266,11 +307,13 @@ class LocalBackend:
         if msg is None:
             self.state.failed("unexpected reply")
             return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unexpected reply {raw[:200]!r}")
-        msg = normalize_message(msg, model=call.model, input_tokens_estimate=call.tokens, capped=call.capped, tag=self.tag)
+        repairs: list[Repair] = []
+        msg = normalize_message(msg, model=call.model, input_tokens_estimate=call.tokens, capped=call.capped,
+                                tag=self.tag, tools=call.tools, on_repair=repairs.append)
         u = msg["usage"]
         now = time.perf_counter()
         usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True,
-                      first_content=now, ended=now)
+                      first_content=now, ended=now, fitted=call.fitted, repairs=repairs)
         self.state.succeeded(prompt_tokens=call.tokens, first_token_s=now - call.sent, was_idle=was_idle)
         return Reply(200, list(JSON_HEADERS), single(orjson.dumps(msg)), self.name, False, usage)
 
@@ -293,7 +336,7 @@ class LocalBackend:
     async def _relay(self, resp: aiohttp.ClientResponse, call: Call, usage: Usage, *, started: bool,
                      release: Callable[[], None], was_idle: bool) -> AsyncIterator[bytes]:
         norm = LocalStreamNormalizer(model=call.model, input_tokens_estimate=call.tokens, started=started,
-                                     capped=call.capped, tag=self.tag)
+                                     capped=call.capped, tag=self.tag, tools=call.tools)
         source = self.events(call)
         decoder = JSONEventDecoder()
         try:
@@ -323,6 +366,8 @@ class LocalBackend:
 
     def _account(self, norm: LocalStreamNormalizer, call: Call, usage: Usage, was_idle: bool) -> None:
         usage.ended = time.perf_counter()
+        usage.fitted = call.fitted
+        usage.repairs = list(norm.repairs)
         usage.input_tokens = norm.input_tokens
         usage.output_tokens = norm.output_tokens
         usage.stop_reason = norm.stop_reason

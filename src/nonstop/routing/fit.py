@@ -32,13 +32,10 @@ apply), and turns are dropped at cut points that stay put while the conversation
 (each a user turn where the history before it first passes another half of the room
 left for history), so a local server's prompt cache keeps hitting between cuts.
 
-`trim_to_fit` is the older, history-only fitting for a request already known to be too
-long.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -444,75 +441,3 @@ def _used_tool_names(messages: list[dict[str, Any]]) -> set[str]:
         b["name"] for m in messages if m.get("role") == "assistant" and isinstance(m.get("content"), list)
         for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(b.get("name"), str)
     }
-
-
-# --- the older, history-only fitting --------------------------------------------------------------
-
-
-def trim_to_fit(req: dict[str, Any], counted_tokens: int, budget: int) -> dict[str, Any] | None:
-    """A copy of req whose estimated size is within budget tokens, or None if even the
-    latest turn alone cannot fit. Used only after the client was already told "prompt is
-    too long" and came back still too long: large old tool results are cut in the
-    middle first, then the oldest turns go, always keeping the latest user turn and
-    keeping tool_use / tool_result pairs consistent."""
-    est = estimate_tokens(req)
-    scale = max(1.0, counted_tokens / est) if est else 1.0
-    target = budget
-    # The note and the rewritten orphan results are added after trimming: if they push
-    # the result over, trim again for a smaller target.
-    for _ in range(8):
-        out = _trim(req, counted_tokens, target)
-        if out is None:
-            return None
-        size = estimate_tokens(out) * scale
-        if size <= budget:
-            return out
-        target -= int(size - budget) + 1
-        if target <= 0:
-            return None
-    return None
-
-
-def _trim(req: dict[str, Any], counted_tokens: int, budget: int) -> dict[str, Any] | None:
-    est = estimate_tokens(req)
-    scale = max(1.0, counted_tokens / est) if est else 1.0
-
-    def size(r: dict[str, Any]) -> float:
-        return estimate_tokens(r) * scale
-
-    out = copy.deepcopy(req)
-    messages: list[dict[str, Any]] = [m for m in out.get("messages") or [] if isinstance(m, dict)]
-    if not messages:
-        return None
-    # 1. Cut huge blocks in all but the latest message.
-    keep_chars = int(budget * 3.5 / 4)
-    messages = [_map_texts(m, lambda t: _cut_middle(t, keep_chars)) for m in messages[:-1]] + messages[-1:]
-    out["messages"] = messages
-    # 2. Drop the oldest turns until it fits.
-    dropped = 0
-    while size(out) > budget and len(messages) > 1:
-        messages.pop(0)
-        dropped += 1
-        while messages and messages[0].get("role") != "user":
-            messages.pop(0)
-            dropped += 1
-        if not messages:
-            return None
-    if size(out) > budget:
-        messages[-1] = _map_texts(messages[-1], lambda t: _cut_middle(t, keep_chars // 2))
-        if size(out) > budget:
-            return None
-    if dropped:
-        ids = {
-            b.get("id")
-            for m in messages
-            if m.get("role") == "assistant" and isinstance(m.get("content"), list)
-            for b in m["content"]
-            if isinstance(b, dict) and b.get("type") == "tool_use"
-        }
-        messages[0] = _orphan_results_to_text(messages[0], {i for i in ids if isinstance(i, str)})
-        first = messages[0]
-        content = first.get("content")
-        note = {"type": "text", "text": NOTE}
-        first["content"] = [note] + (content if isinstance(content, list) else [{"type": "text", "text": str(content)}])
-    return out

@@ -11,7 +11,8 @@ The rules, in the order they apply:
   conserve   quota forecast to run out: deferrable classes go local first
   loop       a tool loop a local model started is finished there
   pool       which local backends this request may use (class, then model routes)
-  capability a backend that cannot do what the request needs is skipped
+  capability a backend that cannot read the request's images is skipped; one whose
+             template takes no tools goes after those that do
   context    a backend whose window cannot hold the request, even fitted, is skipped
   health     a backend that failed recently is tried last
   load       among the rest: the user's order, the first answer, or the best score
@@ -139,13 +140,17 @@ def pool_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: P
     return pool, skips
 
 
-def capability_rule(facts: RequestFacts, b: BackendView) -> Skip | None:
+def capability_rule(facts: RequestFacts, b: BackendView) -> Skip | str:
+    """A Skip for a backend that would only fail; a reason ("" when none) for one that
+    would answer less well and goes after those that can do what the request needs."""
     needs, caps = facts.needs, b.caps
-    if needs.tools and caps.tools is False:
-        return Skip(b.name, "capability", "the request offers tools and this model cannot call them")
     if needs.images and caps.images is False:
         return Skip(b.name, "capability", "the request carries an image and this model cannot read images")
-    return None
+    if needs.tools and caps.tools is False:
+        # It can still answer in text (and a call written as text is repaired): tried
+        # after the backends whose templates take tools, not skipped.
+        return "its chat template takes no tools: tried after those that do"
+    return ""
 
 
 def context_rule(facts: RequestFacts, b: BackendView) -> tuple[bool, str] | Skip:
@@ -191,18 +196,22 @@ class _Candidate:
     fit: bool
     fit_reason: str
     ttft: float
+    weaker: str = ""  # why it would answer less well than the request needs
 
     def key(self, prefer: str) -> tuple[Any, ...]:
         down = self.b.demoted or self.b.healthy is False
+        lesser = (down, bool(self.weaker), self.fit)
         if prefer == "fastest":
-            return (down, self.fit, round(self.ttft, 1), self.index)
+            return (*lesser, round(self.ttft, 1), self.index)
         if prefer == "best":
             score = self.b.score if self.b.score is not None else -1.0
-            return (down, self.fit, -score, self.b.busy, self.index)
-        return (down, self.fit, self.b.busy, self.index)
+            return (*lesser, -score, self.b.busy, self.index)
+        return (*lesser, self.b.busy, self.index)
 
     def reason(self, prefer: str) -> str:
         parts = [self.fit_reason] if self.fit_reason else []
+        if self.weaker:
+            parts.append(self.weaker)
         if self.b.demoted:
             parts.append(f"demoted ({self.b.demoted_why or 'failed recently'}): tried last")
         elif self.b.healthy is False:
@@ -220,9 +229,9 @@ def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: 
     pool, skips = pool_rule(facts, view, cp, policy)
     candidates: list[_Candidate] = []
     for i, b in enumerate(pool):
-        cannot = capability_rule(facts, b)
-        if cannot is not None:
-            skips.append(cannot)
+        capable = capability_rule(facts, b)
+        if isinstance(capable, Skip):
+            skips.append(capable)
             continue
         ctx = context_rule(facts, b)
         if isinstance(ctx, Skip):
@@ -230,7 +239,7 @@ def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: 
             continue
         fit, why = ctx
         tokens = facts.size.local if facts.size.known else facts.size.sent
-        candidates.append(_Candidate(b, i, fit, why, first_token_estimate(b, tokens)))
+        candidates.append(_Candidate(b, i, fit, why, first_token_estimate(b, tokens), capable))
     candidates.sort(key=lambda c: c.key(cp.prefer))
     rule = {"order": "order", "fastest": "load", "best": "score"}[cp.prefer]
     steps = [Step(c.b.name, rule, c.reason(cp.prefer), fit=c.fit) for c in candidates]

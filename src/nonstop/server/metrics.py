@@ -30,6 +30,8 @@ class Metrics:
         self.switches = Counter("nonstop_switches", "Switches between cloud and local", ["to"], registry=r)
         self.conserving = Gauge("nonstop_quota_conserving", "1 while a quota window is forecast to run out before it resets", registry=r)
         self.runs_out = Gauge("nonstop_quota_runs_out_seconds", "Epoch seconds a quota window is forecast to run out (0: not before its reset)", ["window"], registry=r)
+        self.fit_saved = Counter("nonstop_fit_tokens_saved", "Tokens the fitting tiers removed to fit a local window, by tier", ["backend", "tier"], registry=r)
+        self.repairs = Counter("nonstop_tool_call_repairs", "Tool calls a local model wrote as text: repaired (by form) or left as text (not_repaired)", ["backend", "kind"], registry=r)
         self.routes = Counter("nonstop_route_decisions", "Requests by workload class, chosen backend and the rule that chose it", ["workload", "backend", "rule"], registry=r)
 
     def observe(self, row: RequestRow) -> None:
@@ -41,6 +43,12 @@ class Metrics:
         if steps and row.backend:
             rule = next((s["rule"] for s in steps if s["target"] == row.backend), "")
             self.routes.labels(row.workload or "-", backend, rule or "-").inc()
+        if row.notes:
+            for t in row.notes.get("fit", ()):
+                if t["before"] > t["after"]:
+                    self.fit_saved.labels(backend, t["tier"]).inc(t["before"] - t["after"])
+            for rep in row.notes.get("repairs", ()):
+                self.repairs.labels(backend, rep["kind"]).inc()
         if row.ttfb_ms is not None:
             self.ttfb.labels(backend).observe(row.ttfb_ms / 1000)
         if row.total_ms is not None:

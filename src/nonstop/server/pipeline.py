@@ -20,7 +20,7 @@ from nonstop.backends.base import Attempt, Exchange, Reply, TooLong
 from nonstop.redact import redact
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.facts import RequestFacts, facts_from_request
-from nonstop.routing.fit import trim_to_fit
+from nonstop.routing.fit import deferred_tool_names, fit_floor
 from nonstop.routing.plan import CLOUD, Plan, Step, plan
 from nonstop.store.db import RequestRow
 from nonstop.wire.anthropic import estimate_tokens, to_local_request
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nonstop")
 
-# A session told "prompt is too long" that comes back still too long within this window
-# (Claude Code's compaction request) gets its history trimmed to fit instead.
-TRIM_AFTER_REJECT = 300.0
 _FACT_HEADERS = (b"x-claude-code-request-class", b"x-claude-code-agent-id", b"x-claude-code-session-id")
 
 
@@ -74,22 +71,17 @@ def fact_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 class Pipeline:
     def __init__(self, rt: Runtime):
         self.rt = rt
-        self.too_long_sessions: dict[str, float] = {}
 
     # --- facts ------------------------------------------------------------------------------
 
     def facts(self, ex: Exchange, *, side: bool = False, count_tokens: bool = False) -> RequestFacts:
         req = ex.req
-        session = ""
-        for k, v in ex.headers:
-            if k == b"x-claude-code-session-id":
-                session = v.decode("latin-1")[:100]
-        trim = self._may_trim(session)
 
         def measure() -> tuple[int, int]:
-            tokens = estimate_tokens(to_local_request(req, model="", max_tokens=1))
-            # A session that was told "too long" may be trimmed down to its last turn.
-            return tokens, (1 if trim else tokens)
+            # The size a local model sees, and the smallest the fitting tiers can make it.
+            local = to_local_request(req, model="", max_tokens=1)
+            floor = fit_floor(local, estimate_tokens, drop_turns=True, deferred=deferred_tool_names(req))
+            return estimate_tokens(local), floor
 
         return facts_from_request(req, fact_headers(ex.headers), body_len=len(ex.cloud_body or ex.body),
                                   measure=measure, side=side, count_tokens=count_tokens)
@@ -143,15 +135,7 @@ class Pipeline:
         backend = rt.backend(step.target)
         if backend is None:
             return Verdict(FailureKind.NETWORK, True, None, "the backend is gone")
-        res = await backend.send(ctx.ex, step)
-        if isinstance(res, TooLong) and self._may_trim(ctx.facts.session if ctx.facts else ""):
-            budget = res.window - min(1024, backend.cfg.max_output_tokens)
-            fitted = trim_to_fit(ctx.ex.req, res.tokens, budget)
-            if fitted is not None:
-                res = await backend.send_request(fitted, stream=ctx.ex.stream)
-                if isinstance(res, Reply):
-                    res.note = "history trimmed to fit the local window"
-        return res
+        return await backend.send(ctx.ex, step)
 
     def cloud_outcome(self, res: Attempt) -> None:
         """What a cloud attempt teaches the cloud's state."""
@@ -181,8 +165,6 @@ class Pipeline:
                 found = [b for b in (self.rt.backend(n) for n, _ in windows) if b is not None]
                 window = max((b.window() for b in found), default=0)
                 tokens = facts.size.floor if facts is not None else 0
-            if facts is not None and facts.session:
-                self.too_long_sessions[facts.session] = self.rt.clock()
             out.status, out.etype = 400, "invalid_request_error"
             out.message = prompt_too_long_message(tokens, window)
             return
@@ -195,12 +177,6 @@ class Pipeline:
         if not out.reason:
             cloud = next((why for name, why in reasons if name == CLOUD), "")
             out.reason = cloud
-
-    def _may_trim(self, session: str) -> bool:
-        if not session:
-            return False
-        told = self.too_long_sessions.get(session)
-        return told is not None and self.rt.clock() - told < TRIM_AFTER_REJECT
 
     # --- mid-stream recovery -------------------------------------------------------------------
 

@@ -12,14 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
-from nonstop.backends.base import Reply
+from nonstop.backends.base import Reply, Usage
 from nonstop.config import Config
 from nonstop.redact import redact
 from nonstop.server.asgi import Receive, Send
 from nonstop.server.pipeline import Outcome, RequestContext
 from nonstop.server.request_log import RequestLog
 from nonstop.server.writers import Writer
+from nonstop.store.db import RequestRow
 
 log = logging.getLogger("nonstop")
 
@@ -31,6 +33,26 @@ def safe_header(value: str) -> bytes:
 def stored_body(data: bytes) -> str:
     """A body for the opt-in request log: capped by the caller, secrets redacted."""
     return redact(data.decode("utf-8", "replace"))
+
+
+def changes_of(u: Usage, row: RequestRow) -> list[str]:
+    """What nonstop changed for a local model (fitting, repaired calls): kept in the
+    row's notes, and said in words for the log."""
+    notes: dict[str, Any] = {}
+    words: list[str] = []
+    if u.fitted is not None and u.fitted.tiers:
+        notes["fit"] = [{"tier": t.tier, "before": t.before, "after": t.after} for t in u.fitted.tiers]
+        saved = ", ".join(f"{t.tier} -{t.before - t.after}" for t in u.fitted.tiers if t.before > t.after)
+        words.append(f"fitted to the local window ({saved} tokens)")
+    if u.repairs:
+        notes["repairs"] = [{"kind": r.kind, "tool": r.tool, "changes": list(r.changes)} for r in u.repairs]
+        made = [r for r in u.repairs if r.repaired]
+        if made:
+            words.append("repaired " + ", ".join(f"{r.kind} call of {r.tool} ({'; '.join(r.changes)})" for r in made))
+        if len(made) < len(u.repairs):
+            words.append(f"{len(u.repairs) - len(made)} tool call(s) in text left as text")
+    row.notes = notes or None
+    return words
 
 
 class Relay:
@@ -69,7 +91,7 @@ class Relay:
                 row.outcome, row.error = "incomplete", u.error[:500]
             else:
                 row.outcome = "ok"
-            for note in (reply.note, u.note):
+            for note in (reply.note, u.note, *changes_of(u, row)):
                 if note:
                     row.error = (row.error + "; " if row.error else "") + note
         finally:

@@ -63,6 +63,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE requests ADD COLUMN route TEXT NOT NULL DEFAULT '';
         """,
     ),
+    (
+        "0005_notes",
+        "ALTER TABLE requests ADD COLUMN notes TEXT NOT NULL DEFAULT '';",
+    ),
 ]
 
 
@@ -89,6 +93,8 @@ class RequestRow:
     # The workload class and the plan that routed it (steps and skipped, each with its rule).
     workload: str = ""
     route: dict[str, Any] | None = None
+    # What nonstop changed on the way, for a local model: {"fit": [...], "repairs": [...]}.
+    notes: dict[str, Any] | None = None
     request_body: str | None = field(default=None, repr=False)
     response_body: str | None = field(default=None, repr=False)
 
@@ -101,7 +107,7 @@ _PUBLIC_FIELDS = [f.name for f in fields(RequestRow) if f.name not in ("request_
 _COLUMNS = [
     "ts", "request_id", "path", "client", "session_id", "model", "stream", "backend", "reason",
     "outcome", "status", "stop_reason", "ttfb_ms", "total_ms", "overhead_ms", "input_tokens",
-    "output_tokens", "error", "workload", "route",
+    "output_tokens", "error", "workload", "route", "notes",
 ]
 _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
@@ -262,6 +268,7 @@ def _values(row: RequestRow) -> tuple[Any, ...]:
         row.backend, row.reason, row.outcome, row.status, row.stop_reason, row.ttfb_ms, row.total_ms,
         row.overhead_ms, row.input_tokens, row.output_tokens, row.error, row.workload,
         orjson.dumps(row.route).decode() if row.route else "",
+        orjson.dumps(row.notes).decode() if row.notes else "",
     )
 
 
@@ -301,12 +308,13 @@ def recent(
 
 def _row(r: sqlite3.Row) -> dict[str, Any]:
     d = dict(r)
-    route = d.get("route")
-    if isinstance(route, str):
-        try:
-            d["route"] = orjson.loads(route) if route else None
-        except orjson.JSONDecodeError:
-            d["route"] = None
+    for key in ("route", "notes"):
+        value = d.get(key)
+        if isinstance(value, str):
+            try:
+                d[key] = orjson.loads(value) if value else None
+            except orjson.JSONDecodeError:
+                d[key] = None
     return d
 
 

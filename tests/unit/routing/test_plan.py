@@ -175,12 +175,16 @@ def test_finishing_local_loops_can_be_turned_off() -> None:
 
 # --- rule "capability" ---------------------------------------------------------------------------
 
-def test_backend_that_cannot_call_tools_is_skipped_when_tools_are_offered() -> None:
+def test_backend_that_cannot_call_tools_goes_after_those_that_can() -> None:
     no_tools = backend("notools", tools=False)
     p = plan(facts(needs=Needs(tools=True)), RoutingView(NOW, OUT, (no_tools, BIG)), Policy(order=("notools", "big")))
-    assert targets(p) == ["big"]
-    assert skipped(p)["notools"] == "capability"
+    assert targets(p) == ["big", "notools"]
+    assert "takes no tools" in p.steps[1].reason
+    # Without tools in the request, the user's order stands.
     assert targets(plan(facts(), RoutingView(NOW, OUT, (no_tools, BIG)), Policy(order=("notools", "big")))) == ["notools", "big"]
+    # The only backend is still tried: a text answer (or a repaired call) beats none.
+    alone = plan(facts(needs=Needs(tools=True)), RoutingView(NOW, OUT, (no_tools,)), Policy(order=("notools",)))
+    assert targets(alone) == ["notools"]
 
 
 def test_unknown_capability_is_not_a_reason_to_skip() -> None:
