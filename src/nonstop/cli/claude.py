@@ -78,6 +78,9 @@ def ensure_running(cfg: Config, echo=print) -> dict:
 def claude_env(cfg: Config, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env["ANTHROPIC_BASE_URL"] = gateway_url(cfg.host, cfg.port)
+    # Claude Code then says what kind of request each one is (main, subagent, compaction,
+    # auxiliary) in x-claude-code-request-class, which nonstop routes by.
+    env.setdefault("CLAUDE_CODE_GATEWAY_HINT_HEADERS", "1")
     if cfg.token:
         line = f"x-nonstop-token: {cfg.token}"
         prior = env.get("ANTHROPIC_CUSTOM_HEADERS", "")

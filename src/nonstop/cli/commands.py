@@ -94,6 +94,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.main(cfg, as_json=args.json)
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from nonstop.cli import explain
+
+    return explain.main(_load(args), args.request, headers=args.header or [], offline=args.offline, as_json=args.json)
+
+
 def cmd_claude(args: argparse.Namespace, rest: list[str]) -> int:
     from nonstop.cli import claude
 
@@ -155,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("explain", help="the plan for a saved request: which backends, in what order, and why")
+    common(s)
+    s.add_argument("request", help="a Messages request body as JSON (a file, or - for standard input)")
+    s.add_argument("-H", "--header", action="append", metavar="NAME:VALUE",
+                   help="a request header the plan reads (e.g. x-claude-code-request-class: subagent)")
+    s.add_argument("--offline", action="store_true", help="plan against the config and the state on disk, not the running instance")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("claude", help="run Claude Code through nonstop (starts nonstop if needed)")
     common(s)

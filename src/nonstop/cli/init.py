@@ -86,7 +86,7 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
                           "first request alone is 12-27k tokens: 32768 or more works best.",
         "max_output_tokens": "Cap on each answer's length (Claude Code asks for up to 128000, "
                              "which keeps a small model rambling for minutes). Must be below "
-                             "context_window.",
+                             "context_window; unset, a quarter of it, at most 4096.",
         "api_key": "Key the local server wants, if any (sent only to this server, never a "
                    "cloud credential).",
         "connect_timeout": "Seconds to open a connection to this server.",

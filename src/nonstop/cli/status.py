@@ -8,6 +8,7 @@ running (status still prints what the log on disk knows), 2 when it refused the 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import sqlite3
@@ -45,7 +46,16 @@ def api_get(cfg: Config, path: str, params: dict[str, Any] | None = None, timeou
     url = gateway_url(cfg.host, cfg.port) + path
     if params:
         url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v not in ("", None)})
-    req = urllib.request.Request(url, headers={"accept": "application/json"})
+    return _call(cfg, urllib.request.Request(url, headers={"accept": "application/json"}), path, timeout)
+
+
+def api_post(cfg: Config, path: str, body: Any, timeout: float = API_TIMEOUT) -> Any:
+    req = urllib.request.Request(gateway_url(cfg.host, cfg.port) + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"accept": "application/json", "content-type": "application/json"})
+    return _call(cfg, req, path, timeout)
+
+
+def _call(cfg: Config, req: urllib.request.Request, path: str, timeout: float) -> Any:
     if cfg.token:
         req.add_header("x-nonstop-token", cfg.token)
     try:
@@ -56,7 +66,10 @@ def api_get(cfg: Config, path: str, params: dict[str, Any] | None = None, timeou
             raise Refused(
                 f"nonstop at {cfg.listen} needs its access token: set token in the config or NONSTOP_TOKEN"
             ) from None
-        raise Refused(f"nonstop at {cfg.listen} answered {exc.code} for {path}") from None
+        detail = ""
+        with contextlib.suppress(Exception):
+            detail = str(json.loads(exc.read()).get("error", ""))[:300]
+        raise Refused(f"nonstop at {cfg.listen} answered {exc.code} for {path}" + (f": {detail}" if detail else "")) from None
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
         raise NotRunning(cfg.listen) from None
 
@@ -178,6 +191,46 @@ def cloud_line(cloud: dict[str, Any], now: float) -> str:
     return "unknown: no state recorded yet"
 
 
+def forecast_line(f: dict[str, Any], now: float) -> str:
+    """Each quota window's forecast, and whether deferrable work is being conserved."""
+    parts = []
+    for w in f.get("windows") or []:
+        out, resets = w.get("runs_out"), w.get("resets")
+        text = f"{w.get('window', '?')} {pct(w.get('utilization'))}"
+        if isinstance(out, int | float) and not (isinstance(resets, int | float) and out > resets):
+            text += f" · out ~{utc_hhmm(max(out, now), now)}"
+        else:
+            text += " · not forecast to run out"
+        if isinstance(resets, int | float):
+            text += f", resets {utc_hhmm(resets, now)}"
+        parts.append(text)
+    if not parts:
+        return ""
+    line = "; ".join(parts)
+    if f.get("conserving"):
+        line += " — conserving: background work and subagents go local first"
+    return line
+
+
+def backend_details(b: dict[str, Any]) -> str:
+    """The live part of a backend: its real window, load, speed, demotion, warmth."""
+    bits = []
+    window, configured = b.get("window"), b.get("context_window")
+    if isinstance(window, int) and window:
+        bits.append(f"{window // 1024}k window" + (f" (configured {configured // 1024}k)"
+                                                    if isinstance(configured, int) and configured > window else ""))
+    if b.get("inflight"):
+        bits.append(f"{b['inflight']} in flight")
+    for key, what in (("prompt_tps", "prompt"), ("gen_tps", "output")):
+        if isinstance(b.get(key), int | float):
+            bits.append(f"{b[key]:.0f} {what} tok/s")
+    if b.get("warmth"):
+        bits.append(str(b["warmth"]))
+    if b.get("demoted"):
+        bits.append("demoted: " + str(b.get("demoted_why") or "failed recently"))
+    return " · ".join(bits)
+
+
 def render_status(st: dict[str, Any], now: float | None = None) -> str:
     now = (st.get("now") or time.time()) if now is None else now
     out: list[str] = []
@@ -200,6 +253,13 @@ def render_status(st: dict[str, Any], now: float | None = None) -> str:
     elif u.get("5h") is None and u.get("7d") is None:
         quota = "not seen yet (the cloud reports it on each reply)"
     out.append(f"quota    {quota}")
+    forecast = forecast_line(st.get("forecast") or {}, now)
+    if forecast:
+        out.append(f"forecast {forecast}")
+    first_byte = (st.get("cloud") or {}).get("first_byte_deadlines") or {}
+    if first_byte:
+        out.append("deadline " + " · ".join(f"{size} waits {secs:g}s" for size, secs in first_byte.items())
+                   + " for the cloud's first byte (learned)")
     backends = st.get("local") or []
     if not backends:
         out.append("local    none configured — run `nonstop doctor`")
@@ -215,6 +275,9 @@ def render_status(st: dict[str, Any], now: float | None = None) -> str:
             health = "not checked yet" if st.get("running", True) else "unknown"
         model = f" · {b['model']}" if b.get("model") else ""
         out.append(f"{label}{str(b.get('name', '')):<{width}}  {health} · {b.get('url', '')}{model}")
+        live = backend_details(b)
+        if live:
+            out.append(f"         {'':<{width}}  {live}")
     today = st.get("today") or {}
     if today:
         for i, side in enumerate(("cloud", "local")):

@@ -83,6 +83,9 @@ def render(status: dict[str, Any] | None, now: float | None = None, problem: str
         s7 = util.get("7d")
         if seven and isinstance(s7, int | float) and s7 >= 0.8:
             parts.append(f"7d {seven}")
+        soon = _running_out(status, now)
+        if soon:
+            parts.append(soon)
         return " · ".join(parts)
     name = _local_name(status)
     head = f"{LOCAL_ICON} local {name}" if name else f"{LOCAL_ICON} local (no backend up)"
@@ -96,6 +99,20 @@ def render(status: dict[str, Any] | None, now: float | None = None, problem: str
     if state == "out":
         return f"{head} · cloud retry due"
     return f"{head} · cloud {state or 'unknown'}"
+
+
+def _running_out(status: dict[str, Any], now: float) -> str:
+    """'out ~16:40, resets 17:00' for a window forecast to run out before its reset."""
+    windows = (status.get("forecast") or {}).get("windows") or []
+    for w in windows:
+        out, resets = w.get("runs_out"), w.get("resets")
+        if not isinstance(out, int | float):
+            continue
+        if isinstance(resets, int | float) and out > resets:
+            continue
+        text = f"out ~{_clock(max(out, now), now)}"
+        return text + (f", resets {_clock(resets, now)}" if isinstance(resets, int | float) else "")
+    return ""
 
 
 # --- where nonstop is --------------------------------------------------------------------------

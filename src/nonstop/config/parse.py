@@ -131,6 +131,10 @@ def _parse_local(items: Any, problems: list[str]) -> tuple[LocalBackendConfig, .
         if "url" not in item:
             problems.append(f"{prefix}url: missing; set the server's base URL, e.g. \"http://127.0.0.1:8080\"")
             continue
+        window = item.get("context_window")
+        if "max_output_tokens" not in item and isinstance(window, int) and not isinstance(window, bool):
+            # Unset: a quarter of the window, at most the usual 4096.
+            item["max_output_tokens"] = min(4096, max(1, window // 4))
         b = _build(LocalBackendConfig, item, prefix, problems)
         if b is None:
             continue

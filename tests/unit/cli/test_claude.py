@@ -51,7 +51,13 @@ def test_claude_env_points_at_nonstop_and_leaves_credentials_alone() -> None:
 
 def test_claude_env_adds_no_credentials_of_its_own() -> None:
     env = claude.claude_env(cfg_at(), {})
-    assert set(env) == {"ANTHROPIC_BASE_URL"}
+    assert set(env) == {"ANTHROPIC_BASE_URL", "CLAUDE_CODE_GATEWAY_HINT_HEADERS"}
+
+
+def test_claude_env_asks_claude_code_for_the_request_class_header() -> None:
+    assert claude.claude_env(cfg_at(), {})["CLAUDE_CODE_GATEWAY_HINT_HEADERS"] == "1"
+    # A user's own choice stands.
+    assert claude.claude_env(cfg_at(), {"CLAUDE_CODE_GATEWAY_HINT_HEADERS": "0"})["CLAUDE_CODE_GATEWAY_HINT_HEADERS"] == "0"
 
 
 def test_claude_env_sends_the_nonstop_token_as_a_custom_header() -> None:

@@ -46,6 +46,22 @@ def test_serving():
     assert "local  1 request · 900 in / 80 out tokens" in out
 
 
+def test_forecast_learned_deadlines_and_live_backend_details():
+    doc = live()
+    doc["forecast"] = {"conserving": True, "windows": [
+        {"window": "5h", "utilization": 0.71, "runs_out": NOW + 1800, "resets": NOW + 3600, "method": "slope"},
+        {"window": "7d", "utilization": 0.2, "runs_out": None, "resets": NOW + 86400, "method": "slope"}]}
+    doc["cloud"]["first_byte_deadlines"] = {"<=64 KB": 10.0}
+    doc["local"][0].update(window=8192, context_window=32768, inflight=2, prompt_tps=412.0, gen_tps=38.2, warmth="warm")
+    doc["local"][1].update(window=4096, context_window=4096, demoted=True, demoted_why="connection refused")
+    out = st.render_status(doc)
+    assert ("forecast 5h 71% · out ~15:36 UTC, resets 16:06 UTC; 7d 20% · not forecast to run out, resets "
+            "2025-06-16 15:06 UTC — conserving: background work and subagents go local first") in out
+    assert "deadline <=64 KB waits 10s for the cloud's first byte (learned)" in out
+    assert "8k window (configured 32k) · 2 in flight · 412 prompt tok/s · 38 output tok/s · warm" in out
+    assert "4k window · demoted: connection refused" in out
+
+
 def test_out_until_a_time_with_the_reason():
     out = st.render_status(live("out", until=NOW + 42 * 60, reason="subscription_limit", detail="usage limit (five_hour)"))
     assert "cloud    out until 15:48 UTC (in 42m) — subscription_limit: usage limit (five_hour)" in out

@@ -423,3 +423,9 @@ def test_problems_from_a_file_name_the_file(tmp_path: Path) -> None:
         load_config(path)
     assert len(info.value.problems) == 1
     assert info.value.problems[0].startswith(f"{path}: cloud.uri:")
+
+
+def test_max_output_tokens_defaults_to_a_quarter_of_a_small_window() -> None:
+    cfg = parse_config({"local": [local(context_window=4096), local(name="big", url="http://127.0.0.1:8081", context_window=65536)]})
+    assert [b.max_output_tokens for b in cfg.local] == [1024, 4096]
+    one_problem_about({"local": [local(context_window=4096, max_output_tokens=4096)]}, "local[0].max_output_tokens")
