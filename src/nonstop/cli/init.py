@@ -51,6 +51,11 @@ TOP_DOCS: dict[str, str] = {
     "drain_timeout": "On shutdown, seconds that requests still running get to finish.",
     "ping_interval": "Seconds between keep-alive `ping` events while a slow local model is "
                      "still reading the prompt, so the client does not give up.",
+    "head_timeout": "Seconds a client gets to send a request's head (its first line and "
+                    "headers); a connection that takes longer is closed.",
+    "slow_heads_per_client": "Connections from one address that may take over a second to "
+                             "send their request head; while that many are waiting, further "
+                             "connections from the address are closed at once.",
 }
 
 SECTION_DOCS: dict[str, dict[str, str]] = {
@@ -289,7 +294,8 @@ def render_config(
         "",
     ]
     defaults = Config(state_dir=default_state_dir())
-    for key in ("listen", "token", "state_dir", "max_body_bytes", "drain_timeout", "ping_interval"):
+    for key in ("listen", "token", "state_dir", "max_body_bytes", "drain_timeout", "ping_interval",
+                "head_timeout", "slow_heads_per_client"):
         value = getattr(defaults, key)
         lines += _key(key, str(value) if key == "state_dir" else value, TOP_DOCS[key],
                       active=key == "listen")

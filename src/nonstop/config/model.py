@@ -157,6 +157,10 @@ class Config:
     max_body_bytes: int = 32 * 1024 * 1024
     drain_timeout: float = 30.0
     ping_interval: float = 10.0
+    # A request head not complete within this many seconds is dropped.
+    head_timeout: float = 5.0
+    # Connections from one address that may be slow (over a second) to send their head.
+    slow_heads_per_client: int = 32
     cloud: CloudConfig = field(default_factory=CloudConfig)
     local: tuple[LocalBackendConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()

@@ -268,6 +268,10 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     emb = kwargs.get("embedded")
     if emb is not None and emb.mode not in ("auto", "always", "never"):
         problems.append(f"embedded.mode: {emb.mode!r} is not known; use \"auto\", \"always\" or \"never\"")
+    if kwargs.get("head_timeout") == 0:
+        problems.append("head_timeout: must be more than 0 seconds; the default is 5")
+    if kwargs.get("slow_heads_per_client") == 0:
+        problems.append("slow_heads_per_client: must be at least 1; the default is 32")
     if isinstance(kwargs.get("listen"), str):
         try:
             split_listen(kwargs["listen"])

@@ -1,4 +1,4 @@
-"""Run the gateway under uvicorn (uvloop + httptools)."""
+"""Run the gateway under uvicorn (uvloop + httptools, with a deadline for request heads)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def serve(cfg: Config) -> int:
     from nonstop.server.app import create_app
+    from nonstop.server.head_guard import guarded_protocol
 
     setup_logging()
     log = logging.getLogger("nonstop")
@@ -51,7 +52,8 @@ def serve(cfg: Config) -> int:
     except ImportError:
         loop = "asyncio"
     config = uvicorn.Config(
-        create_app(cfg), host=cfg.host, port=cfg.port, loop=loop, http="httptools",
+        create_app(cfg), host=cfg.host, port=cfg.port, loop=loop,
+        http=guarded_protocol(cfg.head_timeout, cfg.slow_heads_per_client),
         lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False,
         timeout_graceful_shutdown=int(cfg.drain_timeout) or None, timeout_keep_alive=75,
         h11_max_incomplete_event_size=64 * 1024,

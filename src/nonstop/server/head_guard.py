@@ -1,0 +1,180 @@
+"""A deadline for the request head, and a cap on slow heads per client address.
+
+uvicorn's httptools protocol waits for a request head without any deadline: a client that
+opens a connection and sends nothing, or trickles its head a byte at a time, holds the
+connection (its socket, its parser, its buffers) for as long as it likes. uvicorn's own
+keep-alive timer does not help: it is armed only after a response, and the first byte of
+the next request cancels it.
+
+`HeadGuardedProtocol` closes that gap with a timer on each head still being read:
+
+- a head must be complete within `head_timeout` seconds of the connection opening (or,
+  on a kept-alive connection, of the next request's first byte); otherwise the client
+  gets a 408 (or, if it sent nothing, just the close) and the connection is closed;
+- a head still incomplete after `SLOW_AFTER` seconds is *slow*; at most
+  `slow_heads_per_client` slow heads are held per client address: one more is closed
+  (without an answer) when it turns slow, and while that many are held, a new connection
+  from the address is closed at once;
+- a head that grows past `MAX_HEAD_BYTES` is answered 431 and the connection closed, so a
+  fast client cannot fill memory within the deadline either.
+
+Counting only slow heads leaves a burst of ordinary connections alone: their heads arrive
+in one packet and never become slow. The cost on the request path is one timer armed and
+cancelled per connection (a new connection may send nothing at all); a request on a
+kept-alive connection arms one only when its head arrives in more than one read.
+"""
+
+from __future__ import annotations
+
+from asyncio import TimerHandle, Transport
+from typing import ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# A head still incomplete this long after it started counts against its address's limit.
+SLOW_AFTER = 1.0
+# The application answers heads over 64 KiB itself, in the client's own protocol; past
+# this size the head is not even read to its end.
+MAX_HEAD_BYTES = 256 * 1024
+
+
+class SlowHeads:
+    """Which connections, per client address, are slow to send their head."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self._by_client: dict[str, set[object]] = {}
+
+    def full(self, client: str) -> bool:
+        return len(self._by_client.get(client, ())) >= self.per_client
+
+    def add(self, client: str, conn: object) -> bool:
+        """Count `conn` as slow; False (and not counted) when the address is at its limit."""
+        if self.full(client):
+            return False
+        self._by_client.setdefault(client, set()).add(conn)
+        return True
+
+    def discard(self, client: str, conn: object) -> None:
+        held = self._by_client.get(client)
+        if held is not None:
+            held.discard(conn)
+            if not held:
+                del self._by_client[client]
+
+    def held(self, client: str) -> int:
+        return len(self._by_client.get(client, ()))
+
+
+def _closing_response(status: bytes, message: str) -> bytes:
+    body = message.encode()
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
+
+
+class HeadGuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head deadline and a per-address cap on slow
+    heads. Configure a subclass with `guarded_protocol()`."""
+
+    head_timeout: ClassVar[float] = 5.0
+    slow_heads: ClassVar[SlowHeads] = SlowHeads(32)
+
+    # Per connection, as class defaults so that uvicorn's __init__ stays untouched.
+    _reading_head = False  # from the connection, or a request's first byte, to the head's end
+    _head_timer: TimerHandle | None = None
+    _head_deadline = 0.0
+    _head_slow = False  # counted in slow_heads
+    _head_begun = False  # some bytes of the head have arrived
+    _head_bytes = 0  # bytes read while the head was incomplete
+
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.slow_heads.full(self._client_host()):
+            transport.close()
+            return
+        self._reading_head = True
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_begun = True
+        # The next request on a kept-alive connection: its timer is armed only if this
+        # read does not finish the head (see data_received), so a head that arrives whole
+        # costs no timer at all.
+        self._reading_head = True
+
+    def on_headers_complete(self) -> None:
+        self._end_head()
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self._reading_head or self.transport.is_closing():  # the head is complete, or refused
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._end_head()
+            self.transport.write(_closing_response(
+                b"431 Request Header Fields Too Large", f"the request head is larger than {MAX_HEAD_BYTES} bytes"))
+            self.transport.close()
+        elif self._head_timer is None:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end_head()
+        super().connection_lost(exc)
+
+    # --- the head's timer ---------------------------------------------------------------------
+
+    def _client_host(self) -> str:
+        return self.client[0] if self.client else ""
+
+    def _arm(self) -> None:
+        self._head_deadline = self.loop.time() + self.head_timeout
+        self._head_timer = self.loop.call_later(min(SLOW_AFTER, self.head_timeout), self._head_late)
+
+    def _end_head(self) -> None:
+        self._reading_head = False
+        self._head_begun = False
+        self._head_bytes = 0
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._head_slow:
+            self.slow_heads.discard(self._client_host(), self)
+            self._head_slow = False
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if not self._head_slow:
+            if not self.slow_heads.add(self._client_host(), self):  # over the cap: refused, no answer
+                self._end_head()
+                self.transport.close()
+                return
+            self._head_slow = True
+            self._head_timer = self.loop.call_later(max(0.0, self._head_deadline - self.loop.time()), self._head_late)
+            return
+        self._drop_head()
+
+    def _drop_head(self) -> None:
+        # A 408 only to a client that began a request, and never inside a response still
+        # going out (a pipelined head trickling in behind it): that one is just cut.
+        answer = self._head_begun and (self.cycle is None or self.cycle.response_complete)
+        self._end_head()
+        if answer:
+            self.transport.write(_closing_response(
+                b"408 Request Timeout", f"the request head did not arrive within {self.head_timeout:g} s"))
+        self.transport.close()
+
+
+def guarded_protocol(head_timeout: float, slow_heads_per_client: int) -> type[HeadGuardedProtocol]:
+    """The protocol class to give uvicorn (`http=`), with its own count of slow heads."""
+
+    class Configured(HeadGuardedProtocol):
+        pass
+
+    Configured.head_timeout = head_timeout
+    Configured.slow_heads = SlowHeads(slow_heads_per_client)
+    return Configured
