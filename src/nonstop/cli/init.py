@@ -36,6 +36,7 @@ from nonstop.config import (
     default_state_dir,
     parse_config,
 )
+from nonstop.config.model import WarmupConfig
 
 # --- what each key means (shown above the key in the file) ---------------------------------
 
@@ -142,6 +143,19 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "continue_locally": "Finish a text-only cloud answer that broke off mid-stream on a "
                             "local model.",
     },
+    "warmup": {
+        "enabled": "Load the local models before they are needed, so the first local answer "
+                   "does not wait for a model to load: when the cloud goes out, when a quota "
+                   "window is forecast to run out, or when one reaches at_utilization; and "
+                   "keep them loaded while the cloud is out.",
+        "at_utilization": "Warm the local models once a quota window's utilization (0..1) "
+                          "reaches this.",
+        "keep_alive": "Seconds Ollama keeps a warmed model loaded after its last use; "
+                      "nonstop renews it halfway while the cloud is out.",
+        "touch_every": "Longest gap, in seconds, between the small requests that keep a "
+                       "llama-server started with --sleep-idle-seconds awake while the cloud "
+                       "is out.",
+    },
     "shared": {
         "redis_url": "Redis URL to share the cloud's quota state between several nonstop "
                      "instances; empty: not shared.",
@@ -171,6 +185,7 @@ SECTION_TYPES: dict[str, type] = {
     "recovery": RecoveryConfig,
     "shared": SharedConfig,
     "routing": RoutingConfig,
+    "warmup": WarmupConfig,
 }
 
 
@@ -305,7 +320,7 @@ def render_config(
     lines += _routing_section()
     lines += _discovery_section(dcfg, servers)
     lines += _embedded_section(servers, stack)
-    for name in ("log", "hooks", "recovery", "shared"):
+    for name in ("warmup", "log", "hooks", "recovery", "shared"):
         lines += _section(name, {}, commented=True)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -144,6 +144,20 @@ class RecoveryConfig:
 
 
 @dataclass(frozen=True)
+class WarmupConfig:
+    # Load local models before they are needed: when the cloud goes out, when a quota
+    # window is forecast to run out, or when one reaches at_utilization.
+    enabled: bool = True
+    at_utilization: float = 0.8
+    # Seconds Ollama keeps a warmed model after its last use. nonstop renews it halfway
+    # while the cloud is out, so the model lapses on its own once nonstop stops asking.
+    keep_alive: float = 900.0
+    # Longest gap, in seconds, between the small requests that keep a llama-server
+    # started with --sleep-idle-seconds from sleeping while the cloud is out.
+    touch_every: float = 20.0
+
+
+@dataclass(frozen=True)
 class SharedConfig:
     redis_url: str = ""
     key_prefix: str = "nonstop:"
@@ -171,6 +185,7 @@ class Config:
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     shared: SharedConfig = field(default_factory=SharedConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     source: str = ""
 
     @property

@@ -27,6 +27,7 @@ from nonstop.config.model import (
     RouteConfig,
     RoutingConfig,
     SharedConfig,
+    WarmupConfig,
     check_exposure,
     default_config_path,
     split_listen,
@@ -42,6 +43,7 @@ _SECTION_TYPES: dict[str, type] = {
     "embedded": EmbeddedConfig,
     "recovery": RecoveryConfig,
     "shared": SharedConfig,
+    "warmup": WarmupConfig,
 }
 
 
@@ -231,6 +233,17 @@ def _check_url(key: str, url: str, problems: list[str]) -> None:
         problems.append(f"{key}: {url!r} is not an http(s) URL; write e.g. \"http://127.0.0.1:8080\"")
 
 
+def _check_warmup(w: WarmupConfig | None, problems: list[str]) -> None:
+    if w is None:
+        return
+    if isinstance(w.at_utilization, float) and not 0 < w.at_utilization <= 1.5:
+        problems.append(f"warmup.at_utilization: {w.at_utilization} is not a utilization; use a fraction such as 0.8")
+    if isinstance(w.keep_alive, float) and w.keep_alive < 60:
+        problems.append(f"warmup.keep_alive: {w.keep_alive:g} seconds is too short to keep a model loaded; use 60 or more (the default is 900)")
+    if isinstance(w.touch_every, float) and w.touch_every < 1:
+        problems.append(f"warmup.touch_every: {w.touch_every:g} seconds is too often; use 1 or more (the default is 20)")
+
+
 def parse_config(data: dict[str, Any], source: str = "") -> Config:
     problems: list[str] = []
     top = {f.name: f for f in fields(Config)}
@@ -272,6 +285,7 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         problems.append("head_timeout: must be more than 0 seconds; the default is 5")
     if kwargs.get("slow_heads_per_client") == 0:
         problems.append("slow_heads_per_client: must be at least 1; the default is 32")
+    _check_warmup(kwargs.get("warmup"), problems)
     if isinstance(kwargs.get("listen"), str):
         try:
             split_listen(kwargs["listen"])
