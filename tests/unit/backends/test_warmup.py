@@ -5,31 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from nonstop.backends import warmup
 from tests.support.fake_ollama import FAKE, MODEL, ollama_app
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[[web.Application], Any]]:
-    servers: list[TestServer] = []
-
-    async def start(app: web.Application) -> str:
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.port}"
-
-    yield start
-    for s in servers:
-        await s.close()
 
 
 @pytest.fixture
