@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 MODEL = "qwen2.5-coder:7b"
+SIZE = 4_683_087_332  # its file, in bytes (/api/tags)
 DEFAULT_KEEP_ALIVE = 300.0
 DEFAULT_NUM_CTX = 4096
 # model_info as Ollama's /api/show gives it (Qwen2.5-Coder-7B's shape).
@@ -104,7 +105,8 @@ def _seconds(keep_alive: Any) -> float | None:
     return float(text)
 
 
-def ollama_app(load_seconds: float = 2.0, *, model: str = MODEL, default_num_ctx: int = DEFAULT_NUM_CTX) -> web.Application:
+def ollama_app(load_seconds: float = 2.0, *, model: str = MODEL, default_num_ctx: int = DEFAULT_NUM_CTX,
+               size: int = SIZE) -> web.Application:
     fake = FakeOllama(load_seconds, model, default_num_ctx)
     app = web.Application()
     app[FAKE] = fake
@@ -113,7 +115,7 @@ def ollama_app(load_seconds: float = 2.0, *, model: str = MODEL, default_num_ctx
         return web.json_response({"version": "0.14.2"})
 
     async def tags(_: web.Request) -> web.Response:
-        return web.json_response({"models": [{"name": fake.model, "model": fake.model, "size": 4_683_087_332,
+        return web.json_response({"models": [{"name": fake.model, "model": fake.model, "size": size,
                                               "details": {"parameter_size": "7.6B", "quantization_level": "Q4_K_M"}}]})
 
     async def ps(request: web.Request) -> web.Response:

