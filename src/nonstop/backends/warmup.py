@@ -9,9 +9,9 @@ model loaded. The policy (when, how often, which backend) is server/warmer.py's.
                   real requests have, the model is the one they find.
     llama-server  POST /completion {"prompt": "", "n_predict": 0}: wakes a server that
                   sleeps (--sleep-idle-seconds) and answers once the model is back. It
-                  is a task on a slot, so it also restarts the server's idle clock, which
-                  /tokenize, /apply-template and count_tokens wake the model without
-                  doing; and an empty prompt leaves the slot's cached prompt in place.
+                  is a task on a slot, so it also restarts the server's idle clock
+                  (/tokenize, /apply-template and count_tokens wake the model but do
+                  not); and an empty prompt leaves the slot's cached prompt in place.
                   A server that refuses an empty prompt gets /tokenize, which at least
                   wakes it.
     embedded      EmbeddedServer.start(): starts the child if it was stopped (while it is
@@ -24,6 +24,7 @@ failed warm-up, not an error for the caller.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -87,7 +88,7 @@ async def start_embedded(server: Starter) -> Warmed:
 
 
 async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str] | None,
-                timeout: float, error: Any) -> Warmed:
+                timeout: float, error: Callable[[bytes], str]) -> Warmed:
     started = time.monotonic()
     h = {"content-type": "application/json", **(headers or {})}
     try:
