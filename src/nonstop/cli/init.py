@@ -26,6 +26,7 @@ from nonstop.config import (
     ConfigError,
     DiscoveryConfig,
     EmbeddedConfig,
+    EvalConfig,
     HooksConfig,
     LocalBackendConfig,
     LogConfig,
@@ -143,6 +144,13 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "continue_locally": "Finish a text-only cloud answer that broke off mid-stream on a "
                             "local model.",
     },
+    "eval": {
+        "auto": "Re-run the quick eval (`nonstop eval --quick`) in the background when a "
+                "local backend's model changes or was never evaluated, once the backend is "
+                "idle; the scores show in `nonstop status`, `doctor` and the dashboard.",
+        "idle_after": "Seconds a backend must have served no request (and the cloud been "
+                      "serving) before an automatic eval starts on it.",
+    },
     "warmup": {
         "enabled": "Load the local models before they are needed, so the first local answer "
                    "does not wait for a model to load: when the cloud goes out, when a quota "
@@ -183,6 +191,7 @@ SECTION_TYPES: dict[str, type] = {
     "log": LogConfig,
     "hooks": HooksConfig,
     "recovery": RecoveryConfig,
+    "eval": EvalConfig,
     "shared": SharedConfig,
     "routing": RoutingConfig,
     "warmup": WarmupConfig,
@@ -320,7 +329,7 @@ def render_config(
     lines += _routing_section()
     lines += _discovery_section(dcfg, servers)
     lines += _embedded_section(servers, stack)
-    for name in ("warmup", "log", "hooks", "recovery", "shared"):
+    for name in ("warmup", "log", "hooks", "recovery", "eval", "shared"):
         lines += _section(name, {}, commented=True)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -164,6 +164,14 @@ class SharedConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    # Re-run the quick eval in the background for a backend whose model changed (or was
+    # never evaluated), once the backend has been idle for idle_after seconds.
+    auto: bool = False
+    idle_after: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
     token: str = ""
@@ -184,6 +192,7 @@ class Config:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     shared: SharedConfig = field(default_factory=SharedConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     source: str = ""

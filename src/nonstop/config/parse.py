@@ -20,6 +20,7 @@ from nonstop.config.model import (
     ConfigError,
     DiscoveryConfig,
     EmbeddedConfig,
+    EvalConfig,
     HooksConfig,
     LocalBackendConfig,
     LogConfig,
@@ -42,6 +43,7 @@ _SECTION_TYPES: dict[str, type] = {
     "discovery": DiscoveryConfig,
     "embedded": EmbeddedConfig,
     "recovery": RecoveryConfig,
+    "eval": EvalConfig,
     "shared": SharedConfig,
     "warmup": WarmupConfig,
 }

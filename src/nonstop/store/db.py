@@ -67,6 +67,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         "0005_notes",
         "ALTER TABLE requests ADD COLUMN notes TEXT NOT NULL DEFAULT '';",
     ),
+    (
+        "0007_evals",
+        """
+        CREATE TABLE evals (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            backend TEXT NOT NULL,
+            model_key TEXT NOT NULL DEFAULT '',
+            model TEXT NOT NULL DEFAULT '',
+            suite TEXT NOT NULL DEFAULT '',
+            overall REAL,
+            scores TEXT NOT NULL DEFAULT '',
+            tasks TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX evals_backend ON evals (backend, ts);
+        """,
+    ),
 ]
 
 
@@ -328,3 +345,64 @@ def totals_since(conn: sqlite3.Connection, since: float) -> dict[str, dict[str, 
     for side, n, i, o in conn.execute(q, (since,)):
         out[side] = {"requests": n, "input_tokens": i, "output_tokens": o}
     return out
+
+
+# --- eval results (nonstop.quality reads and writes these) ----------------------------------
+
+
+@dataclass
+class EvalRow:
+    """One evaluation of one backend's model: when, which model (its identity as a dict,
+    and the key that changes with it), which suite, and the scores."""
+
+    ts: float
+    backend: str
+    model_key: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+    suite: str = ""
+    overall: float | None = None
+    scores: dict[str, Any] = field(default_factory=dict)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    id: int = 0
+
+
+def save_eval(conn: sqlite3.Connection, row: EvalRow) -> int:
+    with conn:
+        cur = conn.execute(
+            "INSERT INTO evals (ts, backend, model_key, model, suite, overall, scores, tasks) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.ts, row.backend, row.model_key, orjson.dumps(row.model).decode(), row.suite, row.overall,
+             orjson.dumps(row.scores).decode(), orjson.dumps(row.tasks).decode()),
+        )
+    return int(cur.lastrowid or 0)
+
+
+def eval_history(conn: sqlite3.Connection, backend: str = "", limit: int = 200) -> list[EvalRow]:
+    """Evaluations, newest first; of one backend when `backend` is given."""
+    sql = "SELECT * FROM evals" + (" WHERE backend = ?" if backend else "") + " ORDER BY ts DESC, id DESC LIMIT ?"
+    args: list[Any] = [backend] if backend else []
+    return [_eval_row(r) for r in conn.execute(sql, [*args, max(1, int(limit))])]
+
+
+def latest_evals(conn: sqlite3.Connection) -> dict[str, EvalRow]:
+    """The newest evaluation of each backend."""
+    sql = ("SELECT * FROM evals e WHERE id = (SELECT id FROM evals f WHERE f.backend = e.backend "
+           "ORDER BY ts DESC, id DESC LIMIT 1)")
+    return {row.backend: row for row in map(_eval_row, conn.execute(sql))}
+
+
+def _eval_row(r: sqlite3.Row) -> EvalRow:
+    def load(text: str, empty: Any) -> Any:
+        try:
+            return orjson.loads(text) if text else empty
+        except orjson.JSONDecodeError:
+            return empty
+
+    return EvalRow(ts=r["ts"], backend=r["backend"], model_key=r["model_key"], model=load(r["model"], {}),
+                   suite=r["suite"], overall=r["overall"], scores=load(r["scores"], {}), tasks=load(r["tasks"], []),
+                   id=r["id"])
+
+
+def last_request_at(conn: sqlite3.Connection, backend: str, since: float) -> float | None:
+    """When `backend` last served a request logged at or after `since` (None: none)."""
+    row = conn.execute("SELECT MAX(ts) FROM requests WHERE ts >= ? AND backend = ?", (since, backend)).fetchone()
+    return float(row[0]) if row and row[0] is not None else None
