@@ -1,0 +1,3 @@
+from tests.support.inprocess import serve
+
+__all__ = ["serve"]
