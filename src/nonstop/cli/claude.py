@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
-from nonstop.cli.common import gateway_url
+from nonstop.cli.common import db_path, gateway_url
 from nonstop.config import Config, is_loopback
 
 CLAUDE_INSTALL = "npm install -g @anthropic-ai/claude-code"
@@ -88,6 +88,18 @@ def claude_env(cfg: Config, base: dict[str, str] | None = None) -> dict[str, str
     return env
 
 
+def verdict_lines(cfg: Config, h: dict) -> list[str]:
+    """One line per local backend the gateway reports: its last eval score, so the user
+    knows what a failover would hand the session to."""
+    local = h.get("local")
+    names = [str(b["name"]) for b in local if isinstance(b, dict) and b.get("name")] if isinstance(local, list) else []
+    if not names:
+        return []
+    from nonstop.quality.verdict import verdicts
+
+    return [f"nonstop: local {v['line']}" for v in verdicts(db_path(cfg.state_dir), names).values()]
+
+
 def _offer_statusline(cfg: Config, force: bool) -> None:
     from nonstop.cli import statusline
 
@@ -118,10 +130,12 @@ def run_claude(cfg: Config, rest: list[str], args) -> int:
         print("nonstop: refusing to expose the gateway without a token", file=sys.stderr)
         return 2
     try:
-        ensure_running(cfg, echo=lambda m: print(m, file=sys.stderr))
+        h = ensure_running(cfg, echo=lambda m: print(m, file=sys.stderr))
     except RuntimeError as exc:
         print(f"nonstop: {exc}", file=sys.stderr)
         return 1
+    for line in verdict_lines(cfg, h):
+        print(line, file=sys.stderr)
     _offer_statusline(cfg, bool(getattr(args, "install_statusline", False)))
     env = claude_env(cfg)
     # Claude Code lets `env` in its settings files override the process environment; a

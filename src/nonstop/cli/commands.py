@@ -100,6 +100,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return explain.main(_load(args), args.request, headers=args.header or [], offline=args.offline, as_json=args.json)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from nonstop.cli import eval as eval_cmd
+
+    return eval_cmd.main(_load(args), backend=args.backend or "", model=args.model or "", quick=args.quick,
+                         as_json=args.json, cloud=args.cloud, cloud_model=args.cloud_model or "", yes=args.yes,
+                         show_history=args.history)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from nonstop.cli import models
+
+    return models.main(_load(args), as_json=args.json)
+
+
 def cmd_claude(args: argparse.Namespace, rest: list[str]) -> int:
     from nonstop.cli import claude
 
@@ -170,6 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--offline", action="store_true", help="plan against the config and the state on disk, not the running instance")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_explain)
+
+    s = sub.add_parser("eval", help="score each local model on Claude Code-shaped tasks (tools, loops, format, speed)")
+    common(s)
+    s.add_argument("--backend", help="evaluate only this local backend")
+    s.add_argument("--model", help="with --backend: evaluate another model the same server has")
+    s.add_argument("--quick", action="store_true", help="fewer tasks, no long-context task (a minute or two)")
+    s.add_argument("--cloud", action="store_true", help="also run the suite on the cloud with your own credentials "
+                                                        "(spends quota; asks first)")
+    s.add_argument("--cloud-model", help="the cloud model for --cloud (default: $ANTHROPIC_MODEL or claude-sonnet-4-5)")
+    s.add_argument("--yes", action="store_true", help="do not ask before spending cloud quota")
+    s.add_argument("--history", action="store_true", help="list the stored runs instead, newest first")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("models", help="each local backend's model: family, size, quantisation, contexts, tools, score")
+    common(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_models)
 
     s = sub.add_parser("claude", help="run Claude Code through nonstop (starts nonstop if needed)")
     common(s)

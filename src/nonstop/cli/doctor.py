@@ -34,8 +34,11 @@ from nonstop.backends.llama_stack import (
     llama_env,
 )
 from nonstop.cli import claude
-from nonstop.cli.common import claude_settings_files, client_host, gateway_url
+from nonstop.cli.common import claude_settings_files, client_host, db_path, gateway_url
 from nonstop.config import Config, EmbeddedConfig, LocalBackendConfig, is_loopback
+from nonstop.quality.advice import upgrades, verdict_advice
+from nonstop.quality.identity import ModelIdentity, identify, identify_file
+from nonstop.quality.results import latest_scores, scores_by_model
 from nonstop.redact import redact
 
 CLOUD_TIMEOUT = 5.0
@@ -97,6 +100,7 @@ class Probes:
     which: Callable[[str], str | None] = shutil.which
     machine: Callable[[], list[sizing.Device]] = sizing_probe.read_machine
     model_shape: Callable[..., Awaitable[sizing_probe.Served | None]] = sizing_probe.server_shape
+    identify: Callable[[aiohttp.ClientSession, LocalBackendConfig], Awaitable[ModelIdentity]] = identify
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -162,11 +166,12 @@ def render_text(cfg: Config, checks: list[Check]) -> str:
 async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes) -> list[Check]:
     """All checks, in reading order; the slow ones run at the same time."""
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        cloud, running, local, claude_cli, sizes = await asyncio.gather(
+        cloud, running, local, claude_cli, evals, sizes = await asyncio.gather(
             check_cloud(session, cfg.cloud.url),
             check_running(cfg, probes),
             check_locals(session, cfg, probes),
             asyncio.to_thread(check_claude_cli, probes),
+            check_evals(session, cfg, probes),
             check_sizes(session, cfg, probes),
         )
     checks = [
@@ -177,6 +182,7 @@ async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes) -> lis
         *check_base_url(cfg, env),
         running,
         *local,
+        *evals,
         *sizes,
     ]
     return [_scrub(c) for c in checks]
@@ -462,6 +468,40 @@ def _tool_fix(d: DiscoveredServer) -> str:
     if d.kind == "vllm":
         return "restart vLLM with --enable-auto-tool-choice and --tool-call-parser"
     return "use a model that supports tool calling"
+
+
+# --- the models' scores ------------------------------------------------------------------------------
+
+
+async def check_evals(session: aiohttp.ClientSession, cfg: Config, probes: Probes) -> list[Check]:
+    """Each backend's last eval score (not evaluated, stale because its model changed,
+    low), and better-scoring models its server already has that fit this machine."""
+    backends = list(cfg.local)
+    if not backends and cfg.discovery.enabled:
+        names: set[str] = set()
+        for d in await probes.discover(cfg.discovery, session):  # named as the gateway names them
+            name = d.kind if d.kind not in names else f"{d.kind}-{len(names) + 1}"
+            names.add(name)
+            backends.append(discovery.to_backend_config(d, name=name))
+    idents = list(await asyncio.gather(*(probes.identify(session, b) for b in backends)))
+    if not backends and cfg.embedded.mode != "never":
+        model = probes.embedded_stack(cfg.embedded)[1]
+        if model is not None:
+            idents.append(await asyncio.to_thread(identify_file, "embedded", model,
+                                                  configured_context=cfg.embedded.context_window))
+    if not idents:
+        return []
+    db = db_path(cfg.state_dir)
+    current = {i.backend: i for i in idents if i.reachable or i.server == "file"}
+    scores, by_model = await asyncio.to_thread(lambda: (latest_scores(db, current), scores_by_model(db)))
+    places = await asyncio.to_thread(probes.machine) if any(i.available for i in idents) else []
+    now = time.time()
+    out = []
+    for i in idents:
+        score = scores.get(i.backend)
+        out.append(verdict_advice(i.backend, score, now))
+        out += upgrades(i.backend, i, score, by_model, places, now)
+    return [Check(a.check, a.ok, a.detail, a.fix) for a in out]
 
 
 # --- the embedded fallback ------------------------------------------------------------------------

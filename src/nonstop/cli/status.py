@@ -126,6 +126,44 @@ def get_status(cfg: Config) -> dict[str, Any]:
     return {**st, "running": True}
 
 
+def add_verdicts(cfg: Config, st: dict[str, Any]) -> None:
+    """Fill in each local backend's `eval` (its last score, stale when the model changed)
+    where the document has none: a gateway that does not report it, or the log on disk.
+    The servers are asked which model they run now, briefly."""
+    entries = [e for e in st.get("local") or [] if isinstance(e, dict) and e.get("eval") is None]
+    if not entries:
+        return
+    from nonstop.quality.verdict import verdicts
+
+    current = _identities(entries)
+    names = [str(e.get("name", "")) for e in entries]
+    models = {str(e.get("name", "")): str(e.get("model") or "") for e in entries}
+    found = verdicts(db_path(cfg.state_dir), names, current=current, models=models)
+    for e in entries:
+        e["eval"] = found.get(str(e.get("name", "")))
+
+
+def _identities(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    import asyncio
+
+    import aiohttp
+
+    from nonstop.cli.eval import from_status
+    from nonstop.quality.identity import identify
+
+    configs = [c for c in map(from_status, entries) if c is not None]
+
+    async def read() -> dict[str, Any]:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+            found = await asyncio.gather(*(identify(session, c, timeout=API_TIMEOUT) for c in configs))
+        return {i.backend: i for i in found if i.reachable}
+
+    try:
+        return asyncio.run(read())
+    except (OSError, RuntimeError):
+        return {}
+
+
 # --- rendering (pure) ------------------------------------------------------------------------------
 
 
@@ -275,6 +313,9 @@ def render_status(st: dict[str, Any], now: float | None = None) -> str:
             health = "not checked yet" if st.get("running", True) else "unknown"
         model = f" · {b['model']}" if b.get("model") else ""
         out.append(f"{label}{str(b.get('name', '')):<{width}}  {health} · {b.get('url', '')}{model}")
+        verdict = b.get("eval")
+        if isinstance(verdict, dict) and verdict.get("text"):
+            out.append(f"         {'':<{width}}  eval: {verdict['text']}")
         live = backend_details(b)
         if live:
             out.append(f"         {'':<{width}}  {live}")
@@ -411,6 +452,7 @@ def cmd_status(cfg: Config, as_json: bool = False) -> int:
     except Refused as exc:
         print(f"nonstop: {exc}", file=sys.stderr)
         return 2
+    add_verdicts(cfg, st)
     if as_json:
         print(json.dumps(st, indent=2, ensure_ascii=False))
     else:

@@ -255,6 +255,13 @@
       if (num(b.prompt_tps)) load.push(Math.round(b.prompt_tps) + " prompt tok/s");
       if (num(b.gen_tps)) load.push(Math.round(b.gen_tps) + " output tok/s");
       li.appendChild(el("div", "meta load", load.join(" · ")));
+      // The last eval score (absent while the gateway does not report it).
+      const ev = b.eval;
+      if (ev && typeof ev === "object" && ev.text) {
+        const verdict = el("div", "meta eval" + (!ev.evaluated || ev.stale ? " stale" : ""), (ev.evaluated ? "eval: " : "") + ev.text);
+        verdict.title = String(ev.line || "");
+        li.appendChild(verdict);
+      }
       if (b.demoted && b.demoted_why) li.appendChild(el("div", "err", b.demoted_why));
       if (b.healthy === false && b.error) li.appendChild(el("div", "err", b.error));
       list.appendChild(li);
