@@ -53,6 +53,8 @@ class Exchange:
     cloud_path: bytes | None = None
     cloud_body: bytes | None = None
     cloud_headers: dict[str, str] | None = None
+    # The account the client's credential belongs to (a salted hash, never the credential).
+    account: str = ""
 
 
 @dataclass

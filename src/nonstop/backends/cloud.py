@@ -83,7 +83,7 @@ class CloudBackend:
     name = "cloud"
 
     def __init__(self, cfg: CloudConfig, session: aiohttp.ClientSession, *,
-                 observe_headers: Callable[[Mapping[str, str]], None] | None = None,
+                 observe_headers: Callable[[str, Mapping[str, str]], None] | None = None,
                  deadlines: FirstByteDeadlines | None = None):
         self.cfg = cfg
         self.session = session
@@ -126,10 +126,11 @@ class CloudBackend:
             body = orjson.dumps(for_cloud(without_thinking(ex.req)))
         path = ex.cloud_path or ex.raw_path
         expect = ("stream" if ex.stream else "json") if ex.path in _INFERENCE_PATHS else ""
-        return await self.request(ex.method, path, ex.query, headers, body, stream=ex.stream, expect=expect)
+        return await self.request(ex.method, path, ex.query, headers, body, stream=ex.stream, expect=expect,
+                                  account=ex.account)
 
     async def request(self, method: str, raw_path: bytes, query: bytes, headers: CIMultiDict[str], body: bytes,
-                      *, stream: bool = False, expect: str = "") -> Reply | Verdict:
+                      *, stream: bool = False, expect: str = "", account: str = "") -> Reply | Verdict:
         """One try at the cloud. A Reply to commit, or the Verdict to fail over on.
 
         Before anything reaches the client: the head, for streams the events up to the
@@ -144,7 +145,7 @@ class CloudBackend:
             async with asyncio.timeout(self.deadlines.deadline(len(body)) + min(CONNECT_SLACK, self.cfg.connect_timeout)):
                 resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False)
                 if self.observe_headers is not None:
-                    self.observe_headers(resp.headers)
+                    self.observe_headers(account, resp.headers)
                 if resp.status >= 400:
                     return await self._refusal(resp)
                 ctype = resp.headers.get("content-type", "")

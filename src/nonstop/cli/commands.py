@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from nonstop.cli import status
 
-    return status.cmd_status(_load(args), as_json=args.json)
+    return status.cmd_status(_load(args), as_json=args.json, fleet=args.fleet)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="cloud state, quota, local backends, today's totals")
     common(s)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--fleet", action="store_true", help="every instance sharing state through Redis, and each account's state")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("logs", help="recent requests from the request log")

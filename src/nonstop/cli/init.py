@@ -104,6 +104,8 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
                         "own counter where it has one), \"server\" or \"estimate\".",
         "reasoning_param": "Reasoning switch for OpenAI-compatible servers; empty leaves it "
                            "off.",
+        "max_inflight": "Requests this server may have in flight at once, across every nonstop "
+                        "instance sharing state through Redis; 0: no limit beyond its own slots.",
     },
     "discovery": {
         "enabled": "Look for local model servers at start-up. Used only when no [[local]] "
@@ -168,6 +170,10 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "redis_url": "Redis URL to share the cloud's quota state between several nonstop "
                      "instances; empty: not shared.",
         "key_prefix": "Prefix for nonstop's Redis keys.",
+        "account_salt": "Secret mixed into the hashes that label accounts (never the "
+                        "credentials themselves); every instance of a fleet needs the same. "
+                        "Empty: derived from redis_url and key_prefix.",
+        "heartbeat": "Seconds between an instance's heartbeats to the fleet.",
     },
     "routing": {
         "high_water": "A quota window at or above this utilization (0..1), with too little "
@@ -331,7 +337,19 @@ def render_config(
     lines += _embedded_section(servers, stack)
     for name in ("warmup", "log", "hooks", "recovery", "eval", "shared"):
         lines += _section(name, {}, commented=True)
+    lines += _team_section()
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _team_section() -> list[str]:
+    return ["", *_comment(
+        "A shared gateway for a team: one access token per person (sent as x-nonstop-token; "
+        "the request log attributes requests to them, and each sees only their own stored "
+        "bodies). With [[users]], nonstop may listen beyond loopback."
+    ), "# [[users]]", '# name = "ann"', '# token = "a-long-random-token-for-ann"', "", *_comment(
+        "Friendly names for accounts (each credential's quota is its own; `nonstop status` "
+        "shows the labels):"
+    ), "# [accounts]", '# "key:3f2a9c1e0b7d" = "ann (team key)"']
 
 
 def _local_blocks(servers: Sequence[DiscoveredServer], dcfg: DiscoveryConfig, probed: bool) -> list[str]:

@@ -92,27 +92,34 @@ def _open_db(cfg: Config) -> sqlite3.Connection | None:
 def offline_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
     """The status document filled from the persisted state and the request log."""
     from nonstop import __version__
-    from nonstop.server.status import backend_entry, start_of_day, status_document
+    from nonstop.server.status import account_entries, backend_entry, start_of_day, status_document
     from nonstop.store.db import totals_since
 
     now = time.time() if now is None else now
     snap: dict[str, Any] = {}
+    accounts: dict[str, Any] = {}
     today: dict[str, Any] = {}
     conn = _open_db(cfg)
     if conn is not None:
         with closing(conn):
             try:
-                row = conn.execute("SELECT value FROM state WHERE key = 'quota'").fetchone()
-                if row is not None:
-                    loaded = json.loads(row[0])
-                    snap = loaded if isinstance(loaded, dict) else {}
+                snap = _state(conn, "quota")
+                # One state for everyone (an older version, or one account): the default account's.
+                accounts = _state(conn, "accounts").get("accounts") or ({"": snap} if snap else {})
                 today = totals_since(conn, start_of_day(now))
             except (sqlite3.Error, ValueError):
                 pass
     return status_document(
         cfg, snap, [backend_entry(b) for b in cfg.local], today, running=False, version=__version__, now=now,
         log=str(db_path(cfg.state_dir)) if conn is not None else "",
+        accounts=account_entries(accounts, dict(cfg.accounts)),
     )
+
+
+def _state(conn: sqlite3.Connection, key: str) -> dict[str, Any]:
+    row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+    loaded = json.loads(row[0]) if row is not None else None
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def get_status(cfg: Config) -> dict[str, Any]:
@@ -279,6 +286,13 @@ def render_status(st: dict[str, Any], now: float | None = None) -> str:
         out.append(f"nonstop is not running on {st.get('listen', '')}: start it with `nonstop serve`")
         out.append(f"  (last known state, from {st['log']})" if st.get("log") else "  (no request log found yet)")
     out.append(f"cloud    {cloud_line(st.get('cloud') or {}, now)}")
+    accounts = st.get("accounts") or []
+    if len(accounts) > 1:  # a shared gateway: each account's quota is its own
+        for a in accounts:
+            five = pct((a.get("utilization") or {}).get("5h"))
+            out.append(f"account  {a.get('name') or a.get('account')}  {cloud_line(a, now)} · 5h {five}")
+    if st.get("fleet"):
+        out.append(f"fleet    {st['fleet']} (`nonstop status --fleet` lists the instances)")
     u = st.get("utilization") or {}
     quota = f"5h {pct(u.get('5h'))}"
     if isinstance(u.get("5h_reset"), int | float):
@@ -446,7 +460,9 @@ def follow_rows(source: RowSource, first: list[dict[str, Any]], f: Filters, *,
 # --- the commands ------------------------------------------------------------------------------------
 
 
-def cmd_status(cfg: Config, as_json: bool = False) -> int:
+def cmd_status(cfg: Config, as_json: bool = False, fleet: bool = False) -> int:
+    if fleet:
+        return cmd_fleet(cfg, as_json)
     try:
         st = get_status(cfg)
     except Refused as exc:
@@ -458,6 +474,40 @@ def cmd_status(cfg: Config, as_json: bool = False) -> int:
     else:
         print(render_status(st))
     return 0 if st.get("running") else 1
+
+
+def cmd_fleet(cfg: Config, as_json: bool = False) -> int:
+    try:
+        doc = api_get(cfg, "/_nonstop/api/fleet")
+    except NotRunning:
+        print(f"nonstop is not running on {cfg.listen}: the fleet is seen through a running instance", file=sys.stderr)
+        return 1
+    except Refused as exc:
+        print(f"nonstop: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        print(render_fleet(doc, time.time()))
+    return 0
+
+
+def render_fleet(doc: dict[str, Any], now: float) -> str:
+    """Every instance of the fleet and each account's shared state."""
+    if doc.get("redis") != "ok":
+        return f"fleet    Redis {doc.get('redis', 'unknown')}: this instance runs on its own state"
+    out = [f"fleet    {_n(len(doc.get('instances') or []), 'instance')} sharing state through Redis"]
+    for i in doc.get("instances") or []:
+        backends = i.get("backends") or {}
+        local = ", ".join(f"{n} on {url}" for url, n in backends.items() if n) or "none local"
+        out.append(f"         {i.get('instance', '?')}  v{i.get('version', '?')} · {i.get('listen', '')} · "
+                   f"{i.get('inflight', 0)} in flight ({local})" + (" · draining" if i.get("draining") else "")
+                   + f" · seen {span(max(0.0, now - float(i.get('beat') or now)))} ago")
+    for account, a in sorted((doc.get("accounts") or {}).items()):
+        snap = a.get("snapshot") or {}
+        line = cloud_line({**snap, "until": snap.get("until") if snap.get("state") != "serving" else None}, now)
+        out.append(f"account  {account or 'default'}  {line} (by {a.get('by', '?')})")
+    return "\n".join(out)
 
 
 def _first_rows(cfg: Config, limit: int, f: Filters) -> tuple[RowSource, bool, list[dict[str, Any]]]:

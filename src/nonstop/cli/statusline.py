@@ -232,7 +232,7 @@ def _decode_chunked(body: bytes) -> bytes:
     return bytes(out)
 
 
-def fetch_status(host: str, port: int, prefix: str = "", token: str = "",
+def fetch_status(host: str, port: int, prefix: str = "", token: str = "", *, session: str = "",
                  connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT) -> dict[str, Any]:
     try:
         sock = socket.create_connection((host, port), timeout=connect_timeout)
@@ -240,7 +240,8 @@ def fetch_status(host: str, port: int, prefix: str = "", token: str = "",
         raise Unavailable("not running") from None
     deadline = time.monotonic() + read_timeout
     try:
-        head = f"GET {prefix}{STATUS_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nAccept: application/json\r\n"
+        query = f"?session={session}" if session else ""
+        head = f"GET {prefix}{STATUS_PATH}{query} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nAccept: application/json\r\n"
         if token:
             head += f"x-nonstop-token: {token}\r\n"
         sock.sendall((head + "\r\n").encode("latin-1", "replace"))
@@ -284,25 +285,39 @@ def fetch_status(host: str, port: int, prefix: str = "", token: str = "",
     return doc
 
 
-def drain_stdin() -> None:
+def drain_stdin() -> bytes:
     """Read whatever Claude Code piped in, without waiting: a terminal gives nothing."""
+    got = b""
     try:
         fd = sys.stdin.fileno()
     except (AttributeError, ValueError, OSError):
-        return
+        return got
     try:
         for _ in range(64):
             ready, _, _ = select.select([fd], [], [], 0)
-            if not ready or not os.read(fd, 65536):
-                return
+            chunk = os.read(fd, 65536) if ready else b""
+            if not chunk:
+                return got
+            got += chunk
     except (OSError, ValueError):  # e.g. Windows pipes, which select cannot watch
-        return
+        return got
+    return got
 
 
-def line(config: str | None = None, url: str | None = None) -> str:
+_SESSION = re.compile(rb'"session_id"\s*:\s*"([A-Za-z0-9_.:-]{1,100})"')
+
+
+def session_of(stdin: bytes) -> str:
+    """The Claude Code session the status line is drawn for (its JSON on stdin), so each
+    client sees its own account's state on a shared gateway."""
+    m = _SESSION.search(stdin)
+    return m.group(1).decode() if m else ""
+
+
+def line(config: str | None = None, url: str | None = None, session: str = "") -> str:
     host, port, prefix, token = locate(config, url)
     try:
-        return render(fetch_status(host, port, prefix, token))
+        return render(fetch_status(host, port, prefix, token, session=session))
     except Unavailable as exc:
         return render(None, problem=str(exc))
 
@@ -315,8 +330,8 @@ def main(args: Any) -> int:
         path = uninstall()
         print(f"nonstop: status line removed from {path}" if path else "nonstop: the status line was not installed")
         return 0
-    drain_stdin()
-    text = line(getattr(args, "config", None), getattr(args, "url", None)) + "\n"
+    session = session_of(drain_stdin())
+    text = line(getattr(args, "config", None), getattr(args, "url", None), session) + "\n"
     # Claude Code reads UTF-8 whatever the locale says; the icons must not fail to encode.
     out = getattr(sys.stdout, "buffer", None)
     if out is not None:

@@ -62,6 +62,9 @@ class LocalBackendConfig:
     count_tokens: Literal["auto", "server", "estimate"] = "auto"
     # Reasoning switch for OpenAI-compatible servers; "" leaves it off.
     reasoning_param: str = ""
+    # Requests this server may have in flight at once, across every nonstop instance
+    # sharing its state through Redis (0: no limit beyond the server's own slots).
+    max_inflight: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,19 @@ class WarmupConfig:
 class SharedConfig:
     redis_url: str = ""
     key_prefix: str = "nonstop:"
+    # Accounts are salted hashes of credentials; a fleet needs one salt. Empty: derived
+    # from redis_url and key_prefix (with Redis), else a random one kept in state_dir.
+    account_salt: str = ""
+    # Seconds between an instance's heartbeats (it is listed while they keep coming).
+    heartbeat: float = 5.0
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """`[[users]]`: one person's access token to a shared nonstop."""
+
+    name: str
+    token: str
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     shared: SharedConfig = field(default_factory=SharedConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    # Per-user access tokens for a shared instance, and friendly names for accounts.
+    users: tuple[UserConfig, ...] = ()
+    accounts: tuple[tuple[str, str], ...] = ()
     source: str = ""
 
     @property
@@ -250,8 +269,8 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(cfg: Config) -> None:
-    if not is_loopback(cfg.host) and not cfg.token:
+    if not is_loopback(cfg.host) and not cfg.token and not cfg.users:
         raise ConfigError([
             f"listen: {cfg.host} is reachable from other machines, so an access token is "
-            "required; set token = \"...\" in the config or NONSTOP_TOKEN in the environment"
+            "required; set token = \"...\" (or [[users]] tokens) in the config, or NONSTOP_TOKEN in the environment"
         ])

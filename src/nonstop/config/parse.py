@@ -28,6 +28,7 @@ from nonstop.config.model import (
     RouteConfig,
     RoutingConfig,
     SharedConfig,
+    UserConfig,
     WarmupConfig,
     check_exposure,
     default_config_path,
@@ -229,6 +230,42 @@ def _parse_routing(data: Any, local: tuple[LocalBackendConfig, ...], problems: l
     return RoutingConfig(cfg.high_water, cfg.conserve, cfg.finish_local_tool_loops, tuple(classes))
 
 
+MIN_TOKEN = 12
+
+
+def _parse_users(items: Any, problems: list[str]) -> tuple[UserConfig, ...]:
+    if not isinstance(items, list):
+        problems.append("users: expected [[users]] tables, each with a name and a token")
+        return ()
+    out: list[UserConfig] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            problems.append(f"users[{i}]: expected a table with name and token")
+            continue
+        u = _build(UserConfig, item, f"users[{i}].", problems)
+        if u is None or not isinstance(u.name, str) or not isinstance(u.token, str):
+            continue
+        if not u.name:
+            problems.append(f"users[{i}].name: give each user a name (it labels their requests)")
+        if len(u.token) < MIN_TOKEN:
+            problems.append(f"users[{i}].token: at least {MIN_TOKEN} characters; make one with "
+                            "`python -c \"import secrets; print(secrets.token_urlsafe(24))\"`")
+        if any(o.name == u.name for o in out):
+            problems.append(f"users[{i}].name: {u.name!r} is used twice")
+        if any(o.token == u.token for o in out):
+            problems.append(f"users[{i}].token: the same token as another user; give each their own")
+        out.append(u)
+    return tuple(out)
+
+
+def _parse_accounts(data: Any, problems: list[str]) -> tuple[tuple[str, str], ...]:
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        problems.append("accounts: expected a table of \"account label\" = \"friendly name\" "
+                        "(the labels are shown by `nonstop status`)")
+        return ()
+    return tuple(data.items())
+
+
 def _check_url(key: str, url: str, problems: list[str]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -264,6 +301,10 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
             raw_routes = value
         elif key == "routing":
             raw_routing = value
+        elif key == "users":
+            kwargs["users"] = _parse_users(value, problems)
+        elif key == "accounts":
+            kwargs["accounts"] = _parse_accounts(value, problems)
         elif key == "state_dir":
             if not isinstance(value, str):
                 problems.append("state_dir: expected a path string")

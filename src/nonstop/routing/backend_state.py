@@ -60,6 +60,9 @@ class BackendState:
     gen_tps: float | None = None
     token_ratio: float | None = None
     score: float | None = None
+    # Requests other nonstop instances have in flight on this server, and when counted.
+    others: int = 0
+    others_at: float = 0.0
     warmth: str = ""
     report: ServerReport = field(default_factory=ServerReport)
 
@@ -86,10 +89,16 @@ class BackendState:
         # The server's count may lag ours: requests nonstop sent since the reading count too.
         return max(0, r.slots - max(r.busy_slots + (r.waiting or 0), self.inflight))
 
+    def fleet_counted(self, total_before_this: int) -> None:
+        """The fleet had `total_before_this` requests in flight here, this instance's included."""
+        self.others = max(0, total_before_this - self.inflight)
+        self.others_at = self.clock()
+
     def view(self) -> BackendView:
+        others = self.others if self.clock() - self.others_at <= REPORT_FRESH else 0
         return BackendView(
             name=self.name, caps=self.capabilities(), tag=self.tag, healthy=self.healthy,
-            demoted=self.demoted, demoted_why=self.demoted_why, inflight=self.inflight,
+            demoted=self.demoted, demoted_why=self.demoted_why, inflight=self.inflight + others,
             free_slots=self.free_slots(), prompt_tps=self.prompt_tps, gen_tps=self.gen_tps,
             token_ratio=self.token_ratio, score=self.score, warmth=self.warmth,
         )

@@ -61,6 +61,9 @@ class QuotaState:
     since: float = 0.0
     probe_started: float = 0.0
     blips: int = 0
+    # When this state was last decided (a transition or a new deadline): a fleet keeps the
+    # newer of two views.
+    observed: float = 0.0
     utilization: Utilization = field(default_factory=Utilization)
     forecast: QuotaForecast = field(default_factory=QuotaForecast)
 
@@ -163,24 +166,29 @@ class QuotaState:
             "reason": self.reason,
             "detail": self.detail,
             "since": self.since,
+            "observed": self.observed,
             "utilization": self.utilization.as_dict(),
             "forecast": self.forecast.snapshot(),
         }
 
-    def restore(self, snap: Mapping[str, Any]) -> None:
+    def restore(self, snap: Mapping[str, Any], *, live: bool = False) -> None:
+        """Take a snapshot's state: from disk at start-up, or (`live`) from another
+        instance of the fleet right now."""
         try:
             state = CloudState(snap.get("state", "serving"))
             until = float(snap.get("until") or 0.0)
         except (ValueError, TypeError):
             return
-        # A probe in flight when the process died is over: treat it as out-until-now,
-        # so exactly one new request probes.
         if state is CloudState.PROBING:
-            state = CloudState.OUT
+            if live:  # another instance is probing now: wait for its answer
+                self.probe_started = self.clock()
+            else:  # a probe in flight when the process died is over: one new request probes
+                state = CloudState.OUT
         self.state, self.until = state, until
         self.reason = str(snap.get("reason") or "")
         self.detail = str(snap.get("detail") or "")
         self.since = float(snap.get("since") or 0.0)
+        self.observed = float(snap.get("observed") or self.since or 0.0)
         u = snap.get("utilization") or {}
         if isinstance(u, Mapping):
             self.utilization = Utilization(
@@ -202,8 +210,10 @@ class QuotaState:
 
     def _set(self, state: CloudState, until: float, reason: str, detail: str, why: str) -> None:
         changed = state is not self.state
+        if changed or until != self.until:
+            self.observed = self.clock()
         self.state, self.until, self.reason, self.detail = state, until, reason, detail
         if changed:
-            self.since = self.clock()
+            self.since = self.observed
         if self.on_change is not None:
             self.on_change(self, why if changed else "")

@@ -63,6 +63,8 @@ class App:
         self.anthropic = AnthropicDoor(self.rt, self.pipeline, relay)
         self.openai = OpenAIDoor(self.rt, self.pipeline, relay)
         self._token = cfg.token.encode() if cfg.token else b""
+        # Per-user tokens of a shared instance; the global token is the administrator's.
+        self._users = [(u.token.encode(), u.name) for u in cfg.users]
         self._hosts = {"localhost", "127.0.0.1", "::1", cfg.host.lower()}
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/messages"): self.anthropic.messages,
@@ -96,9 +98,12 @@ class App:
         if problem:
             await self._writer(scope).error(send, problem[0], problem[1])
             return
-        if self._token and not self._authorized(scope):
-            await self._unauthorized(scope, send)
-            return
+        if self._token or self._users:
+            user = self._authorized(scope)
+            if user is None:
+                await self._unauthorized(scope, send)
+                return
+            scope["nonstop.user"] = user
         path = scope["path"]
         handler = self.routes.get((scope["method"], path))
         if handler is not None:
@@ -159,7 +164,9 @@ class App:
                 return 403, f"nonstop does not serve the host name {host[:100]!r}; use http://127.0.0.1:{self.cfg.port}"
         return None
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _authorized(self, scope: Scope) -> str | None:
+        """Who the request's token belongs to: "" for the administrator's (the global
+        token), a user's name, or None for no valid token."""
         given = header(scope, b"x-nonstop-token")
         if not given:
             cookie = header(scope, b"cookie")
@@ -171,7 +178,16 @@ class App:
                     given = c["nonstop_token"].value
         if not given and scope["path"].startswith("/_nonstop"):
             given = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
-        return bool(given) and hmac.compare_digest(given.encode(), self._token)
+        if not given:
+            return None
+        raw = given.encode()
+        if self._token and hmac.compare_digest(raw, self._token):
+            return ""
+        found = None
+        for token, name in self._users:  # compare with every one: no early exit to time
+            if hmac.compare_digest(raw, token):
+                found = name
+        return found
 
     async def _unauthorized(self, scope: Scope, send: Send) -> None:
         msg = ("nonstop requires an access token here: send it in the x-nonstop-token header "

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from nonstop.routing.accounts import credential_of
 from nonstop.server.asgi import (
     BodyTooLarge,
     ClientGone,
@@ -60,7 +61,14 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
     else:
         extra = list(_SECURITY_HEADERS)
     if method == "GET" and path == "/_nonstop/api/status":
-        await send_json(send, 200, await rt.status(), extra=[(b"cache-control", b"no-store")])
+        session = (query.get("session") or [""])[0][:100]
+        await send_json(send, 200, await rt.status(session), extra=[(b"cache-control", b"no-store")])
+        return
+    if method == "GET" and path == "/_nonstop/api/body":
+        await _body(rt, scope, _int(query.get("id"), 0), send)
+        return
+    if method == "GET" and path == "/_nonstop/api/fleet":
+        await send_json(send, 200, await rt.clouds.fleet(), extra=[(b"cache-control", b"no-store")])
         return
     if method == "GET" and path == "/_nonstop/api/requests":
         limit = _int(query.get("limit"), 50)
@@ -84,7 +92,8 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
         if not rt.cfg.token:
             await send_json(send, 403, {"error": "write actions need an access token: set token in the config"})
             return
-        rt.quota.probe_now()
+        for q in rt.clouds.accounts.states.values():
+            q.probe_now()
         await send_json(send, 200, {"ok": True, "cloud": rt.quota.state.value})
         return
     if method == "POST" and path == "/_nonstop/api/explain":
@@ -114,9 +123,27 @@ async def _explain(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> N
     if problem:
         await send_json(send, 400, {"error": problem})
         return
-    headers = {str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else {}
+    headers = {str(k).lower(): str(v) for k, v in headers.items()} if isinstance(headers, dict) else {}
     assert isinstance(req, dict)
-    await send_json(send, 200, explain(request_facts(req, headers), rt.view(), rt.policy))
+    # The account of the credential given, else the latest request's (one user: theirs).
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    account = rt.clouds.accounts.label(credential_of(raw)) if credential_of(raw) else rt.clouds.accounts.last
+    await send_json(send, 200, explain(request_facts(req, headers), rt.view(account), rt.policy))
+
+
+async def _body(rt: Runtime, scope: Scope, request_id: int, send: Send) -> None:
+    """A logged request's bodies (with [log] store_bodies). On a gateway with per-user
+    tokens, a user sees only their own; the administrator's token sees all."""
+    found = await asyncio.to_thread(rt.store.bodies, request_id) if rt.store is not None else None
+    if found is None:
+        await send_json(send, 404, {"error": f"no stored bodies for request {request_id} (log.store_bodies is off, or it is gone)"})
+        return
+    owner, request, response = found
+    asker = scope.get("nonstop.user")
+    if rt.cfg.users and asker not in ("", owner):
+        await send_json(send, 403, {"error": "that request was sent by another user: only they (or the administrator) can see its bodies"})
+        return
+    await send_json(send, 200, {"id": request_id, "user": owner, "request": request, "response": response})
 
 
 def _int(values: list[str] | None, default: int) -> int:

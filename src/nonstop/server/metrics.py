@@ -28,6 +28,9 @@ class Metrics:
         self.utilization = Gauge("nonstop_quota_utilization", "Quota utilization from the cloud's headers (0..1+)", ["window"], registry=r)
         self.local_up = Gauge("nonstop_local_backend_up", "Local backend health: 1 up, 0 down", ["backend"], registry=r)
         self.switches = Counter("nonstop_switches", "Switches between cloud and local", ["to"], registry=r)
+        self.account_state = Gauge("nonstop_account_cloud_state", "Cloud state per account: 0 serving, 1 out, 2 probing", ["account"], registry=r)
+        self.account_until = Gauge("nonstop_account_cloud_out_until_seconds", "Epoch seconds the cloud stays out, per account (0 when serving)", ["account"], registry=r)
+        self.account_utilization = Gauge("nonstop_account_quota_utilization", "Quota utilization per account and window (0..1+)", ["account", "window"], registry=r)
         self.conserving = Gauge("nonstop_quota_conserving", "1 while a quota window is forecast to run out before it resets", registry=r)
         self.runs_out = Gauge("nonstop_quota_runs_out_seconds", "Epoch seconds a quota window is forecast to run out (0: not before its reset)", ["window"], registry=r)
         self.fit_saved = Counter("nonstop_fit_tokens_saved", "Tokens the fitting tiers removed to fit a local window, by tier", ["backend", "tier"], registry=r)
@@ -67,6 +70,14 @@ class Metrics:
             self.utilization.labels("5h").set(five)
         if seven is not None:
             self.utilization.labels("7d").set(seven)
+
+    def set_account(self, account: str, state: str, until: float, five: float | None, seven: float | None) -> None:
+        self.account_state.labels(account).set(STATE_VALUES.get(state, 0))
+        self.account_until.labels(account).set(until if state != "serving" else 0)
+        if five is not None:
+            self.account_utilization.labels(account, "5h").set(five)
+        if seven is not None:
+            self.account_utilization.labels(account, "7d").set(seven)
 
     def set_forecast(self, conserving: bool, windows: Sequence[WindowForecast]) -> None:
         self.conserving.set(1 if conserving else 0)

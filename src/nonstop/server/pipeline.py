@@ -21,7 +21,7 @@ from nonstop.redact import redact
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.facts import RequestFacts, facts_from_request
 from nonstop.routing.fit import deferred_tool_names, fit_floor
-from nonstop.routing.plan import CLOUD, Plan, Step, plan
+from nonstop.routing.plan import CLOUD, Plan, Skip, Step, plan
 from nonstop.store.db import RequestRow
 from nonstop.wire.anthropic import estimate_tokens, to_local_request
 from nonstop.wire.errors import prompt_too_long_message
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from nonstop.server.runtime import Runtime
 
 log = logging.getLogger("nonstop")
+# How long one instance may hold the fleet's probe of an account.
+PROBE_LEASE = 120.0
 
 _FACT_HEADERS = (b"x-claude-code-request-class", b"x-claude-code-agent-id", b"x-claude-code-session-id")
 
@@ -76,6 +78,8 @@ class Pipeline:
 
     def facts(self, ex: Exchange, *, side: bool = False, count_tokens: bool = False) -> RequestFacts:
         req = ex.req
+        headers = fact_headers(ex.headers)
+        ex.account = self.rt.clouds.account_of(ex.headers, headers.get("x-claude-code-session-id", ""))
 
         def measure() -> tuple[int, int]:
             # The size a local model sees, and the smallest the fitting tiers can make it.
@@ -83,11 +87,11 @@ class Pipeline:
             floor = fit_floor(local, estimate_tokens, drop_turns=True, deferred=deferred_tool_names(req))
             return estimate_tokens(local), floor
 
-        return facts_from_request(req, fact_headers(ex.headers), body_len=len(ex.cloud_body or ex.body),
-                                  measure=measure, side=side, count_tokens=count_tokens)
+        return facts_from_request(req, headers, body_len=len(ex.cloud_body or ex.body), measure=measure,
+                                  side=side, count_tokens=count_tokens, account=ex.account)
 
     def plan(self, facts: RequestFacts, tried: dict[str, str] | None = None) -> Plan:
-        return plan(facts, self.rt.view(), self.rt.policy, tried)
+        return plan(facts, self.rt.view(facts.account), self.rt.policy, tried)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -110,6 +114,10 @@ class Pipeline:
             if isinstance(res, Reply):
                 out.reply, out.step = res, step
                 break
+            if isinstance(res, Skip):  # not tried after all (another instance probes; a full pool)
+                tried[step.target] = res.reason
+                out.tried.append((step.target, res.reason))
+                continue
             why = _describe(res)
             tried[step.target] = why
             out.tried.append((step.target, why))
@@ -124,22 +132,50 @@ class Pipeline:
             out.reason = cloud_skip.reason if cloud_skip else (out.step.reason if out.step else "")
         return out
 
-    async def attempt(self, ctx: RequestContext, step: Step) -> Attempt:
+    async def attempt(self, ctx: RequestContext, step: Step) -> Attempt | Skip:
         rt = self.rt
+        account = ctx.ex.account
         if step.target == CLOUD:
+            quota = rt.clouds.state(account)
             if step.probe:
-                rt.quota.begin_probe()
-            res = await rt.cloud.send(ctx.ex, step)
-            self.cloud_outcome(res)
+                if not await rt.clouds.may_probe(account, PROBE_LEASE):
+                    quota.begin_probe()  # another instance is probing: wait for its answer
+                    return Skip(CLOUD, "cloud", "another instance is checking whether the cloud is back")
+                quota.begin_probe()
+            try:
+                res = await rt.cloud.send(ctx.ex, step)
+                self.cloud_outcome(res, account)
+            finally:
+                if step.probe:
+                    await rt.clouds.probed(account)
             return res
         backend = rt.backend(step.target)
         if backend is None:
             return Verdict(FailureKind.NETWORK, True, None, "the backend is gone")
-        return await backend.send(ctx.ex, step)
+        taken = await rt.take_slot(backend)
+        if taken is not None:
+            return taken
+        try:
+            res = await backend.send(ctx.ex, step)
+        except BaseException:
+            rt.give_slot(backend)
+            raise
+        if isinstance(res, Reply) and res.stream:
+            close = res.close
 
-    def cloud_outcome(self, res: Attempt) -> None:
-        """What a cloud attempt teaches the cloud's state."""
-        quota = self.rt.quota
+            def closed() -> None:
+                if close is not None:
+                    close()
+                rt.give_slot(backend)
+
+            res.close = closed
+        else:
+            rt.give_slot(backend)
+        return res
+
+    def cloud_outcome(self, res: Attempt, account: str = "") -> None:
+        """What a cloud attempt teaches the account's cloud state."""
+        quota = self.rt.clouds.state(account)
         if isinstance(res, Reply):
             if res.status < 400:
                 if res.verdict is not None:  # served, but the quota is now rejected

@@ -1,6 +1,7 @@
-"""Everything that lives as long as the process: the configuration, the cloud's state,
-the backends and their live state, the request log, metrics and the event bus; start-up
-and shutdown; the background loops (health checks, probes of demoted backends).
+"""Everything that lives as long as the process: the configuration, the cloud's state per
+account (server/cloud_state.py), the backends and their live state, the request log,
+metrics and the event bus; start-up and shutdown; the background loops (each local
+backend's identity, health and load).
 
 `view()` is the world as the planner sees it at this instant.
 """
@@ -12,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -24,12 +25,12 @@ from nonstop.backends.local import LocalBackend
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import Config, LocalBackendConfig
 from nonstop.routing.backend_state import ServerReport
-from nonstop.routing.plan import hhmm
+from nonstop.routing.plan import Skip
 from nonstop.routing.policy import Policy, policy_from_config
 from nonstop.routing.quota import QuotaState
-from nonstop.routing.view import CloudState, RoutingView
-from nonstop.server import hooks
+from nonstop.routing.view import RoutingView
 from nonstop.server.autoconfig import auto_backends
+from nonstop.server.cloud_state import CloudStates
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
 from nonstop.server.request_log import RequestLog
@@ -51,15 +52,13 @@ class Runtime:
         self.bus = EventBus()
         self.store = Store(cfg.state_dir, retention_days=cfg.log.retention_days) if cfg.log.enabled else None
         self.request_log = RequestLog(self.store, self.metrics, self.bus)
-        self.quota = QuotaState(cfg.cloud, clock=clock, on_change=self._on_quota_change)
-        self.quota.forecast.high_water = cfg.routing.high_water
+        self.clouds = CloudStates(cfg, clock=clock, metrics=self.metrics, bus=self.bus, store=self.store, spawn=self.spawn)
         self.cloud: CloudBackend = None  # type: ignore[assignment]  # set in start()
         self.locals: list[LocalBackend] = []
         self._by_name: dict[str, LocalBackend] = {}
         self.policy: Policy = policy_from_config(cfg)
         self.local_session: aiohttp.ClientSession | None = None
         self.embedded: Any = None
-        self.shared: Any = None
         self.discovered: list[Any] = []
         self.inflight = 0
         self.draining = False
@@ -67,20 +66,18 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._noted: dict[str, int] = {}
 
+    @property
+    def quota(self) -> QuotaState:
+        """The cloud's state for the latest request's account (all there is for one user)."""
+        return self.clouds.accounts.current()
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         if self.store is not None:
             await asyncio.to_thread(self.store.open)
-            snap = await asyncio.to_thread(self.store.load_state, "quota")
-            if isinstance(snap, dict):
-                self.quota.restore(snap)
-                if self.quota.state is not CloudState.SERVING:
-                    log.info("cloud state restored: %s until %s (%s)", self.quota.state.value, hhmm(self.quota.until), self.quota.reason)
-        if self.cfg.shared.redis_url:
-            await self._start_shared()
-        self._publish_quota()
-        self.cloud = CloudBackend(self.cfg.cloud, CloudBackend.make_session(self.cfg.cloud), observe_headers=self.observe_headers)
+        await self.clouds.start(self.instance_info)
+        self.cloud = CloudBackend(self.cfg.cloud, CloudBackend.make_session(self.cfg.cloud), observe_headers=self.clouds.observe)
         if self.store is not None:
             self.cloud.deadlines.restore(await asyncio.to_thread(self.store.load_state, "first_byte"))
         self.local_session = aiohttp.ClientSession(
@@ -96,23 +93,11 @@ class Runtime:
         for b in self.locals:
             self.spawn(self._watch(b))
 
-    async def _start_shared(self) -> None:
-        from nonstop.store.shared import SharedState
-
-        try:
-            import redis  # noqa: F401
-        except ImportError:
-            raise RuntimeError("shared.redis_url is set but the Redis client is missing: pip install 'nonstop[redis]'") from None
-        self.shared = SharedState(self.cfg.shared.redis_url, self.cfg.shared.key_prefix, self._apply_shared)
-        try:
-            snap = await self.shared.start()
-        except Exception as exc:
-            raise RuntimeError(
-                f"shared.redis_url: cannot reach Redis at {self.cfg.shared.redis_url} ({type(exc).__name__}); "
-                "start Redis or remove [shared] redis_url"
-            ) from None
-        if snap:
-            self._apply_shared(snap)
+    def instance_info(self) -> dict[str, Any]:
+        """What this instance's heartbeat tells the fleet."""
+        return {"version": __version__, "pid": os.getpid(), "listen": self.cfg.listen, "inflight": self.inflight,
+                "started": self.started, "draining": self.draining,
+                "backends": {b.cfg.url: b.state.inflight for b in self.locals}}
 
     def set_local_backends(self, cfgs: list[LocalBackendConfig]) -> None:
         assert self.local_session is not None
@@ -132,14 +117,12 @@ class Runtime:
         if self.embedded is not None:
             with contextlib.suppress(Exception):
                 await self.embedded.stop()
-        if self.shared is not None:
-            await self.shared.close()
+        await self.clouds.stop()
         if self.cloud is not None:
             await self.cloud.session.close()
         if self.local_session is not None:
             await self.local_session.close()
         if self.store is not None:
-            self.store.save_state("quota", self.quota.snapshot())
             if self.cloud is not None:
                 self.store.save_state("first_byte", self.cloud.deadlines.snapshot())
             await asyncio.to_thread(self.store.close)
@@ -190,67 +173,41 @@ class Runtime:
 
     # --- what the planner sees -------------------------------------------------------------------
 
-    def view(self) -> RoutingView:
-        return RoutingView(self.clock(), self.quota.view(), tuple(b.state.view() for b in self.locals))
+    def view(self, account: str = "") -> RoutingView:
+        return RoutingView(self.clock(), self.clouds.view(account), tuple(b.state.view() for b in self.locals))
 
     def backend(self, name: str) -> LocalBackend | None:
         return self._by_name.get(name)
 
-    # --- the cloud's state ---------------------------------------------------------------------
+    # --- the shared local pool ---------------------------------------------------------------
 
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
-        u = self.quota.utilization
-        before = (u.five_hour, u.seven_day)
-        self.quota.record_headers(headers)
-        if (u.five_hour, u.seven_day) != before:
-            self._publish_quota()
+    async def take_slot(self, b: LocalBackend) -> Skip | None:
+        """Count a request on a local backend, fleet-wide when shared; a Skip when the
+        backend is at its max_inflight."""
+        limit = b.cfg.max_inflight
+        shared = self.clouds.shared
+        if shared is not None and shared.available:
+            taken, total = await shared.acquire_slot(b.cfg.url, limit)
+            if total is not None:
+                b.state.fleet_counted(total - (1 if taken else 0))
+            if not taken:
+                return Skip(b.name, "load", f"at its limit of {limit} requests in flight across the fleet")
+            return None
+        if limit and b.state.inflight >= limit:
+            return Skip(b.name, "load", f"at its limit of {limit} requests in flight")
+        return None
 
-    def _apply_shared(self, snap: dict[str, Any]) -> None:
-        """Another instance changed the cloud state."""
-        before = self.quota.state
-        self.quota.restore(snap)
-        if self.store is not None:
-            self.store.save_state("quota", self.quota.snapshot())
-        self._publish_quota()
-        if self.quota.state is not before:
-            log.warning("cloud state from another instance: %s%s", self.quota.state.value,
-                        f" until {hhmm(self.quota.until)} ({self.quota.reason})" if self.quota.state is CloudState.OUT else "")
-            self.bus.publish({"type": "status"})
-
-    def _on_quota_change(self, quota: QuotaState, why: str) -> None:
-        if self.shared is not None:
-            self.shared.publish(quota.snapshot())
-        if self.store is not None:
-            self.store.save_state("quota", quota.snapshot())
-        self._publish_quota()
-        if not why:
-            self.bus.publish({"type": "status"})
-            return
-        if quota.state is CloudState.OUT:
-            line = f"switched to local: cloud out until {hhmm(quota.until)} ({quota.reason}: {quota.detail})"
-            to = "local"
-        elif quota.state is CloudState.SERVING:
-            line = "switched to cloud: the cloud answered again"
-            to = "cloud"
-        else:
-            line = f"probing the cloud ({why})"
-            to = ""
-        log.warning(line)
-        if to:
-            self.metrics.switches.labels(to).inc()
-            self.bus.publish({"type": "switch", "to": to, "line": line, "ts": self.clock()})
-            self.spawn(hooks.notify(self.cfg.hooks, {"event": "switch", "to": to, "message": line, "cloud": quota.snapshot()}))
-        self.bus.publish({"type": "status"})
-
-    def _publish_quota(self) -> None:
-        q = self.quota
-        self.metrics.set_cloud(q.state.value, q.until, q.utilization.five_hour, q.utilization.seven_day)
-        self.metrics.set_forecast(q.forecast.conserving, q.forecast.current)
+    def give_slot(self, b: LocalBackend) -> None:
+        shared = self.clouds.shared
+        if shared is not None and shared.available:
+            self.spawn(shared.release_slot(b.cfg.url))
 
     # --- status ------------------------------------------------------------------------------
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, session: str = "") -> dict[str, Any]:
+        """The status document; with a Claude Code session id, that session's account."""
         now = self.clock()
+        _, quota = self.clouds.current(session)
         today: dict[str, Any] = {}
         if self.store is not None:
             with contextlib.suppress(Exception):
@@ -262,10 +219,13 @@ class Runtime:
             for b in self.locals
         ]
         return status_document(
-            self.cfg, self.quota.snapshot(), local, today, running=True, version=__version__, now=now,
+            self.cfg, quota.snapshot(), local, today, running=True, version=__version__, now=now,
             pid=os.getpid(), uptime=now - self.started, inflight=self.inflight,
             log=str(self.store.path) if self.store is not None else "",
-            forecast=self.quota.view().windows, conserving=self.quota.forecast.conserving,
+            forecast=quota.view().windows, conserving=quota.forecast.conserving,
             decisions=[r for r in self.request_log.recent if r.get("route")][-20:],
             first_byte=self.cloud.deadlines.describe() if self.cloud is not None else {},
+            accounts=self.clouds.entries(),
+            fleet="redis " + ("connected" if self.clouds.shared.available else "unreachable")
+            if self.clouds.shared is not None else "",
         )

@@ -8,11 +8,12 @@ imports it without loading the server.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Sequence
 
     from nonstop.config import Config, LocalBackendConfig
     from nonstop.routing.view import BackendView, WindowForecast
@@ -45,6 +46,24 @@ def backend_entry(b: LocalBackendConfig, *, model: str = "", healthy: bool | Non
             gen_tps=live.gen_tps, token_ratio=live.token_ratio, warmth=live.warmth, score=live.score,
         )
     return entry
+
+
+def account_entries(accounts: Mapping[str, Any], names: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Each account's state (labels, never credentials), from the accounts snapshot
+    (Accounts.snapshot()["accounts"])."""
+    out = []
+    for account, snap in sorted(accounts.items()):
+        if not isinstance(snap, Mapping):
+            continue
+        state = str(snap.get("state") or "serving")
+        label = account or "default"
+        out.append({
+            "account": label, "name": names.get(account) or names.get(account.partition(":")[2]) or label,
+            "state": state, "until": snap.get("until") if state != "serving" else None,
+            "reason": snap.get("reason", ""), "utilization": snap.get("utilization") or {},
+            "conserving": bool((snap.get("forecast") or {}).get("conserving")),
+        })
+    return out
 
 
 def forecast_entry(w: WindowForecast) -> dict[str, Any]:
@@ -82,6 +101,8 @@ def status_document(
     conserving: bool | None = None,
     decisions: Sequence[dict[str, Any]] = (),
     first_byte: Mapping[str, float] | None = None,
+    accounts: Sequence[dict[str, Any]] = (),
+    fleet: str = "",
 ) -> dict[str, Any]:
     """The whole document. `quota` is a quota snapshot, `local` the backend_entry() of
     each backend, `today` the request log's totals since start_of_day(now) ({} without a
@@ -105,4 +126,6 @@ def status_document(
             "windows": [forecast_entry(w) for w in forecast],
         },
         "decisions": list(decisions),
+        "accounts": list(accounts),
+        "fleet": fleet,
     }

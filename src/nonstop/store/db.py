@@ -68,6 +68,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         "ALTER TABLE requests ADD COLUMN notes TEXT NOT NULL DEFAULT '';",
     ),
     (
+        "0006_user",
+        "ALTER TABLE requests ADD COLUMN user TEXT NOT NULL DEFAULT '';",
+    ),
+    (
         "0007_evals",
         """
         CREATE TABLE evals (
@@ -112,6 +116,8 @@ class RequestRow:
     route: dict[str, Any] | None = None
     # What nonstop changed on the way, for a local model: {"fit": [...], "repairs": [...]}.
     notes: dict[str, Any] | None = None
+    # The [[users]] entry whose token the request carried ("" without per-user tokens).
+    user: str = ""
     request_body: str | None = field(default=None, repr=False)
     response_body: str | None = field(default=None, repr=False)
 
@@ -124,7 +130,7 @@ _PUBLIC_FIELDS = [f.name for f in fields(RequestRow) if f.name not in ("request_
 _COLUMNS = [
     "ts", "request_id", "path", "client", "session_id", "model", "stream", "backend", "reason",
     "outcome", "status", "stop_reason", "ttfb_ms", "total_ms", "overhead_ms", "input_tokens",
-    "output_tokens", "error", "workload", "route", "notes",
+    "output_tokens", "error", "workload", "route", "notes", "user",
 ]
 _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
@@ -270,6 +276,16 @@ class Store:
         row = self._read.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return orjson.loads(row[0]) if row else None
 
+    def bodies(self, request_id: int) -> tuple[str, str | None, str | None] | None:
+        """(the user who sent it, request body, response body) of one logged request, or
+        None when it was logged without bodies."""
+        assert self._read is not None
+        row = self._read.execute(
+            "SELECT r.user, b.request, b.response FROM requests r JOIN bodies b ON b.request_id = r.id WHERE r.id = ?",
+            (request_id,),
+        ).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
     def recent(self, **filters: Any) -> list[dict[str, Any]]:
         assert self._read is not None
         return recent(self._read, **filters)
@@ -285,7 +301,7 @@ def _values(row: RequestRow) -> tuple[Any, ...]:
         row.backend, row.reason, row.outcome, row.status, row.stop_reason, row.ttfb_ms, row.total_ms,
         row.overhead_ms, row.input_tokens, row.output_tokens, row.error, row.workload,
         orjson.dumps(row.route).decode() if row.route else "",
-        orjson.dumps(row.notes).decode() if row.notes else "",
+        orjson.dumps(row.notes).decode() if row.notes else "", row.user,
     )
 
 

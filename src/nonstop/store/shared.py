@@ -1,98 +1,288 @@
-"""Quota state shared by several nonstop instances through Redis (`[shared] redis_url`).
+"""A fleet of nonstop instances that agree through Redis (`[shared] redis_url`).
 
-One instance that meets a usage limit tells the others, so none of them spends a request
-discovering it again; when one sees the cloud back, all switch back. The latest snapshot
-lives at `<prefix>quota` (read at start-up); changes are published on
-`<prefix>events`. Redis is optional: without it each instance keeps its own state.
+- **Account states, versioned.** Each account's cloud state lives at
+  `<prefix>acct:<account>` with the time it was observed; a Lua script replaces it only
+  with a newer observation, so an old "serving" never overwrites a newer "out until 17:00".
+  Changes are published on `<prefix>events`; every instance applies the newer ones.
+- **One probe per account.** After a deadline, the instance that takes the lease
+  `<prefix>probe:<account>` (SET NX with a TTL) probes; the others stay local until the
+  result is published.
+- **Heartbeats.** Each instance keeps `<prefix>instance:<id>` alive (a TTL of three beats)
+  with its version, address, in-flight requests and per-backend counts.
+- **A shared local pool.** Requests in flight per local backend (by URL) are counted in
+  `<prefix>inflight:<backend>`, one field per instance, so N gateways in front of one GPU box
+  respect its slots and `max_inflight` holds fleet-wide. Fields of instances whose heartbeat
+  has expired do not count.
+
+Redis is a helper, never a dependency: if it is down at start-up or lost later, every call
+here answers as if this instance were alone (and says so in the log); when it returns, the
+states are reconciled (the newer wins) and the fleet carries on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import secrets
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 log = logging.getLogger("nonstop")
 
+RETRY_EVERY = 2.0
+STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
+
+# Replace an account's state only with a newer observation; publish what was written.
+_CAS = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and type(doc) == 'table' and tonumber(doc['observed']) and tonumber(doc['observed']) > tonumber(ARGV[2]) then
+    return cur
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3]))
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return false
+"""
+
+# Count one more request on a backend unless the fleet is at its limit (0: no limit).
+# Fields of instances without a live heartbeat are dropped. Returns {taken, total}.
+_ACQUIRE = """
+local total = 0
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  if redis.call('EXISTS', ARGV[3] .. fields[i]) == 1 then
+    total = total + tonumber(fields[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], fields[i])
+  end
+end
+local limit = tonumber(ARGV[2])
+if limit > 0 and total >= limit then
+  return {0, total}
+end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], 86400)
+return {1, total + 1}
+"""
+
+# Release a probe lease only if this instance holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def backend_key(url: str) -> str:
+    return hashlib.sha256(url.rstrip("/").lower().encode()).hexdigest()[:16]
+
 
 class SharedState:
-    def __init__(self, url: str, prefix: str, apply: Callable[[dict[str, Any]], None]):
+    def __init__(self, url: str, prefix: str, *, apply: Callable[[str, dict[str, Any], float], None],
+                 info: Callable[[], dict[str, Any]], heartbeat: float = 5.0,
+                 on_reconnect: Callable[[], Awaitable[None]] | None = None):
         import redis.asyncio as redis
 
-        self.client = redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        self.key = prefix + "quota"
+        self.url = url
+        self.client = redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        self.prefix = prefix
         self.channel = prefix + "events"
-        self.origin = secrets.token_hex(8)
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.apply = apply
-        self._task: asyncio.Task | None = None
-        self._pending: set[asyncio.Task] = set()
-        self._last: asyncio.Task | None = None
+        self.info = info
+        self.beat = heartbeat
+        self.on_reconnect = on_reconnect
+        self.available = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._cas = self.client.register_script(_CAS)
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._release = self.client.register_script(_RELEASE)
+        self._queue: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue(maxsize=1000)
 
-    async def start(self) -> dict[str, Any] | None:
-        """Subscribe, and return the fleet's current snapshot (if any)."""
-        raw = await self.client.get(self.key)
-        self._task = asyncio.ensure_future(self._listen())
-        if raw:
-            with contextlib.suppress(ValueError):
-                doc = orjson.loads(raw)
-                return doc.get("snapshot") if isinstance(doc, dict) else None
-        return None
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect if Redis answers; never raises: without it this instance runs alone
+        and keeps retrying."""
+        await self._check()
+        if not self.available:
+            log.error("shared state: Redis at %s does not answer; running with this instance's own state "
+                      "and retrying every %g s (other instances do not learn what this one sees meanwhile)",
+                      _public(self.url), RETRY_EVERY)
+        for coro in (self._listen(), self._heartbeats(), self._writer()):
+            self._spawn(coro)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await self.client.delete(self.prefix + "instance:" + self.instance)
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _check(self) -> bool:
+        was = self.available
+        try:
+            await self.client.ping()
+            self.available = True
+        except Exception:
+            self.available = False
+        if self.available and not was and self._tasks:
+            log.warning("shared state: Redis at %s answers again; reconciling", _public(self.url))
+            if self.on_reconnect is not None:
+                self._spawn(self.on_reconnect())
+        elif was and not self.available:
+            log.error("shared state: lost Redis at %s; serving with this instance's own state meanwhile", _public(self.url))
+        return self.available
+
+    async def _safely(self, what: str, op: Awaitable[Any], default: Any) -> Any:
+        try:
+            return await op
+        except Exception as exc:
+            if self.available:
+                log.error("shared state: %s failed (%s); serving with this instance's own state", what, type(exc).__name__)
+            self.available = False
+            return default
+
+    # --- account states ------------------------------------------------------------------------
+
+    def publish(self, account: str, snapshot: dict[str, Any], observed: float) -> None:
+        """Queue a state change; written in order, newer-wins, in the background."""
+        doc = orjson.dumps({"account": account, "snapshot": snapshot, "observed": observed, "by": self.instance})
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait((account, doc, observed))
+
+    async def _writer(self) -> None:
+        while True:
+            account, doc, observed = await self._queue.get()
+            if not self.available:
+                continue  # reconciled from the local state when Redis returns
+            newer = await self._safely("publishing a state change", self._cas(
+                keys=[self.prefix + "acct:" + account, self.channel], args=[doc, observed, STATE_TTL]), None)
+            if newer:
+                self._received(newer)
+
+    async def push(self, account: str, snapshot: dict[str, Any], observed: float) -> None:
+        """Write now (reconciliation): the newer of this and the stored one wins."""
+        doc = orjson.dumps({"account": account, "snapshot": snapshot, "observed": observed, "by": self.instance})
+        newer = await self._safely("reconciling", self._cas(
+            keys=[self.prefix + "acct:" + account, self.channel], args=[doc, observed, STATE_TTL]), None)
+        if newer:
+            self._received(newer)
+
+    async def pull(self) -> None:
+        """Apply every account state the fleet holds (newer ones win locally)."""
+        async for key in self.client.scan_iter(match=self.prefix + "acct:*", count=200):
+            raw = await self.client.get(key)
+            if raw:
+                self._received(raw)
+
+    def _received(self, raw: bytes | str) -> None:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(doc, dict) and doc.get("by") != self.instance and isinstance(doc.get("snapshot"), dict):
+            observed = doc.get("observed")
+            self.apply(str(doc.get("account", "")), doc["snapshot"], float(observed) if isinstance(observed, int | float) else 0.0)
 
     async def _listen(self) -> None:
         while True:
             try:
+                if not self.available and not await self._check():
+                    await asyncio.sleep(RETRY_EVERY)
+                    continue
                 async with self.client.pubsub() as ps:
                     await ps.subscribe(self.channel)
+                    await self.pull()
                     async for msg in ps.listen():
-                        if msg.get("type") != "message":
-                            continue
-                        try:
-                            doc = orjson.loads(msg["data"])
-                        except (ValueError, TypeError):
-                            continue
-                        if isinstance(doc, dict) and doc.get("origin") != self.origin and isinstance(doc.get("snapshot"), dict):
-                            self.apply(doc["snapshot"])
+                        if msg.get("type") == "message":
+                            self._received(msg["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a lost connection must not stop the gateway
-                log.warning("shared state: %s; retrying in 2 s", type(exc).__name__)
-                await asyncio.sleep(2)
+            except Exception:  # a lost connection must not stop the gateway
+                await self._check()
+                await asyncio.sleep(RETRY_EVERY)
 
-    def publish(self, snapshot: dict[str, Any]) -> None:
-        payload = orjson.dumps({"origin": self.origin, "snapshot": snapshot})
-        # In order: a "probing" published after the "serving" that followed it would
-        # take the other instances out again.
-        prev = self._last
-        task = asyncio.ensure_future(self._after(prev, payload))
-        self._last = task
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    # --- probes --------------------------------------------------------------------------------
 
-    async def _after(self, prev: asyncio.Task | None, payload: bytes) -> None:
-        if prev is not None:
-            with contextlib.suppress(Exception):
-                await prev
-        await self._publish(payload)
+    async def acquire_probe(self, account: str, ttl: float) -> bool:
+        """True when this instance may probe the account's cloud (always, without Redis)."""
+        if not self.available:
+            return True
+        got = await self._safely("taking the probe lease", self.client.set(
+            self.prefix + "probe:" + account, self.instance, nx=True, px=max(1000, int(ttl * 1000))), True)
+        return bool(got)
 
-    async def _publish(self, payload: bytes) -> None:
-        try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.set(self.key, payload)
-                pipe.publish(self.channel, payload)
-                await pipe.execute()
-        except Exception as exc:
-            log.warning("shared state: publish failed (%s)", type(exc).__name__)
+    async def release_probe(self, account: str) -> None:
+        if self.available:
+            await self._safely("releasing the probe lease", self._release(
+                keys=[self.prefix + "probe:" + account], args=[self.instance]), 0)
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        for t in list(self._pending):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(t, 2)
+    # --- the shared local pool -----------------------------------------------------------------
+
+    async def acquire_slot(self, url: str, limit: int) -> tuple[bool, int | None]:
+        """(taken, fleet-wide in flight after it) for a local backend; (True, None) alone."""
+        if not self.available:
+            return True, None
+        res = await self._safely("counting a local request", self._acquire(
+            keys=[self.prefix + "inflight:" + backend_key(url)],
+            args=[self.instance, limit, self.prefix + "instance:"]), None)
+        if not res:
+            return True, None
+        return bool(int(res[0])), int(res[1])
+
+    async def release_slot(self, url: str) -> None:
+        if self.available:
+            await self._safely("counting a local request", self.client.hincrby(
+                self.prefix + "inflight:" + backend_key(url), self.instance, -1), 0)
+
+    # --- heartbeats and the fleet ----------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            if self.available or await self._check():
+                doc = orjson.dumps({**self.info(), "instance": self.instance, "beat": time.time()})
+                await self._safely("the heartbeat", self.client.set(
+                    self.prefix + "instance:" + self.instance, doc, ex=max(3, int(self.beat * 3))), None)
+            await asyncio.sleep(self.beat)
+
+    async def fleet(self) -> dict[str, Any]:
+        """Every live instance and every shared account state."""
+        if not self.available:
+            return {"redis": "unreachable", "instances": [], "accounts": {}}
+        instances, accounts = [], {}
         with contextlib.suppress(Exception):
-            await self.client.aclose()
+            async for key in self.client.scan_iter(match=self.prefix + "instance:*", count=200):
+                raw = await self.client.get(key)
+                if raw:
+                    instances.append(orjson.loads(raw))
+            async for key in self.client.scan_iter(match=self.prefix + "acct:*", count=200):
+                raw = await self.client.get(key)
+                if raw:
+                    doc = orjson.loads(raw)
+                    accounts[str(doc.get("account", ""))] = doc
+        return {"redis": "ok", "instances": sorted(instances, key=lambda i: str(i.get("instance"))), "accounts": accounts}
+
+
+def _public(url: str) -> str:
+    """A Redis URL without its password, for the log."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://…@{rest.rpartition('@')[2]}"

@@ -30,6 +30,7 @@ class Door:
             ts=time.time(), request_id=scope.get("nonstop.request_id", ""), path=path,
             client=header(scope, b"user-agent")[:200], session_id=header(scope, b"x-claude-code-session-id")[:100],
             model=str(req.get("model", ""))[:MAX_MODEL_NAME], stream=req.get("stream") is True,
+            user=str(scope.get("nonstop.user", "")),
         )
         ex = Exchange(
             method=scope["method"], path=path, raw_path=scope.get("raw_path") or scope["path"].encode(),

@@ -20,6 +20,7 @@
     es: null,
     pollTimer: 0,
     statusTimer: 0,
+    hasUsers: false,
   };
 
   // --- small helpers ----------------------------------------------------------------------
@@ -119,8 +120,28 @@
       why = "since " + clock(cloud.since);
     }
     $("cloud-reason").textContent = why;
+    renderAccounts(st);
     document.title = (state === "serving" ? "☁ cloud" : state === "out" ? "⌂ local" : "… probing") + " · nonstop";
     tick();
+  }
+
+  function renderAccounts(st) {
+    // A shared gateway: each account's quota is its own (labels, never credentials).
+    const list = $("accounts");
+    clear(list);
+    const accounts = Array.isArray(st.accounts) ? st.accounts : [];
+    list.hidden = accounts.length < 2;
+    if (list.hidden) return;
+    for (const a of accounts) {
+      const li = el("li");
+      li.dataset.state = String(a.state || "");
+      li.appendChild(el("span", "name", a.name || a.account));
+      let text = a.state === "out" && num(a.until) ? "out until " + whenLabel(a.until) : String(a.state || "");
+      const five = num((a.utilization || {})["5h"]);
+      if (five !== null) text += " · 5h " + Math.round(five * 100) + "%";
+      li.appendChild(el("span", "muted", " " + text));
+      list.appendChild(li);
+    }
   }
 
   function tick() {
@@ -329,6 +350,9 @@
     const model = el("td", "model", r.model || "—");
     model.title = String(r.model || "");
     tr.appendChild(model);
+    const user = el("td", "col-user", r.user || "");
+    user.hidden = !view.hasUsers;
+    tr.appendChild(user);
     const by = el("td");
     by.appendChild(el("span", "pill " + side(r), r.backend || "none"));
     tr.appendChild(by);
@@ -356,6 +380,8 @@
       added.add(key);
     }
     if (!added.size) return;
+    view.hasUsers = view.hasUsers || view.rows.some((r) => r.user);
+    for (const th of document.querySelectorAll("th.col-user")) th.hidden = !view.hasUsers;
     view.rows.sort((a, b) => (num(b.ts) || 0) - (num(a.ts) || 0));
     while (view.rows.length > MAX_ROWS) view.keys.delete(rowKey(view.rows.pop()));
     // Rebuilt whole (at most MAX_ROWS rows): late rows from a backfill land in time order.

@@ -1,0 +1,130 @@
+"""The cloud's state per account: quota is per subscription or API key, so one
+developer's 5-hour limit must not send everyone else behind the same nonstop to a local
+model.
+
+An account is a salted hash of the credential the client sent (an API key or an OAuth
+bearer token); the credential itself is never stored or published. When the cloud's
+replies name the organization (`anthropic-organization-id`), every key of that
+organization shares one state. A request with no credential belongs to the default
+account "".
+
+Pure apart from the hash: the owner persists and publishes what `on_change` reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from nonstop.config import CloudConfig
+from nonstop.routing.quota import QuotaState
+
+ORG_HEADER = "anthropic-organization-id"
+# Labels are short: enough to tell accounts apart, far too short to recover a key.
+LABEL_LENGTH = 12
+_CACHE = 1024
+
+OnChange = Callable[[str, QuotaState, str], None]
+
+
+def credential_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The cloud credential a client sent: x-api-key, else the bearer token."""
+    bearer = ""
+    for k, v in headers:
+        if k == b"x-api-key" and v:
+            return v.decode("latin-1")
+        if k == b"authorization" and v[:7].lower() == b"bearer ":
+            bearer = v[7:].decode("latin-1").strip()
+    return bearer
+
+
+class Accounts:
+    def __init__(self, cfg: CloudConfig, *, salt: bytes, clock: Callable[[], float] = time.time,
+                 on_change: OnChange | None = None, high_water: float = 0.9,
+                 names: Mapping[str, str] | None = None):
+        self.cfg = cfg
+        self.salt = salt
+        self.clock = clock
+        self.on_change = on_change
+        self.high_water = high_water
+        self.names = dict(names or {})
+        self.states: dict[str, QuotaState] = {}
+        self.orgs: dict[str, str] = {}  # credential account -> "org:<id>"
+        self._labels: OrderedDict[str, str] = OrderedDict()  # credential -> label (bounded)
+        self.last = ""  # the account of the latest request: what a single user's status shows
+
+    # --- identity ------------------------------------------------------------------------------
+
+    def label(self, credential: str) -> str:
+        """The account a credential belongs to (its organization's, once known)."""
+        if not credential:
+            return ""
+        found = self._labels.get(credential)
+        if found is None:
+            digest = hmac.new(self.salt, credential.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+            found = "key:" + digest[:LABEL_LENGTH]
+            self._labels[credential] = found
+            if len(self._labels) > _CACHE:
+                self._labels.popitem(last=False)
+        return self.orgs.get(found, found)
+
+    def learn_org(self, account: str, headers: Mapping[str, str]) -> str:
+        """The account a reply's organization header maps `account` to."""
+        org = headers.get(ORG_HEADER)
+        if not org or not account.startswith("key:"):
+            return account
+        merged = "org:" + hashlib.sha256(org.encode()).hexdigest()[:LABEL_LENGTH]
+        if self.orgs.get(account) != merged:
+            self.orgs[account] = merged
+            own = self.states.pop(account, None)
+            if own is not None and merged not in self.states:
+                self._adopt(merged, own)
+        return merged
+
+    def name(self, account: str) -> str:
+        """A friendly name for an account, from [accounts] in the config, else its label."""
+        return self.names.get(account) or self.names.get(account.partition(":")[2]) or account or "default"
+
+    # --- state -------------------------------------------------------------------------------
+
+    def get(self, account: str) -> QuotaState:
+        state = self.states.get(account)
+        if state is None:
+            state = QuotaState(self.cfg, clock=self.clock)
+            state.forecast.high_water = self.high_water
+            self._adopt(account, state)
+        return state
+
+    def current(self) -> QuotaState:
+        """The state a single-user status shows: the latest request's account."""
+        return self.get(self.last)
+
+    def _adopt(self, account: str, state: QuotaState) -> None:
+        def changed(q: QuotaState, why: str) -> None:
+            if self.on_change is not None:
+                self.on_change(account, q, why)
+
+        state.on_change = changed
+        self.states[account] = state
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"accounts": {a: q.snapshot() for a, q in self.states.items()}, "orgs": dict(self.orgs),
+                "last": self.last}
+
+    def restore(self, snap: Any) -> None:
+        if not isinstance(snap, Mapping):
+            return
+        accounts = snap.get("accounts")
+        if isinstance(accounts, Mapping):
+            for account, s in accounts.items():
+                if isinstance(account, str) and isinstance(s, Mapping):
+                    self.get(account).restore(s)
+        orgs = snap.get("orgs")
+        if isinstance(orgs, Mapping):
+            self.orgs.update({k: v for k, v in orgs.items() if isinstance(k, str) and isinstance(v, str)})
+        if isinstance(snap.get("last"), str):
+            self.last = snap["last"]

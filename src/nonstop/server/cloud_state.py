@@ -1,0 +1,212 @@
+"""The cloud's state as the process keeps it: one QuotaState per account, persisted to
+disk, shared with the fleet through Redis when configured, and announced on every switch
+(log, dashboard, hooks, metrics).
+
+The planner asks `view(account)`; the pipeline reports outcomes to `state(account)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from nonstop.config import Config
+from nonstop.routing.accounts import Accounts, credential_of
+from nonstop.routing.plan import hhmm
+from nonstop.routing.quota import QuotaState
+from nonstop.routing.view import CloudState, CloudView
+from nonstop.server import hooks
+from nonstop.server.events import EventBus
+from nonstop.server.metrics import Metrics
+from nonstop.server.status import account_entries
+from nonstop.store.db import Store, ensure_private_dir
+
+log = logging.getLogger("nonstop")
+SALT_FILE = "account-salt"
+SESSIONS = 4096
+
+
+def account_salt(cfg: Config) -> bytes:
+    """The salt of account labels: shared by a fleet, private to an installation."""
+    if cfg.shared.account_salt:
+        return cfg.shared.account_salt.encode()
+    if cfg.shared.redis_url:
+        return hashlib.sha256(f"nonstop-accounts:{cfg.shared.redis_url}:{cfg.shared.key_prefix}".encode()).digest()
+    path = Path(cfg.state_dir) / SALT_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        salt = secrets.token_bytes(32)
+        try:
+            ensure_private_dir(path.parent)
+            path.write_text(salt.hex())
+            path.chmod(0o600)
+        except OSError:
+            pass
+        return salt
+
+
+class CloudStates:
+    def __init__(self, cfg: Config, *, clock: Callable[[], float], metrics: Metrics, bus: EventBus,
+                 store: Store | None, spawn: Callable[[Coroutine[Any, Any, Any]], Any]):
+        self.cfg = cfg
+        self.clock = clock
+        self.metrics = metrics
+        self.bus = bus
+        self.store = store
+        self.spawn = spawn
+        self.accounts = Accounts(cfg.cloud, salt=account_salt(cfg), clock=clock, on_change=self._changed,
+                                 high_water=cfg.routing.high_water, names=dict(cfg.accounts))
+        self.sessions: OrderedDict[str, str] = OrderedDict()  # session id -> account
+        self.shared: Any = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, info: Callable[[], dict[str, Any]]) -> None:
+        if self.store is not None:
+            snap = await asyncio.to_thread(self.store.load_state, "accounts")
+            if snap is None:  # written by a version with one state for everyone
+                legacy = await asyncio.to_thread(self.store.load_state, "quota")
+                snap = {"accounts": {"": legacy}} if isinstance(legacy, dict) else None
+            self.accounts.restore(snap)
+            for account, q in self.accounts.states.items():
+                if q.state is not CloudState.SERVING:
+                    log.info("cloud state restored for %s: %s until %s (%s)", self.accounts.name(account),
+                             q.state.value, hhmm(q.until), q.reason)
+                self._publish_metrics(account, q)
+        if self.cfg.shared.redis_url:
+            await self._start_shared(info)
+
+    async def _start_shared(self, info: Callable[[], dict[str, Any]]) -> None:
+        try:
+            from nonstop.store.shared import SharedState
+        except ImportError:
+            raise RuntimeError("shared.redis_url is set but the Redis client is missing: pip install 'nonstop[redis]'") from None
+        self.shared = SharedState(self.cfg.shared.redis_url, self.cfg.shared.key_prefix, apply=self._remote, info=info,
+                                  heartbeat=self.cfg.shared.heartbeat, on_reconnect=self.reconcile)
+        await self.shared.start()
+
+    async def stop(self) -> None:
+        if self.shared is not None:
+            await self.shared.close()
+        self._save()
+
+    async def reconcile(self) -> None:
+        """Redis is back: push what this instance learned meanwhile (the newer wins there)
+        and take what the others did (the newer wins here)."""
+        for account, q in list(self.accounts.states.items()):
+            await self.shared.push(account, q.snapshot(), q.observed)
+        await self.shared.pull()
+
+    # --- accounts --------------------------------------------------------------------------------
+
+    def account_of(self, headers: Iterable[tuple[bytes, bytes]], session: str = "") -> str:
+        credential = credential_of(headers)
+        if not credential:  # nothing to tell it apart: the account in use (one user: theirs)
+            return self.sessions.get(session, self.accounts.last) if session else self.accounts.last
+        account = self.accounts.label(credential)
+        self.accounts.last = account
+        if session:
+            self.sessions[session] = account
+            if len(self.sessions) > SESSIONS:
+                self.sessions.popitem(last=False)
+        return account
+
+    def state(self, account: str) -> QuotaState:
+        return self.accounts.get(account)
+
+    def view(self, account: str) -> CloudView:
+        return self.accounts.get(account).view()
+
+    def current(self, session: str = "") -> tuple[str, QuotaState]:
+        account = self.sessions.get(session, self.accounts.last) if session else self.accounts.last
+        return account, self.accounts.get(account)
+
+    def observe(self, account: str, headers: Mapping[str, str]) -> None:
+        """Quota headers on a cloud reply for this account (and its organization)."""
+        merged = self.accounts.learn_org(account, headers)
+        q = self.accounts.get(merged)
+        u = q.utilization
+        before = (u.five_hour, u.seven_day)
+        q.record_headers(headers)
+        if (u.five_hour, u.seven_day) != before:
+            self._publish_metrics(merged, q)
+
+    # --- the fleet -------------------------------------------------------------------------------
+
+    async def may_probe(self, account: str, ttl: float) -> bool:
+        return True if self.shared is None else await self.shared.acquire_probe(account, ttl)
+
+    async def probed(self, account: str) -> None:
+        if self.shared is not None:
+            await self.shared.release_probe(account)
+
+    async def fleet(self) -> dict[str, Any]:
+        if self.shared is None:
+            return {"redis": "not configured", "instances": [], "accounts": {}}
+        return dict(await self.shared.fleet())
+
+    # --- changes ---------------------------------------------------------------------------------
+
+    def _remote(self, account: str, snap: dict[str, Any], observed: float) -> None:
+        """Another instance changed an account's state: the newer view wins."""
+        q = self.accounts.get(account)
+        if observed <= q.observed:
+            return
+        before = q.state
+        q.restore(snap, live=True)  # quietly: this instance did not see it happen
+        self._save()
+        self._publish_metrics(account, q)
+        if q.state is not before:
+            log.warning("cloud state for %s from another instance: %s%s", self.accounts.name(account), q.state.value,
+                        f" until {hhmm(q.until)} ({q.reason})" if q.state is CloudState.OUT else "")
+        self.bus.publish({"type": "status"})
+
+    def _changed(self, account: str, q: QuotaState, why: str) -> None:
+        if self.shared is not None:
+            self.shared.publish(account, q.snapshot(), q.observed)
+        self._save()
+        self._publish_metrics(account, q)
+        if why:
+            self._announce(account, q, why)
+        self.bus.publish({"type": "status"})
+
+    def _announce(self, account: str, q: QuotaState, why: str) -> None:
+        who = f" for {self.accounts.name(account)}" if len(self.accounts.states) > 1 else ""
+        if q.state is CloudState.OUT:
+            line, to = f"switched to local{who}: cloud out until {hhmm(q.until)} ({q.reason}: {q.detail})", "local"
+        elif q.state is CloudState.SERVING:
+            line, to = f"switched to cloud{who}: the cloud answered again", "cloud"
+        else:
+            line, to = f"probing the cloud{who} ({why})", ""
+        log.warning(line)
+        if to:
+            self.metrics.switches.labels(to).inc()
+            self.bus.publish({"type": "switch", "to": to, "line": line, "ts": self.clock(), "account": account})
+            self.spawn(hooks.notify(self.cfg.hooks, {"event": "switch", "to": to, "message": line,
+                                                     "account": account, "cloud": q.snapshot()}))
+
+    def _save(self) -> None:
+        if self.store is not None:
+            self.store.save_state("accounts", self.accounts.snapshot())
+            # What a stopped gateway's `nonstop status` reads: the latest account's state.
+            self.store.save_state("quota", self.accounts.current().snapshot())
+
+    def _publish_metrics(self, account: str, q: QuotaState) -> None:
+        u = q.utilization
+        self.metrics.set_account(self.accounts.name(account), q.state.value, q.until, u.five_hour, u.seven_day)
+        if account == self.accounts.last:
+            self.metrics.set_cloud(q.state.value, q.until, u.five_hour, u.seven_day)
+            self.metrics.set_forecast(q.forecast.conserving, q.forecast.current)
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Each account's state for the status document (labels, never credentials)."""
+        return account_entries(self.accounts.snapshot()["accounts"], self.accounts.names)
