@@ -87,8 +87,8 @@ async def _llamacpp(session: aiohttp.ClientSession, base: str, headers: dict[str
     modalities = props.get("modalities")
     if isinstance(modalities, dict) and isinstance(modalities.get("vision"), bool):
         r.images = modalities["vision"]
-    if props.get("endpoint_slots") is False:
-        return
+    if props.get("endpoint_slots") is False or r.sleeping:
+        return  # /slots would wake a sleeping server (and restart its idle clock)
     listed = await _get_json(session, base + "/slots", headers)
     if isinstance(listed, list):
         r.slots = len(listed) or r.slots

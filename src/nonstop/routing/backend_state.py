@@ -158,7 +158,8 @@ class BackendState:
         if report.model:
             self.model = report.model
         if report.sleeping is True or report.loaded is False:
-            self.warmth = "cold"
+            if self.warmth != "warming":  # a load under way is not undone by a reading
+                self.warmth = "cold"
         elif report.sleeping is False or report.loaded is True:
             self.warmth = "warm"
 

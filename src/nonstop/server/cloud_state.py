@@ -65,6 +65,8 @@ class CloudStates:
                                  high_water=cfg.routing.high_water, names=dict(cfg.accounts))
         self.sessions: OrderedDict[str, str] = OrderedDict()  # session id -> account
         self.shared: Any = None
+        # Told of every change of a cloud state (the warm-up reacts at once).
+        self.on_switch: Callable[[], None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -161,6 +163,8 @@ class CloudStates:
             return
         before = q.state
         q.restore(snap, live=True)  # quietly: this instance did not see it happen
+        if self.on_switch is not None:
+            self.on_switch()
         self._save()
         self._publish_metrics(account, q)
         if q.state is not before:
@@ -169,6 +173,8 @@ class CloudStates:
         self.bus.publish({"type": "status"})
 
     def _changed(self, account: str, q: QuotaState, why: str) -> None:
+        if self.on_switch is not None:
+            self.on_switch()
         if self.shared is not None:
             self.shared.publish(account, q.snapshot(), q.observed)
         self._save()

@@ -24,17 +24,19 @@ from nonstop.backends.cloud import CloudBackend
 from nonstop.backends.local import LocalBackend
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import Config, LocalBackendConfig
+from nonstop.quality.auto import EvalWatch
 from nonstop.routing.backend_state import ServerReport
 from nonstop.routing.plan import Skip
 from nonstop.routing.policy import Policy, policy_from_config
 from nonstop.routing.quota import QuotaState
-from nonstop.routing.view import RoutingView
+from nonstop.routing.view import CloudState, RoutingView
 from nonstop.server.autoconfig import auto_backends
 from nonstop.server.cloud_state import CloudStates
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
 from nonstop.server.request_log import RequestLog
 from nonstop.server.status import backend_entry, start_of_day, status_document
+from nonstop.server.warmer import Loads, Warmer
 from nonstop.store.db import Store
 
 log = logging.getLogger("nonstop")
@@ -65,6 +67,8 @@ class Runtime:
         self.started = clock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._noted: dict[str, int] = {}
+        self.warmer: Warmer | None = None
+        self.evals: EvalWatch | None = None
 
     @property
     def quota(self) -> QuotaState:
@@ -92,6 +96,23 @@ class Runtime:
         self.set_local_backends(backends)
         for b in self.locals:
             self.spawn(self._watch(b))
+        self.warmer = Warmer(self.cfg.warmup, lambda: [q.view() for q in self.clouds.accounts.states.values()],
+                             lambda: self.locals, Loads(self.local_session), embedded=self.embedded, clock=self.clock)
+        self.clouds.on_switch = self.warmer.nudge
+        self.spawn(self.warmer.run())
+        self.evals = EvalWatch(self.cfg, self.local_session)
+        self.spawn(self._scores(self.evals))
+
+    async def _scores(self, evals: EvalWatch) -> None:
+        """Each backend's last eval score (stale ones do not count) for the planner's
+        `best` preference and the status document; a re-run when [eval] auto asks."""
+        while True:
+            with contextlib.suppress(Exception):  # scores are a courtesy: never stop the gateway
+                scores = await evals.check(self.locals, cloud_serving=self.quota.state is CloudState.SERVING)
+                for b in self.locals:
+                    s = scores.get(b.name)
+                    b.state.score = s.for_routing if s is not None else None
+            await asyncio.sleep(IDENTIFY_EVERY)
 
     def instance_info(self) -> dict[str, Any]:
         """What this instance's heartbeat tells the fleet."""
@@ -114,6 +135,8 @@ class Runtime:
     async def stop(self) -> None:
         for t in list(self._tasks):
             t.cancel()
+        if self.evals is not None:
+            await self.evals.close()
         if self.embedded is not None:
             with contextlib.suppress(Exception):
                 await self.embedded.stop()
@@ -215,7 +238,7 @@ class Runtime:
         local = [
             backend_entry(b.cfg, model=b.state.model, healthy=b.state.healthy, checked=b.state.checked,
                           error=b.state.health_error, embedded=bool(self.embedded is not None and b.name == "embedded"),
-                          live=b.state.view())
+                          live=b.state.view(), verdict=self.evals.verdict(b.name) if self.evals is not None else None)
             for b in self.locals
         ]
         return status_document(
