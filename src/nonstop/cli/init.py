@@ -32,6 +32,7 @@ from nonstop.config import (
     LogConfig,
     RecoveryConfig,
     RoutingConfig,
+    ShadowConfig,
     SharedConfig,
     default_config_path,
     default_state_dir,
@@ -146,6 +147,14 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "continue_locally": "Finish a text-only cloud answer that broke off mid-stream on a "
                             "local model.",
     },
+    "shadow": {
+        "sample": "Share of the requests the cloud answers that are replayed on a local model "
+                  "once it is idle, and compared (same tool, same stop, length, latency), so "
+                  "`nonstop status` shows how often the local model would have done what the "
+                  "cloud did. Your answers are never delayed; nothing leaves the machine. 0: off.",
+        "backend": "The local backend to compare; empty: the first one.",
+        "wait": "Seconds a sampled request waits for the local backends to be idle.",
+    },
     "eval": {
         "auto": "Re-run the quick eval (`nonstop eval --quick`) in the background when a "
                 "local backend's model changes or was never evaluated, once the backend is "
@@ -198,6 +207,7 @@ SECTION_TYPES: dict[str, type] = {
     "hooks": HooksConfig,
     "recovery": RecoveryConfig,
     "eval": EvalConfig,
+    "shadow": ShadowConfig,
     "shared": SharedConfig,
     "routing": RoutingConfig,
     "warmup": WarmupConfig,
@@ -335,7 +345,7 @@ def render_config(
     lines += _routing_section()
     lines += _discovery_section(dcfg, servers)
     lines += _embedded_section(servers, stack)
-    for name in ("warmup", "log", "hooks", "recovery", "eval", "shared"):
+    for name in ("warmup", "log", "hooks", "recovery", "eval", "shadow", "shared"):
         lines += _section(name, {}, commented=True)
     lines += _team_section()
     return "\n".join(lines).rstrip() + "\n"

@@ -236,6 +236,19 @@ def cloud_line(cloud: dict[str, Any], now: float) -> str:
     return "unknown: no state recorded yet"
 
 
+def shadow_line(sh: Any) -> str:
+    """How often the local model did what the cloud did, per workload class."""
+    if not isinstance(sh, dict):
+        return ""
+    by_class = sh.get("by_class") or {}
+    head = f"{pct(sh.get('sample'))} of cloud answers replayed locally"
+    if not by_class:
+        return head + ": no comparisons yet"
+    parts = [f"{cls} {pct(c.get('rate'))} agree (n={c.get('n')}, same tool {pct(c['same_tool'] / c['n'])}, "
+             f"same stop {pct(c['same_stop'] / c['n'])})" for cls, c in sorted(by_class.items()) if c.get("n")]
+    return head + f" (last {sh.get('days', 7):g} days): " + "; ".join(parts)
+
+
 def forecast_line(f: dict[str, Any], now: float) -> str:
     """Each quota window's forecast, and whether deferrable work is being conserved."""
     parts = []
@@ -293,6 +306,9 @@ def render_status(st: dict[str, Any], now: float | None = None) -> str:
             out.append(f"account  {a.get('name') or a.get('account')}  {cloud_line(a, now)} · 5h {five}")
     if st.get("fleet"):
         out.append(f"fleet    {st['fleet']} (`nonstop status --fleet` lists the instances)")
+    shadow = shadow_line(st.get("shadow"))
+    if shadow:
+        out.append(f"shadow   {shadow}")
     u = st.get("utilization") or {}
     quota = f"5h {pct(u.get('5h'))}"
     if isinstance(u.get("5h_reset"), int | float):

@@ -188,6 +188,17 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ShadowConfig:
+    # The share of the requests the cloud answered that are replayed on a local backend
+    # and compared, once it is idle (0: off).
+    sample: float = 0.0
+    # The local backend to compare; empty: the first one.
+    backend: str = ""
+    # Seconds a sampled request waits for the local backends to be idle before it is dropped.
+    wait: float = 600.0
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
     token: str = ""
@@ -209,6 +220,7 @@ class Config:
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
     shared: SharedConfig = field(default_factory=SharedConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     # Per-user access tokens for a shared instance, and friendly names for accounts.

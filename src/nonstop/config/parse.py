@@ -27,6 +27,7 @@ from nonstop.config.model import (
     RecoveryConfig,
     RouteConfig,
     RoutingConfig,
+    ShadowConfig,
     SharedConfig,
     UserConfig,
     WarmupConfig,
@@ -45,6 +46,7 @@ _SECTION_TYPES: dict[str, type] = {
     "embedded": EmbeddedConfig,
     "recovery": RecoveryConfig,
     "eval": EvalConfig,
+    "shadow": ShadowConfig,
     "shared": SharedConfig,
     "warmup": WarmupConfig,
 }
@@ -329,6 +331,11 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     if kwargs.get("slow_heads_per_client") == 0:
         problems.append("slow_heads_per_client: must be at least 1; the default is 32")
     _check_warmup(kwargs.get("warmup"), problems)
+    shadow = kwargs.get("shadow")
+    if isinstance(shadow, ShadowConfig) and isinstance(shadow.sample, float) and shadow.sample > 1:
+        problems.append(f"shadow.sample: {shadow.sample} is not a share; use a fraction such as 0.05 (5 %)")
+    if isinstance(shadow, ShadowConfig) and shadow.backend and shadow.backend not in {b.name for b in kwargs.get("local", ())}:
+        problems.append(f"shadow.backend: no [[local]] backend is named {shadow.backend!r}")
     if isinstance(kwargs.get("listen"), str):
         try:
             split_listen(kwargs["listen"])

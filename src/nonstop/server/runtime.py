@@ -35,6 +35,7 @@ from nonstop.server.cloud_state import CloudStates
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
 from nonstop.server.request_log import RequestLog
+from nonstop.server.shadow import Shadow
 from nonstop.server.status import backend_entry, start_of_day, status_document
 from nonstop.server.warmer import Loads, Warmer
 from nonstop.store.db import Store
@@ -44,6 +45,8 @@ HEALTH_EVERY = 15.0
 IDENTIFY_EVERY = 60.0
 LOAD_EVERY = 2.0
 TICK = 0.5
+# Shadow comparisons shown in the status: the last week's.
+SHADOW_WINDOW = 7 * 86400.0
 
 
 class Runtime:
@@ -69,6 +72,7 @@ class Runtime:
         self._noted: dict[str, int] = {}
         self.warmer: Warmer | None = None
         self.evals: EvalWatch | None = None
+        self.shadow = Shadow(self)
 
     @property
     def quota(self) -> QuotaState:
@@ -206,7 +210,8 @@ class Runtime:
 
     async def take_slot(self, b: LocalBackend) -> Skip | None:
         """Count a request on a local backend, fleet-wide when shared; a Skip when the
-        backend is at its max_inflight."""
+        backend is at its max_inflight. Shadow work gives way first."""
+        self.shadow.preempt()
         limit = b.cfg.max_inflight
         shared = self.clouds.shared
         if shared is not None and shared.available:
@@ -232,9 +237,13 @@ class Runtime:
         now = self.clock()
         _, quota = self.clouds.current(session)
         today: dict[str, Any] = {}
+        shadow: dict[str, Any] = {}
         if self.store is not None:
             with contextlib.suppress(Exception):
                 today = await asyncio.to_thread(self.store.totals_since, start_of_day(now))
+            if self.cfg.shadow.sample:
+                with contextlib.suppress(Exception):
+                    shadow = await asyncio.to_thread(self.store.shadow_agreement, now - SHADOW_WINDOW)
         local = [
             backend_entry(b.cfg, model=b.state.model, healthy=b.state.healthy, checked=b.state.checked,
                           error=b.state.health_error, embedded=bool(self.embedded is not None and b.name == "embedded"),
@@ -249,6 +258,8 @@ class Runtime:
             decisions=[r for r in self.request_log.recent if r.get("route")][-20:],
             first_byte=self.cloud.deadlines.describe() if self.cloud is not None else {},
             accounts=self.clouds.entries(),
+            shadow={"sample": self.cfg.shadow.sample, "days": SHADOW_WINDOW / 86400, "by_class": shadow,
+                    "preempted": self.shadow.preempted} if self.cfg.shadow.sample else None,
             fleet="redis " + ("connected" if self.clouds.shared.available else "unreachable")
             if self.clouds.shared is not None else "",
         )

@@ -103,6 +103,7 @@ def status_document(
     first_byte: Mapping[str, float] | None = None,
     accounts: Sequence[dict[str, Any]] = (),
     fleet: str = "",
+    shadow: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole document. `quota` is a quota snapshot, `local` the backend_entry() of
     each backend, `today` the request log's totals since start_of_day(now) ({} without a
@@ -128,4 +129,5 @@ def status_document(
         "decisions": list(decisions),
         "accounts": list(accounts),
         "fleet": fleet,
+        "shadow": dict(shadow) if shadow is not None else None,
     }

@@ -88,6 +88,30 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX evals_backend ON evals (backend, ts);
         """,
     ),
+    (
+        "0008_shadows",
+        """
+        CREATE TABLE shadows (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            request_id TEXT NOT NULL DEFAULT '',
+            workload TEXT NOT NULL DEFAULT '',
+            backend TEXT NOT NULL DEFAULT '',
+            cloud_tool TEXT NOT NULL DEFAULT '',
+            local_tool TEXT NOT NULL DEFAULT '',
+            same_tool INTEGER NOT NULL DEFAULT 0,
+            valid_input INTEGER NOT NULL DEFAULT 0,
+            cloud_stop TEXT NOT NULL DEFAULT '',
+            local_stop TEXT NOT NULL DEFAULT '',
+            same_stop INTEGER NOT NULL DEFAULT 0,
+            length_ratio REAL,
+            cloud_ms REAL,
+            local_ms REAL,
+            agreed INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX shadows_ts ON shadows (ts);
+        """,
+    ),
 ]
 
 
@@ -209,6 +233,14 @@ class Store:
     def log_request(self, row: RequestRow) -> None:
         self._q.put(("request", row))
 
+    def log_shadow(self, comparison: dict[str, Any]) -> None:
+        """One shadow comparison (server/shadow.py), queued like a request row."""
+        self._q.put(("shadow", comparison))
+
+    def shadow_agreement(self, since: float) -> dict[str, dict[str, Any]]:
+        assert self._read is not None
+        return shadow_agreement(self._read, since)
+
     def save_state(self, key: str, value: Any) -> None:
         self._q.put(("state", (key, orjson.dumps(value).decode(), time.time())))
 
@@ -248,6 +280,8 @@ class Store:
                             self.written += 1
                         elif kind == "state":
                             conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", payload)
+                        elif kind == "shadow":
+                            conn.execute(_SHADOW_INSERT, [payload.get(c) for c in _SHADOW_COLUMNS])
                         elif kind == "flush":
                             events.append(payload)
             except sqlite3.Error as exc:  # the log must never take the gateway down
@@ -349,6 +383,31 @@ def _row(r: sqlite3.Row) -> dict[str, Any]:
             except orjson.JSONDecodeError:
                 d[key] = None
     return d
+
+
+_SHADOW_COLUMNS = ["ts", "request_id", "workload", "backend", "cloud_tool", "local_tool", "same_tool", "valid_input",
+                   "cloud_stop", "local_stop", "same_stop", "length_ratio", "cloud_ms", "local_ms", "agreed"]
+_SHADOW_INSERT = f"INSERT INTO shadows ({', '.join(_SHADOW_COLUMNS)}) VALUES ({', '.join('?' * len(_SHADOW_COLUMNS))})"
+
+
+def shadow_agreement(conn: sqlite3.Connection, since: float) -> dict[str, dict[str, Any]]:
+    """Per workload class since `since`: how many comparisons, how often the local model
+    agreed (same tool with a valid input, same stop reason), and the median length ratio."""
+    out: dict[str, dict[str, Any]] = {}
+    rows = conn.execute("SELECT workload, agreed, same_tool, same_stop, length_ratio FROM shadows WHERE ts >= ?", (since,))
+    for workload, agreed, same_tool, same_stop, ratio in rows:
+        c = out.setdefault(workload or "main", {"n": 0, "agreed": 0, "same_tool": 0, "same_stop": 0, "ratios": []})
+        c["n"] += 1
+        c["agreed"] += int(agreed)
+        c["same_tool"] += int(same_tool)
+        c["same_stop"] += int(same_stop)
+        if ratio is not None:
+            c["ratios"].append(ratio)
+    for c in out.values():
+        ratios = sorted(c.pop("ratios"))
+        c["rate"] = c["agreed"] / c["n"]
+        c["length_ratio"] = ratios[len(ratios) // 2] if ratios else None
+    return out
 
 
 def totals_since(conn: sqlite3.Connection, since: float) -> dict[str, dict[str, int]]:

@@ -236,7 +236,7 @@ def test_every_key_is_documented_and_every_commented_default_is_valid(servers: l
     lines = text.splitlines()
     keys = {f.name for f in fields(Config) if f.name not in ("source", "cloud", "local", "routes", "log", "hooks",
                                                               "discovery", "embedded", "recovery", "eval", "shared", "routing",
-                                                              "users", "accounts", "warmup")}
+                                                              "users", "accounts", "warmup", "shadow")}
     for section in init.SECTION_TYPES.values():
         keys |= {f.name for f in fields(section) if f.name != "classes"}
     keys |= {f.name for f in fields(LocalBackendConfig)}

@@ -24,6 +24,7 @@ from nonstop.server.doors.base import Door
 from nonstop.server.pipeline import Outcome, RequestContext
 from nonstop.server.recovery import recovering
 from nonstop.server.relay import safe_header
+from nonstop.server.shadow import Tap
 from nonstop.server.writers import AnthropicWriter
 from nonstop.wire.anthropic import estimate_tokens, to_local_request
 from nonstop.wire.errors import anthropic_error
@@ -57,13 +58,16 @@ class AnthropicDoor(Door):
             if not self.cfg.log.store_bodies:
                 ctx.ex.body = b""
             reply = outcome.reply
-            if (self.cfg.recovery.continue_locally and reply is not None and reply.backend == CLOUD
-                    and reply.stream and reply.status == 200):
+            served = reply is not None and reply.backend == CLOUD and reply.status == 200
+            tap = Tap(reply) if served and reply is not None and self.rt.shadow.sample() else None
+            if served and reply is not None and reply.stream and self.cfg.recovery.continue_locally:
                 reply.body = recovering(reply, reply.body, req, lambda r: self.pipeline.continue_locally(ctx, r))
-            else:
+            elif tap is None:
                 ctx.ex.req = {}
                 del req
             await self.relay.commit(ctx, outcome, receive, send, WRITER)
+            if tap is not None:
+                self.rt.shadow.after(req, tap, ctx.row.workload, ctx.row.request_id)
         finally:
             self.rt.inflight -= 1
 

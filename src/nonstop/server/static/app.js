@@ -289,6 +289,25 @@
     }
   }
 
+  function renderShadow(st) {
+    const box = $("shadow");
+    clear(box);
+    const sh = st.shadow;
+    box.hidden = !sh || typeof sh !== "object";
+    if (box.hidden) return;
+    box.appendChild(el("div", "muted", "Shadow comparison: " + Math.round((num(sh.sample) || 0) * 100) +
+      "% of cloud answers replayed on the local model"));
+    const by = sh.by_class || {};
+    const names = Object.keys(by).sort();
+    if (!names.length) box.appendChild(el("div", "muted", "no comparisons yet"));
+    for (const cls of names) {
+      const c = by[cls];
+      const line = el("div", "sh-line", cls + ": " + Math.round((num(c.rate) || 0) * 100) + "% agree (" + c.n + " compared)");
+      line.dataset.workload = cls;
+      box.appendChild(line);
+    }
+  }
+
   function renderStatus(st) {
     if (!st || typeof st !== "object") return;
     view.status = st;
@@ -298,6 +317,7 @@
     renderQuota(st);
     renderToday(st);
     renderBackends(st);
+    renderShadow(st);
   }
 
   function renderDecisions() {
