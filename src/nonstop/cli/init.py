@@ -59,6 +59,11 @@ TOP_DOCS: dict[str, str] = {
     "slow_heads_per_client": "Connections from one address that may take over a second to "
                              "send their request head; while that many are waiting, further "
                              "connections from the address are closed at once.",
+    "body_timeout": "Seconds a client gets to send a request's body once its head has "
+                    "arrived, plus one second for every body_min_rate bytes it sends; a "
+                    "body that trickles slower gets a 408 and the connection is closed.",
+    "body_min_rate": "The slowest pace, in bytes a second, at which a request body may keep "
+                     "arriving after body_timeout.",
 }
 
 SECTION_DOCS: dict[str, dict[str, str]] = {
@@ -335,7 +340,7 @@ def render_config(
     ]
     defaults = Config(state_dir=default_state_dir())
     for key in ("listen", "token", "state_dir", "max_body_bytes", "drain_timeout", "ping_interval",
-                "head_timeout", "slow_heads_per_client"):
+                "head_timeout", "slow_heads_per_client", "body_timeout", "body_min_rate"):
         value = getattr(defaults, key)
         lines += _key(key, str(value) if key == "state_dir" else value, TOP_DOCS[key],
                       active=key == "listen")

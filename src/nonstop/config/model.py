@@ -210,6 +210,10 @@ class Config:
     head_timeout: float = 5.0
     # Connections from one address that may be slow (over a second) to send their head.
     slow_heads_per_client: int = 32
+    # Once the head is complete, the body must arrive within body_timeout seconds plus
+    # one second for every body_min_rate bytes received.
+    body_timeout: float = 10.0
+    body_min_rate: int = 16 * 1024
     cloud: CloudConfig = field(default_factory=CloudConfig)
     local: tuple[LocalBackendConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()

@@ -330,6 +330,10 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         problems.append("head_timeout: must be more than 0 seconds; the default is 5")
     if kwargs.get("slow_heads_per_client") == 0:
         problems.append("slow_heads_per_client: must be at least 1; the default is 32")
+    if kwargs.get("body_timeout") == 0:
+        problems.append("body_timeout: must be more than 0 seconds; the default is 10")
+    if kwargs.get("body_min_rate") == 0:
+        problems.append("body_min_rate: must be at least 1 byte a second; the default is 16384")
     _check_warmup(kwargs.get("warmup"), problems)
     shadow = kwargs.get("shadow")
     if isinstance(shadow, ShadowConfig) and isinstance(shadow.sample, float) and shadow.sample > 1:

@@ -16,7 +16,19 @@ from urllib.parse import parse_qs
 
 from nonstop.config import Config
 from nonstop.server import dashboard
-from nonstop.server.asgi import Message, Receive, Scope, Send, header, send_bytes, send_json
+from nonstop.server.asgi import (
+    BODY_PACE,
+    BODY_READ,
+    BodyPace,
+    BodyTimeout,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header,
+    send_bytes,
+    send_json,
+)
 from nonstop.server.doors.anthropic import AnthropicDoor
 from nonstop.server.doors.openai import OpenAIDoor
 from nonstop.server.pipeline import Pipeline
@@ -33,12 +45,15 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class _Watched:
-    """The send channel, watched: has the response started, and is it a stream?"""
+    """The send channel, watched: has the response started, and is it a stream? A
+    response that starts before the request's body has been read closes the connection,
+    so that a body still trickling in cannot hold it open."""
 
-    __slots__ = ("send", "started", "ended", "stream")
+    __slots__ = ("send", "scope", "started", "ended", "stream")
 
-    def __init__(self, send: Send):
+    def __init__(self, send: Send, scope: Scope):
         self.send = send
+        self.scope = scope
         self.started = False
         self.ended = False
         self.stream = False
@@ -46,7 +61,10 @@ class _Watched:
     async def __call__(self, msg: Message) -> None:
         if msg["type"] == "http.response.start":
             self.started = True
-            self.stream = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in msg.get("headers", ()))
+            headers = msg.get("headers", ())
+            self.stream = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+            if BODY_READ not in self.scope and _has_body(self.scope):
+                msg["headers"] = [*headers, (b"connection", b"close")]
         elif msg["type"] == "http.response.body" and not msg.get("more_body", False):
             self.ended = True
         await self.send(msg)
@@ -66,6 +84,7 @@ class App:
         # Per-user tokens of a shared instance; the global token is the administrator's.
         self._users = [(u.token.encode(), u.name) for u in cfg.users]
         self._hosts = {"localhost", "127.0.0.1", "::1", cfg.host.lower()}
+        self._body_pace = BodyPace(cfg.body_timeout, cfg.body_min_rate)
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/messages"): self.anthropic.messages,
             ("POST", "/v1/messages/count_tokens"): self.anthropic.count_tokens,
@@ -87,9 +106,12 @@ class App:
             return
         rid = new_request_id()
         scope["nonstop.request_id"] = rid
-        watched = _Watched(send)
+        scope[BODY_PACE] = self._body_pace
+        watched = _Watched(send, scope)
         try:
             await self.dispatch(scope, receive, watched)
+        except BodyTimeout as exc:
+            await self.body_late(scope, watched, rid, exc)
         except Exception as exc:
             await self.last_guard(scope, watched, rid, exc)
 
@@ -126,6 +148,14 @@ class App:
             elif not sent.ended:
                 body = writer.stream_error(message) if sent.stream else b""
                 await sent({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def body_late(self, scope: Scope, sent: _Watched, rid: str, exc: BodyTimeout) -> None:
+        """A body that did not keep pace: a 408 in the client's protocol, and the
+        connection is closed (the body was not read to its end)."""
+        log.warning("%s %s %s: %s", rid, scope.get("method"), scope.get("path", "")[:100], exc)
+        if not sent.started:
+            with contextlib.suppress(Exception):
+                await self._writer(scope).error(sent, 408, str(exc), "timeout_error", request_id=rid)
 
     def _writer(self, scope: Scope) -> Writer:
         return OpenAIWriter("", False) if scope.get("path") in OPENAI_PATHS else AnthropicWriter()
@@ -211,6 +241,13 @@ class App:
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_bytes(send, 200, self.rt.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
+
+
+def _has_body(scope: Scope) -> bool:
+    for k, v in scope["headers"]:
+        if (k == b"content-length" and v.strip() != b"0") or k == b"transfer-encoding":
+            return True
+    return False
 
 
 def create_app(cfg: Config) -> App:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -22,6 +24,39 @@ class ClientGone(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class BodyPace:
+    """How fast a request body must arrive once its head is complete: all of it within
+    `timeout` seconds, plus one second for every `min_rate` bytes received. A body that
+    keeps to `min_rate` is never cut; one that trickles is, whatever size it declares."""
+
+    timeout: float = 10.0
+    min_rate: int = 16 * 1024
+
+    def allowed(self, received: int) -> float:
+        return self.timeout + received / self.min_rate
+
+
+class BodyTimeout(Exception):
+    def __init__(self, pace: BodyPace, received: int, declared: str):
+        self.pace = pace
+        self.received = received
+        self.declared = declared
+
+    def __str__(self) -> str:
+        of = f" of {self.declared}" if self.declared.isdigit() else ""
+        return (f"the request body did not arrive in time: {self.received}{of} bytes after "
+                f"{self.pace.allowed(self.received):.1f} s (a body gets body_timeout = {self.pace.timeout:g} s, "
+                f"plus a second for every body_min_rate = {self.pace.min_rate} bytes)")
+
+
+# The scope keys read_body uses: the pace the application set for this request, and a
+# mark that the body has been read to its end (the connection can then be kept alive).
+BODY_PACE = "nonstop.body_pace"
+BODY_READ = "nonstop.body_read"
+DEFAULT_PACE = BodyPace()
+
+
 def header(scope: Scope, name: bytes, default: str = "") -> str:
     for k, v in scope["headers"]:
         if k == name:
@@ -30,13 +65,22 @@ def header(scope: Scope, name: bytes, default: str = "") -> str:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, at most `limit` bytes (BodyTooLarge), arriving at the
+    scope's pace (BodyTimeout), or ClientGone."""
     declared = header(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
+    pace: BodyPace = scope.get(BODY_PACE) or DEFAULT_PACE
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     chunks: list[bytes] = []
     size = 0
     while True:
-        msg = await receive()
+        try:
+            async with asyncio.timeout_at(started + pace.allowed(size)):
+                msg = await receive()
+        except TimeoutError:
+            raise BodyTimeout(pace, size, declared) from None
         if msg["type"] == "http.disconnect":
             raise ClientGone()
         chunk = msg.get("body", b"")
@@ -47,6 +91,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             chunks.append(chunk)
         if not msg.get("more_body", False):
             break
+    scope[BODY_READ] = True
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
