@@ -9,6 +9,7 @@ import contextlib
 import hmac
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 from typing import Any
@@ -19,6 +20,7 @@ from nonstop.server import dashboard
 from nonstop.server.asgi import (
     BODY_PACE,
     BODY_READ,
+    REQUEST_ROW,
     BodyPace,
     BodyTimeout,
     Message,
@@ -35,6 +37,7 @@ from nonstop.server.pipeline import Pipeline
 from nonstop.server.relay import Relay
 from nonstop.server.runtime import Runtime
 from nonstop.server.writers import AnthropicWriter, OpenAIWriter, Writer
+from nonstop.store.db import RequestRow
 from nonstop.wire.errors import new_request_id
 
 log = logging.getLogger("nonstop")
@@ -142,12 +145,21 @@ class App:
                   type(exc).__name__, exc_info=exc)
         writer = self._writer(scope)
         message = f"nonstop failed on this request ({type(exc).__name__}); request id {rid}"
+        answered = sent.started  # before this guard's own answer
         with contextlib.suppress(Exception):
-            if not sent.started:
+            if not answered:
                 await writer.error(sent, 500, message, "api_error", request_id=rid)
             elif not sent.ended:
                 body = writer.stream_error(message) if sent.stream else b""
                 await sent({"type": "http.response.body", "body": body, "more_body": False})
+        row: RequestRow | None = scope.get(REQUEST_ROW)
+        if row is not None and row.total_ms is None:  # a door made it, and no relay recorded it
+            if not answered:
+                row.status = 500
+            row.outcome, row.error = "error", message
+            row.total_ms = (time.time() - row.ts) * 1000
+            with contextlib.suppress(Exception):
+                self.rt.request_log.record(row)
 
     async def body_late(self, scope: Scope, sent: _Watched, rid: str, exc: BodyTimeout) -> None:
         """A body that did not keep pace: a 408 in the client's protocol, and the

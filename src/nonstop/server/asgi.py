@@ -54,6 +54,9 @@ class BodyTimeout(Exception):
 # mark that the body has been read to its end (the connection can then be kept alive).
 BODY_PACE = "nonstop.body_pace"
 BODY_READ = "nonstop.body_read"
+# The request-log row a front door made for the request (server/doors/base.py), so that a
+# failure no relay recorded is still logged (App.last_guard).
+REQUEST_ROW = "nonstop.row"
 DEFAULT_PACE = BodyPace()
 
 

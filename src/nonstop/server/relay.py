@@ -122,23 +122,26 @@ class Relay:
         capture: list[bytes] | None = [] if self.cfg.log.store_bodies else None
         captured = 0
         started = False
+        last = b""  # the last bytes sent: has the stream already ended in its protocol?
         try:
             async for chunk in writer.body(reply):
+                if not chunk:
+                    continue  # the head goes out with the first bytes, never alone
                 if capture is not None and captured < cap:
                     capture.append(chunk[: cap - captured])
                     captured += len(capture[-1])
                 if not started:
-                    started = True
                     await send({"type": "http.response.start", "status": reply.status, "headers": writer.headers(reply) + extra})
+                    started = True
                     now = time.perf_counter()
                     ctx.row.ttfb_ms = (now - ctx.t0) * 1000
                     if ctx.row.overhead_ms is not None:
                         ctx.row.overhead_ms += (now - t_head) * 1000
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                last = chunk
             if not started:
-                started = True
                 await send({"type": "http.response.start", "status": reply.status, "headers": writer.headers(reply) + extra})
+                started = True
                 ctx.row.ttfb_ms = (time.perf_counter() - ctx.t0) * 1000
             finished = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -150,7 +153,7 @@ class Relay:
                 # error instead of cutting it silently.
                 ctx.row.error = "nonstop shut down before the answer was complete"
                 reply.usage.error = reply.usage.error or "shut down mid-stream"
-                if started and reply.stream and not finished:
+                if started and reply.stream and not finished and not writer.ended(last):
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(1):
                             await send({"type": "http.response.body", "more_body": False,
@@ -165,7 +168,7 @@ class Relay:
                 if not started:
                     started = True
                     await writer.error(send, 500, message, "api_error", request_id=ctx.row.request_id)
-                elif reply.stream:
+                elif reply.stream and not writer.ended(last):
                     await send({"type": "http.response.body", "body": writer.stream_error(message), "more_body": False})
                 else:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})

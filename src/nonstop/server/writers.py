@@ -43,6 +43,11 @@ class Writer:
         """The last event of a stream that cannot finish."""
         raise NotImplementedError
 
+    def ended(self, last: bytes) -> bool:
+        """Whether a stream whose last bytes sent were `last` has already ended in this
+        protocol: nothing, not even an error, may follow."""
+        raise NotImplementedError
+
 
 class AnthropicWriter(Writer):
     def headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
@@ -57,6 +62,11 @@ class AnthropicWriter(Writer):
 
     def stream_error(self, message: str, etype: str = "api_error") -> bytes:
         return anthropic_error_event(message, etype)
+
+    def ended(self, last: bytes) -> bool:
+        final = last.replace(b"\r\n", b"\n").rstrip(b"\n").rpartition(b"\n\n")[2]
+        name = final.partition(b"\n")[0].replace(b" ", b"")
+        return name in (b"event:message_stop", b"event:error")
 
 
 class OpenAIWriter(Writer):
@@ -101,3 +111,6 @@ class OpenAIWriter(Writer):
 
     def stream_error(self, message: str, etype: str = "api_error") -> bytes:
         return b"data: " + orjson.dumps(openai_error_dict(500, message)) + b"\n\ndata: [DONE]\n\n"
+
+    def ended(self, last: bytes) -> bool:
+        return last.rstrip().endswith(b"data: [DONE]")

@@ -196,6 +196,24 @@ async def test_after_the_response_ended_nothing_more_is_sent(app, caplog):
     assert len(logged_ids(caplog)) == 1
 
 
+async def test_a_request_a_door_began_is_logged_once_even_when_no_relay_recorded_it(app):
+    async def fails_while_planning(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_body(scope, receive, 1 << 20)
+        app.anthropic.context(scope, b"{}", {"model": "m", "stream": True}, "/v1/messages")
+        raise Boom("while planning")
+
+    c = await run(app, scope_for("/v1/messages"), fails_while_planning)
+    [row] = app.rt.request_log.recent
+    assert row["request_id"] == orjson.loads(c.body)["request_id"]
+    assert (row["status"], row["outcome"], row["path"]) == (500, "error", "/v1/messages")
+    assert "Boom" in row["error"]
+
+
+async def test_a_row_the_relay_recorded_is_not_logged_twice(app):
+    await run(app, scope_for("/v1/messages"), after_the_end)  # no door row at all: nothing to record
+    assert not app.rt.request_log.recent
+
+
 async def test_a_send_that_fails_inside_the_guard_does_not_escape(app):
     class Broken(Client):
         async def send(self, msg: Message) -> None:

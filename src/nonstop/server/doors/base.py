@@ -9,7 +9,16 @@ from typing import Any
 import orjson
 
 from nonstop.backends.base import Exchange
-from nonstop.server.asgi import BodyTooLarge, ClientGone, Receive, Scope, Send, header, read_body
+from nonstop.server.asgi import (
+    REQUEST_ROW,
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+)
 from nonstop.server.pipeline import Pipeline, RequestContext
 from nonstop.server.relay import Relay
 from nonstop.server.runtime import Runtime
@@ -32,6 +41,7 @@ class Door:
             model=str(req.get("model", ""))[:MAX_MODEL_NAME], stream=req.get("stream") is True,
             user=str(scope.get("nonstop.user", "")),
         )
+        scope[REQUEST_ROW] = row
         ex = Exchange(
             method=scope["method"], path=path, raw_path=scope.get("raw_path") or scope["path"].encode(),
             query=scope.get("query_string", b""), headers=scope["headers"], body=body, req=req,

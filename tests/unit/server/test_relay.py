@@ -1,0 +1,132 @@
+"""The relay's own guard, in process: a reply whose body fails before its first bytes,
+mid-stream, or after the stream has already ended, reaches the client well-formed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from nonstop.backends.base import Exchange, Reply, single
+from nonstop.config import parse_config
+from nonstop.server.asgi import Message
+from nonstop.server.events import EventBus
+from nonstop.server.metrics import Metrics
+from nonstop.server.pipeline import RequestContext
+from nonstop.server.relay import Relay
+from nonstop.server.request_log import RequestLog
+from nonstop.server.writers import AnthropicWriter, OpenAIWriter, Writer
+from nonstop.store.db import RequestRow
+from tests.support import wirecheck
+
+SSE = [(b"content-type", b"text/event-stream; charset=utf-8")]
+
+
+def ev(name: str, data: dict) -> bytes:
+    return f"event: {name}\ndata: {orjson.dumps(data).decode()}\n\n".encode()
+
+
+START = ev("message_start", {"type": "message_start", "message": {
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": None,
+    "usage": {"input_tokens": 5, "output_tokens": 1}}})
+BLOCK = ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+DELTA = ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}})
+END = (ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+       + ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}})
+       + ev("message_stop", {"type": "message_stop"}))
+
+
+class Fault(Exception):
+    pass
+
+
+async def failing(*chunks: bytes) -> AsyncIterator[bytes]:
+    for c in chunks:
+        yield c
+    raise Fault("the reply broke")
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Relay:
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}})
+    return Relay(cfg, RequestLog(None, Metrics(), EventBus()))
+
+
+async def pump(relay: Relay, body: AsyncIterator[bytes], writer: Writer, stream: bool = True) -> tuple[int, bytes, list[Message]]:
+    sent: list[Message] = []
+
+    async def send(msg: Message) -> None:
+        sent.append(msg)
+
+    async def receive() -> Message:
+        import asyncio
+
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, stream)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
+    reply = Reply(200, list(SSE), body, "cloud", stream)
+    await relay.pump(ctx, reply, writer, [], receive, send, time.perf_counter())
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body", False), "the response did not end"
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"), sent
+
+
+async def test_a_reply_that_fails_before_its_first_bytes_is_a_whole_error(relay):
+    status, body, _ = await pump(relay, failing(b"", b""), AnthropicWriter())
+    assert status == 500  # the empty pieces did not send the head ahead of the bytes
+    doc = orjson.loads(body)
+    assert doc["error"]["type"] == "api_error" and "req_nonstop_test" in doc["error"]["message"]
+
+
+async def test_the_head_goes_out_with_the_first_bytes(relay):
+    _, _, sent = await pump(relay, failing(b"", START + BLOCK + DELTA), AnthropicWriter())
+    assert [m["type"] for m in sent[:2]] == ["http.response.start", "http.response.body"]
+    assert sent[1]["body"] == START + BLOCK + DELTA
+
+
+async def test_a_stream_that_fails_mid_way_ends_with_an_error_event(relay):
+    status, body, _ = await pump(relay, failing(START + BLOCK, DELTA), AnthropicWriter())
+    v = wirecheck.check_anthropic(status, "text/event-stream", body, stream=True)
+    assert v.outcome == "error" and "req_nonstop_test" in v.problem, v.problem
+
+
+async def test_a_stream_that_had_ended_gets_nothing_more(relay):
+    status, body, _ = await pump(relay, failing(START + BLOCK + DELTA + END), AnthropicWriter())
+    assert body == START + BLOCK + DELTA + END
+    assert wirecheck.check_anthropic(status, "text/event-stream", body, stream=True).outcome == "ok"
+
+
+class FailsAfterTheEnd(OpenAIWriter):
+    async def body(self, reply: Reply) -> AsyncIterator[bytes]:
+        async for chunk in super().body(reply):
+            yield chunk
+        raise Fault("after [DONE]")
+
+
+async def test_an_openai_stream_that_had_ended_gets_nothing_more(relay):
+    status, body, _ = await pump(relay, single(START + BLOCK + DELTA + END), FailsAfterTheEnd("m", False))
+    assert body.endswith(b"data: [DONE]\n\n") and body.count(b"[DONE]") == 1
+    assert wirecheck.check_openai(status, "text/event-stream", body, stream=True).outcome == "ok"
+
+
+@pytest.mark.parametrize("last,ended", [
+    (START + BLOCK, False),
+    (END, True),
+    (END.replace(b"\n", b"\r\n"), True),
+    (ev("error", {"type": "error", "error": {"type": "api_error", "message": "x"}}), True),
+    (b"event: ping\ndata: {}\n\n", False),
+    (b"", False),
+])
+def test_when_an_anthropic_stream_has_ended(last, ended):
+    assert AnthropicWriter().ended(last) is ended
+
+
+def test_when_an_openai_stream_has_ended():
+    w = OpenAIWriter("m", False)
+    assert w.ended(b'data: {"choices": []}\n\ndata: [DONE]\n\n')
+    assert not w.ended(b'data: {"choices": []}\n\n') and not w.ended(b"")
