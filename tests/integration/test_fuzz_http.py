@@ -6,8 +6,14 @@ fields, oversized bodies, huge headers, invalid UTF-8, odd model names and paths
 and on the way to the local backend. Every input gets a 4xx or a valid success in the
 client's own protocol: never a 500, never a hang, and nonstop keeps serving.
 
+From the client, slowly: a request head or body sent a piece at a time, or in part and
+then never finished. Each gets a 408 (in the client's protocol once the head is complete)
+or, for a client that sent nothing, just the close, within its deadline.
+
 From the upstream: a non-JSON error body, the wrong content type, endless headers, a
-stream that goes silent. Each is classified sanely and nonstop never crashes.
+stream that goes silent, a 200 whose JSON is cut, empty or garbled, a stream that errors
+before or after its first content, a first byte that comes too late. Each is classified
+sanely and nonstop never crashes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from tests.support.config import nonstop_config
 pytestmark = pytest.mark.integration
 
 MAX_BODY = 65536
+HEAD_TIMEOUT = 1.0
+BODY_TIMEOUT = 1.0
 KEY = procs.PLANTED_KEY
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -33,7 +41,7 @@ FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None
 
 def _config(cloud_url: str, local_url: str) -> str:
     return nonstop_config(
-        cloud_url, max_body_bytes=MAX_BODY,
+        cloud_url, max_body_bytes=MAX_BODY, head_timeout=HEAD_TIMEOUT, body_timeout=BODY_TIMEOUT,
         cloud={"connect_timeout": 1.0, "first_byte_timeout": 1.5, "idle_timeout": 2.0, "error_cooldown": 0.1,
                "default_cooldown": 0.1},
         local=[{"name": "local", "url": local_url, "model": "local-model", "connect_timeout": 1.0}],
@@ -323,13 +331,58 @@ def test_invalid_utf8_in_headers_and_query(stack):
     alive(ns)
 
 
+# --- the client, slowly ------------------------------------------------------------------------------
+
+SLOW = settings(max_examples=24, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+@SLOW
+@given(path=st.sampled_from(["/v1/messages", "/v1/chat/completions", "/v1/messages/count_tokens", "/v1/files"]),
+       cut=st.floats(min_value=0.0, max_value=1.0), in_head=st.booleans(), trickle=st.booleans())
+@example(path="/v1/messages", cut=0.0, in_head=True, trickle=False)  # nothing at all
+@example(path="/v1/chat/completions", cut=1.0, in_head=True, trickle=False)  # the head without its blank line
+def test_slow_or_unfinished_requests(stack, path, cut, in_head, trickle):
+    """A request cut somewhere in its head or its body, then either trickled a byte every
+    0.2 s or never finished: closed within its deadline with a 408 in the client's
+    protocol (plain text while the head is incomplete), nothing if nothing came, or its
+    answer if the last few bytes made it in time."""
+    ns = stack.cloud
+    door = "openai" if path == "/v1/chat/completions" else "anthropic"
+    body = json.dumps({**BASE, "messages": [{"role": "user", "content": "x" * 400}]}).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{ns.port}\r\nContent-Type: application/json\r\n"
+            f"x-api-key: {KEY}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    whole = head + body
+    at = int(cut * (len(head) - 4)) if in_head else len(head) + int(cut * (len(body) - 1))
+    raw, took = rawhttp.trickle(ns.port, whole[:at], whole[at:], piece=1 if trickle else 0, every=0.2,
+                                source="127.0.3.1")
+    assert took < HEAD_TIMEOUT + BODY_TIMEOUT + 3.0, f"closed after {took:.1f} s"
+    if at == 0 and not trickle:
+        assert raw == b"", f"a client that sent nothing got an answer: {raw[:200]!r}"
+        return
+    status, headers, answer = rawhttp.split_response(raw)
+    if status != 408:  # the last bytes made it: a whole answer (the cloud's 404 for /v1/files)
+        assert trickle, f"an unfinished request was answered: {raw[:300]!r}"
+        assert status in (200, 404) and isinstance(json.loads(answer), dict), raw[:300]
+    else:
+        assert status == 408 and headers.get("connection") == "close", raw[:300]
+        if headers.get("content-type", "").startswith("application/json"):  # the head had arrived
+            v = wirecheck.check(door, status, headers["content-type"], answer, stream=False)
+            assert v.outcome == "error", v.problem
+        else:
+            assert in_head, f"a request whose head had arrived got a plain-text 408: {raw[:300]!r}"
+    alive(ns)
+
+
 # --- the upstream side -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("door", ["anthropic", "openai"])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("mode", ["non_json_error", "wrong_content_type", "endless_headers", "stall_after_content",
-                                  "malformed_chunk", "truncate", "tool_then_reset", "reset", "hang_after_head"])
+                                  "malformed_chunk", "truncate", "tool_then_reset", "reset", "hang_after_head",
+                                  "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
+                                  "midstream_overloaded", "error_after_content", "late_first_byte"])
 def test_hostile_upstream(stack, mode, stream, door):
     """Whatever the cloud does, the client gets a complete answer or a well-formed error
     in its own protocol, within the deadlines, and nonstop stays up."""

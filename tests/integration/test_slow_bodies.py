@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -39,42 +38,8 @@ def head(ns: procs.Proc, path: str, length: int | None, method: str = "POST") ->
             + framing + "\r\n").encode()
 
 
-def trickle(ns: procs.Proc, request_head: bytes, body: bytes, piece: int, every: float, limit: float = 30) -> tuple[bytes, float]:
-    """Send the head whole, then the body `piece` bytes every `every` seconds; read what
-    the server answers until it closes. Returns (everything received, seconds from the
-    head to the close)."""
-    with socket.create_connection(("127.0.0.1", ns.port)) as s:
-        s.sendall(request_head)
-        t0 = time.monotonic()
-        received = b""
-        sent = 0
-        s.settimeout(every)
-        while time.monotonic() - t0 < limit:
-            if sent < len(body):
-                try:
-                    s.sendall(body[sent : sent + piece])
-                    sent += piece
-                except (TimeoutError, BrokenPipeError, ConnectionResetError):
-                    pass
-            try:
-                chunk = s.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                break
-            if not chunk:
-                return received, time.monotonic() - t0
-            received += chunk
-        raise AssertionError(f"the connection was still open after {limit} s; received {received[:300]!r}")
-
-
-def split(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    head_part, _, body = raw.partition(b"\r\n\r\n")
-    first, *lines = head_part.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
-    if "chunked" in headers.get("transfer-encoding", ""):
-        body = rawhttp._dechunk(body)[0]
-    return int(first.split()[1]), headers, body
+def trickle(ns: procs.Proc, request_head: bytes, body: bytes, piece: int, every: float) -> tuple[bytes, float]:
+    return rawhttp.trickle(ns.port, request_head, body, piece=piece, every=every)
 
 
 @pytest.mark.parametrize("path,door", [("/v1/messages", "anthropic"), ("/v1/chat/completions", "openai"),
@@ -82,7 +47,7 @@ def split(raw: bytes) -> tuple[int, dict[str, str], bytes]:
 def test_a_trickling_body_gets_a_408_and_the_connection_is_closed(ns, path, door):
     body = json.dumps(MESSAGE).encode()
     raw, took = trickle(ns, head(ns, path, len(body)), body, piece=5, every=0.1)  # 50 bytes a second
-    status, headers, answer = split(raw)
+    status, headers, answer = rawhttp.split_response(raw)
     assert status == 408, raw[:300]
     assert headers["connection"] == "close"
     v = wirecheck.check(door, status, headers["content-type"], answer, stream=False)
@@ -94,7 +59,7 @@ def test_a_trickling_body_gets_a_408_and_the_connection_is_closed(ns, path, door
 
 def test_a_chunked_body_that_stops_is_cut(ns):
     raw, took = trickle(ns, head(ns, "/v1/messages", None) + b"5\r\n{\"mod\r\n", b"", piece=1, every=0.2)
-    status, headers, _ = split(raw)
+    status, headers, _ = rawhttp.split_response(raw)
     assert status == 408 and headers["connection"] == "close"
     assert took < BODY_TIMEOUT + 3.0, took
 
@@ -103,7 +68,7 @@ def test_a_body_that_keeps_the_minimum_rate_is_read_whole(ns):
     body = json.dumps(MESSAGE).encode()  # ~1 KB, sent at ~2000 bytes a second
     raw, took = trickle(ns, head(ns, "/v1/messages", len(body)).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1),
                         body, piece=100, every=0.05)
-    status, _, answer = split(raw)
+    status, _, answer = rawhttp.split_response(raw)
     assert status == 200, raw[:300]
     assert json.loads(answer)["type"] == "message"
 
@@ -112,7 +77,7 @@ def test_a_body_nobody_reads_does_not_hold_the_connection(ns):
     """An answer that goes out before the body has been read (here /health, which reads
     none) closes the connection, so the rest of the body cannot keep it open."""
     raw, took = trickle(ns, head(ns, "/health", 10_000, method="GET"), b"x" * 10_000, piece=1, every=0.2)
-    status, headers, _ = split(raw)
+    status, headers, _ = rawhttp.split_response(raw)
     assert status == 200 and headers["connection"] == "close"
     assert took < 3.0, took
 

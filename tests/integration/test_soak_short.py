@@ -1,7 +1,7 @@
 """A short run of the fault-injection soak (tests/soak/soak.py): 600 requests at
 concurrency 16 through a randomly failing cloud and a local backend that is killed and
-restarted. One run, several assertions on its report, so each broken promise shows up by
-name."""
+restarted, while other clients send their heads and bodies slowly. One run, several
+assertions on its report, so each broken promise shows up by name."""
 
 from __future__ import annotations
 
@@ -63,6 +63,24 @@ def test_one_log_row_per_request(report):
 def test_no_traceback_and_no_leaked_credential(report):
     assert report["checks"]["no traceback in nonstop's log"], report["examples"]
     assert report["checks"]["no credential leaked"], report["examples"]
+
+
+def test_no_5xx_of_nonstops_own_making(report):
+    assert report["checks"]["no 5xx of nonstop's own making"], report["server_errors"]
+    assert all(k.startswith("503 ") for k in report["server_errors"]), report["server_errors"]
+
+
+def test_the_new_faults_are_in_the_mix(report):
+    from tests.soak.soak import NEW_FAULTS
+
+    hit = [f for f in NEW_FAULTS if report["faults"].get(f)]
+    assert len(hit) >= len(NEW_FAULTS) // 2, report["faults"]  # a short run meets at least half of them
+
+
+def test_slow_clients_are_closed_within_their_deadlines(report):
+    slow = report["slow_clients"]
+    assert not slow["violations"], slow["violations"]
+    assert set(slow["counts"]) == {"slow_head", "partial_head", "silent", "slow_body", "partial_body"}, slow["counts"]
 
 
 def test_resources_do_not_grow(report):

@@ -6,10 +6,12 @@ random and the local backend is killed and restarted.
 Starts the fake cloud (mode `random`, seeded), the recording local stand-in and nonstop
 with short deadlines, then drives requests through both front doors (Anthropic
 /v1/messages and OpenAI /v1/chat/completions), streaming and not. Every response is
-checked by tests/support/wirecheck.py. Afterwards nonstop is stopped with SIGTERM and its
-request log is counted. Writes test-artifacts/soak-report.md and .json; exits 1 on any
-violation (a hang, a malformed or truncated response, a 500 with a traceback, a lost
-log row, growing file descriptors or memory, a leaked credential).
+checked by tests/support/wirecheck.py. Meanwhile other clients, from their own loopback
+addresses, send request heads and bodies slowly, in part or not at all. Afterwards
+nonstop is stopped with SIGTERM and its request log is counted. Writes
+test-artifacts/soak-report.md and .json; exits 1 on any violation (a hang, a malformed or
+truncated response, a 5xx of nonstop's own making, a lost log row, a slow client held past
+its deadline, growing file descriptors or memory, a leaked credential).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if str(ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
+from tests.soak.slow_clients import SlowClients  # noqa: E402
 from tests.support import procs, rawhttp, wirecheck  # noqa: E402
 from tests.support.config import nonstop_config  # noqa: E402
 from tests.support.fake_cloud import RANDOM_EXTRA  # noqa: E402
@@ -44,16 +47,27 @@ from tests.support.fake_cloud import RANDOM_EXTRA  # noqa: E402
 CLOUD_SETTINGS = {
     "connect_timeout": 1.0,
     "first_byte_timeout": 2.0,
+    # The learned first-byte deadline: four times the usual, never under half a second
+    # (the fake cloud answers in milliseconds), so `late_first_byte` runs past it.
+    "first_byte_floor": 0.5,
+    "first_byte_multiplier": 4.0,
     "idle_timeout": 5.0,
     "error_cooldown": 0.5,
     "default_cooldown": 1.0,
     "credit_recheck": 1.0,
 }
+# Short deadlines for request heads and bodies, for the slow clients.
+HEAD_TIMEOUT = 2.0
+BODY_TIMEOUT = 2.0
 # The longest any request may take with these settings: a cloud attempt (connect + first
 # byte), then a stream that goes silent (idle), plus room for the local answer.
 DEADLINE_BOUND = CLOUD_SETTINGS["connect_timeout"] + CLOUD_SETTINGS["first_byte_timeout"] + CLOUD_SETTINGS["idle_timeout"] + 4.0
 # Fault parameters that keep every fault short, so the cloud keeps being retried.
-FAULT_PARAMS = {"hang_for": 8, "reset_in": 1, "retry_after": 1, "api_key_retry_after": 1, "regain_in": 1, "no_log": True}
+FAULT_PARAMS = {"hang_for": 8, "late_by": 1.5, "reset_in": 1, "retry_after": 1, "api_key_retry_after": 1, "regain_in": 1,
+                "no_log": True}
+# The faults the reliability work added to the mix: each must be injected in a run.
+NEW_FAULTS = ("json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
+              "midstream_overloaded", "error_after_content", "late_first_byte")
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-5-5")
 # Share of requests sent to a real llama-server when --llama is given (it is slow: keep it small).
 LLAMA_SHARE = 0.0
@@ -80,6 +94,8 @@ class Options:
     # fault here clears within ~2 s, so a longer gap means the cloud stopped being retried.
     max_cloud_gap: float = 10.0
     llama: bool = False
+    # Connections held at a time by clients that send their request slowly or not at all.
+    slow_clients: int = 6
     extra_faults: tuple[str, ...] = RANDOM_EXTRA
     exclude_faults: tuple[str, ...] = ()
     out: Path = ROOT / "test-artifacts" / "soak-report.md"
@@ -95,6 +111,8 @@ class Result:
     outcome: str = ""
     problem: str = ""
     seconds: float = 0.0
+    failover: str = ""  # the kind of failure the cloud attempt met (x-nonstop-failover's first word)
+    own_5xx: bool = False  # a 5xx that says nonstop itself failed
 
 
 @dataclass
@@ -110,6 +128,12 @@ class Report:
     statuses: dict[str, int] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
     local_restarts: int = 0
+    failovers: dict[str, int] = field(default_factory=dict)
+    server_errors: dict[str, int] = field(default_factory=dict)
+    slow_clients: dict[str, Any] = field(default_factory=dict)
+    load: dict[str, float] = field(default_factory=dict)
+    first_byte_deadlines: dict[str, float] = field(default_factory=dict)
+    timeouts_s: dict[str, float] = field(default_factory=dict)
     cloud_requests: int = 0
     longest_cloud_gap_s: float = 0.0
     latency_s: dict[str, float] = field(default_factory=dict)
@@ -160,7 +184,7 @@ def soak_config(cloud_url: str, local_url: str, llama_url: str = "") -> str:
                       "max_output_tokens": 16, "connect_timeout": 1.0})
         routes = {"*-via-llama": "llama", **routes}
     return nonstop_config(cloud_url, cloud=CLOUD_SETTINGS, local=local, routes=routes, drain_timeout=10.0,
-                          ping_interval=2.0)
+                          ping_interval=2.0, head_timeout=HEAD_TIMEOUT, body_timeout=BODY_TIMEOUT)
 
 
 def fd_count(pid: int) -> int:
@@ -277,6 +301,7 @@ async def one_request(session: aiohttp.ClientSession, base: str, i: int, rng: ra
             async with session.post(base + path, data=json.dumps(body), headers=headers) as r:
                 res.status = r.status
                 res.backend = r.headers.get("x-nonstop-backend", "")
+                res.failover = r.headers.get("x-nonstop-failover", "").split(":", 1)[0][:40]
                 data = await r.read()
                 ctype = r.headers.get("content-type", "")
     except TimeoutError:
@@ -288,6 +313,7 @@ async def one_request(session: aiohttp.ClientSession, base: str, i: int, rng: ra
         res.outcome, res.problem = "violation", f"transport: {type(exc).__name__}: {exc}"[:300]
         return res
     res.seconds = time.monotonic() - t0
+    res.own_5xx = res.status >= 500 and b"nonstop failed" in data
     v = wirecheck.check(door, res.status, ctype, data, stream=stream)
     res.outcome, res.problem = v.outcome, v.problem if v.outcome == "violation" else ""
     if v.outcome == "violation":
@@ -355,6 +381,16 @@ class LocalChaos:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
+
+
+async def watch_load(stop: asyncio.Event) -> float:
+    """The highest one-minute load average of the machine while requests run."""
+    highest = os.getloadavg()[0]
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        highest = max(highest, os.getloadavg()[0])
+    return highest
 
 
 async def watch_cloud(cloud_url: str, stop: asyncio.Event) -> float:
@@ -428,20 +464,29 @@ async def soak(opts: Options) -> Report:
         report.fd["before"], report.fd_detail["before"] = await settled_fds(pid, roles, opts.settle, opts.max_settle)
         report.rss_mb["before"] = round(rss_mb(pid), 1)
 
+        slow = SlowClients(ns.port, HEAD_TIMEOUT, BODY_TIMEOUT, opts.slow_clients, opts.seed)
+        report.load["before"] = round(os.getloadavg()[0], 2)
         chaos_task = asyncio.ensure_future(chaos.run())
         watch_task = asyncio.ensure_future(watch_cloud(cloud.url, chaos.stopping))
+        load_task = asyncio.ensure_future(watch_load(chaos.stopping))
+        slow_task = asyncio.ensure_future(slow.run())
         try:
             async with asyncio.timeout(opts.max_seconds):
                 results += await drive(ns.url, warmup, opts.requests, opts.concurrency, opts.seed, opts.deadline)
         finally:
             chaos.stopping.set()
+            slow.stopping.set()
             await chaos_task
             report.longest_cloud_gap_s = round(await watch_task, 1)
+            report.load["max"] = round(await load_task, 2)
+            report.slow_clients = asdict(await slow_task)
         report.local_restarts = chaos.restarts
         report.duration_s = round(time.monotonic() - t_start, 1)
         report.fd["after"], report.fd_detail["after"] = await settled_fds(pid, roles, opts.settle, opts.max_settle)
         report.rss_mb["after"] = round(rss_mb(pid), 1)
         report.faults = json.loads(rawhttp.request("GET", cloud.url + "/_fake/counts")[2])
+        status = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status", timeout=30)[2])
+        report.first_byte_deadlines = status.get("cloud", {}).get("first_byte_deadlines") or {}
         report.cloud_requests = sum(report.faults.values())
         recorded = rawhttp.request("GET", chaos.proc.url + "/_recorded", timeout=30)[2]
         if procs.PLANTED_KEY.encode() in recorded:
@@ -473,6 +518,13 @@ async def soak(opts: Options) -> Report:
         outcomes.setdefault(f"{r.door} {'stream' if r.stream else 'json'}", Counter())[r.outcome] += 1
     report.outcomes = {k: dict(v) for k, v in sorted(outcomes.items())}
     report.backends = dict(Counter(r.backend or "(none)" for r in results).most_common())
+    report.failovers = dict(Counter(r.failover for r in results if r.failover).most_common())
+    timed_out = [r.seconds for r in results if r.failover == "timeout"]
+    report.timeouts_s = {"count": len(timed_out), "p50": round(percentile(timed_out, 0.5), 3),
+                         "max": round(max(timed_out, default=0.0), 3)}
+    report.server_errors = dict(Counter(
+        f"{r.status} {'nonstop failed' if r.own_5xx else 'from ' + (r.backend or 'nonstop: no backend could answer')}"
+        for r in results if r.status >= 500).most_common())
     report.statuses = dict(Counter(str(r.status) for r in results).most_common())
     lat = [r.seconds for r in results]
     report.latency_s = {k: round(v, 3) for k, v in {
@@ -496,14 +548,20 @@ async def soak(opts: Options) -> Report:
         "one log row per request": report.log_rows == report.log_rows_expected,
         "request log integrity ok": report.integrity == "ok",
         "no traceback in nonstop's log": not any(e.get("problem") == "traceback in nonstop's log" for e in report.examples),
+        "no 5xx of nonstop's own making": not any(r.own_5xx for r in results),
+        "every slow client was closed within its deadline, with a 408 or nothing":
+            not report.slow_clients.get("violations") and (opts.slow_clients == 0 or bool(report.slow_clients.get("counts"))),
         "file descriptors do not grow": report.fd["after"] - report.fd["before"] <= opts.fd_slack,
         "memory does not grow": report.rss_mb["after"] - report.rss_mb["before"] <= opts.rss_slack_mb,
         "no credential leaked": not secrets_seen,
         "faults were injected": sum(v for k, v in report.faults.items() if k != "ok") > 0,
+        **({"every new fault was injected": all(report.faults.get(f) for f in NEW_FAULTS)} if opts.requests >= 5000 else {}),
         "the cloud kept being retried": report.longest_cloud_gap_s <= opts.max_cloud_gap,
     }
     for s in secrets_seen:
         report.examples.append({"problem": s})
+    for problem in report.slow_clients.get("violations", [])[:10]:
+        report.examples.append({"problem": "slow client: " + problem})
     return report
 
 
@@ -521,6 +579,8 @@ def render_markdown(r: Report) -> str:
         f"- duration: {r.duration_s} s ({(r.requests + r.warmup) / r.duration_s if r.duration_s else 0:.0f} requests/s)",
         f"- local backend killed and restarted: {r.local_restarts} times",
         f"- requests that reached the fake cloud: {r.cloud_requests}; longest stretch without one: {r.longest_cloud_gap_s} s",
+        f"- machine load (1-minute average, all processes): {r.load.get('before')} before, {r.load.get('max')} at most",
+        f"- slow clients held at a time: {r.options['slow_clients']}",
         f"- result: **{'PASS' if r.ok else 'FAIL'}**", "",
         "## Checks", "", "| check | result |", "|---|---|",
         *[f"| {k} | {'ok' if v else '**FAILED**'} |" for k, v in r.checks.items()], "",
@@ -529,10 +589,20 @@ def render_markdown(r: Report) -> str:
         f"- lost: {r.lost}",
         f"- served by: {', '.join(f'{k} {v}' for k, v in r.backends.items())}",
         f"- HTTP status: {', '.join(f'{k}: {v}' for k, v in r.statuses.items())}",
+        f"- 5xx answers: {', '.join(f'{k}: {v}' for k, v in r.server_errors.items()) or 'none'}",
+        f"- why the cloud did not answer (x-nonstop-failover): {', '.join(f'{k}: {v}' for k, v in r.failovers.items()) or 'always did'}",
+        f"- learned first-byte deadlines at the end: {', '.join(f'{k}: {v} s' for k, v in r.first_byte_deadlines.items()) or 'none'}; "
+        f"requests answered after a cloud timeout: {r.timeouts_s.get('count')}, whole request p50 {r.timeouts_s.get('p50')} s, "
+        f"max {r.timeouts_s.get('max')} s",
         f"- latency (client side): p50 {r.latency_s.get('p50')} s, p95 {r.latency_s.get('p95')} s, "
         f"p99 {r.latency_s.get('p99')} s, max {r.latency_s.get('max')} s (deadline {r.options['deadline']} s)", "",
         "## Faults injected by the fake cloud (requests that reached it, by mode)", "",
         ", ".join(f"{k}: {v}" for k, v in sorted(r.faults.items(), key=lambda kv: -kv[1])) or "(none)", "",
+        f"The faults the reliability work added: {', '.join(f'{f} {r.faults.get(f, 0)}' for f in NEW_FAULTS)}.", "",
+        "## Slow clients (request heads and bodies sent slowly, in part or not at all)", "",
+        "| kind | connections | answers | longest, s |", "|---|---|---|---|",
+        *[f"| {k} | {n} | {', '.join(f'{a} {c}' for a, c in r.slow_clients.get('answers', {}).get(k, {}).items())} | "
+          f"{r.slow_clients.get('longest_s', {}).get(k)} |" for k, n in sorted(r.slow_clients.get("counts", {}).items())], "",
         "## Resources of the nonstop process (after warm-up vs. at the end, both after idling "
         f"{r.options['settle']} s, and up to {r.options['max_settle']} s more for pooled upstream connections to close)", "",
         f"- open file descriptors: {r.fd.get('before')} -> {r.fd.get('after')}",
@@ -576,6 +646,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--max-seconds", type=float, default=d.max_seconds)
     p.add_argument("--max-cloud-gap", type=float, default=d.max_cloud_gap)
     p.add_argument("--llama", action="store_true", help="also send 0.5%% of requests to a real llama-server")
+    p.add_argument("--slow-clients", type=int, default=d.slow_clients,
+                   help="connections held at a time by clients that send slowly (0: none)")
     p.add_argument("--no-extra-faults", action="store_true", help="only the fake cloud's base random pool")
     p.add_argument("--exclude-faults", default="", help="comma-separated fake cloud modes to leave out")
     p.add_argument("--out", type=Path, default=d.out, help="markdown report; the .json goes beside it")
@@ -584,6 +656,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         requests=a.requests, concurrency=a.concurrency, seed=a.seed, deadline=a.deadline, warmup=a.warmup,
         kill_every=a.kill_every, down_for=a.down_for, settle=a.settle, max_settle=a.max_settle, fd_slack=a.fd_slack,
         rss_slack_mb=a.rss_slack_mb, max_seconds=a.max_seconds, max_cloud_gap=a.max_cloud_gap, llama=a.llama,
+        slow_clients=a.slow_clients,
         extra_faults=() if a.no_extra_faults else RANDOM_EXTRA, out=a.out,
         exclude_faults=tuple(m for m in a.exclude_faults.split(",") if m),
     )

@@ -34,13 +34,17 @@ MODES = [
     # Non-streaming replies that are not whole: a 200 whose body is cut, empty, garbled or
     # not a message (a streamed request in these modes gets the plain stream).
     "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
+    # A good answer whose first byte comes `late_by` seconds late (3 unless told).
+    "late_first_byte",
 ]
 # Modes "random" draws from (everything a soak test should survive).
 RANDOM_POOL = [m for m in MODES[: MODES.index("random")] if m != "hang"] + ["ok"] * 12
 # Extra faults the soak harness can add to the pool with {"mode": "random", "extra": [...]}
 # (and {"exclude": [...]} takes modes out):
-# each one ends on its own within `hang_for` seconds.
-RANDOM_EXTRA = ("tool_then_reset", "tool_then_error", "wrong_content_type", "stall_after_content")
+# each one ends on its own within `hang_for` (or `late_by`) seconds.
+RANDOM_EXTRA = ("tool_then_reset", "tool_then_error", "wrong_content_type", "stall_after_content",
+                "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
+                "late_first_byte")
 
 
 def _rid() -> str:
@@ -181,7 +185,9 @@ class FakeCloud:
         if problem:  # checked before anything else, as the real API validates first
             return web.Response(status=400, body=error_body("invalid_request_error", problem), content_type="application/json")
         wait = float(self.params.get("first_byte", 0)) + float(self.params.get("first_byte_per_kb", 0)) * len(body) / 1024
-        if wait and mode in ("ok", "slow"):
+        if mode == "late_first_byte":
+            wait = float(self.params.get("late_by", 3.0))
+        if wait and mode in ("ok", "slow", "late_first_byte"):
             await asyncio.sleep(wait)
         in_tokens = max(1, len(body) // 4)
         now = time.time()

@@ -6,6 +6,7 @@
     exchange("POST", ns.url, target="*", body=b"{", headers={...})     # any request target
     with open_stream("POST", ns.url + "/v1/messages", json=..., until=b"word3") as seen:
         ...                                                           # hang up mid-stream
+    raw, took = trickle(ns.port, head, body, piece=5, every=0.1)      # a slow client
 
 A raw socket rather than a client library, so that a test can send what a library would
 refuse or tidy up (odd request targets, bytes that are not UTF-8, huge headers, a chunked
@@ -78,6 +79,47 @@ def open_stream(method: str, url: str, *, json: Any = None, headers: dict[str, s
         response = _Response(method, started)
         _receive(sock, response, started + timeout, until)
         yield response.data
+
+
+def trickle(port: int, head: bytes, body: bytes, *, piece: int, every: float, limit: float = 30,
+            source: str = "127.0.0.1") -> tuple[bytes, float]:
+    """A slow client: send `head` whole, then `body` `piece` bytes every `every` seconds
+    (an empty piece: nothing more), reading whatever the server answers until it closes.
+    Returns everything received and the seconds from the head to the close; raises
+    AssertionError if the connection is still open after `limit` seconds."""
+    with socket.create_connection(("127.0.0.1", port), source_address=(source, 0)) as s:
+        s.sendall(head)
+        t0 = time.monotonic()
+        received = b""
+        sent = 0
+        s.settimeout(every)
+        while time.monotonic() - t0 < limit:
+            if piece and sent < len(body):
+                with suppress(TimeoutError, BrokenPipeError, ConnectionResetError):
+                    s.sendall(body[sent : sent + piece])
+                    sent += piece
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:  # a byte sent after the server closed: keep what came before
+                break
+            if not chunk:
+                break
+            received += chunk
+        else:
+            raise AssertionError(f"the connection was still open after {limit} s; received {received[:300]!r}")
+        return received, time.monotonic() - t0
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """status, headers (lower-case names), body (chunked framing removed) of one raw response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    first, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+    if "chunked" in headers.get("transfer-encoding", ""):
+        body = _dechunk(body)[0]
+    return int(first.split()[1]), headers, body
 
 
 # --- sending ----------------------------------------------------------------------------------
