@@ -1,17 +1,22 @@
 """SQLite request log and persisted state, written off the event loop.
 
-WAL mode, append-only named migrations. All writes go through one writer thread fed by a
-queue, so the request path never waits on the disk.
+WAL mode, append-only named migrations. All writes go through one writer thread, so the
+request path never waits on the disk, and they go in batches: a write is appended to a
+list (no lock, no thread woken), and the writer thread wakes every FLUSH_EVERY seconds,
+or as soon as BATCH_ROWS are waiting, and writes everything it finds in one transaction.
+
+What a crash can lose: writes made in the last FLUSH_EVERY seconds (plus the time the
+transaction itself takes). A clean stop (`close()`) and `flush()` write everything first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,10 @@ from typing import Any
 import orjson
 
 from nonstop.store import db_path
+
+# How often the writer thread looks for writes, and how many waiting wake it at once.
+FLUSH_EVERY = 0.1
+BATCH_ROWS = 256
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -191,13 +200,17 @@ def ensure_private_dir(path: Path) -> None:
 
 class Store:
     """The request log and key/value state. Reads are synchronous (call them off the
-    loop with asyncio.to_thread); writes are queued to the writer thread."""
+    loop with asyncio.to_thread); writes are handed to the writer thread in batches."""
 
-    def __init__(self, state_dir: Path, *, retention_days: float = 30.0):
+    def __init__(self, state_dir: Path, *, retention_days: float = 30.0, flush_every: float = FLUSH_EVERY):
         self.state_dir = state_dir
         self.path = db_path(state_dir)
         self.retention_days = retention_days
-        self._q: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self.flush_every = flush_every
+        # Writes waiting for the writer thread (deque appends and pops are atomic, so the
+        # event loop and the writer share it without a lock); None asks it to stop.
+        self._pending: deque[tuple[str, Any] | None] = deque()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._read: sqlite3.Connection | None = None
         self._listeners: list[Any] = []
@@ -221,71 +234,53 @@ class Store:
 
     def close(self) -> None:
         if self._thread is not None:
-            self._q.put(None)
+            self._pending.append(None)
+            self._wake.set()
             self._thread.join(timeout=10)
             self._thread = None
         if self._read is not None:
             self._read.close()
             self._read = None
 
-    # --- writes (queued) ---------------------------------------------------------------
+    # --- writes (batched) --------------------------------------------------------------
 
     def log_request(self, row: RequestRow) -> None:
-        self._q.put(("request", row))
+        pending = self._pending
+        pending.append(("request", row))
+        if len(pending) >= BATCH_ROWS:
+            self._wake.set()
 
     def log_shadow(self, comparison: dict[str, Any]) -> None:
-        """One shadow comparison (server/shadow.py), queued like a request row."""
-        self._q.put(("shadow", comparison))
+        """One shadow comparison (server/shadow.py), batched like a request row."""
+        self._pending.append(("shadow", comparison))
 
     def shadow_agreement(self, since: float) -> dict[str, dict[str, Any]]:
         assert self._read is not None
         return shadow_agreement(self._read, since)
 
     def save_state(self, key: str, value: Any) -> None:
-        self._q.put(("state", (key, orjson.dumps(value).decode(), time.time())))
+        self._pending.append(("state", (key, orjson.dumps(value).decode(), time.time())))
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything queued so far is on disk."""
+        """Wait until everything written so far is on disk."""
         done = threading.Event()
-        self._q.put(("flush", done))
+        self._pending.append(("flush", done))
+        self._wake.set()
         done.wait(timeout)
 
     def _writer(self, conn: sqlite3.Connection) -> None:
         last_prune = time.time()
+        pending = self._pending
         while True:
-            item = self._q.get()
-            batch = [item]
-            # Group what is already waiting into one transaction.
-            while len(batch) < 512:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            stop = False
-            events = []
-            try:
-                with conn:
-                    for it in batch:
-                        if it is None:
-                            stop = True
-                            continue
-                        kind, payload = it
-                        if kind == "request":
-                            cur = conn.execute(_INSERT, _values(payload))
-                            if payload.request_body is not None or payload.response_body is not None:
-                                conn.execute(
-                                    "INSERT INTO bodies VALUES (?, ?, ?)",
-                                    (cur.lastrowid, payload.request_body, payload.response_body),
-                                )
-                            self.written += 1
-                        elif kind == "state":
-                            conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", payload)
-                        elif kind == "shadow":
-                            conn.execute(_SHADOW_INSERT, [payload.get(c) for c in _SHADOW_COLUMNS])
-                        elif kind == "flush":
-                            events.append(payload)
-            except sqlite3.Error as exc:  # the log must never take the gateway down
-                print(f"nonstop: request log write failed: {exc}", flush=True)
+            self._wake.wait(self.flush_every)
+            self._wake.clear()
+            batch = []
+            with contextlib.suppress(IndexError):
+                while True:
+                    batch.append(pending.popleft())
+            if not batch:
+                continue
+            stop, events = self._write(conn, batch)
             for ev in events:
                 ev.set()
             if time.time() - last_prune > 3600:
@@ -294,6 +289,47 @@ class Store:
             if stop:
                 conn.close()
                 return
+
+    def _write(self, conn: sqlite3.Connection, batch: list[tuple[str, Any] | None]) -> tuple[bool, list[threading.Event]]:
+        """One transaction for the batch; (a stop was asked, the flushes to answer)."""
+        stop = False
+        events = []
+        rows: list[tuple[Any, ...]] = []  # request rows without bodies, inserted together
+        try:
+            with conn:
+                for it in batch:
+                    if it is None:
+                        stop = True
+                        continue
+                    kind, payload = it
+                    if kind == "request" and payload.request_body is None and payload.response_body is None:
+                        rows.append(_values(payload))
+                        continue
+                    if rows:
+                        self._insert_rows(conn, rows)
+                    if kind == "request":
+                        cur = conn.execute(_INSERT, _values(payload))
+                        conn.execute("INSERT INTO bodies VALUES (?, ?, ?)",
+                                     (cur.lastrowid, payload.request_body, payload.response_body))
+                        self.written += 1
+                    elif kind == "state":
+                        conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", payload)
+                    elif kind == "shadow":
+                        conn.execute(_SHADOW_INSERT, [payload.get(c) for c in _SHADOW_COLUMNS])
+                    elif kind == "flush":
+                        events.append(payload)
+                if rows:
+                    self._insert_rows(conn, rows)
+        except sqlite3.Error as exc:  # the log must never take the gateway down
+            print(f"nonstop: request log write failed: {exc}", flush=True)
+            # The flushes in the batch are answered all the same: nothing more will come of them.
+            events = [it[1] for it in batch if it is not None and it[0] == "flush"]
+        return stop, events
+
+    def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(_INSERT, rows)
+        self.written += len(rows)
+        rows.clear()
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         if self.retention_days <= 0:
