@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -36,32 +37,45 @@ class Metrics:
         self.fit_saved = Counter("nonstop_fit_tokens_saved", "Tokens the fitting tiers removed to fit a local window, by tier", ["backend", "tier"], registry=r)
         self.repairs = Counter("nonstop_tool_call_repairs", "Tool calls a local model wrote as text: repaired (by form) or left as text (not_repaired)", ["backend", "kind"], registry=r)
         self.routes = Counter("nonstop_route_decisions", "Requests by workload class, chosen backend and the rule that chose it", ["workload", "backend", "rule"], registry=r)
+        # The labelled children each request updates, looked up once per label values:
+        # prometheus_client's labels() takes a lock and converts every value each time.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*values)
+            if len(self._children) < 4096:  # label values come from a few backends and rules
+                self._children[key] = child
+        return child
 
     def observe(self, row: RequestRow) -> None:
         backend = row.backend or "none"
-        self.requests.labels(backend, row.outcome).inc()
+        child = self._child
+        child(self.requests, backend, row.outcome).inc()
         if row.reason:
-            self.failovers.labels(row.reason.split(":", 1)[0]).inc()
+            child(self.failovers, row.reason.split(":", 1)[0]).inc()
         steps = row.route.get("steps") if row.route else None
         if steps and row.backend:
             rule = next((s["rule"] for s in steps if s["target"] == row.backend), "")
-            self.routes.labels(row.workload or "-", backend, rule or "-").inc()
+            child(self.routes, row.workload or "-", backend, rule or "-").inc()
         if row.notes:
             for t in row.notes.get("fit", ()):
                 if t["before"] > t["after"]:
-                    self.fit_saved.labels(backend, t["tier"]).inc(t["before"] - t["after"])
+                    child(self.fit_saved, backend, t["tier"]).inc(t["before"] - t["after"])
             for rep in row.notes.get("repairs", ()):
-                self.repairs.labels(backend, rep["kind"]).inc()
+                child(self.repairs, backend, rep["kind"]).inc()
         if row.ttfb_ms is not None:
-            self.ttfb.labels(backend).observe(row.ttfb_ms / 1000)
+            child(self.ttfb, backend).observe(row.ttfb_ms / 1000)
         if row.total_ms is not None:
-            self.latency.labels(backend).observe(row.total_ms / 1000)
+            child(self.latency, backend).observe(row.total_ms / 1000)
         if row.overhead_ms is not None:
             self.overhead.observe(row.overhead_ms / 1000)
         if row.input_tokens:
-            self.tokens.labels(backend, "input").inc(row.input_tokens)
+            child(self.tokens, backend, "input").inc(row.input_tokens)
         if row.output_tokens:
-            self.tokens.labels(backend, "output").inc(row.output_tokens)
+            child(self.tokens, backend, "output").inc(row.output_tokens)
 
     def set_cloud(self, state: str, until: float, five: float | None, seven: float | None) -> None:
         self.cloud_state.set(STATE_VALUES.get(state, 0))

@@ -26,7 +26,10 @@ class RequestLog:
 
     def record(self, row: RequestRow) -> None:
         # Upstream error messages can quote what the client sent, keys included.
-        row.error, row.reason = redact(row.error), redact(row.reason)
+        if row.error:
+            row.error = redact(row.error)
+        if row.reason:
+            row.reason = redact(row.reason)
         self._seq += 1
         self.metrics.observe(row)
         if self.store is not None:
@@ -37,14 +40,18 @@ class RequestLog:
         if self.bus:
             self.bus.publish({"type": "request", "row": pub})
         if log.isEnabledFor(logging.INFO):
-            log.info(
+            # The record is made here rather than by log.info(), which would walk the
+            # stack for the caller's file and line on every request (the format has neither).
+            log.handle(log.makeRecord(
+                log.name, logging.INFO, __file__, 0,
                 "%s %s %s model=%s class=%s backend=%s outcome=%s status=%d%s ttfb=%s total=%s in=%d out=%d%s",
-                row.request_id, row.path, "stream" if row.stream else "json", row.model or "-", row.workload or "-",
-                row.backend or "-", row.outcome, row.status, f" reason={row.reason!r}" if row.reason else "",
-                _ms(row.ttfb_ms), _ms(row.total_ms), row.input_tokens, row.output_tokens,
-                f" error={row.error!r}" if row.error else "",
+                (row.request_id, row.path, "stream" if row.stream else "json", row.model or "-", row.workload or "-",
+                 row.backend or "-", row.outcome, row.status, f" reason={row.reason!r}" if row.reason else "",
+                 _ms(row.ttfb_ms), _ms(row.total_ms), row.input_tokens, row.output_tokens,
+                 f" error={row.error!r}" if row.error else ""),
+                None, func="record",
                 extra={"redacted": True},  # its free-text fields were redacted above
-            )
+            ))
 
 
 def _ms(v: float | None) -> str:
