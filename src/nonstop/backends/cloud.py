@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -41,7 +41,7 @@ from nonstop.routing.view import Capabilities
 from nonstop.wire.errors import anthropic_error_event
 from nonstop.wire.framing import complete_events_end, first_malformed_event, wrong_content_type
 from nonstop.wire.hygiene import for_cloud, without_thinking
-from nonstop.wire.sse import SSEDecoder
+from nonstop.wire.sse import SSEDecoder, SSEEvent
 
 if TYPE_CHECKING:
     from nonstop.routing.plan import Step
@@ -60,21 +60,50 @@ _OUT = re.compile(rb'"output_tokens"\s*:\s*(\d+)')
 _STOP = re.compile(rb'"stop_reason"\s*:\s*"([a-z_]+)"')
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
 _CONTENT_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"})
+_UNIFIED_STATUS = "anthropic-ratelimit-unified-status"
+# A data line that is not one JSON object, in LF-framed SSE (see _first_malformed).
+_BAD_DATA = re.compile(rb"\ndata:(?![ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$))")
+_GOOD_FIRST = re.compile(rb"data:[ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$)")
+# Header names seen before: the name to send on (None: not forwarded), and for replies,
+# the lower-case name to relay (None: hop-by-hop). Bounded: names come from clients.
+_REQUEST_NAMES: dict[bytes, str | None] = {}
+_REPLY_NAMES: dict[bytes, bytes | None] = {}
+_MAX_NAMES = 512
 
 
 def forward_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
+    names = _REQUEST_NAMES
     for k, v in raw:
-        name = k.decode("latin-1")
-        low = name.lower()
-        if low in HOP_BY_HOP or low in OWN_REQUEST_HEADERS:
-            continue
-        out.add(name, v.decode("latin-1"))
+        try:
+            name = names[k]
+        except KeyError:
+            name = k.decode("latin-1")
+            low = name.lower()
+            if low in HOP_BY_HOP or low in OWN_REQUEST_HEADERS:
+                name = None
+            if len(names) < _MAX_NAMES:
+                names[k] = name
+        if name is not None:
+            out.add(name, v.decode("latin-1"))
     return out
 
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(k.lower(), v) for k, v in raw if k.lower().decode("latin-1") not in HOP_BY_HOP]
+    out = []
+    names = _REPLY_NAMES
+    for k, v in raw:
+        try:
+            low = names[k]
+        except KeyError:
+            low = k.lower()
+            if low.decode("latin-1") in HOP_BY_HOP:
+                low = None
+            if len(names) < _MAX_NAMES:
+                names[k] = low
+        if low is not None:
+            out.append((low, v))
+    return out
 
 
 class CloudBackend:
@@ -92,6 +121,7 @@ class CloudBackend:
         # How long to wait for the first byte, learned from answers by request size.
         self.deadlines = deadlines or FirstByteDeadlines(cfg.first_byte_floor, cfg.first_byte_timeout,
                                                          cfg.first_byte_multiplier)
+        self._urls: dict[tuple[bytes, bytes], URL] = {}
 
     def capabilities(self) -> Capabilities:
         return CLOUD_CAPABILITIES
@@ -112,10 +142,16 @@ class CloudBackend:
         )
 
     def url_for(self, raw_path: bytes, query: bytes) -> URL:
-        target = raw_path.decode("latin-1")
-        if query:
-            target += "?" + query.decode("latin-1")
-        return URL(self.base + target, encoded=True)
+        key = (raw_path, query)
+        url = self._urls.get(key)
+        if url is None:
+            target = raw_path.decode("latin-1")
+            if query:
+                target += "?" + query.decode("latin-1")
+            url = URL(self.base + target, encoded=True)
+            if len(self._urls) < _MAX_NAMES:  # the few paths clients use, not every one
+                self._urls[key] = url
+        return url
 
     async def send(self, ex: Exchange, step: Step) -> Attempt:
         headers = forward_headers(ex.headers)
@@ -153,7 +189,7 @@ class CloudBackend:
                 if wrong:
                     resp.close()
                     return Verdict(FailureKind.BAD_RESPONSE, True, None, wrong, resp.status)
-                verdict = classify_response(resp.status, _lower(resp.headers), b"", time.time())
+                verdict = _success_verdict(resp)
                 if stream and ctype.startswith("text/event-stream"):
                     peeked = await _peek_stream(resp)
                     if isinstance(peeked, Verdict):
@@ -234,6 +270,15 @@ def _not_a_message(data: bytes, usage: Usage) -> str:
     return ""
 
 
+def _success_verdict(resp: aiohttp.ClientResponse) -> Verdict | None:
+    """classify_response for a success, without copying the headers when the quota
+    status says there is nothing to learn (one value, not "rejected")."""
+    status = resp.headers.getall(_UNIFIED_STATUS, ())
+    if len(status) <= 1 and (not status or status[0] != "rejected"):
+        return None
+    return classify_response(resp.status, _lower(resp.headers), b"", time.time())
+
+
 def _lower(headers) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
@@ -251,19 +296,48 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 async def _peek_stream(resp: aiohttp.ClientResponse) -> bytes | Verdict:
     """Read until the first content event. An error before it means: fail over."""
     decoder = SSEDecoder()
-    buf = bytearray()
+    buf = b""
     while True:
         chunk = await resp.content.readany()
         if not chunk:
             return Verdict(FailureKind.BAD_RESPONSE, True, None, "stream ended before any content")
-        buf += chunk
-        for ev in decoder.feed(chunk):
+        buf = buf + chunk if buf else chunk
+        for ev in _events_until_content(decoder, chunk):
             if ev.event == "error":
                 return classify_stream_error(ev.data)
             if first_malformed_event(b"data: " + ev.data.encode()) >= 0:
                 return Verdict(FailureKind.BAD_RESPONSE, True, None, f"malformed {ev.event} event before any content")
             if ev.event in _CONTENT_EVENTS:
-                return bytes(buf)
+                return buf
+
+
+def _events_until_content(decoder: SSEDecoder, chunk: bytes) -> Iterator[SSEEvent]:
+    """The chunk's events, decoded one at a time, so that the caller can stop at the
+    first content event without decoding the rest (the cloud's first read may hold the
+    whole reply). The decoder is incremental: feeding it piece by piece gives the same
+    events as feeding the chunk whole."""
+    if b"\r" in chunk:  # CR or CRLF framing: the decoder's own line handling, in one go
+        yield from decoder.feed(chunk)
+        return
+    pos = 0
+    while True:
+        end = chunk.find(b"\n\n", pos)
+        if end < 0:
+            yield from decoder.feed(chunk[pos:])
+            return
+        yield from decoder.feed(chunk[pos : end + 2])
+        pos = end + 2
+
+
+def _first_malformed(events: bytes) -> int:
+    """first_malformed_event, without splitting the chunk into Python objects when it
+    is LF-framed (as the cloud sends it): a regex tells whether any data line is not one
+    JSON object, and only then is the chunk split to find the event that holds it."""
+    if b"\r" in events:
+        return first_malformed_event(events)
+    if (events.startswith(b"data:") and _GOOD_FIRST.match(events) is None) or _BAD_DATA.search(events):
+        return first_malformed_event(events)
+    return -1
 
 
 def _read_usage(data: bytes, usage: Usage) -> None:
@@ -289,7 +363,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
             cut = complete_events_end(data)
             if cut:
                 out = data[:cut]
-                bad = first_malformed_event(out)
+                bad = _first_malformed(out)
                 if bad >= 0:
                     if bad:
                         yield out[:bad]
