@@ -11,6 +11,7 @@ when a plan needs them (`Size`).
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -29,6 +30,10 @@ SESSION_HEADER = "x-claude-code-session-id"
 # Claude Code's compaction request asks for this (docs/wire.md §6).
 _COMPACTION_MARKERS = ("create a detailed summary of the conversation",)
 _BACKGROUND_MODELS = ("*haiku*",)
+# fnmatch.fnmatchcase for each pattern, compiled once.
+_BACKGROUND_MATCH = tuple(re.compile(fnmatch.translate(p)).match for p in _BACKGROUND_MODELS)
+# The start of the last user turn that the compaction marker is looked for in.
+_COMPACTION_SPAN = 2000
 
 
 class Workload(StrEnum):
@@ -58,6 +63,10 @@ class Needs:
     def describe(self) -> str:
         names = [n for n in ("tools", "thinking", "images") if getattr(self, n)]
         return "+".join(names) or "text"
+
+
+# Needs is immutable and compared by value: one instance per combination.
+_NEEDS = {(t, th, i): Needs(tools=t, thinking=th, images=i) for t in (False, True) for th in (False, True) for i in (False, True)}
 
 
 class Size:
@@ -140,7 +149,7 @@ def facts_from_request(req: Mapping[str, Any], headers: Mapping[str, str], *, bo
         stream=req.get("stream") is True,
         size=Size(max(1, int(body_len / BYTES_PER_TOKEN)), measure=measure),
         max_tokens=mt if isinstance(mt, int) and not isinstance(mt, bool) else None,
-        needs=Needs(tools=bool(req.get("tools")), thinking=thinking, images=_has_images(messages)),
+        needs=_NEEDS[(bool(req.get("tools")), thinking, _has_images(messages))],
         workload=workload,
         workload_source=source,
         session=headers.get(SESSION_HEADER, "")[:100],
@@ -165,14 +174,16 @@ def classify_workload(model: str, messages: list[Any], headers: Mapping[str, str
     if _is_compaction(messages):
         return Workload.COMPACTION, "shape"
     low = model.lower()
-    if any(fnmatch.fnmatchcase(low, p) for p in _BACKGROUND_MODELS):
+    if any(match(low) for match in _BACKGROUND_MATCH):
         return Workload.BACKGROUND, "model"
     if max_tokens == 1:  # Claude Code's start-up quota check
         return Workload.BACKGROUND, "shape"
     return Workload.MAIN, "default"
 
 
-def _last_user_text(messages: list[Any]) -> str:
+def _last_user_text(messages: list[Any], limit: int) -> str:
+    """The start (at least `limit` characters, when there are that many) of the text of
+    the last user turn, its text blocks joined with spaces."""
     for msg in reversed(messages):
         if not isinstance(msg, dict) or msg.get("role") != "user":
             continue
@@ -180,7 +191,17 @@ def _last_user_text(messages: list[Any]) -> str:
         if isinstance(content, str):
             return content
         if isinstance(content, list):
-            return " ".join(b.get("text", "") for b in content if isinstance(b, dict) and isinstance(b.get("text"), str))
+            texts: list[str] = []
+            size = 0
+            for b in content:
+                if isinstance(b, dict):
+                    text = b.get("text")
+                    if isinstance(text, str):
+                        texts.append(text)
+                        size += len(text) + 1
+                        if size > limit:  # enough: the rest is past the span looked at
+                            break
+            return " ".join(texts)
         return ""
     return ""
 
@@ -188,7 +209,7 @@ def _last_user_text(messages: list[Any]) -> str:
 def _is_compaction(messages: list[Any]) -> bool:
     if not messages:
         return False
-    text = _last_user_text(messages[-1:])[:2000].lower()
+    text = _last_user_text(messages[-1:], _COMPACTION_SPAN)[:_COMPACTION_SPAN].lower()
     return any(m in text for m in _COMPACTION_MARKERS)
 
 

@@ -16,6 +16,8 @@ from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE
 from nonstop.wire.tool_ids import valid_tool_id
 
 EMPTY_TURN_TEXT = "(no content)"
+# The only block types the cloud may reject in a history: everything else is kept as is.
+_CHECKED = frozenset({"thinking", "redacted_thinking", "tool_use", "tool_result"})
 
 
 def clean_history_for_cloud(req: dict[str, Any]) -> dict[str, Any] | None:
@@ -34,6 +36,12 @@ def clean_history_for_cloud(req: dict[str, Any]) -> dict[str, Any] | None:
         assistant = msg.get("role") == "assistant"
         kept: list[Any] | None = None
         for j, block in enumerate(content):
+            if type(block) is dict:  # the common case first: a block no rule is about is kept
+                btype = block.get("type")
+                if type(btype) is not str or btype not in _CHECKED:
+                    if kept is not None:
+                        kept.append(block)
+                    continue
             cleaned = _clean_block(block, assistant)
             if cleaned is block:
                 if kept is not None:

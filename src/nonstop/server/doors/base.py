@@ -16,7 +16,6 @@ from nonstop.server.asgi import (
     Receive,
     Scope,
     Send,
-    header,
     read_body,
 )
 from nonstop.server.pipeline import Pipeline, RequestContext
@@ -35,9 +34,16 @@ class Door:
         self.relay = relay
 
     def context(self, scope: Scope, body: bytes, req: dict[str, Any], path: str, **cloud: Any) -> RequestContext:
+        client = session = None
+        for k, v in scope["headers"]:  # one pass; the first of each, as header() reads them
+            if k == b"user-agent":
+                client = v if client is None else client
+            elif k == b"x-claude-code-session-id":
+                session = v if session is None else session
         row = RequestRow(
             ts=time.time(), request_id=scope.get("nonstop.request_id", ""), path=path,
-            client=header(scope, b"user-agent")[:200], session_id=header(scope, b"x-claude-code-session-id")[:100],
+            client=client.decode("latin-1")[:200] if client else "",
+            session_id=session.decode("latin-1")[:100] if session else "",
             model=str(req.get("model", ""))[:MAX_MODEL_NAME], stream=req.get("stream") is True,
             user=str(scope.get("nonstop.user", "")),
         )
