@@ -7,6 +7,8 @@ run.py starts one and sends it commands on stdin; each answer is one JSON line o
      "requests": 2000, "warmup": 64, "max_seconds": 60, "headers": {...}, "stagger": 0}
       -> {"ttfb": [ms...], "total": [ms...], "wall": s, "errors": n, "error_sample": "...",
           "backends": {"cloud": n, ...}}
+      with "count_deltas": true, also each stream's content deltas ("deltas") and their
+      rate after the first byte ("rates", deltas per second)
     {"op": "hold", "url": ..., "streams": 200, "hold": 60}   open slow streams, answer once
       -> {"opened": n}                                        every one has its first byte
     {"op": "release"} -> {"released": n}
@@ -36,6 +38,7 @@ from payload import (  # noqa: E402
 )
 
 BODIES: dict[tuple[str, bool], bytes] = {}
+DELTA = b"event: content_block_delta"
 
 
 def body_for(kind: str, stream: bool) -> bytes:
@@ -65,6 +68,10 @@ async def run(cmd: dict[str, Any]) -> dict[str, Any]:
     expect = int(cmd.get("expect_status", 200))
     ttfb: list[float] = []
     total: list[float] = []
+    # With "count_deltas": each stream's content deltas per second after its first byte.
+    count = bool(cmd.get("count_deltas"))
+    rates: list[float] = []
+    deltas: list[int] = []
     backends: dict[str, int] = {}
     errors = 0
     error_sample = ""
@@ -84,10 +91,13 @@ async def run(cmd: dict[str, Any]) -> dict[str, Any]:
                     first = await resp.content.readany()
                     t1 = time.perf_counter()
                     tail = first
+                    n = first.count(DELTA) if count else 0
                     while True:
                         chunk = await resp.content.readany()
                         if not chunk:
                             break
+                        if count:
+                            n += (tail[-len(DELTA) + 1 :] + chunk).count(DELTA)
                         tail = (tail + chunk)[-400:]
                     t2 = time.perf_counter()
                     ok = resp.status == expect and (not stream or resp.status != 200 or b"message_stop" in tail
@@ -108,6 +118,9 @@ async def run(cmd: dict[str, Any]) -> dict[str, Any]:
                 return
             ttfb.append(round((t1 - t0) * 1000, 4))
             total.append(round((t2 - t0) * 1000, 4))
+            if count:
+                deltas.append(n)
+                rates.append(round(n / (t2 - t1), 3) if t2 > t1 else 0.0)
 
         # Warm-up: open the connections and let both sides settle; not recorded.
         sem = asyncio.Semaphore(concurrency)
@@ -135,7 +148,7 @@ async def run(cmd: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         wall = time.perf_counter() - start
-    return {"ttfb": ttfb, "total": total, "wall": wall, "elapsed": time.perf_counter() - began, "errors": errors, "error_sample": error_sample,
+    return {"ttfb": ttfb, "total": total, "rates": rates, "deltas": deltas, "wall": wall, "elapsed": time.perf_counter() - began, "errors": errors, "error_sample": error_sample,
             "issued": issued, "backends": backends}
 
 

@@ -6,20 +6,34 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable
+from statistics import median
 from typing import Any
 
-# (name, limit, unit, lower_is_better)
+# (name, limit, unit, lower_is_better). The headline numbers are nonstop's in its default
+# configuration (request log on, one [[local]] backend), against the bare forwarder
+# (benchmarks/forwarder.py: the same server and client libraries, doing nothing else) and
+# against calling the upstream directly, in the same interleaved rounds.
 TARGETS = [
-    ("added p50 to first byte, c=1, JSON, 50 KB request", 0.5, "ms", True),
-    ("added p99 to first byte, c=1, JSON, 50 KB request", 1.5, "ms", True),
-    ("added p99 to first byte, 64 concurrent streams at a model's pace", 10.0, "ms", True),
+    ("over the bare forwarder: added TTFB p50, c=1, JSON, 50 KB", 0.15, "ms", True),
+    ("over the bare forwarder: added TTFB p99, c=1, JSON, 50 KB", 0.5, "ms", True),
+    ("64 unpaced streams: TTFB p99, nonstop / forwarder", 1.5, "x", True),
+    ("64 unpaced streams: CPU per request, nonstop / forwarder", 1.5, "x", True),
+    ("64 paced streams: added TTFB p99 over direct", 5.0, "ms", True),
+    ("idle RSS after start", 60.0, "MB", True),
+    ("memory per open stream", 32.0, "KB", True),
+    ("memory growth after warm-up", 1.0, "MB", True),
+    ("relaying a local stream: added to its total time (p50)", 1.0, "%", True),
+    ("relaying a local stream: token rate lost (p50)", 1.0, "%", True),
+    ("request log: CPU per request, log on − off", 30.0, "µs", True),
+    ("planning (facts + view + plan), p50, default configuration", 20.0, "µs", True),
+    ("planning (facts + view + plan), p50, four local backends", 20.0, "µs", True),
+    ("not regressed since 2026-11-25: added TTFB p50 over direct, c=1, JSON", 0.485, "ms", True),
+    ("not regressed since 2026-11-25: added TTFB p99 over direct, c=1, JSON", 1.36, "ms", True),
     ("throughput through nonstop, JSON, small request and response", 1500.0, "req/s", False),
-    ("idle RSS after start", 80.0, "MB", True),
-    ("memory per open stream", 64.0, "KB", True),
-    ("memory growth after warm-up", 2.0, "MB", True),
     ("failover: added beyond the 429's round trip (p50, stream)", 2.0, "ms", True),
     ("OpenAI -> Anthropic translation, one core", 50_000.0, "events/s", False),
 ]
+HIGHER_IS_BETTER = frozenset(name for name, _, _, lower in TARGETS if not lower)
 
 
 PEERS = frozenset({"litellm", "litellm-passthrough", "spillway"})
@@ -32,15 +46,46 @@ def _lat(results: dict[str, Any], stream: bool, c: int) -> dict[str, Any] | None
     return None
 
 
-def _added(t: dict[str, Any] | None, key: str, target: str = "nonstop") -> float | None:
-    if not t or target not in t or "direct" not in t:
+def _added(t: dict[str, Any] | None, key: str, target: str = "nonstop", base: str = "direct") -> float | None:
+    if not t or target not in t or base not in t:
         return None
-    return t[target][key] - t["direct"][key]
+    return t[target][key] - t[base][key]
+
+
+def _quotient(t: dict[str, Any] | None, key: str, sub: str | None = None) -> float | None:
+    if not t or "nonstop" not in t or "forwarder" not in t:
+        return None
+    a, b = t["nonstop"][key], t["forwarder"][key]
+    if sub is not None:
+        a, b = a.get(sub), b.get(sub)
+    return a / b if a is not None and b else None
+
+
+def log_cost(results: dict[str, Any]) -> float | None:
+    """Median over every round of every log scenario of (log on − log off) CPU per request."""
+    diffs = []
+    for sc in results.get("log_cost") or []:
+        on, off = sc["targets"]["nonstop"].get("cpu_rounds"), sc["targets"]["nonstop-log-off"].get("cpu_rounds")
+        if on and off:
+            diffs += [a - b for a, b in zip(on, off, strict=False) if a is not None and b is not None]
+    return median(diffs) if diffs else None
+
+
+def relay_cost(results: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(% added to a local stream's total time, % of its token rate lost), at p50."""
+    lr = (results.get("local_relay") or {}).get("targets")
+    if not lr:
+        return None, None
+    d, v = lr["paced-direct"], lr["paced-nonstop"]
+    added = (v["total_p50"] / d["total_p50"] - 1) * 100 if d["total_p50"] else None
+    lost = (1 - v["rate_p50"] / d["rate_p50"]) * 100 if d.get("rate_p50") else None
+    return added, lost
 
 
 def measured_values(results: dict[str, Any]) -> list[float | None]:
     json1 = _lat(results, False, 1)
-    s64 = (results.get("paced") or {}).get("targets")
+    s64 = _lat(results, True, 64)
+    paced = (results.get("paced") or {}).get("targets")
     small = (results.get("throughput_small") or {}).get("targets", {}).get("nonstop")
     mem = results.get("memory", {})
     fo = (results.get("failover") or {}).get("stream", {}).get("targets")
@@ -48,14 +93,25 @@ def measured_values(results: dict[str, Any]) -> list[float | None]:
     if fo:
         failover = fo["nonstop-failover"]["ttfb_p50"] - fo["cloud-429"]["total_p50"] - fo["local-direct"]["ttfb_p50"]
     tr = (results.get("translation") or {}).get("translator", {})
+    plan = (results.get("inprocess") or {}).get("plan") or {}
+    relay_added, relay_lost = relay_cost(results)
     return [
-        _added(json1, "ttfb_p50"),
-        _added(json1, "ttfb_p99"),
-        _added(s64, "ttfb_p99"),
-        small["rps"] if small else None,
+        _added(json1, "ttfb_p50", base="forwarder"),
+        _added(json1, "ttfb_p99", base="forwarder"),
+        _quotient(s64, "ttfb_p99"),
+        _quotient(s64, "cpu_us_per_request", "target"),
+        _added(paced, "ttfb_p99"),
         mem.get("idle_rss_start_mb"),
         (mem.get("streams") or {}).get("per_stream_kb"),
         (mem.get("growth") or {}).get("growth_mb"),
+        relay_added,
+        relay_lost,
+        log_cost(results),
+        (plan.get("serving_1") or {}).get("p50_us"),
+        (plan.get("serving_4") or {}).get("p50_us"),
+        _added(json1, "ttfb_p50"),
+        _added(json1, "ttfb_p99"),
+        small["rps"] if small else None,
         failover,
         tr.get("chunks_per_s"),
     ]
@@ -84,12 +140,20 @@ def harness_errors(results: dict[str, Any]) -> list[str]:
     errs = []
     paced = results.get("paced")
     rows = results.get("latency", []) + ([{**paced, "concurrency": "64 paced"}] if paced else [])
+    rows += [{**sc, "concurrency": f"{sc['concurrency']} (log cost)"} for sc in results.get("log_cost") or []]
     for row in rows:
         for name, t in row["targets"].items():
             # A peer's failed requests are a finding about the peer (shown in its rows).
             if t["errors"] and name not in PEERS:
                 errs.append(f"latency {'stream' if row['stream'] else 'json'} c={row['concurrency']} {name}: "
                             f"{t['errors']} failed requests, e.g. {t['error_sample']}")
+    relay = results.get("local_relay")
+    if relay:
+        for name, t in relay["targets"].items():
+            if t["errors"]:
+                errs.append(f"local relay {name}: {t['errors']} failed, e.g. {t['error_sample']}")
+    if "error" in (results.get("inprocess") or {}):
+        errs.append("in-process measurements: " + results["inprocess"]["error"][:300])
     for section in ("failover", "local_path"):
         for kind, block in (results.get(section) or {}).items():
             if isinstance(block, dict) and "targets" in block:
@@ -151,8 +215,8 @@ def _cpu(t: dict[str, Any], key: str = "target") -> float | None:
 
 
 def render(results: dict[str, Any]) -> str:
-    sections = (_header, _targets_table, _latency, _paced, _throughput_small, _memory, _failover, _local_path,
-                _translation, _variants, _peers, _profile, _notes, _how_run)
+    sections = (_header, _targets_table, _latency, _paced, _throughput_small, _log_cost, _memory, _inprocess,
+                _failover, _local_path, _local_relay, _translation, _variants, _peers, _profile, _notes, _how_run)
     return "\n".join(line for section in sections for line in section(results))
 
 
@@ -167,7 +231,8 @@ def _header(results: dict[str, Any]) -> list[str]:
     if src:
         L.append(f"Code: src/nonstop, {src['files']} files, sha256 {src['sha256']}…, newest change "
                  f"{src['newest_change']}.")
-    L.append(f"Run: {results['started']} to {results.get('finished', '?')}. "
+    L.append(f"Run: {results['started']} to {results.get('finished', '?')}; load average at the end "
+             f"{results.get('load_at_end', '?')}. "
              "Everything on 127.0.0.1; the load generator, the fake upstream and the gateways are separate "
              "processes sharing the same cores, so absolute numbers include that contention; "
              "A/B rounds are interleaved and compared inside this run.")
@@ -177,10 +242,23 @@ def _header(results: dict[str, Any]) -> list[str]:
 def _targets_table(results: dict[str, Any]) -> list[str]:
     rows = []
     for t in results.get("targets_met", []):
-        op = "≤" if t["name"] not in (TARGETS[3][0], TARGETS[8][0]) else "≥"
+        op = "≥" if t["name"] in HIGHER_IS_BETTER else "≤"
         rows.append([t["name"], f"{op} {_fmt(t['limit'])} {t['unit']}", f"{_fmt(t['value'])} {t['unit']}",
                      "**met**" if t["met"] else "**" + t["verdict"] + "**"])
     return ["## Targets", "", *_table(["target", "limit", "measured", "result"], rows)]
+
+
+def _vs(t: dict[str, Any], base: dict[str, Any] | None, what: str = "ttfb") -> tuple[str, str]:
+    """(added p50 / p99, ratio p50 / p99) of t over base; dashes for the base itself."""
+    if base is None or t is base:
+        return "—", "—"
+    ratio = f"{_ratio(t[what + '_p50'], base[what + '_p50'])} / {_ratio(t[what + '_p99'], base[what + '_p99'])}"
+    return _over(t, base, what), ratio
+
+
+def _cpu_ratio(t: dict[str, Any], base: dict[str, Any] | None) -> str:
+    a, b = _cpu(t), _cpu(base) if base is not None else None
+    return _ratio(a, b) if base is not None and t is not base and a and b else "—"
 
 
 def _latency(results: dict[str, Any]) -> list[str]:
@@ -190,23 +268,30 @@ def _latency(results: dict[str, Any]) -> list[str]:
     rows = []
     for row in lat:
         d = row["targets"]["direct"]
+        f = row["targets"].get("forwarder")
         for name, t in row["targets"].items():
-            base = None if name == "direct" else d
-            ratio = "—" if base is None else f"{_ratio(t['ttfb_p50'], d['ttfb_p50'])} / {_ratio(t['ttfb_p99'], d['ttfb_p99'])}"
+            over_d, _ = _vs(t, None if name == "direct" else d)
+            over_f, ratio_f = _vs(t, None if name in ("direct", "forwarder") else f)
+            total_f, _ = _vs(t, None if name in ("direct", "forwarder") else f, "total")
             rows.append(["stream" if row["stream"] else "json", str(row["concurrency"]), name, _fmt(t["ttfb_p50"]),
-                         _fmt(t["ttfb_p99"]), _over(t, base), ratio, _fmt(t["total_p50"]), _fmt(t["total_p99"]),
-                         _over(t, base, "total"), f"{t['rps']:,.0f}", _fmt(_cpu(t)), _fmt(t["cpu_share"].get("target"), 2),
-                         _fmt(_cpu(t, "upstream")), _fmt(t.get("others_cores"), 2), str(t["errors"])])
+                         _fmt(t["ttfb_p99"]), over_d, over_f, ratio_f, _fmt(t["total_p50"]), _fmt(t["total_p99"]),
+                         total_f, f"{t['rps']:,.0f}", _fmt(_cpu(t)),
+                         _cpu_ratio(t, None if name in ("direct", "forwarder") else f),
+                         _fmt(t["cpu_share"].get("target"), 2), _fmt(_cpu(t, "upstream")), _fmt(t.get("others_cores"), 2),
+                         str(t["errors"])])
     return [
         "## Latency and throughput: 50 KB Claude Code-shaped requests", "",
-        "Times in ms. *added* = this target minus direct at the same percentile; *ratio* = this target / "
-        "direct. TTFB = time to the first body bytes; total = time to the end of the body. "
-        "req/s is the median over rounds (closed loop, so it reflects latency at that concurrency). "
-        "CPU µs/req is the gateway process's utime+stime per request (all threads and child processes); "
-        "upstream µs/req shows the fake upstream's own cost in the same rounds.", "",
-        *_table(["mode", "conc.", "target", "TTFB p50", "TTFB p99", "added TTFB p50 / p99", "ratio p50 / p99", "total p50",
-                 "total p99", "added total p50 / p99", "req/s", "CPU µs/req", "CPU (cores)", "upstream µs/req",
-                 "other load (cores)", "errors"], rows),
+        "Times in ms. *over direct* / *over forwarder* = this target minus direct (or minus the bare "
+        "forwarder) at the same percentile; *÷ forwarder* = this target / the forwarder. TTFB = time to the "
+        "first body bytes; total = time to the end of the body. Concurrency 1 is one session; 64 clients "
+        "back to back against an upstream that answers at once find the ceiling of the slowest process "
+        "(queueing, not work per request; the paced round below is the realistic one). req/s is the median "
+        "over rounds (closed loop). CPU µs/req is the gateway process's utime+stime per request (all "
+        "threads); upstream µs/req is the fake upstream's own cost in the same rounds.", "",
+        *_table(["mode", "conc.", "target", "TTFB p50", "TTFB p99", "TTFB over direct p50 / p99",
+                 "TTFB over forwarder p50 / p99", "TTFB ÷ forwarder p50 / p99", "total p50", "total p99",
+                 "total over forwarder p50 / p99", "req/s", "CPU µs/req", "CPU ÷ forwarder", "CPU (cores)",
+                 "upstream µs/req", "other load (cores)", "errors"], rows),
         "*other load*: cores kept busy by processes outside the benchmark during the round "
         "(from /proc/stat), i.e. the noise the round ran in.", "",
     ]
@@ -217,11 +302,14 @@ def _paced(results: dict[str, Any]) -> list[str]:
     if not paced:
         return []
     d = paced["targets"]["direct"]
+    f = paced["targets"].get("forwarder")
     rows = []
     for name, t in paced["targets"].items():
-        base = None if name == "direct" else d
-        rows.append([name, _fmt(t["ttfb_p50"]), _fmt(t["ttfb_p99"]), _over(t, base), _fmt(t["total_p50"]),
-                     _fmt(t["total_p99"]), _over(t, base, "total"), f"{t['rps']:,.1f}", _fmt(_cpu(t)),
+        over_d, _ = _vs(t, None if name == "direct" else d)
+        over_f, _ = _vs(t, None if name in ("direct", "forwarder") else f)
+        rows.append([name, _fmt(t["ttfb_p50"]), _fmt(t["ttfb_p99"]), over_d, over_f, _fmt(t["total_p50"]),
+                     _fmt(t["total_p99"]), _over(t, None if name == "direct" else d, "total"), f"{t['rps']:,.1f}",
+                     _fmt(_cpu(t)), _cpu_ratio(t, None if name in ("direct", "forwarder") else f),
                      _fmt(t["cpu_share"].get("target"), 2), _fmt(t.get("others_cores"), 2), str(t["errors"])])
     return [
         "## 64 concurrent streams at a model's pace", "",
@@ -229,9 +317,81 @@ def _paced(results: dict[str, Any]) -> list[str]:
         f"{paced['duration_s']:.0f} s; 64 clients, started 1/64 s apart, keep one stream each open back to back. Unlike the "
         "saturating rounds above (an upstream that answers instantly, so 64 clients measure queueing in "
         "whichever process is slowest), this measures what nonstop adds while it holds 64 live streams.", "",
-        *_table(["target", "TTFB p50", "TTFB p99", "added TTFB p50 / p99", "total p50", "total p99",
-                 "added total p50 / p99", "streams/s", "CPU µs/stream", "CPU (cores)", "other load (cores)", "errors"], rows),
+        *_table(["target", "TTFB p50", "TTFB p99", "TTFB over direct p50 / p99", "TTFB over forwarder p50 / p99",
+                 "total p50", "total p99", "total over direct p50 / p99", "streams/s", "CPU µs/stream",
+                 "CPU ÷ forwarder", "CPU (cores)", "other load (cores)", "errors"], rows),
     ]
+
+
+def _log_cost(results: dict[str, Any]) -> list[str]:
+    lc = results.get("log_cost")
+    if not lc:
+        return []
+    rows = []
+    for sc in lc:
+        on, off = sc["targets"]["nonstop"], sc["targets"]["nonstop-log-off"]
+        pairs = [a - b for a, b in zip(on.get("cpu_rounds") or [], off.get("cpu_rounds") or [], strict=False)]
+        rows.append(["stream" if sc["stream"] else "json", str(sc["concurrency"]), _fmt(_cpu(on)), _fmt(_cpu(off)),
+                     ", ".join(_fmt(x) for x in pairs), _fmt(median(pairs)) if pairs else "—",
+                     _pair(on["ttfb_p50"], on["ttfb_p99"]), _pair(off["ttfb_p50"], off["ttfb_p99"]),
+                     _fmt(on.get("others_cores"), 2)])
+    L = ["## What the request log costs", "",
+         "nonstop in its default configuration and the same with `[log] enabled = false`, in interleaved "
+         "rounds; the difference of their CPU per request, round by round (a round of one against the round of "
+         f"the other next to it). The target is checked on the median of all of them: **{_fmt(log_cost(results))} µs**.", "",
+         *_table(["mode", "conc.", "CPU µs/req, log on", "CPU µs/req, log off", "on − off, per round",
+                  "on − off, median", "TTFB p50 / p99, log on", "TTFB p50 / p99, log off", "other load (cores)"], rows)]
+    lg = (results.get("inprocess") or {}).get("log")
+    if lg:
+        L += [f"Inside one process (`benchmarks/inprocess.py`): `RequestLog.record` for {lg['rows']:,} rows at "
+              f"{lg['rows_per_s']:,.0f} a second, with the store and without, {lg['rounds']} rounds each: "
+              f"**{_fmt(lg['cost_us'])} µs** of CPU (both threads) per row, until every row is on disk "
+              f"(rounds: {', '.join(_fmt(x) for x in lg['cost_us_rounds'])}).", ""]
+    return L
+
+
+def _local_relay(results: dict[str, Any]) -> list[str]:
+    lr = results.get("local_relay")
+    if not lr:
+        return []
+    t = lr["targets"]
+    rows = []
+    for name in ("paced-direct", "paced-nonstop"):
+        x = t[name]
+        rows.append([results.get("labels", {}).get(name, name), _fmt(x["ttfb_p50"]), _fmt(x["ttfb_p99"]),
+                     _fmt(x["total_p50"]), _fmt(x["total_p99"]), _fmt(x.get("rate_p50")), _fmt(x.get("deltas_p50")),
+                     _fmt(_cpu(x)) if _cpu(x) else "—", str(x["errors"])])
+    added, lost = relay_cost(results)
+    return ["## A local model's stream, relayed", "",
+            f"The cloud out; a local server that sends exactly {lr['deltas']} text deltas, one due every "
+            f"{lr['interval_s'] * 1000:.0f} ms after its head (a model producing {1 / lr['interval_s']:.0f} tokens a "
+            "second), called directly and through nonstop, one stream at a time, interleaved. *rate* = deltas per "
+            "second at the client after its first byte.", "",
+            *_table(["target", "TTFB p50", "TTFB p99", "total p50", "total p99", "rate p50 (deltas/s)", "deltas",
+                     "nonstop CPU µs/stream", "errors"], rows),
+            f"Through nonstop the stream took {_fmt(added)}% longer (p50) and its rate was {_fmt(lost)}% lower.", ""]
+
+
+def _inprocess(results: dict[str, Any]) -> list[str]:
+    ip = results.get("inprocess")
+    if not ip or "plan" not in ip:
+        return [] if not ip else [f"In-process measurements failed: {ip.get('error', '')[:500]}", ""]
+    pl = ip["plan"]
+    rows = []
+    for key, label in (("serving_1", "default configuration (one local backend), cloud serving"),
+                       ("serving_4", "four local backends, cloud serving"),
+                       ("out_1", "default configuration, cloud out (plans local; sizes the request)"),
+                       ("out_4", "four local backends, cloud out")):
+        x = pl.get(key)
+        if x:
+            rows.append([label, x["first"], str(x["steps"]), _fmt(x["p50_us"]), _fmt(x["p99_us"]), _fmt(x["facts_p50_us"]),
+                         _fmt(x["view_p50_us"]), _fmt(x["plan_p50_us"])])
+    return ["## Planning, inside the process", "",
+            f"`benchmarks/inprocess.py`: for the {pl['request_bytes']:,}-byte request and Claude Code's headers, "
+            "`Pipeline.facts` (facts and account), `Runtime.view` and `plan()`, each request parsed afresh, timed "
+            "together and one by one; µs.", "",
+            *_table(["configuration", "first step", "steps", "all p50", "all p99", "facts p50", "view p50", "plan p50"],
+                    rows)]
 
 
 def _throughput_small(results: dict[str, Any]) -> list[str]:
@@ -258,7 +418,8 @@ def _memory(results: dict[str, Any]) -> list[str]:
     if not mem:
         return []
     L = ["## Memory (nonstop process, RSS from /proc)", ""]
-    L.append(f"- idle after start: {_fmt(mem.get('idle_rss_start_mb'))} MB; idle at the end of the run: "
+    L.append(f"- idle after start: {_fmt(mem.get('idle_rss_start_mb'))} MB (the bare forwarder: "
+             f"{_fmt(mem.get('forwarder_idle_rss_mb'))} MB); idle at the end of the run: "
              f"{_fmt(mem.get('idle_rss_end_mb'))} MB; peak (VmHWM) over the whole run: {_fmt(mem.get('peak_rss_mb'))} MB")
     s = mem.get("streams")
     if s:
@@ -371,19 +532,14 @@ def _variants(results: dict[str, Any]) -> list[str]:
                          va["labels"].get(name, name), _fmt(x["ttfb_p50"]), _fmt(x["ttfb_p99"]),
                          _over(x, None if name == "direct" else d), f"{x['rps']:,.0f}", _fmt(cpu) if cpu else "—", vs,
                          str(x["errors"])])
-    L = [
-        "## Candidate fixes, measured (`--variants`)", "",
-        "The same interleaved rounds against extra nonstop processes with the candidate changes of "
-        "docs/performance.md applied by `benchmarks/candidates/sitecustomize.py` (nonstop itself unchanged).", "",
+    return [
+        "## Configurations beside the default one (`--variants`)", "",
+        "The same interleaved rounds with nonstop configured otherwise: without the request log, and "
+        "without a local backend (as the 2026-11-25 run was set up). They explain the default "
+        "configuration's numbers; they do not replace them.", "",
         *_table(["mode", "conc.", "request", "target", "TTFB p50", "TTFB p99", "added TTFB p50 / p99", "req/s",
                  "CPU µs/req", "CPU vs nonstop", "errors"], rows),
     ]
-    hs = va.get("held_streams") or {}
-    if hs:
-        L += ["Memory per open stream, two fresh processes with the same warm-up: " + "; ".join(
-            f"{name}: **{_fmt(h['per_stream_kb'])} KB** ({h['opened']} streams, RSS {_fmt(h['rss_before_mb'])} → "
-            f"{_fmt(h['rss_open_mb'])} MB)" for name, h in hs.items()) + ".", ""]
-    return L
 
 
 def _peers(results: dict[str, Any]) -> list[str]:

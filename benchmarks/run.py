@@ -1,16 +1,19 @@
 """nonstop's benchmark suite: one command, results written to benchmarks/results/.
 
-    python benchmarks/run.py            the full run (make bench), ~10 minutes on 2 cores
-    python benchmarks/run.py --smoke    about a minute (make bench-smoke; CI)
+    python benchmarks/run.py            the full run (make bench), ~15 minutes on 2 cores
+    python benchmarks/run.py --smoke    about two minutes (make bench-smoke; CI)
     python benchmarks/run.py --long     the full run with a 100,000-request memory run
     python benchmarks/run.py --peers    also LiteLLM's proxy and claude-spillway
     python benchmarks/run.py --profile  also py-spy profiles of nonstop under load
 
-Everything runs on this machine, on 127.0.0.1: a fast fake upstream (upstream.py), nonstop
-started as a real process (`python -m nonstop serve --config ...`), and the load
-generator in its own process (loadgen.py). Direct-to-upstream and through-nonstop rounds
-are interleaved in one run, so the comparison is made under the same noise; added
-latency is "through" minus "direct" at the same percentile. docs/performance.md explains
+Everything runs on this machine, on 127.0.0.1: a fast fake upstream (upstream.py) that
+parses what it is sent and answers with the cloud's quota headers, nonstop started as a
+real process (`python -m nonstop serve --config ...`) in its default configuration (the
+request log on, one [[local]] backend), the bare forwarder (forwarder.py: the floor of
+nonstop's own stack), and the load generator in its own process (loadgen.py). Rounds
+direct to the upstream, through the forwarder and through nonstop are interleaved in one
+run, so the comparison is made under the same noise; added latency is "through" minus
+"direct" (or minus the forwarder) at the same percentile. docs/performance.md explains
 the method and what the numbers mean.
 """
 
@@ -66,19 +69,27 @@ class Plan:
     max_round_seconds: float
     peer_round_seconds: float
     paced_requests: int
+    log_requests: int
+    relay_requests: int
 
 
 PLANS = {
-    "smoke": Plan(rounds=2, requests={1: 150, 16: 300, 64: 500, 256: 768}, streams_held=64,
-                  throughput_requests=1500, growth_requests=4000, failover_rounds=2, failover_requests=100,
-                  translate_seconds=1.0, max_round_seconds=20, peer_round_seconds=4,
-                  paced_requests=256),
-    "full": Plan(rounds=3, requests={1: 1500, 16: 3000, 64: 4000, 256: 5120}, streams_held=256,
+    "smoke": Plan(rounds=2, requests={1: 100, 64: 300}, streams_held=64,
+                  throughput_requests=1000, growth_requests=3000, failover_rounds=2, failover_requests=60,
+                  translate_seconds=1.0, max_round_seconds=15, peer_round_seconds=4,
+                  paced_requests=192, log_requests=300, relay_requests=2),
+    "full": Plan(rounds=4, requests={1: 1500, 64: 4000}, streams_held=256,
                  throughput_requests=6000, growth_requests=20000, failover_rounds=4, failover_requests=500,
                  translate_seconds=3.0, max_round_seconds=60, peer_round_seconds=10,
-                 paced_requests=768),
+                 paced_requests=768, log_requests=4000, relay_requests=64),
 }
-CONCURRENCY = (1, 16, 64, 256)
+# Concurrency 1 (one session), and 64 clients back to back (the ceiling: queueing in the
+# slowest process). The paced round is the 64 streams a model's pace would give.
+CONCURRENCY = (1, 64)
+# What a user runs: `nonstop init` writes a [[local]] backend, and the request log is on.
+# The local stream relayed: 100 deltas, one every 20 ms (a model at 50 tokens a second).
+RELAY_INTERVAL, RELAY_DELTAS = 0.02, 100
+DEFAULT_LOCAL = '[[local]]\nname = "local"\nurl = "{url}"\n'
 
 
 class Bench:
@@ -111,18 +122,25 @@ class Bench:
         self.results["notes"].append(text)
 
     def start_upstream(self) -> None:
-        self.ports = {m: free_port() for m in ("ok", "limit", "limit-past", "local")}
+        # Each port's default mode; "local-paced" is a local model at a fixed pace.
+        modes = {"ok": "ok", "limit": "limit", "limit-past": "limit-past", "local": "ok",
+                 "local-paced": f"paced:{RELAY_INTERVAL}:{RELAY_DELTAS}"}
+        self.ports = {m: free_port() for m in modes}
         argv = [sys.executable, str(HERE / "upstream.py")]
-        for mode, port in self.ports.items():
-            argv += ["--listen", f"127.0.0.1:{port}={'ok' if mode == 'local' else mode}"]
+        for name, port in self.ports.items():
+            argv += ["--listen", f"127.0.0.1:{port}={modes[name]}"]
         self.upstream = start("upstream", argv, workdir=self.work)
         self.procs.append(self.upstream)
         for port in self.ports.values():
             wait_http(self.upstream, f"http://127.0.0.1:{port}/_stats", timeout=30)
         self.up = {m: f"http://127.0.0.1:{p}" for m, p in self.ports.items()}
 
-    def start_nonstop(self, name: str, cloud: str, cloud_extra: str = "", local: str = "", log: bool = True,
-                      candidates: str = "") -> Proc:
+    def start_nonstop(self, name: str, cloud: str, cloud_extra: str = "", local: str | None = None, log: bool = True,
+                      extra: str = "") -> Proc:
+        """nonstop in its default configuration (the request log on, one [[local]] backend:
+        the fake upstream's local port) unless told otherwise; local="" for none."""
+        if local is None:
+            local = DEFAULT_LOCAL.format(url=self.up["local"])
         port = free_port()
         folder = self.work / name
         folder.mkdir()
@@ -131,16 +149,27 @@ class Bench:
             f'listen = "127.0.0.1:{port}"\nstate_dir = "{folder / "state"}"\n'
             f'[cloud]\nurl = "{cloud}"\n{cloud_extra}'
             '[embedded]\nmode = "never"\n[discovery]\nenabled = false\n'
-            f'[log]\nenabled = {"true" if log else "false"}\n' + local
+            f'[log]\nenabled = {"true" if log else "false"}\n' + extra + local
         )
         env = {"NONSTOP_STATE_DIR": str(folder / "state")}
-        if candidates:
-            env |= {"PYTHONPATH": str(HERE / "candidates"), "NONSTOP_CANDIDATES": candidates}
         p = start(name, [sys.executable, "-m", "nonstop", "serve", "--config", str(cfg)], env=env, workdir=folder)
         self.procs.append(p)
         p.url = f"http://127.0.0.1:{port}"
         wait_http(p, p.url + "/health", timeout=60)
         p.extra["config"] = cfg.read_text()
+        time.sleep(0.3)
+        p.extra["idle_rss_mb"] = rss_mb(p.pid)
+        return p
+
+    def start_forwarder(self) -> Proc:
+        port = free_port()
+        folder = self.work / "forwarder"
+        folder.mkdir()
+        p = start("forwarder", [sys.executable, str(HERE / "forwarder.py"), "--listen", f"127.0.0.1:{port}",
+                                "--upstream", self.up["ok"]], workdir=folder)
+        self.procs.append(p)
+        p.url = f"http://127.0.0.1:{port}"
+        wait_http(p, p.url + "/_stats", timeout=30)
         time.sleep(0.3)
         p.extra["idle_rss_mb"] = rss_mb(p.pid)
         return p
@@ -158,7 +187,7 @@ class Bench:
 
     def measure(self, target: str, *, stream: bool, concurrency: int, requests: int, payload: str = "large",
                 headers: dict[str, str] | None = None, expect: int = 200, path: str | None = None,
-                warmup: int | None = None, stagger: float = 0.0) -> dict[str, Any]:
+                warmup: int | None = None, stagger: float = 0.0, count_deltas: bool = False) -> dict[str, Any]:
         assert self.lg is not None
         t = self.targets[target]
         pids = {"target": t.get("pid"), "upstream": self.upstream.pid, "loadgen": self.lg.pid}
@@ -169,6 +198,7 @@ class Bench:
             "op": "run", "url": t["url"], "path": path or t["path"], "payload": payload, "stream": stream,
             "concurrency": concurrency, "requests": requests, "warmup": warm,
             "max_seconds": t.get("max_seconds", self.plan.max_round_seconds), "headers": headers or {}, "expect_status": expect, "stagger": stagger,
+            "count_deltas": count_deltas,
         })
         cpu1 = {k: cpu_seconds(v, with_children=True) for k, v in pids.items() if v}
         busy = machine_busy_seconds() - busy0
@@ -187,14 +217,19 @@ class Bench:
             print(f"    {target}: {res['errors']} errors, e.g. {res['error_sample']}", flush=True)
         return res
 
-    def rounds(self, names: list[str], rounds: int, **kw: Any) -> dict[str, dict[str, Any]]:
-        """Interleaved A/B(/C...) rounds; the order flips every round."""
+    def rounds(self, names: list[str], rounds: int, per_round: bool = False, **kw: Any) -> dict[str, dict[str, Any]]:
+        """Interleaved A/B(/C...) rounds; the order flips every round. With per_round, each
+        target's summary keeps every round's CPU per request (for paired differences)."""
         per: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for r in range(rounds):
             order = names if r % 2 == 0 else list(reversed(names))
             for n in order:
                 per[n].append(self.measure(n, **(kw | self.targets[n].get("kw", {}))))
-        return {n: summarize(rs) for n, rs in per.items()}
+        out = {n: summarize(rs) for n, rs in per.items()}
+        if per_round:
+            for n, rs in per.items():
+                out[n]["cpu_rounds"] = [r["cpu_us_per_request"].get("target") for r in rs]
+        return out
 
     # --- the parts --------------------------------------------------------------------------
 
@@ -203,12 +238,16 @@ class Bench:
         self.start_upstream()
         self.lg = LoadGen()
         self.main = self.start_nonstop("nonstop", self.up["ok"])
+        self.fwd = self.start_forwarder()
         time.sleep(1.0)
         self.results["memory"] = {"idle_rss_start_mb": rss_mb(self.main.pid)}
         self.targets["direct"] = {"url": self.up["ok"], "path": "/v1/messages?beta=true", "pid": None,
                                   "label": "direct to the fake upstream"}
+        self.targets["forwarder"] = {"url": self.fwd.url, "path": "/v1/messages?beta=true", "pid": self.fwd.pid,
+                                     "label": "through the bare forwarder (benchmarks/forwarder.py)"}
         self.targets["nonstop"] = {"url": self.main.url, "path": "/v1/messages?beta=true", "pid": self.main.pid,
-                                   "label": "through nonstop"}
+                                   "label": "through nonstop, default configuration"}
+        self.results["memory"]["forwarder_idle_rss_mb"] = self.fwd.extra["idle_rss_mb"]
         self.results["nonstop_config"] = self.main.extra["config"]
 
     def start_peers(self) -> list[str]:
@@ -324,41 +363,59 @@ class Bench:
         self.results["throughput_small"] = {"stream": False, "concurrency": 64, "payload": "small",
                                             "requests_per_round": n, "targets": res}
 
+    def log_cost(self) -> None:
+        """What the request log costs: nonstop as configured, and the same with `[log]
+        enabled = false`, in the same interleaved rounds; the difference in CPU per request."""
+        off = self.start_nonstop("nonstop-log-off", self.up["ok"], log=False)
+        self.targets["nonstop-log-off"] = {"url": off.url, "path": "/v1/messages?beta=true", "pid": off.pid,
+                                           "label": "nonstop, default configuration but [log] enabled = false"}
+        names = ["nonstop", "nonstop-log-off"]
+        out = []
+        n = self.plan.log_requests
+        for stream, c in ((False, 1), (False, 64), (True, 64)):
+            print(f"request log cost: {'stream' if stream else 'json'} c={c} x{n} x{self.plan.rounds} rounds: "
+                  + ", ".join(names), flush=True)
+            out.append({"stream": stream, "concurrency": c, "targets": self.rounds(
+                names, self.plan.rounds, stream=stream, concurrency=c, requests=n, per_round=True)})
+        self.results["log_cost"] = out
+
     def variants(self) -> None:
-        """The same rounds against nonstop with candidate fixes applied (benchmarks/candidates/),
-        so that each proposed change comes with a measured gain."""
-        specs = [
-            ("nonstop+log-off", "nonstop with [log] enabled = false", {"log": False}),
-            ("nonstop+batch_log", "nonstop + batched request-log writes", {"candidates": "batch_log"}),
-            ("nonstop+all", "nonstop + batch_log, quiet_log, fast_public, release_request",
-             {"candidates": "batch_log,quiet_log,fast_public,release_request"}),
-        ]
-        names = ["direct", "nonstop"]
-        procs = {}
-        for name, label, kw in specs:
-            p = self.start_nonstop(name, self.up["ok"], **kw)
-            procs[name] = p
-            self.targets[name] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": p.pid, "label": label}
-            names.append(name)
+        """Configurations beside the default one, in the same rounds: what each part of
+        the default configuration costs. They explain the headline numbers, never replace them."""
+        names = ["direct", "forwarder", "nonstop", "nonstop-log-off"]
+        p = self.start_nonstop("nonstop-no-local", self.up["ok"], local="")
+        self.targets["nonstop-no-local"] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": p.pid,
+                                            "label": "nonstop without a [[local]] backend (the 2026-11-25 set-up)"}
+        names.append("nonstop-no-local")
         out: dict[str, Any] = {"labels": {n: self.targets[n]["label"] for n in names}, "scenarios": []}
-        for stream, c, payload in ((False, 1, "large"), (False, 64, "small"), (False, 64, "large"), (True, 64, "large")):
+        for stream, c, payload in ((False, 1, "large"), (True, 64, "large"), (False, 64, "small")):
             n = self.plan.requests[c] if payload == "large" else self.plan.throughput_requests
             print(f"variants: {'stream' if stream else 'json'} c={c} {payload} x{n}: " + ", ".join(names), flush=True)
             out["scenarios"].append({"stream": stream, "concurrency": c, "payload": payload, "targets": self.rounds(
                 names, self.plan.rounds, stream=stream, concurrency=c, requests=n, payload=payload)})
-        for p in procs.values():
-            self.stop(p)
-        # Memory per open stream: two fresh processes, one with the request released during
-        # the relay, the same warm-up, measured one after the other.
-        mem = {}
-        for name, kw in (("nonstop-fresh", {}), ("nonstop+release_request", {"candidates": "release_request"})):
-            print(f"variants: memory per open stream, {name}", flush=True)
-            p = self.start_nonstop(name, self.up["ok"], **kw)
-            self.targets[name] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": p.pid, "label": name}
-            mem[name] = self.held_streams(name, p.pid, p.url)
-            self.stop(p)
-        out["held_streams"] = mem
+        self.stop(p)
         self.results["variants"] = out
+
+    def local_relay(self) -> None:
+        """A local model's stream relayed: the cloud out, a local server sending exactly N
+        deltas at a fixed pace; its total time and its token rate at the client, direct and
+        through nonstop (interleaved, one stream at a time)."""
+        interval, count = RELAY_INTERVAL, RELAY_DELTAS
+        port = self.ports["local-paced"]
+        url = f"http://127.0.0.1:{port}"
+        p = self.start_nonstop("nonstop-local-relay", self.up["limit"], local=DEFAULT_LOCAL.format(url=url))
+        self.targets["_mark"] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": None}
+        self.measure("_mark", stream=True, concurrency=1, requests=1, warmup=0)  # the cloud is now out
+        self.targets["paced-direct"] = {"url": url, "path": "/v1/messages?beta=true", "pid": None,
+                                        "label": f"local server, direct ({count} deltas, one every {interval * 1000:.0f} ms)"}
+        self.targets["paced-nonstop"] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": p.pid,
+                                         "label": "the same, through nonstop (cloud out)"}
+        n = self.plan.relay_requests
+        print(f"local stream relay: {count} deltas at {interval * 1000:.0f} ms, x{n} x{self.plan.rounds} rounds", flush=True)
+        res = self.rounds(["paced-direct", "paced-nonstop"], self.plan.rounds, stream=True, concurrency=1,
+                          requests=n, warmup=2, count_deltas=True)
+        self.results["local_relay"] = {"interval_s": interval, "deltas": count, "targets": res}
+        self.stop(p)
 
     def stop(self, p: Proc) -> None:
         p.stop()
@@ -454,6 +511,17 @@ class Bench:
             "bytes_per_request": (end - base) * 1024 * 1024 / span if span else None,
         }
 
+    def inprocess(self) -> None:
+        print("in process: planning and the request log", flush=True)
+        n, rows = (3000, 1000) if self.mode == "smoke" else (20000, 4000)
+        r = subprocess.run([sys.executable, str(HERE / "inprocess.py"), "--n", str(n), "--rows", str(rows),
+                            "--rounds", "2" if self.mode == "smoke" else "4"],
+                           capture_output=True, text=True, cwd=str(ROOT), timeout=900)
+        try:
+            self.results["inprocess"] = orjson.loads(r.stdout.strip().splitlines()[-1])
+        except (IndexError, orjson.JSONDecodeError):
+            self.results["inprocess"] = {"error": (r.stderr or r.stdout)[-1000:]}
+
     def translation(self) -> None:
         print("translation: OpenAI -> Anthropic stream, one core", flush=True)
         r = subprocess.run([sys.executable, str(HERE / "translate.py"), "--seconds", str(self.plan.translate_seconds)],
@@ -511,22 +579,25 @@ class Bench:
     def run(self) -> int:
         try:
             self.setup()
-            names = ["direct", "nonstop"]
+            names = ["direct", "forwarder", "nonstop"]
             if self.args.peers:
                 names += self.start_peers()
             self.memory_per_stream()
             self.latency_sweep(names)
             self.paced_streams(names)
             self.throughput_small(names)
+            self.log_cost()
             if self.args.variants:
                 self.variants()
             self.failover()
             self.local_path()
+            self.local_relay()
             self.growth()
             if self.args.profile:
                 self.profile()
             self.finish_memory()
             self.translation()
+            self.inprocess()
             if self.args.peers:
                 for name in ("litellm", "spillway"):
                     t = self.targets.get(name)
@@ -535,6 +606,8 @@ class Bench:
                         self.results["peers"][name]["rss_end_mb"] = rss_mb(t["pid"], with_children=True)
         finally:
             self.results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+            with contextlib.suppress(OSError), open("/proc/loadavg") as fh:
+                self.results["load_at_end"] = " ".join(fh.read().split()[:3])
             for p in self.procs:
                 if not p.alive():
                     self.note(f"{p.name} exited early with {p.proc.returncode}: {p.tail(500)}")
@@ -581,6 +654,8 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "rps": median([r["rps"] for r in rounds]),
         "rps_rounds": [round(r["rps"], 1) for r in rounds],
         "round_ttfb_p50": [round(percentile(r["ttfb"], 50), 4) for r in rounds],
+        "rate_p50": percentile([x for r in rounds for x in r.get("rates", [])], 50),
+        "deltas_p50": percentile([x for r in rounds for x in r.get("deltas", [])], 50),
         "backends": {},
     }
     for r in rounds:
@@ -616,7 +691,7 @@ def main() -> int:
     p.add_argument("--peers", action="store_true", help="also measure LiteLLM's proxy and claude-spillway")
     p.add_argument("--profile", action="store_true", help="py-spy profiles of nonstop under load")
     p.add_argument("--variants", action="store_true",
-                   help="also measure nonstop with candidate fixes applied (benchmarks/candidates/)")
+                   help="also measure nonstop without its request log and without a local backend")
     p.add_argument("--growth-requests", type=int, default=0, help="requests in the memory growth run")
     p.add_argument("--out-dir", help="where to write the results (default benchmarks/results)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")

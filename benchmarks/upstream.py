@@ -9,15 +9,24 @@ One process can listen on several ports, each with its own default mode:
 
     python benchmarks/upstream.py --listen 127.0.0.1:9100=ok --listen 127.0.0.1:9101=limit-past
 
-A request header `x-fake-mode: MODE` overrides the mode for one request.
+A request header `x-fake-mode: MODE` overrides the mode for one request. Like the real
+cloud, it parses every JSON body it is sent (a body that is not JSON gets a 400), and every
+reply carries the `anthropic-ratelimit-unified-*` headers. `x-bench-tag: T` counts the
+request under "tag T" in /_stats (which instance reached the cloud, and how often; the time
+a "limit" 429 went out is under "limited_at"). `x-fake-delay: SECONDS` holds the reply that
+long (a probe that takes a while).
 
 Modes for POST /v1/messages:
     ok          a Messages reply; streamed when the body asks for `"stream": true`
     limit       429, subscription limit (five_hour), unified reset one hour from now
+                (`x-fake-reset-in: SECONDS` for another deadline)
     limit-past  429, subscription limit, unified reset one second ago
     slow        a stream that sends its head, then one delta every `x-fake-interval`
                 seconds (default 1, at least 0.005) for `x-fake-hold` seconds (default 30,
                 at most 600): held streams, or a model's pace
+    paced:I:N   a stream of exactly N deltas, one due every I seconds after its head (a
+                local model producing 1/I tokens a second; as a port's mode, since nonstop
+                does not pass the client's headers to a local server)
 Other routes: POST /v1/messages/count_tokens, GET /v1/models, POST /v1/chat/completions
 (OpenAI format, streamed or not), GET /_stats (requests served, per mode), anything else
 200 `{}`.
@@ -82,10 +91,33 @@ def _stream_tail(n: int) -> bytes:
             + _sse("message_stop", {"type": "message_stop"}))
 
 
-QUOTA_OK = (b"anthropic-ratelimit-unified-status: allowed\r\n"
+def quota_headers(now: float) -> bytes:
+    """The `anthropic-ratelimit-unified-*` set the cloud sends on every reply to a
+    subscription (docs: wire-facts.md §2), with the other headers of its replies."""
+    five, seven = int(now // 3600 * 3600 + 3 * 3600), int(now // 86400 * 86400 + 4 * 86400)
+    return (b"anthropic-ratelimit-unified-status: allowed\r\n"
+            b"anthropic-ratelimit-unified-5h-status: allowed\r\n"
+            b"anthropic-ratelimit-unified-5h-reset: %d\r\n"
             b"anthropic-ratelimit-unified-5h-utilization: 0.42\r\n"
+            b"anthropic-ratelimit-unified-7d-status: allowed\r\n"
+            b"anthropic-ratelimit-unified-7d-reset: %d\r\n"
             b"anthropic-ratelimit-unified-7d-utilization: 0.17\r\n"
-            b"request-id: req_011BenchUpstream0000000\r\n")
+            b"anthropic-ratelimit-unified-representative-claim: five_hour\r\n"
+            b"anthropic-ratelimit-unified-fallback-percentage: 0.5\r\n"
+            b"anthropic-ratelimit-unified-reset: %d\r\n"
+            b"anthropic-ratelimit-unified-overage-status: rejected\r\n"
+            b"anthropic-ratelimit-unified-overage-disabled-reason: org_level_disabled\r\n"
+            b"anthropic-organization-id: 00000000-bench-4000-8000-000000000000\r\n"
+            b"request-id: req_011BenchUpstream0000000\r\n"
+            b"strict-transport-security: max-age=31536000; includeSubDomains; preload\r\n"
+            b"via: 1.1 google\r\n"
+            b"cf-cache-status: DYNAMIC\r\n"
+            b"x-robots-tag: none\r\n"
+            b"server: cloudflare\r\n"
+            b"cf-ray: 9a0000000bench00-SJC\r\n") % (five, seven, five)
+
+
+QUOTA_OK = quota_headers(time.time())
 
 
 def _head(status: str, ctype: bytes, extra: bytes = b"", length: int | None = None) -> bytes:
@@ -112,12 +144,13 @@ class Replies:
         self.stream_deltas = [_chunk(_delta(i)) for i in range(1, deltas)]
         self.stream_last = _chunk(_stream_tail(deltas)) + b"0\r\n\r\n"
         self.slow_first = _head("200 OK", sse, QUOTA_OK) + _chunk(_stream_head())
-        self.count = _whole("200 OK", b'{"input_tokens": 12850}')
         self.models = _whole("200 OK", orjson.dumps({"object": "list", "data": [
             {"id": "local-model", "object": "model", "type": "model", "display_name": "local-model",
-             "created_at": "2025-01-01T00:00:00Z"}], "has_more": False}))
+             "created_at": "2025-01-01T00:00:00Z"}], "has_more": False}), QUOTA_OK)
         self.empty = _whole("200 OK", b"{}")
         self.not_found = _whole("404 Not Found", b'{"type":"error","error":{"type":"not_found_error","message":"no such route"}}')
+        self.bad_json = _whole("400 Bad Request", b'{"type":"error","error":{"type":"invalid_request_error",'
+                               b'"message":"The request body is not valid JSON"}}', QUOTA_OK)
         err = (b'{"type":"error","error":{"type":"rate_limit_error","message":"This request would exceed your '
                b'account\'s rate limit. Please try again later."},"request_id":"req_011BenchLimit"}')
         self.limit_body = err
@@ -149,6 +182,8 @@ class Replies:
 
 
 STATS: dict[str, int] = {}
+# When a "limit" 429 was written, by x-bench-tag (epoch seconds): where a fleet's news starts.
+LIMITED_AT: dict[str, float] = {}
 
 
 class Conn(asyncio.Protocol):
@@ -195,25 +230,50 @@ class Conn(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        delay = self.headers.get(b"x-fake-delay")
+        if delay:
+            asyncio.get_running_loop().call_later(min(MAX_HOLD, float(delay)), self._answer,
+                                                  self.parser.get_method(), self.url, self.headers, self.body,
+                                                  self.parser.should_keep_alive())
+        else:
+            self._answer(self.parser.get_method(), self.url, self.headers, self.body, self.parser.should_keep_alive())
+
+    def _answer(self, method: bytes, url: bytes, headers: dict[bytes, bytes], chunks: list[bytes], keep_alive: bool) -> None:
         t = self.transport
-        assert t is not None
-        method = self.parser.get_method()
-        path = self.url.split(b"?", 1)[0]
-        mode = self.headers.get(b"x-fake-mode", b"").decode() or self.mode
+        if t is None or t.is_closing():
+            return
+        path = url.split(b"?", 1)[0]
+        mode = headers.get(b"x-fake-mode", b"").decode() or self.mode
         r = self.replies
         key = f"{method.decode()} {path.decode()[:40]} {mode}"
         STATS[key] = STATS.get(key, 0) + 1
+        tag = headers.get(b"x-bench-tag", b"").decode()
+        if tag:
+            STATS["tag " + tag] = STATS.get("tag " + tag, 0) + 1
+        streamed = False
+        if method == b"POST" and path in (b"/v1/messages", b"/v1/chat/completions", b"/v1/messages/count_tokens"):
+            # The real cloud parses every request it is sent; so does this one.
+            try:
+                doc = orjson.loads(b"".join(chunks))
+            except orjson.JSONDecodeError:
+                doc = None
+                path = b"bad json"
+            streamed = isinstance(doc, dict) and doc.get("stream") is True
         if method == b"POST" and path == b"/v1/messages":
-            body = b"".join(self.body)
             if mode == "limit-past":
                 t.write(r.limit(time.time() - 1))
             elif mode == "limit":
-                t.write(r.limit(time.time() + 3600))
+                t.write(r.limit(time.time() + float(headers.get(b"x-fake-reset-in", b"3600"))))
+                if tag:
+                    LIMITED_AT[tag] = time.time()
             elif mode == "slow":
-                hold = min(MAX_HOLD, float(self.headers.get(b"x-fake-hold", b"30")))
-                interval = max(0.005, float(self.headers.get(b"x-fake-interval", b"1")))
+                hold = min(MAX_HOLD, float(headers.get(b"x-fake-hold", b"30")))
+                interval = max(0.005, float(headers.get(b"x-fake-interval", b"1")))
                 self.task = asyncio.ensure_future(self._slow(hold, interval))
-            elif b'"stream":true' in body or b'"stream": true' in body:
+            elif mode.startswith("paced"):
+                _, interval_s, count = (mode.split(":") + ["0.02", "100"])[:3]
+                self.task = asyncio.ensure_future(self._paced(float(interval_s), int(count)))
+            elif streamed:
                 t.write(r.stream_first)
                 for d in r.stream_deltas:
                     t.write(d)
@@ -221,8 +281,7 @@ class Conn(asyncio.Protocol):
             else:
                 t.write(r.message)
         elif method == b"POST" and path == b"/v1/chat/completions":
-            body = b"".join(self.body)
-            if b'"stream":true' in body or b'"stream": true' in body:
+            if streamed:
                 t.write(r.oa_first)
                 for d in r.oa_deltas:
                     t.write(d)
@@ -230,19 +289,45 @@ class Conn(asyncio.Protocol):
             else:
                 t.write(r.oa_whole)
         elif path == b"/v1/messages/count_tokens":
-            t.write(r.count)
+            # A token is about four bytes of request, as with a real tokenizer; a fixed
+            # count would skew nonstop's calibration of its own estimate.
+            t.write(_whole("200 OK", b'{"input_tokens": %d}' % max(1, sum(map(len, chunks)) // 4), QUOTA_OK))
+        elif path == b"bad json":
+            t.write(r.bad_json)
         elif path == b"/v1/models":
             t.write(r.models)
         elif path == b"/_stats":
             ru = resource.getrusage(resource.RUSAGE_SELF)
-            t.write(_whole("200 OK", orjson.dumps({"counts": STATS, "cpu": ru.ru_utime + ru.ru_stime, "pid": os.getpid()})))
+            t.write(_whole("200 OK", orjson.dumps({"counts": STATS, "limited_at": LIMITED_AT,
+                                                   "cpu": ru.ru_utime + ru.ru_stime, "pid": os.getpid()})))
         elif path == b"/_reset":
             STATS.clear()
+            LIMITED_AT.clear()
             t.write(r.empty)
         else:
             t.write(r.empty)
-        if not self.parser.should_keep_alive():
+        if not keep_alive:
             t.close()
+
+    async def _paced(self, interval: float, count: int) -> None:
+        """A model's pace, exactly: `count` deltas, the i-th due `i * interval` after the
+        head, whatever the load (a late one does not delay the next)."""
+        t = self.transport
+        assert t is not None
+        loop = asyncio.get_running_loop()
+        t.write(self.replies.slow_first)
+        began = loop.time()
+        try:
+            for i in range(count):
+                await asyncio.sleep(max(0.0, began + (i + 1) * interval - loop.time()))
+                if t.is_closing():
+                    return
+                t.write(_chunk(_delta(i)))
+            t.write(_chunk(_stream_tail(count)) + b"0\r\n\r\n")
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.task = None
 
     async def _slow(self, hold: float, interval: float) -> None:
         t = self.transport

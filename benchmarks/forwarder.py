@@ -1,0 +1,69 @@
+"""The floor of nonstop's own stack: a bare forwarder on the same server and client.
+
+    python benchmarks/forwarder.py --listen 127.0.0.1:9300 --upstream http://127.0.0.1:9100
+
+uvicorn with httptools and uvloop (as `nonstop serve` runs), one pooled aiohttp session
+(as nonstop's cloud backend), and nothing else: the request's bytes and headers go up,
+the reply's head and chunks come back as they arrive. No parsing, no routing, no log.
+What nonstop adds over this is nonstop's own work; what this adds over calling the
+upstream directly is the cost of the libraries both are built on.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import aiohttp
+import uvicorn
+
+HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length", b"upgrade", b"te"}
+
+
+class Forwarder:
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/")
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (msg := await receive())["type"] != "lifespan.shutdown":
+                self.session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                    skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+                    cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None))
+                await send({"type": "lifespan.startup.complete"})
+            assert self.session is not None
+            await self.session.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        chunks = []
+        while True:
+            msg = await receive()
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in HOP]
+        url = self.upstream + scope["raw_path"].decode("latin-1")
+        if scope["query_string"]:
+            url += "?" + scope["query_string"].decode("latin-1")
+        assert self.session is not None
+        async with self.session.request(scope["method"], url, headers=headers, data=b"".join(chunks)) as resp:
+            out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP]
+            await send({"type": "http.response.start", "status": resp.status, "headers": out})
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--listen", required=True, help="127.0.0.1:PORT")
+    p.add_argument("--upstream", required=True)
+    args = p.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    uvicorn.run(Forwarder(args.upstream), host=host, port=int(port), http="httptools", loop="uvloop",
+                lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False)
+
+
+if __name__ == "__main__":
+    main()
