@@ -262,6 +262,8 @@ class Conn(asyncio.Protocol):
         if method == b"POST" and path == b"/v1/messages":
             if mode == "limit-past":
                 t.write(r.limit(time.time() - 1))
+                if tag:
+                    LIMITED_AT[tag] = time.time()
             elif mode == "limit":
                 t.write(r.limit(time.time() + float(headers.get(b"x-fake-reset-in", b"3600"))))
                 if tag:
