@@ -255,11 +255,18 @@ class Store:
         self._pending.append(("shadow", comparison))
 
     def shadow_agreement(self, since: float) -> dict[str, dict[str, Any]]:
+        self._settle()
         assert self._read is not None
         return shadow_agreement(self._read, since)
 
     def save_state(self, key: str, value: Any) -> None:
         self._pending.append(("state", (key, orjson.dumps(value).decode(), time.time())))
+
+    def _settle(self) -> None:
+        """Reads see every write made before them: a read with writes still queued waits
+        for the writer thread (reads run off the event loop, so the wait blocks no one)."""
+        if self._pending and self._thread is not None:
+            self.flush()
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything written so far is on disk."""
@@ -342,6 +349,7 @@ class Store:
     # --- reads -------------------------------------------------------------------------
 
     def load_state(self, key: str) -> Any:
+        self._settle()
         assert self._read is not None
         row = self._read.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return orjson.loads(row[0]) if row else None
@@ -349,6 +357,7 @@ class Store:
     def bodies(self, request_id: int) -> tuple[str, str | None, str | None] | None:
         """(the user who sent it, request body, response body) of one logged request, or
         None when it was logged without bodies."""
+        self._settle()
         assert self._read is not None
         row = self._read.execute(
             "SELECT r.user, b.request, b.response FROM requests r JOIN bodies b ON b.request_id = r.id WHERE r.id = ?",
@@ -357,10 +366,12 @@ class Store:
         return (row[0], row[1], row[2]) if row else None
 
     def recent(self, **filters: Any) -> list[dict[str, Any]]:
+        self._settle()
         assert self._read is not None
         return recent(self._read, **filters)
 
     def totals_since(self, since: float) -> dict[str, dict[str, int]]:
+        self._settle()
         assert self._read is not None
         return totals_since(self._read, since)
 

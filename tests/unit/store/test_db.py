@@ -231,6 +231,22 @@ def test_many_writes_are_batched_and_all_land(store: Store) -> None:
     assert len(store.recent(limit=10000)) == 2000
 
 
+def test_reads_see_writes_still_queued(state_dir: Path) -> None:
+    # The writer thread waits a long time between batches here: a read must not.
+    s = Store(state_dir, flush_every=60.0)
+    s.open()
+    try:
+        s.log_request(row(NOW, request_id="queued", request_body="b", response_body="r"))
+        s.save_state("k", {"v": 1})
+        t0 = time.monotonic()
+        assert [r["request_id"] for r in s.recent()] == ["queued"]
+        assert s.totals_since(NOW - 1)
+        assert s.load_state("k") == {"v": 1}
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        s.close()
+
+
 # --- state ----------------------------------------------------------------------------------
 
 
