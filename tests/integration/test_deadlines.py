@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +25,10 @@ HEADERS = {"x-api-key": procs.PLANTED_KEY, "anthropic-version": "2023-06-01"}
 
 CLOUD = {"connect_timeout": 1.0, "first_byte_timeout": 1.5, "idle_timeout": 2.0, "error_cooldown": 0.5,
          "default_cooldown": 1.0}
+# Room, beyond a deadline, for the local answer and a loaded machine. Each bound stays well
+# short of what a missing deadline would cost (a cloud that hangs for 30-60 s, a local
+# idle_timeout of 10 s), so the tests still prove the deadline that is meant.
+SLACK = 3.0
 
 
 def config(cloud_url: str, local_url: str, *, local: dict | None = None, **settings) -> str:
@@ -46,7 +51,7 @@ def test_hung_cloud_goes_local_within_the_first_byte_deadline(cloud, recorder_pr
     assert r.status == 200
     assert r.headers["x-nonstop-backend"] == "local"
     assert "timeout" in r.headers.get("x-nonstop-failover", ""), r.headers
-    assert r.head_s < 1.0 + 1.5 + 1.5, f"{r.head_s:.1f}s to the response head"
+    assert r.head_s < 1.0 + 1.5 + SLACK, f"{r.head_s:.1f}s to the response head"
     assert wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=stream).outcome == "ok"
 
 
@@ -83,7 +88,7 @@ def test_unanswered_connect_goes_local_within_the_connect_deadline(recorder_proc
         ns = nonstop_factory(config(url, recorder_proc.url))
         r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": stream}, headers=HEADERS)
         assert r.status == 200 and r.headers["x-nonstop-backend"] == "local"
-        assert r.head_s < 1.0 + 1.5 + 1.0, f"{r.head_s:.1f}s to the response head"
+        assert r.head_s < 1.0 + 1.5 + SLACK, f"{r.head_s:.1f}s to the response head"
     finally:
         for c in fillers:
             c.close()
@@ -102,7 +107,7 @@ def test_idle_cloud_stream_is_cut_with_a_well_formed_error(cloud, recorder_proc,
     assert r.status == 200 and r.headers["x-nonstop-backend"] == "cloud"
     v = wirecheck.check(door, r.status, r.headers["content-type"], r.body, stream=True)
     assert v.outcome == "error", (v, r.body[-500:])
-    assert 2.0 - 0.2 <= r.total_s < 2.0 + 2.0, f"the stream was cut after {r.total_s:.1f}s, idle_timeout is 2s"
+    assert 2.0 - 0.2 <= r.total_s < 2.0 + SLACK, f"the stream was cut after {r.total_s:.1f}s, idle_timeout is 2s"
 
 
 def test_idle_local_stream_is_cut_with_a_well_formed_error(cloud, nonstop_factory):
@@ -115,7 +120,7 @@ def test_idle_local_stream_is_cut_with_a_well_formed_error(cloud, nonstop_factor
         assert r.status == 200 and r.headers["x-nonstop-backend"] == "local"
         v = wirecheck.check_anthropic_stream(r.body)
         assert v.outcome == "error", (v, r.body[-500:])
-        assert r.total_s < 2.0 + 3.0
+        assert r.total_s < 2.0 + SLACK
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -129,10 +134,11 @@ def test_local_first_byte_deadline_is_honoured(cloud, nonstop_factory, stream):
                                     ping_interval=0.5))
         try:
             r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": stream}, headers=HEADERS,
-                                 timeout=9)
+                                 timeout=20)
         except TimeoutError:
-            pytest.fail("no complete answer 9 s after the local server stopped answering; first_byte_timeout is 1.5 s")
-        assert r.total_s < 1.5 + 3.0 + 2.0, f"{r.total_s:.1f}s"
+            pytest.fail("no complete answer 20 s after the local server stopped answering; first_byte_timeout is 1.5 s")
+        # Under idle_timeout (10 s): the first-byte deadline is the one that ended it.
+        assert r.total_s < 1.5 + 1.0 + SLACK + 2.0, f"{r.total_s:.1f}s"
         v = wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=stream)
         assert v.outcome == "error", v
 
@@ -150,15 +156,15 @@ def test_client_disconnect_closes_the_cloud_stream(cloud, recorder_proc, nonstop
         assert marker in seen
         active = json.loads(rawhttp.request("GET", cloud.url + "/_fake/active")[2])["active"]
         assert active.get("endless_stream") == 1
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        active = json.loads(rawhttp.request("GET", cloud.url + "/_fake/active")[2])["active"]
-        if active.get("endless_stream") == 0:
-            break
-        time.sleep(0.05)
-    assert active.get("endless_stream") == 0, "the cloud stream went on after the client left"
-    rows = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/requests")[2])["requests"]
-    assert rows and rows[-1]["outcome"] == "client_gone"
+    # The stream would go on for a minute: closed within seconds means the client's leaving closed it.
+    wait_for(lambda: json.loads(rawhttp.request("GET", cloud.url + "/_fake/active")[2])["active"].get("endless_stream") == 0,
+             10, "the cloud stream to close after the client left")
+    wait_for(lambda: (rows := _requests(ns)) and rows[-1]["outcome"] == "client_gone", 10,
+             "the request to be logged as client_gone")
+
+
+def _requests(ns: procs.Proc) -> list[dict]:
+    return json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/requests")[2])["requests"]
 
 
 def _slots(llama_url: str) -> list[dict]:
@@ -192,11 +198,11 @@ def test_client_disconnect_stops_local_generation(cloud, llama, nonstop_factory,
         assert marker in seen, seen[-500:]
         time.sleep(0.3)
         assert any(sl.get("is_processing") for sl in _slots(llama.url)), "generation ended on its own too early to tell"
-    took = _wait_idle(llama.url, 10)
-    assert took is not None and took < 3.0, f"llama-server was still generating {took or 10:.1f}s after the client left"
-    time.sleep(0.3)
-    rows = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/requests")[2])["requests"]
-    assert rows and rows[-1]["outcome"] == "client_gone", rows[-1:]
+    # A 4000-token story takes llama-server minutes here: idle within seconds means it was stopped.
+    took = _wait_idle(llama.url, 20)
+    assert took is not None and took < 10.0, f"llama-server was still generating {took or 20:.1f}s after the client left"
+    wait_for(lambda: (rows := _requests(ns)) and rows[-1]["outcome"] == "client_gone", 10,
+             "the request to be logged as client_gone")
 
 
 # --- the cloud is retried once its deadline passes ---------------------------------------------------
@@ -229,7 +235,7 @@ def test_probe_answered_with_a_client_error_does_not_block_the_cloud(cloud, reco
     _past_a_one_second_quota_deadline(cloud, ns)
     status, h, _ = rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, {**HEADERS, "x-fake-mode": "invalid_request"})
     assert status == 400 and h["x-nonstop-backend"] == "cloud"
-    assert _served_by_cloud_within(ns, 5), "the cloud answers again, but nonstop kept serving locally"
+    assert _served_by_cloud_within(ns, 15), "the cloud answers again, but nonstop kept serving locally"
 
 
 def test_warm_up_request_does_not_swallow_the_probe(cloud, recorder_proc, nonstop_factory):
@@ -238,7 +244,7 @@ def test_warm_up_request_does_not_swallow_the_probe(cloud, recorder_proc, nonsto
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
     _past_a_one_second_quota_deadline(cloud, ns)
     assert rawhttp.request("HEAD", ns.url + "/api/hello", None, HEADERS)[0] == 200
-    assert _served_by_cloud_within(ns, 5), "the cloud answers again, but nonstop kept serving locally"
+    assert _served_by_cloud_within(ns, 15), "the cloud answers again, but nonstop kept serving locally"
 
 
 @pytest.mark.parametrize("mode", ["throttle", "api_key_limit", "overloaded", "reset"])
@@ -249,4 +255,4 @@ def test_short_outage_returns_to_the_cloud(cloud, recorder_proc, nonstop_factory
         _, h, _ = rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)
         assert h["x-nonstop-backend"] == "local"
     procs.set_mode(cloud, "ok")
-    assert _served_by_cloud_within(ns, 4), "nonstop did not go back to the cloud after a 1 s outage"
+    assert _served_by_cloud_within(ns, 15), "nonstop did not go back to the cloud after a 1 s outage"

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -108,6 +109,14 @@ def test_kill_9_mid_load_keeps_quota_state_and_request_log(cloud, recorder_proc,
     assert integrity == "ok" and rows >= confirmed
 
 
+def _refused(ns: procs.Proc, served: list[int]) -> bool:
+    try:
+        served.append(rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS, timeout=3)[0])
+    except OSError:
+        return True
+    return False
+
+
 def _streams_in_flight(ns: procs.Proc, n: int) -> tuple[list, list[threading.Thread]]:
     """n streams opened in threads, once nonstop counts them all in flight; each thread
     appends its rawhttp.Reply (or the OSError it met) to the list."""
@@ -153,16 +162,18 @@ def test_sigterm_lets_streams_in_flight_finish_then_exits_0(cloud, recorder_proc
     results, threads = _streams_in_flight(ns, 4)
     t0 = time.monotonic()
     ns.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    with pytest.raises(OSError):  # no new work is accepted while draining
-        rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS, timeout=3)
+    # No new work is accepted while draining: once nonstop has taken the signal in, a new
+    # connection is refused while the streams are still running.
+    served: list[int] = []  # requests sent before nonstop took the signal in are served
+    wait_for(lambda: _refused(ns, served), 10, "a new request to be refused after SIGTERM")
+    assert ns.proc.poll() is None and any(t.is_alive() for t in threads), "refused only once nonstop had exited"
     code = ns.proc.wait(20)
     took = time.monotonic() - t0
     for r, v in _verdicts(results, threads):
         assert v.outcome == "ok" and v.text == words, (v, r.body[-300:])
     assert took < 10.0, f"exit took {took:.1f}s"
     rows, integrity, _ = db_facts(ns.extra["state_dir"])
-    assert rows == 4 and integrity == "ok"
+    assert rows == 4 + len(served) and integrity == "ok"
     assert code == 0, f"exit status after SIGTERM was {code}"
 
 
@@ -174,7 +185,7 @@ def test_sigterm_ends_streams_still_running_at_drain_timeout(cloud, recorder_pro
     ns.proc.send_signal(signal.SIGTERM)
     code = ns.proc.wait(20)
     took = time.monotonic() - t0
-    assert 2.0 - 0.5 < took < 2.0 + 3.0, f"exit took {took:.1f}s with drain_timeout 2"
+    assert 2.0 - 0.5 < took < 2.0 + 6.0, f"exit took {took:.1f}s with drain_timeout 2"
     # The streams cut at the drain deadline end with a well-formed error, not a silent stop.
     for r, v in _verdicts(results, threads):
         assert v.outcome == "error", (v.problem, r.body[-300:])

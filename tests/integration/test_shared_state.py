@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import _need
 from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -141,8 +142,10 @@ def test_exactly_one_instance_probes_after_a_deadline(cloud, fleet):
     procs.set_mode(cloud, "subscription_limit", reset_in=2)
     assert post(a, ANN)["x-nonstop-backend"] == "rec"
     assert wait_for(lambda: all("out" in account_states(ns).values() for ns in fleet))
-    procs.set_mode(cloud, "ok", first_byte=1.0)  # back, and slow enough that the requests overlap the probe
-    time.sleep(2.3)
+    # Back, and slow enough that the nine requests overlap the probe even on a loaded machine.
+    procs.set_mode(cloud, "ok", first_byte=4.0)
+    until = max(e["until"] or 0 for e in status(a)["accounts"])
+    wait_until(until, "Ann's reset time")
     before = len(cloud_messages(cloud))
     results: list[str] = []
     threads = [threading.Thread(target=lambda ns=ns: results.append(post(ns, ANN)["x-nonstop-backend"]))

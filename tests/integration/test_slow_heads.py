@@ -29,6 +29,9 @@ PER_CLIENT = 4
 MESSAGE = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 HEADERS = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
 PARTIAL_HEAD = b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+# Room after a deadline for a loaded machine to act on it: the deadline is proven by the
+# lower bounds (never before it) and by the attacks' own length (they would go on).
+LATE = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +140,7 @@ def fds(pid: int) -> int:
 def test_trickled_head_is_dropped_at_the_deadline(ns):
     with connect(ns, "127.0.0.20") as s:
         answer, took = trickle_until_dropped(s)
-    assert HEAD_TIMEOUT - 0.2 < took < HEAD_TIMEOUT + 1.0, took
+    assert HEAD_TIMEOUT - 0.2 < took < HEAD_TIMEOUT + LATE, took
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert b"connection: close" in answer.lower()
 
@@ -145,10 +148,10 @@ def test_trickled_head_is_dropped_at_the_deadline(ns):
 def test_connection_that_sends_nothing_is_closed(ns):
     with connect(ns, "127.0.0.21") as s:
         t0 = time.monotonic()
-        answer = read_to_close(s, timeout=HEAD_TIMEOUT + 2)
+        answer = read_to_close(s, timeout=HEAD_TIMEOUT + LATE)
         took = time.monotonic() - t0
     assert answer == b"", "a client that sent nothing gets no response, only the close"
-    assert HEAD_TIMEOUT - 0.2 < took < HEAD_TIMEOUT + 1.0, took
+    assert HEAD_TIMEOUT - 0.2 < took < HEAD_TIMEOUT + LATE, took
 
 
 def test_trickled_head_on_a_kept_alive_connection_is_dropped(ns):
@@ -158,7 +161,7 @@ def test_trickled_head_on_a_kept_alive_connection_is_dropped(ns):
         time.sleep(HEAD_TIMEOUT + 0.5)  # idle between requests: not the head's deadline
         answer, took = trickle_until_dropped(s)
     assert answer.startswith(b"HTTP/1.1 408 "), answer
-    assert HEAD_TIMEOUT - 1.2 < took < HEAD_TIMEOUT + 1.0, took  # from the next head's first byte
+    assert HEAD_TIMEOUT - 1.2 < took < HEAD_TIMEOUT + LATE, took  # from the next head's first byte
 
 
 def test_oversized_head_is_refused_before_it_ends(ns):
@@ -182,13 +185,14 @@ def test_connections_over_the_cap_are_closed_at_once(ns):
         assert not any(closed_by_server(s) for s in held), "a slow head under the cap was dropped early"
         with connect(ns, "127.0.0.30") as extra:
             t0 = time.monotonic()
-            assert read_to_close(extra, timeout=1.0) == b""
-            assert time.monotonic() - t0 < 0.3
-        # Another address is not affected.
+            assert read_to_close(extra, timeout=2.0) == b""
+            # At once: not held until it would turn slow (SLOW_AFTER) and be refused then.
+            assert time.monotonic() - t0 < SLOW_AFTER * 0.8
+        # Another address is not affected: served, and not after the slow heads' deadline.
         r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=MESSAGE, headers=HEADERS, timeout=10)
-        assert r.status == 200 and r.total_s < 1.0
+        assert r.status == 200 and r.total_s < HEAD_TIMEOUT
         for s in held:
-            assert read_to_close(s, timeout=HEAD_TIMEOUT + 1).startswith(b"HTTP/1.1 408 ")
+            assert read_to_close(s, timeout=HEAD_TIMEOUT + LATE).startswith(b"HTTP/1.1 408 ")
     finally:
         for s in held:
             s.close()
@@ -234,17 +238,17 @@ def test_others_are_served_quickly_while_500_slow_heads_are_held(ns):
             r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=MESSAGE, headers=HEADERS, timeout=10)
             assert r.status == 200, r.body[:200]
             timings.append(r.total_s)
-        assert max(timings) < 0.5, timings
+        assert max(timings) < HEAD_TIMEOUT / 2, timings  # served meanwhile, not once the heads are gone
         assert sum(not closed_by_server(s) for s in attack) == 500, "the probes outlived some slow heads: too slow"
         # At the deadline every one of them is dropped.
-        deadline = time.monotonic() + HEAD_TIMEOUT + 2
+        deadline = time.monotonic() + HEAD_TIMEOUT + LATE
         while time.monotonic() < deadline and not all(closed_by_server(s) for s in attack):
             time.sleep(0.1)
         assert all(closed_by_server(s) for s in attack), "some slow heads outlived the deadline"
     finally:
         for s in attack:
             s.close()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline and fds(pid) > before + 2:
         time.sleep(0.1)
     assert fds(pid) <= before + 2, (before, fds(pid))
