@@ -427,6 +427,10 @@ def _memory(results: dict[str, Any]) -> list[str]:
                  f"RSS {_fmt(s['rss_before_mb'])} → {_fmt(s['rss_open_mb'])} MB, "
                  f"**{_fmt(s['per_stream_kb'])} KB per open stream**; {_fmt(s['rss_after_release_mb'])} MB after "
                  f"they closed; CPU while they trickled: {s['cpu_share_while_held']:.2f} of a core")
+    fs = mem.get("forwarder_streams")
+    if fs:
+        L.append(f"- the bare forwarder, the same way: RSS {_fmt(fs['rss_before_mb'])} → {_fmt(fs['rss_open_mb'])} MB, "
+                 f"{_fmt(fs['per_stream_kb'])} KB per open stream")
     g = mem.get("growth")
     if g:
         pts = ", ".join(f"{x['requests']:,}: {x['rss_mb']:.1f}" for x in g["samples"][:: max(1, len(g['samples']) // 10)])

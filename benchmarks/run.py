@@ -302,7 +302,9 @@ class Bench:
         return names
 
     def held_streams(self, target: str, pid: int, url: str) -> dict[str, Any]:
-        """RSS growth while N slow streams are held open, after the same warm-up each time."""
+        """RSS growth while N slow streams are held open, after the same warm-up each time.
+        The streams are opened one after the other (loadgen.py), so that the growth is what
+        they hold, not a peak of requests being parsed together."""
         assert self.lg is not None
         n = self.plan.streams_held
         # Exercise the ordinary paths first so that the baseline includes their one-off costs.
@@ -330,6 +332,7 @@ class Bench:
     def memory_per_stream(self) -> None:
         print(f"memory per open stream ({self.plan.streams_held} slow streams)", flush=True)
         self.results["memory"]["streams"] = self.held_streams("nonstop", self.main.pid, self.main.url)
+        self.results["memory"]["forwarder_streams"] = self.held_streams("forwarder", self.fwd.pid, self.fwd.url)
 
     def latency_sweep(self, names: list[str]) -> None:
         out = []

@@ -83,8 +83,10 @@ class Pipeline:
 
         def measure() -> tuple[int, int]:
             # The size a local model sees, and the smallest the fitting tiers can make it.
-            local = to_local_request(req, model="", max_tokens=1)
-            floor = fit_floor(local, estimate_tokens, drop_turns=True, deferred=deferred_tool_names(req))
+            # It reads ex.req when called, not the request as it was: the facts live as long
+            # as the exchange, and must not keep a parsed request its door has let go.
+            local = to_local_request(ex.req, model="", max_tokens=1)
+            floor = fit_floor(local, estimate_tokens, drop_turns=True, deferred=deferred_tool_names(ex.req))
             return estimate_tokens(local), floor
 
         return facts_from_request(req, headers, body_len=len(ex.cloud_body or ex.body), measure=measure,

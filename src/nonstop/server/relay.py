@@ -81,7 +81,6 @@ class Relay:
         row.reason = outcome.reason if (reply is None or reply.backend != "cloud") else ""
         if outcome.plan is not None:
             row.workload = outcome.plan.workload.value
-            row.route = outcome.plan.as_dict()
         t_head = time.perf_counter()
         route = route_header(outcome.route())
         try:
@@ -110,6 +109,8 @@ class Relay:
                 if note:
                     row.error = (row.error + "; " if row.error else "") + note
         finally:
+            if outcome.plan is not None:  # made at the end: a stream does not hold it while it relays
+                row.route = outcome.plan.as_dict()
             row.total_ms = (time.perf_counter() - ctx.t0) * 1000
             self.request_log.record(row)
 
