@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 # Smallest room left for output before a request counts as too long for a window.
+# Fittings tried, each with the scale the server's count of the last one gave.
+REFITS = 4
 MIN_OUTPUT_ROOM = 256
 # How long to wait for a local stream's head before committing and sending pings.
 COMMIT_AFTER = 3.0
@@ -188,25 +191,36 @@ class LocalBackend:
 
     async def _fit(self, local_req: dict, tokens: int, window: int, original: dict) -> Fitted | None:
         """The request fitted to the window, tier by tier, or None when even the
-        strongest fitting leaves it too long (the client is then told, and compacts)."""
+        strongest fitting leaves it too long (the client is then told, and compacts).
+
+        The tiers are sized by nonstop's estimate, scaled to the server's own count. One
+        scale does not hold for every part of a request: a chat template that leaves the
+        tools out counts them as nothing, so cutting tools moves the estimate and not the
+        server's count. When the server counts a fitted request over the window, the scale
+        is taken again from that request, and the fitting goes deeper."""
         estimate = estimate_tokens(local_req)
         ratio = tokens / estimate if estimate else 1.0
-
-        def count(r: dict) -> int:
-            return int(estimate_tokens(r) * ratio)
-
-        budget = window - self.output_room(window)
-        fitted = fit_request(dict(local_req), budget, count, drop_turns=True, deferred=deferred_tool_names(original))
-        if not fitted.fits:
-            return None
-        request = dict(fitted.request)
-        if self._server_counts:  # the server's own count of what it will get
-            with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+        room = self.output_room(window)
+        budget = window - room
+        deferred = deferred_tool_names(original)
+        for _ in range(REFITS):
+            fitted = fit_request(dict(local_req), budget, partial(_scaled, ratio), drop_turns=True, deferred=deferred)
+            if not fitted.fits:
+                return None
+            request = dict(fitted.request)
+            if not self._server_counts:
+                return Fitted(request, fitted.tokens, True, fitted.tiers)
+            try:  # the server's own count of what it will get
                 counted = await self.count_tokens(request)
-                if counted > window - MIN_OUTPUT_ROOM:
-                    return None
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return Fitted(request, fitted.tokens, True, fitted.tiers)
+            if counted <= window - min(MIN_OUTPUT_ROOM, room):
                 return Fitted(request, counted, True, fitted.tiers)
-        return Fitted(request, fitted.tokens, True, fitted.tiers)
+            estimate = estimate_tokens(request)
+            if not estimate or counted / estimate <= ratio:
+                return None  # the scale cannot explain it: fitting further would not help
+            ratio = counted / estimate
+        return None
 
     # --- health -----------------------------------------------------------------------------
 
@@ -381,6 +395,10 @@ class LocalBackend:
             self.state.succeeded(prompt_tokens=call.tokens, first_token_s=usage.first_content - call.sent,
                                  output_tokens=usage.output_tokens, generate_s=usage.ended - usage.first_content,
                                  was_idle=was_idle)
+
+
+def _scaled(ratio: float, req: dict) -> int:
+    return int(estimate_tokens(req) * ratio)
 
 
 def _describe_exc(exc: BaseException, base: str) -> str:
