@@ -21,24 +21,15 @@ from typing import Any
 from nonstop.backends.discovery import DiscoveredServer, describe, to_backend_config
 from nonstop.config import (
     DEFAULT_LISTEN,
-    CloudConfig,
+    SECTION_TYPES,
     Config,
     ConfigError,
     DiscoveryConfig,
-    EmbeddedConfig,
-    EvalConfig,
-    HooksConfig,
     LocalBackendConfig,
-    LogConfig,
-    RecoveryConfig,
-    RoutingConfig,
-    ShadowConfig,
-    SharedConfig,
     default_config_path,
     default_state_dir,
     parse_config,
 )
-from nonstop.config.model import WarmupConfig
 
 # --- what each key means (shown above the key in the file) ---------------------------------
 
@@ -203,20 +194,6 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
 
 # Per-class tables under [routing]: not keys of RoutingConfig itself.
 _NOT_KEYS = {"routing": {"classes"}}
-
-SECTION_TYPES: dict[str, type] = {
-    "cloud": CloudConfig,
-    "discovery": DiscoveryConfig,
-    "embedded": EmbeddedConfig,
-    "log": LogConfig,
-    "hooks": HooksConfig,
-    "recovery": RecoveryConfig,
-    "eval": EvalConfig,
-    "shadow": ShadowConfig,
-    "shared": SharedConfig,
-    "routing": RoutingConfig,
-    "warmup": WarmupConfig,
-}
 
 
 # --- the command ----------------------------------------------------------------------------

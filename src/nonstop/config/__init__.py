@@ -2,7 +2,7 @@
 
 `model` holds what the configuration is (frozen dataclasses with their defaults);
 `parse` reads and validates a TOML file into it, naming the key and the fix for every
-problem.
+problem; `sections` names the TOML tables and the dataclass each fills.
 """
 
 from nonstop.config.model import (
@@ -33,11 +33,13 @@ from nonstop.config.model import (
     split_listen,
 )
 from nonstop.config.parse import load_config, parse_config
+from nonstop.config.sections import SECTION_TYPES
 
 __all__ = [
     "DEFAULT_CLOUD_URL",
     "DEFAULT_DISCOVERY_PORTS",
     "DEFAULT_LISTEN",
+    "SECTION_TYPES",
     "WORKLOAD_CLASSES",
     "ClassRoutingConfig",
     "CloudConfig",

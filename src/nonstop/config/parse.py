@@ -15,41 +15,21 @@ from urllib.parse import urlsplit
 from nonstop.config.model import (
     WORKLOAD_CLASSES,
     ClassRoutingConfig,
-    CloudConfig,
     Config,
     ConfigError,
-    DiscoveryConfig,
-    EmbeddedConfig,
-    EvalConfig,
-    HooksConfig,
     LocalBackendConfig,
-    LogConfig,
-    RecoveryConfig,
     RouteConfig,
     RoutingConfig,
     ShadowConfig,
-    SharedConfig,
     UserConfig,
     WarmupConfig,
     check_exposure,
     default_config_path,
     split_listen,
 )
+from nonstop.config.sections import SECTION_TYPES
 
 # --- parsing -----------------------------------------------------------------------------
-
-_SECTION_TYPES: dict[str, type] = {
-    "cloud": CloudConfig,
-    "log": LogConfig,
-    "hooks": HooksConfig,
-    "discovery": DiscoveryConfig,
-    "embedded": EmbeddedConfig,
-    "recovery": RecoveryConfig,
-    "eval": EvalConfig,
-    "shadow": ShadowConfig,
-    "shared": SharedConfig,
-    "warmup": WarmupConfig,
-}
 
 
 def _check_type(key: str, value: Any, default: Any, problems: list[str]) -> Any:
@@ -292,17 +272,17 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     raw_routes: Any = None
     raw_routing: Any = None
     for key, value in data.items():
-        if key in _SECTION_TYPES:
+        if key == "routing":
+            raw_routing = value
+        elif key in SECTION_TYPES:
             if not isinstance(value, dict):
                 problems.append(f"{key}: expected a [{key}] table")
                 continue
-            kwargs[key] = _build(_SECTION_TYPES[key], value, f"{key}.", problems)
+            kwargs[key] = _build(SECTION_TYPES[key], value, f"{key}.", problems)
         elif key == "local":
             kwargs["local"] = _parse_local(value, problems)
         elif key == "routes":
             raw_routes = value
-        elif key == "routing":
-            raw_routing = value
         elif key == "users":
             kwargs["users"] = _parse_users(value, problems)
         elif key == "accounts":
