@@ -130,34 +130,33 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", help="config file (default: $XDG_CONFIG_HOME/nonstop/config.toml)")
 
-    s = sub.add_parser("serve", help="run the gateway")
-    common(s)
+    def command(name: str, help: str, func: Callable[..., int] | None) -> argparse.ArgumentParser:
+        """A subcommand with the shared --config option, run by `func`."""
+        sp = sub.add_parser(name, help=help)
+        common(sp)
+        sp.set_defaults(func=func)
+        return sp
+
+    s = command("serve", "run the gateway", cmd_serve)
     s.add_argument("--host")
     s.add_argument("--port", type=int)
-    s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("status", help="cloud state, quota, local backends, today's totals")
-    common(s)
+    s = command("status", "cloud state, quota, local backends, today's totals", cmd_status)
     s.add_argument("--json", action="store_true")
     s.add_argument("--fleet", action="store_true", help="every instance sharing state through Redis, and each account's state")
-    s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("logs", help="recent requests from the request log")
-    common(s)
+    s = command("logs", "recent requests from the request log", cmd_logs)
     s.add_argument("--json", action="store_true")
     s.add_argument("-f", "--follow", action="store_true")
     s.add_argument("-n", "--limit", type=int, default=20)
     s.add_argument("--backend", help="cloud, local, or a backend name")
     s.add_argument("--outcome", help="ok, error, incomplete, client_gone")
     s.add_argument("--model", help="model name or glob")
-    s.set_defaults(func=cmd_logs)
 
-    s = sub.add_parser("statusline", help="one line for Claude Code's statusLine setting")
-    common(s)
+    s = command("statusline", "one line for Claude Code's statusLine setting", cmd_statusline)
     s.add_argument("--url", help="nonstop's address (default: from the config)")
     s.add_argument("--install", action="store_true", help="add it to Claude Code's settings (keeps a backup)")
     s.add_argument("--uninstall", action="store_true", help="remove it, restoring the previous status line")
-    s.set_defaults(func=cmd_statusline)
 
     s = sub.add_parser("config", help="configuration tools")
     csub = s.add_subparsers(dest="config_command")
@@ -166,28 +165,21 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.set_defaults(func=cmd_config_check)
 
-    s = sub.add_parser("init", help="write a commented config, prefilled with what is found")
-    common(s)
+    s = command("init", "write a commented config, prefilled with what is found", cmd_init)
     s.add_argument("--force", action="store_true", help="overwrite an existing file")
     s.add_argument("--no-discover", action="store_true", help="do not probe for local servers")
-    s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("doctor", help="check the set-up and say what to fix")
-    common(s)
+    s = command("doctor", "check the set-up and say what to fix", cmd_doctor)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("explain", help="the plan for a saved request: which backends, in what order, and why")
-    common(s)
+    s = command("explain", "the plan for a saved request: which backends, in what order, and why", cmd_explain)
     s.add_argument("request", help="a Messages request body as JSON (a file, or - for standard input)")
     s.add_argument("-H", "--header", action="append", metavar="NAME:VALUE",
                    help="a request header the plan reads (e.g. x-claude-code-request-class: subagent)")
     s.add_argument("--offline", action="store_true", help="plan against the config and the state on disk, not the running instance")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_explain)
 
-    s = sub.add_parser("eval", help="score each local model on Claude Code-shaped tasks (tools, loops, format, speed)")
-    common(s)
+    s = command("eval", "score each local model on Claude Code-shaped tasks (tools, loops, format, speed)", cmd_eval)
     s.add_argument("--backend", help="evaluate only this local backend")
     s.add_argument("--model", help="with --backend: evaluate another model the same server has")
     s.add_argument("--quick", action="store_true", help="fewer tasks, no long-context task (a minute or two)")
@@ -197,17 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true", help="do not ask before spending cloud quota")
     s.add_argument("--history", action="store_true", help="list the stored runs instead, newest first")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("models", help="each local backend's model: family, size, quantisation, contexts, tools, score")
-    common(s)
+    s = command("models", "each local backend's model: family, size, quantisation, contexts, tools, score", cmd_models)
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_models)
 
-    s = sub.add_parser("claude", help="run Claude Code through nonstop (starts nonstop if needed)")
-    common(s)
+    s = command("claude", "run Claude Code through nonstop (starts nonstop if needed)", None)
     s.add_argument("--install-statusline", action="store_true", help="add nonstop's status line to Claude Code's settings")
-    s.set_defaults(func=None)
     return p
 
 
