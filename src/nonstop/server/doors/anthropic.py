@@ -10,16 +10,7 @@ import orjson
 from nonstop.backends.base import Reply
 from nonstop.backends.cloud import forward_headers
 from nonstop.routing.plan import CLOUD
-from nonstop.server.asgi import (
-    BodyTooLarge,
-    ClientGone,
-    Receive,
-    Scope,
-    Send,
-    read_body,
-    send_bytes,
-    send_json,
-)
+from nonstop.server.asgi import Receive, Scope, Send, send_bytes, send_json
 from nonstop.server.doors.base import Door
 from nonstop.server.pipeline import Outcome, RequestContext
 from nonstop.server.recovery import recovering
@@ -133,12 +124,8 @@ class AnthropicDoor(Door):
 
     async def passthrough(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Anything nonstop does not know goes to the cloud unchanged."""
-        try:
-            body = await read_body(scope, receive, self.cfg.max_body_bytes)
-        except BodyTooLarge as exc:
-            await send_bytes(send, 413, anthropic_error(413, f"request body is larger than the {exc.limit} byte limit", "request_too_large"))
-            return
-        except ClientGone:
+        body = await self.read(scope, receive, send, WRITER)
+        if body is None:
             return
         ctx = self.context(scope, body, {}, scope["path"][:200])
         res = await self.rt.cloud.request(scope["method"], ctx.ex.raw_path, ctx.ex.query, forward_headers(ctx.ex.headers), body)

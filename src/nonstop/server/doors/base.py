@@ -55,15 +55,22 @@ class Door:
         )
         return RequestContext(ex, row, time.perf_counter())
 
-    async def read_json(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> tuple[bytes, Any] | None:
-        """The body and its JSON, or None after answering the problem in the client's protocol."""
+    async def read(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> bytes | None:
+        """The body, or None after answering a body over the limit in the client's protocol
+        (or when the client left before sending it all)."""
         try:
-            body = await read_body(scope, receive, self.cfg.max_body_bytes)
+            return await read_body(scope, receive, self.cfg.max_body_bytes)
         except BodyTooLarge as exc:
             await writer.error(send, 413, f"request body is larger than the {exc.limit} byte limit (max_body_bytes)",
                                "request_too_large")
-            return None
         except ClientGone:
+            pass
+        return None
+
+    async def read_json(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> tuple[bytes, Any] | None:
+        """The body and its JSON, or None after answering the problem in the client's protocol."""
+        body = await self.read(scope, receive, send, writer)
+        if body is None:
             return None
         try:
             return body, orjson.loads(body)
