@@ -45,6 +45,7 @@ from nonstop.wire.claude_prompt import (
     drop_examples,
     drop_reminders,
     env_elements,
+    environment_essentials,
     first_paragraph,
     is_pinned,
     sections,
@@ -229,8 +230,10 @@ def _slim_text(text: str) -> str:
     preamble, *rest = sections(text)
     kept = [preamble if len(preamble) <= SHORT_SECTION or is_pinned(preamble) else first_paragraph(preamble)]
     for section in rest:
-        if len(section) <= SHORT_SECTION or is_pinned(section, env_element=False):
+        if len(section) <= SHORT_SECTION:
             kept.append(section)
+        elif is_pinned(section, env_element=False):
+            kept.append(environment_essentials(section, SHORT_SECTION))
         else:
             kept.extend(env + "\n" for env in env_elements(section))
     return "".join(kept)

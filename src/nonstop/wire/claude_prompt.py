@@ -49,6 +49,16 @@ def is_pinned(text: str, *, env_element: bool = True) -> bool:
     return "Contents of " in text and _QUOTED_FILE.search(text) is not None
 
 
+def environment_essentials(section: str, cap: int) -> str:
+    """A pinned environment section with only its working-directory paragraph and its
+    paragraphs of at most `cap` characters: Claude Code 2.1 also lists its agent types
+    and skills there, which a small window cannot hold. A section that quotes the user's
+    instructions is returned whole."""
+    if "orking directory:" not in section or "Contents of " in section or "claudeMd" in section:
+        return section
+    return "\n\n".join(p for p in section.split("\n\n") if len(p) <= cap or "orking directory:" in p)
+
+
 def drop_attribution(text: str) -> str:
     """`text` without its attribution line, whose fields (cch, cc_version's suffix,
     cc_prompt_id ...) change from request to request."""

@@ -252,6 +252,27 @@ def test_an_env_element_survives_in_a_long_section() -> None:
     assert env in system and "Some long words" not in system
 
 
+def test_a_long_environment_section_keeps_its_working_directory_and_short_paragraphs() -> None:
+    # Claude Code 2.1's default model gets the agent types and the skills list inside the
+    # section that holds the working directory.
+    req = session(1)
+    env = "# Environment\nYou have been invoked in the following environment:\n - Primary working directory: /work/proj\n - Platform: linux"
+    agents = "Available agent types:\n" + "- general-purpose: does many things well. " * 40
+    req["system"][1]["text"] += "\n" + env + "\n\n" + agents + "\n\nShort closing note.\n"
+    out = stopping_at(req, "system")[1].request
+    system = "".join(b["text"] for b in out["system"])
+    assert env in system and "Short closing note." in system
+    assert "general-purpose" not in system
+
+
+def test_a_long_section_quoting_the_users_instructions_stays_whole() -> None:
+    req = session(1)
+    section = "# claudeMd\nContents of /work/proj/CLAUDE.md:\n\n" + "Rule the user wrote. " * 60 + "\n"
+    req["system"][1]["text"] += "\n" + section
+    out = stopping_at(req, "system")[1].request
+    assert section in "".join(b["text"] for b in out["system"])
+
+
 def test_reminders_in_tool_results_go_too() -> None:
     req = session(2)
     req["messages"][2]["content"][0]["content"] += "\n<system-reminder>\n" + "Consider malware. " * 30 + "</system-reminder>"
