@@ -119,7 +119,8 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "server_path": "llama-server to run; empty: the one the `embedded` extra installed, "
                        "else one on PATH.",
         "model_path": "GGUF model to serve; empty: the bundled SmolLM2-135M.",
-        "context_window": "Window per request slot, in tokens.",
+        "context_window": "Window per request slot, in tokens. Small by default: requests "
+                          "are fitted to it, and a small model reads a short prompt fast.",
         "max_output_tokens": "Cap on each answer's length; must be below context_window.",
         "threads": "CPU threads for llama-server (1 is steadiest on a small machine).",
         "parallel": "Requests served at once; each gets its own context_window.",

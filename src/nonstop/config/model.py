@@ -132,8 +132,16 @@ class EmbeddedConfig:
     mode: Literal["auto", "always", "never"] = "auto"
     server_path: str = ""
     model_path: str = ""
-    context_window: int = 8192
-    max_output_tokens: int = 1024
+    # Small on purpose: Claude Code's first request is fitted down to about 600 tokens in a
+    # 4k window (the system tier keeps the environment and the user's instructions), which
+    # the bundled model reads in seconds on one thread; an 8k window took the request
+    # as sent (4.2k tokens), over a minute before the first word on 2 cores.
+    context_window: int = 4096
+    # A 135M model writes about 30 tokens a second on one CPU thread, and has little to
+    # say: a short cap bounds the answer's time (nonstop reports the cut as end of turn).
+    max_output_tokens: int = 128
+    # Measured on 2 cores with other work running: two threads ran at times ten times
+    # slower than one, waiting on each other for a core.
     threads: int = 1
     parallel: int = 2
     extra_args: tuple[str, ...] = ()
