@@ -19,8 +19,10 @@ builds for a given size once the window is known.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 # Bumped when tasks change, so scores from different suites are not compared as equals.
@@ -57,86 +59,9 @@ Is directory a git repo: Yes
 Platform: linux
 </env>"""
 
-_SCHEMA = "http://json-schema.org/draft-07/schema#"
-
-
-def _tool(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"name": name, "description": description, "input_schema": {
-        "type": "object", "properties": properties, "required": required,
-        "additionalProperties": False, "$schema": _SCHEMA,
-    }}
-
-
-TOOLS: list[dict[str, Any]] = [
-    _tool("Read", (
-        "Reads a file from the local filesystem.\n\nUsage:\n"
-        "- The file_path parameter must be an absolute path, not a relative path\n"
-        "- By default, it reads up to 2000 lines starting from the beginning of the file\n"
-        "- You can optionally specify a line offset and limit (handy for long files)\n"
-        "- Results are returned in cat -n format, with line numbers starting at 1"), {
-        "file_path": {"type": "string", "description": "The absolute path to the file to read"},
-        "offset": {"type": "number", "description": "The line number to start reading from. Only provide if the file is too large to read at once"},
-        "limit": {"type": "number", "description": "The number of lines to read. Only provide if the file is too large to read at once."},
-    }, ["file_path"]),
-    _tool("Edit", (
-        "Performs exact string replacements in files.\n\nUsage:\n"
-        "- You must use the Read tool at least once in the conversation before editing.\n"
-        "- Preserve the exact indentation as it appears after the line number prefix of Read's output.\n"
-        "- The edit fails if old_string is not unique in the file: give more surrounding context, "
-        "or set replace_all to change every instance."), {
-        "file_path": {"type": "string", "description": "The absolute path to the file to modify"},
-        "old_string": {"type": "string", "description": "The text to replace"},
-        "new_string": {"type": "string", "description": "The text to replace it with (must be different from old_string)"},
-        "replace_all": {"type": "boolean", "default": False, "description": "Replace all occurrences of old_string (default false)"},
-    }, ["file_path", "old_string", "new_string"]),
-    _tool("Write", (
-        "Writes a file to the local filesystem.\n\nUsage:\n"
-        "- This tool will overwrite the existing file if there is one at the provided path.\n"
-        "- If this is an existing file, you must use the Read tool first.\n"
-        "- Prefer editing existing files; never write new files unless explicitly required."), {
-        "file_path": {"type": "string", "description": "The absolute path to the file to write (must be absolute, not relative)"},
-        "content": {"type": "string", "description": "The content to write to the file"},
-    }, ["file_path", "content"]),
-    _tool("Bash", (
-        "Executes a given bash command in a persistent shell session with optional timeout.\n\n"
-        "- Use it for terminal operations like git, pytest, npm and docker.\n"
-        "- Do not use it for reading, writing, editing, searching or finding files: use the "
-        "dedicated tools for those."), {
-        "command": {"type": "string", "description": "The command to execute"},
-        "timeout": {"type": "number", "description": "Optional timeout in milliseconds (max 600000)"},
-        "description": {"type": "string", "description": "Clear, concise description of what this command does in 5-10 words"},
-        "run_in_background": {"type": "boolean", "description": "Set to true to run this command in the background"},
-    }, ["command"]),
-    _tool("Grep", (
-        "A powerful search tool built on ripgrep.\n\nUsage:\n"
-        "- Always use Grep for search tasks. Never invoke grep or rg as a Bash command.\n"
-        "- Supports full regex syntax (e.g. \"log.*Error\", \"def\\\\s+\\\\w+\")\n"
-        "- Filter files with the glob parameter (e.g. \"*.py\") or the type parameter (e.g. \"py\")\n"
-        "- Output modes: \"content\" shows matching lines, \"files_with_matches\" only file paths "
-        "(default), \"count\" match counts"), {
-        "pattern": {"type": "string", "description": "The regular expression pattern to search for in file contents"},
-        "path": {"type": "string", "description": "File or directory to search in. Defaults to the current working directory."},
-        "glob": {"type": "string", "description": "Glob pattern to filter files (e.g. \"*.js\", \"*.{ts,tsx}\")"},
-        "output_mode": {"type": "string", "enum": ["content", "files_with_matches", "count"],
-                        "description": "Output mode; defaults to \"files_with_matches\""},
-        "-i": {"type": "boolean", "description": "Case insensitive search"},
-        "-n": {"type": "boolean", "description": "Show line numbers in output (content mode only)"},
-        "-A": {"type": "number", "description": "Number of lines to show after each match"},
-        "-B": {"type": "number", "description": "Number of lines to show before each match"},
-        "-C": {"type": "number", "description": "Number of lines to show before and after each match"},
-        "type": {"type": "string", "description": "File type to search (e.g. py, js, rust)"},
-        "head_limit": {"type": "number", "description": "Limit output to the first N lines or entries"},
-        "multiline": {"type": "boolean", "description": "Enable multiline mode where . matches newlines"},
-    }, ["pattern"]),
-    _tool("Glob", (
-        "- Fast file pattern matching tool that works with any codebase size\n"
-        "- Supports glob patterns like \"**/*.js\" or \"src/**/*.ts\"\n"
-        "- Returns matching file paths sorted by modification time\n"
-        "- Use this tool when you need to find files by name patterns"), {
-        "pattern": {"type": "string", "description": "The glob pattern to match files against"},
-        "path": {"type": "string", "description": "The directory to search in. Defaults to the current working directory."},
-    }, ["pattern"]),
-]
+# The tool definitions as Claude Code sends them: data, kept in a JSON file beside this module.
+TOOLS: list[dict[str, Any]] = json.loads(
+    resources.files("nonstop.quality").joinpath("claude_code_tools.json").read_text(encoding="utf-8"))
 TOOL_SCHEMAS = {t["name"]: t["input_schema"] for t in TOOLS}
 
 
