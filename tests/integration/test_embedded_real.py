@@ -69,7 +69,7 @@ async def test_embedded_serves_survives_kill_and_stops_clean(tmp_path: Path) -> 
         print(f"embedded llama-server ready in {startup:.2f}s")
         assert backend.name == "embedded" and backend.api == "anthropic"
         assert backend.model == "SmolLM2-135M-Instruct.Q4_1"
-        assert (backend.context_window, backend.max_output_tokens) == (4096, 128)
+        assert (backend.context_window, backend.max_output_tokens) == (4096, 64)
         assert server.healthy and server.pid is not None
         pids.append(server.pid)
 

@@ -139,7 +139,8 @@ class EmbeddedConfig:
     context_window: int = 4096
     # A 135M model writes about 30 tokens a second on one CPU thread, and has little to
     # say: a short cap bounds the answer's time (nonstop reports the cut as end of turn).
-    max_output_tokens: int = 128
+    # 64 still holds a tool call; 128 put a cold first answer at 14-15 s on 2 cores.
+    max_output_tokens: int = 64
     # Measured on 2 cores with other work running: two threads ran at times ten times
     # slower than one, waiting on each other for a core.
     threads: int = 1
