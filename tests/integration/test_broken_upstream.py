@@ -72,6 +72,22 @@ def test_a_hung_cloud_is_answered_locally_within_15_s_with_the_defaults(cloud, r
     assert learned and min(learned.values()) == pytest.approx(10.0), learned  # the default floor
 
 
+def test_a_json_body_that_stalls_after_its_head_is_answered_locally_within_the_deadline(cloud, recorder_proc,
+                                                                                       nonstop_factory):
+    # The head arrives at once; half the body follows, then nothing (the connection stays
+    # open for a minute, and idle_timeout is 120 s).
+    ns = gateway(nonstop_factory, cloud, recorder_proc)
+    warm(ns, stream=False)
+    procs.set_mode(cloud, "json_stall_body", hang_for=60)
+    started = time.monotonic()
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=MESSAGE, headers=HEADERS, timeout=60)
+    took = time.monotonic() - started
+    assert r.status == 200 and r.headers["x-nonstop-backend"] == "rec", r.body[:300]
+    assert "timeout" in r.headers["x-nonstop-failover"]
+    assert took < 15, f"the stalled body held the request for {took:.1f} s"
+    assert json.loads(r.body)["type"] == "message"
+
+
 def test_a_slow_but_working_cloud_is_not_abandoned(cloud, recorder_proc, nonstop_factory):
     """Large requests take ~1.5 s to their first byte on this cloud; small ones are fast.
     Scaled down from the real case (a long context taking 20 s): the learned deadline

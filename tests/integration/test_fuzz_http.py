@@ -381,7 +381,7 @@ def test_slow_or_unfinished_requests(stack, path, cut, in_head, trickle):
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("mode", ["non_json_error", "wrong_content_type", "endless_headers", "stall_after_content",
                                   "malformed_chunk", "truncate", "tool_then_reset", "reset", "hang_after_head",
-                                  "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
+                                  "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message", "json_stall_body",
                                   "midstream_overloaded", "error_after_content", "late_first_byte"])
 def test_hostile_upstream(stack, mode, stream, door):
     """Whatever the cloud does, the client gets a complete answer or a well-formed error

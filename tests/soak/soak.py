@@ -68,7 +68,7 @@ DEADLINE_BOUND = CLOUD_SETTINGS["connect_timeout"] + CLOUD_SETTINGS["first_byte_
 FAULT_PARAMS = {"hang_for": 8, "late_by": 2.5, "reset_in": 1, "retry_after": 1, "api_key_retry_after": 1, "regain_in": 1,
                 "no_log": True}
 # The faults the reliability work added to the mix: each must be injected in a run.
-NEW_FAULTS = ("json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
+NEW_FAULTS = ("json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message", "json_stall_body",
               "midstream_overloaded", "error_after_content", "late_first_byte")
 MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-5-5")
 # Share of requests sent to a real llama-server when --llama is given (it is slow: keep it small).

@@ -34,6 +34,8 @@ MODES = [
     # Non-streaming replies that are not whole: a 200 whose body is cut, empty, garbled or
     # not a message (a streamed request in these modes gets the plain stream).
     "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
+    # ... or whose body stops half-way and hangs for `hang_for` seconds (the connection open).
+    "json_stall_body",
     # A good answer whose first byte comes `late_by` seconds late (3 unless told).
     "late_first_byte",
 ]
@@ -44,7 +46,7 @@ RANDOM_POOL = [m for m in MODES[: MODES.index("random")] if m != "hang"] + ["ok"
 # each one ends on its own within `hang_for` (or `late_by`) seconds.
 RANDOM_EXTRA = ("tool_then_reset", "tool_then_error", "wrong_content_type", "stall_after_content",
                 "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
-                "late_first_byte")
+                "json_stall_body", "late_first_byte")
 
 
 def _rid() -> str:
@@ -319,16 +321,17 @@ class FakeCloud:
 
     async def _broken_json(self, request: web.Request, mode: str, message: dict, headers: dict[str, str]) -> web.Response:
         """A 200 that is not a whole message: the head promises a body that is cut before
-        its first byte or half-way, or the body is empty, garbled or another document."""
+        its first byte or half-way, or stalls half-way, or the body is empty, garbled or
+        another document."""
         body = json.dumps(message).encode()
-        if mode in ("json_cut_empty", "json_cut_half"):
+        if mode in ("json_cut_empty", "json_cut_half", "json_stall_body"):
             transport = request.transport
             assert transport is not None
             head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
             transport.write(f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n{head}\r\n".encode())
-            if mode == "json_cut_half":
+            if mode != "json_cut_empty":
                 transport.write(body[: len(body) // 2])
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(float(self.params.get("hang_for", 3600)) if mode == "json_stall_body" else 0.05)
             transport.abort()
             return web.Response(status=500)
         data = {"json_empty": b"", "json_garbled": b'{"id": "msg_1", "type": "message", "content": [{"ty',

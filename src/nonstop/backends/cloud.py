@@ -204,8 +204,12 @@ class CloudBackend:
                     usage = Usage()
                     return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, b"", usage),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
-            if expect and resp.status == 200:
-                self.deadlines.record(len(body), time.perf_counter() - sent)
+                if expect:
+                    if resp.status == 200:
+                        self.deadlines.record(len(body), time.perf_counter() - sent)
+                    # The cloud writes an answer whole, its body right behind its head: a
+                    # body that stalls is a hung cloud, bound by the same deadline.
+                    return await self._whole(resp, expect, verdict)
             return await self._whole(resp, expect, verdict)
         except TimeoutError:
             if resp is not None:
@@ -228,8 +232,9 @@ class CloudBackend:
                      Usage(error=verdict.describe() if verdict else ""), verdict=verdict)
 
     async def _whole(self, resp: aiohttp.ClientResponse, expect: str, verdict: Verdict | None) -> Reply | Verdict:
-        """A reply read whole (bounded by MAX_WHOLE_BODY and the idle timeout) before its
-        head goes to the client."""
+        """A reply read whole before its head goes to the client: bounded by MAX_WHOLE_BODY,
+        and by the first-byte deadline for an answer (`expect`), the idle timeout for
+        anything else."""
         try:
             data = await _read_limited(resp, MAX_WHOLE_BODY + 1)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
