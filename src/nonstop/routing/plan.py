@@ -273,6 +273,11 @@ def plan(facts: RequestFacts, view: RoutingView, policy: Policy, tried: Mapping[
     cloud = cloud_rule(facts, view.cloud, cp)
     local, skipped = local_rule(facts, view, cp, policy)
     steps: list[Step] = []
+    # A loop goes back to the model that started it whatever else decides the order: the
+    # cloud being out, a class that uses local models first, conserving quota.
+    looped = loop_rule(facts, local, view) if policy.finish_local_loops else None
+    if looped is not None:
+        local = looped
     if isinstance(cloud, Skip):
         skipped.insert(0, cloud)
         steps = local
@@ -280,7 +285,7 @@ def plan(facts: RequestFacts, view: RoutingView, policy: Policy, tried: Mapping[
         steps = local + [_why(cloud, "class", f"{facts.workload.value} work uses local models first")]
     elif view.cloud.conserving and facts.workload in policy.conserve and local:
         steps = local + [_why(cloud, "conserve", _conserve_reason(view.cloud))]
-    elif policy.finish_local_loops and (looped := loop_rule(facts, local, view)) is not None:
+    elif looped is not None:
         steps = looped + [cloud]
     else:
         steps = [cloud] + local

@@ -149,6 +149,20 @@ def test_local_tool_loop_finishes_on_the_backend_that_started_it() -> None:
     assert p.steps[-1].strip_thinking
 
 
+@pytest.mark.parametrize("cloud", [OUT, PROBING], ids=["out", "probing"])
+def test_local_tool_loop_goes_back_to_its_backend_while_the_cloud_is_out(cloud: CloudView) -> None:
+    p = plan(facts(local_loop="small"), RoutingView(NOW, cloud, (BIG, SMALL)), POLICY)
+    assert targets(p) == ["small", "big"]
+    assert p.steps[0].rule == "loop"
+
+
+def test_local_tool_loop_goes_back_to_its_backend_when_conserving() -> None:
+    policy = Policy(order=("big", "small"), conserve=frozenset({Workload.SUBAGENT}))
+    p = plan(facts(workload=Workload.SUBAGENT, local_loop="small"), RoutingView(NOW, CONSERVING, (BIG, SMALL)), policy)
+    assert targets(p) == ["small", "big", "cloud"]
+    assert p.steps[0].rule == "loop" and p.steps[-1].rule == "conserve"
+
+
 def test_local_tool_loop_moves_on_when_its_backend_is_gone() -> None:
     p = plan(facts(local_loop="gone00"), RoutingView(NOW, SERVING, (BIG,)), POLICY)
     assert targets(p) == ["big", "cloud"]
