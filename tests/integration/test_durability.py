@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from nonstop.server import runtime
 from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
 from tests.support.waiting import wait_for
@@ -107,6 +108,21 @@ def test_kill_9_mid_load_keeps_quota_state_and_request_log(cloud, recorder_proc,
     ns.stop()
     rows, integrity, _ = db_facts(state)
     assert integrity == "ok" and rows >= confirmed
+
+
+def test_learned_first_byte_deadlines_survive_kill_9(cloud, recorder_proc, nonstop_factory, tmp_path):
+    state = tmp_path / "state"
+    cfg = config(cloud.url, recorder_proc.url)
+    ns = nonstop_factory(cfg, state_dir=state)
+    for _ in range(6):
+        assert rawhttp.request("POST", ns.url + "/v1/messages", MESSAGE, HEADERS)[1]["x-nonstop-backend"] == "cloud"
+    learned = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]["first_byte_deadlines"]
+    assert learned
+    time.sleep(runtime.DEADLINES_SAVE_EVERY + 1.5)  # saved while they change, then written by the log's writer
+    ns.stop(signal.SIGKILL)
+    ns = nonstop_factory(cfg, state_dir=state)
+    again = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])["cloud"]["first_byte_deadlines"]
+    assert again == learned
 
 
 def _refused(ns: procs.Proc, served: list[int]) -> bool:

@@ -41,11 +41,13 @@ class FirstByteDeadlines:
     ceiling: float = 60.0
     multiplier: float = 4.0
     samples: dict[int, deque[float]] = field(default_factory=dict)
+    recorded: int = 0  # samples taken so far: a saved snapshot is current while it stays
 
     def record(self, size: int, seconds: float) -> None:
         if seconds < 0 or not math.isfinite(seconds):
             return
         self.samples.setdefault(bucket_of(size), deque(maxlen=SAMPLES)).append(seconds)
+        self.recorded += 1
 
     def usual(self, size: int) -> float | None:
         """The 90th percentile time to first byte for a request of this size, or None."""

@@ -43,6 +43,8 @@ from nonstop.store.db import Store
 log = logging.getLogger("nonstop")
 HEALTH_EVERY = 15.0
 IDENTIFY_EVERY = 60.0
+# Seconds between saves of the learned first-byte deadlines while they change.
+DEADLINES_SAVE_EVERY = 5.0
 LOAD_EVERY = 2.0
 TICK = 0.5
 # Shadow comparisons shown in the status: the last week's.
@@ -88,6 +90,7 @@ class Runtime:
         self.cloud = CloudBackend(self.cfg.cloud, CloudBackend.make_session(self.cfg.cloud), observe_headers=self.clouds.observe)
         if self.store is not None:
             self.cloud.deadlines.restore(await asyncio.to_thread(self.store.load_state, "first_byte"))
+            self.spawn(self._save_deadlines(self.store))
         self.local_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -106,6 +109,18 @@ class Runtime:
         self.spawn(self.warmer.run())
         self.evals = EvalWatch(self.cfg, self.local_session)
         self.spawn(self._scores(self.evals))
+
+    async def _save_deadlines(self, store: Store) -> None:
+        """The learned first-byte deadlines, saved while they change, so that a crash
+        loses at most DEADLINES_SAVE_EVERY seconds of them (a clean stop saves them too)."""
+        deadlines = self.cloud.deadlines
+        saved = deadlines.recorded
+        while True:
+            await asyncio.sleep(DEADLINES_SAVE_EVERY)
+            if self.cloud.deadlines is not deadlines or deadlines.recorded != saved:
+                deadlines = self.cloud.deadlines
+                saved = deadlines.recorded
+                store.save_state("first_byte", deadlines.snapshot())
 
     async def _scores(self, evals: EvalWatch) -> None:
         """Each backend's last eval score (stale ones do not count) for the planner's
