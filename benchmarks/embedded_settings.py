@@ -124,11 +124,7 @@ def main() -> int:
     results = {"date": started.date().isoformat(), "label": args.label, "machine": machine, "rounds": args.rounds,
                "prompt": args.prompt, "gen": args.gen, "settings": rows, "load_at_end": load_end,
                "started": started.strftime("%H:%M"), "finished": dt.datetime.now().strftime("%H:%M")}
-    out = Path(args.out_dir) if args.out_dir else HERE / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / (f"{results['date']}-embedded-settings" + (f"-{args.label}" if args.label else "") + ".md")
-    path.write_text(render(results))
-    print(f"wrote {path}")
+    report.write_results(args.out_dir, "embedded-settings", results, render(results))
     return 0
 
 

@@ -269,11 +269,7 @@ def main() -> int:
                "runs": args.runs, "variants": [{"name": v.name, "describe": v.describe(), "runs": runs[v.name]}
                                                for v in variants],
                "started": started.strftime("%H:%M"), "finished": dt.datetime.now().strftime("%H:%M")}
-    out = Path(args.out_dir) if args.out_dir else HERE / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / (f"{results['date']}-first-answer" + (f"-{args.label}" if args.label else "") + ".md")
-    path.write_text(render(results))
-    print(f"wrote {path}")
+    report.write_results(args.out_dir, "first-answer", results, render(results))
     return 0
 
 

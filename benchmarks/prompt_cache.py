@@ -256,11 +256,7 @@ def main() -> int:
     results = {"date": started.date().isoformat(), "label": args.label, "machine": harness.machine(), "source": source,
                "window": args.window, "max_output": args.max_output, "llama_args": args.llama_arg, "modes": modes,
                "started": started.strftime("%H:%M"), "finished": dt.datetime.now().strftime("%H:%M")}
-    out = Path(args.out_dir) if args.out_dir else HERE / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / (f"{results['date']}-prompt-cache" + (f"-{args.label}" if args.label else "") + ".md")
-    path.write_text(render(results))
-    print(f"wrote {path}")
+    report.write_results(args.out_dir, "prompt-cache", results, render(results))
     return 0
 
 

@@ -6,6 +6,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from statistics import median
 from typing import Any
 
@@ -666,3 +667,13 @@ def summarize_profile(text: str, top: int = 25) -> dict[str, Any]:
         "inclusive": [(k, v / t) for k, v in incl.most_common(top)],
         "areas": [(k, v / t) for k, v in areas.most_common(16)],
     }
+
+
+def write_results(out_dir: str | None, name: str, results: dict[str, Any], text: str) -> Path:
+    """`text` written as results/<date>-<name>[-<label>].md (or into `out_dir`); the path."""
+    out = Path(out_dir) if out_dir else Path(__file__).resolve().parent / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (f"{results['date']}-{name}" + (f"-{results['label']}" if results.get("label") else "") + ".md")
+    path.write_text(text)
+    print(f"wrote {path}")
+    return path

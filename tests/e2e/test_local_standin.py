@@ -52,14 +52,10 @@ def backoff(failures: int, initial: float = 1.0, cap: float = 30.0) -> float:
     return float(min(cap, initial * 2 ** max(0, failures - 1)))
 
 
-def water_level(lengths: list[int], room: int) -> int:
-    left = room
-    ordered = sorted(lengths)
-    for i, length in enumerate(ordered):
-        if length * (len(ordered) - i) > left:
-            return left // (len(ordered) - i)
-        left -= length
-    return max(ordered, default=0)
+def chunks(items: list[str], size: int) -> list[list[str]]:
+    if size <= 0:
+        raise ValueError("size must be positive")
+    return [items[i:i + size] for i in range(0, len(items), size)]
 """
 
 
