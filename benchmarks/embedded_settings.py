@@ -65,8 +65,7 @@ def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     label = f" ({results['label']})" if results["label"] else ""
     lines = [f"# llama-server settings for the bundled model, {results['date']}{label}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mb']:,} MB RAM, Linux {m['kernel']}; load average "
-             f"at start {m['load_at_start']}, at the end {results['load_at_end']}. Run {results['started']} to "
+             f"{report.machine_line(m, python=False)}, at the end {results['load_at_end']}. Run {results['started']} to "
              f"{results['finished']}.", "",
              f"llama-bench with SmolLM2-135M (Q4_1), {results['rounds']} interleaved rounds: a {results['prompt']:,}-token "
              f"prompt, and {results['gen']} tokens written after a prompt of that length. Median of the rounds. "

@@ -208,8 +208,7 @@ def render(results: dict[str, Any]) -> str:
     variants = results["variants"]
     label = f" ({results['label']})" if results["label"] else ""
     lines = [f"# First answer out of the box, {results['date']}{label}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mb']:,} MB RAM, Linux {m['kernel']}, Python {m['python']}; "
-             f"load average at start {m['load_at_start']}. Claude Code {results['claude_version']}. "
+             f"{report.machine_line(m)}. Claude Code {results['claude_version']}. "
              f"Run {results['started']} to {results['finished']}.", "",
              f"`nonstop claude -p \"{PROMPT}\"`, cold, {results['runs']} times per variant, the variants taking turns: "
              "nothing running, a fresh state directory, the fake cloud refusing (subscription limit), so the embedded "

@@ -202,8 +202,7 @@ def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     label = f" ({results['label']})" if results["label"] else ""
     lines = [f"# Prompt cache: Claude Code's per-request noise normalised or not, {results['date']}{label}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mb']:,} MB RAM, Linux {m['kernel']}, Python {m['python']}; "
-             f"load average at start {m['load_at_start']}. Run {results['started']} to {results['finished']}.", "",
+             f"{report.machine_line(m)}. Run {results['started']} to {results['finished']}.", "",
              f"Turn 1: {results['source']}, model {MODEL}. llama-server with the bundled SmolLM2-135M, one slot, "
              f"a {results['window']:,}-token window (nonstop's `context_window` the same), answers capped at "
              f"{results['max_output']} tokens{', extra llama-server arguments `' + ' '.join(results['llama_args']) + '`' if results['llama_args'] else ''}. Every turn's attribution line carries a new `cch` and turn index, as "

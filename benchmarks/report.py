@@ -677,3 +677,10 @@ def write_results(out_dir: str | None, name: str, results: dict[str, Any], text:
     path.write_text(text)
     print(f"wrote {path}")
     return path
+
+
+def machine_line(m: dict[str, Any], *, python: bool = True) -> str:
+    """"Machine: AMD EPYC, 2 cores, ... ; load average at start ..." from harness.machine()."""
+    py = f", Python {m['python']}" if python else ""
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_mb']:,} MB RAM, Linux {m['kernel']}{py}; "
+            f"load average at start {m['load_at_start']}")

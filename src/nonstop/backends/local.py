@@ -42,9 +42,9 @@ if TYPE_CHECKING:
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 # Smallest room left for output before a request counts as too long for a window.
+MIN_OUTPUT_ROOM = 256
 # Fittings tried, each with the scale the server's count of the last one gave.
 REFITS = 4
-MIN_OUTPUT_ROOM = 256
 # How long to wait for a local stream's head before committing and sending pings.
 COMMIT_AFTER = 3.0
 
