@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nonstop.backends.base import Reply, Usage
@@ -70,6 +72,12 @@ def changes_of(u: Usage, row: RequestRow) -> list[str]:
     return words
 
 
+async def end_body(send: Send) -> None:
+    """The last, empty body message of a reply that went out whole."""
+    with contextlib.suppress(OSError):
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 class Relay:
     def __init__(self, cfg: Config, request_log: RequestLog):
         self.cfg = cfg
@@ -83,18 +91,23 @@ class Relay:
             row.workload = outcome.plan.workload.value
         t_head = time.perf_counter()
         route = route_header(outcome.route())
+        # The row is recorded before the response's last message goes out: a client that
+        # reads the log as soon as its answer is complete finds the request there.
+        last: Callable[[], Awaitable[None]] | None = None
         try:
             if reply is None:
                 row.backend, row.status, row.outcome, row.error = "", outcome.status, "error", outcome.message[:500]
-                await writer.error(send, outcome.status, outcome.message, outcome.etype, request_id=row.request_id,
-                                   extra=[(b"x-nonstop-route", route)])
+                last = functools.partial(writer.error, send, outcome.status, outcome.message, outcome.etype,
+                                         request_id=row.request_id, extra=[(b"x-nonstop-route", route)])
                 row.ttfb_ms = (time.perf_counter() - ctx.t0) * 1000
                 return
             row.backend, row.status = reply.backend, reply.status
             extra = [(b"x-nonstop-backend", reply.backend.encode()), (b"x-nonstop-route", route)]
             if row.reason:
                 extra.append((b"x-nonstop-failover", safe_header(row.reason)))
-            gone = await self.pump(ctx, reply, writer, extra, receive, send, t_head)
+            gone, owed = await self._pump(ctx, reply, writer, extra, receive, send, t_head)
+            if owed:
+                last = functools.partial(end_body, send)
             u = reply.usage
             row.input_tokens, row.output_tokens, row.stop_reason = u.input_tokens, u.output_tokens, u.stop_reason
             if gone:
@@ -113,11 +126,23 @@ class Relay:
                 row.route = outcome.plan.as_dict()
             row.total_ms = (time.perf_counter() - ctx.t0) * 1000
             self.request_log.record(row)
+            if last is not None:
+                await last()
 
     async def pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],
                    receive: Receive, send: Send, t_head: float) -> bool:
         """Send the reply; True if the client went away first (upstream work is then
         cancelled by closing the upstream response)."""
+        gone, owed = await self._pump(ctx, reply, writer, extra, receive, send, t_head)
+        if owed:
+            await end_body(send)
+        return gone
+
+    async def _pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],
+                    receive: Receive, send: Send, t_head: float) -> tuple[bool, bool]:
+        """Send the reply but its last, empty body message; return whether the client went
+        away first (upstream work is then cancelled by closing the upstream response) and
+        whether that last message is still owed (it is, when the reply went out whole)."""
         task = asyncio.current_task()
         gone = asyncio.Event()
         finished = False
@@ -160,7 +185,6 @@ class Relay:
                 started = True
                 ctx.row.ttfb_ms = (time.perf_counter() - ctx.t0) * 1000
             finished = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if task is not None:
                 task.uncancel()
@@ -201,4 +225,4 @@ class Relay:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-        return gone.is_set()
+        return gone.is_set(), finished and not gone.is_set()
