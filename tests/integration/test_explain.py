@@ -36,3 +36,11 @@ def test_explain_uses_the_live_state_and_sends_nothing(cloud, recorder_proc, non
     r = subprocess.run([sys.executable, "-m", "nonstop", "explain", str(saved), "--config", str(ns.extra["config"])],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "model" in r.stderr
+
+
+def test_explain_endpoint_says_what_is_wrong_with_a_body(cloud, nonstop_factory):
+    ns = nonstop_factory(nonstop_config(cloud.url))
+    status, _, body = rawhttp.request("POST", ns.url + "/_nonstop/api/explain", b"{not json")
+    assert status == 400 and b"not valid JSON" in body
+    status, _, body = rawhttp.request("POST", ns.url + "/_nonstop/api/explain", {"request": {"model": 5}})
+    assert status == 400 and b"model" in body

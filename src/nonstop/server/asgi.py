@@ -98,6 +98,31 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class BadBody(Exception):
+    """A request body nonstop cannot take, with the status and words to answer it."""
+
+    def __init__(self, status: int, message: str, etype: str):
+        super().__init__(message)
+        self.status, self.message, self.etype = status, message, etype
+
+
+def too_large(limit: int) -> BadBody:
+    return BadBody(413, f"request body is larger than the {limit} byte limit (max_body_bytes)", "request_too_large")
+
+
+async def read_json_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Any]:
+    """The whole body and its JSON, or BadBody when it is over `limit` (413) or not JSON
+    (400); BodyTimeout and ClientGone as for read_body."""
+    try:
+        body = await read_body(scope, receive, limit)
+    except BodyTooLarge as exc:
+        raise too_large(exc.limit) from None
+    try:
+        return body, orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadBody(400, f"the request body is not valid JSON: {exc}", "invalid_request_error") from None
+
+
 async def send_bytes(
     send: Send, status: int, body: bytes, content_type: bytes = b"application/json",
     extra: list[tuple[bytes, bytes]] | None = None,

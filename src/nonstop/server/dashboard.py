@@ -16,12 +16,12 @@ import orjson
 
 from nonstop.routing.accounts import credential_of
 from nonstop.server.asgi import (
-    BodyTooLarge,
+    BadBody,
     ClientGone,
     Receive,
     Scope,
     Send,
-    read_body,
+    read_json_body,
     send_bytes,
     send_json,
 )
@@ -113,9 +113,11 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
 async def _explain(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> None:
     """The plan for a request body, against the live state; nothing is sent anywhere."""
     try:
-        doc = orjson.loads(await read_body(scope, receive, rt.cfg.max_body_bytes))
-    except (BodyTooLarge, ClientGone, orjson.JSONDecodeError) as exc:
-        await send_json(send, 400, {"error": f"send {{\"request\": {{...}}, \"headers\": {{...}}}} as JSON ({type(exc).__name__})"})
+        _, doc = await read_json_body(scope, receive, rt.cfg.max_body_bytes)
+    except BadBody as exc:
+        await send_json(send, exc.status, {"error": f"{exc.message}: send {{\"request\": {{...}}, \"headers\": {{...}}}}"})
+        return
+    except ClientGone:
         return
     req = doc.get("request") if isinstance(doc, dict) else None
     headers = doc.get("headers") if isinstance(doc, dict) else None

@@ -3,6 +3,7 @@ mid-stream, or after the stream has already ended, reaches the client well-forme
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from nonstop.config import parse_config
 from nonstop.server.asgi import Message
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
-from nonstop.server.pipeline import RequestContext
+from nonstop.server.pipeline import Outcome, RequestContext
 from nonstop.server.relay import Relay
 from nonstop.server.request_log import RequestLog
 from nonstop.server.writers import AnthropicWriter, OpenAIWriter, Writer
@@ -55,22 +56,22 @@ def relay(tmp_path: Path) -> Relay:
     return Relay(cfg, RequestLog(None, Metrics(), EventBus()))
 
 
+async def stays() -> Message:
+    """The receive of a client that stays to the end."""
+    await asyncio.sleep(3600)
+    return {"type": "http.disconnect"}
+
+
 async def pump(relay: Relay, body: AsyncIterator[bytes], writer: Writer, stream: bool = True) -> tuple[int, bytes, list[Message]]:
     sent: list[Message] = []
 
     async def send(msg: Message) -> None:
         sent.append(msg)
 
-    async def receive() -> Message:
-        import asyncio
-
-        await asyncio.sleep(3600)
-        return {"type": "http.disconnect"}
-
     ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, stream)
     ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
     reply = Reply(200, list(SSE), body, "cloud", stream)
-    await relay.pump(ctx, reply, writer, [], receive, send, time.perf_counter())
+    await relay.pump(ctx, reply, writer, [], stays, send, time.perf_counter())
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body", False), "the response did not end"
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"), sent
@@ -130,3 +131,38 @@ def test_when_an_openai_stream_has_ended():
     w = OpenAIWriter("m", False)
     assert w.ended(b'data: {"choices": []}\n\ndata: [DONE]\n\n')
     assert not w.ended(b'data: {"choices": []}\n\n') and not w.ended(b"")
+
+
+class Journal(RequestLog):
+    """Writes "row" into the same journal the client's messages go to."""
+
+    def __init__(self, journal: list[object]):
+        super().__init__(None, Metrics(), EventBus())
+        self.journal = journal
+
+    def record(self, row: RequestRow) -> None:
+        self.journal.append(("row", row.outcome))
+
+
+@pytest.mark.parametrize("answer", ["stream", "error"])
+async def test_the_row_is_recorded_before_the_reply_ends(tmp_path, answer):
+    # A client that reads the request log as soon as its answer is complete finds the row.
+    journal: list[object] = []
+
+    async def send(msg: Message) -> None:
+        journal.append(msg)
+
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}})
+    relay = Relay(cfg, Journal(journal))
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
+    if answer == "stream":
+        outcome = Outcome(reply=Reply(200, list(SSE), single(START + BLOCK + DELTA + END), "cloud", True))
+    else:
+        outcome = Outcome(status=529, etype="overloaded_error", message="no backend could serve")
+    await relay.commit(ctx, outcome, stays, send, AnthropicWriter())
+    rows = [i for i, m in enumerate(journal) if isinstance(m, tuple)]
+    assert len(rows) == 1 and journal[rows[0]] == ("row", "ok" if answer == "stream" else "error")
+    last = journal[-1]
+    assert isinstance(last, dict) and last["type"] == "http.response.body" and not last.get("more_body", False)
+    assert rows[0] < len(journal) - 1, "the row was recorded after the reply ended"

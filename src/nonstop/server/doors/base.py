@@ -6,17 +6,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
-
 from nonstop.backends.base import Exchange
 from nonstop.server.asgi import (
     REQUEST_ROW,
+    BadBody,
     BodyTooLarge,
     ClientGone,
     Receive,
     Scope,
     Send,
     read_body,
+    read_json_body,
+    too_large,
 )
 from nonstop.server.pipeline import Pipeline, RequestContext
 from nonstop.server.relay import Relay
@@ -61,19 +62,18 @@ class Door:
         try:
             return await read_body(scope, receive, self.cfg.max_body_bytes)
         except BodyTooLarge as exc:
-            await writer.error(send, 413, f"request body is larger than the {exc.limit} byte limit (max_body_bytes)",
-                               "request_too_large")
+            bad = too_large(exc.limit)
+            await writer.error(send, bad.status, bad.message, bad.etype)
         except ClientGone:
             pass
         return None
 
     async def read_json(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> tuple[bytes, Any] | None:
         """The body and its JSON, or None after answering the problem in the client's protocol."""
-        body = await self.read(scope, receive, send, writer)
-        if body is None:
-            return None
         try:
-            return body, orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            await writer.error(send, 400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
-            return None
+            return await read_json_body(scope, receive, self.cfg.max_body_bytes)
+        except BadBody as exc:
+            await writer.error(send, exc.status, exc.message, exc.etype)
+        except ClientGone:
+            pass
+        return None
