@@ -88,9 +88,9 @@ def _install() -> None:
                     raise InjectedFault("injected at mid_stream")
                 yield chunk
 
-    pump = relay.Relay.pump
+    pump = relay.Relay._pump
 
-    async def pump_with_fault(self: Any, ctx: Any, reply: Any, writer: Any, *args: Any) -> bool:
+    async def pump_with_fault(self: Any, ctx: Any, reply: Any, writer: Any, *args: Any) -> tuple[bool, bool]:
         if stage.get() in ("at_head", "after_head", "mid_stream"):
             writer = FaultyWriter(writer, stage.get())
         return await pump(self, ctx, reply, writer, *args)
@@ -104,7 +104,7 @@ def _install() -> None:
     App.dispatch = dispatch_with_fault  # type: ignore[method-assign]
     Pipeline.facts = facts_with_fault  # type: ignore[method-assign]
     CloudBackend.request = request_with_fault  # type: ignore[method-assign]
-    relay.Relay.pump = pump_with_fault  # type: ignore[method-assign]
+    relay.Relay._pump = pump_with_fault  # type: ignore[method-assign]
     relay.changes_of = changes_of_with_fault
 
 
