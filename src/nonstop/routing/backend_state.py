@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from nonstop.routing.view import BackendView, Capabilities
 
@@ -21,6 +22,7 @@ PROBE_EVERY = 2.0
 PROBE_EVERY_MAX = 30.0
 # A server-reported reading older than this is not trusted for load.
 REPORT_FRESH = 10.0
+INF = float("inf")
 
 
 @dataclass
@@ -65,6 +67,9 @@ class BackendState:
     others_at: float = 0.0
     warmth: str = ""
     report: ServerReport = field(default_factory=ServerReport)
+    # The last view() and until when it holds (see view()).
+    _view: BackendView | None = field(default=None, init=False, repr=False, compare=False)
+    _view_until: float = field(default=0.0, init=False, repr=False, compare=False)
 
     # --- what the planner sees ----------------------------------------------------------
 
@@ -95,13 +100,30 @@ class BackendState:
         self.others_at = self.clock()
 
     def view(self) -> BackendView:
-        others = self.others if self.clock() - self.others_at <= REPORT_FRESH else 0
-        return BackendView(
+        """The backend as the planner sees it now. Made once and kept until a field
+        changes (any assignment drops it) or a reading it counts goes stale."""
+        now = self.clock()
+        if self._view is not None and now <= self._view_until:
+            return self._view
+        fresh = now - self.others_at <= REPORT_FRESH
+        others = self.others if fresh else 0
+        until = self.others_at + REPORT_FRESH if fresh and self.others else INF
+        free = self.free_slots()
+        if free is not None:
+            until = min(until, self.report.at + REPORT_FRESH)
+        v = BackendView(
             name=self.name, caps=self.capabilities(), tag=self.tag, healthy=self.healthy,
             demoted=self.demoted, demoted_why=self.demoted_why, inflight=self.inflight + others,
-            free_slots=self.free_slots(), prompt_tps=self.prompt_tps, gen_tps=self.gen_tps,
+            free_slots=free, prompt_tps=self.prompt_tps, gen_tps=self.gen_tps,
             token_ratio=self.token_ratio, score=self.score, warmth=self.warmth,
         )
+        object.__setattr__(self, "_view", v)
+        object.__setattr__(self, "_view_until", until)
+        return v
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "_view", None)
 
     # --- what happened -------------------------------------------------------------------
 

@@ -10,12 +10,10 @@ when a plan needs them (`Size`).
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from nonstop.wire.tool_ids import local_tag_of
 
@@ -28,10 +26,9 @@ AGENT_HEADER = "x-claude-code-agent-id"
 SESSION_HEADER = "x-claude-code-session-id"
 
 # Claude Code's compaction request asks for this (docs/wire.md §6).
-_COMPACTION_MARKERS = ("create a detailed summary of the conversation",)
-_BACKGROUND_MODELS = ("*haiku*",)
-# fnmatch.fnmatchcase for each pattern, compiled once.
-_BACKGROUND_MATCH = tuple(re.compile(fnmatch.translate(p)).match for p in _BACKGROUND_MODELS)
+_COMPACTION_MARKER = "create a detailed summary of the conversation"
+# Model families that only do short background work (matched in the lower-cased name).
+_BACKGROUND_FAMILIES = ("haiku",)
 # The start of the last user turn that the compaction marker is looked for in.
 _COMPACTION_SPAN = 2000
 
@@ -108,11 +105,16 @@ class Size:
         return f"Size(sent={self.sent}, local={self._local}, floor={self._floor})"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
+_UNSIZED = Size(0)
+
+
+class RequestFacts(NamedTuple):
+    """Made for every request: a named tuple, immutable and the cheapest such value to
+    build."""
+
     model: str
     stream: bool = False
-    size: Size = field(default_factory=lambda: Size(0))
+    size: Size = _UNSIZED
     max_tokens: int | None = None
     needs: Needs = Needs()
     workload: Workload = Workload.MAIN
@@ -174,7 +176,7 @@ def classify_workload(model: str, messages: list[Any], headers: Mapping[str, str
     if _is_compaction(messages):
         return Workload.COMPACTION, "shape"
     low = model.lower()
-    if any(match(low) for match in _BACKGROUND_MATCH):
+    if any(family in low for family in _BACKGROUND_FAMILIES):
         return Workload.BACKGROUND, "model"
     if max_tokens == 1:  # Claude Code's start-up quota check
         return Workload.BACKGROUND, "shape"
@@ -210,7 +212,7 @@ def _is_compaction(messages: list[Any]) -> bool:
     if not messages:
         return False
     text = _last_user_text(messages[-1:], _COMPACTION_SPAN)[:_COMPACTION_SPAN].lower()
-    return any(m in text for m in _COMPACTION_MARKERS)
+    return _COMPACTION_MARKER in text
 
 
 def _thinking_on(value: Any) -> bool:

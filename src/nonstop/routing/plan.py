@@ -110,13 +110,17 @@ def cloud_rule(facts: RequestFacts, cloud: CloudView, cp: ClassPolicy) -> Step |
     if cp.cloud == "never":
         return Skip(CLOUD, "class", f"{facts.workload.value} work is set to never use the cloud")
     if cloud.state is CloudState.SERVING:
-        return Step(CLOUD, "cloud", "the cloud is serving", strip_thinking=_strip(facts))
+        return _SERVING_STRIP if _strip(facts) else _SERVING
     if cloud.state is CloudState.PROBING or cloud.probe_in_flight:
         return Skip(CLOUD, "cloud", "another request is checking whether the cloud is back")
     if cloud.probe_due and not facts.side:
         return Step(CLOUD, "cloud", f"out until {hhmm(cloud.until)} ({cloud.reason}); the deadline has passed, "
                     "so this request checks whether it is back", probe=True, strip_thinking=_strip(facts))
     return Skip(CLOUD, "cloud", f"out until {hhmm(cloud.until)} ({cloud.reason or 'out'})")
+
+
+_SERVING = Step(CLOUD, "cloud", "the cloud is serving")
+_SERVING_STRIP = Step(CLOUD, "cloud", "the cloud is serving", strip_thinking=True)
 
 
 def _strip(facts: RequestFacts) -> bool:
@@ -127,12 +131,17 @@ def _strip(facts: RequestFacts) -> bool:
 
 def pool_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: Policy) -> tuple[list[BackendView], list[Skip]]:
     """The local backends this request may use, in the configured order."""
-    by_name = {b.name: b for b in view.backends}
     if cp.backends:
         names, why = cp.backends, f"{facts.workload.value} work"
     else:
-        route = next((r for r in policy.routes if fnmatchcase(facts.model, r.match)), None)
-        names, why = (route.backends, f"model route {route.match!r}") if route else (policy.order or tuple(by_name), "")
+        route = next((r for r in policy.routes if fnmatchcase(facts.model, r.match)), None) if policy.routes else None
+        if route is None:
+            if not policy.order or policy.order == view.names:  # the usual case: every backend, in order
+                return list(view.backends), []
+            names, why = policy.order, ""
+        else:
+            names, why = route.backends, f"model route {route.match!r}"
+    by_name = {b.name: b for b in view.backends}
     pool = [by_name[n] for n in names if n in by_name]
     skips = []
     if why:
@@ -225,9 +234,14 @@ class _Candidate:
         return "; ".join(parts)
 
 
+# The rule named for the order among local backends, by the class's preference.
+_PREFER_RULE = {"order": "order", "fastest": "load", "best": "score"}
+
+
 def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: Policy) -> tuple[list[Step], list[Skip]]:
     pool, skips = pool_rule(facts, view, cp, policy)
     candidates: list[_Candidate] = []
+    tokens = facts.size.local if facts.size.known else facts.size.sent
     for i, b in enumerate(pool):
         capable = capability_rule(facts, b)
         if isinstance(capable, Skip):
@@ -238,10 +252,10 @@ def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: 
             skips.append(ctx)
             continue
         fit, why = ctx
-        tokens = facts.size.local if facts.size.known else facts.size.sent
         candidates.append(_Candidate(b, i, fit, why, first_token_estimate(b, tokens), capable))
-    candidates.sort(key=lambda c: c.key(cp.prefer))
-    rule = {"order": "order", "fastest": "load", "best": "score"}[cp.prefer]
+    if len(candidates) > 1:
+        candidates.sort(key=lambda c: c.key(cp.prefer))
+    rule = _PREFER_RULE[cp.prefer]
     steps = [Step(c.b.name, rule, c.reason(cp.prefer), fit=c.fit) for c in candidates]
     return steps, skips
 

@@ -61,7 +61,11 @@ class Policy:
         found = self.classes.get(workload)
         if found is not None:
             return found
-        return ClassPolicy(prefer=_DEFAULT_PREFER.get(workload, "order"))
+        return _DEFAULT_CLASSES.get(workload) or ClassPolicy()
+
+
+# A class without rules of its own: made once, not per request.
+_DEFAULT_CLASSES = {w: ClassPolicy(prefer=p) for w, p in _DEFAULT_PREFER.items()}
 
 
 def policy_from_config(cfg: Config, order: tuple[str, ...] = ()) -> Policy:

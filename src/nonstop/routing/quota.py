@@ -66,13 +66,20 @@ class QuotaState:
     observed: float = 0.0
     utilization: Utilization = field(default_factory=Utilization)
     forecast: QuotaForecast = field(default_factory=QuotaForecast)
+    _serving_view: CloudView | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- what the planner sees ---------------------------------------------------------
 
     def view(self) -> CloudView:
+        # While the cloud serves, the view depends on no clock: the last one is reused
+        # while what it shows is unchanged.
+        last, f = self._serving_view, self.forecast
+        if (self.state is CloudState.SERVING and last is not None and last.windows is f.current
+                and last.conserving == f.conserving and last.until == self.until and last.reason == self.reason):
+            return last
         now = self.clock()
         in_flight = self.state is CloudState.PROBING and now - self.probe_started < PROBE_TIMEOUT
-        return CloudView(
+        v = CloudView(
             state=CloudState.OUT if self.state is CloudState.PROBING and not in_flight else self.state,
             until=self.until,
             reason=self.reason,
@@ -81,6 +88,9 @@ class QuotaState:
             conserving=self.forecast.conserving,
             windows=self.forecast.current,
         )
+        if v.state is CloudState.SERVING:
+            self._serving_view = v
+        return v
 
     # --- explicit steps ----------------------------------------------------------------
 

@@ -94,3 +94,7 @@ class RoutingView:
     now: float
     cloud: CloudView = field(default_factory=CloudView)
     backends: tuple[BackendView, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.backends)

@@ -506,3 +506,21 @@ def test_since_marks_the_last_state_change() -> None:
     clock.advance(900)
     route(q)
     assert q.since == clock.now
+
+
+# --- view ------------------------------------------------------------------------------------
+
+
+def test_the_serving_view_is_reused_until_what_it_shows_changes() -> None:
+    q, clock, _ = make()
+    first = q.view()
+    clock.advance(3600)
+    assert q.view() is first  # serving: nothing in it depends on the clock
+    q.record_headers({U + "5h-utilization": "0.5", U + "5h-reset": str(int(clock.now + 9000))})
+    with_windows = q.view()
+    assert with_windows is not first and [w.window for w in with_windows.windows] == ["5h"]
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, clock.now + 600))
+    out = q.view()
+    assert out.state is CloudState.OUT and not out.probe_due
+    clock.advance(600)
+    assert q.view().probe_due  # out: made afresh, at the time asked
