@@ -125,9 +125,11 @@ class Relay:
             if outcome.plan is not None:  # made at the end: a stream does not hold it while it relays
                 row.route = outcome.plan.as_dict()
             row.total_ms = (time.perf_counter() - ctx.t0) * 1000
-            self.request_log.record(row)
-            if last is not None:
-                await last()
+            try:
+                self.request_log.record(row)
+            finally:  # the reply ends even if recording fails
+                if last is not None:
+                    await last()
 
     async def pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],
                    receive: Receive, send: Send, t_head: float) -> bool:

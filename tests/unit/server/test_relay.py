@@ -166,3 +166,26 @@ async def test_the_row_is_recorded_before_the_reply_ends(tmp_path, answer):
     last = journal[-1]
     assert isinstance(last, dict) and last["type"] == "http.response.body" and not last.get("more_body", False)
     assert rows[0] < len(journal) - 1, "the row was recorded after the reply ended"
+
+
+class Broken(RequestLog):
+    def __init__(self) -> None:
+        super().__init__(None, Metrics(), EventBus())
+
+    def record(self, row: RequestRow) -> None:
+        raise Fault("the log is broken")
+
+
+async def test_a_reply_ends_even_when_its_row_cannot_be_recorded(tmp_path):
+    sent: list[Message] = []
+
+    async def send(msg: Message) -> None:
+        sent.append(msg)
+
+    relay = Relay(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}}), Broken())
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
+    outcome = Outcome(reply=Reply(200, list(SSE), single(START + BLOCK + DELTA + END), "cloud", True))
+    with pytest.raises(Fault):
+        await relay.commit(ctx, outcome, stays, send, AnthropicWriter())
+    assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body", False)
