@@ -1,8 +1,9 @@
 """The world as the planner sees it at one instant: the cloud's state and forecast, and
 each backend's capabilities, health, load and speed.
 
-Plain frozen values. The runtime builds one per request from its live state; tests build
-them by hand.
+Plain frozen values. The runtime assembles one per request from its live state (each
+backend's and the cloud's part is kept until it changes: see BackendState.view and
+QuotaState.view); tests build them by hand.
 """
 
 from __future__ import annotations
