@@ -28,6 +28,7 @@ from nonstop.config import LocalBackendConfig
 from nonstop.routing.backend_state import BackendState
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.fit import Fitted, deferred_tool_names, fit_request
+from nonstop.routing.plan import MIN_OUTPUT_ROOM
 from nonstop.routing.view import Capabilities
 from nonstop.wire.anthropic import Event, estimate_tokens, to_local_request
 from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
-# Smallest room left for output before a request counts as too long for a window.
-MIN_OUTPUT_ROOM = 256
 # Fittings tried, each with the scale the server's count of the last one gave.
 REFITS = 4
 # How long to wait for a local stream's head before committing and sending pings.

@@ -15,8 +15,17 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
+class BadBody(Exception):
+    """A request body nonstop cannot take, with the status and words to answer it."""
+
+    def __init__(self, status: int, message: str, etype: str):
+        super().__init__(message)
+        self.status, self.message, self.etype = status, message, etype
+
+
+class BodyTooLarge(BadBody):
     def __init__(self, limit: int):
+        super().__init__(413, f"request body is larger than the {limit} byte limit (max_body_bytes)", "request_too_large")
         self.limit = limit
 
 
@@ -98,25 +107,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class BadBody(Exception):
-    """A request body nonstop cannot take, with the status and words to answer it."""
-
-    def __init__(self, status: int, message: str, etype: str):
-        super().__init__(message)
-        self.status, self.message, self.etype = status, message, etype
-
-
-def too_large(limit: int) -> BadBody:
-    return BadBody(413, f"request body is larger than the {limit} byte limit (max_body_bytes)", "request_too_large")
-
-
 async def read_json_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Any]:
     """The whole body and its JSON, or BadBody when it is over `limit` (413) or not JSON
     (400); BodyTimeout and ClientGone as for read_body."""
-    try:
-        body = await read_body(scope, receive, limit)
-    except BodyTooLarge as exc:
-        raise too_large(exc.limit) from None
+    body = await read_body(scope, receive, limit)
     try:
         return body, orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -113,12 +113,13 @@ class Runtime:
     async def _save_deadlines(self, store: Store) -> None:
         """The learned first-byte deadlines, saved while they change, so that a crash
         loses at most DEADLINES_SAVE_EVERY seconds of them (a clean stop saves them too)."""
-        saved = (id(self.cloud.deadlines), self.cloud.deadlines.recorded)
+        last = self.cloud.deadlines
+        saved = last.recorded
         while True:
             await asyncio.sleep(DEADLINES_SAVE_EVERY)
             deadlines = self.cloud.deadlines  # tests may swap the cloud backend
-            if (id(deadlines), deadlines.recorded) != saved:
-                saved = (id(deadlines), deadlines.recorded)
+            if deadlines is not last or deadlines.recorded != saved:
+                last, saved = deadlines, deadlines.recorded
                 store.save_state("first_byte", deadlines.snapshot())
 
     async def _scores(self, evals: EvalWatch) -> None:

@@ -17,7 +17,6 @@ from nonstop.server.asgi import (
     Send,
     read_body,
     read_json_body,
-    too_large,
 )
 from nonstop.server.pipeline import Pipeline, RequestContext
 from nonstop.server.relay import Relay
@@ -62,8 +61,7 @@ class Door:
         try:
             return await read_body(scope, receive, self.cfg.max_body_bytes)
         except BodyTooLarge as exc:
-            bad = too_large(exc.limit)
-            await writer.error(send, bad.status, bad.message, bad.etype)
+            await writer.error(send, exc.status, exc.message, exc.etype)
         except ClientGone:
             pass
         return None
