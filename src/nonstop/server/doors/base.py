@@ -4,13 +4,13 @@ into the context the pipeline and the relay work on."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from nonstop.backends.base import Exchange
 from nonstop.server.asgi import (
     REQUEST_ROW,
     BadBody,
-    BodyTooLarge,
     ClientGone,
     Receive,
     Scope,
@@ -24,6 +24,8 @@ from nonstop.server.runtime import Runtime
 from nonstop.server.writers import Writer
 from nonstop.store.db import RequestRow
 from nonstop.wire.validate import MAX_MODEL_NAME
+
+T = TypeVar("T")
 
 
 class Door:
@@ -58,20 +60,20 @@ class Door:
     async def read(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> bytes | None:
         """The body, or None after answering a body over the limit in the client's protocol
         (or when the client left before sending it all)."""
-        try:
-            return await read_body(scope, receive, self.cfg.max_body_bytes)
-        except BodyTooLarge as exc:
-            await writer.error(send, exc.status, exc.message, exc.etype)
-        except ClientGone:
-            pass
-        return None
+        return await _answered(read_body(scope, receive, self.cfg.max_body_bytes), send, writer)
 
     async def read_json(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> tuple[bytes, Any] | None:
         """The body and its JSON, or None after answering the problem in the client's protocol."""
-        try:
-            return await read_json_body(scope, receive, self.cfg.max_body_bytes)
-        except BadBody as exc:
-            await writer.error(send, exc.status, exc.message, exc.etype)
-        except ClientGone:
-            pass
-        return None
+        return await _answered(read_json_body(scope, receive, self.cfg.max_body_bytes), send, writer)
+
+
+async def _answered(reading: Awaitable[T], send: Send, writer: Writer) -> T | None:
+    """What `reading` gives, or None after answering a body nonstop cannot take (or when the
+    client left before sending it all)."""
+    try:
+        return await reading
+    except BadBody as exc:
+        await writer.error(send, exc.status, exc.message, exc.etype)
+    except ClientGone:
+        pass
+    return None
