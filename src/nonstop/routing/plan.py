@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, NamedTuple
 
 from nonstop.routing.facts import RequestFacts, Workload
 from nonstop.routing.policy import ClassPolicy, Policy
@@ -40,8 +40,9 @@ DEFAULT_GEN_TPS = 20.0
 QUEUED_OUTPUT_TOKENS = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+# Steps, skips and plans are made for every request: named tuples, immutable and the
+# cheapest such values to build.
+class Step(NamedTuple):
     target: str
     rule: str
     reason: str
@@ -57,8 +58,7 @@ class Step:
         return d
 
 
-@dataclass(frozen=True, slots=True)
-class Skip:
+class Skip(NamedTuple):
     target: str
     rule: str
     reason: str
@@ -67,8 +67,7 @@ class Skip:
         return {"target": self.target, "rule": self.rule, "reason": self.reason}
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(NamedTuple):
     steps: tuple[Step, ...]
     skipped: tuple[Skip, ...]
     workload: Workload
@@ -252,7 +251,9 @@ def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: 
             skips.append(ctx)
             continue
         fit, why = ctx
-        candidates.append(_Candidate(b, i, fit, why, first_token_estimate(b, tokens), capable))
+        # Only the "fastest" preference reads the estimate: it is not worked out for the others.
+        ttft = first_token_estimate(b, tokens) if cp.prefer == "fastest" else 0.0
+        candidates.append(_Candidate(b, i, fit, why, ttft, capable))
     if len(candidates) > 1:
         candidates.sort(key=lambda c: c.key(cp.prefer))
     rule = _PREFER_RULE[cp.prefer]

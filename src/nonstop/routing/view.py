@@ -92,10 +92,13 @@ class BackendView:
 
 @dataclass(frozen=True, slots=True)
 class RoutingView:
+    # When the view was assembled. A runtime keeps one while none of its parts changes,
+    # so this is the time of the last change, not of the request.
     now: float
     cloud: CloudView = field(default_factory=CloudView)
     backends: tuple[BackendView, ...] = ()
+    # The backends' names, in order (made once per view).
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(b.name for b in self.backends)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(b.name for b in self.backends))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 import time
 from collections.abc import Callable, Coroutine
@@ -63,6 +64,7 @@ class Runtime:
         self.cloud: CloudBackend = None  # type: ignore[assignment]  # set in start()
         self.locals: list[LocalBackend] = []
         self._by_name: dict[str, LocalBackend] = {}
+        self._view: RoutingView | None = None  # the last view, kept while its parts are the same
         self.policy: Policy = policy_from_config(cfg)
         self.local_session: aiohttp.ClientSession | None = None
         self.embedded: Any = None
@@ -216,7 +218,17 @@ class Runtime:
     # --- what the planner sees -------------------------------------------------------------------
 
     def view(self, account: str = "") -> RoutingView:
-        return RoutingView(self.clock(), self.clouds.view(account), tuple(b.state.view() for b in self.locals))
+        """What the planner sees now. The cloud's and each backend's part are kept until
+        they change (QuotaState.view, BackendState.view); while every part is the same
+        object as last time, so is the whole."""
+        cloud = self.clouds.view(account)
+        backends = tuple([b.state.view() for b in self.locals])
+        last = self._view
+        if last is not None and last.cloud is cloud and len(last.backends) == len(backends) \
+                and all(map(operator.is_, last.backends, backends)):
+            return last
+        self._view = RoutingView(self.clock(), cloud, backends)
+        return self._view
 
     def backend(self, name: str) -> LocalBackend | None:
         return self._by_name.get(name)
