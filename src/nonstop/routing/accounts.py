@@ -31,15 +31,21 @@ _CACHE = 1024
 OnChange = Callable[[str, QuotaState, str], None]
 
 
-def credential_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
-    """The cloud credential a client sent: x-api-key, else the bearer token."""
-    bearer = ""
+def credential_of(headers: Iterable[tuple[bytes, bytes]], *, collect: dict[str, str] | None = None,
+                  names: frozenset[bytes] = frozenset()) -> str:
+    """The cloud credential a client sent: x-api-key, else the bearer token. In the same
+    pass, the headers named in `names` (lower case) go into `collect`, decoded."""
+    key = bearer = ""
     for k, v in headers:
-        if k == b"x-api-key" and v:
-            return v.decode("latin-1")
-        if k == b"authorization" and v[:7].lower() == b"bearer ":
-            bearer = v[7:].decode("latin-1").strip()
-    return bearer
+        if k == b"x-api-key":
+            if v and not key:
+                key = v.decode("latin-1")
+        elif k == b"authorization":
+            if v[:7].lower() == b"bearer ":
+                bearer = v[7:].decode("latin-1").strip()
+        elif collect is not None and k in names:
+            collect[k.decode("latin-1")] = v.decode("latin-1")
+    return key or bearer
 
 
 class Accounts:

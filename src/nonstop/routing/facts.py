@@ -145,17 +145,18 @@ def facts_from_request(req: Mapping[str, Any], headers: Mapping[str, str], *, bo
     messages = messages if isinstance(messages, list) else []
     mt = req.get("max_tokens")
     thinking = _thinking_on(req.get("thinking"))
-    workload, source = classify_workload(model, messages, headers, mt, count_tokens=count_tokens)
+    compaction, images, answers_tool = _last_turn(messages)
+    workload, source = _classify(model, headers, mt, compaction, count_tokens)
     return RequestFacts(  # by position: keywords cost a named tuple twice the time
         model,  # model
         req.get("stream") is True,  # stream
         Size(max(1, int(body_len / BYTES_PER_TOKEN)), measure=measure),  # size
         mt if isinstance(mt, int) and not isinstance(mt, bool) else None,  # max_tokens
-        _NEEDS[(bool(req.get("tools")), thinking, _has_images(messages))],  # needs
+        _NEEDS[(bool(req.get("tools")), thinking, images)],  # needs
         workload,
         source,  # workload_source
         headers.get(SESSION_HEADER, "")[:100],  # session
-        local_loop_tag(messages),  # local_loop
+        local_loop_tag(messages) if answers_tool else "",  # local_loop
         thinking,
         side,
         account,
@@ -166,6 +167,11 @@ def classify_workload(model: str, messages: list[Any], headers: Mapping[str, str
                       *, count_tokens: bool = False) -> tuple[Workload, str]:
     """The kind of work, and what told it: the client's own hint header first, then the
     subagent header, the model family and the body's shape."""
+    return _classify(model, headers, max_tokens, _last_turn(messages)[0], count_tokens)
+
+
+def _classify(model: str, headers: Mapping[str, str], max_tokens: Any, compaction: bool,
+              count_tokens: bool) -> tuple[Workload, str]:
     if count_tokens:
         return Workload.COUNT_TOKENS, "path"
     hint = _HINTS.get(headers.get(HINT_HEADER, "").strip().lower())
@@ -173,7 +179,7 @@ def classify_workload(model: str, messages: list[Any], headers: Mapping[str, str
         return hint, "header"
     if headers.get(AGENT_HEADER):
         return Workload.SUBAGENT, "agent-id"
-    if _is_compaction(messages):
+    if compaction:
         return Workload.COMPACTION, "shape"
     low = model.lower()
     for family in _BACKGROUND_FAMILIES:
@@ -184,36 +190,35 @@ def classify_workload(model: str, messages: list[Any], headers: Mapping[str, str
     return Workload.MAIN, "default"
 
 
-def _last_user_text(messages: list[Any], limit: int) -> str:
-    """The start (at least `limit` characters, when there are that many) of the text of
-    the last user turn, its text blocks joined with spaces."""
-    for msg in reversed(messages):
-        if not isinstance(msg, dict) or msg.get("role") != "user":
+def _last_turn(messages: list[Any]) -> tuple[bool, bool, bool]:
+    """What the last turn says, read in one pass over its blocks: (it asks for a
+    compaction summary, the last user turn carries an image, it carries a tool result).
+    A compaction request's last turn is the user's; the image is looked for in the last
+    user turn wherever that is."""
+    last = messages[-1] if messages else None
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return False, _has_images(messages), False
+    content = last.get("content")
+    if isinstance(content, str):
+        return _COMPACTION_MARKER in content[:_COMPACTION_SPAN].lower(), False, False
+    if not isinstance(content, list):
+        return False, False, False
+    compaction = images = result = False
+    span = _COMPACTION_SPAN  # the text left to look in, over the turn's text blocks
+    for b in content:
+        if not isinstance(b, dict):
             continue
-        content = msg.get("content")
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list):
-            texts: list[str] = []
-            size = 0
-            for b in content:
-                if isinstance(b, dict):
-                    text = b.get("text")
-                    if isinstance(text, str):
-                        texts.append(text)
-                        size += len(text) + 1
-                        if size > limit:  # enough: the rest is past the span looked at
-                            break
-            return " ".join(texts)
-        return ""
-    return ""
-
-
-def _is_compaction(messages: list[Any]) -> bool:
-    if not messages:
-        return False
-    text = _last_user_text(messages[-1:], _COMPACTION_SPAN)[:_COMPACTION_SPAN].lower()
-    return _COMPACTION_MARKER in text
+        btype = b.get("type")
+        if btype == "text":
+            text = b.get("text")
+            if span > 0 and not compaction and isinstance(text, str):
+                compaction = _COMPACTION_MARKER in text[:span].lower()
+                span -= len(text) + 1
+        elif btype == "image":
+            images = True
+        elif btype == "tool_result":
+            result = True
+    return compaction, images, result
 
 
 def _thinking_on(value: Any) -> bool:

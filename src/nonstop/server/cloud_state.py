@@ -12,12 +12,12 @@ import hashlib
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 from nonstop.config import Config
-from nonstop.routing.accounts import Accounts, credential_of
+from nonstop.routing.accounts import Accounts
 from nonstop.routing.plan import hhmm
 from nonstop.routing.quota import QuotaState
 from nonstop.routing.view import CloudState, CloudView
@@ -108,8 +108,8 @@ class CloudStates:
 
     # --- accounts --------------------------------------------------------------------------------
 
-    def account_of(self, headers: Iterable[tuple[bytes, bytes]], session: str = "") -> str:
-        credential = credential_of(headers)
+    def account_for(self, credential: str, session: str = "") -> str:
+        """The account of a request with this credential (see credential_of) and session."""
         if not credential:  # nothing to tell it apart: the account in use (one user: theirs)
             return self.sessions.get(session, self.accounts.last) if session else self.accounts.last
         account = self.accounts.label(credential)

@@ -18,8 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from nonstop.backends.base import Attempt, Exchange, Reply, TooLong
 from nonstop.redact import redact
+from nonstop.routing.accounts import credential_of
 from nonstop.routing.classify import FailureKind, Verdict
-from nonstop.routing.facts import RequestFacts, facts_from_request
+from nonstop.routing.facts import (
+    AGENT_HEADER,
+    HINT_HEADER,
+    SESSION_HEADER,
+    RequestFacts,
+    facts_from_request,
+)
 from nonstop.routing.fit import deferred_tool_names, fit_floor
 from nonstop.routing.plan import CLOUD, Plan, Skip, Step, plan
 from nonstop.store.db import RequestRow
@@ -33,7 +40,7 @@ log = logging.getLogger("nonstop")
 # How long one instance may hold the fleet's probe of an account.
 PROBE_LEASE = 120.0
 
-_FACT_HEADERS = frozenset((b"x-claude-code-request-class", b"x-claude-code-agent-id", b"x-claude-code-session-id"))
+_FACT_HEADERS = frozenset(h.encode() for h in (HINT_HEADER, AGENT_HEADER, SESSION_HEADER))
 
 
 @dataclass
@@ -65,13 +72,12 @@ class Outcome:
         return f"none; rule={last.rule}; {last.reason}" if last else "none"
 
 
-def fact_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The few request headers the planner reads, by lower-case name."""
-    found = {}
-    for k, v in headers:  # a plain loop: a comprehension costs a frame per request
-        if k in _FACT_HEADERS:
-            found[k.decode("latin-1")] = v.decode("latin-1")
-    return found
+def fact_headers(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], str]:
+    """The few request headers the planner reads, by lower-case name, and the cloud
+    credential: one pass over the headers."""
+    found: dict[str, str] = {}
+    credential = credential_of(headers, collect=found, names=_FACT_HEADERS)
+    return found, credential
 
 
 class Pipeline:
@@ -82,8 +88,8 @@ class Pipeline:
 
     def facts(self, ex: Exchange, *, side: bool = False, count_tokens: bool = False) -> RequestFacts:
         req = ex.req
-        headers = fact_headers(ex.headers)
-        ex.account = self.rt.clouds.account_of(ex.headers, headers.get("x-claude-code-session-id", ""))
+        headers, credential = fact_headers(ex.headers)
+        ex.account = self.rt.clouds.account_for(credential, headers.get(SESSION_HEADER, ""))
 
         def measure() -> tuple[int, int]:
             # The size a local model sees, and the smallest the fitting tiers can make it.

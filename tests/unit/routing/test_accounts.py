@@ -19,6 +19,16 @@ def test_credential_from_api_key_or_bearer() -> None:
     assert credential_of([(b"authorization", b"Bearer sk-ant-oat01-x")]) == "sk-ant-oat01-x"
     assert credential_of([(b"authorization", b"Basic abc")]) == ""
     assert credential_of([]) == ""
+    # The first non-empty key wins over a bearer token wherever either stands.
+    both = [(b"authorization", b"Bearer oat"), (b"x-api-key", b""), (b"x-api-key", b"k1"), (b"x-api-key", b"k2")]
+    assert credential_of(both) == "k1"
+
+
+def test_credential_pass_collects_the_named_headers() -> None:
+    found: dict[str, str] = {}
+    headers = [(b"x-a", b"1"), (b"x-api-key", b"sk"), (b"x-b", b"2"), (b"authorization", b"Bearer t")]
+    assert credential_of(headers, collect=found, names=frozenset({b"x-b", b"x-api-key"})) == "sk"
+    assert found == {"x-b": "2"}  # the credential is never collected, even when named
 
 
 def test_labels_are_salted_hashes_never_the_credential() -> None:

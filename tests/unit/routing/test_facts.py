@@ -88,3 +88,21 @@ def test_local_loop_is_recognised_from_the_history_alone() -> None:
     assert local_loop_tag(cloud) == ""
     assert local_loop_tag(history + [{"role": "assistant", "content": "done"}, {"role": "user", "content": "next"}]) == ""
     assert local_loop_tag(history[:1]) == ""
+
+
+def test_the_last_turn_is_read_in_one_pass() -> None:
+    marker = "Your task is to create a detailed summary of the conversation so far"
+    # The marker in a later text block, within the span looked at.
+    blocks = [{"type": "text", "text": "<system-reminder>x</system-reminder>"}, {"type": "text", "text": marker}]
+    assert classify_workload("claude-sonnet-4-5", [{"role": "user", "content": blocks}], {}, 20000)[0] is Workload.COMPACTION
+    # Past the first 2,000 characters of the turn's text it is not looked for.
+    late = [{"type": "text", "text": "x" * 2100}, {"type": "text", "text": marker}]
+    assert classify_workload("claude-sonnet-4-5", [{"role": "user", "content": late}], {}, 20000)[0] is Workload.MAIN
+    # An image in the last user turn is a need even when an assistant turn follows it.
+    image = {"role": "user", "content": [{"type": "image", "source": {}}, "junk", {"type": "text", "text": 3}]}
+    f = facts_from_request({"model": "m", "messages": [image, {"role": "assistant", "content": "ok"}]}, {})
+    assert f.needs.images and f.workload is Workload.MAIN and f.local_loop == ""
+    # A turn without a tool result is never taken for a local loop.
+    tag = backend_tag("llama")
+    calls = {"role": "assistant", "content": [{"type": "tool_use", "id": local_tool_id(tag), "name": "Bash", "input": {}}]}
+    assert facts_from_request({"model": "m", "messages": [MSG[0], calls, {"role": "user", "content": "stop"}]}, {}).local_loop == ""

@@ -195,6 +195,19 @@ async def test_failed_backend_is_demoted_and_its_requests_move_on(tmp_path: Path
     assert fakes["a"].sent == []
 
 
+async def test_the_view_is_kept_until_a_part_of_it_changes(tmp_path: Path) -> None:
+    rt, _, _, fakes = make(tmp_path, [], {"a": [], "b": []})
+    v = rt.view()
+    assert rt.view() is v and v.names == ("a", "b")
+    fakes["b"].state.failed("connection refused")  # one backend's part changes
+    changed = rt.view()
+    assert changed is not v and changed.backends[1].demoted and changed.backends[0] is v.backends[0]
+    assert rt.view() is changed
+    rt.quota.record_failure(Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 3600, "limit"))  # the cloud's part
+    out = rt.view()
+    assert out is not changed and out.cloud.state is CloudState.OUT
+
+
 @pytest.mark.parametrize("status", [400, 401, 404])
 async def test_client_errors_from_the_cloud_are_relayed_not_failed_over(tmp_path: Path, status: int) -> None:
     err = reply("cloud", status=status, verdict=Verdict(FailureKind.CLIENT_ERROR, False, None, "bad", status))
