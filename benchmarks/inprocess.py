@@ -5,7 +5,8 @@
     python benchmarks/inprocess.py --only log      the request log
 
 **plan**: what deciding costs a request on the cloud path. For the 50 KB Claude Code-shaped
-request and its headers: `Pipeline.facts` (the facts and the account), `Runtime.view`
+request and its headers, read as the Anthropic door reads it (its outline, wire/outline.py;
+reading it is not timed): `Pipeline.facts` (the facts and the account), `Runtime.view`
 and `plan()`, timed together and one by one, N times, on the default configuration (one
 `[[local]]` backend) and on one with four; p50 and p99 in µs. Also with the cloud out,
 where the plan is local and needs the request's size as a local model sees it.
@@ -43,6 +44,7 @@ from nonstop.routing.plan import plan  # noqa: E402
 from nonstop.server.pipeline import Pipeline  # noqa: E402
 from nonstop.server.runtime import Runtime  # noqa: E402
 from nonstop.store.db import RequestRow  # noqa: E402
+from nonstop.wire.outline import outline  # noqa: E402
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -59,10 +61,14 @@ def _runtime(state: Path, backends: int, log: bool = False) -> Runtime:
     return rt
 
 
-def _exchange(body: bytes) -> Exchange:
-    req = orjson.loads(body)
+def _exchange(body: bytes) -> tuple[Exchange, dict[str, Any]]:
+    """The exchange as the Anthropic door makes it (only the outline of the body is read),
+    and what the facts are read from."""
+    shape = outline(body)
+    assert shape is not None
     headers = [(k.encode(), v.encode()) for k, v in CLAUDE_CODE_HEADERS.items()]
-    return Exchange("POST", "/v1/messages", b"/v1/messages", b"beta=true", headers, body, req, bool(req.get("stream")))
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"beta=true", headers, body, {}, shape.stream, lazy=True)
+    return ex, shape.facts
 
 
 def time_plan(rt: Runtime, body: bytes, n: int) -> dict[str, Any]:
@@ -74,9 +80,9 @@ def time_plan(rt: Runtime, body: bytes, n: int) -> dict[str, Any]:
         # The previous request is let go first: its facts hold its exchange, and freeing
         # that parsed 50 KB body is the end of a request, not planning the next one.
         facts = view = p = None
-        ex = _exchange(body)  # a fresh request each time: nothing is remembered between them
+        ex, fields = _exchange(body)  # a fresh request each time: nothing is remembered between them
         t0 = clock()
-        facts = pipeline.facts(ex)
+        facts = pipeline.facts(ex, req=fields)
         t1 = clock()
         view = rt.view(facts.account)
         t2 = clock()
@@ -103,7 +109,8 @@ async def bench_plan(n: int) -> dict[str, Any]:
             rt = _runtime(Path(tmp), backends)
             time_plan(rt, body, 200)  # warm-up
             out[f"serving_{backends}"] = time_plan(rt, body, n)
-            account = Pipeline(rt).facts(_exchange(body)).account
+            ex, fields = _exchange(body)
+            account = Pipeline(rt).facts(ex, req=fields).account
             rt.clouds.state(account).record_failure(
                 Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, time.time() + 3600, "bench"))
             out[f"out_{backends}"] = time_plan(rt, body, max(50, n // 20))
@@ -126,8 +133,8 @@ async def _record(rt: Runtime, rows: int, pace: float) -> float:
     if store is not None:
         await asyncio.to_thread(store.open)
     pipeline = Pipeline(rt)
-    ex = _exchange(orjson.dumps(claude_code_request(stream=True)))
-    facts = pipeline.facts(ex)
+    ex, fields = _exchange(orjson.dumps(claude_code_request(stream=True)))
+    facts = pipeline.facts(ex, req=fields)
     route = plan(facts, rt.view(facts.account), rt.policy).as_dict()
     await asyncio.sleep(0.3)
     c0 = time.process_time()

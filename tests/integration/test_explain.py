@@ -14,20 +14,13 @@ from tests.support.config import nonstop_config
 pytestmark = pytest.mark.integration
 
 
-def answered(recorder_proc: procs.Proc) -> list:
-    """The requests the local backend answered (not the token counts an instance sends
-    to calibrate its estimate, at any moment after start-up)."""
-    got = json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2])
-    return [r for r in got if r["path"] != "/v1/messages/count_tokens"]
-
-
 def test_explain_uses_the_live_state_and_sends_nothing(cloud, recorder_proc, nonstop_factory, tmp_path):
     ns = nonstop_factory(nonstop_config(cloud.url, local=[{"name": "rec", "url": recorder_proc.url}]))
     procs.set_mode(cloud, "subscription_limit", reset_in=3600)
     body = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
     assert rawhttp.request("POST", ns.url + "/v1/messages", body, {"x-api-key": procs.PLANTED_KEY})[0] == 200
     cloud_before = len(procs.cloud_requests(cloud))
-    local_before = len(answered(recorder_proc))
+    local_before = len(procs.answered(recorder_proc))
     saved = tmp_path / "request.json"
     saved.write_text(json.dumps(body))
     r = subprocess.run([sys.executable, "-m", "nonstop", "explain", str(saved), "--config", str(ns.extra["config"])],
@@ -37,7 +30,7 @@ def test_explain_uses_the_live_state_and_sends_nothing(cloud, recorder_proc, non
     assert "1. rec — order:" in r.stdout
     assert "skip cloud — cloud: out until" in r.stdout and "subscription_limit" in r.stdout
     assert len(procs.cloud_requests(cloud)) == cloud_before
-    assert len(answered(recorder_proc)) == local_before
+    assert len(procs.answered(recorder_proc)) == local_before
     # A request the gateway would refuse is refused here too, with the reason.
     saved.write_text(json.dumps({"model": "", "messages": []}))
     r = subprocess.run([sys.executable, "-m", "nonstop", "explain", str(saved), "--config", str(ns.extra["config"])],

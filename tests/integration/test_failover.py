@@ -156,14 +156,14 @@ def test_cloud_path_is_transparent(cloud, llama, nonstop_factory):
 def test_no_cloud_credential_reaches_local(cloud, recorder_proc, nonstop_factory):
     procs.set_mode(cloud, "subscription_limit")
     ns = nonstop_factory(config(cloud.url, recorder_proc.url))
-    already = len(json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2]))
+    already = len(procs.answered(recorder_proc))
     c = client(ns, default_headers={"anthropic-beta": "oauth-2025-04-20", "authorization": "Bearer " + procs.PLANTED_KEY})
     for stream in (False, True):
         msg, headers = ask(c, stream, system=[{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}])
         assert headers["x-nonstop-backend"] == "llama"
         assert_complete(msg)
         assert msg.usage.input_tokens > 0  # the recorder says 0: nonstop fixes it
-    seen = json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2])[already:]
+    seen = procs.answered(recorder_proc)[already:]
     assert seen
     for req in seen:
         dump = json.dumps(req)

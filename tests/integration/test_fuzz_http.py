@@ -222,6 +222,7 @@ MALFORMED = [
     b'{"model": NaN, "messages": []}', b'{"model": "x", "max_tokens": 1e999, "messages": []}',
     b'{"model": "\xff\xfe", "messages": []}', b"\xef\xbb\xbf{}", b'{"model": "a\x00", "messages": []}',
     b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    b'{"model": "x", "messages": [], "system": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     b"\x00" * 64, b'{"messages": [' + b'{"role":"user","content":"x"},' * 2 + b"]}",
 ]
 
@@ -294,7 +295,7 @@ def test_path_like_model_names_stay_inside_the_body(stack, model, recorder_proc)
         assert r.status == 200 and wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=False).outcome == "ok"
     last = procs.cloud_requests(cloud)[-1]
     assert last["path"] == "/v1/messages"
-    seen = json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2])[-1]
+    seen = procs.answered(recorder_proc)[-1]
     assert seen["path"] == "/v1/messages" and json.loads(seen["body"])["model"] == "local-model"
     procs.set_mode(cloud, "ok", no_log=True)
 

@@ -5,8 +5,6 @@ well-formed error event."""
 
 from __future__ import annotations
 
-import json
-
 import anthropic
 import pytest
 
@@ -68,34 +66,27 @@ def test_recovery_continues_the_message_locally(cloud, recorder_proc, nonstop_fa
 def test_without_recovery_the_stream_ends_with_an_error_event(cloud, recorder_proc, nonstop_factory, mode):
     procs.set_mode(cloud, mode)
     ns = nonstop_factory(config(cloud.url, recorder_proc.url, recovery=False))
-    before = len(recorder_log(recorder_proc))
+    before = len(procs.answered(recorder_proc))
     with pytest.raises(anthropic.APIError), sdk(ns).messages.stream(**MESSAGE) as s:
         for _ in s:
             pass
     r, v = raw_stream(ns)
     assert v.outcome == "error", (v.problem, r.body[-600:])
     assert v.text == CLOUD_PARTIAL
-    assert len(recorder_log(recorder_proc)) == before, "the local backend was asked although recovery is off"
-
-
-def recorder_log(recorder_proc: procs.Proc) -> list:
-    """The requests the local backend was asked to answer. Not its token counts: a new
-    instance calibrates its estimate against the server at any moment after start-up."""
-    got = json.loads(rawhttp.request("GET", recorder_proc.url + "/_recorded")[2])
-    return [r for r in got if r["path"] != "/v1/messages/count_tokens"]
+    assert len(procs.answered(recorder_proc)) == before, "the local backend was asked although recovery is off"
 
 
 @pytest.mark.parametrize("mode", ["tool_then_reset", "tool_then_error"])
 def test_no_recovery_inside_a_tool_call(cloud, recorder_proc, nonstop_factory, mode):
     procs.set_mode(cloud, mode)
     ns = nonstop_factory(config(cloud.url, recorder_proc.url, recovery=True))
-    before = len(recorder_log(recorder_proc))
+    before = len(procs.answered(recorder_proc))
     r, v = raw_stream(ns)
     assert r.headers["x-nonstop-backend"] == "cloud"
     assert v.outcome == "error", (v.problem, r.body[-600:])
     assert "content_block_start" in v.events and v.events[-1] == "error"
     assert b'"tool_use"' in r.body and b"input_json_delta" in r.body
-    assert len(recorder_log(recorder_proc)) == before, "the local backend was asked to continue a tool call"
+    assert len(procs.answered(recorder_proc)) == before, "the local backend was asked to continue a tool call"
     assert r.total_s < 5
     procs.set_mode(cloud, mode)
     with pytest.raises(anthropic.APIError), sdk(ns).messages.stream(**MESSAGE) as s:
@@ -114,8 +105,8 @@ def test_recovery_with_no_local_backend_ends_with_an_error_event(cloud, nonstop_
 
 def test_recovery_leaves_a_complete_stream_alone(cloud, recorder_proc, nonstop_factory):
     ns = nonstop_factory(config(cloud.url, recorder_proc.url, recovery=True))
-    before = len(recorder_log(recorder_proc))
+    before = len(procs.answered(recorder_proc))
     with sdk(ns).messages.stream(**MESSAGE) as s:
         msg = s.get_final_message()
     assert msg.content[0].text == "Hello from the cloud."
-    assert len(recorder_log(recorder_proc)) == before
+    assert len(procs.answered(recorder_proc)) == before

@@ -136,6 +136,14 @@ def start_recorder(port: int | None = None) -> Proc:
     return start_python(["-m", "tests.support.recorder", "--port", str(port)], port, "/_recorded", "recorder")
 
 
+def answered(recorder: Proc) -> list[dict[str, Any]]:
+    """The requests a recorder (a local backend) was asked to answer, oldest first. Not
+    its token counts: an instance calibrates its estimate against the server at any
+    moment after start-up."""
+    got = json.loads(rawhttp.request("GET", recorder.url + "/_recorded")[2])
+    return [r for r in got if r["path"] != "/v1/messages/count_tokens"]
+
+
 def write_config(folder: Path, text: str) -> Path:
     path = folder / "config.toml"
     path.write_text(text)

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+
 from nonstop.routing.classify import Verdict
 from nonstop.routing.view import Capabilities
 
@@ -55,6 +57,16 @@ class Exchange:
     cloud_headers: dict[str, str] | None = None
     # The account the client's credential belongs to (a salted hash, never the credential).
     account: str = ""
+    # `req` is not parsed yet: the door read only the request's outline (wire/outline.py),
+    # and request() parses `body` the first time a backend needs the whole request.
+    lazy: bool = False
+
+    def request(self) -> dict[str, Any]:
+        """The whole parsed request, parsed now if the door did not need it."""
+        if self.lazy:
+            self.lazy = False
+            self.req = orjson.loads(self.body) if self.body else {}
+        return self.req
 
 
 @dataclass

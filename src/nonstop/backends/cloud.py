@@ -158,8 +158,8 @@ class CloudBackend:
         for k, v in (ex.cloud_headers or {}).items():
             headers.setdefault(k, v)
         body = ex.cloud_body if ex.cloud_body is not None else ex.body
-        if step.strip_thinking and ex.req:
-            body = orjson.dumps(for_cloud(without_thinking(ex.req)))
+        if step.strip_thinking and ex.request():
+            body = orjson.dumps(for_cloud(without_thinking(ex.request())))
         path = ex.cloud_path or ex.raw_path
         expect = ("stream" if ex.stream else "json") if ex.path in _INFERENCE_PATHS else ""
         return await self.request(ex.method, path, ex.query, headers, body, stream=ex.stream, expect=expect,

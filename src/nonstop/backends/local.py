@@ -153,7 +153,7 @@ class LocalBackend:
         return min(self.cfg.max_output_tokens, max(MIN_OUTPUT_ROOM, window // 4))
 
     async def send(self, ex: Exchange, step: Step) -> Attempt:
-        return await self.send_request(ex.req, stream=ex.stream)
+        return await self.send_request(ex.request(), stream=ex.stream)
 
     async def send_request(self, req: dict, *, stream: bool) -> Attempt:
         local_req = self.local_request(req)

@@ -111,8 +111,13 @@ async def read_json_body(scope: Scope, receive: Receive, limit: int) -> tuple[by
     """The whole body and its JSON, or BadBody when it is over `limit` (413) or not JSON
     (400); BodyTimeout and ClientGone as for read_body."""
     body = await read_body(scope, receive, limit)
+    return body, parse_json_body(body)
+
+
+def parse_json_body(body: bytes) -> Any:
+    """The body's JSON, or BadBody (400) when it is not JSON."""
     try:
-        return body, orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadBody(400, f"the request body is not valid JSON: {exc}", "invalid_request_error") from None
 

@@ -13,6 +13,7 @@ Nothing here writes to the client: the relay commits the reply it returns.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -86,17 +87,21 @@ class Pipeline:
 
     # --- facts ------------------------------------------------------------------------------
 
-    def facts(self, ex: Exchange, *, side: bool = False, count_tokens: bool = False) -> RequestFacts:
-        req = ex.req
+    def facts(self, ex: Exchange, *, side: bool = False, count_tokens: bool = False,
+              req: Mapping[str, Any] | None = None) -> RequestFacts:
+        """`req`: what the facts are read from when not the parsed request (a request's
+        outline: see wire/outline.py)."""
+        req = ex.req if req is None else req
         headers, credential = fact_headers(ex.headers)
         ex.account = self.rt.clouds.account_for(credential, headers.get(SESSION_HEADER, ""))
 
         def measure() -> tuple[int, int]:
             # The size a local model sees, and the smallest the fitting tiers can make it.
-            # It reads ex.req when called, not the request as it was: the facts live as long
-            # as the exchange, and must not keep a parsed request its door has let go.
-            local = to_local_request(ex.req, model="", max_tokens=1)
-            floor = fit_floor(local, estimate_tokens, drop_turns=True, deferred=deferred_tool_names(ex.req))
+            # It reads the request when called, not the request as it was: the facts live as
+            # long as the exchange, and must not keep a parsed request its door has let go.
+            whole = ex.request()
+            local = to_local_request(whole, model="", max_tokens=1)
+            floor = fit_floor(local, estimate_tokens, drop_turns=True, deferred=deferred_tool_names(whole))
             return estimate_tokens(local), floor
 
         return facts_from_request(req, headers, body_len=len(ex.cloud_body or ex.body), measure=measure,

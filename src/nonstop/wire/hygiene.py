@@ -17,7 +17,7 @@ from nonstop.wire.tool_ids import valid_tool_id
 
 EMPTY_TURN_TEXT = "(no content)"
 # The only block types the cloud may reject in a history: everything else is kept as is.
-_CHECKED = frozenset({"thinking", "redacted_thinking", "tool_use", "tool_result"})
+CHECKED_BLOCKS = frozenset({"thinking", "redacted_thinking", "tool_use", "tool_result"})
 
 
 def clean_history_for_cloud(req: dict[str, Any]) -> dict[str, Any] | None:
@@ -38,7 +38,7 @@ def clean_history_for_cloud(req: dict[str, Any]) -> dict[str, Any] | None:
         for j, block in enumerate(content):
             if type(block) is dict:  # the common case first: a block no rule is about is kept
                 btype = block.get("type")
-                if type(btype) is not str or btype not in _CHECKED:
+                if type(btype) is not str or btype not in CHECKED_BLOCKS:
                     if kept is not None:
                         kept.append(block)
                     continue
@@ -63,31 +63,30 @@ def clean_history_for_cloud(req: dict[str, Any]) -> dict[str, Any] | None:
     return {**req, "messages": changed}
 
 
+def kept_as_is(btype: Any, assistant: bool, signature: Any, data: Any, tool_id: Any) -> bool:
+    """Whether a block goes to the cloud unchanged, from its type, its turn (an assistant
+    turn or not) and the fields the rules read: a thinking block's signature, a redacted
+    one's data, a tool_use's id or a tool_result's tool_use_id."""
+    if btype == "thinking":
+        return not assistant or (isinstance(signature, str) and bool(signature) and signature != LOCAL_THINKING_SIGNATURE)
+    if btype == "redacted_thinking":
+        return not assistant or bool(data)
+    if btype == "tool_use" or btype == "tool_result":
+        return not isinstance(tool_id, str) or valid_tool_id(tool_id) == tool_id
+    return True
+
+
 def _clean_block(block: Any, assistant: bool) -> Any:
     """The block itself when it is fine, a replacement, or None to remove it."""
     if not isinstance(block, dict):
         return block
     btype = block.get("type")
-    if btype == "thinking":
-        signature = block.get("signature")
-        if assistant and (not signature or not isinstance(signature, str) or signature == LOCAL_THINKING_SIGNATURE):
-            return None
-    elif btype == "redacted_thinking":
-        if assistant and not block.get("data"):
-            return None
-    elif btype == "tool_use":
-        return _with_valid_id(block, "id")
-    elif btype == "tool_result":
-        return _with_valid_id(block, "tool_use_id")
-    return block
-
-
-def _with_valid_id(block: dict[str, Any], key: str) -> dict[str, Any]:
-    tool_id = block.get(key)
-    if not isinstance(tool_id, str):
+    key = "tool_use_id" if btype == "tool_result" else "id"
+    if kept_as_is(btype, assistant, block.get("signature"), block.get("data"), block.get(key)):
         return block
-    valid = valid_tool_id(tool_id)
-    return block if valid == tool_id else {**block, key: valid}
+    if btype == "tool_use" or btype == "tool_result":
+        return {**block, key: valid_tool_id(block[key])}
+    return None  # a thinking block the cloud would reject
 
 
 def for_cloud(req: dict[str, Any]) -> dict[str, Any]:

@@ -8,18 +8,28 @@ name is never checked against a list of models.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 MAX_MODEL_NAME = 256
 
 
-def _bad_model(model: Any) -> str:
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def bad_model(model: Any) -> str:
     if not isinstance(model, str) or not model:
         return "model: a non-empty string is required"
     if len(model) > MAX_MODEL_NAME:
         return f"model: longer than {MAX_MODEL_NAME} characters"
-    if any(ord(c) < 32 or ord(c) == 127 for c in model):
+    if _CONTROL.search(model):
         return "model: contains control characters"
+    return ""
+
+
+def bad_max_tokens(mt: Any) -> str:
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
+        return "max_tokens: must be a positive whole number"
     return ""
 
 
@@ -27,16 +37,16 @@ def validate_messages_request(req: Any) -> str:
     """A short reason the request cannot be served, or "" when it is well-formed enough."""
     if not isinstance(req, dict):
         return "the request body must be a JSON object"
-    problem = _bad_model(req.get("model"))
+    problem = bad_model(req.get("model"))
     if problem:
         return problem
     if not isinstance(req.get("messages"), list):
         return "messages: a list of messages is required"
     if "stream" in req and not isinstance(req["stream"], bool):
         return "stream: must be true or false"
-    mt = req.get("max_tokens")
-    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, int) or mt < 1):
-        return "max_tokens: must be a positive whole number"
+    problem = bad_max_tokens(req.get("max_tokens"))
+    if problem:
+        return problem
     tools = req.get("tools")
     if tools is not None:
         if not isinstance(tools, list):

@@ -20,6 +20,7 @@ from nonstop.server.writers import AnthropicWriter
 from nonstop.wire.anthropic import estimate_tokens, to_local_request
 from nonstop.wire.errors import anthropic_error
 from nonstop.wire.hygiene import clean_history_for_cloud
+from nonstop.wire.outline import outline
 from nonstop.wire.validate import validate_messages_request
 
 WRITER = AnthropicWriter()
@@ -27,38 +28,50 @@ WRITER = AnthropicWriter()
 
 class AnthropicDoor(Door):
     async def messages(self, scope: Scope, receive: Receive, send: Send) -> None:
-        got = await self.read_json(scope, receive, send, WRITER)
-        if got is None:
+        body = await self.read(scope, receive, send, WRITER)
+        if body is None:
             return
-        body, req = got
-        problem = validate_messages_request(req)
+        # The outline is enough while the history needs no cleaning: the request is parsed
+        # whole only if a backend other than the cloud needs it (wire/outline.py).
+        shape = outline(body)
+        if shape is not None:
+            problem, cleaned, req = shape.problem, None, shape.facts
+        else:
+            parsed = await self.parse_json(body, send, WRITER)
+            if parsed is None:
+                return
+            req = parsed[0]
+            problem = validate_messages_request(req)
+            cleaned = clean_history_for_cloud(req) if not problem else None
         if problem:
             await WRITER.error(send, 400, problem, "invalid_request_error")
             return
-        cleaned = clean_history_for_cloud(req)
-        ctx = self.context(scope, body, req, "/v1/messages",
+        ctx = self.context(scope, body, req, "/v1/messages", lazy=shape is not None,
                            cloud_body=orjson.dumps(cleaned) if cleaned is not None else None)
+        if shape is not None:
+            ctx.facts = self.pipeline.facts(ctx.ex, req=shape.facts)
         ctx.row.overhead_ms = (time.perf_counter() - ctx.t0) * 1000
         self.rt.inflight += 1
         try:
             outcome = await self.pipeline.run(ctx)
-            # The request is no longer needed once a reply is chosen: do not hold ~50 KB
-            # per open stream for its whole life (unless recovery or body logging needs it).
-            del got, body, cleaned
-            ctx.ex.cloud_body = None
-            if not self.cfg.log.store_bodies:
-                ctx.ex.body = b""
             reply = outcome.reply
             served = reply is not None and reply.backend == CLOUD and reply.status == 200
             tap = Tap(reply) if served and reply is not None and self.rt.shadow.sample() else None
-            if served and reply is not None and reply.stream and self.cfg.recovery.continue_locally:
-                reply.body = recovering(reply, reply.body, req, lambda r: self.pipeline.continue_locally(ctx, r))
-            elif tap is None:
-                ctx.ex.req = {}
-                del req
+            recover = served and reply is not None and reply.stream and self.cfg.recovery.continue_locally
+            # Recovery and the shadow need the whole request; nothing else does from here.
+            whole = ctx.ex.request() if recover or tap is not None else None
+            # The request is no longer needed once a reply is chosen: do not hold ~50 KB
+            # per open stream for its whole life (unless recovery or body logging needs it).
+            del body, cleaned, req, shape
+            ctx.ex.cloud_body = None
+            ctx.ex.req = {}
+            if not self.cfg.log.store_bodies:
+                ctx.ex.body = b""
+            if recover and reply is not None and whole is not None:
+                reply.body = recovering(reply, reply.body, whole, lambda r: self.pipeline.continue_locally(ctx, r))
             await self.relay.commit(ctx, outcome, receive, send, WRITER)
-            if tap is not None:
-                self.rt.shadow.after(req, tap, ctx.row.workload, ctx.row.request_id)
+            if tap is not None and whole is not None:
+                self.rt.shadow.after(whole, tap, ctx.row.workload, ctx.row.request_id)
         finally:
             self.rt.inflight -= 1
 

@@ -15,6 +15,7 @@ from nonstop.server.asgi import (
     Receive,
     Scope,
     Send,
+    parse_json_body,
     read_body,
     read_json_body,
 )
@@ -35,7 +36,10 @@ class Door:
         self.pipeline = pipeline
         self.relay = relay
 
-    def context(self, scope: Scope, body: bytes, req: dict[str, Any], path: str, **cloud: Any) -> RequestContext:
+    def context(self, scope: Scope, body: bytes, req: dict[str, Any], path: str, *, lazy: bool = False,
+                **cloud: Any) -> RequestContext:
+        """`lazy`: `req` is the request's outline (wire/outline.py), not the parsed
+        request; the exchange parses `body` if a backend needs the whole request."""
         client = session = None
         for k, v in scope["headers"]:  # one pass; the first of each, as header() reads them
             if k == b"user-agent":
@@ -52,8 +56,8 @@ class Door:
         scope[REQUEST_ROW] = row
         ex = Exchange(
             method=scope["method"], path=path, raw_path=scope.get("raw_path") or scope["path"].encode(),
-            query=scope.get("query_string", b""), headers=scope["headers"], body=body, req=req,
-            stream=req.get("stream") is True, **cloud,
+            query=scope.get("query_string", b""), headers=scope["headers"], body=body, req={} if lazy else req,
+            stream=req.get("stream") is True, lazy=lazy, **cloud,
         )
         return RequestContext(ex, row, time.perf_counter())
 
@@ -66,6 +70,11 @@ class Door:
         """The body and its JSON, or None after answering the problem in the client's protocol."""
         return await _answered(read_json_body(scope, receive, self.cfg.max_body_bytes), send, writer)
 
+    async def parse_json(self, body: bytes, send: Send, writer: Writer) -> tuple[Any] | None:
+        """The body's JSON (in a 1-tuple, since JSON may be null), or None after answering
+        that it is not JSON in the client's protocol."""
+        return await _answered(_parsed(body), send, writer)
+
 
 async def _answered(reading: Awaitable[T], send: Send, writer: Writer) -> T | None:
     """What `reading` gives, or None after answering a body nonstop cannot take (or when the
@@ -77,3 +86,7 @@ async def _answered(reading: Awaitable[T], send: Send, writer: Writer) -> T | No
     except ClientGone:
         pass
     return None
+
+
+async def _parsed(body: bytes) -> tuple[Any]:
+    return (parse_json_body(body),)

@@ -1,0 +1,119 @@
+"""The outline of a Messages request: what the cloud path reads, without parsing the rest.
+
+A Claude Code request is about 50 KB of JSON, and most of it (the system prompt, the tool
+schemas, tool inputs and results) is forwarded to the cloud as the client sent it: nonstop
+never reads it there. Parsing all of it into Python objects, and freeing them again, was
+the largest part of nonstop's own work per request. `outline(body)` decodes only the
+fields validation, history hygiene and the planner read, by a typed msgspec decoder that
+skips the rest inside C:
+
+- the model, `stream`, `max_tokens`, whether there are tools, `thinking`;
+- each message's role and content type, and each block's type and the fields hygiene
+  checks (ids, signatures, redacted data);
+- the last two messages (and back to the last user turn), for the planner's facts
+  (workload class, images, a local tool loop), with the text of their text blocks.
+
+It answers only for requests whose shape it fully describes. Anything else (a block that
+is not an object, a field of a type validation would reject, invalid JSON, a history that
+needs cleaning) gives None, and the caller parses the whole request as before, so the
+fast path can never accept what the full checks would refuse or answer differently.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgspec
+
+from nonstop.wire.hygiene import CHECKED_BLOCKS, kept_as_is
+from nonstop.wire.validate import bad_max_tokens, bad_model
+
+
+class _Block(msgspec.Struct, gc=False):
+    type: Any = None
+    id: Any = None
+    tool_use_id: Any = None
+    signature: Any = None
+    data: Any = None
+    # Left as JSON text unless the planner reads it (empty: the block has none).
+    text: msgspec.Raw = msgspec.Raw()
+
+
+class _Message(msgspec.Struct, gc=False):
+    role: str
+    content: str | list[_Block]
+
+
+class _Tool(msgspec.Struct, gc=False):
+    name: str = ""
+
+
+class _Request(msgspec.Struct, gc=False):
+    model: Any
+    messages: list[_Message]
+    stream: bool = False
+    max_tokens: int | None = None
+    tools: list[_Tool] | None = None
+    thinking: Any = None
+
+
+_DECODER = msgspec.json.Decoder(_Request)
+
+
+class Outline(NamedTuple):
+    model: Any
+    stream: bool
+    # Why the request cannot be served ("" when it can), as validate_messages_request says it.
+    problem: str
+    # The fields the planner's facts read, as a request dict: the same keys, with only
+    # the messages they read (see routing/facts.py).
+    facts: dict[str, Any]
+
+
+def outline(body: bytes) -> Outline | None:
+    """The outline of a Messages request whose history can go to the cloud as it is;
+    None when the whole request must be parsed (see the module's docstring)."""
+    try:
+        req = _DECODER.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # nested too deep: orjson says so
+        return None
+    for m in req.messages:
+        content = m.content
+        if isinstance(content, str):
+            continue
+        assistant = m.role == "assistant"
+        for b in content:
+            t = b.type
+            if type(t) is str and t in CHECKED_BLOCKS and not kept_as_is(
+                    t, assistant, b.signature, b.data, b.tool_use_id if t == "tool_result" else b.id):
+                return None
+    problem = bad_model(req.model) or bad_max_tokens(req.max_tokens)
+    facts = {
+        "model": req.model, "stream": req.stream, "max_tokens": req.max_tokens,
+        "tools": bool(req.tools), "thinking": req.thinking,
+        "messages": [_as_dict(m) for m in req.messages[_tail(req.messages):]],
+    }
+    return Outline(req.model, req.stream, problem, facts)
+
+
+def _tail(messages: list[_Message]) -> int:
+    """Where the messages the facts read start: the last two, and back to the last user
+    turn (the one whose images count) when that is further back."""
+    start = max(0, len(messages) - 2)
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user":
+            return min(start, i)
+    return start
+
+
+def _as_dict(m: _Message) -> dict[str, Any]:
+    content = m.content
+    if isinstance(content, str):
+        return {"role": m.role, "content": content}
+    blocks: list[dict[str, Any]] = []
+    for b in content:
+        block = {"type": b.type, "id": b.id}
+        if b.text:  # valid JSON: it was decoded as part of the whole body
+            block["text"] = msgspec.json.decode(b.text)
+        blocks.append(block)
+    return {"role": m.role, "content": blocks}

@@ -1,0 +1,159 @@
+"""The request outline agrees with the whole-request checks wherever it answers.
+
+`outline(body)` stands in for parsing, validating, cleaning and reading the facts of a
+Messages request on the cloud path. It may decline (None: the caller parses the whole
+request); when it answers, every answer must be the one the full path would give.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nonstop.routing.facts import facts_from_request
+from nonstop.wire.hygiene import clean_history_for_cloud
+from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE
+from nonstop.wire.outline import outline
+from nonstop.wire.tool_ids import backend_tag, local_tool_id
+from nonstop.wire.validate import validate_messages_request
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from payload import claude_code_request  # noqa: E402
+
+MARKER = "Your task is to create a detailed summary of the conversation so far"
+HEADERS = {"x-claude-code-session-id": "s1"}
+
+
+def agrees(req: Any) -> bool:
+    """Checks the outline of `req` against the full path; True when it answered."""
+    body = orjson.dumps(req)
+    shape = outline(body)
+    if shape is None:
+        return False
+    assert isinstance(req, dict)
+    assert shape.problem == validate_messages_request(req)
+    assert shape.model == req.get("model") and shape.stream == (req.get("stream") is True)
+    if not shape.problem:
+        assert clean_history_for_cloud(req) is None
+        fast = facts_from_request(shape.facts, HEADERS, body_len=len(body))
+        full = facts_from_request(req, HEADERS, body_len=len(body))
+        assert fast._replace(size=None) == full._replace(size=None)
+        assert fast.size.sent == full.size.sent
+    return True
+
+
+def test_a_claude_code_request_takes_the_outline() -> None:
+    req = claude_code_request(stream=True)
+    assert agrees(req)
+    shape = outline(orjson.dumps(req))
+    assert shape is not None and shape.problem == "" and shape.stream is True
+
+
+def test_a_history_that_needs_cleaning_is_parsed_whole() -> None:
+    tag = backend_tag("llama")
+    local = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "x", "signature": LOCAL_THINKING_SIGNATURE},
+                                          {"type": "tool_use", "id": local_tool_id(tag), "name": "Bash", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": local_tool_id(tag), "content": "ok"}]},
+    ]
+    assert outline(orjson.dumps({"model": "m", "messages": local})) is None
+    bad_id = [{"role": "assistant", "content": [{"type": "tool_use", "id": "call 1", "name": "f", "input": {}}]}]
+    assert outline(orjson.dumps({"model": "m", "messages": bad_id})) is None
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"{", b"[1, 2]", b"null", b'"x"', b'{"model": "m"}', b'{"model": "m", "messages": {}}',
+    b'{"model": "m", "messages": [1]}', b'{"model": "m", "messages": [{"content": "x"}]}',
+    b'{"model": "m", "messages": [{"role": "user", "content": null}]}',
+    b'{"model": "m", "messages": [{"role": "user", "content": ["x"]}]}',
+    b'{"model": "m", "messages": [], "stream": "yes"}', b'{"model": "m", "messages": [], "stream": null}',
+    b'{"model": "m", "messages": [], "max_tokens": 1.0}', b'{"model": "m", "messages": [], "max_tokens": true}',
+    b'{"model": "m", "messages": [], "tools": [{"name": 3}]}', b'{"model": "m", "messages": [], "tools": ["Read"]}',
+    b'{"model": "m", "messages": [], "tools": {}}', b'\xff\xfe',
+])
+def test_what_the_outline_does_not_describe_is_parsed_whole(body: bytes) -> None:
+    assert outline(body) is None
+
+
+@pytest.mark.parametrize("depth", [5_000, 1_000_000])
+def test_nesting_too_deep_is_left_to_the_full_parse(depth: int) -> None:
+    """Inside a field the outline skips, as in one it reads; the full parse then refuses it."""
+    deep = b"[" * depth + b"]" * depth
+    for body in (b'{"model": "m", "x": ' + deep + b', "messages": []}',
+                 b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "tool_use", "input": ' + deep + b'}]}]}'):
+        assert outline(body) is None
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(body)
+
+
+@pytest.mark.parametrize("req", [
+    {"model": "", "messages": []},
+    {"model": 7, "messages": []},
+    {"model": "claude\nx", "messages": []},
+    {"model": "m" * 257, "messages": []},
+    {"model": "m", "messages": [], "max_tokens": 0},
+    {"model": "m", "messages": [], "max_tokens": -3},
+    {"model": "m", "messages": [], "max_tokens": 2**63 - 1},
+    {"model": "m", "messages": [], "max_tokens": None, "tools": None, "thinking": None},
+    {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": [{"type": "text", "text": MARKER}]}]},
+    {"model": "m", "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]},
+                                {"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]},
+])
+def test_its_answers_are_the_full_checks_answers(req: dict[str, Any]) -> None:
+    assert agrees(req)
+
+
+# Values of every JSON type, for fields that should hold one type.
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False),
+                    st.text(max_size=4))
+IDS = st.one_of(st.sampled_from(["toolu_01A", "call 1", "", local_tool_id(backend_tag("llama"))]), SCALARS)
+BLOCK = st.one_of(
+    st.fixed_dictionaries(
+        {"type": st.one_of(st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking", "redacted_thinking",
+                                            "document"]), SCALARS)},
+        optional={"text": st.one_of(st.just(MARKER), st.text(max_size=30), SCALARS), "id": IDS, "tool_use_id": IDS,
+                  "signature": st.one_of(st.sampled_from([LOCAL_THINKING_SIGNATURE, "sig", ""]), SCALARS),
+                  "data": SCALARS, "input": st.dictionaries(st.text(max_size=3), SCALARS, max_size=2)}),
+    SCALARS,
+)
+MESSAGE = st.one_of(
+    st.fixed_dictionaries({}, optional={
+        "role": st.one_of(st.sampled_from(["user", "assistant", "system"]), SCALARS),
+        "content": st.one_of(st.text(max_size=20), st.just(MARKER), st.lists(BLOCK, max_size=4), SCALARS)}),
+    SCALARS,
+)
+REQUEST = st.fixed_dictionaries({}, optional={
+    "model": st.one_of(st.sampled_from(["claude-sonnet-4-5", "claude-haiku-4-5", "bad\nname", ""]), SCALARS),
+    "messages": st.one_of(st.lists(MESSAGE, max_size=5), SCALARS),
+    "stream": SCALARS,
+    "max_tokens": st.one_of(st.integers(-2, 70000), SCALARS),
+    "tools": st.one_of(st.lists(st.one_of(st.fixed_dictionaries({}, optional={"name": SCALARS}), SCALARS), max_size=3),
+                       SCALARS),
+    "thinking": st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["enabled", "adaptive", "disabled"])}), SCALARS),
+    "system": st.one_of(st.text(max_size=10), SCALARS),
+})
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(REQUEST)
+def test_the_outline_never_answers_differently(req: dict[str, Any]) -> None:
+    agrees(req)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.fixed_dictionaries({
+    "role": st.sampled_from(["user", "assistant"]),
+    "content": st.one_of(st.text(max_size=20), st.lists(st.fixed_dictionaries({
+        "type": st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking"]), "signature": st.just("sig")},
+        optional={"text": st.text(max_size=10), "id": st.sampled_from(["toolu_01A", local_tool_id(backend_tag("llama"))]),
+                  "tool_use_id": st.just("toolu_01A")}), max_size=3))}), max_size=6))
+def test_well_formed_histories_take_the_outline(messages: list[dict[str, Any]]) -> None:
+    """Requests a client really sends are not declined: the fast path is the usual one."""
+    assert agrees({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": messages, "stream": True})
