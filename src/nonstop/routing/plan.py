@@ -1,7 +1,9 @@
 """The planner: which backends to try for one request, in what order, and why.
 
 `plan(facts, view, policy)` is a pure function: no I/O, no clock reads, no state
-changes. Each rule is a small function; every step and every skipped backend carries the
+changes. (It memoizes on the view: the local steps for requests that fit every window as
+sent are worked out once per view and reused while the runtime keeps that view. A kept
+view answers exactly as a fresh one would; a test checks that.) Each rule is a small function; every step and every skipped backend carries the
 rule that placed it and a reason in words, so a decision can be shown as it was made
 (`x-nonstop-route`, the request log, the dashboard, `nonstop explain`).
 
@@ -27,7 +29,7 @@ from fnmatch import fnmatchcase
 from typing import Any, NamedTuple
 
 from nonstop.routing.facts import RequestFacts, Workload
-from nonstop.routing.policy import ClassPolicy, Policy
+from nonstop.routing.policy import ClassPolicy, ModelRoute, Policy
 from nonstop.routing.view import BackendView, CloudState, CloudView, RoutingView
 
 CLOUD = "cloud"
@@ -128,12 +130,19 @@ def _strip(facts: RequestFacts) -> bool:
     return bool(facts.local_loop) and facts.thinking
 
 
-def pool_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: Policy) -> tuple[list[BackendView], list[Skip]]:
+def model_route(facts: RequestFacts, cp: ClassPolicy, policy: Policy) -> ModelRoute | None:
+    """The model route that picks this request's pool (a class's own backends come first)."""
+    if cp.backends or not policy.routes:
+        return None
+    return next((r for r in policy.routes if fnmatchcase(facts.model, r.match)), None)
+
+
+def pool_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: Policy,
+              route: ModelRoute | None) -> tuple[list[BackendView], list[Skip]]:
     """The local backends this request may use, in the configured order."""
     if cp.backends:
         names, why = cp.backends, f"{facts.workload.value} work"
     else:
-        route = next((r for r in policy.routes if fnmatchcase(facts.model, r.match)), None) if policy.routes else None
         if route is None:
             if not policy.order or policy.order == view.names:  # the usual case: every backend, in order
                 return list(view.backends), []
@@ -161,28 +170,38 @@ def capability_rule(facts: RequestFacts, b: BackendView) -> Skip | str:
     return ""
 
 
-def context_rule(facts: RequestFacts, b: BackendView) -> tuple[bool, str] | Skip:
-    """(needs fitting, reason), or a Skip when the request cannot fit even fitted.
+class Room(NamedTuple):
+    """What the context rule says of a backend that can take the request."""
+
+    fit: bool  # the request may have to be fitted to the window
+    reason: str
+    # Said from the size as sent (or with no window known): the same holds for any
+    # request that is no larger as sent.
+    as_sent: bool = False
+
+
+def context_rule(facts: RequestFacts, b: BackendView) -> Room | Skip:
+    """Room, or a Skip when the request cannot fit even fitted.
 
     Sizes are in units of nonstop's estimate; a backend's token_ratio (measured against
     its own counter) turns them into its tokens. Until it is measured, a request that
     looks too big is not skipped: the server's own count decides when it is tried."""
     window = b.caps.context_window
     if not window or facts.side:
-        return False, "window unknown" if not window else ""
+        return Room(False, "window unknown", True) if not window else Room(False, "")
     usable = window - MIN_OUTPUT_ROOM
     size, ratio = facts.size, b.token_ratio or 1.0
     if size.sent * ratio <= usable:
-        return False, f"fits its {window}-token window"
+        return Room(False, f"fits its {window}-token window", True)
     if not size.known:
-        return True, f"~{int(size.sent * ratio)} tokens as sent; fitted to its {window}-token window if needed"
+        return Room(True, f"~{int(size.sent * ratio)} tokens as sent; fitted to its {window}-token window if needed")
     local, floor = int(size.local * ratio), int(size.floor * ratio)
     if local <= usable:
-        return False, f"fits its {window}-token window ({local} tokens)"
+        return Room(False, f"fits its {window}-token window ({local} tokens)")
     if floor <= usable:
-        return True, f"{local} tokens; fits its {window}-token window once fitted (~{floor})"
+        return Room(True, f"{local} tokens; fits its {window}-token window once fitted (~{floor})")
     if b.token_ratio is None:
-        return True, f"~{local} tokens by estimate, over its {window}-token window; its own count decides"
+        return Room(True, f"~{local} tokens by estimate, over its {window}-token window; its own count decides")
     return Skip(b.name, "context", f"needs ~{floor} tokens even fitted; its window is {window}")
 
 
@@ -201,10 +220,13 @@ def first_token_estimate(b: BackendView, tokens: int) -> float:
 class _Candidate:
     b: BackendView
     index: int
-    fit: bool
-    fit_reason: str
+    room: Room
     ttft: float
     weaker: str = ""  # why it would answer less well than the request needs
+
+    @property
+    def fit(self) -> bool:
+        return self.room.fit
 
     def key(self, prefer: str) -> tuple[Any, ...]:
         down = self.b.demoted or self.b.healthy is False
@@ -217,7 +239,7 @@ class _Candidate:
         return (*lesser, self.b.busy, self.index)
 
     def reason(self, prefer: str) -> str:
-        parts = [self.fit_reason] if self.fit_reason else []
+        parts = [self.room.reason] if self.room.reason else []
         if self.weaker:
             parts.append(self.weaker)
         if self.b.demoted:
@@ -237,8 +259,25 @@ class _Candidate:
 _PREFER_RULE = {"order": "order", "fastest": "load", "best": "score"}
 
 
+class _Remembered(NamedTuple):
+    steps: tuple[Step, ...]
+    skips: tuple[Skip, ...]
+    # (usable window, token ratio) of each candidate with a known window: the steps hold
+    # for any request whose size as sent fits all of them.
+    windows: tuple[tuple[int, float], ...]
+
+
 def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: Policy) -> tuple[list[Step], list[Skip]]:
-    pool, skips = pool_rule(facts, view, cp, policy)
+    route = model_route(facts, cp, policy)
+    # While a request fits every candidate's window as sent, its local steps do not depend
+    # on its size (unless the class prefers the fastest start, which is estimated by size):
+    # they are worked out once per view (kept while nothing changes) and reused.
+    key = (facts.workload, cp, route, facts.needs) if cp.prefer != "fastest" and not facts.side else None
+    if key is not None:
+        known = view.memo.get(key)
+        if known is not None and all(facts.size.sent * ratio <= usable for usable, ratio in known.windows):
+            return list(known.steps), list(known.skips)
+    pool, skips = pool_rule(facts, view, cp, policy, route)
     candidates: list[_Candidate] = []
     tokens = facts.size.local if facts.size.known else facts.size.sent
     for i, b in enumerate(pool):
@@ -246,18 +285,22 @@ def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: 
         if isinstance(capable, Skip):
             skips.append(capable)
             continue
-        ctx = context_rule(facts, b)
-        if isinstance(ctx, Skip):
-            skips.append(ctx)
+        room = context_rule(facts, b)
+        if isinstance(room, Skip):
+            skips.append(room)
+            key = None  # a larger request's skip: not what a smaller one would get
             continue
-        fit, why = ctx
         # Only the "fastest" preference reads the estimate: it is not worked out for the others.
         ttft = first_token_estimate(b, tokens) if cp.prefer == "fastest" else 0.0
-        candidates.append(_Candidate(b, i, fit, why, ttft, capable))
+        candidates.append(_Candidate(b, i, room, ttft, capable))
     if len(candidates) > 1:
         candidates.sort(key=lambda c: c.key(cp.prefer))
     rule = _PREFER_RULE[cp.prefer]
     steps = [Step(c.b.name, rule, c.reason(cp.prefer), fit=c.fit) for c in candidates]
+    if key is not None and all(c.room.as_sent for c in candidates):
+        windows = tuple((c.b.caps.context_window - MIN_OUTPUT_ROOM, c.b.token_ratio or 1.0)
+                        for c in candidates if c.b.caps.context_window)
+        view.memo[key] = _Remembered(tuple(steps), tuple(skips), windows)
     return steps, skips
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class CloudState(StrEnum):
@@ -99,6 +100,10 @@ class RoutingView:
     backends: tuple[BackendView, ...] = ()
     # The backends' names, in order (made once per view).
     names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # What the planner worked out from this view alone, for the requests that come while
+    # it is kept (routing/plan.py, local_rule). Not part of what the view shows.
+    memo: dict[Any, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(b.name for b in self.backends))
+        object.__setattr__(self, "memo", {})

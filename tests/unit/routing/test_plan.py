@@ -388,3 +388,34 @@ def test_plan_as_dict_and_lines_show_every_decision() -> None:
     assert "1. big — order: fits its 16384-token window" in text
     assert "skip small — context" in text
     assert isinstance(p.skipped[0], Skip)
+
+
+# --- a view's remembered local steps ----------------------------------------------------------
+
+def test_a_kept_view_answers_as_a_fresh_one() -> None:
+    """The local steps a view remembers (local_rule) are the ones a new view would give, for
+    every size, class, need and model: smaller requests reuse them, larger ones do not."""
+    pool = (backend("big", 16384), backend("small", 4096, token_ratio=1.5), backend("nowin", caps=Capabilities(tools=False)),
+            backend("eyes", 8192, images=True), backend("busy", 32768, inflight=3, slots=1))
+    policies = [
+        Policy(order=tuple(b.name for b in pool)),
+        Policy(order=tuple(b.name for b in pool), routes=(ModelRoute("*haiku*", ("small", "busy")),)),
+        Policy(order=tuple(b.name for b in pool), classes={Workload.SUBAGENT: ClassPolicy(backends=("big", "eyes")),
+                                                           Workload.BACKGROUND: ClassPolicy(cloud="fallback", prefer="best")}),
+        # Two classes with equal rules: the skips still name each class.
+        Policy(order=tuple(b.name for b in pool), classes={w: ClassPolicy(backends=("big", "eyes"))
+                                                           for w in (Workload.MAIN, Workload.SUBAGENT)}),
+    ]
+    sizes = [100, 2000, 2600, 3839, 3840, 5000, 8000, 16127, 16129, 40000, 600]
+    for policy in policies:
+        for cloud in (SERVING, OUT):
+            kept = RoutingView(NOW, cloud, pool)
+            for tokens in sizes:
+                for workload in (Workload.MAIN, Workload.SUBAGENT, Workload.BACKGROUND):
+                    for needs in (Needs(), Needs(tools=True), Needs(images=True)):
+                        for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
+                            f = facts(tokens, workload, needs=needs, model=model,
+                                      size=Size(tokens, local=tokens // 2, floor=tokens // 4) if tokens == 40000 else None)
+                            fresh = RoutingView(NOW, cloud, pool)
+                            assert plan(f, kept, policy) == plan(f, fresh, policy), (tokens, workload, needs, model)
+            assert kept.memo  # it was used
