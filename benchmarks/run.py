@@ -5,6 +5,7 @@
     python benchmarks/run.py --long     the full run with a 100,000-request memory run
     python benchmarks/run.py --peers    also LiteLLM's proxy and claude-spillway
     python benchmarks/run.py --profile  also py-spy profiles of nonstop under load
+    python benchmarks/run.py --only-log only the request log's rounds and the in-process costs
 
 Everything runs on this machine, on 127.0.0.1: a fast fake upstream (upstream.py) that
 parses what it is sent and answers with the cloud's quota headers, nonstop started as a
@@ -106,7 +107,8 @@ class Bench:
         self.results: dict[str, Any] = {
             "date": dt.date.today().isoformat(),
             "started": dt.datetime.now().isoformat(timespec="seconds"),
-            "mode": self.mode + "".join(f" --{f}" for f in ("long", "peers", "profile", "variants") if getattr(args, f)),
+            "mode": self.mode + "".join(f" --{f.replace('_', '-')}" for f in ("long", "peers", "profile", "variants", "only_log")
+                                        if getattr(args, f, False)),
             "machine": machine(),
             "source": source_fingerprint(),
             "plan": self.plan.__dict__,
@@ -368,11 +370,17 @@ class Bench:
 
     def log_cost(self) -> None:
         """What the request log costs: nonstop as configured, and the same with `[log]
-        enabled = false`, in the same interleaved rounds; the difference in CPU per request."""
+        enabled = false`, in the same interleaved rounds; the difference in CPU per request.
+        Both are started afresh here: the main instance has served every round before this
+        one (a request log of tens of thousands of rows, an older heap), which a new
+        log-off instance has not, so comparing against it measured age as well as the log."""
+        on = self.start_nonstop("nonstop-log-on", self.up["ok"])
+        self.targets["nonstop-log-on"] = {"url": on.url, "path": "/v1/messages?beta=true", "pid": on.pid,
+                                          "label": "nonstop, default configuration, started for the log rounds"}
         off = self.start_nonstop("nonstop-log-off", self.up["ok"], log=False)
         self.targets["nonstop-log-off"] = {"url": off.url, "path": "/v1/messages?beta=true", "pid": off.pid,
                                            "label": "nonstop, default configuration but [log] enabled = false"}
-        names = ["nonstop", "nonstop-log-off"]
+        names = ["nonstop-log-on", "nonstop-log-off"]
         out = []
         n = self.plan.log_requests
         for stream, c in ((False, 1), (False, 64), (True, 64)):
@@ -381,6 +389,7 @@ class Bench:
             out.append({"stream": stream, "concurrency": c, "targets": self.rounds(
                 names, self.plan.rounds, stream=stream, concurrency=c, requests=n, per_round=True)})
         self.results["log_cost"] = out
+        self.stop(on)
 
     def variants(self) -> None:
         """Configurations beside the default one, in the same rounds: what each part of
@@ -582,31 +591,35 @@ class Bench:
     def run(self) -> int:
         try:
             self.setup()
-            names = ["direct", "forwarder", "nonstop"]
-            if self.args.peers:
-                names += self.start_peers()
-            self.memory_per_stream()
-            self.latency_sweep(names)
-            self.paced_streams(names)
-            self.throughput_small(names)
-            self.log_cost()
-            if self.args.variants:
-                self.variants()
-            self.failover()
-            self.local_path()
-            self.local_relay()
-            self.growth()
-            if self.args.profile:
-                self.profile()
-            self.finish_memory()
-            self.translation()
-            self.inprocess()
-            if self.args.peers:
-                for name in ("litellm", "spillway"):
-                    t = self.targets.get(name)
-                    if t and t.get("pid"):
-                        self.results["peers"][name]["peak_rss_mb"] = peak_rss_mb(t["pid"], with_children=True)
-                        self.results["peers"][name]["rss_end_mb"] = rss_mb(t["pid"], with_children=True)
+            if self.args.only_log:
+                self.log_cost()
+                self.inprocess()
+            else:
+                names = ["direct", "forwarder", "nonstop"]
+                if self.args.peers:
+                    names += self.start_peers()
+                self.memory_per_stream()
+                self.latency_sweep(names)
+                self.paced_streams(names)
+                self.throughput_small(names)
+                self.log_cost()
+                if self.args.variants:
+                    self.variants()
+                self.failover()
+                self.local_path()
+                self.local_relay()
+                self.growth()
+                if self.args.profile:
+                    self.profile()
+                self.finish_memory()
+                self.translation()
+                self.inprocess()
+                if self.args.peers:
+                    for name in ("litellm", "spillway"):
+                        t = self.targets.get(name)
+                        if t and t.get("pid"):
+                            self.results["peers"][name]["peak_rss_mb"] = peak_rss_mb(t["pid"], with_children=True)
+                            self.results["peers"][name]["rss_end_mb"] = rss_mb(t["pid"], with_children=True)
         finally:
             self.results["finished"] = dt.datetime.now().isoformat(timespec="seconds")
             with contextlib.suppress(OSError), open("/proc/loadavg") as fh:
@@ -615,7 +628,8 @@ class Bench:
                 if not p.alive():
                     self.note(f"{p.name} exited early with {p.proc.returncode}: {p.tail(500)}")
             self.stop_all()
-        self.results["targets_met"] = report.targets(self.results)
+        self.results["targets_met"] = [t for t in report.targets(self.results)
+                                       if t["value"] is not None or not self.args.only_log]  # only what ran
         self.results["labels"] = {k: v.get("label", k) for k, v in self.targets.items() if not k.startswith("_")}
         return self.write()
 
@@ -627,6 +641,8 @@ class Bench:
             stem += "-long"
         if self.args.peers:
             stem += "-peers"
+        if self.args.only_log:
+            stem += "-log"
         (out_dir / f"{stem}.json").write_bytes(
             orjson.dumps(self.results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
         md = report.render(self.results)
@@ -696,6 +712,8 @@ def main() -> int:
     p.add_argument("--variants", action="store_true",
                    help="also measure nonstop without its request log and without a local backend")
     p.add_argument("--growth-requests", type=int, default=0, help="requests in the memory growth run")
+    p.add_argument("--only-log", action="store_true",
+                   help="only the request log's rounds (both instances fresh) and the in-process costs")
     p.add_argument("--out-dir", help="where to write the results (default benchmarks/results)")
     p.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
     p.add_argument("--no-netns", action="store_true", help="with --peers: do not isolate the network")
