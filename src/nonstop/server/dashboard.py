@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from importlib import resources
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -27,6 +28,8 @@ from nonstop.server.asgi import (
 )
 from nonstop.server.explain import explain, request_facts
 from nonstop.wire.validate import validate_messages_request
+
+log = logging.getLogger("nonstop")
 
 if TYPE_CHECKING:
     from nonstop.server.runtime import Runtime
@@ -75,12 +78,14 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
         after = _int(query.get("after_id"), 0)
         rows: list = []
         if rt.store is not None:
-            with contextlib.suppress(Exception):
+            try:
                 rows = await asyncio.to_thread(
                     rt.store.recent, limit=limit, after_id=after,
                     backend=(query.get("backend") or [""])[0], outcome=(query.get("outcome") or [""])[0],
                     model=(query.get("model") or [""])[0],
                 )
+            except Exception as exc:  # the dashboard lives on: the log is a courtesy
+                log.warning("the request log could not be read: %s", exc)
         else:
             rows = list(rt.request_log.recent)[-limit:]
         await send_json(send, 200, {"requests": rows}, extra=[(b"cache-control", b"no-store")])

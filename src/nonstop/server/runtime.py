@@ -266,11 +266,12 @@ class Runtime:
         today: dict[str, Any] = {}
         shadow: dict[str, Any] = {}
         if self.store is not None:
-            with contextlib.suppress(Exception):
+            try:
                 today = await asyncio.to_thread(self.store.totals_since, start_of_day(now))
-            if self.cfg.shadow.sample:
-                with contextlib.suppress(Exception):
+                if self.cfg.shadow.sample:
                     shadow = await asyncio.to_thread(self.store.shadow_agreement, now - SHADOW_WINDOW)
+            except Exception as exc:  # the status lives on without the log's totals
+                log.warning("the request log could not be read: %s", exc)
         local = [
             backend_entry(b.cfg, model=b.state.model, healthy=b.state.healthy, checked=b.state.checked,
                           error=b.state.health_error, embedded=bool(self.embedded is not None and b.name == "embedded"),

@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -210,9 +211,16 @@ class Store:
         # Writes waiting for the writer thread (deque appends and pops are atomic, so the
         # event loop and the writer share it without a lock); None asks it to stop.
         self._pending: deque[tuple[str, Any] | None] = deque()
+        # Items ever queued, and items the writer has finished with. A read waits for the
+        # writer while they differ: the queue alone is empty while a batch is being written.
+        self._queued = 0
+        self._done = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._read: sqlite3.Connection | None = None
+        # One reader at a time on the read connection: a statement started while another
+        # thread's is still running would share its older snapshot and miss newer rows.
+        self._read_lock = threading.Lock()
         self._listeners: list[Any] = []
         self.written = 0
 
@@ -234,7 +242,7 @@ class Store:
 
     def close(self) -> None:
         if self._thread is not None:
-            self._pending.append(None)
+            self._queue(None)
             self._wake.set()
             self._thread.join(timeout=10)
             self._thread = None
@@ -244,34 +252,26 @@ class Store:
 
     # --- writes (batched) --------------------------------------------------------------
 
+    def _queue(self, item: tuple[str, Any] | None) -> None:
+        self._queued += 1  # counted before it is seen, so a read never misses it
+        self._pending.append(item)
+
     def log_request(self, row: RequestRow) -> None:
-        pending = self._pending
-        pending.append(("request", row))
-        if len(pending) >= BATCH_ROWS:
+        self._queue(("request", row))
+        if len(self._pending) >= BATCH_ROWS:
             self._wake.set()
 
     def log_shadow(self, comparison: dict[str, Any]) -> None:
         """One shadow comparison (server/shadow.py), batched like a request row."""
-        self._pending.append(("shadow", comparison))
-
-    def shadow_agreement(self, since: float) -> dict[str, dict[str, Any]]:
-        self._settle()
-        assert self._read is not None
-        return shadow_agreement(self._read, since)
+        self._queue(("shadow", comparison))
 
     def save_state(self, key: str, value: Any) -> None:
-        self._pending.append(("state", (key, orjson.dumps(value).decode(), time.time())))
-
-    def _settle(self) -> None:
-        """Reads see every write made before them: a read with writes still queued waits
-        for the writer thread (reads run off the event loop, so the wait blocks no one)."""
-        if self._pending and self._thread is not None:
-            self.flush()
+        self._queue(("state", (key, orjson.dumps(value).decode(), time.time())))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything written so far is on disk."""
         done = threading.Event()
-        self._pending.append(("flush", done))
+        self._queue(("flush", done))
         self._wake.set()
         done.wait(timeout)
 
@@ -288,6 +288,7 @@ class Store:
             if not batch:
                 continue
             stop, events = self._write(conn, batch)
+            self._done += len(batch)
             for ev in events:
                 ev.set()
             if time.time() - last_prune > 3600:
@@ -348,32 +349,42 @@ class Store:
 
     # --- reads -------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The read connection, for one reader, once every write made before the read is
+        on disk (reads run off the event loop, so waiting for the writer blocks no one)."""
+        if self._thread is not None and self._done != self._queued:
+            self.flush()
+        with self._read_lock:
+            assert self._read is not None
+            yield self._read
+
     def load_state(self, key: str) -> Any:
-        self._settle()
-        assert self._read is not None
-        row = self._read.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        with self._reading() as conn:
+            row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return orjson.loads(row[0]) if row else None
 
     def bodies(self, request_id: int) -> tuple[str, str | None, str | None] | None:
         """(the user who sent it, request body, response body) of one logged request, or
         None when it was logged without bodies."""
-        self._settle()
-        assert self._read is not None
-        row = self._read.execute(
-            "SELECT r.user, b.request, b.response FROM requests r JOIN bodies b ON b.request_id = r.id WHERE r.id = ?",
-            (request_id,),
-        ).fetchone()
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT r.user, b.request, b.response FROM requests r JOIN bodies b ON b.request_id = r.id WHERE r.id = ?",
+                (request_id,),
+            ).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
     def recent(self, **filters: Any) -> list[dict[str, Any]]:
-        self._settle()
-        assert self._read is not None
-        return recent(self._read, **filters)
+        with self._reading() as conn:
+            return recent(conn, **filters)
 
     def totals_since(self, since: float) -> dict[str, dict[str, int]]:
-        self._settle()
-        assert self._read is not None
-        return totals_since(self._read, since)
+        with self._reading() as conn:
+            return totals_since(conn, since)
+
+    def shadow_agreement(self, since: float) -> dict[str, dict[str, Any]]:
+        with self._reading() as conn:
+            return shadow_agreement(conn, since)
 
 
 def _values(row: RequestRow) -> tuple[Any, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,6 +246,49 @@ def test_reads_see_writes_still_queued(state_dir: Path) -> None:
         assert time.monotonic() - t0 < 5.0
     finally:
         s.close()
+
+
+def test_reads_see_a_batch_the_writer_is_still_writing(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The writer has taken the row off the queue but not committed it: the queue is empty,
+    # and a read that only looked at the queue would answer without the row.
+    taken, release = threading.Event(), threading.Event()
+    write = Store._write
+
+    def slow_write(self: Store, conn: sqlite3.Connection, batch: list) -> tuple:
+        if any(it is not None and it[0] == "request" for it in batch):
+            taken.set()
+            release.wait(5)
+        return write(self, conn, batch)
+
+    monkeypatch.setattr(Store, "_write", slow_write)
+    s = Store(state_dir, flush_every=0.01)
+    s.open()
+    try:
+        s.log_request(row(NOW, request_id="in-flight"))
+        assert taken.wait(5)
+        threading.Timer(0.2, release.set).start()
+        assert [r["request_id"] for r in s.recent()] == ["in-flight"]
+    finally:
+        release.set()
+        s.close()
+
+
+def test_concurrent_reads_each_see_the_latest_rows(store: Store) -> None:
+    # Reads from many threads at once, each right after its own write: none misses its row.
+    misses: list[str] = []
+
+    def one(i: int) -> None:
+        store.log_request(row(NOW + i, request_id=f"r{i}"))
+        if f"r{i}" not in {r["request_id"] for r in store.recent(limit=500)}:
+            misses.append(f"r{i}")
+        store.totals_since(NOW - 1)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert misses == []
 
 
 # --- state ----------------------------------------------------------------------------------
