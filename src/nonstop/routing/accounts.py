@@ -31,19 +31,26 @@ _CACHE = 1024
 OnChange = Callable[[str, QuotaState, str], None]
 
 
+# The headers a credential is read from.
+CREDENTIAL_HEADERS = frozenset({b"x-api-key", b"authorization"})
+
+
 def credential_of(headers: Iterable[tuple[bytes, bytes]], *, collect: dict[str, str] | None = None,
-                  names: frozenset[bytes] = frozenset()) -> str:
+                  names: frozenset[bytes] = CREDENTIAL_HEADERS) -> str:
     """The cloud credential a client sent: x-api-key, else the bearer token. In the same
-    pass, the headers named in `names` (lower case) go into `collect`, decoded."""
+    pass, the other headers in `names` (lower case; a set that holds CREDENTIAL_HEADERS
+    too) go into `collect`, decoded."""
     key = bearer = ""
     for k, v in headers:
+        if k not in names:  # most headers: one set lookup each
+            continue
         if k == b"x-api-key":
             if v and not key:
                 key = v.decode("latin-1")
         elif k == b"authorization":
             if v[:7].lower() == b"bearer ":
                 bearer = v[7:].decode("latin-1").strip()
-        elif collect is not None and k in names:
+        elif collect is not None:
             collect[k.decode("latin-1")] = v.decode("latin-1")
     return key or bearer
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from nonstop.routing.view import BackendView, Capabilities
 
@@ -69,7 +69,10 @@ class BackendState:
     report: ServerReport = field(default_factory=ServerReport)
     # The last view() and until when it holds (see view()).
     _view: BackendView | None = field(default=None, init=False, repr=False, compare=False)
-    _view_until: float = field(default=0.0, init=False, repr=False, compare=False)
+    view_until: float = field(default=0.0, init=False, repr=False, compare=False)
+    # Assignments to any backend's state, ever: while it is unchanged and no view has
+    # gone stale, every backend's view is the one it last gave (Runtime.view).
+    changes: ClassVar[int] = 0
 
     # --- what the planner sees ----------------------------------------------------------
 
@@ -103,7 +106,7 @@ class BackendState:
         """The backend as the planner sees it now. Made once and kept until a field
         changes (any assignment drops it) or a reading it counts goes stale."""
         now = self.clock()
-        if self._view is not None and now <= self._view_until:
+        if self._view is not None and now <= self.view_until:
             return self._view
         fresh = now - self.others_at <= REPORT_FRESH
         others = self.others if fresh else 0
@@ -118,12 +121,13 @@ class BackendState:
             token_ratio=self.token_ratio, score=self.score, warmth=self.warmth,
         )
         object.__setattr__(self, "_view", v)
-        object.__setattr__(self, "_view_until", until)
+        object.__setattr__(self, "view_until", until)
         return v
 
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
         object.__setattr__(self, "_view", None)
+        BackendState.changes += 1
 
     # --- what happened -------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ when a plan needs them (`Size`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -51,8 +50,10 @@ _HINTS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Needs:
+class Needs(NamedTuple):
+    """What a request needs of a model (a named tuple: compared and hashed in C, since
+    the planner keys its memo on it)."""
+
     tools: bool = False
     thinking: bool = False
     images: bool = False
@@ -73,8 +74,8 @@ class Size:
 
     __slots__ = ("sent", "_local", "_floor", "_measure")
 
-    def __init__(self, sent: int, *, local: int | None = None, floor: int | None = None,
-                 measure: Callable[[], tuple[int, int]] | None = None):
+    def __init__(self, sent: int, measure: Callable[[], tuple[int, int]] | None = None, *,
+                 local: int | None = None, floor: int | None = None):
         self.sent = sent
         self._local = local
         self._floor = floor
@@ -150,7 +151,7 @@ def facts_from_request(req: Mapping[str, Any], headers: Mapping[str, str], *, bo
     return RequestFacts(  # by position: keywords cost a named tuple twice the time
         model,  # model
         req.get("stream") is True,  # stream
-        Size(max(1, int(body_len / BYTES_PER_TOKEN)), measure=measure),  # size
+        Size(max(1, int(body_len / BYTES_PER_TOKEN)), measure),  # size
         mt if isinstance(mt, int) and not isinstance(mt, bool) else None,  # max_tokens
         _NEEDS[(bool(req.get("tools")), thinking, images)],  # needs
         workload,
@@ -174,7 +175,8 @@ def _classify(model: str, headers: Mapping[str, str], max_tokens: Any, compactio
               count_tokens: bool) -> tuple[Workload, str]:
     if count_tokens:
         return Workload.COUNT_TOKENS, "path"
-    hint = _HINTS.get(headers.get(HINT_HEADER, "").strip().lower())
+    told = headers.get(HINT_HEADER)
+    hint = _HINTS.get(told.strip().lower()) if told is not None else None
     if hint is not None:
         return hint, "header"
     if headers.get(AGENT_HEADER):

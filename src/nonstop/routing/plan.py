@@ -1,9 +1,9 @@
 """The planner: which backends to try for one request, in what order, and why.
 
 `plan(facts, view, policy)` is a pure function: no I/O, no clock reads, no state
-changes. (It memoizes on the view: the local steps for requests that fit every window as
-sent are worked out once per view and reused while the runtime keeps that view. A kept
-view answers exactly as a fresh one would; a test checks that.) Each rule is a small function; every step and every skipped backend carries the
+changes. (It memoizes on the view: the plan for requests that fit every window as sent is
+worked out once per view and reused while the runtime keeps that view. A kept view
+answers exactly as a fresh one would; a test checks that.) Each rule is a small function; every step and every skipped backend carries the
 rule that placed it and a reason in words, so a decision can be shown as it was made
 (`x-nonstop-route`, the request log, the dashboard, `nonstop explain`).
 
@@ -33,6 +33,7 @@ from nonstop.routing.policy import ClassPolicy, ModelRoute, Policy
 from nonstop.routing.view import BackendView, CloudState, CloudView, RoutingView
 
 CLOUD = "cloud"
+INF = float("inf")
 # Room a window must leave for the answer before a request counts as fitting.
 MIN_OUTPUT_ROOM = 256
 # Assumed speeds before a backend has been measured (tokens per second, CPU-class).
@@ -259,27 +260,17 @@ class _Candidate:
 _PREFER_RULE = {"order": "order", "fastest": "load", "best": "score"}
 
 
-class _Remembered(NamedTuple):
-    steps: tuple[Step, ...]
-    skips: tuple[Skip, ...]
-    # (usable window, token ratio) of each candidate with a known window: the steps hold
-    # for any request whose size as sent fits all of them.
-    windows: tuple[tuple[int, float], ...]
-
-
-def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: Policy) -> tuple[list[Step], list[Skip]]:
+def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy,
+               policy: Policy) -> tuple[list[Step], list[Skip], float | None]:
+    """The local steps and skips, and the largest size as sent for which they hold
+    unchanged (None when they depend on this request's size)."""
     route = model_route(facts, cp, policy)
-    # While a request fits every candidate's window as sent, its local steps do not depend
-    # on its size (unless the class prefers the fastest start, which is estimated by size):
-    # they are worked out once per view (kept while nothing changes) and reused.
-    key = (facts.workload, cp, route, facts.needs) if cp.prefer != "fastest" and not facts.side else None
-    if key is not None:
-        known = view.memo.get(key)
-        if known is not None and all(facts.size.sent * ratio <= usable for usable, ratio in known.windows):
-            return list(known.steps), list(known.skips)
     pool, skips = pool_rule(facts, view, cp, policy, route)
     candidates: list[_Candidate] = []
     tokens = facts.size.local if facts.size.known else facts.size.sent
+    # While a request fits every candidate's window as sent, its local steps do not depend
+    # on its size (unless the class prefers the fastest start, which is estimated by size).
+    same_below: float | None = None if cp.prefer == "fastest" or facts.side else INF
     for i, b in enumerate(pool):
         capable = capability_rule(facts, b)
         if isinstance(capable, Skip):
@@ -288,20 +279,34 @@ def local_rule(facts: RequestFacts, view: RoutingView, cp: ClassPolicy, policy: 
         room = context_rule(facts, b)
         if isinstance(room, Skip):
             skips.append(room)
-            key = None  # a larger request's skip: not what a smaller one would get
+            same_below = None  # a larger request's skip: not what a smaller one would get
             continue
+        if same_below is not None:
+            same_below = min(same_below, _largest_fitting(b)) if room.as_sent else None
         # Only the "fastest" preference reads the estimate: it is not worked out for the others.
         ttft = first_token_estimate(b, tokens) if cp.prefer == "fastest" else 0.0
         candidates.append(_Candidate(b, i, room, ttft, capable))
     if len(candidates) > 1:
         candidates.sort(key=lambda c: c.key(cp.prefer))
     rule = _PREFER_RULE[cp.prefer]
-    steps = [Step(c.b.name, rule, c.reason(cp.prefer), fit=c.fit) for c in candidates]
-    if key is not None and all(c.room.as_sent for c in candidates):
-        windows = tuple((c.b.caps.context_window - MIN_OUTPUT_ROOM, c.b.token_ratio or 1.0)
-                        for c in candidates if c.b.caps.context_window)
-        view.memo[key] = _Remembered(tuple(steps), tuple(skips), windows)
-    return steps, skips
+    return [Step(c.b.name, rule, c.reason(cp.prefer), fit=c.fit) for c in candidates], skips, same_below
+
+
+def _largest_fitting(b: BackendView) -> float:
+    """The largest size as sent (an integer, in nonstop's estimate) that context_rule says
+    fits this backend's window as sent: exactly where `size * ratio <= usable` ends."""
+    window = b.caps.context_window
+    if not window:
+        return INF
+    usable, ratio = window - MIN_OUTPUT_ROOM, b.token_ratio or 1.0
+    if ratio <= 0:
+        return INF if usable >= 0 else -1
+    n = int(usable / ratio)
+    while (n + 1) * ratio <= usable:
+        n += 1
+    while n >= 0 and n * ratio > usable:
+        n -= 1
+    return n
 
 
 def loop_rule(facts: RequestFacts, steps: list[Step], view: RoutingView) -> list[Step] | None:
@@ -324,12 +329,28 @@ def loop_rule(facts: RequestFacts, steps: list[Step], view: RoutingView) -> list
 # --- the planner ---------------------------------------------------------------------------------
 
 
+class _Remembered(NamedTuple):
+    plan: Plan
+    # The plan holds for any request with the same key that is no larger as sent.
+    same_below: float
+    policy: Policy  # kept alive while its id is in the key
+
+
 def plan(facts: RequestFacts, view: RoutingView, policy: Policy, tried: Mapping[str, str] | None = None) -> Plan:
     """The ordered attempts for this request. `tried` maps the targets already tried for
     it to what happened; they are listed as skipped."""
+    # A view kept while nothing changes (the runtime's) remembers its plans: every fact
+    # the rules read is in the key, and the size is checked against the windows.
+    key = None
+    if not tried and not facts.side:
+        key = (id(policy), facts.workload, facts.workload_source, facts.model, facts.needs, facts.local_loop,
+               facts.thinking)
+        known: _Remembered | None = view.memo.get(key)
+        if known is not None and facts.size.sent <= known.same_below:
+            return known.plan
     cp = policy.for_class(facts.workload)
     cloud = cloud_rule(facts, view.cloud, cp)
-    local, skipped = local_rule(facts, view, cp, policy)
+    local, skipped, same_below = local_rule(facts, view, cp, policy)
     steps: list[Step] = []
     # A loop goes back to the model that started it whatever else decides the order: the
     # cloud being out, a class that uses local models first, conserving quota.
@@ -350,7 +371,10 @@ def plan(facts: RequestFacts, view: RoutingView, policy: Policy, tried: Mapping[
     if tried:
         skipped.extend(Skip(s.target, "tried", tried[s.target]) for s in steps if s.target in tried)
         steps = [s for s in steps if s.target not in tried]
-    return Plan(tuple(steps), tuple(skipped), facts.workload, facts.workload_source)
+    result = Plan(tuple(steps), tuple(skipped), facts.workload, facts.workload_source)
+    if key is not None and same_below is not None:
+        view.memo[key] = _Remembered(result, same_below, policy)
+    return result
 
 
 def _why(step: Step, rule: str, reason: str) -> Step:

@@ -101,7 +101,7 @@ class RoutingView:
     # The backends' names, in order (made once per view).
     names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     # What the planner worked out from this view alone, for the requests that come while
-    # it is kept (routing/plan.py, local_rule). Not part of what the view shows.
+    # it is kept (routing/plan.py, plan). Not part of what the view shows.
     memo: dict[Any, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -114,7 +114,7 @@ class CloudStates:
             return self.sessions.get(session, self.accounts.last) if session else self.accounts.last
         account = self.accounts.label(credential)
         self.accounts.last = account
-        if session:
+        if session and self.sessions.get(session) != account:  # a new session, or a new account
             self.sessions[session] = account
             if len(self.sessions) > SESSIONS:
                 self.sessions.popitem(last=False)

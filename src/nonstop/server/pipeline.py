@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from nonstop.backends.base import Attempt, Exchange, Reply, TooLong
 from nonstop.redact import redact
-from nonstop.routing.accounts import credential_of
+from nonstop.routing.accounts import CREDENTIAL_HEADERS, credential_of
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.facts import (
     AGENT_HEADER,
@@ -41,7 +41,8 @@ log = logging.getLogger("nonstop")
 # How long one instance may hold the fleet's probe of an account.
 PROBE_LEASE = 120.0
 
-_FACT_HEADERS = frozenset(h.encode() for h in (HINT_HEADER, AGENT_HEADER, SESSION_HEADER))
+# The headers the facts read, and the credential's (read in the same pass).
+_FACT_HEADERS = frozenset(h.encode() for h in (HINT_HEADER, AGENT_HEADER, SESSION_HEADER)) | CREDENTIAL_HEADERS
 
 
 @dataclass

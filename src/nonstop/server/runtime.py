@@ -26,7 +26,7 @@ from nonstop.backends.local import LocalBackend
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import Config, LocalBackendConfig
 from nonstop.quality.auto import EvalWatch
-from nonstop.routing.backend_state import ServerReport
+from nonstop.routing.backend_state import INF, BackendState, ServerReport
 from nonstop.routing.plan import Skip
 from nonstop.routing.policy import Policy, policy_from_config
 from nonstop.routing.quota import QuotaState
@@ -65,6 +65,8 @@ class Runtime:
         self.locals: list[LocalBackend] = []
         self._by_name: dict[str, LocalBackend] = {}
         self._view: RoutingView | None = None  # the last view, kept while its parts are the same
+        self._view_changes = -1  # BackendState.changes when its backends' part was last read
+        self._view_until = 0.0  # when the first of those backend views goes stale
         self.policy: Policy = policy_from_config(cfg)
         self.local_session: aiohttp.ClientSession | None = None
         self.embedded: Any = None
@@ -150,6 +152,7 @@ class Runtime:
         if cloud is not None:
             self.cloud = cloud
         self.locals = list(locals_)
+        self._view = None
         self._by_name = {b.name: b for b in self.locals}
         self.policy = policy_from_config(self.cfg, order=tuple(self._by_name))
 
@@ -220,10 +223,18 @@ class Runtime:
     def view(self, account: str = "") -> RoutingView:
         """What the planner sees now. The cloud's and each backend's part are kept until
         they change (QuotaState.view, BackendState.view); while every part is the same
-        object as last time, so is the whole."""
+        object as last time, so is the whole. While no backend state has changed at all
+        and none of their views has gone stale, the backends' part is not asked again."""
         cloud = self.clouds.view(account)
-        backends = tuple([b.state.view() for b in self.locals])
         last = self._view
+        if last is not None and last.cloud is cloud and self._view_changes == BackendState.changes \
+                and self.clock() <= self._view_until:
+            return last
+        changes = BackendState.changes
+        states = [b.state for b in self.locals]
+        backends = tuple([s.view() for s in states])
+        self._view_changes = changes
+        self._view_until = min([s.view_until for s in states], default=INF)
         if last is not None and last.cloud is cloud and len(last.backends) == len(backends) \
                 and all(map(operator.is_, last.backends, backends)):
             return last

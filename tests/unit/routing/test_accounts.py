@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nonstop.config import CloudConfig
-from nonstop.routing.accounts import ORG_HEADER, Accounts, credential_of
+from nonstop.routing.accounts import CREDENTIAL_HEADERS, ORG_HEADER, Accounts, credential_of
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.view import CloudState
 
@@ -27,8 +27,8 @@ def test_credential_from_api_key_or_bearer() -> None:
 def test_credential_pass_collects_the_named_headers() -> None:
     found: dict[str, str] = {}
     headers = [(b"x-a", b"1"), (b"x-api-key", b"sk"), (b"x-b", b"2"), (b"authorization", b"Bearer t")]
-    assert credential_of(headers, collect=found, names=frozenset({b"x-b", b"x-api-key"})) == "sk"
-    assert found == {"x-b": "2"}  # the credential is never collected, even when named
+    assert credential_of(headers, collect=found, names=frozenset({b"x-b"}) | CREDENTIAL_HEADERS) == "sk"
+    assert found == {"x-b": "2"}  # the credential is never collected
 
 
 def test_labels_are_salted_hashes_never_the_credential() -> None:

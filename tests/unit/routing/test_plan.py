@@ -6,9 +6,21 @@ Every rule alone, then combined. `plan()` is pure, so each case is one call.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nonstop.routing.facts import Needs, RequestFacts, Size, Workload
-from nonstop.routing.plan import CLOUD, MIN_OUTPUT_ROOM, Plan, Skip, first_token_estimate, plan
+from nonstop.routing.plan import (
+    CLOUD,
+    MIN_OUTPUT_ROOM,
+    Plan,
+    Room,
+    Skip,
+    _largest_fitting,
+    context_rule,
+    first_token_estimate,
+    plan,
+)
 from nonstop.routing.policy import ClassPolicy, ModelRoute, Policy
 from nonstop.routing.view import (
     BackendView,
@@ -393,8 +405,8 @@ def test_plan_as_dict_and_lines_show_every_decision() -> None:
 # --- a view's remembered local steps ----------------------------------------------------------
 
 def test_a_kept_view_answers_as_a_fresh_one() -> None:
-    """The local steps a view remembers (local_rule) are the ones a new view would give, for
-    every size, class, need and model: smaller requests reuse them, larger ones do not."""
+    """The plans a view remembers are the ones a new view would give, for every size,
+    class, need, model, loop and source: smaller requests reuse them, larger ones do not."""
     pool = (backend("big", 16384), backend("small", 4096, token_ratio=1.5), backend("nowin", caps=Capabilities(tools=False)),
             backend("eyes", 8192, images=True), backend("busy", 32768, inflight=3, slots=1))
     policies = [
@@ -413,9 +425,45 @@ def test_a_kept_view_answers_as_a_fresh_one() -> None:
             for tokens in sizes:
                 for workload in (Workload.MAIN, Workload.SUBAGENT, Workload.BACKGROUND):
                     for needs in (Needs(), Needs(tools=True), Needs(images=True)):
-                        for model in ("claude-sonnet-4-5", "claude-haiku-4-5"):
-                            f = facts(tokens, workload, needs=needs, model=model,
+                        for model, loop, thinking, source in MEMO_VARIANTS:
+                            f = facts(tokens, workload, needs=needs, model=model, local_loop=loop, thinking=thinking,
+                                      workload_source=source,
                                       size=Size(tokens, local=tokens // 2, floor=tokens // 4) if tokens == 40000 else None)
                             fresh = RoutingView(NOW, cloud, pool)
-                            assert plan(f, kept, policy) == plan(f, fresh, policy), (tokens, workload, needs, model)
+                            case = (tokens, workload, needs, model, loop, thinking, source)
+                            assert plan(f, kept, policy) == plan(f, fresh, policy), case
+                            tried = {"cloud": "out"}
+                            assert plan(f, kept, policy, tried) == plan(f, RoutingView(NOW, cloud, pool), policy, tried), case
             assert kept.memo  # it was used
+
+
+# Every fact in the memo's key besides class and needs, each changed alone after the
+# first: the model (routes), the loop's backend, thinking (the cloud step's strip flag)
+# and where the class came from.
+MEMO_VARIANTS = [("claude-sonnet-4-5", "", False, "default"), ("claude-haiku-4-5", "", False, "default"),
+                 ("claude-sonnet-4-5", "small", False, "default"), ("claude-sonnet-4-5", "small", True, "default"),
+                 ("claude-sonnet-4-5", "", False, "header"), ("claude-sonnet-4-5", "gone", False, "default")]
+
+
+def test_a_kept_plan_is_not_reused_for_a_larger_request_or_another_policy() -> None:
+    win = backend("win", 4096, token_ratio=1.3)
+    view = RoutingView(NOW, SERVING, (win,))
+    ONE = Policy(order=("win",))  # noqa: N806
+    usable = 4096 - 256
+    edge = int(usable / 1.3)
+    while (edge + 1) * 1.3 <= usable:
+        edge += 1
+    small = plan(facts(edge), view, ONE)
+    assert plan(facts(edge), view, ONE) is small  # remembered
+    assert plan(facts(edge + 1), view, ONE) == plan(facts(edge + 1), RoutingView(NOW, SERVING, (win,)), ONE)
+    assert plan(facts(edge + 1), view, ONE).steps[1] != small.steps[1]  # measured: not the remembered plan
+    other = Policy(order=("win",), classes={Workload.MAIN: ClassPolicy(cloud="never")})
+    assert targets(plan(facts(edge), view, other)) == ["win"]
+
+
+@given(st.integers(min_value=257, max_value=2_000_000), st.floats(min_value=0.05, max_value=20, allow_nan=False))
+def test_largest_fitting_is_exactly_where_the_context_rule_stops_fitting(window: int, ratio: float) -> None:
+    b = backend("w", window, token_ratio=ratio)
+    n = _largest_fitting(b)
+    assert isinstance(context_rule(facts(n), b), Room) and context_rule(facts(n), b).as_sent
+    assert not getattr(context_rule(facts(n + 1), b), "as_sent", False)

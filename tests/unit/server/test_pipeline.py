@@ -12,7 +12,7 @@ import pytest
 
 from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, single
 from nonstop.config import LocalBackendConfig, parse_config
-from nonstop.routing.backend_state import BackendState
+from nonstop.routing.backend_state import REPORT_FRESH, BackendState, ServerReport
 from nonstop.routing.classify import FailureKind, Verdict, classify_response
 from nonstop.routing.plan import Step
 from nonstop.routing.view import Capabilities, CloudState
@@ -206,6 +206,22 @@ async def test_the_view_is_kept_until_a_part_of_it_changes(tmp_path: Path) -> No
     rt.quota.record_failure(Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 3600, "limit"))  # the cloud's part
     out = rt.view()
     assert out is not changed and out.cloud.state is CloudState.OUT
+
+
+async def test_a_kept_view_goes_when_a_reading_in_it_goes_stale(tmp_path: Path) -> None:
+    # No assignment marks this change: the server's slot reading simply grows old.
+    rt, _, _, fakes = make(tmp_path, [], {"a": [], "b": []})
+    clock = rt.clock
+    fakes["a"].state.report = ServerReport(slots=2, busy_slots=2, at=clock())
+    v = rt.view()
+    assert v.backends[0].free_slots == 0 and rt.view() is v
+    clock.now += REPORT_FRESH / 2  # type: ignore[attr-defined]
+    assert rt.view() is v
+    clock.now += REPORT_FRESH  # type: ignore[attr-defined]
+    stale = rt.view()
+    assert stale is not v and stale.backends[0].free_slots is None and stale.backends[1] is v.backends[1]
+    fakes["b"].state.inflight = 1  # an assignment on another backend
+    assert rt.view().backends[1].inflight == 1
 
 
 @pytest.mark.parametrize("status", [400, 401, 404])
