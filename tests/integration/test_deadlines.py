@@ -55,6 +55,25 @@ def test_hung_cloud_goes_local_within_the_first_byte_deadline(cloud, recorder_pr
     assert wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=stream).outcome == "ok"
 
 
+@pytest.mark.parametrize("path", ["/v1/messages/count_tokens", "/v1/models"])
+def test_small_reply_that_stalls_after_its_head_is_answered_locally_within_the_deadline(
+        cloud, recorder_proc, nonstop_factory, path):
+    # Its head comes at once and its body never does: bound by the first-byte deadline,
+    # not by the idle timeout (set long here, as a missing bound would cost).
+    procs.set_mode(cloud, "hang_after_head", hang_for=30)
+    ns = nonstop_factory(nonstop_config(cloud.url, cloud={**CLOUD, "idle_timeout": 25.0}, local=[
+        {"name": "local", "url": recorder_proc.url, "model": "local-model", "connect_timeout": 1.0,
+         "count_tokens": "estimate"}]))
+    if path.endswith("count_tokens"):
+        r = rawhttp.exchange("POST", ns.url + path, json=MESSAGE, headers=HEADERS)
+        assert r.status == 200 and json.loads(r.body)["input_tokens"] > 0
+        assert r.headers["x-nonstop-backend"] == "local"
+    else:
+        r = rawhttp.exchange("GET", ns.url + path, headers=HEADERS)
+        assert r.status == 200 and isinstance(json.loads(r.body)["data"], list)
+    assert r.head_s < 1.0 + 1.5 + SLACK, f"{r.head_s:.1f}s to the response head"
+
+
 def _unaccepting_listener() -> tuple[socket.socket, list[socket.socket]]:
     """A loopback port whose accept queue is full: new connections hang in SYN_SENT."""
     server = socket.socket()

@@ -157,13 +157,24 @@ class FakeCloud:
     async def hello(self, request: web.Request) -> web.Response:
         return web.Response(status=200, text="{}", content_type="application/json")
 
-    async def models(self, request: web.Request) -> web.Response:
+    async def _head_then_hang(self, request: web.Request) -> web.StreamResponse:
+        """The head of a JSON reply, then nothing for `hang_for` seconds."""
+        resp = web.StreamResponse(status=200, headers={"content-type": "application/json"})
+        await resp.prepare(request)
+        await asyncio.sleep(float(self.params.get("hang_for", 3600)))
+        return resp
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        if (request.headers.get("x-fake-mode") or self.mode) == "hang_after_head":
+            return await self._head_then_hang(request)
         return web.json_response({"data": [{"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"}], "has_more": False, "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"})
 
-    async def count_tokens(self, request: web.Request) -> web.Response:
+    async def count_tokens(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self._record(request, body)
         mode = request.headers.get("x-fake-mode") or self.mode
+        if mode == "hang_after_head":
+            return await self._head_then_hang(request)
         if mode != "ok":
             return web.Response(status=529, body=error_body("overloaded_error", "Overloaded"), content_type="application/json")
         return web.json_response({"input_tokens": max(1, len(body) // 4)})

@@ -53,6 +53,10 @@ CONNECT_SLACK = 1.0
 MAX_WHOLE_BODY = 64 * 1024 * 1024
 CLOUD_CAPABILITIES = Capabilities(api="cloud", tools=True, thinking=True, images=True)
 _INFERENCE_PATHS = ("/v1/messages", "/v1/chat/completions")
+# Small answers the cloud writes whole right behind their head: the body is bound by the
+# same deadline as the head (a body that stalls is a hung cloud, and nonstop has a local
+# answer for both).
+_SMALL_REPLY_PATHS = ("/v1/messages/count_tokens", "/v1/models")
 # Usage for the request log, read with regexes from the few places it appears, so the
 # stream itself is never parsed.
 _IN = re.compile(rb'"input_tokens"\s*:\s*(\d+)')
@@ -163,10 +167,10 @@ class CloudBackend:
         path = ex.cloud_path or ex.raw_path
         expect = ("stream" if ex.stream else "json") if ex.path in _INFERENCE_PATHS else ""
         return await self.request(ex.method, path, ex.query, headers, body, stream=ex.stream, expect=expect,
-                                  account=ex.account)
+                                  account=ex.account, small=ex.path in _SMALL_REPLY_PATHS)
 
     async def request(self, method: str, raw_path: bytes, query: bytes, headers: CIMultiDict[str], body: bytes,
-                      *, stream: bool = False, expect: str = "", account: str = "") -> Reply | Verdict:
+                      *, stream: bool = False, expect: str = "", account: str = "", small: bool = False) -> Reply | Verdict:
         """One try at the cloud. A Reply to commit, or the Verdict to fail over on.
 
         Before anything reaches the client: the head, for streams the events up to the
@@ -204,8 +208,8 @@ class CloudBackend:
                     usage = Usage()
                     return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, b"", usage),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
-                if expect:
-                    if resp.status == 200:
+                if expect or small:
+                    if expect and resp.status == 200:
                         self.deadlines.record(len(body), time.perf_counter() - sent)
                     # The cloud writes an answer whole, its body right behind its head: a
                     # body that stalls is a hung cloud, bound by the same deadline.
@@ -233,8 +237,8 @@ class CloudBackend:
 
     async def _whole(self, resp: aiohttp.ClientResponse, expect: str, verdict: Verdict | None) -> Reply | Verdict:
         """A reply read whole before its head goes to the client: bounded by MAX_WHOLE_BODY,
-        and by the first-byte deadline for an answer (`expect`), the idle timeout for
-        anything else."""
+        and by the first-byte deadline for an answer (`expect`) or a small reply
+        (_SMALL_REPLY_PATHS), the idle timeout for anything else."""
         try:
             data = await _read_limited(resp, MAX_WHOLE_BODY + 1)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
