@@ -34,6 +34,8 @@ from nonstop.routing.view import BackendView, CloudState, CloudView, RoutingView
 
 CLOUD = "cloud"
 INF = float("inf")
+# Plans a view remembers at most (a client sends a few models; this bounds one that sends many).
+MEMO_MAX = 256
 # Room a window must leave for the answer before a request counts as fitting.
 MIN_OUTPUT_ROOM = 256
 # Assumed speeds before a backend has been measured (tokens per second, CPU-class).
@@ -373,6 +375,8 @@ def plan(facts: RequestFacts, view: RoutingView, policy: Policy, tried: Mapping[
         steps = [s for s in steps if s.target not in tried]
     result = Plan(tuple(steps), tuple(skipped), facts.workload, facts.workload_source)
     if key is not None and same_below is not None:
+        if len(view.memo) >= MEMO_MAX:  # the model and tool ids are the client's: keep it bounded
+            view.memo.clear()
         view.memo[key] = _Remembered(result, same_below, policy)
     return result
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from nonstop.routing.facts import Needs, RequestFacts, Size, Workload
 from nonstop.routing.plan import (
     CLOUD,
+    MEMO_MAX,
     MIN_OUTPUT_ROOM,
     Plan,
     Room,
@@ -467,3 +468,12 @@ def test_largest_fitting_is_exactly_where_the_context_rule_stops_fitting(window:
     n = _largest_fitting(b)
     assert isinstance(context_rule(facts(n), b), Room) and context_rule(facts(n), b).as_sent
     assert not getattr(context_rule(facts(n + 1), b), "as_sent", False)
+
+
+def test_a_view_remembers_a_bounded_number_of_plans() -> None:
+    # The model name is the client's: one that sends a new one each time cannot grow the memo.
+    view = RoutingView(NOW, SERVING, (BIG,))
+    for i in range(MEMO_MAX * 3):
+        p = plan(facts(1000, model=f"model-{i}"), view, POLICY)
+        assert targets(p) == ["cloud", "big"]
+        assert len(view.memo) <= MEMO_MAX
