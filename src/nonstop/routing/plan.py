@@ -3,9 +3,10 @@
 `plan(facts, view, policy)` is a pure function: no I/O, no clock reads, no state
 changes. (It memoizes on the view: the plan for requests that fit every window as sent is
 worked out once per view and reused while the runtime keeps that view. A kept view
-answers exactly as a fresh one would; a test checks that.) Each rule is a small function; every step and every skipped backend carries the
-rule that placed it and a reason in words, so a decision can be shown as it was made
-(`x-nonstop-route`, the request log, the dashboard, `nonstop explain`).
+answers exactly as a fresh one would; a test checks that.) Each rule is a small
+function; every step and every skipped backend carries the rule that placed it and a
+reason in words, so a decision can be shown as it was made (`x-nonstop-route`, the
+request log, the dashboard, `nonstop explain`).
 
 The rules, in the order they apply:
   class      the workload class's policy: cloud first, local first, or local only
