@@ -55,12 +55,17 @@ def test_hung_cloud_goes_local_within_the_first_byte_deadline(cloud, recorder_pr
     assert wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=stream).outcome == "ok"
 
 
-@pytest.mark.parametrize("path", ["/v1/messages/count_tokens", "/v1/models"])
-def test_small_reply_that_stalls_after_its_head_is_answered_locally_within_the_deadline(
-        cloud, recorder_proc, nonstop_factory, path):
-    # Its head comes at once and its body never does: bound by the first-byte deadline,
-    # not by the idle timeout (set long here, as a missing bound would cost).
-    procs.set_mode(cloud, "hang_after_head", hang_for=30)
+SMALL_FAULTS = [(path, mode) for path in ("/v1/messages/count_tokens", "/v1/models")
+                for mode in ("hang_after_head", "json_empty", "json_garbled", "json_not_message")]
+
+
+@pytest.mark.parametrize("path,mode", SMALL_FAULTS, ids=[f"{p.rsplit('/', 1)[-1]}-{m}" for p, m in SMALL_FAULTS])
+def test_small_reply_that_stalls_or_is_broken_is_answered_locally_within_the_deadline(
+        cloud, recorder_proc, nonstop_factory, path, mode):
+    # A 200 whose body never comes (bound by the first-byte deadline, not by the idle
+    # timeout, set long here as a missing bound would cost), or comes empty, cut, or
+    # without the field asked for: answered locally, never relayed.
+    procs.set_mode(cloud, mode, hang_for=30)
     ns = nonstop_factory(nonstop_config(cloud.url, cloud={**CLOUD, "idle_timeout": 25.0}, local=[
         {"name": "local", "url": recorder_proc.url, "model": "local-model", "connect_timeout": 1.0,
          "count_tokens": "estimate"}]))
@@ -71,6 +76,7 @@ def test_small_reply_that_stalls_after_its_head_is_answered_locally_within_the_d
     else:
         r = rawhttp.exchange("GET", ns.url + path, headers=HEADERS)
         assert r.status == 200 and isinstance(json.loads(r.body)["data"], list)
+        assert r.headers["x-nonstop-backend"] == "local"
     assert r.head_s < 1.0 + 1.5 + SLACK, f"{r.head_s:.1f}s to the response head"
 
 

@@ -164,17 +164,27 @@ class FakeCloud:
         await asyncio.sleep(float(self.params.get("hang_for", 3600)))
         return resp
 
-    async def models(self, request: web.Request) -> web.StreamResponse:
-        if (request.headers.get("x-fake-mode") or self.mode) == "hang_after_head":
+    async def _broken_small_reply(self, request: web.Request, mode: str) -> web.StreamResponse | None:
+        """A token count's or model list's 200 that is not one: the head and a stall, an
+        empty body, cut JSON, or JSON without the field. None for any other mode."""
+        if mode == "hang_after_head":
             return await self._head_then_hang(request)
+        data = {"json_empty": b"", "json_garbled": b'{"input_tokens": 1', "json_not_message": b'{"ok": true}'}.get(mode)
+        return None if data is None else web.Response(status=200, body=data, content_type="application/json")
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        broken = await self._broken_small_reply(request, request.headers.get("x-fake-mode") or self.mode)
+        if broken is not None:
+            return broken
         return web.json_response({"data": [{"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"}], "has_more": False, "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"})
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self._record(request, body)
         mode = request.headers.get("x-fake-mode") or self.mode
-        if mode == "hang_after_head":
-            return await self._head_then_hang(request)
+        broken = await self._broken_small_reply(request, mode)
+        if broken is not None:
+            return broken
         if mode != "ok":
             return web.Response(status=529, body=error_body("overloaded_error", "Overloaded"), content_type="application/json")
         return web.json_response({"input_tokens": max(1, len(body) // 4)})

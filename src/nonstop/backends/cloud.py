@@ -53,10 +53,11 @@ CONNECT_SLACK = 1.0
 MAX_WHOLE_BODY = 64 * 1024 * 1024
 CLOUD_CAPABILITIES = Capabilities(api="cloud", tools=True, thinking=True, images=True)
 _INFERENCE_PATHS = ("/v1/messages", "/v1/chat/completions")
-# Small answers the cloud writes whole right behind their head: the body is bound by the
-# same deadline as the head (a body that stalls is a hung cloud, and nonstop has a local
-# answer for both).
-_SMALL_REPLY_PATHS = ("/v1/messages/count_tokens", "/v1/models")
+# Small answers the cloud writes whole right behind their head, by path, with the field a
+# 200 must carry: the body is bound by the same deadline as the head, and one that stalls,
+# is cut, empty or not what was asked for is a broken cloud (nonstop has a local answer
+# for both).
+_SMALL_REPLIES = {"/v1/messages/count_tokens": ("input_tokens", int), "/v1/models": ("data", list)}
 # Usage for the request log, read with regexes from the few places it appears, so the
 # stream itself is never parsed.
 _IN = re.compile(rb'"input_tokens"\s*:\s*(\d+)')
@@ -167,10 +168,11 @@ class CloudBackend:
         path = ex.cloud_path or ex.raw_path
         expect = ("stream" if ex.stream else "json") if ex.path in _INFERENCE_PATHS else ""
         return await self.request(ex.method, path, ex.query, headers, body, stream=ex.stream, expect=expect,
-                                  account=ex.account, small=ex.path in _SMALL_REPLY_PATHS)
+                                  account=ex.account, small=_SMALL_REPLIES.get(ex.path))
 
     async def request(self, method: str, raw_path: bytes, query: bytes, headers: CIMultiDict[str], body: bytes,
-                      *, stream: bool = False, expect: str = "", account: str = "", small: bool = False) -> Reply | Verdict:
+                      *, stream: bool = False, expect: str = "", account: str = "",
+                      small: tuple[str, type] | None = None) -> Reply | Verdict:
         """One try at the cloud. A Reply to commit, or the Verdict to fail over on.
 
         Before anything reaches the client: the head, for streams the events up to the
@@ -213,7 +215,7 @@ class CloudBackend:
                         self.deadlines.record(len(body), time.perf_counter() - sent)
                     # The cloud writes an answer whole, its body right behind its head: a
                     # body that stalls is a hung cloud, bound by the same deadline.
-                    return await self._whole(resp, expect, verdict)
+                    return await self._whole(resp, expect, verdict, small)
             return await self._whole(resp, expect, verdict)
         except TimeoutError:
             if resp is not None:
@@ -235,10 +237,11 @@ class CloudBackend:
         return Reply(resp.status, headers_out, single(err), self.name, False,
                      Usage(error=verdict.describe() if verdict else ""), verdict=verdict)
 
-    async def _whole(self, resp: aiohttp.ClientResponse, expect: str, verdict: Verdict | None) -> Reply | Verdict:
+    async def _whole(self, resp: aiohttp.ClientResponse, expect: str, verdict: Verdict | None,
+                     small: tuple[str, type] | None = None) -> Reply | Verdict:
         """A reply read whole before its head goes to the client: bounded by MAX_WHOLE_BODY,
         and by the first-byte deadline for an answer (`expect`) or a small reply
-        (_SMALL_REPLY_PATHS), the idle timeout for anything else."""
+        (`small`, from _SMALL_REPLIES), the idle timeout for anything else."""
         try:
             data = await _read_limited(resp, MAX_WHOLE_BODY + 1)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
@@ -252,10 +255,13 @@ class CloudBackend:
         if len(data) > MAX_WHOLE_BODY:
             return Verdict(FailureKind.BAD_RESPONSE, True, None, "the cloud's reply is larger than nonstop relays whole", resp.status)
         usage = Usage(complete=True)
+        problem = ""
         if expect == "json":
             problem = _not_a_message(data, usage)
-            if problem:
-                return Verdict(FailureKind.BAD_RESPONSE, True, None, problem, resp.status)
+        elif small is not None and resp.status == 200:
+            problem = _not_a_small_reply(data, small)
+        if problem:
+            return Verdict(FailureKind.BAD_RESPONSE, True, None, problem, resp.status)
         return Reply(resp.status, response_headers(resp.raw_headers), single(data), self.name, False, usage, verdict=verdict)
 
 
@@ -276,6 +282,19 @@ def _not_a_message(data: bytes, usage: Usage) -> str:
         usage.output_tokens = o if isinstance(o, int) else 0
     stop = doc.get("stop_reason")
     usage.stop_reason = stop if isinstance(stop, str) else ""
+    return ""
+
+
+def _not_a_small_reply(data: bytes, small: tuple[str, type]) -> str:
+    """Why a 200 to a token count or a model list is not one ("" when it is)."""
+    field, kind = small
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return "the cloud's reply was empty or not valid JSON (cut or garbled)"
+    value = doc.get(field) if isinstance(doc, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        return f"the cloud's reply was JSON without its {field!r}"
     return ""
 
 
