@@ -66,7 +66,28 @@ BODY_READ = "nonstop.body_read"
 # The request-log row a front door made for the request (server/doors/base.py), so that a
 # failure no relay recorded is still logged (App.last_guard).
 REQUEST_ROW = "nonstop.row"
+# The request's connection, set by nonstop's own HTTP protocol (server/head_guard.py).
+CONNECTION = "nonstop.connection"
 DEFAULT_PACE = BodyPace()
+
+
+class Connection:
+    """What the HTTP protocol tells a request about its connection (`scope[CONNECTION]`):
+    whether it is lost, and whom to call when it is. A relay learns that its client left
+    from this, instead of a task of its own waiting on `receive()`. Under another server
+    the key is absent, and the relay starts that task."""
+
+    __slots__ = ("lost", "on_lost")
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.on_lost: Callable[[], None] | None = None
+
+    def connection_lost(self) -> None:
+        self.lost = True
+        call, self.on_lost = self.on_lost, None
+        if call is not None:
+            call()
 
 
 def header(scope: Scope, name: bytes, default: str = "") -> str:

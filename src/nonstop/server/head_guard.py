@@ -31,6 +31,8 @@ from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from nonstop.server.asgi import CONNECTION, Connection
+
 # A head still incomplete this long after it started counts against its address's limit.
 SLOW_AFTER = 1.0
 # The application answers heads over 64 KiB itself, in the client's own protocol; past
@@ -72,57 +74,73 @@ def _closing_response(status: bytes, message: str) -> bytes:
             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
 
 
+class _Conn(Connection):
+    """One connection as the guard sees it: its head being read, and (as a Connection, in
+    each request's scope) whom to tell when it is lost. The protocol holds it in one
+    attribute: uvicorn's own attributes nearly fill the key table its instances share,
+    and six more would give every connection a dictionary of its own (about 1.3 KB)."""
+
+    __slots__ = ("reading", "timer", "deadline", "slow", "begun", "size")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = False  # from the connection, or a request's first byte, to the head's end
+        self.timer: TimerHandle | None = None
+        self.deadline = 0.0
+        self.slow = False  # counted in slow_heads
+        self.begun = False  # some bytes of the head have arrived
+        self.size = 0  # bytes read while the head was incomplete
+
+
 class HeadGuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a head deadline and a per-address cap on slow
     heads. Configure a subclass with `guarded_protocol()`."""
 
     head_timeout: ClassVar[float] = 5.0
     slow_heads: ClassVar[SlowHeads] = SlowHeads(32)
-
-    # Per connection, as class defaults so that uvicorn's __init__ stays untouched.
-    _reading_head = False  # from the connection, or a request's first byte, to the head's end
-    _head_timer: TimerHandle | None = None
-    _head_deadline = 0.0
-    _head_slow = False  # counted in slow_heads
-    _head_begun = False  # some bytes of the head have arrived
-    _head_bytes = 0  # bytes read while the head was incomplete
+    _conn: _Conn
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        self._conn = _Conn()
         super().connection_made(transport)
         if self.slow_heads.full(self._client_host()):
             transport.close()
             return
-        self._reading_head = True
+        self._conn.reading = True
         self._arm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_begun = True
+        head = self._conn
+        head.begun = True
         # The next request on a kept-alive connection: its timer is armed only if this
         # read does not finish the head (see data_received), so a head that arrives whole
         # costs no timer at all.
-        self._reading_head = True
+        head.reading = True
 
     def on_headers_complete(self) -> None:
         self._end_head()
+        self.scope[CONNECTION] = self._conn  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if not self._reading_head or self.transport.is_closing():  # the head is complete, or refused
+        head = self._conn
+        if not head.reading or self.transport.is_closing():  # the head is complete, or refused
             return
-        self._head_bytes += len(data)
-        if self._head_bytes > MAX_HEAD_BYTES:
+        head.size += len(data)
+        if head.size > MAX_HEAD_BYTES:
             self._end_head()
             self.transport.write(_closing_response(
                 b"431 Request Header Fields Too Large", f"the request head is larger than {MAX_HEAD_BYTES} bytes"))
             self.transport.close()
-        elif self._head_timer is None:
+        elif head.timer is None:
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_head()
         super().connection_lost(exc)
+        self._conn.connection_lost()
 
     # --- the head's timer ---------------------------------------------------------------------
 
@@ -130,38 +148,40 @@ class HeadGuardedProtocol(HttpToolsProtocol):
         return self.client[0] if self.client else ""
 
     def _arm(self) -> None:
-        self._head_deadline = self.loop.time() + self.head_timeout
-        self._head_timer = self.loop.call_later(min(SLOW_AFTER, self.head_timeout), self._head_late)
+        head = self._conn
+        head.deadline = self.loop.time() + self.head_timeout
+        head.timer = self.loop.call_later(min(SLOW_AFTER, self.head_timeout), self._head_late)
 
     def _end_head(self) -> None:
-        self._reading_head = False
-        self._head_begun = False
-        self._head_bytes = 0
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        if self._head_slow:
+        head = self._conn
+        head.reading = head.begun = False
+        head.size = 0
+        if head.timer is not None:
+            head.timer.cancel()
+            head.timer = None
+        if head.slow:
             self.slow_heads.discard(self._client_host(), self)
-            self._head_slow = False
+            head.slow = False
 
     def _head_late(self) -> None:
-        self._head_timer = None
+        head = self._conn
+        head.timer = None
         if self.transport.is_closing():
             return
-        if not self._head_slow:
+        if not head.slow:
             if not self.slow_heads.add(self._client_host(), self):  # over the cap: refused, no answer
                 self._end_head()
                 self.transport.close()
                 return
-            self._head_slow = True
-            self._head_timer = self.loop.call_later(max(0.0, self._head_deadline - self.loop.time()), self._head_late)
+            head.slow = True
+            head.timer = self.loop.call_later(max(0.0, head.deadline - self.loop.time()), self._head_late)
             return
         self._drop_head()
 
     def _drop_head(self) -> None:
         # A 408 only to a client that began a request, and never inside a response still
         # going out (a pipelined head trickling in behind it): that one is just cut.
-        answer = self._head_begun and (self.cycle is None or self.cycle.response_complete)
+        answer = self._conn.begun and (self.cycle is None or self.cycle.response_complete)
         self._end_head()
         if answer:
             self.transport.write(_closing_response(

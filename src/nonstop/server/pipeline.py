@@ -35,6 +35,7 @@ from nonstop.wire.anthropic import estimate_tokens, to_local_request
 from nonstop.wire.errors import prompt_too_long_message
 
 if TYPE_CHECKING:
+    from nonstop.server.asgi import Connection
     from nonstop.server.runtime import Runtime
 
 log = logging.getLogger("nonstop")
@@ -51,6 +52,8 @@ class RequestContext:
     row: RequestRow
     t0: float
     facts: RequestFacts | None = None
+    # The client's connection, when the server is nonstop's own (server/asgi.Connection).
+    connection: Connection | None = None
 
 
 @dataclass

@@ -146,21 +146,29 @@ class Relay:
         away first (upstream work is then cancelled by closing the upstream response) and
         whether that last message is still owed (it is, when the reply went out whole)."""
         task = asyncio.current_task()
-        gone = asyncio.Event()
-        finished = False
-        watcher = None
+        gone = finished = False
+        connection = watcher = None
         if reply.stream:
-            async def watch() -> None:
-                while True:
-                    msg = await receive()
-                    if msg["type"] == "http.disconnect":
-                        if not finished:
-                            gone.set()
-                            if task is not None:
-                                task.cancel()
-                        return
+            def client_left() -> None:
+                nonlocal gone
+                if not finished:
+                    gone = True
+                    if task is not None:
+                        task.cancel()
 
-            watcher = asyncio.ensure_future(watch())
+            connection = ctx.connection
+            if connection is not None:  # nonstop's own server says when the client leaves
+                if connection.lost:
+                    client_left()
+                else:
+                    connection.on_lost = client_left
+            else:
+                async def watch() -> None:
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    client_left()
+
+                watcher = asyncio.ensure_future(watch())
         cap = self.cfg.log.body_cap_bytes
         capture: list[bytes] | None = [] if self.cfg.log.store_bodies else None
         captured = 0
@@ -175,6 +183,7 @@ class Relay:
                     captured += len(capture[-1])
                 if not started:
                     await send({"type": "http.response.start", "status": reply.status, "headers": writer.headers(reply) + extra})
+                    reply.headers = []  # sent: a stream does not hold its head while it relays
                     started = True
                     now = time.perf_counter()
                     ctx.row.ttfb_ms = (now - ctx.t0) * 1000
@@ -190,7 +199,7 @@ class Relay:
         except asyncio.CancelledError:
             if task is not None:
                 task.uncancel()
-            if not gone.is_set():
+            if not gone:
                 # Shutdown ran past drain_timeout: close the stream with a well-formed
                 # error instead of cutting it silently.
                 ctx.row.error = "nonstop shut down before the answer was complete"
@@ -201,7 +210,7 @@ class Relay:
                             await send({"type": "http.response.body", "more_body": False,
                                         "body": writer.stream_error("nonstop is shutting down; the response is incomplete.", "overloaded_error")})
         except OSError:
-            gone.set()
+            gone = True
         except Exception as exc:  # a fault of nonstop's own, mid-reply: end it well-formed
             log.exception("%s: relaying the reply failed", ctx.row.request_id)
             reply.usage.error = f"nonstop failed while relaying the reply ({type(exc).__name__})"
@@ -220,6 +229,8 @@ class Relay:
                 ctx.row.request_body = stored_body(ctx.ex.body[:cap])
             if watcher is not None:
                 watcher.cancel()
+            if connection is not None:
+                connection.on_lost = None
             if reply.close is not None:
                 with contextlib.suppress(Exception):
                     reply.close()
@@ -227,4 +238,4 @@ class Relay:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-        return gone.is_set(), finished and not gone.is_set()
+        return gone, finished and not gone

@@ -13,7 +13,7 @@ import pytest
 
 from nonstop.backends.base import Exchange, Reply, single
 from nonstop.config import parse_config
-from nonstop.server.asgi import Message
+from nonstop.server.asgi import Connection, Message
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
 from nonstop.server.pipeline import Outcome, RequestContext
@@ -189,3 +189,68 @@ async def test_a_reply_ends_even_when_its_row_cannot_be_recorded(tmp_path):
     with pytest.raises(Fault):
         await relay.commit(ctx, outcome, stays, send, AnthropicWriter())
     assert sent[-1]["type"] == "http.response.body" and not sent[-1].get("more_body", False)
+
+
+# --- a client that leaves mid-stream ---------------------------------------------------------
+
+
+async def endless(closed: list[bool]) -> AsyncIterator[bytes]:
+    """An upstream stream that never ends on its own; `closed` learns that it was closed."""
+    try:
+        yield START + BLOCK
+        while True:
+            await asyncio.sleep(0.01)
+            yield DELTA
+    finally:
+        closed.append(True)
+
+
+@pytest.mark.parametrize("told_by", ["connection", "connection_already_lost", "receive"])
+async def test_a_client_that_leaves_mid_stream_ends_the_relay_and_the_upstream(relay, told_by):
+    # nonstop's own server says so through the connection (no task waiting on receive());
+    # under another server, a task waits on receive() for the disconnect.
+    sent: list[Message] = []
+    left = asyncio.Event()
+    connection = Connection()
+
+    async def send(msg: Message) -> None:
+        sent.append(msg)
+        if len(sent) == 3:
+            if told_by == "connection":
+                connection.connection_lost()
+            left.set()
+
+    async def receive() -> Message:
+        if told_by == "receive":
+            await left.wait()
+            return {"type": "http.disconnect"}
+        return await stays()
+
+    if told_by == "connection_already_lost":
+        connection.connection_lost()
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter(),
+                         None, None if told_by == "receive" else connection)
+    closed: list[bool] = []
+    reply = Reply(200, list(SSE), endless(closed), "cloud", True)
+    gone = await asyncio.wait_for(relay.pump(ctx, reply, AnthropicWriter(), [], receive, send, time.perf_counter()), 5)
+    assert gone and closed == [True]
+    assert connection.on_lost is None  # the relay let go of the connection
+    assert len(sent) <= 4  # no more than reached the send before the pump's next wait
+    assert asyncio.current_task().cancelling() == 0  # the relay's own cancel was taken back
+
+
+async def test_a_stream_that_ends_lets_go_of_the_connection(relay):
+    connection = Connection()
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter(),
+                         None, connection)
+    reply = Reply(200, list(SSE), single(START + BLOCK + DELTA + END), "cloud", True)
+
+    async def send(msg: Message) -> None:
+        if msg.get("more_body"):
+            assert connection.on_lost is not None  # watched while the reply goes out
+
+    assert await relay.pump(ctx, reply, AnthropicWriter(), [], stays, send, time.perf_counter()) is False
+    assert connection.on_lost is None and reply.headers == []  # nor does it keep the sent head
+    connection.connection_lost()  # a later loss of the kept-alive connection touches nothing

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from nonstop.backends.base import Exchange
 from nonstop.server.asgi import (
+    CONNECTION,
     REQUEST_ROW,
     BadBody,
     ClientGone,
@@ -59,7 +60,7 @@ class Door:
             query=scope.get("query_string", b""), headers=scope["headers"], body=body, req={} if lazy else req,
             stream=req.get("stream") is True, lazy=lazy, **cloud,
         )
-        return RequestContext(ex, row, time.perf_counter())
+        return RequestContext(ex, row, time.perf_counter(), None, scope.get(CONNECTION))
 
     async def read(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> bytes | None:
         """The body, or None after answering a body over the limit in the client's protocol
