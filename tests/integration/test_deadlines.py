@@ -168,6 +168,20 @@ def test_local_first_byte_deadline_is_honoured(cloud, nonstop_factory, stream):
         assert v.outcome == "error", v
 
 
+def test_a_local_whole_reply_whose_body_stalls_is_given_up_at_the_heads_deadline(cloud, nonstop_factory):
+    """A reply that is not a stream is its answer: once the head is in, the body is bound by
+    the same first_byte_timeout, not by idle_timeout of silence."""
+    with procs.start_fake_cloud() as local:
+        procs.set_mode(local, "json_stall_body", hang_for=60)
+        procs.set_mode(cloud, "subscription_limit", reset_in=600)
+        ns = nonstop_factory(config(cloud.url, local.url, local={"first_byte_timeout": 1.5, "idle_timeout": 10.0}))
+        r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=MESSAGE, headers=HEADERS, timeout=20)
+        assert r.total_s < 1.5 + 1.0 + SLACK + 2.0, f"{r.total_s:.1f}s"
+        v = wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=False)
+        assert v.outcome == "error", v
+        assert "first_byte_timeout" in json.loads(r.body)["error"]["message"], r.body
+
+
 # --- a client that goes away ---------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import aiohttp
 import orjson
 
 from nonstop.routing.classify import Verdict
@@ -34,6 +35,35 @@ HOP_BY_HOP = frozenset({
 
 # nonstop's own headers never leave it.
 OWN_REQUEST_HEADERS = frozenset({"x-nonstop-token"})
+# A reply read whole before its head goes to the client (any backend): at most this much.
+MAX_WHOLE_BODY = 64 * 1024 * 1024
+# A server's answer to nonstop's own questions (health, token counts, load, model facts).
+MAX_SIDE_REPLY = 4 * 1024 * 1024
+
+
+class ReplyTooLarge(aiohttp.ClientPayloadError):
+    """A reply over the size nonstop reads (an aiohttp error, so that every handler of a
+    broken reply handles it too)."""
+
+
+async def read_capped(resp: aiohttp.ClientResponse, limit: int = MAX_SIDE_REPLY) -> bytes:
+    """The whole body; ReplyTooLarge past `limit` bytes (a server that never stops
+    sending does not fill memory within a timeout)."""
+    data = await read_limited(resp, limit + 1)
+    if len(data) > limit:
+        raise ReplyTooLarge(f"the reply is larger than {limit} bytes")
+    return data
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, or its first `limit` bytes (read one more to tell a body over a limit)."""
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = await resp.content.read(min(65536, limit - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
 
 
 @dataclass

@@ -21,11 +21,13 @@ from yarl import URL
 
 from nonstop.backends.base import (
     HOP_BY_HOP,
+    MAX_WHOLE_BODY,
     OWN_REQUEST_HEADERS,
     Attempt,
     Exchange,
     Reply,
     Usage,
+    read_limited,
     single,
 )
 from nonstop.config import CloudConfig
@@ -49,8 +51,6 @@ if TYPE_CHECKING:
 MAX_ERROR_BODY = 1024 * 1024
 # Seconds a cold connection may add to the first-byte deadline.
 CONNECT_SLACK = 1.0
-# A reply that is not a stream is read whole before its head goes to the client.
-MAX_WHOLE_BODY = 64 * 1024 * 1024
 CLOUD_CAPABILITIES = Capabilities(api="cloud", tools=True, thinking=True, images=True)
 _INFERENCE_PATHS = ("/v1/messages", "/v1/chat/completions")
 # Small answers the cloud writes whole right behind their head, by path, with the field a
@@ -227,7 +227,7 @@ class CloudBackend:
             return network_failure(exc)
 
     async def _refusal(self, resp: aiohttp.ClientResponse) -> Reply | Verdict:
-        err = await _read_limited(resp, MAX_ERROR_BODY)
+        err = await read_limited(resp, MAX_ERROR_BODY)
         verdict = classify_response(resp.status, _lower(resp.headers), err, time.time(),
                                     failover_on_auth=self.cfg.failover_on_auth)
         headers_out = response_headers(resp.raw_headers)
@@ -243,7 +243,7 @@ class CloudBackend:
         and by the first-byte deadline for an answer (`expect`) or a small reply
         (`small`, from _SMALL_REPLIES), the idle timeout for anything else."""
         try:
-            data = await _read_limited(resp, MAX_WHOLE_BODY + 1)
+            data = await read_limited(resp, MAX_WHOLE_BODY + 1)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
             return Verdict(FailureKind.BAD_RESPONSE, True, None, f"the cloud's reply was cut ({type(exc).__name__})", resp.status)
         finally:
@@ -309,16 +309,6 @@ def _success_verdict(resp: aiohttp.ClientResponse) -> Verdict | None:
 
 def _lower(headers) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
-
-
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < limit:
-        chunk = await resp.content.read(min(65536, limit - len(buf)))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
 
 
 async def _peek_stream(resp: aiohttp.ClientResponse) -> bytes | Verdict:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from nonstop.backends.base import read_capped
 from nonstop.config import DiscoveryConfig, LocalBackendConfig
 
 # Claude Code's first request is 12-15k tokens, 16-27k with MCP servers and skills.
@@ -29,7 +30,6 @@ DEFAULT_CONTEXT = 8192
 OLLAMA_DEFAULT_CONTEXT = 4096
 OLLAMA_NATIVE_API = (0, 14)
 
-_MAX_BODY = 4 * 1024 * 1024
 _PROBE_TOOL = "nonstop_probe_tool"
 
 _LABELS = {
@@ -188,14 +188,7 @@ class _Probe:
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=remaining),
         ) as resp:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_chunked(65536):
-                size += len(chunk)
-                if size > _MAX_BODY:
-                    return None
-                chunks.append(chunk)
-            return resp.status, orjson.loads(b"".join(chunks))
+            return resp.status, orjson.loads(await read_capped(resp))
 
     # --- per kind ---
 

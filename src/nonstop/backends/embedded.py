@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import aiohttp
 
+from nonstop.backends.base import read_capped
 from nonstop.backends.llama_stack import (
     INSTALL_HINT,
     die_with_parent,
@@ -251,7 +252,7 @@ class EmbeddedServer:
         assert self._session is not None
         try:
             async with self._session.get(self.url + "/health") as resp:
-                await resp.read()
+                await read_capped(resp)
                 return resp.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False

@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, Usage, single
+from nonstop.backends.base import (
+    MAX_WHOLE_BODY,
+    Attempt,
+    Exchange,
+    Reply,
+    TooLong,
+    Usage,
+    read_capped,
+    read_limited,
+    single,
+)
 from nonstop.config import LocalBackendConfig
 from nonstop.routing.backend_state import BackendState
 from nonstop.routing.classify import FailureKind, Verdict
@@ -245,7 +255,7 @@ class LocalBackend:
                 model = ""
                 if r.status == 200:
                     with contextlib.suppress(ValueError, AttributeError, aiohttp.ClientError):
-                        data = await r.json(loads=orjson.loads, content_type=None)
+                        data = orjson.loads(await read_capped(r))
                         models = [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
                         model = self.cfg.model or (models[0] if models else "")
                 self.state.health_checked(True, model=model)
@@ -256,10 +266,14 @@ class LocalBackend:
 
     # --- one request -----------------------------------------------------------------------------
 
-    async def _open(self, path: str, body: dict) -> aiohttp.ClientResponse | Verdict:
-        """POST and wait for the head."""
+    def _head_deadline(self) -> float:
+        """When a request sent now must have its head (the event loop's clock)."""
+        return asyncio.get_running_loop().time() + self.cfg.connect_timeout + self.cfg.first_byte_timeout
+
+    async def _open(self, path: str, body: dict, deadline: float | None = None) -> aiohttp.ClientResponse | Verdict:
+        """POST and wait for the head, until `deadline` (by default, _head_deadline())."""
         try:
-            async with asyncio.timeout(self.cfg.connect_timeout + self.cfg.first_byte_timeout):
+            async with asyncio.timeout_at(self._head_deadline() if deadline is None else deadline):
                 resp = await self.session.post(self.base + path, data=orjson.dumps(body), headers=self.headers(), timeout=self.timeout())
         except (aiohttp.ClientError, OSError) as exc:
             detail = _describe_exc(exc, self.base)
@@ -305,17 +319,37 @@ class LocalBackend:
                      self.name, True, usage, close=cancel)
 
     async def _whole(self, call: Call, was_idle: bool) -> Attempt:
+        """A reply that is not a stream. Its body is the answer, so it shares the head's
+        deadline (a server writes it right behind its head), and it is read up to
+        MAX_WHOLE_BODY: a body that stalls, trickles or never ends is a broken server."""
         call.sent = time.perf_counter()
-        opened = await self._open(call.path, call.body)
+        deadline = self._head_deadline()
+        opened = await self._open(call.path, call.body, deadline)
         if isinstance(opened, Verdict):
             return opened
         try:
-            raw = await opened.read()
-            doc = orjson.loads(raw)
-        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+            async with asyncio.timeout_at(deadline):
+                raw = await read_limited(opened, MAX_WHOLE_BODY + 1)
+        except TimeoutError:
+            opened.close()
+            self.state.failed("the reply's body timed out")
+            return Verdict(FailureKind.TIMEOUT, True, None,
+                           f"{self.name}: the reply's body did not arrive within first_byte_timeout "
+                           f"({self.cfg.first_byte_timeout:g} s)")
+        except (aiohttp.ClientError, OSError) as exc:
             opened.close()
             self.state.failed(f"unreadable reply ({type(exc).__name__})")
             return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply ({type(exc).__name__})")
+        opened.release()
+        if len(raw) > MAX_WHOLE_BODY:
+            self.state.failed("reply too large")
+            return Verdict(FailureKind.BAD_RESPONSE, True, None,
+                           f"{self.name}: the reply is larger than nonstop reads whole ({MAX_WHOLE_BODY} bytes)")
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            self.state.failed("unreadable reply (JSONDecodeError)")
+            return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply (JSONDecodeError)")
         msg = self.message_from(doc, call)
         if msg is None:
             self.state.failed("unexpected reply")

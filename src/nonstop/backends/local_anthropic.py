@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from nonstop.backends.base import read_capped
 from nonstop.backends.local import CALIBRATION_REQUEST, Call, LocalBackend, capped
 from nonstop.wire.anthropic import estimate_tokens
 
@@ -33,7 +34,7 @@ class AnthropicLocalBackend(LocalBackend):
                 timeout=aiohttp.ClientTimeout(total=30, connect=self.cfg.connect_timeout),
             ) as r:
                 if r.status == 200:
-                    data = await r.json(loads=orjson.loads, content_type=None)
+                    data = orjson.loads(await read_capped(r))
                     n = data.get("input_tokens") if isinstance(data, dict) else None
                     if isinstance(n, int) and n > 0:
                         self._server_counts = True
@@ -41,7 +42,7 @@ class AnthropicLocalBackend(LocalBackend):
                         return n
                 if r.status in (404, 405, 501) and self._server_counts is None:
                     self._server_counts = False
-        except (ValueError, aiohttp.ContentTypeError):
+        except (ValueError, aiohttp.ClientPayloadError):  # not JSON, or too large
             pass
         return estimate_tokens(local_req)
 

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from nonstop.backends.base import read_capped
 from nonstop.backends.discovery import DiscoveredServer, probe_server
 from nonstop.routing.backend_state import ServerReport
 
@@ -44,7 +45,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, headers: dict[str,
         async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=LOAD_TIMEOUT)) as r:
             if r.status != 200:
                 return None
-            return orjson.loads(await r.read())
+            return orjson.loads(await read_capped(r))
     except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError, asyncio.CancelledError):
         return None
 
@@ -52,7 +53,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, headers: dict[str,
 async def _get_text(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> bytes | None:
     try:
         async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=LOAD_TIMEOUT)) as r:
-            return await r.read() if r.status == 200 else None
+            return await read_capped(r) if r.status == 200 else None
     except (aiohttp.ClientError, OSError, TimeoutError):
         return None
 

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from nonstop.backends.base import read_capped
 from nonstop.backends.gguf import GGUFError, read_gguf
 from nonstop.backends.sizing import (
     Device,
@@ -141,7 +142,7 @@ async def _json(session: aiohttp.ClientSession, method: str, url: str, headers: 
         async with session.request(method, url, data=orjson.dumps(body) if body is not None else None,
                                    headers={"accept": "application/json", **headers},
                                    timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as r:
-            return orjson.loads(await r.read()) if r.status == 200 else None
+            return orjson.loads(await read_capped(r)) if r.status == 200 else None
     except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError):
         return None
 

@@ -31,6 +31,8 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from nonstop.backends.base import read_capped
+
 # A model can take minutes to load from a slow disk.
 LOAD_TIMEOUT = 600.0
 CONNECT_TIMEOUT = 5.0
@@ -94,7 +96,7 @@ async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], 
     try:
         async with session.post(url, data=orjson.dumps(body), headers=h, timeout=aiohttp.ClientTimeout(
                 total=timeout, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT)) as r:
-            raw = await r.read()
+            raw = await read_capped(r)
             seconds = time.monotonic() - started
             if r.status != 200:
                 return Warmed(False, seconds, f"HTTP {r.status} from {url}: {error(raw)}")

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from nonstop.backends.base import read_capped
 from nonstop.backends.discovery import probe_server
 from nonstop.backends.gguf import GGUFError, GGUFHeader, read_gguf
 from nonstop.config import LocalBackendConfig
@@ -178,7 +179,7 @@ async def _json(session: aiohttp.ClientSession, method: str, url: str, body: Any
                                    headers={"accept": "application/json", **(headers or {})},
                                    timeout=aiohttp.ClientTimeout(total=timeout)) as r:
             if r.status == 200:
-                return orjson.loads(await r.read())
+                return orjson.loads(await read_capped(r))
     return None
 
 
