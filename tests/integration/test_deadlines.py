@@ -56,7 +56,7 @@ def test_hung_cloud_goes_local_within_the_first_byte_deadline(cloud, recorder_pr
 
 
 SMALL_FAULTS = [(path, mode) for path in ("/v1/messages/count_tokens", "/v1/models")
-                for mode in ("hang_after_head", "json_empty", "json_garbled", "json_not_message")]
+                for mode in ("hang_after_head", "json_empty", "json_garbled", "json_not_message", "json_negative")]
 
 
 @pytest.mark.parametrize("path,mode", SMALL_FAULTS, ids=[f"{p.rsplit('/', 1)[-1]}-{m}" for p, m in SMALL_FAULTS])

@@ -33,7 +33,7 @@ MODES = [
     "stall_after_content", "wrong_content_type", "echo_key",
     # Non-streaming replies that are not whole: a 200 whose body is cut, empty, garbled or
     # not a message (a streamed request in these modes gets the plain stream).
-    "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message",
+    "json_cut_empty", "json_cut_half", "json_empty", "json_garbled", "json_not_message", "json_negative",
     # ... or whose body stops half-way and hangs for `hang_for` seconds (the connection open).
     "json_stall_body",
     # A good answer whose first byte comes `late_by` seconds late (3 unless told).
@@ -169,7 +169,8 @@ class FakeCloud:
         empty body, cut JSON, or JSON without the field. None for any other mode."""
         if mode == "hang_after_head":
             return await self._head_then_hang(request)
-        data = {"json_empty": b"", "json_garbled": b'{"input_tokens": 1', "json_not_message": b'{"ok": true}'}.get(mode)
+        data = {"json_empty": b"", "json_garbled": b'{"input_tokens": 1', "json_not_message": b'{"ok": true}',
+                "json_negative": b'{"input_tokens": -12, "data": -12}'}.get(mode)
         return None if data is None else web.Response(status=200, body=data, content_type="application/json")
 
     async def models(self, request: web.Request) -> web.StreamResponse:
@@ -356,7 +357,7 @@ class FakeCloud:
             transport.abort()
             return web.Response(status=500)
         data = {"json_empty": b"", "json_garbled": b'{"id": "msg_1", "type": "message", "content": [{"ty',
-                "json_not_message": b'{"ok": true}'}[mode]
+                "json_not_message": b'{"ok": true}', "json_negative": b'{"input_tokens": -12, "data": -12}'}[mode]
         return web.Response(status=200, body=data, headers={**headers, "content-type": "application/json"})
 
     async def _endless_headers(self, request: web.Request) -> web.Response:

@@ -295,6 +295,8 @@ def _not_a_small_reply(data: bytes, small: tuple[str, type]) -> str:
     value = doc.get(field) if isinstance(doc, dict) else None
     if not isinstance(value, kind) or isinstance(value, bool):
         return f"the cloud's reply was JSON without its {field!r}"
+    if isinstance(value, int) and value < 0:
+        return f"the cloud's reply had a negative {field!r}"
     return ""
 
 
