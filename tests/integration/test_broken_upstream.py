@@ -109,3 +109,18 @@ def test_a_slow_but_working_cloud_is_not_abandoned(cloud, recorder_proc, nonstop
     started = time.monotonic()
     r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": True}, headers=HEADERS, timeout=60)
     assert r.headers["x-nonstop-backend"] == "rec" and time.monotonic() - started < 5
+
+
+def test_a_quota_reset_past_any_calendar_is_not_believed(cloud, recorder_proc, nonstop_factory):
+    # A 429 naming a reset in the year 11476 (and a retry-after as long): the cloud is out
+    # for the default cooldown, requests are answered locally, and the status still reads.
+    ns = gateway(nonstop_factory, cloud, recorder_proc)
+    procs.set_mode(cloud, "subscription_limit", reset_in=3e11)
+    for path, body in (("/v1/messages", MESSAGE), ("/v1/messages", {**MESSAGE, "stream": True}),
+                       ("/v1/chat/completions", MESSAGE), ("/v1/messages/count_tokens", MESSAGE)):
+        r = rawhttp.exchange("POST", ns.url + path, json=body, headers=HEADERS, timeout=30)
+        assert r.status == 200 and r.headers["x-nonstop-backend"] != "cloud", (path, r.status, r.body[:300])
+    status, _, body = rawhttp.request("GET", ns.url + "/_nonstop/api/status")
+    cloud_state = json.loads(body)["cloud"]
+    assert status == 200 and cloud_state["state"] == "out"
+    assert cloud_state["until"] < time.time() + 8 * 86400 + 60

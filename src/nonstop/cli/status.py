@@ -175,7 +175,10 @@ def _identities(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def utc_hhmm(epoch: float, now: float) -> str:
-    d = datetime.fromtimestamp(epoch, UTC)
+    try:
+        d = datetime.fromtimestamp(epoch, UTC)
+    except (OverflowError, ValueError, OSError):  # from a status written by something else
+        return "an unknown time"
     if abs(epoch - now) >= 20 * 3600:
         return d.strftime("%Y-%m-%d %H:%M UTC")
     return d.strftime("%H:%M UTC")

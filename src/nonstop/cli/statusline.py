@@ -49,7 +49,10 @@ def _pct(value: Any) -> str | None:
 
 def _clock(epoch: float, now: float) -> str:
     """Local wall-clock time, with the weekday when it is not within the next day."""
-    t = time.localtime(epoch)
+    try:
+        t = time.localtime(epoch)
+    except (OverflowError, ValueError, OSError):  # from a status written by something else
+        return "?"
     if epoch - now >= 20 * 3600:
         return time.strftime("%a %H:%M", t)
     return time.strftime("%H:%M", t)

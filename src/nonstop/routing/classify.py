@@ -87,6 +87,10 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return now + secs
 
 
+# The last second a calendar can show (9999-12-31): a reset time past it is not a time.
+LAST_EPOCH = 253402300799.0
+
+
 def parse_epoch(value: str | None) -> float | None:
     if not value:
         return None
@@ -96,7 +100,8 @@ def parse_epoch(value: str | None) -> float | None:
         return parse_rfc3339(value)
     if v != v or v <= 0:
         return None
-    return v / 1000.0 if v > 1e12 else v  # tolerate milliseconds
+    v = v / 1000.0 if v > 1e12 else v  # tolerate milliseconds
+    return v if v <= LAST_EPOCH else None  # infinite or absurd: no reset named
 
 
 def parse_rfc3339(value: str | None) -> float | None:

@@ -104,7 +104,10 @@ class Plan(NamedTuple):
 
 
 def hhmm(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
+    except (OverflowError, ValueError, OSError):  # a time no calendar shows: never a reason to fail
+        return "an unknown time"
 
 
 # --- the rules ----------------------------------------------------------------------------------

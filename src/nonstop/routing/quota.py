@@ -21,6 +21,9 @@ _H = "anthropic-ratelimit-unified-"
 
 # Consecutive blips (overloaded, 5xx) before the cloud is skipped for error_cooldown.
 BREAKER_THRESHOLD = 3
+# The longest the cloud is believed out: its longest window (7 days) and a day. A reset
+# named further ahead is a broken header (the cloud is probed again after this).
+LONGEST_OUT = 8 * 86400.0
 # A probe that has not reported back after this long no longer blocks the next one.
 PROBE_TIMEOUT = 120.0
 
@@ -139,6 +142,7 @@ class QuotaState:
             until = now + self.cfg.credit_recheck
         else:
             until = now + self.cfg.default_cooldown
+        until = min(until, now + LONGEST_OUT)
         # The later deadline wins: a short throttle never shortens a usage-limit wait.
         if self.state is CloudState.OUT and self.until > until:
             self._set(CloudState.OUT, self.until, self.reason, self.detail, "")
@@ -189,6 +193,9 @@ class QuotaState:
             until = float(snap.get("until") or 0.0)
         except (ValueError, TypeError):
             return
+        if until != until:  # NaN: written by something else; an infinite one is capped below
+            until = 0.0
+        until = min(until, self.clock() + LONGEST_OUT)
         if state is CloudState.PROBING:
             if live:  # another instance is probing now: wait for its answer
                 self.probe_started = self.clock()

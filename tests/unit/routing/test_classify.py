@@ -406,6 +406,11 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
         ("", None),
         (None, None),
         ("tomorrow", None),
+        # Past any calendar (9999-12-31): no reset named, rather than a time nothing can show.
+        ("inf", None),
+        ("1e400", None),
+        ("300000000000", None),
+        ("253402300799", 253402300799.0),
     ],
 )
 def test_parse_epoch(value: str | None, expected: float | None) -> None:

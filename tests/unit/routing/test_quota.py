@@ -9,10 +9,12 @@ from nonstop.config import CloudConfig
 from nonstop.routing.classify import FailureKind, Verdict, classify_response
 from nonstop.routing.quota import (
     BREAKER_THRESHOLD,
+    LONGEST_OUT,
     PROBE_TIMEOUT,
     CloudState,
     QuotaState,
 )
+from nonstop.routing.plan import hhmm
 
 T0 = 1_750_000_000.0
 CFG = CloudConfig(default_cooldown=300.0, error_cooldown=15.0, credit_recheck=1800.0)
@@ -454,6 +456,25 @@ def test_restore_of_garbage_leaves_a_usable_state(snap: dict) -> None:
     q.restore(snap)
     assert q.state in (CloudState.SERVING, CloudState.OUT)
     assert route(q) in ("cloud", "probe")
+
+
+@pytest.mark.parametrize("until", [float("inf"), float("nan"), 1e300, "1e400"])
+def test_restore_of_a_deadline_past_any_calendar_is_capped(until: object) -> None:
+    q, clock, _ = make()
+    q.restore({"state": "out", "until": until, "reason": "subscription_limit"})
+    assert q.until <= clock.now + LONGEST_OUT
+    assert hhmm(q.until) and q.view() is not None
+
+
+def test_a_reset_named_more_than_the_longest_window_ahead_is_not_believed() -> None:
+    q, clock, _ = make()
+    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 10 * 365 * 86400))
+    assert q.state is CloudState.OUT and q.until == clock.now + LONGEST_OUT
+
+
+def test_hhmm_of_a_time_no_calendar_shows_is_a_phrase_not_an_error() -> None:
+    assert hhmm(1e300) == "an unknown time" and hhmm(float("inf")) == "an unknown time"
+    assert hhmm(0) == "00:00 UTC"
 
 
 def test_as_dict_includes_now() -> None:
