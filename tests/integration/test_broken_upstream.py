@@ -124,3 +124,20 @@ def test_a_quota_reset_past_any_calendar_is_not_believed(cloud, recorder_proc, n
     cloud_state = json.loads(body)["cloud"]
     assert status == 200 and cloud_state["state"] == "out"
     assert cloud_state["until"] < time.time() + 8 * 86400 + 60
+
+
+@pytest.mark.parametrize("path,stream", [("/v1/messages", False), ("/v1/messages", True),
+                                         ("/v1/chat/completions", False), ("/v1/messages/count_tokens", False)])
+def test_a_client_that_accepts_gzip_still_gets_the_clouds_answer(cloud, recorder_proc, nonstop_factory, path, stream):
+    # SDKs send Accept-Encoding: gzip, and a CDN in front of the cloud honours it; nonstop
+    # reads these replies, so it asks for them as sent.
+    ns = gateway(nonstop_factory, cloud, recorder_proc)
+    procs.set_mode(cloud, "ok", compress=True)
+    r = rawhttp.exchange("POST", ns.url + path, json={**MESSAGE, "stream": stream},
+                         headers={**HEADERS, "accept-encoding": "gzip, deflate"}, timeout=30)
+    assert r.status == 200 and r.headers["x-nonstop-backend"] == "cloud", (r.headers, r.body[:200])
+    assert "content-encoding" not in r.headers
+    if not stream:
+        assert json.loads(r.body)
+    sent = procs.cloud_requests(cloud)[-1]
+    assert dict((k.lower(), v) for k, v in sent["headers"])["accept-encoding"] == "identity"

@@ -139,6 +139,13 @@ class FakeCloud:
 
     # --- the API ---------------------------------------------------------------------------
 
+    def _compressed(self, resp: web.StreamResponse) -> web.StreamResponse:
+        """With the `compress` parameter, a reply compressed as the client's Accept-Encoding
+        allows (gzip or deflate), as a CDN in front of the real cloud may send it."""
+        if self.params.get("compress"):
+            resp.enable_compression()
+        return resp
+
     def _record(self, request: web.Request, body: bytes) -> None:
         if self.params.get("no_log"):
             return
@@ -177,7 +184,7 @@ class FakeCloud:
         broken = await self._broken_small_reply(request, request.headers.get("x-fake-mode") or self.mode)
         if broken is not None:
             return broken
-        return web.json_response({"data": [{"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"}], "has_more": False, "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"})
+        return self._compressed(web.json_response({"data": [{"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5", "created_at": "2025-09-29T00:00:00Z"}], "has_more": False, "first_id": "claude-sonnet-4-5", "last_id": "claude-sonnet-4-5"}))
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -188,7 +195,7 @@ class FakeCloud:
             return broken
         if mode != "ok":
             return web.Response(status=529, body=error_body("overloaded_error", "Overloaded"), content_type="application/json")
-        return web.json_response({"input_tokens": max(1, len(body) // 4)})
+        return self._compressed(web.json_response({"input_tokens": max(1, len(body) // 4)}))
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -297,12 +304,12 @@ class FakeCloud:
             }
             if mode.startswith("json_"):
                 return await self._broken_json(request, mode, message, headers)
-            return web.json_response(message, headers=headers)
+            return self._compressed(web.json_response(message, headers=headers))
         if mode == "wrong_content_type":
             return await self._wrong_content_type(request, stream, model, msg_id, in_tokens, text)
         if mode in ("tool_then_reset", "tool_then_error", "endless_stream", "stall_after_content"):
             return await self._long_stream(request, mode, model, msg_id, in_tokens, headers)
-        resp = web.StreamResponse(status=200, headers={**headers, "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"})
+        resp = self._compressed(web.StreamResponse(status=200, headers={**headers, "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}))
         await resp.prepare(request)
         if mode == "hang_after_head":
             await asyncio.sleep(float(self.params.get("hang_for", 3600)))

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
     "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+    # nonstop has read the whole body before it sends: a 100-continue is not the cloud's.
+    "expect",
 })
 
 # nonstop's own headers never leave it.

@@ -179,6 +179,11 @@ class CloudBackend:
         first content, and every other reply whole (a body that is cut, short or not
         what was asked for is a broken upstream, not an answer)."""
         url = self.url_for(raw_path, query)
+        if expect or small:
+            # nonstop reads these replies (to tell an answer from a broken one, and a
+            # stream's first events): they must come as sent, not compressed. Without the
+            # header any coding would be acceptable (RFC 9110), so identity is said.
+            headers["Accept-Encoding"] = "identity"
         resp: aiohttp.ClientResponse | None = None
         sent = time.perf_counter()
         try:

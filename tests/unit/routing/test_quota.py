@@ -7,6 +7,7 @@ import pytest
 
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import FailureKind, Verdict, classify_response
+from nonstop.routing.plan import hhmm
 from nonstop.routing.quota import (
     BREAKER_THRESHOLD,
     LONGEST_OUT,
@@ -14,7 +15,6 @@ from nonstop.routing.quota import (
     CloudState,
     QuotaState,
 )
-from nonstop.routing.plan import hhmm
 
 T0 = 1_750_000_000.0
 CFG = CloudConfig(default_cooldown=300.0, error_cooldown=15.0, credit_recheck=1800.0)
