@@ -98,8 +98,7 @@ class OpenAIWriter(Writer):
         except orjson.JSONDecodeError:
             doc = None
         if reply.status >= 400:
-            msg = ((doc or {}).get("error") or {}).get("message") if isinstance(doc, dict) else None
-            return openai_error(reply.status, str(msg or raw[:300].decode("utf-8", "replace")))
+            return openai_error(reply.status, _error_message(doc) or raw[:300].decode("utf-8", "replace"))
         if not isinstance(doc, dict):
             return openai_error(502, "the upstream reply was not valid JSON")
         return orjson.dumps(oa.anthropic_response_to_openai(doc, model=self.model))
@@ -114,3 +113,11 @@ class OpenAIWriter(Writer):
 
     def ended(self, last: bytes) -> bool:
         return last.rstrip().endswith(b"data: [DONE]")
+
+
+def _error_message(doc: object) -> str:
+    """The words of an upstream error body: `error.message`, or `error` itself when an
+    upstream (a proxy, a gateway) sends it as a string; "" when neither is text."""
+    err = doc.get("error") if isinstance(doc, dict) else None
+    msg = err.get("message") if isinstance(err, dict) else err
+    return msg if isinstance(msg, str) else ""

@@ -254,3 +254,25 @@ async def test_a_stream_that_ends_lets_go_of_the_connection(relay):
     assert await relay.pump(ctx, reply, AnthropicWriter(), [], stays, send, time.perf_counter()) is False
     assert connection.on_lost is None and reply.headers == []  # nor does it keep the sent head
     connection.connection_lost()  # a later loss of the kept-alive connection touches nothing
+
+
+@pytest.mark.parametrize("body,message", [
+    (b'{"error": "bad thing"}', "bad thing"),
+    (b'{"type": "error", "error": {"type": "invalid_request_error", "message": "no"}}', "no"),
+    (b'{"error": {"message": {"nested": 1}}}', '{"error": {"message": {"nested": 1}}}'),
+    (b'{"error": 5}', '{"error": 5}'),
+    (b"<html>oops</html>", "<html>oops</html>"),
+])
+async def test_an_upstream_error_of_any_shape_reaches_an_openai_client_as_an_openai_error(relay, body, message):
+    sent: list[Message] = []
+
+    async def send(msg: Message) -> None:
+        sent.append(msg)
+
+    ex = Exchange("POST", "/v1/chat/completions", b"/v1/chat/completions", b"", [], b"{}", {}, False)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
+    reply = Reply(400, [(b"content-type", b"application/json")], single(body), "cloud", False)
+    await relay.pump(ctx, reply, OpenAIWriter("m", False), [], stays, send, time.perf_counter())
+    out = orjson.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    assert next(m["status"] for m in sent if m["type"] == "http.response.start") == 400
+    assert out["error"]["message"] == message

@@ -163,7 +163,8 @@ class AnthropicToOpenAIStream:
 
     def _block_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         delta = data.get("delta")
-        known = self._blocks.get(data.get("index"))  # type: ignore[arg-type]
+        index = data.get("index")
+        known = self._blocks.get(index) if type(index) is int else None
         if not isinstance(delta, dict) or known is None:
             return []
         dtype = delta.get("type")

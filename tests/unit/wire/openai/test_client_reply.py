@@ -141,3 +141,13 @@ def test_stream_ignores_junk():
     assert s.feed("content_block_start", {"type": "content_block_start"}) == []
     assert s.feed("mystery", {"type": "mystery"}) == []
     assert s.feed("ping", None) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("index", [[0], {"i": 0}, "0", None, 0.0])
+def test_a_delta_whose_index_is_not_an_integer_is_passed_over(index):
+    s = AnthropicToOpenAIStream(model="m", completion_id="c", include_usage=False, created=1)
+    s.feed("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    assert s.feed("content_block_delta", {"type": "content_block_delta", "index": index,
+                                          "delta": {"type": "text_delta", "text": "x"}}) == []
+    assert s.feed("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                          "delta": {"type": "text_delta", "text": "y"}})[0]["choices"][0]["delta"] == {"content": "y"}
