@@ -41,7 +41,12 @@ from nonstop.routing.classify import (
 from nonstop.routing.deadline import FirstByteDeadlines
 from nonstop.routing.view import Capabilities
 from nonstop.wire.errors import anthropic_error_event
-from nonstop.wire.framing import complete_events_end, first_malformed_event, wrong_content_type
+from nonstop.wire.framing import (
+    complete_events_end,
+    first_malformed_event,
+    lf_framed,
+    wrong_content_type,
+)
 from nonstop.wire.hygiene import for_cloud, without_thinking
 from nonstop.wire.sse import SSEDecoder, SSEEvent
 
@@ -63,6 +68,12 @@ _SMALL_REPLIES = {"/v1/messages/count_tokens": ("input_tokens", int), "/v1/model
 _IN = re.compile(rb'"input_tokens"\s*:\s*(\d+)')
 _OUT = re.compile(rb'"output_tokens"\s*:\s*(\d+)')
 _STOP = re.compile(rb'"stop_reason"\s*:\s*"([a-z_]+)"')
+# The events that end a stream, and those that carry usage, in LF-framed SSE (the space
+# after the colon is optional).
+_TERMINAL = re.compile(rb"(?:^|\n)event: ?(?:message_stop|error)\n")
+_USAGE_EVENT = re.compile(rb"(?:^|\n)event: ?(?:message_start|message_delta)\n")
+# The most of one event held while waiting for its end (as the SSE decoder allows).
+MAX_EVENT = 16 * 1024 * 1024
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
 _CONTENT_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"})
 _UNIFIED_STATUS = "anthropic-ratelimit-unified-status"
@@ -378,13 +389,14 @@ def _read_usage(data: bytes, usage: Usage) -> None:
 
 
 async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage) -> AsyncIterator[bytes]:
+    """The cloud's stream, cut at event boundaries (LF-framed), until the event that ends
+    it: the client's response ends there, even if the cloud holds its connection open."""
     held = b""
-    seen_stop = False
     try:
         pending = first
         it = resp.content.iter_any().__aiter__()
         while True:
-            data = held + pending if held else pending
+            data = lf_framed(held + pending if held else pending)
             cut = complete_events_end(data)
             if cut:
                 out = data[:cut]
@@ -395,28 +407,31 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                     usage.error = "the cloud sent a malformed event mid-stream"
                     yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
                     return
-                for marker in (b"event: message_start", b"event: message_delta"):
-                    i = out.find(marker)
-                    if i >= 0:
-                        j = out.find(b"\n\n", i)
-                        _read_usage(out[i : j if j > 0 else None], usage)
-                if not seen_stop and (b"event: message_stop" in out or b"event: error" in out):
-                    seen_stop = True
+                for m in _USAGE_EVENT.finditer(out):
+                    j = out.find(b"\n\n", m.end())
+                    _read_usage(out[m.end() : j if j > 0 else None], usage)
                 yield out
+                if _TERMINAL.search(out):
+                    usage.complete = True
+                    return
                 held = data[cut:]
             else:
                 held = data
+            if len(held) > MAX_EVENT:
+                usage.error = "the cloud sent an event larger than nonstop relays"
+                yield anthropic_error_event("The cloud sent an event too large to relay; the response is incomplete.", "api_error")
+                return
             try:
                 pending = await it.__anext__()
             except StopAsyncIteration:
                 break
         # What is left at the end is an incomplete event: forward it only when it is a
         # whole final event missing its blank line, never a cut-off one.
-        if held.strip() and held.endswith(b"\n") and (b"event: message_stop" in held or b"event: error" in held):
-            seen_stop = True
-            yield held + b"\n"
-        if seen_stop:
+        if held.endswith(b"\r"):  # a CR kept for the LF that never came ends its line
+            held = held[:-1] + b"\n"
+        if held.strip() and held.endswith(b"\n") and _TERMINAL.search(held):
             usage.complete = True
+            yield held.rstrip(b"\n") + b"\n\n"
         else:
             usage.error = "cloud stream ended without message_stop"
             yield anthropic_error_event("The cloud stream ended early; the response is incomplete.", "api_error")

@@ -7,6 +7,17 @@ be cut at event boundaries and a broken upstream can be told apart from a good o
 from __future__ import annotations
 
 
+def lf_framed(buf: bytes) -> bytes:
+    """SSE bytes with CRLF and lone CR line ends (both legal) made LF, as an SSE parser
+    reads them. A CR at the very end is kept as it is: the LF that may follow it in the
+    next read makes one line end with it, not two."""
+    if b"\r" not in buf:
+        return buf
+    tail = buf.endswith(b"\r")
+    body = (buf[:-1] if tail else buf).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return body + b"\r" if tail else body
+
+
 def complete_events_end(buf: bytes) -> int:
     """End of the last complete SSE event in buf (0 if none)."""
     lf = buf.rfind(b"\n\n")

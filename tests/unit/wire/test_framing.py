@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from nonstop.wire.framing import complete_events_end, first_malformed_event, wrong_content_type
+import pytest
+
+from nonstop.wire.framing import (
+    complete_events_end,
+    first_malformed_event,
+    lf_framed,
+    wrong_content_type,
+)
 
 
 def test_first_malformed_finds_a_cut_json_event():
@@ -26,3 +33,14 @@ def test_wrong_content_type_for_what_was_asked():
     assert wrong_content_type("json", "text/event-stream")
     assert not wrong_content_type("json", "application/json; charset=utf-8")
     assert not wrong_content_type("", "text/html")
+
+
+@pytest.mark.parametrize("raw,framed", [
+    (b"a\nb\n\n", b"a\nb\n\n"),
+    (b"a\r\nb\r\n\r\n", b"a\nb\n\n"),
+    (b"a\rb\r\r", b"a\nb\n\r"),  # the last CR may be half of a CRLF still to come
+    (b"a\r\n\rb", b"a\n\nb"),
+    (b"", b""),
+])
+def test_lf_framed(raw, framed):
+    assert lf_framed(raw) == framed

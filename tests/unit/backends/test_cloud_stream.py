@@ -1,0 +1,100 @@
+"""The cloud's stream as the relay reads it, against a small in-process server that sends
+raw SSE bytes: every legal framing (LF, CRLF, lone CR, with or without the space after
+`event:`), split anywhere, comes out whole and LF-framed; the client's response ends at
+`message_stop` even when the cloud holds its connection open; an event that never ends
+is cut at a size."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+from aiohttp import web
+
+import nonstop.backends.cloud as cloud_module
+from nonstop.backends.base import Reply
+from nonstop.backends.cloud import CloudBackend, forward_headers
+from nonstop.config import CloudConfig
+from tests.support import wirecheck
+
+
+def _ev(name: str, data: dict, *, space: bool = True) -> bytes:
+    return b"event:" + (b" " if space else b"") + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def _stream(space: bool = True) -> bytes:
+    msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
+           "stop_reason": None, "usage": {"input_tokens": 11, "output_tokens": 1}}
+    return b"".join([
+        _ev("message_start", {"type": "message_start", "message": msg}, space=space),
+        _ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, space=space),
+        _ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "héllo"}}, space=space),
+        _ev("content_block_stop", {"type": "content_block_stop", "index": 0}, space=space),
+        _ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}, space=space),
+        _ev("message_stop", {"type": "message_stop"}, space=space),
+    ])
+
+
+def _server(body: bytes, piece: int, hold: float = 0.0) -> web.Application:
+    async def messages(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(0, len(body), piece):
+            await resp.write(body[i : i + piece])
+            if piece < len(body):
+                await asyncio.sleep(0)
+        await asyncio.sleep(hold)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+async def _relay(url: str) -> tuple[Reply, bytes, float]:
+    cfg = CloudConfig(url=url, first_byte_timeout=10.0)
+    session = CloudBackend.make_session(cfg)
+    try:
+        backend = CloudBackend(cfg, session)
+        started = time.monotonic()
+        res = await backend.request("POST", b"/v1/messages", b"", forward_headers([(b"x-api-key", b"k")]), b"{}",
+                                    stream=True, expect="stream")
+        assert isinstance(res, Reply), res
+        chunks = [c async for c in res.body]
+        if res.close is not None:
+            res.close()
+        return res, b"".join(chunks), time.monotonic() - started
+    finally:
+        await session.close()
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+@pytest.mark.parametrize("space", [True, False], ids=["space", "no-space"])
+@pytest.mark.parametrize("piece", [1, 7, 1 << 20], ids=["byte", "seven", "whole"])
+async def test_every_legal_framing_comes_out_whole_and_lf_framed(serve, ending, space, piece):
+    body = _stream(space).replace(b"\n", ending)
+    res, out, _ = await _relay(await serve(_server(body, piece)))
+    assert out == _stream(space)
+    assert res.usage.complete and not res.usage.error
+    assert (res.usage.input_tokens, res.usage.output_tokens, res.usage.stop_reason) == (11, 3, "end_turn")
+    if space:
+        assert wirecheck.check_anthropic_stream(out).outcome == "ok"
+
+
+async def test_the_response_ends_at_message_stop_when_the_cloud_holds_its_connection(serve):
+    res, out, took = await _relay(await serve(_server(_stream(), 1 << 20, hold=30)))
+    assert out == _stream() and res.usage.complete
+    assert took < 5, f"the relay waited {took:.1f} s for the cloud to close after message_stop"
+
+
+async def test_an_event_that_never_ends_is_cut_at_a_size(serve, monkeypatch):
+    monkeypatch.setattr(cloud_module, "MAX_EVENT", 64 * 1024)
+    body = _stream()
+    start_end = body.index(b"event: content_block_delta")
+    endless = body[:start_end] + b"event: content_block_delta\ndata: " + b"x" * (256 * 1024)
+    res, out, _ = await _relay(await serve(_server(endless, 8192)))
+    assert out.startswith(body[:start_end]) and b"too large to relay" in out
+    assert res.usage.error and not res.usage.complete
