@@ -141,3 +141,19 @@ def test_a_client_that_accepts_gzip_still_gets_the_clouds_answer(cloud, recorder
         assert json.loads(r.body)
     sent = procs.cloud_requests(cloud)[-1]
     assert dict((k.lower(), v) for k, v in sent["headers"])["accept-encoding"] == "identity"
+
+
+@pytest.mark.parametrize("field", ['"temperature": 1e400', '"metadata": {"user_id": 1e309}',
+                                   '"tools": [{"name": "t", "input_schema": {"type": "object", "maximum": -1e999}}]'])
+def test_a_number_out_of_range_in_a_skipped_field_is_a_400_when_the_request_goes_local(cloud, recorder_proc,
+                                                                                      nonstop_factory, field):
+    # The outline skips these fields; the whole parse a local backend needs refuses them.
+    ns = gateway(nonstop_factory, cloud, recorder_proc)
+    body = b'{"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}], ' \
+           + field.encode() + b"}"
+    procs.set_mode(cloud, "subscription_limit", reset_in=600)
+    for _ in range(2):  # the failover, then straight to local
+        status, _, out = rawhttp.request("POST", ns.url + "/v1/messages", body, HEADERS)
+        assert status == 400, out[:300]
+        doc = json.loads(out)
+        assert doc["error"]["type"] == "invalid_request_error" and "not valid JSON" in doc["error"]["message"]

@@ -68,6 +68,12 @@ async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(buf)
 
 
+class UnreadableRequest(ValueError):
+    """The whole request cannot be parsed, though its outline could (a number out of the
+    range of a double, an integer over 64 bits, in a field the outline skips): the client
+    is told, as for any invalid body."""
+
+
 @dataclass
 class Exchange:
     """One client request on its way to a backend. The cloud takes the client's bytes
@@ -96,8 +102,11 @@ class Exchange:
     def request(self) -> dict[str, Any]:
         """The whole parsed request, parsed now if the door did not need it."""
         if self.lazy:
+            try:
+                self.req = orjson.loads(self.body) if self.body else {}
+            except orjson.JSONDecodeError as exc:
+                raise UnreadableRequest(f"the request body is not valid JSON: {exc}") from None
             self.lazy = False
-            self.req = orjson.loads(self.body) if self.body else {}
         return self.req
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nonstop.backends.base import Attempt, Exchange, Reply, TooLong
+from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, UnreadableRequest
 from nonstop.redact import redact
 from nonstop.routing.accounts import CREDENTIAL_HEADERS, credential_of
 from nonstop.routing.classify import FailureKind, Verdict
@@ -120,8 +120,22 @@ class Pipeline:
         facts = ctx.facts or self.facts(ctx.ex)
         ctx.facts = facts
         out = Outcome()
-        tried: dict[str, str] = {}
         too_long: list[TooLong] = []
+        try:
+            await self._walk(ctx, facts, out, too_long)
+        except UnreadableRequest as exc:  # found only when a backend needed the whole request
+            out.reply, out.status, out.etype, out.message = None, 400, "invalid_request_error", str(exc)
+            return out
+        if out.reply is None:
+            self._no_reply(ctx, out, too_long)
+        elif out.reply.backend != CLOUD and not out.reason:
+            cloud_skip = next((s for s in out.plan.skipped if s.target == CLOUD), None) if out.plan else None
+            out.reason = cloud_skip.reason if cloud_skip else (out.step.reason if out.step else "")
+        return out
+
+    async def _walk(self, ctx: RequestContext, facts: RequestFacts, out: Outcome, too_long: list[TooLong]) -> None:
+        """Try the plan's steps, planning again after each failure, until one replies."""
+        tried: dict[str, str] = {}
         while True:
             p = self.plan(facts, tried)
             out.plan = p
@@ -146,12 +160,6 @@ class Pipeline:
                 too_long.append(res)
             if step.target == CLOUD and not out.reason:
                 out.reason = why
-        if out.reply is None:
-            self._no_reply(ctx, out, too_long)
-        elif out.reply.backend != CLOUD and not out.reason:
-            cloud_skip = next((s for s in out.plan.skipped if s.target == CLOUD), None) if out.plan else None
-            out.reason = cloud_skip.reason if cloud_skip else (out.step.reason if out.step else "")
-        return out
 
     async def attempt(self, ctx: RequestContext, step: Step) -> Attempt | Skip:
         rt = self.rt

@@ -7,7 +7,7 @@ import time
 
 import orjson
 
-from nonstop.backends.base import Reply
+from nonstop.backends.base import Reply, UnreadableRequest
 from nonstop.backends.cloud import forward_headers
 from nonstop.routing.plan import CLOUD
 from nonstop.server.asgi import Receive, Scope, Send, send_bytes, send_json
@@ -59,7 +59,10 @@ class AnthropicDoor(Door):
             tap = Tap(reply) if served and reply is not None and self.rt.shadow.sample() else None
             recover = served and reply is not None and reply.stream and self.cfg.recovery.continue_locally
             # Recovery and the shadow need the whole request; nothing else does from here.
-            whole = ctx.ex.request() if recover or tap is not None else None
+            try:
+                whole = ctx.ex.request() if recover or tap is not None else None
+            except UnreadableRequest:  # the cloud took it; recovery and the shadow cannot
+                whole = None
             # The request is no longer needed once a reply is chosen: do not hold ~50 KB
             # per open stream for its whole life (unless recovery or body logging needs it).
             del body, cleaned, req, shape
