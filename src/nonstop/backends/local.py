@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from nonstop.routing.fit import Fitted, deferred_tool_names, fit_request
 from nonstop.routing.plan import MIN_OUTPUT_ROOM
 from nonstop.routing.view import Capabilities
 from nonstop.wire.anthropic import Event, estimate_tokens, to_local_request
+from nonstop.wire.errors import prompt_too_long_message
 from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
 from nonstop.wire.prompt_cache import normalize_for_prompt_cache
 from nonstop.wire.repair import Repair
@@ -270,8 +272,11 @@ class LocalBackend:
         """When a request sent now must have its head (the event loop's clock)."""
         return asyncio.get_running_loop().time() + self.cfg.connect_timeout + self.cfg.first_byte_timeout
 
-    async def _open(self, path: str, body: dict, deadline: float | None = None) -> aiohttp.ClientResponse | Verdict:
-        """POST and wait for the head, until `deadline` (by default, _head_deadline())."""
+    async def _open(self, path: str, body: dict, deadline: float | None = None,
+                    tokens: int = 0) -> aiohttp.ClientResponse | Verdict | TooLong:
+        """POST and wait for the head, until `deadline` (by default, _head_deadline()). A
+        server that says the prompt is over its window gives TooLong (`tokens`: the
+        request's size as nonstop counted it, where the server does not say)."""
         try:
             async with asyncio.timeout_at(self._head_deadline() if deadline is None else deadline):
                 resp = await self.session.post(self.base + path, data=orjson.dumps(body), headers=self.headers(), timeout=self.timeout())
@@ -285,6 +290,9 @@ class LocalBackend:
         if resp.status >= 400:
             text = (await resp.content.read(4096)).decode("utf-8", "replace")
             resp.release()
+            overflow = context_overflow(text)
+            if overflow is not None:  # LM Studio says so with a 500
+                return TooLong(self.name, overflow[0] or tokens, overflow[1] or self.window())
             verdict = _local_error(resp.status, text)
             if verdict.kind is FailureKind.SERVER_ERROR:
                 self.state.failed(verdict.detail)
@@ -295,12 +303,12 @@ class LocalBackend:
         """For streams, stop waiting for the head after COMMIT_AFTER and commit with
         pings: prompt processing on a CPU is slow, and the client needs bytes."""
         call.sent = time.perf_counter()
-        task = asyncio.ensure_future(self._open(call.path, call.body))
+        task = asyncio.ensure_future(self._open(call.path, call.body, tokens=call.tokens))
         done, _ = await asyncio.wait({task}, timeout=COMMIT_AFTER)
         usage = Usage(input_tokens=call.tokens)
         if done:
             opened = task.result()
-            if isinstance(opened, Verdict):
+            if isinstance(opened, Verdict | TooLong):
                 return opened
             body = self._relay(opened, call, usage, started=False, release=release, was_idle=was_idle)
             resp = opened
@@ -324,8 +332,8 @@ class LocalBackend:
         MAX_WHOLE_BODY: a body that stalls, trickles or never ends is a broken server."""
         call.sent = time.perf_counter()
         deadline = self._head_deadline()
-        opened = await self._open(call.path, call.body, deadline)
-        if isinstance(opened, Verdict):
+        opened = await self._open(call.path, call.body, deadline, tokens=call.tokens)
+        if isinstance(opened, Verdict | TooLong):
             return opened
         try:
             async with asyncio.timeout_at(deadline):
@@ -372,6 +380,12 @@ class LocalBackend:
         except BaseException:
             release()
             raise
+        if isinstance(opened, TooLong):  # the stream has begun: Claude Code compacts on these words
+            release()
+            usage.error = "context overflow"
+            yield _encode([("error", {"type": "error", "error": {
+                "type": "invalid_request_error", "message": prompt_too_long_message(opened.tokens, opened.window)}})])
+            return
         if isinstance(opened, Verdict):
             release()
             usage.error = opened.detail
@@ -442,14 +456,31 @@ def _describe_exc(exc: BaseException, base: str) -> str:
     return f"{type(exc).__name__} at {base}: {exc}"[:300]
 
 
-def _local_error(status: int, text: str) -> Verdict:
+# The sizes a server names when a prompt is over its window: llama-server's JSON fields,
+# vLLM's and OpenAI's wording.
+_N_PROMPT = re.compile(r'"n_prompt_tokens"\s*:\s*(\d+)|requested (\d+) tokens|resulted in (\d+) tokens')
+_N_CTX = re.compile(r'"n_ctx"\s*:\s*(\d+)|maximum context length is (\d+)')
+
+
+def context_overflow(text: str) -> tuple[int, int] | None:
+    """Whether a local server's error says the prompt is over its window, and if so the
+    prompt's size and the window as the server names them (0 where it does not):
+    llama-server (`exceed_context_size_error`), Ollama, LM Studio, vLLM."""
     low = text.lower()
-    too_long = (
+    over = (
         "context" in low and ("exceed" in low or "too long" in low or "overflow" in low or "too large" in low)
-    ) or "prompt is too long" in low
-    if too_long:
-        # LM Studio reports a context overflow as HTTP 500.
-        return Verdict(FailureKind.CLIENT_ERROR, True, None, f"context overflow: {text[:200]}", status)
+    ) or "prompt is too long" in low or "maximum context length" in low
+    if not over:
+        return None
+
+    def first(pattern: re.Pattern[str]) -> int:
+        m = pattern.search(text)
+        return int(next(g for g in m.groups() if g)) if m else 0
+
+    return first(_N_PROMPT), first(_N_CTX)
+
+
+def _local_error(status: int, text: str) -> Verdict:
     kind = FailureKind.SERVER_ERROR if status >= 500 else FailureKind.CLIENT_ERROR
     return Verdict(kind, True, None, f"HTTP {status}: {text[:200]}", status)
 

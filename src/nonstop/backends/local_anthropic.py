@@ -12,6 +12,8 @@ from nonstop.backends.base import read_capped
 from nonstop.backends.local import CALIBRATION_REQUEST, Call, LocalBackend, capped
 from nonstop.wire.anthropic import estimate_tokens
 
+# How long a server may take to count a request before the estimate is used.
+COUNT_TIMEOUT = 30.0
 # Keys a count_tokens endpoint does not take.
 _NOT_COUNTED = ("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k")
 
@@ -31,7 +33,7 @@ class AnthropicLocalBackend(LocalBackend):
         try:
             async with self.session.post(
                 self.base + "/v1/messages/count_tokens", data=orjson.dumps(body), headers=self.headers(),
-                timeout=aiohttp.ClientTimeout(total=30, connect=self.cfg.connect_timeout),
+                timeout=aiohttp.ClientTimeout(total=COUNT_TIMEOUT, connect=self.cfg.connect_timeout),
             ) as r:
                 if r.status == 200:
                     data = orjson.loads(await read_capped(r))
@@ -43,6 +45,11 @@ class AnthropicLocalBackend(LocalBackend):
                 if r.status in (404, 405, 501) and self._server_counts is None:
                     self._server_counts = False
         except (ValueError, aiohttp.ClientPayloadError):  # not JSON, or too large
+            pass
+        except TimeoutError:  # a server that hangs on an endpoint it lacks (Ollama can)
+            if self.cfg.count_tokens != "server":
+                self._server_counts = False  # not asked again: each request would wait as long
+        except (aiohttp.ClientError, OSError):  # the request itself will find out, and say so
             pass
         return estimate_tokens(local_req)
 

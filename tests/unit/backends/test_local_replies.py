@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 import nonstop.backends.local as local_module
-from nonstop.backends.base import MAX_SIDE_REPLY, ReplyTooLarge, read_capped
+import nonstop.backends.local_anthropic as local_anthropic
+from nonstop.backends.base import MAX_SIDE_REPLY, Reply, ReplyTooLarge, TooLong, read_capped
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import parse_config
 from nonstop.routing.classify import FailureKind, Verdict
@@ -112,3 +113,75 @@ async def test_read_capped_takes_a_body_up_to_its_limit(serve, size, over):
                 await read_capped(r)
         else:
             assert len(await read_capped(r)) == size
+
+
+# --- a server that cannot count, and one whose window the prompt is over -------------------------
+
+
+async def test_a_token_count_that_hangs_gives_the_estimate_and_is_not_asked_again(serve, monkeypatch):
+    monkeypatch.setattr(local_anthropic, "COUNT_TIMEOUT", 0.5)
+    counted: list[int] = []
+
+    async def hangs(request: web.Request) -> web.Response:
+        counted.append(1)
+        await asyncio.sleep(30)
+        return web.json_response({"input_tokens": 5})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", _answers)
+    app.router.add_post("/v1/messages/count_tokens", hangs)
+    url = await serve(app)
+    cfg = parse_config({"local": [{"name": "box", "url": url, "api": "anthropic", "context_window": 8192}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        for _ in range(2):
+            res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=False), 10)
+            assert not isinstance(res, Verdict) and res.status == 200
+    assert counted == [1]
+
+
+LLAMA = ('{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it",'
+         '"type":"exceed_context_size_error","n_prompt_tokens":40000,"n_ctx":8192}}')
+VLLM = ('{"object":"error","message":"This model\'s maximum context length is 4096 tokens. However, you requested '
+        '9000 tokens (8000 in the messages, 1000 in the completion).","type":"BadRequestError","code":400}')
+OLLAMA = '{"error":"input length exceeds context length"}'
+LMSTUDIO = '{"error":"Trying to keep the first 9000 tokens when context the overflows. However, the model is loaded with context length of only 4096 tokens"}'
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("status,text,tokens,window", [
+    (400, LLAMA, 40000, 8192), (400, VLLM, 9000, 4096), (400, OLLAMA, 0, 8192), (500, LMSTUDIO, 0, 8192),
+], ids=["llama-server", "vllm", "ollama", "lm-studio"])
+async def test_a_server_that_says_the_prompt_is_over_its_window_gives_too_long(serve, stream, status, text, tokens, window):
+    async def over(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=text, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", over)
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(app), "api": "anthropic", "context_window": 8192,
+                                   "count_tokens": "estimate"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=stream), 10)
+    assert isinstance(res, TooLong) and res.backend == "box" and res.window == window
+    assert res.tokens == (tokens or res.tokens) and res.tokens > 0
+
+
+async def test_an_overflow_after_the_stream_began_is_told_in_the_words_claude_code_compacts_on(serve, monkeypatch):
+    monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.1)
+
+    async def late_over(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)
+        return web.Response(status=400, text=LLAMA, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", late_over)
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(app), "api": "anthropic", "context_window": 8192,
+                                   "count_tokens": "estimate"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=True), 10)
+        assert isinstance(res, Reply) and res.stream
+        body = b"".join([c async for c in res.body])
+    assert b"event: message_start" in body and b"prompt is too long: 40000 tokens > 8192 maximum" in body
+    assert b'"invalid_request_error"' in body
