@@ -117,7 +117,8 @@ async def _ollama(session: aiohttp.ClientSession, base: str, headers: dict[str, 
     ps = await _get_json(session, base + "/api/ps", headers)
     if not isinstance(ps, dict):
         return
-    loaded = [m for m in ps.get("models") or [] if isinstance(m, dict)]
+    models = ps.get("models")
+    loaded = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
     mine = [m for m in loaded if not r.model or r.model in (m.get("name"), m.get("model"))]
     r.loaded = bool(mine)
     ctx = mine[0].get("context_length") if mine else None

@@ -185,30 +185,45 @@ class Runtime:
         tools) every IDENTIFY_EVERY seconds, its health every HEALTH_EVERY (a demoted
         backend as soon as its backoff allows, restored when it answers), and its load
         every LOAD_EVERY where the server reports it."""
-        assert self.local_session is not None
-        session = self.local_session
         known: ServerReport | None = None
         due = {"identify": 0.0, "health": 0.0, "load": 0.0}
+        failed = False
         while True:
-            now = self.clock()
-            if now >= due["identify"]:
-                due["identify"] = now + IDENTIFY_EVERY
-                found = await server_report.identify(session, b.base)
-                if found is not None:
-                    known = found
-                    b.state.reported(found)
-                    self._note_window(b, found)
-                    if b.state.token_ratio is None:
-                        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                            await b.calibrate()
-            if b.state.probe_due() or now >= due["health"]:
-                due["health"] = now + HEALTH_EVERY
-                ok = await b.check_health()
-                self.metrics.local_up.labels(b.name).set(1 if ok else 0)
-            if known is not None and known.kind in server_report.LOAD_KINDS and now >= due["load"]:
-                due["load"] = now + LOAD_EVERY
-                b.state.reported(await server_report.read_load(session, b.base, known.kind, b.headers(), known))
+            try:
+                known = await self._watch_once(b, known, due)
+            except Exception as exc:  # a server's odd answer must never end its watch
+                if not failed:
+                    log.warning("reading %s failed (%s: %s); still watching it", b.name, type(exc).__name__,
+                                str(exc)[:200], exc_info=log.isEnabledFor(logging.DEBUG))
+                failed = True
+            else:
+                failed = False
             await asyncio.sleep(TICK)
+
+    async def _watch_once(self, b: LocalBackend, known: ServerReport | None, due: dict[str, float]) -> ServerReport | None:
+        """The readings that are due (each is made due again first, so one that fails is
+        not retried before its time); what the server is known to be."""
+        assert self.local_session is not None
+        session = self.local_session
+        now = self.clock()
+        if now >= due["identify"]:
+            due["identify"] = now + IDENTIFY_EVERY
+            found = await server_report.identify(session, b.base)
+            if found is not None:
+                known = found
+                b.state.reported(found)
+                self._note_window(b, found)
+                if b.state.token_ratio is None:
+                    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                        await b.calibrate()
+        if b.state.probe_due() or now >= due["health"]:
+            due["health"] = now + HEALTH_EVERY
+            ok = await b.check_health()
+            self.metrics.local_up.labels(b.name).set(1 if ok else 0)
+        if known is not None and known.kind in server_report.LOAD_KINDS and now >= due["load"]:
+            due["load"] = now + LOAD_EVERY
+            b.state.reported(await server_report.read_load(session, b.base, known.kind, b.headers(), known))
+        return known
 
     def _note_window(self, b: LocalBackend, r: ServerReport) -> None:
         if r.context_window == self._noted.get(b.name):
