@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -51,6 +52,8 @@ from nonstop.wire.tool_ids import backend_tag
 
 if TYPE_CHECKING:
     from nonstop.routing.plan import Step
+
+log = logging.getLogger("nonstop")
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
@@ -310,6 +313,9 @@ class LocalBackend:
             opened = task.result()
             if isinstance(opened, Verdict | TooLong):
                 return opened
+            wrong = await self._not_a_stream(opened)
+            if wrong is not None:
+                return wrong
             body = self._relay(opened, call, usage, started=False, release=release, was_idle=was_idle)
             resp = opened
 
@@ -325,6 +331,25 @@ class LocalBackend:
 
         return Reply(200, list(SSE_HEADERS), _with_pings(self._late(task, call, usage, release, was_idle), self.ping_interval),
                      self.name, True, usage, close=cancel)
+
+    async def _not_a_stream(self, resp: aiohttp.ClientResponse) -> Verdict | None:
+        """A 200 to a stream request that is not an event stream (an error as JSON, an
+        HTML page, nothing): a broken reply, with the server's own words, and the next
+        backend is tried. None for a stream."""
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith("text/event-stream"):
+            return None
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout):
+                text = (await resp.content.read(4096)).decode("utf-8", "replace")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            text = ""
+        finally:
+            resp.close()
+        detail = f"{self.name} answered a stream request with {ctype[:60] or 'no content type'}"
+        words = server_words(text)
+        self.state.failed(detail)
+        return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{detail}: {words}" if words else detail)
 
     async def _whole(self, call: Call, was_idle: bool) -> Attempt:
         """A reply that is not a stream. Its body is the answer, so it shares the head's
@@ -386,6 +411,9 @@ class LocalBackend:
             yield _encode([("error", {"type": "error", "error": {
                 "type": "invalid_request_error", "message": prompt_too_long_message(opened.tokens, opened.window)}})])
             return
+        if isinstance(opened, aiohttp.ClientResponse):
+            wrong = await self._not_a_stream(opened)
+            opened = opened if wrong is None else wrong
         if isinstance(opened, Verdict):
             release()
             usage.error = opened.detail
@@ -404,14 +432,21 @@ class LocalBackend:
             try:
                 async for chunk in resp.content.iter_any():
                     out: list[Event] = []
-                    for ev, doc in decoder.feed(chunk):
-                        for t, d in source.feed(ev.event, doc):
-                            out.extend(norm.feed(t, d))
+                    try:
+                        for ev, doc in decoder.feed(chunk):
+                            for t, d in source.feed(ev.event, doc):
+                                out.extend(norm.feed(t, d))
+                    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+                        # An event too large, or of a shape nothing here expects: what came
+                        # before it goes out, then a well-formed error, never a fault of nonstop's.
+                        log.warning("%s sent a stream nonstop cannot read (%s: %s)", self.name, type(exc).__name__,
+                                    str(exc)[:200])
+                        norm.error = f"{self.name} sent a stream nonstop cannot read ({type(exc).__name__})"
                     if out:
                         if usage.first_content is None and norm.content_started:
                             usage.first_content = time.perf_counter()
                         yield _encode(out)
-                    if norm.finished:
+                    if norm.finished or norm.error or decoder.done:
                         break
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 norm.error = f"{self.name} stream failed: {type(exc).__name__}"
@@ -482,7 +517,28 @@ def context_overflow(text: str) -> tuple[int, int] | None:
 
 def _local_error(status: int, text: str) -> Verdict:
     kind = FailureKind.SERVER_ERROR if status >= 500 else FailureKind.CLIENT_ERROR
-    return Verdict(kind, True, None, f"HTTP {status}: {text[:200]}", status)
+    return Verdict(kind, True, None, f"HTTP {status}: {server_words(text)}", status)
+
+
+_TAGS = re.compile(r"<[^>]*>")
+
+
+def server_words(text: str, limit: int = 200) -> str:
+    """What a local server said, fit to quote to the client: a JSON error's message, or
+    the text without markup, and never a traceback (a server's error page may hold one)."""
+    try:
+        doc = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, dict):
+        err = doc.get("error")
+        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else doc.get("message")
+        if isinstance(msg, str) and msg.strip():
+            text = msg
+    elif text.lstrip().startswith("<"):
+        text = _TAGS.sub(" ", text)
+    text = text.split("Traceback (most recent call last)", 1)[0]
+    return " ".join(text.split())[:limit]
 
 
 async def _with_pings(source: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:

@@ -57,4 +57,11 @@ class AnthropicLocalBackend(LocalBackend):
         return Call("/v1/messages", local_req, local_req["model"], tokens, capped(local_req, original))
 
     def message_from(self, doc: Any, call: Call) -> dict | None:
-        return doc if isinstance(doc, dict) and doc.get("type") != "error" else None
+        """The reply as a message; None for anything else (an error sent with a 200, an
+        empty object), which is then a broken reply and the next backend is tried."""
+        if not isinstance(doc, dict) or doc.get("type") == "error" or doc.get("error"):
+            return None
+        content = doc.get("content")
+        if isinstance(content, str):  # a server that answers text as a plain string
+            return {**doc, "content": [{"type": "text", "text": content}]}
+        return doc if isinstance(content, list) else None

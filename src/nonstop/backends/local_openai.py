@@ -16,7 +16,7 @@ class OpenAIEventSource(EventSource):
         self.translator = translator
 
     def feed(self, event: str, doc: dict[str, Any]) -> list[Event]:
-        if "error" in doc and "choices" not in doc:
+        if doc.get("error") and "choices" not in doc:  # "error": null is no error
             err = doc["error"]
             msg = err.get("message") if isinstance(err, dict) else str(err)
             return [("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {msg}"}})]

@@ -118,10 +118,13 @@ class LocalStreamNormalizer:
         elif t == "ping":
             out.append(("ping", {"type": "ping"}))
         elif t == "error":
-            err = data.get("error") or {}
+            err = data.get("error")
+            err = err if isinstance(err, dict) else {"message": err} if isinstance(err, str) else {}
+            kind = err.get("type")
             self.error = str(err.get("message") or "local stream error")
             self.finished = True
-            out.append(("error", {"type": "error", "error": {"type": err.get("type") or "api_error", "message": self.error}}))
+            out.append(("error", {"type": "error", "error": {
+                "type": kind if isinstance(kind, str) and kind else "api_error", "message": self.error}}))
         return out
 
     def _start(self, data: dict[str, Any]) -> list[Event]:
@@ -258,7 +261,9 @@ class LocalStreamNormalizer:
         self.finished = True
         if not self.stop_reason and not self.output_tokens:
             self.error = self.error or "the local server ended the stream early"
-            return [("error", {"type": "error", "error": {"type": "api_error", "message": self.error}})]
+            head = [] if self.started else [message_start(self.model, self.input_tokens)]
+            self.started = True
+            return head + [("error", {"type": "error", "error": {"type": "api_error", "message": self.error}})]
         out = self._close_all()
         return out + [("message_stop", {"type": "message_stop"})]
 

@@ -90,13 +90,15 @@ class SSEDecoder:
 class JSONEventDecoder:
     """Feed bytes, get each complete event whose data is a JSON object, parsed: a list of
     (event, data) pairs. Events whose data is anything else (`[DONE]`, a bare value,
-    junk) are skipped. `event.encode()` gives an event's bytes again, for a caller that
-    holds one back or forwards it untouched."""
+    junk) are skipped; `done` tells that `[DONE]` came (OpenAI's end of a stream, which a
+    server may send and then hold its connection open). `event.encode()` gives an event's
+    bytes again, for a caller that holds one back or forwards it untouched."""
 
-    __slots__ = ("_sse",)
+    __slots__ = ("_sse", "done")
 
     def __init__(self, max_buffer: int = 16 * 1024 * 1024):
         self._sse = SSEDecoder(max_buffer)
+        self.done = False
 
     def feed(self, chunk: bytes) -> list[tuple[SSEEvent, dict[str, Any]]]:
         out = []
@@ -104,6 +106,8 @@ class JSONEventDecoder:
             try:
                 data = orjson.loads(ev.data)
             except orjson.JSONDecodeError:
+                if ev.data.strip() == "[DONE]":
+                    self.done = True
                 continue
             if isinstance(data, dict):
                 out.append((ev, data))

@@ -19,6 +19,7 @@ from nonstop.backends.base import MAX_SIDE_REPLY, Reply, ReplyTooLarge, TooLong,
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import parse_config
 from nonstop.routing.classify import FailureKind, Verdict
+from tests.support import wirecheck
 
 REQUEST = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [{"type": "text", "text": "ok"}],
@@ -185,3 +186,120 @@ async def test_an_overflow_after_the_stream_began_is_told_in_the_words_claude_co
         body = b"".join([c async for c in res.body])
     assert b"event: message_start" in body and b"prompt is too long: 40000 tokens > 8192 maximum" in body
     assert b'"invalid_request_error"' in body
+
+
+# --- streams and replies of odd shape ------------------------------------------------------------
+
+
+def _sse_app(path: str, body: bytes, *, ctype: str = "text/event-stream", hold: float = 0.0) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"content-type": ctype})
+        await resp.prepare(request)
+        await resp.write(body)
+        await asyncio.sleep(hold)
+        return resp
+
+    app = web.Application()
+    app.router.add_post(path, handler)
+    return app
+
+
+async def _stream_from(url: str, api: str) -> tuple[object, bytes, float]:
+    cfg = parse_config({"local": [{"name": "box", "url": url, "api": api, "context_window": 8192, "count_tokens": "estimate"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        started = time.monotonic()
+        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=True), 10)
+        if not isinstance(res, Reply):
+            return res, b"", time.monotonic() - started
+        body = b"".join([c async for c in res.body])
+        if res.close is not None:
+            res.close()
+        return res, body, time.monotonic() - started
+
+
+def _chunk(delta: dict | None = None, finish: str | None = None, **extra) -> bytes:
+    doc = {"id": "c", "object": "chat.completion.chunk", "model": "m",
+           "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+OPENAI_ANSWER = (_chunk({"role": "assistant", "content": "hi"}) + _chunk({}, "stop")
+                 + _chunk(None, usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}))
+
+
+async def test_an_openai_stream_ends_at_done_though_the_server_holds_its_connection(serve):
+    res, body, took = await _stream_from(await serve(_sse_app("/v1/chat/completions", OPENAI_ANSWER + b"data: [DONE]\n\n",
+                                                              hold=30)), "openai")
+    assert wirecheck.check_anthropic_stream(body).outcome == "ok", body[-300:]
+    assert took < 5, f"the relay waited {took:.1f} s after [DONE]"
+
+
+async def test_an_openai_chunk_whose_error_is_null_is_no_error(serve):
+    body = _chunk({"role": "assistant", "content": "hi"}) + _chunk({}, "stop") + _chunk(None, error=None) + b"data: [DONE]\n\n"
+    _, out, _ = await _stream_from(await serve(_sse_app("/v1/chat/completions", body)), "openai")
+    assert wirecheck.check_anthropic_stream(out).outcome == "ok", out[-300:]
+
+
+def _ev(name: str, data: object) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+START = _ev("message_start", {"type": "message_start", "message": {"id": "m1", "type": "message", "role": "assistant",
+                                                                  "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}})
+
+
+@pytest.mark.parametrize("body,words", [
+    (START + _ev("error", {"type": "error", "error": "model crashed"}), b"model crashed"),
+    (_ev("message_start", {"type": "message_start", "message": "m1"}), b"cannot read"),
+    (START + _ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": "text"}),
+     b"cannot read"),
+    (START + b"event: content_block_delta\ndata: " + b"x" * (16 * 1024 * 1024 + 10), b"cannot read"),  # a line never ending
+    (b"", b"ended the stream early"),
+], ids=["string-error", "message-a-string", "block-a-string", "line-over-16-MiB", "empty"])
+async def test_an_anthropic_stream_nonstop_cannot_read_ends_well_formed(serve, body, words):
+    res, out, _ = await _stream_from(await serve(_sse_app("/v1/messages", body)), "anthropic")
+    assert isinstance(res, Reply)
+    v = wirecheck.check_anthropic_stream(out)
+    assert v.outcome == "error", (v, out[-300:])
+    assert words in out
+
+
+@pytest.mark.parametrize("api,path", [("anthropic", "/v1/messages"), ("openai", "/v1/chat/completions")])
+@pytest.mark.parametrize("ctype,body,words", [
+    ("application/json", b'{"error": {"type": "server_error", "message": "model failed to load"}}', "model failed to load"),
+    ("text/html", b"<html><body><h1>Bad gateway</h1></body></html>", "Bad gateway"),
+    ("", b"", ""),
+], ids=["json-error", "html", "empty"])
+async def test_a_stream_request_answered_with_something_else_is_a_broken_reply(serve, api, path, ctype, body, words):
+    res, _, _ = await _stream_from(await serve(_sse_app(path, body, ctype=ctype)), api)
+    assert isinstance(res, Verdict) and res.kind is FailureKind.BAD_RESPONSE and res.failover
+    assert words in res.detail and "Traceback" not in res.detail
+
+
+@pytest.mark.parametrize("doc,ok", [
+    ({"error": {"type": "server_error", "message": "model failed to load"}}, False),
+    ({}, False),
+    ({"type": "message", "content": "hello there", "usage": {"input_tokens": 1, "output_tokens": 2}}, True),
+])
+async def test_a_whole_anthropic_reply_must_be_a_message(serve, doc, ok):
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    res, _ = await _send(await serve(_app(answer)))
+    if ok:
+        assert isinstance(res, Reply)
+        msg = orjson.loads(b"".join([c async for c in res.body]))
+        assert msg["content"] == [{"type": "text", "text": "hello there"}]
+    else:
+        assert isinstance(res, Verdict) and res.kind is FailureKind.BAD_RESPONSE
+
+
+def test_a_servers_error_page_is_quoted_without_markup_or_traceback():
+    page = ("<html><head><title>500</title></head><body><h1>Internal Server Error</h1><pre>Traceback (most recent call "
+            "last):\n  File \"/srv/app.py\", line 3\nKeyError: 'x'</pre></body></html>")
+    assert local_module.server_words(page) == "500 Internal Server Error"
+    assert local_module.server_words('{"error": {"message": "no such model"}}') == "no such model"
+    assert local_module.server_words('{"error": "busy"}') == "busy"
+    assert local_module.server_words("x" * 500) == "x" * 200
