@@ -19,10 +19,14 @@ from typing import Any
 import orjson
 
 from nonstop.wire.anthropic import Event, estimate_text_tokens, new_message_id
+from nonstop.wire.arguments import ArgumentsStream, parse_arguments
 from nonstop.wire.repair import CallWatch, Repair, Split, Toolbox, split_text
 from nonstop.wire.tool_ids import local_tool_id, reply_tool_id
 
 LOCAL_THINKING_SIGNATURE = "nonstop-local"
+# The stop reasons an Anthropic client knows.
+STOP_REASONS = frozenset({"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",
+                          "model_context_window_exceeded"})
 
 
 def message_start(model: str, input_tokens: int, message_id: str | None = None) -> Event:
@@ -72,6 +76,9 @@ class LocalStreamNormalizer:
         self._watch: dict[int, CallWatch] = {}  # text blocks that may still become calls
         self._shown: set[int] = set()  # held text blocks whose start went out
         self._at: dict[int, int] = {}  # the server's block index -> the client's
+        # Tool blocks whose input comes in pieces: only what can still end as a JSON object
+        # goes out, and the block's end closes it (a call cut by max_tokens stays valid).
+        self._args: dict[int, tuple[ArgumentsStream, list[str]]] = {}
         self._shift = 0  # blocks added by splitting text blocks into calls
 
     def feed(self, etype: str, data: dict[str, Any]) -> list[Event]:
@@ -147,7 +154,10 @@ class LocalStreamNormalizer:
             out.extend(self._text(idx, text))
         elif btype == "tool_use":
             self._tools = True
-            out.extend(self._tool_use(at, _tool_id(block.get("id"), self.tag), block.get("name", ""), block.get("input") or {}))
+            given = parse_arguments(block.get("input"))  # an object, whatever the server sent
+            out.extend(self._tool_use(at, _tool_id(block.get("id"), self.tag), block.get("name", ""), given))
+            if not given:
+                self._args[idx] = (ArgumentsStream(), [])
         elif btype == "thinking":
             text = block.get("thinking") or ""
             out.append(_start_event(at, {"type": "thinking", "thinking": "", "signature": ""}))
@@ -191,6 +201,12 @@ class LocalStreamNormalizer:
             return self._settle(idx)
         at = self._at[idx]
         out: list[Event] = []
+        held = self._args.pop(idx, None)
+        if held is not None:  # close what was sent; if nothing usable came, its best reading
+            args, raw = held
+            rest = args.closing() if args.started else orjson.dumps(parse_arguments("".join(raw))).decode() if raw else ""
+            if rest and rest != "{}":
+                out.append(_delta_event(at, {"type": "input_json_delta", "partial_json": rest}))
         if self._open.pop(idx) == "thinking" and idx not in self._signed:
             out.append(_delta_event(at, {"type": "signature_delta", "signature": LOCAL_THINKING_SIGNATURE}))
         out.append(("content_block_stop", {"type": "content_block_stop", "index": at}))
@@ -232,7 +248,15 @@ class LocalStreamNormalizer:
         if dtype == "text_delta":
             self._chars += len(delta.get("text") or "")
         elif dtype == "input_json_delta":
-            self._chars += len(delta.get("partial_json") or "")
+            text = delta.get("partial_json")
+            text = text if isinstance(text, str) else ""
+            self._chars += len(text)
+            held = self._args.get(idx)
+            if held is None:
+                return []  # the input came whole with the block's start
+            held[1].append(text)
+            piece = held[0].feed(text)
+            return [_delta_event(self._at[idx], {"type": "input_json_delta", "partial_json": piece})] if piece else []
         elif dtype == "signature_delta":
             delta["signature"] = LOCAL_THINKING_SIGNATURE
             self._signed.add(idx)
@@ -307,11 +331,14 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
         b = dict(block)
         if b.get("type") == "tool_use":
             b["id"] = _tool_id(b.get("id"), tag)
-            chars += len(orjson.dumps(b.get("input") or {}))
+            b["input"] = parse_arguments(b.get("input"))  # an object, whatever the server sent
+            chars += len(orjson.dumps(b["input"]))
         elif b.get("type") == "thinking":
             b["signature"] = LOCAL_THINKING_SIGNATURE
         elif b.get("type") == "text":
-            chars += len(b.get("text") or "")
+            if not isinstance(b.get("text"), str):
+                b["text"] = "" if b.get("text") is None else str(b["text"])
+            chars += len(b["text"])
             if toolbox is not None and isinstance(b.get("text"), str):
                 split = split_text(b["text"], toolbox)
                 repairs.extend(split.repairs)
@@ -319,14 +346,14 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
                 continue
         content.append(b)
     out["content"] = content
-    usage = dict(out.get("usage") or {})
+    usage = dict(out["usage"]) if isinstance(out.get("usage"), dict) else {}
     if not isinstance(usage.get("input_tokens"), int) or usage["input_tokens"] <= 0:
         usage["input_tokens"] = max(1, input_tokens_estimate)
     if not isinstance(usage.get("output_tokens"), int) or usage["output_tokens"] <= 0:
         usage["output_tokens"] = max(1, chars // 4)
     out["usage"] = usage
     has_tools = any(b.get("type") == "tool_use" for b in content)
-    if not out.get("stop_reason"):
+    if out.get("stop_reason") not in STOP_REASONS:  # none, or not one a client knows
         out["stop_reason"] = "tool_use" if has_tools else "end_turn"
     out["stop_reason"] = _uncap(str(out["stop_reason"]), capped, has_tools)
     if any(r.repaired for r in repairs):

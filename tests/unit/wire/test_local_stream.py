@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -455,3 +456,62 @@ def test_nonstops_own_output_cap_is_reported_as_end_of_turn():
     msg = {"content": [{"type": "text", "text": "hi"}], "stop_reason": "max_tokens", "usage": {"input_tokens": 3, "output_tokens": 2}}
     assert normalize_message(msg, model="m", input_tokens_estimate=3, capped=True)["stop_reason"] == "end_turn"
     assert normalize_message(msg, model="m", input_tokens_estimate=3, capped=False)["stop_reason"] == "max_tokens"
+
+
+# --- tool input that comes in pieces from an Anthropic-API server --------------------------------
+
+
+def _tool_stream(pieces: list[str], stop: str = "max_tokens") -> list[tuple[str, dict]]:
+    events = [("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 5}}}),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}}})]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "input_json_delta", "partial_json": p}}) for p in pieces]
+    events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               ("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop}, "usage": {"output_tokens": 9}}),
+               ("message_stop", {"type": "message_stop"})]
+    return events
+
+
+def _tool_input(pieces: list[str]) -> object:
+    norm = LocalStreamNormalizer(model="m", input_tokens_estimate=5, capped=True, tools=[{"name": "Read", "input_schema": {}}])
+    out = [e for t, d in _tool_stream(pieces) for e in norm.feed(t, d)]
+    text = "".join(d["delta"]["partial_json"] for t, d in out
+                   if t == "content_block_delta" and d["delta"].get("type") == "input_json_delta")
+    assert [d["delta"]["stop_reason"] for t, d in out if t == "message_delta"] == ["tool_use"]
+    return json.loads(text) if text else {}
+
+
+@pytest.mark.parametrize("pieces,expected", [
+    (['{"file_path": "/src/', 'main.py"}'], {"file_path": "/src/main.py"}),
+    (['{"file_path": "/src/ma'], {"file_path": "/src/ma"}),  # cut by max_tokens: closed
+    (['{"a": [1, 2', ', {"b": tr'], {"a": [1, 2, {"b": True}]}),
+    (['{"a": 1}}}garbage'], {"a": 1}),
+    (["[1, 2]"], {"_raw": "[1, 2]"}),  # never an object: its best reading
+    ([], {}),
+])
+def test_tool_input_in_pieces_always_reaches_the_client_as_one_json_object(pieces, expected):
+    assert _tool_input(pieces) == expected
+
+
+@pytest.mark.parametrize("given,expected", [('{"path": "x"}', {"path": "x"}), ("not json", {"_raw": "not json"}),
+                                            ({"path": "y"}, {"path": "y"})])
+def test_tool_input_given_whole_with_the_start_is_an_object(given, expected):
+    norm = LocalStreamNormalizer(model="m", input_tokens_estimate=5)
+    out = norm.feed("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "tool_use", "id": "t", "name": "Read", "input": given}})
+    out += norm.feed("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "input_json_delta", "partial_json": '{"more": 1}'}})
+    text = "".join(d["delta"]["partial_json"] for t, d in out if t == "content_block_delta")
+    assert json.loads(text) == expected
+
+
+def test_a_whole_reply_of_odd_types_comes_out_as_a_message_a_client_reads():
+    msg = {"content": [{"type": "text", "text": None}, {"type": "text", "text": 5},
+                       {"type": "tool_use", "id": "t", "name": "Read", "input": '{"path": "x"}'}],
+           "usage": [1, 2], "stop_reason": 7}
+    out = normalize_message(msg, model="m", input_tokens_estimate=12)
+    assert [b.get("text") for b in out["content"][:2]] == ["", "5"]
+    assert out["content"][2]["input"] == {"path": "x"}
+    assert out["usage"]["input_tokens"] == 12 and out["usage"]["output_tokens"] >= 1
+    assert out["stop_reason"] == "tool_use"

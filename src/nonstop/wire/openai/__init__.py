@@ -14,14 +14,15 @@ The OpenAI front door (clients that speak OpenAI):
     client_reply      Anthropic message or events -> Chat Completions reply or chunks
                       (anthropic_response_to_openai, AnthropicToOpenAIStream)
 
-arguments reads tool-call arguments that arrive as JSON text, whole or in fragments.
+Tool-call arguments that arrive as JSON text, whole or in fragments, are read by
+wire/arguments.py, which the Anthropic local stream (wire/local_stream.py) uses too.
 docs/compatibility.md lists what each direction maps and what it drops, and why.
 """
 
 from __future__ import annotations
 
+from nonstop.wire.arguments import parse_arguments
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE
-from nonstop.wire.openai.arguments import parse_arguments
 from nonstop.wire.openai.backend_reply import OpenAIStreamTranslator, openai_to_anthropic_response
 from nonstop.wire.openai.backend_request import (
     TOOL_ERROR_PREFIX,

@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 
 from nonstop.wire.anthropic import Event, new_message_id
+from nonstop.wire.arguments import ArgumentsStream, parse_arguments
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE, message_start
-from nonstop.wire.openai.arguments import ArgumentsStream, parse_arguments
 from nonstop.wire.tool_ids import reply_tool_id
 
 STOP_REASONS = {

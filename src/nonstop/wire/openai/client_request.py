@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from nonstop.wire.openai.arguments import parse_arguments
+from nonstop.wire.arguments import parse_arguments
 from nonstop.wire.openai.backend_request import TOOL_ERROR_PREFIX
 from nonstop.wire.tool_ids import valid_tool_id
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nonstop.wire.openai.arguments import ArgumentsStream
+from nonstop.wire.arguments import ArgumentsStream
 from tests.unit.wire.openai.strategies import SETTINGS, json_objects, split
 
 
