@@ -79,7 +79,10 @@ class LocalStreamNormalizer:
         # Tool blocks whose input comes in pieces: only what can still end as a JSON object
         # goes out, and the block's end closes it (a call cut by max_tokens stays valid).
         self._args: dict[int, tuple[ArgumentsStream, list[str]]] = {}
-        self._shift = 0  # blocks added by splitting text blocks into calls
+        # The client's next block index: blocks are numbered in the order they start, so a
+        # server that skips an index, starts at 1 or reuses a closed one cannot break the
+        # client's (and blocks split from text into calls take the numbers after theirs).
+        self._next = 0
 
     def feed(self, etype: str, data: dict[str, Any]) -> list[Event]:
         if self.finished:
@@ -144,7 +147,10 @@ class LocalStreamNormalizer:
         for held in list(self._watch):  # nor a text block still held back
             out.extend(self._stop(held))
         self._open[idx] = btype
-        at = self._at[idx] = idx + self._shift
+        at = self._at[idx] = self._next
+        self._next += 1
+        self._shown.discard(idx)  # what was known of an earlier block with this index
+        self._signed.discard(idx)
         if btype == "text" and self._toolbox is not None:
             self._watch[idx] = CallWatch(self._toolbox)
             out.extend(self._text(idx, block.get("text") or ""))
@@ -229,7 +235,7 @@ class LocalStreamNormalizer:
             out.extend(self._tool_use(at, _tool_id(None, self.tag), call.name, call.input, counted=True))
             out.append(("content_block_stop", {"type": "content_block_stop", "index": at}))
             at += 1
-        self._shift += at - self._at[idx] - 1
+        self._next += at - self._at[idx] - 1
         return out
 
     @property

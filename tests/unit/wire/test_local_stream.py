@@ -515,3 +515,23 @@ def test_a_whole_reply_of_odd_types_comes_out_as_a_message_a_client_reads():
     assert out["content"][2]["input"] == {"path": "x"}
     assert out["usage"]["input_tokens"] == 12 and out["usage"]["output_tokens"] >= 1
     assert out["stop_reason"] == "tool_use"
+
+
+@pytest.mark.parametrize("indexes", [[0, 1, 2], [1, 2, 3], [0, 2, 5], [0, 0, 0]],
+                         ids=["in-order", "from-one", "skipping", "reused-after-stop"])
+@pytest.mark.parametrize("tools", [None, [{"name": "Read", "input_schema": {}}]], ids=["no-tools", "tools"])
+def test_block_indexes_reach_the_client_in_order_whatever_the_server_numbers(indexes, tools):
+    norm = LocalStreamNormalizer(model="m", input_tokens_estimate=5, tools=tools)
+    out: list[Event] = norm.feed("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 5}}})
+    for n, i in enumerate(indexes):
+        out += norm.feed("content_block_start", {"type": "content_block_start", "index": i,
+                                                 "content_block": {"type": "text", "text": ""}})
+        out += norm.feed("content_block_delta", {"type": "content_block_delta", "index": i,
+                                                 "delta": {"type": "text_delta", "text": f"part {n}. "}})
+        out += norm.feed("content_block_stop", {"type": "content_block_stop", "index": i})
+    out += norm.feed("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 6}})
+    out += norm.feed("message_stop", {"type": "message_stop"})
+    starts = [d["index"] for t, d in out if t == "content_block_start"]
+    assert starts == [0, 1, 2]
+    texts = {d["index"]: d["delta"]["text"] for t, d in out if t == "content_block_delta"}
+    assert texts == {0: "part 0. ", 1: "part 1. ", 2: "part 2. "}
