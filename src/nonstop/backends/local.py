@@ -59,6 +59,9 @@ JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 # Fittings tried, each with the scale the server's count of the last one gave.
 REFITS = 4
+# A server that ignores max_tokens would stream for ever: past this many characters for
+# each token asked for (about twice a token's length), the answer ends as if at max_tokens.
+RUNAWAY_CHARS_PER_TOKEN = 8
 # How long to wait for a local stream's head before committing and sending pings.
 COMMIT_AFTER = 3.0
 
@@ -112,6 +115,7 @@ class Call:
     sent: float = 0.0  # perf_counter() when it was sent
     fitted: Fitted | None = None  # how the request was fitted to the window, if it was
     tools: list[dict[str, Any]] | None = None  # the offered tools, for repairing calls
+    max_tokens: int = 0  # the output asked of the server
 
 
 class LocalBackend:
@@ -190,6 +194,7 @@ class LocalBackend:
         local_req["stream"] = stream
         call = self.prepare(local_req, stream, tokens, req)
         call.fitted = fitted
+        call.max_tokens = local_req["max_tokens"]
         tools = local_req.get("tools")
         call.tools = tools if isinstance(tools, list) else None
         was_idle = self.state.inflight == 0
@@ -428,6 +433,7 @@ class LocalBackend:
                                      capped=call.capped, tag=self.tag, tools=call.tools)
         source = self.events(call)
         decoder = JSONEventDecoder()
+        runaway = RUNAWAY_CHARS_PER_TOKEN * max(call.max_tokens, 1) + 4096
         try:
             try:
                 async for chunk in resp.content.iter_any():
@@ -442,6 +448,10 @@ class LocalBackend:
                         log.warning("%s sent a stream nonstop cannot read (%s: %s)", self.name, type(exc).__name__,
                                     str(exc)[:200])
                         norm.error = f"{self.name} sent a stream nonstop cannot read ({type(exc).__name__})"
+                    if norm.produced > runaway and not norm.finished and not norm.error:
+                        log.warning("%s went on past max_tokens (%d); its answer was ended there", self.name, call.max_tokens)
+                        out += norm.feed("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}})
+                        out += norm.feed("message_stop", {"type": "message_stop"})
                     if out:
                         if usage.first_content is None and norm.content_started:
                             usage.first_content = time.perf_counter()

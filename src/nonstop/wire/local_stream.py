@@ -239,6 +239,11 @@ class LocalStreamNormalizer:
         return out
 
     @property
+    def produced(self) -> int:
+        """Characters of output so far: text, tool input and thinking."""
+        return self._chars
+
+    @property
     def content_started(self) -> bool:
         """A content block has started: the model is answering, not reading the prompt."""
         return bool(self._open) or self._chars > 0 or bool(self.stop_reason)
@@ -263,6 +268,9 @@ class LocalStreamNormalizer:
             held[1].append(text)
             piece = held[0].feed(text)
             return [_delta_event(self._at[idx], {"type": "input_json_delta", "partial_json": piece})] if piece else []
+        elif dtype == "thinking_delta":
+            thought = delta.get("thinking")
+            self._chars += len(thought) if isinstance(thought, str) else 0
         elif dtype == "signature_delta":
             delta["signature"] = LOCAL_THINKING_SIGNATURE
             self._signed.add(idx)

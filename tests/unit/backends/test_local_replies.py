@@ -303,3 +303,28 @@ def test_a_servers_error_page_is_quoted_without_markup_or_traceback():
     assert local_module.server_words('{"error": {"message": "no such model"}}') == "no such model"
     assert local_module.server_words('{"error": "busy"}') == "busy"
     assert local_module.server_words("x" * 500) == "x" * 200
+
+
+@pytest.mark.parametrize("api,path", [("openai", "/v1/chat/completions"), ("anthropic", "/v1/messages")])
+async def test_a_server_that_ignores_max_tokens_is_ended_as_if_it_had_reached_it(serve, api, path):
+    async def endless(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        if api == "anthropic":
+            await resp.write(START + _ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                                                  "content_block": {"type": "text", "text": ""}}))
+        while True:
+            if api == "openai":
+                await resp.write(_chunk({"content": "word " * 20}))
+            else:
+                await resp.write(_ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                             "delta": {"type": "text_delta", "text": "word " * 20}}))
+            await asyncio.sleep(0.001)
+
+    app = web.Application()
+    app.router.add_post(path, endless)
+    res, out, took = await _stream_from(await serve(app), api)
+    assert wirecheck.check_anthropic_stream(out).outcome == "ok", out[-300:]
+    assert b'"stop_reason":"max_tokens"' in out and took < 10
+    assert len(out) < 64 * 1024  # REQUEST asks for 20 tokens
