@@ -68,10 +68,21 @@ _SMALL_REPLIES = {"/v1/messages/count_tokens": ("input_tokens", int), "/v1/model
 _IN = re.compile(rb'"input_tokens"\s*:\s*(\d+)')
 _OUT = re.compile(rb'"output_tokens"\s*:\s*(\d+)')
 _STOP = re.compile(rb'"stop_reason"\s*:\s*"([a-z_]+)"')
-# The events that end a stream, and those that carry usage, in LF-framed SSE (the space
-# after the colon is optional).
-_TERMINAL = re.compile(rb"(?:^|\n)event: ?(?:message_stop|error)\n")
-_USAGE_EVENT = re.compile(rb"(?:^|\n)event: ?(?:message_start|message_delta)\n")
+# The events that end a stream, and those that carry usage: their `event:` lines in
+# LF-framed SSE (the space after the colon is optional). Found with bytes.find: a regex
+# that must try every position of a chunk costs more than the rest of the relay.
+_TERMINAL = tuple(b"event:" + sp + name + b"\n" for name in (b"message_stop", b"error") for sp in (b" ", b""))
+_USAGE_EVENT = tuple(b"event:" + sp + name + b"\n" for name in (b"message_start", b"message_delta") for sp in (b" ", b""))
+
+
+def _event_lines(data: bytes, lines: tuple[bytes, ...]) -> Iterator[int]:
+    """Where each event named by `lines` starts its data (just after its `event:` line)."""
+    for line in lines:
+        i = data.find(line)
+        while i >= 0:
+            if i == 0 or data[i - 1] == 0x0A:  # at the start of a line
+                yield i + len(line)
+            i = data.find(line, i + 1)
 # The most of one event held while waiting for its end (as the SSE decoder allows).
 MAX_EVENT = 16 * 1024 * 1024
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
@@ -388,15 +399,44 @@ def _read_usage(data: bytes, usage: Usage) -> None:
         usage.stop_reason = m.group(1).decode()
 
 
+# How long the end of a stream's body is waited for after its last event: long enough for
+# the chunked terminator to follow it (so the connection is kept for the next request),
+# short enough that a cloud holding its connection open does not hold the client.
+DRAIN_WAIT = 0.25
+DRAIN_MAX = 64 * 1024
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read what is left of a body after its last event, a little and briefly: a body read
+    to its end leaves its connection to the pool; one that is not is closed on release."""
+    left = DRAIN_MAX
+    try:
+        async with asyncio.timeout(DRAIN_WAIT):
+            while left > 0 and not resp.content.at_eof():
+                chunk = await resp.content.read(left)
+                if not chunk:
+                    break
+                left -= len(chunk)
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        pass
+
+
 async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage) -> AsyncIterator[bytes]:
     """The cloud's stream, cut at event boundaries (LF-framed), until the event that ends
     it: the client's response ends there, even if the cloud holds its connection open."""
     held = b""
+    skip_lf = False  # the read before ended in a CR that was a blank line's end
     try:
         pending = first
         it = resp.content.iter_any().__aiter__()
         while True:
+            if skip_lf and pending.startswith(b"\n"):  # the LF of that CRLF
+                pending = pending[1:]
             data = lf_framed(held + pending if held else pending)
+            # A CR right after a line's end ends a blank line, whether an LF follows or not.
+            skip_lf = data.endswith(b"\n\r")
+            if skip_lf:
+                data = data[:-1] + b"\n"
             cut = complete_events_end(data)
             if cut:
                 out = data[:cut]
@@ -407,12 +447,13 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                     usage.error = "the cloud sent a malformed event mid-stream"
                     yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
                     return
-                for m in _USAGE_EVENT.finditer(out):
-                    j = out.find(b"\n\n", m.end())
-                    _read_usage(out[m.end() : j if j > 0 else None], usage)
+                for at in _event_lines(out, _USAGE_EVENT):
+                    j = out.find(b"\n\n", at)
+                    _read_usage(out[at : j if j > 0 else None], usage)
                 yield out
-                if _TERMINAL.search(out):
+                if any(_event_lines(out, _TERMINAL)):
                     usage.complete = True
+                    await _drain(resp)
                     return
                 held = data[cut:]
             else:
@@ -429,7 +470,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
         # whole final event missing its blank line, never a cut-off one.
         if held.endswith(b"\r"):  # a CR kept for the LF that never came ends its line
             held = held[:-1] + b"\n"
-        if held.strip() and held.endswith(b"\n") and _TERMINAL.search(held):
+        if held.strip() and held.endswith(b"\n") and any(_event_lines(held, _TERMINAL)):
             usage.complete = True
             yield held.rstrip(b"\n") + b"\n\n"
         else:

@@ -264,9 +264,10 @@ class LocalBackend:
                     return False
                 model = ""
                 if r.status == 200:
-                    with contextlib.suppress(ValueError, AttributeError, aiohttp.ClientError):
+                    with contextlib.suppress(ValueError, aiohttp.ClientError):
                         data = orjson.loads(await read_capped(r))
-                        models = [str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict) and m.get("id")]
+                        listed = data.get("data") if isinstance(data, dict) else None
+                        models = [str(m.get("id")) for m in (listed if isinstance(listed, list) else ()) if isinstance(m, dict) and m.get("id")]
                         model = self.cfg.model or (models[0] if models else "")
                 self.state.health_checked(True, model=model)
                 return True
@@ -300,7 +301,10 @@ class LocalBackend:
             resp.release()
             overflow = context_overflow(text)
             if overflow is not None:  # LM Studio says so with a 500
-                return TooLong(self.name, overflow[0] or tokens, overflow[1] or self.window())
+                window = overflow[1] or self.window()
+                # Over the window, as the words say, even where the server names no size
+                # (or the prompt fit and only the room for output did not).
+                return TooLong(self.name, max(overflow[0] or tokens, window + 1), window)
             verdict = _local_error(resp.status, text)
             if verdict.kind is FailureKind.SERVER_ERROR:
                 self.state.failed(verdict.detail)
@@ -503,7 +507,7 @@ def _describe_exc(exc: BaseException, base: str) -> str:
 
 # The sizes a server names when a prompt is over its window: llama-server's JSON fields,
 # vLLM's and OpenAI's wording.
-_N_PROMPT = re.compile(r'"n_prompt_tokens"\s*:\s*(\d+)|requested (\d+) tokens|resulted in (\d+) tokens')
+_N_PROMPT = re.compile(r'"n_prompt_tokens"\s*:\s*(\d+)|\((\d+) in the messages|resulted in (\d+) tokens')
 _N_CTX = re.compile(r'"n_ctx"\s*:\s*(\d+)|maximum context length is (\d+)')
 
 

@@ -46,8 +46,10 @@ class AnthropicLocalBackend(LocalBackend):
                     self._server_counts = False
         except (ValueError, aiohttp.ClientPayloadError):  # not JSON, or too large
             pass
+        except aiohttp.ConnectionTimeoutError:  # the request itself will find out, and say so
+            pass
         except TimeoutError:  # a server that hangs on an endpoint it lacks (Ollama can)
-            if self.cfg.count_tokens != "server":
+            if self._server_counts is None:  # one that has counted may just have been busy
                 self._server_counts = False  # not asked again: each request would wait as long
         except (aiohttp.ClientError, OSError):  # the request itself will find out, and say so
             pass

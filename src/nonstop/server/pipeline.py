@@ -174,6 +174,10 @@ class Pipeline:
             try:
                 res = await rt.cloud.send(ctx.ex, step)
                 self.cloud_outcome(res, account)
+            except UnreadableRequest:  # never sent: a probe learned nothing, and ends as such
+                if step.probe:
+                    quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, "the request could not be read"))
+                raise
             finally:
                 if step.probe:
                     await rt.clouds.probed(account)

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from nonstop.backends.base import Reply, Usage
@@ -77,6 +77,12 @@ async def end_body(send: Send) -> None:
     with contextlib.suppress(OSError):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    """The body of a reply whose client has already gone."""
+    return
+    yield b""
 
 class Relay:
     def __init__(self, cfg: Config, request_log: RequestLog):
@@ -158,8 +164,8 @@ class Relay:
 
             connection = ctx.connection
             if connection is not None:  # nonstop's own server says when the client leaves
-                if connection.lost:
-                    client_left()
+                if connection.lost:  # already: nothing is sent (a cancel might find no await to land on)
+                    gone = True
                 else:
                     connection.on_lost = client_left
             else:
@@ -175,7 +181,7 @@ class Relay:
         started = False
         last = b""  # the last bytes sent: has the stream already ended in its protocol?
         try:
-            async for chunk in writer.body(reply):
+            async for chunk in writer.body(reply) if not gone else _no_chunks():
                 if not chunk:
                     continue  # the head goes out with the first bytes, never alone
                 if capture is not None and captured < cap:
@@ -191,7 +197,7 @@ class Relay:
                         ctx.row.overhead_ms += (now - t_head) * 1000
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 last = chunk
-            if not started:
+            if not started and not gone:
                 await send({"type": "http.response.start", "status": reply.status, "headers": writer.headers(reply) + extra})
                 started = True
                 ctx.row.ttfb_ms = (time.perf_counter() - ctx.t0) * 1000

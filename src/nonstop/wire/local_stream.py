@@ -79,6 +79,7 @@ class LocalStreamNormalizer:
         # Tool blocks whose input comes in pieces: only what can still end as a JSON object
         # goes out, and the block's end closes it (a call cut by max_tokens stays valid).
         self._args: dict[int, tuple[ArgumentsStream, list[str]]] = {}
+        self._cut_call = False  # a tool input had to be closed or read at its block's end
         # The client's next block index: blocks are numbered in the order they start, so a
         # server that skips an index, starts at 1 or reuses a closed one cannot break the
         # client's (and blocks split from text into calls take the numbers after theirs).
@@ -114,7 +115,9 @@ class LocalStreamNormalizer:
             usage = data.get("usage") or {}
             out.extend(self._close_all())  # first: a held text block may become a tool call
             if isinstance(delta.get("stop_reason"), str):
-                self.stop_reason = _uncap(delta["stop_reason"], self.capped, self._tools)
+                # A tool call the limit cut is not a complete call: the client hears the
+                # limit, as the cloud would say it, even where nonstop lowered max_tokens.
+                self.stop_reason = _uncap(delta["stop_reason"], self.capped and not self._cut_call, self._tools)
                 self.cut = self.cut or self.stop_reason != delta["stop_reason"]
             if any(r.repaired for r in self.repairs):
                 self.stop_reason = "tool_use"
@@ -211,6 +214,7 @@ class LocalStreamNormalizer:
         if held is not None:  # close what was sent; if nothing usable came, its best reading
             args, raw = held
             rest = args.closing() if args.started else orjson.dumps(parse_arguments("".join(raw))).decode() if raw else ""
+            self._cut_call = self._cut_call or bool(rest)  # it was not whole by itself
             if rest and rest != "{}":
                 out.append(_delta_event(at, {"type": "input_json_delta", "partial_json": rest}))
         if self._open.pop(idx) == "thinking" and idx not in self._signed:
@@ -263,8 +267,8 @@ class LocalStreamNormalizer:
             text = text if isinstance(text, str) else ""
             self._chars += len(text)
             held = self._args.get(idx)
-            if held is None:
-                return []  # the input came whole with the block's start
+            if held is None:  # the input came whole with the block's start, or another kind of block's
+                return [] if self._open.get(idx) == "tool_use" else [_delta_event(self._at[idx], delta)]
             held[1].append(text)
             piece = held[0].feed(text)
             return [_delta_event(self._at[idx], {"type": "input_json_delta", "partial_json": piece})] if piece else []

@@ -32,23 +32,32 @@ class SSEDecoder:
     """Feed bytes, get complete events. Handles LF, CRLF and CR line endings and
     events split anywhere across chunks."""
 
-    __slots__ = ("_buf", "_event", "_data", "_max")
+    __slots__ = ("_buf", "_event", "_data", "_size", "_max", "_skip_lf")
 
     def __init__(self, max_buffer: int = 16 * 1024 * 1024):
         self._buf = b""
         self._event = ""
         self._data: list[str] = []
+        self._size = 0  # bytes of data in the event being read: one event is bounded too
         self._max = max_buffer
+        self._skip_lf = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._skip_lf and chunk.startswith(b"\n"):  # the LF of a CRLF whose CR ended the last chunk
+            chunk = chunk[1:]
+        self._skip_lf = False
         buf = self._buf + chunk if self._buf else chunk
         if b"\r" in buf:
-            # A lone trailing CR may be the first half of CRLF: keep it for the next chunk.
+            # A lone trailing CR may be the first half of CRLF: keep it for the next chunk,
+            # unless it ends a blank line (right after a line's end), which it does either way.
             keep_cr = buf.endswith(b"\r")
             if keep_cr:
                 buf = buf[:-1]
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            if keep_cr:
+            if keep_cr and buf.endswith(b"\n"):
+                buf += b"\n"
+                self._skip_lf = True
+            elif keep_cr:
                 buf += b"\r"
         out: list[SSEEvent] = []
         start = 0
@@ -63,6 +72,7 @@ class SSEDecoder:
                     out.append(SSEEvent(self._event or "message", "\n".join(self._data)))
                 self._event = ""
                 self._data = []
+                self._size = 0
                 continue
             if line[:1] == b":":
                 continue
@@ -70,6 +80,9 @@ class SSEDecoder:
             if value[:1] == b" ":
                 value = value[1:]
             if name == b"data":
+                self._size += len(value)
+                if self._size > self._max:
+                    raise ValueError("SSE event larger than the buffer limit")
                 self._data.append(value.decode("utf-8", "replace"))
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
@@ -83,7 +96,7 @@ class SSEDecoder:
         out = self.feed(b"\n\n") if self._buf else []
         if self._data:
             out.append(SSEEvent(self._event or "message", "\n".join(self._data)))
-            self._data, self._event = [], ""
+            self._data, self._event, self._size = [], "", 0
         return out
 
 

@@ -84,12 +84,6 @@ async def test_every_legal_framing_comes_out_whole_and_lf_framed(serve, ending, 
         assert wirecheck.check_anthropic_stream(out).outcome == "ok"
 
 
-async def test_the_response_ends_at_message_stop_when_the_cloud_holds_its_connection(serve):
-    res, out, took = await _relay(await serve(_server(_stream(), 1 << 20, hold=30)))
-    assert out == _stream() and res.usage.complete
-    assert took < 5, f"the relay waited {took:.1f} s for the cloud to close after message_stop"
-
-
 async def test_an_event_that_never_ends_is_cut_at_a_size(serve, monkeypatch):
     monkeypatch.setattr(cloud_module, "MAX_EVENT", 64 * 1024)
     body = _stream()
@@ -98,3 +92,49 @@ async def test_an_event_that_never_ends_is_cut_at_a_size(serve, monkeypatch):
     res, out, _ = await _relay(await serve(_server(endless, 8192)))
     assert out.startswith(body[:start_end]) and b"too large to relay" in out
     assert res.usage.error and not res.usage.complete
+
+
+def _server_seen(body: bytes, *, end_after: float) -> tuple[web.Application, list[object]]:
+    """A server that sends the whole stream, then ends the response `end_after` seconds
+    later (the chunked terminator in a read of its own); which client port each came on."""
+    ports: list[object] = []
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        ports.append(peer[1] if peer else None)
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(body)
+        await asyncio.sleep(end_after)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    return app, ports
+
+
+async def test_a_stream_that_ends_leaves_its_connection_for_the_next_request(serve):
+    app, ports = _server_seen(_stream(), end_after=0.05)
+    url = await serve(app)
+    cfg = CloudConfig(url=url, first_byte_timeout=10.0)
+    session = CloudBackend.make_session(cfg)
+    try:
+        backend = CloudBackend(cfg, session)
+        for _ in range(3):
+            res = await backend.request("POST", b"/v1/messages", b"", forward_headers([(b"x-api-key", b"k")]), b"{}",
+                                        stream=True, expect="stream")
+            assert isinstance(res, Reply)
+            assert b"".join([c async for c in res.body]) == _stream()
+            if res.close is not None:
+                res.close()
+    finally:
+        await session.close()
+    assert len(set(ports)) == 1, f"each stream opened a connection of its own: {ports}"
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "cr"])
+async def test_every_framing_ends_at_message_stop_when_the_cloud_holds_its_connection(serve, ending):
+    res, out, took = await _relay(await serve(_server(_stream().replace(b"\n", ending), 1 << 20, hold=30)))
+    assert out == _stream() and res.usage.complete
+    assert took < 5, f"the relay waited {took:.1f} s for the cloud to close after message_stop"

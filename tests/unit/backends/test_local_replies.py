@@ -151,7 +151,7 @@ LMSTUDIO = '{"error":"Trying to keep the first 9000 tokens when context the over
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("status,text,tokens,window", [
-    (400, LLAMA, 40000, 8192), (400, VLLM, 9000, 4096), (400, OLLAMA, 0, 8192), (500, LMSTUDIO, 0, 8192),
+    (400, LLAMA, 40000, 8192), (400, VLLM, 8000, 4096), (400, OLLAMA, 0, 8192), (500, LMSTUDIO, 0, 8192),
 ], ids=["llama-server", "vllm", "ollama", "lm-studio"])
 async def test_a_server_that_says_the_prompt_is_over_its_window_gives_too_long(serve, stream, status, text, tokens, window):
     async def over(request: web.Request) -> web.Response:
@@ -165,7 +165,7 @@ async def test_a_server_that_says_the_prompt_is_over_its_window_gives_too_long(s
         backend = make_local_backend(cfg.local[0], session)
         res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=stream), 10)
     assert isinstance(res, TooLong) and res.backend == "box" and res.window == window
-    assert res.tokens == (tokens or res.tokens) and res.tokens > 0
+    assert res.tokens == (tokens or window + 1)  # over the window, as the words say, when no size is named
 
 
 async def test_an_overflow_after_the_stream_began_is_told_in_the_words_claude_code_compacts_on(serve, monkeypatch):
@@ -328,3 +328,38 @@ async def test_a_server_that_ignores_max_tokens_is_ended_as_if_it_had_reached_it
     assert wirecheck.check_anthropic_stream(out).outcome == "ok", out[-300:]
     assert b'"stop_reason":"max_tokens"' in out and took < 10
     assert len(out) < 64 * 1024  # REQUEST asks for 20 tokens
+
+
+async def test_a_server_that_has_counted_is_asked_again_after_a_count_that_timed_out(serve, monkeypatch):
+    monkeypatch.setattr(local_anthropic, "COUNT_TIMEOUT", 0.5)
+    calls: list[int] = []
+
+    async def counts(request: web.Request) -> web.Response:
+        calls.append(1)
+        if len(calls) == 2:  # busy once (a queue behind a long generation)
+            await asyncio.sleep(30)
+        return web.json_response({"input_tokens": 7})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages/count_tokens", counts)
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(app), "api": "anthropic"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        got = [await asyncio.wait_for(backend.count_tokens(dict(REQUEST)), 10) for _ in range(3)]
+    assert got[0] == 7 and got[1] != 7 and got[2] == 7 and len(calls) == 3
+
+
+async def test_a_model_list_with_null_data_is_still_a_healthy_server(serve):
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": None})
+
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(_app(_answers, models=models)), "api": "anthropic"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        assert await asyncio.wait_for(backend.check_health(), 10) is True
+    assert backend.state.healthy
+
+
+def test_an_overflow_that_names_no_sizes_still_reads_as_over_the_window():
+    assert local_module.context_overflow(OLLAMA) == (0, 0)
+    assert local_module.context_overflow(VLLM) == (8000, 4096)  # the prompt, not prompt + max_tokens

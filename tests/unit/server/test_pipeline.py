@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, single
+from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, UnreadableRequest, single
 from nonstop.config import LocalBackendConfig, parse_config
 from nonstop.routing.backend_state import REPORT_FRESH, BackendState, ServerReport
 from nonstop.routing.classify import FailureKind, Verdict, classify_response
@@ -231,3 +231,16 @@ async def test_client_errors_from_the_cloud_are_relayed_not_failed_over(tmp_path
     out = await p.run(ctx())
     assert out.reply is not None and out.reply.status == status and fakes["llama"].sent == []
 
+
+
+async def test_a_request_only_a_whole_parse_refuses_is_a_400_and_ends_a_probe(tmp_path: Path) -> None:
+    def unreadable(step: Step) -> Attempt:
+        raise UnreadableRequest("the request body is not valid JSON: number is infinity")
+
+    rt, p, cloud, fakes = make(tmp_path, [unreadable], {"llama": []})
+    rt.quota.record_failure(Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 - 1, "usage limit"))
+    out = await p.run(ctx())
+    assert cloud.sent[0].probe
+    assert (out.reply, out.status, out.etype) == (None, 400, "invalid_request_error")
+    assert "not valid JSON" in out.message
+    assert rt.quota.state is not CloudState.PROBING and rt.quota.view().probe_due  # the next request probes

@@ -231,10 +231,11 @@ async def test_a_client_that_leaves_mid_stream_ends_the_relay_and_the_upstream(r
     ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
     ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter(),
                          None, None if told_by == "receive" else connection)
-    closed: list[bool] = []
-    reply = Reply(200, list(SSE), endless(closed), "cloud", True)
+    closed: list[object] = []
+    reply = Reply(200, list(SSE), endless(closed), "cloud", True, close=lambda: closed.append("upstream closed"))
     gone = await asyncio.wait_for(relay.pump(ctx, reply, AnthropicWriter(), [], receive, send, time.perf_counter()), 5)
-    assert gone and closed == [True]
+    assert gone and "upstream closed" in closed
+    assert closed == (["upstream closed"] if told_by == "connection_already_lost" else [True, "upstream closed"])
     assert connection.on_lost is None  # the relay let go of the connection
     assert len(sent) <= 4  # no more than reached the send before the pump's next wait
     assert asyncio.current_task().cancelling() == 0  # the relay's own cancel was taken back
@@ -276,3 +277,23 @@ async def test_an_upstream_error_of_any_shape_reaches_an_openai_client_as_an_ope
     out = orjson.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
     assert next(m["status"] for m in sent if m["type"] == "http.response.start") == 400
     assert out["error"]["message"] == message
+
+
+async def test_a_client_gone_before_a_reply_that_never_waits_leaves_no_cancel_behind(relay):
+    # A body that never suspends (a whole reply, or a stream the first read held whole)
+    # gives a cancel no await to land on: the relay must not leave one pending.
+    connection = Connection()
+    connection.connection_lost()
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter(),
+                         None, connection)
+    reply = Reply(200, list(SSE), single(START + BLOCK + DELTA + END), "cloud", True)
+    sent: list[Message] = []
+
+    async def send(msg: Message) -> None:
+        sent.append(msg)
+
+    assert await relay.pump(ctx, reply, AnthropicWriter(), [], stays, send, time.perf_counter()) is True
+    assert asyncio.current_task().cancelling() == 0
+    await asyncio.sleep(0)  # would raise CancelledError if a cancel were left pending
+    assert not [m for m in sent if m.get("body")]  # nothing went to a client already gone

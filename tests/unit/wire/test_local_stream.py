@@ -473,25 +473,27 @@ def _tool_stream(pieces: list[str], stop: str = "max_tokens") -> list[tuple[str,
     return events
 
 
-def _tool_input(pieces: list[str]) -> object:
+def _tool_input(pieces: list[str]) -> tuple[object, str]:
     norm = LocalStreamNormalizer(model="m", input_tokens_estimate=5, capped=True, tools=[{"name": "Read", "input_schema": {}}])
     out = [e for t, d in _tool_stream(pieces) for e in norm.feed(t, d)]
     text = "".join(d["delta"]["partial_json"] for t, d in out
                    if t == "content_block_delta" and d["delta"].get("type") == "input_json_delta")
-    assert [d["delta"]["stop_reason"] for t, d in out if t == "message_delta"] == ["tool_use"]
-    return json.loads(text) if text else {}
+    [stop] = [d["delta"]["stop_reason"] for t, d in out if t == "message_delta"]
+    return (json.loads(text) if text else {}), stop
 
 
-@pytest.mark.parametrize("pieces,expected", [
-    (['{"file_path": "/src/', 'main.py"}'], {"file_path": "/src/main.py"}),
-    (['{"file_path": "/src/ma'], {"file_path": "/src/ma"}),  # cut by max_tokens: closed
-    (['{"a": [1, 2', ', {"b": tr'], {"a": [1, 2, {"b": True}]}),
-    (['{"a": 1}}}garbage'], {"a": 1}),
-    (["[1, 2]"], {"_raw": "[1, 2]"}),  # never an object: its best reading
-    ([], {}),
+@pytest.mark.parametrize("pieces,expected,stop", [
+    (['{"file_path": "/src/', 'main.py"}'], {"file_path": "/src/main.py"}, "tool_use"),
+    # Cut by max_tokens: closed, and the client is told the output limit cut it (as the
+    # cloud says it), not that the call is complete, even though nonstop lowered max_tokens.
+    (['{"file_path": "/src/ma'], {"file_path": "/src/ma"}, "max_tokens"),
+    (['{"a": [1, 2', ', {"b": tr'], {"a": [1, 2, {"b": True}]}, "max_tokens"),
+    (['{"a": 1}}}garbage'], {"a": 1}, "tool_use"),
+    (["[1, 2]"], {"_raw": "[1, 2]"}, "max_tokens"),  # never an object: its best reading
+    ([], {}, "tool_use"),
 ])
-def test_tool_input_in_pieces_always_reaches_the_client_as_one_json_object(pieces, expected):
-    assert _tool_input(pieces) == expected
+def test_tool_input_in_pieces_always_reaches_the_client_as_one_json_object(pieces, expected, stop):
+    assert _tool_input(pieces) == (expected, stop)
 
 
 @pytest.mark.parametrize("given,expected", [('{"path": "x"}', {"path": "x"}), ("not json", {"_raw": "not json"}),
@@ -535,3 +537,12 @@ def test_block_indexes_reach_the_client_in_order_whatever_the_server_numbers(ind
     assert starts == [0, 1, 2]
     texts = {d["index"]: d["delta"]["text"] for t, d in out if t == "content_block_delta"}
     assert texts == {0: "part 0. ", 1: "part 1. ", 2: "part 2. "}
+
+
+def test_input_of_a_block_that_is_not_a_tool_call_passes_as_sent():
+    norm = LocalStreamNormalizer(model="m", input_tokens_estimate=5)
+    out = norm.feed("content_block_start", {"type": "content_block_start", "index": 0,
+                                            "content_block": {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {}}})
+    out += norm.feed("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                             "delta": {"type": "input_json_delta", "partial_json": '{"query": "x"}'}})
+    assert [d["delta"]["partial_json"] for t, d in out if t == "content_block_delta"] == ['{"query": "x"}']

@@ -86,16 +86,19 @@ def test_cr_at_chunk_end_then_lf() -> None:
     dec = SSEDecoder()
     assert dec.feed(b"data: a\r") == []
     assert dec.feed(b"\ndata: b\r") == []
-    assert dec.feed(b"\n\r") == []
-    assert dec.feed(b"\n") == [SSEEvent("message", "a\nb")]
+    # A CR right after a line's end ends the blank line whatever follows: the event is
+    # complete now, and the LF that follows is that CRLF's, not another blank line.
+    assert dec.feed(b"\n\r") == [SSEEvent("message", "a\nb")]
+    assert dec.feed(b"\n") == []
+    assert dec.flush() == []
 
 
 def test_cr_at_chunk_end_then_other_byte() -> None:
     dec = SSEDecoder()
-    assert dec.feed(b"data: a\r") == []
-    assert dec.feed(b"\r") == []  # a lone CR could still be half of CRLF
-    assert dec.feed(b"data: b\r\r") == [SSEEvent("message", "a")]
-    assert dec.flush() == [SSEEvent("message", "b")]
+    assert dec.feed(b"data: a\r") == []  # a lone CR could still be half of CRLF
+    assert dec.feed(b"\r") == [SSEEvent("message", "a")]  # but this one ends a blank line either way
+    assert dec.feed(b"data: b\r\r") == [SSEEvent("message", "b")]
+    assert dec.flush() == []
 
 
 def test_cr_only_event_end_at_stream_end() -> None:
@@ -276,3 +279,16 @@ def test_json_events_wait_for_the_blank_line() -> None:
     dec = JSONEventDecoder()
     assert dec.feed(b'event: ping\ndata: {"type":"ping"}\n') == []
     assert [(ev.event, data) for ev, data in dec.feed(b"\n")] == [("ping", {"type": "ping"})]
+
+
+def test_an_event_of_many_lines_over_the_limit_is_refused():
+    dec = SSEDecoder(max_buffer=1024)
+    with pytest.raises(ValueError):
+        for _ in range(100):
+            dec.feed(b"data: " + b"x" * 100 + b"\n")  # lines that never end their event
+
+
+def test_a_cr_that_ends_a_blank_line_at_the_end_of_a_chunk_dispatches_the_event_at_once():
+    dec = SSEDecoder()
+    assert dec.feed(b"event: message_stop\rdata: {}\r\r") == [SSEEvent("message_stop", "{}")]
+    assert dec.feed(b"\nevent: ping\r\ndata: {}\r\n\r\n") == [SSEEvent("ping", "{}")]  # that CR's LF, then more
