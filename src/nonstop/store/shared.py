@@ -145,10 +145,20 @@ class SharedState:
         if self.available and not was and self._tasks:
             log.warning("shared state: Redis at %s answers again; reconciling", _public(self.url))
             if self.on_reconnect is not None:
-                self._spawn(self.on_reconnect())
+                self._spawn(self._reconcile(self.on_reconnect))
         elif was and not self.available:
             log.error("shared state: lost Redis at %s; serving with this instance's own state meanwhile", _public(self.url))
         return self.available
+
+    async def _reconcile(self, reconcile: Callable[[], Awaitable[None]]) -> None:
+        """Reconcile with a Redis that answers again; if it goes away meanwhile (it may
+        flap), the next check that reaches it reconciles again."""
+        try:
+            await reconcile()
+        except Exception as exc:
+            log.error("shared state: reconciling with Redis at %s failed (%s); again when it answers",
+                      _public(self.url), type(exc).__name__)
+            self.available = False
 
     async def _safely(self, what: str, op: Awaitable[Any], default: Any) -> Any:
         try:
