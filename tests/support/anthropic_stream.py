@@ -189,8 +189,9 @@ class _Stream:
         reason = (data.get("delta") or {}).get("stop_reason")
         if reason not in STOP_REASONS:
             raise StreamError(f"stop_reason {reason!r} is not valid")
-        if "tool_use" in self.blocks.values() and reason != "tool_use":
-            raise StreamError(f"a tool block exists, so stop_reason must be tool_use, not {reason!r}")
+        if "tool_use" in self.blocks.values() and reason not in ("tool_use", "max_tokens"):
+            raise StreamError(f"a tool block exists, so stop_reason must be tool_use (or max_tokens, where the "
+                              f"limit cut the call), not {reason!r}")
         usage = data.get("usage") or {}
         if not isinstance(usage.get("output_tokens"), int) or usage["output_tokens"] < 0:
             raise StreamError("message_delta usage.output_tokens must be an int")

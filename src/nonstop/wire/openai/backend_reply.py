@@ -36,6 +36,12 @@ STOP_REASONS = {
 
 
 def stop_reason_for(finish_reason: Any, has_tool_use: bool) -> str:
+    """A reply with a tool call asks for the tool, whatever the server named its end, unless
+    the server ran out of tokens: its last call may be cut, and a cut call must not reach
+    the client as one to run (local_stream's normalizer decides what a cut means when
+    nonstop lowered the limit, for both local APIs alike)."""
+    if finish_reason == "length":
+        return "max_tokens"
     if has_tool_use:
         return "tool_use"
     return STOP_REASONS.get(finish_reason, "end_turn") if isinstance(finish_reason, str) else "end_turn"

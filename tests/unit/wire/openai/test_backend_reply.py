@@ -103,6 +103,11 @@ def test_tool_use_wins_over_a_wrong_finish_reason():
     assert msg["stop_reason"] == "tool_use"
 
 
+def test_a_whole_reply_cut_in_a_tool_call_is_max_tokens():
+    msg = convert(reply({"tool_calls": [{"id": "c", "function": {"name": "f", "arguments": '{"a": "b'}}]}, "length"))
+    assert msg["stop_reason"] == "max_tokens"
+
+
 @pytest.mark.parametrize(("arguments", "expected"), [
     ('{"a": 1}', {"a": 1}),
     ("", {}),
@@ -287,10 +292,17 @@ def test_finish_reason_maps_to_stop_reason(finish, stop):
     assert of_type(events, "message_delta")[0]["delta"]["stop_reason"] == stop
 
 
-@pytest.mark.parametrize("finish", ["stop", "length", None])
+@pytest.mark.parametrize("finish", ["stop", "tool_calls", "eos", None])
 def test_any_tool_block_means_tool_use(finish):
     events = translate([chunk(call(0, "call_1", "f", "{}")), chunk(finish=finish)])
     assert of_type(events, "message_delta")[0]["delta"]["stop_reason"] == "tool_use"
+    validate_anthropic_stream(events)
+
+
+def test_a_tool_call_cut_by_the_token_limit_is_max_tokens_not_a_call_to_run():
+    # As the Anthropic API says it: the call's input may be cut (here mid-string).
+    events = translate([chunk(call(0, "call_1", "Write", '{"path": "a.txt", "content": "line one\\nli')), chunk(finish="length")])
+    assert of_type(events, "message_delta")[0]["delta"]["stop_reason"] == "max_tokens"
     validate_anthropic_stream(events)
 
 
