@@ -229,16 +229,16 @@ def median(values: list[float]) -> float:
 # --- the machine and the code ----------------------------------------------------------------
 
 
-def source_fingerprint() -> dict[str, Any]:
-    """Which nonstop was measured: a hash of src/nonstop/**/*.py (the results name no
-    commit: the benchmark does not call git)."""
+def source_fingerprint(root: Path = ROOT) -> dict[str, Any]:
+    """Which nonstop was measured: a hash of src/nonstop/**/*.py under `root` (the results
+    name no commit: the benchmark calls git only to fetch a --baseline revision)."""
     import hashlib
 
-    files = sorted((ROOT / "src" / "nonstop").rglob("*.py"))
+    files = sorted((root / "src" / "nonstop").rglob("*.py"))
     h = hashlib.sha256()
     newest = 0.0
     for f in files:
-        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
         newest = max(newest, f.stat().st_mtime)
     import datetime as dt
 

@@ -6,6 +6,9 @@
     python benchmarks/run.py --peers    also LiteLLM's proxy and claude-spillway
     python benchmarks/run.py --profile  also py-spy profiles of nonstop under load
     python benchmarks/run.py --only-log only the request log's rounds and the in-process costs
+    python benchmarks/run.py --baseline REV   also the code of git revision REV, in the same
+                                        c=1 rounds (the full run does this by default with
+                                        the published run's revision: results/BASELINE)
 
 Everything runs on this machine, on 127.0.0.1: a fast fake upstream (upstream.py) that
 parses what it is sent and answers with the cloud's quota headers, nonstop started as a
@@ -91,6 +94,9 @@ CONCURRENCY = (1, 64)
 # The local stream relayed: 100 deltas, one every 20 ms (a model at 50 tokens a second).
 RELAY_INTERVAL, RELAY_DELTAS = 0.02, 100
 DEFAULT_LOCAL = '[[local]]\nname = "local"\nurl = "{url}"\n'
+# The revision whose full run the README and docs/performance.md publish: a full run
+# measures it beside the code under test (start_baseline).
+BASELINE_FILE = HERE / "results" / "BASELINE"
 
 
 class Bench:
@@ -138,9 +144,10 @@ class Bench:
         self.up = {m: f"http://127.0.0.1:{p}" for m, p in self.ports.items()}
 
     def start_nonstop(self, name: str, cloud: str, cloud_extra: str = "", local: str | None = None, log: bool = True,
-                      extra: str = "") -> Proc:
+                      extra: str = "", source: Path | None = None) -> Proc:
         """nonstop in its default configuration (the request log on, one [[local]] backend:
-        the fake upstream's local port) unless told otherwise; local="" for none."""
+        the fake upstream's local port) unless told otherwise; local="" for none. `source`:
+        another revision's src/ folder to run instead of this one's."""
         if local is None:
             local = DEFAULT_LOCAL.format(url=self.up["local"])
         port = free_port()
@@ -154,6 +161,8 @@ class Bench:
             f'[log]\nenabled = {"true" if log else "false"}\n' + extra + local
         )
         env = {"NONSTOP_STATE_DIR": str(folder / "state")}
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
         p = start(name, [sys.executable, "-m", "nonstop", "serve", "--config", str(cfg)], env=env, workdir=folder)
         self.procs.append(p)
         p.url = f"http://127.0.0.1:{port}"
@@ -252,6 +261,29 @@ class Bench:
         self.results["memory"]["forwarder_idle_rss_mb"] = self.fwd.extra["idle_rss_mb"]
         self.results["nonstop_config"] = self.main.extra["config"]
 
+    def start_baseline(self) -> list[str]:
+        """nonstop as it was at another revision (--baseline, or the published run's), run
+        beside this one in the c=1 rounds: whether this code added latency is then read inside
+        one run, not across days whose machines differ by up to 2x."""
+        rev = self.args.baseline or (BASELINE_FILE.read_text().split()[0] if BASELINE_FILE.exists() else "")
+        if not rev or rev == "none":
+            return []
+        folder = self.work / "baseline-src"
+        folder.mkdir()
+        try:
+            tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
+                                 capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            self.note(f"baseline {rev}: not measured, its source could not be read from git ({exc})")
+            return []
+        src = folder / "src"
+        self.results["baseline"] = {"rev": rev, "source": source_fingerprint(src.parent)}
+        p = self.start_nonstop("baseline", self.up["ok"], source=src)
+        self.targets["baseline"] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": p.pid, "proc": p,
+                                    "label": f"nonstop at {rev}, default configuration (the baseline)"}
+        return ["baseline"]
+
     def start_peers(self) -> list[str]:
         import peers
 
@@ -336,14 +368,16 @@ class Bench:
         self.results["memory"]["streams"] = self.held_streams("nonstop", self.main.pid, self.main.url)
         self.results["memory"]["forwarder_streams"] = self.held_streams("forwarder", self.fwd.pid, self.fwd.url)
 
-    def latency_sweep(self, names: list[str]) -> None:
+    def latency_sweep(self, names: list[str], at_c1: list[str]) -> None:
+        """`at_c1`: targets measured at concurrency 1 only (the baseline)."""
         out = []
         for stream in (False, True):
             for c in CONCURRENCY:
                 n = self.plan.requests[c]
+                these = names + at_c1 if c == 1 else names
                 print(f"latency: {'stream' if stream else 'json'} c={c} x{n} x{self.plan.rounds} rounds: "
-                      + ", ".join(names), flush=True)
-                res = self.rounds(names, self.plan.rounds, stream=stream, concurrency=c, requests=n)
+                      + ", ".join(these), flush=True)
+                res = self.rounds(these, self.plan.rounds, stream=stream, concurrency=c, requests=n)
                 out.append({"stream": stream, "concurrency": c, "payload": "large", "requests_per_round": n,
                             "targets": res})
                 self.results["latency"] = out
@@ -598,8 +632,11 @@ class Bench:
                 names = ["direct", "forwarder", "nonstop"]
                 if self.args.peers:
                     names += self.start_peers()
+                baseline = self.start_baseline() if self.args.baseline or self.mode == "full" else []
                 self.memory_per_stream()
-                self.latency_sweep(names)
+                self.latency_sweep(names, baseline)
+                for b in baseline:
+                    self.stop(self.targets[b]["proc"])
                 self.paced_streams(names)
                 self.throughput_small(names)
                 self.log_cost()
@@ -718,6 +755,9 @@ def main() -> int:
     p.add_argument("--strict", action="store_true", help="exit 3 when a target is missed")
     p.add_argument("--no-netns", action="store_true", help="with --peers: do not isolate the network")
     p.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--baseline", metavar="REV", default="",
+                   help="also run the code of this git revision in the c=1 rounds (full runs: the one in "
+                        "results/BASELINE; 'none' for no baseline)")
     p.add_argument("--render", metavar="JSON", help="only rewrite the .md beside a results .json (after report changes)")
     args = p.parse_args()
     if args.render:
