@@ -166,7 +166,14 @@ _COLUMNS = [
     "outcome", "status", "stop_reason", "ttfb_ms", "total_ms", "overhead_ms", "input_tokens",
     "output_tokens", "error", "workload", "route", "notes", "user",
 ]
-_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_ROW = f"({', '.join('?' * len(_COLUMNS))})"
+_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES {_ROW}"
+# Rows per INSERT statement (see Store._insert_rows).
+ROWS_PER_INSERT = 128
+
+
+def _insert_many(rows: int) -> str:
+    return f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES " + ", ".join([_ROW] * rows)
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -335,7 +342,18 @@ class Store:
         return stop, events
 
     def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        conn.executemany(_INSERT, rows)
+        # Many rows to a statement: sqlite3 lets go of the GIL around every statement it
+        # runs, and each time the writer takes it back it makes the event loop's thread
+        # wait for it (executemany: once per row). As many rows as the SQLite build's
+        # variable limit allows (999 before SQLite 3.32).
+        per = max(1, min(ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS)))
+        full = len(rows) - len(rows) % per
+        if full:
+            sql = _insert_many(per)
+            for i in range(0, full, per):
+                conn.execute(sql, [v for row in rows[i:i + per] for v in row])
+        if full < len(rows):
+            conn.execute(_insert_many(len(rows) - full), [v for row in rows[full:] for v in row])
         self.written += len(rows)
         rows.clear()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nonstop.store.db import MIGRATIONS, RequestRow, Store, connect, migrate
+from nonstop.store.db import _COLUMNS, MIGRATIONS, RequestRow, Store, _values, connect, migrate
 
 
 def mode(path: Path) -> int:
@@ -230,6 +230,23 @@ def test_many_writes_are_batched_and_all_land(store: Store) -> None:
     store.flush()
     assert store.written == 2000
     assert len(store.recent(limit=10000)) == 2000
+
+
+@pytest.mark.parametrize("variable_limit", [250_000, 999, 30])
+@pytest.mark.parametrize("count", [1, 127, 128, 129, 300])
+def test_rows_inserted_many_to_a_statement_land_in_order(tmp_path: Path, variable_limit: int, count: int) -> None:
+    # Full statements, a shorter last one, and an SQLite built with a low variable limit
+    # (999 before 3.32; 30 allows one row per statement).
+    conn = connect(tmp_path / "db.sqlite")
+    migrate(conn)
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
+    s = Store(tmp_path)
+    rows = [_values(row(NOW + i, request_id=f"r{i}", route={"to": i} if i % 2 else None)) for i in range(count)]
+    with conn:
+        s._insert_rows(conn, list(rows))
+    got = [tuple(r) for r in conn.execute("SELECT " + ", ".join(_COLUMNS) + " FROM requests ORDER BY id")]
+    assert got == rows
+    assert s.written == count
 
 
 def test_reads_see_writes_still_queued(state_dir: Path) -> None:
