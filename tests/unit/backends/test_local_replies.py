@@ -55,14 +55,25 @@ def _app(messages, *, models=None) -> web.Application:
     return app
 
 
-async def _send(url: str, **local) -> tuple[object, float]:
+async def _send(url: str, *, stream: bool = False, **local) -> tuple[object, float]:
     cfg = parse_config({"local": [{"name": "box", "url": url, "api": "anthropic", "context_window": 8192,
                                    "count_tokens": "estimate", **local}]})
     async with aiohttp.ClientSession() as session:
         backend = make_local_backend(cfg.local[0], session)
         started = time.monotonic()
-        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=False), 20)
+        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=stream), 20)
         return res, time.monotonic() - started
+
+
+def _replies(status: int, text: str, *, delay: float = 0.0) -> web.Application:
+    """A server that answers every Messages request with this status and body."""
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.Response(status=status, text=text, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", handler)
+    return app
 
 
 async def test_a_whole_reply_is_still_answered(serve):
@@ -154,36 +165,15 @@ LMSTUDIO = '{"error":"Trying to keep the first 9000 tokens when context the over
     (400, LLAMA, 40000, 8192), (400, VLLM, 8000, 4096), (400, OLLAMA, 0, 8192), (500, LMSTUDIO, 0, 8192),
 ], ids=["llama-server", "vllm", "ollama", "lm-studio"])
 async def test_a_server_that_says_the_prompt_is_over_its_window_gives_too_long(serve, stream, status, text, tokens, window):
-    async def over(request: web.Request) -> web.Response:
-        return web.Response(status=status, text=text, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/messages", over)
-    cfg = parse_config({"local": [{"name": "box", "url": await serve(app), "api": "anthropic", "context_window": 8192,
-                                   "count_tokens": "estimate"}]})
-    async with aiohttp.ClientSession() as session:
-        backend = make_local_backend(cfg.local[0], session)
-        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=stream), 10)
+    res, _ = await _send(await serve(_replies(status, text)), stream=stream)
     assert isinstance(res, TooLong) and res.backend == "box" and res.window == window
     assert res.tokens == (tokens or window + 1)  # over the window, as the words say, when no size is named
 
 
 async def test_an_overflow_after_the_stream_began_is_told_in_the_words_claude_code_compacts_on(serve, monkeypatch):
     monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.1)
-
-    async def late_over(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.5)
-        return web.Response(status=400, text=LLAMA, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/v1/messages", late_over)
-    cfg = parse_config({"local": [{"name": "box", "url": await serve(app), "api": "anthropic", "context_window": 8192,
-                                   "count_tokens": "estimate"}]})
-    async with aiohttp.ClientSession() as session:
-        backend = make_local_backend(cfg.local[0], session)
-        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=True), 10)
-        assert isinstance(res, Reply) and res.stream
-        body = b"".join([c async for c in res.body])
+    res, body, _ = await _stream_from(await serve(_replies(400, LLAMA, delay=0.5)), "anthropic")
+    assert isinstance(res, Reply) and res.stream
     assert b"event: message_start" in body and b"prompt is too long: 40000 tokens > 8192 maximum" in body
     assert b'"invalid_request_error"' in body
 
