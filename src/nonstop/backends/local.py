@@ -43,7 +43,7 @@ from nonstop.routing.fit import Fitted, deferred_tool_names, fit_request
 from nonstop.routing.plan import MIN_OUTPUT_ROOM
 from nonstop.routing.view import Capabilities
 from nonstop.wire.anthropic import Event, estimate_tokens, to_local_request
-from nonstop.wire.errors import prompt_too_long_message
+from nonstop.wire.errors import error_event, prompt_too_long_message
 from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
 from nonstop.wire.prompt_cache import normalize_for_prompt_cache
 from nonstop.wire.repair import Repair
@@ -417,8 +417,7 @@ class LocalBackend:
         if isinstance(opened, TooLong):  # the stream has begun: Claude Code compacts on these words
             release()
             usage.error = "context overflow"
-            yield _encode([("error", {"type": "error", "error": {
-                "type": "invalid_request_error", "message": prompt_too_long_message(opened.tokens, opened.window)}})])
+            yield _encode([error_event(prompt_too_long_message(opened.tokens, opened.window), "invalid_request_error")])
             return
         if isinstance(opened, aiohttp.ClientResponse):
             wrong = await self._not_a_stream(opened)
@@ -426,7 +425,7 @@ class LocalBackend:
         if isinstance(opened, Verdict):
             release()
             usage.error = opened.detail
-            yield _encode([("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {opened.detail}"}})])
+            yield _encode([error_event(f"{self.name}: {opened.detail}")])
             return
         async for chunk in self._relay(opened, call, usage, started=True, release=release, was_idle=was_idle):
             yield chunk

@@ -8,6 +8,7 @@ from typing import Any
 from nonstop.backends.local import Call, EventSource, LocalBackend, capped
 from nonstop.wire import openai as oa
 from nonstop.wire.anthropic import Event, new_message_id
+from nonstop.wire.errors import error_event
 
 
 class OpenAIEventSource(EventSource):
@@ -19,7 +20,7 @@ class OpenAIEventSource(EventSource):
         if doc.get("error") and "choices" not in doc:  # "error": null is no error
             err = doc["error"]
             msg = err.get("message") if isinstance(err, dict) else str(err)
-            return [("error", {"type": "error", "error": {"type": "api_error", "message": f"{self.name}: {msg}"}})]
+            return [error_event(f"{self.name}: {msg}")]
         return self.translator.feed(doc)
 
     def finish(self) -> list[Event]:

@@ -44,9 +44,13 @@ def anthropic_error(status: int, message: str, etype: str | None = None, request
     return orjson.dumps(anthropic_error_dict(status, message, etype, request_id))
 
 
+def error_event(message: str, etype: str = "api_error") -> tuple[str, dict[str, Any]]:
+    """A Messages stream's `error` event, as (event name, data)."""
+    return "error", {"type": "error", "error": {"type": etype, "message": message}}
+
+
 def anthropic_error_event(message: str, etype: str = "api_error") -> bytes:
-    body = {"type": "error", "error": {"type": etype, "message": message}}
-    return encode_event("error", orjson.dumps(body))
+    return encode_event("error", orjson.dumps(error_event(message, etype)[1]))
 
 
 _OPENAI_TYPE = {

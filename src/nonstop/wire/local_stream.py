@@ -20,6 +20,7 @@ import orjson
 
 from nonstop.wire.anthropic import Event, estimate_text_tokens, new_message_id
 from nonstop.wire.arguments import ArgumentsStream, parse_arguments
+from nonstop.wire.errors import error_event
 from nonstop.wire.repair import CallWatch, Repair, Split, Toolbox, split_text
 from nonstop.wire.tool_ids import local_tool_id, reply_tool_id
 
@@ -136,8 +137,7 @@ class LocalStreamNormalizer:
             kind = err.get("type")
             self.error = str(err.get("message") or "local stream error")
             self.finished = True
-            out.append(("error", {"type": "error", "error": {
-                "type": kind if isinstance(kind, str) and kind else "api_error", "message": self.error}}))
+            out.append(error_event(self.error, kind if isinstance(kind, str) and kind else "api_error"))
         return out
 
     def _start(self, data: dict[str, Any]) -> list[Event]:
@@ -305,7 +305,7 @@ class LocalStreamNormalizer:
             self.error = self.error or "the local server ended the stream early"
             head = [] if self.started else [message_start(self.model, self.input_tokens)]
             self.started = True
-            return head + [("error", {"type": "error", "error": {"type": "api_error", "message": self.error}})]
+            return head + [error_event(self.error)]
         out = self._close_all()
         return out + [("message_stop", {"type": "message_stop"})]
 
