@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -116,6 +117,7 @@ class Call:
     fitted: Fitted | None = None  # how the request was fitted to the window, if it was
     tools: list[dict[str, Any]] | None = None  # the offered tools, for repairing calls
     max_tokens: int = 0  # the output asked of the server
+    request: dict | None = None  # the request as nonstop sized it (before any translation)
 
 
 class LocalBackend:
@@ -145,7 +147,14 @@ class LocalBackend:
         return EventSource()
 
     async def count_tokens(self, local_req: dict) -> int:
-        return estimate_tokens(local_req)
+        return self.estimate(local_req)
+
+    def estimate(self, local_req: dict) -> int:
+        """nonstop's estimate, in this server's tokens where it has said how the two compare
+        (its counts, or the size it named when a prompt was over its window)."""
+        n = estimate_tokens(local_req)
+        ratio = self.state.token_ratio
+        return n if ratio is None else max(1, math.ceil(n * ratio))
 
     async def calibrate(self) -> None:
         """Measure the server's tokens against nonstop's estimate (where it can count)."""
@@ -195,6 +204,7 @@ class LocalBackend:
         call = self.prepare(local_req, stream, tokens, req)
         call.fitted = fitted
         call.max_tokens = local_req["max_tokens"]
+        call.request = local_req
         tools = local_req.get("tools")
         call.tools = tools if isinstance(tools, list) else None
         was_idle = self.state.inflight == 0
@@ -281,14 +291,15 @@ class LocalBackend:
         """When a request sent now must have its head (the event loop's clock)."""
         return asyncio.get_running_loop().time() + self.cfg.connect_timeout + self.cfg.first_byte_timeout
 
-    async def _open(self, path: str, body: dict, deadline: float | None = None,
-                    tokens: int = 0) -> aiohttp.ClientResponse | Verdict | TooLong:
+    async def _open(self, call: Call, deadline: float | None = None) -> aiohttp.ClientResponse | Verdict | TooLong:
         """POST and wait for the head, until `deadline` (by default, _head_deadline()). A
-        server that says the prompt is over its window gives TooLong (`tokens`: the
-        request's size as nonstop counted it, where the server does not say)."""
+        server that says the prompt is over its window gives TooLong (the request's size as
+        the server names it, else as nonstop counted it); a size it names teaches nonstop
+        how its tokens compare with the estimate."""
         try:
             async with asyncio.timeout_at(self._head_deadline() if deadline is None else deadline):
-                resp = await self.session.post(self.base + path, data=orjson.dumps(body), headers=self.headers(), timeout=self.timeout())
+                resp = await self.session.post(self.base + call.path, data=orjson.dumps(call.body), headers=self.headers(),
+                                               timeout=self.timeout())
         except (aiohttp.ClientError, OSError) as exc:
             detail = _describe_exc(exc, self.base)
             self.state.failed(detail)
@@ -301,10 +312,12 @@ class LocalBackend:
             resp.release()
             overflow = context_overflow(text)
             if overflow is not None:  # LM Studio says so with a 500
-                window = overflow[1] or self.window()
+                named, window = overflow[0], overflow[1] or self.window()
+                if named and call.request is not None:
+                    self.state.counted(estimate_tokens(call.request), named)
                 # Over the window, as the words say, even where the server names no size
                 # (or the prompt fit and only the room for output did not).
-                return TooLong(self.name, max(overflow[0] or tokens, window + 1), window)
+                return TooLong(self.name, max(named or call.tokens, window + 1), window)
             verdict = _local_error(resp.status, text)
             if verdict.kind is FailureKind.SERVER_ERROR:
                 self.state.failed(verdict.detail)
@@ -315,7 +328,7 @@ class LocalBackend:
         """For streams, stop waiting for the head after COMMIT_AFTER and commit with
         pings: prompt processing on a CPU is slow, and the client needs bytes."""
         call.sent = time.perf_counter()
-        task = asyncio.ensure_future(self._open(call.path, call.body, tokens=call.tokens))
+        task = asyncio.ensure_future(self._open(call))
         done, _ = await asyncio.wait({task}, timeout=COMMIT_AFTER)
         usage = Usage(input_tokens=call.tokens)
         if done:
@@ -366,7 +379,7 @@ class LocalBackend:
         MAX_WHOLE_BODY: a body that stalls, trickles or never ends is a broken server."""
         call.sent = time.perf_counter()
         deadline = self._head_deadline()
-        opened = await self._open(call.path, call.body, deadline, tokens=call.tokens)
+        opened = await self._open(call, deadline)
         if isinstance(opened, Verdict | TooLong):
             return opened
         try:

@@ -28,7 +28,7 @@ class AnthropicLocalBackend(LocalBackend):
     async def count_tokens(self, local_req: dict) -> int:
         """The server's own count where it has one (llama-server does), else an estimate."""
         if self._server_counts is False:
-            return estimate_tokens(local_req)
+            return self.estimate(local_req)
         body = {k: v for k, v in local_req.items() if k not in _NOT_COUNTED}
         try:
             async with self.session.post(
@@ -53,7 +53,7 @@ class AnthropicLocalBackend(LocalBackend):
                 self._server_counts = False  # not asked again: each request would wait as long
         except (aiohttp.ClientError, OSError):  # the request itself will find out, and say so
             pass
-        return estimate_tokens(local_req)
+        return self.estimate(local_req)
 
     def prepare(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Call:
         return Call("/v1/messages", local_req, local_req["model"], tokens, capped(local_req, original))

@@ -19,6 +19,7 @@ from nonstop.backends.base import MAX_SIDE_REPLY, Reply, ReplyTooLarge, TooLong,
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import parse_config
 from nonstop.routing.classify import FailureKind, Verdict
+from nonstop.wire.anthropic import estimate_tokens
 from tests.support import wirecheck
 
 REQUEST = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
@@ -176,6 +177,43 @@ async def test_an_overflow_after_the_stream_began_is_told_in_the_words_claude_co
     assert isinstance(res, Reply) and res.stream
     assert b"event: message_start" in body and b"prompt is too long: 40000 tokens > 8192 maximum" in body
     assert b'"invalid_request_error"' in body
+
+
+@pytest.mark.parametrize("api,path", [("openai", "/v1/chat/completions"), ("anthropic", "/v1/messages")])
+async def test_a_server_that_names_the_prompts_size_teaches_its_token_ratio(serve, api, path):
+    # The server's tokens run four to one against nonstop's estimate, and it says so once,
+    # naming the size in its overflow. nonstop then sizes this server's requests by it: the
+    # same request is fitted to the window before it is sent again.
+    seen: list[dict] = []
+    answer = MESSAGE if api == "anthropic" else {
+        "id": "c", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        if len(seen) > 1:
+            return web.json_response(answer)
+        return web.Response(status=400, content_type="application/json", text=orjson.dumps({"error": {
+            "code": 400, "message": "the request exceeds the available context size, try increasing it",
+            "type": "exceed_context_size_error", "n_prompt_tokens": estimate_tokens(first) * 4, "n_ctx": 8192}}).decode())
+
+    app = web.Application()
+    app.router.add_post(path, handler)
+    local = {"name": "box", "url": await serve(app), "api": api, "context_window": 8192}
+    cfg = parse_config({"local": [local | ({"count_tokens": "estimate"} if api == "anthropic" else {})]})
+    big = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "word " * 1500}]}
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        first = backend.local_request(big)
+        estimate = estimate_tokens(first)
+        assert estimate * 4 > 8192 > estimate  # by the estimate alone, it fits
+        res = await asyncio.wait_for(backend.send_request(dict(big), stream=False), 10)
+        assert isinstance(res, TooLong) and res.tokens == estimate * 4
+        assert backend.state.token_ratio == pytest.approx(4.0)
+        assert await backend.count_tokens(backend.local_request(big)) == estimate * 4
+        again = await asyncio.wait_for(backend.send_request(dict(big), stream=False), 10)
+    assert isinstance(again, Reply) and again.status == 200
+    assert len(orjson.dumps(seen[1])) * 4 < len(orjson.dumps(seen[0]))  # fitted, not sent as it was
 
 
 # --- streams and replies of odd shape ------------------------------------------------------------
