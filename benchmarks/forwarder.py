@@ -62,7 +62,8 @@ def main() -> None:
     args = p.parse_args()
     host, _, port = args.listen.rpartition(":")
     uvicorn.run(Forwarder(args.upstream), host=host, port=int(port), http="httptools", loop="uvloop",
-                lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False)
+                lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False,
+                proxy_headers=False)  # as nonstop runs it (server/run.py)
 
 
 if __name__ == "__main__":

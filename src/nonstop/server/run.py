@@ -55,6 +55,9 @@ def serve(cfg: Config) -> int:
         create_app(cfg), host=cfg.host, port=cfg.port, loop=loop,
         http=guarded_protocol(cfg.head_timeout, cfg.slow_heads_per_client),
         lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False,
+        # nonstop never reads the client's address or scheme from the scope, and must not
+        # take them from X-Forwarded-* headers: no proxy-headers layer on every request.
+        proxy_headers=False,
         timeout_graceful_shutdown=int(cfg.drain_timeout) or None, timeout_keep_alive=75,
         h11_max_incomplete_event_size=64 * 1024,
     )
