@@ -1,0 +1,70 @@
+"""This code against another revision, in the same interleaved concurrency-1 rounds.
+
+    python benchmarks/ab.py --rev 92a6cf6 [--json | --stream] [--requests 500] [--rounds 10]
+
+Starts the fake upstream, the bare forwarder, nonstop as it is and nonstop at REV (its
+src/ from `git archive`), both in the default configuration, and measures them in
+interleaved rounds, the order flipping every round. Prints the table and writes it to
+benchmarks/results/<date>-ab-<rev>.md. A full run compares against the published run's
+revision in four rounds; this takes more rounds of one scenario, for when those four
+cannot tell a change of the code from the machine's noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run as R  # noqa: E402
+from harness import HERE, median  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rev", required=True, help="the git revision to compare with")
+    p.add_argument("--json", action="store_true", help="only JSON rounds")
+    p.add_argument("--stream", action="store_true", help="only stream rounds")
+    p.add_argument("--requests", type=int, default=500, help="requests per target per round")
+    p.add_argument("--rounds", type=int, default=10)
+    a = p.parse_args()
+    bench = R.Bench(argparse.Namespace(smoke=True, long=False, growth_requests=0, peers=False, profile=False,
+                                       variants=False, only_log=False, baseline=a.rev))
+    lines = [f"# nonstop against {a.rev}, concurrency 1, {dt.datetime.now().isoformat(timespec='seconds')}", "",
+             f"{a.rounds} interleaved rounds of {a.requests} requests per target (50 KB Claude Code-shaped); "
+             "TTFB in ms; CPU in µs per request (the gateway process, all threads).", ""]
+    try:
+        bench.setup()
+        names = ["forwarder", "nonstop", *bench.start_baseline()]
+        if "baseline" not in names:
+            print("the baseline did not start: " + "; ".join(bench.results["notes"]), file=sys.stderr)
+            return 1
+        src = bench.results["baseline"]["source"]["sha256"]
+        lines[2] += f" Code: this tree's src against {a.rev} (sha256 {src}…)."
+        lines += ["| mode | target | TTFB p50 | TTFB p99 | rounds' TTFB p50 | CPU µs/req |", "|---|---|---|---|---|---|"]
+        diffs = {}
+        for stream in ([True] if a.stream else [False] if a.json else [False, True]):
+            res = bench.rounds(names, a.rounds, stream=stream, concurrency=1, requests=a.requests)
+            mode = "stream" if stream else "json"
+            for n in names:
+                t = res[n]
+                lines.append(f"| {mode} | {n} | {t['ttfb_p50']:.3f} | {t['ttfb_p99']:.3f} | "
+                             f"{', '.join(f'{x:.3f}' for x in t['round_ttfb_p50'])} | {t['cpu_us_per_request']['target']:,.0f} |")
+            per = [x - y for x, y in zip(res["nonstop"]["round_ttfb_p50"], res["baseline"]["round_ttfb_p50"], strict=True)]
+            diffs[mode] = (res["nonstop"]["ttfb_p50"] - res["baseline"]["ttfb_p50"], median(per))
+        lines.append("")
+        for mode, (pooled, per_round) in diffs.items():
+            lines.append(f"- {mode}: this − {a.rev}, TTFB p50 {pooled:+.3f} ms pooled, {per_round:+.3f} ms median of rounds")
+    finally:
+        bench.stop_all()
+    text = "\n".join(lines) + "\n"
+    out = HERE / "results" / f"{dt.date.today().isoformat()}-ab-{a.rev}.md"
+    out.write_text(text)
+    print(text + f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
