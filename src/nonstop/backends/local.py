@@ -118,6 +118,7 @@ class Call:
     tools: list[dict[str, Any]] | None = None  # the offered tools, for repairing calls
     max_tokens: int = 0  # the output asked of the server
     request: dict | None = None  # the request as nonstop sized it (before any translation)
+    cut: bool = False  # a whole reply ran out of tokens inside a tool call
 
 
 class LocalBackend:
@@ -314,7 +315,11 @@ class LocalBackend:
             if overflow is not None:  # LM Studio says so with a 500
                 named, window = overflow[0], overflow[1] or self.window()
                 if named and call.request is not None:
-                    self.state.counted(estimate_tokens(call.request), named)
+                    estimate = estimate_tokens(call.request)
+                    # Only a size above the estimate says the server's tokens run larger; one
+                    # at or below it says the window is smaller than nonstop was told.
+                    if named > estimate:
+                        self.state.counted(estimate, named)
                 # Over the window, as the words say, even where the server names no size
                 # (or the prompt fit and only the room for output did not).
                 return TooLong(self.name, max(named or call.tokens, window + 1), window)
@@ -410,7 +415,9 @@ class LocalBackend:
             self.state.failed("unexpected reply")
             return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unexpected reply {raw[:200]!r}")
         repairs: list[Repair] = []
-        msg = normalize_message(msg, model=call.model, input_tokens_estimate=call.tokens, capped=call.capped,
+        # A call the limit cut is not one to run: the client hears the limit, as the cloud
+        # would say it, even where nonstop lowered max_tokens (as for streams).
+        msg = normalize_message(msg, model=call.model, input_tokens_estimate=call.tokens, capped=call.capped and not call.cut,
                                 tag=self.tag, tools=call.tools, on_repair=repairs.append)
         u = msg["usage"]
         now = time.perf_counter()

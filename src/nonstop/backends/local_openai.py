@@ -45,10 +45,12 @@ class OpenAILocalBackend(LocalBackend):
     def message_from(self, doc: Any, call: Call) -> dict | None:
         if not isinstance(doc, dict) or "choices" not in doc:
             return None
+        call.cut = oa.cut_tool_call(doc)
         return oa.openai_to_anthropic_response(doc, model=call.model, input_tokens_estimate=call.tokens, tool_name_map=call.name_map)
 
     def events(self, call: Call) -> EventSource:
         translator = oa.OpenAIStreamTranslator(
-            model=call.model, message_id=new_message_id(), input_tokens_estimate=call.tokens, tool_name_map=call.name_map
+            model=call.model, message_id=new_message_id(), input_tokens_estimate=call.tokens, tool_name_map=call.name_map,
+            close_cut_calls=False,  # the normalizer closes them, and so knows the limit cut a call
         )
         return OpenAIEventSource(self.name, translator)

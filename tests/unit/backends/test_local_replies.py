@@ -56,13 +56,13 @@ def _app(messages, *, models=None) -> web.Application:
     return app
 
 
-async def _send(url: str, *, stream: bool = False, **local) -> tuple[object, float]:
+async def _send(url: str, *, stream: bool = False, req: dict = REQUEST, **local) -> tuple[object, float]:
     cfg = parse_config({"local": [{"name": "box", "url": url, "api": "anthropic", "context_window": 8192,
                                    "count_tokens": "estimate", **local}]})
     async with aiohttp.ClientSession() as session:
         backend = make_local_backend(cfg.local[0], session)
         started = time.monotonic()
-        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=stream), 20)
+        res = await asyncio.wait_for(backend.send_request(dict(req), stream=stream), 20)
         return res, time.monotonic() - started
 
 
@@ -216,6 +216,21 @@ async def test_a_server_that_names_the_prompts_size_teaches_its_token_ratio(serv
     assert len(orjson.dumps(seen[1])) * 4 < len(orjson.dumps(seen[0]))  # fitted, not sent as it was
 
 
+async def test_an_overflow_naming_a_size_below_the_estimate_teaches_no_ratio(serve):
+    # The prompt was no larger than nonstop thought: the window is what is smaller.
+    big = {**REQUEST, "messages": [{"role": "user", "content": "word " * 1500}]}
+    named = 1000  # below the estimate of about 2,100
+    text = orjson.dumps({"error": {"code": 400, "message": "the request exceeds the available context size",
+                                   "type": "exceed_context_size_error", "n_prompt_tokens": named, "n_ctx": 900}}).decode()
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(_replies(400, text)), "api": "anthropic",
+                                   "context_window": 8192, "count_tokens": "estimate"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        res = await asyncio.wait_for(backend.send_request(dict(big), stream=False), 10)
+        assert isinstance(res, TooLong) and res.window == 900
+        assert backend.state.token_ratio is None
+
+
 # --- streams and replies of odd shape ------------------------------------------------------------
 
 
@@ -233,12 +248,12 @@ def _sse_app(path: str, body: bytes, *, ctype: str = "text/event-stream", hold: 
     return app
 
 
-async def _stream_from(url: str, api: str) -> tuple[object, bytes, float]:
+async def _stream_from(url: str, api: str, req: dict = REQUEST) -> tuple[object, bytes, float]:
     cfg = parse_config({"local": [{"name": "box", "url": url, "api": api, "context_window": 8192, "count_tokens": "estimate"}]})
     async with aiohttp.ClientSession() as session:
         backend = make_local_backend(cfg.local[0], session)
         started = time.monotonic()
-        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=True), 10)
+        res = await asyncio.wait_for(backend.send_request(dict(req), stream=True), 10)
         if not isinstance(res, Reply):
             return res, b"", time.monotonic() - started
         body = b"".join([c async for c in res.body])
@@ -356,6 +371,50 @@ async def test_a_server_that_ignores_max_tokens_is_ended_as_if_it_had_reached_it
     assert wirecheck.check_anthropic_stream(out).outcome == "ok", out[-300:]
     assert b'"stop_reason":"max_tokens"' in out and took < 10
     assert len(out) < 64 * 1024  # REQUEST asks for 20 tokens
+
+
+# Claude Code asks for 32,000 tokens; nonstop lowers that to the backend's max_output_tokens.
+LONG = {**REQUEST, "max_tokens": 32000}
+
+
+def _call(args: str) -> dict:
+    return {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "Write", "arguments": args}}]}
+
+
+@pytest.mark.parametrize("args,finish,stop", [
+    ('{"path": "a.txt", "content": "line one\\nli', "length", "max_tokens"),  # cut: not a call to run
+    ('{"path": "a.txt"}', "tool_calls", "tool_use"),
+    ('{"path": "a.txt"}', "length", "tool_use"),  # whole, at nonstop's lowered limit: the call stands
+])
+async def test_an_openai_stream_cut_inside_a_tool_call_is_max_tokens_even_under_nonstops_cap(serve, args, finish, stop):
+    body = _chunk({"role": "assistant"}) + _chunk(_call(args)) + _chunk({}, finish) + b"data: [DONE]\n\n"
+    res, out, _ = await _stream_from(await serve(_sse_app("/v1/chat/completions", body)), "openai", LONG)
+    read = wirecheck.check_anthropic_stream(out)
+    assert read.outcome == "ok", out[-300:]
+    assert f'"stop_reason":"{stop}"'.encode() in out
+    assert orjson.loads("".join(
+        orjson.loads(line[6:])["delta"]["partial_json"] for line in out.split(b"\n")
+        if line.startswith(b"data: ") and b"input_json_delta" in line))["path"] == "a.txt"
+
+
+@pytest.mark.parametrize("args,finish,stop", [
+    ('{"path": "a.txt", "content": "line one\\nli', "length", "max_tokens"),
+    ('{"path": "a.txt"}', "tool_calls", "tool_use"),
+    ('{"path": "a.txt"}', "length", "tool_use"),
+])
+async def test_an_openai_whole_reply_cut_inside_a_tool_call_is_max_tokens_even_under_nonstops_cap(serve, args, finish, stop):
+    reply = {"id": "c", "object": "chat.completion", "model": "m",
+             "choices": [{"index": 0, "message": {"role": "assistant", **_call(args)}, "finish_reason": finish}]}
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", whole)
+    res, _ = await _send(await serve(app), req=LONG, api="openai")
+    assert isinstance(res, Reply)
+    msg = orjson.loads(b"".join([c async for c in res.body]))
+    assert msg["stop_reason"] == stop and msg["content"][-1]["input"]["path"] == "a.txt"
 
 
 async def test_a_server_that_has_counted_is_asked_again_after_a_count_that_timed_out(serve, monkeypatch):

@@ -23,7 +23,11 @@ from __future__ import annotations
 
 from nonstop.wire.arguments import parse_arguments
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE
-from nonstop.wire.openai.backend_reply import OpenAIStreamTranslator, openai_to_anthropic_response
+from nonstop.wire.openai.backend_reply import (
+    OpenAIStreamTranslator,
+    cut_tool_call,
+    openai_to_anthropic_response,
+)
 from nonstop.wire.openai.backend_request import (
     TOOL_ERROR_PREFIX,
     TOOL_NAME_MAP_KEY,
@@ -46,6 +50,7 @@ __all__ = [
     "TranslationError",
     "anthropic_response_to_openai",
     "anthropic_to_openai_request",
+    "cut_tool_call",
     "openai_request_to_anthropic",
     "openai_to_anthropic_response",
     "openai_tool_name",

@@ -106,7 +106,11 @@ class _Segment:
 
 
 class OpenAIStreamTranslator:
-    def __init__(self, *, model: str, message_id: str, input_tokens_estimate: int, tool_name_map: dict[str, str] | None = None):
+    def __init__(self, *, model: str, message_id: str, input_tokens_estimate: int, tool_name_map: dict[str, str] | None = None,
+                 close_cut_calls: bool = True):
+        # close_cut_calls=False leaves closing a cut call's arguments to whoever reads the
+        # events next (the local backend's normalizer, which then knows the call was cut).
+        self._close_cut = close_cut_calls
         self.model = model
         self.message_id = message_id
         self._estimate = max(1, input_tokens_estimate if isinstance(input_tokens_estimate, int) else 1)
@@ -308,7 +312,7 @@ class OpenAIStreamTranslator:
             assert args is not None
             # Close what was sent; if nothing usable came, send the best reading of it.
             rest = args.closing() if args.started else orjson.dumps(parse_arguments("".join(seg.raw))).decode()
-            if rest:
+            if rest and (self._close_cut or not args.started):
                 self._emit(seg, {"type": "input_json_delta", "partial_json": rest}, out)
         seg.closed = True
         out.append(("content_block_stop", {"type": "content_block_stop", "index": seg.index}))
@@ -323,6 +327,29 @@ class OpenAIStreamTranslator:
             tool_id = f"{tool_id}_{len(self._ids)}"
         self._ids.add(tool_id)
         return tool_id
+
+
+def cut_tool_call(resp: Any) -> bool:
+    """Whether a Chat Completions reply ran out of tokens inside a tool call: its finish is
+    "length" and a call's arguments are not a whole JSON value (they are closed for the
+    client, but the call is not one to run)."""
+    choices = resp.get("choices") if isinstance(resp, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    if choice.get("finish_reason") != "length" or not isinstance(message, dict):
+        return False
+    calls = message.get("tool_calls")
+    fns = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+    if isinstance(message.get("function_call"), dict):
+        fns.append(message["function_call"])
+    for fn in fns:
+        args = fn.get("arguments") if isinstance(fn, dict) else None
+        if isinstance(args, str) and args.strip():
+            try:
+                orjson.loads(args)
+            except orjson.JSONDecodeError:
+                return True
+    return False
 
 
 def openai_to_anthropic_response(
