@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402
-from harness import HERE, median  # noqa: E402
+from harness import HERE, median, source_fingerprint  # noqa: E402
 
 
 def main() -> int:
@@ -42,7 +42,7 @@ def main() -> int:
             print("the baseline did not start: " + "; ".join(bench.results["notes"]), file=sys.stderr)
             return 1
         src = bench.results["baseline"]["source"]["sha256"]
-        lines[2] += f" Code: this tree's src against {a.rev} (sha256 {src}…)."
+        lines[2] += f" Code: this tree's src (sha256 {source_fingerprint()['sha256']}…) against {a.rev} (sha256 {src}…)."
         lines += ["| mode | target | TTFB p50 | TTFB p99 | rounds' TTFB p50 | CPU µs/req |", "|---|---|---|---|---|---|"]
         diffs = {}
         for stream in ([True] if a.stream else [False] if a.json else [False, True]):
@@ -60,7 +60,10 @@ def main() -> int:
     finally:
         bench.stop_all()
     text = "\n".join(lines) + "\n"
-    out = HERE / "results" / f"{dt.date.today().isoformat()}-ab-{a.rev}.md"
+    mode = "-stream" if a.stream else "-json" if a.json else ""
+    out = HERE / "results" / f"{dt.date.today().isoformat()}-ab-{a.rev}{mode}.md"
+    if out.exists():  # never over an earlier comparison
+        out = out.with_name(f"{out.stem}-{dt.datetime.now():%H%M}.md")
     out.write_text(text)
     print(text + f"written: {out}")
     return 0
