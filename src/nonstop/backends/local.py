@@ -417,8 +417,8 @@ class LocalBackend:
         repairs: list[Repair] = []
         # A call the limit cut is not one to run: the client hears the limit, as the cloud
         # would say it, even where nonstop lowered max_tokens (as for streams).
-        msg = normalize_message(msg, model=call.model, input_tokens_estimate=call.tokens, capped=call.capped and not call.cut,
-                                tag=self.tag, tools=call.tools, on_repair=repairs.append)
+        msg = normalize_message(msg, model=call.model, input_tokens_estimate=call.tokens, capped=call.capped,
+                                tag=self.tag, tools=call.tools, on_repair=repairs.append, cut=call.cut)
         u = msg["usage"]
         now = time.perf_counter()
         usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True,
@@ -502,7 +502,8 @@ class LocalBackend:
         usage.stop_reason = norm.stop_reason
         usage.error = norm.error
         if norm.cut:
-            usage.note = "the local output cap ended the answer; reported as end of turn"
+            usage.note = ("the local output cap ended the answer; reported as "
+                          + ("a finished tool call" if norm.stop_reason == "tool_use" else "end of turn"))
         usage.complete = not norm.error
         if norm.error and not norm.output_tokens:
             self.state.failed(norm.error)

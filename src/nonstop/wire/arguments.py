@@ -17,6 +17,8 @@ import json
 import re
 from typing import Any
 
+import orjson
+
 _START, _KEY, _COLON, _VALUE, _AFTER, _STRING, _NUMBER, _LITERAL, _DONE = range(9)
 _WS = frozenset(" \t\n\r")
 _STRING_SPECIAL = re.compile(r'["\\\x00-\x1f]')
@@ -282,7 +284,9 @@ def parse_arguments(raw: Any, *, repair: bool = True) -> dict[str, Any]:
 
 
 def _loads(text: str) -> Any:
+    # orjson, not json: what it reads it can write again (json would take integers past
+    # 64 bits, lone surrogates and NaN, which the reply could then not be encoded with).
     try:
-        return json.loads(text)
-    except ValueError:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
         return None

@@ -120,7 +120,9 @@ class LocalStreamNormalizer:
                 # limit, as the cloud would say it, even where nonstop lowered max_tokens.
                 self.stop_reason = _uncap(delta["stop_reason"], self.capped and not self._cut_call, self._tools)
                 self.cut = self.cut or self.stop_reason != delta["stop_reason"]
-            if any(r.repaired for r in self.repairs):
+            if self._cut_call and self.stop_reason == "tool_use":
+                self.stop_reason = "max_tokens"  # a call that had to be closed is not one to run
+            elif any(r.repaired for r in self.repairs) and not self._cut_call:
                 self.stop_reason = "tool_use"
             if isinstance(usage.get("output_tokens"), int):
                 self.output_tokens = usage["output_tokens"]
@@ -330,10 +332,11 @@ def _tool_id(raw: Any, tag: str) -> str:
 
 def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate: int, capped: bool = False,
                       tag: str = "", tools: list[dict[str, Any]] | None = None,
-                      on_repair: Callable[[Repair], None] | None = None) -> dict[str, Any]:
+                      on_repair: Callable[[Repair], None] | None = None, cut: bool = False) -> dict[str, Any]:
     """The same fixes for a non-streaming local reply. With the request's offered `tools`,
     a tool call written as text becomes a tool_use block; `on_repair` hears of each
-    repair and of each attempt left as text."""
+    repair and of each attempt left as text. `cut`: the output limit cut a tool call (see
+    openai.cut_tool_call), so the reply is max_tokens, never a call to run."""
     out = dict(msg)
     out.setdefault("id", new_message_id())
     out["type"] = "message"
@@ -373,8 +376,8 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     has_tools = any(b.get("type") == "tool_use" for b in content)
     if out.get("stop_reason") not in STOP_REASONS:  # none, or not one a client knows
         out["stop_reason"] = "tool_use" if has_tools else "end_turn"
-    out["stop_reason"] = _uncap(str(out["stop_reason"]), capped, has_tools)
-    if any(r.repaired for r in repairs):
+    out["stop_reason"] = "max_tokens" if cut else _uncap(str(out["stop_reason"]), capped, has_tools)
+    if any(r.repaired for r in repairs) and not cut:
         out["stop_reason"] = "tool_use"
     out.setdefault("stop_sequence", None)
     for r in repairs:

@@ -385,6 +385,7 @@ def _call(args: str) -> dict:
     ('{"path": "a.txt", "content": "line one\\nli', "length", "max_tokens"),  # cut: not a call to run
     ('{"path": "a.txt"}', "tool_calls", "tool_use"),
     ('{"path": "a.txt"}', "length", "tool_use"),  # whole, at nonstop's lowered limit: the call stands
+    ('{"path": "a.txt", "content": "li', None, "max_tokens"),  # the stream ended mid-call
 ])
 async def test_an_openai_stream_cut_inside_a_tool_call_is_max_tokens_even_under_nonstops_cap(serve, args, finish, stop):
     body = _chunk({"role": "assistant"}) + _chunk(_call(args)) + _chunk({}, finish) + b"data: [DONE]\n\n"

@@ -85,3 +85,15 @@ def test_scanner_output_always_closes_for_junk(text, cuts):
         assert isinstance(json.loads(out + scan.closing()), dict)
     else:
         assert out == ""
+
+
+@pytest.mark.parametrize("raw", ['{"a": 123456789012345678901234567890}', '{"a": "\\ud800"}', '{"a": NaN}',
+                                 '{"a": 1e400}', '{"a": "\\ud800'])
+def test_arguments_are_always_an_object_orjson_can_write(raw):
+    import orjson
+
+    from nonstop.wire.arguments import parse_arguments
+
+    value = parse_arguments(raw)
+    assert isinstance(value, dict)
+    orjson.dumps(value)  # a whole reply is encoded with it

@@ -473,9 +473,9 @@ def _tool_stream(pieces: list[str], stop: str = "max_tokens") -> list[tuple[str,
     return events
 
 
-def _tool_input(pieces: list[str]) -> tuple[object, str]:
+def _tool_input(pieces: list[str], stop: str = "max_tokens") -> tuple[object, str]:
     norm = LocalStreamNormalizer(model="m", input_tokens_estimate=5, capped=True, tools=[{"name": "Read", "input_schema": {}}])
-    out = [e for t, d in _tool_stream(pieces) for e in norm.feed(t, d)]
+    out = [e for t, d in _tool_stream(pieces, stop) for e in norm.feed(t, d)]
     text = "".join(d["delta"]["partial_json"] for t, d in out
                    if t == "content_block_delta" and d["delta"].get("type") == "input_json_delta")
     [stop] = [d["delta"]["stop_reason"] for t, d in out if t == "message_delta"]
@@ -546,3 +546,26 @@ def test_input_of_a_block_that_is_not_a_tool_call_passes_as_sent():
     out += norm.feed("content_block_delta", {"type": "content_block_delta", "index": 0,
                                              "delta": {"type": "input_json_delta", "partial_json": '{"query": "x"}'}})
     assert [d["delta"]["partial_json"] for t, d in out if t == "content_block_delta"] == ['{"query": "x"}']
+
+
+def test_a_cut_call_is_max_tokens_though_a_text_call_was_repaired_beside_it():
+    read = '<tool_call>{"name": "Read", "arguments": {"file_path": "a.py"}}</tool_call>'
+    tools = [{"name": "Read", "input_schema": {}}, {"name": "Write", "input_schema": {}}]
+    norm = LocalStreamNormalizer(model="m", input_tokens_estimate=5, capped=True, tools=tools)
+    events = [("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 5}}}),
+              ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+              ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": read}}),
+              ("content_block_stop", {"type": "content_block_stop", "index": 0})]
+    events += _tool_stream(['{"path": "a.txt", "content": "li'])[1:]
+    events[4][1]["index"] = 1
+    for _, d in events[5:8]:
+        d["index"] = 1
+    out = [e for t, d in events for e in norm.feed(t, d)]
+    assert norm.repairs and norm.repairs[0].repaired
+    assert [d["delta"]["stop_reason"] for t, d in out if t == "message_delta"] == ["max_tokens"]
+
+
+@pytest.mark.parametrize("stop", ["tool_use", "end_turn"])
+def test_a_call_the_server_left_unclosed_is_not_one_to_run(stop):
+    # A server that ends a call mid-input and says tool_use (or ends the stream there).
+    assert _tool_input(['{"file_path": "/src/ma'], stop=stop)[1] == ("max_tokens" if stop == "tool_use" else "end_turn")

@@ -331,8 +331,9 @@ class OpenAIStreamTranslator:
 
 def cut_tool_call(resp: Any) -> bool:
     """Whether a Chat Completions reply ran out of tokens inside a tool call: its finish is
-    "length" and a call's arguments are not a whole JSON value (they are closed for the
-    client, but the call is not one to run)."""
+    "length" and a named call's arguments began as a JSON object that did not end (they
+    are closed for the client, but the call is not one to run). The same test a stream's
+    normalizer makes when it closes a call."""
     choices = resp.get("choices") if isinstance(resp, dict) else None
     choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
     message = choice.get("message")
@@ -343,11 +344,13 @@ def cut_tool_call(resp: Any) -> bool:
     if isinstance(message.get("function_call"), dict):
         fns.append(message["function_call"])
     for fn in fns:
-        args = fn.get("arguments") if isinstance(fn, dict) else None
-        if isinstance(args, str) and args.strip():
-            try:
-                orjson.loads(args)
-            except orjson.JSONDecodeError:
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            continue  # dropped by the translation
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            scan = ArgumentsStream()
+            scan.feed(args)
+            if scan.started and scan.closing():
                 return True
     return False
 

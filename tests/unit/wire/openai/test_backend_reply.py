@@ -27,6 +27,7 @@ from nonstop.wire.openai import (
     LOCAL_THINKING_SIGNATURE,
     AnthropicToOpenAIStream,
     OpenAIStreamTranslator,
+    cut_tool_call,
     openai_to_anthropic_response,
 )
 from tests.support.anthropic_stream import StreamError, validate_anthropic_stream
@@ -605,3 +606,28 @@ def test_interleaved_streams_keep_text_and_every_tool_input(case):
             args[call["index"]] = args.get(call["index"], "") + call["function"]["arguments"]
     assert [json.loads(a) for _, a in sorted(args.items())] == docs
     assert chunks_back[-1]["usage"]["completion_tokens"] == 5
+
+
+def _length(message: dict, finish: str = "length") -> dict:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish}]}
+
+
+def _fn(args: object, name: str = "Write") -> dict:
+    return {"tool_calls": [{"id": "c", "function": {"name": name, "arguments": args}}]}
+
+
+@pytest.mark.parametrize("reply,cut", [
+    (_length(_fn('{"path": "a.txt", "content": "li')), True),
+    (_length({"function_call": {"name": "Write", "arguments": '{"path": "a'}}), True),
+    (_length(_fn('{"path": "a.txt"}')), False),  # whole: the limit came after it
+    (_length(_fn('{"path": "a.txt"}<|eot|>')), False),  # whole, with junk after: read whole
+    (_length(_fn('"{\\"a\\": 1')), False),  # never began as an object: its best reading, as streamed
+    (_length(_fn("hello")), False),
+    (_length(_fn({"path": "a.txt"})), False),
+    (_length(_fn('{"path": "a', name="")), False),  # a call without a name is dropped
+    (_length(_fn('{"path": "a.txt", "content": "li'), finish="tool_calls"), False),
+    (_length({"content": "prose"}), False),
+    ({"choices": []}, False), ({}, False), (None, False),
+])
+def test_cut_tool_call_tells_a_call_the_limit_cut(reply, cut):
+    assert cut_tool_call(reply) is cut
