@@ -78,11 +78,11 @@ async def end_body(send: Send) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-
 async def _no_chunks() -> AsyncIterator[bytes]:
     """The body of a reply whose client has already gone."""
     return
     yield b""
+
 
 class Relay:
     def __init__(self, cfg: Config, request_log: RequestLog):

@@ -334,18 +334,10 @@ def cut_tool_call(resp: Any) -> bool:
     "length" and a named call's arguments began as a JSON object that did not end (they
     are closed for the client, but the call is not one to run). The same test a stream's
     normalizer makes when it closes a call."""
-    choices = resp.get("choices") if isinstance(resp, dict) else None
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message")
-    if choice.get("finish_reason") != "length" or not isinstance(message, dict):
+    choice, message = _first_message(resp)
+    if choice.get("finish_reason") != "length":
         return False
-    calls = message.get("tool_calls")
-    fns = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
-    if isinstance(message.get("function_call"), dict):
-        fns.append(message["function_call"])
-    for fn in fns:
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            continue  # dropped by the translation
+    for _, fn in _named_calls(message):
         args = fn.get("arguments")
         if isinstance(args, str):
             scan = ArgumentsStream()
@@ -355,15 +347,35 @@ def cut_tool_call(resp: Any) -> bool:
     return False
 
 
+def _first_message(resp: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first choice of a Chat Completions reply and its message ({} where missing)."""
+    choices = resp.get("choices") if isinstance(resp, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    return choice, message if isinstance(message, dict) else {}
+
+
+def _named_calls(message: dict[str, Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """(call, function) of each call in a message that names its function, the legacy
+    `function_call` last; calls without a name are left out (they cannot be made)."""
+    calls = message.get("tool_calls")
+    calls = list(calls) if isinstance(calls, list) else []
+    if isinstance(message.get("function_call"), dict):
+        calls.append({"function": message["function_call"]})
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]:
+            out.append((call, fn))
+    return out
+
+
 def openai_to_anthropic_response(
     resp: dict[str, Any], *, model: str, input_tokens_estimate: int, tool_name_map: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """A non-streaming Chat Completions reply as an Anthropic message."""
     names = tool_name_map or {}
-    choices = resp.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    message = choice.get("message")
-    message = message if isinstance(message, dict) else {}
+    choice, message = _first_message(resp)
     content: list[dict[str, Any]] = []
     chars = 0
     for key in ("reasoning_content", "reasoning"):
@@ -378,15 +390,8 @@ def openai_to_anthropic_response(
     if isinstance(text, str) and text:
         content.append({"type": "text", "text": text})
         chars += len(text)
-    calls = message.get("tool_calls")
-    calls = list(calls) if isinstance(calls, list) else []
-    if isinstance(message.get("function_call"), dict):
-        calls.append({"function": message["function_call"]})
     ids: set[str] = set()
-    for call in calls:
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            continue
+    for call, fn in _named_calls(message):
         tool_id = reply_tool_id(call.get("id"))
         while tool_id in ids:
             tool_id = f"{tool_id}_{len(ids)}"
