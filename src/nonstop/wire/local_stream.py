@@ -75,6 +75,9 @@ class LocalStreamNormalizer:
         self._toolbox = Toolbox.of(tools)
         self.repairs: list[Repair] = []
         self._watch: dict[int, CallWatch] = {}  # text blocks that may still become calls
+        # Held text blocks the server has closed: read once the output's end says whether
+        # the limit cut them (a call cut inside its arguments stays text).
+        self._ended: set[int] = set()
         self._shown: set[int] = set()  # held text blocks whose start went out
         self._at: dict[int, int] = {}  # the server's block index -> the client's
         # Tool blocks whose input comes in pieces: only what can still end as a JSON object
@@ -109,12 +112,15 @@ class LocalStreamNormalizer:
             out.extend(self._delta(data))
         elif t == "content_block_stop":
             idx = data.get("index", 0)
-            if idx in self._open:
+            if idx in self._watch and self._watch[idx].held.strip():
+                self._ended.add(idx)
+            elif idx in self._open:
                 out.extend(self._stop(idx))
         elif t == "message_delta":
             delta = data.get("delta") or {}
             usage = data.get("usage") or {}
-            out.extend(self._close_all())  # first: a held text block may become a tool call
+            # First: a held text block may become a tool call, unless the limit cut it.
+            out.extend(self._close_all(cut=delta.get("stop_reason") == "max_tokens"))
             if isinstance(delta.get("stop_reason"), str):
                 # A tool call the limit cut is not a complete call: the client hears the
                 # limit, as the cloud would say it, even where nonstop lowered max_tokens.
@@ -147,6 +153,8 @@ class LocalStreamNormalizer:
         block = dict(data.get("content_block") or {})
         btype = block.get("type", "text")
         out: list[Event] = []
+        for ended in sorted(self._ended):  # held text the output went on past: not cut
+            out.extend(self._settle(ended))
         if idx in self._open:  # a server that never closed the previous block
             return out
         for held in list(self._watch):  # nor a text block still held back
@@ -207,9 +215,9 @@ class LocalStreamNormalizer:
         out.append(_delta_event(self._at[idx], {"type": "text_delta", "text": text}))
         return out
 
-    def _stop(self, idx: int) -> list[Event]:
+    def _stop(self, idx: int, cut: bool = False) -> list[Event]:
         if idx in self._watch:
-            return self._settle(idx)
+            return self._settle(idx, cut)
         at = self._at[idx]
         out: list[Event] = []
         held = self._args.pop(idx, None)
@@ -224,9 +232,11 @@ class LocalStreamNormalizer:
         out.append(("content_block_stop", {"type": "content_block_stop", "index": at}))
         return out
 
-    def _settle(self, idx: int) -> list[Event]:
-        """A held text block ended: send the rest as text, or as the calls it holds."""
-        split = self._watch.pop(idx).end()
+    def _settle(self, idx: int, cut: bool = False) -> list[Event]:
+        """A held text block ended: send the rest as text, or as the calls it holds
+        (`cut`: the output limit ended it)."""
+        split = self._watch.pop(idx).end(cut=cut)
+        self._ended.discard(idx)
         del self._open[idx]
         self.repairs.extend(split.repairs)
         out = self._show(idx, split.prose)
@@ -256,8 +266,8 @@ class LocalStreamNormalizer:
 
     def _delta(self, data: dict[str, Any]) -> list[Event]:
         idx = data.get("index", 0)
-        if idx not in self._open:
-            return []  # a delta for a block never started would abort the client
+        if idx not in self._open or idx in self._ended:
+            return []  # a delta for a block never started (or closed) would abort the client
         delta = dict(data.get("delta") or {})
         dtype = delta.get("type")
         if idx in self._watch:  # a held text block takes its text; nothing else goes with it
@@ -282,8 +292,9 @@ class LocalStreamNormalizer:
             self._signed.add(idx)
         return [_delta_event(self._at[idx], delta)]
 
-    def _close_all(self) -> list[Event]:
-        return [e for idx in sorted(self._open) for e in self._stop(idx)]
+    def _close_all(self, cut: bool = False) -> list[Event]:
+        """Close every open block (`cut`: the output limit ended the output)."""
+        return [e for idx in sorted(self._open) for e in self._stop(idx, cut)]
 
     def _message_delta(self, stop_sequence: Any = None) -> Event:
         if not self.output_tokens:
@@ -346,9 +357,10 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     repairs: list[Repair] = []
     content = []
     chars = 0
-    for block in out.get("content") or []:
-        if not isinstance(block, dict):
-            continue
+    blocks = [b for b in out.get("content") or [] if isinstance(b, dict)]
+    # The output limit ended the reply: its last block is where it cut.
+    limit = out.get("stop_reason") == "max_tokens"
+    for i, block in enumerate(blocks):
         b = dict(block)
         if b.get("type") == "tool_use":
             b["id"] = _tool_id(b.get("id"), tag)
@@ -361,7 +373,7 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
                 b["text"] = "" if b.get("text") is None else str(b["text"])
             chars += len(b["text"])
             if toolbox is not None and isinstance(b.get("text"), str):
-                split = split_text(b["text"], toolbox)
+                split = split_text(b["text"], toolbox, cut=limit and i == len(blocks) - 1)
                 repairs.extend(split.repairs)
                 content.extend(_split_blocks(b, split, tag))
                 continue

@@ -9,14 +9,16 @@ A call is made only when nothing else could have been meant: the text from a lin
 to the end of the block is nothing but calls (MAX_CALLS at most), each names one offered
 tool (exactly, or differing only in case, or as a prefix of that tool's name alone) and
 its input validates against that tool's input_schema. Anything else stays text; a near
-miss (broken JSON that names a tool, a tool not offered, input that does not validate) is
-reported as an attempt.
+miss (broken JSON that names a tool, a tool not offered, input that does not validate, a
+call the output limit cut inside its arguments) is reported as an attempt. Braces the
+model left open are closed only where nothing cut it: the limit cutting a call inside
+its arguments means the rest of them was never written.
 
     toolbox = Toolbox.of(tools)      # the request's offered tools; None when there are none
-    found = split_text(text, toolbox)                        # a whole reply's text block
+    found = split_text(text, toolbox, cut=False)             # a whole reply's text block
     watch = CallWatch(toolbox)       # a streamed text block: feed() returns the text that
     sent = watch.feed(piece); ...    # may go out now, end() what the rest becomes
-    found = watch.end()
+    found = watch.end(cut=False)     # cut: the output limit ended the text
 
 The two paths agree on every input. A stream holds text back only from a line start where
 a call could begin, and lets it go at the first character that rules a call out, or once
@@ -207,8 +209,14 @@ def loads_almost_json(text: str, *, open_end: bool = False) -> tuple[Any, tuple[
     text is where the output ended), brackets left open after a complete value. Raises
     BrokenJSON for anything else: a cut string, a dangling key, a bare word.
     """
+    value, fixes, _ = _loads_open(text, open_end)
+    return value, fixes
+
+
+def _loads_open(text: str, open_end: bool) -> tuple[Any, tuple[str, ...], int]:
+    """loads_almost_json, and how many brackets were left open where the text ended."""
     try:
-        return orjson.loads(text), ()
+        return orjson.loads(text), (), 0
     except orjson.JSONDecodeError:
         pass
     out: list[str] = []
@@ -250,7 +258,26 @@ def loads_almost_json(text: str, *, open_end: bool = False) -> tuple[Any, tuple[
         value = orjson.loads("".join(out))
     except orjson.JSONDecodeError as exc:
         raise BrokenJSON(f"not JSON even after fixes ({exc})") from None
-    return value, tuple(sorted(fixes))
+    return value, tuple(sorted(fixes)), len(stack)
+
+
+def _left_open(value: Any, unclosed: int) -> set[int] | None:
+    """The ids of the objects and arrays that were still open where the text ended: the
+    outermost, its last member, that one's last member and so on, `unclosed` deep. None
+    when that path cannot be followed (a key given twice moves a value from the end)."""
+    ids: set[int] = set()
+    for _ in range(unclosed):
+        if isinstance(value, dict) and value:
+            ids.add(id(value))
+            value = next(reversed(value.values()))
+        elif isinstance(value, list) and value:
+            ids.add(id(value))
+            value = value[-1]
+        elif isinstance(value, (dict, list)) and len(ids) == unclosed - 1:
+            ids.add(id(value))  # the innermost, empty: "{" or "[" as the last character
+        else:
+            return None
+    return ids
 
 
 def _punctuation(c: str, last: str, out: list[str], stack: list[str], fixes: set[str]) -> str:
@@ -477,9 +504,11 @@ def _calls_in(value: Any) -> list[tuple[str, Any, tuple[str, ...]]] | None:
     return [(value[names[0]], value[args[0]], ())]
 
 
-def _read(text: str, base: int, scan: _Scanner, toolbox: Toolbox) -> tuple[list[ToolCall], list[Repair]] | Repair | None:
+def _read(text: str, base: int, scan: _Scanner, toolbox: Toolbox, cut: bool = False) -> tuple[list[ToolCall], list[Repair]] | Repair | None:
     """The calls text[base:] holds, as the scan found them; a NOT_REPAIRED Repair for a
-    near miss; None when it holds nothing shaped like a call."""
+    near miss; None when it holds nothing shaped like a call. `cut`: the output limit
+    ended the text, so a call whose arguments were still open there is a near miss: the
+    rest of them was never written."""
     if not scan.pieces:
         return None
     calls: list[ToolCall] = []
@@ -487,7 +516,7 @@ def _read(text: str, base: int, scan: _Scanner, toolbox: Toolbox) -> tuple[list[
     for piece in scan.pieces:
         end = len(text) if piece.end < 0 else base + piece.end
         try:
-            value, fixes = loads_almost_json(text[base + piece.start : end], open_end=piece.end < 0)
+            value, fixes, unclosed = _loads_open(text[base + piece.start : end], piece.end < 0)
         except BrokenJSON as exc:
             if calls or _CALL_KEY.search(text, base + piece.start, end):
                 return Repair(NOT_REPAIRED, "", (f"broken JSON: {exc}",))
@@ -498,11 +527,14 @@ def _read(text: str, base: int, scan: _Scanner, toolbox: Toolbox) -> tuple[list[
         wrapper: tuple[str, ...] = ()
         if piece.form != BARE_JSON and not piece.closed:
             wrapper = (f"closing {_FENCE if piece.form == FENCED_JSON else _TAG_CLOSE} missing",)
+        left_open = _left_open(value, unclosed) if cut and unclosed else set()
         for name, args, how in shapes:
             made = _call(name, args, toolbox)
             if isinstance(made, Repair):
                 return made
             call, more = made
+            if left_open is None or id(args) in left_open:
+                return Repair(NOT_REPAIRED, call.name, ("cut by the output limit inside its arguments",))
             calls.append(call)
             repairs.append(Repair(piece.form, call.name, (*wrapper, *fixes, *how, *more)))
     if problem := scan.unfinished():
@@ -533,16 +565,17 @@ def _line_starts(text: str) -> list[int]:
     return [0, *(m.end() for m in re.finditer("\n", text))]
 
 
-def split_text(text: str, toolbox: Toolbox) -> Split:
+def split_text(text: str, toolbox: Toolbox, *, cut: bool = False) -> Split:
     """`text` read as prose followed by calls: the earliest line start from which the
     rest of the text is nothing but valid calls. No such line: all prose, with the first
-    near miss as the attempt."""
+    near miss as the attempt. `cut`: the output limit ended the text (a call it cut
+    inside its arguments stays text: closing it would run what the model never wrote)."""
     attempt: Repair | None = None
     for start in _line_starts(text):
         scan = _Scanner()
         if not scan.feed(text, start):
             continue
-        found = _read(text, start, scan, toolbox)
+        found = _read(text, start, scan, toolbox, cut)
         if isinstance(found, tuple):
             return Split(text[:start], tuple(found[0]), tuple(found[1]))
         attempt = attempt or found
@@ -581,6 +614,6 @@ class CallWatch:
             self.scan, scanned = _Scanner(), 0
         return "".join(out)
 
-    def end(self) -> Split:
+    def end(self, *, cut: bool = False) -> Split:
         held, self.held = self.held, ""
-        return split_text(held, self.toolbox) if held.strip() else Split(held)
+        return split_text(held, self.toolbox, cut=cut) if held.strip() else Split(held)

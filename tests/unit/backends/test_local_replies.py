@@ -418,6 +418,43 @@ async def test_an_openai_whole_reply_cut_inside_a_tool_call_is_max_tokens_even_u
     assert msg["stop_reason"] == stop and msg["content"][-1]["input"]["path"] == "a.txt"
 
 
+WRITE = {"name": "Write", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+                                          "required": ["path"]}}
+TEXT_CALL = {**LONG, "tools": [WRITE]}
+
+
+@pytest.mark.parametrize("text,finish,stop", [
+    # Cut by nonstop's lowered limit inside the arguments: text, and the end of the turn
+    # (the cap is nonstop's; Claude Code would fail the turn on max_tokens).
+    ('<tool_call>\n{"name": "Write", "arguments": {"path": "a.txt", "content": "li', "length", "end_turn"),
+    ('<tool_call>\n{"name": "Write", "arguments": {"path": "a.txt"', "length", "end_turn"),
+    # Cut after the arguments were whole: the call stands.
+    ('<tool_call>\n{"name": "Write", "arguments": {"path": "a.txt"}', "length", "tool_use"),
+    # The model stopped with the arguments open: closing them is the repair.
+    ('<tool_call>\n{"name": "Write", "arguments": {"path": "a.txt"', "stop", "tool_use"),
+])
+async def test_a_call_written_as_text_that_the_limit_cut_inside_its_arguments_is_never_run(serve, text, finish, stop):
+    body = _chunk({"role": "assistant"}) + _chunk({"content": text}) + _chunk({}, finish) + b"data: [DONE]\n\n"
+    res, out, _ = await _stream_from(await serve(_sse_app("/v1/chat/completions", body)), "openai", TEXT_CALL)
+    assert wirecheck.check_anthropic_stream(out).outcome == "ok", out[-300:]
+    assert f'"stop_reason":"{stop}"'.encode() in out
+    assert (b'"type":"tool_use"' in out) == (stop == "tool_use")
+
+    reply = {"id": "c", "object": "chat.completion", "model": "m",
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.json_response(reply)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", whole)
+    res, _ = await _send(await serve(app), req=TEXT_CALL, api="openai")
+    assert isinstance(res, Reply)
+    msg = orjson.loads(b"".join([c async for c in res.body]))
+    assert msg["stop_reason"] == stop
+    assert [b["type"] for b in msg["content"]] == (["tool_use"] if stop == "tool_use" else ["text"])
+
+
 async def test_a_server_that_has_counted_is_asked_again_after_a_count_that_timed_out(serve, monkeypatch):
     monkeypatch.setattr(local_anthropic, "COUNT_TIMEOUT", 0.5)
     calls: list[int] = []

@@ -409,8 +409,52 @@ def test_a_held_block_left_open_is_settled_at_message_delta() -> None:
 
 @pytest.mark.parametrize("stop_reason", ["end_turn", "max_tokens"])
 def test_stop_reason_becomes_tool_use(stop_reason: str) -> None:
-    streamed, whole = both_paths([{"type": "text", "text": READ[:-2]}], stop_reason)
+    # The wrapper left open, the arguments whole: a call, whatever ended the output.
+    streamed, whole = both_paths([{"type": "text", "text": READ[:-1]}], stop_reason)
     assert streamed["stop_reason"] == whole["stop_reason"] == "tool_use"
+
+
+def test_a_call_the_limit_cut_inside_its_arguments_stays_text() -> None:
+    # The model stopped with the arguments open: closing them is the repair. The limit
+    # cut them: the rest was never written, and closing them would run what it has.
+    written = READ[:-2]
+    streamed, whole = both_paths([{"type": "text", "text": written}], "end_turn")
+    assert streamed == whole and whole["stop_reason"] == "tool_use"
+    for chunk in (1, 7, 10**6):
+        streamed, whole = both_paths([{"type": "text", "text": written}], "max_tokens", chunk)
+        assert streamed == whole
+        assert whole["content"] == [{"type": "text", "text": written}]
+        assert whole["stop_reason"] == "max_tokens"
+        assert whole["repairs"] == [[NOT_REPAIRED, "Read", ["cut by the output limit inside its arguments"]]]
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        '{"name": "Bash", "arguments": {"command": "ls", "timeout": [',  # the innermost open, empty
+        '{"tool_calls": [{"name": "Read", "arguments": {"file_path": "a.py"}}, {"name": "Bash", "arguments": {"command": "ls"',
+        '{"arguments": {"command": "ls"}, "name": "Bash", "arguments": {"command": "rm -r build"',  # a key given twice
+    ],
+)
+def test_every_call_the_limit_cut_inside_stays_text(written: str) -> None:
+    streamed, whole = both_paths([{"type": "text", "text": written}], "max_tokens")
+    assert streamed == whole
+    assert whole["content"] == [{"type": "text", "text": written}] and whole["stop_reason"] == "max_tokens"
+
+
+def test_a_held_call_before_another_block_is_not_cut_by_the_limit() -> None:
+    # The output went on past the call: the limit cut the block after it, not the call.
+    blocks = [{"type": "text", "text": READ[:-2]}, {"type": "text", "text": "and more"}]
+    streamed, whole = both_paths(blocks, "max_tokens")
+    assert streamed == whole
+    assert [b["type"] for b in whole["content"]] == ["tool_use", "text"]
+
+
+def test_a_held_call_in_a_stream_that_ends_early_is_never_sent() -> None:
+    events = [e for e in stream_of([{"type": "text", "text": READ[:-2]}]) if e[0] not in ("message_delta", "message_stop")]
+    out, norm = run_stream(events)
+    validate_anthropic_stream(out, allow_error=True)
+    assert out[-1][0] == "error" and not any(b["type"] == "tool_use" for b in content_of(out))
 
 
 def test_no_tools_offered_changes_nothing() -> None:
