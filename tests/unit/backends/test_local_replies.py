@@ -404,18 +404,23 @@ async def test_an_openai_stream_cut_inside_a_tool_call_is_max_tokens_even_under_
     ('{"path": "a.txt"}', "length", "tool_use"),
 ])
 async def test_an_openai_whole_reply_cut_inside_a_tool_call_is_max_tokens_even_under_nonstops_cap(serve, args, finish, stop):
+    msg = await _whole_chat_reply(serve, {"role": "assistant", **_call(args)}, finish, LONG)
+    assert msg["stop_reason"] == stop and msg["content"][-1]["input"]["path"] == "a.txt"
+
+
+async def _whole_chat_reply(serve, message: dict, finish: str, req: dict) -> dict:
+    """The Anthropic message nonstop makes of a whole Chat Completions reply."""
     reply = {"id": "c", "object": "chat.completion", "model": "m",
-             "choices": [{"index": 0, "message": {"role": "assistant", **_call(args)}, "finish_reason": finish}]}
+             "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
 
     async def whole(request: web.Request) -> web.Response:
         return web.json_response(reply)
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", whole)
-    res, _ = await _send(await serve(app), req=LONG, api="openai")
+    res, _ = await _send(await serve(app), req=req, api="openai")
     assert isinstance(res, Reply)
-    msg = orjson.loads(b"".join([c async for c in res.body]))
-    assert msg["stop_reason"] == stop and msg["content"][-1]["input"]["path"] == "a.txt"
+    return orjson.loads(b"".join([c async for c in res.body]))
 
 
 WRITE = {"name": "Write", "input_schema": {"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
@@ -440,17 +445,7 @@ async def test_a_call_written_as_text_that_the_limit_cut_inside_its_arguments_is
     assert f'"stop_reason":"{stop}"'.encode() in out
     assert (b'"type":"tool_use"' in out) == (stop == "tool_use")
 
-    reply = {"id": "c", "object": "chat.completion", "model": "m",
-             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}]}
-
-    async def whole(request: web.Request) -> web.Response:
-        return web.json_response(reply)
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", whole)
-    res, _ = await _send(await serve(app), req=TEXT_CALL, api="openai")
-    assert isinstance(res, Reply)
-    msg = orjson.loads(b"".join([c async for c in res.body]))
+    msg = await _whole_chat_reply(serve, {"role": "assistant", "content": text}, finish, TEXT_CALL)
     assert msg["stop_reason"] == stop
     assert [b["type"] for b in msg["content"]] == (["tool_use"] if stop == "tool_use" else ["text"])
 
