@@ -121,15 +121,10 @@ class LocalStreamNormalizer:
             usage = data.get("usage") or {}
             # First: a held text block may become a tool call, unless the limit cut it.
             out.extend(self._close_all(cut=delta.get("stop_reason") == "max_tokens"))
-            if isinstance(delta.get("stop_reason"), str):
-                # A tool call the limit cut is not a complete call: the client hears the
-                # limit, as the cloud would say it, even where nonstop lowered max_tokens.
-                self.stop_reason = _uncap(delta["stop_reason"], self.capped and not self._cut_call, self._tools)
-                self.cut = self.cut or self.stop_reason != delta["stop_reason"]
-            if self._cut_call and self.stop_reason == "tool_use":
-                self.stop_reason = "max_tokens"  # a call that had to be closed is not one to run
-            elif any(r.repaired for r in self.repairs) and not self._cut_call:
-                self.stop_reason = "tool_use"
+            raw = delta.get("stop_reason")
+            self.stop_reason = stop_reason_for(raw, has_tools=self._tools, capped=self.capped,
+                                               cut_call=self._cut_call, repaired=any(r.repaired for r in self.repairs))
+            self.cut = self.cut or (raw == "max_tokens" and self.capped and not self._cut_call)
             if isinstance(usage.get("output_tokens"), int):
                 self.output_tokens = usage["output_tokens"]
             if isinstance(usage.get("input_tokens"), int) and usage["input_tokens"] > 0:
@@ -331,10 +326,27 @@ def _delta_event(idx: int, delta: dict[str, Any]) -> Event:
     return ("content_block_delta", {"type": "content_block_delta", "index": idx, "delta": delta})
 
 
-def _uncap(stop_reason: str, capped: bool, has_tools: bool) -> str:
-    if stop_reason == "max_tokens" and capped:
+def stop_reason_for(raw: Any, *, has_tools: bool, capped: bool, cut_call: bool, repaired: bool) -> str:
+    """The stop reason a client hears for a local reply, streamed or whole, from the one
+    the server gave (`raw`):
+
+    - a tool call the output limit cut (`cut_call`) is not one to run: `max_tokens`, as
+      the cloud would say it, even where nonstop lowered the client's limit;
+    - a call made from text (`repaired`) is one to run: `tool_use`;
+    - a reason no client knows, or none, is read from the content;
+    - reaching nonstop's own lowered limit (`capped`) is not the client's limit: Claude
+      Code would fail the turn on `max_tokens`, so it is the end of the turn (`tool_use`
+      with a call).
+    """
+    if cut_call:
+        return "max_tokens"
+    if repaired:
+        return "tool_use"
+    if raw not in STOP_REASONS:
         return "tool_use" if has_tools else "end_turn"
-    return stop_reason
+    if raw == "max_tokens" and capped:
+        return "tool_use" if has_tools else "end_turn"
+    return str(raw)
 
 
 def _tool_id(raw: Any, tag: str) -> str:
@@ -385,12 +397,8 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     if not isinstance(usage.get("output_tokens"), int) or usage["output_tokens"] <= 0:
         usage["output_tokens"] = max(1, chars // 4)
     out["usage"] = usage
-    has_tools = any(b.get("type") == "tool_use" for b in content)
-    if out.get("stop_reason") not in STOP_REASONS:  # none, or not one a client knows
-        out["stop_reason"] = "tool_use" if has_tools else "end_turn"
-    out["stop_reason"] = "max_tokens" if cut else _uncap(str(out["stop_reason"]), capped, has_tools)
-    if any(r.repaired for r in repairs) and not cut:
-        out["stop_reason"] = "tool_use"
+    out["stop_reason"] = stop_reason_for(out.get("stop_reason"), has_tools=any(b.get("type") == "tool_use" for b in content),
+                                         capped=capped, cut_call=cut, repaired=any(r.repaired for r in repairs))
     out.setdefault("stop_sequence", None)
     for r in repairs:
         if on_repair is not None:

@@ -414,6 +414,14 @@ def test_stop_reason_becomes_tool_use(stop_reason: str) -> None:
     assert streamed["stop_reason"] == whole["stop_reason"] == "tool_use"
 
 
+@pytest.mark.parametrize("raw", ["weird", None, 7])
+def test_a_stop_reason_no_client_knows_is_read_from_the_content_streamed_or_whole(raw: Any) -> None:
+    streamed, whole = both_paths([{"type": "text", "text": "hi"}], raw)
+    assert streamed == whole and whole["stop_reason"] == "end_turn"
+    streamed, whole = both_paths([{"type": "tool_use", "id": "t1", "name": "Read", "input": {"file_path": "a"}}], raw)
+    assert streamed == whole and whole["stop_reason"] == "tool_use"
+
+
 def test_a_call_the_limit_cut_inside_its_arguments_stays_text() -> None:
     # The model stopped with the arguments open: closing them is the repair. The limit
     # cut them: the rest was never written, and closing them would run what it has.
@@ -610,3 +618,4 @@ def test_streams_pass_the_checker_and_agree_with_whole_messages(text: str, cuts:
     msg = normalize_message({"content": blocks, "stop_reason": stop_reason}, model="m", input_tokens_estimate=10,
                             tools=TOOLS, on_repair=heard.append)
     assert streamed == outcome(msg["content"], msg["stop_reason"], heard)
+
