@@ -253,6 +253,30 @@ def test_unknown_paths_are_proxied(cloud, llama, nonstop_factory):
     assert any(r["path"] == "/v1/some/new/endpoint" and r["query"] == "x=1" for r in got)
 
 
+def test_a_local_backend_that_fails_after_the_stream_began_hands_the_message_to_the_next(cloud, recorder_proc, llama,
+                                                                                          nonstop_factory):
+    # The first backend's head is late (the client's stream begins with its message_start
+    # and pings), then it answers 503: the next local backend answers the same message.
+    procs.set_mode(cloud, "subscription_limit")
+    first = {"name": "recorder", "url": recorder_proc.url, "api": "anthropic", "context_window": 8192,
+             "max_output_tokens": 48}
+    second = {"name": "llama", "url": llama.url, "api": "anthropic", "model": "smollm2", "context_window": 8192,
+              "max_output_tokens": 48}
+    ns = nonstop_factory(nonstop_config(cloud.url, cloud={"first_byte_timeout": 3.0}, local=[first, second],
+                                        ping_interval=1.0))
+    body = {"model": "claude-sonnet-5", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "[slow-fail] Say hello."}]}
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
+    v = wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=True)
+    assert v.outcome == "ok", (v.problem, r.body[-600:])
+    assert v.events.count("message_start") == 1 and "content_block_start" in v.events, v.events
+    assert r.headers["x-nonstop-backend"] == "recorder"  # the head went out before it failed
+    rows = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/requests")[2])["requests"]
+    row = next(x for x in rows if x["path"] == "/v1/messages")
+    assert row["backend"] == "llama" and row["outcome"] == "ok", row
+    assert "recorder failed after the stream began" in row["error"], row
+
+
 def test_pings_while_local_processes_a_long_prompt(cloud, recorder_proc, nonstop_factory):
     procs.set_mode(cloud, "subscription_limit")
     ns = nonstop_factory(config(cloud.url, recorder_proc.url, ping_interval=1.0))

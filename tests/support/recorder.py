@@ -33,6 +33,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
     text = "recorded reply"
     if "[slow]" in body.decode("utf-8", "replace"):
         await asyncio.sleep(4)  # like a long prompt being processed on a CPU
+    if "[slow-fail]" in body.decode("utf-8", "replace"):
+        await asyncio.sleep(4)  # then the server gives up on it
+        return web.json_response({"error": {"message": "the model crashed", "type": "server_error"}}, status=503)
     if req.get("tools") and "[tool]" in json.dumps((req.get("messages") or [{}])[-1]):
         return await _tool_call(request, req)
     if not req.get("stream"):

@@ -13,7 +13,7 @@ plan's step, which says how to send it (a probe, fitted to a window, without thi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -147,6 +147,10 @@ class Reply:
     verdict: Verdict | None = None
     # For the request log: what nonstop changed on the way (fitted, trimmed, repaired).
     note: str = ""
+    # Set by the pipeline on a local stream: asked for another local stream when this
+    # one's backend fails after the client's stream began without it (its head was late;
+    # see LocalBackend._late). None: no other backend can take the message over.
+    instead: Callable[[Verdict | TooLong], Awaitable[Reply | None]] | None = None
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,9 @@ CALIBRATION_REQUEST: dict[str, Any] = {
 }
 
 
+MESSAGE_START = b"event: message_start\n"
+
+
 def _encode(events: list[Event]) -> bytes:
     return b"".join(encode_event(t, orjson.dumps(d)) for t, d in events)
 
@@ -334,7 +337,15 @@ class LocalBackend:
         pings: prompt processing on a CPU is slow, and the client needs bytes."""
         call.sent = time.perf_counter()
         task = asyncio.ensure_future(self._open(call))
-        done, _ = await asyncio.wait({task}, timeout=COMMIT_AFTER)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=COMMIT_AFTER)
+        except BaseException:  # cancelled while waiting (a client gone mid-handover): no orphan request
+            task.cancel()
+            if task.done() and not task.cancelled() and task.exception() is None:
+                opened = task.result()
+                if isinstance(opened, aiohttp.ClientResponse):
+                    opened.close()
+            raise
         usage = Usage(input_tokens=call.tokens)
         if done:
             opened = task.result()
@@ -356,8 +367,9 @@ class LocalBackend:
             task.cancel()
             release()
 
-        return Reply(200, list(SSE_HEADERS), _with_pings(self._late(task, call, usage, release, was_idle), self.ping_interval),
-                     self.name, True, usage, close=cancel)
+        reply = Reply(200, list(SSE_HEADERS), _no_body(), self.name, True, usage, close=cancel)
+        reply.body = _with_pings(self._late(task, call, reply, release, was_idle), self.ping_interval)
+        return reply
 
     async def _not_a_stream(self, resp: aiohttp.ClientResponse) -> Verdict | None:
         """A 200 to a stream request that is not an event stream (an error as JSON, an
@@ -426,26 +438,34 @@ class LocalBackend:
         self.state.succeeded(prompt_tokens=call.tokens, first_token_s=now - call.sent, was_idle=was_idle)
         return Reply(200, list(JSON_HEADERS), single(orjson.dumps(msg)), self.name, False, usage)
 
-    async def _late(self, task: asyncio.Future, call: Call, usage: Usage, release: Callable[[], None],
+    async def _late(self, task: asyncio.Future, call: Call, reply: Reply, release: Callable[[], None],
                     was_idle: bool) -> AsyncIterator[bytes]:
+        """The stream of a request whose head was late: the client's stream begins at once,
+        and the server's answer follows. A server that fails instead hands the message to
+        the next local backend (reply.instead), or ends it with a well-formed error."""
+        usage = reply.usage
         yield _encode([message_start(call.model, call.tokens)])
         try:
             opened = await task
         except BaseException:
             release()
             raise
-        if isinstance(opened, TooLong):  # the stream has begun: Claude Code compacts on these words
-            release()
-            usage.error = "context overflow"
-            yield _encode([error_event(prompt_too_long_message(opened.tokens, opened.window), "invalid_request_error")])
-            return
         if isinstance(opened, aiohttp.ClientResponse):
             wrong = await self._not_a_stream(opened)
             opened = opened if wrong is None else wrong
-        if isinstance(opened, Verdict):
+        if isinstance(opened, Verdict | TooLong):
             release()
-            usage.error = opened.detail
-            yield _encode([error_event(f"{self.name}: {opened.detail}")])
+            taken = await reply.instead(opened) if reply.instead is not None else None
+            if taken is not None:
+                why = opened.detail if isinstance(opened, Verdict) else f"prompt is {opened.tokens} tokens, window {opened.window}"
+                async for chunk in _taken_over(reply, taken, f"{self.name} failed after the stream began ({why})"):
+                    yield chunk
+            elif isinstance(opened, TooLong):  # Claude Code compacts on these words
+                usage.error = "context overflow"
+                yield _encode([error_event(prompt_too_long_message(opened.tokens, opened.window), "invalid_request_error")])
+            else:
+                usage.error = opened.detail
+                yield _encode([error_event(f"{self.name}: {opened.detail}")])
             return
         async for chunk in self._relay(opened, call, usage, started=True, release=release, was_idle=was_idle):
             yield chunk
@@ -573,6 +593,38 @@ def server_words(text: str, limit: int = 200) -> str:
         text = _TAGS.sub(" ", text)
     text = text.split("Traceback (most recent call last)", 1)[0]
     return " ".join(text.split())[:limit]
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
+
+
+async def _taken_over(reply: Reply, taken: Reply, why: str) -> AsyncIterator[bytes]:
+    """`taken`'s stream as the rest of `reply`'s: the client has its message_start
+    already, so taken's own is left out. The reply then names the backend that answered,
+    closes both, and carries taken's usage for the request log."""
+    first_close, reply.backend = reply.close, taken.backend
+
+    def close() -> None:
+        if taken.close is not None:
+            taken.close()
+        if first_close is not None:
+            first_close()
+
+    reply.close = close
+    began = False
+    try:
+        async for chunk in taken.body:
+            if not began and MESSAGE_START in chunk:  # nonstop's own encoding: whole events
+                at = chunk.index(MESSAGE_START)
+                chunk, began = chunk[:at] + chunk[chunk.index(b"\n\n", at) + 2:], True
+            if chunk:
+                yield chunk
+    finally:
+        u = taken.usage
+        reply.usage.__dict__.update(u.__dict__)
+        reply.usage.note = "; ".join(n for n in (f"{why}; {taken.backend} answered", u.note) if n)
 
 
 async def _with_pings(source: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, UnreadableRequest
@@ -148,6 +149,8 @@ class Pipeline:
             res = await self.attempt(ctx, step)
             if isinstance(res, Reply):
                 out.reply, out.step = res, step
+                if res.stream and step.target != CLOUD:
+                    res.instead = partial(self._instead, ctx, facts, out, tried, step.target)
                 break
             if isinstance(res, Skip):  # not tried after all (another instance probes; a full pool)
                 tried[step.target] = res.reason
@@ -205,6 +208,30 @@ class Pipeline:
         else:
             rt.give_slot(backend)
         return res
+
+    async def _instead(self, ctx: RequestContext, facts: RequestFacts, out: Outcome, tried: dict[str, str],
+                       failed: str, res: Verdict | TooLong) -> Reply | None:
+        """Another local stream for a message whose stream began before `failed` answered,
+        and that `failed` then could not serve (LocalBackend._late): the plan's next local
+        steps, planned again as after any failure. Not the cloud: its stream is a message
+        of its own, and the client has this one's start."""
+        tried = {**tried, failed: _describe(res)}
+        out.tried.append((failed, tried[failed]))
+        while True:
+            p = self.plan(facts, tried)
+            step = next((s for s in p.steps if s.target != CLOUD), None)
+            if step is None:
+                return None
+            out.plan = p
+            got = await self.attempt(ctx, step)
+            if isinstance(got, Reply):
+                out.step = step
+                if got.stream:
+                    got.instead = partial(self._instead, ctx, facts, out, tried, step.target)
+                return got
+            why = got.reason if isinstance(got, Skip) else _describe(got)
+            tried[step.target] = why
+            out.tried.append((step.target, why))
 
     def cloud_outcome(self, res: Attempt, account: str = "") -> None:
         """What a cloud attempt teaches the account's cloud state."""

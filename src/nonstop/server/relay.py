@@ -114,6 +114,7 @@ class Relay:
             gone, owed = await self._pump(ctx, reply, writer, extra, receive, send, t_head)
             if owed:
                 last = functools.partial(end_body, send)
+            row.backend = reply.backend  # a local stream can end on another local backend
             u = reply.usage
             row.input_tokens, row.output_tokens, row.stop_reason = u.input_tokens, u.output_tokens, u.stop_reason
             if gone:

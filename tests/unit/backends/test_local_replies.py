@@ -6,6 +6,7 @@ trickles or never stops sending cannot hold a request or fill memory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -177,6 +178,75 @@ async def test_an_overflow_after_the_stream_began_is_told_in_the_words_claude_co
     assert isinstance(res, Reply) and res.stream
     assert b"event: message_start" in body and b"prompt is too long: 40000 tokens > 8192 maximum" in body
     assert b'"invalid_request_error"' in body
+
+
+@pytest.mark.parametrize("status,text", [(503, '{"error": "the model crashed"}'), (400, LLAMA)], ids=["error", "overflow"])
+async def test_a_server_that_fails_after_the_stream_began_hands_the_message_over(serve, monkeypatch, status, text):
+    monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.1)
+    cfg = parse_config({"local": [
+        {"name": "first", "url": await serve(_replies(status, text, delay=0.5)), "api": "anthropic", "count_tokens": "estimate"},
+        {"name": "next", "url": await serve(_sse_app("/v1/chat/completions", OPENAI_ANSWER + b"data: [DONE]\n\n")),
+         "api": "openai", "count_tokens": "estimate"}]})
+    closed: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        first, nxt = (make_local_backend(c, session) for c in cfg.local)
+        res = await first.send_request(dict(REQUEST), stream=True)
+        assert isinstance(res, Reply)
+        asked: list[object] = []
+
+        async def instead(failure):
+            asked.append(failure)
+            taken = await nxt.send_request(dict(REQUEST), stream=True)
+            assert isinstance(taken, Reply)
+            close = taken.close
+            taken.close = lambda: (closed.append("next"), close and close())
+            return taken
+
+        res.instead = instead
+        first_close = res.close
+        res.close = lambda: (closed.append("first"), first_close and first_close())
+        body = b"".join([c async for c in res.body])
+        res.close()
+    assert wirecheck.check_anthropic_stream(body).outcome == "ok", body[-300:]
+    assert body.count(b"event: message_start") == 1 and b'"text":"hi"' in body
+    assert isinstance(asked[0], TooLong if status == 400 else Verdict)
+    assert res.backend == "next" and res.usage.output_tokens == 1 and res.usage.complete
+    assert res.usage.note.startswith("first failed after the stream began") and "next answered" in res.usage.note
+    assert sorted(closed) == ["first", "next"]
+
+
+async def test_a_client_gone_while_the_next_backend_reads_the_prompt_leaves_no_request_behind(serve, monkeypatch):
+    monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.1)
+    cfg = parse_config({"local": [
+        {"name": "first", "url": await serve(_replies(503, "{}", delay=0.2)), "api": "anthropic", "count_tokens": "estimate"},
+        {"name": "next", "url": await serve(_replies(200, "{}", delay=30)), "api": "anthropic", "count_tokens": "estimate"}]})
+    async with aiohttp.ClientSession() as session:
+        first, nxt = (make_local_backend(c, session) for c in cfg.local)
+        res = await first.send_request(dict(REQUEST), stream=True)
+        assert isinstance(res, Reply)
+        asked = asyncio.Event()
+
+        async def instead(failure):
+            monkeypatch.setattr(local_module, "COMMIT_AFTER", 5.0)  # the next one's head is awaited
+            asked.set()
+            got = await nxt.send_request(dict(REQUEST), stream=True)
+            return got if isinstance(got, Reply) else None
+
+        res.instead = instead
+        body = res.body.__aiter__()
+        first_chunk = await body.__anext__()  # the message_start
+        assert b"message_start" in first_chunk
+        reading = asyncio.ensure_future(body.__anext__())
+        await asyncio.wait_for(asked.wait(), 5)
+        await asyncio.sleep(0.1)
+        reading.cancel()  # the client left: the relay's task is cancelled, then it closes the reply and its body
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        res.close()
+        await body.aclose()
+        await asyncio.sleep(0.05)
+        left = [t for t in asyncio.all_tasks() if "_open" in repr(t.get_coro()) and not t.done()]
+        assert left == [] and nxt.state.inflight == 0
 
 
 @pytest.mark.parametrize("api,path", [("openai", "/v1/chat/completions"), ("anthropic", "/v1/messages")])

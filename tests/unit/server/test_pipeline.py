@@ -125,6 +125,42 @@ async def test_every_backend_failing_names_each(tmp_path: Path) -> None:
     assert [s.target for s in fakes["a"].sent] == ["a"] and [s.target for s in fakes["b"].sent] == ["b"]
 
 
+def late(name: str) -> Reply:
+    """A local stream whose head was late: its body asks for another backend's stream
+    (reply.instead) when its server fails, as LocalBackend._late does."""
+    r = Reply(200, [], single(b""), name, True)
+
+    async def body():
+        taken = await r.instead(Verdict(FailureKind.SERVER_ERROR, True, None, "HTTP 503", 503)) if r.instead else None
+        if taken is not None:
+            async for chunk in taken.body:
+                yield chunk
+
+    r.body = body()
+    return r
+
+
+async def test_a_local_stream_that_fails_after_it_began_is_taken_over_by_the_next_local_backend(tmp_path: Path) -> None:
+    down = Verdict(FailureKind.NETWORK, True, None, "connection refused")
+    answer = Reply(200, [], single(b"answer"), "c", True)
+    # The cloud is out; "a" begins the stream and fails late, "b" is down, "c" answers.
+    rt, p, cloud, fakes = make(tmp_path, [down], {"a": [late("a")], "b": [down], "c": [answer]})
+    out = await p.run(ctx({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
+                           "messages": [{"role": "user", "content": "hi"}]}))
+    assert out.reply is not None and out.reply.backend == "a"
+    assert b"".join([c async for c in out.reply.body]) == b"answer"
+    assert [t for t, _ in out.tried] == ["cloud", "a", "b"]
+    assert len(cloud.sent) == 1  # the cloud is not asked again: its stream would be a message of its own
+    assert answer.instead is not None  # and "c" may hand it on in turn
+
+
+async def test_a_late_failure_with_no_local_backend_left_gets_none(tmp_path: Path) -> None:
+    rt, p, _, _ = make(tmp_path, [Verdict(FailureKind.NETWORK, True, None, "down")], {"a": [late("a")]})
+    out = await p.run(ctx({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
+                           "messages": [{"role": "user", "content": "hi"}]}))
+    assert out.reply is not None and b"".join([c async for c in out.reply.body]) == b""
+
+
 async def test_too_long_everywhere_says_prompt_is_too_long(tmp_path: Path) -> None:
     rt, p, _, _ = make(tmp_path, [Verdict(FailureKind.NETWORK, True, None, "down")],
                        {"small": [TooLong("small", 5000, 4096)], "big": [TooLong("big", 5000, 4608)]})
