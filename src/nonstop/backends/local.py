@@ -547,8 +547,13 @@ def _describe_exc(exc: BaseException, base: str) -> str:
 
 # The sizes a server names when a prompt is over its window: llama-server's JSON fields,
 # vLLM's and OpenAI's wording.
-_N_PROMPT = re.compile(r'"n_prompt_tokens"\s*:\s*(\d+)|\((\d+) in the messages|resulted in (\d+) tokens')
-_N_CTX = re.compile(r'"n_ctx"\s*:\s*(\d+)|maximum context length is (\d+)')
+# The prompt's size and the window in a server's overflow: llama-server's fields, LM
+# Studio's words, and vLLM's, which changed over its releases ("(N in the messages, ...)";
+# "your request has N input tokens"; "your prompt contains N input tokens"; with
+# --max-prompt-length, "maximum prompt length is W tokens ... N prompt tokens").
+_N_PROMPT = re.compile(r'"n_prompt_tokens"\s*:\s*(\d+)|\((\d+) in the messages|resulted in (\d+) tokens'
+                       r'|(?:request has|prompt contains) (\d+) (?:input|prompt) tokens')
+_N_CTX = re.compile(r'"n_ctx"\s*:\s*(\d+)|maximum (?:context|prompt) length is (\d+)')
 
 
 def context_overflow(text: str) -> tuple[int, int] | None:
@@ -558,7 +563,7 @@ def context_overflow(text: str) -> tuple[int, int] | None:
     low = text.lower()
     over = (
         "context" in low and ("exceed" in low or "too long" in low or "overflow" in low or "too large" in low)
-    ) or "prompt is too long" in low or "maximum context length" in low
+    ) or "prompt is too long" in low or "maximum context length" in low or "maximum prompt length" in low
     if not over:
         return None
 

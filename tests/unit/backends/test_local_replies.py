@@ -553,3 +553,17 @@ async def test_a_model_list_with_null_data_is_still_a_healthy_server(serve):
 def test_an_overflow_that_names_no_sizes_still_reads_as_over_the_window():
     assert local_module.context_overflow(OLLAMA) == (0, 0)
     assert local_module.context_overflow(VLLM) == (8000, 4096)  # the prompt, not prompt + max_tokens
+
+
+@pytest.mark.parametrize("text,sizes", [
+    ("This model's maximum context length is 4096 tokens. However, your request has 5000 input tokens. "
+     "Please reduce the length of the input messages.", (5000, 4096)),
+    ("'max_tokens' or 'max_completion_tokens' is too large: 8000. This model's maximum context length is 4096 tokens "
+     "and your request has 2778 input tokens (8000 > 4096 - 2778).", (2778, 4096)),
+    ("This model's maximum context length is 4096 tokens. However, you requested 1000 output tokens and your prompt "
+     "contains 3500 input tokens, for a total of 4500 tokens.", (3500, 4096)),
+    ("This model's maximum prompt length is 3000 tokens. However, your request has 3100 prompt tokens. "
+     "Please reduce the length of the prompt.", (3100, 3000)),
+], ids=["vllm-input", "vllm-max-tokens", "vllm-0.19", "vllm-max-prompt-length"])
+def test_vllms_overflow_wordings_name_the_prompt_and_the_window(text, sizes):
+    assert local_module.context_overflow(orjson.dumps({"object": "error", "message": text, "code": 400}).decode()) == sizes
