@@ -137,8 +137,9 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
     },
     "hooks": {
         "command": "Shell command run when nonstop switches between cloud and local (the "
-                   "event arrives as JSON on stdin).",
-        "webhook": "URL that gets the same event as a JSON POST.",
+                   "event arrives as JSON on stdin and in $NONSTOP_EVENT, its words in "
+                   "$NONSTOP_MESSAGE); killed after 10 s.",
+        "webhook": "URL that gets the same event as a JSON POST (10 s at most).",
     },
     "recovery": {
         "continue_locally": "Finish a text-only cloud answer that broke off mid-stream on a "

@@ -14,6 +14,9 @@ from nonstop.config import HooksConfig
 
 log = logging.getLogger("nonstop")
 
+# How long a hook command or webhook may take; a command still running then is killed.
+HOOK_TIMEOUT = 10.0
+
 
 async def notify(cfg: HooksConfig, event: dict[str, Any]) -> None:
     payload = orjson.dumps(event)
@@ -24,14 +27,19 @@ async def notify(cfg: HooksConfig, event: dict[str, Any]) -> None:
                 cfg.command, env=env, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )
-            await asyncio.wait_for(proc.communicate(payload), timeout=10)
+            try:
+                await asyncio.wait_for(proc.communicate(payload), timeout=HOOK_TIMEOUT)
+            except TimeoutError:
+                proc.kill()  # a hook that hangs must not pile up with every switch
+                await proc.wait()
+                raise
         except (OSError, TimeoutError) as exc:
             log.warning("hook command failed: %s", type(exc).__name__)
     if cfg.webhook:
         try:
             async with aiohttp.ClientSession() as s, s.post(
                 cfg.webhook, data=payload, headers={"content-type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=10),
+                timeout=aiohttp.ClientTimeout(total=HOOK_TIMEOUT),
             ) as r:
                 if r.status >= 400:
                     log.warning("hook webhook answered HTTP %d", r.status)
