@@ -13,7 +13,7 @@ Nothing here writes to the client: the relay commits the reply it returns.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from nonstop.wire.anthropic import estimate_tokens, to_local_request
 from nonstop.wire.errors import prompt_too_long_message
 
 if TYPE_CHECKING:
+    from nonstop.backends.local import LocalBackend
     from nonstop.server.asgi import Connection
     from nonstop.server.runtime import Runtime
 
@@ -188,11 +189,17 @@ class Pipeline:
         backend = rt.backend(step.target)
         if backend is None:
             return Verdict(FailureKind.NETWORK, True, None, "the backend is gone")
+        return await self._on_local(backend, lambda: backend.send(ctx.ex, step))
+
+    async def _on_local(self, backend: LocalBackend, send: Callable[[], Awaitable[Attempt]]) -> Attempt | Skip:
+        """`send` to a local backend within its slots: counted (fleet-wide when shared)
+        while it runs, and for a stream until the stream is closed."""
+        rt = self.rt
         taken = await rt.take_slot(backend)
         if taken is not None:
             return taken
         try:
-            res = await backend.send(ctx.ex, step)
+            res = await send()
         except BaseException:
             rt.give_slot(backend)
             raise
@@ -284,7 +291,7 @@ class Pipeline:
             backend = self.rt.backend(step.target)
             if backend is None:
                 continue
-            res = await backend.send_request(req, stream=True)
+            res = await self._on_local(backend, partial(backend.send_request, req, stream=True))
             if isinstance(res, Reply):
                 return res
         return None

@@ -280,3 +280,16 @@ async def test_a_request_only_a_whole_parse_refuses_is_a_400_and_ends_a_probe(tm
     assert (out.reply, out.status, out.etype) == (None, 400, "invalid_request_error")
     assert "not valid JSON" in out.message
     assert rt.quota.state is not CloudState.PROBING and rt.quota.view().probe_due  # the next request probes
+
+
+async def test_a_continuation_keeps_to_the_local_backends_limits(tmp_path: Path) -> None:
+    # Mid-stream recovery asks a local backend for the rest of a message: within its
+    # slots, as any local request, and the slot is held until that stream is closed.
+    answer = Reply(200, [], single(b""), "b", True)
+    rt, p, _, fakes = make(tmp_path, [], {"a": [], "b": [answer]})
+    full = fakes["a"]
+    full.cfg = LocalBackendConfig(name="a", url="http://127.0.0.1:1", context_window=32768, max_inflight=1)
+    full.state.inflight = 1
+    req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    got = await p.continue_locally(ctx(req), req)
+    assert got is answer and full.sent == [] and len(fakes["b"].sent) == 1
