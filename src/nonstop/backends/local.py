@@ -608,16 +608,11 @@ async def _no_body() -> AsyncIterator[bytes]:
 async def _taken_over(reply: Reply, taken: Reply, why: str) -> AsyncIterator[bytes]:
     """`taken`'s stream as the rest of `reply`'s: the client has its message_start
     already, so taken's own is left out. The reply then names the backend that answered,
-    closes both, and carries taken's usage for the request log."""
-    first_close, reply.backend = reply.close, taken.backend
-
-    def close() -> None:
-        if taken.close is not None:
-            taken.close()
-        if first_close is not None:
-            first_close()
-
-    reply.close = close
+    closes as taken does, and carries taken's usage for the request log."""
+    # The first backend's request is over: its slot goes back now, not when this ends.
+    if reply.close is not None:
+        reply.close()
+    reply.close, reply.backend = taken.close, taken.backend
     began = False
     try:
         async for chunk in taken.body:

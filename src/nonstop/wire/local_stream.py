@@ -28,6 +28,8 @@ LOCAL_THINKING_SIGNATURE = "nonstop-local"
 # The stop reasons an Anthropic client knows.
 STOP_REASONS = frozenset({"end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",
                           "model_context_window_exceeded"})
+# Those that say a limit cut the output short, not the model.
+OUTPUT_LIMITS = frozenset({"max_tokens", "model_context_window_exceeded"})
 
 
 def message_start(model: str, input_tokens: int, message_id: str | None = None) -> Event:
@@ -120,7 +122,7 @@ class LocalStreamNormalizer:
             delta = data.get("delta") or {}
             usage = data.get("usage") or {}
             # First: a held text block may become a tool call, unless the limit cut it.
-            out.extend(self._close_all(cut=delta.get("stop_reason") == "max_tokens"))
+            out.extend(self._close_all(cut=delta.get("stop_reason") in OUTPUT_LIMITS))
             raw = delta.get("stop_reason")
             self.stop_reason = stop_reason_for(raw, has_tools=self._tools, capped=self.capped,
                                                cut_call=self._cut_call, repaired=any(r.repaired for r in self.repairs))
@@ -140,6 +142,7 @@ class LocalStreamNormalizer:
             kind = err.get("type")
             self.error = str(err.get("message") or "local stream error")
             self.finished = True
+            out.extend(self._settle_held())
             out.append(error_event(self.error, kind if isinstance(kind, str) and kind else "api_error"))
         return out
 
@@ -287,6 +290,12 @@ class LocalStreamNormalizer:
             self._signed.add(idx)
         return [_delta_event(self._at[idx], delta)]
 
+    def _settle_held(self) -> list[Event]:
+        """Held text blocks, when the output ends without a stop reason (an error, the
+        stream's end): what the model wrote goes out, read as cut (a call left open stays
+        text)."""
+        return [e for idx in sorted(self._watch) for e in self._settle(idx, cut=True)]
+
     def _close_all(self, cut: bool = False) -> list[Event]:
         """Close every open block (`cut`: the output limit ended the output)."""
         return [e for idx in sorted(self._open) for e in self._stop(idx, cut)]
@@ -313,7 +322,7 @@ class LocalStreamNormalizer:
             self.error = self.error or "the local server ended the stream early"
             head = [] if self.started else [message_start(self.model, self.input_tokens)]
             self.started = True
-            return head + [error_event(self.error)]
+            return head + self._settle_held() + [error_event(self.error)]
         out = self._close_all()
         return out + [("message_stop", {"type": "message_stop"})]
 
@@ -371,7 +380,7 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     chars = 0
     blocks = [b for b in out.get("content") or [] if isinstance(b, dict)]
     # The output limit ended the reply: its last block is where it cut.
-    limit = out.get("stop_reason") == "max_tokens"
+    limit = out.get("stop_reason") in OUTPUT_LIMITS
     for i, block in enumerate(blocks):
         b = dict(block)
         if b.get("type") == "tool_use":

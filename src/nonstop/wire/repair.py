@@ -579,6 +579,10 @@ def split_text(text: str, toolbox: Toolbox, *, cut: bool = False) -> Split:
         if isinstance(found, tuple):
             return Split(text[:start], tuple(found[0]), tuple(found[1]))
         attempt = attempt or found
+        if scan.pieces and scan.pieces[-1].end < 0:
+            # A piece open to the end holds every later line start: those lines are its
+            # inside (a string's lines, say), never calls of their own.
+            break
     return Split(text, (), (attempt,) if attempt else ())
 
 

@@ -450,6 +450,37 @@ def test_every_call_the_limit_cut_inside_stays_text(written: str) -> None:
     assert whole["content"] == [{"type": "text", "text": written}] and whole["stop_reason"] == "max_tokens"
 
 
+@pytest.mark.parametrize("stop_reason", ["max_tokens", "end_turn"])
+def test_the_lines_of_a_string_left_open_are_never_calls_of_their_own(stop_reason: str) -> None:
+    # A Write whose content quotes a call, cut inside that content: the quoted line reads
+    # as a whole call by itself, but it is the inside of the Write's string.
+    written = ("I'll write the notes.\n<tool_call>\n{'name': 'Write', 'arguments': {'file_path': 'notes.md', "
+               "'content': '# Cleanup\nTo clean, the agent calls:\n{\"name\": \"Bash\", \"arguments\": "
+               "{\"command\": \"rm -rf build\"}}\n")
+    for chunk in (1, 7, 10**6):
+        streamed, whole = both_paths([{"type": "text", "text": written}], stop_reason, chunk)
+        assert streamed == whole
+        assert whole["content"] == [{"type": "text", "text": written}], whole
+
+
+def test_the_context_window_cutting_a_call_is_a_cut_too() -> None:
+    streamed, whole = both_paths([{"type": "text", "text": READ[:-2]}], "model_context_window_exceeded")
+    assert streamed == whole and whole["content"] == [{"type": "text", "text": READ[:-2]}]
+
+
+@pytest.mark.parametrize("end", ["error", "eof"])
+def test_held_text_goes_out_before_a_stream_ends_without_a_stop_reason(end: str) -> None:
+    text = f"Here:\n<tool_call>{READ}</tool_call>"
+    events = [e for e in stream_of([{"type": "text", "text": text}]) if e[0] not in ("message_delta", "message_stop")]
+    if end == "error":
+        events.append(("error", {"type": "error", "error": {"type": "api_error", "message": "the server died"}}))
+    out, norm = run_stream(events)
+    validate_anthropic_stream(out, allow_error=True)
+    assert out[-1][0] == "error"
+    assert [b["type"] for b in content_of(out[:-1])] == ["text", "tool_use"]
+    assert [r.tool for r in norm.repairs] == ["Read"]
+
+
 def test_a_held_call_before_another_block_is_not_cut_by_the_limit() -> None:
     # The output went on past the call: the limit cut the block after it, not the call.
     blocks = [{"type": "text", "text": READ[:-2]}, {"type": "text", "text": "and more"}]
