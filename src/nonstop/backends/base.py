@@ -147,9 +147,11 @@ class Reply:
     verdict: Verdict | None = None
     # For the request log: what nonstop changed on the way (fitted, trimmed, repaired).
     note: str = ""
-    # Set by the pipeline on a local stream: asked for another local stream when this
-    # one's backend fails after the client's stream began without it (its head was late;
-    # see LocalBackend._late). None: no other backend can take the message over.
+    # A local stream that began for the client before its backend's head came (the head
+    # was late; see LocalBackend._late).
+    early: bool = False
+    # Set by the pipeline on an early stream: asked for another local stream when its
+    # backend then fails. None: no other backend can take the message over.
     instead: Callable[[Verdict | TooLong], Awaitable[Reply | None]] | None = None
 
 

@@ -367,7 +367,7 @@ class LocalBackend:
             task.cancel()
             release()
 
-        reply = Reply(200, list(SSE_HEADERS), _no_body(), self.name, True, usage, close=cancel)
+        reply = Reply(200, list(SSE_HEADERS), _no_body(), self.name, True, usage, close=cancel, early=True)
         reply.body = _with_pings(self._late(task, call, reply, release, was_idle), self.ping_interval)
         return reply
 
@@ -453,9 +453,10 @@ class LocalBackend:
         if isinstance(opened, aiohttp.ClientResponse):
             wrong = await self._not_a_stream(opened)
             opened = opened if wrong is None else wrong
+        instead, reply.instead = reply.instead, None  # asked at most once, then let go
         if isinstance(opened, Verdict | TooLong):
             release()
-            taken = await reply.instead(opened) if reply.instead is not None else None
+            taken = await instead(opened) if instead is not None else None
             if taken is not None:
                 why = opened.detail if isinstance(opened, Verdict) else f"prompt is {opened.tokens} tokens, window {opened.window}"
                 async for chunk in _taken_over(reply, taken, f"{self.name} failed after the stream began ({why})"):
@@ -612,7 +613,13 @@ async def _taken_over(reply: Reply, taken: Reply, why: str) -> AsyncIterator[byt
     # The first backend's request is over: its slot goes back now, not when this ends.
     if reply.close is not None:
         reply.close()
-    reply.close, reply.backend = taken.close, taken.backend
+
+    def close() -> None:  # whatever closes taken then: it may have been handed on in turn
+        if taken.close is not None:
+            taken.close()
+
+    handed = reply.backend = taken.backend
+    reply.close = close
     began = False
     try:
         async for chunk in taken.body:
@@ -624,7 +631,8 @@ async def _taken_over(reply: Reply, taken: Reply, why: str) -> AsyncIterator[byt
     finally:
         u = taken.usage
         reply.usage.__dict__.update(u.__dict__)
-        reply.usage.note = "; ".join(n for n in (f"{why}; {taken.backend} answered", u.note) if n)
+        reply.backend = taken.backend  # the last to take over, when taken was handed on too
+        reply.usage.note = "; ".join(n for n in (f"{why}; handed to {handed}", u.note) if n)
 
 
 async def _with_pings(source: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:

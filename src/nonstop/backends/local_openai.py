@@ -46,7 +46,10 @@ class OpenAILocalBackend(LocalBackend):
         if not isinstance(doc, dict) or "choices" not in doc:
             return None
         call.cut = oa.cut_tool_call(doc)
-        return oa.openai_to_anthropic_response(doc, model=call.model, input_tokens_estimate=call.tokens, tool_name_map=call.name_map)
+        msg = oa.openai_to_anthropic_response(doc, model=call.model, input_tokens_estimate=call.tokens, tool_name_map=call.name_map)
+        if not oa.finish_reason_of(doc):
+            msg["stop_reason"] = None  # no end named: the normalizer reads what was left open as cut
+        return msg
 
     def events(self, call: Call) -> EventSource:
         translator = oa.OpenAIStreamTranslator(

@@ -150,8 +150,8 @@ class Pipeline:
             res = await self.attempt(ctx, step)
             if isinstance(res, Reply):
                 out.reply, out.step = res, step
-                if res.stream and step.target != CLOUD:
-                    res.instead = partial(self._instead, ctx, facts, out, tried, step.target)
+                if res.early:  # the door lets the request go: the hand-over keeps its own
+                    res.instead = partial(self._instead, ctx, facts, out, tried, step.target, ctx.ex.request())
                 break
             if isinstance(res, Skip):  # not tried after all (another instance probes; a full pool)
                 tried[step.target] = res.reason
@@ -217,11 +217,11 @@ class Pipeline:
         return res
 
     async def _instead(self, ctx: RequestContext, facts: RequestFacts, out: Outcome, tried: dict[str, str],
-                       failed: str, res: Verdict | TooLong) -> Reply | None:
-        """Another local stream for a message whose stream began before `failed` answered,
-        and that `failed` then could not serve (LocalBackend._late): the plan's next local
-        steps, planned again as after any failure. Not the cloud: its stream is a message
-        of its own, and the client has this one's start."""
+                       failed: str, req: dict[str, Any], res: Verdict | TooLong) -> Reply | None:
+        """Another local stream for the request `req`, whose stream began before `failed`
+        answered and that `failed` then could not serve (LocalBackend._late): the plan's
+        next local steps, planned again as after any failure. Not the cloud: its stream
+        is a message of its own, and the client has this one's start."""
         tried = {**tried, failed: _describe(res)}
         out.tried.append((failed, tried[failed]))
         while True:
@@ -230,11 +230,13 @@ class Pipeline:
             if step is None:
                 return None
             out.plan = p
-            got = await self.attempt(ctx, step)
+            backend = self.rt.backend(step.target)
+            got = (await self._on_local(backend, partial(backend.send_request, req, stream=True)) if backend is not None
+                   else Verdict(FailureKind.NETWORK, True, None, "the backend is gone"))
             if isinstance(got, Reply):
                 out.step = step
-                if got.stream:
-                    got.instead = partial(self._instead, ctx, facts, out, tried, step.target)
+                if got.early:
+                    got.instead = partial(self._instead, ctx, facts, out, tried, step.target, req)
                 return got
             why = got.reason if isinstance(got, Skip) else _describe(got)
             tried[step.target] = why

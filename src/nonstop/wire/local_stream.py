@@ -121,10 +121,11 @@ class LocalStreamNormalizer:
         elif t == "message_delta":
             delta = data.get("delta") or {}
             usage = data.get("usage") or {}
-            # First: a held text block may become a tool call, unless the limit cut it.
-            out.extend(self._close_all(cut=delta.get("stop_reason") in OUTPUT_LIMITS))
+            # First: a held text block may become a tool call, unless the limit cut it (or
+            # the server gave no stop reason: why the output ended is unknown).
             raw = delta.get("stop_reason")
-            self.stop_reason = stop_reason_for(raw, has_tools=self._tools, capped=self.capped,
+            out.extend(self._close_all(cut=raw is None or raw in OUTPUT_LIMITS))
+            self.stop_reason = client_stop_reason(raw, has_tools=self._tools, capped=self.capped,
                                                cut_call=self._cut_call, repaired=any(r.repaired for r in self.repairs))
             self.cut = self.cut or (raw == "max_tokens" and self.capped and not self._cut_call)
             if isinstance(usage.get("output_tokens"), int):
@@ -335,7 +336,7 @@ def _delta_event(idx: int, delta: dict[str, Any]) -> Event:
     return ("content_block_delta", {"type": "content_block_delta", "index": idx, "delta": delta})
 
 
-def stop_reason_for(raw: Any, *, has_tools: bool, capped: bool, cut_call: bool, repaired: bool) -> str:
+def client_stop_reason(raw: Any, *, has_tools: bool, capped: bool, cut_call: bool, repaired: bool) -> str:
     """The stop reason a client hears for a local reply, streamed or whole, from the one
     the server gave (`raw`):
 
@@ -379,8 +380,9 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     content = []
     chars = 0
     blocks = [b for b in out.get("content") or [] if isinstance(b, dict)]
-    # The output limit ended the reply: its last block is where it cut.
-    limit = out.get("stop_reason") in OUTPUT_LIMITS
+    # The output limit ended the reply (or the server named no reason): its last block
+    # is where it was cut.
+    limit = out.get("stop_reason") is None or out.get("stop_reason") in OUTPUT_LIMITS
     for i, block in enumerate(blocks):
         b = dict(block)
         if b.get("type") == "tool_use":
@@ -406,7 +408,7 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     if not isinstance(usage.get("output_tokens"), int) or usage["output_tokens"] <= 0:
         usage["output_tokens"] = max(1, chars // 4)
     out["usage"] = usage
-    out["stop_reason"] = stop_reason_for(out.get("stop_reason"), has_tools=any(b.get("type") == "tool_use" for b in content),
+    out["stop_reason"] = client_stop_reason(out.get("stop_reason"), has_tools=any(b.get("type") == "tool_use" for b in content),
                                          capped=capped, cut_call=cut, repaired=any(r.repaired for r in repairs))
     out.setdefault("stop_sequence", None)
     for r in repairs:

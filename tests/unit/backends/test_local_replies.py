@@ -212,7 +212,7 @@ async def test_a_server_that_fails_after_the_stream_began_hands_the_message_over
     assert body.count(b"event: message_start") == 1 and b'"text":"hi"' in body
     assert isinstance(asked[0], TooLong if status == 400 else Verdict)
     assert res.backend == "next" and res.usage.output_tokens == 1 and res.usage.complete
-    assert res.usage.note.startswith("first failed after the stream began") and "next answered" in res.usage.note
+    assert res.usage.note.startswith("first failed after the stream began") and res.usage.note.endswith("handed to next")
     assert closed == ["first", "next"]
 
 
@@ -508,6 +508,8 @@ TEXT_CALL = {**LONG, "tools": [WRITE]}
     ('<tool_call>\n{"name": "Write", "arguments": {"path": "a.txt"}', "length", "tool_use"),
     # The model stopped with the arguments open: closing them is the repair.
     ('<tool_call>\n{"name": "Write", "arguments": {"path": "a.txt"', "stop", "tool_use"),
+    # The server named no finish_reason: why it ended is unknown, so it reads as cut.
+    ('<tool_call>\n{"name": "Write", "arguments": {"path": "a.txt"', None, "end_turn"),
 ])
 async def test_a_call_written_as_text_that_the_limit_cut_inside_its_arguments_is_never_run(serve, text, finish, stop):
     body = _chunk({"role": "assistant"}) + _chunk({"content": text}) + _chunk({}, finish) + b"data: [DONE]\n\n"

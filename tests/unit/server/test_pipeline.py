@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
+import nonstop.backends.local as local_module
 from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, UnreadableRequest, single
+from nonstop.backends.registry import make_local_backend
 from nonstop.config import LocalBackendConfig, parse_config
 from nonstop.routing.backend_state import REPORT_FRESH, BackendState, ServerReport
 from nonstop.routing.classify import FailureKind, Verdict, classify_response
@@ -19,7 +24,9 @@ from nonstop.routing.view import Capabilities, CloudState
 from nonstop.server.pipeline import Pipeline, RequestContext
 from nonstop.server.runtime import Runtime
 from nonstop.store.db import RequestRow
+from nonstop.wire.sse import encode_event
 from nonstop.wire.tool_ids import backend_tag, local_tool_id
+from tests.support.wirecheck import check_anthropic_stream
 
 T0 = 1_800_000_000.0
 
@@ -43,6 +50,7 @@ class FakeBackend:
         self.name = name
         self.script = list(script)
         self.sent: list[Step] = []
+        self.requests: list[dict] = []  # what send_request was given
         self.cfg = LocalBackendConfig(name=name, url="http://127.0.0.1:1", context_window=window)
         self.state = BackendState(name, Capabilities(context_window=window), tag=backend_tag(name), clock=clock or Clock())
 
@@ -58,6 +66,7 @@ class FakeBackend:
         return item(step) if callable(item) else item
 
     async def send_request(self, req: dict, *, stream: bool) -> Attempt:
+        self.requests.append(req)
         return await self.send(Exchange("POST", "/v1/messages", b"", b"", [], b"", req, stream), Step(self.name, "trim", ""))
 
 
@@ -128,7 +137,7 @@ async def test_every_backend_failing_names_each(tmp_path: Path) -> None:
 def late(name: str) -> Reply:
     """A local stream whose head was late: its body asks for another backend's stream
     (reply.instead) when its server fails, as LocalBackend._late does."""
-    r = Reply(200, [], single(b""), name, True)
+    r = Reply(200, [], single(b""), name, True, early=True)
 
     async def body():
         taken = await r.instead(Verdict(FailureKind.SERVER_ERROR, True, None, "HTTP 503", 503)) if r.instead else None
@@ -145,13 +154,15 @@ async def test_a_local_stream_that_fails_after_it_began_is_taken_over_by_the_nex
     answer = Reply(200, [], single(b"answer"), "c", True)
     # The cloud is out; "a" begins the stream and fails late, "b" is down, "c" answers.
     rt, p, cloud, fakes = make(tmp_path, [down], {"a": [late("a")], "b": [down], "c": [answer]})
-    out = await p.run(ctx({"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
-                           "messages": [{"role": "user", "content": "hi"}]}))
+    req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    c = ctx(req)
+    out = await p.run(c)
+    c.ex.req, c.ex.body = {}, b""  # as the door does once a reply is chosen
     assert out.reply is not None and out.reply.backend == "a"
     assert b"".join([c async for c in out.reply.body]) == b"answer"
     assert [t for t, _ in out.tried] == ["cloud", "a", "b"]
     assert len(cloud.sent) == 1  # the cloud is not asked again: its stream would be a message of its own
-    assert answer.instead is not None  # and "c" may hand it on in turn
+    assert fakes["c"].requests == [req]  # the request itself, though the door let it go
 
 
 async def test_a_late_failure_with_no_local_backend_left_gets_none(tmp_path: Path) -> None:
@@ -293,3 +304,59 @@ async def test_a_continuation_keeps_to_the_local_backends_limits(tmp_path: Path)
     req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     got = await p.continue_locally(ctx(req), req)
     assert got is answer and full.sent == [] and len(fakes["b"].sent) == 1
+
+
+async def test_a_chain_of_late_failures_ends_on_the_backend_that_answers(tmp_path: Path, serve, monkeypatch) -> None:
+    # Real local backends behind real (small) servers: two whose heads are late and then
+    # fail, one that answers. One message reaches the client; each server got the request.
+    monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.1)
+    seen: dict[str, list[dict]] = {"f0": [], "f1": [], "good": []}
+
+    def failing(name: str) -> web.Application:
+        async def handler(request: web.Request) -> web.Response:
+            seen[name].append(await request.json())
+            await asyncio.sleep(0.4)
+            return web.json_response({"error": {"message": "the model crashed"}}, status=503)
+        app = web.Application()
+        app.router.add_post("/v1/messages", handler)
+        return app
+
+    async def answers(request: web.Request) -> web.StreamResponse:
+        seen["good"].append(await request.json())
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for name, data in [
+            ("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
+                                                                    "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hello"}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
+            ("message_stop", {"type": "message_stop"})]:
+            await resp.write(encode_event(name, orjson.dumps(data)))
+        return resp
+
+    good = web.Application()
+    good.router.add_post("/v1/messages", answers)
+    urls = {"f0": await serve(failing("f0")), "f1": await serve(failing("f1")), "good": await serve(good)}
+    config = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}, "local": [
+        {"name": n, "url": u, "api": "anthropic", "count_tokens": "estimate"} for n, u in urls.items()]})
+    rt = Runtime(config, clock=Clock())
+    req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "fix the bug"}]}
+    async with aiohttp.ClientSession() as session:
+        backends = [make_local_backend(c, session) for c in config.local]
+        rt.use_backends(backends, cloud=FakeBackend("cloud", [Verdict(FailureKind.NETWORK, True, None, "down")]))  # type: ignore[arg-type]
+        c = ctx(req)
+        out = await Pipeline(rt).run(c)
+        c.ex.req, c.ex.body = {}, b""  # as the door does once a reply is chosen
+        assert out.reply is not None and out.reply.backend == "f0"
+        body = b"".join([chunk async for chunk in out.reply.body])
+        assert out.reply.close is not None
+        out.reply.close()
+    assert check_anthropic_stream(body).outcome == "ok", body[-400:]
+    assert body.count(b"event: message_start") == 1 and b"hello" in body
+    assert out.reply.backend == "good"
+    assert [m["messages"][-1]["content"] for n in ("f0", "f1", "good") for m in seen[n]] == ["fix the bug"] * 3
+    note = out.reply.usage.note
+    assert note.startswith("f0 failed after the stream began") and "handed to f1; f1 failed" in note and note.endswith("handed to good")
+    assert all(b.state.inflight == 0 for b in backends)

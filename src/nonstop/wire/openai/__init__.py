@@ -26,6 +26,7 @@ from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE
 from nonstop.wire.openai.backend_reply import (
     OpenAIStreamTranslator,
     cut_tool_call,
+    finish_reason_of,
     openai_to_anthropic_response,
 )
 from nonstop.wire.openai.backend_request import (
@@ -51,6 +52,7 @@ __all__ = [
     "anthropic_response_to_openai",
     "anthropic_to_openai_request",
     "cut_tool_call",
+    "finish_reason_of",
     "openai_request_to_anthropic",
     "openai_to_anthropic_response",
     "openai_tool_name",

@@ -173,7 +173,10 @@ class OpenAIStreamTranslator:
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
+                # With close_cut_calls=False, a stream that ended without a finish_reason
+                # says so (None): its reader treats what was left open as cut.
+                "delta": {"stop_reason": self.stop_reason if self._close_cut or self._finish_reason else None,
+                          "stop_sequence": None},
                 "usage": self.usage,
             },
         ))
@@ -345,6 +348,12 @@ def cut_tool_call(resp: Any) -> bool:
             if scan.started and scan.closing():
                 return True
     return False
+
+
+def finish_reason_of(resp: Any) -> str:
+    """The finish_reason of a Chat Completions reply's first choice ("" when it names none)."""
+    reason = _first_message(resp)[0].get("finish_reason")
+    return reason if isinstance(reason, str) else ""
 
 
 def _first_message(resp: Any) -> tuple[dict[str, Any], dict[str, Any]]:
