@@ -457,6 +457,7 @@ class LocalBackend:
         if isinstance(opened, Verdict | TooLong):
             release()
             taken = await instead(opened) if instead is not None else None
+            del instead  # it holds the request: not for the rest of the stream
             if taken is not None:
                 why = opened.detail if isinstance(opened, Verdict) else f"prompt is {opened.tokens} tokens, window {opened.window}"
                 async for chunk in _taken_over(reply, taken, f"{self.name} failed after the stream began ({why})"):
@@ -468,6 +469,7 @@ class LocalBackend:
                 usage.error = opened.detail
                 yield _encode([error_event(f"{self.name}: {opened.detail}")])
             return
+        del instead
         async for chunk in self._relay(opened, call, usage, started=True, release=release, was_idle=was_idle):
             yield chunk
 

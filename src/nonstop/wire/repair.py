@@ -561,17 +561,86 @@ def _call(name: str, args: Any, toolbox: Toolbox) -> tuple[ToolCall, tuple[str, 
     return ToolCall(tool, args), (*changes, how) if how else changes
 
 
+_OPENER = re.compile(r"""\{\s*["']""")  # a "{" whose first character inside is a quote (a key)
+_IN_OBJECT = re.compile(r"""[{}\[\]"']""")
+
+
+class _Strings:
+    """Whether the text read so far ends inside a string of a call-shaped JSON object
+    (from a "{" whose first character inside is a quote, to its closing brace), wherever
+    that object began: mid-line, or past HOLD_LIMIT. A line starting there is that
+    string's inside (the content of a Write quoting a call, say), never a call of its own.
+    Fed in order, in pieces of any size."""
+
+    __slots__ = ("depth", "quote", "escape", "tail")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.quote = ""
+        self.escape = False
+        self.tail = ""  # a "{" (and spaces) at the end of a piece, outside any object
+
+    def copy(self) -> _Strings:
+        other = _Strings()
+        other.depth, other.quote, other.escape, other.tail = self.depth, self.quote, self.escape, self.tail
+        return other
+
+    @property
+    def inside(self) -> bool:
+        return bool(self.quote)
+
+    def feed(self, text: str) -> None:
+        if self.tail:
+            text, self.tail = self.tail + text, ""
+        k, n = 0, len(text)
+        while k < n:
+            if self.escape:
+                self.escape, k = False, k + 1
+            elif self.quote:
+                m = _STRING_SPECIAL[self.quote].search(text, k)
+                if m is None:
+                    return
+                k = m.end()
+                if m.group() == "\\":
+                    self.escape = True
+                else:
+                    self.quote = ""
+            elif self.depth:
+                m = _IN_OBJECT.search(text, k)
+                if m is None:
+                    return
+                c, k = m.group(), m.end()
+                if c in "\"'":
+                    self.quote = c
+                else:
+                    self.depth += 1 if c in "{[" else -1
+            else:
+                m = _OPENER.search(text, k)
+                if m is None:
+                    brace = text.rfind("{", k)
+                    if brace >= 0 and not text[brace + 1 :].strip():
+                        self.tail = text[brace:]
+                    return
+                self.depth, self.quote, k = 1, m.group()[-1], m.end()
+
+
 def _line_starts(text: str) -> list[int]:
     return [0, *(m.end() for m in re.finditer("\n", text))]
 
 
-def split_text(text: str, toolbox: Toolbox, *, cut: bool = False) -> Split:
+def split_text(text: str, toolbox: Toolbox, *, cut: bool = False, _before: _Strings | None = None) -> Split:
     """`text` read as prose followed by calls: the earliest line start from which the
     rest of the text is nothing but valid calls. No such line: all prose, with the first
     near miss as the attempt. `cut`: the output limit ended the text (a call it cut
     inside its arguments stays text: closing it would run what the model never wrote)."""
     attempt: Repair | None = None
+    strings = _before.copy() if _before is not None else _Strings()  # `_before`: what came before text
+    read = 0
     for start in _line_starts(text):
+        strings.feed(text[read:start])
+        read = start
+        if strings.inside:  # the inside of a string an earlier call-shaped object opened
+            continue
         scan = _Scanner()
         if not scan.feed(text, start):
             continue
@@ -579,10 +648,6 @@ def split_text(text: str, toolbox: Toolbox, *, cut: bool = False) -> Split:
         if isinstance(found, tuple):
             return Split(text[:start], tuple(found[0]), tuple(found[1]))
         attempt = attempt or found
-        if scan.pieces and scan.pieces[-1].end < 0:
-            # A piece open to the end holds every later line start: those lines are its
-            # inside (a string's lines, say), never calls of their own.
-            break
     return Split(text, (), (attempt,) if attempt else ())
 
 
@@ -598,6 +663,7 @@ class CallWatch:
         self.toolbox = toolbox
         self.held = ""  # from a line start, while the scan lives
         self.scan: _Scanner | None = _Scanner()  # None: in the middle of a prose line
+        self.strings = _Strings()  # over the text let go so far
 
     def feed(self, piece: str) -> str:
         scanned = len(self.held)
@@ -611,13 +677,16 @@ class CallWatch:
             nl = self.held.find("\n")
             if nl < 0:
                 out.append(self.held)
+                self.strings.feed(self.held)
                 self.held = ""
                 break
             out.append(self.held[: nl + 1])
+            self.strings.feed(self.held[: nl + 1])
             self.held = self.held[nl + 1 :]
-            self.scan, scanned = _Scanner(), 0
+            # A line inside a string of an object that began earlier is prose.
+            self.scan, scanned = (None if self.strings.inside else _Scanner()), 0
         return "".join(out)
 
     def end(self, *, cut: bool = False) -> Split:
         held, self.held = self.held, ""
-        return split_text(held, self.toolbox, cut=cut) if held.strip() else Split(held)
+        return split_text(held, self.toolbox, cut=cut, _before=self.strings) if held.strip() else Split(held)

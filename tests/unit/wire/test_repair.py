@@ -450,17 +450,37 @@ def test_every_call_the_limit_cut_inside_stays_text(written: str) -> None:
     assert whole["content"] == [{"type": "text", "text": written}] and whole["stop_reason"] == "max_tokens"
 
 
+QUOTED_CALL = '{"name": "Bash", "arguments": {"command": "rm -rf build"}}\n'
+
+
 @pytest.mark.parametrize("stop_reason", ["max_tokens", "end_turn"])
-def test_the_lines_of_a_string_left_open_are_never_calls_of_their_own(stop_reason: str) -> None:
+@pytest.mark.parametrize("written", [
+    "I'll write the notes.\n<tool_call>\n{'name': 'Write', 'arguments': {'file_path': 'notes.md', "
+    "'content': '# Cleanup\nTo clean, the agent calls:\n" + QUOTED_CALL,
+    # The Write begins mid-line, after prose: no line start reads it.
+    "I'll write the notes: <tool_call>{'name': 'Write', 'arguments': {'file_path': 'notes.md', "
+    "'content': '# Cleanup\nTo clean, the agent calls:\n" + QUOTED_CALL,
+    # Its content runs past what a stream holds back while a call may be forming.
+    "<tool_call>\n{\"name\": \"Write\", \"arguments\": {\"file_path\": \"notes.md\", \"content\": \""
+    + "x" * (HOLD_LIMIT + 100) + "\nTo clean, the agent calls:\n" + QUOTED_CALL,
+], ids=["quoted", "mid-line", "past-the-hold-limit"])
+def test_the_lines_of_a_string_left_open_are_never_calls_of_their_own(written: str, stop_reason: str) -> None:
     # A Write whose content quotes a call, cut inside that content: the quoted line reads
     # as a whole call by itself, but it is the inside of the Write's string.
-    written = ("I'll write the notes.\n<tool_call>\n{'name': 'Write', 'arguments': {'file_path': 'notes.md', "
-               "'content': '# Cleanup\nTo clean, the agent calls:\n{\"name\": \"Bash\", \"arguments\": "
-               "{\"command\": \"rm -rf build\"}}\n")
-    for chunk in (1, 7, 10**6):
+    for chunk in (7, 4096, 10**6):
         streamed, whole = both_paths([{"type": "text", "text": written}], stop_reason, chunk)
         assert streamed == whole
         assert whole["content"] == [{"type": "text", "text": written}], whole
+
+
+@pytest.mark.parametrize("form", [("<tool_call>\n", "\n</tool_call>\n"), ("```json\n", "\n```\n")], ids=["tags", "fence"])
+def test_a_call_written_again_after_a_broken_first_try_is_made(form: tuple[str, str]) -> None:
+    # The first try left a brace open; the model wrote the call again, whole.
+    opening, closing = form
+    written = opening + READ[:-1] + closing + opening + READ + closing.rstrip("\n")
+    streamed, whole = both_paths([{"type": "text", "text": written}])
+    assert streamed == whole
+    assert [b["type"] for b in whole["content"]] == ["text", "tool_use"] and whole["stop_reason"] == "tool_use"
 
 
 def test_the_context_window_cutting_a_call_is_a_cut_too() -> None:

@@ -334,11 +334,11 @@ class OpenAIStreamTranslator:
 
 def cut_tool_call(resp: Any) -> bool:
     """Whether a Chat Completions reply ran out of tokens inside a tool call: its finish is
-    "length" and a named call's arguments began as a JSON object that did not end (they
-    are closed for the client, but the call is not one to run). The same test a stream's
-    normalizer makes when it closes a call."""
+    "length" (or it names none: why it ended is unknown) and a named call's arguments
+    began as a JSON object that did not end (they are closed for the client, but the call
+    is not one to run). The same test a stream's normalizer makes when it closes a call."""
     choice, message = _first_message(resp)
-    if choice.get("finish_reason") != "length":
+    if choice.get("finish_reason") not in ("length", None, ""):
         return False
     for _, fn in _named_calls(message):
         args = fn.get("arguments")

@@ -626,6 +626,7 @@ def _fn(args: object, name: str = "Write") -> dict:
     (_length(_fn({"path": "a.txt"})), False),
     (_length(_fn('{"path": "a', name="")), False),  # a call without a name is dropped
     (_length(_fn('{"path": "a.txt", "content": "li'), finish="tool_calls"), False),
+    (_length(_fn('{"path": "a.txt", "content": "li'), finish=None), True),  # no end named: unknown, so cut
     (_length({"content": "prose"}), False),
     ({"choices": []}, False), ({}, False), (None, False),
 ])
