@@ -561,28 +561,35 @@ def _call(name: str, args: Any, toolbox: Toolbox) -> tuple[ToolCall, tuple[str, 
     return ToolCall(tool, args), (*changes, how) if how else changes
 
 
-_OPENER = re.compile(r"""\{\s*["']""")  # a "{" whose first character inside is a quote (a key)
+# A call-shaped object: "{" and a call's key (the shapes _calls_in reads).
+_OPENER = re.compile(r"""\{\s*(["'])(?:name|tool|function|tool_calls?)\1\s*:""")
+_OPENER_SPAN = 64  # a "{" this close to a piece's end may open an object with the next piece
 _IN_OBJECT = re.compile(r"""[{}\[\]"']""")
+_NOT_SPACE = re.compile(r"[^ \t\r\n]")
 
 
 class _Strings:
     """Whether the text read so far ends inside a string of a call-shaped JSON object
-    (from a "{" whose first character inside is a quote, to its closing brace), wherever
-    that object began: mid-line, or past HOLD_LIMIT. A line starting there is that
-    string's inside (the content of a Write quoting a call, say), never a call of its own.
-    Fed in order, in pieces of any size."""
+    (from a "{" and a call's key, to its closing brace), wherever that object began:
+    mid-line, or past HOLD_LIMIT. A line starting there is that string's inside (the
+    content of a Write quoting a call, say), never a call of its own. Inside the object
+    a quote begins a string only where a key or a value can begin (after "{", "[", ","
+    or ":"), so an apostrophe in prose the object never closed opens none. Fed in order,
+    in pieces of any size, with the same result."""
 
-    __slots__ = ("depth", "quote", "escape", "tail")
+    __slots__ = ("depth", "quote", "escape", "last", "tail")
 
     def __init__(self) -> None:
         self.depth = 0
         self.quote = ""
         self.escape = False
-        self.tail = ""  # a "{" (and spaces) at the end of a piece, outside any object
+        self.last = ""  # inside an object: its last character that is not a space
+        self.tail = ""  # a "{" near the end of a piece, outside any object
 
     def copy(self) -> _Strings:
         other = _Strings()
-        other.depth, other.quote, other.escape, other.tail = self.depth, self.quote, self.escape, self.tail
+        other.depth, other.quote, other.escape, other.last, other.tail = (
+            self.depth, self.quote, self.escape, self.last, self.tail)
         return other
 
     @property
@@ -604,24 +611,35 @@ class _Strings:
                 if m.group() == "\\":
                     self.escape = True
                 else:
-                    self.quote = ""
+                    self.quote, self.last = "", m.group()
             elif self.depth:
-                m = _IN_OBJECT.search(text, k)
-                if m is None:
-                    return
-                c, k = m.group(), m.end()
-                if c in "\"'":
-                    self.quote = c
-                else:
-                    self.depth += 1 if c in "{[" else -1
+                k = self._object(text, k)
             else:
                 m = _OPENER.search(text, k)
                 if m is None:
                     brace = text.rfind("{", k)
-                    if brace >= 0 and not text[brace + 1 :].strip():
+                    if brace >= 0 and n - brace <= _OPENER_SPAN:
                         self.tail = text[brace:]
                     return
-                self.depth, self.quote, k = 1, m.group()[-1], m.end()
+                self.depth, self.last, k = 1, ":", m.end()
+
+    def _object(self, text: str, k: int) -> int:
+        """Read inside an object, outside its strings, from k; where reading stopped."""
+        m = _IN_OBJECT.search(text, k)
+        before = text[k : m.start() if m is not None else len(text)].rstrip(" \t\r\n")
+        if before:
+            self.last = before[-1]
+        if m is None:
+            return len(text)
+        c = m.group()
+        if c in "\"'":
+            if self.last in "{[,:":
+                self.quote = c
+            self.last = c
+        else:
+            self.depth += 1 if c in "{[" else -1
+            self.last = c
+        return m.end()
 
 
 def _line_starts(text: str) -> list[int]:
@@ -636,11 +654,16 @@ def split_text(text: str, toolbox: Toolbox, *, cut: bool = False, _before: _Stri
     attempt: Repair | None = None
     strings = _before.copy() if _before is not None else _Strings()  # `_before`: what came before text
     read = 0
+    same_to = -1
     for start in _line_starts(text):
         strings.feed(text[read:start])
         read = start
-        if strings.inside:  # the inside of a string an earlier call-shaped object opened
+        if start <= same_to or strings.inside:  # read already; or inside an earlier call's string
             continue
+        # The line starts up to the first character that is not a space read the same
+        # spaces and then the same text: one scan answers for them all.
+        m = _NOT_SPACE.search(text, start)
+        same_to = m.start() if m is not None else len(text)
         scan = _Scanner()
         if not scan.feed(text, start):
             continue
@@ -670,11 +693,16 @@ class CallWatch:
         self.held += piece
         out: list[str] = []
         while self.held:
+            upto = 0
             if self.scan is not None:
                 if self.scan.feed(self.held, scanned):
                     break
                 self.scan = None
-            nl = self.held.find("\n")
+                # The line starts up to the first character that is not a space would read
+                # the same spaces and die on the same text: their lines go with this one.
+                m = _NOT_SPACE.search(self.held)
+                upto = m.start() if m is not None else len(self.held)
+            nl = self.held.find("\n", upto)
             if nl < 0:
                 out.append(self.held)
                 self.strings.feed(self.held)

@@ -10,6 +10,7 @@ call unless it holds a valid one, streams always pass the checker, and both path
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -471,6 +472,31 @@ def test_the_lines_of_a_string_left_open_are_never_calls_of_their_own(written: s
         streamed, whole = both_paths([{"type": "text", "text": written}], stop_reason, chunk)
         assert streamed == whole
         assert whole["content"] == [{"type": "text", "text": written}], whole
+
+
+@pytest.mark.parametrize("before", [
+    "I'll check the file starts with '{'.\n",  # a brace and a quote in prose: no call's key
+    'The reply must start with "{" so:\n',
+    'Format: {"name": <tool>, ...\nI\'ll read it.\n',  # an object never closed, then an apostrophe
+])
+def test_quotes_and_braces_in_prose_before_a_call_do_not_hide_it(before: str) -> None:
+    written = before + "<tool_call>\n" + READ + "\n</tool_call>"
+    for chunk in (1, 7, 10**6):
+        streamed, whole = both_paths([{"type": "text", "text": written}], "end_turn", chunk)
+        assert streamed == whole
+        assert [b["type"] for b in whole["content"]] == ["text", "tool_use"], whole
+
+
+@pytest.mark.parametrize("text", ["x" + "\n" * 50_000, "x {" + " " * 50_000, "x {" + "\n" * 50_000], ids=["newlines", "spaces", "brace"])
+def test_a_flood_of_blank_output_is_read_in_linear_time(text: str) -> None:
+    # Each line start used to scan on to the end: a model stuck on newlines blocked the
+    # event loop for minutes. Reading it whole and streamed is now one pass.
+    started = time.perf_counter()
+    assert split_text(text, BOX).calls == ()
+    watch = CallWatch(BOX)
+    sent = "".join(watch.feed(text[i : i + 16]) for i in range(0, len(text), 16))
+    assert sent + watch.end().prose == text
+    assert time.perf_counter() - started < 10
 
 
 @pytest.mark.parametrize("form", [("<tool_call>\n", "\n</tool_call>\n"), ("```json\n", "\n```\n")], ids=["tags", "fence"])
