@@ -188,8 +188,15 @@ class Pipeline:
             return res
         backend = rt.backend(step.target)
         if backend is None:
-            return Verdict(FailureKind.NETWORK, True, None, "the backend is gone")
+            return _GONE
         return await self._on_local(backend, lambda: backend.send(ctx.ex, step))
+
+    async def _stream_on(self, target: str, req: dict[str, Any]) -> Attempt | Skip:
+        """`req` streamed by the local backend `target`, within its slots."""
+        backend = self.rt.backend(target)
+        if backend is None:
+            return _GONE
+        return await self._on_local(backend, partial(backend.send_request, req, stream=True))
 
     async def _on_local(self, backend: LocalBackend, send: Callable[[], Awaitable[Attempt]]) -> Attempt | Skip:
         """`send` to a local backend within its slots: counted (fleet-wide when shared)
@@ -230,9 +237,7 @@ class Pipeline:
             if step is None:
                 return None
             out.plan = p
-            backend = self.rt.backend(step.target)
-            got = (await self._on_local(backend, partial(backend.send_request, req, stream=True)) if backend is not None
-                   else Verdict(FailureKind.NETWORK, True, None, "the backend is gone"))
+            got = await self._stream_on(step.target, req)
             if isinstance(got, Reply):
                 out.step = step
                 if got.early:
@@ -290,13 +295,13 @@ class Pipeline:
         facts = ctx.facts or self.facts(ctx.ex)
         p = self.plan(facts, {CLOUD: "the cloud stream failed"})
         for step in p.steps:
-            backend = self.rt.backend(step.target)
-            if backend is None:
-                continue
-            res = await self._on_local(backend, partial(backend.send_request, req, stream=True))
+            res = await self._stream_on(step.target, req)  # the cloud's step: no local backend
             if isinstance(res, Reply):
                 return res
         return None
+
+
+_GONE = Verdict(FailureKind.NETWORK, True, None, "the backend is gone")
 
 
 def _describe(res: Verdict | TooLong) -> str:
