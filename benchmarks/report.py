@@ -455,6 +455,11 @@ def _memory(results: dict[str, Any]) -> list[str]:
     if fs:
         L.append(f"- the bare forwarder, the same way: RSS {_fmt(fs['rss_before_mb'])} → {_fmt(fs['rss_open_mb'])} MB, "
                  f"{_fmt(fs['per_stream_kb'])} KB per open stream")
+    bs = mem.get("baseline_streams")
+    if bs:
+        rev = results.get("baseline", {}).get("rev", "the baseline")
+        L.append(f"- nonstop at {rev}, the same way: RSS {_fmt(bs['rss_before_mb'])} → {_fmt(bs['rss_open_mb'])} MB, "
+                 f"{_fmt(bs['per_stream_kb'])} KB per open stream")
     g = mem.get("growth")
     if g:
         pts = ", ".join(f"{x['requests']:,}: {x['rss_mb']:.1f}" for x in g["samples"][:: max(1, len(g['samples']) // 10)])

@@ -367,10 +367,16 @@ class Bench:
             "cpu_share_while_held": trickle_cpu,
         }
 
-    def memory_per_stream(self) -> None:
+    def memory_per_stream(self, baseline: list[str]) -> None:
+        """Also the baseline's, when it runs: it then comes to the c=1 rounds with the same
+        history as this code's instance (the same requests, streams held and let go), so
+        the comparison there is of the code, not of what each process went through."""
         print(f"memory per open stream ({self.plan.streams_held} slow streams)", flush=True)
         self.results["memory"]["streams"] = self.held_streams("nonstop", self.main.pid, self.main.url)
         self.results["memory"]["forwarder_streams"] = self.held_streams("forwarder", self.fwd.pid, self.fwd.url)
+        for b in baseline:
+            t = self.targets[b]
+            self.results["memory"]["baseline_streams"] = self.held_streams(b, t["pid"], t["url"])
 
     def latency_sweep(self, names: list[str], at_c1: list[str]) -> None:
         """`at_c1`: targets measured at concurrency 1 only (the baseline)."""
@@ -637,7 +643,7 @@ class Bench:
                 if self.args.peers:
                     names += self.start_peers()
                 baseline = self.start_baseline() if self.args.baseline or self.mode == "full" else []
-                self.memory_per_stream()
+                self.memory_per_stream(baseline)
                 self.latency_sweep(names, baseline)
                 for b in baseline:
                     self.stop(self.targets[b]["proc"])

@@ -128,10 +128,13 @@ def measure(kind: str, streams: int, work: Path) -> dict[str, Any]:
         by_package[name] = by_package.get(name, 0.0) + s.size_diff / opened
     sites = [{"site": f"{_short(s.traceback[0].filename)}:{s.traceback[0].lineno}",
               "bytes": s.size_diff / opened, "objects": s.count_diff / opened} for s in diff[:12]]
+    own = [{"site": f"{_short(s.traceback[0].filename)}:{s.traceback[0].lineno}",
+            "bytes": s.size_diff / opened, "objects": s.count_diff / opened}
+           for s in diff if package(s.traceback[0].filename) == "nonstop" and s.size_diff / opened >= 16][:20]
     return {"opened": got.get("opened", 0), "failed": got.get("failed", 0),
             "per_stream_kb": sum(s.size_diff for s in diff) / opened / 1024,
             "by_package_kb": {k: v / 1024 for k, v in sorted(by_package.items(), key=lambda kv: -kv[1])},
-            "sites": sites}
+            "sites": sites, "own_sites": own}
 
 
 def render(out: dict[str, Any]) -> str:
@@ -149,6 +152,10 @@ def render(out: dict[str, Any]) -> str:
     for kind in ("nonstop", "forwarder"):
         lines += ["", f"Largest sites, {kind}:", "", "| site | bytes per stream | objects per stream |", "|---|---|---|"]
         lines += [f"| `{s['site']}` | {s['bytes']:.0f} | {s['objects']:.1f} |" for s in out[kind]["sites"]]
+    if out["nonstop"].get("own_sites"):
+        lines += ["", "Sites in nonstop's own code (16 bytes a stream or more):", "",
+                  "| site | bytes per stream | objects per stream |", "|---|---|---|"]
+        lines += [f"| `{s['site']}` | {s['bytes']:.0f} | {s['objects']:.1f} |" for s in out["nonstop"]["own_sites"]]
     return "\n".join(lines) + "\n"
 
 
