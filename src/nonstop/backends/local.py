@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -441,8 +441,9 @@ class LocalBackend:
     async def _late(self, task: asyncio.Future, call: Call, reply: Reply, release: Callable[[], None],
                     was_idle: bool) -> AsyncIterator[bytes]:
         """The stream of a request whose head was late: the client's stream begins at once,
-        and the server's answer follows. A server that fails instead hands the message to
-        the next local backend (reply.instead), or ends it with a well-formed error."""
+        and the server's answer follows. A server that fails instead, its head or its stream
+        before any content, hands the message to the next local backend (reply.instead), or
+        ends it with a well-formed error."""
         usage = reply.usage
         yield _encode([message_start(call.model, call.tokens)])
         try:
@@ -454,32 +455,47 @@ class LocalBackend:
             wrong = await self._not_a_stream(opened)
             opened = opened if wrong is None else wrong
         instead, reply.instead = reply.instead, None  # asked at most once, then let go
-        if isinstance(opened, Verdict | TooLong):
+        end = b""  # how the message ends when no backend takes it over
+        if isinstance(opened, aiohttp.ClientResponse):
+            spare = _Spare(instead)
+            del instead  # the relay lets it go once content begins
+            async for chunk in self._relay(opened, call, usage, started=True, release=release, was_idle=was_idle,
+                                           spare=spare):
+                yield chunk
+            if spare.end is None:  # the stream ended as it would have, content or not
+                return
+            instead, end, failure = spare.instead, spare.end, Verdict(FailureKind.BAD_RESPONSE, True, None, usage.error)
+            del spare
+        else:
             release()
-            taken = await instead(opened) if instead is not None else None
-            del instead  # it holds the request: not for the rest of the stream
-            if taken is not None:
-                why = opened.detail if isinstance(opened, Verdict) else f"prompt is {opened.tokens} tokens, window {opened.window}"
-                async for chunk in _taken_over(reply, taken, f"{self.name} failed after the stream began ({why})"):
-                    yield chunk
-            elif isinstance(opened, TooLong):  # Claude Code compacts on these words
-                usage.error = "context overflow"
-                yield _encode([error_event(prompt_too_long_message(opened.tokens, opened.window), "invalid_request_error")])
-            else:
-                usage.error = opened.detail
-                yield _encode([error_event(f"{self.name}: {opened.detail}")])
-            return
-        del instead
-        async for chunk in self._relay(opened, call, usage, started=True, release=release, was_idle=was_idle):
-            yield chunk
+            failure = opened
+        taken = await instead(failure) if instead is not None else None
+        del instead  # it holds the request: not for the rest of the stream
+        if taken is not None:
+            why = failure.detail if isinstance(failure, Verdict) else f"prompt is {failure.tokens} tokens, window {failure.window}"
+            async for chunk in _taken_over(reply, taken, f"{self.name} failed after the stream began ({why})"):
+                yield chunk
+        elif end:
+            yield end
+        elif isinstance(failure, TooLong):  # Claude Code compacts on these words
+            usage.error = "context overflow"
+            yield _encode([error_event(prompt_too_long_message(failure.tokens, failure.window), "invalid_request_error")])
+        else:
+            usage.error = failure.detail
+            yield _encode([error_event(f"{self.name}: {failure.detail}")])
 
     async def _relay(self, resp: aiohttp.ClientResponse, call: Call, usage: Usage, *, started: bool,
-                     release: Callable[[], None], was_idle: bool) -> AsyncIterator[bytes]:
+                     release: Callable[[], None], was_idle: bool, spare: _Spare | None = None) -> AsyncIterator[bytes]:
+        """The server's stream, normalised, to its end. With `spare` (a late stream), a
+        stream that fails before any content keeps its end (the error) back in spare.end,
+        for the caller to hand the message over; once content begins, spare lets go."""
         norm = LocalStreamNormalizer(model=call.model, input_tokens_estimate=call.tokens, started=started,
                                      capped=call.capped, tag=self.tag, tools=call.tools)
         source = self.events(call)
         decoder = JSONEventDecoder()
         runaway = RUNAWAY_CHARS_PER_TOKEN * max(call.max_tokens, 1) + 4096
+        pending = spare  # while set, nothing but pings has gone out: another backend may take the message over
+        held: list[Event] = []
         try:
             try:
                 async for chunk in resp.content.iter_any():
@@ -498,6 +514,13 @@ class LocalBackend:
                         log.warning("%s went on past max_tokens (%d); its answer was ended there", self.name, call.max_tokens)
                         out += norm.feed("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}})
                         out += norm.feed("message_stop", {"type": "message_stop"})
+                    if pending is not None:
+                        if norm.content_started:  # the request is let go
+                            pending.instead = None
+                            pending = None
+                        elif norm.error:  # failed before any content: its error is kept back
+                            held = out
+                            break
                     if out:
                         if usage.first_content is None and norm.content_started:
                             usage.first_content = time.perf_counter()
@@ -506,11 +529,16 @@ class LocalBackend:
                         break
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 norm.error = f"{self.name} stream failed: {type(exc).__name__}"
-            if not norm.finished and not norm.error:
-                tail = [e for t, d in source.finish() for e in norm.feed(t, d)]
-                if tail:
-                    yield _encode(tail)
-            yield _encode(norm.finish())
+            tail = [] if norm.finished or norm.error else [e for t, d in source.finish() for e in norm.feed(t, d)]
+            end = norm.finish()
+            if pending is not None:
+                if not norm.content_started:  # the stream failed (it cannot end well without content)
+                    pending.end = _encode(held + tail + end)
+                    return
+                pending.instead = None
+            if tail:
+                yield _encode(tail)
+            yield _encode(end)
         finally:
             resp.close()
             release()
@@ -601,6 +629,16 @@ def server_words(text: str, limit: int = 200) -> str:
         text = _TAGS.sub(" ", text)
     text = text.split("Traceback (most recent call last)", 1)[0]
     return " ".join(text.split())[:limit]
+
+
+@dataclass
+class _Spare:
+    """A late stream's way to another backend while nothing but pings has gone to the
+    client: `instead` until content begins (it holds the request), and `end`, the
+    stream's own end (its error), when it failed before any content."""
+
+    instead: Callable[[Verdict | TooLong], Awaitable[Reply | None]] | None
+    end: bytes | None = None
 
 
 async def _no_body() -> AsyncIterator[bytes]:
