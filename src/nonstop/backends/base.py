@@ -147,11 +147,11 @@ class Reply:
     verdict: Verdict | None = None
     # For the request log: what nonstop changed on the way (fitted, trimmed, repaired).
     note: str = ""
-    # A local stream that began for the client before its backend's head came (the head
-    # was late; see LocalBackend._late).
-    early: bool = False
-    # Set by the pipeline on an early stream: asked for another local stream when its
-    # backend then fails. None: no other backend can take the message over.
+    # A local stream that another local backend may go on with while it has sent the
+    # client no content (see LocalBackend._served).
+    handover: bool = False
+    # Set by the pipeline on such a stream: asked for another local stream when its
+    # backend fails before any content. None: no other backend can take the message over.
     instead: Callable[[Verdict | TooLong], Awaitable[Reply | None]] | None = None
 
 

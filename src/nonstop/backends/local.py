@@ -354,20 +354,21 @@ class LocalBackend:
             wrong = await self._not_a_stream(opened)
             if wrong is not None:
                 return wrong
-            body = self._relay(opened, call, usage, started=False, release=release, was_idle=was_idle)
             resp = opened
 
             def close() -> None:
                 resp.close()
                 release()
 
-            return Reply(200, list(SSE_HEADERS), _with_pings(body, self.ping_interval), self.name, True, usage, close=close)
+            reply = Reply(200, list(SSE_HEADERS), _no_body(), self.name, True, usage, close=close, handover=True)
+            reply.body = _with_pings(self._served(resp, call, reply, release, was_idle, started=False), self.ping_interval)
+            return reply
 
         def cancel() -> None:
             task.cancel()
             release()
 
-        reply = Reply(200, list(SSE_HEADERS), _no_body(), self.name, True, usage, close=cancel, early=True)
+        reply = Reply(200, list(SSE_HEADERS), _no_body(), self.name, True, usage, close=cancel, handover=True)
         reply.body = _with_pings(self._late(task, call, reply, release, was_idle), self.ping_interval)
         return reply
 
@@ -441,10 +442,7 @@ class LocalBackend:
     async def _late(self, task: asyncio.Future, call: Call, reply: Reply, release: Callable[[], None],
                     was_idle: bool) -> AsyncIterator[bytes]:
         """The stream of a request whose head was late: the client's stream begins at once,
-        and the server's answer follows. A server that fails instead, its head or its stream
-        before any content, hands the message to the next local backend (reply.instead), or
-        ends it with a well-formed error."""
-        usage = reply.usage
+        and the server's answer follows (see _served)."""
         yield _encode([message_start(call.model, call.tokens)])
         try:
             opened = await task
@@ -454,12 +452,23 @@ class LocalBackend:
         if isinstance(opened, aiohttp.ClientResponse):
             wrong = await self._not_a_stream(opened)
             opened = opened if wrong is None else wrong
+        async for chunk in self._served(opened, call, reply, release, was_idle, started=True):
+            yield chunk
+
+    async def _served(self, opened: aiohttp.ClientResponse | Verdict | TooLong, call: Call, reply: Reply,
+                      release: Callable[[], None], was_idle: bool, *, started: bool) -> AsyncIterator[bytes]:
+        """The rest of `reply`'s stream, from the server's answer `opened` (`started`: the
+        client has its message_start already). A server that fails before any content, its
+        head or its stream, hands the message to the next local backend (reply.instead,
+        set by the pipeline), or ends it with a well-formed error."""
+        usage = reply.usage
         instead, reply.instead = reply.instead, None  # asked at most once, then let go
         end = b""  # how the message ends when no backend takes it over
+        failure: Verdict | TooLong
         if isinstance(opened, aiohttp.ClientResponse):
             spare = _Spare(instead)
             del instead  # the relay lets it go once content begins
-            async for chunk in self._relay(opened, call, usage, started=True, release=release, was_idle=was_idle,
+            async for chunk in self._relay(opened, call, usage, started=started, release=release, was_idle=was_idle,
                                            spare=spare):
                 yield chunk
             if spare.end is None:  # the stream ended as it would have, content or not
@@ -486,9 +495,9 @@ class LocalBackend:
 
     async def _relay(self, resp: aiohttp.ClientResponse, call: Call, usage: Usage, *, started: bool,
                      release: Callable[[], None], was_idle: bool, spare: _Spare | None = None) -> AsyncIterator[bytes]:
-        """The server's stream, normalised, to its end. With `spare` (a late stream), a
-        stream that fails before any content keeps its end (the error) back in spare.end,
-        for the caller to hand the message over; once content begins, spare lets go."""
+        """The server's stream, normalised, to its end. With `spare`, a stream that fails
+        before any content keeps its end (the error) back in spare.end, for the caller to
+        hand the message over; once content begins, spare lets go."""
         norm = LocalStreamNormalizer(model=call.model, input_tokens_estimate=call.tokens, started=started,
                                      capped=call.capped, tag=self.tag, tools=call.tools)
         source = self.events(call)
@@ -533,7 +542,11 @@ class LocalBackend:
             end = norm.finish()
             if pending is not None:
                 if not norm.content_started:  # the stream failed (it cannot end well without content)
-                    pending.end = _encode(held + tail + end)
+                    rest = held + tail + end
+                    begun = [e for e in rest if e[0] == "message_start"]
+                    if begun:  # the client's message begins whoever goes on with it
+                        yield _encode(begun)
+                    pending.end = _encode([e for e in rest if e[0] != "message_start"])
                     return
                 pending.instead = None
             if tail:

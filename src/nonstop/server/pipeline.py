@@ -150,7 +150,7 @@ class Pipeline:
             res = await self.attempt(ctx, step)
             if isinstance(res, Reply):
                 out.reply, out.step = res, step
-                if res.early:  # the door lets the request go: the hand-over keeps its own
+                if res.handover:  # the door lets the request go: the hand-over keeps its own
                     res.instead = partial(self._instead, ctx, facts, out, tried, step.target, ctx.ex.request())
                 break
             if isinstance(res, Skip):  # not tried after all (another instance probes; a full pool)
@@ -225,10 +225,10 @@ class Pipeline:
 
     async def _instead(self, ctx: RequestContext, facts: RequestFacts, out: Outcome, tried: dict[str, str],
                        failed: str, req: dict[str, Any], res: Verdict | TooLong) -> Reply | None:
-        """Another local stream for the request `req`, whose stream began before `failed`
-        answered and that `failed` then could not serve (LocalBackend._late): the plan's
-        next local steps, planned again as after any failure. Not the cloud: its stream
-        is a message of its own, and the client has this one's start."""
+        """Another local stream for the request `req`, whose stream began for the client
+        and that `failed` then could not serve before any content (LocalBackend._served):
+        the plan's next local steps, planned again as after any failure. Not the cloud: its
+        stream is a message of its own, and the client has this one's start."""
         tried = {**tried, failed: _describe(res)}
         out.tried.append((failed, tried[failed]))
         while True:
@@ -240,7 +240,7 @@ class Pipeline:
             got = await self._stream_on(step.target, req)
             if isinstance(got, Reply):
                 out.step = step
-                if got.early:
+                if got.handover:
                     got.instead = partial(self._instead, ctx, facts, out, tried, step.target, req)
                 return got
             why = got.reason if isinstance(got, Skip) else _describe(got)

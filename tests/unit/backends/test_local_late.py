@@ -1,7 +1,10 @@
-"""A local stream whose head was late: the client's message began before the server
-answered. A server that then fails before any content (its head, or its stream: cut, an
-error event, an early end) hands the message to the next local backend, and the client
-never notices; once content went out, a failure ends the message with an error event."""
+"""A local stream that fails before any content goes on with the next local backend.
+
+Its head late: the client's message began before the server answered. Its head in time:
+the client has the server's message_start. Either way a server that then fails before
+any content (its late head, or its stream: cut, an error event, an early end) hands the
+message to the next local backend, and the client never notices; once content went out,
+a failure ends the message with an error event."""
 
 from __future__ import annotations
 
@@ -82,10 +85,12 @@ class Late:
 
 
 async def _late_stream(serve, monkeypatch, first_app: web.Application, *, other: bool = True,
-                       next_app: web.Application | None = None, next_api: str = "anthropic") -> Late:
-    """The request streamed by `first`, its head late; `instead` gives `next`'s stream
-    (or None where `other` is False). The reply is closed when its body has been read."""
-    monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.05)
+                       next_app: web.Application | None = None, next_api: str = "anthropic",
+                       commit_after: float = 0.05) -> Late:
+    """The request streamed by `first`, its head late (unless it comes within
+    `commit_after`); `instead` gives `next`'s stream (or None where `other` is False).
+    The reply is closed when its body has been read."""
+    monkeypatch.setattr(local_module, "COMMIT_AFTER", commit_after)
     cfg = parse_config({"local": [
         {"name": "first", "url": await serve(first_app), "api": "anthropic", "count_tokens": "estimate"},
         {"name": "next", "url": await serve(next_app or _server(ANSWER)), "api": next_api, "count_tokens": "estimate"}]})
@@ -94,7 +99,7 @@ async def _late_stream(serve, monkeypatch, first_app: web.Application, *, other:
     async with aiohttp.ClientSession() as session:
         first, nxt = (make_local_backend(c, session) for c in cfg.local)
         res = await first.send_request(dict(REQUEST), stream=True)
-        assert isinstance(res, Reply) and res.early
+        assert isinstance(res, Reply) and res.handover
 
         async def instead(failure):
             asked.append(failure)
@@ -250,3 +255,50 @@ async def test_a_chain_of_late_streams_that_fail_before_content_ends_on_the_back
                                     "f1 failed after the stream began (model crashed); handed to good")
     assert [name for name, _ in out.tried][-2:] == ["f0", "f1"]
     assert all(b.state.inflight == 0 for b in backends) and backends[0].state.demoted and backends[1].state.demoted
+
+
+# Heads in time: the client's message_start is the server's own, and what follows it is
+# the same as for a late head.
+PROMPT = 5.0
+
+
+@pytest.mark.parametrize("app", [
+    _server(START, cut=True),
+    _server(START + PING, hold=0.1, cut=True),
+    _server(b"", cut=True),
+    _server(START + ERROR),  # the start and the error in one read: the start still goes out first
+    _server(ERROR, hold=5),
+    _server(START),
+], ids=["cut", "cut-after-a-ping", "cut-before-message-start", "error-event", "error-event-held-open", "ended-early"])
+async def test_a_stream_whose_head_came_in_time_and_that_fails_before_any_content_hands_the_message_over(
+        serve, monkeypatch, app):
+    run = await _late_stream(serve, monkeypatch, app, commit_after=PROMPT)
+    res, body = run.reply, run.body
+    assert wirecheck.check_anthropic_stream(body).outcome == "ok", body[-400:]
+    assert body.count(b"event: message_start") == 1 and b"from next" in body and b"event: error" not in body
+    assert len(run.asked) == 1 and isinstance(run.asked[0], Verdict) and run.asked[0].failover
+    assert res.backend == "next" and res.usage.complete and not res.usage.error
+    assert res.usage.note.endswith("; handed to next")
+    assert run.closed == ["first"]
+    assert run.first.state.failures == 1
+
+
+async def test_a_stream_whose_head_came_in_time_and_that_fails_after_content_ends_with_an_error(serve, monkeypatch):
+    run = await _late_stream(serve, monkeypatch, _server(START + _text(0, "partial answer") + ERROR), commit_after=PROMPT)
+    assert wirecheck.check_anthropic_stream(run.body).outcome == "error", run.body[-400:]
+    assert run.asked == [] and run.reply.backend == "first" and b"model crashed" in run.body
+    assert b"from next" not in run.body
+
+
+@pytest.mark.parametrize("app,words", [
+    (_server(START, cut=True), b'"message":"first stream failed: ClientPayloadError"'),
+    (_server(START + ERROR), b'"error":{"type":"overloaded_error","message":"model crashed"}'),
+    (_server(b"", cut=True), b'"message":"first stream failed: ClientPayloadError"'),
+], ids=["cut", "error-event", "cut-before-message-start"])
+async def test_a_stream_whose_head_came_in_time_and_that_fails_with_no_other_backend_ends_with_an_error(
+        serve, monkeypatch, app, words):
+    run = await _late_stream(serve, monkeypatch, app, other=False, commit_after=PROMPT)
+    v = wirecheck.check_anthropic_stream(run.body)
+    assert v.outcome == "error", (v, run.body[-400:])
+    assert len(run.asked) == 1 and run.reply.backend == "first"
+    assert run.body.count(b"event: message_start") == 1 and words in run.body and run.body.count(b"event: error") == 1

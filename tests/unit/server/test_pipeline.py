@@ -137,7 +137,7 @@ async def test_every_backend_failing_names_each(tmp_path: Path) -> None:
 def late(name: str) -> Reply:
     """A local stream whose head was late: its body asks for another backend's stream
     (reply.instead) when its server fails, as LocalBackend._late does."""
-    r = Reply(200, [], single(b""), name, True, early=True)
+    r = Reply(200, [], single(b""), name, True, handover=True)
 
     async def body():
         taken = await r.instead(Verdict(FailureKind.SERVER_ERROR, True, None, "HTTP 503", 503)) if r.instead else None
