@@ -129,6 +129,11 @@ class RequestFacts(NamedTuple):
     # Side requests (count_tokens, models, hello) never start a probe of the cloud.
     side: bool = False
     account: str = ""
+    # The request continues a tool loop that a local model took part in, and whose last
+    # assistant turn does not start with a thinking block: the cloud wrote it without
+    # thinking, which nonstop took off for the loop. With `thinking` on the cloud refuses
+    # it: a tool loop is one assistant turn, with one thinking setting (docs/wire.md).
+    unthought_loop: bool = False
 
     @property
     def tokens(self) -> int:
@@ -161,6 +166,7 @@ def facts_from_request(req: Mapping[str, Any], headers: Mapping[str, str], *, bo
         thinking,
         side,
         account,
+        thinking and answers_tool and _unthought(messages),  # unthought_loop
     )
 
 
@@ -221,6 +227,51 @@ def _last_turn(messages: list[Any]) -> tuple[bool, bool, bool]:
         elif btype == "tool_result":
             result = True
     return compaction, images, result
+
+
+def _unthought(messages: list[Any]) -> bool:
+    """The assistant turn whose calls the last turn answers does not start with a
+    thinking block, and a local model wrote a turn of the same tool loop (so nonstop
+    took thinking off for the loop's later cloud steps). An assistant turn the cloud
+    wrote with thinking on, but chose not to think in (adaptive thinking), is left alone:
+    no local turn is in its loop."""
+    if len(messages) < 2 or not unthought_turn(messages[-2]):
+        return False
+    for msg in reversed(loop_of(messages)):
+        if isinstance(msg, dict) and msg.get("role") == "assistant" and _has_local_call(msg.get("content")):
+            return True
+    return False
+
+
+def unthought_turn(msg: Any) -> bool:
+    """An assistant turn that does not start with a thinking block."""
+    if not isinstance(msg, dict) or msg.get("role") != "assistant":
+        return False
+    content = msg.get("content")
+    first = content[0] if isinstance(content, list) and content else None
+    return not (isinstance(first, dict) and first.get("type") in ("thinking", "redacted_thinking"))
+
+
+def loop_of(messages: list[Any]) -> list[Any]:
+    """The turns of the tool loop the request continues: everything after the last user
+    turn that is not only tool results."""
+    i = len(messages) - 1
+    while i >= 0:
+        msg = messages[i]
+        if isinstance(msg, dict) and msg.get("role") == "user" and not _only_results(msg.get("content")):
+            break
+        i -= 1
+    return messages[i + 1:]
+
+
+def _only_results(content: Any) -> bool:
+    return isinstance(content, list) and bool(content) and all(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
+def _has_local_call(content: Any) -> bool:
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_use" and local_tag_of(b.get("id")) for b in content)
 
 
 def _thinking_on(value: Any) -> bool:

@@ -132,9 +132,10 @@ _SERVING_STRIP = Step(CLOUD, "cloud", "the cloud is serving", strip_thinking=Tru
 
 
 def _strip(facts: RequestFacts) -> bool:
-    # The cloud rejects a thinking request whose last assistant turn (a local one) does
-    # not start with a thinking block; without `thinking` it accepts the same history.
-    return bool(facts.local_loop) and facts.thinking
+    # The cloud rejects a thinking request whose last assistant turn (a local one, or one
+    # it wrote when thinking was taken off for the loop) does not start with a thinking
+    # block; without `thinking` it accepts the same history.
+    return facts.thinking and (bool(facts.local_loop) or facts.unthought_loop)
 
 
 def model_route(facts: RequestFacts, cp: ClassPolicy, policy: Policy) -> ModelRoute | None:

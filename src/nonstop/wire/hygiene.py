@@ -2,10 +2,12 @@
 
 A conversation that was partly answered by a local model carries things the cloud
 rejects: thinking blocks without a valid signature (locally produced ones carry
-LOCAL_THINKING_SIGNATURE) and tool ids outside ^[a-zA-Z0-9_-]+$. This module removes
-the one and rewrites the other, and touches nothing else: system, unknown keys and
-order stay as they are. When nothing needs changing it says so (None) without copying,
-so the caller can forward the client's original bytes.
+LOCAL_THINKING_SIGNATURE), tool ids outside ^[a-zA-Z0-9_-]+$, and text blocks with no
+text but whitespace (a local model's "\n\n" before a call: "text content blocks must
+contain non-whitespace text"). This module removes the first and the last, rewrites
+the ids, and touches nothing else: system, unknown keys and order stay as they are.
+When nothing needs changing it says so (None) without copying, so the caller can
+forward the client's original bytes.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ def clean_history_for_cloud(req: dict[str, Any]) -> dict[str, Any] | None:
         assistant = msg.get("role") == "assistant"
         kept: list[Any] | None = None
         for j, block in enumerate(content):
-            if type(block) is dict:  # the common case first: a block no rule is about is kept
+            cleaned: Any = block  # the common case: a block no rule is about is kept
+            if type(block) is dict:
                 btype = block.get("type")
-                if type(btype) is not str or btype not in CHECKED_BLOCKS:
-                    if kept is not None:
-                        kept.append(block)
-                    continue
-            cleaned = _clean_block(block, assistant)
+                if type(btype) is str and btype in CHECKED_BLOCKS:
+                    cleaned = _clean_block(block, assistant)
+                elif assistant and btype == "text" and blank_text(block.get("text")):
+                    cleaned = None
             if cleaned is block:
                 if kept is not None:
                     kept.append(block)
@@ -61,6 +63,11 @@ def clean_history_for_cloud(req: dict[str, Any]) -> dict[str, Any] | None:
     if changed is None:
         return None
     return {**req, "messages": changed}
+
+
+def blank_text(text: Any) -> bool:
+    """A text block's text that the cloud refuses: empty, or nothing but whitespace."""
+    return isinstance(text, str) and (not text or text.isspace())
 
 
 def kept_as_is(btype: Any, assistant: bool, signature: Any, data: Any, tool_id: Any) -> bool:

@@ -9,7 +9,7 @@ skips the rest inside C:
 
 - the model, `stream`, `max_tokens`, whether there are tools, `thinking`;
 - each message's role and content type, and each block's type and the fields hygiene
-  checks (ids, signatures, redacted data);
+  checks (ids, signatures, redacted data, whether an assistant's text is blank);
 - the last two messages (and back to the last user turn), for the planner's facts
   (workload class, images, a local tool loop), with the text of their text blocks.
 
@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from nonstop.wire.hygiene import CHECKED_BLOCKS, kept_as_is
+from nonstop.wire.hygiene import CHECKED_BLOCKS, blank_text, kept_as_is
 from nonstop.wire.validate import bad_max_tokens, bad_model
 
 
@@ -87,23 +87,60 @@ def outline(body: bytes) -> Outline | None:
             if type(t) is str and t in CHECKED_BLOCKS and not kept_as_is(
                     t, assistant, b.signature, b.data, b.tool_use_id if t == "tool_result" else b.id):
                 return None
+            if assistant and t == "text" and _blank(b.text):
+                return None
     problem = bad_model(req.model) or bad_max_tokens(req.max_tokens)
     facts = {
         "model": req.model, "stream": req.stream, "max_tokens": req.max_tokens,
         "tools": bool(req.tools), "thinking": req.thinking,
-        "messages": [_as_dict(m) for m in req.messages[_tail(req.messages):]],
+        "messages": [_as_dict(m) for m in req.messages[_tail(req):]],
     }
     return Outline(req.model, req.stream, problem, facts)
 
 
-def _tail(messages: list[_Message]) -> int:
+# The ASCII bytes a JSON string's text may begin with when it is blank: a space, an
+# escape, or its closing quote. Any other ASCII first byte is text, and nothing more is
+# read; a non-ASCII one may be a space of another script.
+_BLANK_START = frozenset(b' \\"')
+
+
+def _blank(raw: msgspec.Raw) -> bool:
+    """Whether a text block's text (its JSON) is empty or whitespace, as hygiene says."""
+    if len(raw) < 2:
+        return False
+    first = memoryview(raw)[1]
+    if first < 0x80 and first not in _BLANK_START:
+        return False
+    return blank_text(msgspec.json.decode(raw))
+
+
+def _tail(req: _Request) -> int:
     """Where the messages the facts read start: the last two, and back to the last user
-    turn (the one whose images count) when that is further back."""
+    turn (the one whose images count) when that is further back; with thinking on and a
+    last assistant turn that does not start with thinking, back to the start of the tool
+    loop (the facts look for a local turn in it)."""
+    messages = req.messages
     start = max(0, len(messages) - 2)
     for i in range(len(messages) - 1, -1, -1):
         if messages[i].role == "user":
-            return min(start, i)
+            start = min(start, i)
+            break
+    thinking = req.thinking
+    if (len(messages) >= 2 and isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+            and messages[-2].role == "assistant" and _unthought(messages[-2].content)):
+        i = len(messages) - 1
+        while i >= 0 and not (messages[i].role == "user" and not _only_results(messages[i].content)):
+            i -= 1
+        start = min(start, i + 1)
     return start
+
+
+def _unthought(content: str | list[_Block]) -> bool:
+    return not (isinstance(content, list) and content and content[0].type in ("thinking", "redacted_thinking"))
+
+
+def _only_results(content: str | list[_Block]) -> bool:
+    return isinstance(content, list) and bool(content) and all(b.type == "tool_result" for b in content)
 
 
 def _as_dict(m: _Message) -> dict[str, Any]:

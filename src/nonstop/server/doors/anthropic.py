@@ -86,7 +86,9 @@ class AnthropicDoor(Door):
         if not isinstance(req, dict) or not isinstance(req.get("messages"), list):
             await WRITER.error(send, 400, "messages: a list of messages is required", "invalid_request_error")
             return
-        ctx = self.context(scope, body, {**req, "stream": False}, "/v1/messages/count_tokens")
+        cleaned = clean_history_for_cloud(req)  # the cloud counts the history it would be sent
+        ctx = self.context(scope, body, {**req, "stream": False}, "/v1/messages/count_tokens",
+                           cloud_body=orjson.dumps(cleaned) if cleaned is not None else None)
         ctx.ex.stream = False
         ctx.facts = self.pipeline.facts(ctx.ex, side=True, count_tokens=True)
         p = self.pipeline.plan(ctx.facts)

@@ -1,0 +1,231 @@
+"""History going back to the cloud after a local model's turns: what the cloud would
+refuse never reaches it.
+
+The cloud's rules are those of tests/support/fake_cloud.py (the project's own model of
+the API) and docs/wire.md: with thinking on, a tool loop's last assistant turn must start
+with a thinking block; text blocks must hold more than whitespace; a count is of the
+history the message would be sent with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from nonstop.backends.base import Reply, single
+from nonstop.backends.cloud import CloudBackend
+from nonstop.config import parse_config
+from nonstop.routing.facts import facts_from_request
+from nonstop.routing.plan import CLOUD, plan
+from nonstop.routing.policy import Policy
+from nonstop.routing.view import BackendView, Capabilities, CloudView, RoutingView
+from nonstop.server.app import App
+from nonstop.wire.hygiene import for_cloud, without_thinking
+from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE, normalize_message
+from nonstop.wire.outline import outline
+from nonstop.wire.tool_ids import backend_tag, local_tool_id
+from tests.support.fake_cloud import thinking_rule_violation
+
+NOW = 1_800_000_000.0
+TAG = backend_tag("llama")
+LOCAL_ID = local_tool_id(TAG)
+CLOUD_ID = "toolu_01A09q90qw90lq917835lq9"
+TOOLS = [{"name": "Read", "description": "read a file",
+          "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}}}]
+
+
+def _request(messages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {"model": "claude-sonnet-4-5", "max_tokens": 32000, "stream": True, "tools": TOOLS,
+            "thinking": {"type": "adaptive"}, "messages": messages, **extra}
+
+
+def _cloud_body(req: dict[str, Any], view: RoutingView) -> dict[str, Any]:
+    """What CloudBackend.send puts on the wire for the plan's first (cloud) step."""
+    facts = facts_from_request(req, {})
+    step = plan(facts, view, Policy(order=tuple(b.name for b in view.backends))).first
+    assert step is not None and step.target == CLOUD
+    return for_cloud(without_thinking(req)) if step.strip_thinking else for_cloud(req)
+
+
+# --- 1. the thinking rule one hop after the cloud took a local loop over -------------------------
+
+# The loop so far: a local model called a tool (the cloud was out); the quota reset and
+# the next request went to the cloud without `thinking` (strip_thinking: the local model
+# was unavailable / could not hold the grown request); the cloud answered with another
+# tool call, written with thinking off, so its turn has no thinking block.
+LOOP_CROSSED = [
+    {"role": "user", "content": "fix the failing test"},
+    {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "look at the test", "signature": LOCAL_THINKING_SIGNATURE},
+        {"type": "tool_use", "id": LOCAL_ID, "name": "Read", "input": {"file_path": "t.py"}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": LOCAL_ID, "content": "def test(): ..."}]},
+    {"role": "assistant", "content": [
+        {"type": "text", "text": "Now the module."},
+        {"type": "tool_use", "id": CLOUD_ID, "name": "Read", "input": {"file_path": "m.py"}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": CLOUD_ID, "content": "def f(): ..."}]},
+]
+
+
+def test_the_hop_where_the_cloud_takes_over_a_local_loop_is_stripped() -> None:
+    """Precondition (this works): the first request after the local turn goes without thinking."""
+    body = _cloud_body(_request(LOOP_CROSSED[:3]), RoutingView(NOW, CloudView(), ()))
+    assert "thinking" not in body and thinking_rule_violation(body) == ""
+
+
+def test_the_next_hop_of_a_loop_the_cloud_took_over_is_not_refused_by_the_thinking_rule() -> None:
+    """The cloud's own turn in that loop was made with thinking off, so it does not start
+    with a thinking block; the next tool result is sent with `thinking` on, because
+    strip_thinking is decided only from local tool ids in the last assistant turn. The
+    cloud answers 400 (Expected `thinking` ... a final `assistant` message must start with
+    a thinking block), on every retry, until the loop is abandoned."""
+    local = BackendView("llama", Capabilities(context_window=32768), tag=TAG)
+    for view in (RoutingView(NOW, CloudView(), ()), RoutingView(NOW, CloudView(), (local,))):
+        body = _cloud_body(_request(LOOP_CROSSED), view)
+        assert thinking_rule_violation(body) == "", thinking_rule_violation(body)[:120]
+
+
+# --- 2. whitespace-only text from a local turn reaches the cloud ---------------------------------
+
+
+def test_a_local_turns_whitespace_only_text_block_is_not_sent_to_the_cloud() -> None:
+    """Local models often write "\\n\\n" before a tool call; the normalizer keeps it as its
+    own text block, the client stores it, and hygiene (and the outline fast path) let it
+    through. The API refuses the whole request: "messages: text content blocks must
+    contain non-whitespace text" (or "must be non-empty" for "")."""
+    local_turn = normalize_message(
+        {"content": [{"type": "text", "text": "\n\n"},
+                     {"type": "tool_use", "id": "call_0", "name": "Read", "input": {"file_path": "a"}}],
+         "stop_reason": "tool_use"},
+        model="qwen", input_tokens_estimate=100, tag=TAG, tools=TOOLS)
+    call_id = local_turn["content"][-1]["id"]
+    messages = [
+        {"role": "user", "content": "read a"},
+        {"role": "assistant", "content": local_turn["content"]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call_id, "content": "x"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "done"}]},
+        {"role": "user", "content": "thanks, next task"},  # back on the cloud
+    ]
+    req = _request(messages)
+    assert outline(orjson.dumps(req)) is None  # the fast path would forward the client's bytes as they are
+    body = for_cloud(req)
+    blank = [b for m in body["messages"] if isinstance(m.get("content"), list) for b in m["content"]
+             if b.get("type") == "text" and not str(b.get("text", "")).strip()]
+    assert blank == []
+    assert body["messages"][1]["content"] == [local_turn["content"][-1]]  # the call stays
+
+
+@pytest.mark.parametrize("text,blank", [
+    ("", True), (" ", True), ("\n\n", True), ("\t \r\n", True), ("\u3000", True),
+    ("\nfix it", False), (" x", False), ("x", False), ('"', False), ("\\", False),
+])
+def test_the_outline_and_hygiene_agree_on_blank_assistant_text(text: str, blank: bool) -> None:
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "text", "text": text}]},
+                {"role": "user", "content": "go on"}]
+    req = _request(messages)
+    assert (outline(orjson.dumps(req)) is None) == blank
+    cleaned = for_cloud(req)["messages"][1]["content"]
+    assert cleaned == ([{"type": "text", "text": "(no content)"}] if blank else [{"type": "text", "text": text}])
+    # A user's own blank text is the client's to send: not changed.
+    user = [{"role": "user", "content": [{"type": "text", "text": text}, {"type": "text", "text": "hi"}]}]
+    assert for_cloud(_request(user)) == _request(user)
+
+
+def test_a_cloud_turn_that_chose_not_to_think_is_left_alone() -> None:
+    """Adaptive thinking may answer without thinking; with no local turn in its loop the
+    request goes to the cloud with `thinking` as the client sent it."""
+    messages = [
+        {"role": "user", "content": "fix the failing test"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": CLOUD_ID, "name": "Read", "input": {"file_path": "t.py"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": CLOUD_ID, "content": "def test(): ..."}]},
+    ]
+    # an earlier, finished loop of a local model does not count
+    earlier = [{"role": "user", "content": "start"},
+               {"role": "assistant", "content": [{"type": "tool_use", "id": LOCAL_ID, "name": "Read", "input": {}}]},
+               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": LOCAL_ID, "content": "x"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "done"}]}]
+    for history in (messages, earlier + messages):
+        req = _request(history)
+        assert not facts_from_request(req, {}).unthought_loop
+        shape = outline(orjson.dumps(req))
+        assert shape is not None and not facts_from_request(shape.facts, {}).unthought_loop
+        assert "thinking" in _cloud_body(req, RoutingView(NOW, CloudView(), ()))
+
+
+def test_the_outline_reads_the_whole_loop_for_the_thinking_rule() -> None:
+    """The fast path's facts see the local turn three messages back, as the full ones do."""
+    loop = [LOOP_CROSSED[0], {"role": "assistant", "content": LOOP_CROSSED[1]["content"][1:]}, *LOOP_CROSSED[2:]]
+    req = _request(loop)  # no local thinking block to clean: the fast path takes it
+    shape = outline(orjson.dumps(req))
+    assert shape is not None
+    assert facts_from_request(shape.facts, {}).unthought_loop and facts_from_request(req, {}).unthought_loop
+
+
+# --- 3. count_tokens in the middle of a session skips history hygiene ------------------------------
+
+
+@pytest.fixture
+def app_and_sent(tmp_path: Path) -> tuple[App, list[bytes]]:
+    app = App(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}}))
+    cloud = CloudBackend(app.cfg.cloud, session=None)  # type: ignore[arg-type]
+    sent: list[bytes] = []
+
+    async def request(method, raw_path, query, headers, body, **kw):  # noqa: ANN001, ANN003
+        sent.append(body)
+        doc = {"input_tokens": 42} if raw_path.endswith(b"count_tokens") else {
+            "id": "msg_1", "type": "message", "role": "assistant", "content": [{"type": "text", "text": "ok"}],
+            "model": "m", "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}
+        return Reply(200, [(b"content-type", b"application/json")], single(orjson.dumps(doc)), "cloud", False)
+
+    cloud.request = request  # type: ignore[method-assign]
+    app.rt.use_backends([], cloud=cloud)
+    return app, sent
+
+
+async def _post(app: App, path: str, body: bytes) -> int:
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:8787"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}
+    parts = [body]
+    out: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return {"type": "http.request", "body": parts.pop(), "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(msg: dict[str, Any]) -> None:
+        out.append(msg)
+
+    await app(scope, receive, send)
+    return next(m["status"] for m in out if m["type"] == "http.response.start")
+
+
+# A session with a finished local tool loop (a local thinking block in an earlier turn),
+# now back on the cloud: a new user message.
+AFTER_A_LOCAL_LOOP = [
+    {"role": "user", "content": "fix it"},
+    {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "plan", "signature": LOCAL_THINKING_SIGNATURE},
+        {"type": "tool_use", "id": LOCAL_ID, "name": "Read", "input": {"file_path": "a"}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": LOCAL_ID, "content": "x"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "fixed"}]},
+    {"role": "user", "content": "now the docs"},
+]
+
+
+async def test_count_tokens_sends_the_cloud_the_same_cleaned_history_as_messages(app_and_sent) -> None:
+    """/v1/messages cleans the local thinking block out before the cloud; the
+    count_tokens request for the very same history goes to the cloud with it (the door
+    never calls history hygiene), so the cloud can refuse a count that the message
+    itself would pass."""
+    app, sent = app_and_sent
+    req = _request(AFTER_A_LOCAL_LOOP, stream=False)
+    assert await _post(app, "/v1/messages", orjson.dumps(req)) == 200
+    assert await _post(app, "/v1/messages/count_tokens", orjson.dumps(
+        {k: v for k, v in req.items() if k not in ("stream", "max_tokens")})) == 200
+    messages_body, count_body = (orjson.loads(b) for b in sent)
+    assert LOCAL_THINKING_SIGNATURE.encode() not in sent[0]  # the message was cleaned
+    assert count_body["messages"] == messages_body["messages"]
