@@ -226,7 +226,14 @@ def _last_turn(messages: list[Any]) -> tuple[bool, bool, bool]:
             images = True
         elif btype == "tool_result":
             result = True
+            images = images or _image_in(b.get("content"))
     return compaction, images, result
+
+
+def _image_in(content: Any) -> bool:
+    """A tool result's content holds an image (Claude Code's Read of a picture, a
+    screenshot tool): the model that reads the result must read images."""
+    return isinstance(content, list) and any(isinstance(c, dict) and c.get("type") == "image" for c in content)
 
 
 def _unthought(messages: list[Any]) -> bool:
@@ -284,7 +291,8 @@ def _has_images(messages: list[Any]) -> bool:
         if isinstance(msg, dict) and msg.get("role") == "user":
             content = msg.get("content")
             return isinstance(content, list) and any(
-                isinstance(b, dict) and b.get("type") == "image" for b in content
+                isinstance(b, dict) and (b.get("type") == "image" or b.get("type") == "tool_result"
+                                         and _image_in(b.get("content"))) for b in content
             )
     return False
 

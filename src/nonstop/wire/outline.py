@@ -11,7 +11,8 @@ skips the rest inside C:
 - each message's role and content type, and each block's type and the fields hygiene
   checks (ids, signatures, redacted data, whether an assistant's text is blank);
 - the last two messages (and back to the last user turn), for the planner's facts
-  (workload class, images, a local tool loop), with the text of their text blocks.
+  (workload class, images, a local tool loop), with the text of their text blocks and
+  the content of tool results that hold an image.
 
 It answers only for requests whose shape it fully describes. Anything else (a block that
 is not an object, a field of a type validation would reject, invalid JSON, a history that
@@ -37,6 +38,8 @@ class _Block(msgspec.Struct, gc=False):
     data: Any = None
     # Left as JSON text unless the planner reads it (empty: the block has none).
     text: msgspec.Raw = msgspec.Raw()
+    # A tool result's content, the same way: the planner looks for images in it.
+    content: msgspec.Raw = msgspec.Raw()
 
 
 class _Message(msgspec.Struct, gc=False):
@@ -152,5 +155,7 @@ def _as_dict(m: _Message) -> dict[str, Any]:
         block = {"type": b.type, "id": b.id}
         if b.text:  # valid JSON: it was decoded as part of the whole body
             block["text"] = msgspec.json.decode(b.text)
+        if b.content and b.type == "tool_result" and b'"image"' in bytes(b.content):
+            block["content"] = msgspec.json.decode(b.content)
         blocks.append(block)
     return {"role": m.role, "content": blocks}

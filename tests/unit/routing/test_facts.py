@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from nonstop.routing.facts import (
@@ -12,6 +13,7 @@ from nonstop.routing.facts import (
     facts_from_request,
     local_loop_tag,
 )
+from nonstop.wire.outline import outline
 from nonstop.wire.tool_ids import backend_tag, local_tool_id
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -106,3 +108,29 @@ def test_the_last_turn_is_read_in_one_pass() -> None:
     tag = backend_tag("llama")
     calls = {"role": "assistant", "content": [{"type": "tool_use", "id": local_tool_id(tag), "name": "Bash", "input": {}}]}
     assert facts_from_request({"model": "m", "messages": [MSG[0], calls, {"role": "user", "content": "stop"}]}, {}).local_loop == ""
+
+
+def test_an_image_a_tool_returned_is_an_image_need() -> None:
+    # Claude Code's Read of a picture, and screenshot tools, return the image inside the
+    # tool result: the model that reads the result must read images. The outline's facts
+    # (the fast path) see it as the parsed request's do.
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    call = local_tool_id(backend_tag("llama"))
+    for content in ([image], [{"type": "text", "text": "shot.png"}, image]):
+        req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [
+            {"role": "user", "content": "what is wrong in shot.png?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": call, "name": "Read", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call, "content": content}]}]}
+        shape = outline(orjson.dumps(req))
+        assert shape is not None
+        for facts in (facts_from_request(req, {}), facts_from_request(shape.facts, {})):
+            assert facts.needs.images and facts.local_loop == backend_tag("llama")
+        # A result that only mentions images is not one.
+        req["messages"][2]["content"][0]["content"] = '{"type": "image"} is what the parser reads'
+        shape = outline(orjson.dumps(req))
+        assert shape is not None and not facts_from_request(shape.facts, {}).needs.images
+        assert not facts_from_request(req, {}).needs.images
+    # an image a tool returned, with the last turn an assistant's (a prefill)
+    req["messages"][2]["content"][0]["content"] = [image]
+    req["messages"].append({"role": "assistant", "content": "Looking"})
+    assert facts_from_request(req, {}).needs.images
