@@ -261,19 +261,19 @@ def unthought_turn(msg: Any) -> bool:
 
 def loop_of(messages: list[Any]) -> list[Any]:
     """The turns of the tool loop the request continues: everything after the last user
-    turn that is not only tool results."""
+    turn that carries no tool result (one that does may carry text too: Claude Code adds
+    reminders beside results)."""
     i = len(messages) - 1
     while i >= 0:
         msg = messages[i]
-        if isinstance(msg, dict) and msg.get("role") == "user" and not _only_results(msg.get("content")):
+        if isinstance(msg, dict) and msg.get("role") == "user" and not _has_results(msg.get("content")):
             break
         i -= 1
     return messages[i + 1:]
 
 
-def _only_results(content: Any) -> bool:
-    return isinstance(content, list) and bool(content) and all(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+def _has_results(content: Any) -> bool:
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
 
 
 def _has_local_call(content: Any) -> bool:

@@ -351,7 +351,7 @@ def plan(facts: RequestFacts, view: RoutingView, policy: Policy, tried: Mapping[
     key = None
     if not tried and not facts.side:
         key = (id(policy), facts.workload, facts.workload_source, facts.model, facts.needs, facts.local_loop,
-               facts.thinking)
+               _strip(facts))
         known: _Remembered | None = view.memo.get(key)
         if known is not None and facts.size.sent <= known.same_below:
             return known.plan

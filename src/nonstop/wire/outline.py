@@ -22,11 +22,13 @@ fast path can never accept what the full checks would refuse or answer different
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import msgspec
 
 from nonstop.wire.hygiene import CHECKED_BLOCKS, blank_text, kept_as_is
+from nonstop.wire.tool_ids import LOCAL_PREFIX, local_tag_of
 from nonstop.wire.validate import bad_max_tokens, bad_model
 
 
@@ -96,7 +98,7 @@ def outline(body: bytes) -> Outline | None:
     facts = {
         "model": req.model, "stream": req.stream, "max_tokens": req.max_tokens,
         "tools": bool(req.tools), "thinking": req.thinking,
-        "messages": [_as_dict(m) for m in req.messages[_tail(req):]],
+        "messages": [_as_dict(m) for m in req.messages[_tail(req, body):]],
     }
     return Outline(req.model, req.stream, problem, facts)
 
@@ -117,11 +119,22 @@ def _blank(raw: msgspec.Raw) -> bool:
     return blank_text(msgspec.json.decode(raw))
 
 
-def _tail(req: _Request) -> int:
+# "image" as JSON may spell any letter as an escape.
+_IMAGE = re.compile(rb'"(?:i|\\u0069)(?:m|\\u006[dD])(?:a|\\u0061)(?:g|\\u0067)(?:e|\\u0065)"')
+
+
+def _may_hold_image(raw: bytes) -> bool:
+    """A tool result's content (its JSON) names an image somewhere: read it whole then."""
+    return b'"image"' in raw or (b"\\u00" in raw and _IMAGE.search(raw) is not None)
+
+
+def _tail(req: _Request, body: bytes) -> int:
     """Where the messages the facts read start: the last two, and back to the last user
-    turn (the one whose images count) when that is further back; with thinking on and a
-    last assistant turn that does not start with thinking, back to the start of the tool
-    loop (the facts look for a local turn in it)."""
+    turn (the one whose images count) when that is further back. With thinking on, a
+    last assistant turn that does not start with thinking, and a local model's turn in
+    the same tool loop, back to that turn (the facts' thinking rule looks for it; a loop
+    without one costs a look at its assistant turns' tool ids, and none where the body
+    holds no local id at all)."""
     messages = req.messages
     start = max(0, len(messages) - 2)
     for i in range(len(messages) - 1, -1, -1):
@@ -130,20 +143,32 @@ def _tail(req: _Request) -> int:
             break
     thinking = req.thinking
     if (len(messages) >= 2 and isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
-            and messages[-2].role == "assistant" and _unthought(messages[-2].content)):
-        i = len(messages) - 1
-        while i >= 0 and not (messages[i].role == "user" and not _only_results(messages[i].content)):
-            i -= 1
-        start = min(start, i + 1)
+            and messages[-2].role == "assistant" and _unthought(messages[-2].content) and _LOCAL_ID in body):
+        return min(start, _local_turn_in_loop(messages))
     return start
+
+
+_LOCAL_ID = LOCAL_PREFIX.encode()
+
+
+def _local_turn_in_loop(messages: list[_Message]) -> int:
+    """The earliest message the facts must read to find a local model's turn in the tool
+    loop the request continues (routing/facts.py loop_of): that turn, or the end when
+    there is none."""
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        content = m.content
+        if m.role == "user":
+            if isinstance(content, str) or not any(b.type == "tool_result" for b in content):
+                break
+        elif m.role == "assistant" and not isinstance(content, str) and any(
+                b.type == "tool_use" and local_tag_of(b.id) for b in content):
+            return i
+    return len(messages)
 
 
 def _unthought(content: str | list[_Block]) -> bool:
     return not (isinstance(content, list) and content and content[0].type in ("thinking", "redacted_thinking"))
-
-
-def _only_results(content: str | list[_Block]) -> bool:
-    return isinstance(content, list) and bool(content) and all(b.type == "tool_result" for b in content)
 
 
 def _as_dict(m: _Message) -> dict[str, Any]:
@@ -155,7 +180,7 @@ def _as_dict(m: _Message) -> dict[str, Any]:
         block = {"type": b.type, "id": b.id}
         if b.text:  # valid JSON: it was decoded as part of the whole body
             block["text"] = msgspec.json.decode(b.text)
-        if b.content and b.type == "tool_result" and b'"image"' in bytes(b.content):
+        if b.content and b.type == "tool_result" and _may_hold_image(bytes(b.content)):
             block["content"] = msgspec.json.decode(b.content)
         blocks.append(block)
     return {"role": m.role, "content": blocks}

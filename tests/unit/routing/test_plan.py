@@ -426,12 +426,12 @@ def test_a_kept_view_answers_as_a_fresh_one() -> None:
             for tokens in sizes:
                 for workload in (Workload.MAIN, Workload.SUBAGENT, Workload.BACKGROUND):
                     for needs in (Needs(), Needs(tools=True), Needs(images=True)):
-                        for model, loop, thinking, source in MEMO_VARIANTS:
+                        for model, loop, thinking, source, unthought in MEMO_VARIANTS:
                             f = facts(tokens, workload, needs=needs, model=model, local_loop=loop, thinking=thinking,
-                                      workload_source=source,
+                                      workload_source=source, unthought_loop=unthought,
                                       size=Size(tokens, local=tokens // 2, floor=tokens // 4) if tokens == 40000 else None)
                             fresh = RoutingView(NOW, cloud, pool)
-                            case = (tokens, workload, needs, model, loop, thinking, source)
+                            case = (tokens, workload, needs, model, loop, thinking, source, unthought)
                             assert plan(f, kept, policy) == plan(f, fresh, policy), case
                             tried = {"cloud": "out"}
                             assert plan(f, kept, policy, tried) == plan(f, RoutingView(NOW, cloud, pool), policy, tried), case
@@ -441,9 +441,11 @@ def test_a_kept_view_answers_as_a_fresh_one() -> None:
 # Every fact in the memo's key besides class and needs, each changed alone after the
 # first: the model (routes), the loop's backend, thinking (the cloud step's strip flag)
 # and where the class came from.
-MEMO_VARIANTS = [("claude-sonnet-4-5", "", False, "default"), ("claude-haiku-4-5", "", False, "default"),
-                 ("claude-sonnet-4-5", "small", False, "default"), ("claude-sonnet-4-5", "small", True, "default"),
-                 ("claude-sonnet-4-5", "", False, "header"), ("claude-sonnet-4-5", "gone", False, "default")]
+MEMO_VARIANTS = [("claude-sonnet-4-5", "", False, "default", False), ("claude-haiku-4-5", "", False, "default", False),
+                 ("claude-sonnet-4-5", "small", False, "default", False),
+                 ("claude-sonnet-4-5", "small", True, "default", False),
+                 ("claude-sonnet-4-5", "", False, "header", False), ("claude-sonnet-4-5", "gone", False, "default", False),
+                 ("claude-sonnet-4-5", "", True, "default", True), ("claude-sonnet-4-5", "", True, "default", False)]
 
 
 def test_a_kept_plan_is_not_reused_for_a_larger_request_or_another_policy() -> None:

@@ -229,3 +229,116 @@ async def test_count_tokens_sends_the_cloud_the_same_cleaned_history_as_messages
     messages_body, count_body = (orjson.loads(b) for b in sent)
     assert LOCAL_THINKING_SIGNATURE.encode() not in sent[0]  # the message was cleaned
     assert count_body["messages"] == messages_body["messages"]
+
+
+POLICY = Policy(order=())  # the runtime keeps one policy, as it keeps its view
+
+
+def _body_for(req: dict[str, Any], view: RoutingView) -> dict[str, Any]:
+    step = plan(facts_from_request(req, {}), view, POLICY).first
+    assert step is not None and step.target == CLOUD
+    return for_cloud(without_thinking(req)) if step.strip_thinking else for_cloud(req)
+
+
+# A cloud-only tool loop with adaptive thinking: the cloud chose not to think. Never local.
+CLOUD_ONLY_LOOP = [
+    {"role": "user", "content": "fix the failing test"},
+    {"role": "assistant", "content": [{"type": "tool_use", "id": CLOUD_ID, "name": "Read", "input": {"file_path": "t.py"}}]},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": CLOUD_ID, "content": "def test(): ..."}]},
+]
+
+
+# --- the kept view's plans: the thinking rule is in their key -----------------------------------
+
+
+def test_kept_view_does_not_strip_thinking_from_a_cloud_only_loop_after_a_local_one() -> None:
+    """A kept view (the runtime's) remembers plans: the one made for a loop a local model
+    took part in (thinking off) is not reused for a cloud-only loop of the same model,
+    class, needs and thinking."""
+    view = RoutingView(NOW, CloudView(), ())
+    crossed, cloud_only = _request(LOOP_CROSSED), _request(CLOUD_ONLY_LOOP)
+    assert facts_from_request(crossed, {}).unthought_loop and not facts_from_request(cloud_only, {}).unthought_loop
+    assert "thinking" not in _body_for(crossed, view)
+    assert "thinking" in _body_for(cloud_only, view), "thinking stripped from a request no local model took part in"
+
+
+def test_kept_view_strips_thinking_for_the_loop_a_local_model_took_part_in() -> None:
+    """The other order: the cloud-only plan (thinking kept) is not reused for the crossed
+    loop, which the cloud would refuse with a 400 on every retry."""
+    view = RoutingView(NOW, CloudView(), ())
+    assert "thinking" in _body_for(_request(CLOUD_ONLY_LOOP), view)
+    body = _body_for(_request(LOOP_CROSSED), view)
+    assert thinking_rule_violation(body) == "", thinking_rule_violation(body)[:100]
+
+
+# --- a results turn that also holds text continues the loop ------------------------------------
+
+
+def _with_reminder(msg: dict[str, Any]) -> dict[str, Any]:
+    """Claude Code adds <system-reminder> text blocks next to tool results."""
+    return {**msg, "content": [*msg["content"], {"type": "text", "text": "<system-reminder>todo list</system-reminder>"}]}
+
+
+def test_a_tool_result_turn_with_a_reminder_text_still_continues_the_local_loop() -> None:
+    """The API's rule (fake_cloud.thinking_rule_violation) looks only at whether the last
+    turn carries a tool_result: a results turn with a text block beside them is still
+    the same loop, whose local turn takes thinking off."""
+    for at in (2, 4):  # the earlier results turn, or the last one
+        messages = [dict(m) for m in LOOP_CROSSED]
+        messages[at] = _with_reminder(messages[at])
+        body = _body_for(_request(messages), RoutingView(NOW, CloudView(), ()))
+        assert thinking_rule_violation(body) == "", (at, thinking_rule_violation(body)[:100])
+
+
+# --- the outline and the full path agree on an image in a tool result ---------------------------
+
+
+def test_outline_and_full_path_agree_on_an_image_in_a_tool_result_with_escaped_type() -> None:
+    """The outline decodes a tool result's content where it names an image; JSON may
+    spell the name with escapes ("\\u0069mage")."""
+    img = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    req = _request([
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": CLOUD_ID, "name": "Read", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": CLOUD_ID, "content": [img]}]},
+    ])
+    body = orjson.dumps(req).replace(b'"type":"image"', b'"type":"\\u0069mage"')
+    assert orjson.loads(body) == req
+    shape = outline(body)
+    assert shape is not None
+    full = facts_from_request(orjson.loads(body), {}).needs
+    fast = facts_from_request(shape.facts, {}).needs
+    assert full.images
+    assert fast == full
+
+
+# --- a count sent on without thinking gains no `stream` -----------------------------------------
+
+
+async def test_count_tokens_of_a_stripped_loop_sends_no_stream_field(app_and_sent) -> None:
+    """A count the plan sends on without thinking is written again from the request:
+    the client sent no `stream`, and the endpoint takes none."""
+    app, sent = app_and_sent
+    req = {k: v for k, v in _request(LOOP_CROSSED).items() if k not in ("stream", "max_tokens")}
+    assert await _post(app, "/v1/messages/count_tokens", orjson.dumps(req)) == 200
+    count_body = orjson.loads(sent[-1])
+    assert "thinking" not in count_body  # stripped, as the message would be
+    assert "stream" not in count_body
+
+
+# --- a cloud-only loop costs the fast path no more than before ------------------------------------
+
+
+def test_outline_facts_of_a_cloud_only_adaptive_loop_stay_small() -> None:
+    """A cloud-only loop whose last turn chose not to think: the facts read the last
+    turns only, not the whole loop, on every request of the loop."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "refactor everything"}]
+    for i in range(200):
+        tid = f"toolu_01{i:020d}"
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": f"step {i}"},
+                                                          {"type": "tool_use", "id": tid, "name": "Read", "input": {}}]})
+        messages.append({"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid, "content": "x" * 2000}]})
+    shape = outline(orjson.dumps(_request(messages)))
+    assert shape is not None
+    assert not facts_from_request(shape.facts, {}).unthought_loop
+    assert len(shape.facts["messages"]) <= 3, len(shape.facts["messages"])

@@ -87,7 +87,9 @@ class AnthropicDoor(Door):
             await WRITER.error(send, 400, "messages: a list of messages is required", "invalid_request_error")
             return
         cleaned = clean_history_for_cloud(req)  # the cloud counts the history it would be sent
-        ctx = self.context(scope, body, {**req, "stream": False}, "/v1/messages/count_tokens",
+        # The request as the client sent it: a count has no `stream`, and one sent on with
+        # `thinking` taken off must not gain one.
+        ctx = self.context(scope, body, req, "/v1/messages/count_tokens",
                            cloud_body=orjson.dumps(cleaned) if cleaned is not None else None)
         ctx.ex.stream = False
         ctx.facts = self.pipeline.facts(ctx.ex, side=True, count_tokens=True)
