@@ -359,6 +359,7 @@ class LocalBackend:
             def close() -> None:
                 resp.close()
                 release()
+                reply.instead = None  # it holds the request: not past the stream's end, read or not
 
             reply = Reply(200, list(SSE_HEADERS), _no_body(), self.name, True, usage, close=close, handover=True)
             reply.body = _with_pings(self._served(resp, call, reply, release, was_idle, started=False), self.ping_interval)
@@ -367,6 +368,7 @@ class LocalBackend:
         def cancel() -> None:
             task.cancel()
             release()
+            reply.instead = None
 
         reply = Reply(200, list(SSE_HEADERS), _no_body(), self.name, True, usage, close=cancel, handover=True)
         reply.body = _with_pings(self._late(task, call, reply, release, was_idle), self.ping_interval)

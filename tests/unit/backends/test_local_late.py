@@ -302,3 +302,27 @@ async def test_a_stream_whose_head_came_in_time_and_that_fails_with_no_other_bac
     assert v.outcome == "error", (v, run.body[-400:])
     assert len(run.asked) == 1 and run.reply.backend == "first"
     assert run.body.count(b"event: message_start") == 1 and words in run.body and run.body.count(b"event: error") == 1
+
+
+@pytest.mark.parametrize("delay", [0.0, LATE], ids=["in-time", "late"])
+async def test_a_stream_closed_unread_lets_the_request_go(serve, monkeypatch, delay):
+    # The client left before its stream was read: closing the reply drops `instead` (which
+    # holds the whole request) without waiting for the cycle collector.
+    monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.05 if delay else PROMPT)
+    cfg = parse_config({"local": [{"name": "first", "url": await serve(_server(ANSWER, delay=delay)),
+                                   "api": "anthropic", "count_tokens": "estimate"}]})
+
+    class Instead:
+        async def __call__(self, failure: object) -> Reply | None:
+            raise AssertionError("not asked")
+
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        res = await backend.send_request(dict(REQUEST), stream=True)
+        assert isinstance(res, Reply) and res.close is not None
+        instead = Instead()
+        held = weakref.ref(instead)
+        res.instead = instead
+        del instead
+        res.close()
+        assert held() is None and backend.state.inflight == 0
