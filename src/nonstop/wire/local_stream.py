@@ -222,8 +222,16 @@ class LocalStreamNormalizer:
         held = self._args.pop(idx, None)
         if held is not None:  # close what was sent; if nothing usable came, its best reading
             args, raw = held
-            rest = args.closing() if args.started else orjson.dumps(parse_arguments("".join(raw))).decode() if raw else ""
-            self._cut_call = self._cut_call or bool(rest)  # it was not whole by itself
+            if args.started:
+                rest = args.closing()
+                self._cut_call = self._cut_call or bool(rest)  # it was not whole by itself
+            else:  # nothing went out: no arguments, or ones not written as an object (double-encoded)
+                text = "".join(raw)
+                given = parse_arguments(text, repair=False)
+                if given == {"_raw": text}:  # not whole by itself: its best reading, as cut
+                    given = parse_arguments(text)
+                    self._cut_call = True
+                rest = orjson.dumps(given).decode() if given else ""
             if rest and rest != "{}":
                 out.append(_delta_event(at, {"type": "input_json_delta", "partial_json": rest}))
         if self._open.pop(idx) == "thinking" and idx not in self._signed:

@@ -99,6 +99,7 @@ class AnthropicToOpenAIStream:
         self.stop_reason: str | None = None
         self._blocks: dict[int, tuple[str, int]] = {}  # Anthropic index -> (type, tool slot)
         self._tools = 0
+        self._bare: set[int] = set()  # tool slots no arguments went out for yet
         self._done = False
 
     def feed(self, event_type: str, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -121,6 +122,10 @@ class AnthropicToOpenAIStream:
             if isinstance(data.get("usage"), dict):
                 self.usage.update({k: v for k, v in data["usage"].items() if v is not None})
             return []
+        if etype == "content_block_stop":
+            index = data.get("index")
+            known = self._blocks.get(index) if type(index) is int else None
+            return self._no_arguments(known[1]) if known is not None and known[0] == "tool_use" else []
         if etype == "message_stop":
             return self.finish()
         if etype == "error":
@@ -128,13 +133,14 @@ class AnthropicToOpenAIStream:
             err = data.get("error")
             err = err if isinstance(err, dict) else {}
             return [{"error": {"message": str(err.get("message") or "upstream error"), "type": str(err.get("type") or "api_error"), "param": None, "code": None}}]
-        return []  # ping, content_block_stop and unknown events carry nothing for OpenAI
+        return []  # ping and unknown events carry nothing for OpenAI
 
     def finish(self) -> list[dict[str, Any]]:
         if self._done:
             return []
+        out = [c for slot in sorted(self._bare) for c in self._no_arguments(slot)]
         self._done = True
-        out = [self._chunk({}, finish_reason_for(self.stop_reason))]
+        out.append(self._chunk({}, finish_reason_for(self.stop_reason)))
         if self.include_usage:
             out.append(self._chunk(None, usage=openai_usage(self.usage)))
         return out
@@ -154,6 +160,7 @@ class AnthropicToOpenAIStream:
         slot = self._tools
         self._tools += 1
         self._blocks[index] = (btype, slot)
+        self._bare.add(slot)
         call = {"index": slot, "id": str(block.get("id") or ""), "type": "function",
                 "function": {"name": str(block.get("name") or ""), "arguments": ""}}
         out = [self._chunk({"tool_calls": [call]})]
@@ -177,7 +184,13 @@ class AnthropicToOpenAIStream:
         return []
 
     def _args(self, slot: int, text: str) -> dict[str, Any]:
+        self._bare.discard(slot)
         return self._chunk({"tool_calls": [{"index": slot, "function": {"arguments": text}}]})
+
+    def _no_arguments(self, slot: int) -> list[dict[str, Any]]:
+        """A call that ended with no arguments sent: "{}", as the whole reply says, since
+        clients parse the arguments as JSON and "" is not."""
+        return [self._args(slot, "{}")] if slot in self._bare else []
 
     def _chunk(self, delta: dict[str, Any] | None, finish_reason: str | None = None, usage: dict[str, Any] | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {

@@ -94,10 +94,11 @@ def test_stream_chunks():
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"x":'}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": " 1}"}}]},
         {"tool_calls": [{"index": 1, "id": "toolu_b", "type": "function", "function": {"name": "g", "arguments": ""}}]},
+        {"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]},  # no input: "{}", which clients can parse
         {},
         None,
     ]
-    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * 7 + ["tool_calls"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * 8 + ["tool_calls"]
     assert chunks[-1]["usage"] == {"prompt_tokens": 100, "completion_tokens": 12, "total_tokens": 112, "prompt_tokens_details": {"cached_tokens": 70}}
     args = "".join(c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] for c in chunks[3:6])
     assert json.loads(args) == {"x": 1}

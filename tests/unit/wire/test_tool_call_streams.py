@@ -1,0 +1,147 @@
+"""Streamed tool calls through translation, at the edges servers and clients reach:
+a call with no arguments, arguments not written as an object, ids that change mid-call."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from nonstop.wire.local_stream import LocalStreamNormalizer
+from nonstop.wire.openai import AnthropicToOpenAIStream, OpenAIStreamTranslator
+from tests.support.anthropic_stream import validate_anthropic_stream
+
+Event = tuple[str, dict[str, Any]]
+
+
+def _e(t: str, **kw: Any) -> Event:
+    return (t, {"type": t, **kw})
+
+
+def _tool_inputs(events: list[Event]) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for name, data in events:
+        if name == "content_block_start" and data["content_block"]["type"] == "tool_use":
+            out[data["index"]] = ""
+        elif name == "content_block_delta" and data["delta"].get("type") == "input_json_delta":
+            out[data["index"]] += data["delta"]["partial_json"]
+    return out
+
+
+def _stop_reason(events: list[Event]) -> str | None:
+    return next(d["delta"]["stop_reason"] for n, d in events if n == "message_delta")
+
+
+# --- the OpenAI front door: a call with no input streams "{}" ---------------------------------
+
+
+def test_front_door_stream_tool_without_input_has_json_arguments() -> None:
+    """A tool_use with empty input (the cloud streams `partial_json: ""` for it; a local
+    Anthropic server may stream no delta at all) must reach an OpenAI client with
+    arguments that parse as a JSON object ("{}"), as the non-streamed reply does; ""
+    is not JSON."""
+    tr = AnthropicToOpenAIStream(model="m", completion_id="chatcmpl-1", include_usage=False, created=1)
+    events = [
+        _e("message_start", message={"id": "msg_1", "type": "message", "role": "assistant", "content": [],
+                                     "usage": {"input_tokens": 5, "output_tokens": 1}}),
+        _e("content_block_start", index=0,
+           content_block={"type": "tool_use", "id": "toolu_1", "name": "get_time", "input": {}}),
+        _e("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": ""}),
+        _e("content_block_stop", index=0),
+        _e("message_delta", delta={"stop_reason": "tool_use", "stop_sequence": None}, usage={"output_tokens": 3}),
+        _e("message_stop"),
+    ]
+    chunks = [c for t, d in events for c in tr.feed(t, d)]
+    args = "".join(
+        call.get("function", {}).get("arguments", "")
+        for c in chunks for ch in c["choices"] for call in ch["delta"].get("tool_calls", [])
+    )
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert isinstance(json.loads(args), dict), f"arguments {args!r} are not a JSON object"
+
+
+# --- the normalizer: a whole call whose input is read at its end is not cut --------------------
+
+
+def _native_tool_stream(partial_json: str) -> list[Event]:
+    """A native /v1/messages server's stream of one complete call (stop_reason tool_use)."""
+    return [
+        _e("message_start", message={"id": "msg_l", "type": "message", "role": "assistant", "content": [],
+                                     "usage": {"input_tokens": 5, "output_tokens": 0}}),
+        _e("content_block_start", index=0, content_block={"type": "tool_use", "id": "call_1", "name": "Bash"}),
+        _e("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": partial_json}),
+        _e("content_block_stop", index=0),
+        _e("message_delta", delta={"stop_reason": "tool_use", "stop_sequence": None}, usage={"output_tokens": 4}),
+        _e("message_stop"),
+    ]
+
+
+@pytest.mark.parametrize("partial_json", [
+    "",                              # a no-argument call (vLLM-style converters send it)
+    '"{\\"command\\":\\"ls\\"}"',    # double-encoded arguments, whole and complete
+], ids=["empty", "double_encoded"])
+def test_normalizer_complete_call_read_at_block_end_is_tool_use(partial_json: str) -> None:
+    """Nothing was cut: the server said tool_use and the input is whole, though not
+    streamed as an object. The client must hear tool_use (max_tokens would keep Claude
+    Code from running the tool), as through the OpenAI path."""
+    n = LocalStreamNormalizer(model="m", input_tokens_estimate=10)
+    out = [e for t, d in _native_tool_stream(partial_json) for e in n.feed(t, d)] + n.finish()
+    assert _stop_reason(out) == "tool_use"
+    assert isinstance(json.loads(_tool_inputs(out)[0] or "{}"), dict)
+
+
+# --- the translator: a changed id on a nameless fragment continues the call ---------------------
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def _through_translator(chunks: list[dict[str, Any]]) -> list[Event]:
+    """Chat Completions chunks as the client gets them: translated, then normalized."""
+    tr = OpenAIStreamTranslator(model="m", message_id="msg_1", input_tokens_estimate=10, close_cut_calls=False)
+    evs = [e for c in chunks for e in tr.feed(c)] + tr.finish()
+    n = LocalStreamNormalizer(model="m", input_tokens_estimate=10)
+    out = [e for t, d in evs for e in n.feed(t, d)] + n.finish()
+    validate_anthropic_stream(out)
+    return out
+
+
+def test_translator_id_change_mid_call_keeps_the_arguments() -> None:
+    """Some OpenAI-compatible servers repeat an id on every delta but not the same one
+    (mlx-openai-server before its PR #216; Poolside: one id with the name, another on
+    every argument delta). The fragments carry the same index and no name: they continue
+    call 0, whose arguments must not be lost."""
+    chunks = [
+        _chunk({"role": "assistant", "content": None, "tool_calls": [
+            {"index": 0, "id": "call_A", "type": "function", "function": {"name": "Bash", "arguments": ""}}]}),
+        _chunk({"tool_calls": [{"index": 0, "id": "call_B", "function": {"arguments": '{"command":'}}]}),
+        _chunk({"tool_calls": [{"index": 0, "id": "call_B", "function": {"arguments": ' "ls"}'}}]}),
+        _chunk({}, "tool_calls"),
+    ]
+    out = _through_translator(chunks)
+    assert [json.loads(v) for v in _tool_inputs(out).values()] == [{"command": "ls"}]
+    assert _stop_reason(out) == "tool_use"
+
+
+def test_translator_a_new_id_with_a_name_on_a_used_index_is_the_next_call() -> None:
+    """A server that reuses index 0 for its next call sends the new id with a name."""
+    chunks = [
+        _chunk({"role": "assistant", "tool_calls": [
+            {"index": 0, "id": "call_A", "type": "function", "function": {"name": "Bash", "arguments": '{"command": "ls"}'}}]}),
+        _chunk({"tool_calls": [{"index": 0, "id": "call_B", "type": "function",
+                                "function": {"name": "Read", "arguments": '{"file_path": "a"}'}}]}),
+        _chunk({}, "tool_calls"),
+    ]
+    out = _through_translator(chunks)
+    assert [json.loads(v) for v in _tool_inputs(out).values()] == [{"command": "ls"}, {"file_path": "a"}]
+    assert _stop_reason(out) == "tool_use"
+
+
+@pytest.mark.parametrize("partial_json", ['{"command": "l', '"{\\"command\\": \\"l'], ids=["object", "double_encoded"])
+def test_normalizer_a_call_left_open_under_tool_use_is_still_cut(partial_json: str) -> None:
+    """Arguments that end before they are whole, whatever stop reason the server gave."""
+    n = LocalStreamNormalizer(model="m", input_tokens_estimate=10)
+    out = [e for t, d in _native_tool_stream(partial_json) for e in n.feed(t, d)] + n.finish()
+    assert _stop_reason(out) == "max_tokens"
