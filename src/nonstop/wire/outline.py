@@ -18,6 +18,10 @@ It answers only for requests whose shape it fully describes. Anything else (a bl
 is not an object, a field of a type validation would reject, invalid JSON, a history that
 needs cleaning) gives None, and the caller parses the whole request as before, so the
 fast path can never accept what the full checks would refuse or answer differently.
+One exception: the decoder does not look inside what it skips, so invalid UTF-8 or a
+number out of range there (which the full parse refuses) is not seen. Such a body goes
+to the cloud as the client sent it, and the cloud's own 400 reaches the client; on a
+local backend it is refused as unreadable, with a 400 too.
 """
 
 from __future__ import annotations
@@ -143,12 +147,14 @@ def _tail(req: _Request, body: bytes) -> int:
             break
     thinking = req.thinking
     if (len(messages) >= 2 and isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
-            and messages[-2].role == "assistant" and _unthought(messages[-2].content) and _LOCAL_ID in body):
+            and messages[-2].role == "assistant" and _unthought(messages[-2].content)
+            and (_LOCAL_ID in body or _ESCAPE in body)):
         return min(start, _local_turn_in_loop(messages))
     return start
 
 
 _LOCAL_ID = LOCAL_PREFIX.encode()
+_ESCAPE = b"\\u00"  # an id may spell a letter as an escape: then it is looked for in the decoded ids
 
 
 def _local_turn_in_loop(messages: list[_Message]) -> int:

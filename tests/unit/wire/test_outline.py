@@ -160,3 +160,39 @@ def test_well_formed_histories_take_the_outline(messages: list[dict[str, Any]]) 
     assume(not any(m["role"] == "assistant" and isinstance(m["content"], list) and blank_text(b.get("text"))
                    and b["type"] == "text" for m in messages for b in m["content"]))
     assert agrees({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": messages, "stream": True})
+
+
+# --- the thinking rule's local turn, however its id is spelled ---------------------------------
+
+LOOP_HEADERS = {"x-claude-code-session-id": "s1"}
+
+
+def _loop_with_a_local_turn() -> dict[str, Any]:
+    """Thinking on; a local model's call, then a cloud step written without thinking
+    (thinking was off for the loop), and its result: the facts say unthought_loop."""
+    local = local_tool_id(backend_tag("x"))
+    return {
+        "model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [
+            {"role": "user", "content": "fix the build"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": local, "name": "Bash", "input": {"c": "ls"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": local, "content": "ok"}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_01cloud", "name": "Bash", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01cloud", "content": "ok"}]},
+        ],
+    }
+
+
+def test_outline_facts_agree_when_the_local_id_is_spelled_with_an_escape() -> None:
+    """`toolu\\u005fnsl...` is the same JSON string as `toolu_nsl...`: the outline finds
+    the local turn however the id is spelled, as the full parse does."""
+    req = _loop_with_a_local_turn()
+    body = orjson.dumps(req).replace(b"toolu_nsl", b"toolu\\u005fnsl")
+    assert orjson.loads(body) == req
+    shape = outline(body)
+    assert shape is not None and shape.problem == ""
+    full = facts_from_request(orjson.loads(body), LOOP_HEADERS, body_len=len(body))
+    fast = facts_from_request(shape.facts, LOOP_HEADERS, body_len=len(body))
+    assert full.unthought_loop is True
+    assert fast.unthought_loop == full.unthought_loop

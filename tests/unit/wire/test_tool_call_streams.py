@@ -145,3 +145,16 @@ def test_normalizer_a_call_left_open_under_tool_use_is_still_cut(partial_json: s
     n = LocalStreamNormalizer(model="m", input_tokens_estimate=10)
     out = [e for t, d in _native_tool_stream(partial_json) for e in n.feed(t, d)] + n.finish()
     assert _stop_reason(out) == "max_tokens"
+
+
+def test_per_delta_ids_keep_double_encoded_arguments() -> None:
+    """A new id on every delta, and the arguments double-encoded: the fragments are
+    one call, read whole at its end."""
+    chunks = [
+        _chunk({"role": "assistant", "tool_calls": [
+            {"index": 0, "id": "call_A", "type": "function", "function": {"name": "Bash", "arguments": ""}}]}),
+        _chunk({"tool_calls": [{"index": 0, "id": "call_B", "function": {"arguments": '"{\\"command\\": '}}]}),
+        _chunk({"tool_calls": [{"index": 0, "id": "call_C", "function": {"arguments": '\\"ls\\"}"'}}]}),
+        _chunk({}, "tool_calls"),
+    ]
+    assert [json.loads(v) for v in _tool_inputs(_through_translator(chunks)).values()] == [{"command": "ls"}]

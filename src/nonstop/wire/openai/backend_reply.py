@@ -232,12 +232,12 @@ class OpenAIStreamTranslator:
         elif not isinstance(args, str):
             args = ""
         seg = self._slots.get(slot)
-        if seg is None or (call_id and seg.id and call_id != seg.id and (name or seg.args.complete)):  # type: ignore[union-attr]
+        if seg is None or (call_id and seg.id and call_id != seg.id and name):
             if not (call_id or name or args):
                 return
             # A new call, or a server reusing an index for the next call: a new id with a
-            # name, or after the call's arguments are whole. A new id on a nameless
-            # fragment of an open call is a server that numbers every delta: the same call.
+            # name. A new id on a nameless fragment is a server that numbers every delta
+            # (or sends a trailing fragment): the same call.
             seg = _Segment("tool")
             self._slots[slot] = seg
             self._segments.append(seg)
