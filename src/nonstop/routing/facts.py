@@ -70,16 +70,20 @@ _NEEDS = {(t, th, i): Needs(tools=t, thinking=th, images=i) for t in (False, Tru
 class Size:
     """The request's size in tokens. `sent` is known at once (from the body's length);
     `local` (as a local model sees it) and `floor` (the smallest the fitting tiers can
-    reach) are computed on first use, by the functions given, and remembered."""
+    reach) are computed on first use, by the functions given, and remembered. `measure`
+    gives (local, floor), or (local, None) where `measure_floor` gives the floor: it
+    costs more, and only a request over a window needs it."""
 
-    __slots__ = ("sent", "_local", "_floor", "_measure")
+    __slots__ = ("sent", "_local", "_floor", "_measure", "_measure_floor")
 
-    def __init__(self, sent: int, measure: Callable[[], tuple[int, int]] | None = None, *,
-                 local: int | None = None, floor: int | None = None):
+    def __init__(self, sent: int, measure: Callable[[], tuple[int, int | None]] | None = None, *,
+                 local: int | None = None, floor: int | None = None,
+                 measure_floor: Callable[[], int] | None = None):
         self.sent = sent
         self._local = local
         self._floor = floor
         self._measure = measure
+        self._measure_floor = measure_floor
 
     @property
     def known(self) -> bool:
@@ -100,6 +104,8 @@ class Size:
     @property
     def floor(self) -> int:
         self._fill()
+        if self._floor is None and self._measure_floor is not None:
+            self._floor, self._measure_floor = self._measure_floor(), None
         return self._floor if self._floor is not None else self.local
 
     def __repr__(self) -> str:
@@ -141,10 +147,11 @@ class RequestFacts(NamedTuple):
 
 
 def facts_from_request(req: Mapping[str, Any], headers: Mapping[str, str], *, body_len: int = 0,
-                       measure: Callable[[], tuple[int, int]] | None = None,
+                       measure: Callable[[], tuple[int, int | None]] | None = None,
+                       measure_floor: Callable[[], int] | None = None,
                        side: bool = False, count_tokens: bool = False, account: str = "") -> RequestFacts:
     """`headers` must have lower-case names. `measure` computes (local size, floor) on
-    demand; without it the body's length stands for both."""
+    demand (see Size); without it the body's length stands for both."""
     model = req.get("model")
     model = model if isinstance(model, str) else ""
     messages = req.get("messages")
@@ -156,7 +163,7 @@ def facts_from_request(req: Mapping[str, Any], headers: Mapping[str, str], *, bo
     return RequestFacts(  # by position: keywords cost a named tuple twice the time
         model,  # model
         req.get("stream") is True,  # stream
-        Size(max(1, int(body_len / BYTES_PER_TOKEN)), measure),  # size
+        Size(max(1, int(body_len / BYTES_PER_TOKEN)), measure, measure_floor=measure_floor),  # size
         mt if isinstance(mt, int) and not isinstance(mt, bool) else None,  # max_tokens
         _NEEDS[(bool(req.get("tools")), thinking, images)],  # needs
         workload,

@@ -40,7 +40,7 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from nonstop.wire.anthropic import estimate_tokens
+from nonstop.wire.anthropic import estimate_tokens, to_local_request
 from nonstop.wire.claude_prompt import (
     drop_examples,
     drop_reminders,
@@ -159,6 +159,18 @@ def needed_tools(req: dict[str, Any], core_tools: Collection[str] = CLAUDE_CODE_
     if not kept and isinstance(choice, dict) and choice.get("type") in ("any", "tool"):
         return tools
     return kept
+
+
+def local_size(req: dict[str, Any]) -> int:
+    """A Messages request's size as a local model sees it (nonstop's estimate)."""
+    return estimate_tokens(to_local_request(req, model="", max_tokens=1))
+
+
+def fitted_size(req: dict[str, Any]) -> int:
+    """The smallest the fitting tiers can make a Messages request, as a local model sees
+    it. It walks the tiers: ask only for a request over a window."""
+    local = to_local_request(req, model="", max_tokens=1)
+    return fit_floor(local, estimate_tokens, drop_turns=True, deferred=deferred_tool_names(req))
 
 
 def deferred_tool_names(req: dict[str, Any]) -> frozenset[str]:

@@ -203,9 +203,10 @@ def context_rule(facts: RequestFacts, b: BackendView) -> Room | Skip:
         return Room(False, f"fits its {window}-token window", True)
     if not size.known:
         return Room(True, f"~{int(size.sent * ratio)} tokens as sent; fitted to its {window}-token window if needed")
-    local, floor = int(size.local * ratio), int(size.floor * ratio)
+    local = int(size.local * ratio)
     if local <= usable:
         return Room(False, f"fits its {window}-token window ({local} tokens)")
+    floor = int(size.floor * ratio)  # measured only now: it walks the fitting tiers
     if floor <= usable:
         return Room(True, f"{local} tokens; fits its {window}-token window once fitted (~{floor})")
     if b.token_ratio is None:

@@ -14,24 +14,20 @@ import orjson
 
 from nonstop.config import Config
 from nonstop.routing.facts import RequestFacts, facts_from_request
+from nonstop.routing.fit import fitted_size, local_size
 from nonstop.routing.plan import Plan, plan
 from nonstop.routing.policy import Policy, policy_from_config
 from nonstop.routing.quota import QuotaState
 from nonstop.routing.view import BackendView, Capabilities, RoutingView
-from nonstop.wire.anthropic import estimate_tokens, to_local_request
 from nonstop.wire.tool_ids import backend_tag
 
 
 def request_facts(req: Mapping[str, Any], headers: Mapping[str, str]) -> RequestFacts:
     """The facts the pipeline would see, with the local size measured."""
     body = dict(req)
-
-    def measure() -> tuple[int, int]:
-        tokens = estimate_tokens(to_local_request(body, model="", max_tokens=1))
-        return tokens, tokens
-
     facts = facts_from_request(body, {k.lower(): v for k, v in headers.items()},
-                               body_len=len(orjson.dumps(body)), measure=measure)
+                               body_len=len(orjson.dumps(body)), measure=lambda: (local_size(body), None),
+                               measure_floor=lambda: fitted_size(body))
     _ = facts.size.local
     return facts
 

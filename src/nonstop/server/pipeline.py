@@ -29,10 +29,9 @@ from nonstop.routing.facts import (
     RequestFacts,
     facts_from_request,
 )
-from nonstop.routing.fit import deferred_tool_names, fit_floor
+from nonstop.routing.fit import fitted_size, local_size
 from nonstop.routing.plan import CLOUD, Plan, Skip, Step, plan
 from nonstop.store.db import RequestRow
-from nonstop.wire.anthropic import estimate_tokens, to_local_request
 from nonstop.wire.errors import prompt_too_long_message
 
 if TYPE_CHECKING:
@@ -101,17 +100,12 @@ class Pipeline:
         headers, credential = fact_headers(ex.headers)
         ex.account = self.rt.clouds.account_for(credential, headers.get(SESSION_HEADER, ""))
 
-        def measure() -> tuple[int, int]:
-            # The size a local model sees, and the smallest the fitting tiers can make it.
-            # It reads the request when called, not the request as it was: the facts live as
-            # long as the exchange, and must not keep a parsed request its door has let go.
-            whole = ex.request()
-            local = to_local_request(whole, model="", max_tokens=1)
-            floor = fit_floor(local, estimate_tokens, drop_turns=True, deferred=deferred_tool_names(whole))
-            return estimate_tokens(local), floor
-
-        return facts_from_request(req, headers, body_len=len(ex.cloud_body or ex.body), measure=measure,
-                                  side=side, count_tokens=count_tokens, account=ex.account)
+        # The sizes read the request when asked, not the request as it was: the facts live as
+        # long as the exchange, and must not keep a parsed request its door has let go.
+        return facts_from_request(req, headers, body_len=len(ex.cloud_body or ex.body),
+                                  measure=lambda: (local_size(ex.request()), None),
+                                  measure_floor=lambda: fitted_size(ex.request()), side=side,
+                                  count_tokens=count_tokens, account=ex.account)
 
     def plan(self, facts: RequestFacts, tried: dict[str, str] | None = None) -> Plan:
         return plan(facts, self.rt.view(facts.account), self.rt.policy, tried)

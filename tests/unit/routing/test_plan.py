@@ -292,6 +292,23 @@ def test_size_is_measured_only_when_a_window_needs_it() -> None:
     assert calls == []  # 2000 tokens as sent fit both windows
 
 
+@pytest.mark.parametrize(("local", "floor_asked"), [(3000, False), (6000, True)])
+def test_the_fitted_floor_is_measured_only_for_a_request_over_a_window(local: int, floor_asked: bool) -> None:
+    # The floor walks the fitting tiers (the costliest part of sizing a request for a
+    # local model): a request that fits as it is never needs it.
+    asked = []
+
+    def floor() -> int:
+        asked.append(1)
+        return 2000
+
+    f = facts(size=Size(8000, measure=lambda: (local, None), measure_floor=floor))
+    _ = f.size.local  # the pipeline measures before a local step
+    p = plan(f, RoutingView(NOW, OUT, (SMALL,)), Policy(order=("small",)))
+    assert targets(p) == ["small"] and p.steps[0].fit is floor_asked
+    assert asked == ([1] if floor_asked else [])
+
+
 # --- rule "health" -------------------------------------------------------------------------------
 
 def test_demoted_and_unhealthy_backends_are_tried_last() -> None:
