@@ -108,6 +108,12 @@ class Size:
             self._floor, self._measure_floor = self._measure_floor(), None
         return self._floor if self._floor is not None else self.local
 
+    def reading(self, measure: Callable[[], tuple[int, int | None]], measure_floor: Callable[[], int]) -> Size:
+        """This size, with what is not measured yet measured by the functions given (the
+        request the first ones read may be gone by then)."""
+        return Size(self.sent, None if self._local is not None else measure, local=self._local, floor=self._floor,
+                    measure_floor=None if self._floor is not None else measure_floor)
+
     def __repr__(self) -> str:
         return f"Size(sent={self.sent}, local={self._local}, floor={self._floor})"
 

@@ -223,6 +223,7 @@ class Pipeline:
         and that `failed` then could not serve before any content (LocalBackend._served):
         the plan's next local steps, planned again as after any failure. Not the cloud: its
         stream is a message of its own, and the client has this one's start."""
+        facts = _sized(facts, req)
         tried = {**tried, failed: _describe(res)}
         out.tried.append((failed, tried[failed]))
         while True:
@@ -286,7 +287,7 @@ class Pipeline:
 
     async def continue_locally(self, ctx: RequestContext, req: dict[str, Any]) -> Reply | None:
         """A streaming local reply for a prefilled request, or None if no backend can."""
-        facts = ctx.facts or self.facts(ctx.ex)
+        facts = _sized(ctx.facts or self.facts(ctx.ex), req)
         p = self.plan(facts, {CLOUD: "the cloud stream failed"})
         for step in p.steps:
             res = await self._stream_on(step.target, req)  # the cloud's step: no local backend
@@ -296,6 +297,12 @@ class Pipeline:
 
 
 _GONE = Verdict(FailureKind.NETWORK, True, None, "the backend is gone")
+
+
+def _sized(facts: RequestFacts, req: dict[str, Any]) -> RequestFacts:
+    """`facts` whose sizes not measured yet are read from `req`: by now the door has let
+    the exchange's own request go."""
+    return facts._replace(size=facts.size.reading(lambda: (local_size(req), None), lambda: fitted_size(req)))
 
 
 def _describe(res: Verdict | TooLong) -> str:

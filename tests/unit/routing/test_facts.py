@@ -134,3 +134,16 @@ def test_an_image_a_tool_returned_is_an_image_need() -> None:
     req["messages"][2]["content"][0]["content"] = [image]
     req["messages"].append({"role": "assistant", "content": "Looking"})
     assert facts_from_request(req, {}).needs.images
+
+
+def test_a_size_read_again_keeps_what_was_measured_and_measures_the_rest_from_the_new_reading() -> None:
+    # A hand-over or a recovery plans again after the door has let its request go: what
+    # is not measured yet is measured from the request they keep.
+    first = Size(5000, lambda: (4000, None), measure_floor=lambda: 1 // 0)
+    assert first.local == 4000
+    again = first.reading(lambda: (1 // 0, None), lambda: 2500)
+    assert again.known and again.local == 4000 and again.floor == 2500
+    unmeasured = Size(5000, lambda: (1 // 0, None), measure_floor=lambda: 1 // 0).reading(lambda: (3000, None), lambda: 2000)
+    assert unmeasured.local == 3000 and unmeasured.floor == 2000
+    done = Size(5000, local=4000, floor=3000).reading(lambda: (1 // 0, None), lambda: 1 // 0)
+    assert (done.local, done.floor) == (4000, 3000)

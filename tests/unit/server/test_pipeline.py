@@ -19,9 +19,10 @@ from nonstop.backends.registry import make_local_backend
 from nonstop.config import LocalBackendConfig, parse_config
 from nonstop.routing.backend_state import REPORT_FRESH, BackendState, ServerReport
 from nonstop.routing.classify import FailureKind, Verdict, classify_response
+from nonstop.routing.fit import fitted_size, local_size
 from nonstop.routing.plan import Step
 from nonstop.routing.view import Capabilities, CloudState
-from nonstop.server.pipeline import Pipeline, RequestContext
+from nonstop.server.pipeline import Pipeline, RequestContext, _sized
 from nonstop.server.runtime import Runtime
 from nonstop.store.db import RequestRow
 from nonstop.wire.sse import encode_event
@@ -360,3 +361,12 @@ async def test_a_chain_of_late_failures_ends_on_the_backend_that_answers(tmp_pat
     note = out.reply.usage.note
     assert note.startswith("f0 failed after the stream began") and "handed to f1; f1 failed" in note and note.endswith("handed to good")
     assert all(b.state.inflight == 0 for b in backends)
+
+
+def test_planning_again_after_the_door_let_the_request_go_sizes_the_request_kept() -> None:
+    req = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "word " * 3000}]}
+    c = ctx(req)
+    facts = Pipeline(Runtime(parse_config({"log": {"enabled": False}}), clock=Clock())).facts(c.ex)
+    c.ex.req, c.ex.body, c.ex.lazy = {}, b"", False  # the door lets go once a reply is chosen
+    sized = _sized(facts, req)
+    assert sized.size.local == local_size(req) > 1000 and sized.size.floor == fitted_size(req)
