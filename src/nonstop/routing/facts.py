@@ -110,7 +110,10 @@ class Size:
 
     def reading(self, measure: Callable[[], tuple[int, int | None]], measure_floor: Callable[[], int]) -> Size:
         """This size, with what is not measured yet measured by the functions given (the
-        request the first ones read may be gone by then)."""
+        request the first ones read may be gone by then). A size given no functions has
+        nothing left to measure: it is kept as it is."""
+        if self._measure is None and self._measure_floor is None:
+            return self
         return Size(self.sent, None if self._local is not None else measure, local=self._local, floor=self._floor,
                     measure_floor=None if self._floor is not None else measure_floor)
 

@@ -343,8 +343,8 @@ def _drop_before(messages: list[dict[str, Any]], start: int) -> list[dict[str, A
     front, and tool results whose call was dropped turned into text."""
     kept = messages[start:]
     ids = {
-        b.get("id") for m in kept if m.get("role") == "assistant" and isinstance(m.get("content"), list)
-        for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use"
+        b["id"] for m in kept if m.get("role") == "assistant" and isinstance(m.get("content"), list)
+        for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(b.get("id"), str)
     }
     first = _orphan_results_to_text(kept[0], ids)
     content = first.get("content")
@@ -434,16 +434,18 @@ def _map_texts(msg: dict[str, Any], fn: Callable[[str], str], *, skip_pinned: bo
     return msg if content == msg.get("content") else {**msg, "content": content}
 
 
-def _orphan_results_to_text(msg: dict[str, Any], known_ids: set[Any]) -> dict[str, Any]:
+def _orphan_results_to_text(msg: dict[str, Any], known_ids: set[str]) -> dict[str, Any]:
     content = msg.get("content")
     if not isinstance(content, list):
         return msg
     out = []
     for block in content:
-        if isinstance(block, dict) and block.get("type") == "tool_result" and block.get("tool_use_id") not in known_ids:
+        tool_id = block.get("tool_use_id") if isinstance(block, dict) and block.get("type") == "tool_result" else None
+        if tool_id is not None and not (isinstance(tool_id, str) and tool_id in known_ids):
             inner = block.get("content")
             text = inner if isinstance(inner, str) else " ".join(
-                b.get("text", "") for b in inner or [] if isinstance(b, dict) and b.get("type") == "text"
+                b["text"] for b in (inner if isinstance(inner, list) else [])
+                if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
             )
             out.append({"type": "text", "text": f"(earlier tool result) {text}"})
         else:

@@ -285,9 +285,12 @@ class Pipeline:
 
     # --- mid-stream recovery -------------------------------------------------------------------
 
-    async def continue_locally(self, ctx: RequestContext, req: dict[str, Any]) -> Reply | None:
-        """A streaming local reply for a prefilled request, or None if no backend can."""
-        facts = _sized(ctx.facts or self.facts(ctx.ex), req)
+    async def continue_locally(self, ctx: RequestContext, req: dict[str, Any],
+                               original: dict[str, Any] | None = None) -> Reply | None:
+        """A streaming local reply for a prefilled request, or None if no backend can.
+        `original`: the request as the client sent it, which the plan sizes (a prefill
+        ends with the assistant's turn, which the fitting tiers cannot drop turns before)."""
+        facts = _sized(ctx.facts or self.facts(ctx.ex), original or req)
         p = self.plan(facts, {CLOUD: "the cloud stream failed"})
         for step in p.steps:
             res = await self._stream_on(step.target, req)  # the cloud's step: no local backend
@@ -301,8 +304,11 @@ _GONE = Verdict(FailureKind.NETWORK, True, None, "the backend is gone")
 
 def _sized(facts: RequestFacts, req: dict[str, Any]) -> RequestFacts:
     """`facts` whose sizes not measured yet are read from `req`: by now the door has let
-    the exchange's own request go."""
-    return facts._replace(size=facts.size.reading(lambda: (local_size(req), None), lambda: fitted_size(req)))
+    the exchange's own request go. The local size is measured now (the steps planned
+    from here are all local: the windows decide)."""
+    size = facts.size.reading(lambda: (local_size(req), None), lambda: fitted_size(req))
+    _ = size.local
+    return facts._replace(size=size)
 
 
 def _describe(res: Verdict | TooLong) -> str:

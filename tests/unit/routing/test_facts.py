@@ -147,3 +147,5 @@ def test_a_size_read_again_keeps_what_was_measured_and_measures_the_rest_from_th
     assert unmeasured.local == 3000 and unmeasured.floor == 2000
     done = Size(5000, local=4000, floor=3000).reading(lambda: (1 // 0, None), lambda: 1 // 0)
     assert (done.local, done.floor) == (4000, 3000)
+    bare = Size(5000)  # given no functions: its size as sent stands for all
+    assert bare.reading(lambda: (1 // 0, None), lambda: 1 // 0) is bare and bare.known

@@ -369,4 +369,5 @@ def test_planning_again_after_the_door_let_the_request_go_sizes_the_request_kept
     facts = Pipeline(Runtime(parse_config({"log": {"enabled": False}}), clock=Clock())).facts(c.ex)
     c.ex.req, c.ex.body, c.ex.lazy = {}, b"", False  # the door lets go once a reply is chosen
     sized = _sized(facts, req)
+    assert sized.size.known  # measured at once: the steps planned from here are local
     assert sized.size.local == local_size(req) > 1000 and sized.size.floor == fitted_size(req)

@@ -71,7 +71,8 @@ class AnthropicDoor(Door):
             if not self.cfg.log.store_bodies:
                 ctx.ex.body = b""
             if recover and reply is not None and whole is not None:
-                reply.body = recovering(reply, reply.body, whole, lambda r: self.pipeline.continue_locally(ctx, r))
+                reply.body = recovering(reply, reply.body, whole,
+                                        lambda r: self.pipeline.continue_locally(ctx, r, whole))
             await self.relay.commit(ctx, outcome, receive, send, WRITER)
             if tap is not None and whole is not None:
                 self.rt.shadow.after(whole, tap, ctx.row.workload, ctx.row.request_id)
