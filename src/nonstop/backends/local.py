@@ -32,6 +32,7 @@ from nonstop.backends.base import (
     Exchange,
     Reply,
     TooLong,
+    UnreadableRequest,
     Usage,
     read_capped,
     read_limited,
@@ -122,6 +123,7 @@ class Call:
     max_tokens: int = 0  # the output asked of the server
     request: dict | None = None  # the request as nonstop sized it (before any translation)
     cut: bool = False  # a whole reply ran out of tokens inside a tool call
+    data: bytes = b""  # the body as sent
 
 
 class LocalBackend:
@@ -188,6 +190,12 @@ class LocalBackend:
         return await self.send_request(ex.request(), stream=ex.stream)
 
     async def send_request(self, req: dict, *, stream: bool) -> Attempt:
+        try:
+            return await self._send_request(req, stream=stream)
+        except (RecursionError, orjson.JSONEncodeError) as exc:  # nested deeper than JSON tools go
+            raise UnreadableRequest(f"the request is nested too deeply for a local model ({type(exc).__name__})") from None
+
+    async def _send_request(self, req: dict, *, stream: bool) -> Attempt:
         local_req = self.local_request(req)
         try:
             tokens = await self.count_tokens(local_req)
@@ -206,6 +214,7 @@ class LocalBackend:
         local_req["max_tokens"] = min(local_req["max_tokens"], room)
         local_req["stream"] = stream
         call = self.prepare(local_req, stream, tokens, req)
+        call.data = orjson.dumps(call.body)  # here, where a body it cannot write is the client's
         call.fitted = fitted
         call.max_tokens = local_req["max_tokens"]
         call.request = local_req
@@ -302,7 +311,8 @@ class LocalBackend:
         how its tokens compare with the estimate."""
         try:
             async with asyncio.timeout_at(self._head_deadline() if deadline is None else deadline):
-                resp = await self.session.post(self.base + call.path, data=orjson.dumps(call.body), headers=self.headers(),
+                resp = await self.session.post(self.base + call.path, data=call.data or orjson.dumps(call.body),
+                                               headers=self.headers(),
                                                timeout=self.timeout())
         except (aiohttp.ClientError, OSError) as exc:
             detail = _describe_exc(exc, self.base)

@@ -19,14 +19,19 @@ from nonstop.routing.plan import Plan, plan
 from nonstop.routing.policy import Policy, policy_from_config
 from nonstop.routing.quota import QuotaState
 from nonstop.routing.view import BackendView, Capabilities, RoutingView
+from nonstop.wire.anthropic import text_size
 from nonstop.wire.tool_ids import backend_tag
 
 
 def request_facts(req: Mapping[str, Any], headers: Mapping[str, str]) -> RequestFacts:
     """The facts the pipeline would see, with the local size measured."""
     body = dict(req)
+    try:
+        body_len = len(orjson.dumps(body))
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: its strings will do
+        body_len = text_size(body)
     facts = facts_from_request(body, {k.lower(): v for k, v in headers.items()},
-                               body_len=len(orjson.dumps(body)), measure=lambda: (local_size(body), None),
+                               body_len=body_len, measure=lambda: (local_size(body), None),
                                measure_floor=lambda: fitted_size(body))
     _ = facts.size.local
     return facts

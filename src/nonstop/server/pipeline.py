@@ -186,11 +186,16 @@ class Pipeline:
         return await self._on_local(backend, lambda: backend.send(ctx.ex, step))
 
     async def _stream_on(self, target: str, req: dict[str, Any]) -> Attempt | Skip:
-        """`req` streamed by the local backend `target`, within its slots."""
+        """`req` streamed by the local backend `target`, within its slots. Asked while a
+        client's stream is under way: a request no local model can be sent is a "no"
+        here, not an error that would end that stream."""
         backend = self.rt.backend(target)
         if backend is None:
             return _GONE
-        return await self._on_local(backend, partial(backend.send_request, req, stream=True))
+        try:
+            return await self._on_local(backend, partial(backend.send_request, req, stream=True))
+        except UnreadableRequest as exc:
+            return Verdict(FailureKind.CLIENT_ERROR, False, None, str(exc))
 
     async def _on_local(self, backend: LocalBackend, send: Callable[[], Awaitable[Attempt]]) -> Attempt | Skip:
         """`send` to a local backend within its slots: counted (fleet-wide when shared)

@@ -74,9 +74,19 @@ def _clean_block(block: Any) -> dict[str, Any] | None:
         return None
     out = {k: block[k] for k in _BLOCK_KEYS[block["type"]] if k in block}
     if out["type"] == "tool_result" and isinstance(out.get("content"), list):
-        inner = [c for c in (_clean_block(b) for b in out["content"]) if c is not None]
+        # One level: a result inside a result is not one a server reads, and following
+        # such nesting would recurse as deep as a client cares to nest.
+        inner = [c for c in (_clean_block(b) if not _is_result(b) else dict(_OMITTED_RESULT) for b in out["content"])
+                 if c is not None]
         out["content"] = inner
     return out
+
+
+_OMITTED_RESULT = {"type": "text", "text": "[tool_result block omitted]"}
+
+
+def _is_result(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "tool_result"
 
 
 def _system_text(system: Any) -> list[dict[str, Any]]:
@@ -147,10 +157,29 @@ def to_local_request(req: dict[str, Any], *, model: str, max_tokens: int) -> dic
     if isinstance(tc, dict):
         tc = {k: tc[k] for k in ("type", "name") if k in tc}
         kept_names = {t["name"] for t in out.get("tools") or []}
-        if tc.get("type") == "tool" and tc.get("name") not in kept_names:
+        name = tc.get("name")
+        if tc.get("type") == "tool" and not (isinstance(name, str) and name in kept_names):
             tc = {"type": "auto"}  # the named tool was a server tool a local model cannot run
         out["tool_choice"] = tc
     return out
+
+
+_UNCOUNTED = frozenset({"cache_control", "signature", "type"})
+
+
+def text_size(node: Any) -> int:
+    """The characters of the strings (values and keys) in a JSON value, at any depth."""
+    size, stack = 0, [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            size += len(node)
+        elif isinstance(node, dict):
+            size += sum(len(k) for k in node if isinstance(k, str))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return size
 
 
 def estimate_tokens(req: dict[str, Any]) -> int:
@@ -158,27 +187,24 @@ def estimate_tokens(req: dict[str, Any]) -> int:
     token for English and code, plus a little per message and per image."""
     chars = 0
     images = 0
-
-    def walk(node: Any) -> None:
-        nonlocal chars, images
+    stack = [req.get("system"), req.get("messages")]  # a loop, not recursion: any depth
+    while stack:
+        node = stack.pop()
         if isinstance(node, str):
             chars += len(node)
         elif isinstance(node, dict):
             if node.get("type") == "image":
                 images += 1
-                return
-            for k, v in node.items():
-                if k in ("cache_control", "signature", "type"):
-                    continue
-                walk(v)
+                continue
+            stack.extend(v for k, v in node.items() if k not in _UNCOUNTED)
         elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(req.get("system"))
-    walk(req.get("messages"))
-    if req.get("tools"):
-        chars += len(orjson.dumps(req["tools"]))
+            stack.extend(node)
+    tools = req.get("tools")
+    if tools:
+        try:
+            chars += len(orjson.dumps(tools))
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes: its strings will do
+            chars += text_size(tools)
     n_messages = len(req.get("messages") or [])
     return max(1, int(chars / 3.5) + 4 * n_messages + 1000 * images)
 

@@ -16,16 +16,17 @@ Pure functions of strings: find these parts, and cut text at a sentence.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 ATTRIBUTION_PREFIX = "x-anthropic-billing-header:"
 
 # One element: no other reminder tag inside, so that a tag quoted in prose or in a file
 # that was read never swallows the text up to a later reminder.
 _REMINDER = re.compile(r"<system-reminder>(?:[^<]|<(?!/?system-reminder>))*</system-reminder>\n?")
-_EXAMPLE = re.compile(r"<(examples?)(?:\s[^>]*)?>.*?</\1>[ \t]*\n?", re.S)
+# An `<example>` or `<examples>` opening tag (its attributes bounded, so that a tag left
+# open cannot make the search read to the end of the text from every later "<example").
+_EXAMPLE_OPEN = re.compile(r"<(examples?)(?:\s[^>]{0,200})?>")
 _TOTAL_TOKENS = re.compile(r"<total_tokens>[^<]{0,40}</total_tokens>\n?")
-_ENV = re.compile(r"<env>.*?</env>", re.S)
 _HEADING = re.compile(r"(#{1,6}) \S")
 _FENCE = "```"
 # The parts a local model must keep whatever the window: where it runs, and what the
@@ -43,7 +44,7 @@ def is_pinned(text: str, *, env_element: bool = True) -> bool:
     if "<env>" in text:
         if env_element:
             return True
-        text = _ENV.sub("", text)
+        text = "".join(text[a:b] for a, b in _gaps(text, _env_spans(text)))
     if any(mark in text for mark in _PINNED_MARKS):
         return True
     return "Contents of " in text and _QUOTED_FILE.search(text) is not None
@@ -80,14 +81,55 @@ def drop_examples(text: str) -> str:
         return text
     parts = []
     at = 0
-    for m in _EXAMPLE.finditer(text):
-        start = m.start()
+    for start, end in _example_spans(text):
         while start > at and text[start - 1] in " \t":
             start -= 1
         parts.append(text[at:start])
-        at = m.end()
+        at = end
     parts.append(text[at:])
     return "".join(parts)
+
+
+def _example_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Where each `<example>` / `<examples>` element is, with the spaces and the newline
+    after it, in one pass: an element with no closing tag ahead is not one, and neither
+    is any later one of the same name (the closing tag is looked for once)."""
+    at, unclosed = 0, set()
+    while (m := _EXAMPLE_OPEN.search(text, at)) is not None:
+        name = m.group(1)
+        end = -1 if name in unclosed else text.find(f"</{name}>", m.end())
+        if end < 0:
+            unclosed.add(name)
+            at = m.start() + 1
+            continue
+        end += len(name) + 3
+        while end < len(text) and text[end] in " \t":
+            end += 1
+        if end < len(text) and text[end] == "\n":
+            end += 1
+        yield m.start(), end
+        at = end
+
+
+def _env_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Where each `<env>...</env>` element is, in one pass: an opening tag with no closing
+    tag ahead ends the search (no later one has one either)."""
+    at = 0
+    while (start := text.find("<env>", at)) >= 0:
+        end = text.find("</env>", start + 5)
+        if end < 0:
+            return
+        at = end + 6
+        yield start, at
+
+
+def _gaps(text: str, spans: Iterable[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """The stretches of `text` between `spans`."""
+    at = 0
+    for start, end in spans:
+        yield at, start
+        at = end
+    yield at, len(text)
 
 
 def drop_reminders(text: str, keep: Callable[[str], bool]) -> str:
@@ -140,7 +182,7 @@ def first_paragraph(text: str) -> str:
 
 def env_elements(text: str) -> list[str]:
     """The `<env>...</env>` elements in `text`."""
-    return _ENV.findall(text)
+    return [text[a:b] for a, b in _env_spans(text)]
 
 
 def shorten(text: str, cap: int) -> str:

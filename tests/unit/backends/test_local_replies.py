@@ -16,7 +16,14 @@ from aiohttp import web
 
 import nonstop.backends.local as local_module
 import nonstop.backends.local_anthropic as local_anthropic
-from nonstop.backends.base import MAX_SIDE_REPLY, Reply, ReplyTooLarge, TooLong, read_capped
+from nonstop.backends.base import (
+    MAX_SIDE_REPLY,
+    Reply,
+    ReplyTooLarge,
+    TooLong,
+    UnreadableRequest,
+    read_capped,
+)
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import parse_config
 from nonstop.routing.classify import FailureKind, Verdict
@@ -566,3 +573,20 @@ async def test_a_call_written_as_text_that_the_runaway_guard_cut_is_never_run(se
     assert wirecheck.check_anthropic_stream(out).outcome == "ok", out[-300:]
     assert took < 10 and b'"type":"tool_use"' not in out
     assert f'"stop_reason":"{stop}"'.encode() in out
+
+
+async def test_a_request_nested_deeper_than_json_tools_write_is_the_clients_error(serve):
+    # orjson reads 1024 levels but writes 255: a tool schema nested 300 deep got past the
+    # door, and cannot be sent on. That is the request's fault (a 400), not nonstop's.
+    deep = orjson.loads('{"type":"object","properties":{"a":' + '{"items":' * 300 + '{}' + '}' * 300 + '}}')
+    req = {**REQUEST, "tools": [{"name": "f", "input_schema": deep}]}
+
+    async def never(request: web.Request) -> web.Response:
+        raise AssertionError("nothing is sent")
+
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(_app(never)), "count_tokens": "estimate"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        with pytest.raises(UnreadableRequest, match="nested too deeply"):
+            await backend.send_request(req, stream=True)
+        assert backend.state.inflight == 0
