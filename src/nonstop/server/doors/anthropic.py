@@ -46,8 +46,12 @@ class AnthropicDoor(Door):
         if problem:
             await WRITER.error(send, 400, problem, "invalid_request_error")
             return
-        ctx = self.context(scope, body, req, "/v1/messages", lazy=shape is not None,
-                           cloud_body=orjson.dumps(cleaned) if cleaned is not None else None)
+        try:
+            cloud_body = orjson.dumps(cleaned) if cleaned is not None else None
+        except orjson.JSONEncodeError:  # orjson reads 1,024 levels, writes 255
+            await WRITER.error(send, 400, "the request is nested too deeply to send on", "invalid_request_error")
+            return
+        ctx = self.context(scope, body, req, "/v1/messages", lazy=shape is not None, cloud_body=cloud_body)
         if shape is not None:
             ctx.facts = self.pipeline.facts(ctx.ex, req=shape.facts)
         ctx.row.overhead_ms = (time.perf_counter() - ctx.t0) * 1000

@@ -27,14 +27,17 @@ class OpenAIDoor(Door):
             return
         try:
             areq = oa.openai_request_to_anthropic(oreq)
+            problem = validate_messages_request(areq)
+            body = b"" if problem else orjson.dumps(for_cloud(areq))
         except oa.TranslationError as exc:
             await errors.error(send, 400, str(exc))
             return
-        problem = validate_messages_request(areq)
+        except (orjson.JSONEncodeError, RecursionError):  # orjson reads 1,024 levels, writes 255
+            await errors.error(send, 400, "the request is nested too deeply to send on")
+            return
         if problem:
             await errors.error(send, 400, problem)
             return
-        body = orjson.dumps(for_cloud(areq))
         ctx = self.context(scope, body, areq, "/v1/chat/completions", cloud_path=b"/v1/messages",
                            cloud_headers=CLOUD_HEADERS)
         options = oreq.get("stream_options")

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from nonstop.wire.arguments import parse_arguments
+from nonstop.wire.hygiene import EMPTY_TURN_TEXT
 from nonstop.wire.openai.backend_request import TOOL_ERROR_PREFIX
 from nonstop.wire.tool_ids import valid_tool_id
 
@@ -45,7 +46,10 @@ def openai_request_to_anthropic(req: dict[str, Any]) -> dict[str, Any]:
         if role in ("system", "developer"):
             system.extend(t for t in _text_parts(msg.get("content"), where) if t)
         elif role == "user":
-            _append(messages, "user", _user_blocks(msg.get("content"), where), merge=_ends_with_tool_results(messages))
+            merge = _ends_with_tool_results(messages)
+            # An empty user turn is one OpenAI takes; Anthropic wants text in it.
+            blocks = _user_blocks(msg.get("content"), where) or ([] if merge else [{"type": "text", "text": EMPTY_TURN_TEXT}])
+            _append(messages, "user", blocks, merge=merge)
         elif role == "tool":
             _append(messages, "user", [_tool_result(msg, where)], merge=_ends_with_tool_results(messages))
         elif role == "assistant":
@@ -54,6 +58,7 @@ def openai_request_to_anthropic(req: dict[str, Any]) -> dict[str, Any]:
                 messages.append({"role": "assistant", "content": blocks})
         else:
             raise TranslationError(f"{where}.role: {role!r} is not supported; use system, developer, user, assistant or tool")
+    _no_trailing_space(messages)
     if not messages:
         raise TranslationError("messages: need at least one user or assistant message")
 
@@ -63,13 +68,14 @@ def openai_request_to_anthropic(req: dict[str, Any]) -> dict[str, Any]:
     stop = req.get("stop")
     if isinstance(stop, str):
         stop = [stop]
-    if isinstance(stop, list) and (stops := [s for s in stop if isinstance(s, str) and s]):
-        out["stop_sequences"] = stops
+    if isinstance(stop, list) and (stops := [s for s in stop if isinstance(s, str) and s.strip()]):
+        out["stop_sequences"] = stops  # Anthropic refuses a stop sequence of only whitespace
     temperature = req.get("temperature")
     if isinstance(temperature, int | float) and not isinstance(temperature, bool):
         out["temperature"] = min(max(float(temperature), 0.0), 1.0)  # OpenAI allows up to 2
     for key in ("top_p", "top_k"):
-        if _is_number(req.get(key)):
+        # Current Claude models refuse temperature and top_p together: temperature wins.
+        if _is_number(req.get(key)) and not (key == "top_p" and "temperature" in out):
             out[key] = req[key]
     if req.get("stream") is True:
         out["stream"] = True
@@ -106,6 +112,22 @@ def _ends_with_tool_results(messages: list[dict[str, Any]]) -> bool:
     return bool(content) and content[-1].get("type") == "tool_result"
 
 
+def _no_trailing_space(messages: list[dict[str, Any]]) -> None:
+    """A last assistant turn is one the model goes on from, and Anthropic refuses one that
+    ends in whitespace: its text loses the whitespace (and a turn left empty goes)."""
+    if not messages or messages[-1]["role"] != "assistant":
+        return
+    content = messages[-1]["content"]
+    if content and content[-1].get("type") == "text":
+        text = content[-1]["text"].rstrip()
+        if text:
+            content[-1] = {**content[-1], "text": text}
+        else:
+            content.pop()
+    if not content:
+        messages.pop()
+
+
 def _text_parts(content: Any, where: str) -> list[str]:
     if content is None:
         return []
@@ -126,7 +148,7 @@ def _text_parts(content: Any, where: str) -> list[str]:
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
+        return [{"type": "text", "text": content}] if content.strip() else []
     if not isinstance(content, list):
         raise TranslationError(f"{where}.content: must be a string or a list of parts")
     blocks = []
@@ -136,7 +158,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         if ptype == "text":
             if not isinstance(part.get("text"), str):
                 raise TranslationError(f"{here}.text: must be a string")
-            if part["text"]:
+            if part["text"].strip():  # Anthropic refuses a text block of only whitespace
                 blocks.append({"type": "text", "text": part["text"]})
         elif ptype == "image_url":
             blocks.append(_image_block(part.get("image_url"), here))
@@ -182,7 +204,7 @@ def _tool_result(msg: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _assistant_blocks(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": t} for t in _text_parts(msg.get("content"), where) if t]
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": t} for t in _text_parts(msg.get("content"), where) if t.strip()]
     calls = msg.get("tool_calls")
     if calls is None:
         return blocks

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nonstop.wire.hygiene import EMPTY_TURN_TEXT
 from nonstop.wire.openai import (
     TOOL_ERROR_PREFIX,
     TOOL_NAME_MAP_KEY,
@@ -398,12 +399,18 @@ def normalise(req: dict, names: dict[str, str] | None = None) -> dict:
             continue
         content = msg["content"]
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        if msg["role"] == "assistant" and not any(b["type"] == "tool_use" or b["type"] == "text" and b["text"].strip()
+                                                  for b in blocks):
+            continue  # nothing but blank text: no turn at all
         if not turns or turns[-1]["role"] != msg["role"]:
             turns.append({"role": msg["role"], "texts": [], "calls": [], "results": [], "side": []})
         turn = turns[-1]
         for b in blocks:
             if b["type"] == "text":
-                (turn["texts"] if msg["role"] == "assistant" else turn["side"]).append(("text", b["text"]))
+                if msg["role"] == "assistant":
+                    turn["texts"].append(("text", b["text"]))
+                elif b["text"].strip() and b["text"] != EMPTY_TURN_TEXT:  # blank text goes; an empty turn says so
+                    turn["side"].append(("text", b["text"]))
             elif b["type"] == "image":
                 turn["side"].append(_image_key(b))
             elif b["type"] == "tool_use":
@@ -419,6 +426,10 @@ def normalise(req: dict, names: dict[str, str] | None = None) -> dict:
                 turn["results"].append((b["tool_use_id"], text, is_error))
     for turn in turns:
         turn["texts"] = "\n\n".join(t for _, t in turn["texts"] if t)
+    if turns and turns[-1]["role"] == "assistant":  # the turn a model goes on from ends in no space
+        turns[-1]["texts"] = turns[-1]["texts"].rstrip()
+        if not (turns[-1]["texts"] or turns[-1]["calls"]):
+            turns.pop()
     tools = [(names.get(t["name"], t["name"]), t.get("description"), t["input_schema"]) for t in req.get("tools") or []]
     choice = dict(req.get("tool_choice") or {}) or None
     if choice:
@@ -431,7 +442,9 @@ def normalise(req: dict, names: dict[str, str] | None = None) -> dict:
         "turns": turns,
         "tools": tools,
         "tool_choice": choice,
-        **{k: req.get(k) for k in ("temperature", "top_p", "top_k", "stop_sequences")},
+        **{k: req.get(k) for k in ("temperature", "top_k")},
+        "top_p": None if req.get("temperature") is not None else req.get("top_p"),  # temperature wins
+        "stop_sequences": [t for t in req.get("stop_sequences") or [] if t.strip()] or None,
     }
 
 

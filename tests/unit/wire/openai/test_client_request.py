@@ -45,12 +45,14 @@ def test_sampling_stop_stream_and_user():
     out = openai_request_to_anthropic(req(user("x"), temperature=1.6, top_p=0.5, stop="END", stream=True, user="u-1",
                                           presence_penalty=1, seed=3, logit_bias={}, response_format={"type": "text"}))
     assert out["temperature"] == 1.0
-    assert out["top_p"] == 0.5
+    assert "top_p" not in out  # current Claude models refuse both: temperature wins
+    assert openai_request_to_anthropic(req(user("x"), top_p=0.5))["top_p"] == 0.5
     assert out["stop_sequences"] == ["END"]
     assert out["stream"] is True
     assert out["metadata"] == {"user_id": "u-1"}
     assert not {"presence_penalty", "seed", "logit_bias", "response_format"} & set(out)
-    assert openai_request_to_anthropic(req(user("x"), stop=["a", "b", ""]))["stop_sequences"] == ["a", "b"]
+    assert openai_request_to_anthropic(req(user("x"), stop=["a", "b", "", "\n", " "]))["stop_sequences"] == ["a", "b"]
+    assert "stop_sequences" not in openai_request_to_anthropic(req(user("x"), stop="\n"))
 
 
 def test_images_become_image_blocks():
