@@ -22,7 +22,7 @@ import nonstop.backends.local as local_module
 from nonstop.backends.base import Reply, TooLong
 from nonstop.backends.local import LocalBackend
 from nonstop.backends.registry import make_local_backend
-from nonstop.config import parse_config
+from nonstop.config import Config, parse_config
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.server.pipeline import Pipeline
 from nonstop.server.runtime import Runtime
@@ -198,22 +198,26 @@ async def test_a_late_stream_that_fails_with_no_other_backend_ends_with_an_error
     assert run.first.state.failures == 1
 
 
+class NeverAsked:
+    """An `instead` that must not be asked (held by a weak reference, it shows who keeps it)."""
+
+    async def __call__(self, failure: object) -> Reply | None:
+        raise AssertionError("not asked")
+
+
+def _first_only(url: str) -> Config:
+    return parse_config({"local": [{"name": "first", "url": url, "api": "anthropic", "count_tokens": "estimate"}]})
+
+
 async def test_a_late_stream_lets_the_request_go_once_content_began(serve, monkeypatch):
     # `instead` holds the whole request: a stream that is answering does not keep it.
     monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.05)
-    cfg = parse_config({"local": [{"name": "first", "url": await serve(_server(START + _text(0, "answering"), delay=LATE,
-                                                                               hold=1.0)),
-                                   "api": "anthropic", "count_tokens": "estimate"}]})
-
-    class Instead:
-        async def __call__(self, failure: object) -> Reply | None:
-            raise AssertionError("not asked: content went out")
-
+    cfg = _first_only(await serve(_server(START + _text(0, "answering"), delay=LATE, hold=1.0)))
     async with aiohttp.ClientSession() as session:
         backend = make_local_backend(cfg.local[0], session)
         res = await backend.send_request(dict(REQUEST), stream=True)
         assert isinstance(res, Reply)
-        instead = Instead()
+        instead = NeverAsked()
         held = weakref.ref(instead)
         res.instead = instead
         del instead
@@ -309,18 +313,12 @@ async def test_a_stream_closed_unread_lets_the_request_go(serve, monkeypatch, de
     # The client left before its stream was read: closing the reply drops `instead` (which
     # holds the whole request) without waiting for the cycle collector.
     monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.05 if delay else PROMPT)
-    cfg = parse_config({"local": [{"name": "first", "url": await serve(_server(ANSWER, delay=delay)),
-                                   "api": "anthropic", "count_tokens": "estimate"}]})
-
-    class Instead:
-        async def __call__(self, failure: object) -> Reply | None:
-            raise AssertionError("not asked")
-
+    cfg = _first_only(await serve(_server(ANSWER, delay=delay)))
     async with aiohttp.ClientSession() as session:
         backend = make_local_backend(cfg.local[0], session)
         res = await backend.send_request(dict(REQUEST), stream=True)
         assert isinstance(res, Reply) and res.close is not None
-        instead = Instead()
+        instead = NeverAsked()
         held = weakref.ref(instead)
         res.instead = instead
         del instead

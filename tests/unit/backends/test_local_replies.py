@@ -390,8 +390,9 @@ def test_a_servers_error_page_is_quoted_without_markup_or_traceback():
     assert local_module.server_words("x" * 500) == "x" * 200
 
 
-@pytest.mark.parametrize("api,path", [("openai", "/v1/chat/completions"), ("anthropic", "/v1/messages")])
-async def test_a_server_that_ignores_max_tokens_is_ended_as_if_it_had_reached_it(serve, api, path):
+def _endless_text(api: str, path: str, first: str, then: str) -> web.Application:
+    """A server that writes text without end, whatever max_tokens asked: `first`, then
+    `then` again and again, in its API's stream."""
     async def endless(request: web.Request) -> web.StreamResponse:
         await request.read()
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -399,17 +400,24 @@ async def test_a_server_that_ignores_max_tokens_is_ended_as_if_it_had_reached_it
         if api == "anthropic":
             await resp.write(START + _ev("content_block_start", {"type": "content_block_start", "index": 0,
                                                                   "content_block": {"type": "text", "text": ""}}))
+        text = first
         while True:
             if api == "openai":
-                await resp.write(_chunk({"content": "word " * 20}))
+                await resp.write(_chunk({"content": text}))
             else:
                 await resp.write(_ev("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                             "delta": {"type": "text_delta", "text": "word " * 20}}))
+                                                             "delta": {"type": "text_delta", "text": text}}))
+            text = then
             await asyncio.sleep(0.001)
 
     app = web.Application()
     app.router.add_post(path, endless)
-    res, out, took = await _stream_from(await serve(app), api)
+    return app
+
+
+@pytest.mark.parametrize("api,path", [("openai", "/v1/chat/completions"), ("anthropic", "/v1/messages")])
+async def test_a_server_that_ignores_max_tokens_is_ended_as_if_it_had_reached_it(serve, api, path):
+    res, out, took = await _stream_from(await serve(_endless_text(api, path, "word " * 20, "word " * 20)), api)
     assert wirecheck.check_anthropic_stream(out).outcome == "ok", out[-300:]
     assert b'"stop_reason":"max_tokens"' in out and took < 10
     assert len(out) < 64 * 1024  # REQUEST asks for 20 tokens
@@ -549,26 +557,7 @@ async def test_a_call_written_as_text_that_the_runaway_guard_cut_is_never_run(se
     """A server that ignores max_tokens while it writes a call's arguments as text: the
     guard that ends it is a cut like the server's own limit, so the call stays text."""
     opening = '<tool_call>\n{"name": "Write", "arguments": {"path": "a.txt", "content": "'
-
-    async def endless(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-        if api == "anthropic":
-            await resp.write(START + _ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                                                  "content_block": {"type": "text", "text": ""}}))
-        text = opening
-        while True:
-            if api == "openai":
-                await resp.write(_chunk({"content": text}))
-            else:
-                await resp.write(_ev("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                             "delta": {"type": "text_delta", "text": text}}))
-            text = "more words " * 10
-            await asyncio.sleep(0.001)
-
-    app = web.Application()
-    app.router.add_post(path, endless)
+    app = _endless_text(api, path, opening, "more words " * 10)
     res, out, took = await _stream_from(await serve(app), api, {**TEXT_CALL, "max_tokens": max_tokens})
     assert wirecheck.check_anthropic_stream(out).outcome == "ok", out[-300:]
     assert took < 10 and b'"type":"tool_use"' not in out

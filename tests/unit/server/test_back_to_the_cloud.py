@@ -46,7 +46,7 @@ def _cloud_body(req: dict[str, Any], view: RoutingView) -> dict[str, Any]:
     return for_cloud(without_thinking(req)) if step.strip_thinking else for_cloud(req)
 
 
-# --- 1. the thinking rule one hop after the cloud took a local loop over -------------------------
+# --- the thinking rule one hop after the cloud took a local loop over ---------------------------
 
 # The loop so far: a local model called a tool (the cloud was out); the quota reset and
 # the next request went to the cloud without `thinking` (strip_thinking: the local model
@@ -73,24 +73,23 @@ def test_the_hop_where_the_cloud_takes_over_a_local_loop_is_stripped() -> None:
 
 def test_the_next_hop_of_a_loop_the_cloud_took_over_is_not_refused_by_the_thinking_rule() -> None:
     """The cloud's own turn in that loop was made with thinking off, so it does not start
-    with a thinking block; the next tool result is sent with `thinking` on, because
-    strip_thinking is decided only from local tool ids in the last assistant turn. The
-    cloud answers 400 (Expected `thinking` ... a final `assistant` message must start with
-    a thinking block), on every retry, until the loop is abandoned."""
+    with a thinking block: the next tool result goes without `thinking` too, or the cloud
+    answers 400 (Expected `thinking` ... a final `assistant` message must start with a
+    thinking block) on every retry."""
     local = BackendView("llama", Capabilities(context_window=32768), tag=TAG)
     for view in (RoutingView(NOW, CloudView(), ()), RoutingView(NOW, CloudView(), (local,))):
         body = _cloud_body(_request(LOOP_CROSSED), view)
         assert thinking_rule_violation(body) == "", thinking_rule_violation(body)[:120]
 
 
-# --- 2. whitespace-only text from a local turn reaches the cloud ---------------------------------
+# --- whitespace-only text from a local turn does not reach the cloud ----------------------------
 
 
 def test_a_local_turns_whitespace_only_text_block_is_not_sent_to_the_cloud() -> None:
     """Local models often write "\\n\\n" before a tool call; the normalizer keeps it as its
-    own text block, the client stores it, and hygiene (and the outline fast path) let it
-    through. The API refuses the whole request: "messages: text content blocks must
-    contain non-whitespace text" (or "must be non-empty" for "")."""
+    own text block and the client stores it. The API refuses a request holding one
+    ("messages: text content blocks must contain non-whitespace text", or "must be
+    non-empty" for ""), so hygiene drops it, and the outline's fast path declines."""
     local_turn = normalize_message(
         {"content": [{"type": "text", "text": "\n\n"},
                      {"type": "tool_use", "id": "call_0", "name": "Read", "input": {"file_path": "a"}}],
@@ -159,17 +158,13 @@ def test_the_outline_reads_the_whole_loop_for_the_thinking_rule() -> None:
     assert facts_from_request(shape.facts, {}).unthought_loop and facts_from_request(req, {}).unthought_loop
 
 
-# --- 3. count_tokens in the middle of a session skips history hygiene ------------------------------
+# --- count_tokens in the middle of a session counts the cleaned history ----------------------
 
 
 # A session with a finished local tool loop (a local thinking block in an earlier turn),
 # now back on the cloud: a new user message.
 AFTER_A_LOCAL_LOOP = [
-    {"role": "user", "content": "fix it"},
-    {"role": "assistant", "content": [
-        {"type": "thinking", "thinking": "plan", "signature": LOCAL_THINKING_SIGNATURE},
-        {"type": "tool_use", "id": LOCAL_ID, "name": "Read", "input": {"file_path": "a"}}]},
-    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": LOCAL_ID, "content": "x"}]},
+    *LOOP_CROSSED[:3],
     {"role": "assistant", "content": [{"type": "text", "text": "fixed"}]},
     {"role": "user", "content": "now the docs"},
 ]
@@ -177,9 +172,8 @@ AFTER_A_LOCAL_LOOP = [
 
 async def test_count_tokens_sends_the_cloud_the_same_cleaned_history_as_messages(recording_app) -> None:
     """/v1/messages cleans the local thinking block out before the cloud; the
-    count_tokens request for the very same history goes to the cloud with it (the door
-    never calls history hygiene), so the cloud can refuse a count that the message
-    itself would pass."""
+    count_tokens request for the very same history goes cleaned the same way, or the
+    cloud could refuse a count that the message itself would pass."""
     app, sent = recording_app
     req = _request(AFTER_A_LOCAL_LOOP, stream=False)
     assert (await post(app, "/v1/messages", orjson.dumps(req)))[0] == 200

@@ -79,8 +79,8 @@ async def _sent_for(recording_app, req: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("stop", ["\n", ["\n\n", "END"], [" "]])
 async def test_a_whitespace_only_stop_sequence_is_not_sent_to_the_cloud(recording_app, stop) -> None:
     """OpenAI accepts `stop: "\\n"` (a very common setting). The Messages API refuses the
-    whole request: 400 "stop_sequences: each stop sequence must contain non-whitespace".
-    client_request.openai_request_to_anthropic only drops empty strings."""
+    whole request: 400 "stop_sequences: each stop sequence must contain non-whitespace",
+    so such a stop is dropped."""
     body = await _sent_for(recording_app, {"model": "m", "messages": [USER], "stop": stop})
     assert all(s.strip() for s in body.get("stop_sequences", [])), body.get("stop_sequences")
     if isinstance(stop, list) and "END" in stop:
@@ -91,8 +91,7 @@ async def test_a_whitespace_only_stop_sequence_is_not_sent_to_the_cloud(recordin
 async def test_a_whitespace_only_user_message_is_not_sent_as_a_blank_text_block(recording_app, content) -> None:
     """OpenAI serves a user turn of only whitespace. The Messages API refuses any request
     holding a text block that is only whitespace: 400 "messages: text content blocks must
-    contain non-whitespace text". _user_blocks drops "" but keeps whitespace, and
-    hygiene.for_cloud only cleans assistant turns."""
+    contain non-whitespace text", so the blank text goes."""
     body = await _sent_for(recording_app, {"model": "m", "messages": [USER, {"role": "assistant", "content": "ok"},
                                                                        {"role": "user", "content": content}]})
     blank = [b for m in body["messages"] for b in m["content"]
@@ -112,9 +111,8 @@ async def test_a_final_assistant_message_ending_in_whitespace_is_not_refused(rec
 
 
 async def test_an_empty_user_message_is_not_refused(recording_app) -> None:
-    """`{"role": "user", "content": ""}` is a valid Chat Completions request; the door
-    drops the empty text, is left with no messages and answers 400 "messages: need at
-    least one user or assistant message"."""
+    """`{"role": "user", "content": ""}` is a valid Chat Completions request: the turn is
+    kept, with text saying it was empty."""
     app, _ = recording_app
     status, doc = await _post(app, orjson.dumps({"model": "m", "messages": [{"role": "user", "content": ""}]}))
     assert status == 200, (status, doc)
@@ -123,7 +121,7 @@ async def test_an_empty_user_message_is_not_refused(recording_app) -> None:
 async def test_temperature_and_top_p_are_not_both_sent_to_the_cloud(recording_app) -> None:
     """OpenAI clients commonly send both (`temperature: 0.7, top_p: 1`). Current Claude
     models (Sonnet 4.5 and later) refuse that: 400 "`temperature` and `top_p` cannot both be
-    specified for this model. Please use only one." The door passes both through."""
+    specified for this model. Please use only one.", so temperature is kept and top_p goes."""
     body = await _sent_for(recording_app, {"model": "claude-sonnet-4-5", "messages": [USER],
                                           "temperature": 0.7, "top_p": 1})
     assert not ("temperature" in body and "top_p" in body), body

@@ -425,7 +425,8 @@ def normalise(req: dict, names: dict[str, str] | None = None) -> dict:
                     is_error, text = True, text[len(TOOL_ERROR_PREFIX):]
                 turn["results"].append((b["tool_use_id"], text, is_error))
     for turn in turns:
-        turn["texts"] = "\n\n".join(t for _, t in turn["texts"] if t)
+        joined = "\n\n".join(t for _, t in turn["texts"] if t)
+        turn["texts"] = joined if joined.strip() else ""  # an assistant's blank text goes
     if turns and turns[-1]["role"] == "assistant":  # the turn a model goes on from ends in no space
         turns[-1]["texts"] = turns[-1]["texts"].rstrip()
         if not (turns[-1]["texts"] or turns[-1]["calls"]):
