@@ -635,7 +635,9 @@ def _local_error(status: int, text: str) -> Verdict:
     return Verdict(kind, True, None, f"HTTP {status}: {server_words(text)}", status)
 
 
-_TAGS = re.compile(r"<[^>]*>")
+# A tag ends at the next ">" or before the next "<": text of many "<" and no ">" is read
+# once, not once from each "<".
+_TAGS = re.compile(r"<[^<>]*>")
 
 
 def server_words(text: str, limit: int = 200) -> str:

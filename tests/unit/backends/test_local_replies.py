@@ -390,6 +390,13 @@ def test_a_servers_error_page_is_quoted_without_markup_or_traceback():
     assert local_module.server_words("x" * 500) == "x" * 200
 
 
+def test_an_error_page_of_unclosed_tags_is_read_once():
+    t0 = time.perf_counter()
+    assert local_module.server_words("<" * 20_000 + "<b>busy</b>") == "<" * 200
+    assert time.perf_counter() - t0 < 0.2  # from each "<" to the end was seconds
+    assert local_module.server_words("<p>a <b>busy</b> server</p>") == "a busy server"
+
+
 def _endless_text(api: str, path: str, first: str, then: str) -> web.Application:
     """A server that writes text without end, whatever max_tokens asked: `first`, then
     `then` again and again, in its API's stream."""

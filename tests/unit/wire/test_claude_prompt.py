@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nonstop.wire.claude_prompt import (
     drop_attribution,
@@ -33,6 +38,25 @@ CLAUDE_MD = "<system-reminder>\nContents of /p/CLAUDE.md (project instructions):
 ])
 def test_pinned_parts(text: str, pinned: bool) -> None:
     assert is_pinned(text) is pinned
+
+
+# What "a quoted instruction file" means: the regex is_pinned once ran, kept as the oracle.
+_QUOTED_FILE = re.compile(r"Contents of [^\n]*\.md")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["Contents of ", ".md", "\n", "x", " ", "CLAUDE", ".m", "d"]), max_size=30))
+def test_a_quoted_file_is_found_as_the_regex_finds_it(parts: list[str]) -> None:
+    text = "".join(parts)
+    assert is_pinned(text) is bool(_QUOTED_FILE.search(text) or "Today's date is" in text)
+
+
+def test_a_long_line_of_quotes_is_read_once() -> None:
+    text = "Contents of " * 20_000  # 240 KB on one line, no file named
+    t0 = time.perf_counter()
+    assert not is_pinned(text)
+    assert is_pinned(text + "/p/CLAUDE.md")
+    assert time.perf_counter() - t0 < 0.2  # the regex took seconds
 
 
 def test_an_env_element_alone_pins_only_when_asked() -> None:
