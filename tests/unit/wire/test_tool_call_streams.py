@@ -158,3 +158,38 @@ def test_per_delta_ids_keep_double_encoded_arguments() -> None:
         _chunk({}, "tool_calls"),
     ]
     assert [json.loads(v) for v in _tool_inputs(_through_translator(chunks)).values()] == [{"command": "ls"}]
+
+
+def _reused_index(*fragments: dict[str, Any]) -> list[Any]:
+    chunks = [_chunk({"role": "assistant", "content": None})]
+    chunks += [_chunk({"tool_calls": [{"index": 0, **f}]}) for f in fragments]
+    out = _through_translator([*chunks, _chunk({}, "tool_calls")])
+    assert _stop_reason(out) == "tool_use"
+    return [json.loads(v) for v in _tool_inputs(out).values()]
+
+
+def _fn(name: str | None = None, arguments: str = "") -> dict[str, Any]:
+    return {"function": {"arguments": arguments} | ({"name": name} if name else {})}
+
+
+def test_translator_a_server_reusing_index_0_without_ids_keeps_every_call() -> None:
+    # another tool's name: the next call, even right after a call with no arguments
+    assert _reused_index(_fn("Bash", '{"command": "ls"}'), _fn("Read", '{"file_path": "a"}')) == [
+        {"command": "ls"}, {"file_path": "a"}]
+    assert _reused_index(_fn("TodoRead"), _fn("Read", '{"file_path": "a"}')) == [{}, {"file_path": "a"}]
+    # the same tool twice: its name with new arguments once the first call's are whole
+    assert _reused_index(_fn("Read", '{"file_path": "a"}'), _fn("Read", '{"file_path": "b"}')) == [
+        {"file_path": "a"}, {"file_path": "b"}]
+    # ... or its name alone, then the arguments in fragments of their own
+    assert _reused_index(_fn("Read", '{"file_path": "a"}'), _fn("Read"), _fn(None, '{"file_'),
+                         _fn(None, 'path": "b"}')) == [{"file_path": "a"}, {"file_path": "b"}]
+    # the same id again (a server that numbers nothing new): the name and arguments say it
+    assert _reused_index({"id": "x", **_fn("Read", '{"file_path": "a"}')},
+                         {"id": "x", **_fn("Read", '{"file_path": "b"}')}) == [{"file_path": "a"}, {"file_path": "b"}]
+
+
+def test_translator_a_name_repeated_on_every_fragment_is_one_call() -> None:
+    assert _reused_index(_fn("Bash", '{"comm'), _fn("Bash", 'and": "ls"}'), _fn("Bash"), _fn("Bash", " ")) == [
+        {"command": "ls"}]
+    # a trailing repeat of the name with nothing after it adds no call
+    assert _reused_index(_fn("Bash", '{"command": "ls"}'), _fn("Bash")) == [{"command": "ls"}]

@@ -92,7 +92,7 @@ def _count(v: Any) -> bool:
 class _Segment:
     """One future content block: text, thinking or a tool call."""
 
-    __slots__ = ("kind", "pending", "index", "closed", "id", "name", "args", "raw")
+    __slots__ = ("kind", "pending", "index", "closed", "id", "name", "args", "raw", "again")
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -103,6 +103,28 @@ class _Segment:
         self.name: str | None = None
         self.args = ArgumentsStream() if kind == "tool" else None
         self.raw: list[str] = []  # all argument text as received
+        self.again: str | None = None  # this name came again, alone, after whole arguments
+
+
+def _complete(seg: _Segment) -> bool:
+    """Whether a call's arguments so far are one whole JSON object (sent or still waiting)."""
+    try:
+        return isinstance(orjson.loads("".join(seg.raw) + "".join(seg.pending)), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _next_call(seg: _Segment, call_id: str | None, name: str, args: str) -> bool:
+    """Whether a named fragment on an index that already has a call starts the next call.
+    Servers that reuse one index for every call say so with a new id and a name, or
+    without ids: another tool's name, or the same name with new arguments once the
+    call's own are whole. A new id on a nameless fragment is a server that numbers every
+    delta (or sends a trailing fragment): the same call, and never asked here."""
+    if seg.name is None:
+        return False
+    if call_id and seg.id and call_id != seg.id:
+        return True
+    return name != seg.name or (bool(args.strip()) and _complete(seg))
 
 
 class OpenAIStreamTranslator:
@@ -232,15 +254,20 @@ class OpenAIStreamTranslator:
         elif not isinstance(args, str):
             args = ""
         seg = self._slots.get(slot)
-        if seg is None or (call_id and seg.id and call_id != seg.id and name):
+        if seg is not None and seg.again is not None and args.strip() and not name and _complete(seg):
+            name, seg.again = seg.again, None  # the arguments of the call named before them
+        if seg is None or (name and _next_call(seg, call_id, name, args)):
             if not (call_id or name or args):
                 return
-            # A new call, or a server reusing an index for the next call: a new id with a
-            # name. A new id on a nameless fragment is a server that numbers every delta
-            # (or sends a trailing fragment): the same call.
             seg = _Segment("tool")
             self._slots[slot] = seg
             self._segments.append(seg)
+        elif name and not args.strip() and name == seg.name and _complete(seg):
+            # The same name again after whole arguments, with nothing else: a server
+            # repeating the name at the end of a call, or one starting the same tool again
+            # on this index. Its arguments, if any come, say which.
+            seg.again = name
+            return
         if seg.closed:
             return  # a stopped block never gets more deltas
         if call_id and seg.id is None:
