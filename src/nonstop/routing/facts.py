@@ -10,9 +10,9 @@ when a plan needs them (`Size`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from nonstop.wire.tool_ids import local_tag_of
 
@@ -67,55 +67,60 @@ class Needs(NamedTuple):
 _NEEDS = {(t, th, i): Needs(tools=t, thinking=th, images=i) for t in (False, True) for th in (False, True) for i in (False, True)}
 
 
+class SizeMeasure(Protocol):
+    """How a request's size for a local model is measured (see routing/fit.RequestSize)."""
+
+    def local(self) -> int: ...
+
+    def floor(self) -> int: ...
+
+
 class Size:
     """The request's size in tokens. `sent` is known at once (from the body's length);
     `local` (as a local model sees it) and `floor` (the smallest the fitting tiers can
-    reach) are computed on first use, by the functions given, and remembered. `measure`
-    gives (local, floor), or (local, None) where `measure_floor` gives the floor: it
-    costs more, and only a request over a window needs it."""
+    reach) are measured on first use, by `measure`, and remembered. The floor costs more,
+    and only a request over a window needs it."""
 
-    __slots__ = ("sent", "_local", "_floor", "_measure", "_measure_floor")
+    __slots__ = ("sent", "_local", "_floor", "_measure")
 
-    def __init__(self, sent: int, measure: Callable[[], tuple[int, int | None]] | None = None, *,
-                 local: int | None = None, floor: int | None = None,
-                 measure_floor: Callable[[], int] | None = None):
+    def __init__(self, sent: int, measure: SizeMeasure | None = None, *,
+                 local: int | None = None, floor: int | None = None):
         self.sent = sent
         self._local = local
         self._floor = floor
-        self._measure = measure
-        self._measure_floor = measure_floor
+        self._measure = measure if local is None or floor is None else None
 
     @property
     def known(self) -> bool:
         return self._local is not None or self._measure is None
 
-    def _fill(self) -> None:
-        if self._measure is not None and (self._local is None or self._floor is None):
-            local, floor = self._measure()
-            self._local = local if self._local is None else self._local
-            self._floor = floor if self._floor is None else self._floor
-            self._measure = None
-
     @property
     def local(self) -> int:
-        self._fill()
-        return self._local if self._local is not None else self.sent
+        if self._local is None:
+            if self._measure is None:
+                return self.sent
+            self._local = self._measure.local()
+            if self._floor is not None:
+                self._measure = None
+        return self._local
 
     @property
     def floor(self) -> int:
-        self._fill()
-        if self._floor is None and self._measure_floor is not None:
-            self._floor, self._measure_floor = self._measure_floor(), None
-        return self._floor if self._floor is not None else self.local
+        if self._floor is None:
+            if self._measure is None:
+                return self.local
+            self._floor = self._measure.floor()
+            if self._local is not None:
+                self._measure = None
+        return self._floor
 
-    def reading(self, measure: Callable[[], tuple[int, int | None]], measure_floor: Callable[[], int]) -> Size:
-        """This size, with what is not measured yet measured by the functions given (the
-        request the first ones read may be gone by then). A size given no functions has
-        nothing left to measure: it is kept as it is."""
-        if self._measure is None and self._measure_floor is None:
+    def reading(self, measure: SizeMeasure) -> Size:
+        """This size, with what is not measured yet measured by `measure` (the request the
+        first one read may be gone by then). A size with nothing left to measure is kept
+        as it is."""
+        if self._measure is None:
             return self
-        return Size(self.sent, None if self._local is not None else measure, local=self._local, floor=self._floor,
-                    measure_floor=None if self._floor is not None else measure_floor)
+        return Size(self.sent, measure, local=self._local, floor=self._floor)
 
     def __repr__(self) -> str:
         return f"Size(sent={self.sent}, local={self._local}, floor={self._floor})"
@@ -156,11 +161,10 @@ class RequestFacts(NamedTuple):
 
 
 def facts_from_request(req: Mapping[str, Any], headers: Mapping[str, str], *, body_len: int = 0,
-                       measure: Callable[[], tuple[int, int | None]] | None = None,
-                       measure_floor: Callable[[], int] | None = None,
+                       measure: SizeMeasure | None = None,
                        side: bool = False, count_tokens: bool = False, account: str = "") -> RequestFacts:
-    """`headers` must have lower-case names. `measure` computes (local size, floor) on
-    demand (see Size); without it the body's length stands for both."""
+    """`headers` must have lower-case names. `measure` measures the local size and the
+    floor on demand (see Size); without it the body's length stands for both."""
     model = req.get("model")
     model = model if isinstance(model, str) else ""
     messages = req.get("messages")
@@ -172,7 +176,7 @@ def facts_from_request(req: Mapping[str, Any], headers: Mapping[str, str], *, bo
     return RequestFacts(  # by position: keywords cost a named tuple twice the time
         model,  # model
         req.get("stream") is True,  # stream
-        Size(max(1, int(body_len / BYTES_PER_TOKEN)), measure, measure_floor=measure_floor),  # size
+        Size(max(1, int(body_len / BYTES_PER_TOKEN)), measure),  # size
         mt if isinstance(mt, int) and not isinstance(mt, bool) else None,  # max_tokens
         _NEEDS[(bool(req.get("tools")), thinking, images)],  # needs
         workload,

@@ -161,6 +161,23 @@ def needed_tools(req: dict[str, Any], core_tools: Collection[str] = CLAUDE_CODE_
     return kept
 
 
+class RequestSize:
+    """A Messages request's sizes for a local model (a routing.facts.SizeMeasure), read
+    from the request `read()` gives when first asked: the facts outlive the parsed
+    request, which is parsed only if a local step needs it."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, read: Callable[[], dict[str, Any]]):
+        self.read = read
+
+    def local(self) -> int:
+        return local_size(self.read())
+
+    def floor(self) -> int:
+        return fitted_size(self.read())
+
+
 def local_size(req: dict[str, Any]) -> int:
     """A Messages request's size as a local model sees it (nonstop's estimate)."""
     return estimate_tokens(to_local_request(req, model="", max_tokens=1))

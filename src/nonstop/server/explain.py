@@ -14,7 +14,7 @@ import orjson
 
 from nonstop.config import Config
 from nonstop.routing.facts import RequestFacts, facts_from_request
-from nonstop.routing.fit import fitted_size, local_size
+from nonstop.routing.fit import RequestSize
 from nonstop.routing.plan import Plan, plan
 from nonstop.routing.policy import Policy, policy_from_config
 from nonstop.routing.quota import QuotaState
@@ -31,8 +31,7 @@ def request_facts(req: Mapping[str, Any], headers: Mapping[str, str]) -> Request
     except orjson.JSONEncodeError:  # nested deeper than orjson writes: its strings will do
         body_len = text_size(body)
     facts = facts_from_request(body, {k.lower(): v for k, v in headers.items()},
-                               body_len=body_len, measure=lambda: (local_size(body), None),
-                               measure_floor=lambda: fitted_size(body))
+                               body_len=body_len, measure=RequestSize(lambda: body))
     _ = facts.size.local
     return facts
 

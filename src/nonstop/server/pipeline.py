@@ -29,7 +29,7 @@ from nonstop.routing.facts import (
     RequestFacts,
     facts_from_request,
 )
-from nonstop.routing.fit import fitted_size, local_size
+from nonstop.routing.fit import RequestSize
 from nonstop.routing.plan import CLOUD, Plan, Skip, Step, plan
 from nonstop.store.db import RequestRow
 from nonstop.wire.errors import prompt_too_long_message
@@ -103,8 +103,7 @@ class Pipeline:
         # The sizes read the request when asked, not the request as it was: the facts live as
         # long as the exchange, and must not keep a parsed request its door has let go.
         return facts_from_request(req, headers, body_len=len(ex.cloud_body or ex.body),
-                                  measure=lambda: (local_size(ex.request()), None),
-                                  measure_floor=lambda: fitted_size(ex.request()), side=side,
+                                  measure=RequestSize(ex.request), side=side,
                                   count_tokens=count_tokens, account=ex.account)
 
     def plan(self, facts: RequestFacts, tried: dict[str, str] | None = None) -> Plan:
@@ -311,7 +310,7 @@ def _sized(facts: RequestFacts, req: dict[str, Any]) -> RequestFacts:
     """`facts` whose sizes not measured yet are read from `req`: by now the door has let
     the exchange's own request go. The local size is measured now (the steps planned
     from here are all local: the windows decide)."""
-    size = facts.size.reading(lambda: (local_size(req), None), lambda: fitted_size(req))
+    size = facts.size.reading(RequestSize(lambda: req))
     _ = size.local
     return facts._replace(size=size)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -61,17 +63,35 @@ def test_garbage_fields_do_not_raise() -> None:
     assert f.model == "" and f.max_tokens is None and not f.thinking
 
 
+class Measured:
+    """A SizeMeasure with set answers (a function raises: it must not be asked)."""
+
+    def __init__(self, local: Any, floor: Any):
+        self.asked: list[str] = []
+        self._local, self._floor = local, floor
+
+    def local(self) -> int:
+        self.asked.append("local")
+        return self._local() if callable(self._local) else self._local
+
+    def floor(self) -> int:
+        self.asked.append("floor")
+        return self._floor() if callable(self._floor) else self._floor
+
+
+def _never() -> int:
+    raise AssertionError("measured what was already known")
+
+
 def test_size_measures_once_and_only_when_asked() -> None:
-    calls: list[int] = []
-
-    def measure() -> tuple[int, int]:
-        calls.append(1)
-        return 900, 400
-
-    s = Size(1500, measure=measure)
-    assert not s.known and calls == []
-    assert (s.local, s.floor, s.local) == (900, 400, 900)
-    assert calls == [1] and s.known
+    m = Measured(900, 400)
+    s = Size(1500, m)
+    assert not s.known and m.asked == []
+    assert (s.local, s.local) == (900, 900) and m.asked == ["local"] and s.known
+    assert (s.floor, s.local, s.floor) == (400, 900, 400) and m.asked == ["local", "floor"]
+    floor_first = Measured(900, 400)
+    s = Size(1500, floor_first)
+    assert (s.floor, s.local, s.floor, s.local) == (400, 900, 400, 900) and floor_first.asked == ["floor", "local"]
     assert Size(10).local == 10 and Size(10).floor == 10
 
 
@@ -139,13 +159,13 @@ def test_an_image_a_tool_returned_is_an_image_need() -> None:
 def test_a_size_read_again_keeps_what_was_measured_and_measures_the_rest_from_the_new_reading() -> None:
     # A hand-over or a recovery plans again after the door has let its request go: what
     # is not measured yet is measured from the request they keep.
-    first = Size(5000, lambda: (4000, None), measure_floor=lambda: 1 // 0)
+    first = Size(5000, Measured(4000, _never))
     assert first.local == 4000
-    again = first.reading(lambda: (1 // 0, None), lambda: 2500)
+    again = first.reading(Measured(_never, 2500))
     assert again.known and again.local == 4000 and again.floor == 2500
-    unmeasured = Size(5000, lambda: (1 // 0, None), measure_floor=lambda: 1 // 0).reading(lambda: (3000, None), lambda: 2000)
+    unmeasured = Size(5000, Measured(_never, _never)).reading(Measured(3000, 2000))
     assert unmeasured.local == 3000 and unmeasured.floor == 2000
-    done = Size(5000, local=4000, floor=3000).reading(lambda: (1 // 0, None), lambda: 1 // 0)
+    done = Size(5000, local=4000, floor=3000).reading(Measured(_never, _never))
     assert (done.local, done.floor) == (4000, 3000)
-    bare = Size(5000)  # given no functions: its size as sent stands for all
-    assert bare.reading(lambda: (1 // 0, None), lambda: 1 // 0) is bare and bare.known
+    bare = Size(5000)  # given nothing to measure by: its size as sent stands for all
+    assert bare.reading(Measured(_never, _never)) is bare and bare.known

@@ -228,11 +228,31 @@ def test_backend_that_cannot_read_images_is_skipped_for_an_image() -> None:
 
 # --- rule "context" ------------------------------------------------------------------------------
 
-def unmeasured(tokens: int) -> Size:
-    def measure() -> tuple[int, int]:
+class Measured:
+    """A SizeMeasure with set answers, that records what the planner asked."""
+
+    def __init__(self, local: int, floor: int):
+        self.asked: list[str] = []
+        self._local, self._floor = local, floor
+
+    def local(self) -> int:
+        self.asked.append("local")
+        return self._local
+
+    def floor(self) -> int:
+        self.asked.append("floor")
+        return self._floor
+
+
+class Unmeasured(Measured):
+    def local(self) -> int:
         raise AssertionError("the planner measured a size it did not need")
 
-    return Size(tokens, measure=measure)
+    floor = local
+
+
+def unmeasured(tokens: int) -> Size:
+    return Size(tokens, Unmeasured(0, 0))
 
 
 @pytest.mark.parametrize(("size", "expected", "fit"), [
@@ -281,32 +301,22 @@ def test_an_unmeasured_server_is_not_skipped_on_an_estimate() -> None:
 
 
 def test_size_is_measured_only_when_a_window_needs_it() -> None:
-    calls = []
-
-    def measure() -> tuple[int, int]:
-        calls.append(1)
-        return 3000, 2000
-
-    f = facts(size=Size(2000, measure=measure))
+    m = Measured(3000, 2000)
+    f = facts(size=Size(2000, m))
     plan(f, RoutingView(NOW, SERVING, (BIG, SMALL)), POLICY)
-    assert calls == []  # 2000 tokens as sent fit both windows
+    assert m.asked == []  # 2000 tokens as sent fit both windows
 
 
 @pytest.mark.parametrize(("local", "floor_asked"), [(3000, False), (6000, True)])
 def test_the_fitted_floor_is_measured_only_for_a_request_over_a_window(local: int, floor_asked: bool) -> None:
     # The floor walks the fitting tiers (the costliest part of sizing a request for a
     # local model): a request that fits as it is never needs it.
-    asked = []
-
-    def floor() -> int:
-        asked.append(1)
-        return 2000
-
-    f = facts(size=Size(8000, measure=lambda: (local, None), measure_floor=floor))
+    m = Measured(local, 2000)
+    f = facts(size=Size(8000, m))
     _ = f.size.local  # the pipeline measures before a local step
     p = plan(f, RoutingView(NOW, OUT, (SMALL,)), Policy(order=("small",)))
     assert targets(p) == ["small"] and p.steps[0].fit is floor_asked
-    assert asked == ([1] if floor_asked else [])
+    assert m.asked == (["local", "floor"] if floor_asked else ["local"])
 
 
 # --- rule "health" -------------------------------------------------------------------------------
