@@ -96,29 +96,21 @@ class Size:
 
     @property
     def local(self) -> int:
-        if self._local is None:
-            if self._measure is None:
-                return self.sent
+        if self._local is None and self._measure is not None:
             self._local = self._measure.local()
-            if self._floor is not None:
-                self._measure = None
-        return self._local
+        return self.sent if self._local is None else self._local
 
     @property
     def floor(self) -> int:
-        if self._floor is None:
-            if self._measure is None:
-                return self.local
+        if self._floor is None and self._measure is not None:
             self._floor = self._measure.floor()
-            if self._local is not None:
-                self._measure = None
-        return self._floor
+        return self.local if self._floor is None else self._floor
 
     def reading(self, measure: SizeMeasure) -> Size:
         """This size, with what is not measured yet measured by `measure` (the request the
         first one read may be gone by then). A size with nothing left to measure is kept
         as it is."""
-        if self._measure is None:
+        if self._measure is None or (self._local is not None and self._floor is not None):
             return self
         return Size(self.sent, measure, local=self._local, floor=self._floor)
 

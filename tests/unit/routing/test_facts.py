@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 import pytest
 
@@ -17,6 +15,7 @@ from nonstop.routing.facts import (
 )
 from nonstop.wire.outline import outline
 from nonstop.wire.tool_ids import backend_tag, local_tool_id
+from tests.support.sizes import Measured
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -61,22 +60,6 @@ def test_facts_from_a_claude_code_request() -> None:
 def test_garbage_fields_do_not_raise() -> None:
     f = facts_from_request({"model": 3, "messages": "x", "max_tokens": True, "thinking": "on"}, {})
     assert f.model == "" and f.max_tokens is None and not f.thinking
-
-
-class Measured:
-    """A SizeMeasure with set answers (a function raises: it must not be asked)."""
-
-    def __init__(self, local: Any, floor: Any):
-        self.asked: list[str] = []
-        self._local, self._floor = local, floor
-
-    def local(self) -> int:
-        self.asked.append("local")
-        return self._local() if callable(self._local) else self._local
-
-    def floor(self) -> int:
-        self.asked.append("floor")
-        return self._floor() if callable(self._floor) else self._floor
 
 
 def _never() -> int:

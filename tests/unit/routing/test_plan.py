@@ -31,6 +31,7 @@ from nonstop.routing.view import (
     RoutingView,
     WindowForecast,
 )
+from tests.support.sizes import Measured
 
 NOW = 1_800_000_000.0
 SERVING = CloudView()
@@ -227,22 +228,6 @@ def test_backend_that_cannot_read_images_is_skipped_for_an_image() -> None:
 
 
 # --- rule "context" ------------------------------------------------------------------------------
-
-class Measured:
-    """A SizeMeasure with set answers, that records what the planner asked."""
-
-    def __init__(self, local: int, floor: int):
-        self.asked: list[str] = []
-        self._local, self._floor = local, floor
-
-    def local(self) -> int:
-        self.asked.append("local")
-        return self._local
-
-    def floor(self) -> int:
-        self.asked.append("floor")
-        return self._floor
-
 
 class Unmeasured(Measured):
     def local(self) -> int:
