@@ -517,6 +517,7 @@ class LocalBackend:
         runaway = RUNAWAY_CHARS_PER_TOKEN * max(call.max_tokens, 1) + 4096
         pending = spare  # while set, nothing but pings has gone out: another backend may take the message over
         held: list[Event] = []
+        quiet: list[Event] = []  # empty blocks, kept back while another backend may go on instead
         try:
             try:
                 async for chunk in resp.content.iter_any():
@@ -536,12 +537,16 @@ class LocalBackend:
                         out += norm.feed("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}})
                         out += norm.feed("message_stop", {"type": "message_stop"})
                     if pending is not None:
-                        if norm.content_started:  # the request is let go
+                        if _shows_content(out):  # the request is let go
                             pending.instead = None
                             pending = None
-                        elif norm.error:  # failed before any content: its error is kept back
+                            out, quiet = _after_start(out, quiet), []
+                        elif norm.error:  # failed before any content went out: its error is kept back
                             held = out
                             break
+                        else:
+                            quiet += [e for e in out if e[0] not in _AT_ONCE]
+                            out = [e for e in out if e[0] in _AT_ONCE]
                     if out:
                         if usage.first_content is None and norm.content_started:
                             usage.first_content = time.perf_counter()
@@ -553,14 +558,18 @@ class LocalBackend:
             tail = [] if norm.finished or norm.error else [e for t, d in source.finish() for e in norm.feed(t, d)]
             end = norm.finish()
             if pending is not None:
-                if not norm.content_started:  # the stream failed (it cannot end well without content)
+                # Nothing but a start and pings went out, and no stop reason came: the
+                # stream failed. (Empty blocks show nothing; nor does a text block the
+                # normaliser holds back while it may still turn out to be a tool call.)
+                if not norm.stop_reason:
                     rest = held + tail + end
                     begun = [e for e in rest if e[0] == "message_start"]
                     if begun:  # the client's message begins whoever goes on with it
                         yield _encode(begun)
-                    pending.end = _encode([e for e in rest if e[0] != "message_start"])
+                    pending.end = _encode(quiet + [e for e in rest if e[0] != "message_start"])
                     return
                 pending.instead = None
+                tail = _after_start(tail, quiet)
             if tail:
                 yield _encode(tail)
             yield _encode(end)
@@ -587,6 +596,32 @@ class LocalBackend:
             self.state.succeeded(prompt_tokens=call.tokens, first_token_s=usage.first_content - call.sent,
                                  output_tokens=usage.output_tokens, generate_s=usage.ended - usage.first_content,
                                  was_idle=was_idle)
+
+
+# What goes to the client at once while a stream may still be handed over.
+_AT_ONCE = frozenset(("message_start", "ping"))
+_NOTHING_SHOWN = frozenset(("message_start", "ping", "error", "content_block_stop"))
+
+
+def _shows_content(events: list[Event]) -> bool:
+    """Whether these events show the client any of the answer: anything but a start, a
+    ping, an error or an empty text block (a start and its stop with no text)."""
+    for t, d in events:
+        if t in _NOTHING_SHOWN:
+            continue
+        block = d.get("content_block") if t == "content_block_start" else None
+        if isinstance(block, dict) and block.get("type") == "text" and not block.get("text"):
+            continue
+        return True
+    return False
+
+
+def _after_start(events: list[Event], quiet: list[Event]) -> list[Event]:
+    """`events` with the blocks kept back (`quiet`) put before them, after a message_start."""
+    if not quiet:
+        return events
+    starts = [e for e in events if e[0] == "message_start"]
+    return starts + quiet + [e for e in events if e[0] != "message_start"]
 
 
 def _scaled(ratio: float, req: dict) -> int:

@@ -86,7 +86,7 @@ class Late:
 
 async def _late_stream(serve, monkeypatch, first_app: web.Application, *, other: bool = True,
                        next_app: web.Application | None = None, next_api: str = "anthropic",
-                       commit_after: float = 0.05) -> Late:
+                       commit_after: float = 0.05, request: dict | None = None) -> Late:
     """The request streamed by `first`, its head late (unless it comes within
     `commit_after`); `instead` gives `next`'s stream (or None where `other` is False).
     The reply is closed when its body has been read."""
@@ -98,7 +98,8 @@ async def _late_stream(serve, monkeypatch, first_app: web.Application, *, other:
     closed: list[str] = []
     async with aiohttp.ClientSession() as session:
         first, nxt = (make_local_backend(c, session) for c in cfg.local)
-        res = await first.send_request(dict(REQUEST), stream=True)
+        request = request or REQUEST
+        res = await first.send_request(dict(request), stream=True)
         assert isinstance(res, Reply) and res.handover
 
         async def instead(failure):
@@ -106,7 +107,7 @@ async def _late_stream(serve, monkeypatch, first_app: web.Application, *, other:
             assert first.state.inflight == 0  # its slot is back, its response closed
             if not other:
                 return None
-            taken = await nxt.send_request(dict(REQUEST), stream=True)
+            taken = await nxt.send_request(dict(request), stream=True)
             assert isinstance(taken, Reply)
             close = taken.close
             taken.close = lambda: (closed.append("next"), close and close())
@@ -285,6 +286,40 @@ async def test_a_stream_whose_head_came_in_time_and_that_fails_before_any_conten
     assert res.usage.note.endswith("; handed to next")
     assert run.closed == ["first"]
     assert run.first.state.failures == 1
+
+
+WITH_TOOLS = REQUEST | {"tools": [{"name": "Read", "description": "read a file",
+                                   "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}}}]}
+EMPTY_BLOCK = _ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+
+
+@pytest.mark.parametrize("app,request_", [
+    (_server(START + EMPTY_BLOCK + ERROR), WITH_TOOLS),
+    (_server(START + EMPTY_BLOCK + ERROR), REQUEST),
+    (_server(START + EMPTY_BLOCK, hold=0.1, cut=True), WITH_TOOLS),
+    (_server(START + EMPTY_BLOCK + PING, hold=0.1, cut=True), REQUEST),
+    (_server(START + _text(0, "\n\n"), hold=0.1, cut=True), WITH_TOOLS),  # held: it may still become a call
+], ids=["empty-block-then-error", "no-tools-empty-block-then-error", "empty-block-then-cut",
+        "no-tools-empty-block-then-cut", "held-text-then-cut"])
+async def test_a_stream_that_fails_before_anything_was_shown_hands_the_message_over(serve, monkeypatch, app, request_):
+    # An empty block shows nothing; with tools, nor does a text block held back until it
+    # is known not to be a tool call. The next backend goes on.
+    run = await _late_stream(serve, monkeypatch, app, commit_after=PROMPT, request=request_)
+    assert wirecheck.check_anthropic_stream(run.body).outcome == "ok", run.body[-400:]
+    assert run.body.count(b"event: message_start") == 1 and b"from next" in run.body and b"event: error" not in run.body
+    assert len(run.asked) == 1 and run.reply.backend == "next" and run.reply.usage.complete
+
+
+async def test_an_empty_answer_that_ends_well_keeps_its_empty_block(serve, monkeypatch):
+    stop = _ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+    done = (_ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}})
+            + _ev("message_stop", {"type": "message_stop"}))
+    for app in (_server(START + EMPTY_BLOCK + stop + done), _server(START + EMPTY_BLOCK + PING + stop + done)):
+        run = await _late_stream(serve, monkeypatch, app, commit_after=PROMPT)
+        assert wirecheck.check_anthropic_stream(run.body).outcome == "ok", run.body[-400:]
+        assert run.asked == [] and run.reply.backend == "first" and b"from next" not in run.body
+        assert run.body.count(b"event: content_block_start") == 1 and run.body.index(b"message_start") < run.body.index(
+            b"content_block_start")
 
 
 async def test_a_stream_whose_head_came_in_time_and_that_fails_after_content_ends_with_an_error(serve, monkeypatch):
