@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import Iterator
@@ -66,9 +67,27 @@ def serve(cfg: Config) -> int:
     return 0 if server.started else 1
 
 
+# The young generation's threshold once serving. A request leaves almost no reference
+# cycles behind (its objects are freed as their counts drop), so a collection mostly walks
+# the objects of requests still in flight: collecting ten times less often does a tenth
+# of that work, and holds back at most a few megabytes of cyclic garbage.
+GC_YOUNG_THRESHOLD = 7000
+
+
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process would
-    exit with -15 after draining cleanly; a clean drain exits 0."""
+    exit with -15 after draining cleanly; a clean drain exits 0.
+
+    Once started, what start-up built (modules, the app, its sessions) lives as long as
+    the process: it is moved out of the collector's reach (gc.freeze), so a full
+    collection walks only what serving made, not every object of every module."""
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
