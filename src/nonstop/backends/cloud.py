@@ -331,9 +331,11 @@ def _success_verdict(resp: aiohttp.ClientResponse) -> Verdict | None:
     """classify_response for a success, without copying the headers when the quota
     status says there is nothing to learn (one value, not "rejected")."""
     status = resp.headers.getall(_UNIFIED_STATUS, ())
-    if len(status) <= 1 and (not status or status[0] != "rejected"):
+    if "rejected" not in status:
         return None
-    return classify_response(resp.status, _lower(resp.headers), b"", time.time())
+    headers = _lower(resp.headers)
+    headers[_UNIFIED_STATUS] = "rejected"  # whichever copy said so
+    return classify_response(resp.status, headers, b"", time.time())
 
 
 def _lower(headers) -> dict[str, str]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from nonstop.config import CloudConfig
 from nonstop.routing.quota import QuotaState
+from nonstop.routing.view import CloudState
 
 ORG_HEADER = "anthropic-organization-id"
 # Labels are short: enough to tell accounts apart, far too short to recover a key.
@@ -94,7 +95,10 @@ class Accounts:
         if self.orgs.get(account) != merged:
             self.orgs[account] = merged
             own = self.states.pop(account, None)
-            if own is not None and merged not in self.states:
+            theirs = self.states.get(merged)
+            # The key's state joins its organization's; of two, the one that keeps the
+            # cloud out longer wins (a limit the key already met holds for the org too).
+            if own is not None and (theirs is None or _longer_out(own, theirs)):
                 self._adopt(merged, own)
         return merged
 
@@ -105,6 +109,7 @@ class Accounts:
     # --- state -------------------------------------------------------------------------------
 
     def get(self, account: str) -> QuotaState:
+        account = self.orgs.get(account, account)  # a key whose organization is known: the org's
         state = self.states.get(account)
         if state is None:
             state = QuotaState(self.cfg, clock=self.clock)
@@ -141,3 +146,10 @@ class Accounts:
             self.orgs.update({k: v for k, v in orgs.items() if isinstance(k, str) and isinstance(v, str)})
         if isinstance(snap.get("last"), str):
             self.last = snap["last"]
+
+
+def _longer_out(a: QuotaState, b: QuotaState) -> bool:
+    """Whether `a` keeps the cloud out longer than `b`."""
+    if a.state is CloudState.SERVING:
+        return False
+    return b.state is CloudState.SERVING or a.until > b.until

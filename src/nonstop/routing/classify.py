@@ -11,7 +11,7 @@ import email.utils
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import orjson
@@ -81,7 +81,9 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
             return None
         if dt is None:
             return None
-        return max(now, dt.timestamp())
+        if dt.tzinfo is None:  # the asctime form names no zone: HTTP dates are UTC
+            dt = dt.replace(tzinfo=UTC)
+        return max(now, dt.timestamp())  # a date already past: retry now
     if secs != secs or secs < 0 or secs > 10 * 365 * 86400:  # NaN, negative, absurd
         return None
     return now + secs
@@ -123,17 +125,26 @@ def parse_float(value: str | None) -> float | None:
     return v if v == v else None
 
 
-def quota_deadline(headers: Mapping[str, str], now: float) -> float | None:
-    """The latest reset time any quota header names; None when none is given."""
+# The longest the cloud is believed out: its longest window (7 days) and a day. A reset
+# named further ahead is a broken header (the cloud is probed again after this).
+LONGEST_OUT = 8 * 86400.0
+
+
+def quota_deadline(headers: Mapping[str, str], now: float, *, unified: bool = True) -> float | None:
+    """The latest reset time the quota headers name; None when none is given. `now`
+    itself counts (`retry-after: 0`: retry now). A time more than LONGEST_OUT ahead is a
+    broken header: it counts only when nothing else is named. `unified`: the
+    subscription's reset counts (a usage limit); without it, a throttle's deadline is its
+    `retry-after` and the API-key resets, not the window's reset hours away."""
     candidates: list[float] = []
-    unified = parse_epoch(headers.get(_H + "unified-reset"))
-    if unified is None:
-        claim = headers.get(_H + "unified-representative-claim", "")
-        window = _CLAIM_RESET.get(claim)
-        if window:
-            unified = parse_epoch(headers.get(f"{_H}unified-{window}-reset"))
-    if unified is not None:
-        candidates.append(unified)
+    if unified:
+        reset = parse_epoch(headers.get(_H + "unified-reset"))
+        if reset is None or reset > now + LONGEST_OUT:  # missing or broken: the claimed window's
+            window = _CLAIM_RESET.get(headers.get(_H + "unified-representative-claim", ""))
+            named = parse_epoch(headers.get(f"{_H}unified-{window}-reset")) if window else None
+            reset = named if named is not None else reset
+        if reset is not None:
+            candidates.append(reset)
     ra = parse_retry_after(headers.get("retry-after"), now)
     if ra is not None:
         candidates.append(ra)
@@ -148,8 +159,10 @@ def quota_deadline(headers: Mapping[str, str], now: float) -> float | None:
     # A limit with quota left does not keep the cloud out; if none says which one ran
     # out, every named reset counts.
     candidates.extend(exhausted or others)
-    future = [c for c in candidates if c > now]
-    return max(future) if future else None
+    sane = [c for c in candidates if now <= c <= now + LONGEST_OUT]
+    if sane:
+        return max(sane)
+    return now + LONGEST_OUT if any(c > now for c in candidates) else None
 
 
 def _error_of(body: bytes) -> tuple[str, str]:
@@ -169,15 +182,18 @@ def _error_of(body: bytes) -> tuple[str, str]:
 _REGAIN = re.compile(r"regain access on (\d{4}-\d{2}-\d{2})(?:\s+at\s+(\d{1,2}:\d{2}))?\s*(UTC)?", re.I)
 
 
-def _spend_limit_until(message: str) -> float | None:
+def _spend_limit_until(message: str, now: float) -> float | None:
+    """When the message says access returns; None when it names no time, or one already
+    past (the limit is still being lifted: re-checked after the cooldown, not at once)."""
     m = _REGAIN.search(message)
     if not m:
         return None
     text = m.group(1) + "T" + (m.group(2) or "00:00") + "+00:00"
     try:
-        return datetime.fromisoformat(text).timestamp()
+        until = datetime.fromisoformat(text).timestamp()
     except ValueError:
         return None
+    return until if until > now else None
 
 
 def classify_response(
@@ -195,12 +211,16 @@ def classify_response(
             return Verdict(FailureKind.SUBSCRIPTION_LIMIT, False, until, "unified status rejected", status)
         return None
     etype, message = _error_of(body)
-    until = quota_deadline(headers, now)
     if status == 429:
+        # The unified headers come on every subscription reply, the claim included: only
+        # "rejected" (or a claim with no status at all) says the 5-hour or weekly limit
+        # is hit. A 429 whose status says "allowed" is a short throttle.
         claim = headers.get(_H + "unified-representative-claim")
-        if headers.get(_H + "unified-status") == "rejected" or claim:
+        unified = headers.get(_H + "unified-status")
+        if unified == "rejected" or (claim and unified is None):
             detail = f"usage limit ({claim or 'unified'})"
-            return Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, until, detail, status)
+            return Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, quota_deadline(headers, now), detail, status)
+        until = quota_deadline(headers, now, unified=False)
         if any(f"{_H}{lim}-reset" in headers for lim in _API_KEY_LIMITS):
             return Verdict(FailureKind.API_KEY_LIMIT, True, until, "API rate limit", status)
         return Verdict(FailureKind.THROTTLE, True, until, message or "rate limited", status)
@@ -215,7 +235,7 @@ def classify_response(
         if low.startswith("your credit balance is too low"):
             return Verdict(FailureKind.CREDIT_EXHAUSTED, True, None, "credit balance too low", status)
         if "reached your specified api usage limits" in low:
-            return Verdict(FailureKind.SPEND_LIMIT, True, _spend_limit_until(message), "API usage limit reached", status)
+            return Verdict(FailureKind.SPEND_LIMIT, True, _spend_limit_until(message, now), "API usage limit reached", status)
     if status == 408 or status == 504 or etype == "timeout_error":
         # The cloud answered, slowly: a blip like other 5xx, not a network timeout.
         return Verdict(FailureKind.SERVER_ERROR, True, None, f"{status} timeout", status)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nonstop.config import CloudConfig
-from nonstop.routing.classify import FailureKind, Verdict, parse_epoch, parse_float
+from nonstop.routing.classify import LONGEST_OUT, FailureKind, Verdict, parse_epoch, parse_float
 from nonstop.routing.forecast import QuotaForecast
 from nonstop.routing.view import CloudState, CloudView
 
@@ -21,9 +21,6 @@ _H = "anthropic-ratelimit-unified-"
 
 # Consecutive blips (overloaded, 5xx) before the cloud is skipped for error_cooldown.
 BREAKER_THRESHOLD = 3
-# The longest the cloud is believed out: its longest window (7 days) and a day. A reset
-# named further ahead is a broken header (the cloud is probed again after this).
-LONGEST_OUT = 8 * 86400.0
 # A probe that has not reported back after this long no longer blocks the next one.
 PROBE_TIMEOUT = 120.0
 
@@ -64,6 +61,8 @@ class QuotaState:
     since: float = 0.0
     probe_started: float = 0.0
     blips: int = 0
+    # Counts the changes of state: a request remembers the one it was sent in.
+    generation: int = 0
     # When this state was last decided (a transition or a new deadline): a fleet keeps the
     # newer of two views.
     observed: float = 0.0
@@ -111,7 +110,12 @@ class QuotaState:
 
     # --- what happened ---------------------------------------------------------------
 
-    def record_success(self) -> None:
+    def record_success(self, generation: int | None = None) -> None:
+        """The cloud answered a request sent in state `generation` (None: now). A request
+        sent before the cloud went out, whose answer came after, says nothing about the
+        cloud now: the state stays as it is (parallel requests, one slow to answer)."""
+        if self.state is not CloudState.SERVING and generation is not None and generation != self.generation:
+            return
         self.blips = 0
         if self.state is not CloudState.SERVING:
             self._set(CloudState.SERVING, 0.0, "", "", "the cloud answered; back on the cloud")
@@ -201,6 +205,8 @@ class QuotaState:
                 self.probe_started = self.clock()
             else:  # a probe in flight when the process died is over: one new request probes
                 state = CloudState.OUT
+        if state is not self.state:
+            self.generation += 1
         self.state, self.until = state, until
         self.reason = str(snap.get("reason") or "")
         self.detail = str(snap.get("detail") or "")
@@ -232,5 +238,6 @@ class QuotaState:
         self.state, self.until, self.reason, self.detail = state, until, reason, detail
         if changed:
             self.since = self.observed
+            self.generation += 1
         if self.on_change is not None:
             self.on_change(self, why if changed else "")

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
 import orjson
 import pytest
 
 from nonstop.config import CloudConfig
-from nonstop.routing.classify import FailureKind, Verdict, classify_response
+from nonstop.routing.classify import FailureKind, Verdict, classify_response, parse_retry_after
 from nonstop.routing.plan import hhmm
 from nonstop.routing.quota import (
     BREAKER_THRESHOLD,
@@ -15,21 +20,11 @@ from nonstop.routing.quota import (
     CloudState,
     QuotaState,
 )
+from tests.support.clock import Clock
 
 T0 = 1_750_000_000.0
 CFG = CloudConfig(default_cooldown=300.0, error_cooldown=15.0, credit_recheck=1800.0)
 U = "anthropic-ratelimit-unified-"
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, secs: float) -> None:
-        self.now += secs
 
 
 class Changes:
@@ -47,7 +42,7 @@ class Changes:
 
 
 def make(clock: Clock | None = None, cfg: CloudConfig = CFG) -> tuple[QuotaState, Clock, Changes]:
-    clock = clock or Clock()
+    clock = clock or Clock(T0)
     changes = Changes()
     return QuotaState(cfg, clock=clock, on_change=changes), clock, changes
 
@@ -545,3 +540,110 @@ def test_the_serving_view_is_reused_until_what_it_shows_changes() -> None:
     assert out.state is CloudState.OUT and not out.probe_due
     clock.advance(600)
     assert q.view().probe_due  # out: made afresh, at the time asked
+
+
+# --- deadlines read from a "no" ---------------------------------------------------------------
+
+
+def body(etype: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": etype, "message": message}, "request_id": "req_1"})
+
+
+def test_a_short_throttle_on_a_subscription_whose_headers_say_allowed_is_not_a_usage_limit() -> None:
+    """The unified headers come on every subscription reply, the representative claim
+    included (docs/wire.md), and only `unified-status: rejected` says the 5-hour or weekly
+    limit is hit. A short throttle on a subscription says `allowed`, names the claim and
+    the window's reset hours away, and a `retry-after` of seconds: the cloud is out for
+    those seconds, not until the window's reset."""
+    headers = {
+        U + "status": "allowed",
+        U + "representative-claim": "five_hour",
+        U + "reset": str(int(T0 + 4 * 3600)),
+        U + "5h-reset": str(int(T0 + 4 * 3600)),
+        U + "5h-utilization": "0.31",
+        "retry-after": "10",
+    }
+    verdict = classify_response(429, headers, body("rate_limit_error", "Rate limited"), T0)
+    assert verdict is not None and verdict.failover
+    assert verdict.kind is not FailureKind.SUBSCRIPTION_LIMIT, verdict
+    q, _, _ = make()
+    q.record_failure(verdict)
+    assert q.until <= T0 + 10, f"out for {(q.until - T0) / 3600:.1f} h after a 10 s throttle"
+
+
+def test_a_spend_limit_date_already_past_does_not_make_every_request_probe() -> None:
+    """The spend-limit 400 names when access returns. Right after that moment the cloud
+    may still refuse (the limit is lifted with a delay, or the clocks differ): a date
+    already past names no deadline, and the cloud is checked again after the cooldown,
+    not by every request."""
+    msg = "You have reached your specified API usage limits. You will regain access on 2025-06-15 at 00:00 UTC."
+    assert datetime(2025, 6, 15, tzinfo=UTC).timestamp() < T0  # 15 hours ago
+    verdict = classify_response(400, {}, body("invalid_request_error", msg), T0)
+    assert verdict is not None and verdict.kind is FailureKind.SPEND_LIMIT
+    q, clock, _ = make()
+    q.record_failure(verdict)
+    sent_to_cloud = 0
+    for _ in range(10):  # ten requests over ten seconds, each refused the same way
+        clock.advance(1)
+        if route(q) == "probe":
+            sent_to_cloud += 1
+            q.record_failure(classify_response(400, {}, body("invalid_request_error", msg), clock.now))
+    assert sent_to_cloud == 0, f"{sent_to_cloud} of 10 requests went to the cloud first to be refused again"
+
+
+def test_an_absurd_reset_does_not_outweigh_a_plausible_retry_after() -> None:
+    """A reset more than LONGEST_OUT ahead is a broken header: the claimed window's reset
+    and `retry-after`, which agree on one hour, decide."""
+    headers = {
+        U + "status": "rejected",
+        U + "representative-claim": "five_hour",
+        U + "reset": str(int(T0 + 400 * 86400)),
+        U + "5h-reset": str(int(T0 + 3600)),
+        "retry-after": "3600",
+    }
+    verdict = classify_response(429, headers, body("rate_limit_error", "limit"), T0)
+    assert verdict is not None and verdict.kind is FailureKind.SUBSCRIPTION_LIMIT
+    q, _, _ = make()
+    q.record_failure(verdict)
+    assert q.until <= T0 + 3600 + 60, f"out for {(q.until - T0) / 86400:.1f} days (LONGEST_OUT {LONGEST_OUT / 86400:.0f})"
+
+
+def test_a_retry_after_that_says_now_does_not_keep_the_cloud_out_for_the_default_cooldown() -> None:
+    """`retry-after: 0` (or an HTTP date already past) says "retry now": the next
+    request checks the cloud, as it would a second later with `retry-after: 1`, instead
+    of waiting the 300 s a 429 that names no time gets."""
+    one = classify_response(429, {"retry-after": "1"}, body("rate_limit_error", "Rate limited"), T0)
+    zero = classify_response(429, {"retry-after": "0"}, body("rate_limit_error", "Rate limited"), T0)
+    assert one is not None and zero is not None
+    q1, _, _ = make()
+    q1.record_failure(one)
+    q0, _, _ = make()
+    q0.record_failure(zero)
+    assert q1.until == T0 + 1
+    assert q0.until <= q1.until, f"retry-after 0: out {q0.until - T0:.0f} s; retry-after 1: out {q1.until - T0:.0f} s"
+
+
+@pytest.fixture
+def pacific_time() -> Iterator[None]:
+    """The machine's local time zone is US Pacific (UTC-8 in January)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "America/Los_Angeles"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def test_a_retry_after_in_asctime_form_is_read_as_utc(pacific_time: None) -> None:
+    """HTTP dates come in three forms, all UTC, and a recipient accepts all three (RFC
+    9110 §5.6.7). The asctime form names no zone: it is read as UTC, not in the
+    machine's zone (in California, one minute ahead would read as eight hours)."""
+    asctime = time.asctime(time.gmtime(T0 + 60))  # "Sun Jun 15 15:07:40 2025"
+    got = parse_retry_after(asctime, T0)
+    assert got is not None
+    assert got == pytest.approx(T0 + 60, abs=1), f"retry-after one minute ahead read as {(got - T0) / 3600:.2f} h ahead"

@@ -1,0 +1,137 @@
+"""What a cloud reply teaches the account's state, through the pipeline: a limit met on
+the reply that names the key's organization takes the organization out, and a success
+for a request sent before the limit does not bring the cloud back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from nonstop.backends.base import Attempt, Exchange, Reply, single
+from nonstop.config import LocalBackendConfig, parse_config
+from nonstop.routing.backend_state import BackendState
+from nonstop.routing.classify import FailureKind, Verdict
+from nonstop.routing.plan import Step
+from nonstop.routing.view import Capabilities, CloudState
+from nonstop.server.pipeline import Pipeline, RequestContext
+from nonstop.server.runtime import Runtime
+from nonstop.store.db import RequestRow
+from nonstop.wire.tool_ids import backend_tag
+from tests.support.clock import Clock
+
+T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
+H = "anthropic-ratelimit-"
+U = H + "unified-"
+
+
+class _Local:
+    """A local backend that always answers."""
+
+    def __init__(self, name: str, clock: Clock) -> None:
+        self.name = name
+        self.cfg = LocalBackendConfig(name=name, url="http://127.0.0.1:1", context_window=32768)
+        self.state = BackendState(name, Capabilities(context_window=32768), tag=backend_tag(name), clock=clock)
+        self.sent = 0
+
+    def capabilities(self) -> Capabilities:
+        return self.state.capabilities()
+
+    def window(self) -> int:
+        return self.cfg.context_window
+
+    async def send(self, ex: Exchange, step: Step) -> Attempt:
+        self.sent += 1
+        return Reply(200, [(b"content-type", b"application/json")], single(b"{}"), self.name, False)
+
+
+class _Cloud:
+    """The cloud as CloudBackend.request behaves: the reply's headers go to
+    observe_headers (Runtime wires it to CloudStates.observe) before the outcome is
+    returned. `script` holds (headers, outcome, gate) per request: outcome "ok" (a 200) or
+    a Verdict; gate an asyncio.Event the reply waits for (a slow first byte), or None."""
+
+    name = "cloud"
+
+    def __init__(self, rt: Runtime, script: list[tuple[dict[str, str], Any, asyncio.Event | None]]) -> None:
+        self.rt = rt
+        self.script = list(script)
+        self.sent = 0
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(api="cloud")
+
+    async def send(self, ex: Exchange, step: Step) -> Attempt:
+        self.sent += 1
+        headers, outcome, gate = self.script.pop(0)
+        if gate is not None:
+            await gate.wait()
+        self.rt.clouds.observe(ex.account, headers)
+        if outcome == "ok":
+            return Reply(200, [(b"content-type", b"application/json")], single(b"{}"), "cloud", False)
+        return outcome
+
+
+def _runtime(tmp_path: Path) -> tuple[Runtime, Pipeline, Clock, _Local]:
+    clock = Clock(T0)
+    rt = Runtime(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}}), clock=clock)
+    local = _Local("llama", clock)
+    return rt, Pipeline(rt), clock, local
+
+
+def _ctx(key: str = "") -> RequestContext:
+    req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    headers = [(b"x-api-key", key.encode())] if key else []
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", headers, orjson.dumps(req), req, False)
+    return RequestContext(ex, RequestRow(ts=T0), time.perf_counter())
+
+
+LIMIT = Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 7200, "usage limit (five_hour)", 429)
+LIMIT_HEADERS = {U + "status": "rejected", U + "representative-claim": "five_hour",
+                 U + "reset": str(int(T0 + 7200)), U + "5h-utilization": "1.0"}
+
+
+async def test_a_usage_limit_on_the_reply_that_names_the_organization_takes_the_account_out(tmp_path: Path) -> None:
+    """The first reply an API key gets names its organization, and the key's state joins
+    the organization's. A usage limit on that very reply takes the organization's state
+    out: the next request with the key stays local, and the status lists one account."""
+    rt, p, _, local = _runtime(tmp_path)
+    headers = {**LIMIT_HEADERS, "anthropic-organization-id": "org-uuid-1"}
+    cloud = _Cloud(rt, [(headers, LIMIT, None), (headers, LIMIT, None)])
+    rt.use_backends([local], cloud=cloud)  # type: ignore[list-item, arg-type]
+
+    out = await p.run(_ctx("sk-ant-api03-ann"))
+    assert out.reply is not None and out.reply.backend == "llama"
+    out = await p.run(_ctx("sk-ant-api03-ann"))
+    assert out.reply is not None and out.reply.backend == "llama"
+    assert cloud.sent == 1, "the second request went to the cloud although its account is out until the reset"
+    states = {e["account"]: e["state"] for e in rt.clouds.entries()}
+    assert len(states) == 1, f"accounts in the status document: {states}"
+
+
+async def test_a_success_from_a_request_sent_before_the_limit_does_not_bring_the_cloud_back(tmp_path: Path) -> None:
+    """Claude Code sends requests in parallel. Request A is sent while the quota lasts
+    and its answer is slow; request B meets the 5-hour limit. A's answer, served as it
+    should be, says nothing about the quota after B's refusal: the cloud stays out, and
+    the next request stays local instead of being refused again."""
+    rt, p, _, local = _runtime(tmp_path)
+    gate = asyncio.Event()
+    ok_headers = {U + "status": "allowed", U + "5h-utilization": "0.99"}
+    cloud = _Cloud(rt, [(ok_headers, "ok", gate), (LIMIT_HEADERS, LIMIT, None), (LIMIT_HEADERS, LIMIT, None)])
+    rt.use_backends([local], cloud=cloud)  # type: ignore[list-item, arg-type]
+
+    slow = asyncio.ensure_future(p.run(_ctx()))  # A: sent while serving, its answer is slow
+    await asyncio.sleep(0)
+    assert cloud.sent == 1
+    out = await p.run(_ctx())  # B: refused, the limit
+    assert out.reply is not None and out.reply.backend == "llama"
+    assert rt.quota.state is CloudState.OUT and rt.quota.until == T0 + 7200
+    gate.set()
+    a = await slow
+    assert a.reply is not None and a.reply.backend == "cloud"  # A's answer is served, rightly
+    assert rt.quota.state is CloudState.OUT, "a reply to a request sent before the limit brought the cloud back"
+    await p.run(_ctx())
+    assert cloud.sent == 2, "the next request went to the cloud again and was refused again"
