@@ -1,5 +1,5 @@
 """Fixtures for tests that talk to small in-process servers or read the bundled model,
-and a way to post to nonstop's own app in process.
+and a way to send requests to nonstop's own app in process.
 
 Import the fixtures into a test module or a conftest (`from tests.support.inprocess import
 serve`) and pytest finds them there."""
@@ -68,12 +68,13 @@ def recording_app(tmp_path: Path) -> tuple[App, list[bytes]]:
     return app, sent
 
 
-async def post(app: App, path: str, body: bytes) -> tuple[int, bytes]:
-    """POST `body` to `app` over ASGI, as one read with the client staying; the status
-    and the whole response body."""
-    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
+async def exchange(app: App, method: str, path: str, *, query: bytes = b"",
+                   headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
+    """One request to `app` over ASGI (`headers` added to the usual ones), its body in one
+    read with the client staying: the status, the response headers and the whole body."""
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": query,
              "headers": [(b"host", b"127.0.0.1:8787"), (b"content-type", b"application/json"),
-                         (b"content-length", str(len(body)).encode())]}
+                         (b"content-length", str(len(body)).encode()), *(headers or [])]}
     parts = [body]
     out: list[dict[str, Any]] = []
 
@@ -87,5 +88,11 @@ async def post(app: App, path: str, body: bytes) -> tuple[int, bytes]:
         out.append(msg)
 
     await asyncio.wait_for(app(scope, receive, send), 10)
-    status = next(m["status"] for m in out if m["type"] == "http.response.start")
-    return status, b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
+    start = next(m for m in out if m["type"] == "http.response.start")
+    return start["status"], dict(start["headers"]), b"".join(m.get("body", b"") for m in out if m["type"] == "http.response.body")
+
+
+async def post(app: App, path: str, body: bytes) -> tuple[int, bytes]:
+    """POST `body` to `app` over ASGI: the status and the whole response body."""
+    status, _, reply = await exchange(app, "POST", path, body=body)
+    return status, reply

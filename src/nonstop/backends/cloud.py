@@ -40,6 +40,7 @@ from nonstop.routing.classify import (
 )
 from nonstop.routing.deadline import FirstByteDeadlines
 from nonstop.routing.view import Capabilities
+from nonstop.wire.anthropic import token_count
 from nonstop.wire.errors import anthropic_error_event
 from nonstop.wire.framing import (
     complete_events_end,
@@ -65,8 +66,8 @@ _INFERENCE_PATHS = ("/v1/messages", "/v1/chat/completions")
 _SMALL_REPLIES = {"/v1/messages/count_tokens": ("input_tokens", int), "/v1/models": ("data", list)}
 # Usage for the request log, read with regexes from the few places it appears, so the
 # stream itself is never parsed.
-_IN = re.compile(rb'"input_tokens"\s*:\s*(\d+)')
-_OUT = re.compile(rb'"output_tokens"\s*:\s*(\d+)')
+_IN = re.compile(rb'"input_tokens"\s*:\s*(\d{1,16})(?!\d)')  # longer: no count (int() refuses 4,300 digits)
+_OUT = re.compile(rb'"output_tokens"\s*:\s*(\d{1,16})(?!\d)')
 _STOP = re.compile(rb'"stop_reason"\s*:\s*"([a-z_]+)"')
 # The events that end a stream, and those that carry usage: their `event:` lines in
 # LF-framed SSE (the space after the colon is optional). Found with bytes.find: a regex
@@ -304,9 +305,8 @@ def _not_a_message(data: bytes, usage: Usage) -> str:
         return "the cloud's reply was JSON but not a message"
     u = doc.get("usage")
     if isinstance(u, dict):
-        i, o = u.get("input_tokens"), u.get("output_tokens")
-        usage.input_tokens = i if isinstance(i, int) else 0
-        usage.output_tokens = o if isinstance(o, int) else 0
+        usage.input_tokens = token_count(u.get("input_tokens")) or 0
+        usage.output_tokens = token_count(u.get("output_tokens")) or 0
     stop = doc.get("stop_reason")
     usage.stop_reason = stop if isinstance(stop, str) else ""
     return ""
@@ -392,10 +392,10 @@ def _first_malformed(events: bytes) -> int:
 def _read_usage(data: bytes, usage: Usage) -> None:
     m = _IN.search(data)
     if m:
-        usage.input_tokens = int(m.group(1))
+        usage.input_tokens = token_count(int(m.group(1))) or usage.input_tokens
     m = _OUT.search(data)
     if m:
-        usage.output_tokens = int(m.group(1))
+        usage.output_tokens = token_count(int(m.group(1))) or usage.output_tokens
     m = _STOP.search(data)
     if m:
         usage.stop_reason = m.group(1).decode()

@@ -39,6 +39,11 @@ class Refused(Exception):
     """nonstop answered but would not serve the request; the message says how to fix it."""
 
 
+class NotAnswering(Refused):
+    """Something took the connection at the configured address but gave no answer in time
+    (a busy gateway), or one that is not nonstop's (something else on the port)."""
+
+
 # --- talking to the running gateway -----------------------------------------------------------
 
 
@@ -70,7 +75,16 @@ def _call(cfg: Config, req: urllib.request.Request, path: str, timeout: float) -
         with contextlib.suppress(Exception):
             detail = str(json.loads(exc.read()).get("error", ""))[:300]
         raise Refused(f"nonstop at {cfg.listen} answered {exc.code} for {path}" + (f": {detail}" if detail else "")) from None
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, ValueError):
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):  # the connection was not even taken in time
+            raise NotAnswering(f"nonstop at {cfg.listen} did not answer in {timeout:g} s (busy?)") from None
+        raise NotRunning(cfg.listen) from None
+    except TimeoutError:  # connected, and then no answer
+        raise NotAnswering(f"nonstop at {cfg.listen} did not answer in {timeout:g} s (busy?)") from None
+    except ValueError:  # not JSON: not nonstop's answer
+        raise NotAnswering(f"what answers at {cfg.listen} did not give nonstop's answer: "
+                           "is something else on this port?") from None
+    except (ConnectionError, OSError):
         raise NotRunning(cfg.listen) from None
 
 
@@ -471,7 +485,11 @@ def follow_rows(source: RowSource, first: list[dict[str, Any]], f: Filters, *,
         yield r
     while True:
         sleep(interval)
-        for r in source.rows(last, 1000, f):
+        try:
+            rows = source.rows(last, 1000, f)
+        except NotAnswering:  # busy for a moment: asked again at the next turn
+            continue
+        for r in rows:
             last = max(last, row_key(r))
             yield r
 
@@ -517,11 +535,13 @@ def render_fleet(doc: dict[str, Any], now: float) -> str:
         return f"fleet    Redis {doc.get('redis', 'unknown')}: this instance runs on its own state"
     out = [f"fleet    {_n(len(doc.get('instances') or []), 'instance')} sharing state through Redis"]
     for i in doc.get("instances") or []:
-        backends = i.get("backends") or {}
-        local = ", ".join(f"{n} on {url}" for url, n in backends.items() if n) or "none local"
+        if not isinstance(i, dict):
+            continue
+        backends: dict[str, Any] = i["backends"] if isinstance(i.get("backends"), dict) else {}
+        local = ", ".join(f"{n} on {name}" for name, n in backends.items() if n) or "none local"
         out.append(f"         {i.get('instance', '?')}  v{i.get('version', '?')} · {i.get('listen', '')} · "
                    f"{i.get('inflight', 0)} in flight ({local})" + (" · draining" if i.get("draining") else "")
-                   + f" · seen {span(max(0.0, now - float(i.get('beat') or now)))} ago")
+                   + f" · seen {span(max(0.0, now - (i['beat'] if isinstance(i.get('beat'), int | float) else now)))} ago")
     for account, a in sorted((doc.get("accounts") or {}).items()):
         snap = a.get("snapshot") or {}
         line = cloud_line({**snap, "until": snap.get("until") if snap.get("state") != "serving" else None}, now)

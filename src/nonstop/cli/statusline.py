@@ -227,7 +227,10 @@ def _decode_chunked(body: bytes) -> bytes:
     out = bytearray()
     while body:
         size_line, _, body = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
+        try:
+            size = int(size_line.split(b";")[0] or b"0", 16)
+        except ValueError:
+            raise Unavailable("gave no valid answer") from None
         if size == 0:
             break
         out += body[:size]

@@ -275,7 +275,7 @@ def split_listen(listen: str) -> tuple[str, int]:
         raise ConfigError([f"listen: {listen!r} is not HOST:PORT; write e.g. \"127.0.0.1:8787\""])
     host = host.strip("[]")
     p = int(port)
-    if not 0 <= p <= 65535:
+    if not 1 <= p <= 65535:
         raise ConfigError([f"listen: port {p} is out of range; use 1-65535"])
     return host, p
 
@@ -293,7 +293,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# The shortest token a gateway reachable from other machines takes (as for [[users]]).
+MIN_EXPOSED_TOKEN = 12
+
+
 def check_exposure(cfg: Config) -> None:
+    if not is_loopback(cfg.host) and cfg.token and len(cfg.token) < MIN_EXPOSED_TOKEN:
+        raise ConfigError([
+            f"token: {cfg.host} is reachable from other machines, so the token needs at least "
+            f"{MIN_EXPOSED_TOKEN} characters; make one with "
+            "`python -c \"import secrets; print(secrets.token_urlsafe(24))\"`"
+        ])
     if not is_loopback(cfg.host) and not cfg.token and not cfg.users:
         raise ConfigError([
             f"listen: {cfg.host} is reachable from other machines, so an access token is "

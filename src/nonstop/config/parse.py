@@ -5,6 +5,7 @@ Unknown keys are errors, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import MISSING, fields
@@ -13,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nonstop.config.model import (
+    MIN_EXPOSED_TOKEN,
     WORKLOAD_CLASSES,
     ClassRoutingConfig,
     Config,
@@ -40,6 +42,9 @@ def _check_type(key: str, value: Any, default: Any, problems: list[str]) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{key}: expected a number, got {value!r}")
+            return default
+        if not math.isfinite(value):
+            problems.append(f"{key}: expected a finite number of seconds or a fraction, got {value!r}")
             return default
         if value < 0:
             problems.append(f"{key}: must not be negative, got {value!r}")
@@ -212,7 +217,7 @@ def _parse_routing(data: Any, local: tuple[LocalBackendConfig, ...], problems: l
     return RoutingConfig(cfg.high_water, cfg.conserve, cfg.finish_local_tool_loops, tuple(classes))
 
 
-MIN_TOKEN = 12
+MIN_TOKEN = MIN_EXPOSED_TOKEN
 
 
 def _parse_users(items: Any, problems: list[str]) -> tuple[UserConfig, ...]:
@@ -229,6 +234,8 @@ def _parse_users(items: Any, problems: list[str]) -> tuple[UserConfig, ...]:
             continue
         if not u.name:
             problems.append(f"users[{i}].name: give each user a name (it labels their requests)")
+        if not u.token.isascii():
+            problems.append(f"users[{i}].token: use ASCII characters only (it travels in an HTTP header)")
         if len(u.token) < MIN_TOKEN:
             problems.append(f"users[{i}].token: at least {MIN_TOKEN} characters; make one with "
                             "`python -c \"import secrets; print(secrets.token_urlsafe(24))\"`")
@@ -249,7 +256,13 @@ def _parse_accounts(data: Any, problems: list[str]) -> tuple[tuple[str, str], ..
 
 
 def _check_url(key: str, url: str, problems: list[str]) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number, or out of range, raises here
+    except ValueError as exc:  # an unclosed IPv6 bracket, a bad port
+        problems.append(f"{key}: {url!r} is not a valid URL ({exc}); write e.g. \"http://127.0.0.1:8080\" "
+                        "or \"http://[::1]:8080\"")
+        return
     if parts.scheme not in ("http", "https") or not parts.netloc:
         problems.append(f"{key}: {url!r} is not an http(s) URL; write e.g. \"http://127.0.0.1:8080\"")
 
@@ -314,6 +327,12 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         problems.append("body_timeout: must be more than 0 seconds; the default is 10")
     if kwargs.get("body_min_rate") == 0:
         problems.append("body_min_rate: must be at least 1 byte a second; the default is 16384")
+    ping = kwargs.get("ping_interval")
+    if isinstance(ping, float) and ping < 1:
+        problems.append(f"ping_interval: {ping:g} seconds would flood the client with pings; use 1 or more (the default is 10)")
+    token = kwargs.get("token")
+    if isinstance(token, str) and token and not token.isascii():
+        problems.append("token: use ASCII characters only (it travels in an HTTP header)")
     _check_warmup(kwargs.get("warmup"), problems)
     shadow = kwargs.get("shadow")
     if isinstance(shadow, ShadowConfig) and isinstance(shadow.sample, float) and shadow.sample > 1:

@@ -10,7 +10,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
@@ -21,6 +21,7 @@ from nonstop.server.asgi import (
     BODY_PACE,
     BODY_READ,
     REQUEST_ROW,
+    TOKEN_VIA,
     BodyPace,
     BodyTimeout,
     Message,
@@ -208,21 +209,35 @@ class App:
 
     def _authorized(self, scope: Scope) -> str | None:
         """Who the request's token belongs to: "" for the administrator's (the global
-        token), a user's name, or None for no valid token."""
+        token), a user's name, or None for no valid token. Each credential offered is
+        tried (the header, then for the dashboard the address's ?token=, then its cookie):
+        a stale cookie from another nonstop on this host does not hide the right token."""
+        for via, given in self._offered(scope):
+            who = self._whose(given.encode())
+            if who is not None:
+                scope[TOKEN_VIA] = via
+                return who
+        return None
+
+    @staticmethod
+    def _offered(scope: Scope) -> Iterator[tuple[str, str]]:
         given = header(scope, b"x-nonstop-token")
-        if not given:
-            cookie = header(scope, b"cookie")
-            if cookie:
-                c: SimpleCookie = SimpleCookie()
-                with contextlib.suppress(Exception):
-                    c.load(cookie)
-                if "nonstop_token" in c:
-                    given = c["nonstop_token"].value
-        if not given and scope["path"].startswith("/_nonstop"):
-            given = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
-        if not given:
-            return None
-        raw = given.encode()
+        if given:
+            yield "header", given
+        if not scope["path"].startswith("/_nonstop"):
+            return
+        query = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
+        if query:
+            yield "query", query
+        cookie = header(scope, b"cookie")
+        if cookie:
+            c: SimpleCookie = SimpleCookie()
+            with contextlib.suppress(Exception):
+                c.load(cookie)
+            if "nonstop_token" in c:
+                yield "cookie", c["nonstop_token"].value
+
+    def _whose(self, raw: bytes) -> str | None:
         if self._token and hmac.compare_digest(raw, self._token):
             return ""
         found = None

@@ -68,6 +68,8 @@ BODY_READ = "nonstop.body_read"
 REQUEST_ROW = "nonstop.row"
 # The request's connection, set by nonstop's own HTTP protocol (server/head_guard.py).
 CONNECTION = "nonstop.connection"
+# Where the token that let a request in came from: "header", "query" or "cookie".
+TOKEN_VIA = "nonstop.token_via"
 DEFAULT_PACE = BodyPace()
 
 

@@ -17,6 +17,7 @@ import orjson
 
 from nonstop.routing.accounts import credential_of
 from nonstop.server.asgi import (
+    TOKEN_VIA,
     BadBody,
     ClientGone,
     Receive,
@@ -59,7 +60,7 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
         path = "/_nonstop/index.html"
         extra = list(_SECURITY_HEADERS)
         token = (query.get("token") or [""])[0]
-        if token and rt.cfg.token:
+        if token and scope.get(TOKEN_VIA) == "query":  # the token in the address let this request in
             extra.append((b"set-cookie", f"nonstop_token={token}; HttpOnly; SameSite=Strict; Path=/".encode()))
     else:
         extra = list(_SECURITY_HEADERS)
@@ -97,6 +98,9 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
         if not rt.cfg.token:
             await send_json(send, 403, {"error": "write actions need an access token: set token in the config"})
             return
+        if scope.get("nonstop.user", "") != "":  # it probes every account: the administrator's action
+            await send_json(send, 403, {"error": "probing the cloud for every account needs the administrator's token"})
+            return
         for q in rt.clouds.accounts.states.values():
             q.probe_now()
         await send_json(send, 200, {"ok": True, "cloud": rt.quota.state.value})
@@ -133,7 +137,7 @@ async def _explain(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> N
     headers = {str(k).lower(): str(v) for k, v in headers.items()} if isinstance(headers, dict) else {}
     assert isinstance(req, dict)
     # The account of the credential given, else the latest request's (one user: theirs).
-    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw = [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in headers.items()]
     account = rt.clouds.accounts.label(credential_of(raw)) if credential_of(raw) else rt.clouds.accounts.last
     await send_json(send, 200, explain(request_facts(req, headers), rt.view(account), rt.policy))
 
@@ -153,11 +157,16 @@ async def _body(rt: Runtime, scope: Scope, request_id: int, send: Send) -> None:
     await send_json(send, 200, {"id": request_id, "user": owner, "request": request, "response": response})
 
 
+# SQLite's integers: a number outside them is no row, and no limit.
+_INT_RANGE = (-(2**63), 2**63 - 1)
+
+
 def _int(values: list[str] | None, default: int) -> int:
     try:
-        return int(values[0]) if values else default
+        n = int(values[0][:20]) if values else default
     except ValueError:
         return default
+    return min(max(n, _INT_RANGE[0]), _INT_RANGE[1])
 
 
 async def _events(rt: Runtime, receive: Receive, send: Send) -> None:

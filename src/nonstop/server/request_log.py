@@ -11,6 +11,7 @@ from nonstop.redact import redact
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
 from nonstop.store.db import RequestRow, Store
+from nonstop.wire.anthropic import token_count
 
 log = logging.getLogger("nonstop")
 RECENT = 200
@@ -31,6 +32,9 @@ class RequestLog:
         if row.reason:
             row.reason = redact(row.reason)
         self._seq += 1
+        # Counts come from servers: what a counter or SQLite cannot hold counts as unknown.
+        row.input_tokens = token_count(row.input_tokens) or 0
+        row.output_tokens = token_count(row.output_tokens) or 0
         self.metrics.observe(row)
         if self.store is not None:
             self.store.log_request(row)

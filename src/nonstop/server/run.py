@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 import sys
 from collections.abc import Iterator
 
@@ -59,7 +60,8 @@ def serve(cfg: Config) -> int:
         # nonstop never reads the client's address or scheme from the scope, and must not
         # take them from X-Forwarded-* headers: no proxy-headers layer on every request.
         proxy_headers=False,
-        timeout_graceful_shutdown=int(cfg.drain_timeout) or None, timeout_keep_alive=75,
+        # 0: no drain (None would be: wait for ever).
+        timeout_graceful_shutdown=math.ceil(cfg.drain_timeout), timeout_keep_alive=75,
         h11_max_incomplete_event_size=64 * 1024,
     )
     server = _Server(config)

@@ -335,7 +335,8 @@ class Store:
                         events.append(payload)
                 if rows:
                     self._insert_rows(conn, rows)
-        except sqlite3.Error as exc:  # the log must never take the gateway down
+        except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:  # the log must never take the gateway down
+            # (a value SQLite cannot hold, such as a count over 2**63, fails its batch only)
             print(f"nonstop: request log write failed: {exc}", flush=True)
             # The flushes in the batch are answered all the same: nothing more will come of them.
             events = [it[1] for it in batch if it is not None and it[0] == "flush"]

@@ -209,5 +209,17 @@ def estimate_tokens(req: dict[str, Any]) -> int:
     return max(1, int(chars / 3.5) + 4 * n_messages + 1000 * images)
 
 
+# The largest token count taken from a server: any count a model could reach, and every
+# number JSON readers agree on (an unsigned -1, 2**64 - 1, is none of these).
+MAX_COUNT = 2**53 - 1
+
+
+def token_count(value: Any) -> int | None:
+    """A usage count a server reported, if it is one: a positive whole number, not absurd."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_COUNT:
+        return value
+    return None
+
+
 def estimate_text_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from nonstop.wire.anthropic import Event, estimate_text_tokens, new_message_id
+from nonstop.wire.anthropic import Event, estimate_text_tokens, new_message_id, token_count
 from nonstop.wire.arguments import ArgumentsStream, parse_arguments
 from nonstop.wire.errors import error_event
 from nonstop.wire.repair import CallWatch, Repair, Split, Toolbox, split_text
@@ -98,8 +98,7 @@ class LocalStreamNormalizer:
         if t == "message_start":
             msg = data.get("message") or {}
             usage = msg.get("usage") or {}
-            if isinstance(usage.get("input_tokens"), int) and usage["input_tokens"] > 0:
-                self.input_tokens = usage["input_tokens"]
+            self.input_tokens = token_count(usage.get("input_tokens")) or self.input_tokens
             if self.started:
                 return []
             self.started = True
@@ -128,10 +127,8 @@ class LocalStreamNormalizer:
             self.stop_reason = client_stop_reason(raw, has_tools=self._tools, capped=self.capped,
                                                cut_call=self._cut_call, repaired=any(r.repaired for r in self.repairs))
             self.cut = self.cut or (raw == "max_tokens" and self.capped and not self._cut_call)
-            if isinstance(usage.get("output_tokens"), int):
-                self.output_tokens = usage["output_tokens"]
-            if isinstance(usage.get("input_tokens"), int) and usage["input_tokens"] > 0:
-                self.input_tokens = usage["input_tokens"]
+            self.output_tokens = token_count(usage.get("output_tokens")) or self.output_tokens
+            self.input_tokens = token_count(usage.get("input_tokens")) or self.input_tokens
             out.append(self._message_delta(delta.get("stop_sequence")))
         elif t == "message_stop":
             out.extend(self.finish())
@@ -411,10 +408,8 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
         content.append(b)
     out["content"] = content
     usage = dict(out["usage"]) if isinstance(out.get("usage"), dict) else {}
-    if not isinstance(usage.get("input_tokens"), int) or usage["input_tokens"] <= 0:
-        usage["input_tokens"] = max(1, input_tokens_estimate)
-    if not isinstance(usage.get("output_tokens"), int) or usage["output_tokens"] <= 0:
-        usage["output_tokens"] = max(1, chars // 4)
+    usage["input_tokens"] = token_count(usage.get("input_tokens")) or max(1, input_tokens_estimate)
+    usage["output_tokens"] = token_count(usage.get("output_tokens")) or max(1, chars // 4)
     out["usage"] = usage
     out["stop_reason"] = client_stop_reason(out.get("stop_reason"), has_tools=any(b.get("type") == "tool_use" for b in content),
                                          capped=capped, cut_call=cut, repaired=any(r.repaired for r in repairs))

@@ -1,4 +1,5 @@
-"""The command line's dispatch: Ctrl-C ends every command at once, however it was started."""
+"""The command line's dispatch: Ctrl-C ends every command at once, however it was started,
+and `nonstop config check` names what is wrong with a config."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 
 from nonstop import cli
 from nonstop.cli import claude
-from nonstop.config import Config
+from nonstop.cli.commands import cmd_config_check
+from nonstop.config import Config, ConfigError, load_config
 from nonstop.store.db import RequestRow, Store
 from tests.unit.cli.ctrl_c import SIGINT_IGNORED, interrupt
 
@@ -77,3 +79,22 @@ def test_ctrl_c_while_nonstop_claude_starts_the_gateway_ends_with_130(
     monkeypatch.setattr(claude, "run_claude", interrupted)
     assert cli.main(["claude", "--config", str(config), "-p", "hi"]) == 130
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("toml", [
+    '[cloud]\nurl = "http://[::1:8080"\n',
+    '[[local]]\nname = "llama"\nurl = "http://[fe80::1:8080/"\n',
+], ids=["cloud", "local"])
+def test_a_malformed_ipv6_url_is_reported_as_a_config_problem(
+    tmp_path: Path, toml: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL with an unclosed IPv6 bracket (a one-character typo) in a config file is a
+    config problem naming its key: `nonstop config check` lists it and exits 1, and
+    `serve`, `status` and `doctor` report it the same way, with no traceback."""
+    path = tmp_path / "config.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any("url" in p for p in caught.value.problems), caught.value.problems
+    assert cmd_config_check(argparse.Namespace(file=str(path), config=None)) == 1
+    assert "problems found" in capsys.readouterr().out

@@ -3,9 +3,12 @@ when the gateway is not running."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -218,6 +221,44 @@ def test_status_without_any_log(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no request log found yet" in out and "unknown" in out
     assert not (tmp_path / "none").exists(), "reading the status must not create the state directory"
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[int]:
+    """A port where something accepts connections but never answers (a gateway whose
+    event loop is stalled, or whose status read is waiting on the log)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(srv.accept()[0])
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    t.join(2)
+    for c in held:
+        c.close()
+    srv.close()
+
+
+def test_status_does_not_call_a_gateway_that_is_slow_to_answer_not_running(tmp_path, silent_listener, capsys):
+    """A gateway that takes the connection but does not answer in time is reported as
+    not answering (busy?), not as "not running: start it with `nonstop serve`", advice
+    that would only fail to bind the port it holds."""
+    cfg = parse_config({"state_dir": str(tmp_path), "listen": f"127.0.0.1:{silent_listener}"})
+    code = st.cmd_status(cfg)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "start it with `nonstop serve`" not in text, text
+    assert code != 1 or "not running" not in text
 
 
 def test_logs_from_the_log_file(offline, capsys):

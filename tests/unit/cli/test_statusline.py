@@ -206,6 +206,34 @@ def test_decode_chunked():
     assert sl._decode_chunked(b"4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n") == b'{"a":1}'
 
 
+def test_the_status_line_survives_a_garbled_chunked_answer():
+    """A chunked answer whose chunk size is not hex (something other than nonstop on the
+    port, a broken proxy on ANTHROPIC_BASE_URL) gives a line saying so, not a traceback
+    in Claude Code's status bar."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def answer():
+        c, _ = srv.accept()
+        c.recv(65536)
+        c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+                  b"zz\r\n{}\r\n0\r\n\r\n")
+        c.close()
+
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    try:
+        text = sl.line(url=f"http://127.0.0.1:{port}")
+    except ValueError as exc:
+        pytest.fail(f"the status line raised {type(exc).__name__}: {exc}")
+    finally:
+        t.join(2)
+        srv.close()
+    assert "no valid answer" in text
+
+
 # --- the command, as Claude Code runs it -----------------------------------------------------------
 
 

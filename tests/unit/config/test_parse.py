@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -354,10 +355,34 @@ def test_exposed_listen_with_token(listen: str) -> None:
 
 
 def test_exposed_listen_with_env_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NONSTOP_TOKEN", "from-env")
+    monkeypatch.setenv("NONSTOP_TOKEN", "from-env-a-long-one")
     cfg = parse_config({"listen": "0.0.0.0:8787"})
-    assert cfg.token == "from-env"
+    assert cfg.token == "from-env-a-long-one"
     assert cfg.host == "0.0.0.0"
+
+
+def test_an_exposed_gateway_takes_no_short_token_and_no_token_takes_other_than_ascii() -> None:
+    with pytest.raises(ConfigError, match="at least 12 characters"):
+        parse_config({"listen": "0.0.0.0:8787", "token": "short"})
+    assert parse_config({"token": "short"}).token == "short"  # on loopback, the choice is the user's
+    with pytest.raises(ConfigError, match="ASCII"):
+        parse_config({"token": "pässwörd-long-enough"})
+    with pytest.raises(ConfigError, match="ASCII"):
+        parse_config({"users": [{"name": "ann", "token": "ännä-token-long-enough"}]})
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    ({"ping_interval": 0.0}, "ping_interval"),
+    ({"drain_timeout": float("inf")}, "finite"),
+    ({"drain_timeout": float("nan")}, "finite"),
+    ({"cloud": {"first_byte_timeout": float("nan")}}, "finite"),
+    ({"listen": "127.0.0.1:0"}, "1-65535"),
+    ({"cloud": {"url": "http://[::1:8080"}}, "not a valid URL"),
+    ({"local": [{"name": "l", "url": "http://127.0.0.1:99999"}]}, "not a valid URL"),
+])
+def test_values_that_cannot_work_are_named_with_their_fix(data: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        parse_config(data)
 
 
 def test_file_token_beats_env_token(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 import gc
+import logging
+from pathlib import Path
+from typing import Any
 
+import pytest
 import uvicorn
 
+from nonstop.config import Config, parse_config
 from nonstop.server import run
 
 
 async def _app(scope, receive, send):  # noqa: ANN001
     raise AssertionError("no request is made")
+
+
+def _uvicorn_config_for(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> uvicorn.Config:
+    """The uvicorn.Config `nonstop serve` builds for cfg (the server is not started)."""
+    seen: dict[str, Any] = {}
+
+    class FakeServer:
+        started = True
+
+        def __init__(self, config: uvicorn.Config) -> None:
+            seen["config"] = config
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(run, "_Server", FakeServer)
+    logger = logging.getLogger("nonstop")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    try:
+        run.serve(cfg)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+    return seen["config"]
 
 
 async def test_serving_moves_what_start_up_built_out_of_the_collectors_reach() -> None:
@@ -28,3 +56,24 @@ async def test_serving_moves_what_start_up_built_out_of_the_collectors_reach() -
         await server.shutdown()
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize("drain", [0.0, 0.5])
+def test_a_drain_timeout_under_one_second_still_bounds_the_shutdown(tmp_path: Path, drain: float,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """drain_timeout = 0 (no drain) or a fraction of a second bounds the graceful shutdown
+    to at most a second: on SIGTERM nonstop stops when configured, not when the longest
+    stream (a slow local model may take minutes) has finished."""
+    cfg = parse_config({"state_dir": str(tmp_path), "drain_timeout": drain})
+    timeout = _uvicorn_config_for(cfg, monkeypatch).timeout_graceful_shutdown
+    assert timeout is not None, f"drain_timeout = {drain} became an unbounded graceful shutdown"
+    assert timeout <= 1
+
+
+def test_the_server_runs_as_configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep-alive outlasts Claude Code's gaps between turns (uvicorn's own default is 5 s),
+    nothing trusts X-Forwarded-* headers, and the drain is the configured one."""
+    config = _uvicorn_config_for(parse_config({"state_dir": str(tmp_path), "drain_timeout": 30.0}), monkeypatch)
+    assert config.timeout_keep_alive == 75
+    assert config.proxy_headers is False and config.access_log is False
+    assert config.timeout_graceful_shutdown == 30

@@ -308,6 +308,20 @@ def test_concurrent_reads_each_see_the_latest_rows(store: Store) -> None:
     assert misses == []
 
 
+def test_a_row_sqlite_cannot_hold_does_not_stop_the_request_log(store: Store) -> None:
+    """A row SQLite cannot hold (a count above 2**63-1, such as a local server's unsigned
+    -1) is not written, and the log goes on: later rows land, and reads answer at once,
+    so the dashboard, the status line and `nonstop status` keep working."""
+    store.log_request(row(time.time(), request_id="odd", backend="llama", output_tokens=2**64 - 1))
+    store.flush(timeout=1)
+    store.log_request(row(time.time(), request_id="next", backend="cloud", output_tokens=5))
+    t0 = time.monotonic()
+    rows = store.recent(limit=10)
+    took = time.monotonic() - t0
+    assert [r["request_id"] for r in rows if r["request_id"] == "next"] == ["next"], "later rows are no longer logged"
+    assert took < 1.0, f"a read of the log waited {took:.1f} s"
+
+
 # --- state ----------------------------------------------------------------------------------
 
 

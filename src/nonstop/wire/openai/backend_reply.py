@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from nonstop.wire.anthropic import Event, new_message_id
+from nonstop.wire.anthropic import MAX_COUNT, Event, new_message_id
 from nonstop.wire.arguments import ArgumentsStream, parse_arguments
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE, message_start
 from nonstop.wire.tool_ids import reply_tool_id
@@ -86,7 +86,7 @@ class _Usage:
 
 
 def _count(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COUNT
 
 
 class _Segment:

@@ -1,0 +1,139 @@
+"""server/request_log: one record per request. The log is a courtesy: what cannot be
+written to it (the log itself, or an odd count from a server) never stops the gateway
+from serving, nor the log from recording the requests that follow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from nonstop.backends.registry import make_local_backend
+from nonstop.config import parse_config
+from nonstop.server.app import App
+from nonstop.wire.sse import encode_event
+from tests.support.inprocess import exchange
+
+MESSAGE = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 50, "stream": True,
+                        "messages": [{"role": "user", "content": "hi"}]})
+
+
+async def lifespan_startup(app: App) -> list[dict[str, Any]]:
+    """Run the app's lifespan start-up (and, if it started, its shutdown); the messages it sent."""
+    msgs = [{"type": "lifespan.startup"}]
+    out: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if msgs:
+            return msgs.pop(0)
+        await asyncio.sleep(3600)
+        return {}
+
+    async def send(m: dict[str, Any]) -> None:
+        out.append(m)
+        if m["type"] == "lifespan.startup.complete":
+            msgs.append({"type": "lifespan.shutdown"})
+
+    await asyncio.wait_for(app({"type": "lifespan"}, receive, send), 30)
+    return out
+
+
+def _local_server(output_tokens: int) -> web.Application:
+    """A local Anthropic-API server (llama-server, LM Studio...) whose stream reports
+    `output_tokens` in its usage."""
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for name, data in [
+            ("message_start", {"type": "message_start", "message": {
+                "id": "m", "type": "message", "role": "assistant", "model": "x", "content": [],
+                "usage": {"input_tokens": 3, "output_tokens": 0}}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hello"}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                               "usage": {"output_tokens": output_tokens}}),
+            ("message_stop", {"type": "message_stop"})]:
+            await resp.write(encode_event(name, orjson.dumps(data)))
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+@contextlib.contextmanager
+def gateway_with_local(tmp_path: Path, url: str, session: aiohttp.ClientSession) -> Iterator[App]:
+    """nonstop with its request log open and one local Anthropic backend; main work never
+    goes to the cloud, so every request is served (and logged) by the local backend."""
+    cfg = parse_config({"state_dir": str(tmp_path), "routing": {"main": {"cloud": "never"}},
+                        "local": [{"name": "llama", "url": url, "count_tokens": "estimate"}]})
+    app = App(cfg)
+    assert app.rt.store is not None
+    app.rt.store.open()
+    app.rt.use_backends([make_local_backend(c, session) for c in cfg.local])
+    try:
+        yield app
+    finally:
+        app.rt.store.close()
+
+
+@pytest.mark.parametrize("problem", ["corrupt-db", "state-dir-not-creatable"])
+async def test_the_gateway_starts_and_serves_when_its_request_log_cannot_be_opened(tmp_path: Path, problem: str) -> None:
+    """A request log that cannot be opened (not a database, or a state directory that
+    cannot be made) does not keep the gateway from starting: it serves without the log
+    and says why, so `nonstop serve` and `nonstop claude` still work."""
+    if problem == "corrupt-db":
+        state = tmp_path / "state"
+        state.mkdir()
+        (state / "nonstop.db").write_bytes(b"this is not an SQLite database\n" * 200)
+    else:
+        (tmp_path / "a-file").write_text("")
+        state = tmp_path / "a-file" / "state"  # cannot be created: a file is in the way
+    app = App(parse_config({"state_dir": str(state), "embedded": {"mode": "never"}, "discovery": {"enabled": False}}))
+    out = await lifespan_startup(app)
+    kinds = [m["type"] for m in out]
+    assert "lifespan.startup.failed" not in kinds, [m.get("message") for m in out]
+    assert "lifespan.startup.complete" in kinds
+
+
+async def test_a_local_server_reporting_an_unsigned_minus_one_does_not_end_request_logging(tmp_path: Path, serve) -> None:
+    """A local server whose usage says output_tokens = 18446744073709551615 (an unsigned
+    -1) is answered, and the requests after it are still logged: `nonstop logs`, the
+    dashboard's history and today's totals go on counting."""
+    odd = await serve(_local_server(2**64 - 1))
+    fine = await serve(_local_server(7))
+    async with aiohttp.ClientSession() as session:
+        with gateway_with_local(tmp_path, odd, session) as app:
+            assert (await exchange(app, "POST", "/v1/messages", body=MESSAGE))[0] == 200
+            assert app.rt.store is not None
+            await asyncio.to_thread(app.rt.store.flush, 1)
+            app.rt.use_backends([make_local_backend(c, session) for c in
+                                 parse_config({"local": [{"name": "llama", "url": fine}]}).local])
+            assert (await exchange(app, "POST", "/v1/messages", body=MESSAGE))[0] == 200
+            rows = await asyncio.wait_for(asyncio.to_thread(app.rt.store.recent, limit=10), 10)
+            assert any(r["output_tokens"] == 7 for r in rows), f"the second request was not logged: {rows}"
+
+
+async def test_a_negative_token_count_from_a_local_server_is_still_logged(tmp_path: Path, serve, caplog) -> None:
+    """A local server reporting -1 output tokens ("unknown") is served and recorded like
+    any other request: its row reaches the log, the metrics and the dashboard's feed, and
+    no internal failure is logged for it."""
+    url = await serve(_local_server(-1))
+    async with aiohttp.ClientSession() as session:
+        with gateway_with_local(tmp_path, url, session) as app, caplog.at_level(logging.WARNING, logger="nonstop"):
+            status, _, body = await exchange(app, "POST", "/v1/messages", body=MESSAGE)
+            assert status == 200 and b"hello" in body
+            failures = [r.getMessage() for r in caplog.records if "failed inside nonstop" in r.getMessage()]
+            assert failures == [], failures
+            assert len(app.rt.request_log.recent) == 1, "the served request is missing from the dashboard's feed"
