@@ -10,19 +10,17 @@ and the states reconcile when it returns.
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import _need
 from tests.support import procs, rawhttp
 from tests.support.config import nonstop_config
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -31,43 +29,10 @@ ANN = "sk-ant-api03-ANN-team-key-0123456789abcdefghijklmnopqrstuvwxyz-aaaa"
 BOB = "sk-ant-api03-BOB-team-key-0123456789abcdefghijklmnopqrstuvwxyz-bbbb"
 
 
-class Redis:
-    def __init__(self, port: int | None = None):
-        binary = shutil.which("redis-server")
-        _need(binary is not None, "redis-server (Debian package redis-server)")
-        self.binary = str(binary)
-        self.port = port or procs.free_port()
-        self.folder = tempfile.mkdtemp(prefix="redis-")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> Redis:
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", self.folder],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
 @pytest.fixture
-def redis():
-    r = Redis().start()
-    yield r
-    r.stop()
+def redis() -> Iterator[RedisServer]:
+    with RedisServer.running() as r:
+        yield r
 
 
 def cfg(cloud_url: str, local_url: str, redis_url: str, **local: object) -> str:
@@ -224,7 +189,7 @@ def test_max_inflight_holds_across_the_fleet(cloud, recorder_proc, nonstop_facto
 
 
 def test_redis_down_at_start_up_then_back(cloud, recorder_proc, nonstop_factory):
-    redis = Redis()  # not started yet
+    redis = RedisServer()  # not started yet
     config = cfg(cloud.url, recorder_proc.url, redis.url)
     a = nonstop_factory(config, timeout=30)
     b = nonstop_factory(config, timeout=30)

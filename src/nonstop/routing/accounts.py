@@ -92,15 +92,25 @@ class Accounts:
         if not org or not account.startswith("key:"):
             return account
         merged = "org:" + hashlib.sha256(org.encode()).hexdigest()[:LABEL_LENGTH]
-        if self.orgs.get(account) != merged:
-            self.orgs[account] = merged
-            own = self.states.pop(account, None)
-            theirs = self.states.get(merged)
-            # The key's state joins its organization's; of two, the one that keeps the
-            # cloud out longer wins (a limit the key already met holds for the org too).
-            if own is not None and (theirs is None or _longer_out(own, theirs)):
-                self._adopt(merged, own)
+        self.alias(account, merged)
         return merged
+
+    def alias(self, key: str, org: str) -> None:
+        """File the API key's account `key` under its organization's, `org` (learnt from a
+        reply, or from another instance of the fleet)."""
+        if not key.startswith("key:") or not org.startswith("org:") or self.orgs.get(key) == org:
+            return
+        self.orgs[key] = org
+        own = self.states.pop(key, None)
+        theirs = self.states.get(org)
+        # The key's state joins its organization's; of two, the one that keeps the cloud
+        # out longer wins (a limit the key already met holds for the org too).
+        if own is not None and (theirs is None or _longer_out(own, theirs)):
+            self._adopt(org, own)
+
+    def keys_of(self, org: str) -> list[str]:
+        """The API keys' accounts filed under an organization's."""
+        return [k for k, o in self.orgs.items() if o == org] if org.startswith("org:") else []
 
     def name(self, account: str) -> str:
         """A friendly name for an account, from [accounts] in the config, else its label."""

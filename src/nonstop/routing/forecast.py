@@ -151,7 +151,8 @@ class QuotaForecast:
             r = resets.get(name) if isinstance(resets, dict) else None
             w.resets = float(r) if isinstance(r, int | float) else w.resets
             rows = windows.get(name) if isinstance(windows, dict) else None
-            if isinstance(rows, list):
+            if isinstance(rows, list):  # the snapshot's readings replace these (a live one: the fleet's)
+                w.readings.clear()
                 for row in rows:
                     if isinstance(row, list) and len(row) == 3 and all(isinstance(x, int | float) for x in row):
                         w.readings.append((float(row[0]), float(row[1]), float(row[2])))

@@ -7,6 +7,7 @@ it: `view()` reports whether a probe is due, and `begin_probe()` starts one.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -210,19 +211,19 @@ class QuotaState:
         self.state, self.until = state, until
         self.reason = str(snap.get("reason") or "")
         self.detail = str(snap.get("detail") or "")
-        self.since = float(snap.get("since") or 0.0)
-        self.observed = float(snap.get("observed") or self.since or 0.0)
+        self.since = _number(snap.get("since")) or 0.0
+        self.observed = _number(snap.get("observed")) or self.since
         u = snap.get("utilization") or {}
         if isinstance(u, Mapping):
             self.utilization = Utilization(
                 status=str(u.get("status") or ""),
-                five_hour=u.get("5h"),
-                seven_day=u.get("7d"),
-                five_hour_reset=u.get("5h_reset"),
-                seven_day_reset=u.get("7d_reset"),
-                fallback_percentage=u.get("fallback_percentage"),
+                five_hour=_number(u.get("5h")),
+                seven_day=_number(u.get("7d")),
+                five_hour_reset=_number(u.get("5h_reset")),
+                seven_day_reset=_number(u.get("7d_reset")),
+                fallback_percentage=_number(u.get("fallback_percentage")),
                 overage_status=str(u.get("overage_status") or ""),
-                updated=float(u.get("updated") or 0.0),
+                updated=_number(u.get("updated")) or 0.0,
             )
         self.forecast.restore(snap.get("forecast"))
 
@@ -241,3 +242,11 @@ class QuotaState:
             self.generation += 1
         if self.on_change is not None:
             self.on_change(self, why if changed else "")
+
+
+def _number(value: Any) -> float | None:
+    """A number from a snapshot (written by this process, an older one, or another
+    instance of the fleet): anything else, or a non-finite one, is none."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None

@@ -70,7 +70,7 @@ class CloudStates:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self, info: Callable[[], dict[str, Any]]) -> None:
+    async def start(self, info: Callable[[], dict[str, Any]], held: Callable[[], Mapping[str, int]] | None = None) -> None:
         if self.store is not None:
             snap = await asyncio.to_thread(self.store.load_state, "accounts")
             if snap is None:  # written by a version with one state for everyone
@@ -83,15 +83,16 @@ class CloudStates:
                              q.state.value, hhmm(q.until), q.reason)
                 self._publish_metrics(account, q)
         if self.cfg.shared.redis_url:
-            await self._start_shared(info)
+            await self._start_shared(info, held)
 
-    async def _start_shared(self, info: Callable[[], dict[str, Any]]) -> None:
+    async def _start_shared(self, info: Callable[[], dict[str, Any]], held: Callable[[], Mapping[str, int]] | None) -> None:
         try:
             from nonstop.store.shared import SharedState
         except ImportError:
             raise RuntimeError("shared.redis_url is set but the Redis client is missing: pip install 'nonstop[redis]'") from None
         self.shared = SharedState(self.cfg.shared.redis_url, self.cfg.shared.key_prefix, apply=self._remote, info=info,
-                                  heartbeat=self.cfg.shared.heartbeat, on_reconnect=self.reconcile)
+                                  heartbeat=self.cfg.shared.heartbeat, on_reconnect=self.reconcile, held=held,
+                                  clock=self.clock)
         await self.shared.start()
 
     async def stop(self) -> None:
@@ -103,7 +104,7 @@ class CloudStates:
         """Redis is back: push what this instance learned meanwhile (the newer wins there)
         and take what the others did (the newer wins here)."""
         for account, q in list(self.accounts.states.items()):
-            await self.shared.push(account, q.snapshot(), q.observed)
+            await self.shared.push(account, q.snapshot(), q.observed, self.accounts.keys_of(account))
         await self.shared.pull()
 
     # --- accounts --------------------------------------------------------------------------------
@@ -156,13 +157,17 @@ class CloudStates:
 
     # --- changes ---------------------------------------------------------------------------------
 
-    def _remote(self, account: str, snap: dict[str, Any], observed: float) -> None:
-        """Another instance changed an account's state: the newer view wins."""
+    def _remote(self, account: str, snap: dict[str, Any], observed: float, aliases: list[str] | None = None) -> None:
+        """Another instance changed an account's state: the newer view wins. `aliases`:
+        the API keys it knows belong to this organization (filed here too from now on)."""
+        for key in aliases or ():
+            self.accounts.alias(key, account)
         q = self.accounts.get(account)
         if observed <= q.observed:
             return
         before = q.state
         q.restore(snap, live=True)  # quietly: this instance did not see it happen
+        q.observed = observed  # on this machine's clock
         if self.on_switch is not None:
             self.on_switch()
         self._save()
@@ -176,7 +181,7 @@ class CloudStates:
         if self.on_switch is not None:
             self.on_switch()
         if self.shared is not None:
-            self.shared.publish(account, q.snapshot(), q.observed)
+            self.shared.publish(account, q.snapshot(), q.observed, self.accounts.keys_of(account))
         self._save()
         self._publish_metrics(account, q)
         if why:

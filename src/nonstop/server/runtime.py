@@ -13,6 +13,7 @@ import contextlib
 import logging
 import operator
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -59,6 +60,7 @@ class Runtime:
         self.metrics = Metrics()
         self.bus = EventBus()
         self.store = Store(cfg.state_dir, retention_days=cfg.log.retention_days) if cfg.log.enabled else None
+        self._held: dict[str, int] = {}  # requests in flight per local backend URL (see take_slot)
         self.request_log = RequestLog(self.store, self.metrics, self.bus)
         self.clouds = CloudStates(cfg, clock=clock, metrics=self.metrics, bus=self.bus, store=self.store, spawn=self.spawn)
         self.cloud: CloudBackend = None  # type: ignore[assignment]  # set in start()
@@ -89,8 +91,13 @@ class Runtime:
 
     async def start(self) -> None:
         if self.store is not None:
-            await asyncio.to_thread(self.store.open)
-        await self.clouds.start(self.instance_info)
+            try:
+                await asyncio.to_thread(self.store.open)
+            except (sqlite3.Error, OSError) as exc:  # the log is a courtesy: serve without it
+                log.warning("the request log %s cannot be opened (%s): serving without it; move the file "
+                            "aside, or set state_dir to a folder nonstop can write", self.store.path, exc)
+                self.store = self.request_log.store = self.clouds.store = None
+        await self.clouds.start(self.instance_info, self.held_slots)
         self.cloud = CloudBackend(self.cfg.cloud, CloudBackend.make_session(self.cfg.cloud), observe_headers=self.clouds.observe)
         if self.store is not None:
             self.cloud.deadlines.restore(await asyncio.to_thread(self.store.load_state, "first_byte"))
@@ -139,9 +146,15 @@ class Runtime:
 
     def instance_info(self) -> dict[str, Any]:
         """What this instance's heartbeat tells the fleet."""
+        # Backends by name: a URL may carry a password (http://user:pass@host), and the
+        # heartbeat is read by anyone with Redis or the fleet page.
         return {"version": __version__, "pid": os.getpid(), "listen": self.cfg.listen, "inflight": self.inflight,
                 "started": self.started, "draining": self.draining,
-                "backends": {b.cfg.url: b.state.inflight for b in self.locals}}
+                "backends": {b.name: b.state.inflight for b in self.locals}}
+
+    def held_slots(self) -> dict[str, int]:
+        """This instance's requests in flight per local backend URL, as counted for the fleet."""
+        return {b.cfg.url: self._held.get(b.cfg.url, 0) for b in self.locals}
 
     def set_local_backends(self, cfgs: list[LocalBackendConfig]) -> None:
         assert self.local_session is not None
@@ -267,21 +280,27 @@ class Runtime:
         self.shadow.preempt()
         limit = b.cfg.max_inflight
         shared = self.clouds.shared
+        url = b.cfg.url
         if shared is not None and shared.available:
-            taken, total = await shared.acquire_slot(b.cfg.url, limit)
+            self._held[url] = self._held.get(url, 0) + 1  # counted before the wait: a heartbeat meanwhile sees it
+            taken, total = await shared.acquire_slot(url, limit)
             if total is not None:
                 b.state.fleet_counted(total - (1 if taken else 0))
             if not taken:
+                self._held[url] -= 1
                 return Skip(b.name, "load", f"at its limit of {limit} requests in flight across the fleet")
             return None
         if limit and b.state.inflight >= limit:
             return Skip(b.name, "load", f"at its limit of {limit} requests in flight")
+        self._held[url] = self._held.get(url, 0) + 1
         return None
 
     def give_slot(self, b: LocalBackend) -> None:
+        url = b.cfg.url
+        self._held[url] = max(0, self._held.get(url, 0) - 1)
         shared = self.clouds.shared
         if shared is not None and shared.available:
-            self.spawn(shared.release_slot(b.cfg.url))
+            self.spawn(shared.release_slot(url))
 
     # --- status ------------------------------------------------------------------------------
 

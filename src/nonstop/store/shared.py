@@ -29,7 +29,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -60,7 +60,7 @@ local total = 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   if redis.call('EXISTS', ARGV[3] .. fields[i]) == 1 then
-    total = total + tonumber(fields[i + 1])
+    total = total + math.max(0, tonumber(fields[i + 1]) or 0)
   else
     redis.call('HDEL', KEYS[1], fields[i])
   end
@@ -72,6 +72,17 @@ end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('EXPIRE', KEYS[1], 86400)
 return {1, total + 1}
+"""
+
+# One request fewer on a backend for this instance, never below none (a field lost to a
+# restart of Redis, or never counted while it was away, stays away).
+_RELEASE_SLOT = """
+local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0
+if v > 1 then
+  return redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 0
 """
 
 # Release a probe lease only if this instance holds it.
@@ -88,25 +99,33 @@ def backend_key(url: str) -> str:
 
 
 class SharedState:
-    def __init__(self, url: str, prefix: str, *, apply: Callable[[str, dict[str, Any], float], None],
+    def __init__(self, url: str, prefix: str, *, apply: Callable[[str, dict[str, Any], float, list[str]], None],
                  info: Callable[[], dict[str, Any]], heartbeat: float = 5.0,
-                 on_reconnect: Callable[[], Awaitable[None]] | None = None):
+                 on_reconnect: Callable[[], Awaitable[None]] | None = None,
+                 held: Callable[[], Mapping[str, int]] | None = None, clock: Callable[[], float] = time.time):
         import redis.asyncio as redis
 
         self.url = url
         self.client = redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
         self.prefix = prefix
+        self.pattern = _glob_escape(prefix)  # the prefix inside SCAN's MATCH patterns
         self.channel = prefix + "events"
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.apply = apply
         self.info = info
         self.beat = heartbeat
         self.on_reconnect = on_reconnect
+        self.held = held  # this instance's requests in flight per local backend (by URL)
+        self.clock = clock  # the clock the states' observations are stamped with
+        # Redis' clock minus this machine's: states are ordered on Redis' clock, so a
+        # machine whose clock runs ahead cannot make its old observations look newer.
+        self.offset = 0.0
         self.available = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cas = self.client.register_script(_CAS)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._release = self.client.register_script(_RELEASE)
+        self._release_slot = self.client.register_script(_RELEASE_SLOT)
         self._queue: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue(maxsize=1000)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -138,7 +157,7 @@ class SharedState:
     async def _check(self) -> bool:
         was = self.available
         try:
-            await self.client.ping()
+            await self._clock()
             self.available = True
         except Exception:
             self.available = False
@@ -149,6 +168,13 @@ class SharedState:
         elif was and not self.available:
             log.error("shared state: lost Redis at %s; serving with this instance's own state meanwhile", _public(self.url))
         return self.available
+
+    async def _clock(self) -> None:
+        """Ask Redis the time (which also tells that it answers): the offset of its clock."""
+        before = self.clock()
+        seconds, micros = await self.client.time()
+        after = self.clock()
+        self.offset = seconds + micros / 1e6 - (before + after) / 2
 
     async def _reconcile(self, reconcile: Callable[[], Awaitable[None]]) -> None:
         """Reconcile with a Redis that answers again; if it goes away meanwhile (it may
@@ -171,45 +197,66 @@ class SharedState:
 
     # --- account states ------------------------------------------------------------------------
 
-    def publish(self, account: str, snapshot: dict[str, Any], observed: float) -> None:
+    def _doc(self, account: str, snapshot: dict[str, Any], observed: float, aliases: list[str]) -> tuple[bytes, float]:
+        """An account's state as the fleet stores it, and its version (on Redis' clock)."""
+        version = observed + self.offset
+        doc = {"account": account, "snapshot": snapshot, "observed": version, "by": self.instance}
+        if aliases:  # the API keys whose organization this is: other instances file them here too
+            doc["aliases"] = aliases
+        return orjson.dumps(doc), version
+
+    def publish(self, account: str, snapshot: dict[str, Any], observed: float, aliases: list[str] | None = None) -> None:
         """Queue a state change; written in order, newer-wins, in the background."""
-        doc = orjson.dumps({"account": account, "snapshot": snapshot, "observed": observed, "by": self.instance})
+        doc, version = self._doc(account, snapshot, observed, aliases or [])
         with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait((account, doc, observed))
+            self._queue.put_nowait((account, doc, version))
 
     async def _writer(self) -> None:
         while True:
-            account, doc, observed = await self._queue.get()
+            account, doc, version = await self._queue.get()
             if not self.available:
                 continue  # reconciled from the local state when Redis returns
             newer = await self._safely("publishing a state change", self._cas(
-                keys=[self.prefix + "acct:" + account, self.channel], args=[doc, observed, STATE_TTL]), None)
+                keys=[self.prefix + "acct:" + account, self.channel], args=[doc, version, STATE_TTL]), None)
             if newer:
                 self._received(newer)
 
-    async def push(self, account: str, snapshot: dict[str, Any], observed: float) -> None:
+    async def push(self, account: str, snapshot: dict[str, Any], observed: float, aliases: list[str] | None = None) -> None:
         """Write now (reconciliation): the newer of this and the stored one wins."""
-        doc = orjson.dumps({"account": account, "snapshot": snapshot, "observed": observed, "by": self.instance})
+        doc, version = self._doc(account, snapshot, observed, aliases or [])
         newer = await self._safely("reconciling", self._cas(
-            keys=[self.prefix + "acct:" + account, self.channel], args=[doc, observed, STATE_TTL]), None)
+            keys=[self.prefix + "acct:" + account, self.channel], args=[doc, version, STATE_TTL]), None)
         if newer:
             self._received(newer)
 
     async def pull(self) -> None:
         """Apply every account state the fleet holds (newer ones win locally)."""
-        async for key in self.client.scan_iter(match=self.prefix + "acct:*", count=200):
-            raw = await self.client.get(key)
+        async for key in self.client.scan_iter(match=self.pattern + "acct:*", count=200):
+            try:
+                raw = await self.client.get(key)
+            except Exception as exc:  # a key of another type (WRONGTYPE): not a state
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                continue
             if raw:
                 self._received(raw)
 
     def _received(self, raw: bytes | str) -> None:
+        """Apply another instance's account state. What cannot be read (written by another
+        program, or a version that writes it differently) is passed over, never raised:
+        one such document must not stop this instance hearing the fleet."""
         try:
             doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        if isinstance(doc, dict) and doc.get("by") != self.instance and isinstance(doc.get("snapshot"), dict):
+            if not isinstance(doc, dict) or doc.get("by") == self.instance or not isinstance(doc.get("snapshot"), dict):
+                return
             observed = doc.get("observed")
-            self.apply(str(doc.get("account", "")), doc["snapshot"], float(observed) if isinstance(observed, int | float) else 0.0)
+            version = float(observed) if isinstance(observed, int | float) and not isinstance(observed, bool) else 0.0
+            aliases = doc.get("aliases")
+            aliases = [a for a in aliases if isinstance(a, str)] if isinstance(aliases, list) else []
+            self.apply(str(doc.get("account", "")), doc["snapshot"], version - self.offset, aliases)
+        except Exception as exc:
+            log.warning("shared state: passed over an account state nonstop cannot read (%s: %s)",
+                        type(exc).__name__, str(exc)[:200])
 
     async def _listen(self) -> None:
         while True:
@@ -259,8 +306,8 @@ class SharedState:
 
     async def release_slot(self, url: str) -> None:
         if self.available:
-            await self._safely("counting a local request", self.client.hincrby(
-                self.prefix + "inflight:" + backend_key(url), self.instance, -1), 0)
+            await self._safely("counting a local request", self._release_slot(
+                keys=[self.prefix + "inflight:" + backend_key(url)], args=[self.instance]), 0)
 
     # --- heartbeats and the fleet ----------------------------------------------------------------
 
@@ -270,24 +317,52 @@ class SharedState:
                 doc = orjson.dumps({**self.info(), "instance": self.instance, "beat": time.time()})
                 await self._safely("the heartbeat", self.client.set(
                     self.prefix + "instance:" + self.instance, doc, ex=max(3, int(self.beat * 3))), None)
+                await self._safely("the heartbeat", self._recount(), None)
+                await self._safely("the heartbeat", self._clock(), None)
             await asyncio.sleep(self.beat)
+
+    async def _recount(self) -> None:
+        """Write this instance's requests in flight per backend as they are: a count a
+        release lost (Redis slow or away for a moment) is made good within one beat."""
+        if self.held is None:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for url, n in self.held().items():
+            key = self.prefix + "inflight:" + backend_key(url)
+            if n > 0:
+                pipe.hset(key, self.instance, n)
+                pipe.expire(key, 86400)
+            else:
+                pipe.hdel(key, self.instance)
+        await pipe.execute()
 
     async def fleet(self) -> dict[str, Any]:
         """Every live instance and every shared account state."""
         if not self.available:
             return {"redis": "unreachable", "instances": [], "accounts": {}}
-        instances, accounts = [], {}
+        instances: list[dict[str, Any]] = []
+        accounts: dict[str, Any] = {}
         with contextlib.suppress(Exception):
-            async for key in self.client.scan_iter(match=self.prefix + "instance:*", count=200):
-                raw = await self.client.get(key)
-                if raw:
-                    instances.append(orjson.loads(raw))
-            async for key in self.client.scan_iter(match=self.prefix + "acct:*", count=200):
-                raw = await self.client.get(key)
-                if raw:
-                    doc = orjson.loads(raw)
+            async for key in self.client.scan_iter(match=self.pattern + "instance:*", count=200):
+                doc = await self._object(key)
+                if doc is not None:
+                    instances.append(doc)
+            async for key in self.client.scan_iter(match=self.pattern + "acct:*", count=200):
+                doc = await self._object(key)
+                if doc is not None:
                     accounts[str(doc.get("account", ""))] = doc
         return {"redis": "ok", "instances": sorted(instances, key=lambda i: str(i.get("instance"))), "accounts": accounts}
+
+    async def _object(self, key: Any) -> dict[str, Any] | None:
+        """The JSON object a key holds; None for anything else (another program's value)."""
+        try:
+            raw = await self.client.get(key)
+            doc = orjson.loads(raw) if raw else None
+        except Exception as exc:
+            if "WRONGTYPE" in str(exc) or isinstance(exc, orjson.JSONDecodeError):
+                return None
+            raise
+        return doc if isinstance(doc, dict) else None
 
 
 def _public(url: str) -> str:
@@ -296,3 +371,8 @@ def _public(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://…@{rest.rpartition('@')[2]}"
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched as it is inside a Redis glob pattern (SCAN's MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
