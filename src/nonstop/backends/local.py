@@ -448,7 +448,9 @@ class LocalBackend:
         now = time.perf_counter()
         usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True,
                       first_content=now, ended=now, fitted=call.fitted, repairs=repairs)
-        self.state.succeeded(prompt_tokens=call.tokens, first_token_s=now - call.sent, was_idle=was_idle)
+        # No speed is learnt: a whole reply's time holds the prompt and the answer together
+        # (a long answer would read as a slow prompt).
+        self.state.succeeded()
         return Reply(200, list(JSON_HEADERS), single(orjson.dumps(msg)), self.name, False, usage)
 
     async def _late(self, task: asyncio.Future, call: Call, reply: Reply, release: Callable[[], None],

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -35,7 +36,7 @@ from nonstop.config import Config, LocalBackendConfig
 from nonstop.quality.advice import LOW_SCORE
 from nonstop.quality.identity import ModelIdentity
 from nonstop.quality.results import Score, history, save_result
-from nonstop.quality.score import Scorecard, TaskResult
+from nonstop.quality.score import Scorecard, TaskResult, Unanswered, no_answers
 from nonstop.quality.tasks import CATEGORIES, CATEGORY_NAMES, CLIENT_MODEL, Task, suite
 from nonstop.quality.verdict import ago, pct, summary
 
@@ -176,6 +177,9 @@ async def evaluate_cloud(cfg: Config, headers: dict[str, str], model: str, *, qu
     finally:
         await cloud.session.close()
     identity = ModelIdentity("cloud", server="cloud", name=model)
+    why = no_answers(results or [])
+    if why:  # a refused key, no network: nothing measured, no score stored
+        return Run("cloud", identity, None, error=f"no task got an answer ({why})"[:300], elapsed=time.monotonic() - started)
     return Run("cloud", identity, scorecard(results or []), elapsed=time.monotonic() - started)
 
 
@@ -306,9 +310,15 @@ def main(cfg: Config, *, backend: str = "", model: str = "", quick: bool = False
     except (EvalRefused, Refused) as exc:
         print(f"nonstop: {exc}", file=sys.stderr)
         return 2
+    stored = ""
     for r in runs:
         if r.card is not None:
-            save_result(db_path(cfg.state_dir), r.identity, r.card, quick=quick)
+            try:
+                save_result(db_path(cfg.state_dir), r.identity, r.card, quick=quick)
+                stored = str(db_path(cfg.state_dir))
+            except (OSError, sqlite3.Error) as exc:  # the results are shown all the same
+                print(f"nonstop: the results could not be stored in {db_path(cfg.state_dir)} ({exc}); "
+                      "check that state_dir is a folder nonstop can write", file=sys.stderr)
     if as_json:
         print(json.dumps({"quick": quick, "backends": [run_json(r) for r in runs]}, indent=2, ensure_ascii=False))
     else:
@@ -317,7 +327,8 @@ def main(cfg: Config, *, backend: str = "", model: str = "", quick: bool = False
         if notes:
             print()
             print("\n".join(notes))
-        print(f"\nstored in {db_path(cfg.state_dir)}; `nonstop status` shows the verdicts, `nonstop eval --history` the runs")
+        if stored:
+            print(f"\nstored in {stored}; `nonstop status` shows the verdicts, `nonstop eval --history` the runs")
     return 0 if runs and all(r.card is not None for r in runs) else 1
 
 
@@ -336,6 +347,8 @@ async def _run(cfg: Config, *, backend: str, model: str, quick: bool, cloud: boo
                     runs.append(await evaluate_local(b, session, quick=quick, echo=echo, ping_interval=cfg.ping_interval))
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     runs.append(Run(b.name, ModelIdentity(b.name, name=b.model), None, error=f"{type(exc).__name__}: {exc}"[:200]))
+                except Unanswered as exc:  # nothing measured: no score is stored
+                    runs.append(Run(b.name, ModelIdentity(b.name, name=b.model), None, error=str(exc)[:300]))
         finally:
             if found.embedded is not None:
                 await found.embedded.stop()

@@ -34,6 +34,7 @@ from nonstop.config import Config
 from nonstop.quality.identity import ModelIdentity, identify
 from nonstop.quality.results import Score, latest_scores, save_result
 from nonstop.quality.runner import evaluate_backend
+from nonstop.quality.score import Unanswered
 from nonstop.quality.verdict import verdict_entry
 from nonstop.store import db_path
 from nonstop.store.db import connect, last_request_at
@@ -81,6 +82,16 @@ class EvalWatch:
     def verdict(self, name: str, now: float | None = None) -> dict[str, Any]:
         """The backend's `eval` entry for the status document, from the last check."""
         return verdict_entry(name, self.scores.get(name), self.clock() if now is None else now)
+
+    def preempt(self) -> list[asyncio.Task[Any]]:
+        """A real local request is coming: a background run stops (the task cancelled,
+        for the caller to wait on); it runs again once the backends are idle."""
+        if self.running is None or self.running.done():
+            return []
+        self.running.cancel()
+        self._idle_since.clear()
+        log.info("the background eval stopped: a real request needs the local backend")
+        return [self.running]
 
     async def close(self) -> None:
         if self.running is not None and not self.running.done():
@@ -132,7 +143,7 @@ class EvalWatch:
 
         try:
             identity, card = await evaluate_backend(b, self.session, quick=True, keep_going=keep_going)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError, Unanswered) as exc:
             self.note(f"{b.name}: the background eval failed ({type(exc).__name__}); it is tried again later")
             return
         if card is None:

@@ -69,6 +69,9 @@ class StreamAnswer:
     def __init__(self) -> None:
         self.answer = Answer()
         self._tools: dict[int, list[str]] = {}  # index -> [name, partial json]
+        # A whole answer: its stream ended (message_stop) and no error event came.
+        self.ended = False
+        self.failed = False
 
     def feed(self, events: Sequence[Event]) -> None:
         import orjson
@@ -98,6 +101,14 @@ class StreamAnswer:
                     self.answer.stop_reason = delta["stop_reason"]
                 if isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
                     self.answer.output_tokens = usage["output_tokens"]
+            elif t == "message_stop":
+                self.ended = True
+            elif t == "error":
+                self.failed = True
+
+    @property
+    def whole(self) -> bool:
+        return self.ended and not self.failed
 
 
 def compare(cloud: Answer, local: Answer, tools: Sequence[Mapping[str, Any]]) -> Comparison:

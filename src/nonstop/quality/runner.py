@@ -26,7 +26,15 @@ from nonstop.backends.base import Attempt, Reply, TooLong
 from nonstop.backends.cloud import CloudBackend
 from nonstop.backends.local import LocalBackend
 from nonstop.quality.identity import ModelIdentity, identify
-from nonstop.quality.score import Answer, Scorecard, TaskResult, score_task, scorecard
+from nonstop.quality.score import (
+    Answer,
+    Scorecard,
+    TaskResult,
+    Unanswered,
+    no_answers,
+    score_task,
+    scorecard,
+)
 from nonstop.quality.tasks import LONG_CONTEXT_SHARE, Task, long_context_task, suite
 from nonstop.routing.classify import Verdict
 from nonstop.wire.anthropic import estimate_tokens
@@ -274,4 +282,10 @@ async def evaluate_backend(backend: LocalBackend, session: aiohttp.ClientSession
     identity = await identify(session, backend.cfg)
     results = await run_suite(LocalTarget(backend), suite(quick), long_context=not quick, progress=progress,
                               keep_going=keep_going)
-    return identity, (scorecard(results) if results is not None else None)
+    if results is None:
+        return identity, None
+    why = no_answers(results)
+    if why:
+        raise Unanswered(f"no task got an answer ({why})")
+    return identity, scorecard(results)
+

@@ -64,6 +64,7 @@ class TaskResult:
     output_tokens: int = 0
     first_token_s: float | None = None
     generate_s: float | None = None
+    error: str = ""  # why the task got no answer (the server did not give one)
 
     @property
     def passed(self) -> bool:
@@ -110,6 +111,7 @@ def score_task(task: Task, answer: Answer) -> TaskResult:
         for category in _categories_of(task):
             result.marks[category] = 0.0
         result.notes.append(f"no answer: {answer.error}")
+        result.error = answer.error
         return result
     calls = answer.calls
     if calls:
@@ -255,6 +257,16 @@ def _short(text: str, n: int = 80) -> str:
 
 
 # --- the suite --------------------------------------------------------------------------------------
+
+
+class Unanswered(Exception):
+    """The backend answered no task of the suite: nothing was measured."""
+
+
+def no_answers(results: list[TaskResult]) -> str:
+    """Why nothing was measured, when no task got an answer (the server is down, the key
+    is refused); "" when any did. Such a run is no score of the model."""
+    return results[0].error if results and all(r.error for r in results) else ""
 
 
 def scorecard(results: list[TaskResult]) -> Scorecard:

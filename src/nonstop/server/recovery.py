@@ -141,14 +141,21 @@ async def splice(tracker: StreamTracker, local: Reply) -> AsyncIterator[bytes]:
             out: list[bytes] = []
             for ev, data in decoder.feed(chunk):
                 t = data.get("type", ev.event)
-                if t in ("message_start", "ping"):
+                if t == "message_start":
                     continue
-                if t == "content_block_start":
+                if t == "ping":  # keeps the client's stream alive while a local model reads the prompt
+                    out.append(ev.encode())
+                elif t == "content_block_start":
                     idx = data.get("index", 0)
                     block = data.get("content_block") or {}
                     if merged is None and open_text is not None and block.get("type") == "text":
                         mapping[idx] = merged = open_text
                         continue
+                    if merged is None and open_text is not None:
+                        # The local model goes on with something else (a tool call): the
+                        # cloud's text block ends first, one block open at a time.
+                        out.append(_ev("content_block_stop", {"type": "content_block_stop", "index": open_text}))
+                        merged = open_text
                     mapping[idx] = next_index
                     next_index += 1
                     out.append(_ev("content_block_start", {**data, "index": mapping[idx]}))

@@ -43,6 +43,8 @@ from nonstop.server.warmer import Loads, Warmer
 from nonstop.store.db import Store
 
 log = logging.getLogger("nonstop")
+# The longest a real request waits for cancelled background work to let go of a slot.
+PREEMPT_WAIT = 1.0
 HEALTH_EVERY = 15.0
 IDENTIFY_EVERY = 60.0
 # Seconds between saves of the learned first-byte deadlines while they change.
@@ -276,8 +278,8 @@ class Runtime:
 
     async def take_slot(self, b: LocalBackend) -> Skip | None:
         """Count a request on a local backend, fleet-wide when shared; a Skip when the
-        backend is at its max_inflight. Shadow work gives way first."""
-        self.shadow.preempt()
+        backend is at its max_inflight. Shadow work and a background eval give way first."""
+        await self._preempt()
         limit = b.cfg.max_inflight
         shared = self.clouds.shared
         url = b.cfg.url
@@ -294,6 +296,16 @@ class Runtime:
             return Skip(b.name, "load", f"at its limit of {limit} requests in flight")
         self._held[url] = self._held.get(url, 0) + 1
         return None
+
+    async def _preempt(self) -> None:
+        """Background work on the local backends (shadow replays, an automatic eval) gives
+        its slots back before a real request is counted: cancelled, and waited for (at
+        most PREEMPT_WAIT), so that its lease is gone when the limit is checked."""
+        tasks = self.shadow.preempt()
+        if self.evals is not None:
+            tasks += self.evals.preempt()
+        if tasks:
+            await asyncio.wait(tasks, timeout=PREEMPT_WAIT)
 
     def give_slot(self, b: LocalBackend) -> None:
         url = b.cfg.url

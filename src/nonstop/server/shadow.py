@@ -61,7 +61,9 @@ class Tap:
     def answer(self) -> Answer | None:
         if not self.complete:
             return None
-        if self.stream:
+        if self.stream:  # a stream that failed or ended early is no answer to compare with
+            if not self._stream.whole:
+                return None
             self._stream.answer.ms = self.ms
             return self._stream.answer
         try:
@@ -91,12 +93,16 @@ class Shadow:
         self.waiting += 1
         self.rt.spawn(self._replay(req, cloud, workload, request_id))
 
-    def preempt(self) -> None:
-        """A real local request is coming: shadow work gives its slot back at once."""
+    def preempt(self) -> list[asyncio.Task[Any]]:
+        """A real local request is coming: shadow work gives its slot back at once (the
+        tasks cancelled, for the caller to wait on: a cancel lands at their next await)."""
+        cancelled = []
         for task in list(self.running):
             if not task.done():
                 task.cancel()
                 self.preempted += 1
+                cancelled.append(task)
+        return cancelled
 
     async def _replay(self, req: dict[str, Any], cloud: Answer, workload: str, request_id: str) -> None:
         try:

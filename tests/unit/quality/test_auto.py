@@ -3,20 +3,24 @@ with `[eval] auto` an idle backend is evaluated in the background, never a busy 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from nonstop.backends.registry import make_local_backend
-from nonstop.config import Config, EvalConfig, LocalBackendConfig
+from nonstop.config import Config, EvalConfig, LocalBackendConfig, parse_config
 from nonstop.quality.auto import EvalWatch
 from nonstop.quality.identity import ModelIdentity
 from nonstop.quality.results import latest_scores, save_result
 from nonstop.quality.score import Scorecard
+from nonstop.server.runtime import Runtime
 from nonstop.store.db import RequestRow, Store
 from tests.support.scripted_model import STATE, scripted_app
 
@@ -29,10 +33,12 @@ async def server() -> AsyncIterator[TestServer]:
     await s.close()
 
 
-def setup(tmp_path: Path, server: TestServer, session: aiohttp.ClientSession, *, auto: bool, idle_after: float = 0.0):
+def setup(tmp_path: Path, server: TestServer | str, session: aiohttp.ClientSession, *, auto: bool,
+          idle_after: float = 0.0, max_inflight: int = 0):
+    url = server if isinstance(server, str) else f"http://127.0.0.1:{server.port}"
     cfg = Config(state_dir=tmp_path / "state", eval=EvalConfig(auto=auto, idle_after=idle_after),
-                 local=(LocalBackendConfig("llama", f"http://127.0.0.1:{server.port}", context_window=8192,
-                                           max_output_tokens=2048),))
+                 local=(LocalBackendConfig("llama", url, context_window=8192, max_output_tokens=2048,
+                                           max_inflight=max_inflight),))
     notes: list[str] = []
     return cfg, [make_local_backend(b, session) for b in cfg.local], EvalWatch(cfg, session, note=notes.append), notes
 
@@ -97,3 +103,39 @@ async def test_auto_stops_without_storing_when_real_work_arrives(tmp_path: Path,
         backends[0].state.inflight = 0
     assert "stopped" in notes[-1] and latest_scores(cfg.state_dir / "nonstop.db") == {}
     assert server.app[STATE]["answered"] == []
+
+
+async def test_a_real_local_request_stops_the_background_eval_and_gets_its_slot(tmp_path: Path, serve: Any) -> None:
+    """With `[eval] auto` the run stops, storing nothing, the moment a real request needs
+    the backend, even while one of its tasks is at the server: the task is cancelled and
+    its lease given back, so on a one-slot server (`max_inflight = 1`) the real request
+    (background work or a subagent routed locally first) gets the slot instead of being
+    refused."""
+    app = scripted_app("perfect")
+    inside, gate = asyncio.Event(), asyncio.Event()
+
+    @web.middleware
+    async def slow(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/v1/messages":  # a task in flight on a CPU: it takes a while
+            inside.set()
+            await gate.wait()
+        return await handler(request)
+
+    app.middlewares.append(slow)
+    url = await serve(app)
+    async with aiohttp.ClientSession() as session:
+        cfg, backends, watch, _ = setup(tmp_path, url, session, auto=True, max_inflight=1)
+        rt = Runtime(parse_config({"state_dir": str(tmp_path / "gateway"), "log": {"enabled": False}}))
+        rt.use_backends(backends)
+        rt.evals = watch  # as Runtime.start wires it
+        await watch.check(backends)
+        running = watch.running
+        assert running is not None
+        try:
+            await asyncio.wait_for(inside.wait(), 10)  # the first task is at the server
+            taken = await rt.take_slot(backends[0])  # a real request arrives
+        finally:
+            gate.set()
+            await asyncio.wait([running], timeout=30)
+    assert taken is None, f"the real request was refused its slot: {taken}"
+    assert running.cancelled() and latest_scores(cfg.state_dir / "nonstop.db") == {}  # the run stopped, storing nothing

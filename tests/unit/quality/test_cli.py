@@ -4,11 +4,13 @@ them, against a scripted model server."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -18,6 +20,9 @@ from nonstop.cli import eval as eval_cmd
 from nonstop.cli import models, status
 from nonstop.cli.eval import from_status
 from nonstop.config import CloudConfig, Config, DiscoveryConfig, EmbeddedConfig, LocalBackendConfig
+from nonstop.quality.identity import ModelIdentity
+from nonstop.quality.results import latest_scores
+from nonstop.quality.score import Scorecard
 from tests.support.scripted_model import FLAWED_OVERALL, STATE, scripted_app
 
 
@@ -65,10 +70,11 @@ def flawed() -> Iterator[Threaded]:
     s.close()
 
 
-def config(tmp_path: Path, server: Threaded, cloud_url: str = "") -> Config:
+def config(tmp_path: Path, server: Threaded | str, cloud_url: str = "") -> Config:
+    url = server if isinstance(server, str) else server.url
     return Config(listen=f"127.0.0.1:{_port()}", state_dir=tmp_path / "state", discovery=DiscoveryConfig(enabled=False),
                   embedded=EmbeddedConfig(mode="never"), cloud=CloudConfig(url=cloud_url or f"http://127.0.0.1:{_port()}"),
-                  local=(LocalBackendConfig("llama", server.url, context_window=8192, max_output_tokens=2048),))
+                  local=(LocalBackendConfig("llama", url, context_window=8192, max_output_tokens=2048),))
 
 
 def test_eval_prints_a_table_stores_the_run_and_shows_it_everywhere(tmp_path: Path, flawed: Threaded,
@@ -109,6 +115,45 @@ def test_eval_json_and_one_backend_and_another_model(tmp_path: Path, flawed: Thr
     assert "no local backend named 'nope'; the backends are: llama" in capsys.readouterr().err
     assert eval_cmd.main(cfg, backend="llama", model="qwen3:8b", quick=True, as_json=True) == 0
     assert json.loads(capsys.readouterr().out)["backends"][0]["backend"] == "llama:qwen3:8b"
+
+
+def test_eval_of_a_backend_that_is_down_stores_no_score_and_fails(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`nonstop eval` against a local server that is not running: no task gets an answer,
+    so nothing is measured. No score is stored (a stopped server is not a model that fails
+    everything, and a 0% would stay in `status`, `doctor`, the dashboard and routing) and
+    the command exits 1: the backend could not be evaluated."""
+    cfg = config(tmp_path, f"http://127.0.0.1:{_port()}")  # nothing listens there
+    rc = eval_cmd.main(cfg, quick=True)
+    out, _ = capsys.readouterr()
+    stored = latest_scores(cfg.state_dir / "nonstop.db")
+    assert "connection refused" in out  # every task failed to reach the server
+    assert stored == {}, f"an eval in which the backend answered nothing was stored: {stored['llama'].overall!r}"
+    assert rc == 1
+
+
+def test_eval_results_are_still_shown_when_the_state_directory_cannot_be_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """When the state directory cannot be made or written (a read-only home or mount; here
+    a regular file stands where its parent should be), `nonstop eval` still prints the
+    scorecard of a run that may have taken minutes, and says that it could not store it."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory's parent should be")
+    cfg = dataclasses.replace(config(tmp_path, f"http://127.0.0.1:{_port()}"), state_dir=blocker / "state")
+    cats: dict[str, float | None] = dict.fromkeys(("tool_choice", "tool_input", "tool_loop", "stop", "format"), 0.75)
+    card = Scorecard({**cats, "long_context": None}, 0.75)
+
+    async def finished_run(*_: Any, **__: Any) -> list[eval_cmd.Run]:
+        return [eval_cmd.Run("llama", ModelIdentity("llama", name="qwen3-coder-30b"), card, elapsed=240.0)]
+
+    monkeypatch.setattr(eval_cmd, "_run", finished_run)
+    try:
+        eval_cmd.main(cfg, quick=True)
+    except OSError as exc:
+        pytest.fail(f"nonstop eval crashed after the run instead of showing its results: {exc!r}")
+    out, err = capsys.readouterr()
+    assert "overall" in out and "75%" in out  # the scorecard is shown
+    assert "could not be stored" in err and "stored in" not in out
 
 
 def test_cloud_needs_credentials_and_a_yes(tmp_path: Path, flawed: Threaded, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,15 +5,24 @@ renumbers the local blocks after the cloud's, and the whole is one well-formed s
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from nonstop.backends.base import Reply, Usage
+from nonstop.backends.cloud import CloudBackend
+from nonstop.backends.registry import make_local_backend
+from nonstop.config import parse_config
+from nonstop.server.app import App
 from nonstop.server.recovery import StreamTracker, prefill_request, recovering, splice
 from nonstop.wire.sse import JSONEventDecoder, encode_event
 from tests.support.anthropic_stream import validate_anthropic_stream
+from tests.support.fake_cloud import make_app as fake_cloud_app
+from tests.support.inprocess import exchange
 
 Event = tuple[str, dict[str, Any]]
 
@@ -112,7 +121,8 @@ async def test_the_local_text_continues_the_open_cloud_block_and_later_blocks_fo
                          block(1, "tool_use"), ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {
                              "type": "input_json_delta", "partial_json": '{"file_path": "a"}'}}), stop(1), *end("tool_use")])
     out = events_of(b"".join([c async for c in splice(tracker, local)]))
-    assert [n for n, _ in out].count("message_start") == 0 and ("ping", {"type": "ping"}) not in out
+    # no second message_start; the local stream's pings go on (a CPU model reading the prompt)
+    assert [n for n, _ in out].count("message_start") == 0 and out[0] == ("ping", {"type": "ping"})
     validate_anthropic_stream(cloud + out)
     assert [(n, d.get("index")) for n, d in out if n.startswith("content_block")] == [
         ("content_block_delta", 0), ("content_block_stop", 0), ("content_block_start", 1),
@@ -173,3 +183,44 @@ async def test_no_local_backend_leaves_the_clouds_error() -> None:
 
     out = events_of(b"".join([c async for c in recovering(reply, reply.body, {"messages": []}, nobody)]))
     assert out == cloud + [ERROR]
+
+
+async def test_a_continuation_that_starts_with_a_tool_call_closes_the_clouds_text_block_first(
+        tmp_path: Path, serve: Any) -> None:
+    """The cloud streams some text and dies; the local model continues the message with a
+    tool call (the usual next step after "Let me read the file."). The cloud's text block
+    is closed before the tool_use block opens, so the client gets one well-formed message
+    with one block open at a time, in the order a strict client (Claude Code, the SDKs)
+    records the turn."""
+
+    async def calls_a_tool(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(sse([start(), block(0, "tool_use"), ("content_block_delta", {
+            "type": "content_block_delta", "index": 0, "delta": {
+                "type": "input_json_delta", "partial_json": '{"file_path": "/src/a.py"}'}}), stop(0), *end("tool_use")]))
+        return resp
+
+    local = web.Application()
+    local.router.add_post("/v1/messages", calls_a_tool)
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}, "cloud": {"url": await serve(fake_cloud_app())},
+                        "recovery": {"continue_locally": True},
+                        "local": [{"name": "llama", "url": await serve(local), "model": "m", "count_tokens": "estimate"}]})
+    app = App(cfg)
+    cloud = CloudBackend(cfg.cloud, CloudBackend.make_session(cfg.cloud))
+    async with aiohttp.ClientSession() as session:
+        app.rt.use_backends([make_local_backend(b, session) for b in cfg.local], cloud=cloud)
+        body = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 200, "stream": True,
+                             "messages": [{"role": "user", "content": "What does src/a.py do?"}]})
+        try:
+            status, headers, out = await exchange(app, "POST", "/v1/messages", body=body, headers=[
+                (b"x-api-key", b"sk-ant-test"), (b"anthropic-version", b"2023-06-01"),
+                (b"x-fake-mode", b"error_after_content")])
+        finally:
+            await cloud.session.close()
+    events = events_of(out)
+    assert status == 200 and headers[b"x-nonstop-backend"] == b"cloud"
+    assert any(n == "content_block_start" and d["content_block"]["type"] == "tool_use" for n, d in events), \
+        "the local continuation was not spliced in"
+    validate_anthropic_stream(events)

@@ -8,23 +8,28 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+import pytest
+from aiohttp import web
 
 from nonstop.backends.base import Reply, Usage, single
+from nonstop.backends.registry import make_local_backend
 from nonstop.config import LocalBackendConfig, parse_config
 from nonstop.routing.backend_state import BackendState
 from nonstop.routing.view import Capabilities
 from nonstop.server.runtime import Runtime
 from nonstop.server.shadow import Shadow, Tap
+from tests.support.fake_cloud import sse
 
 TOOLS = [{"name": "Read", "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}}}]
 REQ = {"model": "claude-opus-5", "max_tokens": 100, "tools": TOOLS, "messages": [{"role": "user", "content": "read a.py"}]}
 
 
 class LocalModel:
-    def __init__(self, answer: dict[str, Any], delay: float = 0.0):
+    def __init__(self, answer: dict[str, Any], delay: float = 0.0, max_inflight: int = 0):
         self.name = "llama"
-        self.cfg = LocalBackendConfig(name="llama", url="http://127.0.0.1:1")
+        self.cfg = LocalBackendConfig(name="llama", url="http://127.0.0.1:1", max_inflight=max_inflight)
         self.state = BackendState("llama", Capabilities(context_window=32768))
         self.answer, self.delay = answer, delay
         self.asked = 0
@@ -84,9 +89,14 @@ async def test_off_by_default_and_sampled_at_the_configured_rate(tmp_path: Path)
     assert [shadow.sample() for _ in range(4)] == [True, False, True, False]
 
 
-async def test_a_real_local_request_preempts_shadow_work(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_inflight", [0, 1], ids=["no limit", "one slot"])
+async def test_a_real_local_request_preempts_shadow_work_and_gets_its_slot(tmp_path: Path, max_inflight: int) -> None:
+    """A real local request cancels a running shadow replay and waits for it to let go of
+    its lease, so on a one-slot server (`max_inflight = 1`, as a llama-server is often
+    run) the real request gets the slot: a background comparison never turns a user's
+    request away while the cloud is out."""
     rt = runtime(tmp_path)
-    local = LocalModel({"content": [], "stop_reason": "end_turn"}, delay=5.0)
+    local = LocalModel({"content": [], "stop_reason": "end_turn"}, delay=5.0, max_inflight=max_inflight)
     rt.use_backends([local])  # type: ignore[list-item]
     tap = await cloud_reply(tmp_path, {"content": [], "stop_reason": "end_turn", "usage": {"output_tokens": 3}})
     rt.shadow.after(REQ, tap, "main", "req_2")
@@ -95,7 +105,8 @@ async def test_a_real_local_request_preempts_shadow_work(tmp_path: Path) -> None
             break
         await asyncio.sleep(0.05)
     assert rt.shadow.running and local.state.inflight == 1
-    assert await rt.take_slot(local) is None  # a real request arrives  # type: ignore[arg-type]
+    taken = await rt.take_slot(local)  # type: ignore[arg-type]  # a real request arrives
+    assert taken is None, f"the real request was refused its slot: {taken}"
     await settle(rt)
     assert rt.shadow.preempted == 1 and local.state.inflight == 0
 
@@ -112,3 +123,69 @@ async def test_it_waits_for_idle_backends(tmp_path: Path) -> None:
     busy()
     await settle(rt)
     assert local.asked == 1
+
+
+async def test_a_cloud_stream_that_failed_mid_way_is_not_counted_as_a_disagreement(tmp_path: Path) -> None:
+    """A sampled cloud stream that ends in an error event after some text is no answer to
+    compare with: nothing is stored, so mid-stream cloud failures (what nonstop exists
+    for) do not drag down the shadow agreement that `nonstop status` and the dashboard
+    show for the local model."""
+    rt = runtime(tmp_path)
+    assert rt.store is not None
+    rt.store.open()
+    try:
+        local = LocalModel({"content": [{"type": "text", "text": "Hello there."}], "stop_reason": "end_turn",
+                            "usage": {"output_tokens": 4}})
+        rt.use_backends([local])  # type: ignore[list-item]
+        cloud = b"".join(sse(name, data) for name, data in [
+            ("message_start", {"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 9, "output_tokens": 1}}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+            ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ])
+        reply = Reply(200, [], single(cloud), "cloud", True, Usage(error="the cloud stream failed mid-response"))
+        tap = Tap(reply)
+        assert b"".join([c async for c in reply.body]) == cloud  # the client got the failed stream
+        rt.shadow.after(REQ, tap, "main", "req_failed")
+        await settle(rt)
+        rt.store.flush()
+        agreement = rt.store.shadow_agreement(time.time() - 60)
+    finally:
+        rt.store.close()
+    assert agreement == {}, f"a comparison with a cloud answer that never finished was stored: {agreement}"
+
+
+async def test_a_shadow_replay_does_not_teach_the_planner_a_slow_prompt_speed(tmp_path: Path, serve: Any) -> None:
+    """The shadow replays without streaming, and a whole reply's time holds the prompt and
+    the answer together. The replay teaches no prompt speed that counts writing the answer
+    as reading the prompt, so `nonstop status` shows the backend's real speed and the
+    planner's "fastest" rule (compaction, background work) does not rank it as slow."""
+
+    async def reads_at_once_writes_for_a_second(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(1.0)
+        return web.json_response({"id": "msg_l", "type": "message", "role": "assistant", "model": "local",
+                                  "content": [{"type": "text", "text": "word " * 200}], "stop_reason": "end_turn",
+                                  "stop_sequence": None, "usage": {"input_tokens": 800, "output_tokens": 200}})
+
+    server = web.Application()
+    server.router.add_post("/v1/messages", reads_at_once_writes_for_a_second)
+    url = await serve(server)
+    rt = runtime(tmp_path)
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(LocalBackendConfig("llama", url, model="m", count_tokens="estimate"), session)
+        rt.use_backends([backend])
+        req = {"model": "claude-sonnet-4-5", "max_tokens": 300,
+               "messages": [{"role": "user", "content": "Explain this code:\n" + "x = compute(x) + 1\n" * 150}]}
+        tap = await cloud_reply(tmp_path, {"content": [{"type": "text", "text": "It adds one."}],
+                                           "stop_reason": "end_turn", "usage": {"output_tokens": 5}})
+        rt.shadow.after(req, tap, "main", "req_speed")
+        await settle(rt)
+        tokens = backend.estimate(backend.local_request(req))
+    assert tokens >= 64 and rt.shadow.preempted == 0
+    learned = backend.state.prompt_tps
+    # The server read the prompt at once: any prompt speed learned is at least tokens / 0.1 s.
+    assert learned is None or learned >= tokens / 0.1, (
+        f"one shadow replay taught a prompt speed of {learned:.0f} tok/s for {tokens} prompt tokens read at once")
