@@ -189,15 +189,17 @@ def test_embedded_child_is_restarted_and_reaped(cloud, serve) -> None:
     argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
     assert b"--port" in argv and argv[argv.index(b"--port") + 1] == str(embedded_port).encode()
 
-    os.kill(child, signal.SIGKILL)
-    wait_for(lambda: not procs.pid_alive(child), 10, "the killed child to be reaped")
-    (new_child,) = wait_for(lambda: llama_children(nonstop_pid), 60, "a restarted llama-server")
-    assert new_child != child
-
     def embedded_ready() -> bool:
         code, _, _ = rawhttp.request("GET", f"http://127.0.0.1:{embedded_port}/health", timeout=2) if listening(embedded_port) else (0, {}, b"")
         return code == 200
 
+    # nonstop serves while its model loads; the crash is one of a server that was ready.
+    wait_for(embedded_ready, 120, "the llama-server to load its model")
+    wait_for(lambda: "embedded llama-server ready" in ns.output(), 10, "nonstop to see it ready")
+    os.kill(child, signal.SIGKILL)
+    wait_for(lambda: not procs.pid_alive(child), 10, "the killed child to be reaped")
+    (new_child,) = wait_for(lambda: llama_children(nonstop_pid), 60, "a restarted llama-server")
+    assert new_child != child
     wait_for(embedded_ready, 120, "the restarted llama-server to load its model")
     served_locally(ns, "embedded")
     assert "restarting" in ns.output() and "is back" in ns.output()

@@ -11,7 +11,8 @@ Each keyword becomes TOML as it stands: a dict is a table (`[recovery]`), a list
 an array of tables (`[[local]]`), anything else a top-level key. Unless a test says
 otherwise the gateway starts no embedded llama-server (`embedded="never"`) and looks for
 no local servers (`discovery=False`), so it runs only the backends the test names; pass
-None to leave either table out, as a user's file would.
+None to leave either table out, as a user's file would, or a dict for the whole
+`[embedded]` table.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def nonstop_config(
     *,
     cloud: Mapping[str, Any] | None = None,
     local: Sequence[Mapping[str, Any]] = (),
-    embedded: str | None = "never",
+    embedded: str | Mapping[str, Any] | None = "never",
     discovery: Mapping[str, Any] | Literal[False] | None = False,
     **settings: Any,
 ) -> str:
@@ -43,7 +44,7 @@ def nonstop_config(
     top = {k: v for k, v in settings.items() if not _is_table(v)}
     tables.update({k: v for k, v in settings.items() if _is_table(v)})
     if embedded is not None:
-        tables["embedded"] = {"mode": embedded}
+        tables["embedded"] = dict(embedded) if isinstance(embedded, Mapping) else {"mode": embedded}
     if discovery is not None:
         tables["discovery"] = {"enabled": False} if discovery is False else discovery
     parts = [_body(top)] if top else []

@@ -5,6 +5,10 @@ Ollama's scheduler does. Every call is recorded.
     app = ollama_app(load_seconds=2.0)         # in process (aiohttp TestServer)
     python -m tests.support.fake_ollama --port N --load-seconds 2   # as a process
 
+`model` is the one model it can load ("" for none pulled); `others` are more models
+pulled, listed before it and described (completion only, no tools) but never loaded;
+`modelfile_ctx` is the num_ctx in `model`'s Modelfile, as /api/show gives it.
+
     GET  /api/version, /api/tags, /api/ps       what Ollama answers (ps: loaded models,
                                                 context_length, expires_at)
     POST /api/show                              details, model_info, capabilities
@@ -22,6 +26,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -106,8 +111,9 @@ def _seconds(keep_alive: Any) -> float | None:
 
 
 def ollama_app(load_seconds: float = 2.0, *, model: str = MODEL, default_num_ctx: int = DEFAULT_NUM_CTX,
-               size: int = SIZE) -> web.Application:
+               size: int = SIZE, others: Sequence[str] = (), modelfile_ctx: int | None = None) -> web.Application:
     fake = FakeOllama(load_seconds, model, default_num_ctx)
+    pulled = [*others, *([model] if model else [])]
     app = web.Application()
     app[FAKE] = fake
 
@@ -115,8 +121,9 @@ def ollama_app(load_seconds: float = 2.0, *, model: str = MODEL, default_num_ctx
         return web.json_response({"version": "0.14.2"})
 
     async def tags(_: web.Request) -> web.Response:
-        return web.json_response({"models": [{"name": fake.model, "model": fake.model, "size": size,
-                                              "details": {"parameter_size": "7.6B", "quantization_level": "Q4_K_M"}}]})
+        return web.json_response({"models": [{"name": m, "model": m, "size": size,
+                                              "details": {"parameter_size": "7.6B", "quantization_level": "Q4_K_M"}}
+                                             for m in pulled]})
 
     async def ps(request: web.Request) -> web.Response:
         fake.record("/api/ps")
@@ -130,11 +137,13 @@ def ollama_app(load_seconds: float = 2.0, *, model: str = MODEL, default_num_ctx
     async def show(request: web.Request) -> web.Response:
         body = await request.json()
         fake.record("/api/show", body)
-        if body.get("model") != fake.model:
+        if body.get("model") not in pulled:
             return web.json_response({"error": f"model '{body.get('model')}' not found"}, status=404)
+        ours = body["model"] == fake.model
         return web.json_response({
             "details": {"format": "gguf", "family": "qwen2", "parameter_size": "7.6B", "quantization_level": "Q4_K_M"},
-            "model_info": MODEL_INFO, "capabilities": ["completion", "tools"], "parameters": "",
+            "model_info": MODEL_INFO, "capabilities": ["completion", "tools"] if ours else ["completion"],
+            "parameters": f"num_ctx {modelfile_ctx}" if ours and modelfile_ctx else "",
         })
 
     async def generate(request: web.Request) -> web.Response:
@@ -173,7 +182,8 @@ def ollama_app(load_seconds: float = 2.0, *, model: str = MODEL, default_num_ctx
         return resp
 
     async def models(_: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": fake.model, "object": "model", "owned_by": "library"}]})
+        return web.json_response({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "library"}
+                                                              for m in pulled]})
 
     async def calls(_: web.Request) -> web.Response:
         return web.json_response({"calls": fake.calls, "loads": fake.loads})

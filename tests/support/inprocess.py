@@ -1,5 +1,6 @@
 """Fixtures for tests that talk to small in-process servers or read the bundled model,
-and a way to send requests to nonstop's own app in process.
+a way to send requests to nonstop's own app in process, and a runtime that reads given
+local backends' servers.
 
 Import the fixtures into a test module or a conftest (`from tests.support.inprocess import
 serve`) and pytest finds them there."""
@@ -7,10 +8,12 @@ serve`) and pytest finds them there."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -19,8 +22,9 @@ from aiohttp.test_utils import TestServer
 from nonstop.backends.base import Reply, single
 from nonstop.backends.cloud import CloudBackend
 from nonstop.backends.llama_stack import find_bundled_model
-from nonstop.config import parse_config
+from nonstop.config import LocalBackendConfig, parse_config
 from nonstop.server.app import App
+from nonstop.server.runtime import Runtime
 
 
 @pytest.fixture
@@ -96,3 +100,24 @@ async def post(app: App, path: str, body: bytes) -> tuple[int, bytes]:
     """POST `body` to `app` over ASGI: the status and the whole response body."""
     status, _, reply = await exchange(app, "POST", path, body=body)
     return status, reply
+
+
+def local_runtime(tmp_path: Path, session: aiohttp.ClientSession, backends: list[LocalBackendConfig], *,
+                  guessed: Collection[str] = (), clock: Callable[[], float] = time.time) -> Runtime:
+    """A runtime whose local backends are `backends` (no discovery, no embedded server, no
+    request log), read through `session`, their state on `clock`; `guessed` names those
+    whose window is a guess for the server's reading to replace."""
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}, "embedded": {"mode": "never"},
+                        "discovery": {"enabled": False}})
+    rt = Runtime(cfg, clock=clock)
+    rt.local_session = session
+    rt.set_local_backends(backends, guessed)
+    for b in rt.locals:
+        b.state.clock = clock
+    return rt
+
+
+def readings_due() -> dict[str, float]:
+    """Every reading of a backend's server due now, as when its watch starts (pass it to
+    Runtime._watch_once, which makes each due again once it is taken)."""
+    return {"identify": 0.0, "health": 0.0, "load": 0.0}

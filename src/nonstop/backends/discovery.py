@@ -51,6 +51,9 @@ class DiscoveredServer:
     context_window: int | None = None
     tools: bool | None = None
     notes: list[str] = field(default_factory=list)
+    # The window is Ollama's stock one, guessed while the model is not loaded: the
+    # server's own reading, once it is loaded, replaces it (up or down).
+    window_guessed: bool = False
 
 
 async def discover(cfg: DiscoveryConfig, session: aiohttp.ClientSession) -> list[DiscoveredServer]:
@@ -64,13 +67,14 @@ async def discover(cfg: DiscoveryConfig, session: aiohttp.ClientSession) -> list
 
 
 async def probe_server(
-    session: aiohttp.ClientSession, url: str, timeout: float
+    session: aiohttp.ClientSession, url: str, timeout: float, model: str = ""
 ) -> DiscoveredServer | None:
     """What serves `url`, or None. Finishes within `timeout` seconds: identification
-    comes first, and details that do not arrive in time are left unknown."""
+    comes first, and details that do not arrive in time are left unknown. `model`: the
+    model a backend is configured with (on a server with several, the one described)."""
     base = url.rstrip("/")
     base = base.removesuffix("/v1")
-    probe = _Probe(session, base, timeout)
+    probe = _Probe(session, base, timeout, model)
     try:
         async with asyncio.timeout(timeout + 0.5):
             return await probe.run()
@@ -111,8 +115,9 @@ _Answer = tuple[int, Any]  # status, parsed JSON body
 
 
 class _Probe:
-    def __init__(self, session: aiohttp.ClientSession, base: str, timeout: float):
+    def __init__(self, session: aiohttp.ClientSession, base: str, timeout: float, model: str = ""):
         self.session = session
+        self.model = model
         self.base = base
         self.port = urlsplit(base).port
         self.deadline = asyncio.get_running_loop().time() + timeout
@@ -249,7 +254,7 @@ class _Probe:
         loaded = (_ok(running) or {}).get("models")
         loaded = [m for m in loaded if isinstance(m, dict)] if isinstance(loaded, list) else []
         loaded_names = _names(loaded)
-        model = next((n for n in loaded_names if n in models), models[0] if models else "")
+        model = self.model or next((n for n in loaded_names if n in models), models[0] if models else "")
         native = _version_tuple(version) >= OLLAMA_NATIVE_API
         d = DiscoveredServer("ollama", self.base, "anthropic" if native else "openai", models, model)
         if not native:
@@ -279,7 +284,7 @@ class _Probe:
         elif num_ctx:
             d.context_window = num_ctx
         else:
-            d.context_window = OLLAMA_DEFAULT_CONTEXT
+            d.context_window, d.window_guessed = OLLAMA_DEFAULT_CONTEXT, True
             if trained:
                 d.context_window = min(d.context_window, trained)
         if d.context_window < CLAUDE_CODE_MIN_CONTEXT:
@@ -296,7 +301,8 @@ class _Probe:
             entries = [e for e in entries if e.get("type", "llm") in ("llm", "vlm")]
         else:
             entries = _model_list(self.answers.get("/v1/models")) or []
-        chosen = next((e for e in entries if e.get("state") == "loaded"), entries[0] if entries else {})
+        chosen = next((e for e in entries if self.model and e.get("id") == self.model), None) or next(
+            (e for e in entries if e.get("state") == "loaded"), entries[0] if entries else {})
         d = DiscoveredServer("lmstudio", self.base, "openai", _ids(entries), str(chosen.get("id", "")))
         d.context_window = _int(chosen.get("loaded_context_length")) or _int(
             chosen.get("max_context_length")

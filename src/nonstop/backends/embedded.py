@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+import orjson
 
 from nonstop.backends.base import read_capped
 from nonstop.backends.llama_stack import (
@@ -81,6 +82,7 @@ class EmbeddedServer:
         self._log: IO[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._stopping = False
         self._healthy = False
         self._restarts = 0
@@ -106,29 +108,55 @@ class EmbeddedServer:
 
     # --- lifecycle ---
 
+    def prepare(self) -> LocalBackendConfig:
+        """The backend this server will be (its binary and model found, its port chosen),
+        without starting it; EmbeddedUnavailable says why it cannot be."""
+        if not self._argv:
+            binary, model = self._locate()
+            self._model_name = model.stem
+            self._port = free_loopback_port()
+            cfg = self.cfg
+            parallel = max(1, cfg.parallel)
+            self._argv = [
+                str(binary),
+                "-m", str(model),
+                # Slots split the context evenly, so each slot gets the configured window.
+                "-c", str(cfg.context_window * parallel),
+                "-np", str(parallel),
+                "-t", str(max(1, cfg.threads)),
+                "--jinja",
+                "--alias", self._model_name,
+                "--host", "127.0.0.1",
+                "--port", str(self._port),
+                *cfg.extra_args,
+            ]
+            self._env = llama_env(binary)
+        return self._backend_config()
+
     async def start(self) -> LocalBackendConfig:
-        """Start llama-server, wait until it serves, and keep it running."""
-        if self._supervisor is not None:
-            return self._backend_config()
-        binary, model = self._locate()
-        self._model_name = model.stem
-        self._port = free_loopback_port()
-        cfg = self.cfg
-        parallel = max(1, cfg.parallel)
-        self._argv = [
-            str(binary),
-            "-m", str(model),
-            # Slots split the context evenly, so each slot gets the configured window.
-            "-c", str(cfg.context_window * parallel),
-            "-np", str(parallel),
-            "-t", str(max(1, cfg.threads)),
-            "--jinja",
-            "--alias", self._model_name,
-            "--host", "127.0.0.1",
-            "--port", str(self._port),
-            *cfg.extra_args,
-        ]
-        self._env = llama_env(binary)
+        """Start llama-server, wait until it serves, and keep it running. One start at a
+        time: a caller that comes while it loads waits for the same start."""
+        config = self.prepare()
+        if self._supervisor is None:
+            await asyncio.shield(self.begin())
+        return config
+
+    def begin(self) -> asyncio.Future[None]:
+        """Start in the background; the start under way, if there is one."""
+        self.prepare()
+        if self._starting is None or (self._starting.done() and self._supervisor is None):
+            self._starting = asyncio.ensure_future(self._run())
+        return self._starting
+
+    async def until_ready(self) -> None:
+        """Until a start under way has ended: ready, or failed (a request sent then finds
+        out as it would from any server that does not answer)."""
+        starting = self._starting
+        if starting is not None and not starting.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(starting)
+
+    async def _run(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
@@ -147,12 +175,16 @@ class EmbeddedServer:
             f"(pid {self.pid})"
         )
         self._supervisor = asyncio.create_task(self._supervise(), name="embedded-llama-supervisor")
-        return self._backend_config()
 
     async def stop(self) -> None:
         """Stop supervising and end the child: SIGTERM, then SIGKILL after 5 s."""
         self._stopping = True
         self._healthy = False
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done() and starting is not asyncio.current_task():
+            starting.cancel()  # still loading: the start ends here (and stops the child itself)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None and supervisor is not asyncio.current_task():
             supervisor.cancel()
@@ -233,7 +265,7 @@ class EmbeddedServer:
                     f"llama-server exited with code {proc.returncode} while loading; "
                     f"last lines of {self.log_path}:\n{self._log_tail()}"
                 )
-            if await self._health_ok():
+            if await self._health_ok() and proc.returncode is None and await self._serves_ours():
                 self._healthy = True
                 return
             now = loop.time()
@@ -256,6 +288,18 @@ class EmbeddedServer:
                 return resp.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
+
+    async def _serves_ours(self) -> bool:
+        """Whether the server on the port is this one's child (its model's alias), not
+        another program that holds the port our child then could not bind."""
+        assert self._session is not None
+        try:
+            async with self._session.get(self.url + "/v1/models") as resp:
+                doc = orjson.loads(await read_capped(resp)) if resp.status == 200 else None
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError):
+            return False
+        listed = doc.get("data") if isinstance(doc, dict) else None
+        return isinstance(listed, list) and any(isinstance(m, dict) and m.get("id") == self._model_name for m in listed)
 
     async def _supervise(self) -> None:
         """Restart the child whenever it exits, backing off while it keeps failing."""

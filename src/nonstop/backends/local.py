@@ -140,6 +140,8 @@ class LocalBackend:
         caps = Capabilities(api=cfg.api, context_window=cfg.context_window, max_output=cfg.max_output_tokens)
         self.state = BackendState(cfg.name, caps, tag=self.tag, clock=clock)
         self._server_counts: bool | None = None if cfg.count_tokens == "auto" else cfg.count_tokens == "server"
+        # Set for a server nonstop starts: until it is ready, a request waits (within its deadline).
+        self.until_ready: Callable[[], Awaitable[None]] | None = None
 
     # --- what subclasses provide ----------------------------------------------------------
 
@@ -311,6 +313,8 @@ class LocalBackend:
         how its tokens compare with the estimate."""
         try:
             async with asyncio.timeout_at(self._head_deadline() if deadline is None else deadline):
+                if self.until_ready is not None:  # a server still loading (the embedded one)
+                    await self.until_ready()
                 resp = await self.session.post(self.base + call.path, data=call.data or orjson.dumps(call.body),
                                                headers=self.headers(),
                                                timeout=self.timeout())

@@ -32,11 +32,14 @@ _METRIC = re.compile(rb"^(vllm:num_requests_(?:running|waiting))(?:\{[^}]*\})?\s
 
 
 def report_from(d: DiscoveredServer) -> ServerReport:
-    return ServerReport(kind=d.kind, context_window=d.context_window, tools=d.tools, model=d.model)
+    """What the server says of itself (a window guessed for it is not said)."""
+    return ServerReport(kind=d.kind, context_window=None if d.window_guessed else d.context_window,
+                        tools=d.tools, model=d.model)
 
 
-async def identify(session: aiohttp.ClientSession, url: str, timeout: float = 3.0) -> ServerReport | None:
-    found = await probe_server(session, url, timeout)
+async def identify(session: aiohttp.ClientSession, url: str, timeout: float = 3.0, model: str = "") -> ServerReport | None:
+    """What serves `url`; `model`: the one the backend is configured with."""
+    found = await probe_server(session, url, timeout, model)
     return report_from(found) if found is not None else None
 
 

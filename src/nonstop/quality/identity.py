@@ -187,7 +187,7 @@ async def identify(session: aiohttp.ClientSession, cfg: LocalBackendConfig, *, t
     """The model `cfg`'s server runs now. Never raises: a server that does not answer
     gives an identity with `reachable` false and only what the config says."""
     base = cfg.url.rstrip("/").removesuffix("/v1")
-    found = await probe_server(session, base, timeout)
+    found = await probe_server(session, base, timeout, cfg.model)
     if found is None:
         return ModelIdentity(cfg.name, name=cfg.model, configured_context=cfg.context_window, reachable=False)
     ident = ModelIdentity(cfg.name, server=found.kind, name=cfg.model or found.model, configured_context=cfg.context_window,

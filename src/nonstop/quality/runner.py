@@ -276,7 +276,7 @@ async def evaluate_backend(backend: LocalBackend, session: aiohttp.ClientSession
     run). The backend first learns what its server reports (its real window), as the
     gateway's does, so requests are fitted to the window live traffic gets; the quick
     suite leaves out the long-context task, the slowest by far on a CPU."""
-    found = await server_report.identify(session, backend.base)
+    found = await server_report.identify(session, backend.base, model=backend.cfg.model)
     if found is not None:
         backend.state.reported(found)
     identity = await identify(session, backend.cfg)

@@ -66,6 +66,9 @@ class BackendState:
     others: int = 0
     others_at: float = 0.0
     warmth: str = ""
+    # The configured window is a guess (discovery's, for an Ollama whose model was not
+    # loaded): the server's own reading replaces it, larger or smaller.
+    window_guessed: bool = False
     report: ServerReport = field(default_factory=ServerReport)
     # The last view() and until when it holds (see view()).
     _view: BackendView | None = field(default=None, init=False, repr=False, compare=False)
@@ -81,7 +84,7 @@ class BackendState:
         smaller than configured is the one to plan with."""
         caps, r = self.caps, self.report
         window = caps.context_window
-        if r.context_window and (window is None or r.context_window < window):
+        if r.context_window and (window is None or r.context_window < window or self.window_guessed):
             window = r.context_window
         slots = r.slots or caps.slots
         tools = caps.tools if r.tools is None else r.tools
@@ -174,7 +177,9 @@ class BackendState:
         if model:
             self.model = model
         if ok:
-            self._restore()
+            # The server answers; whether it serves is for the next request to show, so the
+            # count of failed requests stays (a backend that keeps failing them waits longer).
+            self._restore(served=False)
         elif self.demoted:
             self.failed(error or "health check failed")
 
@@ -192,8 +197,9 @@ class BackendState:
     def probe_due(self) -> bool:
         return self.demoted and self.clock() >= self.next_probe
 
-    def _restore(self) -> None:
-        self.failures = 0
+    def _restore(self, *, served: bool = True) -> None:
+        if served:
+            self.failures = 0
         if self.demoted:
             self.demoted, self.demoted_why = False, ""
         self.healthy = True

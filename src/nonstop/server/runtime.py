@@ -15,7 +15,7 @@ import operator
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
 import aiohttp
@@ -109,12 +109,18 @@ class Runtime:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         backends = list(self.cfg.local)
+        guessed: set[str] = set()
         if not backends or self.cfg.embedded.mode == "always":
-            auto = await auto_backends(self.cfg, self.local_session, have_configured=bool(backends))
+            auto = await auto_backends(self.cfg, self.local_session, have_configured=bool(backends), wait=False)
             self.discovered, self.embedded = auto.discovered, auto.embedded
             backends.extend(auto.backends)
-        self.set_local_backends(backends)
+            guessed = auto.guessed_windows
+            if auto.embedded is not None:  # it loads while the gateway serves (and can be stopped)
+                self.spawn(self._embedded_started(auto.embedded.begin()))
+        self.set_local_backends(backends, guessed)
         for b in self.locals:
+            if self.embedded is not None and b.name == "embedded":
+                b.until_ready = self.embedded.until_ready  # a request waits for it to load
             self.spawn(self._watch(b))
         self.warmer = Warmer(self.cfg.warmup, lambda: [q.view() for q in self.clouds.accounts.states.values()],
                              lambda: self.locals, Loads(self.local_session), embedded=self.embedded, clock=self.clock)
@@ -122,6 +128,14 @@ class Runtime:
         self.spawn(self.warmer.run())
         self.evals = EvalWatch(self.cfg, self.local_session)
         self.spawn(self._scores(self.evals))
+
+    async def _embedded_started(self, starting: asyncio.Future[None]) -> None:
+        from nonstop.backends.embedded import EmbeddedUnavailable
+
+        try:
+            await starting
+        except EmbeddedUnavailable as exc:
+            log.warning("no local model available: %s", exc)
 
     async def _save_deadlines(self, store: Store) -> None:
         """The learned first-byte deadlines, saved while they change, so that a crash
@@ -158,9 +172,12 @@ class Runtime:
         """This instance's requests in flight per local backend URL, as counted for the fleet."""
         return {b.cfg.url: self._held.get(b.cfg.url, 0) for b in self.locals}
 
-    def set_local_backends(self, cfgs: list[LocalBackendConfig]) -> None:
+    def set_local_backends(self, cfgs: list[LocalBackendConfig], guessed: Collection[str] = ()) -> None:
+        """`guessed`: the backends whose window is a guess, for the server's reading to replace."""
         assert self.local_session is not None
         self.use_backends([make_local_backend(c, self.local_session, ping_interval=self.cfg.ping_interval) for c in cfgs])
+        for b in self.locals:
+            b.state.window_guessed = b.name in guessed
 
     def use_backends(self, locals_: list[LocalBackend], cloud: CloudBackend | None = None) -> None:
         """The backends to serve with: the one seam for I/O (tests pass fakes here)."""
@@ -223,7 +240,7 @@ class Runtime:
         now = self.clock()
         if now >= due["identify"]:
             due["identify"] = now + IDENTIFY_EVERY
-            found = await server_report.identify(session, b.base)
+            found = await server_report.identify(session, b.base, model=b.cfg.model)
             if found is not None:
                 known = found
                 b.state.reported(found)

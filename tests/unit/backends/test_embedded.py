@@ -1,14 +1,18 @@
 """The embedded server's lifecycle, with a tiny Python script standing in for llama-server.
 
-The stand-in serves /health on the --port it is given. Files next to it steer it:
+The stand-in serves /health, and /v1/models listing its --alias, on the --port it is
+given. Files next to it steer it:
 `crash` makes it exit at once, `delay` holds a number of seconds to wait before serving,
-`ignore-term` makes it ignore SIGTERM.
+`ignore-term` makes it ignore SIGTERM. Like llama-server, it exits with code 1 when it
+cannot bind its port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,14 +21,18 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import web
 
 from nonstop.backends import embedded as embedded_module
 from nonstop.backends.embedded import EmbeddedServer, EmbeddedUnavailable, backoff_delay
 from nonstop.backends.llama_stack import INSTALL_HINT
 from nonstop.config import EmbeddedConfig
-from tests.support.procs import pid_alive
+from tests.support.config import nonstop_config
+from tests.support.procs import pid_alive, start_nonstop
+from tests.support.waiting import wait_for
 
 FAKE_SERVER = """\
 #!{python}
@@ -35,6 +43,7 @@ from pathlib import Path
 here = Path(__file__).parent
 args = sys.argv[1:]
 port = int(args[args.index("--port") + 1])
+alias = args[args.index("--alias") + 1] if "--alias" in args else ""
 print("fake llama-server", os.getpid(), " ".join(args), flush=True)
 if (here / "crash").exists():
     print("crashing on purpose", flush=True)
@@ -47,8 +56,9 @@ if (here / "delay").exists():
 
 class Health(BaseHTTPRequestHandler):
     def do_GET(self):
-        ok = self.path == "/health"
-        body = b'{{"status":"ok"}}' if ok else b'{{"error":"not found"}}'
+        ok = self.path in ("/health", "/v1/models")
+        body = b'{{"status":"ok"}}' if self.path == "/health" else (
+            ('{{"object":"list","data":[{{"id":"' + alias + '"}}]}}').encode() if ok else b'{{"error":"not found"}}')
         self.send_response(200 if ok else 404)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -59,7 +69,12 @@ class Health(BaseHTTPRequestHandler):
         pass
 
 
-HTTPServer(("127.0.0.1", port), Health).serve_forever()
+try:
+    server = HTTPServer(("127.0.0.1", port), Health)
+except OSError as exc:
+    print("couldn't bind HTTP server socket:", exc, flush=True)
+    sys.exit(1)
+server.serve_forever()
 """
 
 
@@ -256,6 +271,30 @@ async def test_oversized_max_output_is_capped(fake: Fake) -> None:
     assert backend.max_output_tokens < backend.context_window
 
 
+async def test_the_embedded_server_is_not_declared_ready_on_a_port_another_server_holds(
+        fake: Fake, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port taken by another program between its choice and llama-server's start (another
+    instance starting its own embedded server, say) does not pass for ready because that
+    program answers /health: the start fails with llama-server's own reason, and no request
+    goes to a server nonstop does not run."""
+    other = web.Application()
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    other.router.add_get("/health", health)
+    taken = urlsplit(await serve(other)).port
+    monkeypatch.setattr(embedded_module, "free_loopback_port", lambda: taken)
+    server = fake.server()
+    try:
+        with pytest.raises(EmbeddedUnavailable, match="exited with code 1") as info:
+            await server.start()
+        assert "couldn't bind" in str(info.value)
+        assert server.pid is None and not server.healthy
+    finally:
+        await server.stop()
+
+
 def test_backoff_delays() -> None:
     assert [backoff_delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
     assert backoff_delay(3, initial=0.5, cap=1.0) == 1.0
@@ -297,3 +336,24 @@ async def test_child_dies_when_nonstop_is_killed(fake: Fake) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_nonstop_stops_promptly_while_the_embedded_server_is_still_loading(tmp_path: Path) -> None:
+    """nonstop serves while its embedded llama-server loads a model, and a SIGTERM (a service
+    manager's stop) meanwhile ends it at once, and the llama-server with it."""
+    fake = Fake(tmp_path)
+    fake.flag("delay", "120")
+    log = fake.state / "embedded-llama.log"
+    ns = start_nonstop(nonstop_config("http://127.0.0.1:9", log={"enabled": False}, embedded={
+        "mode": "auto", "server_path": str(fake.script), "model_path": str(fake.model), "ready_timeout": 60,
+    }), state_dir=fake.state)
+    try:
+        started = wait_for(lambda: log.exists() and re.search(r"fake llama-server (\d+)", log.read_text()), 30,
+                           "the embedded llama-server to start loading")
+        ns.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            ns.proc.wait(10)
+        assert ns.proc.poll() is not None, "nonstop was still running 10 s after SIGTERM"
+        wait_for(lambda: not pid_alive(int(started[1])), 5, "the loading llama-server to end")
+    finally:
+        ns.stop(signal.SIGKILL)

@@ -5,8 +5,10 @@ warm-ups, this warmth" out."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from nonstop.backends.local_anthropic import AnthropicLocalBackend
@@ -16,6 +18,8 @@ from nonstop.config.model import WarmupConfig
 from nonstop.routing.backend_state import ServerReport
 from nonstop.routing.view import CloudState, CloudView, WindowForecast
 from nonstop.server.warmer import Loads, Warmer, warm_reason
+from tests.support.fake_ollama import FAKE, MODEL, ollama_app
+from tests.support.inprocess import local_runtime, readings_due
 
 T0 = 1_800_000_000.0
 CFG = WarmupConfig(at_utilization=0.8, keep_alive=600.0, touch_every=20.0)
@@ -287,3 +291,30 @@ async def test_disabled_does_nothing() -> None:
     w.clouds = [OUT]
     await asyncio.wait_for(w.warmer.run(), 1)
     assert w.loads.calls == []
+
+
+async def test_the_warmer_does_not_reload_an_ollama_model_every_reading(serve, tmp_path: Path) -> None:
+    """On an Ollama with several models pulled, the load readings follow the backend's own
+    model, so once the warmer has loaded it the model reads as loaded: the keep-alive is
+    renewed halfway through, not posted again at every reading, and the model shows warm."""
+    app = ollama_app(load_seconds=0, others=["llama3.2:3b"])
+    url = await serve(app)
+    clock = Clock()
+    async with aiohttp.ClientSession() as session:
+        rt = local_runtime(tmp_path, session, [LocalBackendConfig(name="qwen", url=url, model=MODEL)], clock=clock)
+        b = rt.locals[0]
+        warmer = Warmer(WarmupConfig(), lambda: [OUT], lambda: rt.locals, Loads(session), clock=clock)
+        due = readings_due()
+        known = await rt._watch_once(b, None, due)
+        for _ in range(15):  # 30 s of the runtime's readings, the cloud out all along
+            warmer.tick()
+            for _ in range(100):
+                await asyncio.sleep(0)
+                if all(w.task is None for w in warmer.state.values()):
+                    break
+            await asyncio.sleep(0.01)
+            clock.now += 2.0
+            known = await rt._watch_once(b, known, due)
+    loads = [c for c in app[FAKE].calls if c["path"] == "/api/generate"]
+    assert len(loads) <= 2, f"{len(loads)} loads of a model that stayed loaded, in 30 s"
+    assert b.state.warmth == "warm"

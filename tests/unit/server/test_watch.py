@@ -1,10 +1,14 @@
-"""A local backend's background readings survive whatever its server answers: an odd reply
-is read as no reading, and an error in one pass never ends the watch."""
+"""A local backend's background readings: they describe the model the backend is
+configured with, replace a window that discovery only guessed, keep a backend that keeps
+failing its requests demoted longer each time though its health check passes, and survive
+whatever its server answers (an odd reply is read as no reading, an error in one pass
+never ends the watch)."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -13,9 +17,15 @@ from aiohttp import web
 import nonstop.server.runtime as runtime_module
 from nonstop.backends import server_report
 from nonstop.backends.registry import make_local_backend
-from nonstop.config import parse_config
+from nonstop.config import LocalBackendConfig, parse_config
 from nonstop.routing.backend_state import ServerReport
+from nonstop.server import autoconfig
 from nonstop.server.runtime import Runtime
+from tests.support.clock import Clock
+from tests.support.fake_ollama import MODEL, ollama_app
+from tests.support.inprocess import local_runtime, readings_due
+
+INF = float("inf")
 
 
 @pytest.mark.parametrize("ps", [{"models": 5}, {"models": {"name": "m"}}, {"models": [5, "m", None]}, [1, 2], "x"])
@@ -36,7 +46,7 @@ async def test_an_error_in_one_pass_does_not_end_the_watch(tmp_path: Path, monke
     monkeypatch.setattr(runtime_module, "TICK", 0.01)
     calls = {"identify": 0, "health": 0}
 
-    async def identify(session, base):
+    async def identify(session, base, **_):
         calls["identify"] += 1
         raise TypeError("'int' object is not iterable")
 
@@ -59,3 +69,76 @@ async def test_an_error_in_one_pass_does_not_end_the_watch(tmp_path: Path, monke
         watch.cancel()
     assert calls["identify"] == 1 and calls["health"] >= 1  # the next pass went on
     assert sum("reading box failed" in r.getMessage() for r in caplog.records) == 1  # said once, not every pass
+
+
+async def test_a_discovered_ollama_is_planned_with_the_window_it_really_runs(serve, tmp_path: Path) -> None:
+    """Discovery guesses Ollama's stock 4096 for a model that is not loaded yet; once it is
+    loaded, the window the server reports (32768 with OLLAMA_CONTEXT_LENGTH=32768) is the
+    one requests are fitted to, so tools and history are not cut to fit 4k."""
+    url = await serve(ollama_app(load_seconds=0, default_num_ctx=32768))
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False},
+                        "discovery": {"ports": [urlsplit(url).port]}, "embedded": {"mode": "never"}})
+    async with aiohttp.ClientSession() as session:
+        found = await autoconfig.auto_backends(cfg, session, have_configured=False)
+        assert [(b.name, b.context_window) for b in found.backends] == [("ollama", 4096)]  # the guess
+        rt = local_runtime(tmp_path, session, found.backends, guessed=found.guessed_windows)
+        b = rt.locals[0]
+        async with session.post(url + "/api/generate", json={"model": MODEL}) as resp:  # a client loads it
+            assert resp.status == 200
+        await rt._watch_once(b, None, readings_due())
+    assert b.state.report.context_window == 32768
+    assert b.window() == 32768
+
+
+async def test_a_configured_ollama_backend_is_read_as_its_own_model(serve, tmp_path: Path) -> None:
+    """On an Ollama with several models pulled, a backend's readings describe the model it
+    is configured with (its name, its Modelfile's window, its tools), not whichever model
+    the server lists first, so status, planning and warm-up see the model that serves."""
+    url = await serve(ollama_app(load_seconds=0, others=["llama3.2:3b"], modelfile_ctx=32768))
+    async with aiohttp.ClientSession() as session:
+        rt = local_runtime(tmp_path, session, [LocalBackendConfig(name="qwen", url=url, model=MODEL,
+                                                                  context_window=32768)])
+        b = rt.locals[0]
+        await rt._watch_once(b, None, readings_due())
+    assert (b.state.model, b.state.report.context_window, b.window(), b.capabilities().tools) == (
+        MODEL, 32768, 32768, True)
+
+
+def broken_model_app(hits: list[str]) -> web.Application:
+    """A server whose model list answers but whose every generation fails: Ollama with a
+    model too large for the machine, llama-server whose chat template throws, vLLM whose
+    engine died."""
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "qwen2.5-coder:32b", "object": "model"}]})
+
+    async def messages(_: web.Request) -> web.Response:
+        hits.append("messages")
+        return web.json_response({"error": "model requires more system memory (21.3 GiB) than is available "
+                                           "(15.1 GiB)"}, status=500)
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+async def test_a_backend_that_keeps_failing_its_requests_stays_demoted_longer_each_time(serve, tmp_path: Path) -> None:
+    """A health check that passes restores a demoted backend but keeps its count of failed
+    requests, so a backend whose every request fails waits longer each time before it is
+    tried first again, instead of making every request pay for it first."""
+    hits: list[str] = []
+    url = await serve(broken_model_app(hits))
+    clock = Clock(1_800_000_000.0)
+    req = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        rt = local_runtime(tmp_path, session, [LocalBackendConfig(name="big", url=url, model="qwen2.5-coder:32b",
+                                                                  count_tokens="estimate")], clock=clock)
+        b = rt.locals[0]
+        due = {"identify": INF, "health": INF, "load": INF}  # only the demotion's own probe
+        for _ in range(12):  # a user request every 2.5 s for 30 s
+            if not b.state.demoted:  # first in the plan: the request goes to it before any other
+                await b.send_request(req, stream=False)
+            clock.advance(2.5)
+            await rt._watch_once(b, None, due)  # the probe, when due
+    assert len(hits) <= 6, f"{len(hits)} of 12 requests went first to a backend that failed every one"
