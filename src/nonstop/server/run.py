@@ -69,13 +69,6 @@ def serve(cfg: Config) -> int:
     return 0 if server.started else 1
 
 
-# The young generation's threshold once serving. A request leaves almost no reference
-# cycles behind (its objects are freed as their counts drop), so a collection mostly walks
-# the objects of requests still in flight: collecting ten times less often does a tenth
-# of that work, and holds back at most a few megabytes of cyclic garbage.
-GC_YOUNG_THRESHOLD = 7000
-
-
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process would
     exit with -15 after draining cleanly; a clean drain exits 0.
@@ -89,7 +82,6 @@ class _Server(uvicorn.Server):
         if self.started:
             gc.collect()
             gc.freeze()
-            gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -51,7 +51,7 @@ async def test_serving_moves_what_start_up_built_out_of_the_collectors_reach() -
         await server.startup()
         assert server.started
         assert gc.get_freeze_count() > 0  # start-up's objects: never walked again
-        assert gc.get_threshold() == (run.GC_YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_threshold() == before  # the collector's own pace (a rarer young one cost streams)
     finally:
         await server.shutdown()
         gc.unfreeze()
