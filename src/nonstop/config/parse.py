@@ -218,6 +218,8 @@ def _parse_routing(data: Any, local: tuple[LocalBackendConfig, ...], problems: l
 
 
 MIN_TOKEN = MIN_EXPOSED_TOKEN
+# The shortest gap between keep-alive pings: 0 would send them in a loop.
+MIN_PING_INTERVAL = 0.1
 
 
 def _parse_users(items: Any, problems: list[str]) -> tuple[UserConfig, ...]:
@@ -328,8 +330,9 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     if kwargs.get("body_min_rate") == 0:
         problems.append("body_min_rate: must be at least 1 byte a second; the default is 16384")
     ping = kwargs.get("ping_interval")
-    if isinstance(ping, float) and ping < 1:
-        problems.append(f"ping_interval: {ping:g} seconds would flood the client with pings; use 1 or more (the default is 10)")
+    if isinstance(ping, float) and ping < MIN_PING_INTERVAL:
+        problems.append(f"ping_interval: {ping:g} seconds would flood the client with pings; "
+                        f"use {MIN_PING_INTERVAL:g} or more (the default is 10)")
     token = kwargs.get("token")
     if isinstance(token, str) and token and not token.isascii():
         problems.append("token: use ASCII characters only (it travels in an HTTP header)")
