@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nonstop.config import CloudConfig
-from nonstop.routing.classify import LONGEST_OUT, FailureKind, Verdict, parse_epoch, parse_float
+from nonstop.routing.classify import (
+    LONGEST_OUT,
+    TRANSIENT_KINDS,
+    FailureKind,
+    Verdict,
+    parse_epoch,
+    parse_float,
+)
 from nonstop.routing.forecast import QuotaForecast
 from nonstop.routing.view import CloudState, CloudView
 
@@ -22,6 +29,8 @@ _H = "anthropic-ratelimit-unified-"
 
 # Consecutive blips (overloaded, 5xx) before the cloud is skipped for error_cooldown.
 BREAKER_THRESHOLD = 3
+# Failures that say only that one request met trouble (not when the quota returns).
+_STALE_BLIPS = TRANSIENT_KINDS | {FailureKind.BAD_RESPONSE, FailureKind.CLIENT_ERROR, FailureKind.AUTH}
 # A probe that has not reported back after this long no longer blocks the next one.
 PROBE_TIMEOUT = 120.0
 
@@ -121,9 +130,15 @@ class QuotaState:
         if self.state is not CloudState.SERVING:
             self._set(CloudState.SERVING, 0.0, "", "", "the cloud answered; back on the cloud")
 
-    def record_failure(self, verdict: Verdict) -> None:
+    def record_failure(self, verdict: Verdict, generation: int | None = None) -> None:
+        """The cloud refused or failed a request sent in state `generation` (None: now).
+        A blip of a request sent before the cloud went out says nothing new about a cloud
+        already out or being probed: it must not end the probe under way."""
         now = self.clock()
         kind = verdict.kind
+        if (generation is not None and generation != self.generation and self.state is not CloudState.SERVING
+                and kind in _STALE_BLIPS):
+            return
         if kind is FailureKind.CLIENT_ERROR:
             # The request was refused for its shape: nothing learned about capacity, so
             # the next request checks again (no cooldown).

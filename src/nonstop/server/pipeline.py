@@ -254,15 +254,15 @@ class Pipeline:
         if isinstance(res, Reply):
             if res.status < 400:
                 if res.verdict is not None:  # served, but the quota is now rejected
-                    quota.record_failure(res.verdict)
+                    quota.record_failure(res.verdict, generation)
                 else:
                     quota.record_success(generation)
             elif res.verdict is not None:
-                quota.record_failure(res.verdict)
+                quota.record_failure(res.verdict, generation)
             else:
-                quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, res.usage.error))
+                quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, res.usage.error), generation)
         elif isinstance(res, Verdict):
-            quota.record_failure(res)
+            quota.record_failure(res, generation)
 
     def _no_reply(self, ctx: RequestContext, out: Outcome, too_long: list[TooLong]) -> None:
         facts = ctx.facts
