@@ -16,7 +16,6 @@ from typing import Any
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import (
     LONGEST_OUT,
-    TRANSIENT_KINDS,
     FailureKind,
     Verdict,
     parse_epoch,
@@ -29,8 +28,6 @@ _H = "anthropic-ratelimit-unified-"
 
 # Consecutive blips (overloaded, 5xx) before the cloud is skipped for error_cooldown.
 BREAKER_THRESHOLD = 3
-# Failures that say only that one request met trouble (not when the quota returns).
-_STALE_BLIPS = TRANSIENT_KINDS | {FailureKind.BAD_RESPONSE, FailureKind.CLIENT_ERROR, FailureKind.AUTH}
 # A probe that has not reported back after this long no longer blocks the next one.
 PROBE_TIMEOUT = 120.0
 
@@ -121,24 +118,16 @@ class QuotaState:
     # --- what happened ---------------------------------------------------------------
 
     def record_success(self, generation: int | None = None) -> None:
-        """The cloud answered a request sent in state `generation` (None: now). A request
-        sent before the cloud went out, whose answer came after, says nothing about the
-        cloud now: the state stays as it is (parallel requests, one slow to answer)."""
-        if self.state is not CloudState.SERVING and generation is not None and generation != self.generation:
-            return
+        """The cloud answered a request (`generation`: the state's when it was sent)."""
         self.blips = 0
         if self.state is not CloudState.SERVING:
             self._set(CloudState.SERVING, 0.0, "", "", "the cloud answered; back on the cloud")
 
     def record_failure(self, verdict: Verdict, generation: int | None = None) -> None:
-        """The cloud refused or failed a request sent in state `generation` (None: now).
-        A blip of a request sent before the cloud went out says nothing new about a cloud
-        already out or being probed: it must not end the probe under way."""
+        """The cloud refused or failed a request (`generation`: the state's when it was sent)."""
         now = self.clock()
         kind = verdict.kind
-        if (generation is not None and generation != self.generation and self.state is not CloudState.SERVING
-                and kind in _STALE_BLIPS):
-            return
+
         if kind is FailureKind.CLIENT_ERROR:
             # The request was refused for its shape: nothing learned about capacity, so
             # the next request checks again (no cooldown).

@@ -647,21 +647,3 @@ def test_a_retry_after_in_asctime_form_is_read_as_utc(pacific_time: None) -> Non
     got = parse_retry_after(asctime, T0)
     assert got is not None
     assert got == pytest.approx(T0 + 60, abs=1), f"retry-after one minute ahead read as {(got - T0) / 3600:.2f} h ahead"
-
-
-def test_a_blip_of_a_request_sent_before_the_limit_does_not_end_the_probe() -> None:
-    """Requests run in parallel: one sent while serving may fail (a 529) after the cloud
-    went out and a probe began. It says nothing new about a cloud already out; the probe
-    decides. A limit met by such a request still counts (the later deadline wins)."""
-    q, clock, _ = make()
-    before_the_limit = q.generation
-    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 10))
-    clock.advance(11)
-    q.begin_probe()
-    probe = q.generation
-    q.record_failure(v(FailureKind.OVERLOADED), before_the_limit)
-    assert q.state is CloudState.PROBING
-    q.record_success(probe)
-    assert q.state is CloudState.SERVING
-    q.record_failure(v(FailureKind.SUBSCRIPTION_LIMIT, T0 + 3600), before_the_limit)  # serving: every failure counts
-    assert q.state is CloudState.OUT and q.until == T0 + 3600
