@@ -1,6 +1,5 @@
 """What a cloud reply teaches the account's state, through the pipeline: a limit met on
-the reply that names the key's organization takes the organization out, and a success
-for a request sent before the limit does not bring the cloud back."""
+the reply that names the key's organization takes the organization out."""
 
 from __future__ import annotations
 
