@@ -68,8 +68,6 @@ class QuotaState:
     since: float = 0.0
     probe_started: float = 0.0
     blips: int = 0
-    # Counts the changes of state: a request remembers the one it was sent in.
-    generation: int = 0
     # When this state was last decided (a transition or a new deadline): a fleet keeps the
     # newer of two views.
     observed: float = 0.0
@@ -117,14 +115,12 @@ class QuotaState:
 
     # --- what happened ---------------------------------------------------------------
 
-    def record_success(self, generation: int | None = None) -> None:
-        """The cloud answered a request (`generation`: the state's when it was sent)."""
+    def record_success(self) -> None:
         self.blips = 0
         if self.state is not CloudState.SERVING:
             self._set(CloudState.SERVING, 0.0, "", "", "the cloud answered; back on the cloud")
 
-    def record_failure(self, verdict: Verdict, generation: int | None = None) -> None:
-        """The cloud refused or failed a request (`generation`: the state's when it was sent)."""
+    def record_failure(self, verdict: Verdict) -> None:
         now = self.clock()
         kind = verdict.kind
 
@@ -210,8 +206,6 @@ class QuotaState:
                 self.probe_started = self.clock()
             else:  # a probe in flight when the process died is over: one new request probes
                 state = CloudState.OUT
-        if state is not self.state:
-            self.generation += 1
         self.state, self.until = state, until
         self.reason = str(snap.get("reason") or "")
         self.detail = str(snap.get("detail") or "")
@@ -243,7 +237,6 @@ class QuotaState:
         self.state, self.until, self.reason, self.detail = state, until, reason, detail
         if changed:
             self.since = self.observed
-            self.generation += 1
         if self.on_change is not None:
             self.on_change(self, why if changed else "")
 

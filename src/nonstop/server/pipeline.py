@@ -168,10 +168,9 @@ class Pipeline:
                     quota.begin_probe()  # another instance is probing: wait for its answer
                     return Skip(CLOUD, "cloud", "another instance is checking whether the cloud is back")
                 quota.begin_probe()
-            generation = quota.generation
             try:
                 res = await rt.cloud.send(ctx.ex, step)
-                self.cloud_outcome(res, account, generation)
+                self.cloud_outcome(res, account)
             except UnreadableRequest:  # never sent: a probe learned nothing, and ends as such
                 if step.probe:
                     quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, "the request could not be read"))
@@ -247,22 +246,21 @@ class Pipeline:
             tried[step.target] = why
             out.tried.append((step.target, why))
 
-    def cloud_outcome(self, res: Attempt, account: str = "", generation: int | None = None) -> None:
-        """What a cloud attempt teaches the account's cloud state (`generation`: the
-        state's when the request was sent)."""
+    def cloud_outcome(self, res: Attempt, account: str = "") -> None:
+        """What a cloud attempt teaches the account's cloud state."""
         quota = self.rt.clouds.state(account)
         if isinstance(res, Reply):
             if res.status < 400:
                 if res.verdict is not None:  # served, but the quota is now rejected
-                    quota.record_failure(res.verdict, generation)
+                    quota.record_failure(res.verdict)
                 else:
-                    quota.record_success(generation)
+                    quota.record_success()
             elif res.verdict is not None:
-                quota.record_failure(res.verdict, generation)
+                quota.record_failure(res.verdict)
             else:
-                quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, res.usage.error), generation)
+                quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, res.usage.error))
         elif isinstance(res, Verdict):
-            quota.record_failure(res, generation)
+            quota.record_failure(res)
 
     def _no_reply(self, ctx: RequestContext, out: Outcome, too_long: list[TooLong]) -> None:
         facts = ctx.facts
