@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 from yarl import URL
 
 from nonstop.backends.base import (
@@ -94,26 +94,42 @@ _BAD_DATA = re.compile(rb"\ndata:(?![ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|
 _GOOD_FIRST = re.compile(rb"data:[ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$)")
 # Header names seen before: the name to send on (None: not forwarded), and for replies,
 # the lower-case name to relay (None: hop-by-hop). Bounded: names come from clients.
-_REQUEST_NAMES: dict[bytes, str | None] = {}
+# A name to send on is an `istr`, which aiohttp's header copies take as it is: a plain
+# str would make each copy lower-case its own key.
+_REQUEST_NAMES: dict[bytes, istr | None] = {}
 _REPLY_NAMES: dict[bytes, bytes | None] = {}
 _MAX_NAMES = 512
+# Short header values seen before, decoded. A client sends the same few (its version, its
+# key, its session) on every request, and aiohttp keeps the request's headers for as long
+# as the reply streams: shared, they cost an open stream nothing. Bounded in count and in
+# size (emptied when full); the values never leave the process.
+_REQUEST_VALUES: dict[bytes, str] = {}
+_MAX_VALUES = 1024
+_MAX_VALUE_BYTES = 256
 
 
 def forward_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
-    names = _REQUEST_NAMES
+    names, values = _REQUEST_NAMES, _REQUEST_VALUES
     for k, v in raw:
         try:
             name = names[k]
         except KeyError:
-            name = k.decode("latin-1")
-            low = name.lower()
-            if low in HOP_BY_HOP or low in OWN_REQUEST_HEADERS:
-                name = None
+            decoded = k.decode("latin-1")
+            low = decoded.lower()
+            name = None if low in HOP_BY_HOP or low in OWN_REQUEST_HEADERS else istr(decoded)
             if len(names) < _MAX_NAMES:
                 names[k] = name
-        if name is not None:
-            out.add(name, v.decode("latin-1"))
+        if name is None:
+            continue
+        value = values.get(v)
+        if value is None:
+            value = v.decode("latin-1")
+            if len(v) <= _MAX_VALUE_BYTES:
+                if len(values) >= _MAX_VALUES:
+                    values.clear()
+                values[v] = value
+        out.add(name, value)
     return out
 
 
