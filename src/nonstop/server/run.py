@@ -29,9 +29,25 @@ class _Redact(logging.Filter):
         return True
 
 
+class _Formatter(logging.Formatter):
+    """The console's format; its time (to the second) is formatted once a second, not
+    once a line (a line a request)."""
+
+    _second: int | None = None
+    _time = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        second = int(record.created)
+        if second != self._second:
+            self._time, self._second = super().formatTime(record, datefmt), second
+        return self._time
+
+
 def setup_logging(level: int = logging.INFO) -> None:
+    # No format here names the thread or the process: a record need not look them up.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s nonstop %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(_Formatter("%(asctime)s nonstop %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(_Redact())
     root = logging.getLogger("nonstop")
     root.handlers[:] = [handler]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,18 @@ def test_the_server_runs_as_configured(tmp_path: Path, monkeypatch: pytest.Monke
     assert config.timeout_keep_alive == 75
     assert config.proxy_headers is False and config.access_log is False
     assert config.timeout_graceful_shutdown == 30
+
+
+def test_the_console_line_says_the_time_of_each_record_to_the_second() -> None:
+    """The time is formatted once a second; a record of the next second gets its own."""
+    fmt = run._Formatter("%(asctime)s nonstop %(levelname)s %(message)s", "%H:%M:%S")
+
+    def line(created: float) -> str:
+        rec = logging.LogRecord("nonstop", logging.INFO, __file__, 0, "hello %s", ("there",), None)
+        rec.created = created
+        return fmt.format(rec)
+
+    t0 = 1_800_000_000.0
+    expected = [time.strftime("%H:%M:%S", time.localtime(t)) + " nonstop INFO hello there"
+                for t in (t0, t0 + 0.9, t0 + 1.0, t0 - 5)]
+    assert [line(t) for t in (t0, t0 + 0.9, t0 + 1.0, t0 - 5)] == expected
