@@ -305,10 +305,12 @@ class Runtime:
             taken, total = await shared.acquire_slot(url, limit)
             if total is not None:
                 b.state.fleet_counted(total - (1 if taken else 0))
-            if not taken:
-                self._held[url] -= 1
-                return Skip(b.name, "load", f"at its limit of {limit} requests in flight across the fleet")
-            return None
+                if not taken:
+                    self._held[url] -= 1
+                    return Skip(b.name, "load", f"at its limit of {limit} requests in flight across the fleet")
+                return None
+            # Redis did not count it (away, or too slow): this instance's own limit holds.
+            self._held[url] -= 1
         if limit and b.state.inflight >= limit:
             return Skip(b.name, "load", f"at its limit of {limit} requests in flight")
         self._held[url] = self._held.get(url, 0) + 1

@@ -16,7 +16,8 @@
 
 Redis is a helper, never a dependency: if it is down at start-up or lost later, every call
 here answers as if this instance were alone (and says so in the log); when it returns, the
-states are reconciled (the newer wins) and the fleet carries on.
+states are reconciled (the newer wins) and the fleet carries on. A Redis that answers, but
+slower than REQUEST_WAIT, counts as away the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ import orjson
 log = logging.getLogger("nonstop")
 
 RETRY_EVERY = 2.0
+# How long a request waits for Redis (its probe lease, its local slot). Redis answers in
+# well under a millisecond; one slower than this is treated as away for the request (it
+# is served as if this instance were alone), and until it answers this fast again, so a
+# Redis that answers but slowly cannot add seconds to every local request.
+REQUEST_WAIT = 0.25
 STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
 
 # Replace an account's state only with a newer observation; publish what was written.
@@ -157,7 +163,8 @@ class SharedState:
     async def _check(self) -> bool:
         was = self.available
         try:
-            await self._clock()
+            async with asyncio.timeout(REQUEST_WAIT):  # answering slowly is not answering
+                await self._clock()
             self.available = True
         except Exception:
             self.available = False
@@ -186,12 +193,18 @@ class SharedState:
                       _public(self.url), type(exc).__name__)
             self.available = False
 
-    async def _safely(self, what: str, op: Awaitable[Any], default: Any) -> Any:
+    async def _safely(self, what: str, op: Awaitable[Any], default: Any, wait: float | None = None) -> Any:
+        """`op`, or `default` when Redis fails it (or, with `wait`, takes longer): Redis
+        then counts as away until a check reaches it again."""
         try:
-            return await op
+            if wait is None:
+                return await op
+            async with asyncio.timeout(wait):
+                return await op
         except Exception as exc:
             if self.available:
-                log.error("shared state: %s failed (%s); serving with this instance's own state", what, type(exc).__name__)
+                why = f"took over {wait:g} s" if isinstance(exc, TimeoutError) and wait is not None else f"failed ({type(exc).__name__})"
+                log.error("shared state: %s %s; serving with this instance's own state", what, why)
             self.available = False
             return default
 
@@ -283,13 +296,14 @@ class SharedState:
         if not self.available:
             return True
         got = await self._safely("taking the probe lease", self.client.set(
-            self.prefix + "probe:" + account, self.instance, nx=True, px=max(1000, int(ttl * 1000))), True)
+            self.prefix + "probe:" + account, self.instance, nx=True, px=max(1000, int(ttl * 1000))), True,
+            REQUEST_WAIT)
         return bool(got)
 
     async def release_probe(self, account: str) -> None:
         if self.available:
             await self._safely("releasing the probe lease", self._release(
-                keys=[self.prefix + "probe:" + account], args=[self.instance]), 0)
+                keys=[self.prefix + "probe:" + account], args=[self.instance]), 0, REQUEST_WAIT)
 
     # --- the shared local pool -----------------------------------------------------------------
 
@@ -299,7 +313,7 @@ class SharedState:
             return True, None
         res = await self._safely("counting a local request", self._acquire(
             keys=[self.prefix + "inflight:" + backend_key(url)],
-            args=[self.instance, limit, self.prefix + "instance:"]), None)
+            args=[self.instance, limit, self.prefix + "instance:"]), None, REQUEST_WAIT)
         if not res:
             return True, None
         return bool(int(res[0])), int(res[1])

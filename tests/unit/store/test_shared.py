@@ -5,12 +5,14 @@ programs or versions write under nonstop's keys, and when the machines' clocks d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -21,6 +23,7 @@ from nonstop.routing.view import CloudState
 from nonstop.server.cloud_state import CloudStates
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
+from nonstop.server.runtime import Runtime
 from nonstop.store.shared import SharedState
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
@@ -159,6 +162,71 @@ async def test_a_release_lost_to_a_slow_redis_is_made_good_by_the_next_heartbeat
         await ctl.aclose()
         await a.close()
         await b.close()
+
+
+async def test_a_redis_that_answers_slowly_costs_a_local_request_at_most_the_request_wait(redis_server, caplog):
+    """A Redis that answers, but slowly (a stall under the socket timeout, a swapping host),
+    counts as away: a request waits at most REQUEST_WAIT for its slot and is then served
+    as if this instance were alone; the requests after it do not wait at all, and the
+    fleet comes back once Redis answers fast again."""
+    from nonstop.store.shared import REQUEST_WAIT
+
+    held = {GPU: 0}
+    a = await _shared(redis_server.url, heartbeat=0.5, held=lambda: held)
+    ctl = redis_asyncio.from_url(redis_server.url)
+    try:
+        await _beating(redis_server.url, a)
+        await ctl.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # every answer ~1.5 s late (under the 2 s timeout)
+        t0 = time.monotonic()
+        assert await a.acquire_slot(GPU, 1) == (True, None)  # served as if alone
+        first = time.monotonic() - t0
+        assert first < REQUEST_WAIT + 0.2, f"a local request waited {first:.2f} s for a slow Redis"
+        assert not a.available
+        assert any(f"took over {REQUEST_WAIT:g} s" in r.getMessage() for r in caplog.records)
+        t0 = time.monotonic()
+        assert await a.acquire_slot(GPU, 1) == (True, None)
+        assert await a.acquire_probe("acct", 5.0) is True
+        assert time.monotonic() - t0 < 0.05, "the requests after the first waited for Redis too"
+        assert await _wait(lambda: a.available, 6), "the fleet did not come back once Redis answered fast again"
+        assert await a.acquire_slot(GPU, 1) == (True, 1)
+    finally:
+        await ctl.aclose()
+        await a.close()
+
+
+async def test_while_redis_is_too_slow_a_backends_max_inflight_still_holds_on_this_instance(redis_server, tmp_path):
+    """A request served as if alone (Redis too slow to count it) is still counted here: a
+    one-slot backend takes no second request from this instance meanwhile, and the slot
+    comes back when the request ends."""
+    local = {"name": "gpu-1", "url": GPU, "api": "openai", "max_inflight": 1}
+    async with redis_asyncio.from_url(redis_server.url) as ctl, _runtime_in_fleet(redis_server.url, tmp_path, local) as rt:
+        assert await _wait(lambda: rt.clouds.shared.available, 5)
+        [b] = rt.locals
+        assert await rt.take_slot(b) is None  # counted fleet-wide
+        b.state.inflight += 1  # as the local backend counts the request it serves
+        await ctl.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        second = await rt.take_slot(b)  # Redis too slow to count it
+        assert second is not None and second.rule == "load", f"a one-slot backend took a second request: {second}"
+        b.state.inflight -= 1
+        rt.give_slot(b)
+        assert await rt.take_slot(b) is None  # the slot is back, Redis or not
+
+
+@contextlib.asynccontextmanager
+async def _runtime_in_fleet(url: str, tmp_path: Path, local: dict[str, Any]) -> AsyncIterator[Runtime]:
+    """A gateway's runtime with one local backend, in the fleet of the Redis at `url`."""
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}, "local": [local],
+                        "shared": {"redis_url": url, "key_prefix": PREFIX, "heartbeat": 0.5,
+                                   "account_salt": "one-salt-for-the-fleet"}})
+    rt = Runtime(cfg)
+    rt.local_session = aiohttp.ClientSession()
+    try:
+        rt.set_local_backends(list(cfg.local))
+        await rt.clouds.start(rt.instance_info)
+        yield rt
+    finally:
+        await rt.clouds.stop()
+        await rt.local_session.close()
 
 
 def _backend_key(url: str) -> str:
@@ -327,30 +395,14 @@ async def test_a_backend_password_in_its_url_is_not_written_to_redis(redis_serve
     """A backend URL with basic auth (`http://user:pass@gpu-1...`) is never written to
     Redis: the heartbeat names backends by name, and anyone with Redis or the fleet page
     reads no password."""
-    import aiohttp
-
-    from nonstop.server.runtime import Runtime
-
     url = "http://nonstop:s3cret-pass@gpu-1.internal:8000"
-    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False},
-                        "local": [{"name": "gpu-1", "url": url, "api": "openai"}],
-                        "shared": {"redis_url": redis_server.url, "key_prefix": PREFIX, "heartbeat": 0.5,
-                                   "account_salt": "one-salt-for-the-fleet"}})
-    rt = Runtime(cfg)
-    rt.local_session = aiohttp.ClientSession()
-    ctl = redis_asyncio.from_url(redis_server.url)
-    try:
-        rt.set_local_backends(list(cfg.local))
-        await rt.clouds.start(rt.instance_info)
+    local = {"name": "gpu-1", "url": url, "api": "openai"}
+    async with redis_asyncio.from_url(redis_server.url) as ctl, _runtime_in_fleet(redis_server.url, tmp_path, local) as rt:
         key = PREFIX + "instance:" + rt.clouds.shared.instance
         assert await _wait(_exists(ctl, key), 5)
         beat = (await ctl.get(key)).decode()
         assert '"gpu-1"' in beat  # the backend by its name
         assert "s3cret-pass" not in beat and "gpu-1.internal" not in beat, f"the backend's password is in Redis in clear: {beat}"
-    finally:
-        await ctl.aclose()
-        await rt.clouds.stop()
-        await rt.local_session.close()
 
 
 # --- the key prefix ---------------------------------------------------------------------------------
