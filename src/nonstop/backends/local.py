@@ -241,14 +241,23 @@ class LocalBackend:
         scale does not hold for every part of a request: a chat template that leaves the
         tools out counts them as nothing, so cutting tools moves the estimate and not the
         server's count. When the server counts a fitted request over the window, the scale
-        is taken again from that request, and the fitting goes deeper."""
+        is taken again from that request, and the fitting goes deeper.
+
+        The answer's room is output_room() when the request can be fitted that small, and
+        otherwise the planner's floor (MIN_OUTPUT_ROOM): a request the planner sent here
+        as fitting is not refused for wanting more room than it needs (its max_tokens is
+        then lowered to what is left)."""
         estimate = estimate_tokens(local_req)
         ratio = tokens / estimate if estimate else 1.0
         room = self.output_room(window)
+        least = min(MIN_OUTPUT_ROOM, room)
         budget = window - room
         deferred = deferred_tool_names(original)
         for _ in range(REFITS):
             fitted = fit_request(dict(local_req), budget, partial(_scaled, ratio), drop_turns=True, deferred=deferred)
+            if not fitted.fits and budget < window - least:
+                budget = window - least  # less room for the answer, rather than no answer
+                fitted = fit_request(dict(local_req), budget, partial(_scaled, ratio), drop_turns=True, deferred=deferred)
             if not fitted.fits:
                 return None
             request = dict(fitted.request)
@@ -258,7 +267,7 @@ class LocalBackend:
                 counted = await self.count_tokens(request)
             except (aiohttp.ClientError, OSError, TimeoutError):
                 return Fitted(request, fitted.tokens, True, fitted.tiers)
-            if counted <= window - min(MIN_OUTPUT_ROOM, room):
+            if counted <= window - least:
                 return Fitted(request, counted, True, fitted.tiers)
             estimate = estimate_tokens(request)
             if not estimate or counted / estimate <= ratio:

@@ -402,10 +402,13 @@ def _unique(items: Iterable[str]) -> list[str]:
 
 
 def _cut_middle(text: str, keep_chars: int) -> str:
+    """`text` with its middle replaced by a marker, keeping `keep_chars` of it; the text
+    itself when that would not make it shorter (the marker has a length too)."""
     if len(text) <= keep_chars:
         return text
     half = max(1, keep_chars // 2)
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters trimmed by nonstop ...]\n{text[-half:]}"
+    cut = f"{text[:half]}\n[... {len(text) - 2 * half} characters trimmed by nonstop ...]\n{text[-half:]}"
+    return cut if len(cut) < len(text) else text
 
 
 def _map_content(content: Any, fn: Callable[[str], str], other: Callable[[Any], Any] | None = None) -> Any:
@@ -427,8 +430,24 @@ def _map_content(content: Any, fn: Callable[[str], str], other: Callable[[Any], 
 
 
 def _map_result_text(block: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
-    content = _map_content(block.get("content"), fn)
-    return block if content == block.get("content") else {**block, "content": content}
+    """A tool result with `fn` applied to its text. A result of several text blocks (as
+    some MCP tools write it) is one text to `fn`, so that a cap holds for the result, not
+    for each block; when `fn` changes it, the texts become one block, ahead of the others."""
+    inner = block.get("content")
+    if isinstance(inner, list):
+        texts = [b["text"] for b in inner if _is_text(b)]
+        if len(texts) > 1:
+            joined = "\n".join(texts)
+            changed = fn(joined)
+            if changed == joined:
+                return block
+            return {**block, "content": [{"type": "text", "text": changed}, *(b for b in inner if not _is_text(b))]}
+    content = _map_content(inner, fn)
+    return block if content == inner else {**block, "content": content}
+
+
+def _is_text(block: Any) -> bool:
+    return isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str)
 
 
 def _in_results(fn: Callable[[str], str]) -> Callable[[Any], Any]:

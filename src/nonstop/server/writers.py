@@ -98,21 +98,29 @@ class OpenAIWriter(Writer):
         except orjson.JSONDecodeError:
             doc = None
         if reply.status >= 400:
-            return openai_error(reply.status, _error_message(doc) or raw[:300].decode("utf-8", "replace"))
+            message = _error_message(doc) or raw[:300].decode("utf-8", "replace")
+            return openai_error(reply.status, message, _openai_code(reply.status, message))
         if not isinstance(doc, dict):
             return openai_error(502, "the upstream reply was not valid JSON")
         return orjson.dumps(oa.anthropic_response_to_openai(doc, model=self.model))
 
     async def error(self, send: Send, status: int, message: str, etype: str = "", request_id: str = "",
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
-        code = "context_length_exceeded" if message.startswith("prompt is too long") else _OPENAI_CODES.get(status)
-        await send_bytes(send, status, openai_error(status, message, code), extra=extra)
+        await send_bytes(send, status, openai_error(status, message, _openai_code(status, message)), extra=extra)
 
     def stream_error(self, message: str, etype: str = "api_error") -> bytes:
         return b"data: " + orjson.dumps(openai_error_dict(500, message)) + b"\n\ndata: [DONE]\n\n"
 
     def ended(self, last: bytes) -> bool:
         return last.rstrip().endswith(b"data: [DONE]")
+
+
+def _openai_code(status: int, message: str) -> str | None:
+    """The OpenAI error code for an error, whoever wrote it: clients trim the conversation
+    on `context_length_exceeded`, whether nonstop or the cloud found the prompt too long."""
+    if status == 400 and message.startswith("prompt is too long"):
+        return "context_length_exceeded"
+    return _OPENAI_CODES.get(status)
 
 
 def _error_message(doc: object) -> str:

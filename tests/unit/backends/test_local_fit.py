@@ -1,13 +1,18 @@
-"""Fitting a request to a local window when the server counts it differently from
-nonstop's estimate (backends/local.py LocalBackend._fit)."""
+"""Fitting a request to a local window (backends/local.py LocalBackend._fit): when the
+server counts it differently from nonstop's estimate, and the room left for the answer."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from nonstop.backends.base import TooLong
 from nonstop.backends.local import LocalBackend
 from nonstop.config.model import LocalBackendConfig
+from nonstop.routing.facts import RequestFacts, Size
+from nonstop.routing.fit import RequestSize, local_size
+from nonstop.routing.plan import Room, context_rule
+from nonstop.routing.view import BackendView, Capabilities
 from nonstop.wire.anthropic import estimate_tokens
 
 
@@ -66,3 +71,66 @@ def test_a_server_that_counts_like_the_estimate_is_asked_once_more() -> None:
     fitted = asyncio.run(backend._fit(req, tokens, 4096, req))
     assert fitted is not None and fitted.tokens <= 4096 - 64
     assert len(backend.counted) == 2  # the request as sent, and the fitted one
+
+
+# --- the room left for the answer -----------------------------------------------------------------
+
+
+class EstimatingBackend(LocalBackend):
+    """A local server that cannot count tokens (nonstop's estimate is the size), with the
+    default window and output limit of a configured backend."""
+
+    def __init__(self, window: int = 32768, max_output: int = 4096) -> None:
+        super().__init__(LocalBackendConfig(name="llama", url="http://127.0.0.1:9", context_window=window,
+                                            max_output_tokens=max_output, count_tokens="estimate"),
+                         session=None)  # type: ignore[arg-type]
+
+    def prepare(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Any:
+        raise Sent(local_req, tokens)
+
+
+class Sent(Exception):
+    """What the backend would send the server: the request, fitted, and its size."""
+
+    def __init__(self, request: dict, tokens: int) -> None:
+        self.request, self.tokens = request, tokens
+
+
+def big_instructions_session() -> dict[str, Any]:
+    """A Claude Code-shaped request: a large CLAUDE.md quoted in the system prompt (pinned:
+    never cut) and a conversation that makes the whole over a 32k window."""
+    claude_md = ("# claudeMd\nCodebase and user instructions are shown below.\n\n"
+                 "Contents of /work/proj/CLAUDE.md (project instructions):\n\n"
+                 + "- a rule the user wrote for this project, keep it.\n" * 2100)
+    messages: list[dict[str, Any]] = []
+    for i in range(20):
+        messages.append({"role": "user", "content": f"question {i} " + "word " * 300})
+        messages.append({"role": "assistant", "content": f"answer {i} " + "word " * 300})
+    messages.append({"role": "user", "content": "the last question"})
+    return {"model": "claude-sonnet-4-5", "max_tokens": 32000,
+            "system": [{"type": "text", "text": "You are Claude Code.\n\n" + claude_md}], "messages": messages}
+
+
+async def test_a_request_the_planner_sends_as_fitting_is_sent_with_less_room_to_answer() -> None:
+    """The planner (plan.py `context_rule`) tries a backend when the fitted request leaves
+    MIN_OUTPUT_ROOM (256 tokens) for the answer; the backend prefers to keep
+    output_room() free (4096 on a default 32k window). A request that fits only with less
+    room is sent with its max_tokens lowered to what is left, not refused as too long
+    (which would make Claude Code compact): a backend is never tried only to fail."""
+    req = big_instructions_session()
+    window = 32768
+    backend = EstimatingBackend(window)
+    view = BackendView("llama", Capabilities(context_window=window), tag="llama", token_ratio=1.0)
+    local = local_size(req)
+    facts = RequestFacts(model=req["model"], size=Size(local, RequestSize(lambda: req), local=local))
+    room = context_rule(facts, view)
+    assert isinstance(room, Room) and room.fit, room  # the planner: "fits once fitted"
+
+    try:
+        res = await backend.send_request(req, stream=False)
+    except Sent as sent:
+        assert sent.tokens + sent.request["max_tokens"] <= window and sent.request["max_tokens"] >= 256
+        return
+    assert not isinstance(res, TooLong), (
+        f"planned as fitting ({room.reason}) but refused: prompt {res.tokens} tokens, window {res.window}")
+    raise AssertionError(f"not sent: {res}")

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from nonstop.routing.fit import (
     CHARS_PER_TOKEN,
     DESCRIPTION_SHARE,
+    MIN_RESULT,
     NOTE,
+    RESULT_SHARE,
     TIERS,
     Fitted,
     deferred_tool_names,
@@ -539,3 +541,89 @@ def test_the_real_first_request_fits_every_window(captured: list[dict[str, Any]]
     nxt = fit_request(as_local(captured[1]), budget, estimate_tokens, deferred=deferred)
     if [t.tier for t in nxt.tiers] == [t.tier for t in f.tiers]:
         assert nxt.request.get("tools") == out.get("tools") and nxt.request.get("system") == out.get("system")
+
+
+def _json_text(req: dict[str, Any]) -> str:
+    return orjson.dumps(req).decode()
+
+
+# --- trimming never lengthens a text; a result of many blocks is capped as one --------------------
+
+
+def barely_over_the_cap(budget: int) -> dict[str, Any]:
+    """One old prompt 100 characters over the history tier's cap, six old texts 8
+    characters over it, and a short latest turn."""
+    cap = max(MIN_RESULT, int(budget / RESULT_SHARE * CHARS_PER_TOKEN))
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "a" * (cap + 100)}]
+    for _ in range(3):
+        messages.append({"role": "assistant", "content": "b" * (cap + 8)})
+        messages.append({"role": "user", "content": "c" * (cap + 8)})
+    messages.append({"role": "assistant", "content": "ok"})
+    messages.append({"role": "user", "content": "go on"})
+    return {"model": "m", "max_tokens": 10, "messages": messages}
+
+
+def request_just_over_its_budget() -> tuple[dict[str, Any], int]:
+    budget = 4000
+    for _ in range(30):  # the cap depends on the budget: settle both
+        budget = estimate_tokens(barely_over_the_cap(budget)) - 5
+    req = barely_over_the_cap(budget)
+    assert estimate_tokens(req) == budget + 5
+    return req, budget
+
+
+def test_the_history_tier_never_makes_a_text_longer() -> None:
+    """A text only a little over its cap is left as it is: both halves plus the marker
+    ("[... 1 characters trimmed by nonstop ...]") would be longer than the text."""
+    req, budget = request_just_over_its_budget()
+    f = fit_request(req, budget, estimate_tokens, drop_turns=False)
+    history = next(t for t in f.tiers if t.tier == "history")
+    assert history.after <= history.before, f.tiers
+    for before, after in zip(req["messages"], f.request["messages"], strict=True):
+        assert len(_json_text(after)) <= len(_json_text(before)), "a trimmed text is longer than the original"
+
+
+def test_old_turns_stay_when_trimming_an_old_text_fits() -> None:
+    """With `drop_turns` (as backends/local.py fits): trimming the one long old prompt
+    saves enough, so no turn is dropped (the user's first request stays)."""
+    req, budget = request_just_over_its_budget()
+    f = fit_request(req, budget, estimate_tokens, drop_turns=True)
+    assert f.fits
+    assert NOTE not in _json_text(f.request), (
+        f"{len(req['messages']) - len(f.request['messages'])} turns dropped: {f.tiers}")
+    assert len(f.request["messages"]) == len(req["messages"])
+
+
+def mcp_session() -> dict[str, Any]:
+    """A prompt, an MCP tool call whose result is a list of 60 short text blocks (one per
+    search hit, as MCP servers return them), an answer, and a follow-up."""
+    hits = [{"type": "text", "text": f"hit {i}: " + "matching line of source code here; " * 9} for i in range(60)]
+    return {
+        "model": "m", "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": "find where the retry limit is set and explain it"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Searching."},
+                {"type": "tool_use", "id": "toolu_01", "name": "mcp__search__grep", "input": {"q": "retry"}},
+            ]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": hits}]},
+            {"role": "assistant", "content": "It is set in config.py, line 12."},
+            {"role": "user", "content": "and where is it read?"},
+        ],
+    }
+
+
+def test_an_old_tool_result_of_many_text_blocks_is_capped_as_one_result() -> None:
+    """The history tier caps one old tool result at 1/RESULT_SHARE of the budget, whether
+    the result is one text or 60 short blocks (an MCP tool's list of hits): the blocks'
+    text is cut as one, so the request fits without dropping the user's question."""
+    req = mcp_session()
+    budget = 2500
+    assert estimate_tokens(req) > budget
+    kept = fit_request(req, budget, estimate_tokens, drop_turns=False)
+    assert kept.fits, kept.tiers
+    [result] = kept.request["messages"][2]["content"]
+    assert result["tool_use_id"] == "toolu_01" and [b["type"] for b in result["content"]] == ["text"]
+    assert "trimmed by nonstop" in result["content"][0]["text"] and result["content"][0]["text"].startswith("hit 0:")
+    dropped = fit_request(req, budget, estimate_tokens, drop_turns=True)
+    assert "find where the retry limit is set" in _json_text(dropped.request), dropped.tiers

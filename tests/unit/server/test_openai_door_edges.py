@@ -125,3 +125,54 @@ async def test_temperature_and_top_p_are_not_both_sent_to_the_cloud(recording_ap
     body = await _sent_for(recording_app, {"model": "claude-sonnet-4-5", "messages": [USER],
                                           "temperature": 0.7, "top_p": 1})
     assert not ("temperature" in body and "top_p" in body), body
+
+
+@pytest.mark.parametrize("parameters", [{}, {"properties": {"tz": {"type": "string"}}}], ids=["empty", "without type"])
+async def test_a_function_whose_parameters_lack_a_type_gets_an_object_input_schema(recording_app, parameters) -> None:
+    """`"parameters": {}` is how many OpenAI clients declare a function without arguments,
+    and OpenAI takes a schema without `type`. The Messages API requires the object type:
+    400 "tools.0.custom.input_schema.type: Field required"."""
+    body = await _sent_for(recording_app, {"model": "m", "messages": [USER], "tools": [
+        {"type": "function", "function": {"name": "now", "description": "the time", "parameters": parameters}}]})
+    schema = body["tools"][0]["input_schema"]
+    assert schema["type"] == "object" and schema.get("properties", {}) == parameters.get("properties", {})
+
+
+async def test_a_whitespace_only_system_message_is_not_sent_as_a_blank_text_block(recording_app) -> None:
+    """Clients that build prompts from templates send a system or developer message of
+    only a newline beside the real one. The Messages API refuses whitespace-only text:
+    400 "system: text content blocks must contain non-whitespace text"; the blank one goes."""
+    body = await _sent_for(recording_app, {"model": "m", "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "developer", "content": "\n"}, USER]})
+    assert body["system"] == "Be brief."
+
+
+async def test_a_request_of_only_system_messages_gets_an_openai_400(recording_app) -> None:
+    """The Messages API needs a user turn and nonstop does not invent one: the client is
+    told so in OpenAI's format (docs/compatibility.md)."""
+    app, sent = recording_app
+    status, doc = await _post(app, orjson.dumps({"model": "m", "messages": [{"role": "system", "content": "Write a haiku."}]}))
+    assert status == 400 and "user" in doc["error"]["message"] and set(doc["error"]) == {"message", "type", "param", "code"}
+    assert sent == []
+
+
+async def test_the_clouds_prompt_too_long_error_carries_the_context_length_code(tmp_path) -> None:
+    """Clients (litellm, hence Aider) trim the conversation on `context_length_exceeded`.
+    nonstop's own "prompt is too long" has that code; the cloud's, relayed as a final 400,
+    has it too."""
+    from nonstop.backends.base import Reply, Usage, single
+    from nonstop.backends.cloud import CloudBackend
+    from nonstop.config import parse_config
+
+    app = App(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}}))
+    cloud = CloudBackend(app.cfg.cloud, session=None)  # type: ignore[arg-type]
+    refusal = {"type": "error", "request_id": "req_1",
+               "error": {"type": "invalid_request_error", "message": "prompt is too long: 210000 tokens > 200000 maximum"}}
+
+    async def request(method, raw_path, query, headers, body, **kw):  # noqa: ANN001, ANN003
+        return Reply(400, [(b"content-type", b"application/json")], single(orjson.dumps(refusal)), "cloud", False, Usage())
+
+    cloud.request = request  # type: ignore[method-assign]
+    app.rt.use_backends([], cloud=cloud)
+    status, doc = await _post(app, orjson.dumps({"model": "claude-sonnet-4-5", "messages": [USER]}))
+    assert status == 400 and doc["error"]["code"] == "context_length_exceeded", doc

@@ -44,7 +44,7 @@ def openai_request_to_anthropic(req: dict[str, Any]) -> dict[str, Any]:
             raise TranslationError(f"{where}: must be an object")
         role = msg.get("role")
         if role in ("system", "developer"):
-            system.extend(t for t in _text_parts(msg.get("content"), where) if t)
+            system.extend(t for t in _text_parts(msg.get("content"), where) if t.strip())  # the cloud refuses blank text blocks
         elif role == "user":
             merge = _ends_with_tool_results(messages)
             # An empty user turn is one OpenAI takes; Anthropic wants text in it.
@@ -251,7 +251,13 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         converted: dict[str, Any] = {"name": fn["name"]}
         if isinstance(fn.get("description"), str):
             converted["description"] = fn["description"]
-        converted["input_schema"] = params if isinstance(params, dict) else {"type": "object", "properties": {}}
+        # The Messages API requires an object schema with its type; OpenAI takes `{}` or no
+        # `type` for a function without arguments.
+        if not isinstance(params, dict) or not params:
+            params = {"type": "object", "properties": {}}
+        elif "type" not in params:
+            params = {"type": "object", **params}
+        converted["input_schema"] = params
         out.append(converted)
     return out
 
