@@ -73,24 +73,27 @@ def quota_headers(status: str = "allowed", five: float = 0.42, seven: float = 0.
 
 def thinking_rule_violation(req: dict) -> str:
     """The real API's rule: with thinking on, a request that continues a tool loop (its
-    last turn carries tool results) needs the assistant turn before it to start with a
-    thinking block. The message is the one the API sends."""
+    final user turn carries tool results) needs the assistant turn before it to start
+    with a thinking block. The API reads turns: consecutive user messages are one, and
+    `role: "system"` messages among them stand aside. The message is the one it sends."""
     thinking = req.get("thinking")
     if not (isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")):
         return ""
     messages = req.get("messages") or []
-    if len(messages) < 2 or not isinstance(messages[-1], dict) or not isinstance(messages[-2], dict):
-        return ""
-    last, prev = messages[-1], messages[-2]
-    results = isinstance(last.get("content"), list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"])
+    results, i = False, len(messages) - 1
+    while i >= 0 and isinstance(messages[i], dict) and messages[i].get("role") in ("user", "system"):
+        content = messages[i].get("content")
+        results = results or (messages[i].get("role") == "user" and isinstance(content, list) and any(
+            isinstance(b, dict) and b.get("type") == "tool_result" for b in content))
+        i -= 1
+    prev = messages[i] if i >= 0 and isinstance(messages[i], dict) else {}
     content = prev.get("content")
     if not results or prev.get("role") != "assistant" or not isinstance(content, list) or not content:
         return ""
     first = content[0] if isinstance(content[0], dict) else {}
     if first.get("type") in ("thinking", "redacted_thinking"):
         return ""
-    return (f"messages.{len(messages) - 2}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+    return (f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
             f"`{first.get('type', 'text')}`. When `thinking` is enabled, a final `assistant` message must start "
             "with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We "
             "recommend you include thinking blocks from previous turns. To avoid this requirement, disable "

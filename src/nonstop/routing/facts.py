@@ -210,35 +210,55 @@ def _classify(model: str, headers: Mapping[str, str], max_tokens: Any, compactio
     return Workload.MAIN, "default"
 
 
+def final_turn(messages: list[Any]) -> tuple[list[Any], Any]:
+    """The request's final user turn as the API reads it, and the message before it (the
+    assistant turn whose calls it may answer; None when there is none). Consecutive user
+    messages are one turn, and `role: "system"` messages (which newer Claude Code clients
+    put among the turns) stand aside. The turn's messages come last first."""
+    users: list[Any] = []
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        role = m.get("role") if isinstance(m, dict) else None
+        if role == "user":
+            users.append(m)
+        elif role != "system":
+            return users, m
+    return users, None
+
+
 def _last_turn(messages: list[Any]) -> tuple[bool, bool, bool]:
-    """What the last turn says, read in one pass over its blocks: (it asks for a
+    """What the final user turn says, read in one pass over its blocks: (it asks for a
     compaction summary, the last user turn carries an image, it carries a tool result).
     A compaction request's last turn is the user's; the image is looked for in the last
     user turn wherever that is."""
-    last = messages[-1] if messages else None
-    if not isinstance(last, dict) or last.get("role") != "user":
+    users, _ = final_turn(messages)
+    if not users:
         return False, _has_images(messages), False
-    content = last.get("content")
-    if isinstance(content, str):
-        return _COMPACTION_MARKER in content[:_COMPACTION_SPAN].lower(), False, False
-    if not isinstance(content, list):
-        return False, False, False
     compaction = images = result = False
-    span = _COMPACTION_SPAN  # the text left to look in, over the turn's text blocks
-    for b in content:
-        if not isinstance(b, dict):
+    span = _COMPACTION_SPAN  # the text left to look in, over the turn's texts
+    for msg in reversed(users):
+        content = msg.get("content")
+        if isinstance(content, str):
+            if span > 0 and not compaction:
+                compaction = _COMPACTION_MARKER in content[:span].lower()
+                span -= len(content) + 1
             continue
-        btype = b.get("type")
-        if btype == "text":
-            text = b.get("text")
-            if span > 0 and not compaction and isinstance(text, str):
-                compaction = _COMPACTION_MARKER in text[:span].lower()
-                span -= len(text) + 1
-        elif btype == "image":
-            images = True
-        elif btype == "tool_result":
-            result = True
-            images = images or _image_in(b.get("content"))
+        if not isinstance(content, list):
+            continue
+        for b in content:
+            if not isinstance(b, dict):
+                continue
+            btype = b.get("type")
+            if btype == "text":
+                text = b.get("text")
+                if span > 0 and not compaction and isinstance(text, str):
+                    compaction = _COMPACTION_MARKER in text[:span].lower()
+                    span -= len(text) + 1
+            elif btype == "image":
+                images = True
+            elif btype == "tool_result":
+                result = True
+                images = images or _image_in(b.get("content"))
     return compaction, images, result
 
 
@@ -254,7 +274,7 @@ def _unthought(messages: list[Any]) -> bool:
     took thinking off for the loop's later cloud steps). An assistant turn the cloud
     wrote with thinking on, but chose not to think in (adaptive thinking), is left alone:
     no local turn is in its loop."""
-    if len(messages) < 2 or not unthought_turn(messages[-2]):
+    if not unthought_turn(final_turn(messages)[1]):
         return False
     for msg in reversed(loop_of(messages)):
         if isinstance(msg, dict) and msg.get("role") == "assistant" and _has_local_call(msg.get("content")):
@@ -274,14 +294,25 @@ def unthought_turn(msg: Any) -> bool:
 def loop_of(messages: list[Any]) -> list[Any]:
     """The turns of the tool loop the request continues: everything after the last user
     turn that carries no tool result (one that does may carry text too: Claude Code adds
-    reminders beside results)."""
+    reminders beside results). A turn is a run of consecutive user messages, system
+    messages among them standing aside, as the API reads it."""
     i = len(messages) - 1
     while i >= 0:
-        msg = messages[i]
-        if isinstance(msg, dict) and msg.get("role") == "user" and not _has_results(msg.get("content")):
+        if _role(messages[i]) != "user":
+            i -= 1
+            continue
+        j, results = i, False
+        while j >= 0 and _role(messages[j]) in ("user", "system"):
+            results = results or (_role(messages[j]) == "user" and _has_results(messages[j].get("content")))
+            j -= 1
+        if not results:
             break
-        i -= 1
+        i = j
     return messages[i + 1:]
+
+
+def _role(msg: Any) -> Any:
+    return msg.get("role") if isinstance(msg, dict) else None
 
 
 def _has_results(content: Any) -> bool:
@@ -311,16 +342,10 @@ def _has_images(messages: list[Any]) -> bool:
 
 def local_loop_tag(messages: list[Any]) -> str:
     """The tag of the local backend whose tool call this request answers: the last
-    assistant turn called a tool with a local id, and the last turn carries its result."""
-    if len(messages) < 2:
-        return ""
-    last, prev = messages[-1], messages[-2]
-    if not (isinstance(last, dict) and isinstance(prev, dict)):
-        return ""
-    if last.get("role") != "user" or prev.get("role") != "assistant":
-        return ""
-    content = last.get("content")
-    if not isinstance(content, list) or not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
+    assistant turn called a tool with a local id, and the final user turn (final_turn)
+    carries its result."""
+    users, prev = final_turn(messages)
+    if not users or _role(prev) != "assistant" or not any(_has_results(u.get("content")) for u in users):
         return ""
     calls = prev.get("content")
     if not isinstance(calls, list):

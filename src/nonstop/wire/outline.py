@@ -86,6 +86,7 @@ def outline(body: bytes) -> Outline | None:
         req = _DECODER.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # nested too deep: orjson says so
         return None
+    local = False  # a tool call of the history has a local model's id
     for m in req.messages:
         content = m.content
         if isinstance(content, str):
@@ -93,16 +94,19 @@ def outline(body: bytes) -> Outline | None:
         assistant = m.role == "assistant"
         for b in content:
             t = b.type
-            if type(t) is str and t in CHECKED_BLOCKS and not kept_as_is(
-                    t, assistant, b.signature, b.data, b.tool_use_id if t == "tool_result" else b.id):
-                return None
+            if type(t) is str and t in CHECKED_BLOCKS:
+                ident = b.tool_use_id if t == "tool_result" else b.id
+                if not kept_as_is(t, assistant, b.signature, b.data, ident):
+                    return None
+                if not local and t == "tool_use" and type(ident) is str and ident.startswith(LOCAL_PREFIX):
+                    local = True
             if assistant and t == "text" and _blank(b.text):
                 return None
     problem = bad_model(req.model) or bad_max_tokens(req.max_tokens)
     facts = {
         "model": req.model, "stream": req.stream, "max_tokens": req.max_tokens,
         "tools": bool(req.tools), "thinking": req.thinking,
-        "messages": [_as_dict(m) for m in req.messages[_tail(req, body):]],
+        "messages": [_as_dict(m) for m in req.messages[_tail(req, local):]],
     }
     return Outline(req.model, req.stream, problem, facts)
 
@@ -132,45 +136,61 @@ def _may_hold_image(raw: bytes) -> bool:
     return b'"image"' in raw or (b"\\u00" in raw and _IMAGE.search(raw) is not None)
 
 
-def _tail(req: _Request, body: bytes) -> int:
+def _tail(req: _Request, local: bool) -> int:
     """Where the messages the facts read start: the last two, and back to the last user
     turn (the one whose images count) when that is further back. With thinking on, a
     last assistant turn that does not start with thinking, and a local model's turn in
     the same tool loop, back to that turn (the facts' thinking rule looks for it; a loop
-    without one costs a look at its assistant turns' tool ids, and none where the body
-    holds no local id at all)."""
+    without one costs a look at its assistant turns' tool ids, and none where no tool
+    call of the history has a local id: `local`)."""
     messages = req.messages
     start = max(0, len(messages) - 2)
     for i in range(len(messages) - 1, -1, -1):
         if messages[i].role == "user":
             start = min(start, i)
             break
+    # The turn before the final user turn (its consecutive user messages, with system
+    # messages among them, are one turn: routing/facts.py final_turn).
+    prev = len(messages) - 1
+    while prev >= 0 and messages[prev].role in ("user", "system"):
+        prev -= 1
+    start = min(start, max(prev, 0))  # the whole final turn, and the turn before it
+    if prev < 0:
+        return start
     thinking = req.thinking
-    if (len(messages) >= 2 and isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
-            and messages[-2].role == "assistant" and _unthought(messages[-2].content)
-            and (_LOCAL_ID in body or _ESCAPE in body)):
+    if (isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+            and local and messages[prev].role == "assistant" and _unthought(messages[prev].content)):
         return min(start, _local_turn_in_loop(messages))
     return start
 
 
-_LOCAL_ID = LOCAL_PREFIX.encode()
-_ESCAPE = b"\\u00"  # an id may spell a letter as an escape: then it is looked for in the decoded ids
 
 
 def _local_turn_in_loop(messages: list[_Message]) -> int:
     """The earliest message the facts must read to find a local model's turn in the tool
     loop the request continues (routing/facts.py loop_of): that turn, or the end when
     there is none."""
-    for i in range(len(messages) - 1, -1, -1):
+    i = len(messages) - 1
+    while i >= 0:
         m = messages[i]
-        content = m.content
-        if m.role == "user":
-            if isinstance(content, str) or not any(b.type == "tool_result" for b in content):
+        if m.role == "user":  # a run of user messages (system ones among them) is one turn
+            j, results = i, False
+            while j >= 0 and messages[j].role in ("user", "system"):
+                results = results or (messages[j].role == "user" and _has_results(messages[j].content))
+                j -= 1
+            if not results:
                 break
-        elif m.role == "assistant" and not isinstance(content, str) and any(
-                b.type == "tool_use" and local_tag_of(b.id) for b in content):
+            i = j
+            continue
+        if m.role == "assistant" and not isinstance(m.content, str) and any(
+                b.type == "tool_use" and local_tag_of(b.id) for b in m.content):
             return i
+        i -= 1
     return len(messages)
+
+
+def _has_results(content: str | list[_Block]) -> bool:
+    return not isinstance(content, str) and any(b.type == "tool_result" for b in content)
 
 
 def _unthought(content: str | list[_Block]) -> bool:

@@ -295,3 +295,62 @@ def test_outline_facts_of_a_cloud_only_adaptive_loop_stay_small() -> None:
     assert shape is not None
     assert not facts_from_request(shape.facts, {}).unthought_loop
     assert len(shape.facts["messages"]) <= 3, len(shape.facts["messages"])
+
+
+def _thinking_request(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return _request(messages, thinking={"type": "enabled", "budget_tokens": 4096})
+
+
+def _cloud_body_via(req: dict[str, Any], view: RoutingView, *, fast: bool = False) -> dict[str, Any]:
+    """What CloudBackend.send puts on the wire for the plan's cloud step (`fast`: with the
+    facts read from the outline, as the Anthropic door does when it can)."""
+    src: dict[str, Any] = req
+    if fast:
+        shape = outline(orjson.dumps(req))
+        src = shape.facts if shape is not None else req
+    p = plan(facts_from_request(src, {}), view, Policy(order=tuple(b.name for b in view.backends)))
+    step = next(s for s in p.steps if s.target == CLOUD)
+    return for_cloud(without_thinking(req)) if step.strip_thinking else for_cloud(req)
+
+
+# A local model's turn (its thinking is local), as Claude Code stores it.
+LOCAL_CALL = {"role": "assistant", "content": [
+    {"type": "thinking", "thinking": "read the test", "signature": LOCAL_THINKING_SIGNATURE},
+    {"type": "tool_use", "id": LOCAL_ID, "name": "Read", "input": {"file_path": "t.py"}}]}
+LOCAL_RESULT = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": LOCAL_ID, "content": "def test(): ..."}]}
+REMINDER = {"role": "system", "content": "The user's todo list changed: 2 items left."}
+
+
+# --- turns as the API reads them: system messages stand aside, consecutive user messages are one ---
+
+
+def test_a_system_message_between_a_local_call_and_its_result_still_takes_thinking_off() -> None:
+    """Newer Claude Code puts `role: "system"` messages among the turns, right before the
+    newest user turn: in a tool loop, between the local model's call and its result. The
+    facts read past it (routing/facts.py final_turn), on the full path and the outline's,
+    so `thinking` goes for the loop and the cloud does not refuse it."""
+    req = _thinking_request([{"role": "user", "content": "fix the failing test"}, LOCAL_CALL, REMINDER, LOCAL_RESULT])
+    view = RoutingView(NOW, CloudView(), ())
+    for fast in (False, True):
+        body = _cloud_body_via(req, view, fast=fast)
+        assert thinking_rule_violation(body) == "", (fast, thinking_rule_violation(body))
+
+
+def test_a_system_message_between_a_local_call_and_its_result_still_finishes_the_loop_locally() -> None:
+    """With finish_local_tool_loops (the default) the result of a local model's call goes
+    back to that model, a system message between the call and the result or not."""
+    req = _thinking_request([{"role": "user", "content": "fix the failing test"}, LOCAL_CALL, REMINDER, LOCAL_RESULT])
+    local = BackendView("llama", Capabilities(context_window=131072), tag=TAG)
+    facts = facts_from_request(req, {})
+    assert facts.local_loop == TAG
+    step = plan(facts, RoutingView(NOW, CloudView(), (local,)), Policy(order=("llama",))).first
+    assert step is not None and step.target == "llama" and step.rule == "loop"
+
+
+def test_a_result_followed_by_a_second_user_message_still_takes_thinking_off() -> None:
+    """A client may send the tool result and its next words as two user messages; the
+    API reads them as one turn that answers the local model's call, and so do the facts."""
+    req = _thinking_request([{"role": "user", "content": "fix the failing test"}, LOCAL_CALL, LOCAL_RESULT,
+                    {"role": "user", "content": [{"type": "text", "text": "also check the docs"}]}])
+    body = _cloud_body_via(req, RoutingView(NOW, CloudView(), ()))
+    assert thinking_rule_violation(body) == "", thinking_rule_violation(body)

@@ -149,7 +149,7 @@ def test_the_outline_never_answers_differently(req: dict[str, Any]) -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.fixed_dictionaries({
-    "role": st.sampled_from(["user", "assistant"]),
+    "role": st.sampled_from(["user", "assistant", "system"]),
     "content": st.one_of(st.text(max_size=20), st.lists(st.fixed_dictionaries({
         "type": st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking"]), "signature": st.just("sig")},
         optional={"text": st.text(max_size=10), "id": st.sampled_from(["toolu_01A", local_tool_id(backend_tag("llama"))]),
