@@ -524,6 +524,8 @@ def _read(text: str, base: int, scan: _Scanner, toolbox: Toolbox, cut: bool = Fa
         shapes = _calls_in(value)
         if shapes is None:
             return Repair(NOT_REPAIRED, "", ("not a tool call",)) if calls else None
+        if len(calls) + len(shapes) > MAX_CALLS:  # however they are written: data, not calls
+            return None
         wrapper: tuple[str, ...] = ()
         if piece.form != BARE_JSON and not piece.closed:
             wrapper = (f"closing {_FENCE if piece.form == FENCED_JSON else _TAG_CLOSE} missing",)
@@ -562,7 +564,10 @@ def _call(name: str, args: Any, toolbox: Toolbox) -> tuple[ToolCall, tuple[str, 
 
 
 # A call-shaped object: "{" and a call's key (the shapes _calls_in reads).
-_OPENER = re.compile(r"""\{\s*(["'])(?:name|tool|function|tool_calls?)\1\s*:""")
+# An object that may be a call, by its first key: any key a call's shapes have (a call
+# object may begin with its `type` or `id`, or its arguments, as well as its name).
+_OPENER = re.compile(r"""\{\s*(["'])(?:name|tool|function|tool_calls?|type|id|index|arguments|input|parameters)\1\s*:""")
+_FENCE_LINE = 24  # characters of a line kept to tell a fence and its language
 _OPENER_SPAN = 64  # a "{" this close to a piece's end may open an object with the next piece
 _IN_OBJECT = re.compile(r"""[{}\[\]"']""")
 _NOT_SPACE = re.compile(r"[^ \t\r\n]")
@@ -577,7 +582,7 @@ class _Strings:
     or ":"), so an apostrophe in prose the object never closed opens none. Fed in order,
     in pieces of any size, with the same result."""
 
-    __slots__ = ("depth", "quote", "escape", "last", "tail")
+    __slots__ = ("depth", "quote", "escape", "last", "tail", "fence", "line")
 
     def __init__(self) -> None:
         self.depth = 0
@@ -585,18 +590,39 @@ class _Strings:
         self.escape = False
         self.last = ""  # inside an object: its last character that is not a space
         self.tail = ""  # a "{" near the end of a piece, outside any object
+        self.fence: str | None = None  # the language of the code fence left open, if one is
+        self.line = ""  # the beginning of the line being read (enough to tell a fence)
 
     def copy(self) -> _Strings:
         other = _Strings()
-        other.depth, other.quote, other.escape, other.last, other.tail = (
-            self.depth, self.quote, self.escape, self.last, self.tail)
+        other.depth, other.quote, other.escape, other.last, other.tail, other.fence, other.line = (
+            self.depth, self.quote, self.escape, self.last, self.tail, self.fence, self.line)
         return other
 
     @property
     def inside(self) -> bool:
-        return bool(self.quote)
+        """A line starting here is not a call of its own: it is inside a string of an
+        object that began earlier, or inside a code fence of another language (code the
+        model was writing, even where the fence was never closed)."""
+        return bool(self.quote) or (self.fence is not None and self.fence not in _FENCE_LANGS)
+
+    def _fences(self, text: str) -> None:
+        """Follow the code fences: a line whose first characters (after spaces) are ```
+        opens one (with its language) or closes the one open."""
+        i = 0
+        while True:
+            nl = text.find("\n", i)
+            if len(self.line) < _FENCE_LINE:
+                self.line += text[i : (nl if nl >= 0 else len(text))][: _FENCE_LINE - len(self.line)]
+            if nl < 0:
+                return
+            head = self.line.lstrip(" \t")
+            if head.startswith(_FENCE):
+                self.fence = None if self.fence is not None else head[len(_FENCE):].strip().lower()
+            self.line, i = "", nl + 1
 
     def feed(self, text: str) -> None:
+        self._fences(text)
         if self.tail:
             text, self.tail = self.tail + text, ""
         k, n = 0, len(text)

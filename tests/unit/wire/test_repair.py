@@ -242,7 +242,8 @@ def test_a_run_of_calls() -> None:
         (f"Here: {READ}", None),  # not at a line start
         (f"{READ}\nDone.", None),  # prose after it
         (f"{READ} and more", None),
-        (f"```python\n{READ}\n```", Repair(NOT_REPAIRED, "Read", ("text after the call",))),
+        (f"```python\n{READ}\n```", None),  # code in another language's fence: no call, no attempt
+        (f"```python\n{READ}", None),  # the same with the fence never closed (cut, or forgotten)
         ('{"name": "Alice", "age": 3}', None),
         ('{"name": "Read", "arguments": {"file_path": "a.py"}, "why": "to see"}', None),
         ('{"response": "hello"}', None),
@@ -261,6 +262,12 @@ def test_a_run_of_calls() -> None:
 def test_left_as_text(text: str, attempt: Repair | None) -> None:
     found = split_text(text, BOX)
     assert found == Split(text, (), (attempt,) if attempt else ())
+
+
+def test_a_call_after_a_closed_code_fence_is_still_a_call() -> None:
+    """Only a fence of another language left open makes the lines after it code."""
+    assert calls(f"```python\nx = 1\n```\n{READ}") == (READ_CALL,)
+    assert calls(f"```json\n{READ}\n```") == (READ_CALL,)
 
 
 def test_long_runs_and_deep_nesting_are_data() -> None:
@@ -696,3 +703,37 @@ def test_streams_pass_the_checker_and_agree_with_whole_messages(text: str, cuts:
                             tools=TOOLS, on_repair=heard.append)
     assert streamed == outcome(msg["content"], msg["stop_reason"], heard)
 
+
+# --- code, quoted calls and lists that are not calls ------------------------------------------------
+
+BASH_RM = '{"name": "Bash", "arguments": {"command": "rm -rf build"}}'
+
+
+@pytest.mark.parametrize("stop_reason", ["max_tokens", "end_turn"])
+def test_a_call_shaped_line_in_an_unclosed_python_fence_stays_code(stop_reason: str) -> None:
+    """The model is writing Python for the user and the output ends (the limit, or a
+    forgotten fence) right after a dict literal shaped like a call: code, not a Bash call
+    running `rm -rf build`."""
+    text = "Here is the test data module:\n```python\nCALLS = []\n" + BASH_RM
+    streamed, whole = both_paths([{"type": "text", "text": text}], stop_reason)
+    assert streamed == whole == {"content": [{"type": "text", "text": text}], "stop_reason": stop_reason, "repairs": []}
+
+
+@pytest.mark.parametrize("stop_reason", ["max_tokens", "end_turn"])
+@pytest.mark.parametrize("opening", ['{"type": "function", "name": "Write", "parameters": ',
+                                     '{"id": "call_1", "name": "Write", "arguments": ',
+                                     '{"arguments": ', '{"input": '])
+def test_the_lines_of_a_string_left_open_stay_text_whatever_the_first_key(stop_reason: str, opening: str) -> None:
+    """A Write cut inside its content, which quotes a call on a line of its own: that line
+    is the inside of an open string whichever key the object began with, not a call."""
+    text = (opening + '{"file_path": "notes.md", "content": "# Cleanup\nTo clean, the agent calls:\n'
+            + BASH_RM + "\n")
+    streamed, whole = both_paths([{"type": "text", "text": text}], stop_reason)
+    assert streamed["content"] == whole["content"] == [{"type": "text", "text": text}]
+    assert streamed["stop_reason"] == whole["stop_reason"] != "tool_use"
+
+
+def test_a_tool_calls_list_makes_at_most_max_calls() -> None:
+    """More than MAX_CALLS calls from one text block is data, however they are written."""
+    assert split_text('{"tool_calls": [' + ", ".join([READ] * (MAX_CALLS + 1)) + "]}", BOX).calls == ()
+    assert len(split_text('{"tool_calls": [' + ", ".join([READ] * MAX_CALLS) + "]}", BOX).calls) == MAX_CALLS
