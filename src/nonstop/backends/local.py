@@ -456,7 +456,8 @@ class LocalBackend:
         # A call the limit cut is not one to run: the client hears the limit, as the cloud
         # would say it, even where nonstop lowered max_tokens (as for streams).
         msg = normalize_message(msg, model=call.model, input_tokens_estimate=call.tokens, capped=call.capped,
-                                tag=self.tag, tools=call.tools, on_repair=repairs.append, cut=call.cut)
+                                tag=self.tag, tools=call.tools, on_repair=repairs.append, cut=call.cut,
+                                tool_names=call.name_map)
         u = msg["usage"]
         now = time.perf_counter()
         usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True,
@@ -526,7 +527,7 @@ class LocalBackend:
         before any content keeps its end (the error) back in spare.end, for the caller to
         hand the message over; once content begins, spare lets go."""
         norm = LocalStreamNormalizer(model=call.model, input_tokens_estimate=call.tokens, started=started,
-                                     capped=call.capped, tag=self.tag, tools=call.tools)
+                                     capped=call.capped, tag=self.tag, tools=call.tools, tool_names=call.name_map)
         source = self.events(call)
         decoder = JSONEventDecoder()
         runaway = RUNAWAY_CHARS_PER_TOKEN * max(call.max_tokens, 1) + 4096

@@ -53,7 +53,7 @@ def message_start(model: str, input_tokens: int, message_id: str | None = None) 
 
 class LocalStreamNormalizer:
     def __init__(self, *, model: str, input_tokens_estimate: int, started: bool = False, capped: bool = False,
-                 tag: str = "", tools: list[dict[str, Any]] | None = None):
+                 tag: str = "", tools: list[dict[str, Any]] | None = None, tool_names: dict[str, str] | None = None):
         # capped: nonstop lowered the client's max_tokens for this backend. Hitting that
         # cap is then nonstop's limit, not the client's: reporting "max_tokens" would make
         # Claude Code believe its own (much larger) limit was hit and fail the turn.
@@ -73,8 +73,9 @@ class LocalStreamNormalizer:
         self._signed: set[int] = set()
         self._chars = 0
         # tools: the request's offered tools ({name, input_schema} each). Without them no
-        # text is held back or repaired.
-        self._toolbox = Toolbox.of(tools)
+        # text is held back or repaired. tool_names: the names the model was shown
+        # instead of theirs, to theirs (Toolbox.of).
+        self._toolbox = Toolbox.of(tools, tool_names)
         self.repairs: list[Repair] = []
         self._watch: dict[int, CallWatch] = {}  # text blocks that may still become calls
         # Held text blocks the server has closed: read once the output's end says whether
@@ -370,7 +371,8 @@ def _tool_id(raw: Any, tag: str) -> str:
 
 def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate: int, capped: bool = False,
                       tag: str = "", tools: list[dict[str, Any]] | None = None,
-                      on_repair: Callable[[Repair], None] | None = None, cut: bool = False) -> dict[str, Any]:
+                      on_repair: Callable[[Repair], None] | None = None, cut: bool = False,
+                      tool_names: dict[str, str] | None = None) -> dict[str, Any]:
     """The same fixes for a non-streaming local reply. With the request's offered `tools`,
     a tool call written as text becomes a tool_use block; `on_repair` hears of each
     repair and of each attempt left as text. `cut`: the output limit cut a tool call (see
@@ -380,7 +382,7 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     out["type"] = "message"
     out["role"] = "assistant"
     out["model"] = model
-    toolbox = Toolbox.of(tools)
+    toolbox = Toolbox.of(tools, tool_names)
     repairs: list[Repair] = []
     content = []
     chars = 0

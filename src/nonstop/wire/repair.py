@@ -95,24 +95,29 @@ class Split:
 class Toolbox:
     """The request's offered tools: their names and input schemas."""
 
-    def __init__(self, schemas: dict[str, Any]):
+    def __init__(self, schemas: dict[str, Any], seen: dict[str, str] | None = None):
         self.schemas = schemas
+        self.seen = seen or {}  # a name the model was shown instead -> the tool's own
 
     @classmethod
-    def of(cls, tools: Any) -> Toolbox | None:
-        """From the request's `tools` ({name, input_schema} each); None when none were offered."""
+    def of(cls, tools: Any, seen: dict[str, str] | None = None) -> Toolbox | None:
+        """From the request's `tools` ({name, input_schema} each); None when none were
+        offered. `seen`: the names the model was shown where a server could not take the
+        tool's own (an OpenAI-format server: wire/openai tool names), to the tool's own."""
         schemas = {
             t["name"]: t.get("input_schema") or {}
             for t in tools or ()
             if isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"]
         }
-        return cls(schemas) if schemas else None
+        return cls(schemas, {k: v for k, v in (seen or {}).items() if v in schemas}) if schemas else None
 
     def resolve(self, name: str) -> tuple[str, str] | None:
         """The offered tool `name` means, and how it was matched ("" when exactly); None
         when it names no offered tool, or more than one."""
         if name in self.schemas:
             return name, ""
+        if name in self.seen:
+            return self.seen[name], f"name {name!r} -> {self.seen[name]!r} (as the model was shown it)"
         folded = name.casefold()
         same = [n for n in self.schemas if n.casefold() == folded]
         if len(same) == 1:

@@ -737,3 +737,30 @@ def test_a_tool_calls_list_makes_at_most_max_calls() -> None:
     """More than MAX_CALLS calls from one text block is data, however they are written."""
     assert split_text('{"tool_calls": [' + ", ".join([READ] * (MAX_CALLS + 1)) + "]}", BOX).calls == ()
     assert len(split_text('{"tool_calls": [' + ", ".join([READ] * MAX_CALLS) + "]}", BOX).calls) == MAX_CALLS
+
+
+@pytest.mark.parametrize("path", ["stream", "whole"])
+def test_a_text_call_naming_the_tool_as_an_openai_server_showed_it_is_repaired(path: str) -> None:
+    """An OpenAI-format server is shown a long MCP tool name under a name it takes; a
+    model that writes its call as text uses that name, the only one it saw. The call is
+    repaired, under the tool's own name."""
+    from nonstop.wire import openai as oa
+
+    long_name = "mcp__project-knowledge-base__search_documents_by_semantic_similarity_v2"
+    tools = [{"name": long_name, "input_schema": {"type": "object", "properties": {"q": {"type": "string"}},
+                                                   "required": ["q"]}}]
+    wire = oa.anthropic_to_openai_request({"model": "m", "max_tokens": 100, "tools": tools,
+                                           "messages": [{"role": "user", "content": "find it"}]},
+                                          model="m", max_tokens=100, stream=False)
+    names = wire.pop(oa.TOOL_NAME_MAP_KEY)
+    [shown] = [t["function"]["name"] for t in wire["tools"]]
+    assert shown != long_name and names[shown] == long_name
+    text = '<tool_call>{"name": "' + shown + '", "arguments": {"q": "retry limit"}}</tool_call>'
+    if path == "stream":
+        norm = LocalStreamNormalizer(model="m", input_tokens_estimate=10, tools=tools, tag="abc123", tool_names=names)
+        out = [e for name, data in stream_of([{"type": "text", "text": text}], "end_turn", 7) for e in norm.feed(name, data)]
+        content = content_of(out + norm.finish())
+    else:
+        content = normalize_message({"content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}, model="m",
+                                    input_tokens_estimate=10, tools=tools, tag="abc123", tool_names=names)["content"]
+    assert [(b["type"], b.get("name"), b.get("input")) for b in content] == [("tool_use", long_name, {"q": "retry limit"})]
