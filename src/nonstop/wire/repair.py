@@ -459,6 +459,8 @@ class _Scanner:
                 return
         if c in "\"'":
             self.quote = c
+        elif c == "\\":  # outside a string no form of JSON has one: not a call (and reading stays linear)
+            self.dead = True
         elif c in "{[":
             self.depth += 1
             self.dead = self.depth > MAX_DEPTH

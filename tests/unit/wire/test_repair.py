@@ -764,3 +764,15 @@ def test_a_text_call_naming_the_tool_as_an_openai_server_showed_it_is_repaired(p
         content = normalize_message({"content": [{"type": "text", "text": text}], "stop_reason": "end_turn"}, model="m",
                                     input_tokens_estimate=10, tools=tools, tag="abc123", tool_names=names)["content"]
     assert [(b["type"], b.get("name"), b.get("input")) for b in content] == [("tool_use", long_name, {"q": "retry limit"})]
+
+
+def test_lines_that_each_reopen_a_string_are_read_in_linear_time() -> None:
+    """Lines like `{"\\"` (a backslash outside any string, which no form of JSON has) no
+    longer keep every line start's read alive to the end: a degenerate local reply of
+    10,000 characters took seconds of the event loop; both paths read it the same."""
+    text = "x\n" + '{"\\"\n' * 2000
+    started = time.perf_counter()
+    assert split_text(text, BOX).calls == ()
+    assert time.perf_counter() - started < 0.5
+    streamed, whole = both_paths([{"type": "text", "text": text}], "end_turn", 512)
+    assert streamed == whole and streamed["content"] == [{"type": "text", "text": text}]

@@ -385,7 +385,7 @@ def _image_key(block: dict) -> tuple:
 
 def normalise(req: dict, names: dict[str, str] | None = None) -> dict:
     """The content of a request, with each documented convention spelled out:
-    system texts that are not blank joined by blank lines; consecutive same-role turns merged; an assistant
+    the system texts' words (joined by blank lines, blank ones gone); consecutive same-role turns merged; an assistant
     turn's texts joined by blank lines, its tool calls in order; a user turn's tool
     results (text joined by newlines, is_error also expressed by the "Error: " prefix)
     first, then its other text and images, including images returned by tools."""
@@ -439,7 +439,9 @@ def normalise(req: dict, names: dict[str, str] | None = None) -> dict:
         if not choice.get("disable_parallel_tool_use") or choice["type"] == "none":
             choice.pop("disable_parallel_tool_use", None)
     return {
-        "system": "\n\n".join(t for t in system_texts if t.strip()),  # blank ones go (the API refuses them)
+        # Its words: blank texts go (the API refuses them), and one joined to others is
+        # only spacing; the texts are joined by blank lines.
+        "system": " ".join("\n\n".join(system_texts).split()),
         "turns": turns,
         "tools": tools,
         "tool_choice": choice,
