@@ -376,7 +376,7 @@ def _pinned_texts(messages: list[dict[str, Any]]) -> Iterable[str]:
             continue
         content = msg.get("content")
         texts = [content] if isinstance(content, str) else [
-            b["text"] for b in content or [] if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+            b["text"] for b in content or [] if _is_text(b)
         ]
         for text in texts:
             yield from _pinned_reminders(text)
@@ -420,7 +420,7 @@ def _map_content(content: Any, fn: Callable[[str], str], other: Callable[[Any], 
         return content
     out = []
     for block in content:
-        if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+        if _is_text(block):
             text = fn(block["text"])
             block = block if text == block["text"] else {**block, "text": text}
         elif other is not None:
@@ -480,8 +480,7 @@ def _orphan_results_to_text(msg: dict[str, Any], known_ids: set[str]) -> dict[st
         if tool_id is not None and not (isinstance(tool_id, str) and tool_id in known_ids):
             inner = block.get("content")
             text = inner if isinstance(inner, str) else " ".join(
-                b["text"] for b in (inner if isinstance(inner, list) else [])
-                if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+                b["text"] for b in (inner if isinstance(inner, list) else []) if _is_text(b)
             )
             out.append({"type": "text", "text": f"(earlier tool result) {text}"})
         else:

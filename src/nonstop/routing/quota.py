@@ -14,13 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nonstop.config import CloudConfig
-from nonstop.routing.classify import (
-    LONGEST_OUT,
-    FailureKind,
-    Verdict,
-    parse_epoch,
-    parse_float,
-)
+from nonstop.routing.classify import LONGEST_OUT, FailureKind, Verdict, parse_epoch, parse_float
 from nonstop.routing.forecast import QuotaForecast
 from nonstop.routing.view import CloudState, CloudView
 
@@ -123,7 +117,6 @@ class QuotaState:
     def record_failure(self, verdict: Verdict) -> None:
         now = self.clock()
         kind = verdict.kind
-
         if kind is FailureKind.CLIENT_ERROR:
             # The request was refused for its shape: nothing learned about capacity, so
             # the next request checks again (no cooldown).

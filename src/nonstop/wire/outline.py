@@ -164,8 +164,6 @@ def _tail(req: _Request, local: bool) -> int:
     return start
 
 
-
-
 def _local_turn_in_loop(messages: list[_Message]) -> int:
     """The earliest message the facts must read to find a local model's turn in the tool
     loop the request continues (routing/facts.py loop_of): that turn, or the end when

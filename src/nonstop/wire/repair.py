@@ -570,10 +570,10 @@ def _call(name: str, args: Any, toolbox: Toolbox) -> tuple[ToolCall, tuple[str, 
     return ToolCall(tool, args), (*changes, how) if how else changes
 
 
-# A call-shaped object: "{" and a call's key (the shapes _calls_in reads).
-# An object that may be a call, by its first key: any key a call's shapes have (a call
+# A call-shaped object: "{" and, first, any key of the shapes _calls_in reads (a call
 # object may begin with its `type` or `id`, or its arguments, as well as its name).
-_OPENER = re.compile(r"""\{\s*(["'])(?:name|tool|function|tool_calls?|type|id|index|arguments|input|parameters)\1\s*:""")
+_OPENER_KEYS = "|".join(("function", "tool_calls?", *_NAME_KEYS, *_ARG_KEYS, *sorted(_EXTRA_KEYS)))
+_OPENER = re.compile(r"""\{\s*(["'])(?:""" + _OPENER_KEYS + r""")\1\s*:""")
 _FENCE_LINE = 24  # characters of a line kept to tell a fence and its language
 _OPENER_SPAN = 64  # a "{" this close to a piece's end may open an object with the next piece
 _IN_OBJECT = re.compile(r"""[{}\[\]"']""")
@@ -586,8 +586,10 @@ class _Strings:
     mid-line, or past HOLD_LIMIT. A line starting there is that string's inside (the
     content of a Write quoting a call, say), never a call of its own. Inside the object
     a quote begins a string only where a key or a value can begin (after "{", "[", ","
-    or ":"), so an apostrophe in prose the object never closed opens none. Fed in order,
-    in pieces of any size, with the same result."""
+    or ":"), so an apostrophe in prose the object never closed opens none. It also
+    follows code fences: a line inside a fence of another language is code, never a
+    call (`inside` says whether either holds). Fed in order, in pieces of any size, with
+    the same result."""
 
     __slots__ = ("depth", "quote", "escape", "last", "tail", "fence", "line")
 
