@@ -9,6 +9,7 @@ that dies can still be closed with a well-formed `event: error`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -54,6 +55,7 @@ from nonstop.wire.sse import SSEDecoder, SSEEvent
 if TYPE_CHECKING:
     from nonstop.routing.plan import Step
 
+log = logging.getLogger("nonstop")
 MAX_ERROR_BODY = 1024 * 1024
 # Seconds a cold connection may add to the first-byte deadline.
 CONNECT_SLACK = 1.0
@@ -231,7 +233,11 @@ class CloudBackend:
             async with asyncio.timeout(self.deadlines.deadline(len(body)) + min(CONNECT_SLACK, self.cfg.connect_timeout)):
                 resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False)
                 if self.observe_headers is not None:
-                    self.observe_headers(account, resp.headers)
+                    # What the quota headers teach (utilization, the forecast) decides
+                    # nothing about this reply, whose "rejected" is read below: it is
+                    # learned once the reply is on its way. The loop runs it before it
+                    # reads another request.
+                    asyncio.get_running_loop().call_soon(self._observe, account, resp.headers)
                 if resp.status >= 400:
                     return await self._refusal(resp)
                 ctype = resp.headers.get("content-type", "")
@@ -269,6 +275,13 @@ class CloudBackend:
             if resp is not None:
                 resp.close()
             return network_failure(exc)
+
+    def _observe(self, account: str, headers: Mapping[str, str]) -> None:
+        assert self.observe_headers is not None
+        try:
+            self.observe_headers(account, headers)
+        except Exception:  # a reply's headers never take a request down: said, and skipped
+            log.exception("reading the cloud's quota headers failed")
 
     async def _refusal(self, resp: aiohttp.ClientResponse) -> Reply | Verdict:
         err = await read_limited(resp, MAX_ERROR_BODY)
@@ -427,6 +440,8 @@ DRAIN_MAX = 64 * 1024
 async def _drain(resp: aiohttp.ClientResponse) -> None:
     """Read what is left of a body after its last event, a little and briefly: a body read
     to its end leaves its connection to the pool; one that is not is closed on release."""
+    if resp.content.at_eof():  # the usual case: the terminator came with the last event
+        return
     left = DRAIN_MAX
     try:
         async with asyncio.timeout(DRAIN_WAIT):

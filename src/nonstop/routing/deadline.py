@@ -14,6 +14,7 @@ Pure: the caller passes measurements in; nothing here reads a clock.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -42,11 +43,22 @@ class FirstByteDeadlines:
     multiplier: float = 4.0
     samples: dict[int, deque[float]] = field(default_factory=dict)
     recorded: int = 0  # samples taken so far: a saved snapshot is current while it stays
+    # Each bucket's samples in order, kept beside them: the deadline is read on every
+    # request, and sorting the samples each time cost more than the rest of it.
+    _ordered: dict[int, list[float]] = field(default_factory=dict, repr=False, compare=False)
 
     def record(self, size: int, seconds: float) -> None:
         if seconds < 0 or not math.isfinite(seconds):
             return
-        self.samples.setdefault(bucket_of(size), deque(maxlen=SAMPLES)).append(seconds)
+        b = bucket_of(size)
+        values = self.samples.get(b)
+        if values is None:
+            values = self.samples[b] = deque(maxlen=SAMPLES)
+        ordered = self._sorted(b)
+        if len(values) == values.maxlen:
+            del ordered[bisect_left(ordered, values[0])]
+        values.append(seconds)
+        insort(ordered, seconds)
         self.recorded += 1
 
     def usual(self, size: int) -> float | None:
@@ -54,13 +66,21 @@ class FirstByteDeadlines:
         b = bucket_of(size)
         own = self.samples.get(b)
         if own is not None and len(own) >= MIN_SAMPLES:
-            return _p90(own)
+            return _p90(self._sorted(b))
         known = [k for k, v in self.samples.items() if len(v) >= MIN_SAMPLES]
         if not known:
             return None
         nearest = min(known, key=lambda k: abs(k - b))
         scale = max(1.0, bucket_size(b) / bucket_size(nearest)) if b > nearest else 1.0
-        return _p90(self.samples[nearest]) * scale
+        return _p90(self._sorted(nearest)) * scale
+
+    def _sorted(self, bucket: int) -> list[float]:
+        """The bucket's samples in order."""
+        values = self.samples.get(bucket, ())
+        ordered = self._ordered.get(bucket)
+        if ordered is None or len(ordered) != len(values):
+            ordered = self._ordered[bucket] = sorted(values)
+        return ordered
 
     def deadline(self, size: int) -> float:
         usual = self.usual(size)
@@ -81,10 +101,10 @@ class FirstByteDeadlines:
         for k, values in snap.items():
             if str(k).isdigit() and isinstance(values, list):
                 self.samples[int(k)] = deque((float(v) for v in values if isinstance(v, int | float)), maxlen=SAMPLES)
+                self._ordered.pop(int(k), None)
 
 
-def _p90(values: deque[float]) -> float:
-    ordered = sorted(values)
+def _p90(ordered: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
 
 

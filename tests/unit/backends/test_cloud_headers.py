@@ -74,3 +74,40 @@ def test_a_duplicated_unified_status_that_says_rejected_is_not_lost() -> None:
     first = _success_verdict(_Resp(200, [(U + "status", "rejected"), (U + "status", "allowed"),
                                          (U + "reset", str(int(T0 + 3600)))]))
     assert first is not None, "a duplicated status whose first copy says rejected was read as allowed"
+
+
+async def test_the_quota_headers_are_learned_once_the_reply_is_on_its_way_and_never_fail_it(serve, caplog):
+    """The headers of a reply teach the account's utilization after the reply is returned
+    (they decide nothing about it), before the loop turns again; an observer that fails
+    is logged, and the reply still stands."""
+    import asyncio
+
+    from aiohttp import web
+
+    from nonstop.backends.base import Reply
+    from nonstop.backends.cloud import CloudBackend
+    from nonstop.config import CloudConfig
+
+    async def messages(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"type": "message", "content": []}, headers={U + "5h-utilization": "0.42"})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    cfg = CloudConfig(url=await serve(app))
+    seen: list[tuple[str, str | None]] = []
+
+    def observer(account: str, headers) -> None:
+        seen.append((account, headers.get(U + "5h-utilization")))
+        raise RuntimeError("a broken observer")
+
+    session = CloudBackend.make_session(cfg)
+    try:
+        backend = CloudBackend(cfg, session, observe_headers=observer)
+        res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", expect="json", account="key:a")
+        assert isinstance(res, Reply) and res.status == 200
+        await asyncio.sleep(0)
+        assert seen == [("key:a", "0.42")]
+        assert "reading the cloud's quota headers failed" in caplog.text
+    finally:
+        await session.close()

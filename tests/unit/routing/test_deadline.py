@@ -63,3 +63,27 @@ def test_snapshot_round_trip_and_garbage() -> None:
     e.restore({"x": [1], "3": "nope"})
     e.record(10, float("nan"))
     assert e.describe()
+
+
+def test_the_usual_time_is_the_p90_of_the_last_samples_through_evictions_and_restores() -> None:
+    """The samples are kept in order beside the window as they come and go: the p90 read
+    is always that of the last SAMPLES answers, as sorting them would give."""
+    import random
+    from collections import deque
+
+    from nonstop.routing.deadline import SAMPLES
+
+    rng = random.Random(7)
+    d = FirstByteDeadlines(floor=0, ceiling=1e9, multiplier=1)
+    window: deque[float] = deque(maxlen=SAMPLES)
+    for i in range(500):
+        seconds = rng.choice([0.5, 1.0, 2.0, rng.random() * 10])  # repeats, as real times have
+        d.record(50_000, seconds)
+        window.append(seconds)
+        if i == 250:  # another instance's snapshot replaces the window
+            restored = [rng.random() for _ in range(SAMPLES)]
+            d.restore({str(bucket_of(50_000)): restored})
+            window = deque(restored, maxlen=SAMPLES)
+        if len(window) >= MIN_SAMPLES:
+            ordered = sorted(window)
+            assert d.usual(50_000) == ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]

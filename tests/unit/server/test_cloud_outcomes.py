@@ -49,8 +49,8 @@ class _Local:
 
 class _Cloud:
     """The cloud as CloudBackend.request behaves: the reply's headers go to
-    observe_headers (Runtime wires it to CloudStates.observe) before the outcome is
-    returned. `script` holds (headers, outcome, gate) per request: outcome "ok" (a 200) or
+    observe_headers (Runtime wires it to CloudStates.observe) once the outcome is on its
+    way, before the loop reads another request. `script` holds (headers, outcome, gate) per request: outcome "ok" (a 200) or
     a Verdict; gate an asyncio.Event the reply waits for (a slow first byte), or None."""
 
     name = "cloud"
@@ -68,7 +68,7 @@ class _Cloud:
         headers, outcome, gate = self.script.pop(0)
         if gate is not None:
             await gate.wait()
-        self.rt.clouds.observe(ex.account, headers)
+        asyncio.get_running_loop().call_soon(self.rt.clouds.observe, ex.account, headers)
         if outcome == "ok":
             return Reply(200, [(b"content-type", b"application/json")], single(b"{}"), "cloud", False)
         return outcome
@@ -104,8 +104,10 @@ async def test_a_usage_limit_on_the_reply_that_names_the_organization_takes_the_
 
     out = await p.run(_ctx("sk-ant-api03-ann"))
     assert out.reply is not None and out.reply.backend == "llama"
+    await asyncio.sleep(0)  # the server reads the next request in a later turn of the loop
     out = await p.run(_ctx("sk-ant-api03-ann"))
     assert out.reply is not None and out.reply.backend == "llama"
+    await asyncio.sleep(0)
     assert cloud.sent == 1, "the second request went to the cloud although its account is out until the reset"
     states = {e["account"]: e["state"] for e in rt.clouds.entries()}
     assert len(states) == 1, f"accounts in the status document: {states}"
