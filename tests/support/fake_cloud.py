@@ -334,6 +334,9 @@ class FakeCloud:
             if delay:
                 await asyncio.sleep(delay)
             if i == 1 and mode == "error_after_content":
+                # After the content has gone out: an error in the same read as the first
+                # content is one nothing has seen yet, and nonstop fails over on it.
+                await asyncio.sleep(0.05)
                 await resp.write(sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
                 return resp
             if i == 1 and mode == "reset_after_content":
@@ -428,6 +431,7 @@ class FakeCloud:
                 await resp.write(sse("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_" + secrets.token_hex(12), "name": "Read", "input": {}}}))
                 await resp.write(sse("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"file_path": "/tmp/'}}))
                 if mode == "tool_then_error":
+                    await asyncio.sleep(0.05)  # after the call's start has gone out (see error_after_content)
                     await resp.write(sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
                     return resp
                 assert request.transport is not None

@@ -37,12 +37,13 @@ from nonstop.routing.classify import (
     Verdict,
     classify_response,
     classify_stream_error,
+    error_of,
     network_failure,
 )
 from nonstop.routing.deadline import FirstByteDeadlines
 from nonstop.routing.view import Capabilities
 from nonstop.wire.anthropic import token_count
-from nonstop.wire.errors import anthropic_error_event
+from nonstop.wire.errors import anthropic_error, anthropic_error_event
 from nonstop.wire.framing import (
     complete_events_end,
     first_malformed_event,
@@ -74,7 +75,9 @@ _STOP = re.compile(rb'"stop_reason"\s*:\s*"([a-z_]+)"')
 # The events that end a stream, and those that carry usage: their `event:` lines in
 # LF-framed SSE (the space after the colon is optional). Found with bytes.find: a regex
 # that must try every position of a chunk costs more than the rest of the relay.
-_TERMINAL = tuple(b"event:" + sp + name + b"\n" for name in (b"message_stop", b"error") for sp in (b" ", b""))
+_STOP_LINES = tuple(b"event:" + sp + b"message_stop\n" for sp in (b" ", b""))
+_ERROR_LINES = tuple(b"event:" + sp + b"error\n" for sp in (b" ", b""))
+_TERMINAL = _STOP_LINES + _ERROR_LINES
 _USAGE_EVENT = tuple(b"event:" + sp + name + b"\n" for name in (b"message_start", b"message_delta") for sp in (b" ", b""))
 
 
@@ -240,7 +243,7 @@ class CloudBackend:
                     asyncio.get_running_loop().call_soon(self._observe, account, resp.headers)
                 if resp.status >= 400:
                     return await self._refusal(resp)
-                ctype = resp.headers.get("content-type", "")
+                ctype = resp.headers.get("content-type", "").lower()
                 wrong = wrong_content_type(expect, ctype)
                 if wrong:
                     resp.close()
@@ -266,10 +269,12 @@ class CloudBackend:
                     # The cloud writes an answer whole, its body right behind its head: a
                     # body that stalls is a hung cloud, bound by the same deadline.
                     return await self._whole(resp, expect, verdict, small)
-            return await self._whole(resp, expect, verdict)
+            return await self._whole(resp, expect, verdict, bodiless=method == "HEAD" or resp.status in (204, 304))
         except TimeoutError:
             if resp is not None:
                 resp.close()
+                if resp.status >= 400:  # a refusal whose body never came: its head says what it is
+                    return self._refused(resp, None)
             return network_failure(TimeoutError(), timeout=True)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             if resp is not None:
@@ -284,21 +289,34 @@ class CloudBackend:
             log.exception("reading the cloud's quota headers failed")
 
     async def _refusal(self, resp: aiohttp.ClientResponse) -> Reply | Verdict:
-        err = await read_limited(resp, MAX_ERROR_BODY)
-        verdict = classify_response(resp.status, _lower(resp.headers), err, time.time(),
+        try:
+            err: bytes | None = await read_limited(resp, MAX_ERROR_BODY)
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+            err = None  # a refusal whose body was cut: its status and headers still say what it is
+        resp.release()
+        return self._refused(resp, err)
+
+    def _refused(self, resp: aiohttp.ClientResponse, err: bytes | None) -> Reply | Verdict:
+        """A refusal (status >= 400) as a Verdict to fail over on, or a Reply to relay.
+        `err`: its body, None when it never came whole (then nonstop says so in its place)."""
+        verdict = classify_response(resp.status, _lower(resp.headers), err or b"", time.time(),
                                     failover_on_auth=self.cfg.failover_on_auth)
         headers_out = response_headers(resp.raw_headers)
-        resp.release()
         if verdict is not None and verdict.failover:
             return verdict
+        if err is None:
+            err = anthropic_error(resp.status, f"the cloud's {resp.status} reply was cut before its body ended")
+            headers_out = [(k, v) for k, v in headers_out if k not in (b"content-length", b"content-type", b"content-encoding")]
+            headers_out.append((b"content-type", b"application/json"))
         return Reply(resp.status, headers_out, single(err), self.name, False,
                      Usage(error=verdict.describe() if verdict else ""), verdict=verdict)
 
     async def _whole(self, resp: aiohttp.ClientResponse, expect: str, verdict: Verdict | None,
-                     small: tuple[str, type] | None = None) -> Reply | Verdict:
+                     small: tuple[str, type] | None = None, *, bodiless: bool = False) -> Reply | Verdict:
         """A reply read whole before its head goes to the client: bounded by MAX_WHOLE_BODY,
         and by the first-byte deadline for an answer (`expect`) or a small reply
-        (`small`, from _SMALL_REPLIES), the idle timeout for anything else."""
+        (`small`, from _SMALL_REPLIES), the idle timeout for anything else. `bodiless`: a
+        reply that has no body whatever its content-length says (to HEAD; a 204, a 304)."""
         try:
             data = await read_limited(resp, MAX_WHOLE_BODY + 1)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
@@ -306,7 +324,7 @@ class CloudBackend:
         finally:
             resp.release()
         declared = resp.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) != len(data):
+        if declared.isdigit() and int(declared) != len(data) and not bodiless:
             return Verdict(FailureKind.BAD_RESPONSE, True, None,
                            f"the cloud's reply was cut: {len(data)} of {declared} bytes", resp.status)
         if len(data) > MAX_WHOLE_BODY:
@@ -386,6 +404,12 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> bytes | Verdict:
             if first_malformed_event(b"data: " + ev.data.encode()) >= 0:
                 return Verdict(FailureKind.BAD_RESPONSE, True, None, f"malformed {ev.event} event before any content")
             if ev.event in _CONTENT_EVENTS:
+                # An error already in hand ends the stream before the client has a byte
+                # of it: failing over costs nothing now.
+                for at in _event_lines(buf, _ERROR_LINES):
+                    end = buf.find(b"\n\n", at)
+                    data = [line[5:] for line in buf[at : end if end > 0 else None].split(b"\n") if line.startswith(b"data:")]
+                    return classify_stream_error(b"".join(data).decode("utf-8", "replace"))
                 return buf
 
 
@@ -416,6 +440,28 @@ def _first_malformed(events: bytes) -> int:
     if (events.startswith(b"data:") and _GOOD_FIRST.match(events) is None) or _BAD_DATA.search(events):
         return first_malformed_event(events)
     return -1
+
+
+def _ended(data: bytes, usage: Usage) -> bool:
+    """Whether `data` (whole events) holds the event that ends a stream. `message_stop`
+    completes the answer; an `error` event ends it incomplete, with what the cloud said."""
+    for at in _event_lines(data, _ERROR_LINES):
+        end = data.find(b"\n\n", at)
+        usage.error = "the cloud ended the stream with an error: " + _error_of(data[at : end if end > 0 else None])
+        return True
+    if any(_event_lines(data, _STOP_LINES)):
+        usage.complete = True
+        return True
+    return False
+
+
+def _error_of(event: bytes) -> str:
+    """What an `error` event's data says, in a few words."""
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            etype, message = error_of(line[5:])
+            return f"{etype or 'error'}: {message[:200]}".rstrip(": ")
+    return "an error event"
 
 
 def _read_usage(data: bytes, usage: Usage) -> None:
@@ -484,8 +530,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                     j = out.find(b"\n\n", at)
                     _read_usage(out[at : j if j > 0 else None], usage)
                 yield out
-                if any(_event_lines(out, _TERMINAL)):
-                    usage.complete = True
+                if _ended(out, usage):
                     await _drain(resp)
                     return
                 held = data[cut:]
@@ -504,8 +549,8 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
         if held.endswith(b"\r"):  # a CR kept for the LF that never came ends its line
             held = held[:-1] + b"\n"
         if held.strip() and held.endswith(b"\n") and any(_event_lines(held, _TERMINAL)):
-            usage.complete = True
             yield held.rstrip(b"\n") + b"\n\n"
+            _ended(held, usage)
         else:
             usage.error = "cloud stream ended without message_stop"
             yield anthropic_error_event("The cloud stream ended early; the response is incomplete.", "api_error")

@@ -165,7 +165,8 @@ def quota_deadline(headers: Mapping[str, str], now: float, *, unified: bool = Tr
     return now + LONGEST_OUT if any(c > now for c in candidates) else None
 
 
-def _error_of(body: bytes) -> tuple[str, str]:
+def error_of(body: bytes) -> tuple[str, str]:
+    """An error body's (type, message); ("", a prefix of it) when it is not JSON."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -179,6 +180,8 @@ def _error_of(body: bytes) -> tuple[str, str]:
     return "", ""
 
 
+# The spend limit an organization or a workspace set (both wordings are documented).
+_SPEND_LIMIT = re.compile(r"reached your specified (?:workspace )?api usage limits")
 _REGAIN = re.compile(r"regain access on (\d{4}-\d{2}-\d{2})(?:\s+at\s+(\d{1,2}:\d{2}))?\s*(UTC)?", re.I)
 
 
@@ -210,7 +213,7 @@ def classify_response(
             until = quota_deadline(headers, now)
             return Verdict(FailureKind.SUBSCRIPTION_LIMIT, False, until, "unified status rejected", status)
         return None
-    etype, message = _error_of(body)
+    etype, message = error_of(body)
     if status == 429:
         # The unified headers come on every subscription reply, the claim included: only
         # "rejected" (or a claim with no status at all) says the 5-hour or weekly limit
@@ -230,11 +233,13 @@ def classify_response(
         kind = FailureKind.AUTH
         detail = f"{status} {etype or 'auth error'}: {message}".strip()
         return Verdict(kind, failover_on_auth, None, detail, status)
+    if status == 402 or etype == "billing_error":  # the documented form of an empty balance
+        return Verdict(FailureKind.CREDIT_EXHAUSTED, True, None, "credit balance too low (billing error)", status)
     if status == 400 and etype == "invalid_request_error":
         low = message.lower()
         if low.startswith("your credit balance is too low"):
             return Verdict(FailureKind.CREDIT_EXHAUSTED, True, None, "credit balance too low", status)
-        if "reached your specified api usage limits" in low:
+        if _SPEND_LIMIT.search(low):
             return Verdict(FailureKind.SPEND_LIMIT, True, _spend_limit_until(message, now), "API usage limit reached", status)
     if status == 408 or status == 504 or etype == "timeout_error":
         # The cloud answered, slowly: a blip like other 5xx, not a network timeout.
@@ -246,7 +251,7 @@ def classify_response(
 
 def classify_stream_error(data: str) -> Verdict:
     """An `event: error` inside a cloud stream."""
-    etype, message = _error_of(data.encode())
+    etype, message = error_of(data.encode())
     if etype == "overloaded_error":
         return Verdict(FailureKind.OVERLOADED, True, None, "overloaded (mid-stream)")
     if etype == "rate_limit_error":

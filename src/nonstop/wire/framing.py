@@ -43,6 +43,7 @@ def wrong_content_type(expect: str, ctype: str) -> str:
     """Why a success whose content type is not what the request asked for ("stream" or
     "json") cannot be relayed, or "" when it is fine. Such a reply means a broken
     upstream: failing over beats relaying it to a client that cannot read it."""
+    ctype = ctype.lower()  # media types are case-insensitive (RFC 9110 8.3.1)
     if expect == "stream" and not ctype.startswith("text/event-stream"):
         return f"the cloud answered a stream request with {ctype[:60] or 'no content type'}"
     if expect == "json" and not ctype.startswith("application/json"):

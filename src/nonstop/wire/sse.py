@@ -68,7 +68,7 @@ class SSEDecoder:
             line = buf[start:nl]
             start = nl + 1
             if not line:
-                if self._data or self._event:
+                if self._data:  # an event without data is not dispatched (the SSE standard)
                     out.append(SSEEvent(self._event or "message", "\n".join(self._data)))
                 self._event = ""
                 self._data = []

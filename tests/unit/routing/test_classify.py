@@ -606,3 +606,23 @@ def test_network_timeout() -> None:
 
 def test_verdict_describe_without_detail() -> None:
     assert Verdict(FailureKind.NETWORK, True, None, "").describe() == "network"
+
+
+def test_a_workspace_spend_limit_fails_over():
+    """A workspace's spend limit is worded "reached your specified workspace API usage
+    limits" (Anthropic's error docs): a spend limit like the organization's, local until
+    the date it names."""
+    body = orjson.dumps({"type": "error", "error": {"type": "invalid_request_error", "message":
+                         "You have reached your specified workspace API usage limits. You will regain access on "
+                         "2027-02-01 at 00:00 UTC."}})
+    v = classify_response(400, {}, body, NOW)
+    assert v is not None and v.kind == FailureKind.SPEND_LIMIT and v.failover, v
+
+
+def test_a_402_billing_error_fails_over():
+    """A 402 billing_error (documented: out of credits, no payment method) is an account
+    that cannot pay: local until the user acts, as the 400 "credit balance is too low"."""
+    body = orjson.dumps({"type": "error", "error": {"type": "billing_error",
+                         "message": "Your credit balance is too low to access the Anthropic API."}})
+    v = classify_response(402, {}, body, NOW)
+    assert v is not None and v.failover and v.kind == FailureKind.CREDIT_EXHAUSTED, v
