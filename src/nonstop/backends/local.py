@@ -103,7 +103,8 @@ class EventSource:
     def feed(self, event: str, doc: dict[str, Any]) -> list[Event]:
         return [(event, doc)]
 
-    def finish(self) -> list[Event]:
+    def finish(self, ended: bool = False) -> list[Event]:
+        """The server's stream is over; `ended`: it said so (OpenAI's `[DONE]`)."""
         return []
 
 
@@ -571,7 +572,14 @@ class LocalBackend:
                         break
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 norm.error = f"{self.name} stream failed: {type(exc).__name__}"
-            tail = [] if norm.finished or norm.error else [e for t, d in source.finish() for e in norm.feed(t, d)]
+            tail: list[Event] = []
+            if not (norm.finished or norm.error):
+                try:  # a last event without its blank line is still an event
+                    tail = [e for ev, doc in decoder.flush() for t, d in source.feed(ev.event, doc) for e in norm.feed(t, d)]
+                except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+                    norm.error = f"{self.name} sent a stream nonstop cannot read ({type(exc).__name__})"
+            if not (norm.finished or norm.error):
+                tail += [e for t, d in source.finish(decoder.done) for e in norm.feed(t, d)]
             end = norm.finish()
             if pending is not None:
                 # Nothing but a start and pings went out, and no stop reason came: the

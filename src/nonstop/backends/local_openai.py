@@ -17,13 +17,18 @@ class OpenAIEventSource(EventSource):
         self.translator = translator
 
     def feed(self, event: str, doc: dict[str, Any]) -> list[Event]:
-        if doc.get("error") and "choices" not in doc:  # "error": null is no error
+        if doc.get("error") and not doc.get("choices"):  # "error": null is no error
             err = doc["error"]
             msg = err.get("message") if isinstance(err, dict) else str(err)
             return [error_event(f"{self.name}: {msg}")]
         return self.translator.feed(doc)
 
-    def finish(self) -> list[Event]:
+    def finish(self, ended: bool = False) -> list[Event]:
+        # A stream that stopped with neither a finish_reason nor `[DONE]` was cut: no end is
+        # made up for it (the normaliser ends it with an error, and the request may go on
+        # elsewhere). One that said `[DONE]` without a reason ends as it stands.
+        if not ended and self.translator.finish_reason is None:
+            return []
         return list(self.translator.finish())
 
 

@@ -349,7 +349,8 @@ def client_stop_reason(raw: Any, *, has_tools: bool, capped: bool, cut_call: boo
     - a tool call the output limit cut (`cut_call`) is not one to run: `max_tokens`, as
       the cloud would say it, even where nonstop lowered the client's limit;
     - a call made from text (`repaired`) is one to run: `tool_use`;
-    - a reason no client knows, or none, is read from the content;
+    - a reason no client knows, or none, is read from the content, and so is `tool_use`
+      without a tool call (a client would look for a call to run and find none);
     - reaching nonstop's own lowered limit (`capped`) is not the client's limit: Claude
       Code would fail the turn on `max_tokens`, so it is the end of the turn (`tool_use`
       with a call).
@@ -360,6 +361,8 @@ def client_stop_reason(raw: Any, *, has_tools: bool, capped: bool, cut_call: boo
         return "tool_use"
     if raw not in STOP_REASONS:
         return "tool_use" if has_tools else "end_turn"
+    if raw == "tool_use" and not has_tools:  # a server that names calls it never made
+        return "end_turn"
     if raw == "max_tokens" and capped:
         return "tool_use" if has_tools else "end_turn"
     return str(raw)

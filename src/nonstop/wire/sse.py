@@ -114,8 +114,15 @@ class JSONEventDecoder:
         self.done = False
 
     def feed(self, chunk: bytes) -> list[tuple[SSEEvent, dict[str, Any]]]:
+        return self._parsed(self._sse.feed(chunk))
+
+    def flush(self) -> list[tuple[SSEEvent, dict[str, Any]]]:
+        """Events left when the stream ends (a final event without its blank line)."""
+        return self._parsed(self._sse.flush())
+
+    def _parsed(self, events: list[SSEEvent]) -> list[tuple[SSEEvent, dict[str, Any]]]:
         out = []
-        for ev in self._sse.feed(chunk):
+        for ev in events:
             try:
                 data = orjson.loads(ev.data)
             except orjson.JSONDecodeError:

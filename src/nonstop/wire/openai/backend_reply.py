@@ -44,7 +44,8 @@ def stop_reason_for(finish_reason: Any, has_tool_use: bool) -> str:
         return "max_tokens"
     if has_tool_use:
         return "tool_use"
-    return STOP_REASONS.get(finish_reason, "end_turn") if isinstance(finish_reason, str) else "end_turn"
+    reason = STOP_REASONS.get(finish_reason, "end_turn") if isinstance(finish_reason, str) else "end_turn"
+    return "end_turn" if reason == "tool_use" else reason  # calls named, none made
 
 
 def estimate_output_tokens(chars: int) -> int:
@@ -156,6 +157,11 @@ class OpenAIStreamTranslator:
     @property
     def stop_reason(self) -> str:
         return stop_reason_for(self._finish_reason, self._tool_blocks > 0)
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The end the server named, if it named one."""
+        return self._finish_reason
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         if self._finished:
@@ -342,9 +348,17 @@ class OpenAIStreamTranslator:
         elif seg.kind == "tool":
             args = seg.args
             assert args is not None
-            # Close what was sent; if nothing usable came, send the best reading of it.
-            rest = args.closing() if args.started else orjson.dumps(parse_arguments("".join(seg.raw))).decode()
-            if rest and (self._close_cut or not args.started):
+            # Close what was sent; if nothing usable came, send the best reading of it (or,
+            # when the normaliser closes cut calls, the text as it came: it reads it, and
+            # so knows a cut one is cut).
+            if args.started:
+                rest = args.closing() if self._close_cut else ""
+            elif self._close_cut:
+                rest = orjson.dumps(parse_arguments("".join(seg.raw))).decode()
+            else:
+                rest = "".join(seg.raw)
+                rest = rest if rest.strip() else "{}"  # no arguments at all: an empty input, not a cut one
+            if rest:
                 self._emit(seg, {"type": "input_json_delta", "partial_json": rest}, out)
         seg.closed = True
         out.append(("content_block_stop", {"type": "content_block_stop", "index": seg.index}))
