@@ -331,10 +331,20 @@ def _messages(req: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in req.get("messages") or [] if isinstance(m, dict)]
 
 
+def _latest_turn(messages: list[dict[str, Any]]) -> int:
+    """Where the latest turn starts: the last user message (an assistant prefill after it,
+    as mid-stream recovery sends, belongs to it), else the last message."""
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "user":
+            return i
+    return len(messages) - 1
+
+
 def _cut_old(messages: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
-    """Every message but the latest with long texts and tool results cut to `cap`
+    """Every message before the latest turn with long texts and tool results cut to `cap`
     characters (the environment and instructions stay whole)."""
-    return [_map_texts(m, lambda t: _cut_middle(t, cap), skip_pinned=True) for m in messages[:-1]] + messages[-1:]
+    latest = max(_latest_turn(messages), 0)
+    return [_map_texts(m, lambda t: _cut_middle(t, cap), skip_pinned=True) for m in messages[:latest]] + messages[latest:]
 
 
 def _cut_points(messages: list[dict[str, Any]], quantum: int) -> list[int]:
@@ -349,7 +359,7 @@ def _cut_points(messages: list[dict[str, Any]], quantum: int) -> list[int]:
             points.append(i)
             mark = (total // quantum + 1) * quantum
         total += estimate_tokens({"messages": [msg]})
-    last = len(messages) - 1
+    last = _latest_turn(messages)
     if last > 0 and messages[last].get("role") == "user" and last not in points:
         points.append(last)
     return points

@@ -7,7 +7,9 @@ message: the client receives one unbroken message instead of an error.
 It applies only when every block the cloud started is a text block and the stream had
 not yet sent message_delta. It never applies once a tool_use (or thinking) block has
 started: half a tool call cannot be continued by another model, and thinking blocks carry
-signatures no local model can produce. Then the stream ends with the usual error event.
+signatures no local model can produce. Then the stream ends with the usual error event,
+unless the message lacked only its end (every block closed, after message_delta or with
+a whole tool call): nonstop ends it then.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 
 from nonstop.backends.base import Reply
+from nonstop.wire.anthropic import estimate_text_tokens
 from nonstop.wire.sse import JSONEventDecoder, encode_event
 
 log = logging.getLogger("nonstop")
@@ -36,6 +39,7 @@ class StreamTracker:
         self.saw_delta = False
         self.saw_stop = False
         self.output_tokens = 0
+        self.start_usage: dict[str, Any] = {}  # the cloud's message_start usage (the prompt's counts)
         self.decoder = JSONEventDecoder()
 
     def feed(self, chunk: bytes) -> list[tuple[str, dict[str, Any], bytes]]:
@@ -49,7 +53,10 @@ class StreamTracker:
     def _observe(self, event: str, data: dict[str, Any]) -> None:
         t = data.get("type", event)
         idx = data.get("index")
-        if t == "content_block_start" and isinstance(idx, int):
+        if t == "message_start":
+            usage = (data.get("message") or {}).get("usage")
+            self.start_usage = usage if isinstance(usage, dict) else {}
+        elif t == "content_block_start" and isinstance(idx, int):
             self.blocks[idx] = (data.get("content_block") or {}).get("type", "")
             self.open.add(idx)
         elif t == "content_block_delta" and isinstance(idx, int):
@@ -75,17 +82,40 @@ class StreamTracker:
         )
 
     @property
+    def whole(self) -> bool:
+        """Every block the cloud started is closed, and one is a tool call: the message
+        lacks only its end (message_delta, message_stop), which nonstop can give."""
+        return not self.saw_delta and not self.open and "tool_use" in self.blocks.values()
+
+    @property
     def next_index(self) -> int:
         return max(self.blocks) + 1 if self.blocks else 0
 
 
 def prefill_request(req: dict[str, Any], partial: str) -> dict[str, Any]:
-    """The original request plus the partial answer as an assistant prefill."""
+    """The original request plus the partial answer as an assistant prefill. A client's
+    own prefill (the request ends with an assistant turn) is the start of the same text:
+    the partial answer extends it, so the local model continues the text the client holds."""
     messages = list(req.get("messages") or [])
-    # Trailing whitespace in a prefill is rejected by some servers; keep it out of the
-    # prefill and let the continuation supply its own spacing.
-    messages.append({"role": "assistant", "content": [{"type": "text", "text": partial.rstrip()}]})
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else None
+    if last is not None and last.get("role") == "assistant":
+        content = last.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+        if blocks and isinstance(blocks[-1], dict) and blocks[-1].get("type") == "text":
+            blocks[-1] = {**blocks[-1], "text": str(blocks[-1].get("text", "")) + partial}
+        else:
+            blocks.append({"type": "text", "text": partial})
+        messages[-1] = {**last, "content": _without_trailing_space(blocks)}
+    else:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": partial.rstrip()}]})
     return {**req, "messages": messages}
+
+
+def _without_trailing_space(blocks: list[Any]) -> list[Any]:
+    # Trailing whitespace in a prefill is rejected by some servers; it is kept out of the
+    # prefill, and splice drops the continuation's repeat of it (the client has it).
+    end = blocks[-1]
+    return [*blocks[:-1], {**end, "text": str(end.get("text", "")).rstrip()}]
 
 
 def _ev(name: str, data: dict[str, Any]) -> bytes:
@@ -107,6 +137,20 @@ async def recovering(reply: Reply, source: AsyncIterator[bytes], req: dict[str, 
         if before:
             yield before
         error_raw = events[failed_at][2]
+        if tracker.saw_delta and not tracker.open:
+            # Only message_stop was missing: the answer is whole.
+            yield _ev("message_stop", {"type": "message_stop"})
+            reply.usage.error, reply.usage.complete = "", True
+            reply.note = "the cloud's stream lost its last event; nonstop ended it"
+            return
+        if tracker.whole:
+            # Every block closed, a tool call among them: only the message's end is missing.
+            yield _ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                                        "usage": {"output_tokens": max(1, tracker.output_tokens)}})
+            yield _ev("message_stop", {"type": "message_stop"})
+            reply.usage.error, reply.usage.complete, reply.usage.stop_reason = "", True, "tool_use"
+            reply.note = "the cloud's stream ended after its last block; nonstop ended the message"
+            return
         if not tracker.recoverable:
             yield error_raw
             return
@@ -118,9 +162,9 @@ async def recovering(reply: Reply, source: AsyncIterator[bytes], req: dict[str, 
         log.warning("cloud stream failed mid-response; continuing on %s", local.backend)
         reply.usage.error = ""
         reply.note = f"continued on {local.backend} after a mid-stream cloud failure"
-        async for piece in splice(tracker, local):
+        async for piece in splice(tracker, local, skip=partial[len(partial.rstrip()):]):
             yield piece
-        reply.usage.output_tokens = local.usage.output_tokens + tracker.output_tokens
+        reply.usage.output_tokens = local.usage.output_tokens + (tracker.output_tokens or estimate_text_tokens(partial))
         reply.usage.stop_reason = local.usage.stop_reason
         reply.usage.complete = local.usage.complete
         if local.usage.error:
@@ -128,10 +172,14 @@ async def recovering(reply: Reply, source: AsyncIterator[bytes], req: dict[str, 
         return
 
 
-async def splice(tracker: StreamTracker, local: Reply) -> AsyncIterator[bytes]:
+async def splice(tracker: StreamTracker, local: Reply, skip: str = "") -> AsyncIterator[bytes]:
     """Re-number the local stream's blocks to follow the cloud's, merging its first text
-    block into the cloud's open text block."""
+    block into the cloud's open text block. `skip`: whitespace the client already has
+    that the prefill left out; the continuation's repeat of it is dropped. The message's
+    usage stays the cloud's for the prompt (the local server counted a fitted one), and
+    its output counts both parts."""
     open_text = next((i for i in sorted(tracker.open) if tracker.blocks.get(i) == "text"), None)
+    cloud_output = estimate_text_tokens("".join(tracker.text))
     next_index = tracker.next_index
     mapping: dict[int, int] = {}
     merged: int | None = None
@@ -163,13 +211,26 @@ async def splice(tracker: StreamTracker, local: Reply) -> AsyncIterator[bytes]:
                     idx = data.get("index", 0)
                     if idx not in mapping:
                         continue
+                    delta = data.get("delta")
+                    if skip and mapping[idx] == merged and isinstance(delta, dict) and delta.get("type") == "text_delta":
+                        piece = str(delta.get("text", ""))
+                        n = 0
+                        while n < min(len(piece), len(skip)) and piece[n].isspace():
+                            n += 1
+                        skip = "" if n < len(piece) else skip[n:]
+                        if n == len(piece):
+                            continue  # nothing but the whitespace the client has
+                        data = {**data, "delta": {**delta, "text": piece[n:]}}
+                    elif t == "content_block_delta":
+                        skip = ""  # the continuation began with something else
                     out.append(_ev(t, {**data, "index": mapping[idx]}))
                 elif t == "message_delta":
                     # Close a cloud text block the local model never continued.
                     if open_text is not None and merged is None:
                         out.append(_ev("content_block_stop", {"type": "content_block_stop", "index": open_text}))
                         merged = open_text
-                    out.append(_ev("message_delta", data))
+                    out.append(_ev("message_delta", {**data, "usage": _usage(data.get("usage"), tracker.start_usage,
+                                                                             cloud_output)}))
                 else:
                     out.append(ev.encode())
             if out:
@@ -177,3 +238,18 @@ async def splice(tracker: StreamTracker, local: Reply) -> AsyncIterator[bytes]:
     finally:
         if local.close is not None:
             local.close()
+
+
+# The usage fields that count the prompt: the cloud's, for the prompt the client sent.
+_PROMPT_COUNTS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def _usage(local: Any, cloud: dict[str, Any], cloud_output: int) -> dict[str, Any]:
+    """A local continuation's message_delta usage, as the client's message has it: the
+    prompt's counts are the cloud's (the SDKs take message_delta's over message_start's;
+    left out, the start's stand), the output is both parts'."""
+    usage = {k: v for k, v in (local if isinstance(local, dict) else {}).items() if k not in _PROMPT_COUNTS}
+    usage.update({k: cloud[k] for k in _PROMPT_COUNTS if isinstance(cloud.get(k), int)})
+    out = usage.get("output_tokens")
+    usage["output_tokens"] = cloud_output + (out if isinstance(out, int) else 0)
+    return usage
