@@ -20,6 +20,7 @@ import orjson
 from multidict import CIMultiDict, istr
 from yarl import URL
 
+from nonstop.aio import Deadline
 from nonstop.backends.base import (
     HOP_BY_HOP,
     MAX_WHOLE_BODY,
@@ -233,7 +234,8 @@ class CloudBackend:
         try:
             # The first-byte deadline includes connecting: a slow connect is trouble too.
             # aiohttp's own connect timeout still ends a connect that never completes.
-            async with asyncio.timeout(self.deadlines.deadline(len(body)) + min(CONNECT_SLACK, self.cfg.connect_timeout)):
+            with Deadline(asyncio.get_running_loop().time() + self.deadlines.deadline(len(body))
+                          + min(CONNECT_SLACK, self.cfg.connect_timeout)):
                 resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False)
                 if self.observe_headers is not None:
                     # What the quota headers teach (utilization, the forecast) decides

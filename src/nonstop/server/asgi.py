@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from nonstop.aio import Deadline
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -106,26 +108,27 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     pace: BodyPace = scope.get(BODY_PACE) or DEFAULT_PACE
-    loop = asyncio.get_running_loop()
-    started = loop.time()
+    started = asyncio.get_running_loop().time()
     chunks: list[bytes] = []
     size = 0
-    while True:
-        try:
-            async with asyncio.timeout_at(started + pace.allowed(size)):
+    try:
+        # One timer for the whole body: each chunk moves the deadline for the next.
+        with Deadline(started + pace.allowed(0)) as deadline:
+            while True:
                 msg = await receive()
-        except TimeoutError:
-            raise BodyTimeout(pace, size, declared) from None
-        if msg["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = msg.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            chunks.append(chunk)
-        if not msg.get("more_body", False):
-            break
+                if msg["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = msg.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(limit)
+                    chunks.append(chunk)
+                if not msg.get("more_body", False):
+                    break
+                deadline.when = started + pace.allowed(size)
+    except TimeoutError:
+        raise BodyTimeout(pace, size, declared) from None
     scope[BODY_READ] = True
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
