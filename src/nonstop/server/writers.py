@@ -15,6 +15,7 @@ from nonstop.wire import openai as oa
 from nonstop.wire.errors import (
     anthropic_error,
     anthropic_error_event,
+    context_exceeded,
     openai_error,
     openai_error_dict,
 )
@@ -118,7 +119,7 @@ class OpenAIWriter(Writer):
 def _openai_code(status: int, message: str) -> str | None:
     """The OpenAI error code for an error, whoever wrote it: clients trim the conversation
     on `context_length_exceeded`, whether nonstop or the cloud found the prompt too long."""
-    if status == 400 and message.startswith("prompt is too long"):
+    if status == 400 and context_exceeded(message):
         return "context_length_exceeded"
     return _OPENAI_CODES.get(status)
 

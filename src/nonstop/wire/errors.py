@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Any
 
 import orjson
@@ -85,6 +86,16 @@ def openai_error_dict(status: int, message: str, code: str | None = None) -> dic
 
 def openai_error(status: int, message: str, code: str | None = None) -> bytes:
     return orjson.dumps(openai_error_dict(status, message, code))
+
+
+# The cloud's words for a request over the model's window (nonstop's own say the first).
+_TOO_LONG = re.compile(r"prompt is too long|input length and `?max_tokens`? exceed context limit", re.I)
+
+
+def context_exceeded(message: str) -> bool:
+    """Whether an error's message says the request does not fit the model's window:
+    OpenAI clients trim the conversation on `context_length_exceeded`."""
+    return _TOO_LONG.match(message) is not None
 
 
 def prompt_too_long_message(tokens: int, maximum: int) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from nonstop.wire.errors import context_exceeded
+
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -132,7 +134,9 @@ class AnthropicToOpenAIStream:
             self._done = True
             err = data.get("error")
             err = err if isinstance(err, dict) else {}
-            return [{"error": {"message": str(err.get("message") or "upstream error"), "type": str(err.get("type") or "api_error"), "param": None, "code": None}}]
+            message, kind = str(err.get("message") or "upstream error"), str(err.get("type") or "api_error")
+            code = "context_length_exceeded" if kind == "invalid_request_error" and context_exceeded(message) else None
+            return [{"error": {"message": message, "type": kind, "param": None, "code": code}}]
         return []  # ping and unknown events carry nothing for OpenAI
 
     def finish(self) -> list[dict[str, Any]]:
