@@ -11,9 +11,8 @@ from nonstop.aio import Deadline
 
 async def test_a_block_that_outlasts_its_deadline_raises_timeout_error() -> None:
     loop = asyncio.get_running_loop()
-    with pytest.raises(TimeoutError):
-        with Deadline(loop.time() + 0.02):
-            await asyncio.sleep(5)
+    with pytest.raises(TimeoutError), Deadline(loop.time() + 0.02):
+        await asyncio.sleep(5)
 
 
 async def test_a_block_that_ends_in_time_leaves_no_timer_and_no_cancel_behind() -> None:
@@ -27,10 +26,9 @@ async def test_a_block_that_ends_in_time_leaves_no_timer_and_no_cancel_behind() 
 async def test_a_deadline_moved_later_inside_the_block_holds_until_the_new_time() -> None:
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    with pytest.raises(TimeoutError):
-        with Deadline(t0 + 0.02) as d:
-            d.when = t0 + 0.15
-            await asyncio.sleep(5)
+    with pytest.raises(TimeoutError), Deadline(t0 + 0.02) as d:
+        d.when = t0 + 0.15
+        await asyncio.sleep(5)
     assert loop.time() - t0 >= 0.15
 
 
@@ -50,7 +48,6 @@ async def test_a_cancel_from_outside_stays_a_cancel() -> None:
 
 async def test_an_exception_of_the_block_passes_through() -> None:
     loop = asyncio.get_running_loop()
-    with pytest.raises(KeyError):
-        with Deadline(loop.time() + 10):
-            await asyncio.sleep(0)
-            raise KeyError("x")
+    with pytest.raises(KeyError), Deadline(loop.time() + 10):
+        await asyncio.sleep(0)
+        raise KeyError("x")
