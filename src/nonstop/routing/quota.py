@@ -65,6 +65,10 @@ class QuotaState:
     # When this state was last decided (a transition or a new deadline): a fleet keeps the
     # newer of two views.
     observed: float = 0.0
+    # When the request whose outcome last moved the state was sent: an outcome of a
+    # request sent before it is older news and moves nothing (a slow success of a
+    # request sent before the limit does not bring the cloud back).
+    basis: float = 0.0
     utilization: Utilization = field(default_factory=Utilization)
     forecast: QuotaForecast = field(default_factory=QuotaForecast)
     _serving_view: CloudView | None = field(default=None, init=False, repr=False, compare=False)
@@ -109,13 +113,20 @@ class QuotaState:
 
     # --- what happened ---------------------------------------------------------------
 
-    def record_success(self) -> None:
-        self.blips = 0
+    def record_success(self, sent: float | None = None) -> None:
+        """The cloud answered a request sent at `sent` (None: a probe, or just now)."""
         if self.state is not CloudState.SERVING:
+            if sent is not None and sent < self.basis:
+                return  # sent before the "no" that took the cloud out: says nothing since
+            self.basis = self.clock() if sent is None else sent
             self._set(CloudState.SERVING, 0.0, "", "", "the cloud answered; back on the cloud")
+        self.blips = 0
 
-    def record_failure(self, verdict: Verdict) -> None:
+    def record_failure(self, verdict: Verdict, sent: float | None = None) -> None:
+        """The cloud refused (or failed) a request sent at `sent` (None: a probe, or just now)."""
         now = self.clock()
+        if sent is not None and sent < self.basis and self.state is CloudState.SERVING:
+            return  # the cloud answered a request sent after this one: an old "no"
         kind = verdict.kind
         if kind is FailureKind.CLIENT_ERROR:
             # The request was refused for its shape: nothing learned about capacity, so
@@ -145,6 +156,8 @@ class QuotaState:
         if self.state is CloudState.OUT and self.until > until:
             self._set(CloudState.OUT, self.until, self.reason, self.detail, "")
             return
+        if self.state is not CloudState.OUT:
+            self.basis = max(self.basis, now if sent is None else sent)
         self._set(CloudState.OUT, until, kind.value, verdict.detail, "cloud out")
 
     def record_headers(self, headers: Mapping[str, str]) -> None:
@@ -204,6 +217,7 @@ class QuotaState:
         self.detail = str(snap.get("detail") or "")
         self.since = _number(snap.get("since")) or 0.0
         self.observed = _number(snap.get("observed")) or self.since
+        self.basis = max(self.basis, self.observed)  # what was decided then outranks requests sent before
         u = snap.get("utilization") or {}
         if isinstance(u, Mapping):
             self.utilization = Utilization(

@@ -168,9 +168,12 @@ class Pipeline:
                     quota.begin_probe()  # another instance is probing: wait for its answer
                     return Skip(CLOUD, "cloud", "another instance is checking whether the cloud is back")
                 quota.begin_probe()
+            sent = quota.clock()
             try:
                 res = await rt.cloud.send(ctx.ex, step)
-                self.cloud_outcome(res, account)
+                # A probe's answer always counts; another's only if it is not older news
+                # than what moved the state last (QuotaState.basis).
+                self.cloud_outcome(res, account, sent=None if step.probe else sent)
             except UnreadableRequest:  # never sent: a probe learned nothing, and ends as such
                 if step.probe:
                     quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, "the request could not be read"))
@@ -246,21 +249,21 @@ class Pipeline:
             tried[step.target] = why
             out.tried.append((step.target, why))
 
-    def cloud_outcome(self, res: Attempt, account: str = "") -> None:
-        """What a cloud attempt teaches the account's cloud state."""
+    def cloud_outcome(self, res: Attempt, account: str = "", sent: float | None = None) -> None:
+        """What a cloud attempt (a request sent at `sent`) teaches the account's cloud state."""
         quota = self.rt.clouds.state(account)
         if isinstance(res, Reply):
             if res.status < 400:
                 if res.verdict is not None:  # served, but the quota is now rejected
-                    quota.record_failure(res.verdict)
+                    quota.record_failure(res.verdict, sent)
                 else:
-                    quota.record_success()
+                    quota.record_success(sent)
             elif res.verdict is not None:
-                quota.record_failure(res.verdict)
+                quota.record_failure(res.verdict, sent)
             else:
-                quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, res.usage.error))
+                quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, res.usage.error), sent)
         elif isinstance(res, Verdict):
-            quota.record_failure(res)
+            quota.record_failure(res, sent)
 
     def _no_reply(self, ctx: RequestContext, out: Outcome, too_long: list[TooLong]) -> None:
         facts = ctx.facts

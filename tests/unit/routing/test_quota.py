@@ -647,3 +647,30 @@ def test_a_retry_after_in_asctime_form_is_read_as_utc(pacific_time: None) -> Non
     got = parse_retry_after(asctime, T0)
     assert got is not None
     assert got == pytest.approx(T0 + 60, abs=1), f"retry-after one minute ahead read as {(got - T0) / 3600:.2f} h ahead"
+
+
+def test_outcomes_of_requests_sent_before_the_last_change_move_nothing() -> None:
+    """An answer counts only if its request was sent no earlier than the one whose answer
+    moved the state last; a probe's (sent=None) always counts; an old refusal still
+    lengthens the wait while the cloud is out (the later deadline wins)."""
+    from nonstop.config import CloudConfig
+    from nonstop.routing.classify import FailureKind, Verdict
+    from nonstop.routing.quota import QuotaState
+    from nonstop.routing.view import CloudState
+
+    now = [1000.0]
+    q = QuotaState(CloudConfig(), clock=lambda: now[0])
+    limit = Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, 5000.0, "usage limit (five_hour)", 429)
+    q.record_failure(limit, sent=990.0)
+    assert q.state is CloudState.OUT and q.basis == 990.0
+    q.record_success(sent=980.0)  # sent before the limit's request
+    assert q.state is CloudState.OUT
+    weekly = Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, 9000.0, "usage limit (seven_day)", 429)
+    q.record_failure(weekly, sent=985.0)  # old, but it knows of a later deadline
+    assert q.until == 9000.0
+    q.record_success()  # the probe
+    assert q.state is CloudState.SERVING
+    q.record_failure(limit, sent=995.0)  # sent before the probe
+    assert q.state is CloudState.SERVING
+    q.record_failure(limit, sent=now[0] + 1)
+    assert q.state is CloudState.OUT

@@ -111,3 +111,50 @@ async def test_a_usage_limit_on_the_reply_that_names_the_organization_takes_the_
     assert cloud.sent == 1, "the second request went to the cloud although its account is out until the reset"
     states = {e["account"]: e["state"] for e in rt.clouds.entries()}
     assert len(states) == 1, f"accounts in the status document: {states}"
+
+
+async def test_a_slow_success_of_a_request_sent_before_the_limit_does_not_bring_the_cloud_back(tmp_path: Path) -> None:
+    """Requests run in parallel: one sent first takes long to its first byte; one sent after
+    it meets the 5-hour limit. The first one's success comes last, but it is older news than
+    the limit: the cloud stays out (before, it came back, and the next request was refused
+    by the cloud once more, with a pair of switch lines and hook notifications)."""
+    rt, p, clock, local = _runtime(tmp_path)
+    slow = asyncio.Event()
+    cloud = _Cloud(rt, [({}, "ok", slow), (LIMIT_HEADERS, LIMIT, None), ({}, "ok", None)])
+    rt.use_backends([local], cloud=cloud)  # type: ignore[list-item, arg-type]
+
+    first = asyncio.ensure_future(p.run(_ctx()))
+    await asyncio.sleep(0)  # sent
+    clock.advance(1.0)
+    out = await p.run(_ctx())  # sent after the first: the limit
+    assert out.reply is not None and out.reply.backend == "llama"
+    slow.set()
+    out = await first
+    assert out.reply is not None and out.reply.backend == "cloud"  # its own answer stands
+    await asyncio.sleep(0)
+    assert rt.clouds.state("").state.value == "out"
+    out = await p.run(_ctx())
+    assert out.reply is not None and out.reply.backend == "llama" and cloud.sent == 2
+
+
+async def test_a_success_of_a_request_sent_after_the_refused_one_brings_the_cloud_back(tmp_path: Path) -> None:
+    """The other way round: the cloud answered a request sent after the one it refused (a
+    throttle that had passed by then): newer news, and the cloud is back."""
+    rt, p, clock, local = _runtime(tmp_path)
+    refused, answered = asyncio.Event(), asyncio.Event()
+    throttle = Verdict(FailureKind.THROTTLE, True, T0 + 30, "rate limited", 429)
+    cloud = _Cloud(rt, [({}, throttle, refused), ({}, "ok", answered)])
+    rt.use_backends([local], cloud=cloud)  # type: ignore[list-item, arg-type]
+
+    first = asyncio.ensure_future(p.run(_ctx()))  # sent first
+    await asyncio.sleep(0)
+    clock.advance(1.0)
+    second = asyncio.ensure_future(p.run(_ctx()))  # sent after it, while the cloud still served
+    await asyncio.sleep(0)
+    refused.set()
+    await first
+    assert rt.clouds.state("").state.value == "out"
+    answered.set()
+    out = await second
+    assert out.reply is not None and out.reply.backend == "cloud"
+    assert rt.clouds.state("").state.value == "serving"
