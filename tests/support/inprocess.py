@@ -73,12 +73,15 @@ def recording_app(tmp_path: Path) -> tuple[App, list[bytes]]:
 
 
 async def exchange(app: App, method: str, path: str, *, query: bytes = b"",
-                   headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"") -> tuple[int, dict[bytes, bytes], bytes]:
-    """One request to `app` over ASGI (`headers` added to the usual ones), its body in one
-    read with the client staying: the status, the response headers and the whole body."""
+                   headers: list[tuple[bytes, bytes]] | None = None, body: bytes = b"",
+                   exact: bool = False) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One request to `app` over ASGI (`headers` added to the usual ones, or `exact`: only
+    they, the Host header included), its body in one read with the client staying: the
+    status, the response headers and the whole body."""
+    usual = [(b"host", b"127.0.0.1:8787"), (b"content-type", b"application/json"),
+             (b"content-length", str(len(body)).encode())]
     scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": query,
-             "headers": [(b"host", b"127.0.0.1:8787"), (b"content-type", b"application/json"),
-                         (b"content-length", str(len(body)).encode()), *(headers or [])]}
+             "headers": [*([] if exact else usual), *(headers or [])]}
     parts = [body]
     out: list[dict[str, Any]] = []
 

@@ -8,6 +8,7 @@ the config and the state on disk. Nothing is sent to any backend.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -44,12 +45,17 @@ def plan_offline(cfg: Config, req: dict[str, Any], headers: dict[str, str]) -> d
     snap = None
     path = db_path(cfg.state_dir)
     if path.exists():
-        conn = connect(path, readonly=True)
         try:
-            row = conn.execute("SELECT value FROM state WHERE key = 'quota'").fetchone()
-            snap = json.loads(row[0]) if row else None
-        finally:
-            conn.close()
+            conn = connect(path, readonly=True)
+            try:
+                row = conn.execute("SELECT value FROM state WHERE key = 'quota'").fetchone()
+                snap = json.loads(row[0]) if row else None
+            finally:
+                conn.close()
+        except (sqlite3.Error, ValueError):  # a state file gone bad: plan as on a fresh start
+            snap = None
+        if not isinstance(snap, dict):
+            snap = None
     return explain_offline(cfg, req, headers, snap, time.time())
 
 

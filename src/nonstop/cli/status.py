@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import http.client
 import json
 import sqlite3
 import sys
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 from nonstop.cli.common import db_path, gateway_url
 from nonstop.config import Config
+from nonstop.server.status import well_formed
 
 API_TIMEOUT = 2.0
 FOLLOW_INTERVAL = 1.0
@@ -81,7 +83,7 @@ def _call(cfg: Config, req: urllib.request.Request, path: str, timeout: float) -
         raise NotRunning(cfg.listen) from None
     except TimeoutError:  # connected, and then no answer
         raise NotAnswering(f"nonstop at {cfg.listen} did not answer in {timeout:g} s (busy?)") from None
-    except ValueError:  # not JSON: not nonstop's answer
+    except (ValueError, http.client.HTTPException):  # not JSON, not HTTP: not nonstop's answer
         raise NotAnswering(f"what answers at {cfg.listen} did not give nonstop's answer: "
                            "is something else on this port?") from None
     except (ConnectionError, OSError):
@@ -120,6 +122,8 @@ def offline_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
                 snap = _state(conn, "quota")
                 # One state for everyone (an older version, or one account): the default account's.
                 accounts = _state(conn, "accounts").get("accounts") or ({"": snap} if snap else {})
+                if not isinstance(accounts, dict):  # a state gone bad: the status still prints
+                    accounts = {}
                 today = totals_since(conn, start_of_day(now))
             except (sqlite3.Error, ValueError):
                 pass
@@ -142,8 +146,9 @@ def get_status(cfg: Config) -> dict[str, Any]:
         st = api_get(cfg, "/_nonstop/api/status")
     except NotRunning:
         return offline_status(cfg)
-    if not isinstance(st, dict):
-        raise Refused(f"nonstop at {cfg.listen} sent a status that is not a JSON object")
+    if not isinstance(st, dict) or not well_formed(st):
+        raise NotAnswering(f"what answers at {cfg.listen} did not give nonstop's status: "
+                           "is something else on this port?")
     return {**st, "running": True}
 
 

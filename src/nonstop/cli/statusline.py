@@ -212,7 +212,7 @@ def locate(config: str | None, url: str | None) -> tuple[str, int, str, str]:
     listen = data.get("listen")
     if data.get("token"):
         token = data["token"]
-    host, port = _split_hostport(listen or env.get("NONSTOP_LISTEN") or DEFAULT_LISTEN, 8787)
+    host, port = _split_hostport(listen or DEFAULT_LISTEN, 8787)
     return host, port, "", token
 
 
@@ -242,7 +242,7 @@ def fetch_status(host: str, port: int, prefix: str = "", token: str = "", *, ses
                  connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT) -> dict[str, Any]:
     try:
         sock = socket.create_connection((host, port), timeout=connect_timeout)
-    except OSError:
+    except (OSError, ValueError):  # a host name no resolver takes (a..b) is a ValueError
         raise Unavailable("not running") from None
     deadline = time.monotonic() + read_timeout
     try:
@@ -286,7 +286,10 @@ def fetch_status(host: str, port: int, prefix: str = "", token: str = "", *, ses
         doc = json.loads(body)
     except ValueError:
         raise Unavailable("gave no valid answer") from None
-    if not isinstance(doc, dict):
+    # Standard library only, and imported only once there is an answer.
+    from nonstop.server.status import well_formed
+
+    if not isinstance(doc, dict) or not well_formed(doc):
         raise Unavailable("gave no valid answer")
     return doc
 

@@ -316,8 +316,25 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         kwargs["routes"] = _parse_routes(raw_routes, kwargs.get("local", ()), problems)
     if raw_routing is not None:
         kwargs["routing"] = _parse_routing(raw_routing, kwargs.get("local", ()), problems)
-    if kwargs.get("cloud") is not None and isinstance(kwargs["cloud"].url, str):
-        _check_url("cloud.url", kwargs["cloud"].url, problems)
+    cloud = kwargs.get("cloud")
+    if cloud is not None and isinstance(cloud.url, str):
+        _check_url("cloud.url", cloud.url, problems)
+        if cloud.url.rstrip("/").endswith("/v1"):  # the client's path (/v1/messages) is added to it
+            problems.append(f"cloud.url: {cloud.url!r} ends in /v1; give the base URL without /v1 "
+                            "(for example https://api.anthropic.com)")
+    if cloud is not None and cloud.first_byte_timeout == 0:
+        problems.append("cloud.first_byte_timeout: must be more than 0 seconds (0 would fail every cloud request); "
+                        "the default is 60")
+    shared = kwargs.get("shared")
+    if shared is not None and shared.heartbeat == 0:
+        problems.append("shared.heartbeat: must be more than 0 seconds; the default is 5")
+    if kwargs.get("max_body_bytes") == 0:
+        problems.append("max_body_bytes: must be more than 0 (0 would refuse every request with a body)")
+    discovery = kwargs.get("discovery")
+    if discovery is not None:
+        bad = [p for p in discovery.ports if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535]
+        if bad:
+            problems.append(f"discovery.ports: {bad[0]!r} is not a port (1-65535)")
     emb = kwargs.get("embedded")
     if emb is not None and emb.mode not in ("auto", "always", "never"):
         problems.append(f"embedded.mode: {emb.mode!r} is not known; use \"auto\", \"always\" or \"never\"")
@@ -347,11 +364,14 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
             split_listen(kwargs["listen"])
         except ConfigError as exc:
             problems.extend(exc.problems)
+    if not kwargs.get("token"):
+        env_token = os.environ.get("NONSTOP_TOKEN", "")
+        if env_token and not env_token.isascii():
+            problems.append("NONSTOP_TOKEN: use ASCII characters only (it travels in an HTTP header)")
+        kwargs["token"] = env_token
     if problems:
         raise ConfigError(problems)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    if not kwargs.get("token"):
-        kwargs["token"] = os.environ.get("NONSTOP_TOKEN", "")
     cfg = Config(**kwargs)
     check_exposure(cfg)
     return cfg
@@ -366,8 +386,11 @@ def load_config(path: str | Path | None = None) -> Config:
             raise ConfigError([f"{p}: no such file; run `nonstop init` to write one"])
         return parse_config({}, source="")
     try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
+        raw = p.read_bytes()
+        # An editor's byte-order mark is no part of the TOML.
+        data = tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{p}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{p}: not valid TOML: {exc}"]) from None
     except OSError as exc:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from nonstop.config import Config
 from nonstop.server import dashboard
@@ -99,6 +99,7 @@ class App:
             ("GET", "/health"): self.health,
             ("HEAD", "/health"): self.health,
             ("GET", "/metrics"): self.metrics,
+            ("HEAD", "/metrics"): self.metrics,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -196,9 +197,10 @@ class App:
         headers = scope["headers"]
         if sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
             return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
-        if not self._token:
+        if not self._token and not self._users:
             # Without a token only loopback is served; a foreign Host is a web page
-            # trying DNS rebinding against this port.
+            # trying DNS rebinding against this port. (With users' tokens every request
+            # needs one, and a team reaches the gateway by its own name.)
             host = header(scope, b"host").lower()
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             if name.startswith("[") and "]" in name:
@@ -235,7 +237,7 @@ class App:
             with contextlib.suppress(Exception):
                 c.load(cookie)
             if "nonstop_token" in c:
-                yield "cookie", c["nonstop_token"].value
+                yield "cookie", unquote(c["nonstop_token"].value)
 
     def _whose(self, raw: bytes) -> str | None:
         if self._token and hmac.compare_digest(raw, self._token):

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from importlib import resources
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import orjson
 
@@ -61,7 +61,8 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
         extra = list(_SECURITY_HEADERS)
         token = (query.get("token") or [""])[0]
         if token and scope.get(TOKEN_VIA) == "query":  # the token in the address let this request in
-            extra.append((b"set-cookie", f"nonstop_token={token}; HttpOnly; SameSite=Strict; Path=/".encode()))
+            # Quoted: a token may hold what a cookie cannot (a space, a semicolon).
+            extra.append((b"set-cookie", f"nonstop_token={quote(token, safe='')}; HttpOnly; SameSite=Strict; Path=/".encode()))
     else:
         extra = list(_SECURITY_HEADERS)
     if method == "GET" and path == "/_nonstop/api/status":
@@ -75,7 +76,7 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> Non
         await send_json(send, 200, await rt.clouds.fleet(), extra=[(b"cache-control", b"no-store")])
         return
     if method == "GET" and path == "/_nonstop/api/requests":
-        limit = _int(query.get("limit"), 50)
+        limit = min(max(_int(query.get("limit"), 50), 1), 10_000)
         after = _int(query.get("after_id"), 0)
         rows: list = []
         if rt.store is not None:

@@ -84,6 +84,23 @@ def cloud_entry(url: str, quota: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# The parts of a status document its readers walk, and the shape each has.
+_SHAPES: tuple[tuple[str, type], ...] = (
+    ("cloud", dict), ("utilization", dict), ("local", list), ("today", dict), ("forecast", dict),
+    ("decisions", list), ("accounts", list), ("shadow", dict),
+)
+
+
+def well_formed(doc: Mapping[str, Any]) -> bool:
+    """Whether a status document (read from another process, or from disk) has the shapes
+    its readers walk: one that does not is not nonstop's answer."""
+    for key, kind in _SHAPES:
+        value = doc.get(key)
+        if value is not None and not isinstance(value, kind):
+            return False
+    return all(isinstance(e, dict) for key in ("local", "decisions", "accounts") for e in doc.get(key) or ())
+
+
 def status_document(
     cfg: Config,
     quota: Mapping[str, Any],
@@ -109,6 +126,8 @@ def status_document(
     each backend, `today` the request log's totals since start_of_day(now) ({} without a
     log), `log` the request log's path ("" without one). pid and uptime are None when the
     gateway is not running."""
+    if not isinstance(quota.get("utilization"), dict | None) or not isinstance(quota.get("forecast"), dict | None):
+        quota = {k: v for k, v in quota.items() if k not in ("utilization", "forecast")}  # a state file gone bad
     return {
         "running": running,
         "version": version,
