@@ -554,13 +554,13 @@ class LocalBackend:
                         out += norm.feed("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}})
                         out += norm.feed("message_stop", {"type": "message_stop"})
                     if pending is not None:
+                        if norm.error:  # failed before any content went out (what the error
+                            held = out  # brought out with it, a held call as text, included)
+                            break
                         if _shows_content(out):  # the request is let go
                             pending.instead = None
                             pending = None
                             out, quiet = _after_start(out, quiet), []
-                        elif norm.error:  # failed before any content went out: its error is kept back
-                            held = out
-                            break
                         else:
                             quiet += [e for e in out if e[0] not in _AT_ONCE]
                             out = [e for e in out if e[0] in _AT_ONCE]

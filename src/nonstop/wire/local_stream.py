@@ -2,7 +2,11 @@
 
 Sans-IO: events in, events out. Fixes what local servers get wrong: zero input_tokens,
 text or tool input placed inside content_block_start, tool ids with odd characters,
-thinking without a signature, and a stream that stops without message_stop.
+thinking without a signature, a stream that stops without message_stop, a block left
+open when the next starts, deltas of another block's kind or with no text, a
+message_delta sent early or twice (held until the message ends), a stop reason other
+than tool_use beside a whole call, redacted_thinking no cloud could read back, and calls
+without a name.
 
 Given the request's offered tools, it also turns a tool call the model wrote as text into
 the tool_use block it meant (wire/repair.py). A text block is then held back from a line
@@ -30,6 +34,11 @@ STOP_REASONS = frozenset({"end_turn", "max_tokens", "stop_sequence", "tool_use",
                           "model_context_window_exceeded"})
 # Those that say a limit cut the output short, not the model.
 OUTPUT_LIMITS = frozenset({"max_tokens", "model_context_window_exceeded"})
+# The deltas each kind of block takes; another kind's would break a strict client.
+_DELTAS = {"text": frozenset({"text_delta", "citations_delta"}), "tool_use": frozenset({"input_json_delta"}),
+           "thinking": frozenset({"thinking_delta", "signature_delta"})}
+# The usage counts a reply may carry, each a count or absent.
+_COUNTS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def message_start(model: str, input_tokens: int, message_id: str | None = None) -> Event:
@@ -91,6 +100,10 @@ class LocalStreamNormalizer:
         # server that skips an index, starts at 1 or reuses a closed one cannot break the
         # client's (and blocks split from text into calls take the numbers after theirs).
         self._next = 0
+        # The server's message_delta, held until the message ends: content after it (a
+        # server that sends it early) comes before it, and two are one. (raw stop reason,
+        # stop_sequence), None until one came.
+        self._ending: tuple[Any, Any] | None = None
 
     def feed(self, etype: str, data: dict[str, Any]) -> list[Event]:
         if self.finished:
@@ -104,6 +117,8 @@ class LocalStreamNormalizer:
                 return []
             self.started = True
             return [message_start(self.model, self.input_tokens, msg.get("id") if isinstance(msg.get("id"), str) else None)]
+        if t == "ping" and not self.started:
+            return []  # the server's own message_start may follow: a ping does not start one
         out: list[Event] = []
         if not self.started:
             self.started = True
@@ -119,18 +134,16 @@ class LocalStreamNormalizer:
             elif idx in self._open:
                 out.extend(self._stop(idx))
         elif t == "message_delta":
-            delta = data.get("delta") or {}
-            usage = data.get("usage") or {}
+            delta = _object(data.get("delta"))
+            usage = _object(data.get("usage"))
             # First: a held text block may become a tool call, unless the limit cut it (or
             # the server gave no stop reason: why the output ended is unknown).
             raw = delta.get("stop_reason")
             out.extend(self._close_all(cut=raw is None or raw in OUTPUT_LIMITS))
-            self.stop_reason = client_stop_reason(raw, has_tools=self._tools, capped=self.capped,
-                                               cut_call=self._cut_call, repaired=any(r.repaired for r in self.repairs))
-            self.cut = self.cut or (raw == "max_tokens" and self.capped and not self._cut_call)
+            self._ending = (raw, delta.get("stop_sequence"))
+            self.stop_reason = self._client_reason(raw)
             self.output_tokens = token_count(usage.get("output_tokens")) or self.output_tokens
             self.input_tokens = token_count(usage.get("input_tokens")) or self.input_tokens
-            out.append(self._message_delta(delta.get("stop_sequence")))
         elif t == "message_stop":
             out.extend(self.finish())
         elif t == "ping":
@@ -152,10 +165,14 @@ class LocalStreamNormalizer:
         out: list[Event] = []
         for ended in sorted(self._ended):  # held text the output went on past: not cut
             out.extend(self._settle(ended))
-        if idx in self._open:  # a server that never closed the previous block
+        if self._open.get(idx) == btype:  # the same block started again: one block
             return out
-        for held in list(self._watch):  # nor a text block still held back
-            out.extend(self._stop(held))
+        if btype == "redacted_thinking":
+            return out  # a local model's "encrypted" thinking: no cloud could read it back
+        if btype == "tool_use" and not (isinstance(block.get("name"), str) and block["name"]):
+            return out  # a call to nothing: it cannot be made (its deltas go with it)
+        for was in list(self._open):  # a block the server never closed ends first: one at a time
+            out.extend(self._stop(was))
         self._open[idx] = btype
         at = self._at[idx] = self._next
         self._next += 1
@@ -229,8 +246,8 @@ class LocalStreamNormalizer:
                 if given == {"_raw": text}:  # not whole by itself: its best reading, as cut
                     given = parse_arguments(text)
                     self._cut_call = True
-                rest = orjson.dumps(given).decode() if given else ""
-            if rest and rest != "{}":
+                rest = orjson.dumps(given).decode()  # "{}" for none: the input is said, as the cloud does
+            if rest:
                 out.append(_delta_event(at, {"type": "input_json_delta", "partial_json": rest}))
         if self._open.pop(idx) == "thinking" and idx not in self._signed:
             out.append(_delta_event(at, {"type": "signature_delta", "signature": LOCAL_THINKING_SIGNATURE}))
@@ -275,10 +292,17 @@ class LocalStreamNormalizer:
             return []  # a delta for a block never started (or closed) would abort the client
         delta = dict(data.get("delta") or {})
         dtype = delta.get("type")
+        allowed = _DELTAS.get(self._open[idx])
+        if allowed is not None and dtype not in allowed:
+            return []  # another kind of block's delta
         if idx in self._watch:  # a held text block takes its text; nothing else goes with it
-            return self._text(idx, delta.get("text") or "") if dtype == "text_delta" else []
+            text = delta.get("text")
+            return self._text(idx, text) if dtype == "text_delta" and isinstance(text, str) else []
         if dtype == "text_delta":
-            self._chars += len(delta.get("text") or "")
+            text = delta.get("text")
+            if not isinstance(text, str) or not text:
+                return []  # a piece of no text (null): the SDKs would fail to add it
+            self._chars += len(text)
         elif dtype == "input_json_delta":
             text = delta.get("partial_json")
             text = text if isinstance(text, str) else ""
@@ -291,7 +315,9 @@ class LocalStreamNormalizer:
             return [_delta_event(self._at[idx], {"type": "input_json_delta", "partial_json": piece})] if piece else []
         elif dtype == "thinking_delta":
             thought = delta.get("thinking")
-            self._chars += len(thought) if isinstance(thought, str) else 0
+            if not isinstance(thought, str) or not thought:
+                return []
+            self._chars += len(thought)
         elif dtype == "signature_delta":
             delta["signature"] = LOCAL_THINKING_SIGNATURE
             self._signed.add(idx)
@@ -307,14 +333,22 @@ class LocalStreamNormalizer:
         """Close every open block (`cut`: the output limit ended the output)."""
         return [e for idx in sorted(self._open) for e in self._stop(idx, cut)]
 
+    def _client_reason(self, raw: Any) -> str:
+        reason = client_stop_reason(raw, has_tools=self._tools, capped=self.capped, cut_call=self._cut_call,
+                                    repaired=any(r.repaired for r in self.repairs))
+        self.cut = self.cut or (raw == "max_tokens" and self.capped and not self._cut_call)
+        return reason
+
     def _message_delta(self, stop_sequence: Any = None) -> Event:
         if not self.output_tokens:
             self.output_tokens = estimate_text_tokens("x" * self._chars) if self._chars else 1
+        reason = self.stop_reason or "end_turn"
         return (
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {"stop_reason": self.stop_reason or "end_turn", "stop_sequence": stop_sequence},
+                "delta": {"stop_reason": reason,
+                          "stop_sequence": stop_sequence if reason == "stop_sequence" and isinstance(stop_sequence, str) else None},
                 "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
             },
         )
@@ -331,7 +365,15 @@ class LocalStreamNormalizer:
             self.started = True
             return head + self._settle_held() + [error_event(self.error)]
         out = self._close_all()
+        if self._ending is not None:  # the server's message_delta, read again for what came after it
+            raw, stop_sequence = self._ending
+            self.stop_reason = self._client_reason(raw)
+            out.append(self._message_delta(stop_sequence))
         return out + [("message_stop", {"type": "message_stop"})]
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _start_event(idx: int, block: dict[str, Any]) -> Event:
@@ -365,6 +407,8 @@ def client_stop_reason(raw: Any, *, has_tools: bool, capped: bool, cut_call: boo
         return "end_turn"
     if raw == "max_tokens" and capped:
         return "tool_use" if has_tools else "end_turn"
+    if has_tools and raw not in OUTPUT_LIMITS:  # a whole call asks to be run, whatever else the server said
+        return "tool_use"
     return str(raw)
 
 
@@ -381,7 +425,8 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     repair and of each attempt left as text. `cut`: the output limit cut a tool call (see
     openai.cut_tool_call), so the reply is max_tokens, never a call to run."""
     out = dict(msg)
-    out.setdefault("id", new_message_id())
+    if not isinstance(out.get("id"), str) or not out["id"]:
+        out["id"] = new_message_id()
     out["type"] = "message"
     out["role"] = "assistant"
     out["model"] = model
@@ -395,12 +440,17 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     limit = out.get("stop_reason") is None or out.get("stop_reason") in OUTPUT_LIMITS
     for i, block in enumerate(blocks):
         b = dict(block)
+        if b.get("type") == "redacted_thinking" or (
+                b.get("type") == "tool_use" and not (isinstance(b.get("name"), str) and b["name"])):
+            continue  # as in a stream: no local "encrypted" thinking, no call to nothing
         if b.get("type") == "tool_use":
             b["id"] = _tool_id(b.get("id"), tag)
             b["input"] = parse_arguments(b.get("input"))  # an object, whatever the server sent
             chars += len(orjson.dumps(b["input"]))
         elif b.get("type") == "thinking":
             b["signature"] = LOCAL_THINKING_SIGNATURE
+            if not isinstance(b.get("thinking"), str):
+                b["thinking"] = ""
         elif b.get("type") == "text":
             if not isinstance(b.get("text"), str):
                 b["text"] = "" if b.get("text") is None else str(b["text"])
@@ -413,12 +463,17 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
         content.append(b)
     out["content"] = content
     usage = dict(out["usage"]) if isinstance(out.get("usage"), dict) else {}
+    for key in _COUNTS[2:]:  # the server's other counts: counts (0 is one), or none
+        value = usage.get(key)
+        if key in usage and not (type(value) is int and (value == 0 or token_count(value))):
+            del usage[key]
     usage["input_tokens"] = token_count(usage.get("input_tokens")) or max(1, input_tokens_estimate)
     usage["output_tokens"] = token_count(usage.get("output_tokens")) or max(1, chars // 4)
     out["usage"] = usage
     out["stop_reason"] = client_stop_reason(out.get("stop_reason"), has_tools=any(b.get("type") == "tool_use" for b in content),
                                          capped=capped, cut_call=cut, repaired=any(r.repaired for r in repairs))
-    out.setdefault("stop_sequence", None)
+    if out["stop_reason"] != "stop_sequence" or not isinstance(out.get("stop_sequence"), str):
+        out["stop_sequence"] = None
     for r in repairs:
         if on_repair is not None:
             on_repair(r)

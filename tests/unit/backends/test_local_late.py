@@ -55,9 +55,9 @@ ANSWER = (START + _text(0, "from next") + _ev("content_block_stop", {"type": "co
           + _ev("message_stop", {"type": "message_stop"}))
 
 
-def _server(body: bytes, *, delay: float = 0.0, cut: bool = False, hold: float = 0.0) -> web.Application:
-    """Its head after `delay`, then `body`; then the connection is cut (`cut`), or the
-    body ends after `hold`."""
+def _server(body: bytes, *, delay: float = 0.0, cut: bool = False, hold: float = 0.0, then: bytes = b"") -> web.Application:
+    """Its head after `delay`, then `body`; after `hold`, `then`; then the connection is
+    cut (`cut`), or the body ends."""
     async def handler(request: web.Request) -> web.StreamResponse:
         await request.read()
         await asyncio.sleep(delay)
@@ -66,6 +66,8 @@ def _server(body: bytes, *, delay: float = 0.0, cut: bool = False, hold: float =
         if body:
             await resp.write(body)
         await asyncio.sleep(hold)
+        if then:
+            await resp.write(then)
         if cut and request.transport is not None:
             request.transport.abort()
         return resp
@@ -169,7 +171,7 @@ async def test_the_servers_error_event_is_named_in_the_hand_over(serve, monkeypa
 
 @pytest.mark.parametrize("app,words", [
     (_server(START + _text(0, "partial answer"), delay=LATE, hold=0.1, cut=True), b"stream failed"),
-    (_server(START + _text(0, "partial answer") + ERROR, delay=LATE), b"model crashed"),
+    (_server(START + _text(0, "partial answer"), delay=LATE, hold=0.1, then=ERROR), b"model crashed"),
     (_server(START + _text(0, "partial answer"), delay=LATE), b"ended the stream early"),
 ], ids=["cut", "error-event", "ended-early"])
 async def test_a_late_stream_that_fails_after_content_went_out_ends_with_an_error(serve, monkeypatch, app, words):
@@ -323,7 +325,8 @@ async def test_an_empty_answer_that_ends_well_keeps_its_empty_block(serve, monke
 
 
 async def test_a_stream_whose_head_came_in_time_and_that_fails_after_content_ends_with_an_error(serve, monkeypatch):
-    run = await _late_stream(serve, monkeypatch, _server(START + _text(0, "partial answer") + ERROR), commit_after=PROMPT)
+    run = await _late_stream(serve, monkeypatch, _server(START + _text(0, "partial answer"), hold=0.1, then=ERROR),
+                             commit_after=PROMPT)
     assert wirecheck.check_anthropic_stream(run.body).outcome == "error", run.body[-400:]
     assert run.asked == [] and run.reply.backend == "first" and b"model crashed" in run.body
     assert b"from next" not in run.body
@@ -359,3 +362,11 @@ async def test_a_stream_closed_unread_lets_the_request_go(serve, monkeypatch, de
         del instead
         res.close()
         assert held() is None and backend.state.inflight == 0
+
+
+async def test_content_and_an_error_in_the_same_read_hand_the_message_over(serve, monkeypatch):
+    """Text and the server's error in one read, before anything but the start went out:
+    nothing of it has reached the client, so the next backend answers the whole message."""
+    run = await _late_stream(serve, monkeypatch, _server(START + _text(0, "partial answer") + ERROR, delay=LATE))
+    assert wirecheck.check_anthropic_stream(run.body).outcome == "ok", run.body[-400:]
+    assert b"from next" in run.body and b"partial answer" not in run.body
