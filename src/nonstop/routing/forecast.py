@@ -89,7 +89,7 @@ class _Window:
             return WindowForecast(self.name, None, self.resets)
         u = self.readings[-1][2]
         if self.resets is not None and now >= self.resets:
-            return WindowForecast(self.name, u, self.resets)
+            return WindowForecast(self.name, None, self.resets)  # a new window: its use is not known yet
         slope = self.slope()
         if slope is not None:
             if u >= 1.0:
@@ -108,8 +108,10 @@ class QuotaForecast:
     high_water: float = 0.9
     windows: dict[str, _Window] = field(default_factory=lambda: {n: _Window(n, s) for n, s in WINDOWS.items()})
     conserving: bool = False
-    # The forecasts as of the last reading (recomputed only when a reading is added).
+    # The forecasts as of the last reading (recomputed when a reading is added, and when a
+    # window they were made for has reset: `next_reset`).
     current: tuple[WindowForecast, ...] = ()
+    next_reset: float = float("inf")
 
     def record(self, now: float, window: str, utilization: float | None, resets: float | None) -> bool:
         w = self.windows.get(window)
@@ -124,7 +126,7 @@ class QuotaForecast:
         """Recompute the forecasts and `conserving` (with hysteresis); True when
         `conserving` changed."""
         before = self.conserving
-        forecasts = self.current = self.view(now)
+        forecasts = self._forecast(now)
         if not self.conserving:
             self.conserving = any(_runs_out_before_reset(f, ENTER_MARGIN) for f in forecasts)
         else:
@@ -133,6 +135,11 @@ class QuotaForecast:
                        and (f.resets is None or f.resets > now) for f in forecasts)
             self.conserving = still or high
         return self.conserving != before
+
+    def _forecast(self, now: float) -> tuple[WindowForecast, ...]:
+        forecasts = self.current = self.view(now)
+        self.next_reset = min((f.resets for f in forecasts if f.resets is not None and f.resets > now), default=float("inf"))
+        return forecasts
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -156,7 +163,7 @@ class QuotaForecast:
                 for row in rows:
                     if isinstance(row, list) and len(row) == 3 and all(isinstance(x, int | float) for x in row):
                         w.readings.append((float(row[0]), float(row[1]), float(row[2])))
-        self.current = self.view(max((w.readings[-1][1] for w in self.windows.values() if w.readings), default=0.0))
+        self._forecast(max((w.readings[-1][1] for w in self.windows.values() if w.readings), default=0.0))
 
 
 def _runs_out_before_reset(f: WindowForecast, margin: float) -> bool:

@@ -103,6 +103,15 @@ class Plan(NamedTuple):
         return out
 
 
+def _up_and_down(steps: list[Step], view: RoutingView) -> tuple[list[Step], list[Step]]:
+    """Local steps whose backend is up, and those whose backend failed (demoted, or down):
+    a serving cloud goes before the latter even where local models come first."""
+    down = {b.name for b in view.backends if b.demoted or b.healthy is False}
+    if not down:
+        return steps, []
+    return [s for s in steps if s.target not in down], [s for s in steps if s.target in down]
+
+
 def hhmm(epoch: float) -> str:
     try:
         return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
@@ -199,8 +208,13 @@ def context_rule(facts: RequestFacts, b: BackendView) -> Room | Skip:
         return Room(False, "window unknown", True) if not window else Room(False, "")
     usable = window - MIN_OUTPUT_ROOM
     size, ratio = facts.size, b.token_ratio or 1.0
+    # The size as sent overestimates the local one, except for images: each counts a
+    # fixed number of tokens however few bytes it takes. A request with images is measured.
     if size.sent * ratio <= usable:
-        return Room(False, f"fits its {window}-token window", True)
+        if not facts.needs.images:
+            return Room(False, f"fits its {window}-token window", True)
+        if not size.known:
+            return Room(True, f"~{int(size.sent * ratio)} tokens as sent, with images (measured before it is sent)")
     if not size.known:
         return Room(True, f"~{int(size.sent * ratio)} tokens as sent; fitted to its {window}-token window if needed")
     local = int(size.local * ratio)
@@ -322,8 +336,12 @@ def loop_rule(facts: RequestFacts, steps: list[Step], view: RoutingView) -> list
     if not facts.local_loop:
         return None
     tags = {b.name: b.tag for b in view.backends}
-    origin = [s for s in steps if tags.get(s.target) == facts.local_loop]
+    down = {b.name for b in view.backends if b.demoted or b.healthy is False}
+    # The model that started the loop, unless it has just failed: then, as when it is gone,
+    # another local model carries on (the failed one stays among the rest, last).
+    origin = [s for s in steps if tags.get(s.target) == facts.local_loop and s.target not in down]
     rest = [s for s in steps if s not in origin]
+    steps = [s for s in steps if s.target not in down] + [s for s in steps if s.target in down]
     why = "this request answers a tool call that {} made: the loop finishes where it started"
     if origin:
         s = origin[0]
@@ -369,9 +387,11 @@ def plan(facts: RequestFacts, view: RoutingView, policy: Policy, tried: Mapping[
         skipped.insert(0, cloud)
         steps = local
     elif cp.cloud == "fallback" and local:
-        steps = local + [_why(cloud, "class", f"{facts.workload.value} work uses local models first")]
+        up, down = _up_and_down(local, view)
+        steps = up + [_why(cloud, "class", f"{facts.workload.value} work uses local models first")] + down
     elif view.cloud.conserving and facts.workload in policy.conserve and local:
-        steps = local + [_why(cloud, "conserve", _conserve_reason(view.cloud))]
+        up, down = _up_and_down(local, view)
+        steps = up + [_why(cloud, "conserve", _conserve_reason(view.cloud))] + down
     elif looped is not None:
         steps = looped + [cloud]
     else:

@@ -76,9 +76,12 @@ class QuotaState:
     # --- what the planner sees ---------------------------------------------------------
 
     def view(self) -> CloudView:
-        # While the cloud serves, the view depends on no clock: the last one is reused
-        # while what it shows is unchanged.
+        # While the cloud serves, the view depends on no clock but the next reset of a
+        # window the forecast was made for: the last one is reused while what it shows is
+        # unchanged. (A window that reset is forecast again: conserving for it ends.)
         last, f = self._serving_view, self.forecast
+        if f.next_reset <= self.clock() and f.update(self.clock()) and self.on_change is not None:
+            self.on_change(self, "")
         if (self.state is CloudState.SERVING and last is not None and last.windows is f.current
                 and last.conserving == f.conserving and last.until == self.until and last.reason == self.reason):
             return last
