@@ -165,9 +165,10 @@ class CloudStates:
         q = self.accounts.get(account)
         if observed <= q.observed:
             return
-        before = q.state
+        before, basis = q.state, q.basis
         q.restore(snap, live=True)  # quietly: this instance did not see it happen
         q.observed = observed  # on this machine's clock
+        q.basis = max(basis, observed)  # decided then: requests sent before it are older news
         if self.on_switch is not None:
             self.on_switch()
         self._save()

@@ -31,6 +31,7 @@ from nonstop.routing.facts import (
 )
 from nonstop.routing.fit import RequestSize
 from nonstop.routing.plan import CLOUD, Plan, Skip, Step, plan
+from nonstop.routing.view import CloudState
 from nonstop.store.db import RequestRow
 from nonstop.wire.errors import prompt_too_long_message
 
@@ -165,7 +166,8 @@ class Pipeline:
             quota = rt.clouds.state(account)
             if step.probe:
                 if not await rt.clouds.may_probe(account, PROBE_LEASE):
-                    quota.begin_probe()  # another instance is probing: wait for its answer
+                    if quota.state is not CloudState.SERVING:  # (its answer may have come meanwhile)
+                        quota.begin_probe()  # another instance is probing: wait for its answer
                     return Skip(CLOUD, "cloud", "another instance is checking whether the cloud is back")
                 quota.begin_probe()
             sent = quota.clock()

@@ -302,7 +302,11 @@ class Runtime:
         url = b.cfg.url
         if shared is not None and shared.available:
             self._held[url] = self._held.get(url, 0) + 1  # counted before the wait: a heartbeat meanwhile sees it
-            taken, total = await shared.acquire_slot(url, limit)
+            try:
+                taken, total = await shared.acquire_slot(url, limit)
+            except BaseException:  # cancelled while Redis counted (a client gone, a shutdown)
+                self._held[url] -= 1  # a count Redis took anyway is set right by the next heartbeat
+                raise
             if total is not None:
                 b.state.fleet_counted(total - (1 if taken else 0))
                 if not taken:

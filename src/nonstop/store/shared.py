@@ -45,12 +45,21 @@ RETRY_EVERY = 2.0
 REQUEST_WAIT = 0.25
 STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
 
-# Replace an account's state only with a newer observation; publish what was written.
+# How far in Redis' future a stored observation may be and still be believed (clocks
+# drift a little; one written in milliseconds, or by a clock days ahead, is not believed).
+FUTURE_SLACK = 300.0
+
+# Replace an account's state only with a newer observation; publish what was written. A
+# stored observation that is no number, or is further in the future than FUTURE_SLACK
+# (on Redis' clock), is unreadable and replaced.
 _CAS = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, doc = pcall(cjson.decode, cur)
-  if ok and type(doc) == 'table' and tonumber(doc['observed']) and tonumber(doc['observed']) > tonumber(ARGV[2]) then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if ok and type(doc) == 'table' and type(doc['observed']) == 'number'
+      and doc['observed'] <= now + tonumber(ARGV[4]) and doc['observed'] > tonumber(ARGV[2]) then
     return cur
   end
 end
@@ -230,7 +239,7 @@ class SharedState:
             if not self.available:
                 continue  # reconciled from the local state when Redis returns
             newer = await self._safely("publishing a state change", self._cas(
-                keys=[self.prefix + "acct:" + account, self.channel], args=[doc, version, STATE_TTL]), None)
+                keys=[self.prefix + "acct:" + account, self.channel], args=[doc, version, STATE_TTL, FUTURE_SLACK]), None)
             if newer:
                 self._received(newer)
 
@@ -238,7 +247,7 @@ class SharedState:
         """Write now (reconciliation): the newer of this and the stored one wins."""
         doc, version = self._doc(account, snapshot, observed, aliases or [])
         newer = await self._safely("reconciling", self._cas(
-            keys=[self.prefix + "acct:" + account, self.channel], args=[doc, version, STATE_TTL]), None)
+            keys=[self.prefix + "acct:" + account, self.channel], args=[doc, version, STATE_TTL, FUTURE_SLACK]), None)
         if newer:
             self._received(newer)
 
@@ -264,6 +273,10 @@ class SharedState:
                 return
             observed = doc.get("observed")
             version = float(observed) if isinstance(observed, int | float) and not isinstance(observed, bool) else 0.0
+            if version - self.offset > self.clock() + FUTURE_SLACK:  # in the future: not believed
+                log.warning("shared state: passed over an account state observed %.0f s in the future",
+                            version - self.offset - self.clock())
+                return
             aliases = doc.get("aliases")
             aliases = [a for a in aliases if isinstance(a, str)] if isinstance(aliases, list) else []
             self.apply(str(doc.get("account", "")), doc["snapshot"], version - self.offset, aliases)
@@ -272,6 +285,7 @@ class SharedState:
                         type(exc).__name__, str(exc)[:200])
 
     async def _listen(self) -> None:
+        subscribed = False
         while True:
             try:
                 if not self.available and not await self._check():
@@ -279,6 +293,11 @@ class SharedState:
                     continue
                 async with self.client.pubsub() as ps:
                     await ps.subscribe(self.channel)
+                    if subscribed and self.on_reconnect is not None:
+                        # Subscribed again: the connection was lost, and Redis may be
+                        # another (empty) server now, though it never counted as away.
+                        await self._reconcile(self.on_reconnect)
+                    subscribed = True
                     await self.pull()
                     async for msg in ps.listen():
                         if msg.get("type") == "message":
@@ -301,9 +320,10 @@ class SharedState:
         return bool(got)
 
     async def release_probe(self, account: str) -> None:
-        if self.available:
-            await self._safely("releasing the probe lease", self._release(
-                keys=[self.prefix + "probe:" + account], args=[self.instance]), 0, REQUEST_WAIT)
+        # Tried even while Redis counts as away (one slow answer makes it so): a lease left
+        # behind would keep every instance, this one too, from probing until it expires.
+        await self._safely("releasing the probe lease", self._release(
+            keys=[self.prefix + "probe:" + account], args=[self.instance]), 0, REQUEST_WAIT)
 
     # --- the shared local pool -----------------------------------------------------------------
 

@@ -1,0 +1,288 @@
+"""The fleet's shared state at its edges, against a real redis-server: slots and probe
+leases given back whatever happens meanwhile, answers compared on one clock, stored
+states that cannot be believed, and a Redis that fails over to an empty server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from nonstop.backends.base import Attempt, Exchange, Reply, single
+from nonstop.config.parse import parse_config
+from nonstop.routing.classify import FailureKind, Verdict
+from nonstop.routing.plan import CLOUD, Step
+from nonstop.routing.view import Capabilities, CloudState
+from nonstop.server.cloud_state import CloudStates
+from nonstop.server.events import EventBus
+from nonstop.server.metrics import Metrics
+from nonstop.server.pipeline import Pipeline, RequestContext
+from nonstop.server.runtime import Runtime
+from nonstop.store.db import RequestRow
+from nonstop.store.shared import SharedState, backend_key
+from tests.unit.store.test_shared import ANN, GPU, _wait
+
+redis_asyncio = pytest.importorskip("redis.asyncio")
+
+PREFIX = "hunt:"
+SALT = "one-salt-for-the-fleet"
+
+
+def _cfg(tmp_path: Path, url: str, name: str, heartbeat: float = 0.5, **extra: Any) -> Any:
+    return parse_config({"state_dir": str(tmp_path / name), "log": {"enabled": False},
+                         "shared": {"redis_url": url, "key_prefix": PREFIX, "heartbeat": heartbeat,
+                                    "account_salt": SALT}, **extra})
+
+
+async def _clouds(tmp_path: Path, url: str, name: str, clock: Callable[[], float] = time.time,
+                  heartbeat: float = 0.5) -> CloudStates:
+    clouds = CloudStates(_cfg(tmp_path, url, name, heartbeat), clock=clock, metrics=Metrics(), bus=EventBus(),
+                         store=None, spawn=asyncio.ensure_future)
+    await clouds.start(lambda: {"version": "test"})
+    assert clouds.shared is not None
+    return clouds
+
+
+async def _shared(url: str, heartbeat: float = 0.5) -> SharedState:
+    s = SharedState(url, PREFIX, apply=lambda *a: None, info=lambda: {"version": "test"}, heartbeat=heartbeat)
+    await s.start()
+    return s
+
+
+def _usage_limit(until: float) -> Verdict:
+    return Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, until, "5-hour limit reached", 429)
+
+
+@contextlib.asynccontextmanager
+async def _runtime(url: str, tmp_path: Path, name: str, local: dict[str, Any] | None = None) -> AsyncIterator[Runtime]:
+    """A gateway's runtime in the fleet, wired as Runtime.start wires it (held slots too)."""
+    cfg = _cfg(tmp_path, url, name, local=[local] if local else [])
+    rt = Runtime(cfg)
+    rt.local_session = aiohttp.ClientSession()
+    try:
+        rt.set_local_backends(list(cfg.local))
+        await rt.clouds.start(rt.instance_info, rt.held_slots)
+        yield rt
+    finally:
+        await rt.clouds.stop()
+        await rt.local_session.close()
+
+
+# --- slots ------------------------------------------------------------------------------------------
+
+
+async def test_a_request_cancelled_while_its_slot_is_counted_gives_the_slot_back(redis_server, tmp_path):
+    """A request cancelled while Redis counts its local slot (a client that leaves during a
+    hand-over, a shutdown) gives the slot back: the fleet's count does not grow for as long
+    as the instance runs."""
+    local = {"name": "gpu-1", "url": GPU, "api": "openai", "max_inflight": 1}
+    other = await _shared(redis_server.url)
+    async with redis_asyncio.from_url(redis_server.url) as ctl, _runtime(redis_server.url, tmp_path, "a", local) as rt:
+        try:
+            assert await _wait(lambda: rt.clouds.shared.available and other.available, 5)
+            [b] = rt.locals
+            await ctl.execute_command("CLIENT", "PAUSE", 400, "ALL")  # Redis a little slow: the await lasts
+            task = asyncio.ensure_future(rt.take_slot(b))
+            await asyncio.sleep(0.05)
+            task.cancel()  # the client left
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(1.5)  # Redis answers again; a few heartbeats of A
+            assert await _wait(lambda: rt.clouds.shared.available and other.available, 5)
+            await asyncio.sleep(0.6)
+            field = await ctl.hget(PREFIX + "inflight:" + backend_key(GPU), rt.clouds.shared.instance)
+            taken, total = await other.acquire_slot(GPU, 1)
+            assert rt.held_slots()[GPU] == 0 and taken, (
+                f"nothing is in flight, yet this instance holds {rt.held_slots()[GPU]} slot(s) and Redis "
+                f"counts {field!r} for it: the one-slot box is refused fleet-wide (total {total})")
+        finally:
+            await other.close()
+
+
+# --- probe lease ------------------------------------------------------------------------------------
+
+
+async def test_a_probe_lease_is_given_back_after_a_moment_of_slow_redis(redis_server):
+    """A probe that ends in the moment after one slow Redis answer (Redis counts as away) still
+    gives its lease back: otherwise no instance could probe the account until it expires."""
+    a = await _shared(redis_server.url, heartbeat=30)  # no heartbeat re-check during the test
+    b = await _shared(redis_server.url, heartbeat=30)
+    ctl = redis_asyncio.from_url(redis_server.url)
+    try:
+        assert a.available and b.available
+        assert await a.acquire_probe("key:0123456789ab", 120) is True  # A probes
+        await ctl.execute_command("CLIENT", "PAUSE", 400, "ALL")
+        assert await a.acquire_slot(GPU, 4) == (True, None)  # another request on A meets the stall
+        assert not a.available
+        await asyncio.sleep(0.5)  # Redis answers again at once
+        await a.release_probe("key:0123456789ab")  # A's probe reports back
+        holder = await ctl.get(PREFIX + "probe:key:0123456789ab")
+        assert holder is None, (
+            f"A's probe ended, Redis answers, yet the lease is still held by {holder!r}: no instance "
+            "can probe this account for up to 120 s")
+    finally:
+        await ctl.aclose()
+        await a.close()
+        await b.close()
+
+
+class _Cloud:
+    name = "cloud"
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(api="cloud")
+
+    async def send(self, ex: Exchange, step: Step) -> Attempt:
+        self.sent += 1
+        return Reply(200, [(b"content-type", b"application/json")], single(b"{}"), "cloud", False)
+
+
+def _ctx(key: str) -> RequestContext:
+    req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [(b"x-api-key", key.encode())],
+                  orjson.dumps(req), req, False)
+    return RequestContext(ex, RequestRow(ts=time.time()), time.perf_counter())
+
+
+async def test_an_instance_that_loses_the_probe_race_does_not_undo_the_probes_answer(redis_server, tmp_path):
+    """An instance whose probe lease is refused after the probe's answer (serving) already
+    reached it does not start waiting for a probe again: both instances stay on the cloud."""
+    async with _runtime(redis_server.url, tmp_path, "a") as a, _runtime(redis_server.url, tmp_path, "b") as b:
+        assert await _wait(lambda: a.clouds.shared.available and b.clouds.shared.available, 5)
+        await asyncio.sleep(0.2)
+        ann = a.clouds.account_for(ANN)
+        assert b.clouds.account_for(ANN) == ann
+        a.clouds.state(ann).record_failure(Verdict(FailureKind.THROTTLE, True, time.time() + 0.3, "rate limited", 429))
+        assert await _wait(lambda: b.clouds.view(ann).state is CloudState.OUT, 3)
+        await asyncio.sleep(0.4)  # the deadline passes
+        assert a.clouds.view(ann).probe_due and b.clouds.view(ann).probe_due
+
+        # A probes: lease taken, the cloud answers.
+        assert await a.clouds.may_probe(ann, 120) is True
+        qa = a.clouds.state(ann)
+        qa.begin_probe()
+        qa.record_success()
+        assert qa.state is CloudState.SERVING
+
+        # B's probe step: its SET NX is refused (A still holds the lease), and by the time B
+        # goes on, B has heard A's "serving" (the pub/sub message arrived meanwhile).
+        real = b.clouds.shared.acquire_probe
+
+        async def refused_while_the_answer_arrives(account: str, ttl: float) -> bool:
+            got = await real(account, ttl)
+            await _wait(lambda: b.clouds.state(ann).state is CloudState.SERVING, 3)
+            return got
+
+        b.clouds.shared.acquire_probe = refused_while_the_answer_arrives  # type: ignore[method-assign]
+        cloud = _Cloud()
+        b.use_backends([], cloud=cloud)  # type: ignore[arg-type]
+        ctx = _ctx(ANN)
+        ctx.ex.account = ann
+        await Pipeline(b).attempt(ctx, Step(CLOUD, "probe", "deadline passed", probe=True))
+        await a.clouds.probed(ann)  # A gives its lease back
+        await asyncio.sleep(0.5)
+        assert a.clouds.view(ann).state is CloudState.SERVING and b.clouds.view(ann).state is CloudState.SERVING, (
+            f"the cloud answered A's probe, yet A sees {a.clouds.view(ann).state.value} and B "
+            f"{b.clouds.view(ann).state.value}: B's late begin_probe() overrode the answer fleet-wide")
+
+
+# --- versions and clocks ------------------------------------------------------------------------------
+
+
+async def test_a_state_from_a_machine_whose_clock_is_behind_does_not_let_an_older_success_bring_the_cloud_back(
+        redis_server, tmp_path):
+    """A state from a machine whose clock is behind counts as decided when this machine
+    learned it: a success of a request sent before it does not bring the cloud back."""
+    real = time.time
+    a = await _clouds(tmp_path, redis_server.url, "a")
+    b = await _clouds(tmp_path, redis_server.url, "b", clock=lambda: real() - 10.0)  # 10 s behind
+    try:
+        await asyncio.sleep(0.3)
+        ann = a.account_for(ANN)
+        assert b.account_for(ANN) == ann
+        sent_on_a = real() - 5.0  # a long request of Ann's, sent on A 5 s ago, still running
+        b.state(ann).record_failure(_usage_limit(real() + 3600))  # Ann's limit, seen on B now
+        assert await _wait(lambda: a.view(ann).state is CloudState.OUT, 3)
+        basis = a.state(ann).basis - real()
+        a.state(ann).record_success(sent_on_a)  # the old request's success arrives
+        assert a.view(ann).state is CloudState.OUT, (
+            f"a request sent 5 s before Ann's limit brought her back to the cloud (A's basis was "
+            f"{basis:+.1f} s from now: B's clock, not Redis')")
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+@pytest.mark.parametrize("observed", [
+    pytest.param(lambda now: now * 1000, id="milliseconds"),
+    pytest.param(lambda now: str(now + 3600), id="a-string-an-hour-ahead"),
+])
+async def test_a_stored_state_with_an_implausible_observation_time_does_not_pin_the_account(
+        redis_server, tmp_path, observed):
+    """A stored state whose observation time cannot be believed (in milliseconds, a string, far
+    in the future) is replaced by the next change, and the fleet learns it."""
+    now = time.time()
+    a = await _clouds(tmp_path, redis_server.url, "a")
+    b = await _clouds(tmp_path, redis_server.url, "b")
+    ctl = redis_asyncio.from_url(redis_server.url)
+    try:
+        await asyncio.sleep(0.3)
+        ann = a.account_for(ANN)
+        assert b.account_for(ANN) == ann
+        await ctl.set(PREFIX + "acct:" + ann, orjson.dumps({
+            "account": ann, "observed": observed(now), "by": "gw-other-version",
+            "snapshot": {"state": "serving", "until": 0, "observed": observed(now)}}))
+        a.state(ann).record_failure(_usage_limit(now + 3600))  # Ann's limit, seen on A
+        learned = await _wait(lambda: b.view(ann).state is CloudState.OUT, 2)
+        assert learned and a.view(ann).state is CloudState.OUT, (
+            f"Ann's limit on A: A now sees {a.view(ann).state.value}, B sees {b.view(ann).state.value}: "
+            "the stored doc's implausible `observed` wins every compare-and-set")
+    finally:
+        await ctl.aclose()
+        await a.stop()
+        await b.stop()
+
+
+# --- Redis restarts ---------------------------------------------------------------------------------
+
+
+async def test_states_are_pushed_again_after_redis_fails_over_to_an_empty_server(redis_server, tmp_path):
+    """After Redis fails over to an empty server (the connections drop, the new one answers at
+    once, so Redis never counts as away), each instance pushes its states again."""
+    a = await _clouds(tmp_path, redis_server.url, "a")
+    ctl = redis_asyncio.from_url(redis_server.url)
+    try:
+        await asyncio.sleep(0.3)
+        ann = a.account_for(ANN)
+        a.state(ann).record_failure(_usage_limit(time.time() + 3600))
+
+        async def stored() -> bool:
+            return bool(await ctl.exists(PREFIX + "acct:" + ann))
+
+        assert await _wait(stored, 3)
+        # The failover: an empty dataset, every connection dropped, the server answering.
+        await ctl.flushall()
+        await ctl.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await ctl.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        await asyncio.sleep(3.0)  # several heartbeats, a listener retry
+        c = await _clouds(tmp_path, redis_server.url, "c")  # a new instance joins
+        try:
+            assert c.account_for(ANN) == ann
+            learned = await _wait(lambda: c.view(ann).state is CloudState.OUT, 3)
+            assert learned and await stored(), (
+                "after the failover, Ann's limit never returned to Redis: the new instance sends her to the cloud")
+        finally:
+            await c.stop()
+    finally:
+        await ctl.aclose()
+        await a.stop()
