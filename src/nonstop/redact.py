@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import re
 
-# Anthropic API keys and OAuth tokens, OpenAI-style keys, bearer tokens, and key-ish
-# header or JSON fields.
+# Anthropic API keys and OAuth tokens, OpenAI-style keys, bearer and basic credentials,
+# and key-ish header or JSON fields (_PATTERNS, below).
+
+# How text spells "is" between a field's name and its value: `name: v`, `name=v`,
+# `"name": "v"`, JSON escaped (`\"name\": \"v\"`), a pair (`["name", "v"]`, `(b'name', b'v')`).
+_IS = r"(?:\\?[\"']\s*[:=,]|\s*[:=])\s*b?\\?[\"']?"
+_NAMES = r"(?:x-api-key|api[_-]?key|authorization|x-nonstop-token|token)"
 _PATTERNS = [
-    re.compile(r"(?<![A-Za-z0-9])sk-ant-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{16,}"),
+    # A key anywhere, also right after an escape (`\n`, `%3D`) in JSON or a URL.
+    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"(?:(?<![A-Za-z0-9])|(?<=\\[nrtbf])|(?<=%[0-9A-Fa-f]{2}))sk-[A-Za-z0-9_\-]{16,}"),
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9_\-\.=:+/]{8,}"),
-    re.compile(r"(?i)((?:x-api-key|api[_-]?key|authorization|x-nonstop-token|token)[\"']?\s*[:=]\s*[\"']?)(?!\[redacted\])[^\s\"',;})\]]{6,}"),
+    re.compile(r"(?i)(authorization" + _IS + r"\s*(?:basic|digest)\s+)[A-Za-z0-9_\-\.=:+/]{4,}"),
+    re.compile(r"(?i)(" + _NAMES + _IS + r")(?!\[redacted\])[^\s\"'\\,;})\]]{6,}"),
 ]
 
 

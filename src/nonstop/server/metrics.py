@@ -8,6 +8,8 @@ switches) change rarely and are prometheus_client's own."""
 
 from __future__ import annotations
 
+import re
+
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
@@ -21,6 +23,18 @@ from nonstop.store.db import RequestRow
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 STATE_VALUES = {"serving": 0, "out": 1, "probing": 2}
+
+
+# "out until 14:32 UTC (subscription_limit)": the planner's words for a cloud that is out.
+_OUT_UNTIL = re.compile(r"\(([a-z_]+)\)\s*$")
+
+
+def reason_label(reason: str) -> str:
+    """A failover reason as a label: its kind, never a time of day or a sentence."""
+    m = _OUT_UNTIL.search(reason)
+    if m is not None:
+        return m.group(1)
+    return reason.split(":", 1)[0][:60]
 
 
 class Metrics:
@@ -52,7 +66,7 @@ class Metrics:
         backend = row.backend or "none"
         self.requests.inc((backend, row.outcome))
         if row.reason:
-            self.failovers.inc((row.reason.split(":", 1)[0],))
+            self.failovers.inc((reason_label(row.reason),))
         steps = row.route.get("steps") if row.route else None
         if steps and row.backend:
             rule = next((s["rule"] for s in steps if s["target"] == row.backend), "")

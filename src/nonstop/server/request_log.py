@@ -31,6 +31,10 @@ class RequestLog:
             row.error = redact(row.error)
         if row.reason:
             row.reason = redact(row.reason)
+        for field in ("model", "client", "session_id"):  # the client's own words: a key pasted there
+            value = getattr(row, field)
+            if value and ("sk-" in value or "earer" in value or "oken" in value):
+                setattr(row, field, redact(value))
         self._seq += 1
         # Counts come from servers: what a counter or SQLite cannot hold counts as unknown.
         row.input_tokens = token_count(row.input_tokens) or 0

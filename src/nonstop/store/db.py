@@ -211,6 +211,7 @@ class Store:
     loop with asyncio.to_thread); writes are handed to the writer thread in batches."""
 
     def __init__(self, state_dir: Path, *, retention_days: float = 30.0, flush_every: float = FLUSH_EVERY):
+        self._locked = 0  # batches put back in a row because another process held the database
         self.state_dir = state_dir
         self.path = db_path(state_dir)
         self.retention_days = retention_days
@@ -295,6 +296,8 @@ class Store:
             if not batch:
                 continue
             stop, events = self._write(conn, batch)
+            if events is _AGAIN:
+                continue
             self._done += len(batch)
             for ev in events:
                 ev.set()
@@ -336,10 +339,23 @@ class Store:
                 if rows:
                     self._insert_rows(conn, rows)
         except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:  # the log must never take the gateway down
-            # (a value SQLite cannot hold, such as a count over 2**63, fails its batch only)
+            if _busy(exc) and self._locked < LOCKED_RETRIES:
+                # Another process holds the database past the busy timeout (a long read):
+                # the batch goes back to the front of the queue, for the next round.
+                self._locked += 1
+                self._pending.extendleft(reversed(batch))
+                return False, _AGAIN
+            if len(batch) > 1:  # one item SQLite cannot take (a count over 2**63) costs that item only
+                rows.clear()
+                stop, events = False, []
+                for it in batch:
+                    s, e = self._write(conn, [it])
+                    stop, events = stop or s, events + e
+                return stop, events
             print(f"nonstop: request log write failed: {exc}", flush=True)
             # The flushes in the batch are answered all the same: nothing more will come of them.
             events = [it[1] for it in batch if it is not None and it[0] == "flush"]
+        self._locked = 0
         return stop, events
 
     def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -406,6 +422,17 @@ class Store:
             return shadow_agreement(conn, since)
 
 
+# Batches put back at most this many times in a row while another process holds the
+# database past its busy timeout (10 s each); then the batch is given up, said on stderr.
+LOCKED_RETRIES = 6
+# _write's answer for a batch put back in the queue.
+_AGAIN: list[threading.Event] = []
+
+
+def _busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and any(w in str(exc) for w in ("locked", "busy"))
+
+
 def _values(row: RequestRow) -> tuple[Any, ...]:
     return (
         row.ts, row.request_id, row.path, row.client, row.session_id, row.model, int(row.stream),
@@ -443,10 +470,12 @@ def recent(
     if since:
         sql += " AND ts >= ?"
         args.append(since)
-    sql += " ORDER BY id DESC LIMIT ?"
+    # After an id: the next rows (a follower must not skip a burst); else the newest.
+    sql += " ORDER BY id ASC LIMIT ?" if after_id > 0 else " ORDER BY id DESC LIMIT ?"
     args.append(max(1, min(int(limit), 10000)))
     rows = [_row(r) for r in conn.execute(sql, args)]
-    rows.reverse()
+    if after_id <= 0:
+        rows.reverse()
     return rows
 
 

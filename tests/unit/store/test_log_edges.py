@@ -1,0 +1,206 @@
+"""The request log and the store at their edges: secrets in odd spellings, a key pasted
+as the model's name, one bad row or a locked database in a batch, a follower's paging,
+and the failover metric's label."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+import nonstop.store.db as db
+from nonstop.redact import redact
+from nonstop.server.events import EventBus
+from nonstop.server.metrics import Metrics
+from nonstop.server.relay import stored_body
+from nonstop.server.request_log import RequestLog
+from nonstop.server.run import _Redact
+from nonstop.store.db import RequestRow, Store
+
+API_KEY = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdEfGhIjKlMnOpQrStUvWxYz-XyZ12AA"
+NOW = time.time()
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "nonstop"
+
+
+@pytest.fixture
+def store(state_dir: Path) -> Iterator[Store]:
+    s = Store(state_dir)
+    s.open()
+    yield s
+    s.close()
+
+
+# --- redaction --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # A stored request body is raw JSON: a key that starts a line of a pasted file or
+        # of a tool's output follows the two characters `\` `n`.
+        orjson.dumps({"messages": [{"role": "user", "content": "here is my .env:\n" + API_KEY + "\nthanks"}]}).decode(),
+        orjson.dumps({"content": "key\t" + API_KEY}).decode(),
+        # URL-encoded, as in an address quoted in an error message: `=` is %3D.
+        "GET /v1/models?key%3D" + API_KEY,
+    ],
+    ids=["json-escaped-newline", "json-escaped-tab", "url-encoded"],
+)
+def test_api_key_after_an_escape_sequence_is_redacted(text: str) -> None:
+    """A key right after an escape (`\\n` in a stored JSON body, `%3D` in a URL) is redacted."""
+    out = stored_body(text.encode())
+    assert API_KEY not in out
+    assert API_KEY[14:40] not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        # A header dump inside a JSON string (a tool result quoting a request), stored as
+        # the request body: the quotes are escaped, `\"x-api-key\": \"...\"`.
+        (orjson.dumps({"content": orjson.dumps({"x-api-key": "plainsecretvalue123"}).decode()}).decode(),
+         "plainsecretvalue123"),
+        (orjson.dumps({"content": orjson.dumps({"x-nonstop-token": "localgatewaytoken"}).decode()}).decode(),
+         "localgatewaytoken"),
+        # Headers as pairs (JSON or a Python repr of ASGI headers): no `:` or `=` after the name.
+        ('[["x-api-key", "plainsecretvalue123"]]', "plainsecretvalue123"),
+        ("[(b'x-nonstop-token', b'localgatewaytoken')]", "localgatewaytoken"),
+        # Basic credentials: the scheme word is 5 letters, under the 6 the pattern wants.
+        ("authorization: Basic dXNlcjpodW50ZXIyaHVudGVyMg==", "dXNlcjpodW50ZXIyaHVudGVyMg=="),
+    ],
+    ids=["escaped-json-x-api-key", "escaped-json-nonstop-token", "json-pairs", "asgi-headers-repr", "basic-auth"],
+)
+def test_header_values_in_other_spellings_are_redacted(text: str, secret: str) -> None:
+    """A credential's value is redacted in every spelling a header takes in text: JSON
+    escaped, a JSON pair, an ASGI header tuple, Basic authorization."""
+    out = redact(text)
+    assert secret not in out
+
+
+def _console(rl: RequestLog, row: RequestRow) -> list[str]:
+    """The console lines `record` writes, through the gateway's own redacting filter."""
+    lines: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    h = Grab()
+    h.addFilter(_Redact())
+    logger = logging.getLogger("nonstop")
+    old = logger.level
+    logger.addHandler(h)
+    logger.setLevel(logging.INFO)
+    try:
+        rl.record(row)
+    finally:
+        logger.removeHandler(h)
+        logger.setLevel(old)
+    return lines
+
+
+async def test_key_sent_as_the_model_name_is_not_logged(store: Store) -> None:
+    """A key a client sent as the model's name (ANTHROPIC_MODEL and ANTHROPIC_API_KEY swapped)
+    reaches neither the log, the console nor the dashboard."""
+    bus = EventBus()
+    q = bus.subscribe()
+    rl = RequestLog(store, Metrics(), bus)
+    lines = _console(rl, RequestRow(ts=NOW, request_id="r1", path="/v1/messages", model=API_KEY,
+                                    outcome="error", status=404, error=f"model: {API_KEY}"))
+    event = q.get_nowait()
+    stored = store.recent()
+    assert API_KEY not in orjson.dumps(event).decode(), "dashboard feed"
+    assert API_KEY not in " ".join(lines), "console line"
+    assert API_KEY not in orjson.dumps(stored).decode(), "SQLite request log"
+
+
+# --- rows lost --------------------------------------------------------------------------------
+
+
+def test_one_bad_row_does_not_lose_the_rest_of_its_batch(state_dir: Path) -> None:
+    """One item SQLite cannot take costs that item only: the other rows of its batch and the
+    saved state land."""
+    s = Store(state_dir, flush_every=60.0)  # everything below goes in one batch
+    s.open()
+    try:
+        s.log_request(RequestRow(ts=NOW, request_id="good-before", backend="cloud"))
+        s.save_state("cloud", {"state": "out"})
+        s.log_request(RequestRow(ts=NOW, request_id="odd", backend="llama", output_tokens=2**64 - 1))
+        s.log_request(RequestRow(ts=NOW, request_id="good-after", backend="cloud"))
+        s.flush(timeout=5)
+        ids = [r["request_id"] for r in s.recent()]
+        assert "good-before" in ids and "good-after" in ids, f"rows kept: {ids}"
+        assert s.load_state("cloud") == {"state": "out"}
+    finally:
+        s.close()
+
+
+def test_a_briefly_locked_database_does_not_lose_rows(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database another process holds past the busy timeout delays a batch, which lands
+    once the lock is gone."""
+    real = db.connect
+
+    def quick(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+        conn = real(path, readonly=readonly)
+        conn.execute("PRAGMA busy_timeout = 200")
+        return conn
+
+    monkeypatch.setattr(db, "connect", quick)
+    s = Store(state_dir, flush_every=0.02)
+    s.open()
+    other = sqlite3.connect(s.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # e.g. another nonstop command writing evals
+        s.log_request(RequestRow(ts=NOW, request_id="during-lock", backend="cloud"))
+        time.sleep(0.6)  # the writer tries, waits its busy timeout, gives up
+        other.execute("COMMIT")
+        s.log_request(RequestRow(ts=NOW, request_id="after-lock", backend="cloud"))
+        s.flush(timeout=5)
+        ids = [r["request_id"] for r in s.recent()]
+        assert ids == ["during-lock", "after-lock"], f"rows kept: {ids}"
+    finally:
+        other.close()
+        s.close()
+
+
+# --- reads at boundaries ----------------------------------------------------------------------
+
+
+def test_recent_after_id_returns_the_next_rows_not_the_newest(store: Store) -> None:
+    """`recent(after_id=N, limit=L)` gives the next L rows after N, so a follower (`nonstop
+    status --follow`, the dashboard) never skips a burst."""
+    for i in range(5):
+        store.log_request(RequestRow(ts=NOW + i, request_id=f"r{i}", backend="cloud"))
+    store.flush()
+    first = store.recent(limit=1)[0]["id"] - 4  # id of r0
+    # A follower polling two rows at a time from r0 on, as follow_rows does.
+    seen: list[str] = []
+    last = first
+    for _ in range(3):
+        rows = store.recent(after_id=last, limit=2)
+        for r in rows:
+            seen.append(r["request_id"])
+            last = max(last, r["id"])
+    assert seen == ["r1", "r2", "r3", "r4"]
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def test_the_failover_reason_label_is_its_kind_not_the_hour_of_day() -> None:
+    """The failover metric's label is the kind of failure, not the hour of day the planner's
+    "out until 14:32 UTC (...)" begins with."""
+    m = Metrics()
+    for reason in ("out until 14:32 UTC (rate_limited)", "out until 15:02 UTC (rate_limited)"):
+        m.observe(RequestRow(ts=NOW, backend="llama", outcome="ok", reason=reason))
+    lines = [ln for ln in m.render().decode().splitlines() if ln.startswith("nonstop_failovers_total{")]
+    assert len(lines) == 1, lines
+    assert "until 1" not in lines[0], lines
