@@ -128,8 +128,8 @@ class _Probe:
         a = self.answers
         if _is_ollama(a.get("/api/version")):
             return await self._ollama()
-        if _is_llamacpp(a.get("/props")):
-            return await self._llamacpp()
+        if _is_llamacpp(a.get("/props")) or _llamacpp_models(a.get("/v1/models")):
+            return await self._llamacpp()  # (still loading its model: /props says 503 meanwhile)
         if _model_list(a.get("/api/v0/models")) is not None:
             return await self._lmstudio()
         models = _model_list(a.get("/v1/models"))
@@ -214,6 +214,8 @@ class _Probe:
             ctx = _int(meta.get("n_ctx")) if isinstance(meta, dict) else None
         model = models[0] if models else str(props.get("model_alias") or props.get("model_path") or "")
         d = DiscoveredServer("llamacpp", self.base, "anthropic", models, model, ctx)
+        if ctx is None:  # not said yet (the model still loading): a guess, which the server's reading replaces
+            d.window_guessed = True
         d.tools = await self._llamacpp_tools(props)
         if d.tools is False:
             d.notes.append(
@@ -254,7 +256,16 @@ class _Probe:
         loaded = (_ok(running) or {}).get("models")
         loaded = [m for m in loaded if isinstance(m, dict)] if isinstance(loaded, list) else []
         loaded_names = _names(loaded)
-        model = self.model or next((n for n in loaded_names if n in models), models[0] if models else "")
+        # The configured model; else a loaded one, else the first pulled; never one that
+        # cannot chat (an embedding model a RAG tool keeps loaded): /api/show says.
+        candidates = [self.model] if self.model else [n for n in loaded_names if n in models] + models
+        model, show = "", {}
+        for name in list(dict.fromkeys(candidates))[:MAX_SHOWN]:
+            answer = _ok(await self._post("/api/show", {"model": name})) or {}
+            caps = answer.get("capabilities")
+            if self.model or not isinstance(caps, list) or "completion" in caps:
+                model, show = name, answer
+                break
         native = _version_tuple(version) >= OLLAMA_NATIVE_API
         d = DiscoveredServer("ollama", self.base, "anthropic" if native else "openai", models, model)
         if not native:
@@ -263,9 +274,9 @@ class _Probe:
                 "added it); using its OpenAI-compatible API"
             )
         if not model:
-            d.notes.append("no models pulled yet: run `ollama pull <model>`")
+            d.notes.append("no pulled model can chat (embedding models only): run `ollama pull <model>`" if models
+                           else "no models pulled yet: run `ollama pull <model>`")
             return _finish(d)
-        show = _ok(await self._post("/api/show", {"model": model})) or {}
         caps = show.get("capabilities")
         if isinstance(caps, list):
             d.tools = "tools" in caps
@@ -277,7 +288,7 @@ class _Probe:
             )
         num_ctx = _num_ctx(show.get("parameters"))
         running_ctx = next(
-            (_int(m.get("context_length")) for m in loaded if model in _names([m])), None
+            (_int(m.get("context_length")) for m in loaded if any(same_model(model, n) for n in _names([m]))), None
         )
         if running_ctx:
             d.context_window = running_ctx
@@ -322,10 +333,16 @@ class _Probe:
             d.notes.append("LM Studio before 0.4.1 has no native Anthropic API; using its OpenAI API")
         return _finish(d)
 
+    def _chosen(self, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The entry of the configured model, else the first (the server's own)."""
+        return next((e for e in entries if self.model and e.get("id") == self.model), entries[0] if entries else None)
+
     def _vllm(self, entries: list[dict[str, Any]]) -> DiscoveredServer:
         models = _ids(entries)
-        ctx = _int(entries[0].get("max_model_len")) if entries else None
-        d = DiscoveredServer("vllm", self.base, "openai", models, models[0] if models else "", ctx)
+        chosen = self._chosen(entries)
+        ctx = _int(chosen.get("max_model_len")) if chosen else None
+        model = str(chosen["id"]) if chosen and isinstance(chosen.get("id"), str) else (models[0] if models else "")
+        d = DiscoveredServer("vllm", self.base, "openai", models, model, ctx)
         d.notes.append(
             "vLLM calls tools only when started with --enable-auto-tool-choice and --tool-call-parser"
         )
@@ -333,9 +350,11 @@ class _Probe:
 
     def _openai(self, entries: list[dict[str, Any]]) -> DiscoveredServer:
         models = _ids(entries)
-        d = DiscoveredServer("openai", self.base, "openai", models, models[0] if models else "")
-        if entries:
-            first = entries[0]
+        chosen = self._chosen(entries)
+        model = str(chosen["id"]) if chosen and isinstance(chosen.get("id"), str) else (models[0] if models else "")
+        d = DiscoveredServer("openai", self.base, "openai", models, model)
+        if chosen:
+            first = chosen
             d.context_window = next(
                 (
                     _int(first.get(k))
@@ -359,6 +378,17 @@ def _ok(answer: _Answer | None) -> dict[str, Any] | None:
 def _is_ollama(answer: _Answer | None) -> bool:
     body = _ok(answer)
     return body is not None and isinstance(body.get("version"), str)
+
+
+def _llamacpp_models(answer: _Answer | None) -> bool:
+    """A model list in llama-server's words (it answers /v1/models while /props waits for
+    the model to load)."""
+    entries = _model_list(answer) or []
+    return bool(entries) and all(e.get("owned_by") == "llamacpp" for e in entries)
+
+
+# Ollama models asked about (/api/show) while looking for one that can chat.
+MAX_SHOWN = 8
 
 
 def _is_llamacpp(answer: _Answer | None) -> bool:
@@ -424,3 +454,10 @@ def _finish(d: DiscoveredServer, warn_small: bool = True) -> DiscoveredServer:
             "is 12-27k tokens; long sessions will not fit"
         )
     return d
+
+
+def same_model(a: object, b: object) -> bool:
+    """Whether two Ollama model names are one model: a name without a tag is `:latest`."""
+    if not isinstance(a, str) or not isinstance(b, str) or not a or not b:
+        return False
+    return (a if ":" in a else a + ":latest") == (b if ":" in b else b + ":latest")

@@ -157,8 +157,12 @@ class EmbeddedServer:
                 await asyncio.shield(starting)
 
     async def _run(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the server
+        except OSError as exc:
+            raise EmbeddedUnavailable(f"the embedded server's log {self.log_path} cannot be written "
+                                      f"({exc.strerror or type(exc).__name__}); check the state directory") from None
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0))
         self._stopping = False
         atexit.register(self._kill_at_exit)
@@ -305,7 +309,7 @@ class EmbeddedServer:
         """Restart the child whenever it exits, backing off while it keeps failing."""
         loop = asyncio.get_running_loop()
         failures = 0
-        healthy_since = loop.time()
+        healthy_since: float | None = loop.time()
         while not self._stopping:
             assert self._proc is not None
             proc = self._proc
@@ -313,8 +317,9 @@ class EmbeddedServer:
             self._healthy = False
             if self._stopping:
                 return
-            if loop.time() - healthy_since >= STABLE_AFTER:
-                failures = 0
+            if healthy_since is not None and loop.time() - healthy_since >= STABLE_AFTER:
+                failures = 0  # the child that exited had run well: a fresh failure
+            healthy_since = None  # until a restart is healthy, failures add up
             failures += 1
             self._restarts += 1
             delay = backoff_delay(failures, self.backoff_initial, self.backoff_max)

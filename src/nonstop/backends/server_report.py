@@ -14,7 +14,6 @@ reading. Neither raises: a server that does not answer yields an empty report.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Any
 
@@ -22,7 +21,7 @@ import aiohttp
 import orjson
 
 from nonstop.backends.base import read_capped
-from nonstop.backends.discovery import DiscoveredServer, probe_server
+from nonstop.backends.discovery import DiscoveredServer, probe_server, same_model
 from nonstop.routing.backend_state import ServerReport
 
 LOAD_TIMEOUT = 2.0
@@ -49,7 +48,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, headers: dict[str,
             if r.status != 200:
                 return None
             return orjson.loads(await read_capped(r))
-    except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError, asyncio.CancelledError):
+    except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError):
         return None
 
 
@@ -122,7 +121,7 @@ async def _ollama(session: aiohttp.ClientSession, base: str, headers: dict[str, 
         return
     models = ps.get("models")
     loaded = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
-    mine = [m for m in loaded if not r.model or r.model in (m.get("name"), m.get("model"))]
+    mine = [m for m in loaded if not r.model or same_model(r.model, m.get("name")) or same_model(r.model, m.get("model"))]
     r.loaded = bool(mine)
     ctx = mine[0].get("context_length") if mine else None
     if isinstance(ctx, int) and ctx > 0:

@@ -12,8 +12,6 @@ from nonstop.backends import discovery
 from nonstop.config import Config, LocalBackendConfig
 
 log = logging.getLogger("nonstop")
-# Servers whose requests must name a model they have.
-NAMED_MODELS = ("ollama", "lmstudio")
 
 
 @dataclass
@@ -37,7 +35,7 @@ async def auto_backends(cfg: Config, session: aiohttp.ClientSession, *, have_con
             log.info("found %s", discovery.describe(s))
             for note in s.notes:
                 log.warning("  note: %s", note)
-            if s.kind in NAMED_MODELS and not s.model:
+            if s.kind != "llamacpp" and not s.model:  # llama-server serves its one model whatever the name
                 # A request names its model there: with none to name, nothing local would
                 # answer (an Ollama with nothing pulled, or a web app that answers like one).
                 log.warning("  not used: it has no model to serve")

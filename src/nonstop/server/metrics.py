@@ -9,7 +9,6 @@ switches) change rarely and are prometheus_client's own."""
 from __future__ import annotations
 
 import re
-
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
