@@ -25,7 +25,7 @@ STATE_VALUES = {"serving": 0, "out": 1, "probing": 2}
 
 
 # "out until 14:32 UTC (subscription_limit)": the planner's words for a cloud that is out.
-_OUT_UNTIL = re.compile(r"\(([a-z_]+)\)\s*$")
+_OUT_UNTIL = re.compile(r"^out until .*\(([a-z_]+)\)\s*$")
 
 
 def reason_label(reason: str) -> str:

@@ -59,7 +59,7 @@ if cur then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
   if ok and type(doc) == 'table' and type(doc['observed']) == 'number'
-      and doc['observed'] <= now + tonumber(ARGV[4]) and doc['observed'] > tonumber(ARGV[2]) then
+      and doc['observed'] <= now + (tonumber(ARGV[4]) or 300) and doc['observed'] > tonumber(ARGV[2]) then
     return cur
   end
 end

@@ -84,3 +84,11 @@ def test_a_metric_takes_no_new_series_past_its_bound_and_still_counts_the_known_
     s = _samples(m)
     counted = {dict(labels)["backend"]: v for (name, labels), v in s.items() if name == "nonstop_requests_total"}
     assert counted == {"b0": 2, "b1": 1, "b2": 1}
+
+
+def test_the_failover_label_is_the_kind_of_failure() -> None:
+    from nonstop.server.metrics import reason_label
+
+    assert reason_label("out until 14:32 UTC (rate_limited)") == "rate_limited"
+    assert reason_label("subscription_limit: usage limit (five_hour)") == "subscription_limit"
+    assert reason_label("overloaded") == "overloaded"
