@@ -409,9 +409,7 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> bytes | Verdict:
                 # An error already in hand ends the stream before the client has a byte
                 # of it: failing over costs nothing now.
                 for at in _event_lines(buf, _ERROR_LINES):
-                    end = buf.find(b"\n\n", at)
-                    data = [line[5:] for line in buf[at : end if end > 0 else None].split(b"\n") if line.startswith(b"data:")]
-                    return classify_stream_error(b"".join(data).decode("utf-8", "replace"))
+                    return classify_stream_error(_error_data(buf, at).decode("utf-8", "replace"))
                 return buf
 
 
@@ -448,8 +446,8 @@ def _ended(data: bytes, usage: Usage) -> bool:
     """Whether `data` (whole events) holds the event that ends a stream. `message_stop`
     completes the answer; an `error` event ends it incomplete, with what the cloud said."""
     for at in _event_lines(data, _ERROR_LINES):
-        end = data.find(b"\n\n", at)
-        usage.error = "the cloud ended the stream with an error: " + _error_of(data[at : end if end > 0 else None])
+        etype, message = error_of(_error_data(data, at))
+        usage.error = "the cloud ended the stream with an error: " + (f"{etype or 'error'}: {message[:200]}".rstrip(": "))
         return True
     if any(_event_lines(data, _STOP_LINES)):
         usage.complete = True
@@ -457,13 +455,10 @@ def _ended(data: bytes, usage: Usage) -> bool:
     return False
 
 
-def _error_of(event: bytes) -> str:
-    """What an `error` event's data says, in a few words."""
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            etype, message = error_of(line[5:])
-            return f"{etype or 'error'}: {message[:200]}".rstrip(": ")
-    return "an error event"
+def _error_data(data: bytes, at: int) -> bytes:
+    """The data of the `error` event whose data starts at `at` (its data lines, joined)."""
+    end = data.find(b"\n\n", at)
+    return b"".join(line[5:] for line in data[at : end if end > 0 else None].split(b"\n") if line.startswith(b"data:"))
 
 
 def _read_usage(data: bytes, usage: Usage) -> None:

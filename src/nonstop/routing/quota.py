@@ -80,7 +80,7 @@ class QuotaState:
         # window the forecast was made for: the last one is reused while what it shows is
         # unchanged. (A window that reset is forecast again: conserving for it ends.)
         last, f = self._serving_view, self.forecast
-        if f.next_reset <= self.clock() and f.update(self.clock()) and self.on_change is not None:
+        if f.next_reset <= (now := self.clock()) and f.update(now) and self.on_change is not None:
             self.on_change(self, "")
         if (self.state is CloudState.SERVING and last is not None and last.windows is f.current
                 and last.conserving == f.conserving and last.until == self.until and last.reason == self.reason):
