@@ -147,6 +147,30 @@ def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
     return total / TICK
 
 
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """(the main thread's, all other threads') CPU seconds, to the nanosecond where the
+    kernel keeps schedstat (/proc/<pid>/task/<tid>/schedstat), else in clock ticks.
+    Threads that have ended are not counted."""
+    main = other = 0.0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                    t = int(fh.read().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                try:
+                    with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                        f = fh.read().rsplit(")", 1)[1].split()
+                    t = (int(f[11]) + int(f[12])) / TICK
+                except (OSError, ValueError, IndexError):
+                    continue
+            if int(tid) == pid:
+                main += t
+            else:
+                other += t
+    return main, other
+
+
 def machine_busy_seconds() -> float:
     """CPU time all cores spent busy (not idle, not waiting on I/O), from /proc/stat."""
     with open("/proc/stat") as fh:

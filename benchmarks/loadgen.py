@@ -219,6 +219,8 @@ async def main() -> None:
         op = cmd.get("op")
         if op == "run":
             out = await run(cmd)
+        elif op == "together":  # several targets driven at once, each by its own clients
+            out = {"results": await asyncio.gather(*(run(c) for c in cmd["runs"]))}
         elif op == "hold":
             out = await holder.hold(cmd)
         elif op == "release":

@@ -78,13 +78,23 @@ def _log_on(targets: dict[str, Any]) -> dict[str, Any]:
 
 
 def log_cost(results: dict[str, Any]) -> float | None:
-    """Median over every round of every log scenario of (log on − log off) CPU per request."""
+    """(log on − log off) CPU per request: the mean over every round of every log scenario
+    where both were driven at once (every round the same number of requests, so this is
+    all the CPU of the log-on instances over all their requests minus the log-off ones');
+    in older runs, whose rounds took turns and counted clock ticks, the median."""
+    diffs = _log_diffs(results)
+    if not diffs:
+        return None
+    return sum(diffs) / len(diffs) if (results.get("log_method") or {}).get("together") else median(diffs)
+
+
+def _log_diffs(results: dict[str, Any]) -> list[float]:
     diffs = []
     for sc in results.get("log_cost") or []:
         on, off = _log_on(sc["targets"]).get("cpu_rounds"), sc["targets"]["nonstop-log-off"].get("cpu_rounds")
         if on and off:
             diffs += [a - b for a, b in zip(on, off, strict=False) if a is not None and b is not None]
-    return median(diffs) if diffs else None
+    return diffs
 
 
 def relay_cost(results: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -357,14 +367,31 @@ def _log_cost(results: dict[str, Any]) -> list[str]:
                      ", ".join(_fmt(x) for x in pairs), _fmt(median(pairs)) if pairs else "—",
                      _pair(on["ttfb_p50"], on["ttfb_p99"]), _pair(off["ttfb_p50"], off["ttfb_p99"]),
                      _fmt(on.get("others_cores"), 2)])
-    L = ["## What the request log costs", "",
-         "nonstop in its default configuration and the same with `[log] enabled = false`, in interleaved "
-         "rounds; the difference of their CPU per request, round by round (a round of one against the round of "
-         f"the other next to it). The target is checked on the median of all of them: **{_fmt(log_cost(results))} µs**. "
-         + ("Both instances were started for these rounds." if any("nonstop-log-on" in sc["targets"] for sc in lc) else
-            "The log-on instance is the main one, which had served every earlier round; the log-off one was new."), "",
+    method = results.get("log_method") or {}
+    if method.get("together"):
+        how = ("nonstop in its default configuration and the same with `[log] enabled = false`, both driven at once "
+               "in every round (each by its own clients), so the two figures of a round come from the same seconds "
+               f"of the machine; {method['rounds_per_pair']} round(s) of each kind on each of {method['pairs']} fresh "
+               "pairs of instances, started in alternating order (two processes started alike differ by up to "
+               "±17 µs). The difference of their CPU per request (all threads, to the nanosecond), round by round; "
+               f"the target is checked on the mean of all of them: **{_fmt(log_cost(results))} µs** (their median: "
+               f"{_fmt(median(_log_diffs(results)))} µs).")
+    else:
+        how = ("nonstop in its default configuration and the same with `[log] enabled = false`, in interleaved "
+               "rounds; the difference of their CPU per request, round by round (a round of one against the round of "
+               f"the other next to it). The target is checked on the median of all of them: **{_fmt(log_cost(results))} µs**. "
+               + ("Both instances were started for these rounds." if any("nonstop-log-on" in sc["targets"] for sc in lc) else
+                  "The log-on instance is the main one, which had served every earlier round; the log-off one was new."))
+    L = ["## What the request log costs", "", how, "",
          *_table(["mode", "conc.", "CPU µs/req, log on", "CPU µs/req, log off", "on − off, per round",
                   "on − off, median", "TTFB p50 / p99, log on", "TTFB p50 / p99, log off", "other load (cores)"], rows)]
+    th = method.get("threads_us_per_request")
+    if th and "nonstop-log-on" in th and "nonstop-log-off" in th:
+        on_t, off_t = th["nonstop-log-on"], th["nonstop-log-off"]
+        L += [f"Per thread, over all these rounds (CPU µs per request, from schedstat): the event loop's thread "
+              f"{_fmt(on_t['main'])} with the log, {_fmt(off_t['main'])} without (**{_fmt(on_t['main'] - off_t['main'])}**); "
+              f"the other threads (the log's writer) {_fmt(on_t['other'])} with the log, {_fmt(off_t['other'])} without "
+              f"(**{_fmt(on_t['other'] - off_t['other'])}**).", ""]
     lg = (results.get("inprocess") or {}).get("log")
     if lg:
         L += [f"Inside one process (`benchmarks/inprocess.py`): `RequestLog.record` for {lg['rows']:,} rows at "

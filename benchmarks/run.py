@@ -56,6 +56,7 @@ from harness import (  # noqa: E402
     rss_mb,
     source_fingerprint,
     start,
+    thread_cpu,
     wait_http,
 )
 
@@ -75,17 +76,18 @@ class Plan:
     paced_requests: int
     log_requests: int
     relay_requests: int
+    log_pairs: int  # fresh pairs of instances (log on, log off) for the log's rounds
 
 
 PLANS = {
     "smoke": Plan(rounds=2, requests={1: 100, 64: 300}, streams_held=64,
                   throughput_requests=1000, growth_requests=3000, failover_rounds=2, failover_requests=60,
                   translate_seconds=1.0, max_round_seconds=15, peer_round_seconds=4,
-                  paced_requests=192, log_requests=300, relay_requests=2),
+                  paced_requests=192, log_requests=300, relay_requests=2, log_pairs=2),
     "full": Plan(rounds=4, requests={1: 1500, 64: 4000}, streams_held=256,
                  throughput_requests=6000, growth_requests=20000, failover_rounds=4, failover_requests=500,
                  translate_seconds=3.0, max_round_seconds=60, peer_round_seconds=10,
-                 paced_requests=768, log_requests=4000, relay_requests=64),
+                 paced_requests=768, log_requests=3000, relay_requests=64, log_pairs=4),
 }
 # Concurrency 1 (one session), and 64 clients back to back (the ceiling: queueing in the
 # slowest process). The paced round is the 64 streams a model's pace would give.
@@ -227,6 +229,31 @@ class Bench:
         if res["errors"]:
             print(f"    {target}: {res['errors']} errors, e.g. {res['error_sample']}", flush=True)
         return res
+
+    def measure_together(self, names: list[str], *, stream: bool, concurrency: int, requests: int,
+                         payload: str = "large") -> dict[str, dict[str, Any]]:
+        """One round in which every target of `names` is driven at once, each by its own
+        `concurrency` clients: they share the same seconds of the same machine, so a
+        difference of their CPU per request is free of the drift between rounds."""
+        assert self.lg is not None
+        pids = {n: self.targets[n]["pid"] for n in names}
+        warm = min(max(concurrency * 2, 20), requests)
+        cpu0 = {n: sum(thread_cpu(p)) for n, p in pids.items()}  # to the ns: a tick is 3 µs a request here
+        res = self.lg.call({"op": "together", "runs": [{
+            "op": "run", "url": self.targets[n]["url"], "path": self.targets[n]["path"], "payload": payload,
+            "stream": stream, "concurrency": concurrency, "requests": requests, "warmup": warm,
+            "max_seconds": self.plan.max_round_seconds} for n in names]})["results"]
+        cpu1 = {n: sum(thread_cpu(p)) for n, p in pids.items()}
+        out = {}
+        for n, r in zip(names, res, strict=True):
+            r["warmup"] = warm
+            r["cpu_us_per_request"] = {"target": (cpu1[n] - cpu0[n]) / (r["issued"] + warm) * 1e6}
+            r["rps"] = len(r["ttfb"]) / r["wall"] if r["wall"] else 0.0
+            r["others_cores"] = 0.0
+            if r["errors"]:
+                print(f"    {n}: {r['errors']} errors, e.g. {r['error_sample']}", flush=True)
+            out[n] = r
+        return out
 
     def rounds(self, names: list[str], rounds: int, per_round: bool = False, **kw: Any) -> dict[str, dict[str, Any]]:
         """Interleaved A/B(/C...) rounds; the order flips every round. With per_round, each
@@ -414,26 +441,67 @@ class Bench:
 
     def log_cost(self) -> None:
         """What the request log costs: nonstop as configured, and the same with `[log]
-        enabled = false`, in the same interleaved rounds; the difference in CPU per request.
-        Both are started afresh here: the main instance has served every round before this
-        one (a request log of tens of thousands of rows, an older heap), which a new
-        log-off instance has not, so comparing against it measured age as well as the log."""
-        on = self.start_nonstop("nonstop-log-on", self.up["ok"])
-        self.targets["nonstop-log-on"] = {"url": on.url, "path": "/v1/messages?beta=true", "pid": on.pid,
-                                          "label": "nonstop, default configuration, started for the log rounds"}
-        off = self.start_nonstop("nonstop-log-off", self.up["ok"], log=False)
-        self.targets["nonstop-log-off"] = {"url": off.url, "path": "/v1/messages?beta=true", "pid": off.pid,
-                                           "label": "nonstop, default configuration but [log] enabled = false"}
+        enabled = false`; the difference in CPU per request.
+
+        Both are driven at once in every round (measure_together), so the two numbers of a
+        round come from the same seconds of the same machine: rounds taken one after the
+        other differed by ±60 µs per request with the machine's drift, which buried a cost
+        of tens of µs. Two processes started alike still differ by up to ±17 µs (their
+        heaps, hash seeds, where the scheduler put them), so the rounds are spread over
+        several fresh pairs, started in alternating order, and the median is over all of
+        them. Fresh ones, not the main instance: that one has served every round before
+        (a log of tens of thousands of rows, an older heap) and would measure age as well.
+        Per thread (schedstat, ns): the main thread's difference and the other threads'
+        (the log's writer thread) say where the cost falls."""
         names = ["nonstop-log-on", "nonstop-log-off"]
+        labels = {"nonstop-log-on": "nonstop, default configuration, started for the log rounds",
+                  "nonstop-log-off": "nonstop, default configuration but [log] enabled = false"}
+        n, pairs, per_pair = self.plan.log_requests, self.plan.log_pairs, max(1, self.plan.rounds - 1)
+        # One session each (JSON, then streams). Not 64 clients: two saturated processes
+        # fight for the two cores, and whichever gets fewer queues more requests into each
+        # wake-up, so their CPU per request differs by ±130 µs with which one the scheduler
+        # favoured, which measures the scheduler rather than the log.
+        scenarios = ((False, 1), (True, 1))
+        got: dict[tuple[bool, int], dict[str, list[dict[str, Any]]]] = {sc: {m: [] for m in names} for sc in scenarios}
+        threads = {m: {"main": 0.0, "other": 0.0, "requests": 0} for m in names}
+        kinds = ", ".join(("stream" if st else "json") + f" c={c}" for st, c in scenarios)
+        print(f"request log cost: {pairs} fresh pairs x {per_pair} rounds x ({kinds}) x{n} requests each, "
+              "both driven at once", flush=True)
+        for k in range(pairs):
+            procs = {}
+            for m in (names if k % 2 == 0 else names[::-1]):
+                procs[m] = self.start_nonstop(f"{m}-{k}", self.up["ok"], log=m == "nonstop-log-on")
+                self.targets[m] = {"url": procs[m].url, "path": "/v1/messages?beta=true", "pid": procs[m].pid,
+                                   "label": labels[m]}
+            before = {m: thread_cpu(p.pid) for m, p in procs.items()}
+            for stream, c in scenarios:
+                for r in range(per_pair):
+                    order = names if (k + r) % 2 == 0 else names[::-1]
+                    res = self.measure_together(order, stream=stream, concurrency=c, requests=n)
+                    for m in names:
+                        got[(stream, c)][m].append(res[m])
+                        threads[m]["requests"] += res[m]["issued"] + res[m]["warmup"]
+            for m, p in procs.items():
+                main, other = thread_cpu(p.pid)
+                threads[m]["main"] += main - before[m][0]
+                threads[m]["other"] += other - before[m][1]
+                self.stop(p)
         out = []
-        n = self.plan.log_requests
-        for stream, c in ((False, 1), (False, 64), (True, 64)):
-            print(f"request log cost: {'stream' if stream else 'json'} c={c} x{n} x{self.plan.rounds} rounds: "
-                  + ", ".join(names), flush=True)
-            out.append({"stream": stream, "concurrency": c, "targets": self.rounds(
-                names, self.plan.rounds, stream=stream, concurrency=c, requests=n, per_round=True)})
+        for (stream, c), per in got.items():
+            targets = {}
+            for m, rs in per.items():
+                targets[m] = summarize(rs)
+                targets[m]["cpu_rounds"] = [r["cpu_us_per_request"]["target"] for r in rs]
+            out.append({"stream": stream, "concurrency": c, "targets": targets})
         self.results["log_cost"] = out
-        self.stop(on)
+        self.results["log_method"] = {"together": True, "pairs": pairs, "rounds_per_pair": per_pair,
+                                      "threads_us_per_request": {
+                                          m: {"main": t["main"] / t["requests"] * 1e6, "other": t["other"] / t["requests"] * 1e6}
+                                          for m, t in threads.items() if t["requests"]}}
+        if self.args.variants:  # their rounds compare against a log-off instance
+            off = self.start_nonstop("nonstop-log-off", self.up["ok"], log=False)
+            self.targets["nonstop-log-off"] = {"url": off.url, "path": "/v1/messages?beta=true", "pid": off.pid,
+                                               "label": labels["nonstop-log-off"]}
 
     def variants(self) -> None:
         """Configurations beside the default one, in the same rounds: what each part of
