@@ -163,7 +163,7 @@ def _toml_top_level(path: str) -> dict[str, str]:
 def _default_config_path() -> str:
     env = os.environ.get("NONSTOP_CONFIG")
     if env:
-        return env
+        return os.path.expanduser(env)  # as `nonstop init` wrote it
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return os.path.join(base, "nonstop", "config.toml")
 

@@ -19,6 +19,7 @@ from nonstop.config.model import (
     ClassRoutingConfig,
     Config,
     ConfigError,
+    EmbeddedConfig,
     LocalBackendConfig,
     RouteConfig,
     RoutingConfig,
@@ -104,6 +105,23 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str], **
         missing = [n for n, f in known.items() if n not in kwargs and _default_of(f) is MISSING]
         problems.append(f"{prefix.rstrip('.')}: missing required key(s) {', '.join(missing) or exc}")
         return None
+
+
+def _check_embedded(emb: EmbeddedConfig, problems: list[str]) -> None:
+    """What the embedded server cannot start with (a wrong type is reported already)."""
+    def bad(name: str) -> bool:
+        value = getattr(emb, name)
+        return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+    if isinstance(emb.context_window, int) and not isinstance(emb.context_window, bool) and 0 <= emb.context_window < 256:
+        problems.append(f"embedded.context_window: {emb.context_window} is too small; give the window in tokens "
+                        "(the default is 4096)")
+    elif (isinstance(emb.max_output_tokens, int) and isinstance(emb.context_window, int)
+          and (emb.max_output_tokens == 0 or emb.max_output_tokens >= emb.context_window)):  # negative: said already
+        problems.append(f"embedded.max_output_tokens: must be at least 1 and below context_window ({emb.context_window})")
+    for name, what in (("threads", "at least 1; the default is 1"), ("parallel", "at least 1; the default is 2"),
+                       ("ready_timeout", "more than 0 seconds; the default is 300")):
+        if bad(name):
+            problems.append(f"embedded.{name}: must be {what}")
 
 
 def _parse_local(items: Any, problems: list[str]) -> tuple[LocalBackendConfig, ...]:
@@ -338,6 +356,8 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     emb = kwargs.get("embedded")
     if emb is not None and emb.mode not in ("auto", "always", "never"):
         problems.append(f"embedded.mode: {emb.mode!r} is not known; use \"auto\", \"always\" or \"never\"")
+    if emb is not None:
+        _check_embedded(emb, problems)
     if kwargs.get("head_timeout") == 0:
         problems.append("head_timeout: must be more than 0 seconds; the default is 5")
     if kwargs.get("slow_heads_per_client") == 0:
@@ -379,11 +399,15 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
 
 def load_config(path: str | Path | None = None) -> Config:
     """Load the config file; without one, the defaults (with NONSTOP_* overrides)."""
-    explicit = path is not None
-    p = Path(path) if path is not None else Path(os.environ.get("NONSTOP_CONFIG") or default_config_path())
+    env = os.environ.get("NONSTOP_CONFIG") if path is None else None
+    # `~` as `nonstop init` reads it, which writes there.
+    p = Path(path) if path is not None else Path(env).expanduser() if env else default_config_path()
     if not p.exists():
-        if explicit:
+        if path is not None:
             raise ConfigError([f"{p}: no such file; run `nonstop init` to write one"])
+        if env:  # named on purpose: running on the defaults instead would hide the mistake
+            raise ConfigError([f"NONSTOP_CONFIG={env}: no such file; run `nonstop init` to write one there, "
+                               "or unset NONSTOP_CONFIG to use the defaults"])
         return parse_config({}, source="")
     try:
         raw = p.read_bytes()

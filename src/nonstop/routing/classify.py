@@ -8,6 +8,7 @@ error.type) come first; message text is read only where Anthropic gives no other
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -122,7 +123,8 @@ def parse_float(value: str | None) -> float | None:
         v = float(value)
     except ValueError:
         return None
-    return v if v == v else None
+    # "nan" and "inf" parse, but no utilization or count is either: the header is broken.
+    return v if math.isfinite(v) else None
 
 
 # The longest the cloud is believed out: its longest window (7 days) and a day. A reset

@@ -13,6 +13,7 @@ Nothing here writes to the client: the relay commits the reply it returns.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, UnreadableRequest
 from nonstop.redact import redact
 from nonstop.routing.accounts import CREDENTIAL_HEADERS, credential_of
-from nonstop.routing.classify import FailureKind, Verdict
+from nonstop.routing.classify import LONGEST_OUT, FailureKind, Verdict
 from nonstop.routing.facts import (
     AGENT_HEADER,
     HINT_HEADER,
@@ -67,6 +68,8 @@ class Outcome:
     etype: str = ""
     message: str = ""
     reason: str = ""  # why the cloud did not serve (the failover reason)
+    # With an error and the cloud out until a known time: the seconds until then.
+    retry_after: int | None = None
     tried: list[tuple[str, str]] = field(default_factory=list)
     plan: Plan | None = None
     step: Step | None = None  # the step whose attempt gave the reply
@@ -291,6 +294,11 @@ class Pipeline:
         if not out.reason:
             cloud = next((why for name, why in reasons if name == CLOUD), "")
             out.reason = cloud
+        # The cloud is out until a known time, and nothing else answered: say when (the
+        # SDKs wait that long when it is a minute or less, their own backoff beyond).
+        quota = self.rt.clouds.state(ctx.ex.account)
+        if quota.state is CloudState.OUT and (wait := quota.until - quota.clock()) > 0:
+            out.retry_after = math.ceil(min(wait, LONGEST_OUT))
 
     # --- mid-stream recovery -------------------------------------------------------------------
 

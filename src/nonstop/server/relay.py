@@ -103,8 +103,11 @@ class Relay:
         try:
             if reply is None:
                 row.backend, row.status, row.outcome, row.error = "", outcome.status, "error", outcome.message[:500]
+                extra = [(b"x-nonstop-route", route)]
+                if outcome.retry_after is not None:
+                    extra.append((b"retry-after", b"%d" % outcome.retry_after))
                 last = functools.partial(writer.error, send, outcome.status, outcome.message, outcome.etype,
-                                         request_id=row.request_id, extra=[(b"x-nonstop-route", route)])
+                                         request_id=row.request_id, extra=extra)
                 row.ttfb_ms = (time.perf_counter() - ctx.t0) * 1000
                 return
             row.backend, row.status = reply.backend, reply.status

@@ -106,6 +106,13 @@ def test_locate_from_config(clean_env, tmp_path):
     assert sl.locate(str(cfg), None) == ("127.0.0.1", 9911, "", "t0k")
 
 
+def test_locate_from_nonstop_config_with_a_tilde(clean_env, tmp_path):
+    clean_env.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.toml").write_text('listen = "127.0.0.1:9912"\n')
+    clean_env.setenv("NONSTOP_CONFIG", "~/mine.toml")
+    assert sl.locate(None, None)[:2] == ("127.0.0.1", 9912)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -454,3 +454,44 @@ def test_max_output_tokens_defaults_to_a_quarter_of_a_small_window() -> None:
     cfg = parse_config({"local": [local(context_window=4096), local(name="big", url="http://127.0.0.1:8081", context_window=65536)]})
     assert [b.max_output_tokens for b in cfg.local] == [1024, 4096]
     one_problem_about({"local": [local(context_window=4096, max_output_tokens=4096)]}, "local[0].max_output_tokens")
+
+
+def test_nonstop_config_naming_a_missing_file_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Running on the defaults would hide a typo in the variable: the user meant a file.
+    monkeypatch.setenv("NONSTOP_CONFIG", str(tmp_path / "typo.toml"))
+    with pytest.raises(ConfigError) as info:
+        load_config()
+    assert info.value.problems == [f"NONSTOP_CONFIG={tmp_path / 'typo.toml'}: no such file; run `nonstop init` to "
+                                   "write one there, or unset NONSTOP_CONFIG to use the defaults"]
+
+
+def test_nonstop_config_with_a_tilde_is_read_where_init_writes_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "mine.toml").write_text('listen = "127.0.0.1:1235"\n')
+    monkeypatch.setenv("NONSTOP_CONFIG", "~/mine.toml")
+    assert load_config().port == 1235
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ("context_window = 0", "embedded.context_window: 0 is too small; give the window in tokens (the default is 4096)"),
+        ("context_window = 100", "embedded.context_window: 100 is too small; give the window in tokens (the default is 4096)"),
+        ("max_output_tokens = 0", "embedded.max_output_tokens: must be at least 1 and below context_window (4096)"),
+        ("context_window = 1024\nmax_output_tokens = 1024",
+         "embedded.max_output_tokens: must be at least 1 and below context_window (1024)"),
+        ("threads = 0", "embedded.threads: must be at least 1; the default is 1"),
+        ("parallel = 0", "embedded.parallel: must be at least 1; the default is 2"),
+        ("ready_timeout = 0", "embedded.ready_timeout: must be more than 0 seconds; the default is 300"),
+        ("threads = -1", "embedded.threads: must not be negative, got -1"),
+    ],
+)
+def test_embedded_values_it_cannot_start_with_are_refused(section: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads("[embedded]\n" + section + "\n"))
+    assert info.value.problems == [problem]
+
+
+def test_embedded_values_in_range_are_taken() -> None:
+    cfg = parse_config(tomllib.loads("[embedded]\ncontext_window = 8192\nmax_output_tokens = 256\nthreads = 2\nparallel = 1\n"))
+    assert (cfg.embedded.context_window, cfg.embedded.max_output_tokens, cfg.embedded.threads, cfg.embedded.parallel) == (8192, 256, 2, 1)

@@ -364,6 +364,18 @@ def test_record_headers_parses_utilization() -> None:
     assert d["7d_reset"] == T0 + 90000
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "Infinity", "nan", "1e999"])
+def test_record_headers_reads_no_utilization_from_a_number_that_is_not_finite(value: str) -> None:
+    # float() takes them all, but no utilization is infinite: the header is broken, and
+    # an infinite one would read as far past the limit (and show as "inf%").
+    q, _, _ = make()
+    q.record_headers({U + "status": "allowed", U + "5h-utilization": "0.4", U + "7d-utilization": "0.2"})
+    q.record_headers({U + "status": "allowed", U + "5h-utilization": value, U + "7d-utilization": value,
+                      U + "fallback-percentage": value})
+    u = q.utilization
+    assert (u.five_hour, u.seven_day, u.fallback_percentage) == (None, None, None)
+
+
 def test_record_headers_ignores_unrelated_headers() -> None:
     q, _, _ = make()
     q.record_headers({"content-type": "application/json", U + "fallback-percentage": "0.5"})

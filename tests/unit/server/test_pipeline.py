@@ -130,6 +130,9 @@ async def test_every_backend_failing_names_each(tmp_path: Path) -> None:
                            {"a": [down], "b": [Verdict(FailureKind.SERVER_ERROR, True, None, "HTTP 500", 500)]})
     out = await p.run(ctx())
     assert out.reply is None and out.status == 503
+    # One overload does not take the cloud out: the next request asks it again, so no
+    # time to retry after is known.
+    assert rt.quota.state is CloudState.SERVING and out.retry_after is None
     for part in ("cloud: overloaded", "a: network: connection refused", "b: server_error: HTTP 500"):
         assert part in out.message
     assert [s.target for s in fakes["a"].sent] == ["a"] and [s.target for s in fakes["b"].sent] == ["b"]
@@ -371,3 +374,16 @@ def test_planning_again_after_the_door_let_the_request_go_sizes_the_request_kept
     sized = _sized(facts, req)
     assert sized.size.known  # measured at once: the steps planned from here are local
     assert sized.size.local == local_size(req) > 1000 and sized.size.floor == fitted_size(req)
+
+
+async def test_no_answer_while_the_cloud_is_out_until_a_known_time_says_when_to_retry(tmp_path: Path) -> None:
+    """With no local model to stand in, the 503 carries the seconds until the reset the
+    cloud named: a client that backs off (the SDKs read retry-after) waits for that."""
+    limit = Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 7200, "usage limit (five_hour)", 429)
+    rt, p, cloud, _ = make(tmp_path, [limit], {})
+    out = await p.run(ctx())
+    assert out.reply is None and out.status == 503 and out.retry_after == 7200
+    rt.quota.clock.now += 7000.5  # type: ignore[attr-defined]
+    out = await p.run(ctx())  # not asked: the cloud is out until its reset
+    assert out.reply is None and out.status == 503 and out.retry_after == 200 and len(cloud.sent) == 1
+

@@ -297,3 +297,21 @@ async def test_a_client_gone_before_a_reply_that_never_waits_leaves_no_cancel_be
     assert asyncio.current_task().cancelling() == 0
     await asyncio.sleep(0)  # would raise CancelledError if a cancel were left pending
     assert not [m for m in sent if m.get("body")]  # nothing went to a client already gone
+
+
+@pytest.mark.parametrize("writer", [AnthropicWriter(), OpenAIWriter("m", False)], ids=["anthropic", "openai"])
+async def test_an_error_with_a_retry_time_sends_retry_after(relay, writer):
+    sent: list[Message] = []
+
+    async def send(msg: Message) -> None:
+        sent.append(msg)
+
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, False)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
+    await relay.commit(ctx, Outcome(status=503, etype="api_error", message="no backend", retry_after=7200), stays, send, writer)
+    head = next(m for m in sent if m["type"] == "http.response.start")
+    assert head["status"] == 503 and (b"retry-after", b"7200") in head["headers"]
+    sent.clear()
+    await relay.commit(ctx, Outcome(status=503, etype="api_error", message="no backend"), stays, send, writer)
+    head = next(m for m in sent if m["type"] == "http.response.start")
+    assert not any(k == b"retry-after" for k, _ in head["headers"])
