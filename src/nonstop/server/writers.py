@@ -86,9 +86,15 @@ class OpenAIWriter(Writer):
                                         include_usage=self.include_usage)
         decoder = JSONEventDecoder()
         async for chunk in reply.body:
-            out = [b"data: " + orjson.dumps(c) + b"\n\n" for ev, data in decoder.feed(chunk) for c in tr.feed(ev.event, data)]
+            events = decoder.feed(chunk)
+            out = [b"data: " + orjson.dumps(c) + b"\n\n" for ev, data in events for c in tr.feed(ev.event, data)]
             if out:
                 yield b"".join(out)
+            elif any(ev.event == "ping" for ev, _ in events):
+                # A local model reading a long prompt: Chat Completions has no ping, but
+                # an SSE comment keeps the client's read timeout and any proxy from
+                # closing a connection that is only quiet.
+                yield b": ping\n\n"
         tail = [b"data: " + orjson.dumps(c) + b"\n\n" for c in tr.finish()]
         yield b"".join(tail) + b"data: [DONE]\n\n"
 

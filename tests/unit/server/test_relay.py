@@ -315,3 +315,22 @@ async def test_an_error_with_a_retry_time_sends_retry_after(relay, writer):
     await relay.commit(ctx, Outcome(status=503, etype="api_error", message="no backend"), stays, send, writer)
     head = next(m for m in sent if m["type"] == "http.response.start")
     assert not any(k == b"retry-after" for k, _ in head["headers"])
+
+
+async def test_an_openai_client_gets_a_comment_for_each_ping_while_the_local_model_is_quiet():
+    """Chat Completions has no ping event: while a local model reads a long prompt, the
+    pings of the Anthropic stream reach an OpenAI client as SSE comments, which its SDK
+    skips, so neither its read timeout nor a proxy closes a connection that is only quiet."""
+    PING = ev("ping", {"type": "ping"})
+
+    async def body() -> AsyncIterator[bytes]:
+        for part in (START, PING, PING, BLOCK + DELTA, PING, END):
+            yield part
+
+    parts = [p async for p in OpenAIWriter("m", False).body(Reply(200, list(SSE), body(), "llama", True))]
+    assert parts[1] == parts[2] == b": ping\n\n"  # between the role chunk and the text
+    assert b": ping\n\n" in parts[4:-1]
+    data = [orjson.loads(line[6:]) for p in parts for line in p.split(b"\n")
+            if line.startswith(b"data: {")]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in data if c.get("choices")) == "hi"
+    assert parts[-1].endswith(b"data: [DONE]\n\n")
