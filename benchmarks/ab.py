@@ -1,6 +1,7 @@
 """This code against another revision, in the same interleaved concurrency-1 rounds.
 
     python benchmarks/ab.py --rev 92a6cf6 [--json | --stream] [--requests 500] [--rounds 10]
+    python benchmarks/ab.py --rev 92a6cf6 --failover [--requests 400] [--rounds 6]
 
 Starts the fake upstream, the bare forwarder, nonstop as it is and nonstop at REV (its
 src/ from `git archive`), both in the default configuration, and measures them in
@@ -8,6 +9,11 @@ interleaved rounds, the order flipping every round. Prints the table and writes 
 benchmarks/results/<date>-ab-<rev>.md. A full run compares against the published run's
 revision in four rounds; this takes more rounds of one scenario, for when those four
 cannot tell a change of the code from the machine's noise.
+
+--failover compares the failover path instead: both codes behind a cloud that answers
+every request with a subscription-limit 429, and a local server, driven at once in every
+round (each by its own client, one request at a time), so their CPU per request comes
+from the same seconds of the machine.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ def main() -> int:
     p.add_argument("--stream", action="store_true", help="only stream rounds")
     p.add_argument("--requests", type=int, default=500, help="requests per target per round")
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--failover", action="store_true", help="the failover path, both driven at once")
     a = p.parse_args()
     bench = R.Bench(argparse.Namespace(smoke=True, long=False, growth_requests=0, peers=False, profile=False,
                                        variants=False, only_log=False, baseline=a.rev))
@@ -37,6 +44,9 @@ def main() -> int:
              "TTFB in ms; CPU in µs per request (the gateway process, all threads).", ""]
     try:
         bench.setup()
+        if a.failover:
+            lines = failover(bench, a)
+            return 0 if lines else 1
         names = ["forwarder", "nonstop", *bench.start_baseline()]
         if "baseline" not in names:
             print("the baseline did not start: " + "; ".join(bench.results["notes"]), file=sys.stderr)
@@ -59,14 +69,53 @@ def main() -> int:
             lines.append(f"- {mode}: this − {a.rev}, TTFB p50 {pooled:+.3f} ms pooled, {per_round:+.3f} ms median of rounds")
     finally:
         bench.stop_all()
+    write(lines, a.rev, "-stream" if a.stream else "-json" if a.json else "")
+    return 0
+
+
+def failover(bench: R.Bench, a: argparse.Namespace) -> list[str]:
+    src = bench.baseline_source(a.rev)
+    if src is None:
+        print("; ".join(bench.results["notes"]), file=sys.stderr)
+        return []
+    procs = {"this": bench.start_failover("failover-this"), a.rev: bench.start_failover("failover-base", source=src)}
+    for n, p in procs.items():
+        bench.targets[n] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": p.pid}
+    names = list(procs)
+    lines = [f"# nonstop against {a.rev}, the failover path, {dt.datetime.now().isoformat(timespec='seconds')}", "",
+             f"Both behind a cloud that answers every request with a subscription-limit 429 (its reset already "
+             f"past, `default_cooldown = 0`: every request probes, meets the 429 and fails over to the local "
+             f"server), driven at once in {a.rounds} rounds of {a.requests} requests each, one at a time. Code: "
+             f"this tree's src (sha256 {source_fingerprint()['sha256']}…) against {a.rev} "
+             f"(sha256 {source_fingerprint(src.parent)['sha256']}…). CPU in µs per request (all threads); TTFB in ms.", "",
+             "| mode | round | CPU, this | CPU, " + a.rev + " | this − " + a.rev + " | TTFB p50, this | TTFB p50, " + a.rev + " |",
+             "|---|---|---|---|---|---|---|"]
+    summary = []
+    for stream in ([True] if a.stream else [False] if a.json else [False, True]):
+        mode = "stream" if stream else "json"
+        bench.measure_together(names, stream=stream, concurrency=1, requests=min(100, a.requests))  # warm-up
+        diffs = []
+        for r in range(a.rounds):
+            res = bench.measure_together(names if r % 2 == 0 else names[::-1], stream=stream, concurrency=1,
+                                         requests=a.requests)
+            x, y = (res[n]["cpu_us_per_request"]["target"] for n in names)
+            diffs.append(x - y)
+            p50 = [R.percentile(res[n]["ttfb"], 50) for n in names]
+            lines.append(f"| {mode} | {r + 1} | {x:,.0f} | {y:,.0f} | {x - y:+,.0f} | {p50[0]:.3f} | {p50[1]:.3f} |")
+        summary.append(f"- {mode}: this − {a.rev}, CPU per request {sum(diffs) / len(diffs):+,.1f} µs mean of rounds "
+                       f"(from {min(diffs):+,.0f} to {max(diffs):+,.0f})")
+    lines += ["", *summary]
+    write(lines, a.rev, "-failover")
+    return lines
+
+
+def write(lines: list[str], rev: str, mode: str) -> None:
     text = "\n".join(lines) + "\n"
-    mode = "-stream" if a.stream else "-json" if a.json else ""
-    out = HERE / "results" / f"{dt.date.today().isoformat()}-ab-{a.rev}{mode}.md"
+    out = HERE / "results" / f"{dt.date.today().isoformat()}-ab-{rev}{mode}.md"
     if out.exists():  # never over an earlier comparison
         out = out.with_name(f"{out.stem}-{dt.datetime.now():%H%M}.md")
     out.write_text(text)
     print(text + f"written: {out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -295,16 +295,9 @@ class Bench:
         rev = self.args.baseline or (BASELINE_FILE.read_text().split()[0] if BASELINE_FILE.exists() else "")
         if not rev or rev == "none":
             return []
-        folder = self.work / "baseline-src"
-        folder.mkdir()
-        try:
-            tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
-                                 capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            self.note(f"baseline {rev}: not measured, its source could not be read from git ({exc})")
+        src = self.baseline_source(rev)
+        if src is None:
             return []
-        src = folder / "src"
         try:
             p = self.start_nonstop("baseline", self.up["ok"], source=src)
         except RuntimeError as exc:  # an optional part: the run goes on without it
@@ -314,6 +307,32 @@ class Bench:
         self.targets["baseline"] = {"url": p.url, "path": "/v1/messages?beta=true", "pid": p.pid, "proc": p,
                                     "label": f"nonstop at {rev}, default configuration (the baseline)"}
         return ["baseline"]
+
+    def baseline_source(self, rev: str) -> Path | None:
+        """The src/ folder of git revision `rev`, from `git archive` (None, noted, when git
+        cannot give it)."""
+        folder = self.work / f"src-{rev}"
+        folder.mkdir(exist_ok=True)
+        try:
+            tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
+                                 capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            self.note(f"baseline {rev}: not measured, its source could not be read from git ({exc})")
+            return None
+        return folder / "src"
+
+    def start_failover(self, name: str, source: Path | None = None) -> Proc:
+        """nonstop whose cloud answers every request with a subscription-limit 429 that
+        names a reset already past, with one Anthropic-format local backend.
+        default_cooldown = 0: a 429 whose unified reset has already passed names no future
+        deadline, so QuotaState would otherwise keep the cloud out for default_cooldown
+        (300 s). With 0 the deadline is "now": the next request probes the cloud again
+        and meets the next 429. Every request therefore takes the full path:
+        cloud -> 429 -> classify -> state change -> local backend -> answer."""
+        local = f'[[local]]\nname = "fake-local"\nurl = "{self.up["local"]}"\napi = "anthropic"\n'
+        return self.start_nonstop(name, self.up["limit-past"], cloud_extra="default_cooldown = 0\n", local=local,
+                                  source=source)
 
     def start_peers(self) -> list[str]:
         import peers
@@ -548,14 +567,7 @@ class Bench:
 
     def failover(self) -> None:
         """(a) a subscription-limit 429 each time, then the local answer."""
-        local = f'[[local]]\nname = "fake-local"\nurl = "{self.up["local"]}"\napi = "anthropic"\n'
-        # default_cooldown = 0: a 429 whose unified reset has already passed names no future
-        # deadline, so QuotaState would otherwise keep the cloud out for default_cooldown
-        # (300 s). With 0 the deadline is "now": the next request probes the cloud again
-        # and meets the next 429. Every measured request therefore takes the full path:
-        # cloud -> 429 -> classify -> state change -> local backend -> answer.
-        fo = self.start_nonstop("nonstop-failover", self.up["limit-past"],
-                                cloud_extra="default_cooldown = 0\n", local=local)
+        fo = self.start_failover("nonstop-failover")
         self.targets["cloud-429"] = {"url": self.up["limit-past"], "path": "/v1/messages?beta=true", "pid": None,
                                      "label": "the 429, direct", "kw": {"expect": 429}}
         self.targets["local-direct"] = {"url": self.up["local"], "path": "/v1/messages?beta=true", "pid": None,
