@@ -28,6 +28,8 @@ from nonstop.config import DiscoveryConfig, LocalBackendConfig
 CLAUDE_CODE_MIN_CONTEXT = 16384
 DEFAULT_CONTEXT = 8192
 OLLAMA_DEFAULT_CONTEXT = 4096
+# What LM Studio loads a model with unless the user set another context length.
+LMSTUDIO_DEFAULT_CONTEXT = 4096
 OLLAMA_NATIVE_API = (0, 14)
 
 _PROBE_TOOL = "nonstop_probe_tool"
@@ -315,9 +317,20 @@ class _Probe:
         chosen = next((e for e in entries if self.model and e.get("id") == self.model), None) or next(
             (e for e in entries if e.get("state") == "loaded"), entries[0] if entries else {})
         d = DiscoveredServer("lmstudio", self.base, "openai", _ids(entries), str(chosen.get("id", "")))
-        d.context_window = _int(chosen.get("loaded_context_length")) or _int(
-            chosen.get("max_context_length")
-        )
+        d.context_window = _int(chosen.get("loaded_context_length"))
+        if d.context_window is None and "max_context_length" in chosen:
+            # Not loaded: LM Studio loads it on first use with its default context length,
+            # not the trained maximum it lists. Planning with the maximum sent requests the
+            # loaded model cannot hold (LM Studio then truncates or errs). The reading of a
+            # loaded model replaces the guess.
+            trained = _int(chosen.get("max_context_length"))
+            d.context_window = min(LMSTUDIO_DEFAULT_CONTEXT, trained or LMSTUDIO_DEFAULT_CONTEXT)
+            d.window_guessed = True
+            d.notes.append(
+                f"LM Studio has not loaded {d.model or 'the model'}: it will load it with its default context "
+                f"length (often {LMSTUDIO_DEFAULT_CONTEXT} tokens), so nonstop plans with {d.context_window} until "
+                f"it is loaded; load it with a larger window, e.g. `lms load {d.model or '<model>'} --context-length 32768`"
+            )
         caps = chosen.get("capabilities")
         if isinstance(caps, list):
             d.tools = "tool_use" in caps

@@ -103,7 +103,7 @@ def ollama_app(*, version: str = "0.14.2", num_ctx: int | None = None, loaded_ct
     return app
 
 
-def lmstudio_app(*, native: bool = True) -> web.Application:
+def lmstudio_app(*, native: bool = True, loaded: bool = True) -> web.Application:
     async def unexpected(request: web.Request) -> web.Response:
         # LM Studio answers unknown paths with 200 and an error string.
         return web.json_response({"error": f"Unexpected endpoint or method. ({request.method} {request.path})"})
@@ -113,7 +113,9 @@ def lmstudio_app(*, native: bool = True) -> web.Application:
             {"id": "text-embedding-nomic", "type": "embeddings", "state": "not-loaded", "max_context_length": 2048},
             {"id": "qwen2.5-7b-instruct", "type": "llm", "state": "not-loaded", "max_context_length": 32768},
             {"id": "qwen3-coder-30b", "type": "llm", "state": "loaded", "max_context_length": 262144,
-             "loaded_context_length": 65536, "capabilities": ["tool_use"]},
+             "loaded_context_length": 65536, "capabilities": ["tool_use"]} if loaded else
+            {"id": "qwen3-coder-30b", "type": "llm", "state": "not-loaded", "max_context_length": 262144,
+             "capabilities": ["tool_use"]},
         ]})
 
     async def messages(_: web.Request) -> web.Response:
@@ -335,6 +337,21 @@ async def test_lmstudio(serve: Any, session: aiohttp.ClientSession) -> None:
     assert d.context_window == 65536
     assert d.tools is True
     assert_no_credentials(s.seen)
+
+
+async def test_lmstudio_with_nothing_loaded_is_planned_with_the_window_it_will_load_with(
+        serve: Any, session: aiohttp.ClientSession) -> None:
+    """LM Studio loads a model on first use with its default context length (4096 unless
+    the user set another), not the trained maximum it lists: planning with 262,144 tokens
+    would send requests the loaded model cannot hold. The window is a guess, which a
+    reading of the loaded model replaces, and the user is told how to load it larger."""
+    s = await serve(lmstudio_app(loaded=False))
+    d = await probe_server(session, s.url, 1.0)
+    assert d is not None and d.model == "qwen2.5-7b-instruct"
+    assert (d.context_window, d.window_guessed) == (4096, True)
+    assert any("lms load qwen2.5-7b-instruct --context-length 32768" in n for n in d.notes)
+    d = await probe_server(session, s.url, 1.0, "qwen3-coder-30b")  # the configured one, not loaded either
+    assert d is not None and (d.model, d.context_window, d.window_guessed) == ("qwen3-coder-30b", 4096, True)
 
 
 async def test_old_lmstudio_uses_openai_api(serve: Any, session: aiohttp.ClientSession) -> None:
