@@ -207,13 +207,13 @@ class _Probe:
         models = _ids(entries)
         settings = props.get("default_generation_settings")
         # n_ctx at the top level is the total; each of the slots gets a share of it.
-        ctx = _int(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        ctx = positive_int(settings.get("n_ctx")) if isinstance(settings, dict) else None
         if ctx is None:
-            total, slots = _int(props.get("n_ctx")), _int(props.get("total_slots"))
+            total, slots = positive_int(props.get("n_ctx")), positive_int(props.get("total_slots"))
             ctx = total // slots if total and slots else total
         if ctx is None and entries:
             meta = entries[0].get("meta")
-            ctx = _int(meta.get("n_ctx")) if isinstance(meta, dict) else None
+            ctx = positive_int(meta.get("n_ctx")) if isinstance(meta, dict) else None
         model = models[0] if models else str(props.get("model_alias") or props.get("model_path") or "")
         d = DiscoveredServer("llamacpp", self.base, "anthropic", models, model, ctx)
         if ctx is None:  # not said yet (the model still loading): a guess, which the server's reading replaces
@@ -286,11 +286,11 @@ class _Probe:
         info = show.get("model_info")
         if isinstance(info, dict):
             trained = next(
-                (_int(v) for k, v in info.items() if k.endswith(".context_length") and _int(v)), None
+                (positive_int(v) for k, v in info.items() if k.endswith(".context_length") and positive_int(v)), None
             )
         num_ctx = _num_ctx(show.get("parameters"))
         running_ctx = next(
-            (_int(m.get("context_length")) for m in loaded if any(same_model(model, n) for n in _names([m]))), None
+            (positive_int(m.get("context_length")) for m in loaded if any(same_model(model, n) for n in _names([m]))), None
         )
         if running_ctx:
             d.context_window = running_ctx
@@ -317,13 +317,13 @@ class _Probe:
         chosen = next((e for e in entries if self.model and e.get("id") == self.model), None) or next(
             (e for e in entries if e.get("state") == "loaded"), entries[0] if entries else {})
         d = DiscoveredServer("lmstudio", self.base, "openai", _ids(entries), str(chosen.get("id", "")))
-        d.context_window = _int(chosen.get("loaded_context_length"))
+        d.context_window = positive_int(chosen.get("loaded_context_length"))
         if d.context_window is None and "max_context_length" in chosen:
             # Not loaded: LM Studio loads it on first use with its default context length,
             # not the trained maximum it lists. Planning with the maximum sent requests the
             # loaded model cannot hold (LM Studio then truncates or errs). The reading of a
             # loaded model replaces the guess.
-            trained = _int(chosen.get("max_context_length"))
+            trained = positive_int(chosen.get("max_context_length"))
             d.context_window = min(LMSTUDIO_DEFAULT_CONTEXT, trained or LMSTUDIO_DEFAULT_CONTEXT)
             d.window_guessed = True
             d.notes.append(
@@ -353,7 +353,7 @@ class _Probe:
     def _vllm(self, entries: list[dict[str, Any]]) -> DiscoveredServer:
         models = _ids(entries)
         chosen = self._chosen(entries)
-        ctx = _int(chosen.get("max_model_len")) if chosen else None
+        ctx = positive_int(chosen.get("max_model_len")) if chosen else None
         model = str(chosen["id"]) if chosen and isinstance(chosen.get("id"), str) else (models[0] if models else "")
         d = DiscoveredServer("vllm", self.base, "openai", models, model, ctx)
         d.notes.append(
@@ -370,9 +370,9 @@ class _Probe:
             first = chosen
             d.context_window = next(
                 (
-                    _int(first.get(k))
+                    positive_int(first.get(k))
                     for k in ("context_length", "context_window", "max_model_len")
-                    if _int(first.get(k))
+                    if positive_int(first.get(k))
                 ),
                 None,
             )
@@ -442,8 +442,9 @@ def _names(items: Any) -> list[str]:
     return out
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+def positive_int(value: Any) -> int | None:
+    """A count or a size a server reported: a positive number (not a bool, not inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**63:
         return None
     return int(value)
 

@@ -14,6 +14,7 @@ reading. Neither raises: a server that does not answer yields an empty report.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -21,7 +22,7 @@ import aiohttp
 import orjson
 
 from nonstop.backends.base import read_capped
-from nonstop.backends.discovery import DiscoveredServer, probe_server, same_model
+from nonstop.backends.discovery import DiscoveredServer, positive_int, probe_server, same_model
 from nonstop.routing.backend_state import ServerReport
 
 LOAD_TIMEOUT = 2.0
@@ -79,11 +80,11 @@ async def _llamacpp(session: aiohttp.ClientSession, base: str, headers: dict[str
     if not isinstance(props, dict):
         return
     settings = props.get("default_generation_settings")
-    n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
-    if isinstance(n_ctx, int) and n_ctx > 0:
+    n_ctx = positive_int(settings.get("n_ctx")) if isinstance(settings, dict) else None
+    if n_ctx:
         r.context_window = n_ctx
-    slots = props.get("total_slots")
-    if isinstance(slots, int) and slots > 0:
+    slots = positive_int(props.get("total_slots"))
+    if slots:
         r.slots = slots
     if isinstance(props.get("is_sleeping"), bool):
         r.sleeping = props["is_sleeping"]
@@ -105,9 +106,11 @@ async def _vllm(session: aiohttp.ClientSession, base: str, headers: dict[str, st
     totals: dict[bytes, float] = {}
     for name, value in _METRIC.findall(text):
         try:
-            totals[name] = totals.get(name, 0.0) + float(value)
+            v = float(value)
         except ValueError:
             continue
+        if math.isfinite(v) and v >= 0:  # a count; anything else is a broken line
+            totals[name] = totals.get(name, 0.0) + v
     if b"vllm:num_requests_running" in totals:
         r.busy_slots = int(totals[b"vllm:num_requests_running"])
         r.waiting = int(totals.get(b"vllm:num_requests_waiting", 0))
@@ -123,6 +126,6 @@ async def _ollama(session: aiohttp.ClientSession, base: str, headers: dict[str, 
     loaded = [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
     mine = [m for m in loaded if not r.model or same_model(r.model, m.get("name")) or same_model(r.model, m.get("model"))]
     r.loaded = bool(mine)
-    ctx = mine[0].get("context_length") if mine else None
-    if isinstance(ctx, int) and ctx > 0:
+    ctx = positive_int(mine[0].get("context_length")) if mine else None
+    if ctx:
         r.context_window = ctx

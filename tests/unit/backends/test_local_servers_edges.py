@@ -172,6 +172,34 @@ async def test_read_load_sees_a_loaded_model_configured_without_its_tag(
     assert r.context_window == 8192
 
 
+async def test_a_server_report_reads_no_count_from_a_boolean_or_a_broken_number(
+        serve: Any, session: aiohttp.ClientSession) -> None:
+    """`true` is an int to Python, but no server means a one-token window or one slot by
+    it; a metric line of 1e999 is no count of requests either (it raised OverflowError)."""
+    app = web.Application()
+    app.router.add_get("/props", json_answer({"default_generation_settings": {"n_ctx": True}, "total_slots": True,
+                                              "endpoint_slots": False}))
+    url = await serve(app)
+    r = await server_report.read_load(session, url, "llamacpp", {}, ServerReport(kind="llamacpp"))
+    assert (r.context_window, r.slots) == (None, None)
+
+    app = web.Application()
+    app.router.add_get("/api/ps", json_answer({"models": [{"name": "llama3.2:latest", "context_length": True}]}))
+    url = await serve(app)
+    r = await server_report.read_load(session, url, "ollama", {}, ServerReport(kind="ollama", model="llama3.2"))
+    assert r.loaded is True and r.context_window is None
+
+    app = web.Application()
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text="vllm:num_requests_running 1e999\nvllm:num_requests_waiting 2\n")
+
+    app.router.add_get("/metrics", metrics)
+    url = await serve(app)
+    r = await server_report.read_load(session, url, "vllm", {}, ServerReport(kind="vllm"))
+    assert r.busy_slots is None
+
+
 # --- discovery: a generic OpenAI-compatible server with several models --------------------
 
 
