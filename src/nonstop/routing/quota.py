@@ -199,14 +199,17 @@ class QuotaState:
             "forecast": self.forecast.snapshot(),
         }
 
-    def restore(self, snap: Mapping[str, Any], *, live: bool = False) -> None:
+    def restore(self, snap: Mapping[str, Any], *, live: bool = False) -> bool:
         """Take a snapshot's state: from disk at start-up, or (`live`) from another
-        instance of the fleet right now."""
+        instance of the fleet right now. False, and nothing changed, when it holds no
+        state that can be read."""
+        if not isinstance(snap, Mapping):
+            return False
         try:
             state = CloudState(snap.get("state", "serving"))
             until = float(snap.get("until") or 0.0)
         except (ValueError, TypeError):
-            return
+            return False
         if until != until:  # NaN: written by something else; an infinite one is capped below
             until = 0.0
         until = min(until, self.clock() + LONGEST_OUT)
@@ -234,6 +237,7 @@ class QuotaState:
                 updated=_number(u.get("updated")) or 0.0,
             )
         self.forecast.restore(snap.get("forecast"))
+        return True
 
     def as_dict(self) -> dict[str, Any]:
         d = self.snapshot()

@@ -166,7 +166,8 @@ class CloudStates:
         if observed <= q.observed:
             return
         before, basis = q.state, q.basis
-        q.restore(snap, live=True)  # quietly: this instance did not see it happen
+        if not q.restore(snap, live=True):  # quietly: this instance did not see it happen
+            return  # nothing readable: it moves no clock either (a later valid state must still win)
         q.observed = observed  # on this machine's clock
         q.basis = max(basis, observed)  # decided then: requests sent before it are older news
         if self.on_switch is not None:

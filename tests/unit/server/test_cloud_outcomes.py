@@ -158,3 +158,23 @@ async def test_a_success_of_a_request_sent_after_the_refused_one_brings_the_clou
     out = await second
     assert out.reply is not None and out.reply.backend == "cloud"
     assert rt.clouds.state("").state.value == "serving"
+
+
+def test_a_fleet_state_that_cannot_be_read_moves_nothing_not_even_the_clock(tmp_path: Path) -> None:
+    """Another instance's state arrives with the time it was decided. One whose state
+    cannot be read (an unknown state, a wrong type, not an object) changes nothing, and
+    its time must not be taken either: a valid state decided a little earlier, arriving
+    next, would be ignored as older news."""
+    from nonstop.server.cloud_state import CloudStates
+    from nonstop.server.events import EventBus
+    from nonstop.server.metrics import Metrics
+
+    clock = Clock(T0)
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}})
+    clouds = CloudStates(cfg, clock=clock, metrics=Metrics(), bus=EventBus(), store=None, spawn=asyncio.ensure_future)
+    q = clouds.state("")
+    for junk in ({"state": "on-fire", "until": T0 + 600}, {"state": "out", "until": "soon"}, ["out"]):
+        clouds._remote("", junk, T0 + 10)  # type: ignore[arg-type]
+        assert (q.state.value, q.observed) == ("serving", 0.0)
+    clouds._remote("", {"state": "out", "until": T0 + 3600, "reason": "subscription_limit"}, T0 + 5)
+    assert (q.state.value, q.until, q.observed) == ("out", T0 + 3600, T0 + 5)
