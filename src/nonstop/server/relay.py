@@ -102,7 +102,7 @@ class Relay:
         last: Callable[[], Awaitable[None]] | None = None
         try:
             if reply is None:
-                row.backend, row.status, row.outcome, row.error = "", outcome.status, "error", outcome.message[:500]
+                row.backend, row.status, row.outcome, row.error = "", outcome.status, "error", outcome.message
                 extra = [(b"x-nonstop-route", route)]
                 if outcome.retry_after is not None:
                     extra.append((b"retry-after", b"%d" % outcome.retry_after))
@@ -123,9 +123,9 @@ class Relay:
             if gone:
                 row.outcome, row.error = "client_gone", "the client disconnected"
             elif reply.status >= 400:
-                row.outcome, row.error = "error", u.error[:500]
+                row.outcome, row.error = "error", u.error
             elif u.error:
-                row.outcome, row.error = "incomplete", u.error[:500]
+                row.outcome, row.error = "incomplete", u.error
             else:
                 row.outcome = "ok"
             for note in (reply.note, u.note, *changes_of(u, row)):

@@ -15,6 +15,9 @@ from nonstop.wire.anthropic import token_count
 
 log = logging.getLogger("nonstop")
 RECENT = 200
+# How much of an error a row keeps, and how much of it is read to redact it first.
+ERROR_KEPT = 500
+ERROR_READ = 8000
 
 
 class RequestLog:
@@ -28,7 +31,9 @@ class RequestLog:
     def record(self, row: RequestRow) -> None:
         # Upstream error messages can quote what the client sent, keys included.
         if row.error:
-            row.error = redact(row.error)
+            # Redacted, then cut: cut first, a key across the cut would keep a prefix too
+            # short for the patterns to know it.
+            row.error = redact(row.error[:ERROR_READ])[:ERROR_KEPT]
         if row.reason:
             row.reason = redact(row.reason)
         for field in ("model", "client", "session_id"):  # the client's own words: a key pasted there

@@ -137,3 +137,19 @@ async def test_a_negative_token_count_from_a_local_server_is_still_logged(tmp_pa
             failures = [r.getMessage() for r in caplog.records if "failed inside nonstop" in r.getMessage()]
             assert failures == [], failures
             assert len(app.rt.request_log.recent) == 1, "the served request is missing from the dashboard's feed"
+
+
+@pytest.mark.parametrize("at", [490, 495, 497, 499])
+def test_a_key_across_the_error_cap_leaves_no_part_of_itself_in_the_row(at: int) -> None:
+    """An error is kept to 500 characters. Cut first, a key that straddled the cut kept a
+    prefix (`sk-ant-ap`) too short for the patterns to know; redacted first, none of it stays."""
+    from nonstop.server.events import EventBus
+    from nonstop.server.metrics import Metrics
+    from nonstop.server.request_log import RequestLog
+    from nonstop.store.db import RequestRow
+
+    key = "sk-ant-api03-" + "Q" * 90
+    row = RequestRow(ts=0.0, error="x" * at + key + " and more")
+    RequestLog(None, Metrics(), EventBus()).record(row)
+    assert len(row.error) <= 500
+    assert "sk-ant" not in row.error and "QQQ" not in row.error and not row.error.endswith("sk-")
