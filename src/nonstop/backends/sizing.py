@@ -110,7 +110,7 @@ def shape_from_metadata(meta: Mapping[str, Any], *, name: str = "", weights_byte
 
 def parameters_from_label(label: str) -> int | None:
     """Ollama's parameter_size ("7.6B", "135M", "1.5T") as a count."""
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMBT])\s*", label or "", re.I)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMBT])\s*", label or "", re.I)
     if not m:
         return None
     return int(float(m.group(1)) * {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}[m.group(2).upper()])
@@ -264,7 +264,7 @@ def _per_layer(value: Any, layers: int | None) -> tuple[int, ...]:
 
 
 def _mib(text: str) -> int | None:
-    m = re.match(r"\s*([\d.]+)\s*(MiB)?\s*$", text)
+    m = re.match(r"\s*(\d+(?:\.\d+)?)\s*(MiB)?\s*$", text)
     return int(float(m.group(1)) * MIB) if m else None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,9 +30,16 @@ def health(cfg: Config, timeout: float = 1.0) -> dict | None:
     try:
         with _OPENER.open(req, timeout=timeout) as r:
             data = json.loads(r.read())
-            return data if isinstance(data, dict) and data.get("status") else None
+            return data if _is_nonstop(data) else None
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def _is_nonstop(data: object) -> bool:
+    """Whether a /health answer is nonstop's: many servers answer /health with a status,
+    and pointing Claude Code (with the user's credentials) at another one would be wrong."""
+    return (isinstance(data, dict) and data.get("status") in ("ok", "draining") and isinstance(data.get("cloud"), str)
+            and isinstance(data.get("local"), list) and isinstance(data.get("pid"), int))
 
 
 def start_background(cfg: Config, wait: float = 600.0, echo=print) -> dict:
@@ -104,21 +112,26 @@ def _offer_statusline(cfg: Config, force: bool) -> None:
     from nonstop.cli import statusline
 
     marker = cfg.state_dir / "statusline-offered"
-    if force:
-        path = statusline.install()
-        print(f"nonstop: status line added to {path} (backup kept next to it)", file=sys.stderr)
-        return
-    if marker.exists() or not sys.stdin.isatty() or statusline.is_installed():
-        return
+    # The status line is a courtesy: a settings file it cannot edit is said, and Claude
+    # Code runs all the same.
     try:
-        answer = input("nonstop: show nonstop's status line in Claude Code? It edits only the statusLine key of your settings and keeps a backup. [y/N] ")
-    except EOFError:
-        answer = ""
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(answer.strip() or "n")
-    if answer.strip().lower() in ("y", "yes"):
-        path = statusline.install()
-        print(f"nonstop: status line added to {path}", file=sys.stderr)
+        if force:
+            path = statusline.install()
+            print(f"nonstop: status line added to {path} (backup kept next to it)", file=sys.stderr)
+            return
+        if marker.exists() or not sys.stdin.isatty() or statusline.is_installed():
+            return
+        try:
+            answer = input("nonstop: show nonstop's status line in Claude Code? It edits only the statusLine key of your settings and keeps a backup. [y/N] ")
+        except EOFError:
+            answer = ""
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(answer.strip() or "n")
+        if answer.strip().lower() in ("y", "yes"):
+            path = statusline.install()
+            print(f"nonstop: status line added to {path}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        print(f"nonstop: the status line was not added: {exc}", file=sys.stderr)
 
 
 def run_claude(cfg: Config, rest: list[str], args) -> int:
@@ -143,7 +156,19 @@ def run_claude(cfg: Config, rest: list[str], args) -> int:
     settings = json.dumps({"env": {"ANTHROPIC_BASE_URL": env["ANTHROPIC_BASE_URL"]}})
     sys.stdout.flush()
     sys.stderr.flush()
+    return run_child([claude, "--settings", settings, *rest], env)
+
+
+def run_child(argv: list[str], env: dict[str, str]) -> int:
+    """Run Claude Code in the foreground and give back its exit status. Ctrl-C reaches it
+    (the terminal sends it to the whole process group) and is its to handle: nonstop
+    ignores it meanwhile, where the default would kill the child outright and leave the
+    terminal as it was mid-session. Killed by a signal, the status is 128 + the signal,
+    as a shell says it."""
+    proc = subprocess.Popen(argv, env=env)  # started with Ctrl-C as it was (not ignored)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return subprocess.call([claude, "--settings", settings, *rest], env=env)
-    except KeyboardInterrupt:
-        return 130
+        rc = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    return 128 - rc if rc < 0 else rc

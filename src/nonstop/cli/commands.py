@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = argv.index("claude")
         head, rest = argv[: i + 1], argv[i + 1 :]
         own = []
-        while rest and rest[0] in ("--config", "--install-statusline"):
+        while rest and (rest[0] in ("--config", "--install-statusline") or rest[0].startswith("--config=")):
             own.append(rest.pop(0))
             if own[-1] == "--config" and rest:
                 own.append(rest.pop(0))

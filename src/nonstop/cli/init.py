@@ -244,7 +244,11 @@ def cmd_init(
     except (ConfigError, tomllib.TOMLDecodeError) as exc:  # a bug here, never the user's
         out(f"nonstop: the generated configuration does not load, so nothing was written:\n{exc}")
         return 1
-    backup = _write(path, text)
+    try:
+        backup = _write(path, text)
+    except OSError as exc:  # a folder that cannot be made or written, a file where a folder should be
+        out(f"nonstop: cannot write {path}: {exc.strerror or exc}; nothing was written")
+        return 1
     out(f"nonstop: wrote {path}" + (f" (the previous file is now {backup.name})" if backup else ""))
     if servers:
         out(f"  local fallback: {', '.join(_clean(s.url) for s in servers)}")
@@ -273,7 +277,8 @@ def _embedded_stack() -> tuple[Path | None, Path | None]:
 
 def _write(path: Path, text: str) -> Path | None:
     """Write atomically with owner-only permissions (a token may be added later); keep
-    a replaced file as NAME.bak."""
+    a replaced file as NAME.bak, or NAME.bak.1, .2 ... when that is taken: an earlier
+    backup (the user's own file, before a first --force) is never overwritten."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
     try:
@@ -282,6 +287,10 @@ def _write(path: Path, text: str) -> Path | None:
         backup = None
         if path.exists():
             backup = path.with_name(path.name + ".bak")
+            n = 0
+            while backup.exists():
+                n += 1
+                backup = path.with_name(f"{path.name}.bak.{n}")
             os.replace(path, backup)
         os.replace(tmp, path)
     except BaseException:

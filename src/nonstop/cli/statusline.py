@@ -332,13 +332,12 @@ def line(config: str | None = None, url: str | None = None, session: str = "") -
 
 
 def main(args: Any) -> int:
-    if getattr(args, "install", False):
-        print(f"nonstop: status line added to {install()}")
-        return 0
-    if getattr(args, "uninstall", False):
-        path = uninstall()
-        print(f"nonstop: status line removed from {path}" if path else "nonstop: the status line was not installed")
-        return 0
+    if getattr(args, "install", False) or getattr(args, "uninstall", False):
+        try:
+            return _install_or_uninstall(args)
+        except (ValueError, OSError) as exc:  # a settings file that is not JSON, or not writable
+            print(f"nonstop: {exc}", file=sys.stderr)
+            return 1
     session = session_of(drain_stdin())
     text = line(getattr(args, "config", None), getattr(args, "url", None), session) + "\n"
     # Claude Code reads UTF-8 whatever the locale says; the icons must not fail to encode.
@@ -381,10 +380,23 @@ def _write_settings(path: Path, data: dict[str, Any], old: bytes | None) -> None
         backup = path.with_name(path.name + BACKUP_SUFFIX)
         backup.write_bytes(old)
     tmp = path.with_name(f".{path.name}.nonstop-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Owner-only from the first byte (settings can hold keys in `env`), then the
+    # original file's mode.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     if path.exists():
         os.chmod(tmp, path.stat().st_mode & 0o777)
     os.replace(tmp, path)
+
+
+def _install_or_uninstall(args: Any) -> int:
+    if getattr(args, "install", False):
+        print(f"nonstop: status line added to {install()}")
+        return 0
+    path = uninstall()
+    print(f"nonstop: status line removed from {path}" if path else "nonstop: the status line was not installed")
+    return 0
 
 
 def _ours(value: Any) -> bool:
@@ -402,7 +414,8 @@ def is_installed(settings_path: Path | None = None) -> bool:
 def install(settings_path: Path | None = None, command: str | None = None) -> Path:
     """Point Claude Code's statusLine at nonstop. Only that key changes; an existing file
     is first copied to settings.json.bak-nonstop."""
-    path = settings_path or claude_user_settings()
+    # A settings file linked from elsewhere (a dotfiles repository) is edited where it is.
+    path = (settings_path or claude_user_settings()).resolve()
     data, old = _read_settings(path)
     wanted = {"type": "command", "command": command or COMMAND}
     if data.get("statusLine") == wanted and old is not None:
@@ -415,7 +428,7 @@ def install(settings_path: Path | None = None, command: str | None = None) -> Pa
 def uninstall(settings_path: Path | None = None) -> Path | None:
     """Remove nonstop's statusLine, restoring the one the backup had, if any. Returns the
     settings path, or None when nonstop's status line was not installed."""
-    path = settings_path or claude_user_settings()
+    path = (settings_path or claude_user_settings()).resolve()
     data, old = _read_settings(path)
     if not _ours(data.get("statusLine")):
         return None

@@ -400,8 +400,8 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
 def load_config(path: str | Path | None = None) -> Config:
     """Load the config file; without one, the defaults (with NONSTOP_* overrides)."""
     env = os.environ.get("NONSTOP_CONFIG") if path is None else None
-    # `~` as `nonstop init` reads it, which writes there.
-    p = Path(path) if path is not None else Path(env).expanduser() if env else default_config_path()
+    # `~` as `nonstop init` reads it (a shell leaves it as it is after `--config=`).
+    p = Path(path).expanduser() if path is not None else Path(env).expanduser() if env else default_config_path()
     if not p.exists():
         if path is not None:
             raise ConfigError([f"{p}: no such file; run `nonstop init` to write one"])
