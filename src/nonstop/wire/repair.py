@@ -244,7 +244,10 @@ def _loads_open(text: str, open_end: bool) -> tuple[Any, tuple[str, ...], int]:
             i, last = m.end(), "value"
             continue
         if c.isalpha() or c == "_":
-            word = _WORD.match(text, i).group()  # type: ignore[union-attr]
+            m = _WORD.match(text, i)
+            if m is None:  # a letter of another script: no literal, no JSON
+                raise BrokenJSON(f"unexpected {c!r}")
+            word = m.group()
             if word not in _LITERALS:
                 raise BrokenJSON(f"bare word {word[:40]!r}")
             if word != _LITERALS[word]:

@@ -376,20 +376,24 @@ class OpenAIStreamTranslator:
 
 
 def cut_tool_call(resp: Any) -> bool:
-    """Whether a Chat Completions reply ran out of tokens inside a tool call: its finish is
-    "length" (or it names none: why it ended is unknown) and a named call's arguments
-    began as a JSON object that did not end (they are closed for the client, but the call
-    is not one to run). The same test a stream's normalizer makes when it closes a call."""
-    choice, message = _first_message(resp)
-    if choice.get("finish_reason") not in ("length", None, ""):
-        return False
+    """Whether a Chat Completions reply holds a tool call that is not whole: a named call's
+    arguments began as a JSON object that did not end, or are no JSON object at all (they
+    are closed or read for the client, but the call is not one to run). The same test a
+    stream's normalizer makes when it closes a call (local_stream), whatever finish the
+    server named: vLLM names `tool_calls` in place of `length` once it parsed a call, and a
+    command cut short must never run."""
+    _, message = _first_message(resp)
     for _, fn in _named_calls(message):
         args = fn.get("arguments")
-        if isinstance(args, str):
-            scan = ArgumentsStream()
-            scan.feed(args)
-            if scan.started and scan.closing():
+        if not isinstance(args, str):
+            continue
+        scan = ArgumentsStream()
+        scan.feed(args)
+        if scan.started:
+            if scan.closing():
                 return True
+        elif args.strip() and parse_arguments(args, repair=False) == {"_raw": args}:
+            return True
     return False
 
 

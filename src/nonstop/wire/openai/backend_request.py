@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from nonstop.wire.anthropic import local_block
+from nonstop.wire.arguments import parse_arguments
 
 # A tool_result with is_error: true becomes a tool message whose text starts with this.
 # The front door reads the same prefix back as is_error, so the pair round-trips.
@@ -180,7 +181,8 @@ def _assistant_message(content: Any, wire_name: NameFn) -> dict[str, Any]:
                 "type": "function",
                 "function": {
                     "name": wire_name(str(block.get("name") or "")),
-                    "arguments": orjson.dumps(block.get("input", {})).decode(),
+                    # Always an object's JSON (chat templates read it back as one).
+                    "arguments": orjson.dumps(parse_arguments(block.get("input"))).decode(),
                 },
             })
             continue

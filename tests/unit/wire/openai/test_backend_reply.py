@@ -622,11 +622,13 @@ def _fn(args: object, name: str = "Write") -> dict:
     (_length({"function_call": {"name": "Write", "arguments": '{"path": "a'}}), True),
     (_length(_fn('{"path": "a.txt"}')), False),  # whole: the limit came after it
     (_length(_fn('{"path": "a.txt"}<|eot|>')), False),  # whole, with junk after: read whole
-    (_length(_fn('"{\\"a\\": 1')), False),  # never began as an object: its best reading, as streamed
-    (_length(_fn("hello")), False),
+    (_length(_fn('"{\\"a\\": 1')), True),  # double-encoded and cut: not whole, as streamed
+    (_length(_fn("hello")), True),  # no object at all: its best reading goes out, as cut
     (_length(_fn({"path": "a.txt"})), False),
     (_length(_fn('{"path": "a', name="")), False),  # a call without a name is dropped
-    (_length(_fn('{"path": "a.txt", "content": "li'), finish="tool_calls"), False),
+    # vLLM names tool_calls in place of length once it parsed a call: cut all the same.
+    (_length(_fn('{"path": "a.txt", "content": "li'), finish="tool_calls"), True),
+    (_length(_fn('{"path": "a.txt", "content": "li'), finish="stop"), True),
     (_length(_fn('{"path": "a.txt", "content": "li'), finish=None), True),  # no end named: unknown, so cut
     (_length({"content": "prose"}), False),
     ({"choices": []}, False), ({}, False), (None, False),
