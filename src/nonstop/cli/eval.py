@@ -265,14 +265,17 @@ def render_history(scores: list[Score], now: float) -> str:
     if not scores:
         return "no evaluations stored yet — run `nonstop eval`"
     lines = [f"{'when':<16} {'backend':<12} {'model':<34} {'overall':>7}  summary"]
-    previous: dict[str, Score] = {}
-    for s in reversed(scores):  # oldest first, so each run is compared with the one before
+    # Each run is compared with the one before it of the same suite and mode: a quick run
+    # has no long-context task, so against a full run its change would be the suite's.
+    previous: dict[tuple[str, str, bool], Score] = {}
+    for s in reversed(scores):  # oldest first
         change = ""
-        before = previous.get(s.backend)
+        kind = (s.backend, s.suite, s.quick)
+        before = previous.get(kind)
         if before is not None and before.overall is not None and s.overall is not None:
             delta = round((s.overall - before.overall) * 100)
             change = f" ({'+' if delta >= 0 else ''}{delta} pts" + (", model changed)" if before.model.key != s.model.key else ")")
-        previous[s.backend] = s
+        previous[kind] = s
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.ts))
         mode = " quick" if s.quick else ""
         lines.append(f"{when:<16} {s.backend:<12} {s.model.label()[:34]:<34} {_cell(s.overall):>7}  "

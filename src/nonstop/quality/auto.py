@@ -67,6 +67,8 @@ class EvalWatch:
         for b, ident in zip(backends, found, strict=True):
             if ident.reachable:
                 self.current[b.name] = ident
+            else:  # down now: neither evaluated nor judged by what it ran before
+                self.current.pop(b.name, None)
             if b.state.inflight:
                 self._idle_since.pop(b.name, None)
             else:
@@ -150,7 +152,13 @@ class EvalWatch:
             self.note(f"{b.name}: the background eval stopped: the backend got work")
             self._idle_since.pop(b.name, None)
             return
-        await asyncio.to_thread(save_result, self.db, identity, card, quick=True, now=self.clock())
+        try:
+            await asyncio.to_thread(save_result, self.db, identity, card, quick=True, now=self.clock())
+        except (sqlite3.Error, OSError) as exc:  # a read-only state folder, a full disk, a lock
+            self.note(f"{b.name}: the background eval failed: its result could not be stored ({exc}); "
+                      "it is tried again once the backend has been idle again")
+            self._idle_since.pop(b.name, None)
+            return
         self.scores = await asyncio.to_thread(latest_scores, self.db, self.current)
         score = self.scores.get(b.name)
         if score is not None:

@@ -84,9 +84,9 @@ def score_from_row(row: EvalRow) -> Score:
     return Score(
         backend=row.backend, overall=row.overall, categories=cats, tools=_num(s.get("tools")),
         tokens_per_s=_num(s.get("tokens_per_s")), first_token_s=_num(s.get("first_token_s")),
-        first_token_tokens=int(s.get("first_token_tokens") or 0), ts=row.ts,
+        first_token_tokens=int(_num(s.get("first_token_tokens")) or 0), ts=row.ts,
         model=ModelIdentity.from_dict(row.model, row.backend), suite=suite, quick=mode == "quick",
-        tasks=tuple(t for t in row.tasks if isinstance(t, dict)),
+        tasks=tuple(t for t in row.tasks if isinstance(t, dict)) if isinstance(row.tasks, list) else (),
     )
 
 
@@ -99,12 +99,27 @@ def judge(score: Score, current: ModelIdentity | None = None, model_name: str = 
     `current` is what the server runs now (when it answered), `model_name` what the
     gateway reports (when no identity was read)."""
     was = score.model
-    if current is not None and current.reachable and current.key and was.key and current.key != was.key:
+    if current is not None and current.reachable and _changed(was, current):
         return replace(score, stale=True, stale_why=f"the model changed since the eval (was {was.label()}, now {current.label()})")
-    if current is None and model_name and was.name and model_name != was.name:
+    # A name the gateway reports says which model where the server serves by name, or
+    # where it is the file the server said it loaded: llama-server serves the file it was
+    # started with, whatever name the config gives it (a name it reports while down).
+    by_file = was.server in ("llamacpp", "file")
+    if (current is None and model_name and was.name and model_name != was.name
+            and (not by_file or "/" in model_name or "\\" in model_name or model_name.endswith(".gguf"))):
         now = ModelIdentity(score.backend, name=model_name).short_name
         return replace(score, stale=True, stale_why=f"the model changed since the eval (was {was.short_name}, now {now})")
     return score
+
+
+def _changed(was: ModelIdentity, now: ModelIdentity) -> bool:
+    """Whether two readings name different models. Digests are compared with digests: a
+    reading that missed the digest (a slow /api/tags) is compared by name, quantisation
+    and size, each where both readings have it."""
+    if was.digest and now.digest:
+        return was.digest != now.digest
+    pairs = ((was.name, now.name), (was.quantisation.lower(), now.quantisation.lower()), (was.size_bytes, now.size_bytes))
+    return any(a and b and a != b for a, b in pairs)
 
 
 # --- reading -----------------------------------------------------------------------------------------

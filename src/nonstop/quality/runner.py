@@ -199,7 +199,7 @@ async def read_answer(attempt: Attempt, sent: float, *, cap: int = 0,
     first = reader.first_content - sent if reader.first_content is not None else None
     return Answer(content=reader.content(), stop_reason=reader.stop_reason, output_tokens=reader.output_tokens,
                   input_tokens=reader.input_tokens, first_token_s=first, total_s=ended - sent,
-                  error=reader.error if not reader.blocks else "", cap=cap)
+                  error=reader.error, cap=cap)  # an error event after content: cut, no answer of the model
 
 
 def _error_text(status: int, body: bytes) -> str:

@@ -172,6 +172,13 @@ class BackendState:
             self.demoted_why = why[:200]
         self.next_probe = now + min(PROBE_EVERY_MAX, PROBE_EVERY * 2 ** min(self.failures - 1, 4))
 
+    def health(self) -> tuple[int, bool, str, float]:
+        """What failed requests have set (for `set_health`): failures, demoted, why, next probe."""
+        return self.failures, self.demoted, self.demoted_why, self.next_probe
+
+    def set_health(self, health: tuple[int, bool, str, float]) -> None:
+        self.failures, self.demoted, self.demoted_why, self.next_probe = health
+
     def health_checked(self, ok: bool, error: str = "", model: str = "") -> None:
         self.healthy, self.health_error, self.checked = ok, error, self.clock()
         if model:

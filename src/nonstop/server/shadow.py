@@ -142,10 +142,18 @@ class Shadow:
 
     async def _ask(self, backend: Any, req: dict[str, Any]) -> Answer | None:
         started = time.perf_counter()
-        res = await backend.send_request({**req, "stream": False}, stream=False)
-        if not isinstance(res, Reply):
-            return None
-        raw = b"".join([c async for c in res.body])
+        health = backend.state.health()
+        try:
+            res = await backend.send_request({**req, "stream": False}, stream=False)
+            if not isinstance(res, Reply):
+                return None
+            raw = b"".join([c async for c in res.body])
+        finally:
+            # A replay is not streamed, so the whole answer must come within the head's
+            # deadline: a replay that fails says nothing of how the backend serves real
+            # requests, and must not demote it for them.
+            if backend.state.failures > health[0]:
+                backend.state.set_health(health)
         with contextlib.suppress(orjson.JSONDecodeError):
             doc = orjson.loads(raw)
             if isinstance(doc, dict):
