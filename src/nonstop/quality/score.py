@@ -244,9 +244,21 @@ def answer_matches(spec: AnswerSpec, text: str) -> float:
 
 def _json_equal(text: str, want: Any) -> bool:
     try:
-        return bool(json.loads(text) == want)
+        return _same(json.loads(text), want)
     except (ValueError, RecursionError):  # a model repeating "[[[[" nests past the parser's depth
         return False
+
+
+def _same(got: Any, want: Any) -> bool:
+    """JSON equality with JSON's types: 8080.0 is not the integer asked for, nor 1 `true`
+    (Python's == takes both)."""
+    if type(got) is not type(want):
+        return False
+    if isinstance(want, dict):
+        return got.keys() == want.keys() and all(_same(got[k], want[k]) for k in want)
+    if isinstance(want, list):
+        return len(got) == len(want) and all(_same(a, b) for a, b in zip(got, want, strict=True))
+    return bool(got == want)
 
 
 def _short(text: str, n: int = 80) -> str:

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -178,7 +179,10 @@ def _insert_many(rows: int) -> str:
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5, check_same_thread=False)
+        # The path inside a URI: a `#`, `?` or `%` in a folder's name is quoted, not read as
+        # the URI's own (which would open another file, or none).
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=5,
+                               check_same_thread=False)
     else:
         conn = sqlite3.connect(path, timeout=10, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")

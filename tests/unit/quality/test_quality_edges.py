@@ -53,6 +53,19 @@ def test_a_reply_of_deeply_nested_brackets_to_the_json_task_scores_nothing() -> 
     assert result.marks["format"] == 0.0
 
 
+@pytest.mark.parametrize(("text", "mark"), [
+    ('{"name": "web", "port": 8080}', 1.0),
+    ('{"port": 8080, "name": "web"}', 1.0),
+    ('{"name": "web", "port": 8080.0}', 0.0),  # a float where an integer was asked
+    ('{"name": "web", "port": "8080"}', 0.0),
+    ('```json\n{"name": "web", "port": 8080}\n```', 0.5),
+])
+def test_the_json_task_takes_json_types_as_json_says_them(text: str, mark: float) -> None:
+    """The JSON task compares with JSON's types: 8080.0 is not the integer asked for."""
+    answer = Answer(content=[{"type": "text", "text": text}], stop_reason="end_turn", output_tokens=20)
+    assert score_task(_task("format.json"), answer).marks["format"] == mark
+
+
 # --- runner.py ----------------------------------------------------------------------------------
 
 

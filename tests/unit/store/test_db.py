@@ -393,3 +393,18 @@ def test_close_is_idempotent(state_dir: Path) -> None:
     s.open()
     s.close()
     s.close()
+
+
+@pytest.mark.parametrize("folder", ["state#1", "what?", "100%", "with space"])
+def test_a_read_only_connection_opens_the_log_whatever_its_folder_is_called(tmp_path: Path, folder: str) -> None:
+    """Readers (status, the eval's scores) open the log read-only through a URI: a `#`, `?`
+    or `%` in a folder's name is part of the path, not of the URI."""
+    s = Store(tmp_path / folder)
+    s.open()
+    s.log_request(RequestRow(ts=time.time(), request_id="req_1", path="/v1/messages"))
+    s.close()
+    conn = connect(s.path, readonly=True)
+    try:
+        assert [r[0] for r in conn.execute("SELECT request_id FROM requests")] == ["req_1"]
+    finally:
+        conn.close()
