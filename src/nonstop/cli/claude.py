@@ -76,8 +76,19 @@ def start_background(cfg: Config, wait: float = 600.0, echo=print) -> dict:
     raise RuntimeError(f"nonstop did not become ready within {wait:.0f}s; see {log_path}")
 
 
-def ensure_running(cfg: Config, echo=print) -> dict:
+def ensure_running(cfg: Config, echo=print, poll: float = 0.2, wait: float | None = None) -> dict:
     h = health(cfg)
+    if h is not None and h.get("status") == "draining":
+        # Shutting down: it would take the session and then exit. Wait for it to go (it
+        # finishes its streams within drain_timeout), then start a fresh one.
+        echo("nonstop: the running gateway is shutting down; waiting for it to stop")
+        deadline = time.monotonic() + (cfg.drain_timeout + 5 if wait is None else wait)
+        while h is not None and h.get("status") == "draining" and time.monotonic() < deadline:
+            time.sleep(poll)
+            h = health(cfg)
+        if h is not None and h.get("status") == "draining":
+            raise RuntimeError(f"the gateway at {gateway_url(cfg.host, cfg.port)} is still shutting down; "
+                               "try again once it has stopped")
     if h is not None:
         return h
     return start_background(cfg, echo=echo)

@@ -331,3 +331,29 @@ def test_the_settings_file_is_never_readable_by_others_while_it_is_written(
     statusline.install(settings)
     assert fchmod == [0o600] and modes == [0o600]
     assert json.loads(settings.read_text())["env"] == {"ANTHROPIC_API_KEY": "sk-ant-fake"}
+
+
+def test_a_gateway_shutting_down_is_waited_for_then_a_fresh_one_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway whose /health says `draining` is about to exit: `nonstop claude` waits
+    for it to go, then starts a fresh one, rather than handing it the session."""
+    answers = [{"status": "draining", "cloud": "serving", "local": [], "pid": 1}] * 3
+    monkeypatch.setattr(claude, "health", lambda cfg, timeout=1.0: answers.pop(0) if answers else None)
+    started: list[bool] = []
+
+    def start(cfg: Config, echo: Any = print) -> dict:
+        started.append(True)
+        return {"status": "ok", "cloud": "serving", "local": [], "pid": 2}
+
+    monkeypatch.setattr(claude, "start_background", start)
+    said: list[str] = []
+    h = claude.ensure_running(Config(state_dir=tmp_path / "state"), echo=said.append, poll=0.01)
+    assert h["pid"] == 2 and started == [True]
+    assert said == ["nonstop: the running gateway is shutting down; waiting for it to stop"]
+
+
+def test_a_gateway_that_stays_shutting_down_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(claude, "health", lambda cfg, timeout=1.0: {"status": "draining", "cloud": "serving",
+                                                                       "local": [], "pid": 1})
+    monkeypatch.setattr(claude, "start_background", lambda *a, **k: pytest.fail("started beside a live gateway"))
+    with pytest.raises(RuntimeError, match="is still shutting down"):
+        claude.ensure_running(Config(state_dir=tmp_path / "state"), echo=lambda m: None, poll=0.01, wait=0.05)
