@@ -265,17 +265,21 @@ def render_history(scores: list[Score], now: float) -> str:
     if not scores:
         return "no evaluations stored yet — run `nonstop eval`"
     lines = [f"{'when':<16} {'backend':<12} {'model':<34} {'overall':>7}  summary"]
-    # Each run is compared with the one before it of the same suite and mode: a quick run
-    # has no long-context task, so against a full run its change would be the suite's.
-    previous: dict[tuple[str, str, bool], Score] = {}
+    # Each run is compared with the one before it of the same suite and mode. Without one,
+    # with the run before of the other mode, and said so: a quick run has no long-context
+    # task, so part of such a change is the suite's.
+    same: dict[tuple[str, str, bool], Score] = {}
+    last: dict[str, Score] = {}
     for s in reversed(scores):  # oldest first
         change = ""
         kind = (s.backend, s.suite, s.quick)
-        before = previous.get(kind)
+        before = same.get(kind) or last.get(s.backend)
         if before is not None and before.overall is not None and s.overall is not None:
             delta = round((s.overall - before.overall) * 100)
-            change = f" ({'+' if delta >= 0 else ''}{delta} pts" + (", model changed)" if before.model.key != s.model.key else ")")
-        previous[kind] = s
+            against = "" if before is same.get(kind) else f" against the {'quick' if before.quick else 'full'} run before"
+            change = (f" ({'+' if delta >= 0 else ''}{delta} pts{against}"
+                      + (", model changed)" if before.model.key != s.model.key else ")"))
+        same[kind] = last[s.backend] = s
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.ts))
         mode = " quick" if s.quick else ""
         lines.append(f"{when:<16} {s.backend:<12} {s.model.label()[:34]:<34} {_cell(s.overall):>7}  "

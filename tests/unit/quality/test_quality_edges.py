@@ -162,16 +162,20 @@ def test_status_with_a_llama_server_down_does_not_call_its_score_stale(tmp_path:
 # --- cli/eval.py --------------------------------------------------------------------------------
 
 
-def test_history_compares_a_run_only_with_one_of_the_same_suite_and_mode() -> None:
-    """A quick run has no long-context task: `--history` gives a change only against the run
-    before it of the same suite and mode, never a full run's."""
+def test_history_compares_a_run_with_one_of_the_same_suite_and_mode_or_says_it_does_not() -> None:
+    """A quick run has no long-context task: `--history` compares a run with the one before
+    it of the same suite and mode; without one, with the run before of the other mode, and
+    says so (part of that change is the suite's)."""
     m1 = ModelIdentity("llama", name="/m/a-Q4_K_M.gguf", quantisation="Q4_K_M", digest="file-sha256:aaaa")
     m2 = ModelIdentity("llama", name="/m/a-Q8_0.gguf", quantisation="Q8_0", digest="file-sha256:bbbb")
     now = time.time()
     full = _score(m1, 0.95, quick=False, ts=now - 7200)
     quick = _score(m2, 0.70, quick=True, ts=now - 60)
-    text = render_history([quick, full], now)
-    assert "pts" not in text, text
+    newest = render_history([quick, full], now).splitlines()[1]
+    assert "(-25 pts against the full run before, model changed)" in newest
+    quick2 = _score(m2, 0.75, quick=True, ts=now - 30)
+    newest = render_history([quick2, quick, full], now).splitlines()[1]
+    assert "(+5 pts)" in newest
 
 
 # --- auto.py -------------------------------------------------------------------------------------
