@@ -48,6 +48,13 @@ class ReplyTooLarge(aiohttp.ClientPayloadError):
     broken reply handles it too)."""
 
 
+def positive_int(value: Any) -> int | None:
+    """A count or a size a server reported: a positive number (not a bool, not inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**63:
+        return None
+    return int(value)
+
+
 async def read_capped(resp: aiohttp.ClientResponse, limit: int = MAX_SIDE_REPLY) -> bytes:
     """The whole body; ReplyTooLarge past `limit` bytes (a server that never stops
     sending does not fill memory within a timeout)."""

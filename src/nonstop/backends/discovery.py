@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from nonstop.backends.base import read_capped
+from nonstop.backends.base import positive_int, read_capped
 from nonstop.config import DiscoveryConfig, LocalBackendConfig
 
 # Claude Code's first request is 12-15k tokens, 16-27k with MCP servers and skills.
@@ -440,13 +440,6 @@ def _names(items: Any) -> list[str]:
             if isinstance(name, str) and name:
                 out.append(name)
     return out
-
-
-def positive_int(value: Any) -> int | None:
-    """A count or a size a server reported: a positive number (not a bool, not inf)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**63:
-        return None
-    return int(value)
 
 
 def _num_ctx(parameters: Any) -> int | None:

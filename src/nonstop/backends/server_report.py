@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from nonstop.backends.base import read_capped
-from nonstop.backends.discovery import DiscoveredServer, positive_int, probe_server, same_model
+from nonstop.backends.base import positive_int, read_capped
+from nonstop.backends.discovery import DiscoveredServer, probe_server, same_model
 from nonstop.routing.backend_state import ServerReport
 
 LOAD_TIMEOUT = 2.0

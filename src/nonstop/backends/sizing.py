@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nonstop.backends.base import positive_int
+
 GIB = 1 << 30
 MIB = 1 << 20
 # Compute buffers, the output buffer and the runtime's own allocations.
@@ -92,19 +94,19 @@ def shape_from_metadata(meta: Mapping[str, Any], *, name: str = "", weights_byte
     def key(k: str) -> Any:
         return meta.get(f"{arch}.{k}")
 
-    layers = _count(key("block_count"))
+    layers = positive_int(key("block_count"))
     heads = _per_layer(key("attention.head_count"), layers)
     kv = _per_layer(key("attention.head_count_kv"), layers) or heads
-    embedding = _count(key("embedding_length"))
-    key_len = _count(key("attention.key_length"))
+    embedding = positive_int(key("embedding_length"))
+    key_len = positive_int(key("attention.key_length"))
     if key_len is None and embedding and heads and max(heads):
         key_len = embedding // max(heads)
-    value_len = _count(key("attention.value_length")) or key_len
+    value_len = positive_int(key("attention.value_length")) or key_len
     return ModelShape(
         name=name or str(meta.get("general.name") or ""),
-        parameters=parameters or _count(meta.get("general.parameter_count")),
+        parameters=parameters or positive_int(meta.get("general.parameter_count")),
         weights_bytes=weights_bytes, quantisation=quantisation, layers=layers, kv_heads=kv,
-        key_length=key_len, value_length=value_len, trained_context=_count(key("context_length")),
+        key_length=key_len, value_length=value_len, trained_context=positive_int(key("context_length")),
     )
 
 
@@ -249,17 +251,11 @@ def gib(n: int | None) -> str:
     return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / MIB:.0f} MiB"
 
 
-def _count(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return None
-    return int(value)
-
-
 def _per_layer(value: Any, layers: int | None) -> tuple[int, ...]:
     """A per-layer count: one number for every layer, or a list of one per layer."""
     if isinstance(value, list):
         return tuple(int(v) for v in value if isinstance(v, int | float) and not isinstance(v, bool))
-    n = _count(value)
+    n = positive_int(value)
     return (n,) * layers if n and layers else ()
 
 

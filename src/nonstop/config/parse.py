@@ -108,19 +108,16 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str], **
 
 
 def _check_embedded(emb: EmbeddedConfig, problems: list[str]) -> None:
-    """What the embedded server cannot start with (a wrong type is reported already)."""
-    def bad(name: str) -> bool:
-        value = getattr(emb, name)
-        return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
-    if isinstance(emb.context_window, int) and not isinstance(emb.context_window, bool) and 0 <= emb.context_window < 256:
+    """What the embedded server cannot start with. A value of the wrong type was reported
+    and replaced by its default already, a negative one reported: zeros are left."""
+    if 0 <= emb.context_window < 256:
         problems.append(f"embedded.context_window: {emb.context_window} is too small; give the window in tokens "
                         "(the default is 4096)")
-    elif (isinstance(emb.max_output_tokens, int) and isinstance(emb.context_window, int)
-          and (emb.max_output_tokens == 0 or emb.max_output_tokens >= emb.context_window)):  # negative: said already
+    elif emb.context_window > 0 and (emb.max_output_tokens == 0 or emb.max_output_tokens >= emb.context_window):
         problems.append(f"embedded.max_output_tokens: must be at least 1 and below context_window ({emb.context_window})")
     for name, what in (("threads", "at least 1; the default is 1"), ("parallel", "at least 1; the default is 2"),
                        ("ready_timeout", "more than 0 seconds; the default is 300")):
-        if bad(name):
+        if getattr(emb, name) == 0:
             problems.append(f"embedded.{name}: must be {what}")
 
 

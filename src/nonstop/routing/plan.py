@@ -103,10 +103,15 @@ class Plan(NamedTuple):
         return out
 
 
+def _failed(view: RoutingView) -> set[str]:
+    """The local backends that have just failed: demoted, or down."""
+    return {b.name for b in view.backends if b.demoted or b.healthy is False}
+
+
 def _up_and_down(steps: list[Step], view: RoutingView) -> tuple[list[Step], list[Step]]:
     """Local steps whose backend is up, and those whose backend failed (demoted, or down):
     a serving cloud goes before the latter even where local models come first."""
-    down = {b.name for b in view.backends if b.demoted or b.healthy is False}
+    down = _failed(view)
     if not down:
         return steps, []
     return [s for s in steps if s.target not in down], [s for s in steps if s.target in down]
@@ -336,12 +341,12 @@ def loop_rule(facts: RequestFacts, steps: list[Step], view: RoutingView) -> list
     if not facts.local_loop:
         return None
     tags = {b.name: b.tag for b in view.backends}
-    down = {b.name for b in view.backends if b.demoted or b.healthy is False}
+    up, down = _up_and_down(steps, view)
     # The model that started the loop, unless it has just failed: then, as when it is gone,
     # another local model carries on (the failed one stays among the rest, last).
-    origin = [s for s in steps if tags.get(s.target) == facts.local_loop and s.target not in down]
+    origin = [s for s in up if tags.get(s.target) == facts.local_loop]
     rest = [s for s in steps if s not in origin]
-    steps = [s for s in steps if s.target not in down] + [s for s in steps if s.target in down]
+    steps = up + down
     why = "this request answers a tool call that {} made: the loop finishes where it started"
     if origin:
         s = origin[0]
