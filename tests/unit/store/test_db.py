@@ -6,7 +6,6 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,6 @@ from nonstop.store.db import _COLUMNS, MIGRATIONS, RequestRow, Store, _values, c
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "nonstop"
-
-
-@pytest.fixture
-def store(state_dir: Path) -> Iterator[Store]:
-    s = Store(state_dir)
-    s.open()
-    yield s
-    s.close()
 
 
 def row(ts: float, **kw: object) -> RequestRow:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -24,19 +23,6 @@ from nonstop.store.db import RequestRow, Store
 
 API_KEY = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdEfGhIjKlMnOpQrStUvWxYz-XyZ12AA"
 NOW = time.time()
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "nonstop"
-
-
-@pytest.fixture
-def store(state_dir: Path) -> Iterator[Store]:
-    s = Store(state_dir)
-    s.open()
-    yield s
-    s.close()
 
 
 # --- redaction --------------------------------------------------------------------------------
