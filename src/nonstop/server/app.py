@@ -269,6 +269,7 @@ class App:
         await send_json(send, 200, body)
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.rt.request_log.flush()  # the requests recorded in the last moment count too
         await send_bytes(send, 200, self.rt.metrics.render(), b"text/plain; version=0.0.4; charset=utf-8")
 
 

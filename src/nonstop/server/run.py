@@ -31,7 +31,8 @@ class _Redact(logging.Filter):
 
 class _Formatter(logging.Formatter):
     """The console's format; its time (to the second) is formatted once a second, not
-    once a line (a line a request)."""
+    once a line (a line a request). A record of several lines (the request log's batch:
+    `lines`) gives each line the same time and level."""
 
     _second: int | None = None
     _time = ""
@@ -41,6 +42,13 @@ class _Formatter(logging.Formatter):
         if second != self._second:
             self._time, self._second = super().formatTime(record, datefmt), second
         return self._time
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if getattr(record, "lines", False) and "\n" in record.message:
+            head = text[: text.index(record.message)] if record.message in text else ""
+            text = text.replace("\n", "\n" + head)
+        return text
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -189,6 +189,7 @@ class Runtime:
         self.policy = policy_from_config(self.cfg, order=tuple(self._by_name))
 
     async def stop(self) -> None:
+        self.request_log.flush()  # the last requests' console lines
         for t in list(self._tasks):
             t.cancel()
         if self.evals is not None:

@@ -153,3 +153,91 @@ def test_a_key_across_the_error_cap_leaves_no_part_of_itself_in_the_row(at: int)
     RequestLog(None, Metrics(), EventBus()).record(row)
     assert len(row.error) <= 500
     assert "sk-ant" not in row.error and "QQQ" not in row.error and not row.error.endswith("sk-")
+
+
+# --- what the process shows of a row, a batch at a time ------------------------------------
+
+
+def _shown() -> tuple[Any, list[logging.LogRecord], Any]:
+    from nonstop.server.events import EventBus
+    from nonstop.server.metrics import Metrics
+    from nonstop.server.request_log import RequestLog
+
+    records: list[logging.LogRecord] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    return RequestLog(None, Metrics(), EventBus()), records, Grab()
+
+
+@contextlib.contextmanager
+def _console(handler: logging.Handler) -> Iterator[None]:
+    logger = logging.getLogger("nonstop")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
+async def test_rows_recorded_together_are_shown_in_one_console_write_a_line_each() -> None:
+    """The console gets one record for the rows of the last SHOW_EVERY seconds, a line per
+    request, and the console's format gives every line its time and level."""
+    from nonstop.server.request_log import SHOW_EVERY
+    from nonstop.server.run import _Formatter
+    from nonstop.store.db import RequestRow
+
+    rl, records, grab = _shown()
+    with _console(grab):
+        for i in range(3):
+            rl.record(RequestRow(ts=0.0, request_id=f"req_{i}", path="/v1/messages", backend="cloud", outcome="ok", status=200))
+        assert records == [], "shown before its batch is due"
+        await asyncio.sleep(SHOW_EVERY * 3)
+    [record] = records
+    text = _Formatter("%(asctime)s nonstop %(levelname)s %(message)s", "%H:%M:%S").format(record)
+    lines = text.split("\n")
+    assert [ln.split()[3] for ln in lines] == ["req_0", "req_1", "req_2"]
+    assert all(ln.split()[1:3] == ["nonstop", "INFO"] for ln in lines), lines
+    assert all("backend=cloud outcome=ok status=200" in ln for ln in lines), lines
+
+
+async def test_metrics_and_the_dashboard_count_a_row_as_soon_as_they_are_read() -> None:
+    """Reading the feed or the metrics shows every row recorded so far, not only those of
+    batches already shown."""
+    from nonstop.store.db import RequestRow
+
+    rl, _, _ = _shown()
+    rl.record(RequestRow(ts=0.0, request_id="now", backend="cloud", outcome="ok", status=200))
+    assert [r["request_id"] for r in rl.recent] == ["now"]
+    assert b'nonstop_requests_total{backend="cloud",outcome="ok"} 1.0' in rl.metrics.render()
+    rl.record(RequestRow(ts=0.0, request_id="next", backend="cloud", outcome="ok", status=200))
+    assert [r["request_id"] for r in rl.recent] == ["now", "next"]
+
+
+async def test_the_metrics_endpoint_counts_the_request_just_answered(tmp_path: Path, serve) -> None:
+    """/metrics read right after an answer counts it."""
+    url = await serve(_local_server(5))
+    async with aiohttp.ClientSession() as session:
+        with gateway_with_local(tmp_path, url, session) as app:
+            status, _, _ = await exchange(app, "POST", "/v1/messages", body=MESSAGE)
+            assert status == 200
+            _, _, body = await exchange(app, "GET", "/metrics")
+    assert b'nonstop_requests_total{backend="llama",outcome="ok"} 1.0' in body
+
+
+async def test_a_stop_shows_the_rows_still_waiting(tmp_path: Path) -> None:
+    """The last requests' console lines are written when the gateway stops, not lost with
+    their batch's timer."""
+    from nonstop.store.db import RequestRow
+
+    app = App(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}}))
+    _, records, grab = _shown()
+    with _console(grab):
+        app.rt.request_log.record(RequestRow(ts=0.0, request_id="last", backend="cloud", outcome="ok", status=200))
+        await app.rt.stop()
+    assert [r.getMessage().split()[0] for r in records] == ["last"]

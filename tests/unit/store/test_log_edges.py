@@ -72,7 +72,8 @@ def test_header_values_in_other_spellings_are_redacted(text: str, secret: str) -
 
 
 def _console(rl: RequestLog, row: RequestRow) -> list[str]:
-    """The console lines `record` writes, through the gateway's own redacting filter."""
+    """The console lines `record` writes (when its batch is shown: `flush`), through the
+    gateway's own redacting filter."""
     lines: list[str] = []
 
     class Grab(logging.Handler):
@@ -87,6 +88,7 @@ def _console(rl: RequestLog, row: RequestRow) -> list[str]:
     logger.setLevel(logging.INFO)
     try:
         rl.record(row)
+        rl.flush()
     finally:
         logger.removeHandler(h)
         logger.setLevel(old)
