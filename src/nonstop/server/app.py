@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from http.cookies import SimpleCookie
+from itertools import chain
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -88,6 +89,7 @@ class App:
         # Per-user tokens of a shared instance; the global token is the administrator's.
         self._users = [(u.token.encode(), u.name) for u in cfg.users]
         self._hosts = {"localhost", "127.0.0.1", "::1", cfg.host.lower()}
+        self._hosts_seen: set[bytes] = set()  # Host values found allowed, as sent
         self._body_pace = BodyPace(cfg.body_timeout, cfg.body_min_rate)
         self.routes: dict[tuple[str, str], Handler] = {
             ("POST", "/v1/messages"): self.anthropic.messages,
@@ -195,18 +197,23 @@ class App:
 
     def _check_head(self, scope: Scope) -> tuple[int, str] | None:
         headers = scope["headers"]
-        if sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+        if sum(map(len, chain.from_iterable(headers))) > MAX_HEADER_BYTES:  # names and values, counted in C
             return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
         if not self._token and not self._users:
             # Without a token only loopback is served; a foreign Host is a web page
             # trying DNS rebinding against this port. (With users' tokens every request
             # needs one, and a team reaches the gateway by its own name.)
-            host = header(scope, b"host").lower()
+            raw = next((v for k, v in headers if k == b"host"), b"")
+            if raw in self._hosts_seen:  # a client sends the same Host every time
+                return None
+            host = raw.decode("latin-1").lower()
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             if name.startswith("[") and "]" in name:
                 name = name[1 : name.index("]")]
             if host and name not in self._hosts:
                 return 403, f"nonstop does not serve the host name {host[:100]!r}; use http://127.0.0.1:{self.cfg.port}"
+            if len(self._hosts_seen) < 64:  # the few a machine's clients use, not every one tried
+                self._hosts_seen.add(raw)
         return None
 
     def _authorized(self, scope: Scope) -> str | None:

@@ -290,3 +290,23 @@ def test_the_body_settings_are_checked():
         with pytest.raises(ConfigError) as err:
             parse_config(bad)
         assert str(err.value).startswith(key + ":"), err.value
+
+
+async def test_a_host_name_once_served_does_not_open_the_door_to_others(app):
+    """Without a token only loopback names are served. The names already found allowed
+    are remembered as sent; a foreign name is refused before and after them, however many
+    allowed forms (ports, case) came first."""
+    from tests.support.inprocess import exchange
+
+    async def status_for(host: bytes) -> int:
+        status, _, _ = await exchange(app, "GET", "/health", headers=[(b"host", host)], exact=True)
+        return status
+
+    assert await status_for(b"evil.example:8787") == 403
+    assert await status_for(b"127.0.0.1:8787") == 200
+    for port in range(100):
+        assert await status_for(b"LocalHost:%d" % port) == 200
+    assert await status_for(b"[::1]:8787") == 200
+    assert await status_for(b"evil.example:8787") == 403
+    assert await status_for(b"127.0.0.1.evil.example") == 403
+    assert len(app._hosts_seen) <= 64
