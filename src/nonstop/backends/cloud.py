@@ -73,23 +73,29 @@ _SMALL_REPLIES = {"/v1/messages/count_tokens": ("input_tokens", int), "/v1/model
 _IN = re.compile(rb'"input_tokens"\s*:\s*(\d{1,16})(?!\d)')  # longer: no count (int() refuses 4,300 digits)
 _OUT = re.compile(rb'"output_tokens"\s*:\s*(\d{1,16})(?!\d)')
 _STOP = re.compile(rb'"stop_reason"\s*:\s*"([a-z_]+)"')
-# The events that end a stream, and those that carry usage: their `event:` lines in
-# LF-framed SSE (the space after the colon is optional). Found with bytes.find: a regex
-# that must try every position of a chunk costs more than the rest of the relay.
-_STOP_LINES = tuple(b"event:" + sp + b"message_stop\n" for sp in (b" ", b""))
-_ERROR_LINES = tuple(b"event:" + sp + b"error\n" for sp in (b" ", b""))
-_TERMINAL = _STOP_LINES + _ERROR_LINES
-_USAGE_EVENT = tuple(b"event:" + sp + name + b"\n" for name in (b"message_start", b"message_delta") for sp in (b" ", b""))
+# The events that end a stream, and those that carry usage, by their `event:` lines in
+# LF-framed SSE (the space after the colon is optional). One regex pass finds them all:
+# its literal prefix is searched in C, so it reads the chunk once, where a bytes.find
+# per line form read it eight times (and a regex without a prefix tries every position).
+_NOTABLE = re.compile(rb"event: ?(message_start|message_delta|message_stop|error)\n")
+_STOP_EVENTS = frozenset({b"message_stop"})
+_ERROR_EVENTS = frozenset({b"error"})
+_TERMINAL = _STOP_EVENTS | _ERROR_EVENTS
+_USAGE_EVENTS = frozenset({b"message_start", b"message_delta"})
 
 
-def _event_lines(data: bytes, lines: tuple[bytes, ...]) -> Iterator[int]:
-    """Where each event named by `lines` starts its data (just after its `event:` line)."""
-    for line in lines:
-        i = data.find(line)
-        while i >= 0:
-            if i == 0 or data[i - 1] == 0x0A:  # at the start of a line
-                yield i + len(line)
-            i = data.find(line, i + 1)
+def _notable(data: bytes) -> list[tuple[bytes, int]]:
+    """The events that end a stream or carry usage, in order: each one's name and where
+    its data starts (just after its `event:` line)."""
+    return [(m.group(1), m.end()) for m in _NOTABLE.finditer(data)
+            if m.start() == 0 or data[m.start() - 1] == 0x0A]  # at the start of a line
+
+
+def _event_lines(data: bytes, names: frozenset[bytes]) -> Iterator[int]:
+    """Where each event named in `names` starts its data."""
+    return (at for name, at in _notable(data) if name in names)
+
+
 # The most of one event held while waiting for its end (as the SSE decoder allows).
 MAX_EVENT = 16 * 1024 * 1024
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
@@ -408,7 +414,7 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> bytes | Verdict:
             if ev.event in _CONTENT_EVENTS:
                 # An error already in hand ends the stream before the client has a byte
                 # of it: failing over costs nothing now.
-                for at in _event_lines(buf, _ERROR_LINES):
+                for at in _event_lines(buf, _ERROR_EVENTS):
                     return classify_stream_error(_error_data(buf, at).decode("utf-8", "replace"))
                 return buf
 
@@ -442,14 +448,17 @@ def _first_malformed(events: bytes) -> int:
     return -1
 
 
-def _ended(data: bytes, usage: Usage) -> bool:
+def _ended(data: bytes, usage: Usage, notable: list[tuple[bytes, int]] | None = None) -> bool:
     """Whether `data` (whole events) holds the event that ends a stream. `message_stop`
-    completes the answer; an `error` event ends it incomplete, with what the cloud said."""
-    for at in _event_lines(data, _ERROR_LINES):
-        etype, message = error_of(_error_data(data, at))
-        usage.error = "the cloud ended the stream with an error: " + (f"{etype or 'error'}: {message[:200]}".rstrip(": "))
-        return True
-    if any(_event_lines(data, _STOP_LINES)):
+    completes the answer; an `error` event ends it incomplete, with what the cloud said.
+    `notable`: `_notable(data)`, when the caller has it."""
+    found = _notable(data) if notable is None else notable
+    for name, at in found:
+        if name in _ERROR_EVENTS:
+            etype, message = error_of(_error_data(data, at))
+            usage.error = "the cloud ended the stream with an error: " + (f"{etype or 'error'}: {message[:200]}".rstrip(": "))
+            return True
+    if any(name in _STOP_EVENTS for name, _ in found):
         usage.complete = True
         return True
     return False
@@ -523,11 +532,13 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                     usage.error = "the cloud sent a malformed event mid-stream"
                     yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
                     return
-                for at in _event_lines(out, _USAGE_EVENT):
-                    j = out.find(b"\n\n", at)
-                    _read_usage(out[at : j if j > 0 else None], usage)
+                notable = _notable(out)
+                for name, at in notable:
+                    if name in _USAGE_EVENTS:
+                        j = out.find(b"\n\n", at)
+                        _read_usage(out[at : j if j > 0 else None], usage)
                 yield out
-                if _ended(out, usage):
+                if _ended(out, usage, notable):
                     await _drain(resp)
                     return
                 held = data[cut:]

@@ -138,3 +138,39 @@ async def test_every_framing_ends_at_message_stop_when_the_cloud_holds_its_conne
     res, out, took = await _relay(await serve(_server(_stream().replace(b"\n", ending), 1 << 20, hold=30)))
     assert out == _stream() and res.usage.complete
     assert took < 5, f"the relay waited {took:.1f} s for the cloud to close after message_stop"
+
+
+@pytest.mark.parametrize("space", [True, False], ids=["space", "no-space"])
+async def test_an_error_event_mid_stream_ends_it_with_what_the_cloud_said(serve, space):
+    """An `error` event after content (written `event: error` or `event:error`) ends the
+    client's stream there, incomplete, with the cloud's own words in the log."""
+    head = _stream(space).split(b"event:" + (b" " if space else b"") + b"content_block_stop")[0]
+    err = _ev("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, space=space)
+
+    async def messages(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(head)
+        await asyncio.sleep(0.2)  # the client has the content before the error comes
+        await resp.write(err)
+        await asyncio.sleep(30)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    res, out, took = await _relay(await serve(app))
+    assert out == head + err
+    assert not res.usage.complete and "overloaded_error: Overloaded" in res.usage.error
+    assert took < 5
+
+
+async def test_an_event_name_that_does_not_start_its_line_ends_nothing(serve):
+    """Only an `event:` line names an event: the same words later in another line (a
+    comment here) neither end the stream nor count as its usage."""
+    body = _stream()
+    at = body.index(b"event: content_block_stop")
+    fake = b": event: message_stop\n: event: message_delta\ndata: {\"usage\": {\"output_tokens\": 99}}\n\n"
+    res, out, _ = await _relay(await serve(_server(body[:at] + fake + body[at:], 1 << 20, hold=30)))
+    assert out.endswith(body[at:]) and res.usage.complete
+    assert res.usage.output_tokens == 3
