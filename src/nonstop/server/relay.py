@@ -140,6 +140,7 @@ class Relay:
             finally:  # the reply ends even if recording fails
                 if last is not None:
                     await last()
+            self.request_log.after_reply()
 
     async def pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],
                    receive: Receive, send: Send, t_head: float) -> bool:

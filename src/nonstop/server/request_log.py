@@ -2,10 +2,10 @@
 console line, all fed from the same row, with secrets redacted first.
 
 The row goes to the SQLite writer at once. What the process shows of it (the metrics, the
-dashboard's feed, the console line) is done for every row recorded in the last SHOW_EVERY
-seconds together, in one callback of the event loop and one console write: done a
-request at a time, on caches the request itself has just filled, it cost about 50 µs a
-request; done a batch at a time, a few. Whatever reads them (/metrics, the dashboard,
+dashboard's feed, the console line) is done for a batch of rows together (SHOW_ROWS of
+them, or those of the last SHOW_EVERY seconds), with one console write: done a request at
+a time, on caches the request itself has just filled, it cost about 50 µs a request;
+done a batch at a time, a few. Whatever reads them (/metrics, the dashboard,
 the status) brings them up to date first (`flush()`), and so does a stop."""
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ RECENT = 200
 # How much of an error a row keeps, and how much of it is read to redact it first.
 ERROR_KEPT = 500
 ERROR_READ = 8000
-# How long a recorded row waits, at most, to be counted, shown and announced.
+# Rows are shown a batch at a time: as soon as SHOW_ROWS wait, once a reply is out (its
+# client, with its answer complete, waits for nothing), and at the latest SHOW_EVERY
+# seconds after the first of them. A batch run by a timer can land while a request is in
+# flight: batches of 0.1 s at concurrency 1 (~90 rows) put 0.4 ms on the p99.
+SHOW_ROWS = 16
 SHOW_EVERY = 0.1
 
 
@@ -71,6 +75,11 @@ class RequestLog:
                 self.flush()
                 return
             self._timer = loop.call_later(SHOW_EVERY, self.flush)
+
+    def after_reply(self) -> None:
+        """A reply has gone out whole: show the rows waiting if they make a batch."""
+        if len(self._rows) >= SHOW_ROWS:
+            self.flush()
 
     def flush(self) -> None:
         """Count, show and announce the rows recorded since the last time."""

@@ -241,3 +241,23 @@ async def test_a_stop_shows_the_rows_still_waiting(tmp_path: Path) -> None:
         app.rt.request_log.record(RequestRow(ts=0.0, request_id="last", backend="cloud", outcome="ok", status=200))
         await app.rt.stop()
     assert [r.getMessage().split()[0] for r in records] == ["last"]
+
+
+async def test_a_full_batch_is_shown_once_a_reply_is_out_without_waiting_for_the_timer() -> None:
+    """SHOW_ROWS rows waiting are shown when a reply has gone out (its client waits for
+    nothing then), not when a timer fires in the middle of another request; fewer wait for
+    the timer."""
+    from nonstop.server.request_log import SHOW_ROWS
+    from nonstop.store.db import RequestRow
+
+    rl, records, grab = _shown()
+    with _console(grab):
+        for i in range(SHOW_ROWS - 1):
+            rl.record(RequestRow(ts=0.0, request_id=f"r{i}", backend="cloud", outcome="ok", status=200))
+            rl.after_reply()
+        assert records == []
+        rl.record(RequestRow(ts=0.0, request_id="last", backend="cloud", outcome="ok", status=200))
+        rl.after_reply()
+    [record] = records
+    assert len(record.getMessage().split("\n")) == SHOW_ROWS
+    assert rl._timer is None, "the timer of a batch already shown is left armed"
