@@ -43,6 +43,7 @@ class RequestLog:
         self._seq = 0
         self._rows: list[RequestRow] = []  # recorded, not yet counted or shown
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def recent(self) -> deque[dict[str, Any]]:
@@ -68,13 +69,14 @@ class RequestLog:
         if self.store is not None:
             self.store.log_request(row)
         self._rows.append(row)
-        if self._timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # recorded outside the event loop: shown at once
-                self.flush()
-                return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # recorded outside the event loop: shown at once
+            self.flush()
+            return
+        if self._timer is None or self._timer_loop is not loop:  # (a timer of a loop gone never fires)
             self._timer = loop.call_later(SHOW_EVERY, self.flush)
+            self._timer_loop = loop
 
     def after_reply(self) -> None:
         """A reply has gone out whole: show the rows waiting if they make a batch."""

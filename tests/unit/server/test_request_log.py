@@ -261,3 +261,21 @@ async def test_a_full_batch_is_shown_once_a_reply_is_out_without_waiting_for_the
     [record] = records
     assert len(record.getMessage().split("\n")) == SHOW_ROWS
     assert rl._timer is None, "the timer of a batch already shown is left armed"
+
+
+def test_rows_recorded_in_a_later_event_loop_are_still_shown_on_time() -> None:
+    """A batch's timer belongs to the loop that armed it. Rows recorded in another loop
+    after that one ended get a timer of their own, not one that will never fire."""
+    from nonstop.server.request_log import SHOW_EVERY
+    from nonstop.store.db import RequestRow
+
+    rl, records, grab = _shown()
+
+    async def one(rid: str, wait: float) -> None:
+        rl.record(RequestRow(ts=0.0, request_id=rid, backend="cloud", outcome="ok", status=200))
+        await asyncio.sleep(wait)
+
+    with _console(grab):
+        asyncio.run(one("first", 0))  # its loop ends before its batch's timer is due
+        asyncio.run(one("second", SHOW_EVERY * 3))
+    assert [ln.split()[0] for r in records for ln in r.getMessage().split("\n")] == ["first", "second"]
