@@ -124,6 +124,7 @@ class ReplyReader:
     output_tokens: int = 0
     first_content: float | None = None
     error: str = ""
+    stopped: bool = False  # the stream's message_stop came: the answer is whole
 
     def feed(self, event: str, data: dict[str, Any]) -> None:
         kind = data.get("type", event)
@@ -142,6 +143,8 @@ class ReplyReader:
             usage = data.get("usage") or {}
             self.output_tokens = _int(usage.get("output_tokens"), self.output_tokens)
             self.input_tokens = _int(usage.get("input_tokens"), self.input_tokens)
+        elif kind == "message_stop":
+            self.stopped = True
         elif kind == "error":
             err = data.get("error")
             self.error = str(err.get("message") if isinstance(err, dict) else err)[:300]
@@ -197,9 +200,12 @@ async def read_answer(attempt: Attempt, sent: float, *, cap: int = 0,
     if reply.status != 200 or not reply.stream:
         return Answer(error=_error_text(reply.status, bytes(raw)), cap=cap)
     first = reader.first_content - sent if reader.first_content is not None else None
+    # An error event after content, or a stream that just stops before its message_stop
+    # (the server died, the connection was cut): no answer of the model's to score.
+    error = reader.error or ("" if reader.stopped else "the stream ended before its message_stop (cut)")
     return Answer(content=reader.content(), stop_reason=reader.stop_reason, output_tokens=reader.output_tokens,
                   input_tokens=reader.input_tokens, first_token_s=first, total_s=ended - sent,
-                  error=reader.error, cap=cap)  # an error event after content: cut, no answer of the model
+                  error=error, cap=cap)
 
 
 def _error_text(status: int, body: bytes) -> str:

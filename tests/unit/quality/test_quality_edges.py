@@ -113,6 +113,23 @@ async def test_a_stream_cut_by_an_error_mid_answer_is_no_answer_of_the_model() -
     assert no_answers(results), f"every task was cut by a server error, yet a score would be stored: {scorecard(results).overall}"
 
 
+async def test_a_stream_that_stops_before_its_message_stop_is_no_answer_of_the_model() -> None:
+    """A stream that just stops after some content, with neither a message_stop nor an
+    error event (the connection was cut), is no answer of the model either; one that ends
+    with its message_stop is."""
+    head = CUT_MID_ANSWER.split(b"event: error")[0]
+    cut = await read_answer(Reply(200, [], single(head), "llama", True, Usage()), 0.0)
+    assert cut.error, "a stream cut without an error event is scored as the model's answer"
+    whole = head + _stream([
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2}}),
+        ("message_stop", {"type": "message_stop"}),
+    ])
+    answer = await read_answer(Reply(200, [], single(whole), "llama", True, Usage()), 0.0)
+    assert not answer.error and answer.stop_reason == "end_turn"
+    assert answer.content == [{"type": "text", "text": "Let"}]
+
+
 # --- results.py / verdict.py --------------------------------------------------------------------
 
 
