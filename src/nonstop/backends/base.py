@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 import orjson
 
+from nonstop.aio import Silence
 from nonstop.routing.classify import Verdict
 from nonstop.routing.view import Capabilities
 
@@ -64,10 +65,13 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int = MAX_SIDE_REPLY)
     return data
 
 
-async def read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The body, or its first `limit` bytes (read one more to tell a body over a limit)."""
+async def read_limited(resp: aiohttp.ClientResponse, limit: int, silence: Silence | None = None) -> bytes:
+    """The body, or its first `limit` bytes (read one more to tell a body over a limit).
+    `silence`, when given, bounds each read."""
     buf = bytearray()
     while len(buf) < limit:
+        if silence is not None:
+            silence.reading()
         chunk = await resp.content.read(min(65536, limit - len(buf)))
         if not chunk:
             break

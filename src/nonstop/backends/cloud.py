@@ -20,7 +20,7 @@ import orjson
 from multidict import CIMultiDict, istr
 from yarl import URL
 
-from nonstop.aio import Deadline
+from nonstop.aio import Deadline, Silence
 from nonstop.backends.base import (
     HOP_BY_HOP,
     MAX_WHOLE_BODY,
@@ -184,9 +184,10 @@ class CloudBackend:
 
     @staticmethod
     def make_session(cfg: CloudConfig) -> aiohttp.ClientSession:
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=cfg.connect_timeout, sock_connect=cfg.connect_timeout, sock_read=cfg.idle_timeout
-        )
+        # No sock_read: aiohttp would arm a timer for every chunk that arrives. The
+        # silences of a body are bound by a Silence where it is read (idle_timeout), the
+        # head and what is read before anything is relayed by the first-byte Deadline.
+        timeout = aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout, sock_connect=cfg.connect_timeout)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         return aiohttp.ClientSession(
             timeout=timeout,
@@ -265,11 +266,11 @@ class CloudBackend:
                     if expect:
                         self.deadlines.record(len(body), time.perf_counter() - sent)
                     usage = Usage()
-                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, peeked, usage),
+                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, peeked, usage, self.cfg.idle_timeout),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
                 if ctype.startswith("text/event-stream"):
                     usage = Usage()
-                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, b"", usage),
+                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, b"", usage, self.cfg.idle_timeout),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
                 if expect or small:
                     if expect and resp.status == 200:
@@ -277,7 +278,8 @@ class CloudBackend:
                     # The cloud writes an answer whole, its body right behind its head: a
                     # body that stalls is a hung cloud, bound by the same deadline.
                     return await self._whole(resp, expect, verdict, small)
-            return await self._whole(resp, expect, verdict, bodiless=method == "HEAD" or resp.status in (204, 304))
+            return await self._whole(resp, expect, verdict, bodiless=method == "HEAD" or resp.status in (204, 304),
+                                     idle=self.cfg.idle_timeout)
         except TimeoutError:
             if resp is not None:
                 resp.close()
@@ -320,13 +322,19 @@ class CloudBackend:
                      Usage(error=verdict.describe() if verdict else ""), verdict=verdict)
 
     async def _whole(self, resp: aiohttp.ClientResponse, expect: str, verdict: Verdict | None,
-                     small: tuple[str, type] | None = None, *, bodiless: bool = False) -> Reply | Verdict:
+                     small: tuple[str, type] | None = None, *, bodiless: bool = False,
+                     idle: float | None = None) -> Reply | Verdict:
         """A reply read whole before its head goes to the client: bounded by MAX_WHOLE_BODY,
         and by the first-byte deadline for an answer (`expect`) or a small reply
-        (`small`, from _SMALL_REPLIES), the idle timeout for anything else. `bodiless`: a
-        reply that has no body whatever its content-length says (to HEAD; a 204, a 304)."""
+        (`small`, from _SMALL_REPLIES, the caller's Deadline), by `idle` seconds of silence
+        for anything else. `bodiless`: a reply that has no body whatever its
+        content-length says (to HEAD; a 204, a 304)."""
         try:
-            data = await read_limited(resp, MAX_WHOLE_BODY + 1)
+            if idle is None:
+                data = await read_limited(resp, MAX_WHOLE_BODY + 1)
+            else:
+                with Silence(idle) as silence:
+                    data = await read_limited(resp, MAX_WHOLE_BODY + 1, silence)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
             return Verdict(FailureKind.BAD_RESPONSE, True, None, f"the cloud's reply was cut ({type(exc).__name__})", resp.status)
         finally:
@@ -506,64 +514,70 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
         pass
 
 
-async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage) -> AsyncIterator[bytes]:
+async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage, idle: float) -> AsyncIterator[bytes]:
     """The cloud's stream, cut at event boundaries (LF-framed), until the event that ends
-    it: the client's response ends there, even if the cloud holds its connection open."""
+    it: the client's response ends there, even if the cloud holds its connection open.
+    A read that waits `idle` seconds ends it too."""
     held = b""
     skip_lf = False  # the read before ended in a CR that was a blank line's end
     try:
-        pending = first
-        it = resp.content.iter_any().__aiter__()
-        while True:
-            if skip_lf and pending.startswith(b"\n"):  # the LF of that CRLF
-                pending = pending[1:]
-            data = lf_framed(held + pending if held else pending)
-            # A CR right after a line's end ends a blank line, whether an LF follows or not.
-            skip_lf = data.endswith(b"\n\r")
-            if skip_lf:
-                data = data[:-1] + b"\n"
-            cut = complete_events_end(data)
-            if cut:
-                out = data[:cut]
-                bad = _first_malformed(out)
-                if bad >= 0:
-                    if bad:
-                        yield out[:bad]
-                    usage.error = "the cloud sent a malformed event mid-stream"
-                    yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
+        with Silence(idle) as silence:
+            pending = first
+            it = resp.content.iter_any().__aiter__()
+            while True:
+                if skip_lf and pending.startswith(b"\n"):  # the LF of that CRLF
+                    pending = pending[1:]
+                data = lf_framed(held + pending if held else pending)
+                # A CR right after a line's end ends a blank line, whether an LF follows or not.
+                skip_lf = data.endswith(b"\n\r")
+                if skip_lf:
+                    data = data[:-1] + b"\n"
+                cut = complete_events_end(data)
+                if cut:
+                    out = data[:cut]
+                    bad = _first_malformed(out)
+                    if bad >= 0:
+                        if bad:
+                            yield out[:bad]
+                        usage.error = "the cloud sent a malformed event mid-stream"
+                        yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
+                        return
+                    notable = _notable(out)
+                    for name, at in notable:
+                        if name in _USAGE_EVENTS:
+                            j = out.find(b"\n\n", at)
+                            _read_usage(out[at : j if j > 0 else None], usage)
+                    yield out
+                    if _ended(out, usage, notable):
+                        await _drain(resp)
+                        return
+                    held = data[cut:]
+                else:
+                    held = data
+                if len(held) > MAX_EVENT:
+                    usage.error = "the cloud sent an event larger than nonstop relays"
+                    yield anthropic_error_event("The cloud sent an event too large to relay; the response is incomplete.", "api_error")
                     return
-                notable = _notable(out)
-                for name, at in notable:
-                    if name in _USAGE_EVENTS:
-                        j = out.find(b"\n\n", at)
-                        _read_usage(out[at : j if j > 0 else None], usage)
-                yield out
-                if _ended(out, usage, notable):
-                    await _drain(resp)
-                    return
-                held = data[cut:]
+                silence.reading()
+                try:
+                    pending = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    silence.idle()
+            # What is left at the end is an incomplete event: forward it only when it is a
+            # whole final event missing its blank line, never a cut-off one.
+            if held.endswith(b"\r"):  # a CR kept for the LF that never came ends its line
+                held = held[:-1] + b"\n"
+            if held.strip() and held.endswith(b"\n") and any(_event_lines(held, _TERMINAL)):
+                yield held.rstrip(b"\n") + b"\n\n"
+                _ended(held, usage)
             else:
-                held = data
-            if len(held) > MAX_EVENT:
-                usage.error = "the cloud sent an event larger than nonstop relays"
-                yield anthropic_error_event("The cloud sent an event too large to relay; the response is incomplete.", "api_error")
-                return
-            try:
-                pending = await it.__anext__()
-            except StopAsyncIteration:
-                break
-        # What is left at the end is an incomplete event: forward it only when it is a
-        # whole final event missing its blank line, never a cut-off one.
-        if held.endswith(b"\r"):  # a CR kept for the LF that never came ends its line
-            held = held[:-1] + b"\n"
-        if held.strip() and held.endswith(b"\n") and any(_event_lines(held, _TERMINAL)):
-            yield held.rstrip(b"\n") + b"\n\n"
-            _ended(held, usage)
-        else:
-            usage.error = "cloud stream ended without message_stop"
-            yield anthropic_error_event("The cloud stream ended early; the response is incomplete.", "api_error")
+                usage.error = "cloud stream ended without message_stop"
+                yield anthropic_error_event("The cloud stream ended early; the response is incomplete.", "api_error")
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        usage.error = f"cloud stream failed: {type(exc).__name__}"
-        yield anthropic_error_event(f"The cloud stream failed mid-response ({type(exc).__name__}); the response is incomplete.", "api_error")
+        why = f"silent for {idle:g} s" if type(exc) is TimeoutError else type(exc).__name__
+        usage.error = f"cloud stream failed: {why}"
+        yield anthropic_error_event(f"The cloud stream failed mid-response ({why}); the response is incomplete.", "api_error")
     finally:
         resp.release()

@@ -17,6 +17,7 @@ import nonstop.backends.cloud as cloud_module
 from nonstop.backends.base import Reply
 from nonstop.backends.cloud import CloudBackend, forward_headers
 from nonstop.config import CloudConfig
+from nonstop.routing.classify import FailureKind, Verdict
 from tests.support import wirecheck
 
 
@@ -174,3 +175,88 @@ async def test_an_event_name_that_does_not_start_its_line_ends_nothing(serve):
     res, out, _ = await _relay(await serve(_server(body[:at] + fake + body[at:], 1 << 20, hold=30)))
     assert out.endswith(body[at:]) and res.usage.complete
     assert res.usage.output_tokens == 3
+
+
+# --- silences --------------------------------------------------------------------------------
+
+
+def _paced(pieces: list[bytes], gap: float, *, ctype: str = "text/event-stream", path: str = "/v1/messages",
+           method: str = "POST") -> web.Application:
+    """A cloud that writes `pieces` with `gap` seconds after each."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"content-type": ctype})
+        await resp.prepare(request)
+        for p in pieces:
+            await resp.write(p)
+            await asyncio.sleep(gap)
+        return resp
+
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    return app
+
+
+async def _backend(url: str, idle: float) -> CloudBackend:
+    cfg = CloudConfig(url=url, first_byte_timeout=10.0, idle_timeout=idle)
+    return CloudBackend(cfg, CloudBackend.make_session(cfg))
+
+
+async def test_a_stream_silent_for_idle_timeout_ends_with_an_error_event(serve):
+    whole = _stream()
+    cut = whole.index(b"event: content_block_stop")
+    backend = await _backend(await serve(_paced([whole[:cut], whole[cut:]], 30)), idle=0.3)
+    try:
+        started = time.monotonic()
+        res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", stream=True, expect="stream")
+        assert isinstance(res, Reply), res
+        out = b"".join([c async for c in res.body])
+        took = time.monotonic() - started
+    finally:
+        await backend.session.close()
+    assert out.startswith(whole[:cut])
+    assert b"event: error" in out and b"silent for 0.3 s" in out
+    assert res.usage.error == "cloud stream failed: silent for 0.3 s"
+    assert 0.3 <= took < 3
+
+
+async def test_pauses_each_under_idle_timeout_do_not_cut_a_stream_longer_than_it(serve):
+    whole = _stream()
+    pieces = [whole[i:i + 90] for i in range(0, len(whole), 90)]
+    backend = await _backend(await serve(_paced(pieces, 0.12)), idle=0.3)
+    try:
+        res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", stream=True, expect="stream")
+        assert isinstance(res, Reply), res
+        out = b"".join([c async for c in res.body])
+    finally:
+        await backend.session.close()
+    assert len(pieces) * 0.12 > 0.6  # twice the limit in all
+    assert out == whole and not res.usage.error
+
+
+async def test_a_slow_client_between_reads_is_not_the_clouds_silence(serve):
+    whole = _stream()
+    backend = await _backend(await serve(_paced([whole[i:i + 90] for i in range(0, len(whole), 90)], 0.01)), idle=0.2)
+    try:
+        res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", stream=True, expect="stream")
+        assert isinstance(res, Reply), res
+        out = []
+        async for c in res.body:
+            out.append(c)
+            await asyncio.sleep(0.5)  # the client takes its time over every chunk
+    finally:
+        await backend.session.close()
+    assert len(out) >= 2 and b"".join(out) == whole and not res.usage.error
+
+
+async def test_another_path_whose_body_goes_silent_is_a_timeout_not_a_hang(serve):
+    app = _paced([b'{"data": [', b"]}"], 30, path="/v1/files", method="GET", ctype="application/json")
+    backend = await _backend(await serve(app), idle=0.3)
+    try:
+        started = time.monotonic()
+        res = await backend.request("GET", b"/v1/files", b"", forward_headers([]), b"")
+        took = time.monotonic() - started
+    finally:
+        await backend.session.close()
+    assert isinstance(res, Verdict) and res.kind is FailureKind.TIMEOUT, res
+    assert 0.3 <= took < 3
