@@ -12,6 +12,7 @@ transaction itself takes). A clean stop (`close()`) and `flush()` write everythi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -169,10 +170,11 @@ _COLUMNS = [
 ]
 _ROW = f"({', '.join('?' * len(_COLUMNS))})"
 _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES {_ROW}"
-# Rows per INSERT statement (see Store._insert_rows).
+# The most rows per INSERT statement (see Store._insert_rows): a power of two.
 ROWS_PER_INSERT = 128
 
 
+@functools.cache
 def _insert_many(rows: int) -> str:
     return f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES " + ", ".join([_ROW] * rows)
 
@@ -366,15 +368,15 @@ class Store:
         # Many rows to a statement: sqlite3 lets go of the GIL around every statement it
         # runs, and each time the writer takes it back it makes the event loop's thread
         # wait for it (executemany: once per row). As many rows as the SQLite build's
-        # variable limit allows (999 before SQLite 3.32).
-        per = max(1, min(ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS)))
-        full = len(rows) - len(rows) % per
-        if full:
-            sql = _insert_many(per)
-            for i in range(0, full, per):
-                conn.execute(sql, [v for row in rows[i:i + per] for v in row])
-        if full < len(rows):
-            conn.execute(_insert_many(len(rows) - full), [v for row in rows[full:] for v in row])
+        # variable limit allows (999 before SQLite 3.32), in statements of a power of two
+        # rows: sqlite3 keeps every statement it prepared (128 of them), and one of 100
+        # rows is some 100 KB; one per batch size came to tens of MB, a few stay small.
+        most = max(1, min(ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS)))
+        at = 0
+        while at < len(rows):
+            n = 1 << (min(most, len(rows) - at).bit_length() - 1)  # the largest power of two that fits
+            conn.execute(_insert_many(n), [v for row in rows[at:at + n] for v in row])
+            at += n
         self.written += len(rows)
         rows.clear()
 

@@ -7,6 +7,7 @@ import stat
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -233,6 +234,32 @@ def test_rows_inserted_many_to_a_statement_land_in_order(tmp_path: Path, variabl
     got = [tuple(r) for r in conn.execute("SELECT " + ", ".join(_COLUMNS) + " FROM requests ORDER BY id")]
     assert got == rows
     assert s.written == count
+
+
+def test_batches_of_every_size_prepare_a_few_statements_not_one_per_size(tmp_path: Path) -> None:
+    """sqlite3 keeps each statement it prepared (up to 128), and a statement of many rows
+    is large: batches of every size from 1 to 300 rows use statements of a power of two
+    rows (8 of them), not one statement per size (a growth of tens of MB over a day)."""
+    conn = connect(tmp_path / "db.sqlite")
+    migrate(conn)
+    s = Store(tmp_path)
+    statements: set[str] = set()
+
+    class Seen:  # the connection, and the statements run on it
+        def getlimit(self, category: int) -> int:
+            return conn.getlimit(category)
+
+        def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+            statements.add(sql)
+            return conn.execute(sql, params)
+
+    total = 0
+    with conn:
+        for count in range(1, 301):
+            s._insert_rows(Seen(), [_values(row(NOW, request_id=f"r{count}-{i}")) for i in range(count)])  # type: ignore[arg-type]
+            total += count
+    assert conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == total
+    assert len(statements) <= 8, sorted(statements)
 
 
 def test_reads_see_writes_still_queued(state_dir: Path) -> None:
