@@ -49,10 +49,23 @@ STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
 # drift a little; one written in milliseconds, or by a clock days ahead, is not believed).
 FUTURE_SLACK = 300.0
 
+# A key of nonstop's own namespace that holds another type than nonstop keeps there
+# (another program's, a hand-made one) is removed by the script that finds it, before it
+# reads it: left, it would fail every call on it, and Redis would count as away at each.
+_OWN_TYPE = """
+local function own_type(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= kind and t ~= 'none' then
+    redis.call('DEL', key)
+  end
+end
+"""
+
 # Replace an account's state only with a newer observation; publish what was written. A
 # stored observation that is no number, or is further in the future than FUTURE_SLACK
 # (on Redis' clock), is unreadable and replaced.
-_CAS = """
+_CAS = _OWN_TYPE + """
+own_type(KEYS[1], 'string')
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, doc = pcall(cjson.decode, cur)
@@ -70,7 +83,8 @@ return false
 
 # Count one more request on a backend unless the fleet is at its limit (0: no limit).
 # Fields of instances without a live heartbeat are dropped. Returns {taken, total}.
-_ACQUIRE = """
+_ACQUIRE = _OWN_TYPE + """
+own_type(KEYS[1], 'hash')
 local total = 0
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
@@ -91,7 +105,8 @@ return {1, total + 1}
 
 # One request fewer on a backend for this instance, never below none (a field lost to a
 # restart of Redis, or never counted while it was away, stays away).
-_RELEASE_SLOT = """
+_RELEASE_SLOT = _OWN_TYPE + """
+own_type(KEYS[1], 'hash')
 local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0
 if v > 1 then
   return redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
@@ -100,8 +115,34 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 return 0
 """
 
+# Take a probe lease unless another instance holds it. A key there without an expiry is
+# no lease (every lease has one): left, it would keep every instance from probing.
+_TAKE_PROBE = _OWN_TYPE + """
+own_type(KEYS[1], 'string')
+if redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('DEL', KEYS[1])
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', tonumber(ARGV[2])) then
+  return 1
+end
+return 0
+"""
+
+# This instance's requests in flight on a backend, as they are (see _recount).
+_SET_COUNT = _OWN_TYPE + """
+own_type(KEYS[1], 'hash')
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], 86400)
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
 # Release a probe lease only if this instance holds it.
-_RELEASE = """
+_RELEASE = _OWN_TYPE + """
+own_type(KEYS[1], 'string')
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -141,6 +182,8 @@ class SharedState:
         self._acquire = self.client.register_script(_ACQUIRE)
         self._release = self.client.register_script(_RELEASE)
         self._release_slot = self.client.register_script(_RELEASE_SLOT)
+        self._take_probe = self.client.register_script(_TAKE_PROBE)
+        self._set_count = self.client.register_script(_SET_COUNT)
         self._queue: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue(maxsize=1000)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -314,8 +357,8 @@ class SharedState:
         """True when this instance may probe the account's cloud (always, without Redis)."""
         if not self.available:
             return True
-        got = await self._safely("taking the probe lease", self.client.set(
-            self.prefix + "probe:" + account, self.instance, nx=True, px=max(1000, int(ttl * 1000))), True,
+        got = await self._safely("taking the probe lease", self._take_probe(
+            keys=[self.prefix + "probe:" + account], args=[self.instance, max(1000, int(ttl * 1000))]), 1,
             REQUEST_WAIT)
         return bool(got)
 
@@ -362,12 +405,8 @@ class SharedState:
             return
         pipe = self.client.pipeline(transaction=False)
         for url, n in self.held().items():
-            key = self.prefix + "inflight:" + backend_key(url)
-            if n > 0:
-                pipe.hset(key, self.instance, n)
-                pipe.expire(key, 86400)
-            else:
-                pipe.hdel(key, self.instance)
+            await self._set_count(keys=[self.prefix + "inflight:" + backend_key(url)], args=[self.instance, max(0, n)],
+                                  client=pipe)
         await pipe.execute()
 
     async def fleet(self) -> dict[str, Any]:

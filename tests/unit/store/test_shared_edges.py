@@ -286,3 +286,71 @@ async def test_states_are_pushed_again_after_redis_fails_over_to_an_empty_server
     finally:
         await ctl.aclose()
         await a.stop()
+
+
+# --- keys of another type -------------------------------------------------------------------------
+
+
+async def _wrong(ctl: Any, key: str, kind: str) -> None:
+    """Put a value of the wrong type (another program's, a hand-made one) at `key`."""
+    await ctl.delete(key)
+    if kind == "string":
+        await ctl.set(key, "not nonstop's")
+    elif kind == "list":
+        await ctl.rpush(key, "a", "b")
+    else:
+        await ctl.hset(key, mapping={"a": "1"})
+
+
+@pytest.mark.parametrize("kind", ["string", "list"])
+async def test_a_slot_count_of_another_type_is_replaced_and_redis_stays_in_use(redis_server, kind):
+    counts = {GPU: 2}
+    s = SharedState(redis_server.url, PREFIX, apply=lambda *a: None, info=lambda: {"version": "test"},
+                    heartbeat=0.5, held=lambda: counts)
+    await s.start()
+    key = PREFIX + "inflight:" + backend_key(GPU)
+    async with redis_asyncio.from_url(redis_server.url) as ctl:
+        try:
+            await _wrong(ctl, key, kind)
+            assert (await s.acquire_slot(GPU, 4))[0] and s.available
+            await _wrong(ctl, key, kind)
+            await s.release_slot(GPU)
+            assert s.available
+            await _wrong(ctl, key, kind)
+            await s._recount()  # the heartbeat's recount
+            assert s.available and await ctl.hget(key, s.instance) == b"2"
+        finally:
+            await s.close()
+
+
+@pytest.mark.parametrize("kind", ["list", "hash", "string"])
+async def test_a_probe_lease_of_another_type_or_without_an_expiry_does_not_stop_every_probe(redis_server, kind):
+    s = await _shared(redis_server.url)
+    key = PREFIX + "probe:acct-1"
+    async with redis_asyncio.from_url(redis_server.url) as ctl:
+        try:
+            await _wrong(ctl, key, kind)  # a string here: set by hand, with no expiry
+            assert await s.acquire_probe("acct-1", 30) and s.available
+            assert await ctl.get(key) == s.instance.encode() and await ctl.pttl(key) > 0
+            await _wrong(ctl, key, kind)
+            await s.release_probe("acct-1")
+            assert s.available
+        finally:
+            await s.close()
+
+
+async def test_an_account_state_of_another_type_is_replaced_by_the_next_change(redis_server, tmp_path):
+    a = await _clouds(tmp_path, redis_server.url, "a")
+    async with redis_asyncio.from_url(redis_server.url) as ctl:
+        try:
+            ann = a.account_for(ANN)
+            await _wrong(ctl, PREFIX + "acct:" + ann, "list")
+            a.state(ann).record_failure(_usage_limit(time.time() + 3600))
+
+            async def stored() -> bool:
+                return await ctl.type(PREFIX + "acct:" + ann) == b"string"
+
+            assert await _wait(stored, 3)
+            assert a.shared is not None and a.shared.available
+        finally:
+            await a.stop()
