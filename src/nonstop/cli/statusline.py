@@ -3,11 +3,13 @@
 Claude Code runs this command after every turn and waits for it, so it must answer in
 well under 100 ms even when nonstop is down. Only cheap standard-library modules are
 imported (no nonstop.config, urllib or http.client), the status API is asked over a raw
-socket with a ~50 ms connect timeout, and stdin is drained without ever blocking.
+socket with a ~50 ms connect timeout, and stdin is drained without ever blocking. A
+gateway behind TLS (a team's load balancer, docs/deploy.md) is asked over `ssl`,
+imported only then, with longer timeouts: it is across a network.
 
-Where nonstop is, in order: `--url`; `--config`; ANTHROPIC_BASE_URL when it is a plain
-http address (what `nonstop claude` gives Claude Code, whose environment this command
-inherits); the default config file; 127.0.0.1:8787.
+Where nonstop is, in order: `--url`; `--config`; ANTHROPIC_BASE_URL (what `nonstop
+claude` gives Claude Code, whose environment this command inherits, or a team's
+gateway) unless it is Anthropic's own; the default config file; 127.0.0.1:8787.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import select
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nonstop.cli.common import claude_user_settings, client_host
 
@@ -29,6 +31,9 @@ CONNECT_TIMEOUT = 0.05
 # Once connected, nonstop answers from memory plus one indexed query; a gateway that
 # cannot answer this fast is better reported as busy than waited for.
 READ_TIMEOUT = 0.3
+# A gateway behind TLS is across a network, and its handshake is one more round trip.
+TLS_CONNECT_TIMEOUT = 0.3
+TLS_READ_TIMEOUT = 0.6
 STATUS_PATH = "/_nonstop/api/status"
 DEFAULT_LISTEN = "127.0.0.1:8787"
 COMMAND = "nonstop statusline"
@@ -179,14 +184,32 @@ def _split_hostport(hostport: str, default_port: int) -> tuple[str, int]:
     return client_host(host), int(port) if port.isdigit() else default_port
 
 
-def _from_url(url: str) -> tuple[str, int, str] | None:
-    """(host, port, path prefix) of a plain-http URL; None for anything else."""
-    if not url.startswith("http://"):
+class Target(NamedTuple):
+    """The nonstop to ask."""
+
+    host: str
+    port: int
+    prefix: str = ""  # the path nonstop is served under (behind a proxy)
+    token: str = ""
+    tls: bool = False
+
+
+def _from_url(url: str) -> Target | None:
+    """The target of an http or https URL; None for anything else."""
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https"):
         return None
-    rest = url[len("http://"):]
+    tls = scheme == "https"
     hostport, _, path = rest.partition("/")
-    host, port = _split_hostport(hostport, 80)
-    return host, port, ("/" + path).rstrip("/")
+    host, port = _split_hostport(hostport.rpartition("@")[2], 443 if tls else 80)
+    return Target(host, port, ("/" + path).rstrip("/"), tls=tls)
+
+
+def _anthropics(target: Target) -> bool:
+    """Anthropic's own API: Claude Code talks to the cloud directly, with no nonstop."""
+    host = target.host.lower().rstrip(".")
+    return host == "anthropic.com" or host.endswith(".anthropic.com")
 
 
 def _headers_token(custom: str) -> str:
@@ -197,23 +220,23 @@ def _headers_token(custom: str) -> str:
     return ""
 
 
-def locate(config: str | None, url: str | None) -> tuple[str, int, str, str]:
-    """(host, port, path prefix, token) of the nonstop to ask."""
+def locate(config: str | None, url: str | None) -> Target:
+    """The nonstop to ask."""
     env = os.environ
     token = env.get("NONSTOP_TOKEN", "") or _headers_token(env.get("ANTHROPIC_CUSTOM_HEADERS", ""))
     if url:
-        target = _from_url(url.rstrip("/")) or ("127.0.0.1", 8787, "")
-        return (*target, token)
+        target = _from_url(url.rstrip("/")) or Target("127.0.0.1", 8787)
+        return target._replace(token=token)
     if not config:
         base = _from_url(env.get("ANTHROPIC_BASE_URL", "").rstrip("/"))
-        if base is not None:
-            return (*base, token)
+        if base is not None and not _anthropics(base):
+            return base._replace(token=token)
     data = _top_level_keys(config or _default_config_path())
     listen = data.get("listen")
     if data.get("token"):
         token = data["token"]
     host, port = _split_hostport(listen or DEFAULT_LISTEN, 8787)
-    return host, port, "", token
+    return Target(host, port, "", token)
 
 
 # --- asking nonstop ------------------------------------------------------------------------------
@@ -238,14 +261,37 @@ def _decode_chunked(body: bytes) -> bytes:
     return bytes(out)
 
 
-def fetch_status(host: str, port: int, prefix: str = "", token: str = "", *, session: str = "",
-                 connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT) -> dict[str, Any]:
+def _tls(sock: socket.socket, host: str, timeout: float) -> socket.socket:
+    """The connection, over TLS once its handshake is done."""
+    import ssl  # only for a gateway behind TLS: the usual path stays lean
+
+    sock.settimeout(timeout)
+    try:
+        return ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise Unavailable(f"TLS certificate refused ({exc.verify_message})") from None
+    except ssl.SSLError:
+        sock.close()
+        raise Unavailable("TLS failed") from None
+
+
+def fetch_status(host: str, port: int, prefix: str = "", token: str = "", *, session: str = "", tls: bool = False,
+                 connect_timeout: float | None = None, read_timeout: float | None = None) -> dict[str, Any]:
+    """The status document. `tls`: over TLS, the certificate checked against the system's
+    authorities (SSL_CERT_FILE names others) and `host`."""
+    if connect_timeout is None:
+        connect_timeout = TLS_CONNECT_TIMEOUT if tls else CONNECT_TIMEOUT
+    if read_timeout is None:
+        read_timeout = TLS_READ_TIMEOUT if tls else READ_TIMEOUT
     try:
         sock = socket.create_connection((host, port), timeout=connect_timeout)
     except (OSError, ValueError):  # a host name no resolver takes (a..b) is a ValueError
         raise Unavailable("not running") from None
     deadline = time.monotonic() + read_timeout
     try:
+        if tls:
+            sock = _tls(sock, host, read_timeout)
         query = f"?session={session}" if session else ""
         head = f"GET {prefix}{STATUS_PATH}{query} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\nAccept: application/json\r\n"
         if token:
@@ -324,9 +370,9 @@ def session_of(stdin: bytes) -> str:
 
 
 def line(config: str | None = None, url: str | None = None, session: str = "") -> str:
-    host, port, prefix, token = locate(config, url)
+    t = locate(config, url)
     try:
-        return render(fetch_status(host, port, prefix, token, session=session))
+        return render(fetch_status(t.host, t.port, t.prefix, t.token, session=session, tls=t.tls))
     except Unavailable as exc:
         return render(None, problem=str(exc))
 

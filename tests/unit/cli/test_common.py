@@ -40,7 +40,7 @@ def test_every_command_dials_the_same_address(listen: str, monkeypatch: pytest.M
     config_file.write_text(f'listen = "{listen}"\n')
     for name in ("NONSTOP_TOKEN", "ANTHROPIC_CUSTOM_HEADERS", "ANTHROPIC_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    host, port, _, _ = statusline.locate(str(config_file), None)
+    host, port = statusline.locate(str(config_file), None)[:2]
     assert host == client_host(cfg.host) and port == cfg.port
     assert claude.claude_env(cfg, {})["ANTHROPIC_BASE_URL"] == gateway_url(host, port)
 

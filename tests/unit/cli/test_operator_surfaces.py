@@ -288,7 +288,7 @@ def test_statusline_and_the_server_agree_on_the_address(tmp_path: Path, monkeypa
     cfg_file.write_text('[cloud]\nurl = "https://api.anthropic.com"\n')
     monkeypatch.setenv("NONSTOP_LISTEN", "127.0.0.1:9999")
     server = load_config(cfg_file)
-    host, port, _, _ = sl.locate(str(cfg_file), None)
+    host, port = sl.locate(str(cfg_file), None)[:2]
     assert (host, port) == (server.host, server.port)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -103,7 +104,7 @@ def clean_env(monkeypatch, tmp_path):
 def test_locate_from_config(clean_env, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('listen = "0.0.0.0:9911"\ntoken = "t0k"\n[cloud]\nurl = "http://x"\n')
-    assert sl.locate(str(cfg), None) == ("127.0.0.1", 9911, "", "t0k")
+    assert sl.locate(str(cfg), None) == ("127.0.0.1", 9911, "", "t0k", False)
 
 
 def test_locate_from_nonstop_config_with_a_tilde(clean_env, tmp_path):
@@ -131,18 +132,29 @@ def test_reads_the_top_level_of_the_config(tmp_path, text, expected):
 
 
 def test_locate_url_wins(clean_env, tmp_path):
-    assert sl.locate(None, "http://[::1]:7000/") == ("::1", 7000, "", "")
+    assert sl.locate(None, "http://[::1]:7000/") == ("::1", 7000, "", "", False)
 
 
 def test_locate_uses_claude_codes_environment(clean_env):
     clean_env.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9123")
     clean_env.setenv("ANTHROPIC_CUSTOM_HEADERS", "x-other: 1\nx-nonstop-token: abc")
-    assert sl.locate(None, None) == ("127.0.0.1", 9123, "", "abc")
+    assert sl.locate(None, None) == ("127.0.0.1", 9123, "", "abc", False)
 
 
-def test_locate_ignores_an_https_base_url(clean_env):
-    clean_env.setenv("ANTHROPIC_BASE_URL", "https://api.anthropic.com")
-    assert sl.locate(None, None) == ("127.0.0.1", 8787, "", "")
+def test_locate_ignores_anthropics_own_base_url(clean_env):
+    for url in ("https://api.anthropic.com", "https://API.Anthropic.com./", "http://api.anthropic.com"):
+        clean_env.setenv("ANTHROPIC_BASE_URL", url)
+        assert sl.locate(None, None) == ("127.0.0.1", 8787, "", "", False)
+
+
+def test_locate_takes_a_teams_gateway_behind_tls(clean_env):
+    """docs/deploy.md: Claude Code points at the load balancer, with the token in its headers."""
+    clean_env.setenv("ANTHROPIC_BASE_URL", "https://nonstop.internal")
+    clean_env.setenv("ANTHROPIC_CUSTOM_HEADERS", "x-nonstop-token: ann-token")
+    assert sl.locate(None, None) == sl.Target("nonstop.internal", 443, "", "ann-token", tls=True)
+    clean_env.setenv("ANTHROPIC_BASE_URL", "HTTPS://user@gw.example:8443/nonstop/")
+    assert sl.locate(None, None) == sl.Target("gw.example", 8443, "/nonstop", "ann-token", tls=True)
+    assert sl.locate(None, "https://other.example") == sl.Target("other.example", 443, "", "ann-token", tls=True)
 
 
 # --- asking nonstop -----------------------------------------------------------------------------
@@ -207,6 +219,60 @@ def test_fetch_status_silent_server_is_reported_busy():
         with pytest.raises(sl.Unavailable, match="busy"):
             sl.fetch_status("127.0.0.1", s.getsockname()[1], read_timeout=0.1)
         assert time.monotonic() - t0 < 1
+
+
+# --- behind TLS --------------------------------------------------------------------------------
+
+
+def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1 (openssl), and its key."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def tls_status(tmp_path):
+    """The fake status server behind TLS, and the certificate it shows."""
+    cert, key = _certificate(tmp_path, "gateway")
+    handler = type("H", (_Handler,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield server, handler, cert
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_gateway_behind_tls_is_asked_over_tls(tls_status, clean_env):
+    server, handler, cert = tls_status
+    clean_env.setenv("SSL_CERT_FILE", str(cert))  # the team's own authority, as a user names it
+    handler.body = json.dumps(status("out", until=NOW + 60)).encode()
+    clean_env.setenv("ANTHROPIC_BASE_URL", f"https://localhost:{server.server_address[1]}")
+    clean_env.setenv("ANTHROPIC_CUSTOM_HEADERS", "x-nonstop-token: ann-token")
+    out = sl.line(session="s1")
+    assert "cloud" in out and "not running" not in out, out
+    assert handler.seen == [{"path": "/_nonstop/api/status?session=s1", "token": "ann-token"}]
+
+
+def test_a_certificate_not_trusted_is_said_and_nothing_is_sent(tls_status, clean_env, tmp_path):
+    server, handler, _ = tls_status
+    other, _ = _certificate(tmp_path, "other")
+    clean_env.setenv("SSL_CERT_FILE", str(other))
+    with pytest.raises(sl.Unavailable, match="TLS certificate refused"):
+        sl.fetch_status("localhost", server.server_address[1], token="secret", tls=True)
+    assert handler.seen == []
+
+
+def test_a_plain_http_server_asked_over_tls_is_a_tls_failure(fake_status):
+    server, handler = fake_status
+    with pytest.raises(sl.Unavailable, match="TLS failed|not answering"):
+        sl.fetch_status("127.0.0.1", server.server_address[1], tls=True)
 
 
 def test_decode_chunked():
