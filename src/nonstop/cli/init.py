@@ -9,6 +9,8 @@ file cannot silently fall behind the loader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import glob
 import os
 import tempfile
 import time
@@ -275,10 +277,15 @@ def _embedded_stack() -> tuple[Path | None, Path | None]:
     return find_llama_server(), find_bundled_model()
 
 
+# Numbered backups kept beside NAME.bak (the user's own file, kept for good): the newest.
+KEEP_BACKUPS = 5
+
+
 def _write(path: Path, text: str) -> Path | None:
     """Write atomically with owner-only permissions (a token may be added later); keep
-    a replaced file as NAME.bak, or NAME.bak.1, .2 ... when that is taken: an earlier
-    backup (the user's own file, before a first --force) is never overwritten."""
+    a replaced file as NAME.bak, or NAME.bak.N (one more than the newest) when that is
+    taken: the first backup (the user's own file, before a first --force) is never
+    overwritten or removed; of the numbered ones, the newest KEEP_BACKUPS stay."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=path.parent)
     try:
@@ -287,16 +294,29 @@ def _write(path: Path, text: str) -> Path | None:
         backup = None
         if path.exists():
             backup = path.with_name(path.name + ".bak")
-            n = 0
-            while backup.exists():
-                n += 1
-                backup = path.with_name(f"{path.name}.bak.{n}")
+            if backup.exists():
+                numbered = _numbered_backups(path)
+                backup = path.with_name(f"{path.name}.bak.{(numbered[-1][0] if numbered else 0) + 1}")
             os.replace(path, backup)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    for _, old in _numbered_backups(path)[:-KEEP_BACKUPS]:
+        with contextlib.suppress(OSError):  # one that cannot be removed stays: nothing is lost
+            old.unlink()
     return backup
+
+
+def _numbered_backups(path: Path) -> list[tuple[int, Path]]:
+    """NAME.bak.N beside `path`, oldest (lowest N) first."""
+    prefix = path.name + ".bak."
+    found = []
+    for p in path.parent.glob(glob.escape(prefix) + "*"):
+        n = p.name[len(prefix):]
+        if n.isdigit() and p.is_file():
+            found.append((int(n), p))
+    return sorted(found)
 
 
 # --- rendering ------------------------------------------------------------------------------

@@ -258,6 +258,26 @@ def test_init_force_twice_keeps_the_users_own_config(tmp_path: Path) -> None:
     assert mine in kept, "the user's original config is no longer anywhere"
 
 
+def test_init_force_again_and_again_keeps_the_users_own_and_the_newest_backups(tmp_path: Path) -> None:
+    """Backups do not pile up: NAME.bak (the user's own file) stays for good, and of the
+    numbered ones the newest KEEP_BACKUPS, numbered on from the newest even when older
+    ones were removed (so the highest number is always the latest)."""
+    from nonstop.cli.init import KEEP_BACKUPS
+
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "cfg" / "config.toml"
+    path.write_text("# mine\n")
+    (tmp_path / "cfg" / "config.toml.bak.x").write_text("not one of ours")
+    for i in range(KEEP_BACKUPS + 4):
+        assert cli.main(["init", "--no-discover", "--force", "--config", str(path)]) == 0
+        path.write_text(f"# edit {i}\n")  # each run replaces what the user made of the last
+    names = sorted(p.name for p in path.parent.iterdir())
+    numbered = [f"config.toml.bak.{n}" for n in range(4, KEEP_BACKUPS + 4)]
+    assert names == sorted(["config.toml", "config.toml.bak", "config.toml.bak.x", *numbered]), names
+    assert (path.parent / "config.toml.bak").read_text() == "# mine\n"
+    assert (path.parent / f"config.toml.bak.{KEEP_BACKUPS + 3}").read_text() == f"# edit {KEEP_BACKUPS + 2}\n"
+
+
 def test_init_and_config_check_agree_on_a_tilde_config_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
