@@ -10,6 +10,10 @@ from nonstop.wire import openai as oa
 from nonstop.wire.anthropic import Event, new_message_id
 from nonstop.wire.errors import error_event
 
+# finish_reason values that say the answer failed, not that it ended: vLLM and SGLang name
+# an answer their engine gave up on `abort`. What came before is no whole answer.
+FAILED_FINISHES = frozenset({"abort", "error"})
+
 
 class OpenAIEventSource(EventSource):
     def __init__(self, name: str, translator: oa.OpenAIStreamTranslator):
@@ -21,7 +25,11 @@ class OpenAIEventSource(EventSource):
             err = doc["error"]
             msg = err.get("message") if isinstance(err, dict) else str(err)
             return [error_event(f"{self.name}: {msg}")]
-        return self.translator.feed(doc)
+        out = self.translator.feed(doc)
+        reason = self.translator.finish_reason
+        if reason in FAILED_FINISHES:  # the blocks it had begun are closed; the answer is not whole
+            out.append(error_event(f"{self.name}: the server gave up on the answer (finish_reason {reason!r})"))
+        return out
 
     def finish(self, ended: bool = False) -> list[Event]:
         # A stream that stopped with neither a finish_reason nor `[DONE]` was cut: no end is
@@ -48,7 +56,7 @@ class OpenAILocalBackend(LocalBackend):
         return Call("/v1/chat/completions", body, local_req["model"], tokens, capped(local_req, original), name_map)
 
     def message_from(self, doc: Any, call: Call) -> dict | None:
-        if not isinstance(doc, dict) or "choices" not in doc:
+        if not isinstance(doc, dict) or "choices" not in doc or oa.finish_reason_of(doc) in FAILED_FINISHES:
             return None
         call.cut = oa.cut_tool_call(doc)
         msg = oa.openai_to_anthropic_response(doc, model=call.model, input_tokens_estimate=call.tokens, tool_name_map=call.name_map)

@@ -85,18 +85,27 @@ async def _stream_from(serve, body: bytes) -> tuple[Reply, bytes]:  # noqa: F811
             await resp.write(body)
         return resp
 
+    res, out = await _send(serve, handler, stream=True)
+    assert isinstance(res, Reply), res
+    return res, out
+
+
+async def _send(serve, handler: Any, *, stream: bool) -> tuple[Any, bytes]:  # noqa: F811
+    """REQUEST through the OpenAI local backend to a server answering with `handler`:
+    what the backend gives (a Reply or why not), and a Reply's body."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
     url = await serve(app)
     cfg = parse_config({"local": [{"name": "box", "url": url, "api": "openai", "context_window": 8192,
                                    "count_tokens": "estimate"}]})
+    out = b""
     async with aiohttp.ClientSession() as session:
         backend = make_local_backend(cfg.local[0], session)
-        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=True), 10)
-        assert isinstance(res, Reply), res
-        out = b"".join([c async for c in res.body])
-        if res.close is not None:
-            res.close()
+        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=stream), 10)
+        if isinstance(res, Reply):
+            out = b"".join([c async for c in res.body])
+            if res.close is not None:
+                res.close()
     return res, out
 
 
@@ -198,3 +207,40 @@ def test_an_error_chunk_with_an_empty_choices_list_is_not_ignored() -> None:
                   {"choices": [], "error": {"message": "slot 0 crashed", "type": "server_error", "code": 500}}])
     read = validate_anthropic_stream(out, allow_error=True)
     assert read.error, f"the server's error was dropped; the client heard stop_reason {_stop_reason(out)!r}"
+
+
+# --- an answer the server gave up on (vLLM's and SGLang's `abort`) --------------------------------
+
+
+def test_a_streamed_answer_the_server_aborted_ends_with_an_error_not_end_turn() -> None:
+    """vLLM names an answer its engine gave up on `finish_reason: "abort"`: what came
+    before is not the model's whole answer, and Claude Code must not take it as one."""
+    for finish in ("abort", "error"):
+        out = _relay([_chunk({"role": "assistant", "content": "The first step is to"}), _chunk({}, finish=finish)])
+        read = validate_anthropic_stream(out, allow_error=True)
+        assert read.error and "gave up" in read.error, (finish, out)
+        assert _stop_reason(out) is None, f"{finish}: the client heard stop_reason {_stop_reason(out)!r}"
+
+
+def test_an_answer_aborted_before_any_content_fails_before_anything_is_shown() -> None:
+    out = _relay([_chunk({"role": "assistant", "content": ""}), _chunk({}, finish="abort")])
+    assert [n for n, _ in out if n == "content_block_delta"] == []
+    assert validate_anthropic_stream(out, allow_error=True).error
+
+
+async def test_an_aborted_answer_reaches_the_client_as_an_error(serve):  # noqa: F811
+    body = (_sse(_chunk({"role": "assistant", "content": "Half an"})) + _sse(_chunk({}, finish="abort"))
+            + b"data: [DONE]\n\n")
+    res, out = await _stream_from(serve, body)
+    v = wirecheck.check_anthropic_stream(out)
+    assert v.outcome == "error", f"an aborted answer was reported as complete: {v}"
+
+
+async def test_a_whole_reply_the_server_aborted_is_a_failure_not_an_answer(serve):  # noqa: F811
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"id": "x", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Half an"}, "finish_reason": "abort"}]})
+
+    res, _ = await _send(serve, handler, stream=False)
+    assert not isinstance(res, Reply), f"an aborted answer was relayed as the model's: {res}"
