@@ -25,9 +25,10 @@ class OpenAIEventSource(EventSource):
             err = doc["error"]
             msg = err.get("message") if isinstance(err, dict) else str(err)
             return [error_event(f"{self.name}: {msg}")]
+        before = self.translator.finish_reason
         out = self.translator.feed(doc)
         reason = self.translator.finish_reason
-        if reason in FAILED_FINISHES:  # the blocks it had begun are closed; the answer is not whole
+        if reason in FAILED_FINISHES and reason != before:  # the blocks it had begun are closed; the answer is not whole
             out.append(error_event(f"{self.name}: the server gave up on the answer (finish_reason {reason!r})"))
         return out
 

@@ -244,3 +244,14 @@ async def test_a_whole_reply_the_server_aborted_is_a_failure_not_an_answer(serve
 
     res, _ = await _send(serve, handler, stream=False)
     assert not isinstance(res, Reply), f"an aborted answer was relayed as the model's: {res}"
+
+
+def test_an_aborted_answer_says_so_once_whatever_follows() -> None:
+    """vLLM sends a usage chunk after the last one when asked for usage: the abort is
+    one error, not one per chunk that follows."""
+    tr = oa.OpenAIStreamTranslator(model="m", message_id="msg_1", input_tokens_estimate=10, close_cut_calls=False)
+    source = OpenAIEventSource("box", tr)
+    events = [e for c in (_chunk({"role": "assistant", "content": "Half"}), _chunk({}, finish="abort"),
+                          _chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 2}))
+              for e in source.feed("message", c)]
+    assert [n for n, _ in events].count("error") == 1
