@@ -43,6 +43,24 @@ async def serve() -> AsyncIterator[Callable[[web.Application], Awaitable[str]]]:
         await s.close()
 
 
+def paced_app(pieces: list[bytes], gap: float = 0.0, *, ctype: str = "text/event-stream",
+              path: str = "/v1/messages", method: str = "POST") -> web.Application:
+    """A server that answers `method path` with a 200 of `ctype`, writing `pieces` with
+    `gap` seconds after each (a cloud's stream, or a body that stalls)."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"content-type": ctype})
+        await resp.prepare(request)
+        for p in pieces:
+            await resp.write(p)
+            await asyncio.sleep(gap)
+        return resp
+
+    app = web.Application()
+    app.router.add_route(method, path, handler)
+    return app
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The bundled SmolLM2-135M GGUF (the test is skipped where it is not installed)."""

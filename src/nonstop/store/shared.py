@@ -353,12 +353,19 @@ class SharedState:
 
     # --- probes --------------------------------------------------------------------------------
 
+    def _probe_key(self, account: str) -> str:
+        return self.prefix + "probe:" + account
+
+    def _slots_key(self, url: str) -> str:
+        """The fleet's requests in flight on a local backend: a field per instance."""
+        return self.prefix + "inflight:" + backend_key(url)
+
     async def acquire_probe(self, account: str, ttl: float) -> bool:
         """True when this instance may probe the account's cloud (always, without Redis)."""
         if not self.available:
             return True
         got = await self._safely("taking the probe lease", self._take_probe(
-            keys=[self.prefix + "probe:" + account], args=[self.instance, max(1000, int(ttl * 1000))]), 1,
+            keys=[self._probe_key(account)], args=[self.instance, max(1000, int(ttl * 1000))]), 1,
             REQUEST_WAIT)
         return bool(got)
 
@@ -366,7 +373,7 @@ class SharedState:
         # Tried even while Redis counts as away (one slow answer makes it so): a lease left
         # behind would keep every instance, this one too, from probing until it expires.
         await self._safely("releasing the probe lease", self._release(
-            keys=[self.prefix + "probe:" + account], args=[self.instance]), 0, REQUEST_WAIT)
+            keys=[self._probe_key(account)], args=[self.instance]), 0, REQUEST_WAIT)
 
     # --- the shared local pool -----------------------------------------------------------------
 
@@ -375,7 +382,7 @@ class SharedState:
         if not self.available:
             return True, None
         res = await self._safely("counting a local request", self._acquire(
-            keys=[self.prefix + "inflight:" + backend_key(url)],
+            keys=[self._slots_key(url)],
             args=[self.instance, limit, self.prefix + "instance:"]), None, REQUEST_WAIT)
         if not res:
             return True, None
@@ -384,7 +391,7 @@ class SharedState:
     async def release_slot(self, url: str) -> None:
         if self.available:
             await self._safely("counting a local request", self._release_slot(
-                keys=[self.prefix + "inflight:" + backend_key(url)], args=[self.instance]), 0)
+                keys=[self._slots_key(url)], args=[self.instance]), 0)
 
     # --- heartbeats and the fleet ----------------------------------------------------------------
 
@@ -405,7 +412,7 @@ class SharedState:
             return
         pipe = self.client.pipeline(transaction=False)
         for url, n in self.held().items():
-            await self._set_count(keys=[self.prefix + "inflight:" + backend_key(url)], args=[self.instance, max(0, n)],
+            await self._set_count(keys=[self._slots_key(url)], args=[self.instance, max(0, n)],
                                   client=pipe)
         await pipe.execute()
 

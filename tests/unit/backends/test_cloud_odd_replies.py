@@ -15,7 +15,7 @@ from nonstop.backends.base import Reply
 from nonstop.backends.cloud import CloudBackend, forward_headers
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import FailureKind, Verdict
-from tests.support.inprocess import serve
+from tests.support.inprocess import paced_app, serve
 
 __all__ = ["serve"]
 
@@ -34,21 +34,6 @@ REST = b"".join([
     _ev("message_stop", {"type": "message_stop"}),
 ])
 OVERLOADED = _ev("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
-
-
-def _sse_server(pieces: list[bytes], gap: float = 0.0) -> web.Application:
-    async def messages(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-        for p in pieces:
-            await resp.write(p)
-            await asyncio.sleep(gap)
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/messages", messages)
-    return app
 
 
 @pytest.fixture
@@ -110,7 +95,7 @@ async def test_a_ping_event_without_data_before_content_is_not_a_broken_stream(s
     """`event: ping` and a blank line, without a data line, is legal SSE and is not even
     dispatched (the SSE standard): before the first content it is no sign of a broken
     stream, and the good answer is relayed, not thrown away for a local one."""
-    url = await serve(_sse_server([START + b"event: ping\n\n" + BLOCK + DELTA + REST]))
+    url = await serve(paced_app([START + b"event: ping\n\n" + BLOCK + DELTA + REST]))
     res, out = await _request(url)
     assert isinstance(res, Reply), f"a good stream was failed over: {res}"
     assert out.endswith(REST)
@@ -120,7 +105,7 @@ async def test_an_error_event_after_content_is_not_logged_as_a_complete_answer(s
     """An `event: error` after text has gone out ends the client's stream (it is
     relayed), and the answer counts as incomplete, with what the cloud said: the request
     log, the stats and `nonstop status` show a cut answer, not an "ok"."""
-    url = await serve(_sse_server([START + BLOCK + DELTA, OVERLOADED], gap=0.05))
+    url = await serve(paced_app([START + BLOCK + DELTA, OVERLOADED], gap=0.05))
     res, out = await _request(url)
     assert isinstance(res, Reply)
     assert out.endswith(OVERLOADED)
@@ -131,7 +116,7 @@ async def test_an_error_already_read_with_the_first_content_still_fails_over(ser
     """An error event in the cloud's first read, behind the first content event: nothing
     has reached the client yet, so it is a failover (overloaded: serve this request
     locally), not a 200 stream that ends in an error."""
-    url = await serve(_sse_server([START + BLOCK + OVERLOADED]))
+    url = await serve(paced_app([START + BLOCK + OVERLOADED]))
     res, out = await _request(url)
     assert isinstance(res, Verdict), f"a stream whose only content was an error was committed: {out!r}"
     assert res.kind == FailureKind.OVERLOADED and res.failover

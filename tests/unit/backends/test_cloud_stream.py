@@ -19,6 +19,7 @@ from nonstop.backends.cloud import CloudBackend, forward_headers
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import FailureKind, Verdict
 from tests.support import wirecheck
+from tests.support.inprocess import paced_app
 
 
 def _ev(name: str, data: dict, *, space: bool = True) -> bytes:
@@ -180,23 +181,6 @@ async def test_an_event_name_that_does_not_start_its_line_ends_nothing(serve):
 # --- silences --------------------------------------------------------------------------------
 
 
-def _paced(pieces: list[bytes], gap: float, *, ctype: str = "text/event-stream", path: str = "/v1/messages",
-           method: str = "POST") -> web.Application:
-    """A cloud that writes `pieces` with `gap` seconds after each."""
-    async def handler(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        resp = web.StreamResponse(headers={"content-type": ctype})
-        await resp.prepare(request)
-        for p in pieces:
-            await resp.write(p)
-            await asyncio.sleep(gap)
-        return resp
-
-    app = web.Application()
-    app.router.add_route(method, path, handler)
-    return app
-
-
 async def _backend(url: str, idle: float) -> CloudBackend:
     cfg = CloudConfig(url=url, first_byte_timeout=10.0, idle_timeout=idle)
     return CloudBackend(cfg, CloudBackend.make_session(cfg))
@@ -205,7 +189,7 @@ async def _backend(url: str, idle: float) -> CloudBackend:
 async def test_a_stream_silent_for_idle_timeout_ends_with_an_error_event(serve):
     whole = _stream()
     cut = whole.index(b"event: content_block_stop")
-    backend = await _backend(await serve(_paced([whole[:cut], whole[cut:]], 30)), idle=0.3)
+    backend = await _backend(await serve(paced_app([whole[:cut], whole[cut:]], 30)), idle=0.3)
     try:
         started = time.monotonic()
         res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", stream=True, expect="stream")
@@ -223,7 +207,7 @@ async def test_a_stream_silent_for_idle_timeout_ends_with_an_error_event(serve):
 async def test_pauses_each_under_idle_timeout_do_not_cut_a_stream_longer_than_it(serve):
     whole = _stream()
     pieces = [whole[i:i + 90] for i in range(0, len(whole), 90)]
-    backend = await _backend(await serve(_paced(pieces, 0.12)), idle=0.3)
+    backend = await _backend(await serve(paced_app(pieces, 0.12)), idle=0.3)
     try:
         res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", stream=True, expect="stream")
         assert isinstance(res, Reply), res
@@ -236,7 +220,7 @@ async def test_pauses_each_under_idle_timeout_do_not_cut_a_stream_longer_than_it
 
 async def test_a_slow_client_between_reads_is_not_the_clouds_silence(serve):
     whole = _stream()
-    backend = await _backend(await serve(_paced([whole[i:i + 90] for i in range(0, len(whole), 90)], 0.01)), idle=0.2)
+    backend = await _backend(await serve(paced_app([whole[i:i + 90] for i in range(0, len(whole), 90)], 0.01)), idle=0.2)
     try:
         res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", stream=True, expect="stream")
         assert isinstance(res, Reply), res
@@ -250,7 +234,7 @@ async def test_a_slow_client_between_reads_is_not_the_clouds_silence(serve):
 
 
 async def test_another_path_whose_body_goes_silent_is_a_timeout_not_a_hang(serve):
-    app = _paced([b'{"data": [', b"]}"], 30, path="/v1/files", method="GET", ctype="application/json")
+    app = paced_app([b'{"data": [', b"]}"], 30, path="/v1/files", method="GET", ctype="application/json")
     backend = await _backend(await serve(app), idle=0.3)
     try:
         started = time.monotonic()
