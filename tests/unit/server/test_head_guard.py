@@ -1,6 +1,7 @@
 """What the head guard costs a connection that behaves: no more instance memory than
 uvicorn's own protocol (the deadlines themselves are proven against a real server in
-tests/integration/test_slow_heads.py)."""
+tests/integration/test_slow_heads.py); and a response's head going out with its first
+body bytes, or alone at the end of the turn when the body is late."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from nonstop.server.head_guard import HeadGuardedProtocol, guarded_protocol
+from nonstop.server.head_guard import HeadGuardedProtocol, _Coalesced, guarded_protocol
 
 
 async def _ok(scope, receive, send) -> None:
@@ -53,3 +54,116 @@ async def test_a_guarded_connection_holds_no_larger_instance_dict_than_uvicorns(
     assert isinstance(guarded, HeadGuardedProtocol)
     assert sys.getsizeof(guarded.__dict__) <= sys.getsizeof(plain.__dict__)
     assert guarded._conn.timer is None and not guarded._conn.reading
+
+
+class _Recorder:
+    """A transport that records each system call a write would be."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[bytes]] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append([data])
+
+    def writelines(self, data) -> None:
+        self.calls.append(list(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+async def test_a_head_goes_out_with_the_first_body_bytes_in_one_call():
+    rec = _Recorder()
+    out = _Coalesced(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
+    out.hold_head()
+    out.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert rec.calls == []
+    out.write(b"5\r\nhello\r\n")
+    out.write(b"0\r\n\r\n")
+    assert rec.calls == [[b"HTTP/1.1 200 OK\r\n\r\n", b"5\r\nhello\r\n"], [b"0\r\n\r\n"]]
+    await asyncio.sleep(0)  # the end-of-turn flush finds nothing left
+    assert len(rec.calls) == 2
+
+
+async def test_a_head_whose_body_is_late_goes_out_alone_at_the_end_of_the_turn():
+    rec = _Recorder()
+    out = _Coalesced(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
+    out.hold_head()
+    out.write(b"head")
+    await asyncio.sleep(0)
+    assert rec.calls == [[b"head"]]
+    out.write(b"body")  # the body, later, on its own
+    assert rec.calls == [[b"head"], [b"body"]]
+
+
+async def test_a_held_head_is_written_before_the_connection_closes_and_never_after():
+    rec = _Recorder()
+    out = _Coalesced(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
+    out.hold_head()
+    out.write(b"head")
+    out.close()
+    assert rec.calls == [[b"head"]] and rec.closing
+    out.hold_head()
+    out.write(b"next head")
+    await asyncio.sleep(0)  # the connection is closing: nothing is written to it
+    assert rec.calls == [[b"head"]]
+
+
+async def _late_body(scope, receive, send) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await scope["state"]["go"].wait()
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_a_real_server_sends_a_head_whose_body_is_late_without_waiting_for_it():
+    # The client sees the head while the application still waits to send the body.
+    go = asyncio.Event()
+    cfg = Config(app=_late_body, http="httptools", lifespan="off", log_level="error")
+    cfg.load()
+    loop = asyncio.get_running_loop()
+    cls = guarded_protocol(5.0, 32)
+    server = await loop.create_server(lambda: cls(cfg, ServerState(), {"go": go}, _loop=loop), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        go.set()
+        assert await asyncio.wait_for(reader.readexactly(2), 5) == b"ok"
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def _echo(scope, receive, send) -> None:
+    body = (await receive())["body"]
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def test_a_client_that_expects_100_continue_gets_it_before_it_sends_its_body():
+    cfg = Config(app=_echo, http="httptools", lifespan="off", log_level="error")
+    cfg.load()
+    loop = asyncio.get_running_loop()
+    cls = guarded_protocol(5.0, 32)
+    server = await loop.create_server(lambda: cls(cfg, ServerState(), {}, _loop=loop), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()
