@@ -23,6 +23,7 @@ The rules, in the order they apply:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,9 +120,16 @@ def _up_and_down(steps: list[Step], view: RoutingView) -> tuple[list[Step], list
 
 def hhmm(epoch: float) -> str:
     try:
-        return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M UTC")
+        return _hhmm(int(epoch // 60))
     except (OverflowError, ValueError, OSError):  # a time no calendar shows: never a reason to fail
         return "an unknown time"
+
+
+@functools.lru_cache(maxsize=16)
+def _hhmm(minute: int) -> str:
+    """The minute's time of day (the reasons name the same few deadlines again and again:
+    formatting one costs more than the rest of a plan)."""
+    return datetime.fromtimestamp(minute * 60, UTC).strftime("%H:%M UTC")
 
 
 # --- the rules ----------------------------------------------------------------------------------

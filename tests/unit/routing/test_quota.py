@@ -482,6 +482,14 @@ def test_a_reset_named_more_than_the_longest_window_ahead_is_not_believed() -> N
 def test_hhmm_of_a_time_no_calendar_shows_is_a_phrase_not_an_error() -> None:
     assert hhmm(1e300) == "an unknown time" and hhmm(float("inf")) == "an unknown time"
     assert hhmm(0) == "00:00 UTC"
+    assert hhmm(float("nan")) == "an unknown time" and hhmm(-1e300) == "an unknown time"
+
+
+def test_hhmm_names_the_minute_a_time_falls_in_on_either_side_of_1970() -> None:
+    # Times are remembered by their minute: every second of one minute names it.
+    assert {hhmm(1_800_000_000.0 + s) for s in (0, 0.5, 59.999)} == {"08:00 UTC"}
+    assert hhmm(1_800_000_060.0) == "08:01 UTC"
+    assert hhmm(-61) == "23:58 UTC" and hhmm(-0.5) == "23:59 UTC"
 
 
 def test_as_dict_includes_now() -> None:
