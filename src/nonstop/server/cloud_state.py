@@ -202,8 +202,9 @@ class CloudStates:
         if to:
             self.metrics.switches.labels(to).inc()
             self.bus.publish({"type": "switch", "to": to, "line": line, "ts": self.clock(), "account": account})
-            self.spawn(hooks.notify(self.cfg.hooks, {"event": "switch", "to": to, "message": line,
-                                                     "account": account, "cloud": q.snapshot()}))
+            if self.cfg.hooks.command or self.cfg.hooks.webhook:  # a task only where there is a hook to run
+                self.spawn(hooks.notify(self.cfg.hooks, {"event": "switch", "to": to, "message": line,
+                                                         "account": account, "cloud": q.snapshot()}))
 
     def _save(self) -> None:
         if self.store is not None:

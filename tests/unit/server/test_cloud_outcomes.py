@@ -178,3 +178,24 @@ def test_a_fleet_state_that_cannot_be_read_moves_nothing_not_even_the_clock(tmp_
         assert (q.state.value, q.observed) == ("serving", 0.0)
     clouds._remote("", {"state": "out", "until": T0 + 3600, "reason": "subscription_limit"}, T0 + 5)
     assert (q.state.value, q.until, q.observed) == ("out", T0 + 3600, T0 + 5)
+
+
+def test_a_switch_runs_a_hook_only_where_one_is_configured(tmp_path: Path) -> None:
+    """The switch's event goes to the hooks as a task of its own; with no command and no
+    webhook there is nothing to run, and no task is made."""
+    from nonstop.server.cloud_state import CloudStates
+    from nonstop.server.events import EventBus
+    from nonstop.server.metrics import Metrics
+
+    for hooks, tasks in (({}, 0), ({"command": "true"}, 1), ({"webhook": "http://127.0.0.1:1/hook"}, 1)):
+        spawned: list[Any] = []
+
+        def spawn(coro: Any, spawned: list[Any] = spawned) -> None:
+            spawned.append(coro)
+            coro.close()  # looked at, not run
+
+        cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}, "hooks": hooks})
+        clouds = CloudStates(cfg, clock=Clock(T0), metrics=Metrics(), bus=EventBus(), store=None, spawn=spawn)
+        clouds.state("").record_failure(Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 3600, "five_hour"))
+        assert clouds.state("").state.value == "out"
+        assert len(spawned) == tasks, hooks
