@@ -124,7 +124,14 @@ class _Coalesced:
             self.transport.writelines((head, data))
         else:
             self.head = data
-            self.loop.call_soon(self.flush)
+            self.loop.call_soon(self._late, data)
+
+    def _late(self, head: bytes) -> None:
+        """The end of the turn in which `head` was written: still held, it goes out alone.
+        (Only that head: by now it may have gone with its body, and the next response on
+        the connection may be waiting to hold its own.)"""
+        if self.head is head:
+            self.flush()
 
     def flush(self) -> None:
         head, self.head = self.head, None

@@ -100,6 +100,22 @@ async def test_a_head_whose_body_is_late_goes_out_alone_at_the_end_of_the_turn()
     assert rec.calls == [[b"head"], [b"body"]]
 
 
+async def test_the_end_of_one_responses_turn_does_not_let_go_of_the_next_ones_head():
+    # The first response's head went with its body; its end-of-turn check runs only after
+    # the next request on the connection has begun (the client was quick): the next head
+    # is still held for its own body.
+    rec = _Recorder()
+    out = _Coalesced(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
+    out.hold_head()
+    out.write(b"head 1")
+    out.write(b"body 1")
+    out.hold_head()  # the next request's head is complete before the loop's turn ends
+    await asyncio.sleep(0)
+    out.write(b"head 2")
+    out.write(b"body 2")
+    assert rec.calls == [[b"head 1", b"body 1"], [b"head 2", b"body 2"]]
+
+
 async def test_a_held_head_is_written_before_the_connection_closes_and_never_after():
     rec = _Recorder()
     out = _Coalesced(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
