@@ -83,15 +83,32 @@ class Shadow:
         self.preempted = 0
 
     def sample(self) -> bool:
-        return self.cfg.sample > 0 and self.waiting < MAX_WAITING and self.rng() < self.cfg.sample
+        """Whether to shadow this request. A yes takes one of the MAX_WAITING places at
+        once (a burst of requests sampled together cannot pass the cap while their answers
+        are still streaming); `after` keeps it until a backend is free, `drop` gives it
+        back."""
+        if self.cfg.sample > 0 and self.waiting < MAX_WAITING and self.rng() < self.cfg.sample:
+            self.waiting += 1
+            return True
+        return False
+
+    def drop(self) -> None:
+        """A sampled request that will not be replayed (its answer never came whole, the
+        request could not be read) gives its place back."""
+        self.waiting -= 1
 
     def after(self, req: dict[str, Any], tap: Tap, workload: str, request_id: str) -> None:
-        """The client has its answer: compare it with a local one, in the background."""
-        cloud = tap.answer()
-        if cloud is None:
-            return
-        self.waiting += 1
-        self.rt.spawn(self._replay(req, cloud, workload, request_id))
+        """The client has its answer: compare it with a local one, in the background. The
+        request was sampled: its place is kept for the replay, or given back."""
+        spawned = False
+        try:
+            cloud = tap.answer()
+            if cloud is not None:
+                self.rt.spawn(self._replay(req, cloud, workload, request_id))
+                spawned = True
+        finally:
+            if not spawned:
+                self.drop()
 
     def preempt(self) -> list[asyncio.Task[Any]]:
         """A real local request is coming: shadow work gives its slot back at once (the

@@ -284,6 +284,7 @@ async def test_a_shadow_replay_that_times_out_does_not_demote_the_live_backend(t
         reply = Reply(200, [], single(orjson.dumps(message)), "cloud", False)
         tap = Tap(reply)
         _ = b"".join([c async for c in reply.body])
+        assert rt.shadow.sample()
         rt.shadow.after({"model": "claude-sonnet-4-5", "max_tokens": 50,
                          "messages": [{"role": "user", "content": "hi"}]}, tap, "main", "req_x")
         for _i in range(100):

@@ -99,6 +99,7 @@ async def test_a_real_local_request_preempts_shadow_work_and_gets_its_slot(tmp_p
     local = LocalModel({"content": [], "stop_reason": "end_turn"}, delay=5.0, max_inflight=max_inflight)
     rt.use_backends([local])  # type: ignore[list-item]
     tap = await cloud_reply(tmp_path, {"content": [], "stop_reason": "end_turn", "usage": {"output_tokens": 3}})
+    assert rt.shadow.sample()
     rt.shadow.after(REQ, tap, "main", "req_2")
     for _ in range(40):
         if rt.shadow.running:
@@ -117,6 +118,7 @@ async def test_it_waits_for_idle_backends(tmp_path: Path) -> None:
     rt.use_backends([local])  # type: ignore[list-item]
     busy = local.state.lease()  # a real request in flight
     tap = await cloud_reply(tmp_path, {"content": [], "stop_reason": "end_turn", "usage": {"output_tokens": 3}})
+    assert rt.shadow.sample()
     rt.shadow.after(REQ, tap, "main", "req_3")
     await asyncio.sleep(1.0)
     assert local.asked == 0
@@ -148,6 +150,7 @@ async def test_a_cloud_stream_that_failed_mid_way_is_not_counted_as_a_disagreeme
         reply = Reply(200, [], single(cloud), "cloud", True, Usage(error="the cloud stream failed mid-response"))
         tap = Tap(reply)
         assert b"".join([c async for c in reply.body]) == cloud  # the client got the failed stream
+        assert rt.shadow.sample()
         rt.shadow.after(REQ, tap, "main", "req_failed")
         await settle(rt)
         rt.store.flush()
@@ -181,6 +184,7 @@ async def test_a_shadow_replay_does_not_teach_the_planner_a_slow_prompt_speed(tm
                "messages": [{"role": "user", "content": "Explain this code:\n" + "x = compute(x) + 1\n" * 150}]}
         tap = await cloud_reply(tmp_path, {"content": [{"type": "text", "text": "It adds one."}],
                                            "stop_reason": "end_turn", "usage": {"output_tokens": 5}})
+        assert rt.shadow.sample()
         rt.shadow.after(req, tap, "main", "req_speed")
         await settle(rt)
         tokens = backend.estimate(backend.local_request(req))
@@ -189,3 +193,21 @@ async def test_a_shadow_replay_does_not_teach_the_planner_a_slow_prompt_speed(tm
     # The server read the prompt at once: any prompt speed learned is at least tokens / 0.1 s.
     assert learned is None or learned >= tokens / 0.1, (
         f"one shadow replay taught a prompt speed of {learned:.0f} tok/s for {tokens} prompt tokens read at once")
+
+
+async def test_a_burst_sampled_together_holds_no_more_than_max_waiting_places(tmp_path: Path) -> None:
+    """Requests are sampled when their reply starts and replayed when it ends: a burst of
+    them, all sampled while their answers stream, takes at most MAX_WAITING places, and
+    one that is not replayed after all gives its place back."""
+    from nonstop.server.shadow import MAX_WAITING
+
+    rt = runtime(tmp_path)
+    assert [rt.shadow.sample() for _ in range(3 * MAX_WAITING)].count(True) == MAX_WAITING
+    assert rt.shadow.waiting == MAX_WAITING
+    rt.shadow.drop()  # its answer never came whole
+    assert rt.shadow.waiting == MAX_WAITING - 1 and rt.shadow.sample() and not rt.shadow.sample()
+    failed = Reply(200, [], single(b"{"), "cloud", False, Usage(error="cut"))
+    tap = Tap(failed)
+    _ = [c async for c in failed.body]
+    rt.shadow.after(REQ, tap, "main", "req_cut")  # nothing to compare: the place goes back
+    assert rt.shadow.waiting == MAX_WAITING - 1 and not rt.shadow.running

@@ -56,6 +56,7 @@ class AnthropicDoor(Door):
             ctx.facts = self.pipeline.facts(ctx.ex, req=shape.facts)
         ctx.row.overhead_ms = (time.perf_counter() - ctx.t0) * 1000
         self.rt.inflight += 1
+        tap: Tap | None = None  # sampled for the shadow: its place is given back unless replayed
         try:
             outcome = await self.pipeline.run(ctx)
             reply = outcome.reply
@@ -79,9 +80,12 @@ class AnthropicDoor(Door):
                                         lambda r: self.pipeline.continue_locally(ctx, r, whole))
             await self.relay.commit(ctx, outcome, receive, send, WRITER)
             if tap is not None and whole is not None:
-                self.rt.shadow.after(whole, tap, ctx.row.workload, ctx.row.request_id)
+                shadowed, tap = tap, None
+                self.rt.shadow.after(whole, shadowed, ctx.row.workload, ctx.row.request_id)
         finally:
             self.rt.inflight -= 1
+            if tap is not None:
+                self.rt.shadow.drop()
 
     async def count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
         got = await self.read_json(scope, receive, send, WRITER)
