@@ -112,7 +112,11 @@ class _Coalesced:
         self.head: bytes | None = None
 
     def hold_head(self) -> None:
-        """The next write is a response's head."""
+        """The next write is a response's head. A head still held (a response whose body
+        is late, while a pipelined request's head completes) goes out first: the bytes
+        leave in the order they were written, whatever is held."""
+        if self.head:
+            self.flush()
         self.head = b""
 
     def write(self, data: bytes) -> None:

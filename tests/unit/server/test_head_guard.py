@@ -116,6 +116,21 @@ async def test_the_end_of_one_responses_turn_does_not_let_go_of_the_next_ones_he
     assert rec.calls == [[b"head 1", b"body 1"], [b"head 2", b"body 2"]]
 
 
+async def test_a_pipelined_requests_head_does_not_drop_a_head_still_held():
+    # A response started and waits for its body; the next request, pipelined behind it,
+    # completes its head meanwhile. Nothing is lost and nothing overtakes.
+    rec = _Recorder()
+    out = _Coalesced(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
+    out.hold_head()
+    out.write(b"head 1")
+    out.hold_head()  # the pipelined request (its response waits for this one's end)
+    out.write(b"body 1")
+    out.write(b"end 1")
+    await asyncio.sleep(0)
+    assert b"".join(b"".join(c) for c in rec.calls) == b"head 1body 1end 1"
+    assert rec.calls[0] == [b"head 1"]
+
+
 async def test_a_held_head_is_written_before_the_connection_closes_and_never_after():
     rec = _Recorder()
     out = _Coalesced(rec, asyncio.get_running_loop())  # type: ignore[arg-type]
