@@ -80,15 +80,14 @@ class AnthropicLocalBackend(LocalBackend):
         whole prompt) is saved. Only once the server has counted (its scale against the
         estimate is known), and every RECOUNT_EVERY such requests it is asked anyway, to
         keep that scale current."""
-        wanted = local_req.get("max_tokens")
-        if self.state.token_ratio is None or not isinstance(wanted, int):
-            return None
-        n = self.estimate(local_req)
-        if self.window() - math.ceil(n * COUNT_MARGIN) < wanted:
+        if self.state.token_ratio is None:
             return None
         self._uncounted += 1
         if self._uncounted >= RECOUNT_EVERY:
             self._uncounted = 0
+            return None
+        n = self.estimate(local_req)
+        if self.window() - math.ceil(n * COUNT_MARGIN) < local_req["max_tokens"]:
             return None
         return n
 

@@ -93,16 +93,3 @@ async def test_an_uncounted_request_is_sent_with_its_whole_max_tokens(serve):
     assert len(counted) == 1 and len(sent) == 3
     assert [s["max_tokens"] for s in sent] == [4096] * 3
     assert sent[0]["messages"] == sent[2]["messages"]
-
-
-async def test_a_request_without_a_whole_number_max_tokens_is_counted(serve):
-    counted: list[int] = []
-    cfg = parse_config({"local": [{"name": "box", "url": await serve(_counting_app(counted)), "api": "anthropic",
-                                   "context_window": 32768}]})
-    async with aiohttp.ClientSession() as session:
-        backend = make_local_backend(cfg.local[0], session)
-        local_req = backend.local_request(_request(4000))
-        await backend.count_tokens(local_req)  # the scale is learned
-        for odd in (None, "4096", 4096.0):
-            await backend.count_tokens({**local_req, "max_tokens": odd})
-    assert len(counted) == 4
