@@ -24,11 +24,7 @@ Per turn, measured at the client with the machine's one clock:
 - **token rate**: output tokens per second at the client after the first text delta,
   against the tokens per second the server reports for the same reply.
 
-    --count-tokens server: every request counted by the server first (count_tokens =
-    "server"), to measure what the count costs a turn; "auto" (the default) counts only a
-    request near the window, and this one is not.
-
-Writes results/<date>-local-model[-smoke][-count-server].md and .json.
+Writes results/<date>-local-model[-smoke].md and .json.
 """
 
 from __future__ import annotations
@@ -179,17 +175,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--sessions", type=int, default=0)
-    p.add_argument("--count-tokens", choices=("auto", "server"), default="auto",
-                   help="the backend's count_tokens: auto (the default: counted near the window) or "
-                        "server (every request counted, to measure what the count costs)")
     p.add_argument("--out-dir", help="where to write the results (default benchmarks/results)")
     args = p.parse_args()
     n_sessions = args.sessions or (1 if args.smoke else 3)
     size = 20_000 if args.smoke else 50_000
     results: dict[str, Any] = {"date": dt.date.today().isoformat(), "started": dt.datetime.now().isoformat(timespec="seconds"),
                                "mode": "smoke" if args.smoke else "full", "machine": machine(), "source": source_fingerprint(),
-                               "sessions": n_sessions, "first_request_bytes": size, "window": WINDOW,
-                               "count_tokens": args.count_tokens}
+                               "sessions": n_sessions, "first_request_bytes": size, "window": WINDOW}
     b = bench.Bench(argparse.Namespace(smoke=True, long=False, peers=False, profile=False, variants=False,
                                        growth_requests=0, out_dir=args.out_dir, strict=False))
     llama = None
@@ -198,7 +190,7 @@ def main() -> int:
         llama = start_llama_server(ctx=WINDOW, parallel=1, threads=1, log_dir=b.work / "llama")
         results["llama_argv"] = " ".join(Path(a).name if a.startswith("/") else a for a in llama.argv)
         local = (f'[[local]]\nname = "llama"\nurl = "{llama.url}"\napi = "anthropic"\n'
-                 f"max_output_tokens = {MAX_OUTPUT}\n" + ('count_tokens = "server"\n' if args.count_tokens == "server" else ""))
+                 f"max_output_tokens = {MAX_OUTPUT}\n")
         ns = b.start_nonstop("nonstop-local-model", b.up["limit-past"], cloud_extra="default_cooldown = 0\n", local=local)
         results["config"] = ns.extra["config"]
         time.sleep(2.0)  # its first look at the server (window, calibration)
@@ -216,8 +208,7 @@ def main() -> int:
         r.pop("text", None)
     out_dir = Path(args.out_dir) if args.out_dir else HERE / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = (results["date"] + "-local-model" + ("-smoke" if args.smoke else "")
-            + ("-count-server" if args.count_tokens == "server" else ""))
+    stem = results["date"] + "-local-model" + ("-smoke" if args.smoke else "")
     (out_dir / f"{stem}.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     md = render(results)
     (out_dir / f"{stem}.md").write_text(md)
@@ -245,10 +236,7 @@ def render(r: dict[str, Any]) -> str:
          f"load average {m['load_at_start']} at the start, {r.get('load_at_end', '?')} at the end. "
          f"Code: sha256 {r['source']['sha256']}…. Run: {r['started']} to {r.get('finished', '?')}. "
          f"Server: `{r.get('llama_argv', '?')}`. {r['sessions']} sessions of 5 turns; the first request "
-         f"{r['first_request_bytes']:,} bytes; every turn failed over from a 429. The backend's "
-         f"`count_tokens = \"{r.get('count_tokens', 'auto')}\"`"
-         + (" (every request counted by the server first)." if r.get("count_tokens") == "server"
-            else " (a request far inside the window is not counted)."), ""]
+         f"{r['first_request_bytes']:,} bytes; every turn failed over from a 429.", ""]
     cold = summary([t for t in turns if t["turn"] == 1])
     warm = summary([t for t in turns if t["turn"] > 1])
     rows = [[label, f(s["decision_to_first_token_ms"]), f(s["prompt_tokens"]), f(s["prompt_ms"]), f(s["nonstop_part_ms"]),
