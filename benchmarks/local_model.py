@@ -19,8 +19,8 @@ Per turn, measured at the client with the machine's one clock:
 - the server's own account (its log): prompt tokens it processed (the rest came from its
   cache), its prompt time, tokens generated and its generation time;
 - **nonstop's part** of the decision-to-first-token time: what is left after the server's
-  prompt time (nonstop's own work, its count_tokens round trip to the server for a
-  request near the window, and the network);
+  prompt time (nonstop's own work, its count_tokens round trip to the server, and the
+  network);
 - **token rate**: output tokens per second at the client after the first text delta,
   against the tokens per second the server reports for the same reply.
 
@@ -247,7 +247,7 @@ def render(r: dict[str, Any]) -> str:
                           "nonstop's part, ms", "relayed tok/s", "server tok/s", "relayed ÷ server"], rows),
           "*nonstop's part* = decision → first token − the server's prompt time (the first token comes out of "
           "the prompt's last batch): nonstop's own work, its count_tokens call to the server (which tokenizes "
-          "the whole prompt; made for a request near the window), and the network. *relayed* = the reply's output tokens after the first, over the "
+          "the whole prompt), and the network. *relayed* = the reply's output tokens after the first, over the "
           "time from the first text delta to the last at the client; *server* = the tokens per second "
           "llama-server reports for the same reply.", ""]
     rows = [[str(t["session"]), str(t["turn"]), f"{t['request_bytes']:,}", f(t.get("decision_to_first_token_ms")),

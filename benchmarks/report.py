@@ -547,9 +547,8 @@ def _local_path(results: dict[str, Any]) -> list[str]:
     return [
         "## The local path with the cloud already out (concurrency 1)", "",
         f"nonstop's cloud state during these rounds: `{lp.get('cloud_state')}`. The Anthropic-format local "
-        "backend uses `count_tokens = \"auto\"`: nonstop asks the server's count_tokens endpoint (one extra "
-        "local round trip, as with llama-server) only for a request near the window; this one is far inside "
-        "the default 32k window, so one request in 16 is counted. The OpenAI-format backend estimates. "
+        "backend uses `count_tokens = \"auto\"`, so nonstop asks the server's count_tokens endpoint first "
+        "(one extra local round trip per request, as with llama-server); the OpenAI-format backend estimates. "
         "Added = through nonstop minus the same local server called directly.", "",
         *_table(["mode", "target", "TTFB p50", "TTFB p99", "total p50", "total p99", "added TTFB p50 / p99",
                  "nonstop CPU µs/req"], rows),

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import aiohttp
@@ -15,20 +14,11 @@ from nonstop.wire.anthropic import estimate_tokens
 
 # How long a server may take to count a request before the estimate is used.
 COUNT_TIMEOUT = 30.0
-# A request whose estimate, this much larger, still leaves its whole max_tokens inside the
-# window is not counted (the estimate is scaled to the server's tokens by their measured
-# ratio; prompts of one kind of text stay well within a quarter of it).
-COUNT_MARGIN = 1.25
-# One request in this many that need no count is counted all the same: the ratio stays
-# current as the conversation changes (code, prose, tool output tokenize differently).
-RECOUNT_EVERY = 16
 # Keys a count_tokens endpoint does not take.
 _NOT_COUNTED = ("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k")
 
 
 class AnthropicLocalBackend(LocalBackend):
-    _uncounted = 0  # requests not counted since the last one that was (_needless_count)
-
     async def calibrate(self) -> None:
         """Measure how this server's tokens compare with nonstop's estimate, so the
         planner can trust sizes before the first real request."""
@@ -36,15 +26,9 @@ class AnthropicLocalBackend(LocalBackend):
             await self.count_tokens(CALIBRATION_REQUEST)
 
     async def count_tokens(self, local_req: dict) -> int:
-        """The server's own count where it has one (llama-server does), else an estimate.
-        In "auto", a request the count could change nothing for is not counted (see
-        `_needless_count`)."""
+        """The server's own count where it has one (llama-server does), else an estimate."""
         if self._server_counts is False:
             return self.estimate(local_req)
-        if self._server_counts and self.cfg.count_tokens == "auto":
-            sure = self._needless_count(local_req)
-            if sure is not None:
-                return sure
         body = {k: v for k, v in local_req.items() if k not in _NOT_COUNTED}
         try:
             async with self.session.post(
@@ -70,26 +54,6 @@ class AnthropicLocalBackend(LocalBackend):
         except (aiohttp.ClientError, OSError):  # the request itself will find out, and say so
             pass
         return self.estimate(local_req)
-
-    def _needless_count(self, local_req: dict) -> int | None:
-        """nonstop's estimate of a request the server's count could change nothing for,
-        else None (count it). The count decides two things: whether the request must be
-        fitted, and how far `max_tokens` is lowered to stay inside the window. Neither
-        moves when even the estimate grown by COUNT_MARGIN leaves the whole `max_tokens`
-        free: the server is not asked, and one local round trip (a tokenization of the
-        whole prompt) is saved. Only once the server has counted (its scale against the
-        estimate is known), and every RECOUNT_EVERY such requests it is asked anyway, to
-        keep that scale current."""
-        if self.state.token_ratio is None:
-            return None
-        self._uncounted += 1
-        if self._uncounted >= RECOUNT_EVERY:
-            self._uncounted = 0
-            return None
-        n = self.estimate(local_req)
-        if self.window() - math.ceil(n * COUNT_MARGIN) < local_req["max_tokens"]:
-            return None
-        return n
 
     def prepare(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Call:
         return Call("/v1/messages", local_req, local_req["model"], tokens, capped(local_req, original))
