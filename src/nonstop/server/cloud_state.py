@@ -202,7 +202,7 @@ class CloudStates:
         if to:
             self.metrics.switches.labels(to).inc()
             self.bus.publish({"type": "switch", "to": to, "line": line, "ts": self.clock(), "account": account})
-            if self.cfg.hooks.command or self.cfg.hooks.webhook:  # a task only where there is a hook to run
+            if hooks.configured(self.cfg.hooks):
                 self.spawn(hooks.notify(self.cfg.hooks, {"event": "switch", "to": to, "message": line,
                                                          "account": account, "cloud": q.snapshot()}))
 

@@ -18,6 +18,11 @@ log = logging.getLogger("nonstop")
 HOOK_TIMEOUT = 10.0
 
 
+def configured(cfg: HooksConfig) -> bool:
+    """Whether there is any hook to run (without one, a switch makes no task for them)."""
+    return bool(cfg.command or cfg.webhook)
+
+
 async def notify(cfg: HooksConfig, event: dict[str, Any]) -> None:
     payload = orjson.dumps(event)
     if cfg.command:
