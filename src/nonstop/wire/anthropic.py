@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from nonstop.wire.tool_ids import ServerToolIds
+
 # Top-level request keys a local server understands. Everything else is dropped on the
 # way to a local model (and documented in docs/compatibility.md): metadata,
 # context_management, output_config, thinking, service_tier, container, mcp_servers ...
@@ -68,17 +70,24 @@ def _document_text(source: Any) -> str | None:
     return None
 
 
-def _clean_block(block: Any) -> dict[str, Any] | None:
+def _clean_block(block: Any, ids: ServerToolIds) -> dict[str, Any] | None:
     block = local_block(block, _BLOCK_KEYS)
     if block is None:
         return None
     out = {k: block[k] for k in _BLOCK_KEYS[block["type"]] if k in block}
-    if out["type"] == "tool_result" and isinstance(out.get("content"), list):
-        # One level: a result inside a result is not one a server reads, and following
-        # such nesting would recurse as deep as a client cares to nest.
-        inner = [c for c in (_clean_block(b) if not _is_result(b) else dict(_OMITTED_RESULT) for b in out["content"])
-                 if c is not None]
-        out["content"] = inner
+    btype = out["type"]
+    if btype == "tool_use":
+        if "id" in out:
+            out["id"] = ids(out["id"])
+    elif btype == "tool_result":
+        if "tool_use_id" in out:
+            out["tool_use_id"] = ids(out["tool_use_id"])
+        if isinstance(out.get("content"), list):
+            # One level: a result inside a result is not one a server reads, and following
+            # such nesting would recurse as deep as a client cares to nest.
+            inner = [c for c in (_clean_block(b, ids) if not _is_result(b) else dict(_OMITTED_RESULT) for b in out["content"])
+                     if c is not None]
+            out["content"] = inner
     return out
 
 
@@ -104,13 +113,16 @@ def _system_text(system: Any) -> list[dict[str, Any]]:
 
 
 def to_local_request(req: dict[str, Any], *, model: str, max_tokens: int) -> dict[str, Any]:
-    """The request for a local server that speaks Anthropic Messages natively."""
+    """The request for a local server that speaks Anthropic Messages natively (and, through
+    wire.openai.backend_request, the one for a server that speaks OpenAI Chat). The
+    history's tool ids are the server's form of them (wire.tool_ids.ServerToolIds)."""
     out: dict[str, Any] = {k: req[k] for k in LOCAL_REQUEST_KEYS if k in req}
     out["model"] = model
     asked = req.get("max_tokens")
     out["max_tokens"] = min(asked, max_tokens) if isinstance(asked, int) and asked > 0 else max_tokens
     system = _system_text(req.get("system"))
     messages: list[dict[str, Any]] = []
+    ids = ServerToolIds()
     for msg in req.get("messages") or []:
         if not isinstance(msg, dict):
             continue
@@ -123,7 +135,7 @@ def to_local_request(req: dict[str, Any], *, model: str, max_tokens: int) -> dic
         if role not in ("user", "assistant"):
             continue
         if isinstance(content, list):
-            blocks = [c for c in (_clean_block(b) for b in content) if c is not None]
+            blocks = [c for c in (_clean_block(b, ids) for b in content) if c is not None]
             if not blocks:
                 blocks = [{"type": "text", "text": "(no content)"}]
             content = blocks

@@ -14,6 +14,7 @@ hashes collide, or if a client itself picks an id equal to another id's rewritte
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -72,3 +73,62 @@ def local_tag_of(tool_id: Any) -> str:
         return ""
     tag = tool_id[len(LOCAL_PREFIX) : len(LOCAL_PREFIX) + TAG_LENGTH]
     return tag if len(tag) == TAG_LENGTH and tool_id[len(LOCAL_PREFIX) + TAG_LENGTH : len(LOCAL_PREFIX) + TAG_LENGTH + 1] == "_" else ""
+
+
+# --- ids as local servers are sent them ----------------------------------------------------------
+#
+# Mistral-family chat templates (Mistral 7B v0.3, Mixtral, Nemo, Ministral, Mistral Small)
+# and mistral_common (vLLM's `--tokenizer-mode mistral`) refuse a conversation whose tool
+# calls' ids are not nine letters and digits: "Tool call id was toolu_01… but must be a-z,
+# A-Z, 0-9, with a length of 9". Every id of a Claude Code history (toolu_…, 30 characters)
+# is such an id, so the first failover of a tool loop to one of those models would fail.
+# Local servers are sent ids of that form instead, for every model: no template asks for
+# anything else, and a shorter id is fewer tokens of a small window. The mapping is
+# deterministic (a hash), so the history a server sees stays byte-stable from turn to turn
+# for its prompt cache; the ids a local model makes in its replies are nonstop's own
+# (local_tool_id), never these.
+
+_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SERVER_ID_LENGTH = 9
+
+
+@functools.lru_cache(maxsize=4096)
+def _server_id(tool_id: str, attempt: int) -> str:
+    seed = tool_id if not attempt else f"{tool_id}\x00{attempt}"
+    n = int.from_bytes(hashlib.blake2b(seed.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+    out = []
+    for _ in range(SERVER_ID_LENGTH):
+        n, r = divmod(n, 62)
+        out.append(_ALNUM[r])
+    return "".join(out)
+
+
+def _is_server_id(tool_id: str) -> bool:
+    return len(tool_id) == SERVER_ID_LENGTH and tool_id.isascii() and tool_id.isalnum()
+
+
+class ServerToolIds:
+    """The ids of one request's history as a local server is sent them: nine letters and
+    digits, the same id for the same id (a tool call and its result still pair up), and
+    two different ids never the same (a hash that meets another id's is taken again)."""
+
+    __slots__ = ("_ids", "_taken")
+
+    def __init__(self) -> None:
+        self._ids: dict[str, str] = {}
+        self._taken: dict[str, str] = {}
+
+    def __call__(self, tool_id: Any) -> Any:
+        """`tool_id` as the server gets it (anything but a string is left as it is)."""
+        if not isinstance(tool_id, str):
+            return tool_id
+        short = self._ids.get(tool_id)
+        if short is not None:
+            return short
+        attempt = 0
+        short = tool_id if _is_server_id(tool_id) else _server_id(tool_id, 0)
+        while self._taken.setdefault(short, tool_id) != tool_id:
+            attempt += 1
+            short = _server_id(tool_id, attempt)
+        self._ids[tool_id] = short
+        return short

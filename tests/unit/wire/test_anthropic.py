@@ -15,6 +15,8 @@ from nonstop.wire.anthropic import (
     new_message_id,
     to_local_request,
 )
+from nonstop.wire.openai.backend_request import anthropic_to_openai_request
+from nonstop.wire.tool_ids import ServerToolIds
 
 CC = {"type": "ephemeral"}
 
@@ -184,6 +186,9 @@ def test_sampling_keys_kept(key: str) -> None:
 # --- cache_control and block cleaning ------------------------------------------------------
 
 
+SERVER_T1 = ServerToolIds()("t1")  # a local server gets history ids in its own form
+
+
 @pytest.mark.parametrize(
     ("block", "cleaned"),
     [
@@ -194,14 +199,14 @@ def test_sampling_keys_kept(key: str) -> None:
         ),
         (
             {"type": "tool_result", "tool_use_id": "t1", "content": "ok", "is_error": True, "cache_control": CC},
-            {"type": "tool_result", "tool_use_id": "t1", "content": "ok", "is_error": True},
+            {"type": "tool_result", "tool_use_id": SERVER_T1, "content": "ok", "is_error": True},
         ),
         (
             {"type": "tool_result", "tool_use_id": "t1", "content": [
                 {"type": "text", "text": "x", "cache_control": CC},
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "B"}},
             ]},
-            {"type": "tool_result", "tool_use_id": "t1", "content": [
+            {"type": "tool_result", "tool_use_id": SERVER_T1, "content": [
                 {"type": "text", "text": "x"},
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "B"}},
             ]},
@@ -231,7 +236,31 @@ def test_user_block_cleaning(block: Any, cleaned: dict) -> None:
 def test_tool_use_block_keeps_only_its_fields() -> None:
     block = {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"p": 1}, "cache_control": CC, "caller": "x"}
     out = local({"messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": [block]}]})
-    assert out["messages"][1]["content"] == [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"p": 1}}]
+    assert out["messages"][1]["content"] == [{"type": "tool_use", "id": ServerToolIds()("toolu_1"), "name": "Read", "input": {"p": 1}}]
+
+
+def test_a_server_gets_the_historys_tool_ids_as_nine_letters_and_digits_paired_up() -> None:
+    """Mistral-family templates and mistral_common refuse any other id; Claude Code's are
+    30 characters. The same history gives the same ids (the server's prompt cache)."""
+    history = {"messages": [
+        {"role": "user", "content": "fix it"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "Read", "input": {"p": "a"}},
+            {"type": "tool_use", "id": "toolu_01Bq8v9gLgaQ8sd8sDHd8A2K", "name": "Read", "input": {"p": "b"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_01Bq8v9gLgaQ8sd8sDHd8A2K", "content": "b"},
+            {"type": "tool_result", "tool_use_id": "toolu_01A09q90qw90lq917835lq9", "content": [
+                {"type": "text", "text": "a"}]}]},
+    ]}
+    out = local(history)
+    calls = [b["id"] for b in out["messages"][1]["content"]]
+    results = [b["tool_use_id"] for b in out["messages"][2]["content"]]
+    assert all(len(i) == 9 and i.isalnum() and i.isascii() for i in calls) and calls[0] != calls[1]
+    assert results == [calls[1], calls[0]]
+    assert local(copy.deepcopy(history)) == out
+    chat = anthropic_to_openai_request(out, model="m", max_tokens=64, stream=False)
+    assert [c["id"] for c in chat["messages"][1]["tool_calls"]] == calls
+    assert [m["tool_call_id"] for m in chat["messages"][2:4]] == results
 
 
 # --- thinking in history --------------------------------------------------------------------

@@ -180,7 +180,7 @@ def test_tool_result_images_go_to_a_user_message_after_the_tool_messages() -> No
         ]},
     ]}
     msgs = _convert(req)["messages"]
-    assert msgs[2] == {"role": "tool", "tool_call_id": "t1", "content": "Error: a"}
+    assert msgs[2] == {"role": "tool", "tool_call_id": msgs[1]["tool_calls"][0]["id"], "content": "Error: a"}
     assert msgs[3]["role"] == "user" and msgs[3]["content"][1]["image_url"]["url"] == "data:image/png;base64,AAA"
 
 

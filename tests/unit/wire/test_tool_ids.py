@@ -1,4 +1,5 @@
-"""Tool ids made valid for the Anthropic API: deterministic, collision-free, fresh when missing."""
+"""Tool ids made valid for the Anthropic API: deterministic, collision-free, fresh when missing.
+And the ids a local server is sent: nine letters and digits, paired, never shared."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nonstop.wire.tool_ids import reply_tool_id, valid_tool_id
+from nonstop.wire import tool_ids
+from nonstop.wire.tool_ids import ServerToolIds, reply_tool_id, valid_tool_id
 
 VALID_ID = re.compile(r"[a-zA-Z0-9_-]+")
 # Ids that differ only in characters the API rejects are the likely collisions.
@@ -62,3 +64,36 @@ def test_always_valid_and_deterministic(raw: str) -> None:
 def test_distinct_ids_never_collide(a: str, b: str) -> None:
     if a != b:
         assert valid_tool_id(a) != valid_tool_id(b)
+
+
+SERVER_ID = re.compile(r"[a-zA-Z0-9]{9}")
+
+
+@given(st.text(max_size=80))
+def test_a_server_is_sent_nine_letters_and_digits_the_same_every_time(raw: str) -> None:
+    short = ServerToolIds()(raw)
+    assert SERVER_ID.fullmatch(short)
+    assert ServerToolIds()(raw) == short  # another request, the same history: the same bytes
+
+
+def test_a_call_and_its_result_pair_up_and_an_id_already_of_that_form_is_kept() -> None:
+    ids = ServerToolIds()
+    first = ids("toolu_01A09q90qw90lq917835lq9")
+    assert ids("toolu_01A09q90qw90lq917835lq9") == first != ids("toolu_01A09q90qw90lq917835lq8")
+    assert ids("abc123XYZ") == "abc123XYZ"
+    assert ids(None) is None and ids(7) == 7
+
+
+def test_two_ids_whose_hashes_meet_are_kept_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tool_ids._server_id.__wrapped__
+
+    def meeting(tool_id: str, attempt: int) -> str:
+        return "Collision" if attempt == 0 else real(tool_id, attempt)
+
+    monkeypatch.setattr(tool_ids, "_server_id", meeting)
+    ids = ServerToolIds()
+    a, b, kept = ids("toolu_a"), ids("toolu_b"), ids("Collision")
+    assert a == "Collision" and b != a and SERVER_ID.fullmatch(b)
+    assert kept != a and SERVER_ID.fullmatch(kept)  # a client's own id of that form yields too
+    assert ids("toolu_b") == b
+    assert ServerToolIds()("toolu_b") == "Collision"  # in a request of its own it has the first
