@@ -44,7 +44,7 @@ from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.fit import Fitted, deferred_tool_names, fit_request
 from nonstop.routing.plan import MIN_OUTPUT_ROOM
 from nonstop.routing.view import Capabilities
-from nonstop.wire.anthropic import Event, estimate_tokens, to_local_request
+from nonstop.wire.anthropic import Event, estimate_tokens, fold_beside_results, to_local_request
 from nonstop.wire.errors import error_event, prompt_too_long_message
 from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
 from nonstop.wire.prompt_cache import normalize_for_prompt_cache
@@ -143,6 +143,9 @@ class LocalBackend:
         self._server_counts: bool | None = None if cfg.count_tokens == "auto" else cfg.count_tokens == "server"
         # Set for a server nonstop starts: until it is ready, a request waits (within its deadline).
         self.until_ready: Callable[[], Awaitable[None]] | None = None
+        # The server's chat template refused a user message after tool results: the text
+        # beside them goes inside the last one (wire.anthropic.fold_beside_results).
+        self.fold_turns = False
 
     # --- what subclasses provide ----------------------------------------------------------
 
@@ -183,6 +186,8 @@ class LocalBackend:
         """The request as this server gets it: sanitised, its per-request noise removed
         so the server's prompt cache keeps hitting from turn to turn."""
         local = to_local_request(req, model=self.model_for(str(req.get("model", ""))), max_tokens=self.cfg.max_output_tokens)
+        if self.fold_turns:
+            local = fold_beside_results(local) or local
         return normalize_for_prompt_cache(local)
 
     def output_room(self, window: int) -> int:
@@ -199,6 +204,7 @@ class LocalBackend:
             raise UnreadableRequest(f"the request is nested too deeply for a local model ({type(exc).__name__})") from None
 
     async def _send_request(self, req: dict, *, stream: bool) -> Attempt:
+        folding = self.fold_turns
         local_req = self.local_request(req)
         try:
             tokens = await self.count_tokens(local_req)
@@ -232,6 +238,9 @@ class LocalBackend:
             raise
         if not isinstance(res, Reply) or not res.stream:
             release()  # a whole reply is already read; a stream releases when it ends
+        if self.fold_turns and not folding and isinstance(res, Verdict):
+            # Refused for a user message after tool results (see _open): once more, folded.
+            return await self._send_request(req, stream=stream)
         return res
 
     async def _fit(self, local_req: dict, tokens: int, window: int, original: dict) -> Fitted | None:
@@ -338,6 +347,14 @@ class LocalBackend:
         if resp.status >= 400:
             text = (await resp.content.read(4096)).decode("utf-8", "replace")
             resp.release()
+            if (not self.fold_turns and _TURNS_REFUSED.search(text) and call.request is not None
+                    and fold_beside_results(call.request) is not None):
+                # Not a failure of the server: the request is sent again, folded (_send_request).
+                self.fold_turns = True
+                log.warning("%s: its chat template refuses a user message right after tool results (%s); "
+                            "the text beside tool results now goes inside the last result",
+                            self.name, server_words(text, 120))
+                return Verdict(FailureKind.CLIENT_ERROR, True, None, f"HTTP {resp.status}: {server_words(text)}", resp.status)
             overflow = context_overflow(text)
             if overflow is not None:  # LM Studio says so with a 500
                 named, window = overflow[0], overflow[1] or self.window()
@@ -687,6 +704,11 @@ def context_overflow(text: str) -> tuple[int, int] | None:
         return int(next(g for g in m.groups() if g)) if m else 0
 
     return first(_N_PROMPT), first(_N_CTX)
+
+
+# What a chat template or validator says when a user message follows tool results: the
+# alternation check of Mistral-family and Gemma templates, and mistral_common's before 1.6.
+_TURNS_REFUSED = re.compile(r"roles must alternate|unexpected role '(?:roles\.)?user' after role '(?:roles\.)?tool'", re.I)
 
 
 def _local_error(status: int, text: str) -> Verdict:

@@ -176,6 +176,39 @@ def to_local_request(req: dict[str, Any], *, model: str, max_tokens: int) -> dic
     return out
 
 
+def fold_beside_results(req: dict[str, Any]) -> dict[str, Any] | None:
+    """`req` (the output of to_local_request) with the text each user turn holds beside its
+    tool results moved inside the last of those results; None when no turn holds both.
+
+    For a server whose chat template refuses a user message right after tool results:
+    Mistral-family templates (and Gemma's) count it as a second user turn in a row ("roles
+    must alternate user/assistant/..."), and mistral_common before 1.6 says "Unexpected role
+    'user' after role 'tool'". Claude Code puts text beside results on most turns (the
+    `<system-reminder>` notes, the user's own words), and an OpenAI-format server is sent
+    it as a user message after the tool messages. Images stay where they were."""
+    messages = req.get("messages")
+    if not isinstance(messages, list):
+        return None
+    out: list[Any] | None = None
+    for i, msg in enumerate(messages):
+        content = msg.get("content") if isinstance(msg, dict) and msg.get("role") == "user" else None
+        if not isinstance(content, list):
+            continue
+        last = next((j for j in range(len(content) - 1, -1, -1) if _is_result(content[j])), -1)
+        texts = [b for b in content if isinstance(b, dict) and b.get("type") == "text"]
+        if last < 0 or not texts:
+            continue
+        result = content[last]
+        inner = result.get("content")
+        held = [{"type": "text", "text": inner}] if isinstance(inner, str) and inner else list(inner) if isinstance(inner, list) else []
+        folded = {**result, "content": held + texts}
+        kept = [folded if j == last else b for j, b in enumerate(content) if not (isinstance(b, dict) and b.get("type") == "text")]
+        if out is None:
+            out = list(messages)
+        out[i] = {**msg, "content": kept}
+    return None if out is None else {**req, "messages": out}
+
+
 _UNCOUNTED = frozenset({"cache_control", "signature", "type"})
 
 
