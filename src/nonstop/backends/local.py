@@ -707,7 +707,7 @@ def context_overflow(text: str) -> tuple[int, int] | None:
 
 
 # What a chat template or validator says when a user message follows tool results: the
-# alternation check of Mistral-family and Gemma templates, and mistral_common's before 1.6.
+# alternation check of Mistral-family and Gemma templates, and older mistral_common versions'.
 _TURNS_REFUSED = re.compile(r"roles must alternate|unexpected role '(?:roles\.)?user' after role '(?:roles\.)?tool'", re.I)
 
 

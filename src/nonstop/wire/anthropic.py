@@ -182,7 +182,7 @@ def fold_beside_results(req: dict[str, Any]) -> dict[str, Any] | None:
 
     For a server whose chat template refuses a user message right after tool results:
     Mistral-family templates (and Gemma's) count it as a second user turn in a row ("roles
-    must alternate user/assistant/..."), and mistral_common before 1.6 says "Unexpected role
+    must alternate user/assistant/..."), and older mistral_common versions say "Unexpected role
     'user' after role 'tool'". Claude Code puts text beside results on most turns (the
     `<system-reminder>` notes, the user's own words), and an OpenAI-format server is sent
     it as a user message after the tool messages. Images stay where they were."""

@@ -1,5 +1,5 @@
 """A server whose chat template refuses a user message right after tool results
-(Mistral-family and Gemma templates: "roles must alternate"; mistral_common before 1.6:
+(Mistral-family and Gemma templates: "roles must alternate"; older mistral_common versions:
 "Unexpected role 'user' after role 'tool'"): nonstop learns it from the first refusal,
 sends that request again with the text beside the results inside the last result, and
 every later request so; the server is not counted as failing for it."""
