@@ -88,4 +88,4 @@ def test_a_tool_loop_fails_over_to_it(strict_server, cloud, nonstop_factory, api
             assert message["type"] == "message" and message["stop_reason"] in ("end_turn", "max_tokens", "tool_use")
     assert ns.output().count("refuses a user message right after tool results") == 1
     local = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])["local"]
-    assert not local[0].get("demoted"), local
+    assert not local[0].get("demoted") and local[0]["folds_turns"] is True, local

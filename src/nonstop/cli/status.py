@@ -308,6 +308,8 @@ def backend_details(b: dict[str, Any]) -> str:
         bits.append(str(b["warmth"]))
     if b.get("demoted"):
         bits.append("demoted: " + str(b.get("demoted_why") or "failed recently"))
+    if b.get("folds_turns"):
+        bits.append("its template refuses a user turn after tool results: text beside them sent inside the last")
     return " · ".join(bits)
 
 

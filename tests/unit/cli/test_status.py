@@ -65,6 +65,14 @@ def test_forecast_learned_deadlines_and_live_backend_details():
     assert "4k window · demoted: connection refused" in out
 
 
+def test_a_backend_whose_template_refuses_a_user_turn_after_tool_results_says_so():
+    doc = live()
+    doc["local"][0].update(window=8192, context_window=8192, folds_turns=True)
+    out = st.render_status(doc)
+    assert "8k window · its template refuses a user turn after tool results: text beside them sent inside the last" in out
+    assert "refuses a user turn" not in st.backend_details(doc["local"][1])
+
+
 def test_out_until_a_time_with_the_reason():
     out = st.render_status(live("out", until=NOW + 42 * 60, reason="subscription_limit", detail="usage limit (five_hour)"))
     assert "cloud    out until 15:48 UTC (in 42m) — subscription_limit: usage limit (five_hour)" in out
