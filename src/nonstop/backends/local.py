@@ -354,7 +354,7 @@ class LocalBackend:
                 log.warning("%s: its chat template refuses a user message right after tool results (%s); "
                             "the text beside tool results now goes inside the last result",
                             self.name, server_words(text, 120))
-                return Verdict(FailureKind.CLIENT_ERROR, True, None, f"HTTP {resp.status}: {server_words(text)}", resp.status)
+                return _local_error(resp.status, text)
             overflow = context_overflow(text)
             if overflow is not None:  # LM Studio says so with a 500
                 named, window = overflow[0], overflow[1] or self.window()
