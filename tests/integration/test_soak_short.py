@@ -73,8 +73,12 @@ def test_no_5xx_of_nonstops_own_making(report):
 def test_the_new_faults_are_in_the_mix(report):
     from tests.soak.soak import NEW_FAULTS
 
-    hit = [f for f in NEW_FAULTS if report["faults"].get(f)]
-    assert len(hit) >= len(NEW_FAULTS) // 2, report["faults"]  # a short run meets at least half of them
+    # The fake cloud deals its faults from a shuffled deck that holds every new one: a run
+    # whose cloud saw a whole deck met each of them. (How many requests reach the cloud
+    # depends on the machine's speed: a starved run may see less than a deck.)
+    assert set(NEW_FAULTS) <= set(report["deck"]), report["deck"]
+    if report["cloud_requests"] >= len(report["deck"]):
+        assert report["checks"]["every new fault was injected"], report["faults"]
 
 
 def test_slow_clients_are_closed_within_their_deadlines(report):

@@ -42,7 +42,7 @@ import aiohttp  # noqa: E402
 from tests.soak.slow_clients import SlowClients  # noqa: E402
 from tests.support import procs, rawhttp, wirecheck  # noqa: E402
 from tests.support.config import nonstop_config  # noqa: E402
-from tests.support.fake_cloud import RANDOM_EXTRA  # noqa: E402
+from tests.support.fake_cloud import RANDOM_EXTRA, RANDOM_POOL  # noqa: E402
 
 CLOUD_SETTINGS = {
     "connect_timeout": 1.0,
@@ -137,6 +137,7 @@ class Report:
     first_byte_deadlines: dict[str, float] = field(default_factory=dict)
     timeouts_s: dict[str, float] = field(default_factory=dict)
     cloud_requests: int = 0
+    deck: list[str] = field(default_factory=list)  # the fake cloud's faults, dealt once per len(deck) requests
     longest_cloud_gap_s: float = 0.0
     latency_s: dict[str, float] = field(default_factory=dict)
     lost: int = 0
@@ -497,6 +498,7 @@ async def soak(opts: Options) -> Report:
         status = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status", timeout=30)[2])
         report.first_byte_deadlines = status.get("cloud", {}).get("first_byte_deadlines") or {}
         report.cloud_requests = sum(report.faults.values())
+        report.deck = deck(opts)
         recorded = rawhttp.request("GET", chaos.proc.url + "/_recorded", timeout=30)[2]
         if procs.PLANTED_KEY.encode() in recorded:
             secrets_seen.append("the local backend received the client's key")
@@ -564,7 +566,9 @@ async def soak(opts: Options) -> Report:
         "memory does not grow": report.rss_mb["after"] - report.rss_mb["before"] <= opts.rss_slack_mb,
         "no credential leaked": not secrets_seen,
         "faults were injected": sum(v for k, v in report.faults.items() if k != "ok") > 0,
-        **({"every new fault was injected": all(report.faults.get(f) for f in NEW_FAULTS)} if opts.requests >= 5000 else {}),
+        # The fake cloud deals its faults from a shuffled deck: a full deck holds every one.
+        **({"every new fault was injected": all(report.faults.get(f) for f in NEW_FAULTS if f not in opts.exclude_faults)}
+           if opts.extra_faults and report.cloud_requests >= len(report.deck) else {}),
         "the cloud kept being retried": report.longest_cloud_gap_s <= opts.max_cloud_gap,
     }
     for s in secrets_seen:
@@ -587,7 +591,7 @@ def render_markdown(r: Report) -> str:
         + (f", faults left out: {', '.join(r.options['exclude_faults'])}" if r.options["exclude_faults"] else ""),
         f"- duration: {r.duration_s} s ({(r.requests + r.warmup) / r.duration_s if r.duration_s else 0:.0f} requests/s)",
         f"- local backend killed and restarted: {r.local_restarts} times",
-        f"- requests that reached the fake cloud: {r.cloud_requests}; longest stretch without one: {r.longest_cloud_gap_s} s",
+        f"- requests that reached the fake cloud: {r.cloud_requests} (a full deck of faults: {len(r.deck)}); longest stretch without one: {r.longest_cloud_gap_s} s",
         f"- machine load (1-minute average, all processes): {r.load.get('before')} before, {r.load.get('max')} at most",
         f"- slow clients held at a time: {r.options['slow_clients']}",
         f"- result: **{'PASS' if r.ok else 'FAIL'}**", "",
@@ -636,6 +640,12 @@ def write_report(r: Report, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_markdown(r))
     out.with_suffix(".json").write_text(json.dumps({**asdict(r), "ok": r.ok}, indent=2))
+
+
+def deck(opts: Options) -> list[str]:
+    """The fake cloud's deck in mode random (its random_deck): each run of len(deck) cloud
+    requests deals every one of these once."""
+    return [m for m in RANDOM_POOL + list(opts.extra_faults) if m not in opts.exclude_faults]
 
 
 def parse_args(argv: list[str] | None = None) -> Options:

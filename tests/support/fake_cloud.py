@@ -39,7 +39,9 @@ MODES = [
     # A good answer whose first byte comes `late_by` seconds late (3 unless told).
     "late_first_byte",
 ]
-# Modes "random" draws from (everything a soak test should survive).
+# Modes "random" deals from (everything a soak test should survive): dealt like cards from
+# a shuffled deck, so every mode comes up once in each run of len(deck) cloud requests, however
+# few requests a starved machine lets reach the cloud.
 RANDOM_POOL = [m for m in MODES[: MODES.index("random")] if m != "hang"] + ["ok"] * 12
 # Extra faults the soak harness can add to the pool with {"mode": "random", "extra": [...]}
 # (and {"exclude": [...]} takes modes out):
@@ -112,6 +114,7 @@ class FakeCloud:
         self.reset_in = reset_in
         self.log: list[dict] = []
         self.rng = random.Random(1234)
+        self.deck: list[str] = []
         self.counts: dict[str, int] = {}
         # Streams currently being written, by mode (to prove a disconnect reached us).
         self.active: dict[str, int] = {}
@@ -125,13 +128,25 @@ class FakeCloud:
         self.params = data
         if "seed" in data:
             self.rng = random.Random(data["seed"])
+        self.deck = []
         return web.json_response({"mode": self.mode})
+
+    def random_deck(self) -> list[str]:
+        extra = [m for m in self.params.get("extra", ()) if m in RANDOM_EXTRA]
+        exclude = set(self.params.get("exclude", ()))
+        return [m for m in RANDOM_POOL + extra if m not in exclude] or ["ok"]
+
+    def _deal(self) -> str:
+        if not self.deck:
+            self.deck = self.random_deck()
+            self.rng.shuffle(self.deck)
+        return self.deck.pop()
 
     async def get_requests(self, request: web.Request) -> web.Response:
         return web.json_response(self.log)
 
     async def reset(self, request: web.Request) -> web.Response:
-        self.mode, self.params, self.log, self.counts = "ok", {}, [], {}
+        self.mode, self.params, self.log, self.counts, self.deck = "ok", {}, [], {}, []
         return web.json_response({"mode": "ok"})
 
     async def get_counts(self, request: web.Request) -> web.Response:
@@ -205,9 +220,7 @@ class FakeCloud:
         self._record(request, body)
         mode = request.headers.get("x-fake-mode") or self.mode
         if mode == "random":
-            extra = [m for m in self.params.get("extra", ()) if m in RANDOM_EXTRA]
-            exclude = set(self.params.get("exclude", ()))
-            mode = self.rng.choice([m for m in RANDOM_POOL + extra if m not in exclude] or ["ok"])
+            mode = self._deal()
         self.counts[mode] = self.counts.get(mode, 0) + 1
         try:
             req = json.loads(body)
