@@ -13,7 +13,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import aiohttp
 import orjson
@@ -266,7 +266,7 @@ class CloudBackend:
                     if expect:
                         self.deadlines.record(len(body), time.perf_counter() - sent)
                     usage = Usage()
-                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, peeked, usage, self.cfg.idle_timeout),
+                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.notable),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
                 if ctype.startswith("text/event-stream"):
                     usage = Usage()
@@ -405,15 +405,32 @@ def _lower(headers) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
 
-async def _peek_stream(resp: aiohttp.ClientResponse) -> bytes | Verdict:
+class _Peeked(NamedTuple):
+    """What a stream's first reads held (through its first content event), and its
+    notable events when they were found (the relay's first cut need not look again)."""
+
+    data: bytes
+    notable: list[tuple[bytes, int]] | None = None
+
+
+async def _peek_stream(resp: aiohttp.ClientResponse) -> _Peeked | Verdict:
     """Read until the first content event. An error before it means: fail over."""
     decoder = SSEDecoder()
     buf = b""
+    fast = True  # LF-framed plain events so far: read by _peek_plain, not the decoder
     while True:
         chunk = await resp.content.readany()
         if not chunk:
             return Verdict(FailureKind.BAD_RESPONSE, True, None, "stream ended before any content")
         buf = buf + chunk if buf else chunk
+        if fast:
+            seen = _peek_plain(buf)
+            if seen is None:
+                continue
+            if seen is not False:
+                return seen
+            fast = False
+            chunk = buf  # the decoder reads from the start
         for ev in _events_until_content(decoder, chunk):
             if ev.event == "error":
                 return classify_stream_error(ev.data)
@@ -424,7 +441,61 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> bytes | Verdict:
                 # of it: failing over costs nothing now.
                 for at in _event_lines(buf, _ERROR_EVENTS):
                     return classify_stream_error(_error_data(buf, at).decode("utf-8", "replace"))
-                return buf
+                return _Peeked(buf)
+
+
+# The first event line that decides a peek: an error, or content.
+_DECIDING = re.compile(rb"event: ?(error|content_block_start|content_block_delta|content_block_stop|message_delta|message_stop)\n")
+
+
+def _peek_plain(buf: bytes) -> _Peeked | Verdict | None | Literal[False]:
+    """_peek_stream's reading of `buf` without the SSE decoder, for the stream the cloud
+    sends: LF-framed, each event one `event:` line and one `data:` line. What it decides
+    is what the decoder's reading decides. None: no deciding event (an error, or content)
+    yet, read on; False: the bytes are framed otherwise (CR line ends, comments, events
+    without a name or with several data lines...), and the decoder reads them."""
+    if b"\r" in buf:
+        return False
+    end = buf.rfind(b"\n\n") + 2  # the complete events' end (1: there are none)
+    if end < 2:
+        return None
+    pos = 0
+    while True:  # the first deciding event line, at the start of a line
+        m = _DECIDING.search(buf, pos, end)
+        if m is None or m.start() == 0 or buf[m.start() - 1] == 0x0A:
+            break
+        pos = m.end()
+    upto = end if m is None else buf.find(b"\n\n", m.end()) + 2
+    events = buf[:upto]  # the events up to the deciding one, and it
+    n = events.count(b"\n\n")
+    if events.count(b"\n") != 3 * n or events.count(b"event:") != n or events.count(b"\ndata:") != n - (not events.startswith(b"event:")):
+        return False
+    bad = _first_malformed(events)
+    if m is None:
+        return None if bad < 0 else _malformed_before_content(events, bad)
+    start = events.rfind(b"\n\n", 0, m.start()) + 2 if m.start() > 1 else 0  # the deciding event's
+    if 0 <= bad < start:
+        return _malformed_before_content(events, bad)
+    if m.group(1) in _ERROR_EVENTS:
+        return classify_stream_error(_error_data(events, start).decode("utf-8", "replace"))
+    if bad >= 0:
+        return _malformed_before_content(events, bad)
+    # An error already in hand ends the stream before the client has a byte of it:
+    # failing over costs nothing now.
+    notable = _notable(buf)
+    for name, at in notable:
+        if name in _ERROR_EVENTS:
+            return classify_stream_error(_error_data(buf, at).decode("utf-8", "replace"))
+    return _Peeked(buf, notable)
+
+
+def _malformed_before_content(events: bytes, at: int) -> Verdict:
+    """The verdict on a malformed event (starting at `at`) before any content."""
+    name = "message"
+    for line in events[at : events.find(b"\n\n", at)].split(b"\n"):
+        if line.startswith(b"event:"):
+            name = line[6:].removeprefix(b" ").decode("utf-8", "replace")
+    return Verdict(FailureKind.BAD_RESPONSE, True, None, f"malformed {name} event before any content")
 
 
 def _events_until_content(decoder: SSEDecoder, chunk: bytes) -> Iterator[SSEEvent]:
@@ -514,10 +585,12 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
         pass
 
 
-async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage, idle: float) -> AsyncIterator[bytes]:
+async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage, idle: float,
+                        first_notable: list[tuple[bytes, int]] | None = None) -> AsyncIterator[bytes]:
     """The cloud's stream, cut at event boundaries (LF-framed), until the event that ends
     it: the client's response ends there, even if the cloud holds its connection open.
-    A read that waits `idle` seconds ends it too."""
+    A read that waits `idle` seconds ends it too. `first_notable`: `_notable(first)`,
+    when the peek has it."""
     held = b""
     skip_lf = False  # the read before ended in a CR that was a blank line's end
     try:
@@ -542,7 +615,8 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                         usage.error = "the cloud sent a malformed event mid-stream"
                         yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
                         return
-                    notable = _notable(out)
+                    notable = first_notable if out is first and first_notable is not None else _notable(out)
+                    first_notable = None
                     for name, at in notable:
                         if name in _USAGE_EVENTS:
                             j = out.find(b"\n\n", at)

@@ -1,0 +1,157 @@
+"""The peek at a cloud stream's first events (backends/cloud.py _peek_stream): the stream
+the cloud sends (LF-framed, one `event:` and one `data:` line an event) is read without
+the SSE decoder, and must be decided exactly as the decoder's reading decides it, for
+every way the first events can come: split anywhere, an error before content or already
+in hand, a malformed event, and every framing the fast reading leaves to the decoder."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+import nonstop.backends.cloud as cloud
+from nonstop.routing.classify import Verdict
+
+
+def _ev(name: str | None, data: object, *, space: bool = True, raw: bytes | None = None) -> bytes:
+    line = b"data: " + (raw if raw is not None else orjson.dumps(data)) + b"\n"
+    if name is None:
+        return line + b"\n"
+    return b"event:" + (b" " if space else b"") + name.encode() + b"\n" + line + b"\n"
+
+
+MSG = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+                                            "content": [], "usage": {"input_tokens": 11, "output_tokens": 1}}}
+START = _ev("message_start", MSG)
+PING = _ev("ping", {"type": "ping"})
+BLOCK = _ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+DELTA = _ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}})
+STOP = _ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+MDELTA = _ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}})
+MSTOP = _ev("message_stop", {"type": "message_stop"})
+OVERLOADED = _ev("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+RATE = _ev("error", {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}})
+WHOLE = START + PING + BLOCK + DELTA + STOP + MDELTA + MSTOP
+
+STREAMS = {
+    "plain": WHOLE,
+    "no space": b"".join(_ev(n, {"type": n}, space=False) for n in ("message_start", "content_block_start", "message_stop")),
+    "content first": BLOCK + DELTA + MSTOP,
+    "message_stop only": START + MSTOP,
+    "error first": OVERLOADED,
+    "error after start": START + PING + RATE,
+    "error in hand after content": START + BLOCK + DELTA + OVERLOADED,
+    "error's data before its name": START + b'data: {"type":"error","error":{"type":"overloaded_error","message":"x"}}\nevent: error\n\n',
+    "malformed start": _ev("message_start", None, raw=b"{not json") + BLOCK + DELTA,
+    "malformed ping": START + _ev("ping", None, raw=b"ping") + BLOCK,
+    "malformed content": START + _ev("content_block_start", None, raw=b"[1]") + DELTA,
+    "malformed error": START + _ev("error", None, raw=b"oops"),
+    "malformed after content": START + BLOCK + _ev("content_block_delta", None, raw=b"half {"),
+    "error named in a text": START + BLOCK + _ev("content_block_delta", {"text": "\nevent: error\n"}) + MSTOP,
+    "a name in the data": START + _ev(None, {"text": "event: content_block_start"}) + BLOCK,
+    "unnamed events": _ev(None, {"type": "message_start"}) + _ev(None, {"type": "ping"}) + BLOCK,
+    "comment lines": b": keep-alive\n\n" + START + b": more\n" + BLOCK,
+    "two data lines": START + b"event: content_block_start\ndata: {\"type\":\ndata: \"content_block_start\"}\n\n" + DELTA,
+    "no data": b"event: error\n\n" + START + BLOCK,
+    "two names": b"event: error\nevent: ping\ndata: {}\n\n" + BLOCK,
+    "two names, error last": b"event: ping\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\"}}\n\n" + BLOCK,
+    "id and retry lines": b"id: 1\nretry: 5\n" + START + BLOCK,
+    "extra blank lines": START + b"\n\n" + BLOCK,
+    "crlf": WHOLE.replace(b"\n", b"\r\n"),
+    "cr": WHOLE.replace(b"\n", b"\r"),
+    "ends before content": START + PING,
+    "ends mid-event": START + b"event: content_block_start\ndata: {\"type\"",
+    "ends without the blank line": START + b'event: content_block_start\ndata: {"type":"content_block_start"}\n',
+    "empty": b"",
+    "not sse": b"<html>busy</html>",
+}
+
+
+class _Content:
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = pieces
+
+    async def readany(self) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+class _Resp:
+    def __init__(self, pieces: list[bytes]):
+        self.content = _Content(pieces)
+
+
+def _split(body: bytes, piece: int) -> list[bytes]:
+    return [body[i : i + piece] for i in range(0, len(body), piece)]
+
+
+def _outcome(res: object) -> tuple:
+    if isinstance(res, Verdict):
+        return ("verdict", res.kind, res.failover, res.detail, res.status, res.until is None)
+    assert isinstance(res, cloud._Peeked)
+    return ("peeked", res.data)
+
+
+async def _peek(pieces: list[bytes], *, fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(cloud, "_peek_plain", lambda buf: False)
+        return _outcome(await cloud._peek_stream(_Resp(list(pieces))))
+
+
+@pytest.mark.parametrize("piece", [1, 2, 5, 13, 64, 1 << 20], ids=lambda p: f"piece{p}")
+@pytest.mark.parametrize("name", list(STREAMS))
+async def test_the_fast_reading_decides_as_the_decoder_does(name, piece, monkeypatch):
+    pieces = _split(STREAMS[name], piece)
+    assert await _peek(pieces, fast=True, monkeypatch=monkeypatch) == await _peek(pieces, fast=False, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["plain", "no space", "content first", "message_stop only", "error first",
+                                  "error after start", "error in hand after content", "malformed start",
+                                  "malformed content", "malformed after content", "error named in a text",
+                                  "ends before content"])
+def test_the_cloud_s_own_framing_is_read_without_the_decoder(name):
+    # Whole or read so far, these never go to the decoder.
+    assert cloud._peek_plain(STREAMS[name]) is not False
+
+
+@pytest.mark.parametrize("name", ["unnamed events", "comment lines", "two data lines", "no data", "two names",
+                                  "id and retry lines", "extra blank lines", "crlf", "cr"])
+def test_other_framings_go_to_the_decoder(name):
+    assert cloud._peek_plain(STREAMS[name]) is False
+
+
+def test_a_whole_first_read_hands_its_notable_events_to_the_relay():
+    peeked = cloud._peek_plain(WHOLE)
+    assert isinstance(peeked, cloud._Peeked)
+    assert peeked.notable == cloud._notable(WHOLE)
+    assert [name for name, _ in peeked.notable] == [b"message_start", b"message_delta", b"message_stop"]
+
+
+async def test_the_relay_reads_usage_from_the_handed_events():
+    class Stream:
+        def __init__(self):
+            self.content = self
+
+        def iter_any(self):
+            return self
+
+        def __aiter__(self):
+            return self
+
+        async def __anext__(self):
+            raise StopAsyncIteration
+
+        def at_eof(self):
+            return True
+
+        def release(self):
+            pass
+
+    peeked = cloud._peek_plain(WHOLE)
+    assert isinstance(peeked, cloud._Peeked)
+    usage = cloud.Usage()
+    out = b"".join([c async for c in cloud._relay_stream(Stream(), peeked.data, usage, math.inf, peeked.notable)])
+    assert out == WHOLE
+    assert (usage.input_tokens, usage.output_tokens, usage.stop_reason, usage.complete) == (11, 3, "end_turn", True)
