@@ -52,7 +52,8 @@ async def test_serving_moves_what_start_up_built_out_of_the_collectors_reach() -
         await server.startup()
         assert server.started
         assert gc.get_freeze_count() > 0  # start-up's objects: never walked again
-        assert gc.get_threshold() == before  # the collector's own pace (a rarer young one cost streams)
+        # Young collections only once the objects of some 150 streams in flight are new.
+        assert gc.get_threshold() == (run.YOUNG_THRESHOLD, *before[1:])
     finally:
         await server.shutdown()
         gc.unfreeze()
