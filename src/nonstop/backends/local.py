@@ -796,14 +796,12 @@ async def _with_pings(source: AsyncIterator[bytes], interval: float) -> AsyncIte
             if not done:
                 yield ping
                 continue
-            try:
-                chunk = nxt.result()
-            except StopAsyncIteration:
+            task, nxt, done = nxt, None, set()
+            # The end is read without raising it here: raised, its traceback would hold this
+            # frame, whose locals hold the task that holds it (a cycle, left to the collector).
+            if isinstance(task.exception(), StopAsyncIteration):
                 return
-            finally:
-                if done:
-                    nxt = None
-            yield chunk
+            yield task.result()
     finally:
         if nxt is not None:
             nxt.cancel()

@@ -245,6 +245,9 @@ class Relay:
             if reply.close is not None:
                 with contextlib.suppress(Exception):
                     reply.close()
+                # Closes hold their reply (to let go of what it holds): dropped once called,
+                # the reply and its closes are freed by their counts, not by the collector.
+                reply.close = None
             aclose = getattr(reply.body, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):

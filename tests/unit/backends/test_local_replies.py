@@ -586,3 +586,25 @@ async def test_a_request_nested_deeper_than_json_tools_write_is_the_clients_erro
         with pytest.raises(UnreadableRequest, match="nested too deeply"):
             await backend.send_request(req, stream=True)
         assert backend.state.inflight == 0
+
+
+async def test_a_pinged_stream_that_ends_leaves_no_cycle_behind():
+    # The end of the source comes back as a task's StopAsyncIteration: raised in the relay's
+    # frame, its traceback would hold that frame, whose locals hold the task that holds it.
+    import gc
+
+    from nonstop.backends.local import _with_pings
+
+    async def source():
+        yield b"a"
+        await asyncio.sleep(0.05)
+        yield b"b"
+
+    gc.collect()
+    gc.disable()
+    try:
+        out = [chunk async for chunk in _with_pings(source(), 0.01)]
+        assert out[0] == b"a" and out[-1] == b"b" and len(out) > 2  # pings in the silence
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

@@ -334,3 +334,55 @@ async def test_an_openai_client_gets_a_comment_for_each_ping_while_the_local_mod
             if line.startswith(b"data: {")]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in data if c.get("choices")) == "hi"
     assert parts[-1].endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_relayed_reply_and_its_closes_are_freed_without_the_collector(relay):
+    # A close holds its reply (a local stream's close lets go of what the reply holds), and
+    # the pipeline wraps it in one more: once called, the relay drops it, so the reply, its
+    # closes and what they hold are freed by their counts (serving makes no cyclic garbage,
+    # which is what lets the young generation be collected rarely: server/run.py).
+    import gc
+    import weakref
+
+    sent: list[Message] = []
+
+    async def send(msg: Message) -> None:
+        sent.append(msg)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield START + BLOCK + DELTA + END
+
+    closed: list[str] = []
+
+    def local_reply() -> Reply:  # as LocalBackend._stream makes it
+        reply = Reply(200, list(SSE), body(), "local", True)
+
+        def close() -> None:
+            closed.append(reply.backend)
+
+        reply.close = close
+        return reply
+
+    def on_local(res: Reply) -> Reply:  # as Pipeline._on_local wraps its close
+        close = res.close
+
+        def wrapped() -> None:
+            if close is not None:
+                close()
+
+        res.close = wrapped
+        return res
+
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
+    reply = on_local(local_reply())
+    gone = weakref.ref(reply)
+    gc.collect()
+    gc.disable()
+    try:
+        await relay.pump(ctx, reply, AnthropicWriter(), [], stays, send, time.perf_counter())
+        del reply
+        assert closed == ["local"]
+        assert gone() is None, "the reply outlived its relay: a cycle holds it"
+    finally:
+        gc.enable()
