@@ -238,6 +238,7 @@ async def splice(tracker: StreamTracker, local: Reply, skip: str = "") -> AsyncI
     finally:
         if local.close is not None:
             local.close()
+            local.close = None  # it holds its reply: dropped, both are freed by their counts
 
 
 # The usage fields that count the prompt: the cloud's, for the prompt the client sent.

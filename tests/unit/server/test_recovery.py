@@ -224,3 +224,30 @@ async def test_a_continuation_that_starts_with_a_tool_call_closes_the_clouds_tex
     assert any(n == "content_block_start" and d["content_block"]["type"] == "tool_use" for n, d in events), \
         "the local continuation was not spliced in"
     validate_anthropic_stream(events)
+
+
+async def test_the_continuation_and_its_close_are_freed_without_the_collector() -> None:
+    import gc
+    import weakref
+
+    cloud = [start(), block(0), text(0, "Hel")]
+    reply = Reply(200, [], chunks(sse(cloud), sse([ERROR])), "cloud", True, Usage(error="cloud stream failed"))
+    made: list[weakref.ref[Reply]] = []
+
+    def continuation() -> Reply:  # a local stream's close holds its reply, as LocalBackend's does
+        local = local_reply([start(), block(0), text(0, "lo"), stop(0), *end()])
+        local.close = lambda: local.closed.append(True)  # type: ignore[attr-defined]
+        made.append(weakref.ref(local))
+        return local
+
+    async def continue_locally(req: dict[str, Any]) -> Reply | None:
+        return continuation()
+
+    gc.collect()
+    gc.disable()
+    try:
+        out = [c async for c in recovering(reply, reply.body, {"messages": []}, continue_locally)]
+        assert out
+        assert made and made[0]() is None, "the continuation outlived the recovery: a cycle holds it"
+    finally:
+        gc.enable()
