@@ -101,6 +101,7 @@ def serve(cfg: Config) -> int:
 # concurrency 1, where each request frees what it made before the next). At 10,000 the
 # objects of some 150 streams in flight fit; what a collection would reclaim (cycles
 # made on rare paths, such as a kept traceback) waits at most that many objects longer.
+# tests/unit/server/test_no_cycles.py holds the paths of a request to making none.
 YOUNG_THRESHOLD = 10_000
 
 
