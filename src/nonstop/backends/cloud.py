@@ -435,13 +435,9 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> _Peeked | Verdict:
             if ev.event == "error":
                 return classify_stream_error(ev.data)
             if first_malformed_event(b"data: " + ev.data.encode()) >= 0:
-                return Verdict(FailureKind.BAD_RESPONSE, True, None, f"malformed {ev.event} event before any content")
+                return _malformed_before_content(ev.event)
             if ev.event in _CONTENT_EVENTS:
-                # An error already in hand ends the stream before the client has a byte
-                # of it: failing over costs nothing now.
-                for at in _event_lines(buf, _ERROR_EVENTS):
-                    return classify_stream_error(_error_data(buf, at).decode("utf-8", "replace"))
-                return _Peeked(buf)
+                return _error_in_hand(buf, _notable(buf)) or _Peeked(buf)
 
 
 # The first event line that decides a peek: an error, or content.
@@ -472,29 +468,37 @@ def _peek_plain(buf: bytes) -> _Peeked | Verdict | None | Literal[False]:
         return False
     bad = _first_malformed(events)
     if m is None:
-        return None if bad < 0 else _malformed_before_content(events, bad)
+        return None if bad < 0 else _malformed_before_content(_name_at(events, bad))
     start = events.rfind(b"\n\n", 0, m.start()) + 2 if m.start() > 1 else 0  # the deciding event's
     if 0 <= bad < start:
-        return _malformed_before_content(events, bad)
+        return _malformed_before_content(_name_at(events, bad))
     if m.group(1) in _ERROR_EVENTS:
         return classify_stream_error(_error_data(events, start).decode("utf-8", "replace"))
     if bad >= 0:
-        return _malformed_before_content(events, bad)
-    # An error already in hand ends the stream before the client has a byte of it:
-    # failing over costs nothing now.
+        return _malformed_before_content(_name_at(events, bad))
     notable = _notable(buf)
+    return _error_in_hand(buf, notable) or _Peeked(buf, notable)
+
+
+def _error_in_hand(buf: bytes, notable: list[tuple[bytes, int]]) -> Verdict | None:
+    """The verdict on an error event already read past the first content (`notable`:
+    `_notable(buf)`): it ends the stream before the client has a byte of it, so failing
+    over costs nothing now."""
     for name, at in notable:
         if name in _ERROR_EVENTS:
             return classify_stream_error(_error_data(buf, at).decode("utf-8", "replace"))
-    return _Peeked(buf, notable)
+    return None
 
 
-def _malformed_before_content(events: bytes, at: int) -> Verdict:
-    """The verdict on a malformed event (starting at `at`) before any content."""
-    name = "message"
+def _name_at(events: bytes, at: int) -> str:
+    """The name of the plain event that starts at `at` (its one `event:` line)."""
     for line in events[at : events.find(b"\n\n", at)].split(b"\n"):
         if line.startswith(b"event:"):
-            name = line[6:].removeprefix(b" ").decode("utf-8", "replace")
+            return line[6:].removeprefix(b" ").decode("utf-8", "replace")
+    return "message"
+
+
+def _malformed_before_content(name: str) -> Verdict:
     return Verdict(FailureKind.BAD_RESPONSE, True, None, f"malformed {name} event before any content")
 
 
@@ -606,6 +610,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                 if skip_lf:
                     data = data[:-1] + b"\n"
                 cut = complete_events_end(data)
+                known, first_notable = first_notable, None  # the peek's: for the first read only
                 if cut:
                     out = data[:cut]
                     bad = _first_malformed(out)
@@ -615,8 +620,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                         usage.error = "the cloud sent a malformed event mid-stream"
                         yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
                         return
-                    notable = first_notable if out is first and first_notable is not None else _notable(out)
-                    first_notable = None
+                    notable = known if known is not None and cut == len(data) else _notable(out)
                     for name, at in notable:
                         if name in _USAGE_EVENTS:
                             j = out.find(b"\n\n", at)
