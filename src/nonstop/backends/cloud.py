@@ -425,12 +425,14 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> _Peeked | Verdict:
         buf = buf + chunk if buf else chunk
         if fast:
             seen = _peek_plain(buf)
-            if seen is None:
+            if seen is None and len(buf) <= MAX_EVENT:
                 continue
-            if seen is not False:
+            if seen is not None and seen is not False:
                 return seen
+            # Framed otherwise, or no deciding event in MAX_EVENT bytes: the decoder reads
+            # them from the start (and refuses an event past its limit, as it always has).
             fast = False
-            chunk = buf  # the decoder reads from the start
+            chunk = buf
         for ev in _events_until_content(decoder, chunk):
             if ev.event == "error":
                 return classify_stream_error(ev.data)

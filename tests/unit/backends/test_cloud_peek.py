@@ -155,3 +155,19 @@ async def test_the_relay_reads_usage_from_the_handed_events():
     out = b"".join([c async for c in cloud._relay_stream(Stream(), peeked.data, usage, math.inf, peeked.notable)])
     assert out == WHOLE
     assert (usage.input_tokens, usage.output_tokens, usage.stop_reason, usage.complete) == (11, 3, "end_turn", True)
+
+
+
+class _SmallDecoder(cloud.SSEDecoder):
+    def __init__(self) -> None:
+        super().__init__(max_buffer=4096)
+
+
+async def test_a_first_event_that_never_ends_is_refused_at_the_decoder_s_limit(monkeypatch):
+    # No blank line in sight: past MAX_EVENT the decoder reads the bytes, and refuses them
+    # as it always has (the cloud attempt fails; the request goes to a local backend).
+    monkeypatch.setattr(cloud, "MAX_EVENT", 4096)
+    monkeypatch.setattr(cloud, "SSEDecoder", _SmallDecoder)
+    pieces = [b'event: message_start\ndata: {"type": "message_start", "pad": "'] + [b"x" * 1024] * 8
+    with pytest.raises(ValueError):
+        await cloud._peek_stream(_Resp(pieces))
