@@ -66,6 +66,10 @@ REFITS = 4
 RUNAWAY_CHARS_PER_TOKEN = 8
 # How long to wait for a local stream's head before committing and sending pings.
 COMMIT_AFTER = 3.0
+# In count_tokens = "auto", the server is not asked to count a request that would fit
+# with its whole answer even were nonstop's estimate (in the server's tokens) this many
+# times short: no count could change what is sent.
+COUNT_MARGIN = 1.5
 
 
 # A small request shaped like a coding agent's (prose, code, a tool schema), counted by a
@@ -203,15 +207,28 @@ class LocalBackend:
         except (RecursionError, orjson.JSONEncodeError) as exc:  # nested deeper than JSON tools go
             raise UnreadableRequest(f"the request is nested too deeply for a local model ({type(exc).__name__})") from None
 
-    async def _send_request(self, req: dict, *, stream: bool) -> Attempt:
+    def _uncounted(self, local_req: dict) -> int | None:
+        """The request's size without asking the server, where no count could change what
+        is sent (see COUNT_MARGIN): in "auto", for a server whose tokens have been compared
+        with the estimate. That saves a local round trip on each request that sits well
+        inside a large window. None: ask."""
+        if self.cfg.count_tokens != "auto" or self.state.token_ratio is None:
+            return None
+        tokens = self.estimate(local_req)
+        return tokens if self.window() - math.ceil(tokens * COUNT_MARGIN) >= local_req["max_tokens"] else None
+
+    async def _send_request(self, req: dict, *, stream: bool, count: bool = False) -> Attempt:
         folding = self.fold_turns
         local_req = self.local_request(req)
-        try:
-            tokens = await self.count_tokens(local_req)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            detail = _describe_exc(exc, self.base)
-            self.state.failed(detail)
-            return Verdict(FailureKind.NETWORK, True, None, detail)
+        tokens = None if count else self._uncounted(local_req)
+        uncounted = tokens is not None
+        if tokens is None:
+            try:
+                tokens = await self.count_tokens(local_req)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                detail = _describe_exc(exc, self.base)
+                self.state.failed(detail)
+                return Verdict(FailureKind.NETWORK, True, None, detail)
         window = self.window()
         fitted = None
         if window - tokens < min(MIN_OUTPUT_ROOM, local_req["max_tokens"]):
@@ -240,7 +257,11 @@ class LocalBackend:
             release()  # a whole reply is already read; a stream releases when it ends
         if self.fold_turns and not folding and isinstance(res, Verdict):
             # Refused for a user message after tool results (see _open): once more, folded.
-            return await self._send_request(req, stream=stream)
+            return await self._send_request(req, stream=stream, count=count)
+        if uncounted and isinstance(res, TooLong):
+            # Over the window after all (text the estimate reads short, such as CJK): the
+            # size the server named has corrected the scale; once more, counted and fitted.
+            return await self._send_request(req, stream=stream, count=True)
         return res
 
     async def _fit(self, local_req: dict, tokens: int, window: int, original: dict) -> Fitted | None:

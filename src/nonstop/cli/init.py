@@ -100,7 +100,8 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
                               "is slow.",
         "idle_timeout": "Longest silence, in seconds, inside a stream once it has started.",
         "count_tokens": "How prompts are measured against the window: \"auto\" (the server's "
-                        "own counter where it has one), \"server\" or \"estimate\".",
+                        "own counter where it has one, not asked for a request far inside the "
+                        "window), \"server\" (every time) or \"estimate\".",
         "reasoning_param": "Reasoning switch for OpenAI-compatible servers; empty leaves it "
                            "off.",
         "max_inflight": "Requests this server may have in flight at once, across every nonstop "

@@ -1,0 +1,153 @@
+"""When nonstop asks a local server to count a request (backends/local.py
+LocalBackend._uncounted): in count_tokens = "auto", a request that fits a window with its
+whole answer, even were the estimate 1.5x short, goes without the count's round trip; one
+the server then finds over its window after all is counted, fitted and sent again."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from nonstop.backends.base import Reply, TooLong
+from nonstop.backends.local import COUNT_MARGIN
+from nonstop.backends.registry import make_local_backend
+from nonstop.config import parse_config
+
+MESSAGE = {"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [{"type": "text", "text": "ok"}],
+           "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 1}}
+
+
+def _text(node: Any) -> str:
+    if isinstance(node, str):
+        return node
+    if isinstance(node, dict):
+        return "".join(_text(v) for v in node.values())
+    if isinstance(node, list):
+        return "".join(_text(v) for v in node)
+    return ""
+
+
+def _tokens(body: dict) -> int:
+    """The server's tokenizer: one token for each character outside ASCII (as CJK text
+    reads), one for every 3.5 ASCII characters (as English and code read)."""
+    text = _text({"system": body.get("system"), "messages": body.get("messages")})
+    wide = sum(1 for ch in text if ord(ch) > 127)
+    return max(1, int((len(text) - wide) / 3.5) + wide)
+
+
+class Server:
+    """A llama-server-like local server with a window, that counts and refuses what is over it."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.counts: list[int] = []
+        self.sent: list[int] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/messages/count_tokens", self.count)
+        app.router.add_post("/v1/messages", self.messages)
+        return app
+
+    async def count(self, request: web.Request) -> web.Response:
+        n = _tokens(await request.json(loads=orjson.loads))
+        self.counts.append(n)
+        return web.json_response({"input_tokens": n})
+
+    async def messages(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        n = _tokens(body)
+        self.sent.append(n)
+        if n > self.window:
+            return web.json_response(status=400, data={"error": {
+                "code": 400, "message": "the request exceeds the available context size, try increasing it",
+                "type": "exceed_context_size_error", "n_prompt_tokens": n, "n_ctx": self.window}})
+        if body.get("stream"):
+            return web.Response(body=STREAM, content_type="text/event-stream")
+        return web.json_response(MESSAGE)
+
+
+def _sse(kind: str, data: dict) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+STREAM = b"".join([
+    _sse("message_start", {"message": {**MESSAGE, "content": [], "stop_reason": None}}),
+    _sse("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+    _sse("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "ok"}}),
+    _sse("content_block_stop", {"index": 0}),
+    _sse("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
+    _sse("message_stop", {}),
+])
+
+
+def _request(history: str = "", latest: str = "which file holds the parser?") -> dict:
+    messages: list[dict] = []
+    if history:
+        messages += [{"role": "user", "content": history}, {"role": "assistant", "content": "noted"}]
+    messages.append({"role": "user", "content": latest})
+    return {"model": "claude-sonnet-4-5", "max_tokens": 2000, "system": "You are a coding agent.", "messages": messages}
+
+
+async def _run(serve, server: Server, requests: list[dict], *, stream: bool = False, **local: Any) -> list[Any]:
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(server.app()), "api": "anthropic",
+                                   "context_window": server.window, "max_output_tokens": 2000, **local}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        out = []
+        for r in requests:
+            res = await asyncio.wait_for(backend.send_request(dict(r), stream=stream), 20)
+            if isinstance(res, Reply):  # read to its end, as a client would
+                got = b"".join([chunk async for chunk in res.body])
+                assert (b"message_stop" if stream else b'"end_turn"') in got
+            out.append(res)
+        return out
+
+
+async def test_a_request_well_inside_the_window_is_counted_only_until_the_scale_is_known(serve):
+    server = Server(32768)
+    res = await _run(serve, server, [_request("some code " * 300)] * 3)
+    assert all(isinstance(r, Reply) and r.status == 200 for r in res)
+    assert len(server.counts) == 1  # the first request taught how the server's tokens compare
+    assert len(server.sent) == 3
+
+
+async def test_a_request_that_could_need_the_room_is_counted_every_time(serve):
+    server = Server(8192)
+    # About 4,300 tokens: with 2,000 kept for the answer it fits, but not with the margin.
+    req = _request("some code " * 1500)
+    assert 8192 - COUNT_MARGIN * server_tokens(req) < 2000 < 8192 - server_tokens(req)
+    res = await _run(serve, server, [req] * 3)
+    assert all(isinstance(r, Reply) and r.status == 200 for r in res)
+    assert len(server.counts) == 3
+
+
+async def test_count_tokens_server_asks_every_time(serve):
+    server = Server(32768)
+    res = await _run(serve, server, [_request("some code " * 300)] * 3, count_tokens="server")
+    assert all(isinstance(r, Reply) for r in res)
+    assert len(server.counts) == 3
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_text_the_estimate_reads_short_is_counted_and_fitted_after_the_server_refuses_it(serve, stream):
+    server = Server(16384)
+    english = _request("some code " * 300)
+    # 20,000 characters outside ASCII: the estimate reads about 5,700 tokens, the server 20,000.
+    wide = _request("漢字" * 10_000)
+    res = await _run(serve, server, [english, wide], stream=stream)
+    assert not isinstance(res[1], TooLong)
+    assert isinstance(res[1], Reply) and res[1].status == 200
+    # The wide request went once uncounted and was refused as over the window; then it
+    # was counted, fitted (its old turns dropped), counted again, and sent inside the window.
+    assert len(server.sent) == 3 and server.sent[1] > server.window >= server.sent[2]
+    assert len(server.counts) == 3 and server.counts[1] > server.window >= server.counts[2] == server.sent[2]
+
+
+def server_tokens(req: dict) -> int:
+    return _tokens(req)
