@@ -322,7 +322,7 @@ class Bench:
             return None
         return folder / "src"
 
-    def start_failover(self, name: str, source: Path | None = None) -> Proc:
+    def start_failover(self, name: str, source: Path | None = None, local_extra: str = "") -> Proc:
         """nonstop whose cloud answers every request with a subscription-limit 429 that
         names a reset already past, with one Anthropic-format local backend.
         default_cooldown = 0: a 429 whose unified reset has already passed names no future
@@ -330,7 +330,7 @@ class Bench:
         (300 s). With 0 the deadline is "now": the next request probes the cloud again
         and meets the next 429. Every request therefore takes the full path:
         cloud -> 429 -> classify -> state change -> local backend -> answer."""
-        local = f'[[local]]\nname = "fake-local"\nurl = "{self.up["local"]}"\napi = "anthropic"\n'
+        local = f'[[local]]\nname = "fake-local"\nurl = "{self.up["local"]}"\napi = "anthropic"\n' + local_extra
         return self.start_nonstop(name, self.up["limit-past"], cloud_extra="default_cooldown = 0\n", local=local,
                                   source=source)
 
@@ -566,15 +566,22 @@ class Bench:
             self.procs.remove(p)
 
     def failover(self) -> None:
-        """(a) a subscription-limit 429 each time, then the local answer."""
+        """(a) a subscription-limit 429 each time, then the local answer. Beside the
+        default configuration, one whose local server counts every request (count_tokens =
+        "server"): the round trip a request near its window pays (the benchmark's request
+        is far inside the default 32k window, where "auto" does not ask)."""
         fo = self.start_failover("nonstop-failover")
+        counted = self.start_failover("nonstop-failover-counted", local_extra='count_tokens = "server"\n')
         self.targets["cloud-429"] = {"url": self.up["limit-past"], "path": "/v1/messages?beta=true", "pid": None,
                                      "label": "the 429, direct", "kw": {"expect": 429}}
         self.targets["local-direct"] = {"url": self.up["local"], "path": "/v1/messages?beta=true", "pid": None,
                                         "label": "the local server, direct"}
         self.targets["nonstop-failover"] = {"url": fo.url, "path": "/v1/messages?beta=true", "pid": fo.pid,
                                             "label": "through nonstop: 429, then local"}
-        names = ["cloud-429", "local-direct", "nonstop-failover"]
+        self.targets["nonstop-failover-counted"] = {
+            "url": counted.url, "path": "/v1/messages?beta=true", "pid": counted.pid,
+            "label": "through nonstop: 429, then local, the local server counting each request first"}
+        names = ["cloud-429", "local-direct", "nonstop-failover", "nonstop-failover-counted"]
         out = {}
         for stream in (True, False):
             print(f"failover: {'stream' if stream else 'json'} c=1", flush=True)
@@ -583,7 +590,7 @@ class Bench:
                               requests=self.plan.failover_requests)
             after = self.stats()
             key = "POST /v1/messages limit-past"
-            via_requests = res["nonstop-failover"]["requests_with_warmup"]
+            via_requests = sum(res[n]["requests_with_warmup"] for n in ("nonstop-failover", "nonstop-failover-counted"))
             direct_429 = res["cloud-429"]["requests_with_warmup"]
             cloud_429s = after.get(key, 0) - before.get(key, 0) - direct_429
             out["stream" if stream else "json"] = {"targets": res, "cloud_429s_seen_by_nonstop": cloud_429s,
