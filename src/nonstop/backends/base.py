@@ -65,6 +65,18 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int = MAX_SIDE_REPLY)
     return data
 
 
+def forget_tracebacks(exc: BaseException | None) -> None:
+    """Drop the tracebacks of a handled `exc` and of the errors it came from. aiohttp
+    keeps the error of a body cut mid-way on the response's stream, and with its
+    traceback that error holds the frames it passed through, which hold the response: a
+    reference cycle only the collector would free. Handled, the error needs no frames."""
+    for _ in range(8):  # a chain is a few errors long (a loop in one cannot hold this)
+        if exc is None:
+            return
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__
+
+
 async def read_limited(resp: aiohttp.ClientResponse, limit: int, silence: Silence | None = None) -> bytes:
     """The body, or its first `limit` bytes (read one more to tell a body over a limit).
     `silence`, when given, bounds each read."""

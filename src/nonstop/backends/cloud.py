@@ -29,6 +29,7 @@ from nonstop.backends.base import (
     Exchange,
     Reply,
     Usage,
+    forget_tracebacks,
     read_limited,
     single,
 )
@@ -287,6 +288,7 @@ class CloudBackend:
                     return self._refused(resp, None)
             return network_failure(TimeoutError(), timeout=True)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
+            forget_tracebacks(exc)
             if resp is not None:
                 resp.close()
             return network_failure(exc)
@@ -301,7 +303,8 @@ class CloudBackend:
     async def _refusal(self, resp: aiohttp.ClientResponse) -> Reply | Verdict:
         try:
             err: bytes | None = await read_limited(resp, MAX_ERROR_BODY)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            forget_tracebacks(exc)
             err = None  # a refusal whose body was cut: its status and headers still say what it is
         resp.release()
         return self._refused(resp, err)
@@ -336,6 +339,7 @@ class CloudBackend:
                 with Silence(idle) as silence:
                     data = await read_limited(resp, MAX_WHOLE_BODY + 1, silence)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            forget_tracebacks(exc)
             return Verdict(FailureKind.BAD_RESPONSE, True, None, f"the cloud's reply was cut ({type(exc).__name__})", resp.status)
         finally:
             resp.release()
@@ -587,8 +591,8 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
                 if not chunk:
                     break
                 left -= len(chunk)
-    except (aiohttp.ClientError, OSError, TimeoutError):
-        pass
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        forget_tracebacks(exc)
 
 
 async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage, idle: float,
@@ -656,6 +660,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                 usage.error = "cloud stream ended without message_stop"
                 yield anthropic_error_event("The cloud stream ended early; the response is incomplete.", "api_error")
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        forget_tracebacks(exc)
         why = f"silent for {idle:g} s" if type(exc) is TimeoutError else type(exc).__name__
         usage.error = f"cloud stream failed: {why}"
         yield anthropic_error_event(f"The cloud stream failed mid-response ({why}); the response is incomplete.", "api_error")

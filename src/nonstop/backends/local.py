@@ -34,6 +34,7 @@ from nonstop.backends.base import (
     TooLong,
     UnreadableRequest,
     Usage,
+    forget_tracebacks,
     read_capped,
     read_limited,
     single,
@@ -446,7 +447,8 @@ class LocalBackend:
         try:
             async with asyncio.timeout(self.cfg.connect_timeout):
                 text = (await resp.content.read(4096)).decode("utf-8", "replace")
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            forget_tracebacks(exc)
             text = ""
         finally:
             resp.close()
@@ -474,6 +476,7 @@ class LocalBackend:
                            f"{self.name}: the reply's body did not arrive within first_byte_timeout "
                            f"({self.cfg.first_byte_timeout:g} s)")
         except (aiohttp.ClientError, OSError) as exc:
+            forget_tracebacks(exc)
             opened.close()
             self.state.failed(f"unreadable reply ({type(exc).__name__})")
             return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply ({type(exc).__name__})")
@@ -609,6 +612,7 @@ class LocalBackend:
                     if norm.finished or norm.error or decoder.done:
                         break
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                forget_tracebacks(exc)
                 norm.error = f"{self.name} stream failed: {type(exc).__name__}"
             tail: list[Event] = []
             if not (norm.finished or norm.error):
