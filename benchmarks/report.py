@@ -556,8 +556,9 @@ def _local_path(results: dict[str, Any]) -> list[str]:
     return [
         "## The local path with the cloud already out (concurrency 1)", "",
         f"nonstop's cloud state during these rounds: `{lp.get('cloud_state')}`. The Anthropic-format local "
-        "backend uses `count_tokens = \"auto\"`, so nonstop asks the server's count_tokens endpoint first "
-        "(one extra local round trip per request, as with llama-server); the OpenAI-format backend estimates. "
+        "backend uses `count_tokens = \"auto\"`: after its first count, nonstop does not ask the server to "
+        "count a request this far inside its 32k window (one near the window costs one more local round trip: "
+        "see the failover table's *counted* rows); the OpenAI-format backend estimates. "
         "Added = through nonstop minus the same local server called directly.", "",
         *_table(["mode", "target", "TTFB p50", "TTFB p99", "total p50", "total p99", "added TTFB p50 / p99",
                  "nonstop CPU µs/req"], rows),
