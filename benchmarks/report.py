@@ -514,11 +514,12 @@ def _failover(results: dict[str, Any]) -> list[str]:
                 continue
             add50 = via["ttfb_p50"] - c4["total_p50"] - ld["ttfb_p50"]
             add99 = via["ttfb_p99"] - c4["total_p99"] - ld["ttfb_p99"]
-            bold = name == "nonstop-failover"
+            headline = name == "nonstop-failover"
+            mark = "**" if headline else ""
             rows.append([label, _pair(c4["total_p50"], c4["total_p99"]), _pair(ld["ttfb_p50"], ld["ttfb_p99"]),
-                         _pair(via["ttfb_p50"], via["ttfb_p99"]),
-                         f"{'**' if bold else ''}{_fmt(add50)}{'**' if bold else ''} / {_fmt(add99)}", _fmt(_cpu(via)),
-                         f"{b['cloud_429s_seen_by_nonstop']:,} / {b['requests_through_nonstop']:,}" if bold else "(the same rounds)"])
+                         _pair(via["ttfb_p50"], via["ttfb_p99"]), f"{mark}{_fmt(add50)}{mark} / {_fmt(add99)}",
+                         _fmt(_cpu(via)), f"{b['cloud_429s_seen_by_nonstop']:,} / {b['requests_through_nonstop']:,}"
+                         if headline else "(the same rounds)"])
     return [
         "## Failover cost: a subscription-limit 429, then the local answer (concurrency 1)", "",
         "The fake cloud answers every request with a subscription-limit 429 (`unified-status: rejected`, "

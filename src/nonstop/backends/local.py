@@ -164,14 +164,20 @@ class LocalBackend:
         return EventSource()
 
     async def count_tokens(self, local_req: dict) -> int:
-        return self.estimate(local_req)
+        return await self._count(local_req, estimate_tokens(local_req))
+
+    async def _count(self, local_req: dict, estimate: int) -> int:
+        """count_tokens, with nonstop's own estimate of `local_req` in hand."""
+        return self.in_server_tokens(estimate)
 
     def estimate(self, local_req: dict) -> int:
+        return self.in_server_tokens(estimate_tokens(local_req))
+
+    def in_server_tokens(self, estimate: int) -> int:
         """nonstop's estimate, in this server's tokens where it has said how the two compare
         (its counts, or the size it named when a prompt was over its window)."""
-        n = estimate_tokens(local_req)
         ratio = self.state.token_ratio
-        return n if ratio is None else max(1, math.ceil(n * ratio))
+        return estimate if ratio is None else max(1, math.ceil(estimate * ratio))
 
     async def calibrate(self) -> None:
         """Measure the server's tokens against nonstop's estimate (where it can count)."""
@@ -208,24 +214,25 @@ class LocalBackend:
         except (RecursionError, orjson.JSONEncodeError) as exc:  # nested deeper than JSON tools go
             raise UnreadableRequest(f"the request is nested too deeply for a local model ({type(exc).__name__})") from None
 
-    def _uncounted(self, local_req: dict) -> int | None:
+    def _uncounted(self, local_req: dict, estimate: int) -> int | None:
         """The request's size without asking the server, where no count could change what
         is sent (see COUNT_MARGIN): in "auto", for a server whose tokens have been compared
-        with the estimate. That saves a local round trip on each request that sits well
-        inside a large window. None: ask."""
+        with the estimate (`estimate`: nonstop's, of `local_req`). That saves a local round
+        trip on each request that sits well inside a large window. None: ask."""
         if self.cfg.count_tokens != "auto" or self.state.token_ratio is None:
             return None
-        tokens = self.estimate(local_req)
+        tokens = self.in_server_tokens(estimate)
         return tokens if self.window() - math.ceil(tokens * COUNT_MARGIN) >= local_req["max_tokens"] else None
 
     async def _send_request(self, req: dict, *, stream: bool, count: bool = False) -> Attempt:
         folding = self.fold_turns
         local_req = self.local_request(req)
-        tokens = None if count else self._uncounted(local_req)
+        estimate = estimate_tokens(local_req)  # once: deciding whether to count, and counting
+        tokens = None if count else self._uncounted(local_req, estimate)
         uncounted = tokens is not None
         if tokens is None:
             try:
-                tokens = await self.count_tokens(local_req)
+                tokens = await self._count(local_req, estimate)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 detail = _describe_exc(exc, self.base)
                 self.state.failed(detail)

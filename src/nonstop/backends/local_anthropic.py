@@ -10,7 +10,6 @@ import orjson
 
 from nonstop.backends.base import read_capped
 from nonstop.backends.local import CALIBRATION_REQUEST, Call, LocalBackend, capped
-from nonstop.wire.anthropic import estimate_tokens
 
 # How long a server may take to count a request before the estimate is used.
 COUNT_TIMEOUT = 30.0
@@ -25,10 +24,10 @@ class AnthropicLocalBackend(LocalBackend):
         if self._server_counts is not False:
             await self.count_tokens(CALIBRATION_REQUEST)
 
-    async def count_tokens(self, local_req: dict) -> int:
-        """The server's own count where it has one (llama-server does), else an estimate."""
+    async def _count(self, local_req: dict, estimate: int) -> int:
+        """The server's own count where it has one (llama-server does), else the estimate."""
         if self._server_counts is False:
-            return self.estimate(local_req)
+            return self.in_server_tokens(estimate)
         body = {k: v for k, v in local_req.items() if k not in _NOT_COUNTED}
         try:
             async with self.session.post(
@@ -40,7 +39,7 @@ class AnthropicLocalBackend(LocalBackend):
                     n = data.get("input_tokens") if isinstance(data, dict) else None
                     if isinstance(n, int) and n > 0:
                         self._server_counts = True
-                        self.state.counted(estimate_tokens(local_req), n)
+                        self.state.counted(estimate, n)
                         return n
                 if r.status in (404, 405, 501) and self._server_counts is None:
                     self._server_counts = False
@@ -53,7 +52,7 @@ class AnthropicLocalBackend(LocalBackend):
                 self._server_counts = False  # not asked again: each request would wait as long
         except (aiohttp.ClientError, OSError):  # the request itself will find out, and say so
             pass
-        return self.estimate(local_req)
+        return self.in_server_tokens(estimate)
 
     def prepare(self, local_req: dict, stream: bool, tokens: int, original: dict) -> Call:
         return Call("/v1/messages", local_req, local_req["model"], tokens, capped(local_req, original))
