@@ -142,6 +142,10 @@ class Usage:
     stop_reason: str = ""
     error: str = ""
     complete: bool = False
+    # Set by a body just before it yields its last chunk, when nothing after that chunk
+    # waits on the network (the answer is complete and its upstream body read to the
+    # end): the relay sends that chunk with the response's end, in one write.
+    final: bool = False
     note: str = ""
     # perf_counter() times: the first content the backend produced, and the end.
     first_content: float | None = None

@@ -631,8 +631,12 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                         if name in _USAGE_EVENTS:
                             j = out.find(b"\n\n", at)
                             _read_usage(out[at : j if j > 0 else None], usage)
+                    ended = _ended(out, usage, notable)
+                    # Complete, and the body read to its end: nothing after this chunk
+                    # waits on the cloud, and it goes out with the response's end.
+                    usage.final = ended and usage.complete and resp.content.at_eof()
                     yield out
-                    if _ended(out, usage, notable):
+                    if ended:
                         await _drain(resp)
                         return
                     held = data[cut:]

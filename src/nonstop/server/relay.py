@@ -72,10 +72,11 @@ def changes_of(u: Usage, row: RequestRow) -> list[str]:
     return words
 
 
-async def end_body(send: Send) -> None:
-    """The last, empty body message of a reply that went out whole."""
+async def end_body(send: Send, body: bytes = b"") -> None:
+    """The last body message of a reply that went out whole: empty, or the body's last
+    chunk when it was held to go out with the end (see Usage.final)."""
     with contextlib.suppress(OSError):
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:
@@ -115,8 +116,8 @@ class Relay:
             if row.reason:
                 extra.append((b"x-nonstop-failover", safe_header(row.reason)))
             gone, owed = await self._pump(ctx, reply, writer, extra, receive, send, t_head)
-            if owed:
-                last = functools.partial(end_body, send)
+            if owed is not None:
+                last = functools.partial(end_body, send, owed)
             row.backend = reply.backend  # a local stream can end on another local backend
             u = reply.usage
             row.input_tokens, row.output_tokens, row.stop_reason = u.input_tokens, u.output_tokens, u.stop_reason
@@ -147,15 +148,19 @@ class Relay:
         """Send the reply; True if the client went away first (upstream work is then
         cancelled by closing the upstream response)."""
         gone, owed = await self._pump(ctx, reply, writer, extra, receive, send, t_head)
-        if owed:
-            await end_body(send)
+        if owed is not None:
+            await end_body(send, owed)
         return gone
 
     async def _pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],
-                    receive: Receive, send: Send, t_head: float) -> tuple[bool, bool]:
-        """Send the reply but its last, empty body message; return whether the client went
-        away first (upstream work is then cancelled by closing the upstream response) and
-        whether that last message is still owed (it is, when the reply went out whole)."""
+                    receive: Receive, send: Send, t_head: float) -> tuple[bool, bytes | None]:
+        """Send the reply but its last body message; return whether the client went away
+        first (upstream work is then cancelled by closing the upstream response) and that
+        last message's bytes when it is still owed (it is, when the reply went out whole;
+        None otherwise). They are empty, or the body's last chunk, held back to go out
+        with the response's end in one write once the body says it is last
+        (Usage.final): a stream's end then costs no write, and no wake-up of the client,
+        of its own."""
         task = asyncio.current_task()
         gone = finished = False
         connection = watcher = None
@@ -185,6 +190,8 @@ class Relay:
         captured = 0
         started = False
         last = b""  # the last bytes sent: has the stream already ended in its protocol?
+        held: bytes | None = None  # the body's last chunk, to go out with the end
+        usage = reply.usage
         try:
             async for chunk in writer.body(reply) if not gone else _no_chunks():
                 if not chunk:
@@ -200,6 +207,12 @@ class Relay:
                     ctx.row.ttfb_ms = (now - ctx.t0) * 1000
                     if ctx.row.overhead_ms is not None:
                         ctx.row.overhead_ms += (now - t_head) * 1000
+                if held is not None:  # more followed the chunk held as the last (a writer's own end)
+                    await send({"type": "http.response.body", "body": held, "more_body": True})
+                    last, held = held, None
+                if usage.final:
+                    held = chunk  # nothing after it waits: it goes out with the end
+                    continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 last = chunk
             if not started and not gone:
@@ -215,11 +228,11 @@ class Relay:
                 # error instead of cutting it silently.
                 ctx.row.error = "nonstop shut down before the answer was complete"
                 reply.usage.error = reply.usage.error or "shut down mid-stream"
-                if started and reply.stream and not finished and not writer.ended(last):
+                if started and reply.stream and not finished and (held or not writer.ended(last)):
                     with contextlib.suppress(Exception):
                         async with asyncio.timeout(1):
-                            await send({"type": "http.response.body", "more_body": False,
-                                        "body": writer.stream_error("nonstop is shutting down; the response is incomplete.", "overloaded_error")})
+                            await send({"type": "http.response.body", "more_body": False, "body": _ending(
+                                writer, held, "nonstop is shutting down; the response is incomplete.", "overloaded_error")})
         except OSError:
             gone = True
         except Exception as exc:  # a fault of nonstop's own, mid-reply: end it well-formed
@@ -230,10 +243,10 @@ class Relay:
                 if not started:
                     started = True
                     await writer.error(send, 500, message, "api_error", request_id=ctx.row.request_id)
-                elif reply.stream and not writer.ended(last):
-                    await send({"type": "http.response.body", "body": writer.stream_error(message), "more_body": False})
+                elif reply.stream and (held or not writer.ended(last)):
+                    await send({"type": "http.response.body", "body": _ending(writer, held, message), "more_body": False})
                 else:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await send({"type": "http.response.body", "body": held or b"", "more_body": False})
         finally:
             if capture is not None:
                 ctx.row.response_body = stored_body(b"".join(capture))
@@ -252,4 +265,12 @@ class Relay:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-        return gone, finished and not gone
+        return gone, (held or b"") if finished and not gone else None
+
+
+def _ending(writer: Writer, held: bytes | None, message: str, etype: str = "api_error") -> bytes:
+    """The last bytes of a stream cut short by nonstop: the chunk held for the end, if
+    any, and an error event unless that chunk already ended the stream."""
+    if held and writer.ended(held):
+        return held
+    return (held or b"") + writer.stream_error(message, etype)

@@ -178,6 +178,63 @@ async def test_an_event_name_that_does_not_start_its_line_ends_nothing(serve):
     assert res.usage.output_tokens == 3
 
 
+async def _flags(url: str) -> list[tuple[bytes, bool]]:
+    """Each chunk of a stream, and whether the body had said it was the last when it came."""
+    cfg = CloudConfig(url=url, first_byte_timeout=10.0)
+    session = CloudBackend.make_session(cfg)
+    try:
+        res = await CloudBackend(cfg, session).request("POST", b"/v1/messages", b"", forward_headers([(b"x-api-key", b"k")]),
+                                                       b"{}", stream=True, expect="stream")
+        assert isinstance(res, Reply), res
+        seen = [(c, res.usage.final) async for c in res.body]
+        if res.close is not None:
+            res.close()
+        return seen
+    finally:
+        await session.close()
+
+
+def _in_two(first: bytes, second: bytes) -> web.Application:
+    """A server that sends `first`, and a moment later `second` and its body's end at once."""
+    async def messages(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(first)
+        await asyncio.sleep(0.1)  # the client reads it on its own
+        await resp.write(second)
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "in-two"])
+async def test_a_complete_stream_read_to_its_end_says_which_chunk_is_its_last(serve, split):
+    """The relay sends that chunk with the response's end, in one write (Usage.final)."""
+    body = _stream()
+    at = body.index(b"event: content_block_stop") if split else len(body)
+    seen = await _flags(await serve(_in_two(body[:at], body[at:]) if split else _server(body, 1 << 20)))
+    assert b"".join(c for c, _ in seen) == body
+    assert [f for _, f in seen] == [False] * (len(seen) - 1) + [True]
+    assert b"event: message_stop" in seen[-1][0] and len(seen) == (2 if split else 1)
+
+
+async def test_a_stream_whose_body_has_not_ended_does_not_hold_its_last_chunk(serve):
+    """message_stop has come, the body's end has not: the chunk goes out at once (the
+    drain that follows may wait for the cloud), so the client is never kept waiting."""
+    seen = await _flags(await serve(_server(_stream(), 1 << 20, hold=0.3)))
+    assert b"".join(c for c, _ in seen) == _stream() and not any(f for _, f in seen)
+
+
+async def test_a_stream_that_ends_with_an_error_does_not_hold_its_last_chunk(serve):
+    head = _stream().split(b"event: content_block_stop")[0]
+    err = _ev("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    seen = await _flags(await serve(_in_two(head, err)))
+    assert b"".join(c for c, _ in seen) == head + err and not any(f for _, f in seen)
+
+
 # --- silences --------------------------------------------------------------------------------
 
 

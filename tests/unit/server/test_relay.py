@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
-from nonstop.backends.base import Exchange, Reply, single
+from nonstop.backends.base import Exchange, Reply, Usage, single
 from nonstop.config import parse_config
 from nonstop.server.asgi import Connection, Message
 from nonstop.server.events import EventBus
@@ -131,6 +131,69 @@ def test_when_an_openai_stream_has_ended():
     w = OpenAIWriter("m", False)
     assert w.ended(b'data: {"choices": []}\n\ndata: [DONE]\n\n')
     assert not w.ended(b'data: {"choices": []}\n\n') and not w.ended(b"")
+
+
+def last_flagged(usage: Usage, *chunks: bytes, then: Exception | None = None) -> AsyncIterator[bytes]:
+    """A body that says its last chunk is last (Usage.final), as the cloud's does; `then`:
+    raised after it (a fault past the end)."""
+    async def body() -> AsyncIterator[bytes]:
+        for i, c in enumerate(chunks):
+            usage.final = i == len(chunks) - 1
+            yield c
+        if then is not None:
+            raise then
+    return body()
+
+
+async def pump_reply(relay: Relay, make: Callable[[Usage], AsyncIterator[bytes]], writer: Writer) -> list[Message]:
+    sent: list[Message] = []
+
+    async def send(msg: Message) -> None:
+        sent.append(msg)
+
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
+    usage = Usage()
+    await relay.pump(ctx, Reply(200, list(SSE), make(usage), "cloud", True, usage), writer, [], stays, send, time.perf_counter())
+    return sent
+
+
+async def test_the_last_chunk_goes_out_with_the_end_of_the_response(relay):
+    sent = await pump_reply(relay, lambda u: last_flagged(u, START + BLOCK, DELTA + END), AnthropicWriter())
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert [(m["body"], m["more_body"]) for m in bodies] == [(START + BLOCK, True), (DELTA + END, False)]
+
+
+async def test_a_whole_stream_in_one_chunk_is_one_message_after_its_head(relay):
+    sent = await pump_reply(relay, lambda u: last_flagged(u, START + BLOCK + DELTA + END), AnthropicWriter())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1]["body"] == START + BLOCK + DELTA + END and not sent[1]["more_body"]
+
+
+async def test_an_openai_stream_ends_with_done_after_a_last_chunk(relay):
+    """The writer's own end ([DONE]) follows the body's last chunk: that chunk goes out
+    first, and [DONE] with the end."""
+    sent = await pump_reply(relay, lambda u: last_flagged(u, START + BLOCK, DELTA + END), OpenAIWriter("m", False))
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert bodies[-1]["body"].endswith(b"data: [DONE]\n\n") and not bodies[-1]["more_body"]
+    assert all(m["more_body"] for m in bodies[:-1])
+    body = b"".join(m["body"] for m in bodies)
+    assert wirecheck.check_openai(200, "text/event-stream", body, stream=True).outcome == "ok"
+
+
+async def test_a_fault_after_the_last_chunk_still_sends_it_and_nothing_more(relay):
+    sent = await pump_reply(relay, lambda u: last_flagged(u, START + BLOCK, DELTA + END, then=Fault("late")), AnthropicWriter())
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert body == START + BLOCK + DELTA + END and not sent[-1]["more_body"]
+    assert wirecheck.check_anthropic(200, "text/event-stream", body, stream=True).outcome == "ok"
+
+
+async def test_a_fault_after_a_held_chunk_that_did_not_end_the_stream_ends_it_with_an_error(relay):
+    sent = await pump_reply(relay, lambda u: last_flagged(u, START + BLOCK, DELTA, then=Fault("late")), AnthropicWriter())
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert body.startswith(START + BLOCK + DELTA) and not sent[-1]["more_body"]
+    v = wirecheck.check_anthropic(200, "text/event-stream", body, stream=True)
+    assert v.outcome == "error" and "req_nonstop_test" in v.problem, v.problem
 
 
 class Journal(RequestLog):
