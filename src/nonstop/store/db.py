@@ -271,7 +271,17 @@ class Store:
         self._pending.append(item)
 
     def log_request(self, row: RequestRow) -> None:
-        self._queue(("request", row))
+        # A row without bodies goes as its column values, made here on the event loop's
+        # thread (a few µs): the writer thread then holds the GIL only to bind them, and
+        # the loop's thread, which waits whenever it wants the GIL back from the writer,
+        # waits less.
+        if row.request_body is None and row.response_body is None:
+            try:
+                self._queue(("values", _values(row)))
+            except (TypeError, ValueError, OverflowError):  # the writer says why, and drops only this row
+                self._queue(("request", row))
+        else:
+            self._queue(("request", row))
         if len(self._pending) >= BATCH_ROWS:
             self._wake.set()
 
@@ -326,8 +336,8 @@ class Store:
                         stop = True
                         continue
                     kind, payload = it
-                    if kind == "request" and payload.request_body is None and payload.response_body is None:
-                        rows.append(_values(payload))
+                    if kind == "values":
+                        rows.append(payload)
                         continue
                     if rows:
                         self._insert_rows(conn, rows)
