@@ -18,8 +18,10 @@ class _TaskBound:
         self._handle: asyncio.TimerHandle | None = None
 
     def _bind(self) -> None:
+        # The loop passed on: without it, current_task looks it up again, and in Python
+        # 3.11 each lookup of the running loop is a getpid() system call.
         self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         if task is None:
             raise RuntimeError(f"{type(self).__name__} must be used inside a task")
         self._task = task

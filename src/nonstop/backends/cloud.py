@@ -239,18 +239,18 @@ class CloudBackend:
             headers["Accept-Encoding"] = "identity"
         resp: aiohttp.ClientResponse | None = None
         sent = time.perf_counter()
+        loop = asyncio.get_running_loop()
         try:
             # The first-byte deadline includes connecting: a slow connect is trouble too.
             # aiohttp's own connect timeout still ends a connect that never completes.
-            with Deadline(asyncio.get_running_loop().time() + self.deadlines.deadline(len(body))
-                          + min(CONNECT_SLACK, self.cfg.connect_timeout)):
+            with Deadline(loop.time() + self.deadlines.deadline(len(body)) + min(CONNECT_SLACK, self.cfg.connect_timeout)):
                 resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False)
                 if self.observe_headers is not None:
                     # What the quota headers teach (utilization, the forecast) decides
                     # nothing about this reply, whose "rejected" is read below: it is
                     # learned once the reply is on its way. The loop runs it before it
                     # reads another request.
-                    asyncio.get_running_loop().call_soon(self._observe, account, resp.headers)
+                    loop.call_soon(self._observe, account, resp.headers)
                 if resp.status >= 400:
                     return await self._refusal(resp)
                 ctype = resp.headers.get("content-type", "").lower()
