@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nonstop.redact import redact
+from nonstop.redact import _PATTERNS, redact
 
 API_KEY = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdEfGhIjKlMnOpQrStUvWxYz-XyZ12AA"
 OAUTH = "sk-ant-oat01-ZyXwVuTsRqPoNmLkJiHgFeDcBa9876543210_-ZyXwVuTsRqPoNmLkJiHgFeDcBa-AbC98AA"
@@ -107,3 +107,40 @@ def test_normal_text_untouched(text: str) -> None:
 )
 def test_words_containing_sk_dash_untouched(text: str) -> None:
     assert redact(text) == text
+
+
+def _every_pattern(text: str) -> str:
+    """redact without its first look: every pattern, searched."""
+    for pat in _PATTERNS:
+        text = pat.sub((lambda m: m.group(1) + "[redacted]") if pat.groups else "[redacted]", text)
+    return text
+
+
+# Letters the regex engine's ignore-case takes for another (ı and İ for i, ſ for s, the
+# Kelvin sign for k), and plain upper case.
+_LOOKALIKES = [("i", "ı"), ("i", "İ"), ("s", "ſ"), ("k", "\u212a"), ("e", "E"), ("t", "T"), ("b", "B"), ("a", "A")]
+
+
+def _texts() -> list[str]:
+    base = [
+        f"Authorization: Bearer {OAUTH}", "authorization: basic dXNlcjpwYXNzd29yZA==", "x-api-key: plainsecretvalue123",
+        '{"api_key": "plainsecretvalue123"}', 'token = "localgatewaytoken"', "x-nonstop-token: localgatewaytoken",
+        f"key={API_KEY}", f"openai key {OPENAI}", "a bearer of bad news", "switched to local: cloud out until 12:00",
+        "Der Schlüssel liegt unter der Fußmatte — 鍵はマットの下",
+    ]
+    out = list(base)
+    for text in base:
+        for plain, other in _LOOKALIKES:
+            out.append(text.replace(plain, other))
+    return out
+
+
+@pytest.mark.parametrize("text", _texts())
+def test_the_first_look_lets_through_only_text_no_pattern_would_change(text: str) -> None:
+    assert redact(text) == _every_pattern(text)
+
+
+def test_a_key_spelled_with_lookalike_letters_is_still_redacted() -> None:
+    for text in ("authorızatıon: basic dXNlcjpwYXNzd29yZA==", "x-nonſtop-token: localgatewaytoken", "to\u212aen: localgatewaytoken",
+                 "AUTHORİZATİON: basic dXNlcjpwYXNzd29yZA=="):
+        assert "[redacted]" in redact(text), text

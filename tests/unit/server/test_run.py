@@ -94,3 +94,29 @@ def test_the_console_line_says_the_time_of_each_record_to_the_second() -> None:
     expected = [time.strftime("%H:%M:%S", time.localtime(t)) + " nonstop INFO hello there"
                 for t in (t0, t0 + 0.9, t0 + 1.0, t0 - 5)]
     assert [line(t) for t in (t0, t0 + 0.9, t0 + 1.0, t0 - 5)] == expected
+
+
+def test_the_console_neither_looks_up_a_records_caller_nor_loses_its_error(monkeypatch: pytest.MonkeyPatch,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The format names no file, line or function: a record does not walk the stack for
+    them. A line still carries its words, redacted, and an exception's traceback."""
+    log = logging.getLogger("nonstop")
+    monkeypatch.setattr(log, "handlers", list(log.handlers))
+    monkeypatch.setattr(log, "level", log.level)
+    monkeypatch.setattr(log, "findCaller", log.findCaller)  # put back as it was after the test
+    run.setup_logging()
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    log.addHandler(Keep())
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed with x-api-key: %s", "plainsecretvalue123")
+    assert seen and seen[0].funcName == "(unknown function)" and seen[0].lineno == 0
+    err = capsys.readouterr().err
+    assert "failed with x-api-key: [redacted]" in err and "plainsecretvalue123" not in err
+    assert "ValueError: boom" in err
