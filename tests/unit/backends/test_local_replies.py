@@ -608,3 +608,38 @@ async def test_a_pinged_stream_that_ends_leaves_no_cycle_behind():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+async def test_a_pinged_stream_passes_on_its_sources_error_and_closes_a_source_it_leaves():
+    from nonstop.backends.local import _PING, _with_pings
+
+    closed: list[str] = []
+
+    async def failing():
+        try:
+            yield b"a"
+            await asyncio.sleep(0.03)
+            raise ValueError("cut")
+        finally:
+            closed.append("failing")
+
+    seen: list[bytes] = []
+    with pytest.raises(ValueError, match="cut"):
+        async for chunk in _with_pings(failing(), 0.01):
+            seen.append(chunk)
+    assert seen[0] == b"a" and _PING in seen[1:] and closed == ["failing"]
+
+    async def slow():
+        try:
+            yield b"a"
+            await asyncio.sleep(10)
+            yield b"b"
+        finally:
+            closed.append("slow")
+
+    gen = _with_pings(slow(), 0.01)
+    assert await gen.__anext__() == b"a"
+    assert await gen.__anext__() == _PING  # silent: the read goes on, a ping comes out
+    started = asyncio.get_running_loop().time()
+    await gen.aclose()  # the client left: the pending read is cancelled, the source closed
+    assert closed == ["failing", "slow"] and asyncio.get_running_loop().time() - started < 1
