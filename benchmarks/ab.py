@@ -1,6 +1,6 @@
 """This code against another revision, in the same interleaved concurrency-1 rounds.
 
-    python benchmarks/ab.py --rev 92a6cf6 [--json | --stream] [--requests 500] [--rounds 10]
+    python benchmarks/ab.py --rev 92a6cf6 [--json | --stream] [--requests 500] [--rounds 10] [--pairs 1]
     python benchmarks/ab.py --rev 92a6cf6 --failover [--requests 400] [--rounds 6]
 
 Starts the fake upstream, the bare forwarder, nonstop as it is and nonstop at REV (its
@@ -9,6 +9,11 @@ interleaved rounds, the order flipping every round. Prints the table and writes 
 benchmarks/results/<date>-ab-<rev>.md. A full run compares against the published run's
 revision in four rounds; this takes more rounds of one scenario, for when those four
 cannot tell a change of the code from the machine's noise.
+
+--pairs N repeats the rounds on N fresh pairs of processes (this code and REV, started in
+alternating order) and pools them. Two processes of the same code differ by several
+percent for their whole life (their place on the cores, their hash seed): a change of a
+few percent is read on several pairs, not one.
 
 --failover compares the failover path instead: both codes behind a cloud that answers
 every request with a subscription-limit 429, and a local server, driven at once in every
@@ -34,13 +39,15 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="only JSON rounds")
     p.add_argument("--stream", action="store_true", help="only stream rounds")
     p.add_argument("--requests", type=int, default=500, help="requests per target per round")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=10, help="rounds (per pair of processes)")
+    p.add_argument("--pairs", type=int, default=1, help="fresh pairs of processes, the rounds on each (not with --failover)")
     p.add_argument("--failover", action="store_true", help="the failover path, both driven at once")
     a = p.parse_args()
     bench = R.Bench(argparse.Namespace(smoke=True, long=False, growth_requests=0, peers=False, profile=False,
                                        variants=False, only_log=False, baseline=a.rev))
+    pairs = f" on each of {a.pairs} fresh pairs of processes (this code and {a.rev}, pooled)" if a.pairs > 1 else ""
     lines = [f"# nonstop against {a.rev}, concurrency 1, {dt.datetime.now().isoformat(timespec='seconds')}", "",
-             f"{a.rounds} interleaved rounds of {a.requests} requests per target (50 KB Claude Code-shaped); "
+             f"{a.rounds} interleaved rounds of {a.requests} requests per target{pairs} (50 KB Claude Code-shaped); "
              "TTFB in ms; CPU in µs per request (the gateway process, all threads).", ""]
     try:
         bench.setup()
@@ -55,8 +62,17 @@ def main() -> int:
         lines[2] += f" Code: this tree's src (sha256 {source_fingerprint()['sha256']}…) against {a.rev} (sha256 {src}…)."
         lines += ["| mode | target | TTFB p50 | TTFB p99 | rounds' TTFB p50 | CPU µs/req |", "|---|---|---|---|---|---|"]
         diffs = {}
-        for stream in ([True] if a.stream else [False] if a.json else [False, True]):
-            res = bench.rounds(names, a.rounds, stream=stream, concurrency=1, requests=a.requests)
+        modes = [True] if a.stream else [False] if a.json else [False, True]
+        raw: dict[bool, dict[str, list[dict]]] = {stream: {n: [] for n in names} for stream in modes}
+        for k in range(a.pairs):
+            if k:
+                fresh_pair(bench, k)
+            for stream in modes:
+                for r in range(a.rounds):  # interleaved, the order flipping every round
+                    for n in (names if r % 2 == 0 else names[::-1]):
+                        raw[stream][n].append(bench.measure(n, stream=stream, concurrency=1, requests=a.requests))
+        for stream in modes:
+            res = {n: R.summarize(raw[stream][n]) for n in names}  # pooled over the rounds of every pair
             mode = "stream" if stream else "json"
             for n in names:
                 t = res[n]
@@ -71,6 +87,22 @@ def main() -> int:
         bench.stop_all()
     write(lines, a.rev, "-stream" if a.stream else "-json" if a.json else "")
     return 0
+
+
+def fresh_pair(bench: R.Bench, k: int) -> None:
+    """Stop nonstop and the baseline and start both again (the order alternating), as the
+    targets of the same names."""
+    for n in ("nonstop", "baseline"):
+        proc = bench.main if n == "nonstop" else bench.targets[n]["proc"]
+        proc.stop()
+    src = bench.baseline_source(bench.results["baseline"]["rev"])
+    assert src is not None
+    order = ["baseline", "nonstop"] if k % 2 else ["nonstop", "baseline"]
+    for n in order:
+        p = bench.start_nonstop(f"{n}-{k}", bench.up["ok"], source=src if n == "baseline" else None)
+        bench.targets[n] = {**bench.targets[n], "url": p.url, "pid": p.pid, "proc": p}
+        if n == "nonstop":
+            bench.main = p
 
 
 def failover(bench: R.Bench, a: argparse.Namespace) -> list[str]:
