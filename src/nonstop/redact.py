@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 
 # Anthropic API keys and OAuth tokens, OpenAI-style keys, bearer and basic credentials,
-# and key-ish header or JSON fields (_PATTERNS, below).
+# and key-ish header or JSON fields (_PATTERNS, below). Each pattern needs one of _WORDS
+# (or "sk-"): redact() skips text with none of them, so a new pattern needs one too.
 
 # How text spells "is" between a field's name and its value: `name: v`, `name=v`,
 # `"name": "v"`, JSON escaped (`\"name\": \"v\"`), a pair (`["name", "v"]`, `(b'name', b'v')`).

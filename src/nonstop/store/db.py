@@ -271,17 +271,7 @@ class Store:
         self._pending.append(item)
 
     def log_request(self, row: RequestRow) -> None:
-        # A row without bodies goes as its column values, made here on the event loop's
-        # thread (a few µs): the writer thread then holds the GIL only to bind them, and
-        # the loop's thread, which waits whenever it wants the GIL back from the writer,
-        # waits less.
-        if row.request_body is None and row.response_body is None:
-            try:
-                self._queue(("values", _values(row)))
-            except (TypeError, ValueError, OverflowError):  # the writer says why, and drops only this row
-                self._queue(("request", row))
-        else:
-            self._queue(("request", row))
+        self._queue(("request", row))
         if len(self._pending) >= BATCH_ROWS:
             self._wake.set()
 
@@ -336,8 +326,8 @@ class Store:
                         stop = True
                         continue
                     kind, payload = it
-                    if kind == "values":
-                        rows.append(payload)
+                    if kind == "request" and payload.request_body is None and payload.response_body is None:
+                        rows.append(_values(payload))
                         continue
                     if rows:
                         self._insert_rows(conn, rows)
