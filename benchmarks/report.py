@@ -47,6 +47,15 @@ def _lat(results: dict[str, Any], stream: bool, c: int) -> dict[str, Any] | None
     return None
 
 
+def _paired(results: dict[str, Any], stream: bool, c: int) -> dict[str, Any] | None:
+    """nonstop and the forwarder pooled over every pair of processes that ran the scenario
+    (run.py forwarder_pairs); runs before 2026-12-01 had one pair: the latency sweep's."""
+    for row in (results.get("pairs") or {}).get("scenarios", []):
+        if row["stream"] is stream and row["concurrency"] == c:
+            return row["targets"]
+    return _lat(results, stream, c)
+
+
 def _added(t: dict[str, Any] | None, key: str, target: str = "nonstop", base: str = "direct") -> float | None:
     if not t or target not in t or base not in t:
         return None
@@ -109,8 +118,8 @@ def relay_cost(results: dict[str, Any]) -> tuple[float | None, float | None]:
 
 
 def measured_values(results: dict[str, Any]) -> list[float | None]:
-    json1 = _lat(results, False, 1)
-    s64 = _lat(results, True, 64)
+    json1 = _paired(results, False, 1)
+    s64 = _paired(results, True, 64)
     paced = (results.get("paced") or {}).get("targets")
     small = (results.get("throughput_small") or {}).get("targets", {}).get("nonstop")
     mem = results.get("memory", {})
@@ -135,7 +144,7 @@ def measured_values(results: dict[str, Any]) -> list[float | None]:
         log_cost(results),
         (plan.get("serving_1") or {}).get("p50_us"),
         (plan.get("serving_4") or {}).get("p50_us"),
-        against_baseline(json1),
+        against_baseline(_lat(results, False, 1)),
         against_baseline(_lat(results, True, 1)),
         small["rps"] if small else None,
         failover,
@@ -243,7 +252,7 @@ def _cpu(t: dict[str, Any], key: str = "target") -> float | None:
 
 
 def render(results: dict[str, Any]) -> str:
-    sections = (_header, _targets_table, _latency, _paced, _throughput_small, _log_cost, _memory, _inprocess,
+    sections = (_header, _targets_table, _latency, _pairs, _paced, _throughput_small, _log_cost, _memory, _inprocess,
                 _failover, _local_path, _local_relay, _translation, _variants, _peers, _profile, _notes, _how_run)
     return "\n".join(line for section in sections for line in section(results))
 
@@ -326,6 +335,36 @@ def _latency(results: dict[str, Any]) -> list[str]:
                  "upstream µs/req", "other load (cores)", "errors"], rows),
         "*other load*: cores kept busy by processes outside the benchmark during the round "
         "(from /proc/stat), i.e. the noise the round ran in.", "",
+    ]
+
+
+def _pairs(results: dict[str, Any]) -> list[str]:
+    pairs = results.get("pairs")
+    if not pairs:
+        return []
+    rows = []
+    for row in pairs["scenarios"]:
+        kind = f"{'stream' if row['stream'] else 'json'} c={row['concurrency']}"
+        for i, p in enumerate(row["per_pair"]):
+            rows.append([kind, "main" if i == 0 else f"fresh {i}", f"{_fmt(p['added_p50'])} / {_fmt(p['added_p99'])}",
+                         _ratio(p["ttfb_p99"]["nonstop"], p["ttfb_p99"]["forwarder"]),
+                         f"{_fmt(p['cpu_us_per_request']['nonstop'])} / {_fmt(p['cpu_us_per_request']['forwarder'])}",
+                         _ratio(p["cpu_us_per_request"]["nonstop"], p["cpu_us_per_request"]["forwarder"]),
+                         str(p["errors"])])
+        n, f = row["targets"]["nonstop"], row["targets"]["forwarder"]
+        rows.append([kind, f"**pooled ({len(row['per_pair'])})**", f"**{_over(n, f)}**",
+                     f"**{_ratio(n['ttfb_p99'], f['ttfb_p99'])}**", f"**{_fmt(_cpu(n))} / {_fmt(_cpu(f))}**",
+                     f"**{_cpu_ratio(n, f)}**", str(n["errors"] + f["errors"])])
+    return [
+        "## nonstop against the bare forwarder, pair by pair", "",
+        f"The targets' comparisons with the forwarder, on {pairs['pairs']} pairs of processes: the main pair "
+        "(its rounds of the sweep above) and fresh ones started for this, in alternating order, "
+        f"{pairs['rounds_per_pair']} interleaved rounds each. Two processes of the same code differ by several "
+        "per cent for their whole life, so one pair's ratio carries that pair's draw; the targets read the "
+        "pooled rows (percentiles over every request of every pair, the median of every round's CPU per "
+        "request).", "",
+        *_table(["scenario", "pair", "TTFB over forwarder p50 / p99 (ms)", "TTFB p99 ÷ forwarder",
+                 "CPU µs/req nonstop / forwarder", "CPU ÷ forwarder", "errors"], rows),
     ]
 
 

@@ -17,7 +17,9 @@ request log on, one [[local]] backend), the bare forwarder (forwarder.py: the fl
 nonstop's own stack), and the load generator in its own process (loadgen.py). Rounds
 direct to the upstream, through the forwarder and through nonstop are interleaved in one
 run, so the comparison is made under the same noise; added latency is "through" minus
-"direct" (or minus the forwarder) at the same percentile. docs/performance.md explains
+"direct" (or minus the forwarder) at the same percentile. The scenarios of the targets
+against the forwarder run again on fresh (nonstop, forwarder) pairs, and the targets read
+all pairs pooled (forwarder_pairs). docs/performance.md explains
 the method and what the numbers mean.
 """
 
@@ -77,21 +79,27 @@ class Plan:
     log_requests: int
     relay_requests: int
     log_pairs: int  # fresh pairs of instances (log on, log off) for the log's rounds
+    forwarder_pairs: int  # fresh (nonstop, forwarder) pairs beside the main one, for the headline
 
 
 PLANS = {
     "smoke": Plan(rounds=2, requests={1: 100, 64: 300}, streams_held=64,
                   throughput_requests=1000, growth_requests=3000, failover_rounds=2, failover_requests=60,
                   translate_seconds=1.0, max_round_seconds=15, peer_round_seconds=4,
-                  paced_requests=192, log_requests=300, relay_requests=2, log_pairs=2),
+                  paced_requests=192, log_requests=300, relay_requests=2, log_pairs=2,
+                  forwarder_pairs=1),
     "full": Plan(rounds=4, requests={1: 1500, 64: 4000}, streams_held=256,
                  throughput_requests=6000, growth_requests=20000, failover_rounds=4, failover_requests=500,
                  translate_seconds=3.0, max_round_seconds=60, peer_round_seconds=10,
-                 paced_requests=768, log_requests=3000, relay_requests=64, log_pairs=4),
+                 paced_requests=768, log_requests=3000, relay_requests=64, log_pairs=4,
+                 forwarder_pairs=3),
 }
 # Concurrency 1 (one session), and 64 clients back to back (the ceiling: queueing in the
 # slowest process). The paced round is the 64 streams a model's pace would give.
 CONCURRENCY = (1, 64)
+# The scenarios of the targets against the bare forwarder: c=1 JSON and 64 unpaced streams
+# (stream, concurrency). They are measured on several pairs of processes (forwarder_pairs).
+PAIRED = ((False, 1), (True, 64))
 # What a user runs: `nonstop init` writes a [[local]] backend, and the request log is on.
 # The local stream relayed: 100 deltas, one every 20 ms (a model at 50 tokens a second).
 RELAY_INTERVAL, RELAY_DELTAS = 0.02, 100
@@ -124,6 +132,8 @@ class Bench:
         }
         self.lg: LoadGen | None = None
         self.targets: dict[str, dict[str, Any]] = {}  # name -> {url, path, pid, label}
+        # The main pair's rounds of the PAIRED scenarios, as measured (pooled in forwarder_pairs).
+        self.paired_rounds: dict[tuple[bool, int], dict[str, list[dict[str, Any]]]] = {}
 
     # --- processes --------------------------------------------------------------------------
 
@@ -174,11 +184,11 @@ class Bench:
         p.extra["idle_rss_mb"] = rss_mb(p.pid)
         return p
 
-    def start_forwarder(self) -> Proc:
+    def start_forwarder(self, name: str = "forwarder") -> Proc:
         port = free_port()
-        folder = self.work / "forwarder"
+        folder = self.work / name
         folder.mkdir()
-        p = start("forwarder", [sys.executable, str(HERE / "forwarder.py"), "--listen", f"127.0.0.1:{port}",
+        p = start(name, [sys.executable, str(HERE / "forwarder.py"), "--listen", f"127.0.0.1:{port}",
                                 "--upstream", self.up["ok"]], workdir=folder)
         self.procs.append(p)
         p.url = f"http://127.0.0.1:{port}"
@@ -255,14 +265,19 @@ class Bench:
             out[n] = r
         return out
 
-    def rounds(self, names: list[str], rounds: int, per_round: bool = False, **kw: Any) -> dict[str, dict[str, Any]]:
+    def rounds(self, names: list[str], rounds: int, per_round: bool = False,
+               keep: dict[str, list[dict[str, Any]]] | None = None, **kw: Any) -> dict[str, dict[str, Any]]:
         """Interleaved A/B(/C...) rounds; the order flips every round. With per_round, each
-        target's summary keeps every round's CPU per request (for paired differences)."""
+        target's summary keeps every round's CPU per request (for paired differences).
+        `keep`: each target's rounds, as measured, are added to it too."""
         per: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for r in range(rounds):
             order = names if r % 2 == 0 else list(reversed(names))
             for n in order:
                 per[n].append(self.measure(n, **(kw | self.targets[n].get("kw", {}))))
+        if keep is not None:
+            for n, rs in per.items():
+                keep.setdefault(n, []).extend(rs)
         out = {n: summarize(rs) for n, rs in per.items()}
         if per_round:
             for n, rs in per.items():
@@ -433,10 +448,57 @@ class Bench:
                 these = names + at_c1 if c == 1 else names
                 print(f"latency: {'stream' if stream else 'json'} c={c} x{n} x{self.plan.rounds} rounds: "
                       + ", ".join(these), flush=True)
-                res = self.rounds(these, self.plan.rounds, stream=stream, concurrency=c, requests=n)
+                keep = self.paired_rounds.setdefault((stream, c), {}) if (stream, c) in PAIRED else None
+                res = self.rounds(these, self.plan.rounds, keep=keep, stream=stream, concurrency=c, requests=n)
                 out.append({"stream": stream, "concurrency": c, "payload": "large", "requests_per_round": n,
                             "targets": res})
                 self.results["latency"] = out
+
+    def forwarder_pairs(self) -> None:
+        """The comparisons the targets make with the bare forwarder (PAIRED: c=1 JSON, 64
+        unpaced streams), again on fresh pairs of processes, pooled with the main pair's
+        rounds of the latency sweep.
+
+        Two processes of the same code, started alike, differ by several per cent of CPU
+        per request for their whole life (their heaps, hash seeds, where the scheduler put
+        them), and so does every nonstop and every forwarder: the main pair's ratio carries
+        the draw of that one pair, and moved from 1.23x to 1.64x between runs of the same
+        code. The pooled figures (every round of every pair: percentiles over all their
+        requests, the median of their rounds' CPU per request) carry less of it; each
+        pair's own figures are reported beside them. The pairs start in alternating order."""
+        extra = self.plan.forwarder_pairs
+        pooled = {sc: {m: list(rs) for m, rs in self.paired_rounds.get(sc, {}).items() if m in ("nonstop", "forwarder")}
+                  for sc in PAIRED}
+        per_pair = {sc: [_pair_figures(pooled[sc])] if len(pooled[sc]) == 2 else [] for sc in PAIRED}
+        print(f"nonstop against the forwarder on {extra} more fresh pairs: "
+              + ", ".join(("stream" if st else "json") + f" c={c}" for st, c in PAIRED)
+              + f", x{self.plan.rounds} rounds each", flush=True)
+        for k in range(extra):
+            procs = {}
+            for m in (("nonstop", "forwarder") if k % 2 == 0 else ("forwarder", "nonstop")):
+                name = f"pair{k + 1}-{m}"
+                procs[m] = self.start_forwarder(name) if m == "forwarder" else self.start_nonstop(name, self.up["ok"])
+                self.targets[f"pair-{m}"] = {"url": procs[m].url, "path": "/v1/messages?beta=true",
+                                             "pid": procs[m].pid, "label": f"fresh pair {k + 1}: {m}"}
+            for stream, c in PAIRED:
+                keep: dict[str, list[dict[str, Any]]] = {}
+                order = ["pair-forwarder", "pair-nonstop"] if k % 2 == 0 else ["pair-nonstop", "pair-forwarder"]
+                self.rounds(order, self.plan.rounds, keep=keep, stream=stream, concurrency=c,
+                            requests=self.plan.requests[c])
+                got = {m: keep[f"pair-{m}"] for m in ("nonstop", "forwarder")}
+                per_pair[(stream, c)].append(_pair_figures(got))
+                for m, rs in got.items():
+                    pooled[(stream, c)].setdefault(m, []).extend(rs)
+            for p in procs.values():
+                self.stop(p)
+            for m in ("nonstop", "forwarder"):
+                del self.targets[f"pair-{m}"]
+        self.results["pairs"] = {
+            "pairs": 1 + extra, "rounds_per_pair": self.plan.rounds,
+            "scenarios": [{"stream": st, "concurrency": c, "requests_per_round": self.plan.requests[c],
+                           "per_pair": per_pair[(st, c)],
+                           "targets": {m: summarize(rs) for m, rs in pooled[(st, c)].items()}}
+                          for st, c in PAIRED if len(pooled[(st, c)]) == 2]}
 
     def paced_streams(self, names: list[str]) -> None:
         """64 concurrent streams at a model's pace: each sends its head, then a delta every
@@ -734,6 +796,7 @@ class Bench:
                 self.latency_sweep(names, baseline)
                 for b in baseline:
                     self.stop(self.targets[b]["proc"])
+                self.forwarder_pairs()
                 self.paced_streams(names)
                 self.throughput_small(names)
                 self.log_cost()
@@ -791,6 +854,19 @@ class Bench:
         if self.args.strict and any(not t["met"] for t in self.results["targets_met"]):
             return 3
         return 0
+
+
+def _pair_figures(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One pair's own figures: nonstop against the forwarder in its rounds."""
+    s = {m: summarize(rs) for m, rs in rounds.items()}
+    n, f = s["nonstop"], s["forwarder"]
+    return {"ttfb_p50": {m: x["ttfb_p50"] for m, x in s.items()}, "ttfb_p99": {m: x["ttfb_p99"] for m, x in s.items()},
+            "cpu_us_per_request": {m: x["cpu_us_per_request"]["target"] for m, x in s.items()},
+            "added_p50": n["ttfb_p50"] - f["ttfb_p50"], "added_p99": n["ttfb_p99"] - f["ttfb_p99"],
+            "p99_ratio": n["ttfb_p99"] / f["ttfb_p99"] if f["ttfb_p99"] else None,
+            "cpu_ratio": (n["cpu_us_per_request"]["target"] / f["cpu_us_per_request"]["target"]
+                          if f["cpu_us_per_request"]["target"] else None),
+            "errors": n["errors"] + f["errors"]}
 
 
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
