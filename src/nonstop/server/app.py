@@ -67,7 +67,10 @@ class _Watched:
         if msg["type"] == "http.response.start":
             self.started = True
             headers = msg.get("headers", ())
-            self.stream = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+            for k, v in headers:  # (a loop, not any(): a generator step per header)
+                if k == b"content-type" and v.startswith(b"text/event-stream"):
+                    self.stream = True
+                    break
             if BODY_READ not in self.scope and _has_body(self.scope):
                 msg["headers"] = [*headers, (b"connection", b"close")]
         elif msg["type"] == "http.response.body" and not msg.get("more_body", False):
