@@ -1,6 +1,6 @@
 """nonstop's benchmark suite: one command, results written to benchmarks/results/.
 
-    python benchmarks/run.py            the full run (make bench), ~15 minutes on 2 cores
+    python benchmarks/run.py            the full run (make bench), ~20 minutes on 2 cores
     python benchmarks/run.py --smoke    about two minutes (make bench-smoke; CI)
     python benchmarks/run.py --long     the full run with a 100,000-request memory run
     python benchmarks/run.py --peers    also LiteLLM's proxy and claude-spillway
