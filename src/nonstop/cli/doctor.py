@@ -332,7 +332,7 @@ def _local(host: str) -> bool:
 
 def _settings_env(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # an editor's BOM is not an error
     except (OSError, ValueError):
         return {}
     value = data.get("env") if isinstance(data, dict) else None

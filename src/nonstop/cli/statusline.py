@@ -136,7 +136,7 @@ def _top_level_keys(path: str) -> dict[str, str]:
     forms `nonstop init` writes and costs nothing to import; anything fancier (escapes,
     multi-line strings, quoted keys) is handed to tomllib."""
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # as the server reads it: a BOM is skipped
             text = fh.read()
     except (OSError, UnicodeDecodeError):
         return {}
@@ -158,9 +158,9 @@ def _toml_top_level(path: str) -> dict[str, str]:
     import tomllib
 
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError):
+        with open(path, encoding="utf-8-sig") as fh:
+            data = tomllib.loads(fh.read())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return {}
     return {k: data[k] for k in ("listen", "token") if isinstance(data.get(k), str)}
 

@@ -225,6 +225,16 @@ def test_base_url_in_claude_code_settings_overrides_the_launcher(tmp_path: Path,
     assert PLANTED_KEY not in repr(checks)
 
 
+def test_base_url_in_settings_saved_with_a_byte_order_mark(tmp_path: Path) -> None:
+    # Editors on Windows save JSON with a BOM; the override must not hide behind it.
+    settings = tmp_path / "home" / ".claude" / "settings.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_bytes(b"\xef\xbb\xbf" + json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://llm-proxy.example.com"}}).encode())
+    cfg = config(tmp_path, listen_port=8787)
+    bad = [c for c in doctor.check_base_url(cfg, {"HOME": str(tmp_path / "home")}) if not c.ok]
+    assert len(bad) == 1 and "llm-proxy.example.com" in bad[0].detail
+
+
 # --- nonstop itself ---------------------------------------------------------------------------------
 
 

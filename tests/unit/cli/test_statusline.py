@@ -122,8 +122,11 @@ def test_locate_from_nonstop_config_with_a_tilde(clean_env, tmp_path):
         ('token = "a\\u0041b"\n', {"token": "aAb"}),  # an escape: read by tomllib
         ('listen = """h:3"""\n', {"listen": "h:3"}),  # a multi-line string: read by tomllib
         ('listen_port = "x"\n[a]\nlisten = "q:1"\n', {}),
+        # A byte-order mark, as some editors write one: the server skips it, and so does this.
+        ('\ufefflisten = "127.0.0.1:9"\r\ntoken = "t"\r\n', {"listen": "127.0.0.1:9", "token": "t"}),
+        ('\ufefftoken = "a\\u0041b"\n', {"token": "aAb"}),
     ],
-    ids=["simple", "comment", "escape", "multiline", "tables"],
+    ids=["simple", "comment", "escape", "multiline", "tables", "bom", "bom-escape"],
 )
 def test_reads_the_top_level_of_the_config(tmp_path, text, expected):
     path = tmp_path / "c.toml"
