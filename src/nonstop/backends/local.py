@@ -39,6 +39,7 @@ from nonstop.backends.base import (
     read_limited,
     single,
 )
+from nonstop.backends.pdfs import read_pdfs
 from nonstop.config import LocalBackendConfig
 from nonstop.routing.backend_state import BackendState
 from nonstop.routing.classify import FailureKind, Verdict
@@ -226,6 +227,7 @@ class LocalBackend:
 
     async def _send_request(self, req: dict, *, stream: bool, count: bool = False) -> Attempt:
         folding = self.fold_turns
+        await read_pdfs(req)  # the text of the PDFs in its history, which local_request puts in their place
         local_req = self.local_request(req)
         estimate = estimate_tokens(local_req)  # once: deciding whether to count, and counting
         tokens = None if count else self._uncounted(local_req, estimate)

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from nonstop.wire.pdf import known_text
 from nonstop.wire.tool_ids import ServerToolIds
 
 # Top-level request keys a local server understands. Everything else is dropped on the
@@ -42,7 +43,8 @@ def local_block(block: Any, native: Container[str]) -> dict[str, Any] | None:
     text block. Thinking goes (a local model cannot verify or use another model's
     reasoning), and so does anything that is not a block. A block whose type is not in
     `native` becomes a text block: a document's own text where it has one, else a note
-    of what was left out. A native block comes back as it is, for the caller to map."""
+    of what was left out (a PDF's text once wire/pdf.py has read it). A native block
+    comes back as it is, for the caller to map."""
     if isinstance(block, str):
         return {"type": "text", "text": block}
     if not isinstance(block, dict):
@@ -52,7 +54,7 @@ def local_block(block: Any, native: Container[str]) -> dict[str, Any] | None:
         return None
     if isinstance(btype, str) and btype in native:
         return block
-    text = _document_text(block.get("source")) if btype == "document" else None
+    text = (known_text(block) or _document_text(block.get("source"))) if btype == "document" else None
     return {"type": "text", "text": f"[{btype or 'unknown'} block omitted]" if text is None else text}
 
 

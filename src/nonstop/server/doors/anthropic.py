@@ -9,6 +9,7 @@ import orjson
 
 from nonstop.backends.base import Reply, UnreadableRequest
 from nonstop.backends.cloud import forward_headers
+from nonstop.backends.pdfs import read_pdfs
 from nonstop.routing.plan import CLOUD
 from nonstop.server.asgi import Receive, Scope, Send, send_bytes, send_json
 from nonstop.server.doors.base import Door
@@ -109,6 +110,7 @@ class AnthropicDoor(Door):
                 await self.relay.commit(ctx, Outcome(reply=res, plan=p, step=p.first), receive, send, WRITER)
                 return
         tokens = 0
+        await read_pdfs(req)  # counted as the local model gets them: as text
         for step in p.steps:
             b = self.rt.backend(step.target)
             if b is None:
