@@ -18,7 +18,7 @@ from nonstop.server.recovery import recovering
 from nonstop.server.relay import safe_header
 from nonstop.server.shadow import Tap
 from nonstop.server.writers import AnthropicWriter
-from nonstop.wire.anthropic import estimate_tokens, to_local_request
+from nonstop.wire.anthropic import estimate_tokens
 from nonstop.wire.errors import anthropic_error
 from nonstop.wire.hygiene import clean_history_for_cloud
 from nonstop.wire.outline import outline
@@ -116,7 +116,9 @@ class AnthropicDoor(Door):
             if b is None:
                 continue
             try:
-                tokens = await b.count_tokens(to_local_request(req, model=b.model_for(ctx.row.model), max_tokens=1))
+                # As the server would get the request: folded for a template that needs it,
+                # which a count would otherwise be refused for.
+                tokens = await b.count_tokens(b.local_request(req))
                 break
             except Exception:  # a count is a courtesy: an estimate will do
                 continue
