@@ -131,6 +131,9 @@ class Call:
     request: dict | None = None  # the request as nonstop sized it (before any translation)
     cut: bool = False  # a whole reply ran out of tokens inside a tool call
     data: bytes = b""  # the body as sent
+    # The request sent once more, for a refusal that says how (LocalBackend._again): kept
+    # for one that comes after the client's stream began.
+    again: Callable[[Verdict | TooLong], Awaitable[Attempt] | None] | None = None
 
 
 class LocalBackend:
@@ -256,6 +259,7 @@ class LocalBackend:
         call.request = local_req
         tools = local_req.get("tools")
         call.tools = tools if isinstance(tools, list) else None
+        call.again = partial(self._again, req, stream=stream, count=count, folding=folding, uncounted=uncounted)
         was_idle = self.state.inflight == 0
         release = self.state.lease()
         try:
@@ -265,14 +269,25 @@ class LocalBackend:
             raise
         if not isinstance(res, Reply) or not res.stream:
             release()  # a whole reply is already read; a stream releases when it ends
-        if self.fold_turns and not folding and isinstance(res, Verdict):
+        if isinstance(res, Verdict | TooLong):
+            again = call.again(res)
+            call.again = None
+            if again is not None:
+                return await again
+        return res
+
+    def _again(self, req: dict, failure: Verdict | TooLong, *, stream: bool, count: bool, folding: bool,
+               uncounted: bool) -> Awaitable[Attempt] | None:
+        """The request once more, for a refusal that says how to send it, before or after
+        the client's stream began (then its answer continues that stream); None otherwise."""
+        if self.fold_turns and not folding and isinstance(failure, Verdict):
             # Refused for a user message after tool results (see _open): once more, folded.
-            return await self._send_request(req, stream=stream, count=count)
-        if uncounted and isinstance(res, TooLong):
+            return self._send_request(req, stream=stream, count=count)
+        if uncounted and isinstance(failure, TooLong):
             # Over the window after all (text the estimate reads short, such as CJK): the
             # size the server named has corrected the scale; once more, counted and fitted.
-            return await self._send_request(req, stream=stream, count=True)
-        return res
+            return self._send_request(req, stream=stream, count=True)
+        return None
 
     async def _fit(self, local_req: dict, tokens: int, window: int, original: dict) -> Fitted | None:
         """The request fitted to the window, tier by tier, or None when even the
@@ -557,10 +572,20 @@ class LocalBackend:
         else:
             release()
             failure = opened
-        taken = await instead(failure) if instead is not None else None
+        why = failure.detail if isinstance(failure, Verdict) else f"prompt is {failure.tokens} tokens, window {failure.window}"
+        again, call.again = call.again, None  # it holds the request: not for the rest of the stream
+        resent = again(failure) if again is not None and not isinstance(opened, aiohttp.ClientResponse) else None
+        del again
+        taken = None
+        if resent is not None:  # refused in a way that says how to send it (as before a commit)
+            res = await resent
+            if isinstance(res, Reply):
+                taken, why = res, f"{why}; sent again"
+            else:
+                failure = res
+        taken = taken or (await instead(failure) if instead is not None else None)
         del instead  # it holds the request: not for the rest of the stream
         if taken is not None:
-            why = failure.detail if isinstance(failure, Verdict) else f"prompt is {failure.tokens} tokens, window {failure.window}"
             async for chunk in _taken_over(reply, taken, f"{self.name} failed after the stream began ({why})"):
                 yield chunk
         elif end:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from nonstop.backends import local as local_module
 from nonstop.backends.base import Reply, TooLong
 from nonstop.backends.local import COUNT_MARGIN
 from nonstop.backends.registry import make_local_backend
@@ -43,8 +44,9 @@ def _tokens(body: dict) -> int:
 class Server:
     """A llama-server-like local server with a window, that counts and refuses what is over it."""
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, refuse_after: float = 0.0) -> None:
         self.window = window
+        self.refuse_after = refuse_after  # seconds of prompt processing before a refusal
         self.counts: list[int] = []
         self.sent: list[int] = []
 
@@ -64,6 +66,7 @@ class Server:
         n = _tokens(body)
         self.sent.append(n)
         if n > self.window:
+            await asyncio.sleep(self.refuse_after)
             return web.json_response(status=400, data={"error": {
                 "code": 400, "message": "the request exceeds the available context size, try increasing it",
                 "type": "exceed_context_size_error", "n_prompt_tokens": n, "n_ctx": self.window}})
@@ -105,6 +108,8 @@ async def _run(serve, server: Server, requests: list[dict], *, stream: bool = Fa
             if isinstance(res, Reply):  # read to its end, as a client would
                 got = b"".join([chunk async for chunk in res.body])
                 assert (b"message_stop" if stream else b'"end_turn"') in got
+                assert b"event: error" not in got, got
+                assert got.count(b"event: message_start") == (1 if stream else 0)
             out.append(res)
         return out
 
@@ -147,6 +152,19 @@ async def test_text_the_estimate_reads_short_is_counted_and_fitted_after_the_ser
     # was counted, fitted (its old turns dropped), counted again, and sent inside the window.
     assert len(server.sent) == 3 and server.sent[1] > server.window >= server.sent[2]
     assert len(server.counts) == 3 and server.counts[1] > server.window >= server.counts[2] == server.sent[2]
+
+
+async def test_a_refusal_that_comes_after_the_stream_began_is_counted_fitted_and_sent_again(serve, monkeypatch):
+    """The same, where the server took longer than COMMIT_AFTER to refuse (prompt
+    processing on a CPU): the client's stream has begun, with pings, and the answer to
+    the counted and fitted request continues it, rather than a context-overflow error."""
+    monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.05)
+    server = Server(16384, refuse_after=0.3)
+    res = await _run(serve, server, [_request("some code " * 300), _request("漢字" * 10_000)], stream=True)
+    assert isinstance(res[1], Reply) and res[1].status == 200 and res[1].usage.error == ""
+    assert "sent again" in res[1].usage.note and res[1].backend == "box"
+    assert len(server.sent) == 3 and server.sent[1] > server.window >= server.sent[2]
+    assert len(server.counts) == 3 and server.counts[2] == server.sent[2]
 
 
 def server_tokens(req: dict) -> int:

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from nonstop.backends import local as local_module
 from nonstop.backends.base import Reply
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import parse_config
@@ -79,8 +80,9 @@ def test_an_openai_server_then_gets_no_user_message_after_the_tool_messages() ->
 # --- the backend ---------------------------------------------------------------------------
 
 
-def _strict(refusal: str, status: int, seen: list[dict[str, Any]]) -> web.Application:
-    """A server that refuses, as a chat template does, a user message after tool results."""
+def _strict(refusal: str, status: int, seen: list[dict[str, Any]], refuse_after: float = 0.0) -> web.Application:
+    """A server that refuses, as a chat template does, a user message after tool results
+    (`refuse_after` seconds later: a template applied after a slow queue)."""
     async def handler(request: web.Request) -> web.Response:
         body = await request.json()
         seen.append(body)
@@ -89,6 +91,7 @@ def _strict(refusal: str, status: int, seen: list[dict[str, Any]]) -> web.Applic
         text_beside = any(m["role"] == "user" and isinstance(m["content"], list)
                           and {"tool_result", "text"} <= {b["type"] for b in m["content"]} for m in body["messages"])
         if after_tool or text_beside:
+            await asyncio.sleep(refuse_after)
             return web.json_response({"error": {"code": status, "message": refusal, "type": "server_error"}}, status=status)
         if body.get("stream") and request.path == "/v1/chat/completions":
             resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
@@ -148,6 +151,28 @@ async def test_the_first_refusal_teaches_it_and_the_request_is_answered(
                     res.close()
     assert len(seen) == 3  # the refused one, its folded resend, and the next request folded at once
     assert sum("refuses a user message right after tool results" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(("api", "refusal", "status"), [("anthropic", MISTRAL, 500), ("openai", MISTRAL, 500)])
+async def test_a_refusal_after_the_stream_began_is_answered_folded_in_the_same_stream(
+        serve, monkeypatch: pytest.MonkeyPatch, api: str, refusal: str, status: int) -> None:
+    """The refusal came after COMMIT_AFTER: the client's stream has begun, and the folded
+    resend's answer continues it, as it would have answered before the commit."""
+    monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.05)
+    seen: list[dict[str, Any]] = []
+    url = await serve(_strict(refusal, status, seen, refuse_after=0.3))
+    cfg = parse_config({"local": [{"name": "mistral", "url": url, "api": api, "context_window": 8192, "count_tokens": "estimate"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=True), 20)
+        assert isinstance(res, Reply) and res.status == 200
+        body = b"".join([c async for c in res.body])
+        if res.close is not None:
+            res.close()
+    assert b"ok" in body and b"event: error" not in body and body.count(b"event: message_start") == 1, body
+    assert b'"stop_reason":"end_turn"' in body
+    assert len(seen) == 2 and backend.fold_turns
+    assert res.usage.error == "" and "sent again" in res.usage.note
     assert not backend.state.demoted and backend.state.failures == 0
 
 
