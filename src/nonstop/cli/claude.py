@@ -162,6 +162,11 @@ def run_claude(cfg: Config, rest: list[str], args) -> int:
         print(line, file=sys.stderr)
     _offer_statusline(cfg, bool(getattr(args, "install_statusline", False)))
     env = claude_env(cfg)
+    from nonstop.cli.doctor import managed_override  # doctor imports this module
+
+    warning = managed_override(env["ANTHROPIC_BASE_URL"])
+    if warning:
+        print(warning, file=sys.stderr)
     # Claude Code lets `env` in its settings files override the process environment; a
     # --settings argument wins over those, so nonstop cannot be silently bypassed.
     settings = json.dumps({"env": {"ANTHROPIC_BASE_URL": env["ANTHROPIC_BASE_URL"]}})

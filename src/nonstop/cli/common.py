@@ -8,6 +8,7 @@ imports this module on every refresh of Claude Code's status bar.
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from nonstop.store import db_path
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-__all__ = ["claude_settings_files", "claude_user_settings", "client_host", "db_path", "gateway_url"]
+__all__ = ["claude_settings_files", "claude_user_settings", "client_host", "db_path", "gateway_url", "managed_settings_file"]
 
 # A gateway listening on every address is reached through the loopback of the same family.
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "::1"}
@@ -52,13 +53,29 @@ def claude_user_settings(env: Mapping[str, str] | None = None) -> Path:
     return Path(base).expanduser() / "settings.json"
 
 
+# The organization's managed settings, which win over every other file and the
+# environment (Claude Code's settings docs), where each system keeps them.
+MANAGED_SETTINGS = {
+    "darwin": "/Library/Application Support/ClaudeCode/managed-settings.json",
+    "win32": "C:\\ProgramData\\ClaudeCode\\managed-settings.json",
+}
+MANAGED_SETTINGS_ELSEWHERE = "/etc/claude-code/managed-settings.json"  # Linux and WSL
+
+
+def managed_settings_file() -> Path:
+    from pathlib import Path
+
+    return Path(MANAGED_SETTINGS.get(sys.platform, MANAGED_SETTINGS_ELSEWHERE))
+
+
 def claude_settings_files(env: Mapping[str, str] | None = None) -> list[Path]:
-    """Those of Claude Code's settings files that exist: the user's, then the project's
-    .claude/settings.json and .claude/settings.local.json."""
+    """Those of Claude Code's settings files that exist, from the weakest to the one that
+    wins: the user's, the project's .claude/settings.json and .claude/settings.local.json,
+    and the organization's managed settings."""
     from pathlib import Path
 
     project = Path.cwd() / ".claude"
-    files = [claude_user_settings(env), project / "settings.json", project / "settings.local.json"]
+    files = [claude_user_settings(env), project / "settings.json", project / "settings.local.json", managed_settings_file()]
     seen: list[Path] = []
     for f in files:
         if f.is_file() and f not in seen:

@@ -34,7 +34,13 @@ from nonstop.backends.llama_stack import (
     llama_env,
 )
 from nonstop.cli import claude
-from nonstop.cli.common import claude_settings_files, client_host, db_path, gateway_url
+from nonstop.cli.common import (
+    claude_settings_files,
+    client_host,
+    db_path,
+    gateway_url,
+    managed_settings_file,
+)
 from nonstop.config import Config, EmbeddedConfig, LocalBackendConfig, is_loopback
 from nonstop.quality.advice import upgrades, verdict_advice
 from nonstop.quality.identity import ModelIdentity, identify, identify_file
@@ -279,12 +285,33 @@ def check_base_url(cfg: Config, env: Mapping[str, str]) -> list[Check]:
                                    f"(or with ANTHROPIC_BASE_URL={mine})"))
     for path in claude_settings_files(env):
         value = _settings_env(path).get("ANTHROPIC_BASE_URL")
-        if isinstance(value, str) and value:
+        if not isinstance(value, str) or not value:
+            continue
+        if path == managed_settings_file():  # the organization's: it wins over everything
             out.append(_judge_base_url(
-                value, mine, f"{path} sets ANTHROPIC_BASE_URL in its \"env\" (this overrides the environment)",
-                f"remove ANTHROPIC_BASE_URL from the \"env\" of {path}, or set it to {mine}",
+                value, mine, f"{path} (your organization's managed settings) sets ANTHROPIC_BASE_URL, "
+                             "which overrides every other setting and the environment",
+                f"ask whoever manages {path} to set ANTHROPIC_BASE_URL to {mine} (or to remove it)",
             ))
+            continue
+        out.append(_judge_base_url(
+            value, mine, f"{path} sets ANTHROPIC_BASE_URL in its \"env\" (this overrides the environment)",
+            f"remove ANTHROPIC_BASE_URL from the \"env\" of {path}, or set it to {mine}",
+        ))
     return out
+
+
+def managed_override(mine: str) -> str:
+    """What `nonstop claude` warns of before it starts Claude Code: the organization's
+    managed settings setting ANTHROPIC_BASE_URL elsewhere, which wins over the launcher's
+    own --settings, so the session would not go through nonstop ("" when they do not)."""
+    managed = managed_settings_file()
+    value = _settings_env(managed).get("ANTHROPIC_BASE_URL")
+    if not isinstance(value, str) or not value or _same_server(value, mine):
+        return ""
+    return (f"nonstop: warning: {managed} (your organization's managed settings) sets ANTHROPIC_BASE_URL to "
+            f"{_public_url(value)}, which wins over nonstop's: this Claude Code session will not go through "
+            f"nonstop ({mine}). Ask whoever manages that file to point it at nonstop.")
 
 
 def _judge_base_url(value: str, mine: str, where: str, fix: str) -> Check:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from nonstop import cli
-from nonstop.cli import claude
+from nonstop.cli import claude, common
 from nonstop.cli.common import gateway_url
 from nonstop.config import Config
 from tests.support.procs import PLANTED_KEY
@@ -180,6 +180,29 @@ def test_run_claude_passes_arguments_environment_and_exit_code(
     assert seen["env"]["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{fake_nonstop}"
     assert seen["env"]["ANTHROPIC_API_KEY"] == PLANTED_KEY
     assert "ANTHROPIC_AUTH_TOKEN" not in seen["env"]
+
+
+@pytest.mark.parametrize("managed_url", ["https://gateway.corp.example", "http://localhost:{port}", None],
+                         ids=["elsewhere", "nonstop", "none"])
+def test_run_claude_warns_when_managed_settings_send_claude_elsewhere(
+    tmp_path: Path, fake_claude: Path, fake_nonstop: int, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], managed_url: str | None,
+) -> None:
+    """An organization's managed settings win over the launcher's --settings: nonstop
+    cannot route around them, but it says so before the session starts."""
+    managed = tmp_path / "managed-settings.json"
+    if managed_url is not None:
+        managed.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": managed_url.format(port=fake_nonstop)}}))
+    monkeypatch.setattr(common, "MANAGED_SETTINGS", {})
+    monkeypatch.setattr(common, "MANAGED_SETTINGS_ELSEWHERE", str(managed))
+    cfg = cfg_at(fake_nonstop, tmp=tmp_path)
+    assert claude.run_claude(cfg, ["-p", "hi"], argparse.Namespace(install_statusline=False)) == 0
+    err = capsys.readouterr().err
+    if managed_url == "https://gateway.corp.example":
+        assert f"{managed} (your organization's managed settings)" in err and "gateway.corp.example" in err
+        assert "will not go through nonstop" in err
+    else:
+        assert "managed settings" not in err
 
 
 def test_run_claude_reports_a_gateway_that_cannot_start(

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 
 from nonstop import cli
 from nonstop.backends.llama_stack import INSTALL_HINT
-from nonstop.cli import doctor
+from nonstop.cli import common, doctor
 from nonstop.cli.doctor import Check, Probes
 from nonstop.config import (
     CloudConfig,
@@ -223,6 +223,22 @@ def test_base_url_in_claude_code_settings_overrides_the_launcher(tmp_path: Path,
     assert len(bad) == 1 and str(settings) in bad[0].detail and "llm-proxy.example.com" in bad[0].detail
     assert "remove ANTHROPIC_BASE_URL" in bad[0].fix
     assert PLANTED_KEY not in repr(checks)
+
+
+def test_base_url_in_the_organizations_managed_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Managed settings win over the user's files and the environment: doctor names them.
+    managed = tmp_path / "etc" / "claude-code" / "managed-settings.json"
+    managed.parent.mkdir(parents=True)
+    managed.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://gateway.corp.example"}}))
+    monkeypatch.setattr(common, "MANAGED_SETTINGS", {})
+    monkeypatch.setattr(common, "MANAGED_SETTINGS_ELSEWHERE", str(managed))
+    monkeypatch.chdir(tmp_path)
+    cfg = config(tmp_path, listen_port=8787)
+    bad = [c for c in doctor.check_base_url(cfg, {"HOME": str(tmp_path / "home")}) if not c.ok]
+    assert len(bad) == 1 and "managed settings" in bad[0].detail and "gateway.corp.example" in bad[0].detail
+    assert "ask whoever manages" in bad[0].fix
+    managed.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "http://127.0.0.1:8787"}}))
+    assert all(c.ok for c in doctor.check_base_url(cfg, {"HOME": str(tmp_path / "home")}))
 
 
 def test_base_url_in_settings_saved_with_a_byte_order_mark(tmp_path: Path) -> None:
