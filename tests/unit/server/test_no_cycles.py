@@ -82,12 +82,12 @@ async def _answered(app: App, path: str, body: bytes, headers: list[tuple[bytes,
 
 
 async def _cycles_left(serve, tmp_path: Path, mode: str, local: web.Application, requests: list[Request],
-                       send: Send = _answered) -> int:
+                       send: Send = _answered, **cloud_settings: Any) -> int:
     """The objects left in reference cycles by serving `requests` three times (after once
     first: caches and pools fill) with the fake cloud in `mode` and `local` as the local
     server, the collector off meanwhile."""
     cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False},
-                        "cloud": {"url": await serve(fake_cloud_app()), "default_cooldown": 0},
+                        "cloud": {"url": await serve(fake_cloud_app()), "default_cooldown": 0, **cloud_settings},
                         "local": [{"name": "llama", "url": await serve(local), "model": "m", "count_tokens": "estimate"}]})
     app = App(cfg)
     cloud = CloudBackend(cfg.cloud, CloudBackend.make_session(cfg.cloud))
@@ -134,6 +134,15 @@ FAULTS = ["overloaded", "invalid_request", "midstream_overloaded", "error_after_
 @pytest.mark.parametrize("mode", FAULTS)
 async def test_a_cloud_that_fails_leaves_no_cycles(serve, tmp_path: Path, mode: str) -> None:
     garbage = await _cycles_left(serve, tmp_path, mode, _local_server(), BOTH_DOORS[:2])
+    assert garbage == 0, f"{mode}: {garbage} objects were left in reference cycles"
+
+
+@pytest.mark.parametrize("mode", ["hang", "hang_after_head", "stall_after_content"])
+async def test_a_cloud_that_stalls_leaves_no_cycles(serve, tmp_path: Path, mode: str) -> None:
+    """Stalls end by nonstop's own timers (the first-byte deadline, a read's silence): the
+    timer, the cancelled read and its error must not keep the request alive in a cycle."""
+    garbage = await _cycles_left(serve, tmp_path, mode, _local_server(), BOTH_DOORS[:2],
+                                 first_byte_timeout=0.3, idle_timeout=0.3)
     assert garbage == 0, f"{mode}: {garbage} objects were left in reference cycles"
 
 
