@@ -194,14 +194,27 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the migrations this database lacks; the names of those applied here.
+
+    Two processes can open a new database at once (the server, and `nonstop eval` or
+    `status` beside it; two instances sharing a state folder). Each migration takes the
+    write lock first (BEGIN IMMEDIATE, waiting up to the connection's timeout) and
+    records its name before its changes: a process that finds the name already there
+    rolls back and moves on, where it would have failed on a table that exists."""
     conn.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied REAL NOT NULL)")
     done = {r[0] for r in conn.execute("SELECT name FROM migrations")}
     applied = []
     for name, sql in MIGRATIONS:
         if name in done:
             continue
-        with conn:
-            conn.executescript("BEGIN;" + sql + f"INSERT INTO migrations VALUES ('{name}', {time.time()});COMMIT;")
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE;INSERT INTO migrations VALUES ('{name}', {time.time()});{sql}COMMIT;")
+        except sqlite3.IntegrityError:  # another process applied it meanwhile
+            conn.rollback()
+            continue
+        except BaseException:
+            conn.rollback()
+            raise
         applied.append(name)
     return applied
 

@@ -47,6 +47,55 @@ def test_migrations_applied_once(state_dir: Path) -> None:
     assert again == first
 
 
+@pytest.mark.parametrize("trial", range(5))
+def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path, trial: int) -> None:
+    """The server and `nonstop eval` (or two instances sharing a state folder) starting
+    together: each migration is applied by one of them, and none fails on a table the
+    other has just made."""
+    barrier = threading.Barrier(4)
+    applied: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        conn = connect(tmp_path / "n.db")
+        try:
+            barrier.wait()
+            applied.append(migrate(conn))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert sorted(n for names in applied for n in names) == sorted(name for name, _ in MIGRATIONS)
+    conn = connect(tmp_path / "n.db")
+    try:
+        assert [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY name")] == sorted(n for n, _ in MIGRATIONS)
+        assert migrate(conn) == []
+    finally:
+        conn.close()
+
+
+def test_a_migration_that_fails_is_rolled_back_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nonstop.store.db as db
+
+    monkeypatch.setattr(db, "MIGRATIONS", [*MIGRATIONS, ("9999_broken", "CREATE TABLE half (a);CREATE TABLE half (b);")])
+    conn = connect(tmp_path / "x.db")
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            migrate(conn)
+        assert not conn.in_transaction
+        assert conn.execute("SELECT count(*) FROM migrations WHERE name = '9999_broken'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half'").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
 def test_migrate_returns_only_new_migrations(tmp_path: Path) -> None:
     conn = connect(tmp_path / "x.db")
     try:
