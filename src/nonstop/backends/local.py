@@ -557,9 +557,11 @@ class LocalBackend:
         set by the pipeline), or ends it with a well-formed error."""
         usage = reply.usage
         instead, reply.instead = reply.instead, None  # asked at most once, then let go
+        again, call.again = call.again, None  # the resend: it holds the request, so neither is kept
         end = b""  # how the message ends when no backend takes it over
         failure: Verdict | TooLong
         if isinstance(opened, aiohttp.ClientResponse):
+            again = None  # a stream that broke is not a refusal that says how to resend
             spare = _Spare(instead)
             del instead  # the relay lets it go once content begins
             async for chunk in self._relay(opened, call, usage, started=started, release=release, was_idle=was_idle,
@@ -573,13 +575,14 @@ class LocalBackend:
             release()
             failure = opened
         why = failure.detail if isinstance(failure, Verdict) else f"prompt is {failure.tokens} tokens, window {failure.window}"
-        again, call.again = call.again, None  # it holds the request: not for the rest of the stream
-        resent = again(failure) if again is not None and not isinstance(opened, aiohttp.ClientResponse) else None
+        resent = again(failure) if again is not None else None
         del again
         taken = None
         if resent is not None:  # refused in a way that says how to send it (as before a commit)
             res = await resent
             if isinstance(res, Reply):
+                # Its own failure before content may still go to the next backend.
+                res.instead, instead = instead, None
                 taken, why = res, f"{why}; sent again"
             else:
                 failure = res

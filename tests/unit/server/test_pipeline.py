@@ -366,6 +366,62 @@ async def test_a_chain_of_late_failures_ends_on_the_backend_that_answers(tmp_pat
     assert all(b.state.inflight == 0 for b in backends)
 
 
+async def test_a_late_resend_that_fails_in_turn_is_handed_to_the_next_backend(tmp_path: Path, serve, monkeypatch) -> None:
+    # f0's template refuses text beside tool results after the client's stream began;
+    # the folded resend then fails before content too: the message goes on to `good`.
+    monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.1)
+    seen: list[dict] = []
+
+    async def strict_then_crash(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        await asyncio.sleep(0.4)
+        if len(seen) == 1:
+            return web.json_response({"error": {"message": "Conversation roles must alternate user/assistant/user/assistant/..."}},
+                                     status=500)
+        return web.json_response({"error": {"message": "the model crashed"}}, status=503)
+
+    async def answers(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for name, data in [
+            ("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
+                                                                    "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hello"}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
+            ("message_stop", {"type": "message_stop"})]:
+            await resp.write(encode_event(name, orjson.dumps(data)))
+        return resp
+
+    f0, good = web.Application(), web.Application()
+    f0.router.add_post("/v1/messages", strict_then_crash)
+    good.router.add_post("/v1/messages", answers)
+    config = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}, "local": [
+        {"name": n, "url": await serve(app), "api": "anthropic", "count_tokens": "estimate"} for n, app in (("f0", f0), ("good", good))]})
+    rt = Runtime(config, clock=Clock())
+    req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "messages": [
+        {"role": "user", "content": "read it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "a"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x = 1"},
+                                     {"type": "text", "text": "now fix it"}]}]}
+    async with aiohttp.ClientSession() as session:
+        backends = [make_local_backend(c, session) for c in config.local]
+        rt.use_backends(backends, cloud=FakeBackend("cloud", [Verdict(FailureKind.NETWORK, True, None, "down")]))  # type: ignore[arg-type]
+        c = ctx(req)
+        out = await Pipeline(rt).run(c)
+        c.ex.req, c.ex.body = {}, b""  # as the door does once a reply is chosen
+        assert out.reply is not None and out.reply.backend == "f0"
+        body = b"".join([chunk async for chunk in out.reply.body])
+        assert out.reply.close is not None
+        out.reply.close()
+    assert check_anthropic_stream(body).outcome == "ok", body[-400:]
+    assert body.count(b"event: message_start") == 1 and b"hello" in body
+    assert out.reply.backend == "good" and len(seen) == 2 and backends[0].fold_turns
+    assert "sent again" in out.reply.usage.note and out.reply.usage.note.endswith("handed to good")
+    assert all(b.state.inflight == 0 for b in backends)
+
+
 def test_planning_again_after_the_door_let_the_request_go_sizes_the_request_kept() -> None:
     req = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "word " * 3000}]}
     c = ctx(req)
