@@ -310,6 +310,22 @@ async def test_a_continuation_keeps_to_the_local_backends_limits(tmp_path: Path)
     assert got is answer and full.sent == [] and len(fakes["b"].sent) == 1
 
 
+async def _hello_stream(request: web.Request) -> web.StreamResponse:
+    """A local server's answer: "hello", streamed whole."""
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+    for name, data in [
+        ("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
+                                                                "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hello"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
+        ("message_stop", {"type": "message_stop"})]:
+        await resp.write(encode_event(name, orjson.dumps(data)))
+    return resp
+
+
 async def test_a_chain_of_late_failures_ends_on_the_backend_that_answers(tmp_path: Path, serve, monkeypatch) -> None:
     # Real local backends behind real (small) servers: two whose heads are late and then
     # fail, one that answers. One message reaches the client; each server got the request.
@@ -327,18 +343,7 @@ async def test_a_chain_of_late_failures_ends_on_the_backend_that_answers(tmp_pat
 
     async def answers(request: web.Request) -> web.StreamResponse:
         seen["good"].append(await request.json())
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-        for name, data in [
-            ("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
-                                                                    "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}}),
-            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hello"}}),
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
-            ("message_stop", {"type": "message_stop"})]:
-            await resp.write(encode_event(name, orjson.dumps(data)))
-        return resp
+        return await _hello_stream(request)
 
     good = web.Application()
     good.router.add_post("/v1/messages", answers)
@@ -380,23 +385,10 @@ async def test_a_late_resend_that_fails_in_turn_is_handed_to_the_next_backend(tm
                                      status=500)
         return web.json_response({"error": {"message": "the model crashed"}}, status=503)
 
-    async def answers(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-        for name, data in [
-            ("message_start", {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "x",
-                                                                    "content": [], "usage": {"input_tokens": 3, "output_tokens": 0}}}),
-            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hello"}}),
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
-            ("message_stop", {"type": "message_stop"})]:
-            await resp.write(encode_event(name, orjson.dumps(data)))
-        return resp
 
     f0, good = web.Application(), web.Application()
     f0.router.add_post("/v1/messages", strict_then_crash)
-    good.router.add_post("/v1/messages", answers)
+    good.router.add_post("/v1/messages", _hello_stream)
     config = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}, "local": [
         {"name": n, "url": await serve(app), "api": "anthropic", "count_tokens": "estimate"} for n, app in (("f0", f0), ("good", good))]})
     rt = Runtime(config, clock=Clock())
