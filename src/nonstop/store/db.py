@@ -187,10 +187,25 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
                                check_same_thread=False)
     else:
         conn = sqlite3.connect(path, timeout=10, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        _use_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection, wait: float = 10.0) -> None:
+    """Put the database in WAL mode. Two processes making a new database at once can find
+    it locked while the other one switches the mode, and SQLite does not wait on its busy
+    timeout for that: this waits, as the connection would for any other lock."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:

@@ -47,26 +47,30 @@ def test_migrations_applied_once(state_dir: Path) -> None:
     assert again == first
 
 
-@pytest.mark.parametrize("trial", range(5))
+@pytest.mark.parametrize("trial", range(10))
 def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path, trial: int) -> None:
     """The server and `nonstop eval` (or two instances sharing a state folder) starting
     together: each migration is applied by one of them, and none fails on a table the
     other has just made."""
-    barrier = threading.Barrier(4)
+    barrier = threading.Barrier(4, timeout=20)
     applied: list[list[str]] = []
     errors: list[BaseException] = []
 
     def open_it() -> None:
-        conn = connect(tmp_path / "n.db")
         try:
-            barrier.wait()
+            barrier.wait()  # then connect and migrate at once: WAL is switched on in the race too
+            conn = connect(tmp_path / "n.db")
+        except BaseException as exc:
+            errors.append(exc)
+            return
+        try:
             applied.append(migrate(conn))
         except BaseException as exc:
             errors.append(exc)
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    threads = [threading.Thread(target=open_it, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
