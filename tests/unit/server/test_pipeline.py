@@ -326,6 +326,24 @@ async def _hello_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _through_local_backends(rt: Runtime, config, req: dict) -> tuple:
+    """`req` through the pipeline with the cloud down and `config`'s local backends, the
+    first of which (f0) takes it; the stream read whole: (outcome, body, backends)."""
+    async with aiohttp.ClientSession() as session:
+        backends = [make_local_backend(c, session) for c in config.local]
+        rt.use_backends(backends, cloud=FakeBackend("cloud", [Verdict(FailureKind.NETWORK, True, None, "down")]))  # type: ignore[arg-type]
+        c = ctx(req)
+        out = await Pipeline(rt).run(c)
+        c.ex.req, c.ex.body = {}, b""  # as the door does once a reply is chosen
+        assert out.reply is not None and out.reply.backend == "f0"
+        body = b"".join([chunk async for chunk in out.reply.body])
+        assert out.reply.close is not None
+        out.reply.close()
+    assert check_anthropic_stream(body).outcome == "ok", body[-400:]
+    assert body.count(b"event: message_start") == 1 and b"hello" in body
+    return out, body, backends
+
+
 async def test_a_chain_of_late_failures_ends_on_the_backend_that_answers(tmp_path: Path, serve, monkeypatch) -> None:
     # Real local backends behind real (small) servers: two whose heads are late and then
     # fail, one that answers. One message reaches the client; each server got the request.
@@ -352,18 +370,7 @@ async def test_a_chain_of_late_failures_ends_on_the_backend_that_answers(tmp_pat
         {"name": n, "url": u, "api": "anthropic", "count_tokens": "estimate"} for n, u in urls.items()]})
     rt = Runtime(config, clock=Clock())
     req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "fix the bug"}]}
-    async with aiohttp.ClientSession() as session:
-        backends = [make_local_backend(c, session) for c in config.local]
-        rt.use_backends(backends, cloud=FakeBackend("cloud", [Verdict(FailureKind.NETWORK, True, None, "down")]))  # type: ignore[arg-type]
-        c = ctx(req)
-        out = await Pipeline(rt).run(c)
-        c.ex.req, c.ex.body = {}, b""  # as the door does once a reply is chosen
-        assert out.reply is not None and out.reply.backend == "f0"
-        body = b"".join([chunk async for chunk in out.reply.body])
-        assert out.reply.close is not None
-        out.reply.close()
-    assert check_anthropic_stream(body).outcome == "ok", body[-400:]
-    assert body.count(b"event: message_start") == 1 and b"hello" in body
+    out, body, backends = await _through_local_backends(rt, config, req)
     assert out.reply.backend == "good"
     assert [m["messages"][-1]["content"] for n in ("f0", "f1", "good") for m in seen[n]] == ["fix the bug"] * 3
     note = out.reply.usage.note
@@ -397,18 +404,7 @@ async def test_a_late_resend_that_fails_in_turn_is_handed_to_the_next_backend(tm
         {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "a"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x = 1"},
                                      {"type": "text", "text": "now fix it"}]}]}
-    async with aiohttp.ClientSession() as session:
-        backends = [make_local_backend(c, session) for c in config.local]
-        rt.use_backends(backends, cloud=FakeBackend("cloud", [Verdict(FailureKind.NETWORK, True, None, "down")]))  # type: ignore[arg-type]
-        c = ctx(req)
-        out = await Pipeline(rt).run(c)
-        c.ex.req, c.ex.body = {}, b""  # as the door does once a reply is chosen
-        assert out.reply is not None and out.reply.backend == "f0"
-        body = b"".join([chunk async for chunk in out.reply.body])
-        assert out.reply.close is not None
-        out.reply.close()
-    assert check_anthropic_stream(body).outcome == "ok", body[-400:]
-    assert body.count(b"event: message_start") == 1 and b"hello" in body
+    out, body, backends = await _through_local_backends(rt, config, req)
     assert out.reply.backend == "good" and len(seen) == 2 and backends[0].fold_turns
     assert "sent again" in out.reply.usage.note and out.reply.usage.note.endswith("handed to good")
     assert all(b.state.inflight == 0 for b in backends)
