@@ -7,11 +7,19 @@ uvicorn with httptools and uvloop (as `nonstop serve` runs), one pooled aiohttp 
 the reply's head and chunks come back as they arrive. No parsing, no routing, no log.
 What nonstop adds over this is nonstop's own work; what this adds over calling the
 upstream directly is the cost of the libraries both are built on.
+
+    python benchmarks/forwarder.py ... --outline
+
+does one thing more, and only that: it decodes each request's outline
+(`nonstop.wire.outline`, the one parse of the body nonstop's decisions need on the cloud
+path) before forwarding the bytes as they came. `benchmarks/floor.py` measures what that
+parse alone costs a request.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import aiohttp
 import uvicorn
@@ -20,9 +28,10 @@ HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-le
 
 
 class Forwarder:
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, parse: Callable[[bytes], object] | None = None):
         self.upstream = upstream.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
+        self.parse = parse
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -42,12 +51,15 @@ class Forwarder:
             chunks.append(msg.get("body", b""))
             if not msg.get("more_body"):
                 break
+        body = b"".join(chunks)
+        if self.parse is not None:
+            self.parse(body)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in HOP]
         url = self.upstream + scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
         assert self.session is not None
-        async with self.session.request(scope["method"], url, headers=headers, data=b"".join(chunks)) as resp:
+        async with self.session.request(scope["method"], url, headers=headers, data=body) as resp:
             out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP]
             await send({"type": "http.response.start", "status": resp.status, "headers": out})
             async for chunk in resp.content.iter_any():
@@ -59,9 +71,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--listen", required=True, help="127.0.0.1:PORT")
     p.add_argument("--upstream", required=True)
+    p.add_argument("--outline", action="store_true", help="decode each request's outline as nonstop does, and nothing else")
     args = p.parse_args()
+    parse = None
+    if args.outline:
+        from nonstop.wire.outline import outline  # the caller puts nonstop's src on the path
+
+        parse = outline
     host, _, port = args.listen.rpartition(":")
-    uvicorn.run(Forwarder(args.upstream), host=host, port=int(port), http="httptools", loop="uvloop",
+    uvicorn.run(Forwarder(args.upstream, parse), host=host, port=int(port), http="httptools", loop="uvloop",
                 lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False,
                 proxy_headers=False)  # as nonstop runs it (server/run.py)
 
