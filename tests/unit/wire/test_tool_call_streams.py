@@ -98,9 +98,11 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
     return {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
 
-def _through_translator(chunks: list[dict[str, Any]]) -> list[Event]:
-    """Chat Completions chunks as the client gets them: translated, then normalized."""
-    tr = OpenAIStreamTranslator(model="m", message_id="msg_1", input_tokens_estimate=10, close_cut_calls=False)
+def _through_translator(chunks: list[dict[str, Any]], offered: tuple[str, ...] = ()) -> list[Event]:
+    """Chat Completions chunks as the client gets them: translated, then normalized
+    (`offered`: the names of the tools the server was shown)."""
+    tr = OpenAIStreamTranslator(model="m", message_id="msg_1", input_tokens_estimate=10, close_cut_calls=False,
+                                offered=offered)
     evs = [e for c in chunks for e in tr.feed(c)] + tr.finish()
     n = LocalStreamNormalizer(model="m", input_tokens_estimate=10)
     out = [e for t, d in evs for e in n.feed(t, d)] + n.finish()
@@ -193,3 +195,97 @@ def test_translator_a_name_repeated_on_every_fragment_is_one_call() -> None:
         {"command": "ls"}]
     # a trailing repeat of the name with nothing after it adds no call
     assert _reused_index(_fn("Bash", '{"command": "ls"}'), _fn("Bash")) == [{"command": "ls"}]
+
+
+# --- the translator: a name split across fragments ---------------------------------------------
+
+# Claude Code's tools include names that begin others' (Bash, BashOutput): a name that is
+# whole may still grow, and one that grows must not have started its block.
+OFFERED = ("Bash", "BashOutput", "Read", "TodoRead", "Write")
+
+
+def _calls(out: list[Event]) -> list[tuple[str, str, Any]]:
+    """(id, name, input) of each tool_use block, in order; every block started and stopped once."""
+    starts = [d for n, d in out if n == "content_block_start"]
+    stops = [d["index"] for n, d in out if n == "content_block_stop"]
+    assert stops == [d["index"] for d in starts] == list(range(len(starts)))
+    inputs = _tool_inputs(out)
+    return [(d["content_block"]["id"], d["content_block"]["name"], json.loads(inputs[d["index"]]))
+            for d in starts if d["content_block"]["type"] == "tool_use"]
+
+
+def _on_index_0(*fragments: dict[str, Any], finish: str | None = "tool_calls") -> list[dict[str, Any]]:
+    chunks = [_chunk({"role": "assistant", "content": None})]
+    chunks += [_chunk({"tool_calls": [{"index": 0, **f}]}) for f in fragments]
+    return chunks + ([_chunk({}, finish)] if finish else [])
+
+
+def test_a_split_name_on_a_reused_index_is_one_call_with_the_whole_name() -> None:
+    """A server that reuses index 0 for every call (a new id says which) and splits a
+    name across fragments before any arguments: two calls, each named in full, each
+    block started once (with its whole name) and stopped once."""
+    chunks = _on_index_0(
+        {"id": "call_1", "type": "function", **_fn("Bash")}, _fn(None, '{"command": "ls"}'),
+        {"id": "call_2", "type": "function", **_fn("Re")}, _fn("ad"), _fn(None, '{"file_path": "a"}'))
+    out = _through_translator(chunks, OFFERED)
+    assert _calls(out) == [("call_1", "Bash", {"command": "ls"}), ("call_2", "Read", {"file_path": "a"})]
+    assert _stop_reason(out) == "tool_use"
+
+
+@pytest.mark.parametrize("fragments", [
+    # the id repeated on every piece of the name
+    [{"id": "call_2", **_fn("Re")}, {"id": "call_2", **_fn("ad")}, {"id": "call_2", **_fn(None, '{"file_path": "a"}')}],
+    # the id only after the name (here with the first arguments)
+    [_fn("Re"), _fn("ad"), {"id": "call_2", **_fn(None, '{"file_path": "a"}')}],
+    # the arguments begin before the name is whole
+    [{"id": "call_2", **_fn("Re", '{"file_')}, _fn("ad", 'path": "a"}')],
+    # an empty name, before and between the pieces
+    [{"id": "call_2", **_fn(None)} | {"function": {"name": "", "arguments": ""}}, _fn("Re"),
+     {"function": {"name": "", "arguments": ""}}, _fn("ad"), _fn(None, '{"file_path": "a"}')],
+], ids=["id_on_every_piece", "id_after_the_name", "arguments_first", "empty_names"])
+def test_a_split_second_name_however_the_server_spreads_it(fragments: list[dict[str, Any]]) -> None:
+    chunks = _on_index_0({"id": "call_1", **_fn("Bash", '{"command": "ls"}')}, *fragments)
+    calls = _calls(_through_translator(chunks, OFFERED))
+    assert [(name, inp) for _, name, inp in calls] == [("Bash", {"command": "ls"}), ("Read", {"file_path": "a"})]
+    assert calls[0][0] == "call_1" and calls[1][0] != "call_1"
+
+
+def test_a_whole_name_that_begins_another_tools_waits_for_what_follows() -> None:
+    """"Bash" is a tool, and the start of "BashOutput": the pieces make the longer name."""
+    chunks = _on_index_0({"id": "call_1", **_fn("Bash")}, _fn("Output"), _fn(None, '{"bash_id": "1"}'))
+    assert _calls(_through_translator(chunks, OFFERED)) == [("call_1", "BashOutput", {"bash_id": "1"})]
+    # and a call to "Bash" itself starts as soon as its arguments do
+    tr = OpenAIStreamTranslator(model="m", message_id="msg_1", input_tokens_estimate=10, offered=OFFERED)
+    assert tr.feed(_chunk({"tool_calls": [{"index": 0, "id": "call_1", **_fn("Bash")}]}))[1:] == []
+    out = tr.feed(_chunk({"tool_calls": [{"index": 0, **_fn(None, '{"command": "ls"}')}]}))
+    assert [n for n, _ in out] == ["content_block_start", "content_block_delta"]
+
+
+def test_another_tools_name_is_still_the_next_call_when_names_can_split() -> None:
+    """Knowing the tools keeps a server that reuses index 0 without ids apart from one that
+    splits names: "TodoRead" then "Read" is two calls, as "Todo" then "Read" is one."""
+    assert [c[1:] for c in _calls(_through_translator(_on_index_0(_fn("TodoRead"), _fn("Read", '{"file_path": "a"}')),
+                                                      OFFERED))] == [("TodoRead", {}), ("Read", {"file_path": "a"})]
+    assert [c[1:] for c in _calls(_through_translator(_on_index_0(_fn("Todo"), _fn("Read", "{}")),
+                                                      OFFERED))] == [("TodoRead", {})]
+
+
+def test_a_split_name_each_call_on_its_own_index() -> None:
+    chunks = [_chunk({"tool_calls": [{"index": 0, "id": "call_1", **_fn("Wr")}]}),
+              _chunk({"tool_calls": [{"index": 0, **_fn("ite", '{"file_path": "a", "content": ""}')}]}),
+              _chunk({"tool_calls": [{"index": 1, "id": "call_2", **_fn("R")}]}),
+              _chunk({"tool_calls": [{"index": 1, **_fn("ead")}]}),
+              _chunk({"tool_calls": [{"index": 1, **_fn(None, '{"file_path": "a"}')}]}),
+              _chunk({}, "tool_calls")]
+    assert _calls(_through_translator(chunks, OFFERED)) == [
+        ("call_1", "Write", {"file_path": "a", "content": ""}), ("call_2", "Read", {"file_path": "a"})]
+
+
+def test_done_after_the_last_arguments_without_a_finish_reason_is_tool_use() -> None:
+    """`[DONE]` right after the last argument fragment, no finish_reason: the answer ends as
+    it stands, and a whole call in it asks for the tool."""
+    chunks = _on_index_0({"id": "call_1", **_fn("Bash", '{"command": "ls"}')},
+                         {"id": "call_2", **_fn("Re")}, _fn("ad", '{"file_path": "a"}'), finish=None)
+    out = _through_translator(chunks, OFFERED)
+    assert [c[1:] for c in _calls(out)] == [("Bash", {"command": "ls"}), ("Read", {"file_path": "a"})]
+    assert _stop_reason(out) == "tool_use"

@@ -13,10 +13,17 @@ time in order of first appearance: the oldest unfinished segment is live (its de
 out at once); later ones are buffered and flushed when it ends. A text or thinking
 segment ends as soon as anything else arrives after it; a tool call ends when its
 arguments form a complete JSON object, or at the finish.
+
+Some servers split a call's name across fragments. Given the names of the tools the
+server was offered, a name that is not yet one of them but begins one grows with the
+next fragment of that call, and a tool block starts only once its name can grow no
+more: it is a tool's name that begins no other's, or its arguments have begun. Without
+them, a name is taken as whole when it comes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -93,7 +100,7 @@ def _count(v: Any) -> bool:
 class _Segment:
     """One future content block: text, thinking or a tool call."""
 
-    __slots__ = ("kind", "pending", "index", "closed", "id", "name", "args", "raw", "again")
+    __slots__ = ("kind", "pending", "index", "closed", "id", "name", "args", "raw", "again", "settled")
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -105,6 +112,7 @@ class _Segment:
         self.args = ArgumentsStream() if kind == "tool" else None
         self.raw: list[str] = []  # all argument text as received
         self.again: str | None = None  # this name came again, alone, after whole arguments
+        self.settled = False  # the name is whole: the server began another call on this index
 
 
 def _complete(seg: _Segment) -> bool:
@@ -130,10 +138,12 @@ def _next_call(seg: _Segment, call_id: str | None, name: str, args: str) -> bool
 
 class OpenAIStreamTranslator:
     def __init__(self, *, model: str, message_id: str, input_tokens_estimate: int, tool_name_map: dict[str, str] | None = None,
-                 close_cut_calls: bool = True):
+                 close_cut_calls: bool = True, offered: Iterable[str] = ()):
         # close_cut_calls=False leaves closing a cut call's arguments to whoever reads the
         # events next (the local backend's normalizer, which then knows the call was cut).
         self._close_cut = close_cut_calls
+        # offered: the tool names the server was shown, to put a split name together.
+        self._offered = frozenset(n for n in offered if isinstance(n, str) and n)
         self.model = model
         self.message_id = message_id
         self._estimate = max(1, input_tokens_estimate if isinstance(input_tokens_estimate, int) else 1)
@@ -260,11 +270,15 @@ class OpenAIStreamTranslator:
         elif not isinstance(args, str):
             args = ""
         seg = self._slots.get(slot)
+        if seg is not None and name and self._grows(seg, call_id, name):
+            seg.name, name = f"{seg.name}{name}", None
         if seg is not None and seg.again is not None and args.strip() and not name and _complete(seg):
             name, seg.again = seg.again, None  # the arguments of the call named before them
         if seg is None or (name and _next_call(seg, call_id, name, args)):
             if not (call_id or name or args):
                 return
+            if seg is not None:
+                seg.settled = True  # the server moved on to the next call: this name is whole
             seg = _Segment("tool")
             self._slots[slot] = seg
             self._segments.append(seg)
@@ -293,8 +307,8 @@ class OpenAIStreamTranslator:
         while self._head < len(segs):
             seg = segs[self._head]
             if seg.index is None:
-                if seg.kind == "tool" and seg.name is None:
-                    return  # cannot start a tool block before its name is known
+                if seg.kind == "tool" and not self._named(seg):
+                    return  # cannot start a tool block before its whole name is known
                 self._start_block(seg, out)
             self._send(seg, out)
             waiting = self._head < len(segs) - 1
@@ -302,6 +316,30 @@ class OpenAIStreamTranslator:
                 return
             self._stop_block(seg, out)
             self._head += 1
+
+    def _grows(self, seg: _Segment, call_id: str | None, name: str) -> bool:
+        """Whether a name fragment is the rest of the name of the call on its index: that
+        call's block has not started, no other id says it is another call, and the name so
+        far with this fragment is an offered tool's name or the start of one."""
+        if seg.index is not None or seg.name is None or seg.closed or seg.settled:
+            return False
+        if call_id and seg.id and call_id != seg.id:
+            return False
+        whole = seg.name + name
+        return any(tool.startswith(whole) for tool in self._offered)
+
+    def _named(self, seg: _Segment) -> bool:
+        """Whether a call's name is known and will not grow: no tools to grow it into, a
+        later call took its index, it begins no offered tool's name longer than itself, or
+        it is one and its arguments have begun."""
+        name = seg.name
+        if name is None:
+            return False
+        if not self._offered or seg.settled:
+            return True
+        if not any(tool.startswith(name) and tool != name for tool in self._offered):
+            return True
+        return name in self._offered and any(part.strip() for part in (*seg.raw, *seg.pending))
 
     def _close_all(self, out: list[Event]) -> None:
         for seg in self._segments[self._head:]:

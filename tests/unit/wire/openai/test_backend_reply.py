@@ -172,8 +172,9 @@ def test_empty_or_odd_replies_give_a_valid_empty_message(resp):
 # --- a stream of chunks ----------------------------------------------------------------------
 
 
-def translate(chunks: list, *, estimate: int = 100, names: dict | None = None) -> list[tuple[str, dict]]:
-    t = OpenAIStreamTranslator(model="local-model", message_id="msg_test", input_tokens_estimate=estimate, tool_name_map=names)
+def translate(chunks: list, *, estimate: int = 100, names: dict | None = None, offered: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    t = OpenAIStreamTranslator(model="local-model", message_id="msg_test", input_tokens_estimate=estimate, tool_name_map=names,
+                               offered=offered)
     events: list[tuple[str, dict]] = []
     for chunk in chunks:
         events.extend(t.feed(chunk))
@@ -563,9 +564,10 @@ def chaotic_streams(draw) -> list:
 
 
 @SETTINGS
-@given(chaotic_streams(), st.integers(-5, 10**6))
-def test_any_chunk_sequence_gives_a_valid_anthropic_stream(chunks, estimate):
-    validate_anthropic_stream(translate(chunks, estimate=estimate))
+@given(chaotic_streams(), st.integers(-5, 10**6), st.booleans())
+def test_any_chunk_sequence_gives_a_valid_anthropic_stream(chunks, estimate, offered):
+    # offered: names that begin one another, so that names in pieces may wait to be whole
+    validate_anthropic_stream(translate(chunks, estimate=estimate, offered=("rea", "read", "Bash", "Bash2") if offered else ()))
 
 
 @st.composite
@@ -607,6 +609,41 @@ def test_interleaved_streams_keep_text_and_every_tool_input(case):
             args[call["index"]] = args.get(call["index"], "") + call["function"]["arguments"]
     assert [json.loads(a) for _, a in sorted(args.items())] == docs
     assert chunks_back[-1]["usage"]["completion_tokens"] == 5
+
+
+OFFERED = ["Bash", "BashOutput", "Read", "TodoRead", "Write", "mcp__srv__do_it"]
+
+
+@st.composite
+def split_name_streams(draw) -> tuple[list, list[tuple[str, str, dict]]]:
+    """Calls one after another, each name cut into pieces sent before its arguments, on
+    an index of its own or on index 0 reused with a new id; the end named or not."""
+    reuse = draw(st.booleans())
+    calls = [(f"call_{i}", draw(st.sampled_from(OFFERED)), draw(json_objects)) for i in range(draw(st.integers(1, 3)))]
+    chunks: list = []
+    for i, (call_id, name, doc) in enumerate(calls):
+        index = 0 if reuse else i
+        pieces = [p for p in split(name, draw(st.lists(st.integers(0, 20), max_size=3))) if p]
+        fragments = [{"id": call_id, "type": "function", "function": {"name": pieces[0], "arguments": ""}}]
+        fragments += [{"function": {"name": p}} for p in pieces[1:]]
+        fragments += [{"function": {"arguments": a}} for a in split(json.dumps(doc), draw(st.lists(st.integers(0, 300), max_size=4)))]
+        chunks.extend({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": index, **f}]}}]} for f in fragments)
+    if draw(st.booleans()):
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    return chunks, calls
+
+
+@SETTINGS
+@given(split_name_streams())
+def test_names_split_into_pieces_come_out_whole(case):
+    chunks, calls = case
+    t = OpenAIStreamTranslator(model="m", message_id="msg_1", input_tokens_estimate=10, offered=OFFERED)
+    events = [e for c in chunks for e in t.feed(c)] + t.finish()
+    validate_anthropic_stream(events)
+    starts = [d["content_block"] for d in of_type(events, "content_block_start")]
+    assert [(b["id"], b["name"]) for b in starts] == [(call_id, name) for call_id, name, _ in calls]
+    assert tool_inputs(events) == [doc for _, _, doc in calls]
+    assert t.stop_reason == "tool_use"
 
 
 def _length(message: dict, finish: str = "length") -> dict:
