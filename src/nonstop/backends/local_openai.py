@@ -69,5 +69,6 @@ class OpenAILocalBackend(LocalBackend):
         translator = oa.OpenAIStreamTranslator(
             model=call.model, message_id=new_message_id(), input_tokens_estimate=call.tokens, tool_name_map=call.name_map,
             close_cut_calls=False,  # the normalizer closes them, and so knows the limit cut a call
+            offered=oa.offered_tool_names(call.body),  # to put a name the server split together again
         )
         return OpenAIEventSource(self.name, translator)

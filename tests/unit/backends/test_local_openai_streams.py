@@ -74,7 +74,7 @@ def _whole(message: dict[str, Any], finish: str | None, *, capped: bool = False)
     return normalize_message(msg, model="m", input_tokens_estimate=10, capped=capped, tag="box1", cut=cut)
 
 
-async def _stream_from(serve, body: bytes) -> tuple[Reply, bytes]:  # noqa: F811
+async def _stream_from(serve, body: bytes, request: dict[str, Any] = REQUEST) -> tuple[Reply, bytes]:  # noqa: F811
     """`body` served as a 200 text/event-stream by an OpenAI-format server (then a clean
     end of the response); what the client receives from the OpenAI local backend."""
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -85,13 +85,13 @@ async def _stream_from(serve, body: bytes) -> tuple[Reply, bytes]:  # noqa: F811
             await resp.write(body)
         return resp
 
-    res, out = await _send(serve, handler, stream=True)
+    res, out = await _send(serve, handler, stream=True, request=request)
     assert isinstance(res, Reply), res
     return res, out
 
 
-async def _send(serve, handler: Any, *, stream: bool) -> tuple[Any, bytes]:  # noqa: F811
-    """REQUEST through the OpenAI local backend to a server answering with `handler`:
+async def _send(serve, handler: Any, *, stream: bool, request: dict[str, Any] = REQUEST) -> tuple[Any, bytes]:  # noqa: F811
+    """`request` (REQUEST unless given) through the OpenAI local backend to a server answering with `handler`:
     what the backend gives (a Reply or why not), and a Reply's body."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
@@ -101,7 +101,7 @@ async def _send(serve, handler: Any, *, stream: bool) -> tuple[Any, bytes]:  # n
     out = b""
     async with aiohttp.ClientSession() as session:
         backend = make_local_backend(cfg.local[0], session)
-        res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=stream), 10)
+        res = await asyncio.wait_for(backend.send_request(dict(request), stream=stream), 10)
         if isinstance(res, Reply):
             out = b"".join([c async for c in res.body])
             if res.close is not None:
@@ -255,3 +255,39 @@ def test_an_aborted_answer_says_so_once_whatever_follows() -> None:
                           _chunk(None, usage={"prompt_tokens": 5, "completion_tokens": 2}))
               for e in source.feed("message", c)]
     assert [n for n, _ in events].count("error") == 1
+
+
+# --- tool names split across fragments ---------------------------------------------------------
+
+
+def _tool(name: str, **properties: Any) -> dict[str, Any]:
+    return {"name": name, "input_schema": {"type": "object", "properties": properties}}
+
+
+async def test_split_tool_names_on_a_reused_index_ending_with_done_reach_the_client_whole(serve):  # noqa: F811
+    """A server that reuses index 0 for every call, splits the second call's name across
+    fragments and ends with `[DONE]` right after the last arguments, naming no finish:
+    the client gets both calls, each with its whole name and input, and tool_use."""
+    request = {**REQUEST, "tools": [_tool("Bash", command={"type": "string"}), _tool("BashOutput"),
+                                    _tool("Read", file_path={"type": "string"})]}
+
+    def call(**fields: Any) -> bytes:
+        fn = {k: fields.pop(k) for k in ("name", "arguments") if k in fields}
+        return _sse(_chunk({"tool_calls": [{"index": 0, **fields, "function": fn}]}))
+
+    body = (_sse(_chunk({"role": "assistant", "content": None}))
+            + call(id="call_1", type="function", name="Bash", arguments="") + call(arguments='{"command": "ls"}')
+            + call(id="call_2", type="function", name="Re", arguments="") + call(name="ad", arguments="")
+            + call(arguments='{"file_path": "a"}') + b"data: [DONE]\n\n")
+    _, out = await _stream_from(serve, body, request)
+    assert wirecheck.check_anthropic_stream(out).outcome == "ok"
+    events = wirecheck.anthropic_events(out)
+    starts = [d["content_block"] for n, d in events if n == "content_block_start"]
+    inputs: dict[int, str] = {}
+    for n, d in events:
+        if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta":
+            inputs[d["index"]] = inputs.get(d["index"], "") + d["delta"]["partial_json"]
+    assert [(b["name"], orjson.loads(inputs[i])) for i, b in enumerate(starts)] == [
+        ("Bash", {"command": "ls"}), ("Read", {"file_path": "a"})]
+    assert len({b["id"] for b in starts}) == 2
+    assert _stop_reason(events) == "tool_use"

@@ -33,6 +33,7 @@ from nonstop.wire.openai.backend_request import (
     TOOL_ERROR_PREFIX,
     TOOL_NAME_MAP_KEY,
     anthropic_to_openai_request,
+    offered_tool_names,
     openai_tool_name,
     tool_name_map_for,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "anthropic_to_openai_request",
     "cut_tool_call",
     "finish_reason_of",
+    "offered_tool_names",
     "openai_request_to_anthropic",
     "openai_to_anthropic_response",
     "openai_tool_name",

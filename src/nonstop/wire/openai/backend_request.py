@@ -246,6 +246,13 @@ def _tools(tools: Any, wire_name: NameFn) -> list[dict[str, Any]]:
     return out
 
 
+def offered_tool_names(body: dict[str, Any]) -> list[str]:
+    """The names of the tools a Chat Completions body offers, as the server sees them."""
+    tools = body.get("tools")
+    return [t["function"]["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str)] if isinstance(tools, list) else []
+
+
 def _tool_choice(choice: Any, out: dict[str, Any], wire_name: NameFn) -> None:
     if not isinstance(choice, dict):
         return
