@@ -578,6 +578,11 @@ def _call(name: str, args: Any, toolbox: Toolbox) -> tuple[ToolCall, tuple[str, 
 _OPENER_KEYS = "|".join(("function", "tool_calls?", *_NAME_KEYS, *_ARG_KEYS, *sorted(_EXTRA_KEYS)))
 _OPENER = re.compile(r"""\{\s*(["'])(?:""" + _OPENER_KEYS + r""")\1\s*:""")
 _FENCE_LINE = 24  # characters of a line kept to tell a fence and its language
+# A code fence's line, as Markdown reads one: a run of three or more backticks or tildes
+# (after spaces), then its info string. One of backticks has no backtick after the run
+# (that is inline code); the fence left open ends only at a run of its own character, as
+# long or longer, with nothing after it.
+_FENCE_RUN = re.compile(r"(`{3,}|~{3,})(.*)", re.DOTALL)
 _OPENER_SPAN = 64  # a "{" this close to a piece's end may open an object with the next piece
 _IN_OBJECT = re.compile(r"""[{}\[\]"']""")
 _NOT_SPACE = re.compile(r"[^ \t\r\n]")
@@ -594,7 +599,7 @@ class _Strings:
     call (`inside` says whether either holds). Fed in order, in pieces of any size, with
     the same result."""
 
-    __slots__ = ("depth", "quote", "escape", "last", "tail", "fence", "line")
+    __slots__ = ("depth", "quote", "escape", "last", "tail", "fence", "run", "line")
 
     def __init__(self) -> None:
         self.depth = 0
@@ -603,12 +608,13 @@ class _Strings:
         self.last = ""  # inside an object: its last character that is not a space
         self.tail = ""  # a "{" near the end of a piece, outside any object
         self.fence: str | None = None  # the language of the code fence left open, if one is
+        self.run = ""  # that fence's run of backticks or tildes
         self.line = ""  # the beginning of the line being read (enough to tell a fence)
 
     def copy(self) -> _Strings:
         other = _Strings()
-        other.depth, other.quote, other.escape, other.last, other.tail, other.fence, other.line = (
-            self.depth, self.quote, self.escape, self.last, self.tail, self.fence, self.line)
+        other.depth, other.quote, other.escape, other.last, other.tail, other.fence, other.run, other.line = (
+            self.depth, self.quote, self.escape, self.last, self.tail, self.fence, self.run, self.line)
         return other
 
     @property
@@ -619,19 +625,28 @@ class _Strings:
         return bool(self.quote) or (self.fence is not None and self.fence not in _FENCE_LANGS)
 
     def _fences(self, text: str) -> None:
-        """Follow the code fences: a line whose first characters (after spaces) are ```
-        opens one (with its language) or closes the one open."""
+        """Follow the code fences: a fence's line (_FENCE_RUN) opens one, with its
+        language, or closes the one open."""
         i = 0
         while True:
             nl = text.find("\n", i)
-            if len(self.line) < _FENCE_LINE:
-                self.line += text[i : (nl if nl >= 0 else len(text))][: _FENCE_LINE - len(self.line)]
+            if len(self.line) <= _FENCE_LINE:  # one more: a longer line says so
+                self.line += text[i : (nl if nl >= 0 else len(text))][: _FENCE_LINE + 1 - len(self.line)]
             if nl < 0:
                 return
-            head = self.line.lstrip(" \t")
-            if head.startswith(_FENCE):
-                self.fence = None if self.fence is not None else head[len(_FENCE):].strip().lower()
+            m = _FENCE_RUN.match(self.line.lstrip(" \t"))
+            if m is not None:
+                self._fence_line(m[1], m[2], whole=len(self.line) <= _FENCE_LINE)
             self.line, i = "", nl + 1
+
+    def _fence_line(self, run: str, info: str, *, whole: bool) -> None:
+        """A line that begins with a run of backticks or tildes (`info`: what follows it;
+        `whole`: nothing of the line was left out)."""
+        if self.fence is None:
+            if not (run[0] == "`" and "`" in info):
+                self.fence, self.run = info.strip().lower(), run
+        elif run[0] == self.run[0] and len(run) >= len(self.run) and not info.strip() and whole:
+            self.fence, self.run = None, ""
 
     def feed(self, text: str) -> None:
         self._fences(text)

@@ -720,6 +720,41 @@ def test_a_call_shaped_line_in_an_unclosed_python_fence_stays_code(stop_reason: 
 
 
 @pytest.mark.parametrize("stop_reason", ["max_tokens", "end_turn"])
+@pytest.mark.parametrize("text", [
+    # Python holding Markdown: "```json" inside the python fence is code, not its end
+    "Here is a fixture:\n```python\nDOC = \"\"\"\n```json\n" + BASH_RM,
+    # a README in a four-backtick fence: the three-backtick fence inside it is its content
+    "A README:\n````markdown\nRun:\n```json\n" + BASH_RM,
+    "A README:\n````markdown\n```\n" + BASH_RM,
+    # "```" with text after it closes nothing
+    "```python\nx = 1\n``` and then\n" + BASH_RM,
+    # a fence of tildes
+    "~~~python\nCALLS = []\n" + BASH_RM,
+    # ordinary code mid-answer, a call-shaped example among it, prose after
+    "To clean up:\n```bash\nrm -rf build\n```\nas a call:\n```json\n" + BASH_RM + "\n```\nThen rebuild.",
+], ids=["fence_line_in_python", "nested_in_four_backticks", "short_fence_in_four_backticks", "text_after_backticks",
+        "tildes", "code_mid_answer"])
+def test_a_fence_line_inside_code_does_not_end_the_code(stop_reason: str, text: str) -> None:
+    """Code fences end as Markdown ends them: with a line of the opening's character, as
+    many or more, and nothing after it. Any other line of backticks inside code is code,
+    and a call-shaped line after it is still code, never a Bash call, streamed or whole."""
+    for chunk in (1, 7, len(text)):
+        streamed, whole = both_paths([{"type": "text", "text": text}], stop_reason, chunk)
+        assert streamed == whole == {"content": [{"type": "text", "text": text}], "stop_reason": stop_reason, "repairs": []}
+
+
+@pytest.mark.parametrize("text", [
+    f"```ls``` lists files.\n```json\n{READ}\n```",  # backticks with backticks after them open no fence
+    f"````markdown\n```json\nx\n```\n````\n```json\n{READ}\n```",  # the four-backtick fence was closed
+    f"~~~\nls\n~~~\n{READ}",
+], ids=["inline_code", "after_four_backticks", "after_tildes"])
+def test_a_call_after_code_whose_fences_close_is_still_a_call(text: str) -> None:
+    assert calls(text) == (READ_CALL,)
+    streamed, whole = both_paths([{"type": "text", "text": text}])
+    assert streamed == whole and [b["type"] for b in streamed["content"]][-1] == "tool_use"
+
+
+@pytest.mark.parametrize("stop_reason", ["max_tokens", "end_turn"])
 @pytest.mark.parametrize("opening", ['{"type": "function", "name": "Write", "parameters": ',
                                      '{"id": "call_1", "name": "Write", "arguments": ',
                                      '{"arguments": ', '{"input": '])
