@@ -31,6 +31,7 @@ from nonstop.config.model import (
     is_loopback,
     join_listen,
     split_listen,
+    state_dir_fix,
 )
 from nonstop.config.parse import load_config, parse_config
 from nonstop.config.sections import SECTION_TYPES
@@ -64,4 +65,5 @@ __all__ = [
     "load_config",
     "parse_config",
     "split_listen",
+    "state_dir_fix",
 ]

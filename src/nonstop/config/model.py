@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -267,6 +268,22 @@ def default_state_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "nonstop"
+
+
+def state_dir_fix(cfg: Config, env: Mapping[str, str] | None = None) -> str:
+    """How to give nonstop another state directory, through what chose this one: the
+    config's state_dir, else NONSTOP_STATE_DIR, else the default under XDG_STATE_HOME."""
+    env = os.environ if env is None else env
+    config = cfg.source or str(default_config_path())
+    named = env.get("NONSTOP_STATE_DIR")
+    if named and Path(named) == cfg.state_dir:
+        return (f"set NONSTOP_STATE_DIR (it names this folder) to a folder nonstop can write, "
+                f"or state_dir in {config}")
+    default = Path(env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")) / "nonstop"
+    if cfg.state_dir == default:
+        return (f"set state_dir in {config}, or NONSTOP_STATE_DIR, to a folder nonstop can write "
+                f"(this one is the default: $XDG_STATE_HOME/nonstop, else ~/.local/state/nonstop)")
+    return f"set state_dir in {config} to a folder nonstop can write"
 
 
 def split_listen(listen: str) -> tuple[str, int]:

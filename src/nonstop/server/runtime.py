@@ -13,7 +13,6 @@ import contextlib
 import logging
 import operator
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any
@@ -25,7 +24,7 @@ from nonstop.backends import server_report
 from nonstop.backends.cloud import CloudBackend
 from nonstop.backends.local import LocalBackend
 from nonstop.backends.registry import make_local_backend
-from nonstop.config import Config, LocalBackendConfig
+from nonstop.config import Config, LocalBackendConfig, state_dir_fix
 from nonstop.quality.auto import EvalWatch
 from nonstop.routing.backend_state import INF, BackendState, ServerReport
 from nonstop.routing.plan import Skip
@@ -40,7 +39,7 @@ from nonstop.server.request_log import RequestLog
 from nonstop.server.shadow import Shadow
 from nonstop.server.status import backend_entry, start_of_day, status_document
 from nonstop.server.warmer import Loads, Warmer
-from nonstop.store.db import Store
+from nonstop.store.db import OpenFailed, Store
 
 log = logging.getLogger("nonstop")
 # The longest a real request waits for cancelled background work to let go of a slot.
@@ -53,6 +52,22 @@ LOAD_EVERY = 2.0
 TICK = 0.5
 # Shadow comparisons shown in the status: the last week's.
 SHADOW_WINDOW = 7 * 86400.0
+
+
+def cannot_open(cfg: Config, exc: OpenFailed) -> str:
+    """The one line that says the request log cannot be opened: which file, why, what
+    nonstop does without it, and the fix."""
+    if exc.unwritable and any(w in exc.reason for w in ("No space", "KB free", "disk is full")):
+        fix = f"free space on its disk, or {state_dir_fix(cfg)}"
+    elif exc.unwritable and exc.reason.startswith(f"{exc.path}"):  # the folder is fine, the file is not nonstop's to write
+        fix = f"make {exc.path.name} writable by this user, or {state_dir_fix(cfg)}"
+    elif exc.unwritable:
+        fix = state_dir_fix(cfg)
+    else:  # the folder is fine, the file is not (not a database, damaged)
+        fix = f"move {exc.path} aside (nonstop makes a new one)"
+    return (f"the request log {exc.path} cannot be opened: {exc.reason}; serving without it (no `nonstop logs`, "
+            f"and the cloud's state is not kept across restarts). Fix: {fix}; or turn the log off with "
+            f"[log] enabled = false")
 
 
 class Runtime:
@@ -95,9 +110,8 @@ class Runtime:
         if self.store is not None:
             try:
                 await asyncio.to_thread(self.store.open)
-            except (sqlite3.Error, OSError) as exc:  # the log is a courtesy: serve without it
-                log.warning("the request log %s cannot be opened (%s): serving without it; move the file "
-                            "aside, or set state_dir to a folder nonstop can write", self.store.path, exc)
+            except OpenFailed as exc:  # the log is a courtesy: serve without it
+                log.warning("%s", cannot_open(self.cfg, exc))
                 self.store = self.request_log.store = self.clouds.store = None
         await self.clouds.start(self.instance_info, self.held_slots)
         self.cloud = CloudBackend(self.cfg.cloud, CloudBackend.make_session(self.cfg.cloud), observe_headers=self.clouds.observe)

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from nonstop.store import db_path
+from nonstop.store import db_path, state_dir_problem
 
 # How often the writer thread looks for writes, and how many waiting wake it at once.
 FLUSH_EVERY = 0.1
@@ -234,6 +234,41 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     return applied
 
 
+def _try_a_write(conn: sqlite3.Connection) -> None:
+    """Write, and take it back: SQLite opens a file it may not write read-only, without a
+    word, and a database already in WAL mode and up to date needs no write to open. A
+    database another process is writing to is one this one can write to as well."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if _busy(exc):
+            return
+        raise
+    try:
+        conn.execute("CREATE TABLE write_check (x)")
+    finally:
+        conn.rollback()
+
+
+def _words(exc: BaseException) -> str:
+    """What went wrong, in the system's or SQLite's words (an OSError without its errno)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class OpenFailed(Exception):
+    """The request log cannot be opened: its file, and why. `unwritable`: nonstop may not
+    write there (the folder's or the file's permissions, a read-only or full disk);
+    otherwise the file itself is bad (not a database)."""
+
+    def __init__(self, path: Path, reason: str, *, unwritable: bool):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.unwritable = unwritable
+
+
 def ensure_private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
@@ -267,20 +302,31 @@ class Store:
         self.written = 0
 
     def open(self) -> None:
-        ensure_private_dir(self.state_dir)
+        """Open (or make) the database and start the writer; OpenFailed names the reason
+        when the log cannot be opened or written."""
+        conns: list[sqlite3.Connection] = []
         old = os.umask(0o077)
         try:
-            conn = connect(self.path)
+            ensure_private_dir(self.state_dir)
+            conns.append(connect(self.path))
+            conn = conns[0]
             migrate(conn)
+            _try_a_write(conn)
+            conns.append(connect(self.path))
+        except (sqlite3.Error, OSError) as exc:
+            for c in conns:
+                c.close()  # before the folder is looked at: see state_dir_problem
+            problem = state_dir_problem(self.state_dir)
+            raise OpenFailed(self.path, problem or _words(exc), unwritable=problem is not None or _refused(exc)) from exc
         finally:
             os.umask(old)
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 os.chmod(str(self.path) + suffix, 0o600)
         self._prune(conn)
+        self._read = conns[1]
         self._thread = threading.Thread(target=self._writer, args=(conn,), name="nonstop-store", daemon=True)
         self._thread.start()
-        self._read = connect(self.path)
 
     def close(self) -> None:
         if self._thread is not None:
@@ -461,6 +507,22 @@ class Store:
 LOCKED_RETRIES = 6
 # _write's answer for a batch put back in the queue.
 _AGAIN: list[threading.Event] = []
+
+
+# SQLite's primary result codes for writes the file system refuses: SQLITE_PERM,
+# SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN.
+_REFUSED = {3, 8, 10, 13, 14}
+_REFUSED_WORDS = ("disk is full", "readonly database", "disk I/O error", "unable to open")
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a write failed for the disk (full, read-only, failing), not for its row."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _REFUSED
+    return any(w in str(exc) for w in _REFUSED_WORDS)
 
 
 def _busy(exc: BaseException) -> bool:

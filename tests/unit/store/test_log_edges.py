@@ -19,7 +19,7 @@ from nonstop.server.metrics import Metrics
 from nonstop.server.relay import stored_body
 from nonstop.server.request_log import RequestLog
 from nonstop.server.run import _Redact
-from nonstop.store.db import RequestRow, Store
+from nonstop.store.db import OpenFailed, RequestRow, Store
 
 API_KEY = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdEfGhIjKlMnOpQrStUvWxYz-XyZ12AA"
 NOW = time.time()
@@ -157,6 +157,21 @@ def test_a_briefly_locked_database_does_not_lose_rows(state_dir: Path, monkeypat
     finally:
         other.close()
         s.close()
+
+
+def test_a_log_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
+    """Store.open names the file and the reason: the system's words when the folder cannot
+    be written (the fix is another folder), SQLite's when the file itself is bad."""
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OpenFailed) as caught:
+        Store(tmp_path / "a-file" / "state").open()
+    assert caught.value.unwritable and caught.value.reason == f"{tmp_path / 'a-file'} is a file, not a folder"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "nonstop.db").write_bytes(b"this is not an SQLite database\n" * 200)
+    with pytest.raises(OpenFailed) as caught:
+        Store(bad).open()
+    assert not caught.value.unwritable and "not a database" in caught.value.reason, caught.value.reason
 
 
 # --- reads at boundaries ----------------------------------------------------------------------
