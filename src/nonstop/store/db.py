@@ -7,12 +7,15 @@ or as soon as BATCH_ROWS are waiting, and writes everything it finds in one tran
 
 What a crash can lose: writes made in the last FLUSH_EVERY seconds (plus the time the
 transaction itself takes). A clean stop (`close()`) and `flush()` write everything first.
+A disk that refuses writes (full, read-only, failing) costs the writes made meanwhile,
+and no one waits for it: the console log says so once (see Store._refused).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -28,6 +31,7 @@ import orjson
 
 from nonstop.store import db_path, state_dir_problem
 
+log = logging.getLogger("nonstop")
 # How often the writer thread looks for writes, and how many waiting wake it at once.
 FLUSH_EVERY = 0.1
 BATCH_ROWS = 256
@@ -300,6 +304,9 @@ class Store:
         self._read_lock = threading.Lock()
         self._listeners: list[Any] = []
         self.written = 0
+        # While the disk refuses writes: when it last did (0.0: it takes them), and the writes lost.
+        self._refused_at = 0.0
+        self._lost = 0
 
     def open(self) -> None:
         """Open (or make) the database and start the writer; OpenFailed names the reason
@@ -425,18 +432,42 @@ class Store:
                 self._locked += 1
                 self._pending.extendleft(reversed(batch))
                 return False, _AGAIN
-            if len(batch) > 1:  # one item SQLite cannot take (a count over 2**63) costs that item only
+            refused = _refused(exc)
+            if len(batch) > 1 and not refused:  # one item SQLite cannot take (a count over 2**63) costs that item only
                 rows.clear()
                 stop, events = False, []
                 for it in batch:
                     s, e = self._write(conn, [it])
                     stop, events = stop or s, events + e
                 return stop, events
-            print(f"nonstop: request log write failed: {exc}", flush=True)
+            lost = sum(1 for it in batch if it is not None and it[0] != "flush")
+            if refused:
+                self._refused(exc, lost)
+            elif lost:
+                log.warning("the request log could not write a %s (%s: %s); the writes beside it are kept",
+                            "row" if batch[0] and batch[0][0] == "request" else "record", type(exc).__name__, exc)
             # The flushes in the batch are answered all the same: nothing more will come of them.
             events = [it[1] for it in batch if it is not None and it[0] == "flush"]
+            self._locked = 0
+            return stop, events
         self._locked = 0
+        if self._refused_at and time.monotonic() - self._refused_at >= SETTLED \
+                and any(it is not None and it[0] != "flush" for it in batch):
+            log.info("the request log %s is written again; %d writes (request rows, saved state) were lost",
+                     self.path, self._lost)
+            self._refused_at, self._lost = 0.0, 0
         return stop, events
+
+    def _refused(self, exc: BaseException, lost: int) -> None:
+        """Writes the disk refuses (full, read-only, failing) are said once, when the first
+        is lost, and once more when the log has been written again for SETTLED seconds:
+        not once a batch, nor once a batch that happened to fit on a nearly full disk."""
+        if not self._refused_at:
+            fix = "free space on its disk" if "full" in str(exc) else "check that nonstop can write its folder (state_dir)"
+            log.warning("the request log %s cannot be written (%s): requests are served as before, but their rows "
+                        "are lost until it can be (said again when it is); %s", self.path, exc, fix)
+        self._refused_at = time.monotonic()
+        self._lost += lost
 
     def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         # Many rows to a statement: sqlite3 lets go of the GIL around every statement it
@@ -502,6 +533,9 @@ class Store:
             return shadow_agreement(conn, since)
 
 
+# Seconds the log must take writes after refusing some before it is said to be written
+# again (near a full disk, a small batch fits between large ones that do not).
+SETTLED = 60.0
 # Batches put back at most this many times in a row while another process holds the
 # database past its busy timeout (10 s each); then the batch is given up, said on stderr.
 LOCKED_RETRIES = 6

@@ -16,10 +16,12 @@ import orjson
 import pytest
 from aiohttp import web
 
+import nonstop.store.db as db
 from nonstop.backends.registry import make_local_backend
 from nonstop.config import parse_config
 from nonstop.server.app import App
 from nonstop.wire.sse import encode_event
+from tests.support.full_disk import FULL, full_disk_connect
 from tests.support.inprocess import exchange
 
 MESSAGE = orjson.dumps({"model": "claude-sonnet-4-5", "max_tokens": 50, "stream": True,
@@ -105,6 +107,31 @@ async def test_the_gateway_starts_and_serves_when_its_request_log_cannot_be_open
     kinds = [m["type"] for m in out]
     assert "lifespan.startup.failed" not in kinds, [m.get("message") for m in out]
     assert "lifespan.startup.complete" in kinds
+
+
+async def test_requests_are_served_while_the_disk_refuses_the_log(
+        tmp_path: Path, serve, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the disk full under the request log, every request is answered as before and
+    none waits on the disk; the console says once that rows are lost, not once a request."""
+    monkeypatch.setattr(db, "connect", full_disk_connect)
+    url = await serve(_local_server(7))
+    async with aiohttp.ClientSession() as session:
+        with gateway_with_local(tmp_path, url, session) as app, caplog.at_level(logging.INFO, logger="nonstop"):
+            FULL.set()
+            try:
+                for _ in range(3):
+                    answers = await asyncio.wait_for(asyncio.gather(*(
+                        exchange(app, "POST", "/v1/messages", body=MESSAGE) for _ in range(20))), 30)
+                    assert [a[0] for a in answers] == [200] * 20
+                    assert all(b"hello" in a[2] for a in answers)
+                    await asyncio.sleep(0.3)  # the writer meets the full disk in between
+                assert app.rt.store is not None
+                await asyncio.wait_for(asyncio.to_thread(app.rt.store.flush, 5), 10)
+            finally:
+                FULL.clear()
+    said = [r.getMessage() for r in caplog.records if "request log" in r.getMessage()]
+    assert len(said) == 1 and "database or disk is full" in said[0], said
+    assert len(app.rt.request_log.recent) == 60, "the dashboard's feed lost rows the disk refused"
 
 
 async def test_a_local_server_reporting_an_unsigned_minus_one_does_not_end_request_logging(tmp_path: Path, serve) -> None:

@@ -5,7 +5,10 @@ and the failover metric's label."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from nonstop.server.relay import stored_body
 from nonstop.server.request_log import RequestLog
 from nonstop.server.run import _Redact
 from nonstop.store.db import OpenFailed, RequestRow, Store
+from tests.support.full_disk import FULL, full_disk_connect
 
 API_KEY = "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdEfGhIjKlMnOpQrStUvWxYz-XyZ12AA"
 NOW = time.time()
@@ -157,6 +161,96 @@ def test_a_briefly_locked_database_does_not_lose_rows(state_dir: Path, monkeypat
     finally:
         other.close()
         s.close()
+
+
+def test_a_full_disk_is_said_once_and_the_writer_goes_on(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Writes the disk refuses (full) cost their rows, and are said once in the console
+    log, not once a batch or a row; logging a row never waits for the disk, a flush is
+    answered, and once the disk takes writes again the log says so, with what was lost."""
+    monkeypatch.setattr(db, "connect", full_disk_connect)
+    monkeypatch.setattr(db, "SETTLED", 0.0)  # written again at the first write that lands
+    s = Store(state_dir, flush_every=0.005)
+    s.open()
+    try:
+        with caplog.at_level(logging.INFO, logger="nonstop"):
+            FULL.set()
+            slowest = 0.0
+            for i in range(600):
+                t = time.perf_counter()
+                s.log_request(RequestRow(ts=NOW, request_id=f"lost-{i}", backend="cloud"))
+                slowest = max(slowest, time.perf_counter() - t)
+                if i % 50 == 0:
+                    s.save_state("first_byte", {"n": i})
+                    time.sleep(0.02)  # a batch at a time
+            t = time.perf_counter()
+            s.flush(timeout=10)
+            assert time.perf_counter() - t < 2.0, "a flush waited on the full disk"
+            assert slowest < 0.05, f"logging a row took {slowest * 1000:.1f} ms"
+            FULL.clear()
+            s.log_request(RequestRow(ts=NOW, request_id="after", backend="cloud"))
+            s.flush(timeout=10)
+            assert [r["request_id"] for r in s.recent()] == ["after"]
+        said = [r.getMessage() for r in caplog.records if r.name == "nonstop"]
+        assert len(said) == 2, said
+        assert str(s.path) in said[0] and "database or disk is full" in said[0], said
+        assert "written again" in said[1] and "612 " in said[1], said  # 600 rows and 12 saved states
+        out, err = capsys.readouterr()
+        assert out == "" and err == "", (out, err)
+    finally:
+        FULL.clear()
+        s.close()
+
+
+# A request log on a real file system of 512 KB, filled by 3,000 rows of 2 KB; what the
+# process says, and how long logging and flushing took.
+_FILL = """
+import json, sys, time
+from pathlib import Path
+from nonstop.server.run import setup_logging
+from nonstop.store.db import RequestRow, Store
+setup_logging()
+s = Store(Path(sys.argv[1]) / "state", flush_every=0.01)
+s.open()
+slowest = 0.0
+for i in range(3000):
+    t = time.perf_counter()
+    s.log_request(RequestRow(ts=time.time(), request_id=f"r{i}", backend="cloud", error="x" * 2000))
+    slowest = max(slowest, time.perf_counter() - t)
+    if i % 10 == 0:  # a batch at a time: small ones fit while there is room
+        time.sleep(0.005)
+t = time.perf_counter()
+s.flush(timeout=10)
+flushed = time.perf_counter() - t
+kept = len(s.recent(limit=10000))
+s.close()
+print(json.dumps({"slowest": slowest, "flush": flushed, "written": kept}))
+"""
+
+
+def test_a_real_full_file_system_is_said_once(tmp_path: Path) -> None:
+    """The same on a tmpfs that fills up (mounted in a mount namespace of the process's
+    own, so nothing outside it sees the mount): one line in the console log, no
+    traceback, rows logged without waiting, the rows that fitted kept."""
+    unshare = ["unshare", "-m", "--propagation", "private"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    mount = [*unshare, "sh", "-c", 'mount -t tmpfs -o size=512k tmpfs "$0" && exec "$@"', str(tmp_path)]
+    try:
+        usable = subprocess.run([*mount, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        usable = False
+    if not usable:
+        pytest.skip("cannot mount a tmpfs here")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(db.__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([*mount, sys.executable, "-c", _FILL, str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    said = [line for line in done.stderr.splitlines() if "request log" in line]
+    assert len(said) == 1 and "full" in said[0], done.stderr
+    result = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert 0 < result["written"] < 3000, result
+    assert result["slowest"] < 0.05 and result["flush"] < 5, result
 
 
 def test_a_log_that_cannot_be_opened_says_why(tmp_path: Path) -> None:
