@@ -41,11 +41,12 @@ from nonstop.cli.common import (
     gateway_url,
     managed_settings_file,
 )
-from nonstop.config import Config, EmbeddedConfig, LocalBackendConfig, is_loopback
+from nonstop.config import Config, EmbeddedConfig, LocalBackendConfig, is_loopback, state_dir_fix
 from nonstop.quality.advice import upgrades, verdict_advice
 from nonstop.quality.identity import ModelIdentity, identify, identify_file
 from nonstop.quality.results import latest_scores, scores_by_model
 from nonstop.redact import redact
+from nonstop.store import state_dir_problem
 
 CLOUD_TIMEOUT = 5.0
 LOCAL_PROBE_TIMEOUT = 3.0
@@ -171,6 +172,8 @@ def render_text(cfg: Config, checks: list[Check]) -> str:
 
 async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes) -> list[Check]:
     """All checks, in reading order; the slow ones run at the same time."""
+    # First, alone: it opens the request log's file, which the eval check reads (see state_dir_problem).
+    state = await asyncio.to_thread(check_state_dir, cfg)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         cloud, running, local, claude_cli, evals, sizes = await asyncio.gather(
             check_cloud(session, cfg.cloud.url),
@@ -182,6 +185,7 @@ async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes) -> lis
         )
     checks = [
         _ok("config", f"{cfg.source} loads" if cfg.source else "no config file: using defaults (`nonstop init` writes a commented one)"),
+        state,
         cloud,
         *check_credentials(env),
         claude_cli,
@@ -204,6 +208,20 @@ def _oneline(text: str) -> str:
 
 
 # --- the cloud ---------------------------------------------------------------------------------
+
+
+def check_state_dir(cfg: Config) -> Check:
+    """Whether nonstop can write in its state directory (made at start-up when missing)."""
+    folder = cfg.state_dir
+    problem = state_dir_problem(folder)
+    if problem is not None:
+        fix = state_dir_fix(cfg)
+        if problem.endswith(("No space left on device", "KB free on its disk")):
+            fix = f"free space on its disk, or {fix}"
+        return _problem("state_dir", f"{folder} cannot be written: {problem}. nonstop would serve without its request "
+                                     "log and forget the cloud's state on a restart; `nonstop claude` cannot start it",
+                        fix)
+    return _ok("state_dir", f"{folder} is writable" if folder.is_dir() else f"{folder} will be made at start-up")
 
 
 async def check_cloud(session: aiohttp.ClientSession, url: str, timeout: float = CLOUD_TIMEOUT) -> Check:

@@ -1,7 +1,8 @@
 """A state directory nonstop cannot write (a file where a folder should be, a folder
 without permission, a read-only database, a read-only file system, a full disk), as
-real processes: `nonstop serve` says so once, naming the folder, the system's reason and the fix, and
-serves without the request log. No traceback anywhere."""
+real processes: `nonstop serve` says so once, naming the folder, the system's reason
+and the fix, and serves without the request log; `nonstop doctor` reports it as a
+problem. No traceback anywhere."""
 
 from __future__ import annotations
 
@@ -141,6 +142,26 @@ def test_serve_says_once_why_and_how_to_fix_it_and_serves_without_the_log(tmp_pa
     assert "write failed" not in err, err
 
 
+@pytest.mark.parametrize("fault", FAULTS)
+def test_doctor_reports_the_state_directory_as_a_problem(tmp_path: Path, fault: str) -> None:
+    state, prefix, reason = _fault(tmp_path, fault)
+    _skip_unless_usable(prefix)
+    config = _config(tmp_path, state)
+    done = subprocess.run([*prefix, sys.executable, "-m", "nonstop", "doctor", "--config", str(config)],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr == "", done.stderr
+    line = _said_once(done.stdout, state, reason, config)
+    assert line.startswith("problem  state_dir:"), line
+
+
+def test_doctor_finds_a_state_directory_it_can_make_fine(tmp_path: Path) -> None:
+    config = _config(tmp_path, tmp_path / "not-yet" / "state")
+    done = subprocess.run([sys.executable, "-m", "nonstop", "doctor", "--config", str(config)],
+                          capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    line = next((x for x in done.stdout.splitlines() if " state_dir:" in x), "")
+    assert line.startswith("ok       state_dir:"), done.stdout
+    assert not (tmp_path / "not-yet").exists(), "doctor made the folder"
 
 
 
