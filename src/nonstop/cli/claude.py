@@ -44,15 +44,22 @@ def _is_nonstop(data: object) -> bool:
 
 def start_background(cfg: Config, wait: float = 600.0, echo=print) -> dict:
     """Start `nonstop serve` detached, logging to the state directory; wait for /health."""
+    from nonstop.config import state_dir_fix
+    from nonstop.store import state_dir_problem
     from nonstop.store.db import ensure_private_dir
 
-    ensure_private_dir(cfg.state_dir)
     log_path = cfg.state_dir / "nonstop.log"
     argv = [sys.executable, "-m", "nonstop", "serve"]
     if cfg.source:
         argv += ["--config", cfg.source]
     argv += ["--host", cfg.host, "--port", str(cfg.port)]
-    with open(log_path, "ab") as log:
+    try:
+        ensure_private_dir(cfg.state_dir)
+        log = open(log_path, "ab")  # noqa: SIM115 (closed below, once the child has it)
+    except OSError as exc:
+        why = state_dir_problem(cfg.state_dir) or f"{exc.filename or log_path}: {exc.strerror or exc}"
+        raise RuntimeError(f"the gateway's log {log_path} cannot be written: {why}. Fix: {state_dir_fix(cfg)}") from None
+    with log:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,

@@ -1,8 +1,8 @@
 """A state directory nonstop cannot write (a file where a folder should be, a folder
 without permission, a read-only database, a read-only file system, a full disk), as
 real processes: `nonstop serve` says so once, naming the folder, the system's reason
-and the fix, and serves without the request log; `nonstop doctor` reports it as a
-problem. No traceback anywhere."""
+and the fix, and serves without the request log; `nonstop claude` refuses with the same
+words; `nonstop doctor` reports it as a problem. No traceback anywhere."""
 
 from __future__ import annotations
 
@@ -163,6 +163,24 @@ def test_doctor_finds_a_state_directory_it_can_make_fine(tmp_path: Path) -> None
     assert line.startswith("ok       state_dir:"), done.stdout
     assert not (tmp_path / "not-yet").exists(), "doctor made the folder"
 
+
+def test_claude_refuses_with_the_reason_and_the_fix_not_a_traceback(tmp_path: Path) -> None:
+    """`nonstop claude` starts the gateway with its output in the state directory: where it
+    cannot write there, it says so and ends with 1, before starting anything."""
+    state, _, reason = _fault(tmp_path, "a-file-in-the-way")
+    config = _config(tmp_path, state)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "claude"
+    fake.write_text("#!/bin/sh\necho claude ran\n")
+    fake.chmod(0o755)
+    env = _env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run([sys.executable, "-m", "nonstop", "claude", "--config", str(config), "-p", "hi"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "claude ran" not in done.stdout
+    _said_once(done.stderr, state, reason, config)
 
 
 def test_the_faults_are_what_they_say(tmp_path: Path) -> None:
