@@ -27,7 +27,12 @@ from nonstop.config import DiscoveryConfig, LocalBackendConfig
 # Claude Code's first request is 12-15k tokens, 16-27k with MCP servers and skills.
 CLAUDE_CODE_MIN_CONTEXT = 16384
 DEFAULT_CONTEXT = 8192
+# The context Ollama gives a request that sets no num_ctx (nonstop's never do) when the
+# model's Modelfile sets none and OLLAMA_CONTEXT_LENGTH is not known: 4096 since 0.6.7
+# (from 0.15.5 it depends on the GPU's memory, never less), 2048 before.
 OLLAMA_DEFAULT_CONTEXT = 4096
+OLLAMA_OLD_DEFAULT_CONTEXT = 2048
+OLLAMA_4K_DEFAULT = (0, 6, 7)
 # What LM Studio loads a model with unless the user set another context length.
 LMSTUDIO_DEFAULT_CONTEXT = 4096
 OLLAMA_NATIVE_API = (0, 14)
@@ -56,6 +61,9 @@ class DiscoveredServer:
     # The window is Ollama's stock one, guessed while the model is not loaded: the
     # server's own reading, once it is loaded, replaces it (up or down).
     window_guessed: bool = False
+    # The context the model was trained on, where the server says (Ollama's /api/show):
+    # no window the server reports later can be larger.
+    trained_context: int | None = None
 
 
 async def discover(cfg: DiscoveryConfig, session: aiohttp.ClientSession) -> list[DiscoveredServer]:
@@ -297,9 +305,17 @@ class _Probe:
         elif num_ctx:
             d.context_window = num_ctx
         else:
-            d.context_window, d.window_guessed = OLLAMA_DEFAULT_CONTEXT, True
-            if trained:
-                d.context_window = min(d.context_window, trained)
+            d.window_guessed = True
+            d.context_window = (OLLAMA_DEFAULT_CONTEXT if _version_tuple(version) >= OLLAMA_4K_DEFAULT
+                                else OLLAMA_OLD_DEFAULT_CONTEXT)
+        d.trained_context = trained
+        # Ollama never runs a model with more context than it was trained on: a larger
+        # num_ctx (the Modelfile's, or OLLAMA_CONTEXT_LENGTH) is cut down to it.
+        if trained and d.context_window > trained:
+            if num_ctx and not running_ctx:
+                d.notes.append(f"{model}'s Modelfile sets num_ctx {num_ctx}, but the model was trained on {trained} "
+                               f"tokens: Ollama runs it with {trained}")
+            d.context_window = trained
         if d.context_window < CLAUDE_CODE_MIN_CONTEXT:
             d.notes.append(
                 f"Ollama serves {model} with a {d.context_window}-token context, too small for "

@@ -34,7 +34,7 @@ _METRIC = re.compile(rb"^(vllm:num_requests_(?:running|waiting))(?:\{[^}]*\})?\s
 def report_from(d: DiscoveredServer) -> ServerReport:
     """What the server says of itself (a window guessed for it is not said)."""
     return ServerReport(kind=d.kind, context_window=None if d.window_guessed else d.context_window,
-                        tools=d.tools, model=d.model)
+                        tools=d.tools, model=d.model, trained_context=d.trained_context)
 
 
 async def identify(session: aiohttp.ClientSession, url: str, timeout: float = 3.0, model: str = "") -> ServerReport | None:
@@ -65,7 +65,7 @@ async def read_load(session: aiohttp.ClientSession, base: str, kind: str, header
                     known: ServerReport) -> ServerReport:
     """A fresh reading for a server of `kind`, starting from what identify() learned."""
     r = ServerReport(kind=kind, context_window=known.context_window, tools=known.tools, model=known.model,
-                     images=known.images, slots=known.slots)
+                     images=known.images, slots=known.slots, trained_context=known.trained_context)
     if kind == "llamacpp":
         await _llamacpp(session, base, headers, r)
     elif kind == "vllm":
@@ -128,4 +128,5 @@ async def _ollama(session: aiohttp.ClientSession, base: str, headers: dict[str, 
     r.loaded = bool(mine)
     ctx = positive_int(mine[0].get("context_length")) if mine else None
     if ctx:
-        r.context_window = ctx
+        # Ollama cuts a larger context down to the trained one (see discovery).
+        r.context_window = min(ctx, r.trained_context) if r.trained_context else ctx

@@ -40,6 +40,8 @@ class ServerReport:
     model: str = ""
     sleeping: bool | None = None
     loaded: bool | None = None
+    # The context the model was trained on (Ollama says): no window can be larger.
+    trained_context: int | None = None
     at: float = 0.0
 
 

@@ -66,7 +66,8 @@ def llamacpp_app(*, jinja: bool = True, renders_tools: bool = True) -> web.Appli
     return app
 
 
-def ollama_app(*, version: str = "0.14.2", num_ctx: int | None = None, loaded_ctx: int | None = None) -> web.Application:
+def ollama_app(*, version: str = "0.14.2", num_ctx: int | None = None, loaded_ctx: int | None = None,
+               trained: int = 262144) -> web.Application:
     async def hang(_: web.Request) -> web.Response:
         # Ollama has been seen to hang on paths it does not know.
         await asyncio.sleep(30)
@@ -90,7 +91,7 @@ def ollama_app(*, version: str = "0.14.2", num_ctx: int | None = None, loaded_ct
         params = f"num_ctx {num_ctx}\nstop <|im_end|>" if num_ctx else "stop <|im_end|>"
         return web.json_response({
             "parameters": params,
-            "model_info": {"general.architecture": "qwen3", "qwen3.context_length": 262144},
+            "model_info": {"general.architecture": "qwen3", "qwen3.context_length": trained},
             "capabilities": ["completion", "tools"] if body["model"].startswith("qwen") else ["completion"],
         })
 
@@ -319,6 +320,32 @@ async def test_ollama_num_ctx_and_loaded_model(serve: Any, session: aiohttp.Clie
     assert d.model == "llama3.2:3b"  # the one already in memory
     assert d.context_window == 65536
     assert d.tools is False
+
+
+async def test_ollama_is_planned_with_the_window_it_will_really_use(serve: Any, session: aiohttp.ClientSession) -> None:
+    """Ollama cuts a prompt longer than its context silently, so the window nonstop fits
+    requests to must never exceed the one Ollama will give nonstop's requests (which set
+    no num_ctx): a Modelfile's num_ctx above the model's trained context is cut down to
+    it by Ollama, as is a loaded model's; and before 0.6.7 its default was 2048, not 4096."""
+    s = await serve(ollama_app(num_ctx=32768, trained=8192))
+    d = await probe_server(session, s.url, 1.0)
+    assert d is not None and (d.context_window, d.window_guessed) == (8192, False)
+    assert any("num_ctx 32768" in n and "8192" in n for n in d.notes)
+
+    s = await serve(ollama_app(num_ctx=32768, loaded_ctx=65536, trained=40960))
+    d = await probe_server(session, s.url, 1.0)
+    assert d is not None and d.context_window == 40960
+
+    s = await serve(ollama_app(version="0.6.5"))
+    d = await probe_server(session, s.url, 1.0)
+    assert d is not None and (d.api, d.context_window, d.window_guessed) == ("openai", 2048, True)
+    s = await serve(ollama_app(version="0.6.7"))
+    d = await probe_server(session, s.url, 1.0)
+    assert d is not None and (d.context_window, d.window_guessed) == (4096, True)
+
+    s = await serve(ollama_app(trained=2048))  # a model trained on less than the default
+    d = await probe_server(session, s.url, 1.0)
+    assert d is not None and d.context_window == 2048
 
 
 async def test_old_ollama_uses_openai_api(serve: Any, session: aiohttp.ClientSession) -> None:

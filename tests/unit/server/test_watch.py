@@ -90,6 +90,23 @@ async def test_a_discovered_ollama_is_planned_with_the_window_it_really_runs(ser
     assert b.window() == 32768
 
 
+async def test_a_loaded_ollama_window_is_never_planned_above_the_trained_context(serve, tmp_path: Path) -> None:
+    """Ollama runs a model with at most the context it was trained on, whatever
+    OLLAMA_CONTEXT_LENGTH asks (qwen2.5-coder:7b: 32768 tokens): a larger size in its
+    reading of the loaded model is not one nonstop fits requests to."""
+    url = await serve(ollama_app(load_seconds=0, default_num_ctx=65536))
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False},
+                        "discovery": {"ports": [urlsplit(url).port]}, "embedded": {"mode": "never"}})
+    async with aiohttp.ClientSession() as session:
+        found = await autoconfig.auto_backends(cfg, session, have_configured=False)
+        rt = local_runtime(tmp_path, session, found.backends, guessed=found.guessed_windows)
+        b = rt.locals[0]
+        async with session.post(url + "/api/generate", json={"model": MODEL}) as resp:
+            assert resp.status == 200
+        await rt._watch_once(b, None, readings_due())
+    assert b.window() == 32768
+
+
 async def test_a_configured_ollama_backend_is_read_as_its_own_model(serve, tmp_path: Path) -> None:
     """On an Ollama with several models pulled, a backend's readings describe the model it
     is configured with (its name, its Modelfile's window, its tools), not whichever model
