@@ -64,6 +64,8 @@ class DiscoveredServer:
     # The context the model was trained on, where the server says (Ollama's /api/show):
     # no window the server reports later can be larger.
     trained_context: int | None = None
+    # Why the window is assumed rather than said (a guessed or unknown one).
+    assumed_why: str = ""
 
 
 async def discover(cfg: DiscoveryConfig, session: aiohttp.ClientSession) -> list[DiscoveredServer]:
@@ -92,9 +94,21 @@ async def probe_server(
         return None
 
 
+def planned_window(d: DiscoveredServer) -> int:
+    """The window nonstop plans with for `d`: the one it says or is guessed to run, else
+    DEFAULT_CONTEXT (a server that says none refuses what is over its own, or its count
+    corrects nonstop's)."""
+    return d.context_window if d.context_window and d.context_window >= 256 else DEFAULT_CONTEXT
+
+
+def window_said(d: DiscoveredServer) -> bool:
+    """Whether the server said the window nonstop plans with (else it is assumed)."""
+    return bool(d.context_window and d.context_window >= 256 and not d.window_guessed)
+
+
 def to_backend_config(d: DiscoveredServer, name: str | None = None) -> LocalBackendConfig:
     """A backend entry for a discovered server, with a window it can actually serve."""
-    ctx = d.context_window if d.context_window and d.context_window >= 256 else DEFAULT_CONTEXT
+    ctx = planned_window(d)
     port = urlsplit(d.url).port
     return LocalBackendConfig(
         name=name or (f"{d.kind}-{port}" if port else d.kind),
@@ -111,12 +125,18 @@ def describe(d: DiscoveredServer) -> str:
     model = d.model or "none"
     if "/" in model or "\\" in model:
         model = PurePath(model.replace("\\", "/")).name
-    ctx = str(d.context_window) if d.context_window else "unknown"
     tools = {True: "yes", False: "no", None: "unknown"}[d.tools]
-    line = f"{_LABELS.get(d.kind, d.kind)} at {d.url}: model {model}, context {ctx}, tools {tools}"
+    line = f"{_LABELS.get(d.kind, d.kind)} at {d.url}: model {model}, {context_words(d)}, tools {tools}"
     if d.api != "anthropic":
         line += ", OpenAI API"
     return line
+
+
+def context_words(d: DiscoveredServer) -> str:
+    """"context 32768", or the window nonstop plans with and why it is assumed."""
+    if window_said(d):
+        return f"context {d.context_window}"
+    return f"context {planned_window(d)} (assumed: {d.assumed_why or 'the server does not say'})"
 
 
 # --- probing ----------------------------------------------------------------------------
@@ -130,8 +150,12 @@ class _Probe:
         self.model = model
         self.base = base
         self.port = urlsplit(base).port
+        self.timeout = timeout
         self.deadline = asyncio.get_running_loop().time() + timeout
         self.answers: dict[str, _Answer | None] = {}
+        # Paths that did not answer in time (a server that takes the connection and
+        # stalls, its head or its body): what they would have said is assumed.
+        self.silent: set[str] = set()
 
     async def run(self) -> DiscoveredServer | None:
         await self._identify()
@@ -184,8 +208,12 @@ class _Probe:
         if remaining > 0.01:
             try:
                 answer = await self._fetch(method, path, body, remaining)
-            except Exception:  # closed, garbage, non-JSON, too slow: all mean "no answer"
+            except TimeoutError:
+                self.silent.add(path)
+            except Exception:  # closed, garbage, non-JSON: all mean "no answer"
                 answer = None
+        else:
+            self.silent.add(path)
         if method == "GET":
             self.answers[path] = answer
         return answer
@@ -226,6 +254,9 @@ class _Probe:
         d = DiscoveredServer("llamacpp", self.base, "anthropic", models, model, ctx)
         if ctx is None:  # not said yet (the model still loading): a guess, which the server's reading replaces
             d.window_guessed = True
+            d.assumed_why = ("llama-server did not answer /props in time" if "/props" in self.silent
+                             else "llama-server has not said its window yet")
+            d.notes.append(f"{d.assumed_why}: nonstop plans with {planned_window(d)} tokens until it does")
         d.tools = await self._llamacpp_tools(props)
         if d.tools is False:
             d.notes.append(
@@ -308,6 +339,13 @@ class _Probe:
             d.window_guessed = True
             d.context_window = (OLLAMA_DEFAULT_CONTEXT if _version_tuple(version) >= OLLAMA_4K_DEFAULT
                                 else OLLAMA_OLD_DEFAULT_CONTEXT)
+            d.assumed_why = f"Ollama's default while {model} is not loaded"
+            if "/api/show" in self.silent:
+                d.assumed_why = "Ollama's default; /api/show did not answer"
+                d.notes.append(
+                    f"Ollama did not answer /api/show about {model} within {self.timeout:g} s: its Modelfile's "
+                    f"num_ctx, trained context and tools are unknown, so nonstop plans with Ollama's default "
+                    f"{d.context_window} tokens until Ollama reports the loaded model's window")
         d.trained_context = trained
         # Ollama never runs a model with more context than it was trained on: a larger
         # num_ctx (the Modelfile's, or OLLAMA_CONTEXT_LENGTH) is cut down to it.
@@ -334,7 +372,16 @@ class _Probe:
             (e for e in entries if e.get("state") == "loaded"), entries[0] if entries else {})
         d = DiscoveredServer("lmstudio", self.base, "openai", _ids(entries), str(chosen.get("id", "")))
         d.context_window = positive_int(chosen.get("loaded_context_length"))
-        if d.context_window is None and "max_context_length" in chosen:
+        if d.context_window is None and "max_context_length" not in chosen:
+            # Its listing did not come (or says no sizes): the model may be loaded with
+            # any window, and LM Studio loads one with its default unless told otherwise.
+            silent = "/api/v0/models" in self.silent
+            d.context_window, d.window_guessed = LMSTUDIO_DEFAULT_CONTEXT, True
+            d.assumed_why = "LM Studio's default load length" + ("; /api/v0/models did not answer" if silent else "")
+            why = "/api/v0/models did not answer in time" if silent else "its listing has no sizes"
+            d.notes.append(f"LM Studio did not say {d.model or 'the model'}'s window ({why}): nonstop plans with "
+                           f"{LMSTUDIO_DEFAULT_CONTEXT} tokens until it does")
+        elif d.context_window is None:
             # Not loaded: LM Studio loads it on first use with its default context length,
             # not the trained maximum it lists. Planning with the maximum sent requests the
             # loaded model cannot hold (LM Studio then truncates or errs). The reading of a
@@ -342,6 +389,7 @@ class _Probe:
             trained = positive_int(chosen.get("max_context_length"))
             d.context_window = min(LMSTUDIO_DEFAULT_CONTEXT, trained or LMSTUDIO_DEFAULT_CONTEXT)
             d.window_guessed = True
+            d.assumed_why = f"LM Studio's default load length while {d.model or 'the model'} is not loaded"
             d.notes.append(
                 f"LM Studio has not loaded {d.model or 'the model'}: it will load it with its default context "
                 f"length (often {LMSTUDIO_DEFAULT_CONTEXT} tokens), so nonstop plans with {d.context_window} until "

@@ -477,7 +477,7 @@ def _configured_backend(i: int, b: LocalBackendConfig, d: DiscoveredServer | Non
 
 def _discovered_backend(d: DiscoveredServer) -> list[Check]:
     name = f"local {d.kind}"
-    out = [_ok(name, "found " + _describe(d, ""))]
+    out = [_ok(name, "found " + _describe(d, "", discovered=True))]
     if d.kind == "ollama" and d.context_window and d.context_window < CLAUDE_CODE_MIN_CONTEXT:
         out.append(_ollama_trap(name, d))
     elif d.context_window and d.context_window < CLAUDE_CODE_MIN_CONTEXT:
@@ -489,8 +489,9 @@ def _discovered_backend(d: DiscoveredServer) -> list[Check]:
     return out
 
 
-def _describe(d: DiscoveredServer, wanted: str) -> str:
-    ctx = f"context {d.context_window}" if d.context_window else "context unknown"
+def _describe(d: DiscoveredServer, wanted: str, *, discovered: bool = False) -> str:
+    """`discovered`: the gateway plans with the window found (or assumed), not a configured one."""
+    ctx = discovery.context_words(d) if discovered or d.context_window else "context unknown"
     tools = {True: "can call tools", False: "cannot call tools", None: "tool calls unknown"}[d.tools]
     model = wanted or d.model or "no model"
     if "/" in model or "\\" in model:  # a file path (llama.cpp): its name is what people know

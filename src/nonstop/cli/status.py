@@ -297,8 +297,9 @@ def backend_details(b: dict[str, Any]) -> str:
     bits = []
     window, configured = b.get("window"), b.get("context_window")
     if isinstance(window, int) and window:
-        bits.append(f"{window // 1024}k window" + (f" (configured {configured // 1024}k)"
-                                                    if isinstance(configured, int) and configured > window else ""))
+        bits.append(f"{window // 1024}k window" + (
+            " (assumed: the server has not said it yet)" if b.get("window_assumed")
+            else f" (configured {configured // 1024}k)" if isinstance(configured, int) and configured > window else ""))
     if b.get("inflight"):
         bits.append(f"{b['inflight']} in flight")
     for key, what in (("prompt_tps", "prompt"), ("gen_tps", "output")):

@@ -184,14 +184,20 @@ async def _json(session: aiohttp.ClientSession, method: str, url: str, body: Any
 
 
 async def identify(session: aiohttp.ClientSession, cfg: LocalBackendConfig, *, timeout: float = PROBE_TIMEOUT) -> ModelIdentity:
-    """The model `cfg`'s server runs now. Never raises: a server that does not answer
-    gives an identity with `reachable` false and only what the config says."""
+    """The model `cfg`'s server runs now, within `timeout` seconds in all (a server that
+    stalls on one question is not waited for twice). Never raises: a server that does not
+    answer gives an identity with `reachable` false and only what the config says."""
     base = cfg.url.rstrip("/").removesuffix("/v1")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     found = await probe_server(session, base, timeout, cfg.model)
     if found is None:
         return ModelIdentity(cfg.name, name=cfg.model, configured_context=cfg.context_window, reachable=False)
     ident = ModelIdentity(cfg.name, server=found.kind, name=cfg.model or found.model, configured_context=cfg.context_window,
                           server_context=found.context_window, tools=found.tools)
+    timeout = deadline - loop.time()
+    if timeout <= 0.05:  # what the probe learned is all there is time for
+        return ident
     headers = {"authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
     if found.kind == "llamacpp":
         return await _llamacpp(session, base, ident, headers, timeout)

@@ -371,7 +371,8 @@ class Runtime:
             backend_entry(b.cfg, model=b.state.model, healthy=b.state.healthy, checked=b.state.checked,
                           error=b.state.health_error, embedded=bool(self.embedded is not None and b.name == "embedded"),
                           live=b.state.view(), verdict=self.evals.verdict(b.name) if self.evals is not None else None,
-                          folds_turns=b.fold_turns)
+                          folds_turns=b.fold_turns,
+                          window_assumed=b.state.window_guessed and not b.state.report.context_window)
             for b in self.locals
         ]
         return status_document(

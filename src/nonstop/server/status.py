@@ -26,12 +26,14 @@ def start_of_day(now: float) -> float:
 
 def backend_entry(b: LocalBackendConfig, *, model: str = "", healthy: bool | None = None, checked: float = 0.0,
                   error: str = "", embedded: bool = False, live: BackendView | None = None,
-                  verdict: Mapping[str, Any] | None = None, folds_turns: bool = False) -> dict[str, Any]:
+                  verdict: Mapping[str, Any] | None = None, folds_turns: bool = False,
+                  window_assumed: bool = False) -> dict[str, Any]:
     """One local backend. `healthy` is None until a health check has run; `live` is
     the planner's view of it (load, speed, the window it really has) while running;
     `verdict` its last eval (nonstop.quality.verdict.verdict_entry), None when the
     caller did not read it; `folds_turns`: its chat template refused a user message after
-    tool results, and the text beside them now goes inside the last one."""
+    tool results, and the text beside them now goes inside the last one; `window_assumed`:
+    the window is discovery's assumption (the server has not said it yet)."""
     entry: dict[str, Any] = {
         "name": b.name, "url": b.url, "api": b.api, "model": b.model or model,
         "context_window": b.context_window, "max_output_tokens": b.max_output_tokens,
@@ -39,6 +41,7 @@ def backend_entry(b: LocalBackendConfig, *, model: str = "", healthy: bool | Non
         "window": b.context_window, "inflight": 0, "free_slots": None, "demoted": False, "demoted_why": "",
         "prompt_tps": None, "gen_tps": None, "token_ratio": None, "warmth": "", "score": None,
         "eval": dict(verdict) if verdict is not None else None, "folds_turns": folds_turns,
+        "window_assumed": window_assumed,
     }
     if live is not None:
         entry.update(

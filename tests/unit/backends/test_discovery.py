@@ -20,6 +20,7 @@ from nonstop.backends.discovery import (
     to_backend_config,
 )
 from nonstop.config import DiscoveryConfig
+from tests.support.stalls import stalling
 
 SMOL = "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -462,6 +463,81 @@ async def test_discover_with_nothing_listening(session: aiohttp.ClientSession) -
     assert await discover(cfg, session) == []
 
 
+# --- servers that stall on what they say about themselves ---------------------------------
+
+
+def llamacpp_loading_app() -> web.Application:
+    """A llama-server as it lists itself: /v1/models with its model's trained context
+    (`n_ctx_train`), not the window it runs, which only /props says."""
+    app = web.Application()
+    app.router.add_get("/props", answer({"default_generation_settings": {"n_ctx": 4096}, "total_slots": 1}))
+    app.router.add_get("/v1/models", answer({"object": "list", "data": [
+        {"id": "qwen", "object": "model", "owned_by": "llamacpp", "meta": {"n_ctx_train": 131072}}]}))
+    return app
+
+
+@pytest.mark.parametrize("how", ["head", "body"])
+async def test_an_ollama_that_stalls_on_api_show_is_used_with_its_default_window_said(
+        how: str, serve: Any, session: aiohttp.ClientSession) -> None:
+    """An Ollama that takes the connection for /api/show and never answers (or answers the
+    head and stalls the body) holds discovery no longer than its timeout. Its model is
+    used, with the window Ollama gives a model whose Modelfile says nothing, and the log
+    line says that this size is assumed, and why."""
+    s = await serve(stalling(ollama_app(), {"/api/show"}, how))  # type: ignore[arg-type]
+    started = time.monotonic()
+    d = await probe_server(session, s.url, 0.5)
+    assert time.monotonic() - started < 1.0
+    assert d is not None and (d.kind, d.model) == ("ollama", "qwen3-coder:30b")
+    assert (d.context_window, d.window_guessed) == (4096, True)
+    assert any("/api/show" in n and "4096" in n for n in d.notes), d.notes
+    assert "context 4096 (assumed" in describe(d)
+    assert to_backend_config(d).context_window == 4096
+
+
+@pytest.mark.parametrize("how", ["head", "body"])
+async def test_a_llama_server_that_stalls_on_props_is_used_with_the_window_said(
+        how: str, serve: Any, session: aiohttp.ClientSession) -> None:
+    """A llama-server whose /props stalls is still found (its /v1/models says what it is),
+    within the timeout; the window nonstop plans with until /props answers is the one the
+    log line names, not "unknown"."""
+    s = await serve(stalling(llamacpp_loading_app(), {"/props"}, how))  # type: ignore[arg-type]
+    started = time.monotonic()
+    d = await probe_server(session, s.url, 0.5)
+    assert time.monotonic() - started < 1.0
+    assert d is not None and (d.kind, d.model, d.window_guessed) == ("llamacpp", "qwen", True)
+    planned = to_backend_config(d).context_window
+    assert f"context {planned} (assumed" in describe(d)
+    assert any("/props" in n and str(planned) in n for n in d.notes), d.notes
+
+
+async def test_lm_studio_that_stalls_on_its_model_list_is_planned_with_its_load_default(
+        serve: Any, session: aiohttp.ClientSession) -> None:
+    """LM Studio (port 1234) whose /api/v0/models stalls: the window it will load a model
+    with is unknown, so nonstop plans with LM Studio's default load length, not a larger
+    generic guess, and says so."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", 1234))
+        except OSError:
+            pytest.skip("port 1234 is in use here")
+    s = await serve(stalling(lmstudio_app(), {"/api/v0/models"}, "body"), 1234)
+    started = time.monotonic()
+    d = await probe_server(session, s.url, 0.5)
+    assert time.monotonic() - started < 1.0
+    assert d is not None and (d.kind, d.context_window, d.window_guessed) == ("lmstudio", 4096, True)
+    assert "context 4096 (assumed" in describe(d)
+    assert any("/api/v0/models" in n for n in d.notes), d.notes
+
+
+@pytest.mark.parametrize("how", ["head", "body"])
+async def test_vllm_that_stalls_on_its_model_list_is_not_waited_for(
+        how: str, serve: Any, session: aiohttp.ClientSession) -> None:
+    s = await serve(stalling(vllm_app(), {"/v1/models"}, how))  # type: ignore[arg-type]
+    started = time.monotonic()
+    assert await probe_server(session, s.url, 0.5) is None
+    assert time.monotonic() - started < 1.0
+
+
 # --- turning a finding into a backend -----------------------------------------------------
 
 
@@ -484,4 +560,5 @@ def test_describe() -> None:
         "llama.cpp at http://127.0.0.1:8080: model SmolLM2-135M-Instruct.Q4_1.gguf, context 8192, tools yes"
     )
     v = DiscoveredServer("vllm", "http://127.0.0.1:8000", "openai", ["m"], "m")
-    assert describe(v) == "vLLM at http://127.0.0.1:8000: model m, context unknown, tools unknown, OpenAI API"
+    assert describe(v) == ("vLLM at http://127.0.0.1:8000: model m, context 8192 (assumed: the server does not "
+                           "say), tools unknown, OpenAI API")

@@ -4,6 +4,7 @@ in-process servers and the bundled GGUF file."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+import nonstop.backends.sizing_probe as sizing_probe_module
 from nonstop.backends.sizing import GIB, MIB
 from nonstop.backends.sizing_probe import file_shape, read_machine, server_shape
 from tests.support.fake_ollama import MODEL, ollama_app
+from tests.support.stalls import stalling
 
 MEMINFO = "MemTotal:       32768000 kB\nMemFree:   1000 kB\nMemAvailable:   20000000 kB\n"
 
@@ -122,3 +125,16 @@ async def test_servers_that_do_not_say_or_do_not_answer() -> None:
         assert await server_shape(session, "llamacpp", down, "") is None
         assert await server_shape(session, "ollama", down, MODEL) is None
         assert await server_shape(session, "ollama", down, "") is None
+
+
+@pytest.mark.parametrize("how", ["head", "body"])
+async def test_a_server_that_stalls_on_its_model_is_not_waited_for(serve, monkeypatch: pytest.MonkeyPatch,
+                                                                   how: str) -> None:
+    """Sizing (`nonstop doctor`) asks Ollama /api/show about the model; one that never
+    finishes its answer costs the short timeout, and the model is then not sized."""
+    monkeypatch.setattr(sizing_probe_module, "TIMEOUT", 0.3)
+    url = await serve(stalling(ollama_app(0), {"/api/show"}, how))
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        assert await server_shape(session, "ollama", url, MODEL) is None
+    assert time.monotonic() - started < 1.0

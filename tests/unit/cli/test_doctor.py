@@ -32,6 +32,7 @@ from nonstop.config import (
     LocalBackendConfig,
 )
 from tests.support.procs import PLANTED_KEY
+from tests.support.stalls import stalling
 from tests.unit.cli.ctrl_c import interrupt
 
 STACK = (Path("/opt/llama/bin/llama-server"), Path("/opt/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
@@ -290,6 +291,18 @@ async def test_discovered_ollama_with_its_default_context_is_a_problem(tmp_path:
     assert not trap.ok and "OLLAMA_CONTEXT_LENGTH=32768" in trap.fix
     # A server was found, so the embedded server is not the only fallback.
     assert find(checks, "embedded").ok
+
+
+async def test_discovered_ollama_that_stalls_on_api_show_says_the_window_assumed(tmp_path: Path, serve) -> None:
+    """An Ollama whose /api/show never answers does not hold the doctor past the discovery
+    timeout, and the doctor names the window the gateway will plan with, as an assumption."""
+    server = await serve(stalling(ollama_app(), {"/api/show"}, "body"))
+    cfg = config(tmp_path, discovery=DiscoveryConfig(ports=(server.port,), timeout=0.5))
+    started = time.monotonic()
+    checks = await run(cfg)
+    assert time.monotonic() - started < 5
+    found = find(checks, "local ollama", "found")
+    assert "context 4096 (assumed: Ollama's default; /api/show did not answer)" in found.detail
 
 
 async def test_ollama_with_a_large_context_and_a_missing_model(tmp_path: Path, serve) -> None:

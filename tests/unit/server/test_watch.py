@@ -24,6 +24,7 @@ from nonstop.server.runtime import Runtime
 from tests.support.clock import Clock
 from tests.support.fake_ollama import MODEL, ollama_app
 from tests.support.inprocess import local_runtime, readings_due
+from tests.support.stalls import stalling
 
 INF = float("inf")
 
@@ -40,6 +41,39 @@ async def test_an_ollama_load_reading_of_the_wrong_shape_is_no_reading(serve, ps
     async with aiohttp.ClientSession() as session:
         r = await server_report.read_load(session, url, "ollama", {}, ServerReport(kind="ollama", model="m"))
     assert not r.loaded
+
+
+def llamacpp_load_app() -> web.Application:
+    app = web.Application()
+
+    async def props(_: web.Request) -> web.Response:
+        return web.json_response({"default_generation_settings": {"n_ctx": 4096}, "total_slots": 2})
+
+    async def slots(_: web.Request) -> web.Response:
+        return web.json_response([{"id": 0, "is_processing": True}, {"id": 1, "is_processing": False}])
+
+    app.router.add_get("/props", props)
+    app.router.add_get("/slots", slots)
+    return app
+
+
+@pytest.mark.parametrize("how", ["head", "body"])
+@pytest.mark.parametrize(("kind", "make_app", "path"), [
+    ("llamacpp", llamacpp_load_app, "/props"), ("llamacpp", llamacpp_load_app, "/slots"),
+    ("ollama", lambda: ollama_app(load_seconds=0), "/api/ps")])
+async def test_a_load_reading_that_stalls_costs_only_its_short_timeout(serve, monkeypatch, kind, make_app, path,
+                                                                       how):
+    """The frequent readings of a server's load (llama-server /props and /slots, Ollama
+    /api/ps) give up on a server that takes the connection and stalls, its head or its
+    body, after LOAD_TIMEOUT: what was known before stands."""
+    monkeypatch.setattr(server_report, "LOAD_TIMEOUT", 0.3)
+    url = await serve(stalling(make_app(), {path}, how))
+    known = ServerReport(kind=kind, context_window=8192, model=MODEL)
+    started = asyncio.get_running_loop().time()
+    async with aiohttp.ClientSession() as session:
+        r = await server_report.read_load(session, url, kind, {}, known)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert r.context_window in (4096, 8192) and r.model == MODEL
 
 
 async def test_an_error_in_one_pass_does_not_end_the_watch(tmp_path: Path, monkeypatch, caplog):

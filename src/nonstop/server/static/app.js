@@ -266,7 +266,8 @@
       const window = num(b.window) || num(b.context_window);
       if (window) {
         let w = Math.round(window / 1024) + "k context";
-        if (num(b.context_window) && num(b.window) && b.window < b.context_window) w += " (configured " + Math.round(b.context_window / 1024) + "k)";
+        if (b.window_assumed) w += " (assumed: the server has not said it yet)";
+        else if (num(b.context_window) && num(b.window) && b.window < b.context_window) w += " (configured " + Math.round(b.context_window / 1024) + "k)";
         meta.push(w);
       }
       if (b.url) meta.push(b.url);
