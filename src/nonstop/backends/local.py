@@ -414,7 +414,7 @@ class LocalBackend:
                 # (or the prompt fit and only the room for output did not).
                 return TooLong(self.name, max(named or call.tokens, window + 1), window)
             verdict = _local_error(resp.status, text)
-            if verdict.kind is FailureKind.SERVER_ERROR:
+            if verdict.kind is FailureKind.SERVER_ERROR or cannot_serve(resp.status, text):
                 self.state.failed(verdict.detail)
             return verdict
         return resp
@@ -771,6 +771,22 @@ def context_overflow(text: str) -> tuple[int, int] | None:
 # What a chat template or validator says when a user message follows tool results: the
 # alternation check of Mistral-family and Gemma templates, and older mistral_common versions'.
 _TURNS_REFUSED = re.compile(r"roles must alternate|unexpected role '(?:roles\.)?user' after role '(?:roles\.)?tool'", re.I)
+
+
+# What a server says when it cannot serve the model nonstop names, whatever the request:
+# Ollama ("model 'x' not found"), vLLM ("The model `x` does not exist."), LM Studio ("No
+# models loaded"), llama-server and others ("unknown model", "model ... not available").
+_MODEL_REFUSED = re.compile(
+    r"\bmodel\b.{0,120}?\b(?:not found|does not exist|not loaded|not available|is not served)"
+    r"|\bno models? (?:is |are )?loaded\b|\bunknown model\b", re.I)
+
+
+def cannot_serve(status: int, text: str) -> bool:
+    """Whether a 4xx refuses every request this backend sends, not just this one: the
+    endpoint or the model is not there (404), the server does not take its key (401,
+    403), or it says the model cannot be served. Such a backend is demoted as a failing
+    one is, so that the requests after it go first to one that can answer."""
+    return status in (401, 403, 404) or bool(_MODEL_REFUSED.search(server_words(text, 400)))
 
 
 def _local_error(status: int, text: str) -> Verdict:

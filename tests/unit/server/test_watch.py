@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -174,6 +175,21 @@ def broken_model_app(hits: list[str]) -> web.Application:
     return app
 
 
+REQUEST = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+ONLY_PROBES = {"identify": INF, "health": INF, "load": INF}  # no readings but the demotion's own probe
+
+
+async def thirty_seconds_of_requests(rt: Runtime, b: Any, clock: Clock) -> None:
+    """A user request every 2.5 s for 30 s, sent to `b` whenever it is first in the plan
+    (not demoted: the request goes to it before any other), the demotion's probe run
+    whenever it is due."""
+    for _ in range(12):
+        if not b.state.demoted:
+            await b.send_request(REQUEST, stream=False)
+        clock.advance(2.5)
+        await rt._watch_once(b, None, ONLY_PROBES)
+
+
 async def test_a_backend_that_keeps_failing_its_requests_stays_demoted_longer_each_time(serve, tmp_path: Path) -> None:
     """A health check that passes restores a demoted backend but keeps its count of failed
     requests, so a backend whose every request fails waits longer each time before it is
@@ -181,15 +197,66 @@ async def test_a_backend_that_keeps_failing_its_requests_stays_demoted_longer_ea
     hits: list[str] = []
     url = await serve(broken_model_app(hits))
     clock = Clock(1_800_000_000.0)
-    req = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
     async with aiohttp.ClientSession() as session:
         rt = local_runtime(tmp_path, session, [LocalBackendConfig(name="big", url=url, model="qwen2.5-coder:32b",
                                                                   count_tokens="estimate")], clock=clock)
-        b = rt.locals[0]
-        due = {"identify": INF, "health": INF, "load": INF}  # only the demotion's own probe
-        for _ in range(12):  # a user request every 2.5 s for 30 s
-            if not b.state.demoted:  # first in the plan: the request goes to it before any other
-                await b.send_request(req, stream=False)
-            clock.advance(2.5)
-            await rt._watch_once(b, None, due)  # the probe, when due
+        await thirty_seconds_of_requests(rt, rt.locals[0], clock)
     assert len(hits) <= 6, f"{len(hits)} of 12 requests went first to a backend that failed every one"
+
+
+REFUSALS = {
+    "ollama, the model removed": (404, {"error": "model 'qwen2.5-coder:32b' not found"}),
+    "vllm, another model served": (404, {"object": "error", "message": "The model `qwen2.5-coder:32b` does not exist.",
+                                         "type": "NotFoundError", "param": None, "code": 404}),
+    "lm studio, nothing loaded": (400, {"error": "No models loaded. Please load a model in the developer page or use "
+                                                 "the `lms load` command."}),
+    "a key it does not take": (401, {"error": {"message": "Invalid API Key", "type": "authentication_error"}}),
+}
+
+
+def refusing_app(hits: list[str], refusal: tuple[int, dict], serving: list[bool]) -> web.Application:
+    """A server that lists its model (its probe and health check pass) but refuses every
+    generation the way `refusal` says, until `serving` holds True."""
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "qwen2.5-coder:32b", "object": "model"}]})
+
+    async def messages(_: web.Request) -> web.Response:
+        hits.append("messages")
+        if serving[0]:
+            return web.json_response({"id": "msg_1", "type": "message", "role": "assistant", "model": "q",
+                                      "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+                                      "usage": {"input_tokens": 5, "output_tokens": 1}})
+        return web.json_response(refusal[1], status=refusal[0])
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/messages", messages)
+    return app
+
+
+@pytest.mark.parametrize("refusal", list(REFUSALS.values()), ids=list(REFUSALS))
+async def test_a_backend_that_refuses_its_model_is_demoted_like_one_that_errs_and_comes_back(
+        serve, tmp_path: Path, refusal: tuple[int, dict]) -> None:
+    """A discovered server that answers its probe and its health check but refuses every
+    request (its model gone, another one loaded, nothing loaded, a key it does not take)
+    is demoted as a server that answers 500 is: requests go to the other backends first,
+    and it is tried first again less and less often. Once it serves again, it is restored."""
+    hits: list[str] = []
+    serving = [False]
+    url = await serve(refusing_app(hits, refusal, serving))
+    clock = Clock(1_800_000_000.0)
+    async with aiohttp.ClientSession() as session:
+        rt = local_runtime(tmp_path, session, [LocalBackendConfig(name="ollama", url=url, model="qwen2.5-coder:32b",
+                                                                  count_tokens="estimate")], clock=clock)
+        b = rt.locals[0]
+        await thirty_seconds_of_requests(rt, b, clock)
+        assert len(hits) <= 6, f"{len(hits)} of 12 requests went first to a backend that refused every one"
+        assert b.state.failures >= 2
+
+        serving[0] = True  # the model is back
+        clock.advance(60)
+        await rt._watch_once(b, None, ONLY_PROBES)
+        assert not b.state.demoted and b.state.healthy
+        await b.send_request(REQUEST, stream=False)
+    assert (b.state.demoted, b.state.failures) == (False, 0)
