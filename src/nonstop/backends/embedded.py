@@ -1,9 +1,10 @@
 """The embedded llama-server: a supervised child process serving a small local model.
 
 When no local server is configured or discovered, nonstop can run its own llama-server
-on a free loopback port. The child is restarted with backoff when it exits, and it dies
-with nonstop: on stop(), at interpreter exit, and (on Linux) through the kernel's
-parent-death signal even when nonstop is killed outright.
+on a free loopback port, and again on a free one when another program has taken its port
+meanwhile (said, and told to its backend through `on_moved`). The child is restarted with
+backoff when it exits, and it dies with nonstop: on stop(), at interpreter exit, and (on
+Linux) through the kernel's parent-death signal even when nonstop is killed outright.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from nonstop.backends.llama_stack import (
     find_bundled_model,
     find_llama_server,
     free_loopback_port,
+    listens_on,
     llama_env,
+    loopback_port_free,
 )
 from nonstop.config import EmbeddedConfig, LocalBackendConfig
 
@@ -38,6 +41,8 @@ STOP_GRACE = 5.0
 PROGRESS_EVERY = 3.0
 # A child that stayed healthy this long counts as recovered: the backoff starts over.
 STABLE_AFTER = 60.0
+# Ports tried for one start when another program takes each before llama-server binds it.
+PORT_TRIES = 3
 
 
 class EmbeddedUnavailable(RuntimeError):
@@ -66,8 +71,12 @@ class EmbeddedServer:
         launcher: Callable[..., Any] = asyncio.create_subprocess_exec,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
+        on_moved: Callable[[str], None] | None = None,
     ):
         self.cfg = cfg
+        # Told the new URL when llama-server has to move to another port (its own was
+        # taken by another program): the backend that sends it requests follows.
+        self.on_moved = on_moved
         self.state_dir = Path(state_dir)
         self.on_event = on_event
         self.launcher = launcher
@@ -135,11 +144,12 @@ class EmbeddedServer:
 
     async def start(self) -> LocalBackendConfig:
         """Start llama-server, wait until it serves, and keep it running. One start at a
-        time: a caller that comes while it loads waits for the same start."""
-        config = self.prepare()
+        time: a caller that comes while it loads waits for the same start. The backend
+        it is (at the port it serves on: see _start_child)."""
+        self.prepare()
         if self._supervisor is None:
             await asyncio.shield(self.begin())
-        return config
+        return self._backend_config()
 
     def begin(self) -> asyncio.Future[None]:
         """Start in the background; the start under way, if there is one."""
@@ -147,6 +157,14 @@ class EmbeddedServer:
         if self._starting is None or (self._starting.done() and self._supervisor is None):
             self._starting = asyncio.ensure_future(self._run())
         return self._starting
+
+    def unavailable(self) -> str:
+        """Why a request cannot be sent to it now ("" when it can): its child is not
+        serving and no start is under way. Whatever listens on its port then is not it."""
+        starting = self._starting
+        if self.healthy or (starting is not None and not starting.done()):
+            return ""
+        return "the embedded llama-server is not running" + (" (it is being restarted)" if self._supervisor else "")
 
     async def until_ready(self) -> None:
         """Until a start under way has ended: ready, or failed (a request sent then finds
@@ -169,8 +187,7 @@ class EmbeddedServer:
         try:
             self.on_event(f"starting llama-server with {self._model_name} on {self.url}")
             started = time.monotonic()
-            await self._launch()
-            await self._wait_ready(progress=True)
+            await self._start_child(progress=True)
         except BaseException:
             await self.stop()
             raise
@@ -233,6 +250,34 @@ class EmbeddedServer:
             max_output_tokens=out,
         )
 
+    async def _start_child(self, progress: bool) -> None:
+        """Launch llama-server on a port no other program holds and wait until it
+        serves. Its port is the one chosen at prepare() (or the last run's, for a
+        restart); when another program listens there now, it moves to a free one. A
+        child that could not bind because another program took the port after the check
+        is started again on another (PORT_TRIES in all)."""
+        for attempt in range(1, PORT_TRIES + 1):
+            if not loopback_port_free(self._port):
+                self._move(f"port {self._port} is taken by another program")
+            await self._launch()
+            try:
+                await self._wait_ready(progress)
+                return
+            except EmbeddedUnavailable:
+                proc = self._proc
+                lost = proc is not None and proc.returncode is not None and not loopback_port_free(self._port)
+                if attempt == PORT_TRIES or not lost:
+                    raise
+
+    def _move(self, why: str) -> None:
+        """To a free port: said, and told to the backend."""
+        old = self._port
+        self._port = free_loopback_port()
+        self._argv[self._argv.index("--port") + 1] = str(self._port)
+        self.on_event(f"{why}: llama-server moves from port {old} to {self.url}")
+        if self.on_moved is not None:
+            self.on_moved(self.url)
+
     async def _launch(self) -> None:
         assert self._log is not None
         self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self._argv)}\n".encode())
@@ -269,7 +314,8 @@ class EmbeddedServer:
                     f"llama-server exited with code {proc.returncode} while loading; "
                     f"last lines of {self.log_path}:\n{self._log_tail()}"
                 )
-            if await self._health_ok() and proc.returncode is None and await self._serves_ours():
+            if await self._health_ok() and proc.returncode is None and await self._serves_ours() \
+                    and listens_on(proc.pid, self._port) is not False:
                 self._healthy = True
                 return
             now = loop.time()
@@ -331,8 +377,7 @@ class EmbeddedServer:
             if self._stopping:
                 return
             try:
-                await self._launch()
-                await self._wait_ready(progress=False)
+                await self._start_child(progress=False)
             except EmbeddedUnavailable as exc:
                 # The child has exited (or was ended); the next round backs off further.
                 self.on_event(f"embedded llama-server restart failed: {str(exc).splitlines()[0]}")

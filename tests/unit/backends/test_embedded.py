@@ -29,7 +29,9 @@ from aiohttp import web
 from nonstop.backends import embedded as embedded_module
 from nonstop.backends.embedded import EmbeddedServer, EmbeddedUnavailable, backoff_delay
 from nonstop.backends.llama_stack import INSTALL_HINT
-from nonstop.config import EmbeddedConfig
+from nonstop.config import EmbeddedConfig, parse_config
+from nonstop.routing.classify import Verdict
+from nonstop.server.runtime import Runtime
 from tests.support.config import nonstop_config
 from tests.support.procs import pid_alive, start_nonstop
 from tests.support.waiting import wait_for
@@ -271,28 +273,137 @@ async def test_oversized_max_output_is_capped(fake: Fake) -> None:
     assert backend.max_output_tokens < backend.context_window
 
 
-async def test_the_embedded_server_is_not_declared_ready_on_a_port_another_server_holds(
-        fake: Fake, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A port taken by another program between its choice and llama-server's start (another
-    instance starting its own embedded server, say) does not pass for ready because that
-    program answers /health: the start fails with llama-server's own reason, and no request
-    goes to a server nonstop does not run."""
-    other = web.Application()
+class Squatter:
+    """Another program on a port: it answers /health, and /v1/models with the same alias
+    as the embedded server (another nonstop's embedded server with the bundled model, say),
+    and records every request it gets."""
 
-    async def health(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    def __init__(self, alias: str):
+        self.alias = alias
+        self.seen: list[str] = []
+        self.runner: web.AppRunner | None = None
 
-    other.router.add_get("/health", health)
-    taken = urlsplit(await serve(other)).port
-    monkeypatch.setattr(embedded_module, "free_loopback_port", lambda: taken)
-    server = fake.server()
+    async def take(self, port: int) -> None:
+        async def any_path(request: web.Request) -> web.Response:
+            self.seen.append(f"{request.method} {request.path}")
+            if request.path == "/v1/models":
+                return web.json_response({"object": "list", "data": [{"id": self.alias}]})
+            return web.json_response({"status": "ok"})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", any_path)
+        self.runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+
+    async def leave(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def squatter() -> AsyncIterator[Squatter]:
+    s = Squatter("tiny-model")
+    yield s
+    await s.leave()
+
+
+async def test_the_embedded_server_moves_off_a_port_another_program_took_before_it_started(
+        fake: Fake, squatter: Squatter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port taken by another program between its choice and llama-server's start
+    (another instance starting its own embedded server, say) is not used, even though that
+    program answers /health and lists the same model: llama-server starts on a free port,
+    the log says so, and the program on the old port is never asked anything."""
+    taken = embedded_module.free_loopback_port()
+    await squatter.take(taken)
+    chosen = iter([taken])
+    real = embedded_module.free_loopback_port
+    monkeypatch.setattr(embedded_module, "free_loopback_port", lambda: next(chosen, None) or real())
+    moved: list[str] = []
+    server = fake.server(on_moved=moved.append)
     try:
-        with pytest.raises(EmbeddedUnavailable, match="exited with code 1") as info:
-            await server.start()
-        assert "couldn't bind" in str(info.value)
-        assert server.pid is None and not server.healthy
+        assert server.prepare().url.endswith(f":{taken}")
+        backend = await server.start()
+        assert server.healthy and urlsplit(server.url).port != taken
+        assert moved == [server.url] and backend.url == server.url
+        assert any(f"port {taken} is taken by another program" in e and server.url in e for e in fake.events)
+        assert squatter.seen == []
     finally:
         await server.stop()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="who listens on a port is read from /proc")
+async def test_a_port_taken_just_after_it_was_checked_is_not_mistaken_for_the_servers_own(
+        fake: Fake, squatter: Squatter, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program may take the port after nonstop found it free and before
+    llama-server binds it. Answering /health and listing the same model does not make it
+    nonstop's server: only the child's own socket does; the child, unable to bind, exits,
+    and llama-server is started again on a free port."""
+    taken = embedded_module.free_loopback_port()
+    await squatter.take(taken)
+    chosen, looks_free = iter([taken]), iter([True])  # the first check misses the other program
+    real_port, real_free = embedded_module.free_loopback_port, embedded_module.loopback_port_free
+    monkeypatch.setattr(embedded_module, "free_loopback_port", lambda: next(chosen, None) or real_port())
+    monkeypatch.setattr(embedded_module, "loopback_port_free", lambda port: next(looks_free, None) or real_free(port))
+    server = fake.server()
+    try:
+        await server.start()
+        assert server.healthy and urlsplit(server.url).port != taken
+        assert len(fake.calls) == 2  # the child that could not bind, and the one on a free port
+    finally:
+        await server.stop()
+
+
+async def test_a_restart_whose_port_another_program_took_moves_to_a_free_port(fake: Fake, squatter: Squatter) -> None:
+    """The embedded llama-server is restarted on the port it had; when another program
+    has taken that port since (the same model's alias on it, as another nonstop's embedded
+    server would have), the restart goes to a free port, says so, and tells its backend
+    where it now is: nothing is asked of the other program."""
+    moved: list[str] = []
+    server = fake.server(backoff_initial=0.5, on_moved=moved.append)
+    await server.start()
+    try:
+        old, pid = server.url, server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: server.pid is None, what="the child's exit")
+        await squatter.take(int(urlsplit(old).port or 0))
+        await until(lambda: server.healthy and server.url != old, what="a restart on another port")
+        assert moved == [server.url]
+        assert any(f"port {urlsplit(old).port} is taken by another program" in e for e in fake.events)
+        assert squatter.seen == []
+    finally:
+        await server.stop()
+
+
+async def test_the_gateway_sends_nothing_to_a_program_that_took_its_embedded_servers_port(
+        fake: Fake, squatter: Squatter, tmp_path: Path) -> None:
+    """While its embedded llama-server is down, the gateway sends the embedded backend's
+    requests nowhere (the next backend takes them), even though another program now
+    listens on its port and lists the same model; once the server is back on a free
+    port, the backend's requests and readings go there."""
+    cfg = parse_config({"state_dir": str(fake.state), "log": {"enabled": False}, "discovery": {"enabled": False},
+                        "warmup": {"enabled": False}, "embedded": {
+                            "mode": "always", "server_path": str(fake.script), "model_path": str(fake.model),
+                            "ready_timeout": 10}})
+    rt = Runtime(cfg)
+    await rt.start()
+    try:
+        server, b = rt.embedded, rt.backend("embedded")
+        assert b is not None
+        await until(lambda: server.healthy, what="the embedded server")
+        old, pid = server.url, server.pid
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: server.pid is None, what="the child's exit")
+        await squatter.take(int(urlsplit(old).port or 0))
+        req = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+        res = await b.send_request(req, stream=False)
+        assert isinstance(res, Verdict) and "not running" in res.detail
+        await until(lambda: server.healthy and server.url != old, what="a restart on another port")
+        assert (b.base, b.cfg.url) == (server.url, server.url)
+        assert squatter.seen == []
+    finally:
+        await rt.stop()
 
 
 def test_backoff_delays() -> None:
@@ -304,7 +415,9 @@ CHILD_OF_DOOMED_PARENT = """\
 import asyncio, sys
 from pathlib import Path
 from nonstop.backends.embedded import EmbeddedServer
-from nonstop.config import EmbeddedConfig
+from nonstop.config import EmbeddedConfig, parse_config
+from nonstop.routing.classify import Verdict
+from nonstop.server.runtime import Runtime
 
 async def main():
     cfg = EmbeddedConfig(server_path=sys.argv[1], model_path=sys.argv[2], ready_timeout=10)
