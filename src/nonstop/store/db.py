@@ -447,9 +447,10 @@ class Store:
                 log.warning("the request log could not write a %s (%s: %s); the writes beside it are kept",
                             "row" if batch[0] and batch[0][0] == "request" else "record", type(exc).__name__, exc)
             # The flushes in the batch are answered all the same: nothing more will come of them.
+            # A stop in it holds too, wherever the failure came before it (close() waits on it).
             events = [it[1] for it in batch if it is not None and it[0] == "flush"]
             self._locked = 0
-            return stop, events
+            return any(it is None for it in batch), events
         self._locked = 0
         if self._refused_at and time.monotonic() - self._refused_at >= SETTLED \
                 and any(it is not None and it[0] != "flush" for it in batch):

@@ -203,6 +203,26 @@ def test_a_full_disk_is_said_once_and_the_writer_goes_on(
         s.close()
 
 
+def test_close_stops_at_once_when_the_disk_refuses_its_last_writes(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shutdown saves state and closes: with the disk refusing that write (full, read
+    only), the stop in the same batch still ends the writer, at once."""
+    monkeypatch.setattr(db, "connect", full_disk_connect)
+    s = Store(state_dir, flush_every=60.0)  # the state and the stop go in one batch
+    s.open()
+    try:
+        FULL.set()
+        s.save_state("first_byte", {"n": 1})
+        writer = s._thread
+        assert writer is not None
+        t = time.perf_counter()
+        s.close()
+        assert time.perf_counter() - t < 2.0, "close() waited on a writer that missed its stop"
+        assert not writer.is_alive()
+    finally:
+        FULL.clear()
+
+
 # A request log on a real file system of 512 KB, filled by 3,000 rows of 2 KB; what the
 # process says, and how long logging and flushing took.
 _FILL = """
