@@ -785,20 +785,25 @@ def context_overflow(text: str) -> tuple[int, int] | None:
 _TURNS_REFUSED = re.compile(r"roles must alternate|unexpected role '(?:roles\.)?user' after role '(?:roles\.)?tool'", re.I)
 
 
-# What a server says when it cannot serve the model nonstop names, whatever the request:
-# Ollama ("model 'x' not found"), vLLM ("The model `x` does not exist."), LM Studio ("No
-# models loaded"), llama-server and others ("unknown model", "model ... not available").
+# What a server says when it cannot serve the model nonstop names, whatever the request,
+# as its message begins: Ollama ("model 'x' not found"), vLLM ("The model `x` does not
+# exist."), LM Studio ("No models loaded"), others ("unknown model", "model 'x' is not
+# loaded"). Anchored, with the model named in quotes: a message about one request that
+# only mentions a model (a validation error echoing the prompt, "the model called a tool
+# that is not available") is not one of these.
 _MODEL_REFUSED = re.compile(
-    r"\bmodel\b.{0,120}?\b(?:not found|does not exist|not loaded|not available|is not served)"
-    r"|\bno models? (?:is |are )?loaded\b|\bunknown model\b", re.I)
+    r"(?:the )?model\s+(?:'[^']{1,200}'|\"[^\"]{1,200}\"|`[^`]{1,200}`)\s+"
+    r"(?:not found|does not exist|(?:is )?not (?:loaded|available|served|found))\b"
+    r"|no models? (?:is |are )?loaded\b|unknown model\b", re.I)
 
 
 def cannot_serve(status: int, text: str) -> bool:
     """Whether a 4xx refuses every request this backend sends, not just this one: the
     endpoint or the model is not there (404), the server does not take its key (401,
-    403), or it says the model cannot be served. Such a backend is demoted as a failing
-    one is, so that the requests after it go first to one that can answer."""
-    return status in (401, 403, 404) or bool(_MODEL_REFUSED.search(server_words(text, 400)))
+    403), or its message says at its start that the model cannot be served. Such a
+    backend is demoted as a failing one is, so that the requests after it go first to
+    one that can answer."""
+    return status in (401, 403, 404) or bool(_MODEL_REFUSED.match(server_words(text, 400)))
 
 
 def _local_error(status: int, text: str) -> Verdict:

@@ -643,3 +643,24 @@ async def test_a_pinged_stream_passes_on_its_sources_error_and_closes_a_source_i
     started = asyncio.get_running_loop().time()
     await gen.aclose()  # the client left: the pending read is cancelled, the source closed
     assert closed == ["failing", "slow"] and asyncio.get_running_loop().time() - started < 1
+
+
+@pytest.mark.parametrize(("status", "body", "every_request"), [
+    (400, {"error": "No models loaded. Please load a model in the developer page or use the `lms load` command."}, True),
+    (400, {"error": "model 'qwen2.5-coder:1.5b' not found, try pulling it first"}, True),
+    (400, {"object": "error", "message": "The model `qwen` does not exist.", "code": 400}, True),
+    (422, {"error": 'model "qwen" is not loaded'}, True),
+    (400, {"error": "Unknown model: qwen"}, True),
+    (404, {"error": "Not Found"}, True),
+    (401, {"error": {"message": "Invalid API Key"}}, True),
+    # About this request only, though they mention a model:
+    (400, {"error": {"message": "1 validation error for ChatCompletionRequest: input_value='why is the model "
+                                "not found in my code?'"}}, False),
+    (400, {"error": "the model called a tool that is not available"}, False),
+    (400, {"error": {"message": "the request exceeds the available context size, try increasing it"}}, False),
+    (400, {"error": "model 'qwen' does not support tools"}, False),
+])
+def test_a_refusal_of_every_request_is_told_from_one_of_this_request(status: int, body: dict, every_request: bool) -> None:
+    """cannot_serve (which demotes the backend) says yes only to a refusal that no other
+    request would escape: the model or the endpoint not there, a key refused."""
+    assert local_module.cannot_serve(status, orjson.dumps(body).decode()) is every_request
