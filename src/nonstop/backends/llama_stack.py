@@ -91,22 +91,40 @@ def loopback_port_free(port: int) -> bool:
 
 
 def listens_on(pid: int, port: int) -> bool | None:
-    """Whether process `pid` holds the socket listening on TCP `port` (IPv4), as Linux's
-    /proc says; None where that cannot be read (another system, or /proc hidden)."""
-    try:
-        table = Path("/proc/net/tcp").read_text()
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return None
+    """Whether process `pid` (or a process it started: a wrapper script's server) holds
+    the socket listening on TCP `port`, as Linux's /proc says. None where that cannot be
+    told: another system, /proc hidden, or no listening socket on the port in its tables
+    (some sandboxes show none, while something does answer there)."""
     listening = set()
-    for line in table.splitlines()[1:]:
-        fields = line.split()  # sl, local address, remote address, state, ..., inode (the 10th)
-        if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
-            listening.add(f"socket:[{fields[9]}]")
-    for fd in fds:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()  # sl, local address, remote address, state, ..., inode (the 10th)
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                listening.add(f"socket:[{fields[9]}]")
+    if not listening:
+        return None
+    seen: set[int] = set()
+    todo = [pid]
+    while todo and len(seen) < 256:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{fd}") in listening:
-                return True
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{p}/fd/{fd}") in listening:
+                        return True
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError, ValueError):
+                    todo.extend(int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split())
+    if pid not in seen or not os.path.isdir(f"/proc/{pid}/fd"):
+        return None
     return False
 
 
