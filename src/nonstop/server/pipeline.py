@@ -208,13 +208,14 @@ class Pipeline:
         """`send` to a local backend within its slots: counted (fleet-wide when shared)
         while it runs, and for a stream until the stream is closed."""
         rt = self.rt
-        taken = await rt.take_slot(backend)
+        url = backend.cfg.url  # the slot is given back under the URL it was taken under
+        taken = await rt.take_slot(backend, url)
         if taken is not None:
             return taken
         try:
             res = await send()
         except BaseException:
-            rt.give_slot(backend)
+            rt.give_slot(backend, url)
             raise
         if isinstance(res, Reply) and res.stream:
             close = res.close
@@ -222,11 +223,11 @@ class Pipeline:
             def closed() -> None:
                 if close is not None:
                     close()
-                rt.give_slot(backend)
+                rt.give_slot(backend, url)
 
             res.close = closed
         else:
-            rt.give_slot(backend)
+            rt.give_slot(backend, url)
         return res
 
     async def _instead(self, ctx: RequestContext, facts: RequestFacts, out: Outcome, tried: dict[str, str],

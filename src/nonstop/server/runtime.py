@@ -312,13 +312,15 @@ class Runtime:
 
     # --- the shared local pool ---------------------------------------------------------------
 
-    async def take_slot(self, b: LocalBackend) -> Skip | None:
+    async def take_slot(self, b: LocalBackend, url: str | None = None) -> Skip | None:
         """Count a request on a local backend, fleet-wide when shared; a Skip when the
-        backend is at its max_inflight. Shadow work and a background eval give way first."""
+        backend is at its max_inflight. Shadow work and a background eval give way first.
+        `url`: the backend's URL as the caller read it, to give the slot back under the
+        same one (the embedded server's can change while a request holds a slot)."""
+        url = b.cfg.url if url is None else url
         await self._preempt()
         limit = b.cfg.max_inflight
         shared = self.clouds.shared
-        url = b.cfg.url
         if shared is not None and shared.available:
             self._held[url] = self._held.get(url, 0) + 1  # counted before the wait: a heartbeat meanwhile sees it
             try:
@@ -349,8 +351,9 @@ class Runtime:
         if tasks:
             await asyncio.wait(tasks, timeout=PREEMPT_WAIT)
 
-    def give_slot(self, b: LocalBackend) -> None:
-        url = b.cfg.url
+    def give_slot(self, b: LocalBackend, url: str | None = None) -> None:
+        """Give back a slot take_slot counted (under `url`, when it was given one)."""
+        url = b.cfg.url if url is None else url
         self._held[url] = max(0, self._held.get(url, 0) - 1)
         shared = self.clouds.shared
         if shared is not None and shared.available:

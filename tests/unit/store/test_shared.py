@@ -424,3 +424,34 @@ async def test_a_key_prefix_with_glob_characters_still_finds_the_fleets_keys(red
         assert list(doc["accounts"]) == ["key:0123456789ab"]
     finally:
         await a.close()
+
+
+async def test_a_slot_is_given_back_under_the_url_it_was_taken_under(redis_server, tmp_path: Path) -> None:
+    """The embedded server can move to another port while a request holds one of its
+    slots: the slot is given back where it was counted (in this instance and in Redis),
+    and the new URL's count is not given a slot it never had."""
+    from nonstop.server.pipeline import Pipeline
+
+    local = {"name": "embedded", "url": GPU, "api": "openai", "max_inflight": 2}
+    async with redis_asyncio.from_url(redis_server.url) as ctl, _runtime_in_fleet(redis_server.url, tmp_path, local) as rt:
+        assert await _wait(lambda: rt.clouds.shared.available, 5)
+        [b] = rt.locals
+        moved = "http://127.0.0.1:1"
+
+        async def send() -> Verdict:
+            assert rt.held_slots()[GPU] == 1
+            b.moved_to(moved)  # llama-server restarted on a free port meanwhile
+            return Verdict(FailureKind.NETWORK, True, None, "the server went away")
+
+        await Pipeline(rt)._on_local(b, send)
+        assert rt._held.get(GPU) == 0 and rt._held.get(moved, 0) == 0, rt._held
+
+        async def counted(url: str) -> int:
+            fields = await ctl.hgetall(PREFIX + "inflight:" + _backend_key(url))
+            return sum(int(v) for v in fields.values())
+
+        async def given_back() -> bool:
+            return await counted(GPU) == 0
+
+        assert await _wait(given_back, 5), "the old URL's fleet count was not given back"
+        assert await counted(moved) == 0
