@@ -43,6 +43,8 @@ RETRY_EVERY = 2.0
 # is served as if this instance were alone), and until it answers this fast again, so a
 # Redis that answers but slowly cannot add seconds to every local request.
 REQUEST_WAIT = 0.25
+# How long close() waits for each round of cancelling the background tasks.
+CLOSE_WAIT = 1.0
 STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
 
 # How far in Redis' future a stored observation may be and still be believed (clocks
@@ -178,6 +180,9 @@ class SharedState:
         self.offset = 0.0
         self.available = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set by close(): the background loops end at their next turn even when a cancel
+        # does not reach them (one that lands inside the Redis client can be lost there).
+        self._closed = False
         self._cas = self.client.register_script(_CAS)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._release = self.client.register_script(_RELEASE)
@@ -200,8 +205,20 @@ class SharedState:
             self._spawn(coro)
 
     async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
+        """Stop the background work, and wait (briefly) until it has stopped: a task left
+        running past its loop's end holds the shutdown, or the test, that ends it."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for _ in range(3):
+            for t in tasks:
+                t.cancel()
+            tasks = [t for t in tasks if not t.done()]
+            if not tasks:
+                break
+            _, pending = await asyncio.wait(tasks, timeout=CLOSE_WAIT)
+            tasks = list(pending)
+        if tasks:
+            log.warning("shared state: %d background task(s) did not stop on close", len(tasks))
         with contextlib.suppress(Exception):
             await self.client.delete(self.prefix + "instance:" + self.instance)
         with contextlib.suppress(Exception):
@@ -277,7 +294,7 @@ class SharedState:
             self._queue.put_nowait((account, doc, version))
 
     async def _writer(self) -> None:
-        while True:
+        while not self._closed:
             account, doc, version = await self._queue.get()
             if not self.available:
                 continue  # reconciled from the local state when Redis returns
@@ -329,7 +346,7 @@ class SharedState:
 
     async def _listen(self) -> None:
         subscribed = False
-        while True:
+        while not self._closed:
             try:
                 if not self.available and not await self._check():
                     await asyncio.sleep(RETRY_EVERY)
@@ -396,7 +413,7 @@ class SharedState:
     # --- heartbeats and the fleet ----------------------------------------------------------------
 
     async def _heartbeats(self) -> None:
-        while True:
+        while not self._closed:
             if self.available or await self._check():
                 doc = orjson.dumps({**self.info(), "instance": self.instance, "beat": time.time()})
                 await self._safely("the heartbeat", self.client.set(
