@@ -160,9 +160,12 @@ class EmbeddedServer:
 
     def unavailable(self) -> str:
         """Why a request cannot be sent to it now ("" when it can): its child is not
-        serving and no start is under way. Whatever listens on its port then is not it."""
+        running and no start is under way. Whatever listens on its port then is not it.
+        A child that runs (a restart loading its model, or ready before the supervisor
+        has seen it so) holds its port: a request may go there, and is answered by it."""
         starting = self._starting
-        if self.healthy or (starting is not None and not starting.done()):
+        proc = self._proc
+        if self.healthy or (starting is not None and not starting.done()) or (proc is not None and proc.returncode is None):
             return ""
         return "the embedded llama-server is not running" + (" (it is being restarted)" if self._supervisor else "")
 
