@@ -79,6 +79,9 @@ class Plan(NamedTuple):
     skipped: tuple[Skip, ...]
     workload: Workload
     workload_source: str = ""
+    # Its local steps were decided from the request's size as sent, which fits every
+    # candidate's window: measuring the size a local model sees would change none of them.
+    as_sent: bool = False
 
     @property
     def first(self) -> Step | None:
@@ -412,7 +415,7 @@ def plan(facts: RequestFacts, view: RoutingView, policy: Policy, tried: Mapping[
     if tried:
         skipped.extend(Skip(s.target, "tried", tried[s.target]) for s in steps if s.target in tried)
         steps = [s for s in steps if s.target not in tried]
-    result = Plan(tuple(steps), tuple(skipped), facts.workload, facts.workload_source)
+    result = Plan(tuple(steps), tuple(skipped), facts.workload, facts.workload_source, same_below is not None)
     if key is not None and same_below is not None:
         if len(view.memo) >= MEMO_MAX:  # the model and tool ids are the client's: keep it bounded
             view.memo.clear()

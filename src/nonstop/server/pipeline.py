@@ -141,8 +141,11 @@ class Pipeline:
             step = p.first
             if step is None:
                 break
-            if step.target != CLOUD and not facts.size.known:
-                _ = facts.size.local  # measure now: local steps need the real size
+            if step.target != CLOUD and not facts.size.known and not p.as_sent:
+                # Measured now: the local steps depend on the size a local model sees. (One
+                # that fits every window as sent is not measured: the backend sizes what it
+                # sends, and the plan would not change.)
+                _ = facts.size.local
                 continue
             res = await self.attempt(ctx, step)
             if isinstance(res, Reply):

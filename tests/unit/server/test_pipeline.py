@@ -420,6 +420,22 @@ def test_planning_again_after_the_door_let_the_request_go_sizes_the_request_kept
     assert sized.size.local == local_size(req) > 1000 and sized.size.floor == fitted_size(req)
 
 
+async def test_a_request_that_fits_every_window_as_sent_goes_local_unmeasured(tmp_path: Path) -> None:
+    """The local size is measured only where it could change the plan: the backend sizes
+    what it sends, so a request far inside every window costs no second conversion."""
+    limit = Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 7200, "usage limit (five_hour)", 429)
+    rt, p, _, fakes = make(tmp_path, [limit], {"llama": []})
+    small = ctx()
+    out = await p.run(small)
+    assert out.reply is not None and out.reply.backend == "llama"
+    assert out.plan is not None and out.plan.as_sent and not small.facts.size.known
+    # Over the window as sent (the 32k fake): measured before the local step, as ever.
+    big = ctx({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "word " * 30000}]})
+    out = await p.run(big)
+    assert out.plan is not None and not out.plan.as_sent and big.facts.size.known
+    assert fakes["llama"].sent[-1].fit  # fitted: its local size is over the window
+
+
 async def test_no_answer_while_the_cloud_is_out_until_a_known_time_says_when_to_retry(tmp_path: Path) -> None:
     """With no local model to stand in, the 503 carries the seconds until the reset the
     cloud named: a client that backs off (the SDKs read retry-after) waits for that."""
