@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -625,38 +625,55 @@ class LocalBackend:
         pending = spare  # while set, nothing but pings has gone out: another backend may take the message over
         held: list[Event] = []
         quiet: list[Event] = []  # empty blocks, kept back while another backend may go on instead
+
+        def before_content() -> bool:  # read as `pending` changes
+            return pending is not None
+
         try:
             try:
                 async for chunk in resp.content.iter_any():
                     out: list[Event] = []
-                    try:
-                        for ev, doc in decoder.feed(chunk):
-                            for t, d in source.feed(ev.event, doc):
-                                out.extend(norm.feed(t, d))
-                    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-                        # An event too large, or of a shape nothing here expects: what came
-                        # before it goes out, then a well-formed error, never a fault of nonstop's.
-                        log.warning("%s sent a stream nonstop cannot read (%s: %s)", self.name, type(exc).__name__,
-                                    str(exc)[:200])
-                        norm.error = f"{self.name} sent a stream nonstop cannot read ({type(exc).__name__})"
-                    if norm.produced > runaway and not norm.finished and not norm.error:
-                        log.warning("%s went on past max_tokens (%d); its answer was ended there", self.name, call.max_tokens)
-                        out += norm.feed("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}})
-                        out += norm.feed("message_stop", {"type": "message_stop"})
-                    if pending is not None:
-                        if norm.error:  # failed before any content went out (what the error
-                            held = out  # brought out with it, a held call as text, included)
-                            break
-                        if _shows_content(out):  # the request is let go
-                            pending.instead = None
+                    # Until content begins, a read is taken an event at a time: the first
+                    # content goes out without waiting for the events read behind it.
+                    for piece in (chunk,) if pending is None else _pieces(chunk, before_content):
+                        try:
+                            for ev, doc in decoder.feed(piece):
+                                for t, d in source.feed(ev.event, doc):
+                                    out.extend(norm.feed(t, d))
+                        except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+                            # An event too large, or of a shape nothing here expects: what came
+                            # before it goes out, then a well-formed error, never a fault of nonstop's.
+                            log.warning("%s sent a stream nonstop cannot read (%s: %s)", self.name, type(exc).__name__,
+                                        str(exc)[:200])
+                            norm.error = f"{self.name} sent a stream nonstop cannot read ({type(exc).__name__})"
+                        if norm.produced > runaway and not norm.finished and not norm.error:
+                            log.warning("%s went on past max_tokens (%d); its answer was ended there", self.name,
+                                        call.max_tokens)
+                            out += norm.feed("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"}})
+                            out += norm.feed("message_stop", {"type": "message_stop"})
+                        if pending is not None:
+                            if norm.error:  # failed before any content went out
+                                break
+                            if not _shows_content(out):
+                                quiet += [e for e in out if e[0] not in _AT_ONCE]
+                                out = [e for e in out if e[0] in _AT_ONCE]
+                                if norm.finished or decoder.done:
+                                    break
+                                continue
+                            pending.instead = None  # the request is let go
                             pending = None
                             out, quiet = _after_start(out, quiet), []
-                        else:
-                            quiet += [e for e in out if e[0] not in _AT_ONCE]
-                            out = [e for e in out if e[0] in _AT_ONCE]
-                    if out:
-                        if usage.first_content is None and norm.content_started:
-                            usage.first_content = time.perf_counter()
+                        if out:
+                            if usage.first_content is None and norm.content_started:
+                                usage.first_content = time.perf_counter()
+                            yield _encode(out)
+                            out = []
+                        if norm.finished or norm.error or decoder.done:
+                            break
+                    if pending is not None and norm.error:  # what the error brought out with
+                        held = out  # it (a held call as text) stays with the error
+                        break
+                    if out:  # a start, while nothing shows yet
                         yield _encode(out)
                     if norm.finished or norm.error or decoder.done:
                         break
@@ -716,6 +733,23 @@ class LocalBackend:
 # What goes to the client at once while a stream may still be handed over.
 _AT_ONCE = frozenset(("message_start", "ping"))
 _NOTHING_SHOWN = frozenset(("message_start", "ping", "error", "content_block_stop"))
+
+
+def _pieces(chunk: bytes, split: Callable[[], bool]) -> Iterator[bytes]:
+    """`chunk` cut after each event while `split()` holds, then the rest of it at once.
+    Only LF-framed bytes are cut (a CR may end a line, or be half of a CRLF whose LF is in
+    the next read); the decoder reads pieces as it reads the whole. A read that names an
+    error anywhere is not cut: content and the server's error in one read hand the message
+    over whole, before any of it has gone out."""
+    pos = 0
+    if b"\r" not in chunk and b"error" not in chunk:
+        while split():
+            end = chunk.find(b"\n\n", pos) + 2
+            if end < 2 or end >= len(chunk):
+                break
+            yield chunk[pos:end]
+            pos = end
+    yield chunk[pos:] if pos else chunk
 
 
 def _shows_content(events: list[Event]) -> bool:

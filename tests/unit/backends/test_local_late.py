@@ -370,3 +370,33 @@ async def test_content_and_an_error_in_the_same_read_hand_the_message_over(serve
     run = await _late_stream(serve, monkeypatch, _server(START + _text(0, "partial answer") + ERROR, delay=LATE))
     assert wirecheck.check_anthropic_stream(run.body).outcome == "ok", run.body[-400:]
     assert b"from next" in run.body and b"partial answer" not in run.body
+
+
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+async def test_the_first_content_of_a_burst_goes_out_before_the_rest_is_read(serve, crlf):
+    """A server that sends its whole answer in one read (a fast model, or a burst after
+    prompt processing): the first text goes to the client at once, without waiting while
+    nonstop reads the rest; the message is the same. CRLF-framed reads are taken whole."""
+    deltas = b"".join(_ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                  "delta": {"type": "text_delta", "text": f" w{i}"}}) for i in range(40))
+    body = (START + _text(0, "first") + deltas + _ev("content_block_stop", {"type": "content_block_stop", "index": 0})
+            + _ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 41}})
+            + _ev("message_stop", {"type": "message_stop"}))
+    if crlf:
+        body = body.replace(b"\n", b"\r\n")
+    cfg = parse_config({"local": [{"name": "first", "url": await serve(_server(body)), "api": "anthropic",
+                                   "count_tokens": "estimate"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        res = await backend.send_request(dict(REQUEST), stream=True)
+        assert isinstance(res, Reply)
+        chunks = [c async for c in res.body]
+        res.close()
+    whole = b"".join(chunks)
+    assert wirecheck.check_anthropic_stream(whole).outcome == "ok", whole[-300:]
+    assert whole.count(b"text_delta") == 41 and b" w39" in whole and res.usage.complete
+    first = next(c for c in chunks if b"content_block_start" in c)
+    if crlf:
+        assert b" w39" in first  # one piece, as read
+    else:
+        assert b'"first"' in first and b" w0" not in first and b" w39" in chunks[-1] + chunks[-2]
