@@ -67,6 +67,13 @@ class CloudStates:
         self.shared: Any = None
         # Told of every change of a cloud state (the warm-up reacts at once).
         self.on_switch: Callable[[], None] | None = None
+        # A change's bookkeeping (the disk, the metrics, the log line, the dashboard) is
+        # done a few turns of the event loop later, once: the request that changed the
+        # state goes on to its backend first, and the work is done while it waits on the
+        # network.
+        self._due: set[str] = set()  # accounts changed since
+        self._said: list[tuple[str, str, str, dict[str, Any] | None]] = []  # switches to announce
+        self._scheduled = False
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -96,6 +103,7 @@ class CloudStates:
         await self.shared.start()
 
     async def stop(self) -> None:
+        self._catch_up()
         if self.shared is not None:
             await self.shared.close()
         self._save()
@@ -184,27 +192,50 @@ class CloudStates:
             self.on_switch()
         if self.shared is not None:
             self.shared.publish(account, q.snapshot(), q.observed, self.accounts.keys_of(account))
-        self._save()
-        self._publish_metrics(account, q)
-        if why:
-            self._announce(account, q, why)
-        self.bus.publish({"type": "status"})
+        self._due.add(account)
+        if why:  # said as of this change, even if another follows before it is said
+            who = f" for {self.accounts.name(account)}" if len(self.accounts.states) > 1 else ""
+            if q.state is CloudState.OUT:
+                line, to = f"switched to local{who}: cloud out until {hhmm(q.until)} ({q.reason}: {q.detail})", "local"
+            elif q.state is CloudState.SERVING:
+                line, to = f"switched to cloud{who}: the cloud answered again", "cloud"
+            else:
+                line, to = f"probing the cloud{who} ({why})", ""
+            self._said.append((account, line, to, q.snapshot() if to and hooks.configured(self.cfg.hooks) else None))
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside the server (a command, a test): at once
+            self._catch_up()
+            return
+        self._scheduled = True
+        # Three turns on: what this step starts goes first, such as a task that opens the
+        # request to the next backend and the one that writes its body (aiohttp writes a
+        # body from a task of its own).
+        loop.call_soon(loop.call_soon, loop.call_soon, self._catch_up)
 
-    def _announce(self, account: str, q: QuotaState, why: str) -> None:
-        who = f" for {self.accounts.name(account)}" if len(self.accounts.states) > 1 else ""
-        if q.state is CloudState.OUT:
-            line, to = f"switched to local{who}: cloud out until {hhmm(q.until)} ({q.reason}: {q.detail})", "local"
-        elif q.state is CloudState.SERVING:
-            line, to = f"switched to cloud{who}: the cloud answered again", "cloud"
-        else:
-            line, to = f"probing the cloud{who} ({why})", ""
-        log.warning(line)
-        if to:
-            self.metrics.switches.labels(to).inc()
-            self.bus.publish({"type": "switch", "to": to, "line": line, "ts": self.clock(), "account": account})
-            if hooks.configured(self.cfg.hooks):
-                self.spawn(hooks.notify(self.cfg.hooks, {"event": "switch", "to": to, "message": line,
-                                                         "account": account, "cloud": q.snapshot()}))
+    def _catch_up(self) -> None:
+        """The bookkeeping of the changes since the last turn: saved, measured, announced."""
+        self._scheduled = False
+        due, self._due = self._due, set()
+        said, self._said = self._said, []
+        if not due and not said:
+            return
+        self._save()
+        for account in due:
+            q = self.accounts.states.get(account)
+            if q is not None:
+                self._publish_metrics(account, q)
+        for account, line, to, snapshot in said:
+            log.warning(line)
+            if to:
+                self.metrics.switches.labels(to).inc()
+                self.bus.publish({"type": "switch", "to": to, "line": line, "ts": self.clock(), "account": account})
+                if snapshot is not None:
+                    self.spawn(hooks.notify(self.cfg.hooks, {"event": "switch", "to": to, "message": line,
+                                                             "account": account, "cloud": snapshot}))
+        self.bus.publish({"type": "status"})
 
     def _save(self) -> None:
         if self.store is not None:
