@@ -235,15 +235,22 @@ def estimate_tokens(req: dict[str, Any]) -> int:
     chars = 0
     images = 0
     stack = [req.get("system"), req.get("messages")]  # a loop, not recursion: any depth
+    push, pop = stack.append, stack.pop
     while stack:
-        node = stack.pop()
+        node = pop()
         if isinstance(node, str):
             chars += len(node)
         elif isinstance(node, dict):
             if node.get("type") == "image":
                 images += 1
                 continue
-            stack.extend(v for k, v in node.items() if k not in _UNCOUNTED)
+            for k, v in node.items():
+                if k in _UNCOUNTED:
+                    continue
+                if type(v) is str:  # most values: counted here, not pushed and popped
+                    chars += len(v)
+                else:
+                    push(v)
         elif isinstance(node, list):
             stack.extend(node)
     tools = req.get("tools")
