@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402
-from harness import HERE, median, source_fingerprint  # noqa: E402
+from harness import median, source_fingerprint, write_unique  # noqa: E402
 
 
 def main() -> int:
@@ -142,12 +142,7 @@ def failover(bench: R.Bench, a: argparse.Namespace) -> list[str]:
 
 
 def write(lines: list[str], rev: str, mode: str) -> None:
-    text = "\n".join(lines) + "\n"
-    out = HERE / "results" / f"{dt.date.today().isoformat()}-ab-{rev}{mode}.md"
-    if out.exists():  # never over an earlier comparison
-        out = out.with_name(f"{out.stem}-{dt.datetime.now():%H%M}.md")
-    out.write_text(text)
-    print(text + f"written: {out}")
+    write_unique(f"ab-{rev}{mode}", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

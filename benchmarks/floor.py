@@ -22,7 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402
-from harness import HERE, free_port, machine, median, source_fingerprint, start, wait_http  # noqa: E402
+from harness import (  # noqa: E402
+    HERE,
+    free_port,
+    machine,
+    median,
+    source_fingerprint,
+    start,
+    wait_http,
+    write_unique,
+)
 from report import machine_line  # noqa: E402
 
 LABELS = {"direct": "the upstream, directly", "forwarder": "the bare forwarder",
@@ -83,12 +92,7 @@ def main() -> int:
     errors = sum(res[n]["errors"] for n in names)
     if errors:
         lines.append(f"- errors: {errors} ({next(res[n]['error_sample'] for n in names if res[n]['errors'])})")
-    text = "\n".join(lines) + "\n"
-    out = HERE / "results" / f"{dt.date.today().isoformat()}-floor{'-stream' if a.stream else ''}.md"
-    if out.exists():  # never over an earlier run
-        out = out.with_name(f"{out.stem}-{dt.datetime.now():%H%M}.md")
-    out.write_text(text)
-    print(text + f"written: {out}")
+    write_unique(f"floor{'-stream' if a.stream else ''}", "\n".join(lines) + "\n")
     return 1 if errors else 0
 
 

@@ -4,6 +4,7 @@ percentiles, and a description of the machine."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import platform
 import signal
@@ -25,6 +26,17 @@ ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def write_unique(name: str, text: str) -> Path:
+    """`text` to results/<today>-<name>.md, never over an earlier file (a second one that
+    day gets the time in its name); printed, with where it went."""
+    out = HERE / "results" / f"{dt.date.today().isoformat()}-{name}.md"
+    if out.exists():
+        out = out.with_name(f"{out.stem}-{dt.datetime.now():%H%M}.md")
+    out.write_text(text)
+    print(text + f"written: {out}")
+    return out
 
 
 def free_port() -> int:
