@@ -106,6 +106,10 @@ def _encode(events: list[Event]) -> bytes:
 class EventSource:
     """Turns one local server's stream events into Anthropic events (sans-IO)."""
 
+    # Words in a read that may make a failure of it: a read that holds one is decoded
+    # whole before any of its content goes out (see _pieces).
+    fails_on: tuple[bytes, ...] = (b"error",)
+
     def feed(self, event: str, doc: dict[str, Any]) -> list[Event]:
         return [(event, doc)]
 
@@ -635,7 +639,7 @@ class LocalBackend:
                     out: list[Event] = []
                     # Until content begins, a read is taken an event at a time: the first
                     # content goes out without waiting for the events read behind it.
-                    for piece in (chunk,) if pending is None else _pieces(chunk, before_content):
+                    for piece in (chunk,) if pending is None else _pieces(chunk, before_content, source.fails_on):
                         try:
                             for ev, doc in decoder.feed(piece):
                                 for t, d in source.feed(ev.event, doc):
@@ -735,14 +739,15 @@ _AT_ONCE = frozenset(("message_start", "ping"))
 _NOTHING_SHOWN = frozenset(("message_start", "ping", "error", "content_block_stop"))
 
 
-def _pieces(chunk: bytes, split: Callable[[], bool]) -> Iterator[bytes]:
+def _pieces(chunk: bytes, split: Callable[[], bool], fails_on: tuple[bytes, ...]) -> Iterator[bytes]:
     """`chunk` cut after each event while `split()` holds, then the rest of it at once.
     Only LF-framed bytes are cut (a CR may end a line, or be half of a CRLF whose LF is in
-    the next read); the decoder reads pieces as it reads the whole. A read that names an
-    error anywhere is not cut: content and the server's error in one read hand the message
+    the next read); the decoder reads pieces as it reads the whole. A read that holds a
+    word of `fails_on` (the server's way of saying it failed: an error event, a finish
+    that gives up) is not cut: content and such a failure in one read hand the message
     over whole, before any of it has gone out."""
     pos = 0
-    if b"\r" not in chunk and b"error" not in chunk:
+    if b"\r" not in chunk and not any(w in chunk for w in fails_on):
         while split():
             end = chunk.find(b"\n\n", pos) + 2
             if end < 2 or end >= len(chunk):

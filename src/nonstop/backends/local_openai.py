@@ -16,6 +16,8 @@ FAILED_FINISHES = frozenset({"abort", "error"})
 
 
 class OpenAIEventSource(EventSource):
+    fails_on = (b"error", *(r.encode() for r in sorted(FAILED_FINISHES - {"error"})))
+
     def __init__(self, name: str, translator: oa.OpenAIStreamTranslator):
         self.name = name
         self.translator = translator

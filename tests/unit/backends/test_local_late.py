@@ -27,7 +27,7 @@ from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.server.pipeline import Pipeline
 from nonstop.server.runtime import Runtime
 from tests.support import wirecheck
-from tests.unit.backends.test_local_replies import LLAMA, OPENAI_ANSWER, _replies, _sse_app
+from tests.unit.backends.test_local_replies import LLAMA, OPENAI_ANSWER, _chunk, _replies, _sse_app
 from tests.unit.server.test_pipeline import Clock, FakeBackend, ctx
 
 REQUEST = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
@@ -88,13 +88,13 @@ class Late:
 
 async def _late_stream(serve, monkeypatch, first_app: web.Application, *, other: bool = True,
                        next_app: web.Application | None = None, next_api: str = "anthropic",
-                       commit_after: float = 0.05, request: dict | None = None) -> Late:
+                       commit_after: float = 0.05, request: dict | None = None, first_api: str = "anthropic") -> Late:
     """The request streamed by `first`, its head late (unless it comes within
     `commit_after`); `instead` gives `next`'s stream (or None where `other` is False).
     The reply is closed when its body has been read."""
     monkeypatch.setattr(local_module, "COMMIT_AFTER", commit_after)
     cfg = parse_config({"local": [
-        {"name": "first", "url": await serve(first_app), "api": "anthropic", "count_tokens": "estimate"},
+        {"name": "first", "url": await serve(first_app), "api": first_api, "count_tokens": "estimate"},
         {"name": "next", "url": await serve(next_app or _server(ANSWER)), "api": next_api, "count_tokens": "estimate"}]})
     asked: list[object] = []
     closed: list[str] = []
@@ -400,3 +400,14 @@ async def test_the_first_content_of_a_burst_goes_out_before_the_rest_is_read(ser
         assert b" w39" in first  # one piece, as read
     else:
         assert b'"first"' in first and b" w0" not in first and b" w39" in chunks[-1] + chunks[-2]
+
+
+@pytest.mark.parametrize("finish", ["abort", "error"])
+async def test_content_and_an_openai_server_giving_up_in_the_same_read_hand_the_message_over(serve, monkeypatch, finish):
+    """vLLM and SGLang say they gave up with a finish_reason, not an error event: in the
+    same read as the first text, nothing of it has gone out, and the next backend answers."""
+    body = _chunk({"role": "assistant", "content": "partial answer"}) + _chunk({}, finish)
+    run = await _late_stream(serve, monkeypatch, _sse_app("/v1/chat/completions", body), first_api="openai",
+                             commit_after=5)
+    assert wirecheck.check_anthropic_stream(run.body).outcome == "ok", run.body[-400:]
+    assert b"from next" in run.body and b"partial answer" not in run.body and len(run.asked) == 1
