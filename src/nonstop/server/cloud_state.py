@@ -72,7 +72,8 @@ class CloudStates:
         # state goes on to its backend first, and the work is done while it waits on the
         # network.
         self._due: set[str] = set()  # accounts changed since
-        self._said: list[tuple[str, str, str, dict[str, Any] | None]] = []  # switches to announce
+        # Switches to announce: (account, line, to, when, the state for hooks).
+        self._said: list[tuple[str, str, str, float, dict[str, Any] | None]] = []
         self._scheduled = False
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -103,7 +104,7 @@ class CloudStates:
         await self.shared.start()
 
     async def stop(self) -> None:
-        self._catch_up()
+        self.catch_up()
         if self.shared is not None:
             await self.shared.close()
         self._save()
@@ -201,37 +202,41 @@ class CloudStates:
                 line, to = f"switched to cloud{who}: the cloud answered again", "cloud"
             else:
                 line, to = f"probing the cloud{who} ({why})", ""
-            self._said.append((account, line, to, q.snapshot() if to and hooks.configured(self.cfg.hooks) else None))
+            self._said.append((account, line, to, self.clock(),
+                               q.snapshot() if to and hooks.configured(self.cfg.hooks) else None))
         if self._scheduled:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # outside the server (a command, a test): at once
-            self._catch_up()
+            self.catch_up()
             return
         self._scheduled = True
         # Three turns on: what this step starts goes first, such as a task that opens the
         # request to the next backend and the one that writes its body (aiohttp writes a
         # body from a task of its own).
-        loop.call_soon(loop.call_soon, loop.call_soon, self._catch_up)
+        loop.call_soon(loop.call_soon, loop.call_soon, self.catch_up)
 
-    def _catch_up(self) -> None:
+    def catch_up(self) -> None:
         """The bookkeeping of the changes since the last turn: saved, measured, announced."""
         self._scheduled = False
         due, self._due = self._due, set()
         said, self._said = self._said, []
         if not due and not said:
             return
-        self._save()
-        for account in due:
-            q = self.accounts.states.get(account)
-            if q is not None:
-                self._publish_metrics(account, q)
-        for account, line, to, snapshot in said:
+        try:
+            self._save()
+            for account in due:
+                q = self.accounts.states.get(account)
+                if q is not None:
+                    self._publish_metrics(account, q)
+        except Exception:  # a fault of nonstop's own: the switches are still said
+            log.exception("keeping the cloud's state failed")
+        for account, line, to, when, snapshot in said:
             log.warning(line)
             if to:
                 self.metrics.switches.labels(to).inc()
-                self.bus.publish({"type": "switch", "to": to, "line": line, "ts": self.clock(), "account": account})
+                self.bus.publish({"type": "switch", "to": to, "line": line, "ts": when, "account": account})
                 if snapshot is not None:
                     self.spawn(hooks.notify(self.cfg.hooks, {"event": "switch", "to": to, "message": line,
                                                              "account": account, "cloud": snapshot}))

@@ -206,6 +206,7 @@ class Runtime:
 
     async def stop(self) -> None:
         self.request_log.flush()  # the last requests' console lines
+        self.clouds.catch_up()  # a last switch's line and hooks, before the tasks are stopped
         for t in list(self._tasks):
             t.cancel()
         if self.evals is not None:

@@ -34,6 +34,7 @@ async def test_a_change_is_planned_on_at_once_and_said_three_turns_later(tmp_pat
     quota.begin_probe()
     quota.record_failure(LIMIT)
     assert rt.clouds.view("").state is CloudState.OUT  # the next plan reads it now
+    rt.clock.advance(5)  # type: ignore[attr-defined]
     assert _switches(caplog) == [] and events.empty()
     for _ in range(2):  # the tasks this step started (its request sent on) run first
         await asyncio.sleep(0)
@@ -45,6 +46,7 @@ async def test_a_change_is_planned_on_at_once_and_said_three_turns_later(tmp_pat
     assert lines[1].startswith("switched to local: cloud out until")
     got = [events.get_nowait() for _ in range(events.qsize())]
     assert [e["type"] for e in got] == ["switch", "status"] and got[0]["to"] == "local"
+    assert got[0]["ts"] == T0  # when it switched, not when it was said
     assert rt.metrics.switches.labels("local")._value.get() == 1
     for _ in range(3):
         await asyncio.sleep(0)
