@@ -57,7 +57,7 @@ SHADOW_WINDOW = 7 * 86400.0
 def cannot_open(cfg: Config, exc: OpenFailed) -> str:
     """The one line that says the request log cannot be opened: which file, why, what
     nonstop does without it, and the fix."""
-    if exc.unwritable and any(w in exc.reason for w in ("No space", "KB free", "disk is full")):
+    if exc.full:
         fix = f"free space on its disk, or {state_dir_fix(cfg)}"
     elif exc.unwritable and exc.reason.startswith(f"{exc.path}"):  # the folder is fine, the file is not nonstop's to write
         fix = f"make {exc.path.name} writable by this user, or {state_dir_fix(cfg)}"

@@ -26,7 +26,12 @@ def db_path(state_dir: Path) -> Path:
 def state_dir_problem(state_dir: Path) -> str | None:
     """Why nonstop cannot write in its state directory, in the system's words ("PATH:
     Permission denied", "PATH is a file, not a folder", "PATH: No space left on device");
-    None when it can.
+    None when it can. See state_dir_check."""
+    return state_dir_check(state_dir)[0]
+
+
+def state_dir_check(state_dir: Path) -> tuple[str | None, bool]:
+    """state_dir_problem's answer, and whether the problem is a full disk.
 
     Nothing is made or changed: a folder that does not exist yet is judged by the nearest
     one above it that does, and writing is tried with a file made and removed at once.
@@ -34,27 +39,28 @@ def state_dir_problem(state_dir: Path) -> str | None:
     database open, closing another descriptor of it drops SQLite's locks, so this is for
     a process that does not (yet, or any more)."""
     import contextlib
+    import errno
     import tempfile
 
     folder = state_dir
     while not folder.exists() and folder != folder.parent:
         if folder.is_symlink():  # a link to nowhere: making the folder fails on it
-            return f"{folder} is a link to {os.readlink(folder)}, which does not exist"
+            return f"{folder} is a link to {os.readlink(folder)}, which does not exist", False
         folder = folder.parent
     if not folder.is_dir():
-        return f"{folder} is a file, not a folder"
+        return f"{folder} is a file, not a folder", False
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=".nonstop-"):
             pass
     except OSError as exc:
-        return f"{folder}: {exc.strerror or exc}"
+        return f"{folder}: {exc.strerror or exc}", exc.errno in (errno.ENOSPC, errno.EDQUOT)
     with contextlib.suppress(OSError):
         vfs = os.statvfs(folder)
         free = vfs.f_bavail * vfs.f_frsize
         if free < MIN_FREE:
-            return f"{folder}: only {free // 1024} KB free on its disk" if free else f"{folder}: No space left on device"
+            return (f"{folder}: only {free // 1024} KB free on its disk" if free else f"{folder}: No space left on device"), True
     if folder != state_dir:
-        return None
+        return None, False
     db = db_path(state_dir)
     for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         try:
@@ -62,6 +68,6 @@ def state_dir_problem(state_dir: Path) -> str | None:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            return f"{path}: {exc.strerror or exc}"
+            return f"{path}: {exc.strerror or exc}", False
         os.close(fd)
-    return None
+    return None, False

@@ -14,6 +14,7 @@ and no one waits for it: the console log says so once (see Store._refused).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -29,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from nonstop.store import db_path, state_dir_problem
+from nonstop.store import db_path, state_dir_check
 
 log = logging.getLogger("nonstop")
 # How often the writer thread looks for writes, and how many waiting wake it at once.
@@ -264,13 +265,14 @@ def _words(exc: BaseException) -> str:
 class OpenFailed(Exception):
     """The request log cannot be opened: its file, and why. `unwritable`: nonstop may not
     write there (the folder's or the file's permissions, a read-only or full disk);
-    otherwise the file itself is bad (not a database)."""
+    otherwise the file itself is bad (not a database). `full`: the disk is full."""
 
-    def __init__(self, path: Path, reason: str, *, unwritable: bool):
+    def __init__(self, path: Path, reason: str, *, unwritable: bool, full: bool = False):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
-        self.unwritable = unwritable
+        self.unwritable = unwritable or full
+        self.full = full
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -323,8 +325,9 @@ class Store:
         except (sqlite3.Error, OSError) as exc:
             for c in conns:
                 c.close()  # before the folder is looked at: see state_dir_problem
-            problem = state_dir_problem(self.state_dir)
-            raise OpenFailed(self.path, problem or _words(exc), unwritable=problem is not None or _refused(exc)) from exc
+            problem, full = state_dir_check(self.state_dir)
+            raise OpenFailed(self.path, problem or _words(exc), unwritable=problem is not None or _refused(exc),
+                             full=full or _full(exc)) from exc
         finally:
             os.umask(old)
         for suffix in ("", "-wal", "-shm"):
@@ -547,6 +550,7 @@ _AGAIN: list[threading.Event] = []
 # SQLite's primary result codes for writes the file system refuses: SQLITE_PERM,
 # SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN.
 _REFUSED = {3, 8, 10, 13, 14}
+SQLITE_FULL = 13
 _REFUSED_WORDS = ("disk is full", "readonly database", "disk I/O error", "unable to open")
 
 
@@ -558,6 +562,16 @@ def _refused(exc: BaseException) -> bool:
     if code is not None:
         return code & 0xFF in _REFUSED
     return any(w in str(exc) for w in _REFUSED_WORDS)
+
+
+def _full(exc: BaseException) -> bool:
+    """Whether a write failed for want of space on the disk."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF == SQLITE_FULL if code is not None else "disk is full" in str(exc)
 
 
 def _busy(exc: BaseException) -> bool:

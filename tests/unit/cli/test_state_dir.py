@@ -139,6 +139,7 @@ def test_serve_says_once_why_and_how_to_fix_it_and_serves_without_the_log(tmp_pa
     assert code == 0, err
     line = _said_once(err, state, reason, config)
     assert "serving without it" in line and "[log] enabled = false" in line, line
+    assert ("free space on its disk" in line) == (fault == "full-disk"), line  # the fix that fits
     assert "write failed" not in err, err
 
 
