@@ -411,3 +411,30 @@ async def test_content_and_an_openai_server_giving_up_in_the_same_read_hand_the_
                              commit_after=5)
     assert wirecheck.check_anthropic_stream(run.body).outcome == "ok", run.body[-400:]
     assert b"from next" in run.body and b"partial answer" not in run.body and len(run.asked) == 1
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+@pytest.mark.parametrize("api", ["anthropic", "openai"])
+async def test_a_server_that_answers_200_with_nothing_is_demoted(serve, stream, api):
+    """A 200 with an empty body (a proxy in front of a crashed model, a server that lost
+    its model) is a failed request, not an answer: the backend goes last until it answers."""
+    path = "/v1/messages" if api == "anthropic" else "/v1/chat/completions"
+    app = web.Application()
+
+    async def empty(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=200, body=b"", content_type="text/event-stream" if stream else "application/json")
+
+    app.router.add_post(path, empty)
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(app), "api": api, "count_tokens": "estimate"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        res = await backend.send_request(dict(REQUEST), stream=stream)
+        if isinstance(res, Reply):  # a stream: its head came, and then nothing
+            assert stream
+            body = b"".join([c async for c in res.body])
+            res.close()
+            assert wirecheck.check_anthropic_stream(body).outcome == "error" and res.usage.error, body
+        else:
+            assert isinstance(res, Verdict) and res.failover, res
+        assert backend.state.demoted and backend.state.inflight == 0
