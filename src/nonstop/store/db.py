@@ -276,9 +276,14 @@ class OpenFailed(Exception):
 
 
 def ensure_private_dir(path: Path) -> None:
+    """The folder, made if need be, and closed to everyone but its owner. The owner's own
+    bits are kept as they are: a folder its user made read-only stays read-only (the
+    request log then says it cannot write there), never opened up behind their back."""
     path.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
 
 
 class Store:

@@ -11,7 +11,16 @@ from typing import Any
 
 import pytest
 
-from nonstop.store.db import _COLUMNS, MIGRATIONS, RequestRow, Store, _values, connect, migrate
+from nonstop.store.db import (
+    _COLUMNS,
+    MIGRATIONS,
+    RequestRow,
+    Store,
+    _values,
+    connect,
+    ensure_private_dir,
+    migrate,
+)
 
 
 def mode(path: Path) -> int:
@@ -155,6 +164,16 @@ def test_existing_open_dir_is_made_private(state_dir: Path) -> None:
     s.open()
     s.close()
     assert mode(state_dir) == 0o700
+
+
+def test_a_folder_its_user_made_read_only_stays_read_only(state_dir: Path) -> None:
+    state_dir.mkdir(parents=True)
+    state_dir.chmod(0o555)
+    try:
+        ensure_private_dir(state_dir)
+        assert mode(state_dir) == 0o500  # closed to others, and still not writable
+    finally:
+        state_dir.chmod(0o700)
 
 
 # --- the request log ------------------------------------------------------------------------
