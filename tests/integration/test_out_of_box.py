@@ -1,6 +1,6 @@
 """Out of the box: `nonstop serve` with no configuration at all starts its own llama-server,
-answers when the cloud cannot, keeps that child alive, leaves nothing behind, and
-prefers a real local server that discovery finds."""
+answers when the cloud cannot, keeps that child alive, leaves nothing behind, prefers a
+real local server that discovery finds, and stands in for that server once it has quit."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.llama import require_llama
+from tests.integration.llama import require_llama, start_llama_server
 from tests.support import procs, rawhttp, wirecheck
 from tests.support.config import nonstop_config
 
@@ -243,3 +243,34 @@ def test_discovery_uses_the_real_llama_server_among_closed_and_garbage_ports(clo
     assert not llama_children(ns.proc.pid), "the embedded server started although a server was found"
     assert "found llama.cpp at " + llama.url in ns.output()
     served_locally(ns, "llamacpp")
+
+
+# --- (4) a discovered server that quits: the embedded one stands in -------------------------------
+
+
+def test_a_discovered_server_that_quits_is_stood_in_for_by_the_embedded_one(cloud, serve, tmp_path) -> None:
+    """The user's llama-server was found at start, then quit: the request that finds it
+    gone is told so (nothing else is there yet); once it has been down for
+    standby_after seconds the embedded server starts beside it, and the session is
+    answered again without a restart or a config file."""
+    require_llama()
+    procs.set_mode(cloud, "subscription_limit")
+    with start_llama_server(ctx=4096, parallel=1, log_dir=tmp_path) as found:
+        ns = serve(nonstop_config(cloud.url, discovery={"ports": [found.port], "timeout": 3.0},
+                                  embedded={"standby_after": 1}))
+        (local,) = status(ns)["local"]
+        assert local["name"] == "llamacpp" and local["embedded"] is False
+        served_locally(ns, "llamacpp")
+        assert not llama_children(ns.proc.pid)
+    # It has quit. The first request finds it gone, and with nothing else there, says so.
+    code, _, body = ask(ns)
+    assert code == 503 and b"llamacpp" in body, body[:500]
+    wait_for(lambda: "starting the embedded model as the last local fallback" in ns.output(), 30,
+             "the embedded server to stand in")
+    assert "llamacpp down for " in ns.output()
+    (child,) = wait_for(lambda: llama_children(ns.proc.pid), 10, "the embedded llama-server")
+    assert [b["name"] for b in status(ns)["local"]] == ["llamacpp", "embedded"]
+    served_locally(ns, "embedded")  # waits for its model to load, within the request's deadline
+    served_locally(ns, "embedded", stream=True)
+    assert ns.stop(signal.SIGTERM, timeout=30) in (0, -signal.SIGTERM)
+    wait_for(lambda: not procs.pid_alive(child), 10, "the embedded child to end with nonstop")

@@ -117,7 +117,8 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
     },
     "embedded": {
         "mode": "\"auto\": start the bundled llama-server only when no [[local]] block is "
-                "configured and discovery finds nothing; \"always\": start it as well; "
+                "configured and discovery finds nothing, or once every server it found has "
+                "been down for standby_after seconds; \"always\": start it as well; "
                 "\"never\": do not start it.",
         "server_path": "llama-server to run; empty: the one the `embedded` extra installed, "
                        "else one on PATH.",
@@ -129,6 +130,9 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "parallel": "Requests served at once; each gets its own context_window.",
         "extra_args": "More llama-server arguments, e.g. [\"--n-gpu-layers\", \"99\"].",
         "ready_timeout": "Seconds to wait for the model to load.",
+        "standby_after": "With mode \"auto\" and servers discovery found: seconds all of them "
+                         "may be down before the bundled llama-server starts beside them; 0: "
+                         "never.",
     },
     "log": {
         "enabled": "Keep a request log (SQLite in state_dir) for `nonstop logs` and the "

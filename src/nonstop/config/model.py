@@ -129,7 +129,8 @@ class DiscoveryConfig:
 
 @dataclass(frozen=True)
 class EmbeddedConfig:
-    # "auto": start only when no local backend is configured or discovered.
+    # "auto": start only when no local backend is configured or discovered, or once every
+    # discovered one has been down for standby_after seconds.
     mode: Literal["auto", "always", "never"] = "auto"
     server_path: str = ""
     model_path: str = ""
@@ -148,6 +149,10 @@ class EmbeddedConfig:
     parallel: int = 2
     extra_args: tuple[str, ...] = ()
     ready_timeout: float = 300.0
+    # With mode "auto" and servers discovery found (none configured): how long all of them
+    # may be down (failing their health checks, or demoted after failed requests) before
+    # the embedded server starts beside them. 0: never.
+    standby_after: float = 30.0
 
 
 @dataclass(frozen=True)

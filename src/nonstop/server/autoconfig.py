@@ -49,9 +49,9 @@ async def auto_backends(cfg: Config, session: aiohttp.ClientSession, *, have_con
             log.info("using %s as the local fallback", ", ".join(f"{b.name} ({b.url})" for b in out.backends))
     mode = cfg.embedded.mode
     if mode == "always" or (mode == "auto" and not out.backends and not have_configured):
-        from nonstop.backends.embedded import EmbeddedServer, EmbeddedUnavailable
+        from nonstop.backends.embedded import EmbeddedUnavailable
 
-        server = EmbeddedServer(cfg.embedded, cfg.state_dir, on_event=lambda line: log.info("embedded: %s", line))
+        server = embedded_server(cfg)
         try:
             backend = server.prepare()
             if wait:
@@ -64,3 +64,11 @@ async def auto_backends(cfg: Config, session: aiohttp.ClientSession, *, have_con
     elif not out.backends and not have_configured:
         log.warning("no local backend: requests the cloud cannot serve will fail; run `nonstop doctor`")
     return out
+
+
+def embedded_server(cfg: Config) -> Any:
+    """The embedded llama-server (backends/embedded.py), not yet started; its lines go to
+    nonstop's log."""
+    from nonstop.backends.embedded import EmbeddedServer
+
+    return EmbeddedServer(cfg.embedded, cfg.state_dir, on_event=lambda line: log.info("embedded: %s", line))

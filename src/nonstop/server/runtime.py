@@ -31,7 +31,7 @@ from nonstop.routing.plan import Skip
 from nonstop.routing.policy import Policy, policy_from_config
 from nonstop.routing.quota import QuotaState
 from nonstop.routing.view import CloudState, RoutingView
-from nonstop.server.autoconfig import auto_backends
+from nonstop.server.autoconfig import auto_backends, embedded_server
 from nonstop.server.cloud_state import CloudStates
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
@@ -134,16 +134,62 @@ class Runtime:
         self.set_local_backends(backends, guessed)
         for b in self.locals:
             if self.embedded is not None and b.name == "embedded":
-                b.until_ready = self.embedded.until_ready  # a request waits for it to load
-                b.unavailable = self.embedded.unavailable  # and none goes to its port while it is down
-                self.embedded.on_moved = b.moved_to  # nor to its old port once it has moved
+                self._attach_embedded(b)
             self.spawn(self._watch(b))
         self.warmer = Warmer(self.cfg.warmup, lambda: [q.view() for q in self.clouds.accounts.states.values()],
                              lambda: self.locals, Loads(self.local_session), embedded=self.embedded, clock=self.clock)
         self.clouds.on_switch = self.warmer.nudge
         self.spawn(self.warmer.run())
+        emb = self.cfg.embedded
+        if self.discovered and self.locals and self.embedded is None and not self.cfg.local \
+                and emb.mode == "auto" and emb.standby_after > 0:
+            self.spawn(self._standby(emb.standby_after))
         self.evals = EvalWatch(self.cfg, self.local_session)
         self.spawn(self._scores(self.evals))
+
+    def _attach_embedded(self, b: LocalBackend) -> None:
+        assert self.embedded is not None
+        b.until_ready = self.embedded.until_ready  # a request waits for it to load
+        b.unavailable = self.embedded.unavailable  # and none goes to its port while it is down
+        self.embedded.on_moved = b.moved_to  # nor to its old port once it has moved
+
+    async def _standby(self, after: float) -> None:
+        """The servers discovery found (none configured), watched: once every one of them
+        has been down for `after` seconds (failing its health checks, or demoted after
+        failed requests), the embedded server starts and joins them as the last local
+        backend, for as long as nonstop runs (a server that comes back is first again)."""
+        since: float | None = None
+        while True:
+            await asyncio.sleep(TICK)
+            if any(not _down(b.state) for b in self.locals):
+                since = None
+                continue
+            now = self.clock()
+            since = now if since is None else since
+            if now - since >= after:
+                self._start_standby(now - since)
+                return
+
+    def _start_standby(self, down_for: float) -> None:
+        from nonstop.backends.embedded import EmbeddedUnavailable
+
+        names = ", ".join(b.name for b in self.locals)
+        server = embedded_server(self.cfg)
+        try:
+            cfg = server.prepare()
+        except EmbeddedUnavailable as exc:
+            log.warning("%s down for %.0f s, and no embedded model can stand in: %s", names, down_for, exc)
+            return
+        log.warning("%s down for %.0f s: starting the embedded model as the last local fallback", names, down_for)
+        assert self.local_session is not None
+        b = make_local_backend(cfg, self.local_session, ping_interval=self.cfg.ping_interval)
+        self.embedded = server
+        if self.warmer is not None:
+            self.warmer.embedded = server
+        self._attach_embedded(b)
+        self.use_backends([*self.locals, b])
+        self.spawn(self._watch(b))
+        self.spawn(self._embedded_started(server.begin()))
 
     async def _embedded_started(self, starting: asyncio.Future[None]) -> None:
         from nonstop.backends.embedded import EmbeddedUnavailable
@@ -396,3 +442,9 @@ class Runtime:
             fleet="redis " + ("connected" if self.clouds.shared.available else "unreachable")
             if self.clouds.shared is not None else "",
         )
+
+
+def _down(state: BackendState) -> bool:
+    """A local backend that cannot serve now: its health check fails, or failed requests
+    have demoted it."""
+    return state.healthy is False or state.demoted
