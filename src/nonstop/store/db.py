@@ -314,10 +314,24 @@ class Store:
         # While the disk refuses writes: when it last did (0.0: it takes them), and the writes lost.
         self._refused_at = 0.0
         self._lost = 0
+        # The file the connections have open (st_dev, st_ino): one removed or replaced while
+        # nonstop runs is made anew at its path (see _same_file).
+        self._file: tuple[int, int] | None = None
+        self._gone = False  # it was removed, and no new one could be made yet: rows go to memory
+        self._reopen_failed = False
+        self._replaced_said = False
 
     def open(self) -> None:
         """Open (or make) the database and start the writer; OpenFailed names the reason
         when the log cannot be opened or written."""
+        conn, self._read = self._connect()
+        self._prune(conn)
+        self._thread = threading.Thread(target=self._writer, args=(conn,), name="nonstop-store", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """The writer's connection and the readers', to the database made (or migrated) at
+        the path; OpenFailed when it cannot be."""
         conns: list[sqlite3.Connection] = []
         old = os.umask(0o077)
         try:
@@ -338,10 +352,53 @@ class Store:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 os.chmod(str(self.path) + suffix, 0o600)
-        self._prune(conn)
-        self._read = conns[1]
-        self._thread = threading.Thread(target=self._writer, args=(conn,), name="nonstop-store", daemon=True)
-        self._thread.start()
+        self._file = _file_id(self.path)
+        return conn, conns[1]
+
+    def _same_file(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """The writer's connection. A file removed while nonstop runs (the state folder
+        cleared, the file deleted) would take every row into a file no one can open any
+        more: the connections let go of it (closing them finishes its write-ahead log,
+        which must not be read into a new file) and the database is made anew at the path.
+        While it cannot be (the folder cannot be made again), rows go to a database in
+        memory and are lost, said once, and it is tried again before each batch. Another
+        file at the path (moved there, or made by another process sharing the folder) is
+        said once and left alone: the rows keep going to the file nonstop opened, since
+        letting go of it would remove a write-ahead log at the path that may be that
+        file's."""
+        found = _file_id(self.path)
+        if found == self._file and not self._gone:
+            return conn
+        if found is not None and not self._gone:
+            if not self._replaced_said:
+                log.warning("the request log %s is another file than the one nonstop opened; rows keep going to that "
+                            "one until nonstop restarts", self.path)
+                self._replaced_said = True
+            return conn
+        if not self._gone:
+            self._gone = True
+            conn.close()
+            conn = _in_memory()
+            self._swap_read(_in_memory())
+        try:
+            new, read = self._connect()
+        except OpenFailed as exc:
+            if not self._reopen_failed:
+                log.warning("the request log %s was removed, and cannot be made again (%s): requests are served as "
+                            "before, but their rows are lost until it can be", self.path, exc.reason)
+                self._reopen_failed = True
+            return conn
+        log.warning("the request log %s was removed while nonstop ran: a new one is kept there from now on", self.path)
+        self._gone = self._reopen_failed = False
+        conn.close()
+        self._swap_read(read)
+        return new
+
+    def _swap_read(self, read: sqlite3.Connection) -> None:
+        with self._read_lock:
+            old, self._read = self._read, read
+        if old is not None:
+            old.close()
 
     def close(self) -> None:
         if self._thread is not None:
@@ -390,6 +447,7 @@ class Store:
                     batch.append(pending.popleft())
             if not batch:
                 continue
+            conn = self._same_file(conn)
             stop, events = self._write(conn, batch)
             if events is _AGAIN:
                 continue
@@ -577,6 +635,24 @@ def _full(exc: BaseException) -> bool:
         return False
     code = getattr(exc, "sqlite_errorcode", None)
     return code & 0xFF == SQLITE_FULL if code is not None else "disk is full" in str(exc)
+
+
+def _in_memory() -> sqlite3.Connection:
+    """A database with the log's tables that keeps nothing: where rows go while the file
+    cannot be made."""
+    conn = sqlite3.connect(":memory:", check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    migrate(conn)
+    return conn
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file at `path` (device and inode), None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _busy(exc: BaseException) -> bool:

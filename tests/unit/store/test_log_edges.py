@@ -321,3 +321,86 @@ def test_the_failover_reason_label_is_its_kind_not_the_hour_of_day() -> None:
     lines = [ln for ln in m.render().decode().splitlines() if ln.startswith("nonstop_failovers_total{")]
     assert len(lines) == 1, lines
     assert "until 1" not in lines[0], lines
+
+
+# --- the file removed or replaced while nonstop runs -----------------------------------------
+
+
+def _logged(store: Store, *ids: str) -> None:
+    for rid in ids:
+        store.log_request(RequestRow(ts=time.time(), request_id=rid))
+    store.flush()
+
+
+def _ids_in(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [r[0] for r in conn.execute("SELECT request_id FROM requests ORDER BY id")]
+
+
+@pytest.mark.parametrize("how", ["the file", "the folder"])
+def test_a_log_removed_while_serving_is_made_anew(tmp_path: Path, caplog, how: str) -> None:
+    """`rm requests.db*` or `rm -rf` of the state folder: the rows after it go to a new
+    database at the same path, which `nonstop logs` and the dashboard read, and the
+    removed file's write-ahead log is not read into it."""
+    folder = tmp_path / "state"
+    store = Store(folder)
+    store.open()
+    try:
+        _logged(store, "before-1", "before-2")
+        if how == "the file":
+            for suffix in ("", "-wal", "-shm"):
+                (Path(str(store.path) + suffix)).unlink(missing_ok=True)
+        else:
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
+        with caplog.at_level(logging.WARNING, logger="nonstop"):
+            _logged(store, "after-1")
+            _logged(store, "after-2")
+        assert _ids_in(store.path) == ["after-1", "after-2"]
+        assert sorted(r["request_id"] for r in store.recent()) == ["after-1", "after-2"]  # the readers' connection too
+        assert caplog.text.count("was removed while nonstop ran: a new one is kept there") == 1
+        assert oct(folder.stat().st_mode & 0o777) == "0o700" and oct(store.path.stat().st_mode & 0o777) == "0o600"
+    finally:
+        store.close()
+
+
+def test_a_log_that_cannot_be_made_again_loses_rows_until_it_can(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "state"
+    store = Store(folder)
+    store.open()
+    try:
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+        folder.write_text("a file where the folder was")  # (root ignores permissions: a file blocks it)
+        with caplog.at_level(logging.WARNING, logger="nonstop"):
+            _logged(store, "lost-1")
+            _logged(store, "lost-2")
+            assert store.recent() == []  # read from where the rows went: nowhere
+            assert caplog.text.count("cannot be made again") == 1  # said once, not per batch
+            folder.unlink()
+            _logged(store, "kept")
+        assert _ids_in(store.path) == ["kept"]
+        assert "a new one is kept there from now on" in caplog.text
+    finally:
+        store.close()
+
+
+def test_another_file_at_the_path_is_left_alone(tmp_path: Path, caplog) -> None:
+    """The file moved aside and another made in its place (by another process sharing the
+    folder): the rows keep going to the file nonstop opened, and it says so once."""
+    store = Store(tmp_path / "state")
+    store.open()
+    try:
+        _logged(store, "one")
+        aside = tmp_path / "aside.db"
+        for suffix in ("", "-wal", "-shm"):  # `mv nonstop.db* ...`: a WAL database is its three files
+            os.rename(str(store.path) + suffix, str(aside) + suffix)
+        other = Store(tmp_path / "state")
+        other.open()
+        other.close()
+        with caplog.at_level(logging.WARNING, logger="nonstop"):
+            _logged(store, "two")
+            _logged(store, "three")
+        assert caplog.text.count("is another file than the one nonstop opened") == 1
+    finally:
+        store.close()
+    assert _ids_in(aside) == ["one", "two", "three"]
+    assert _ids_in(tmp_path / "state" / store.path.name) == []
