@@ -617,14 +617,19 @@ SQLITE_FULL = 13
 _REFUSED_WORDS = ("disk is full", "readonly database", "disk I/O error", "unable to open")
 
 
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of an error (its extended code's low byte); None
+    where the error does not carry one, and only its words say what it was."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 def _refused(exc: BaseException) -> bool:
     """Whether a write failed for the disk (full, read-only, failing), not for its row."""
     if not isinstance(exc, sqlite3.Error):
         return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in _REFUSED
-    return any(w in str(exc) for w in _REFUSED_WORDS)
+    code = _primary_code(exc)
+    return code in _REFUSED if code is not None else any(w in str(exc) for w in _REFUSED_WORDS)
 
 
 def _full(exc: BaseException) -> bool:
@@ -633,8 +638,8 @@ def _full(exc: BaseException) -> bool:
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     if not isinstance(exc, sqlite3.Error):
         return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code & 0xFF == SQLITE_FULL if code is not None else "disk is full" in str(exc)
+    code = _primary_code(exc)
+    return code == SQLITE_FULL if code is not None else "disk is full" in str(exc)
 
 
 def _in_memory() -> sqlite3.Connection:
