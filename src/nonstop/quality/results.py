@@ -13,7 +13,6 @@ database: no table yet means no scores.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
@@ -31,6 +30,7 @@ from nonstop.store.db import (
     eval_history,
     latest_evals,
     migrate,
+    private_file,
     save_eval,
 )
 
@@ -187,11 +187,8 @@ def scores_by_model(source: Source) -> dict[str, Score]:
 def save_result(db: Path, identity: ModelIdentity, card: Scorecard, *, quick: bool, now: float | None = None) -> int:
     """Store one run (the database is created and migrated if need be)."""
     ensure_private_dir(db.parent)
-    old = os.umask(0o077)  # a database created here is private, as the gateway's is
-    try:
-        conn = connect(db)
-    finally:
-        os.umask(old)
+    private_file(db)  # a database created here is private, as the gateway's is
+    conn = connect(db)
     try:
         migrate(conn)
         row = EvalRow(

@@ -158,19 +158,23 @@ class Runtime:
         has been down for `after` seconds (failing its health checks, or demoted after
         failed requests), the embedded server starts and joins them as the last local
         backend, for as long as nonstop runs (a server that comes back is first again)."""
+        loop = asyncio.get_running_loop()
         since: float | None = None
         while True:
             await asyncio.sleep(TICK)
             if any(not _down(b.state) for b in self.locals):
                 since = None
                 continue
-            now = self.clock()
+            now = loop.time()  # (monotonic: a change of the wall clock does not start it)
             since = now if since is None else since
             if now - since >= after:
-                self._start_standby(now - since)
-                return
+                if self._start_standby(now - since):
+                    return
+                since = None  # a fault of the moment: tried again once they have been down as long
 
-    def _start_standby(self, down_for: float) -> None:
+    def _start_standby(self, down_for: float) -> bool:
+        """Start the embedded server beside the discovered ones; whether this is settled
+        (started, or nothing to start: said once), or worth trying again later."""
         from nonstop.backends.embedded import EmbeddedUnavailable
 
         names = ", ".join(b.name for b in self.locals)
@@ -179,7 +183,11 @@ class Runtime:
             cfg = server.prepare()
         except EmbeddedUnavailable as exc:
             log.warning("%s down for %.0f s, and no embedded model can stand in: %s", names, down_for, exc)
-            return
+            return True
+        except Exception as exc:  # (no free port, out of file descriptors...)
+            log.warning("%s down for %.0f s, and the embedded model could not be prepared to stand in (%s: %s); "
+                        "trying again later", names, down_for, type(exc).__name__, exc)
+            return False
         log.warning("%s down for %.0f s: starting the embedded model as the last local fallback", names, down_for)
         assert self.local_session is not None
         b = make_local_backend(cfg, self.local_session, ping_interval=self.cfg.ping_interval)
@@ -190,6 +198,7 @@ class Runtime:
         self.use_backends([*self.locals, b])
         self.spawn(self._watch(b))
         self.spawn(self._embedded_started(server.begin()))
+        return True
 
     async def _embedded_started(self, starting: asyncio.Future[None]) -> None:
         from nonstop.backends.embedded import EmbeddedUnavailable

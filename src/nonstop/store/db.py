@@ -286,6 +286,15 @@ def ensure_private_dir(path: Path) -> None:
             os.chmod(path, mode & 0o700)
 
 
+def private_file(path: Path) -> None:
+    """The database file, made empty (a valid SQLite database) and private if it is not
+    there: SQLite makes its -wal and -shm with the database file's mode, so they are
+    private too. (Not by setting the umask, which is the whole process's: other threads
+    make files meanwhile.)"""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class Store:
     """The request log and key/value state. Reads are synchronous (call them off the
     loop with asyncio.to_thread); writes are handed to the writer thread in batches."""
@@ -319,7 +328,6 @@ class Store:
         self._file: tuple[int, int] | None = None
         self._gone = False  # it was removed, and no new one could be made yet: rows go to memory
         self._reopen_failed = False
-        self._replaced_said = False
 
     def open(self) -> None:
         """Open (or make) the database and start the writer; OpenFailed names the reason
@@ -333,9 +341,9 @@ class Store:
         """The writer's connection and the readers', to the database made (or migrated) at
         the path; OpenFailed when it cannot be."""
         conns: list[sqlite3.Connection] = []
-        old = os.umask(0o077)
         try:
             ensure_private_dir(self.state_dir)
+            private_file(self.path)
             conns.append(connect(self.path))
             conn = conns[0]
             migrate(conn)
@@ -347,8 +355,6 @@ class Store:
             problem, full = state_dir_check(self.state_dir)
             raise OpenFailed(self.path, problem or _words(exc), unwritable=problem is not None or _refused(exc),
                              full=full or _full(exc)) from exc
-        finally:
-            os.umask(old)
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 os.chmod(str(self.path) + suffix, 0o600)
@@ -356,24 +362,15 @@ class Store:
         return conn, conns[1]
 
     def _same_file(self, conn: sqlite3.Connection) -> sqlite3.Connection:
-        """The writer's connection. A file removed while nonstop runs (the state folder
-        cleared, the file deleted) would take every row into a file no one can open any
-        more: the connections let go of it (closing them finishes its write-ahead log,
-        which must not be read into a new file) and the database is made anew at the path.
-        While it cannot be (the folder cannot be made again), rows go to a database in
-        memory and are lost, said once, and it is tried again before each batch. Another
-        file at the path (moved there, or made by another process sharing the folder) is
-        said once and left alone: the rows keep going to the file nonstop opened, since
-        letting go of it would remove a write-ahead log at the path that may be that
-        file's."""
-        found = _file_id(self.path)
-        if found == self._file and not self._gone:
-            return conn
-        if found is not None and not self._gone:
-            if not self._replaced_said:
-                log.warning("the request log %s is another file than the one nonstop opened; rows keep going to that "
-                            "one until nonstop restarts", self.path)
-                self._replaced_said = True
+        """The writer's connection, to the file at the path. One removed while nonstop runs
+        (the state folder cleared, the file deleted, or moved aside to start afresh) would
+        take every row into a file no one reads any more: the connections let go of it and
+        the database at the path is used, made anew if need be (another instance sharing
+        the folder may have made it first). While it cannot be (the folder cannot be made
+        again), rows go to a database in memory and are lost, said once, and it is tried
+        again before each batch. (SQLite knows a file that is no longer at its path:
+        closing it neither checkpoints into nor deletes the write-ahead log now there.)"""
+        if not self._gone and _file_id(self.path, self._file) == self._file:
             return conn
         if not self._gone:
             self._gone = True
@@ -388,7 +385,8 @@ class Store:
                             "before, but their rows are lost until it can be", self.path, exc.reason)
                 self._reopen_failed = True
             return conn
-        log.warning("the request log %s was removed while nonstop ran: a new one is kept there from now on", self.path)
+        log.warning("the request log %s was removed or replaced while nonstop ran: the one there now is kept from "
+                    "now on", self.path)
         self._gone = self._reopen_failed = False
         conn.close()
         self._swap_read(read)
@@ -651,12 +649,16 @@ def _in_memory() -> sqlite3.Connection:
     return conn
 
 
-def _file_id(path: Path) -> tuple[int, int] | None:
-    """The file at `path` (device and inode), None when there is none."""
+def _file_id(path: Path, known: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """The file at `path` (device and inode), None when there is none; `known` when it
+    cannot be told (the folder not readable a moment, a network file system's hiccup):
+    a working connection is not given up on a doubt."""
     try:
         st = os.stat(path)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError:
+        return known
     return st.st_dev, st.st_ino
 
 

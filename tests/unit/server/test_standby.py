@@ -26,13 +26,16 @@ from tests.support.fake_ollama import ollama_app
 class FakeEmbedded:
     """What the runtime asks of the embedded server, recorded."""
 
-    def __init__(self, unavailable: str = "") -> None:
+    def __init__(self, unavailable: str = "", faults: list[Exception] | None = None) -> None:
         self.why = unavailable
+        self.faults = faults or []  # raised by prepare(), one a call, before it works
         self.begun = 0
         self.stopped = False
         self.on_moved: Any = None
 
     def prepare(self) -> LocalBackendConfig:
+        if self.faults:
+            raise self.faults.pop()
         if self.why:
             raise EmbeddedUnavailable(self.why)
         return LocalBackendConfig(name="embedded", url="http://127.0.0.1:9", api="anthropic", context_window=4096)
@@ -53,12 +56,26 @@ class FakeEmbedded:
         self.stopped = True
 
 
-@pytest.fixture
-def embedded(monkeypatch) -> FakeEmbedded:
-    fake = FakeEmbedded()
+def _use(monkeypatch, fake: FakeEmbedded) -> FakeEmbedded:
     monkeypatch.setattr(runtime_module, "embedded_server", lambda cfg: fake)
     monkeypatch.setattr(runtime_module, "TICK", 0.01)
     return fake
+
+
+@pytest.fixture
+def embedded(monkeypatch) -> FakeEmbedded:
+    return _use(monkeypatch, FakeEmbedded())
+
+
+async def _one_down_watched(tmp_path: Path, session: aiohttp.ClientSession, caplog) -> Runtime:
+    """A runtime whose one discovered server is down, once its standby watch has ended."""
+    rt = _runtime(tmp_path, session, ["ollama"])
+    rt.locals[0].state.health_checked(False, "connection refused")
+    with caplog.at_level(logging.WARNING, logger="nonstop"):
+        await asyncio.wait_for(rt._standby(0.05), 5)
+    for t in list(rt._tasks):
+        t.cancel()
+    return rt
 
 
 def _runtime(tmp_path: Path, session: aiohttp.ClientSession, names: list[str], **embedded: Any) -> Runtime:
@@ -136,16 +153,22 @@ async def test_the_time_counts_from_when_all_are_down_again(tmp_path, embedded) 
 
 
 async def test_no_embedded_model_to_stand_in_is_said_once(tmp_path, monkeypatch, caplog) -> None:
-    fake = FakeEmbedded(unavailable="llama-server is not installed")
-    monkeypatch.setattr(runtime_module, "embedded_server", lambda cfg: fake)
-    monkeypatch.setattr(runtime_module, "TICK", 0.01)
+    _use(monkeypatch, FakeEmbedded(unavailable="llama-server is not installed"))
     async with aiohttp.ClientSession() as session:
-        rt = _runtime(tmp_path, session, ["ollama"])
-        rt.locals[0].state.health_checked(False, "connection refused")
-        with caplog.at_level(logging.WARNING, logger="nonstop"):
-            await asyncio.wait_for(rt._standby(0.05), 5)
+        rt = await _one_down_watched(tmp_path, session, caplog)
         assert [b.name for b in rt.locals] == ["ollama"] and rt.embedded is None
         assert caplog.text.count("no embedded model can stand in: llama-server is not installed") == 1
+
+
+async def test_a_fault_of_the_moment_is_tried_again(tmp_path, monkeypatch, caplog) -> None:
+    """prepare() failing for a reason of the moment (no free port, out of descriptors)
+    does not end the watch: it is tried again once the servers have been down as long."""
+    fake = _use(monkeypatch, FakeEmbedded(faults=[OSError(24, "Too many open files")]))
+    async with aiohttp.ClientSession() as session:
+        rt = await _one_down_watched(tmp_path, session, caplog)
+        assert "could not be prepared to stand in (OSError: [Errno 24] Too many open files); trying again later" \
+            in caplog.text
+        assert [b.name for b in rt.locals] == ["ollama", "embedded"] and fake.begun == 1
 
 
 # --- when the runtime watches for it -----------------------------------------------------------

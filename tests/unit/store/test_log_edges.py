@@ -337,28 +337,33 @@ def _ids_in(path: Path) -> list[str]:
         return [r[0] for r in conn.execute("SELECT request_id FROM requests ORDER BY id")]
 
 
-@pytest.mark.parametrize("how", ["the file", "the folder"])
+@pytest.mark.parametrize("how", ["the main file alone", "the file", "the folder"])
 def test_a_log_removed_while_serving_is_made_anew(tmp_path: Path, caplog, how: str) -> None:
-    """`rm requests.db*` or `rm -rf` of the state folder: the rows after it go to a new
-    database at the same path, which `nonstop logs` and the dashboard read, and the
-    removed file's write-ahead log is not read into it."""
+    """`rm nonstop.db`, `rm nonstop.db*` or `rm -rf` of the state folder: the rows after it
+    go to a new database at the same path, which `nonstop logs` and the dashboard read,
+    whole and with none of the removed file's rows (its write-ahead log, left at the path
+    by `rm nonstop.db`, is not read into the new one)."""
     folder = tmp_path / "state"
     store = Store(folder)
     store.open()
     try:
-        _logged(store, "before-1", "before-2")
-        if how == "the file":
-            for suffix in ("", "-wal", "-shm"):
-                (Path(str(store.path) + suffix)).unlink(missing_ok=True)
-        else:
+        _logged(store, *[f"before-{i}" for i in range(50)])
+        if how == "the folder":
             subprocess.run(["rm", "-rf", str(folder)], check=True)
+        else:
+            for suffix in ("",) if how == "the main file alone" else ("", "-wal", "-shm"):
+                (Path(str(store.path) + suffix)).unlink(missing_ok=True)
         with caplog.at_level(logging.WARNING, logger="nonstop"):
             _logged(store, "after-1")
             _logged(store, "after-2")
         assert _ids_in(store.path) == ["after-1", "after-2"]
+        with sqlite3.connect(store.path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert sorted(r["request_id"] for r in store.recent()) == ["after-1", "after-2"]  # the readers' connection too
-        assert caplog.text.count("was removed while nonstop ran: a new one is kept there") == 1
-        assert oct(folder.stat().st_mode & 0o777) == "0o700" and oct(store.path.stat().st_mode & 0o777) == "0o600"
+        assert caplog.text.count("was removed or replaced while nonstop ran") == 1
+        assert oct(folder.stat().st_mode & 0o777) == "0o700"
+        for suffix in ("", "-wal", "-shm"):
+            assert oct(Path(str(store.path) + suffix).stat().st_mode & 0o777) == "0o600", suffix
     finally:
         store.close()
 
@@ -378,29 +383,43 @@ def test_a_log_that_cannot_be_made_again_loses_rows_until_it_can(tmp_path: Path,
             folder.unlink()
             _logged(store, "kept")
         assert _ids_in(store.path) == ["kept"]
-        assert "a new one is kept there from now on" in caplog.text
+        assert "the one there now is kept from now on" in caplog.text
     finally:
         store.close()
 
 
-def test_another_file_at_the_path_is_left_alone(tmp_path: Path, caplog) -> None:
-    """The file moved aside and another made in its place (by another process sharing the
-    folder): the rows keep going to the file nonstop opened, and it says so once."""
+def test_a_log_moved_aside_keeps_its_rows_and_a_new_one_starts(tmp_path: Path) -> None:
+    """`mv nonstop.db* backup/` to start afresh: the moved file keeps what it had, whole,
+    and the rows after it go to a new one at the path."""
     store = Store(tmp_path / "state")
     store.open()
+    aside = tmp_path / "aside.db"
     try:
-        _logged(store, "one")
-        aside = tmp_path / "aside.db"
-        for suffix in ("", "-wal", "-shm"):  # `mv nonstop.db* ...`: a WAL database is its three files
+        _logged(store, "one", "two")
+        for suffix in ("", "-wal", "-shm"):  # a WAL database is its three files
             os.rename(str(store.path) + suffix, str(aside) + suffix)
-        other = Store(tmp_path / "state")
-        other.open()
-        other.close()
-        with caplog.at_level(logging.WARNING, logger="nonstop"):
-            _logged(store, "two")
-            _logged(store, "three")
-        assert caplog.text.count("is another file than the one nonstop opened") == 1
+        _logged(store, "three")
+        assert _ids_in(store.path) == ["three"]
     finally:
         store.close()
-    assert _ids_in(aside) == ["one", "two", "three"]
-    assert _ids_in(tmp_path / "state" / store.path.name) == []
+    assert _ids_in(aside) == ["one", "two"]
+
+
+def test_instances_sharing_a_folder_both_follow_the_new_log(tmp_path: Path) -> None:
+    """Two instances on one state folder: whichever writes first after the removal makes
+    the new file, and the other's rows go to that same file, not to the removed one."""
+    a, b = Store(tmp_path / "state"), Store(tmp_path / "state")
+    a.open()
+    b.open()
+    try:
+        _logged(a, "a0")
+        _logged(b, "b0")
+        subprocess.run(["rm", "-rf", str(tmp_path / "state")], check=True)
+        _logged(b, "b1")  # b makes it
+        _logged(a, "a1", "a2")  # a finds another file there, and uses it
+        _logged(b, "b2")
+        assert _ids_in(a.path) == ["b1", "a1", "a2", "b2"]
+        assert sorted(r["request_id"] for r in a.recent()) == ["a1", "a2", "b1", "b2"]
+    finally:
+        a.close()
+        b.close()
