@@ -143,6 +143,38 @@ def test_a_client_that_accepts_gzip_still_gets_the_clouds_answer(cloud, recorder
     assert dict((k.lower(), v) for k, v in sent["headers"])["accept-encoding"] == "identity"
 
 
+@pytest.mark.parametrize("path,stream", [("/v1/messages", False), ("/v1/messages", True),
+                                         ("/v1/chat/completions", False), ("/v1/chat/completions", True),
+                                         ("/v1/messages/count_tokens", False)])
+def test_a_reply_compressed_against_identity_is_still_the_clouds_answer(cloud, recorder_proc, nonstop_factory,
+                                                                         path, stream):
+    # A middlebox (a corporate proxy, a CDN) that gzips replies though nonstop asked for
+    # identity: the answer is the cloud's all the same, decoded for the client (it did
+    # not ask for gzip), not a failover on bytes nonstop could not read.
+    ns = gateway(nonstop_factory, cloud, recorder_proc)
+    procs.set_mode(cloud, "ok", compress="force")
+    r = rawhttp.exchange("POST", ns.url + path, json={**MESSAGE, "stream": stream}, headers=HEADERS, timeout=30)
+    assert r.status == 200 and r.headers["x-nonstop-backend"] == "cloud", (r.headers, r.body[:200])
+    assert "content-encoding" not in r.headers and "x-nonstop-failover" not in r.headers
+    if stream:
+        assert b"message_stop" in r.body or b"[DONE]" in r.body, r.body[-300:]
+    else:
+        assert json.loads(r.body)
+    rows = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/requests?limit=1")[2])["requests"]
+    assert rows[0]["outcome"] == "ok" and rows[0]["backend"] == "cloud", rows[0]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_refusal_compressed_against_identity_is_still_read(cloud, recorder_proc, nonstop_factory, stream):
+    # The credit balance's 400 is told from the client's own mistakes by its words: read
+    # from a gzipped body, it is still a failover, not a 400 passed to the client.
+    ns = gateway(nonstop_factory, cloud, recorder_proc)
+    procs.set_mode(cloud, "credit", compress="force")
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json={**MESSAGE, "stream": stream}, headers=HEADERS, timeout=30)
+    assert r.status == 200 and r.headers["x-nonstop-backend"] == "rec", (r.status, r.headers, r.body[:200])
+    assert "credit" in r.headers["x-nonstop-failover"], r.headers
+
+
 @pytest.mark.parametrize("field", ['"temperature": 1e400', '"metadata": {"user_id": 1e309}',
                                    '"tools": [{"name": "t", "input_schema": {"type": "object", "maximum": -1e999}}]'])
 def test_a_number_out_of_range_in_a_skipped_field_is_a_400_when_the_request_goes_local(cloud, recorder_proc,

@@ -159,8 +159,13 @@ class FakeCloud:
 
     def _compressed(self, resp: web.StreamResponse) -> web.StreamResponse:
         """With the `compress` parameter, a reply compressed as the client's Accept-Encoding
-        allows (gzip or deflate), as a CDN in front of the real cloud may send it."""
-        if self.params.get("compress"):
+        allows (gzip or deflate), as a CDN in front of the real cloud may send it; with
+        compress="force", gzip whatever the client asked for, as a middlebox that
+        ignores Accept-Encoding does."""
+        how = self.params.get("compress")
+        if how == "force":
+            resp.enable_compression(force=web.ContentCoding.gzip)
+        elif how:
             resp.enable_compression()
         return resp
 
@@ -269,7 +274,7 @@ class FakeCloud:
             etype = "timeout_error" if status == 504 else "api_error"
             return web.Response(status=status, body=error_body(etype, "Internal server error"), content_type="application/json")
         if mode == "credit":
-            return web.Response(status=400, body=error_body("invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."), content_type="application/json")
+            return self._compressed(web.Response(status=400, body=error_body("invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."), content_type="application/json"))
         if mode == "spend_limit":
             if "regain_in" in self.params:
                 # The message has minute precision: round down so the deadline never lies

@@ -163,6 +163,26 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
     return out
 
 
+# The content codings aiohttp decodes (http_parser: the parser's own list); another one
+# stays as it came, and a reply nonstop reads in it is not one it can read.
+_DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
+def _coded(resp: aiohttp.ClientResponse) -> bool:
+    """Whether aiohttp decodes this reply's body when asked to (see _DECODED_CODINGS)."""
+    coding = resp.headers.get("content-encoding")
+    return coding is not None and coding.isascii() and coding.lower() in _DECODED_CODINGS
+
+
+def relayed_headers(resp: aiohttp.ClientResponse, decoded: bool) -> list[tuple[bytes, bytes]]:
+    """The reply's headers as the client gets them. `decoded`: the body was asked for
+    decoded; when it came coded, it goes out decoded, without its coding and length."""
+    out = response_headers(resp.raw_headers)
+    if decoded and _coded(resp):
+        out = [(k, v) for k, v in out if k not in (b"content-encoding", b"content-length")]
+    return out
+
+
 class CloudBackend:
     """The cloud as a backend: the client's request, forwarded with its own credentials."""
 
@@ -232,7 +252,8 @@ class CloudBackend:
         first content, and every other reply whole (a body that is cut, short or not
         what was asked for is a broken upstream, not an answer)."""
         url = self.url_for(raw_path, query)
-        if expect or small:
+        decoded = bool(expect or small)
+        if decoded:
             # nonstop reads these replies (to tell an answer from a broken one, and a
             # stream's first events): they must come as sent, not compressed. Without the
             # header any coding would be acceptable (RFC 9110), so identity is said.
@@ -244,7 +265,11 @@ class CloudBackend:
             # The first-byte deadline includes connecting: a slow connect is trouble too.
             # aiohttp's own connect timeout still ends a connect that never completes.
             with Deadline(loop.time() + self.deadlines.deadline(len(body)) + min(CONNECT_SLACK, self.cfg.connect_timeout)):
-                resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False)
+                # A reply nonstop reads is decoded if it comes compressed though identity was
+                # asked for (a proxy or CDN that ignores Accept-Encoding): its headers then
+                # lose the coding (relayed_headers). Any other reply's bytes go as they came.
+                resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False,
+                                                  auto_decompress=decoded)
                 if self.observe_headers is not None:
                     # What the quota headers teach (utilization, the forecast) decides
                     # nothing about this reply, whose "rejected" is read below: it is
@@ -252,7 +277,7 @@ class CloudBackend:
                     # reads another request.
                     loop.call_soon(self._observe, account, resp.headers)
                 if resp.status >= 400:
-                    return await self._refusal(resp)
+                    return await self._refusal(resp, decoded)
                 ctype = resp.headers.get("content-type", "").lower()
                 wrong = wrong_content_type(expect, ctype)
                 if wrong:
@@ -267,25 +292,25 @@ class CloudBackend:
                     if expect:
                         self.deadlines.record(len(body), time.perf_counter() - sent)
                     usage = Usage()
-                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.notable),
+                    return Reply(resp.status, relayed_headers(resp, decoded), _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.notable),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
                 if ctype.startswith("text/event-stream"):
                     usage = Usage()
-                    return Reply(resp.status, response_headers(resp.raw_headers), _relay_stream(resp, b"", usage, self.cfg.idle_timeout),
+                    return Reply(resp.status, relayed_headers(resp, decoded), _relay_stream(resp, b"", usage, self.cfg.idle_timeout),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
                 if expect or small:
                     if expect and resp.status == 200:
                         self.deadlines.record(len(body), time.perf_counter() - sent)
                     # The cloud writes an answer whole, its body right behind its head: a
                     # body that stalls is a hung cloud, bound by the same deadline.
-                    return await self._whole(resp, expect, verdict, small)
+                    return await self._whole(resp, expect, verdict, small, decoded=decoded)
             return await self._whole(resp, expect, verdict, bodiless=method == "HEAD" or resp.status in (204, 304),
                                      idle=self.cfg.idle_timeout)
         except TimeoutError:
             if resp is not None:
                 resp.close()
                 if resp.status >= 400:  # a refusal whose body never came: its head says what it is
-                    return self._refused(resp, None)
+                    return self._refused(resp, None, decoded)
             return network_failure(TimeoutError(), timeout=True)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             forget_tracebacks(exc)
@@ -300,21 +325,21 @@ class CloudBackend:
         except Exception:  # a reply's headers never take a request down: said, and skipped
             log.exception("reading the cloud's quota headers failed")
 
-    async def _refusal(self, resp: aiohttp.ClientResponse) -> Reply | Verdict:
+    async def _refusal(self, resp: aiohttp.ClientResponse, decoded: bool) -> Reply | Verdict:
         try:
             err: bytes | None = await read_limited(resp, MAX_ERROR_BODY)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
             forget_tracebacks(exc)
             err = None  # a refusal whose body was cut: its status and headers still say what it is
         resp.release()
-        return self._refused(resp, err)
+        return self._refused(resp, err, decoded)
 
-    def _refused(self, resp: aiohttp.ClientResponse, err: bytes | None) -> Reply | Verdict:
+    def _refused(self, resp: aiohttp.ClientResponse, err: bytes | None, decoded: bool = False) -> Reply | Verdict:
         """A refusal (status >= 400) as a Verdict to fail over on, or a Reply to relay.
         `err`: its body, None when it never came whole (then nonstop says so in its place)."""
         verdict = classify_response(resp.status, _lower(resp.headers), err or b"", time.time(),
                                     failover_on_auth=self.cfg.failover_on_auth)
-        headers_out = response_headers(resp.raw_headers)
+        headers_out = relayed_headers(resp, decoded)
         if verdict is not None and verdict.failover:
             return verdict
         if err is None:
@@ -326,7 +351,7 @@ class CloudBackend:
 
     async def _whole(self, resp: aiohttp.ClientResponse, expect: str, verdict: Verdict | None,
                      small: tuple[str, type] | None = None, *, bodiless: bool = False,
-                     idle: float | None = None) -> Reply | Verdict:
+                     idle: float | None = None, decoded: bool = False) -> Reply | Verdict:
         """A reply read whole before its head goes to the client: bounded by MAX_WHOLE_BODY,
         and by the first-byte deadline for an answer (`expect`) or a small reply
         (`small`, from _SMALL_REPLIES, the caller's Deadline), by `idle` seconds of silence
@@ -344,7 +369,7 @@ class CloudBackend:
         finally:
             resp.release()
         declared = resp.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) != len(data) and not bodiless:
+        if declared.isdigit() and int(declared) != len(data) and not bodiless and not (decoded and _coded(resp)):
             return Verdict(FailureKind.BAD_RESPONSE, True, None,
                            f"the cloud's reply was cut: {len(data)} of {declared} bytes", resp.status)
         if len(data) > MAX_WHOLE_BODY:
@@ -357,7 +382,7 @@ class CloudBackend:
             problem = _not_a_small_reply(data, small)
         if problem:
             return Verdict(FailureKind.BAD_RESPONSE, True, None, problem, resp.status)
-        return Reply(resp.status, response_headers(resp.raw_headers), single(data), self.name, False, usage, verdict=verdict)
+        return Reply(resp.status, relayed_headers(resp, decoded), single(data), self.name, False, usage, verdict=verdict)
 
 
 def _not_a_message(data: bytes, usage: Usage) -> str:

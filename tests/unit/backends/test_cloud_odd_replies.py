@@ -194,3 +194,53 @@ async def test_a_refusal_whose_body_never_comes_keeps_its_meaning(serve):
     finally:
         await session.close()
     assert isinstance(res, Verdict) and res.kind == FailureKind.SUBSCRIPTION_LIMIT and res.until, res
+
+
+# --- replies coded though identity was asked for ----------------------------------------------
+
+
+def _gzipped(body: bytes, ctype: bytes, status: bytes = b"200 OK", coding: bytes = b"gzip") -> bytes:
+    import gzip
+    import zlib
+
+    data = gzip.compress(body) if coding.lower() == b"gzip" else zlib.compress(body)
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: " + ctype + b"\r\ncontent-encoding: " + coding
+            + b"\r\ncontent-length: %d\r\n\r\n" % len(data) + data)
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"GZIP", b"deflate"])
+async def test_a_coded_answer_is_read_and_relayed_decoded(raw_cloud, coding):
+    """A proxy that compresses though nonstop asked for identity: the answer is read (not
+    a failover on bytes nonstop cannot read), its declared length is the coded one (not a
+    cut), and it goes to the client decoded, without its coding or that length."""
+    message = orjson.dumps({**MSG, "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn"})
+    url = await raw_cloud(_gzipped(message, b"application/json", coding=coding))
+    res, out = await _request(url, stream=False, expect="json")
+    assert isinstance(res, Reply), res
+    assert out == message and res.usage.stop_reason == "end_turn"
+    names = {k for k, _ in res.headers}
+    assert b"content-encoding" not in names and b"content-length" not in names
+
+
+async def test_a_coded_stream_is_peeked_and_relayed_decoded(raw_cloud):
+    url = await raw_cloud(_gzipped(START + BLOCK + DELTA + REST, b"text/event-stream"))
+    res, out = await _request(url)
+    assert isinstance(res, Reply), res
+    assert out == START + BLOCK + DELTA + REST and res.usage.complete
+    assert b"content-encoding" not in {k for k, _ in res.headers}
+
+
+async def test_a_coded_refusal_is_classified_from_its_words(raw_cloud):
+    body = orjson.dumps({"type": "error", "error": {"type": "invalid_request_error",
+                                                    "message": "Your credit balance is too low to access the Anthropic API."}})
+    url = await raw_cloud(_gzipped(body, b"application/json", status=b"400 Bad Request"))
+    res, _ = await _request(url, stream=False, expect="json")
+    assert isinstance(res, Verdict) and res.failover and res.kind == FailureKind.CREDIT_EXHAUSTED, res
+
+
+async def test_a_coded_reply_nonstop_does_not_read_goes_as_it_came(raw_cloud):
+    """Any other path is passed through byte for byte: still coded, with its coding."""
+    url = await raw_cloud(_gzipped(b'{"anything": 1}', b"application/json"))
+    res, out = await _request(url, method="GET", path=b"/v1/files", stream=False, expect="")
+    assert isinstance(res, Reply)
+    assert out[:2] == b"\x1f\x8b" and (b"content-encoding", b"gzip") in res.headers
