@@ -11,8 +11,12 @@ import orjson
 from nonstop.backends.base import read_capped
 from nonstop.backends.local import CALIBRATION_REQUEST, Call, LocalBackend, capped
 
-# How long a server may take to count a request before the estimate is used.
+# How long a server may take to count a request before the estimate is used: one known
+# to count (it may be busy behind a long generation), and one not known to yet. A server
+# that hangs on an endpoint it lacks (Ollama can) costs a first request this long once,
+# and is not asked again; counting even a long prompt takes a real server well under it.
 COUNT_TIMEOUT = 30.0
+FIRST_COUNT_TIMEOUT = 5.0
 # Keys a count_tokens endpoint does not take.
 _NOT_COUNTED = ("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k")
 
@@ -32,7 +36,8 @@ class AnthropicLocalBackend(LocalBackend):
         try:
             async with self.session.post(
                 self.base + "/v1/messages/count_tokens", data=orjson.dumps(body), headers=self.headers(),
-                timeout=aiohttp.ClientTimeout(total=COUNT_TIMEOUT, connect=self.cfg.connect_timeout),
+                timeout=aiohttp.ClientTimeout(total=COUNT_TIMEOUT if self._server_counts else FIRST_COUNT_TIMEOUT,
+                                              connect=self.cfg.connect_timeout),
             ) as r:
                 if r.status == 200:
                     data = orjson.loads(await read_capped(r))
