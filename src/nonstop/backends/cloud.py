@@ -99,6 +99,11 @@ def _event_lines(data: bytes, names: frozenset[bytes]) -> Iterator[int]:
 
 # The most of one event held while waiting for its end (as the SSE decoder allows).
 MAX_EVENT = 16 * 1024 * 1024
+# What a stream may hold before its first content event: the cloud's first content comes
+# within a few KiB (message_start, a ping). More is a broken stream, read no further: a
+# flood of blank lines or pings (a few KiB on the wire when a middlebox compresses it)
+# would otherwise keep the event loop busy for seconds while nothing is decided.
+MAX_BEFORE_CONTENT = 256 * 1024
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
 _CONTENT_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"})
 _UNIFIED_STATUS = "anthropic-ratelimit-unified-status"
@@ -169,9 +174,11 @@ _DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
 
 
 def _coded(resp: aiohttp.ClientResponse) -> bool:
-    """Whether aiohttp decodes this reply's body when asked to (see _DECODED_CODINGS)."""
-    coding = resp.headers.get("content-encoding")
-    return coding is not None and coding.isascii() and coding.lower() in _DECODED_CODINGS
+    """Whether aiohttp decodes this reply's body when asked to (see _DECODED_CODINGS): by
+    the last content-encoding header, as its parser reads them."""
+    codings = resp.headers.getall("content-encoding", ())
+    coding = codings[-1] if codings else ""
+    return coding.isascii() and coding.lower() in _DECODED_CODINGS
 
 
 def relayed_headers(resp: aiohttp.ClientResponse, decoded: bool) -> list[tuple[bytes, bytes]]:
@@ -443,11 +450,15 @@ class _Peeked(NamedTuple):
 
 
 async def _peek_stream(resp: aiohttp.ClientResponse) -> _Peeked | Verdict:
-    """Read until the first content event. An error before it means: fail over."""
+    """Read until the first content event. An error before it means: fail over, and so
+    does a stream with no content in its first MAX_BEFORE_CONTENT bytes."""
     decoder = SSEDecoder()
     buf = b""
     fast = True  # LF-framed plain events so far: read by _peek_plain, not the decoder
     while True:
+        if len(buf) > MAX_BEFORE_CONTENT:
+            return Verdict(FailureKind.BAD_RESPONSE, True, None,
+                           f"no content in the stream's first {MAX_BEFORE_CONTENT // 1024} KiB")
         chunk = await resp.content.readany()
         if not chunk:
             return Verdict(FailureKind.BAD_RESPONSE, True, None, "stream ended before any content")

@@ -12,16 +12,21 @@ from nonstop.backends.base import read_capped
 from nonstop.backends.local import CALIBRATION_REQUEST, Call, LocalBackend, capped
 
 # How long a server may take to count a request before the estimate is used: one known
-# to count (it may be busy behind a long generation), and one not known to yet. A server
-# that hangs on an endpoint it lacks (Ollama can) costs a first request this long once,
-# and is not asked again; counting even a long prompt takes a real server well under it.
+# to count (it may be busy behind a long generation), and one not known to yet (counting
+# even a long prompt takes a real server well under it). A server not known to count
+# whose count times out UNKNOWN_COUNT_TIMEOUTS times is not asked again: one that hangs on
+# an endpoint it lacks (Ollama can) costs the start-up calibration and then one request
+# this wait, while a server slow only once (a model loaded on first use: LM Studio's JIT,
+# llama-swap) is still asked.
 COUNT_TIMEOUT = 30.0
 FIRST_COUNT_TIMEOUT = 5.0
+UNKNOWN_COUNT_TIMEOUTS = 2
 # Keys a count_tokens endpoint does not take.
 _NOT_COUNTED = ("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k")
 
 
 class AnthropicLocalBackend(LocalBackend):
+    _count_timeouts = 0  # counts that timed out while the server was not known to count
     async def calibrate(self) -> None:
         """Measure how this server's tokens compare with nonstop's estimate, so the
         planner can trust sizes before the first real request."""
@@ -54,7 +59,9 @@ class AnthropicLocalBackend(LocalBackend):
             pass
         except TimeoutError:  # a server that hangs on an endpoint it lacks (Ollama can)
             if self._server_counts is None:  # one that has counted may just have been busy
-                self._server_counts = False  # not asked again: each request would wait as long
+                self._count_timeouts += 1
+                if self._count_timeouts >= UNKNOWN_COUNT_TIMEOUTS:
+                    self._server_counts = False  # not asked again: each request would wait as long
         except (aiohttp.ClientError, OSError):  # the request itself will find out, and say so
             pass
         return self.in_server_tokens(estimate)

@@ -244,3 +244,41 @@ async def test_a_coded_reply_nonstop_does_not_read_goes_as_it_came(raw_cloud):
     res, out = await _request(url, method="GET", path=b"/v1/files", stream=False, expect="")
     assert isinstance(res, Reply)
     assert out[:2] == b"\x1f\x8b" and (b"content-encoding", b"gzip") in res.headers
+
+
+async def test_a_flood_before_any_content_is_a_broken_stream_decided_at_once(raw_cloud):
+    """Megabytes of blank lines before the first content (a few KiB on the wire once a
+    middlebox compresses them): no content in the first MAX_BEFORE_CONTENT bytes is a
+    broken stream, decided in well under a second, not seconds of the event loop."""
+    import gzip
+
+    from nonstop.backends import cloud
+
+    flood = gzip.compress(START + b"\n" * (16 << 20) + BLOCK + DELTA + REST, 9)
+    url = await raw_cloud(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
+                          b"content-length: %d\r\n\r\n" % len(flood) + flood)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    res, _ = await _request(url)
+    assert loop.time() - started < 1.5
+    assert isinstance(res, Verdict) and res.kind == FailureKind.BAD_RESPONSE and res.failover
+    assert f"first {cloud.MAX_BEFORE_CONTENT // 1024} KiB" in res.detail
+
+
+@pytest.mark.parametrize(("codings", "decoded"), [((b"identity", b"gzip"), True), ((b"gzip", b"identity"), False)])
+async def test_the_last_of_several_codings_is_the_one_read(raw_cloud, codings, decoded):
+    """aiohttp decodes by the last content-encoding header; what is relayed agrees with
+    it: decoded and without any coding header, or as it came with its headers."""
+    import gzip
+
+    body = START + BLOCK + DELTA + REST
+    data = gzip.compress(body)
+    head = b"".join(b"content-encoding: " + c + b"\r\n" for c in codings)
+    url = await raw_cloud(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n" + head
+                          + b"content-length: %d\r\n\r\n" % len(data) + data)
+    res, out = await _request(url)
+    if decoded:
+        assert isinstance(res, Reply) and out == body
+        assert b"content-encoding" not in {k for k, _ in res.headers}
+    else:  # gzip bytes nonstop cannot read: a broken stream, failed over
+        assert isinstance(res, Verdict) and res.kind == FailureKind.BAD_RESPONSE

@@ -141,8 +141,9 @@ async def test_read_capped_takes_a_body_up_to_its_limit(serve, size, over):
 
 async def test_a_token_count_that_hangs_gives_the_estimate_and_is_not_asked_again(serve, monkeypatch):
     """A server not known to count that hangs on the count (Ollama can, on an endpoint it
-    lacks): the first request waits FIRST_COUNT_TIMEOUT, not the 30 s a server known to
-    count is given, and the next is not asked at all."""
+    lacks): a request waits FIRST_COUNT_TIMEOUT, not the 30 s a server known to count is
+    given; after UNKNOWN_COUNT_TIMEOUTS such waits (the start-up calibration is one) it
+    is not asked again."""
     monkeypatch.setattr(local_anthropic, "FIRST_COUNT_TIMEOUT", 0.5)
     counted: list[int] = []
 
@@ -158,10 +159,31 @@ async def test_a_token_count_that_hangs_gives_the_estimate_and_is_not_asked_agai
     cfg = parse_config({"local": [{"name": "box", "url": url, "api": "anthropic", "context_window": 8192}]})
     async with aiohttp.ClientSession() as session:
         backend = make_local_backend(cfg.local[0], session)
-        for _ in range(2):
+        for _ in range(3):
             res = await asyncio.wait_for(backend.send_request(dict(REQUEST), stream=False), 5)
             assert not isinstance(res, Verdict) and res.status == 200
-    assert counted == [1]
+    assert counted == [1] * local_anthropic.UNKNOWN_COUNT_TIMEOUTS
+
+
+async def test_a_server_slow_to_count_once_is_still_asked(serve, monkeypatch):
+    """A count that times out once while the server loads its model on first use (LM
+    Studio's JIT, llama-swap): the server is asked again, and once it counts, it counts."""
+    monkeypatch.setattr(local_anthropic, "FIRST_COUNT_TIMEOUT", 0.3)
+    calls: list[int] = []
+
+    async def counts(request: web.Request) -> web.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            await asyncio.sleep(5)  # loading
+        return web.json_response({"input_tokens": 7})
+
+    app = web.Application()
+    app.router.add_post("/v1/messages/count_tokens", counts)
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(app), "api": "anthropic"}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        got = [await asyncio.wait_for(backend.count_tokens(dict(REQUEST)), 5) for _ in range(2)]
+    assert got[0] != 7 and got[1] == 7 and backend._server_counts is True
 
 
 LLAMA = ('{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it",'
