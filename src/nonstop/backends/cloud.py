@@ -182,10 +182,10 @@ def _coded(resp: aiohttp.ClientResponse) -> bool:
 
 
 def relayed_headers(resp: aiohttp.ClientResponse, decoded: bool) -> list[tuple[bytes, bytes]]:
-    """The reply's headers as the client gets them. `decoded`: the body was asked for
-    decoded; when it came coded, it goes out decoded, without its coding and length."""
+    """The reply's headers as the client gets them. `decoded`: its body was coded and
+    aiohttp decoded it; it goes out decoded, without its coding and coded length."""
     out = response_headers(resp.raw_headers)
-    if decoded and _coded(resp):
+    if decoded:
         out = [(k, v) for k, v in out if k not in (b"content-encoding", b"content-length")]
     return out
 
@@ -259,13 +259,14 @@ class CloudBackend:
         first content, and every other reply whole (a body that is cut, short or not
         what was asked for is a broken upstream, not an answer)."""
         url = self.url_for(raw_path, query)
-        decoded = bool(expect or small)
-        if decoded:
+        reads = bool(expect or small)
+        if reads:
             # nonstop reads these replies (to tell an answer from a broken one, and a
             # stream's first events): they must come as sent, not compressed. Without the
             # header any coding would be acceptable (RFC 9110), so identity is said.
             headers["Accept-Encoding"] = "identity"
         resp: aiohttp.ClientResponse | None = None
+        decoded = False  # the reply came coded, and aiohttp decodes it (only one nonstop reads)
         sent = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
@@ -276,7 +277,8 @@ class CloudBackend:
                 # asked for (a proxy or CDN that ignores Accept-Encoding): its headers then
                 # lose the coding (relayed_headers). Any other reply's bytes go as they came.
                 resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False,
-                                                  auto_decompress=decoded)
+                                                  auto_decompress=reads)
+                decoded = reads and _coded(resp)
                 if self.observe_headers is not None:
                     # What the quota headers teach (utilization, the forecast) decides
                     # nothing about this reply, whose "rejected" is read below: it is
@@ -343,7 +345,8 @@ class CloudBackend:
 
     def _refused(self, resp: aiohttp.ClientResponse, err: bytes | None, decoded: bool = False) -> Reply | Verdict:
         """A refusal (status >= 400) as a Verdict to fail over on, or a Reply to relay.
-        `err`: its body, None when it never came whole (then nonstop says so in its place)."""
+        `err`: its body, None when it never came whole (then nonstop says so in its place).
+        `decoded`: see relayed_headers."""
         verdict = classify_response(resp.status, _lower(resp.headers), err or b"", time.time(),
                                     failover_on_auth=self.cfg.failover_on_auth)
         headers_out = relayed_headers(resp, decoded)
@@ -376,7 +379,7 @@ class CloudBackend:
         finally:
             resp.release()
         declared = resp.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) != len(data) and not bodiless and not (decoded and _coded(resp)):
+        if declared.isdigit() and int(declared) != len(data) and not bodiless and not decoded:
             return Verdict(FailureKind.BAD_RESPONSE, True, None,
                            f"the cloud's reply was cut: {len(data)} of {declared} bytes", resp.status)
         if len(data) > MAX_WHOLE_BODY:

@@ -27,6 +27,7 @@ _NOT_COUNTED = ("max_tokens", "stream", "stop_sequences", "temperature", "top_p"
 
 class AnthropicLocalBackend(LocalBackend):
     _count_timeouts = 0  # counts that timed out while the server was not known to count
+
     async def calibrate(self) -> None:
         """Measure how this server's tokens compare with nonstop's estimate, so the
         planner can trust sizes before the first real request."""

@@ -445,7 +445,10 @@ class Store:
                     batch.append(pending.popleft())
             if not batch:
                 continue
-            conn = self._same_file(conn)
+            try:
+                conn = self._same_file(conn)
+            except Exception:  # the writer must not die: the batch goes where it went before
+                log.exception("checking the request log's file failed")
             stop, events = self._write(conn, batch)
             if events is _AGAIN:
                 continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import aiohttp
 import orjson
@@ -169,21 +170,28 @@ async def test_a_server_slow_to_count_once_is_still_asked(serve, monkeypatch):
     """A count that times out once while the server loads its model on first use (LM
     Studio's JIT, llama-swap): the server is asked again, and once it counts, it counts."""
     monkeypatch.setattr(local_anthropic, "FIRST_COUNT_TIMEOUT", 0.3)
+    got, _, backend = await _counts_slow_once(serve, slow_call=1, counts=2, hang=5)  # loading
+    assert got[0] != 7 and got[1] == 7 and backend._server_counts is True
+
+
+async def _counts_slow_once(serve, *, slow_call: int, counts: int, hang: float) -> tuple[list[int], list[int], Any]:
+    """`counts` token counts of REQUEST by a server that counts 7 tokens, and hangs for
+    `hang` seconds on its `slow_call`-th count: what each gave, the calls, the backend."""
     calls: list[int] = []
 
-    async def counts(request: web.Request) -> web.Response:
+    async def count(request: web.Request) -> web.Response:
         calls.append(1)
-        if len(calls) == 1:
-            await asyncio.sleep(5)  # loading
+        if len(calls) == slow_call:
+            await asyncio.sleep(hang)
         return web.json_response({"input_tokens": 7})
 
     app = web.Application()
-    app.router.add_post("/v1/messages/count_tokens", counts)
+    app.router.add_post("/v1/messages/count_tokens", count)
     cfg = parse_config({"local": [{"name": "box", "url": await serve(app), "api": "anthropic"}]})
     async with aiohttp.ClientSession() as session:
         backend = make_local_backend(cfg.local[0], session)
-        got = [await asyncio.wait_for(backend.count_tokens(dict(REQUEST)), 5) for _ in range(2)]
-    assert got[0] != 7 and got[1] == 7 and backend._server_counts is True
+        got = [await asyncio.wait_for(backend.count_tokens(dict(REQUEST)), 10) for _ in range(counts)]
+    return got, calls, backend
 
 
 LLAMA = ('{"error":{"code":400,"message":"the request exceeds the available context size, try increasing it",'
@@ -537,20 +545,8 @@ async def test_a_call_written_as_text_that_the_limit_cut_inside_its_arguments_is
 async def test_a_server_that_has_counted_is_asked_again_after_a_count_that_timed_out(serve, monkeypatch):
     monkeypatch.setattr(local_anthropic, "COUNT_TIMEOUT", 0.5)
     monkeypatch.setattr(local_anthropic, "FIRST_COUNT_TIMEOUT", 20.0)  # (only the known counter's applies)
-    calls: list[int] = []
-
-    async def counts(request: web.Request) -> web.Response:
-        calls.append(1)
-        if len(calls) == 2:  # busy once (a queue behind a long generation)
-            await asyncio.sleep(30)
-        return web.json_response({"input_tokens": 7})
-
-    app = web.Application()
-    app.router.add_post("/v1/messages/count_tokens", counts)
-    cfg = parse_config({"local": [{"name": "box", "url": await serve(app), "api": "anthropic"}]})
-    async with aiohttp.ClientSession() as session:
-        backend = make_local_backend(cfg.local[0], session)
-        got = [await asyncio.wait_for(backend.count_tokens(dict(REQUEST)), 10) for _ in range(3)]
+    # Busy once (a queue behind a long generation).
+    got, calls, _ = await _counts_slow_once(serve, slow_call=2, counts=3, hang=30)
     assert got[0] == 7 and got[1] != 7 and got[2] == 7 and len(calls) == 3
 
 
