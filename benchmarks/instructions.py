@@ -1,0 +1,338 @@
+"""Instructions per request, counted by valgrind: a measure the machine's noise cannot move.
+
+    python benchmarks/instructions.py                  nonstop and the bare forwarder, JSON and stream
+    python benchmarks/instructions.py --variants       also nonstop with the log off, and the forwarder + outline
+    python benchmarks/instructions.py --rev REV        also nonstop at git revision REV
+    python benchmarks/instructions.py --requests 400   more requests per target (200 by default)
+    python benchmarks/instructions.py --opcodes        Python bytecodes per request instead, by function
+
+Timings on these machines scatter by up to 2x from day to day, and two identical processes
+differ by up to 125 µs of CPU a request for a whole run, so a change of 20 µs cannot be
+seen in minutes. The number of instructions a process executes for the same requests does
+not scatter: two runs of one target agree to about 0.2 %. This runs each target under
+callgrind (valgrind's instruction counter), warms it up with 30 requests, zeroes the
+counters, sends N requests one at a time (concurrency 1; JSON, then in a fresh process
+streamed), dumps the counters and divides: the instructions of every thread of the process
+(the event loop's and the request log's writer) per request.
+
+Instructions are not time. C code that scans bytes (the outline's msgspec decode, the
+regexes that read a stream) runs several instructions per cycle; Python's interpreter
+runs fewer. So this says where nonstop's own work is and whether a change shrank it, not
+how many microseconds it costs: benchmarks/run.py says that, against the same forwarder.
+
+The targets, each a real process on the fake upstream (benchmarks/upstream.py, which
+sends the cloud's quota headers): nonstop in the default configuration (request log on,
+one [[local]] backend), the bare forwarder (forwarder.py), and with --variants nonstop
+with `[log] enabled = false` and the forwarder decoding each request's outline. The table
+gives each target's instructions per request, its ratio to the forwarder's, and where
+they run (the interpreter, libc, the C extensions). Prints it and writes
+benchmarks/results/<date>-instructions.md and .json.
+
+With --opcodes, each target runs under benchmarks/opcount.py instead of valgrind, and
+what is counted is the Python bytecodes each function executes (as exact, and far more
+specific): the table gives them per request by package, and nonstop's own functions
+that execute the most. Fewer bytecodes is not always less time either: a loop replaced
+by `map` and `zip` in C executes fewer bytecodes and can take longer.
+
+Processes run with PYTHONHASHSEED=0: with a random seed, dict and set collisions differ
+between processes, and so do the counts (by about 1 %).
+
+Needs valgrind (`apt install valgrind`) unless --opcodes; exits 2 without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    HERE,
+    ROOT,
+    free_port,
+    machine,
+    source_fingerprint,
+    start,
+    wait_http,
+    write_unique,
+)
+from payload import CLAUDE_CODE_HEADERS, claude_code_request  # noqa: E402
+from report import machine_line  # noqa: E402
+
+WARMUP = 30
+# nonstop's functions listed with --opcodes.
+TOP = 25
+PATH = "/v1/messages?beta=true"
+# Where the instructions run, by the file callgrind names for them.
+PLACES = (("the interpreter", "libpython"), ("libc", "libc.so"), ("msgspec (the outline)", "msgspec"),
+          ("aiohttp's C parts", "aiohttp"), ("uvloop and libuv", "uvloop"), ("httptools", "httptools"),
+          ("SQLite", "sqlite"), ("orjson", "orjson"), ("multidict and yarl", "multidict"), ("", "yarl"))
+
+
+def nonstop_config(folder: Path, port: int, cloud: str, local: str, log: bool) -> Path:
+    cfg = folder / "config.toml"
+    cfg.write_text(f'listen = "127.0.0.1:{port}"\nstate_dir = "{folder / "state"}"\n[cloud]\nurl = "{cloud}"\n'
+                   '[embedded]\nmode = "never"\n[discovery]\nenabled = false\n'
+                   f'[log]\nenabled = {"true" if log else "false"}\n[[local]]\nname = "local"\nurl = "{local}"\n')
+    return cfg
+
+
+def count(name: str, target: dict[str, Any], up: dict[str, str], stream: bool, n: int, work: Path,
+          opcodes: bool = False) -> dict[str, Any]:
+    """One target, one fresh process under the meter (callgrind, or opcount.py): what it
+    executes per request."""
+    folder = work / f"{name}-{'stream' if stream else 'json'}"
+    folder.mkdir()
+    port = free_port()
+    out = folder / ("opcodes.json" if opcodes else "callgrind.out")
+    if opcodes:
+        meter = [sys.executable, str(HERE / "opcount.py"), str(out)]
+    else:
+        meter = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+                 "--separate-threads=no", sys.executable]
+    env = {"NONSTOP_STATE_DIR": str(folder / "state"), "PYTHONHASHSEED": "0"}
+    if target["kind"] == "forwarder":
+        argv = [str(HERE / "forwarder.py"), "--listen", f"127.0.0.1:{port}", "--upstream", up["ok"]]
+        argv += ["--outline"] if target.get("outline") else []
+        env["PYTHONPATH"] = str(ROOT / "src")
+        health = "/_stats"
+    else:
+        cfg = nonstop_config(folder, port, up["ok"], up["local"], target.get("log", True))
+        argv = ["-m", "nonstop", "serve", "--config", str(cfg)]
+        env["PYTHONPATH"] = str(target.get("source") or ROOT / "src")
+        health = "/health"
+    p = start(name, meter + argv, env=env, workdir=folder)
+    try:
+        wait_http(p, f"http://127.0.0.1:{port}{health}", timeout=300)
+        if opcodes:
+            asyncio.run(_drive(f"http://127.0.0.1:{port}{PATH}", stream, n,
+                               lambda: os.kill(p.pid, signal.SIGUSR1), lambda: os.kill(p.pid, signal.SIGUSR2)))
+            for _ in range(100):
+                if out.exists() and out.stat().st_size:
+                    break
+                time.sleep(0.1)
+            time.sleep(0.5)
+            counted = {_short(k): v for k, v in json.loads(out.read_text()).items()}
+            total = sum(counted.values())
+            return {"target": name, "stream": stream, "requests": n, "per_request": total / n,
+                    "functions": {k: v / n for k, v in counted.items()}}
+        asyncio.run(_drive(f"http://127.0.0.1:{port}{PATH}", stream, n, lambda: _control("-z", p.pid), lambda: None))
+        _control("-d", p.pid)
+        dumps = sorted(folder.glob("callgrind.out.*"), key=os.path.getmtime)
+        if not dumps:
+            raise RuntimeError(f"{name}: callgrind wrote no dump\n{p.tail()}")
+        places = by_place(dumps[-1])
+    finally:
+        p.stop(timeout=60)
+    total = sum(places.values())
+    return {"target": name, "stream": stream, "requests": n, "per_request": total / n,
+            "places": {k: v / n for k, v in places.items()}}
+
+
+def _control(flag: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True, timeout=120)
+
+
+def _short(key: str) -> str:
+    """A function's key without the folders every one shares."""
+    for cut in (str(ROOT / "src") + "/", "site-packages/", "/lib/python3."):
+        if cut in key:
+            key = key.split(cut, 1)[1]
+            return key.split("/", 1)[1] if cut == "/lib/python3." else key
+    return key.replace(str(HERE) + "/", "benchmarks/")
+
+
+async def _drive(url: str, stream: bool, n: int, begin: Callable[[], None], end: Callable[[], None]) -> None:
+    body = json.dumps(claude_code_request(stream=stream)).encode()
+    headers = {**CLAUDE_CODE_HEADERS, "content-type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        async def one() -> None:
+            async with session.post(url, data=body, headers=headers) as resp:
+                data = await resp.read()
+                if resp.status != 200 or (stream and b"message_stop" not in data):
+                    raise RuntimeError(f"{url}: {resp.status} {data[:300]!r}")
+        for _ in range(WARMUP):
+            await one()
+        await asyncio.sleep(1.0)  # the warm-up's deferred work (the log's batch) is done
+        await asyncio.to_thread(begin)
+        await asyncio.sleep(0.3)
+        for _ in range(n):
+            await one()
+        await asyncio.sleep(1.0)  # and the measured requests' (their rows reach SQLite)
+        end()
+
+
+def by_place(path: Path) -> dict[str, int]:
+    """A callgrind dump's instructions (self cost), summed by the object file that ran them."""
+    objects: dict[str, str] = {}
+    place: collections.Counter[str] = collections.Counter()
+    current = ""
+    skip = False
+    name = re.compile(r"\((\d+)\)(?: (.*))?")
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith("ob="):
+                m = name.match(line[3:].strip())
+                if m:
+                    if m.group(2) is not None:
+                        objects[m.group(1)] = m.group(2)
+                    current = objects.get(m.group(1), "")
+                else:
+                    current = line[3:].strip()
+            elif line.startswith("cob="):
+                m = name.match(line[4:].strip())
+                if m and m.group(2) is not None:
+                    objects[m.group(1)] = m.group(2)
+            elif line.startswith("calls="):
+                skip = True  # the next cost line is the call's inclusive cost, not this function's
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if skip:
+                    skip = False
+                    continue
+                parts = line.split()
+                if len(parts) >= 2:
+                    place[_place(current)] += int(parts[1])
+    return dict(place)
+
+
+def _place(obj: str) -> str:
+    base = obj.rsplit("/", 1)[-1]
+    full = obj.lower()
+    for label, key in PLACES:
+        if key in full:
+            return label or "multidict and yarl"
+    return "other" if base else "other"
+
+
+def git_source(rev: str, work: Path) -> Path:
+    folder = work / f"src-{rev}"
+    folder.mkdir()
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
+    return folder / "src"
+
+
+def render(results: dict[str, Any]) -> str:
+    opcodes = results["meter"] == "opcodes"
+    unit = "bytecodes" if opcodes else "instructions"
+    lines = [f"# {'Python bytecodes' if opcodes else 'Instructions'} per request"
+             f" ({'benchmarks/opcount.py' if opcodes else 'callgrind'})", "",
+             f"{results['started']}. {machine_line(results['machine'])}. Source {results['source']['sha256']} "
+             f"({results['source']['files']} files, newest change {results['source']['newest_change']}).", "",
+             f"Each target a fresh process on the fake upstream (PYTHONHASHSEED=0); {results['requests']} requests at "
+             f"concurrency 1 after {WARMUP} unrecorded; every thread of the process counted. See "
+             "benchmarks/instructions.py.", ""]
+    for mode in ("json", "stream"):
+        rows = [r for r in results["rows"] if r["stream"] == (mode == "stream")]
+        if not rows:
+            continue
+        floor = next((r["per_request"] for r in rows if r["target"] == "forwarder"), None)
+        lines += [f"## {'Streamed (30 deltas)' if mode == 'stream' else 'JSON'}, 50 KB Claude Code request", ""]
+        if opcodes:
+            lines += [f"| target | {unit} / request | vs the forwarder | nonstop's own | aiohttp | uvicorn | the rest |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+        else:
+            lines += [f"| target | {unit} / request | vs the forwarder | interpreter | libc | msgspec | other C |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            ratio = f"{r['per_request'] / floor:.3f}x" if floor else "-"
+            if opcodes:
+                parts = _packages(r["functions"])
+                cells = [parts["nonstop"], parts["aiohttp"], parts["uvicorn"], r["per_request"] - sum(parts.values())]
+                lines.append(f"| {results['labels'][r['target']]} | {r['per_request']:,.0f} | {ratio} | "
+                             + " | ".join(f"{c:,.0f}" for c in cells) + " |")
+            else:
+                pl = r["places"]
+                interp, libc, ms = pl.get("the interpreter", 0), pl.get("libc", 0), pl.get("msgspec (the outline)", 0)
+                other = r["per_request"] - interp - libc - ms
+                lines.append(f"| {results['labels'][r['target']]} | {r['per_request'] / 1000:,.1f} k | {ratio} | "
+                             f"{interp / 1000:,.1f} k | {libc / 1000:,.1f} k | {ms / 1000:,.1f} k | {other / 1000:,.1f} k |")
+        lines.append("")
+        own = next((r for r in rows if r["target"] == "nonstop"), None)
+        if opcodes and own is not None:
+            top = sorted(((k, v) for k, v in own["functions"].items() if k.startswith("nonstop/")), key=lambda kv: -kv[1])
+            lines += [f"nonstop's own functions that execute the most, {unit} per request:", "",
+                      "| function | bytecodes |", "|---|---:|"]
+            lines += [f"| `{k}` | {v:,.0f} |" for k, v in top[:TOP]]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _packages(functions: dict[str, float]) -> dict[str, float]:
+    parts = {"nonstop": 0.0, "aiohttp": 0.0, "uvicorn": 0.0}
+    for key, v in functions.items():
+        top = key.split("/", 1)[0]
+        if top in parts:
+            parts[top] += v
+    return parts
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests", type=int, default=200, help="measured requests per target (after a warm-up)")
+    p.add_argument("--rev", help="also nonstop at this git revision")
+    p.add_argument("--variants", action="store_true", help="also nonstop with the log off, the forwarder + outline")
+    p.add_argument("--only", choices=("json", "stream"), help="one mode only")
+    p.add_argument("--opcodes", action="store_true", help="Python bytecodes per request, by function (no valgrind)")
+    a = p.parse_args()
+    if not a.opcodes and (not shutil.which("valgrind") or not shutil.which("callgrind_control")):
+        print("valgrind is not installed (apt install valgrind): nothing measured", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="nonstop-instructions-"))
+    targets: dict[str, dict[str, Any]] = {
+        "forwarder": {"kind": "forwarder", "label": "the bare forwarder"},
+        "nonstop": {"kind": "nonstop", "label": "nonstop, default configuration"},
+    }
+    if a.variants:
+        targets["outline"] = {"kind": "forwarder", "outline": True, "label": "the forwarder + the outline decode"}
+        targets["nolog"] = {"kind": "nonstop", "log": False, "label": "nonstop, `[log] enabled = false`"}
+    if a.rev:
+        targets["rev"] = {"kind": "nonstop", "source": git_source(a.rev, work), "label": f"nonstop at {a.rev}"}
+    modes = [m == "stream" for m in ((a.only,) if a.only else ("json", "stream"))]
+    ports = {"ok": free_port(), "local": free_port()}
+    argv = [sys.executable, str(HERE / "upstream.py")]
+    for port in ports.values():
+        argv += ["--listen", f"127.0.0.1:{port}=ok"]
+    upstream = start("upstream", argv, workdir=work)
+    results: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
+                               "source": source_fingerprint(), "requests": a.requests, "rows": [],
+                               "meter": "opcodes" if a.opcodes else "callgrind",
+                               "labels": {k: t["label"] for k, t in targets.items()}}
+    try:
+        for port in ports.values():
+            wait_http(upstream, f"http://127.0.0.1:{port}/_stats", timeout=30)
+        up = {k: f"http://127.0.0.1:{v}" for k, v in ports.items()}
+        for stream in modes:
+            for name, target in targets.items():
+                t0 = time.monotonic()
+                row = count(name, target, up, stream, a.requests, work, opcodes=a.opcodes)
+                results["rows"].append(row)
+                print(f"{name} {'stream' if stream else 'json'}: {row['per_request']:,.0f} "
+                      f"{'bytecodes' if a.opcodes else 'instructions'} a request "
+                      f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+    finally:
+        upstream.stop()
+    text = render(results)
+    md = write_unique("opcodes" if a.opcodes else "instructions", text)
+    md.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Run a Python program and count the bytecodes each function executes, between two signals.
+
+    python benchmarks/opcount.py OUT.json -m nonstop serve --config ...
+    python benchmarks/opcount.py OUT.json benchmarks/forwarder.py --listen ...
+
+SIGUSR1 starts counting (in every thread), SIGUSR2 stops it and writes
+{"file:line:function": bytecodes} to OUT.json. The program runs many times slower while
+counting, but what it counts does not depend on the machine's load: the same requests
+give the same counts. benchmarks/instructions.py --opcodes drives it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import runpy
+import signal
+import sys
+import threading
+from types import CodeType, FrameType
+from typing import Any
+
+_counts: collections.Counter[CodeType] = collections.Counter()
+
+
+def _opcodes(frame: FrameType, event: str, arg: Any) -> Any:
+    if event == "opcode":
+        _counts[frame.f_code] += 1
+    return _opcodes
+
+
+def _enter(frame: FrameType, event: str, arg: Any) -> Any:
+    frame.f_trace_opcodes = True
+    return _opcodes
+
+
+def _start(*_: Any) -> None:
+    _counts.clear()
+    threading.settrace(_enter)
+    sys.settrace(_enter)
+
+
+def _stop(*_: Any) -> None:
+    sys.settrace(None)
+    threading.settrace(None)
+    out: dict[str, int] = {}
+    for code, n in _counts.items():
+        key = f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}"
+        out[key] = out.get(key, 0) + n
+    with open(_OUT, "w") as fh:
+        json.dump(out, fh)
+
+
+if __name__ == "__main__":
+    _OUT = sys.argv[1]
+    signal.signal(signal.SIGUSR1, _start)
+    signal.signal(signal.SIGUSR2, _stop)
+    if sys.argv[2] == "-m":
+        sys.argv = [sys.argv[3], *sys.argv[4:]]
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = sys.argv[2:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
