@@ -9,7 +9,7 @@
 Timings on these machines scatter by up to 2x from day to day, and two identical processes
 differ by up to 125 µs of CPU a request for a whole run, so a change of 20 µs cannot be
 seen in minutes. The number of instructions a process executes for the same requests does
-not scatter: two runs of one target agree to about 0.2 %. This runs each target under
+not scatter: repeated runs of one target agree within 0.3 %. This runs each target under
 callgrind (valgrind's instruction counter), warms it up with 30 requests, zeroes the
 counters, sends N requests one at a time (concurrency 1; JSON, then in a fresh process
 streamed), dumps the counters and divides: the instructions of every thread of the process
