@@ -1,4 +1,4 @@
-"""Instructions per request, counted by valgrind: a measure the machine's noise cannot move.
+"""Instructions per request, counted by valgrind: a measure the machine's noise barely moves.
 
     python benchmarks/instructions.py                  nonstop and the bare forwarder, JSON and stream
     python benchmarks/instructions.py --variants       also nonstop with the log off, and the forwarder + outline
@@ -8,8 +8,9 @@
 
 Timings on these machines scatter by up to 2x from day to day, and two identical processes
 differ by up to 125 µs of CPU a request for a whole run, so a change of 20 µs cannot be
-seen in minutes. The number of instructions a process executes for the same requests does
-not scatter: repeated runs of one target agree within 0.3 %. This runs each target under
+seen in minutes. The number of instructions a process executes for the same requests
+barely scatters: repeated runs agree within 0.05 % for the forwarder and within 0.7 % for
+nonstop, whose timers fire by the clock while valgrind slows it. This runs each target under
 callgrind (valgrind's instruction counter), warms it up with 30 requests, zeroes the
 counters, sends N requests one at a time (concurrency 1; JSON, then in a fresh process
 streamed), dumps the counters and divides: the instructions of every thread of the process
