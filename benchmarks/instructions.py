@@ -83,7 +83,8 @@ PATH = "/v1/messages?beta=true"
 # Where the instructions run, by the file callgrind names for them.
 PLACES = (("the interpreter", "libpython"), ("libc", "libc.so"), ("msgspec (the outline)", "msgspec"),
           ("aiohttp's C parts", "aiohttp"), ("uvloop and libuv", "uvloop"), ("httptools", "httptools"),
-          ("SQLite", "sqlite"), ("orjson", "orjson"), ("multidict and yarl", "multidict"), ("", "yarl"))
+          ("SQLite", "sqlite"), ("orjson", "orjson"), ("multidict and yarl", "multidict"),
+          ("multidict and yarl", "yarl"))
 
 
 def nonstop_config(folder: Path, port: int, cloud: str, local: str, log: bool) -> Path:
@@ -124,11 +125,12 @@ def count(name: str, target: dict[str, Any], up: dict[str, str], stream: bool, n
         if opcodes:
             asyncio.run(_drive(f"http://127.0.0.1:{port}{PATH}", stream, n,
                                lambda: os.kill(p.pid, signal.SIGUSR1), lambda: os.kill(p.pid, signal.SIGUSR2)))
-            for _ in range(100):
-                if out.exists() and out.stat().st_size:
+            for _ in range(600):  # opcount.py renames the whole file into place
+                if out.exists():
                     break
                 time.sleep(0.1)
-            time.sleep(0.5)
+            else:
+                raise RuntimeError(f"{name}: opcount.py wrote no counts\n{p.tail()}")
             counted = {_short(k): v for k, v in json.loads(out.read_text()).items()}
             total = sum(counted.values())
             return {"target": name, "stream": stream, "requests": n, "per_request": total / n,
@@ -151,12 +153,16 @@ def _control(flag: str, pid: int) -> None:
 
 
 def _short(key: str) -> str:
-    """A function's key without the folders every one shares."""
-    for cut in (str(ROOT / "src") + "/", "site-packages/", "/lib/python3."):
+    """A function's key without the folders every one shares: `nonstop/...` for nonstop's
+    code (this tree's or another revision's src/), `aiohttp/...` for a package,
+    `asyncio/...` for the standard library."""
+    if key.startswith(str(HERE) + "/"):
+        return "benchmarks/" + key[len(str(HERE)) + 1:]
+    for cut in ("site-packages/", "/src/", "/lib/python3."):
         if cut in key:
             key = key.split(cut, 1)[1]
             return key.split("/", 1)[1] if cut == "/lib/python3." else key
-    return key.replace(str(HERE) + "/", "benchmarks/")
+    return key
 
 
 async def _drive(url: str, stream: bool, n: int, begin: Callable[[], None], end: Callable[[], None]) -> None:
@@ -213,12 +219,8 @@ def by_place(path: Path) -> dict[str, int]:
 
 
 def _place(obj: str) -> str:
-    base = obj.rsplit("/", 1)[-1]
     full = obj.lower()
-    for label, key in PLACES:
-        if key in full:
-            return label or "multidict and yarl"
-    return "other" if base else "other"
+    return next((label for label, key in PLACES if key in full), "other")
 
 
 def git_source(rev: str, work: Path) -> Path:

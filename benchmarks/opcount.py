@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import runpy
 import signal
 import sys
@@ -47,8 +48,10 @@ def _stop(*_: Any) -> None:
     for code, n in _counts.items():
         key = f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}"
         out[key] = out.get(key, 0) + n
-    with open(_OUT, "w") as fh:
+    part = _OUT + ".part"  # whole or not at all: the reader waits for OUT to appear
+    with open(part, "w") as fh:
         json.dump(out, fh)
+    os.replace(part, _OUT)
 
 
 if __name__ == "__main__":

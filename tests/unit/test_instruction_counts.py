@@ -58,6 +58,10 @@ def test_function_keys_lose_the_folders_all_share() -> None:
     assert instructions._short(f"{src}/nonstop/server/app.py:66:__call__") == "nonstop/server/app.py:66:__call__"
     assert instructions._short("/v/lib/python3.11/site-packages/aiohttp/client.py:558:_request") == "aiohttp/client.py:558:_request"
     assert instructions._short("/usr/lib/python3.11/asyncio/tasks.py:35:current_task") == "asyncio/tasks.py:35:current_task"
+    # Another revision's source (--rev) is nonstop's code too.
+    assert instructions._short("/tmp/w/src-abc/src/nonstop/server/app.py:66:__call__") == "nonstop/server/app.py:66:__call__"
+    bench = str(instructions.HERE)
+    assert instructions._short(f"{bench}/forwarder.py:36:__call__") == "benchmarks/forwarder.py:36:__call__"
     parts = instructions._packages({"nonstop/a.py:1:f": 10, "aiohttp/b.py:2:g": 5, "asyncio/c.py:3:h": 2})
     assert parts == {"nonstop": 10, "aiohttp": 5, "uvicorn": 0}
 
