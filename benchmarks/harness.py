@@ -39,6 +39,16 @@ def write_unique(name: str, text: str) -> Path:
     return out
 
 
+def revision_source(rev: str, folder: Path) -> Path:
+    """The src/ folder of git revision `rev`, extracted into `folder` with `git archive`
+    (OSError or CalledProcessError when git cannot give it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
+                         capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
+    return folder / "src"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -68,6 +68,7 @@ from harness import (  # noqa: E402
     ROOT,
     free_port,
     machine,
+    revision_source,
     source_fingerprint,
     start,
     wait_http,
@@ -75,6 +76,7 @@ from harness import (  # noqa: E402
 )
 from payload import CLAUDE_CODE_HEADERS, claude_code_request  # noqa: E402
 from report import machine_line  # noqa: E402
+from run import DEFAULT_LOCAL, nonstop_config  # noqa: E402
 
 WARMUP = 30
 # nonstop's functions listed with --opcodes.
@@ -85,14 +87,6 @@ PLACES = (("the interpreter", "libpython"), ("libc", "libc.so"), ("msgspec (the 
           ("aiohttp's C parts", "aiohttp"), ("uvloop and libuv", "uvloop"), ("httptools", "httptools"),
           ("SQLite", "sqlite"), ("orjson", "orjson"), ("multidict and yarl", "multidict"),
           ("multidict and yarl", "yarl"))
-
-
-def nonstop_config(folder: Path, port: int, cloud: str, local: str, log: bool) -> Path:
-    cfg = folder / "config.toml"
-    cfg.write_text(f'listen = "127.0.0.1:{port}"\nstate_dir = "{folder / "state"}"\n[cloud]\nurl = "{cloud}"\n'
-                   '[embedded]\nmode = "never"\n[discovery]\nenabled = false\n'
-                   f'[log]\nenabled = {"true" if log else "false"}\n[[local]]\nname = "local"\nurl = "{local}"\n')
-    return cfg
 
 
 def count(name: str, target: dict[str, Any], up: dict[str, str], stream: bool, n: int, work: Path,
@@ -115,7 +109,9 @@ def count(name: str, target: dict[str, Any], up: dict[str, str], stream: bool, n
         env["PYTHONPATH"] = str(ROOT / "src")
         health = "/_stats"
     else:
-        cfg = nonstop_config(folder, port, up["ok"], up["local"], target.get("log", True))
+        cfg = folder / "config.toml"
+        cfg.write_text(nonstop_config(port, folder / "state", up["ok"], DEFAULT_LOCAL.format(url=up["local"]),
+                                      log=target.get("log", True)))
         argv = ["-m", "nonstop", "serve", "--config", str(cfg)]
         env["PYTHONPATH"] = str(target.get("source") or ROOT / "src")
         health = "/health"
@@ -223,14 +219,6 @@ def _place(obj: str) -> str:
     return next((label for label, key in PLACES if key in full), "other")
 
 
-def git_source(rev: str, work: Path) -> Path:
-    folder = work / f"src-{rev}"
-    folder.mkdir()
-    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
-    return folder / "src"
-
-
 def render(results: dict[str, Any]) -> str:
     opcodes = results["meter"] == "opcodes"
     unit = "bytecodes" if opcodes else "instructions"
@@ -306,7 +294,7 @@ def main() -> int:
         targets["outline"] = {"kind": "forwarder", "outline": True, "label": "the forwarder + the outline decode"}
         targets["nolog"] = {"kind": "nonstop", "log": False, "label": "nonstop, `[log] enabled = false`"}
     if a.rev:
-        targets["rev"] = {"kind": "nonstop", "source": git_source(a.rev, work), "label": f"nonstop at {a.rev}"}
+        targets["rev"] = {"kind": "nonstop", "source": revision_source(a.rev, work / f"src-{a.rev}"), "label": f"nonstop at {a.rev}"}
     modes = [m == "stream" for m in ((a.only,) if a.only else ("json", "stream"))]
     ports = {"ok": free_port(), "local": free_port()}
     argv = [sys.executable, str(HERE / "upstream.py")]

@@ -55,6 +55,7 @@ from harness import (  # noqa: E402
     median,
     peak_rss_mb,
     percentile,
+    revision_source,
     rss_mb,
     source_fingerprint,
     start,
@@ -107,6 +108,17 @@ DEFAULT_LOCAL = '[[local]]\nname = "local"\nurl = "{url}"\n'
 # The revision whose full run the README and docs/performance.md publish: a full run
 # measures it beside the code under test (start_baseline).
 BASELINE_FILE = HERE / "results" / "BASELINE"
+
+
+def nonstop_config(port: int, state: Path, cloud: str, local: str, *, cloud_extra: str = "", log: bool = True,
+                   extra: str = "") -> str:
+    """A benchmark's nonstop config: listening on 127.0.0.1:`port`, the fake `cloud`, no
+    embedded server and no discovery, the request log on unless `log` is False, and
+    `local` (the [[local]] blocks, DEFAULT_LOCAL in the default configuration)."""
+    return (f'listen = "127.0.0.1:{port}"\nstate_dir = "{state}"\n'
+            f'[cloud]\nurl = "{cloud}"\n{cloud_extra}'
+            '[embedded]\nmode = "never"\n[discovery]\nenabled = false\n'
+            f'[log]\nenabled = {"true" if log else "false"}\n' + extra + local)
 
 
 class Bench:
@@ -166,12 +178,7 @@ class Bench:
         folder = self.work / name
         folder.mkdir()
         cfg = folder / "config.toml"
-        cfg.write_text(
-            f'listen = "127.0.0.1:{port}"\nstate_dir = "{folder / "state"}"\n'
-            f'[cloud]\nurl = "{cloud}"\n{cloud_extra}'
-            '[embedded]\nmode = "never"\n[discovery]\nenabled = false\n'
-            f'[log]\nenabled = {"true" if log else "false"}\n' + extra + local
-        )
+        cfg.write_text(nonstop_config(port, folder / "state", cloud, local, cloud_extra=cloud_extra, log=log, extra=extra))
         env = {"NONSTOP_STATE_DIR": str(folder / "state")}
         if source is not None:
             env["PYTHONPATH"] = str(source)
@@ -326,16 +333,11 @@ class Bench:
     def baseline_source(self, rev: str) -> Path | None:
         """The src/ folder of git revision `rev`, from `git archive` (None, noted, when git
         cannot give it)."""
-        folder = self.work / f"src-{rev}"
-        folder.mkdir(exist_ok=True)
         try:
-            tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
-                                 capture_output=True, check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(folder)], input=tar, check=True)
+            return revision_source(rev, self.work / f"src-{rev}")
         except (OSError, subprocess.CalledProcessError) as exc:
             self.note(f"baseline {rev}: not measured, its source could not be read from git ({exc})")
             return None
-        return folder / "src"
 
     def start_failover(self, name: str, source: Path | None = None, local_extra: str = "") -> Proc:
         """nonstop whose cloud answers every request with a subscription-limit 429 that
