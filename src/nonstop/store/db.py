@@ -17,6 +17,7 @@ import contextlib
 import errno
 import functools
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -163,11 +164,13 @@ class RequestRow:
     response_body: str | None = field(default=None, repr=False)
 
     def public(self) -> dict[str, Any]:
-        # asdict() deep-copies and is ~20x slower; this runs for every request.
-        return {name: getattr(self, name) for name in _PUBLIC_FIELDS}
+        # asdict() deep-copies and is ~20x slower; this runs for every request (its
+        # fields read by one attrgetter, in C).
+        return dict(zip(_PUBLIC_FIELDS, _public_values(self), strict=True))
 
 
 _PUBLIC_FIELDS = [f.name for f in fields(RequestRow) if f.name not in ("request_body", "response_body")]
+_public_values = operator.attrgetter(*_PUBLIC_FIELDS)
 _COLUMNS = [
     "ts", "request_id", "path", "client", "session_id", "model", "stream", "backend", "reason",
     "outcome", "status", "stop_reason", "ttfb_ms", "total_ms", "overhead_ms", "input_tokens",
