@@ -54,25 +54,24 @@ class _Watched:
     response that starts before the request's body has been read closes the connection,
     so that a body still trickling in cannot hold it open."""
 
-    __slots__ = ("send", "scope", "started", "ended", "headers")
+    __slots__ = ("send", "scope", "started", "ended", "stream")
 
     def __init__(self, send: Send, scope: Scope):
         self.send = send
         self.scope = scope
         self.started = False
         self.ended = False
-        self.headers: Any = ()  # the response's, once started
-
-    @property
-    def stream(self) -> bool:
-        """Whether the response that started is an event stream (read only when the last
-        guard must end it, not on every response)."""
-        return any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in self.headers)
+        self.stream = False
 
     async def __call__(self, msg: Message) -> None:
         if msg["type"] == "http.response.start":
             self.started = True
-            self.headers = headers = msg.get("headers", ())
+            headers = msg.get("headers", ())
+            # Read here, not kept: a stream's head is not held while it relays.
+            for k, v in headers:  # (a loop, not any(): a generator step per header)
+                if k == b"content-type" and v.startswith(b"text/event-stream"):
+                    self.stream = True
+                    break
             if BODY_READ not in self.scope and _has_body(self.scope):
                 msg["headers"] = [*headers, (b"connection", b"close")]
         elif msg["type"] == "http.response.body" and not msg.get("more_body", False):
