@@ -44,7 +44,7 @@ STEPS = [
     ("nonstop.server.doors.base", "Door.context", "before"),
     ("nonstop.server.pipeline", "Pipeline.facts", "before"),
     ("nonstop.server.pipeline", "Pipeline.plan", "before"),
-    ("nonstop.backends.cloud", "forward_headers", "before"),
+    ("nonstop.backends.head", "read_head", "before"),
     ("nonstop.backends.cloud", "CloudBackend.url_for", "before"),
     ("nonstop.backends.cloud", "response_headers", "before"),
     ("nonstop.backends.cloud", "_success_verdict", "before"),

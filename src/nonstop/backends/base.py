@@ -25,6 +25,7 @@ from nonstop.routing.classify import Verdict
 from nonstop.routing.view import Capabilities
 
 if TYPE_CHECKING:
+    from nonstop.backends.head import Head
     from nonstop.routing.fit import Fitted
     from nonstop.routing.plan import Step
     from nonstop.wire.repair import Repair
@@ -121,6 +122,16 @@ class Exchange:
     # `req` is not parsed yet: the door read only the request's outline (wire/outline.py),
     # and request() parses `body` the first time a backend needs the whole request.
     lazy: bool = False
+    # The headers as nonstop reads them (backends/head.py); read from `headers` when not given.
+    head: Head | None = None
+
+    def read_head(self) -> Head:
+        """What nonstop reads from the request's headers (backends/head.py)."""
+        if self.head is None:
+            from nonstop.backends.head import head_of  # it imports this module
+
+            self.head = head_of(self.headers)
+        return self.head
 
     def request(self) -> dict[str, Any]:
         """The whole parsed request, parsed now if the door did not need it."""

@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import aiohttp
 import orjson
-from multidict import CIMultiDict, istr
+from multidict import CIMultiDict
 from yarl import URL
 
 from nonstop.aio import Deadline, Silence
 from nonstop.backends.base import (
     HOP_BY_HOP,
     MAX_WHOLE_BODY,
-    OWN_REQUEST_HEADERS,
     Attempt,
     Exchange,
     Reply,
@@ -33,6 +32,7 @@ from nonstop.backends.base import (
     read_limited,
     single,
 )
+from nonstop.backends.head import Headers, identity_coded
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import (
     FailureKind,
@@ -110,45 +110,10 @@ _UNIFIED_STATUS = "anthropic-ratelimit-unified-status"
 # A data line that is not one JSON object, in LF-framed SSE (see _first_malformed).
 _BAD_DATA = re.compile(rb"\ndata:(?![ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$))")
 _GOOD_FIRST = re.compile(rb"data:[ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$)")
-# Header names seen before: the name to send on (None: not forwarded), and for replies,
-# the lower-case name to relay (None: hop-by-hop). Bounded: names come from clients.
-# A name to send on is an `istr`, which aiohttp's header copies take as it is: a plain
-# str would make each copy lower-case its own key.
-_REQUEST_NAMES: dict[bytes, istr | None] = {}
+# Header names seen before, in replies: the lower-case name to relay (None: hop-by-hop).
+# Bounded: names come from upstreams.
 _REPLY_NAMES: dict[bytes, bytes | None] = {}
 _MAX_NAMES = 512
-# Short header values seen before, decoded. A client sends the same few (its version, its
-# key, its session) on every request, and aiohttp keeps the request's headers for as long
-# as the reply streams: shared, they cost an open stream nothing. Bounded in count and in
-# size (emptied when full); the values never leave the process.
-_REQUEST_VALUES: dict[bytes, str] = {}
-_MAX_VALUES = 1024
-_MAX_VALUE_BYTES = 256
-
-
-def forward_headers(raw: Iterable[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    names, values = _REQUEST_NAMES, _REQUEST_VALUES
-    for k, v in raw:
-        try:
-            name = names[k]
-        except KeyError:
-            decoded = k.decode("latin-1")
-            low = decoded.lower()
-            name = None if low in HOP_BY_HOP or low in OWN_REQUEST_HEADERS else istr(decoded)
-            if len(names) < _MAX_NAMES:
-                names[k] = name
-        if name is None:
-            continue
-        value = values.get(v)
-        if value is None:
-            value = v.decode("latin-1")
-            if len(v) <= _MAX_VALUE_BYTES:
-                if len(values) >= _MAX_VALUES:
-                    values.clear()
-                values[v] = value
-        out.add(name, value)
-    return out
 
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -239,18 +204,22 @@ class CloudBackend:
         return url
 
     async def send(self, ex: Exchange, step: Step) -> Attempt:
-        headers = forward_headers(ex.headers)
-        for k, v in (ex.cloud_headers or {}).items():
-            headers.setdefault(k, v)
+        expect = ("stream" if ex.stream else "json") if ex.path in _INFERENCE_PATHS else ""
+        small = _SMALL_REPLIES.get(ex.path)
+        head = ex.read_head()
+        headers: Headers = head.reading if expect or small else head.forwarded  # (see request())
+        if ex.cloud_headers:
+            headers = CIMultiDict(headers)
+            for k, v in ex.cloud_headers.items():
+                headers.setdefault(k, v)
         body = ex.cloud_body if ex.cloud_body is not None else ex.body
         if step.strip_thinking and ex.request():
             body = orjson.dumps(for_cloud(without_thinking(ex.request())))
         path = ex.cloud_path or ex.raw_path
-        expect = ("stream" if ex.stream else "json") if ex.path in _INFERENCE_PATHS else ""
         return await self.request(ex.method, path, ex.query, headers, body, stream=ex.stream, expect=expect,
-                                  account=ex.account, small=_SMALL_REPLIES.get(ex.path))
+                                  account=ex.account, small=small)
 
-    async def request(self, method: str, raw_path: bytes, query: bytes, headers: CIMultiDict[str], body: bytes,
+    async def request(self, method: str, raw_path: bytes, query: bytes, headers: Headers, body: bytes,
                       *, stream: bool = False, expect: str = "", account: str = "",
                       small: tuple[str, type] | None = None) -> Reply | Verdict:
         """One try at the cloud. A Reply to commit, or the Verdict to fail over on.
@@ -264,7 +233,7 @@ class CloudBackend:
             # nonstop reads these replies (to tell an answer from a broken one, and a
             # stream's first events): they must come as sent, not compressed. Without the
             # header any coding would be acceptable (RFC 9110), so identity is said.
-            headers["Accept-Encoding"] = "identity"
+            headers = identity_coded(headers)
         resp: aiohttp.ClientResponse | None = None
         decoded = False  # the reply came coded, and aiohttp decodes it (only one nonstop reads)
         sent = time.perf_counter()

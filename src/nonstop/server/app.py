@@ -16,11 +16,14 @@ from itertools import chain
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from nonstop.backends.head import Head, read_head
 from nonstop.config import Config
 from nonstop.server import dashboard
 from nonstop.server.asgi import (
     BODY_PACE,
     BODY_READ,
+    CONTENT_LENGTH,
+    HEAD,
     REQUEST_ROW,
     TOKEN_VIA,
     BodyPace,
@@ -29,7 +32,6 @@ from nonstop.server.asgi import (
     Receive,
     Scope,
     Send,
-    header,
     send_bytes,
     send_json,
 )
@@ -67,10 +69,11 @@ class _Watched:
         if msg["type"] == "http.response.start":
             self.started = True
             headers = msg.get("headers", ())
-            # Read here, not kept: a stream's head is not held while it relays.
-            for k, v in headers:  # (a loop, not any(): a generator step per header)
-                if k == b"content-type" and v.startswith(b"text/event-stream"):
-                    self.stream = True
+            # Read here, not kept: a stream's head is not held while it relays. The first
+            # content-type says (it comes first in nonstop's own replies and the cloud's).
+            for k, v in headers:  # (a loop, not next(): a generator step per header)
+                if k == b"content-type":
+                    self.stream = v.startswith(b"text/event-stream")
                     break
             if BODY_READ not in self.scope and _has_body(self.scope):
                 msg["headers"] = [*headers, (b"connection", b"close")]
@@ -118,6 +121,7 @@ class App:
         rid = new_request_id()
         scope["nonstop.request_id"] = rid
         scope[BODY_PACE] = self._body_pace
+        scope[HEAD], scope[CONTENT_LENGTH] = read_head(scope["headers"])
         watched = _Watched(send, scope)
         try:
             await self.dispatch(scope, receive, watched)
@@ -207,7 +211,7 @@ class App:
             # Without a token only loopback is served; a foreign Host is a web page
             # trying DNS rebinding against this port. (With users' tokens every request
             # needs one, and a team reaches the gateway by its own name.)
-            raw = next((v for k, v in headers if k == b"host"), b"")
+            raw = scope[HEAD].host
             if raw in self._hosts_seen:  # a client sends the same Host every time
                 return None
             host = raw.decode("latin-1").lower()
@@ -234,15 +238,15 @@ class App:
 
     @staticmethod
     def _offered(scope: Scope) -> Iterator[tuple[str, str]]:
-        given = header(scope, b"x-nonstop-token")
-        if given:
-            yield "header", given
+        head: Head = scope[HEAD]
+        if head.token:
+            yield "header", head.token.decode("latin-1")
         if not scope["path"].startswith("/_nonstop"):
             return
         query = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token") or [""])[0]
         if query:
             yield "query", query
-        cookie = header(scope, b"cookie")
+        cookie = head.cookie.decode("latin-1")
         if cookie:
             c: SimpleCookie = SimpleCookie()
             with contextlib.suppress(Exception):

@@ -72,6 +72,10 @@ REQUEST_ROW = "nonstop.row"
 CONNECTION = "nonstop.connection"
 # Where the token that let a request in came from: "header", "query" or "cookie".
 TOKEN_VIA = "nonstop.token_via"
+# The request's head as nonstop reads it (backends/head.py), and its content-length as
+# sent ("" when absent), both read by the application once (App.__call__).
+HEAD = "nonstop.head"
+CONTENT_LENGTH = "nonstop.content_length"
 DEFAULT_PACE = BodyPace()
 
 
@@ -104,7 +108,9 @@ def header(scope: Scope, name: bytes, default: str = "") -> str:
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body, at most `limit` bytes (BodyTooLarge), arriving at the
     scope's pace (BodyTimeout), or ClientGone."""
-    declared = header(scope, b"content-length")
+    declared = scope.get(CONTENT_LENGTH)
+    if declared is None:  # not read by the application (another server's scope)
+        declared = header(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
     pace: BodyPace = scope.get(BODY_PACE) or DEFAULT_PACE

@@ -21,15 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from nonstop.backends.base import Attempt, Exchange, Reply, TooLong, UnreadableRequest
 from nonstop.redact import redact
-from nonstop.routing.accounts import CREDENTIAL_HEADERS, credential_of
 from nonstop.routing.classify import LONGEST_OUT, FailureKind, Verdict
-from nonstop.routing.facts import (
-    AGENT_HEADER,
-    HINT_HEADER,
-    SESSION_HEADER,
-    RequestFacts,
-    facts_from_request,
-)
+from nonstop.routing.facts import SESSION_HEADER, RequestFacts, facts_from_request
 from nonstop.routing.fit import RequestSize
 from nonstop.routing.plan import CLOUD, Plan, Skip, Step, plan
 from nonstop.routing.view import CloudState
@@ -46,7 +39,6 @@ log = logging.getLogger("nonstop")
 PROBE_LEASE = 120.0
 
 # The headers the facts read, and the credential's (read in the same pass).
-_FACT_HEADERS = frozenset(h.encode() for h in (HINT_HEADER, AGENT_HEADER, SESSION_HEADER)) | CREDENTIAL_HEADERS
 
 
 @dataclass
@@ -82,14 +74,6 @@ class Outcome:
         return f"none; rule={last.rule}; {last.reason}" if last else "none"
 
 
-def fact_headers(headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, str], str]:
-    """The few request headers the planner reads, by lower-case name, and the cloud
-    credential: one pass over the headers."""
-    found: dict[str, str] = {}
-    credential = credential_of(headers, collect=found, names=_FACT_HEADERS)
-    return found, credential
-
-
 class Pipeline:
     def __init__(self, rt: Runtime):
         self.rt = rt
@@ -101,8 +85,9 @@ class Pipeline:
         """`req`: what the facts are read from when not the parsed request (a request's
         outline: see wire/outline.py)."""
         req = ex.req if req is None else req
-        headers, credential = fact_headers(ex.headers)
-        ex.account = self.rt.clouds.account_for(credential, headers.get(SESSION_HEADER, ""))
+        head = ex.read_head()
+        headers = head.facts
+        ex.account = self.rt.clouds.account_for(head.credential, headers.get(SESSION_HEADER, ""))
 
         # The sizes read the request when asked, not the request as it was: the facts live as
         # long as the exchange, and must not keep a parsed request its door has let go.

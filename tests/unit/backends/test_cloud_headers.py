@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from nonstop.backends import cloud
-from nonstop.backends.cloud import _success_verdict, forward_headers, response_headers
+from nonstop.backends import head
+from nonstop.backends.cloud import _success_verdict, response_headers
+from nonstop.backends.head import forward_headers
 from nonstop.routing.classify import FailureKind
 
 CLIENT = [
@@ -26,19 +27,19 @@ def test_the_clients_headers_go_up_but_hop_by_hop_expect_and_nonstops_own():
 def test_the_same_headers_again_go_up_as_the_same_strings_and_long_ones_are_not_kept():
     """A client's repeated headers share one decoded string (an open stream holds its
     request's headers); a value past the size bound is decoded afresh every time."""
-    long_value = b"x" * (cloud._MAX_VALUE_BYTES + 1)
+    long_value = b"x" * (head._MAX_VALUE_BYTES + 1)
     first = forward_headers([(b"x-api-key", b"sk-ant-k"), (b"x-long", long_value)])
     again = forward_headers([(b"x-api-key", b"sk-ant-k"), (b"x-long", long_value)])
     assert first["x-api-key"] is again["x-api-key"]
     assert first["x-long"] == again["x-long"] == long_value.decode() and first["x-long"] is not again["x-long"]
-    assert long_value not in cloud._REQUEST_VALUES
+    assert long_value not in head._REQUEST_VALUES
 
 
 def test_the_cache_of_header_values_stays_bounded_and_still_forwards_every_value():
-    for i in range(cloud._MAX_VALUES * 2 + 7):
+    for i in range(head._MAX_VALUES * 2 + 7):
         out = forward_headers([(b"x-claude-code-session-id", b"session-%d" % i)])
         assert out["x-claude-code-session-id"] == f"session-{i}"
-        assert len(cloud._REQUEST_VALUES) <= cloud._MAX_VALUES
+        assert len(head._REQUEST_VALUES) <= head._MAX_VALUES
 
 
 def test_header_names_go_up_as_the_client_spelled_them():

@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from nonstop.backends.base import Reply
-from nonstop.backends.cloud import CloudBackend, forward_headers
+from nonstop.backends.cloud import CloudBackend
+from nonstop.backends.head import forward_headers
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import FailureKind, Verdict
 from tests.support.inprocess import paced_app, serve

@@ -15,7 +15,8 @@ from aiohttp import web
 
 import nonstop.backends.cloud as cloud_module
 from nonstop.backends.base import Reply
-from nonstop.backends.cloud import CloudBackend, forward_headers
+from nonstop.backends.cloud import CloudBackend
+from nonstop.backends.head import forward_headers
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import FailureKind, Verdict
 from tests.support import wirecheck

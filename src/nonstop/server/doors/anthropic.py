@@ -8,7 +8,6 @@ import time
 import orjson
 
 from nonstop.backends.base import Reply, UnreadableRequest
-from nonstop.backends.cloud import forward_headers
 from nonstop.backends.pdfs import read_pdfs
 from nonstop.routing.plan import CLOUD
 from nonstop.server.asgi import Receive, Scope, Send, send_bytes, send_json
@@ -149,7 +148,7 @@ class AnthropicDoor(Door):
         ctx = self.context(scope, b"", {}, "/api/hello")
         p = self.pipeline.plan(self.pipeline.facts(ctx.ex, side=True))
         if p.first is not None and p.first.target == CLOUD:
-            res = await self.rt.cloud.request(scope["method"], ctx.ex.raw_path, ctx.ex.query, forward_headers(ctx.ex.headers), b"")
+            res = await self.rt.cloud.request(scope["method"], ctx.ex.raw_path, ctx.ex.query, ctx.ex.read_head().forwarded, b"")
             if isinstance(res, Reply):
                 await self.relay.pump(ctx, res, WRITER, [(b"x-nonstop-backend", b"cloud")], receive, send, time.perf_counter())
                 return
@@ -161,7 +160,7 @@ class AnthropicDoor(Door):
         if body is None:
             return
         ctx = self.context(scope, body, {}, scope["path"][:200])
-        res = await self.rt.cloud.request(scope["method"], ctx.ex.raw_path, ctx.ex.query, forward_headers(ctx.ex.headers), body)
+        res = await self.rt.cloud.request(scope["method"], ctx.ex.raw_path, ctx.ex.query, ctx.ex.read_head().forwarded, body)
         if isinstance(res, Reply):
             extra = [(b"x-nonstop-backend", b"cloud"), (b"x-nonstop-route", b"cloud; rule=passthrough; a path nonstop passes through")]
             await self.relay.pump(ctx, res, WRITER, extra, receive, send, time.perf_counter())

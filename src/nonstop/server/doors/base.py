@@ -8,8 +8,10 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from nonstop.backends.base import Exchange
+from nonstop.backends.head import head_of
 from nonstop.server.asgi import (
     CONNECTION,
+    HEAD,
     REQUEST_ROW,
     BadBody,
     ClientGone,
@@ -41,23 +43,17 @@ class Door:
                 **cloud: Any) -> RequestContext:
         """`lazy`: `req` is the request's outline (wire/outline.py), not the parsed
         request; the exchange parses `body` if a backend needs the whole request."""
-        client = session = None
-        for k, v in scope["headers"]:  # one pass; the first of each, as header() reads them
-            if k == b"user-agent":
-                client = v if client is None else client
-            elif k == b"x-claude-code-session-id":
-                session = v if session is None else session
+        head = scope.get(HEAD) or head_of(scope["headers"])
         row = RequestRow(
             ts=time.time(), request_id=scope.get("nonstop.request_id", ""), path=path,
-            client=client.decode("latin-1")[:200] if client else "",
-            session_id=session.decode("latin-1")[:100] if session else "",
+            client=head.client, session_id=head.session,
             model=str(req.get("model", ""))[:MAX_MODEL_NAME], stream=req.get("stream") is True,
             user=str(scope.get("nonstop.user", "")),
         )
         scope[REQUEST_ROW] = row
         ex = Exchange(
             method=scope["method"], path=path, raw_path=scope.get("raw_path") or scope["path"].encode(),
-            query=scope.get("query_string", b""), headers=scope["headers"], body=body, req={} if lazy else req,
+            query=scope.get("query_string", b""), headers=scope["headers"], head=head, body=body, req={} if lazy else req,
             stream=req.get("stream") is True, lazy=lazy, **cloud,
         )
         return RequestContext(ex, row, time.perf_counter(), None, scope.get(CONNECTION))

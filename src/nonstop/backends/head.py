@@ -1,0 +1,174 @@
+"""A request's head as nonstop reads it: read once for each head a client sends.
+
+A client sends the same headers on every request of a session (its key, its version, its
+session id, its beta flags); only content-length changes. Everything nonstop reads from
+them is read in one pass the first time a head is seen, and kept:
+
+- the headers the cloud gets (`forwarded`: hop-by-hop ones and nonstop's own dropped);
+- the cloud credential (x-api-key, else the bearer token) and the headers the planner
+  reads (`facts`, by lower-case name);
+- what the request log names (the client's User-Agent, its session id);
+- what nonstop checks before anything else (the Host, nonstop's own token).
+
+The next request with the same head costs one pass that sets content-length aside and a
+comparison with the latest head (or a dictionary lookup). Bounded in count (emptied when full): heads come from clients, and a
+client that sends a new value on every request (a trace id) pays one reading a request,
+as it would without the cache. The heads kept hold credentials; they never leave the
+process, as the credentials of the requests in flight do not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from itertools import chain
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from multidict import CIMultiDict, CIMultiDictProxy, istr
+
+from nonstop.backends.base import HOP_BY_HOP, OWN_REQUEST_HEADERS
+from nonstop.routing.accounts import CREDENTIAL_HEADERS, credential_of
+from nonstop.routing.facts import AGENT_HEADER, HINT_HEADER, SESSION_HEADER
+
+RawHeaders = Iterable[tuple[bytes, bytes]]
+
+# The headers the planner reads (routing/facts.py), besides the credential's.
+FACT_HEADERS = frozenset(h.encode() for h in (HINT_HEADER, AGENT_HEADER, SESSION_HEADER)) | CREDENTIAL_HEADERS
+# How much of the client's name and session id a request's log row keeps.
+CLIENT_CHARS = 200
+SESSION_CHARS = 100
+
+# Header names seen before: the name to send on (None: not forwarded). Bounded: names
+# come from clients. A name to send on is an `istr`, which aiohttp's header copies take
+# as it is: a plain str would make each copy lower-case its own key.
+_REQUEST_NAMES: dict[bytes, istr | None] = {}
+_MAX_NAMES = 512
+# Short header values seen before, decoded. aiohttp keeps a request's headers for as long
+# as the reply streams: shared, they cost an open stream nothing. Bounded in count and in
+# size (emptied when full).
+_REQUEST_VALUES: dict[bytes, str] = {}
+_MAX_VALUES = 1024
+_MAX_VALUE_BYTES = 256
+
+
+def forward_headers(raw: RawHeaders) -> CIMultiDict[str]:
+    """The headers the cloud gets: the client's, but hop-by-hop ones and nonstop's own."""
+    out: CIMultiDict[str] = CIMultiDict()
+    names, values = _REQUEST_NAMES, _REQUEST_VALUES
+    for k, v in raw:
+        try:
+            name = names[k]
+        except KeyError:
+            decoded = k.decode("latin-1")
+            low = decoded.lower()
+            name = None if low in HOP_BY_HOP or low in OWN_REQUEST_HEADERS else istr(decoded)
+            if len(names) < _MAX_NAMES:
+                names[k] = name
+        if name is None:
+            continue
+        value = values.get(v)
+        if value is None:
+            value = v.decode("latin-1")
+            if len(v) <= _MAX_VALUE_BYTES:
+                if len(values) >= _MAX_VALUES:
+                    values.clear()
+                values[v] = value
+        out.add(name, value)
+    return out
+
+
+# Headers as aiohttp takes them: nonstop's own copy, or a Head's shared read-only one.
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
+
+
+def identity_coded(headers: Headers) -> Headers:
+    """`headers` saying Accept-Encoding: identity (for a reply nonstop reads): a copy,
+    unless they say only that already."""
+    if headers.getall("Accept-Encoding", None) == ["identity"]:
+        return headers
+    out = CIMultiDict(headers)
+    out["Accept-Encoding"] = "identity"
+    return out
+
+
+class Head(NamedTuple):
+    """What nonstop reads from a request's headers (all but content-length)."""
+
+    # The headers the cloud gets (read-only: shared by every request with this head), and
+    # the same asking for no content coding, for a reply nonstop reads (CloudBackend.request).
+    forwarded: CIMultiDictProxy[str]
+    reading: CIMultiDictProxy[str]
+    credential: str
+    # The headers the planner reads, by lower-case name (the last of each), read-only.
+    facts: Mapping[str, str]
+    # The first of each, as sent (b"" when absent).
+    host: bytes
+    token: bytes
+    cookie: bytes
+    # The first of each, decoded and cut to what the log keeps ("" when absent).
+    client: str
+    session: str
+
+
+_HEADS: dict[tuple[tuple[bytes, bytes], ...], Head] = {}
+# The latest head kept and what it was read from: most requests come from one client.
+_last: list[Any] = [None, None]
+_MAX_HEADS = 128
+# The largest head kept (names and values): a client's is a few KiB; the application
+# refuses heads over 64 KiB.
+MAX_KEPT_BYTES = 16 * 1024
+
+
+def read_head(raw: list[tuple[bytes, bytes]]) -> tuple[Head, str]:
+    """The request's Head, and its (first) content-length as sent ("" when absent)."""
+    rest = []
+    length = None
+    for h in raw:
+        if h[0] == b"content-length":
+            if length is None:
+                length = h[1]
+        else:
+            rest.append(h)
+    declared = "" if length is None else length.decode("latin-1")
+    if rest == _last[0]:  # the same client again: equal bytes, no hashing
+        return _last[1], declared
+    key = tuple(rest)
+    head = _HEADS.get(key)
+    if head is None:
+        head = _read(key)
+        if sum(map(len, chain.from_iterable(key))) > MAX_KEPT_BYTES:  # a huge head is refused, not kept
+            return head, declared
+        if len(_HEADS) >= _MAX_HEADS:
+            _HEADS.clear()
+        _HEADS[key] = head
+    _last[:] = (rest, head)
+    return head, declared
+
+
+def head_of(raw: list[tuple[bytes, bytes]]) -> Head:
+    """The Head of these headers (content-length set aside)."""
+    return read_head(raw)[0]
+
+
+def _read(raw: tuple[tuple[bytes, bytes], ...]) -> Head:
+    facts: dict[str, str] = {}
+    credential = credential_of(raw, collect=facts, names=FACT_HEADERS)
+    first: dict[bytes, bytes] = {}
+    for k, v in raw:
+        if k in _FIRSTS and k not in first:
+            first[k] = v
+    forwarded = forward_headers(raw)
+    return Head(
+        forwarded=CIMultiDictProxy(forwarded),
+        reading=CIMultiDictProxy(identity_coded(forwarded)),
+        credential=credential,
+        facts=MappingProxyType(facts),
+        host=first.get(b"host", b""),
+        token=first.get(b"x-nonstop-token", b""),
+        cookie=first.get(b"cookie", b""),
+        client=first.get(b"user-agent", b"").decode("latin-1")[:CLIENT_CHARS],
+        session=first.get(SESSION_HEADER.encode(), b"").decode("latin-1")[:SESSION_CHARS],
+    )
+
+
+_FIRSTS = frozenset({b"host", b"x-nonstop-token", b"cookie", b"user-agent", SESSION_HEADER.encode()})
