@@ -21,24 +21,15 @@ import aiohttp
 import orjson
 
 from nonstop.aio import Silence
+from nonstop.backends.head import Head, head_of
 from nonstop.routing.classify import Verdict
 from nonstop.routing.view import Capabilities
 
 if TYPE_CHECKING:
-    from nonstop.backends.head import Head
     from nonstop.routing.fit import Fitted
     from nonstop.routing.plan import Step
     from nonstop.wire.repair import Repair
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
-    "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
-    # nonstop has read the whole body before it sends: a 100-continue is not the cloud's.
-    "expect",
-})
-
-# nonstop's own headers never leave it.
-OWN_REQUEST_HEADERS = frozenset({"x-nonstop-token"})
 # A reply read whole before its head goes to the client (any backend): at most this much.
 MAX_WHOLE_BODY = 64 * 1024 * 1024
 # A server's answer to nonstop's own questions (health, token counts, load, model facts).
@@ -102,7 +93,8 @@ class UnreadableRequest(ValueError):
 class Exchange:
     """One client request on its way to a backend. The cloud takes the client's bytes
     and headers (`cloud_body` when nonstop had to change them); a local backend reads
-    only `req` and `stream`, never the headers, so cloud credentials cannot reach it."""
+    only `req` and `stream`, never the headers or their reading (`head`), so cloud
+    credentials cannot reach it."""
 
     method: str
     path: str
@@ -128,8 +120,6 @@ class Exchange:
     def read_head(self) -> Head:
         """What nonstop reads from the request's headers (backends/head.py)."""
         if self.head is None:
-            from nonstop.backends.head import head_of  # it imports this module
-
             self.head = head_of(self.headers)
         return self.head
 

@@ -22,7 +22,6 @@ from yarl import URL
 
 from nonstop.aio import Deadline, Silence
 from nonstop.backends.base import (
-    HOP_BY_HOP,
     MAX_WHOLE_BODY,
     Attempt,
     Exchange,
@@ -32,7 +31,7 @@ from nonstop.backends.base import (
     read_limited,
     single,
 )
-from nonstop.backends.head import Headers, identity_coded
+from nonstop.backends.head import HOP_BY_HOP, Headers, identity_coded
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import (
     FailureKind,

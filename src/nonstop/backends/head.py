@@ -8,13 +8,21 @@ them is read in one pass the first time a head is seen, and kept:
 - the cloud credential (x-api-key, else the bearer token) and the headers the planner
   reads (`facts`, by lower-case name);
 - what the request log names (the client's User-Agent, its session id);
-- what nonstop checks before anything else (the Host, nonstop's own token).
+- what the application checks first (the Host, nonstop's own token, the dashboard's
+  cookie).
 
-The next request with the same head costs one pass that sets content-length aside and a
-comparison with the latest head (or a dictionary lookup). Bounded in count (emptied when full): heads come from clients, and a
-client that sends a new value on every request (a trace id) pays one reading a request,
-as it would without the cache. The heads kept hold credentials; they never leave the
-process, as the credentials of the requests in flight do not.
+The last three serve the server's layer; they live here so that one reading serves every
+layer, and the backends are the lowest layer that needs it.
+
+`read_head` reads a head, or finds it kept: the next request with the same head costs one
+pass that sets content-length aside and a comparison with the latest head (a dictionary
+lookup when it is another client's). A head is kept only once its request has been let
+in (`keep_head`, after the application's size, Host and token checks), so a client that is
+refused leaves nothing behind. Bounded: at most 128 heads of at most 64 headers and 8 KiB
+each, emptied when full (filled with the largest, about 3 MB, by tracemalloc). A client that sends a new value on every request (a trace id)
+finds no head kept: each request pays the reading (the forwarded headers built, the
+credential and the others picked out) and a look in the dictionary. The heads kept hold
+credentials; they never leave the process, and a Head's repr does not show them.
 """
 
 from __future__ import annotations
@@ -22,21 +30,33 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from itertools import chain
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from multidict import CIMultiDict, CIMultiDictProxy, istr
 
-from nonstop.backends.base import HOP_BY_HOP, OWN_REQUEST_HEADERS
 from nonstop.routing.accounts import CREDENTIAL_HEADERS, credential_of
 from nonstop.routing.facts import AGENT_HEADER, HINT_HEADER, SESSION_HEADER
 
 RawHeaders = Iterable[tuple[bytes, bytes]]
+# Headers as aiohttp takes them: nonstop's own copy, or a Head's shared read-only one.
+Headers = CIMultiDict[str] | CIMultiDictProxy[str]
 
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+    # nonstop has read the whole body before it sends: a 100-continue is not the cloud's.
+    "expect",
+})
+# nonstop's own headers never leave it.
+OWN_REQUEST_HEADERS = frozenset({"x-nonstop-token"})
 # The headers the planner reads (routing/facts.py), besides the credential's.
 FACT_HEADERS = frozenset(h.encode() for h in (HINT_HEADER, AGENT_HEADER, SESSION_HEADER)) | CREDENTIAL_HEADERS
 # How much of the client's name and session id a request's log row keeps.
 CLIENT_CHARS = 200
 SESSION_CHARS = 100
+# The headers of which the first is read as sent (Host, token, cookie) or for the log.
+_SESSION = SESSION_HEADER.encode()
+_FIRSTS = frozenset({b"host", b"x-nonstop-token", b"cookie", b"user-agent", _SESSION})
 
 # Header names seen before: the name to send on (None: not forwarded). Bounded: names
 # come from clients. A name to send on is an `istr`, which aiohttp's header copies take
@@ -77,10 +97,6 @@ def forward_headers(raw: RawHeaders) -> CIMultiDict[str]:
     return out
 
 
-# Headers as aiohttp takes them: nonstop's own copy, or a Head's shared read-only one.
-Headers = CIMultiDict[str] | CIMultiDictProxy[str]
-
-
 def identity_coded(headers: Headers) -> Headers:
     """`headers` saying Accept-Encoding: identity (for a reply nonstop reads): a copy,
     unless they say only that already."""
@@ -94,6 +110,8 @@ def identity_coded(headers: Headers) -> Headers:
 class Head(NamedTuple):
     """What nonstop reads from a request's headers (all but content-length)."""
 
+    # What it was read from (the headers as sent, content-length left out): its key.
+    key: tuple[tuple[bytes, bytes], ...]
     # The headers the cloud gets (read-only: shared by every request with this head), and
     # the same asking for no content coding, for a reply nonstop reads (CloudBackend.request).
     forwarded: CIMultiDictProxy[str]
@@ -109,18 +127,22 @@ class Head(NamedTuple):
     client: str
     session: str
 
+    def __repr__(self) -> str:  # it holds credentials and tokens: never shown
+        return f"Head({len(self.key)} headers, client={self.client!r})"
+
 
 _HEADS: dict[tuple[tuple[bytes, bytes], ...], Head] = {}
-# The latest head kept and what it was read from: most requests come from one client.
-_last: list[Any] = [None, None]
 _MAX_HEADS = 128
-# The largest head kept (names and values): a client's is a few KiB; the application
-# refuses heads over 64 KiB.
-MAX_KEPT_BYTES = 16 * 1024
+# The largest head kept: a client's is a dozen or two headers, about a KiB.
+MAX_KEPT_HEADERS = 64
+MAX_KEPT_BYTES = 8 * 1024
+# The latest head kept or found: most requests come from one client.
+_last: list[Head | None] = [None]
 
 
 def read_head(raw: list[tuple[bytes, bytes]]) -> tuple[Head, str]:
-    """The request's Head, and its (first) content-length as sent ("" when absent)."""
+    """The request's Head (kept or read now), and its first content-length as sent ("" when
+    absent). A head read now is not kept until keep_head()."""
     rest = []
     length = None
     for h in raw:
@@ -130,35 +152,51 @@ def read_head(raw: list[tuple[bytes, bytes]]) -> tuple[Head, str]:
         else:
             rest.append(h)
     declared = "" if length is None else length.decode("latin-1")
-    if rest == _last[0]:  # the same client again: equal bytes, no hashing
-        return _last[1], declared
     key = tuple(rest)
-    head = _HEADS.get(key)
+    last = _last[0]
+    if last is not None and key == last.key:  # the same client again: equal bytes, no hashing
+        return last, declared
+    try:
+        head = _HEADS.get(key)
+    except TypeError:  # headers as lists (another server's scope): read, never kept
+        return _read(tuple(map(tuple, rest))), declared  # type: ignore[arg-type]
     if head is None:
-        head = _read(key)
-        if sum(map(len, chain.from_iterable(key))) > MAX_KEPT_BYTES:  # a huge head is refused, not kept
-            return head, declared
-        if len(_HEADS) >= _MAX_HEADS:
-            _HEADS.clear()
-        _HEADS[key] = head
-    _last[:] = (rest, head)
+        return _read(key), declared
+    _last[0] = head
     return head, declared
 
 
+def keep_head(head: Head) -> None:
+    """Keep a head read by read_head(), now that its request is let in (bounded)."""
+    if head is _last[0]:
+        return
+    key = head.key
+    if key in _HEADS:
+        _last[0] = _HEADS[key]
+        return
+    if len(key) > MAX_KEPT_HEADERS or sum(map(len, chain.from_iterable(key))) > MAX_KEPT_BYTES:
+        return  # read for this request only
+    if len(_HEADS) >= _MAX_HEADS:
+        _HEADS.clear()
+    _HEADS[key] = head
+    _last[0] = head
+
+
 def head_of(raw: list[tuple[bytes, bytes]]) -> Head:
-    """The Head of these headers (content-length set aside)."""
+    """The Head of these headers (content-length set aside), kept or read now."""
     return read_head(raw)[0]
 
 
-def _read(raw: tuple[tuple[bytes, bytes], ...]) -> Head:
+def _read(key: tuple[tuple[bytes, bytes], ...]) -> Head:
     facts: dict[str, str] = {}
-    credential = credential_of(raw, collect=facts, names=FACT_HEADERS)
+    credential = credential_of(key, collect=facts, names=FACT_HEADERS)
     first: dict[bytes, bytes] = {}
-    for k, v in raw:
+    for k, v in key:
         if k in _FIRSTS and k not in first:
             first[k] = v
-    forwarded = forward_headers(raw)
+    forwarded = forward_headers(key)
     return Head(
+        key=key,
         forwarded=CIMultiDictProxy(forwarded),
         reading=CIMultiDictProxy(identity_coded(forwarded)),
         credential=credential,
@@ -167,8 +205,5 @@ def _read(raw: tuple[tuple[bytes, bytes], ...]) -> Head:
         token=first.get(b"x-nonstop-token", b""),
         cookie=first.get(b"cookie", b""),
         client=first.get(b"user-agent", b"").decode("latin-1")[:CLIENT_CHARS],
-        session=first.get(SESSION_HEADER.encode(), b"").decode("latin-1")[:SESSION_CHARS],
+        session=first.get(_SESSION, b"").decode("latin-1")[:SESSION_CHARS],
     )
-
-
-_FIRSTS = frozenset({b"host", b"x-nonstop-token", b"cookie", b"user-agent", SESSION_HEADER.encode()})

@@ -16,7 +16,7 @@ from itertools import chain
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from nonstop.backends.head import Head, read_head
+from nonstop.backends.head import Head, keep_head, read_head
 from nonstop.config import Config
 from nonstop.server import dashboard
 from nonstop.server.asgi import (
@@ -121,7 +121,6 @@ class App:
         rid = new_request_id()
         scope["nonstop.request_id"] = rid
         scope[BODY_PACE] = self._body_pace
-        scope[HEAD], scope[CONTENT_LENGTH] = read_head(scope["headers"])
         watched = _Watched(send, scope)
         try:
             await self.dispatch(scope, receive, watched)
@@ -141,6 +140,7 @@ class App:
                 await self._unauthorized(scope, send)
                 return
             scope["nonstop.user"] = user
+        keep_head(scope[HEAD])  # let in: its head is kept for the client's next request
         path = scope["path"]
         handler = self.routes.get((scope["method"], path))
         if handler is not None:
@@ -204,9 +204,12 @@ class App:
                 return
 
     def _check_head(self, scope: Scope) -> tuple[int, str] | None:
+        """Why the request's head is refused (status, message), or None. A head within the
+        size limit is read on the way (scope[HEAD], scope[CONTENT_LENGTH])."""
         headers = scope["headers"]
         if sum(map(len, chain.from_iterable(headers))) > MAX_HEADER_BYTES:  # names and values, counted in C
             return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
+        scope[HEAD], scope[CONTENT_LENGTH] = read_head(headers)
         if not self._token and not self._users:
             # Without a token only loopback is served; a foreign Host is a web page
             # trying DNS rebinding against this port. (With users' tokens every request

@@ -38,8 +38,6 @@ log = logging.getLogger("nonstop")
 # How long one instance may hold the fleet's probe of an account.
 PROBE_LEASE = 120.0
 
-# The headers the facts read, and the credential's (read in the same pass).
-
 
 @dataclass
 class RequestContext:

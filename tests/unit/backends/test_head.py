@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from nonstop.backends import head as H
 from nonstop.backends.base import Exchange
-from nonstop.backends.head import head_of, identity_coded, read_head
+from nonstop.backends.head import Head, head_of, identity_coded, keep_head, read_head
 
 CLAUDE = [
     (b"host", b"127.0.0.1:8787"), (b"content-length", b"51234"), (b"connection", b"keep-alive"),
@@ -17,15 +19,40 @@ CLAUDE = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def nothing_kept() -> Iterator[None]:
+    """Each test starts with no head kept (the module's caches outlive a test)."""
+    H._HEADS.clear()
+    H._last[0] = None
+    yield
+    H._HEADS.clear()
+    H._last[0] = None
+
+
 def _with_length(n: bytes) -> list[tuple[bytes, bytes]]:
     return [(k, n if k == b"content-length" else v) for k, v in CLAUDE]
 
 
-def test_content_length_is_set_aside_and_the_rest_read_once():
+def _kept(raw: list[tuple[bytes, bytes]]) -> Head:
+    head = head_of(raw)
+    keep_head(head)
+    return head
+
+
+def test_content_length_is_set_aside_and_a_kept_head_is_read_once():
     first, length = read_head(_with_length(b"100"))
+    keep_head(first)
     again, other = read_head(_with_length(b"200"))
     assert (length, other) == ("100", "200")
     assert again is first  # the same head, a different body: one reading
+
+
+def test_a_head_is_not_kept_until_its_request_is_let_in():
+    first = head_of(CLAUDE)
+    assert head_of(CLAUDE) is not first  # read again: nothing kept
+    assert not H._HEADS
+    keep_head(first)
+    assert head_of(CLAUDE) is first
 
 
 def test_a_head_without_content_length_says_so():
@@ -55,25 +82,52 @@ def test_the_credential_the_planners_headers_and_the_logs_names():
     bearer = head_of([(b"authorization", b"Bearer sk-ant-oat01-x"), (b"x-claude-code-request-class", b"background")])
     assert bearer.credential == "sk-ant-oat01-x"
     assert dict(bearer.facts) == {"x-claude-code-request-class": "background"}
-    assert head_of([]) == head_of([(b"content-length", b"0")])
+    assert head_of([]).credential == head_of([(b"content-length", b"0")]).credential == ""
 
 
 def test_the_first_of_each_for_the_log_and_the_checks_cut_to_what_the_log_keeps():
     h = head_of([(b"user-agent", b"u" * 500), (b"user-agent", b"second"), (b"host", b"a"), (b"host", b"b"),
-                 (b"x-claude-code-session-id", b"s" * 300)])
+                 (b"x-claude-code-session-id", b"s" * 300), (b"x-nonstop-token", b"t1"), (b"x-nonstop-token", b"t2"),
+                 (b"cookie", b"c1"), (b"cookie", b"c2")])
     assert h.client == "u" * H.CLIENT_CHARS
     assert h.session == "s" * H.SESSION_CHARS
-    assert h.host == b"a"
+    assert (h.host, h.token, h.cookie) == (b"a", b"t1", b"c1")
 
 
-def test_heads_kept_are_bounded_and_a_huge_one_is_not_kept():
+def test_heads_that_differ_only_in_a_credential_never_share_a_reading():
+    """A, B, A: the latest head's shortcut and the kept heads' lookup each tell them apart."""
+    a = [(b"host", b"h"), (b"x-api-key", b"sk-ant-a"), (b"x-nonstop-token", b"ta")]
+    b = [(b"host", b"h"), (b"x-api-key", b"sk-ant-b"), (b"x-nonstop-token", b"tb")]
+    bearer = [(b"host", b"h"), (b"authorization", b"Bearer sk-ant-oat01-c")]
+    for raw, credential, token in [(a, "sk-ant-a", b"ta"), (b, "sk-ant-b", b"tb"), (a, "sk-ant-a", b"ta"),
+                                   (bearer, "sk-ant-oat01-c", b""), (b, "sk-ant-b", b"tb"), (b, "sk-ant-b", b"tb")]:
+        h = _kept(raw)
+        assert (h.credential, h.token) == (credential, token)
+        assert H._last[0] is h
+
+
+def test_heads_kept_are_bounded_in_number_headers_and_bytes():
     for i in range(H._MAX_HEADS * 2 + 3):
-        read_head([(b"x-trace", str(i).encode())])
+        _kept([(b"x-trace", str(i).encode())])
     assert len(H._HEADS) <= H._MAX_HEADS
+    many = [(b"x-h%d" % i, b"v") for i in range(H.MAX_KEPT_HEADERS + 1)]
     huge = [(b"x-big", b"x" * (H.MAX_KEPT_BYTES + 1))]
-    assert head_of(huge).forwarded["x-big"] == "x" * (H.MAX_KEPT_BYTES + 1)
-    assert tuple(huge) not in H._HEADS
-    assert H._last[0] != huge
+    for raw in (many, huge):
+        h = _kept(raw)
+        assert h.forwarded  # read and used for its request
+        assert tuple(raw) not in H._HEADS and H._last[0] is not h  # but not kept
+
+
+def test_headers_as_lists_are_read_and_not_kept():
+    """ASGI allows a header as a two-item list (another server's scope)."""
+    h, length = read_head([[b"x-api-key", b"sk-ant-l"], [b"content-length", b"3"]])  # type: ignore[list-item]
+    assert (h.credential, length) == ("sk-ant-l", "3")
+    assert not H._HEADS
+
+
+def test_a_heads_repr_shows_no_credential():
+    text = repr(head_of(CLAUDE))
+    assert "sk-ant-k" not in text and "tok" not in text and "nonstop_token" not in text
 
 
 def test_identity_coded_copies_unless_it_says_only_identity_already():
@@ -89,8 +143,42 @@ def test_identity_coded_copies_unless_it_says_only_identity_already():
 def test_an_exchange_reads_its_head_when_its_door_did_not():
     ex = Exchange(method="POST", path="/v1/messages", raw_path=b"/v1/messages", query=b"", headers=CLAUDE,
                   body=b"{}", req={}, stream=False)
-    assert ex.read_head() is head_of(CLAUDE)
+    assert ex.read_head().credential == "sk-ant-k"
     given = head_of([(b"x-api-key", b"other")])
     ex2 = Exchange(method="POST", path="/v1/messages", raw_path=b"/v1/messages", query=b"", headers=CLAUDE,
                    body=b"{}", req={}, stream=False, head=given)
     assert ex2.read_head() is given
+
+
+async def test_the_cloud_gets_the_kept_headers_and_extra_ones_go_on_a_copy(monkeypatch):
+    """CloudBackend.send: an inference request goes up with the head's identity-coded copy
+    as it is; headers a front door adds (cloud_headers) go on a copy, never on the head
+    shared by the client's other requests."""
+    import aiohttp
+
+    from nonstop.backends.cloud import CloudBackend
+    from nonstop.config import CloudConfig
+    from nonstop.routing.plan import Step
+
+    sent: list[object] = []
+
+    async def request(self, method, path, query, headers, body, **kw):  # type: ignore[no-untyped-def]
+        sent.append(headers)
+        return None
+
+    monkeypatch.setattr(CloudBackend, "request", request)
+    head = _kept(CLAUDE)
+    async with aiohttp.ClientSession() as session:
+        backend = CloudBackend(CloudConfig(url="http://127.0.0.1:9"), session)
+
+        def exchange(**extra: object) -> Exchange:
+            return Exchange(method="POST", path="/v1/messages", raw_path=b"/v1/messages", query=b"", headers=CLAUDE,
+                            body=b"{}", req={}, stream=False, head=head, **extra)  # type: ignore[arg-type]
+
+        await backend.send(exchange(), Step("cloud", "default", ""))
+        await backend.send(exchange(cloud_headers={"x-extra": "1", "anthropic-version": "other"}), Step("cloud", "default", ""))
+    assert sent[0] is head.reading
+    extra = sent[1]
+    assert isinstance(extra, CIMultiDict) and extra["x-extra"] == "1"
+    assert extra["anthropic-version"] == "2023-06-01"  # the client's own stays (setdefault)
+    assert "x-extra" not in head.reading and "x-extra" not in head.forwarded

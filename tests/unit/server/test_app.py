@@ -310,3 +310,55 @@ async def test_a_host_name_once_served_does_not_open_the_door_to_others(app):
     assert await status_for(b"evil.example:8787") == 403
     assert await status_for(b"127.0.0.1.evil.example") == 403
     assert len(app._hosts_seen) <= 64
+
+
+# --- the head, read once and kept for the client's next request (backends/head.py) ---------------
+
+
+@pytest.fixture
+def no_heads_kept():
+    from nonstop.backends import head as H
+
+    H._HEADS.clear()
+    H._last[0] = None
+    yield H
+    H._HEADS.clear()
+    H._last[0] = None
+
+
+async def test_only_a_request_let_in_leaves_its_head_kept(tmp_path: Path, no_heads_kept) -> None:
+    """A refused request (no token, a wrong one, a foreign Host, a head over the limit)
+    leaves nothing behind; one let in keeps its head for the next request."""
+    from tests.support.inprocess import exchange
+
+    H = no_heads_kept
+    token = "the-token-0123456789"
+    guarded = App(parse_config({"state_dir": str(tmp_path / "a"), "log": {"enabled": False}, "token": token}))
+    assert (await exchange(guarded, "GET", "/health"))[0] == 401
+    assert (await exchange(guarded, "GET", "/health", headers=[(b"x-nonstop-token", b"wrong")]))[0] == 401
+    assert not H._HEADS and H._last[0] is None
+    assert (await exchange(guarded, "GET", "/health", headers=[(b"x-nonstop-token", token.encode())]))[0] == 200
+    [kept] = H._HEADS.values()
+    assert kept.token == token.encode() and H._last[0] is kept
+    # The same client's head found kept is still checked: a wrong token is refused.
+    assert (await exchange(guarded, "GET", "/health", headers=[(b"x-nonstop-token", b"wrong")]))[0] == 401
+
+    H._HEADS.clear()
+    H._last[0] = None
+    local = App(parse_config({"state_dir": str(tmp_path / "b"), "log": {"enabled": False}}))
+    assert (await exchange(local, "GET", "/health", headers=[(b"host", b"evil.example")], exact=True))[0] == 403
+    big = [(b"host", b"127.0.0.1"), (b"x-big", b"x" * (64 * 1024))]
+    assert (await exchange(local, "GET", "/health", headers=big, exact=True))[0] == 431
+    assert not H._HEADS and H._last[0] is None
+    assert (await exchange(local, "GET", "/health"))[0] == 200
+    assert len(H._HEADS) == 1
+
+
+async def test_the_first_content_type_says_whether_a_failed_reply_was_a_stream(app):
+    """The last guard ends a reply in its own form: the first content-type decides."""
+    json_then_sse = [*JSON, *SSE]
+    client = await run(app, scope_for("/v1/messages"), mid_body(json_then_sse, b'{"id": 1'))
+    assert client.ended and b"event: error" not in client.body
+    sse_then_json = [*SSE, *JSON]
+    client = await run(app, scope_for("/v1/messages"), mid_body(sse_then_json, OPENING))
+    assert client.ended and b"event: error" in client.body
