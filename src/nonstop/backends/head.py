@@ -19,10 +19,11 @@ pass that sets content-length aside and a comparison with the latest head (a dic
 lookup when it is another client's). A head is kept only once its request has been let
 in (`keep_head`, after the application's size, Host and token checks), so a client that is
 refused leaves nothing behind. Bounded: at most 128 heads of at most 64 headers and 8 KiB
-each, emptied when full (filled with the largest, about 3 MB, by tracemalloc). A client that sends a new value on every request (a trace id)
-finds no head kept: each request pays the reading (the forwarded headers built, the
-credential and the others picked out) and a look in the dictionary. The heads kept hold
-credentials; they never leave the process, and a Head's repr does not show them.
+each, emptied when full (about 3 MB filled with the largest, by tracemalloc). A client
+that sends a new value on every request (a trace id) finds no head kept: each request
+pays the reading (the forwarded headers built, the credential and the others picked out)
+and a look in the dictionary. The heads kept hold credentials; they never leave the
+process, and a Head's repr does not show them.
 """
 
 from __future__ import annotations
