@@ -73,7 +73,8 @@ CONNECTION = "nonstop.connection"
 # Where the token that let a request in came from: "header", "query" or "cookie".
 TOKEN_VIA = "nonstop.token_via"
 # The request's head as nonstop reads it (backends/head.py), and its content-length as
-# sent ("" when absent), both read by the application once (App.__call__).
+# sent ("" when absent), both read by the application once (App._check_head, after the
+# size check).
 HEAD = "nonstop.head"
 CONTENT_LENGTH = "nonstop.content_length"
 DEFAULT_PACE = BodyPace()
