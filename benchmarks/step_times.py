@@ -38,7 +38,7 @@ from harness import LoadGen, free_port, machine, start, wait_http  # noqa: E402
 
 # (module, attribute path, when it runs: before the reply goes out, or after it). No step
 # calls another, so their sum is what they take together: App._check_head includes the
-# head's reading (backends/head.py read_head), which is not timed on its own.
+# head's reading (backends/head.py split_head), which is not timed on its own.
 STEPS = [
     ("nonstop.server.app", "App._check_head", "before"),
     ("nonstop.wire.errors", "new_request_id", "before"),

@@ -16,7 +16,7 @@ from itertools import chain
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from nonstop.backends.head import Head, keep_head, read_head
+from nonstop.backends.head import Head, keep_head, split_head
 from nonstop.config import Config
 from nonstop.server import dashboard
 from nonstop.server.asgi import (
@@ -209,7 +209,7 @@ class App:
         headers = scope["headers"]
         if sum(map(len, chain.from_iterable(headers))) > MAX_HEADER_BYTES:  # names and values, counted in C
             return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
-        scope[HEAD], scope[CONTENT_LENGTH] = read_head(headers)
+        scope[HEAD], scope[CONTENT_LENGTH] = split_head(headers)
         if not self._token and not self._users:
             # Without a token only loopback is served; a foreign Host is a web page
             # trying DNS rebinding against this port. (With users' tokens every request

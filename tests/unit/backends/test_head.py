@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from nonstop.backends import head as H
 from nonstop.backends.base import Exchange
-from nonstop.backends.head import Head, head_of, identity_coded, keep_head, read_head
+from nonstop.backends.head import Head, head_of, identity_coded, keep_head, split_head
 
 CLAUDE = [
     (b"host", b"127.0.0.1:8787"), (b"content-length", b"51234"), (b"connection", b"keep-alive"),
@@ -17,16 +15,6 @@ CLAUDE = [
     (b"anthropic-beta", b"a"), (b"anthropic-beta", b"b"), (b"user-agent", b"claude-cli/2.1.332 (external, cli)"),
     (b"x-claude-code-session-id", b"s-1"), (b"x-nonstop-token", b"tok"), (b"cookie", b"nonstop_token=c"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def nothing_kept() -> Iterator[None]:
-    """Each test starts with no head kept (the module's caches outlive a test)."""
-    H._HEADS.clear()
-    H._last[0] = None
-    yield
-    H._HEADS.clear()
-    H._last[0] = None
 
 
 def _with_length(n: bytes) -> list[tuple[bytes, bytes]]:
@@ -40,11 +28,50 @@ def _kept(raw: list[tuple[bytes, bytes]]) -> Head:
 
 
 def test_content_length_is_set_aside_and_a_kept_head_is_read_once():
-    first, length = read_head(_with_length(b"100"))
+    first, length = split_head(_with_length(b"100"))
     keep_head(first)
-    again, other = read_head(_with_length(b"200"))
+    again, other = split_head(_with_length(b"200"))
     assert (length, other) == ("100", "200")
     assert again is first  # the same head, a different body: one reading
+
+
+def test_the_latest_head_again_is_told_by_its_slices_and_anything_else_is_read():
+    """The latest head found kept, sent again with another content-length in the same
+    place, is found without a pass; a change anywhere else, or a second content-length,
+    is not taken for it."""
+    first = _kept(_with_length(b"1"))
+    assert split_head(_with_length(b"2"))[0] is first
+    split = H._split[0]
+    assert split is not None and split.head is first and split.at == 1
+    assert split_head(_with_length(b"3")) == (first, "3")
+    assert H._split[0] is split  # found by the slices: nothing read or made
+
+    other_key = [(k, b"sk-ant-other" if k == b"x-api-key" else v) for k, v in _with_length(b"4")]
+    other, length = split_head(other_key)
+    assert other is not first and other.credential == "sk-ant-other" and length == "4"
+    added = [*_with_length(b"5"), (b"x-extra", b"1")]
+    assert split_head(added)[0] is not first and split_head(added[:-1])[0] is first
+    moved = [CLAUDE[0], *CLAUDE[2:5], (b"content-length", b"6"), *CLAUDE[5:]]
+    assert split_head(moved) == (first, "6")  # the same head, its length elsewhere: found by the pass
+    assert H._split[0].at == 4  # and the slices follow it
+    two = [*_with_length(b"7")[:2], (b"content-length", b"8"), *CLAUDE[2:]]
+    assert split_head(two) == (first, "7")  # the first, as read_body reads it
+    assert H._split[0] is None or H._split[0].at == 4  # two lengths are never told by the slices
+    as_lists = [list(h) for h in _with_length(b"10")]
+    got, length = split_head(as_lists)  # type: ignore[arg-type]
+    assert got is not first and got.credential == first.credential and length == "10"  # read, not kept
+
+
+def test_no_length_and_a_refused_head_leave_the_slices_alone():
+    first = _kept(_with_length(b"1"))
+    split_head(_with_length(b"2"))
+    split = H._split[0]
+    no_length = [h for h in CLAUDE if h[0] != b"content-length"]
+    assert split_head(no_length)[0] is first and H._split[0] is split
+    stranger = [(b"host", b"127.0.0.1:8787"), (b"content-length", b"3"), (b"x-api-key", b"sk-ant-s")]
+    assert split_head(stranger)[0].credential == "sk-ant-s" and H._split[0] is split  # read, not kept: not the latest
+    H.forget_heads()
+    assert H._split[0] is None and split_head(_with_length(b"4"))[0] is not first
 
 
 def test_a_head_is_not_kept_until_its_request_is_let_in():
@@ -56,8 +83,8 @@ def test_a_head_is_not_kept_until_its_request_is_let_in():
 
 
 def test_a_head_without_content_length_says_so():
-    assert read_head([(b"host", b"x")])[1] == ""
-    assert read_head([(b"content-length", b"5"), (b"content-length", b"6")])[1] == "5"  # the first, as read_body reads it
+    assert split_head([(b"host", b"x")])[1] == ""
+    assert split_head([(b"content-length", b"5"), (b"content-length", b"6")])[1] == "5"  # the first, as read_body reads it
 
 
 def test_what_the_cloud_gets_drops_hop_by_hop_and_nonstops_own():
@@ -120,7 +147,7 @@ def test_heads_kept_are_bounded_in_number_headers_and_bytes():
 
 def test_headers_as_lists_are_read_and_not_kept():
     """ASGI allows a header as a two-item list (another server's scope)."""
-    h, length = read_head([[b"x-api-key", b"sk-ant-l"], [b"content-length", b"3"]])  # type: ignore[list-item]
+    h, length = split_head([[b"x-api-key", b"sk-ant-l"], [b"content-length", b"3"]])  # type: ignore[list-item]
     assert (h.credential, length) == ("sk-ant-l", "3")
     assert not H._HEADS
 

@@ -315,23 +315,12 @@ async def test_a_host_name_once_served_does_not_open_the_door_to_others(app):
 # --- the head, read once and kept for the client's next request (backends/head.py) ---------------
 
 
-@pytest.fixture
-def no_heads_kept():
-    from nonstop.backends import head as H
-
-    H._HEADS.clear()
-    H._last[0] = None
-    yield H
-    H._HEADS.clear()
-    H._last[0] = None
-
-
-async def test_only_a_request_let_in_leaves_its_head_kept(tmp_path: Path, no_heads_kept) -> None:
+async def test_only_a_request_let_in_leaves_its_head_kept(tmp_path: Path) -> None:
     """A refused request (no token, a wrong one, a foreign Host, a head over the limit)
     leaves nothing behind; one let in keeps its head for the next request."""
+    from nonstop.backends import head as H
     from tests.support.inprocess import exchange
 
-    H = no_heads_kept
     token = "the-token-0123456789"
     guarded = App(parse_config({"state_dir": str(tmp_path / "a"), "log": {"enabled": False}, "token": token}))
     assert (await exchange(guarded, "GET", "/health"))[0] == 401
@@ -343,8 +332,7 @@ async def test_only_a_request_let_in_leaves_its_head_kept(tmp_path: Path, no_hea
     # The same client's head found kept is still checked: a wrong token is refused.
     assert (await exchange(guarded, "GET", "/health", headers=[(b"x-nonstop-token", b"wrong")]))[0] == 401
 
-    H._HEADS.clear()
-    H._last[0] = None
+    H.forget_heads()
     local = App(parse_config({"state_dir": str(tmp_path / "b"), "log": {"enabled": False}}))
     assert (await exchange(local, "GET", "/health", headers=[(b"host", b"evil.example")], exact=True))[0] == 403
     big = [(b"host", b"127.0.0.1"), (b"x-big", b"x" * (64 * 1024))]
