@@ -266,8 +266,8 @@ class CloudBackend:
                     if isinstance(peeked, Verdict):
                         resp.close()
                         return peeked
-                    if expect:
-                        self.deadlines.record(len(body), time.perf_counter() - sent)
+                    if expect:  # learned once the reply is on its way, as the quota headers are
+                        loop.call_soon(self.deadlines.record, len(body), time.perf_counter() - sent)
                     usage = Usage()
                     return Reply(resp.status, relayed_headers(resp, decoded), _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.notable),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
@@ -277,7 +277,7 @@ class CloudBackend:
                                  self.name, True, usage, close=resp.close, verdict=verdict)
                 if expect or small:
                     if expect and resp.status == 200:
-                        self.deadlines.record(len(body), time.perf_counter() - sent)
+                        loop.call_soon(self.deadlines.record, len(body), time.perf_counter() - sent)
                     # The cloud writes an answer whole, its body right behind its head: a
                     # body that stalls is a hung cloud, bound by the same deadline.
                     return await self._whole(resp, expect, verdict, small, decoded=decoded)

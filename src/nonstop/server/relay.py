@@ -98,8 +98,10 @@ class Relay:
             row.workload = outcome.plan.workload.value
         t_head = time.perf_counter()
         route = route_header(outcome.route())
-        # The row is recorded before the response's last message goes out: a client that
-        # reads the log as soon as its answer is complete finds the request there.
+        # The row is recorded as soon as the response's last message is written, with no
+        # await between the two: the event loop takes nothing else first, so a client that
+        # reads the log as soon as its answer is complete finds the request there, and the
+        # answer does not wait for its record.
         last: Callable[[], Awaitable[None]] | None = None
         try:
             if reply is None:
@@ -133,14 +135,14 @@ class Relay:
                 if note:
                     row.error = (row.error + "; " if row.error else "") + note
         finally:
-            if outcome.plan is not None:  # made at the end: a stream does not hold it while it relays
-                row.route = outcome.plan.as_dict()
             row.total_ms = (time.perf_counter() - ctx.t0) * 1000
             try:
-                self.request_log.record(row)
-            finally:  # the reply ends even if recording fails
                 if last is not None:
                     await last()
+            finally:  # recorded even if the last write fails or is cancelled
+                if outcome.plan is not None:  # made at the end: a stream does not hold it while it relays
+                    row.route = outcome.plan.as_dict()
+                self.request_log.record(row)
             self.request_log.after_reply()
 
     async def pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],

@@ -207,28 +207,38 @@ class Journal(RequestLog):
         self.journal.append(("row", row.outcome))
 
 
-@pytest.mark.parametrize("answer", ["stream", "error"])
-async def test_the_row_is_recorded_before_the_reply_ends(tmp_path, answer):
-    # A client that reads the request log as soon as its answer is complete finds the row.
+@pytest.mark.parametrize("answer", ["stream", "error", "json"])
+async def test_the_row_is_recorded_as_the_reply_ends_before_the_loop_runs_anything_else(tmp_path, answer):
+    # A client that reads the request log as soon as its answer is complete finds the row:
+    # nothing the event loop runs after the reply's last write (that client's next request
+    # among it) comes before the row. And the answer does not wait for its row.
     journal: list[object] = []
+    loop = asyncio.get_running_loop()
 
     async def send(msg: Message) -> None:
         journal.append(msg)
+        if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+            loop.call_soon(journal.append, "the loop's next turn")
 
     cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}})
     relay = Relay(cfg, Journal(journal))
-    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, answer == "stream")
     ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
     if answer == "stream":
         outcome = Outcome(reply=Reply(200, list(SSE), single(START + BLOCK + DELTA + END), "cloud", True))
+    elif answer == "json":
+        outcome = Outcome(reply=Reply(200, [(b"content-type", b"application/json")], single(b'{"type":"message"}'),
+                                      "cloud", False))
     else:
         outcome = Outcome(status=529, etype="overloaded_error", message="no backend could serve")
     await relay.commit(ctx, outcome, stays, send, AnthropicWriter())
+    await asyncio.sleep(0)
     rows = [i for i, m in enumerate(journal) if isinstance(m, tuple)]
-    assert len(rows) == 1 and journal[rows[0]] == ("row", "ok" if answer == "stream" else "error")
-    last = journal[-1]
+    assert len(rows) == 1 and journal[rows[0]] == ("row", "error" if answer == "error" else "ok")
+    end = rows[0] - 1
+    last = journal[end]
     assert isinstance(last, dict) and last["type"] == "http.response.body" and not last.get("more_body", False)
-    assert rows[0] < len(journal) - 1, "the row was recorded after the reply ended"
+    assert journal[rows[0] + 1:] == ["the loop's next turn"]
 
 
 class Broken(RequestLog):
