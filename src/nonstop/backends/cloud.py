@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from itertools import compress
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import aiohttp
@@ -113,12 +115,33 @@ _GOOD_FIRST = re.compile(rb"data:[ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$)"
 # Bounded: names come from upstreams.
 _REPLY_NAMES: dict[bytes, bytes | None] = {}
 _MAX_NAMES = 512
+# The names of a whole reply, in order, seen before: the names it relays and which of its
+# headers those are. An upstream sends the same names in the same order reply after reply,
+# so a reply's headers are mostly rebuilt in C (map, compress, zip), not a loop of Python.
+# Bounded: a few shapes per upstream.
+_REPLY_SHAPES: dict[tuple[bytes, ...], tuple[tuple[bytes, ...], tuple[bool, ...]]] = {}
+_MAX_SHAPES = 64
+_name_of = operator.itemgetter(0)
+_value_of = operator.itemgetter(1)
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    out = []
+def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A reply's headers as they are relayed: names lower-cased, hop-by-hop ones dropped."""
+    shape = tuple(map(_name_of, raw))
+    try:
+        lows, keep = _REPLY_SHAPES[shape]
+    except KeyError:
+        lows, keep = _shape(shape)
+        if len(_REPLY_SHAPES) < _MAX_SHAPES:
+            _REPLY_SHAPES[shape] = (lows, keep)
+    return list(zip(lows, compress(map(_value_of, raw), keep), strict=True))
+
+
+def _shape(shape: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], tuple[bool, ...]]:
     names = _REPLY_NAMES
-    for k, v in raw:
+    lows: list[bytes] = []
+    keep: list[bool] = []
+    for k in shape:
         try:
             low = names[k]
         except KeyError:
@@ -127,9 +150,10 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, by
                 low = None
             if len(names) < _MAX_NAMES:
                 names[k] = low
+        keep.append(low is not None)
         if low is not None:
-            out.append((low, v))
-    return out
+            lows.append(low)
+    return tuple(lows), tuple(keep)
 
 
 # The content codings aiohttp decodes (http_parser: the parser's own list); another one

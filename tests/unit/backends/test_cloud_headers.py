@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from nonstop.backends import head
+from nonstop.backends import cloud, head
 from nonstop.backends.cloud import _success_verdict, response_headers
 from nonstop.backends.head import forward_headers
 from nonstop.routing.classify import FailureKind
@@ -52,6 +52,29 @@ def test_the_clouds_reply_headers_come_down_lower_cased_without_hop_by_hop():
     out = response_headers([(b"Content-Type", b"application/json"), (b"Connection", b"close"),
                             (b"Transfer-Encoding", b"chunked"), (b"request-id", b"r1")])
     assert out == [(b"content-type", b"application/json"), (b"request-id", b"r1")]
+
+
+def test_a_reply_shaped_like_one_before_keeps_its_own_values():
+    """The second reply with the same names in the same order is rebuilt from the first's
+    shape: its own values, in its order, hop-by-hop ones still dropped."""
+    names = [b"Date", b"Connection", b"request-id", b"Transfer-Encoding", b"anthropic-ratelimit-unified-status"]
+    for i in range(3):
+        raw = tuple((n, b"v%d-%d" % (i, j)) for j, n in enumerate(names))
+        assert cloud.response_headers(raw) == [(b"date", b"v%d-0" % i), (b"request-id", b"v%d-2" % i),
+                                               (b"anthropic-ratelimit-unified-status", b"v%d-4" % i)]
+    # The same names in another order, or one more, is another shape.
+    assert cloud.response_headers(((b"request-id", b"a"), (b"Date", b"b"))) == [(b"request-id", b"a"), (b"date", b"b")]
+    assert cloud.response_headers(((b"request-id", b"a"), (b"Date", b"b"), (b"Keep-Alive", b"5"), (b"x", b"c"))) == [
+        (b"request-id", b"a"), (b"date", b"b"), (b"x", b"c")]
+    assert cloud.response_headers(()) == []
+
+
+def test_the_shapes_kept_are_bounded_and_a_new_one_is_still_read(monkeypatch):
+    monkeypatch.setattr(cloud, "_REPLY_SHAPES", {})
+    for i in range(cloud._MAX_SHAPES + 20):
+        raw = ((b"X-Shape-%d" % i, b"1"), (b"Connection", b"close"), (b"request-id", b"r%d" % i))
+        assert cloud.response_headers(raw) == [(b"x-shape-%d" % i, b"1"), (b"request-id", b"r%d" % i)]
+    assert len(cloud._REPLY_SHAPES) == cloud._MAX_SHAPES
 
 
 T0 = 1_800_000_000.0
