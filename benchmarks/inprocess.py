@@ -5,8 +5,9 @@
     python benchmarks/inprocess.py --only log      the request log
 
 **plan**: what deciding costs a request on the cloud path. For the 50 KB Claude Code-shaped
-request and its headers, read as the Anthropic door reads it (its outline, wire/outline.py;
-reading it is not timed): `Pipeline.facts` (the facts and the account), `Runtime.view`
+request and its headers as the Anthropic door gets them (the body's outline,
+wire/outline.py, and the head the App read and kept, backends/head.py; reading them is not
+timed): `Pipeline.facts` (the facts and the account), `Runtime.view`
 and `plan()`, timed together and one by one, N times, on the default configuration (one
 `[[local]]` backend) and on one with four; p50 and p99 in µs. Also with the cloud out,
 where the plan is local and needs the request's size as a local model sees it.
@@ -37,6 +38,7 @@ sys.path.insert(0, str(HERE))
 from payload import CLAUDE_CODE_HEADERS, claude_code_request  # noqa: E402
 
 from nonstop.backends.base import Exchange  # noqa: E402
+from nonstop.backends.head import head_of, keep_head  # noqa: E402
 from nonstop.backends.registry import make_local_backend  # noqa: E402
 from nonstop.config import parse_config  # noqa: E402
 from nonstop.routing.classify import FailureKind, Verdict  # noqa: E402
@@ -67,7 +69,12 @@ def _exchange(body: bytes) -> tuple[Exchange, dict[str, Any]]:
     shape = outline(body)
     assert shape is not None
     headers = [(k.encode(), v.encode()) for k, v in CLAUDE_CODE_HEADERS.items()]
-    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"beta=true", headers, body, {}, shape.stream, lazy=True)
+    # The head as the door hands it over: read by the App before the door runs, and
+    # kept once the client's first request was let in (so not timed here, like the outline).
+    head = head_of(headers)
+    keep_head(head)
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"beta=true", headers, body, {}, shape.stream, lazy=True,
+                  head=head)
     return ex, shape.facts
 
 
