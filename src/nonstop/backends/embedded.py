@@ -27,6 +27,7 @@ from nonstop.backends.base import read_capped
 from nonstop.backends.llama_stack import (
     INSTALL_HINT,
     die_with_parent,
+    exit_description,
     find_bundled_model,
     find_llama_server,
     free_loopback_port,
@@ -314,7 +315,7 @@ class EmbeddedServer:
         while True:
             if proc.returncode is not None:
                 raise EmbeddedUnavailable(
-                    f"llama-server exited with code {proc.returncode} while loading; "
+                    f"llama-server {exit_description(proc.returncode)} while loading; "
                     f"last lines of {self.log_path}:\n{self._log_tail()}"
                 )
             if await self._health_ok() and proc.returncode is None and await self._serves_ours() \
@@ -373,7 +374,7 @@ class EmbeddedServer:
             self._restarts += 1
             delay = backoff_delay(failures, self.backoff_initial, self.backoff_max)
             self.on_event(
-                f"embedded llama-server (pid {proc.pid}) exited with code {code}; "
+                f"embedded llama-server (pid {proc.pid}) {exit_description(code)}; "
                 f"restarting in {delay:g}s (restart {self._restarts})"
             )
             await asyncio.sleep(delay)

