@@ -118,7 +118,7 @@ _MAX_NAMES = 512
 # The names of a whole reply, in order, seen before: the names it relays and which of its
 # headers those are. An upstream sends the same names in the same order reply after reply,
 # so a reply's headers are mostly rebuilt in C (map, compress, zip), not a loop of Python.
-# Bounded: a few shapes per upstream.
+# Bounded: a few shapes per upstream; emptied when full.
 _REPLY_SHAPES: dict[tuple[bytes, ...], tuple[tuple[bytes, ...], tuple[bool, ...]]] = {}
 _MAX_SHAPES = 64
 _name_of = operator.itemgetter(0)
@@ -132,8 +132,9 @@ def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, by
         lows, keep = _REPLY_SHAPES[shape]
     except KeyError:
         lows, keep = _shape(shape)
-        if len(_REPLY_SHAPES) < _MAX_SHAPES:
-            _REPLY_SHAPES[shape] = (lows, keep)
+        if len(_REPLY_SHAPES) >= _MAX_SHAPES:
+            _REPLY_SHAPES.clear()  # as the heads are: the shapes in use now come back at once
+        _REPLY_SHAPES[shape] = (lows, keep)
     return list(zip(lows, compress(map(_value_of, raw), keep), strict=True))
 
 
@@ -290,7 +291,7 @@ class CloudBackend:
                     if isinstance(peeked, Verdict):
                         resp.close()
                         return peeked
-                    if expect:  # learned once the reply is on its way, as the quota headers are
+                    if expect:  # learned on the loop's next turn, as the quota headers are
                         loop.call_soon(self.deadlines.record, len(body), time.perf_counter() - sent)
                     usage = Usage()
                     return Reply(resp.status, relayed_headers(resp, decoded), _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.notable),

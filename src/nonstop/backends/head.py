@@ -17,8 +17,9 @@ layer, and the backends are the lowest layer that needs it.
 `split_head` reads a head, or finds it kept. The next request with the latest head costs
 two comparisons of slices in C: the headers before its content-length and those after
 (`_Split`). Another client's costs one pass that sets content-length aside, and a
-dictionary lookup. A head is kept only once its request has been let in (`keep_head`, after the application's size, Host and token checks), so a client that is
-refused leaves nothing behind. Bounded: at most 128 heads of at most 64 headers and 8 KiB
+dictionary lookup. A head is kept only once its request has been let in (`keep_head`,
+after the application's size, Host and token checks), so a client that is refused leaves
+nothing behind. Bounded: at most 128 heads of at most 64 headers and 8 KiB
 each, emptied when full (about 3 MB filled with the largest, by tracemalloc). A client
 that sends a new value on every request (a trace id) finds no head kept: each request
 pays the reading (the forwarded headers built, the credential and the others picked out)
@@ -166,7 +167,7 @@ def split_head(raw: list[tuple[bytes, bytes]]) -> tuple[Head, str]:
     """The request's Head (kept or read now), and its first content-length as sent ("" when
     absent). A head read now is not kept until keep_head()."""
     s = _split[0]
-    if s is not None:  # the latest head again, its content-length in the same place
+    if s is not None and type(raw) is list:  # the latest head again, its content-length in the same place
         at = s.at
         if len(raw) > at:
             h = raw[at]

@@ -140,9 +140,13 @@ class Relay:
                 if last is not None:
                     await last()
             finally:  # recorded even if the last write fails or is cancelled
-                if outcome.plan is not None:  # made at the end: a stream does not hold it while it relays
-                    row.route = outcome.plan.as_dict()
-                self.request_log.record(row)
+                # Nothing is awaited between the last write and the row: uvicorn's send does
+                # not yield after it writes, so the loop runs nothing else first.
+                try:
+                    if outcome.plan is not None:  # made at the end: a stream does not hold it while it relays
+                        row.route = outcome.plan.as_dict()
+                finally:
+                    self.request_log.record(row)
             self.request_log.after_reply()
 
     async def pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],

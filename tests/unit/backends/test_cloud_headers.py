@@ -69,12 +69,25 @@ def test_a_reply_shaped_like_one_before_keeps_its_own_values():
     assert cloud.response_headers(()) == []
 
 
-def test_the_shapes_kept_are_bounded_and_a_new_one_is_still_read(monkeypatch):
+def test_a_shape_seen_before_is_not_read_again(monkeypatch):
+    monkeypatch.setattr(cloud, "_REPLY_SHAPES", {})
+    reads = []
+    real = cloud._shape
+    monkeypatch.setattr(cloud, "_shape", lambda shape: reads.append(shape) or real(shape))
+    for i in range(3):
+        assert cloud.response_headers(((b"Date", b"d%d" % i), (b"Connection", b"close"))) == [(b"date", b"d%d" % i)]
+    assert reads == [(b"Date", b"Connection")]
+
+
+def test_the_shapes_kept_are_bounded_and_emptied_when_full(monkeypatch):
+    """Emptied, as the heads are, so shapes that came early (an error's, a proxy's) do
+    not keep the one in use now out for good."""
     monkeypatch.setattr(cloud, "_REPLY_SHAPES", {})
     for i in range(cloud._MAX_SHAPES + 20):
         raw = ((b"X-Shape-%d" % i, b"1"), (b"Connection", b"close"), (b"request-id", b"r%d" % i))
         assert cloud.response_headers(raw) == [(b"x-shape-%d" % i, b"1"), (b"request-id", b"r%d" % i)]
-    assert len(cloud._REPLY_SHAPES) == cloud._MAX_SHAPES
+        assert len(cloud._REPLY_SHAPES) <= cloud._MAX_SHAPES
+        assert tuple(k for k, _ in raw) in cloud._REPLY_SHAPES  # the latest is always kept
 
 
 T0 = 1_800_000_000.0

@@ -62,6 +62,24 @@ def test_the_latest_head_again_is_told_by_its_slices_and_anything_else_is_read()
     assert got is not first and got.credential == first.credential and length == "10"  # read, not kept
 
 
+def test_a_change_before_the_length_is_not_taken_for_the_latest_head():
+    """The slice before the content-length is compared too: another Host (the DNS
+    rebinding check reads it), or another credential sent before the length."""
+    first = _kept(_with_length(b"1"))
+    split_head(_with_length(b"2"))
+    assert H._split[0] is not None and H._split[0].at == 1
+    rebound = [(b"host", b"evil.example:8787"), *_with_length(b"3")[1:]]
+    got = split_head(rebound)[0]
+    assert got is not first and got.host == b"evil.example:8787"
+    early = [(b"x-api-key", b"sk-ant-early"), (b"content-length", b"4"), *CLAUDE[2:]]
+    first_early = _kept(early)
+    split_head([(b"x-api-key", b"sk-ant-early"), (b"content-length", b"5"), *CLAUDE[2:]])  # its slices now
+    other = split_head([(b"x-api-key", b"sk-ant-other"), (b"content-length", b"6"), *CLAUDE[2:]])[0]
+    assert other is not first_early and other.credential == "sk-ant-other"
+    as_tuple = tuple([(b"x-api-key", b"sk-ant-early"), (b"content-length", b"7"), *CLAUDE[2:]])
+    assert split_head(as_tuple)[0] is first_early  # not a list: found by the pass, not the slices
+
+
 def test_no_length_and_a_refused_head_leave_the_slices_alone():
     first = _kept(_with_length(b"1"))
     split_head(_with_length(b"2"))

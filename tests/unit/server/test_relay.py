@@ -4,6 +4,7 @@ mid-stream, or after the stream has already ended, reaches the client well-forme
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -239,6 +240,29 @@ async def test_the_row_is_recorded_as_the_reply_ends_before_the_loop_runs_anythi
     last = journal[end]
     assert isinstance(last, dict) and last["type"] == "http.response.body" and not last.get("more_body", False)
     assert journal[rows[0] + 1:] == ["the loop's next turn"]
+
+
+@pytest.mark.parametrize("fault", [OSError("the socket broke"), asyncio.CancelledError()])
+@pytest.mark.parametrize("answer", ["stream", "json"])
+async def test_the_row_is_recorded_when_the_last_write_fails_or_is_cancelled(tmp_path, answer, fault):
+    journal: list[object] = []
+
+    async def send(msg: Message) -> None:
+        if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+            raise fault
+        journal.append(msg)
+
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}})
+    relay = Relay(cfg, Journal(journal))
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, answer == "stream")
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
+    if answer == "stream":
+        reply = Reply(200, list(SSE), single(START + BLOCK + DELTA + END), "cloud", True)
+    else:
+        reply = Reply(200, [(b"content-type", b"application/json")], single(b'{"type":"message"}'), "cloud", False)
+    with contextlib.suppress(OSError, asyncio.CancelledError):
+        await relay.commit(ctx, Outcome(reply=reply), stays, send, AnthropicWriter())
+    assert [m for m in journal if isinstance(m, tuple)] != []  # its row, whatever its outcome says
 
 
 class Broken(RequestLog):
