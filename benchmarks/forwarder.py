@@ -19,7 +19,9 @@ parse alone costs a request.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import uvicorn
@@ -35,7 +37,7 @@ class Forwarder:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while (msg := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 self.session = aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
                     skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
@@ -45,6 +47,18 @@ class Forwarder:
             await self.session.close()
             await send({"type": "lifespan.shutdown.complete"})
             return
+        url, body = await self.read(scope, receive)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in HOP]
+        assert self.session is not None
+        async with self.session.request(scope["method"], url, headers=headers, data=body) as resp:
+            out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP]
+            await send({"type": "http.response.start", "status": resp.status, "headers": out})
+            async for chunk in resp.content.iter_any():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def read(self, scope, receive) -> tuple[str, bytes]:
+        """The request's upstream URL and its body, read whole (and parsed with --outline)."""
         chunks = []
         while True:
             msg = await receive()
@@ -54,17 +68,48 @@ class Forwarder:
         body = b"".join(chunks)
         if self.parse is not None:
             self.parse(body)
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in HOP]
         url = self.upstream + scope["raw_path"].decode("latin-1")
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
-        assert self.session is not None
-        async with self.session.request(scope["method"], url, headers=headers, data=body) as resp:
-            out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP]
+        return url, body
+
+
+class ReqwestForwarder(Forwarder):
+    """The same forwarder with pyreqwest as its client: one pooled client, the reply's
+    chunks relayed as pyreqwest reads them."""
+
+    client: Any = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            from pyreqwest.client import ClientBuilder
+
+            while (await receive())["type"] != "lifespan.shutdown":
+                self.client = ClientBuilder().http1_only().tcp_nodelay(True).build()
+                await send({"type": "lifespan.startup.complete"})
+            await self.client.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        url, body = await self.read(scope, receive)
+        req = self.client.request(scope["method"], url)
+        for k, v in scope["headers"]:
+            if k not in HOP:
+                req = req.header(k.decode("latin-1"), v.decode("latin-1"))
+        async with req.body_bytes(body).build_streamed() as resp:
+            out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers.items() if k.encode("latin-1") not in HOP]
             await send({"type": "http.response.start", "status": resp.status, "headers": out})
-            async for chunk in resp.content.iter_any():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            while (chunk := await resp.body_reader.read_chunk()) is not None:
+                await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+CLIENTS = {"aiohttp": Forwarder, "pyreqwest": ReqwestForwarder}
+
+
+def app() -> Forwarder:
+    """The forwarder for an ASGI server that imports its app (granian's --factory):
+    FORWARDER_UPSTREAM, and FORWARDER_CLIENT (aiohttp by default)."""
+    return CLIENTS[os.environ.get("FORWARDER_CLIENT", "aiohttp")](os.environ["FORWARDER_UPSTREAM"])
 
 
 def main() -> None:
@@ -72,6 +117,7 @@ def main() -> None:
     p.add_argument("--listen", required=True, help="127.0.0.1:PORT")
     p.add_argument("--upstream", required=True)
     p.add_argument("--outline", action="store_true", help="decode each request's outline as nonstop does, and nothing else")
+    p.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp", help="the HTTP client")
     args = p.parse_args()
     parse = None
     if args.outline:
@@ -79,7 +125,7 @@ def main() -> None:
 
         parse = outline
     host, _, port = args.listen.rpartition(":")
-    uvicorn.run(Forwarder(args.upstream, parse), host=host, port=int(port), http="httptools", loop="uvloop",
+    uvicorn.run(CLIENTS[args.client](args.upstream, parse), host=host, port=int(port), http="httptools", loop="uvloop",
                 lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False,
                 proxy_headers=False)  # as nonstop runs it (server/run.py)
 
