@@ -626,6 +626,12 @@ def _translation(results: dict[str, Any]) -> list[str]:
         ])
         L.append("The time to first byte translation adds is in the local-path table above "
                  "(OpenAI-format local through nonstop vs direct).")
+        an = tr.get("anthropic")
+        if an:
+            L += ["", f"An Anthropic-format local server's stream ({an['deltas_per_stream']} text deltas, "
+                  f"{an['bytes_in_per_stream']:,} bytes) through the same relay, read whole, with the Claude Code "
+                  f"request's tools offered (the text watched for calls written as text): "
+                  f"{an['us_per_stream']:,.0f} µs a stream, {an['us_per_delta']:.2f} µs a delta."]
     return [*L, ""]
 
 

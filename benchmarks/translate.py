@@ -1,10 +1,15 @@
-"""OpenAI -> Anthropic stream translation speed on one core.
+"""OpenAI -> Anthropic stream translation speed on one core, and the Anthropic relay's.
 
 Two measurements over the same recorded-style stream (reasoning, text, a tool call whose
 arguments arrive in fragments, usage):
   translator  `OpenAIStreamTranslator.feed()` on parsed chunks: the translation alone;
   pipeline    what OpenAILocalBackend does per network chunk: SSE decode, JSON parse,
               translate, normalise for strict clients, encode the Anthropic events.
+And one over an Anthropic-format local server's stream (the benchmark's fake local
+server's: message_start, ping, a text block of 30 deltas, message_delta, message_stop):
+  anthropic   what AnthropicLocalBackend does with it, read whole: SSE decode, JSON
+              parse, normalise with the Claude Code request's tools offered (the text is
+              watched for tool calls written as text), encode.
 
 Prints one JSON line. Run by run.py; by hand: `python benchmarks/translate.py --seconds 3`.
 """
@@ -93,8 +98,30 @@ def main() -> None:
         pipe_events = n + len(tail)
         pipe_bytes = size
 
+    from payload import claude_code_request
+    from upstream import _delta, _stream_head, _stream_tail
+
+    from nonstop.backends.local import EventSource, _encode
+
+    deltas = 30
+    anthropic_raw = _stream_head() + b"".join(_delta(i) for i in range(deltas)) + _stream_tail(deltas)
+    tools = claude_code_request()["tools"]
+    relayed = 0
+
+    def anthropic_relay() -> None:
+        nonlocal relayed
+        norm = LocalStreamNormalizer(model="local-model", input_tokens_estimate=12000, tools=tools, tag="bench")
+        source = EventSource()
+        out: list[Event] = []
+        for ev, doc in JSONEventDecoder().feed(anthropic_raw):
+            for t, d in source.feed(ev.event, doc):
+                out.extend(norm.feed(t, d))
+        out.extend(norm.finish())
+        relayed = len(_encode(out))
+
     runs, elapsed = _timeit(translate_only, args.seconds)
     runs2, elapsed2 = _timeit(pipeline, args.seconds)
+    runs3, elapsed3 = _timeit(anthropic_relay, args.seconds)
     n_in = len(chunks)
     print(orjson.dumps({
         "chunks_per_stream": n_in,
@@ -106,6 +133,9 @@ def main() -> None:
                      "bytes_out_per_stream": pipe_bytes, "events_out_per_stream": pipe_events,
                      "chunks_per_s": n_in * runs2 / elapsed2, "events_out_per_s": pipe_events * runs2 / elapsed2,
                      "us_per_chunk": elapsed2 / (n_in * runs2) * 1e6},
+        "anthropic": {"streams": runs3, "seconds": elapsed3, "deltas_per_stream": deltas,
+                      "bytes_in_per_stream": len(anthropic_raw), "bytes_out_per_stream": relayed,
+                      "us_per_stream": elapsed3 / runs3 * 1e6, "us_per_delta": elapsed3 / (runs3 * deltas) * 1e6},
         "pinned_cpu": args.cpu,
     }).decode())
 

@@ -3,6 +3,7 @@ data as a JSON object, and an encoder."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,23 @@ class SSEEvent:
 
 def encode_event(event: str, data: str | bytes) -> bytes:
     if isinstance(data, bytes):
+        if b"\n" not in data:  # one line (JSON as orjson writes it): no splitting, no copies as str
+            data.decode()  # UTF-8, or the same error as below
+            return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n" if event else b"data: " + data + b"\n\n"
         data = data.decode()
     lines = data.split("\n")
     body = "".join(f"data: {line}\n" for line in lines)
     if event:
         return f"event: {event}\n{body}\n".encode()
     return f"{body}\n".encode()
+
+
+# An event as servers write them: at most one `event:` line, then one `data:` line and
+# the blank line, LF-framed. A read made of such events is decoded a regex match per
+# event (SSEDecoder._plain) instead of a pass of Python per line; anything else (CR
+# line ends, comments, ids, several data lines, a field without its colon) is read by
+# the line loop, which gives the same events for these.
+_PLAIN_EVENT = re.compile(rb"(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n\n")
 
 
 class SSEDecoder:
@@ -61,6 +73,12 @@ class SSEDecoder:
                 buf += b"\r"
         out: list[SSEEvent] = []
         start = 0
+        if not self._data and not self._event and b"\r" not in buf:  # at an event's start, LF-framed
+            end = buf.rfind(b"\n\n") + 2  # where the complete events end (1: none yet)
+            if end > 1:
+                plain = self._plain(buf, end)
+                if plain is not None:
+                    out, start = plain, end
         while True:
             nl = buf.find(b"\n", start)
             if nl < 0:
@@ -89,6 +107,24 @@ class SSEDecoder:
         self._buf = buf[start:]
         if len(self._buf) > self._max:
             raise ValueError("SSE line longer than the buffer limit")
+        return out
+
+    def _plain(self, buf: bytes, end: int) -> list[SSEEvent] | None:
+        """The events of buf[:end] when each is one _PLAIN_EVENT, one after another; None
+        when any is not (the line loop reads them then)."""
+        out: list[SSEEvent] = []
+        pos = 0
+        match = _PLAIN_EVENT.match
+        while pos < end:
+            m = match(buf, pos, end)
+            if m is None:
+                return None
+            name, data = m.group(1, 2)
+            if len(data) > self._max:
+                raise ValueError("SSE event larger than the buffer limit")
+            out.append(SSEEvent(name.decode("utf-8", "replace") if name else "message",
+                                data.decode("utf-8", "replace")))
+            pos = m.end()
         return out
 
     def flush(self) -> list[SSEEvent]:

@@ -292,3 +292,73 @@ def test_a_cr_that_ends_a_blank_line_at_the_end_of_a_chunk_dispatches_the_event_
     dec = SSEDecoder()
     assert dec.feed(b"event: message_stop\rdata: {}\r\r") == [SSEEvent("message_stop", "{}")]
     assert dec.feed(b"\nevent: ping\r\ndata: {}\r\n\r\n") == [SSEEvent("ping", "{}")]  # that CR's LF, then more
+
+
+# --- the one-regex reading of plain events ------------------------------------------------
+# A read made only of plain events (an optional `event:` line, one `data:` line, the blank
+# line; LF-framed) is decoded by SSEDecoder._plain; anything else by the line loop. Fed a
+# byte at a time, the decoder never holds a complete event at an event's start, so the
+# line loop reads everything: it is the reference the whole reads are held to.
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_TEXT = st.text(st.sampled_from(list("ab :é✓{}\"\\\t")), max_size=12)
+_LINES = [
+    st.builds(lambda n, d: f"event: {n}\ndata: {d}\n\n", _TEXT, _TEXT),  # plain
+    st.builds(lambda n, d: f"event:{n}\ndata:{d}\n\n", _TEXT, _TEXT),  # plain, no spaces
+    st.builds(lambda d: f"data: {d}\n\n", _TEXT),  # plain, no name (OpenAI's)
+    st.just("event:\ndata: x\n\n"),  # an empty name
+    st.builds(lambda d: f"data: {d}\ndata: {d}\n\n", _TEXT),  # two data lines
+    st.builds(lambda d: f": {d}\n", _TEXT),  # a comment
+    st.builds(lambda d: f"id: {d}\nevent: e\ndata: {d}\n\n", _TEXT),  # an id first
+    st.just("data\n\n"),  # a field without its colon
+    st.just("event: lone\n\n"),  # no data: not dispatched
+    st.just("\n"),  # a stray blank line
+    st.builds(lambda n, d: f"data: {d}\nevent: {n}\n\n", _TEXT, _TEXT),  # data before the name
+    st.builds(lambda n, d: f"event: {n}\r\ndata: {d}\r\n\r\n", _TEXT, _TEXT),  # CRLF
+]
+
+
+def _one_byte_at_a_time(raw: bytes) -> list[SSEEvent]:
+    return decode_all([raw[i : i + 1] for i in range(len(raw))])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(*_LINES), max_size=8), st.lists(st.integers(0, 200), max_size=4))
+def test_plain_events_read_whole_or_split_as_the_line_loop_reads_them(parts: list[str], cuts: list[int]) -> None:
+    raw = "".join(parts).encode()
+    want = _one_byte_at_a_time(raw)
+    assert decode_all([raw]) == want
+    points = sorted({min(c, len(raw)) for c in cuts})
+    pieces = [raw[a:b] for a, b in zip([0, *points], [*points, len(raw)], strict=True)]
+    assert decode_all(pieces) == want
+
+
+def test_plain_events_are_read_by_one_match_each() -> None:
+    dec = SSEDecoder()
+    raw = b'event: a\ndata: {"x":1}\n\ndata: [DONE]\n\nevent: b\ndata: tail'
+    assert dec._plain(raw, raw.rfind(b"\n\n") + 2) == [SSEEvent("a", '{"x":1}'), SSEEvent("message", "[DONE]")]
+    assert dec.feed(raw) == [SSEEvent("a", '{"x":1}'), SSEEvent("message", "[DONE]")]
+    assert dec.feed(b"\n\n") == [SSEEvent("b", "tail")]
+    other = b": comment\ndata: x\n\n"
+    assert dec._plain(other, len(other)) is None  # the line loop's
+
+
+def test_a_plain_event_over_the_limit_is_refused() -> None:
+    dec = SSEDecoder(max_buffer=64)
+    with pytest.raises(ValueError):
+        dec.feed(b"event: e\ndata: " + b"x" * 100 + b"\n\n")
+
+
+@pytest.mark.parametrize("data", [b'{"a":1}', b"", b"caf\xc3\xa9"], ids=["json", "empty", "utf8"])
+@pytest.mark.parametrize("event", ["content_block_delta", ""], ids=["named", "unnamed"])
+def test_encoding_one_line_of_bytes_is_the_general_encoding(event: str, data: bytes) -> None:
+    general = "".join(f"data: {line}\n" for line in data.decode().split("\n"))
+    want = (f"event: {event}\n{general}\n" if event else f"{general}\n").encode()
+    assert encode_event(event, data) == want
+
+
+def test_encoding_bytes_that_are_not_utf8_is_refused_as_before() -> None:
+    with pytest.raises(UnicodeDecodeError):
+        encode_event("e", b"\xff")
