@@ -23,7 +23,8 @@ def encode_event(event: str, data: str | bytes) -> bytes:
     if isinstance(data, bytes):
         if b"\n" not in data:  # one line (JSON as orjson writes it): no splitting, no copies as str
             data.decode()  # UTF-8, or the same error as below
-            return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n" if event else b"data: " + data + b"\n\n"
+            line = b"data: " + data + b"\n\n"
+            return b"event: " + event.encode() + b"\n" + line if event else line
         data = data.decode()
     lines = data.split("\n")
     body = "".join(f"data: {line}\n" for line in lines)
@@ -59,7 +60,8 @@ class SSEDecoder:
             chunk = chunk[1:]
         self._skip_lf = False
         buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in buf:
+        lf_only = b"\r" not in buf
+        if not lf_only:
             # A lone trailing CR may be the first half of CRLF: keep it for the next chunk,
             # unless it ends a blank line (right after a line's end), which it does either way.
             keep_cr = buf.endswith(b"\r")
@@ -73,7 +75,7 @@ class SSEDecoder:
                 buf += b"\r"
         out: list[SSEEvent] = []
         start = 0
-        if not self._data and not self._event and b"\r" not in buf:  # at an event's start, LF-framed
+        if lf_only and not self._data and not self._event:  # LF-framed, at an event's start
             end = buf.rfind(b"\n\n") + 2  # where the complete events end (1: none yet)
             if end > 1:
                 plain = self._plain(buf, end)
