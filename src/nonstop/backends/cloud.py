@@ -111,6 +111,13 @@ _UNIFIED_STATUS = "anthropic-ratelimit-unified-status"
 # A data line that is not one JSON object, in LF-framed SSE (see _first_malformed).
 _BAD_DATA = re.compile(rb"\ndata:(?![ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$))")
 _GOOD_FIRST = re.compile(rb"data:[ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$)")
+# A read of whole plain events, as the cloud sends most of a stream's reads: LF-framed,
+# each event one `event:` line that is none of the notable ones (_NOTABLE) and one data
+# line that is one JSON object (as _BAD_DATA reads it). Such a read is relayed as it
+# came, with nothing to cut, check or record (see _relay_stream).
+_PLAIN_RUN = re.compile(
+    rb"(?:event:(?! ?(?:message_start|message_delta|message_stop|error)\n)[^\n\r]*\n"
+    rb"data:[ \t\x0b\x0c]*\{[^\n\r]*\}[ \t\x0b\x0c]*\n\n)+")
 # Header names seen before, in replies: the lower-case name to relay (None: hop-by-hop).
 # Bounded: names come from upstreams.
 _REPLY_NAMES: dict[bytes, bytes | None] = {}
@@ -640,44 +647,50 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
             pending = first
             it = resp.content.iter_any().__aiter__()
             while True:
-                if skip_lf and pending.startswith(b"\n"):  # the LF of that CRLF
-                    pending = pending[1:]
-                data = lf_framed(held + pending if held else pending)
-                # A CR right after a line's end ends a blank line, whether an LF follows or not.
-                skip_lf = data.endswith(b"\n\r")
-                if skip_lf:
-                    data = data[:-1] + b"\n"
-                cut = complete_events_end(data)
-                known, first_notable = first_notable, None  # the peek's: for the first read only
-                if cut:
-                    out = data[:cut]
-                    bad = _first_malformed(out)
-                    if bad >= 0:
-                        if bad:
-                            yield out[:bad]
-                        usage.error = "the cloud sent a malformed event mid-stream"
-                        yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
-                        return
-                    notable = known if known is not None and cut == len(data) else _notable(out)
-                    for name, at in notable:
-                        if name in _USAGE_EVENTS:
-                            j = out.find(b"\n\n", at)
-                            _read_usage(out[at : j if j > 0 else None], usage)
-                    ended = _ended(out, usage, notable)
-                    # Complete, and the body read to its end: nothing after this chunk
-                    # waits on the cloud, and it goes out with the response's end.
-                    usage.final = ended and usage.complete and resp.content.at_eof()
-                    yield out
-                    if ended:
-                        await _drain(resp)
-                        return
-                    held = data[cut:]
+                if not held and not skip_lf and _PLAIN_RUN.fullmatch(pending) is not None:
+                    # The usual read: whole plain events, each checked by the match, with
+                    # nothing held before them and nothing to record: relayed as it came.
+                    first_notable = None
+                    yield pending
                 else:
-                    held = data
-                if len(held) > MAX_EVENT:
-                    usage.error = "the cloud sent an event larger than nonstop relays"
-                    yield anthropic_error_event("The cloud sent an event too large to relay; the response is incomplete.", "api_error")
-                    return
+                    if skip_lf and pending.startswith(b"\n"):  # the LF of that CRLF
+                        pending = pending[1:]
+                    data = lf_framed(held + pending if held else pending)
+                    # A CR right after a line's end ends a blank line, whether an LF follows or not.
+                    skip_lf = data.endswith(b"\n\r")
+                    if skip_lf:
+                        data = data[:-1] + b"\n"
+                    cut = complete_events_end(data)
+                    known, first_notable = first_notable, None  # the peek's: for the first read only
+                    if cut:
+                        out = data[:cut]
+                        bad = _first_malformed(out)
+                        if bad >= 0:
+                            if bad:
+                                yield out[:bad]
+                            usage.error = "the cloud sent a malformed event mid-stream"
+                            yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
+                            return
+                        notable = known if known is not None and cut == len(data) else _notable(out)
+                        for name, at in notable:
+                            if name in _USAGE_EVENTS:
+                                j = out.find(b"\n\n", at)
+                                _read_usage(out[at : j if j > 0 else None], usage)
+                        ended = _ended(out, usage, notable)
+                        # Complete, and the body read to its end: nothing after this chunk
+                        # waits on the cloud, and it goes out with the response's end.
+                        usage.final = ended and usage.complete and resp.content.at_eof()
+                        yield out
+                        if ended:
+                            await _drain(resp)
+                            return
+                        held = data[cut:]
+                    else:
+                        held = data
+                    if len(held) > MAX_EVENT:
+                        usage.error = "the cloud sent an event larger than nonstop relays"
+                        yield anthropic_error_event("The cloud sent an event too large to relay; the response is incomplete.", "api_error")
+                        return
                 silence.reading()
                 try:
                     pending = await it.__anext__()

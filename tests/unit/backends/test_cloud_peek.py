@@ -6,10 +6,14 @@ in hand, a malformed event, and every framing the fast reading leaves to the dec
 
 from __future__ import annotations
 
+import asyncio
 import math
+import re
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nonstop.backends.cloud as cloud
 from nonstop.routing.classify import Verdict
@@ -171,3 +175,132 @@ async def test_a_first_event_that_never_ends_is_refused_at_the_decoder_s_limit(m
     pieces = [b'event: message_start\ndata: {"type": "message_start", "pad": "'] + [b"x" * 1024] * 8
     with pytest.raises(ValueError):
         await cloud._peek_stream(_Resp(pieces))
+
+
+# --- the relay's reads of plain events --------------------------------------------------------
+
+
+class _Stream:
+    """A cloud response whose body comes in the given reads."""
+
+    def __init__(self, pieces: list[bytes]):
+        self.content = self
+        self.pieces = list(pieces)
+
+    def iter_any(self):
+        return self
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        if not self.pieces:
+            raise StopAsyncIteration
+        return self.pieces.pop(0)
+
+    def at_eof(self) -> bool:
+        return not self.pieces
+
+    async def read(self, n: int) -> bytes:  # what is left after the last event
+        return self.pieces.pop(0)[:n] if self.pieces else b""
+
+    def release(self) -> None:
+        pass
+
+
+async def _relayed(pieces: list[bytes], *, fast: bool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """What the relay yields for a stream read in `pieces` (the peek's read being the first
+    piece), read by read, and what it records."""
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(cloud, "_PLAIN_RUN", re.compile(rb"(?!)"))
+        usage = cloud.Usage()
+        first, rest = (pieces[0], pieces[1:]) if pieces else (b"", [])
+        out = [c async for c in cloud._relay_stream(_Stream(rest), first, usage, math.inf)]
+        return out, (usage.input_tokens, usage.output_tokens, usage.stop_reason, usage.complete, usage.error,
+                     usage.final)
+
+
+def _events(body: bytes) -> list[bytes]:
+    """The body read an event at a time, as the cloud writes a stream."""
+    parts = body.split(b"\n\n")
+    return [p + b"\n\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+@pytest.mark.parametrize("reads", ["events", "piece7", "piece64", "whole"])
+@pytest.mark.parametrize("name", list(STREAMS))
+async def test_plain_reads_are_relayed_as_the_full_checks_relay_them(name, reads, monkeypatch):
+    body = STREAMS[name]
+    pieces = (_events(body) if reads == "events" else [body] if reads == "whole"
+              else _split(body, int(reads.removeprefix("piece"))))
+    assert (await _relayed(pieces, fast=True, monkeypatch=monkeypatch)
+            == await _relayed(pieces, fast=False, monkeypatch=monkeypatch))
+
+
+@pytest.mark.parametrize("read", [
+    DELTA, PING, BLOCK, STOP, DELTA + DELTA + STOP,
+    b'event:content_block_delta\ndata:{"a":1}\n\n',
+    b'event: content_block_delta\ndata: \t{"a":1} \x0b\n\n',
+    b"event:  message_stop\ndata: {}\n\n",  # two spaces: not the name message_stop, as _NOTABLE reads it
+    b"event: message_stops\ndata: {}\n\n",
+])
+def test_what_counts_as_a_plain_read(read):
+    assert cloud._PLAIN_RUN.fullmatch(read) is not None
+
+
+@pytest.mark.parametrize("read", [
+    START, MDELTA, MSTOP, OVERLOADED, b"event:message_stop\ndata: {}\n\n", b"event:error\ndata: {}\n\n",
+    DELTA.replace(b"\n", b"\r\n"), DELTA[:-1], DELTA + DELTA[:10], b"data: {}\n\n", b": ping\n\n",
+    b"event: ping\ndata: [1]\n\n", b"event: ping\ndata: {\n\n", b"event: ping\ndata: {}\ndata: {}\n\n",
+    b"id: 1\nevent: ping\ndata: {}\n\n", b"event: ping\r\ndata: {}\n\n", b"", b"\n\n",
+])
+def test_what_is_read_in_full(read):
+    assert cloud._PLAIN_RUN.fullmatch(read) is None
+
+
+_NAMES = [b"event: content_block_delta\n", b"event:content_block_delta\n", b"event: ping\n", b"event: message_start\n",
+          b"event: message_delta\n", b"event: message_stop\n", b"event:error\n", b"event:  error\n", b"event: error \n",
+          b"event: ping\r\n", b""]
+_DATA = [b'data: {"type":"x","usage":{"input_tokens":5,"output_tokens":7},"stop_reason":"end_turn"}\n',
+         b'data: {"type":"error","error":{"type":"overloaded_error","message":"m"}}\n',
+         b"data: {}\n", b"data:{} \x0c\n", b"data: nope\n", b"data: {\n", b"data: }{\n", b"data: {}\r\n", b"data: {}\r"]
+_OTHER = [b": comment\n", b"id: 3\n", b"\n", b"\r\n", b"\r"]
+# Events mostly as the cloud frames them, with every way of framing one otherwise.
+_EVENT = st.one_of(
+    st.builds(lambda n, d, end: n + b"".join(d) + end, st.sampled_from(_NAMES),
+              st.lists(st.sampled_from(_DATA), max_size=2), st.sampled_from([b"\n", b"\n", b"\r\n", b""])),
+    st.sampled_from(_OTHER))
+
+
+@settings(max_examples=500, deadline=None)
+@given(lines=st.lists(_EVENT, max_size=16), cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=6),
+       by_event=st.booleans())
+def test_any_stream_is_relayed_as_the_full_checks_relay_it(lines, cuts, by_event):
+    body = b"".join(lines)
+    if by_event:
+        pieces = _events(body)
+    else:
+        at = sorted({c % (len(body) + 1) for c in cuts} | {0, len(body)})
+        pieces = [body[a:b] for a, b in zip(at, at[1:], strict=False)]
+    with pytest.MonkeyPatch.context() as m:
+        assert (asyncio.run(_relayed(pieces, fast=True, monkeypatch=m))
+                == asyncio.run(_relayed(pieces, fast=False, monkeypatch=m)))
+
+
+async def test_a_stream_read_an_event_at_a_time_takes_the_plain_reads_whole(monkeypatch):
+    matched = []
+
+    class Counting:
+        def fullmatch(self, data: bytes):
+            m = re_plain.fullmatch(data)
+            matched.append(m is not None)
+            return m
+
+    re_plain = cloud._PLAIN_RUN
+    monkeypatch.setattr(cloud, "_PLAIN_RUN", Counting())
+    out, usage = await _relayed(_events(WHOLE), fast=True, monkeypatch=monkeypatch)
+    assert b"".join(out) == WHOLE
+    assert usage == (11, 3, "end_turn", True, "", True)
+    # The ping, the block's start, its delta and its stop go as they came; message_start,
+    # message_delta and message_stop are read in full.
+    assert matched == [False, True, True, True, True, False, False]
