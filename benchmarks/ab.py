@@ -2,6 +2,7 @@
 
     python benchmarks/ab.py --rev 92a6cf6 [--json | --stream] [--requests 500] [--rounds 10] [--pairs 1]
     python benchmarks/ab.py --rev 92a6cf6 --failover [--requests 400] [--rounds 6]
+    python benchmarks/ab.py --rev 92a6cf6 --paced [--requests 384] [--rounds 6]
 
 Starts the fake upstream, the bare forwarder, nonstop as it is and nonstop at REV (its
 src/ from `git archive`), both in the default configuration, and measures them in
@@ -19,6 +20,11 @@ few percent is read on several pairs, not one.
 every request with a subscription-limit 429, and a local server, driven at once in every
 round (each by its own client, one request at a time), so their CPU per request comes
 from the same seconds of the machine.
+
+--paced compares the two under 64 streams at a model's pace (run.py's paced round: a
+delta every 25 ms for 1 s, the clients started 1/64 s apart), where the work is the
+relay of each read rather than the request: TTFB and CPU per stream, with the
+forwarder in the same rounds.
 """
 
 from __future__ import annotations
@@ -38,11 +44,14 @@ def main() -> int:
     p.add_argument("--rev", required=True, help="the git revision to compare with")
     p.add_argument("--json", action="store_true", help="only JSON rounds")
     p.add_argument("--stream", action="store_true", help="only stream rounds")
-    p.add_argument("--requests", type=int, default=500, help="requests per target per round")
+    p.add_argument("--requests", type=int, help="requests per target per round (500; --paced: 384 streams)")
     p.add_argument("--rounds", type=int, default=10, help="rounds (per pair of processes)")
     p.add_argument("--pairs", type=int, default=1, help="fresh pairs of processes, the rounds on each (not with --failover)")
     p.add_argument("--failover", action="store_true", help="the failover path, both driven at once")
+    p.add_argument("--paced", action="store_true", help="64 streams at a model's pace instead of concurrency 1")
     a = p.parse_args()
+    if a.requests is None and not a.paced:
+        a.requests = 500
     bench = R.Bench(argparse.Namespace(smoke=True, long=False, growth_requests=0, peers=False, profile=False,
                                        variants=False, only_log=False, baseline=a.rev))
     pairs = f" on each of {a.pairs} fresh pairs of processes (this code and {a.rev}, pooled)" if a.pairs > 1 else ""
@@ -60,6 +69,9 @@ def main() -> int:
             return 1
         src = bench.results["baseline"]["source"]["sha256"]
         lines[2] += f" Code: this tree's src (sha256 {source_fingerprint()['sha256']}…) against {a.rev} (sha256 {src}…)."
+        if a.paced:
+            lines = paced(bench, a, names, lines)
+            return 0
         lines += ["| mode | target | TTFB p50 | TTFB p99 | rounds' TTFB p50 | CPU µs/req |", "|---|---|---|---|---|---|"]
         diffs = {}
         modes = [True] if a.stream else [False] if a.json else [False, True]
@@ -139,6 +151,36 @@ def failover(bench: R.Bench, a: argparse.Namespace) -> list[str]:
     lines += ["", *summary]
     write(lines, a.rev, "-failover")
     return lines
+
+
+def paced(bench: R.Bench, a: argparse.Namespace, names: list[str], head: list[str]) -> list[str]:
+    """Both codes and the forwarder under 64 paced streams, interleaved, the order flipping
+    every round."""
+    n = a.requests or 384
+    head = [head[0].replace("concurrency 1", "64 paced streams"), "",
+            f"{a.rounds} interleaved rounds of {n} streams per target, 64 at a time, each a text delta every "
+            f"{R.PACED['x-fake-interval']} s for {R.PACED['x-fake-hold']} s (run.py's paced round). "
+            + head[2].split(" Code: ")[1] + " TTFB in ms; CPU in µs per stream (the gateway process, all threads).", "",
+            "| target | TTFB p50 | TTFB p99 | rounds' TTFB p99 | CPU µs/stream | rounds' CPU |", "|---|---|---|---|---|---|"]
+    raw: dict[str, list[dict]] = {m: [] for m in names}
+    for r in range(a.rounds):
+        for m in (names if r % 2 == 0 else names[::-1]):
+            raw[m].append(bench.measure(m, stream=True, concurrency=64, requests=n, headers=R.PACED, stagger=1.0))
+    res = {m: R.summarize(raw[m]) for m in names}
+    cpu = {m: [x["cpu_us_per_request"]["target"] for x in raw[m]] for m in names}
+    for m in names:
+        t = res[m]
+        p99s = [R.percentile(x["ttfb"], 99) for x in raw[m]]
+        head.append(f"| {m} | {t['ttfb_p50']:.3f} | {t['ttfb_p99']:.3f} | {', '.join(f'{x:.2f}' for x in p99s)} | "
+                    f"{t['cpu_us_per_request']['target']:,.0f} | {', '.join(f'{x:,.0f}' for x in cpu[m])} |")
+    this, base, fwd = (res[m]["cpu_us_per_request"]["target"] for m in ("nonstop", "baseline", "forwarder"))
+    head += ["", f"- CPU per stream: this − {a.rev} {this - base:+,.0f} µs ({this / base - 1:+.1%}); "
+                 f"÷ the forwarder: this {this / fwd:.2f}x, {a.rev} {base / fwd:.2f}x",
+             f"- TTFB p99: this {res['nonstop']['ttfb_p99']:.2f} ms, {a.rev} {res['baseline']['ttfb_p99']:.2f} ms, "
+             f"the forwarder {res['forwarder']['ttfb_p99']:.2f} ms"]
+    print("\n".join(head))
+    write(head, a.rev, "-paced")
+    return head
 
 
 def write(lines: list[str], rev: str, mode: str) -> None:

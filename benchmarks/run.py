@@ -98,6 +98,8 @@ PLANS = {
 # Concurrency 1 (one session), and 64 clients back to back (the ceiling: queueing in the
 # slowest process). The paced round is the 64 streams a model's pace would give.
 CONCURRENCY = (1, 64)
+# The paced streams' upstream: a text delta every 25 ms for 1 s (40 deltas), as a model's pace.
+PACED = {"x-fake-mode": "slow", "x-fake-interval": "0.025", "x-fake-hold": "1.0"}
 # The scenarios of the targets against the bare forwarder: c=1 JSON and 64 unpaced streams
 # (stream, concurrency). They are measured on several pairs of processes (forwarder_pairs).
 PAIRED = ((False, 1), (True, 64))
@@ -508,7 +510,7 @@ class Bench:
         this one measures what nonstop adds while it holds 64 live streams. The clients start
         1/64 s apart, so that requests arrive spread out as independent sessions' would."""
         n = self.plan.paced_requests
-        headers = {"x-fake-mode": "slow", "x-fake-interval": "0.025", "x-fake-hold": "1.0"}
+        headers = PACED
         print(f"paced streams: c=64, 40 deltas over 1 s each, x{n} x{self.plan.rounds} rounds", flush=True)
         res = self.rounds(names, self.plan.rounds, stream=True, concurrency=64, requests=n, headers=headers,
                           stagger=1.0)
