@@ -574,7 +574,18 @@ def _failover(results: dict[str, Any]) -> list[str]:
         "window pays for the count's round trip. The 429s are counted over both instances.", "",
         *_table(["mode", "429 round trip p50 / p99", "local direct TTFB p50 / p99", "through nonstop TTFB p50 / p99",
                  "failover added p50 / p99", "nonstop CPU µs/req", "429s nonstop met / requests it served"], rows),
+        *_failover_sets(fo),
     ]
+
+
+def _failover_sets(fo: dict[str, Any]) -> list[str]:
+    """Each fresh pair of failover instances' own reading, when there were several."""
+    sets = {kind: fo[kind].get("added_per_set") or [] for kind in ("stream", "json") if fo.get(kind)}
+    if max((len(v) for v in sets.values()), default=0) < 2:
+        return []
+    return ["", f"The rounds ran on {len(next(iter(sets.values())))} fresh pairs of instances, one pair after the "
+            "other, and the table pools them; each pair's own *failover added* p50: "
+            + "; ".join(f"{kind} {', '.join(_fmt(x) for x in v)} ms" for kind, v in sets.items()) + "."]
 
 
 def _local_path(results: dict[str, Any]) -> list[str]:
