@@ -5,6 +5,7 @@
     python benchmarks/instructions.py --rev REV        also nonstop at git revision REV
     python benchmarks/instructions.py --requests 400   more requests per target (200 by default)
     python benchmarks/instructions.py --opcodes        Python bytecodes per request instead, by function
+    python benchmarks/instructions.py --only paced     streams whose cloud paces its deltas (one a read)
 
 Timings on these machines scatter by up to 2x from day to day, and two identical processes
 differ by up to 125 µs of CPU a request for a whole run, so a change of 20 µs cannot be
@@ -89,11 +90,14 @@ PLACES = (("the interpreter", "libpython"), ("libc", "libc.so"), ("msgspec (the 
           ("multidict and yarl", "yarl"))
 
 
-def count(name: str, target: dict[str, Any], up: dict[str, str], stream: bool, n: int, work: Path,
+def count(name: str, target: dict[str, Any], up: dict[str, str], mode: str, n: int, work: Path,
           opcodes: bool = False) -> dict[str, Any]:
     """One target, one fresh process under the meter (callgrind, or opcount.py): what it
-    executes per request."""
-    folder = work / f"{name}-{'stream' if stream else 'json'}"
+    executes per request. `mode`: "json", "stream" (the deltas come as fast as the cloud
+    writes them: a few reads a stream) or "paced" (PACED_DELTAS deltas, each its own read,
+    as a model's pace sends them)."""
+    stream = mode != "json"
+    folder = work / f"{name}-{mode}"
     folder.mkdir()
     port = free_port()
     out = folder / ("opcodes.json" if opcodes else "callgrind.out")
@@ -119,7 +123,7 @@ def count(name: str, target: dict[str, Any], up: dict[str, str], stream: bool, n
     try:
         wait_http(p, f"http://127.0.0.1:{port}{health}", timeout=300)
         if opcodes:
-            asyncio.run(_drive(f"http://127.0.0.1:{port}{PATH}", stream, n,
+            asyncio.run(_drive(f"http://127.0.0.1:{port}{PATH}", mode, n,
                                lambda: os.kill(p.pid, signal.SIGUSR1), lambda: os.kill(p.pid, signal.SIGUSR2)))
             for _ in range(600):  # opcount.py renames the whole file into place
                 if out.exists():
@@ -129,9 +133,9 @@ def count(name: str, target: dict[str, Any], up: dict[str, str], stream: bool, n
                 raise RuntimeError(f"{name}: opcount.py wrote no counts\n{p.tail()}")
             counted = {_short(k): v for k, v in json.loads(out.read_text()).items()}
             total = sum(counted.values())
-            return {"target": name, "stream": stream, "requests": n, "per_request": total / n,
+            return {"target": name, "stream": stream, "mode": mode, "requests": n, "per_request": total / n,
                     "functions": {k: v / n for k, v in counted.items()}}
-        asyncio.run(_drive(f"http://127.0.0.1:{port}{PATH}", stream, n, lambda: _control("-z", p.pid), lambda: None))
+        asyncio.run(_drive(f"http://127.0.0.1:{port}{PATH}", mode, n, lambda: _control("-z", p.pid), lambda: None))
         _control("-d", p.pid)
         dumps = sorted(folder.glob("callgrind.out.*"), key=os.path.getmtime)
         if not dumps:
@@ -140,7 +144,7 @@ def count(name: str, target: dict[str, Any], up: dict[str, str], stream: bool, n
     finally:
         p.stop(timeout=60)
     total = sum(places.values())
-    return {"target": name, "stream": stream, "requests": n, "per_request": total / n,
+    return {"target": name, "stream": stream, "mode": mode, "requests": n, "per_request": total / n,
             "places": {k: v / n for k, v in places.items()}}
 
 
@@ -161,9 +165,15 @@ def _short(key: str) -> str:
     return key
 
 
-async def _drive(url: str, stream: bool, n: int, begin: Callable[[], None], end: Callable[[], None]) -> None:
+# The paced mode's stream: a delta every 5 ms (the fake cloud's shortest pace) for 0.1 s.
+PACED = {"x-fake-mode": "slow", "x-fake-interval": "0.005", "x-fake-hold": "0.1"}
+PACED_DELTAS = 20
+
+
+async def _drive(url: str, mode: str, n: int, begin: Callable[[], None], end: Callable[[], None]) -> None:
+    stream = mode != "json"
     body = json.dumps(claude_code_request(stream=stream)).encode()
-    headers = {**CLAUDE_CODE_HEADERS, "content-type": "application/json"}
+    headers = {**CLAUDE_CODE_HEADERS, "content-type": "application/json", **(PACED if mode == "paced" else {})}
     async with aiohttp.ClientSession() as session:
         async def one() -> None:
             async with session.post(url, data=body, headers=headers) as resp:
@@ -229,12 +239,14 @@ def render(results: dict[str, Any]) -> str:
              f"Each target a fresh process on the fake upstream (PYTHONHASHSEED=0); {results['requests']} requests at "
              f"concurrency 1 after {WARMUP} unrecorded; every thread of the process counted. See "
              "benchmarks/instructions.py.", ""]
-    for mode in ("json", "stream"):
-        rows = [r for r in results["rows"] if r["stream"] == (mode == "stream")]
+    titles = {"json": "JSON", "stream": "Streamed (30 deltas)",
+              "paced": f"Streamed at a pace ({PACED_DELTAS} deltas, each its own read)"}
+    for mode, title in titles.items():
+        rows = [r for r in results["rows"] if r.get("mode", "stream" if r["stream"] else "json") == mode]
         if not rows:
             continue
         floor = next((r["per_request"] for r in rows if r["target"] == "forwarder"), None)
-        lines += [f"## {'Streamed (30 deltas)' if mode == 'stream' else 'JSON'}, 50 KB Claude Code request", ""]
+        lines += [f"## {title}, 50 KB Claude Code request", ""]
         if opcodes:
             lines += [f"| target | {unit} / request | vs the forwarder | nonstop's own | aiohttp | uvicorn | the rest |",
                       "|---|---:|---:|---:|---:|---:|---:|"]
@@ -279,7 +291,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=200, help="measured requests per target (after a warm-up)")
     p.add_argument("--rev", help="also nonstop at this git revision")
     p.add_argument("--variants", action="store_true", help="also nonstop with the log off, the forwarder + outline")
-    p.add_argument("--only", choices=("json", "stream"), help="one mode only")
+    p.add_argument("--only", choices=("json", "stream", "paced"), help="one mode only (paced: only with it)")
     p.add_argument("--opcodes", action="store_true", help="Python bytecodes per request, by function (no valgrind)")
     a = p.parse_args()
     if not a.opcodes and (not shutil.which("valgrind") or not shutil.which("callgrind_control")):
@@ -295,7 +307,7 @@ def main() -> int:
         targets["nolog"] = {"kind": "nonstop", "log": False, "label": "nonstop, `[log] enabled = false`"}
     if a.rev:
         targets["rev"] = {"kind": "nonstop", "source": revision_source(a.rev, work / f"src-{a.rev}"), "label": f"nonstop at {a.rev}"}
-    modes = [m == "stream" for m in ((a.only,) if a.only else ("json", "stream"))]
+    modes = [a.only] if a.only else ["json", "stream"]
     ports = {"ok": free_port(), "local": free_port()}
     argv = [sys.executable, str(HERE / "upstream.py")]
     for port in ports.values():
@@ -309,18 +321,18 @@ def main() -> int:
         for port in ports.values():
             wait_http(upstream, f"http://127.0.0.1:{port}/_stats", timeout=30)
         up = {k: f"http://127.0.0.1:{v}" for k, v in ports.items()}
-        for stream in modes:
+        for mode in modes:
             for name, target in targets.items():
                 t0 = time.monotonic()
-                row = count(name, target, up, stream, a.requests, work, opcodes=a.opcodes)
+                row = count(name, target, up, mode, a.requests, work, opcodes=a.opcodes)
                 results["rows"].append(row)
-                print(f"{name} {'stream' if stream else 'json'}: {row['per_request']:,.0f} "
+                print(f"{name} {mode}: {row['per_request']:,.0f} "
                       f"{'bytecodes' if a.opcodes else 'instructions'} a request "
                       f"({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
     finally:
         upstream.stop()
     text = render(results)
-    md = write_unique("opcodes" if a.opcodes else "instructions", text)
+    md = write_unique(("opcodes" if a.opcodes else "instructions") + ("-paced" if a.only == "paced" else ""), text)
     md.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     return 0
 

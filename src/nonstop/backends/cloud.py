@@ -111,13 +111,24 @@ _UNIFIED_STATUS = "anthropic-ratelimit-unified-status"
 # A data line that is not one JSON object, in LF-framed SSE (see _first_malformed).
 _BAD_DATA = re.compile(rb"\ndata:(?![ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$))")
 _GOOD_FIRST = re.compile(rb"data:[ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$)")
-# A read of whole plain events, as the cloud sends most of a stream's reads: LF-framed,
-# each event one `event:` line that is none of the notable ones (_NOTABLE) and one data
-# line that is one JSON object (as _BAD_DATA reads it). Such a read is relayed as it
-# came, with nothing to cut, check or record (see _relay_stream).
+# A read of whole plain events, as a stream at a model's pace comes: one or a few events a
+# read, LF-framed (the caller checks for CRs), each event one `event:` line that is none of
+# the notable ones (_NOTABLE) and one data line that is one JSON object (as _BAD_DATA reads
+# it). Such a read is relayed as it came, with nothing to cut, check or record (see
+# _relay_stream). Only short reads are tried: Python's regex engine reads this pattern at
+# about 2 ns a byte, and a long read (a burst of events, the end of a stream) costs as
+# little per byte through the full checks, which find their few lines by literal search,
+# so a failed try on it would be waste.
 _PLAIN_RUN = re.compile(
-    rb"(?:event:(?! ?(?:message_start|message_delta|message_stop|error)\n)[^\n\r]*\n"
-    rb"data:[ \t\x0b\x0c]*\{[^\n\r]*\}[ \t\x0b\x0c]*\n\n)+")
+    rb"(?:event:(?! ?(?:message_start|message_delta|message_stop|error)\n)[^\n]*\n"
+    rb"data:[ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*\n\n)+")
+PLAIN_READ_MAX = 2048
+
+
+def _plain_read(data: bytes) -> bool:
+    """Whether a read is whole plain events (_PLAIN_RUN), short enough to be worth asking."""
+    return len(data) <= PLAIN_READ_MAX and b"\r" not in data and _PLAIN_RUN.fullmatch(data) is not None
+
 # Header names seen before, in replies: the lower-case name to relay (None: hop-by-hop).
 # Bounded: names come from upstreams.
 _REPLY_NAMES: dict[bytes, bytes | None] = {}
@@ -647,7 +658,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
             pending = first
             it = resp.content.iter_any().__aiter__()
             while True:
-                if not held and not skip_lf and _PLAIN_RUN.fullmatch(pending) is not None:
+                if not held and not skip_lf and _plain_read(pending):
                     # The usual read: whole plain events, each checked by the match, with
                     # nothing held before them and nothing to record: relayed as it came.
                     first_notable = None

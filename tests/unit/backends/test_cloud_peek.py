@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 
 import orjson
 import pytest
@@ -213,7 +212,7 @@ async def _relayed(pieces: list[bytes], *, fast: bool, monkeypatch: pytest.Monke
     piece), read by read, and what it records."""
     with monkeypatch.context() as m:
         if not fast:
-            m.setattr(cloud, "_PLAIN_RUN", re.compile(rb"(?!)"))
+            m.setattr(cloud, "_plain_read", lambda data: False)
         usage = cloud.Usage()
         first, rest = (pieces[0], pieces[1:]) if pieces else (b"", [])
         out = [c async for c in cloud._relay_stream(_Stream(rest), first, usage, math.inf)]
@@ -245,17 +244,26 @@ async def test_plain_reads_are_relayed_as_the_full_checks_relay_them(name, reads
     b"event: message_stops\ndata: {}\n\n",
 ])
 def test_what_counts_as_a_plain_read(read):
-    assert cloud._PLAIN_RUN.fullmatch(read) is not None
+    assert cloud._plain_read(read)
 
 
 @pytest.mark.parametrize("read", [
     START, MDELTA, MSTOP, OVERLOADED, b"event:message_stop\ndata: {}\n\n", b"event:error\ndata: {}\n\n",
-    DELTA.replace(b"\n", b"\r\n"), DELTA[:-1], DELTA + DELTA[:10], b"data: {}\n\n", b": ping\n\n",
+    DELTA.replace(b"\n", b"\r\n"), DELTA.replace(b"\n", b"\r"), DELTA[:-1], DELTA + DELTA[:10], b"data: {}\n\n",
+    b": ping\n\n", b"event: ping\ndata: {}\r\n\n", b"event: ping\ndata: {\r}\n\n",
     b"event: ping\ndata: [1]\n\n", b"event: ping\ndata: {\n\n", b"event: ping\ndata: {}\ndata: {}\n\n",
     b"id: 1\nevent: ping\ndata: {}\n\n", b"event: ping\r\ndata: {}\n\n", b"", b"\n\n",
 ])
 def test_what_is_read_in_full(read):
-    assert cloud._PLAIN_RUN.fullmatch(read) is None
+    assert not cloud._plain_read(read)
+
+
+def test_a_long_read_goes_to_the_full_checks():
+    # A burst of plain events: whole plain events, but longer than the match is worth.
+    burst = DELTA * (cloud.PLAIN_READ_MAX // len(DELTA) + 1)
+    assert cloud._PLAIN_RUN.fullmatch(burst) is not None
+    assert not cloud._plain_read(burst)
+    assert cloud._plain_read(DELTA * (cloud.PLAIN_READ_MAX // len(DELTA)))
 
 
 _NAMES = [b"event: content_block_delta\n", b"event:content_block_delta\n", b"event: ping\n", b"event: message_start\n",
@@ -290,14 +298,12 @@ def test_any_stream_is_relayed_as_the_full_checks_relay_it(lines, cuts, by_event
 async def test_a_stream_read_an_event_at_a_time_takes_the_plain_reads_whole(monkeypatch):
     matched = []
 
-    class Counting:
-        def fullmatch(self, data: bytes):
-            m = re_plain.fullmatch(data)
-            matched.append(m is not None)
-            return m
+    def counting(data: bytes) -> bool:
+        matched.append(plain(data))
+        return matched[-1]
 
-    re_plain = cloud._PLAIN_RUN
-    monkeypatch.setattr(cloud, "_PLAIN_RUN", Counting())
+    plain = cloud._plain_read
+    monkeypatch.setattr(cloud, "_plain_read", counting)
     out, usage = await _relayed(_events(WHOLE), fast=True, monkeypatch=monkeypatch)
     assert b"".join(out) == WHOLE
     assert usage == (11, 3, "end_turn", True, "", True)
