@@ -68,9 +68,10 @@ def main() -> int:
             print("the baseline did not start: " + "; ".join(bench.results["notes"]), file=sys.stderr)
             return 1
         src = bench.results["baseline"]["source"]["sha256"]
-        lines[2] += f" Code: this tree's src (sha256 {source_fingerprint()['sha256']}…) against {a.rev} (sha256 {src}…)."
+        code = f"Code: this tree's src (sha256 {source_fingerprint()['sha256']}…) against {a.rev} (sha256 {src}…)."
+        lines[2] += " " + code
         if a.paced:
-            lines = paced(bench, a, names, lines)
+            paced(bench, a, names, code)
             return 0
         lines += ["| mode | target | TTFB p50 | TTFB p99 | rounds' TTFB p50 | CPU µs/req |", "|---|---|---|---|---|---|"]
         diffs = {}
@@ -153,14 +154,14 @@ def failover(bench: R.Bench, a: argparse.Namespace) -> list[str]:
     return lines
 
 
-def paced(bench: R.Bench, a: argparse.Namespace, names: list[str], head: list[str]) -> list[str]:
+def paced(bench: R.Bench, a: argparse.Namespace, names: list[str], code: str) -> list[str]:
     """Both codes and the forwarder under 64 paced streams, interleaved, the order flipping
     every round."""
     n = a.requests or 384
-    head = [head[0].replace("concurrency 1", "64 paced streams"), "",
+    head = [f"# nonstop against {a.rev}, 64 paced streams, {dt.datetime.now().isoformat(timespec='seconds')}", "",
             f"{a.rounds} interleaved rounds of {n} streams per target, 64 at a time, each a text delta every "
             f"{R.PACED['x-fake-interval']} s for {R.PACED['x-fake-hold']} s (run.py's paced round). "
-            + head[2].split(" Code: ")[1] + " TTFB in ms; CPU in µs per stream (the gateway process, all threads).", "",
+            f"{code} TTFB in ms; CPU in µs per stream (the gateway process, all threads).", "",
             "| target | TTFB p50 | TTFB p99 | rounds' TTFB p99 | CPU µs/stream | rounds' CPU |", "|---|---|---|---|---|---|"]
     raw: dict[str, list[dict]] = {m: [] for m in names}
     for r in range(a.rounds):

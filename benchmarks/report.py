@@ -117,6 +117,13 @@ def relay_cost(results: dict[str, Any]) -> tuple[float | None, float | None]:
     return added, lost
 
 
+def failover_added(targets: dict[str, dict[str, Any]]) -> float:
+    """What a failover adds beyond the 429's own round trip and the local server's own
+    first byte, both measured directly (p50s)."""
+    return (targets["nonstop-failover"]["ttfb_p50"] - targets["cloud-429"]["total_p50"]
+            - targets["local-direct"]["ttfb_p50"])
+
+
 def measured_values(results: dict[str, Any]) -> list[float | None]:
     json1 = _paired(results, False, 1)
     s64 = _paired(results, True, 64)
@@ -124,9 +131,7 @@ def measured_values(results: dict[str, Any]) -> list[float | None]:
     small = (results.get("throughput_small") or {}).get("targets", {}).get("nonstop")
     mem = results.get("memory", {})
     fo = (results.get("failover") or {}).get("stream", {}).get("targets")
-    failover = None
-    if fo:
-        failover = fo["nonstop-failover"]["ttfb_p50"] - fo["cloud-429"]["total_p50"] - fo["local-direct"]["ttfb_p50"]
+    failover = failover_added(fo) if fo else None
     tr = (results.get("translation") or {}).get("translator", {})
     plan = (results.get("inprocess") or {}).get("plan") or {}
     relay_added, relay_lost = relay_cost(results)

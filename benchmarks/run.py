@@ -675,7 +675,7 @@ class Bench:
                 met = after.get("POST /v1/messages limit-past", 0) - before.get("POST /v1/messages limit-past", 0)
                 seen[mode][0] += met - res["cloud-429"]["requests_with_warmup"]
                 seen[mode][1] += via
-                per_set[mode].append(failover_added(res))
+                per_set[mode].append(report.failover_added(res))
         out = {}
         for mode in ("stream", "json"):
             out[mode] = {"targets": {n: summarize(rs) for n, rs in kept[mode].items()},
@@ -886,13 +886,6 @@ def _pair_figures(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {"ttfb_p50": {m: x["ttfb_p50"] for m, x in s.items()}, "ttfb_p99": {m: x["ttfb_p99"] for m, x in s.items()},
             "cpu_us_per_request": {m: x["cpu_us_per_request"]["target"] for m, x in s.items()},
             "errors": sum(x["errors"] for x in s.values())}
-
-
-def failover_added(targets: dict[str, dict[str, Any]]) -> float:
-    """What the failover adds beyond the 429's round trip and the local server's first
-    byte (p50s), as report.py reads it."""
-    return (targets["nonstop-failover"]["ttfb_p50"] - targets["cloud-429"]["total_p50"]
-            - targets["local-direct"]["ttfb_p50"])
 
 
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
