@@ -6,6 +6,7 @@
     python benchmarks/instructions.py --requests 400   more requests per target (200 by default)
     python benchmarks/instructions.py --opcodes        Python bytecodes per request instead, by function
     python benchmarks/instructions.py --only paced     streams whose cloud paces its deltas (one a read)
+    python benchmarks/instructions.py --only failover  a 429 each time, then the local answer (nonstop only)
 
 Timings on these machines scatter by up to 2x from day to day, and two identical processes
 differ by up to 125 µs of CPU a request for a whole run, so a change of 20 µs cannot be
@@ -95,7 +96,9 @@ def count(name: str, target: dict[str, Any], up: dict[str, str], mode: str, n: i
     """One target, one fresh process under the meter (callgrind, or opcount.py): what it
     executes per request. `mode`: "json", "stream" (the deltas come as fast as the cloud
     writes them: a few reads a stream) or "paced" (PACED_DELTAS deltas, each its own read,
-    as a model's pace sends them)."""
+    as a model's pace sends them) or "failover" (streamed: the cloud answers each request
+    with a subscription-limit 429 whose reset is past, `default_cooldown = 0`, so every
+    request probes it and fails over to the local server, as run.py's failover rounds)."""
     stream = mode != "json"
     folder = work / f"{name}-{mode}"
     folder.mkdir()
@@ -114,8 +117,10 @@ def count(name: str, target: dict[str, Any], up: dict[str, str], mode: str, n: i
         health = "/_stats"
     else:
         cfg = folder / "config.toml"
-        cfg.write_text(nonstop_config(port, folder / "state", up["ok"], DEFAULT_LOCAL.format(url=up["local"]),
-                                      log=target.get("log", True)))
+        failover = mode == "failover"
+        cfg.write_text(nonstop_config(port, folder / "state", up["limit-past" if failover else "ok"],
+                                      FAILOVER_LOCAL.format(url=up["local"]) if failover else DEFAULT_LOCAL.format(url=up["local"]),
+                                      cloud_extra="default_cooldown = 0\n" if failover else "", log=target.get("log", True)))
         argv = ["-m", "nonstop", "serve", "--config", str(cfg)]
         env["PYTHONPATH"] = str(target.get("source") or ROOT / "src")
         health = "/health"
@@ -168,6 +173,8 @@ def _short(key: str) -> str:
 # The paced mode's stream: a delta every 5 ms (the fake cloud's shortest pace) for 0.1 s.
 PACED = {"x-fake-mode": "slow", "x-fake-interval": "0.005", "x-fake-hold": "0.1"}
 PACED_DELTAS = 20
+# The failover mode's local server, as run.py's failover rounds configure it.
+FAILOVER_LOCAL = '[[local]]\nname = "fake-local"\nurl = "{url}"\napi = "anthropic"\n'
 
 
 async def _drive(url: str, mode: str, n: int, begin: Callable[[], None], end: Callable[[], None]) -> None:
@@ -240,7 +247,8 @@ def render(results: dict[str, Any]) -> str:
              f"concurrency 1 after {WARMUP} unrecorded; every thread of the process counted. See "
              "benchmarks/instructions.py.", ""]
     titles = {"json": "JSON", "stream": "Streamed (30 deltas)",
-              "paced": f"Streamed at a pace ({PACED_DELTAS} deltas, each its own read)"}
+              "paced": f"Streamed at a pace ({PACED_DELTAS} deltas, each its own read)",
+              "failover": "Streamed, a subscription-limit 429 each time, then the local answer (30 deltas)"}
     for mode, title in titles.items():
         rows = [r for r in results["rows"] if r.get("mode", "stream" if r["stream"] else "json") == mode]
         if not rows:
@@ -291,7 +299,8 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=200, help="measured requests per target (after a warm-up)")
     p.add_argument("--rev", help="also nonstop at this git revision")
     p.add_argument("--variants", action="store_true", help="also nonstop with the log off, the forwarder + outline")
-    p.add_argument("--only", choices=("json", "stream", "paced"), help="one mode only (paced: only with it)")
+    p.add_argument("--only", choices=("json", "stream", "paced", "failover"),
+                   help="one mode only (paced and failover: only with it)")
     p.add_argument("--opcodes", action="store_true", help="Python bytecodes per request, by function (no valgrind)")
     a = p.parse_args()
     if not a.opcodes and (not shutil.which("valgrind") or not shutil.which("callgrind_control")):
@@ -308,10 +317,12 @@ def main() -> int:
     if a.rev:
         targets["rev"] = {"kind": "nonstop", "source": revision_source(a.rev, work / f"src-{a.rev}"), "label": f"nonstop at {a.rev}"}
     modes = [a.only] if a.only else ["json", "stream"]
-    ports = {"ok": free_port(), "local": free_port()}
+    if a.only == "failover":  # the forwarder has no failover
+        targets = {k: t for k, t in targets.items() if t["kind"] == "nonstop"}
+    ports = {"ok": free_port(), "local": free_port(), "limit-past": free_port()}
     argv = [sys.executable, str(HERE / "upstream.py")]
-    for port in ports.values():
-        argv += ["--listen", f"127.0.0.1:{port}=ok"]
+    for kind, port in ports.items():
+        argv += ["--listen", f"127.0.0.1:{port}={'ok' if kind == 'local' else kind}"]
     upstream = start("upstream", argv, workdir=work)
     results: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                                "source": source_fingerprint(), "requests": a.requests, "rows": [],
@@ -332,7 +343,7 @@ def main() -> int:
     finally:
         upstream.stop()
     text = render(results)
-    md = write_unique(("opcodes" if a.opcodes else "instructions") + ("-paced" if a.only == "paced" else ""), text)
+    md = write_unique(("opcodes" if a.opcodes else "instructions") + (f"-{a.only}" if a.only in ("paced", "failover") else ""), text)
     md.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
     return 0
 
