@@ -49,6 +49,20 @@ def revision_source(rev: str, folder: Path) -> Path:
     return folder / "src"
 
 
+def run_program(argv: list[str]) -> None:
+    """Run the Python program `argv` names (`-m MODULE ...` or `SCRIPT ...`) in this
+    process, as its __main__, with sys.argv as it would see it (for the meters that
+    wrap a program: opcount.py, phasemark.py)."""
+    import runpy
+
+    if argv[0] == "-m":
+        sys.argv = argv[1:]
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = list(argv)
+        runpy.run_path(sys.argv[0], run_name="__main__")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,12 +14,13 @@ from __future__ import annotations
 import collections
 import json
 import os
-import runpy
 import signal
 import sys
 import threading
 from types import CodeType, FrameType
 from typing import Any
+
+from harness import run_program  # the script's folder is sys.path[0]
 
 _counts: collections.Counter[CodeType] = collections.Counter()
 
@@ -58,9 +59,4 @@ if __name__ == "__main__":
     _OUT = sys.argv[1]
     signal.signal(signal.SIGUSR1, _start)
     signal.signal(signal.SIGUSR2, _stop)
-    if sys.argv[2] == "-m":
-        sys.argv = [sys.argv[3], *sys.argv[4:]]
-        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = sys.argv[2:]
-        runpy.run_path(sys.argv[0], run_name="__main__")
+    run_program(sys.argv[2:])

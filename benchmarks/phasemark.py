@@ -1,0 +1,165 @@
+"""Run nonstop and note when each phase of each request comes, between two signals.
+
+    python benchmarks/phasemark.py OUT.json -m nonstop serve --config ...
+
+For requests one at a time (concurrency 1), it notes on the perf_counter clock, from the
+moment the request's head is read (`head`; its body follows):
+
+- each upstream request: when nonstop calls aiohttp to send it (`<name> sent`) and when
+  aiohttp hands back the reply's head (`<name> head`), the upstream named by its port
+  (PHASEMARK_UPSTREAMS: `cloud=9100,local=9101`; an upstream asked twice in a request
+  gets `<name> 2 sent` and so on);
+- the first bytes of the response written to the client (`out`: nonstop sends a
+  response's head with them, server/head_guard._Coalesced);
+- for each function named in PHASEMARK_FUNCTIONS (`module:Qual.name`, space-separated),
+  when it is entered and when it returns (`Qual.name <` and `Qual.name >`), for finding
+  where a segment's time goes.
+
+SIGUSR1 starts noting, SIGUSR2 stops and writes every request noted so far (a list of
+{phase: µs after the head}) to OUT.json; the next SIGUSR1 goes on adding to it, so
+rounds of several targets can interleave. The marks cost a few µs each: compare the
+phases of two codes under the same marks, not with timings taken without them.
+benchmarks/phases.py drives it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from harness import run_program  # the script's folder is sys.path[0]
+
+_clock = time.perf_counter
+_current: dict[str, float] = {}  # the request under way: phase -> perf_counter
+_done: list[dict[str, float]] = []
+_on = False
+
+
+def _note(phase: str) -> None:
+    if "head" not in _current:
+        return
+    name, n = phase, 2
+    while name in _current:  # the same phase again in one request: "cloud 2 sent"
+        first, _, last = phase.rpartition(" ")
+        name, n = f"{first} {n} {last}", n + 1
+    _current[name] = _clock()
+
+
+def _patch(upstreams: dict[int, str], functions: list[str]) -> None:
+    import aiohttp
+
+    from nonstop.server import head_guard
+
+    on_headers = head_guard.HeadGuardedProtocol.on_headers_complete
+
+    def on_headers_complete(self: Any) -> None:
+        _current.clear()
+        _current["head"] = _clock()
+        on_headers(self)
+
+    head_guard.HeadGuardedProtocol.on_headers_complete = on_headers_complete  # type: ignore[method-assign]
+
+    write = head_guard._Coalesced.write
+
+    def coalesced_write(self: Any, data: bytes) -> None:
+        if self.head and "head" in _current and "out" not in _current:
+            _current["out"] = _clock()
+            if _on:
+                start = _current["head"]
+                _done.append({k: round((v - start) * 1e6, 1) for k, v in _current.items()})
+        write(self, data)
+
+    head_guard._Coalesced.write = coalesced_write  # type: ignore[method-assign]
+
+    request = aiohttp.ClientSession._request
+
+    async def _request(self: Any, method: str, url: Any, *args: Any, **kw: Any) -> Any:
+        port = getattr(url, "port", None) if not isinstance(url, str) else _port_of(url)
+        name = upstreams.get(port or 0, f"port {port}")
+        _note(f"{name} sent")
+        resp = await request(self, method, url, *args, **kw)
+        _note(f"{name} head")
+        return resp
+
+    aiohttp.ClientSession._request = _request  # type: ignore[method-assign]
+    for spec in functions:
+        _mark(spec)
+
+
+def _port_of(url: str) -> int | None:
+    from yarl import URL
+
+    return URL(url).port
+
+
+def _mark(spec: str) -> None:
+    module, _, qualname = spec.partition(":")
+    owner: Any = importlib.import_module(module)
+    *path, attr = qualname.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    fn = getattr(owner, attr)
+    label = qualname
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def marked(*a: Any, **k: Any) -> Any:
+            _note(f"{label} <")
+            try:
+                return await fn(*a, **k)
+            finally:
+                _note(f"{label} >")
+    else:
+        @functools.wraps(fn)
+        def marked(*a: Any, **k: Any) -> Any:
+            _note(f"{label} <")
+            try:
+                return fn(*a, **k)
+            finally:
+                _note(f"{label} >")
+    setattr(owner, attr, marked)
+
+
+def _start(*_: Any) -> None:
+    global _on
+    _on = True
+
+
+def _stop(*_: Any) -> None:
+    global _on
+    _on = False
+    part = _OUT + ".part"  # whole or not at all: the reader waits for a newer OUT
+    with open(part, "w") as fh:
+        json.dump(_done, fh)
+    os.replace(part, _OUT)
+
+
+def _upstreams(text: str) -> dict[int, str]:
+    out = {}
+    for item in text.split(","):
+        name, _, port = item.partition("=")
+        if port.strip().isdigit():
+            out[int(port)] = name.strip()
+    return out
+
+
+def main() -> None:
+    global _OUT
+    _OUT = sys.argv[1]
+    _patch(_upstreams(os.environ.get("PHASEMARK_UPSTREAMS", "")), os.environ.get("PHASEMARK_FUNCTIONS", "").split())
+    signal.signal(signal.SIGUSR1, _start)
+    signal.signal(signal.SIGUSR2, _stop)
+    run_program(sys.argv[2:])
+
+
+_OUT = ""
+
+if __name__ == "__main__":
+    main()
