@@ -1,16 +1,18 @@
 """Run nonstop and note when each phase of each request comes, between two signals.
 
     python benchmarks/phasemark.py OUT.json -m nonstop serve --config ...
+    python benchmarks/phasemark.py OUT.json benchmarks/forwarder.py --listen ... --upstream ...
 
 For requests one at a time (concurrency 1), it notes on the perf_counter clock, from the
-moment the request's head is read (`head`; its body follows):
+moment uvicorn has read the request's head (`head`; its body follows):
 
 - each upstream request: when nonstop calls aiohttp to send it (`<name> sent`) and when
   aiohttp hands back the reply's head (`<name> head`), the upstream named by its port
   (PHASEMARK_UPSTREAMS: `cloud=9100,local=9101`; an upstream asked twice in a request
   gets `<name> 2 sent` and so on);
-- the first bytes of the response written to the client (`out`: nonstop sends a
-  response's head with them, server/head_guard._Coalesced);
+- the first bytes of the response's body sent to the client (`out`: where the client's
+  time to first byte ends; nonstop sends the response's head with them, the forwarder
+  just before);
 - for each function named in PHASEMARK_FUNCTIONS (`module:Qual.name`, space-separated),
   when it is entered and when it returns (`Qual.name <` and `Qual.name >`), for finding
   where a segment's time goes.
@@ -54,29 +56,28 @@ def _note(phase: str) -> None:
 
 def _patch(upstreams: dict[int, str], functions: list[str]) -> None:
     import aiohttp
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-    from nonstop.server import head_guard
-
-    on_headers = head_guard.HeadGuardedProtocol.on_headers_complete
+    on_headers = HttpToolsProtocol.on_headers_complete
 
     def on_headers_complete(self: Any) -> None:
         _current.clear()
         _current["head"] = _clock()
         on_headers(self)
 
-    head_guard.HeadGuardedProtocol.on_headers_complete = on_headers_complete  # type: ignore[method-assign]
+    HttpToolsProtocol.on_headers_complete = on_headers_complete  # type: ignore[method-assign]
 
-    write = head_guard._Coalesced.write
+    send = RequestResponseCycle.send
 
-    def coalesced_write(self: Any, data: bytes) -> None:
-        if self.head and "head" in _current and "out" not in _current:
+    async def cycle_send(self: Any, message: Any) -> None:
+        if message["type"] == "http.response.body" and "head" in _current and "out" not in _current:
             _current["out"] = _clock()
             if _on:
                 start = _current["head"]
                 _done.append({k: round((v - start) * 1e6, 1) for k, v in _current.items()})
-        write(self, data)
+        await send(self, message)
 
-    head_guard._Coalesced.write = coalesced_write  # type: ignore[method-assign]
+    RequestResponseCycle.send = cycle_send  # type: ignore[method-assign]
 
     request = aiohttp.ClientSession._request
 

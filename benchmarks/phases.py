@@ -6,10 +6,11 @@
     python benchmarks/phases.py --mark nonstop.backends.local:LocalBackend.send   a function's entry and return too
 
 run.py says how much nonstop adds to a request; this says where, on the request's own
-timeline. nonstop runs under benchmarks/phasemark.py, which notes for each request, in
-µs after its head was read: when each upstream request was handed to aiohttp (`cloud
-sent`, `local sent`), when its reply's head came back (`cloud head`, `local head`), and
-when the response's first bytes were written to the client (`out`). The report gives
+timeline. nonstop (and, where the cloud answers, the bare forwarder beside it: the floor
+the targets are read against) runs under benchmarks/phasemark.py, which notes for each
+request, in µs after uvicorn read its head: when each upstream request was handed to
+aiohttp (`cloud sent`, `local sent`), when its reply's head came back (`cloud head`,
+`local head`), and when the response's body began to go to the client (`out`). The report gives
 each phase's median offset and the median of each segment (the time since the phase
 before it, request by request), beside each upstream's own round trip called directly
 in the same rounds: what a `sent -> head` segment takes beyond that is aiohttp's own work
@@ -90,19 +91,27 @@ class Target:
 
 def start_target(name: str, scenario: str, up: dict[str, str], ports: dict[str, int], work: Path,
                  source: Path | None, functions: list[str]) -> Target:
+    """nonstop in the scenario's configuration (its code from `source`, else this tree),
+    or with `name` "forwarder" the bare forwarder on the scenario's cloud."""
     mode, _, cloud_extra, _ = SCENARIOS[scenario]
     folder = work / f"{name}-{scenario}"
     folder.mkdir()
     port = free_port()
-    cfg = folder / "config.toml"
-    cfg.write_text(nonstop_config(port, folder / "state", up[mode], LOCAL.format(url=up["local"]), cloud_extra=cloud_extra))
     out = folder / "phases.json"
     env = {"NONSTOP_STATE_DIR": str(folder / "state"), "PYTHONPATH": str(source or ROOT / "src"),
            "PHASEMARK_UPSTREAMS": f"cloud={ports[mode]},local={ports['local']}",
            "PHASEMARK_FUNCTIONS": " ".join(functions)}
-    p = start(name, [sys.executable, str(HERE / "phasemark.py"), str(out), "-m", "nonstop", "serve", "--config", str(cfg)],
-              env=env, workdir=folder)
-    wait_http(p, f"http://127.0.0.1:{port}/health", timeout=60)
+    if name == "forwarder":
+        argv = [str(HERE / "forwarder.py"), "--listen", f"127.0.0.1:{port}", "--upstream", up[mode]]
+        health = "/_stats"
+    else:
+        cfg = folder / "config.toml"
+        cfg.write_text(nonstop_config(port, folder / "state", up[mode], LOCAL.format(url=up["local"]),
+                                      cloud_extra=cloud_extra))
+        argv = ["-m", "nonstop", "serve", "--config", str(cfg)]
+        health = "/health"
+    p = start(name, [sys.executable, str(HERE / "phasemark.py"), str(out), *argv], env=env, workdir=folder)
+    wait_http(p, f"http://127.0.0.1:{port}{health}", timeout=60)
     return Target(name, p, f"http://127.0.0.1:{port}{PATH}", out)
 
 
@@ -179,8 +188,8 @@ def render(results: dict[str, Any]) -> str:
              "the phase before, request by request. Above each table, each upstream's own time to first byte, called "
              "directly in the same rounds: what its `sent -> head` segment takes beyond it is aiohttp's work and the "
              "event loop's other business. Marks cost a few µs each: compare codes under the same marks.", ""]
-    names = list(results["labels"])
     for scenario, res in results["scenarios"].items():
+        names = list(res["targets"])
         lines += [f"## {scenario}: {SCENARIOS[scenario][3]}", ""]
         ttfb = ", ".join(f"{results['labels'][n]} {percentile(res['targets'][n]['ttfb_ms'], 50):.3f} ms" for n in names)
         direct = ", ".join(f"{k} {percentile(v, 50):.3f} ms" for k, v in res["direct_ttfb_ms"].items())
@@ -215,7 +224,7 @@ def main() -> int:
         argv += ["--listen", f"127.0.0.1:{port}={'ok' if mode == 'local' else mode}"]
     upstream = start("upstream", argv, workdir=work)
     source = revision_source(a.rev, work / f"src-{a.rev}") if a.rev else None
-    labels = {"nonstop": "this code", **({"rev": a.rev} if a.rev else {})}
+    labels = {"nonstop": "this code", **({"rev": a.rev} if a.rev else {}), "forwarder": "the bare forwarder"}
     results: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                                "source": source_fingerprint(), "rev": a.rev, "rounds": a.rounds,
                                "requests": a.requests, "marks": a.mark, "labels": labels, "scenarios": {}}
@@ -225,7 +234,8 @@ def main() -> int:
         up = {k: f"http://127.0.0.1:{v}" for k, v in ports.items()}
         for scenario in [a.only] if a.only else list(SCENARIOS):
             mode = SCENARIOS[scenario][0]
-            targets = [start_target(n, scenario, up, ports, work, source if n == "rev" else None, a.mark) for n in labels]
+            names = [n for n in labels if n != "forwarder" or mode == "ok"]  # the forwarder has no failover
+            targets = [start_target(n, scenario, up, ports, work, source if n == "rev" else None, a.mark) for n in names]
             try:
                 direct = {"the cloud": up["ok"]} if mode == "ok" else {"the local server": up["local"]}
                 if mode == "limit-past":
