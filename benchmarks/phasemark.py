@@ -12,7 +12,8 @@ moment uvicorn has read the request's head (`head`; its body follows):
   gets `<name> 2 sent` and so on);
 - the first bytes of the response's body sent to the client (`out`: where the client's
   time to first byte ends; nonstop sends the response's head with them, the forwarder
-  just before);
+  just before), and its end (`end`: the last body message, a stream's whole relay
+  behind it; a request is written out when it ends);
 - for each function named in PHASEMARK_FUNCTIONS (`module:Qual.name`, space-separated),
   when it is entered and when it returns (`Qual.name <` and `Qual.name >`), for finding
   where a segment's time goes.
@@ -70,11 +71,14 @@ def _patch(upstreams: dict[int, str], functions: list[str]) -> None:
     send = RequestResponseCycle.send
 
     async def cycle_send(self: Any, message: Any) -> None:
-        if message["type"] == "http.response.body" and "head" in _current and "out" not in _current:
-            _current["out"] = _clock()
-            if _on:
-                start = _current["head"]
-                _done.append({k: round((v - start) * 1e6, 1) for k, v in _current.items()})
+        if message["type"] == "http.response.body" and "head" in _current and "end" not in _current:
+            now = _clock()
+            _current.setdefault("out", now)
+            if not message.get("more_body", False):
+                _current["end"] = now
+                if _on:
+                    start = _current["head"]
+                    _done.append({k: round((v - start) * 1e6, 1) for k, v in _current.items()})
         await send(self, message)
 
     RequestResponseCycle.send = cycle_send  # type: ignore[method-assign]

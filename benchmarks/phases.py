@@ -10,7 +10,8 @@ timeline. nonstop (and, where the cloud answers, the bare forwarder beside it: t
 the targets are read against) runs under benchmarks/phasemark.py, which notes for each
 request, in µs after uvicorn read its head: when each upstream request was handed to
 aiohttp (`cloud sent`, `local sent`), when its reply's head came back (`cloud head`,
-`local head`), and when the response's body began to go to the client (`out`). The report gives
+`local head`), when the response's body began to go to the client (`out`) and when it
+ended (`end`: for a stream, the whole relay after the first byte). The report gives
 each phase's median offset and the median of each segment (the time since the phase
 before it, request by request), beside each upstream's own round trip called directly
 in the same rounds: what a `sent -> head` segment takes beyond that is aiohttp's own work
