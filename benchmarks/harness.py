@@ -134,6 +134,20 @@ def start(name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd:
     return Proc(name, proc, log)
 
 
+def start_upstream(modes: dict[str, str], workdir: Path) -> tuple[Proc, dict[str, int]]:
+    """The fake upstream (upstream.py), one port per name answering in its mode
+    (`{"ok": "ok", "local": "ok", "limit-past": "limit-past"}`), ready: the process and
+    each name's port."""
+    ports = {name: free_port() for name in modes}
+    argv = [sys.executable, str(HERE / "upstream.py")]
+    for name, port in ports.items():
+        argv += ["--listen", f"127.0.0.1:{port}={modes[name]}"]
+    proc = start("upstream", argv, workdir=workdir)
+    for port in ports.values():
+        wait_http(proc, f"http://127.0.0.1:{port}/_stats", timeout=30)
+    return proc, ports
+
+
 def wait_http(p: Proc, url: str, timeout: float = 60.0, ok_below: int = 500) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

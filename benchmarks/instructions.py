@@ -73,12 +73,13 @@ from harness import (  # noqa: E402
     revision_source,
     source_fingerprint,
     start,
+    start_upstream,
     wait_http,
     write_unique,
 )
 from payload import CLAUDE_CODE_HEADERS, claude_code_request  # noqa: E402
 from report import machine_line  # noqa: E402
-from run import DEFAULT_LOCAL, nonstop_config  # noqa: E402
+from run import ANTHROPIC_LOCAL, DEFAULT_LOCAL, PROBE_EVERY_REQUEST, nonstop_config  # noqa: E402
 
 WARMUP = 30
 # nonstop's functions listed with --opcodes.
@@ -119,8 +120,8 @@ def count(name: str, target: dict[str, Any], up: dict[str, str], mode: str, n: i
         cfg = folder / "config.toml"
         failover = mode == "failover"
         cfg.write_text(nonstop_config(port, folder / "state", up["limit-past" if failover else "ok"],
-                                      FAILOVER_LOCAL.format(url=up["local"]) if failover else DEFAULT_LOCAL.format(url=up["local"]),
-                                      cloud_extra="default_cooldown = 0\n" if failover else "", log=target.get("log", True)))
+                                      (ANTHROPIC_LOCAL if failover else DEFAULT_LOCAL).format(url=up["local"]),
+                                      cloud_extra=PROBE_EVERY_REQUEST if failover else "", log=target.get("log", True)))
         argv = ["-m", "nonstop", "serve", "--config", str(cfg)]
         env["PYTHONPATH"] = str(target.get("source") or ROOT / "src")
         health = "/health"
@@ -173,8 +174,6 @@ def _short(key: str) -> str:
 # The paced mode's stream: a delta every 5 ms (the fake cloud's shortest pace) for 0.1 s.
 PACED = {"x-fake-mode": "slow", "x-fake-interval": "0.005", "x-fake-hold": "0.1"}
 PACED_DELTAS = 20
-# The failover mode's local server, as run.py's failover rounds configure it.
-FAILOVER_LOCAL = '[[local]]\nname = "fake-local"\nurl = "{url}"\napi = "anthropic"\n'
 
 
 async def _drive(url: str, mode: str, n: int, begin: Callable[[], None], end: Callable[[], None]) -> None:
@@ -319,18 +318,12 @@ def main() -> int:
     modes = [a.only] if a.only else ["json", "stream"]
     if a.only == "failover":  # the forwarder has no failover
         targets = {k: t for k, t in targets.items() if t["kind"] == "nonstop"}
-    ports = {"ok": free_port(), "local": free_port(), "limit-past": free_port()}
-    argv = [sys.executable, str(HERE / "upstream.py")]
-    for kind, port in ports.items():
-        argv += ["--listen", f"127.0.0.1:{port}={'ok' if kind == 'local' else kind}"]
-    upstream = start("upstream", argv, workdir=work)
+    upstream, ports = start_upstream({"ok": "ok", "local": "ok", "limit-past": "limit-past"}, work)
     results: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                                "source": source_fingerprint(), "requests": a.requests, "rows": [],
                                "meter": "opcodes" if a.opcodes else "callgrind",
                                "labels": {k: t["label"] for k, t in targets.items()}}
     try:
-        for port in ports.values():
-            wait_http(upstream, f"http://127.0.0.1:{port}/_stats", timeout=30)
         up = {k: f"http://127.0.0.1:{v}" for k, v in ports.items()}
         for mode in modes:
             for name, target in targets.items():

@@ -191,7 +191,7 @@ def main() -> int:
         results["llama_argv"] = " ".join(Path(a).name if a.startswith("/") else a for a in llama.argv)
         local = (f'[[local]]\nname = "llama"\nurl = "{llama.url}"\napi = "anthropic"\n'
                  f"max_output_tokens = {MAX_OUTPUT}\n")
-        ns = b.start_nonstop("nonstop-local-model", b.up["limit-past"], cloud_extra="default_cooldown = 0\n", local=local)
+        ns = b.start_nonstop("nonstop-local-model", b.up["limit-past"], cloud_extra=bench.PROBE_EVERY_REQUEST, local=local)
         results["config"] = ns.extra["config"]
         time.sleep(2.0)  # its first look at the server (window, calibration)
         log = ServerLog(llama.log_path)

@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from harness import run_program  # the script's folder is sys.path[0]
+from yarl import URL
 
 _clock = time.perf_counter
 _current: dict[str, float] = {}  # the request under way: phase -> perf_counter
@@ -99,8 +100,6 @@ def _patch(upstreams: dict[int, str], functions: list[str]) -> None:
 
 
 def _port_of(url: str) -> int | None:
-    from yarl import URL
-
     return URL(url).port
 
 

@@ -59,21 +59,21 @@ from harness import (  # noqa: E402
     revision_source,
     source_fingerprint,
     start,
+    start_upstream,
     wait_http,
     write_unique,
 )
 from payload import CLAUDE_CODE_HEADERS, claude_code_request  # noqa: E402
 from report import machine_line  # noqa: E402
-from run import nonstop_config  # noqa: E402
+from run import ANTHROPIC_LOCAL, PROBE_EVERY_REQUEST, nonstop_config  # noqa: E402
 
 PATH = "/v1/messages?beta=true"
 WARMUP = 50
-LOCAL = '[[local]]\nname = "local"\nurl = "{url}"\napi = "anthropic"\n'
 # scenario -> (the cloud's mode on the fake upstream, streamed, extra [cloud] settings, title)
 SCENARIOS: dict[str, tuple[str, bool, str, str]] = {
     "json": ("ok", False, "", "The cloud answers (JSON)"),
     "stream": ("ok", True, "", "The cloud answers (a stream)"),
-    "failover": ("limit-past", True, "default_cooldown = 0\n",
+    "failover": ("limit-past", True, PROBE_EVERY_REQUEST,
                  "A subscription-limit 429 each time, then the local answer (stream)"),
     "local": ("limit", True, "", "The cloud out: the local answer (stream)"),
 }
@@ -107,7 +107,7 @@ def start_target(name: str, scenario: str, up: dict[str, str], ports: dict[str, 
         health = "/_stats"
     else:
         cfg = folder / "config.toml"
-        cfg.write_text(nonstop_config(port, folder / "state", up[mode], LOCAL.format(url=up["local"]),
+        cfg.write_text(nonstop_config(port, folder / "state", up[mode], ANTHROPIC_LOCAL.format(url=up["local"]),
                                       cloud_extra=cloud_extra))
         argv = ["-m", "nonstop", "serve", "--config", str(cfg)]
         health = "/health"
@@ -219,19 +219,13 @@ def main() -> int:
                    help="also note this function's entry and return (repeatable)")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nonstop-phases-"))
-    ports = {m: free_port() for m in ("ok", "limit-past", "limit", "local")}
-    argv = [sys.executable, str(HERE / "upstream.py")]
-    for mode, port in ports.items():
-        argv += ["--listen", f"127.0.0.1:{port}={'ok' if mode == 'local' else mode}"]
-    upstream = start("upstream", argv, workdir=work)
+    upstream, ports = start_upstream({"ok": "ok", "limit-past": "limit-past", "limit": "limit", "local": "ok"}, work)
     source = revision_source(a.rev, work / f"src-{a.rev}") if a.rev else None
     labels = {"nonstop": "this code", **({"rev": a.rev} if a.rev else {}), "forwarder": "the bare forwarder"}
     results: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                                "source": source_fingerprint(), "rev": a.rev, "rounds": a.rounds,
                                "requests": a.requests, "marks": a.mark, "labels": labels, "scenarios": {}}
     try:
-        for port in ports.values():
-            wait_http(upstream, f"http://127.0.0.1:{port}/_stats", timeout=30)
         up = {k: f"http://127.0.0.1:{v}" for k, v in ports.items()}
         for scenario in [a.only] if a.only else list(SCENARIOS):
             mode = SCENARIOS[scenario][0]

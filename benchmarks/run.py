@@ -59,6 +59,7 @@ from harness import (  # noqa: E402
     rss_mb,
     source_fingerprint,
     start,
+    start_upstream,
     thread_cpu,
     wait_http,
 )
@@ -108,6 +109,11 @@ PAIRED = ((False, 1), (True, 64))
 # The local stream relayed: 100 deltas, one every 20 ms (a model at 50 tokens a second).
 RELAY_INTERVAL, RELAY_DELTAS = 0.02, 100
 DEFAULT_LOCAL = '[[local]]\nname = "local"\nurl = "{url}"\n'
+# The failover rounds' local server: the fake upstream's, speaking Anthropic Messages.
+ANTHROPIC_LOCAL = '[[local]]\nname = "fake-local"\nurl = "{url}"\napi = "anthropic"\n'
+# With the fake cloud's "limit-past" 429 (its reset already past), every request probes
+# the cloud, meets the 429 and fails over (see start_failover).
+PROBE_EVERY_REQUEST = "default_cooldown = 0\n"
 # The revision whose full run the README and docs/performance.md publish: a full run
 # measures it beside the code under test (start_baseline).
 BASELINE_FILE = HERE / "results" / "BASELINE"
@@ -160,14 +166,8 @@ class Bench:
         # Each port's default mode; "local-paced" is a local model at a fixed pace.
         modes = {"ok": "ok", "limit": "limit", "limit-past": "limit-past", "local": "ok",
                  "local-paced": f"paced:{RELAY_INTERVAL}:{RELAY_DELTAS}"}
-        self.ports = {m: free_port() for m in modes}
-        argv = [sys.executable, str(HERE / "upstream.py")]
-        for name, port in self.ports.items():
-            argv += ["--listen", f"127.0.0.1:{port}={modes[name]}"]
-        self.upstream = start("upstream", argv, workdir=self.work)
+        self.upstream, self.ports = start_upstream(modes, self.work)
         self.procs.append(self.upstream)
-        for port in self.ports.values():
-            wait_http(self.upstream, f"http://127.0.0.1:{port}/_stats", timeout=30)
         self.up = {m: f"http://127.0.0.1:{p}" for m, p in self.ports.items()}
 
     def start_nonstop(self, name: str, cloud: str, cloud_extra: str = "", local: str | None = None, log: bool = True,
@@ -350,8 +350,8 @@ class Bench:
         (300 s). With 0 the deadline is "now": the next request probes the cloud again
         and meets the next 429. Every request therefore takes the full path:
         cloud -> 429 -> classify -> state change -> local backend -> answer."""
-        local = f'[[local]]\nname = "fake-local"\nurl = "{self.up["local"]}"\napi = "anthropic"\n' + local_extra
-        return self.start_nonstop(name, self.up["limit-past"], cloud_extra="default_cooldown = 0\n", local=local,
+        local = ANTHROPIC_LOCAL.format(url=self.up["local"]) + local_extra
+        return self.start_nonstop(name, self.up["limit-past"], cloud_extra=PROBE_EVERY_REQUEST, local=local,
                                   source=source)
 
     def start_peers(self) -> list[str]:
@@ -686,7 +686,7 @@ class Bench:
     def local_path(self) -> None:
         """(b) the cloud already out: local answers through nonstop vs direct, for an
         Anthropic-format and an OpenAI-format local server (the latter is translated)."""
-        la = f'[[local]]\nname = "fake-local"\nurl = "{self.up["local"]}"\napi = "anthropic"\n'
+        la = ANTHROPIC_LOCAL.format(url=self.up["local"])
         lo = f'[[local]]\nname = "fake-openai"\nurl = "{self.up["local"]}"\napi = "openai"\nmodel = "local-model"\n'
         a = self.start_nonstop("nonstop-local", self.up["limit"], local=la)
         o = self.start_nonstop("nonstop-openai", self.up["limit"], local=lo)
