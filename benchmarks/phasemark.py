@@ -42,6 +42,8 @@ from yarl import URL
 
 _clock = time.perf_counter
 _current: dict[str, float] = {}  # the request under way: phase -> perf_counter
+# When the first bytes came after the last response ended, and whether one has ended since.
+_arrived: list[Any] = [0.0, True]
 _done: list[dict[str, float]] = []
 _on = False
 
@@ -63,23 +65,37 @@ def _patch(upstreams: dict[int, str], functions: list[str]) -> None:
     on_headers = HttpToolsProtocol.on_headers_complete
 
     def on_headers_complete(self: Any) -> None:
-        _current.clear()
-        _current["head"] = _clock()
+        global _current
+        _current = {"arrived": _arrived[0], "head": _clock()}
         on_headers(self)
 
     HttpToolsProtocol.on_headers_complete = on_headers_complete  # type: ignore[method-assign]
+
+    data_received = HttpToolsProtocol.data_received
+
+    def received(self: Any, data: bytes) -> None:
+        if _arrived[1]:  # the first bytes since the last response ended: a request's head
+            _arrived[:] = [_clock(), False]
+        data_received(self, data)
+
+    HttpToolsProtocol.data_received = received  # type: ignore[method-assign]
 
     send = RequestResponseCycle.send
 
     async def cycle_send(self: Any, message: Any) -> None:
         if message["type"] == "http.response.body" and "head" in _current and "end" not in _current:
-            now = _clock()
-            _current.setdefault("out", now)
+            now, noted = _clock(), _current
+            first = "out" not in noted
+            noted.setdefault("out", now)
             if not message.get("more_body", False):
-                _current["end"] = now
+                noted["end"] = now
+                _arrived[1] = True
                 if _on:
-                    start = _current["head"]
-                    _done.append({k: round((v - start) * 1e6, 1) for k, v in _current.items()})
+                    _done.append(noted)
+            await send(self, message)
+            if first:  # the response's head and first bytes handed to the socket
+                noted["written"] = _clock()
+            return
         await send(self, message)
 
     RequestResponseCycle.send = cycle_send  # type: ignore[method-assign]
@@ -140,8 +156,9 @@ def _stop(*_: Any) -> None:
     global _on
     _on = False
     part = _OUT + ".part"  # whole or not at all: the reader waits for a newer OUT
-    with open(part, "w") as fh:
-        json.dump(_done, fh)
+    with open(part, "w") as fh:  # µs after the head; `at`: the head on the perf_counter clock (s)
+        json.dump([{**{k: round((v - d["head"]) * 1e6, 1) for k, v in d.items()}, "at": d["head"]}
+                   for d in _done], fh)
     os.replace(part, _OUT)
 
 

@@ -11,7 +11,12 @@ the targets are read against) runs under benchmarks/phasemark.py, which notes fo
 request, in µs after uvicorn read its head: when each upstream request was handed to
 aiohttp (`cloud sent`, `local sent`), when its reply's head came back (`cloud head`,
 `local head`), when the response's body began to go to the client (`out`) and when it
-ended (`end`: for a stream, the whole relay after the first byte). The report gives
+ended (`end`: for a stream, the whole relay after the first byte); around those, when
+the server's socket first had the request's bytes (`arrived`, before the head), when
+the reply's head and first bytes were handed to the socket (`written`), and the
+client's own two: when it sent the request and when it read the first bytes (`client
+sent`, `client first`; perf_counter is one clock for every process on Linux, so the
+client's times sit on the server's timeline). The report gives
 each phase's median offset and the median of each segment (the time since the phase
 before it, request by request), beside each upstream's own round trip called directly
 in the same rounds: what a `sent -> head` segment takes beyond that is aiohttp's own work
@@ -85,9 +90,19 @@ class Target:
     def __init__(self, name: str, proc: Proc, url: str, out: Path):
         self.name, self.proc, self.url, self.out = name, proc, url, out
         self.ttfb: list[float] = []
+        self.client: list[tuple[float, float]] = []  # each request's send and first bytes (perf_counter)
 
     def noted(self) -> list[dict[str, float]]:
-        return json.loads(self.out.read_text()) if self.out.exists() else []
+        """The phases noted, with the client's own two (`client sent`, `client first`)
+        where the counts agree: perf_counter is one clock for every process here."""
+        got = json.loads(self.out.read_text()) if self.out.exists() else []
+        if len(got) == len(self.client):
+            for req, (sent, first) in zip(got, self.client, strict=True):
+                at = req.pop("at", None)
+                if at is not None:
+                    req["client sent"] = round((sent - at) * 1e6, 1)
+                    req["client first"] = round((first - at) * 1e6, 1)
+        return got
 
 
 def start_target(name: str, scenario: str, up: dict[str, str], ports: dict[str, int], work: Path,
@@ -116,8 +131,10 @@ def start_target(name: str, scenario: str, up: dict[str, str], ports: dict[str, 
     return Target(name, p, f"http://127.0.0.1:{port}{PATH}", out)
 
 
-async def drive(url: str, stream: bool, n: int, ttfb: list[float] | None = None) -> None:
-    """`n` requests one at a time; the time to the first body bytes of each, in ms, to `ttfb`."""
+async def drive(url: str, stream: bool, n: int, ttfb: list[float] | None = None,
+                client: list[tuple[float, float]] | None = None) -> None:
+    """`n` requests one at a time; the time to the first body bytes of each, in ms, to
+    `ttfb`, and when each was sent and its first bytes read to `client`."""
     body = json.dumps(claude_code_request(stream=stream)).encode()
     headers = {**CLAUDE_CODE_HEADERS, "content-type": "application/json"}
     async with aiohttp.ClientSession() as session:
@@ -131,6 +148,8 @@ async def drive(url: str, stream: bool, n: int, ttfb: list[float] | None = None)
                 raise RuntimeError(f"{url}: {resp.status} {data[:300]!r}")
             if ttfb is not None:
                 ttfb.append(first * 1000)
+            if client is not None:
+                client.append((t0, t0 + first))
 
 
 def noted_after(t: Target, before: float, timeout: float = 30.0) -> None:
@@ -152,7 +171,7 @@ def scenario_rounds(scenario: str, targets: list[Target], direct: dict[str, str]
         for t in targets if r % 2 == 0 else targets[::-1]:
             os.kill(t.proc.pid, signal.SIGUSR1)
             time.sleep(0.05)
-            asyncio.run(drive(t.url, stream, n, t.ttfb))
+            asyncio.run(drive(t.url, stream, n, t.ttfb, t.client))
             before = time.time()
             time.sleep(0.01)
             os.kill(t.proc.pid, signal.SIGUSR2)
@@ -186,7 +205,9 @@ def render(results: dict[str, Any]) -> str:
              f"Concurrency 1, the 50 KB Claude Code request; {results['rounds']} interleaved rounds of "
              f"{results['requests']} requests per target after {WARMUP} unrecorded; times are medians (µs). "
              "*after the head*: since nonstop read the request's head (its 50 KB body follows); *segment*: since "
-             "the phase before, request by request. Above each table, each upstream's own time to first byte, called "
+             "the phase before, request by request. `client sent` and `client first`: when the client sent the request and "
+             "read the first bytes of the reply; `arrived`: when the server's socket first had the request's bytes; "
+             "`written`: when the reply's head and first bytes were handed to the socket. Above each table, each upstream's own time to first byte, called "
              "directly in the same rounds: what its `sent -> head` segment takes beyond it is aiohttp's work and the "
              "event loop's other business. Marks cost a few µs each: compare codes under the same marks.", ""]
     for scenario, res in results["scenarios"].items():

@@ -62,3 +62,54 @@ def test_a_phase_some_requests_lack_is_read_where_it_is() -> None:
     rows = {r[0]: r for r in phases.phase_table(requests)}
     assert rows["cloud sent"][1] == 50
     assert rows["local sent"][2] == 70  # only the request that has both
+
+
+def test_the_client_s_own_phases_join_the_server_s_on_one_clock(tmp_path: Path) -> None:
+    out = tmp_path / "phases.json"
+    # As phasemark writes them: µs after the head, and the head itself on perf_counter (s).
+    out.write_text('[{"arrived": -30.0, "head": 0.0, "out": 500.0, "at": 10.0},'
+                   ' {"head": 0.0, "out": 400.0, "at": 20.0}]')
+    t = phases.Target("nonstop", None, "http://x", out)  # type: ignore[arg-type]
+    t.client = [(10.0 - 0.000250, 10.0 + 0.000600), (20.0 - 0.000200, 20.0 + 0.000550)]
+    got = t.noted()
+    assert got[0] == {"arrived": -30.0, "head": 0.0, "out": 500.0, "client sent": -250.0, "client first": 600.0}
+    assert got[1]["client sent"] == -200.0 and got[1]["client first"] == 550.0
+    t.client = t.client[:1]  # counts that disagree: nothing is joined, nothing misread
+    assert all("client sent" not in r for r in t.noted())
+
+
+def test_the_marker_notes_arrival_the_socket_write_and_the_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ticks = iter(float(i) for i in range(100))
+    monkeypatch.setattr(phasemark, "_clock", lambda: next(ticks) / 1e6)
+    monkeypatch.setattr(phasemark, "_done", [])
+    monkeypatch.setattr(phasemark, "_arrived", [0.0, True])
+    monkeypatch.setattr(phasemark, "_on", True)
+    monkeypatch.setattr(phasemark, "_OUT", str(tmp_path / "out.json"), raising=False)
+    import asyncio
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+    sent: list[object] = []
+
+    async def send(self: object, message: dict) -> None:
+        sent.append(message)
+
+    monkeypatch.setattr(HttpToolsProtocol, "data_received", lambda self, data: None)
+    monkeypatch.setattr(HttpToolsProtocol, "on_headers_complete", lambda self: None)
+    monkeypatch.setattr(RequestResponseCycle, "send", send)
+    monkeypatch.setattr(phasemark, "_mark", lambda spec: None)
+    import aiohttp
+    monkeypatch.setattr(aiohttp.ClientSession, "_request", aiohttp.ClientSession._request)
+    phasemark._patch({}, [])
+    proto, cycle = object.__new__(HttpToolsProtocol), object.__new__(RequestResponseCycle)
+    proto.data_received(b"POST / HTTP/1.1\r\n")  # tick 0: arrived
+    proto.data_received(b"more")  # not a new request's first bytes
+    proto.on_headers_complete()  # tick 1: head
+    asyncio.run(cycle.send({"type": "http.response.start"}))
+    asyncio.run(cycle.send({"type": "http.response.body", "body": b"x", "more_body": True}))  # out 2, written 3
+    asyncio.run(cycle.send({"type": "http.response.body", "body": b"", "more_body": False}))  # end 4
+    assert len(sent) == 3
+    phasemark._stop()
+    import json
+    (noted,) = json.loads((tmp_path / "out.json").read_text())
+    assert noted == {"arrived": -1.0, "head": 0.0, "out": 1.0, "written": 2.0, "end": 3.0, "at": 1e-06}
