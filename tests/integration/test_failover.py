@@ -18,8 +18,10 @@ pytestmark = pytest.mark.integration
 FAILOVER_MODES = [
     "subscription_limit", "weekly_limit", "throttle", "api_key_limit", "overloaded",
     "server_error", "bad_gateway", "unavailable", "gateway_timeout", "credit", "spend_limit",
-    "midstream_overloaded", "non_json_error", "reset",
+    "midstream_overloaded", "overloaded_after_block_start", "reset_after_block_start", "non_json_error", "reset",
 ]
+# Modes that differ from others only in what a stream carries.
+STREAM_ONLY = {"midstream_overloaded", "overloaded_after_block_start", "reset_after_block_start"}
 PASSTHROUGH_ERRORS = {
     "auth": anthropic.AuthenticationError,
     "forbidden": anthropic.PermissionDeniedError,
@@ -67,7 +69,7 @@ def test_healthy_cloud_serves(cloud, llama, nonstop_factory, stream):
 
 @pytest.mark.parametrize(
     "mode,stream",
-    [(m, s) for m in FAILOVER_MODES for s in (False, True) if s or m != "midstream_overloaded"],
+    [(m, s) for m in FAILOVER_MODES for s in (False, True) if s or m not in STREAM_ONLY],
     ids=lambda v: ("stream" if v else "json") if isinstance(v, bool) else v,
 )
 def test_failure_served_locally(cloud, llama, nonstop_factory, mode, stream):

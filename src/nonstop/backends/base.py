@@ -116,6 +116,9 @@ class Exchange:
     lazy: bool = False
     # The headers as nonstop reads them (backends/head.py); read from `headers` when not given.
     head: Head | None = None
+    # The request's max_tokens as sent (read by the door, parsed or outlined): how long a
+    # non-streamed answer may take to write.
+    max_tokens: Any = None
 
     def read_head(self) -> Head:
         """What nonstop reads from the request's headers (backends/head.py)."""

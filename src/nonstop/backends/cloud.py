@@ -43,7 +43,7 @@ from nonstop.routing.classify import (
     error_of,
     network_failure,
 )
-from nonstop.routing.deadline import FirstByteDeadlines
+from nonstop.routing.deadline import FirstByteDeadlines, answer_wait
 from nonstop.routing.view import Capabilities
 from nonstop.wire.anthropic import token_count
 from nonstop.wire.errors import anthropic_error, anthropic_error_event
@@ -106,7 +106,11 @@ MAX_EVENT = 16 * 1024 * 1024
 # would otherwise keep the event loop busy for seconds while nothing is decided.
 MAX_BEFORE_CONTENT = 256 * 1024
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
-_CONTENT_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"})
+# The events a peek commits a stream on: the first that gives the client something of the
+# answer. Not a block's start: the cloud starts a text block empty, and an error between
+# that start and the block's first delta (an overload, a cut) leaves the client nothing
+# but the empty block, so it is failed over like an error before the start.
+_CONTENT_EVENTS = frozenset({"content_block_delta", "content_block_stop", "message_delta", "message_stop"})
 _UNIFIED_STATUS = "anthropic-ratelimit-unified-status"
 # A data line that is not one JSON object, in LF-framed SSE (see _first_malformed).
 _BAD_DATA = re.compile(rb"\ndata:(?![ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$))")
@@ -259,16 +263,18 @@ class CloudBackend:
             body = orjson.dumps(for_cloud(without_thinking(ex.request())))
         path = ex.cloud_path or ex.raw_path
         return await self.request(ex.method, path, ex.query, headers, body, stream=ex.stream, expect=expect,
-                                  account=ex.account, small=small)
+                                  account=ex.account, small=small,
+                                  answer_tokens=ex.max_tokens if expect == "json" else None)
 
     async def request(self, method: str, raw_path: bytes, query: bytes, headers: Headers, body: bytes,
                       *, stream: bool = False, expect: str = "", account: str = "",
-                      small: tuple[str, type] | None = None) -> Reply | Verdict:
+                      small: tuple[str, type] | None = None, answer_tokens: object = None) -> Reply | Verdict:
         """One try at the cloud. A Reply to commit, or the Verdict to fail over on.
 
         Before anything reaches the client: the head, for streams the events up to the
         first content, and every other reply whole (a body that is cut, short or not
-        what was asked for is a broken upstream, not an answer)."""
+        what was asked for is a broken upstream, not an answer). `answer_tokens`: a
+        non-streamed answer's max_tokens (its head comes once it is written whole)."""
         url = self.url_for(raw_path, query)
         reads = bool(expect or small)
         if reads:
@@ -280,10 +286,14 @@ class CloudBackend:
         decoded = False  # the reply came coded, and aiohttp decodes it (only one nonstop reads)
         sent = time.perf_counter()
         loop = asyncio.get_running_loop()
+        wait = self.deadlines.deadline(len(body))
         try:
             # The first-byte deadline includes connecting: a slow connect is trouble too.
-            # aiohttp's own connect timeout still ends a connect that never completes.
-            with Deadline(loop.time() + self.deadlines.deadline(len(body)) + min(CONNECT_SLACK, self.cfg.connect_timeout)):
+            # aiohttp's own connect timeout still ends a connect that never completes. A
+            # non-streamed answer's head comes only once the answer is whole: its wait
+            # allows for writing it (routing/deadline.py answer_wait).
+            head_wait = answer_wait(wait, answer_tokens, self.cfg.answer_timeout) if expect == "json" else wait
+            with Deadline(loop.time() + head_wait + min(CONNECT_SLACK, self.cfg.connect_timeout)):
                 # A reply nonstop reads is decoded if it comes compressed though identity was
                 # asked for (a proxy or CDN that ignores Accept-Encoding): its headers then
                 # lose the coding (relayed_headers). Any other reply's bytes go as they came.
@@ -319,10 +329,13 @@ class CloudBackend:
                     return Reply(resp.status, relayed_headers(resp, decoded), _relay_stream(resp, b"", usage, self.cfg.idle_timeout),
                                  self.name, True, usage, close=resp.close, verdict=verdict)
                 if expect or small:
-                    if expect and resp.status == 200:
-                        loop.call_soon(self.deadlines.record, len(body), time.perf_counter() - sent)
                     # The cloud writes an answer whole, its body right behind its head: a
-                    # body that stalls is a hung cloud, bound by the same deadline.
+                    # body that stalls is a hung cloud, bound by the first-byte deadline
+                    # from its head. (A non-streamed answer's time is not learned: it says
+                    # how long the answer was, not how long the cloud takes to start.)
+                    if expect == "json":
+                        with Deadline(loop.time() + wait):
+                            return await self._whole(resp, expect, verdict, small, decoded=decoded)
                     return await self._whole(resp, expect, verdict, small, decoded=decoded)
             return await self._whole(resp, expect, verdict, bodiless=method == "HEAD" or resp.status in (204, 304),
                                      idle=self.cfg.idle_timeout)
@@ -497,7 +510,7 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> _Peeked | Verdict:
 
 
 # The first event line that decides a peek: an error, or content.
-_DECIDING = re.compile(rb"event: ?(error|content_block_start|content_block_delta|content_block_stop|message_delta|message_stop)\n")
+_DECIDING = re.compile(rb"event: ?(error|content_block_delta|content_block_stop|message_delta|message_stop)\n")
 
 
 def _peek_plain(buf: bytes) -> _Peeked | Verdict | None | Literal[False]:

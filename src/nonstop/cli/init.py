@@ -71,6 +71,9 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "first_byte_multiplier": "nonstop waits this many times the cloud's usual time to first "
                                  "byte for a request of that size (learned from recent answers), "
                                  "between first_byte_floor and first_byte_timeout.",
+        "answer_timeout": "The longest wait, in seconds, for a non-streamed answer: the cloud "
+                          "sends its head only once the whole answer is written. The wait used is "
+                          "the learned first-byte wait plus time to write max_tokens, not more.",
         "idle_timeout": "Longest silence, in seconds, allowed inside a cloud stream once it "
                         "has started.",
         "failover_on_auth": "true: a rejected login (401/403) also goes local. Off by "

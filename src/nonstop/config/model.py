@@ -34,6 +34,11 @@ class CloudConfig:
     first_byte_timeout: float = 60.0
     first_byte_floor: float = 10.0
     first_byte_multiplier: float = 4.0
+    # The longest wait for a non-streamed answer, whose head the cloud sends only once the
+    # whole answer is written (the SDKs' own default timeout for one). The wait used is
+    # the learned first-byte deadline plus time to write max_tokens at a slow pace, not
+    # more than this.
+    answer_timeout: float = 600.0
     # Longest silence allowed inside a stream once it has started.
     idle_timeout: float = 120.0
     # 401/403 are configuration problems: shown to the client unless this is on.

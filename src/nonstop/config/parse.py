@@ -340,6 +340,9 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     if cloud is not None and cloud.first_byte_timeout == 0:
         problems.append("cloud.first_byte_timeout: must be more than 0 seconds (0 would fail every cloud request); "
                         "the default is 60")
+    if cloud is not None and cloud.answer_timeout == 0:
+        problems.append("cloud.answer_timeout: must be more than 0 seconds (0 would fail every non-streamed "
+                        "request); the default is 600")
     shared = kwargs.get("shared")
     if shared is not None and shared.heartbeat == 0:
         problems.append("shared.heartbeat: must be more than 0 seconds; the default is 5")

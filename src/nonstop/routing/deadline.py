@@ -19,6 +19,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 SAMPLES = 64
+# The slowest pace (tokens a second) a non-streamed answer is allowed to be written at: the
+# cloud sends such an answer's head only once the answer is whole, so the wait for it
+# grows with what it may write (max_tokens), on top of the wait for the cloud to start.
+ANSWER_PACE = 10.0
 MIN_SAMPLES = 5
 SMALLEST = 4096  # bytes: the first bucket holds everything up to this size
 
@@ -110,3 +114,12 @@ def _p90(ordered: list[float]) -> float:
 
 def _label(size: int) -> str:
     return f"<={size // 1024} KB" if size < 1024 * 1024 else f"<={size // (1024 * 1024)} MB"
+
+
+def answer_wait(first_byte: float, max_tokens: object, longest: float) -> float:
+    """How long to wait for a non-streamed answer's head: the first-byte deadline plus
+    `max_tokens` written at ANSWER_PACE, never more than `longest` (which is also the wait
+    when max_tokens is not a count)."""
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0:
+        return min(longest, first_byte + max_tokens / ANSWER_PACE)
+    return longest

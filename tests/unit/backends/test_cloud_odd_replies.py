@@ -38,12 +38,15 @@ OVERLOADED = _ev("error", {"type": "error", "error": {"type": "overloaded_error"
 
 
 @pytest.fixture
-async def raw_cloud() -> AsyncIterator[Callable[[bytes], Awaitable[str]]]:
+async def raw_cloud() -> AsyncIterator[Callable[[bytes | list[tuple[float, bytes]]], Awaitable[str]]]:
     """A cloud that answers every request with the given raw bytes (head and body as
-    written), then closes the connection."""
+    written; or pieces, each written the given seconds after the one before), then
+    closes the connection."""
     servers: list[asyncio.Server] = []
 
-    async def start(reply: bytes) -> str:
+    async def start(reply: bytes | list[tuple[float, bytes]]) -> str:
+        pieces = [(0.0, reply)] if isinstance(reply, bytes) else reply
+
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -54,8 +57,10 @@ async def raw_cloud() -> AsyncIterator[Callable[[bytes], Awaitable[str]]]:
                         length = int(value.strip())
                 if length:
                     await reader.readexactly(length)
-                writer.write(reply)
-                await writer.drain()
+                for after, piece in pieces:
+                    await asyncio.sleep(after)
+                    writer.write(piece)
+                    await writer.drain()
             except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
                 pass
             finally:

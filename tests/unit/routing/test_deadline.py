@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from nonstop.routing.deadline import MIN_SAMPLES, FirstByteDeadlines, bucket_of, bucket_size
+from nonstop.routing.deadline import (
+    ANSWER_PACE,
+    MIN_SAMPLES,
+    FirstByteDeadlines,
+    answer_wait,
+    bucket_of,
+    bucket_size,
+)
 
 
 def test_buckets_grow_by_four() -> None:
@@ -87,3 +94,12 @@ def test_the_usual_time_is_the_p90_of_the_last_samples_through_evictions_and_res
         if len(window) >= MIN_SAMPLES:
             ordered = sorted(window)
             assert d.usual(50_000) == ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def test_a_non_streamed_answer_is_given_time_to_be_written() -> None:
+    # Its head comes once it is whole: the wait to start, plus max_tokens at a slow pace.
+    assert answer_wait(10.0, 1, 600.0) == 10.0 + 1 / ANSWER_PACE  # Claude Code's quota check
+    assert answer_wait(10.0, 400, 600.0) == 10.0 + 400 / ANSWER_PACE
+    assert answer_wait(10.0, 32000, 600.0) == 600.0  # never more than the longest
+    for unknown in (None, "400", 0, -5, True, 4.5):  # not a count: the longest
+        assert answer_wait(10.0, unknown, 600.0) == 600.0

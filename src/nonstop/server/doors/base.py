@@ -54,7 +54,7 @@ class Door:
         ex = Exchange(
             method=scope["method"], path=path, raw_path=scope.get("raw_path") or scope["path"].encode(),
             query=scope.get("query_string", b""), headers=scope["headers"], head=head, body=body, req={} if lazy else req,
-            stream=req.get("stream") is True, lazy=lazy, **cloud,
+            stream=req.get("stream") is True, lazy=lazy, max_tokens=req.get("max_tokens"), **cloud,
         )
         return RequestContext(ex, row, time.perf_counter(), None, scope.get(CONNECTION))
 
