@@ -159,3 +159,20 @@ def test_openai_front_door_errors_are_openai_shaped(cloud, recorder_proc, nonsto
         c.chat.completions.create(model="claude-sonnet-5", messages=[{"role": "user", "content": "hi"}])
     status, _, body = rawhttp.request("POST", ns.url + "/v1/chat/completions", b"{not json")
     assert status == 400 and "error" in json.loads(body)
+
+
+def test_a_local_chunk_that_is_not_json_ends_the_stream_with_an_error(cloud, fake_openai, nonstop_factory):
+    # A piece of the answer nonstop cannot read is not skipped without a word (the client
+    # would take the rest for the whole answer, or run a tool call whose arguments were in
+    # it): what came before goes out, then a well-formed error.
+    procs.set_mode(cloud, "subscription_limit")
+    ns = nonstop_factory(cfg(cloud.url, fake_openai.url, api="openai"))
+    body = {"model": "fixture:broken/junk_mid_stream", "max_tokens": 200, "stream": True,
+            "messages": [{"role": "user", "content": "go"}]}
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
+    assert r.status == 200 and r.headers["x-nonstop-backend"] == "oai"
+    events = wirecheck.anthropic_events(r.body)
+    assert events[-1][0] == "error", events[-3:]
+    assert "cannot read" in events[-1][1]["error"]["message"]
+    texts = [d["delta"]["text"] for n, d in events if n == "content_block_delta" and d["delta"]["type"] == "text_delta"]
+    assert "".join(texts) == "one"

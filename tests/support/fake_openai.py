@@ -20,7 +20,9 @@ LOG: list[dict] = []
 def chunks_for(model: str) -> list[dict]:
     name = model.removeprefix("fixture:") if model.startswith("fixture:") else "plain_text"
     path = FIXTURES / f"{name}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    # A line starting "RAW " is sent as it is after `data: ` (a chunk that is not JSON).
+    return [line[4:] if line.startswith("RAW ") else json.loads(line)
+            for line in path.read_text().splitlines() if line.strip()]
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -31,7 +33,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if not req.get("stream"):
         text = "".join(
             (c.get("choices") or [{}])[0].get("delta", {}).get("content") or ""
-            for c in chunks if c.get("choices")
+            for c in chunks if isinstance(c, dict) and c.get("choices")
         )
         return web.json_response({
             "id": "chatcmpl-fake", "object": "chat.completion", "model": req.get("model"),
@@ -41,7 +43,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await resp.prepare(request)
     for c in chunks:
-        await resp.write(b"data: " + json.dumps(c).encode() + b"\n\n")
+        await resp.write(b"data: " + (c.encode() if isinstance(c, str) else json.dumps(c).encode()) + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")
     return resp
 

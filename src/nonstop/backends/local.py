@@ -51,7 +51,7 @@ from nonstop.wire.errors import error_event, prompt_too_long_message
 from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
 from nonstop.wire.prompt_cache import normalize_for_prompt_cache
 from nonstop.wire.repair import Repair
-from nonstop.wire.sse import JSONEventDecoder, encode_event
+from nonstop.wire.sse import JSONEventDecoder, encode_event, loads_with_lone_surrogates
 from nonstop.wire.tool_ids import backend_tag
 
 if TYPE_CHECKING:
@@ -528,8 +528,10 @@ class LocalBackend:
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            self.state.failed("unreadable reply (JSONDecodeError)")
-            return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply (JSONDecodeError)")
+            doc = loads_with_lone_surrogates(raw.decode("utf-8", "replace"))  # as in a stream (wire/sse.py)
+            if doc is None:
+                self.state.failed("unreadable reply (JSONDecodeError)")
+                return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply (JSONDecodeError)")
         msg = self.message_from(doc, call)
         if msg is None:
             self.state.failed("unexpected reply")
@@ -624,7 +626,7 @@ class LocalBackend:
         norm = LocalStreamNormalizer(model=call.model, input_tokens_estimate=call.tokens, started=started,
                                      capped=call.capped, tag=self.tag, tools=call.tools, tool_names=call.name_map)
         source = self.events(call)
-        decoder = JSONEventDecoder()
+        decoder = JSONEventDecoder(strict=True)
         runaway = RUNAWAY_CHARS_PER_TOKEN * max(call.max_tokens, 1) + 4096
         pending = spare  # while set, nothing but pings has gone out: another backend may take the message over
         held: list[Event] = []

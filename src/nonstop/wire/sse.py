@@ -3,6 +3,7 @@ data as a JSON object, and an encoder."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -138,18 +139,31 @@ class SSEDecoder:
         return out
 
 
+class MalformedEvent(ValueError):
+    """An event whose data was meant as a JSON object and is not one (see JSONEventDecoder)."""
+
+
 class JSONEventDecoder:
     """Feed bytes, get each complete event whose data is a JSON object, parsed: a list of
     (event, data) pairs. Events whose data is anything else (`[DONE]`, a bare value,
     junk) are skipped; `done` tells that `[DONE]` came (OpenAI's end of a stream, which a
-    server may send and then hold its connection open). `event.encode()` gives an event's
-    bytes again, for a caller that holds one back or forwards it untouched."""
+    server may send and then hold its connection open), and nothing after it is read.
+    `event.encode()` gives an event's bytes again, for a caller that holds one back or
+    forwards it untouched.
 
-    __slots__ = ("_sse", "done")
+    `strict`: data that begins as a JSON object or array and does not parse raises
+    MalformedEvent instead of being skipped (an answer's piece lost without a word would
+    end the stream as if whole: a tool call run with its arguments gone). A string with
+    a lone UTF-16 surrogate escape (`"\\ud83d"`, half of a pair a server split across
+    two events) is not JSON orjson reads; it is read as JSON still, and the lone half
+    becomes U+FFFD, the rest of the event kept."""
 
-    def __init__(self, max_buffer: int = 16 * 1024 * 1024):
+    __slots__ = ("_sse", "done", "strict")
+
+    def __init__(self, max_buffer: int = 16 * 1024 * 1024, *, strict: bool = False):
         self._sse = SSEDecoder(max_buffer)
         self.done = False
+        self.strict = strict
 
     def feed(self, chunk: bytes) -> list[tuple[SSEEvent, dict[str, Any]]]:
         return self._parsed(self._sse.feed(chunk))
@@ -161,12 +175,47 @@ class JSONEventDecoder:
     def _parsed(self, events: list[SSEEvent]) -> list[tuple[SSEEvent, dict[str, Any]]]:
         out = []
         for ev in events:
+            if self.done:  # the stream ended at [DONE]: what follows is not part of it
+                break
             try:
                 data = orjson.loads(ev.data)
             except orjson.JSONDecodeError:
-                if ev.data.strip() == "[DONE]":
+                text = ev.data.strip()
+                if text == "[DONE]":
                     self.done = True
-                continue
+                    continue
+                data = loads_with_lone_surrogates(text)
+                if data is None:
+                    if self.strict and text[:1] in ("{", "["):
+                        raise MalformedEvent(f"an event whose data is not JSON: {text[:80]!r}") from None
+                    continue
             if isinstance(data, dict):
                 out.append((ev, data))
         return out
+
+
+def loads_with_lone_surrogates(text: str) -> Any:
+    """JSON that orjson refuses only for a lone surrogate escape, read with the standard
+    library (which allows them), each lone half replaced by U+FFFD; None for anything
+    else that is not JSON."""
+    if "\\u" not in text:
+        return None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return _mended(data)
+
+
+def _mended(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # pairs kept whole, lone halves replaced
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if isinstance(value, dict):
+        return {_mended(k): _mended(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mended(v) for v in value]
+    return value

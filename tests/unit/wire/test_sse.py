@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from nonstop.wire.sse import JSONEventDecoder, SSEDecoder, SSEEvent, encode_event
+from nonstop.wire.sse import (
+    JSONEventDecoder,
+    MalformedEvent,
+    SSEDecoder,
+    SSEEvent,
+    encode_event,
+    loads_with_lone_surrogates,
+)
 
 STREAM = (
     b"event: message_start\n"
@@ -232,8 +239,6 @@ JSON_STREAM = (
     'data: {"type":"message_start","message":{"id":"msg_1"}}\n'
     "\n"
     ": keep-alive comment\n"
-    "data: [DONE]\n"
-    "\n"
     "event: ping\n"
     "data: 42\n"
     "\n"
@@ -244,6 +249,10 @@ JSON_STREAM = (
     'data: {"type":"error","error":{"type":"overloaded_error"\n'
     "\n"
     'data: {"choices":[]}\n'
+    "\n"
+    "data: [DONE]\n"
+    "\n"
+    'data: {"after":"done"}\n'
     "\n"
 )
 JSON_EXPECTED = [
@@ -362,3 +371,33 @@ def test_encoding_one_line_of_bytes_is_the_general_encoding(event: str, data: by
 def test_encoding_bytes_that_are_not_utf8_is_refused_as_before() -> None:
     with pytest.raises(UnicodeDecodeError):
         encode_event("e", b"\xff")
+
+
+def test_a_surrogate_pair_split_across_events_keeps_the_rest_of_each() -> None:
+    # orjson refuses a lone surrogate escape; the standard library reads it, and the lone
+    # half becomes U+FFFD: the text around it (or a tool call's arguments) is not lost.
+    d = JSONEventDecoder(strict=True)
+    got = d.feed(b'data: {"t":"before \\ud83d"}\n\ndata: {"t":"\\ude00 after","k":["\\ud83d"]}\n\n'
+                 b'data: {"t":"\\ud83d\\ude00 whole"}\n\n')
+    assert [doc for _, doc in got] == [{"t": "before \ufffd"}, {"t": "\ufffd after", "k": ["\ufffd"]}, {"t": "\U0001f600 whole"}]
+    assert loads_with_lone_surrogates('{"a": "\\udc00"}') == {"a": "\ufffd"}
+    assert loads_with_lone_surrogates("{not json \\u0041") is None
+    assert loads_with_lone_surrogates('{"a": 1}') is None  # nothing to mend: orjson's answer stands
+
+
+@pytest.mark.parametrize("junk", [b'{"choices": [ {"delta": ', b"[1, 2", b'{"a": 1} trailing'])
+def test_a_strict_decoder_refuses_data_meant_as_json(junk: bytes) -> None:
+    lenient = JSONEventDecoder()
+    assert [doc for _, doc in lenient.feed(b"data: " + junk + b'\n\ndata: {"ok": 1}\n\n')] == [{"ok": 1}]
+    with pytest.raises(MalformedEvent):
+        JSONEventDecoder(strict=True).feed(b"data: " + junk + b"\n\n")
+    # What is not meant as JSON is skipped by both (a keep-alive word, a bare value).
+    for other in (b"keep-alive", b"42", b'"text"'):
+        assert JSONEventDecoder(strict=True).feed(b"data: " + other + b"\n\n") == []
+
+
+def test_nothing_after_done_is_read() -> None:
+    d = JSONEventDecoder()
+    got = d.feed(b'data: {"a": 1}\n\ndata: [DONE]\n\ndata: {"after": 1}\n\n')
+    assert [doc for _, doc in got] == [{"a": 1}] and d.done
+    assert d.feed(b'data: {"later": 1}\n\n') == []

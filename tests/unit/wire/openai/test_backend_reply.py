@@ -30,6 +30,7 @@ from nonstop.wire.openai import (
     cut_tool_call,
     openai_to_anthropic_response,
 )
+from nonstop.wire.sse import JSONEventDecoder
 from tests.support.anthropic_stream import StreamError, validate_anthropic_stream
 from tests.unit.wire.openai.strategies import SETTINGS, json_objects, split, tool_names
 
@@ -224,7 +225,10 @@ def test_every_golden_stream_is_present():
 
 @pytest.mark.parametrize("name", GOLDEN)
 def test_golden_stream(name):
-    chunks = [json.loads(line) for line in (FIXTURES / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+    # Each chunk as the local relay's decoder reads it (wire/sse.py: a lone surrogate mended).
+    decoder = JSONEventDecoder(strict=True)
+    chunks = [doc for line in (FIXTURES / f"{name}.jsonl").read_text().splitlines() if line.strip()
+              for _, doc in decoder.feed(b"data: " + line.encode() + b"\n\n")]
     events = [[t, d] for t, d in translate(chunks)]
     expected_file = FIXTURES / f"{name}.expected.json"
     if os.environ.get("NONSTOP_UPDATE_GOLDEN"):
