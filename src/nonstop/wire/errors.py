@@ -99,5 +99,7 @@ def context_exceeded(message: str) -> bool:
 
 
 def prompt_too_long_message(tokens: int, maximum: int) -> str:
-    # Claude Code recognises exactly this wording and compacts the conversation.
-    return f"prompt is too long: {tokens} tokens > {maximum} maximum"
+    # Claude Code recognises exactly this wording and compacts the conversation. The count
+    # is over the maximum, as the words say, also where the prompt fit and only the room
+    # for the answer did not.
+    return f"prompt is too long: {max(tokens, maximum + 1)} tokens > {maximum} maximum"

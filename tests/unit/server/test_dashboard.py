@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import orjson
+import pytest
 
 from nonstop.config import parse_config
 from nonstop.server.app import App
@@ -83,3 +84,18 @@ async def test_a_non_latin1_header_value_in_explain_is_a_bad_request_not_an_inte
     status, _, body = await exchange(app, "POST", "/_nonstop/api/explain",
                                      body=orjson.dumps({"request": req, "headers": {"x-api-key": "€"}}))
     assert status in (200, 400), body
+
+
+@pytest.mark.parametrize("cookies", [
+    b'prefs={"dark":true}; nonstop_token=%s', b"msg=hello world; nonstop_token=%s", b"flag; nonstop_token=%s",
+    b"nonstop_token=%s; foo=bar baz", b'theme=dark;nonstop_token="%s"', b"nonstop_token=stale; nonstop_token=%s",
+])
+async def test_another_site_s_odd_cookie_does_not_hide_the_token(tmp_path: Path, cookies: bytes) -> None:
+    """Cookies are not kept apart by port: another app on this host may set one a strict
+    parser refuses (JSON, a space, no `=`). The dashboard's token cookie still counts."""
+    app = App(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}, "token": ADMIN}))
+    status, _, _ = await exchange(app, "GET", "/_nonstop/api/status",
+                                  headers=[(b"cookie", cookies.replace(b"%s", ADMIN.encode()))])
+    assert status == 200
+    status, _, _ = await exchange(app, "GET", "/_nonstop/api/status", headers=[(b"cookie", b"prefs={; nonstop_token=wrong")])
+    assert status == 401

@@ -37,3 +37,12 @@ def test_a_forked_child_does_not_repeat_its_parents_request_ids() -> None:
 def test_an_error_body_carries_a_request_id() -> None:
     doc = orjson.loads(anthropic_error(529, "busy"))
     assert doc["error"]["type"] == "overloaded_error" and RID.fullmatch(doc["request_id"])
+
+
+def test_a_prompt_too_long_names_a_count_over_the_maximum() -> None:
+    # Claude Code compacts on these words; the count is over the maximum as they say,
+    # also where the prompt fit and only the room for the answer did not.
+    from nonstop.wire.errors import prompt_too_long_message
+
+    assert prompt_too_long_message(40000, 32768) == "prompt is too long: 40000 tokens > 32768 maximum"
+    assert prompt_too_long_message(913, 1024) == "prompt is too long: 1025 tokens > 1024 maximum"
