@@ -35,6 +35,7 @@ from nonstop.backends.base import (
 )
 from nonstop.backends.head import HOP_BY_HOP, Headers, identity_coded
 from nonstop.config import CloudConfig
+from nonstop.redact import redact
 from nonstop.routing.classify import (
     FailureKind,
     Verdict,
@@ -307,7 +308,7 @@ class CloudBackend:
                     # reads another request.
                     loop.call_soon(self._observe, account, resp.headers)
                 if resp.status >= 400:
-                    return await self._refusal(resp, decoded)
+                    return await self._refusal(resp, decoded, ours=reads)
                 ctype = resp.headers.get("content-type", "").lower()
                 wrong = wrong_content_type(expect, ctype)
                 if wrong:
@@ -358,26 +359,34 @@ class CloudBackend:
         except Exception:  # a reply's headers never take a request down: said, and skipped
             log.exception("reading the cloud's quota headers failed")
 
-    async def _refusal(self, resp: aiohttp.ClientResponse, decoded: bool) -> Reply | Verdict:
+    async def _refusal(self, resp: aiohttp.ClientResponse, decoded: bool, *, ours: bool = False) -> Reply | Verdict:
         try:
             err: bytes | None = await read_limited(resp, MAX_ERROR_BODY)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
             forget_tracebacks(exc)
             err = None  # a refusal whose body was cut: its status and headers still say what it is
         resp.release()
+        if ours and err is not None and not _an_error_document(err):
+            # On an API nonstop speaks for (Messages, counts, models): a refusal whose body
+            # is empty or not the API's error JSON (a proxy's HTML page) reaches the
+            # client in its own protocol, saying what came.
+            return self._refused(resp, err, decoded, said=_what_came(err))
         return self._refused(resp, err, decoded)
 
-    def _refused(self, resp: aiohttp.ClientResponse, err: bytes | None, decoded: bool = False) -> Reply | Verdict:
+    def _refused(self, resp: aiohttp.ClientResponse, err: bytes | None, decoded: bool = False,
+                 said: str = "") -> Reply | Verdict:
         """A refusal (status >= 400) as a Verdict to fail over on, or a Reply to relay.
-        `err`: its body, None when it never came whole (then nonstop says so in its place).
-        `decoded`: see relayed_headers."""
+        `err`: its body, None when it never came whole (then nonstop says so in its
+        place). `said`: the body was not the API's error JSON, and this says what it was
+        (nonstop's error goes in its place). `decoded`: see relayed_headers."""
         verdict = classify_response(resp.status, _lower(resp.headers), err or b"", time.time(),
                                     failover_on_auth=self.cfg.failover_on_auth)
         headers_out = relayed_headers(resp, decoded)
         if verdict is not None and verdict.failover:
             return verdict
-        if err is None:
-            err = anthropic_error(resp.status, f"the cloud's {resp.status} reply was cut before its body ended")
+        if err is None or said:
+            err = anthropic_error(resp.status, f"the cloud answered {resp.status} with {said}" if said
+                                  else f"the cloud's {resp.status} reply was cut before its body ended")
             headers_out = [(k, v) for k, v in headers_out if k not in (b"content-length", b"content-type", b"content-encoding")]
             headers_out.append((b"content-type", b"application/json"))
         return Reply(resp.status, headers_out, single(err), self.name, False,
@@ -417,6 +426,23 @@ class CloudBackend:
         if problem:
             return Verdict(FailureKind.BAD_RESPONSE, True, None, problem, resp.status)
         return Reply(resp.status, relayed_headers(resp, decoded), single(data), self.name, False, usage, verdict=verdict)
+
+
+def _an_error_document(body: bytes) -> bool:
+    """Whether a refusal's body is the API's error JSON: an object with an `error`."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and "error" in doc
+
+
+def _what_came(body: bytes) -> str:
+    """A refusal's body that is not the API's error JSON, in a few words for the client."""
+    if not body.strip():
+        return "an empty body"
+    text = redact(body[:300].decode("utf-8", "replace"))
+    return f"a body that is not the API's error JSON: {' '.join(text.split())[:200]!r}"
 
 
 def _not_a_message(data: bytes, usage: Usage) -> str:

@@ -288,3 +288,32 @@ async def test_the_last_of_several_codings_is_the_one_read(raw_cloud, codings, d
         assert b"content-encoding" not in {k for k, _ in res.headers}
     else:  # gzip bytes nonstop cannot read: a broken stream, failed over
         assert isinstance(res, Verdict) and res.kind == FailureKind.BAD_RESPONSE
+
+
+@pytest.mark.parametrize("status, body, said", [
+    (400, b"<html><body>Bad Request</body></html>", "not the API's error JSON"),
+    (401, b"", "an empty body"),
+    (404, b'{"message": "no such thing"}', "not the API's error JSON"),
+])
+async def test_a_refusal_that_is_not_the_api_s_error_json_is_said_in_the_client_s_protocol(raw_cloud, status, body, said):
+    """A proxy's HTML page or an empty body, on an API nonstop speaks for, reaches the
+    client as an Anthropic error (its SDK reads it), saying what came; the status stays."""
+    url = await raw_cloud(b"HTTP/1.1 %d X\r\ncontent-type: text/html\r\ncontent-length: %d\r\n\r\n%s" % (status, len(body), body))
+    res, out = await _request(url, stream=False, expect="json")
+    assert isinstance(res, Reply) and res.status == status, res
+    doc = orjson.loads(out)
+    assert doc["type"] == "error" and said in doc["error"]["message"], doc
+    assert (b"content-type", b"application/json") in res.headers
+
+
+async def test_the_api_s_own_refusal_and_other_paths_go_as_they_came(raw_cloud):
+    err = b'{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: required"}}'
+    url = await raw_cloud(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                          % (len(err), err))
+    res, out = await _request(url, stream=False, expect="json")
+    assert isinstance(res, Reply) and out == err
+    page = b"<html>not here</html>"
+    url = await raw_cloud(b"HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: %d\r\n\r\n%s"
+                          % (len(page), page))
+    res, out = await _request(url, path=b"/v1/files/x", stream=False, expect="", method="GET", body=b"")
+    assert isinstance(res, Reply) and res.status == 404 and out == page  # a path nonstop only passes through
