@@ -444,7 +444,9 @@ def finish_reason_of(resp: Any) -> str:
 def _first_message(resp: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The first choice of a Chat Completions reply and its message ({} where missing)."""
     choices = resp.get("choices") if isinstance(resp, dict) else None
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    # The first choice (index 0, wherever it is listed), as a stream's is read.
+    listed = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+    choice = next((c for c in listed if c.get("index", 0) in (0, None)), listed[0] if listed else {})
     message = choice.get("message")
     return choice, message if isinstance(message, dict) else {}
 

@@ -61,6 +61,8 @@ def openai_request_to_anthropic(req: dict[str, Any]) -> dict[str, Any]:
     _no_trailing_space(messages)
     if not messages:
         raise TranslationError("messages: need at least one user or assistant message")
+    if "stream" in req and req["stream"] is not None and not isinstance(req["stream"], bool):
+        raise TranslationError("stream: must be true or false")  # as OpenAI says; "true" is not streamed
 
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": _max_tokens(req)}
     if system:

@@ -676,3 +676,12 @@ def _fn(args: object, name: str = "Write") -> dict:
 ])
 def test_cut_tool_call_tells_a_call_the_limit_cut(reply, cut):
     assert cut_tool_call(reply) is cut
+
+
+def test_a_whole_reply_s_first_choice_is_index_0_wherever_it_is_listed():
+    # As a stream's is read: the same server's answer is the same whether streamed or not.
+    resp = {"choices": [{"index": 1, "message": {"role": "assistant", "content": "choice-1"}, "finish_reason": "stop"},
+                        {"index": 0, "message": {"role": "assistant", "content": "choice-0"}, "finish_reason": "stop"}]}
+    assert convert(resp)["content"][0]["text"] == "choice-0"
+    resp["choices"] = resp["choices"][:1]  # no index 0 at all: the one there is
+    assert convert(resp)["content"][0]["text"] == "choice-1"

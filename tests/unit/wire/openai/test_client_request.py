@@ -164,3 +164,12 @@ def test_invalid_requests_name_the_field(body, field):
 
 def test_translation_error_is_a_value_error():
     assert issubclass(TranslationError, ValueError)
+
+
+@pytest.mark.parametrize("stream", ["true", 1, "yes", [True]])
+def test_a_stream_flag_that_is_not_a_boolean_is_refused(stream) -> None:
+    # OpenAI refuses it; read as "not streamed", the client would get JSON it did not ask for.
+    with pytest.raises(TranslationError, match="stream"):
+        openai_request_to_anthropic({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+    for fine in (True, False, None):
+        openai_request_to_anthropic({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": fine})
