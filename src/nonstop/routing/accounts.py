@@ -28,6 +28,13 @@ ORG_HEADER = "anthropic-organization-id"
 # Labels are short: enough to tell accounts apart, far too short to recover a key.
 LABEL_LENGTH = 12
 _CACHE = 1024
+# Accounts kept at most: each distinct credential makes one, so a client sending a new key
+# on every request must not grow memory, the metrics and the status without bound. The
+# least recently used one whose cloud is serving goes first (it has nothing to remember
+# that its next reply would not tell again); one still out goes only when none serves.
+MAX_ACCOUNTS = 1024
+# Past half of it, each request's account is marked as the most recently used.
+_RECENT_FROM = MAX_ACCOUNTS // 2
 
 OnChange = Callable[[str, QuotaState, str], None]
 
@@ -70,6 +77,8 @@ class Accounts:
         self.orgs: dict[str, str] = {}  # credential account -> "org:<id>"
         self._labels: OrderedDict[str, str] = OrderedDict()  # credential -> label (bounded)
         self.last = ""  # the account of the latest request: what a single user's status shows
+        # Told of an account let go (see MAX_ACCOUNTS): its metrics go with it.
+        self.on_forget: Callable[[str], None] | None = None
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -101,6 +110,8 @@ class Accounts:
         if not key.startswith("key:") or not org.startswith("org:") or self.orgs.get(key) == org:
             return
         self.orgs[key] = org
+        if len(self.orgs) > 4 * MAX_ACCOUNTS:  # keys of organizations: bounded too, oldest first
+            del self.orgs[next(iter(self.orgs))]
         own = self.states.pop(key, None)
         theirs = self.states.get(org)
         # The key's state joins its organization's; of two, the one that keeps the cloud
@@ -120,12 +131,32 @@ class Accounts:
 
     def get(self, account: str) -> QuotaState:
         account = self.orgs.get(account, account)  # a key whose organization is known: the org's
-        state = self.states.get(account)
+        states = self.states
+        state = states.get(account)
         if state is None:
             state = QuotaState(self.cfg, clock=self.clock)
             state.forecast.high_water = self.high_water
             self._adopt(account, state)
+            if len(states) > MAX_ACCOUNTS:
+                self._forget_one(account)
+        elif len(states) > _RECENT_FROM:  # many accounts: the order is their recency
+            states[account] = states.pop(account)
         return state
+
+    def _forget_one(self, new: str) -> None:
+        """Let go of the least recently used account, one whose cloud serves if any does
+        (never the default account, the latest request's, nor the one just made)."""
+        keep = (self.last, "", new)
+        victim = next((a for a, q in self.states.items() if a not in keep and q.state is CloudState.SERVING), None)
+        if victim is None:
+            victim = next((a for a in self.states if a not in keep), None)
+        if victim is None:
+            return
+        del self.states[victim]
+        for key in [k for k, o in self.orgs.items() if o == victim or k == victim]:
+            del self.orgs[key]
+        if self.on_forget is not None:
+            self.on_forget(victim)
 
     def current(self) -> QuotaState:
         """The state a single-user status shows: the latest request's account."""

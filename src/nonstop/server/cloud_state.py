@@ -63,6 +63,7 @@ class CloudStates:
         self.spawn = spawn
         self.accounts = Accounts(cfg.cloud, salt=account_salt(cfg), clock=clock, on_change=self._changed,
                                  high_water=cfg.routing.high_water, names=dict(cfg.accounts))
+        self.accounts.on_forget = lambda account: metrics.forget_account(self.accounts.name(account))
         self.sessions: OrderedDict[str, str] = OrderedDict()  # session id -> account
         self.shared: Any = None
         # Told of every change of a cloud state (the warm-up reacts at once).

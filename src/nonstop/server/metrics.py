@@ -8,6 +8,7 @@ switches) change rarely and are prometheus_client's own."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
@@ -103,6 +104,13 @@ class Metrics:
             self.account_utilization.labels(account, "5h").set(five)
         if seven is not None:
             self.account_utilization.labels(account, "7d").set(seven)
+
+    def forget_account(self, account: str) -> None:
+        """An account nonstop let go of: its series go too."""
+        for gauge, labels in ((self.account_state, (account,)), (self.account_until, (account,)),
+                              (self.account_utilization, (account, "5h")), (self.account_utilization, (account, "7d"))):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
     def set_forecast(self, conserving: bool, windows: Sequence[WindowForecast]) -> None:
         self.conserving.set(1 if conserving else 0)

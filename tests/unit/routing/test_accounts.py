@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from nonstop.config import CloudConfig
-from nonstop.routing.accounts import CREDENTIAL_HEADERS, ORG_HEADER, Accounts, credential_of
+from nonstop.routing.accounts import (
+    CREDENTIAL_HEADERS,
+    MAX_ACCOUNTS,
+    ORG_HEADER,
+    Accounts,
+    credential_of,
+)
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.view import CloudState
 
@@ -76,3 +82,31 @@ def test_changes_name_their_account_and_snapshots_round_trip() -> None:
 def test_friendly_names() -> None:
     a = accounts(names={"key:abc": "ann", "def": "bob"})
     assert a.name("key:abc") == "ann" and a.name("key:def") == "bob" and a.name("") == "default"
+
+
+def test_a_new_key_on_every_request_does_not_grow_the_accounts_without_bound() -> None:
+    a = accounts()
+    forgotten: list[str] = []
+    a.on_forget = forgotten.append
+    out = a.label("sk-out")
+    a.get(out).record_failure(Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 3600, "usage limit"))
+    mine = a.label("sk-mine")
+    a.get(mine)
+    for i in range(MAX_ACCOUNTS + 200):
+        a.get(a.label(f"sk-flood-{i}"))
+        if i % 50 == 0:
+            a.get(mine)  # used now and then: among the most recent, kept
+            a.last = a.label(f"sk-flood-{i}")
+    assert len(a.states) <= MAX_ACCOUNTS
+    assert len(forgotten) >= 200 and len(set(forgotten)) == len(forgotten)
+    assert out in a.states and a.get(out).state is CloudState.OUT  # a cloud still out is remembered
+    assert mine in a.states and out not in forgotten and mine not in forgotten
+    assert "" not in forgotten
+
+
+def test_when_every_account_is_out_the_oldest_goes() -> None:
+    a = accounts()
+    first = a.label("sk-0")
+    for i in range(MAX_ACCOUNTS + 1):
+        a.get(a.label(f"sk-{i}")).record_failure(Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 3600, "limit"))
+    assert len(a.states) == MAX_ACCOUNTS and first not in a.states

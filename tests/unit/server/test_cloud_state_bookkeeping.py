@@ -68,3 +68,23 @@ def test_outside_an_event_loop_a_change_is_said_at_once(tmp_path: Path, caplog) 
     rt = _runtime(tmp_path)
     rt.clouds.state("").record_failure(LIMIT)
     assert _switches(caplog)[0].startswith("switched to local")
+
+
+def test_an_account_let_go_takes_its_metrics_with_it() -> None:
+    # A client sending a new key on every request: the accounts are bounded, and so are the
+    # metrics' series (one a key, with the quota headers every reply carries).
+    from nonstop.config import parse_config
+    from nonstop.routing.accounts import MAX_ACCOUNTS
+    from nonstop.server.cloud_state import CloudStates
+    from nonstop.server.events import EventBus
+    from nonstop.server.metrics import Metrics
+
+    metrics = Metrics()
+    clouds = CloudStates(parse_config({}), clock=lambda: 1_800_000_000.0, metrics=metrics, bus=EventBus(),
+                         store=None, spawn=lambda c: c.close())
+    headers = {"anthropic-ratelimit-unified-5h-utilization": "0.42", "anthropic-ratelimit-unified-7d-utilization": "0.17"}
+    for i in range(MAX_ACCOUNTS + 100):
+        clouds.observe(clouds.account_for(f"sk-flood-{i}"), headers)
+    assert len(clouds.accounts.states) <= MAX_ACCOUNTS
+    series = [line for line in metrics.render().decode().splitlines() if line.startswith("nonstop_account_quota_utilization{")]
+    assert 0 < len(series) <= 2 * MAX_ACCOUNTS
