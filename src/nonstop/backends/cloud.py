@@ -692,6 +692,10 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
     when the peek has it."""
     held = b""
     skip_lf = False  # the read before ended in a CR that was a blank line's end
+    # The time spent waiting on reads since the last whole event, while part of one is
+    # held: a cloud that trickles an event (a byte now and then) re-arms the silence timer
+    # with every read, so that wait is added up here and bound by `idle` too.
+    unfinished = 0.0
     try:
         with Silence(idle) as silence:
             pending = first
@@ -735,6 +739,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                             await _drain(resp)
                             return
                         held = data[cut:]
+                        unfinished = 0.0
                     else:
                         held = data
                     if len(held) > MAX_EVENT:
@@ -742,12 +747,20 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                         yield anthropic_error_event("The cloud sent an event too large to relay; the response is incomplete.", "api_error")
                         return
                 silence.reading()
+                waiting = time.monotonic() if held else 0.0
                 try:
                     pending = await it.__anext__()
                 except StopAsyncIteration:
                     break
                 finally:
                     silence.idle()
+                if waiting:
+                    unfinished += time.monotonic() - waiting
+                    if unfinished > idle:
+                        usage.error = f"the cloud sent no whole event for {idle:g} s"
+                        yield anthropic_error_event("The cloud stream stalled mid-event; the response is incomplete.",
+                                                    "api_error")
+                        return
             # What is left at the end is an incomplete event: forward it only when it is a
             # whole final event missing its blank line, never a cut-off one.
             if held.endswith(b"\r"):  # a CR kept for the LF that never came ends its line

@@ -303,3 +303,22 @@ async def test_another_path_whose_body_goes_silent_is_a_timeout_not_a_hang(serve
         await backend.session.close()
     assert isinstance(res, Verdict) and res.kind is FailureKind.TIMEOUT, res
     assert 0.3 <= took < 3
+
+
+async def test_a_cloud_that_trickles_an_event_is_cut_at_idle_timeout(serve):
+    # Each read re-arms the silence timer; reads that finish no event add up to it.
+    whole = _stream()
+    cut = whole.index(b"event: content_block_stop")
+    trickle = [b"event: content_block_delta\ndata: {"] + [b" "] * 40
+    backend = await _backend(await serve(paced_app([whole[:cut], *trickle], 0.05)), idle=0.3)
+    try:
+        started = time.monotonic()
+        res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", stream=True, expect="stream")
+        assert isinstance(res, Reply), res
+        out = b"".join([c async for c in res.body])
+        took = time.monotonic() - started
+    finally:
+        await backend.session.close()
+    assert out.startswith(whole[:cut]) and b"stalled mid-event" in out
+    assert res.usage.error == "the cloud sent no whole event for 0.3 s"
+    assert took < 40 * 0.05  # well before the trickle ends
