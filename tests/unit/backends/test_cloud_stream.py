@@ -245,18 +245,23 @@ async def _backend(url: str, idle: float) -> CloudBackend:
     return CloudBackend(cfg, CloudBackend.make_session(cfg))
 
 
-async def test_a_stream_silent_for_idle_timeout_ends_with_an_error_event(serve):
-    whole = _stream()
-    cut = whole.index(b"event: content_block_stop")
-    backend = await _backend(await serve(paced_app([whole[:cut], whole[cut:]], 30)), idle=0.3)
+async def _timed_stream(backend: CloudBackend) -> tuple[Reply, bytes, float]:
+    """A stream request relayed to its end: the reply, its bytes, the seconds it took."""
     try:
         started = time.monotonic()
         res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", stream=True, expect="stream")
         assert isinstance(res, Reply), res
         out = b"".join([c async for c in res.body])
-        took = time.monotonic() - started
+        return res, out, time.monotonic() - started
     finally:
         await backend.session.close()
+
+
+async def test_a_stream_silent_for_idle_timeout_ends_with_an_error_event(serve):
+    whole = _stream()
+    cut = whole.index(b"event: content_block_stop")
+    backend = await _backend(await serve(paced_app([whole[:cut], whole[cut:]], 30)), idle=0.3)
+    res, out, took = await _timed_stream(backend)
     assert out.startswith(whole[:cut])
     assert b"event: error" in out and b"silent for 0.3 s" in out
     assert res.usage.error == "cloud stream failed: silent for 0.3 s"
@@ -311,14 +316,7 @@ async def test_a_cloud_that_trickles_an_event_is_cut_at_idle_timeout(serve):
     cut = whole.index(b"event: content_block_stop")
     trickle = [b"event: content_block_delta\ndata: {"] + [b" "] * 40
     backend = await _backend(await serve(paced_app([whole[:cut], *trickle], 0.05)), idle=0.3)
-    try:
-        started = time.monotonic()
-        res = await backend.request("POST", b"/v1/messages", b"", forward_headers([]), b"{}", stream=True, expect="stream")
-        assert isinstance(res, Reply), res
-        out = b"".join([c async for c in res.body])
-        took = time.monotonic() - started
-    finally:
-        await backend.session.close()
+    res, out, took = await _timed_stream(backend)
     assert out.startswith(whole[:cut]) and b"stalled mid-event" in out
     assert res.usage.error == "the cloud sent no whole event for 0.3 s"
     assert took < 40 * 0.05  # well before the trickle ends
