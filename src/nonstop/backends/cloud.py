@@ -334,7 +334,7 @@ class CloudBackend:
                     # body that stalls is a hung cloud, bound by the first-byte deadline
                     # from its head. (A non-streamed answer's time is not learned: it says
                     # how long the answer was, not how long the cloud takes to start.)
-                    if expect == "json":
+                    if expect == "json" and not resp.content.is_eof():  # (usually the body came with its head)
                         with Deadline(loop.time() + wait):
                             return await self._whole(resp, expect, verdict, small, decoded=decoded)
                     return await self._whole(resp, expect, verdict, small, decoded=decoded)
