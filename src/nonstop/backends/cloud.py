@@ -107,11 +107,11 @@ MAX_EVENT = 16 * 1024 * 1024
 # would otherwise keep the event loop busy for seconds while nothing is decided.
 MAX_BEFORE_CONTENT = 256 * 1024
 _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
-# The events a peek commits a stream on: the first that gives the client something of the
-# answer. Not a block's start: the cloud starts a text block empty, and an error between
-# that start and the block's first delta (an overload, a cut) leaves the client nothing
-# but the empty block, so it is failed over like an error before the start.
-_CONTENT_EVENTS = frozenset({"content_block_delta", "content_block_stop", "message_delta", "message_stop"})
+# The events a peek commits a stream on. A block's start counts, though the cloud starts a
+# text block empty: waiting for its first delta would hold every stream's first bytes back
+# by the gap between them (a model's token time; the paced benchmark's 25 ms), for an
+# error that lands in that gap (docs/reliability.md, Known gaps).
+_CONTENT_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"})
 _UNIFIED_STATUS = "anthropic-ratelimit-unified-status"
 # A data line that is not one JSON object, in LF-framed SSE (see _first_malformed).
 _BAD_DATA = re.compile(rb"\ndata:(?![ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$))")
@@ -536,7 +536,7 @@ async def _peek_stream(resp: aiohttp.ClientResponse) -> _Peeked | Verdict:
 
 
 # The first event line that decides a peek: an error, or content.
-_DECIDING = re.compile(rb"event: ?(error|content_block_delta|content_block_stop|message_delta|message_stop)\n")
+_DECIDING = re.compile(rb"event: ?(error|content_block_start|content_block_delta|content_block_stop|message_delta|message_stop)\n")
 
 
 def _peek_plain(buf: bytes) -> _Peeked | Verdict | None | Literal[False]:
