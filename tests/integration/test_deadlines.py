@@ -215,12 +215,12 @@ def _slots(llama_url: str) -> list[dict]:
     return json.loads(rawhttp.request("GET", llama_url + "/slots", timeout=5)[2])
 
 
-def _wait_idle(llama_url: str, timeout: float) -> float | None:
+def _wait_idle(llama_url: str, timeout: float, every: float = 0.05) -> float | None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if not any(s.get("is_processing") for s in _slots(llama_url)):
             return time.monotonic() - t0
-        time.sleep(0.05)
+        time.sleep(every)
     return None
 
 
@@ -247,6 +247,43 @@ def test_client_disconnect_stops_local_generation(cloud, llama, nonstop_factory,
     assert took is not None and took < 10.0, f"llama-server was still generating {took or 20:.1f}s after the client left"
     wait_for(lambda: (rows := _requests(ns)) and rows[-1]["outcome"] == "client_gone", 10,
              "the request to be logged as client_gone")
+
+
+def _leave_after(url: str, body: dict, seconds: float) -> None:
+    """Send the request, and hang up `seconds` later with no answer read."""
+    with pytest.raises(TimeoutError), rawhttp.open_stream("POST", url, json=body, headers=HEADERS,
+                                                          until=b"never", timeout=seconds):
+        pass
+
+
+@pytest.mark.parametrize("door", ["anthropic", "openai"])
+def test_a_client_that_leaves_before_its_answer_starts_stops_the_local_work(cloud, llama, nonstop_factory, door):
+    # Not streamed: nothing reaches the client until the whole answer is written, so the
+    # relay never starts; the client's leaving must still stop the generation.
+    assert _wait_idle(llama.url, 120) is not None, "llama-server is busy before the test"
+    procs.set_mode(cloud, "subscription_limit", reset_in=600)
+    ns = nonstop_factory(config(cloud.url, llama.url, local={"context_window": 8192, "max_output_tokens": 4000}))
+    path = "/v1/messages" if door == "anthropic" else "/v1/chat/completions"
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 4000, "temperature": 0.0,
+            "messages": [{"role": "user", "content": LONG_STORY}]}
+    _leave_after(ns.url + path, body, 3.0)
+    wait_for(lambda: (rows := _requests(ns)) and rows[-1]["outcome"] == "client_gone", 10,
+             "the request to be logged as client_gone")
+    # llama-server notices a closed connection within a second or two when it is not
+    # being asked about its slots many times a second (it was seen not to, here, when it was).
+    took = _wait_idle(llama.url, 20, every=1.0)
+    assert took is not None and took < 10.0, f"llama-server was still generating {took or 20:.1f}s after the client left"
+
+
+def test_a_client_that_leaves_before_the_cloud_answers_is_not_waited_for(cloud, recorder_proc, nonstop_factory):
+    procs.set_mode(cloud, "late_first_byte", late_by=8)  # a long answer being written
+    ns = nonstop_factory(config(cloud.url, recorder_proc.url))
+    started = time.monotonic()
+    _leave_after(ns.url + "/v1/messages", MESSAGE, 1.0)
+    wait_for(lambda: (rows := _requests(ns)) and rows[-1]["outcome"] == "client_gone", 10,
+             "the request to be logged as client_gone")
+    assert time.monotonic() - started < 5, "the cloud's answer was waited for after the client left"
+    assert _requests(ns)[-1]["backend"] == ""  # nothing answered: the local backend was not asked either
 
 
 # --- the cloud is retried once its deadline passes ---------------------------------------------------

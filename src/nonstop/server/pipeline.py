@@ -12,6 +12,7 @@ Nothing here writes to the client: the relay commits the reply it returns.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -168,6 +169,10 @@ class Pipeline:
             except UnreadableRequest:  # never sent: a probe learned nothing, and ends as such
                 if step.probe:
                     quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, "the request could not be read"))
+                raise
+            except asyncio.CancelledError:  # its client left (Door.run): a probe learned nothing
+                if step.probe:
+                    quota.record_failure(Verdict(FailureKind.CLIENT_ERROR, False, None, "the probe's client left"))
                 raise
             finally:
                 if step.probe:

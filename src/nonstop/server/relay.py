@@ -149,6 +149,18 @@ class Relay:
                     self.request_log.record(row)
             self.request_log.after_reply()
 
+    def left(self, ctx: RequestContext) -> None:
+        """The row of a request whose client left before its answer started (Door.run)."""
+        row = ctx.row
+        row.outcome, row.error = "client_gone", "the client disconnected before its answer started"
+        row.total_ms = (time.perf_counter() - ctx.t0) * 1000
+        try:
+            if ctx.facts is not None:
+                row.workload = row.workload or ctx.facts.workload.value
+        finally:
+            self.request_log.record(row)
+            self.request_log.after_reply()
+
     async def pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],
                    receive: Receive, send: Send, t_head: float) -> bool:
         """Send the reply; True if the client went away first (upstream work is then

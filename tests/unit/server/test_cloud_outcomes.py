@@ -4,6 +4,7 @@ the reply that names the key's organization takes the organization out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from nonstop.config import LocalBackendConfig, parse_config
 from nonstop.routing.backend_state import BackendState
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.plan import Step
-from nonstop.routing.view import Capabilities
+from nonstop.routing.view import Capabilities, CloudState
 from nonstop.server.pipeline import Pipeline, RequestContext
 from nonstop.server.runtime import Runtime
 from nonstop.store.db import RequestRow
@@ -199,3 +200,25 @@ def test_a_switch_runs_a_hook_only_where_one_is_configured(tmp_path: Path) -> No
         clouds.state("").record_failure(Verdict(FailureKind.SUBSCRIPTION_LIMIT, True, T0 + 3600, "five_hour"))
         assert clouds.state("").state.value == "out"
         assert len(spawned) == tasks, hooks
+
+
+async def test_a_probe_whose_client_left_leaves_the_next_request_to_probe(tmp_path: Path) -> None:
+    """A probe cancelled because its client left (Door.run) learned nothing: the cloud is
+    not left "probing" (every other request would stay local until the probe's timeout),
+    and the next request checks the cloud again."""
+    rt, p, clock, local = _runtime(tmp_path)
+    never = asyncio.Event()
+    cloud = _Cloud(rt, [(LIMIT_HEADERS, LIMIT, None), ({}, "ok", never), ({}, "ok", None)])
+    rt.use_backends([local], cloud=cloud)  # type: ignore[list-item, arg-type]
+    out = await p.run(_ctx())  # the limit: out until T0 + 7200
+    assert out.reply is not None and out.reply.backend == "llama"
+    clock.advance(7201)  # the reset has passed: the next request probes
+    probe = asyncio.ensure_future(p.run(_ctx()))
+    await asyncio.sleep(0.01)
+    assert cloud.sent == 2 and rt.clouds.state("").state is CloudState.PROBING
+    probe.cancel()  # its client left
+    with contextlib.suppress(asyncio.CancelledError):
+        await probe
+    assert rt.clouds.state("").state is not CloudState.PROBING
+    out = await p.run(_ctx())
+    assert out.reply is not None and out.reply.backend == "cloud" and cloud.sent == 3

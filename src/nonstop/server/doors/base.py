@@ -3,6 +3,7 @@ into the context the pipeline and the relay work on."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from nonstop.server.asgi import (
     read_body,
     read_json_body,
 )
-from nonstop.server.pipeline import Pipeline, RequestContext
+from nonstop.server.pipeline import Outcome, Pipeline, RequestContext
 from nonstop.server.relay import Relay
 from nonstop.server.runtime import Runtime
 from nonstop.server.writers import Writer
@@ -38,6 +39,39 @@ class Door:
         self.cfg = rt.cfg
         self.pipeline = pipeline
         self.relay = relay
+
+    async def run(self, ctx: RequestContext) -> Outcome | None:
+        """The pipeline's answer for the request; None when its client left before one was
+        chosen (nonstop's own server says when: `ctx.connection`). The work for it stops
+        then (a cloud request or a local one is closed, its slot given back), and the row
+        is logged as client_gone: no quota or local server is spent for nobody."""
+        conn = ctx.connection
+        if conn is None:  # another ASGI server: the relay watches from the first byte on
+            return await self.pipeline.run(ctx)
+        if conn.lost:
+            self.relay.left(ctx)
+            return None
+        task = asyncio.current_task()
+        left = False
+
+        def client_left() -> None:
+            nonlocal left
+            left = True
+            if task is not None:
+                task.cancel()
+
+        conn.on_lost = client_left
+        try:
+            return await self.pipeline.run(ctx)
+        except asyncio.CancelledError:
+            if not left or task is None:
+                raise  # (a shutdown's cancel stays a cancel)
+            task.uncancel()
+            self.relay.left(ctx)
+            return None
+        finally:
+            if conn.on_lost is client_left:
+                conn.on_lost = None
 
     def context(self, scope: Scope, body: bytes, req: dict[str, Any], path: str, *, lazy: bool = False,
                 **cloud: Any) -> RequestContext:

@@ -44,7 +44,9 @@ class OpenAIDoor(Door):
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         self.rt.inflight += 1
         try:
-            outcome = await self.pipeline.run(ctx)
+            outcome = await self.run(ctx)
+            if outcome is None:  # the client left before its answer started
+                return
             # As on /v1/messages: do not hold the request for the life of the stream.
             del got, oreq, areq, body
             ctx.ex.req = {}
