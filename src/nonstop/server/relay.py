@@ -154,12 +154,10 @@ class Relay:
         row = ctx.row
         row.outcome, row.error = "client_gone", "the client disconnected before its answer started"
         row.total_ms = (time.perf_counter() - ctx.t0) * 1000
-        try:
-            if ctx.facts is not None:
-                row.workload = row.workload or ctx.facts.workload.value
-        finally:
-            self.request_log.record(row)
-            self.request_log.after_reply()
+        if ctx.facts is not None and not row.workload:
+            row.workload = ctx.facts.workload.value
+        self.request_log.record(row)
+        self.request_log.after_reply()
 
     async def pump(self, ctx: RequestContext, reply: Reply, writer: Writer, extra: list[tuple[bytes, bytes]],
                    receive: Receive, send: Send, t_head: float) -> bool:

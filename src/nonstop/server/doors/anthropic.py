@@ -58,10 +58,9 @@ class AnthropicDoor(Door):
         self.rt.inflight += 1
         tap: Tap | None = None  # sampled for the shadow: its place is given back unless replayed
         try:
-            got = await self.run(ctx)
-            if got is None:  # the client left before its answer started
+            outcome = await self.run(ctx)
+            if outcome is None:  # the client left before its answer started
                 return
-            outcome = got
             reply = outcome.reply
             served = reply is not None and reply.backend == CLOUD and reply.status == 200
             tap = Tap(reply) if served and reply is not None and self.rt.shadow.sample() else None
