@@ -44,3 +44,20 @@ def test_cloud_answers_are_compared_on_the_local_model(cloud, llama, nonstop_fac
     r = subprocess.run([sys.executable, "-m", "nonstop", "status", "--config", str(ns.extra["config"])],
                        capture_output=True, text=True, timeout=30)
     assert "shadow   100% of cloud answers replayed locally" in r.stdout and "main" in r.stdout
+
+
+def test_an_answer_a_local_model_went_on_with_is_not_compared(cloud, llama, nonstop_factory):
+    # The cloud's stream begins (its start, an empty text block) and then overloads: the
+    # real llama-server goes on with the message. That answer is no cloud answer, and the
+    # shadow sample taken when the cloud's stream began is given back, not replayed.
+    procs.set_mode(cloud, "overloaded_after_block_start")
+    ns = nonstop_factory(nonstop_config(cloud.url, local=[{"name": "llama", "url": llama.url, "max_output_tokens": 32}],
+                                        shadow={"sample": 1.0, "wait": 60}))
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
+    assert r.status == 200 and b"event: message_stop" in r.body and b"event: error" not in r.body
+    rows = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/requests")[2])["requests"]
+    assert next(x for x in rows if x["path"] == "/v1/messages")["backend"] == "llama"
+    time.sleep(3)  # a replay would start at once: the local model is idle
+    shadow = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/status")[2])["shadow"]
+    assert shadow["by_class"] == {}, shadow

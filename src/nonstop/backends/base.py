@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -129,12 +130,25 @@ class Exchange:
     def request(self) -> dict[str, Any]:
         """The whole parsed request, parsed now if the door did not need it."""
         if self.lazy:
-            try:
-                self.req = orjson.loads(self.body) if self.body else {}
-            except orjson.JSONDecodeError as exc:
-                raise UnreadableRequest(f"the request body is not valid JSON: {exc}") from None
+            self.req = parse_request(self.body)
             self.lazy = False
         return self.req
+
+    def request_later(self) -> Callable[[], dict[str, Any]]:
+        """The whole request when asked, parsed then if it is not yet: it holds the body
+        (or the parsed request), which the door lets the exchange itself go of."""
+        if not self.lazy:
+            req = self.req
+            return lambda: req
+        return partial(parse_request, self.body)
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    """A request's body parsed (UnreadableRequest when it is not JSON)."""
+    try:
+        return orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError as exc:
+        raise UnreadableRequest(f"the request body is not valid JSON: {exc}") from None
 
 
 @dataclass
@@ -209,3 +223,37 @@ class Backend(Protocol):
 async def single(data: bytes) -> AsyncIterator[bytes]:
     """A body that is one chunk."""
     yield data
+
+
+# How a stream of nonstop's own encoding (whole events) starts its message.
+MESSAGE_START = b"event: message_start\n"
+
+
+async def taken_over(reply: Reply, taken: Reply, why: str, body: AsyncIterator[bytes] | None = None) -> AsyncIterator[bytes]:
+    """`taken`'s stream as the rest of `reply`'s: the client has its message_start
+    already, so taken's own is left out (`body`: taken's stream as the client is to get
+    it, when more than its start must go). The reply then names the backend that answered,
+    closes as taken does, and carries taken's usage for the request log."""
+    # The first backend's request is over: its slot goes back now, not when this ends.
+    if reply.close is not None:
+        reply.close()
+
+    def close() -> None:  # whatever closes taken then: it may have been handed on in turn
+        if taken.close is not None:
+            taken.close()
+
+    handed = reply.backend = taken.backend
+    reply.close = close
+    began = body is not None  # a body given is the stream as it is to go
+    try:
+        async for chunk in taken.body if body is None else body:
+            if not began and MESSAGE_START in chunk:  # nonstop's own encoding: whole events
+                at = chunk.index(MESSAGE_START)
+                chunk, began = chunk[:at] + chunk[chunk.index(b"\n\n", at) + 2:], True
+            if chunk:
+                yield chunk
+    finally:
+        u = taken.usage
+        reply.usage.__dict__.update(u.__dict__)
+        reply.backend = taken.backend  # the last to take over, when taken was handed on too
+        reply.usage.note = "; ".join(n for n in (f"{why}; handed to {handed}", u.note) if n)

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from itertools import compress
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import aiohttp
 import orjson
@@ -32,6 +32,7 @@ from nonstop.backends.base import (
     forget_tracebacks,
     read_limited,
     single,
+    taken_over,
 )
 from nonstop.backends.head import HOP_BY_HOP, Headers, identity_coded
 from nonstop.config import CloudConfig
@@ -55,6 +56,7 @@ from nonstop.wire.framing import (
     wrong_content_type,
 )
 from nonstop.wire.hygiene import for_cloud, without_thinking
+from nonstop.wire.splice import StreamTracker, splice
 from nonstop.wire.sse import SSEDecoder, SSEEvent
 
 if TYPE_CHECKING:
@@ -323,8 +325,12 @@ class CloudBackend:
                     if expect:  # learned on the loop's next turn, as the quota headers are
                         loop.call_soon(self.deadlines.record, len(body), time.perf_counter() - sent)
                     usage = Usage()
-                    return Reply(resp.status, relayed_headers(resp, decoded), _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.notable),
-                                 self.name, True, usage, close=resp.close, verdict=verdict)
+                    # A Messages stream: until its first content, a failure hands the
+                    # message to a local model (see _relay_stream).
+                    reply = Reply(resp.status, relayed_headers(resp, decoded), _NO_BODY, self.name, True, usage,
+                                  close=resp.close, verdict=verdict, handover=bool(expect) and _bare(peeked.data))
+                    reply.body = _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.notable, reply)
+                    return reply
                 if ctype.startswith("text/event-stream"):
                     usage = Usage()
                     return Reply(resp.status, relayed_headers(resp, decoded), _relay_stream(resp, b"", usage, self.cfg.idle_timeout),
@@ -685,17 +691,26 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
 
 
 async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage, idle: float,
-                        first_notable: list[tuple[bytes, int]] | None = None) -> AsyncIterator[bytes]:
+                        first_notable: list[tuple[bytes, int]] | None = None,
+                        reply: Reply | None = None) -> AsyncIterator[bytes]:
     """The cloud's stream, cut at event boundaries (LF-framed), until the event that ends
     it: the client's response ends there, even if the cloud holds its connection open.
     A read that waits `idle` seconds ends it too. `first_notable`: `_notable(first)`,
-    when the peek has it."""
+    when the peek has it. `reply`: the Reply this is the body of. While the client has
+    no more than a message's start and an empty text block (the cloud's usual first
+    read), a failure (an error event, a cut, a silence) hands the message to a local
+    model (reply.instead, set by the pipeline), which goes on with that block; the first
+    content lets the hand-over go."""
     held = b""
     skip_lf = False  # the read before ended in a CR that was a blank line's end
     # The time spent waiting on reads since the last whole event, while part of one is
     # held: a cloud that trickles an event (a byte now and then) re-arms the silence timer
     # with every read, so that wait is added up here and bound by `idle` too.
     unfinished = 0.0
+    bare = reply if reply is not None and reply.handover else None
+    reply = None  # (held as `bare` while the hand-over may come: not for the stream's life)
+    shown = end = b""  # when the stream fails: what came before its end, and that end
+    failure: Verdict | None = None  # an error event's verdict
     try:
         with Silence(idle) as silence:
             pending = first
@@ -705,6 +720,9 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                     # The usual read: whole plain events, each checked by the match, with
                     # nothing held before them and nothing to record: relayed as it came.
                     first_notable = None
+                    if bare is not None and pending is not first and _ONLY_PINGS.fullmatch(pending) is None:
+                        bare.instead = None  # content came: the hand-over (and its request) goes
+                        bare = None
                     yield pending
                 else:
                     if skip_lf and pending.startswith(b"\n"):  # the LF of that CRLF
@@ -720,20 +738,25 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                         out = data[:cut]
                         bad = _first_malformed(out)
                         if bad >= 0:
-                            if bad:
-                                yield out[:bad]
                             usage.error = "the cloud sent a malformed event mid-stream"
-                            yield anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
-                            return
+                            shown = out[:bad]
+                            end = anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
+                            break
                         notable = known if known is not None and cut == len(data) else _notable(out)
                         for name, at in notable:
                             if name in _USAGE_EVENTS:
                                 j = out.find(b"\n\n", at)
                                 _read_usage(out[at : j if j > 0 else None], usage)
                         ended = _ended(out, usage, notable)
+                        if ended and bare is not None and usage.error:  # an error event: the hand-over may take it
+                            shown, end, failure = _split_at_error(out, notable)
+                            break
                         # Complete, and the body read to its end: nothing after this chunk
                         # waits on the cloud, and it goes out with the response's end.
                         usage.final = ended and usage.complete and resp.content.at_eof()
+                        if bare is not None and pending is not first and _ONLY_PINGS.fullmatch(out) is None:
+                            bare.instead = None
+                            bare = None
                         yield out
                         if ended:
                             await _drain(resp)
@@ -744,8 +767,8 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                         held = data
                     if len(held) > MAX_EVENT:
                         usage.error = "the cloud sent an event larger than nonstop relays"
-                        yield anthropic_error_event("The cloud sent an event too large to relay; the response is incomplete.", "api_error")
-                        return
+                        end = anthropic_error_event("The cloud sent an event too large to relay; the response is incomplete.", "api_error")
+                        break
                 silence.reading()
                 waiting = time.monotonic() if held else 0.0
                 try:
@@ -758,23 +781,112 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                     unfinished += time.monotonic() - waiting
                     if unfinished > idle:
                         usage.error = f"the cloud sent no whole event for {idle:g} s"
-                        yield anthropic_error_event("The cloud stream stalled mid-event; the response is incomplete.",
+                        end = anthropic_error_event("The cloud stream stalled mid-event; the response is incomplete.",
                                                     "api_error")
+                        break
+            if not end:
+                # What is left at the end is an incomplete event: forward it only when it
+                # is a whole final event missing its blank line, never a cut-off one.
+                if held.endswith(b"\r"):  # a CR kept for the LF that never came ends its line
+                    held = held[:-1] + b"\n"
+                if held.strip() and held.endswith(b"\n") and any(_event_lines(held, _TERMINAL)):
+                    last = held.rstrip(b"\n") + b"\n\n"
+                    if not (_ended(last, usage) and bare is not None and usage.error):
+                        yield last
                         return
-            # What is left at the end is an incomplete event: forward it only when it is a
-            # whole final event missing its blank line, never a cut-off one.
-            if held.endswith(b"\r"):  # a CR kept for the LF that never came ends its line
-                held = held[:-1] + b"\n"
-            if held.strip() and held.endswith(b"\n") and any(_event_lines(held, _TERMINAL)):
-                yield held.rstrip(b"\n") + b"\n\n"
-                _ended(held, usage)
-            else:
-                usage.error = "cloud stream ended without message_stop"
-                yield anthropic_error_event("The cloud stream ended early; the response is incomplete.", "api_error")
+                    shown, end, failure = _split_at_error(last, _notable(last))
+                else:
+                    usage.error = "cloud stream ended without message_stop"
+                    end = anthropic_error_event("The cloud stream ended early; the response is incomplete.", "api_error")
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         forget_tracebacks(exc)
         why = f"silent for {idle:g} s" if type(exc) is TimeoutError else type(exc).__name__
         usage.error = f"cloud stream failed: {why}"
-        yield anthropic_error_event(f"The cloud stream failed mid-response ({why}); the response is incomplete.", "api_error")
+        end = anthropic_error_event(f"The cloud stream failed mid-response ({why}); the response is incomplete.", "api_error")
     finally:
         resp.release()
+        if bare is not None and not end:  # (the client left): the hand-over holds the request
+            bare.instead = None
+    if bare is not None and _ONLY_PINGS.fullmatch(shown) is not None and (start := _bare_start(first)) is not None:
+        if shown:
+            yield shown
+        shown = b""
+        failure = failure or Verdict(FailureKind.BAD_RESPONSE, True, None, usage.error)
+        async for chunk in _handed_over(bare, failure, start, end):
+            yield chunk
+        return
+    yield shown + end if shown else end
+
+
+# A reply's body until its own is made (which needs the reply): never read.
+_NO_BODY: AsyncIterator[bytes] = single(b"")
+# A read of nothing but pings (LF-framed; the first of them may have lost its `event:`
+# line to nothing: the cloud names every event).
+_ONLY_PINGS = re.compile(rb"(?:event: ?ping\ndata:[^\n]*\n\n)*")
+# The empty text block a bare start ends with, as the cloud writes it (spaces allowed).
+_EMPTY_TEXT = {"type": "text", "text": ""}
+
+
+def _bare(first: bytes) -> bool:
+    """Whether a stream's first events may be no more than a message's start and an
+    empty text block, cheaply (no delta, no block's end): _bare_start reads them when a
+    failure asks."""
+    return b"_delta" not in first and b"content_block_stop" not in first
+
+
+def _bare_start(first: bytes) -> dict[str, Any] | None:
+    """The usage of a message whose first events (`first`, whole events) are its start,
+    pings, and the start of an empty text block at index 0, and nothing else; None when
+    they are anything more (the client has content then)."""
+    usage: dict[str, Any] | None = None
+    block = False
+    for ev in SSEDecoder().feed(lf_framed(first)):
+        try:
+            data = orjson.loads(ev.data)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        kind = data.get("type", ev.event)
+        if kind == "ping":
+            continue
+        if kind == "message_start" and usage is None and not block:
+            message = data.get("message")
+            got = message.get("usage") if isinstance(message, dict) else None
+            usage = got if isinstance(got, dict) else {}
+        elif kind == "content_block_start" and usage is not None and not block:
+            if data.get("index") != 0 or data.get("content_block") != _EMPTY_TEXT:
+                return None
+            block = True
+        else:
+            return None
+    return usage if block else None
+
+
+def _split_at_error(out: bytes, notable: list[tuple[bytes, int]]) -> tuple[bytes, bytes, Verdict]:
+    """`out` before its first error event, from it on, and what the error says."""
+    at = next(at for name, at in notable if name in _ERROR_EVENTS)
+    start = out.rfind(b"\n\n", 0, at) + 2  # (1: the error is the first event)
+    start = max(start, 0) if start > 1 else 0
+    return out[:start], out[start:], classify_stream_error(_error_data(out, at).decode("utf-8", "replace"))
+
+
+async def _handed_over(reply: Reply, failure: Verdict, start_usage: dict[str, Any], end: bytes) -> AsyncIterator[bytes]:
+    """The rest of a message that the cloud began with an empty text block and then failed
+    (`failure`): a local model's stream in that block's place (the pipeline's choice,
+    reply.instead), or `end`, the cloud's failure as the client is to get it, when none
+    can take it."""
+    instead, reply.instead = reply.instead, None
+    taken = await instead(failure) if instead is not None else None
+    del instead  # it holds the request
+    if taken is None:
+        yield end
+        return
+    log.warning("the cloud's stream failed before any content (%s); %s goes on with it", failure.detail, taken.backend)
+    tracker = StreamTracker()
+    tracker.blocks[0] = "text"
+    tracker.open.add(0)
+    tracker.start_usage = start_usage
+    async for chunk in taken_over(reply, taken, f"the cloud failed after its stream began ({failure.detail})",
+                                  splice(tracker, taken)):
+        yield chunk

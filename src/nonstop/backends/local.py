@@ -38,6 +38,7 @@ from nonstop.backends.base import (
     read_capped,
     read_limited,
     single,
+    taken_over,
 )
 from nonstop.backends.pdfs import read_pdfs
 from nonstop.config import LocalBackendConfig
@@ -96,7 +97,6 @@ CALIBRATION_REQUEST: dict[str, Any] = {
 }
 
 
-MESSAGE_START = b"event: message_start\n"
 
 
 def _encode(events: list[Event]) -> bytes:
@@ -607,7 +607,7 @@ class LocalBackend:
         taken = taken or (await instead(failure) if instead is not None else None)
         del instead  # it holds the request: not for the rest of the stream
         if taken is not None:
-            async for chunk in _taken_over(reply, taken, f"{self.name} failed after the stream began ({why})"):
+            async for chunk in taken_over(reply, taken, f"{self.name} failed after the stream began ({why})"):
                 yield chunk
         elif end:
             yield end
@@ -888,35 +888,6 @@ class _Spare:
 async def _no_body() -> AsyncIterator[bytes]:
     return
     yield  # an async generator that yields nothing
-
-
-async def _taken_over(reply: Reply, taken: Reply, why: str) -> AsyncIterator[bytes]:
-    """`taken`'s stream as the rest of `reply`'s: the client has its message_start
-    already, so taken's own is left out. The reply then names the backend that answered,
-    closes as taken does, and carries taken's usage for the request log."""
-    # The first backend's request is over: its slot goes back now, not when this ends.
-    if reply.close is not None:
-        reply.close()
-
-    def close() -> None:  # whatever closes taken then: it may have been handed on in turn
-        if taken.close is not None:
-            taken.close()
-
-    handed = reply.backend = taken.backend
-    reply.close = close
-    began = False
-    try:
-        async for chunk in taken.body:
-            if not began and MESSAGE_START in chunk:  # nonstop's own encoding: whole events
-                at = chunk.index(MESSAGE_START)
-                chunk, began = chunk[:at] + chunk[chunk.index(b"\n\n", at) + 2:], True
-            if chunk:
-                yield chunk
-    finally:
-        u = taken.usage
-        reply.usage.__dict__.update(u.__dict__)
-        reply.backend = taken.backend  # the last to take over, when taken was handed on too
-        reply.usage.note = "; ".join(n for n in (f"{why}; handed to {handed}", u.note) if n)
 
 
 _PING = encode_event("ping", b'{"type":"ping"}')

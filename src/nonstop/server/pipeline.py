@@ -135,7 +135,9 @@ class Pipeline:
             if isinstance(res, Reply):
                 out.reply, out.step = res, step
                 if res.handover:  # the door lets the request go: the hand-over keeps its own
-                    res.instead = partial(self._instead, ctx, facts, out, tried, step.target, ctx.ex.request())
+                    # (a cloud stream's rarely needs it: kept as it came, parsed if it is)
+                    req = ctx.ex.request() if step.target != CLOUD else ctx.ex.request_later()
+                    res.instead = partial(self._instead, ctx, facts, out, tried, step.target, req)
                 break
             if isinstance(res, Skip):  # not tried after all (another instance probes; a full pool)
                 tried[step.target] = res.reason
@@ -222,14 +224,25 @@ class Pipeline:
         return res
 
     async def _instead(self, ctx: RequestContext, facts: RequestFacts, out: Outcome, tried: dict[str, str],
-                       failed: str, req: dict[str, Any], res: Verdict | TooLong) -> Reply | None:
+                       failed: str, req: dict[str, Any] | Callable[[], dict[str, Any]],
+                       res: Verdict | TooLong) -> Reply | None:
         """Another local stream for the request `req`, whose stream began for the client
-        and that `failed` then could not serve before any content (LocalBackend._served):
+        and that `failed` then could not serve before any content (LocalBackend._served;
+        the cloud's: backends/cloud.py, an empty text block and then an error or a cut):
         the plan's next local steps, planned again as after any failure. Not the cloud: its
         stream is a message of its own, and the client has this one's start."""
-        facts = _sized(facts, req)
         tried = {**tried, failed: _describe(res)}
         out.tried.append((failed, tried[failed]))
+        if failed == CLOUD:  # a "no" like any other: the cloud's state learns it
+            if isinstance(res, Verdict):
+                self.cloud_outcome(res, ctx.ex.account)
+            out.reason = out.reason or tried[failed]
+        if callable(req):
+            try:
+                req = req()
+            except UnreadableRequest:  # the cloud took it; no local model can be sent it
+                return None
+        facts = _sized(facts, req)
         while True:
             p = self.plan(facts, tried)
             step = next((s for s in p.steps if s.target != CLOUD), None)

@@ -125,9 +125,11 @@ async def test_serving_a_request_leaves_no_cycles(serve, tmp_path: Path, mode: s
 
 
 # The ways a cloud reply goes wrong: refused before anything (and failed over), refused
-# and relayed, broken before its first content (failed over), broken after it (the
+# and relayed, broken before its first content (failed over), broken after an empty text
+# block's start (a local model goes on with the message), broken after content (the
 # client's stream ends with an error event), and a whole reply cut short.
-FAULTS = ["overloaded", "invalid_request", "midstream_overloaded", "error_after_content", "reset_after_content",
+FAULTS = ["overloaded", "invalid_request", "midstream_overloaded", "overloaded_after_block_start",
+          "reset_after_block_start", "error_after_content", "reset_after_content",
           "truncate", "malformed_chunk", "json_cut_half", "wrong_content_type"]
 
 

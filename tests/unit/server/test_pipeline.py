@@ -138,13 +138,17 @@ async def test_every_backend_failing_names_each(tmp_path: Path) -> None:
     assert [s.target for s in fakes["a"].sent] == ["a"] and [s.target for s in fakes["b"].sent] == ["b"]
 
 
-def late(name: str) -> Reply:
+HTTP_503 = Verdict(FailureKind.SERVER_ERROR, True, None, "HTTP 503", 503)
+
+
+def late(name: str, failure: Verdict = HTTP_503) -> Reply:
     """A local stream whose head was late: its body asks for another backend's stream
-    (reply.instead) when its server fails, as LocalBackend._late does."""
+    (reply.instead) when its server fails, as LocalBackend._late does (the cloud's
+    stream that began with an empty text block does the same: backends/cloud.py)."""
     r = Reply(200, [], single(b""), name, True, handover=True)
 
     async def body():
-        taken = await r.instead(Verdict(FailureKind.SERVER_ERROR, True, None, "HTTP 503", 503)) if r.instead else None
+        taken = await r.instead(failure) if r.instead else None
         if taken is not None:
             async for chunk in taken.body:
                 yield chunk
@@ -167,6 +171,24 @@ async def test_a_local_stream_that_fails_after_it_began_is_taken_over_by_the_nex
     assert [t for t, _ in out.tried] == ["cloud", "a", "b"]
     assert len(cloud.sent) == 1  # the cloud is not asked again: its stream would be a message of its own
     assert fakes["c"].requests == [req]  # the request itself, though the door let it go
+
+
+async def test_a_cloud_stream_that_fails_before_content_is_taken_over_locally(tmp_path: Path) -> None:
+    overloaded = Verdict(FailureKind.OVERLOADED, True, None, "overloaded (mid-stream)")
+    answer = Reply(200, [], single(b"local answer"), "llama", True)
+    rt, p, cloud, fakes = make(tmp_path, [late("cloud", overloaded)], {"llama": [answer]})
+    req = {"model": "claude-sonnet-4-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    c = ctx(req)
+    c.ex.lazy, c.ex.req = True, {}  # as the outline leaves it: the body only, parsed when needed
+    out = await p.run(c)
+    c.ex.body = b""  # as the door does once a reply is chosen: the hand-over kept its own
+    assert out.reply is not None and out.reply.backend == "cloud" and out.reason == ""
+    assert fakes["llama"].requests == []  # nothing asked of a local model while the cloud serves
+    assert b"".join([x async for x in out.reply.body]) == b"local answer"
+    assert fakes["llama"].requests == [req]  # the request, parsed from the body kept
+    assert out.tried == [("cloud", "overloaded: overloaded (mid-stream)")]
+    assert out.reason == "overloaded: overloaded (mid-stream)" and out.step is not None and out.step.target == "llama"
+    assert rt.quota.blips == 1  # the cloud's state learned the overload, as one before any content
 
 
 async def test_a_late_failure_with_no_local_backend_left_gets_none(tmp_path: Path) -> None:

@@ -81,7 +81,9 @@ class AnthropicDoor(Door):
                 reply.body = recovering(reply, reply.body, whole,
                                         lambda r: self.pipeline.continue_locally(ctx, r, whole))
             await self.relay.commit(ctx, outcome, receive, send, WRITER)
-            if tap is not None and whole is not None:
+            # (An answer a local model went on with, the cloud's stream having failed before
+            # any content, is no cloud answer to compare with.)
+            if tap is not None and whole is not None and reply is not None and reply.backend == CLOUD:
                 shadowed, tap = tap, None
                 self.rt.shadow.after(whole, shadowed, ctx.row.workload, ctx.row.request_id)
         finally:
