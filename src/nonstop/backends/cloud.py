@@ -164,9 +164,13 @@ def response_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, by
 
 
 def _shape(shape: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], tuple[bool, ...]]:
+    """The names a reply of these header names relays, and which of its headers those are:
+    hop-by-hop ones dropped, and a second content-type (what the reply is was decided on
+    the first, as aiohttp reads it: the client must not be told two things)."""
     names = _REPLY_NAMES
     lows: list[bytes] = []
     keep: list[bool] = []
+    typed = False
     for k in shape:
         try:
             low = names[k]
@@ -176,6 +180,8 @@ def _shape(shape: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], tuple[bool, ...
                 low = None
             if len(names) < _MAX_NAMES:
                 names[k] = low
+        if low == b"content-type":
+            low, typed = (None if typed else low), True
         keep.append(low is not None)
         if low is not None:
             lows.append(low)

@@ -58,7 +58,7 @@ CLIENT_CHARS = 200
 SESSION_CHARS = 100
 # The headers of which the first is read as sent (Host, token, cookie) or for the log.
 _SESSION = SESSION_HEADER.encode()
-_FIRSTS = frozenset({b"host", b"x-nonstop-token", b"cookie", b"user-agent", _SESSION})
+_FIRSTS = frozenset({b"host", b"x-nonstop-token", b"cookie", b"user-agent", _SESSION, b"content-encoding"})
 
 # Header names seen before: the name to send on (None: not forwarded). Bounded: names
 # come from clients. A name to send on is an `istr`, which aiohttp's header copies take
@@ -128,6 +128,8 @@ class Head(NamedTuple):
     # The first of each, decoded and cut to what the log keeps ("" when absent).
     client: str
     session: str
+    # The body's content coding as sent (`gzip`, ...; "" when absent or `identity`).
+    coding: str = ""
 
     def __repr__(self) -> str:  # it holds credentials and tokens: never shown
         return f"Head({len(self.key)} headers, client={self.client!r})"
@@ -242,4 +244,10 @@ def _read(key: tuple[tuple[bytes, bytes], ...]) -> Head:
         cookie=first.get(b"cookie", b""),
         client=first.get(b"user-agent", b"").decode("latin-1")[:CLIENT_CHARS],
         session=first.get(_SESSION, b"").decode("latin-1")[:SESSION_CHARS],
+        coding=_coding(first.get(b"content-encoding", b"")),
     )
+
+
+def _coding(value: bytes) -> str:
+    coding = value.decode("latin-1").strip().lower()[:40]
+    return "" if coding in ("", "identity") else coding

@@ -208,6 +208,8 @@ class App:
         headers = scope["headers"]
         if sum(map(len, chain.from_iterable(headers))) > MAX_HEADER_BYTES:  # names and values, counted in C
             return 431, f"request headers are larger than {MAX_HEADER_BYTES} bytes"
+        if scope["path"][:1] != "/":  # `OPTIONS *`: nothing here, or upstream, answers for the server as a whole
+            return 400, f"the request target must be a path starting with /, not {scope['path'][:100]!r}"
         scope[HEAD], scope[CONTENT_LENGTH] = split_head(headers)
         if not self._token and not self._users:
             # Without a token only loopback is served; a foreign Host is a web page

@@ -106,14 +106,20 @@ def header(scope: Scope, name: bytes, default: str = "") -> str:
     return default
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: int, *, coded: bool = False) -> bytes:
     """The whole request body, at most `limit` bytes (BodyTooLarge), arriving at the
-    scope's pace (BodyTimeout), or ClientGone."""
+    scope's pace (BodyTimeout), or ClientGone. `coded`: a body sent with a content coding
+    (gzip, ...) is taken as it is, to pass on; otherwise it is refused (a 415), as one
+    nonstop reads."""
     declared = scope.get(CONTENT_LENGTH)
     if declared is None:  # not read by the application (another server's scope)
         declared = header(scope, b"content-length")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit)
+    head = scope.get(HEAD)
+    if not coded and head is not None and head.coding:  # read as JSON: compressed, it would read as garbage
+        raise BadBody(415, f"the request body is sent with content-encoding {head.coding!r}, which nonstop does not "
+                           "read; send it uncompressed", "invalid_request_error")
     pace: BodyPace = scope.get(BODY_PACE) or DEFAULT_PACE
     started = asyncio.get_running_loop().time()
     chunks: list[bytes] = []

@@ -19,9 +19,11 @@ _TYPE_FOR_STATUS = {
     404: "not_found_error",
     405: "invalid_request_error",
     413: "request_too_large",
+    408: "timeout_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    431: "invalid_request_error",  # the client's headers are too large: its fault, as a 413's
     500: "api_error",
     502: "api_error",
     503: "api_error",
@@ -68,8 +70,12 @@ _OPENAI_TYPE = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
+    431: "invalid_request_error",
 }
 
 

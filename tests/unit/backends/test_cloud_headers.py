@@ -54,6 +54,12 @@ def test_the_clouds_reply_headers_come_down_lower_cased_without_hop_by_hop():
     assert out == [(b"content-type", b"application/json"), (b"request-id", b"r1")]
 
 
+def test_a_reply_with_two_content_types_is_relayed_with_the_first_it_was_read_by():
+    raw = [(b"Content-Type", b"text/event-stream"), (b"request-id", b"r1"), (b"content-type", b"application/json")]
+    for _ in range(2):  # read, then rebuilt from its shape
+        assert response_headers(raw) == [(b"content-type", b"text/event-stream"), (b"request-id", b"r1")]
+
+
 def test_a_reply_shaped_like_one_before_keeps_its_own_values():
     """The second reply with the same names in the same order is rebuilt from the first's
     shape: its own values, in its order, hop-by-hop ones still dropped."""

@@ -337,6 +337,14 @@ async def test_only_a_request_let_in_leaves_its_head_kept(tmp_path: Path) -> Non
     assert (await exchange(local, "GET", "/health", headers=[(b"host", b"evil.example")], exact=True))[0] == 403
     big = [(b"host", b"127.0.0.1"), (b"x-big", b"x" * (64 * 1024))]
     assert (await exchange(local, "GET", "/health", headers=big, exact=True))[0] == 431
+    # A target that is not a path (`OPTIONS *`) is no request for the cloud either.
+    status, _, body = await exchange(local, "OPTIONS", "*")
+    assert status == 400 and "must be a path" in orjson.loads(body)["error"]["message"]
+    # The client's fault, said in its format as such (not a server error).
+    status, _, body = await exchange(local, "POST", "/v1/messages", headers=big, exact=True)
+    assert status == 431 and orjson.loads(body)["error"]["type"] == "invalid_request_error"
+    status, _, body = await exchange(local, "POST", "/v1/chat/completions", headers=big, exact=True)
+    assert status == 431 and orjson.loads(body)["error"]["type"] == "invalid_request_error"
     assert not H._HEADS and H._last[0] is None
     assert (await exchange(local, "GET", "/health"))[0] == 200
     assert len(H._HEADS) == 1
@@ -350,3 +358,31 @@ async def test_the_first_content_type_says_whether_a_failed_reply_was_a_stream(a
     sse_then_json = [*SSE, *JSON]
     client = await run(app, scope_for("/v1/messages"), mid_body(sse_then_json, OPENING))
     assert client.ended and b"event: error" in client.body
+
+
+async def test_a_compressed_body_is_refused_where_nonstop_reads_it_and_passed_on_where_it_does_not(recording_app) -> None:
+    import gzip
+
+    from nonstop.backends.head import forget_heads
+    from tests.support.inprocess import exchange
+
+    app, sent = recording_app
+    forget_heads()
+    doc = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    packed = gzip.compress(orjson.dumps(doc))
+    coded = [(b"content-encoding", b"gzip")]
+    for path, fmt in (("/v1/messages", "anthropic"), ("/v1/messages/count_tokens", "anthropic"),
+                      ("/v1/chat/completions", "openai")):
+        status, _, body = await exchange(app, "POST", path, headers=coded, body=packed)
+        err = orjson.loads(body)["error"]
+        assert status == 415 and err["type"] == "invalid_request_error", (path, body)
+        assert "content-encoding 'gzip'" in err["message"] and "uncompressed" in err["message"]
+        assert ("param" in err) == (fmt == "openai")
+    assert sent == []
+    # `identity` is no coding at all.
+    status, _, _ = await exchange(app, "POST", "/v1/messages", headers=[(b"content-encoding", b"Identity")],
+                                  body=orjson.dumps(doc))
+    assert status == 200 and len(sent) == 1
+    # A path nonstop passes through unread gets the body as it came, coding and all.
+    status, _, _ = await exchange(app, "POST", "/v1/files", headers=coded, body=packed)
+    assert status == 200 and sent[-1] == packed

@@ -160,7 +160,7 @@ class AnthropicDoor(Door):
 
     async def passthrough(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Anything nonstop does not know goes to the cloud unchanged."""
-        body = await self.read(scope, receive, send, WRITER)
+        body = await self.read(scope, receive, send, WRITER, coded=True)
         if body is None:
             return
         ctx = self.context(scope, body, {}, scope["path"][:200])

@@ -92,10 +92,11 @@ class Door:
         )
         return RequestContext(ex, row, time.perf_counter(), None, scope.get(CONNECTION))
 
-    async def read(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> bytes | None:
+    async def read(self, scope: Scope, receive: Receive, send: Send, writer: Writer, *, coded: bool = False) -> bytes | None:
         """The body, or None after answering a body over the limit in the client's protocol
-        (or when the client left before sending it all)."""
-        return await _answered(read_body(scope, receive, self.cfg.max_body_bytes), send, writer)
+        (or when the client left before sending it all). `coded`: a compressed body is
+        taken, to pass on as it came (read_body)."""
+        return await _answered(read_body(scope, receive, self.cfg.max_body_bytes, coded=coded), send, writer)
 
     async def read_json(self, scope: Scope, receive: Receive, send: Send, writer: Writer) -> tuple[bytes, Any] | None:
         """The body and its JSON, or None after answering the problem in the client's protocol."""
