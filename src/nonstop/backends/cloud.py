@@ -713,13 +713,15 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
     # held: a cloud that trickles an event (a byte now and then) re-arms the silence timer
     # with every read, so that wait is added up here and bound by `idle` too.
     unfinished = 0.0
-    bare = reply if reply is not None and reply.handover else None
+    bare = reply if reply is not None and reply.handover and reply.instead is not None else None
     reply = None  # (held as `bare` while the hand-over may come: not for the stream's life)
     shown = end = b""  # when the stream fails: what came before its end, and that end
     failure: Verdict | None = None  # an error event's verdict
     try:
         with Silence(idle) as silence:
             pending = first
+            if bare is None:
+                first = b""  # read again only by a hand-over: not kept for the stream's life
             it = resp.content.iter_any().__aiter__()
             while True:
                 if not held and not skip_lf and _plain_read(pending):
@@ -728,7 +730,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                     first_notable = None
                     if bare is not None and pending is not first and _ONLY_PINGS.fullmatch(pending) is None:
                         bare.instead = None  # content came: the hand-over (and its request) goes
-                        bare = None
+                        bare, first = None, b""
                     yield pending
                 else:
                     if skip_lf and pending.startswith(b"\n"):  # the LF of that CRLF
@@ -762,7 +764,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                         usage.final = ended and usage.complete and resp.content.at_eof()
                         if bare is not None and pending is not first and _ONLY_PINGS.fullmatch(out) is None:
                             bare.instead = None
-                            bare = None
+                            bare, first = None, b""
                         yield out
                         if ended:
                             await _drain(resp)

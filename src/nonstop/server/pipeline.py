@@ -73,6 +73,39 @@ class Outcome:
         return f"none; rule={last.rule}; {last.reason}" if last else "none"
 
 
+class Held:
+    """A cloud stream's hand-over (backends/cloud.py: a failure after an empty text block),
+    which keeps the request until the stream's first content. Every stream the cloud
+    starts that way keeps one for a token's time; what is kept at once is bounded
+    (MAX_COUNT requests, MAX_BYTES), so a burst of streams does not hold a body each:
+    past it, a stream ends with the cloud's error as before. Counted while it lives
+    (let go: `__del__`)."""
+
+    MAX_COUNT = 4  # a session's main agent and its subagents starting in the same moment
+    MAX_BYTES = 8 * 1024 * 1024
+    count = 0  # kept now, in this process
+    held = 0  # their bytes
+
+    __slots__ = ("call", "size")
+
+    def __init__(self, size: int, call: Callable[[Verdict | TooLong], Awaitable[Reply | None]]) -> None:
+        self.call, self.size = call, size
+        Held.count += 1
+        Held.held += size
+
+    @classmethod
+    def of(cls, size: int, call: Callable[[Verdict | TooLong], Awaitable[Reply | None]]) -> Held | None:
+        """One more kept, when the bounds allow (None: not kept)."""
+        return cls(size, call) if cls.count < cls.MAX_COUNT and cls.held + size <= cls.MAX_BYTES else None
+
+    def __call__(self, res: Verdict | TooLong) -> Awaitable[Reply | None]:
+        return self.call(res)
+
+    def __del__(self) -> None:
+        Held.count -= 1
+        Held.held -= self.size
+
+
 class Pipeline:
     def __init__(self, rt: Runtime):
         self.rt = rt
@@ -134,10 +167,11 @@ class Pipeline:
             res = await self.attempt(ctx, step)
             if isinstance(res, Reply):
                 out.reply, out.step = res, step
-                if res.handover:  # the door lets the request go: the hand-over keeps its own
-                    # (a cloud stream's rarely needs it: kept as it came, parsed if it is)
-                    req = ctx.ex.request() if step.target != CLOUD else ctx.ex.request_later()
-                    res.instead = partial(self._instead, ctx, facts, out, tried, step.target, req)
+                if res.handover and step.target != CLOUD:  # the door lets the request go: the hand-over keeps its own
+                    res.instead = partial(self._instead, ctx, facts, out, tried, step.target, ctx.ex.request())
+                elif res.handover:  # (a cloud stream's is rarely asked: the body kept as it came, within a bound)
+                    res.instead = Held.of(len(ctx.ex.body), partial(self._instead, ctx, facts, out, tried, CLOUD,
+                                                                    ctx.ex.request_later()))
                 break
             if isinstance(res, Skip):  # not tried after all (another instance probes; a full pool)
                 tried[step.target] = res.reason

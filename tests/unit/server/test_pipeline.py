@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from nonstop.routing.classify import FailureKind, Verdict, classify_response
 from nonstop.routing.fit import fitted_size, local_size
 from nonstop.routing.plan import Step
 from nonstop.routing.view import Capabilities, CloudState
-from nonstop.server.pipeline import Pipeline, RequestContext, _sized
+from nonstop.server.pipeline import Held, Pipeline, RequestContext, _sized
 from nonstop.server.runtime import Runtime
 from nonstop.store.db import RequestRow
 from nonstop.wire.sse import encode_event
@@ -148,7 +149,9 @@ def late(name: str, failure: Verdict = HTTP_503) -> Reply:
     r = Reply(200, [], single(b""), name, True, handover=True)
 
     async def body():
-        taken = await r.instead(failure) if r.instead else None
+        instead, r.instead = r.instead, None  # asked at most once, then let go (it holds the request)
+        taken = await instead(failure) if instead else None
+        del instead
         if taken is not None:
             async for chunk in taken.body:
                 yield chunk
@@ -189,6 +192,27 @@ async def test_a_cloud_stream_that_fails_before_content_is_taken_over_locally(tm
     assert out.tried == [("cloud", "overloaded: overloaded (mid-stream)")]
     assert out.reason == "overloaded: overloaded (mid-stream)" and out.step is not None and out.step.target == "llama"
     assert rt.quota.blips == 1  # the cloud's state learned the overload, as one before any content
+    assert Held.count == 0 and Held.held == 0  # the request kept for it is let go
+
+
+def test_what_cloud_streams_keep_for_a_hand_over_is_bounded() -> None:
+    async def call(res: Any) -> None:
+        return None
+
+    gc.collect()  # (hand-overs of other tests' replies left in cycles)
+    count, held = Held.count, Held.held
+    kept = [Held.of(50_000, call) for _ in range(Held.MAX_COUNT - count)]
+    assert all(k is not None for k in kept) and Held.count == Held.MAX_COUNT and Held.held == held + 50_000 * len(kept)
+    assert Held.of(10, call) is None  # one more stream keeps nothing: it ends as before if the cloud fails
+    kept.pop()
+    assert Held.count == Held.MAX_COUNT - 1
+    again = Held.of(10, call)
+    assert again is not None
+    del again
+    kept.clear()
+    assert (Held.count, Held.held) == (count, held)
+    assert Held.of(Held.MAX_BYTES + 1, call) is None  # nor is a request larger than the bound kept
+    assert (Held.count, Held.held) == (count, held)
 
 
 async def test_a_late_failure_with_no_local_backend_left_gets_none(tmp_path: Path) -> None:
