@@ -9,6 +9,7 @@ lo), so that the per-address count of one test does not leak into the next.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import socket
@@ -143,6 +144,7 @@ def test_trickled_head_is_dropped_at_the_deadline(ns):
     assert HEAD_TIMEOUT - 0.2 < took < HEAD_TIMEOUT + LATE, took
     assert answer.startswith(b"HTTP/1.1 408 "), answer
     assert b"connection: close" in answer.lower()
+    assert error_of(answer) == ("timeout_error", "the request head did not arrive within 3 s")
 
 
 def test_connection_that_sends_nothing_is_closed(ns):
@@ -171,6 +173,41 @@ def test_oversized_head_is_refused_before_it_ends(ns):
             s.sendall(b"a" * (300 * 1024))
         answer = read_to_close(s, timeout=5)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert error_of(answer)[0] == "invalid_request_error"  # the client's fault, in its format
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n",
+    b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Bad: a\x00b\r\n\r\n",
+    b"GET /\x01 HTTP/1.1\r\n\r\n",
+], ids=["length-and-chunked", "negative-length", "nul-in-header", "control-in-target"])
+def test_bytes_the_parser_refuses_get_a_400_in_the_clients_format(ns, raw):
+    with connect(ns, "127.0.0.24") as s:
+        s.sendall(raw)
+        answer = read_to_close(s, timeout=5)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
+    etype, message = error_of(answer)
+    assert etype == "invalid_request_error" and "not valid HTTP/1.1" in message
+    # The same on the OpenAI door: its error shape.
+    with connect(ns, "127.0.0.24") as s:
+        s.sendall(raw.replace(b"/v1/messages", b"/v1/chat/completions"))
+        answer = read_to_close(s, timeout=5)
+    if b"/v1/messages" in raw:
+        doc = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert doc["error"]["type"] == "invalid_request_error" and "param" in doc["error"], doc
+    assert ns.proc.poll() is None
+    status, _, _ = rawhttp.request("GET", ns.url + "/health")
+    assert status == 200
+
+
+def error_of(answer: bytes) -> tuple[str, str]:
+    """An answer's Anthropic error (type, message), from its raw bytes."""
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"content-type: application/json" in head.lower(), head
+    doc = json.loads(body)
+    assert doc["type"] == "error", doc
+    return doc["error"]["type"], doc["error"]["message"]
 
 
 # --- the cap per address ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from typing import ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from nonstop.server.asgi import CONNECTION, Connection
+from nonstop.wire.errors import anthropic_error, openai_error
 
 # A head still incomplete this long after it started counts against its address's limit.
 SLOW_AFTER = 1.0
@@ -72,9 +73,16 @@ class SlowHeads:
         return len(self._by_client.get(client, ()))
 
 
-def _closing_response(status: bytes, message: str) -> bytes:
-    body = message.encode()
-    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: text/plain; charset=utf-8\r\n"
+def _closing_response(status: bytes, message: str, url: bytes = b"") -> bytes:
+    """An answer the protocol gives before the application has the request (a head too
+    large, late, or not HTTP), then closing: an error in the client's own protocol, by
+    as much of the target as was read (OpenAI's on its door, else Anthropic's)."""
+    code = int(status[:3])
+    if url.startswith(b"/v1/chat/completions"):
+        body = openai_error(code, message)
+    else:
+        body = anthropic_error(code, message, "timeout_error" if code == 408 else "invalid_request_error")
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
 
 
@@ -195,10 +203,23 @@ class HeadGuardedProtocol(HttpToolsProtocol):
         if head.size > MAX_HEAD_BYTES:
             self._end_head()
             self.transport.write(_closing_response(
-                b"431 Request Header Fields Too Large", f"the request head is larger than {MAX_HEAD_BYTES} bytes"))
+                b"431 Request Header Fields Too Large", f"the request head is larger than {MAX_HEAD_BYTES} bytes", self._url()))
             self.transport.close()
         elif head.timer is None:
             self._arm()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser refuses (a malformed line or header, both
+        a length and chunked framing, a bad length...), in the client's protocol."""
+        self._end_head()
+        self.transport.write(_closing_response(
+            b"400 Bad Request", "the request is not valid HTTP/1.1 (a malformed request line or header, "
+                                "or a conflicting or invalid body length); nonstop could not read it", self._url()))
+        self.transport.close()
+
+    def _url(self) -> bytes:
+        """As much of the request's target as was read (b"" before any)."""
+        return getattr(self, "url", b"")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_head()
@@ -248,7 +269,7 @@ class HeadGuardedProtocol(HttpToolsProtocol):
         self._end_head()
         if answer:
             self.transport.write(_closing_response(
-                b"408 Request Timeout", f"the request head did not arrive within {self.head_timeout:g} s"))
+                b"408 Request Timeout", f"the request head did not arrive within {self.head_timeout:g} s", self._url()))
         self.transport.close()
 
 
