@@ -2,6 +2,8 @@
 
 The request's model picks the recording: model "fixture:parallel_tool_calls" replays
 tests/fixtures/openai_streams/parallel_tool_calls.jsonl. Other models get plain_text.
+A model starting "whole:" is answered with the whole completion even when a stream is
+asked for (a server that ignores `stream`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ LOG: list[dict] = []
 
 
 def chunks_for(model: str) -> list[dict]:
+    model = model.removeprefix("whole:")
     name = model.removeprefix("fixture:") if model.startswith("fixture:") else "plain_text"
     path = FIXTURES / f"{name}.jsonl"
     # A line starting "RAW " is sent as it is after `data: ` (a chunk that is not JSON).
@@ -30,7 +33,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     req = json.loads(body)
     LOG.append({"headers": [[k, v] for k, v in request.headers.items()], "body": req})
     chunks = chunks_for(str(req.get("model", "")))
-    if not req.get("stream"):
+    if not req.get("stream") or str(req.get("model", "")).startswith("whole:"):
         text = "".join(
             (c.get("choices") or [{}])[0].get("delta", {}).get("content") or ""
             for c in chunks if isinstance(c, dict) and c.get("choices")

@@ -49,7 +49,12 @@ from nonstop.routing.plan import MIN_OUTPUT_ROOM
 from nonstop.routing.view import Capabilities
 from nonstop.wire.anthropic import Event, estimate_tokens, fold_beside_results, to_local_request
 from nonstop.wire.errors import error_event, prompt_too_long_message
-from nonstop.wire.local_stream import LocalStreamNormalizer, message_start, normalize_message
+from nonstop.wire.local_stream import (
+    LocalStreamNormalizer,
+    message_events,
+    message_start,
+    normalize_message,
+)
 from nonstop.wire.prompt_cache import normalize_for_prompt_cache
 from nonstop.wire.repair import Repair
 from nonstop.wire.sse import JSONEventDecoder, encode_event, loads_with_lone_surrogates
@@ -162,6 +167,8 @@ class LocalBackend:
         # The server's chat template refused a user message after tool results: the text
         # beside them goes inside the last one (wire.anthropic.fold_beside_results).
         self.fold_turns = False
+        # The server answered a stream request whole (said once in the log).
+        self.whole_streams = False
 
     # --- what subclasses provide ----------------------------------------------------------
 
@@ -454,7 +461,11 @@ class LocalBackend:
             opened = task.result()
             if isinstance(opened, Verdict | TooLong):
                 return opened
-            wrong = await self._not_a_stream(opened)
+            wrong = await self._not_a_stream(opened, call)
+            if isinstance(wrong, tuple):  # a whole answer: streamed from it, and the server's part is over
+                release()
+                msg, usage = wrong
+                return Reply(200, list(SSE_HEADERS), single(_encode(message_events(msg))), self.name, True, usage)
             if wrong is not None:
                 return wrong
             resp = opened
@@ -477,13 +488,23 @@ class LocalBackend:
         reply.body = _with_pings(self._late(task, call, reply, release, was_idle), self.ping_interval)
         return reply
 
-    async def _not_a_stream(self, resp: aiohttp.ClientResponse) -> Verdict | None:
-        """A 200 to a stream request that is not an event stream (an error as JSON, an
-        HTML page, nothing): a broken reply, with the server's own words, and the next
-        backend is tried. None for a stream."""
+    async def _not_a_stream(self, resp: aiohttp.ClientResponse, call: Call) -> Verdict | tuple[dict, Usage] | None:
+        """A 200 to a stream request that is not an event stream. A whole answer (a server
+        that ignores `stream`): the client's message and its usage, which the caller
+        streams. Anything else (an error as JSON, an HTML page, nothing): a broken reply,
+        with the server's own words, and the next backend is tried. None for a stream."""
         ctype = resp.headers.get("content-type", "")
         if ctype.startswith("text/event-stream"):
             return None
+        if ctype.startswith("application/json"):
+            got = await self._answer_of(resp, call, self._head_deadline())
+            if isinstance(got, tuple):
+                if not self.whole_streams:
+                    self.whole_streams = True
+                    log.warning("%s answered a stream request whole (it ignores `stream`); its answers are streamed to "
+                                "the client from the whole reply", self.name)
+                self.state.succeeded()
+            return got
         try:
             async with asyncio.timeout(self.cfg.connect_timeout):
                 text = (await resp.content.read(4096)).decode("utf-8", "replace")
@@ -506,6 +527,18 @@ class LocalBackend:
         opened = await self._open(call, deadline)
         if isinstance(opened, Verdict | TooLong):
             return opened
+        got = await self._answer_of(opened, call, deadline)
+        if isinstance(got, Verdict):
+            return got
+        msg, usage = got
+        # No speed is learnt: a whole reply's time holds the prompt and the answer together
+        # (a long answer would read as a slow prompt).
+        self.state.succeeded()
+        return Reply(200, list(JSON_HEADERS), single(orjson.dumps(msg)), self.name, False, usage)
+
+    async def _answer_of(self, opened: aiohttp.ClientResponse, call: Call, deadline: float) -> tuple[dict, Usage] | Verdict:
+        """A whole reply's body read (by `deadline`, up to MAX_WHOLE_BODY) and made the
+        client's message, with its usage; or the Verdict on a body that is not one."""
         try:
             async with asyncio.timeout_at(deadline):
                 raw = await read_limited(opened, MAX_WHOLE_BODY + 1)
@@ -544,12 +577,8 @@ class LocalBackend:
                                 tool_names=call.name_map)
         u = msg["usage"]
         now = time.perf_counter()
-        usage = Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True,
-                      first_content=now, ended=now, fitted=call.fitted, repairs=repairs)
-        # No speed is learnt: a whole reply's time holds the prompt and the answer together
-        # (a long answer would read as a slow prompt).
-        self.state.succeeded()
-        return Reply(200, list(JSON_HEADERS), single(orjson.dumps(msg)), self.name, False, usage)
+        return msg, Usage(u["input_tokens"], u["output_tokens"], str(msg.get("stop_reason") or ""), complete=True,
+                          first_content=now, ended=now, fitted=call.fitted, repairs=repairs)
 
     async def _late(self, task: asyncio.Future, call: Call, reply: Reply, release: Callable[[], None],
                     was_idle: bool) -> AsyncIterator[bytes]:
@@ -562,7 +591,14 @@ class LocalBackend:
             release()
             raise
         if isinstance(opened, aiohttp.ClientResponse):
-            wrong = await self._not_a_stream(opened)
+            wrong = await self._not_a_stream(opened, call)
+            if isinstance(wrong, tuple):  # a whole answer: the rest of the client's stream, from it
+                release()
+                msg, usage = wrong
+                reply.instead = None
+                reply.usage.__dict__.update(usage.__dict__)
+                yield _encode(message_events(msg)[1:])  # the client has its message_start
+                return
             opened = opened if wrong is None else wrong
         async for chunk in self._served(opened, call, reply, release, was_idle, started=True):
             yield chunk

@@ -372,6 +372,35 @@ class LocalStreamNormalizer:
         return out + [("message_stop", {"type": "message_stop"})]
 
 
+def message_events(msg: dict[str, Any]) -> list[Event]:
+    """A whole message (normalize_message's) as the stream that would have carried it, for
+    a server that answered a stream request whole: each block's start (empty, as the
+    cloud's are), its content as one delta, its end; then the stop reason and usage."""
+    usage = _object(msg.get("usage"))
+    events = [message_start(str(msg.get("model") or ""), usage.get("input_tokens") or 1, msg.get("id"))]
+    for i, block in enumerate(b for b in msg.get("content") or [] if isinstance(b, dict)):
+        kind = block.get("type")
+        if kind == "text":
+            events += [_start_event(i, {"type": "text", "text": ""}),
+                       _delta_event(i, {"type": "text_delta", "text": block.get("text", "")})]
+        elif kind == "tool_use":
+            events += [_start_event(i, {"type": "tool_use", "id": block.get("id"), "name": block.get("name"), "input": {}}),
+                       _delta_event(i, {"type": "input_json_delta",
+                                        "partial_json": orjson.dumps(block.get("input") or {}).decode()})]
+        elif kind == "thinking":
+            events += [_start_event(i, {"type": "thinking", "thinking": ""}),
+                       _delta_event(i, {"type": "thinking_delta", "thinking": block.get("thinking", "")}),
+                       _delta_event(i, {"type": "signature_delta", "signature": block.get("signature", "")})]
+        else:
+            events.append(_start_event(i, block))
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
+    events += [("message_delta", {"type": "message_delta",
+                                  "delta": {"stop_reason": msg.get("stop_reason"), "stop_sequence": msg.get("stop_sequence")},
+                                  "usage": usage}),
+               ("message_stop", {"type": "message_stop"})]
+    return events
+
+
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 

@@ -686,3 +686,51 @@ def test_a_refusal_of_every_request_is_told_from_one_of_this_request(status: int
     """cannot_serve (which demotes the backend) says yes only to a refusal that no other
     request would escape: the model or the endpoint not there, a key refused."""
     assert local_module.cannot_serve(status, orjson.dumps(body).decode()) is every_request
+
+
+ANTHROPIC_WHOLE = {"id": "msg_w", "type": "message", "role": "assistant", "model": "m", "stop_reason": "tool_use",
+                   "content": [{"type": "text", "text": "Reading it."},
+                               {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"file_path": "a.py"}}],
+                   "usage": {"input_tokens": 40, "output_tokens": 9}}
+OPENAI_WHOLE = {"id": "c", "object": "chat.completion", "model": "m",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": "Reading it.",
+                    "tool_calls": [{"id": "call_1", "type": "function",
+                                    "function": {"name": "Read", "arguments": '{"file_path": "a.py"}'}}]}}],
+                "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}}
+READ_TOOL = {"name": "Read", "description": "Read a file", "input_schema": {
+    "type": "object", "properties": {"file_path": {"type": "string"}}, "required": ["file_path"]}}
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["in-time", "after-the-stream-began"])
+@pytest.mark.parametrize("api,path,doc", [("anthropic", "/v1/messages", ANTHROPIC_WHOLE),
+                                          ("openai", "/v1/chat/completions", OPENAI_WHOLE)])
+async def test_a_server_that_ignores_stream_and_answers_whole_is_streamed_from_its_answer(
+        serve, monkeypatch, api, path, doc, late):
+    if late:  # its head comes after the client's stream began (message_start and pings)
+        monkeypatch.setattr(local_module, "COMMIT_AFTER", 0.05)
+
+    async def whole(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(0.2 if late else 0)
+        return web.json_response(doc)
+
+    app = web.Application()
+    app.router.add_post(path, whole)
+    req = {**REQUEST, "tools": [READ_TOOL]}
+    res, out, _ = await _stream_from(await serve(app), api, req)
+    assert isinstance(res, Reply) and res.stream, res
+    v = wirecheck.check_anthropic_stream(out)
+    assert v.outcome == "ok", (v, out[-400:])
+    assert v.events.count("message_start") == 1
+    events = [(n, orjson.loads(d)) for n, d in wirecheck.parse_sse(out)[0]]
+    text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta" and d["delta"]["type"] == "text_delta")
+    assert text == "Reading it."
+    [call] = [d["content_block"] for n, d in events if n == "content_block_start" and d["content_block"]["type"] == "tool_use"]
+    assert call["name"] == "Read" and call["input"] == {}  # the input comes as a delta, as Claude Code reads it
+    args = "".join(d["delta"]["partial_json"] for n, d in events
+                   if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta")
+    assert orjson.loads(args) == {"file_path": "a.py"}
+    end = next(d for n, d in events if n == "message_delta")
+    assert end["delta"]["stop_reason"] == "tool_use" and end["usage"]["output_tokens"] == 9
+    assert res.usage.complete and res.usage.output_tokens == 9 and not res.usage.error
