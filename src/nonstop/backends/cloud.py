@@ -13,7 +13,7 @@ import logging
 import operator
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from itertools import compress
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -815,14 +815,16 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
         resp.release()
         if bare is not None and not end:  # (the client left): the hand-over holds the request
             bare.instead = None
-    if bare is not None and _ONLY_PINGS.fullmatch(shown) is not None and (start := _bare_start(first)) is not None:
-        if shown:
-            yield shown
-        shown = b""
-        failure = failure or Verdict(FailureKind.BAD_RESPONSE, True, None, usage.error)
-        async for chunk in _handed_over(bare, failure, start, end):
-            yield chunk
-        return
+    if bare is not None:
+        # Asked at most once, and let go here whatever comes (a client that leaves while
+        # the pings go out, a start that was more than it seemed): it holds the request.
+        instead, bare.instead = bare.instead, None
+        if instead is not None and _ONLY_PINGS.fullmatch(shown) is not None and (start := _bare_start(first)) is not None:
+            failure = failure or Verdict(FailureKind.BAD_RESPONSE, True, None, usage.error)
+            async for chunk in _handed_over(bare, instead, failure, start, shown, end):
+                yield chunk
+            return
+        del instead
     yield shown + end if shown else end
 
 
@@ -879,13 +881,15 @@ def _split_at_error(out: bytes, notable: list[tuple[bytes, int]]) -> tuple[bytes
     return out[:start], out[start:], classify_stream_error(_error_data(out, at).decode("utf-8", "replace"))
 
 
-async def _handed_over(reply: Reply, failure: Verdict, start_usage: dict[str, Any], end: bytes) -> AsyncIterator[bytes]:
+async def _handed_over(reply: Reply, instead: Callable[[Verdict], Awaitable[Reply | None]], failure: Verdict,
+                       start_usage: dict[str, Any], shown: bytes, end: bytes) -> AsyncIterator[bytes]:
     """The rest of a message that the cloud began with an empty text block and then failed
-    (`failure`): a local model's stream in that block's place (the pipeline's choice,
-    reply.instead), or `end`, the cloud's failure as the client is to get it, when none
-    can take it."""
-    instead, reply.instead = reply.instead, None
-    taken = await instead(failure) if instead is not None else None
+    (`failure`), after `shown` (pings): a local model's stream in that block's place (the
+    pipeline's choice, `instead`, reply's hand-over), or `end`, the cloud's failure as the
+    client is to get it, when none can take it."""
+    if shown:
+        yield shown
+    taken = await instead(failure)
     del instead  # it holds the request
     if taken is None:
         yield end

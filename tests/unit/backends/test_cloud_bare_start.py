@@ -192,7 +192,7 @@ async def test_with_no_local_model_to_take_it_the_error_ends_the_stream_as_befor
     assert len(local.asked) == 1
     assert out.endswith(OVERLOADED) and out.count(b"event: error") == 1
     assert wirecheck.check_anthropic_stream(out).outcome == "error"
-    assert res.backend == "cloud" and res.usage.error
+    assert res.backend == "cloud" and res.usage.error and res.instead is None
 
 
 async def test_a_stream_whose_first_block_is_not_an_empty_text_block_is_not_handed_over(serve):
@@ -201,6 +201,7 @@ async def test_a_stream_whose_first_block_is_not_an_empty_text_block_is_not_hand
     local = Local()
     res, out = await _relay(await serve(_cloud([START + thinking, 0.05, OVERLOADED])), local)
     assert local.asked == [] and out.endswith(OVERLOADED) and res.backend == "cloud"
+    assert res.instead is None  # let go all the same: it holds the request
 
 
 @pytest.mark.parametrize("first,usage", [
@@ -218,3 +219,17 @@ async def test_a_stream_whose_first_block_is_not_an_empty_text_block_is_not_hand
 ])
 def test_the_bare_start_is_read_exactly(first, usage):
     assert _bare_start(first) == usage
+
+
+async def test_a_client_that_leaves_before_the_failure_lets_the_hand_over_go(serve):
+    local = Local()
+    cfg = CloudConfig(url=await serve(_cloud([START + PING + TEXT_START, "hang"])), first_byte_timeout=10.0)
+    async with CloudBackend.make_session(cfg) as session:
+        res = await CloudBackend(cfg, session).request("POST", b"/v1/messages", b"", forward_headers([(b"x-api-key", b"k")]),
+                                                       b"{}", stream=True, expect="stream")
+        assert isinstance(res, Reply) and res.handover
+        res.instead = local.instead
+        body = res.body
+        assert await anext(body)  # the start went out; then the client goes
+        await body.aclose()
+        assert res.instead is None and local.asked == []
