@@ -239,8 +239,9 @@ async def taken_over(reply: Reply, taken: Reply, why: str, body: AsyncIterator[b
         reply.close()
 
     def close() -> None:  # whatever closes taken then: it may have been handed on in turn
-        if taken.close is not None:
-            taken.close()
+        closing, taken.close = taken.close, None  # once: a splice's own end closes it too
+        if closing is not None:
+            closing()
 
     handed = reply.backend = taken.backend
     reply.close = close

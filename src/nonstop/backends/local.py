@@ -493,7 +493,7 @@ class LocalBackend:
         that ignores `stream`): the client's message and its usage, which the caller
         streams. Anything else (an error as JSON, an HTML page, nothing): a broken reply,
         with the server's own words, and the next backend is tried. None for a stream."""
-        ctype = resp.headers.get("content-type", "")
+        ctype = resp.headers.get("content-type", "").lower()
         if ctype.startswith("text/event-stream"):
             return None
         if ctype.startswith("application/json"):
@@ -553,6 +553,9 @@ class LocalBackend:
             opened.close()
             self.state.failed(f"unreadable reply ({type(exc).__name__})")
             return Verdict(FailureKind.BAD_RESPONSE, True, None, f"{self.name}: unreadable reply ({type(exc).__name__})")
+        except BaseException:  # cancelled (its client left): the connection is not left open
+            opened.close()
+            raise
         opened.release()
         if len(raw) > MAX_WHOLE_BODY:
             self.state.failed("reply too large")

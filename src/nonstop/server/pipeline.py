@@ -246,8 +246,13 @@ class Pipeline:
             raise
         if isinstance(res, Reply) and res.stream:
             close = res.close
+            given = False
 
             def closed() -> None:
+                nonlocal given
+                if given:  # the slot goes back once, however many ends close the stream
+                    return
+                given = True
                 if close is not None:
                     close()
                 rt.give_slot(backend, url)

@@ -63,6 +63,7 @@ class Local:
         self.asked: list[Verdict] = []
         self.first, self.none = first, none
         self.closed = False
+        self.closes = 0
 
     async def instead(self, failure: Any) -> Reply | None:
         self.asked.append(failure)
@@ -76,6 +77,7 @@ class Local:
 
         def close() -> None:
             self.closed = True
+            self.closes += 1
 
         return Reply(200, [], body(), "llama", True, Usage(input_tokens=99, output_tokens=7, stop_reason="end_turn",
                                                            complete=True), close=close)
@@ -233,3 +235,23 @@ async def test_a_client_that_leaves_before_the_failure_lets_the_hand_over_go(ser
         assert await anext(body)  # the start went out; then the client goes
         await body.aclose()
         assert res.instead is None and local.asked == []
+
+
+async def test_a_client_that_leaves_mid_hand_over_closes_the_local_stream_once(serve):
+    # The relay closes the reply when its client goes, then the body: the local stream
+    # (whose close gives back its slot) is closed once, not by both ends.
+    local = Local()
+    cfg = CloudConfig(url=await serve(_cloud([START + PING + TEXT_START, 0.05, OVERLOADED])), first_byte_timeout=10.0)
+    async with CloudBackend.make_session(cfg) as session:
+        res = await CloudBackend(cfg, session).request("POST", b"/v1/messages", b"", forward_headers([(b"x-api-key", b"k")]),
+                                                       b"{}", stream=True, expect="stream")
+        assert isinstance(res, Reply)
+        res.instead = local.instead
+        body = res.body
+        await anext(body)  # the cloud's start
+        await anext(body)  # the local model's first events
+        assert local.asked and res.backend == "llama" and res.close is not None
+        res.close()
+        await body.aclose()
+        await asyncio.sleep(0.1)  # the inner generators end in asyncio's finalizer, a task later
+        assert local.closes == 1
