@@ -165,33 +165,32 @@ def test_a_local_chunk_that_is_not_json_ends_the_stream_with_an_error(cloud, fak
     # A piece of the answer nonstop cannot read is not skipped without a word (the client
     # would take the rest for the whole answer, or run a tool call whose arguments were in
     # it): what came before goes out, then a well-formed error.
+    _, r, events, text = _through_the_fake(cloud, fake_openai, nonstop_factory, "fixture:broken/junk_mid_stream")
+    assert events[-1][0] == "error", events[-3:]
+    assert "cannot read" in events[-1][1]["error"]["message"]
+    assert text == "one"
+
+
+def _through_the_fake(cloud, fake_openai, nonstop_factory, model: str):
+    """One streamed Messages request for `model`, with the cloud out: the fake OpenAI
+    server answers it. nonstop, the raw exchange, its events and their text."""
     procs.set_mode(cloud, "subscription_limit")
     ns = nonstop_factory(cfg(cloud.url, fake_openai.url, api="openai"))
-    body = {"model": "fixture:broken/junk_mid_stream", "max_tokens": 200, "stream": True,
-            "messages": [{"role": "user", "content": "go"}]}
+    body = {"model": model, "max_tokens": 200, "stream": True, "messages": [{"role": "user", "content": "go"}]}
     r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
     assert r.status == 200 and r.headers["x-nonstop-backend"] == "oai"
     events = wirecheck.anthropic_events(r.body)
-    assert events[-1][0] == "error", events[-3:]
-    assert "cannot read" in events[-1][1]["error"]["message"]
     texts = [d["delta"]["text"] for n, d in events if n == "content_block_delta" and d["delta"]["type"] == "text_delta"]
-    assert "".join(texts) == "one"
+    return ns, r, events, "".join(texts)
 
 
 def test_a_local_server_that_ignores_stream_is_streamed_from_its_whole_answer(cloud, fake_openai, nonstop_factory):
     # The server answers a stream request with the whole completion (it ignores
     # `stream`): a valid answer, which the client gets as the stream it asked for.
-    procs.set_mode(cloud, "subscription_limit")
-    ns = nonstop_factory(cfg(cloud.url, fake_openai.url, api="openai"))
-    body = {"model": "whole:fixture:plain_text", "max_tokens": 200, "stream": True,
-            "messages": [{"role": "user", "content": "go"}]}
-    r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
-    assert r.status == 200 and r.headers["x-nonstop-backend"] == "oai"
+    ns, r, _, text = _through_the_fake(cloud, fake_openai, nonstop_factory, "whole:fixture:plain_text")
     v = wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=True)
     assert v.outcome == "ok", (v.problem, r.body[-400:])
-    events = wirecheck.anthropic_events(r.body)
-    texts = [d["delta"]["text"] for n, d in events if n == "content_block_delta" and d["delta"]["type"] == "text_delta"]
-    assert "".join(texts).strip()
+    assert text.strip()
     # The official SDK reads it as one message too.
     c = anthropic.Anthropic(base_url=ns.url, api_key=procs.PLANTED_KEY, max_retries=0, timeout=60)
     with c.messages.stream(model="whole:fixture:plain_text", max_tokens=200, messages=[{"role": "user", "content": "go"}]) as s:
