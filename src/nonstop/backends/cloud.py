@@ -830,8 +830,9 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
 
 # A reply's body until its own is made (which needs the reply): never read.
 _NO_BODY: AsyncIterator[bytes] = single(b"")
-# A read of nothing but pings (LF-framed; the first of them may have lost its `event:`
-# line to nothing: the cloud names every event).
+# A read of nothing but pings, each named (`event: ping`) and LF-framed as the cloud
+# writes them. A read of anything else (an unnamed or CRLF-framed ping too) counts as
+# content and lets the hand-over go: the safe side, the stream then runs as before.
 _ONLY_PINGS = re.compile(rb"(?:event: ?ping\ndata:[^\n]*\n\n)*")
 # The empty text block a bare start ends with, as the cloud writes it (spaces allowed).
 _EMPTY_TEXT = {"type": "text", "text": ""}

@@ -244,10 +244,13 @@ def _read(key: tuple[tuple[bytes, bytes], ...]) -> Head:
         cookie=first.get(b"cookie", b""),
         client=first.get(b"user-agent", b"").decode("latin-1")[:CLIENT_CHARS],
         session=first.get(_SESSION, b"").decode("latin-1")[:SESSION_CHARS],
-        coding=_coding(first.get(b"content-encoding", b"")),
+        coding=_coding([v for k, v in key if k == b"content-encoding"]),
     )
 
 
-def _coding(value: bytes) -> str:
-    coding = value.decode("latin-1").strip().lower()[:40]
-    return "" if coding in ("", "identity") else coding
+def _coding(values: list[bytes]) -> str:
+    """The body's content codings, every content-encoding header and list item read
+    (RFC 9110 8.4), `identity` set aside: "" for a plain body."""
+    codings = [c for v in values for c in (p.strip().lower() for p in v.decode("latin-1").split(","))
+               if c and c != "identity"]
+    return ", ".join(codings)[:40]
