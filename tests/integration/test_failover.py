@@ -143,6 +143,9 @@ def test_a_cloud_failure_after_an_empty_block_start_goes_on_locally(cloud, llama
     row = next(x for x in rows if x["path"] == "/v1/messages")
     assert row["backend"] == "llama" and row["outcome"] == "ok", row
     assert "the cloud failed after its stream began" in row["error"], row
+    assert row["reason"], row  # a failover like any other: logged, and counted by reason
+    metrics = rawhttp.request("GET", ns.url + "/metrics")[2].decode()
+    assert any(line.startswith("nonstop_failovers_total{") for line in metrics.splitlines()), metrics[:2000]
     # The official SDKs read it as one answer too, through either front door.
     msg, _ = ask(client(ns), True)
     assert_complete(msg)

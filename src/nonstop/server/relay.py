@@ -121,6 +121,8 @@ class Relay:
             if owed is not None:
                 last = functools.partial(end_body, send, owed)
             row.backend = reply.backend  # a local stream can end on another local backend
+            if not row.reason and reply.backend != "cloud":  # the cloud's stream, handed over mid-way
+                row.reason = outcome.reason
             u = reply.usage
             row.input_tokens, row.output_tokens, row.stop_reason = u.input_tokens, u.output_tokens, u.stop_reason
             if gone:

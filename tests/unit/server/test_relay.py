@@ -265,6 +265,42 @@ async def test_the_row_is_recorded_when_the_last_write_fails_or_is_cancelled(tmp
     assert [m for m in journal if isinstance(m, tuple)] != []  # its row, whatever its outcome says
 
 
+class Rows(RequestLog):
+    def __init__(self) -> None:
+        super().__init__(None, Metrics(), EventBus())
+        self.rows: list[RequestRow] = []
+
+    def record(self, row: RequestRow) -> None:
+        self.rows.append(row)
+
+
+@pytest.mark.parametrize("handed", [True, False])
+async def test_a_cloud_stream_handed_to_a_local_model_is_logged_with_its_failover_reason(tmp_path, handed):
+    # The head names the cloud (its stream began), the body ends on a local backend (the
+    # hand-over of backends/cloud.py): the row records the failover like any other.
+    async def send(msg: Message) -> None:
+        pass
+
+    log = Rows()
+    relay = Relay(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}}), log)
+    ex = Exchange("POST", "/v1/messages", b"/v1/messages", b"", [], b"{}", {}, True)
+    ctx = RequestContext(ex, RequestRow(ts=time.time(), request_id="req_nonstop_test"), time.perf_counter())
+    reply = Reply(200, list(SSE), single(b""), "cloud", True)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield START + BLOCK
+        if handed:
+            reply.backend = "llama"
+        yield DELTA + END
+
+    reply.body = body()
+    outcome = Outcome(reply=reply, reason="overloaded: overloaded (mid-stream)" if handed else "")
+    await relay.commit(ctx, outcome, stays, send, AnthropicWriter())
+    row = log.rows[-1]
+    assert row.backend == ("llama" if handed else "cloud") and row.outcome == "ok"
+    assert row.reason == ("overloaded: overloaded (mid-stream)" if handed else "")
+
+
 class Broken(RequestLog):
     def __init__(self) -> None:
         super().__init__(None, Metrics(), EventBus())
