@@ -125,14 +125,18 @@ def test_failure_after_content_ends_with_error_event(cloud, llama, nonstop_facto
     assert "content_block_delta" in v.events
 
 
-@pytest.mark.parametrize("mode", ["overloaded_after_block_start", "reset_after_block_start"])
+@pytest.mark.parametrize("mode", ["overloaded_after_block_start", "reset_after_block_start",
+                                  "overloaded_after_thinking_start"])
 def test_a_cloud_failure_after_an_empty_block_start_goes_on_locally(cloud, llama, nonstop_factory, mode):
-    # The cloud starts its message and an empty text block, then overloads or drops the
-    # connection: the client has no content yet, so the real llama-server's answer goes
-    # on in that block, as one message (the cloud's start, the local text, one end).
+    # The cloud starts its message and an empty text (or, thinking on, thinking) block,
+    # then overloads or drops the connection: the client has no content yet, so the real
+    # llama-server's answer goes on in that block, as one message (the cloud's start, the
+    # local text, one end).
     procs.set_mode(cloud, mode)
     ns = nonstop_factory(config(cloud.url, llama.url))
     body = {"model": "claude-sonnet-5", "max_tokens": 100, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    if "thinking" in mode:
+        body["thinking"] = {"type": "adaptive"}
     r = rawhttp.exchange("POST", ns.url + "/v1/messages", json=body, headers={"x-api-key": procs.PLANTED_KEY})
     v = wirecheck.check_anthropic(r.status, r.headers["content-type"], r.body, stream=True)
     assert v.outcome == "ok", (v.problem, r.body[-600:])
@@ -149,6 +153,8 @@ def test_a_cloud_failure_after_an_empty_block_start_goes_on_locally(cloud, llama
     # The official SDKs read it as one answer too, through either front door.
     msg, _ = ask(client(ns), True)
     assert_complete(msg)
+    if "thinking" in mode:  # the cloud's thinking block, ended as a local one is (stripped on the way back)
+        assert msg.content[0].type == "thinking" and msg.content[0].signature == "nonstop-local", msg.content
     oa = openai.OpenAI(base_url=ns.url + "/v1", api_key=procs.PLANTED_KEY, max_retries=0, timeout=120)
     chunks = list(oa.chat.completions.create(model="claude-sonnet-5", max_tokens=50, stream=True,
                                              messages=[{"role": "user", "content": "Say hello."}]))

@@ -26,7 +26,7 @@ MODES = [
     "ok", "subscription_limit", "weekly_limit", "throttle", "api_key_limit", "overloaded",
     "server_error", "bad_gateway", "unavailable", "gateway_timeout", "credit", "spend_limit",
     "auth", "forbidden", "invalid_request", "midstream_overloaded", "overloaded_after_block_start",
-    "reset_after_block_start", "error_after_content",
+    "reset_after_block_start", "overloaded_after_thinking_start", "error_after_content",
     "reset_after_content", "truncate", "hang", "hang_after_head", "slow", "malformed_chunk",
     "non_json_error", "reset", "rejected_on_success", "warning", "random",
     # Hostile or broken upstreams (not in the random pool unless noted).
@@ -342,8 +342,13 @@ class FakeCloud:
             await resp.write(sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}))
             return resp
         await resp.write(sse("ping", {"type": "ping"}))
-        await resp.write(sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}))
-        if mode in ("overloaded_after_block_start", "reset_after_block_start"):
+        if mode == "overloaded_after_thinking_start":  # (thinking on: the first block is a thinking block)
+            await resp.write(sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                         "content_block": {"type": "thinking", "thinking": ""}}))
+        else:
+            await resp.write(sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                         "content_block": {"type": "text", "text": ""}}))
+        if mode in ("overloaded_after_block_start", "reset_after_block_start", "overloaded_after_thinking_start"):
             # The block started, empty, and the cloud gives up before its first delta.
             await asyncio.sleep(0.2)
             if mode == "reset_after_block_start":

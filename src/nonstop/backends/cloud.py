@@ -703,7 +703,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
     it: the client's response ends there, even if the cloud holds its connection open.
     A read that waits `idle` seconds ends it too. `first_notable`: `_notable(first)`,
     when the peek has it. `reply`: the Reply this is the body of. While the client has
-    no more than a message's start and an empty text block (the cloud's usual first
+    no more than a message's start and an empty text or thinking block (the cloud's usual first
     read), a failure (an error event, a cut, a silence) hands the message to a local
     model (reply.instead, set by the pipeline), which goes on with that block; the first
     content lets the hand-over go."""
@@ -821,7 +821,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
         instead, bare.instead = bare.instead, None
         if instead is not None and _ONLY_PINGS.fullmatch(shown) is not None and (start := _bare_start(first)) is not None:
             failure = failure or Verdict(FailureKind.BAD_RESPONSE, True, None, usage.error)
-            async for chunk in _handed_over(bare, instead, failure, start, shown, end):
+            async for chunk in _handed_over(bare, instead, failure, *start, shown, end):
                 yield chunk
             return
         del instead
@@ -834,23 +834,25 @@ _NO_BODY: AsyncIterator[bytes] = single(b"")
 # writes them. A read of anything else (an unnamed or CRLF-framed ping too) counts as
 # content and lets the hand-over go: the safe side, the stream then runs as before.
 _ONLY_PINGS = re.compile(rb"(?:event: ?ping\ndata:[^\n]*\n\n)*")
-# The empty text block a bare start ends with, as the cloud writes it (spaces allowed).
-_EMPTY_TEXT = {"type": "text", "text": ""}
+# The empty block a bare start ends with, as the cloud writes it (spaces allowed): a text
+# block, or (thinking on) a thinking block, with or without its empty signature.
+_EMPTY_BLOCKS = (({"type": "text", "text": ""}, "text"), ({"type": "thinking", "thinking": ""}, "thinking"),
+                 ({"type": "thinking", "thinking": "", "signature": ""}, "thinking"))
 
 
 def _bare(first: bytes) -> bool:
     """Whether a stream's first events may be no more than a message's start and an
-    empty text block, cheaply (no delta, no block's end): _bare_start reads them when a
+    empty block, cheaply (no delta, no block's end): _bare_start reads them when a
     failure asks."""
     return b"_delta" not in first and b"content_block_stop" not in first
 
 
-def _bare_start(first: bytes) -> dict[str, Any] | None:
+def _bare_start(first: bytes) -> tuple[dict[str, Any], str] | None:
     """The usage of a message whose first events (`first`, whole events) are its start,
-    pings, and the start of an empty text block at index 0, and nothing else; None when
-    they are anything more (the client has content then)."""
+    pings, and the start of an empty text or thinking block at index 0, and nothing else,
+    with that block's type; None when they are anything more (the client has content then)."""
     usage: dict[str, Any] | None = None
-    block = False
+    block = ""
     for ev in SSEDecoder().feed(lf_framed(first)):
         try:
             data = orjson.loads(ev.data)
@@ -866,12 +868,13 @@ def _bare_start(first: bytes) -> dict[str, Any] | None:
             got = message.get("usage") if isinstance(message, dict) else None
             usage = got if isinstance(got, dict) else {}
         elif kind == "content_block_start" and usage is not None and not block:
-            if data.get("index") != 0 or data.get("content_block") != _EMPTY_TEXT:
+            empty = data.get("content_block")
+            block = next((kind for shape, kind in _EMPTY_BLOCKS if empty == shape), "") if data.get("index") == 0 else ""
+            if not block:
                 return None
-            block = True
         else:
             return None
-    return usage if block else None
+    return (usage, block) if usage is not None and block else None
 
 
 def _split_at_error(out: bytes, notable: list[tuple[bytes, int]]) -> tuple[bytes, bytes, Verdict]:
@@ -883,11 +886,12 @@ def _split_at_error(out: bytes, notable: list[tuple[bytes, int]]) -> tuple[bytes
 
 
 async def _handed_over(reply: Reply, instead: Callable[[Verdict], Awaitable[Reply | None]], failure: Verdict,
-                       start_usage: dict[str, Any], shown: bytes, end: bytes) -> AsyncIterator[bytes]:
-    """The rest of a message that the cloud began with an empty text block and then failed
-    (`failure`), after `shown` (pings): a local model's stream in that block's place (the
-    pipeline's choice, `instead`, reply's hand-over), or `end`, the cloud's failure as the
-    client is to get it, when none can take it."""
+                       start_usage: dict[str, Any], block: str, shown: bytes, end: bytes) -> AsyncIterator[bytes]:
+    """The rest of a message that the cloud began with an empty `block` (text or
+    thinking) and then failed (`failure`), after `shown` (pings): a local model's stream
+    in that block's place (the pipeline's choice, `instead`, reply's hand-over; its first
+    block of the same type goes on in it), or `end`, the cloud's failure as the client is
+    to get it, when none can take it."""
     if shown:
         yield shown
     taken = await instead(failure)
@@ -897,7 +901,7 @@ async def _handed_over(reply: Reply, instead: Callable[[Verdict], Awaitable[Repl
         return
     log.warning("the cloud's stream failed before any content (%s); %s goes on with it", failure.detail, taken.backend)
     tracker = StreamTracker()
-    tracker.blocks[0] = "text"
+    tracker.blocks[0] = block
     tracker.open.add(0)
     tracker.start_usage = start_usage
     async for chunk in taken_over(reply, taken, f"the cloud failed after its stream began ({failure.detail})",

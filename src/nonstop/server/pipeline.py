@@ -74,7 +74,7 @@ class Outcome:
 
 
 class Held:
-    """A cloud stream's hand-over (backends/cloud.py: a failure after an empty text block),
+    """A cloud stream's hand-over (backends/cloud.py: a failure after an empty text or thinking block),
     which keeps the request until the stream's first content. Every stream the cloud
     starts that way keeps one for a token's time; what is kept at once is bounded
     (MAX_COUNT requests, MAX_BYTES), so a burst of streams does not hold a body each:
@@ -267,7 +267,7 @@ class Pipeline:
                        res: Verdict | TooLong) -> Reply | None:
         """Another local stream for the request `req`, whose stream began for the client
         and that `failed` then could not serve before any content (LocalBackend._served;
-        the cloud's: backends/cloud.py, an empty text block and then an error or a cut):
+        the cloud's: backends/cloud.py, an empty text or thinking block and then an error or a cut):
         the plan's next local steps, planned again as after any failure. Not the cloud: its
         stream is a message of its own, and the client has this one's start."""
         tried = {**tried, failed: _describe(res)}

@@ -2,10 +2,11 @@
 broke off, as the rest of the same Anthropic message.
 
 The client holds the cloud's `message_start` and the blocks it started; the local stream's
-own start is left out, its first text block is merged into the cloud's open text block,
-and its other blocks are numbered on from the cloud's. Used where a cloud stream fails
-after its start: before any content (backends/cloud.py: an empty text block and then an
-error or a cut) and, opt-in, after text (server/recovery.py).
+own start is left out, its first block is merged into the cloud's open block when it is
+of the same type (text, or thinking), and its other blocks are numbered on from the
+cloud's. Used where a cloud stream fails after its start: before any content
+(backends/cloud.py: an empty text or thinking block and then an error or a cut) and,
+opt-in, after text (server/recovery.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from nonstop.wire.anthropic import estimate_text_tokens
+from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE
 from nonstop.wire.sse import JSONEventDecoder, encode_event
 
 
@@ -95,12 +97,13 @@ def json_event(name: str, data: dict[str, Any]) -> bytes:
 
 
 async def splice(tracker: StreamTracker, local: Continuation, skip: str = "") -> AsyncIterator[bytes]:
-    """Re-number the local stream's blocks to follow the cloud's, merging its first text
-    block into the cloud's open text block. `skip`: whitespace the client already has
+    """Re-number the local stream's blocks to follow the cloud's, merging its first block
+    into the cloud's open text or thinking block when it is of that type. `skip`: whitespace the client already has
     that the prefill left out; the continuation's repeat of it is dropped. The message's
     usage stays the cloud's for the prompt (the local server counted a fitted one), and
     its output counts both parts."""
-    open_text = next((i for i in sorted(tracker.open) if tracker.blocks.get(i) == "text"), None)
+    open_block = next((i for i in sorted(tracker.open) if tracker.blocks.get(i) in _MERGED), None)
+    open_kind = tracker.blocks.get(open_block, "") if open_block is not None else ""
     cloud_output = estimate_text_tokens("".join(tracker.text)) if tracker.text else 0
     next_index = tracker.next_index
     mapping: dict[int, int] = {}
@@ -118,14 +121,14 @@ async def splice(tracker: StreamTracker, local: Continuation, skip: str = "") ->
                 elif t == "content_block_start":
                     idx = data.get("index", 0)
                     block = data.get("content_block") or {}
-                    if merged is None and open_text is not None and block.get("type") == "text":
-                        mapping[idx] = merged = open_text
+                    if merged is None and open_block is not None and block.get("type") == open_kind:
+                        mapping[idx] = merged = open_block
                         continue
-                    if merged is None and open_text is not None:
+                    if merged is None and open_block is not None:
                         # The local model goes on with something else (a tool call): the
-                        # cloud's text block ends first, one block open at a time.
-                        out.append(json_event("content_block_stop", {"type": "content_block_stop", "index": open_text}))
-                        merged = open_text
+                        # cloud's block ends first, one block open at a time.
+                        out += _closed(open_block, open_kind)
+                        merged = open_block
                     mapping[idx] = next_index
                     next_index += 1
                     out.append(json_event("content_block_start", {**data, "index": mapping[idx]}))
@@ -147,10 +150,10 @@ async def splice(tracker: StreamTracker, local: Continuation, skip: str = "") ->
                         skip = ""  # the continuation began with something else
                     out.append(json_event(t, {**data, "index": mapping[idx]}))
                 elif t == "message_delta":
-                    # Close a cloud text block the local model never continued.
-                    if open_text is not None and merged is None:
-                        out.append(json_event("content_block_stop", {"type": "content_block_stop", "index": open_text}))
-                        merged = open_text
+                    # Close a cloud block the local model never continued.
+                    if open_block is not None and merged is None:
+                        out += _closed(open_block, open_kind)
+                        merged = open_block
                     out.append(json_event("message_delta", {**data, "usage": _usage(data.get("usage"), tracker.start_usage,
                                                                              cloud_output)}))
                 else:
@@ -161,6 +164,22 @@ async def splice(tracker: StreamTracker, local: Continuation, skip: str = "") ->
         if local.close is not None:
             local.close()
             local.close = None  # it holds its reply: dropped, both are freed by their counts
+
+
+# The cloud's open block a local model's first block of the same type goes on in.
+_MERGED = ("text", "thinking")
+
+
+def _closed(index: int, kind: str) -> list[bytes]:
+    """The end of the cloud's open block `index`. A thinking block gets the signature
+    every locally ended one has (wire/hygiene.py strips it before the cloud sees it)."""
+    out = []
+    if kind == "thinking":
+        out.append(json_event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                      "delta": {"type": "signature_delta",
+                                                                "signature": LOCAL_THINKING_SIGNATURE}}))
+    out.append(json_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+    return out
 
 
 # The usage fields that count the prompt: the cloud's, for the prompt the client sent.

@@ -1,7 +1,7 @@
-"""A cloud stream that fails after its start and an empty text block, before any content:
-the client has nothing of the answer yet, so the message goes on from a local model (the
-pipeline's choice, `Reply.instead`) in that block's place, instead of ending in an error.
-Content lets the hand-over go; a block other than an empty text block keeps the old end."""
+"""A cloud stream that fails after its start and an empty text or thinking block, before
+any content: the client has nothing of the answer yet, so the message goes on from a local
+model (the pipeline's choice, `Reply.instead`) in that block's place, instead of ending in
+an error. Content lets the hand-over go; any other first block keeps the old end."""
 
 from __future__ import annotations
 
@@ -39,6 +39,15 @@ def _local_events(first: str = "text") -> list[bytes]:
     start = _ev("message_start", {"type": "message_start", "message": {
         "id": "msg_local", "type": "message", "role": "assistant", "model": "local", "content": [],
         "stop_reason": None, "usage": {"input_tokens": 99, "output_tokens": 0}}})
+    thought = [_ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "thinking", "thinking": ""}}),
+               _ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "thinking_delta", "thinking": "local thought"}}),
+               _ev("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                           "delta": {"type": "signature_delta", "signature": "nonstop-local"}}),
+               _ev("content_block_stop", {"type": "content_block_stop", "index": 0})]
+    if first == "thinking":  # then the text, at index 1
+        return [start, *thought, *(e.replace(b'"index":0', b'"index":1') for e in _local_events("text")[1:])]
     if first == "text":
         blocks = [_ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
                   _ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "local answer"}}),
@@ -197,20 +206,75 @@ async def test_with_no_local_model_to_take_it_the_error_ends_the_stream_as_befor
     assert res.backend == "cloud" and res.usage.error and res.instead is None
 
 
-async def test_a_stream_whose_first_block_is_not_an_empty_text_block_is_not_handed_over(serve):
-    thinking = _ev("content_block_start", {"type": "content_block_start", "index": 0,
-                                           "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+THINKING_START = _ev("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "thinking", "thinking": "", "signature": ""}})
+
+
+def _blocks(evs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, int, str]]:
+    return [(n, d["index"], (d.get("delta") or d.get("content_block") or {}).get("type", "")) for n, d in evs
+            if n.startswith("content_block")]
+
+
+@pytest.mark.parametrize("ending", ["overloaded", "cut"])
+async def test_a_failure_after_an_empty_thinking_block_closes_it_and_goes_on_locally(serve, ending):
+    # With thinking on, the cloud's first block is a thinking block. A local model that
+    # answers without thinking: the cloud's block ends with the signature every locally
+    # ended thinking block has (stripped before the history goes back to the cloud), and
+    # the local text follows at index 1.
     local = Local()
-    res, out = await _relay(await serve(_cloud([START + thinking, 0.05, OVERLOADED])), local)
+    tail: list[bytes | float | str] = [0.05, OVERLOADED] if ending == "overloaded" else [0.05, "cut"]
+    res, out = await _relay(await serve(_cloud([START + PING + THINKING_START, *tail])), local)
+    evs = _assert_one_local_message(res, out, local)
+    assert _blocks(evs) == [("content_block_start", 0, "thinking"), ("content_block_delta", 0, "signature_delta"),
+                            ("content_block_stop", 0, ""), ("content_block_start", 1, "text"),
+                            ("content_block_delta", 1, "text_delta"), ("content_block_stop", 1, "")]
+    assert evs[3][1]["delta"]["signature"] == "nonstop-local"
+
+
+async def test_a_local_model_that_thinks_goes_on_in_the_cloud_thinking_block(serve):
+    local = Local("thinking")
+    res, out = await _relay(await serve(_cloud([START + THINKING_START.replace(b',"signature":""', b""), 0.05,
+                                                OVERLOADED])), local)
+    evs = _assert_one_local_message(res, out, local)
+    assert _blocks(evs) == [("content_block_start", 0, "thinking"), ("content_block_delta", 0, "thinking_delta"),
+                            ("content_block_delta", 0, "signature_delta"), ("content_block_stop", 0, ""),
+                            ("content_block_start", 1, "text"), ("content_block_delta", 1, "text_delta"),
+                            ("content_block_stop", 1, "")]
+    assert evs[2][1]["delta"]["thinking"] == "local thought"
+
+
+async def test_a_local_model_that_thinks_after_an_empty_text_block_thinks_in_a_block_of_its_own(serve):
+    local = Local("thinking")
+    res, out = await _relay(await serve(_cloud([START + TEXT_START, 0.05, OVERLOADED])), local)
+    evs = _assert_one_local_message(res, out, local)
+    assert _blocks(evs)[:4] == [("content_block_start", 0, "text"), ("content_block_stop", 0, ""),
+                                ("content_block_start", 1, "thinking"), ("content_block_delta", 1, "thinking_delta")]
+
+
+@pytest.mark.parametrize("block", [
+    {"type": "thinking", "thinking": "already thinking"},
+    {"type": "redacted_thinking", "data": "abc"},
+    {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {}},
+])
+async def test_a_stream_whose_first_block_is_not_an_empty_text_or_thinking_block_is_not_handed_over(serve, block):
+    first = _ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+    local = Local()
+    res, out = await _relay(await serve(_cloud([START + first, 0.05, OVERLOADED])), local)
     assert local.asked == [] and out.endswith(OVERLOADED) and res.backend == "cloud"
     assert res.instead is None  # let go all the same: it holds the request
 
 
+_USAGE = {"input_tokens": 1234, "cache_read_input_tokens": 50, "output_tokens": 1}
+
+
 @pytest.mark.parametrize("first,usage", [
-    (START + PING + TEXT_START, {"input_tokens": 1234, "cache_read_input_tokens": 50, "output_tokens": 1}),
-    (START + TEXT_START + PING, {"input_tokens": 1234, "cache_read_input_tokens": 50, "output_tokens": 1}),
-    (START.replace(b"\n", b"\r\n") + TEXT_START.replace(b"\n", b"\r\n"), {"input_tokens": 1234, "cache_read_input_tokens": 50,
-                                                                            "output_tokens": 1}),
+    (START + PING + TEXT_START, (_USAGE, "text")),
+    (START + TEXT_START + PING, (_USAGE, "text")),
+    (START.replace(b"\n", b"\r\n") + TEXT_START.replace(b"\n", b"\r\n"), (_USAGE, "text")),
+    (START + THINKING_START, (_USAGE, "thinking")),
+    (START + PING + THINKING_START.replace(b',"signature":""', b""), (_USAGE, "thinking")),
+    (START + THINKING_START.replace(b'"signature":""', b'"signature":"x"'), None),
+    (START + THINKING_START.replace(b'"index":0', b'"index":1'), None),
     (TEXT_START, None),  # no message start
     (START, None),  # no block
     (START + TEXT_START + TEXT_START.replace(b'"index":0', b'"index":1'), None),  # two blocks
