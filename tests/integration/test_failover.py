@@ -153,7 +153,8 @@ def test_a_cloud_failure_after_an_empty_block_start_goes_on_locally(cloud, llama
     # The official SDKs read it as one answer too, through either front door.
     msg, _ = ask(client(ns), True)
     assert_complete(msg)
-    if "thinking" in mode:  # the cloud's thinking block, ended as a local one is (stripped on the way back)
+    if "thinking" in mode:  # (the fake cloud starts a thinking block in this mode whatever is asked)
+        # The cloud's thinking block, ended as a local one is (stripped on the way back).
         assert msg.content[0].type == "thinking" and msg.content[0].signature == "nonstop-local", msg.content
     oa = openai.OpenAI(base_url=ns.url + "/v1", api_key=procs.PLANTED_KEY, max_retries=0, timeout=120)
     chunks = list(oa.chat.completions.create(model="claude-sonnet-5", max_tokens=50, stream=True,

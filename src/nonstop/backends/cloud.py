@@ -868,8 +868,9 @@ def _bare_start(first: bytes) -> tuple[dict[str, Any], str] | None:
             got = message.get("usage") if isinstance(message, dict) else None
             usage = got if isinstance(got, dict) else {}
         elif kind == "content_block_start" and usage is not None and not block:
-            empty = data.get("content_block")
-            block = next((kind for shape, kind in _EMPTY_BLOCKS if empty == shape), "") if data.get("index") == 0 else ""
+            empty, index = data.get("content_block"), data.get("index")
+            if type(index) is int and index == 0:  # (not False, not 0.0)
+                block = next((name for shape, name in _EMPTY_BLOCKS if empty == shape), "")
             if not block:
                 return None
         else:

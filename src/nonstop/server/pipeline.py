@@ -76,7 +76,9 @@ class Outcome:
 class Held:
     """A cloud stream's hand-over (backends/cloud.py: a failure after an empty text or thinking block),
     which keeps the request until the stream's first content. Every stream the cloud
-    starts that way keeps one for a token's time; what is kept at once is bounded
+    starts that way keeps one until its first delta: a token's time after a text block,
+    as long as the cloud thinks without sending thinking text after a thinking block
+    (the pings between do not let it go); what is kept at once is bounded
     (MAX_COUNT requests, MAX_BYTES), so a burst of streams does not hold a body each:
     past it, a stream ends with the cloud's error as before. Counted while it lives
     (let go: `__del__`)."""

@@ -48,6 +48,10 @@ def _local_events(first: str = "text") -> list[bytes]:
                _ev("content_block_stop", {"type": "content_block_stop", "index": 0})]
     if first == "thinking":  # then the text, at index 1
         return [start, *thought, *(e.replace(b'"index":0', b'"index":1') for e in _local_events("text")[1:])]
+    if first == "none":  # an empty answer: no block at all
+        return [start, _ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                             "usage": {"output_tokens": 7}}),
+                _ev("message_stop", {"type": "message_stop"})]
     if first == "text":
         blocks = [_ev("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
                   _ev("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "local answer"}}),
@@ -231,6 +235,25 @@ async def test_a_failure_after_an_empty_thinking_block_closes_it_and_goes_on_loc
     assert evs[3][1]["delta"]["signature"] == "nonstop-local"
 
 
+async def test_a_local_tool_call_after_an_empty_thinking_block_closes_it_signed_first(serve):
+    local = Local("tool")
+    res, out = await _relay(await serve(_cloud([START + THINKING_START, 0.05, OVERLOADED])), local)
+    evs = _assert_one_local_message(res, out, local)
+    assert _blocks(evs) == [("content_block_start", 0, "thinking"), ("content_block_delta", 0, "signature_delta"),
+                            ("content_block_stop", 0, ""), ("content_block_start", 1, "tool_use"),
+                            ("content_block_delta", 1, "input_json_delta"), ("content_block_stop", 1, "")]
+    assert evs[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+async def test_a_local_answer_with_no_block_still_closes_the_cloud_thinking_block(serve):
+    local = Local("none")
+    res, out = await _relay(await serve(_cloud([START + THINKING_START, 0.05, OVERLOADED])), local)
+    evs = _assert_one_local_message(res, out, local)
+    assert _blocks(evs) == [("content_block_start", 0, "thinking"), ("content_block_delta", 0, "signature_delta"),
+                            ("content_block_stop", 0, "")]
+    assert [n for n, _ in evs][-2:] == ["message_delta", "message_stop"]
+
+
 async def test_a_local_model_that_thinks_goes_on_in_the_cloud_thinking_block(serve):
     local = Local("thinking")
     res, out = await _relay(await serve(_cloud([START + THINKING_START.replace(b',"signature":""', b""), 0.05,
@@ -275,6 +298,8 @@ _USAGE = {"input_tokens": 1234, "cache_read_input_tokens": 50, "output_tokens": 
     (START + PING + THINKING_START.replace(b',"signature":""', b""), (_USAGE, "thinking")),
     (START + THINKING_START.replace(b'"signature":""', b'"signature":"x"'), None),
     (START + THINKING_START.replace(b'"index":0', b'"index":1'), None),
+    (START + THINKING_START.replace(b'"index":0', b'"index":false'), None),  # (False == 0 in Python)
+    (START + TEXT_START.replace(b'"index":0', b'"index":0.0'), None),
     (TEXT_START, None),  # no message start
     (START, None),  # no block
     (START + TEXT_START + TEXT_START.replace(b'"index":0', b'"index":1'), None),  # two blocks

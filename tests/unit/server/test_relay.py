@@ -294,7 +294,9 @@ async def test_a_cloud_stream_handed_to_a_local_model_is_logged_with_its_failove
         yield DELTA + END
 
     reply.body = body()
-    outcome = Outcome(reply=reply, reason="overloaded: overloaded (mid-stream)" if handed else "")
+    # (A hand-over that found no local model leaves the reply the cloud's, its error
+    # relayed: the outcome's reason is set all the same, and not logged as a failover.)
+    outcome = Outcome(reply=reply, reason="overloaded: overloaded (mid-stream)")
     await relay.commit(ctx, outcome, stays, send, AnthropicWriter())
     row = log.rows[-1]
     assert row.backend == ("llama" if handed else "cloud") and row.outcome == "ok"
