@@ -242,3 +242,29 @@ def test_claude_through_an_openai_backend_with_the_cloud_out(cloud, llama, nonst
     rows = [r for r in logged_messages(ns.url) if r["model"] == "claude-sonnet-4-5"]
     assert rows and all(r["backend"] == "oai" and r["outcome"] == "ok" for r in rows), rows
     no_leak(proc.stdout, proc.stderr)
+
+
+# --- (f) the cloud's stream fails after its start, before any content -----------------------------
+
+
+@pytest.mark.parametrize("mode", ["overloaded_after_block_start", "overloaded_after_thinking_start"])
+def test_claude_gets_one_answer_when_the_cloud_stream_fails_before_content(cloud, llama, nonstop_factory,
+                                                                           tmp_path: Path, mode: str) -> None:
+    # The cloud starts its message and an empty text (or thinking) block, then overloads:
+    # a local model goes on with the same message, and Claude Code takes it as its answer
+    # (no retry of the overload, no error), the thinking block ended with the local signature.
+    claude = claude_path()
+    procs.set_mode(cloud, mode)
+    llama_backend = {"name": "llama", "url": llama.url, "context_window": 8192, "max_output_tokens": 64}
+    ns = nonstop_factory(nonstop_config(cloud.url, local=[llama_backend], discovery=None))
+    proc = run([claude, *PROMPT], client_env(tmp_path / "home", ns.url), tmp_path)
+    data = result_of(proc)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert data["is_error"] is False and data["result"] != CLOUD_TEXT, data
+    no_leak(proc.stdout, proc.stderr)
+    rows = [r for r in logged_messages(ns.url) if r["model"] == "claude-sonnet-4-5"]
+    assert rows and all(r["backend"] == "llama" and r["outcome"] == "ok" for r in rows), rows
+    assert all("the cloud failed after its stream began" in r["error"] and r["reason"] for r in rows), rows
+    # One request per turn: Claude Code did not send it again.
+    assert len([r for r in procs.cloud_requests(cloud) if r["path"] == "/v1/messages"
+                and json.loads(r["body"]).get("model") == "claude-sonnet-4-5"]) == len(rows)
