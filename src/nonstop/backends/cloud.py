@@ -836,8 +836,8 @@ _NO_BODY: AsyncIterator[bytes] = single(b"")
 _ONLY_PINGS = re.compile(rb"(?:event: ?ping\ndata:[^\n]*\n\n)*")
 # The empty block a bare start ends with, as the cloud writes it (spaces allowed): a text
 # block, or (thinking on) a thinking block, with or without its empty signature.
-_EMPTY_BLOCKS = (({"type": "text", "text": ""}, "text"), ({"type": "thinking", "thinking": ""}, "thinking"),
-                 ({"type": "thinking", "thinking": "", "signature": ""}, "thinking"))
+_EMPTY_BLOCKS = ({"type": "text", "text": ""}, {"type": "thinking", "thinking": ""},
+                 {"type": "thinking", "thinking": "", "signature": ""})
 
 
 def _bare(first: bytes) -> bool:
@@ -869,10 +869,9 @@ def _bare_start(first: bytes) -> tuple[dict[str, Any], str] | None:
             usage = got if isinstance(got, dict) else {}
         elif kind == "content_block_start" and usage is not None and not block:
             empty, index = data.get("content_block"), data.get("index")
-            if type(index) is int and index == 0:  # (not False, not 0.0)
-                block = next((name for shape, name in _EMPTY_BLOCKS if empty == shape), "")
-            if not block:
+            if type(index) is not int or index != 0 or empty not in _EMPTY_BLOCKS:  # (index: not False, not 0.0)
                 return None
+            block = empty["type"]
         else:
             return None
     return (usage, block) if usage is not None and block else None

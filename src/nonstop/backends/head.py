@@ -58,7 +58,7 @@ CLIENT_CHARS = 200
 SESSION_CHARS = 100
 # The headers of which the first is read as sent (Host, token, cookie) or for the log.
 _SESSION = SESSION_HEADER.encode()
-_FIRSTS = frozenset({b"host", b"x-nonstop-token", b"cookie", b"user-agent", _SESSION, b"content-encoding"})
+_FIRSTS = frozenset({b"host", b"x-nonstop-token", b"cookie", b"user-agent", _SESSION})
 
 # Header names seen before: the name to send on (None: not forwarded). Bounded: names
 # come from clients. A name to send on is an `istr`, which aiohttp's header copies take
@@ -229,9 +229,12 @@ def _read(key: tuple[tuple[bytes, bytes], ...]) -> Head:
     facts: dict[str, str] = {}
     credential = credential_of(key, collect=facts, names=FACT_HEADERS)
     first: dict[bytes, bytes] = {}
+    codings: list[bytes] = []  # every content-encoding header (RFC 9110 8.4)
     for k, v in key:
         if k in _FIRSTS and k not in first:
             first[k] = v
+        elif k == b"content-encoding":
+            codings.append(v)
     forwarded = forward_headers(key)
     return Head(
         key=key,
@@ -244,13 +247,13 @@ def _read(key: tuple[tuple[bytes, bytes], ...]) -> Head:
         cookie=first.get(b"cookie", b""),
         client=first.get(b"user-agent", b"").decode("latin-1")[:CLIENT_CHARS],
         session=first.get(_SESSION, b"").decode("latin-1")[:SESSION_CHARS],
-        coding=_coding([v for k, v in key if k == b"content-encoding"]),
+        coding=_coding(codings),
     )
 
 
 def _coding(values: list[bytes]) -> str:
-    """The body's content codings, every content-encoding header and list item read
-    (RFC 9110 8.4), `identity` set aside: "" for a plain body."""
+    """The body's content codings, each header's list items read, `identity` set aside:
+    "" for a plain body."""
     codings = [c for v in values for c in (p.strip().lower() for p in v.decode("latin-1").split(","))
                if c and c != "identity"]
     return ", ".join(codings)[:40]

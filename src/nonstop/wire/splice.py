@@ -98,10 +98,10 @@ def json_event(name: str, data: dict[str, Any]) -> bytes:
 
 async def splice(tracker: StreamTracker, local: Continuation, skip: str = "") -> AsyncIterator[bytes]:
     """Re-number the local stream's blocks to follow the cloud's, merging its first block
-    into the cloud's open text or thinking block when it is of that type. `skip`: whitespace the client already has
-    that the prefill left out; the continuation's repeat of it is dropped. The message's
-    usage stays the cloud's for the prompt (the local server counted a fitted one), and
-    its output counts both parts."""
+    into the cloud's open text or thinking block when it is of that type. `skip`:
+    whitespace the client already has that the prefill left out; the continuation's
+    repeat of it is dropped. The message's usage stays the cloud's for the prompt (the
+    local server counted a fitted one), and its output counts both parts."""
     open_block = next((i for i in sorted(tracker.open) if tracker.blocks.get(i) in _MERGED), None)
     open_kind = tracker.blocks.get(open_block, "") if open_block is not None else ""
     cloud_output = estimate_text_tokens("".join(tracker.text)) if tracker.text else 0
