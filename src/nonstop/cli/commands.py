@@ -15,20 +15,26 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Sequence
 
+    from nonstop.config import Config
+
 
 def _load(args: argparse.Namespace):
     from nonstop.config import ConfigError, load_config
 
     try:
-        cfg = load_config(getattr(args, "config", None))
-        if getattr(args, "host", None) or getattr(args, "port", None) is not None:
-            cfg = cfg.with_listen(getattr(args, "host", None), getattr(args, "port", None))
+        cfg = _listening(load_config(getattr(args, "config", None)), args)
     except ConfigError as exc:
         print("nonstop: configuration problem:", file=sys.stderr)
         for p in exc.problems:
             print(f"  - {p}", file=sys.stderr)
         raise SystemExit(2) from None
     return cfg
+
+
+def _listening(cfg: Config, args: argparse.Namespace) -> Config:
+    """The config with the address given by --host / --port, where they are."""
+    host, port = getattr(args, "host", None), getattr(args, "port", None)
+    return cfg.with_listen(host, port) if host or port is not None else cfg
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -85,7 +91,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from nonstop.config import ConfigError, load_config
 
     try:
-        cfg = load_config(args.config)
+        cfg = _listening(load_config(args.config), args)
     except ConfigError as exc:
         # A broken config is the first thing doctor should report, not a reason to stop.
         for p in exc.problems:
@@ -137,15 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
+    def listen(sp: argparse.ArgumentParser, what: str) -> None:
+        sp.add_argument("--host", help=f"{what} (default: from the config's `listen`)")
+        sp.add_argument("--port", type=int, help=f"{what}'s port (default: from the config's `listen`)")
+
     s = command("serve", "run the gateway", cmd_serve)
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
+    listen(s, "the address to listen on")
 
     s = command("status", "cloud state, quota, local backends, today's totals", cmd_status)
+    listen(s, "the gateway's address")
     s.add_argument("--json", action="store_true")
     s.add_argument("--fleet", action="store_true", help="every instance sharing state through Redis, and each account's state")
 
     s = command("logs", "recent requests from the request log", cmd_logs)
+    listen(s, "the gateway's address")
     s.add_argument("--json", action="store_true")
     s.add_argument("-f", "--follow", action="store_true")
     s.add_argument("-n", "--limit", type=int, default=20)
@@ -170,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-discover", action="store_true", help="do not probe for local servers")
 
     s = command("doctor", "check the set-up and say what to fix", cmd_doctor)
+    listen(s, "the gateway's address")
     s.add_argument("--json", action="store_true")
 
     s = command("explain", "the plan for a saved request: which backends, in what order, and why", cmd_explain)
@@ -177,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-H", "--header", action="append", metavar="NAME:VALUE",
                    help="a request header the plan reads (e.g. x-claude-code-request-class: subagent)")
     s.add_argument("--offline", action="store_true", help="plan against the config and the state on disk, not the running instance")
+    listen(s, "the gateway's address")
     s.add_argument("--json", action="store_true")
 
     s = command("eval", "score each local model on Claude Code-shaped tasks (tools, loops, format, speed)", cmd_eval)
@@ -194,8 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
 
     s = command("claude", "run Claude Code through nonstop (starts nonstop if needed)", None)
+    listen(s, "the gateway's address (where it is started if it is not running)")
     s.add_argument("--install-statusline", action="store_true", help="add nonstop's status line to Claude Code's settings")
     return p
+
+
+# nonstop's own options of `nonstop claude` that take a value (given before Claude Code's).
+_VALUED = ("--config", "--host", "--port")
+_VALUED_EQ = tuple(o + "=" for o in _VALUED)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -212,9 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         i = argv.index("claude")
         head, rest = argv[: i + 1], argv[i + 1 :]
         own = []
-        while rest and (rest[0] in ("--config", "--install-statusline") or rest[0].startswith("--config=")):
+        while rest and (rest[0] in (*_VALUED, "--install-statusline") or rest[0].startswith(_VALUED_EQ)):
             own.append(rest.pop(0))
-            if own[-1] == "--config" and rest:
+            if own[-1] in _VALUED and rest:
                 own.append(rest.pop(0))
         if rest[:1] == ["--"]:
             rest = rest[1:]

@@ -127,11 +127,13 @@ def offline_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
                 today = totals_since(conn, start_of_day(now))
             except (sqlite3.Error, ValueError):
                 pass
-    return status_document(
+    doc = status_document(
         cfg, snap, [backend_entry(b) for b in cfg.local], today, running=False, version=__version__, now=now,
         log=str(db_path(cfg.state_dir)) if conn is not None else "",
         accounts=account_entries(accounts, dict(cfg.accounts)),
     )
+    doc["embedded"] = cfg.embedded.mode  # what a gateway started now would stand in with, none configured
+    return doc
 
 
 def _state(conn: sqlite3.Connection, key: str) -> dict[str, Any]:
@@ -321,7 +323,8 @@ def render_status(st: dict[str, Any], now: float | None = None) -> str:
         pid = f"pid {st['pid']}, " if st.get("pid") else ""
         out.append(f"nonstop {st.get('version', '')} running on {st.get('listen', '')} ({pid}up {span(st.get('uptime') or 0)})")
     else:
-        out.append(f"nonstop is not running on {st.get('listen', '')}: start it with `nonstop serve`")
+        out.append(f"nonstop is not running on {st.get('listen', '')}: start it with `nonstop serve` "
+                   "(one listening elsewhere: --host / --port)")
         out.append(f"  (last known state, from {st['log']})" if st.get("log") else "  (no request log found yet)")
     out.append(f"cloud    {cloud_line(st.get('cloud') or {}, now)}")
     accounts = st.get("accounts") or []
@@ -354,7 +357,10 @@ def render_status(st: dict[str, Any], now: float | None = None) -> str:
         out.append("deadline " + " · ".join(f"{size} waits {secs:g}s" for size, secs in first_byte.items())
                    + " for the cloud's first byte (learned)")
     backends = st.get("local") or []
-    if not backends:
+    if not backends and not st.get("running", True) and st.get("embedded", "never") != "never":
+        out.append("local    none configured: `nonstop serve` finds the local servers running, "
+                   "or starts its own small model")
+    elif not backends:
         out.append("local    none configured — run `nonstop doctor`")
     width = max([len(str(b.get("name", ""))) for b in backends] or [0])
     for i, b in enumerate(backends):

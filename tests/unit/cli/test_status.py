@@ -94,7 +94,8 @@ def test_not_running_says_so_and_how_to_start():
     for b in s["local"]:
         b["healthy"] = None
     out = st.render_status(s)
-    assert out.splitlines()[0] == "nonstop is not running on 127.0.0.1:8787: start it with `nonstop serve`"
+    assert out.splitlines()[0] == ("nonstop is not running on 127.0.0.1:8787: start it with `nonstop serve` "
+                                   "(one listening elsewhere: --host / --port)")
     assert "last known state, from /tmp/x/nonstop.db" in out
     assert "llama  unknown" in out
 
@@ -229,6 +230,37 @@ def test_status_without_any_log(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no request log found yet" in out and "unknown" in out
     assert not (tmp_path / "none").exists(), "reading the status must not create the state directory"
+
+
+@pytest.mark.parametrize(("mode", "line"), [
+    ("auto", "local    none configured: `nonstop serve` finds the local servers running, or starts its own small model"),
+    ("always", "local    none configured: `nonstop serve` finds the local servers running, or starts its own small model"),
+    ("never", "local    none configured — run `nonstop doctor`"),
+])
+def test_status_not_running_with_no_local_backend_says_what_serve_would_use(tmp_path, capsys, mode, line):
+    """With no [[local]], a gateway started now finds servers or starts its embedded model:
+    that is no set-up problem, unless the embedded model is off."""
+    cfg = parse_config({"listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "none"),
+                        "embedded": {"mode": mode}})
+    assert st.cmd_status(cfg) == 1
+    assert line in capsys.readouterr().out.splitlines()
+
+
+def test_status_and_logs_reach_a_gateway_on_the_address_given(tmp_path, monkeypatch, capsys):
+    """`nonstop serve --port N` is found by `nonstop status --port N` (and logs, doctor, explain,
+    claude), whatever the config's `listen` says."""
+    from nonstop import cli
+
+    seen: list[str] = []
+    monkeypatch.setattr(st, "get_status", lambda cfg: seen.append(cfg.listen) or st.offline_status(cfg))
+    monkeypatch.setattr(st, "cmd_logs", lambda cfg, **kw: seen.append(cfg.listen) or 0)
+    config = tmp_path / "config.toml"
+    config.write_text(f'listen = "127.0.0.1:9913"\nstate_dir = "{tmp_path / "state"}"\n')
+    assert cli.main(["status", "--config", str(config), "--port", "9914"]) == 1
+    assert cli.main(["logs", "--config", str(config), "--host", "127.0.0.2", "--port", "9915"]) == 0
+    assert cli.main(["status", "--config", str(config)]) == 1
+    assert seen == ["127.0.0.1:9914", "127.0.0.2:9915", "127.0.0.1:9913"]
+    assert "not running on 127.0.0.1:9913" in capsys.readouterr().out
 
 
 @pytest.fixture
