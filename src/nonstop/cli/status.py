@@ -127,13 +127,11 @@ def offline_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
                 today = totals_since(conn, start_of_day(now))
             except (sqlite3.Error, ValueError):
                 pass
-    doc = status_document(
+    return status_document(
         cfg, snap, [backend_entry(b) for b in cfg.local], today, running=False, version=__version__, now=now,
         log=str(db_path(cfg.state_dir)) if conn is not None else "",
         accounts=account_entries(accounts, dict(cfg.accounts)),
     )
-    doc["embedded"] = cfg.embedded.mode  # what a gateway started now would stand in with, none configured
-    return doc
 
 
 def _state(conn: sqlite3.Connection, key: str) -> dict[str, Any]:

@@ -143,6 +143,8 @@ def status_document(
         "cloud": {**cloud_entry(cfg.cloud.url, quota), "first_byte_deadlines": dict(first_byte or {})},
         "utilization": quota.get("utilization") or {},
         "local": list(local),
+        # Whether the embedded model stands in when no local server is configured or found.
+        "embedded": cfg.embedded.mode,
         "today": today,
         "log": log,
         "forecast": {
