@@ -143,20 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    def listen(sp: argparse.ArgumentParser, what: str) -> None:
-        sp.add_argument("--host", help=f"{what} (default: from the config's `listen`)")
-        sp.add_argument("--port", type=int, help=f"{what}'s port (default: from the config's `listen`)")
+    def listen(sp: argparse.ArgumentParser, where: str) -> None:
+        sp.add_argument("--host", help=f"the host {where} (default: the config's `listen`)")
+        sp.add_argument("--port", type=int, help=f"the port {where} (default: the config's `listen`)")
 
     s = command("serve", "run the gateway", cmd_serve)
-    listen(s, "the address to listen on")
+    listen(s, "to listen on")
 
     s = command("status", "cloud state, quota, local backends, today's totals", cmd_status)
-    listen(s, "the gateway's address")
+    listen(s, "the gateway listens on")
     s.add_argument("--json", action="store_true")
     s.add_argument("--fleet", action="store_true", help="every instance sharing state through Redis, and each account's state")
 
     s = command("logs", "recent requests from the request log", cmd_logs)
-    listen(s, "the gateway's address")
+    listen(s, "the gateway listens on")
     s.add_argument("--json", action="store_true")
     s.add_argument("-f", "--follow", action="store_true")
     s.add_argument("-n", "--limit", type=int, default=20)
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-discover", action="store_true", help="do not probe for local servers")
 
     s = command("doctor", "check the set-up and say what to fix", cmd_doctor)
-    listen(s, "the gateway's address")
+    listen(s, "the gateway listens on")
     s.add_argument("--json", action="store_true")
 
     s = command("explain", "the plan for a saved request: which backends, in what order, and why", cmd_explain)
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-H", "--header", action="append", metavar="NAME:VALUE",
                    help="a request header the plan reads (e.g. x-claude-code-request-class: subagent)")
     s.add_argument("--offline", action="store_true", help="plan against the config and the state on disk, not the running instance")
-    listen(s, "the gateway's address")
+    listen(s, "the gateway listens on")
     s.add_argument("--json", action="store_true")
 
     s = command("eval", "score each local model on Claude Code-shaped tasks (tools, loops, format, speed)", cmd_eval)
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
 
     s = command("claude", "run Claude Code through nonstop (starts nonstop if needed)", None)
-    listen(s, "the gateway's address (where it is started if it is not running)")
+    listen(s, "the gateway listens on, or is started on")
     s.add_argument("--install-statusline", action="store_true", help="add nonstop's status line to Claude Code's settings")
     return p
 
