@@ -22,19 +22,79 @@ def _load(args: argparse.Namespace):
     from nonstop.config import ConfigError, load_config
 
     try:
-        cfg = _listening(load_config(getattr(args, "config", None)), args)
+        cfg = load_config(getattr(args, "config", None))
     except ConfigError as exc:
         print("nonstop: configuration problem:", file=sys.stderr)
         for p in exc.problems:
             print(f"  - {p}", file=sys.stderr)
         raise SystemExit(2) from None
-    return cfg
+    try:
+        return _listening(cfg, args)
+    except ConfigError as exc:  # the address given on the command line may not be used
+        for p in exc.problems:
+            print(f"nonstop: {p}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _listening(cfg: Config, args: argparse.Namespace) -> Config:
-    """The config with the address given by --host / --port, where they are."""
+    """The config with the address given by --host / --port, where they are.
+
+    Only the commands that listen there (serve, and claude, which may start it) hold the
+    address to the exposure rules; the others only dial it.
+    """
     host, port = getattr(args, "host", None), getattr(args, "port", None)
-    return cfg.with_listen(host, port) if host or port is not None else cfg
+    if not host and port is None:
+        return cfg
+    from nonstop.config import ConfigError
+
+    try:
+        return cfg.with_listen(host, port, check=getattr(args, "command", "") in ("serve", "claude"))
+    except ConfigError as exc:  # worded as the options that were given, not as the config's `listen`
+        given = " ".join(f"{o} {v}" for o, v in (("--host", host), ("--port", port)) if v)
+        raise ConfigError([given + p.removeprefix(f"listen: {host}") if p.startswith(f"listen: {host} ") else p
+                           for p in exc.problems]) from None
+
+
+def _port(text: str) -> int:
+    """--port: a TCP port number."""
+    import argparse
+
+    n = int(text) if text.strip().isdigit() else 0
+    if not 1 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; use 1-65535")
+    return n
+
+
+def _host(text: str) -> str:
+    """--host: a host name or an IP address (an IPv6 one with or without brackets), no port."""
+    import argparse
+    import ipaddress
+
+    host = text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host.startswith("[") and "]:" in host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address; give the port with --port")
+    if "://" in host or "/" in host:
+        raise argparse.ArgumentTypeError(f"{text!r} is a URL; give only the host name or address")
+    if not host or any(c.isspace() or c in "[]@" for c in host):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address")
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address; "
+                                             "give the port with --port") from None
+    return host
+
+
+def _serve(args: argparse.Namespace) -> str:
+    """The command that starts the gateway these options dial: `nonstop serve` with the
+    same --host / --port (and --config)."""
+    import shlex
+
+    given = [(o, getattr(args, a, None)) for o, a in (("--config", "config"), ("--host", "host"), ("--port", "port"))]
+    return shlex.join(["nonstop", "serve", *(str(x) for o, v in given if v for x in (o, v))])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -46,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from nonstop.cli import status
 
-    return status.cmd_status(_load(args), as_json=args.json, fleet=args.fleet)
+    return status.cmd_status(_load(args), as_json=args.json, fleet=args.fleet, serve=_serve(args))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -54,7 +114,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     return status.cmd_logs(
         _load(args), as_json=args.json, follow=args.follow, limit=args.limit,
-        backend=args.backend or "", outcome=args.outcome or "", model=args.model or "",
+        backend=args.backend or "", outcome=args.outcome or "", model=args.model or "", serve=_serve(args),
     )
 
 
@@ -97,7 +157,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for p in exc.problems:
             print(f"problem  config: {p} — fix: edit the file, then run `nonstop config check`")
         return 1
-    return doctor.main(cfg, as_json=args.json)
+    return doctor.main(cfg, as_json=args.json, serve=_serve(args))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -144,8 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     def listen(sp: argparse.ArgumentParser, where: str) -> None:
-        sp.add_argument("--host", help=f"the host {where} (default: the config's `listen`)")
-        sp.add_argument("--port", type=int, help=f"the port {where} (default: the config's `listen`)")
+        sp.add_argument("--host", type=_host, help=f"the host {where} (default: the config's `listen`)")
+        sp.add_argument("--port", type=_port, help=f"the port {where} (default: the config's `listen`)")
 
     s = command("serve", "run the gateway", cmd_serve)
     listen(s, "to listen on")
@@ -201,9 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cloud-model", help="the cloud model for --cloud (default: $ANTHROPIC_MODEL or claude-sonnet-4-5)")
     s.add_argument("--yes", action="store_true", help="do not ask before spending cloud quota")
     s.add_argument("--history", action="store_true", help="list the stored runs instead, newest first")
+    listen(s, "the gateway listens on (its backends are the ones evaluated)")
     s.add_argument("--json", action="store_true")
 
     s = command("models", "each local backend's model: family, size, quantisation, contexts, tools, score", cmd_models)
+    listen(s, "the gateway listens on (its backends are the ones shown)")
     s.add_argument("--json", action="store_true")
 
     s = command("claude", "run Claude Code through nonstop (starts nonstop if needed)", None)

@@ -114,8 +114,9 @@ class Probes:
 
 
 def main(cfg: Config, as_json: bool = False, *, env: Mapping[str, str] | None = None,
-         probes: Probes | None = None, out: Callable[[str], None] = print) -> int:
-    checks = _run(run_checks(cfg, os.environ if env is None else env, probes or Probes()))
+         probes: Probes | None = None, out: Callable[[str], None] = print, serve: str = "nonstop serve") -> int:
+    """`serve`: the command that starts the gateway checked (its --host / --port)."""
+    checks = _run(run_checks(cfg, os.environ if env is None else env, probes or Probes(), serve=serve))
     out(render_json(checks) if as_json else render_text(cfg, checks))
     return 0 if all(c.ok for c in checks) else 1
 
@@ -170,14 +171,14 @@ def render_text(cfg: Config, checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes) -> list[Check]:
+async def run_checks(cfg: Config, env: Mapping[str, str], probes: Probes, serve: str = "nonstop serve") -> list[Check]:
     """All checks, in reading order; the slow ones run at the same time."""
     # First, alone: it opens the request log's file, which the eval check reads (see state_dir_problem).
     state = await asyncio.to_thread(check_state_dir, cfg)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         cloud, running, local, claude_cli, evals, sizes = await asyncio.gather(
             check_cloud(session, cfg.cloud.url),
-            check_running(cfg, probes),
+            check_running(cfg, probes, serve),
             check_locals(session, cfg, probes),
             asyncio.to_thread(check_claude_cli, probes),
             check_evals(session, cfg, probes),
@@ -387,7 +388,7 @@ def _settings_env(path: Path) -> dict[str, Any]:
 # --- nonstop itself ------------------------------------------------------------------------------
 
 
-async def check_running(cfg: Config, probes: Probes) -> Check:
+async def check_running(cfg: Config, probes: Probes, serve: str = "nonstop serve") -> Check:
     url = gateway_url(cfg.host, cfg.port)
     h = await asyncio.to_thread(probes.health, cfg)
     if h is not None:
@@ -399,10 +400,11 @@ async def check_running(cfg: Config, probes: Probes) -> Check:
     if await asyncio.to_thread(_port_open, url):
         return _problem(
             "nonstop", f"something that is not nonstop (or wants another token) answers on {cfg.listen}",
-            "stop that program, or give nonstop another address with listen = \"127.0.0.1:PORT\"",
+            "stop that program, or give nonstop another address with listen = \"127.0.0.1:PORT\""
+            + (f" (or another --port than `{serve}`)" if serve != "nonstop serve" else ""),
         )
     return _warn("nonstop", f"not running on {cfg.listen}",
-                 "`nonstop claude` starts it in the background; or run `nonstop serve`")
+                 f"`{serve.replace(' serve', ' claude', 1)}` starts it in the background; or run `{serve}`")
 
 
 def _port_open(url: str, timeout: float = 1.0) -> bool:

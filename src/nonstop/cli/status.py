@@ -131,7 +131,18 @@ def offline_status(cfg: Config, now: float | None = None) -> dict[str, Any]:
         cfg, snap, [backend_entry(b) for b in cfg.local], today, running=False, version=__version__, now=now,
         log=str(db_path(cfg.state_dir)) if conn is not None else "",
         accounts=account_entries(accounts, dict(cfg.accounts)),
+        embedded_installed=_embedded_installed(cfg),
     )
+
+
+def _embedded_installed(cfg: Config) -> bool | None:
+    """Whether the embedded llama-server and model are on this machine (None: not needed)."""
+    if cfg.local or cfg.embedded.mode == "never":
+        return None
+    from nonstop.backends.llama_stack import find_bundled_model, find_llama_server
+
+    return (find_llama_server(cfg.embedded.server_path) is not None
+            and find_bundled_model(cfg.embedded.model_path) is not None)
 
 
 def _state(conn: sqlite3.Connection, key: str) -> dict[str, Any]:
@@ -314,15 +325,16 @@ def backend_details(b: dict[str, Any]) -> str:
     return " · ".join(bits)
 
 
-def render_status(st: dict[str, Any], now: float | None = None) -> str:
+def render_status(st: dict[str, Any], now: float | None = None, serve: str = "nonstop serve") -> str:
+    """`serve`: the command that starts the gateway this status was asked of."""
     now = (st.get("now") or time.time()) if now is None else now
     out: list[str] = []
     if st.get("running", True):
         pid = f"pid {st['pid']}, " if st.get("pid") else ""
         out.append(f"nonstop {st.get('version', '')} running on {st.get('listen', '')} ({pid}up {span(st.get('uptime') or 0)})")
     else:
-        out.append(f"nonstop is not running on {st.get('listen', '')}: start it with `nonstop serve` "
-                   "(one listening elsewhere: --host / --port)")
+        elsewhere = " (one listening elsewhere: --host / --port)" if serve == "nonstop serve" else ""
+        out.append(f"nonstop is not running on {st.get('listen', '')}: start it with `{serve}`{elsewhere}")
         out.append(f"  (last known state, from {st['log']})" if st.get("log") else "  (no request log found yet)")
     out.append(f"cloud    {cloud_line(st.get('cloud') or {}, now)}")
     accounts = st.get("accounts") or []
@@ -355,9 +367,12 @@ def render_status(st: dict[str, Any], now: float | None = None) -> str:
         out.append("deadline " + " · ".join(f"{size} waits {secs:g}s" for size, secs in first_byte.items())
                    + " for the cloud's first byte (learned)")
     backends = st.get("local") or []
-    if not backends and not st.get("running", True) and st.get("embedded", "never") != "never":
-        out.append("local    none configured: `nonstop serve` finds the local servers running, "
-                   "or starts its own small model")
+    ways = [way for way, can in (
+        ("finds the local servers running", st.get("discovery") is True),
+        ("starts its own small model", st.get("embedded", "never") != "never" and st.get("embedded_installed") is not False),
+    ) if can]
+    if not backends and not st.get("running", True) and ways:
+        out.append(f"local    none configured: `{serve}` " + ", or ".join(ways))
     elif not backends:
         out.append("local    none configured — run `nonstop doctor`")
     width = max([len(str(b.get("name", ""))) for b in backends] or [0])
@@ -509,7 +524,7 @@ def follow_rows(source: RowSource, first: list[dict[str, Any]], f: Filters, *,
 # --- the commands ------------------------------------------------------------------------------------
 
 
-def cmd_status(cfg: Config, as_json: bool = False, fleet: bool = False) -> int:
+def cmd_status(cfg: Config, as_json: bool = False, fleet: bool = False, serve: str = "nonstop serve") -> int:
     if fleet:
         return cmd_fleet(cfg, as_json)
     try:
@@ -521,7 +536,7 @@ def cmd_status(cfg: Config, as_json: bool = False, fleet: bool = False) -> int:
     if as_json:
         print(json.dumps(st, indent=2, ensure_ascii=False))
     else:
-        print(render_status(st))
+        print(render_status(st, serve=serve))
     return 0 if st.get("running") else 1
 
 
@@ -572,7 +587,7 @@ def _first_rows(cfg: Config, limit: int, f: Filters) -> tuple[RowSource, bool, l
 
 
 def cmd_logs(cfg: Config, as_json: bool = False, follow: bool = False, limit: int = 20,
-             backend: str = "", outcome: str = "", model: str = "") -> int:
+             backend: str = "", outcome: str = "", model: str = "", serve: str = "nonstop serve") -> int:
     f = Filters(backend, outcome, model)
     try:
         source, running, rows = _first_rows(cfg, max(1, limit), f)
@@ -581,7 +596,7 @@ def cmd_logs(cfg: Config, as_json: bool = False, follow: bool = False, limit: in
         return 2
     except (FileNotFoundError, sqlite3.Error):
         print(f"nonstop: not running on {cfg.listen} and no readable request log at {db_path(cfg.state_dir)}; "
-              "start it with `nonstop serve`", file=sys.stderr)
+              f"start it with `{serve}`", file=sys.stderr)
         return 2
     if not running and not as_json:
         print(f"(nonstop is not running; reading {db_path(cfg.state_dir)})", file=sys.stderr)

@@ -125,11 +125,13 @@ def status_document(
     accounts: Sequence[dict[str, Any]] = (),
     fleet: str = "",
     shadow: Mapping[str, Any] | None = None,
+    embedded_installed: bool | None = None,
 ) -> dict[str, Any]:
     """The whole document. `quota` is a quota snapshot, `local` the backend_entry() of
     each backend, `today` the request log's totals since start_of_day(now) ({} without a
     log), `log` the request log's path ("" without one). pid and uptime are None when the
-    gateway is not running."""
+    gateway is not running. `embedded_installed`: whether the embedded model's server and
+    file were found (None: not looked for)."""
     if not isinstance(quota.get("utilization"), dict | None) or not isinstance(quota.get("forecast"), dict | None):
         quota = {k: v for k, v in quota.items() if k not in ("utilization", "forecast")}  # a state file gone bad
     return {
@@ -145,6 +147,9 @@ def status_document(
         "local": list(local),
         # Whether the embedded model stands in when no local server is configured or found.
         "embedded": cfg.embedded.mode,
+        "embedded_installed": embedded_installed,
+        # Whether the gateway looks for local servers when none is configured.
+        "discovery": cfg.discovery.enabled,
         "today": today,
         "log": log,
         "forecast": {

@@ -220,16 +220,17 @@ def test_run_claude_reports_a_gateway_that_cannot_start(
 # --- the command line keeps claude's arguments intact ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("argv", "rest", "config"), [
-    (["claude", "-p", "hi", "--definitely-not-a-flag"], ["-p", "hi", "--definitely-not-a-flag"], None),
-    (["claude", "--config", "{cfg}", "-p", "hi", "--model", "x"], ["-p", "hi", "--model", "x"], "{cfg}"),
-    (["claude", "--", "--config", "theirs"], ["--config", "theirs"], None),
-    (["claude", "--config", "{cfg}", "--help"], ["--help"], "{cfg}"),
-    (["claude", "--port", "9914", "--config={cfg}", "-p", "hi"], ["-p", "hi"], "{cfg}"),
-    (["claude", "--host=127.0.0.2", "--port=9915", "-p", "--port"], ["-p", "--port"], None),
+@pytest.mark.parametrize(("argv", "rest", "config", "listen"), [
+    (["claude", "-p", "hi", "--definitely-not-a-flag"], ["-p", "hi", "--definitely-not-a-flag"], None, "127.0.0.1:8787"),
+    (["claude", "--config", "{cfg}", "-p", "hi", "--model", "x"], ["-p", "hi", "--model", "x"], "{cfg}", "127.0.0.1:9913"),
+    (["claude", "--", "--config", "theirs"], ["--config", "theirs"], None, "127.0.0.1:8787"),
+    (["claude", "--config", "{cfg}", "--help"], ["--help"], "{cfg}", "127.0.0.1:9913"),
+    # nonstop's own --host / --port, before Claude Code's arguments: where the gateway is (or starts).
+    (["claude", "--port", "9914", "--config={cfg}", "-p", "hi"], ["-p", "hi"], "{cfg}", "127.0.0.1:9914"),
+    (["claude", "--host=127.0.0.2", "--port=9915", "-p", "--port"], ["-p", "--port"], None, "127.0.0.2:9915"),
 ])
 def test_cli_hands_everything_after_claude_to_claude(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], rest: list[str], config: str | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], rest: list[str], config: str | None, listen: str
 ) -> None:
     path = tmp_path / "config.toml"
     path.write_text('listen = "127.0.0.1:9913"\n')
@@ -246,8 +247,4 @@ def test_cli_hands_everything_after_claude_to_claude(
     assert code == 42
     assert seen["rest"] == rest
     assert seen["cfg"].source == (config.format(cfg=path) if config else "")
-    # nonstop's own --host / --port, before Claude Code's arguments: where the gateway is (or starts).
-    if "--port" in argv[1:2]:
-        assert seen["cfg"].listen == "127.0.0.1:9914"
-    elif "--port=9915" in argv:
-        assert seen["cfg"].listen == "127.0.0.2:9915"
+    assert seen["cfg"].listen == listen

@@ -98,3 +98,118 @@ def test_a_malformed_ipv6_url_is_reported_as_a_config_problem(
     assert any("url" in p for p in caught.value.problems), caught.value.problems
     assert cmd_config_check(argparse.Namespace(file=str(path), config=None)) == 1
     assert "problems found" in capsys.readouterr().out
+
+
+# --- --host / --port: where the gateway listens, or is dialled ------------------------------------------
+
+
+@pytest.fixture
+def no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config-here"))
+    monkeypatch.setenv("NONSTOP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("NONSTOP_CONFIG", raising=False)
+    monkeypatch.delenv("NONSTOP_TOKEN", raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--port", "70000", "'70000' is not a port number; use 1-65535"),
+    ("--port", "0", "'0' is not a port number; use 1-65535"),
+    ("--port", "-5", "'-5' is not a port number; use 1-65535"),
+    ("--port", "http", "'http' is not a port number; use 1-65535"),
+    ("--host", "localhost:8787", "'localhost:8787' is not a host name or address; give the port with --port"),
+    ("--host", "[::1]:8787", "give the port with --port"),
+    ("--host", "http://127.0.0.1", "is a URL; give only the host name or address"),
+    ("--host", "", "'' is not a host name or address"),
+    ("--host", "a b", "'a b' is not a host name or address"),
+])
+@pytest.mark.parametrize("command", ["serve", "status", "logs", "doctor", "eval", "models", "claude"])
+def test_a_bad_address_option_is_refused_as_that_option(
+    no_config: Path, capsys: pytest.CaptureFixture[str], command: str, option: str, value: str, says: str,
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, option, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: " in err and says in err, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "listen"), [
+    (["--host", "[::1]"], "[::1]:8787"),
+    (["--host", "::1", "--port", "9914"], "[::1]:9914"),
+    (["--host", "localhost"], "localhost:8787"),
+    (["--port", "65535"], "127.0.0.1:65535"),
+])
+@pytest.mark.parametrize("command", ["status", "logs", "doctor", "eval", "models"])
+def test_the_dialling_commands_take_the_address_given(
+    no_config: Path, monkeypatch: pytest.MonkeyPatch, command: str, argv: list[str], listen: str,
+) -> None:
+    """eval and models read the running gateway's backends, as status, logs and doctor read
+    its state: a gateway started with `nonstop serve --port N` is found with the same option."""
+    from nonstop.cli import doctor, models, status
+    from nonstop.cli import eval as eval_cmd
+
+    seen: list[str] = []
+    for module, name in ((status, "cmd_status"), (status, "cmd_logs"), (doctor, "main"), (eval_cmd, "main"),
+                         (models, "main")):
+        monkeypatch.setattr(module, name, lambda cfg, *a, **kw: seen.append(cfg.listen) or 0)
+    assert cli.main([command, *argv]) == 0
+    assert seen == [listen]
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "doctor", "eval", "models"])
+def test_dialling_an_exposed_address_needs_no_token(
+    no_config: Path, monkeypatch: pytest.MonkeyPatch, command: str,
+) -> None:
+    """Only a gateway that listens beyond loopback needs a token; a command that dials one
+    (its token comes from the config or NONSTOP_TOKEN, where the gateway asks for it) is not refused."""
+    from nonstop.cli import doctor, models, status
+    from nonstop.cli import eval as eval_cmd
+
+    seen: list[str] = []
+    for module, name in ((status, "cmd_status"), (status, "cmd_logs"), (doctor, "main"), (eval_cmd, "main"),
+                         (models, "main")):
+        monkeypatch.setattr(module, name, lambda cfg, *a, **kw: seen.append(cfg.listen) or 0)
+    assert cli.main([command, "--host", "0.0.0.0"]) == 0
+    assert seen == ["0.0.0.0:8787"]
+
+
+@pytest.mark.parametrize("command", ["serve", "claude"])
+def test_listening_beyond_loopback_without_a_token_is_refused_as_the_option_given(
+    no_config: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], command: str,
+) -> None:
+    from nonstop.server import run
+
+    monkeypatch.setattr(run, "serve", lambda cfg: pytest.fail("served without a token"))
+    monkeypatch.setattr(claude, "run_claude", lambda *a: pytest.fail("started without a token"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--host", "0.0.0.0", "--port", "9914"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nonstop: --host 0.0.0.0 --port 9914 is reachable from other machines, "
+                          "so an access token is required"), err
+    assert "configuration problem" not in err and "listen:" not in err
+
+
+@pytest.mark.parametrize(("argv", "serve"), [
+    ([], "nonstop serve"),
+    (["--port", "9914"], "nonstop serve --port 9914"),
+    (["--host", "::1", "--port", "9914"], "nonstop serve --host ::1 --port 9914"),
+    (["--config", "my config.toml"], "nonstop serve --config 'my config.toml'"),
+])
+@pytest.mark.parametrize("command", ["status", "logs", "doctor"])
+def test_the_start_hint_names_the_address_given(
+    no_config: Path, monkeypatch: pytest.MonkeyPatch, command: str, argv: list[str], serve: str,
+) -> None:
+    """`nonstop status --port N` with nothing there says to start `nonstop serve --port N`,
+    the gateway it looked for, not one on the config's address."""
+    from nonstop.cli import doctor, status
+
+    monkeypatch.chdir(no_config)
+    (no_config / "my config.toml").write_text("")
+    seen: list[str] = []
+    for module, name in ((status, "cmd_status"), (status, "cmd_logs"), (doctor, "main")):
+        monkeypatch.setattr(module, name, lambda cfg, *a, serve, **kw: seen.append(serve) or 0)
+    assert cli.main([command, *argv]) == 0
+    assert seen == [serve]

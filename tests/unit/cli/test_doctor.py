@@ -268,6 +268,13 @@ async def test_nonstop_running_not_running_and_port_taken(tmp_path: Path, serve)
     assert not c.ok and "not nonstop" in c.detail and "listen" in c.fix
 
 
+async def test_nonstop_not_running_on_the_address_given_says_how_to_start_it_there(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    c = await doctor.check_running(cfg, probes(), "nonstop serve --port 9914")
+    assert c.detail == f"not running on {cfg.listen}"
+    assert c.fix == "`nonstop claude --port 9914` starts it in the background; or run `nonstop serve --port 9914`"
+
+
 # --- local backends and their traps ------------------------------------------------------------------
 
 

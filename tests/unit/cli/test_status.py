@@ -232,18 +232,41 @@ def test_status_without_any_log(tmp_path, capsys):
     assert not (tmp_path / "none").exists(), "reading the status must not create the state directory"
 
 
-@pytest.mark.parametrize(("mode", "line"), [
-    ("auto", "local    none configured: `nonstop serve` finds the local servers running, or starts its own small model"),
-    ("always", "local    none configured: `nonstop serve` finds the local servers running, or starts its own small model"),
-    ("never", "local    none configured — run `nonstop doctor`"),
+@pytest.mark.parametrize(("discovery", "mode", "installed", "line"), [
+    (True, "auto", True, "`nonstop serve` finds the local servers running, or starts its own small model"),
+    (True, "always", True, "`nonstop serve` finds the local servers running, or starts its own small model"),
+    (True, "never", True, "`nonstop serve` finds the local servers running"),
+    (True, "auto", False, "`nonstop serve` finds the local servers running"),
+    (False, "auto", True, "`nonstop serve` starts its own small model"),
+    (False, "auto", False, None),
+    (False, "never", True, None),
 ])
-def test_status_not_running_with_no_local_backend_says_what_serve_would_use(tmp_path, capsys, mode, line):
-    """With no [[local]], a gateway started now finds servers or starts its embedded model:
-    that is no set-up problem, unless the embedded model is off."""
+def test_status_not_running_with_no_local_backend_says_what_serve_would_use(
+    tmp_path, capsys, monkeypatch, discovery, mode, installed, line,
+):
+    """With no [[local]], a gateway started now finds the servers running (discovery on) or
+    starts its embedded model (not off, and installed): that is no set-up problem. With
+    neither, it is one, and doctor says what to do."""
+    from nonstop.backends import llama_stack
+
+    monkeypatch.setattr(llama_stack, "find_llama_server", lambda explicit="": tmp_path / "llama-server")
+    monkeypatch.setattr(llama_stack, "find_bundled_model", lambda explicit="": tmp_path / "m.gguf" if installed else None)
     cfg = parse_config({"listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "none"),
-                        "embedded": {"mode": mode}})
+                        "embedded": {"mode": mode}, "discovery": {"enabled": discovery}})
     assert st.cmd_status(cfg) == 1
-    assert line in capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()
+    assert (f"local    none configured: {line}" if line else "local    none configured — run `nonstop doctor`") in lines
+
+
+def test_status_not_running_names_the_address_it_looked_at(tmp_path, capsys):
+    """Asked with --port N, the advice starts the gateway on N; asked without, it says how to
+    look elsewhere."""
+    cfg = parse_config({"listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "none")})
+    assert st.cmd_status(cfg, serve="nonstop serve --port 9914") == 1
+    out = capsys.readouterr().out
+    assert f"nonstop is not running on {cfg.listen}: start it with `nonstop serve --port 9914`\n" in out
+    assert "`nonstop serve --port 9914` finds the local servers running" in out
+    assert "--host / --port" not in out
 
 
 def test_status_and_logs_reach_a_gateway_on_the_address_given(tmp_path, monkeypatch, capsys):

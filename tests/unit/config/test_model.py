@@ -23,3 +23,5 @@ def test_with_listen_checks_exposure() -> None:
     assert cfg.with_listen(host="::1").listen == "[::1]:8787"
     with pytest.raises(ConfigError, match="token"):
         cfg.with_listen(host="0.0.0.0")
+    # A command that only dials the address holds it to no exposure rule.
+    assert cfg.with_listen(host="0.0.0.0", check=False).listen == "0.0.0.0:8787"
