@@ -230,3 +230,27 @@ def test_logs_follow_prints_new_rows(cloud, recorder_proc, nonstop_factory):
     assert code == 0
     # At once: it is sleeping between polls or reading the API when the signal comes.
     assert took < 2.0, f"`nonstop logs --follow` took {took:.1f}s to end after Ctrl-C"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_a_gateway_on_another_port_is_found_without_the_option(cloud, recorder_proc, tmp_path, stop):
+    """`nonstop serve --port N` is found by `nonstop status` with no option: the gateway notes
+    where it listens in its state directory, and takes the note back when it stops. A note
+    left by a gateway that was killed is not trusted."""
+    state = tmp_path / "state"
+    cfg = procs.write_config(tmp_path, f'listen = "127.0.0.1:{procs.free_port()}"\nstate_dir = "{state}"\n'
+                             + config(cloud, recorder_proc))
+    port = procs.free_port()
+    ns = procs.start_python(["-m", "nonstop", "serve", "--config", str(cfg), "--port", str(port)], port, "/health",
+                            "nonstop", env={"NONSTOP_STATE_DIR": str(state)})
+    ns.extra["config"] = cfg
+    with ns:
+        assert json.loads((state / "listening.json").read_text()) == {"listen": f"127.0.0.1:{port}", "pid": ns.proc.pid}
+        code, doc = status_json(ns)
+        assert code == 0 and doc["running"] is True and doc["listen"] == f"127.0.0.1:{port}"
+        r = cli(ns, "doctor")
+        assert f"running at http://127.0.0.1:{port}" in r.stdout, r.stdout
+        ns.stop(stop)
+    assert (state / "listening.json").exists() == (stop == signal.SIGKILL)
+    code, doc = status_json(ns)
+    assert code == 1 and doc["running"] is False and doc["listen"] != f"127.0.0.1:{port}"

@@ -43,16 +43,28 @@ def _listening(cfg: Config, args: argparse.Namespace) -> Config:
     address to the exposure rules; the others only dial it.
     """
     host, port = getattr(args, "host", None), getattr(args, "port", None)
+    command = getattr(args, "command", "")
     if not host and port is None:
-        return cfg
+        if command not in _DIALLING:
+            return cfg
+        from nonstop.cli.common import gateway_elsewhere
+        from nonstop.config import split_listen
+
+        # One started on another address (`nonstop serve --port N`) is found by its note.
+        found = gateway_elsewhere(cfg.state_dir, cfg.listen)
+        return cfg.with_listen(*split_listen(found), check=False) if found else cfg
     from nonstop.config import ConfigError
 
     try:
-        return cfg.with_listen(host, port, check=getattr(args, "command", "") in ("serve", "claude"))
+        return cfg.with_listen(host, port, check=command in ("serve", "claude"))
     except ConfigError as exc:  # worded as the options that were given, not as the config's `listen`
         given = " ".join(f"{o} {v}" for o, v in (("--host", host), ("--port", port)) if v)
         raise ConfigError([given + p.removeprefix(f"listen: {host}") if p.startswith(f"listen: {host} ") else p
                            for p in exc.problems]) from None
+
+
+# The commands that look for a running gateway (claude starts one where none is found).
+_DIALLING = ("status", "logs", "doctor", "explain", "eval", "models", "claude")
 
 
 def _port(text: str) -> int:

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-__all__ = ["claude_settings_files", "claude_user_settings", "client_host", "db_path", "gateway_url", "managed_settings_file"]
+__all__ = ["accepts", "claude_settings_files", "claude_user_settings", "client_host", "db_path", "gateway_elsewhere",
+           "gateway_url", "managed_settings_file"]
 
 # A gateway listening on every address is reached through the loopback of the same family.
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "::1"}
@@ -26,6 +27,36 @@ _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "
 def client_host(host: str) -> str:
     """The host a client on this machine dials for a gateway listening on `host`."""
     return _WILDCARDS.get(host, host)
+
+
+def accepts(host: str, port: int, wait: float = 0.5) -> bool:
+    """Whether something accepts connections where a gateway listening on `host` is dialled."""
+    import socket
+
+    try:
+        with socket.create_connection((client_host(host), port), timeout=wait):
+            return True
+    except OSError:
+        return False
+
+
+def gateway_elsewhere(state_dir: Path, listen: str) -> str | None:
+    """Where a gateway with this state directory listens (its note: store/listening.py),
+    when that is not `listen` and nothing answers at `listen`; else None. A note is trusted
+    while its process lives and something accepts connections where it says."""
+    from nonstop.config import ConfigError, split_listen
+    from nonstop.store import listening
+
+    noted = listening.read(state_dir)
+    if noted is None or noted[0] == listen or not listening.alive(noted[1]):
+        return None
+    try:
+        here, there = split_listen(listen), split_listen(noted[0])
+    except ConfigError:
+        return None
+    if accepts(*here) or not accepts(*there):
+        return None
+    return noted[0]
 
 
 def gateway_url(host: str, port: int) -> str:

@@ -7,11 +7,12 @@ import gc
 import logging
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
 from nonstop.config import Config
+from nonstop.store import listening
 
 
 class _Redact(logging.Filter):
@@ -96,7 +97,11 @@ def serve(cfg: Config) -> int:
         h11_max_incomplete_event_size=64 * 1024,
     )
     server = _Server(config)
-    server.run()
+    server.on_started = lambda: listening.note(cfg.state_dir, cfg.listen)
+    try:
+        server.run()
+    finally:
+        listening.forget(cfg.state_dir)  # (only its own note: one another gateway wrote since stays)
     return 0 if server.started else 1
 
 
@@ -120,11 +125,18 @@ class _Server(uvicorn.Server):
     the process: it is moved out of the collector's reach (gc.freeze), so a full
     collection walks only what serving made, not every object of every module. And the
     youngest generation is collected after YOUNG_THRESHOLD new objects, not Python's 700
-    (see there)."""
+    (see there).
+
+    Once it listens, it notes where in its state directory (store/listening.py), for
+    the commands that look for it; `serve` takes the note back when it stops."""
+
+    on_started: Callable[[], object] | None = None
 
     async def startup(self, sockets: list | None = None) -> None:
         await super().startup(sockets)
         if self.started:
+            if self.on_started is not None:
+                self.on_started()
             gc.collect()
             gc.freeze()
             gc.set_threshold(YOUNG_THRESHOLD, 10, 10)

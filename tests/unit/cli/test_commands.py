@@ -213,3 +213,28 @@ def test_the_start_hint_names_the_address_given(
         monkeypatch.setattr(module, name, lambda cfg, *a, serve, **kw: seen.append(serve) or 0)
     assert cli.main([command, *argv]) == 0
     assert seen == [serve]
+
+
+@pytest.mark.parametrize("command", ["status", "logs", "doctor", "eval", "models"])
+def test_a_gateway_started_on_another_port_is_found_by_its_note(
+    no_config: Path, monkeypatch: pytest.MonkeyPatch, command: str,
+) -> None:
+    """`nonstop serve --port N` notes where it listens; `nonstop status` (no option) finds it
+    there when nothing answers at the config's address. An option given wins."""
+    from nonstop.cli import common, doctor, models, status
+    from nonstop.cli import eval as eval_cmd
+    from nonstop.store import listening
+
+    seen: list[str] = []
+    for module, name in ((status, "cmd_status"), (status, "cmd_logs"), (doctor, "main"), (eval_cmd, "main"),
+                         (models, "main")):
+        monkeypatch.setattr(module, name, lambda cfg, *a, **kw: seen.append(cfg.listen) or 0)
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        there = f"127.0.0.1:{srv.getsockname()[1]}"
+        listening.note(no_config / "state", there)
+        monkeypatch.setattr(common, "accepts", lambda host, port, wait=0.5: port == srv.getsockname()[1])
+        assert cli.main([command]) == 0
+        assert cli.main([command, "--port", "9914"]) == 0
+    assert seen == [there, "127.0.0.1:9914"]
