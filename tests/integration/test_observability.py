@@ -245,12 +245,38 @@ def test_a_gateway_on_another_port_is_found_without_the_option(cloud, recorder_p
                             "nonstop", env={"NONSTOP_STATE_DIR": str(state)})
     ns.extra["config"] = cfg
     with ns:
-        assert json.loads((state / "listening.json").read_text()) == {"listen": f"127.0.0.1:{port}", "pid": ns.proc.pid}
+        note = state / "listening" / f"{ns.proc.pid}.json"
+        assert json.loads(note.read_text()) == {"listen": f"127.0.0.1:{port}", "pid": ns.proc.pid}
         code, doc = status_json(ns)
         assert code == 0 and doc["running"] is True and doc["listen"] == f"127.0.0.1:{port}"
         r = cli(ns, "doctor")
         assert f"running at http://127.0.0.1:{port}" in r.stdout, r.stdout
         ns.stop(stop)
-    assert (state / "listening.json").exists() == (stop == signal.SIGKILL)
+    assert note.exists() == (stop == signal.SIGKILL)
     code, doc = status_json(ns)
     assert code == 1 and doc["running"] is False and doc["listen"] != f"127.0.0.1:{port}"
+
+
+def test_two_gateways_sharing_a_state_directory_are_each_found(cloud, recorder_proc, tmp_path):
+    """Each gateway keeps a note of its own: the later one's stop leaves the earlier one
+    found by `nonstop status` with no option."""
+    state = tmp_path / "state"
+    cfg = procs.write_config(tmp_path, f'listen = "127.0.0.1:{procs.free_port()}"\nstate_dir = "{state}"\n'
+                             + config(cloud, recorder_proc))
+
+    def start() -> tuple[procs.Proc, int]:
+        port = procs.free_port()
+        ns = procs.start_python(["-m", "nonstop", "serve", "--config", str(cfg), "--port", str(port)], port,
+                                "/health", "nonstop", env={"NONSTOP_STATE_DIR": str(state)})
+        ns.extra["config"] = cfg
+        return ns, port
+
+    first, first_port = start()
+    with first:
+        second, second_port = start()
+        with second:
+            code, doc = status_json(first)
+            assert code == 0 and doc["listen"] == f"127.0.0.1:{second_port}", "the newest comes first"
+            second.stop(signal.SIGTERM)
+        code, doc = status_json(first)
+        assert code == 0 and doc["running"] is True and doc["listen"] == f"127.0.0.1:{first_port}"

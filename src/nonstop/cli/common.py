@@ -43,20 +43,27 @@ def accepts(host: str, port: int, wait: float = 0.5) -> bool:
 def gateway_elsewhere(state_dir: Path, listen: str) -> str | None:
     """Where a gateway with this state directory listens (its note: store/listening.py),
     when that is not `listen` and nothing answers at `listen`; else None. A note is trusted
-    while its process lives and something accepts connections where it says."""
+    while its process lives and something accepts connections where it says; of several,
+    the newest such."""
     from nonstop.config import ConfigError, split_listen
     from nonstop.store import listening
 
-    noted = listening.read(state_dir)
-    if noted is None or noted[0] == listen or not listening.alive(noted[1]):
+    notes = [noted for noted, _ in listening.read(state_dir) if noted != listen]
+    if not notes:
         return None
     try:
-        here, there = split_listen(listen), split_listen(noted[0])
+        if accepts(*split_listen(listen)):
+            return None
     except ConfigError:
         return None
-    if accepts(*here) or not accepts(*there):
-        return None
-    return noted[0]
+    for noted in notes:
+        try:
+            there = split_listen(noted)
+        except ConfigError:
+            continue
+        if accepts(*there):
+            return noted
+    return None
 
 
 def gateway_url(host: str, port: int) -> str:

@@ -101,7 +101,7 @@ def serve(cfg: Config) -> int:
     try:
         server.run()
     finally:
-        listening.forget(cfg.state_dir)  # (only its own note: one another gateway wrote since stays)
+        listening.forget(cfg.state_dir)  # its own note: another gateway's stays
     return 0 if server.started else 1
 
 

@@ -44,28 +44,59 @@ def test_a_note_is_written_whole_private_and_read_back(tmp_path: Path) -> None:
     state = tmp_path / "state"
     assert listening.note(state, "127.0.0.1:9071")
     path = listening.note_path(state)
+    assert path == state / "listening" / f"{os.getpid()}.json"
     assert json.loads(path.read_text()) == {"listen": "127.0.0.1:9071", "pid": os.getpid()}
     assert path.stat().st_mode & 0o777 == 0o600
-    assert listening.read(state) == ("127.0.0.1:9071", os.getpid())
-    assert [p.name for p in state.iterdir()] == [listening.NOTE_NAME], "no temporary file left"
+    assert path.parent.stat().st_mode & 0o077 == 0
+    assert listening.read(state) == [("127.0.0.1:9071", os.getpid())]
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file left"
 
 
 def test_forget_takes_back_only_its_own_note(tmp_path: Path) -> None:
-    listening.note(tmp_path, "127.0.0.1:9071", pid=1)  # another gateway wrote since
-    listening.forget(tmp_path)
-    assert listening.read(tmp_path) == ("127.0.0.1:9071", 1)
+    listening.note(tmp_path, "127.0.0.1:9071", pid=1)  # another gateway, still running
     listening.note(tmp_path, "127.0.0.1:9072")
     listening.forget(tmp_path)
-    assert listening.read(tmp_path) is None
+    assert listening.read(tmp_path) == [("127.0.0.1:9071", 1)]
     listening.forget(tmp_path)  # nothing there: nothing to do
 
 
+def test_two_gateways_sharing_a_state_directory_keep_a_note_each(tmp_path: Path) -> None:
+    """The later one's stop does not take the earlier one's note with it."""
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        listening.note(tmp_path, "127.0.0.1:9071", pid=first.pid)
+        os.utime(listening.note_path(tmp_path, first.pid), ns=(1, 1))  # written earlier
+        listening.note(tmp_path, "127.0.0.1:9072")
+        assert listening.read(tmp_path) == [("127.0.0.1:9072", os.getpid()), ("127.0.0.1:9071", first.pid)]
+        listening.forget(tmp_path)
+        assert listening.read(tmp_path) == [("127.0.0.1:9071", first.pid)]
+    finally:
+        first.kill()
+        first.wait()
+    # Its process gone (killed: the note stayed), the note is not trusted, and is removed.
+    assert listening.note_path(tmp_path, first.pid).exists()
+    assert listening.read(tmp_path) == []
+    assert not listening.note_path(tmp_path, first.pid).exists()
+
+
 @pytest.mark.parametrize("text", ["", "{", "[]", '{"listen": 5, "pid": 1}', '{"listen": "a:1", "pid": "1"}',
-                                  '{"listen": "a:1", "pid": 0}', '{"listen": "a:1", "pid": true}', "\xff"])
+                                  '{"listen": "a:1", "pid": 0}', '{"listen": "a:1", "pid": true}', "\xff",
+                                  '{"listen": "127.0.0.1:9", "pid": 1}'])  # (another process's, under this one's name)
 def test_a_note_gone_bad_is_no_note(tmp_path: Path, text: str) -> None:
-    listening.note_path(tmp_path).write_text(text, encoding="latin-1")
-    assert listening.read(tmp_path) is None
+    path = listening.note_path(tmp_path)
+    path.parent.mkdir()
+    path.write_text(text, encoding="latin-1")
+    (path.parent / "junk.json").write_text('{"listen": "127.0.0.1:9", "pid": 1}')  # not a process's name
+    (path.parent / "1.json").mkdir()  # not a file
+    assert listening.read(tmp_path) == []
     assert gateway_elsewhere(tmp_path, "127.0.0.1:8787") is None
+
+
+def test_no_notes_folder_or_an_unreadable_one_is_no_note(tmp_path: Path) -> None:
+    assert listening.read(tmp_path) == []
+    (tmp_path / "listening").write_text("")  # a file where the folder would be
+    assert listening.read(tmp_path) == []
+    assert listening.note(tmp_path, "127.0.0.1:9071") is False
 
 
 def test_a_note_that_cannot_be_written_is_no_failure(tmp_path: Path) -> None:
@@ -97,3 +128,12 @@ def test_a_note_is_not_trusted_past_its_gateway(tmp_path: Path, listener: int) -
     assert gateway_elsewhere(tmp_path, here) is None
     listening.note(tmp_path, here)  # the config's own address
     assert gateway_elsewhere(tmp_path, here) is None
+
+
+def test_of_several_gateways_noted_the_newest_that_answers_is_found(tmp_path: Path, listener: int) -> None:
+    listening.note(tmp_path, f"127.0.0.1:{listener}", pid=1)  # an older gateway, answering
+    os.utime(listening.note_path(tmp_path, 1), ns=(1, 1))
+    listening.note(tmp_path, f"127.0.0.1:{closed_port()}")  # the newest, not (or no longer) answering
+    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"127.0.0.1:{listener}"
+    listening.note(tmp_path, f"localhost:{listener}")  # the newest, answering: it comes first
+    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"localhost:{listener}"
