@@ -357,7 +357,7 @@ class _Probe:
         if d.context_window < CLAUDE_CODE_MIN_CONTEXT:
             d.notes.append(
                 f"Ollama serves {model} with a {d.context_window}-token context, too small for "
-                "Claude Code (its first request alone is 12-27k tokens): set "
+                "Claude Code (its first request alone is 9-27k tokens): set "
                 "OLLAMA_CONTEXT_LENGTH=32768 or num_ctx"
             )
         return _finish(d, warn_small=False)
@@ -522,7 +522,7 @@ def _finish(d: DiscoveredServer, warn_small: bool = True) -> DiscoveredServer:
     if warn_small and d.context_window and d.context_window < CLAUDE_CODE_MIN_CONTEXT:
         d.notes.append(
             f"context {d.context_window} is small for Claude Code, whose first request alone "
-            "is 12-27k tokens; long sessions will not fit"
+            "is 9-27k tokens; long sessions will not fit"
         )
     return d
 

@@ -77,6 +77,16 @@ def _port(text: str) -> int:
     return n
 
 
+def _rows(text: str) -> int:
+    """logs --limit: how many rows, 1 to 10,000 (what the gateway answers at most)."""
+    import argparse
+
+    n = int(text) if text.strip().isdigit() else 0
+    if not 1 <= n <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows; use 1-10000")
+    return n
+
+
 def _host(text: str) -> str:
     """--host: a host name or an IP address (an IPv6 one with or without brackets), no port."""
     import argparse
@@ -206,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", help="config file (default: $XDG_CONFIG_HOME/nonstop/config.toml)")
+        sp.add_argument("--config", help="config file (default: $NONSTOP_CONFIG, else $XDG_CONFIG_HOME/nonstop/config.toml)")
 
     def command(name: str, help: str, func: Callable[..., int] | None) -> argparse.ArgumentParser:
         """A subcommand with the shared --config option, run by `func`."""
@@ -224,27 +234,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("status", "cloud state, quota, local backends, today's totals", cmd_status)
     listen(s, "the gateway listens on")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.add_argument("--fleet", action="store_true", help="every instance sharing state through Redis, and each account's state")
 
     s = command("logs", "recent requests from the request log", cmd_logs)
     listen(s, "the gateway listens on")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("-f", "--follow", action="store_true")
-    s.add_argument("-n", "--limit", type=int, default=20)
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
+    s.add_argument("-f", "--follow", action="store_true", help="keep printing requests as they come, until Ctrl-C")
+    s.add_argument("-n", "--limit", type=_rows, default=20, help="how many of the newest requests (default: 20)")
     s.add_argument("--backend", help="cloud, local, or a backend name")
     s.add_argument("--outcome", help="ok, error, incomplete, client_gone")
     s.add_argument("--model", help="model name or glob")
 
     s = command("statusline", "one line for Claude Code's statusLine setting", cmd_statusline)
-    s.add_argument("--url", help="nonstop's address (default: from the config)")
+    s.add_argument("--url", help="nonstop's address (default: $ANTHROPIC_BASE_URL unless it is Anthropic's or --config is given, else the config's)")
     s.add_argument("--install", action="store_true", help="add it to Claude Code's settings (keeps a backup)")
     s.add_argument("--uninstall", action="store_true", help="remove it, restoring the previous status line")
 
     s = sub.add_parser("config", help="configuration tools")
     csub = s.add_subparsers(dest="config_command")
     c = csub.add_parser("check", help="validate a config file")
-    c.add_argument("file", nargs="?")
+    c.add_argument("file", nargs="?", help="the file to check (default: the one nonstop reads, as --config says)")
     common(c)
     c.set_defaults(func=cmd_config_check)
 
@@ -254,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("doctor", "check the set-up and say what to fix", cmd_doctor)
     listen(s, "the gateway listens on")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     s = command("explain", "the plan for a saved request: which backends, in what order, and why", cmd_explain)
     s.add_argument("request", help="a Messages request body as JSON (a file, or - for standard input)")
@@ -262,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a request header the plan reads (e.g. x-claude-code-request-class: subagent)")
     s.add_argument("--offline", action="store_true", help="plan against the config and the state on disk, not the running instance")
     listen(s, "the gateway listens on")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     s = command("eval", "score each local model on Claude Code-shaped tasks (tools, loops, format, speed)", cmd_eval)
     s.add_argument("--backend", help="evaluate only this local backend")
@@ -274,11 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true", help="do not ask before spending cloud quota")
     s.add_argument("--history", action="store_true", help="list the stored runs instead, newest first")
     listen(s, "the gateway listens on (its backends are the ones evaluated)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     s = command("models", "each local backend's model: family, size, quantisation, contexts, tools, score", cmd_models)
     listen(s, "the gateway listens on (its backends are the ones shown)")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     s = command("claude", "run Claude Code through nonstop (starts nonstop if needed)", None)
     listen(s, "the gateway listens on, or is started on")

@@ -484,7 +484,7 @@ def _discovered_backend(d: DiscoveredServer) -> list[Check]:
         out.append(_ollama_trap(name, d))
     elif d.context_window and d.context_window < CLAUDE_CODE_MIN_CONTEXT:
         out.append(_warn(name, f"its {d.context_window}-token window is small for Claude Code, whose first "
-                               "request alone is 12-27k tokens", "run the model with a window of 32768 or more"))
+                               "request alone is 9-27k tokens", "run the model with a window of 32768 or more"))
     if d.tools is False:
         out.append(_problem(name, "the model cannot call tools, which Claude Code needs for almost everything",
                             _tool_fix(d)))

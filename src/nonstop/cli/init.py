@@ -90,9 +90,11 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "url": "The server's base URL, without /v1 (nonstop adds the path itself).",
         "api": "\"anthropic\" if the server speaks the Messages API (/v1/messages: llama.cpp, "
                "Ollama 0.14+, LM Studio 0.4.1+), else \"openai\" (/v1/chat/completions).",
-        "model": "The model to ask for; empty: the server's default.",
+        "model": "The model to ask for; empty: the client's model name is sent on (a server "
+                 "with one model, such as llama-server, serves it whatever the name; Ollama "
+                 "and LM Studio need the name of one of theirs here).",
         "context_window": "The model's window in tokens, as the server runs it. Claude Code's "
-                          "first request alone is 12-27k tokens: 32768 or more works best.",
+                          "first request alone is 9-27k tokens: 32768 or more works best.",
         "max_output_tokens": "Cap on each answer's length (Claude Code asks for up to 128000, "
                              "which keeps a small model rambling for minutes). Must be below "
                              "context_window; unset, a quarter of it, at most 4096.",
@@ -363,7 +365,7 @@ def render_config(
     lines += _section("cloud", {"url": defaults.cloud.url})
     lines += _local_blocks(servers, dcfg, probed)
     lines += _routes_example(servers)
-    lines += _routing_section()
+    lines += _routing_section(servers)
     lines += _discovery_section(dcfg, servers)
     lines += _embedded_section(servers, stack)
     for name in ("warmup", "log", "hooks", "recovery", "eval", "shadow", "shared"):
@@ -434,8 +436,13 @@ def _local_block(d: DiscoveredServer, b: LocalBackendConfig, full_docs: bool) ->
     return lines
 
 
+def _example_backend(servers: Sequence[DiscoveredServer]) -> str:
+    """The backend the examples name: the first one found, else the commented [[local]]'s."""
+    return servers[0].kind if servers else "ollama"
+
+
 def _routes_example(servers: Sequence[DiscoveredServer]) -> list[str]:
-    target = servers[0].kind if servers else "ollama"
+    target = _example_backend(servers)
     return [
         "",
         *_comment(
@@ -449,14 +456,16 @@ def _routes_example(servers: Sequence[DiscoveredServer]) -> list[str]:
     ]
 
 
-def _routing_section() -> list[str]:
+def _routing_section(servers: Sequence[DiscoveredServer]) -> list[str]:
     lines = _section("routing", {}, commented=True)
     lines += ["", *_comment(
         "A table per kind of work (main, subagent, compaction, background, count_tokens) "
-        "says whether the cloud is used first, as a fallback or never, which local backends "
-        "in what order, and what to prefer among them (order, fastest, best). For example, "
-        "background work (titles, summaries) on local models while one is up:"
-    ), "# [routing.background]", '# cloud = "fallback"', '# prefer = "fastest"']
+        "says whether the cloud is used first, as a fallback or never (cloud), which local "
+        "backends in what order (backends, by name; default: all), and what to prefer among "
+        "them (prefer: order, fastest, best). For example, background work (titles, "
+        "summaries) on local models while one is up:"
+    ), "# [routing.background]", '# cloud = "fallback"',
+        f"# backends = [{toml_value(_example_backend(servers))}]", '# prefer = "fastest"']
     return lines
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,32 @@ def test_a_bad_address_option_is_refused_as_that_option(
     err = capsys.readouterr().err
     assert f"argument {option}: " in err and says in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "10001", "many", ""])
+def test_a_bad_number_of_log_rows_is_refused(no_config: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    """`nonstop logs -n 0` would print every row the gateway gives, and -5 the oldest: refused."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["logs", "-n", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument -n/--limit: {value!r} is not a number of rows; use 1-10000" in err, err
+
+
+def test_every_option_says_what_it_does() -> None:
+    """`--help` explains each option (the reference in docs/reference.md lists them too)."""
+    from nonstop.cli.commands import build_parser
+
+    def actions(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.Action]]:
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    yield from ((f"{name} {where}".strip(), b) for where, b in actions(sub))
+            else:
+                yield "", a
+
+    silent = [(where, a.option_strings or a.dest) for where, a in actions(build_parser()) if not a.help]
+    assert silent == [], silent
 
 
 @pytest.mark.parametrize(("argv", "listen"), [
