@@ -511,8 +511,8 @@ async def soak(opts: Options) -> Report:
             secrets_seen.append("the key appeared in nonstop's output")
         db = Path(ns.extra["state_dir"]) / "nonstop.db"
         report.log_rows, report.integrity = count_rows(db)
-        for f in Path(ns.extra["state_dir"]).iterdir():
-            if procs.PLANTED_KEY.encode() in f.read_bytes():
+        for f in Path(ns.extra["state_dir"]).rglob("*"):  # (folders in it too: listening/)
+            if f.is_file() and procs.PLANTED_KEY.encode() in f.read_bytes():
                 secrets_seen.append(f"the key appeared in {f.name}")
     finally:
         if ns is not None:
