@@ -19,8 +19,19 @@ from nonstop.config import Config
 
 
 def read_request(source: str) -> dict[str, Any]:
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    doc = json.loads(text)
+    """The request body in `source` (a file, or - for standard input); ValueError saying
+    what is wrong with it, as a sentence."""
+    name = "standard input" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{name} is not UTF-8 text: give a Messages request body as JSON") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not JSON ({exc}): give a Messages request body") from None
     if isinstance(doc, dict) and isinstance(doc.get("body"), dict):  # a saved {headers, body}
         doc = doc["body"]
     if not isinstance(doc, dict):

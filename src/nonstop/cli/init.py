@@ -231,6 +231,13 @@ def cmd_init(
     out: Callable[[str], None] = print,
 ) -> int:
     path = target_path(args)
+    if path.is_symlink():  # a link (a dotfiles manager's) stays a link: the file it names is written
+        path = path.resolve()
+    if path.exists() and not path.is_file():  # --force would move a folder or a device aside
+        example = f"; for example {path / 'config.toml'}" if path.is_dir() else ""
+        out(f"nonstop: {path} is not a file but a {'folder' if path.is_dir() else 'special file'}; "
+            f"give the path of the config file to write{example}. Nothing was written.")
+        return 1
     if path.exists() and not getattr(args, "force", False):
         out(f"nonstop: {path} already exists; nothing was written.")
         out("  To replace it, run `nonstop init --force` (the old file is kept as a .bak next "

@@ -129,14 +129,16 @@ async def _explain(rt: Runtime, scope: Scope, receive: Receive, send: Send) -> N
         return
     except ClientGone:
         return
-    req = doc.get("request") if isinstance(doc, dict) else None
-    headers = doc.get("headers") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(doc.get("request"), dict):
+        await send_json(send, 400, {"error": "send {\"request\": {...}, \"headers\": {...}}: the request's body "
+                                             "as a JSON object, and the headers the plan reads (optional)"})
+        return
+    req, headers = doc["request"], doc.get("headers")
     problem = validate_messages_request(req)
     if problem:
         await send_json(send, 400, {"error": problem})
         return
     headers = {str(k).lower(): str(v) for k, v in headers.items()} if isinstance(headers, dict) else {}
-    assert isinstance(req, dict)
     # The account of the credential given, else the latest request's (one user: theirs).
     raw = [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in headers.items()]
     account = rt.clouds.accounts.label(credential_of(raw)) if credential_of(raw) else rt.clouds.accounts.last

@@ -22,6 +22,23 @@ def test_reads_a_body_or_a_saved_exchange(tmp_path: Path) -> None:
         explain.read_request(str(tmp_path / "c.json"))
 
 
+@pytest.mark.parametrize(("name", "content", "says"), [
+    ("", None, "cannot read {p}: Is a directory"),
+    ("missing.json", None, "cannot read {p}: No such file or directory"),
+    ("empty.json", b"", "{p} is not JSON (Expecting value"),
+    ("x.bin", b"\xff\xfe{", "{p} is not UTF-8 text"),
+])
+def test_a_file_that_is_no_request_is_said_in_words(tmp_path: Path, name: str, content: bytes | None, says: str) -> None:
+    """What `nonstop explain FILE` prints (after `nonstop explain: `), not an errno or a bare
+    JSON decoder's message."""
+    path = tmp_path / name if name else tmp_path
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as exc:
+        explain.read_request(str(path))
+    assert says.format(p=path) in str(exc.value), str(exc.value)
+
+
 def test_headers_are_name_value() -> None:
     assert explain.parse_headers(["X-Claude-Code-Request-Class: subagent"]) == {"x-claude-code-request-class": "subagent"}
     with pytest.raises(ValueError):

@@ -245,6 +245,38 @@ def test_init_into_a_path_it_cannot_create_is_a_message_not_a_traceback(
     assert "afile" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_init_never_moves_a_folder_or_a_device_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], force: list[str],
+) -> None:
+    """`--config` naming a folder (or /dev/null) is a mistake: with --force it would have been
+    renamed to .bak and a file written in its place."""
+    folder = tmp_path / "nonstop"
+    folder.mkdir()
+    (folder / "config.toml").write_text("# mine\n")
+    assert cli.main(["init", "--no-discover", *force, "--config", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"{folder} is not a file but a folder" in out and str(folder / "config.toml") in out, out
+    assert not (tmp_path / "nonstop.bak").exists() and (folder / "config.toml").read_text() == "# mine\n"
+    assert [p.name for p in folder.iterdir()] == ["config.toml"]
+    assert cli.main(["init", "--no-discover", *force, "--config", "/dev/null"]) == 1
+    assert "/dev/null is not a file but a special file" in capsys.readouterr().out
+    assert Path("/dev/null").is_char_device()
+
+
+def test_init_force_writes_the_file_a_symlink_names_and_keeps_the_link(tmp_path: Path) -> None:
+    """A config kept in a dotfiles folder and linked into place stays linked."""
+    (tmp_path / "dotfiles").mkdir()
+    real = tmp_path / "dotfiles" / "nonstop.toml"
+    real.write_text("# mine\n")
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    assert cli.main(["init", "--no-discover", "--force", "--config", str(link)]) == 0
+    assert link.is_symlink() and link.resolve() == real
+    assert "[cloud]" in real.read_text()
+    assert (tmp_path / "dotfiles" / "nonstop.toml.bak").read_text() == "# mine\n"
+
+
 def test_init_force_twice_keeps_the_users_own_config(tmp_path: Path) -> None:
     """A second `nonstop init --force` keeps the first backup (the user's own file): the next
     one is numbered."""

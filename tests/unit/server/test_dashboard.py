@@ -86,6 +86,14 @@ async def test_a_non_latin1_header_value_in_explain_is_a_bad_request_not_an_inte
     assert status in (200, 400), body
 
 
+@pytest.mark.parametrize("doc", [b"[]", b"5", b'{"request": 5}', b'{"request": [1]}', b'{"headers": {}}'])
+async def test_an_explain_without_a_request_object_says_what_to_send(tmp_path: Path, doc: bytes) -> None:
+    app = App(parse_config({"state_dir": str(tmp_path), "log": {"enabled": False}}))
+    status, _, body = await exchange(app, "POST", "/_nonstop/api/explain", body=doc)
+    assert status == 400, body
+    assert orjson.loads(body)["error"].startswith('send {"request": {...}, "headers": {...}}: the request'), body
+
+
 @pytest.mark.parametrize("cookies", [
     b'prefs={"dark":true}; nonstop_token=%s', b"msg=hello world; nonstop_token=%s", b"flag; nonstop_token=%s",
     b"nonstop_token=%s; foo=bar baz", b'theme=dark;nonstop_token="%s"', b"nonstop_token=stale; nonstop_token=%s",
