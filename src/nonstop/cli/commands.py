@@ -51,7 +51,7 @@ def _listening(cfg: Config, args: argparse.Namespace) -> Config:
         from nonstop.config import split_listen
 
         # One started on another address (`nonstop serve --port N`) is found by its note.
-        found = gateway_elsewhere(cfg.state_dir, cfg.listen)
+        found = gateway_elsewhere(cfg.state_dir, cfg.listen, cfg.token)
         return cfg.with_listen(*split_listen(found), check=False) if found else cfg
     from nonstop.config import ConfigError
 
@@ -71,7 +71,8 @@ def _port(text: str) -> int:
     """--port: a TCP port number."""
     import argparse
 
-    n = int(text) if text.strip().isdigit() else 0
+    digits = text.strip()
+    n = int(digits) if digits.isascii() and digits.isdigit() else 0
     if not 1 <= n <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number; use 1-65535")
     return n
@@ -81,7 +82,8 @@ def _rows(text: str) -> int:
     """logs --limit: how many rows, 1 to 10,000 (what the gateway answers at most)."""
     import argparse
 
-    n = int(text) if text.strip().isdigit() else 0
+    digits = text.strip()
+    n = int(digits) if digits.isascii() and digits.isdigit() else 0
     if not 1 <= n <= 10_000:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows; use 1-10000")
     return n
@@ -107,6 +109,11 @@ def _host(text: str) -> str:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address; "
                                              "give the port with --port") from None
+        return host
+    try:  # a name the resolver can be asked for: labels of 1-63 characters, IDNA-encodable
+        host.encode("idna")
+    except UnicodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address") from None
     return host
 
 

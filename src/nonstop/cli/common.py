@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-__all__ = ["accepts", "claude_settings_files", "claude_user_settings", "client_host", "db_path", "gateway_elsewhere",
+__all__ = ["accepts", "answers_as", "claude_settings_files", "claude_user_settings", "client_host", "db_path", "gateway_elsewhere",
            "gateway_url", "managed_settings_file"]
 
 # A gateway listening on every address is reached through the loopback of the same family.
@@ -36,19 +36,39 @@ def accepts(host: str, port: int, wait: float = 0.5) -> bool:
     try:
         with socket.create_connection((client_host(host), port), timeout=wait):
             return True
-    except OSError:
+    except (OSError, ValueError):  # (a host name IDNA cannot encode is a ValueError)
         return False
 
 
-def gateway_elsewhere(state_dir: Path, listen: str) -> str | None:
+def answers_as(host: str, port: int, pid: int, token: str = "", wait: float = 1.0) -> bool:
+    """Whether the gateway of process `pid` answers there: its /health says so. A note
+    outlives a gateway that was killed, and after it its process id and its port may both
+    be taken by other programs."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(gateway_url(host, port) + "/health")
+    if token:
+        req.add_header("x-nonstop-token", token)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # (never through a proxy)
+    try:
+        with opener.open(req, timeout=wait) as r:
+            data = json.loads(r.read(64 * 1024))
+    except (OSError, ValueError):  # (urllib's errors are OSErrors; bad JSON, a bad host: ValueErrors)
+        return False
+    return isinstance(data, dict) and data.get("status") in ("ok", "draining") and data.get("pid") == pid
+
+
+def gateway_elsewhere(state_dir: Path, listen: str, token: str = "") -> str | None:
     """Where a gateway with this state directory listens (its note: store/listening.py),
     when that is not `listen` and nothing answers at `listen`; else None. A note is trusted
-    while its process lives and something accepts connections where it says; of several,
-    the newest such."""
+    while its process lives and the gateway at its address says it is that process (its
+    /health, asked with `token`); of several, the newest such. A note gone bad in any
+    way is no note."""
     from nonstop.config import ConfigError, split_listen
     from nonstop.store import listening
 
-    notes = [noted for noted, _ in listening.read(state_dir) if noted != listen]
+    notes = [(noted, pid) for noted, pid in listening.read(state_dir) if noted != listen]
     if not notes:
         return None
     try:
@@ -56,12 +76,12 @@ def gateway_elsewhere(state_dir: Path, listen: str) -> str | None:
             return None
     except ConfigError:
         return None
-    for noted in notes:
+    for noted, pid in notes:
         try:
             there = split_listen(noted)
         except ConfigError:
             continue
-        if accepts(*there):
+        if answers_as(*there, pid, token):
             return noted
     return None
 

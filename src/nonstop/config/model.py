@@ -301,7 +301,7 @@ def state_dir_fix(cfg: Config, env: Mapping[str, str] | None = None) -> str:
 
 def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise ConfigError([f"listen: {listen!r} is not HOST:PORT; write e.g. \"127.0.0.1:8787\""])
     host = host.strip("[]")
     p = int(port)

@@ -7,9 +7,10 @@ gateways sharing a state directory keep a note each), and takes the note back wh
 stops; `nonstop status`, `logs`, `doctor` and the others read the notes when nothing
 answers at the config's address (cli/common.py gateway_elsewhere).
 
-A note outlives a gateway that was killed (kill -9, a crash): it is trusted only while
-its process lives and something accepts connections where it says. A reader removes the
-notes of processes that are gone.
+A note outlives a gateway that was killed (kill -9, a crash), and its process id and port
+may then be taken by other programs: it is trusted only while its process lives and the
+gateway at its address says, on /health, that it is that process (cli/common.py
+answers_as). A reader removes the notes of processes that are gone.
 """
 
 from __future__ import annotations
@@ -107,6 +108,6 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process: alive
         return True
-    except OSError:
+    except (OSError, OverflowError):  # (a number no process can have)
         return False
     return True

@@ -118,6 +118,10 @@ def no_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ("--port", "0", "'0' is not a port number; use 1-65535"),
     ("--port", "-5", "'-5' is not a port number; use 1-65535"),
     ("--port", "http", "'http' is not a port number; use 1-65535"),
+    ("--port", "\u00b2", "'\u00b2' is not a port number; use 1-65535"),
+    ("--port", "\u0663", "'\u0663' is not a port number; use 1-65535"),
+    ("--host", "..", "'..' is not a host name or address"),
+    ("--host", "a" * 64, f"'{'a' * 64}' is not a host name or address"),
     ("--host", "localhost:8787", "'localhost:8787' is not a host name or address; give the port with --port"),
     ("--host", "[::1]:8787", "give the port with --port"),
     ("--host", "http://127.0.0.1", "is a URL; give only the host name or address"),
@@ -242,26 +246,30 @@ def test_the_start_hint_names_the_address_given(
     assert seen == [serve]
 
 
-@pytest.mark.parametrize("command", ["status", "logs", "doctor", "eval", "models"])
+@pytest.mark.parametrize("command", ["status", "logs", "doctor", "eval", "models", "explain", "claude"])
 def test_a_gateway_started_on_another_port_is_found_by_its_note(
     no_config: Path, monkeypatch: pytest.MonkeyPatch, command: str,
 ) -> None:
     """`nonstop serve --port N` notes where it listens; `nonstop status` (no option) finds it
-    there when nothing answers at the config's address. An option given wins."""
-    from nonstop.cli import common, doctor, models, status
+    there when nothing answers at the config's address and the gateway there says it is
+    the note's process (its /health). An option given wins."""
+    from nonstop.cli import claude, common, doctor, explain, models, status
     from nonstop.cli import eval as eval_cmd
     from nonstop.store import listening
 
     seen: list[str] = []
     for module, name in ((status, "cmd_status"), (status, "cmd_logs"), (doctor, "main"), (eval_cmd, "main"),
-                         (models, "main")):
+                         (models, "main"), (explain, "main"), (claude, "run_claude")):
         monkeypatch.setattr(module, name, lambda cfg, *a, **kw: seen.append(cfg.listen) or 0)
     with socket.socket() as srv:
         srv.bind(("127.0.0.1", 0))
         srv.listen(4)
-        there = f"127.0.0.1:{srv.getsockname()[1]}"
+        port = srv.getsockname()[1]
+        there = f"127.0.0.1:{port}"
         listening.note(no_config / "state", there)
-        monkeypatch.setattr(common, "accepts", lambda host, port, wait=0.5: port == srv.getsockname()[1])
-        assert cli.main([command]) == 0
-        assert cli.main([command, "--port", "9914"]) == 0
+        monkeypatch.setattr(common, "accepts", lambda host, p, wait=0.5: p == port)
+        monkeypatch.setattr(common, "answers_as", lambda host, p, pid, token="", wait=1.0: p == port and pid == os.getpid())
+        extra = ["-"] if command == "explain" else []
+        assert cli.main([command, *extra]) == 0
+        assert cli.main([command, "--port", "9914", *extra]) == 0
     assert seen == [there, "127.0.0.1:9914"]

@@ -7,7 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,51 @@ def listener() -> Iterator[int]:
     srv.listen(8)
     yield srv.getsockname()[1]
     srv.close()
+
+
+class Gateway(ThreadingHTTPServer):
+    """What answers /health as nonstop does: the process id it says (`pid`), and a token
+    it asks for (`token`, none by default). Any other path: 404."""
+
+    pid = os.getpid()
+    token = ""
+    health = True  # False: 404 on /health too (a web server that is not nonstop)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+
+class _Health(BaseHTTPRequestHandler):
+    server: Gateway
+
+    def do_GET(self) -> None:  # noqa: N802 (the library's name)
+        srv = self.server
+        if self.path != "/health" or not srv.health:
+            self.send_error(404)
+            return
+        if srv.token and self.headers.get("x-nonstop-token") != srv.token:
+            self.send_error(401)
+            return
+        body = json.dumps({"status": "ok", "cloud": "serving", "local": [], "pid": srv.pid}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    """A port where a nonstop (this process, by default) answers /health."""
+    srv = Gateway(("127.0.0.1", 0), _Health)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
 
 
 def closed_port() -> int:
@@ -104,12 +151,52 @@ def test_a_note_that_cannot_be_written_is_no_failure(tmp_path: Path) -> None:
     assert listening.note(tmp_path / "file", "127.0.0.1:9071") is False
 
 
-def test_the_gateway_noted_elsewhere_is_found_when_none_answers_here(tmp_path: Path, listener: int) -> None:
-    listening.note(tmp_path, f"127.0.0.1:{listener}")
-    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"127.0.0.1:{listener}"
+def test_the_gateway_noted_elsewhere_is_found_when_none_answers_here(tmp_path: Path, gateway: Gateway) -> None:
+    listening.note(tmp_path, f"127.0.0.1:{gateway.port}")
+    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"127.0.0.1:{gateway.port}"
     # Noted on every address: dialled on loopback.
-    listening.note(tmp_path, f"0.0.0.0:{listener}")
-    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"0.0.0.0:{listener}"
+    listening.note(tmp_path, f"0.0.0.0:{gateway.port}")
+    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"0.0.0.0:{gateway.port}"
+
+
+def test_a_gateway_that_asks_for_a_token_is_found_with_the_configs(tmp_path: Path, gateway: Gateway) -> None:
+    gateway.token = "s3cret"
+    listening.note(tmp_path, f"127.0.0.1:{gateway.port}")
+    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") is None
+    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}", "s3cret") == f"127.0.0.1:{gateway.port}"
+
+
+def test_a_note_whose_process_id_and_port_were_taken_by_others_is_not_trusted(
+    tmp_path: Path, gateway: Gateway, listener: int,
+) -> None:
+    """After a kill -9 (or a reboot) the note's process id may be another program's, and
+    its port too: something answers there, but not that gateway."""
+    here = f"127.0.0.1:{closed_port()}"
+    listening.note(tmp_path, f"127.0.0.1:{listener}")  # a program that accepts and says nothing
+    assert gateway_elsewhere(tmp_path, here) is None
+    gateway.health = False  # a web server that is not nonstop
+    listening.note(tmp_path, f"127.0.0.1:{gateway.port}")
+    assert gateway_elsewhere(tmp_path, here) is None
+    gateway.health, gateway.pid = True, 1  # another nonstop, not the note's process
+    assert gateway_elsewhere(tmp_path, here) is None
+    gateway.pid = os.getpid()
+    assert gateway_elsewhere(tmp_path, here) == f"127.0.0.1:{gateway.port}"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:\u00b2", "127.0.0.1:\u0663", "a" * 64 + ":9000", "..:9000",
+                                    "127.0.0.1:99999", "nohost", "[::1:9000"])
+def test_a_note_with_an_address_gone_bad_is_no_note(tmp_path: Path, listen: str) -> None:
+    listening.note(tmp_path, listen)
+    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") is None
+
+
+def test_a_note_with_a_process_id_no_process_can_have_is_no_note(tmp_path: Path) -> None:
+    for pid in (2**63, 99999999999):
+        path = listening.note_path(tmp_path, pid)
+        listening.note(tmp_path, "127.0.0.1:9000", pid=pid)
+        assert path.exists()
+        assert listening.read(tmp_path) == []
+        assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") is None
 
 
 def test_the_gateway_at_the_configs_address_comes_first(tmp_path: Path, listener: int) -> None:
@@ -130,10 +217,14 @@ def test_a_note_is_not_trusted_past_its_gateway(tmp_path: Path, listener: int) -
     assert gateway_elsewhere(tmp_path, here) is None
 
 
-def test_of_several_gateways_noted_the_newest_that_answers_is_found(tmp_path: Path, listener: int) -> None:
-    listening.note(tmp_path, f"127.0.0.1:{listener}", pid=1)  # an older gateway, answering
+def test_of_several_gateways_noted_the_newest_that_answers_is_found(tmp_path: Path, gateway: Gateway) -> None:
+    gateway.pid = 1
+    listening.note(tmp_path, f"127.0.0.1:{gateway.port}", pid=1)  # an older gateway, answering
     os.utime(listening.note_path(tmp_path, 1), ns=(1, 1))
     listening.note(tmp_path, f"127.0.0.1:{closed_port()}")  # the newest, not (or no longer) answering
-    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"127.0.0.1:{listener}"
-    listening.note(tmp_path, f"localhost:{listener}")  # the newest, answering: it comes first
-    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"localhost:{listener}"
+    assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"127.0.0.1:{gateway.port}"
+    with Gateway(("127.0.0.1", 0), _Health) as newest:  # the newest, answering: it comes first
+        threading.Thread(target=newest.serve_forever, daemon=True).start()
+        listening.note(tmp_path, f"localhost:{newest.port}")
+        assert gateway_elsewhere(tmp_path, f"127.0.0.1:{closed_port()}") == f"localhost:{newest.port}"
+        newest.shutdown()
