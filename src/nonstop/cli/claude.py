@@ -13,33 +13,16 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
-from nonstop.cli.common import db_path, gateway_url
+from nonstop.cli.common import db_path, gateway_url, health_at
 from nonstop.config import Config, is_loopback
 
 CLAUDE_INSTALL = "npm install -g @anthropic-ai/claude-code"
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def health(cfg: Config, timeout: float = 1.0) -> dict | None:
-    req = urllib.request.Request(gateway_url(cfg.host, cfg.port) + "/health")
-    if cfg.token:
-        req.add_header("x-nonstop-token", cfg.token)
-    try:
-        with _OPENER.open(req, timeout=timeout) as r:
-            data = json.loads(r.read())
-            return data if _is_nonstop(data) else None
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def _is_nonstop(data: object) -> bool:
-    """Whether a /health answer is nonstop's: many servers answer /health with a status,
-    and pointing Claude Code (with the user's credentials) at another one would be wrong."""
-    return (isinstance(data, dict) and data.get("status") in ("ok", "draining") and isinstance(data.get("cloud"), str)
-            and isinstance(data.get("local"), list) and isinstance(data.get("pid"), int))
+    """The /health answer of the nonstop at the config's address; None without one."""
+    return health_at(cfg.host, cfg.port, cfg.token, timeout)
 
 
 def start_background(cfg: Config, wait: float = 600.0, echo=print) -> dict:

@@ -67,26 +67,23 @@ def _listening(cfg: Config, args: argparse.Namespace) -> Config:
 _DIALLING = ("status", "logs", "doctor", "explain", "eval", "models", "claude")
 
 
-def _port(text: str) -> int:
-    """--port: a TCP port number."""
-    import argparse
+def _whole_number(lo: int, hi: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a number from `lo` to `hi` in ASCII digits, else refused as not `what`."""
 
-    digits = text.strip()
-    n = int(digits) if digits.isascii() and digits.isdigit() else 0
-    if not 1 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number; use 1-65535")
-    return n
+    def parse(text: str) -> int:
+        import argparse
+
+        digits = text.strip()
+        n = int(digits) if digits.isascii() and digits.isdigit() else 0
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; use {lo}-{hi}")
+        return n
+
+    return parse
 
 
-def _rows(text: str) -> int:
-    """logs --limit: how many rows, 1 to 10,000 (what the gateway answers at most)."""
-    import argparse
-
-    digits = text.strip()
-    n = int(digits) if digits.isascii() and digits.isdigit() else 0
-    if not 1 <= n <= 10_000:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows; use 1-10000")
-    return n
+_port = _whole_number(1, 65535, "a port number")  # --port
+_rows = _whole_number(1, 10_000, "a number of rows")  # logs --limit (what the gateway answers at most)
 
 
 def _host(text: str) -> str:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
 
-__all__ = ["accepts", "answers_as", "claude_settings_files", "claude_user_settings", "client_host", "db_path", "gateway_elsewhere",
+__all__ = ["accepts", "answers_as", "health_at", "is_nonstop", "claude_settings_files", "claude_user_settings", "client_host", "db_path", "gateway_elsewhere",
            "gateway_url", "managed_settings_file"]
 
 # A gateway listening on every address is reached through the loopback of the same family.
@@ -40,23 +40,36 @@ def accepts(host: str, port: int, wait: float = 0.5) -> bool:
         return False
 
 
-def answers_as(host: str, port: int, pid: int, token: str = "", wait: float = 1.0) -> bool:
-    """Whether the gateway of process `pid` answers there: its /health says so. A note
-    outlives a gateway that was killed, and after it its process id and its port may both
-    be taken by other programs."""
+def health_at(host: str, port: int, token: str = "", wait: float = 1.0) -> dict | None:
+    """The /health answer of the nonstop that listens there (asked with `token`, never
+    through a proxy); None when nothing answers, or something that is not nonstop."""
     import json
     import urllib.request
 
     req = urllib.request.Request(gateway_url(host, port) + "/health")
     if token:
         req.add_header("x-nonstop-token", token)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # (never through a proxy)
     try:
-        with opener.open(req, timeout=wait) as r:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=wait) as r:
             data = json.loads(r.read(64 * 1024))
     except (OSError, ValueError):  # (urllib's errors are OSErrors; bad JSON, a bad host: ValueErrors)
-        return False
-    return isinstance(data, dict) and data.get("status") in ("ok", "draining") and data.get("pid") == pid
+        return None
+    return data if is_nonstop(data) else None
+
+
+def is_nonstop(data: object) -> bool:
+    """Whether a /health answer is nonstop's: many servers answer /health with a status,
+    and pointing Claude Code (with the user's credentials) at another one would be wrong."""
+    return (isinstance(data, dict) and data.get("status") in ("ok", "draining") and isinstance(data.get("cloud"), str)
+            and isinstance(data.get("local"), list) and isinstance(data.get("pid"), int))
+
+
+def answers_as(host: str, port: int, pid: int, token: str = "", wait: float = 1.0) -> bool:
+    """Whether the gateway of process `pid` answers there: its /health says so. A note
+    outlives a gateway that was killed, and after it its process id and its port may both
+    be taken by other programs."""
+    health = health_at(host, port, token, wait)
+    return health is not None and health["pid"] == pid
 
 
 def gateway_elsewhere(state_dir: Path, listen: str, token: str = "") -> str | None:

@@ -141,11 +141,8 @@ def _embedded_installed(cfg: Config) -> bool | None:
         return None
     from nonstop.backends.llama_stack import find_bundled_model, find_llama_server
 
-    try:
-        return (find_llama_server(cfg.embedded.server_path) is not None
-                and find_bundled_model(cfg.embedded.model_path) is not None)
-    except (OSError, RuntimeError):  # a path that cannot be looked at (too long, ~nosuchuser/...)
-        return False
+    return (find_llama_server(cfg.embedded.server_path) is not None
+            and find_bundled_model(cfg.embedded.model_path) is not None)
 
 
 def _state(conn: sqlite3.Connection, key: str) -> dict[str, Any]:
