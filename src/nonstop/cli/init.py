@@ -232,7 +232,12 @@ def cmd_init(
 ) -> int:
     path = target_path(args)
     if path.is_symlink():  # a link (a dotfiles manager's) stays a link: the file it names is written
-        path = path.resolve()
+        try:
+            path = path.resolve()
+        except (OSError, RuntimeError):  # (3.11 raises RuntimeError for a loop)
+            out(f"nonstop: {path} is a symbolic link that leads to itself; give the path of the config file "
+                "to write. Nothing was written.")
+            return 1
     if path.exists() and not path.is_file():  # --force would move a folder or a device aside
         example = f"; for example {path / 'config.toml'}" if path.is_dir() else ""
         out(f"nonstop: {path} is not a file but a {'folder' if path.is_dir() else 'special file'}; "

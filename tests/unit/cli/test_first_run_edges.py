@@ -277,6 +277,16 @@ def test_init_force_writes_the_file_a_symlink_names_and_keeps_the_link(tmp_path:
     assert (tmp_path / "dotfiles" / "nonstop.toml.bak").read_text() == "# mine\n"
 
 
+def test_init_through_a_symlink_loop_is_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    loop = tmp_path / "config.toml"
+    loop.symlink_to(loop)
+    assert cli.main(["init", "--no-discover", "--force", "--config", str(loop)]) == 1
+    assert "is a symbolic link that leads to itself" in capsys.readouterr().out
+    assert loop.is_symlink()
+
+
 def test_init_force_twice_keeps_the_users_own_config(tmp_path: Path) -> None:
     """A second `nonstop init --force` keeps the first backup (the user's own file): the next
     one is numbered."""
