@@ -9,7 +9,7 @@ CLAUDE_CODE_VERSION ?= 2.1.332
 PYTEST_ARGS ?=
 NONSTOP_ARGS ?=
 
-.PHONY: run test install test-deps unit lint bench bench-smoke soak clean
+.PHONY: run test install test-deps unit lint docs bench bench-smoke soak clean
 
 # llama-server is built without llama.cpp's native tuning (GGML_NATIVE=OFF: AVX2, FMA and
 # F16C, no AVX-512 or AMX). A native build uses every instruction the CPU advertises, and a
@@ -60,6 +60,10 @@ unit: $(VENV)/.test-installed
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src
+
+# docs/configuration.md, from the config dataclasses and `nonstop init`'s words.
+docs: $(VENV)/.installed
+	$(PY) -m nonstop.cli.config_reference > docs/configuration.md
 
 bench: $(VENV)/.test-installed
 	$(PY) benchmarks/run.py
