@@ -3,6 +3,7 @@ table, with its default and its words, the same words `nonstop init` writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from dataclasses import fields
@@ -12,6 +13,7 @@ from nonstop.cli import config_reference as ref
 from nonstop.cli.init import SECTION_DOCS, TOP_DOCS
 from nonstop.config import SECTION_TYPES, Config, LocalBackendConfig, parse_config
 from nonstop.config.model import ClassRoutingConfig, UserConfig
+from nonstop.config.sections import TABLE_KEYS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -28,13 +30,13 @@ def test_every_key_has_words_and_nothing_else_does() -> None:
         assert set(SECTION_DOCS[name]) == keys, name
     assert set(ref.CLASS_DOCS) == {f.name for f in fields(ClassRoutingConfig)}
     assert set(ref.USER_DOCS) == {f.name for f in fields(UserConfig)}
-    assert set(TOP_DOCS) == {f.name for f in fields(Config)} - ref._TABLES - {"source"}
+    assert set(TOP_DOCS) == {f.name for f in fields(Config)} - TABLE_KEYS - {"source"}
 
 
 def test_every_table_and_top_level_key_is_there_and_loads() -> None:
     text = ref.render()
     headings = set(re.findall(r"^#{2,3} `\[+([a-z_.<>]+)\]+`", text, re.M))
-    assert headings == ref._TABLES | {"routing.<class>"}
+    assert headings == TABLE_KEYS | {"routing.<class>"}
     for key in TOP_DOCS:
         assert f"| `{key}` |" in text
     # The tables the reference shows as examples are valid configuration.
@@ -54,3 +56,10 @@ def test_defaults_are_the_dataclasses() -> None:
     assert "| `url` | required |" in text
     assert "| `state_dir` | `$NONSTOP_STATE_DIR`" in text  # not this machine's path
     assert str(Path.home()) not in text
+
+
+def test_the_tables_are_the_config_fields_that_hold_tables() -> None:
+    cfg = Config()
+    held = {f.name for f in fields(Config)
+            if dataclasses.is_dataclass(getattr(cfg, f.name)) or isinstance(getattr(cfg, f.name), tuple)}
+    assert held == TABLE_KEYS

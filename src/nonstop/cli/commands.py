@@ -166,6 +166,24 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from nonstop.cli import config_show
+    from nonstop.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.file or args.config)
+    except ConfigError as exc:
+        print("problems found (`nonstop config check` lists them too):", file=sys.stderr)
+        for p in exc.problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(config_show.as_json(cfg) + b"\n")
+    else:
+        sys.stdout.write(config_show.render(cfg))
+    return 0
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from nonstop.cli import init
 
@@ -261,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file", nargs="?", help="the file to check (default: the one nonstop reads, as --config says)")
     common(c)
     c.set_defaults(func=cmd_config_check)
+    c = csub.add_parser("show", help="print the configuration in effect: every key, secrets hidden")
+    c.add_argument("file", nargs="?", help="the file to read (default: the one nonstop reads, as --config says)")
+    c.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+    common(c)
+    c.set_defaults(func=cmd_config_show)
 
     s = command("init", "write a commented config, prefilled with what is found", cmd_init)
     s.add_argument("--force", action="store_true", help="overwrite an existing file")

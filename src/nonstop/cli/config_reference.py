@@ -16,6 +16,7 @@ from typing import Any
 from nonstop.cli.init import SECTION_DOCS, TOP_DOCS, toml_value
 from nonstop.config import SECTION_TYPES, Config, LocalBackendConfig
 from nonstop.config.model import WORKLOAD_CLASSES, ClassRoutingConfig, UserConfig
+from nonstop.config.sections import TABLE_KEYS
 
 # The keys of a [routing.<class>] table and of a [[users]] table: not written by
 # `nonstop init` key by key (it shows them in an example), so their words are here.
@@ -46,9 +47,6 @@ _DEFAULT_WORDS: dict[str, str] = {
     "local.name": "`local1`, `local2`, ... by position",
 }
 
-# Top-level keys that are tables of their own, each with a section below.
-_TABLES = {"cloud", "local", "routes", "routing", "log", "hooks", "discovery", "embedded", "recovery",
-           "eval", "shadow", "shared", "warmup", "users", "accounts"}
 
 _INTRO = """\
 # Configuration reference
@@ -69,6 +67,9 @@ local servers found on this machine, else its embedded one. A file changes that.
   the fix. An unknown key is an error, so a typo never falls back to a default silently;
   so is a value of the wrong type, a negative number, or a name that no `[[local]]`
   backend has.
+- **Seeing the one in effect.** `nonstop config show [FILE]` prints every key as nonstop
+  reads it (the file, the defaults and the environment together), with its secrets
+  hidden: what to paste into a bug report.
 - **Applying one.** The file is read when nonstop starts: restart `nonstop serve` after
   changing it.
 
@@ -107,7 +108,7 @@ def _table(section: str, cls: type, docs: dict[str, str], skip: frozenset[str] =
 def render() -> str:
     out = [_INTRO, "## Top level", "",
            "Keys at the top of the file, before any `[table]`.", ""]
-    out += _table("", Config, TOP_DOCS, skip=frozenset(_TABLES | {"source"}))
+    out += _table("", Config, TOP_DOCS, skip=TABLE_KEYS | {"source"})
     out += ["", "## `[cloud]`", "", "The Anthropic API, and how long nonstop waits for it.", ""]
     out += _table("cloud", SECTION_TYPES["cloud"], SECTION_DOCS["cloud"])
     out += ["", "## `[[local]]`", "",

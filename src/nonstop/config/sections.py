@@ -34,3 +34,7 @@ SECTION_TYPES: dict[str, type] = {
     "routing": RoutingConfig,
     "warmup": WarmupConfig,
 }
+
+# Every top-level key that is a table (or an array of tables), not a value: these, and
+# the ones the loader reads on its own.
+TABLE_KEYS = frozenset(SECTION_TYPES) | {"local", "routes", "users", "accounts"}

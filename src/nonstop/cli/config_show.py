@@ -1,0 +1,122 @@
+"""`nonstop config show`: the configuration nonstop runs with, every key, after the file,
+the defaults and the environment: what to paste into a bug report, or read when a
+setting does not seem to take.
+
+Secrets never show: a token, a local server's api_key, a user's token, the fleet's
+account salt and a password or query in a URL read `<hidden>`, and a key in the hook's
+command is redacted. Everything else is TOML
+that loads back as the same configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from nonstop.cli.init import toml_string, toml_value
+from nonstop.config import SECTION_TYPES, Config
+from nonstop.config.sections import TABLE_KEYS
+from nonstop.redact import redact
+
+HIDDEN = "<hidden>"
+# Keys whose value is a secret wherever it is set: (table, key).
+_SECRETS = {("", "token"), ("local", "api_key"), ("users", "token"), ("shared", "account_salt")}
+# URLs that may carry a password (redis://:pw@host) or a token in their query.
+_URLS = {("shared", "redis_url"), ("hooks", "webhook"), ("local", "url"), ("cloud", "url")}
+
+
+def hidden_url(url: str) -> str:
+    """`url` with its password and its query hidden (a webhook's token often rides there)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return HIDDEN if "@" in url or "?" in url else url
+    netloc = parts.netloc
+    if parts.password is not None or parts.username is not None:
+        user = parts.username or ""
+        shown_host = f"[{host}]" if ":" in host else host
+        netloc = f"{user}:{HIDDEN}@{shown_host}" if parts.password is not None else f"{HIDDEN}@{shown_host}"
+        if port is not None:
+            netloc += f":{port}"
+    query = HIDDEN if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _shown(table: str, key: str, value: Any) -> Any:
+    if (table, key) in _SECRETS:
+        return HIDDEN if value else value
+    if (table, key) in _URLS and isinstance(value, str) and value:
+        return hidden_url(value)
+    if (table, key) == ("hooks", "command") and value:  # a command line can carry a key
+        return redact(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _table(table: str, obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    return {f.name: _shown(table, f.name, getattr(obj, f.name)) for f in fields(obj) if f.name not in skip}
+
+
+def document(cfg: Config) -> dict[str, Any]:
+    """The configuration as a TOML-shaped document, secrets hidden."""
+    doc: dict[str, Any] = {f.name: _shown("", f.name, getattr(cfg, f.name))
+                           for f in fields(cfg) if f.name not in TABLE_KEYS and f.name != "source"}
+    for name in SECTION_TYPES:
+        section = getattr(cfg, name)
+        doc[name] = _table(name, section, frozenset({"classes"}) if name == "routing" else frozenset())
+        if name == "routing":
+            for cls, rule in cfg.routing.classes:
+                doc[name][cls] = _table("routing", rule)
+    doc["local"] = [_table("local", b) for b in cfg.local]
+    doc["routes"] = {r.match: list(r.backends) for r in cfg.routes}
+    doc["users"] = [_table("users", u) for u in cfg.users]
+    doc["accounts"] = dict(cfg.accounts)
+    return doc
+
+
+def render(cfg: Config, env: dict[str, str] | None = None) -> str:
+    env = dict(os.environ) if env is None else env
+    doc = document(cfg)
+    lines = [f"# nonstop's configuration: {cfg.source or 'no config file, the defaults'}"]
+    if env.get("NONSTOP_TOKEN") and cfg.token == env["NONSTOP_TOKEN"]:
+        lines.append("# token: from NONSTOP_TOKEN")
+    if env.get("NONSTOP_STATE_DIR") and os.fspath(cfg.state_dir) == env["NONSTOP_STATE_DIR"]:
+        lines.append("# state_dir: from NONSTOP_STATE_DIR")
+    lines.append("")
+    lines += [f"{k} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict | list)]
+    for name in SECTION_TYPES:
+        lines += ["", f"[{name}]"]
+        subtables = []
+        for k, v in doc[name].items():
+            if isinstance(v, dict):
+                subtables.append((k, v))
+            else:
+                lines.append(f"{k} = {toml_value(v)}")
+        for k, v in subtables:
+            lines += ["", f"[{name}.{k}]", *(f"{kk} = {toml_value(vv)}" for kk, vv in v.items())]
+    if doc["local"]:
+        for b in doc["local"]:
+            lines += ["", "[[local]]", *(f"{k} = {toml_value(v)}" for k, v in b.items())]
+    else:
+        lines += ["", "# No [[local]] backend: at start, nonstop looks for local servers ([discovery]),",
+                  "# else starts its embedded one ([embedded]); `nonstop status` shows what runs."]
+    if doc["routes"]:
+        lines += ["", "[routes]", *(f"{toml_string(k)} = {toml_value(v)}" for k, v in doc["routes"].items())]
+    for u in doc["users"]:
+        lines += ["", "[[users]]", *(f"{k} = {toml_value(v)}" for k, v in u.items())]
+    if doc["accounts"]:
+        lines += ["", "[accounts]", *(f"{toml_string(k)} = {toml_value(v)}" for k, v in doc["accounts"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def as_json(cfg: Config) -> bytes:
+    return orjson.dumps({"source": cfg.source, "config": document(cfg)}, option=orjson.OPT_INDENT_2)
