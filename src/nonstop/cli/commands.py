@@ -64,7 +64,7 @@ def _listening(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 # The commands that look for a running gateway (claude starts one where none is found).
-_DIALLING = ("status", "logs", "doctor", "explain", "eval", "models", "claude")
+_DIALLING = ("status", "logs", "doctor", "explain", "eval", "models", "claude", "stop")
 
 
 def _whole_number(lo: int, hi: int, what: str) -> Callable[[str], int]:
@@ -148,6 +148,12 @@ def cmd_statusline(args: argparse.Namespace) -> int:
     from nonstop.cli import statusline
 
     return statusline.main(args)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from nonstop.cli import stop
+
+    return stop.stop(_load(args))
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -253,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = command("serve", "run the gateway", cmd_serve)
     listen(s, "to listen on")
+
+    s = command("stop", "stop the gateway running on this machine, letting requests in flight finish", cmd_stop)
+    listen(s, "the gateway listens on")
 
     s = command("status", "cloud state, quota, local backends, today's totals", cmd_status)
     listen(s, "the gateway listens on")
