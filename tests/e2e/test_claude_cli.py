@@ -208,14 +208,17 @@ def test_nonstop_claude_starts_nonstop_in_the_background(cloud, tmp_path: Path) 
         assert children, "the background nonstop runs no embedded llama-server"
         no_leak(proc.stdout, proc.stderr, (state / "nonstop.log").read_text(errors="replace"))
     finally:
-        if started_pid is not None:
-            os.kill(started_pid, signal.SIGTERM)
+        stopped = None
+        if started_pid is not None:  # as the user stops it: `nonstop stop` (SIGTERM, then the drain)
+            stopped = run([sys.executable, "-m", "nonstop", "stop", "--config", str(config)], env, tmp_path)
             deadline = time.monotonic() + 30
             while procs.pid_alive(started_pid) and time.monotonic() < deadline:
                 time.sleep(0.2)
             if procs.pid_alive(started_pid):
                 os.kill(started_pid, signal.SIGKILL)
-    assert not procs.pid_alive(started_pid), "the background nonstop did not stop on SIGTERM"
+    assert stopped is not None and stopped.returncode == 0, (stopped.stdout, stopped.stderr) if stopped else None
+    assert f"(pid {started_pid})" in stopped.stdout and stopped.stdout.rstrip().endswith("stopped"), stopped.stdout
+    assert not procs.pid_alive(started_pid), "the background nonstop did not stop on `nonstop stop`"
     deadline = time.monotonic() + 10
     while any(procs.pid_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.2)

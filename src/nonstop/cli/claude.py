@@ -47,7 +47,8 @@ def start_background(cfg: Config, wait: float = 600.0, echo=print) -> dict:
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
-    echo(f"nonstop: starting the gateway in the background (pid {proc.pid}, log {log_path})")
+    echo(f"nonstop: starting the gateway in the background (pid {proc.pid}, log {log_path}; "
+         "`nonstop stop` stops it)")
     deadline = time.monotonic() + wait
     last_note = time.monotonic()
     while time.monotonic() < deadline:
