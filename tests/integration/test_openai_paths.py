@@ -196,3 +196,41 @@ def test_a_local_server_that_ignores_stream_is_streamed_from_its_whole_answer(cl
     with c.messages.stream(model="whole:fixture:plain_text", max_tokens=200, messages=[{"role": "user", "content": "go"}]) as s:
         msg = s.get_final_message()
     assert msg.stop_reason == "end_turn" and msg.content[0].text.strip()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_openai_front_door_legacy_functions_round_trip(cloud, fake_openai, nonstop_factory, stream):
+    """An older client's `functions`: the call comes back as `function_call` (not
+    `tool_calls`), and its `role: function` result reaches the model as that call's result."""
+    procs.set_mode(cloud, "subscription_limit")
+    ns = nonstop_factory(cfg(cloud.url, fake_openai.url, api="openai"))
+    c = openai.OpenAI(base_url=ns.url + "/v1", api_key=procs.PLANTED_KEY, max_retries=0)
+    functions = [{"name": "get_weather", "description": "Get the weather for a city",
+                  "parameters": TOOLS[0]["input_schema"]}]
+    ask = {"role": "user", "content": "weather in Paris?"}
+    kw = {"model": "fixture:single_tool_call", "functions": functions, "function_call": "auto", "messages": [ask]}
+    if stream:
+        chunks = list(c.chat.completions.create(stream=True, **kw))
+        calls = [ch.choices[0].delta.function_call for ch in chunks if ch.choices and ch.choices[0].delta.function_call]
+        name, args = calls[0].name, "".join(fc.arguments or "" for fc in calls)
+        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+        assert not any(ch.choices and ch.choices[0].delta.tool_calls for ch in chunks)
+    else:
+        r = c.chat.completions.create(**kw)
+        assert r.choices[0].message.tool_calls is None
+        name, args = r.choices[0].message.function_call.name, r.choices[0].message.function_call.arguments
+        finish = [r.choices[0].finish_reason]
+    assert name == "get_weather" and json.loads(args) == {"city": "Paris", "unit": "c"}
+    assert finish == ["function_call"]
+    sent = json.loads(rawhttp.request("GET", fake_openai.url + "/_recorded")[2])[-1]["body"]
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+
+    follow = c.chat.completions.create(model="fixture:plain_text", functions=functions, messages=[
+        ask, {"role": "assistant", "content": None, "function_call": {"name": name, "arguments": args}},
+        {"role": "function", "name": name, "content": "18 C, sunny"}])
+    assert follow.choices[0].finish_reason == "stop" and follow.choices[0].message.content
+    sent = json.loads(rawhttp.request("GET", fake_openai.url + "/_recorded")[2])[-1]["body"]
+    call_id = sent["messages"][1]["tool_calls"][0]["id"]
+    assert sent["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert sent["messages"][2]["role"] == "tool" and sent["messages"][2]["tool_call_id"] == call_id
+    assert "18 C, sunny" in json.dumps(sent["messages"][2]["content"])

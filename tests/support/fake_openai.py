@@ -34,21 +34,39 @@ async def chat(request: web.Request) -> web.StreamResponse:
     LOG.append({"headers": [[k, v] for k, v in request.headers.items()], "body": req})
     chunks = chunks_for(str(req.get("model", "")))
     if not req.get("stream") or str(req.get("model", "")).startswith("whole:"):
-        text = "".join(
-            (c.get("choices") or [{}])[0].get("delta", {}).get("content") or ""
-            for c in chunks if isinstance(c, dict) and c.get("choices")
-        )
-        return web.json_response({
-            "id": "chatcmpl-fake", "object": "chat.completion", "model": req.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
-        })
+        return web.json_response(_whole(chunks, req.get("model")))
     resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await resp.prepare(request)
     for c in chunks:
         await resp.write(b"data: " + (c.encode() if isinstance(c, str) else json.dumps(c).encode()) + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")
     return resp
+
+
+def _whole(chunks: list, model: object) -> dict:
+    """The recording as one completion: its text, and its tool calls put together by
+    index (their id and name from the first chunk that has them, arguments joined)."""
+    deltas = [c["choices"][0].get("delta", {}) for c in chunks if isinstance(c, dict) and c.get("choices")]
+    finishes = [c["choices"][0].get("finish_reason") for c in chunks if isinstance(c, dict) and c.get("choices")]
+    text = "".join(d.get("content") or "" for d in deltas)
+    calls: dict[int, dict] = {}
+    for d in deltas:
+        for tc in d.get("tool_calls") or []:
+            call = calls.setdefault(tc.get("index", 0), {"id": "", "type": "function",
+                                                          "function": {"name": "", "arguments": ""}})
+            call["id"] = call["id"] or tc.get("id") or ""
+            fn = tc.get("function") or {}
+            call["function"]["name"] = call["function"]["name"] or fn.get("name") or ""
+            call["function"]["arguments"] += fn.get("arguments") or ""
+    message: dict = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    finish = next((f for f in reversed(finishes) if f), "tool_calls" if calls else "stop")
+    return {
+        "id": "chatcmpl-fake", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
+    }
 
 
 async def recorded(request: web.Request) -> web.Response:

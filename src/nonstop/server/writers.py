@@ -71,9 +71,10 @@ class AnthropicWriter(Writer):
 
 
 class OpenAIWriter(Writer):
-    def __init__(self, model: str, include_usage: bool):
+    def __init__(self, model: str, include_usage: bool, legacy: bool = False):
         self.model = model
         self.include_usage = include_usage
+        self.legacy = legacy  # the request offered the legacy `functions`: calls go out as `function_call`
 
     def headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
         return list(SSE_HEADERS) if reply.stream and reply.status < 400 else list(JSON_HEADERS)
@@ -83,7 +84,7 @@ class OpenAIWriter(Writer):
             yield await self._whole(reply)
             return
         tr = oa.AnthropicToOpenAIStream(model=self.model, completion_id="chatcmpl-" + secrets.token_hex(12),
-                                        include_usage=self.include_usage)
+                                        include_usage=self.include_usage, legacy=self.legacy)
         decoder = JSONEventDecoder()
         async for chunk in reply.body:
             events = decoder.feed(chunk)
@@ -109,7 +110,7 @@ class OpenAIWriter(Writer):
             return openai_error(reply.status, message, _openai_code(reply.status, message))
         if not isinstance(doc, dict):
             return openai_error(502, "the upstream reply was not valid JSON")
-        return orjson.dumps(oa.anthropic_response_to_openai(doc, model=self.model))
+        return orjson.dumps(oa.anthropic_response_to_openai(doc, model=self.model, legacy=self.legacy))
 
     async def error(self, send: Send, status: int, message: str, etype: str = "", request_id: str = "",
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -42,6 +42,7 @@ class OpenAIDoor(Door):
                            cloud_headers=CLOUD_HEADERS)
         options = oreq.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        legacy = oa.legacy_functions(oreq)
         self.rt.inflight += 1
         try:
             outcome = await self.run(ctx)
@@ -52,6 +53,6 @@ class OpenAIDoor(Door):
             ctx.ex.req = {}
             if not self.cfg.log.store_bodies:
                 ctx.ex.body = b""
-            await self.relay.commit(ctx, outcome, receive, send, OpenAIWriter(ctx.row.model, include_usage))
+            await self.relay.commit(ctx, outcome, receive, send, OpenAIWriter(ctx.row.model, include_usage, legacy))
         finally:
             self.rt.inflight -= 1

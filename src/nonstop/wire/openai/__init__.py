@@ -41,7 +41,11 @@ from nonstop.wire.openai.client_reply import (
     AnthropicToOpenAIStream,
     anthropic_response_to_openai,
 )
-from nonstop.wire.openai.client_request import TranslationError, openai_request_to_anthropic
+from nonstop.wire.openai.client_request import (
+    TranslationError,
+    legacy_functions,
+    openai_request_to_anthropic,
+)
 
 __all__ = [
     "LOCAL_THINKING_SIGNATURE",
@@ -54,6 +58,7 @@ __all__ = [
     "anthropic_to_openai_request",
     "cut_tool_call",
     "finish_reason_of",
+    "legacy_functions",
     "offered_tool_names",
     "openai_request_to_anthropic",
     "openai_to_anthropic_response",

@@ -26,8 +26,9 @@ FINISH_REASONS = {
 _BAD_ID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 
 
-def finish_reason_for(stop_reason: Any) -> str:
-    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+def finish_reason_for(stop_reason: Any, legacy: bool = False) -> str:
+    reason = FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+    return "function_call" if legacy and reason == "tool_calls" else reason
 
 
 def openai_usage(usage: Any) -> dict[str, Any]:
@@ -49,7 +50,11 @@ def openai_usage(usage: Any) -> dict[str, Any]:
     }
 
 
-def anthropic_response_to_openai(msg: dict[str, Any], *, model: str, created: int | None = None) -> dict[str, Any]:
+def anthropic_response_to_openai(msg: dict[str, Any], *, model: str, created: int | None = None,
+                                 legacy: bool = False) -> dict[str, Any]:
+    """`legacy`: the request offered the legacy `functions`, so a call is the message's
+    `function_call` (the first call: such a request asks for one) and the finish reason
+    `function_call`."""
     texts: list[str] = []
     reasoning: list[str] = []
     calls: list[dict[str, Any]] = []
@@ -70,14 +75,17 @@ def anthropic_response_to_openai(msg: dict[str, Any], *, model: str, created: in
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if reasoning:
         message["reasoning_content"] = "".join(reasoning)
-    if calls:
+    if calls and legacy:
+        message["function_call"] = calls[0]["function"]
+    elif calls:
         message["tool_calls"] = calls
     return {
         "id": completion_id_for(msg.get("id")),
         "object": "chat.completion",
         "created": int(time.time()) if created is None else created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason_for(msg.get("stop_reason")), "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason_for(msg.get("stop_reason"), legacy),
+                     "logprobs": None}],
         "usage": openai_usage(msg.get("usage")),
     }
 
@@ -92,7 +100,9 @@ class AnthropicToOpenAIStream:
     """Anthropic stream events -> Chat Completions chunks (sans-IO). The caller encodes
     each chunk as `data: <json>` and writes `data: [DONE]` after finish()."""
 
-    def __init__(self, *, model: str, completion_id: str, include_usage: bool, created: int | None = None):
+    def __init__(self, *, model: str, completion_id: str, include_usage: bool, created: int | None = None,
+                 legacy: bool = False):
+        self.legacy = legacy  # calls as the legacy `function_call` (the first only), as in the whole reply
         self.model = model
         self.completion_id = completion_id
         self.include_usage = include_usage
@@ -144,7 +154,7 @@ class AnthropicToOpenAIStream:
             return []
         out = [c for slot in sorted(self._bare) for c in self._no_arguments(slot)]
         self._done = True
-        out.append(self._chunk({}, finish_reason_for(self.stop_reason)))
+        out.append(self._chunk({}, finish_reason_for(self.stop_reason, self.legacy)))
         if self.include_usage:
             out.append(self._chunk(None, usage=openai_usage(self.usage)))
         return out
@@ -163,11 +173,18 @@ class AnthropicToOpenAIStream:
             return []
         slot = self._tools
         self._tools += 1
+        if self.legacy and slot:  # a legacy reply holds one call
+            self._blocks[index] = ("", -1)
+            return []
         self._blocks[index] = (btype, slot)
         self._bare.add(slot)
-        call = {"index": slot, "id": str(block.get("id") or ""), "type": "function",
-                "function": {"name": str(block.get("name") or ""), "arguments": ""}}
-        out = [self._chunk({"tool_calls": [call]})]
+        name = str(block.get("name") or "")
+        if self.legacy:
+            out = [self._chunk({"function_call": {"name": name, "arguments": ""}})]
+        else:
+            call = {"index": slot, "id": str(block.get("id") or ""), "type": "function",
+                    "function": {"name": name, "arguments": ""}}
+            out = [self._chunk({"tool_calls": [call]})]
         if block.get("input"):  # some servers put the whole input here
             out.append(self._args(slot, orjson.dumps(block["input"]).decode()))
         return out
@@ -189,6 +206,8 @@ class AnthropicToOpenAIStream:
 
     def _args(self, slot: int, text: str) -> dict[str, Any]:
         self._bare.discard(slot)
+        if self.legacy:
+            return self._chunk({"function_call": {"arguments": text}})
         return self._chunk({"tool_calls": [{"index": slot, "function": {"arguments": text}}]})
 
     def _no_arguments(self, slot: int) -> list[dict[str, Any]]:

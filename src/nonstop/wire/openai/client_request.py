@@ -35,9 +35,15 @@ def openai_request_to_anthropic(req: dict[str, Any]) -> dict[str, Any]:
     n = req.get("n")
     if n is not None and n != 1:
         raise TranslationError("n: only 1 completion per request is supported")
+    functions = req.get("functions")
+    if functions is not None and not isinstance(functions, list):
+        raise TranslationError("functions: must be a list")
+    if functions and req.get("tools"):
+        raise TranslationError("functions: send tools or the legacy functions, not both")
 
     system: list[str] = []
     messages: list[dict[str, Any]] = []
+    called: str | None = None  # the id given to the last legacy function_call
     for i, msg in enumerate(raw_messages):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -52,12 +58,24 @@ def openai_request_to_anthropic(req: dict[str, Any]) -> dict[str, Any]:
             _append(messages, "user", blocks, merge=merge)
         elif role == "tool":
             _append(messages, "user", [_tool_result(msg, where)], merge=_ends_with_tool_results(messages))
+        elif role == "function":  # legacy: the result of the assistant's function_call before it
+            if called is None:
+                raise TranslationError(f"{where}: a function message must follow an assistant message "
+                                       "with a function_call")
+            result = {"type": "tool_result", "tool_use_id": called,
+                      "content": "".join(_text_parts(msg.get("content"), where))}
+            _append(messages, "user", [result], merge=_ends_with_tool_results(messages))
+            called = None
         elif role == "assistant":
             blocks = _assistant_blocks(msg, where)
+            if isinstance(msg.get("function_call"), dict):
+                called = valid_tool_id(f"call_{i}_legacy")
+                blocks.append(_legacy_call(msg["function_call"], called, where))
             if blocks:
                 messages.append({"role": "assistant", "content": blocks})
         else:
-            raise TranslationError(f"{where}.role: {role!r} is not supported; use system, developer, user, assistant or tool")
+            raise TranslationError(f"{where}.role: {role!r} is not supported; use system, developer, user, "
+                                   "assistant, tool or function")
     _no_trailing_space(messages)
     if not messages:
         raise TranslationError("messages: need at least one user or assistant message")
@@ -83,11 +101,14 @@ def openai_request_to_anthropic(req: dict[str, Any]) -> dict[str, Any]:
         out["stream"] = True
     if isinstance(req.get("user"), str) and req["user"]:
         out["metadata"] = {"user_id": req["user"]}
-    tools = _tools(req.get("tools"))
+    legacy = bool(functions)
+    tools = (_tools([{"type": "function", "function": f} for f in functions or ()], "functions") if legacy
+             else _tools(req.get("tools")))
     if tools:
         out["tools"] = tools
-        choice = _tool_choice(req.get("tool_choice"))
-        if req.get("parallel_tool_calls") is False and (choice is None or choice["type"] != "none"):
+        choice = _legacy_choice(req.get("function_call")) if legacy else _tool_choice(req.get("tool_choice"))
+        # A legacy reply holds one function_call.
+        if (legacy or req.get("parallel_tool_calls") is False) and (choice is None or choice["type"] != "none"):
             choice = choice or {"type": "auto"}
             choice["disable_parallel_tool_use"] = True
         if choice is not None:
@@ -228,6 +249,29 @@ def _assistant_blocks(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
     return blocks
 
 
+def legacy_functions(req: Any) -> bool:
+    """Whether a request offers the legacy `functions` (not `tools`), so its client reads a
+    call as `function_call` in the reply, not `tool_calls`."""
+    return isinstance(req, dict) and isinstance(req.get("functions"), list) and bool(req["functions"])
+
+
+def _legacy_call(call: dict[str, Any], call_id: str, where: str) -> dict[str, Any]:
+    if not isinstance(call.get("name"), str) or not call["name"]:
+        raise TranslationError(f"{where}.function_call.name: required, a string")
+    return {"type": "tool_use", "id": call_id, "name": call["name"],
+            "input": parse_arguments(call.get("arguments"), repair=False)}
+
+
+def _legacy_choice(choice: Any) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if choice in ("auto", "none"):
+        return {"type": choice}
+    if isinstance(choice, dict) and isinstance(choice.get("name"), str) and choice["name"]:
+        return {"type": "tool", "name": choice["name"]}
+    raise TranslationError("function_call: use \"auto\", \"none\" or {\"name\": ...}")
+
+
 def _max_tokens(req: dict[str, Any]) -> int:
     for key in ("max_completion_tokens", "max_tokens"):
         value = req.get(key)
@@ -239,16 +283,17 @@ def _max_tokens(req: dict[str, Any]) -> int:
     return DEFAULT_MAX_TOKENS
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
+def _tools(tools: Any, key: str = "tools") -> list[dict[str, Any]]:
     if tools is None:
         return []
     if not isinstance(tools, list):
-        raise TranslationError("tools: must be a list")
+        raise TranslationError(f"{key}: must be a list")
     out = []
     for j, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise TranslationError(f"tools[{j}]: must be {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}")
+            shape = "{\"name\": ...}" if key == "functions" else "{\"type\": \"function\", \"function\": {\"name\": ...}}"
+            raise TranslationError(f"{key}[{j}]: must be {shape}")
         params = fn.get("parameters")
         converted: dict[str, Any] = {"name": fn["name"]}
         if isinstance(fn.get("description"), str):

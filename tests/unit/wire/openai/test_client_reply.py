@@ -152,3 +152,44 @@ def test_a_delta_whose_index_is_not_an_integer_is_passed_over(index):
                                           "delta": {"type": "text_delta", "text": "x"}}) == []
     assert s.feed("content_block_delta", {"type": "content_block_delta", "index": 0,
                                           "delta": {"type": "text_delta", "text": "y"}})[0]["choices"][0]["delta"] == {"content": "y"}
+
+
+# --- the legacy `functions`: a call goes back as `function_call` -------------------------
+
+
+def test_a_legacy_reply_holds_the_call_as_function_call():
+    msg = {"id": "msg_1", "content": [{"type": "text", "text": "Checking."},
+                                      {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}],
+           "stop_reason": "tool_use", "usage": {"input_tokens": 5, "output_tokens": 3}}
+    choice = anthropic_response_to_openai(msg, model="gpt-4o", created=1, legacy=True)["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": "Checking.",
+                                 "function_call": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    assert choice["finish_reason"] == "function_call"
+    plain = anthropic_response_to_openai({**msg, "content": msg["content"][:1], "stop_reason": "end_turn"},
+                                         model="gpt-4o", legacy=True)["choices"][0]
+    assert plain["finish_reason"] == "stop" and "function_call" not in plain["message"]
+
+
+def test_a_legacy_stream_holds_the_first_call_as_function_call_deltas():
+    s = AnthropicToOpenAIStream(model="gpt-4o", completion_id="chatcmpl-1", include_usage=False, created=7, legacy=True)
+    chunks = [c for etype, data in ANTHROPIC_STREAM for c in s.feed(etype, data)] + s.finish()
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas == [
+        {"role": "assistant", "content": ""},
+        {"reasoning_content": "plan"},
+        {"content": "Hi"},
+        {"function_call": {"name": "f", "arguments": ""}},
+        {"function_call": {"arguments": '{"x":'}},
+        {"function_call": {"arguments": " 1}"}},
+        {},  # the second call is not the legacy reply's: none asks for two
+    ]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "function_call"
+    assert not any("tool_calls" in d for d in deltas)
+
+
+def test_a_legacy_call_with_no_arguments_gets_an_empty_object():
+    events = [e for e in ANTHROPIC_STREAM if not (e[0] == "content_block_delta" and e[1]["index"] == 2)]
+    s = AnthropicToOpenAIStream(model="m", completion_id="c", include_usage=False, created=1, legacy=True)
+    chunks = [c for etype, data in events for c in s.feed(etype, data)] + s.finish()
+    args = "".join(c["choices"][0]["delta"].get("function_call", {}).get("arguments", "") for c in chunks)
+    assert json.loads(args) == {}

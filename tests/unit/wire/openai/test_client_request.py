@@ -138,7 +138,7 @@ def test_empty_assistant_turns_and_reasoning_are_dropped():
     ({"model": "m", "messages": "hi"}, "messages"),
     (req("x"), "messages[0]"),
     (req({"role": "wizard", "content": "x"}), "messages[0].role"),
-    (req({"role": "function", "name": "f", "content": "x"}), "messages[0].role"),
+    (req({"role": "function", "name": "f", "content": "x"}), "messages[0]: a function message must follow"),
     (req(user(5)), "messages[0].content"),
     (req(user([{"type": "input_audio", "input_audio": {}}])), "messages[0].content[0]"),
     (req(user([{"type": "image_url", "image_url": {"url": "ftp://x"}}])), "image_url.url"),
@@ -173,3 +173,62 @@ def test_a_stream_flag_that_is_not_a_boolean_is_refused(stream) -> None:
         openai_request_to_anthropic({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
     for fine in (True, False, None):
         openai_request_to_anthropic({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": fine})
+
+
+# --- the legacy `functions` / `function_call` (older clients still send them) -------------
+
+FUNCTIONS = [{"name": "get_weather", "description": "Weather for a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+
+
+def test_legacy_functions_become_tools_with_one_call_at_a_time():
+    out = openai_request_to_anthropic(req(user("weather in Oslo?"), functions=FUNCTIONS))
+    assert out["tools"] == [{"name": "get_weather", "description": "Weather for a city",
+                             "input_schema": FUNCTIONS[0]["parameters"]}]
+    assert out["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+
+
+@pytest.mark.parametrize(("choice", "expected"), [
+    ("auto", {"type": "auto", "disable_parallel_tool_use": True}),
+    ("none", {"type": "none"}),
+    ({"name": "get_weather"}, {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}),
+])
+def test_legacy_function_call_becomes_tool_choice(choice, expected):
+    assert openai_request_to_anthropic(req(user("x"), functions=FUNCTIONS, function_call=choice))["tool_choice"] == expected
+
+
+def test_a_legacy_call_and_its_result_in_the_history():
+    out = openai_request_to_anthropic(req(
+        user("weather in Oslo?"),
+        {"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+        {"role": "function", "name": "get_weather", "content": "12 C, rain"},
+        functions=FUNCTIONS))
+    call, result = out["messages"][1]["content"][0], out["messages"][2]["content"][0]
+    assert call == {"type": "tool_use", "id": call["id"], "name": "get_weather", "input": {"city": "Oslo"}}
+    assert result == {"type": "tool_result", "tool_use_id": call["id"], "content": "12 C, rain"}
+    assert [m["role"] for m in out["messages"]] == ["user", "assistant", "user"]
+
+
+def test_two_legacy_calls_each_get_their_own_id():
+    turn = [{"role": "assistant", "content": None, "function_call": {"name": "get_weather", "arguments": "{}"}},
+            {"role": "function", "name": "get_weather", "content": "ok"}]
+    out = openai_request_to_anthropic(req(user("a"), *turn, user("b"), *turn, functions=FUNCTIONS))
+    ids = [b["id"] for m in out["messages"] for b in m["content"] if b["type"] == "tool_use"]
+    results = [b["tool_use_id"] for m in out["messages"] for b in m["content"] if b["type"] == "tool_result"]
+    assert len(set(ids)) == 2 and results == ids
+
+
+@pytest.mark.parametrize(("extra", "messages", "field"), [
+    ({"functions": "f"}, [user("x")], "functions: must be a list"),
+    ({"functions": [{"parameters": {}}]}, [user("x")], r"functions\[0\]"),
+    ({"functions": FUNCTIONS, "tools": [{"type": "function", "function": {"name": "t"}}]}, [user("x")], "not both"),
+    ({"functions": FUNCTIONS, "function_call": "required"}, [user("x")], "function_call"),
+    ({"functions": FUNCTIONS, "function_call": {"nom": "x"}}, [user("x")], "function_call"),
+    ({}, [user("x"), {"role": "assistant", "function_call": {"arguments": "{}"}}], r"messages\[1\]\.function_call\.name"),
+    ({}, [user("x"), {"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}},
+          {"role": "function", "name": "f", "content": "1"}, {"role": "function", "name": "f", "content": "2"}],
+     r"messages\[3\]: a function message must follow"),
+])
+def test_bad_legacy_requests_name_the_field(extra, messages, field):
+    with pytest.raises(TranslationError, match=field):
+        openai_request_to_anthropic(req(*messages, **extra))
