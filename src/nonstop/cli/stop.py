@@ -42,15 +42,20 @@ def _state(pid: int) -> str:
 
 
 def is_nonstop_process(pid: int) -> bool | None:
-    """Whether process `pid` of this machine runs nonstop (its command line says so);
-    None where the system does not show command lines (no /proc)."""
-    if not Path("/proc/self/cmdline").exists():
-        return None
+    """Whether process `pid` of this machine runs nonstop (its command line says so):
+    from /proc, else from `ps` (macOS, the BSDs); None when neither can tell."""
+    if Path("/proc/self/cmdline").exists():
+        try:
+            return b"nonstop" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    import subprocess
+
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(b"nonstop" in part for part in argv)
+        done = subprocess.run(["ps", "-p", str(pid), "-o", "command="], capture_output=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return b"nonstop" in done.stdout if done.returncode == 0 else False
 
 
 def stop(cfg: Config, echo: Callable[..., None] = print, wait: float | None = None) -> int:
@@ -65,7 +70,11 @@ def stop(cfg: Config, echo: Callable[..., None] = print, wait: float | None = No
         return 1
     pid = health["pid"]
     mine = is_nonstop_process(pid)
-    if mine is False or pid == os.getpid():
+    if mine is None:
+        echo(f"nonstop: cannot tell whether process {pid} here is the gateway at {url}; if it is, "
+             f"stop it with `kill {pid}`", file=sys.stderr)
+        return 1
+    if not mine or pid == os.getpid():
         echo(f"nonstop: the gateway at {url} runs on another machine (its process {pid} is not nonstop "
              "here); stop it there", file=sys.stderr)
         return 1

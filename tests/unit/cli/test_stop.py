@@ -4,6 +4,7 @@ commands find it; nothing else is ever signalled."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -169,3 +170,36 @@ def test_an_exited_child_not_yet_reaped_counts_as_stopped(gateway: Gateway) -> N
         assert lines[-1] == "nonstop: stopped"
     finally:
         child.wait()
+
+
+@pytest.mark.skipif(shutil.which("ps") is None, reason="no ps on this machine to read command lines with")
+def test_without_proc_the_command_line_comes_from_ps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """macOS and the BSDs have no /proc: `ps` tells whether the process is nonstop."""
+    real = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda self: False if str(self) == "/proc/self/cmdline" else real(self))
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "nonstop"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert stop.is_nonstop_process(ours.pid) is True
+        assert stop.is_nonstop_process(other.pid) is False
+        monkeypatch.setenv("PATH", "/nonexistent")  # no ps either: nobody can tell, so nothing is signalled
+        assert stop.is_nonstop_process(ours.pid) is None
+    finally:
+        for p in (ours, other):
+            p.kill()
+            p.wait()
+
+
+def test_when_nothing_can_tell_nothing_is_signalled(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "nonstop"])
+    try:
+        gateway.pid = victim.pid
+        monkeypatch.setattr(stop, "is_nonstop_process", lambda pid: None)
+        lines: list[str] = []
+        assert stop.stop(parse_config({"listen": f"127.0.0.1:{gateway.port}"}), echo=_said(lines)) == 1
+        assert f"kill {victim.pid}" in lines[-1]
+        time.sleep(0.2)
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
