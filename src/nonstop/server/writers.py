@@ -24,6 +24,8 @@ from nonstop.wire.sse import JSONEventDecoder
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 JSON_HEADERS = [(b"content-type", b"application/json")]
 _OPENAI_CODES = {401: "invalid_api_key", 413: "request_too_large"}
+# The headers of an upstream error an OpenAI client is given (relayed names are lower case).
+_ERROR_KEPT = frozenset({b"retry-after", b"retry-after-ms", b"x-should-retry", b"request-id"})
 
 
 class Writer:
@@ -77,7 +79,11 @@ class OpenAIWriter(Writer):
         self.legacy = legacy  # the request offered the legacy `functions`: calls go out as `function_call`
 
     def headers(self, reply: Reply) -> list[tuple[bytes, bytes]]:
-        return list(SSE_HEADERS) if reply.stream and reply.status < 400 else list(JSON_HEADERS)
+        if reply.status < 400:
+            return list(SSE_HEADERS) if reply.stream else list(JSON_HEADERS)
+        # An error keeps what says when (and whether) to retry, and the id to quote: the
+        # OpenAI SDK reads retry-after(-ms) and x-should-retry as the cloud sent them.
+        return [*JSON_HEADERS, *((k, v) for k, v in reply.headers if k in _ERROR_KEPT)]
 
     async def body(self, reply: Reply) -> AsyncIterator[bytes]:
         if reply.status >= 400 or not reply.stream:

@@ -521,3 +521,22 @@ async def test_a_relayed_reply_and_its_closes_are_freed_without_the_collector(re
         assert gone() is None, "the reply outlived its relay: a cycle holds it"
     finally:
         gc.enable()
+
+
+def test_an_openai_client_keeps_the_retry_headers_of_an_error():
+    """The OpenAI SDK reads retry-after(-ms) and x-should-retry: a 429 relayed to it keeps
+    them (and the request id), and nothing else of the cloud's head."""
+    async def nothing() -> AsyncIterator[bytes]:
+        return
+        yield b""
+
+    cloud = [(b"content-type", b"application/json"), (b"retry-after", b"30"), (b"retry-after-ms", b"30000"),
+             (b"x-should-retry", b"false"), (b"request-id", b"req_1"), (b"anthropic-ratelimit-unified-status", b"rejected")]
+    w = OpenAIWriter("m", False)
+    err = Reply(status=429, headers=cloud, body=nothing(), backend="cloud", stream=True)
+    assert w.headers(err) == [(b"content-type", b"application/json"), (b"retry-after", b"30"),
+                              (b"retry-after-ms", b"30000"), (b"x-should-retry", b"false"), (b"request-id", b"req_1")]
+    ok = Reply(status=200, headers=cloud, body=nothing(), backend="cloud", stream=True)
+    assert w.headers(ok) == [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+    assert w.headers(Reply(status=200, headers=cloud, body=nothing(), backend="cloud", stream=False)) == [
+        (b"content-type", b"application/json")]

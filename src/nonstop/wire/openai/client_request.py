@@ -200,10 +200,26 @@ def _image_block(image: Any, where: str) -> dict[str, Any]:
         m = _DATA_URL.fullmatch(url)
         if not m:
             raise TranslationError(f"{where}.image_url.url: a data: URL must be base64-encoded")
-        return {"type": "image", "source": {"type": "base64", "media_type": m.group(1) or "image/png", "data": m.group(2)}}
+        return {"type": "image", "source": {"type": "base64", "media_type": image_media_type(m.group(1), m.group(2)),
+                                            "data": m.group(2)}}
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise TranslationError(f"{where}.image_url.url: use an http(s) URL or a base64 data: URL")
+
+
+# The image types the Messages API takes, by how their base64 begins: it refuses an image
+# whose bytes are not the type named, and any type but these four.
+_IMAGE_MAGIC = (("/9j/", "image/jpeg"), ("iVBORw0KGgo", "image/png"), ("R0lGOD", "image/gif"), ("UklGR", "image/webp"))
+
+
+def image_media_type(declared: str | None, data: str) -> str:
+    """An image's media type as the Messages API takes it: what its bytes say they are,
+    else the declared type (`image/jpg`, as OpenAI takes it, named `image/jpeg`), else png."""
+    for magic, media_type in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            return media_type
+    declared = (declared or "").strip().lower()
+    return "image/jpeg" if declared == "image/jpg" else declared or "image/png"
 
 
 def _file_block(file: Any, where: str) -> dict[str, Any]:

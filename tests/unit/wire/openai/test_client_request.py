@@ -232,3 +232,21 @@ def test_two_legacy_calls_each_get_their_own_id():
 def test_bad_legacy_requests_name_the_field(extra, messages, field):
     with pytest.raises(TranslationError, match=field):
         openai_request_to_anthropic(req(*messages, **extra))
+
+
+JPEG, PNG, GIF, WEBP = "/9j/4AAQSkZJRg", "iVBORw0KGgoAAAANSUhEUg", "R0lGODlhAQABAA", "UklGRiQAAABXRUJQ"
+
+
+@pytest.mark.parametrize(("url", "media_type"), [
+    (f"data:image/jpg;base64,{JPEG}", "image/jpeg"),  # OpenAI takes image/jpg; the Messages API does not
+    (f"data:;base64,{JPEG}", "image/jpeg"),  # no type named: the bytes say it
+    (f"data:image/png;base64,{JPEG}", "image/jpeg"),  # a wrong type named: the bytes win, as the API checks them
+    (f"data:IMAGE/PNG;base64,{PNG}", "image/png"),
+    (f"data:image/gif;base64,{GIF}", "image/gif"),
+    (f"data:image/webp;base64,{WEBP}", "image/webp"),
+    ("data:image/JPG;base64,AAAA", "image/jpeg"),  # bytes nothing recognises: the named type, spelled as the API wants
+    ("data:;base64,AAAA", "image/png"),
+])
+def test_an_inline_image_is_named_by_its_bytes(url, media_type):
+    out = openai_request_to_anthropic(req(user([{"type": "image_url", "image_url": {"url": url}}])))
+    assert out["messages"][0]["content"][0]["source"]["media_type"] == media_type
