@@ -83,6 +83,12 @@ def document(cfg: Config) -> dict[str, Any]:
     return doc
 
 
+def _pairs(table: dict[str, Any]) -> list[str]:
+    """A table's `key = value` lines (keys quoted where TOML needs it)."""
+    return [f"{k if k.replace('_', '').isalnum() and k.isascii() else toml_string(k)} = {toml_value(v)}"
+            for k, v in table.items()]
+
+
 def render(cfg: Config, env: dict[str, str] | None = None) -> str:
     env = dict(os.environ) if env is None else env
     doc = document(cfg)
@@ -92,29 +98,24 @@ def render(cfg: Config, env: dict[str, str] | None = None) -> str:
     if env.get("NONSTOP_STATE_DIR") and os.fspath(cfg.state_dir) == env["NONSTOP_STATE_DIR"]:
         lines.append("# state_dir: from NONSTOP_STATE_DIR")
     lines.append("")
-    lines += [f"{k} = {toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict | list)]
+    lines += _pairs({k: v for k, v in doc.items() if not isinstance(v, dict | list)})
     for name in SECTION_TYPES:
-        lines += ["", f"[{name}]"]
-        subtables = []
+        keys = {k: v for k, v in doc[name].items() if not isinstance(v, dict)}
+        lines += ["", f"[{name}]", *_pairs(keys)]
         for k, v in doc[name].items():
-            if isinstance(v, dict):
-                subtables.append((k, v))
-            else:
-                lines.append(f"{k} = {toml_value(v)}")
-        for k, v in subtables:
-            lines += ["", f"[{name}.{k}]", *(f"{kk} = {toml_value(vv)}" for kk, vv in v.items())]
-    if doc["local"]:
-        for b in doc["local"]:
-            lines += ["", "[[local]]", *(f"{k} = {toml_value(v)}" for k, v in b.items())]
-    else:
+            if isinstance(v, dict):  # [routing.<class>]
+                lines += ["", f"[{name}.{k}]", *_pairs(v)]
+    for b in doc["local"]:
+        lines += ["", "[[local]]", *_pairs(b)]
+    if not doc["local"]:
         lines += ["", "# No [[local]] backend: at start, nonstop looks for local servers ([discovery]),",
                   "# else starts its embedded one ([embedded]); `nonstop status` shows what runs."]
     if doc["routes"]:
-        lines += ["", "[routes]", *(f"{toml_string(k)} = {toml_value(v)}" for k, v in doc["routes"].items())]
+        lines += ["", "[routes]", *_pairs(doc["routes"])]
     for u in doc["users"]:
-        lines += ["", "[[users]]", *(f"{k} = {toml_value(v)}" for k, v in u.items())]
+        lines += ["", "[[users]]", *_pairs(u)]
     if doc["accounts"]:
-        lines += ["", "[accounts]", *(f"{toml_string(k)} = {toml_value(v)}" for k, v in doc["accounts"].items())]
+        lines += ["", "[accounts]", *_pairs(doc["accounts"])]
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nonstop.cli.common import accepts, gateway_url, health_at
 from nonstop.config import Config
+from nonstop.store.listening import alive
 
 # Beyond drain_timeout: the time a gateway takes to close its sessions and its
 # embedded server once its streams are done.
@@ -27,12 +28,8 @@ STOP_MARGIN = 15.0
 
 def _state(pid: int) -> str:
     """The process's state: "gone", "zombie" (exited, not yet reaped), or "running"."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not alive(pid):
         return "gone"
-    except PermissionError:
-        return "running"
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
