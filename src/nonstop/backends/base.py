@@ -168,7 +168,6 @@ class Usage:
     # perf_counter() times: the first content the backend produced, and the end.
     first_content: float | None = None
     ended: float | None = None
-    cache_read_tokens: int | None = None
     # What nonstop changed for a local model: how the request was fitted to its window,
     # and the tool calls repaired from its text (or left as text).
     fitted: Fitted | None = None

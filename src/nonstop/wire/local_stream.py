@@ -41,7 +41,9 @@ _DELTAS = {"text": frozenset({"text_delta", "citations_delta"}), "tool_use": fro
 _COUNTS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
-def message_start(model: str, input_tokens: int, message_id: str | None = None) -> Event:
+def message_start(model: str, input_tokens: int, message_id: str | None = None,
+                  cache: dict[str, int] | None = None) -> Event:
+    """`cache`: the prompt-cache counts the server reported (cache_counts), said as it said them."""
     return (
         "message_start",
         {
@@ -54,10 +56,17 @@ def message_start(model: str, input_tokens: int, message_id: str | None = None) 
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": {"input_tokens": max(1, input_tokens), "output_tokens": 1},
+                "usage": {"input_tokens": max(1, input_tokens), **(cache or {}), "output_tokens": 1},
             },
         },
     )
+
+
+def cache_counts(usage: Any) -> dict[str, int]:
+    """The prompt-cache counts in a server's usage: each a count (0 is one), or left out."""
+    if not isinstance(usage, dict):
+        return {}
+    return {key: v for key in _COUNTS[2:] if type(v := usage.get(key)) is int and (v == 0 or token_count(v))}
 
 
 class LocalStreamNormalizer:
@@ -74,6 +83,7 @@ class LocalStreamNormalizer:
         self.model = model
         self.input_tokens = max(1, input_tokens_estimate)
         self.output_tokens = 0
+        self.cache: dict[str, int] = {}  # the server's prompt-cache counts, passed on as it said them
         self.stop_reason = ""
         self.started = started
         self.finished = False
@@ -113,10 +123,12 @@ class LocalStreamNormalizer:
             msg = data.get("message") or {}
             usage = msg.get("usage") or {}
             self.input_tokens = token_count(usage.get("input_tokens")) or self.input_tokens
+            self.cache.update(cache_counts(usage))
             if self.started:
                 return []
             self.started = True
-            return [message_start(self.model, self.input_tokens, msg.get("id") if isinstance(msg.get("id"), str) else None)]
+            return [message_start(self.model, self.input_tokens, msg.get("id") if isinstance(msg.get("id"), str) else None,
+                                  self.cache)]
         if t == "ping" and not self.started:
             return []  # the server's own message_start may follow: a ping does not start one
         out: list[Event] = []
@@ -144,6 +156,7 @@ class LocalStreamNormalizer:
             self.stop_reason = self._client_reason(raw)
             self.output_tokens = token_count(usage.get("output_tokens")) or self.output_tokens
             self.input_tokens = token_count(usage.get("input_tokens")) or self.input_tokens
+            self.cache.update(cache_counts(usage))
         elif t == "message_stop":
             out.extend(self.finish())
         elif t == "ping":
@@ -349,7 +362,7 @@ class LocalStreamNormalizer:
                 "type": "message_delta",
                 "delta": {"stop_reason": reason,
                           "stop_sequence": stop_sequence if reason == "stop_sequence" and isinstance(stop_sequence, str) else None},
-                "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+                "usage": {"input_tokens": self.input_tokens, **self.cache, "output_tokens": self.output_tokens},
             },
         )
 
@@ -377,7 +390,7 @@ def message_events(msg: dict[str, Any]) -> list[Event]:
     a server that answered a stream request whole: each block's start (empty, as the
     cloud's are), its content as one delta, its end; then the stop reason and usage."""
     usage = _object(msg.get("usage"))
-    events = [message_start(str(msg.get("model") or ""), usage.get("input_tokens") or 1, msg.get("id"))]
+    events = [message_start(str(msg.get("model") or ""), usage.get("input_tokens") or 1, msg.get("id"), cache_counts(usage))]
     for i, block in enumerate(b for b in msg.get("content") or [] if isinstance(b, dict)):
         kind = block.get("type")
         if kind == "text":
@@ -493,9 +506,8 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     out["content"] = content
     usage = dict(out["usage"]) if isinstance(out.get("usage"), dict) else {}
     for key in _COUNTS[2:]:  # the server's other counts: counts (0 is one), or none
-        value = usage.get(key)
-        if key in usage and not (type(value) is int and (value == 0 or token_count(value))):
-            del usage[key]
+        usage.pop(key, None)
+    usage.update(cache_counts(out.get("usage")))
     usage["input_tokens"] = token_count(usage.get("input_tokens")) or max(1, input_tokens_estimate)
     usage["output_tokens"] = token_count(usage.get("output_tokens")) or max(1, chars // 4)
     out["usage"] = usage

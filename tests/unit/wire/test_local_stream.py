@@ -570,3 +570,42 @@ def test_a_call_the_server_left_unclosed_is_not_one_to_run(stop):
     # A server that ends a call mid-input and says tool_use, or end_turn: the block is
     # there either way, and a client runs the blocks it gets unless the limit was hit.
     assert _tool_input(['{"file_path": "/src/ma'], stop=stop)[1] == "max_tokens"
+
+
+# --- prompt-cache counts ----------------------------------------------------------------
+
+
+def test_cache_counts_of_the_start_are_passed_on():
+    """A server that caches the prompt says so in message_start: the client hears it there
+    and in the final usage (Claude Code's cost and context meters read both)."""
+    first = start(30)
+    first[1]["message"]["usage"].update({"cache_read_input_tokens": 900, "cache_creation_input_tokens": 0})
+    out, n = run([first, block_start(0, {"type": "text", "text": ""}), delta(0, {"type": "text_delta", "text": "hi"}),
+                  stop(0), msg_delta(), MSG_STOP])
+    check_well_formed(out)
+    head = out[0][1]["message"]["usage"]
+    assert head["cache_read_input_tokens"] == 900 and head["cache_creation_input_tokens"] == 0
+    final = next(d for e, d in out if e == "message_delta")["usage"]
+    assert final == {"input_tokens": 30, "cache_read_input_tokens": 900, "cache_creation_input_tokens": 0, "output_tokens": 7}
+    assert n.cache == {"cache_read_input_tokens": 900, "cache_creation_input_tokens": 0}
+
+
+def test_cache_counts_known_only_at_the_end_reach_the_final_usage():
+    out, _ = run([start(30), block_start(0, {"type": "text", "text": ""}), delta(0, {"type": "text_delta", "text": "hi"}),
+                  stop(0), msg_delta(cache_read_input_tokens=512), MSG_STOP])
+    final = next(d for e, d in out if e == "message_delta")["usage"]
+    assert final["cache_read_input_tokens"] == 512 and "cache_creation_input_tokens" not in final
+
+
+@pytest.mark.parametrize("bad", ["x", -1, True, 1.5, None, 2**60])
+def test_a_cache_count_that_is_no_count_is_left_out(bad: Any):
+    first = start(30)
+    first[1]["message"]["usage"]["cache_read_input_tokens"] = bad
+    out, _ = run([first, block_start(0, {"type": "text", "text": ""}), delta(0, {"type": "text_delta", "text": "hi"}),
+                  stop(0), msg_delta(), MSG_STOP])
+    assert "cache_read_input_tokens" not in out[0][1]["message"]["usage"]
+    assert "cache_read_input_tokens" not in next(d for e, d in out if e == "message_delta")["usage"]
+
+
+def test_message_start_without_cache_counts_is_as_before():
+    assert message_start("m", 5)[1]["message"]["usage"] == {"input_tokens": 5, "output_tokens": 1}
