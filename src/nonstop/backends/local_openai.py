@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from nonstop.backends.local import Call, EventSource, LocalBackend, capped
+import orjson
+
+from nonstop.backends.local import Call, EventSource, LocalBackend, capped, server_words
 from nonstop.wire import openai as oa
 from nonstop.wire.anthropic import Event, new_message_id
 from nonstop.wire.errors import error_event
@@ -24,9 +26,8 @@ class OpenAIEventSource(EventSource):
 
     def feed(self, event: str, doc: dict[str, Any]) -> list[Event]:
         if doc.get("error") and not doc.get("choices"):  # "error": null is no error
-            err = doc["error"]
-            msg = err.get("message") if isinstance(err, dict) else str(err)
-            return [error_event(f"{self.name}: {msg}")]
+            # Its message, or (with none) what it sent: never "None"; no traceback, not too long.
+            return [error_event(f"{self.name}: {server_words(orjson.dumps(doc).decode())}")]
         before = self.translator.finish_reason
         out = self.translator.feed(doc)
         reason = self.translator.finish_reason

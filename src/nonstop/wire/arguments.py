@@ -255,10 +255,14 @@ class ArgumentsStream:
         return True
 
 
+_NULLS = frozenset(("null", '"null"'))
+
+
 def parse_arguments(raw: Any, *, repair: bool = True) -> dict[str, Any]:
     """Tool-call `arguments` (a JSON string) as a tool input object.
 
-    Empty -> {}. A double-encoded string is decoded twice. With `repair`, a truncated
+    Empty, or JSON null (what some servers write for a call without arguments) -> {}. A
+    double-encoded string is decoded twice. With `repair`, a truncated
     object is closed. Anything else becomes {"_raw": <text>} so nothing is lost and the
     tool's own input validation reports the problem to the model.
     """
@@ -273,6 +277,8 @@ def parse_arguments(raw: Any, *, repair: bool = True) -> dict[str, Any]:
         value = _loads(value)
     if isinstance(value, dict):
         return value
+    if value is None and raw.strip() in _NULLS:
+        return {}
     if repair:
         scan = ArgumentsStream()
         sent = scan.feed(raw)

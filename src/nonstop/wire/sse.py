@@ -153,27 +153,35 @@ class JSONEventDecoder:
 
     `strict`: data that begins as a JSON object or array and does not parse raises
     MalformedEvent instead of being skipped (an answer's piece lost without a word would
-    end the stream as if whole: a tool call run with its arguments gone). A string with
+    end the stream as if whole: a tool call run with its arguments gone). The good events
+    read before it come first: the error is raised by the next feed or flush. A string with
     a lone UTF-16 surrogate escape (`"\\ud83d"`, half of a pair a server split across
     two events) is not JSON orjson reads; it is read as JSON still, and the lone half
     becomes U+FFFD, the rest of the event kept."""
 
-    __slots__ = ("_sse", "done", "strict")
+    __slots__ = ("_failed", "_sse", "done", "strict")
 
     def __init__(self, max_buffer: int = 16 * 1024 * 1024, *, strict: bool = False):
         self._sse = SSEDecoder(max_buffer)
         self.done = False
         self.strict = strict
+        self._failed: MalformedEvent | None = None  # found after good events: raised next time
 
     def feed(self, chunk: bytes) -> list[tuple[SSEEvent, dict[str, Any]]]:
+        self._raise_failed()
         return self._parsed(self._sse.feed(chunk))
 
     def flush(self) -> list[tuple[SSEEvent, dict[str, Any]]]:
         """Events left when the stream ends (a final event without its blank line)."""
+        self._raise_failed()
         return self._parsed(self._sse.flush())
 
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
     def _parsed(self, events: list[SSEEvent]) -> list[tuple[SSEEvent, dict[str, Any]]]:
-        out = []
+        out: list[tuple[SSEEvent, dict[str, Any]]] = []
         for ev in events:
             if self.done:  # the stream ended at [DONE]: what follows is not part of it
                 break
@@ -187,7 +195,10 @@ class JSONEventDecoder:
                 data = loads_with_lone_surrogates(text)
                 if data is None:
                     if self.strict and text[:1] in ("{", "["):
-                        raise MalformedEvent(f"an event whose data is not JSON: {text[:80]!r}") from None
+                        self._failed = MalformedEvent(f"an event whose data is not JSON: {text[:80]!r}")
+                        if not out:
+                            self._raise_failed()
+                        break
                     continue
             if isinstance(data, dict):
                 out.append((ev, data))

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 
 from nonstop.backends.base import Reply
@@ -209,6 +210,17 @@ def test_an_error_chunk_with_an_empty_choices_list_is_not_ignored() -> None:
     assert read.error, f"the server's error was dropped; the client heard stop_reason {_stop_reason(out)!r}"
 
 
+@pytest.mark.parametrize(("error", "said"), [
+    ({"message": "slot 0 crashed", "code": 500}, "box: slot 0 crashed"),
+    ({"code": 500, "type": "server_error"}, 'box: {"error":{"code":500,"type":"server_error"}}'),
+    ("out of memory", "box: out of memory"),
+])
+def test_a_stream_error_says_what_the_server_said(error: Any, said: str) -> None:
+    """An error object without a message is quoted as sent, never as "None"."""
+    out = _relay([_chunk({"role": "assistant", "content": "Partial"}), {"error": error}])
+    assert validate_anthropic_stream(out, allow_error=True).error == said
+
+
 # --- an answer the server gave up on (vLLM's and SGLang's `abort`) --------------------------------
 
 
@@ -291,3 +303,23 @@ async def test_split_tool_names_on_a_reused_index_ending_with_done_reach_the_cli
         ("Bash", {"command": "ls"}), ("Read", {"file_path": "a"})]
     assert len({b["id"] for b in starts}) == 2
     assert _stop_reason(events) == "tool_use"
+
+
+def test_cached_prompt_tokens_of_a_stream_reach_the_client():
+    """llama-server and vLLM report the prompt tokens they took from their cache in the
+    last chunk's usage; the Anthropic client hears them as cache reads, as from the cloud."""
+    out = _relay([_chunk({"role": "assistant", "content": "hi"}), _chunk({}, "stop"),
+                  _chunk(None, usage={"prompt_tokens": 1000, "completion_tokens": 3,
+                                      "prompt_tokens_details": {"cached_tokens": 960}})])
+    final = next(d for n, d in out if n == "message_delta")["usage"]
+    assert final == {"input_tokens": 40, "cache_read_input_tokens": 960, "output_tokens": 3}
+
+
+def test_a_call_whose_arguments_are_null_is_a_call_without_input():
+    out = _relay([_chunk({"role": "assistant", "tool_calls": [
+                      {"index": 0, "id": "call_1", "type": "function", "function": {"name": "ls", "arguments": "null"}}]}),
+                  _chunk({}, "tool_calls")])
+    js = "".join(d["delta"]["partial_json"] for n, d in out
+                 if n == "content_block_delta" and d["delta"]["type"] == "input_json_delta")
+    assert orjson.loads(js) == {}
+    assert _stop_reason(out) == "tool_use"

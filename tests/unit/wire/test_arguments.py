@@ -97,3 +97,20 @@ def test_arguments_are_always_an_object_orjson_can_write(raw):
     value = parse_arguments(raw)
     assert isinstance(value, dict)
     orjson.dumps(value)  # a whole reply is encoded with it
+
+
+@pytest.mark.parametrize("raw", ["null", " null\n", '"null"', None, "", "  "])
+def test_no_arguments_written_as_null_are_none(raw):
+    """Some servers write `null` for a call without arguments: that is an empty input, not
+    text to keep under _raw (which the tool would refuse)."""
+    from nonstop.wire.arguments import parse_arguments
+
+    assert parse_arguments(raw) == {} and parse_arguments(raw, repair=False) == {}
+
+
+@pytest.mark.parametrize("raw", ["nul", "nullx", "[null]", '{"a": null'])
+def test_text_that_only_looks_like_null_is_not_dropped(raw):
+    from nonstop.wire.arguments import parse_arguments
+
+    value = parse_arguments(raw)
+    assert value == ({"a": None} if raw.startswith("{") else {"_raw": raw})

@@ -396,6 +396,20 @@ def test_a_strict_decoder_refuses_data_meant_as_json(junk: bytes) -> None:
         assert JSONEventDecoder(strict=True).feed(b"data: " + other + b"\n\n") == []
 
 
+def test_good_events_before_malformed_data_are_read_first() -> None:
+    """Content and then a broken event in one read: the content reaches the client, then
+    the error (raised by the next feed, or by flush at the stream's end)."""
+    good = b'data: {"n": 1}\n\ndata: {"n": 2}\n\n'
+    d = JSONEventDecoder(strict=True)
+    assert [doc for _, doc in d.feed(good + b'data: {"n": \n\ndata: {"n": 3}\n\n')] == [{"n": 1}, {"n": 2}]
+    with pytest.raises(MalformedEvent):
+        d.feed(b'data: {"n": 4}\n\n')
+    d = JSONEventDecoder(strict=True)
+    assert len(d.feed(good + b'data: [1,\n\n')) == 2
+    with pytest.raises(MalformedEvent):
+        d.flush()
+
+
 def test_nothing_after_done_is_read() -> None:
     d = JSONEventDecoder()
     got = d.feed(b'data: {"a": 1}\n\ndata: [DONE]\n\ndata: {"after": 1}\n\n')

@@ -117,10 +117,23 @@ class _Segment:
 
 def _complete(seg: _Segment) -> bool:
     """Whether a call's arguments so far are one whole JSON object (sent or still waiting)."""
+    if not seg.pending and seg.args is not None and not seg.args.complete:
+        return False  # the scanner, fed all of them, is still inside the object (no re-parse per fragment)
     try:
         return isinstance(orjson.loads("".join(seg.raw) + "".join(seg.pending)), dict)
     except orjson.JSONDecodeError:
         return False
+
+
+def _repeats(seg: _Segment, args: str) -> bool:
+    """Whether `args` are the whole arguments of `seg` again, as a whole call already made."""
+    if not args.strip() or not _complete(seg):
+        return False
+    try:
+        again = orjson.loads(args)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(again, dict) and again == orjson.loads("".join(seg.raw) + "".join(seg.pending))
 
 
 def _next_call(seg: _Segment, call_id: str | None, name: str, args: str) -> bool:
@@ -270,6 +283,8 @@ class OpenAIStreamTranslator:
         elif not isinstance(args, str):
             args = ""
         seg = self._slots.get(slot)
+        if seg is not None and call_id is not None and call_id == seg.id and _repeats(seg, args):
+            return  # the same call again, whole (a server's summary of what it streamed): made once
         if seg is not None and name and self._grows(seg, call_id, name):
             seg.name, name = f"{seg.name}{name}", None
         if seg is not None and seg.again is not None and args.strip() and not name and _complete(seg):

@@ -415,6 +415,49 @@ def test_reused_index_with_a_new_id_is_a_new_call():
     assert tool_inputs(events) == [{"n": 1}, {"n": 2}]
 
 
+def test_a_finished_call_repeated_under_its_id_is_made_once():
+    """LocalAI, and proxies that end a stream with a summary chunk, send the whole call
+    again under the same id: one call, not two."""
+    events = translate([chunk(call(0, "c1", "f", '{"n": ')), chunk(call(0, None, None, "1}")),
+                        chunk(call(0, "c1", "f", '{"n": 1}')), chunk(finish="tool_calls")])
+    assert [d["content_block"]["id"] for d in of_type(events, "content_block_start")] == ["c1"]
+    assert tool_inputs(events) == [{"n": 1}]
+    validate_anthropic_stream(events)
+
+
+def test_the_same_id_on_every_fragment_is_one_call():
+    events = translate([chunk(call(0, "c1", "f", '{"n"')), chunk(call(0, "c1", None, ": 1")),
+                        chunk(call(0, "c1", None, "}")), chunk(finish="tool_calls")])
+    assert tool_inputs(events) == [{"n": 1}]
+
+
+def test_a_name_on_every_fragment_does_not_reread_the_arguments(monkeypatch):
+    """A server that repeats the name on each fragment: whether the call is whole is told
+    by the scanner that has read the arguments, not by parsing all of them again per
+    fragment (quadratic: a long file written through a tool took seconds)."""
+    import orjson as real
+
+    from nonstop.wire.openai import backend_reply
+
+    parses = []
+
+    class Counting:
+        JSONDecodeError = real.JSONDecodeError
+        dumps = staticmethod(real.dumps)
+
+        @staticmethod
+        def loads(text):
+            parses.append(len(text))
+            return real.loads(text)
+
+    monkeypatch.setattr(backend_reply, "orjson", Counting)
+    body = "x" * 50
+    pieces = ['{"content": "'] + [body] * 2000 + ['"}']
+    events = translate([chunk(call(0, "c1", "Write", p)) for p in pieces] + [chunk(finish="tool_calls")])
+    assert tool_inputs(events) == [{"content": body * 2000}]
+    assert len(parses) < 10
+
+
 def test_calls_without_index_use_their_position():
     events = translate([chunk({"tool_calls": [
         {"id": "a", "function": {"name": "f", "arguments": "{}"}},
