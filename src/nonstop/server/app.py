@@ -46,7 +46,8 @@ from nonstop.wire.errors import new_request_id
 log = logging.getLogger("nonstop")
 
 MAX_HEADER_BYTES = 64 * 1024
-OPENAI_PATHS = frozenset({"/v1/chat/completions"})
+# The OpenAI door's paths: an OpenAI client set to nonstop's address with or without /v1.
+OPENAI_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
@@ -104,6 +105,7 @@ class App:
             ("GET", "/api/hello"): self.anthropic.hello,
             ("HEAD", "/api/hello"): self.anthropic.hello,
             ("POST", "/v1/chat/completions"): self.openai.chat_completions,
+            ("POST", "/chat/completions"): self.openai.chat_completions,
             ("GET", "/health"): self.health,
             ("HEAD", "/health"): self.health,
             ("GET", "/metrics"): self.metrics,
@@ -144,6 +146,9 @@ class App:
         handler = self.routes.get((scope["method"], path))
         if handler is not None:
             await handler(scope, receive, send)
+        elif path in OPENAI_PATHS:  # nonstop's own door, not the cloud's: another method is not its
+            await self._writer(scope).error(send, 405, f"{scope['method']} is not allowed on {path}; use POST",
+                                            "invalid_request_error", extra=[(b"allow", b"POST")])
         elif path.startswith("/_nonstop"):
             await dashboard.handle(self.rt, scope, receive, send)
         else:

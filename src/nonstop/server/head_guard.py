@@ -78,7 +78,7 @@ def _closing_response(status: bytes, message: str, url: bytes = b"") -> bytes:
     large, late, or not HTTP), then closing: an error in the client's own protocol, by
     as much of the target as was read (OpenAI's on its door, else Anthropic's)."""
     code = int(status[:3])
-    if url.startswith(b"/v1/chat/completions"):
+    if url.startswith((b"/v1/chat/completions", b"/chat/completions")):
         body = openai_error(code, message)
     else:
         body = anthropic_error(code, message, "timeout_error" if code == 408 else "invalid_request_error")

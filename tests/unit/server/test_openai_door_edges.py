@@ -176,3 +176,29 @@ async def test_the_clouds_prompt_too_long_error_carries_the_context_length_code(
     app.rt.use_backends([], cloud=cloud)
     status, doc = await _post(app, orjson.dumps({"model": "claude-sonnet-4-5", "messages": [USER]}))
     assert status == 400 and doc["error"]["code"] == "context_length_exceeded", doc
+
+
+# --- the door's paths and methods ----------------------------------------------------------------
+
+
+async def test_the_door_answers_without_v1_too(recording_app) -> None:
+    """An OpenAI client set to nonstop's address without /v1 posts to /chat/completions."""
+    app, sent = recording_app
+    status, answer = await post(app, "/chat/completions", orjson.dumps({"model": "m", "messages": [USER]}))
+    assert status == 200 and orjson.loads(answer)["choices"][0]["message"]["content"] == "ok"
+    assert len(sent) == 1
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat/completions"])
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_another_method_on_the_door_is_an_openai_405(recording_app, path, method) -> None:
+    """The door is nonstop's own: a GET is not passed to the cloud (whose answer would be
+    Anthropic-shaped), it is refused in the door's format, saying which method to use."""
+    from tests.support.inprocess import exchange
+
+    app, sent = recording_app
+    status, headers, body = await exchange(app, method, path)
+    doc = orjson.loads(body)
+    assert status == 405 and headers[b"allow"] == b"POST"
+    assert set(doc["error"]) == {"message", "type", "param", "code"} and "use POST" in doc["error"]["message"]
+    assert sent == []
