@@ -163,6 +163,30 @@ def test_a_cloud_failure_after_an_empty_block_start_goes_on_locally(cloud, llama
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
 
 
+@pytest.mark.parametrize("api", ["anthropic", "openai"])
+def test_a_local_prompt_cache_hit_is_counted_as_the_cloud_counts_it(cloud, llama, nonstop_factory, api):
+    """The second turn of a conversation: llama-server reads most of the prompt from its
+    cache and says so (Anthropic format: cache_read_input_tokens with input_tokens 1;
+    OpenAI: prompt_tokens_details.cached_tokens). The client hears the cache read, so the
+    context it counts (input + cache read, as Claude Code does) is the whole prompt."""
+    procs.set_mode(cloud, "subscription_limit")
+    local = {"name": "llama", "url": llama.url, "api": api, "model": "smollm2", "context_window": 8192,
+             "max_output_tokens": 8}
+    ns = nonstop_factory(nonstop_config(cloud.url, cloud={"first_byte_timeout": 3.0}, local=[local]))
+    words = " ".join(f"note {i}: the tide table for pier {i} changes weekly." for i in range(40))
+    c = client(ns)
+    totals = []
+    for _ in range(2):
+        msg, headers = ask(c, True, max_tokens=8, messages=[{"role": "user", "content": words}])
+        assert headers["x-nonstop-backend"] == "llama"
+        u = msg.usage
+        totals.append((u.input_tokens, u.cache_read_input_tokens or 0))
+    whole = sum(totals[0])  # (the first may be cached already: the llama fixture serves every test)
+    second_in, second_read = totals[1]
+    assert second_read > whole // 2, totals  # most of the prompt came from the cache
+    assert abs(second_in + second_read - whole) <= 2, totals  # the same prompt, counted whole
+
+
 def test_cloud_path_is_transparent(cloud, llama, nonstop_factory):
     ns = nonstop_factory(config(cloud.url, llama.url))
     body = (
