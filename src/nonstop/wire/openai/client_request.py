@@ -17,6 +17,7 @@ from nonstop.wire.tool_ids import valid_tool_id
 
 DEFAULT_MAX_TOKENS = 4096
 _DATA_URL = re.compile(r"data:([^;,]+)?(?:;[^,]*)?;base64,(.*)", re.S)
+_SPACE = re.compile(r"\s+")
 
 
 class TranslationError(ValueError):
@@ -200,8 +201,11 @@ def _image_block(image: Any, where: str) -> dict[str, Any]:
         m = _DATA_URL.fullmatch(url)
         if not m:
             raise TranslationError(f"{where}.image_url.url: a data: URL must be base64-encoded")
-        return {"type": "image", "source": {"type": "base64", "media_type": image_media_type(m.group(1), m.group(2)),
-                                            "data": m.group(2)}}
+        data = m.group(2)
+        if _SPACE.search(data):  # base64 broken into lines (MIME): the same bytes without them
+            data = _SPACE.sub("", data)
+        return {"type": "image", "source": {"type": "base64", "media_type": image_media_type(m.group(1), data),
+                                            "data": data}}
     if url.startswith(("http://", "https://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise TranslationError(f"{where}.image_url.url: use an http(s) URL or a base64 data: URL")

@@ -246,7 +246,10 @@ JPEG, PNG, GIF, WEBP = "/9j/4AAQSkZJRg", "iVBORw0KGgoAAAANSUhEUg", "R0lGODlhAQAB
     (f"data:image/webp;base64,{WEBP}", "image/webp"),
     ("data:image/JPG;base64,AAAA", "image/jpeg"),  # bytes nothing recognises: the named type, spelled as the API wants
     ("data:;base64,AAAA", "image/png"),
+    (f"data:image/png;base64,\n {JPEG[:4]}\r\n{JPEG[4:]}\n", "image/jpeg"),  # base64 in lines, as MIME writes it
 ])
 def test_an_inline_image_is_named_by_its_bytes(url, media_type):
     out = openai_request_to_anthropic(req(user([{"type": "image_url", "image_url": {"url": url}}])))
-    assert out["messages"][0]["content"][0]["source"]["media_type"] == media_type
+    source = out["messages"][0]["content"][0]["source"]
+    assert source["media_type"] == media_type
+    assert source["data"] == "".join(url.partition("base64,")[2].split())  # no line breaks: the API's base64 has none
