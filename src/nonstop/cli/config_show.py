@@ -3,14 +3,16 @@ the defaults and the environment: what to paste into a bug report, or read when 
 setting does not seem to take.
 
 Secrets never show: a token, a local server's api_key, a user's token, the fleet's
-account salt and a password or query in a URL read `<hidden>`, and a key in the hook's
-command is redacted. Everything else is TOML
-that loads back as the same configuration.
+account salt and a password or query in a URL read `<hidden>`; in any other text (the
+hook's command, an argument of `[embedded] extra_args`) what has a key's shape is
+redacted, and an argument after a secret's flag (`--hf-token T`) is hidden. Everything
+else is TOML that loads back as the same configuration.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -53,13 +55,26 @@ def _shown(table: str, key: str, value: Any) -> Any:
         return HIDDEN if value else value
     if (table, key) in _URLS and isinstance(value, str) and value:
         return hidden_url(value)
-    if (table, key) == ("hooks", "command") and value:  # a command line can carry a key
+    if isinstance(value, str) and value:  # a command line, a model's name: any may carry a key
         return redact(value)
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, tuple | list):
+        return _shown_args(value)
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
+
+
+# A command-line flag whose next argument is a secret (`--api-key K`, `--hf-token T`).
+_SECRET_FLAG = re.compile(r"-{1,2}[\w-]*(?:key|token|secret|password)", re.I)
+
+
+def _shown_args(values: tuple[Any, ...] | list[Any]) -> list[Any]:
+    """A list, as arguments: each string redacted, and the one after a secret's flag hidden."""
+    out: list[Any] = []
+    for i, v in enumerate(values):
+        after_flag = i > 0 and isinstance(values[i - 1], str) and _SECRET_FLAG.fullmatch(values[i - 1]) is not None
+        out.append(HIDDEN if after_flag and v else redact(v) if isinstance(v, str) and v else v)
+    return out
 
 
 def _table(table: str, obj: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:

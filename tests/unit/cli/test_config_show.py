@@ -88,8 +88,11 @@ webhook = "https://hooks.example.test/notify?token=webhook-token-jkl"
 [[users]]
 name = "ann"
 token = "ann-user-token-mno-0123"
+
+[embedded]
+extra_args = ["--hf-token", "hf-token-pqr-4567", "--alias", "sk-ant-api03-stuv-in-args-890"]
 """
-PLANTED = ["top-level-secret-token-123", "local-password-456", "local-api-key-789", "redis-password-abc",
+PLANTED = ["hf-token-pqr-4567", "sk-ant-api03-stuv-in-args-890", "top-level-secret-token-123", "local-password-456", "local-api-key-789", "redis-password-abc",
            "salt-secret-def", "hook-bearer-ghi123456", "webhook-token-jkl", "ann-user-token-mno-0123"]
 
 
@@ -129,6 +132,8 @@ def test_no_secret_is_shown(tmp_path: Path) -> None:
     assert doc["hooks"]["webhook"] == "https://hooks.example.test/notify?<hidden>"
     assert doc["users"] == [{"name": "ann", "token": "<hidden>"}]
     assert "curl" in doc["hooks"]["command"]
+    # keys nonstop does not know to hold one: an argument after a secret's flag, a key's shape
+    assert doc["embedded"]["extra_args"][:3] == ["--hf-token", "<hidden>", "--alias"]
 
 
 @pytest.mark.parametrize(("url", "shown"), [
