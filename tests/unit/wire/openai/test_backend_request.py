@@ -316,8 +316,10 @@ texts = st.text(min_size=1, max_size=30)
 tool_ids = st.text(string.ascii_letters + string.digits, min_size=4, max_size=12).map(lambda s: "toolu_" + s)
 base64_data = st.text(string.ascii_letters + string.digits + "+/", min_size=4, max_size=16)
 images = st.one_of(
-    st.builds(lambda m, d: {"type": "image", "source": {"type": "base64", "media_type": m, "data": d}},
-              st.sampled_from(["image/png", "image/jpeg", "image/gif", "image/webp"]), base64_data),
+    # Its bytes are the type it names (the OpenAI door names an image by its bytes).
+    st.builds(lambda m, d: {"type": "image", "source": {"type": "base64", "media_type": m[0], "data": m[1] + d}},
+              st.sampled_from([("image/png", "iVBORw0KGgo"), ("image/jpeg", "/9j/"), ("image/gif", "R0lGOD"),
+                               ("image/webp", "UklGR")]), base64_data),
     st.builds(lambda p: {"type": "image", "source": {"type": "url", "url": "https://example.com/" + p}},
               st.text(string.ascii_lowercase, min_size=1, max_size=8)),
 )
