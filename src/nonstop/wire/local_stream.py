@@ -62,6 +62,17 @@ def message_start(model: str, input_tokens: int, message_id: str | None = None,
     )
 
 
+def input_tokens(usage: dict[str, Any], fallback: int) -> int:
+    """The input tokens a server reported, else `fallback` (an estimate of the whole prompt).
+    A 0 beside a cache read is a prompt read whole from the cache: 1 (as the cloud never
+    says 0), not the estimate, which would count the cached prompt twice."""
+    reported = usage.get("input_tokens")
+    if count := token_count(reported):
+        return count
+    cached = usage.get("cache_read_input_tokens")
+    return 1 if reported == 0 and type(cached) is int and token_count(cached) else fallback
+
+
 def cache_counts(usage: Any) -> dict[str, int]:
     """The prompt-cache counts in a server's usage: each a count (0 is one), or left out."""
     if not isinstance(usage, dict):
@@ -122,8 +133,8 @@ class LocalStreamNormalizer:
         if t == "message_start":
             msg = data.get("message") or {}
             usage = msg.get("usage") or {}
-            self.input_tokens = token_count(usage.get("input_tokens")) or self.input_tokens
             self.cache.update(cache_counts(usage))
+            self.input_tokens = input_tokens(usage, self.input_tokens)
             if self.started:
                 return []
             self.started = True
@@ -155,8 +166,8 @@ class LocalStreamNormalizer:
             self._ending = (raw, delta.get("stop_sequence"))
             self.stop_reason = self._client_reason(raw)
             self.output_tokens = token_count(usage.get("output_tokens")) or self.output_tokens
-            self.input_tokens = token_count(usage.get("input_tokens")) or self.input_tokens
             self.cache.update(cache_counts(usage))
+            self.input_tokens = input_tokens(usage, self.input_tokens)
         elif t == "message_stop":
             out.extend(self.finish())
         elif t == "ping":
@@ -508,7 +519,7 @@ def normalize_message(msg: dict[str, Any], *, model: str, input_tokens_estimate:
     for key in _COUNTS[2:]:  # the server's other counts: counts (0 is one), or none
         usage.pop(key, None)
     usage.update(cache_counts(out.get("usage")))
-    usage["input_tokens"] = token_count(usage.get("input_tokens")) or max(1, input_tokens_estimate)
+    usage["input_tokens"] = input_tokens(usage, max(1, input_tokens_estimate))
     usage["output_tokens"] = token_count(usage.get("output_tokens")) or max(1, chars // 4)
     out["usage"] = usage
     out["stop_reason"] = client_stop_reason(out.get("stop_reason"), has_tools=any(b.get("type") == "tool_use" for b in content),

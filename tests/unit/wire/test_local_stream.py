@@ -609,3 +609,21 @@ def test_a_cache_count_that_is_no_count_is_left_out(bad: Any):
 
 def test_message_start_without_cache_counts_is_as_before():
     assert message_start("m", 5)[1]["message"]["usage"] == {"input_tokens": 5, "output_tokens": 1}
+
+
+def test_a_prompt_read_whole_from_the_cache_is_not_counted_twice():
+    """A server that reports input_tokens 0 beside a cache read: the prompt came from the
+    cache; the estimate in its place would count it twice."""
+    first = start(0)
+    first[1]["message"]["usage"]["cache_read_input_tokens"] = 800
+    out, n = run([first, block_start(0, {"type": "text", "text": ""}), delta(0, {"type": "text_delta", "text": "hi"}),
+                  stop(0), msg_delta(), MSG_STOP], estimate=900)
+    assert out[0][1]["message"]["usage"]["input_tokens"] == 1 and n.input_tokens == 1
+    whole = normalize_message({"type": "message", "role": "assistant", "content": [{"type": "text", "text": "hi"}],
+                               "usage": {"input_tokens": 0, "cache_read_input_tokens": 800, "output_tokens": 2}},
+                              model="m", input_tokens_estimate=900)
+    assert whole["usage"]["input_tokens"] == 1 and whole["usage"]["cache_read_input_tokens"] == 800
+    # no cache read: a 0 is no count, and the estimate stands
+    out, _ = run([start(0), block_start(0, {"type": "text", "text": ""}), delta(0, {"type": "text_delta", "text": "hi"}),
+                  stop(0), msg_delta(), MSG_STOP], estimate=900)
+    assert out[0][1]["message"]["usage"]["input_tokens"] == 900
