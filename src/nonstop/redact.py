@@ -4,6 +4,7 @@ error message."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 # Anthropic API keys and OAuth tokens, OpenAI-style keys, bearer and basic credentials,
 # and key-ish header or JSON fields (_PATTERNS, below). Each pattern needs one of _WORDS
@@ -48,3 +49,25 @@ def redact(text: str) -> str:
         else:
             text = pat.sub("[redacted]", text)
     return text
+
+
+HIDDEN = "<hidden>"
+
+
+def hidden_url(url: str) -> str:
+    """`url` with its password and its query hidden (a webhook's token often rides there)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return HIDDEN if "@" in url or "?" in url else url
+    netloc = parts.netloc
+    if parts.password is not None or parts.username is not None:
+        user = parts.username or ""
+        shown_host = f"[{host}]" if ":" in host else host
+        netloc = f"{user}:{HIDDEN}@{shown_host}" if parts.password is not None else f"{HIDDEN}@{shown_host}"
+        if port is not None:
+            netloc += f":{port}"
+    query = HIDDEN if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

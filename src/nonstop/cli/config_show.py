@@ -15,39 +15,18 @@ import os
 import re
 from dataclasses import fields
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from nonstop.cli.init import toml_string, toml_value
 from nonstop.config import SECTION_TYPES, Config
 from nonstop.config.sections import TABLE_KEYS
-from nonstop.redact import redact
+from nonstop.redact import HIDDEN, hidden_url, redact
 
-HIDDEN = "<hidden>"
 # Keys whose value is a secret wherever it is set: (table, key).
 _SECRETS = {("", "token"), ("local", "api_key"), ("users", "token"), ("shared", "account_salt")}
 # URLs that may carry a password (redis://:pw@host) or a token in their query.
 _URLS = {("shared", "redis_url"), ("hooks", "webhook"), ("local", "url"), ("cloud", "url")}
-
-
-def hidden_url(url: str) -> str:
-    """`url` with its password and its query hidden (a webhook's token often rides there)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
-    except ValueError:
-        return HIDDEN if "@" in url or "?" in url else url
-    netloc = parts.netloc
-    if parts.password is not None or parts.username is not None:
-        user = parts.username or ""
-        shown_host = f"[{host}]" if ":" in host else host
-        netloc = f"{user}:{HIDDEN}@{shown_host}" if parts.password is not None else f"{HIDDEN}@{shown_host}"
-        if port is not None:
-            netloc += f":{port}"
-    query = HIDDEN if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _shown(table: str, key: str, value: Any) -> Any:

@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from nonstop.redact import hidden_url
+
 log = logging.getLogger("nonstop")
 
 RETRY_EVERY = 2.0
@@ -43,6 +45,10 @@ RETRY_EVERY = 2.0
 # is served as if this instance were alone), and until it answers this fast again, so a
 # Redis that answers but slowly cannot add seconds to every local request.
 REQUEST_WAIT = 0.25
+# The subscription is pinged every heartbeat; heard from (a message or the pong) in none of
+# this many, its connection is taken as gone without a word (a crashed host, a partition,
+# a load balancer dropping the flow): subscribed again, which reconciles.
+SILENT_BEATS = 3
 # How long close() waits for each round of cancelling the background tasks.
 CLOSE_WAIT = 1.0
 STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
@@ -164,7 +170,7 @@ class SharedState:
         import redis.asyncio as redis
 
         self.url = url
-        self.client = redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        self.client = redis.from_url(url, socket_connect_timeout=1, socket_timeout=2, socket_keepalive=True)
         self.prefix = prefix
         self.pattern = _glob_escape(prefix)  # the prefix inside SCAN's MATCH patterns
         self.channel = prefix + "events"
@@ -200,7 +206,7 @@ class SharedState:
         if not self.available:
             log.error("shared state: Redis at %s does not answer; running with this instance's own state "
                       "and retrying every %g s (other instances do not learn what this one sees meanwhile)",
-                      _public(self.url), RETRY_EVERY)
+                      hidden_url(self.url), RETRY_EVERY)
         for coro in (self._listen(), self._heartbeats(), self._writer()):
             self._spawn(coro)
 
@@ -238,11 +244,11 @@ class SharedState:
         except Exception:
             self.available = False
         if self.available and not was and self._tasks:
-            log.warning("shared state: Redis at %s answers again; reconciling", _public(self.url))
+            log.warning("shared state: Redis at %s answers again; reconciling", hidden_url(self.url))
             if self.on_reconnect is not None:
                 self._spawn(self._reconcile(self.on_reconnect))
         elif was and not self.available:
-            log.error("shared state: lost Redis at %s; serving with this instance's own state meanwhile", _public(self.url))
+            log.error("shared state: lost Redis at %s; serving with this instance's own state meanwhile", hidden_url(self.url))
         return self.available
 
     async def _clock(self) -> None:
@@ -259,7 +265,7 @@ class SharedState:
             await reconcile()
         except Exception as exc:
             log.error("shared state: reconciling with Redis at %s failed (%s); again when it answers",
-                      _public(self.url), type(exc).__name__)
+                      hidden_url(self.url), type(exc).__name__)
             self.available = False
 
     async def _safely(self, what: str, op: Awaitable[Any], default: Any, wait: float | None = None) -> Any:
@@ -359,14 +365,31 @@ class SharedState:
                         await self._reconcile(self.on_reconnect)
                     subscribed = True
                     await self.pull()
-                    async for msg in ps.listen():
-                        if msg.get("type") == "message":
-                            self._received(msg["data"])
+                    await self._hear(ps)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a lost connection must not stop the gateway
                 await self._check()
                 await asyncio.sleep(RETRY_EVERY)
+
+    async def _hear(self, ps: Any) -> None:
+        """The subscription's messages, until its connection is found gone: a wait for a
+        message never ends by itself on a connection that died without a FIN (the read
+        has no timeout), so it is pinged every beat and given up when silent."""
+        loop = asyncio.get_running_loop()
+        heard = pinged = loop.time()
+        while not self._closed:
+            msg = await ps.get_message(timeout=self.beat)
+            now = loop.time()
+            if msg is not None:
+                heard = now
+                if msg.get("type") == "message":
+                    self._received(msg["data"])
+            elif now - heard > SILENT_BEATS * self.beat:
+                raise ConnectionError(f"the subscription was silent for {now - heard:.0f} s")
+            if now - pinged >= self.beat:
+                pinged = now
+                await ps.ping()
 
     # --- probes --------------------------------------------------------------------------------
 
@@ -460,14 +483,6 @@ class SharedState:
                 return None
             raise
         return doc if isinstance(doc, dict) else None
-
-
-def _public(url: str) -> str:
-    """A Redis URL without its password, for the log."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://…@{rest.rpartition('@')[2]}"
 
 
 def _glob_escape(text: str) -> str:

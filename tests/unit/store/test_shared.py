@@ -455,3 +455,16 @@ async def test_a_slot_is_given_back_under_the_url_it_was_taken_under(redis_serve
 
         assert await _wait(given_back, 5), "the old URL's fleet count was not given back"
         assert await counted(moved) == 0
+
+
+@pytest.mark.parametrize("url", ["redis://:pw-in-userinfo-123@127.0.0.1:1/0", "redis://127.0.0.1:1/0?password=pw-in-query-456"])
+async def test_a_redis_password_never_reaches_the_log(url, caplog):
+    """redis-py takes a password in the URL's user part or in its query: neither is logged."""
+    shared = SharedState(url, "test:", apply=lambda *a: None, info=dict)
+    try:
+        await shared.start()
+        text = "\n".join(r.getMessage() for r in caplog.records)
+        assert "does not answer" in text and "127.0.0.1:1" in text
+        assert "pw-in-" not in text
+    finally:
+        await shared.close()

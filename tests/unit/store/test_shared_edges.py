@@ -374,3 +374,71 @@ async def test_close_stops_every_background_task_whenever_it_comes(redis_server)
         await asyncio.sleep(rng.random() * 0.05)
         await s.close()
         assert all(t.done() for t in tasks), [t for t in tasks if not t.done()]
+
+
+# --- a connection that dies without a word -----------------------------------------------------
+
+
+class _FreezingProxy:
+    """A TCP proxy to Redis whose freeze() stops every connection open at that moment dead,
+    without closing it (a crashed host, a partition, a dropped NAT flow: no FIN, no RST);
+    connections made after it reach Redis as before."""
+
+    def __init__(self, port: int):
+        self.port_to = port
+        self.frozen: set[int] = set()
+        self.generation = 0
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _conn(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        gen = self.generation
+        sr, sw = await asyncio.open_connection("127.0.0.1", self.port_to)
+
+        async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await r.read(65536):
+                    if gen in self.frozen:
+                        await asyncio.sleep(3600)
+                    w.write(data)
+                    await w.drain()
+            if gen not in self.frozen:
+                w.close()
+
+        self.tasks += [asyncio.ensure_future(pump(cr, sw)), asyncio.ensure_future(pump(sr, cw))]
+
+    def freeze(self) -> None:
+        self.frozen.add(self.generation)
+        self.generation += 1
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        self.server.close()
+
+
+async def test_a_subscription_whose_connection_dies_silently_is_made_again(redis_server):
+    """Its connection frozen (no close), an instance would wait on it forever and never
+    hear the fleet again while everything else about Redis looks fine. It pings the
+    subscription each beat and subscribes again when nothing comes back."""
+    proxy = _FreezingProxy(redis_server.port)
+    url = await proxy.start()
+    heard: list[str] = []
+    a = SharedState(url, PREFIX, apply=lambda account, *rest: heard.append(account), info=lambda: {"version": "t"},
+                    heartbeat=0.3)
+    await a.start()
+    b = await _shared(redis_server.url, heartbeat=0.3)
+    try:
+        await asyncio.sleep(0.5)
+        proxy.freeze()
+        await asyncio.sleep(2.5)  # a few beats: silent, given up, subscribed again on a new connection
+        for i in range(3):
+            b.publish(f"acct{i}", {"state": "ok"}, time.time() + i)
+        assert await _wait(lambda: len(set(heard)) == 3, 5), f"the fleet's states never reached the instance: {heard}"
+    finally:
+        await b.close()
+        await a.close()
+        await proxy.close()
