@@ -31,6 +31,7 @@ from nonstop.config.model import (
     split_listen,
 )
 from nonstop.config.sections import SECTION_TYPES
+from nonstop.redact import hidden_url
 
 # --- parsing -----------------------------------------------------------------------------
 
@@ -284,6 +285,22 @@ def _check_url(key: str, url: str, problems: list[str]) -> None:
         problems.append(f"{key}: {url!r} is not an http(s) URL; write e.g. \"http://127.0.0.1:8080\"")
 
 
+def _check_redis_url(url: str, problems: list[str]) -> None:
+    """What redis-py's from_url takes (checked here: it would fail at start-up), named
+    without its password."""
+    shown = hidden_url(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        problems.append(f"shared.redis_url: {shown!r} is not a valid URL ({exc}); write e.g. "
+                        "\"redis://redis.internal:6379/0\"")
+        return
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname if parts.scheme != "unix" else parts.path):
+        problems.append(f"shared.redis_url: {shown!r} is not a Redis URL; write e.g. \"redis://redis.internal:6379/0\" "
+                        "(rediss:// for TLS, unix:///path/to/socket)")
+
+
 def _check_warmup(w: WarmupConfig | None, problems: list[str]) -> None:
     if w is None:
         return
@@ -346,6 +363,8 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     shared = kwargs.get("shared")
     if shared is not None and shared.heartbeat == 0:
         problems.append("shared.heartbeat: must be more than 0 seconds; the default is 5")
+    if shared is not None and isinstance(shared.redis_url, str) and shared.redis_url:
+        _check_redis_url(shared.redis_url, problems)
     if kwargs.get("max_body_bytes") == 0:
         problems.append("max_body_bytes: must be more than 0 (0 would refuse every request with a body)")
     discovery = kwargs.get("discovery")

@@ -495,3 +495,24 @@ def test_embedded_values_it_cannot_start_with_are_refused(section: str, problem:
 def test_embedded_values_in_range_are_taken() -> None:
     cfg = parse_config(tomllib.loads("[embedded]\ncontext_window = 8192\nmax_output_tokens = 256\nthreads = 2\nparallel = 1\n"))
     assert (cfg.embedded.context_window, cfg.embedded.max_output_tokens, cfg.embedded.threads, cfg.embedded.parallel) == (8192, 256, 2, 1)
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("redis.internal:6379", "is not a Redis URL"),
+    ("http://redis.internal:6379", "is not a Redis URL"),
+    ("redis://redis.internal:port/0", "is not a valid URL"),
+    ("redis://:pw-secret@redis.internal:99999/0", "is not a valid URL"),
+])
+def test_a_redis_url_redis_would_refuse_is_a_config_problem(url: str, said: str) -> None:
+    """Such a URL passed `config check` and then stopped `serve` at start-up with a
+    traceback; its password is not repeated in the message."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"shared": {"redis_url": url}})
+    assert "shared.redis_url" in str(info.value) and said in str(info.value)
+    assert "pw-secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "rediss://:pw@h/1", "unix:///run/redis.sock",
+                                 "redis://h/0?password=x"])
+def test_the_redis_urls_redis_takes_are_taken(url: str) -> None:
+    assert parse_config({"shared": {"redis_url": url}}).shared.redis_url == url
