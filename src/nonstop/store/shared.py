@@ -49,6 +49,10 @@ REQUEST_WAIT = 0.25
 # this many, its connection is taken as gone without a word (a crashed host, a partition,
 # a load balancer dropping the flow): subscribed again, which reconciles.
 SILENT_BEATS = 3
+# A request's wait for Redis that ends later than this past its time ended late because
+# this process's event loop was held (a large body, a busy moment), not because Redis
+# was slow: Redis does not count as away for it.
+LOOP_LAG = 0.05
 # How long close() waits for each round of cancelling the background tasks.
 CLOSE_WAIT = 1.0
 STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
@@ -271,12 +275,20 @@ class SharedState:
     async def _safely(self, what: str, op: Awaitable[Any], default: Any, wait: float | None = None) -> Any:
         """`op`, or `default` when Redis fails it (or, with `wait`, takes longer): Redis
         then counts as away until a check reaches it again."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         try:
             if wait is None:
                 return await op
             async with asyncio.timeout(wait):
                 return await op
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and wait is not None and loop.time() - start - wait > LOOP_LAG:
+                # The wait ended this late because this process was busy (its loop held by
+                # other work), not Redis slow: the request goes on alone, Redis stays in use.
+                log.warning("shared state: %s ran out of time while this process was busy for %.2f s; "
+                            "Redis still counts as answering", what, loop.time() - start)
+                return default
             if self.available:
                 why = f"took over {wait:g} s" if isinstance(exc, TimeoutError) and wait is not None else f"failed ({type(exc).__name__})"
                 log.error("shared state: %s %s; serving with this instance's own state", what, why)

@@ -468,3 +468,29 @@ async def test_a_redis_password_never_reaches_the_log(url, caplog):
         assert "pw-in-" not in text
     finally:
         await shared.close()
+
+
+async def test_a_busy_moment_of_this_process_does_not_count_as_a_slow_redis(redis_server, caplog):
+    """Another task holding the event loop past the request's wait (a large body parsed, a
+    tokenizer): the wait ends late, the request goes on alone, and Redis stays in use (it
+    was not slow): the next request is counted fleet-wide, and the probe lease still holds."""
+    import time as clock
+
+    a = await _shared(redis_server.url, heartbeat=30)
+    try:
+        assert await _wait(lambda: a.available, 3)
+
+        async def busy() -> None:
+            await asyncio.sleep(0)
+            clock.sleep(0.35)  # longer than REQUEST_WAIT, the loop held
+
+        hog = asyncio.ensure_future(busy())
+        assert await a.acquire_slot(GPU, 4) in ((True, None), (True, 1))
+        await hog
+        assert a.available, "a busy moment of this process switched the fleet off"
+        assert not any("took over" in r.getMessage() for r in caplog.records)
+        assert (await a.acquire_slot(GPU, 4))[1] is not None  # counted across the fleet
+        assert await a.acquire_probe("acct", 5.0) is True
+        assert await a.acquire_probe("acct", 5.0) is False  # the lease holds: one prober
+    finally:
+        await a.close()
