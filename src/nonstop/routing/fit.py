@@ -54,6 +54,11 @@ from nonstop.wire.claude_prompt import (
 from nonstop.wire.hygiene import EMPTY_TURN_TEXT
 
 NOTE = "[Earlier conversation omitted by nonstop to fit the local model's context window.]"
+# When the turns kept hold no words of the user's (a tool loop: results only), their last
+# words among the dropped turns go on after NOTE, under this line, cut to TASK_CHARS:
+# without them the model would go on with the loop not knowing what it was asked.
+TASK_NOTE = "[The user's last request, from the omitted conversation:]"
+TASK_CHARS = 2000
 
 Count = Callable[[dict[str, Any]], int]
 
@@ -322,7 +327,8 @@ def _history(req: dict[str, Any], caps_for: int | None, budget: int, count: Coun
     if best is not None:
         return best
     last = _drop_before(messages, points[-1]) if points else list(messages)
-    last[-1] = _map_texts(last[-1], lambda t: _cut_middle(t, result_cap // 2), skip_pinned=True)
+    at = _latest_turn(last)  # the user's turn: a prefill after it (mid-stream recovery) stays whole
+    last[at] = _map_texts(last[at], lambda t: _cut_middle(t, result_cap // 2), skip_pinned=True)
     out = {**req, "messages": last}
     return out, count(out)
 
@@ -367,8 +373,18 @@ def _cut_points(messages: list[dict[str, Any]], quantum: int) -> list[int]:
 
 def _drop_before(messages: list[dict[str, Any]], start: int) -> list[dict[str, Any]]:
     """messages[start:], with the pinned reminders of the dropped turns and NOTE at the
-    front, and tool results whose call was dropped turned into text."""
+    front (and the user's last words when the turns kept have none); the call the first
+    kept turn answers stays with it, and tool results whose call was dropped become text."""
     kept = messages[start:]
+    pins = [{"type": "text", "text": text} for text in _unique(_pinned_texts(messages[:start]))]
+    task = None if _users_words(kept) else _users_words(messages[:start])
+    carried = [{"type": "text", "text": f"{TASK_NOTE}\n{_cut_middle(task, TASK_CHARS)}"}] if task else []
+    head = [*pins, {"type": "text", "text": NOTE}, *carried]
+    call = messages[start - 1] if start > 0 else None
+    if call is not None and _answered(call, kept[0]):
+        # The first turn kept answers the call before it: that call stays too, after a
+        # turn of its own for the note (results keep their calls; roles still alternate).
+        return [{"role": "user", "content": head}, call, *kept]
     ids = {
         b["id"] for m in kept if m.get("role") == "assistant" and isinstance(m.get("content"), list)
         for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(b.get("id"), str)
@@ -376,8 +392,31 @@ def _drop_before(messages: list[dict[str, Any]], start: int) -> list[dict[str, A
     first = _orphan_results_to_text(kept[0], ids)
     content = first.get("content")
     blocks = content if isinstance(content, list) else [{"type": "text", "text": str(content)}]
-    pins = [{"type": "text", "text": text} for text in _unique(_pinned_texts(messages[:start]))]
-    return [{**first, "content": [*pins, {"type": "text", "text": NOTE}, *blocks]}, *kept[1:]]
+    return [{**first, "content": [*head, *blocks]}, *kept[1:]]
+
+
+def _answered(call: dict[str, Any], turn: dict[str, Any]) -> bool:
+    """Whether `turn` holds results of the tool calls of the assistant message `call`."""
+    if call.get("role") != "assistant" or not isinstance(call.get("content"), list) or not isinstance(turn.get("content"), list):
+        return False
+    ids = {b.get("id") for b in call["content"] if isinstance(b, dict) and b.get("type") == "tool_use"}
+    return any(isinstance(b, dict) and b.get("type") == "tool_result" and b.get("tool_use_id") in ids
+               for b in turn["content"])
+
+
+def _users_words(messages: list[dict[str, Any]]) -> str | None:
+    """The user's last words in `messages`: the text of the last user message that has
+    some besides reminders (tool results are not theirs)."""
+    for msg in reversed(messages):
+        if msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        texts = [content] if isinstance(content, str) else [b["text"] for b in content or [] if _is_text(b)]
+        words = [t for t in (drop_reminders(x, lambda _: False).strip() for x in texts)
+                 if t and t not in (EMPTY_TURN_TEXT, NOTE)]
+        if words:
+            return "\n".join(words)
+    return None
 
 
 def _pinned_texts(messages: list[dict[str, Any]]) -> Iterable[str]:
@@ -451,8 +490,11 @@ def _map_result_text(block: dict[str, Any], fn: Callable[[str], str]) -> dict[st
             changed = fn(joined)
             if changed == joined:
                 return block
-            return {**block, "content": [{"type": "text", "text": changed}, *(b for b in inner if not _is_text(b))]}
+            content = [{"type": "text", "text": changed}, *(b for b in inner if not _is_text(b))]
+            return {**block, "content": _without_empty_texts(content)}
     content = _map_content(inner, fn)
+    if isinstance(content, list) and content != inner:  # a text left empty (a reminder alone, slimmed) goes
+        content = _without_empty_texts(content)
     return block if content == inner else {**block, "content": content}
 
 

@@ -17,6 +17,8 @@ from nonstop.routing.fit import (
     MIN_RESULT,
     NOTE,
     RESULT_SHARE,
+    TASK_CHARS,
+    TASK_NOTE,
     TIERS,
     Fitted,
     deferred_tool_names,
@@ -329,6 +331,58 @@ def test_dropped_turns_leave_a_note_and_carry_environment_and_instructions() -> 
     assert out["messages"][-1] == req["messages"][-1]
 
 
+def loop_session(turns: int, result_chars: int = 3000) -> dict[str, Any]:
+    """A tool loop in progress: the user's task, then calls and results, the latest turn a
+    result (no words of the user's after the first turn)."""
+    req = session(turns, result_chars)
+    req["messages"] = req["messages"][:-2]
+    return req
+
+
+def test_when_a_tool_loop_loses_its_first_turn_the_users_task_goes_on() -> None:
+    """In a tool loop every turn after the first is results only: dropping old turns must
+    not leave the model working without the words that asked for the work."""
+    req = loop_session(15)
+    for share in (2, 3, 4):  # some turns kept, down to the latest alone
+        out = fit_request(req, sizes_by_tier(req)["history"] // share, estimate_tokens, drop_turns=True)
+        assert out.fits and len(out.request["messages"]) < len(req["messages"])
+        texts = [b.get("text") for b in out.request["messages"][0]["content"]]
+        assert texts[texts.index(NOTE) + 1] == f"{TASK_NOTE}\nfix the failing test", share
+        assert "skill: does a thing" not in text_of(out.request)  # the task, without its reminders
+        # the latest result after its call (as it was while it fits): never "(earlier tool result)" text
+        assert out.request["messages"][-2] == req["messages"][-2], share
+        assert out.request["messages"][-1]["content"][0]["type"] == "tool_result"
+        assert "(earlier tool result)" not in text_of(out.request)
+        if share == 2:
+            assert out.request["messages"][-1] == req["messages"][-1]
+
+
+def test_the_task_is_not_carried_when_the_kept_turns_hold_the_users_words() -> None:
+    req = session(15)  # the latest turn says "and now?"
+    out = fit_request(req, sizes_by_tier(req)["history"] // 3, estimate_tokens, drop_turns=True).request
+    assert TASK_NOTE not in text_of(out) and "fix the failing test" not in text_of(out)
+
+
+def test_a_long_task_is_carried_cut() -> None:
+    req = loop_session(15)
+    req["messages"][0]["content"][-1]["text"] = "TASK-START " + "do this and that. " * 2000 + " TASK-END"
+    first = fit_request(req, sizes_by_tier(req)["history"] // 3, estimate_tokens, drop_turns=True).request["messages"][0]
+    carried = next(b["text"] for b in first["content"] if b.get("text", "").startswith(TASK_NOTE))
+    assert "TASK-START" in carried and "TASK-END" in carried and len(carried) < TASK_CHARS + 200
+
+
+def test_the_last_resort_cuts_the_users_turn_not_the_prefill_after_it() -> None:
+    """Mid-stream recovery sends the answer so far as an assistant prefill after the user's
+    turn: when the user's turn is too big, it is what gets cut."""
+    req = session(2, last="y" * 60_000)
+    prefill = {"role": "assistant", "content": [{"type": "text", "text": "PREFILL " + "z" * 3000 + " END"}]}
+    req["messages"].append(prefill)
+    f = fit_request(req, 6000, estimate_tokens, drop_turns=True)
+    assert f.fits
+    assert f.request["messages"][-1] == prefill
+    assert "characters trimmed by nonstop" in text_of(f.request["messages"][-2])
+
+
 def test_the_latest_turn_is_cut_only_as_a_last_resort() -> None:
     req = session(2, last="y" * 60_000)
     assert not fit_request(req, 6000, estimate_tokens).fits
@@ -627,3 +681,16 @@ def test_an_old_tool_result_of_many_text_blocks_is_capped_as_one_result() -> Non
     assert "trimmed by nonstop" in result["content"][0]["text"] and result["content"][0]["text"].startswith("hit 0:")
     dropped = fit_request(req, budget, estimate_tokens, drop_turns=True)
     assert "find where the retry limit is set" in _json_text(dropped.request), dropped.tiers
+
+
+def test_a_tool_result_that_was_only_a_reminder_is_left_without_an_empty_text_block() -> None:
+    """Slimming a result whose text is one long reminder leaves no empty text block (the
+    Messages API and strict chat templates refuse one)."""
+    req = session(3)
+    req["messages"][2]["content"][0]["content"] = [{"type": "text", "text": SKILLS_REMINDER}]
+    out = fit_request(req, 1, estimate_tokens, drop_turns=False).request
+    for m in out["messages"]:
+        for b in m["content"] if isinstance(m["content"], list) else []:
+            inner = b.get("content") if b.get("type") == "tool_result" else [b]
+            for part in inner if isinstance(inner, list) else []:
+                assert not (part.get("type") == "text" and not part.get("text", "").strip()), b
