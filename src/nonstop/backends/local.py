@@ -267,7 +267,10 @@ class LocalBackend:
                 return Verdict(FailureKind.NETWORK, True, None, detail)
         window = self.window()
         fitted = None
-        if window - tokens < min(MIN_OUTPUT_ROOM, local_req["max_tokens"]):
+        # Fitted when it leaves the answer less room than fitting keeps for one (a quarter
+        # of the window, at most the backend's max_output_tokens) and the client asked for
+        # more: an answer cut at a few hundred tokens would end a file write half made.
+        if window - tokens < min(self.output_room(window), local_req["max_tokens"]):
             fitted = await self._fit(local_req, tokens, window, req)
             if fitted is None:
                 return TooLong(self.name, tokens, window)

@@ -134,3 +134,26 @@ async def test_a_request_the_planner_sends_as_fitting_is_sent_with_less_room_to_
     assert not isinstance(res, TooLong), (
         f"planned as fitting ({room.reason}) but refused: prompt {res.tokens} tokens, window {res.window}")
     raise AssertionError(f"not sent: {res}")
+
+
+async def test_a_request_that_leaves_the_answer_a_few_hundred_tokens_is_fitted_for_more() -> None:
+    """A prompt near the top of the window (an 8k window, ~7.6k of prompt) left the answer
+    only what remained (a few hundred tokens): a file write cut there fails the turn. It
+    is fitted, as one over the window is, to keep output_room() for the answer."""
+    window = 8192
+    backend = EstimatingBackend(window)
+    messages: list[dict[str, Any]] = []
+    for i in range(6):
+        messages.append({"role": "user", "content": f"question {i} " + "word " * 400})
+        messages.append({"role": "assistant", "content": f"answer {i} " + "word " * 400})
+    messages.append({"role": "user", "content": "the last question"})
+    req = {"model": "m", "max_tokens": 32000, "messages": messages}
+    prompt = estimate_tokens(backend.local_request(req))
+    assert window - backend.output_room(window) < prompt < window - 256  # fits as it is, with little room
+    try:
+        await backend.send_request(req, stream=True)
+    except Sent as sent:
+        assert sent.request["max_tokens"] >= backend.output_room(window) == 2048
+        assert sent.tokens + sent.request["max_tokens"] <= window
+        return
+    raise AssertionError("not sent")
