@@ -59,6 +59,8 @@ NOTE = "[Earlier conversation omitted by nonstop to fit the local model's contex
 # without them the model would go on with the loop not knowing what it was asked.
 TASK_NOTE = "[The user's last request, from the omitted conversation:]"
 TASK_CHARS = 2000
+# How close to the room left the last resort cuts the latest turn (characters).
+LAST_TURN_STEP = 256
 
 Count = Callable[[dict[str, Any]], int]
 
@@ -328,9 +330,39 @@ def _history(req: dict[str, Any], caps_for: int | None, budget: int, count: Coun
         return best
     last = _drop_before(messages, points[-1]) if points else list(messages)
     at = _latest_turn(last)  # the user's turn: a prefill after it (mid-stream recovery) stays whole
-    last[at] = _map_texts(last[at], lambda t: _cut_middle(t, result_cap // 2), skip_pinned=True)
-    out = {**req, "messages": last}
-    return out, count(out)
+    turn = last[at]
+
+    def cut_to(keep: int) -> tuple[dict[str, Any], int]:
+        trial = {**req, "messages": [*last[:at], _map_texts(turn, lambda t: _cut_middle(t, keep), skip_pinned=True),
+                                     *last[at + 1:]]}
+        return trial, count(trial)
+
+    lo = result_cap // 2
+    kept, size = cut_to(lo)
+    hi = _longest_text(turn)
+    # As much of the latest turn as the room left takes, not only the least share: a
+    # few counts, to within LAST_TURN_STEP characters.
+    while size <= budget and hi - lo > LAST_TURN_STEP:
+        mid = (lo + hi) // 2
+        trial, trial_size = cut_to(mid)
+        if trial_size <= budget:
+            kept, size, lo = trial, trial_size, mid
+        else:
+            hi = mid
+    return kept, size
+
+
+def _longest_text(msg: dict[str, Any]) -> int:
+    """The length of the longest text in a message (its texts and its tool results')."""
+    longest = 0
+
+    def measure(text: str) -> str:
+        nonlocal longest
+        longest = max(longest, len(text))
+        return text
+
+    _map_texts(msg, measure)
+    return longest
 
 
 def _messages(req: dict[str, Any]) -> list[dict[str, Any]]:

@@ -371,6 +371,16 @@ def test_a_long_task_is_carried_cut() -> None:
     assert "TASK-START" in carried and "TASK-END" in carried and len(carried) < TASK_CHARS + 200
 
 
+@pytest.mark.parametrize("budget", [3000, 6000, 12000])
+def test_the_last_resort_keeps_as_much_of_the_latest_turn_as_the_room_takes(budget: int) -> None:
+    """A paste bigger than the window is cut to the room left, not to a fixed share of the
+    cap (which left three quarters of a 6k window unused)."""
+    req = session(2, last="y" * 60_000)
+    f = fit_request(req, budget, estimate_tokens, drop_turns=True)
+    assert f.fits and "characters trimmed by nonstop" in text_of(f.request["messages"][-1])
+    assert f.tokens >= budget - 2 * 256 // CHARS_PER_TOKEN - 8, (f.tokens, budget)
+
+
 def test_the_last_resort_cuts_the_users_turn_not_the_prefill_after_it() -> None:
     """Mid-stream recovery sends the answer so far as an assistant prefill after the user's
     turn: when the user's turn is too big, it is what gets cut."""
