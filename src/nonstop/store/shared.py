@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import secrets
 import socket
@@ -188,6 +189,7 @@ class SharedState:
         # Redis' clock minus this machine's: states are ordered on Redis' clock, so a
         # machine whose clock runs ahead cannot make its old observations look newer.
         self.offset = 0.0
+        self._lag_said = -math.inf  # when a wait cut short by this process's own load was last logged
         self.available = False
         self._tasks: set[asyncio.Task[Any]] = set()
         # Set by close(): the background loops end at their next turn even when a cancel
@@ -286,8 +288,11 @@ class SharedState:
             if isinstance(exc, TimeoutError) and wait is not None and loop.time() - start - wait > LOOP_LAG:
                 # The wait ended this late because this process was busy (its loop held by
                 # other work), not Redis slow: the request goes on alone, Redis stays in use.
-                log.warning("shared state: %s ran out of time while this process was busy for %.2f s; "
-                            "Redis still counts as answering", what, loop.time() - start)
+                # Said once a minute at most: a loaded gateway would say it per request.
+                if loop.time() - self._lag_said >= 60:
+                    self._lag_said = loop.time()
+                    log.warning("shared state: %s ran out of time while this process was busy for %.2f s; "
+                                "Redis still counts as answering", what, loop.time() - start)
                 return default
             if self.available:
                 why = f"took over {wait:g} s" if isinstance(exc, TimeoutError) and wait is not None else f"failed ({type(exc).__name__})"
