@@ -442,24 +442,24 @@ def _users_words(messages: list[dict[str, Any]]) -> str | None:
     for msg in reversed(messages):
         if msg.get("role") != "user":
             continue
-        content = msg.get("content")
-        texts = [content] if isinstance(content, str) else [b["text"] for b in content or [] if _is_text(b)]
-        words = [t for t in (drop_reminders(x, lambda _: False).strip() for x in texts)
+        words = [t for t in (drop_reminders(x, lambda _: False).strip() for x in _texts(msg))
                  if t and t not in (EMPTY_TURN_TEXT, NOTE)]
         if words:
             return "\n".join(words)
     return None
 
 
+def _texts(msg: dict[str, Any]) -> list[str]:
+    """A message's own texts (not its tool results')."""
+    content = msg.get("content")
+    return [content] if isinstance(content, str) else [b["text"] for b in content or [] if _is_text(b)]
+
+
 def _pinned_texts(messages: list[dict[str, Any]]) -> Iterable[str]:
     for msg in messages:
         if msg.get("role") != "user":
             continue
-        content = msg.get("content")
-        texts = [content] if isinstance(content, str) else [
-            b["text"] for b in content or [] if _is_text(b)
-        ]
-        for text in texts:
+        for text in _texts(msg):
             yield from _pinned_reminders(text)
 
 
