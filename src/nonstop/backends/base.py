@@ -206,6 +206,9 @@ class TooLong:
     backend: str
     tokens: int
     window: int
+    # The request's size as the server named it in its refusal (0: it named none, or it
+    # was not sent).
+    named: int = 0
 
 
 Attempt = Reply | Verdict | TooLong

@@ -247,7 +247,9 @@ class LocalBackend:
         self.cfg = replace(self.cfg, url=url)
         self.base = url.rstrip("/")
 
-    async def _send_request(self, req: dict, *, stream: bool, count: bool = False) -> Attempt:
+    async def _send_request(self, req: dict, *, stream: bool, count: bool = False, told: int = 0) -> Attempt:
+        """`req` sent to the server, sized (counted or estimated) and fitted to its window.
+        `told`: the server's size of this request, as it named it refusing it once."""
         down = self.unavailable() if self.unavailable is not None else ""
         if down:  # not even counted: the server on its port is not this one
             self.state.failed(down)
@@ -256,8 +258,11 @@ class LocalBackend:
         await read_pdfs(req)  # the text of the PDFs in its history, which local_request puts in their place
         local_req = self.local_request(req)
         estimate = estimate_tokens(local_req)  # once: deciding whether to count, and counting
-        tokens = None if count else self._uncounted(local_req, estimate)
-        uncounted = tokens is not None
+        if told:
+            tokens: int | None = told
+        else:
+            tokens = None if count else self._uncounted(local_req, estimate)
+        uncounted = tokens is not None and not told
         if tokens is None:
             try:
                 tokens = await self._count(local_req, estimate)
@@ -285,7 +290,8 @@ class LocalBackend:
         call.request = local_req
         tools = local_req.get("tools")
         call.tools = tools if isinstance(tools, list) else None
-        call.again = partial(self._again, req, stream=stream, count=count, folding=folding, uncounted=uncounted)
+        call.again = partial(self._again, req, stream=stream, count=count, folding=folding, uncounted=uncounted,
+                             sized=tokens, told=told)
         was_idle = self.state.inflight == 0
         release = self.state.lease()
         try:
@@ -303,16 +309,25 @@ class LocalBackend:
         return res
 
     def _again(self, req: dict, failure: Verdict | TooLong, *, stream: bool, count: bool, folding: bool,
-               uncounted: bool) -> Awaitable[Attempt] | None:
+               uncounted: bool, sized: int, told: int) -> Awaitable[Attempt] | None:
         """The request once more, for a refusal that says how to send it, before or after
-        the client's stream began (then its answer continues that stream); None otherwise."""
+        the client's stream began (then its answer continues that stream); None otherwise.
+        (`sized`: the request's size as nonstop sent it; `told`: a size the server named
+        for it before, when this was already the resend that size asked for.)"""
         if self.fold_turns and not folding and isinstance(failure, Verdict):
             # Refused for a user message after tool results (see _open): once more, folded.
-            return self._send_request(req, stream=stream, count=count)
-        if uncounted and isinstance(failure, TooLong):
+            return self._send_request(req, stream=stream, count=count, told=told)
+        if not isinstance(failure, TooLong):
+            return None
+        if uncounted:
             # Over the window after all (text the estimate reads short, such as CJK): the
             # size the server named has corrected the scale; once more, counted and fitted.
             return self._send_request(req, stream=stream, count=True)
+        if not told and failure.named > sized and not self._server_counts:
+            # A server that cannot count (Ollama, vLLM, LM Studio) named the request's size
+            # refusing it: larger than the estimate, which this request reads short. Once
+            # more, fitted to the window by that size (once: a second refusal stands).
+            return self._send_request(req, stream=stream, told=failure.named)
         return None
 
     async def _fit(self, local_req: dict, tokens: int, window: int, original: dict) -> Fitted | None:
@@ -438,7 +453,7 @@ class LocalBackend:
                         self.state.counted(estimate, named)
                 # Over the window, as the words say, even where the server names no size
                 # (or the prompt fit and only the room for output did not).
-                return TooLong(self.name, max(named or call.tokens, window + 1), window)
+                return TooLong(self.name, max(named or call.tokens, window + 1), window, named)
             verdict = _local_error(resp.status, text)
             if verdict.kind is FailureKind.SERVER_ERROR or cannot_serve(resp.status, text):
                 self.state.failed(verdict.detail)

@@ -169,3 +169,90 @@ async def test_a_refusal_that_comes_after_the_stream_began_is_counted_fitted_and
 
 def server_tokens(req: dict) -> int:
     return _tokens(req)
+
+
+CHAT = {"id": "c1", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+CHAT_STREAM = (b'data: {"id":"c1","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+               b'"delta":{"role":"assistant","content":"ok"},"finish_reason":null}]}\n\n'
+               b'data: {"id":"c1","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+               b'"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
+               b"data: [DONE]\n\n")
+
+
+class OpenAIServer:
+    """A vLLM-like server: no way to count, a window, and vLLM's words for a prompt over it."""
+
+    def __init__(self, window: int, message: str) -> None:
+        self.window = window  # as nonstop is told
+        self.limit = window  # as the server keeps it
+        self.message = message  # with {n} for the prompt's size and {ctx} for the window
+        self.sent: list[int] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        return app
+
+    async def chat(self, request: web.Request) -> web.Response:
+        body = await request.json(loads=orjson.loads)
+        n = _tokens({"messages": body["messages"]})
+        self.sent.append(n)
+        if n + body.get("max_tokens", 0) > self.limit:
+            return web.json_response(status=400, data={"object": "error", "type": "BadRequestError", "code": 400,
+                                                       "message": self.message.format(n=n, ctx=self.window,
+                                                                                      out=body.get("max_tokens", 0))})
+        if body.get("stream"):
+            return web.Response(body=CHAT_STREAM, content_type="text/event-stream")
+        return web.json_response(CHAT)
+
+
+VLLM = ("This model's maximum context length is {ctx} tokens. However, you requested {n} tokens "
+        "({n} in the messages, {out} in the completion). Please reduce the length of the messages or completion.")
+
+
+async def _run_openai(serve, server: OpenAIServer, requests: list[dict], *, stream: bool = False) -> list[Any]:
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(server.app()), "api": "openai", "model": "m",
+                                   "context_window": server.window, "max_output_tokens": 2000}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        out = []
+        for r in requests:
+            res = await asyncio.wait_for(backend.send_request(dict(r), stream=stream), 20)
+            if isinstance(res, Reply):
+                got = b"".join([chunk async for chunk in res.body])
+                assert (b"message_stop" if stream else b'"end_turn"') in got, got
+                assert b"event: error" not in got, got
+            out.append(res)
+        return out
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_server_that_cannot_count_is_sent_the_request_fitted_by_the_size_it_named(serve, stream):
+    """vLLM (and Ollama, LM Studio) cannot count: the estimate is all nonstop has, and it
+    reads dense text short. The size the server names refusing the request is that
+    request's own count: it is fitted by it and sent once more, inside the window."""
+    server = OpenAIServer(16384, VLLM)
+    # 20,000 characters outside ASCII: the estimate reads about 5,700 tokens, the server 20,000.
+    res = await _run_openai(serve, server, [_request("漢字" * 10_000)], stream=stream)
+    assert isinstance(res[0], Reply) and res[0].status == 200, res[0]
+    assert len(server.sent) == 2 and server.sent[0] > server.window
+    assert server.sent[1] + 2000 <= server.window or server.sent[1] < server.window // 2
+
+
+async def test_a_second_refusal_of_a_request_fitted_by_the_named_size_stands(serve):
+    """Sent once more at most: a server that refuses the fitted request too (its window
+    smaller than it says) gets no third try, and the client is told it is too long."""
+    server = OpenAIServer(16384, VLLM)
+    server.limit = 50  # refuses everything, naming a size above the estimate each time
+    res = await _run_openai(serve, server, [_request("漢字" * 10_000)])
+    assert isinstance(res[0], TooLong) and res[0].named > 0
+    assert len(server.sent) == 2
+
+
+async def test_a_refusal_that_names_no_size_is_not_sent_again(serve):
+    server = OpenAIServer(16384, "the prompt is too long for the context window")
+    res = await _run_openai(serve, server, [_request("漢字" * 10_000)])
+    assert isinstance(res[0], TooLong) and res[0].named == 0
+    assert len(server.sent) == 1
