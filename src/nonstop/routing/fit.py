@@ -76,6 +76,7 @@ RESULT_SHARE = 8  # one old tool result or text: at most 1/8 of the budget
 MIN_RESULT = 400  # characters
 SHORT_SECTION = 600  # characters: a system prompt section this short stays
 SHORT_REMINDER = 300  # characters: a reminder this short stays
+INPUT_DEPTH = 4  # levels of an old tool call's input whose strings are cut
 CUT_STEPS = 2  # turns are dropped half the room for history at a time
 
 
@@ -379,10 +380,41 @@ def _latest_turn(messages: list[dict[str, Any]]) -> int:
 
 
 def _cut_old(messages: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
-    """Every message before the latest turn with long texts and tool results cut to `cap`
-    characters (the environment and instructions stay whole)."""
+    """Every message before the latest turn with long texts, tool results and tool call
+    inputs cut to `cap` characters (the environment and instructions stay whole)."""
     latest = max(_latest_turn(messages), 0)
-    return [_map_texts(m, lambda t: _cut_middle(t, cap), skip_pinned=True) for m in messages[:latest]] + messages[latest:]
+
+    def cut(text: str) -> str:
+        return _cut_middle(text, cap)
+
+    return [_cut_inputs(_map_texts(m, cut, skip_pinned=True), cut) for m in messages[:latest]] + messages[latest:]
+
+
+def _cut_inputs(msg: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    """An assistant message with `fn` applied to the strings of its tool calls' inputs: a
+    file written whole (Claude Code's Write), an edit's old and new text, a long command.
+    The calls stay calls, their inputs' shape unchanged; `msg` itself when nothing changes."""
+    content = msg.get("content")
+    if msg.get("role") != "assistant" or not isinstance(content, list):
+        return msg
+    out = [{**b, "input": _cut_strings(b["input"], fn)}
+           if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(b.get("input"), dict) else b
+           for b in content]
+    return msg if out == content else {**msg, "content": out}
+
+
+def _cut_strings(value: Any, fn: Callable[[str], str], depth: int = 0) -> Any:
+    """`value` (a tool call's input) with `fn` applied to the strings inside it, down to a
+    few levels (deeper, as it is)."""
+    if isinstance(value, str):
+        return fn(value)
+    if depth >= INPUT_DEPTH:
+        return value
+    if isinstance(value, dict):
+        return {k: _cut_strings(v, fn, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, fn, depth + 1) for v in value]
+    return value
 
 
 def _cut_points(messages: list[dict[str, Any]], quantum: int) -> list[int]:

@@ -704,3 +704,37 @@ def test_a_tool_result_that_was_only_a_reminder_is_left_without_an_empty_text_bl
             inner = b.get("content") if b.get("type") == "tool_result" else [b]
             for part in inner if isinstance(inner, list) else []:
                 assert not (part.get("type") == "text" and not part.get("text", "").strip()), b
+
+
+def test_an_old_tool_calls_long_input_is_cut_like_an_old_result() -> None:
+    """A file the model wrote whole (Claude Code's Write) sits in the history as the
+    call's input: the history tier cuts its long strings as it cuts an old result's text,
+    leaving the call a call with the same input keys, and the latest turn whole."""
+    written = "def f():\n    return 1\n" * 2000  # ~44,000 characters
+    req = {
+        "model": "m", "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": "write the module"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Writing it."},
+                {"type": "tool_use", "id": "toolu_01", "name": "Write",
+                 "input": {"file_path": "/w/m.py", "content": written, "opts": {"lines": [written]}}},
+            ]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01", "content": "ok"}]},
+            {"role": "assistant", "content": "Done."},
+            {"role": "user", "content": "now add a test"},
+        ],
+    }
+    budget = 3000
+    assert estimate_tokens(req) > 4 * budget
+    f = fit_request(req, budget, estimate_tokens, drop_turns=False)
+    assert f.fits, f.tiers
+    [text, call] = f.request["messages"][1]["content"]
+    assert call["type"] == "tool_use" and call["id"] == "toolu_01" and call["name"] == "Write"
+    assert set(call["input"]) == {"file_path", "content", "opts"} and call["input"]["file_path"] == "/w/m.py"
+    for cut in (call["input"]["content"], call["input"]["opts"]["lines"][0]):
+        assert "trimmed by nonstop" in cut and cut.startswith("def f():") and len(cut) < len(written) // 4
+    assert f.request["messages"][-1] == req["messages"][-1]
+    assert req["messages"][1]["content"][1]["input"]["content"] == written  # the client's request is not changed
+    # The turns stay: cutting the input was enough.
+    assert len(f.request["messages"]) == len(req["messages"])
