@@ -107,6 +107,17 @@ class QuotaState:
         self.probe_started = self.clock()
         self._set(CloudState.PROBING, self.until, self.reason, self.detail, "deadline passed; probing the cloud")
 
+    def await_probe(self) -> None:
+        """Another instance is checking whether the cloud is back: requests stay local
+        until its answer reaches this one through the fleet (or PROBE_TIMEOUT passes).
+        Kept to this instance and stamped with no new time: announced, it would be newer
+        than a prober's answer given just before it, and the fleet would keep waiting for
+        an answer it has already had."""
+        if self.state is CloudState.SERVING:
+            return
+        self.probe_started = self.clock()
+        self.state = CloudState.PROBING
+
     def probe_now(self) -> None:
         """Let the next request check the cloud now instead of at the deadline."""
         if self.state is CloudState.SERVING:

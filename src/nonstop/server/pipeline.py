@@ -194,8 +194,7 @@ class Pipeline:
             quota = rt.clouds.state(account)
             if step.probe:
                 if not await rt.clouds.may_probe(account, PROBE_LEASE):
-                    if quota.state is not CloudState.SERVING:  # (its answer may have come meanwhile)
-                        quota.begin_probe()  # another instance is probing: wait for its answer
+                    quota.await_probe()  # another instance is probing: wait for its answer
                     return Skip(CLOUD, "cloud", "another instance is checking whether the cloud is back")
                 quota.begin_probe()
             sent = quota.clock()

@@ -196,6 +196,52 @@ async def test_an_instance_that_loses_the_probe_race_does_not_undo_the_probes_an
             f"{b.clouds.view(ann).state.value}: B's late begin_probe() overrode the answer fleet-wide")
 
 
+async def test_an_instance_refused_the_probe_before_the_answer_reached_it_waits_for_that_answer(redis_server, tmp_path):
+    """B's probe lease is refused (A holds it), and A's answer ("serving") reaches B only
+    after that. B waits for A's answer without announcing a wait of its own: announced,
+    it would be newer than the answer, and the whole fleet would wait PROBE_TIMEOUT (two
+    minutes) for an answer it already had."""
+    async with _runtime(redis_server.url, tmp_path, "a") as a, _runtime(redis_server.url, tmp_path, "b") as b:
+        assert await _wait(lambda: a.clouds.shared.available and b.clouds.shared.available, 5)
+        await asyncio.sleep(0.2)
+        ann = a.clouds.account_for(ANN)
+        a.clouds.state(ann).record_failure(Verdict(FailureKind.THROTTLE, True, time.time() + 0.3, "rate limited", 429))
+        assert await _wait(lambda: b.clouds.view(ann).state is CloudState.OUT, 3)
+        await asyncio.sleep(0.4)  # the deadline passes
+        assert a.clouds.view(ann).probe_due and b.clouds.view(ann).probe_due
+
+        # What A announces from here reaches B late: held until B's own probe step is done.
+        held: list[tuple[Any, ...]] = []
+        hear = b.clouds.shared.apply
+        b.clouds.shared.apply = lambda *args: held.append(args)
+
+        assert await a.clouds.may_probe(ann, 120) is True
+        qa = a.clouds.state(ann)
+        qa.begin_probe()
+        qa.record_success()  # the cloud answered A's probe
+        assert qa.state is CloudState.SERVING
+        assert await _wait(lambda: len(held) >= 2, 3)  # A's "probing" and "serving", on their way to B
+
+        cloud = _Cloud()
+        b.use_backends([], cloud=cloud)  # type: ignore[arg-type]
+        ctx = _ctx(ANN)
+        ctx.ex.account = ann
+        await asyncio.sleep(0.01)  # B's step comes after A's answer, by B's clock too
+        res = await Pipeline(b).attempt(ctx, Step(CLOUD, "probe", "deadline passed", probe=True))
+        assert not isinstance(res, Reply) and cloud.sent == 0  # refused the lease: not sent
+        assert b.clouds.view(ann).probe_in_flight  # B waits for A's answer, sending nothing
+
+        for args in held:  # A's news arrives
+            hear(*args)
+        b.clouds.shared.apply = hear
+        await a.clouds.probed(ann)
+        await asyncio.sleep(0.5)
+        assert b.clouds.view(ann).state is CloudState.SERVING, b.clouds.view(ann)
+        assert a.clouds.view(ann).state is CloudState.SERVING, (
+            f"A's probe found the cloud back, yet A now sees {a.clouds.view(ann).state.value}: "
+            "B's wait, announced, overrode the answer fleet-wide")
+
+
 # --- versions and clocks ------------------------------------------------------------------------------
 
 
