@@ -163,6 +163,7 @@ def test_status_fleet_lists_the_instances(fleet):
     assert r.returncode == 0, r.stderr
     assert "3 instances sharing state through Redis" in r.stdout
     assert r.stdout.count(" in flight (") == 3
+    assert "label accounts differently" not in r.stdout  # one redis_url, spelled alike: one salt
 
 
 def test_max_inflight_holds_across_the_fleet(cloud, recorder_proc, nonstop_factory, redis):

@@ -191,8 +191,10 @@ SECTION_DOCS: dict[str, dict[str, str]] = {
         "key_prefix": "Prefix for nonstop's Redis keys.",
         "account_salt": "Secret mixed into the hashes that label accounts (never the "
                         "credentials themselves); every instance of a fleet needs the same. "
-                        "Empty: derived from redis_url and key_prefix with Redis, else a random "
-                        "one kept in state_dir.",
+                        "Empty: derived from redis_url and key_prefix with Redis (so every instance "
+                        "must spell the URL exactly alike, and a new Redis password relabels every "
+                        "account: nonstop warns at start), else a random one kept in state_dir. "
+                        "`nonstop status --fleet` warns when the instances' labels differ.",
         "heartbeat": "Seconds between an instance's heartbeats to the fleet.",
     },
     "routing": {

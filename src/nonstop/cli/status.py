@@ -558,9 +558,19 @@ def cmd_fleet(cfg: Config, as_json: bool = False) -> int:
 
 def render_fleet(doc: dict[str, Any], now: float) -> str:
     """Every instance of the fleet and each account's shared state."""
-    if doc.get("redis") != "ok":
-        return f"fleet    Redis {doc.get('redis', 'unknown')}: this instance runs on its own state"
-    out = [f"fleet    {_n(len(doc.get('instances') or []), 'instance')} sharing state through Redis"]
+    redis = str(doc.get("redis", "unknown"))
+    if redis != "ok" and not redis.startswith("partial"):
+        return f"fleet    Redis {redis}: this instance runs on its own state"
+    out = [f"fleet    {_n(len(doc.get('instances') or []), 'instance')} sharing state through Redis"
+           + ("" if redis == "ok" else f"; the listing is {redis}: Redis failed while it was read")]
+    marks: dict[str, list[str]] = {}
+    for i in doc.get("instances") or []:
+        if isinstance(i, dict) and isinstance(i.get("labels"), str):
+            marks.setdefault(i["labels"], []).append(str(i.get("instance", "?")))
+    if len(marks) > 1:
+        out.append("warning  the instances label accounts differently, so they share no account's state ("
+                   + "; ".join(f"{', '.join(who)}: labels {mark}" for mark, who in sorted(marks.items()))
+                   + "): set the same [shared] account_salt on each")
     for i in doc.get("instances") or []:
         if not isinstance(i, dict):
             continue

@@ -52,6 +52,12 @@ def account_salt(cfg: Config) -> bytes:
         return salt
 
 
+def salt_fingerprint(salt: bytes) -> str:
+    """A short, one-way mark of the account labels' salt: instances whose marks differ
+    label the same API key differently, and share no account state."""
+    return hashlib.sha256(b"nonstop-account-labels:" + salt).hexdigest()[:8]
+
+
 class CloudStates:
     def __init__(self, cfg: Config, *, clock: Callable[[], float], metrics: Metrics, bus: EventBus,
                  store: Store | None, spawn: Callable[[Coroutine[Any, Any, Any]], Any]):
@@ -92,6 +98,10 @@ class CloudStates:
                              q.state.value, hhmm(q.until), q.reason)
                 self._publish_metrics(account, q)
         if self.cfg.shared.redis_url:
+            if not self.cfg.shared.account_salt:
+                log.warning("[shared] account_salt is not set: account labels are derived from redis_url, so "
+                            "every instance must spell it exactly alike (and changing its password relabels "
+                            "every account); set the same account_salt on each instance")
             await self._start_shared(info, held)
 
     async def _start_shared(self, info: Callable[[], dict[str, Any]], held: Callable[[], Mapping[str, int]] | None) -> None:

@@ -32,7 +32,7 @@ from nonstop.routing.policy import Policy, policy_from_config
 from nonstop.routing.quota import QuotaState
 from nonstop.routing.view import CloudState, RoutingView
 from nonstop.server.autoconfig import auto_backends, embedded_server
-from nonstop.server.cloud_state import CloudStates
+from nonstop.server.cloud_state import CloudStates, salt_fingerprint
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
 from nonstop.server.request_log import RequestLog
@@ -237,7 +237,8 @@ class Runtime:
         # heartbeat is read by anyone with Redis or the fleet page.
         return {"version": __version__, "pid": os.getpid(), "listen": self.cfg.listen, "inflight": self.inflight,
                 "started": self.started, "draining": self.draining,
-                "backends": {b.name: b.state.inflight for b in self.locals}}
+                "backends": {b.name: b.state.inflight for b in self.locals},
+                "labels": salt_fingerprint(self.clouds.accounts.salt)}
 
     def held_slots(self) -> dict[str, int]:
         """This instance's requests in flight per local backend URL, as counted for the fleet."""

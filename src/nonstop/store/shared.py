@@ -56,6 +56,9 @@ SILENT_BEATS = 3
 LOOP_LAG = 0.05
 # How long close() waits for each round of cancelling the background tasks.
 CLOSE_WAIT = 1.0
+# The fleet listing (`nonstop status --fleet`, the dashboard) waits this long for Redis in
+# all; what it read by then is shown, said to be partial.
+FLEET_TIMEOUT = 3.0
 STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
 
 # How far in Redis' future a stored observation may be and still be believed (clocks
@@ -479,16 +482,22 @@ class SharedState:
             return {"redis": "unreachable", "instances": [], "accounts": {}}
         instances: list[dict[str, Any]] = []
         accounts: dict[str, Any] = {}
-        with contextlib.suppress(Exception):
-            async for key in self.client.scan_iter(match=self.pattern + "instance:*", count=200):
-                doc = await self._object(key)
-                if doc is not None:
-                    instances.append(doc)
-            async for key in self.client.scan_iter(match=self.pattern + "acct:*", count=200):
-                doc = await self._object(key)
-                if doc is not None:
-                    accounts[str(doc.get("account", ""))] = doc
-        return {"redis": "ok", "instances": sorted(instances, key=lambda i: str(i.get("instance"))), "accounts": accounts}
+        whole = "ok"
+        try:
+            async with asyncio.timeout(FLEET_TIMEOUT):
+                async for key in self.client.scan_iter(match=self.pattern + "instance:*", count=200):
+                    doc = await self._object(key)
+                    if doc is not None:
+                        instances.append(doc)
+                async for key in self.client.scan_iter(match=self.pattern + "acct:*", count=200):
+                    doc = await self._object(key)
+                    if doc is not None:
+                        accounts[str(doc.get("account", ""))] = doc
+        except TimeoutError:
+            whole = f"partial (no answer within {FLEET_TIMEOUT:g} s)"
+        except Exception as exc:  # Redis went away during the listing: say what was read is not all
+            whole = f"partial ({type(exc).__name__})"
+        return {"redis": whole, "instances": sorted(instances, key=lambda i: str(i.get("instance"))), "accounts": accounts}
 
     async def _object(self, key: Any) -> dict[str, Any] | None:
         """The JSON object a key holds; None for anything else (another program's value)."""

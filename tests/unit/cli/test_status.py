@@ -360,3 +360,32 @@ def test_logs_without_gateway_or_log(tmp_path, capsys):
     cfg = parse_config({"listen": f"127.0.0.1:{_closed_port()}", "state_dir": str(tmp_path / "none")})
     assert st.cmd_logs(cfg) == 2
     assert "nonstop serve" in capsys.readouterr().err
+
+
+# --- the fleet -----------------------------------------------------------------------------------
+
+
+def _instance(name: str, labels: str) -> dict:
+    return {"instance": name, "version": "1", "listen": "0.0.0.0:8082", "inflight": 0, "backends": {},
+            "beat": 1000.0, "labels": labels}
+
+
+def test_the_fleet_listing_warns_when_instances_label_accounts_differently() -> None:
+    """Instances whose account labels differ (no shared account_salt, the Redis URL spelled
+    two ways) share no account's state: `status --fleet` says so, naming them."""
+    doc = {"redis": "ok", "instances": [_instance("a", "1111aaaa"), _instance("b", "2222bbbb"),
+                                        _instance("c", "1111aaaa")], "accounts": {}}
+    out = st.render_fleet(doc, 1001.0)
+    [warning] = [line for line in out.splitlines() if line.startswith("warning")]
+    assert "a, c: labels 1111aaaa" in warning and "b: labels 2222bbbb" in warning and "account_salt" in warning
+    same = st.render_fleet({**doc, "instances": [_instance("a", "1111aaaa"), _instance("b", "1111aaaa")]}, 1001.0)
+    assert "warning" not in same and same.startswith("fleet    2 instances sharing state through Redis")
+
+
+def test_a_fleet_listing_cut_short_by_redis_is_shown_and_said_to_be_partial() -> None:
+    doc = {"redis": "partial (ConnectionError)", "instances": [_instance("a", "1111aaaa")], "accounts": {}}
+    out = st.render_fleet(doc, 1001.0)
+    assert "1 instance sharing state through Redis; the listing is partial (ConnectionError)" in out
+    assert "\n         a  v1" in out
+    assert st.render_fleet({"redis": "unreachable"}, 1.0) == (
+        "fleet    Redis unreachable: this instance runs on its own state")

@@ -20,10 +20,11 @@ from nonstop.config.parse import parse_config
 from nonstop.routing.accounts import ORG_HEADER
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.view import CloudState
-from nonstop.server.cloud_state import CloudStates
+from nonstop.server.cloud_state import CloudStates, salt_fingerprint
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
 from nonstop.server.runtime import Runtime
+from nonstop.store import shared as shared_module
 from nonstop.store.shared import SharedState
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
@@ -494,3 +495,62 @@ async def test_a_busy_moment_of_this_process_does_not_count_as_a_slow_redis(redi
         assert await a.acquire_probe("acct", 5.0) is False  # the lease holds: one prober
     finally:
         await a.close()
+
+
+async def test_each_heartbeat_carries_a_mark_of_the_account_labels_salt_and_never_the_salt(redis_server, tmp_path):
+    local = {"name": "gpu-1", "url": "http://127.0.0.1:9", "api": "openai"}
+    async with redis_asyncio.from_url(redis_server.url) as ctl, _runtime_in_fleet(redis_server.url, tmp_path, local) as rt:
+        key = PREFIX + "instance:" + rt.clouds.shared.instance
+        assert await _wait(_exists(ctl, key), 5)
+        beat = orjson.loads(await ctl.get(key))
+        assert beat["labels"] == salt_fingerprint(b"one-salt-for-the-fleet") and len(beat["labels"]) == 8
+        assert "one-salt-for-the-fleet" not in orjson.dumps(beat).decode()
+        assert salt_fingerprint(b"another-salt") != beat["labels"]
+
+
+async def test_a_fleet_listing_that_redis_fails_during_says_it_is_partial(redis_server, tmp_path, monkeypatch):
+    a = await _clouds(tmp_path, redis_server.url, "a")
+    try:
+        await asyncio.sleep(0.2)
+        assert a.shared is not None
+        real = a.shared._object
+        calls = 0
+
+        async def fails_on_the_second(key: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls > 1:
+                raise redis_asyncio.ConnectionError("Connection closed by server.")
+            return await real(key)
+
+        a.shared.publish("key:0123456789ab", {"state": "out", "until": time.time() + 60}, time.time())
+        await asyncio.sleep(0.2)
+        monkeypatch.setattr(a.shared, "_object", fails_on_the_second)
+        doc = await a.fleet()
+        assert doc["redis"] == "partial (ConnectionError)" and len(doc["instances"]) == 1 and doc["accounts"] == {}
+
+        async def stalls(key: Any) -> Any:
+            await asyncio.sleep(60)
+
+        monkeypatch.setattr(a.shared, "_object", stalls)
+        monkeypatch.setattr(shared_module, "FLEET_TIMEOUT", 0.2)
+        t0 = time.monotonic()
+        doc = await a.fleet()
+        assert doc["redis"].startswith("partial (no answer within") and time.monotonic() - t0 < 2
+    finally:
+        await a.stop()
+
+
+async def test_a_fleet_without_an_account_salt_is_warned_at_start(redis_server, tmp_path, caplog):
+    cfg = parse_config({"state_dir": str(tmp_path), "log": {"enabled": False},
+                        "shared": {"redis_url": redis_server.url, "key_prefix": PREFIX, "heartbeat": 0.5}})
+    clouds = CloudStates(cfg, clock=time.time, metrics=Metrics(), bus=EventBus(), store=None, spawn=asyncio.ensure_future)
+    await clouds.start(lambda: {"version": "test"})
+    try:
+        assert any("account_salt is not set" in r.getMessage() for r in caplog.records)
+    finally:
+        await clouds.stop()
+    caplog.clear()
+    salted = await _clouds(tmp_path, redis_server.url, "b")
+    await salted.stop()
+    assert not any("account_salt" in r.getMessage() for r in caplog.records)
