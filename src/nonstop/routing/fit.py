@@ -507,6 +507,14 @@ def _pinned_reminders(text: str) -> list[str]:
     return pinned
 
 
+def _holds_pinned(text: str) -> bool:
+    """Whether a message's text holds the environment or the user's instructions as
+    Claude Code sends them: in a reminder, or an `<env>` element. Words that only look
+    alike (a pasted log saying "Working directory:", a file read that says "Today's date
+    is") are text like any other, and are cut as such."""
+    return "<env>" in text or ("<system-reminder>" in text and bool(_pinned_reminders(text)))
+
+
 def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
@@ -580,7 +588,7 @@ def _map_texts(msg: dict[str, Any], fn: Callable[[str], str], *, skip_pinned: bo
     `skip_pinned` spares texts (not tool results) holding the environment or instructions."""
 
     def apply(text: str) -> str:
-        return text if skip_pinned and is_pinned(text) else fn(text)
+        return text if skip_pinned and _holds_pinned(text) else fn(text)
 
     content = _map_content(msg.get("content"), apply, _in_results(fn))
     return msg if content == msg.get("content") else {**msg, "content": content}

@@ -738,3 +738,27 @@ def test_an_old_tool_calls_long_input_is_cut_like_an_old_result() -> None:
     assert req["messages"][1]["content"][1]["input"]["content"] == written  # the client's request is not changed
     # The turns stay: cutting the input was enough.
     assert len(f.request["messages"]) == len(req["messages"])
+
+
+def test_pasted_text_that_looks_like_the_environment_is_cut_as_any_old_text() -> None:
+    """Only reminders (and `<env>`) pin a text: a long log the user pasted that happens to
+    say "Working directory:" and "Today's date is" is an old text like any other, cut in
+    the history tier, while the environment's reminder beside it stays whole."""
+    log = "Working directory: /srv/app\nToday's date is 2026-11-29.\n" + "ERROR retrying the job\n" * 2000
+    req = {
+        "model": "m", "max_tokens": 10,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": ENV_REMINDER},
+                                         {"type": "text", "text": "why does this fail?\n" + log}]},
+            {"role": "assistant", "content": "The job's retries run out."},
+            {"role": "user", "content": "how do I raise the limit?"},
+        ],
+    }
+    budget = 2000
+    assert estimate_tokens(req) > 5 * budget
+    f = fit_request(req, budget, estimate_tokens, drop_turns=False)
+    assert f.fits, f.tiers
+    env, pasted = f.request["messages"][0]["content"]
+    assert env["text"] == ENV_REMINDER
+    assert "trimmed by nonstop" in pasted["text"] and pasted["text"].startswith("why does this fail?")
+    assert len(f.request["messages"]) == 3
