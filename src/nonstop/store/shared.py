@@ -59,6 +59,8 @@ CLOSE_WAIT = 1.0
 # The fleet listing (`nonstop status --fleet`, the dashboard) waits this long for Redis in
 # all; what it read by then is shown, said to be partial.
 FLEET_TIMEOUT = 3.0
+# Account states read from Redis at a time when an instance pulls the fleet's.
+PULL_BATCH = 200
 STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
 
 # How far in Redis' future a stored observation may be and still be believed (clocks
@@ -339,15 +341,13 @@ class SharedState:
 
     async def pull(self) -> None:
         """Apply every account state the fleet holds (newer ones win locally)."""
-        async for key in self.client.scan_iter(match=self.pattern + "acct:*", count=200):
-            try:
-                raw = await self.client.get(key)
-            except Exception as exc:  # a key of another type (WRONGTYPE): not a state
-                if "WRONGTYPE" not in str(exc):
-                    raise
-                continue
-            if raw:
-                self._received(raw)
+        keys = [key async for key in self.client.scan_iter(match=self.pattern + "acct:*", count=PULL_BATCH)]
+        for i in range(0, len(keys), PULL_BATCH):
+            # A batch at a time: one round trip, and its states applied (and saved) together.
+            # (MGET answers nil for a key of another type: not a state.)
+            for raw in await self.client.mget(keys[i:i + PULL_BATCH]):
+                if raw:
+                    self._received(raw)
 
     def _received(self, raw: bytes | str) -> None:
         """Apply another instance's account state. What cannot be read (written by another

@@ -554,3 +554,37 @@ async def test_a_fleet_without_an_account_salt_is_warned_at_start(redis_server, 
     salted = await _clouds(tmp_path, redis_server.url, "b")
     await salted.stop()
     assert not any("account_salt" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_instance_joining_a_fleet_of_many_accounts_pulls_them_in_batches(redis_server, tmp_path, monkeypatch):
+    """1,000 account states (and a key of another type among them): a starting instance
+    reads them a batch at a time and saves its state once per batch, not once per
+    account (which read every state again for each: seconds of the event loop)."""
+    now = time.time()
+    async with redis_asyncio.from_url(redis_server.url) as ctl:
+        pipe = ctl.pipeline()
+        for i in range(1000):
+            account = f"key:{i:012x}"
+            pipe.set(PREFIX + "acct:" + account, orjson.dumps({
+                "account": account, "observed": now, "by": "gw-other",
+                "snapshot": {"state": "out", "until": now + 3600, "reason": "subscription_limit",
+                             "detail": "5-hour limit", "since": now, "observed": now}}))
+        pipe.rpush(PREFIX + "acct:key:notastate000", b"x")
+        await pipe.execute()
+    saves = 0
+    real = CloudStates._save
+
+    def counted(self: CloudStates) -> None:
+        nonlocal saves
+        saves += 1
+        real(self)
+
+    monkeypatch.setattr(CloudStates, "_save", counted)
+    a = await _clouds(tmp_path, redis_server.url, "a")
+    try:
+        assert await _wait(lambda: len(a.accounts.states) >= 1000, 5)
+        await asyncio.sleep(0.1)
+        assert all(a.view(f"key:{i:012x}").state is CloudState.OUT for i in range(1000))
+        assert saves <= 10, f"{saves} saves for 1,000 accounts pulled"
+    finally:
+        await a.stop()
