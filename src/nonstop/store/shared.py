@@ -7,8 +7,8 @@
 - **One probe per account.** After a deadline, the instance that takes the lease
   `<prefix>probe:<account>` (SET NX with a TTL) probes; the others stay local until the
   result is published.
-- **Heartbeats.** Each instance keeps `<prefix>instance:<id>` alive (a TTL of three beats)
-  with its version, address, in-flight requests and per-backend counts.
+- **Heartbeats.** Each instance keeps `<prefix>instance:<id>` alive (a TTL of three beats,
+  and never less than one beat can take while Redis is slow: `heartbeat_ttl`) with its version, address, in-flight requests and per-backend counts.
 - **A shared local pool.** Requests in flight per local backend (by URL) are counted in
   `<prefix>inflight:<backend>`, one field per instance, so N gateways in front of one GPU box
   respect its slots and `max_inflight` holds fleet-wide. Fields of instances whose heartbeat
@@ -59,6 +59,10 @@ CLOSE_WAIT = 1.0
 # The fleet listing (`nonstop status --fleet`, the dashboard) waits this long for Redis in
 # all; what it read by then is shown, said to be partial.
 FLEET_TIMEOUT = 3.0
+# How long one command may wait for Redis' answer.
+SOCKET_TIMEOUT = 2.0
+# Commands a beat sends one after the other (the heartbeat, the recount, the clock).
+BEAT_COMMANDS = 3
 # Account states read from Redis at a time when an instance pulls the fleet's.
 PULL_BATCH = 200
 STATE_TTL = 8 * 86400  # longer than the longest window (7 days)
@@ -180,7 +184,7 @@ class SharedState:
         import redis.asyncio as redis
 
         self.url = url
-        self.client = redis.from_url(url, socket_connect_timeout=1, socket_timeout=2, socket_keepalive=True)
+        self.client = redis.from_url(url, socket_connect_timeout=1, socket_timeout=SOCKET_TIMEOUT, socket_keepalive=True)
         self.prefix = prefix
         self.pattern = _glob_escape(prefix)  # the prefix inside SCAN's MATCH patterns
         self.channel = prefix + "events"
@@ -460,7 +464,7 @@ class SharedState:
             if self.available or await self._check():
                 doc = orjson.dumps({**self.info(), "instance": self.instance, "beat": time.time()})
                 await self._safely("the heartbeat", self.client.set(
-                    self.prefix + "instance:" + self.instance, doc, ex=max(3, int(self.beat * 3))), None)
+                    self.prefix + "instance:" + self.instance, doc, ex=heartbeat_ttl(self.beat)), None)
                 await self._safely("the heartbeat", self._recount(), None)
                 await self._safely("the heartbeat", self._clock(), None)
             await asyncio.sleep(self.beat)
@@ -509,6 +513,14 @@ class SharedState:
                 return None
             raise
         return doc if isinstance(doc, dict) else None
+
+
+def heartbeat_ttl(beat: float) -> int:
+    """Seconds an instance's heartbeat key lives: three beats, and never less than a beat
+    can take from one heartbeat to the next while Redis answers each command only at its
+    timeout (with `heartbeat = 1`, three beats would let a live instance's key expire, and
+    the fleet would stop counting its requests on the shared local backends)."""
+    return max(3, math.ceil(beat * 3), math.ceil(beat + BEAT_COMMANDS * SOCKET_TIMEOUT) + 1)
 
 
 def _glob_escape(text: str) -> str:

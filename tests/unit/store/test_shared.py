@@ -25,7 +25,7 @@ from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
 from nonstop.server.runtime import Runtime
 from nonstop.store import shared as shared_module
-from nonstop.store.shared import SharedState
+from nonstop.store.shared import BEAT_COMMANDS, SOCKET_TIMEOUT, SharedState, heartbeat_ttl
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
 
@@ -588,3 +588,17 @@ async def test_an_instance_joining_a_fleet_of_many_accounts_pulls_them_in_batche
         assert saves <= 10, f"{saves} saves for 1,000 accounts pulled"
     finally:
         await a.stop()
+
+
+async def test_a_heartbeat_outlives_a_beat_at_redis_slowest(redis_server, tmp_path):
+    """With a short heartbeat, the key lives at least as long as one beat can take while
+    each of its commands waits out its timeout: a live instance never drops out of the
+    fleet's counts between two beats."""
+    assert heartbeat_ttl(5) == 15
+    for beat in (0.5, 1, 2):
+        assert heartbeat_ttl(beat) > beat + BEAT_COMMANDS * SOCKET_TIMEOUT
+    local = {"name": "gpu-1", "url": "http://127.0.0.1:9", "api": "openai"}
+    async with redis_asyncio.from_url(redis_server.url) as ctl, _runtime_in_fleet(redis_server.url, tmp_path, local) as rt:
+        key = PREFIX + "instance:" + rt.clouds.shared.instance
+        assert await _wait(_exists(ctl, key), 5)
+        assert await ctl.ttl(key) > 0.5 + BEAT_COMMANDS * SOCKET_TIMEOUT  # heartbeat = 0.5
