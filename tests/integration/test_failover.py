@@ -285,6 +285,29 @@ def test_prompt_too_long_for_local_window(cloud, llama, nonstop_factory):
     assert "> 600 maximum" in str(info.value)
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_server_that_cannot_count_is_sent_the_request_again_fitted_by_the_size_it_named(
+        cloud, llama, nonstop_factory, stream):
+    """llama-server through its OpenAI API, where nonstop cannot count: a history of
+    digits (the model reads each as a token, the estimate 3.5 to a token) fits by the
+    estimate and not in fact. llama-server refuses it naming its size; nonstop fits it by
+    that size and sends it again, and the client gets its answer, not "prompt is too long"."""
+    procs.set_mode(cloud, "subscription_limit")
+    llama_openai = {"name": "llama", "url": llama.url, "api": "openai", "model": "smollm2",
+                    "context_window": 8192, "max_output_tokens": 48}
+    ns = nonstop_factory(nonstop_config(cloud.url, cloud={"first_byte_timeout": 3.0}, local=[llama_openai]))
+    history = [
+        {"role": "user", "content": "Keep this table of figures: " + "0123456789" * 2000},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Say hello."},
+    ]
+    msg, headers = ask(client(ns), stream, messages=history, max_tokens=48)
+    assert headers["x-nonstop-backend"] == "llama"
+    assert_complete(msg)
+    rows = json.loads(rawhttp.request("GET", ns.url + "/_nonstop/api/requests?limit=5")[2])["requests"]
+    assert rows[0]["backend"] == "llama" and rows[0]["status"] == 200, rows[0]
+
+
 def test_everything_failing_names_each_backend(cloud, nonstop_factory):
     procs.set_mode(cloud, "subscription_limit")
     ns = nonstop_factory(config(cloud.url, f"http://127.0.0.1:{procs.free_port()}"))
