@@ -320,7 +320,7 @@ class LocalBackend:
         if not isinstance(failure, TooLong):
             return None
         if uncounted:
-            # Over the window after all (text the estimate reads short, such as CJK): the
+            # Over the window after all (text the estimate reads short, such as long numbers): the
             # size the server named has corrected the scale; once more, counted and fitted.
             return self._send_request(req, stream=stream, count=True)
         if not told and failure.named > sized and not self._server_counts:

@@ -482,6 +482,22 @@ def test_estimate_text_tokens(text: str, expected: int) -> None:
     assert estimate_text_tokens(text) == expected
 
 
+@pytest.mark.parametrize(("text", "per_char"), [
+    ("漢字を読む" * 2000, 1.0),  # CJK: a token a character, as tokenizers read it
+    ("Привет, мир " * 1000, 0.55),  # Cyrillic with spaces: two-byte letters weigh 2.25 characters
+    ("def f(x):\n    return x\n" * 500, 1 / 3.5),  # code and English: 3.5 characters a token
+])
+def test_the_estimate_weighs_text_by_its_script(text: str, per_char: float) -> None:
+    """Counted as plain characters, text outside ASCII read two to four times short of
+    what a tokenizer makes of it, and overflowed a local window that seemed to hold it."""
+    got = estimate_tokens({"messages": [{"role": "user", "content": text}]}) - 4
+    assert got == pytest.approx(len(text) * per_char, rel=0.06)
+    # In a block, as a tool result's text, or as the system prompt: the same weight.
+    assert estimate_tokens({"system": [{"type": "text", "text": text}],
+                            "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}) == pytest.approx(2 * got + 4, abs=2)
+    assert estimate_tokens({"messages": [{"role": "user", "content": "\ud800" + text}]}) >= got  # a lone surrogate
+
+
 def test_new_message_id_is_unique_and_safe() -> None:
     ids = {new_message_id() for _ in range(100)}
     assert len(ids) == 100
