@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,7 @@ from nonstop.wire.anthropic import Event, estimate_tokens, fold_beside_results, 
 from nonstop.wire.errors import error_event, prompt_too_long_message
 from nonstop.wire.local_stream import (
     LocalStreamNormalizer,
+    cache_counts,
     message_events,
     message_start,
     normalize_message,
@@ -78,6 +79,9 @@ COMMIT_AFTER = 3.0
 # with its whole answer even were nonstop's estimate (in the server's tokens) this many
 # times short: no count could change what is sent.
 COUNT_MARGIN = 1.5
+# A prompt a server reports at or above this share of its window may have been cut to
+# fit it (Ollama does so silently): its size teaches nothing about the server's tokens.
+REPORTED_SHARE = 0.9
 
 
 # A small request shaped like a coding agent's (prose, code, a tool schema), counted by a
@@ -137,6 +141,7 @@ class Call:
     fitted: Fitted | None = None  # how the request was fitted to the window, if it was
     tools: list[dict[str, Any]] | None = None  # the offered tools, for repairing calls
     max_tokens: int = 0  # the output asked of the server
+    estimate: int = 0  # nonstop's estimate of the request as sent (before scaling to the server's tokens)
     request: dict | None = None  # the request as nonstop sized it (before any translation)
     cut: bool = False  # a whole reply ran out of tokens inside a tool call
     data: bytes = b""  # the body as sent
@@ -288,6 +293,7 @@ class LocalBackend:
         call.fitted = fitted
         call.max_tokens = local_req["max_tokens"]
         call.request = local_req
+        call.estimate = estimate if fitted is None else estimate_tokens(local_req)
         tools = local_req.get("tools")
         call.tools = tools if isinstance(tools, list) else None
         call.again = partial(self._again, req, stream=stream, count=count, folding=folding, uncounted=uncounted,
@@ -371,6 +377,20 @@ class LocalBackend:
                 return None  # the scale cannot explain it: fitting further would not help
             ratio = counted / estimate
         return None
+
+    def _reported(self, call: Call, input_tokens: int, cache: Mapping[str, int]) -> None:
+        """The prompt's size as the server reported it in its answer's usage. A server
+        that cannot count teaches by it how its tokens compare with the estimate, as a
+        count would; only upwards (a prompt cache some servers leave out of the count
+        would read as small), and not from a prompt near the window (Ollama truncates one
+        silently and reports the truncated size). A usage the server did not report is
+        nonstop's own estimate (call.tokens), which teaches nothing."""
+        if self._server_counts or call.estimate < 64:
+            return
+        prompt = input_tokens + sum(cache.values())
+        if prompt <= call.tokens or prompt >= self.window() * REPORTED_SHARE:
+            return
+        self.state.counted(call.estimate, prompt)
 
     # --- health -----------------------------------------------------------------------------
 
@@ -552,6 +572,8 @@ class LocalBackend:
         # No speed is learnt: a whole reply's time holds the prompt and the answer together
         # (a long answer would read as a slow prompt).
         self.state.succeeded()
+        u = msg["usage"]
+        self._reported(call, u["input_tokens"], cache_counts(u))
         return Reply(200, list(JSON_HEADERS), single(orjson.dumps(msg)), self.name, False, usage)
 
     async def _answer_of(self, opened: aiohttp.ClientResponse, call: Call, deadline: float) -> tuple[dict, Usage] | Verdict:
@@ -785,6 +807,8 @@ class LocalBackend:
             usage.note = ("the local output cap ended the answer; reported as "
                           + ("a finished tool call" if norm.stop_reason == "tool_use" else "end of turn"))
         usage.complete = not norm.error
+        if not norm.error:
+            self._reported(call, norm.input_tokens, norm.cache)
         if norm.error and not norm.output_tokens:
             self.state.failed(norm.error)
         elif usage.first_content is not None:

@@ -190,10 +190,12 @@ CHAT_STREAM = (b'data: {"id":"c1","object":"chat.completion.chunk","model":"m","
 class OpenAIServer:
     """A vLLM-like server: no way to count, a window, and vLLM's words for a prompt over it."""
 
-    def __init__(self, window: int, message: str) -> None:
+    def __init__(self, window: int, message: str, *, report: bool = False, truncate: bool = False) -> None:
         self.window = window  # as nonstop is told
         self.limit = window  # as the server keeps it
         self.message = message  # with {n} for the prompt's size and {ctx} for the window
+        self.report = report  # the answer's usage gives the prompt's real size
+        self.truncate = truncate  # as Ollama: a prompt over the window is cut to it, silently
         self.sent: list[int] = []
 
     def app(self) -> web.Application:
@@ -205,13 +207,16 @@ class OpenAIServer:
         body = await request.json(loads=orjson.loads)
         n = _tokens({"messages": body["messages"]})
         self.sent.append(n)
-        if n + body.get("max_tokens", 0) > self.limit:
+        if self.truncate:
+            n = min(n, self.limit)
+        elif n + body.get("max_tokens", 0) > self.limit:
             return web.json_response(status=400, data={"object": "error", "type": "BadRequestError", "code": 400,
                                                        "message": self.message.format(n=n, ctx=self.window,
                                                                                       out=body.get("max_tokens", 0))})
+        prompt = b'"prompt_tokens":%d' % (n if self.report else 3)
         if body.get("stream"):
-            return web.Response(body=CHAT_STREAM, content_type="text/event-stream")
-        return web.json_response(CHAT)
+            return web.Response(body=CHAT_STREAM.replace(b'"prompt_tokens":3', prompt), content_type="text/event-stream")
+        return web.json_response({**CHAT, "usage": {**CHAT["usage"], "prompt_tokens": n if self.report else 3}})
 
 
 VLLM = ("This model's maximum context length is {ctx} tokens. However, you requested {n} tokens "
@@ -261,3 +266,40 @@ async def test_a_refusal_that_names_no_size_is_not_sent_again(serve):
     res = await _run_openai(serve, server, [_request(DENSE)])
     assert isinstance(res[0], TooLong) and res[0].named == 0
     assert len(server.sent) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_server_that_cannot_count_teaches_its_scale_by_the_usage_it_reports(serve, stream):
+    """The prompt's size in an answer's usage is a count after the fact: a server that
+    cannot count teaches by it how its tokens compare with the estimate, and the next
+    request, larger, is fitted before it is sent instead of being refused first."""
+    server = OpenAIServer(16384, VLLM, report=True)
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(server.app()), "api": "openai", "model": "m",
+                                   "context_window": server.window, "max_output_tokens": 2000}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        for digits in (1000, 3000):  # ~10,000 tokens to the server, then ~30,000
+            res = await asyncio.wait_for(backend.send_request(_request("0123456789" * digits), stream=stream), 20)
+            assert isinstance(res, Reply) and res.status == 200, res
+            b"".join([chunk async for chunk in res.body])
+            if digits == 1000:
+                assert backend.state.token_ratio is not None and backend.state.token_ratio > 3, backend.state.token_ratio
+    assert len(server.sent) == 2, f"the larger request was refused first: {server.sent}"
+    assert server.sent[1] + 2000 <= server.window
+
+
+async def test_a_reported_prompt_near_the_window_or_below_the_estimate_teaches_nothing(serve):
+    """Ollama cuts a prompt over its window silently and reports the cut size: a report
+    near the window says nothing of the server's tokens. Nor does one below the estimate
+    (a prompt cache some servers leave out of the count)."""
+    server = OpenAIServer(16384, VLLM, report=True, truncate=True)
+    res = await _run_openai(serve, server, [_request(DENSE + DENSE)])  # 40,000 tokens, cut to 16,384
+    assert isinstance(res[0], Reply)
+    cfg = parse_config({"local": [{"name": "box", "url": await serve(server.app()), "api": "openai", "model": "m",
+                                   "context_window": server.window, "max_output_tokens": 2000}]})
+    async with aiohttp.ClientSession() as session:
+        backend = make_local_backend(cfg.local[0], session)
+        for r in (_request(DENSE + DENSE), _request("some code " * 300)):  # cut to the window; then English
+            res = await asyncio.wait_for(backend.send_request(r, stream=False), 20)
+            assert isinstance(res, Reply)
+        assert backend.state.token_ratio is None, "a truncated prompt's size (or a smaller one) set the scale"
