@@ -8,7 +8,8 @@
   `<prefix>probe:<account>` (SET NX with a TTL) probes; the others stay local until the
   result is published.
 - **Heartbeats.** Each instance keeps `<prefix>instance:<id>` alive (a TTL of three beats,
-  and never less than one beat can take while Redis is slow: `heartbeat_ttl`) with its version, address, in-flight requests and per-backend counts.
+  and never less than one beat can take while Redis is slow: `heartbeat_ttl`) with its
+  version, address, in-flight requests and per-backend counts.
 - **A shared local pool.** Requests in flight per local backend (by URL) are counted in
   `<prefix>inflight:<backend>`, one field per instance, so N gateways in front of one GPU box
   respect its slots and `max_inflight` holds fleet-wide. Fields of instances whose heartbeat
