@@ -521,7 +521,7 @@ def heartbeat_ttl(beat: float) -> int:
     can take from one heartbeat to the next while Redis answers each command only at its
     timeout (with `heartbeat = 1`, three beats would let a live instance's key expire, and
     the fleet would stop counting its requests on the shared local backends)."""
-    return max(3, math.ceil(beat * 3), math.ceil(beat + BEAT_COMMANDS * SOCKET_TIMEOUT) + 1)
+    return max(math.ceil(beat * 3), math.ceil(beat + BEAT_COMMANDS * SOCKET_TIMEOUT) + 1)
 
 
 def _glob_escape(text: str) -> str:
