@@ -22,6 +22,16 @@ One exception: the decoder does not look inside what it skips, so invalid UTF-8 
 number out of range there (which the full parse refuses) is not seen. Such a body goes
 to the cloud as the client sent it, and the cloud's own 400 reaches the client; on a
 local backend it is refused as unreadable, with a 400 too.
+
+Skipping is not free: the decoder still scans the 45 KB of system prompt and tool
+schemas, most of the outline's time. A client sends the same ones, byte for byte, on
+every request of a session (the cloud's prompt cache needs them so), after the
+messages. `Tails` keeps a few such ends of recent bodies, learnt from a body decoded
+whole: the members after the messages, with what they hold of the fields above. A body
+that ends with one is decoded without it (the bytes before it, closed), and the kept
+members' fields laid over, as JSON's last member wins. The same decoder reads the same
+members, so the answer is the whole decode's (tests/unit/wire/test_outline.py holds the
+two to it); a body the shorter decode cannot read is decoded whole.
 """
 
 from __future__ import annotations
@@ -69,6 +79,110 @@ class _Request(msgspec.Struct, gc=False):
 _DECODER = msgspec.json.Decoder(_Request)
 
 
+class _After(msgspec.Struct, gc=False):
+    """The members of a request after its messages (a kept tail): which of `_Request`'s
+    fields they hold (UNSET: none), read with the same types."""
+
+    model: msgspec.Raw = msgspec.Raw()
+    messages: msgspec.Raw = msgspec.Raw()
+    stream: bool | msgspec.UnsetType = msgspec.UNSET
+    max_tokens: int | None | msgspec.UnsetType = msgspec.UNSET
+    tools: list[_Tool] | None | msgspec.UnsetType = msgspec.UNSET
+    # Kept as JSON and decoded for each request: the facts hand it on as they read it.
+    thinking: msgspec.Raw = msgspec.Raw()
+
+
+_AFTER = msgspec.json.Decoder(_After)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)  # too deep: orjson says so
+
+
+class _Tail:
+    __slots__ = ("after", "data")
+
+    def __init__(self, data: bytes, after: _After) -> None:
+        self.data, self.after = data, after
+
+    def over(self, req: _Request) -> _Request:
+        """`req` (the members before the tail) with the tail's members laid over."""
+        a = self.after
+        if a.stream is not msgspec.UNSET:
+            req.stream = a.stream
+        if a.max_tokens is not msgspec.UNSET:
+            req.max_tokens = a.max_tokens
+        if a.tools is not msgspec.UNSET:
+            req.tools = a.tools
+        if a.thinking:
+            req.thinking = msgspec.json.decode(a.thinking)
+        return req
+
+
+class Tails:
+    """The ends of recent bodies worth not scanning again (see the module's docstring).
+    Learnt from a body decoded whole, at most one in LEARN_EVERY while none is met again
+    (a client whose bodies never end alike pays for the look that rarely)."""
+
+    KEEP = 8  # a session's main agent, its subagents, its small side requests
+    SMALLEST = 4096  # shorter ends cost less to scan than to look for
+    LARGEST = 512 * 1024  # (eight kept: 4 MB at most)
+    LEARN_EVERY = 16
+    # Where a body's members after its messages may begin: the SDKs and Claude Code send
+    # `system` and `tools` after `messages`. (A candidate nested deeper, or before the
+    # messages, is found out by decoding the two halves: neither is a whole object then.)
+    _STARTS = re.compile(rb',\s*"(?:system|tools)"\s*:')
+    LOOKS = 4  # candidates tried
+
+    def __init__(self) -> None:
+        self.kept: list[_Tail] = []
+        self.missed = 0
+
+    def decode(self, body: bytes) -> _Request | None:
+        """`body` decoded without a kept tail it ends with; None when it ends with none
+        (or the rest does not read as a request: the whole body then says why)."""
+        for i, tail in enumerate(self.kept):
+            n = len(tail.data)
+            if len(body) > n and body.endswith(tail.data):
+                try:
+                    req = _DECODER.decode(b"".join((memoryview(body)[:len(body) - n], b"}")))
+                except _DECODE_ERRORS:
+                    return None
+                self.missed = 0
+                if i:
+                    self.kept.insert(0, self.kept.pop(i))
+                return tail.over(req)
+        return None
+
+    def learn(self, body: bytes, whole: _Request) -> None:
+        """Keep the end of `body` (decoded whole: `whole`) after its messages, when it is
+        long enough and its members are the request's last."""
+        self.missed += 1
+        if self.missed > self.LEARN_EVERY and self.missed % self.LEARN_EVERY:
+            return
+        for found, _ in zip(self._STARTS.finditer(body), range(self.LOOKS), strict=False):
+            k = found.start()
+            if not self.SMALLEST <= len(body) - k <= self.LARGEST:
+                continue
+            try:
+                before = _DECODER.decode(b"".join((memoryview(body)[:k], b"}")))
+                after = _AFTER.decode(b"".join((b"{", memoryview(body)[k + 1:])))
+            except _DECODE_ERRORS:
+                continue
+            if after.model or after.messages:
+                continue
+            tail = _Tail(body[k:], after)
+            if _fields(tail.over(before)) != _fields(whole):  # (never seen: a guard on the reasoning above)
+                continue
+            self.kept.insert(0, tail)
+            del self.kept[self.KEEP:]
+            return
+
+
+def _fields(req: _Request) -> tuple[Any, ...]:
+    return (req.model, req.stream, req.max_tokens, bool(req.tools), req.thinking, len(req.messages))
+
+
+TAILS = Tails()
+
+
 class Outline(NamedTuple):
     model: Any
     stream: bool
@@ -79,13 +193,16 @@ class Outline(NamedTuple):
     facts: dict[str, Any]
 
 
-def outline(body: bytes) -> Outline | None:
+def outline(body: bytes, tails: Tails = TAILS) -> Outline | None:
     """The outline of a Messages request whose history can go to the cloud as it is;
     None when the whole request must be parsed (see the module's docstring)."""
-    try:
-        req = _DECODER.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # nested too deep: orjson says so
-        return None
+    req = tails.decode(body)
+    if req is None:
+        try:
+            req = _DECODER.decode(body)
+        except _DECODE_ERRORS:
+            return None
+        tails.learn(body, req)
     local = False  # a tool call of the history has a local model's id
     for m in req.messages:
         content = m.content

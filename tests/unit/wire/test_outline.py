@@ -7,6 +7,7 @@ request); when it answers, every answer must be the one the full path would give
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from nonstop.routing.facts import facts_from_request
 from nonstop.wire.hygiene import blank_text, clean_history_for_cloud
 from nonstop.wire.local_stream import LOCAL_THINKING_SIGNATURE
-from nonstop.wire.outline import outline
+from nonstop.wire.outline import Tails, outline
 from nonstop.wire.tool_ids import backend_tag, local_tool_id
 from nonstop.wire.validate import validate_messages_request
 
@@ -196,3 +197,140 @@ def test_outline_facts_agree_when_the_local_id_is_spelled_with_an_escape() -> No
     fast = facts_from_request(shape.facts, LOOP_HEADERS, body_len=len(body))
     assert full.unthought_loop is True
     assert fast.unthought_loop == full.unthought_loop
+
+
+# --- the ends of bodies kept (Tails): the shorter decode answers as the whole one ----------
+
+BIG_SYSTEM = [{"type": "text", "text": "You are a coding agent. " * 400, "cache_control": {"type": "ephemeral"}}]
+TAIL_FIELDS = st.fixed_dictionaries({}, optional={
+    "stream": SCALARS, "max_tokens": st.one_of(st.integers(-2, 70000), SCALARS),
+    "tools": st.one_of(st.lists(st.fixed_dictionaries({"name": st.sampled_from(["Read", "Bash"])}), max_size=2), st.none()),
+    "thinking": st.one_of(st.fixed_dictionaries({"type": st.sampled_from(["enabled", "disabled"])}), st.none()),
+    "metadata": st.just({"user_id": "u"}),
+})
+
+
+def _body(head: Any, tail: dict[str, Any]) -> bytes:
+    """`head`'s JSON, then a large system prompt and `tail`'s members, as raw bytes: a key
+    in both is in the body twice, as a client may send it."""
+    rest = b',"system":' + orjson.dumps(BIG_SYSTEM) + (b"," + orjson.dumps(tail)[1:] if tail else b"}")
+    return orjson.dumps(head)[:-1] + rest
+
+
+def _tail_of(body: bytes) -> bytes:
+    return body[body.index(b',"system":'):]
+
+
+def test_a_session_s_next_request_is_decoded_without_its_kept_end() -> None:
+    tails = Tails()
+    first = claude_code_request(stream=True)
+    assert outline(orjson.dumps(first), tails) is not None
+    assert len(tails.kept) == 1 and tails.kept[0].data.startswith(b',"system":')
+    second = {**first, "messages": [*first["messages"], {"role": "assistant", "content": "done"},
+                                    {"role": "user", "content": "and the tests?"}]}
+    body = orjson.dumps(second)
+    assert tails.decode(body) is not None  # the kept end met: the shorter decode
+    assert outline(body, tails) == outline(body, Tails())
+    assert agrees(second)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(REQUEST, TAIL_FIELDS, TAIL_FIELDS)
+def test_a_kept_end_never_changes_the_answer(head: dict[str, Any], tail: dict[str, Any],
+                                             first_head: dict[str, Any]) -> None:
+    """Whatever comes before a kept end (a request of any shape, keys the end holds too),
+    the outline is the whole decode's, and the full parse's where it answers."""
+    tails = Tails()
+    primer = _body({"model": "m", "messages": [], **first_head}, tail)
+    outline(primer, tails)
+    if not tails.kept:  # (an end is kept only from a body that decodes as a request)
+        assert outline(primer, Tails()) is None
+        return
+    kept = tails.kept[0].data
+    assert primer.endswith(kept) and kept.startswith((b',"system":', b',"tools":'))
+    if not head:
+        head = {"model": "m"}
+    body = _body(head, tail)
+    got = outline(body, tails)
+    assert got == outline(body, Tails())
+    if got is not None:
+        whole = orjson.loads(body)  # a key sent twice: the last one, as the decoders read it
+        assert got.model == whole["model"] and got.stream == (whole.get("stream") is True)
+        assert got.problem == validate_messages_request(whole)
+        assert got.facts["max_tokens"] == whole.get("max_tokens") and got.facts["thinking"] == whole.get("thinking")
+        assert got.facts["tools"] == bool(whole.get("tools"))
+    if (isinstance(head.get("model"), str) and isinstance(head.get("messages"), list) and got is not None
+            and body.endswith(kept)):
+        assert tails.decode(body) is not None  # the shorter decode was the one that answered
+
+
+def test_a_body_that_only_ends_alike_is_decoded_whole() -> None:
+    tails = Tails()
+    body = _body({"model": "m", "messages": []}, {"stream": True})
+    outline(body, tails)
+    tail = _tail_of(body)
+    for head in (b"", b"{", b"[", b'{"model": "m", "messages": [', b'{"model": "m", "messages": [],'):
+        assert outline(head + tail, tails) == outline(head + tail, Tails())
+    assert outline(b'{"model": "m", "messages": [' + tail, tails) is None
+
+
+def test_an_end_that_names_the_model_or_messages_is_not_kept() -> None:
+    tails = Tails()
+    outline(_body({"model": "m", "messages": []}, {"model": "n"}), tails)
+    outline(_body({"model": "m", "messages": []}, {"messages": []}), tails)
+    assert tails.kept == []
+
+
+def test_a_system_key_nested_in_the_history_is_not_taken_for_the_end() -> None:
+    tails = Tails()
+    nested = {"model": "m", "messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_01A", "name": "f", "input": {"a": [1], "system": "x" * 5000}}]}]}
+    body = _body(nested, {"stream": True})
+    assert outline(body, tails) is not None
+    # The first `,"system":` is the nested one: its halves are no objects, and the next is kept.
+    assert [t.data for t in tails.kept] == [body[body.rindex(b',"system":'):]]
+    assert outline(body, tails) == outline(body, Tails())
+
+
+def test_short_ends_are_not_kept() -> None:
+    tails = Tails()
+    outline(orjson.dumps({"model": "m", "messages": [], "system": "short", "stream": True}), tails)
+    assert tails.kept == []
+
+
+def test_the_kept_ends_are_bounded_and_the_latest_met_first() -> None:
+    tails = Tails()
+    bodies = [_body({"model": "m", "messages": []}, {"metadata": {"user_id": str(i)}}) for i in range(Tails.KEEP + 1)]
+    for body in bodies:
+        outline(body, tails)
+    assert len(tails.kept) == Tails.KEEP
+    assert tails.decode(bodies[0]) is None  # the oldest was let go
+    assert tails.decode(bodies[1]) is not None and tails.kept[0].data == _tail_of(bodies[1])
+
+
+def test_a_client_whose_ends_never_repeat_is_looked_at_rarely() -> None:
+    tails = Tails()
+    for i in range(Tails.LEARN_EVERY * 4):
+        outline(_body({"model": "m", "messages": []}, {"metadata": {"user_id": str(i)}}), tails)
+    learnt = {t.data for t in tails.kept}
+    assert tails.missed == Tails.LEARN_EVERY * 4 and len(learnt) == Tails.KEEP
+    # The first LEARN_EVERY misses are learnt from, then one in LEARN_EVERY.
+    for i in range(Tails.LEARN_EVERY * 4):
+        looked = i < Tails.LEARN_EVERY or (i + 1) % Tails.LEARN_EVERY == 0
+        tail = _tail_of(_body({"model": "m", "messages": []}, {"metadata": {"user_id": str(i)}}))
+        if i >= Tails.LEARN_EVERY - 4:  # (the eight latest looked at are kept)
+            assert (tail in learnt) == looked, i
+
+
+@pytest.mark.parametrize("dumps", [
+    lambda r: json.dumps(r).encode(), lambda r: json.dumps(r, indent=2).encode(), lambda r: orjson.dumps(r)])
+def test_an_end_is_kept_however_the_client_spaces_its_json(dumps: Any) -> None:
+    tails = Tails()
+    first = claude_code_request(stream=True)
+    outline(dumps(first), tails)
+    assert len(tails.kept) == 1
+    second = {**first, "messages": [*first["messages"], {"role": "assistant", "content": "ok"},
+                                    {"role": "user", "content": "next"}]}
+    body = dumps(second)
+    assert tails.decode(body) is not None
+    assert outline(body, tails) == outline(body, Tails())
