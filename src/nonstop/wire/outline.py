@@ -96,11 +96,37 @@ _AFTER = msgspec.json.Decoder(_After)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)  # too deep: orjson says so
 
 
+# `_Tail.first_local` when no message holds a local model's tool call.
+_NONE = 1 << 62
+
+
 class _Tail:
-    __slots__ = ("after", "data")
+    __slots__ = ("after", "checked", "data", "first_local")
 
     def __init__(self, data: bytes, after: _After) -> None:
         self.data, self.after = data, after
+        # The history of the last request that ended so and took the outline (every
+        # message checked and found fine), and the first of them with a local model's
+        # tool call (_NONE: none).
+        self.checked: list[_Message] = []
+        self.first_local = _NONE
+
+    def known(self, messages: list[_Message]) -> tuple[int, int]:
+        """How many of `messages`, from the first, are the checked history's (equal,
+        field by field: the checks would find them fine again), and the first of those
+        with a local tool call. A client resends its history with the newest turns
+        added, and with the one or two last before them changed (Claude Code moves its
+        cache breakpoint): the last message that may be shared is compared first."""
+        prev = self.checked
+        for k in range(min(len(prev), len(messages)), max(len(prev) - 3, 0), -1):
+            if messages[k - 1] == prev[k - 1]:
+                if messages[:k - 1] == prev[:k - 1]:
+                    return k, self.first_local if self.first_local < k else _NONE
+                break
+        return 0, _NONE
+
+    def remember(self, messages: list[_Message], first_local: int) -> None:
+        self.checked, self.first_local = messages, first_local
 
     def over(self, req: _Request) -> _Request:
         """`req` (the members before the tail) with the tail's members laid over."""
@@ -135,9 +161,10 @@ class Tails:
         self.kept: list[_Tail] = []
         self.missed = 0
 
-    def decode(self, body: bytes) -> _Request | None:
-        """`body` decoded without a kept tail it ends with; None when it ends with none
-        (or the rest does not read as a request: the whole body then says why)."""
+    def decode(self, body: bytes) -> tuple[_Request, _Tail] | None:
+        """`body` decoded without a kept tail it ends with, and that tail; None when it
+        ends with none (or the rest does not read as a request: the whole body then
+        says why)."""
         for i, tail in enumerate(self.kept):
             n = len(tail.data)
             if len(body) > n and body.endswith(tail.data):
@@ -148,7 +175,7 @@ class Tails:
                 self.missed = 0
                 if i:
                     self.kept.insert(0, self.kept.pop(i))
-                return tail.over(req)
+                return tail.over(req), tail
         return None
 
     def learn(self, body: bytes, whole: _Request) -> None:
@@ -181,6 +208,9 @@ def _fields(req: _Request) -> tuple[Any, ...]:
 
 
 TAILS = Tails()
+# The longest body whose checked history is kept: its messages' text stays in memory
+# with it (eight kept: 8 MB at most).
+REMEMBERED = 1 << 20
 
 
 class Outline(NamedTuple):
@@ -196,15 +226,20 @@ class Outline(NamedTuple):
 def outline(body: bytes, tails: Tails = TAILS) -> Outline | None:
     """The outline of a Messages request whose history can go to the cloud as it is;
     None when the whole request must be parsed (see the module's docstring)."""
-    req = tails.decode(body)
-    if req is None:
+    got = tails.decode(body)
+    if got is None:
         try:
             req = _DECODER.decode(body)
         except _DECODE_ERRORS:
             return None
         tails.learn(body, req)
-    local = False  # a tool call of the history has a local model's id
-    for m in req.messages:
+        tail, done, first_local = None, 0, _NONE
+    else:
+        req, tail = got
+        done, first_local = tail.known(req.messages)  # checked with the request before
+    messages = req.messages
+    for i in range(done, len(messages)):
+        m = messages[i]
         content = m.content
         if isinstance(content, str):
             continue
@@ -215,15 +250,17 @@ def outline(body: bytes, tails: Tails = TAILS) -> Outline | None:
                 ident = b.tool_use_id if t == "tool_result" else b.id
                 if not kept_as_is(t, assistant, b.signature, b.data, ident):
                     return None
-                if not local and t == "tool_use" and type(ident) is str and ident.startswith(LOCAL_PREFIX):
-                    local = True
+                if first_local == _NONE and t == "tool_use" and type(ident) is str and ident.startswith(LOCAL_PREFIX):
+                    first_local = i  # a tool call of the history has a local model's id
             if assistant and t == "text" and _blank(b.text):
                 return None
+    if tail is not None and len(body) <= REMEMBERED:
+        tail.remember(messages, first_local)
     problem = bad_model(req.model) or bad_max_tokens(req.max_tokens)
     facts = {
         "model": req.model, "stream": req.stream, "max_tokens": req.max_tokens,
         "tools": bool(req.tools), "thinking": req.thinking,
-        "messages": [_as_dict(m) for m in req.messages[_tail(req, local):]],
+        "messages": [_as_dict(m) for m in messages[_tail(req, first_local != _NONE):]],
     }
     return Outline(req.model, req.stream, problem, facts)
 

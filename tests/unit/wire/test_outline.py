@@ -334,3 +334,68 @@ def test_an_end_is_kept_however_the_client_spaces_its_json(dumps: Any) -> None:
     body = dumps(second)
     assert tails.decode(body) is not None
     assert outline(body, tails) == outline(body, Tails())
+
+
+# --- the history checked with the request before (_Tail.known) ---------------------------
+
+WELL_FORMED = st.fixed_dictionaries({
+    "role": st.sampled_from(["user", "assistant", "system"]),
+    "content": st.one_of(st.text(max_size=20), st.lists(st.fixed_dictionaries({
+        "type": st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking"]),
+        "signature": st.sampled_from(["sig", "", LOCAL_THINKING_SIGNATURE])},
+        optional={"text": st.sampled_from(["", " ", "x", MARKER]),
+                  "id": st.sampled_from(["toolu_01A", "call 1", local_tool_id(backend_tag("llama"))]),
+                  "tool_use_id": st.just("toolu_01A")}), max_size=3))})
+
+
+def _session_body(messages: list[Any], thinking: bool) -> bytes:
+    head = {"model": "claude-sonnet-4-5", "messages": messages}
+    return _body(head, {"max_tokens": 100, "stream": True,
+                        **({"thinking": {"type": "enabled", "budget_tokens": 1024}} if thinking else {})})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(WELL_FORMED, max_size=8), st.integers(0, 8), st.lists(st.one_of(WELL_FORMED, MESSAGE), max_size=4),
+       st.booleans())
+def test_a_history_checked_before_never_changes_the_answer(first: list[Any], kept: int, added: list[Any],
+                                                           thinking: bool) -> None:
+    """The next request keeps some of the history checked with the one before and adds
+    any messages (ones that need cleaning, or that are no messages, among them): the
+    outline is the one a first look at it gives."""
+    tails = Tails()
+    outline(_session_body(first, thinking), tails)  # learns the end
+    outline(_session_body(first, thinking), tails)  # meets it: remembers the history if it is fine
+    body = _session_body(first[:kept] + added, thinking)
+    assert outline(body, tails) == outline(body, Tails())
+
+
+def test_the_history_checked_before_is_not_checked_again() -> None:
+    first = claude_code_request(stream=True)
+    tails = Tails()
+    outline(orjson.dumps(first), tails)
+    outline(orjson.dumps(first), tails)
+    tail = tails.kept[0]
+    assert len(tail.checked) == len(first["messages"])
+    # Claude Code's next request: its cache breakpoint moved off the last message, and a turn added.
+    last = {**first["messages"][-1], "content": [{"type": "text", "text": "moved"}]}
+    messages = [*first["messages"][:-1], last, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "go"}]
+    body = orjson.dumps({**first, "messages": messages})
+    got = tails.decode(body)
+    assert got is not None
+    req, same = got
+    assert same is tail and tail.known(req.messages)[0] == len(first["messages"]) - 1
+    assert outline(body, tails) == outline(body, Tails())
+    assert len(tail.checked) == len(messages)
+
+
+def test_a_changed_old_message_is_checked_again() -> None:
+    """One that needs cleaning now, though the request before had it fine, is found."""
+    first = claude_code_request(stream=True)
+    tails = Tails()
+    outline(orjson.dumps(first), tails)
+    outline(orjson.dumps(first), tails)
+    messages = [dict(m) for m in first["messages"]]
+    messages[1] = {"role": "assistant", "content": [{"type": "tool_use", "id": "call 1", "name": "f", "input": {}}]}
+    body = orjson.dumps({**first, "messages": messages})
+    assert outline(body, tails) is None
+    assert outline(body, Tails()) is None
