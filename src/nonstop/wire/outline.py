@@ -94,6 +94,18 @@ class _After(msgspec.Struct, gc=False):
 
 _AFTER = msgspec.json.Decoder(_After)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)  # too deep: orjson says so
+_MESSAGES = msgspec.json.Decoder(list[_Message])
+_RAWS = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+class _RawMessages(msgspec.Struct, gc=False):
+    messages: list[msgspec.Raw] = []
+
+
+_RAW_MESSAGES = msgspec.json.Decoder(_RawMessages)
+# The last messages of a history a prefix leaves out: a client changes them with its next
+# request (Claude Code moves its cache breakpoint from its newest user message to the next).
+SPARED = 2
 
 
 # `_Tail.first_local` when no message holds a local model's tool call.
@@ -101,7 +113,8 @@ _NONE = 1 << 62
 
 
 class _Tail:
-    __slots__ = ("after", "checked", "data", "first_local")
+    __slots__ = ("after", "checked", "data", "first_local", "head", "prefix", "shared", "shared_local", "tries")
+    TRIES = 3  # prefixes found from scratch while none is read
 
     def __init__(self, data: bytes, after: _After) -> None:
         self.data, self.after = data, after
@@ -110,6 +123,33 @@ class _Tail:
         # tool call (_NONE: none).
         self.checked: list[_Message] = []
         self.first_local = _NONE
+        # The bytes of such a request up to its last SPARED messages (`prefix`: they end
+        # with the comma before them), what they decode to (`head`: the members before the messages;
+        # `shared`: the messages), and `shared`'s first local tool call. A body that
+        # begins with them and ends with `data` is decoded from its new messages only.
+        self.prefix = b""
+        self.head: _Request | None = None
+        self.shared: list[_Message] = []
+        self.shared_local = _NONE
+        self.tries = 0
+
+    def read(self, body: bytes) -> _Request | None:
+        """`body` (which ends with `data`) read from what follows `prefix`, when it
+        begins with it and the rest is messages only, up to the array's end; None
+        otherwise. The bytes of `prefix` leave the decoder inside the messages, after a
+        message and its comma (`_advance` makes sure), so a body that goes on with whole
+        messages and `]` has `shared` and those, and the head's members before them."""
+        pre, head = self.prefix, self.head
+        if head is None or len(body) <= len(pre) + len(self.data) or not body.startswith(pre):
+            return None
+        try:
+            more = _MESSAGES.decode(b"".join((b"[", memoryview(body)[len(pre):len(body) - len(self.data)])))
+        except _DECODE_ERRORS:
+            return None
+        if not more:  # `[..., m,]` is no JSON, though `[` + `]` is
+            return None
+        self.tries = 0
+        return _Request(head.model, self.shared + more, head.stream, head.max_tokens, head.tools, None)
 
     def known(self, messages: list[_Message]) -> tuple[int, int]:
         """How many of `messages`, from the first, are the checked history's (equal,
@@ -119,14 +159,59 @@ class _Tail:
         cache breakpoint): the last message that may be shared is compared first."""
         prev = self.checked
         for k in range(min(len(prev), len(messages)), max(len(prev) - 3, 0), -1):
-            if messages[k - 1] == prev[k - 1]:
+            if messages[k - 1] is prev[k - 1] or messages[k - 1] == prev[k - 1]:
                 if messages[:k - 1] == prev[:k - 1]:
                     return k, self.first_local if self.first_local < k else _NONE
                 break
         return 0, _NONE
 
-    def remember(self, messages: list[_Message], first_local: int) -> None:
+    def remember(self, body: bytes, messages: list[_Message], first_local: int, *, went_on: bool,
+                 read: bool) -> None:
+        """`messages` (of `body`) were checked and found fine. `went_on`: they continue the
+        history checked before; `read`: `body` was read from `prefix`."""
         self.checked, self.first_local = messages, first_local
+        if read or went_on or self.head is None:
+            self._advance(body, messages, first_local, read)
+
+    def _advance(self, body: bytes, messages: list[_Message], first_local: int, read: bool) -> None:
+        """`prefix` moved to end before `body`'s last SPARED messages (the next request of
+        the session changes those, and adds after them), or let go when they cannot be
+        found: in JSON written compactly, they end at the array's `]`, one comma apart."""
+        old, head = self.prefix, self.head
+        self.prefix, self.head, self.shared, self.shared_local = b"", None, [], _NONE
+        if not read:
+            if self.tries >= self.TRIES:  # (found and missed again and again: the client's
+                return                     # bodies do not go on so)
+            self.tries += 1
+        end = len(body) - len(self.data) - 1  # the messages' `]`, if nothing comes between
+        keep = len(messages) - SPARED
+        if keep < 1 or end < 1 or body[end] != 0x5D:
+            return
+        try:
+            if read:  # the messages after the old prefix: the new ones
+                raws = _RAWS.decode(b"".join((b"[", memoryview(body)[len(old):end + 1])))
+            else:
+                raws = _RAW_MESSAGES.decode(b"".join((memoryview(body)[:end + 1], b"}"))).messages
+        except _DECODE_ERRORS:
+            return
+        if len(raws) < SPARED:
+            return
+        start = end
+        for raw in reversed(raws[-SPARED:]):
+            start -= len(raw)
+            if body[start:start + len(raw)] != bytes(raw) or body[start - 1] != 0x2C:
+                return
+            start -= 1
+        prefix = body[:start + 1]  # (its comma included)
+        if not read:  # where the bytes leave the decoder, proven once: inside the messages
+            try:
+                head = _DECODER.decode(b"".join((memoryview(prefix)[:-1], b"]}")))
+            except _DECODE_ERRORS:
+                return
+            if head.thinking is not None or head.messages != messages[:keep]:
+                return
+        self.prefix, self.head, self.shared = prefix, head, messages[:keep]
+        self.shared_local = first_local if first_local < keep else _NONE
 
     def over(self, req: _Request) -> _Request:
         """`req` (the members before the tail) with the tail's members laid over."""
@@ -161,21 +246,24 @@ class Tails:
         self.kept: list[_Tail] = []
         self.missed = 0
 
-    def decode(self, body: bytes) -> tuple[_Request, _Tail] | None:
-        """`body` decoded without a kept tail it ends with, and that tail; None when it
-        ends with none (or the rest does not read as a request: the whole body then
-        says why)."""
+    def decode(self, body: bytes) -> tuple[_Request, _Tail, int] | None:
+        """`body` decoded without a kept tail it ends with, that tail, and how many of its
+        messages were read from the tail's prefix (0: none); None when it ends with
+        none (or the rest does not read as a request: the whole body then says why)."""
         for i, tail in enumerate(self.kept):
             n = len(tail.data)
             if len(body) > n and body.endswith(tail.data):
-                try:
-                    req = _DECODER.decode(b"".join((memoryview(body)[:len(body) - n], b"}")))
-                except _DECODE_ERRORS:
-                    return None
+                req = tail.read(body)
+                shared = len(tail.shared) if req is not None else 0
+                if req is None:
+                    try:
+                        req = _DECODER.decode(b"".join((memoryview(body)[:len(body) - n], b"}")))
+                    except _DECODE_ERRORS:
+                        return None
                 self.missed = 0
                 if i:
                     self.kept.insert(0, self.kept.pop(i))
-                return tail.over(req), tail
+                return tail.over(req), tail, shared
         return None
 
     def learn(self, body: bytes, whole: _Request) -> None:
@@ -233,10 +321,14 @@ def outline(body: bytes, tails: Tails = TAILS) -> Outline | None:
         except _DECODE_ERRORS:
             return None
         tails.learn(body, req)
-        tail, done, first_local = None, 0, _NONE
+        tail, done, first_local, read = None, 0, _NONE, False
     else:
-        req, tail = got
-        done, first_local = tail.known(req.messages)  # checked with the request before
+        req, tail, done = got
+        read = done > 0
+        if read:  # read from the prefix: its messages were checked when it was found
+            first_local = tail.shared_local
+        else:
+            done, first_local = tail.known(req.messages)  # checked with the request before
     messages = req.messages
     for i in range(done, len(messages)):
         m = messages[i]
@@ -255,7 +347,7 @@ def outline(body: bytes, tails: Tails = TAILS) -> Outline | None:
             if assistant and t == "text" and _blank(b.text):
                 return None
     if tail is not None and len(body) <= REMEMBERED:
-        tail.remember(messages, first_local)
+        tail.remember(body, messages, first_local, went_on=done > 0, read=read)
     problem = bad_model(req.model) or bad_max_tokens(req.max_tokens)
     facts = {
         "model": req.model, "stream": req.stream, "max_tokens": req.max_tokens,

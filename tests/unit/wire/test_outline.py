@@ -382,7 +382,7 @@ def test_the_history_checked_before_is_not_checked_again() -> None:
     body = orjson.dumps({**first, "messages": messages})
     got = tails.decode(body)
     assert got is not None
-    req, same = got
+    req, same, _ = got
     assert same is tail and tail.known(req.messages)[0] == len(first["messages"]) - 1
     assert outline(body, tails) == outline(body, Tails())
     assert len(tail.checked) == len(messages)
@@ -399,3 +399,92 @@ def test_a_changed_old_message_is_checked_again() -> None:
     body = orjson.dumps({**first, "messages": messages})
     assert outline(body, tails) is None
     assert outline(body, Tails()) is None
+
+
+# --- the prefix of a session's bodies (_Tail.read): only the new messages decoded --------
+
+
+def _spaced_body(messages: list[Any], thinking: bool) -> bytes:
+    """As `_session_body`, in JSON with spaces after its commas (Python's json.dumps)."""
+    return json.dumps(orjson.loads(_session_body(messages, thinking))).encode()
+
+
+# Messages the outline takes (a client's usual ones), some with a local model's tool call.
+CLEAN = st.fixed_dictionaries({
+    "role": st.sampled_from(["user", "assistant", "system"]),
+    "content": st.one_of(st.text(max_size=12), st.lists(st.one_of(
+        st.fixed_dictionaries({"type": st.just("text"), "text": st.sampled_from(["x", "ok", MARKER])}),
+        st.fixed_dictionaries({"type": st.just("tool_use"), "name": st.just("Read"), "input": st.just({}),
+                               "id": st.sampled_from(["toolu_01A", "toolu_01B", local_tool_id(backend_tag("llama"))])}),
+        st.fixed_dictionaries({"type": st.just("tool_result"), "tool_use_id": st.just("toolu_01A"),
+                               "content": st.sampled_from(["ok", ""])})), min_size=1, max_size=3))})
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(CLEAN, min_size=3, max_size=8),
+       st.lists(st.tuples(st.sampled_from([0, 1, 1, 2, 2, 3]),
+                          st.lists(st.one_of(CLEAN, CLEAN, CLEAN, CLEAN, WELL_FORMED, MESSAGE), max_size=3)),
+                min_size=1, max_size=5),
+       st.booleans(), st.sampled_from([False, False, False, True]))
+def test_a_session_read_from_its_prefix_is_read_as_a_first_look(first: list[Any], steps: list[tuple[int, list[Any]]],
+                                                                 thinking: bool, spaced: bool) -> None:
+    """A session's requests one after the other, each changing up to three of the last
+    messages of the one before and adding any (ones that need cleaning, or that are
+    no messages, among them): every outline is the one a first look gives."""
+    dumps = _spaced_body if spaced else _session_body
+    tails = Tails()
+    history = list(first)
+    bodies = [dumps(history, thinking)]
+    for changed, added in steps:
+        history = history[:max(len(history) - changed, 0)] + added
+        bodies.append(dumps(history, thinking))
+    for body in [bodies[0], *bodies]:  # (the first twice: its end is learnt, then met)
+        assert outline(body, tails) == outline(body, Tails())
+
+
+def _primed(messages: list[Any]) -> Tails:
+    tails = Tails()
+    for _ in range(2):
+        assert outline(_session_body(messages, False), tails) is not None
+    return tails
+
+
+HISTORY = [{"role": "user", "content": "fix the build"}, {"role": "assistant", "content": "looking"},
+           {"role": "user", "content": "ok"}, {"role": "assistant", "content": "done"},
+           {"role": "user", "content": "thanks"}]
+
+
+def test_the_next_request_is_read_from_the_prefix() -> None:
+    tails = _primed(HISTORY)
+    tail = tails.kept[0]
+    assert tail.head is not None and len(tail.shared) == len(HISTORY) - 2
+    body = _session_body([*HISTORY, {"role": "assistant", "content": "more"}, {"role": "user", "content": "go"}], False)
+    got = tails.decode(body)
+    assert got is not None and got[2] == len(HISTORY) - 2  # read from the prefix
+    assert outline(body, tails) == outline(body, Tails())
+    assert len(tail.shared) == len(HISTORY)  # moved on: the next request is read from here
+
+
+@pytest.mark.parametrize("after", [
+    b"]",  # `[..., m,]`: no JSON, though `[` + `]` is
+    b" ]",
+    b'{"role": "user", "content": "x"}],"x":1',  # a member between the messages and the end
+    b'{"role": "user", "content": "x"}],"messages":[]',  # the messages again, empty
+    b'{"role": "user", "content": "x"}],"model":"other"',
+    b'{"role": "user", "content": "x"}]]',
+    b'{"role": "user", "content": "x"}',
+])
+def test_what_follows_the_prefix_is_read_as_the_whole_body_reads_it(after: bytes) -> None:
+    tails = _primed(HISTORY)
+    tail = tails.kept[0]
+    body = tail.prefix + after + tail.data
+    assert outline(body, tails) == outline(body, Tails())
+
+
+def test_a_body_with_another_beginning_is_decoded_without_the_prefix() -> None:
+    tails = _primed(HISTORY)
+    other = [{"role": "user", "content": "another session"}, *HISTORY[1:]]
+    body = _session_body(other, False)
+    got = tails.decode(body)
+    assert got is not None and got[2] == 0
+    assert outline(body, tails) == outline(body, Tails())
