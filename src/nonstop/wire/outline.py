@@ -177,7 +177,7 @@ class _Tail:
         """`prefix` moved to end before `body`'s last SPARED messages (the next request of
         the session changes those, and adds after them), or let go when they cannot be
         found: in JSON written compactly, they end at the array's `]`, one comma apart."""
-        old, head = self.prefix, self.head
+        old, head, owned = self.prefix, self.head, len(self.shared) if read else 0
         self.prefix, self.head, self.shared, self.shared_local = b"", None, [], _NONE
         if not read:
             if self.tries >= self.TRIES:  # (found and missed again and again: the client's
@@ -210,7 +210,7 @@ class _Tail:
                 return
             if head.thinking is not None or head.messages != messages[:keep]:
                 return
-        self.prefix, self.head, self.shared = prefix, head, messages[:keep]
+        self.prefix, self.head, self.shared = prefix, head, _owned(messages[:keep], owned)
         self.shared_local = first_local if first_local < keep else _NONE
 
     def over(self, req: _Request) -> _Request:
@@ -225,6 +225,20 @@ class _Tail:
         if a.thinking:
             req.thinking = msgspec.json.decode(a.thinking)
         return req
+
+
+def _owned(messages: list[_Message], start: int) -> list[_Message]:
+    """`messages`, those from `start` on holding their own text: a decoded message's raw
+    fields point into the buffer it was decoded from, and kept so they would keep all of
+    it (every read's, a session long)."""
+    for m in messages[start:]:
+        if not isinstance(m.content, str):
+            for b in m.content:
+                if b.text:
+                    b.text = b.text.copy()
+                if b.content:
+                    b.content = b.content.copy()
+    return messages
 
 
 class Tails:
@@ -263,7 +277,10 @@ class Tails:
                 self.missed = 0
                 if i:
                     self.kept.insert(0, self.kept.pop(i))
-                return tail.over(req), tail, shared
+                try:
+                    return tail.over(req), tail, shared
+                except _DECODE_ERRORS:  # `thinking` nested too deep for this call's stack
+                    return None
         return None
 
     def learn(self, body: bytes, whole: _Request) -> None:
@@ -284,7 +301,10 @@ class Tails:
             if after.model or after.messages:
                 continue
             tail = _Tail(body[k:], after)
-            if _fields(tail.over(before)) != _fields(whole):  # (never seen: a guard on the reasoning above)
+            try:
+                if _fields(tail.over(before)) != _fields(whole):  # (never seen: a guard on the reasoning above)
+                    continue
+            except _DECODE_ERRORS:
                 continue
             self.kept.insert(0, tail)
             del self.kept[self.KEEP:]

@@ -488,3 +488,57 @@ def test_a_body_with_another_beginning_is_decoded_without_the_prefix() -> None:
     got = tails.decode(body)
     assert got is not None and got[2] == 0
     assert outline(body, tails) == outline(body, Tails())
+
+
+def test_what_a_session_keeps_does_not_grow_with_its_requests() -> None:
+    """The messages a prefix keeps hold their own text, not the buffer each request's
+    new messages were decoded from: a session whose last message is large each time
+    (replaced by the next request) keeps no more than its history."""
+    import gc
+    import tracemalloc
+
+    def message(role: str, text: str, pad: int = 0) -> dict[str, Any]:
+        return {"role": role, "content": [{"type": "text", "text": text}], **({"pad": "p" * pad} if pad else {})}
+
+    history = [message("user", "u0"), message("assistant", "a0"), message("user", "u1")]
+    tails = _primed(history)
+    tracemalloc.start()
+    try:
+        for i in range(12):
+            if i:
+                history[-1] = message("user", f"r{i}")
+            history += [message("assistant", f"a{i}"), message("user", "b", pad=200_000)]
+            body = _session_body(history, False)
+            assert outline(body, tails) == outline(body, Tails())
+            del body
+            gc.collect()
+            if i == 1:
+                start = tracemalloc.get_traced_memory()[0]
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert tails.kept[0].head is not None and len(tails.kept[0].shared) > 12  # read from the prefix throughout
+    assert grown < 600_000  # (one request's large message is ~200 KB; kept by every read it was ~2 MB)
+
+
+def test_a_kept_thinking_that_cannot_be_read_here_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kept end's `thinking` is decoded for each request; nested near the limit, that
+    decode may fail deeper in a stack where the whole body's did not: the body is then
+    decoded whole, as it would be without the end."""
+    import msgspec
+
+    tails = Tails()
+    first = _body({"model": "m", "messages": [{"role": "user", "content": "a"}]}, {"thinking": {"type": "enabled"}})
+    outline(first, tails)
+    assert tails.kept
+    decode = msgspec.json.decode
+
+    def deep(data: Any, *args: Any, **kw: Any) -> Any:
+        if bytes(data).startswith(b'{"type":"enabled"'):
+            raise RecursionError("maximum recursion depth exceeded")
+        return decode(data, *args, **kw)
+
+    monkeypatch.setattr(msgspec.json, "decode", deep)
+    body = _body({"model": "m", "messages": [{"role": "user", "content": "b"}]}, {"thinking": {"type": "enabled"}})
+    assert outline(body, tails) == outline(body, Tails())
+    assert outline(body, tails) is not None
