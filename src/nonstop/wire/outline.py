@@ -32,6 +32,11 @@ that ends with one is decoded without it (the bytes before it, closed), and the 
 members' fields laid over, as JSON's last member wins. The same decoder reads the same
 members, so the answer is the whole decode's (tests/unit/wire/test_outline.py holds the
 two to it); a body the shorter decode cannot read is decoded whole.
+
+The history is resent too, hundreds of messages an hour into a session. Under each end
+`_Tail` keeps the last history checked (a request's leading messages equal to it are not
+checked again) and that body's bytes up to its last two messages, which a client changes
+next (a body that begins with them is decoded from its new messages only; `_Tail.read`).
 """
 
 from __future__ import annotations
