@@ -215,6 +215,7 @@ class _Tail:
                 return
             if head.thinking is not None or head.messages != messages[:keep]:
                 return
+            head.messages = []  # (read() takes `shared`; these would keep the prefix's decode)
         self.prefix, self.head, self.shared = prefix, head, _owned(messages[:keep], owned)
         self.shared_local = first_local if first_local < keep else _NONE
 
@@ -321,8 +322,9 @@ def _fields(req: _Request) -> tuple[Any, ...]:
 
 
 TAILS = Tails()
-# The longest body whose checked history is kept: its messages' text stays in memory
-# with it (eight kept: 8 MB at most).
+# The longest body whose history a tail keeps. A tail then holds up to about three
+# such bodies' worth: its prefix, the kept messages' own text, and the last checked
+# history (which points into that request's decode); eight tails, ~24 MB at the most.
 REMEMBERED = 1 << 20
 
 
