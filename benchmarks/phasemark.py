@@ -18,6 +18,10 @@ moment uvicorn has read the request's head (`head`; its body follows):
   when it is entered and when it returns (`Qual.name <` and `Qual.name >`), for finding
   where a segment's time goes.
 
+With PHASEMARK_TRACE=1 it also lists, for each upstream request, every function the
+thread enters between `sent` and `head` (sys.setprofile: slow, so read the list, not
+the times of a traced run) and writes the lists to OUT.json.calls.
+
 SIGUSR1 starts noting, SIGUSR2 stops and writes every request noted so far (a list of
 {phase: µs after the head}) to OUT.json; the next SIGUSR1 goes on adding to it, so
 rounds of several targets can interleave. The marks cost a few µs each: compare the
@@ -106,13 +110,34 @@ def _patch(upstreams: dict[int, str], functions: list[str]) -> None:
         port = getattr(url, "port", None) if not isinstance(url, str) else _port_of(url)
         name = upstreams.get(port or 0, f"port {port}")
         _note(f"{name} sent")
-        resp = await request(self, method, url, *args, **kw)
+        calls = [] if _TRACE and _on and "head" in _current else None
+        if calls is not None:
+            sys.setprofile(_tracer(calls))
+        try:
+            resp = await request(self, method, url, *args, **kw)
+        finally:
+            if calls is not None:
+                sys.setprofile(None)
+                _calls.append(calls)
         _note(f"{name} head")
         return resp
 
     aiohttp.ClientSession._request = _request  # type: ignore[method-assign]
     for spec in functions:
         _mark(spec)
+
+
+def _tracer(calls: list[str]) -> Any:
+    """A profile function that lists each function the thread enters (Python's by
+    `qualname file`, C's by name): whatever the event loop runs while the request is on
+    its way, aiohttp's own work and any other callback alike."""
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            code = frame.f_code
+            calls.append(f"{code.co_qualname} {code.co_filename.rsplit('/', 1)[-1]}")
+        elif event == "c_call":
+            calls.append(getattr(arg, "__qualname__", repr(arg)))
+    return profile
 
 
 def _port_of(url: str) -> int | None:
@@ -160,6 +185,10 @@ def _stop(*_: Any) -> None:
         json.dump([{**{k: round((v - d["head"]) * 1e6, 1) for k, v in d.items()}, "at": d["head"]}
                    for d in _done], fh)
     os.replace(part, _OUT)
+    if _TRACE:  # the calls of each upstream request noted so far, in order
+        with open(_OUT + ".calls.part", "w") as fh:
+            json.dump(_calls, fh)
+        os.replace(_OUT + ".calls.part", _OUT + ".calls")
 
 
 def _upstreams(text: str) -> dict[int, str]:
@@ -181,6 +210,8 @@ def main() -> None:
 
 
 _OUT = ""
+_TRACE = bool(os.environ.get("PHASEMARK_TRACE"))
+_calls: list[list[str]] = []
 
 if __name__ == "__main__":
     main()

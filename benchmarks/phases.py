@@ -4,6 +4,7 @@
     python benchmarks/phases.py --only failover          one (json, stream, failover, local)
     python benchmarks/phases.py --rev REV                also nonstop at git revision REV, interleaved
     python benchmarks/phases.py --mark nonstop.backends.local:LocalBackend.send   a function's entry and return too
+    python benchmarks/phases.py --only json --trace      also what the loop runs while the upstream answers
 
 run.py says how much nonstop adds to a request; this says where, on the request's own
 timeline. nonstop (and, where the cloud answers, the bare forwarder beside it: the floor
@@ -33,7 +34,12 @@ Anthropic-format local backend and the request log on, the 50 KB Claude Code req
             answers (stream)
 
 Each mark costs a few µs, so absolute offsets run a little above run.py's: compare two
-codes (--rev) under the same marks. Prints the tables and writes
+codes (--rev) under the same marks. With --trace, every function the thread enters
+between `sent` and `head` is listed too (phasemark.py's PHASEMARK_TRACE), and the report
+gives each target's calls in that window and the calls one target makes there that the
+others do not: whether a longer `sent -> head` is more work, or other callbacks the loop
+ran meanwhile, or the same work run slower. Tracing slows every call: the times of a
+traced run are not to be compared with an untraced one's. Prints the tables and writes
 benchmarks/results/<date>-phases.md and .json.
 """
 
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime as dt
 import json
 import os
@@ -92,6 +99,11 @@ class Target:
         self.ttfb: list[float] = []
         self.client: list[tuple[float, float]] = []  # each request's send and first bytes (perf_counter)
 
+    def calls(self) -> list[list[str]]:
+        """With --trace: the functions entered in each upstream request's `sent -> head`."""
+        path = self.out.with_name(self.out.name + ".calls")
+        return json.loads(path.read_text()) if path.exists() else []
+
     def noted(self) -> list[dict[str, float]]:
         """The phases noted, with the client's own two (`client sent`, `client first`)
         where the counts agree: perf_counter is one clock for every process here."""
@@ -106,7 +118,7 @@ class Target:
 
 
 def start_target(name: str, scenario: str, up: dict[str, str], ports: dict[str, int], work: Path,
-                 source: Path | None, functions: list[str]) -> Target:
+                 source: Path | None, functions: list[str], trace: bool = False) -> Target:
     """nonstop in the scenario's configuration (its code from `source`, else this tree),
     or with `name` "forwarder" the bare forwarder on the scenario's cloud."""
     mode, _, cloud_extra, _ = SCENARIOS[scenario]
@@ -116,7 +128,7 @@ def start_target(name: str, scenario: str, up: dict[str, str], ports: dict[str, 
     out = folder / "phases.json"
     env = {"NONSTOP_STATE_DIR": str(folder / "state"), "PYTHONPATH": str(source or ROOT / "src"),
            "PHASEMARK_UPSTREAMS": f"cloud={ports[mode]},local={ports['local']}",
-           "PHASEMARK_FUNCTIONS": " ".join(functions)}
+           "PHASEMARK_FUNCTIONS": " ".join(functions), "PHASEMARK_TRACE": "1" if trace else ""}
     if name == "forwarder":
         argv = [str(HERE / "forwarder.py"), "--listen", f"127.0.0.1:{port}", "--upstream", up[mode]]
         health = "/_stats"
@@ -178,8 +190,13 @@ def scenario_rounds(scenario: str, targets: list[Target], direct: dict[str, str]
             noted_after(t, before)
         for name, url in direct.items():  # each upstream this scenario meets, called directly
             asyncio.run(drive(url + PATH, stream and name != "the 429", n // 2, direct_ttfb[name]))
-    return {"targets": {t.name: {"ttfb_ms": t.ttfb, "requests": t.noted()} for t in targets},
-            "direct_ttfb_ms": direct_ttfb}
+    out: dict[str, Any] = {"targets": {t.name: {"ttfb_ms": t.ttfb, "requests": t.noted()} for t in targets},
+                           "direct_ttfb_ms": direct_ttfb}
+    traced = {t.name: t.calls() for t in targets}
+    if any(traced.values()):  # (the lists themselves are not kept: megabytes a run)
+        medians, differ = window_calls(traced)
+        out["window"] = {"medians": medians, "differ": differ}
+    return out
 
 
 def phase_table(requests: list[dict[str, float]]) -> list[tuple[str, float, float]]:
@@ -195,6 +212,22 @@ def phase_table(requests: list[dict[str, float]]) -> list[tuple[str, float, floa
         seg = [req[k] - req[order[i - 1]] for req in requests if i and k in req and order[i - 1] in req]
         rows.append((k, percentile(seen[k], 50), percentile(seg, 50) if seg else 0.0))
     return rows
+
+
+def window_calls(targets: dict[str, list[list[str]]]) -> tuple[dict[str, float], list[tuple[str, dict[str, float]]]]:
+    """From each target's traced windows (the functions entered in each `sent -> head`):
+    the median number of calls in a window, and each function whose calls per window
+    differ between the targets (by at least half a call), with its calls per window in
+    each, the largest differences first."""
+    medians = {n: percentile([len(w) for w in ws], 50) if ws else 0.0 for n, ws in targets.items()}
+    rates: dict[str, dict[str, float]] = {}
+    for n, ws in targets.items():
+        for fn, k in collections.Counter(c for w in ws for c in w).items():
+            rates.setdefault(fn, {})[n] = k / len(ws)
+    differ = [(fn, {n: r.get(n, 0.0) for n in targets}) for fn, r in rates.items()]
+    differ = [(fn, r) for fn, r in differ if max(r.values()) - min(r.values()) >= 0.5]
+    differ.sort(key=lambda d: (-(max(d[1].values()) - min(d[1].values())), d[0]))
+    return medians, differ
 
 
 def render(results: dict[str, Any]) -> str:
@@ -227,6 +260,18 @@ def render(results: dict[str, Any]) -> str:
                 cells += [f"{row[1]:,.0f}", f"{row[2]:,.0f}" if phase != "head" else "—"] if row else ["—", "—"]
             lines.append(f"| {phase} | " + " | ".join(cells) + " |")
         lines.append("")
+        if "window" in res:
+            medians, differ = res["window"]["medians"], res["window"]["differ"]
+            lines += ["Traced (--trace; its times are slowed by the tracing): functions entered between `sent` and "
+                      "`head`, per upstream request (median): "
+                      + ", ".join(f"{results['labels'][n]} {medians[n]:,.0f}" for n in names) + ".", ""]
+            if differ:
+                lines += ["| called in the window | " + " | ".join(results["labels"][n] for n in names) + " |",
+                          "|---|" + "---:|" * len(names)]
+                lines += [f"| `{fn}` | " + " | ".join(f"{r[n]:.1f}" for n in names) + " |" for fn, r in differ[:30]]
+            else:
+                lines.append("The same functions, as often, in every target's window.")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -238,6 +283,8 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=250, help="requests per target per round")
     p.add_argument("--mark", action="append", default=[], metavar="MODULE:QUALNAME",
                    help="also note this function's entry and return (repeatable)")
+    p.add_argument("--trace", action="store_true",
+                   help="also list what the thread runs between each upstream request's sent and head (slow)")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nonstop-phases-"))
     upstream, ports = start_upstream({"ok": "ok", "limit-past": "limit-past", "limit": "limit", "local": "ok"}, work)
@@ -245,13 +292,14 @@ def main() -> int:
     labels = {"nonstop": "this code", **({"rev": a.rev} if a.rev else {}), "forwarder": "the bare forwarder"}
     results: dict[str, Any] = {"started": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                                "source": source_fingerprint(), "rev": a.rev, "rounds": a.rounds,
-                               "requests": a.requests, "marks": a.mark, "labels": labels, "scenarios": {}}
+                               "requests": a.requests, "marks": a.mark, "trace": a.trace, "labels": labels, "scenarios": {}}
     try:
         up = {k: f"http://127.0.0.1:{v}" for k, v in ports.items()}
         for scenario in [a.only] if a.only else list(SCENARIOS):
             mode = SCENARIOS[scenario][0]
             names = [n for n in labels if n != "forwarder" or mode == "ok"]  # the forwarder has no failover
-            targets = [start_target(n, scenario, up, ports, work, source if n == "rev" else None, a.mark) for n in names]
+            targets = [start_target(n, scenario, up, ports, work, source if n == "rev" else None, a.mark, a.trace)
+                       for n in names]
             try:
                 direct = {"the cloud": up["ok"]} if mode == "ok" else {"the local server": up["local"]}
                 if mode == "limit-past":

@@ -113,3 +113,43 @@ def test_the_marker_notes_arrival_the_socket_write_and_the_end(monkeypatch: pyte
     import json
     (noted,) = json.loads((tmp_path / "out.json").read_text())
     assert noted == {"arrived": -1.0, "head": 0.0, "out": 1.0, "written": 2.0, "end": 3.0, "at": 1e-06}
+
+
+def test_the_tracer_lists_python_and_c_calls_in_order() -> None:
+    import sys
+
+    calls: list[str] = []
+
+    def inner() -> int:
+        return len("abc")
+
+    sys.setprofile(phasemark._tracer(calls))
+    try:
+        inner()
+    finally:
+        sys.setprofile(None)
+    assert calls[:2] == ["test_the_tracer_lists_python_and_c_calls_in_order.<locals>.inner test_phases.py", "len"]
+
+
+def test_window_calls_names_what_one_target_runs_that_another_does_not() -> None:
+    traced = {
+        "nonstop": [["a", "b", "quota"], ["a", "b", "quota", "quota"]],
+        "forwarder": [["a", "b"], ["a", "b", "c"]],
+    }
+    medians, differ = phases.window_calls(traced)
+    assert medians == {"nonstop": 3.5, "forwarder": 2.5}
+    # quota: 1.5 a window against none; c: 0.5 against none; a and b alike are left out.
+    assert differ == [("quota", {"nonstop": 1.5, "forwarder": 0.0}), ("c", {"nonstop": 0.0, "forwarder": 0.5})]
+
+
+def test_a_traced_report_says_when_the_windows_are_alike() -> None:
+    medians, differ = phases.window_calls({"nonstop": [["a"]], "forwarder": [["a"]]})
+    res = {"targets": {n: {"ttfb_ms": [0.5], "requests": [{"head": 0, "out": 1}]} for n in ("nonstop", "forwarder")},
+           "direct_ttfb_ms": {"the cloud": [0.1]}, "window": {"medians": medians, "differ": differ}}
+    machine = {"cpu": "cpu", "cores": 2, "memory_mb": 1, "kernel": "k", "python": "3", "load_at_start": "0"}
+    results = {"started": "now", "machine": machine, "source": {"sha256": "x", "files": 1, "newest_change": "t"},
+               "rounds": 1, "requests": 1, "labels": {"nonstop": "this code", "forwarder": "the bare forwarder"},
+               "scenarios": {"json": res}}
+    text = phases.render(results)
+    assert "functions entered between `sent` and `head`" in text
+    assert "The same functions, as often, in every target's window." in text
