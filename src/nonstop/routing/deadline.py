@@ -28,11 +28,10 @@ SMALLEST = 4096  # bytes: the first bucket holds everything up to this size
 
 
 def bucket_of(size: int) -> int:
-    """0 for up to 4 KB, then one bucket per factor of four."""
-    bucket, upper = 0, SMALLEST
-    while size > upper:
-        bucket, upper = bucket + 1, upper * 4
-    return bucket
+    """0 for up to 4 KB, then one bucket per factor of four: the b with
+    SMALLEST * 4**(b-1) < size <= SMALLEST * 4**b, counted from the bits of
+    (size - 1) // SMALLEST (b doubled is that many bits, rounded up to even)."""
+    return ((max(int(size) - 1, 0) // SMALLEST).bit_length() + 1) // 2
 
 
 def bucket_size(bucket: int) -> int:

@@ -72,6 +72,11 @@ class QuotaState:
     utilization: Utilization = field(default_factory=Utilization)
     forecast: QuotaForecast = field(default_factory=QuotaForecast)
     _serving_view: CloudView | None = field(default=None, init=False, repr=False, compare=False)
+    # The quota headers last read in full, the Utilization they went into, and until when
+    # (and while the forecast's readings stay as they were then) the same headers would
+    # change nothing but `updated`: see record_headers.
+    _settled: tuple[tuple[str | None, ...], Utilization, float, int] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     # --- what the planner sees ---------------------------------------------------------
 
@@ -175,25 +180,40 @@ class QuotaState:
         self._set(CloudState.OUT, until, kind.value, verdict.detail, "cloud out")
 
     def record_headers(self, headers: Mapping[str, str]) -> None:
-        """Quota headers on any cloud response (success or not)."""
+        """Quota headers on any cloud response (success or not).
+
+        The cloud sends them on every reply, and they change far less often: the same
+        headers as the last ones read, into the same Utilization, before the forecast
+        would take the same values again (SAME_VALUE_EVERY) and with its readings as
+        they were, would set every field to what it holds and add no reading. Then only
+        `updated` moves, and they are not parsed again."""
         status = headers.get(_H + "status")
         five = headers.get(_H + "5h-utilization")
         seven = headers.get(_H + "7d-utilization")
         if status is None and five is None and seven is None:
             return
+        five_reset, seven_reset = headers.get(_H + "5h-reset"), headers.get(_H + "7d-reset")
+        fb, overage = headers.get(_H + "fallback-percentage"), headers.get(_H + "overage-status")
+        raw = (status, five, seven, five_reset, seven_reset, fb, overage)
         u = self.utilization
+        now = self.clock()
+        settled, f = self._settled, self.forecast
+        if (settled is not None and settled[0] == raw and settled[1] is u and now < settled[2]
+                and settled[3] == f.changes):
+            u.updated = now
+            return
         u.status = status or u.status
         u.five_hour = parse_float(five) if five is not None else u.five_hour
         u.seven_day = parse_float(seven) if seven is not None else u.seven_day
-        u.five_hour_reset = parse_epoch(headers.get(_H + "5h-reset")) or u.five_hour_reset
-        u.seven_day_reset = parse_epoch(headers.get(_H + "7d-reset")) or u.seven_day_reset
-        fb = headers.get(_H + "fallback-percentage")
+        u.five_hour_reset = parse_epoch(five_reset) or u.five_hour_reset
+        u.seven_day_reset = parse_epoch(seven_reset) or u.seven_day_reset
         u.fallback_percentage = parse_float(fb) if fb is not None else u.fallback_percentage
-        u.overage_status = headers.get(_H + "overage-status", u.overage_status)
-        u.updated = now = self.clock()
-        added = self.forecast.record(now, "5h", u.five_hour, u.five_hour_reset)
-        added = self.forecast.record(now, "7d", u.seven_day, u.seven_day_reset) or added
-        if added and self.forecast.update(now) and self.on_change is not None:
+        u.overage_status = overage if overage is not None else u.overage_status
+        u.updated = now
+        added = f.record(now, "5h", u.five_hour, u.five_hour_reset)
+        added = f.record(now, "7d", u.seven_day, u.seven_day_reset) or added
+        self._settled = (raw, u, f.quiet_until(), f.changes)
+        if added and f.update(now) and self.on_change is not None:
             self.on_change(self, "")
 
     # --- persistence -----------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 from nonstop.routing.deadline import (
     ANSWER_PACE,
     MIN_SAMPLES,
+    SMALLEST,
     FirstByteDeadlines,
     answer_wait,
     bucket_of,
@@ -17,6 +18,18 @@ from nonstop.routing.deadline import (
 def test_buckets_grow_by_four() -> None:
     assert [bucket_of(n) for n in (0, 4096, 4097, 16384, 16385, 65536, 1_000_000)] == [0, 0, 1, 1, 2, 2, 4]
     assert bucket_size(bucket_of(50_000)) >= 50_000
+
+
+def test_buckets_are_counted_as_the_factors_of_four_step_them() -> None:
+    def stepped(size: int) -> int:  # the definition: one bucket per factor of four past 4 KB
+        bucket, upper = 0, SMALLEST
+        while size > upper:
+            bucket, upper = bucket + 1, upper * 4
+        return bucket
+
+    edges = [SMALLEST * 4**k + d for k in range(12) for d in (-1, 0, 1)]
+    for size in [-5, 0, 1, 2, 4095, *edges, 50_000, 2**40 + 3]:
+        assert bucket_of(size) == stepped(size), size
 
 
 def test_no_history_waits_the_ceiling() -> None:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import FailureKind, Verdict, classify_response, parse_retry_after
@@ -374,6 +376,65 @@ def test_record_headers_reads_no_utilization_from_a_number_that_is_not_finite(va
                       U + "fallback-percentage": value})
     u = q.utilization
     assert (u.five_hour, u.seven_day, u.fallback_percentage) == (None, None, None)
+
+
+# Quota headers as a cloud sends them, reply after reply: mostly the same, now and then
+# another utilization, reset, status; some without a window, one with a broken value.
+_HEADERS = [
+    {U + "status": "allowed", U + "5h-utilization": "0.40", U + "7d-utilization": "0.20",
+     U + "5h-reset": str(int(T0 + 7200)), U + "7d-reset": str(int(T0 + 500000))},
+    {U + "status": "allowed", U + "5h-utilization": "0.41", U + "7d-utilization": "0.20",
+     U + "5h-reset": str(int(T0 + 7200)), U + "7d-reset": str(int(T0 + 500000))},
+    {U + "status": "allowed_warning", U + "5h-utilization": "0.95", U + "7d-utilization": "0.21",
+     U + "5h-reset": str(int(T0 + 7200)), U + "7d-reset": str(int(T0 + 500000)), U + "overage-status": "rejected"},
+    {U + "status": "allowed", U + "5h-utilization": "0.05", U + "5h-reset": str(int(T0 + 25200))},
+    {U + "status": "allowed", U + "7d-utilization": "0.22", U + "fallback-percentage": "0.5"},
+    {U + "status": "allowed", U + "5h-utilization": "inf"},
+    {"x-other": "1"},
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(range(len(_HEADERS))), st.sampled_from([0, 1, 5, 29, 30, 31, 600, 4000]),
+                          st.booleans()), max_size=60))
+def test_record_headers_read_again_changes_what_a_full_reading_changes(steps) -> None:
+    # The same headers as the last ones are not parsed again (record_headers): every
+    # state it leaves must be the one a full reading of every reply leaves.
+    fast, clock, fast_changes = make()
+    full, full_clock, full_changes = make()
+    for i, dt, restore in steps:
+        clock.advance(dt)
+        full_clock.advance(dt)
+        if restore:  # another instance's view, or a restart: the readings are replaced
+            snap = fast.snapshot()
+            fast.restore(snap, live=True)
+            full.restore(snap, live=True)
+        fast.record_headers(_HEADERS[i])
+        full._settled = None  # read in full, every time
+        full.record_headers(_HEADERS[i])
+        assert fast.utilization == full.utilization
+        assert fast.forecast.snapshot() == full.forecast.snapshot()
+        assert fast.forecast.current == full.forecast.current
+        assert fast.forecast.conserving == full.forecast.conserving
+        assert fast_changes.calls == full_changes.calls
+
+
+def test_the_same_headers_again_are_not_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nonstop.routing.quota as quota
+
+    q, clock, _ = make()
+    q.record_headers(_HEADERS[0])
+    parsed: list[object] = []
+    monkeypatch.setattr(quota, "parse_float", lambda v: parsed.append(v) or float(v))
+    clock.advance(5)
+    q.record_headers(dict(_HEADERS[0]))
+    assert parsed == [] and q.utilization.updated == clock.now
+    q.record_headers(_HEADERS[1])  # another value: read
+    assert parsed
+    parsed.clear()
+    clock.advance(31)  # the same value, but the forecast would take it again by now
+    q.record_headers(_HEADERS[1])
+    assert parsed
 
 
 def test_record_headers_ignores_unrelated_headers() -> None:
