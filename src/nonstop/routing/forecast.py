@@ -112,22 +112,16 @@ class QuotaForecast:
     # window they were made for has reset: `next_reset`).
     current: tuple[WindowForecast, ...] = ()
     next_reset: float = float("inf")
-    # How many times the readings changed (a reading added, a window begun anew, a
-    # restore): what a reading adds depends only on them and the time (quiet_until).
-    changes: int = 0
 
     def record(self, now: float, window: str, utilization: float | None, resets: float | None) -> bool:
         w = self.windows.get(window)
         if w is None or utilization is None:
             return False
-        if w.add(now, utilization, resets):
-            self.changes += 1
-            return True
-        return False
+        return w.add(now, utilization, resets)
 
     def quiet_until(self) -> float:
         """Until when a reading of each window's last value adds nothing (each window's
-        last reading SAME_VALUE_EVERY on), while the readings do not change."""
+        last reading SAME_VALUE_EVERY on), while no other reading is recorded."""
         return min((w.readings[-1][1] + SAME_VALUE_EVERY for w in self.windows.values() if w.readings),
                    default=float("inf"))
 
@@ -163,7 +157,6 @@ class QuotaForecast:
     def restore(self, snap: object) -> None:
         if not isinstance(snap, dict):
             return
-        self.changes += 1
         self.conserving = bool(snap.get("conserving"))
         resets = snap.get("resets") if isinstance(snap.get("resets"), dict) else {}
         windows = snap.get("windows") if isinstance(snap.get("windows"), dict) else {}

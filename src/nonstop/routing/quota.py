@@ -72,11 +72,9 @@ class QuotaState:
     utilization: Utilization = field(default_factory=Utilization)
     forecast: QuotaForecast = field(default_factory=QuotaForecast)
     _serving_view: CloudView | None = field(default=None, init=False, repr=False, compare=False)
-    # The quota headers last read in full, the Utilization they went into, and until when
-    # (and while the forecast's readings stay as they were then) the same headers would
-    # change nothing but `updated`: see record_headers.
-    _settled: tuple[tuple[str | None, ...], Utilization, float, int] | None = field(
-        default=None, init=False, repr=False, compare=False)
+    # The quota headers last read in full, and until when the same headers would change
+    # nothing but `updated` (see record_headers; restore() lets it go).
+    _settled: tuple[tuple[str | None, ...], float] | None = field(default=None, init=False, repr=False, compare=False)
 
     # --- what the planner sees ---------------------------------------------------------
 
@@ -183,10 +181,10 @@ class QuotaState:
         """Quota headers on any cloud response (success or not).
 
         The cloud sends them on every reply, and they change far less often: the same
-        headers as the last ones read, into the same Utilization, before the forecast
-        would take the same values again (SAME_VALUE_EVERY) and with its readings as
-        they were, would set every field to what it holds and add no reading. Then only
-        `updated` moves, and they are not parsed again."""
+        headers as the last ones read, before the forecast would take the same values
+        again (SAME_VALUE_EVERY), would set every field to what it holds and add no
+        reading. Then only `updated` moves, and they are not parsed again. Only this
+        and restore() change the utilization and the forecast's readings."""
         status = headers.get(_H + "status")
         five = headers.get(_H + "5h-utilization")
         seven = headers.get(_H + "7d-utilization")
@@ -198,8 +196,7 @@ class QuotaState:
         u = self.utilization
         now = self.clock()
         settled, f = self._settled, self.forecast
-        if (settled is not None and settled[0] == raw and settled[1] is u and now < settled[2]
-                and settled[3] == f.changes):
+        if settled is not None and settled[0] == raw and now < settled[1]:
             u.updated = now
             return
         u.status = status or u.status
@@ -212,7 +209,7 @@ class QuotaState:
         u.updated = now
         added = f.record(now, "5h", u.five_hour, u.five_hour_reset)
         added = f.record(now, "7d", u.seven_day, u.seven_day_reset) or added
-        self._settled = (raw, u, f.quiet_until(), f.changes)
+        self._settled = (raw, f.quiet_until())
         if added and f.update(now) and self.on_change is not None:
             self.on_change(self, "")
 
@@ -250,6 +247,7 @@ class QuotaState:
             else:  # a probe in flight when the process died is over: one new request probes
                 state = CloudState.OUT
         self.state, self.until = state, until
+        self._settled = None  # the utilization and the readings are the snapshot's now
         self.reason = str(snap.get("reason") or "")
         self.detail = str(snap.get("detail") or "")
         self.since = _number(snap.get("since")) or 0.0
