@@ -82,7 +82,8 @@ _STOP = re.compile(rb'"stop_reason"\s*:\s*"([a-z_]+)"')
 # LF-framed SSE (the space after the colon is optional). One regex pass finds them all:
 # its literal prefix is searched in C, so it reads the chunk once, where a bytes.find
 # per line form read it eight times (and a regex without a prefix tries every position).
-_NOTABLE = re.compile(rb"event: ?(message_start|message_delta|message_stop|error)\n")
+_NOTABLE_NAMES = rb"message_start|message_delta|message_stop|error"
+_NOTABLE = re.compile(rb"event: ?(" + _NOTABLE_NAMES + rb")\n")
 _STOP_EVENTS = frozenset({b"message_stop"})
 _ERROR_EVENTS = frozenset({b"error"})
 _TERMINAL = _STOP_EVENTS | _ERROR_EVENTS
@@ -115,12 +116,16 @@ _SKIP_AUTO = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
 # error that lands in that gap (docs/reliability.md, Known gaps).
 _CONTENT_EVENTS = frozenset({"content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop"})
 _UNIFIED_STATUS = "anthropic-ratelimit-unified-status"
-# A data line that is not one JSON object, in LF-framed SSE (see _first_malformed).
-_BAD_DATA = re.compile(rb"\ndata:(?![ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$))")
-_GOOD_FIRST = re.compile(rb"data:[ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$)")
+# A data line's value that is one JSON object, as far as a line shows it (see _scan).
+_ONE_OBJECT = rb"[ \t\x0b\x0c]*\{[^\n]*\}[ \t\x0b\x0c]*(?:\n|$)"
+_GOOD_FIRST = re.compile(rb"data:" + _ONE_OBJECT)
+# In LF-framed SSE, after the first line: a notable event's `event:` line (its name, the
+# data starting after the line's end) or a data line that is not one JSON object. One
+# pass finds both, a line at a time (its literal prefix, the line end, is searched in C).
+_SCAN = re.compile(rb"\n(?:event: ?(" + _NOTABLE_NAMES + rb")(?=\n)|data:(?!" + _ONE_OBJECT + rb"))")
 # A read of whole plain events, as a stream at a model's pace comes: one or a few events a
 # read, LF-framed (the caller checks for CRs), each event one `event:` line that is none of
-# the notable ones (_NOTABLE) and one data line that is one JSON object (as _BAD_DATA reads
+# the notable ones (_NOTABLE) and one data line that is one JSON object (as _SCAN reads
 # it). Such a read is relayed as it came, with nothing to cut, check or record (see
 # _relay_stream). Only short reads are tried: Python's regex engine reads this pattern at
 # about 2 ns a byte, and a long read (a burst of events, the end of a stream) costs as
@@ -335,7 +340,7 @@ class CloudBackend:
                     # message to a local model (see _relay_stream).
                     reply = Reply(resp.status, relayed_headers(resp, decoded), _NO_BODY, self.name, True, usage,
                                   close=resp.close, verdict=verdict, handover=bool(expect) and _bare(peeked.data))
-                    reply.body = _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.notable, reply)
+                    reply.body = _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.scan, reply)
                     return reply
                 if ctype.startswith("text/event-stream"):
                     usage = Usage()
@@ -507,11 +512,12 @@ def _lower(headers) -> dict[str, str]:
 
 
 class _Peeked(NamedTuple):
-    """What a stream's first reads held (through its first content event), and its
-    notable events when they were found (the relay's first cut need not look again)."""
+    """What a stream's first reads held (through its first content event), and `_scan` of
+    them when they are whole events and were read by it (the relay's first cut need not
+    read them again)."""
 
     data: bytes
-    notable: list[tuple[bytes, int]] | None = None
+    scan: tuple[int, list[tuple[bytes, int]]] | None = None
 
 
 async def _peek_stream(resp: aiohttp.ClientResponse) -> _Peeked | Verdict:
@@ -573,7 +579,12 @@ def _peek_plain(buf: bytes) -> _Peeked | Verdict | None | Literal[False]:
     n = events.count(b"\n\n")
     if events.count(b"\n") != 3 * n or events.count(b"event:") != n or events.count(b"\ndata:") != n - (not events.startswith(b"event:")):
         return False
-    bad = _first_malformed(events)
+    # The complete events read (more than `events` when the first read holds more): the
+    # relay's first cut is these bytes when they are all of the read, and need not be
+    # read again. A malformed event after the deciding one is the relay's to answer.
+    whole = buf if end == len(buf) else buf[:end]
+    found = _scan(whole)
+    bad = found[0] if found[0] < upto else -1
     if m is None:
         return None if bad < 0 else _malformed_before_content(_name_at(events, bad))
     start = events.rfind(b"\n\n", 0, m.start()) + 2 if m.start() > 1 else 0  # the deciding event's
@@ -583,8 +594,9 @@ def _peek_plain(buf: bytes) -> _Peeked | Verdict | None | Literal[False]:
         return classify_stream_error(_error_data(events, start).decode("utf-8", "replace"))
     if bad >= 0:
         return _malformed_before_content(_name_at(events, bad))
-    notable = _notable(buf)
-    return _error_in_hand(buf, notable) or _Peeked(buf, notable)
+    if whole is buf:
+        return _error_in_hand(buf, found[1]) or _Peeked(buf, found)
+    return _error_in_hand(buf, _notable(buf)) or _Peeked(buf)  # (an error named in the part read so far counts)
 
 
 def _error_in_hand(buf: bytes, notable: list[tuple[bytes, int]]) -> Verdict | None:
@@ -627,15 +639,26 @@ def _events_until_content(decoder: SSEDecoder, chunk: bytes) -> Iterator[SSEEven
         pos = end + 2
 
 
-def _first_malformed(events: bytes) -> int:
-    """first_malformed_event, without splitting the chunk into Python objects when it
-    is LF-framed (as the cloud sends it): a regex tells whether any data line is not one
-    JSON object, and only then is the chunk split to find the event that holds it."""
+def _scan(events: bytes) -> tuple[int, list[tuple[bytes, int]]]:
+    """What a relay checks in whole events before they go on, in one pass: where the first
+    event with a data line that is not one JSON object starts (first_malformed_event: -1
+    for none), and the notable events (_notable). Only when a data line is malformed is
+    the chunk split into Python objects, to find the event that holds it; CR-framed
+    events are read by first_malformed_event."""
     if b"\r" in events:
-        return first_malformed_event(events)
-    if (events.startswith(b"data:") and _GOOD_FIRST.match(events) is None) or _BAD_DATA.search(events):
-        return first_malformed_event(events)
-    return -1
+        return first_malformed_event(events), _notable(events)
+    notable = []
+    if events.startswith(b"data:"):
+        if _GOOD_FIRST.match(events) is None:
+            return first_malformed_event(events), _notable(events)
+    elif (m := _NOTABLE.match(events)) is not None:
+        notable.append((m.group(1), m.end()))
+    for m in _SCAN.finditer(events):
+        name = m.group(1)
+        if name is None:  # a malformed data line
+            return first_malformed_event(events), _notable(events)
+        notable.append((name, m.end() + 1))
+    return -1, notable
 
 
 def _ended(data: bytes, usage: Usage, notable: list[tuple[bytes, int]] | None = None) -> bool:
@@ -697,11 +720,11 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
 
 
 async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage, idle: float,
-                        first_notable: list[tuple[bytes, int]] | None = None,
+                        first_scan: tuple[int, list[tuple[bytes, int]]] | None = None,
                         reply: Reply | None = None) -> AsyncIterator[bytes]:
     """The cloud's stream, cut at event boundaries (LF-framed), until the event that ends
     it: the client's response ends there, even if the cloud holds its connection open.
-    A read that waits `idle` seconds ends it too. `first_notable`: `_notable(first)`,
+    A read that waits `idle` seconds ends it too. `first_scan`: `_scan(first)`,
     when the peek has it. `reply`: the Reply this is the body of. While the client has
     no more than a message's start and an empty text or thinking block (the cloud's usual first
     read), a failure (an error event, a cut, a silence) hands the message to a local
@@ -727,7 +750,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                 if not held and not skip_lf and _plain_read(pending):
                     # The usual read: whole plain events, each checked by the match, with
                     # nothing held before them and nothing to record: relayed as it came.
-                    first_notable = None
+                    first_scan = None
                     if bare is not None and pending is not first and _ONLY_PINGS.fullmatch(pending) is None:
                         bare.instead = None  # content came: the hand-over (and its request) goes
                         bare, first = None, b""
@@ -741,16 +764,15 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                     if skip_lf:
                         data = data[:-1] + b"\n"
                     cut = complete_events_end(data)
-                    known, first_notable = first_notable, None  # the peek's: for the first read only
+                    known, first_scan = first_scan, None  # the peek's: for the first read only
                     if cut:
                         out = data[:cut]
-                        bad = _first_malformed(out)
+                        bad, notable = known if known is not None and cut == len(data) else _scan(out)
                         if bad >= 0:
                             usage.error = "the cloud sent a malformed event mid-stream"
                             shown = out[:bad]
                             end = anthropic_error_event("The cloud sent a malformed event; the response is incomplete.", "api_error")
                             break
-                        notable = known if known is not None and cut == len(data) else _notable(out)
                         for name, at in notable:
                             if name in _USAGE_EVENTS:
                                 j = out.find(b"\n\n", at)

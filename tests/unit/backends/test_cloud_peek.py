@@ -125,11 +125,27 @@ def test_other_framings_go_to_the_decoder(name):
     assert cloud._peek_plain(STREAMS[name]) is False
 
 
-def test_a_whole_first_read_hands_its_notable_events_to_the_relay():
+def test_a_whole_first_read_hands_its_scan_to_the_relay():
     peeked = cloud._peek_plain(WHOLE)
     assert isinstance(peeked, cloud._Peeked)
-    assert peeked.notable == cloud._notable(WHOLE)
-    assert [name for name, _ in peeked.notable] == [b"message_start", b"message_delta", b"message_stop"]
+    assert peeked.scan == cloud._scan(WHOLE) == (-1, cloud._notable(WHOLE))
+    assert [name for name, _ in peeked.scan[1]] == [b"message_start", b"message_delta", b"message_stop"]
+
+
+def test_a_first_read_with_a_part_event_hands_no_scan():
+    # The relay's first cut is then not the peek's bytes: it reads its own.
+    peeked = cloud._peek_plain(WHOLE + b"event: content_block_delta\ndata: {")
+    assert isinstance(peeked, cloud._Peeked)
+    assert peeked.scan is None
+
+
+def test_a_malformed_event_after_the_first_content_is_handed_to_the_relay():
+    # Not the peek's to fail over on (the decoder's reading stops at the first content):
+    # the relay relays what comes before it and ends the stream there.
+    body = START + BLOCK + _ev("content_block_delta", None, raw=b"half {") + MSTOP
+    peeked = cloud._peek_plain(body)
+    assert isinstance(peeked, cloud._Peeked)
+    assert peeked.scan is not None and peeked.scan[0] == len(START + BLOCK)
 
 
 async def test_the_relay_reads_usage_from_the_handed_events():
@@ -155,7 +171,7 @@ async def test_the_relay_reads_usage_from_the_handed_events():
     peeked = cloud._peek_plain(WHOLE)
     assert isinstance(peeked, cloud._Peeked)
     usage = cloud.Usage()
-    out = b"".join([c async for c in cloud._relay_stream(Stream(), peeked.data, usage, math.inf, peeked.notable)])
+    out = b"".join([c async for c in cloud._relay_stream(Stream(), peeked.data, usage, math.inf, peeked.scan)])
     assert out == WHOLE
     assert (usage.input_tokens, usage.output_tokens, usage.stop_reason, usage.complete) == (11, 3, "end_turn", True)
 
