@@ -25,7 +25,8 @@ kept-alive connection arms one only when its head arrives in more than one read.
 
 The protocol also hands each response a transport that sends the head with the first
 body bytes (`_Coalesced`): one system call, and one wake-up of the client, where uvicorn
-makes two.
+makes two; and a cycle that writes that head with its checks made on all its headers at
+once (`server/response_head.py`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from nonstop.server.asgi import CONNECTION, Connection
+from nonstop.server.response_head import ResponseCycle
 from nonstop.wire.errors import anthropic_error, openai_error
 
 # A head still incomplete this long after it started counts against its address's limit.
@@ -193,6 +195,9 @@ class HeadGuardedProtocol(HttpToolsProtocol):
             out = self._conn.out
             out.hold_head()
             self.cycle.transport = out  # type: ignore[assignment]
+            # The cycle uvicorn just made, as its subclass that writes the response's head
+            # itself (server/response_head.py): same attributes, one method more.
+            self.cycle.__class__ = ResponseCycle
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
