@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import aiohttp
 import orjson
+from aiohttp import hdrs
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -215,6 +216,22 @@ def relayed_headers(resp: aiohttp.ClientResponse, decoded: bool) -> list[tuple[b
     return out
 
 
+class _ForwardedRequest(aiohttp.ClientRequest):
+    """aiohttp's request, its headers copied in C. aiohttp's own `update_headers` adds
+    them one at a time in a Python loop (to let a Host header replace the URL's), and a
+    forwarded request carries the client's twenty or so. These are the same headers in
+    the same order: Host from the URL, then the request's as given; a request that
+    carries a Host of its own goes aiohttp's way."""
+
+    def update_headers(self, headers: Any) -> None:
+        host = self.url.host_port_subcomponent
+        if type(headers) is not CIMultiDict or host is None or hdrs.HOST in headers:
+            super().update_headers(headers)
+            return
+        self.headers = CIMultiDict(((hdrs.HOST, host),))
+        self.headers.extend(headers)
+
+
 class CloudBackend:
     """The cloud as a backend: the client's request, forwarded with its own credentials."""
 
@@ -249,6 +266,7 @@ class CloudBackend:
             skip_auto_headers=_SKIP_AUTO,
             cookie_jar=aiohttp.DummyCookieJar(),
             read_bufsize=2**16,
+            request_class=_ForwardedRequest,
         )
 
     def url_for(self, raw_path: bytes, query: bytes) -> URL:
@@ -511,13 +529,21 @@ def _lower(headers) -> dict[str, str]:
     return {k.lower(): v for k, v in headers.items()}
 
 
+class _Scanned(NamedTuple):
+    """`_scan` of the first `upto` bytes of a stream's first reads: their whole events."""
+
+    bad: int
+    notable: list[tuple[bytes, int]]
+    upto: int
+
+
 class _Peeked(NamedTuple):
     """What a stream's first reads held (through its first content event), and `_scan` of
-    them when they are whole events and were read by it (the relay's first cut need not
-    read them again)."""
+    their whole events when the peek read them so (the relay's first cut is those bytes,
+    and need not read them again)."""
 
     data: bytes
-    scan: tuple[int, list[tuple[bytes, int]]] | None = None
+    scan: _Scanned | None = None
 
 
 async def _peek_stream(resp: aiohttp.ClientResponse) -> _Peeked | Verdict:
@@ -580,8 +606,8 @@ def _peek_plain(buf: bytes) -> _Peeked | Verdict | None | Literal[False]:
     if events.count(b"\n") != 3 * n or events.count(b"event:") != n or events.count(b"\ndata:") != n - (not events.startswith(b"event:")):
         return False
     # The complete events read (more than `events` when the first read holds more): the
-    # relay's first cut is these bytes when they are all of the read, and need not be
-    # read again. A malformed event after the deciding one is the relay's to answer.
+    # relay's first cut is these bytes, and need not read them again. A malformed event
+    # after the deciding one is the relay's to answer.
     whole = buf if end == len(buf) else buf[:end]
     found = _scan(whole)
     bad = found[0] if found[0] < upto else -1
@@ -594,9 +620,10 @@ def _peek_plain(buf: bytes) -> _Peeked | Verdict | None | Literal[False]:
         return classify_stream_error(_error_data(events, start).decode("utf-8", "replace"))
     if bad >= 0:
         return _malformed_before_content(_name_at(events, bad))
-    if whole is buf:
-        return _error_in_hand(buf, found[1]) or _Peeked(buf, found)
-    return _error_in_hand(buf, _notable(buf)) or _Peeked(buf)  # (an error named in the part read so far counts)
+    notable = found[1]
+    if whole is not buf:  # and in the part of an event read so far (an error named there counts)
+        notable = notable + [(name, at + end) for name, at in _notable(buf[end:])]
+    return _error_in_hand(buf, notable) or _Peeked(buf, _Scanned(*found, end))
 
 
 def _error_in_hand(buf: bytes, notable: list[tuple[bytes, int]]) -> Verdict | None:
@@ -720,11 +747,11 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
 
 
 async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage, idle: float,
-                        first_scan: tuple[int, list[tuple[bytes, int]]] | None = None,
+                        first_scan: _Scanned | None = None,
                         reply: Reply | None = None) -> AsyncIterator[bytes]:
     """The cloud's stream, cut at event boundaries (LF-framed), until the event that ends
     it: the client's response ends there, even if the cloud holds its connection open.
-    A read that waits `idle` seconds ends it too. `first_scan`: `_scan(first)`,
+    A read that waits `idle` seconds ends it too. `first_scan`: `_scan` of `first`'s whole events,
     when the peek has it. `reply`: the Reply this is the body of. While the client has
     no more than a message's start and an empty text or thinking block (the cloud's usual first
     read), a failure (an error event, a cut, a silence) hands the message to a local
@@ -767,7 +794,7 @@ async def _relay_stream(resp: aiohttp.ClientResponse, first: bytes, usage: Usage
                     known, first_scan = first_scan, None  # the peek's: for the first read only
                     if cut:
                         out = data[:cut]
-                        bad, notable = known if known is not None and cut == len(data) else _scan(out)
+                        bad, notable = (known.bad, known.notable) if known is not None and cut == known.upto else _scan(out)
                         if bad >= 0:
                             usage.error = "the cloud sent a malformed event mid-stream"
                             shown = out[:bad]

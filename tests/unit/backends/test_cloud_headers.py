@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from nonstop.backends import cloud, head
@@ -154,3 +157,42 @@ async def test_the_quota_headers_are_learned_once_the_reply_is_on_its_way_and_ne
         assert "reading the cloud's quota headers failed" in caplog.text
     finally:
         await session.close()
+
+
+async def _request_head(request_class: type, headers: object) -> bytes:
+    """The head a session sends for `headers`, as a server reads it off the socket."""
+    got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not got.done():
+            got.set_result(head)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession(skip_auto_headers=cloud._SKIP_AUTO, request_class=request_class) as s, \
+                s.post(f"http://127.0.0.1:{port}/v1/messages", headers=headers, data=b"{}") as resp:
+            await resp.read()
+        return (await got).replace(b":%d\r\n" % port, b":PORT\r\n")  # (each a server of its own)
+    finally:
+        server.close()
+
+
+async def test_the_forwarded_request_s_head_is_aiohttp_s_own_byte_for_byte():
+    cases = [
+        forward_headers(CLIENT),
+        forward_headers([(b"x-api-key", b"sk-ant-k"), (b"Anthropic-Beta", b"a"), (b"anthropic-beta", b"b"),
+                         (b"User-Agent", b"claude-cli/2.0"), (b"accept", b"application/json")]),
+        CIMultiDict([("x-api-key", "k"), ("HOST", "elsewhere.example"), ("anthropic-version", "2023-06-01")]),
+        CIMultiDict(),
+        {"x-api-key": "k", "Host": "other.example"},
+        [("x-api-key", "k"), ("x-a", "1"), ("x-a", "2")],
+    ]
+    for headers in cases:
+        ours = await _request_head(cloud._ForwardedRequest, headers)
+        theirs = await _request_head(aiohttp.ClientRequest, headers)
+        assert ours == theirs, headers

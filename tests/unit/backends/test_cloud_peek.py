@@ -128,15 +128,34 @@ def test_other_framings_go_to_the_decoder(name):
 def test_a_whole_first_read_hands_its_scan_to_the_relay():
     peeked = cloud._peek_plain(WHOLE)
     assert isinstance(peeked, cloud._Peeked)
-    assert peeked.scan == cloud._scan(WHOLE) == (-1, cloud._notable(WHOLE))
-    assert [name for name, _ in peeked.scan[1]] == [b"message_start", b"message_delta", b"message_stop"]
+    assert peeked.scan == (*cloud._scan(WHOLE), len(WHOLE)) == (-1, cloud._notable(WHOLE), len(WHOLE))
+    assert [name for name, _ in peeked.scan.notable] == [b"message_start", b"message_delta", b"message_stop"]
 
 
-def test_a_first_read_with_a_part_event_hands_no_scan():
-    # The relay's first cut is then not the peek's bytes: it reads its own.
+def test_a_first_read_with_a_part_event_hands_the_scan_of_its_whole_events():
+    # The relay's first cut is those events: the part event waits for its end.
     peeked = cloud._peek_plain(WHOLE + b"event: content_block_delta\ndata: {")
     assert isinstance(peeked, cloud._Peeked)
-    assert peeked.scan is None
+    assert peeked.scan == (*cloud._scan(WHOLE), len(WHOLE))
+
+
+@pytest.mark.parametrize("piece", [1, 7, 64, 200, 1 << 20], ids=lambda p: f"piece{p}")
+@pytest.mark.parametrize("name", list(STREAMS))
+async def test_the_relay_reads_the_first_read_as_the_peek_handed_it(name, piece):
+    # However the first reads were cut, what the peek hands on changes nothing the relay
+    # sends or records.
+    resp = _Resp(_split(STREAMS[name], piece))
+    peeked = await cloud._peek_stream(resp)
+    if not isinstance(peeked, cloud._Peeked):
+        return
+
+    async def relayed(scan):
+        usage = cloud.Usage()
+        out = [c async for c in cloud._relay_stream(_Stream(resp.content.pieces), peeked.data, usage, math.inf, scan)]
+        return out, (usage.input_tokens, usage.output_tokens, usage.stop_reason, usage.complete, usage.error, usage.final)
+
+    handed = await relayed(peeked.scan)
+    assert handed == await relayed(None)
 
 
 def test_a_malformed_event_after_the_first_content_is_handed_to_the_relay():
@@ -145,7 +164,7 @@ def test_a_malformed_event_after_the_first_content_is_handed_to_the_relay():
     body = START + BLOCK + _ev("content_block_delta", None, raw=b"half {") + MSTOP
     peeked = cloud._peek_plain(body)
     assert isinstance(peeked, cloud._Peeked)
-    assert peeked.scan is not None and peeked.scan[0] == len(START + BLOCK)
+    assert peeked.scan is not None and peeked.scan.bad == len(START + BLOCK)
 
 
 async def test_the_relay_reads_usage_from_the_handed_events():
