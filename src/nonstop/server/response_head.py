@@ -57,7 +57,8 @@ class ResponseCycle(RequestResponseCycle):
         # Not a coroutine: the body's messages go to uvicorn's own send, awaited by the
         # caller, with no frame of this one's between them.
         if not self.response_started and not self.disconnected and not self.flow.write_paused \
-                and not self.access_log and self.chunked_encoding is None and message.get("type") == "http.response.start":
+                and not self.access_log and self.chunked_encoding is None and type(message) is dict \
+                and message.get("type") == "http.response.start":
             head = self._head(message)
             if head is not None:
                 self.transport.write(head)
@@ -70,9 +71,7 @@ class ResponseCycle(RequestResponseCycle):
         try:
             status = message["status"]
             line = STATUS_LINE[status]
-            headers = message.get("headers", ())
-            if self.default_headers:
-                headers = self.default_headers + list(headers)
+            headers = self.default_headers + list(message.get("headers", ()))  # (any iterable, as ASGI allows)
             names = list(map(_name, headers))
             values = list(map(_value, headers))
             joined = b"\n".join(names)

@@ -118,6 +118,18 @@ async def test_a_relayed_reply_s_head_is_written_without_uvicorn_s_loop(uvicorn_
     assert cycle.chunked_encoding is True and cycle.response_complete
 
 
+@pytest.mark.parametrize("kind", [tuple, iter, lambda hs: (h for h in hs), lambda hs: [list(h) for h in hs]])
+async def test_headers_given_as_any_iterable_of_pairs_make_the_same_head(kind):
+    # ASGI's headers are an iterable of [name, value] pairs, not only a list of tuples.
+    fields = [(b"content-type", b"application/json"), (b"content-length", b"2"), (b"request-id", b"r1")]
+    heads = []
+    for cls in (ResponseCycle, RequestResponseCycle):
+        cycle = _cycle(cls, method="GET", keep_alive=True, default_headers=[(b"server", b"x")], expect_100=False)
+        await cycle.send({"type": "http.response.start", "status": 200, "headers": kind(fields)})
+        heads.append(cycle.transport.out)
+    assert heads[0] == heads[1] and heads[0][0].endswith(b"request-id: r1\r\n\r\n")
+
+
 @pytest.mark.parametrize("headers", [[(b"connection", b"close")], [(b"transfer-encoding", b"chunked")],
                                      [(b"x", b"a\nb")], [(b"content-length", b"x")]])
 async def test_the_heads_left_to_uvicorn_go_to_its_send(headers, uvicorn_sends):
