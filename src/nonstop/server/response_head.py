@@ -21,13 +21,19 @@ from collections.abc import Awaitable, Generator
 from operator import itemgetter
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    RequestResponseCycle,
+)
 
-# The bytes uvicorn's HEADER_RE refuses in a name (controls, DEL, HTTP's separators) but
-# the line feed the names are joined with, and those its HEADER_VALUE_RE refuses in a
-# value (controls but the tab, DEL): the values are joined with a tab.
-_BAD_IN_NAMES = bytes(sorted((set(range(0x20)) | {0x7F} | set(b'()<>@,;:[]={} \t\\"')) - {0x0A}))
-_BAD_IN_VALUES = bytes(sorted((set(range(0x20)) - {0x09}) | {0x7F}))
+# The bytes uvicorn's own checks refuse, read from its regexes (each matches one byte): in
+# a name, all but the line feed the names are joined with (which the split counts); in a
+# value, all of them (the values are joined with a tab, which a value may hold).
+_BAD_IN_NAMES = bytes(b for b in range(256) if b != 0x0A and HEADER_RE.fullmatch(bytes([b])))
+_BAD_IN_VALUES = bytes(b for b in range(256) if HEADER_VALUE_RE.fullmatch(bytes([b])))
+assert HEADER_RE.fullmatch(b"\n") and not HEADER_VALUE_RE.fullmatch(b"\t")  # (the joins rely on both)
 _name = itemgetter(0)
 _value = itemgetter(1)
 # The names whose headers change the framing: the first two are left to uvicorn.
