@@ -51,6 +51,7 @@ from nonstop.routing.view import Capabilities
 from nonstop.wire.anthropic import token_count
 from nonstop.wire.errors import anthropic_error, anthropic_error_event
 from nonstop.wire.framing import (
+    CR,
     complete_events_end,
     first_malformed_event,
     lf_framed,
@@ -140,7 +141,7 @@ PLAIN_READ_MAX = 2048
 
 def _plain_read(data: bytes) -> bool:
     """Whether a read is whole plain events (_PLAIN_RUN), short enough to be worth asking."""
-    return len(data) <= PLAIN_READ_MAX and b"\r" not in data and _PLAIN_RUN.fullmatch(data) is not None
+    return len(data) <= PLAIN_READ_MAX and CR not in data and _PLAIN_RUN.fullmatch(data) is not None
 
 # Header names seen before, in replies: the lower-case name to relay (None: hop-by-hop).
 # Bounded: names come from upstreams.
@@ -589,7 +590,7 @@ def _peek_plain(buf: bytes) -> _Peeked | Verdict | None | Literal[False]:
     is what the decoder's reading decides. None: no deciding event (an error, or content)
     yet, read on; False: the bytes are framed otherwise (CR line ends, comments, events
     without a name or with several data lines...), and the decoder reads them."""
-    if b"\r" in buf:
+    if CR in buf:
         return False
     end = buf.rfind(b"\n\n") + 2  # the complete events' end (1: there are none)
     if end < 2:
@@ -653,7 +654,7 @@ def _events_until_content(decoder: SSEDecoder, chunk: bytes) -> Iterator[SSEEven
     first content event without decoding the rest (the cloud's first read may hold the
     whole reply). The decoder is incremental: feeding it piece by piece gives the same
     events as feeding the chunk whole."""
-    if b"\r" in chunk:  # CR or CRLF framing: the decoder's own line handling, in one go
+    if CR in chunk:  # CR or CRLF framing: the decoder's own line handling, in one go
         yield from decoder.feed(chunk)
         return
     pos = 0
@@ -672,7 +673,7 @@ def _scan(events: bytes) -> tuple[int, list[tuple[bytes, int]]]:
     for none), and the notable events (_notable). Only when a data line is malformed is
     the chunk split into Python objects, to find the event that holds it; CR-framed
     events are read by first_malformed_event."""
-    if b"\r" in events:
+    if CR in events:
         return first_malformed_event(events), _notable(events)
     notable = []
     if events.startswith(b"data:"):
@@ -893,7 +894,7 @@ def _bare(first: bytes) -> bool:
     """Whether a stream's first events may be no more than a message's start and an
     empty block, cheaply (no delta, no block's end): _bare_start reads them when a
     failure asks."""
-    return b"_delta" not in first and b"content_block_stop" not in first
+    return first.find(b"_delta") < 0 and first.find(b"content_block_stop") < 0
 
 
 def _bare_start(first: bytes) -> tuple[dict[str, Any], str] | None:

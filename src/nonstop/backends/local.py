@@ -49,6 +49,7 @@ from nonstop.routing.plan import MIN_OUTPUT_ROOM
 from nonstop.routing.view import Capabilities
 from nonstop.wire.anthropic import Event, estimate_tokens, fold_beside_results, to_local_request
 from nonstop.wire.errors import error_event, prompt_too_long_message
+from nonstop.wire.framing import CR
 from nonstop.wire.local_stream import (
     LocalStreamNormalizer,
     cache_counts,
@@ -830,7 +831,7 @@ def _pieces(chunk: bytes, split: Callable[[], bool], fails_on: tuple[bytes, ...]
     that gives up) is not cut: content and such a failure in one read hand the message
     over whole, before any of it has gone out."""
     pos = 0
-    if b"\r" not in chunk and not any(w in chunk for w in fails_on):
+    if CR not in chunk and not any(chunk.find(w) >= 0 for w in fails_on):
         while split():
             end = chunk.find(b"\n\n", pos) + 2
             if end < 2 or end >= len(chunk):

@@ -406,7 +406,7 @@ _IMAGE = re.compile(rb'"(?:i|\\u0069)(?:m|\\u006[dD])(?:a|\\u0061)(?:g|\\u0067)(
 
 def _may_hold_image(raw: bytes) -> bool:
     """A tool result's content (its JSON) names an image somewhere: read it whole then."""
-    return b'"image"' in raw or (b"\\u00" in raw and _IMAGE.search(raw) is not None)
+    return raw.find(b'"image"') >= 0 or (raw.find(b"\\u00") >= 0 and _IMAGE.search(raw) is not None)
 
 
 def _tail(req: _Request, local: bool) -> int:

@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from nonstop.wire.framing import CR, LF
+
 
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
@@ -22,7 +24,7 @@ class SSEEvent:
 
 def encode_event(event: str, data: str | bytes) -> bytes:
     if isinstance(data, bytes):
-        if b"\n" not in data:  # one line (JSON as orjson writes it): no splitting, no copies as str
+        if LF not in data:  # one line (JSON as orjson writes it): no splitting, no copies as str
             data.decode()  # UTF-8, or the same error as below
             line = b"data: " + data + b"\n\n"
             return b"event: " + event.encode() + b"\n" + line if event else line
@@ -61,7 +63,7 @@ class SSEDecoder:
             chunk = chunk[1:]
         self._skip_lf = False
         buf = self._buf + chunk if self._buf else chunk
-        lf_only = b"\r" not in buf
+        lf_only = CR not in buf
         if not lf_only:
             # A lone trailing CR may be the first half of CRLF: keep it for the next chunk,
             # unless it ends a blank line (right after a line's end), which it does either way.

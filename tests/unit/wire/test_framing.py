@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nonstop.wire.framing import (
+    CR,
+    LF,
     complete_events_end,
     first_malformed_event,
     lf_framed,
@@ -44,3 +48,22 @@ def test_wrong_content_type_for_what_was_asked():
 ])
 def test_lf_framed(raw, framed):
     assert lf_framed(raw) == framed
+
+
+def _end_by_both_searches(buf: bytes) -> int:
+    """complete_events_end as it was first written: both ends searched, always."""
+    lf, crlf = buf.rfind(b"\n\n"), buf.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+@given(st.lists(st.sampled_from([b"\n", b"\r", b"\r\n", b"\n\n", b"\r\n\r\n", b"data: {}", b"x"]), max_size=12))
+def test_cut_matches_searching_both_ends(parts: list[bytes]):
+    buf = b"".join(parts)
+    assert complete_events_end(buf) == _end_by_both_searches(buf)
+
+
+@given(st.binary(max_size=64))
+def test_single_bytes_as_ints_find_what_the_bytes_find(data: bytes):
+    # CR and LF are looked for as ints (no TypeError raised and cleared on every test).
+    assert (CR in data) == (b"\r" in data)
+    assert (LF in data) == (b"\n" in data)
