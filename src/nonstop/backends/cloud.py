@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 import aiohttp
 import orjson
 from aiohttp import hdrs
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from nonstop.aio import Deadline, Silence
@@ -360,11 +360,14 @@ class CloudBackend:
                     reply = Reply(resp.status, relayed_headers(resp, decoded), _NO_BODY, self.name, True, usage,
                                   close=resp.close, verdict=verdict, handover=bool(expect) and _bare(peeked.data))
                     reply.body = _relay_stream(resp, peeked.data, usage, self.cfg.idle_timeout, peeked.scan, reply)
+                    _let_go_of_head(resp)
                     return reply
                 if ctype.startswith("text/event-stream"):
                     usage = Usage()
-                    return Reply(resp.status, relayed_headers(resp, decoded), _relay_stream(resp, b"", usage, self.cfg.idle_timeout),
-                                 self.name, True, usage, close=resp.close, verdict=verdict)
+                    reply = Reply(resp.status, relayed_headers(resp, decoded), _relay_stream(resp, b"", usage, self.cfg.idle_timeout),
+                                  self.name, True, usage, close=resp.close, verdict=verdict)
+                    _let_go_of_head(resp)
+                    return reply
                 if expect or small:
                     # The cloud writes an answer whole, its body right behind its head: a
                     # body that stalls is a hung cloud, bound by the first-byte deadline
@@ -524,6 +527,27 @@ def _success_verdict(resp: aiohttp.ClientResponse) -> Verdict | None:
     headers = _lower(resp.headers)
     headers[_UNIFIED_STATUS] = "rejected"  # whichever copy said so
     return classify_response(resp.status, headers, b"", time.time())
+
+
+# What a stream's response holds of its head once the head is read (_let_go_of_head).
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def _let_go_of_head(resp: aiohttp.ClientResponse) -> None:
+    """A stream's response keeps its head for as long as its body is read: the cloud's
+    thirty-odd headers twice (as bytes, and as a CIMultiDict of str), some 7 KB of objects
+    a stream. nonstop has read what it needs of them (the verdict, the content type, the
+    quota headers: their reader holds the CIMultiDict it was given until it runs) and
+    relays its own copy (Reply.headers), so the response lets them go: it reads on, is
+    released and closed as before, and says it has no headers if asked. (aiohttp's own
+    attributes, set by ClientResponse.start: tests/unit/backends/test_cloud_memory.py
+    fails if they are no longer where this looks.)"""
+    resp._headers = _NO_HEADERS
+    resp._raw_headers = ()
+    cache = getattr(resp, "_cache", None)  # (aiohttp's `reify` keeps what the properties gave)
+    if isinstance(cache, dict):
+        cache.pop("headers", None)
+        cache.pop("raw_headers", None)
 
 
 def _lower(headers) -> dict[str, str]:
