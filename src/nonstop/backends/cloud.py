@@ -535,7 +535,7 @@ _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 def _let_go_of_head(resp: aiohttp.ClientResponse) -> None:
     """A stream's response keeps its head for as long as its body is read: the cloud's
-    thirty-odd headers twice (as bytes, and as a CIMultiDict of str), some 7 KB of objects
+    thirty-odd headers twice (as bytes, and as a CIMultiDict of str), a few KB of objects
     a stream. nonstop has read what it needs of them (the verdict, the content type, the
     quota headers: their reader holds the CIMultiDict it was given until it runs) and
     relays its own copy (Reply.headers), so the response lets them go: it reads on, is
