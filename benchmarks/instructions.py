@@ -77,7 +77,8 @@ from harness import (  # noqa: E402
     wait_http,
     write_unique,
 )
-from payload import CLAUDE_CODE_HEADERS, claude_code_request  # noqa: E402
+from loadgen import body_for  # noqa: E402
+from payload import CLAUDE_CODE_HEADERS  # noqa: E402
 from report import machine_line  # noqa: E402
 from run import ANTHROPIC_LOCAL, DEFAULT_LOCAL, PROBE_EVERY_REQUEST, nonstop_config  # noqa: E402
 
@@ -178,7 +179,7 @@ PACED_DELTAS = 20
 
 async def _drive(url: str, mode: str, n: int, begin: Callable[[], None], end: Callable[[], None]) -> None:
     stream = mode != "json"
-    body = json.dumps(claude_code_request(stream=stream)).encode()
+    body = body_for("large", stream)  # the load generator's bytes (compact JSON, as clients send)
     headers = {**CLAUDE_CODE_HEADERS, "content-type": "application/json", **(PACED if mode == "paced" else {})}
     async with aiohttp.ClientSession() as session:
         async def one() -> None:

@@ -75,7 +75,8 @@ from harness import (  # noqa: E402
     wait_http,
     write_unique,
 )
-from payload import CLAUDE_CODE_HEADERS, claude_code_request  # noqa: E402
+from loadgen import body_for  # noqa: E402
+from payload import CLAUDE_CODE_HEADERS  # noqa: E402
 from report import machine_line  # noqa: E402
 from run import ANTHROPIC_LOCAL, PROBE_EVERY_REQUEST, nonstop_config  # noqa: E402
 
@@ -147,7 +148,7 @@ async def drive(url: str, stream: bool, n: int, ttfb: list[float] | None = None,
                 client: list[tuple[float, float]] | None = None) -> None:
     """`n` requests one at a time; the time to the first body bytes of each, in ms, to
     `ttfb`, and when each was sent and its first bytes read to `client`."""
-    body = json.dumps(claude_code_request(stream=stream)).encode()
+    body = body_for("large", stream)  # the load generator's bytes (compact JSON, as clients send)
     headers = {**CLAUDE_CODE_HEADERS, "content-type": "application/json"}
     async with aiohttp.ClientSession() as session:
         for _ in range(n):

@@ -153,6 +153,9 @@ class Bench:
         }
         self.lg: LoadGen | None = None
         self.targets: dict[str, dict[str, Any]] = {}  # name -> {url, path, pid, label}
+        # Every nonstop started, by pid: its URL, to have its request log written at the end of
+        # each of its rounds (see written()).
+        self.nonstops: dict[int, str] = {}
         # The main pair's rounds of the PAIRED scenarios, as measured (pooled in forwarder_pairs).
         self.paired_rounds: dict[tuple[bool, int], dict[str, list[dict[str, Any]]]] = {}
 
@@ -189,6 +192,7 @@ class Bench:
         self.procs.append(p)
         p.url = f"http://127.0.0.1:{port}"
         wait_http(p, p.url + "/health", timeout=60)
+        self.nonstops[p.pid] = p.url
         p.extra["config"] = cfg.read_text()
         time.sleep(0.3)
         p.extra["idle_rss_mb"] = rss_mb(p.pid)
@@ -233,6 +237,7 @@ class Bench:
             "max_seconds": t.get("max_seconds", self.plan.max_round_seconds), "headers": headers or {}, "expect_status": expect, "stagger": stagger,
             "count_deltas": count_deltas,
         })
+        self.written(t.get("pid"))
         cpu1 = {k: cpu_seconds(v, with_children=True) for k, v in pids.items() if v}
         busy = machine_busy_seconds() - busy0
         done = res["issued"] + warm
@@ -250,6 +255,17 @@ class Bench:
             print(f"    {target}: {res['errors']} errors, e.g. {res['error_sample']}", flush=True)
         return res
 
+    def written(self, pid: int | None) -> None:
+        """For a nonstop: wait until its request log has written the round's rows (a read
+        of its log waits for the writer), so that the writer's work for them falls inside
+        the round whose CPU is counted, not in the next target's. (Its writer batches rows
+        for up to half a second: a round that ended without this would leave the last of
+        that work to whatever is measured next.)"""
+        url = self.nonstops.get(pid) if pid else None
+        if url is not None:
+            with contextlib.suppress(OSError):
+                http_get(url + "/_nonstop/api/requests?limit=1", timeout=30)
+
     def measure_together(self, names: list[str], *, stream: bool, concurrency: int, requests: int,
                          payload: str = "large") -> dict[str, dict[str, Any]]:
         """One round in which every target of `names` is driven at once, each by its own
@@ -263,6 +279,8 @@ class Bench:
             "op": "run", "url": self.targets[n]["url"], "path": self.targets[n]["path"], "payload": payload,
             "stream": stream, "concurrency": concurrency, "requests": requests, "warmup": warm,
             "max_seconds": self.plan.max_round_seconds} for n in names]})["results"]
+        for p in pids.values():
+            self.written(p)
         cpu1 = {n: sum(thread_cpu(p)) for n, p in pids.items()}
         out = {}
         for n, r in zip(names, res, strict=True):
