@@ -6,7 +6,8 @@ list (no lock, no thread woken), and the writer thread wakes every FLUSH_EVERY s
 or as soon as BATCH_ROWS are waiting, and writes everything it finds in one transaction.
 
 What a crash can lose: writes made in the last FLUSH_EVERY seconds (plus the time the
-transaction itself takes). A clean stop (`close()`) and `flush()` write everything first.
+transaction itself takes): half a second. A clean stop (`close()`) and `flush()` write
+everything first, and a read waits for what was written before it (`_reading`).
 A disk that refuses writes (full, read-only, failing) costs the writes made meanwhile,
 and no one waits for it: the console log says so once (see Store._refused).
 """
@@ -35,8 +36,13 @@ from nonstop.store import db_path, state_dir_check
 
 log = logging.getLogger("nonstop")
 # How often the writer thread looks for writes, and how many waiting wake it at once.
-FLUSH_EVERY = 0.1
-BATCH_ROWS = 256
+# Few large batches, not many small ones: the writer holds the GIL to bind each batch's
+# values, and each time it takes it back from SQLite it can make the event loop's thread
+# wait for it, in the middle of a request; and a commit writes its pages whether it holds
+# 100 rows or 800. At concurrency 1, batches of 0.1 s or 256 rows put about 0.2 ms more
+# on the TTFB p99 than these (docs/performance.md, "The request log's batches").
+FLUSH_EVERY = 0.5
+BATCH_ROWS = 1024
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -479,6 +485,8 @@ class Store:
                     kind, payload = it
                     if kind == "request" and payload.request_body is None and payload.response_body is None:
                         rows.append(_values(payload))
+                        if len(rows) >= ROWS_PER_INSERT:  # a statement at a time: the GIL goes back to
+                            self._insert_rows(conn, rows)  # SQLite between them (see _insert_rows)
                         continue
                     if rows:
                         self._insert_rows(conn, rows)
@@ -543,7 +551,9 @@ class Store:
     def _insert_rows(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         # Many rows to a statement: sqlite3 lets go of the GIL around every statement it
         # runs, and each time the writer takes it back it makes the event loop's thread
-        # wait for it (executemany: once per row). As many rows as the SQLite build's
+        # wait for it (executemany: once per row). And no more than a statement's rows at
+        # once (_write calls this as soon as it has made ROWS_PER_INSERT rows' values): the
+        # loop's thread waits for at most one statement's values and binding. As many rows as the SQLite build's
         # variable limit allows (999 before SQLite 3.32), in statements of a power of two
         # rows: sqlite3 keeps every statement it prepared (128 of them), and one of 100
         # rows is some 200 KB; one per batch size came to 17 MB, these 8 to 0.5 MB.

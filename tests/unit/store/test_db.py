@@ -13,6 +13,8 @@ import pytest
 
 from nonstop.store.db import (
     _COLUMNS,
+    BATCH_ROWS,
+    FLUSH_EVERY,
     MIGRATIONS,
     RequestRow,
     Store,
@@ -332,6 +334,44 @@ def test_batches_of_every_size_prepare_a_few_statements_not_one_per_size(tmp_pat
             total += count
     assert conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == total
     assert len(statements) <= 8, sorted(statements)
+
+
+def _on_disk(state_dir: Path, rows: int, within: float) -> int:
+    """Rows a reader outside the store sees (no flush asked first), once `rows` or after
+    `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        with raw(state_dir / "nonstop.db") as conn:
+            seen = int(conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+        if seen >= rows or time.monotonic() > deadline:
+            return seen
+        time.sleep(0.02)
+
+
+def test_the_default_loss_window_is_what_the_docs_say(state_dir: Path) -> None:
+    # What a kill -9 can lose is the last FLUSH_EVERY seconds (docs/reliability.md; the
+    # durability test allows one second): a row logged and never read is on disk by then.
+    assert FLUSH_EVERY <= 0.5
+    s = Store(state_dir)
+    s.open()
+    try:
+        s.log_request(row(NOW, request_id="unread"))
+        assert _on_disk(state_dir, 1, within=FLUSH_EVERY + 0.4) == 1
+    finally:
+        s.close()
+
+
+def test_a_full_batch_wakes_the_writer_before_its_time(state_dir: Path) -> None:
+    # BATCH_ROWS waiting are written at once, whatever the interval: a burst is not held
+    # in memory for the whole of it.
+    s = Store(state_dir, flush_every=60.0)
+    s.open()
+    try:
+        for i in range(BATCH_ROWS):
+            s.log_request(row(NOW, request_id=f"r{i}"))
+        assert _on_disk(state_dir, BATCH_ROWS, within=5.0) == BATCH_ROWS
+    finally:
+        s.close()
 
 
 def test_reads_see_writes_still_queued(state_dir: Path) -> None:
