@@ -39,7 +39,7 @@ log = logging.getLogger("nonstop")
 # Few large batches, not many small ones: the writer holds the GIL to bind each batch's
 # values, and each time it takes it back from SQLite it can make the event loop's thread
 # wait for it, in the middle of a request; and a commit writes its pages whether it holds
-# 100 rows or 800. At concurrency 1, batches of 0.1 s or 256 rows put about 0.2 ms more
+# 100 rows or 800. At concurrency 1, batches of 0.1 s or 256 rows put 0.09 to 0.27 ms more
 # on the TTFB p99 than these (docs/performance.md, "The request log's batches").
 FLUSH_EVERY = 0.5
 BATCH_ROWS = 1024
@@ -337,6 +337,7 @@ class Store:
         self._file: tuple[int, int] | None = None
         self._gone = False  # it was removed, and no new one could be made yet: rows go to memory
         self._reopen_failed = False
+        self._lost_to_lock = False  # the last _write lost its items to a database still locked
 
     def open(self) -> None:
         """Open (or make) the database and start the writer; OpenFailed names the reason
@@ -471,11 +472,16 @@ class Store:
                 conn.close()
                 return
 
-    def _write(self, conn: sqlite3.Connection, batch: list[tuple[str, Any] | None]) -> tuple[bool, list[threading.Event]]:
-        """One transaction for the batch; (a stop was asked, the flushes to answer)."""
+    def _write(self, conn: sqlite3.Connection, batch: list[tuple[str, Any] | None], *,
+               requeue: bool = True) -> tuple[bool, list[threading.Event]]:
+        """One transaction for the batch; (a stop was asked, the flushes to answer).
+        `requeue`: a database locked by another process puts the batch back in the queue
+        (up to LOCKED_RETRIES times in a row), rather than losing it at once."""
+        self._lost_to_lock = False
         stop = False
         events = []
         rows: list[tuple[Any, ...]] = []  # request rows without bodies, inserted together
+        written = 0  # request rows in the transaction: counted once it commits
         try:
             with conn:
                 for it in batch:
@@ -485,6 +491,7 @@ class Store:
                     kind, payload = it
                     if kind == "request" and payload.request_body is None and payload.response_body is None:
                         rows.append(_values(payload))
+                        written += 1
                         if len(rows) >= ROWS_PER_INSERT:  # a statement at a time: the GIL goes back to
                             self._insert_rows(conn, rows)  # SQLite between them (see _insert_rows)
                         continue
@@ -494,7 +501,7 @@ class Store:
                         cur = conn.execute(_INSERT, _values(payload))
                         conn.execute("INSERT INTO bodies VALUES (?, ?, ?)",
                                      (cur.lastrowid, payload.request_body, payload.response_body))
-                        self.written += 1
+                        written += 1
                     elif kind == "state":
                         conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", payload)
                     elif kind == "shadow":
@@ -503,32 +510,29 @@ class Store:
                         events.append(payload)
                 if rows:
                     self._insert_rows(conn, rows)
+            self.written += written
         except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:  # the log must never take the gateway down
-            if _busy(exc) and self._locked < LOCKED_RETRIES:
+            busy = _busy(exc)
+            if busy and requeue and self._locked < LOCKED_RETRIES:
                 # Another process holds the database past the busy timeout (a long read):
                 # the batch goes back to the front of the queue, for the next round.
                 self._locked += 1
                 self._pending.extendleft(reversed(batch))
                 return False, _AGAIN
             refused = _refused(exc)
-            if len(batch) > 1 and not refused:  # one item SQLite cannot take (a count over 2**63) costs that item only
+            if len(batch) > 1 and not refused and not busy:  # one item SQLite cannot take (a count over 2**63) costs that item only
                 rows.clear()
                 stop, events = False, []
-                for it in batch:
-                    s, e = self._write(conn, [it])
+                for k, it in enumerate(batch):
+                    s, e = self._write(conn, [it], requeue=False)
                     stop, events = stop or s, events + e
+                    if self._lost_to_lock:  # locked meanwhile: each item would wait out the busy timeout
+                        s, e = self._lose(batch[k + 1:], exc, busy=True)
+                        return stop or s, events + e
                 return stop, events
-            lost = sum(1 for it in batch if it is not None and it[0] != "flush")
-            if refused:
-                self._refused(exc, lost)
-            elif lost:
-                log.warning("the request log could not write a %s (%s: %s); the writes beside it are kept",
-                            "row" if batch[0] and batch[0][0] == "request" else "record", type(exc).__name__, exc)
-            # The flushes in the batch are answered all the same: nothing more will come of them.
-            # A stop in it holds too, wherever the failure came before it (close() waits on it).
-            events = [it[1] for it in batch if it is not None and it[0] == "flush"]
-            self._locked = 0
-            return any(it is None for it in batch), events
+            # Still locked after LOCKED_RETRIES rounds: the batch is lost whole, not tried
+            # item by item (each would wait out the busy timeout: hours for a large batch).
+            return self._lose(batch, exc, refused=refused, busy=busy)
         self._locked = 0
         if self._refused_at and time.monotonic() - self._refused_at >= SETTLED \
                 and any(it is not None and it[0] != "flush" for it in batch):
@@ -536,6 +540,24 @@ class Store:
                      self.path, self._lost)
             self._refused_at, self._lost = 0.0, 0
         return stop, events
+
+    def _lose(self, batch: list[tuple[str, Any] | None], exc: BaseException, *, refused: bool = False,
+              busy: bool = False) -> tuple[bool, list[threading.Event]]:
+        """The batch's writes are lost: said in the console log, its flushes answered all
+        the same (nothing more will come of them), and a stop in it kept, wherever the
+        failure came before it (close() waits on it)."""
+        lost = sum(1 for it in batch if it is not None and it[0] != "flush")
+        self._lost_to_lock = busy
+        if refused:
+            self._refused(exc, lost)
+        elif busy and lost:
+            log.warning("the request log %s stayed locked by another process through %d tries (%s); %d writes "
+                        "were lost, the writes after them are kept", self.path, LOCKED_RETRIES + 1, exc, lost)
+        elif lost:
+            log.warning("the request log could not write a %s (%s: %s); the writes beside it are kept",
+                        "row" if batch[0] and batch[0][0] == "request" else "record", type(exc).__name__, exc)
+        self._locked = 0
+        return any(it is None for it in batch), [it[1] for it in batch if it is not None and it[0] == "flush"]
 
     def _refused(self, exc: BaseException, lost: int) -> None:
         """Writes the disk refuses (full, read-only, failing) are said once, when the first
@@ -553,8 +575,8 @@ class Store:
         # runs, and each time the writer takes it back it makes the event loop's thread
         # wait for it (executemany: once per row). And no more than a statement's rows at
         # once (_write calls this as soon as it has made ROWS_PER_INSERT rows' values): the
-        # loop's thread waits for at most one statement's values and binding. As many rows as the SQLite build's
-        # variable limit allows (999 before SQLite 3.32), in statements of a power of two
+        # loop's thread waits for at most one statement's values and binding. As many rows
+        # as the SQLite build's variable limit allows (999 before SQLite 3.32), in statements of a power of two
         # rows: sqlite3 keeps every statement it prepared (128 of them), and one of 100
         # rows is some 200 KB; one per batch size came to 17 MB, these 8 to 0.5 MB.
         most = max(1, min(ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS)))
@@ -563,7 +585,6 @@ class Store:
             n = 1 << (min(most, len(rows) - at).bit_length() - 1)  # the largest power of two that fits
             conn.execute(_insert_many(n), [v for row in rows[at:at + n] for v in row])
             at += n
-        self.written += len(rows)
         rows.clear()
 
     def _prune(self, conn: sqlite3.Connection) -> None:

@@ -307,7 +307,6 @@ def test_rows_inserted_many_to_a_statement_land_in_order(tmp_path: Path, variabl
         s._insert_rows(conn, list(rows))
     got = [tuple(r) for r in conn.execute("SELECT " + ", ".join(_COLUMNS) + " FROM requests ORDER BY id")]
     assert got == rows
-    assert s.written == count
 
 
 def test_batches_of_every_size_prepare_a_few_statements_not_one_per_size(tmp_path: Path) -> None:
@@ -341,8 +340,11 @@ def _on_disk(state_dir: Path, rows: int, within: float) -> int:
     `within` seconds."""
     deadline = time.monotonic() + within
     while True:
-        with raw(state_dir / "nonstop.db") as conn:
+        conn = raw(state_dir / "nonstop.db")
+        try:
             seen = int(conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+        finally:
+            conn.close()
         if seen >= rows or time.monotonic() > deadline:
             return seen
         time.sleep(0.02)
@@ -356,7 +358,7 @@ def test_the_default_loss_window_is_what_the_docs_say(state_dir: Path) -> None:
     s.open()
     try:
         s.log_request(row(NOW, request_id="unread"))
-        assert _on_disk(state_dir, 1, within=FLUSH_EVERY + 0.4) == 1
+        assert _on_disk(state_dir, 1, within=FLUSH_EVERY + 1.5) == 1
     finally:
         s.close()
 

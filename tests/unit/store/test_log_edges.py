@@ -135,17 +135,42 @@ def test_one_bad_row_does_not_lose_the_rest_of_its_batch(state_dir: Path) -> Non
         s.close()
 
 
-def test_a_briefly_locked_database_does_not_lose_rows(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A database another process holds past the busy timeout delays a batch, which lands
-    once the lock is gone."""
+@pytest.mark.parametrize("before", [1, 129, 300])
+def test_a_bad_row_after_full_statements_keeps_each_other_row_once(state_dir: Path, before: int) -> None:
+    """Rows already inserted in the batch's transaction (a statement is inserted as soon as
+    its rows are made) go back with it when a later item fails, and land once when the
+    batch is written item by item; the count of rows written says what is on disk."""
+    s = Store(state_dir, flush_every=60.0)  # everything below goes in one batch
+    s.open()
+    try:
+        for i in range(before):
+            s.log_request(RequestRow(ts=NOW, request_id=f"b{i}", backend="cloud"))
+        s.log_request(RequestRow(ts=NOW, request_id="odd", backend="llama", output_tokens=2**64 - 1))
+        s.log_request(RequestRow(ts=NOW, request_id="after", backend="cloud"))
+        s.flush(timeout=10)
+        ids = [r["request_id"] for r in s.recent(limit=1000)]
+        assert sorted(ids) == sorted([f"b{i}" for i in range(before)] + ["after"])
+        assert s.written == before + 1
+    finally:
+        s.close()
+
+
+def _busy_timeout(monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
+    """The store's connections wait `ms` for another process's lock, not 10 s."""
     real = db.connect
 
     def quick(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         conn = real(path, readonly=readonly)
-        conn.execute("PRAGMA busy_timeout = 200")
+        conn.execute(f"PRAGMA busy_timeout = {ms}")
         return conn
 
     monkeypatch.setattr(db, "connect", quick)
+
+
+def test_a_briefly_locked_database_does_not_lose_rows(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database another process holds past the busy timeout delays a batch, which lands
+    once the lock is gone."""
+    _busy_timeout(monkeypatch, 200)
     s = Store(state_dir, flush_every=0.02)
     s.open()
     other = sqlite3.connect(s.path, isolation_level=None)
@@ -160,6 +185,70 @@ def test_a_briefly_locked_database_does_not_lose_rows(state_dir: Path, monkeypat
         assert ids == ["during-lock", "after-lock"], f"rows kept: {ids}"
     finally:
         other.close()
+        s.close()
+
+
+def test_a_database_locked_for_good_loses_its_batch_at_once(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A database another process keeps locked past every retry costs the batch, said
+    once, at once: not tried item by item (each item would wait out the busy timeout:
+    hours for a batch of a thousand rows), and with nothing left counted as pending, so
+    reads do not wait for it. The writes after the lock is gone land."""
+    _busy_timeout(monkeypatch, 50)
+    monkeypatch.setattr(db, "LOCKED_RETRIES", 1)
+    s = Store(state_dir, flush_every=0.02)
+    s.open()
+    other = sqlite3.connect(s.path, isolation_level=None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="nonstop"):
+            other.execute("BEGIN IMMEDIATE")
+            t0 = time.monotonic()
+            for i in range(300):
+                s.log_request(RequestRow(ts=NOW, request_id=f"locked-{i}", backend="cloud"))
+            while s._done != s._queued and time.monotonic() - t0 < 10:
+                time.sleep(0.01)
+            given_up = time.monotonic() - t0
+            other.execute("COMMIT")
+        assert s._done == s._queued
+        assert given_up < 3.0, f"the writer took {given_up:.1f} s to give up (item by item?)"
+        said = [r.getMessage() for r in caplog.records if "stayed locked" in r.getMessage()]
+        assert len(said) == 1 and "300 writes were lost" in said[0], said
+        s.log_request(RequestRow(ts=NOW, request_id="after", backend="cloud"))
+        s.flush(timeout=5)
+        assert [r["request_id"] for r in s.recent()] == ["after"]
+    finally:
+        other.close()
+        s.close()
+
+
+def test_a_lock_met_while_writing_item_by_item_loses_the_rest_at_once(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch written item by item (one of its items SQLite cannot take) that meets a
+    lock meanwhile loses the rest of it at once, with the flush in it answered."""
+    s = Store(state_dir, flush_every=60.0)
+    tries: list[str] = []
+    real_write = Store._write
+
+    def write(self: Store, conn: sqlite3.Connection, batch: list, *, requeue: bool = True) -> tuple:
+        if len(batch) == 1 and batch[0] is not None and batch[0][0] == "request":
+            tries.append(batch[0][1].request_id)
+            if batch[0][1].request_id == "first-good":  # the lock comes while the first item is written
+                return self._lose(batch, sqlite3.OperationalError("database is locked"), busy=True)
+        return real_write(self, conn, batch, requeue=requeue)
+
+    monkeypatch.setattr(Store, "_write", write)
+    s.open()
+    try:
+        s.log_request(RequestRow(ts=NOW, request_id="first-good", backend="cloud"))
+        s.log_request(RequestRow(ts=NOW, request_id="odd", backend="llama", output_tokens=2**64 - 1))
+        s.log_request(RequestRow(ts=NOW, request_id="later", backend="cloud"))
+        t = time.monotonic()
+        s.flush(timeout=5)
+        assert time.monotonic() - t < 4.0, "the flush in the batch was not answered"
+        assert tries == ["first-good"], tries
+        assert s._done == s._queued
+        assert [r["request_id"] for r in s.recent()] == []
+    finally:
         s.close()
 
 
