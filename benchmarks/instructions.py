@@ -189,12 +189,15 @@ async def _drive(url: str, mode: str, n: int, begin: Callable[[], None], end: Ca
                     raise RuntimeError(f"{url}: {resp.status} {data[:300]!r}")
         for _ in range(WARMUP):
             await one()
-        await asyncio.sleep(1.0)  # the warm-up's deferred work (the log's batch) is done
+        # The warm-up's deferred work is done before the count starts, and the measured
+        # requests' before it ends: their rows reach SQLite within the log's interval
+        # (store/db.py FLUSH_EVERY, 0.5 s) and the time a batch takes under the meter.
+        await asyncio.sleep(2.0)
         await asyncio.to_thread(begin)
         await asyncio.sleep(0.3)
         for _ in range(n):
             await one()
-        await asyncio.sleep(1.0)  # and the measured requests' (their rows reach SQLite)
+        await asyncio.sleep(2.0)
         end()
 
 

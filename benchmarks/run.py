@@ -156,6 +156,7 @@ class Bench:
         # Every nonstop started, by pid: its URL, to have its request log written at the end of
         # each of its rounds (see written()).
         self.nonstops: dict[int, str] = {}
+        self.unwritten: set[str] = set()  # those whose log could not be read (noted once)
         # The main pair's rounds of the PAIRED scenarios, as measured (pooled in forwarder_pairs).
         self.paired_rounds: dict[tuple[bool, int], dict[str, list[dict[str, Any]]]] = {}
 
@@ -262,9 +263,18 @@ class Bench:
         for up to half a second: a round that ended without this would leave the last of
         that work to whatever is measured next.)"""
         url = self.nonstops.get(pid) if pid else None
-        if url is not None:
-            with contextlib.suppress(OSError):
-                http_get(url + "/_nonstop/api/requests?limit=1", timeout=30)
+        if url is None:
+            return
+        try:
+            status, _ = http_get(url + "/_nonstop/api/requests?limit=1", timeout=30)
+        except OSError as exc:
+            status, why = 0, str(exc)
+        else:
+            why = f"HTTP {status}"
+        if status != 200 and url not in self.unwritten:
+            self.unwritten.add(url)
+            self.note(f"{url}: its request log could not be read at the end of a round ({why}); the writer's "
+                      "last batch of such a round may fall outside it")
 
     def measure_together(self, names: list[str], *, stream: bool, concurrency: int, requests: int,
                          payload: str = "large") -> dict[str, dict[str, Any]]:
