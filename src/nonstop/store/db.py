@@ -337,7 +337,6 @@ class Store:
         self._file: tuple[int, int] | None = None
         self._gone = False  # it was removed, and no new one could be made yet: rows go to memory
         self._reopen_failed = False
-        self._lost_to_lock = False  # the last _write lost its items to a database still locked
 
     def open(self) -> None:
         """Open (or make) the database and start the writer; OpenFailed names the reason
@@ -476,8 +475,7 @@ class Store:
                requeue: bool = True) -> tuple[bool, list[threading.Event]]:
         """One transaction for the batch; (a stop was asked, the flushes to answer).
         `requeue`: a database locked by another process puts the batch back in the queue
-        (up to LOCKED_RETRIES times in a row), rather than losing it at once."""
-        self._lost_to_lock = False
+        (up to LOCKED_RETRIES times in a row); without it, _StillLocked is raised."""
         stop = False
         events = []
         rows: list[tuple[Any, ...]] = []  # request rows without bodies, inserted together
@@ -513,7 +511,9 @@ class Store:
             self.written += written
         except (sqlite3.Error, OverflowError, ValueError, TypeError) as exc:  # the log must never take the gateway down
             busy = _busy(exc)
-            if busy and requeue and self._locked < LOCKED_RETRIES:
+            if busy and not requeue:
+                raise _StillLocked from exc
+            if busy and self._locked < LOCKED_RETRIES:
                 # Another process holds the database past the busy timeout (a long read):
                 # the batch goes back to the front of the queue, for the next round.
                 self._locked += 1
@@ -524,11 +524,12 @@ class Store:
                 rows.clear()
                 stop, events = False, []
                 for k, it in enumerate(batch):
-                    s, e = self._write(conn, [it], requeue=False)
-                    stop, events = stop or s, events + e
-                    if self._lost_to_lock:  # locked meanwhile: each item would wait out the busy timeout
-                        s, e = self._lose(batch[k + 1:], exc, busy=True)
+                    try:
+                        s, e = self._write(conn, [it], requeue=False)
+                    except _StillLocked as locked:  # locked meanwhile: each item would wait out the busy timeout
+                        s, e = self._lose(batch[k:], locked.__cause__ or exc, busy=True)
                         return stop or s, events + e
+                    stop, events = stop or s, events + e
                 return stop, events
             # Still locked after LOCKED_RETRIES rounds: the batch is lost whole, not tried
             # item by item (each would wait out the busy timeout: hours for a large batch).
@@ -547,7 +548,6 @@ class Store:
         the same (nothing more will come of them), and a stop in it kept, wherever the
         failure came before it (close() waits on it)."""
         lost = sum(1 for it in batch if it is not None and it[0] != "flush")
-        self._lost_to_lock = busy
         if refused:
             self._refused(exc, lost)
         elif busy and lost:
@@ -576,8 +576,8 @@ class Store:
         # wait for it (executemany: once per row). And no more than a statement's rows at
         # once (_write calls this as soon as it has made ROWS_PER_INSERT rows' values): the
         # loop's thread waits for at most one statement's values and binding. As many rows
-        # as the SQLite build's variable limit allows (999 before SQLite 3.32), in statements of a power of two
-        # rows: sqlite3 keeps every statement it prepared (128 of them), and one of 100
+        # as the SQLite build's variable limit allows (999 before SQLite 3.32), in
+        # statements of a power of two rows: sqlite3 keeps every statement it prepared (128 of them), and one of 100
         # rows is some 200 KB; one per batch size came to 17 MB, these 8 to 0.5 MB.
         most = max(1, min(ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS)))
         at = 0
@@ -643,6 +643,10 @@ SETTLED = 60.0
 LOCKED_RETRIES = 6
 # _write's answer for a batch put back in the queue.
 _AGAIN: list[threading.Event] = []
+
+
+class _StillLocked(Exception):
+    """_write without requeue met a database another process holds locked."""
 
 
 # SQLite's primary result codes for writes the file system refuses: SQLITE_PERM,

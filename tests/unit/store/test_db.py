@@ -350,17 +350,12 @@ def _on_disk(state_dir: Path, rows: int, within: float) -> int:
         time.sleep(0.02)
 
 
-def test_the_default_loss_window_is_what_the_docs_say(state_dir: Path) -> None:
+def test_the_default_loss_window_is_what_the_docs_say(store: Store, state_dir: Path) -> None:
     # What a kill -9 can lose is the last FLUSH_EVERY seconds (docs/reliability.md; the
     # durability test allows one second): a row logged and never read is on disk by then.
     assert FLUSH_EVERY <= 0.5
-    s = Store(state_dir)
-    s.open()
-    try:
-        s.log_request(row(NOW, request_id="unread"))
-        assert _on_disk(state_dir, 1, within=FLUSH_EVERY + 1.5) == 1
-    finally:
-        s.close()
+    store.log_request(row(NOW, request_id="unread"))
+    assert _on_disk(state_dir, 1, within=FLUSH_EVERY + 1.5) == 1
 
 
 def test_a_full_batch_wakes_the_writer_before_its_time(state_dir: Path) -> None:

@@ -233,7 +233,7 @@ def test_a_lock_met_while_writing_item_by_item_loses_the_rest_at_once(
         if len(batch) == 1 and batch[0] is not None and batch[0][0] == "request":
             tries.append(batch[0][1].request_id)
             if batch[0][1].request_id == "first-good":  # the lock comes while the first item is written
-                return self._lose(batch, sqlite3.OperationalError("database is locked"), busy=True)
+                raise db._StillLocked from sqlite3.OperationalError("database is locked")
         return real_write(self, conn, batch, requeue=requeue)
 
     monkeypatch.setattr(Store, "_write", write)
