@@ -6,7 +6,9 @@ list (no lock, no thread woken), and the writer thread wakes every FLUSH_EVERY s
 or as soon as BATCH_ROWS are waiting, and writes everything it finds in one transaction.
 
 What a crash can lose: writes made in the last FLUSH_EVERY seconds (plus the time the
-transaction itself takes): half a second. A clean stop (`close()`) and `flush()` write
+transaction itself takes): half a second. While the writer cannot keep up (the database
+locked by another process, a stalled disk), at most MAX_PENDING writes wait in memory;
+request rows past them are dropped, said once, and counted when it has caught up. A clean stop (`close()`) and `flush()` write
 everything first, and a read waits for what was written before it (`_reading`).
 A disk that refuses writes (full, read-only, failing) costs the writes made meanwhile,
 and no one waits for it: the console log says so once (see Store._refused).
@@ -43,6 +45,12 @@ log = logging.getLogger("nonstop")
 # on the TTFB p99 than these (docs/performance.md, "The request log's batches").
 FLUSH_EVERY = 0.5
 BATCH_ROWS = 1024
+# Writes waiting past which request rows and shadow comparisons are dropped, not held: a
+# writer kept from the disk (another process holding the database locked through every
+# retry, about 70 s; a disk taking seconds a batch) would otherwise pile them up in memory,
+# about 1 KB a row. 20,000 rows is over three minutes at 100 requests a second. Saved
+# state, flushes and the stop are always queued.
+MAX_PENDING = 20_000
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -332,6 +340,11 @@ class Store:
         # While the disk refuses writes: when it last did (0.0: it takes them), and the writes lost.
         self._refused_at = 0.0
         self._lost = 0
+        # Rows dropped while MAX_PENDING writes waited (counted by the event loop's thread),
+        # and those the writer has said were (by its own): apart, so neither thread writes
+        # what the other does.
+        self._dropped = 0
+        self._dropped_said = 0
         # The file the connections have open (st_dev, st_ino): one removed or replaced while
         # nonstop runs is made anew at its path (see _same_file).
         self._file: tuple[int, int] | None = None
@@ -424,13 +437,37 @@ class Store:
         self._pending.append(item)
 
     def log_request(self, row: RequestRow) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            self._drop()
+            return
         self._queue(("request", row))
         if len(self._pending) >= BATCH_ROWS:
             self._wake.set()
 
     def log_shadow(self, comparison: dict[str, Any]) -> None:
         """One shadow comparison (server/shadow.py), batched like a request row."""
+        if len(self._pending) >= MAX_PENDING:
+            self._drop()
+            return
         self._queue(("shadow", comparison))
+
+    def _drop(self) -> None:
+        """A row not queued: MAX_PENDING writes wait already. Said once until the writer
+        has caught up (see _caught_up)."""
+        if self._dropped == self._dropped_said:
+            log.warning("the request log %s is %d writes behind (the database locked by another process, or the "
+                        "disk slow): request rows are dropped, not held in memory, until it catches up",
+                        self.path, MAX_PENDING)
+        self._dropped += 1
+
+    def _caught_up(self) -> None:
+        """After a batch written: rows dropped meanwhile are said, with their number, once
+        the writes waiting are back under half the limit."""
+        dropped = self._dropped - self._dropped_said
+        if dropped and len(self._pending) < MAX_PENDING // 2:
+            self._dropped_said += dropped
+            log.warning("the request log %s caught up; %d request rows were dropped while it was behind",
+                        self.path, dropped)
 
     def save_state(self, key: str, value: Any) -> None:
         self._queue(("state", (key, orjson.dumps(value).decode(), time.time())))
@@ -461,6 +498,8 @@ class Store:
             stop, events = self._write(conn, batch)
             if events is _AGAIN:
                 continue
+            if self._dropped != self._dropped_said:
+                self._caught_up()
             self._done += len(batch)
             for ev in events:
                 ev.set()

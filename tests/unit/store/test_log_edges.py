@@ -221,6 +221,37 @@ def test_a_database_locked_for_good_loses_its_batch_at_once(
         s.close()
 
 
+def test_a_writer_far_behind_drops_rows_instead_of_holding_them(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """While MAX_PENDING writes wait (the writer kept from the disk), request rows and
+    shadow comparisons are dropped, not held in memory: said once, and counted once the
+    writer has caught up. Saved state and flushes are still queued, and the rows queued
+    before the limit land."""
+    monkeypatch.setattr(db, "MAX_PENDING", 5)
+    s = Store(state_dir, flush_every=0.02)  # not opened yet: nothing writes, as with the disk stalled
+    try:
+        with caplog.at_level(logging.WARNING, logger="nonstop"):
+            for i in range(8):
+                s.log_request(RequestRow(ts=NOW, request_id=f"r{i}", backend="cloud"))
+            s.log_shadow({"request_id": "shadow-dropped"})
+            s.save_state("kept", {"n": 1})
+            assert len(s._pending) == 6  # five rows, and the saved state
+            behind = [r.getMessage() for r in caplog.records if "writes behind" in r.getMessage()]
+            assert len(behind) == 1 and "5 writes behind" in behind[0], behind
+            s.open()
+            s.flush(timeout=5)
+        assert sorted(r["request_id"] for r in s.recent()) == [f"r{i}" for i in range(5)]
+        assert s.load_state("kept") == {"n": 1}
+        caught = [r.getMessage() for r in caplog.records if "caught up" in r.getMessage()]
+        assert len(caught) == 1 and "4 request rows were dropped" in caught[0], caught
+        # Caught up: rows are queued again, and a later fall behind is said again.
+        s.log_request(RequestRow(ts=NOW, request_id="after", backend="cloud"))
+        s.flush(timeout=5)
+        assert "after" in [r["request_id"] for r in s.recent()]
+    finally:
+        s.close()
+
+
 def test_a_lock_met_while_writing_item_by_item_loses_the_rest_at_once(
         state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch written item by item (one of its items SQLite cannot take) that meets a
