@@ -85,3 +85,44 @@ def test_opcount_counts_only_between_the_signals(tmp_path: Path) -> None:
     mine = {k.rsplit(":", 1)[1]: v for k, v in counts.items() if k.startswith(str(script))}
     assert "before" not in mine
     assert mine["counted"] > 50 * 3  # the loop's body, fifty times
+
+
+# The end of a dump made with --cache-sim=yes --branch-sim=yes: its events, and its totals.
+CACHE_DUMP = """\
+version: 1
+events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim
+fn=(1) f
+10 1000 400 300 20 10 5 2 1 1 100 8 30 6
+summary: 900 400 300 20 10 5 2 1 1 100 8 30 6
+totals: 1000 400 300 20 10 5 2 1 1 100 8 30 6
+"""
+
+
+def test_a_cache_dump_gives_its_misses_by_kind(tmp_path: Path) -> None:
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text(CACHE_DUMP)
+    events = instructions.totals(dump)
+    assert events["Ir"] == 1000 and events["Bim"] == 6  # the totals line, not the summary
+    assert instructions.simulated(events) == {
+        "I1 misses": 20, "D1 misses": 15, "LL misses": 4,
+        "conditional branches mispredicted": 8, "indirect branches mispredicted": 6}
+    # A dump without the simulation counts no misses, rather than failing.
+    plain = tmp_path / "plain.out"
+    plain.write_text(DUMP + "totals: 1800\n")
+    assert set(instructions.simulated(instructions.totals(plain)).values()) == {0}
+
+
+def test_the_cache_table_gives_ratios_to_the_forwarder() -> None:
+    sim = {"I1 misses": 10.0, "D1 misses": 20.0, "LL misses": 1.0,
+           "conditional branches mispredicted": 5.0, "indirect branches mispredicted": 4.0}
+    rows = [{"target": "forwarder", "per_request": 1000.0, "simulated": sim},
+            {"target": "nonstop", "per_request": 1400.0, "simulated": {k: 2 * v for k, v in sim.items()}}]
+    lines = instructions._simulated_table(rows, {"forwarder": "the bare forwarder", "nonstop": "nonstop"})
+    row = next(line for line in lines if line.startswith("| nonstop |"))
+    assert "1,400 (1.40x)" in row and "20 (2.00x)" in row and row.count("(2.00x)") == 5
+    text = instructions.render({"meter": "callgrind", "started": "t", "machine": instructions.machine(), "requests": 10, "concurrency": 64,
+                                "source": {"sha256": "s", "files": 1, "newest_change": "n"},
+                                "labels": {"forwarder": "the bare forwarder", "nonstop": "nonstop"},
+                                "rows": [dict(r, stream=True, mode="stream", places={}) for r in rows]})
+    assert "10 requests at concurrency 64 after 128 unrecorded" in text
+    assert "Simulated by valgrind" in text
