@@ -193,7 +193,10 @@ def scenario_rounds(scenario: str, targets: list[Target], direct: dict[str, str]
             if t.name != "forwarder":
                 # Its request log's last batch written now (a read waits for the writer),
                 # not during the next target's turn, where it would take a core from it.
-                http_get(t.url.split("/v1/", 1)[0] + "/_nonstop/api/requests?limit=1", timeout=30)
+                status, _ = http_get(t.url.split("/v1/", 1)[0] + "/_nonstop/api/requests?limit=1", timeout=30)
+                if status != 200:
+                    print(f"  note: {t.name}: its request log could not be read (HTTP {status}); its last batch "
+                          "may be written during the next target's turn", file=sys.stderr, flush=True)
         for name, url in direct.items():  # each upstream this scenario meets, called directly
             asyncio.run(drive(url + PATH, stream and name != "the 429", n // 2, direct_ttfb[name]))
     out: dict[str, Any] = {"targets": {t.name: {"ttfb_ms": t.ttfb, "requests": t.noted()} for t in targets},

@@ -8,7 +8,7 @@ or as soon as BATCH_ROWS are waiting, and writes everything it finds in one tran
 What a crash can lose: writes made in the last FLUSH_EVERY seconds (plus the time the
 transaction itself takes): half a second. While the writer cannot keep up (the database
 locked by another process, a stalled disk), at most MAX_PENDING writes wait in memory;
-request rows past them are dropped, said once, and counted when it has caught up. A clean stop (`close()`) and `flush()` write
+request rows past them are dropped, said once, and counted when it is no longer behind. A clean stop (`close()`) and `flush()` write
 everything first, and a read waits for what was written before it (`_reading`).
 A disk that refuses writes (full, read-only, failing) costs the writes made meanwhile,
 and no one waits for it: the console log says so once (see Store._refused).
@@ -45,11 +45,12 @@ log = logging.getLogger("nonstop")
 # on the TTFB p99 than these (docs/performance.md, "The request log's batches").
 FLUSH_EVERY = 0.5
 BATCH_ROWS = 1024
-# Writes waiting past which request rows and shadow comparisons are dropped, not held: a
+# Writes waiting (queued and not yet written or given up, the batch in the writer's hands
+# included) past which request rows and shadow comparisons are dropped, not held: a
 # writer kept from the disk (another process holding the database locked through every
-# retry, about 70 s; a disk taking seconds a batch) would otherwise pile them up in memory,
-# about 1 KB a row. 20,000 rows is over three minutes at 100 requests a second. Saved
-# state, flushes and the stop are always queued.
+# retry, about 70 s; a disk taking seconds a batch) would otherwise pile them up in
+# memory, about 1 KB a row. 20,000 rows is over three minutes at 100 requests a second.
+# Saved state, flushes and the stop are always queued.
 MAX_PENDING = 20_000
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -437,7 +438,7 @@ class Store:
         self._pending.append(item)
 
     def log_request(self, row: RequestRow) -> None:
-        if len(self._pending) >= MAX_PENDING:
+        if self._queued - self._done >= MAX_PENDING:  # (the batch being written, or put back, counts)
             self._drop()
             return
         self._queue(("request", row))
@@ -446,28 +447,29 @@ class Store:
 
     def log_shadow(self, comparison: dict[str, Any]) -> None:
         """One shadow comparison (server/shadow.py), batched like a request row."""
-        if len(self._pending) >= MAX_PENDING:
+        if self._queued - self._done >= MAX_PENDING:
             self._drop()
             return
         self._queue(("shadow", comparison))
 
     def _drop(self) -> None:
-        """A row not queued: MAX_PENDING writes wait already. Said once until the writer
-        has caught up (see _caught_up)."""
+        """A row not queued: MAX_PENDING writes wait already (queued and not yet written
+        or given up, the batch in the writer's hands included). Said once until the writer
+        is no longer behind (see _caught_up)."""
         if self._dropped == self._dropped_said:
-            log.warning("the request log %s is %d writes behind (the database locked by another process, or the "
-                        "disk slow): request rows are dropped, not held in memory, until it catches up",
-                        self.path, MAX_PENDING)
+            log.warning("the request log %s has %d writes waiting (the database locked by another process, or the "
+                        "disk slow): request rows and shadow comparisons are dropped, not held in memory, until it "
+                        "has caught up", self.path, MAX_PENDING)
         self._dropped += 1
 
     def _caught_up(self) -> None:
-        """After a batch written: rows dropped meanwhile are said, with their number, once
-        the writes waiting are back under half the limit."""
+        """After a batch: rows dropped meanwhile are said, with their number, once the
+        writes waiting are back under half the limit (written, or lost and said so)."""
         dropped = self._dropped - self._dropped_said
-        if dropped and len(self._pending) < MAX_PENDING // 2:
+        if dropped and self._queued - self._done < MAX_PENDING // 2:
             self._dropped_said += dropped
-            log.warning("the request log %s caught up; %d request rows were dropped while it was behind",
-                        self.path, dropped)
+            log.warning("the request log %s is no longer behind; %d request rows and shadow comparisons were "
+                        "dropped while it was", self.path, dropped)
 
     def save_state(self, key: str, value: Any) -> None:
         self._queue(("state", (key, orjson.dumps(value).decode(), time.time())))
@@ -498,9 +500,9 @@ class Store:
             stop, events = self._write(conn, batch)
             if events is _AGAIN:
                 continue
-            if self._dropped != self._dropped_said:
-                self._caught_up()
             self._done += len(batch)
+            if self._dropped != self._dropped_said:
+                self._caught_up()  # (before the flushes are answered: a flush sees it said)
             for ev in events:
                 ev.set()
             if time.time() - last_prune > 3600:

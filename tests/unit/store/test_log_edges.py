@@ -4,12 +4,14 @@ and the failover metric's label."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -167,6 +169,21 @@ def _busy_timeout(monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
     monkeypatch.setattr(db, "connect", quick)
 
 
+@contextlib.contextmanager
+def _with_another_process(state_dir: Path, monkeypatch: pytest.MonkeyPatch, busy_ms: int) -> Iterator[tuple[Store, sqlite3.Connection]]:
+    """An open store (flushing every 0.02 s, waiting `busy_ms` for a lock) and another
+    connection to its database, as another process would hold one."""
+    _busy_timeout(monkeypatch, busy_ms)
+    s = Store(state_dir, flush_every=0.02)
+    s.open()
+    other = sqlite3.connect(s.path, isolation_level=None)
+    try:
+        yield s, other
+    finally:
+        other.close()
+        s.close()
+
+
 def test_a_briefly_locked_database_does_not_lose_rows(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A database another process holds past the busy timeout delays a batch, which lands
     once the lock is gone."""
@@ -194,12 +211,8 @@ def test_a_database_locked_for_good_loses_its_batch_at_once(
     once, at once: not tried item by item (each item would wait out the busy timeout:
     hours for a batch of a thousand rows), and with nothing left counted as pending, so
     reads do not wait for it. The writes after the lock is gone land."""
-    _busy_timeout(monkeypatch, 50)
     monkeypatch.setattr(db, "LOCKED_RETRIES", 1)
-    s = Store(state_dir, flush_every=0.02)
-    s.open()
-    other = sqlite3.connect(s.path, isolation_level=None)
-    try:
+    with _with_another_process(state_dir, monkeypatch, 50) as (s, other):
         with caplog.at_level(logging.WARNING, logger="nonstop"):
             other.execute("BEGIN IMMEDIATE")
             t0 = time.monotonic()
@@ -216,9 +229,6 @@ def test_a_database_locked_for_good_loses_its_batch_at_once(
         s.log_request(RequestRow(ts=NOW, request_id="after", backend="cloud"))
         s.flush(timeout=5)
         assert [r["request_id"] for r in s.recent()] == ["after"]
-    finally:
-        other.close()
-        s.close()
 
 
 def test_a_writer_far_behind_drops_rows_instead_of_holding_them(
@@ -236,20 +246,46 @@ def test_a_writer_far_behind_drops_rows_instead_of_holding_them(
             s.log_shadow({"request_id": "shadow-dropped"})
             s.save_state("kept", {"n": 1})
             assert len(s._pending) == 6  # five rows, and the saved state
-            behind = [r.getMessage() for r in caplog.records if "writes behind" in r.getMessage()]
-            assert len(behind) == 1 and "5 writes behind" in behind[0], behind
+            behind = [r.getMessage() for r in caplog.records if "writes waiting" in r.getMessage()]
+            assert len(behind) == 1 and "has 5 writes waiting" in behind[0], behind
             s.open()
             s.flush(timeout=5)
         assert sorted(r["request_id"] for r in s.recent()) == [f"r{i}" for i in range(5)]
         assert s.load_state("kept") == {"n": 1}
-        caught = [r.getMessage() for r in caplog.records if "caught up" in r.getMessage()]
-        assert len(caught) == 1 and "4 request rows were dropped" in caught[0], caught
-        # Caught up: rows are queued again, and a later fall behind is said again.
+        caught = [r.getMessage() for r in caplog.records if "no longer behind" in r.getMessage()]
+        assert len(caught) == 1 and "4 request rows and shadow comparisons were dropped" in caught[0], caught
+        # No longer behind: rows are queued again.
         s.log_request(RequestRow(ts=NOW, request_id="after", backend="cloud"))
         s.flush(timeout=5)
         assert "after" in [r["request_id"] for r in s.recent()]
     finally:
         s.close()
+
+
+def test_a_batch_held_by_a_locked_database_counts_against_the_limit(
+        state_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The writer takes every waiting write into its batch, and puts the batch back while
+    another process holds the database: those writes still count. Without that, each
+    retry would let another MAX_PENDING rows in (seven times the limit in memory)."""
+    monkeypatch.setattr(db, "MAX_PENDING", 20)
+    with _with_another_process(state_dir, monkeypatch, 100) as (s, other):
+        with caplog.at_level(logging.WARNING, logger="nonstop"):
+            other.execute("BEGIN IMMEDIATE")
+            for i in range(20):
+                s.log_request(RequestRow(ts=NOW, request_id=f"held-{i}", backend="cloud"))
+            time.sleep(0.3)  # the writer has them in its batch, waits, puts them back
+            assert len(s._pending) <= 20
+            for i in range(100):
+                s.log_request(RequestRow(ts=NOW, request_id=f"late-{i}", backend="cloud"))
+                assert s._queued - s._done <= 20
+            other.execute("COMMIT")
+            s.flush(timeout=5)
+        ids = sorted(r["request_id"] for r in s.recent(limit=500))
+        assert ids == sorted(f"held-{i}" for i in range(20)), ids
+        said = [r.getMessage() for r in caplog.records if "writes waiting" in r.getMessage()]
+        assert len(said) == 1, said
+        caught = [r.getMessage() for r in caplog.records if "no longer behind" in r.getMessage()]
+        assert len(caught) == 1 and "100 request rows and shadow comparisons" in caught[0], caught
 
 
 def test_a_lock_met_while_writing_item_by_item_loses_the_rest_at_once(
