@@ -77,6 +77,17 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def log_written(base_url: str) -> str | None:
+    """Wait until a nonstop's request log has written what it was given (a read of its log
+    waits for the writer, which batches rows for up to half a second): None when it has,
+    else why it could not be read."""
+    try:
+        status, _ = http_get(base_url + "/_nonstop/api/requests?limit=1", timeout=30)
+    except OSError as exc:
+        return str(exc)
+    return None if status == 200 else f"HTTP {status}"
+
+
 def http_post(url: str, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:

@@ -207,11 +207,7 @@ async def _drive(url: str, mode: str, n: int, begin: Callable[[], None], end: Ca
                 if resp.status != 200 or (stream and b"message_stop" not in data):
                     raise RuntimeError(f"{url}: {resp.status} {data[:300]!r}")
 
-        async def some(k: int) -> None:  # k requests, `concurrency` at a time
-            if concurrency == 1:
-                for _ in range(k):
-                    await one()
-                return
+        async def some(k: int) -> None:  # k requests, `concurrency` at a time (1: one after another)
             left = iter(range(k))
 
             async def client() -> None:

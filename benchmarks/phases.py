@@ -66,7 +66,7 @@ from harness import (  # noqa: E402
     ROOT,
     Proc,
     free_port,
-    http_get,
+    log_written,
     machine,
     percentile,
     revision_source,
@@ -193,9 +193,9 @@ def scenario_rounds(scenario: str, targets: list[Target], direct: dict[str, str]
             if t.name != "forwarder":
                 # Its request log's last batch written now (a read waits for the writer),
                 # not during the next target's turn, where it would take a core from it.
-                status, _ = http_get(t.url.split("/v1/", 1)[0] + "/_nonstop/api/requests?limit=1", timeout=30)
-                if status != 200:
-                    print(f"  note: {t.name}: its request log could not be read (HTTP {status}); its last batch "
+                why = log_written(t.url.split("/v1/", 1)[0])
+                if why is not None:
+                    print(f"  note: {t.name}: its request log could not be read ({why}); its last batch "
                           "may be written during the next target's turn", file=sys.stderr, flush=True)
         for name, url in direct.items():  # each upstream this scenario meets, called directly
             asyncio.run(drive(url + PATH, stream and name != "the 429", n // 2, direct_ttfb[name]))

@@ -50,6 +50,7 @@ from harness import (  # noqa: E402
     cpu_seconds,
     free_port,
     http_get,
+    log_written,
     machine,
     machine_busy_seconds,
     median,
@@ -265,13 +266,8 @@ class Bench:
         url = self.nonstops.get(pid) if pid else None
         if url is None:
             return
-        try:
-            status, _ = http_get(url + "/_nonstop/api/requests?limit=1", timeout=30)
-        except OSError as exc:
-            status, why = 0, str(exc)
-        else:
-            why = f"HTTP {status}"
-        if status != 200 and url not in self.unwritten:
+        why = log_written(url)
+        if why is not None and url not in self.unwritten:
             self.unwritten.add(url)
             self.note(f"{url}: its request log could not be read at the end of a round ({why}); the writer's "
                       "last batch of such a round may fall outside it")

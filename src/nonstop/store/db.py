@@ -8,8 +8,9 @@ or as soon as BATCH_ROWS are waiting, and writes everything it finds in one tran
 What a crash can lose: writes made in the last FLUSH_EVERY seconds (plus the time the
 transaction itself takes): half a second. While the writer cannot keep up (the database
 locked by another process, a stalled disk), at most MAX_PENDING writes wait in memory;
-request rows past them are dropped, said once, and counted when it is no longer behind. A clean stop (`close()`) and `flush()` write
-everything first, and a read waits for what was written before it (`_reading`).
+request rows past them are dropped, said once, and counted when it is no longer behind.
+A clean stop (`close()`) and `flush()` write everything first, and a read waits for what
+was written before it (`_reading`).
 A disk that refuses writes (full, read-only, failing) costs the writes made meanwhile,
 and no one waits for it: the console log says so once (see Store._refused).
 """
@@ -501,8 +502,7 @@ class Store:
             if events is _AGAIN:
                 continue
             self._done += len(batch)
-            if self._dropped != self._dropped_said:
-                self._caught_up()  # (before the flushes are answered: a flush sees it said)
+            self._caught_up()  # (before the flushes are answered: a flush sees it said)
             for ev in events:
                 ev.set()
             if time.time() - last_prune > 3600:
@@ -618,8 +618,9 @@ class Store:
         # once (_write calls this as soon as it has made ROWS_PER_INSERT rows' values): the
         # loop's thread waits for at most one statement's values and binding. As many rows
         # as the SQLite build's variable limit allows (999 before SQLite 3.32), in
-        # statements of a power of two rows: sqlite3 keeps every statement it prepared (128 of them), and one of 100
-        # rows is some 200 KB; one per batch size came to 17 MB, these 8 to 0.5 MB.
+        # statements of a power of two rows: sqlite3 keeps every statement it prepared (128
+        # of them), and one of 100 rows is some 200 KB; one per batch size came to 17 MB,
+        # these 8 to 0.5 MB.
         most = max(1, min(ROWS_PER_INSERT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_COLUMNS)))
         at = 0
         while at < len(rows):
