@@ -7,8 +7,9 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 # Anthropic API keys and OAuth tokens, OpenAI-style keys, bearer and basic credentials,
-# and key-ish header or JSON fields (_PATTERNS, below). Each pattern needs one of _WORDS
-# (or "sk-"): redact() skips text with none of them, so a new pattern needs one too.
+# and key-ish header or JSON fields (_PATTERNS, below). Each pattern needs one of the words
+# may_hold_secret() looks for: redact() skips text with none of them, so a new pattern
+# needs one too.
 
 # How text spells "is" between a field's name and its value: `name: v`, `name=v`,
 # `"name": "v"`, JSON escaped (`\"name\": \"v\"`), a pair (`["name", "v"]`, `(b'name', b'v')`).
@@ -24,24 +25,24 @@ _PATTERNS = [
 ]
 
 
-# Every pattern needs one of these words (the keys' "sk-" as written, the rest in any
-# case), so text without any of them has nothing to redact: most text, such as a log
-# line, is let through after one look instead of five searches. The regex engine's
-# ignore-case also matches "ı" and "İ" to "i", and "ſ" to "s", which lower() keeps apart:
-# they are folded first.
-_WORDS = ("bearer", "authorization", "key", "token")
+# Every pattern needs one of the words may_hold_secret() looks for (the keys' "sk-" as
+# written, the rest in any case), so text without any of them has nothing to redact: most
+# text, such as a log line, is let through after one look instead of five searches. The
+# regex engine's ignore-case also matches "ı" and "İ" to "i", and "ſ" to "s", which
+# lower() keeps apart: they are folded first.
 _FOLD = str.maketrans({"ı": "i", "İ": "i", "ſ": "s"})
 
 
-def _may_hold_secret(text: str) -> bool:
+def may_hold_secret(text: str) -> bool:
+    """Whether `text` holds any word a secret comes with (False: redact() leaves it as it is)."""
     if "sk-" in text:
         return True
     low = text.lower() if text.isascii() else text.translate(_FOLD).lower()
-    return any(w in low for w in _WORDS)
+    return "key" in low or "token" in low or "bearer" in low or "authorization" in low
 
 
 def redact(text: str) -> str:
-    if not _may_hold_secret(text):
+    if not may_hold_secret(text):
         return text
     for pat in _PATTERNS:
         if pat.groups:

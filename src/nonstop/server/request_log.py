@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from nonstop.redact import redact
+from nonstop.redact import may_hold_secret, redact
 from nonstop.server.events import EventBus
 from nonstop.server.metrics import Metrics
 from nonstop.store.db import RequestRow, Store
@@ -59,10 +59,10 @@ class RequestLog:
             row.error = redact(row.error[:ERROR_READ])[:ERROR_KEPT]
         if row.reason:
             row.reason = redact(row.reason)
-        for field in ("model", "client", "session_id"):  # the client's own words: a key pasted there
-            value = getattr(row, field)
-            if value and ("sk-" in value or "earer" in value or "oken" in value):
-                setattr(row, field, redact(value))
+        # The client's own words, where a key may be pasted: looked at together, as most
+        # hold nothing a secret comes with.
+        if may_hold_secret(f"{row.model}\n{row.client}\n{row.session_id}"):
+            row.model, row.client, row.session_id = redact(row.model), redact(row.client), redact(row.session_id)
         # Counts come from servers: what a counter or SQLite cannot hold counts as unknown.
         row.input_tokens = token_count(row.input_tokens) or 0
         row.output_tokens = token_count(row.output_tokens) or 0

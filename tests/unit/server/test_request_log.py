@@ -182,6 +182,27 @@ def test_a_key_across_the_error_cap_leaves_no_part_of_itself_in_the_row(at: int)
     assert "sk-ant" not in row.error and "QQQ" not in row.error and not row.error.endswith("sk-")
 
 
+@pytest.mark.parametrize("said", ["x-api-key: abcdef123456", "authorization: Basic dXNlcjpwYXNz",
+                                  "api_key=supersecretvalue", "Bearer abcdefghijkl", "sk-ant-api03-" + "Q" * 40])
+@pytest.mark.parametrize("field", ["model", "client", "session_id"])
+def test_a_secret_in_the_clients_own_words_is_redacted_whatever_word_it_comes_with(field: str, said: str) -> None:
+    """The model, the client's name and its session id are the client's words: a key
+    pasted into any of them never reaches the log, whichever of redact()'s words it comes
+    with (not only `sk-`, `bearer` and `token`)."""
+    from nonstop.server.events import EventBus
+    from nonstop.server.metrics import Metrics
+    from nonstop.server.request_log import RequestLog
+    from nonstop.store.db import RequestRow
+
+    row = RequestRow(ts=0.0, model="claude-sonnet-4-5", client="claude-cli/2.0", session_id="s-1")
+    setattr(row, field, f"tool {said} end")
+    RequestLog(None, Metrics(), EventBus()).record(row)
+    value = getattr(row, field)
+    assert "[redacted]" in value and value.startswith("tool ") and said[-6:] not in value
+    assert {f: getattr(row, f) for f in ("model", "client", "session_id") if f != field} == {
+        f: v for f, v in (("model", "claude-sonnet-4-5"), ("client", "claude-cli/2.0"), ("session_id", "s-1")) if f != field}
+
+
 # --- what the process shows of a row, a batch at a time ------------------------------------
 
 
