@@ -88,12 +88,21 @@ class Plan(NamedTuple):
         return self.steps[0] if self.steps else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "class": self.workload.value,
-            "class_from": self.workload_source,
-            "steps": [s.as_dict() for s in self.steps],
-            "skipped": [s.as_dict() for s in self.skipped],
-        }
+        """The plan as the request log, the dashboard and `nonstop explain` show it. Made
+        once for plans alike (the same plan comes back request after request) and
+        shared: read it, never change it."""
+        d = _DICTS.get(self)
+        if d is None:
+            d = {
+                "class": self.workload.value,
+                "class_from": self.workload_source,
+                "steps": [s.as_dict() for s in self.steps],
+                "skipped": [s.as_dict() for s in self.skipped],
+            }
+            if len(_DICTS) >= MEMO_MAX:  # plans whose reasons carry numbers (load, sizes) come and go
+                _DICTS.clear()
+            _DICTS[self] = d
+        return d
 
     def lines(self) -> list[str]:
         """The plan for people: one line per decision."""
@@ -105,6 +114,9 @@ class Plan(NamedTuple):
             out.append("no backend can serve this request")
         out.extend(f"skip {s.target} — {s.rule}: {s.reason}" for s in self.skipped)
         return out
+
+
+_DICTS: dict[Plan, dict[str, Any]] = {}
 
 
 def _failed(view: RoutingView) -> set[str]:

@@ -415,6 +415,23 @@ def test_plan_as_dict_and_lines_show_every_decision() -> None:
     assert isinstance(p.skipped[0], Skip)
 
 
+def test_plans_alike_share_one_dict_and_the_kept_dicts_are_bounded() -> None:
+    from nonstop.routing import plan as plan_module
+
+    view = RoutingView(NOW, OUT, (BIG, SMALL))
+    p = plan(facts(size=Size(6000, local=6000, floor=5000)), view, POLICY)
+    again = plan(facts(size=Size(6000, local=6000, floor=5000)), RoutingView(NOW, OUT, (BIG, SMALL)), POLICY)
+    assert again is not p and again == p and again.as_dict() is p.as_dict()
+    fresh = {"class": p.workload.value, "class_from": p.workload_source,
+             "steps": [s.as_dict() for s in p.steps], "skipped": [s.as_dict() for s in p.skipped]}
+    assert p.as_dict() == fresh
+    other = p._replace(steps=(p.steps[0]._replace(reason="busy (3 in flight)"),))
+    assert other.as_dict()["steps"][0]["reason"] == "busy (3 in flight)" and p.as_dict() == fresh
+    for i in range(plan_module.MEMO_MAX + 10):  # plans whose reasons carry numbers, each once
+        p._replace(steps=(p.steps[0]._replace(reason=f"busy ({i} in flight)"),)).as_dict()
+    assert len(plan_module._DICTS) <= plan_module.MEMO_MAX
+
+
 # --- a view's remembered local steps ----------------------------------------------------------
 
 def test_a_kept_view_answers_as_a_fresh_one() -> None:
