@@ -183,12 +183,13 @@ def test_a_key_across_the_error_cap_leaves_no_part_of_itself_in_the_row(at: int)
 
 
 @pytest.mark.parametrize("said", ["x-api-key: abcdef123456", "authorization: Basic dXNlcjpwYXNz",
-                                  "api_key=supersecretvalue", "Bearer abcdefghijkl", "sk-ant-api03-" + "Q" * 40])
+                                  "api_key=supersecretvalue", "token=abcdef123456", "Bearer abcdefghijkl",
+                                  "sk-ant-api03-" + "Q" * 40])
 @pytest.mark.parametrize("field", ["model", "client", "session_id"])
-def test_a_secret_in_the_clients_own_words_is_redacted_whatever_word_it_comes_with(field: str, said: str) -> None:
+def test_a_secret_in_the_clients_own_words_is_redacted_in_every_form_redaction_knows(field: str, said: str) -> None:
     """The model, the client's name and its session id are the client's words: a key
-    pasted into any of them never reaches the log, whichever of redact()'s words it comes
-    with (not only `sk-`, `bearer` and `token`)."""
+    pasted into any of them is redacted in every form redact() knows elsewhere (not only
+    after `sk-`, `bearer` and `token`, the three these fields were once looked at for)."""
     from nonstop.server.events import EventBus
     from nonstop.server.metrics import Metrics
     from nonstop.server.request_log import RequestLog
