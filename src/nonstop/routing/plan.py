@@ -36,7 +36,8 @@ from nonstop.routing.view import BackendView, CloudState, CloudView, RoutingView
 
 CLOUD = "cloud"
 INF = float("inf")
-# Plans a view remembers at most (a client sends a few models; this bounds one that sends many).
+# Plans a view remembers at most, and plans' dicts kept (Plan.as_dict): a client sends a
+# few models and its plans repeat; this bounds one that sends many.
 MEMO_MAX = 256
 # Room a window must leave for the answer before a request counts as fitting.
 MIN_OUTPUT_ROOM = 256
