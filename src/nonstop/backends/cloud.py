@@ -36,6 +36,7 @@ from nonstop.backends.base import (
     taken_over,
 )
 from nonstop.backends.head import HOP_BY_HOP, Headers, identity_coded
+from nonstop.backends.reader import coded, relay_reader
 from nonstop.config import CloudConfig
 from nonstop.redact import redact
 from nonstop.routing.classify import (
@@ -195,19 +196,6 @@ def _shape(shape: tuple[bytes, ...]) -> tuple[tuple[bytes, ...], tuple[bool, ...
     return tuple(lows), tuple(keep)
 
 
-# The content codings aiohttp decodes (http_parser: the parser's own list); another one
-# stays as it came, and a reply nonstop reads in it is not one it can read.
-_DECODED_CODINGS = frozenset({"gzip", "deflate", "br", "zstd"})
-
-
-def _coded(resp: aiohttp.ClientResponse) -> bool:
-    """Whether aiohttp decodes this reply's body when asked to (see _DECODED_CODINGS): by
-    the last content-encoding header, as its parser reads them."""
-    codings = resp.headers.getall("content-encoding", ())
-    coding = codings[-1] if codings else ""
-    return coding.isascii() and coding.lower() in _DECODED_CODINGS
-
-
 def relayed_headers(resp: aiohttp.ClientResponse, decoded: bool) -> list[tuple[bytes, bytes]]:
     """The reply's headers as the client gets them. `decoded`: its body was coded and
     aiohttp decoded it; it goes out decoded, without its coding and coded length."""
@@ -332,7 +320,9 @@ class CloudBackend:
                 # lose the coding (relayed_headers). Any other reply's bytes go as they came.
                 resp = await self.session.request(method, url, headers=headers, data=body or None, allow_redirects=False,
                                                   auto_decompress=reads)
-                decoded = reads and _coded(resp)
+                decoded = reads and coded(resp)
+                if not decoded:
+                    relay_reader(resp)
                 if self.observe_headers is not None:
                     # What the quota headers teach (utilization, the forecast) decides
                     # nothing about this reply, whose "rejected" is read below: it is

@@ -41,6 +41,7 @@ from nonstop.backends.base import (
     taken_over,
 )
 from nonstop.backends.pdfs import read_pdfs
+from nonstop.backends.reader import coded, relay_reader
 from nonstop.config import LocalBackendConfig
 from nonstop.routing.backend_state import BackendState
 from nonstop.routing.classify import FailureKind, Verdict
@@ -452,6 +453,8 @@ class LocalBackend:
         except TimeoutError:
             self.state.failed("timed out")
             return Verdict(FailureKind.TIMEOUT, True, None, f"no answer from {self.base}")
+        if not coded(resp):  # (this session decompresses what comes coded: then the stock reader)
+            relay_reader(resp)
         if resp.status >= 400:
             text = (await resp.content.read(4096)).decode("utf-8", "replace")
             resp.release()

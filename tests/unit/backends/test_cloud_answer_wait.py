@@ -16,9 +16,6 @@ from nonstop.backends.head import forward_headers
 from nonstop.config import CloudConfig
 from nonstop.routing.classify import FailureKind, Verdict
 from nonstop.routing.deadline import FirstByteDeadlines
-from tests.unit.backends.test_cloud_odd_replies import raw_cloud
-
-__all__ = ["raw_cloud"]
 
 ANSWER = orjson.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "m",
                        "content": [{"type": "text", "text": "a long answer"}], "stop_reason": "end_turn",
