@@ -14,6 +14,12 @@ does one thing more, and only that: it decodes each request's outline
 (`nonstop.wire.outline`, the one parse of the body nonstop's decisions need on the cloud
 path) before forwarding the bytes as they came. `benchmarks/floor.py` measures what that
 parse alone costs a request.
+
+    python benchmarks/forwarder.py ... --relay-reader
+
+reads each reply's body as nonstop does (`nonstop.backends.reader.RelayReader`: what has
+come, at once, without aiohttp's per-chunk work), and nothing else differs: the floor of
+a forwarder that reads its replies so (`benchmarks/floor.py --relay-reader`).
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-le
 
 
 class Forwarder:
-    def __init__(self, upstream: str, parse: Callable[[bytes], object] | None = None):
+    def __init__(self, upstream: str, parse: Callable[[bytes], object] | None = None,
+                 on_reply: Callable[[aiohttp.ClientResponse], None] | None = None):
         self.upstream = upstream.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
         self.parse = parse
+        self.on_reply = on_reply
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -51,6 +59,8 @@ class Forwarder:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k not in HOP]
         assert self.session is not None
         async with self.session.request(scope["method"], url, headers=headers, data=body) as resp:
+            if self.on_reply is not None:
+                self.on_reply(resp)
             out = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP]
             await send({"type": "http.response.start", "status": resp.status, "headers": out})
             async for chunk in resp.content.iter_any():
@@ -117,15 +127,22 @@ def main() -> None:
     p.add_argument("--listen", required=True, help="127.0.0.1:PORT")
     p.add_argument("--upstream", required=True)
     p.add_argument("--outline", action="store_true", help="decode each request's outline as nonstop does, and nothing else")
+    p.add_argument("--relay-reader", action="store_true", help="read each reply's body as nonstop does, and nothing else")
     p.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp", help="the HTTP client")
     args = p.parse_args()
-    parse = None
+    parse = on_reply = None
     if args.outline:
         from nonstop.wire.outline import outline  # the caller puts nonstop's src on the path
 
         parse = outline
+    if args.relay_reader:
+        from nonstop.backends.reader import relay_reader  # (as the outline: from nonstop's src)
+
+        on_reply = relay_reader
     host, _, port = args.listen.rpartition(":")
-    uvicorn.run(CLIENTS[args.client](args.upstream, parse), host=host, port=int(port), http="httptools", loop="uvloop",
+    if on_reply is not None and args.client != "aiohttp":
+        p.error("--relay-reader reads aiohttp's replies")
+    uvicorn.run(CLIENTS[args.client](args.upstream, parse, on_reply), host=host, port=int(port), http="httptools", loop="uvloop",
                 lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False,
                 proxy_headers=False)  # as nonstop runs it (server/run.py)
 
