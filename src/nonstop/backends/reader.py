@@ -25,14 +25,17 @@ aiohttp's StreamReader is not laid out as this expects (`USABLE`).
 from __future__ import annotations
 
 import aiohttp
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.streams import StreamReader
 
-# The stock reader's state this reads and writes: present in every aiohttp this supports
-# (pyproject.toml); an aiohttp without them keeps its own reader.
+# The stock reader's state this reads and writes, and its connection's (whether reading
+# is paused): present in every aiohttp this supports (pyproject.toml); an aiohttp without
+# them keeps its own reader.
 _STATE = ("_buffer", "_buffer_offset", "_size", "_cursor", "_protocol", "_timer", "_http_chunk_splits")
-USABLE = all(name in getattr(StreamReader, "__slots__", ()) for name in _STATE) and all(
-    callable(getattr(StreamReader, name, None))
-    for name in ("_read_nowait", "begin_http_chunk_receiving", "end_http_chunk_receiving"))
+USABLE = (all(name in getattr(StreamReader, "__slots__", ()) for name in _STATE)
+          and "_reading_paused" in getattr(BaseProtocol, "__slots__", ())
+          and all(callable(getattr(StreamReader, name, None))
+                  for name in ("_read_nowait", "begin_http_chunk_receiving", "end_http_chunk_receiving")))
 
 
 class RelayReader(StreamReader):

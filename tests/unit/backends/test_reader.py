@@ -34,6 +34,15 @@ def test_the_installed_aiohttp_reader_is_laid_out_as_the_relay_reader_expects() 
     assert reader.USABLE
 
 
+async def test_an_aiohttp_laid_out_otherwise_keeps_its_own_reader(raw_cloud, monkeypatch) -> None:
+    monkeypatch.setattr(reader, "USABLE", False)
+    url = await raw_cloud([(0.0, HEAD + _chunked(*EVENTS))])
+    async with aiohttp.ClientSession() as s, s.get(url) as resp:
+        relay_reader(resp)
+        assert type(resp.content) is StreamReader
+        assert await resp.read() == b"".join(EVENTS)
+
+
 async def test_a_stream_written_a_chunk_at_a_time_reads_the_same(raw_cloud) -> None:
     pieces: Pieces = [(0.0, HEAD + _chunked(*EVENTS[:50], end=False))]
     pieces += [(0.002, _chunked(e, end=False)) for e in EVENTS[50:]]
