@@ -16,10 +16,13 @@ runs).
 not recorded, and a read of everything buffered (`readany()`, `iter_any()`) takes the
 chunks in one join and resumes the connection only when it was paused (its buffer went
 over the high-water mark). Flow control, end of body, errors and timeouts are the stock
-reader's. A reply's reader becomes one (`relay_reader`) as soon as its head is read; a
-reply aiohttp decompresses keeps the stock reader (its decompressor drives the reader's
-flow control in ways this does not follow), and so does every reply if the installed
-aiohttp's StreamReader is not laid out as this expects (`USABLE`).
+reader's. A reply's reader becomes one (`relay_reader`) as soon as its head is read: the
+chunks that came in the same read as the head have been recorded by then (when the
+cloud sends a whole reply at once, all of them: the saving is then the reads'), and the
+chunks after it are not. A reply aiohttp decompresses keeps the stock reader (its
+decompressor drives the reader's flow control in ways this does not follow), so does a
+reply whose connection the stock reader has paused already (`relay_reader`), and so
+does every reply if the installed aiohttp is not laid out as this expects (`USABLE`).
 """
 
 from __future__ import annotations
@@ -82,8 +85,15 @@ def coded(resp: aiohttp.ClientResponse) -> bool:
 def relay_reader(resp: aiohttp.ClientResponse) -> None:
     """Read `resp`'s body by RelayReader from here on. Only for a body aiohttp does not
     decompress (asked not to, or not `coded`); what the stock reader has already
-    buffered is kept."""
+    buffered is kept.
+
+    Not for a reply whose connection is paused already: the stock reader pauses it when
+    it has recorded too many chunk ends (thousands of chunks that came with the head),
+    and that pause can leave the HTTP parser holding the rest of the body until its
+    reader asks the connection to read on after every chunk, as only the stock reader
+    does. (After the swap no chunk ends are recorded, and a pause for a full buffer is
+    always resumed by the read that empties it.)"""
     content = resp.content
-    if USABLE and type(content) is StreamReader:
+    if USABLE and type(content) is StreamReader and not content._protocol._reading_paused:
         content.__class__ = RelayReader
         content._http_chunk_splits = None  # the ends recorded so far: no longer read

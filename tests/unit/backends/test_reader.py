@@ -104,17 +104,83 @@ async def test_a_silent_server_ends_the_read_by_its_timeout(raw_cloud) -> None:
             await resp.content.readany()
 
 
-async def test_a_decompressed_body_keeps_the_stock_reader(raw_cloud) -> None:
-    body = gzip.compress(b"".join(EVENTS))
-    head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
-            b"content-length: %d\r\n\r\n" % len(body))
-    url = await raw_cloud([(0.0, head + body)])
-    async with aiohttp.ClientSession() as s, s.get(url) as resp:
-        assert coded(resp)
-        if not coded(resp):  # as the backends call it
-            relay_reader(resp)
+async def test_a_reply_whose_connection_the_stock_reader_paused_keeps_the_stock_reader(raw_cloud) -> None:
+    # More chunks with the head than the stock reader keeps the ends of (4,096 at the
+    # cloud session's read_bufsize of 64 KiB): it pauses the connection before the swap,
+    # and the HTTP parser, paused at the last of them, holds the rest of the next read
+    # (here all of it) until a reader asks for more after every chunk, as only the stock
+    # one does. Swapped anyway, the read waits for the connection's end and loses "bc".
+    url = await raw_cloud([(0.0, HEAD + _chunked(*[b"x"] * 4097, end=False)), (0.2, _chunked(b"a", b"b", b"c")),
+                           (2.0, b"")])
+    async with aiohttp.ClientSession(read_bufsize=2**16) as s, s.get(url) as resp:
+        assert resp.content._protocol._reading_paused
+        relay_reader(resp)
         assert type(resp.content) is StreamReader
-        assert await resp.read() == b"".join(EVENTS)
+        out = bytearray()
+        async with asyncio.timeout(1.5):  # (the server holds the connection open for 2 s)
+            async for chunk in resp.content.iter_any():
+                out += chunk
+    assert bytes(out) == b"x" * 4097 + b"abc"
+
+
+async def test_a_read_resumes_the_connection_only_when_it_was_paused(raw_cloud) -> None:
+    pieces: Pieces = [(0.0, HEAD + _chunked(EVENTS[0], end=False))]
+    pieces += [(0.005, _chunked(e, end=False)) for e in EVENTS[1:40]]
+    pieces.append((0.0, b"0\r\n\r\n"))
+    url = await raw_cloud(pieces)
+    async with aiohttp.ClientSession() as s, s.get(url) as resp:
+        relay_reader(resp)
+        protocol = resp.connection.protocol if resp.connection else None
+        assert protocol is not None
+        resumed = 0
+        resume = protocol.resume_reading
+
+        def counted(*args: object, **kwargs: object) -> None:
+            nonlocal resumed
+            resumed += 1
+            resume(*args, **kwargs)  # type: ignore[arg-type]
+
+        protocol.resume_reading = counted  # type: ignore[method-assign]
+        reads = [c async for c in resp.content.iter_any()]
+    assert b"".join(reads) == b"".join(EVENTS[:40])
+    # The stock reader asks once a chunk; here only the body's end does (feed_eof).
+    assert len(reads) > 5 and resumed <= 1
+
+
+async def test_the_cloud_backend_reads_a_plain_reply_by_the_relay_reader_and_a_decoded_one_not(
+        raw_cloud, monkeypatch) -> None:
+    from nonstop.backends import cloud
+    from nonstop.backends.base import Reply
+    from nonstop.backends.cloud import CloudBackend
+    from nonstop.backends.head import forward_headers
+    from nonstop.config import CloudConfig
+
+    swapped: list[type] = []
+
+    def spy(resp: aiohttp.ClientResponse) -> None:
+        relay_reader(resp)
+        swapped.append(type(resp.content))
+
+    monkeypatch.setattr(cloud, "relay_reader", spy)
+    answer = (b'{"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [], '
+              b'"stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}')
+    zipped = gzip.compress(answer)
+    plain = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(answer)) + answer
+    coded_head = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                  b"content-length: %d\r\n\r\n" % len(zipped))
+    for raw in (plain, coded_head + zipped):
+        url = await raw_cloud(raw)
+        cfg = CloudConfig(url=url, first_byte_timeout=5.0)
+        session = CloudBackend.make_session(cfg)
+        try:
+            res = await CloudBackend(cfg, session).request("POST", b"/v1/messages", b"",
+                                                           forward_headers([(b"x-api-key", b"k")]), b"{}",
+                                                           expect="json")
+            assert isinstance(res, Reply)
+            assert b"".join([c async for c in res.body]) == answer
+        finally:
+            await session.close()
+    assert swapped == [RelayReader]  # the gzip reply, decoded by aiohttp, kept its own
 
 
 @pytest.mark.parametrize(("codings", "expected"), [
