@@ -28,14 +28,21 @@ does every reply if the installed aiohttp is not laid out as this expects (`USAB
 from __future__ import annotations
 
 import aiohttp
+from aiohttp import client_proto, http_parser
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.streams import StreamReader
 
 # The stock reader's state this reads and writes, and its connection's (whether reading
 # is paused): present in every aiohttp this supports (pyproject.toml); an aiohttp without
-# them keeps its own reader.
+# them keeps its own reader. So does one whose replies are parsed by its pure-Python
+# parser (AIOHTTP_NO_EXTENSIONS, or no compiled wheel): a pause for a full buffer that
+# falls at a chunk's end leaves that parser paused until a reader asks for more after
+# every chunk, as only the stock one does. The C parser lets go of such a pause within
+# the body's callback.
 _STATE = ("_buffer", "_buffer_offset", "_size", "_cursor", "_protocol", "_timer", "_http_chunk_splits")
-USABLE = (all(name in getattr(StreamReader, "__slots__", ()) for name in _STATE)
+USABLE = (getattr(http_parser, "HttpResponseParserC", None) is not None
+          and getattr(client_proto, "HttpResponseParser", None) is http_parser.HttpResponseParserC
+          and all(name in getattr(StreamReader, "__slots__", ()) for name in _STATE)
           and "_reading_paused" in getattr(BaseProtocol, "__slots__", ())
           and all(callable(getattr(StreamReader, name, None))
                   for name in ("_read_nowait", "begin_http_chunk_receiving", "end_http_chunk_receiving")))
@@ -83,16 +90,18 @@ def coded(resp: aiohttp.ClientResponse) -> bool:
 
 
 def relay_reader(resp: aiohttp.ClientResponse) -> None:
-    """Read `resp`'s body by RelayReader from here on. Only for a body aiohttp does not
-    decompress (asked not to, or not `coded`); what the stock reader has already
-    buffered is kept.
+    """Read `resp`'s body by RelayReader from here on: called as soon as its head is
+    read, before any read of its body. Only for a body aiohttp does not decompress
+    (asked not to, or not `coded`); what the stock reader has already buffered is kept.
 
     Not for a reply whose connection is paused already: the stock reader pauses it when
-    it has recorded too many chunk ends (thousands of chunks that came with the head),
-    and that pause can leave the HTTP parser holding the rest of the body until its
-    reader asks the connection to read on after every chunk, as only the stock reader
-    does. (After the swap no chunk ends are recorded, and a pause for a full buffer is
-    always resumed by the read that empties it.)"""
+    it has recorded too many chunk ends (thousands of chunks that came with the head)
+    or when its buffer is full (over 128 KiB that came with the head), and a pause for
+    chunk ends can leave the HTTP parser holding the rest of the body until its reader
+    asks the connection to read on after every chunk, as only the stock reader does.
+    (After the swap no chunk ends are recorded, and with the C parser a pause for a full
+    buffer is let go of inside the body's callback and resumed by the read that empties
+    the buffer.)"""
     content = resp.content
     if USABLE and type(content) is StreamReader and not content._protocol._reading_paused:
         content.__class__ = RelayReader

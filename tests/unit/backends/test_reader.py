@@ -34,6 +34,19 @@ def test_the_installed_aiohttp_reader_is_laid_out_as_the_relay_reader_expects() 
     assert reader.USABLE
 
 
+def test_replies_parsed_by_aiohttps_pure_python_parser_keep_the_stock_reader() -> None:
+    # That parser can stay paused at a chunk's end until a reader asks for more after
+    # every chunk (see reader.py): without the C parser, RelayReader is not used.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"}
+    out = subprocess.run([sys.executable, "-c", "from nonstop.backends import reader; print(reader.USABLE)"],
+                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+
+
 async def test_an_aiohttp_laid_out_otherwise_keeps_its_own_reader(raw_cloud, monkeypatch) -> None:
     monkeypatch.setattr(reader, "USABLE", False)
     url = await raw_cloud([(0.0, HEAD + _chunked(*EVENTS))])
