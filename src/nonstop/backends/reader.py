@@ -40,8 +40,7 @@ from aiohttp.streams import StreamReader
 # every chunk, as only the stock one does. The C parser lets go of such a pause within
 # the body's callback.
 _STATE = ("_buffer", "_buffer_offset", "_size", "_cursor", "_protocol", "_timer", "_http_chunk_splits")
-USABLE = (getattr(http_parser, "HttpResponseParserC", None) is not None
-          and getattr(client_proto, "HttpResponseParser", None) is http_parser.HttpResponseParserC
+USABLE = (getattr(client_proto, "HttpResponseParser", None) is getattr(http_parser, "HttpResponseParserC", object())
           and all(name in getattr(StreamReader, "__slots__", ()) for name in _STATE)
           and "_reading_paused" in getattr(BaseProtocol, "__slots__", ())
           and all(callable(getattr(StreamReader, name, None))

@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import subprocess
+import sys
 
 import aiohttp
 import pytest
 from aiohttp.streams import StreamReader
 
-from nonstop.backends import reader
+from nonstop.backends import cloud, reader
+from nonstop.backends.base import Reply
+from nonstop.backends.cloud import CloudBackend
+from nonstop.backends.head import forward_headers
 from nonstop.backends.reader import RelayReader, coded, relay_reader
+from nonstop.config import CloudConfig
 
 Pieces = list[tuple[float, bytes]]
 
@@ -37,10 +44,6 @@ def test_the_installed_aiohttp_reader_is_laid_out_as_the_relay_reader_expects() 
 def test_replies_parsed_by_aiohttps_pure_python_parser_keep_the_stock_reader() -> None:
     # That parser can stay paused at a chunk's end until a reader asks for more after
     # every chunk (see reader.py): without the C parser, RelayReader is not used.
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"}
     out = subprocess.run([sys.executable, "-c", "from nonstop.backends import reader; print(reader.USABLE)"],
                          env=env, capture_output=True, text=True, timeout=60, check=True)
@@ -162,12 +165,6 @@ async def test_a_read_resumes_the_connection_only_when_it_was_paused(raw_cloud) 
 
 async def test_the_cloud_backend_reads_a_plain_reply_by_the_relay_reader_and_a_decoded_one_not(
         raw_cloud, monkeypatch) -> None:
-    from nonstop.backends import cloud
-    from nonstop.backends.base import Reply
-    from nonstop.backends.cloud import CloudBackend
-    from nonstop.backends.head import forward_headers
-    from nonstop.config import CloudConfig
-
     swapped: list[type] = []
 
     def spy(resp: aiohttp.ClientResponse) -> None:
